@@ -1,0 +1,86 @@
+# Omni — one Makefile for a fresh clone.
+#
+#   make run           start PostgreSQL, NATS, an SMTP sink and the five services locally (Ctrl-C stops all)
+#   make test          unit, per-service integration and end-to-end tests (starts its own PostgreSQL and NATS)
+#   make lint          ruff, mypy and buf lint (fastest first)
+#   make bench         benchmarks; results go to bench/results/
+#   make proto         regenerate Python code from protos/ (done automatically by the targets that need it)
+#   make deploy-check  render the Kubernetes overlays and validate them and docker-compose.yml
+#
+# Every target that needs the environment depends on it: the first run creates .venv from uv.lock,
+# installs buf from package-lock.json and generates the protobuf code. Nothing is needed beyond
+# Python 3.11, pip, make, gcc and node/npm.
+
+SHELL := /bin/bash
+PYTHON ?= python3
+TOOLS := .tools
+UV := $(TOOLS)/bin/uv
+VENV := .venv
+PY := $(VENV)/bin/python
+BUF := node_modules/.bin/buf
+UV_VERSION := 0.13.9
+PROTO_STAMP := libs/omni-proto/omni/.generated
+PROTOS := $(shell find protos -name '*.proto')
+
+export UV_PROJECT_ENVIRONMENT := $(VENV)
+
+.PHONY: help env proto run test test-unit test-integration test-e2e lint fmt bench deploy-check breaking clean
+
+help:
+	@sed -n '2,14p' Makefile | sed 's/^# \{0,1\}//'
+
+$(UV):
+	$(PYTHON) -m venv $(TOOLS)
+	$(TOOLS)/bin/pip install --quiet uv==$(UV_VERSION)
+
+$(VENV)/.synced: $(UV) uv.lock pyproject.toml libs/*/pyproject.toml services/*/pyproject.toml
+	$(UV) sync --frozen --all-packages
+	touch $@
+
+$(BUF): package.json package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+$(PROTO_STAMP): $(VENV)/.synced $(PROTOS) libs/omni-proto/generate.py
+	$(PY) libs/omni-proto/generate.py
+	touch $@
+
+env: $(PROTO_STAMP)
+
+proto: $(VENV)/.synced
+	$(PY) libs/omni-proto/generate.py
+	touch $(PROTO_STAMP)
+
+run: env
+	$(VENV)/bin/omni run
+
+test: env
+	$(PY) -m pytest -q
+
+test-unit: env
+	$(PY) -m pytest -q -m "not e2e" tests/unit
+
+test-e2e: env
+	$(PY) -m pytest -q tests/e2e
+
+lint: env $(BUF)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy libs/omni-kit/omni_kit services tests
+	$(BUF) lint
+
+fmt: env
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+breaking: $(BUF)
+	$(BUF) breaking --against '.git#branch=main'
+
+bench: env
+	$(PY) -m bench
+
+deploy-check: env
+	$(PY) deploy/check.py
+
+clean:
+	rm -rf $(VENV) $(TOOLS) node_modules libs/omni-proto/omni/*/ .pytest_cache .mypy_cache .ruff_cache

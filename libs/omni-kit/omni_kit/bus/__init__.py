@@ -1,0 +1,24 @@
+"""The event log on NATS JetStream: transactional outbox, relay, durable consumers with an inbox."""
+
+from omni_kit.bus.consumer import EventConsumer, Handler
+from omni_kit.bus.envelope import make_envelope, subject_for, unpack
+from omni_kit.bus.outbox import Outbox, OutboxRelay
+from omni_kit.bus.streams import DLQ_STREAM, EVENTS_STREAM, ensure_streams
+from omni_kit.bus.tables import bus_metadata, create_bus_tables, inbox_table, outbox_table
+
+__all__ = [
+    "DLQ_STREAM",
+    "EVENTS_STREAM",
+    "EventConsumer",
+    "Handler",
+    "Outbox",
+    "OutboxRelay",
+    "bus_metadata",
+    "create_bus_tables",
+    "ensure_streams",
+    "inbox_table",
+    "make_envelope",
+    "outbox_table",
+    "subject_for",
+    "unpack",
+]

@@ -1,0 +1,177 @@
+"""Durable JetStream consumers that apply each event once, in the same transaction as its effect.
+
+Each consumer is a durable pull consumer with explicit ack. For every message it opens a transaction,
+records the event id in the inbox (a duplicate is skipped), runs the handler and commits, then acks. A
+failing handler rolls back and the message is redelivered after a backoff; after `max_deliver` attempts it
+is copied to the dead-letter subject omni.dlq.<durable> with the error, and terminated.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+
+from nats.aio.msg import Msg
+from nats.errors import TimeoutError as NatsTimeoutError
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from opentelemetry import context as otel_context
+from opentelemetry import propagate, trace
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from omni.events.v1 import envelope_pb2
+from omni_kit.bus.streams import EVENTS_STREAM
+from omni_kit.bus.tables import inbox_table
+
+log = logging.getLogger(__name__)
+tracer = trace.get_tracer("omni_kit.bus")
+
+Handler = Callable[[AsyncSession, envelope_pb2.Envelope], Awaitable[None]]
+
+
+class EventConsumer:
+    """One durable consumer of a set of event subjects, feeding a handler."""
+
+    def __init__(
+        self,
+        js: JetStreamContext,
+        sessions: async_sessionmaker[AsyncSession],
+        *,
+        durable: str,
+        subjects: Sequence[str],
+        handler: Handler,
+        max_deliver: int = 5,
+        backoff_s: Sequence[float] = (0.2, 1.0, 5.0, 15.0),
+        batch_size: int = 100,
+        ack_wait_s: float = 30.0,
+        after_commit: Callable[[], None] | None = None,
+    ) -> None:
+        self._js = js
+        self._sessions = sessions
+        self.durable = durable
+        self._subjects = list(subjects)
+        self._handler = handler
+        self._max_deliver = max_deliver
+        self._backoff_s = list(backoff_s)
+        self._batch_size = batch_size
+        self._ack_wait_s = ack_wait_s
+        self._after_commit = after_commit
+        self._stopping = False
+        self._subscription: JetStreamContext.PullSubscription | None = None
+        self.applied = 0
+        self.dead_lettered = 0
+
+    async def start(self) -> None:
+        """Create or bind the durable consumer."""
+        config = ConsumerConfig(
+            durable_name=self.durable,
+            ack_policy=AckPolicy.EXPLICIT,
+            deliver_policy=DeliverPolicy.ALL,
+            ack_wait=self._ack_wait_s,
+            max_deliver=self._max_deliver + 1,
+            filter_subjects=self._subjects,
+            max_ack_pending=10_000,
+        )
+        await self._js.add_consumer(EVENTS_STREAM, config)
+        self._subscription = await self._js.pull_subscribe_bind(self.durable, stream=EVENTS_STREAM)
+
+    async def run(self) -> None:
+        """Fetch and apply messages until stopped."""
+        assert self._subscription is not None, "start() first"
+        while not self._stopping:
+            try:
+                messages = await self._subscription.fetch(self._batch_size, timeout=0.5)
+            except (NatsTimeoutError, TimeoutError):
+                continue
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                if self._stopping:
+                    return
+                log.exception("%s: fetch failed", self.durable)
+                await asyncio.sleep(1.0)
+                continue
+            for message in messages:
+                await self.handle(message)
+
+    def stop(self) -> None:
+        """Ask the loop to finish after the current batch."""
+        self._stopping = True
+
+    async def handle(self, message: Msg) -> None:
+        """Apply one message once, ack it, or schedule its redelivery or dead-lettering."""
+        try:
+            envelope = envelope_pb2.Envelope.FromString(message.data)
+        except Exception as error:
+            await self._dead_letter(message, f"undecodable envelope: {error}")
+            return
+        parent = propagate.extract(dict(message.headers or {}) or dict(envelope.trace_context))
+        token = otel_context.attach(parent)
+        try:
+            with tracer.start_as_current_span(
+                f"{self.durable} process {envelope.type}",
+                kind=trace.SpanKind.CONSUMER,
+                attributes={
+                    "messaging.system": "nats",
+                    "messaging.destination.name": message.subject,
+                    "messaging.message.id": envelope.id,
+                    "messaging.consumer.group.name": self.durable,
+                    "omni.person_id": envelope.person_id,
+                },
+            ) as span:
+                try:
+                    await self._apply(envelope)
+                except Exception as error:
+                    span.record_exception(error)
+                    span.set_status(trace.Status(trace.StatusCode.ERROR, str(error)))
+                    await self._failed(message, error)
+                    return
+            await message.ack()
+        finally:
+            otel_context.detach(token)
+
+    async def _apply(self, envelope: envelope_pb2.Envelope) -> None:
+        async with self._sessions() as session, session.begin():
+            first_time = await session.scalar(
+                insert(inbox_table)
+                .values(consumer=self.durable, event_id=uuid.UUID(envelope.id))
+                .on_conflict_do_nothing()
+                .returning(inbox_table.c.event_id)
+            )
+            if first_time is None:
+                return
+            await self._handler(session, envelope)
+        self.applied += 1
+        if self._after_commit is not None:
+            self._after_commit()
+
+    async def _failed(self, message: Msg, error: Exception) -> None:
+        delivered = message.metadata.num_delivered or 1
+        if delivered >= self._max_deliver:
+            log.error(
+                "%s: giving up on %s after %d deliveries: %s", self.durable, message.subject, delivered, error
+            )
+            await self._dead_letter(message, repr(error))
+            return
+        delay = self._backoff_s[min(delivered - 1, len(self._backoff_s) - 1)]
+        log.warning(
+            "%s: %s failed (delivery %d), retrying in %.1fs: %s",
+            self.durable,
+            message.subject,
+            delivered,
+            delay,
+            error,
+        )
+        await message.nak(delay=delay)
+
+    async def _dead_letter(self, message: Msg, error: str) -> None:
+        headers = dict(message.headers or {})
+        headers["Omni-Error"] = error[:1000]
+        headers["Omni-Original-Subject"] = message.subject
+        headers.pop("Nats-Msg-Id", None)
+        await self._js.publish(f"omni.dlq.{self.durable}", message.data, headers=headers)
+        await message.term()
+        self.dead_lettered += 1

@@ -1,0 +1,47 @@
+"""Building and opening omni.events.v1.Envelope, with the trace context of the work that made the event."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import TypeVar
+
+from google.protobuf.message import Message
+from opentelemetry import propagate
+
+from omni.events.v1 import envelope_pb2
+from omni_kit.ids import new_id_str
+
+M = TypeVar("M", bound=Message)
+
+SUBJECT_PREFIX = "omni.events."
+
+
+def subject_for(event_type: str) -> str:
+    """The NATS subject of an event type: "identity.persons_merged" → "omni.events.identity.persons_merged"."""
+    return SUBJECT_PREFIX + event_type
+
+
+def make_envelope(
+    payload: Message,
+    *,
+    event_type: str,
+    producer: str,
+    person_id: str = "",
+    occurred_at: datetime | None = None,
+) -> envelope_pb2.Envelope:
+    """Wrap a payload in an envelope with a new id and the current trace context."""
+    envelope = envelope_pb2.Envelope(id=new_id_str(), type=event_type, person_id=person_id, producer=producer)
+    envelope.occurred_at.FromDatetime(occurred_at or datetime.now(UTC))
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier)
+    envelope.trace_context.update(carrier)
+    envelope.payload.Pack(payload)
+    return envelope
+
+
+def unpack(envelope: envelope_pb2.Envelope, message_type: type[M]) -> M:
+    """Open the envelope's payload as message_type, failing loudly on a mismatch."""
+    message = message_type()
+    if not envelope.payload.Unpack(message):
+        raise ValueError(f"event {envelope.id} of type {envelope.type} does not hold {message_type.__name__}")
+    return message

@@ -1,0 +1,110 @@
+"""The `omni` command: one way to start, migrate and check every service.
+
+omni serve <service>     run one service until SIGTERM/SIGINT
+omni migrate <service>   apply the service's migrations to its database
+omni health <host:port>  exit 0 when the server answers SERVING on grpc.health.v1
+omni run                 the laptop run: PostgreSQL, NATS, an SMTP sink and all five services
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import logging
+import os
+import signal
+import sys
+from types import ModuleType
+
+from omni_kit.db import create_engine, migrate
+from omni_kit.telemetry import setup_telemetry
+
+SERVICES = ("identity", "profile", "segmentation", "decisioning", "gateway")
+
+
+def load_service(name: str) -> ModuleType:
+    """Import a service's main module (omni_<name>.main), which offers Settings, MIGRATIONS and start()."""
+    if name not in SERVICES:
+        raise SystemExit(f"unknown service {name!r}; one of: {', '.join(SERVICES)}")
+    return importlib.import_module(f"omni_{name}.main")
+
+
+async def serve(name: str) -> None:
+    """Run one service until a termination signal, then stop it gracefully."""
+    module = load_service(name)
+    settings = module.Settings()
+    runtime = await module.start(settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    logging.getLogger("omni").info("%s ready on port %d", name, runtime.port)
+    await stop.wait()
+    logging.getLogger("omni").info("%s stopping", name)
+    await runtime.close()
+
+
+async def migrate_service(name: str) -> None:
+    """Apply the migrations of one service."""
+    module = load_service(name)
+    settings = module.Settings()
+    engine = create_engine(settings.database_url, application_name=f"omni-{name}-migrate")
+    try:
+        await migrate(engine, module.MIGRATIONS)
+    finally:
+        await engine.dispose()
+
+
+async def health(target: str, service: str, timeout_s: float) -> bool:
+    """True when target answers SERVING for service on grpc.health.v1."""
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        try:
+            response = await stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout_s)
+        except grpc.aio.AioRpcError:
+            return False
+        return bool(response.status == health_pb2.HealthCheckResponse.SERVING)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `omni` command."""
+    parser = argparse.ArgumentParser(
+        prog="omni", description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve_cmd = commands.add_parser("serve", help="run one service")
+    serve_cmd.add_argument("service", choices=SERVICES)
+    migrate_cmd = commands.add_parser("migrate", help="apply a service's migrations")
+    migrate_cmd.add_argument("service", choices=SERVICES)
+    health_cmd = commands.add_parser("health", help="check a server's health")
+    health_cmd.add_argument("target", help="host:port")
+    health_cmd.add_argument("--service", default="", help="service name to check (default: the server)")
+    health_cmd.add_argument("--timeout", type=float, default=2.0)
+    commands.add_parser("run", help="run everything locally")
+    args = parser.parse_args(argv)
+
+    logging.basicConfig(
+        level=os.environ.get("OMNI_LOG_LEVEL", "INFO").upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    if args.command == "serve":
+        setup_telemetry(args.service)
+        asyncio.run(serve(args.service))
+        return 0
+    if args.command == "migrate":
+        asyncio.run(migrate_service(args.service))
+        return 0
+    if args.command == "health":
+        return 0 if asyncio.run(health(args.target, args.service, args.timeout)) else 1
+    from omni_kit.embedded.run import run_all
+
+    return run_all()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,151 @@
+"""What a running service owns, started and stopped in order: database, event log, relay, consumers, gRPC.
+
+A service's main builds a Runtime, adds its consumers, and serves its servicers:
+
+    runtime = Runtime("identity", settings)
+    await runtime.open()
+    runtime.add_consumer(durable=..., subjects=[...], handler=...)
+    await runtime.serve(service_names=[...], register=...)
+    ...
+    await runtime.close()
+
+Transactions go through `runtime.transaction()`, which commits and then wakes the outbox relay.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable, Sequence
+from pathlib import Path
+
+import grpc
+import nats
+from nats.aio.client import Client as NatsClient
+from nats.js import JetStreamContext
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from omni_kit.bus import EventConsumer, Handler, Outbox, OutboxRelay, ensure_streams
+from omni_kit.db import create_engine, migrate, session_factory
+from omni_kit.grpc_server import GrpcServer
+from omni_kit.settings import ServiceSettings
+from omni_kit.telemetry import instrument_engine
+
+log = logging.getLogger(__name__)
+
+
+class Runtime:
+    """The shared running parts of one service."""
+
+    def __init__(self, name: str, settings: ServiceSettings, *, migrations: Path | None = None) -> None:
+        self.name = name
+        self.settings = settings
+        self._migrations = migrations
+        self.outbox = Outbox(producer=name)
+        self.engine: AsyncEngine
+        self.sessions: async_sessionmaker[AsyncSession]
+        self.nats: NatsClient
+        self.js: JetStreamContext
+        self.relay: OutboxRelay
+        self.server: GrpcServer | None = None
+        self.consumers: list[EventConsumer] = []
+        self._tasks: list[asyncio.Task[None]] = []
+        self._channels: list[grpc.aio.Channel] = []
+
+    async def open(self) -> None:
+        """Connect to the database and NATS, apply migrations if asked, start the outbox relay."""
+        self.engine = create_engine(
+            self.settings.database_url,
+            application_name=f"omni-{self.name}",
+            pool_size=self.settings.db_pool_size,
+            statement_timeout_ms=self.settings.db_statement_timeout_ms,
+        )
+        instrument_engine(self.engine)
+        self.sessions = session_factory(self.engine)
+        if self.settings.migrate_on_start and self._migrations is not None:
+            await migrate(self.engine, self._migrations)
+        self.nats = await nats.connect(
+            servers=self.settings.nats_servers,
+            name=f"omni-{self.name}",
+            max_reconnect_attempts=-1,
+            reconnect_time_wait=0.5,
+        )
+        self.js = self.nats.jetstream()
+        await ensure_streams(self.js)
+        self.relay = OutboxRelay(self.engine, self.js, poll_interval_s=self.settings.outbox_poll_interval_s)
+        self._tasks.append(asyncio.create_task(self.relay.run(), name=f"{self.name}-outbox-relay"))
+
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[AsyncSession]:
+        """A session in a transaction: committed on success (then the relay is woken), rolled back on error."""
+        async with self.sessions() as session, session.begin():
+            yield session
+        self.relay.wake()
+
+    def add_consumer(self, *, durable: str, subjects: Sequence[str], handler: Handler) -> EventConsumer:
+        """Register a durable consumer; it starts with serve()."""
+        consumer = EventConsumer(
+            self.js,
+            self.sessions,
+            durable=f"{self.name}-{durable}",
+            subjects=subjects,
+            handler=handler,
+            max_deliver=self.settings.consumer_max_deliver,
+            backoff_s=self.settings.consumer_backoff_s,
+            after_commit=self.relay.wake,
+        )
+        self.consumers.append(consumer)
+        return consumer
+
+    def add_task(self, factory: Callable[[], asyncio.Task[None]]) -> None:
+        """Run a background task for the service's lifetime (cancelled at close)."""
+        self._tasks.append(factory())
+
+    def track_channel(self, channel: grpc.aio.Channel) -> grpc.aio.Channel:
+        """Close a client channel when the service closes."""
+        self._channels.append(channel)
+        return channel
+
+    async def serve(
+        self, *, service_names: Sequence[str], register: Callable[[grpc.aio.Server], None]
+    ) -> int:
+        """Start the consumers and the gRPC server; return the bound port."""
+        for consumer in self.consumers:
+            await consumer.start()
+            self._tasks.append(asyncio.create_task(consumer.run(), name=consumer.durable))
+        self.server = GrpcServer(
+            domain=f"omni.{self.name}",
+            service_names=service_names,
+            register=register,
+            host=self.settings.grpc_host,
+            port=self.settings.grpc_port,
+        )
+        await self.server.start()
+        log.info("%s serving on %s:%d", self.name, self.settings.grpc_host, self.server.port)
+        return self.server.port
+
+    @property
+    def port(self) -> int:
+        """The gRPC port the service listens on."""
+        assert self.server is not None
+        return self.server.port
+
+    async def close(self) -> None:
+        """Stop in order: health NOT_SERVING and in-flight calls, consumers, relay drain, NATS, database."""
+        if self.server is not None:
+            await self.server.stop(self.settings.shutdown_grace_s)
+        for consumer in self.consumers:
+            consumer.stop()
+        if hasattr(self, "relay"):
+            await self.relay.drain()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for channel in self._channels:
+            await channel.close()
+        if hasattr(self, "nats"):
+            with contextlib.suppress(Exception):
+                await self.nats.drain()
+        if hasattr(self, "engine"):
+            await self.engine.dispose()

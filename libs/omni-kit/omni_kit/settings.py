@@ -1,0 +1,54 @@
+"""Typed settings from environment variables, validated when a service starts.
+
+Each service subclasses ServiceSettings with its own env prefix (OMNI_IDENTITY_, OMNI_PROFILE_ …), builds it
+once in main and passes it in. Telemetry is configured separately from the standard OTEL_* variables.
+"""
+
+from __future__ import annotations
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ServiceSettings(BaseSettings):
+    """What every service needs: its database, the event log and where to listen."""
+
+    model_config = SettingsConfigDict(extra="ignore", frozen=True)
+
+    database_url: str = Field(
+        description="SQLAlchemy URL of the service's own database (postgresql+asyncpg://…)."
+    )
+    nats_url: str = Field(description="NATS server URL(s), comma-separated, e.g. nats://127.0.0.1:4222.")
+    grpc_host: str = Field("0.0.0.0", description="Address the gRPC server binds.")
+    grpc_port: int = Field(0, ge=0, le=65535, description="Port of the gRPC server; 0 picks a free one.")
+    db_pool_size: int = Field(10, ge=1, le=200, description="Connections kept in the database pool.")
+    db_statement_timeout_ms: int = Field(30_000, ge=100, description="Statement timeout for every query.")
+    shutdown_grace_s: float = Field(10.0, ge=0, description="How long in-flight calls may finish on SIGTERM.")
+    outbox_poll_interval_s: float = Field(0.5, gt=0, description="Outbox relay poll interval when idle.")
+    consumer_max_deliver: int = Field(
+        5, ge=1, description="Deliveries of an event before it is dead-lettered."
+    )
+    consumer_backoff_s: tuple[float, ...] = Field(
+        (0.2, 1.0, 5.0, 15.0), description="Delays before redelivering a failed event."
+    )
+    migrate_on_start: bool = Field(False, description="Apply migrations before serving (the embedded run).")
+
+    @field_validator("database_url")
+    @classmethod
+    def _asyncpg_url(cls, value: str) -> str:
+        if not value.startswith("postgresql+asyncpg://"):
+            raise ValueError("must be a postgresql+asyncpg:// URL")
+        return value
+
+    @field_validator("nats_url")
+    @classmethod
+    def _nats_url(cls, value: str) -> str:
+        for url in value.split(","):
+            if not url.strip().startswith(("nats://", "tls://")):
+                raise ValueError("must be nats:// or tls:// URLs, comma-separated")
+        return value
+
+    @property
+    def nats_servers(self) -> list[str]:
+        """The NATS server URLs as a list."""
+        return [url.strip() for url in self.nats_url.split(",")]

@@ -4,7 +4,7 @@ A service's main builds a Runtime, adds its consumers, and serves its servicers:
 
     runtime = Runtime("identity", settings)
     await runtime.open()
-    runtime.add_consumer(durable=..., subjects=[...], handler=...)
+    runtime.add_consumer(durable=..., event_types=[...], handler=...)
     await runtime.serve(service_names=[...], register=...)
     ...
     await runtime.close()
@@ -26,7 +26,15 @@ from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from omni_kit.bus import EventConsumer, Handler, Outbox, OutboxRelay, ensure_streams
+from omni_kit.bus import (
+    EventConsumer,
+    Handler,
+    Outbox,
+    OutboxRelay,
+    ensure_streams,
+    events_stream,
+    subject_for,
+)
 from omni_kit.db import create_engine, migrate, session_factory
 from omni_kit.grpc_server import GrpcServer
 from omni_kit.settings import ServiceSettings
@@ -42,7 +50,7 @@ class Runtime:
         self.name = name
         self.settings = settings
         self._migrations = migrations
-        self.outbox = Outbox(producer=name)
+        self.outbox = Outbox(producer=name, namespace=settings.event_namespace)
         self.engine: AsyncEngine
         self.sessions: async_sessionmaker[AsyncSession]
         self.nats: NatsClient
@@ -72,7 +80,7 @@ class Runtime:
             reconnect_time_wait=0.5,
         )
         self.js = self.nats.jetstream()
-        await ensure_streams(self.js)
+        await ensure_streams(self.js, namespace=self.settings.event_namespace)
         self.relay = OutboxRelay(self.engine, self.js, poll_interval_s=self.settings.outbox_poll_interval_s)
         self._tasks.append(asyncio.create_task(self.relay.run(), name=f"{self.name}-outbox-relay"))
 
@@ -83,13 +91,15 @@ class Runtime:
             yield session
         self.relay.wake()
 
-    def add_consumer(self, *, durable: str, subjects: Sequence[str], handler: Handler) -> EventConsumer:
-        """Register a durable consumer; it starts with serve()."""
+    def add_consumer(self, *, durable: str, event_types: Sequence[str], handler: Handler) -> EventConsumer:
+        """Register a durable consumer of some event types (e.g. "identity.persons_merged"); starts with serve()."""
+        namespace = self.settings.event_namespace
         consumer = EventConsumer(
             self.js,
             self.sessions,
             durable=f"{self.name}-{durable}",
-            subjects=subjects,
+            stream=events_stream(namespace),
+            subjects=[subject_for(t, namespace) for t in event_types],
             handler=handler,
             max_deliver=self.settings.consumer_max_deliver,
             backoff_s=self.settings.consumer_backoff_s,

@@ -31,6 +31,11 @@ class ServiceSettings(BaseSettings):
     consumer_backoff_s: tuple[float, ...] = Field(
         (0.2, 1.0, 5.0, 15.0), description="Delays before redelivering a failed event."
     )
+    event_namespace: str = Field(
+        "omni",
+        pattern=r"^[a-z][a-z0-9_]{0,30}$",
+        description="Prefix of event subjects and streams; every service of one deployment shares it.",
+    )
     migrate_on_start: bool = Field(False, description="Apply migrations before serving (the embedded run).")
 
     @field_validator("database_url")

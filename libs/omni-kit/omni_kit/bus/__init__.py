@@ -3,7 +3,7 @@
 from omni_kit.bus.consumer import EventConsumer, Handler
 from omni_kit.bus.envelope import make_envelope, subject_for, unpack
 from omni_kit.bus.outbox import Outbox, OutboxRelay
-from omni_kit.bus.streams import DLQ_STREAM, EVENTS_STREAM, ensure_streams
+from omni_kit.bus.streams import DLQ_STREAM, EVENTS_STREAM, dlq_stream, ensure_streams, events_stream
 from omni_kit.bus.tables import bus_metadata, create_bus_tables, inbox_table, outbox_table
 
 __all__ = [
@@ -15,7 +15,9 @@ __all__ = [
     "OutboxRelay",
     "bus_metadata",
     "create_bus_tables",
+    "dlq_stream",
     "ensure_streams",
+    "events_stream",
     "inbox_table",
     "make_envelope",
     "outbox_table",

@@ -3,7 +3,7 @@
 Each consumer is a durable pull consumer with explicit ack. For every message it opens a transaction,
 records the event id in the inbox (a duplicate is skipped), runs the handler and commits, then acks. A
 failing handler rolls back and the message is redelivered after a backoff; after `max_deliver` attempts it
-is copied to the dead-letter subject omni.dlq.<durable> with the error, and terminated.
+is copied to the dead-letter subject <namespace>.dlq.<durable> with the error, and terminated.
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from omni.events.v1 import envelope_pb2
-from omni_kit.bus.streams import EVENTS_STREAM
 from omni_kit.bus.tables import inbox_table
 
 log = logging.getLogger(__name__)
@@ -41,6 +40,7 @@ class EventConsumer:
         sessions: async_sessionmaker[AsyncSession],
         *,
         durable: str,
+        stream: str,
         subjects: Sequence[str],
         handler: Handler,
         max_deliver: int = 5,
@@ -52,6 +52,8 @@ class EventConsumer:
         self._js = js
         self._sessions = sessions
         self.durable = durable
+        self._stream = stream
+        self._dlq_prefix = stream.removesuffix("_EVENTS").lower() + ".dlq."
         self._subjects = list(subjects)
         self._handler = handler
         self._max_deliver = max_deliver
@@ -75,8 +77,8 @@ class EventConsumer:
             filter_subjects=self._subjects,
             max_ack_pending=10_000,
         )
-        await self._js.add_consumer(EVENTS_STREAM, config)
-        self._subscription = await self._js.pull_subscribe_bind(self.durable, stream=EVENTS_STREAM)
+        await self._js.add_consumer(self._stream, config)
+        self._subscription = await self._js.pull_subscribe_bind(self.durable, stream=self._stream)
 
     async def run(self) -> None:
         """Fetch and apply messages until stopped."""
@@ -172,6 +174,6 @@ class EventConsumer:
         headers["Omni-Error"] = error[:1000]
         headers["Omni-Original-Subject"] = message.subject
         headers.pop("Nats-Msg-Id", None)
-        await self._js.publish(f"omni.dlq.{self.durable}", message.data, headers=headers)
+        await self._js.publish(f"{self._dlq_prefix}{self.durable}", message.data, headers=headers)
         await message.term()
         self.dead_lettered += 1

@@ -13,12 +13,10 @@ from omni_kit.ids import new_id_str
 
 M = TypeVar("M", bound=Message)
 
-SUBJECT_PREFIX = "omni.events."
 
-
-def subject_for(event_type: str) -> str:
+def subject_for(event_type: str, namespace: str = "omni") -> str:
     """The NATS subject of an event type: "identity.persons_merged" → "omni.events.identity.persons_merged"."""
-    return SUBJECT_PREFIX + event_type
+    return f"{namespace}.events.{event_type}"
 
 
 def make_envelope(

@@ -24,8 +24,9 @@ log = logging.getLogger(__name__)
 class Outbox:
     """Writes a service's events into its outbox table, inside the caller's transaction."""
 
-    def __init__(self, producer: str) -> None:
+    def __init__(self, producer: str, namespace: str = "omni") -> None:
         self.producer = producer
+        self.namespace = namespace
 
     def envelope(
         self, payload: Message, *, event_type: str, person_id: str = "", occurred_at: datetime | None = None
@@ -62,7 +63,7 @@ class Outbox:
             [
                 {
                     "id": uuid.UUID(e.id),
-                    "subject": subject_for(e.type),
+                    "subject": subject_for(e.type, self.namespace),
                     "type": e.type,
                     "person_id": e.person_id or None,
                     "payload": e.SerializeToString(),

@@ -1,0 +1,202 @@
+"""The event log end to end on real PostgreSQL and NATS: outbox, relay, consumer with inbox, dead letters."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import nats
+import pytest
+import sqlalchemy as sa
+from nats.js import JetStreamContext
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+
+from omni.common.v1 import common_pb2
+from omni.events.v1 import envelope_pb2
+from omni.identity.v1 import events_pb2
+from omni_kit.bus import (
+    EventConsumer,
+    Outbox,
+    OutboxRelay,
+    bus_metadata,
+    dlq_stream,
+    ensure_streams,
+    events_stream,
+    outbox_table,
+    subject_for,
+    unpack,
+)
+from omni_kit.db import create_engine, session_factory
+
+test_metadata = sa.MetaData()
+notes = sa.Table(
+    "notes",
+    test_metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("text", sa.Text, nullable=False),
+)
+
+
+@pytest.fixture
+async def engine(make_database: Callable[..., Any]) -> AsyncIterator[AsyncEngine]:
+    url = make_database("bus")
+    engine = create_engine(url, application_name="omni-test-bus")
+    async with engine.begin() as connection:
+        await connection.run_sync(bus_metadata.create_all)
+        await connection.run_sync(test_metadata.create_all)
+    yield engine
+    await engine.dispose()
+
+
+@pytest.fixture
+async def js(nats_server: Any) -> AsyncIterator[tuple[JetStreamContext, str]]:
+    client = await nats.connect(nats_server.url)
+    namespace = "t" + uuid.uuid4().hex[:10]
+    context = client.jetstream()
+    await ensure_streams(context, namespace=namespace)
+    yield context, namespace
+    await client.drain()
+
+
+def _merged(person: str) -> events_pb2.PersonsMergedEvent:
+    return events_pb2.PersonsMergedEvent(
+        survivor_person_id=person,
+        merged_person_ids=[str(uuid.uuid4())],
+        cause_identifiers=[common_pb2.Identifier(type="email", value="ada@example.com")],
+    )
+
+
+async def _stream_count(js: JetStreamContext, namespace: str) -> int:
+    info = await js.stream_info(events_stream(namespace))
+    return int(info.state.messages)
+
+
+async def test_event_is_published_only_when_its_transaction_commits(
+    engine: AsyncEngine, js: tuple[JetStreamContext, str]
+) -> None:
+    context, namespace = js
+    outbox = Outbox("identity", namespace=namespace)
+    sessions = session_factory(engine)
+    with pytest.raises(RuntimeError):
+        async with sessions() as session, session.begin():
+            await outbox.add(session, _merged("p-rolled-back"), event_type="identity.persons_merged")
+            raise RuntimeError("the state change failed")
+    async with sessions() as session, session.begin():
+        await session.execute(notes.insert().values(text="state change"))
+        committed = await outbox.add(
+            session, _merged("p-1"), event_type="identity.persons_merged", person_id="p-1"
+        )
+
+    relay = OutboxRelay(engine, context)
+    assert await relay.publish_pending() == 1
+    assert await relay.publish_pending() == 0
+    assert await _stream_count(context, namespace) == 1
+
+    message = await context.get_last_msg(events_stream(namespace), subject_for("identity.persons_merged", namespace))
+    assert message.headers is not None
+    assert message.headers["Nats-Msg-Id"] == committed.id
+    envelope = envelope_pb2.Envelope.FromString(message.data)
+    assert (envelope.id, envelope.producer, envelope.person_id) == (committed.id, "identity", "p-1")
+    assert unpack(envelope, events_pb2.PersonsMergedEvent).survivor_person_id == "p-1"
+
+
+async def test_republishing_after_a_crash_is_deduplicated(
+    engine: AsyncEngine, js: tuple[JetStreamContext, str]
+) -> None:
+    context, namespace = js
+    outbox = Outbox("identity", namespace=namespace)
+    async with session_factory(engine)() as session, session.begin():
+        await outbox.add(session, _merged("p-2"), event_type="identity.persons_merged")
+    relay = OutboxRelay(engine, context)
+    await relay.publish_pending()
+    # A relay that died after publishing but before marking would see the row again.
+    async with engine.begin() as connection:
+        await connection.execute(outbox_table.update().values(published_at=None))
+    assert await relay.publish_pending() == 1
+    assert await _stream_count(context, namespace) == 1
+
+
+async def test_consumer_applies_each_event_once(engine: AsyncEngine, js: tuple[JetStreamContext, str]) -> None:
+    context, namespace = js
+    sessions = session_factory(engine)
+    seen: list[str] = []
+
+    async def handler(session: AsyncSession, envelope: envelope_pb2.Envelope) -> None:
+        seen.append(envelope.id)
+        await session.execute(notes.insert().values(text=envelope.id))
+
+    consumer = EventConsumer(
+        context,
+        sessions,
+        durable="test-once",
+        stream=events_stream(namespace),
+        subjects=[subject_for("identity.persons_merged", namespace)],
+        handler=handler,
+    )
+    await consumer.start()
+    task = asyncio.create_task(consumer.run())
+    envelope = Outbox("identity").envelope(_merged("p-3"), event_type="identity.persons_merged")
+    subject = subject_for("identity.persons_merged", namespace)
+    # The same event delivered twice (published under two message ids, so JetStream keeps both).
+    await context.publish(subject, envelope.SerializeToString(), headers={"Nats-Msg-Id": "a"})
+    await context.publish(subject, envelope.SerializeToString(), headers={"Nats-Msg-Id": "b"})
+    for _ in range(100):
+        if consumer.applied >= 1 and (await context.consumer_info(events_stream(namespace), "test-once")).num_ack_pending == 0:
+            break
+        await asyncio.sleep(0.05)
+    consumer.stop()
+    await task
+    async with engine.connect() as connection:
+        rows = (await connection.execute(sa.select(notes.c.text).where(notes.c.text == envelope.id))).all()
+    assert len(rows) == 1
+    assert consumer.applied == 1
+    assert seen == [envelope.id]
+
+
+async def test_poison_event_goes_to_dead_letter_after_bounded_retries(
+    engine: AsyncEngine, js: tuple[JetStreamContext, str]
+) -> None:
+    context, namespace = js
+    attempts = 0
+
+    async def handler(session: AsyncSession, envelope: envelope_pb2.Envelope) -> None:
+        nonlocal attempts
+        attempts += 1
+        await session.execute(notes.insert().values(text=f"partial-{envelope.id}"))
+        raise ValueError("cannot apply")
+
+    consumer = EventConsumer(
+        context,
+        session_factory(engine),
+        durable="test-poison",
+        stream=events_stream(namespace),
+        subjects=[subject_for("identity.persons_merged", namespace)],
+        handler=handler,
+        max_deliver=3,
+        backoff_s=(0.05,),
+    )
+    await consumer.start()
+    task = asyncio.create_task(consumer.run())
+    envelope = Outbox("identity").envelope(_merged("p-4"), event_type="identity.persons_merged")
+    await context.publish(
+        subject_for("identity.persons_merged", namespace),
+        envelope.SerializeToString(),
+        headers={"Nats-Msg-Id": envelope.id},
+    )
+    for _ in range(200):
+        if consumer.dead_lettered:
+            break
+        await asyncio.sleep(0.05)
+    consumer.stop()
+    await task
+    assert attempts == 3
+    dead = await context.get_last_msg(dlq_stream(namespace), f"{namespace}.dlq.test-poison")
+    assert dead.data == envelope.SerializeToString()
+    assert dead.headers is not None and "cannot apply" in dead.headers["Omni-Error"]
+    async with engine.connect() as connection:
+        partial = await connection.scalar(
+            sa.select(sa.func.count()).select_from(notes).where(notes.c.text == f"partial-{envelope.id}")
+        )
+    assert partial == 0, "a failed handler's writes are rolled back"

@@ -1,0 +1,121 @@
+"""The gRPC bootstrap over a real socket: health, reflection, error mapping, graceful shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from omni_kit.errors import FieldViolation, InvalidArgument, NotFound, status_details
+from omni_kit.grpc_server import GrpcServer
+
+SERVICE = "omni.test.v1.TestService"
+
+
+def _register(release: asyncio.Event) -> object:
+    async def fail(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        if request == b"missing":
+            raise NotFound(message="no such thing", reason="THING_NOT_FOUND")
+        if request == b"bad":
+            raise InvalidArgument(message="bad", violations=[FieldViolation("thing.name", "required")])
+        raise RuntimeError("secret internals")
+
+    async def slow(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        await release.wait()
+        return b"finished:" + request
+
+    handlers = {
+        "Fail": grpc.unary_unary_rpc_method_handler(fail),
+        "Slow": grpc.unary_unary_rpc_method_handler(slow),
+    }
+
+    def register(server: grpc.aio.Server) -> None:
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
+
+    return register
+
+
+@pytest.fixture
+async def served() -> AsyncIterator[tuple[GrpcServer, grpc.aio.Channel, asyncio.Event]]:
+    release = asyncio.Event()
+    server = GrpcServer(
+        domain="omni.test",
+        service_names=[SERVICE],
+        register=_register(release),  # type: ignore[arg-type]
+        host="127.0.0.1",
+        port=0,
+    )
+    await server.start()
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{server.port}")
+    yield server, channel, release
+    release.set()
+    await channel.close()
+    await server.stop(0)
+
+
+async def test_health_reports_serving_for_server_and_service(
+    served: tuple[GrpcServer, grpc.aio.Channel, asyncio.Event],
+) -> None:
+    _, channel, _ = served
+    stub = health_pb2_grpc.HealthStub(channel)
+    for name in ("", SERVICE):
+        response = await stub.Check(health_pb2.HealthCheckRequest(service=name), timeout=2)
+        assert response.status == health_pb2.HealthCheckResponse.SERVING
+
+
+async def test_reflection_lists_the_services(served: tuple[GrpcServer, grpc.aio.Channel, asyncio.Event]) -> None:
+    _, channel, _ = served
+    stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+    responses = stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]))
+    async for response in responses:
+        names = {s.name for s in response.list_services_response.service}
+        assert {SERVICE, "grpc.health.v1.Health"} <= names
+        break
+
+
+async def test_domain_errors_become_status_with_details(
+    served: tuple[GrpcServer, grpc.aio.Channel, asyncio.Event],
+) -> None:
+    _, channel, _ = served
+    call = channel.unary_unary(f"/{SERVICE}/Fail")
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await call(b"bad", timeout=2)
+    details = status_details(raised.value)
+    assert details.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert details.fields == {"thing.name"}
+    assert details.error_info is not None and details.error_info.domain == "omni.test"
+
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await call(b"missing", timeout=2)
+    details = status_details(raised.value)
+    assert details.code == grpc.StatusCode.NOT_FOUND
+    assert details.error_info is not None and details.error_info.reason == "THING_NOT_FOUND"
+
+
+async def test_unexpected_errors_are_internal_without_leaking(
+    served: tuple[GrpcServer, grpc.aio.Channel, asyncio.Event],
+) -> None:
+    _, channel, _ = served
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await channel.unary_unary(f"/{SERVICE}/Fail")(b"boom", timeout=2)
+    assert raised.value.code() == grpc.StatusCode.INTERNAL
+    assert "secret" not in (raised.value.details() or "")
+
+
+async def test_graceful_stop_finishes_in_flight_calls_and_reports_not_serving(
+    served: tuple[GrpcServer, grpc.aio.Channel, asyncio.Event],
+) -> None:
+    server, channel, release = served
+    in_flight = asyncio.ensure_future(channel.unary_unary(f"/{SERVICE}/Slow")(b"x", timeout=10))
+    await asyncio.sleep(0.2)
+    stopping = asyncio.create_task(server.stop(5))
+    await asyncio.sleep(0.2)
+    status = await server.health.Check(health_pb2.HealthCheckRequest(service=SERVICE), None)  # type: ignore[arg-type]
+    assert status.status == health_pb2.HealthCheckResponse.NOT_SERVING
+    release.set()
+    assert await in_flight == b"finished:x"
+    await stopping

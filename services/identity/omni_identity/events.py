@@ -1,0 +1,66 @@
+"""The events identity publishes, and how domain changes become their payloads in the outbox.
+
+identity.person_created (PersonCreatedEvent): a person was seen for the first time.
+identity.persons_merged (PersonsMergedEvent): persons were found to be one; the merged ids lead to the survivor.
+Identity consumes no events yet.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+from google.protobuf.message import Message
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from omni.common.v1 import common_pb2
+from omni.identity.v1 import events_pb2
+from omni_identity.normalise import IdentifierKey
+from omni_identity.resolution import GraphEvent, PersonCreated, PersonsMerged
+from omni_kit.bus import Outbox
+
+PERSON_CREATED = "identity.person_created"
+PERSONS_MERGED = "identity.persons_merged"
+
+
+def identifier_messages(keys: Iterable[IdentifierKey]) -> list[common_pb2.Identifier]:
+    """Normalised identifiers as protobuf messages."""
+    return [common_pb2.Identifier(type=key.type, value=key.value) for key in keys]
+
+
+def event_payload(event: GraphEvent) -> tuple[str, str, Message]:
+    """The event type, the person it concerns and the payload message of a domain event."""
+    if isinstance(event, PersonCreated):
+        return (
+            PERSON_CREATED,
+            str(event.person_id),
+            events_pb2.PersonCreatedEvent(
+                person_id=str(event.person_id), identifiers=identifier_messages(event.identifiers)
+            ),
+        )
+    if isinstance(event, PersonsMerged):
+        return (
+            PERSONS_MERGED,
+            str(event.survivor_id),
+            events_pb2.PersonsMergedEvent(
+                survivor_person_id=str(event.survivor_id),
+                merged_person_ids=[str(pid) for pid in event.merged_ids],
+                cause_identifiers=identifier_messages(event.cause_identifiers),
+            ),
+        )
+    raise TypeError(f"not an identity event: {event!r}")
+
+
+class OutboxPublisher:
+    """Stages domain events in the outbox of the transaction they happened in."""
+
+    def __init__(self, outbox: Outbox, session: AsyncSession) -> None:
+        self._outbox = outbox
+        self._session = session
+
+    async def publish(self, events: Sequence[GraphEvent]) -> None:
+        """Stage the events, in order, in one insert."""
+        envelopes = []
+        for event in events:
+            event_type, person_id, payload = event_payload(event)
+            envelopes.append(self._outbox.envelope(payload, event_type=event_type, person_id=person_id))
+        await self._outbox.add_envelopes(self._session, envelopes)

@@ -1,0 +1,67 @@
+"""Helpers of the identity tests: the running service, the events it published, request builders."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from omni.common.v1 import common_pb2
+from omni.events.v1 import envelope_pb2
+from omni.identity.v1 import identity_pb2, identity_pb2_grpc
+from omni_kit.runtime import Runtime
+
+
+@dataclass
+class Identity:
+    """A running identity service and a client of it."""
+
+    runtime: Runtime
+    stub: identity_pb2_grpc.IdentityServiceStub
+    namespace: str
+
+
+@dataclass
+class EventLog:
+    """Envelopes published on the test's namespace since the subscription started."""
+
+    envelopes: list[envelope_pb2.Envelope] = field(default_factory=list)
+    arrived: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def of_type(self, event_type: str) -> list[envelope_pb2.Envelope]:
+        """The envelopes of one event type, in arrival order."""
+        return [e for e in self.envelopes if e.type == event_type]
+
+    async def wait_for(self, event_type: str, count: int = 1) -> list[envelope_pb2.Envelope]:
+        """Wait (up to 5 s) until at least count envelopes of event_type arrived; return them."""
+        async with asyncio.timeout(5.0):
+            while len(self.of_type(event_type)) < count:
+                self.arrived.clear()
+                await self.arrived.wait()
+        return self.of_type(event_type)
+
+
+def ident(type_: str, value: str) -> common_pb2.Identifier:
+    """An identifier message."""
+    return common_pb2.Identifier(type=type_, value=value)
+
+
+def unique(prefix: str = "") -> str:
+    """A value no other test uses."""
+    return prefix + uuid.uuid4().hex[:12]
+
+
+def pairs(identifiers: Iterable[common_pb2.Identifier]) -> set[tuple[str, str]]:
+    """Identifier messages as (type, value) pairs."""
+    return {(i.type, i.value) for i in identifiers}
+
+
+async def resolve(
+    identity: Identity, *identifiers: common_pb2.Identifier, source: str = "test"
+) -> identity_pb2.Resolution:
+    """Resolve one identifier set and return its resolution."""
+    response = await identity.stub.ResolvePerson(
+        identity_pb2.ResolvePersonRequest(identifiers=list(identifiers), source=source)
+    )
+    return response.resolution

@@ -1,0 +1,137 @@
+"""The GatewayService servicer: validates requests, translates protobuf ⇄ domain, owns the transactions."""
+
+from __future__ import annotations
+
+import grpc
+
+from omni.gateway.v1 import gateway_pb2, gateway_pb2_grpc
+from omni_gateway.delivery import Delivery, Transaction
+from omni_gateway.domain import Channel
+from omni_gateway.rendering import Renderer, TemplateParts
+from omni_gateway.repository import Repository
+from omni_gateway.wire import (
+    TEMPLATE_ID,
+    channel_from_proto,
+    message_to_proto,
+    parse_send_request,
+    struct_to_dict,
+    template_to_proto,
+)
+from omni_kit.errors import AlreadyExists, FieldViolation, InvalidArgument, NotFound, Violations
+from omni_kit.ids import parse_uuid
+
+MAX_TEMPLATE_PART = 256 * 1024
+MAX_SUBJECT = 998  # an email header line
+
+
+class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
+    """Templates and messages over gRPC; sending itself is the Delivery's."""
+
+    def __init__(
+        self, *, transaction: Transaction, repository: Repository, renderer: Renderer, delivery: Delivery
+    ) -> None:
+        self._transaction = transaction
+        self._repository = repository
+        self._renderer = renderer
+        self._delivery = delivery
+
+    async def CreateTemplate(
+        self, request: gateway_pb2.CreateTemplateRequest, context: grpc.aio.ServicerContext
+    ) -> gateway_pb2.CreateTemplateResponse:
+        """Store a template after checking its id, channel and Liquid; the id must be new."""
+        template = request.template
+        violations = Violations()
+        if not request.HasField("template"):
+            violations.add("template", "required")
+        if not template.id:
+            violations.add("template.id", "required")
+        elif not TEMPLATE_ID.fullmatch(template.id):
+            violations.add("template.id", "1 to 64 characters of a-z, 0-9 and '-'")
+        channel = channel_from_proto(template.channel)
+        if channel is None:
+            violations.add("template.channel", "required: a channel other than CHANNEL_UNSPECIFIED")
+        if channel == Channel.EMAIL and not template.subject.strip():
+            violations.add("template.subject", "required for email")
+        if len(template.subject) > MAX_SUBJECT:
+            violations.add("template.subject", f"at most {MAX_SUBJECT} characters")
+        if not template.body_text.strip():
+            violations.add("template.body_text", "required")
+        for name in ("body_text", "body_html"):
+            if len(getattr(template, name)) > MAX_TEMPLATE_PART:
+                violations.add(f"template.{name}", f"at most {MAX_TEMPLATE_PART} characters")
+        if not violations:
+            parts = TemplateParts(template.subject, template.body_text, template.body_html)
+            for name, problem in self._renderer.problems(parts).items():
+                violations.add(f"template.{name}", problem)
+        violations.raise_if_any("the template is not valid")
+        assert channel is not None
+        async with self._transaction() as session:
+            stored = await self._repository.insert_template(
+                session,
+                {
+                    "id": template.id,
+                    "channel": channel,
+                    "subject": template.subject,
+                    "body_text": template.body_text,
+                    "body_html": template.body_html,
+                },
+            )
+        if stored is None:
+            raise AlreadyExists(
+                message=f"template {template.id!r} exists already",
+                metadata={"template_id": template.id},
+            )
+        return gateway_pb2.CreateTemplateResponse(template=template_to_proto(stored))
+
+    async def GetTemplate(
+        self, request: gateway_pb2.GetTemplateRequest, context: grpc.aio.ServicerContext
+    ) -> gateway_pb2.GetTemplateResponse:
+        """Return a template by id."""
+        violations = Violations()
+        if not request.template_id:
+            violations.add("template_id", "required")
+        elif not TEMPLATE_ID.fullmatch(request.template_id):
+            violations.add("template_id", "1 to 64 characters of a-z, 0-9 and '-'")
+        violations.raise_if_any()
+        async with self._transaction() as session:
+            template = await self._repository.get_template(session, request.template_id)
+        if template is None:
+            raise NotFound(
+                message=f"template {request.template_id!r} not found",
+                metadata={"template_id": request.template_id},
+            )
+        return gateway_pb2.GetTemplateResponse(template=template_to_proto(template))
+
+    async def SendMessage(
+        self, request: gateway_pb2.SendMessageRequest, context: grpc.aio.ServicerContext
+    ) -> gateway_pb2.SendMessageResponse:
+        """Send once per request id; the answer is the message as it stands (SENT, FAILED or QUEUED)."""
+        send = parse_send_request(
+            request_id=request.request_id,
+            person_id=request.person_id,
+            channel=request.channel,
+            template_id=request.template_id,
+            variables=struct_to_dict(request.variables) if request.HasField("variables") else {},
+            journey_id=request.journey_id,
+        )
+        # Transactions are the delivery's: the message is committed before the SMTP conversation.
+        message = await self._delivery.send(send)
+        return gateway_pb2.SendMessageResponse(message=message_to_proto(message))
+
+    async def GetMessage(
+        self, request: gateway_pb2.GetMessageRequest, context: grpc.aio.ServicerContext
+    ) -> gateway_pb2.GetMessageResponse:
+        """Return a message and its status."""
+        message_id = parse_uuid(request.message_id) if request.message_id else None
+        if message_id is None:
+            raise InvalidArgument(
+                message="message_id is not valid",
+                violations=[FieldViolation("message_id", "required: a UUID")],
+            )
+        async with self._transaction() as session:
+            message = await self._repository.get_message(session, message_id)
+        if message is None:
+            raise NotFound(
+                message=f"message {request.message_id} not found", metadata={"message_id": str(message_id)}
+            )
+        return gateway_pb2.GetMessageResponse(message=message_to_proto(message))

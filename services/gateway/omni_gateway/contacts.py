@@ -1,0 +1,92 @@
+"""What the gateway learns about a person at send time: the address from identity, traits and cart from profile.
+
+Personal data stays in identity and profile; the gateway asks for it per send and keeps only the address
+it sent to on the message.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+from google.protobuf import json_format
+
+from omni.identity.v1 import identity_pb2, identity_pb2_grpc
+from omni.profile.v1 import profile_pb2, profile_pb2_grpc
+from omni_gateway.domain import PermanentFailure, TransientFailure
+from omni_gateway.rendering import CartLine
+
+# Answers that will not change if asked again; anything else (UNAVAILABLE, DEADLINE_EXCEEDED …) may.
+_FINAL_CODES = frozenset(
+    {grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION}
+)
+
+
+@dataclass(frozen=True)
+class PersonData:
+    """The profile data a template is rendered with."""
+
+    traits: dict[str, Any] = field(default_factory=dict)
+    cart: list[CartLine] = field(default_factory=list)
+
+
+class Contacts:
+    """Reads addresses from identity and profiles from profile, over their gRPC APIs."""
+
+    def __init__(
+        self,
+        identity: identity_pb2_grpc.IdentityServiceAsyncStub,
+        profile: profile_pb2_grpc.ProfileServiceAsyncStub,
+    ) -> None:
+        self._identity = identity
+        self._profile = profile
+
+    async def email_of(self, person_id: uuid.UUID) -> str:
+        """The person's first email address (after merges, the survivor's).
+
+        Raises PermanentFailure when the person is unknown or has no email, TransientFailure when identity
+        cannot answer now.
+        """
+        try:
+            response = await self._identity.GetPerson(identity_pb2.GetPersonRequest(person_id=str(person_id)))
+        except grpc.aio.AioRpcError as error:
+            if error.code() == grpc.StatusCode.NOT_FOUND:
+                raise PermanentFailure("person not found") from error
+            raise _failure("identity", error) from error
+        for identifier in response.person.identifiers:
+            if identifier.type == "email" and identifier.value:
+                return identifier.value
+        raise PermanentFailure("no email address")
+
+    async def data_of(self, person_id: uuid.UUID) -> PersonData:
+        """The person's traits and cart; a person without a profile has neither."""
+        try:
+            response = await self._profile.GetProfile(
+                profile_pb2.GetProfileRequest(person_id=str(person_id), recent_event_count=0)
+            )
+        except grpc.aio.AioRpcError as error:
+            if error.code() == grpc.StatusCode.NOT_FOUND:
+                return PersonData()
+            raise _failure("profile", error) from error
+        profile = response.profile
+        traits = json_format.MessageToDict(profile.traits) if profile.HasField("traits") else {}
+        cart = [
+            CartLine(
+                product_id=item.product_id,
+                name=item.name,
+                quantity=item.quantity,
+                unit_price_minor=item.unit_price.amount_minor,
+                currency=item.unit_price.currency_code,
+            )
+            for item in profile.cart.items
+        ]
+        return PersonData(traits=traits, cart=cart)
+
+
+def _failure(service: str, error: grpc.aio.AioRpcError) -> PermanentFailure | TransientFailure:
+    text = f"{service}: {error.code().name}: {error.details() or ''}".rstrip(": ")
+    if error.code() in _FINAL_CODES:
+        return PermanentFailure(text)
+    return TransientFailure(text)

@@ -1,0 +1,219 @@
+"""Sending a message: accept it once per request id, then attempt delivery and record the outcome.
+
+The flow of one send:
+1. In one transaction: replay or refuse a known request id, or check the template and insert the message
+   QUEUED, already holding the lease of its first attempt; commit. From here the message cannot be lost.
+2. Outside any transaction: the recipient's email from identity, traits and cart from profile, render the
+   template, build the email and hand it to the SMTP server.
+3. In one transaction: record SENT or FAILED and stage message_sent / message_failed with it.
+
+A transient failure (SMTP server, identity or profile unreachable; a 4xx answer) keeps the message QUEUED
+with the error and a next attempt time, backing off exponentially; the retry loop (retry.py) attempts it
+again then, and so does a repeated SendMessage with the same request id. After `max_attempts` the message
+is FAILED. Each attempt holds a lease on the message, so two callers never send it at the same time; only
+a process that dies after the SMTP server took the email but before recording it can cause a second copy,
+which carries the same Message-ID.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
+
+from opentelemetry import propagate, trace
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from omni_gateway.contacts import Contacts
+from omni_gateway.domain import (
+    DELIVERABLE_CHANNELS,
+    DeliveryError,
+    MessageStatus,
+    PermanentFailure,
+    SendRequest,
+)
+from omni_gateway.email_message import build_email
+from omni_gateway.events import stage_outcome
+from omni_gateway.idempotency import ensure_same_request, fingerprint
+from omni_gateway.models import Message
+from omni_gateway.rendering import Renderer, TemplateParts, template_context
+from omni_gateway.repository import Repository
+from omni_gateway.retry import RetryPolicy
+from omni_gateway.smtp import Mailer
+from omni_kit.bus import Outbox
+from omni_kit.errors import FieldViolation, InvalidArgument, NotFound
+from omni_kit.ids import new_id
+
+tracer = trace.get_tracer("omni_gateway.delivery")
+
+Transaction = Callable[[], AbstractAsyncContextManager[AsyncSession]]
+
+
+class Delivery:
+    """Accepts sends idempotently and carries out their delivery attempts."""
+
+    def __init__(
+        self,
+        *,
+        transaction: Transaction,
+        repository: Repository,
+        outbox: Outbox,
+        contacts: Contacts,
+        renderer: Renderer,
+        mailer: Mailer,
+        sender: str,
+        policy: RetryPolicy,
+    ) -> None:
+        self._transaction = transaction
+        self._repository = repository
+        self._outbox = outbox
+        self._contacts = contacts
+        self._renderer = renderer
+        self._mailer = mailer
+        self._sender = sender
+        self._policy = policy
+
+    async def send(self, request: SendRequest) -> Message:
+        """Send a message once per request id and return it: SENT, FAILED, or QUEUED after a transient failure.
+
+        Raises InvalidArgument (channel not delivered, template for another channel), NotFound (template)
+        or AlreadyExists (request id reused with other content); nothing is written then.
+        """
+        if request.channel not in DELIVERABLE_CHANNELS:
+            raise InvalidArgument(
+                message=f"channel {request.channel.value} cannot be delivered yet",
+                violations=[FieldViolation("channel", "only CHANNEL_EMAIL is delivered so far")],
+            )
+        key = fingerprint(request)
+        lease = self._policy.lease
+        async with self._transaction() as session:
+            message = await self._repository.get_message_by_request(session, request.request_id)
+            fresh = False
+            if message is None:
+                await self._check_template(session, request)
+                message = await self._repository.insert_message(session, self._row(request, key), lease=lease)
+                fresh = message is not None
+                if message is None:  # a concurrent send with the same key committed first
+                    message = await self._repository.get_message_by_request(session, request.request_id)
+                    assert message is not None
+            if not fresh:
+                ensure_same_request(message, key)
+        if fresh:
+            return await self.attempt(message)
+        if message.status != MessageStatus.QUEUED:
+            return message
+        async with self._transaction() as session:
+            claimed = await self._repository.claim(session, message.id, lease=lease)
+            if claimed is None:  # another attempt is under way, or it just finished
+                current = await self._repository.get_message(session, message.id)
+                assert current is not None
+                return current
+        return await self.attempt(claimed)
+
+    async def reject(self, request: SendRequest, error: str) -> Message | None:
+        """Record a request that can never be sent as a FAILED message and announce it; None if the key exists."""
+        async with self._transaction() as session:
+            message = await self._repository.insert_message(
+                session, self._row(request, fingerprint(request)), status=MessageStatus.FAILED, error=error
+            )
+            if message is not None:
+                await stage_outcome(self._outbox, session, message)
+        return message
+
+    async def claim_due(self, limit: int) -> list[Message]:
+        """Take the lease of up to `limit` queued messages whose next attempt is due (for the retry loop)."""
+        async with self._transaction() as session:
+            return await self._repository.claim_due(session, limit=limit, lease=self._policy.lease)
+
+    async def attempt(self, message: Message) -> Message:
+        """One delivery attempt of a message whose lease the caller holds; records and returns the outcome."""
+        with tracer.start_as_current_span(
+            "gateway deliver",
+            attributes={
+                "omni.message_id": str(message.id),
+                "omni.person_id": str(message.person_id),
+                "omni.attempt": message.attempt_count,
+            },
+        ) as span:
+            recipient = message.recipient
+            try:
+                if message.attempt_count > self._policy.max_attempts:
+                    # An attempt died without reporting back (its lease ran out) and none are left.
+                    raise PermanentFailure(
+                        f"gave up after {message.attempt_count - 1} attempts: {message.error or 'no answer'}"
+                    )
+                parts = await self._template_parts(message.template_id)
+                recipient = await self._contacts.email_of(message.person_id)
+                data = await self._contacts.data_of(message.person_id)
+                context = template_context(
+                    person_id=str(message.person_id),
+                    traits=data.traits,
+                    cart=data.cart,
+                    variables=message.variables,
+                )
+                rendered = self._renderer.render(parts, context)
+                email = build_email(
+                    message_id=message.id, sender=self._sender, recipient=recipient, rendered=rendered
+                )
+                await self._mailer.send(email, message_id=message.id)
+            except DeliveryError as failure:
+                span.set_attribute("omni.delivery.error", str(failure))
+                return await self._record(message, recipient, failure)
+            return await self._record(message, recipient, None)
+
+    async def _record(self, message: Message, recipient: str, failure: DeliveryError | None) -> Message:
+        status, error, retry_after = MessageStatus.SENT, "", None
+        if failure is not None and failure.transient and message.attempt_count < self._policy.max_attempts:
+            status, error = MessageStatus.QUEUED, str(failure)
+            retry_after = self._policy.delay(message.attempt_count)
+        elif failure is not None and failure.transient:
+            status, error = MessageStatus.FAILED, f"gave up after {message.attempt_count} attempts: {failure}"
+        elif failure is not None:
+            status, error = MessageStatus.FAILED, str(failure)
+        async with self._transaction() as session:
+            updated = await self._repository.record_outcome(
+                session, message.id, status=status, recipient=recipient, error=error, retry_after=retry_after
+            )
+            await stage_outcome(self._outbox, session, updated)
+        return updated
+
+    async def _check_template(self, session: AsyncSession, request: SendRequest) -> None:
+        template = await self._repository.get_template(session, request.template_id)
+        if template is None:
+            raise NotFound(
+                message=f"template {request.template_id!r} not found",
+                metadata={"template_id": request.template_id},
+            )
+        if template.channel != request.channel:
+            raise InvalidArgument(
+                message="the template is for another channel",
+                violations=[
+                    FieldViolation(
+                        "template_id",
+                        f"template {template.id!r} is for {template.channel.value}, not {request.channel.value}",
+                    )
+                ],
+            )
+
+    async def _template_parts(self, template_id: str) -> TemplateParts:
+        async with self._transaction() as session:
+            template = await self._repository.get_template(session, template_id)
+        if template is None:
+            raise PermanentFailure(f"template {template_id!r} not found")
+        return TemplateParts(
+            subject=template.subject, body_text=template.body_text, body_html=template.body_html
+        )
+
+    def _row(self, request: SendRequest, key: str) -> dict[str, object]:
+        carrier: dict[str, str] = {}
+        propagate.inject(carrier)
+        return {
+            "id": new_id(),
+            "request_id": request.request_id,
+            "fingerprint": key,
+            "person_id": request.person_id,
+            "channel": request.channel,
+            "template_id": request.template_id,
+            "variables": request.variables,
+            "journey_id": request.journey_id,
+            "trace_context": carrier,
+        }

@@ -1,0 +1,88 @@
+"""What the gateway publishes (message sent / failed) and consumes (decisioning's send requests)."""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from omni.decisioning.v1 import events_pb2 as decisioning_events
+from omni.events.v1 import envelope_pb2
+from omni.gateway.v1 import events_pb2
+from omni_gateway.domain import MessageStatus
+from omni_gateway.models import Message
+from omni_gateway.wire import message_to_proto, parse_send_request
+from omni_kit.bus import Outbox, unpack
+from omni_kit.errors import AlreadyExists, InvalidArgument, NotFound
+
+if TYPE_CHECKING:
+    from omni_gateway.delivery import Delivery
+
+log = logging.getLogger(__name__)
+
+MESSAGE_SENT = "gateway.message_sent"
+MESSAGE_FAILED = "gateway.message_failed"
+SEND_REQUESTED = "decisioning.send_requested"
+
+
+async def stage_outcome(outbox: Outbox, session: AsyncSession, message: Message) -> None:
+    """Stage the event announcing a final status, in the transaction that records it; nothing for QUEUED."""
+    if message.status == MessageStatus.SENT:
+        await outbox.add(
+            session,
+            events_pb2.MessageSentEvent(message=message_to_proto(message)),
+            event_type=MESSAGE_SENT,
+            person_id=str(message.person_id),
+        )
+    elif message.status == MessageStatus.FAILED:
+        await outbox.add(
+            session,
+            events_pb2.MessageFailedEvent(message=message_to_proto(message)),
+            event_type=MESSAGE_FAILED,
+            person_id=str(message.person_id),
+        )
+
+
+class SendRequestedHandler:
+    """Sends the message decisioning asked for, through the same path as SendMessage.
+
+    The request id makes redeliveries harmless: a message already sent is not sent again. The send runs
+    inside the consumer's span, so the trace goes on from the journey to the SMTP server. Once the message
+    is recorded the gateway owns it, and a transient failure is retried by the gateway's retry loop, not
+    by redelivering the event. A request that can never be sent (unknown template, channel the gateway
+    cannot deliver) is recorded as a FAILED message with a message_failed event, so the journey hears of
+    it; one too malformed to record (no request id, no person) is logged and dropped.
+    """
+
+    def __init__(self, delivery: Delivery) -> None:
+        self._delivery = delivery
+
+    async def __call__(self, session: AsyncSession, envelope: envelope_pb2.Envelope) -> None:
+        """Handle one decisioning.send_requested envelope."""
+        event = unpack(envelope, decisioning_events.SendRequestedEvent)
+        try:
+            request = parse_send_request(
+                request_id=event.request_id,
+                person_id=event.person_id,
+                channel=event.channel,
+                template_id=event.template_id,
+                journey_id=event.journey_id,
+            )
+        except InvalidArgument as error:
+            log.error(
+                "dropping send request %s (event %s): %s", event.request_id, envelope.id, error.violations
+            )
+            return
+        try:
+            await self._delivery.send(request)
+        except (InvalidArgument, NotFound) as error:
+            await self._delivery.reject(request, _describe(error))
+        except AlreadyExists as error:
+            log.error("dropping send request (event %s): %s", envelope.id, error)
+
+
+def _describe(error: InvalidArgument | NotFound) -> str:
+    if isinstance(error, InvalidArgument) and error.violations:
+        return "; ".join(f"{v.field}: {v.description}" for v in error.violations)
+    return str(error)

@@ -1,0 +1,120 @@
+"""Wiring of the channel gateway: settings, then start() builds everything and serves it."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import SettingsConfigDict
+
+from omni.gateway.v1 import gateway_pb2_grpc
+from omni.identity.v1 import identity_pb2_grpc
+from omni.profile.v1 import profile_pb2_grpc
+from omni_gateway.api import GatewayServicer
+from omni_gateway.contacts import Contacts
+from omni_gateway.delivery import Delivery
+from omni_gateway.events import SEND_REQUESTED, SendRequestedHandler
+from omni_gateway.rendering import Renderer
+from omni_gateway.repository import Repository
+from omni_gateway.retry import RetryLoop, RetryPolicy
+from omni_gateway.smtp import Mailer, SmtpConfig
+from omni_kit.grpc_client import channel
+from omni_kit.runtime import Runtime
+from omni_kit.settings import ServiceSettings
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+class Settings(ServiceSettings):
+    """The gateway's settings, from OMNI_GATEWAY_* variables."""
+
+    model_config = SettingsConfigDict(env_prefix="OMNI_GATEWAY_", extra="ignore", frozen=True)
+
+    grpc_port: int = Field(50055, ge=0, le=65535, description="Port of the gRPC server; 0 picks a free one.")
+    identity_target: str = Field("127.0.0.1:50051", description="host:port of the identity service.")
+    profile_target: str = Field("127.0.0.1:50052", description="host:port of the profile service.")
+    client_timeout_s: float = Field(5.0, gt=0, description="Deadline of each call to identity and profile.")
+    smtp_host: str = Field("127.0.0.1", description="The SMTP server mail is submitted to.")
+    smtp_port: int = Field(25, ge=1, le=65535, description="Its port.")
+    smtp_from: str = Field("omni@localhost", description='The From address, e.g. "Shop <shop@example.com>".')
+    smtp_username: str | None = Field(None, description="User for SMTP AUTH; none means no AUTH.")
+    smtp_password: SecretStr | None = Field(None, description="Password for SMTP AUTH.")
+    smtp_timeout_s: float = Field(10.0, gt=0, description="Timeout of each step of the SMTP conversation.")
+    smtp_starttls: bool = Field(False, description="Upgrade the SMTP connection with STARTTLS.")
+    send_max_attempts: int = Field(8, ge=1, le=100, description="Delivery attempts before a message fails.")
+    retry_first_delay_s: float = Field(30.0, gt=0, description="Wait before the first retry; doubles after.")
+    retry_max_delay_s: float = Field(3600.0, gt=0, description="Longest wait between two attempts.")
+    retry_poll_interval_s: float = Field(1.0, gt=0, description="How often due retries are looked for.")
+    attempt_lease_s: float = Field(
+        120.0, gt=0, description="How long an attempt holds a message before another may take it up."
+    )
+
+
+async def start(settings: Settings) -> Runtime:
+    """Open the runtime, build the gateway's parts, consume send requests, retry queued messages and serve."""
+    runtime = Runtime("gateway", settings, migrations=MIGRATIONS)
+    await runtime.open()
+    identity_channel = runtime.track_channel(
+        channel(
+            settings.identity_target,
+            service="omni.identity.v1.IdentityService",
+            idempotent_methods=["GetPerson"],
+            timeout_s=settings.client_timeout_s,
+        )
+    )
+    profile_channel = runtime.track_channel(
+        channel(
+            settings.profile_target,
+            service="omni.profile.v1.ProfileService",
+            idempotent_methods=["GetProfile"],
+            timeout_s=settings.client_timeout_s,
+        )
+    )
+    contacts = Contacts(
+        identity_pb2_grpc.IdentityServiceStub(identity_channel),  # type: ignore[arg-type]
+        profile_pb2_grpc.ProfileServiceStub(profile_channel),  # type: ignore[arg-type]
+    )
+    mailer = Mailer(
+        SmtpConfig(
+            host=settings.smtp_host,
+            port=settings.smtp_port,
+            username=settings.smtp_username,
+            password=settings.smtp_password.get_secret_value() if settings.smtp_password else None,
+            timeout_s=settings.smtp_timeout_s,
+            starttls=settings.smtp_starttls,
+        )
+    )
+    policy = RetryPolicy(
+        max_attempts=settings.send_max_attempts,
+        first_delay_s=settings.retry_first_delay_s,
+        max_delay_s=settings.retry_max_delay_s,
+        lease_s=settings.attempt_lease_s,
+    )
+    repository = Repository()
+    renderer = Renderer()
+    delivery = Delivery(
+        transaction=runtime.transaction,
+        repository=repository,
+        outbox=runtime.outbox,
+        contacts=contacts,
+        renderer=renderer,
+        mailer=mailer,
+        sender=settings.smtp_from,
+        policy=policy,
+    )
+    runtime.add_consumer(
+        durable="send-requests", event_types=[SEND_REQUESTED], handler=SendRequestedHandler(delivery)
+    )
+    retry_loop = RetryLoop(
+        claim_due=delivery.claim_due, attempt=delivery.attempt, interval_s=settings.retry_poll_interval_s
+    )
+    servicer = GatewayServicer(
+        transaction=runtime.transaction, repository=repository, renderer=renderer, delivery=delivery
+    )
+    await runtime.serve(
+        service_names=["omni.gateway.v1.GatewayService"],
+        register=lambda server: gateway_pb2_grpc.add_GatewayServiceServicer_to_server(servicer, server),
+    )
+    runtime.add_task(lambda: asyncio.create_task(retry_loop.run(), name="gateway-retry-loop"))
+    return runtime

@@ -1,0 +1,66 @@
+"""The gateway's tables: templates and the message log (one row per request id)."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from omni_gateway.domain import Channel, MessageStatus
+
+
+def _enum(enum: type[StrEnum]) -> sa.Enum:
+    # Stored as the lower-case values ("email", "queued") in a text column; the migration adds the checks.
+    return sa.Enum(enum, native_enum=False, length=32, values_callable=lambda e: [m.value for m in e])
+
+
+class Base(DeclarativeBase):
+    """The gateway's own declarative base."""
+
+
+class Template(Base):
+    """A Liquid template for one channel, named by the caller."""
+
+    __tablename__ = "templates"
+
+    id: Mapped[str] = mapped_column(sa.Text, primary_key=True)
+    channel: Mapped[Channel] = mapped_column(_enum(Channel))
+    subject: Mapped[str] = mapped_column(sa.Text, default="")
+    body_text: Mapped[str] = mapped_column(sa.Text)
+    body_html: Mapped[str] = mapped_column(sa.Text, default="")
+    create_time: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True))
+
+
+class Message(Base):
+    """One message to one person; request_id is the caller's idempotency key.
+
+    `fingerprint` is a hash of what was asked (person, channel, template, variables), so a reused key with
+    other content is refused. `claimed_until` is the lease of the attempt in progress: while it lies in the
+    future no one else starts an attempt, and if the attempt's process dies the lease runs out and the
+    retry loop takes the message up again.
+    """
+
+    __tablename__ = "messages"
+
+    id: Mapped[uuid.UUID] = mapped_column(sa.Uuid, primary_key=True)
+    request_id: Mapped[str] = mapped_column(sa.Text, unique=True)
+    fingerprint: Mapped[str] = mapped_column(sa.Text)
+    person_id: Mapped[uuid.UUID] = mapped_column(sa.Uuid)
+    channel: Mapped[Channel] = mapped_column(_enum(Channel))
+    template_id: Mapped[str] = mapped_column(sa.Text)
+    variables: Mapped[dict[str, Any]] = mapped_column(JSONB, default=dict)
+    journey_id: Mapped[str] = mapped_column(sa.Text, default="")
+    recipient: Mapped[str] = mapped_column(sa.Text, default="")
+    status: Mapped[MessageStatus] = mapped_column(_enum(MessageStatus))
+    error: Mapped[str] = mapped_column(sa.Text, default="")
+    attempt_count: Mapped[int] = mapped_column(sa.Integer, default=0)
+    next_attempt_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True), nullable=True)
+    claimed_until: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True), nullable=True)
+    trace_context: Mapped[dict[str, str]] = mapped_column(JSONB, default=dict)
+    create_time: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True))
+    update_time: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True))

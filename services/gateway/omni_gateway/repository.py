@@ -1,0 +1,158 @@
+"""All the gateway's SQL: templates, and messages with their idempotency key and attempt lease.
+
+Times come from the database clock (now()), so replicas agree on leases and retry times.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from omni_gateway.domain import MessageStatus
+from omni_gateway.models import Message, Template
+
+_NOW = sa.func.now()
+
+
+class Repository:
+    """Queries on the gateway's database, run in the caller's session and transaction."""
+
+    async def get_template(self, session: AsyncSession, template_id: str) -> Template | None:
+        """The template with this id, if any."""
+        return await session.get(Template, template_id)
+
+    async def insert_template(self, session: AsyncSession, values: dict[str, Any]) -> Template | None:
+        """Store a new template; None when the id is taken already."""
+        statement = (
+            insert(Template)
+            .values(**values, create_time=_NOW)
+            .on_conflict_do_nothing(index_elements=[Template.id])
+            .returning(Template)
+        )
+        return (await session.scalars(statement)).one_or_none()
+
+    async def get_message(self, session: AsyncSession, message_id: uuid.UUID) -> Message | None:
+        """The message with this id, if any."""
+        return await session.get(Message, message_id, populate_existing=True)
+
+    async def get_message_by_request(self, session: AsyncSession, request_id: str) -> Message | None:
+        """The message stored for an idempotency key, if any."""
+        statement = sa.select(Message).where(Message.request_id == request_id)
+        return (await session.scalars(statement.execution_options(populate_existing=True))).one_or_none()
+
+    async def insert_message(
+        self,
+        session: AsyncSession,
+        values: dict[str, Any],
+        *,
+        lease: timedelta | None = None,
+        status: MessageStatus = MessageStatus.QUEUED,
+        error: str = "",
+    ) -> Message | None:
+        """Store a new message; None if its request id exists already.
+
+        A queued message comes already claimed for its first attempt (`lease`); a failed one (a request
+        that can never be sent) is stored final, with its error and no attempt.
+        """
+        queued = status == MessageStatus.QUEUED
+        if queued and lease is None:
+            raise ValueError("a queued message needs the lease of its first attempt")
+        statement = (
+            insert(Message)
+            .values(
+                **values,
+                status=status,
+                error=error,
+                attempt_count=1 if queued else 0,
+                claimed_until=_NOW + lease if queued and lease is not None else None,
+                next_attempt_at=_NOW + lease if queued and lease is not None else None,
+                create_time=_NOW,
+                update_time=_NOW,
+            )
+            .on_conflict_do_nothing(index_elements=[Message.request_id])
+            .returning(Message)
+        )
+        return (await session.scalars(statement)).one_or_none()
+
+    async def claim(
+        self, session: AsyncSession, message_id: uuid.UUID, *, lease: timedelta
+    ) -> Message | None:
+        """Take the lease for one more attempt of a queued message; None if it is final or leased by another.
+
+        The next attempt time moves to the lease's end, so if this attempt never reports back the retry
+        loop takes the message up again.
+        """
+        statement = (
+            sa.update(Message)
+            .where(
+                Message.id == message_id,
+                Message.status == MessageStatus.QUEUED,
+                sa.or_(Message.claimed_until.is_(None), Message.claimed_until <= _NOW),
+            )
+            .values(
+                attempt_count=Message.attempt_count + 1,
+                claimed_until=_NOW + lease,
+                next_attempt_at=_NOW + lease,
+            )
+            .returning(Message)
+            .execution_options(populate_existing=True)
+        )
+        return (await session.scalars(statement)).one_or_none()
+
+    async def claim_due(self, session: AsyncSession, *, limit: int, lease: timedelta) -> list[Message]:
+        """Take the lease of queued messages whose next attempt is due, oldest first; replicas skip each other's."""
+        due = (
+            sa.select(Message.id)
+            .where(
+                Message.status == MessageStatus.QUEUED,
+                Message.next_attempt_at <= _NOW,
+                sa.or_(Message.claimed_until.is_(None), Message.claimed_until <= _NOW),
+            )
+            .order_by(Message.next_attempt_at)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
+        statement = (
+            sa.update(Message)
+            .where(Message.id.in_(due.scalar_subquery()))
+            .values(
+                attempt_count=Message.attempt_count + 1,
+                claimed_until=_NOW + lease,
+                next_attempt_at=_NOW + lease,
+            )
+            .returning(Message)
+            .execution_options(populate_existing=True)
+        )
+        return list((await session.scalars(statement)).all())
+
+    async def record_outcome(
+        self,
+        session: AsyncSession,
+        message_id: uuid.UUID,
+        *,
+        status: MessageStatus,
+        recipient: str,
+        error: str,
+        retry_after: timedelta | None = None,
+    ) -> Message:
+        """Record how an attempt ended and release the lease; retry_after schedules the next attempt."""
+        statement = (
+            sa.update(Message)
+            .where(Message.id == message_id)
+            .values(
+                status=status,
+                recipient=recipient,
+                error=error,
+                claimed_until=None,
+                next_attempt_at=None if retry_after is None else _NOW + retry_after,
+                update_time=_NOW,
+            )
+            .returning(Message)
+            .execution_options(populate_existing=True)
+        )
+        return (await session.scalars(statement)).one()

@@ -1,0 +1,139 @@
+"""Protobuf ⇄ domain translation shared by the servicer and the events: channels, statuses, templates,
+messages, and the validation of a send request however it arrives."""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from typing import Any
+
+from google.protobuf import json_format, struct_pb2, timestamp_pb2
+
+from omni.common.v1 import common_pb2
+from omni.gateway.v1 import gateway_pb2
+from omni_gateway.domain import Channel, MessageStatus, SendRequest
+from omni_gateway.models import Message, Template
+from omni_kit.errors import Violations
+from omni_kit.ids import parse_uuid
+
+TEMPLATE_ID = re.compile(r"[a-z0-9-]{1,64}")
+MAX_REQUEST_ID = 128
+MAX_JOURNEY_ID = 128
+
+_CHANNELS = {
+    common_pb2.CHANNEL_WEB: Channel.WEB,
+    common_pb2.CHANNEL_APP: Channel.APP,
+    common_pb2.CHANNEL_EMAIL: Channel.EMAIL,
+    common_pb2.CHANNEL_SMS: Channel.SMS,
+    common_pb2.CHANNEL_PUSH: Channel.PUSH,
+    common_pb2.CHANNEL_STORE: Channel.STORE,
+    common_pb2.CHANNEL_CALL_CENTER: Channel.CALL_CENTER,
+}
+_CHANNELS_PB = {channel: number for number, channel in _CHANNELS.items()}
+_STATUSES_PB = {
+    MessageStatus.QUEUED: gateway_pb2.MESSAGE_STATUS_QUEUED,
+    MessageStatus.SENT: gateway_pb2.MESSAGE_STATUS_SENT,
+    MessageStatus.FAILED: gateway_pb2.MESSAGE_STATUS_FAILED,
+}
+
+
+def channel_from_proto(value: int) -> Channel | None:
+    """The domain channel of an omni.common.v1.Channel number; None for UNSPECIFIED or unknown numbers."""
+    return _CHANNELS.get(value)  # type: ignore[call-overload]
+
+
+def channel_to_proto(channel: Channel) -> common_pb2.Channel.ValueType:
+    """The omni.common.v1.Channel number of a domain channel."""
+    return _CHANNELS_PB[channel]
+
+
+def timestamp(value: datetime | None) -> timestamp_pb2.Timestamp | None:
+    """A protobuf Timestamp of an aware datetime."""
+    if value is None:
+        return None
+    result = timestamp_pb2.Timestamp()
+    result.FromDatetime(value)
+    return result
+
+
+def template_to_proto(template: Template) -> gateway_pb2.Template:
+    """The wire form of a stored template."""
+    return gateway_pb2.Template(
+        id=template.id,
+        channel=channel_to_proto(template.channel),
+        subject=template.subject,
+        body_text=template.body_text,
+        body_html=template.body_html,
+        create_time=timestamp(template.create_time),
+    )
+
+
+def message_to_proto(message: Message) -> gateway_pb2.Message:
+    """The wire form of a message (the fingerprint, lease and trace context stay inside)."""
+    return gateway_pb2.Message(
+        id=str(message.id),
+        request_id=message.request_id,
+        person_id=str(message.person_id),
+        channel=channel_to_proto(message.channel),
+        template_id=message.template_id,
+        recipient=message.recipient,
+        status=_STATUSES_PB[message.status],
+        error=message.error,
+        create_time=timestamp(message.create_time),
+        update_time=timestamp(message.update_time),
+        journey_id=message.journey_id,
+        attempt_count=message.attempt_count,
+        next_attempt_time=timestamp(
+            message.next_attempt_at if message.status == MessageStatus.QUEUED else None
+        ),
+    )
+
+
+def struct_to_dict(value: struct_pb2.Struct) -> dict[str, Any]:
+    """A Struct as plain JSON-like Python values."""
+    return json_format.MessageToDict(value)
+
+
+def parse_send_request(
+    *,
+    request_id: str,
+    person_id: str,
+    channel: int,
+    template_id: str,
+    variables: dict[str, Any] | None = None,
+    journey_id: str = "",
+) -> SendRequest:
+    """Validate the fields of a send, from SendMessageRequest or SendRequestedEvent alike.
+
+    Raises InvalidArgument naming every bad field (request_id, person_id, channel, template_id, journey_id).
+    Whether the channel can be delivered and the template exists is the delivery's to decide.
+    """
+    violations = Violations()
+    if not request_id.strip():
+        violations.add("request_id", "required: an idempotency key for this send")
+    elif len(request_id) > MAX_REQUEST_ID:
+        violations.add("request_id", f"at most {MAX_REQUEST_ID} characters")
+    person = parse_uuid(person_id) if person_id else None
+    if not person_id:
+        violations.add("person_id", "required")
+    elif person is None:
+        violations.add("person_id", f"not a UUID: {person_id!r}")
+    domain_channel = channel_from_proto(channel)
+    if domain_channel is None:
+        violations.add("channel", "required: a channel other than CHANNEL_UNSPECIFIED")
+    if not template_id:
+        violations.add("template_id", "required")
+    elif not TEMPLATE_ID.fullmatch(template_id):
+        violations.add("template_id", "1 to 64 characters of a-z, 0-9 and '-'")
+    if len(journey_id) > MAX_JOURNEY_ID:
+        violations.add("journey_id", f"at most {MAX_JOURNEY_ID} characters")
+    violations.raise_if_any()
+    assert person is not None and domain_channel is not None
+    return SendRequest(
+        request_id=request_id,
+        person_id=person,
+        channel=domain_channel,
+        template_id=template_id,
+        variables=variables or {},
+        journey_id=journey_id,
+    )

@@ -1,0 +1,169 @@
+"""The gRPC servicer of omni.segmentation.v1.SegmentationService: validation and protobuf ⇄ domain only."""
+
+from __future__ import annotations
+
+import base64
+import re
+import uuid
+from collections.abc import Callable
+
+import grpc
+
+from omni.segmentation.v1 import segmentation_pb2 as pb
+from omni.segmentation.v1 import segmentation_pb2_grpc
+from omni_kit.errors import Violations
+from omni_kit.ids import parse_uuid
+from omni_kit.runtime import Runtime
+from omni_segmentation import conditions
+from omni_segmentation.catalog import SegmentCatalog
+from omni_segmentation.events import current_trace_context
+from omni_segmentation.repository import Repository, SegmentRecord
+
+NAME = re.compile(r"^[a-z0-9-]+$")
+MAX_NAME_LENGTH = 100
+MAX_DESCRIPTION_LENGTH = 2000
+DEFAULT_PAGE_SIZE = 50
+MAX_PAGE_SIZE = 500
+_TOKEN_PREFIX = "segments:v1:"
+
+
+def encode_page_token(after: uuid.UUID) -> str:
+    """An opaque token continuing a listing after the given segment."""
+    return base64.urlsafe_b64encode(f"{_TOKEN_PREFIX}{after}".encode()).decode().rstrip("=")
+
+
+def decode_page_token(token: str) -> uuid.UUID | None:
+    """The segment id a token continues after; None when the token is not one of ours."""
+    try:
+        text = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
+    except (ValueError, UnicodeDecodeError):
+        return None
+    if not text.startswith(_TOKEN_PREFIX):
+        return None
+    return parse_uuid(text.removeprefix(_TOKEN_PREFIX))
+
+
+def segment_message(record: SegmentRecord) -> pb.Segment:
+    """The wire form of a stored segment."""
+    message = pb.Segment(
+        id=str(record.id),
+        name=record.name,
+        description=record.description,
+        condition=conditions.from_json(record.condition),
+    )
+    message.create_time.FromDatetime(record.created_at)
+    return message
+
+
+def validate_segment(request: pb.CreateSegmentRequest) -> None:
+    """Raise InvalidArgument naming every malformed field of a segment to create."""
+    violations = Violations()
+    if not request.HasField("segment"):
+        violations.add("segment", "the segment is required")
+        violations.raise_if_any()
+    segment = request.segment
+    if not segment.name:
+        violations.add("segment.name", "the name is required")
+    elif len(segment.name) > MAX_NAME_LENGTH:
+        violations.add("segment.name", f"at most {MAX_NAME_LENGTH} characters")
+    elif not NAME.match(segment.name):
+        violations.add("segment.name", "only lower-case letters, digits and '-'")
+    violations.check(
+        len(segment.description) <= MAX_DESCRIPTION_LENGTH,
+        "segment.description",
+        f"at most {MAX_DESCRIPTION_LENGTH} characters",
+    )
+    if not segment.HasField("condition"):
+        violations.add("segment.condition", "the condition (the segment's rules) is required")
+    else:
+        conditions.validate_condition(segment.condition, "segment.condition", violations)
+    violations.raise_if_any("the segment is invalid")
+
+
+def required_uuid(value: str, field_path: str, what: str) -> uuid.UUID:
+    """Parse an id field or raise InvalidArgument naming it."""
+    violations = Violations()
+    parsed = parse_uuid(value) if value else None
+    if not value:
+        violations.add(field_path, f"the {what} is required")
+    elif parsed is None:
+        violations.add(field_path, f"not a valid {what} (a UUID)")
+    violations.raise_if_any()
+    assert parsed is not None
+    return parsed
+
+
+class SegmentationServicer(segmentation_pb2_grpc.SegmentationServiceServicer):
+    """Defines segments and answers who is in which."""
+
+    def __init__(
+        self,
+        runtime: Runtime,
+        repository: Repository,
+        catalog: SegmentCatalog,
+        on_segment_created: Callable[[], None],
+    ) -> None:
+        self._runtime = runtime
+        self._repository = repository
+        self._catalog = catalog
+        self._on_segment_created = on_segment_created
+
+    async def CreateSegment(
+        self, request: pb.CreateSegmentRequest, context: grpc.aio.ServicerContext
+    ) -> pb.CreateSegmentResponse:
+        """Validate and store a segment; the persons known so far are evaluated right after (backfill)."""
+        validate_segment(request)
+        segment = request.segment
+        async with self._runtime.transaction() as session:
+            record = await self._catalog.create(
+                session,
+                name=segment.name,
+                description=segment.description,
+                condition=segment.condition,
+                trace_context=current_trace_context(),
+            )
+        self._on_segment_created()
+        return pb.CreateSegmentResponse(segment=segment_message(record))
+
+    async def GetSegment(
+        self, request: pb.GetSegmentRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetSegmentResponse:
+        """One segment by id."""
+        segment_id = required_uuid(request.segment_id, "segment_id", "segment id")
+        async with self._runtime.transaction() as session:
+            record = await self._catalog.get(session, segment_id)
+        return pb.GetSegmentResponse(segment=segment_message(record))
+
+    async def ListSegments(
+        self, request: pb.ListSegmentsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListSegmentsResponse:
+        """A page of segments, oldest first."""
+        violations = Violations()
+        violations.check(request.page_size >= 0, "page_size", "must not be negative")
+        after = decode_page_token(request.page_token) if request.page_token else None
+        violations.check(
+            not request.page_token or after is not None, "page_token", "not a token from an earlier page"
+        )
+        violations.raise_if_any()
+        size = min(request.page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+        async with self._runtime.transaction() as session:
+            records, next_after = await self._catalog.page(session, after=after, size=size)
+        return pb.ListSegmentsResponse(
+            segments=[segment_message(r) for r in records],
+            next_page_token=encode_page_token(next_after) if next_after is not None else "",
+        )
+
+    async def ListPersonSegments(
+        self, request: pb.ListPersonSegmentsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListPersonSegmentsResponse:
+        """The segments a person is in now; a person segmentation has not heard of is in none."""
+        person_id = required_uuid(request.person_id, "person_id", "person id")
+        async with self._runtime.transaction() as session:
+            memberships = await self._repository.person_memberships(session, person_id)
+        response = pb.ListPersonSegmentsResponse()
+        for membership in memberships:
+            item = response.memberships.add(
+                segment_id=str(membership.segment_id), segment_name=membership.segment_name
+            )
+            item.enter_time.FromDatetime(membership.entered_at)
+        return response

@@ -1,0 +1,122 @@
+"""The events segmentation publishes and consumes, and the handlers of the consumed ones."""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+from google.protobuf import json_format
+from opentelemetry import propagate
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from omni.events.v1 import envelope_pb2
+from omni.identity.v1 import events_pb2 as identity_events
+from omni.profile.v1 import events_pb2 as profile_events
+from omni_kit.bus import unpack
+from omni_kit.ids import parse_uuid
+
+if TYPE_CHECKING:
+    from omni_segmentation.facts import FactsRecorder
+    from omni_segmentation.merge import PersonMerger
+
+log = logging.getLogger(__name__)
+
+# Published (payloads in omni.segmentation.v1.events).
+PERSON_ENTERED_SEGMENT = "segmentation.person_entered_segment"
+PERSON_EXITED_SEGMENT = "segmentation.person_exited_segment"
+
+# Consumed.
+EVENT_TRACKED = "profile.event_tracked"
+PROFILE_CHANGED = "profile.profile_changed"
+PERSONS_MERGED = "identity.persons_merged"
+CONSUMED = (EVENT_TRACKED, PROFILE_CHANGED, PERSONS_MERGED)
+
+
+def current_trace_context() -> dict[str, str]:
+    """The W3C trace context of the current span (the consumer's, a child of the producer's)."""
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier)
+    return carrier
+
+
+def cart_units(cart: object) -> int:
+    """The number of units in an omni.common.v1.Cart."""
+    return sum(max(item.quantity, 0) for item in getattr(cart, "items", ()))
+
+
+class EventHandlers:
+    """Turns consumed envelopes into read-model changes; each runs in the consumer's transaction.
+
+    Events about persons segmentation does not know are fine (the person is learnt); malformed ids are
+    logged and skipped, since retrying cannot fix them.
+    """
+
+    def __init__(self, facts: FactsRecorder, merger: PersonMerger) -> None:
+        self._facts = facts
+        self._merger = merger
+
+    async def handle(self, session: AsyncSession, envelope: envelope_pb2.Envelope) -> None:
+        """Dispatch one envelope by its type."""
+        if envelope.type == EVENT_TRACKED:
+            await self._event_tracked(session, envelope)
+        elif envelope.type == PROFILE_CHANGED:
+            await self._profile_changed(session, envelope)
+        elif envelope.type == PERSONS_MERGED:
+            await self._persons_merged(session, envelope)
+        else:
+            log.warning("ignoring event %s of unexpected type %s", envelope.id, envelope.type)
+
+    async def _event_tracked(self, session: AsyncSession, envelope: envelope_pb2.Envelope) -> None:
+        event = unpack(envelope, profile_events.EventTrackedEvent).event
+        person_id = parse_uuid(event.person_id or envelope.person_id)
+        if person_id is None or not event.type:
+            log.warning("skipping event_tracked %s: no valid person id or event type", envelope.id)
+            return
+        occurred_at = (
+            event.occurred_at.ToDatetime(tzinfo=UTC)
+            if event.HasField("occurred_at")
+            else envelope.occurred_at.ToDatetime(tzinfo=UTC)
+        )
+        await self._facts.record_event(
+            session,
+            person_id=person_id,
+            event_id=event.id or envelope.id,
+            event_type=event.type,
+            occurred_at=occurred_at,
+            trace_context=current_trace_context(),
+            now=datetime.now(UTC),
+        )
+
+    async def _profile_changed(self, session: AsyncSession, envelope: envelope_pb2.Envelope) -> None:
+        change = unpack(envelope, profile_events.ProfileChangedEvent)
+        person_id = parse_uuid(change.person_id or envelope.person_id)
+        if person_id is None:
+            log.warning("skipping profile_changed %s: no valid person id", envelope.id)
+            return
+        # An empty `changed` list (an older producer) means the payload is the whole profile.
+        parts = set(change.changed) or {"traits", "cart"}
+        await self._facts.record_profile(
+            session,
+            person_id=person_id,
+            traits=json_format.MessageToDict(change.traits) if "traits" in parts else None,
+            cart_units=cart_units(change.cart) if "cart" in parts else None,
+            changed_at=envelope.occurred_at.ToDatetime(tzinfo=UTC),
+            trace_context=current_trace_context(),
+            now=datetime.now(UTC),
+        )
+
+    async def _persons_merged(self, session: AsyncSession, envelope: envelope_pb2.Envelope) -> None:
+        merge = unpack(envelope, identity_events.PersonsMergedEvent)
+        survivor_id = parse_uuid(merge.survivor_person_id)
+        merged_ids = [parse_uuid(m) for m in merge.merged_person_ids]
+        if survivor_id is None or any(m is None for m in merged_ids):
+            log.warning("skipping persons_merged %s: malformed person ids", envelope.id)
+            return
+        await self._merger.merge(
+            session,
+            survivor_id=survivor_id,
+            merged_ids=[m for m in merged_ids if m is not None],
+            trace_context=current_trace_context(),
+            now=datetime.now(UTC),
+        )

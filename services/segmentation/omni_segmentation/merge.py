@@ -1,0 +1,83 @@
+"""Identity merges: the merged persons' facts and events go to the survivor, their memberships end."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from omni_segmentation.membership import MembershipEvaluator
+from omni_segmentation.repository import PersonRecord, Repository
+
+_NEVER = datetime.min.replace(tzinfo=UTC)
+
+
+def combine_facts(
+    survivor_id: uuid.UUID,
+    survivor: PersonRecord | None,
+    merged: Sequence[PersonRecord],
+    trace_context: dict[str, str],
+) -> PersonRecord:
+    """The survivor's facts after a merge, until profile announces the merged profile itself.
+
+    Traits: the survivor's win, the merged persons' fill the gaps (the most recently changed first). Cart:
+    the units add up, as profile's cart merge keeps every line.
+    """
+    ordered = sorted(merged, key=lambda p: p.facts_changed_at or _NEVER)
+    traits: dict[str, Any] = {}
+    for person in ordered:
+        traits.update(person.traits)
+    base = survivor or PersonRecord(survivor_id)
+    traits.update(base.traits)
+    changed = [p.facts_changed_at for p in [base, *merged] if p.facts_changed_at is not None]
+    return PersonRecord(
+        person_id=survivor_id,
+        traits=traits,
+        cart_units=base.cart_units + sum(p.cart_units for p in merged),
+        trace_context=trace_context,
+        facts_changed_at=base.facts_changed_at or (max(changed) if changed else None),
+    )
+
+
+class PersonMerger:
+    """Applies identity.persons_merged to the read model and the memberships."""
+
+    def __init__(self, repository: Repository, evaluator: MembershipEvaluator) -> None:
+        self._repository = repository
+        self._evaluator = evaluator
+
+    async def merge(
+        self,
+        session: AsyncSession,
+        *,
+        survivor_id: uuid.UUID,
+        merged_ids: Sequence[uuid.UUID],
+        trace_context: dict[str, str],
+        now: datetime,
+    ) -> None:
+        """Move the merged persons' facts and events to the survivor, end their memberships (announcing the
+        exits) and re-evaluate the survivor. Applying the same merge twice changes nothing more."""
+        merged_ids = [m for m in dict.fromkeys(merged_ids) if m != survivor_id]
+        if not merged_ids:
+            return
+        await self._repository.lock_persons_by_key(session, [survivor_id, *merged_ids])
+        # The survivor may itself have been merged away meanwhile (events from two producers can cross).
+        final = await self._repository.survivor_of(session, survivor_id)
+        if final is not None:
+            await self._repository.lock_persons_by_key(session, [final])
+            survivor_id = final
+        merged_ids = [m for m in merged_ids if m != survivor_id]
+        persons = await self._repository.lock_persons(session, [survivor_id, *merged_ids])
+        merged = [persons[m] for m in merged_ids if m in persons]
+        await self._repository.record_merge(session, survivor_id, merged_ids)
+        if merged:
+            survivor = combine_facts(survivor_id, persons.get(survivor_id), merged, trace_context)
+            await self._repository.save_person(session, survivor)
+            await self._repository.move_events(session, survivor_id, [p.person_id for p in merged])
+            await self._evaluator.drop_all(session, [p.person_id for p in merged], now)
+            await self._repository.delete_persons(session, [p.person_id for p in merged])
+        if merged or survivor_id in persons:
+            await self._evaluator.evaluate_person(session, survivor_id, now)

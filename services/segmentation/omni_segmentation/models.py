@@ -1,0 +1,109 @@
+"""Segmentation's tables: segment definitions, the per-person facts read model, and memberships."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+class Base(DeclarativeBase):
+    """Declarative base of segmentation's own tables."""
+
+
+class SegmentRow(Base):
+    """A segment definition; its condition is the protobuf JSON form of omni.segmentation.v1.Condition."""
+
+    __tablename__ = "segments"
+
+    id: Mapped[uuid.UUID] = mapped_column(sa.Uuid, primary_key=True)
+    name: Mapped[str] = mapped_column(sa.Text, unique=True)
+    description: Mapped[str] = mapped_column(sa.Text, server_default="")
+    condition: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    created_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True))
+
+
+class PersonRow(Base):
+    """What segmentation knows of a person, fed by profile's events; one row per live (unmerged) person."""
+
+    __tablename__ = "persons"
+
+    person_id: Mapped[uuid.UUID] = mapped_column(sa.Uuid, primary_key=True)
+    traits: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default=sa.text("'{}'::jsonb"))
+    cart_units: Mapped[int] = mapped_column(sa.BigInteger, server_default="0")
+    # W3C trace context of the last event that changed the person: clock-driven evaluations continue it.
+    trace_context: Mapped[dict[str, str]] = mapped_column(JSONB, server_default=sa.text("'{}'::jsonb"))
+    # When the profile change last applied happened; an older change arriving late is ignored.
+    facts_changed_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
+    # The next instant at which a membership may change by time alone; the clock re-evaluates then.
+    next_check_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
+    updated_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True), server_default=sa.func.now())
+
+
+class EventOccurrenceRow(Base):
+    """One event a person did, kept as long as some segment may count it."""
+
+    __tablename__ = "event_occurrences"
+
+    person_id: Mapped[uuid.UUID] = mapped_column(sa.Uuid, primary_key=True)
+    event_id: Mapped[str] = mapped_column(sa.Text, primary_key=True)
+    event_type: Mapped[str] = mapped_column(sa.Text)
+    occurred_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True))
+
+
+class LastEventRow(Base):
+    """The latest occurrence of each event type per person, kept forever (one row per type)."""
+
+    __tablename__ = "person_last_events"
+
+    person_id: Mapped[uuid.UUID] = mapped_column(sa.Uuid, primary_key=True)
+    event_type: Mapped[str] = mapped_column(sa.Text, primary_key=True)
+    last_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True))
+
+
+class MergedPersonRow(Base):
+    """A person merged into another: late events about it are redirected to the survivor."""
+
+    __tablename__ = "merged_persons"
+
+    person_id: Mapped[uuid.UUID] = mapped_column(sa.Uuid, primary_key=True)
+    survivor_id: Mapped[uuid.UUID] = mapped_column(sa.Uuid)
+    merged_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True), server_default=sa.func.now())
+
+
+class MembershipRow(Base):
+    """A person's current membership of a segment."""
+
+    __tablename__ = "memberships"
+
+    segment_id: Mapped[uuid.UUID] = mapped_column(sa.Uuid, sa.ForeignKey("segments.id"), primary_key=True)
+    person_id: Mapped[uuid.UUID] = mapped_column(sa.Uuid, primary_key=True)
+    entered_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True))
+
+
+class BackfillRow(Base):
+    """A new segment still being evaluated for the persons known before it: a cursor over person ids."""
+
+    __tablename__ = "backfills"
+
+    segment_id: Mapped[uuid.UUID] = mapped_column(sa.Uuid, sa.ForeignKey("segments.id"), primary_key=True)
+    after_person_id: Mapped[uuid.UUID | None] = mapped_column(sa.Uuid)
+    # Trace context of the CreateSegment call, so the backfill's enter events continue its trace.
+    trace_context: Mapped[dict[str, str]] = mapped_column(JSONB, server_default=sa.text("'{}'::jsonb"))
+    created_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True), server_default=sa.func.now())
+
+
+sa.Index("persons_next_check", PersonRow.next_check_at, postgresql_where=PersonRow.next_check_at.is_not(None))
+sa.Index(
+    "event_occurrences_person_type_time",
+    EventOccurrenceRow.person_id,
+    EventOccurrenceRow.event_type,
+    EventOccurrenceRow.occurred_at,
+)
+sa.Index("event_occurrences_time", EventOccurrenceRow.occurred_at)
+sa.Index("memberships_person", MembershipRow.person_id)
+sa.Index("merged_persons_survivor", MergedPersonRow.survivor_id)

@@ -1,0 +1,450 @@
+"""All of segmentation's SQL: segments, the per-person facts, event occurrences, memberships and backfills."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from omni_segmentation.models import (
+    BackfillRow,
+    EventOccurrenceRow,
+    LastEventRow,
+    MembershipRow,
+    MergedPersonRow,
+    PersonRow,
+    SegmentRow,
+)
+
+
+@dataclass(frozen=True)
+class SegmentRecord:
+    """A stored segment."""
+
+    id: uuid.UUID
+    name: str
+    description: str
+    condition: dict[str, Any]
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class PersonRecord:
+    """A person's stored facts (without events)."""
+
+    person_id: uuid.UUID
+    traits: dict[str, Any] = field(default_factory=dict)
+    cart_units: int = 0
+    trace_context: dict[str, str] = field(default_factory=dict)
+    facts_changed_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class MembershipRecord:
+    """A person's membership of a segment, with the segment's name."""
+
+    segment_id: uuid.UUID
+    segment_name: str
+    entered_at: datetime
+
+
+@dataclass(frozen=True)
+class BackfillRecord:
+    """A segment being evaluated for the persons known before it, up to (excluding) after_person_id."""
+
+    segment_id: uuid.UUID
+    after_person_id: uuid.UUID | None
+    trace_context: dict[str, str]
+
+
+def _segment(row: SegmentRow) -> SegmentRecord:
+    return SegmentRecord(row.id, row.name, row.description, row.condition, row.created_at)
+
+
+_PERSON_COLUMNS = (
+    PersonRow.person_id,
+    PersonRow.traits,
+    PersonRow.cart_units,
+    PersonRow.trace_context,
+    PersonRow.facts_changed_at,
+)
+
+
+def _person(row: Any) -> PersonRecord:
+    return PersonRecord(row.person_id, row.traits, row.cart_units, row.trace_context, row.facts_changed_at)
+
+
+def lock_key(person_id: uuid.UUID) -> int:
+    """The advisory lock key of a person: 63 random bits of its UUIDv7, as a signed bigint."""
+    return person_id.int & ((1 << 63) - 1)
+
+
+class Repository:
+    """Queries on segmentation's database; every method runs in the caller's session (and transaction)."""
+
+    # -- segments ----------------------------------------------------------------------------------------
+
+    async def insert_segment(self, session: AsyncSession, segment: SegmentRecord) -> bool:
+        """Insert a segment; False (and nothing written) when its name is taken."""
+        inserted = await session.scalar(
+            insert(SegmentRow)
+            .values(
+                id=segment.id,
+                name=segment.name,
+                description=segment.description,
+                condition=segment.condition,
+                created_at=segment.created_at,
+            )
+            .on_conflict_do_nothing(index_elements=[SegmentRow.name])
+            .returning(SegmentRow.id)
+        )
+        return inserted is not None
+
+    async def get_segment(self, session: AsyncSession, segment_id: uuid.UUID) -> SegmentRecord | None:
+        """The segment with that id, if any."""
+        row = await session.get(SegmentRow, segment_id)
+        return _segment(row) if row is not None else None
+
+    async def list_segments(
+        self, session: AsyncSession, *, after: uuid.UUID | None, limit: int
+    ) -> list[SegmentRecord]:
+        """Up to limit segments with ids after `after`, oldest first (ids are time-ordered)."""
+        query = sa.select(SegmentRow).order_by(SegmentRow.id).limit(limit)
+        if after is not None:
+            query = query.where(SegmentRow.id > after)
+        return [_segment(row) for row in await session.scalars(query)]
+
+    async def segment_heads(self, session: AsyncSession) -> list[tuple[uuid.UUID, str]]:
+        """Every segment's id and name, oldest first."""
+        rows = await session.execute(sa.select(SegmentRow.id, SegmentRow.name).order_by(SegmentRow.id))
+        return [(row.id, row.name) for row in rows]
+
+    async def segment_conditions(
+        self, session: AsyncSession, segment_ids: Sequence[uuid.UUID]
+    ) -> dict[uuid.UUID, dict[str, Any]]:
+        """The stored conditions of the given segments."""
+        rows = await session.execute(
+            sa.select(SegmentRow.id, SegmentRow.condition).where(SegmentRow.id.in_(segment_ids))
+        )
+        return {row.id: row.condition for row in rows}
+
+    # -- persons -----------------------------------------------------------------------------------------
+
+    async def lock_persons_by_key(self, session: AsyncSession, person_ids: Iterable[uuid.UUID]) -> None:
+        """Serialise work on these persons until the transaction ends (advisory locks, in a fixed order)."""
+        for key in sorted({lock_key(p) for p in person_ids}):
+            await session.execute(sa.select(sa.func.pg_advisory_xact_lock(key)))
+
+    async def survivor_of(self, session: AsyncSession, person_id: uuid.UUID) -> uuid.UUID | None:
+        """The person this one was merged into, if it was."""
+        result: uuid.UUID | None = await session.scalar(
+            sa.select(MergedPersonRow.survivor_id).where(MergedPersonRow.person_id == person_id)
+        )
+        return result
+
+    async def lock_person(self, session: AsyncSession, person_id: uuid.UUID) -> PersonRecord | None:
+        """The person's facts, row-locked until the transaction ends; None if unknown."""
+        result = await session.execute(
+            sa.select(*_PERSON_COLUMNS).where(PersonRow.person_id == person_id).with_for_update()
+        )
+        row = result.first()
+        return _person(row) if row is not None else None
+
+    async def lock_persons(
+        self, session: AsyncSession, person_ids: Sequence[uuid.UUID]
+    ) -> dict[uuid.UUID, PersonRecord]:
+        """The known persons among person_ids, row-locked in id order."""
+        rows = await session.execute(
+            sa.select(*_PERSON_COLUMNS)
+            .where(PersonRow.person_id.in_(person_ids))
+            .order_by(PersonRow.person_id)
+            .with_for_update()
+        )
+        return {row.person_id: _person(row) for row in rows}
+
+    async def ensure_person(
+        self, session: AsyncSession, person_id: uuid.UUID, trace_context: dict[str, str]
+    ) -> None:
+        """Create the person if unknown, and remember the trace of the event that just changed them."""
+        await session.execute(
+            insert(PersonRow)
+            .values(person_id=person_id, trace_context=trace_context)
+            .on_conflict_do_update(
+                index_elements=[PersonRow.person_id],
+                set_={"trace_context": trace_context, "updated_at": sa.func.now()},
+            )
+        )
+
+    async def save_person(self, session: AsyncSession, person: PersonRecord) -> None:
+        """Write a person's facts (creating the row if needed)."""
+        values = {
+            "traits": person.traits,
+            "cart_units": person.cart_units,
+            "trace_context": person.trace_context,
+            "facts_changed_at": person.facts_changed_at,
+            "updated_at": sa.func.now(),
+        }
+        await session.execute(
+            insert(PersonRow)
+            .values(person_id=person.person_id, **values)
+            .on_conflict_do_update(index_elements=[PersonRow.person_id], set_=values)
+        )
+
+    async def delete_persons(self, session: AsyncSession, person_ids: Sequence[uuid.UUID]) -> None:
+        """Forget the facts rows of these persons."""
+        await session.execute(sa.delete(PersonRow).where(PersonRow.person_id.in_(person_ids)))
+
+    async def set_next_check(self, session: AsyncSession, person_id: uuid.UUID, at: datetime | None) -> None:
+        """When the clock should re-evaluate the person (None: only when an event arrives)."""
+        await session.execute(
+            sa.update(PersonRow).where(PersonRow.person_id == person_id).values(next_check_at=at)
+        )
+
+    async def due_persons(
+        self, session: AsyncSession, now: datetime, limit: int
+    ) -> list[tuple[uuid.UUID, dict[str, str]]]:
+        """Persons whose next check is due, locked; rows another transaction holds are skipped."""
+        rows = await session.execute(
+            sa.select(PersonRow.person_id, PersonRow.trace_context)
+            .where(PersonRow.next_check_at <= now)
+            .order_by(PersonRow.next_check_at)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
+        return [(row.person_id, row.trace_context) for row in rows]
+
+    async def record_merge(
+        self, session: AsyncSession, survivor_id: uuid.UUID, merged_ids: Sequence[uuid.UUID]
+    ) -> None:
+        """Remember that merged_ids now lead to survivor_id, also for persons merged into them earlier."""
+        await session.execute(
+            sa.update(MergedPersonRow)
+            .where(MergedPersonRow.survivor_id.in_(merged_ids))
+            .values(survivor_id=survivor_id)
+        )
+        statement = insert(MergedPersonRow).values(
+            [{"person_id": m, "survivor_id": survivor_id} for m in merged_ids]
+        )
+        await session.execute(
+            statement.on_conflict_do_update(
+                index_elements=[MergedPersonRow.person_id], set_={"survivor_id": survivor_id}
+            )
+        )
+
+    # -- events ------------------------------------------------------------------------------------------
+
+    async def add_occurrence(
+        self,
+        session: AsyncSession,
+        person_id: uuid.UUID,
+        event_id: str,
+        event_type: str,
+        occurred_at: datetime,
+    ) -> None:
+        """Record one event occurrence and raise the person's last-seen time of its type."""
+        await session.execute(
+            insert(EventOccurrenceRow)
+            .values(person_id=person_id, event_id=event_id, event_type=event_type, occurred_at=occurred_at)
+            .on_conflict_do_nothing()
+        )
+        statement = insert(LastEventRow).values(
+            person_id=person_id, event_type=event_type, last_at=occurred_at
+        )
+        await session.execute(
+            statement.on_conflict_do_update(
+                index_elements=[LastEventRow.person_id, LastEventRow.event_type],
+                set_={"last_at": sa.func.greatest(LastEventRow.last_at, statement.excluded.last_at)},
+            )
+        )
+
+    async def event_times(
+        self, session: AsyncSession, person_id: uuid.UUID, event_types: Sequence[str], since: datetime
+    ) -> dict[str, list[datetime]]:
+        """Per type, the ascending instants of the person's events of those types at or after since."""
+        result: dict[str, list[datetime]] = {}
+        if not event_types:
+            return result
+        rows = await session.execute(
+            sa.select(EventOccurrenceRow.event_type, EventOccurrenceRow.occurred_at)
+            .where(
+                EventOccurrenceRow.person_id == person_id,
+                EventOccurrenceRow.event_type.in_(event_types),
+                EventOccurrenceRow.occurred_at >= since,
+            )
+            .order_by(EventOccurrenceRow.occurred_at)
+        )
+        for row in rows:
+            result.setdefault(row.event_type, []).append(row.occurred_at)
+        return result
+
+    async def last_events(
+        self, session: AsyncSession, person_id: uuid.UUID, event_types: Sequence[str]
+    ) -> dict[str, datetime]:
+        """The person's latest occurrence of each of the event types seen."""
+        if not event_types:
+            return {}
+        rows = await session.execute(
+            sa.select(LastEventRow.event_type, LastEventRow.last_at).where(
+                LastEventRow.person_id == person_id, LastEventRow.event_type.in_(event_types)
+            )
+        )
+        return {row.event_type: row.last_at for row in rows}
+
+    async def move_events(
+        self, session: AsyncSession, survivor_id: uuid.UUID, merged_ids: Sequence[uuid.UUID]
+    ) -> None:
+        """Give the merged persons' event occurrences and last-seen times to the survivor."""
+        occurrences = sa.select(
+            sa.literal(survivor_id, sa.Uuid),
+            EventOccurrenceRow.event_id,
+            EventOccurrenceRow.event_type,
+            EventOccurrenceRow.occurred_at,
+        ).where(EventOccurrenceRow.person_id.in_(merged_ids))
+        await session.execute(
+            insert(EventOccurrenceRow)
+            .from_select(["person_id", "event_id", "event_type", "occurred_at"], occurrences)
+            .on_conflict_do_nothing()
+        )
+        await session.execute(
+            sa.delete(EventOccurrenceRow).where(EventOccurrenceRow.person_id.in_(merged_ids))
+        )
+        latest = (
+            sa.select(
+                sa.literal(survivor_id, sa.Uuid),
+                LastEventRow.event_type,
+                sa.func.max(LastEventRow.last_at),
+            )
+            .where(LastEventRow.person_id.in_(merged_ids))
+            .group_by(LastEventRow.event_type)
+        )
+        statement = insert(LastEventRow).from_select(["person_id", "event_type", "last_at"], latest)
+        await session.execute(
+            statement.on_conflict_do_update(
+                index_elements=[LastEventRow.person_id, LastEventRow.event_type],
+                set_={"last_at": sa.func.greatest(LastEventRow.last_at, statement.excluded.last_at)},
+            )
+        )
+        await session.execute(sa.delete(LastEventRow).where(LastEventRow.person_id.in_(merged_ids)))
+
+    async def purge_occurrences(self, session: AsyncSession, before: datetime, limit: int) -> int:
+        """Delete up to limit occurrences older than before; return how many went."""
+        doomed = (
+            sa.select(EventOccurrenceRow.person_id, EventOccurrenceRow.event_id)
+            .where(EventOccurrenceRow.occurred_at < before)
+            .limit(limit)
+        )
+        result = await session.execute(
+            sa.delete(EventOccurrenceRow).where(
+                sa.tuple_(EventOccurrenceRow.person_id, EventOccurrenceRow.event_id).in_(doomed)
+            )
+        )
+        return int(getattr(result, "rowcount", 0) or 0)
+
+    # -- memberships -------------------------------------------------------------------------------------
+
+    async def memberships_of(self, session: AsyncSession, person_id: uuid.UUID) -> dict[uuid.UUID, datetime]:
+        """The segments the person is in, with when they entered."""
+        rows = await session.execute(
+            sa.select(MembershipRow.segment_id, MembershipRow.entered_at).where(
+                MembershipRow.person_id == person_id
+            )
+        )
+        return {row.segment_id: row.entered_at for row in rows}
+
+    async def person_memberships(self, session: AsyncSession, person_id: uuid.UUID) -> list[MembershipRecord]:
+        """The person's memberships with segment names, in the order they entered."""
+        rows = await session.execute(
+            sa.select(MembershipRow.segment_id, SegmentRow.name, MembershipRow.entered_at)
+            .join(SegmentRow, SegmentRow.id == MembershipRow.segment_id)
+            .where(MembershipRow.person_id == person_id)
+            .order_by(MembershipRow.entered_at, MembershipRow.segment_id)
+        )
+        return [MembershipRecord(row.segment_id, row.name, row.entered_at) for row in rows]
+
+    async def add_memberships(
+        self,
+        session: AsyncSession,
+        person_id: uuid.UUID,
+        segment_ids: Sequence[uuid.UUID],
+        entered_at: datetime,
+    ) -> None:
+        """Make the person a member of the segments."""
+        if segment_ids:
+            await session.execute(
+                insert(MembershipRow)
+                .values(
+                    [{"segment_id": s, "person_id": person_id, "entered_at": entered_at} for s in segment_ids]
+                )
+                .on_conflict_do_nothing()
+            )
+
+    async def remove_memberships(
+        self,
+        session: AsyncSession,
+        person_ids: Sequence[uuid.UUID],
+        segment_ids: Sequence[uuid.UUID] | None = None,
+    ) -> list[tuple[uuid.UUID, uuid.UUID]]:
+        """End memberships of the persons (of the given segments, or all); return the (person, segment) pairs."""
+        statement = sa.delete(MembershipRow).where(MembershipRow.person_id.in_(person_ids))
+        if segment_ids is not None:
+            statement = statement.where(MembershipRow.segment_id.in_(segment_ids))
+        rows = await session.execute(statement.returning(MembershipRow.person_id, MembershipRow.segment_id))
+        return [(row.person_id, row.segment_id) for row in rows]
+
+    # -- backfills ---------------------------------------------------------------------------------------
+
+    async def add_backfill(
+        self, session: AsyncSession, segment_id: uuid.UUID, trace_context: dict[str, str]
+    ) -> None:
+        """Schedule the evaluation of a new segment for every person known so far."""
+        await session.execute(
+            insert(BackfillRow).values(
+                segment_id=segment_id, after_person_id=None, trace_context=trace_context
+            )
+        )
+
+    async def next_backfill(self, session: AsyncSession) -> BackfillRecord | None:
+        """The oldest pending backfill no one else is working on, locked."""
+        result = await session.execute(
+            sa.select(BackfillRow.segment_id, BackfillRow.after_person_id, BackfillRow.trace_context)
+            .order_by(BackfillRow.created_at)
+            .limit(1)
+            .with_for_update(skip_locked=True)
+        )
+        row = result.first()
+        return (
+            BackfillRecord(row.segment_id, row.after_person_id, row.trace_context)
+            if row is not None
+            else None
+        )
+
+    async def lock_persons_after(
+        self, session: AsyncSession, after: uuid.UUID | None, limit: int
+    ) -> list[tuple[uuid.UUID, dict[str, str]]]:
+        """The next persons in id order after `after`, row-locked in that order."""
+        query = (
+            sa.select(PersonRow.person_id, PersonRow.trace_context).order_by(PersonRow.person_id).limit(limit)
+        )
+        if after is not None:
+            query = query.where(PersonRow.person_id > after)
+        rows = await session.execute(query.with_for_update())
+        return [(row.person_id, row.trace_context) for row in rows]
+
+    async def advance_backfill(
+        self, session: AsyncSession, segment_id: uuid.UUID, after: uuid.UUID | None
+    ) -> None:
+        """Move the backfill's cursor; None finishes (deletes) it."""
+        if after is None:
+            await session.execute(sa.delete(BackfillRow).where(BackfillRow.segment_id == segment_id))
+        else:
+            await session.execute(
+                sa.update(BackfillRow)
+                .where(BackfillRow.segment_id == segment_id)
+                .values(after_person_id=after)
+            )

@@ -1,0 +1,294 @@
+"""Segment rules: conditions over a person's facts, evaluated at a given instant.
+
+Pure domain code: no protobuf, SQL or I/O. `evaluate` says whether a person satisfies a condition at `now`;
+`next_change` says the earliest later instant at which that answer can change by the passage of time alone
+(events leaving a count window, the time since an event growing), so a clock can re-check the person then
+and only then.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from enum import StrEnum
+from typing import Any
+
+# Timestamps are kept to the microsecond (Python and PostgreSQL): an occurrence leaves the closed window
+# [now - window, now] one resolution step after now - window passes it.
+RESOLUTION = timedelta(microseconds=1)
+
+# Instants examined when looking for the next change; beyond them the person is simply re-checked at the
+# last one examined, which is early, never late.
+MAX_CANDIDATES = 2_000
+
+
+class Comparison(StrEnum):
+    """How a measured value is compared with a condition's value."""
+
+    EQ = "eq"
+    NE = "ne"
+    GT = "gt"
+    GTE = "gte"
+    LT = "lt"
+    LTE = "lte"
+    EXISTS = "exists"
+    NOT_EXISTS = "not_exists"
+
+
+ORDERING = frozenset({Comparison.GT, Comparison.GTE, Comparison.LT, Comparison.LTE})
+PRESENCE = frozenset({Comparison.EXISTS, Comparison.NOT_EXISTS})
+
+
+@dataclass(frozen=True)
+class AllOf:
+    """Holds when every one of the conditions holds."""
+
+    conditions: tuple[Condition, ...]
+
+
+@dataclass(frozen=True)
+class AnyOf:
+    """Holds when at least one of the conditions holds."""
+
+    conditions: tuple[Condition, ...]
+
+
+@dataclass(frozen=True)
+class Not:
+    """Holds when the condition does not."""
+
+    condition: Condition
+
+
+@dataclass(frozen=True)
+class TraitCompare:
+    """A trait compared with a JSON value (None for EXISTS / NOT_EXISTS)."""
+
+    trait: str
+    comparison: Comparison
+    value: Any = None
+
+
+@dataclass(frozen=True)
+class EventCount:
+    """The number of events of a type that occurred within [now - window, now], compared with a count."""
+
+    event_type: str
+    window: timedelta
+    comparison: Comparison
+    count: int
+
+
+@dataclass(frozen=True)
+class CartUnits:
+    """The number of units in the cart compared with a count."""
+
+    comparison: Comparison
+    item_count: int
+
+
+@dataclass(frozen=True)
+class SinceLastEvent:
+    """The person's last event of a type happened at least `at_least` ago (false if there was none)."""
+
+    event_type: str
+    at_least: timedelta
+
+
+Condition = AllOf | AnyOf | Not | TraitCompare | EventCount | CartUnits | SinceLastEvent
+
+
+@dataclass(frozen=True)
+class PersonFacts:
+    """What is known of one person, as far as rules can ask.
+
+    `event_times` holds, per event type, the occurrence instants (ascending) at least as recent as the longest
+    window any rule counts that type over; `last_event_at` holds the latest occurrence of each type ever seen.
+    """
+
+    traits: Mapping[str, Any] = field(default_factory=dict)
+    cart_units: int = 0
+    event_times: Mapping[str, Sequence[datetime]] = field(default_factory=dict)
+    last_event_at: Mapping[str, datetime] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Requirements:
+    """The event facts a set of conditions needs: counted types with their longest window, and 'since' types."""
+
+    counted: Mapping[str, timedelta]
+    since: frozenset[str]
+
+    @property
+    def longest_window(self) -> timedelta | None:
+        """The longest window over which any event type is counted, if any is."""
+        return max(self.counted.values(), default=None)
+
+
+_MISSING = object()
+
+
+def evaluate(condition: Condition, facts: PersonFacts, now: datetime) -> bool:
+    """Tell whether the person described by facts satisfies condition at instant now."""
+    match condition:
+        case AllOf(conditions):
+            return all(evaluate(c, facts, now) for c in conditions)
+        case AnyOf(conditions):
+            return any(evaluate(c, facts, now) for c in conditions)
+        case Not(inner):
+            return not evaluate(inner, facts, now)
+        case TraitCompare(trait, comparison, value):
+            return compare_trait(trait_value(facts.traits, trait), comparison, value)
+        case EventCount(event_type, window, comparison, count):
+            return compare_numbers(
+                count_in_window(facts.event_times.get(event_type, ()), window, now), comparison, count
+            )
+        case CartUnits(comparison, item_count):
+            return compare_numbers(facts.cart_units, comparison, item_count)
+        case SinceLastEvent(event_type, at_least):
+            last = facts.last_event_at.get(event_type)
+            return last is not None and now - last >= at_least
+    raise TypeError(f"not a condition: {condition!r}")
+
+
+def next_change(condition: Condition, facts: PersonFacts, now: datetime) -> datetime | None:
+    """The earliest instant after now at which evaluate() may answer differently, facts unchanged; None if never.
+
+    Between the instants at which some leaf changes, every leaf (hence the whole condition) is constant, so
+    the answer is the first such instant, in order, at which the whole condition's value differs from now's.
+    """
+    candidates = sorted(set(_leaf_changes(condition, facts, now)))
+    if not candidates:
+        return None
+    current = evaluate(condition, facts, now)
+    for instant in candidates[:MAX_CANDIDATES]:
+        if evaluate(condition, facts, instant) != current:
+            return instant
+    if len(candidates) > MAX_CANDIDATES:
+        return candidates[MAX_CANDIDATES - 1]
+    return None
+
+
+def _leaf_changes(condition: Condition, facts: PersonFacts, now: datetime) -> Iterator[datetime]:
+    """Every instant after now at which some leaf of condition changes value (a superset is fine)."""
+    match condition:
+        case AllOf(conditions) | AnyOf(conditions):
+            for child in conditions:
+                yield from _leaf_changes(child, facts, now)
+        case Not(inner):
+            yield from _leaf_changes(inner, facts, now)
+        case EventCount(event_type, window, _, _):
+            for occurred in facts.event_times.get(event_type, ()):
+                if occurred > now:
+                    yield occurred  # a future-dated event starts counting when its time comes
+                elif occurred + window >= now:
+                    yield occurred + window + RESOLUTION  # and stops counting once it is older than window
+        case SinceLastEvent(event_type, at_least):
+            last = facts.last_event_at.get(event_type)
+            if last is not None and last + at_least > now:
+                yield last + at_least
+        case TraitCompare() | CartUnits():
+            return
+
+
+def count_in_window(times: Sequence[datetime], window: timedelta, now: datetime) -> int:
+    """How many of the ascending instants lie within [now - window, now]."""
+    return bisect.bisect_right(times, now) - bisect.bisect_left(times, now - window)
+
+
+def trait_value(traits: Mapping[str, Any], name: str) -> Any:
+    """The trait's value, or _MISSING; a dotted name ("address.city") reaches into nested objects."""
+    if name in traits:
+        return traits[name]
+    value: Any = traits
+    for part in name.split("."):
+        if not isinstance(value, Mapping) or part not in value:
+            return _MISSING
+        value = value[part]
+    return value
+
+
+def compare_trait(actual: Any, comparison: Comparison, expected: Any) -> bool:
+    """Compare a trait's value with the expected one.
+
+    A missing or null trait satisfies only NOT_EXISTS. Numbers compare numerically, strings
+    lexicographically (so ISO dates order correctly); ordering a number against a string is false, as is
+    any comparison of a boolean with a number.
+    """
+    present = actual is not _MISSING and actual is not None
+    if comparison is Comparison.EXISTS:
+        return present
+    if comparison is Comparison.NOT_EXISTS:
+        return not present
+    if not present:
+        return False
+    if comparison is Comparison.EQ:
+        return _same(actual, expected)
+    if comparison is Comparison.NE:
+        return not _same(actual, expected)
+    if _is_number(actual) and _is_number(expected):
+        return compare_numbers(actual, comparison, expected)
+    if isinstance(actual, str) and isinstance(expected, str):
+        return _order(actual, comparison, expected)
+    return False
+
+
+def compare_numbers(actual: float, comparison: Comparison, expected: float) -> bool:
+    """Compare two numbers; EXISTS and NOT_EXISTS make no sense for them and are false."""
+    if comparison is Comparison.EQ:
+        return actual == expected
+    if comparison is Comparison.NE:
+        return not compare_numbers(actual, Comparison.EQ, expected)
+    if comparison in ORDERING:
+        return _order(actual, comparison, expected)
+    return False
+
+
+def _order(actual: Any, comparison: Comparison, expected: Any) -> bool:
+    if comparison is Comparison.GT:
+        return bool(actual > expected)
+    if comparison is Comparison.GTE:
+        return bool(actual >= expected)
+    if comparison is Comparison.LT:
+        return bool(actual < expected)
+    if comparison is Comparison.LTE:
+        return bool(actual <= expected)
+    return False
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _same(actual: Any, expected: Any) -> bool:
+    if _is_number(actual) and _is_number(expected):
+        return compare_numbers(actual, Comparison.EQ, expected)
+    if isinstance(actual, bool) or isinstance(expected, bool):
+        return isinstance(actual, bool) and isinstance(expected, bool) and actual == expected
+    return bool(actual == expected)
+
+
+def requirements(conditions: Sequence[Condition]) -> Requirements:
+    """What event facts evaluating these conditions needs."""
+    counted: dict[str, timedelta] = {}
+    since: set[str] = set()
+    for leaf in (leaf for c in conditions for leaf in leaves(c)):
+        if isinstance(leaf, EventCount):
+            counted[leaf.event_type] = max(counted.get(leaf.event_type, leaf.window), leaf.window)
+        elif isinstance(leaf, SinceLastEvent):
+            since.add(leaf.event_type)
+    return Requirements(counted=counted, since=frozenset(since))
+
+
+def leaves(condition: Condition) -> Iterator[Condition]:
+    """The leaf conditions (trait, event count, cart, since last event) of a condition tree."""
+    match condition:
+        case AllOf(conditions) | AnyOf(conditions):
+            for child in conditions:
+                yield from leaves(child)
+        case Not(inner):
+            yield from leaves(inner)
+        case _:
+            yield condition

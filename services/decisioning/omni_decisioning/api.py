@@ -1,0 +1,109 @@
+"""The gRPC servicer of omni.decisioning.v1.DecisioningService: protobuf in and out, one transaction per call."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from omni.common.v1 import common_pb2
+from omni.decisioning.v1 import decisioning_pb2, decisioning_pb2_grpc
+from omni_decisioning import validation
+from omni_decisioning.decide import Decider
+from omni_decisioning.entities import Journey, Offer
+from omni_decisioning.journeys import Journeys
+from omni_decisioning.offers import Offers
+from omni_decisioning.paging import encode_token
+from omni_kit.runtime import Runtime
+
+
+def _timestamp(value: datetime) -> Timestamp:
+    timestamp = Timestamp()
+    timestamp.FromDatetime(value)
+    return timestamp
+
+
+def journey_to_proto(journey: Journey) -> decisioning_pb2.Journey:
+    """The wire form of a journey."""
+    return decisioning_pb2.Journey(
+        id=str(journey.id),
+        name=journey.name,
+        trigger_segment_id=str(journey.trigger_segment_id),
+        channels=[common_pb2.Channel.ValueType(channel) for channel in journey.channels],
+        template_id=journey.template_id,
+        create_time=_timestamp(journey.create_time),
+    )
+
+
+def offer_to_proto(offer: Offer) -> decisioning_pb2.Offer:
+    """The wire form of an offer."""
+    return decisioning_pb2.Offer(
+        id=str(offer.id),
+        name=offer.name,
+        description=offer.description,
+        touchpoints=list(offer.touchpoints),
+        segment_id=str(offer.segment_id) if offer.segment_id is not None else "",
+        priority=offer.priority,
+        create_time=_timestamp(offer.create_time),
+    )
+
+
+class DecisioningServicer(decisioning_pb2_grpc.DecisioningServiceServicer):
+    """Validates requests, runs the domain in a transaction and translates the result."""
+
+    def __init__(self, runtime: Runtime, *, journeys: Journeys, offers: Offers, decider: Decider) -> None:
+        self._runtime = runtime
+        self._journeys = journeys
+        self._offers = offers
+        self._decider = decider
+
+    async def CreateJourney(
+        self, request: decisioning_pb2.CreateJourneyRequest, context: grpc.aio.ServicerContext
+    ) -> decisioning_pb2.CreateJourneyResponse:
+        """Define a journey started when a person enters a segment."""
+        new = validation.create_journey(request)
+        async with self._runtime.transaction() as session:
+            journey = await self._journeys.create(session, new)
+        return decisioning_pb2.CreateJourneyResponse(journey=journey_to_proto(journey))
+
+    async def ListJourneys(
+        self, request: decisioning_pb2.ListJourneysRequest, context: grpc.aio.ServicerContext
+    ) -> decisioning_pb2.ListJourneysResponse:
+        """Page through the journeys in creation order."""
+        size, after = validation.list_journeys(request)
+        async with self._runtime.transaction() as session:
+            journeys, more = await self._journeys.page(session, after=after, size=size)
+        return decisioning_pb2.ListJourneysResponse(
+            journeys=[journey_to_proto(journey) for journey in journeys],
+            next_page_token=encode_token(journeys[-1].id) if more and journeys else "",
+        )
+
+    async def CreateOffer(
+        self, request: decisioning_pb2.CreateOfferRequest, context: grpc.aio.ServicerContext
+    ) -> decisioning_pb2.CreateOfferResponse:
+        """Define an offer that Decide may return."""
+        new = validation.create_offer(request)
+        async with self._runtime.transaction() as session:
+            offer = await self._offers.create(session, new)
+        return decisioning_pb2.CreateOfferResponse(offer=offer_to_proto(offer))
+
+    async def Decide(
+        self, request: decisioning_pb2.DecideRequest, context: grpc.aio.ServicerContext
+    ) -> decisioning_pb2.DecideResponse:
+        """Return the eligible offers for a person at a touchpoint, best first."""
+        query = validation.decide(request)
+        async with self._runtime.transaction() as session:
+            decision = await self._decider.decide(session, query)
+        return decisioning_pb2.DecideResponse(
+            decision_id=str(decision.id),
+            actions=[
+                decisioning_pb2.Action(
+                    offer_id=str(action.offer.id),
+                    offer_name=action.offer.name,
+                    description=action.offer.description,
+                    score=action.score,
+                )
+                for action in decision.actions
+            ],
+        )

@@ -1,0 +1,107 @@
+"""The things decisioning works with, as plain values shared by the domain modules and the repository."""
+
+from __future__ import annotations
+
+import enum
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+
+@dataclass(frozen=True)
+class NewJourney:
+    """A journey as asked for, before it has an id."""
+
+    name: str
+    trigger_segment_id: uuid.UUID
+    channels: tuple[int, ...]
+    template_id: str
+
+
+@dataclass(frozen=True)
+class Journey(NewJourney):
+    """A stored journey."""
+
+    id: uuid.UUID = field(kw_only=True)
+    create_time: datetime = field(kw_only=True)
+
+
+@dataclass(frozen=True)
+class NewOffer:
+    """An offer as asked for, before it has an id."""
+
+    name: str
+    description: str
+    touchpoints: tuple[str, ...]
+    segment_id: uuid.UUID | None
+    priority: int
+
+
+@dataclass(frozen=True)
+class Offer(NewOffer):
+    """A stored offer."""
+
+    id: uuid.UUID = field(kw_only=True)
+    create_time: datetime = field(kw_only=True)
+
+
+@dataclass(frozen=True)
+class DecideQuery:
+    """What Decide is asked: a person at a touchpoint, and how many actions to return."""
+
+    person_id: uuid.UUID
+    touchpoint: str
+    channel: int
+    context: dict[str, Any]
+    limit: int
+
+
+@dataclass(frozen=True)
+class Action:
+    """One offer chosen for a person, with its arbitration score."""
+
+    offer: Offer
+    score: float
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The answer to a Decide call, as logged."""
+
+    id: uuid.UUID
+    person_id: uuid.UUID
+    actions: tuple[Action, ...]
+
+
+class RunOutcome(enum.StrEnum):
+    """What became of one journey trigger."""
+
+    SEND_REQUESTED = "send_requested"
+    NO_CONSENTED_CHANNEL = "no_consented_channel"
+    SUPPRESSED_REENTRY = "suppressed_reentry"
+
+
+@dataclass(frozen=True)
+class JourneyRun:
+    """One trigger of a journey for a person and what was done about it."""
+
+    id: uuid.UUID
+    journey_id: uuid.UUID
+    person_id: uuid.UUID
+    trigger_event_id: uuid.UUID
+    trigger_time: datetime
+    outcome: RunOutcome
+    channel: int | None
+    request_id: str | None
+    create_time: datetime
+
+
+@dataclass(frozen=True)
+class SegmentEntry:
+    """A person entering a segment, as announced by segmentation (one event)."""
+
+    event_id: uuid.UUID
+    person_id: uuid.UUID
+    segment_id: uuid.UUID
+    occurred_at: datetime

@@ -1,0 +1,178 @@
+"""What decisioning publishes and consumes: event types, the publisher, and the handlers of consumed events."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+from google.protobuf.timestamp_pb2 import Timestamp
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from omni.common.v1 import common_pb2
+from omni.decisioning.v1 import events_pb2
+from omni.events.v1 import envelope_pb2
+from omni.identity.v1 import events_pb2 as identity_events
+from omni.profile.v1 import events_pb2 as profile_events
+from omni.segmentation.v1 import events_pb2 as segmentation_events
+from omni_decisioning.entities import Decision, SegmentEntry
+from omni_kit.bus import Outbox, unpack
+from omni_kit.ids import parse_uuid
+
+if TYPE_CHECKING:
+    from omni_decisioning.journeys import Journeys
+    from omni_decisioning.read_models import ReadModels
+
+log = logging.getLogger(__name__)
+
+SEND_REQUESTED = "decisioning.send_requested"
+DECISION_MADE = "decisioning.decision_made"
+
+PERSON_ENTERED_SEGMENT = "segmentation.person_entered_segment"
+PERSON_EXITED_SEGMENT = "segmentation.person_exited_segment"
+CONSENT_CHANGED = "profile.consent_changed"
+PERSONS_MERGED = "identity.persons_merged"
+
+# One consumer for all of them, so that events are applied in the order the log holds them (a consent
+# granted before a segment entry is known when the entry starts a journey).
+CONSUMED = (PERSON_ENTERED_SEGMENT, PERSON_EXITED_SEGMENT, CONSENT_CHANGED, PERSONS_MERGED)
+
+
+def _time(timestamp: Timestamp, fallback: datetime) -> datetime:
+    if timestamp.seconds == 0 and timestamp.nanos == 0:
+        return fallback
+    return timestamp.ToDatetime(tzinfo=UTC)
+
+
+class Publisher:
+    """Stages decisioning's events in the outbox of the caller's transaction."""
+
+    def __init__(self, outbox: Outbox) -> None:
+        self._outbox = outbox
+
+    async def send_requested(
+        self,
+        session: AsyncSession,
+        *,
+        request_id: str,
+        person_id: uuid.UUID,
+        channel: int,
+        template_id: str,
+        journey_id: uuid.UUID,
+    ) -> None:
+        """Ask the gateway to send a template to a person on a channel (decisioning.send_requested)."""
+        payload = events_pb2.SendRequestedEvent(
+            request_id=request_id,
+            person_id=str(person_id),
+            channel=common_pb2.Channel.ValueType(channel),
+            template_id=template_id,
+            journey_id=str(journey_id),
+        )
+        await self._outbox.add(session, payload, event_type=SEND_REQUESTED, person_id=str(person_id))
+
+    async def decision_made(self, session: AsyncSession, decision: Decision, *, touchpoint: str) -> None:
+        """Announce a decision for learning and attribution (decisioning.decision_made)."""
+        payload = events_pb2.DecisionMadeEvent(
+            decision_id=str(decision.id),
+            person_id=str(decision.person_id),
+            touchpoint=touchpoint,
+            offer_ids=[str(action.offer.id) for action in decision.actions],
+        )
+        await self._outbox.add(session, payload, event_type=DECISION_MADE, person_id=str(decision.person_id))
+
+
+class EventHandlers:
+    """Applies consumed events; each call runs in the consumer's transaction, once per event id."""
+
+    def __init__(self, read_models: ReadModels, journeys: Journeys) -> None:
+        self._read_models = read_models
+        self._journeys = journeys
+
+    async def handle(self, session: AsyncSession, envelope: envelope_pb2.Envelope) -> None:
+        """Dispatch one envelope by its type; unknown types are ignored."""
+        occurred_at = _time(envelope.occurred_at, datetime.now(UTC))
+        if envelope.type == PERSON_ENTERED_SEGMENT:
+            await self._entered(session, envelope, occurred_at)
+        elif envelope.type == PERSON_EXITED_SEGMENT:
+            await self._exited(session, envelope, occurred_at)
+        elif envelope.type == CONSENT_CHANGED:
+            await self._consent(session, envelope, occurred_at)
+        elif envelope.type == PERSONS_MERGED:
+            await self._merged(session, envelope)
+        else:
+            log.debug("ignoring event %s of type %s", envelope.id, envelope.type)
+
+    async def _entered(
+        self, session: AsyncSession, envelope: envelope_pb2.Envelope, occurred_at: datetime
+    ) -> None:
+        event = unpack(envelope, segmentation_events.PersonEnteredSegmentEvent)
+        person_id, segment_id = _ids(envelope, event.person_id, event.segment_id)
+        if person_id is None or segment_id is None:
+            return
+        person = await self._read_models.membership_changed(
+            session, person_id=person_id, segment_id=segment_id, is_member=True, as_of=occurred_at
+        )
+        if person is None:
+            # A newer fact (an exit) is known: the person is not in the segment now, so nothing starts.
+            return
+        await self._journeys.on_segment_entered(
+            session,
+            SegmentEntry(
+                event_id=uuid.UUID(envelope.id),
+                person_id=person,
+                segment_id=segment_id,
+                occurred_at=occurred_at,
+            ),
+        )
+
+    async def _exited(
+        self, session: AsyncSession, envelope: envelope_pb2.Envelope, occurred_at: datetime
+    ) -> None:
+        event = unpack(envelope, segmentation_events.PersonExitedSegmentEvent)
+        person_id, segment_id = _ids(envelope, event.person_id, event.segment_id)
+        if person_id is None or segment_id is None:
+            return
+        await self._read_models.membership_changed(
+            session, person_id=person_id, segment_id=segment_id, is_member=False, as_of=occurred_at
+        )
+
+    async def _consent(
+        self, session: AsyncSession, envelope: envelope_pb2.Envelope, occurred_at: datetime
+    ) -> None:
+        event = unpack(envelope, profile_events.ConsentChangedEvent)
+        person_id = parse_uuid(event.person_id)
+        channel = event.consent.channel
+        if person_id is None or channel == common_pb2.CHANNEL_UNSPECIFIED:
+            log.warning(
+                "ignoring consent event %s: person %r, channel %d", envelope.id, event.person_id, channel
+            )
+            return
+        applied = await self._read_models.consent_changed(
+            session,
+            person_id=person_id,
+            channel=channel,
+            state=event.consent.state,
+            update_time=_time(event.consent.update_time, occurred_at),
+        )
+        if not applied:
+            log.info("consent event %s is older than the consent known; ignored", envelope.id)
+
+    async def _merged(self, session: AsyncSession, envelope: envelope_pb2.Envelope) -> None:
+        event = unpack(envelope, identity_events.PersonsMergedEvent)
+        survivor = parse_uuid(event.survivor_person_id)
+        merged = [m for m in (parse_uuid(value) for value in event.merged_person_ids) if m is not None]
+        if survivor is None or not merged:
+            log.warning("ignoring merge event %s without a valid survivor and merged persons", envelope.id)
+            return
+        await self._read_models.persons_merged(session, survivor_id=survivor, merged_ids=merged)
+
+
+def _ids(
+    envelope: envelope_pb2.Envelope, person: str, segment: str
+) -> tuple[uuid.UUID | None, uuid.UUID | None]:
+    person_id, segment_id = parse_uuid(person), parse_uuid(segment)
+    if person_id is None or segment_id is None:
+        # Retrying cannot fix a malformed id, so the event is recorded as seen and skipped.
+        log.warning("ignoring event %s: person %r, segment %r", envelope.id, person, segment)
+    return person_id, segment_id

@@ -1,0 +1,121 @@
+"""Journeys: defining them, and starting them when a person enters their trigger segment."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from omni_decisioning.channel_choice import choose_channel
+from omni_decisioning.entities import Journey, JourneyRun, NewJourney, RunOutcome, SegmentEntry
+from omni_decisioning.events import Publisher
+from omni_decisioning.reentry import is_reentry
+from omni_decisioning.repository import Repository
+from omni_kit.errors import AlreadyExists
+from omni_kit.ids import new_id
+
+log = logging.getLogger(__name__)
+
+
+def send_request_id(journey: Journey, entry: SegmentEntry) -> str:
+    """The idempotency key of a journey's send: one send per journey and triggering event."""
+    return f"journey:{journey.id}:{entry.event_id}"
+
+
+class Journeys:
+    """Creates and lists journeys and runs them on segment entries."""
+
+    def __init__(self, repository: Repository, publisher: Publisher, *, reentry_window: timedelta) -> None:
+        self._repository = repository
+        self._publisher = publisher
+        self._reentry_window = reentry_window
+
+    async def create(self, session: AsyncSession, new: NewJourney) -> Journey:
+        """Store a new journey; AlreadyExists when its name is taken."""
+        journey = Journey(
+            id=new_id(),
+            name=new.name,
+            trigger_segment_id=new.trigger_segment_id,
+            channels=new.channels,
+            template_id=new.template_id,
+            create_time=datetime.now(UTC),
+        )
+        if not await self._repository.insert_journey(session, journey):
+            raise AlreadyExists(
+                message=f"a journey named {new.name!r} exists already",
+                reason="JOURNEY_EXISTS",
+                metadata={"name": new.name},
+            )
+        return journey
+
+    async def page(
+        self, session: AsyncSession, *, after: uuid.UUID | None, size: int
+    ) -> tuple[list[Journey], bool]:
+        """One page of journeys in creation order after the given id, and whether more follow."""
+        rows = await self._repository.list_journeys(session, after=after, limit=size + 1)
+        return rows[:size], len(rows) > size
+
+    async def on_segment_entered(self, session: AsyncSession, entry: SegmentEntry) -> list[JourneyRun]:
+        """Start every journey the segment triggers for the person, once per triggering event."""
+        journeys = await self._repository.journeys_triggered_by(session, entry.segment_id)
+        if not journeys:
+            return []
+        consents = await self._repository.consents_of(session, entry.person_id)
+        runs = []
+        for journey in journeys:
+            run = await self._run(session, journey, entry, consents)
+            if run is not None:
+                runs.append(run)
+        return runs
+
+    async def _run(
+        self, session: AsyncSession, journey: Journey, entry: SegmentEntry, consents: dict[int, int]
+    ) -> JourneyRun | None:
+        await self._repository.lock_journey_person(session, journey.id, entry.person_id)
+        if await self._repository.has_run_for_trigger(
+            session, journey_id=journey.id, person_id=entry.person_id, trigger_event_id=entry.event_id
+        ):
+            return None
+        started = await self._repository.started_run_times(
+            session,
+            journey_id=journey.id,
+            person_id=entry.person_id,
+            around=entry.occurred_at,
+            window=self._reentry_window,
+        )
+        channel: int | None = None
+        request_id: str | None = None
+        if is_reentry(started, entry.occurred_at, self._reentry_window):
+            outcome = RunOutcome.SUPPRESSED_REENTRY
+        else:
+            channel = choose_channel(journey.channels, consents)
+            if channel is None:
+                outcome = RunOutcome.NO_CONSENTED_CHANNEL
+            else:
+                outcome = RunOutcome.SEND_REQUESTED
+                request_id = send_request_id(journey, entry)
+        run = JourneyRun(
+            id=new_id(),
+            journey_id=journey.id,
+            person_id=entry.person_id,
+            trigger_event_id=entry.event_id,
+            trigger_time=entry.occurred_at,
+            outcome=outcome,
+            channel=channel,
+            request_id=request_id,
+            create_time=datetime.now(UTC),
+        )
+        await self._repository.insert_run(session, run)
+        if request_id is not None and channel is not None:
+            await self._publisher.send_requested(
+                session,
+                request_id=request_id,
+                person_id=entry.person_id,
+                channel=channel,
+                template_id=journey.template_id,
+                journey_id=journey.id,
+            )
+        log.info("journey %s for person %s: %s", journey.id, entry.person_id, outcome.value)
+        return run

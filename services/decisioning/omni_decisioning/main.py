@@ -1,0 +1,57 @@
+"""Wiring of the decisioning service: settings, migrations, and start()."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from omni.decisioning.v1 import decisioning_pb2_grpc
+from omni_decisioning.api import DecisioningServicer
+from omni_decisioning.decide import Decider
+from omni_decisioning.events import CONSUMED, EventHandlers, Publisher
+from omni_decisioning.journeys import Journeys
+from omni_decisioning.offers import Offers
+from omni_decisioning.read_models import ReadModels
+from omni_decisioning.repository import Repository
+from omni_kit.runtime import Runtime
+from omni_kit.settings import ServiceSettings
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+SERVICE_NAME = "omni.decisioning.v1.DecisioningService"
+
+
+class Settings(ServiceSettings):
+    """Decisioning's settings, from OMNI_DECISIONING_* environment variables."""
+
+    model_config = SettingsConfigDict(env_prefix="OMNI_DECISIONING_", extra="ignore", frozen=True)
+
+    grpc_port: int = Field(50054, ge=0, le=65535, description="Port of the gRPC server; 0 picks a free one.")
+    journey_reentry_s: int = Field(
+        86_400,
+        ge=0,
+        description="A journey starts at most once per person within this many seconds; 0 turns the guard off.",
+    )
+
+
+async def start(settings: Settings) -> Runtime:
+    """Open the database and event log, start the consumer of read-model events, and serve gRPC."""
+    runtime = Runtime("decisioning", settings, migrations=MIGRATIONS)
+    await runtime.open()
+    repository = Repository()
+    publisher = Publisher(runtime.outbox)
+    journeys = Journeys(repository, publisher, reentry_window=timedelta(seconds=settings.journey_reentry_s))
+    handlers = EventHandlers(ReadModels(repository), journeys)
+    runtime.add_consumer(durable="read-models", event_types=CONSUMED, handler=handlers.handle)
+    servicer = DecisioningServicer(
+        runtime, journeys=journeys, offers=Offers(repository), decider=Decider(repository, publisher)
+    )
+    await runtime.serve(
+        service_names=[SERVICE_NAME],
+        register=lambda server: decisioning_pb2_grpc.add_DecisioningServiceServicer_to_server(
+            servicer, server
+        ),
+    )
+    return runtime

@@ -1,0 +1,113 @@
+"""Decisioning's tables: journeys, offers, the read models fed by events, journey runs and the decision log."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+class Base(DeclarativeBase):
+    """Declarative base of decisioning's own tables (the outbox and inbox come from omni_kit)."""
+
+
+class JourneyRow(Base):
+    """A journey: on entering its trigger segment, send its template on the first consented channel."""
+
+    __tablename__ = "journeys"
+
+    id: Mapped[uuid.UUID] = mapped_column(sa.Uuid, primary_key=True)
+    name: Mapped[str] = mapped_column(sa.Text, unique=True)
+    trigger_segment_id: Mapped[uuid.UUID] = mapped_column(sa.Uuid, index=True)
+    # omni.common.v1.Channel numbers, best first.
+    channels: Mapped[list[int]] = mapped_column(ARRAY(sa.SmallInteger))
+    template_id: Mapped[str] = mapped_column(sa.Text)
+    create_time: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True))
+
+
+class OfferRow(Base):
+    """An offer that Decide may return."""
+
+    __tablename__ = "offers"
+
+    id: Mapped[uuid.UUID] = mapped_column(sa.Uuid, primary_key=True)
+    name: Mapped[str] = mapped_column(sa.Text, unique=True)
+    description: Mapped[str] = mapped_column(sa.Text)
+    # Empty means every touchpoint.
+    touchpoints: Mapped[list[str]] = mapped_column(ARRAY(sa.Text))
+    segment_id: Mapped[uuid.UUID | None] = mapped_column(sa.Uuid, nullable=True)
+    priority: Mapped[int] = mapped_column(sa.Integer)
+    create_time: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True))
+
+
+class MembershipRow(Base):
+    """Read model of segmentation: whether a person is in a segment, as of the newest event seen."""
+
+    __tablename__ = "memberships"
+
+    person_id: Mapped[uuid.UUID] = mapped_column(sa.Uuid, primary_key=True)
+    segment_id: Mapped[uuid.UUID] = mapped_column(sa.Uuid, primary_key=True)
+    # Exits are kept as rows (is_member false) so an older "entered" arriving late cannot undo them.
+    is_member: Mapped[bool] = mapped_column(sa.Boolean)
+    as_of: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True))
+
+
+class ConsentRow(Base):
+    """Read model of profile: a person's latest consent for one channel."""
+
+    __tablename__ = "consents"
+
+    person_id: Mapped[uuid.UUID] = mapped_column(sa.Uuid, primary_key=True)
+    channel: Mapped[int] = mapped_column(sa.SmallInteger, primary_key=True)
+    # omni.profile.v1.ConsentState number.
+    state: Mapped[int] = mapped_column(sa.SmallInteger)
+    update_time: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True))
+
+
+class PersonAliasRow(Base):
+    """Read model of identity: a person merged into another; events and decisions for it go to the survivor."""
+
+    __tablename__ = "person_aliases"
+
+    merged_person_id: Mapped[uuid.UUID] = mapped_column(sa.Uuid, primary_key=True)
+    survivor_person_id: Mapped[uuid.UUID] = mapped_column(sa.Uuid, index=True)
+
+
+class JourneyRunRow(Base):
+    """One start (or refused start) of a journey for a person, caused by one segment-entry event."""
+
+    __tablename__ = "journey_runs"
+    __table_args__ = (
+        sa.UniqueConstraint("journey_id", "person_id", "trigger_event_id", name="journey_runs_trigger_key"),
+        sa.Index("journey_runs_by_person", "journey_id", "person_id", "trigger_time"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(sa.Uuid, primary_key=True)
+    journey_id: Mapped[uuid.UUID] = mapped_column(sa.Uuid, sa.ForeignKey("journeys.id"))
+    person_id: Mapped[uuid.UUID] = mapped_column(sa.Uuid)
+    trigger_event_id: Mapped[uuid.UUID] = mapped_column(sa.Uuid)
+    # When the person entered the segment (the triggering event's occurred_at).
+    trigger_time: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True))
+    # "send_requested", "no_consented_channel" or "suppressed_reentry".
+    outcome: Mapped[str] = mapped_column(sa.Text)
+    channel: Mapped[int | None] = mapped_column(sa.SmallInteger, nullable=True)
+    request_id: Mapped[str | None] = mapped_column(sa.Text, nullable=True)
+    create_time: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True))
+
+
+class DecisionRow(Base):
+    """The decision log: what Decide answered, for learning and attribution."""
+
+    __tablename__ = "decisions"
+
+    id: Mapped[uuid.UUID] = mapped_column(sa.Uuid, primary_key=True)
+    person_id: Mapped[uuid.UUID] = mapped_column(sa.Uuid, index=True)
+    touchpoint: Mapped[str] = mapped_column(sa.Text)
+    channel: Mapped[int] = mapped_column(sa.SmallInteger)
+    context: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    offer_ids: Mapped[list[uuid.UUID]] = mapped_column(ARRAY(sa.Uuid))
+    create_time: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True))

@@ -1,0 +1,352 @@
+"""All of decisioning's SQL: journeys, offers, read models, journey runs and the decision log."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import distinct_on, insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from omni_decisioning.entities import (
+    DecideQuery,
+    Decision,
+    Journey,
+    JourneyRun,
+    Offer,
+    RunOutcome,
+)
+from omni_decisioning.models import (
+    ConsentRow,
+    DecisionRow,
+    JourneyRow,
+    JourneyRunRow,
+    MembershipRow,
+    OfferRow,
+    PersonAliasRow,
+)
+
+
+def _journey(row: JourneyRow) -> Journey:
+    return Journey(
+        id=row.id,
+        name=row.name,
+        trigger_segment_id=row.trigger_segment_id,
+        channels=tuple(row.channels),
+        template_id=row.template_id,
+        create_time=row.create_time,
+    )
+
+
+def _offer(row: OfferRow) -> Offer:
+    return Offer(
+        id=row.id,
+        name=row.name,
+        description=row.description,
+        touchpoints=tuple(row.touchpoints),
+        segment_id=row.segment_id,
+        priority=row.priority,
+        create_time=row.create_time,
+    )
+
+
+class Repository:
+    """Queries over decisioning's database; every method runs in the caller's session and transaction."""
+
+    # -- journeys ------------------------------------------------------------------------------------------
+
+    async def insert_journey(self, session: AsyncSession, journey: Journey) -> bool:
+        """Insert a journey; False (and nothing written) when its name is taken."""
+        inserted = await session.scalar(
+            insert(JourneyRow)
+            .values(
+                id=journey.id,
+                name=journey.name,
+                trigger_segment_id=journey.trigger_segment_id,
+                channels=list(journey.channels),
+                template_id=journey.template_id,
+                create_time=journey.create_time,
+            )
+            .on_conflict_do_nothing(index_elements=[JourneyRow.name])
+            .returning(JourneyRow.id)
+        )
+        return inserted is not None
+
+    async def list_journeys(
+        self, session: AsyncSession, *, after: uuid.UUID | None, limit: int
+    ) -> list[Journey]:
+        """Journeys in id (creation) order, starting after the given id."""
+        query = sa.select(JourneyRow).order_by(JourneyRow.id).limit(limit)
+        if after is not None:
+            query = query.where(JourneyRow.id > after)
+        return [_journey(row) for row in await session.scalars(query)]
+
+    async def journeys_triggered_by(self, session: AsyncSession, segment_id: uuid.UUID) -> list[Journey]:
+        """The journeys that start when a person enters the segment."""
+        rows = await session.scalars(
+            sa.select(JourneyRow).where(JourneyRow.trigger_segment_id == segment_id).order_by(JourneyRow.id)
+        )
+        return [_journey(row) for row in rows]
+
+    # -- offers --------------------------------------------------------------------------------------------
+
+    async def insert_offer(self, session: AsyncSession, offer: Offer) -> bool:
+        """Insert an offer; False (and nothing written) when its name is taken."""
+        inserted = await session.scalar(
+            insert(OfferRow)
+            .values(
+                id=offer.id,
+                name=offer.name,
+                description=offer.description,
+                touchpoints=list(offer.touchpoints),
+                segment_id=offer.segment_id,
+                priority=offer.priority,
+                create_time=offer.create_time,
+            )
+            .on_conflict_do_nothing(index_elements=[OfferRow.name])
+            .returning(OfferRow.id)
+        )
+        return inserted is not None
+
+    async def offers_at(self, session: AsyncSession, touchpoint: str) -> list[Offer]:
+        """The offers that may be shown at a touchpoint (those listing it or listing none)."""
+        rows = await session.scalars(
+            sa.select(OfferRow).where(
+                sa.or_(
+                    sa.func.cardinality(OfferRow.touchpoints) == 0,
+                    OfferRow.touchpoints.any_() == touchpoint,
+                )
+            )
+        )
+        return [_offer(row) for row in rows]
+
+    # -- read models ---------------------------------------------------------------------------------------
+
+    async def survivor_of(self, session: AsyncSession, person_id: uuid.UUID) -> uuid.UUID:
+        """The person a (possibly merged) person id stands for now."""
+        survivor = await session.scalar(
+            sa.select(PersonAliasRow.survivor_person_id).where(PersonAliasRow.merged_person_id == person_id)
+        )
+        return survivor if survivor is not None else person_id
+
+    async def segments_of(self, session: AsyncSession, person_id: uuid.UUID) -> set[uuid.UUID]:
+        """The segments the person is a member of."""
+        rows = await session.scalars(
+            sa.select(MembershipRow.segment_id).where(
+                MembershipRow.person_id == person_id, MembershipRow.is_member.is_(True)
+            )
+        )
+        return set(rows)
+
+    async def record_membership(
+        self,
+        session: AsyncSession,
+        *,
+        person_id: uuid.UUID,
+        segment_id: uuid.UUID,
+        is_member: bool,
+        as_of: datetime,
+    ) -> bool:
+        """Set membership unless a newer fact is known; True when it was applied."""
+        statement = insert(MembershipRow).values(
+            person_id=person_id, segment_id=segment_id, is_member=is_member, as_of=as_of
+        )
+        applied = await session.scalar(
+            statement.on_conflict_do_update(
+                index_elements=[MembershipRow.person_id, MembershipRow.segment_id],
+                set_={"is_member": statement.excluded.is_member, "as_of": statement.excluded.as_of},
+                where=MembershipRow.as_of <= statement.excluded.as_of,
+            ).returning(MembershipRow.person_id)
+        )
+        return applied is not None
+
+    async def record_consent(
+        self, session: AsyncSession, *, person_id: uuid.UUID, channel: int, state: int, update_time: datetime
+    ) -> bool:
+        """Set a consent unless a newer one is known; True when it was applied."""
+        statement = insert(ConsentRow).values(
+            person_id=person_id, channel=channel, state=state, update_time=update_time
+        )
+        applied = await session.scalar(
+            statement.on_conflict_do_update(
+                index_elements=[ConsentRow.person_id, ConsentRow.channel],
+                set_={"state": statement.excluded.state, "update_time": statement.excluded.update_time},
+                where=ConsentRow.update_time <= statement.excluded.update_time,
+            ).returning(ConsentRow.person_id)
+        )
+        return applied is not None
+
+    async def consents_of(self, session: AsyncSession, person_id: uuid.UUID) -> dict[int, int]:
+        """The person's consent state per channel."""
+        rows = await session.execute(
+            sa.select(ConsentRow.channel, ConsentRow.state).where(ConsentRow.person_id == person_id)
+        )
+        return {channel: state for channel, state in rows}
+
+    async def merge_persons(
+        self, session: AsyncSession, *, survivor_id: uuid.UUID, merged_ids: Sequence[uuid.UUID]
+    ) -> None:
+        """Move memberships, consents and journey runs of merged persons to the survivor.
+
+        Where both have a fact about the same segment or channel, the newer one wins. The merged ids stay
+        as aliases of the survivor, so later events and decisions about them land on the survivor.
+        """
+        merged = [m for m in merged_ids if m != survivor_id]
+        if not merged:
+            return
+        aliases = insert(PersonAliasRow).values(
+            [{"merged_person_id": m, "survivor_person_id": survivor_id} for m in merged]
+        )
+        await session.execute(
+            aliases.on_conflict_do_update(
+                index_elements=[PersonAliasRow.merged_person_id],
+                set_={"survivor_person_id": aliases.excluded.survivor_person_id},
+            )
+        )
+        # Persons merged earlier into one now merged follow it to the new survivor.
+        await session.execute(
+            sa.update(PersonAliasRow)
+            .where(PersonAliasRow.survivor_person_id.in_(merged))
+            .values(survivor_person_id=survivor_id)
+        )
+        newest_memberships = (
+            sa.select(
+                sa.literal(survivor_id, sa.Uuid).label("person_id"),
+                MembershipRow.segment_id,
+                MembershipRow.is_member,
+                MembershipRow.as_of,
+            )
+            .where(MembershipRow.person_id.in_(merged))
+            .ext(distinct_on(MembershipRow.segment_id))
+            .order_by(MembershipRow.segment_id, MembershipRow.as_of.desc())
+        )
+        moved_memberships = insert(MembershipRow).from_select(
+            ["person_id", "segment_id", "is_member", "as_of"], newest_memberships
+        )
+        await session.execute(
+            moved_memberships.on_conflict_do_update(
+                index_elements=[MembershipRow.person_id, MembershipRow.segment_id],
+                set_={
+                    "is_member": moved_memberships.excluded.is_member,
+                    "as_of": moved_memberships.excluded.as_of,
+                },
+                where=MembershipRow.as_of < moved_memberships.excluded.as_of,
+            )
+        )
+        await session.execute(sa.delete(MembershipRow).where(MembershipRow.person_id.in_(merged)))
+        newest_consents = (
+            sa.select(
+                sa.literal(survivor_id, sa.Uuid).label("person_id"),
+                ConsentRow.channel,
+                ConsentRow.state,
+                ConsentRow.update_time,
+            )
+            .where(ConsentRow.person_id.in_(merged))
+            .ext(distinct_on(ConsentRow.channel))
+            .order_by(ConsentRow.channel, ConsentRow.update_time.desc())
+        )
+        moved_consents = insert(ConsentRow).from_select(
+            ["person_id", "channel", "state", "update_time"], newest_consents
+        )
+        await session.execute(
+            moved_consents.on_conflict_do_update(
+                index_elements=[ConsentRow.person_id, ConsentRow.channel],
+                set_={
+                    "state": moved_consents.excluded.state,
+                    "update_time": moved_consents.excluded.update_time,
+                },
+                where=ConsentRow.update_time < moved_consents.excluded.update_time,
+            )
+        )
+        await session.execute(sa.delete(ConsentRow).where(ConsentRow.person_id.in_(merged)))
+        # Runs move too, so the re-entry guard sees one person's history as one.
+        await session.execute(
+            sa.update(JourneyRunRow).where(JourneyRunRow.person_id.in_(merged)).values(person_id=survivor_id)
+        )
+
+    # -- journey runs --------------------------------------------------------------------------------------
+
+    async def lock_journey_person(
+        self, session: AsyncSession, journey_id: uuid.UUID, person_id: uuid.UUID
+    ) -> None:
+        """Serialise runs of one journey for one person until the transaction ends (replicas race otherwise)."""
+        await session.execute(
+            sa.text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))"),
+            {"key": f"journey-run:{journey_id}:{person_id}"},
+        )
+
+    async def has_run_for_trigger(
+        self,
+        session: AsyncSession,
+        *,
+        journey_id: uuid.UUID,
+        person_id: uuid.UUID,
+        trigger_event_id: uuid.UUID,
+    ) -> bool:
+        """Whether this trigger event already produced a run of the journey for the person."""
+        found = await session.scalar(
+            sa.select(JourneyRunRow.id).where(
+                JourneyRunRow.journey_id == journey_id,
+                JourneyRunRow.person_id == person_id,
+                JourneyRunRow.trigger_event_id == trigger_event_id,
+            )
+        )
+        return found is not None
+
+    async def started_run_times(
+        self,
+        session: AsyncSession,
+        *,
+        journey_id: uuid.UUID,
+        person_id: uuid.UUID,
+        around: datetime,
+        window: timedelta,
+    ) -> list[datetime]:
+        """Trigger times of runs that requested a send, within `window` either side of `around`."""
+        rows = await session.scalars(
+            sa.select(JourneyRunRow.trigger_time).where(
+                JourneyRunRow.journey_id == journey_id,
+                JourneyRunRow.person_id == person_id,
+                JourneyRunRow.outcome == RunOutcome.SEND_REQUESTED.value,
+                JourneyRunRow.trigger_time > around - window,
+                JourneyRunRow.trigger_time < around + window,
+            )
+        )
+        return list(rows)
+
+    async def insert_run(self, session: AsyncSession, run: JourneyRun) -> None:
+        """Record a journey run."""
+        session.add(
+            JourneyRunRow(
+                id=run.id,
+                journey_id=run.journey_id,
+                person_id=run.person_id,
+                trigger_event_id=run.trigger_event_id,
+                trigger_time=run.trigger_time,
+                outcome=run.outcome.value,
+                channel=run.channel,
+                request_id=run.request_id,
+                create_time=run.create_time,
+            )
+        )
+        await session.flush()
+
+    # -- decisions -----------------------------------------------------------------------------------------
+
+    async def insert_decision(
+        self, session: AsyncSession, decision: Decision, query: DecideQuery, create_time: datetime
+    ) -> None:
+        """Log a decision."""
+        await session.execute(
+            sa.insert(DecisionRow).values(
+                id=decision.id,
+                person_id=decision.person_id,
+                touchpoint=query.touchpoint,
+                channel=query.channel,
+                context=query.context,
+                offer_ids=[action.offer.id for action in decision.actions],
+                create_time=create_time,
+            )
+        )

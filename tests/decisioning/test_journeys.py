@@ -1,0 +1,288 @@
+"""Journeys over gRPC and JetStream: consent and segment events in, send requests out."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from datetime import UTC, datetime, timedelta
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from omni.common.v1 import common_pb2 as c
+from omni.decisioning.v1 import decisioning_pb2 as d
+from omni.decisioning.v1 import events_pb2
+from omni.events.v1 import envelope_pb2
+from omni.identity.v1 import events_pb2 as identity_events
+from omni.profile.v1 import events_pb2 as profile_events
+from omni.profile.v1 import profile_pb2 as p
+from omni.segmentation.v1 import events_pb2 as segmentation_events
+from omni_kit.bus import unpack
+
+from .support import Decisioning
+
+SEND_REQUESTED = "decisioning.send_requested"
+
+
+def _ts(when: datetime) -> Timestamp:
+    timestamp = Timestamp()
+    timestamp.FromDatetime(when)
+    return timestamp
+
+
+async def create_journey(
+    decisioning: Decisioning, segment_id: uuid.UUID, channels: list[c.Channel.ValueType]
+) -> d.Journey:
+    response = await decisioning.stub.CreateJourney(
+        d.CreateJourneyRequest(
+            journey=d.Journey(
+                name=f"journey-{uuid.uuid4().hex[:8]}",
+                trigger_segment_id=str(segment_id),
+                channels=channels,
+                template_id="abandoned_cart",
+            )
+        )
+    )
+    return response.journey
+
+
+async def grant(
+    decisioning: Decisioning,
+    person: uuid.UUID,
+    channel: c.Channel.ValueType,
+    state: p.ConsentState.ValueType = p.CONSENT_STATE_GRANTED,
+    *,
+    at: datetime | None = None,
+) -> envelope_pb2.Envelope:
+    consent = p.Consent(channel=channel, state=state, source="test", update_time=_ts(at or datetime.now(UTC)))
+    return await decisioning.feed(
+        profile_events.ConsentChangedEvent(person_id=str(person), consent=consent),
+        event_type="profile.consent_changed",
+        person_id=str(person),
+    )
+
+
+async def enter(
+    decisioning: Decisioning, person: uuid.UUID, segment: uuid.UUID, *, at: datetime | None = None
+) -> envelope_pb2.Envelope:
+    return await decisioning.feed(
+        segmentation_events.PersonEnteredSegmentEvent(
+            person_id=str(person), segment_id=str(segment), segment_name="abandoned cart"
+        ),
+        event_type="segmentation.person_entered_segment",
+        person_id=str(person),
+        occurred_at=at,
+    )
+
+
+async def run_outcome(decisioning: Decisioning, event: envelope_pb2.Envelope) -> str:
+    outcome: str = await decisioning.eventually(
+        "SELECT outcome FROM journey_runs WHERE trigger_event_id = :event", event=uuid.UUID(event.id)
+    )
+    return outcome
+
+
+def sends_to(decisioning: Decisioning, person: uuid.UUID) -> list[events_pb2.SendRequestedEvent]:
+    return [
+        unpack(envelope, events_pb2.SendRequestedEvent)
+        for envelope in decisioning.published.matching(
+            lambda e: e.type == SEND_REQUESTED and e.person_id == str(person)
+        )
+    ]
+
+
+async def staged_sends(decisioning: Decisioning, person: uuid.UUID) -> int:
+    count: int = await decisioning.scalar(
+        "SELECT count(*) FROM outbox WHERE type = :type AND person_id = :person",
+        type=SEND_REQUESTED,
+        person=str(person),
+    )
+    return count
+
+
+async def test_entering_the_segment_requests_a_send_on_the_first_consented_channel(
+    decisioning: Decisioning,
+) -> None:
+    person, segment = uuid.uuid4(), uuid.uuid4()
+    journey = await create_journey(decisioning, segment, [c.CHANNEL_PUSH, c.CHANNEL_EMAIL, c.CHANNEL_SMS])
+    await grant(decisioning, person, c.CHANNEL_PUSH, p.CONSENT_STATE_DENIED)
+    await grant(decisioning, person, c.CHANNEL_EMAIL)
+    await grant(decisioning, person, c.CHANNEL_SMS)
+    entry = await enter(decisioning, person, segment)
+
+    envelope = await decisioning.published.wait_for(
+        lambda e: e.type == SEND_REQUESTED and e.person_id == str(person)
+    )
+    send = unpack(envelope, events_pb2.SendRequestedEvent)
+    assert send.channel == c.CHANNEL_EMAIL
+    assert send.request_id == f"journey:{journey.id}:{entry.id}"
+    assert send.person_id == str(person)
+    assert send.template_id == "abandoned_cart"
+    assert send.journey_id == journey.id
+    assert envelope.producer == "decisioning"
+    assert await run_outcome(decisioning, entry) == "send_requested"
+
+
+async def test_no_send_without_consent(decisioning: Decisioning) -> None:
+    person, segment = uuid.uuid4(), uuid.uuid4()
+    await create_journey(decisioning, segment, [c.CHANNEL_EMAIL, c.CHANNEL_SMS])
+    await grant(decisioning, person, c.CHANNEL_EMAIL, p.CONSENT_STATE_REVOKED)
+    await grant(decisioning, person, c.CHANNEL_PUSH)  # granted, but not a channel of the journey
+    entry = await enter(decisioning, person, segment)
+
+    assert await run_outcome(decisioning, entry) == "no_consented_channel"
+    assert await staged_sends(decisioning, person) == 0
+    await asyncio.sleep(0.3)
+    assert sends_to(decisioning, person) == []
+
+
+async def test_a_person_nobody_told_us_about_gets_nothing(decisioning: Decisioning) -> None:
+    person, segment = uuid.uuid4(), uuid.uuid4()
+    await create_journey(decisioning, segment, [c.CHANNEL_EMAIL])
+    entry = await enter(decisioning, person, segment)
+    assert await run_outcome(decisioning, entry) == "no_consented_channel"
+    assert await staged_sends(decisioning, person) == 0
+
+
+async def test_reentry_within_the_window_is_suppressed_and_after_it_runs_again(
+    decisioning: Decisioning,
+) -> None:
+    person, segment = uuid.uuid4(), uuid.uuid4()
+    journey = await create_journey(decisioning, segment, [c.CHANNEL_EMAIL])
+    await grant(decisioning, person, c.CHANNEL_EMAIL)
+    t0 = datetime.now(UTC)
+    first = await enter(decisioning, person, segment, at=t0)
+    assert await run_outcome(decisioning, first) == "send_requested"
+    again = await enter(decisioning, person, segment, at=t0 + timedelta(hours=2))
+    assert await run_outcome(decisioning, again) == "suppressed_reentry"
+    assert await staged_sends(decisioning, person) == 1
+
+    later = await enter(decisioning, person, segment, at=t0 + timedelta(days=2))
+    assert await run_outcome(decisioning, later) == "send_requested"
+    await decisioning.published.wait_for(
+        lambda e: (
+            e.type == SEND_REQUESTED
+            and unpack(e, events_pb2.SendRequestedEvent).request_id == f"journey:{journey.id}:{later.id}"
+        )
+    )
+    assert sorted(s.request_id for s in sends_to(decisioning, person)) == sorted(
+        [f"journey:{journey.id}:{first.id}", f"journey:{journey.id}:{later.id}"]
+    )
+
+
+async def test_a_late_older_consent_does_not_undo_a_newer_one(decisioning: Decisioning) -> None:
+    person, segment = uuid.uuid4(), uuid.uuid4()
+    await create_journey(decisioning, segment, [c.CHANNEL_EMAIL])
+    now = datetime.now(UTC)
+    await grant(decisioning, person, c.CHANNEL_EMAIL, p.CONSENT_STATE_REVOKED, at=now)
+    late = await grant(
+        decisioning, person, c.CHANNEL_EMAIL, p.CONSENT_STATE_GRANTED, at=now - timedelta(hours=1)
+    )
+    await decisioning.eventually("SELECT 1 FROM inbox WHERE event_id = :event", event=uuid.UUID(late.id))
+    assert (
+        await decisioning.scalar(
+            "SELECT state FROM consents WHERE person_id = :person AND channel = :channel",
+            person=person,
+            channel=c.CHANNEL_EMAIL,
+        )
+        == p.CONSENT_STATE_REVOKED
+    )
+
+    entry = await enter(decisioning, person, segment)
+    assert await run_outcome(decisioning, entry) == "no_consented_channel"
+    assert await staged_sends(decisioning, person) == 0
+
+
+async def test_a_newer_consent_replaces_the_older_one(decisioning: Decisioning) -> None:
+    person, segment = uuid.uuid4(), uuid.uuid4()
+    await create_journey(decisioning, segment, [c.CHANNEL_SMS])
+    now = datetime.now(UTC)
+    await grant(decisioning, person, c.CHANNEL_SMS, p.CONSENT_STATE_DENIED, at=now - timedelta(hours=1))
+    await grant(decisioning, person, c.CHANNEL_SMS, p.CONSENT_STATE_GRANTED, at=now)
+    entry = await enter(decisioning, person, segment)
+    assert await run_outcome(decisioning, entry) == "send_requested"
+    send = unpack(
+        await decisioning.published.wait_for(
+            lambda e: e.type == SEND_REQUESTED and e.person_id == str(person)
+        ),
+        events_pb2.SendRequestedEvent,
+    )
+    assert send.channel == c.CHANNEL_SMS
+
+
+async def test_every_journey_of_the_segment_runs(decisioning: Decisioning) -> None:
+    person, segment = uuid.uuid4(), uuid.uuid4()
+    email = await create_journey(decisioning, segment, [c.CHANNEL_EMAIL])
+    push = await create_journey(decisioning, segment, [c.CHANNEL_PUSH, c.CHANNEL_EMAIL])
+    other = await create_journey(decisioning, uuid.uuid4(), [c.CHANNEL_EMAIL])
+    await grant(decisioning, person, c.CHANNEL_EMAIL)
+    entry = await enter(decisioning, person, segment)
+    await decisioning.eventually(
+        "SELECT count(*) = 2 FROM journey_runs WHERE trigger_event_id = :event", event=uuid.UUID(entry.id)
+    )
+    await decisioning.published.wait_for(
+        lambda e: e.type == SEND_REQUESTED and unpack(e, events_pb2.SendRequestedEvent).journey_id == push.id
+    )
+    sends = {s.journey_id: s for s in sends_to(decisioning, person)}
+    assert set(sends) == {email.id, push.id}
+    assert other.id not in sends
+    assert {s.channel for s in sends.values()} == {c.CHANNEL_EMAIL}
+
+
+async def test_a_redelivered_entry_sends_once(decisioning: Decisioning) -> None:
+    person, segment = uuid.uuid4(), uuid.uuid4()
+    await create_journey(decisioning, segment, [c.CHANNEL_EMAIL])
+    await grant(decisioning, person, c.CHANNEL_EMAIL)
+    entry = await enter(decisioning, person, segment)
+    # The same event again under another message id, so JetStream keeps it and the inbox must drop it.
+    await decisioning.js.publish(
+        f"{decisioning.namespace}.events.segmentation.person_entered_segment",
+        entry.SerializeToString(),
+        headers={"Nats-Msg-Id": f"{entry.id}-again"},
+    )
+    marker = await grant(decisioning, person, c.CHANNEL_SMS)
+    await decisioning.eventually("SELECT 1 FROM inbox WHERE event_id = :event", event=uuid.UUID(marker.id))
+    assert await decisioning.scalar("SELECT count(*) FROM journey_runs WHERE person_id = :p", p=person) == 1
+    assert await staged_sends(decisioning, person) == 1
+
+
+async def test_a_merge_moves_consent_to_the_survivor(decisioning: Decisioning) -> None:
+    survivor, merged, segment = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    journey = await create_journey(decisioning, segment, [c.CHANNEL_SMS, c.CHANNEL_EMAIL])
+    await grant(decisioning, merged, c.CHANNEL_EMAIL)
+    await grant(decisioning, survivor, c.CHANNEL_SMS, p.CONSENT_STATE_DENIED)
+    await decisioning.feed(
+        identity_events.PersonsMergedEvent(survivor_person_id=str(survivor), merged_person_ids=[str(merged)]),
+        event_type="identity.persons_merged",
+        person_id=str(survivor),
+    )
+    # Entry announced under the old id still reaches the survivor.
+    entry = await enter(decisioning, merged, segment)
+    assert await run_outcome(decisioning, entry) == "send_requested"
+    send = unpack(
+        await decisioning.published.wait_for(
+            lambda e: e.type == SEND_REQUESTED and e.person_id == str(survivor)
+        ),
+        events_pb2.SendRequestedEvent,
+    )
+    assert send.channel == c.CHANNEL_EMAIL
+    assert send.request_id == f"journey:{journey.id}:{entry.id}"
+    assert await decisioning.scalar("SELECT count(*) FROM consents WHERE person_id = :p", p=merged) == 0
+
+
+async def test_list_journeys_pages_through_all_of_them(decisioning: Decisioning) -> None:
+    created = [await create_journey(decisioning, uuid.uuid4(), [c.CHANNEL_EMAIL]) for _ in range(5)]
+    seen: list[d.Journey] = []
+    token = ""
+    while True:
+        page = await decisioning.stub.ListJourneys(d.ListJourneysRequest(page_size=2, page_token=token))
+        assert len(page.journeys) <= 2
+        seen.extend(page.journeys)
+        token = page.next_page_token
+        if not token:
+            break
+    ids = [j.id for j in seen]
+    assert len(ids) == len(set(ids))
+    assert {j.id for j in created} <= set(ids)
+    assert ids == sorted(ids)
+    by_id = {j.id: j for j in seen}
+    assert by_id[created[0].id] == created[0]

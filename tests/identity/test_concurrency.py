@@ -1,0 +1,183 @@
+"""Concurrent resolves against the real server: one person per customer, a consistent graph, no deadlocks."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import uuid
+from collections.abc import Iterable
+
+import pytest
+import sqlalchemy as sa
+
+from omni.identity.v1 import identity_pb2
+
+from .support import EventLog, Identity, ident, pairs, resolve, unique
+
+Pair = tuple[str, str]
+
+
+def components(groups: Iterable[Iterable[Pair]]) -> set[frozenset[Pair]]:
+    """The connected components of identifiers seen together: the persons any order of resolves must end with."""
+    parent: dict[Pair, Pair] = {}
+
+    def find(item: Pair) -> Pair:
+        parent.setdefault(item, item)
+        while parent[item] != item:
+            parent[item] = parent[parent[item]]
+            item = parent[item]
+        return item
+
+    for group in groups:
+        items = list(group)
+        for item in items:
+            find(item)
+        for other in items[1:]:
+            parent[find(other)] = find(items[0])
+    result: dict[Pair, set[Pair]] = {}
+    for item in parent:
+        result.setdefault(find(item), set()).add(item)
+    return {frozenset(members) for members in result.values()}
+
+
+async def graph_of(identity: Identity, values: set[Pair]) -> tuple[set[frozenset[Pair]], set[str]]:
+    """The persons holding these identifiers as sets of identifiers, and any that are not live."""
+    async with identity.runtime.engine.connect() as connection:
+        rows = (
+            await connection.execute(
+                sa.text(
+                    "SELECT i.type, i.value, i.person_id, p.merged_into FROM identifiers AS i"
+                    " JOIN persons AS p ON p.id = i.person_id"
+                    " WHERE (i.type, i.value) IN (SELECT * FROM unnest(CAST(:t AS text[]), CAST(:v AS text[])))"
+                ),
+                {"t": [t for t, _ in values], "v": [v for _, v in values]},
+            )
+        ).all()
+    by_person: dict[uuid.UUID, set[Pair]] = {}
+    dead = set()
+    for row in rows:
+        by_person.setdefault(row.person_id, set()).add((row.type, row.value))
+        if row.merged_into is not None:
+            dead.add(str(row.person_id))
+    return {frozenset(members) for members in by_person.values()}, dead
+
+
+def _no_retries(caplog: pytest.LogCaptureFixture) -> None:
+    retries = [r for r in caplog.records if "resolve aborted" in r.getMessage()]
+    assert retries == [], "a resolve hit a deadlock or a unique violation and had to be retried"
+
+
+async def test_twenty_concurrent_resolves_of_the_same_new_identifiers_yield_one_person(
+    identity: Identity, events: EventLog, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="omni_identity")
+    email, cookie = f"{unique('race')}@example.com", unique("c-")
+
+    results = await asyncio.gather(
+        *(resolve(identity, ident("email", email), ident("anonymous_id", cookie)) for _ in range(20))
+    )
+
+    person_ids = {r.person_id for r in results}
+    assert len(person_ids) == 1
+    assert sum(r.created for r in results) == 1
+    graph, dead = await graph_of(identity, {("email", email), ("anonymous_id", cookie)})
+    assert graph == {frozenset({("email", email), ("anonymous_id", cookie)})}
+    assert not dead
+    [person_id] = person_ids
+    await events.wait_for("identity.person_created")
+    await asyncio.sleep(0.2)
+    assert [e.person_id for e in events.of_type("identity.person_created") if e.person_id == person_id] == [
+        person_id
+    ]
+    _no_retries(caplog)
+
+
+async def test_overlapping_concurrent_resolves_end_in_the_graph_of_running_them_one_by_one(
+    identity: Identity, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="omni_identity")
+    rng = random.Random(20250101)
+    types = ["email", "anonymous_id", "device_id", "user_id", "loyalty_card"]
+    pool: list[Pair] = []
+    for _ in range(40):
+        kind = rng.choice(types)
+        value = f"{unique('h')}@example.com" if kind == "email" else unique(f"{kind[:3]}-")
+        pool.append((kind, value))
+    groups = [rng.sample(pool, rng.randint(1, 3)) for _ in range(120)]
+
+    async def single(group: list[Pair]) -> None:
+        await resolve(identity, *(ident(t, v) for t, v in group))
+
+    async def batch(chunk: list[list[Pair]]) -> None:
+        await identity.stub.BatchResolvePersons(
+            identity_pb2.BatchResolvePersonsRequest(
+                requests=[
+                    identity_pb2.ResolvePersonRequest(
+                        identifiers=[ident(t, v) for t, v in group], source="batch"
+                    )
+                    for group in chunk
+                ]
+            )
+        )
+
+    calls = [single(group) for group in groups[:80]]
+    calls += [batch(groups[i : i + 5]) for i in range(80, 120, 5)]
+    rng.shuffle(calls)
+    await asyncio.gather(*calls)
+
+    graph, dead = await graph_of(identity, {pair for group in groups for pair in group})
+    assert not dead, "an identifier is held by a person that was merged away"
+    assert graph == components(groups)
+    _no_retries(caplog)
+
+
+async def test_every_resolution_of_a_merged_person_leads_to_the_survivor(identity: Identity) -> None:
+    hub = unique("hub-")
+    spokes = [unique("spoke-") for _ in range(10)]
+    # Each spoke first becomes its own person, then all are linked through the hub at the same time.
+    first = await asyncio.gather(*(resolve(identity, ident("device_id", s)) for s in spokes))
+    linked = await asyncio.gather(
+        *(resolve(identity, ident("device_id", s), ident("user_id", hub)) for s in spokes)
+    )
+
+    survivors = set()
+    for resolution in [*first, *linked]:
+        person = (
+            await identity.stub.GetPerson(identity_pb2.GetPersonRequest(person_id=resolution.person_id))
+        ).person
+        survivors.add(person.id)
+    assert survivors == {min(r.person_id for r in first)}
+    [survivor] = survivors
+    person = (await identity.stub.GetPerson(identity_pb2.GetPersonRequest(person_id=survivor))).person
+    assert pairs(person.identifiers) == {("user_id", hub), *(("device_id", s) for s in spokes)}
+    assert set(person.merged_person_ids) == {r.person_id for r in first} - {survivor}
+
+
+async def test_identifiers_added_to_a_person_while_it_is_merged_away_follow_it_to_the_survivor(
+    identity: Identity, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="omni_identity")
+    scenarios = []
+    for _ in range(25):
+        a, b, x = unique("a-"), unique("b-"), unique("x-")
+        await resolve(identity, ident("user_id", a))
+        await resolve(identity, ident("device_id", b), ident("anonymous_id", x))
+        scenarios.append((a, b, x, [unique("y-") for _ in range(3)]))
+
+    calls = []
+    for a, b, x, ys in scenarios:
+        # One request merges b's person into a's while others add new identifiers to b's person through x.
+        calls.append(resolve(identity, ident("user_id", a), ident("device_id", b)))
+        calls += [resolve(identity, ident("anonymous_id", x), ident("push_token", y)) for y in ys]
+    await asyncio.gather(*calls)
+
+    expected = components(
+        [("user_id", a), ("device_id", b), ("anonymous_id", x), *(("push_token", y) for y in ys)]
+        for a, b, x, ys in scenarios
+    )
+    everything = {pair for group in expected for pair in group}
+    graph, dead = await graph_of(identity, everything)
+    assert not dead, "an identifier was added to a person that was being merged away"
+    assert graph == expected
+    _no_retries(caplog)

@@ -38,7 +38,7 @@ async def create_journey(
                 name=f"journey-{uuid.uuid4().hex[:8]}",
                 trigger_segment_id=str(segment_id),
                 channels=channels,
-                template_id="abandoned_cart",
+                template_id="abandoned-cart",
             )
         )
     )
@@ -116,7 +116,7 @@ async def test_entering_the_segment_requests_a_send_on_the_first_consented_chann
     assert send.channel == c.CHANNEL_EMAIL
     assert send.request_id == f"journey:{journey.id}:{entry.id}"
     assert send.person_id == str(person)
-    assert send.template_id == "abandoned_cart"
+    assert send.template_id == "abandoned-cart"
     assert send.journey_id == journey.id
     assert envelope.producer == "decisioning"
     assert await run_outcome(decisioning, entry) == "send_requested"

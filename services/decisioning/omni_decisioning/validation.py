@@ -6,6 +6,7 @@ caller fixes a request in one round trip. Nothing is written before a request ha
 
 from __future__ import annotations
 
+import re
 import uuid
 from typing import Any
 
@@ -19,13 +20,15 @@ from omni_kit.errors import Violations
 from omni_kit.ids import parse_uuid
 
 MAX_NAME = 200
-MAX_TEMPLATE_ID = 200
 MAX_DESCRIPTION = 2000
 MAX_TOUCHPOINT = 100
 MAX_TOUCHPOINTS = 100
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 500
 MAX_DECIDE_LIMIT = 20
+
+# The gateway's template ids; a journey naming anything else could never be sent.
+TEMPLATE_ID = re.compile(r"[a-z0-9-]{1,64}")
 
 _CHANNELS = frozenset(common_pb2.Channel.values()) - {common_pb2.CHANNEL_UNSPECIFIED}
 
@@ -67,11 +70,11 @@ def create_journey(request: decisioning_pb2.CreateJourneyRequest) -> NewJourney:
         elif channel in seen:
             violations.add(path, f"duplicate channel {common_pb2.Channel.Name(channel)}")
         seen.add(channel)
-    if violations.check(bool(journey.template_id.strip()), "journey.template_id", "required"):
+    if violations.check(bool(journey.template_id), "journey.template_id", "required"):
         violations.check(
-            len(journey.template_id) <= MAX_TEMPLATE_ID,
+            TEMPLATE_ID.fullmatch(journey.template_id) is not None,
             "journey.template_id",
-            f"at most {MAX_TEMPLATE_ID} characters",
+            "1 to 64 characters of a-z, 0-9 and '-' (a gateway template id)",
         )
     violations.raise_if_any()
     assert segment_id is not None

@@ -1,0 +1,235 @@
+"""Every kind of bad input gets the right status with field violations, and nothing is written."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Awaitable
+from typing import Any
+
+import grpc
+import pytest
+
+from omni.common.v1 import common_pb2 as c
+from omni.decisioning.v1 import decisioning_pb2 as d
+from omni_kit.errors import StatusDetails, status_details
+
+from .support import Decisioning
+
+TABLES = ("journeys", "offers", "decisions", "journey_runs", "outbox")
+
+
+async def counts(decisioning: Decisioning) -> dict[str, int]:
+    return {table: await decisioning.scalar(f"SELECT count(*) FROM {table}") for table in TABLES}
+
+
+@pytest.fixture
+async def unchanged(decisioning: Decisioning) -> AsyncIterator[None]:
+    """Fail the test if any row was written during it."""
+    before = await counts(decisioning)
+    yield
+    assert await counts(decisioning) == before
+
+
+async def failure(call: Awaitable[Any]) -> StatusDetails:
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await call
+    return status_details(raised.value)
+
+
+def journey(**fields: Any) -> d.CreateJourneyRequest:
+    values: dict[str, Any] = {
+        "name": f"journey-{uuid.uuid4().hex[:8]}",
+        "trigger_segment_id": str(uuid.uuid4()),
+        "channels": [c.CHANNEL_EMAIL, c.CHANNEL_SMS],
+        "template_id": "abandoned-cart",
+    }
+    values.update(fields)
+    return d.CreateJourneyRequest(journey=d.Journey(**values))
+
+
+def offer(**fields: Any) -> d.CreateOfferRequest:
+    values: dict[str, Any] = {"name": f"offer-{uuid.uuid4().hex[:8]}", "priority": 1, "touchpoints": ["web"]}
+    values.update(fields)
+    return d.CreateOfferRequest(offer=d.Offer(**values))
+
+
+def decide(**fields: Any) -> d.DecideRequest:
+    values: dict[str, Any] = {"person_id": str(uuid.uuid4()), "touchpoint": "web_home", "limit": 1}
+    values.update(fields)
+    return d.DecideRequest(**values)
+
+
+async def invalid(decisioning: Decisioning, call: Awaitable[Any], *fields: str) -> None:
+    details = await failure(call)
+    assert details.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert details.fields == set(fields)
+    assert details.error_info is not None
+    assert details.error_info.domain == "omni.decisioning"
+
+
+# -- CreateJourney ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.usefixtures("unchanged")
+async def test_journey_missing(decisioning: Decisioning) -> None:
+    await invalid(decisioning, decisioning.stub.CreateJourney(d.CreateJourneyRequest()), "journey")
+
+
+@pytest.mark.usefixtures("unchanged")
+async def test_journey_name_missing(decisioning: Decisioning) -> None:
+    await invalid(decisioning, decisioning.stub.CreateJourney(journey(name="  ")), "journey.name")
+
+
+@pytest.mark.usefixtures("unchanged")
+async def test_journey_segment_id_missing(decisioning: Decisioning) -> None:
+    request = journey(trigger_segment_id="")
+    await invalid(decisioning, decisioning.stub.CreateJourney(request), "journey.trigger_segment_id")
+
+
+@pytest.mark.usefixtures("unchanged")
+async def test_journey_segment_id_malformed(decisioning: Decisioning) -> None:
+    request = journey(trigger_segment_id="abandoned-cart")
+    await invalid(decisioning, decisioning.stub.CreateJourney(request), "journey.trigger_segment_id")
+
+
+@pytest.mark.usefixtures("unchanged")
+async def test_journey_channels_empty(decisioning: Decisioning) -> None:
+    await invalid(decisioning, decisioning.stub.CreateJourney(journey(channels=[])), "journey.channels")
+
+
+@pytest.mark.usefixtures("unchanged")
+async def test_journey_channel_unspecified(decisioning: Decisioning) -> None:
+    request = journey(channels=[c.CHANNEL_EMAIL, c.CHANNEL_UNSPECIFIED])
+    await invalid(decisioning, decisioning.stub.CreateJourney(request), "journey.channels[1]")
+
+
+@pytest.mark.usefixtures("unchanged")
+async def test_journey_channel_unknown(decisioning: Decisioning) -> None:
+    request = journey(channels=[99])
+    await invalid(decisioning, decisioning.stub.CreateJourney(request), "journey.channels[0]")
+
+
+@pytest.mark.usefixtures("unchanged")
+async def test_journey_channel_duplicate(decisioning: Decisioning) -> None:
+    request = journey(channels=[c.CHANNEL_EMAIL, c.CHANNEL_SMS, c.CHANNEL_EMAIL])
+    await invalid(decisioning, decisioning.stub.CreateJourney(request), "journey.channels[2]")
+
+
+@pytest.mark.usefixtures("unchanged")
+async def test_journey_template_missing(decisioning: Decisioning) -> None:
+    await invalid(decisioning, decisioning.stub.CreateJourney(journey(template_id="")), "journey.template_id")
+
+
+@pytest.mark.usefixtures("unchanged")
+async def test_journey_template_not_a_gateway_template_id(decisioning: Decisioning) -> None:
+    request = journey(template_id="Abandoned Cart")
+    await invalid(decisioning, decisioning.stub.CreateJourney(request), "journey.template_id")
+
+
+@pytest.mark.usefixtures("unchanged")
+async def test_journey_every_bad_field_is_reported_at_once(decisioning: Decisioning) -> None:
+    request = journey(name="", trigger_segment_id="x", channels=[0, 0], template_id="")
+    await invalid(
+        decisioning,
+        decisioning.stub.CreateJourney(request),
+        "journey.name",
+        "journey.trigger_segment_id",
+        "journey.channels[0]",
+        "journey.channels[1]",
+        "journey.template_id",
+    )
+
+
+async def test_journey_name_taken(decisioning: Decisioning) -> None:
+    name = f"welcome-{uuid.uuid4().hex[:8]}"
+    await decisioning.stub.CreateJourney(journey(name=name))
+    before = await counts(decisioning)
+    details = await failure(decisioning.stub.CreateJourney(journey(name=name)))
+    assert details.code == grpc.StatusCode.ALREADY_EXISTS
+    assert details.error_info is not None
+    assert details.error_info.reason == "JOURNEY_EXISTS"
+    assert await counts(decisioning) == before
+
+
+# -- ListJourneys ----------------------------------------------------------------------------------------
+
+
+async def test_list_page_token_foreign(decisioning: Decisioning) -> None:
+    request = d.ListJourneysRequest(page_token="page-2")
+    await invalid(decisioning, decisioning.stub.ListJourneys(request), "page_token")
+
+
+async def test_list_page_size_negative(decisioning: Decisioning) -> None:
+    await invalid(
+        decisioning, decisioning.stub.ListJourneys(d.ListJourneysRequest(page_size=-1)), "page_size"
+    )
+
+
+# -- CreateOffer -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.usefixtures("unchanged")
+async def test_offer_missing(decisioning: Decisioning) -> None:
+    await invalid(decisioning, decisioning.stub.CreateOffer(d.CreateOfferRequest()), "offer")
+
+
+@pytest.mark.usefixtures("unchanged")
+async def test_offer_name_missing(decisioning: Decisioning) -> None:
+    await invalid(decisioning, decisioning.stub.CreateOffer(offer(name="")), "offer.name")
+
+
+@pytest.mark.usefixtures("unchanged")
+async def test_offer_segment_id_malformed(decisioning: Decisioning) -> None:
+    await invalid(decisioning, decisioning.stub.CreateOffer(offer(segment_id="vip")), "offer.segment_id")
+
+
+@pytest.mark.usefixtures("unchanged")
+async def test_offer_touchpoint_empty_or_duplicate(decisioning: Decisioning) -> None:
+    request = offer(touchpoints=["web", "", "web"])
+    await invalid(
+        decisioning, decisioning.stub.CreateOffer(request), "offer.touchpoints[1]", "offer.touchpoints[2]"
+    )
+
+
+async def test_offer_name_taken(decisioning: Decisioning) -> None:
+    name = f"ten-off-{uuid.uuid4().hex[:8]}"
+    await decisioning.stub.CreateOffer(offer(name=name))
+    before = await counts(decisioning)
+    details = await failure(decisioning.stub.CreateOffer(offer(name=name, priority=5)))
+    assert details.code == grpc.StatusCode.ALREADY_EXISTS
+    assert details.error_info is not None
+    assert details.error_info.reason == "OFFER_EXISTS"
+    assert await counts(decisioning) == before
+
+
+# -- Decide ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.usefixtures("unchanged")
+async def test_decide_person_id_missing(decisioning: Decisioning) -> None:
+    await invalid(decisioning, decisioning.stub.Decide(decide(person_id="")), "person_id")
+
+
+@pytest.mark.usefixtures("unchanged")
+async def test_decide_person_id_malformed(decisioning: Decisioning) -> None:
+    await invalid(decisioning, decisioning.stub.Decide(decide(person_id="ada@example.com")), "person_id")
+
+
+@pytest.mark.usefixtures("unchanged")
+async def test_decide_touchpoint_missing(decisioning: Decisioning) -> None:
+    await invalid(decisioning, decisioning.stub.Decide(decide(touchpoint="")), "touchpoint")
+
+
+@pytest.mark.usefixtures("unchanged")
+async def test_decide_limit_above_twenty(decisioning: Decisioning) -> None:
+    await invalid(decisioning, decisioning.stub.Decide(decide(limit=21)), "limit")
+
+
+@pytest.mark.usefixtures("unchanged")
+async def test_decide_limit_negative(decisioning: Decisioning) -> None:
+    await invalid(decisioning, decisioning.stub.Decide(decide(limit=-1)), "limit")
+
+
+@pytest.mark.usefixtures("unchanged")
+async def test_decide_channel_unknown(decisioning: Decisioning) -> None:
+    await invalid(decisioning, decisioning.stub.Decide(decide(channel=42)), "channel")

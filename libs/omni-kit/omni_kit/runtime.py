@@ -59,6 +59,7 @@ class Runtime:
         self.server: GrpcServer | None = None
         self.consumers: list[EventConsumer] = []
         self._tasks: list[asyncio.Task[None]] = []
+        self._consumer_tasks: list[asyncio.Task[None]] = []
         self._channels: list[grpc.aio.Channel] = []
 
     async def open(self) -> None:
@@ -80,7 +81,9 @@ class Runtime:
             reconnect_time_wait=0.5,
         )
         self.js = self.nats.jetstream()
-        await ensure_streams(self.js, namespace=self.settings.event_namespace)
+        await ensure_streams(
+            self.js, namespace=self.settings.event_namespace, replicas=self.settings.nats_stream_replicas
+        )
         self.relay = OutboxRelay(self.engine, self.js, poll_interval_s=self.settings.outbox_poll_interval_s)
         self._tasks.append(asyncio.create_task(self.relay.run(), name=f"{self.name}-outbox-relay"))
 
@@ -123,7 +126,7 @@ class Runtime:
         """Start the consumers and the gRPC server; return the bound port."""
         for consumer in self.consumers:
             await consumer.start()
-            self._tasks.append(asyncio.create_task(consumer.run(), name=consumer.durable))
+            self._consumer_tasks.append(asyncio.create_task(consumer.run(), name=consumer.durable))
         self.server = GrpcServer(
             domain=f"omni.{self.name}",
             service_names=service_names,
@@ -147,6 +150,12 @@ class Runtime:
             await self.server.stop(self.settings.shutdown_grace_s)
         for consumer in self.consumers:
             consumer.stop()
+        if self._consumer_tasks:
+            # Let each consumer finish the message in hand; cancel what is still fetching after that.
+            _, pending = await asyncio.wait(self._consumer_tasks, timeout=5.0)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
         if hasattr(self, "relay"):
             await self.relay.drain()
         for task in self._tasks:

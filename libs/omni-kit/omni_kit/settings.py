@@ -36,6 +36,9 @@ class ServiceSettings(BaseSettings):
         pattern=r"^[a-z][a-z0-9_]{0,30}$",
         description="Prefix of event subjects and streams; every service of one deployment shares it.",
     )
+    nats_stream_replicas: int = Field(
+        1, ge=1, le=5, description="Replicas of the JetStream streams (3 in a cluster)."
+    )
     migrate_on_start: bool = Field(False, description="Apply migrations before serving (the embedded run).")
 
     @field_validator("database_url")

@@ -9,6 +9,7 @@ is copied to the dead-letter subject <namespace>.dlq.<durable> with the error, a
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
@@ -83,9 +84,17 @@ class EventConsumer:
     async def run(self) -> None:
         """Fetch and apply messages until stopped."""
         assert self._subscription is not None, "start() first"
+        try:
+            await self._consume(self._subscription)
+        finally:
+            # An open pull subscription would hold a connection drain for its whole timeout.
+            with contextlib.suppress(Exception):
+                await self._subscription.unsubscribe()
+
+    async def _consume(self, subscription: JetStreamContext.PullSubscription) -> None:
         while not self._stopping:
             try:
-                messages = await self._subscription.fetch(self._batch_size, timeout=0.5)
+                messages = await subscription.fetch(self._batch_size, timeout=0.5)
             except (NatsTimeoutError, TimeoutError):
                 continue
             except asyncio.CancelledError:

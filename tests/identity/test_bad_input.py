@@ -1,0 +1,177 @@
+"""Bad input answers with the right status and field violations, and writes nothing."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import grpc
+import pytest
+import sqlalchemy as sa
+
+from omni.common.v1 import common_pb2
+from omni.identity.v1 import identity_pb2
+from omni_kit.errors import StatusDetails, status_details
+
+from .support import Identity, ident, resolve, unique
+
+TABLES = ("persons", "identifiers", "merges", "outbox")
+
+
+async def _counts(identity: Identity) -> dict[str, int]:
+    async with identity.runtime.engine.connect() as connection:
+        return {
+            table: int(await connection.scalar(sa.text(f"SELECT count(*) FROM {table}")) or 0)
+            for table in TABLES
+        }
+
+
+@pytest.fixture
+async def nothing_written(identity: Identity) -> AsyncIterator[None]:
+    """Fails the test if any table of the graph or the outbox changed."""
+    before = await _counts(identity)
+    yield
+    assert await _counts(identity) == before
+
+
+async def _resolve_error(
+    identity: Identity, *identifiers: common_pb2.Identifier, source: str = ""
+) -> StatusDetails:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await identity.stub.ResolvePerson(
+            identity_pb2.ResolvePersonRequest(identifiers=list(identifiers), source=source)
+        )
+    return status_details(caught.value)
+
+
+async def test_resolve_without_identifiers_is_refused(identity: Identity, nothing_written: None) -> None:
+    details = await _resolve_error(identity)
+    assert details.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert details.fields == {"identifiers"}
+    assert details.error_info is not None
+    assert details.error_info.domain == "omni.identity"
+
+
+@pytest.mark.parametrize(
+    ("bad", "field"),
+    [
+        pytest.param(ident("passport", "X1234"), "identifiers[1].type", id="unknown-type"),
+        pytest.param(ident("", "X1234"), "identifiers[1].type", id="missing-type"),
+        pytest.param(ident("email", "ada(at)example.com"), "identifiers[1].value", id="malformed-email"),
+        pytest.param(ident("email", "ada@localhost"), "identifiers[1].value", id="email-without-domain"),
+        pytest.param(ident("phone", "12345"), "identifiers[1].value", id="malformed-phone"),
+        pytest.param(ident("phone", "+1 000 000 0000"), "identifiers[1].value", id="invalid-phone-number"),
+        pytest.param(ident("phone", "call me maybe"), "identifiers[1].value", id="phone-not-a-number"),
+        pytest.param(ident("anonymous_id", "undefined"), "identifiers[1].value", id="blocked-value"),
+        pytest.param(ident("device_id", " NULL "), "identifiers[1].value", id="blocked-value-any-case"),
+        pytest.param(ident("loyalty_card", "0000-0000"), "identifiers[1].value", id="blocked-pattern"),
+        pytest.param(ident("email", "noreply@shop.example"), "identifiers[1].value", id="blocked-email"),
+        pytest.param(ident("user_id", "   "), "identifiers[1].value", id="blank-value"),
+        pytest.param(ident("user_id", "u" * 257), "identifiers[1].value", id="oversize-value"),
+        pytest.param(ident("email", "a" * 250 + "@example.com"), "identifiers[1].value", id="oversize-email"),
+    ],
+)
+async def test_a_bad_identifier_refuses_the_whole_request(
+    identity: Identity, nothing_written: None, bad: common_pb2.Identifier, field: str
+) -> None:
+    details = await _resolve_error(identity, ident("email", f"{unique('ok')}@example.com"), bad)
+    assert details.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert details.fields == {field}
+
+
+async def test_every_bad_identifier_is_named(identity: Identity, nothing_written: None) -> None:
+    details = await _resolve_error(
+        identity,
+        ident("email", "nope"),
+        ident("anonymous_id", unique()),
+        ident("phone", "1"),
+        ident("x", "y"),
+    )
+    assert details.fields == {"identifiers[0].value", "identifiers[2].value", "identifiers[3].type"}
+
+
+async def test_too_many_identifiers_are_refused(identity: Identity, nothing_written: None) -> None:
+    details = await _resolve_error(identity, *(ident("device_id", unique()) for _ in range(101)))
+    assert details.fields == {"identifiers"}
+
+
+async def test_an_oversize_source_is_refused(identity: Identity, nothing_written: None) -> None:
+    details = await _resolve_error(identity, ident("device_id", unique()), source="s" * 129)
+    assert details.fields == {"source"}
+
+
+async def test_a_batch_with_one_bad_request_writes_nothing(identity: Identity, nothing_written: None) -> None:
+    good = identity_pb2.ResolvePersonRequest(identifiers=[ident("anonymous_id", unique())])
+    bad = identity_pb2.ResolvePersonRequest(identifiers=[ident("device_id", unique()), ident("phone", "555")])
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await identity.stub.BatchResolvePersons(
+            identity_pb2.BatchResolvePersonsRequest(
+                requests=[good, good, bad, identity_pb2.ResolvePersonRequest()]
+            )
+        )
+    details = status_details(caught.value)
+    assert details.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert details.fields == {"requests[2].identifiers[1].value", "requests[3].identifiers"}
+
+
+async def test_an_empty_batch_is_refused(identity: Identity, nothing_written: None) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await identity.stub.BatchResolvePersons(identity_pb2.BatchResolvePersonsRequest())
+    assert status_details(caught.value).fields == {"requests"}
+
+
+async def test_a_batch_over_the_limit_is_refused(identity: Identity, nothing_written: None) -> None:
+    request = identity_pb2.ResolvePersonRequest(identifiers=[ident("device_id", unique())])
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await identity.stub.BatchResolvePersons(
+            identity_pb2.BatchResolvePersonsRequest(requests=[request] * 1001)
+        )
+    assert status_details(caught.value).fields == {"requests"}
+
+
+@pytest.mark.parametrize("person_id", ["", "not-a-uuid", "1234"], ids=["missing", "malformed", "number"])
+async def test_get_person_with_a_malformed_id_is_refused(identity: Identity, person_id: str) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await identity.stub.GetPerson(identity_pb2.GetPersonRequest(person_id=person_id))
+    details = status_details(caught.value)
+    assert details.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert details.fields == {"person_id"}
+
+
+async def test_get_person_with_an_unknown_id_is_not_found(identity: Identity) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await identity.stub.GetPerson(
+            identity_pb2.GetPersonRequest(person_id="01890a5d-ac96-774b-bcce-b302099a8057")
+        )
+    details = status_details(caught.value)
+    assert details.code == grpc.StatusCode.NOT_FOUND
+    assert details.error_info is not None
+    assert details.error_info.reason == "PERSON_NOT_FOUND"
+
+
+async def test_lookup_without_an_identifier_is_refused(identity: Identity) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await identity.stub.LookupPerson(identity_pb2.LookupPersonRequest())
+    assert status_details(caught.value).fields == {"identifier"}
+
+
+async def test_lookup_of_a_malformed_identifier_is_refused(identity: Identity) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await identity.stub.LookupPerson(identity_pb2.LookupPersonRequest(identifier=ident("email", "nope")))
+    details = status_details(caught.value)
+    assert details.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert details.fields == {"identifier.value"}
+
+
+async def test_lookup_of_an_unknown_identifier_is_not_found_and_creates_nothing(
+    identity: Identity, nothing_written: None
+) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await identity.stub.LookupPerson(
+            identity_pb2.LookupPersonRequest(identifier=ident("device_id", unique("unseen-")))
+        )
+    assert status_details(caught.value).code == grpc.StatusCode.NOT_FOUND
+
+
+async def test_a_good_request_after_bad_ones_still_works(identity: Identity) -> None:
+    resolution = await resolve(identity, ident("device_id", unique()))
+    assert resolution.created

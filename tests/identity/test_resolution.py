@@ -1,0 +1,139 @@
+"""The resolver and merge rules as pure computations: what a batch of requests changes in the graph."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+
+import pytest
+
+from omni_identity.merge import choose_survivor, final_survivor
+from omni_identity.normalise import IdentifierKey
+from omni_identity.repository import identifier_lock_key
+from omni_identity.resolution import (
+    NewIdentifier,
+    PersonCreated,
+    PersonsMerged,
+    Resolver,
+    ResolveRequest,
+    dedupe,
+)
+
+NOW = datetime(2025, 1, 1, tzinfo=UTC)
+
+
+def ids() -> Callable[[], uuid.UUID]:
+    """Increasing ids, like UUIDv7 made one after the other."""
+    counter: Iterator[int] = iter(range(1000, 10**6))
+    return lambda: uuid.UUID(int=next(counter))
+
+
+def key(type_: str, value: str) -> IdentifierKey:
+    return IdentifierKey(type_, value)
+
+
+def req(*keys: IdentifierKey, source: str = "t") -> ResolveRequest:
+    return ResolveRequest(identifiers=keys, source=source)
+
+
+P1, P2, P3 = (uuid.UUID(int=n) for n in (1, 2, 3))
+A, B, C, D = key("email", "a@x.io"), key("device_id", "b"), key("anonymous_id", "c"), key("user_id", "d")
+
+
+def test_unknown_identifiers_create_one_person_holding_them() -> None:
+    changes = Resolver({}, now=NOW, new_id=ids()).resolve_all([req(A, B)])
+
+    [resolution] = changes.resolutions
+    assert resolution.created
+    assert changes.created_person_ids == [resolution.person_id]
+    assert changes.new_identifiers == [
+        NewIdentifier(A, resolution.person_id, "t"),
+        NewIdentifier(B, resolution.person_id, "t"),
+    ]
+    assert changes.events == [PersonCreated(resolution.person_id, (A, B))]
+    assert not changes.merges and not changes.merged_into
+
+
+def test_known_identifiers_attach_the_new_ones_to_their_person() -> None:
+    changes = Resolver({A: P1}, now=NOW, new_id=ids()).resolve_all([req(A, B, source="app")])
+
+    [resolution] = changes.resolutions
+    assert resolution.person_id == P1
+    assert not resolution.created
+    assert resolution.added_identifiers == [B]
+    assert changes.new_identifiers == [NewIdentifier(B, P1, "app")]
+    assert changes.events == []
+
+
+def test_nothing_changes_when_everything_is_known() -> None:
+    changes = Resolver({A: P1, B: P1}, now=NOW, new_id=ids()).resolve_all([req(A, B)])
+    assert not changes.changed
+    assert changes.resolutions[0].person_id == P1
+
+
+def test_linking_persons_merges_them_into_the_oldest() -> None:
+    changes = Resolver({A: P3, B: P1, C: P2}, now=NOW, new_id=ids()).resolve_all(
+        [req(A, B, C, D, source="pos")]
+    )
+
+    [resolution] = changes.resolutions
+    assert resolution.person_id == P1
+    assert resolution.merged_person_ids == [P2, P3]
+    assert resolution.added_identifiers == [D]
+    assert changes.merged_into == {P2: P1, P3: P1}
+    assert changes.moved_identifiers == {P2: P1, P3: P1}
+    assert [(m.survivor_id, m.merged_id, m.cause_identifiers, m.source) for m in changes.merges] == [
+        (P1, P2, (A, B, C, D), "pos"),
+        (P1, P3, (A, B, C, D), "pos"),
+    ]
+    assert changes.events == [PersonsMerged(P1, (P2, P3), (A, B, C, D), "pos")]
+
+
+def test_a_later_request_sees_what_an_earlier_one_did() -> None:
+    changes = Resolver({}, now=NOW, new_id=ids()).resolve_all([req(A), req(B), req(A, B), req(B, C)])
+
+    first, second, linked, attached = changes.resolutions
+    assert first.created and second.created
+    assert linked.person_id == first.person_id
+    assert linked.merged_person_ids == [second.person_id]
+    assert attached.person_id == first.person_id and attached.added_identifiers == [C]
+    # The second person was created and merged in the same batch: its identifiers are stored with the survivor.
+    assert {n.key: n.person_id for n in changes.new_identifiers} == {
+        A: first.person_id,
+        B: first.person_id,
+        C: first.person_id,
+    }
+    assert changes.moved_identifiers == {}
+    assert [type(e) for e in changes.events] == [PersonCreated, PersonCreated, PersonsMerged]
+
+
+def test_chained_merges_in_one_batch_move_identifiers_to_the_last_survivor() -> None:
+    changes = Resolver({A: P2, B: P3, C: P1}, now=NOW, new_id=ids()).resolve_all([req(A, B), req(B, C)])
+
+    assert changes.merged_into == {P3: P2, P2: P1}
+    assert changes.moved_identifiers == {P3: P1, P2: P1}
+    assert [r.person_id for r in changes.resolutions] == [P2, P1]
+
+
+def test_survivor_is_the_smallest_id_and_merged_into_chains_end_at_a_live_person() -> None:
+    decision = choose_survivor([P3, P1, P2, P1])
+    assert decision.survivor_id == P1
+    assert decision.merged_ids == (P2, P3)
+    assert final_survivor(P3, {P3: P2, P2: P1}) == P1
+    assert final_survivor(P1, {P3: P2}) == P1
+    with pytest.raises(ValueError):
+        choose_survivor([])
+
+
+def test_dedupe_keeps_first_seen_order() -> None:
+    assert dedupe([B, A, B, C, A]) == (B, A, C)
+
+
+def test_identifier_lock_keys_are_stable_signed_64_bit_numbers() -> None:
+    first = identifier_lock_key(A)
+    assert first == identifier_lock_key(IdentifierKey("email", "a@x.io"))
+    assert -(2**63) <= first < 2**63
+    assert identifier_lock_key(key("email", "a")) != identifier_lock_key(key("emai", "la"))
+    # Fixed forever: every process and every release must lock the same key for the same identifier.
+    assert identifier_lock_key(key("email", "ada@example.com")) == 4695653333417828540

@@ -14,7 +14,7 @@ import logging
 import os
 
 from opentelemetry import metrics, trace
-from opentelemetry.instrumentation.sqlalchemy import SQLAlchemyInstrumentor
+from opentelemetry.instrumentation.sqlalchemy.engine import EngineTracer
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import ConsoleMetricExporter, PeriodicExportingMetricReader
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
@@ -56,5 +56,12 @@ def setup_telemetry(service_name: str) -> None:
 
 
 def instrument_engine(engine: AsyncEngine) -> None:
-    """Emit a span per database statement of this engine."""
-    SQLAlchemyInstrumentor().instrument(engine=engine.sync_engine, enable_commenter=False)
+    """Emit a span per database statement of this engine.
+
+    The instrumentor's instrument() acts once per process, and a process may hold several engines (the
+    end-to-end tests run all five services in one), so each engine gets its own EngineTracer.
+    """
+    usage = metrics.get_meter("omni_kit.db").create_up_down_counter(
+        "db.client.connections.usage", unit="connections", description="Connections in use or idle, by state."
+    )
+    EngineTracer(trace.get_tracer("omni_kit.db"), engine.sync_engine, usage)

@@ -32,9 +32,9 @@ T = TypeVar("T")
 PRODUCT = "Trail Running Shoes"
 
 
-async def eventually(probe: Callable[[], Awaitable[T | None]], what: str, timeout: float = 30.0) -> T:
+async def eventually(probe: Callable[[], Awaitable[T | None]], what: str, within_s: float = 30.0) -> T:
     """Poll probe until it returns something, or fail saying what did not happen."""
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + within_s
     while True:
         result = await probe()
         if result:
@@ -50,7 +50,9 @@ def abandoned_cart_rule(idle_s: int) -> segmentation_pb2.Condition:
         all=segmentation_pb2.ConditionList(
             conditions=[
                 segmentation_pb2.Condition(
-                    cart=segmentation_pb2.CartCondition(comparison=segmentation_pb2.COMPARISON_GT, item_count=0)
+                    cart=segmentation_pb2.CartCondition(
+                        comparison=segmentation_pb2.COMPARISON_GT, item_count=0
+                    )
                 ),
                 segmentation_pb2.Condition(
                     event_count=segmentation_pb2.EventCountCondition(
@@ -90,7 +92,9 @@ async def test_abandoned_cart_across_web_app_and_email(
     segment = (
         await omni.segmentation.CreateSegment(
             segmentation_pb2.CreateSegmentRequest(
-                segment=segmentation_pb2.Segment(name="abandoned-cart", condition=abandoned_cart_rule(idle_s=3))
+                segment=segmentation_pb2.Segment(
+                    name="abandoned-cart", condition=abandoned_cart_rule(idle_s=3)
+                )
             )
         )
     ).segment

@@ -14,8 +14,8 @@ from sqlalchemy.exc import DBAPIError
 from omni.identity.v1 import identity_pb2, identity_pb2_grpc
 from omni_identity.events import OutboxPublisher, identifier_messages
 from omni_identity.normalise import IdentifierError, IdentifierKey, Normaliser
-from omni_identity.persons import Persons, PersonView
-from omni_identity.repository import IdentityRepository
+from omni_identity.persons import Persons
+from omni_identity.repository import ConcurrentMerge, IdentityRepository, PersonRecord
 from omni_identity.resolution import Resolution, ResolveRequest, dedupe
 from omni_kit.errors import Unavailable, Violations
 from omni_kit.ids import parse_uuid
@@ -33,6 +33,8 @@ MAX_SOURCE_LENGTH = 128
 # the whole transaction is safe to run again.
 _RETRYABLE_SQLSTATES = {"40P01", "40001", "23505"}
 _ATTEMPTS = 3
+# Each run that a concurrent merge overtakes sees that merge in the next; merges only retire persons.
+_MAX_RUNS = 50
 
 
 class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
@@ -142,19 +144,24 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
 
 
 async def _retrying(work: Callable[[], Awaitable[T]]) -> T:
-    """Run a transaction, again if the database aborted it for a reason a retry cures."""
-    for attempt in range(1, _ATTEMPTS + 1):
+    """Run a transaction again when a concurrent merge overtook it or the database aborted it."""
+    aborts = 0
+    for _ in range(_MAX_RUNS):
         try:
             return await work()
+        except ConcurrentMerge as overtaken:
+            # Expected now and then under concurrency: the locks were released, the next run sees the merge.
+            log.debug("resolve overtaken by a merge, running again: %s", overtaken)
         except DBAPIError as error:
             sqlstate = _sqlstate(error)
             if sqlstate not in _RETRYABLE_SQLSTATES:
                 raise
-            log.warning("resolve aborted (SQLSTATE %s), attempt %d of %d", sqlstate, attempt, _ATTEMPTS)
-            if attempt == _ATTEMPTS:
+            aborts += 1
+            log.warning("resolve aborted (SQLSTATE %s), attempt %d of %d", sqlstate, aborts, _ATTEMPTS)
+            if aborts == _ATTEMPTS:
                 raise Unavailable(message="the identity graph is busy; try again") from error
-            await asyncio.sleep(0.01 * attempt)
-    raise AssertionError("unreachable")
+            await asyncio.sleep(0.01 * aborts)
+    raise Unavailable(message="the identity graph kept changing under this request; try again")
 
 
 def _sqlstate(error: DBAPIError) -> str | None:
@@ -181,7 +188,7 @@ def _resolution_message(resolution: Resolution) -> identity_pb2.Resolution:
     )
 
 
-def _person_message(person: PersonView) -> identity_pb2.Person:
+def _person_message(person: PersonRecord) -> identity_pb2.Person:
     message = identity_pb2.Person(
         id=str(person.id),
         identifiers=identifier_messages(person.identifiers),

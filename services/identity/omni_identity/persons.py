@@ -1,21 +1,21 @@
 """The identity graph's use cases: resolve identifier sets to persons, show a person, look one up.
 
 Each function runs inside the caller's transaction, given the storage and the event sink bound to it.
-Resolving locks every identifier of the whole batch before reading anything, so concurrent resolves of the
-same identifiers queue up and the second sees what the first did (see repository.py for the lock order).
+A resolve that changes the graph locks every identifier of the whole batch before reading who holds them,
+so concurrent resolves of the same identifiers queue up and the second sees what the first did (see
+repository.py for the lock order).
 """
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Protocol
 
 from omni_identity.normalise import IdentifierKey
-from omni_identity.repository import IdentityRepository
-from omni_identity.resolution import GraphEvent, Resolution, Resolver, ResolveRequest
+from omni_identity.repository import IdentityRepository, PersonRecord
+from omni_identity.resolution import GraphChanges, GraphEvent, Resolution, Resolver, ResolveRequest
 from omni_kit.errors import NotFound
 from omni_kit.ids import new_id
 
@@ -25,16 +25,6 @@ class EventSink(Protocol):
 
     async def publish(self, events: Sequence[GraphEvent]) -> None:
         """Stage the events."""
-
-
-@dataclass(frozen=True)
-class PersonView:
-    """A live person with its identifiers and the persons merged into it."""
-
-    id: uuid.UUID
-    created_at: datetime
-    identifiers: list[IdentifierKey] = field(default_factory=list)
-    merged_person_ids: list[uuid.UUID] = field(default_factory=list)
 
 
 class Persons:
@@ -52,31 +42,39 @@ class Persons:
     async def resolve(
         self, repository: IdentityRepository, events: EventSink, requests: Sequence[ResolveRequest]
     ) -> list[Resolution]:
-        """Resolve the requests in order, write the changes and stage their events; return one per request."""
+        """Resolve the requests in order, write the changes and stage their events; return one per request.
+
+        Raises ConcurrentMerge (from storage) when a person it meant to extend was merged away meanwhile;
+        the caller runs the transaction again.
+        """
         keys = sorted({key for request in requests for key in request.identifiers})
+        # Most identifier sets on the ingest path are already known and change nothing: answer those from
+        # one unlocked read, which was true at the instant it was made.
+        changes = self._plan(await repository.holders(keys), requests)
+        if not changes.changed:
+            return changes.resolutions
         await repository.lock_identifiers(keys)
-        holders = await repository.lock_holders(keys)
-        changes = Resolver(holders, now=self._clock(), new_id=self._new_id).resolve_all(requests)
+        changes = self._plan(await repository.lock_holders(keys), requests)
         if changes.changed:
             await repository.apply(changes)
             await events.publish(changes.events)
         return changes.resolutions
 
-    async def get(self, repository: IdentityRepository, person_id: uuid.UUID) -> PersonView:
+    async def get(self, repository: IdentityRepository, person_id: uuid.UUID) -> PersonRecord:
         """The live person an id leads to (a merged id leads to its survivor); NotFound when unknown."""
-        row = await repository.live_person(person_id)
-        if row is None:
+        record = await repository.person(person_id)
+        if record is None:
             raise NotFound(message=f"person {person_id} not found", reason="PERSON_NOT_FOUND")
-        return PersonView(
-            id=row.id,
-            created_at=row.created_at,
-            identifiers=await repository.identifiers_of(row.id),
-            merged_person_ids=await repository.merged_person_ids(row.id),
-        )
+        return record
 
-    async def lookup(self, repository: IdentityRepository, key: IdentifierKey) -> PersonView:
+    async def lookup(self, repository: IdentityRepository, key: IdentifierKey) -> PersonRecord:
         """The person holding a normalised identifier; NotFound when no one does."""
-        person_id = await repository.holder(key)
-        if person_id is None:
+        record = await repository.person_holding(key)
+        if record is None:
             raise NotFound(message=f"no person holds this {key.type}", reason="IDENTIFIER_NOT_FOUND")
-        return await self.get(repository, person_id)
+        return record
+
+    def _plan(
+        self, holders: dict[IdentifierKey, uuid.UUID], requests: Sequence[ResolveRequest]
+    ) -> GraphChanges:
+        return Resolver(holders, now=self._clock(), new_id=self._new_id).resolve_all(requests)

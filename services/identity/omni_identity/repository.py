@@ -3,9 +3,12 @@
 Concurrency rests on two kinds of locks, always taken in the same order so that resolves never deadlock:
 1. a transaction-scoped advisory lock per identifier (a stable 64-bit hash of type and value), all of them
    up front, in ascending key order: whoever holds it alone may create or re-point that identifier;
-2. then, in one statement and in ascending id order, a row lock on every live person the identifiers lead
-   to, so that no one adds identifiers to a person while it is being merged away.
+2. then, in the one statement that reads who holds them, a row lock on every person holding one, in
+   ascending id order, so that no one adds identifiers to a person while it is being merged away.
 Nothing ever waits for an advisory lock while holding a person lock, so the wait-for graph has no cycles.
+If a holder turns out to have been merged away between the two steps (its row lock waited for the merge
+to commit), the transaction is started again (ConcurrentMerge) rather than holding a lock on a dead person
+while waiting for more, which could deadlock with a reader in the same position.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -30,44 +34,65 @@ def identifier_lock_key(key: IdentifierKey) -> int:
     return int.from_bytes(digest, "big", signed=True)
 
 
+class ConcurrentMerge(Exception):
+    """A person the transaction wanted to extend was merged away meanwhile; run the transaction again."""
+
+
 @dataclass(frozen=True)
-class PersonRow:
-    """A person as stored."""
+class PersonRecord:
+    """A live person as read in one consistent statement: identifiers oldest first, merged ids sorted."""
 
     id: uuid.UUID
     created_at: datetime
-    merged_into: uuid.UUID | None
+    identifiers: list[IdentifierKey]
+    merged_person_ids: list[uuid.UUID]
 
 
 _LOCK_IDENTIFIERS = sa.text("SELECT pg_advisory_xact_lock(k) FROM unnest(CAST(:keys AS bigint[])) AS t(k)")
 
-_HOLDERS = sa.text(
-    "SELECT i.type, i.value, i.person_id FROM identifiers AS i"
+_MATCHES = (
+    " FROM identifiers AS i"
     " JOIN unnest(CAST(:types AS text[]), CAST(:values AS text[])) AS k(type, value)"
     " ON i.type = k.type AND i.value = k.value"
 )
 
-# ORDER BY is applied before FOR UPDATE locks the rows, so the locks are taken in id order.
-_LOCK_PERSONS = sa.text(
-    "SELECT id, merged_into FROM persons WHERE id = ANY(CAST(:ids AS uuid[])) ORDER BY id FOR NO KEY UPDATE"
+_HOLDERS = sa.text("SELECT i.type, i.value, i.person_id" + _MATCHES)
+
+# ORDER BY is applied before FOR NO KEY UPDATE locks the rows, so the person locks are taken in id order.
+# A row updated by a transaction we waited for is returned as it is now, so merged_into shows a merge that
+# committed after this statement started. NO KEY UPDATE (not UPDATE) lets foreign-key checks of others pass.
+_LOCK_HOLDERS = sa.text(
+    "SELECT i.type, i.value, p.id AS person_id, p.merged_into"
+    + _MATCHES
+    + " JOIN persons AS p ON p.id = i.person_id"
+    " ORDER BY p.id FOR NO KEY UPDATE OF p"
 )
 
-_SURVIVOR = sa.text(
-    "WITH RECURSIVE chain(id, merged_into, depth) AS ("
-    " SELECT id, merged_into, 0 FROM persons WHERE id = :id"
-    " UNION ALL"
-    " SELECT p.id, p.merged_into, c.depth + 1 FROM persons AS p JOIN chain AS c ON p.id = c.merged_into"
-    " WHERE c.depth < 1000)"
-    " SELECT p.id, p.created_at, p.merged_into FROM chain AS c JOIN persons AS p ON p.id = c.id"
-    " WHERE c.merged_into IS NULL"
+_PERSON_FROM = """
+WITH RECURSIVE chain(id, merged_into, depth) AS (
+    SELECT id, merged_into, 0 FROM persons WHERE id = ({start})
+    UNION ALL
+    SELECT p.id, p.merged_into, c.depth + 1 FROM persons AS p JOIN chain AS c ON p.id = c.merged_into
+    WHERE c.depth < 10000
+), live AS (
+    SELECT p.id, p.created_at FROM chain AS c JOIN persons AS p ON p.id = c.id WHERE c.merged_into IS NULL
+), tree(id, depth) AS (
+    SELECT p.id, 0 FROM persons AS p JOIN live ON p.merged_into = live.id
+    UNION ALL
+    SELECT p.id, t.depth + 1 FROM persons AS p JOIN tree AS t ON p.merged_into = t.id WHERE t.depth < 10000
 )
+SELECT live.id, live.created_at,
+    ARRAY(SELECT i.type FROM identifiers AS i WHERE i.person_id = live.id
+          ORDER BY i.created_at, i.type, i.value) AS types,
+    ARRAY(SELECT i.value FROM identifiers AS i WHERE i.person_id = live.id
+          ORDER BY i.created_at, i.type, i.value) AS vals,
+    ARRAY(SELECT tree.id FROM tree ORDER BY tree.id) AS merged_ids
+FROM live
+"""
 
-_MERGED_INTO = sa.text(
-    "WITH RECURSIVE tree(id, depth) AS ("
-    " SELECT id, 0 FROM persons WHERE merged_into = :id"
-    " UNION ALL"
-    " SELECT p.id, t.depth + 1 FROM persons AS p JOIN tree AS t ON p.merged_into = t.id WHERE t.depth < 1000)"
-    " SELECT id FROM tree ORDER BY id"
+_PERSON_BY_ID = sa.text(_PERSON_FROM.format(start=":id"))
+_PERSON_BY_IDENTIFIER = sa.text(
+    _PERSON_FROM.format(start="SELECT person_id FROM identifiers WHERE type = :type AND value = :value")
 )
 
 _MARK_MERGED = sa.text(
@@ -96,45 +121,26 @@ class IdentityRepository:
             await self.session.execute(_LOCK_IDENTIFIERS, {"keys": lock_keys})
 
     async def holders(self, keys: Sequence[IdentifierKey]) -> dict[IdentifierKey, uuid.UUID]:
-        """The person holding each of the identifiers that are known."""
+        """The person holding each known identifier, read without locks (what was true at one instant)."""
         if not keys:
             return {}
-        result = await self.session.execute(
-            _HOLDERS, {"types": [k.type for k in keys], "values": [k.value for k in keys]}
-        )
+        result = await self.session.execute(_HOLDERS, _key_arrays(keys))
         return {IdentifierKey(row.type, row.value): row.person_id for row in result}
 
-    async def lock_holders(
-        self, keys: Sequence[IdentifierKey], *, max_rounds: int = 50
-    ) -> dict[IdentifierKey, uuid.UUID]:
-        """The holders of the (already advisory-locked) identifiers, each row-locked and live.
+    async def lock_holders(self, keys: Sequence[IdentifierKey]) -> dict[IdentifierKey, uuid.UUID]:
+        """The holders of the (already advisory-locked) identifiers, each row-locked until the transaction ends.
 
-        A holder read before its row lock may have been merged away by a transaction that committed in
-        between. Then the row locks of that round are released (rolled back to a savepoint, so no one waits
-        behind a lock on a dead person while we take the next ones) and the holders are read again. Merges
-        only ever retire persons, so the rounds end.
+        Raises ConcurrentMerge when a holder was merged away after the identifiers were locked.
         """
-        for _ in range(max_rounds):
-            holders = await self.holders(keys)
-            if not holders:
-                return holders
-            savepoint = await self.session.begin_nested()
-            gone = await self.lock_persons(holders.values())
-            if not gone:
-                await savepoint.commit()
-                return holders
-            await savepoint.rollback()
-        raise RuntimeError(f"identifier holders kept changing over {max_rounds} rounds")
-
-    async def lock_persons(self, person_ids: Iterable[uuid.UUID]) -> set[uuid.UUID]:
-        """Row-lock the persons in id order; return those among them that have been merged away meanwhile."""
-        ids = sorted(set(person_ids))
-        if not ids:
-            return set()
-        result = await self.session.execute(_LOCK_PERSONS, {"ids": ids})
-        rows = result.all()
-        found = {row.id for row in rows}
-        return {row.id for row in rows if row.merged_into is not None} | (set(ids) - found)
+        if not keys:
+            return {}
+        result = await self.session.execute(_LOCK_HOLDERS, _key_arrays(keys))
+        holders = {}
+        for row in result:
+            if row.merged_into is not None:
+                raise ConcurrentMerge(f"person {row.person_id} was merged into {row.merged_into}")
+            holders[IdentifierKey(row.type, row.value)] = row.person_id
+        return holders
 
     async def apply(self, changes: GraphChanges) -> None:
         """Write a resolved batch: new persons, new identifiers, merges and moved identifiers."""
@@ -194,33 +200,14 @@ class IdentityRepository:
                 ],
             )
 
-    async def live_person(self, person_id: uuid.UUID) -> PersonRow | None:
-        """The live person person_id leads to (itself, or the survivor it was merged into), if it exists."""
-        row = (await self.session.execute(_SURVIVOR, {"id": person_id})).first()
-        if row is None:
-            return None
-        return PersonRow(row.id, row.created_at, row.merged_into)
+    async def person(self, person_id: uuid.UUID) -> PersonRecord | None:
+        """The live person an id leads to (itself, or the survivor it was merged into), if the id exists."""
+        return _person_record((await self.session.execute(_PERSON_BY_ID, {"id": person_id})).first())
 
-    async def identifiers_of(self, person_id: uuid.UUID) -> list[IdentifierKey]:
-        """The identifiers a person holds, oldest first."""
-        result = await self.session.execute(
-            sa.select(Identifier.type, Identifier.value)
-            .where(Identifier.person_id == person_id)
-            .order_by(Identifier.created_at, Identifier.type, Identifier.value)
-        )
-        return [IdentifierKey(row.type, row.value) for row in result]
-
-    async def merged_person_ids(self, person_id: uuid.UUID) -> list[uuid.UUID]:
-        """Every person merged into this one, directly or through earlier merges."""
-        result = await self.session.execute(_MERGED_INTO, {"id": person_id})
-        return [row.id for row in result]
-
-    async def holder(self, key: IdentifierKey) -> uuid.UUID | None:
+    async def person_holding(self, key: IdentifierKey) -> PersonRecord | None:
         """The person holding one identifier, if any."""
-        result = await self.session.execute(
-            sa.select(Identifier.person_id).where(Identifier.type == key.type, Identifier.value == key.value)
-        )
-        return result.scalar_one_or_none()
+        result = await self.session.execute(_PERSON_BY_IDENTIFIER, {"type": key.type, "value": key.value})
+        return _person_record(result.first())
 
     async def merges_of(self, person_id: uuid.UUID) -> list[Merge]:
         """The merge records whose survivor is this person, oldest first."""
@@ -228,3 +215,18 @@ class IdentityRepository:
             sa.select(Merge).where(Merge.survivor_id == person_id).order_by(Merge.merged_at, Merge.id)
         )
         return list(result.scalars())
+
+
+def _key_arrays(keys: Sequence[IdentifierKey]) -> dict[str, list[str]]:
+    return {"types": [k.type for k in keys], "values": [k.value for k in keys]}
+
+
+def _person_record(row: sa.Row[Any] | None) -> PersonRecord | None:
+    if row is None:
+        return None
+    return PersonRecord(
+        id=row.id,
+        created_at=row.created_at,
+        identifiers=[IdentifierKey(t, v) for t, v in zip(row.types, row.vals, strict=True)],
+        merged_person_ids=list(row.merged_ids),
+    )

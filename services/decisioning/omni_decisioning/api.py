@@ -6,6 +6,7 @@ from datetime import datetime
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
+from opentelemetry import trace
 
 from omni.common.v1 import common_pb2
 from omni.decisioning.v1 import decisioning_pb2, decisioning_pb2_grpc
@@ -95,6 +96,10 @@ class DecisioningServicer(decisioning_pb2_grpc.DecisioningServiceServicer):
         query = validation.decide(request)
         async with self._runtime.transaction() as session:
             decision = await self._decider.decide(session, query)
+        span = trace.get_current_span()
+        span.set_attribute("omni.person_id", str(decision.person_id))
+        span.set_attribute("omni.decision_id", str(decision.id))
+        span.set_attribute("omni.decision.action_count", len(decision.actions))
         return decisioning_pb2.DecideResponse(
             decision_id=str(decision.id),
             actions=[

@@ -26,8 +26,7 @@ class Decider:
         A person decisioning has never heard of simply belongs to no segment: they get the offers open to
         everyone, or none.
         """
-        person_id = await self._repository.survivor_of(session, query.person_id)
-        segment_ids = await self._repository.segments_of(session, person_id)
+        person_id, segment_ids = await self._repository.person_and_segments(session, query.person_id)
         offers = await self._repository.offers_at(session, query.touchpoint)
         actions = arbitrate(offers, touchpoint=query.touchpoint, segment_ids=segment_ids, limit=query.limit)
         decision = Decision(id=new_id(), person_id=person_id, actions=tuple(actions))

@@ -6,6 +6,7 @@ import logging
 import uuid
 from datetime import UTC, datetime, timedelta
 
+from opentelemetry import trace
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from omni_decisioning.channel_choice import choose_channel
@@ -17,6 +18,7 @@ from omni_kit.errors import AlreadyExists
 from omni_kit.ids import new_id
 
 log = logging.getLogger(__name__)
+tracer = trace.get_tracer("omni_decisioning.journeys")
 
 
 def send_request_id(journey: Journey, entry: SegmentEntry) -> str:
@@ -65,9 +67,15 @@ class Journeys:
         consents = await self._repository.consents_of(session, entry.person_id)
         runs = []
         for journey in journeys:
-            run = await self._run(session, journey, entry, consents)
-            if run is not None:
-                runs.append(run)
+            # A span per run, so the send request (and the gateway's send) hangs under the journey in traces.
+            with tracer.start_as_current_span(
+                "journey run",
+                attributes={"omni.journey_id": str(journey.id), "omni.person_id": str(entry.person_id)},
+            ) as span:
+                run = await self._run(session, journey, entry, consents)
+                if run is not None:
+                    span.set_attribute("omni.journey_run.outcome", run.outcome.value)
+                    runs.append(run)
         return runs
 
     async def _run(

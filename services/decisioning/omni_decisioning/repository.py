@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from datetime import datetime, timedelta
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import distinct_on, insert
@@ -40,7 +41,7 @@ def _journey(row: JourneyRow) -> Journey:
     )
 
 
-def _offer(row: OfferRow) -> Offer:
+def _offer(row: OfferRow | sa.Row[Any]) -> Offer:
     return Offer(
         id=row.id,
         name=row.name,
@@ -112,8 +113,9 @@ class Repository:
 
     async def offers_at(self, session: AsyncSession, touchpoint: str) -> list[Offer]:
         """The offers that may be shown at a touchpoint (those listing it or listing none)."""
-        rows = await session.scalars(
-            sa.select(OfferRow).where(
+        # Plain rows, not ORM objects: this is on Decide's path and runs for every call.
+        rows = await session.execute(
+            sa.select(*OfferRow.__table__.columns).where(
                 sa.or_(
                     sa.func.cardinality(OfferRow.touchpoints) == 0,
                     OfferRow.touchpoints.any_() == touchpoint,
@@ -131,14 +133,26 @@ class Repository:
         )
         return survivor if survivor is not None else person_id
 
-    async def segments_of(self, session: AsyncSession, person_id: uuid.UUID) -> set[uuid.UUID]:
-        """The segments the person is a member of."""
-        rows = await session.scalars(
-            sa.select(MembershipRow.segment_id).where(
-                MembershipRow.person_id == person_id, MembershipRow.is_member.is_(True)
+    async def person_and_segments(
+        self, session: AsyncSession, person_id: uuid.UUID
+    ) -> tuple[uuid.UUID, set[uuid.UUID]]:
+        """The person an id stands for now and the segments they are a member of, in one round trip."""
+        alias = (
+            sa.select(PersonAliasRow.survivor_person_id)
+            .where(PersonAliasRow.merged_person_id == person_id)
+            .scalar_subquery()
+        )
+        person = sa.select(sa.func.coalesce(alias, sa.literal(person_id, sa.Uuid)).label("id")).cte("person")
+        rows = await session.execute(
+            sa.select(person.c.id, MembershipRow.segment_id)
+            .select_from(person)
+            .outerjoin(
+                MembershipRow,
+                sa.and_(MembershipRow.person_id == person.c.id, MembershipRow.is_member.is_(True)),
             )
         )
-        return set(rows)
+        found = rows.all()
+        return found[0].id, {row.segment_id for row in found if row.segment_id is not None}
 
     async def record_membership(
         self,

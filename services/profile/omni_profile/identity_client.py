@@ -1,0 +1,114 @@
+"""Profile's client of the identity service: resolving identifier sets to persons, checking a person exists.
+
+Identity's refusals come back as domain errors: its field violations are kept, with paths relative to the
+identity request ("requests[3].identifiers[0].value"), for the caller to re-anchor on its own request.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import grpc
+
+from omni.common.v1 import common_pb2
+from omni.identity.v1 import identity_pb2, identity_pb2_grpc
+from omni_kit.errors import FieldViolation, Unavailable, status_details
+from omni_profile.domain import Identifier
+
+SERVICE = "omni.identity.v1.IdentityService"
+IDEMPOTENT_METHODS = ("ResolvePerson", "BatchResolvePersons", "GetPerson", "LookupPerson")
+
+_REQUEST_PATH = re.compile(r"^requests\[(\d+)\](?:\.(.*))?$")
+_UNAVAILABLE_CODES = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+
+
+@dataclass(frozen=True)
+class IdentifierSet:
+    """Identifiers seen together, and where (the channel name, used as identity's source)."""
+
+    identifiers: Sequence[Identifier]
+    source: str
+
+
+@dataclass(frozen=True)
+class Resolution:
+    """Which person an identifier set belongs to, and which persons the resolve merged into it."""
+
+    person_id: uuid.UUID
+    merged_person_ids: tuple[uuid.UUID, ...] = ()
+
+
+@dataclass
+class IdentifiersRejected(Exception):
+    """Identity refused some identifiers; each violation names the request index it concerns (or None)."""
+
+    message: str
+    violations: list[tuple[int | None, FieldViolation]] = field(default_factory=list)
+
+
+class IdentityClient:
+    """Calls identity over a channel built with retries for its idempotent methods."""
+
+    def __init__(self, channel: grpc.aio.Channel) -> None:
+        self._stub = identity_pb2_grpc.IdentityServiceStub(channel)
+
+    async def resolve(self, sets: Sequence[IdentifierSet]) -> list[Resolution]:
+        """Resolve identifier sets in order with one BatchResolvePersons call."""
+        if not sets:
+            return []
+        request = identity_pb2.BatchResolvePersonsRequest(
+            requests=[
+                identity_pb2.ResolvePersonRequest(
+                    identifiers=[common_pb2.Identifier(type=i.type, value=i.value) for i in s.identifiers],
+                    source=s.source,
+                )
+                for s in sets
+            ]
+        )
+        try:
+            response = await self._stub.BatchResolvePersons(request)
+        except grpc.aio.AioRpcError as error:
+            raise _translate(error) from error
+        if len(response.resolutions) != len(sets):
+            raise Unavailable(message="identity answered a different number of resolutions than asked")
+        return [
+            Resolution(
+                person_id=uuid.UUID(r.person_id),
+                merged_person_ids=tuple(uuid.UUID(m) for m in r.merged_person_ids),
+            )
+            for r in response.resolutions
+        ]
+
+    async def current_person(self, person_id: uuid.UUID) -> uuid.UUID | None:
+        """The id of the person as identity knows it now (a merged id leads to the survivor); None if unknown."""
+        try:
+            response = await self._stub.GetPerson(identity_pb2.GetPersonRequest(person_id=str(person_id)))
+        except grpc.aio.AioRpcError as error:
+            if error.code() == grpc.StatusCode.NOT_FOUND:
+                return None
+            raise _translate(error) from error
+        return uuid.UUID(response.person.id)
+
+
+def _translate(error: grpc.aio.AioRpcError) -> Exception:
+    details = status_details(error)
+    if details.code == grpc.StatusCode.INVALID_ARGUMENT:
+        rejected = IdentifiersRejected(message=details.message or "identity refused the identifiers")
+        for violation in details.field_violations:
+            match = _REQUEST_PATH.match(violation.field)
+            if match is None:
+                rejected.violations.append((None, violation))
+            else:
+                index, rest = int(match.group(1)), match.group(2) or ""
+                rejected.violations.append((index, FieldViolation(rest, violation.description)))
+        return rejected
+    if details.code in _UNAVAILABLE_CODES:
+        return Unavailable(
+            message=f"identity is unavailable: {details.message}", reason="IDENTITY_UNAVAILABLE"
+        )
+    return Unavailable(
+        message=f"identity failed ({details.code.name}): {details.message}", reason="IDENTITY_FAILED"
+    )

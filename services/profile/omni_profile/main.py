@@ -1,0 +1,73 @@
+"""Wiring of the profile service: settings, migrations, and start()."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from omni.profile.v1 import profile_pb2_grpc
+from omni_kit import grpc_client
+from omni_kit.runtime import Runtime
+from omni_kit.settings import ServiceSettings
+from omni_profile import events
+from omni_profile.api import ProfileServicer
+from omni_profile.identity_client import IDEMPOTENT_METHODS, SERVICE, IdentityClient
+from omni_profile.merge import Merger
+from omni_profile.profiles import Profiles
+from omni_profile.tracking import Tracker
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+SERVICE_NAME = "omni.profile.v1.ProfileService"
+
+
+class Settings(ServiceSettings):
+    """The profile service's settings, from OMNI_PROFILE_* variables."""
+
+    model_config = SettingsConfigDict(env_prefix="OMNI_PROFILE_", extra="ignore", frozen=True)
+
+    grpc_port: int = Field(50052, ge=0, le=65535, description="Port of the gRPC server; 0 picks a free one.")
+    identity_target: str = Field("127.0.0.1:50051", description="host:port of the identity service.")
+    identity_timeout_s: float = Field(5.0, gt=0, description="Deadline of each call to identity.")
+
+
+async def start(settings: Settings) -> Runtime:
+    """Open the database and event log, register the consumers and serve ProfileService."""
+    runtime = Runtime("profile", settings, migrations=MIGRATIONS)
+    try:
+        await _wire(runtime, settings)
+    except BaseException:
+        await runtime.close()
+        raise
+    return runtime
+
+
+async def _wire(runtime: Runtime, settings: Settings) -> None:
+    await runtime.open()
+    identity_channel = runtime.track_channel(
+        grpc_client.channel(
+            settings.identity_target,
+            service=SERVICE,
+            idempotent_methods=list(IDEMPOTENT_METHODS),
+            timeout_s=settings.identity_timeout_s,
+        )
+    )
+    identity = IdentityClient(identity_channel)
+    tracker = Tracker(identity, runtime.outbox)
+    profiles = Profiles(runtime.outbox)
+    runtime.add_consumer(
+        durable="identity-merges",
+        event_types=[events.PERSONS_MERGED],
+        handler=events.PersonsMergedHandler(Merger(runtime.outbox)),
+    )
+    runtime.add_consumer(
+        durable="gateway-outcomes",
+        event_types=[events.MESSAGE_SENT_EVENT, events.MESSAGE_FAILED_EVENT],
+        handler=events.MessageOutcomeHandler(tracker),
+    )
+    servicer = ProfileServicer(runtime, tracker, profiles, identity)
+    await runtime.serve(
+        service_names=[SERVICE_NAME],
+        register=lambda server: profile_pb2_grpc.add_ProfileServiceServicer_to_server(servicer, server),
+    )

@@ -1,0 +1,212 @@
+"""Checks of incoming requests: every problem becomes a field violation with its path in the request.
+
+These look at protobuf messages but know nothing of gRPC; the servicer calls them before anything is
+written, so bad input changes nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from datetime import datetime, timedelta
+
+from google.protobuf import json_format, struct_pb2
+
+from omni.common.v1 import common_pb2
+from omni.profile.v1 import profile_pb2
+from omni_kit.errors import Violations
+from omni_profile.domain import CART_LINE_EVENTS
+
+MAX_BATCH = 1000
+MAX_EVENT_ID = 128
+MAX_EVENT_TYPE = 64
+MAX_PROPERTIES_BYTES = 32 * 1024
+MAX_TRAITS_BYTES = 32 * 1024
+MAX_TRAIT_NAME = 128
+MAX_PRODUCT_ID = 128
+MAX_SOURCE = 64
+MAX_IDENTIFIER_TYPE = 64
+MAX_IDENTIFIER_VALUE = 1024
+MAX_FUTURE = timedelta(days=1)
+MAX_PAST = timedelta(days=5 * 365 + 1)
+
+_SNAKE_CASE = re.compile(r"^[a-z][a-z0-9]*(_[a-z0-9]+)*$")
+_CURRENCY = re.compile(r"^[A-Z]{3}$")
+_TIMESTAMP_MIN_SECONDS = -62_135_596_800  # 0001-01-01T00:00:00Z, the protobuf Timestamp range
+_TIMESTAMP_MAX_SECONDS = 253_402_300_799  # 9999-12-31T23:59:59Z
+
+
+def json_size(struct: struct_pb2.Struct) -> int:
+    """The size in bytes of a Struct as compact JSON: how properties and traits are stored."""
+    return len(json.dumps(json_format.MessageToDict(struct), separators=(",", ":")).encode())
+
+
+def check_person_id(value: str, path: str, violations: Violations, *, required: bool = True) -> bool:
+    """Record a violation unless value is a person id (a UUID); an empty value is fine when not required."""
+    if not value:
+        if required:
+            violations.add(path, "is required")
+            return False
+        return True
+    try:
+        uuid.UUID(value)
+    except ValueError:
+        violations.add(path, "must be a person id (a UUID)")
+        return False
+    return True
+
+
+def check_channel(value: int, path: str, violations: Violations, *, required: bool) -> None:
+    """Record a violation for an unknown channel, or a missing one when required."""
+    if value not in common_pb2.Channel.values():
+        violations.add(path, f"unknown channel {value}")
+    elif required and value == common_pb2.CHANNEL_UNSPECIFIED:
+        violations.add(path, "is required")
+
+
+def check_timestamp_range(seconds: int, nanos: int, path: str, violations: Violations) -> bool:
+    """Record a violation unless the Timestamp fields are inside protobuf's valid range."""
+    if not (_TIMESTAMP_MIN_SECONDS <= seconds <= _TIMESTAMP_MAX_SECONDS and 0 <= nanos < 1_000_000_000):
+        violations.add(path, "is not a valid timestamp")
+        return False
+    return True
+
+
+def validate_event(event: profile_pb2.Event, prefix: str, violations: Violations, *, now: datetime) -> None:
+    """Check one event; prefix is its path in the request, e.g. "event" or "events[3]"."""
+    if not event.id:
+        violations.add(f"{prefix}.id", "is required")
+    elif len(event.id) > MAX_EVENT_ID:
+        violations.add(f"{prefix}.id", f"must be at most {MAX_EVENT_ID} characters")
+    if not event.type:
+        violations.add(f"{prefix}.type", "is required")
+    elif len(event.type) > MAX_EVENT_TYPE:
+        violations.add(f"{prefix}.type", f"must be at most {MAX_EVENT_TYPE} characters")
+    elif not _SNAKE_CASE.match(event.type):
+        violations.add(f"{prefix}.type", "must be snake_case, e.g. cart_item_added")
+    check_channel(event.channel, f"{prefix}.channel", violations, required=False)
+    if not event.person_id and not event.identifiers:
+        violations.add(f"{prefix}.identifiers", "at least one identifier is required unless person_id is set")
+    check_person_id(event.person_id, f"{prefix}.person_id", violations, required=False)
+    for index, identifier in enumerate(event.identifiers):
+        path = f"{prefix}.identifiers[{index}]"
+        if not identifier.type:
+            violations.add(f"{path}.type", "is required")
+        elif len(identifier.type) > MAX_IDENTIFIER_TYPE:
+            violations.add(f"{path}.type", f"must be at most {MAX_IDENTIFIER_TYPE} characters")
+        if not identifier.value.strip():
+            violations.add(f"{path}.value", "is required")
+        elif len(identifier.value) > MAX_IDENTIFIER_VALUE:
+            violations.add(f"{path}.value", f"must be at most {MAX_IDENTIFIER_VALUE} characters")
+    if event.HasField("occurred_at"):
+        _check_occurred_at(event, f"{prefix}.occurred_at", violations, now)
+    if event.HasField("properties") and json_size(event.properties) > MAX_PROPERTIES_BYTES:
+        violations.add(f"{prefix}.properties", f"must be at most {MAX_PROPERTIES_BYTES} bytes as JSON")
+    if event.type in CART_LINE_EVENTS:
+        if not event.HasField("cart_item"):
+            violations.add(f"{prefix}.cart_item", f"is required for {event.type}")
+        else:
+            _check_cart_item(event.cart_item, f"{prefix}.cart_item", violations)
+    elif event.HasField("cart_item"):
+        _check_cart_item(event.cart_item, f"{prefix}.cart_item", violations)
+
+
+def _check_occurred_at(event: profile_pb2.Event, path: str, violations: Violations, now: datetime) -> None:
+    stamp = event.occurred_at
+    if not check_timestamp_range(stamp.seconds, stamp.nanos, path, violations):
+        return
+    occurred_at = stamp.ToDatetime(tzinfo=now.tzinfo)
+    if occurred_at > now + MAX_FUTURE:
+        violations.add(path, "must not be more than 1 day in the future")
+    elif occurred_at < now - MAX_PAST:
+        violations.add(path, "must not be more than 5 years in the past")
+
+
+def _check_cart_item(item: common_pb2.CartItem, path: str, violations: Violations) -> None:
+    if not item.product_id:
+        violations.add(f"{path}.product_id", "is required")
+    elif len(item.product_id) > MAX_PRODUCT_ID:
+        violations.add(f"{path}.product_id", f"must be at most {MAX_PRODUCT_ID} characters")
+    if item.quantity < 1:
+        violations.add(f"{path}.quantity", "must be at least 1")
+    if item.HasField("unit_price"):
+        if item.unit_price.amount_minor < 0:
+            violations.add(f"{path}.unit_price.amount_minor", "must not be negative")
+        if not _CURRENCY.match(item.unit_price.currency_code):
+            violations.add(f"{path}.unit_price.currency_code", "must be an ISO 4217 code such as EUR")
+
+
+def validate_track_event(request: profile_pb2.TrackEventRequest, *, now: datetime) -> None:
+    """Check a TrackEvent request; raise InvalidArgument with every violation."""
+    violations = Violations()
+    if not request.HasField("event"):
+        violations.add("event", "is required")
+    else:
+        validate_event(request.event, "event", violations, now=now)
+    violations.raise_if_any("the event is invalid")
+
+
+def validate_batch(request: profile_pb2.BatchTrackEventsRequest, *, now: datetime) -> None:
+    """Check a batch; one bad event rejects the whole batch, with violations naming each bad event."""
+    violations = Violations()
+    if not request.events:
+        violations.add("events", "at least one event is required")
+    elif len(request.events) > MAX_BATCH:
+        violations.add("events", f"at most {MAX_BATCH} events per batch")
+    else:
+        for index, event in enumerate(request.events):
+            validate_event(event, f"events[{index}]", violations, now=now)
+    violations.raise_if_any("the batch has invalid events; none was recorded")
+
+
+def validate_set_traits(request: profile_pb2.SetTraitsRequest) -> None:
+    """Check a SetTraits request."""
+    violations = Violations()
+    check_person_id(request.person_id, "person_id", violations)
+    if not request.traits.fields:
+        violations.add("traits", "at least one trait is required")
+    for name in request.traits.fields:
+        if not name.strip():
+            violations.add("traits", "trait names must not be empty")
+        elif len(name) > MAX_TRAIT_NAME:
+            violations.add(f"traits.{name[:32]}", f"trait names must be at most {MAX_TRAIT_NAME} characters")
+    if json_size(request.traits) > MAX_TRAITS_BYTES:
+        violations.add("traits", f"must be at most {MAX_TRAITS_BYTES} bytes as JSON")
+    if len(request.source) > MAX_SOURCE:
+        violations.add("source", f"must be at most {MAX_SOURCE} characters")
+    violations.raise_if_any()
+
+
+def validate_set_consent(request: profile_pb2.SetConsentRequest) -> None:
+    """Check a SetConsent request: person, channel and state are required."""
+    violations = Violations()
+    check_person_id(request.person_id, "person_id", violations)
+    if not request.HasField("consent"):
+        violations.add("consent", "is required")
+    else:
+        check_channel(request.consent.channel, "consent.channel", violations, required=True)
+        state = request.consent.state
+        if state not in profile_pb2.ConsentState.values():
+            violations.add("consent.state", f"unknown consent state {state}")
+        elif state == profile_pb2.CONSENT_STATE_UNSPECIFIED:
+            violations.add("consent.state", "is required")
+        if len(request.consent.source) > MAX_SOURCE:
+            violations.add("consent.source", f"must be at most {MAX_SOURCE} characters")
+    violations.raise_if_any()
+
+
+def validate_get_profile(request: profile_pb2.GetProfileRequest) -> None:
+    """Check a GetProfile request."""
+    violations = Violations()
+    check_person_id(request.person_id, "person_id", violations)
+    violations.check(request.recent_event_count >= 0, "recent_event_count", "must not be negative")
+    violations.raise_if_any()
+
+
+def validate_list_timeline(request: profile_pb2.ListTimelineRequest) -> None:
+    """Check a ListTimeline request (the page token is checked when it is decoded)."""
+    violations = Violations()
+    check_person_id(request.person_id, "person_id", violations)
+    violations.check(request.page_size >= 0, "page_size", "must not be negative")
+    violations.raise_if_any()

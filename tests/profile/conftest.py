@@ -1,0 +1,94 @@
+"""Identity and profile started in-process for a test module, on fresh databases and their own namespace."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+
+import grpc
+import nats
+import pytest
+from nats.aio.msg import Msg
+
+from omni.events.v1 import envelope_pb2
+from omni.identity.v1 import identity_pb2_grpc
+from omni.profile.v1 import profile_pb2_grpc
+from omni_identity import main as identity_main
+from omni_kit.db import create_engine
+from omni_kit.embedded import EmbeddedNats, EmbeddedPostgres
+from omni_kit.runtime import Runtime
+from omni_profile import main as profile_main
+
+from .support import EventLog, Services
+
+COMMON = {"grpc_host": "127.0.0.1", "grpc_port": 0, "migrate_on_start": True, "outbox_poll_interval_s": 0.05}
+
+
+async def _close(runtime: Runtime) -> None:
+    """Close a runtime, letting its consumers finish their current fetch first.
+
+    Runtime.close cancels the consumer tasks mid-fetch; a message that then lands in the pull subscription's
+    queue is never taken, and the NATS drain waits its full 30 s timeout for it. Stopping the consumers and
+    waiting out one fetch (0.5 s) first avoids that.
+    """
+    for consumer in runtime.consumers:
+        consumer.stop()
+    if runtime.consumers:
+        await asyncio.sleep(0.6)
+    await runtime.close()
+
+
+@pytest.fixture(scope="module")
+async def services(postgres: EmbeddedPostgres, nats_server: EmbeddedNats) -> AsyncIterator[Services]:
+    """The real identity service and profile wired to it, for the whole module; torn down afterwards."""
+    namespace = "t" + uuid.uuid4().hex[:10]
+    identity_db = f"identity_{uuid.uuid4().hex[:16]}"
+    profile_db = f"profile_{uuid.uuid4().hex[:16]}"
+    postgres.create_database(identity_db)
+    postgres.create_database(profile_db)
+    shared = {**COMMON, "nats_url": nats_server.url, "event_namespace": namespace}
+    identity_runtime = await identity_main.start(
+        identity_main.Settings.model_validate({**shared, "database_url": postgres.url(identity_db)})
+    )
+    profile_runtime = await profile_main.start(
+        profile_main.Settings.model_validate(
+            {
+                **shared,
+                "database_url": postgres.url(profile_db),
+                "identity_target": f"127.0.0.1:{identity_runtime.port}",
+            }
+        )
+    )
+    client = await nats.connect(nats_server.url)
+    log = EventLog()
+
+    async def received(message: Msg) -> None:
+        log.envelopes.append(envelope_pb2.Envelope.FromString(message.data))
+        log.arrived.set()
+
+    await client.subscribe(f"{namespace}.events.>", cb=received)
+    await client.flush()
+    database = create_engine(postgres.url(profile_db), application_name="omni-test-profile")
+    profile_channel = grpc.aio.insecure_channel(f"127.0.0.1:{profile_runtime.port}")
+    identity_channel = grpc.aio.insecure_channel(f"127.0.0.1:{identity_runtime.port}")
+    try:
+        yield Services(
+            profile_runtime=profile_runtime,
+            identity_runtime=identity_runtime,
+            profile=profile_pb2_grpc.ProfileServiceStub(profile_channel),
+            identity=identity_pb2_grpc.IdentityServiceStub(identity_channel),
+            namespace=namespace,
+            database=database,
+            js=client.jetstream(),
+            events=log,
+        )
+    finally:
+        await profile_channel.close()
+        await identity_channel.close()
+        await database.dispose()
+        await client.drain()
+        await _close(profile_runtime)
+        await _close(identity_runtime)
+        postgres.drop_database(profile_db)
+        postgres.drop_database(identity_db)

@@ -286,3 +286,55 @@ async def test_list_journeys_pages_through_all_of_them(decisioning: Decisioning)
     assert ids == sorted(ids)
     by_id = {j.id: j for j in seen}
     assert by_id[created[0].id] == created[0]
+
+
+async def test_a_late_entry_older_than_a_known_exit_starts_nothing(decisioning: Decisioning) -> None:
+    person, segment = uuid.uuid4(), uuid.uuid4()
+    await create_journey(decisioning, segment, [c.CHANNEL_EMAIL])
+    await grant(decisioning, person, c.CHANNEL_EMAIL)
+    now = datetime.now(UTC)
+    await decisioning.feed(
+        segmentation_events.PersonExitedSegmentEvent(person_id=str(person), segment_id=str(segment)),
+        event_type="segmentation.person_exited_segment",
+        person_id=str(person),
+        occurred_at=now,
+    )
+    late = await enter(decisioning, person, segment, at=now - timedelta(minutes=5))
+    await decisioning.eventually("SELECT 1 FROM inbox WHERE event_id = :event", event=uuid.UUID(late.id))
+    assert (
+        await decisioning.scalar(
+            "SELECT is_member FROM memberships WHERE person_id = :p AND segment_id = :s", p=person, s=segment
+        )
+        is False
+    )
+    assert await decisioning.scalar("SELECT count(*) FROM journey_runs WHERE person_id = :p", p=person) == 0
+
+
+async def test_malformed_events_are_skipped_without_stopping_the_consumer(decisioning: Decisioning) -> None:
+    segment = uuid.uuid4()
+    await create_journey(decisioning, segment, [c.CHANNEL_EMAIL])
+    bad = await decisioning.feed(
+        segmentation_events.PersonEnteredSegmentEvent(person_id="not-a-uuid", segment_id=str(segment)),
+        event_type="segmentation.person_entered_segment",
+        person_id="not-a-uuid",
+    )
+    wrong_payload = await decisioning.feed(
+        segmentation_events.PersonEnteredSegmentEvent(person_id=str(uuid.uuid4()), segment_id=str(segment)),
+        event_type="profile.consent_changed",
+        person_id="",
+    )
+    person = uuid.uuid4()
+    marker = await enter(decisioning, person, segment)
+    await decisioning.eventually("SELECT 1 FROM inbox WHERE event_id = :event", event=uuid.UUID(marker.id))
+    assert await decisioning.scalar("SELECT 1 FROM inbox WHERE event_id = :e", e=uuid.UUID(bad.id)) == 1
+    assert (
+        await decisioning.scalar(
+            "SELECT count(*) FROM journey_runs WHERE trigger_event_id = :e", e=uuid.UUID(bad.id)
+        )
+        == 0
+    )
+    # A payload of the wrong type is a bug upstream: retried, then dead-lettered, never applied.
+    assert (
+        await decisioning.scalar("SELECT 1 FROM inbox WHERE event_id = :e", e=uuid.UUID(wrong_payload.id))
+        is None
+    )

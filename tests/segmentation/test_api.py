@@ -1,0 +1,179 @@
+"""Segments over gRPC: create, get, list with paging, and every kind of bad input (nothing written)."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+
+from omni.segmentation.v1 import segmentation_pb2 as pb
+from omni_kit.errors import status_details
+from omni_kit.ids import new_id_str
+
+from .builders import abandoned_cart, all_of, event_count, not_, trait
+from .support import Segmentation, eventually, person, unique
+
+
+async def counts(segmentation: Segmentation) -> tuple[int, int, int]:
+    """Rows in segments, backfills and outbox: what a refused request must not change.
+
+    Backfills of segments created earlier finish first, so that the clock changes nothing meanwhile.
+    """
+    await eventually(lambda: segmentation.scalar("SELECT count(*) = 0 FROM backfills"))
+    return (
+        await segmentation.scalar("SELECT count(*) FROM segments"),
+        await segmentation.scalar("SELECT count(*) FROM backfills"),
+        await segmentation.scalar("SELECT count(*) FROM outbox"),
+    )
+
+
+async def refused(segmentation: Segmentation, segment: pb.Segment | None) -> tuple[grpc.StatusCode, set[str]]:
+    """Try to create the segment; return the error's code and violated fields, checking nothing was written."""
+    before = await counts(segmentation)
+    request = pb.CreateSegmentRequest(segment=segment) if segment is not None else pb.CreateSegmentRequest()
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await segmentation.stub.CreateSegment(request)
+    assert await counts(segmentation) == before
+    details = status_details(caught.value)
+    return details.code, details.fields
+
+
+async def test_create_get_and_list(segmentation: Segmentation) -> None:
+    name = unique("abandoned-cart")
+    condition = abandoned_cart(30)
+    created = await segmentation.create(name, condition, description="Cart left behind for 30 s")
+    assert created.id and created.name == name
+    assert created.condition == condition
+    assert created.create_time.seconds > 0
+
+    got = (await segmentation.stub.GetSegment(pb.GetSegmentRequest(segment_id=created.id))).segment
+    assert got == created
+
+    stored = await segmentation.rows("SELECT name, condition FROM segments WHERE id = :id", id=created.id)
+    assert stored[0].name == name
+    assert stored[0].condition["all"]["conditions"][1]["event_count"]["window"] == "3600s"
+
+    listed = await segmentation.stub.ListSegments(pb.ListSegmentsRequest(page_size=500))
+    assert created in listed.segments
+
+
+async def test_paging_walks_every_segment_once_oldest_first(segmentation: Segmentation) -> None:
+    ids = [
+        (await segmentation.create(unique("page"), trait("plan", pb.COMPARISON_EXISTS))).id for _ in range(5)
+    ]
+    seen: list[str] = []
+    token = ""
+    while True:
+        page = await segmentation.stub.ListSegments(pb.ListSegmentsRequest(page_size=2, page_token=token))
+        assert len(page.segments) <= 2
+        seen += [s.id for s in page.segments]
+        token = page.next_page_token
+        if not token:
+            break
+    assert len(seen) == len(set(seen))
+    assert [i for i in seen if i in ids] == ids
+    assert seen == sorted(seen)
+
+
+async def test_a_person_unknown_to_segmentation_is_in_no_segment(segmentation: Segmentation) -> None:
+    response = await segmentation.stub.ListPersonSegments(pb.ListPersonSegmentsRequest(person_id=person()))
+    assert list(response.memberships) == []
+
+
+# -- bad input: one test per kind -------------------------------------------------------------------------
+
+
+async def test_missing_segment(segmentation: Segmentation) -> None:
+    assert await refused(segmentation, None) == (grpc.StatusCode.INVALID_ARGUMENT, {"segment"})
+
+
+async def test_empty_rules(segmentation: Segmentation) -> None:
+    code, fields = await refused(segmentation, pb.Segment(name=unique("empty")))
+    assert (code, fields) == (grpc.StatusCode.INVALID_ARGUMENT, {"segment.condition"})
+    code, fields = await refused(segmentation, pb.Segment(name=unique("empty"), condition=pb.Condition()))
+    assert (code, fields) == (grpc.StatusCode.INVALID_ARGUMENT, {"segment.condition"})
+
+
+async def test_empty_all_list(segmentation: Segmentation) -> None:
+    code, fields = await refused(segmentation, pb.Segment(name=unique("empty-all"), condition=all_of()))
+    assert (code, fields) == (grpc.StatusCode.INVALID_ARGUMENT, {"segment.condition.all.conditions"})
+
+
+async def test_missing_trait_name(segmentation: Segmentation) -> None:
+    condition = all_of(trait("plan", pb.COMPARISON_EXISTS), not_(trait("", pb.COMPARISON_EQ, "gold")))
+    code, fields = await refused(segmentation, pb.Segment(name=unique("no-trait"), condition=condition))
+    assert (code, fields) == (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        {"segment.condition.all.conditions[1].not.trait.trait"},
+    )
+
+
+async def test_bad_window(segmentation: Segmentation) -> None:
+    condition = all_of(
+        trait("plan", pb.COMPARISON_EXISTS), event_count("order_completed", 0.2, pb.COMPARISON_EQ, 0)
+    )
+    code, fields = await refused(segmentation, pb.Segment(name=unique("bad-window"), condition=condition))
+    assert (code, fields) == (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        {"segment.condition.all.conditions[1].event_count.window"},
+    )
+
+
+@pytest.mark.parametrize("name", ["", "Abandoned Cart", "cart_abandoned", "x" * 101])
+async def test_bad_name(segmentation: Segmentation, name: str) -> None:
+    code, fields = await refused(segmentation, pb.Segment(name=name, condition=abandoned_cart(5)))
+    assert (code, fields) == (grpc.StatusCode.INVALID_ARGUMENT, {"segment.name"})
+
+
+async def test_every_violation_is_reported_at_once(segmentation: Segmentation) -> None:
+    code, fields = await refused(segmentation, pb.Segment(name="Bad Name", condition=all_of(all_of())))
+    assert (code, fields) == (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        {"segment.name", "segment.condition.all.conditions[0].all.conditions"},
+    )
+
+
+async def test_duplicate_name(segmentation: Segmentation) -> None:
+    name = unique("dup")
+    await segmentation.create(name, abandoned_cart(5))
+    before = await counts(segmentation)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await segmentation.create(name, trait("plan", pb.COMPARISON_EXISTS))
+    assert await counts(segmentation) == before
+    details = status_details(caught.value)
+    assert details.code == grpc.StatusCode.ALREADY_EXISTS
+    assert details.error_info is not None and details.error_info.reason == "SEGMENT_NAME_TAKEN"
+    assert details.error_info.metadata["name"] == name
+
+
+async def test_malformed_segment_id(segmentation: Segmentation) -> None:
+    for value in ("", "not-a-uuid"):
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await segmentation.stub.GetSegment(pb.GetSegmentRequest(segment_id=value))
+        details = status_details(caught.value)
+        assert (details.code, details.fields) == (grpc.StatusCode.INVALID_ARGUMENT, {"segment_id"})
+
+
+async def test_unknown_segment_id(segmentation: Segmentation) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await segmentation.stub.GetSegment(pb.GetSegmentRequest(segment_id=new_id_str()))
+    details = status_details(caught.value)
+    assert details.code == grpc.StatusCode.NOT_FOUND
+    assert details.error_info is not None and details.error_info.reason == "SEGMENT_NOT_FOUND"
+
+
+async def test_malformed_person_id(segmentation: Segmentation) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await segmentation.stub.ListPersonSegments(pb.ListPersonSegmentsRequest(person_id="42"))
+    details = status_details(caught.value)
+    assert (details.code, details.fields) == (grpc.StatusCode.INVALID_ARGUMENT, {"person_id"})
+
+
+async def test_bad_paging(segmentation: Segmentation) -> None:
+    for request, field in (
+        (pb.ListSegmentsRequest(page_size=-1), "page_size"),
+        (pb.ListSegmentsRequest(page_token="garbage"), "page_token"),
+    ):
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await segmentation.stub.ListSegments(request)
+        details = status_details(caught.value)
+        assert (details.code, details.fields) == (grpc.StatusCode.INVALID_ARGUMENT, {field})

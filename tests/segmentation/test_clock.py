@@ -1,0 +1,79 @@
+"""The clock's housekeeping: how long event occurrences are kept, and the purge of older ones."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+
+from omni.segmentation.v1 import segmentation_pb2 as pb
+from omni_segmentation.catalog import SegmentCatalog
+from omni_segmentation.clock import MAX_RETENTION, Clock
+from omni_segmentation.membership import MembershipEvaluator
+from omni_segmentation.repository import Repository
+from omni_segmentation.rules import Requirements
+
+from .builders import event_count
+from .support import Segmentation, person, unique
+
+HOUR = timedelta(hours=1)
+
+
+def clock_for(segmentation: Segmentation, floor: timedelta) -> Clock:
+    """A second clock on the service's database (the service's own keeps running)."""
+    repository = Repository()
+    catalog = SegmentCatalog(repository)
+    evaluator = MembershipEvaluator(repository, catalog, segmentation.runtime.outbox)
+    return Clock(segmentation.runtime.transaction, repository, catalog, evaluator, retention_floor=floor)
+
+
+def test_retention_is_the_longest_window_within_the_floor_and_400_days() -> None:
+    clock = Clock(None, None, None, None, retention_floor=timedelta(days=1))  # type: ignore[arg-type]
+    assert clock.retention(Requirements(counted={}, since=frozenset())) == MAX_RETENTION
+    assert clock.retention(Requirements(counted={"a": HOUR}, since=frozenset())) == timedelta(days=1)
+    assert clock.retention(Requirements(counted={"a": HOUR, "b": timedelta(days=30)}, since=frozenset())) == (
+        timedelta(days=30)
+    )
+
+
+async def test_purge_drops_occurrences_older_than_any_window_but_keeps_last_seen(
+    segmentation: Segmentation,
+) -> None:
+    await segmentation.create(unique("two-hours"), event_count("purge_probe", 7200, pb.COMPARISON_GT, 0))
+    someone = person()
+    await segmentation.consumed(
+        await segmentation.track(someone, "purge_probe", occurred_at=datetime.now(UTC) - 3 * HOUR),
+        await segmentation.track(someone, "purge_probe", occurred_at=datetime.now(UTC) - HOUR),
+    )
+    purged = await clock_for(segmentation, floor=timedelta(0)).purge(datetime.now(UTC))
+    assert purged >= 1
+    left = await segmentation.rows(
+        "SELECT occurred_at FROM event_occurrences WHERE person_id = :p", p=uuid.UUID(someone)
+    )
+    assert len(left) == 1 and left[0].occurred_at > datetime.now(UTC) - 2 * HOUR
+    assert (
+        await segmentation.scalar(
+            "SELECT count(*) FROM person_last_events WHERE person_id = :p AND event_type = 'purge_probe'",
+            p=uuid.UUID(someone),
+        )
+        == 1
+    )
+
+
+async def test_a_due_person_is_evaluated_once_and_not_again(segmentation: Segmentation) -> None:
+    someone = person()
+    await segmentation.consumed(await segmentation.track(someone, "page_viewed"))
+    await segmentation.execute(
+        "UPDATE persons SET next_check_at = now() - interval '1 second' WHERE person_id = :p",
+        p=uuid.UUID(someone),
+    )
+    assert await segmentation.scalar(
+        "SELECT next_check_at IS NOT NULL FROM persons WHERE person_id = :p", p=uuid.UUID(someone)
+    )
+    clock = clock_for(segmentation, floor=timedelta(days=1))
+    await clock.cycle()
+    assert (
+        await segmentation.scalar(
+            "SELECT next_check_at FROM persons WHERE person_id = :p", p=uuid.UUID(someone)
+        )
+        is None
+    )

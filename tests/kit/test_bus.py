@@ -94,7 +94,9 @@ async def test_event_is_published_only_when_its_transaction_commits(
     assert await relay.publish_pending() == 0
     assert await _stream_count(context, namespace) == 1
 
-    message = await context.get_last_msg(events_stream(namespace), subject_for("identity.persons_merged", namespace))
+    message = await context.get_last_msg(
+        events_stream(namespace), subject_for("identity.persons_merged", namespace)
+    )
     assert message.headers is not None
     assert message.headers["Nats-Msg-Id"] == committed.id
     envelope = envelope_pb2.Envelope.FromString(message.data)
@@ -118,7 +120,9 @@ async def test_republishing_after_a_crash_is_deduplicated(
     assert await _stream_count(context, namespace) == 1
 
 
-async def test_consumer_applies_each_event_once(engine: AsyncEngine, js: tuple[JetStreamContext, str]) -> None:
+async def test_consumer_applies_each_event_once(
+    engine: AsyncEngine, js: tuple[JetStreamContext, str]
+) -> None:
     context, namespace = js
     sessions = session_factory(engine)
     seen: list[str] = []
@@ -143,7 +147,10 @@ async def test_consumer_applies_each_event_once(engine: AsyncEngine, js: tuple[J
     await context.publish(subject, envelope.SerializeToString(), headers={"Nats-Msg-Id": "a"})
     await context.publish(subject, envelope.SerializeToString(), headers={"Nats-Msg-Id": "b"})
     for _ in range(100):
-        if consumer.applied >= 1 and (await context.consumer_info(events_stream(namespace), "test-once")).num_ack_pending == 0:
+        if (
+            consumer.applied >= 1
+            and (await context.consumer_info(events_stream(namespace), "test-once")).num_ack_pending == 0
+        ):
             break
         await asyncio.sleep(0.05)
     consumer.stop()
@@ -200,3 +207,43 @@ async def test_poison_event_goes_to_dead_letter_after_bounded_retries(
             sa.select(sa.func.count()).select_from(notes).where(notes.c.text == f"partial-{envelope.id}")
         )
     assert partial == 0, "a failed handler's writes are rolled back"
+
+
+async def test_event_that_can_never_apply_is_dead_lettered_at_once(
+    engine: AsyncEngine, js: tuple[JetStreamContext, str]
+) -> None:
+    context, namespace = js
+    attempts = 0
+
+    async def handler(session: AsyncSession, envelope: envelope_pb2.Envelope) -> None:
+        nonlocal attempts
+        attempts += 1
+        unpack(envelope, events_pb2.PersonCreatedEvent)  # the payload is a PersonsMergedEvent
+
+    consumer = EventConsumer(
+        context,
+        session_factory(engine),
+        durable="test-permanent",
+        stream=events_stream(namespace),
+        subjects=[subject_for("identity.persons_merged", namespace)],
+        handler=handler,
+        max_deliver=5,
+        backoff_s=(5.0,),
+    )
+    await consumer.start()
+    task = asyncio.create_task(consumer.run())
+    envelope = Outbox("identity").envelope(_merged("p-5"), event_type="identity.persons_merged")
+    await context.publish(
+        subject_for("identity.persons_merged", namespace),
+        envelope.SerializeToString(),
+        headers={"Nats-Msg-Id": envelope.id},
+    )
+    for _ in range(100):
+        if consumer.dead_lettered:
+            break
+        await asyncio.sleep(0.05)
+    consumer.stop()
+    await task
+    assert attempts == 1
+    dead = await context.get_last_msg(dlq_stream(namespace), f"{namespace}.dlq.test-permanent")
+    assert dead.headers is not None and "PersonCreatedEvent" in dead.headers["Omni-Error"]

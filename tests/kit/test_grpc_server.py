@@ -67,7 +67,9 @@ async def test_health_reports_serving_for_server_and_service(
         assert response.status == health_pb2.HealthCheckResponse.SERVING
 
 
-async def test_reflection_lists_the_services(served: tuple[GrpcServer, grpc.aio.Channel, asyncio.Event]) -> None:
+async def test_reflection_lists_the_services(
+    served: tuple[GrpcServer, grpc.aio.Channel, asyncio.Event],
+) -> None:
     _, channel, _ = served
     stub = reflection_pb2_grpc.ServerReflectionStub(channel)
     responses = stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]))

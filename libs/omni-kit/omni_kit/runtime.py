@@ -33,6 +33,7 @@ from omni_kit.bus import (
     OutboxRelay,
     ensure_streams,
     events_stream,
+    outbox_staged,
     subject_for,
 )
 from omni_kit.db import create_engine, migrate, session_factory
@@ -89,10 +90,12 @@ class Runtime:
 
     @contextlib.asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncSession]:
-        """A session in a transaction: committed on success (then the relay is woken), rolled back on error."""
+        """A session in a transaction: committed on success (then the relay is woken if it staged events)."""
         async with self.sessions() as session, session.begin():
             yield session
-        self.relay.wake()
+            staged = outbox_staged(session)
+        if staged:
+            self.relay.wake()
 
     def add_consumer(self, *, durable: str, event_types: Sequence[str], handler: Handler) -> EventConsumer:
         """Register a durable consumer of some event types (e.g. "identity.persons_merged"); starts with serve()."""

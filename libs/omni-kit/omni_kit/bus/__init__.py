@@ -1,8 +1,8 @@
 """The event log on NATS JetStream: transactional outbox, relay, durable consumers with an inbox."""
 
 from omni_kit.bus.consumer import EventConsumer, Handler
-from omni_kit.bus.envelope import make_envelope, subject_for, unpack
-from omni_kit.bus.outbox import Outbox, OutboxRelay
+from omni_kit.bus.envelope import PermanentError, make_envelope, subject_for, unpack
+from omni_kit.bus.outbox import Outbox, OutboxRelay, outbox_staged
 from omni_kit.bus.streams import DLQ_STREAM, EVENTS_STREAM, dlq_stream, ensure_streams, events_stream
 from omni_kit.bus.tables import bus_metadata, create_bus_tables, inbox_table, outbox_table
 
@@ -13,6 +13,7 @@ __all__ = [
     "Handler",
     "Outbox",
     "OutboxRelay",
+    "PermanentError",
     "bus_metadata",
     "create_bus_tables",
     "dlq_stream",
@@ -20,6 +21,7 @@ __all__ = [
     "events_stream",
     "inbox_table",
     "make_envelope",
+    "outbox_staged",
     "outbox_table",
     "subject_for",
     "unpack",

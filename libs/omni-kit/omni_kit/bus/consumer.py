@@ -2,8 +2,8 @@
 
 Each consumer is a durable pull consumer with explicit ack. For every message it opens a transaction,
 records the event id in the inbox (a duplicate is skipped), runs the handler and commits, then acks. A
-failing handler rolls back and the message is redelivered after a backoff; after `max_deliver` attempts it
-is copied to the dead-letter subject <namespace>.dlq.<durable> with the error, and terminated.
+failing handler rolls back and the message is redelivered after a backoff; after `max_deliver` attempts (or
+at once, for a PermanentError) it is copied to the dead-letter subject <namespace>.dlq.<durable> with the error, and terminated.
 """
 
 from __future__ import annotations
@@ -24,6 +24,8 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from omni.events.v1 import envelope_pb2
+from omni_kit.bus.envelope import PermanentError
+from omni_kit.bus.outbox import outbox_staged
 from omni_kit.bus.tables import inbox_table
 
 log = logging.getLogger(__name__)
@@ -155,12 +157,17 @@ class EventConsumer:
             if first_time is None:
                 return
             await self._handler(session, envelope)
+            staged = outbox_staged(session)
         self.applied += 1
-        if self._after_commit is not None:
+        if staged and self._after_commit is not None:
             self._after_commit()
 
     async def _failed(self, message: Msg, error: Exception) -> None:
         delivered = message.metadata.num_delivered or 1
+        if isinstance(error, PermanentError):
+            log.error("%s: %s can never be applied: %s", self.durable, message.subject, error)
+            await self._dead_letter(message, repr(error))
+            return
         if delivered >= self._max_deliver:
             log.error(
                 "%s: giving up on %s after %d deliveries: %s", self.durable, message.subject, delivered, error

@@ -37,9 +37,15 @@ def make_envelope(
     return envelope
 
 
+class PermanentError(ValueError):
+    """An event that can never be applied (wrong payload, malformed ids): dead-lettered without retries."""
+
+
 def unpack(envelope: envelope_pb2.Envelope, message_type: type[M]) -> M:
-    """Open the envelope's payload as message_type, failing loudly on a mismatch."""
+    """Open the envelope's payload as message_type; a mismatch is a PermanentError."""
     message = message_type()
     if not envelope.payload.Unpack(message):
-        raise ValueError(f"event {envelope.id} of type {envelope.type} does not hold {message_type.__name__}")
+        raise PermanentError(
+            f"event {envelope.id} of type {envelope.type} does not hold {message_type.__name__}"
+        )
     return message

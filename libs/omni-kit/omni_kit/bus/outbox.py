@@ -20,6 +20,13 @@ from omni_kit.bus.tables import outbox_table
 
 log = logging.getLogger(__name__)
 
+_STAGED = "omni_outbox_staged"
+
+
+def outbox_staged(session: AsyncSession) -> bool:
+    """True when the session's transaction staged events, so the relay has work once it commits."""
+    return bool(session.info.get(_STAGED))
+
 
 class Outbox:
     """Writes a service's events into its outbox table, inside the caller's transaction."""
@@ -58,6 +65,7 @@ class Outbox:
         """Stage many events at once (one multi-row insert)."""
         if not envelopes:
             return
+        session.info[_STAGED] = True
         await session.execute(
             outbox_table.insert(),
             [

@@ -1,0 +1,517 @@
+"""The laptop run behind ``make run`` / ``omni run``: PostgreSQL, NATS, an SMTP sink and the five services.
+
+Everything lives under one root directory (``.omni`` by default), so a second run finds the data of the
+first. The services run as child processes with their output prefixed by their name; Ctrl-C (or SIGTERM)
+stops them first, then the SMTP sink, NATS and PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import IO, Any, TextIO, TypeAlias
+
+from omni_kit.embedded._process import EmbeddedServerError, pid_alive, pid_cmdline, terminate_pid
+from omni_kit.embedded.nats import EmbeddedNats
+from omni_kit.embedded.ports import port_is_free
+from omni_kit.embedded.postgres import EmbeddedPostgres
+from omni_kit.embedded.smtp_sink import SmtpSink
+
+HOST = "127.0.0.1"
+SMTP_FROM = "omni@localhost"
+
+_SignalHandler: TypeAlias = Callable[[int, FrameType | None], Any] | int | signal.Handlers | None
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    """One service of the run: its name (as ``omni serve`` knows it) and the gRPC port it listens on."""
+
+    name: str
+    grpc_port: int
+
+    @property
+    def env_prefix(self) -> str:
+        """The prefix of the service's settings, e.g. ``OMNI_IDENTITY_``."""
+        return f"OMNI_{self.name.upper()}_"
+
+    @property
+    def database(self) -> str:
+        """The name of the service's own database."""
+        return f"omni_{self.name}"
+
+    @property
+    def target(self) -> str:
+        """Where other services reach it, ``host:port``."""
+        return f"{HOST}:{self.grpc_port}"
+
+
+SERVICES: tuple[ServiceSpec, ...] = (
+    ServiceSpec("identity", 50051),
+    ServiceSpec("profile", 50052),
+    ServiceSpec("segmentation", 50053),
+    ServiceSpec("decisioning", 50054),
+    ServiceSpec("gateway", 50055),
+)
+"""The services in start order: each one's dependencies come before it."""
+
+
+def omni_command(action: str, service: str) -> list[str]:
+    """Return the command line of ``omni <action> <service>`` (``migrate`` or ``serve``) in this Python."""
+    return [sys.executable, "-m", "omni_kit.cli", action, service]
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Where the run keeps its data, the ports it uses, and how it starts the services."""
+
+    root: Path
+    postgres_port: int = 54320
+    nats_port: int = 54222
+    smtp_port: int = 2525
+    services: tuple[ServiceSpec, ...] = SERVICES
+    durable: bool = True
+    ready_timeout: float = 60.0
+    stop_timeout: float = 10.0
+    command: Callable[[str, str], list[str]] = field(default=omni_command)
+
+    @property
+    def postgres_dir(self) -> Path:
+        """PostgreSQL's data directory."""
+        return self.root / "postgres"
+
+    @property
+    def nats_dir(self) -> Path:
+        """NATS JetStream's store directory."""
+        return self.root / "nats"
+
+    @property
+    def mail_dir(self) -> Path:
+        """Where the SMTP sink saves every email."""
+        return self.root / "mail"
+
+
+def service_environment(
+    services: tuple[ServiceSpec, ...],
+    database_url: Callable[[str], str],
+    nats_url: str,
+    smtp_port: int,
+) -> dict[str, str]:
+    """Return the settings every service reads from the environment in the embedded run.
+
+    Each service gets ``OMNI_<SERVICE>_DATABASE_URL``, ``_NATS_URL``, ``_GRPC_PORT`` and ``_GRPC_HOST``
+    (127.0.0.1: the embedded run has no TLS and no tokens, so it stays on this machine); profile and gateway
+    get the addresses of the services they call, gateway the SMTP sink. ``database_url`` maps a database
+    name to its URL.
+    """
+    env: dict[str, str] = {}
+    by_name = {service.name: service for service in services}
+    for service in services:
+        env[service.env_prefix + "DATABASE_URL"] = database_url(service.database)
+        env[service.env_prefix + "NATS_URL"] = nats_url
+        env[service.env_prefix + "GRPC_PORT"] = str(service.grpc_port)
+        env[service.env_prefix + "GRPC_HOST"] = HOST
+    if "identity" in by_name:
+        env["OMNI_PROFILE_IDENTITY_TARGET"] = by_name["identity"].target
+        env["OMNI_GATEWAY_IDENTITY_TARGET"] = by_name["identity"].target
+    if "profile" in by_name:
+        env["OMNI_GATEWAY_PROFILE_TARGET"] = by_name["profile"].target
+    env["OMNI_GATEWAY_SMTP_HOST"] = HOST
+    env["OMNI_GATEWAY_SMTP_PORT"] = str(smtp_port)
+    env["OMNI_GATEWAY_SMTP_FROM"] = SMTP_FROM
+    return env
+
+
+def run_all(root: Path = Path(".omni")) -> int:
+    """Run PostgreSQL, NATS, the SMTP sink and the five services until Ctrl-C or SIGTERM.
+
+    Returns 0 after a requested stop, 1 if something failed to start or a service died on its own.
+    """
+    return LocalRun(RunConfig(root=root.expanduser().resolve())).run()
+
+
+_COLOURS = ("36", "32", "35", "33", "34", "31")
+
+
+class _Output:
+    """Writes lines to the terminal, each prefixed with who said it; safe to call from several threads."""
+
+    def __init__(self, stream: TextIO, width: int) -> None:
+        self._stream = stream
+        self._width = width
+        self._lock = threading.Lock()
+        self._colours: dict[str, str] = {}
+        self._use_colour = stream.isatty() and "NO_COLOR" not in os.environ
+
+    def line(self, label: str, text: str) -> None:
+        """Write one line under ``label``."""
+        prefix = f"{label:<{self._width}} | "
+        if self._use_colour:
+            base = label.split()[0]
+            colour = self._colours.setdefault(base, _COLOURS[len(self._colours) % len(_COLOURS)])
+            prefix = f"\x1b[{colour}m{prefix}\x1b[0m"
+        with self._lock:
+            self._stream.write(prefix + text + "\n")
+            self._stream.flush()
+
+    def say(self, text: str) -> None:
+        """Write the run's own message."""
+        for part in text.split("\n"):
+            self.line("omni", part)
+
+    def block(self, text: str) -> None:
+        """Write text as it is, without a prefix (the banner)."""
+        with self._lock:
+            self._stream.write(text + "\n")
+            self._stream.flush()
+
+
+class _Child:
+    """A child process whose output is copied, line by line, to the terminal under its label."""
+
+    def __init__(self, label: str, argv: list[str], env: dict[str, str], output: _Output) -> None:
+        self.label = label
+        self.argv = argv
+        # Its own session: a Ctrl-C in the terminal reaches only us, and we stop the children in order.
+        self.process = subprocess.Popen(
+            argv,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        self._output = output
+        self._pump = threading.Thread(target=self._copy_output, name=f"output-{label}", daemon=True)
+        self._pump.start()
+
+    def _copy_output(self) -> None:
+        stdout: IO[bytes] | None = self.process.stdout
+        assert stdout is not None
+        for raw in iter(stdout.readline, b""):
+            self._output.line(self.label, raw.decode("utf-8", errors="replace").rstrip("\r\n"))
+
+    def poll(self) -> int | None:
+        """Return the exit code, or None while it runs."""
+        return self.process.poll()
+
+    def finish(self) -> None:
+        """Wait for the last of its output to be copied."""
+        self._pump.join(timeout=2.0)
+
+
+class LocalRun:
+    """One embedded run: starts everything in ``config``, supervises it, and stops it in reverse order."""
+
+    def __init__(self, config: RunConfig, stream: TextIO | None = None) -> None:
+        """Prepare the run; ``stream`` receives all output (stdout by default)."""
+        self.config = config
+        labels = ["omni", *(f"{service.name} migrate" for service in config.services)]
+        self._out = _Output(stream or sys.stdout, max(len(label) for label in labels))
+        self._stop = threading.Event()
+        self._stopping = False
+        self._children: list[_Child] = []
+        self._postgres: EmbeddedPostgres | None = None
+        self._nats: EmbeddedNats | None = None
+        self._smtp: SmtpSink | None = None
+
+    @property
+    def _pids_path(self) -> Path:
+        return self.config.root / "services.json"
+
+    def run(self) -> int:
+        """Start everything, wait for a stop signal or a failure, stop everything; return the exit code."""
+        self.config.root.mkdir(parents=True, exist_ok=True)
+        # aiosmtpd logs every SMTP connection at INFO; in a terminal that drowns the services' own output.
+        logging.getLogger("mail.log").setLevel(logging.WARNING)
+        with self._exclusive_root() as locked:
+            if not locked:
+                self._out.say(f"another `omni run` is already using {self.config.root}; stop it first")
+                return 1
+            with self._signals_handled():
+                try:
+                    return self._start_and_supervise()
+                except EmbeddedServerError as error:
+                    if self._stop.is_set():
+                        return 0
+                    self._out.say(f"failed: {error}")
+                    return 1
+                finally:
+                    self._stop_everything()
+
+    # -- start ------------------------------------------------------------------------------------------
+
+    def _start_and_supervise(self) -> int:
+        config = self.config
+        self._stop_leftover_services()
+        taken = [service for service in config.services if not port_is_free(service.grpc_port, HOST)]
+        if taken:
+            names = ", ".join(f"{service.name} ({service.grpc_port})" for service in taken)
+            self._out.say(f"cannot start: gRPC ports already in use: {names}")
+            return 1
+
+        self._out.say(f"starting PostgreSQL (data in {_shown(config.postgres_dir)})")
+        self._postgres = EmbeddedPostgres(config.postgres_dir, config.postgres_port, durable=config.durable)
+        self._postgres.start()
+        for service in config.services:
+            self._postgres.create_database(service.database)
+        self._out.say(f"starting NATS JetStream (data in {_shown(config.nats_dir)})")
+        self._nats = EmbeddedNats(config.nats_dir, config.nats_port)
+        self._nats.start()
+        self._smtp = SmtpSink(config.mail_dir, HOST, config.smtp_port)
+        self._smtp.start()
+        if self._stop.is_set():
+            return 0
+
+        env = os.environ | {"PYTHONUNBUFFERED": "1"}
+        env |= service_environment(config.services, self._postgres.url, self._nats.url, self._smtp.port)
+        for service in config.services:
+            code = self._migrate(service, env)
+            if self._stop.is_set():
+                return 0
+            if code != 0:
+                self._out.say(f"migrating {service.name} failed (exit code {code}); stopping")
+                return 1
+            self._children.append(_Child(service.name, config.command("serve", service.name), env, self._out))
+            self._record_services()
+
+        failure = self._wait_until_serving()
+        if self._stop.is_set():
+            return 0
+        if failure is not None:
+            self._out.say(failure)
+            return 1
+        self._out.block(self._banner())
+        return self._supervise()
+
+    def _migrate(self, service: ServiceSpec, env: dict[str, str]) -> int:
+        """Run ``omni migrate <service>`` to the end (or until a stop is requested); return its exit code."""
+        child = _Child(
+            f"{service.name} migrate", self.config.command("migrate", service.name), env, self._out
+        )
+        self._children.append(child)
+        try:
+            while (code := child.poll()) is None:
+                if self._stop.wait(0.05):
+                    return -1
+            child.finish()
+            return code
+        finally:
+            if child.poll() is not None:
+                self._children.remove(child)
+
+    def _wait_until_serving(self) -> str | None:
+        """Wait until every service answers its health check SERVING; return what went wrong, if anything."""
+        import grpc
+        from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+        deadline = time.monotonic() + self.config.ready_timeout
+        pending = list(self.config.services)
+        # Short reconnect backoff: by default a channel that found nobody listening waits seconds to retry.
+        options = [
+            ("grpc.initial_reconnect_backoff_ms", 100),
+            ("grpc.min_reconnect_backoff_ms", 100),
+            ("grpc.max_reconnect_backoff_ms", 500),
+        ]
+        channels = {service.name: grpc.insecure_channel(service.target, options) for service in pending}
+        request = health_pb2.HealthCheckRequest(service="")
+        try:
+            while pending:
+                if self._stop.is_set():
+                    return None
+                dead = self._dead_child()
+                if dead is not None:
+                    return f"{dead.label} exited with code {dead.poll()} while starting; stopping"
+                for service in list(pending):
+                    stub = health_pb2_grpc.HealthStub(channels[service.name])
+                    try:
+                        response = stub.Check(request, timeout=0.5)
+                    except grpc.RpcError:
+                        continue
+                    if response.status == health_pb2.HealthCheckResponse.SERVING:
+                        pending.remove(service)
+                        self._out.say(f"{service.name} is serving on {service.target}")
+                if pending and time.monotonic() >= deadline:
+                    names = ", ".join(service.name for service in pending)
+                    return f"not serving after {self.config.ready_timeout:.0f} s: {names}; stopping"
+                if pending:
+                    self._stop.wait(0.1)
+            return None
+        finally:
+            for channel in channels.values():
+                channel.close()
+
+    # -- supervise and stop -----------------------------------------------------------------------------
+
+    def _supervise(self) -> int:
+        """Wait for a stop request (0) or for a service or NATS to die on its own (1)."""
+        while not self._stop.wait(0.2):
+            dead = self._dead_child()
+            if dead is not None:
+                self._out.say(
+                    f"{dead.label} exited unexpectedly with code {dead.poll()}; stopping everything"
+                )
+                return 1
+            if self._nats is not None and not self._nats.is_running():
+                self._out.say("NATS exited unexpectedly; stopping everything")
+                return 1
+        return 0
+
+    def _dead_child(self) -> _Child | None:
+        return next((child for child in self._children if child.poll() is not None), None)
+
+    def _stop_everything(self) -> None:
+        """Stop the services (SIGTERM, then SIGKILL after the stop timeout), the SMTP sink, NATS, PostgreSQL."""
+        self._stopping = True
+        running = [child for child in self._children if child.poll() is None]
+        if running:
+            self._out.say("stopping the services")
+        for child in reversed(running):
+            with contextlib.suppress(ProcessLookupError):
+                child.process.terminate()
+        deadline = time.monotonic() + self.config.stop_timeout
+        for child in running:
+            try:
+                child.process.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                self._out.say(
+                    f"{child.label} did not stop within {self.config.stop_timeout:.0f} s; killing it"
+                )
+                child.process.kill()
+                child.process.wait()
+        for child in self._children:
+            child.finish()
+        self._children.clear()
+        with contextlib.suppress(OSError):
+            self._pids_path.unlink()
+        steps: list[tuple[str, Callable[[], None] | None]] = [
+            ("the SMTP sink", self._smtp.stop if self._smtp else None),
+            ("NATS", self._nats.stop if self._nats else None),
+            ("PostgreSQL", self._postgres.stop if self._postgres else None),
+        ]
+        for name, stop in steps:
+            if stop is None:
+                continue
+            self._out.say(f"stopping {name}")
+            try:
+                stop()
+            except Exception as error:  # keep going: the next server must still be stopped
+                self._out.say(f"could not stop {name}: {error}")
+        if self._postgres is not None:
+            self._out.say(f"stopped; data kept in {_shown(self.config.root)}")
+
+    @contextlib.contextmanager
+    def _signals_handled(self) -> Iterator[None]:
+        """Turn SIGINT, SIGTERM and SIGHUP into a stop request while the run lasts."""
+
+        def request_stop(signum: int, frame: FrameType | None) -> None:
+            if self._stopping:
+                self._out.say("still stopping, please wait")
+            elif not self._stop.is_set():
+                self._out.say(f"{signal.Signals(signum).name} received; stopping")
+            self._stop.set()
+
+        # Signal handlers can only be set from the main thread; elsewhere the caller must stop us.
+        previous: dict[signal.Signals, _SignalHandler] = {}
+        if threading.current_thread() is threading.main_thread():
+            for handled in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+                previous[handled] = signal.signal(handled, request_stop)
+        try:
+            yield
+        finally:
+            for handled, handler in previous.items():
+                signal.signal(handled, handler)
+
+    @contextlib.contextmanager
+    def _exclusive_root(self) -> Iterator[bool]:
+        """Hold a lock on the root directory, so two runs never share (and stop each other's) servers."""
+        with (self.config.root / "run.lock").open("a") as lock_file:
+            try:
+                fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                yield False
+                return
+            try:
+                yield True
+            finally:
+                fcntl.flock(lock_file, fcntl.LOCK_UN)
+
+    def _record_services(self) -> None:
+        """Note the running services' process ids, so a run after a hard crash can stop the orphans."""
+        records = [{"pid": child.process.pid, "argv": child.argv} for child in self._children]
+        self._pids_path.write_text(json.dumps(records))
+
+    def _stop_leftover_services(self) -> None:
+        """Stop services an earlier run was killed before it could stop (they would hold the gRPC ports)."""
+        try:
+            records = json.loads(self._pids_path.read_text())
+        except (OSError, ValueError):
+            return
+        for record in records:
+            pid, argv = record.get("pid"), record.get("argv")
+            if isinstance(pid, int) and pid_alive(pid) and pid_cmdline(pid) == argv:
+                self._out.say(f"stopping {' '.join(argv[-2:])} left running by an earlier run (pid {pid})")
+                terminate_pid(pid, timeout=self.config.stop_timeout)
+        with contextlib.suppress(OSError):
+            self._pids_path.unlink()
+
+    # -- banner -----------------------------------------------------------------------------------------
+
+    def _banner(self) -> str:
+        """Return what a developer needs once everything runs: endpoints, data, and a first call."""
+        config = self.config
+        assert self._postgres is not None and self._nats is not None and self._smtp is not None
+        rows = [("service", "gRPC endpoint", "database")]
+        rows += [(s.name, s.target, s.database) for s in config.services]
+        name_width = max(len(row[0]) for row in rows) + 2
+        target_width = max(len(row[1]) for row in rows) + 2
+        lines = ["", "Omni is running. Ctrl-C stops everything.", ""]
+        lines += [f"  {name:<{name_width}}{target:<{target_width}}{db}" for name, target, db in rows]
+        lines += [
+            "",
+            f"  PostgreSQL  postgresql://postgres@{HOST}:{self._postgres.port}/   data: {_shown(config.postgres_dir)}",
+            f"  NATS        {self._nats.url}   JetStream data: {_shown(config.nats_dir)}",
+            f"  SMTP sink   {HOST}:{self._smtp.port}   every email is saved in {_shown(config.mail_dir)}/*.eml",
+        ]
+        identity = next((s for s in config.services if s.name == "identity"), None)
+        if identity is not None:
+            lines += ["", "Try it (grpcurl, through server reflection):", _grpcurl_example(identity.target)]
+            lines += ["", "or from Python, with the generated stubs:", _python_example(identity.target)]
+        return "\n".join([*lines, ""])
+
+
+def _grpcurl_example(target: str) -> str:
+    body = '{"identifiers":[{"type":"email","value":"ada@example.com"}]}'
+    return f"  grpcurl -plaintext -d '{body}' {target} omni.identity.v1.IdentityService/ResolvePerson"
+
+
+def _python_example(target: str) -> str:
+    code = (
+        "import grpc; "
+        "from omni.common.v1 import common_pb2; "
+        "from omni.identity.v1 import identity_pb2, identity_pb2_grpc; "
+        f'stub = identity_pb2_grpc.IdentityServiceStub(grpc.insecure_channel("{target}")); '
+        "print(stub.ResolvePerson(identity_pb2.ResolvePersonRequest(identifiers=["
+        'common_pb2.Identifier(type="email", value="ada@example.com")])))'
+    )
+    return f"  {_shown(Path(sys.executable))} -c '{code}'"
+
+
+def _shown(path: Path) -> str:
+    """Return ``path`` relative to the working directory when it is inside it (shorter to read and copy)."""
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)

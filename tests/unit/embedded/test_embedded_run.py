@@ -1,0 +1,202 @@
+"""The embedded run starts PostgreSQL, NATS, the SMTP sink and the services, stops them all on a signal, keeps
+its data for the next run, and stops everything when a service dies. Stand-in services (fake_omni.py) take
+the place of ``omni migrate``/``omni serve`` so this runs without the real ones."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from omni_kit.embedded import free_port
+from omni_kit.embedded.ports import port_accepts
+from omni_kit.embedded.run import SERVICES, ServiceSpec, service_environment
+
+FAKE_OMNI = Path(__file__).with_name("fake_omni.py")
+
+DRIVER = """
+import json, sys
+from pathlib import Path
+from omni_kit.embedded.run import SERVICES, LocalRun, RunConfig, ServiceSpec
+
+args = json.loads(sys.argv[1])
+config = RunConfig(
+    root=Path(args["root"]),
+    postgres_port=args["postgres"],
+    nats_port=args["nats"],
+    smtp_port=args["smtp"],
+    services=tuple(ServiceSpec(s.name, port) for s, port in zip(SERVICES, args["services"])),
+    durable=False,
+    ready_timeout=30,
+    stop_timeout=5,
+    command=lambda action, service: [sys.executable, args["fake"], action, service],
+)
+sys.exit(LocalRun(config).run())
+"""
+
+
+@dataclass
+class Layout:
+    """Where one test's runs keep their data and which ports they use."""
+
+    root: Path
+    postgres: int
+    nats: int
+    smtp: int
+    services: list[int]
+
+    def ports(self) -> list[int]:
+        return [self.postgres, self.nats, self.smtp, *self.services]
+
+
+class RunProcess:
+    """An embedded run in a child process, with its output collected line by line."""
+
+    def __init__(self, layout: Layout) -> None:
+        args = {**layout.__dict__, "root": str(layout.root), "fake": str(FAKE_OMNI)}
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", DRIVER, json.dumps(args)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env={**os.environ, "FAKE_OMNI_ROOT": str(layout.root), "NO_COLOR": "1"},
+        )
+        self.lines: list[str] = []
+        self._collector = threading.Thread(target=self._collect, daemon=True)
+        self._collector.start()
+
+    def _collect(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self.lines.append(line.rstrip("\n"))
+
+    @property
+    def output(self) -> str:
+        return "\n".join(self.lines)
+
+    def wait_for_line(self, text: str, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not any(text in line for line in self.lines):
+            if time.monotonic() >= deadline or self.process.poll() is not None:
+                time.sleep(0.2)  # let the last lines arrive
+                pytest.fail(f"no line with {text!r}; output so far:\n{self.output}")
+            time.sleep(0.05)
+
+    def wait(self, timeout: float = 30.0) -> int:
+        code = self.process.wait(timeout=timeout)
+        self._collector.join(timeout=5)
+        return code
+
+    def ensure_stopped(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+
+
+@pytest.fixture
+def layout(tmp_path: Path) -> Layout:
+    return Layout(
+        root=tmp_path / ".omni",
+        postgres=free_port(),
+        nats=free_port(),
+        smtp=free_port(),
+        services=[free_port() for _ in SERVICES],
+    )
+
+
+@pytest.fixture
+def runs() -> Iterator[list[RunProcess]]:
+    started: list[RunProcess] = []
+    yield started
+    for run in started:
+        run.ensure_stopped()
+
+
+def _open_ports(layout: Layout) -> list[int]:
+    return [port for port in layout.ports() if port_accepts(port)]
+
+
+def test_run_serves_stops_on_signals_and_keeps_its_data(layout: Layout, runs: list[RunProcess]) -> None:
+    first = RunProcess(layout)
+    runs.append(first)
+    first.wait_for_line("Omni is running")
+    assert all(port_accepts(port) for port in layout.ports())
+    assert re.search(r"identity migrate +\| migrated identity: run 1", first.output)
+    assert "gateway" in first.output and "fake serving" in first.output
+    assert f"127.0.0.1:{layout.services[0]} omni.identity.v1.IdentityService/ResolvePerson" in first.output
+
+    # A second run on the same directory refuses to start rather than fight over the servers.
+    intruder = RunProcess(layout)
+    runs.append(intruder)
+    assert intruder.wait() == 1
+    assert "already using" in intruder.output
+
+    first.process.send_signal(signal.SIGINT)
+    assert first.wait() == 0, first.output
+    assert _open_ports(layout) == [], first.output
+
+    second = RunProcess(layout)
+    runs.append(second)
+    second.wait_for_line("Omni is running")
+    assert re.search(r"identity migrate +\| migrated identity: run 2", second.output)
+    second.process.send_signal(signal.SIGTERM)
+    assert second.wait() == 0, second.output
+    assert _open_ports(layout) == [], second.output
+
+
+def test_run_stops_everything_when_a_service_dies(layout: Layout, runs: list[RunProcess]) -> None:
+    layout.root.mkdir()
+    (layout.root / "crash-segmentation").touch()
+    run = RunProcess(layout)
+    runs.append(run)
+    assert run.wait(timeout=60) == 1, run.output
+    assert re.search(r"omni +\| segmentation exited .*with code 3", run.output), run.output
+    assert _open_ports(layout) == [], run.output
+
+
+def test_run_recovers_from_a_run_that_was_killed(layout: Layout, runs: list[RunProcess]) -> None:
+    killed = RunProcess(layout)
+    runs.append(killed)
+    killed.wait_for_line("Omni is running")
+    killed.process.kill()  # no chance to stop anything: PostgreSQL, NATS and the services stay behind
+    killed.wait()
+    assert port_accepts(layout.services[0]) and port_accepts(layout.postgres)
+
+    after = RunProcess(layout)
+    runs.append(after)
+    after.wait_for_line("Omni is running")
+    assert "left running by an earlier run" in after.output
+    assert re.search(r"identity migrate +\| migrated identity: run 2", after.output)
+    after.process.send_signal(signal.SIGTERM)
+    assert after.wait() == 0, after.output
+    assert _open_ports(layout) == [], after.output
+
+
+def test_service_environment_points_each_service_at_its_own_database() -> None:
+    services = (ServiceSpec("identity", 6001), ServiceSpec("profile", 6002), ServiceSpec("gateway", 6005))
+    env = service_environment(
+        services, lambda database: f"postgresql+asyncpg://pg/{database}", "nats://n", 2525
+    )
+    assert env["OMNI_IDENTITY_DATABASE_URL"] == "postgresql+asyncpg://pg/omni_identity"
+    assert env["OMNI_GATEWAY_DATABASE_URL"] == "postgresql+asyncpg://pg/omni_gateway"
+    assert env["OMNI_PROFILE_NATS_URL"] == "nats://n"
+    assert env["OMNI_PROFILE_GRPC_PORT"] == "6002"
+    assert env["OMNI_PROFILE_GRPC_HOST"] == "127.0.0.1"
+    assert env["OMNI_PROFILE_IDENTITY_TARGET"] == "127.0.0.1:6001"
+    assert env["OMNI_GATEWAY_IDENTITY_TARGET"] == "127.0.0.1:6001"
+    assert env["OMNI_GATEWAY_PROFILE_TARGET"] == "127.0.0.1:6002"
+    assert (env["OMNI_GATEWAY_SMTP_HOST"], env["OMNI_GATEWAY_SMTP_PORT"]) == ("127.0.0.1", "2525")
+    assert env["OMNI_GATEWAY_SMTP_FROM"] == "omni@localhost"

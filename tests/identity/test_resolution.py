@@ -51,7 +51,7 @@ def test_unknown_identifiers_create_one_person_holding_them() -> None:
         NewIdentifier(A, resolution.person_id, "t"),
         NewIdentifier(B, resolution.person_id, "t"),
     ]
-    assert changes.events == [PersonCreated(resolution.person_id, (A, B))]
+    assert changes.events == [PersonCreated(resolution.person_id, (A, B), "t")]
     assert not changes.merges and not changes.merged_into
 
 

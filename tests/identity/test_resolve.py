@@ -16,7 +16,9 @@ async def test_unknown_identifiers_create_a_person_and_publish_person_created(
     identity: Identity, events: EventLog
 ) -> None:
     email = f"{unique('ada')}@Example.com"
-    resolution = await resolve(identity, ident("email", f"  {email} "), ident("anonymous_id", unique()))
+    resolution = await resolve(
+        identity, ident("email", f"  {email} "), ident("anonymous_id", unique()), source="web"
+    )
 
     assert resolution.created
     assert uuid.UUID(resolution.person_id).version == 7
@@ -27,6 +29,7 @@ async def test_unknown_identifiers_create_a_person_and_publish_person_created(
     payload = unpack(envelope, events_pb2.PersonCreatedEvent)
     assert payload.person_id == resolution.person_id
     assert pairs(payload.identifiers) == pairs(resolution.added_identifiers)
+    assert payload.source == "web"
     assert envelope.producer == "identity"
 
 
@@ -83,6 +86,7 @@ async def test_a_request_linking_two_persons_merges_them_into_the_oldest(
         ("device_id", device),
         ("email", email),
     }
+    assert payload.source == "test"
 
     async with identity.runtime.engine.connect() as connection:
         rows = (

@@ -34,7 +34,9 @@ def event_payload(event: GraphEvent) -> tuple[str, str, Message]:
             PERSON_CREATED,
             str(event.person_id),
             events_pb2.PersonCreatedEvent(
-                person_id=str(event.person_id), identifiers=identifier_messages(event.identifiers)
+                person_id=str(event.person_id),
+                identifiers=identifier_messages(event.identifiers),
+                source=event.source,
             ),
         )
     if isinstance(event, PersonsMerged):
@@ -45,6 +47,7 @@ def event_payload(event: GraphEvent) -> tuple[str, str, Message]:
                 survivor_person_id=str(event.survivor_id),
                 merged_person_ids=[str(pid) for pid in event.merged_ids],
                 cause_identifiers=identifier_messages(event.cause_identifiers),
+                source=event.source,
             ),
         )
     raise TypeError(f"not an identity event: {event!r}")

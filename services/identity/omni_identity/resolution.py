@@ -47,6 +47,7 @@ class PersonCreated:
 
     person_id: uuid.UUID
     identifiers: tuple[IdentifierKey, ...]
+    source: str
 
 
 @dataclass(frozen=True)
@@ -149,7 +150,7 @@ class Resolver:
         person_id = self._new_id()
         self.changes.created_person_ids.append(person_id)
         added = self._attach(person_id, request)
-        self.changes.events.append(PersonCreated(person_id, tuple(request.identifiers)))
+        self.changes.events.append(PersonCreated(person_id, tuple(request.identifiers), request.source))
         resolution = Resolution(person_id=person_id, created=True, added_identifiers=added)
         self.changes.resolutions.append(resolution)
         return resolution

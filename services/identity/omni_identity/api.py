@@ -12,7 +12,9 @@ import grpc
 from sqlalchemy.exc import DBAPIError
 
 from omni.identity.v1 import identity_pb2, identity_pb2_grpc
+from omni_identity import paging
 from omni_identity.events import OutboxPublisher, identifier_messages
+from omni_identity.merge import MergeRecord
 from omni_identity.normalise import IdentifierError, IdentifierKey, Normaliser
 from omni_identity.persons import Persons
 from omni_identity.repository import ConcurrentMerge, IdentityRepository, PersonRecord
@@ -102,6 +104,32 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
             person = await self._persons.lookup(IdentityRepository(session), key)
         return identity_pb2.LookupPersonResponse(person=_person_message(person))
 
+    async def ListPersonMerges(
+        self, request: identity_pb2.ListPersonMergesRequest, context: grpc.aio.ServicerContext
+    ) -> identity_pb2.ListPersonMergesResponse:
+        """List a person's lineage, a page at a time."""
+        violations = Violations()
+        person_id = _person_id(request.person_id, "person_id", violations)
+        limit = after = None
+        try:
+            limit = paging.page_size(request.page_size)
+        except ValueError as error:
+            violations.add("page_size", str(error))
+        try:
+            after = paging.decode_token(request.page_token)
+        except ValueError as error:
+            violations.add("page_token", str(error))
+        violations.raise_if_any()
+        assert person_id is not None and limit is not None
+        async with self._runtime.transaction() as session:
+            _, merges = await self._persons.lineage(
+                IdentityRepository(session), person_id, after=after, limit=limit + 1
+            )
+        response = identity_pb2.ListPersonMergesResponse(merges=[_merge_message(m) for m in merges[:limit]])
+        if len(merges) > limit:
+            response.next_page_token = paging.encode_token(merges[limit - 1].id)
+        return response
+
     def _resolve_request(
         self, request: identity_pb2.ResolvePersonRequest, prefix: str, violations: Violations
     ) -> ResolveRequest:
@@ -186,6 +214,18 @@ def _resolution_message(resolution: Resolution) -> identity_pb2.Resolution:
         merged_person_ids=[str(pid) for pid in resolution.merged_person_ids],
         added_identifiers=identifier_messages(resolution.added_identifiers),
     )
+
+
+def _merge_message(merge: MergeRecord) -> identity_pb2.Merge:
+    message = identity_pb2.Merge(
+        id=str(merge.id),
+        survivor_person_id=str(merge.survivor_id),
+        merged_person_id=str(merge.merged_id),
+        cause_identifiers=identifier_messages(merge.cause_identifiers),
+        source=merge.source,
+    )
+    message.merge_time.FromDatetime(merge.merged_at)
+    return message
 
 
 def _person_message(person: PersonRecord) -> identity_pb2.Person:

@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Protocol
 
+from omni_identity.merge import MergeRecord
 from omni_identity.normalise import IdentifierKey
 from omni_identity.repository import IdentityRepository, PersonRecord
 from omni_identity.resolution import GraphChanges, GraphEvent, Resolution, Resolver, ResolveRequest
@@ -73,6 +74,16 @@ class Persons:
         if record is None:
             raise NotFound(message=f"no person holds this {key.type}", reason="IDENTIFIER_NOT_FOUND")
         return record
+
+    async def lineage(
+        self, repository: IdentityRepository, person_id: uuid.UUID, *, after: uuid.UUID | None, limit: int
+    ) -> tuple[PersonRecord, list[MergeRecord]]:
+        """The live person an id leads to and up to limit merges of its lineage after a merge id, oldest first."""
+        record = await self.get(repository, person_id)
+        merges = await repository.merges_into(
+            [record.id, *record.merged_person_ids], after=after, limit=limit
+        )
+        return record, merges
 
     def _plan(
         self, holders: dict[IdentifierKey, uuid.UUID], requests: Sequence[ResolveRequest]

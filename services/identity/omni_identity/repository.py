@@ -23,6 +23,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from omni_identity.merge import MergeRecord
 from omni_identity.models import Identifier, Merge, Person
 from omni_identity.normalise import IdentifierKey
 from omni_identity.resolution import GraphChanges
@@ -209,12 +210,27 @@ class IdentityRepository:
         result = await self.session.execute(_PERSON_BY_IDENTIFIER, {"type": key.type, "value": key.value})
         return _person_record(result.first())
 
-    async def merges_of(self, person_id: uuid.UUID) -> list[Merge]:
-        """The merge records whose survivor is this person, oldest first."""
-        result = await self.session.execute(
-            sa.select(Merge).where(Merge.survivor_id == person_id).order_by(Merge.merged_at, Merge.id)
-        )
-        return list(result.scalars())
+    async def merges_into(
+        self, survivor_ids: Sequence[uuid.UUID], *, after: uuid.UUID | None, limit: int
+    ) -> list[MergeRecord]:
+        """The merges whose survivor is one of these persons, in id (time) order, after a given merge id."""
+        query = sa.select(Merge).where(Merge.survivor_id.in_(survivor_ids)).order_by(Merge.id).limit(limit)
+        if after is not None:
+            query = query.where(Merge.id > after)
+        result = await self.session.execute(query)
+        return [
+            MergeRecord(
+                id=merge.id,
+                survivor_id=merge.survivor_id,
+                merged_id=merge.merged_id,
+                cause_identifiers=tuple(
+                    IdentifierKey(k["type"], k["value"]) for k in merge.cause_identifiers
+                ),
+                source=merge.source,
+                merged_at=merge.merged_at,
+            )
+            for merge in result.scalars()
+        ]
 
 
 def _key_arrays(keys: Sequence[IdentifierKey]) -> dict[str, list[str]]:

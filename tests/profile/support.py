@@ -102,7 +102,7 @@ def event(
 ) -> profile_pb2.Event:
     """An event message; identifiers default to a fresh anonymous id unless person_id is given."""
     message = profile_pb2.Event(
-        id=id_ or unique("evt-"),
+        id=unique("evt-") if id_ is None else id_,
         type=type_,
         channel=channel,
         identifiers=identifiers

@@ -170,7 +170,7 @@ def validate_set_traits(request: profile_pb2.SetTraitsRequest) -> None:
         if not name.strip():
             violations.add("traits", "trait names must not be empty")
         elif len(name) > MAX_TRAIT_NAME:
-            violations.add(f"traits.{name[:32]}", f"trait names must be at most {MAX_TRAIT_NAME} characters")
+            violations.add("traits", f"trait name {name[:32]}… is longer than {MAX_TRAIT_NAME} characters")
     if json_size(request.traits) > MAX_TRAITS_BYTES:
         violations.add("traits", f"must be at most {MAX_TRAITS_BYTES} bytes as JSON")
     if len(request.source) > MAX_SOURCE:

@@ -1,0 +1,175 @@
+"""Every kind of bad input over gRPC: the right status, field violations naming the culprit, nothing written."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import grpc
+import pytest
+
+from omni.common.v1 import common_pb2
+from omni.profile.v1 import profile_pb2
+from omni_kit.errors import StatusDetails, status_details
+
+from .support import Services, event, ident, item, struct, track
+
+Call = Callable[[Services], Awaitable[Any]]
+
+
+async def _refused(services: Services, call: Call) -> StatusDetails:
+    before = await services.counts()
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await call(services)
+    assert await services.counts() == before, "a refused request must write nothing"
+    return status_details(raised.value)
+
+
+def _track(message: profile_pb2.Event) -> Call:
+    return lambda services: track(services, message)
+
+
+def _batch(*messages: profile_pb2.Event) -> Call:
+    return lambda services: services.profile.BatchTrackEvents(
+        profile_pb2.BatchTrackEventsRequest(events=messages)
+    )
+
+
+NOW = datetime.now(UTC)
+UNKNOWN = str(uuid.UUID(int=7))
+
+INVALID_TRACKING = {
+    "no event": (lambda s: s.profile.TrackEvent(profile_pb2.TrackEventRequest()), {"event"}),
+    "no id": (_track(event(id_="")), {"event.id"}),
+    "id too long": (_track(event(id_="e" * 129)), {"event.id"}),
+    "no type": (_track(event("")), {"event.type"}),
+    "type not snake case": (_track(event("PageViewed")), {"event.type"}),
+    "no identifiers nor person": (_track(event(identifiers=[])), {"event.identifiers"}),
+    "identifier without value": (
+        _track(event(identifiers=[ident("email", "")])),
+        {"event.identifiers[0].value"},
+    ),
+    "person id not a uuid": (_track(event(identifiers=[], person_id="p-1")), {"event.person_id"}),
+    "malformed email (identity judges)": (
+        _track(event(identifiers=[ident("anonymous_id", "c-1"), ident("email", "not-an-email")])),
+        {"event.identifiers[1].value"},
+    ),
+    "unknown identifier type (identity judges)": (
+        _track(event(identifiers=[ident("shoe_size", "42")])),
+        {"event.identifiers[0].type"},
+    ),
+    "occurred in the far future": (_track(event(occurred_at=NOW + timedelta(days=2))), {"event.occurred_at"}),
+    "occurred in the far past": (
+        _track(event(occurred_at=NOW - timedelta(days=6 * 365))),
+        {"event.occurred_at"},
+    ),
+    "oversize properties": (_track(event(properties={"blob": "x" * 40_000})), {"event.properties"}),
+    "cart event without cart item": (_track(event("cart_item_added")), {"event.cart_item"}),
+    "cart item without product": (
+        _track(event("cart_item_removed", cart_item=common_pb2.CartItem(quantity=1))),
+        {"event.cart_item.product_id"},
+    ),
+    "cart item with quantity 0": (
+        _track(event("cart_item_added", cart_item=item("sku-1", 0))),
+        {"event.cart_item.quantity"},
+    ),
+    "empty batch": (_batch(), {"events"}),
+    "batch over 1000": (_batch(*[event() for _ in range(1001)]), {"events"}),
+    "batch with bad events among good ones": (
+        _batch(event(), event(id_=""), event(), event("cart_item_added")),
+        {"events[1].id", "events[3].cart_item"},
+    ),
+    "batch with a malformed phone (identity judges)": (
+        _batch(event(), event(), event(identifiers=[ident("phone", "12")])),
+        {"events[2].identifiers[0].value"},
+    ),
+}
+
+
+@pytest.mark.parametrize("case", INVALID_TRACKING)
+async def test_invalid_tracking_is_refused(services: Services, case: str) -> None:
+    call, fields = INVALID_TRACKING[case]
+    details = await _refused(services, call)
+    assert details.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert details.fields == fields
+    assert details.error_info is not None
+    assert details.error_info.domain == "omni.profile"
+
+
+async def test_a_batch_refused_by_identity_records_none_of_its_good_events(services: Services) -> None:
+    good = event("page_viewed")
+    await _refused(services, _batch(good, event(identifiers=[ident("email", "@@")])))
+    assert await services.scalar("SELECT count(*) FROM events WHERE id = :id", id=good.id) == 0
+    # The same good event alone is then recorded normally.
+    assert not (await track(services, good)).duplicate
+
+
+INVALID_REQUESTS = {
+    "traits without person": (
+        lambda s: s.profile.SetTraits(profile_pb2.SetTraitsRequest(traits=struct({"a": 1}))),
+        {"person_id"},
+    ),
+    "traits with no traits": (
+        lambda s: s.profile.SetTraits(profile_pb2.SetTraitsRequest(person_id=UNKNOWN)),
+        {"traits"},
+    ),
+    "consent without channel and state": (
+        lambda s: s.profile.SetConsent(
+            profile_pb2.SetConsentRequest(person_id=UNKNOWN, consent=profile_pb2.Consent(source="web"))
+        ),
+        {"consent.channel", "consent.state"},
+    ),
+    "consent missing": (
+        lambda s: s.profile.SetConsent(profile_pb2.SetConsentRequest(person_id=UNKNOWN)),
+        {"consent"},
+    ),
+    "profile of a malformed id": (
+        lambda s: s.profile.GetProfile(profile_pb2.GetProfileRequest(person_id="42")),
+        {"person_id"},
+    ),
+    "timeline with a malformed token": (
+        lambda s: s.profile.ListTimeline(
+            profile_pb2.ListTimelineRequest(person_id=UNKNOWN, page_token="%%%")
+        ),
+        {"page_token"},
+    ),
+    "timeline with a negative page size": (
+        lambda s: s.profile.ListTimeline(profile_pb2.ListTimelineRequest(person_id=UNKNOWN, page_size=-1)),
+        {"page_size"},
+    ),
+}
+
+
+@pytest.mark.parametrize("case", INVALID_REQUESTS)
+async def test_invalid_requests_are_refused(services: Services, case: str) -> None:
+    call, fields = INVALID_REQUESTS[case]
+    details = await _refused(services, call)
+    assert details.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert details.fields == fields
+
+
+UNKNOWN_PERSON = {
+    "traits": lambda s: s.profile.SetTraits(
+        profile_pb2.SetTraitsRequest(person_id=UNKNOWN, traits=struct({"a": 1}))
+    ),
+    "consent": lambda s: s.profile.SetConsent(
+        profile_pb2.SetConsentRequest(
+            person_id=UNKNOWN,
+            consent=profile_pb2.Consent(
+                channel=common_pb2.CHANNEL_EMAIL, state=profile_pb2.CONSENT_STATE_GRANTED
+            ),
+        )
+    ),
+    "profile": lambda s: s.profile.GetProfile(profile_pb2.GetProfileRequest(person_id=UNKNOWN)),
+    "timeline": lambda s: s.profile.ListTimeline(profile_pb2.ListTimelineRequest(person_id=UNKNOWN)),
+}
+
+
+@pytest.mark.parametrize("case", UNKNOWN_PERSON)
+async def test_an_unknown_person_is_not_found(services: Services, case: str) -> None:
+    details = await _refused(services, UNKNOWN_PERSON[case])
+    assert details.code == grpc.StatusCode.NOT_FOUND
+    assert details.error_info is not None
+    assert details.error_info.reason == "PERSON_NOT_FOUND"

@@ -1,0 +1,160 @@
+"""Identity and profile started for real, in-process, per test module, and gateways wired to them.
+
+Each module gets its own event namespace and databases; `start_gateway` starts a gateway with any setting
+changed (an SMTP server that is down, quick retries), `gateway` is the module's one, delivering to the
+session's SMTP sink.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any, cast
+
+import grpc
+import nats
+import pytest
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+
+from omni.events.v1 import envelope_pb2
+from omni.gateway.v1 import gateway_pb2_grpc
+from omni.identity.v1 import identity_pb2_grpc
+from omni.profile.v1 import profile_pb2_grpc
+from omni_gateway import main as gateway_main
+from omni_identity import main as identity_main
+from omni_kit.db import create_engine
+from omni_kit.embedded import EmbeddedNats, EmbeddedPostgres, SmtpSink
+from omni_profile import main as profile_main
+
+from .support import EventLog, Gateway, Neighbours, StartGateway
+
+
+def _common(
+    postgres: EmbeddedPostgres,
+    nats_server: EmbeddedNats,
+    stack: contextlib.AsyncExitStack,
+    prefix: str,
+    namespace: str,
+) -> dict[str, Any]:
+    """Settings every service of the test shares, on a fresh database dropped when the stack closes."""
+    database = f"{prefix}_{uuid.uuid4().hex[:16]}"
+    postgres.create_database(database)
+    stack.callback(postgres.drop_database, database)
+    return {
+        "database_url": postgres.url(database),
+        "nats_url": nats_server.url,
+        "grpc_host": "127.0.0.1",
+        "grpc_port": 0,
+        "event_namespace": namespace,
+        "migrate_on_start": True,
+        "outbox_poll_interval_s": 0.05,
+        "shutdown_grace_s": 1.0,
+    }
+
+
+@pytest.fixture(scope="module")
+async def neighbours(postgres: EmbeddedPostgres, nats_server: EmbeddedNats) -> AsyncIterator[Neighbours]:
+    """Identity and profile on fresh databases, sharing a new event namespace, for the whole module."""
+    namespace = "t" + uuid.uuid4().hex[:10]
+    async with contextlib.AsyncExitStack() as stack:
+        identity = await identity_main.start(
+            identity_main.Settings(**_common(postgres, nats_server, stack, "gw_identity", namespace))
+        )
+        stack.push_async_callback(identity.close)
+        identity_target = f"127.0.0.1:{identity.port}"
+        profile = await profile_main.start(
+            profile_main.Settings(
+                **_common(postgres, nats_server, stack, "gw_profile", namespace),
+                identity_target=identity_target,
+            )
+        )
+        stack.push_async_callback(profile.close)
+        profile_target = f"127.0.0.1:{profile.port}"
+        identity_channel = grpc.aio.insecure_channel(identity_target)
+        stack.push_async_callback(identity_channel.close)
+        profile_channel = grpc.aio.insecure_channel(profile_target)
+        stack.push_async_callback(profile_channel.close)
+        yield Neighbours(
+            namespace=namespace,
+            identity=cast(Any, identity_pb2_grpc.IdentityServiceStub(identity_channel)),
+            profile=cast(Any, profile_pb2_grpc.ProfileServiceStub(profile_channel)),
+            identity_target=identity_target,
+            profile_target=profile_target,
+        )
+
+
+@contextlib.asynccontextmanager
+async def _gateways(
+    postgres: EmbeddedPostgres, nats_server: EmbeddedNats, neighbours: Neighbours
+) -> AsyncIterator[StartGateway]:
+    async with contextlib.AsyncExitStack() as stack:
+
+        async def start(**overrides: Any) -> Gateway:
+            settings = gateway_main.Settings(
+                **{
+                    **_common(postgres, nats_server, stack, "gw_gateway", neighbours.namespace),
+                    "identity_target": neighbours.identity_target,
+                    "profile_target": neighbours.profile_target,
+                    "smtp_host": "127.0.0.1",
+                    "smtp_timeout_s": 5.0,
+                    "retry_poll_interval_s": 0.1,
+                    **overrides,
+                }
+            )
+            runtime = await gateway_main.start(settings)
+            stack.push_async_callback(runtime.close)
+            channel = grpc.aio.insecure_channel(f"127.0.0.1:{runtime.port}")
+            stack.push_async_callback(channel.close)
+            database = create_engine(settings.database_url, application_name="omni-test-gateway")
+            stack.push_async_callback(database.dispose)
+            return Gateway(runtime, cast(Any, gateway_pb2_grpc.GatewayServiceStub(channel)), database)
+
+        yield start
+
+
+@pytest.fixture(scope="module")
+async def gateway(
+    postgres: EmbeddedPostgres, nats_server: EmbeddedNats, neighbours: Neighbours, smtp_sink: SmtpSink
+) -> AsyncIterator[Gateway]:
+    """The module's gateway, delivering to the session's SMTP sink."""
+    async with _gateways(postgres, nats_server, neighbours) as start:
+        yield await start(smtp_port=smtp_sink.port)
+
+
+@pytest.fixture
+async def start_gateway(
+    postgres: EmbeddedPostgres, nats_server: EmbeddedNats, neighbours: Neighbours
+) -> AsyncIterator[StartGateway]:
+    """Start gateways with settings of the test's choosing; they stop when the test ends."""
+    async with _gateways(postgres, nats_server, neighbours) as start:
+        yield start
+
+
+@pytest.fixture
+async def events(neighbours: Neighbours, nats_server: EmbeddedNats) -> AsyncIterator[EventLog]:
+    """Every event published on the module's namespace during the test."""
+    client = await nats.connect(nats_server.url)
+    log = EventLog()
+
+    async def received(message: Msg) -> None:
+        log.envelopes.append(envelope_pb2.Envelope.FromString(message.data))
+        log.arrived.set()
+
+    await client.subscribe(f"{neighbours.namespace}.events.>", cb=received)
+    await client.flush()
+    try:
+        yield log
+    finally:
+        await client.drain()
+
+
+@pytest.fixture
+async def js(nats_server: EmbeddedNats) -> AsyncIterator[JetStreamContext]:
+    """A JetStream client, to publish events as other services would."""
+    client = await nats.connect(nats_server.url)
+    try:
+        yield client.jetstream()
+    finally:
+        await client.drain()

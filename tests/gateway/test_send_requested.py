@@ -1,0 +1,135 @@
+"""decisioning.send_requested consumed from JetStream: one email per request id, in the journey's trace."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+
+import pytest
+import sqlalchemy as sa
+from nats.js import JetStreamContext
+from opentelemetry import trace
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from omni.common.v1 import common_pb2
+from omni_kit.embedded import SmtpSink
+
+from .support import (
+    EventLog,
+    Gateway,
+    Neighbours,
+    add_to_cart,
+    create_cart_template,
+    create_person,
+    publish,
+    send_requested,
+    unique,
+    until,
+)
+
+tracer = trace.get_tracer("tests.gateway")
+
+
+@pytest.fixture(scope="module")
+def spans() -> Iterator[InMemorySpanExporter]:
+    """Spans finished from now on; shares the SDK provider if another test module installed one."""
+    provider = trace.get_tracer_provider()
+    if not isinstance(provider, TracerProvider):
+        provider = TracerProvider()
+        trace.set_tracer_provider(provider)
+    exporter = InMemorySpanExporter()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    yield exporter
+    exporter.shutdown()
+
+
+async def test_a_send_request_is_sent_once_however_often_it_arrives_and_continues_the_trace(
+    gateway: Gateway,
+    neighbours: Neighbours,
+    smtp_sink: SmtpSink,
+    events: EventLog,
+    js: JetStreamContext,
+    spans: InMemorySpanExporter,
+) -> None:
+    email = f"{unique('journey-')}@example.com"
+    person_id = await create_person(neighbours, email)
+    await add_to_cart(
+        neighbours, person_id, product_id="sku-7", name="Rain Jacket", quantity=1, price_minor=12900
+    )
+    template_id = await create_cart_template(gateway)
+    request_id = unique("journey-step-")
+    applied_before = gateway.runtime.consumers[0].applied
+
+    with tracer.start_as_current_span("journey step") as journey_span:
+        first = send_requested(person_id, template_id, request_id)
+        await publish(js, neighbours.namespace, first)
+        await publish(js, neighbours.namespace, first)  # the same event again: JetStream drops it
+        # The same request in a new event, as after a decisioning retry: the request id keeps it to one send.
+        await publish(js, neighbours.namespace, send_requested(person_id, template_id, request_id))
+
+    received = await smtp_sink.wait_for(lambda m: m["To"] == email)
+    text = received.get_body(preferencelist=("plain",))
+    assert text is not None and "1 x Rain Jacket (129.00 EUR)" in text.get_content()
+    sent = await events.wait_for_message("gateway.message_sent", lambda m: m.request_id == request_id)
+    assert sent.journey_id == "journey-abandoned-cart"
+    assert sent.recipient == email
+
+    await until(lambda: gateway.runtime.consumers[0].applied >= applied_before + 2)
+    await asyncio.sleep(0.2)
+    assert sum(1 for m in await asyncio.to_thread(smtp_sink.messages) if m["To"] == email) == 1
+    async with gateway.database.connect() as connection:
+        assert (
+            await connection.scalar(
+                sa.text("SELECT count(*) FROM messages WHERE request_id = :r"), {"r": request_id}
+            )
+            == 1
+        )
+
+    trace_id = journey_span.get_span_context().trace_id
+    finished = [s for s in spans.get_finished_spans() if s.context.trace_id == trace_id]
+    smtp = [s for s in finished if s.name == "smtp send"]
+    assert len(smtp) == 1
+    assert smtp[0].attributes is not None and smtp[0].attributes["omni.message_id"] == sent.id
+    consumer = next(s for s in finished if s.name.endswith("process decisioning.send_requested"))
+    assert _descends_from(smtp[0], consumer, finished)
+
+
+def _descends_from(span: ReadableSpan, ancestor: ReadableSpan, spans: list[ReadableSpan]) -> bool:
+    by_id = {s.context.span_id: s for s in spans}
+    current: ReadableSpan | None = span
+    while current is not None and current.parent is not None:
+        if current.parent.span_id == ancestor.context.span_id:
+            return True
+        current = by_id.get(current.parent.span_id)
+    return False
+
+
+async def test_a_request_for_an_unknown_template_is_recorded_failed_and_announced(
+    gateway: Gateway, neighbours: Neighbours, events: EventLog, js: JetStreamContext
+) -> None:
+    person_id = await create_person(neighbours, f"{unique('nowhere-')}@example.com")
+    request_id = unique("journey-step-")
+
+    await publish(js, neighbours.namespace, send_requested(person_id, unique("gone-"), request_id))
+
+    failed = await events.wait_for_message("gateway.message_failed", lambda m: m.request_id == request_id)
+    assert "not found" in failed.error
+    assert failed.attempt_count == 0
+
+
+async def test_a_request_for_a_channel_not_delivered_is_recorded_failed(
+    gateway: Gateway, neighbours: Neighbours, events: EventLog, js: JetStreamContext
+) -> None:
+    person_id = await create_person(neighbours, f"{unique('sms-')}@example.com")
+    template_id = await create_cart_template(gateway)
+    request_id = unique("journey-step-")
+
+    await publish(
+        js, neighbours.namespace, send_requested(person_id, template_id, request_id, common_pb2.CHANNEL_SMS)
+    )
+
+    failed = await events.wait_for_message("gateway.message_failed", lambda m: m.request_id == request_id)
+    assert failed.channel == common_pb2.CHANNEL_SMS
+    assert "channel" in failed.error

@@ -17,7 +17,8 @@ from omni_kit.runtime import Runtime
 from omni_segmentation import conditions
 from omni_segmentation.catalog import SegmentCatalog
 from omni_segmentation.events import current_trace_context
-from omni_segmentation.repository import Repository, SegmentRecord
+from omni_segmentation.records import SegmentRecord
+from omni_segmentation.repository import Repository
 
 NAME = re.compile(r"^[a-z0-9-]+$")
 MAX_NAME_LENGTH = 100

@@ -12,7 +12,8 @@ from omni.segmentation.v1 import segmentation_pb2 as pb
 from omni_kit.errors import AlreadyExists, NotFound
 from omni_kit.ids import new_id
 from omni_segmentation import conditions, rules
-from omni_segmentation.repository import Repository, SegmentRecord
+from omni_segmentation.records import SegmentRecord
+from omni_segmentation.repository import Repository
 
 
 @dataclass(frozen=True)

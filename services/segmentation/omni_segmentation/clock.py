@@ -82,16 +82,17 @@ class Clock:
             self._wake.clear()
 
     async def cycle(self) -> int:
-        """Evaluate every person due now and advance pending backfills; return how many were evaluated."""
+        """Evaluate every person due now and advance pending backfills; return how many were evaluated.
+
+        Due persons and backfill batches alternate, so a long backfill does not hold up timed entries.
+        """
         total = 0
         while True:
-            count = await self.evaluate_due(datetime.now(UTC))
-            total += count
-            if count < self._batch_size:
-                break
-        while (count := await self.backfill_step()) > 0:
-            total += count
-        return total
+            due = await self.evaluate_due(datetime.now(UTC))
+            backfilled = await self.backfill_step()
+            total += due + backfilled
+            if due < self._batch_size and backfilled == 0:
+                return total
 
     async def evaluate_due(self, now: datetime) -> int:
         """Re-evaluate one batch of persons whose next check is due; return the batch's size."""

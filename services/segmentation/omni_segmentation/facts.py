@@ -11,7 +11,8 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from omni_segmentation.membership import MembershipEvaluator
-from omni_segmentation.repository import PersonRecord, Repository
+from omni_segmentation.records import PersonRecord
+from omni_segmentation.repository import Repository
 
 
 class FactsRecorder:

@@ -14,6 +14,7 @@ from omni_kit.bus import Outbox
 from omni_segmentation import rules
 from omni_segmentation.catalog import Segment, SegmentCatalog
 from omni_segmentation.events import PERSON_ENTERED_SEGMENT, PERSON_EXITED_SEGMENT
+from omni_segmentation.records import PersonRecord
 from omni_segmentation.repository import Repository
 
 
@@ -34,21 +35,20 @@ class MembershipEvaluator:
         self._catalog = catalog
         self._outbox = outbox
 
-    async def load_facts(
-        self, session: AsyncSession, person_id: uuid.UUID, segments: Sequence[Segment], now: datetime
-    ) -> rules.PersonFacts | None:
-        """The facts the segments need about the person; None if the person is unknown."""
-        person = await self._repository.lock_person(session, person_id)
-        if person is None:
-            return None
+    async def facts_of(
+        self, session: AsyncSession, person: PersonRecord, segments: Sequence[Segment], now: datetime
+    ) -> rules.PersonFacts:
+        """The facts the segments need about the person."""
         needs = self._catalog.requirements(list(segments))
         longest = needs.longest_window
         event_times = (
-            await self._repository.event_times(session, person_id, sorted(needs.counted), now - longest)
+            await self._repository.event_times(
+                session, person.person_id, sorted(needs.counted), now - longest
+            )
             if longest is not None
             else {}
         )
-        last_event_at = await self._repository.last_events(session, person_id, sorted(needs.since))
+        last_event_at = await self._repository.last_events(session, person.person_id, sorted(needs.since))
         return rules.PersonFacts(
             traits=person.traits,
             cart_units=person.cart_units,
@@ -60,12 +60,14 @@ class MembershipEvaluator:
         """Re-evaluate every segment for the person at now; publish enter/exit events in this transaction.
 
         The events capture the current trace context, so callers run this inside the span that caused it.
+        A person segmentation does not know is left alone.
         """
-        segments = await self._catalog.segments(session)
-        facts = await self.load_facts(session, person_id, segments, now)
-        if facts is None:
+        person = await self._repository.lock_person(session, person_id)
+        if person is None:
             return Changes()
-        current = await self._repository.memberships_of(session, person_id)
+        segments = await self._catalog.segments(session)
+        facts = await self.facts_of(session, person, segments, now) if segments else rules.PersonFacts()
+        current = await self._repository.memberships_of(session, person_id) if segments else {}
         changes = Changes()
         for segment in segments:
             member = rules.evaluate(segment.condition, facts, now)
@@ -80,7 +82,8 @@ class MembershipEvaluator:
         if changes.exited:
             await self._repository.remove_memberships(session, [person_id], [s.id for s in changes.exited])
         await self.announce(session, person_id, entered=changes.entered, exited=changes.exited, at=now)
-        await self._repository.set_next_check(session, person_id, changes.next_check_at)
+        if changes.next_check_at != person.next_check_at:
+            await self._repository.set_next_check(session, person_id, changes.next_check_at)
         return changes
 
     async def drop_all(self, session: AsyncSession, person_ids: Sequence[uuid.UUID], now: datetime) -> None:

@@ -10,7 +10,8 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from omni_segmentation.membership import MembershipEvaluator
-from omni_segmentation.repository import PersonRecord, Repository
+from omni_segmentation.records import PersonRecord
+from omni_segmentation.repository import Repository
 
 _NEVER = datetime.min.replace(tzinfo=UTC)
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -21,46 +20,7 @@ from omni_segmentation.models import (
     PersonRow,
     SegmentRow,
 )
-
-
-@dataclass(frozen=True)
-class SegmentRecord:
-    """A stored segment."""
-
-    id: uuid.UUID
-    name: str
-    description: str
-    condition: dict[str, Any]
-    created_at: datetime
-
-
-@dataclass(frozen=True)
-class PersonRecord:
-    """A person's stored facts (without events)."""
-
-    person_id: uuid.UUID
-    traits: dict[str, Any] = field(default_factory=dict)
-    cart_units: int = 0
-    trace_context: dict[str, str] = field(default_factory=dict)
-    facts_changed_at: datetime | None = None
-
-
-@dataclass(frozen=True)
-class MembershipRecord:
-    """A person's membership of a segment, with the segment's name."""
-
-    segment_id: uuid.UUID
-    segment_name: str
-    entered_at: datetime
-
-
-@dataclass(frozen=True)
-class BackfillRecord:
-    """A segment being evaluated for the persons known before it, up to (excluding) after_person_id."""
-
-    segment_id: uuid.UUID
-    after_person_id: uuid.UUID | None
-    trace_context: dict[str, str]
+from omni_segmentation.records import BackfillRecord, MembershipRecord, PersonRecord, SegmentRecord
 
 
 def _segment(row: SegmentRow) -> SegmentRecord:
@@ -73,11 +33,14 @@ _PERSON_COLUMNS = (
     PersonRow.cart_units,
     PersonRow.trace_context,
     PersonRow.facts_changed_at,
+    PersonRow.next_check_at,
 )
 
 
 def _person(row: Any) -> PersonRecord:
-    return PersonRecord(row.person_id, row.traits, row.cart_units, row.trace_context, row.facts_changed_at)
+    return PersonRecord(
+        row.person_id, row.traits, row.cart_units, row.trace_context, row.facts_changed_at, row.next_check_at
+    )
 
 
 def lock_key(person_id: uuid.UUID) -> int:

@@ -1,0 +1,49 @@
+"""Plain records of what segmentation stores, as the repository returns them to the domain."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+
+@dataclass(frozen=True)
+class SegmentRecord:
+    """A stored segment."""
+
+    id: uuid.UUID
+    name: str
+    description: str
+    condition: dict[str, Any]
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class PersonRecord:
+    """A person's stored facts (without events)."""
+
+    person_id: uuid.UUID
+    traits: dict[str, Any] = field(default_factory=dict)
+    cart_units: int = 0
+    trace_context: dict[str, str] = field(default_factory=dict)
+    facts_changed_at: datetime | None = None
+    next_check_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class MembershipRecord:
+    """A person's membership of a segment, with the segment's name."""
+
+    segment_id: uuid.UUID
+    segment_name: str
+    entered_at: datetime
+
+
+@dataclass(frozen=True)
+class BackfillRecord:
+    """A segment being evaluated for the persons known before it, up to (excluding) after_person_id."""
+
+    segment_id: uuid.UUID
+    after_person_id: uuid.UUID | None
+    trace_context: dict[str, str]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from collections.abc import AsyncIterator
 
@@ -45,11 +44,6 @@ async def segmentation(postgres: EmbeddedPostgres, nats_server: EmbeddedNats) ->
     finally:
         await client.drain()
         await channel.close()
-        # Runtime.close cancels consumers mid-fetch, and a message landing then makes the NATS drain wait
-        # its full timeout; stopping them and letting one fetch (0.5 s) run out first avoids that.
-        for consumer in runtime.consumers:
-            consumer.stop()
-        await asyncio.sleep(0.6)
         await runtime.close()
         postgres.drop_database(database)
 

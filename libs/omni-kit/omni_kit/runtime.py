@@ -61,6 +61,7 @@ class Runtime:
         self.consumers: list[EventConsumer] = []
         self._tasks: list[asyncio.Task[None]] = []
         self._consumer_tasks: list[asyncio.Task[None]] = []
+        self._relay_task: asyncio.Task[None] | None = None
         self._channels: list[grpc.aio.Channel] = []
 
     async def open(self) -> None:
@@ -86,7 +87,8 @@ class Runtime:
             self.js, namespace=self.settings.event_namespace, replicas=self.settings.nats_stream_replicas
         )
         self.relay = OutboxRelay(self.engine, self.js, poll_interval_s=self.settings.outbox_poll_interval_s)
-        self._tasks.append(asyncio.create_task(self.relay.run(), name=f"{self.name}-outbox-relay"))
+        self._relay_task = asyncio.create_task(self.relay.run(), name=f"{self.name}-outbox-relay")
+        self._tasks.append(self._relay_task)
 
     @contextlib.asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncSession]:
@@ -159,11 +161,17 @@ class Runtime:
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
+        # Background work (clocks, retries) stops before the last drain, so what it committed is published now
+        # rather than at the next start; the relay's own task goes last.
+        background = [t for t in self._tasks if t is not self._relay_task]
+        for task in background:
+            task.cancel()
+        await asyncio.gather(*background, return_exceptions=True)
         if hasattr(self, "relay"):
             await self.relay.drain()
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._relay_task is not None:
+            self._relay_task.cancel()
+            await asyncio.gather(self._relay_task, return_exceptions=True)
         for channel in self._channels:
             await channel.close()
         if hasattr(self, "nats"):

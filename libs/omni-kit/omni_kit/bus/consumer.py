@@ -121,7 +121,7 @@ class EventConsumer:
         except Exception as error:
             await self._dead_letter(message, f"undecodable envelope: {error}")
             return
-        parent = propagate.extract(dict(message.headers or {}) or dict(envelope.trace_context))
+        parent = propagate.extract({**envelope.trace_context, **(message.headers or {})})
         token = otel_context.attach(parent)
         try:
             with tracer.start_as_current_span(

@@ -54,6 +54,7 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
         violations = Violations()
         resolve = self._resolve_request(request, "", violations)
         violations.raise_if_any()
+        assert resolve is not None
         [resolution] = await self._resolve([resolve])
         return identity_pb2.ResolvePersonResponse(resolution=_resolution_message(resolution))
 
@@ -71,7 +72,7 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
             for i, item in enumerate(request.requests)
         ]
         violations.raise_if_any()
-        resolutions = await self._resolve(resolves)
+        resolutions = await self._resolve([r for r in resolves if r is not None])
         return identity_pb2.BatchResolvePersonsResponse(
             resolutions=[_resolution_message(r) for r in resolutions]
         )
@@ -132,8 +133,8 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
 
     def _resolve_request(
         self, request: identity_pb2.ResolvePersonRequest, prefix: str, violations: Violations
-    ) -> ResolveRequest:
-        """Validate and normalise one identifier set, recording violations under prefix."""
+    ) -> ResolveRequest | None:
+        """Validate and normalise one identifier set, recording violations under prefix (None if it has any)."""
         count = len(request.identifiers)
         violations.check(count > 0, f"{prefix}identifiers", "at least one identifier is required")
         violations.check(
@@ -147,10 +148,15 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
             f"is longer than {MAX_SOURCE_LENGTH} characters",
         )
         keys = []
+        valid = count > 0
         for i, identifier in enumerate(request.identifiers):
             key = self._identifier(identifier.type, identifier.value, f"{prefix}identifiers[{i}]", violations)
-            if key is not None:
+            if key is None:
+                valid = False
+            else:
                 keys.append(key)
+        if not valid:
+            return None
         return ResolveRequest(identifiers=dedupe(keys), source=request.source.strip())
 
     def _identifier(

@@ -120,7 +120,8 @@ class IdentifierType:
     name: str
     kind: NormalisationKind
     blocked_values: frozenset[str]
-    blocked_patterns: tuple[re.Pattern[str], ...]
+    blocked_pattern: re.Pattern[str] | None
+    """All blocked patterns as one alternation, so a value is checked in one regex run."""
     max_length: int
 
     @classmethod
@@ -130,7 +131,11 @@ class IdentifierType:
             name=config.name,
             kind=config.kind,
             blocked_values=frozenset(v.strip().casefold() for v in config.blocked_values),
-            blocked_patterns=tuple(re.compile(p, re.IGNORECASE) for p in config.blocked_patterns),
+            blocked_pattern=(
+                re.compile("|".join(f"(?:{p})" for p in config.blocked_patterns), re.IGNORECASE)
+                if config.blocked_patterns
+                else None
+            ),
             max_length=config.max_length,
         )
 
@@ -139,7 +144,7 @@ class IdentifierType:
         folded = normalised.casefold()
         if folded in self.blocked_values:
             return True
-        return any(p.fullmatch(folded) for p in self.blocked_patterns)
+        return self.blocked_pattern is not None and self.blocked_pattern.fullmatch(folded) is not None
 
 
 class IdentifierTypeRegistry:

@@ -16,7 +16,14 @@ from typing import Protocol
 from omni_identity.merge import MergeRecord
 from omni_identity.normalise import IdentifierKey
 from omni_identity.repository import IdentityRepository, PersonRecord
-from omni_identity.resolution import GraphChanges, GraphEvent, Resolution, Resolver, ResolveRequest
+from omni_identity.resolution import (
+    GraphChanges,
+    GraphEvent,
+    Resolution,
+    Resolver,
+    ResolveRequest,
+    changes_anything,
+)
 from omni_kit.errors import NotFound
 from omni_kit.ids import new_id
 
@@ -51,9 +58,9 @@ class Persons:
         keys = sorted({key for request in requests for key in request.identifiers})
         # Most identifier sets on the ingest path are already known and change nothing: answer those from
         # one unlocked read, which was true at the instant it was made.
-        changes = self._plan(await repository.holders(keys), requests)
-        if not changes.changed:
-            return changes.resolutions
+        holders = await repository.holders(keys)
+        if not changes_anything(holders, requests):
+            return [Resolution(person_id=holders[request.identifiers[0]]) for request in requests]
         await repository.lock_identifiers(keys)
         changes = self._plan(await repository.lock_holders(keys), requests)
         if changes.changed:

@@ -30,6 +30,10 @@ class ResolveRequest:
     identifiers: tuple[IdentifierKey, ...]
     source: str = ""
 
+    def __post_init__(self) -> None:
+        if not self.identifiers:
+            raise ValueError("a resolve request needs at least one identifier")
+
 
 @dataclass
 class Resolution:
@@ -188,6 +192,21 @@ class Resolver:
         self.changes.events.append(
             PersonsMerged(survivor_id, tuple(merged_ids), tuple(request.identifiers), request.source)
         )
+
+
+def changes_anything(holders: Mapping[IdentifierKey, uuid.UUID], requests: Iterable[ResolveRequest]) -> bool:
+    """True when resolving the requests would write: an identifier is unknown, or a request links persons.
+
+    The same answer as ``Resolver(...).resolve_all(requests).changed``, without planning anything.
+    """
+    for request in requests:
+        holder = None
+        for key in request.identifiers:
+            person_id = holders.get(key)
+            if person_id is None or (holder is not None and person_id != holder):
+                return True
+            holder = person_id
+    return False
 
 
 def dedupe(identifiers: Iterable[IdentifierKey]) -> tuple[IdentifierKey, ...]:

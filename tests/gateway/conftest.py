@@ -18,15 +18,15 @@ import pytest
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
+import omni_gateway.main as gateway_main
+import omni_identity.main as identity_main
+import omni_profile.main as profile_main
 from omni.events.v1 import envelope_pb2
 from omni.gateway.v1 import gateway_pb2_grpc
 from omni.identity.v1 import identity_pb2_grpc
 from omni.profile.v1 import profile_pb2_grpc
-from omni_gateway import main as gateway_main
-from omni_identity import main as identity_main
 from omni_kit.db import create_engine
 from omni_kit.embedded import EmbeddedNats, EmbeddedPostgres, SmtpSink
-from omni_profile import main as profile_main
 
 from .support import EventLog, Gateway, Neighbours, StartGateway
 

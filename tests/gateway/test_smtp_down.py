@@ -1,4 +1,5 @@
-"""The SMTP server down: the message stays queued with the failure, and goes out once the server is back."""
+"""SMTP trouble: a server down keeps the message queued with the failure until it is back; a slow server
+does not get the message cut in half when the caller gives up waiting."""
 
 from __future__ import annotations
 
@@ -6,8 +7,11 @@ import asyncio
 from collections.abc import Iterator
 from pathlib import Path
 
+import grpc
 import pytest
 import sqlalchemy as sa
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import SMTP, Envelope, Session
 from nats.js import JetStreamContext
 
 from omni.gateway.v1 import gateway_pb2
@@ -161,3 +165,42 @@ async def test_a_send_request_consumed_while_the_server_is_down_is_kept_and_sent
     sent = await events.wait_for_message("gateway.message_sent", lambda m: m.request_id == request_id)
     assert sent.recipient == email
     await late_sink.wait_for(lambda m: m["To"] == email)
+
+
+class _SlowServer:
+    """Takes a second to accept each message, and remembers the recipients of what it accepted."""
+
+    def __init__(self) -> None:
+        self.accepted: list[str] = []
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        await asyncio.sleep(1.0)
+        self.accepted.extend(envelope.rcpt_tos)
+        return "250 OK"
+
+
+async def test_a_caller_that_stops_waiting_does_not_cut_the_attempt_short(
+    start_gateway: StartGateway, neighbours: Neighbours, down_port: int
+) -> None:
+    slow = _SlowServer()
+    controller = Controller(slow, hostname="127.0.0.1", port=down_port, server_hostname="slow")
+    controller.start()
+    try:
+        gateway = await start_gateway(smtp_port=down_port)
+        email = f"{unique('slow-')}@example.com"
+        person_id = await create_person(neighbours, email)
+        request = send_request(person_id, await create_cart_template(gateway))
+
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await gateway.stub.SendMessage(request, timeout=0.3)
+        assert raised.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+
+        await until(lambda: email in slow.accepted)
+        sent = await _status_becomes(gateway, (await gateway.stub.SendMessage(request)).message.id, _SENT)
+        assert sent.attempt_count == 1
+        assert slow.accepted.count(email) == 1
+    finally:
+        controller.stop()
+
+
+_SENT = gateway_pb2.MESSAGE_STATUS_SENT

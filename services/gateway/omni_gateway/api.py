@@ -39,10 +39,12 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         self, request: gateway_pb2.CreateTemplateRequest, context: grpc.aio.ServicerContext
     ) -> gateway_pb2.CreateTemplateResponse:
         """Store a template after checking its id, channel and Liquid; the id must be new."""
+        if not request.HasField("template"):
+            raise InvalidArgument(
+                message="the template is missing", violations=[FieldViolation("template", "required")]
+            )
         template = request.template
         violations = Violations()
-        if not request.HasField("template"):
-            violations.add("template", "required")
         if not template.id:
             violations.add("template.id", "required")
         elif not TEMPLATE_ID.fullmatch(template.id):

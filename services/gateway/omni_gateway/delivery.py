@@ -17,6 +17,7 @@ which carries the same Message-ID.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 
@@ -98,7 +99,7 @@ class Delivery:
             if not fresh:
                 ensure_same_request(message, key)
         if fresh:
-            return await self.attempt(message)
+            return await self._attempt_to_the_end(message)
         if message.status != MessageStatus.QUEUED:
             return message
         async with self._transaction() as session:
@@ -107,7 +108,12 @@ class Delivery:
                 current = await self._repository.get_message(session, message.id)
                 assert current is not None
                 return current
-        return await self.attempt(claimed)
+        return await self._attempt_to_the_end(claimed)
+
+    async def _attempt_to_the_end(self, message: Message) -> Message:
+        # A caller that gives up (deadline, cancel) must not cut an attempt between the SMTP server taking
+        # the email and the outcome being recorded: that would send it twice.
+        return await asyncio.shield(self.attempt(message))
 
     async def reject(self, request: SendRequest, error: str) -> Message | None:
         """Record a request that can never be sent as a FAILED message and announce it; None if the key exists."""

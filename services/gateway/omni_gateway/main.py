@@ -54,6 +54,15 @@ class Settings(ServiceSettings):
 async def start(settings: Settings) -> Runtime:
     """Open the runtime, build the gateway's parts, consume send requests, retry queued messages and serve."""
     runtime = Runtime("gateway", settings, migrations=MIGRATIONS)
+    try:
+        await _wire(runtime, settings)
+    except BaseException:
+        await runtime.close()
+        raise
+    return runtime
+
+
+async def _wire(runtime: Runtime, settings: Settings) -> None:
     await runtime.open()
     identity_channel = runtime.track_channel(
         channel(
@@ -117,4 +126,3 @@ async def start(settings: Settings) -> Runtime:
         register=lambda server: gateway_pb2_grpc.add_GatewayServiceServicer_to_server(servicer, server),
     )
     runtime.add_task(lambda: asyncio.create_task(retry_loop.run(), name="gateway-retry-loop"))
-    return runtime

@@ -14,6 +14,7 @@ while waiting for more, which could deadlock with a reader in the same position.
 from __future__ import annotations
 
 import hashlib
+import json
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from omni_identity.merge import MergeRecord
-from omni_identity.models import Identifier, Merge, Person
+from omni_identity.models import Merge
 from omni_identity.normalise import IdentifierKey
 from omni_identity.resolution import GraphChanges
 
@@ -96,6 +97,26 @@ _PERSON_BY_IDENTIFIER = sa.text(
     _PERSON_FROM.format(start="SELECT person_id FROM identifiers WHERE type = :type AND value = :value")
 )
 
+# Bulk writes pass one array per column and unnest them: one statement and one round trip, whatever the size.
+_INSERT_PERSONS = sa.text(
+    "INSERT INTO persons (id, created_at) SELECT id, :now FROM unnest(CAST(:ids AS uuid[])) AS t(id)"
+)
+
+_INSERT_IDENTIFIERS = sa.text(
+    "INSERT INTO identifiers (type, value, person_id, source, created_at)"
+    " SELECT type, value, person_id, source, :now FROM unnest("
+    " CAST(:types AS text[]), CAST(:values AS text[]), CAST(:person_ids AS uuid[]), CAST(:sources AS text[])"
+    ") AS t(type, value, person_id, source)"
+)
+
+_INSERT_MERGES = sa.text(
+    "INSERT INTO merges (id, survivor_id, merged_id, cause_identifiers, source, merged_at)"
+    " SELECT id, survivor_id, merged_id, CAST(cause AS jsonb), source, merged_at FROM unnest("
+    " CAST(:ids AS uuid[]), CAST(:survivor_ids AS uuid[]), CAST(:merged_ids AS uuid[]),"
+    " CAST(:causes AS text[]), CAST(:sources AS text[]), CAST(:merged_ats AS timestamptz[])"
+    ") AS t(id, survivor_id, merged_id, cause, source, merged_at)"
+)
+
 _MARK_MERGED = sa.text(
     "UPDATE persons SET merged_into = m.into_id, merged_at = :now"
     " FROM unnest(CAST(:ids AS uuid[]), CAST(:into_ids AS uuid[])) AS m(id, into_id)"
@@ -147,10 +168,7 @@ class IdentityRepository:
         """Write a resolved batch: new persons, new identifiers, merges and moved identifiers."""
         now = changes.now
         if changes.created_person_ids:
-            await self.session.execute(
-                sa.insert(Person),
-                [{"id": pid, "created_at": now} for pid in changes.created_person_ids],
-            )
+            await self.session.execute(_INSERT_PERSONS, {"ids": changes.created_person_ids, "now": now})
         if changes.merged_into:
             # After the inserts, so a person created and merged in the same batch exists before it is pointed.
             await self.session.execute(
@@ -170,35 +188,32 @@ class IdentityRepository:
                 },
             )
         if changes.new_identifiers:
+            new = changes.new_identifiers
             await self.session.execute(
-                sa.insert(Identifier),
-                [
-                    {
-                        "type": new.key.type,
-                        "value": new.key.value,
-                        "person_id": new.person_id,
-                        "source": new.source,
-                        "created_at": now,
-                    }
-                    for new in changes.new_identifiers
-                ],
+                _INSERT_IDENTIFIERS,
+                {
+                    "types": [n.key.type for n in new],
+                    "values": [n.key.value for n in new],
+                    "person_ids": [n.person_id for n in new],
+                    "sources": [n.source for n in new],
+                    "now": now,
+                },
             )
         if changes.merges:
+            merges = changes.merges
             await self.session.execute(
-                sa.insert(Merge),
-                [
-                    {
-                        "id": merge.id,
-                        "survivor_id": merge.survivor_id,
-                        "merged_id": merge.merged_id,
-                        "cause_identifiers": [
-                            {"type": k.type, "value": k.value} for k in merge.cause_identifiers
-                        ],
-                        "source": merge.source,
-                        "merged_at": merge.merged_at,
-                    }
-                    for merge in changes.merges
-                ],
+                _INSERT_MERGES,
+                {
+                    "ids": [m.id for m in merges],
+                    "survivor_ids": [m.survivor_id for m in merges],
+                    "merged_ids": [m.merged_id for m in merges],
+                    "causes": [
+                        json.dumps([{"type": k.type, "value": k.value} for k in m.cause_identifiers])
+                        for m in merges
+                    ],
+                    "sources": [m.source for m in merges],
+                    "merged_ats": [m.merged_at for m in merges],
+                },
             )
 
     async def person(self, person_id: uuid.UUID) -> PersonRecord | None:

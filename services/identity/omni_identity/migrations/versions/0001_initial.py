@@ -27,9 +27,15 @@ def upgrade() -> None:
     create_bus_tables(op)
     op.create_table(
         "persons",
-        sa.Column("id", sa.Uuid, primary_key=True),
+        sa.Column("id", sa.Uuid, primary_key=True, comment="UUIDv7, so ids sort by age."),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
-        sa.Column("merged_into", sa.Uuid, sa.ForeignKey("persons.id"), nullable=True),
+        sa.Column(
+            "merged_into",
+            sa.Uuid,
+            sa.ForeignKey("persons.id"),
+            nullable=True,
+            comment="The person this one was merged into.",
+        ),
         sa.Column("merged_at", sa.DateTime(timezone=True), nullable=True),
     )
     op.create_index(

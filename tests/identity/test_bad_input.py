@@ -128,6 +128,17 @@ async def test_a_batch_over_the_limit_is_refused(identity: Identity, nothing_wri
     assert status_details(caught.value).fields == {"requests"}
 
 
+async def test_a_batch_with_too_many_identifiers_in_all_is_refused(
+    identity: Identity, nothing_written: None
+) -> None:
+    request = identity_pb2.ResolvePersonRequest(identifiers=[ident("device_id", unique()) for _ in range(11)])
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await identity.stub.BatchResolvePersons(
+            identity_pb2.BatchResolvePersonsRequest(requests=[request] * 1000)
+        )
+    assert status_details(caught.value).fields == {"requests"}
+
+
 @pytest.mark.parametrize("person_id", ["", "not-a-uuid", "1234"], ids=["missing", "malformed", "number"])
 async def test_get_person_with_a_malformed_id_is_refused(identity: Identity, person_id: str) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as caught:

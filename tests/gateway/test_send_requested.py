@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterator
 
+import nats
 import pytest
 import sqlalchemy as sa
+from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
@@ -14,13 +16,15 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from omni.common.v1 import common_pb2
-from omni_kit.embedded import SmtpSink
+from omni.events.v1 import envelope_pb2
+from omni_kit.embedded import EmbeddedNats, SmtpSink
 
 from .support import (
     EventLog,
     Gateway,
     Neighbours,
     add_to_cart,
+    counts,
     create_cart_template,
     create_person,
     publish,
@@ -42,7 +46,7 @@ def spans() -> Iterator[InMemorySpanExporter]:
     exporter = InMemorySpanExporter()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     yield exporter
-    exporter.shutdown()
+    exporter.clear()
 
 
 async def test_a_send_request_is_sent_once_however_often_it_arrives_and_continues_the_trace(
@@ -133,3 +137,58 @@ async def test_a_request_for_a_channel_not_delivered_is_recorded_failed(
     failed = await events.wait_for_message("gateway.message_failed", lambda m: m.request_id == request_id)
     assert failed.channel == common_pb2.CHANNEL_SMS
     assert "channel" in failed.error
+
+
+async def _dead_letters(nats_server: EmbeddedNats, namespace: str) -> tuple[nats.NATS, list[Msg]]:
+    client = await nats.connect(nats_server.url)
+    letters: list[Msg] = []
+
+    async def received(message: Msg) -> None:
+        letters.append(message)
+
+    await client.subscribe(f"{namespace}.dlq.gateway-send-requests", cb=received)
+    await client.flush()
+    return client, letters
+
+
+async def test_a_request_without_a_request_id_is_dead_lettered_and_nothing_is_written(
+    gateway: Gateway, neighbours: Neighbours, nats_server: EmbeddedNats, js: JetStreamContext
+) -> None:
+    person_id = await create_person(neighbours, f"{unique('nokey-')}@example.com")
+    template_id = await create_cart_template(gateway)
+    before = await counts(gateway.database)
+    client, letters = await _dead_letters(nats_server, neighbours.namespace)
+    try:
+        envelope = send_requested(person_id, template_id, request_id="")
+        await publish(js, neighbours.namespace, envelope)
+        await until(lambda: len(letters) == 1)
+    finally:
+        await client.drain()
+
+    assert envelope_pb2.Envelope.FromString(letters[0].data).id == envelope.id
+    assert letters[0].headers is not None and "request_id" in letters[0].headers["Omni-Error"]
+    assert await counts(gateway.database) == before
+
+
+async def test_a_request_id_reused_for_other_content_is_dead_lettered(
+    gateway: Gateway,
+    neighbours: Neighbours,
+    nats_server: EmbeddedNats,
+    js: JetStreamContext,
+    events: EventLog,
+) -> None:
+    person_id = await create_person(neighbours, f"{unique('clash-')}@example.com")
+    template_id = await create_cart_template(gateway)
+    other_template_id = await create_cart_template(gateway)
+    request_id = unique("journey-step-")
+    await publish(js, neighbours.namespace, send_requested(person_id, template_id, request_id))
+    await events.wait_for_message("gateway.message_sent", lambda m: m.request_id == request_id)
+    client, letters = await _dead_letters(nats_server, neighbours.namespace)
+    try:
+        await publish(js, neighbours.namespace, send_requested(person_id, other_template_id, request_id))
+        await until(lambda: len(letters) == 1)
+    finally:
+        await client.drain()
+
+    assert letters[0].headers is not None
+    assert "was used for a different message" in letters[0].headers["Omni-Error"]

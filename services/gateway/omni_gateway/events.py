@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from typing import TYPE_CHECKING
 
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -13,13 +12,11 @@ from omni.gateway.v1 import events_pb2
 from omni_gateway.domain import MessageStatus
 from omni_gateway.models import Message
 from omni_gateway.wire import message_to_proto, parse_send_request
-from omni_kit.bus import Outbox, unpack
+from omni_kit.bus import Outbox, PermanentError, unpack
 from omni_kit.errors import AlreadyExists, InvalidArgument, NotFound
 
 if TYPE_CHECKING:
     from omni_gateway.delivery import Delivery
-
-log = logging.getLogger(__name__)
 
 MESSAGE_SENT = "gateway.message_sent"
 MESSAGE_FAILED = "gateway.message_failed"
@@ -52,7 +49,8 @@ class SendRequestedHandler:
     is recorded the gateway owns it, and a transient failure is retried by the gateway's retry loop, not
     by redelivering the event. A request that can never be sent (unknown template, channel the gateway
     cannot deliver) is recorded as a FAILED message with a message_failed event, so the journey hears of
-    it; one too malformed to record (no request id, no person) is logged and dropped.
+    it. One too malformed to record (no request id, no person) or reusing a request id for other content
+    is a PermanentError: dead-lettered at once, with the reason, for someone to look at.
     """
 
     def __init__(self, delivery: Delivery) -> None:
@@ -70,16 +68,13 @@ class SendRequestedHandler:
                 journey_id=event.journey_id,
             )
         except InvalidArgument as error:
-            log.error(
-                "dropping send request %s (event %s): %s", event.request_id, envelope.id, error.violations
-            )
-            return
+            raise PermanentError(f"send request cannot be recorded: {_describe(error)}") from error
         try:
             await self._delivery.send(request)
         except (InvalidArgument, NotFound) as error:
             await self._delivery.reject(request, _describe(error))
         except AlreadyExists as error:
-            log.error("dropping send request (event %s): %s", envelope.id, error)
+            raise PermanentError(str(error)) from error
 
 
 def _describe(error: InvalidArgument | NotFound) -> str:

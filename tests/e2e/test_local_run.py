@@ -42,15 +42,11 @@ sys.exit(LocalRun(config).run())
 
 
 def test_local_run_serves_all_five_and_stops_on_ctrl_c(tmp_path: Path) -> None:
-    ports = {
-        "root": str(tmp_path / ".omni"),
-        "postgres": free_port(),
-        "nats": free_port(),
-        "smtp": free_port(),
-        "services": [free_port() for _ in SERVICES],
-    }
+    service_ports = [free_port() for _ in SERVICES]
+    infra_ports = {"postgres": free_port(), "nats": free_port(), "smtp": free_port()}
+    layout = {"root": str(tmp_path / ".omni"), **infra_ports, "services": service_ports}
     process = subprocess.Popen(
-        [sys.executable, "-c", DRIVER, json.dumps(ports)],
+        [sys.executable, "-c", DRIVER, json.dumps(layout)],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -66,7 +62,7 @@ def test_local_run_serves_all_five_and_stops_on_ctrl_c(tmp_path: Path) -> None:
             assert time.monotonic() - started < 180, "not running after 180 s:\n" + "\n".join(lines)
             time.sleep(0.2)
 
-        for service, port in zip(SERVICES, ports["services"], strict=True):
+        for service, port in zip(SERVICES, service_ports, strict=True):
             with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
                 health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
                 assert health.status == health_pb2.HealthCheckResponse.SERVING, service.name
@@ -80,7 +76,7 @@ def test_local_run_serves_all_five_and_stops_on_ctrl_c(tmp_path: Path) -> None:
                 assert f"omni.{service.name}.v1.{service.name.capitalize()}Service" in names
 
         # The README's example call, against the run's identity port.
-        with grpc.insecure_channel(f"127.0.0.1:{ports['services'][0]}") as channel:
+        with grpc.insecure_channel(f"127.0.0.1:{service_ports[0]}") as channel:
             stub = identity_pb2_grpc.IdentityServiceStub(channel)
             request = identity_pb2.ResolvePersonRequest(
                 identifiers=[common_pb2.Identifier(type="email", value="ada@example.com")]
@@ -93,5 +89,5 @@ def test_local_run_serves_all_five_and_stops_on_ctrl_c(tmp_path: Path) -> None:
         code = process.wait(timeout=60)
         reader.join(timeout=5)
     assert code == 0, "\n".join(lines[-40:])
-    all_ports = [ports["postgres"], ports["nats"], ports["smtp"], *ports["services"]]
+    all_ports = [*infra_ports.values(), *service_ports]
     assert not [port for port in all_ports if port_accepts(port)], "something still listens after Ctrl-C"

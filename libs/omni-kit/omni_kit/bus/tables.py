@@ -9,16 +9,17 @@ from sqlalchemy.dialects.postgresql import JSONB
 
 bus_metadata = sa.MetaData()
 
+_ID_COMMENT = "The event id (UUIDv7), also its JetStream message id."
+_PAYLOAD_COMMENT = "The serialised omni.events.v1.Envelope."
+
 outbox_table = sa.Table(
     "outbox",
     bus_metadata,
-    sa.Column(
-        "id", sa.Uuid, primary_key=True, comment="The event id (UUIDv7), also its JetStream message id."
-    ),
+    sa.Column("id", sa.Uuid, primary_key=True, comment=_ID_COMMENT),
     sa.Column("subject", sa.Text, nullable=False),
     sa.Column("type", sa.Text, nullable=False),
     sa.Column("person_id", sa.Text, nullable=True),
-    sa.Column("payload", sa.LargeBinary, nullable=False, comment="The serialised omni.events.v1.Envelope."),
+    sa.Column("payload", sa.LargeBinary, nullable=False, comment=_PAYLOAD_COMMENT),
     sa.Column("headers", JSONB, nullable=False, server_default=sa.text("'{}'::jsonb")),
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
     sa.Column("published_at", sa.DateTime(timezone=True), nullable=True),
@@ -38,11 +39,11 @@ def create_bus_tables(op: Any) -> None:
     """Create outbox and inbox in a service's first migration (op is alembic.op)."""
     op.create_table(
         "outbox",
-        sa.Column("id", sa.Uuid, primary_key=True),
+        sa.Column("id", sa.Uuid, primary_key=True, comment=_ID_COMMENT),
         sa.Column("subject", sa.Text, nullable=False),
         sa.Column("type", sa.Text, nullable=False),
         sa.Column("person_id", sa.Text, nullable=True),
-        sa.Column("payload", sa.LargeBinary, nullable=False),
+        sa.Column("payload", sa.LargeBinary, nullable=False, comment=_PAYLOAD_COMMENT),
         sa.Column("headers", JSONB, nullable=False, server_default=sa.text("'{}'::jsonb")),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
         sa.Column("published_at", sa.DateTime(timezone=True), nullable=True),

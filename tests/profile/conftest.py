@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from collections.abc import AsyncIterator
 
@@ -17,26 +16,9 @@ from omni.profile.v1 import profile_pb2_grpc
 from omni_identity import main as identity_main
 from omni_kit.db import create_engine
 from omni_kit.embedded import EmbeddedNats, EmbeddedPostgres
-from omni_kit.runtime import Runtime
 from omni_profile import main as profile_main
 
-from .support import EventLog, Services
-
-COMMON = {"grpc_host": "127.0.0.1", "grpc_port": 0, "migrate_on_start": True, "outbox_poll_interval_s": 0.05}
-
-
-async def _close(runtime: Runtime) -> None:
-    """Close a runtime, letting its consumers finish their current fetch first.
-
-    Runtime.close cancels the consumer tasks mid-fetch; a message that then lands in the pull subscription's
-    queue is never taken, and the NATS drain waits its full 30 s timeout for it. Stopping the consumers and
-    waiting out one fetch (0.5 s) first avoids that.
-    """
-    for consumer in runtime.consumers:
-        consumer.stop()
-    if runtime.consumers:
-        await asyncio.sleep(0.6)
-    await runtime.close()
+from .support import COMMON, EventLog, Services, close_runtime
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +70,7 @@ async def services(postgres: EmbeddedPostgres, nats_server: EmbeddedNats) -> Asy
         await identity_channel.close()
         await database.dispose()
         await client.drain()
-        await _close(profile_runtime)
-        await _close(identity_runtime)
+        await close_runtime(profile_runtime)
+        await close_runtime(identity_runtime)
         postgres.drop_database(profile_db)
         postgres.drop_database(identity_db)

@@ -20,6 +20,23 @@ from omni.identity.v1 import identity_pb2_grpc
 from omni.profile.v1 import profile_pb2, profile_pb2_grpc
 from omni_kit.runtime import Runtime
 
+COMMON = {"grpc_host": "127.0.0.1", "grpc_port": 0, "migrate_on_start": True, "outbox_poll_interval_s": 0.05}
+
+
+async def close_runtime(runtime: Runtime) -> None:
+    """Close a runtime, letting its consumers finish their current fetch first.
+
+    Runtime.close cancels the consumer tasks mid-fetch; a message that then lands in the pull subscription's
+    queue is never taken, and the NATS drain waits its full 30 s timeout for it. Stopping the consumers and
+    waiting out one fetch (0.5 s) first avoids that.
+    """
+    for consumer in runtime.consumers:
+        consumer.stop()
+    if runtime.consumers:
+        await asyncio.sleep(0.6)
+    await runtime.close()
+
+
 PROFILE_TABLES = ("profiles", "events", "traits", "cart_lines", "consents", "consent_history", "outbox")
 
 

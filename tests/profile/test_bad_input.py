@@ -9,12 +9,17 @@ from typing import Any
 
 import grpc
 import pytest
+import sqlalchemy as sa
 
 from omni.common.v1 import common_pb2
-from omni.profile.v1 import profile_pb2
+from omni.profile.v1 import profile_pb2, profile_pb2_grpc
+from omni_kit.db import create_engine
+from omni_kit.embedded import EmbeddedNats, EmbeddedPostgres
+from omni_kit.embedded.ports import free_port
 from omni_kit.errors import StatusDetails, status_details
+from omni_profile import main as profile_main
 
-from .support import Services, event, ident, item, struct, track
+from .support import COMMON, Services, close_runtime, event, ident, item, struct, track
 
 Call = Callable[[Services], Awaitable[Any]]
 
@@ -173,3 +178,38 @@ async def test_an_unknown_person_is_not_found(services: Services, case: str) -> 
     assert details.code == grpc.StatusCode.NOT_FOUND
     assert details.error_info is not None
     assert details.error_info.reason == "PERSON_NOT_FOUND"
+
+
+async def test_identity_down_answers_unavailable_and_writes_nothing(
+    services: Services, postgres: EmbeddedPostgres, nats_server: EmbeddedNats
+) -> None:
+    database = f"profile_down_{uuid.uuid4().hex[:12]}"
+    postgres.create_database(database)
+    runtime = await profile_main.start(
+        profile_main.Settings.model_validate(
+            {
+                **COMMON,
+                "database_url": postgres.url(database),
+                "nats_url": nats_server.url,
+                "event_namespace": services.namespace,
+                "identity_target": f"127.0.0.1:{free_port()}",
+                "identity_timeout_s": 1.0,
+            }
+        )
+    )
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{runtime.port}") as channel:
+            stub = profile_pb2_grpc.ProfileServiceStub(channel)
+            with pytest.raises(grpc.aio.AioRpcError) as raised:
+                await stub.TrackEvent(profile_pb2.TrackEventRequest(event=event()))
+            assert raised.value.code() == grpc.StatusCode.UNAVAILABLE
+            engine = create_engine(postgres.url(database), application_name="omni-test-profile")
+            async with engine.connect() as connection:
+                assert await connection.scalar(sa.text("SELECT count(*) FROM events")) == 0
+            await engine.dispose()
+            # An event that names its person needs no identity.
+            known = await stub.TrackEvent(profile_pb2.TrackEventRequest(event=event(person_id=UNKNOWN)))
+            assert known.person_id == UNKNOWN
+    finally:
+        await close_runtime(runtime)
+        postgres.drop_database(database)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta
 
 from omni.common.v1 import common_pb2
@@ -179,3 +180,57 @@ async def test_a_tracked_event_is_announced_with_its_person(services: Services) 
     assert dict(announced.properties)["product_id"] == "sku-1"
     assert announced.occurred_at.ToDatetime(tzinfo=UTC) == message.occurred_at.ToDatetime(tzinfo=UTC)
     assert announced.HasField("receive_time")
+
+
+async def test_persons_merged_within_one_batch_end_on_one_person(services: Services) -> None:
+    cookie, device = unique("cookie-"), unique("device-")
+    batch = [
+        event("page_viewed", identifiers=[ident("anonymous_id", cookie)]),
+        event("app_opened", identifiers=[ident("device_id", device)], channel=common_pb2.CHANNEL_APP),
+        event("logged_in", identifiers=[ident("device_id", device), ident("anonymous_id", cookie)]),
+    ]
+    response = await services.profile.BatchTrackEvents(profile_pb2.BatchTrackEventsRequest(events=batch))
+    assert len({r.person_id for r in response.results}) == 1
+    profile = await get_profile(services, response.results[0].person_id)
+    assert profile.event_count == 3
+
+
+async def test_a_full_batch_of_1000_events_is_recorded(services: Services) -> None:
+    cookies = [unique("cookie-") for _ in range(250)]
+    batch = [
+        event(
+            "cart_item_added" if (n // 250) % 2 else "page_viewed",
+            identifiers=[ident("anonymous_id", cookies[n % 250])],
+            cart_item=item(f"sku-{n % 7}", 1) if (n // 250) % 2 else None,
+        )
+        for n in range(1000)
+    ]
+    response = await services.profile.BatchTrackEvents(profile_pb2.BatchTrackEventsRequest(events=batch))
+    assert len(response.results) == 1000
+    assert not any(r.duplicate for r in response.results)
+    assert len({r.person_id for r in response.results}) == 250
+    profile = await get_profile(services, response.results[1].person_id)
+    assert profile.event_count == 4
+    assert sum(cart_of(profile).values()) == 2
+
+
+async def test_concurrent_copies_of_one_event_are_recorded_once(services: Services) -> None:
+    message = event("page_viewed", identifiers=[ident("anonymous_id", unique("cookie-"))])
+    responses = await asyncio.gather(*(track(services, message) for _ in range(8)))
+    assert sum(not r.duplicate for r in responses) == 1
+    assert len({r.person_id for r in responses}) == 1
+    assert await services.scalar("SELECT count(*) FROM events WHERE id = :id", id=message.id) == 1
+    assert (await get_profile(services, responses[0].person_id)).event_count == 1
+
+
+async def test_concurrent_cart_additions_all_count(services: Services) -> None:
+    person = (await track(services, event("app_opened"))).person_id
+    await asyncio.gather(
+        *(
+            track(services, event("cart_item_added", person_id=person, cart_item=item("sku-socks", 1)))
+            for _ in range(20)
+        )
+    )
+    profile = await get_profile(services, person)
+    assert cart_of(profile) == {"sku-socks": 20}
+    assert profile.event_count == 21

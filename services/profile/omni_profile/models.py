@@ -34,6 +34,11 @@ class ProfileRow(Base):
         sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()
     )
 
+    __table_args__ = (
+        # Merges re-point the persons merged into a merged person, found by this index.
+        sa.Index("profiles_merged_into", "merged_into", postgresql_where=sa.text("merged_into IS NOT NULL")),
+    )
+
 
 class EventRow(Base):
     """One event on a person's timeline; the sender's id is the key, which makes tracking idempotent."""

@@ -81,6 +81,8 @@ class Runtime:
             name=f"omni-{self.name}",
             max_reconnect_attempts=-1,
             reconnect_time_wait=0.5,
+            # Bounds the drain at close; everything that matters (the outbox) is already flushed by then.
+            drain_timeout=5,
         )
         self.js = self.nats.jetstream()
         await ensure_streams(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
 
 import grpc
@@ -13,6 +13,7 @@ from omni_kit.errors import NotFound
 from omni_kit.runtime import Runtime
 from omni_profile import validation, wire
 from omni_profile.domain import Event, TrackResult
+from omni_profile.http import Intake, consume_stream
 from omni_profile.identity_client import IdentityClient
 from omni_profile.profiles import Profiles
 from omni_profile.tracking import Tracker
@@ -52,6 +53,32 @@ class ProfileServicer(profile_pb2_grpc.ProfileServiceServicer):
                 profile_pb2.TrackEventResponse(person_id=str(r.person_id), duplicate=r.duplicate)
                 for r in results
             ]
+        )
+
+    async def StreamTrackEvents(
+        self,
+        request_iterator: AsyncIterator[profile_pb2.StreamTrackEventsRequest],
+        context: grpc.aio.ServicerContext,
+    ) -> profile_pb2.StreamTrackEventsResponse:
+        """Record a stream of events as it arrives; bad events are reported by position, the others kept."""
+        chunks = (request.events async for request in request_iterator)
+        outcome = await consume_stream(chunks, Intake(self._runtime, self._tracker, self._profiles))
+        return profile_pb2.StreamTrackEventsResponse(
+            accepted=outcome.accepted,
+            duplicates=outcome.duplicates,
+            rejected=outcome.rejected,
+            errors=[
+                profile_pb2.StreamEventError(
+                    position=r.position,
+                    event_id=r.event_id,
+                    message=r.message,
+                    field_violations=[
+                        profile_pb2.StreamEventError.FieldViolation(field=v.field, description=v.description)
+                        for v in r.violations
+                    ],
+                )
+                for r in outcome.rejections
+            ],
         )
 
     async def _track(self, batch: list[Event], paths: Sequence[str], *, container: str) -> list[TrackResult]:

@@ -13,6 +13,7 @@ from omni_kit.runtime import Runtime
 from omni_kit.settings import ServiceSettings
 from omni_profile import events
 from omni_profile.api import ProfileServicer
+from omni_profile.http import HttpEndpoint, IdentifierLookup, Intake, SourceSetting, WriteKey
 from omni_profile.identity_client import IDEMPOTENT_METHODS, SERVICE, IdentityClient
 from omni_profile.merge import Merger
 from omni_profile.profiles import Profiles
@@ -30,11 +31,32 @@ class Settings(ServiceSettings):
     grpc_port: int = Field(50052, ge=0, le=65535, description="Port of the gRPC server; 0 picks a free one.")
     identity_target: str = Field("127.0.0.1:50051", description="host:port of the identity service.")
     identity_timeout_s: float = Field(5.0, gt=0, description="Deadline of each call to identity.")
+    http_host: str = Field("0.0.0.0", description="Address the Segment-compatible HTTP endpoint binds.")
+    http_port: int = Field(
+        8088, ge=0, le=65535, description="Port of the Segment-compatible HTTP endpoint; 0 picks a free one."
+    )
+    write_keys: dict[WriteKey, SourceSetting] = Field(
+        default_factory=dict,
+        description='Write key → source, as JSON: {"wk_web": "web"} or {"wk_pos": {"name": "pos", '
+        '"channel": "store"}}. The HTTP endpoint runs only when at least one write key is set.',
+    )
 
 
-async def start(settings: Settings) -> Runtime:
+class ProfileRuntime(Runtime):
+    """Profile's runtime: the shared parts, plus the Segment-compatible HTTP endpoint when it runs."""
+
+    http: HttpEndpoint | None = None
+
+    async def close(self) -> None:
+        """Stop the HTTP endpoint (letting in-flight requests finish), then everything else."""
+        if self.http is not None:
+            await self.http.stop()
+        await super().close()
+
+
+async def start(settings: Settings) -> ProfileRuntime:
     """Open the database and event log, register the consumers and serve ProfileService."""
-    runtime = Runtime("profile", settings, migrations=MIGRATIONS)
+    runtime = ProfileRuntime("profile", settings, migrations=MIGRATIONS)
     try:
         await _wire(runtime, settings)
     except BaseException:
@@ -43,7 +65,7 @@ async def start(settings: Settings) -> Runtime:
     return runtime
 
 
-async def _wire(runtime: Runtime, settings: Settings) -> None:
+async def _wire(runtime: ProfileRuntime, settings: Settings) -> None:
     await runtime.open()
     identity_channel = runtime.track_channel(
         grpc_client.channel(
@@ -71,3 +93,13 @@ async def _wire(runtime: Runtime, settings: Settings) -> None:
         service_names=[SERVICE_NAME],
         register=lambda server: profile_pb2_grpc.add_ProfileServiceServicer_to_server(servicer, server),
     )
+    if settings.write_keys:
+        runtime.http = HttpEndpoint(
+            Intake(runtime, tracker, profiles),
+            settings.write_keys,
+            IdentifierLookup(identity_channel),
+            host=settings.http_host,
+            port=settings.http_port,
+            shutdown_grace_s=settings.shutdown_grace_s,
+        )
+        await runtime.http.start()

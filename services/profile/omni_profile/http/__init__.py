@@ -1,0 +1,22 @@
+"""The Segment-compatible HTTP tracking endpoint, and the intake of events that keeps the good ones.
+
+segment.py   Segment messages → profile events (ids scoped by source, identifiers, types, clock skew)
+intake.py    recording many events where bad ones are set aside; also StreamTrackEvents' stream
+server.py    the aiohttp routes, write keys, body limits and Segment-style answers
+lookup.py    whether identity holds an identifier (an alias call's previousId)
+"""
+
+from omni_profile.http.intake import Intake, consume_stream
+from omni_profile.http.lookup import IdentifierLookup
+from omni_profile.http.segment import Source, SourceSetting, WriteKey
+from omni_profile.http.server import HttpEndpoint
+
+__all__ = [
+    "HttpEndpoint",
+    "IdentifierLookup",
+    "Intake",
+    "Source",
+    "SourceSetting",
+    "WriteKey",
+    "consume_stream",
+]

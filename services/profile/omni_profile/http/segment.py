@@ -1,0 +1,456 @@
+"""Segment Tracking API messages as profile events: ids, identifiers, event types, times and channels.
+
+One message (identify, track, page, screen, group or alias) becomes one profile event, checked by the same
+rules as an event sent over gRPC. Problems are reported with the message's own field names ("messageId",
+"timestamp", "context.traits.email"), so a sender can find them in what it sent.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import unicodedata
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
+
+from omni.common.v1 import common_pb2
+from omni.profile.v1 import profile_pb2
+from omni_kit.errors import FieldViolation, InvalidArgument, Violations
+from omni_profile import validation, wire
+from omni_profile.domain import CART_LINE_EVENTS
+
+MAX_MESSAGE_BYTES = 32 * 1024
+"""The largest message Segment accepts, as JSON."""
+
+MESSAGE_TYPES = ("identify", "track", "page", "screen", "group", "alias")
+
+# What the calls other than track are recorded as on the timeline.
+EVENT_TYPES = {
+    "identify": "identified",
+    "page": "page_viewed",
+    "screen": "screen_viewed",
+    "group": "group_joined",
+    "alias": "aliased",
+}
+
+_SOURCE_NAME = r"^[a-z][a-z0-9_]{0,31}$"
+_IDENTIFIER_PATH = re.compile(r"identifiers\[(\d+)\]")
+# The event's fields under the names of the message fields they come from.
+_RENAMED = {
+    "id": "messageId",
+    "type": "event",
+    "identifiers": "userId",
+    "occurred_at": "timestamp",
+    "channel": "context.channel",
+}
+_CART_FIELDS = {
+    "product_id": "properties.product_id",
+    "quantity": "properties.quantity",
+    "unit_price.amount_minor": "properties.price",
+    "unit_price.currency_code": "properties.currency",
+}
+_NIL_PERSON = str(uuid.UUID(int=0))
+
+# context.library.name of the libraries that run in a browser or in a mobile app; any other library
+# (analytics-python, analytics-node …) runs on a server, whose channel is the source's.
+_BROWSER_LIBRARIES = ("analytics.js", "analytics-next")
+_MOBILE_LIBRARIES = (
+    "analytics-ios",
+    "analytics-android",
+    "analytics-swift",
+    "analytics-kotlin",
+    "analytics-react-native",
+    "analytics-flutter",
+    "analytics-xamarin",
+)
+# Segment's own context.channel values.
+_SEGMENT_CHANNELS = {"browser": common_pb2.CHANNEL_WEB, "mobile": common_pb2.CHANNEL_APP}
+
+
+class Source(BaseModel):
+    """Where a write key's events come from: the source's name and the channel of its server-side calls."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str = Field(pattern=_SOURCE_NAME, description="The source, e.g. web; scopes message ids.")
+    channel: str | None = Field(
+        None,
+        description="Channel of calls that do not say theirs (server libraries); defaults to the name "
+        "when the name is a channel (web, app, store, call_center …).",
+    )
+
+    @field_validator("channel")
+    @classmethod
+    def _known_channel(cls, value: str | None) -> str | None:
+        if value is not None and wire.channel_value(value) == common_pb2.CHANNEL_UNSPECIFIED:
+            raise ValueError(f"unknown channel {value!r}")
+        return value
+
+    @property
+    def default_channel(self) -> common_pb2.Channel.ValueType:
+        """The channel of events whose context does not tell."""
+        return wire.channel_value(self.channel or self.name)
+
+
+def _source_of(value: Any) -> Any:
+    return {"name": value} if isinstance(value, str) else value
+
+
+SourceSetting = Annotated[Source, BeforeValidator(_source_of)]
+"""A write key's source in settings: a name ("web") or {"name": "pos", "channel": "store"}."""
+
+WriteKey = Annotated[str, Field(min_length=1, max_length=256)]
+
+
+@dataclass
+class Translated:
+    """A message turned into a profile event, and for identify the traits to set."""
+
+    event: profile_pb2.Event
+    traits: dict[str, Any] = field(default_factory=dict)
+    origins: list[str] = field(default_factory=list)
+    """The message field each of the event's identifiers came from, in order."""
+
+
+@dataclass
+class Refused:
+    """A message that cannot be recorded, with every problem by the message's field names."""
+
+    message_id: str
+    violations: list[FieldViolation]
+
+    @property
+    def message(self) -> str:
+        """The problems in one line."""
+        return "; ".join(f"{v.field}: {v.description}" if v.field else v.description for v in self.violations)
+
+
+def scoped_id(source: Source, message_id: str) -> str:
+    """The event id of a message: its messageId scoped by the source, so sources cannot collide."""
+    return f"{source.name}:{message_id}"
+
+
+def snake_case(name: str) -> str:
+    """An event name as an event type: "Product Added" → "product_added", "signedUp" → "signed_up"."""
+    ascii_name = unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode()
+    spaced = re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", ascii_name)
+    spaced = re.sub(r"([A-Z]+)([A-Z][a-z])", r"\1_\2", spaced)
+    snake = re.sub(r"[^A-Za-z0-9]+", "_", spaced).strip("_").lower()
+    if snake and not snake[0].isalpha():
+        snake = f"event_{snake}"
+    return snake
+
+
+def parse_time(value: Any, path: str, violations: Violations) -> datetime | None:
+    """An ISO 8601 time as an aware UTC datetime (no offset means UTC); None if absent or bad."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        violations.add(path, "must be an ISO 8601 date-time string")
+        return None
+    try:
+        parsed = datetime.fromisoformat(value.strip())
+        if parsed.tzinfo is None:
+            return parsed.replace(tzinfo=UTC)
+        return parsed.astimezone(UTC)
+    except (ValueError, OverflowError):
+        violations.add(path, f"{value[:40]!r} is not an ISO 8601 date-time")
+        return None
+
+
+def occurred_at(
+    timestamp: datetime | None, sent_at: datetime | None, received_at: datetime, violations: Violations
+) -> datetime:
+    """When it happened, corrected for the sender's clock as Segment does: receivedAt - (sentAt - timestamp).
+
+    Without sentAt the timestamp is taken as it is; without a timestamp, the time it was received.
+    """
+    if timestamp is None:
+        return received_at
+    if sent_at is None:
+        return timestamp
+    try:
+        return received_at - (sent_at - timestamp)
+    except OverflowError:
+        violations.add("timestamp", "is too far from sentAt")
+        return received_at
+
+
+def channel_of(context: Mapping[str, Any], source: Source) -> common_pb2.Channel.ValueType:
+    """The channel of a message: context.channel if it names one, else the library's kind, else the source's."""
+    named = context.get("channel")
+    if isinstance(named, str):
+        lowered = named.strip().lower()
+        if lowered in _SEGMENT_CHANNELS:
+            return _SEGMENT_CHANNELS[lowered]
+        channel = wire.channel_value(lowered)
+        if channel != common_pb2.CHANNEL_UNSPECIFIED:
+            return channel
+    library = context.get("library")
+    name = library.get("name") if isinstance(library, dict) else None
+    if isinstance(name, str):
+        if name.startswith(_BROWSER_LIBRARIES):
+            return common_pb2.CHANNEL_WEB
+        if name.startswith(_MOBILE_LIBRARIES):
+            return common_pb2.CHANNEL_APP
+    return source.default_channel
+
+
+def translate(
+    message: Any,
+    *,
+    source: Source,
+    received_at: datetime,
+    batch_sent_at: datetime | None = None,
+    expected_type: str | None = None,
+    previous_id_type: str | None = None,
+) -> Translated | Refused:
+    """Turn one Segment message into a checked profile event, or say why it cannot be.
+
+    previous_id_type is the identifier type of an alias call's previousId ("anonymous_id" or "user_id"),
+    as the caller found out from identity; without it, see `previous_id_type`.
+    """
+    if not isinstance(message, dict):
+        return Refused("", [FieldViolation("", "each message must be a JSON object")])
+    violations = Violations()
+    message_id = _message_id(message, source, violations)
+    kind = _kind(message, expected_type, violations)
+    if len(json.dumps(message, separators=(",", ":")).encode()) > MAX_MESSAGE_BYTES:
+        violations.add("", f"the message must be at most {MAX_MESSAGE_BYTES // 1024} KB as JSON")
+    context = _object(message, "context", violations)
+    properties = _object(message, "properties", violations)
+    traits = _object(message, "traits", violations)
+    sent_at = parse_time(message.get("sentAt"), "sentAt", violations) or batch_sent_at
+    when = occurred_at(
+        parse_time(message.get("timestamp"), "timestamp", violations), sent_at, received_at, violations
+    )
+    event = profile_pb2.Event(id=scoped_id(source, message_id), channel=channel_of(context, source))
+    origins = _identifiers(event, message, kind, context, traits, violations, previous_id_type)
+    if kind is not None:
+        event.type, properties = _type_and_properties(kind, message, properties, violations)
+        if kind != "identify":
+            traits = {}
+    if violations:
+        return Refused(message_id, violations.items)
+    event.occurred_at.FromDatetime(when)
+    if properties:
+        event.properties.update(properties)
+    if event.type in CART_LINE_EVENTS:
+        _cart_item(event, properties)
+    checked = Violations()
+    validation.validate_event(event, "event", checked, now=received_at)
+    if traits:
+        _check_traits(traits, source, checked)
+    if checked:
+        return Refused(message_id, [message_field(v, origins) for v in checked.items])
+    return Translated(event=event, traits=traits, origins=origins)
+
+
+def message_field(violation: FieldViolation, origins: list[str]) -> FieldViolation:
+    """A violation on the profile event (paths like "event.identifiers[1].value") on the message's fields.
+
+    origins[k] is the message field identifier k came from.
+    """
+    path = violation.field.removeprefix("event").removeprefix(".")
+    head, _, rest = path.partition(".")
+    match = _IDENTIFIER_PATH.fullmatch(head)
+    if match and int(match.group(1)) < len(origins):
+        return FieldViolation(origins[int(match.group(1))], violation.description)
+    if head == "cart_item":
+        return FieldViolation(_CART_FIELDS.get(rest, "properties"), violation.description)
+    renamed = _RENAMED.get(head, head)
+    return FieldViolation(f"{renamed}.{rest}" if rest else renamed, violation.description)
+
+
+def previous_id(message: Any) -> str | None:
+    """The previousId of an alias message as a string, when it has a usable one."""
+    if not isinstance(message, dict) or message.get("type", "alias") != "alias":
+        return None
+    return _id_value(message.get("previousId"), "previousId", Violations())
+
+
+def guess_previous_id_type(message: Mapping[str, Any]) -> str:
+    """The type of an alias call's previousId when identity was not asked.
+
+    analytics.js sends the cookie's anonymousId as previousId along with it; any other previousId is taken
+    for a former user id.
+    """
+    previous = _id_value(message.get("previousId"), "previousId", Violations())
+    anonymous_id = _id_value(message.get("anonymousId"), "anonymousId", Violations())
+    return "anonymous_id" if previous is not None and previous == anonymous_id else "user_id"
+
+
+def _message_id(message: Mapping[str, Any], source: Source, violations: Violations) -> str:
+    value = message.get("messageId")
+    limit = validation.MAX_EVENT_ID - len(source.name) - 1
+    if value is None or value == "":
+        violations.add("messageId", "is required")
+        return ""
+    if not isinstance(value, str):
+        violations.add("messageId", "must be a string")
+        return ""
+    if len(value) > limit:
+        violations.add("messageId", f"must be at most {limit} characters")
+    return value
+
+
+def _kind(message: Mapping[str, Any], expected: str | None, violations: Violations) -> str | None:
+    kind = message.get("type", expected)
+    if expected is not None and kind != expected:
+        # The route says what it is; a different type in the body is a sender's mistake.
+        violations.add("type", f"must be {expected!r} on this endpoint")
+        return None
+    if not isinstance(kind, str) or kind not in MESSAGE_TYPES:
+        violations.add("type", f"must be one of {', '.join(MESSAGE_TYPES)}")
+        return None
+    return kind
+
+
+def _object(message: Mapping[str, Any], name: str, violations: Violations) -> dict[str, Any]:
+    value = message.get(name)
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        violations.add(name, "must be a JSON object")
+        return {}
+    return value
+
+
+def _id_value(value: Any, path: str, violations: Violations) -> str | None:
+    """A user-supplied id (string or number, as Segment allows); None when absent or empty."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        violations.add(path, "must be a string or a number")
+        return None
+    return value if isinstance(value, str) else str(value)
+
+
+def _identifiers(
+    event: profile_pb2.Event,
+    message: Mapping[str, Any],
+    kind: str | None,
+    context: Mapping[str, Any],
+    traits: Mapping[str, Any],
+    violations: Violations,
+    previous_id_type: str | None,
+) -> list[str]:
+    """Add the message's identifiers to the event; return the message field each one came from."""
+    user_id = _id_value(message.get("userId"), "userId", violations)
+    anonymous_id = _id_value(message.get("anonymousId"), "anonymousId", violations)
+    found: list[tuple[str, str, str]] = []
+    if user_id is not None:
+        found.append(("user_id", user_id, "userId"))
+    if anonymous_id is not None:
+        found.append(("anonymous_id", anonymous_id, "anonymousId"))
+    if kind == "alias":
+        previous = _id_value(message.get("previousId"), "previousId", violations)
+        if user_id is None and "userId" not in {v.field for v in violations.items}:
+            violations.add("userId", "is required for alias")
+        if previous is None:
+            violations.add("previousId", "is required for alias")
+        else:
+            found.append((previous_id_type or guess_previous_id_type(message), previous, "previousId"))
+    elif user_id is None and anonymous_id is None and not _bad(violations, "userId", "anonymousId"):
+        violations.add("userId", "userId or anonymousId is required")
+    context_traits = context.get("traits")
+    sources: list[tuple[Mapping[str, Any], str]] = []
+    if kind == "identify":
+        sources.append((traits, "traits"))
+    if isinstance(context_traits, dict):
+        sources.append((context_traits, "context.traits"))
+    for values, prefix in sources:
+        for name in ("email", "phone"):
+            value = values.get(name)
+            if value is None or value == "":
+                continue
+            if not isinstance(value, str):
+                violations.add(f"{prefix}.{name}", "must be a string")
+            else:
+                found.append((name, value, f"{prefix}.{name}"))
+    device = context.get("device")
+    if isinstance(device, dict):
+        device_id = _id_value(device.get("id"), "context.device.id", violations)
+        if device_id is not None:
+            found.append(("device_id", device_id, "context.device.id"))
+    origins: list[str] = []
+    seen: set[tuple[str, str]] = set()
+    for type_, value, origin in found:
+        if (type_, value) in seen:
+            continue
+        seen.add((type_, value))
+        event.identifiers.append(common_pb2.Identifier(type=type_, value=value))
+        origins.append(origin)
+    return origins
+
+
+def _bad(violations: Violations, *fields: str) -> bool:
+    return any(v.field in fields for v in violations.items)
+
+
+def _type_and_properties(
+    kind: str, message: Mapping[str, Any], properties: dict[str, Any], violations: Violations
+) -> tuple[str, dict[str, Any]]:
+    properties = dict(properties)
+    if kind == "track":
+        name = message.get("event")
+        if not isinstance(name, str) or not name.strip():
+            violations.add("event", "is required for track, as a non-empty string")
+            return "", properties
+        event_type = snake_case(name)
+        if not event_type:
+            violations.add("event", "must contain letters or digits")
+        return event_type, properties
+    if kind in ("page", "screen"):
+        for key in ("name", "category"):
+            value = message.get(key)
+            if value is not None and key not in properties:
+                properties[key] = value
+    elif kind == "group":
+        group_id = _id_value(message.get("groupId"), "groupId", violations)
+        if group_id is None and not _bad(violations, "groupId"):
+            violations.add("groupId", "is required for group")
+        properties = {"group_id": group_id}
+        group_traits = message.get("traits")
+        if isinstance(group_traits, dict) and group_traits:
+            properties["group_traits"] = group_traits
+    elif kind == "alias":
+        properties = {"previous_id": str(message.get("previousId"))}
+    elif kind == "identify":
+        properties = {}
+    return EVENT_TYPES[kind], properties
+
+
+def _cart_item(event: profile_pb2.Event, properties: Mapping[str, Any]) -> None:
+    """The cart line of a cart event, from Segment's e-commerce properties (product_id or sku, quantity, price)."""
+    product_id = properties.get("product_id", properties.get("sku"))
+    quantity = properties.get("quantity", 1)
+    item = event.cart_item
+    if isinstance(product_id, str | int) and not isinstance(product_id, bool):
+        item.product_id = str(product_id)
+    if isinstance(quantity, int) and not isinstance(quantity, bool):
+        item.quantity = quantity
+    if isinstance(properties.get("name"), str):
+        item.name = properties["name"]
+    price, currency = properties.get("price"), properties.get("currency")
+    if isinstance(price, int | float) and not isinstance(price, bool) and isinstance(currency, str):
+        # Segment prices are in major units; two decimals cover the currencies the shop sells in.
+        item.unit_price.amount_minor = round(price * 100)
+        item.unit_price.currency_code = currency.upper()
+
+
+def _check_traits(traits: dict[str, Any], source: Source, violations: Violations) -> None:
+    request = profile_pb2.SetTraitsRequest(person_id=_NIL_PERSON, source=source.name)
+    try:
+        request.traits.update(traits)
+        validation.validate_set_traits(request)
+    except InvalidArgument as refused:
+        for violation in refused.violations:
+            violations.add(f"event.{violation.field}", violation.description)
+    except (ValueError, TypeError) as error:
+        violations.add("event.traits", f"cannot be stored: {error}")

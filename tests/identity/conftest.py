@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from collections.abc import AsyncIterator
+from typing import Any
 
 import grpc
 import nats
@@ -19,21 +21,26 @@ from omni_kit.embedded import EmbeddedNats, EmbeddedPostgres
 from .support import EventLog, Identity
 
 
-@pytest.fixture(scope="module")
-async def identity(postgres: EmbeddedPostgres, nats_server: EmbeddedNats) -> AsyncIterator[Identity]:
-    """Identity on a fresh database, serving on a free port, for the whole module."""
+@contextlib.asynccontextmanager
+async def running_identity(
+    postgres: EmbeddedPostgres, nats_server: EmbeddedNats, **overrides: Any
+) -> AsyncIterator[Identity]:
+    """Identity on a fresh database and event namespace, serving on a free port; settings may be overridden."""
     database = f"identity_{uuid.uuid4().hex[:16]}"
     postgres.create_database(database)
     namespace = "t" + uuid.uuid4().hex[:10]
     settings = Settings(
-        database_url=postgres.url(database),
-        nats_url=nats_server.url,
-        grpc_host="127.0.0.1",
-        grpc_port=0,
-        event_namespace=namespace,
-        migrate_on_start=True,
-        outbox_poll_interval_s=0.05,
-        db_pool_size=30,
+        **{
+            "database_url": postgres.url(database),
+            "nats_url": nats_server.url,
+            "grpc_host": "127.0.0.1",
+            "grpc_port": 0,
+            "event_namespace": namespace,
+            "migrate_on_start": True,
+            "outbox_poll_interval_s": 0.05,
+            "db_pool_size": 30,
+            **overrides,
+        }
     )
     runtime = await start(settings)
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{runtime.port}")
@@ -43,6 +50,13 @@ async def identity(postgres: EmbeddedPostgres, nats_server: EmbeddedNats) -> Asy
         await channel.close()
         await runtime.close()
         postgres.drop_database(database)
+
+
+@pytest.fixture(scope="module")
+async def identity(postgres: EmbeddedPostgres, nats_server: EmbeddedNats) -> AsyncIterator[Identity]:
+    """Identity with the default settings on a fresh database, serving on a free port, for the whole module."""
+    async with running_identity(postgres, nats_server) as running:
+        yield running
 
 
 @pytest.fixture

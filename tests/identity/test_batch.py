@@ -101,7 +101,12 @@ async def test_a_thousand_identifier_sets_in_one_call(identity: Identity) -> Non
     person = (
         await identity.stub.GetPerson(identity_pb2.GetPersonRequest(person_id=resolutions[0].person_id))
     ).person
-    assert len(person.identifiers) == 101
+    # A person may hold 5 cookies a week: each device keeps its first 5, the other 95 are refused.
+    assert len(person.identifiers) == 6
+    refused = [link for r in resolutions for link in r.refused_links]
+    assert len(refused) == 950
+    assert {link.rule_identifier_type for link in refused} == {"anonymous_id"}
+    assert all(link.holder_person_id == "" and link.refuse_count == 1 for link in refused)
 
 
 async def test_duplicate_identifiers_in_one_request_count_once(identity: Identity) -> None:

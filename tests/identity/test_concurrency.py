@@ -6,13 +6,16 @@ import asyncio
 import logging
 import random
 import uuid
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
 
 import pytest
 import sqlalchemy as sa
 
 from omni.identity.v1 import identity_pb2
+from omni_identity.identifier_types import Trust, default_identifier_types
+from omni_kit.embedded import EmbeddedNats, EmbeddedPostgres
 
+from .conftest import running_identity
 from .support import EventLog, Identity, ident, pairs, resolve, unique
 
 Pair = tuple[str, str]
@@ -63,6 +66,17 @@ async def graph_of(identity: Identity, values: set[Pair]) -> tuple[set[frozenset
     return {frozenset(members) for members in by_person.values()}, dead
 
 
+@pytest.fixture(scope="module")
+async def unruled(postgres: EmbeddedPostgres, nats_server: EmbeddedNats) -> AsyncIterator[Identity]:
+    """Identity whose types have no limits and equal trust: every identifier seen together is one person."""
+    types = [
+        config.model_copy(update={"limit": None, "limit_window": None, "trust": Trust.MEDIUM})
+        for config in default_identifier_types()
+    ]
+    async with running_identity(postgres, nats_server, identifier_types=types) as running:
+        yield running
+
+
 def _no_retries(caplog: pytest.LogCaptureFixture) -> None:
     retries = [r for r in caplog.records if "resolve aborted" in r.getMessage()]
     assert retries == [], "a resolve hit a deadlock or a unique violation and had to be retried"
@@ -94,8 +108,9 @@ async def test_twenty_concurrent_resolves_of_the_same_new_identifiers_yield_one_
 
 
 async def test_overlapping_concurrent_resolves_end_in_the_graph_of_running_them_one_by_one(
-    identity: Identity, caplog: pytest.LogCaptureFixture
+    unruled: Identity, caplog: pytest.LogCaptureFixture
 ) -> None:
+    identity = unruled
     caplog.set_level(logging.WARNING, logger="omni_identity")
     rng = random.Random(20250101)
     types = ["email", "anonymous_id", "device_id", "user_id", "loyalty_card"]

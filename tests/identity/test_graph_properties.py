@@ -11,7 +11,8 @@ from hypothesis import strategies as st
 
 from omni_identity.merge import final_survivor
 from omni_identity.normalise import IdentifierKey
-from omni_identity.resolution import GraphChanges, Resolver, ResolveRequest, changes_anything
+from omni_identity.changes import GraphChanges, Held, ResolveRequest
+from omni_identity.resolution import Resolver, changes_anything
 
 NOW = datetime(2025, 1, 1, tzinfo=UTC)
 KEYS = [IdentifierKey(t, str(v)) for t in ("email", "device_id", "anonymous_id") for v in range(6)]
@@ -83,12 +84,14 @@ def test_any_sequence_of_batches_keeps_the_graph_consistent(sequence: list[list[
     seen: list[tuple[IdentifierKey, ...]] = []
     for batch in sequence:
         holders = {k: p for k, p in store.holder.items() if any(k in r.identifiers for r in batch)}
-        changes = Resolver(holders, now=NOW, new_id=new_id).resolve_all(batch)
+        held = {k: Held(p, uuid.UUID(int=0)) for k, p in holders.items()}
+        changes = Resolver(held, now=NOW, new_id=new_id).resolve_all(batch)
         assert changes_anything(holders, batch) == changes.changed
         store.apply(changes)
         seen += [r.identifiers for r in batch]
         # Every resolution leads to the live person that now holds its identifiers.
         for request, resolution in zip(batch, changes.resolutions, strict=True):
+            assert resolution.person_id is not None
             live = final_survivor(resolution.person_id, {k: v for k, v in store.persons.items() if v})
             assert {store.holder[k] for k in request.identifiers} == {live}
 

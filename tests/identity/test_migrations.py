@@ -10,6 +10,7 @@ from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy.engine import Connection
 
 from omni_identity.main import MIGRATIONS
@@ -41,7 +42,9 @@ async def test_migrations_match_the_models_and_downgrade(make_database: Callable
     engine = create_engine(make_database("identity_migrations"), application_name="omni-identity-test")
     try:
         await migrate(engine, MIGRATIONS)
-        assert await current_revision(engine) == "0001"
+        config = Config()
+        config.set_main_option("script_location", str(MIGRATIONS))
+        assert await current_revision(engine) == ScriptDirectory.from_config(config).get_current_head()
         async with engine.connect() as connection:
             assert await connection.run_sync(_differences) == []
             tables = await connection.run_sync(lambda c: set(sa.inspect(c).get_table_names()))

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 
 import pytest
 
+from omni_identity.erasure import DEVELOPMENT_KEY
 from omni_identity.identifier_types import (
     IdentifierTypeConfig,
     IdentifierTypeRegistry,
     NormalisationKind,
+    Trust,
     default_identifier_types,
 )
 from omni_identity.main import Settings
@@ -128,11 +131,21 @@ def test_types_are_configured_from_the_environment(monkeypatch: pytest.MonkeyPat
     types = [
         {"name": "email", "kind": "email"},
         {"name": "member_no", "blocked_values": ["demo"], "blocked_patterns": ["x+"], "max_length": 8},
+        {"name": "cookie", "trust": "low", "priority": 90, "limit": 3, "limit_window": "P7D"},
     ]
     monkeypatch.setenv("OMNI_IDENTITY_IDENTIFIER_TYPES", json.dumps(types))
     monkeypatch.setenv("OMNI_IDENTITY_DEFAULT_PHONE_REGION", "de")
+    monkeypatch.setenv("OMNI_IDENTITY_GRPC_HOST", "127.0.0.1")
     settings = Settings(database_url="postgresql+asyncpg://db/identity", nats_url="nats://127.0.0.1:4222")
     assert settings.default_phone_region == "DE"
+    cookie = IdentifierTypeRegistry(settings.identifier_types).get("cookie")
+    assert cookie is not None
+    assert (cookie.trust, cookie.priority, cookie.limit, cookie.limit_window) == (
+        Trust.LOW,
+        90,
+        3,
+        timedelta(days=7),
+    )
     normaliser = Normaliser(IdentifierTypeRegistry(settings.identifier_types))
 
     assert normaliser.normalise("member_no", "M-17").value == "M-17"
@@ -151,8 +164,39 @@ def test_an_unknown_phone_region_is_refused_at_start() -> None:
         Settings(
             database_url="postgresql+asyncpg://db/identity",
             nats_url="nats://127.0.0.1:4222",
+            grpc_host="127.0.0.1",
             default_phone_region="XX",
         )
+
+
+@pytest.mark.parametrize(
+    ("type_config", "message"),
+    [
+        ({"name": "x", "limit_window": "P1D"}, "needs a limit"),
+        ({"name": "x", "limit": 1, "limit_window": "-P1D"}, "positive"),
+        ({"name": "x", "limit": 0}, "greater than or equal to 1"),
+        ({"name": "x", "trust": "absolute"}, "trust"),
+        ({"name": "x", "priority": 0}, "priority"),
+    ],
+    ids=["window-without-limit", "negative-window", "zero-limit", "unknown-trust", "zero-priority"],
+)
+def test_bad_rule_knobs_are_refused_at_start(type_config: dict[str, object], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        IdentifierTypeConfig.model_validate(type_config)
+
+
+def test_the_tombstone_key_is_required_beyond_loopback() -> None:
+    common = {"database_url": "postgresql+asyncpg://db/identity", "nats_url": "nats://127.0.0.1:4222"}
+    with pytest.raises(ValueError, match="TOMBSTONE_KEY is required"):
+        Settings(**common, grpc_host="0.0.0.0")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="at least 32"):
+        Settings(**common, grpc_host="0.0.0.0", tombstone_key="short")  # type: ignore[arg-type]
+    secret = "k" * 32
+    served = Settings(**common, grpc_host="0.0.0.0", tombstone_key=secret)  # type: ignore[arg-type]
+    assert secret not in repr(served)
+    assert served.tombstones().key == secret.encode()
+    for host in ("127.0.0.1", "::1", "localhost"):
+        assert Settings(**common, grpc_host=host).tombstones().key == DEVELOPMENT_KEY  # type: ignore[arg-type]
 
 
 def test_a_type_configured_twice_is_refused() -> None:

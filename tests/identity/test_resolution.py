@@ -8,17 +8,18 @@ from datetime import UTC, datetime
 
 import pytest
 
-from omni_identity.merge import choose_survivor, final_survivor
-from omni_identity.normalise import IdentifierKey
-from omni_identity.repository import identifier_lock_key
-from omni_identity.resolution import (
+from omni_identity.changes import (
+    Attachment,
+    Held,
     NewIdentifier,
     PersonCreated,
     PersonsMerged,
-    Resolver,
     ResolveRequest,
-    dedupe,
 )
+from omni_identity.merge import choose_survivor, final_survivor
+from omni_identity.normalise import IdentifierKey
+from omni_identity.repository import identifier_lock_key
+from omni_identity.resolution import Resolver, dedupe
 
 NOW = datetime(2025, 1, 1, tzinfo=UTC)
 
@@ -37,45 +38,58 @@ def req(*keys: IdentifierKey, source: str = "t") -> ResolveRequest:
     return ResolveRequest(identifiers=keys, source=source)
 
 
+def resolver(holders: dict[IdentifierKey, uuid.UUID]) -> Resolver:
+    """A resolver without rules over stored identifiers whose ids are derived from their holders."""
+    return Resolver({k: Held(p, identifier_id(k)) for k, p in holders.items()}, now=NOW, new_id=ids())
+
+
+def identifier_id(key: IdentifierKey) -> uuid.UUID:
+    return uuid.uuid5(uuid.NAMESPACE_OID, f"{key.type}:{key.value}")
+
+
 P1, P2, P3 = (uuid.UUID(int=n) for n in (1, 2, 3))
 A, B, C, D = key("email", "a@x.io"), key("device_id", "b"), key("anonymous_id", "c"), key("user_id", "d")
 
 
 def test_unknown_identifiers_create_one_person_holding_them() -> None:
-    changes = Resolver({}, now=NOW, new_id=ids()).resolve_all([req(A, B)])
+    changes = resolver({}).resolve_all([req(A, B)])
 
     [resolution] = changes.resolutions
     assert resolution.created
     assert changes.created_person_ids == [resolution.person_id]
-    assert changes.new_identifiers == [
-        NewIdentifier(A, resolution.person_id, "t"),
-        NewIdentifier(B, resolution.person_id, "t"),
+    person_id = resolution.person_id
+    assert person_id is not None
+    assert [
+        (n.key, n.person_id, n.source, n.attached_to, n.via, n.attachment) for n in changes.new_identifiers
+    ] == [
+        (A, person_id, "t", person_id, (), Attachment.NEW_PERSON),
+        (B, person_id, "t", person_id, (), Attachment.NEW_PERSON),
     ]
-    assert changes.events == [PersonCreated(resolution.person_id, (A, B), "t")]
+    assert all(n.id.int >= 1000 for n in changes.new_identifiers)
+    assert changes.events == [PersonCreated(person_id, (A, B), "t")]
     assert not changes.merges and not changes.merged_into
 
 
 def test_known_identifiers_attach_the_new_ones_to_their_person() -> None:
-    changes = Resolver({A: P1}, now=NOW, new_id=ids()).resolve_all([req(A, B, source="app")])
+    changes = resolver({A: P1}).resolve_all([req(A, B, source="app")])
 
     [resolution] = changes.resolutions
     assert resolution.person_id == P1
     assert not resolution.created
     assert resolution.added_identifiers == [B]
-    assert changes.new_identifiers == [NewIdentifier(B, P1, "app")]
+    [new] = changes.new_identifiers
+    assert new == NewIdentifier(B, P1, "app", new.id, P1, (identifier_id(A),), Attachment.MATCHED)
     assert changes.events == []
 
 
 def test_nothing_changes_when_everything_is_known() -> None:
-    changes = Resolver({A: P1, B: P1}, now=NOW, new_id=ids()).resolve_all([req(A, B)])
+    changes = resolver({A: P1, B: P1}).resolve_all([req(A, B)])
     assert not changes.changed
     assert changes.resolutions[0].person_id == P1
 
 
 def test_linking_persons_merges_them_into_the_oldest() -> None:
-    changes = Resolver({A: P3, B: P1, C: P2}, now=NOW, new_id=ids()).resolve_all(
-        [req(A, B, C, D, source="pos")]
-    )
+    changes = resolver({A: P3, B: P1, C: P2}).resolve_all([req(A, B, C, D, source="pos")])
 
     [resolution] = changes.resolutions
     assert resolution.person_id == P1
@@ -91,7 +105,7 @@ def test_linking_persons_merges_them_into_the_oldest() -> None:
 
 
 def test_a_later_request_sees_what_an_earlier_one_did() -> None:
-    changes = Resolver({}, now=NOW, new_id=ids()).resolve_all([req(A), req(B), req(A, B), req(B, C)])
+    changes = resolver({}).resolve_all([req(A), req(B), req(A, B), req(B, C)])
 
     first, second, linked, attached = changes.resolutions
     assert first.created and second.created
@@ -109,7 +123,7 @@ def test_a_later_request_sees_what_an_earlier_one_did() -> None:
 
 
 def test_chained_merges_in_one_batch_move_identifiers_to_the_last_survivor() -> None:
-    changes = Resolver({A: P2, B: P3, C: P1}, now=NOW, new_id=ids()).resolve_all([req(A, B), req(B, C)])
+    changes = resolver({A: P2, B: P3, C: P1}).resolve_all([req(A, B), req(B, C)])
 
     assert changes.merged_into == {P3: P2, P2: P1}
     assert changes.moved_identifiers == {P3: P1, P2: P1}

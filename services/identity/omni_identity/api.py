@@ -3,29 +3,35 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime
 from typing import TypeVar
 
 import grpc
+from google.protobuf.message import Message
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from omni.identity.v1 import identity_pb2, identity_pb2_grpc
-from omni_identity import paging
+from omni_identity import messages, paging
+from omni_identity.changes import Resolution, ResolveRequest
 from omni_identity.events import OutboxPublisher, identifier_messages
-from omni_identity.merge import MergeRecord
 from omni_identity.normalise import IdentifierError, IdentifierKey, Normaliser
+from omni_identity.operator_repository import OperatorRepository
+from omni_identity.operators import Operators
 from omni_identity.persons import Persons
-from omni_identity.repository import ConcurrentMerge, IdentityRepository, PersonRecord
-from omni_identity.resolution import Resolution, ResolveRequest, dedupe
-from omni_kit.errors import Unavailable, Violations
-from omni_kit.ids import parse_uuid
+from omni_identity.repository import ConcurrentMerge, IdentityRepository
+from omni_identity.resolution import dedupe
+from omni_kit.errors import AlreadyExists, FailedPrecondition, Unavailable, Violations
 from omni_kit.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+R = TypeVar("R", bound=Message)
 
 MAX_BATCH = 1000
 MAX_IDENTIFIERS_PER_REQUEST = 100
@@ -44,9 +50,12 @@ _MAX_RUNS = 50
 class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
     """gRPC face of the identity graph."""
 
-    def __init__(self, runtime: Runtime, persons: Persons, normaliser: Normaliser) -> None:
+    def __init__(
+        self, runtime: Runtime, persons: Persons, operators: Operators, normaliser: Normaliser
+    ) -> None:
         self._runtime = runtime
         self._persons = persons
+        self._operators = operators
         self._normaliser = normaliser
 
     async def ResolvePerson(
@@ -58,7 +67,13 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
         violations.raise_if_any()
         assert resolve is not None
         [resolution] = await self._resolve([resolve])
-        return identity_pb2.ResolvePersonResponse(resolution=_resolution_message(resolution))
+        if resolution.forgotten:
+            # Nothing was written: the request held only identifiers of forgotten persons.
+            raise FailedPrecondition(
+                message="every identifier belongs to a forgotten person; drop the event",
+                reason="PERSON_FORGOTTEN",
+            )
+        return identity_pb2.ResolvePersonResponse(resolution=messages.resolution_message(resolution))
 
     async def BatchResolvePersons(
         self, request: identity_pb2.BatchResolvePersonsRequest, context: grpc.aio.ServicerContext
@@ -88,7 +103,7 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
         violations.raise_if_any()
         resolutions = await self._resolve([r for r in resolves if r is not None])
         return identity_pb2.BatchResolvePersonsResponse(
-            resolutions=[_resolution_message(r) for r in resolutions]
+            resolutions=[messages.resolution_message(r) for r in resolutions]
         )
 
     async def GetPerson(
@@ -96,12 +111,12 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
     ) -> identity_pb2.GetPersonResponse:
         """Show a person; a merged person's id leads to the survivor."""
         violations = Violations()
-        person_id = _person_id(request.person_id, "person_id", violations)
+        person_id = messages.person_id(request.person_id, "person_id", violations)
         violations.raise_if_any()
         assert person_id is not None
         async with self._runtime.transaction() as session:
             person = await self._persons.get(IdentityRepository(session), person_id)
-        return identity_pb2.GetPersonResponse(person=_person_message(person))
+        return identity_pb2.GetPersonResponse(person=messages.person_message(person))
 
     async def LookupPerson(
         self, request: identity_pb2.LookupPersonRequest, context: grpc.aio.ServicerContext
@@ -117,33 +132,158 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
         assert key is not None
         async with self._runtime.transaction() as session:
             person = await self._persons.lookup(IdentityRepository(session), key)
-        return identity_pb2.LookupPersonResponse(person=_person_message(person))
+        return identity_pb2.LookupPersonResponse(person=messages.person_message(person))
 
     async def ListPersonMerges(
         self, request: identity_pb2.ListPersonMergesRequest, context: grpc.aio.ServicerContext
     ) -> identity_pb2.ListPersonMergesResponse:
         """List a person's lineage, a page at a time."""
         violations = Violations()
-        person_id = _person_id(request.person_id, "person_id", violations)
-        limit = after = None
-        try:
-            limit = paging.page_size(request.page_size)
-        except ValueError as error:
-            violations.add("page_size", str(error))
-        try:
-            after = paging.decode_token(request.page_token)
-        except ValueError as error:
-            violations.add("page_token", str(error))
+        person_id = messages.person_id(request.person_id, "person_id", violations)
+        limit, after = messages.page(request.page_size, request.page_token, paging.MERGES, violations)
         violations.raise_if_any()
-        assert person_id is not None and limit is not None
+        assert person_id is not None
         async with self._runtime.transaction() as session:
             _, merges = await self._persons.lineage(
                 IdentityRepository(session), person_id, after=after, limit=limit + 1
             )
-        response = identity_pb2.ListPersonMergesResponse(merges=[_merge_message(m) for m in merges[:limit]])
+        response = identity_pb2.ListPersonMergesResponse(
+            merges=[messages.merge_message(m) for m in merges[:limit]]
+        )
         if len(merges) > limit:
-            response.next_page_token = paging.encode_token(merges[limit - 1].id)
+            response.next_page_token = paging.encode_token(merges[limit - 1].id, paging.MERGES)
         return response
+
+    async def ListPersonIdentifiers(
+        self, request: identity_pb2.ListPersonIdentifiersRequest, context: grpc.aio.ServicerContext
+    ) -> identity_pb2.ListPersonIdentifiersResponse:
+        """List a person's identifiers with how each was attached, a page at a time."""
+        violations = Violations()
+        person_id = messages.person_id(request.person_id, "person_id", violations)
+        limit, after = messages.page(request.page_size, request.page_token, paging.IDENTIFIERS, violations)
+        violations.raise_if_any()
+        assert person_id is not None
+        async with self._runtime.transaction() as session:
+            records = await self._persons.identifiers(
+                IdentityRepository(session), person_id, after=after, limit=limit + 1
+            )
+        response = identity_pb2.ListPersonIdentifiersResponse(
+            identifiers=[messages.person_identifier_message(r) for r in records[:limit]]
+        )
+        if len(records) > limit:
+            response.next_page_token = paging.encode_token(records[limit - 1].id, paging.IDENTIFIERS)
+        return response
+
+    async def ListRefusedLinks(
+        self, request: identity_pb2.ListRefusedLinksRequest, context: grpc.aio.ServicerContext
+    ) -> identity_pb2.ListRefusedLinksResponse:
+        """List the refused links involving a person, a page at a time."""
+        violations = Violations()
+        person_id = messages.person_id(request.person_id, "person_id", violations)
+        limit, after = messages.page(request.page_size, request.page_token, paging.REFUSED_LINKS, violations)
+        violations.raise_if_any()
+        assert person_id is not None
+        async with self._runtime.transaction() as session:
+            links = await self._persons.refused_links(
+                IdentityRepository(session), person_id, after=after, limit=limit + 1
+            )
+        response = identity_pb2.ListRefusedLinksResponse(
+            refused_links=[messages.refused_link_message(link) for link in links[:limit]]
+        )
+        if len(links) > limit:
+            response.next_page_token = paging.encode_token(links[limit - 1].id, paging.REFUSED_LINKS)
+        return response
+
+    async def MergePersons(
+        self, request: identity_pb2.MergePersonsRequest, context: grpc.aio.ServicerContext
+    ) -> identity_pb2.MergePersonsResponse:
+        """Merge one person into another on an operator's word."""
+        violations = Violations()
+        request_id = messages.request_id(request.request_id, violations)
+        survivor_id = messages.person_id(request.survivor_person_id, "survivor_person_id", violations)
+        merged_id = messages.person_id(request.merged_person_id, "merged_person_id", violations)
+        reason = messages.text(request.reason, "reason", messages.MAX_REASON_LENGTH, violations)
+        if survivor_id is not None and survivor_id == merged_id:
+            violations.add(
+                "merged_person_id", "is the survivor itself; a person cannot be merged with itself"
+            )
+        violations.raise_if_any()
+        assert survivor_id is not None and merged_id is not None
+
+        async def work(session: AsyncSession) -> tuple[identity_pb2.MergePersonsResponse, list[uuid.UUID]]:
+            merged = await self._operators.merge(
+                OperatorRepository(session),
+                IdentityRepository(session),
+                OutboxPublisher(self._runtime.outbox, session),
+                survivor_id,
+                merged_id,
+                reason,
+            )
+            response = identity_pb2.MergePersonsResponse(
+                person=messages.person_message(merged.survivor), merge=messages.merge_message(merged.merge)
+            )
+            return response, [merged.merge.survivor_id, merged.merge.merged_id]
+
+        return await self._idempotent("merge", request_id, request, identity_pb2.MergePersonsResponse, work)
+
+    async def UnmergePerson(
+        self, request: identity_pb2.UnmergePersonRequest, context: grpc.aio.ServicerContext
+    ) -> identity_pb2.UnmergePersonResponse:
+        """Split a merged person back out of the person it was merged into."""
+        violations = Violations()
+        request_id = messages.request_id(request.request_id, violations)
+        person_id = messages.person_id(request.person_id, "person_id", violations)
+        reason = messages.text(request.reason, "reason", messages.MAX_REASON_LENGTH, violations)
+        violations.raise_if_any()
+        assert person_id is not None
+
+        async def work(session: AsyncSession) -> tuple[identity_pb2.UnmergePersonResponse, list[uuid.UUID]]:
+            unmerged = await self._operators.unmerge(
+                OperatorRepository(session),
+                IdentityRepository(session),
+                OutboxPublisher(self._runtime.outbox, session),
+                person_id,
+                reason,
+            )
+            response = identity_pb2.UnmergePersonResponse(
+                restored_person=messages.person_message(unmerged.restored),
+                survivor_person=messages.person_message(unmerged.survivor),
+                moved_identifiers=identifier_messages(unmerged.moved),
+                merge=messages.merge_message(unmerged.merge),
+            )
+            return response, [unmerged.restored.id, unmerged.survivor.id]
+
+        return await self._idempotent(
+            "unmerge", request_id, request, identity_pb2.UnmergePersonResponse, work
+        )
+
+    async def ForgetPerson(
+        self, request: identity_pb2.ForgetPersonRequest, context: grpc.aio.ServicerContext
+    ) -> identity_pb2.ForgetPersonResponse:
+        """Erase a person, leaving tombstones and an audit record."""
+        violations = Violations()
+        request_id = messages.request_id(request.request_id, violations)
+        person_id = messages.person_id(request.person_id, "person_id", violations)
+        requested_by = messages.text(
+            request.requested_by, "requested_by", messages.MAX_REQUESTED_BY_LENGTH, violations, required=True
+        )
+        reason = messages.text(request.reason, "reason", messages.MAX_REASON_LENGTH, violations)
+        violations.raise_if_any()
+        assert person_id is not None
+
+        async def work(session: AsyncSession) -> tuple[identity_pb2.ForgetPersonResponse, list[uuid.UUID]]:
+            forgotten = await self._operators.forget(
+                OperatorRepository(session),
+                OutboxPublisher(self._runtime.outbox, session),
+                person_id,
+                requested_by=requested_by,
+                reason=reason,
+                request_id=request_id,
+            )
+            response = identity_pb2.ForgetPersonResponse(erasure=messages.erasure_message(forgotten.erasure))
+            return response, list(forgotten.erasure.person_ids)
+
+        return await self._idempotent("forget", request_id, request, identity_pb2.ForgetPersonResponse, work)
 
     def _resolve_request(
         self, request: identity_pb2.ResolvePersonRequest, prefix: str, violations: Violations
@@ -190,6 +330,43 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
 
         return await _retrying(work)
 
+    async def _idempotent(
+        self,
+        kind: str,
+        request_id: str,
+        request: Message,
+        response_type: type[R],
+        work: Callable[[AsyncSession], Awaitable[tuple[R, list[uuid.UUID]]]],
+    ) -> R:
+        """Run an operator change once per request id: a repeat answers the stored answer."""
+        fingerprint = hashlib.sha256(kind.encode() + request.SerializeToString(deterministic=True)).digest()
+
+        async def attempt() -> R:
+            async with self._runtime.transaction() as session:
+                operations = OperatorRepository(session)
+                await operations.lock_request(request_id)
+                stored = await operations.operation(request_id)
+                if stored is not None:
+                    if stored.kind != kind or stored.fingerprint != fingerprint:
+                        raise AlreadyExists(
+                            message=f"request_id {request_id!r} was used for another request",
+                            reason="IDEMPOTENCY_KEY_REUSED",
+                            metadata={"request_id": request_id},
+                        )
+                    return response_type.FromString(stored.response)
+                response, person_ids = await work(session)
+                await operations.record_operation(
+                    request_id,
+                    kind=kind,
+                    fingerprint=fingerprint,
+                    response=response.SerializeToString(),
+                    person_ids=person_ids,
+                    now=datetime.now(UTC),
+                )
+                return response
+
+        return await _retrying(attempt)
+
 
 async def _retrying(work: Callable[[], Awaitable[T]]) -> T:
     """Run a transaction again when a concurrent merge overtook it or the database aborted it."""
@@ -199,7 +376,7 @@ async def _retrying(work: Callable[[], Awaitable[T]]) -> T:
             return await work()
         except ConcurrentMerge as overtaken:
             # Expected now and then under concurrency: the locks were released, the next run sees the merge.
-            log.debug("resolve overtaken by a merge, running again: %s", overtaken)
+            log.debug("overtaken by a concurrent change, running again: %s", overtaken)
         except DBAPIError as error:
             sqlstate = _sqlstate(error)
             if sqlstate not in _RETRYABLE_SQLSTATES:
@@ -215,44 +392,3 @@ async def _retrying(work: Callable[[], Awaitable[T]]) -> T:
 def _sqlstate(error: DBAPIError) -> str | None:
     orig = error.orig
     return getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
-
-
-def _person_id(value: str, path: str, violations: Violations) -> uuid.UUID | None:
-    if not value.strip():
-        violations.add(path, "is required")
-        return None
-    parsed = parse_uuid(value.strip())
-    if parsed is None:
-        violations.add(path, "is not a person id (a UUID)")
-    return parsed
-
-
-def _resolution_message(resolution: Resolution) -> identity_pb2.Resolution:
-    return identity_pb2.Resolution(
-        person_id=str(resolution.person_id),
-        created=resolution.created,
-        merged_person_ids=[str(pid) for pid in resolution.merged_person_ids],
-        added_identifiers=identifier_messages(resolution.added_identifiers),
-    )
-
-
-def _merge_message(merge: MergeRecord) -> identity_pb2.Merge:
-    message = identity_pb2.Merge(
-        id=str(merge.id),
-        survivor_person_id=str(merge.survivor_id),
-        merged_person_id=str(merge.merged_id),
-        cause_identifiers=identifier_messages(merge.cause_identifiers),
-        source=merge.source,
-    )
-    message.merge_time.FromDatetime(merge.merged_at)
-    return message
-
-
-def _person_message(person: PersonRecord) -> identity_pb2.Person:
-    message = identity_pb2.Person(
-        id=str(person.id),
-        identifiers=identifier_messages(person.identifiers),
-        merged_person_ids=[str(pid) for pid in person.merged_person_ids],
-    )
-    message.create_time.FromDatetime(person.created_at)
-    return message

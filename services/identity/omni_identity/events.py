@@ -2,6 +2,8 @@
 
 identity.person_created (PersonCreatedEvent): a person was seen for the first time.
 identity.persons_merged (PersonsMergedEvent): persons were found to be one; the merged ids lead to the survivor.
+identity.persons_unmerged (PersonsUnmergedEvent): an operator split a merged person back out of its survivor.
+identity.person_forgotten (PersonForgottenEvent): a person was erased; every service deletes what it holds.
 Identity consumes no events yet.
 """
 
@@ -14,12 +16,14 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from omni.common.v1 import common_pb2
 from omni.identity.v1 import events_pb2
+from omni_identity.changes import GraphEvent, PersonCreated, PersonForgotten, PersonsMerged, PersonsUnmerged
 from omni_identity.normalise import IdentifierKey
-from omni_identity.resolution import GraphEvent, PersonCreated, PersonsMerged
 from omni_kit.bus import Outbox
 
 PERSON_CREATED = "identity.person_created"
 PERSONS_MERGED = "identity.persons_merged"
+PERSONS_UNMERGED = "identity.persons_unmerged"
+PERSON_FORGOTTEN = "identity.person_forgotten"
 
 
 def identifier_messages(keys: Iterable[IdentifierKey]) -> list[common_pb2.Identifier]:
@@ -48,8 +52,30 @@ def event_payload(event: GraphEvent) -> tuple[str, str, Message]:
                 merged_person_ids=[str(pid) for pid in event.merged_ids],
                 cause_identifiers=identifier_messages(event.cause_identifiers),
                 source=event.source,
+                reason=event.reason,
             ),
         )
+    if isinstance(event, PersonsUnmerged):
+        return (
+            PERSONS_UNMERGED,
+            str(event.restored_id),
+            events_pb2.PersonsUnmergedEvent(
+                survivor_person_id=str(event.survivor_id),
+                restored_person_id=str(event.restored_id),
+                restored_merged_person_ids=[str(pid) for pid in event.restored_merged_ids],
+                moved_identifiers=identifier_messages(event.moved_identifiers),
+                merge_id=str(event.merge_id),
+                reason=event.reason,
+            ),
+        )
+    if isinstance(event, PersonForgotten):
+        payload = events_pb2.PersonForgottenEvent(
+            person_id=str(event.person_id),
+            forgotten_person_ids=[str(pid) for pid in event.forgotten_ids],
+            erasure_id=str(event.erasure_id),
+        )
+        payload.forget_time.FromDatetime(event.forgotten_at)
+        return PERSON_FORGOTTEN, str(event.person_id), payload
     raise TypeError(f"not an identity event: {event!r}")
 
 

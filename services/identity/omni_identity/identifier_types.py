@@ -1,9 +1,13 @@
-"""Identifier types are configuration, not code: which types exist, how each is normalised, what never matches.
+"""Identifier types are configuration, not code: which types exist, how each is normalised and trusted.
 
 A type names a normalisation kind ("email", "phone" or "opaque") and carries its own blocked values: values
 that real systems emit when they have no identifier ("null", "undefined", "0", "anonymous" …) and that would
 fuse strangers into one person if they were used to match. Blocked values are compared after normalisation
 and case-insensitively; blocked patterns are regular expressions matched against the whole normalised value.
+
+It also carries the rules that keep strangers apart (applied by rules.py): a trust level, a limit of how
+many values of the type one person may hold (optionally counting only values attached within a window),
+and a priority saying which identifier is set aside first when a rule refuses a link.
 
 The registry is built once from settings (``Settings.identifier_types``) and passed to whoever needs it.
 """
@@ -13,10 +17,11 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from datetime import timedelta
 from enum import StrEnum
 from functools import cached_property
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 MAX_VALUE_LENGTH = 256
 """The longest normalised identifier value any type accepts."""
@@ -29,6 +34,23 @@ class NormalisationKind(StrEnum):
     PHONE = "phone"
     OPAQUE = "opaque"
 
+
+class Trust(StrEnum):
+    """How surely one value of a type means one person.
+
+    high: an account or card that identifies one person (user id, loyalty card, POS customer id);
+    medium: usually one person, sometimes shared or mistyped (email, phone);
+    low: a browser, device or app install that several people may use (cookie, device id, push token).
+    Low-trust identifiers find and extend persons, but never on their own link a person holding a
+    high-trust identifier to another person or new identifier carrying a different high-trust one.
+    """
+
+    HIGH = "high"
+    MEDIUM = "medium"
+    LOW = "low"
+
+
+DEFAULT_PRIORITY = 100
 
 # What tracking libraries, forms and point-of-sale systems send when they have no value to send.
 COMMON_BLOCKED_VALUES: tuple[str, ...] = (
@@ -89,27 +111,69 @@ class IdentifierTypeConfig(BaseModel):
     max_length: int = Field(
         default=MAX_VALUE_LENGTH, ge=1, le=MAX_VALUE_LENGTH, description="Longest value, in characters."
     )
+    trust: Trust = Field(default=Trust.MEDIUM, description="high, medium or low (see Trust).")
+    priority: int = Field(
+        default=DEFAULT_PRIORITY,
+        ge=1,
+        le=1000,
+        description="When a rule refuses a link, the identifier with the largest number is set aside first.",
+    )
+    limit: int | None = Field(
+        default=None,
+        ge=1,
+        le=100_000,
+        description="Most values of this type one person may hold; null: no limit.",
+    )
+    limit_window: timedelta | None = Field(
+        default=None,
+        description='Only values attached within this window count towards limit (ISO 8601, e.g. "P7D").',
+    )
+
+    @model_validator(mode="after")
+    def _window_needs_a_limit(self) -> IdentifierTypeConfig:
+        if self.limit_window is not None:
+            if self.limit is None:
+                raise ValueError("limit_window needs a limit")
+            if self.limit_window <= timedelta(0):
+                raise ValueError("limit_window must be positive")
+        return self
 
 
 def default_identifier_types() -> tuple[IdentifierTypeConfig, ...]:
-    """The types Omni ships with: email, phone and the opaque ids channels carry."""
-    opaque = (
-        "anonymous_id",
-        "device_id",
-        "user_id",
-        "loyalty_card",
-        "pos_customer_id",
-        "push_token",
-    )
+    """The types Omni ships with, strongest first: accounts and cards, then email and phone, then devices.
+
+    At most one user id per person ever (two accounts are two people until an operator says otherwise), a
+    few loyalty cards, POS ids, emails and phones; devices, push tokens and cookies are cheap to make and
+    shared, so they are low-trust, counted over a recent window and set aside first.
+    """
+    week, month = timedelta(days=7), timedelta(days=30)
+
+    def opaque(
+        name: str, trust: Trust, priority: int, limit: int, window: timedelta | None = None
+    ) -> IdentifierTypeConfig:
+        return IdentifierTypeConfig(
+            name=name, trust=trust, priority=priority, limit=limit, limit_window=window
+        )
+
     return (
+        opaque("user_id", Trust.HIGH, 10, 1),
+        opaque("loyalty_card", Trust.HIGH, 20, 3),
+        opaque("pos_customer_id", Trust.HIGH, 30, 5),
         IdentifierTypeConfig(
             name="email",
             kind=NormalisationKind.EMAIL,
             blocked_values=COMMON_BLOCKED_VALUES + EMAIL_BLOCKED_VALUES,
             blocked_patterns=EMAIL_BLOCKED_PATTERNS,
+            trust=Trust.MEDIUM,
+            priority=40,
+            limit=5,
         ),
-        IdentifierTypeConfig(name="phone", kind=NormalisationKind.PHONE),
-        *(IdentifierTypeConfig(name=name) for name in opaque),
+        IdentifierTypeConfig(
+            name="phone", kind=NormalisationKind.PHONE, trust=Trust.MEDIUM, priority=50, limit=5
+        ),
+        opaque("push_token", Trust.LOW, 60, 10, month),
+        opaque("device_id", Trust.LOW, 70, 10, month),
+        opaque("anonymous_id", Trust.LOW, 80, 5, week),
     )
 
 
@@ -123,6 +187,10 @@ class IdentifierType:
     blocked_pattern: re.Pattern[str] | None
     """All blocked patterns as one alternation, so a value is checked in one regex run."""
     max_length: int
+    trust: Trust = Trust.MEDIUM
+    priority: int = DEFAULT_PRIORITY
+    limit: int | None = None
+    limit_window: timedelta | None = None
 
     @classmethod
     def from_config(cls, config: IdentifierTypeConfig) -> IdentifierType:
@@ -137,6 +205,10 @@ class IdentifierType:
                 else None
             ),
             max_length=config.max_length,
+            trust=config.trust,
+            priority=config.priority,
+            limit=config.limit,
+            limit_window=config.limit_window,
         )
 
     def is_blocked(self, normalised: str) -> bool:
@@ -170,6 +242,13 @@ class IdentifierTypeRegistry:
     def names(self) -> tuple[str, ...]:
         """The configured type names, sorted."""
         return tuple(sorted(self._types))
+
+    @cached_property
+    def watched(self) -> frozenset[str]:
+        """The types whose values are counted per person: those with a limit, and the high-trust ones."""
+        return frozenset(
+            name for name, t in self._types.items() if t.limit is not None or t.trust is Trust.HIGH
+        )
 
     def as_mapping(self) -> Mapping[str, IdentifierType]:
         """The types by name (read-only view)."""

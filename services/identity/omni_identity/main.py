@@ -2,21 +2,25 @@
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 
 import phonenumbers
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from omni.identity.v1 import identity_pb2_grpc
 from omni_identity.api import IdentityServicer
+from omni_identity.erasure import DEVELOPMENT_KEY, TombstonePolicy, Tombstones
 from omni_identity.identifier_types import (
     IdentifierTypeConfig,
     IdentifierTypeRegistry,
     default_identifier_types,
 )
 from omni_identity.normalise import Normaliser
+from omni_identity.operators import Operators
 from omni_identity.persons import Persons
+from omni_identity.rules import Rules
 from omni_kit.runtime import Runtime
 from omni_kit.settings import ServiceSettings
 
@@ -35,7 +39,19 @@ class Settings(ServiceSettings):
     )
     identifier_types: tuple[IdentifierTypeConfig, ...] = Field(
         default_factory=default_identifier_types,
-        description="The identifier types accepted, with their normalisation and blocked values (JSON list).",
+        description="The identifier types accepted, with normalisation, blocked values, trust, limits and "
+        "priority (JSON list; see the README's identity rules).",
+    )
+    tombstone_key: SecretStr | None = Field(
+        None,
+        description="Secret key of the tombstones' HMAC-SHA256 (at least 32 characters); required unless the "
+        "service listens on loopback only (tests, the laptop run). Never change it: old tombstones would "
+        "stop matching.",
+    )
+    tombstone_policy: TombstonePolicy = Field(
+        TombstonePolicy.DROP,
+        description="Identifiers of forgotten persons in later resolves: drop (ignored; only such identifiers: "
+        "FAILED_PRECONDITION PERSON_FORGOTTEN) or new_person (treated as never seen).",
     )
 
     @field_validator("default_phone_region")
@@ -46,6 +62,28 @@ class Settings(ServiceSettings):
             raise ValueError(f"{value!r} is not a region phonenumbers knows")
         return region
 
+    @model_validator(mode="after")
+    def _tombstone_key_outside_loopback(self) -> Settings:
+        if self.tombstone_key is None and not _loopback(self.grpc_host):
+            raise ValueError("OMNI_IDENTITY_TOMBSTONE_KEY is required when serving beyond 127.0.0.1")
+        if self.tombstone_key is not None and len(self.tombstone_key.get_secret_value()) < 32:
+            raise ValueError("OMNI_IDENTITY_TOMBSTONE_KEY must be at least 32 characters")
+        return self
+
+    def tombstones(self) -> Tombstones:
+        """The tombstone hasher and policy these settings describe."""
+        key = self.tombstone_key.get_secret_value().encode() if self.tombstone_key else DEVELOPMENT_KEY
+        return Tombstones(key, self.tombstone_policy)
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
 
 async def start(settings: Settings) -> Runtime:
     """Open the database and the event log, then serve IdentityService; return the running runtime."""
@@ -53,7 +91,8 @@ async def start(settings: Settings) -> Runtime:
     await runtime.open()
     registry = IdentifierTypeRegistry(settings.identifier_types)
     normaliser = Normaliser(registry, default_phone_region=settings.default_phone_region)
-    servicer = IdentityServicer(runtime, Persons(), normaliser)
+    rules, tombstones = Rules(registry), settings.tombstones()
+    servicer = IdentityServicer(runtime, Persons(rules, tombstones), Operators(rules, tombstones), normaliser)
     await runtime.serve(
         service_names=[SERVICE_NAME],
         register=lambda server: identity_pb2_grpc.add_IdentityServiceServicer_to_server(servicer, server),

@@ -3,8 +3,8 @@
 When one resolve links identifiers held by several persons, they are one customer. The oldest person (the
 smallest UUIDv7) survives, so the id most systems have already seen stays valid and merges are
 order-independent; every other person gets ``merged_into`` pointing at the survivor and gives it their
-identifiers. Because survivors are always older than the persons merged into them, ``merged_into`` chains
-always lead to older persons and can never form a cycle.
+identifiers. An operator may also merge two persons and name the survivor (MergePersons). Only live persons
+are ever merged, into another live person, so ``merged_into`` links form trees and never a cycle.
 """
 
 from __future__ import annotations
@@ -13,8 +13,18 @@ import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from enum import StrEnum
 
 from omni_identity.normalise import IdentifierKey
+
+
+class MergeRule(StrEnum):
+    """Why persons were merged."""
+
+    SHARED_IDENTIFIERS = "shared_identifiers"
+    """A resolve saw identifiers of both persons together."""
+    OPERATOR = "operator"
+    """An operator merged them (MergePersons)."""
 
 
 @dataclass(frozen=True)
@@ -27,6 +37,12 @@ class MergeRecord:
     cause_identifiers: tuple[IdentifierKey, ...]
     source: str
     merged_at: datetime
+    rule: MergeRule = MergeRule.SHARED_IDENTIFIERS
+    reason: str = ""
+    """The operator's reason, for operator merges."""
+    undone_at: datetime | None = None
+    """When an unmerge undid this merge; None while it stands."""
+    undo_reason: str = ""
 
 
 @dataclass(frozen=True)

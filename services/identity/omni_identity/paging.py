@@ -1,4 +1,7 @@
-"""Opaque page tokens: the position after which the next page starts, never to be parsed by clients."""
+"""Opaque page tokens: the position after which the next page starts, never to be parsed by clients.
+
+Each list has its own two-byte kind, so a token of one list is refused by another.
+"""
 
 from __future__ import annotations
 
@@ -17,12 +20,17 @@ def page_size(requested: int) -> int:
     return min(requested or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
 
 
-def encode_token(after: uuid.UUID) -> str:
+MERGES = b"m1"
+IDENTIFIERS = b"i1"
+REFUSED_LINKS = b"r1"
+
+
+def encode_token(after: uuid.UUID, kind: bytes = MERGES) -> str:
     """A token for the page that starts after the row with this id."""
-    return base64.urlsafe_b64encode(b"m1" + after.bytes).decode().rstrip("=")
+    return base64.urlsafe_b64encode(kind + after.bytes).decode().rstrip("=")
 
 
-def decode_token(token: str) -> uuid.UUID | None:
+def decode_token(token: str, kind: bytes = MERGES) -> uuid.UUID | None:
     """The id a token points after; None for the first page. Raises ValueError for a token we did not make."""
     if not token:
         return None
@@ -30,6 +38,6 @@ def decode_token(token: str) -> uuid.UUID | None:
         raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
     except (binascii.Error, ValueError) as error:
         raise ValueError("is not a page token of this list") from error
-    if len(raw) != 18 or not raw.startswith(b"m1"):
+    if len(raw) != 18 or not raw.startswith(kind):
         raise ValueError("is not a page token of this list")
     return uuid.UUID(bytes=raw[2:])

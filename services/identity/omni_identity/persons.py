@@ -1,4 +1,5 @@
-"""The identity graph's use cases: resolve identifier sets to persons, show a person, look one up.
+"""The identity graph's use cases: resolve identifier sets to persons, show a person, its identifiers,
+lineage and refused links, look one up.
 
 Each function runs inside the caller's transaction, given the storage and the event sink bound to it.
 A resolve that changes the graph locks every identifier of the whole batch before reading who holds them,
@@ -13,17 +14,13 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Protocol
 
+from omni_identity.changes import GraphEvent, RefusedLink, Resolution, ResolveRequest
+from omni_identity.erasure import TombstonePolicy, Tombstones
 from omni_identity.merge import MergeRecord
 from omni_identity.normalise import IdentifierKey
-from omni_identity.repository import IdentityRepository, PersonRecord
-from omni_identity.resolution import (
-    GraphChanges,
-    GraphEvent,
-    Resolution,
-    Resolver,
-    ResolveRequest,
-    changes_anything,
-)
+from omni_identity.repository import IdentifierRecord, IdentityRepository, PersonRecord
+from omni_identity.resolution import Resolver, changes_anything
+from omni_identity.rules import Rules
 from omni_kit.errors import NotFound
 from omni_kit.ids import new_id
 
@@ -35,15 +32,24 @@ class EventSink(Protocol):
         """Stage the events."""
 
 
+def person_forgotten(person_id: uuid.UUID) -> NotFound:
+    """The error for reading a person that was erased."""
+    return NotFound(message=f"person {person_id} was forgotten", reason="PERSON_FORGOTTEN")
+
+
 class Persons:
     """Resolves, shows and looks up persons."""
 
     def __init__(
         self,
+        rules: Rules,
+        tombstones: Tombstones,
         *,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         id_factory: Callable[[], uuid.UUID] = new_id,
     ) -> None:
+        self._rules = rules
+        self._tombstones = tombstones
         self._clock = clock
         self._new_id = id_factory
 
@@ -62,17 +68,31 @@ class Persons:
         if not changes_anything(holders, requests):
             return [Resolution(person_id=holders[request.identifiers[0]]) for request in requests]
         await repository.lock_identifiers(keys)
-        changes = self._plan(await repository.lock_holders(keys), requests)
+        locked = await repository.lock_holders(keys)
+        now = self._clock()
+        unknown = self._tombstones.hashes(key for key in keys if key not in locked)
+        tallies, tombstoned = await repository.facts(
+            {held.person_id for held in locked.values()}, self._rules.windows(now), unknown
+        )
+        ignored = (
+            {unknown[h] for h in tombstoned} if self._tombstones.policy is TombstonePolicy.DROP else set()
+        )
+        changes = Resolver(
+            locked, now=now, new_id=self._new_id, rules=self._rules, tallies=tallies, ignored=ignored
+        ).resolve_all(requests)
         if changes.changed:
             await repository.apply(changes)
             await events.publish(changes.events)
         return changes.resolutions
 
     async def get(self, repository: IdentityRepository, person_id: uuid.UUID) -> PersonRecord:
-        """The live person an id leads to (a merged id leads to its survivor); NotFound when unknown."""
+        """The live person an id leads to (a merged id leads to its survivor); NotFound when unknown or
+        forgotten (reason PERSON_FORGOTTEN)."""
         record = await repository.person(person_id)
         if record is None:
             raise NotFound(message=f"person {person_id} not found", reason="PERSON_NOT_FOUND")
+        if record.forgotten_at is not None:
+            raise person_forgotten(person_id)
         return record
 
     async def lookup(self, repository: IdentityRepository, key: IdentifierKey) -> PersonRecord:
@@ -92,7 +112,18 @@ class Persons:
         )
         return record, merges
 
-    def _plan(
-        self, holders: dict[IdentifierKey, uuid.UUID], requests: Sequence[ResolveRequest]
-    ) -> GraphChanges:
-        return Resolver(holders, now=self._clock(), new_id=self._new_id).resolve_all(requests)
+    async def identifiers(
+        self, repository: IdentityRepository, person_id: uuid.UUID, *, after: uuid.UUID | None, limit: int
+    ) -> list[IdentifierRecord]:
+        """Up to limit identifiers of the live person an id leads to, in attach order, after an identifier id."""
+        record = await self.get(repository, person_id)
+        return await repository.identifiers_of(record.id, after=after, limit=limit)
+
+    async def refused_links(
+        self, repository: IdentityRepository, person_id: uuid.UUID, *, after: uuid.UUID | None, limit: int
+    ) -> list[RefusedLink]:
+        """Up to limit refused links involving the live person an id leads to or a person merged into it."""
+        record = await self.get(repository, person_id)
+        return await repository.refused_links_of(
+            [record.id, *record.merged_person_ids], after=after, limit=limit
+        )

@@ -1,12 +1,14 @@
 """Resolving identifier sets to persons, as a pure computation over the part of the graph they touch.
 
-The caller loads who currently holds each identifier of the batch (under locks, see persons.py), then
-``Resolver`` works through the requests in order on that in-memory copy: a later request sees what the
-earlier ones did. What it decided comes back as ``GraphChanges``, which storage writes in a few bulk
-statements, and the events to publish with them.
+The caller loads who currently holds each identifier of the batch (under locks, see persons.py) and how
+many values of each watched type those persons hold, then ``Resolver`` works through the requests in
+order on that in-memory copy: a later request sees what the earlier ones did. What it decided comes back
+as ``GraphChanges``, which storage writes in a few bulk statements, and the events to publish with them.
 
 For one request:
-- no identifier is known: a new person holds them all (person created);
+- identifiers of forgotten persons are ignored when the tombstone policy says so (erasure.py);
+- the rules (rules.py) may set identifiers aside, one at a time, until the rest may be joined;
+- no remaining identifier is known: a new person holds them all (person created);
 - the known identifiers belong to one person: the unknown ones are added to it;
 - they belong to several persons: those merge into the oldest (merge.py), then the unknown ones are added.
 """
@@ -15,86 +17,24 @@ from __future__ import annotations
 
 import uuid
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from datetime import datetime
 
+from omni_identity.changes import (
+    Attachment,
+    GraphChanges,
+    Held,
+    NewIdentifier,
+    PersonCreated,
+    PersonsMerged,
+    Refusal,
+    RefusedLink,
+    Resolution,
+    ResolveRequest,
+)
 from omni_identity.merge import MergeRecord, choose_survivor, final_survivor
 from omni_identity.normalise import IdentifierKey
-
-
-@dataclass(frozen=True)
-class ResolveRequest:
-    """Normalised, de-duplicated identifiers seen together, and where they were seen."""
-
-    identifiers: tuple[IdentifierKey, ...]
-    source: str = ""
-
-    def __post_init__(self) -> None:
-        if not self.identifiers:
-            raise ValueError("a resolve request needs at least one identifier")
-
-
-@dataclass
-class Resolution:
-    """What one request resolved to, at the moment it was resolved."""
-
-    person_id: uuid.UUID
-    created: bool = False
-    merged_person_ids: list[uuid.UUID] = field(default_factory=list)
-    added_identifiers: list[IdentifierKey] = field(default_factory=list)
-
-
-@dataclass(frozen=True)
-class PersonCreated:
-    """A person was created holding these identifiers."""
-
-    person_id: uuid.UUID
-    identifiers: tuple[IdentifierKey, ...]
-    source: str
-
-
-@dataclass(frozen=True)
-class PersonsMerged:
-    """Persons were merged into a survivor because these identifiers were seen together."""
-
-    survivor_id: uuid.UUID
-    merged_ids: tuple[uuid.UUID, ...]
-    cause_identifiers: tuple[IdentifierKey, ...]
-    source: str
-
-
-GraphEvent = PersonCreated | PersonsMerged
-
-
-@dataclass(frozen=True)
-class NewIdentifier:
-    """An identifier to store, with the person that holds it once the whole batch is applied."""
-
-    key: IdentifierKey
-    person_id: uuid.UUID
-    source: str
-
-
-@dataclass
-class GraphChanges:
-    """Everything a batch of resolves changes, ready to be written in bulk."""
-
-    now: datetime
-    resolutions: list[Resolution] = field(default_factory=list)
-    created_person_ids: list[uuid.UUID] = field(default_factory=list)
-    new_identifiers: list[NewIdentifier] = field(default_factory=list)
-    merged_into: dict[uuid.UUID, uuid.UUID] = field(default_factory=dict)
-    """Each person merged by the batch → the person it was merged into (its immediate survivor)."""
-    moved_identifiers: dict[uuid.UUID, uuid.UUID] = field(default_factory=dict)
-    """Each person that existed before the batch and was merged → the live person its identifiers go to."""
-    merges: list[MergeRecord] = field(default_factory=list)
-    events: list[GraphEvent] = field(default_factory=list)
-
-    @property
-    def changed(self) -> bool:
-        """True when the batch writes anything."""
-        return bool(self.created_person_ids or self.new_identifiers or self.merged_into)
+from omni_identity.rules import Rules, Tally
 
 
 class Resolver:
@@ -102,19 +42,34 @@ class Resolver:
 
     def __init__(
         self,
-        holders: Mapping[IdentifierKey, uuid.UUID],
+        holders: Mapping[IdentifierKey, Held],
         *,
         now: datetime,
         new_id: Callable[[], uuid.UUID],
+        rules: Rules | None = None,
+        tallies: Mapping[uuid.UUID, Tally] | None = None,
+        ignored: Collection[IdentifierKey] = (),
     ) -> None:
-        """holders: the live person holding each already-known identifier the batch mentions."""
-        self._holder: dict[IdentifierKey, uuid.UUID] = dict(holders)
+        """holders: the live person holding each already-known identifier the batch mentions, and its id;
+        tallies: the watched-type counts of those persons; ignored: identifiers of forgotten persons to drop.
+        """
+        self._holder: dict[IdentifierKey, uuid.UUID] = {key: held.person_id for key, held in holders.items()}
+        self._ids: dict[IdentifierKey, uuid.UUID] = {key: held.identifier_id for key, held in holders.items()}
         self._held: defaultdict[uuid.UUID, set[IdentifierKey]] = defaultdict(set)
         for key, person_id in self._holder.items():
             self._held[person_id].add(key)
         self._existing = set(self._held)
+        self._rules = rules
+        self._tally: dict[uuid.UUID, Tally] = {
+            person_id: {name: list(counts) for name, counts in tally.items()}
+            for person_id, tally in (tallies or {}).items()
+        }
+        self._ignored = frozenset(ignored)
         self._new_id = new_id
-        self._new_sources: dict[IdentifierKey, str] = {}
+        self._new: dict[
+            IdentifierKey, tuple[uuid.UUID, str, uuid.UUID, tuple[uuid.UUID, ...], Attachment]
+        ] = {}
+        self._refused: dict[tuple[str, str, uuid.UUID, str, str], RefusedLink] = {}
         self.changes = GraphChanges(now=now)
 
     def resolve_all(self, requests: Iterable[ResolveRequest]) -> GraphChanges:
@@ -125,15 +80,36 @@ class Resolver:
 
     def resolve(self, request: ResolveRequest) -> Resolution:
         """Resolve one request on the working copy."""
-        holders = {self._holder[key] for key in request.identifiers if key in self._holder}
+        identifiers = list(request.identifiers)
+        ignored: list[IdentifierKey] = []
+        if self._ignored:
+            ignored = [key for key in identifiers if key in self._ignored]
+            identifiers = [key for key in identifiers if key not in self._ignored]
+            if not identifiers:
+                resolution = Resolution(person_id=None, ignored_identifiers=ignored)
+                self.changes.resolutions.append(resolution)
+                return resolution
+        refusals: list[Refusal] = []
+        if self._rules is not None:
+            while (refusal := self._rules.refusal(identifiers, self._holder, self._tally)) is not None:
+                refusals.append(refusal)
+                identifiers.remove(refusal.key)
+        kept = ResolveRequest(tuple(identifiers), request.source)
+        holders = {self._holder[key] for key in identifiers if key in self._holder}
         if not holders:
-            return self._create(request)
-        decision = choose_survivor(holders)
-        resolution = Resolution(person_id=decision.survivor_id)
-        if decision.merged_ids:
-            self._merge(decision.survivor_id, decision.merged_ids, request)
-            resolution.merged_person_ids = list(decision.merged_ids)
-        resolution.added_identifiers = self._attach(decision.survivor_id, request)
+            resolution = self._create(kept)
+        else:
+            decision = choose_survivor(holders)
+            resolution = Resolution(person_id=decision.survivor_id)
+            if decision.merged_ids:
+                self._merge(decision.survivor_id, decision.merged_ids, kept)
+                resolution.merged_person_ids = list(decision.merged_ids)
+            resolution.added_identifiers = self._attach(decision.survivor_id, kept, Attachment.MATCHED)
+        resolution.ignored_identifiers = ignored
+        assert resolution.person_id is not None
+        resolution.refused_links = [
+            self._record(refusal, resolution.person_id, request.source) for refusal in refusals
+        ]
         self.changes.resolutions.append(resolution)
         return resolution
 
@@ -141,44 +117,61 @@ class Resolver:
         """Settle who finally holds every new identifier and where merged persons' identifiers go."""
         changes = self.changes
         changes.new_identifiers = [
-            NewIdentifier(key, self._holder[key], source) for key, source in self._new_sources.items()
+            NewIdentifier(key, self._holder[key], source, id_, attached_to, via, attachment)
+            for key, (id_, source, attached_to, via, attachment) in self._new.items()
         ]
         changes.moved_identifiers = {
             person_id: final_survivor(person_id, changes.merged_into)
             for person_id in changes.merged_into
             if person_id in self._existing
         }
+        changes.refused_links = list(self._refused.values())
         return changes
 
     def _create(self, request: ResolveRequest) -> Resolution:
         person_id = self._new_id()
         self.changes.created_person_ids.append(person_id)
-        added = self._attach(person_id, request)
+        added = self._attach(person_id, request, Attachment.NEW_PERSON)
         self.changes.events.append(PersonCreated(person_id, tuple(request.identifiers), request.source))
-        resolution = Resolution(person_id=person_id, created=True, added_identifiers=added)
-        self.changes.resolutions.append(resolution)
-        return resolution
+        return Resolution(person_id=person_id, created=True, added_identifiers=added)
 
-    def _attach(self, person_id: uuid.UUID, request: ResolveRequest) -> list[IdentifierKey]:
+    def _attach(
+        self, person_id: uuid.UUID, request: ResolveRequest, attachment: Attachment
+    ) -> list[IdentifierKey]:
+        via = tuple(self._ids[key] for key in request.identifiers if key in self._ids)
+        watched = self._rules.watched if self._rules is not None else frozenset()
         added = []
         for key in request.identifiers:
             if key in self._holder:
                 continue
+            identifier_id = self._new_id()
             self._holder[key] = person_id
             self._held[person_id].add(key)
-            self._new_sources[key] = request.source
+            self._new[key] = (identifier_id, request.source, person_id, via, attachment)
             added.append(key)
+            if key.type in watched:
+                counts = self._tally.setdefault(person_id, {}).setdefault(key.type, [0, 0])
+                counts[0] += 1
+                counts[1] += 1
+        # Identifiers added by this request are stored; later requests may find the person through them.
+        for key in added:
+            self._ids[key] = self._new[key][0]
         return added
 
     def _merge(
         self, survivor_id: uuid.UUID, merged_ids: Sequence[uuid.UUID], request: ResolveRequest
     ) -> None:
         held = self._held[survivor_id]
+        survivor_tally = self._tally.setdefault(survivor_id, {})
         for merged_id in merged_ids:
             self.changes.merged_into[merged_id] = survivor_id
             for key in self._held.pop(merged_id, set()):
                 self._holder[key] = survivor_id
                 held.add(key)
+            for name, counts in self._tally.pop(merged_id, {}).items():
+                total = survivor_tally.setdefault(name, [0, 0])
+                total[0] += counts[0]
+                total[1] += counts[1]
             self.changes.merges.append(
                 MergeRecord(
                     id=self._new_id(),
@@ -193,9 +186,35 @@ class Resolver:
             PersonsMerged(survivor_id, tuple(merged_ids), tuple(request.identifiers), request.source)
         )
 
+    def _record(self, refusal: Refusal, resolved_to: uuid.UUID, source: str) -> RefusedLink:
+        now = self.changes.now
+        involved = {*refusal.person_ids, resolved_to}
+        if refusal.holder_id is not None:
+            involved.add(refusal.holder_id)
+        link = RefusedLink(
+            id=self._new_id(),
+            key=refusal.key,
+            holder_id=refusal.holder_id,
+            person_ids=tuple(sorted(involved)),
+            resolved_person_id=resolved_to,
+            rule=refusal.rule,
+            rule_type=refusal.rule_type,
+            description=refusal.description,
+            source=source,
+            refused_at=now,
+            last_refused_at=now,
+        )
+        earlier = self._refused.get(link.dedupe_key)
+        if earlier is None:
+            self._refused[link.dedupe_key] = link
+            return link
+        earlier.count += 1
+        earlier.person_ids = link.person_ids
+        return earlier
+
 
 def changes_anything(holders: Mapping[IdentifierKey, uuid.UUID], requests: Iterable[ResolveRequest]) -> bool:
-    """True when resolving the requests would write: an identifier is unknown, or a request links persons.
+    """True when resolving the requests could write: an identifier is unknown, or a request links persons.
 
     The same answer as ``Resolver(...).resolve_all(requests).changed``, without planning anything.
     """

@@ -1,0 +1,171 @@
+"""Protobuf ⇄ domain for the servicer: field checks of request values, and the messages of answers."""
+
+from __future__ import annotations
+
+import uuid
+
+from omni.identity.v1 import identity_pb2
+from omni_identity import paging
+from omni_identity.changes import Attachment, RefusalRule, RefusedLink, Resolution
+from omni_identity.erasure import ErasureRecord
+from omni_identity.events import identifier_messages
+from omni_identity.merge import MergeRecord, MergeRule
+from omni_identity.repository import IdentifierRecord, PersonRecord
+from omni_kit.errors import Violations
+from omni_kit.ids import parse_uuid
+
+MAX_REQUEST_ID_LENGTH = 128
+MAX_REASON_LENGTH = 512
+MAX_REQUESTED_BY_LENGTH = 256
+
+_RULES = {
+    RefusalRule.LIMIT: identity_pb2.REFUSAL_RULE_LIMIT,
+    RefusalRule.TRUST: identity_pb2.REFUSAL_RULE_TRUST,
+}
+_MERGE_RULES = {
+    MergeRule.SHARED_IDENTIFIERS: identity_pb2.MERGE_RULE_SHARED_IDENTIFIERS,
+    MergeRule.OPERATOR: identity_pb2.MERGE_RULE_OPERATOR,
+}
+_ATTACHMENTS = {
+    Attachment.NEW_PERSON: identity_pb2.ATTACHMENT_NEW_PERSON,
+    Attachment.MATCHED: identity_pb2.ATTACHMENT_MATCHED,
+    Attachment.UNMERGE: identity_pb2.ATTACHMENT_UNMERGE,
+}
+
+
+def person_id(value: str, path: str, violations: Violations) -> uuid.UUID | None:
+    """A person id from a request field, or a violation."""
+    if not value.strip():
+        violations.add(path, "is required")
+        return None
+    parsed = parse_uuid(value.strip())
+    if parsed is None:
+        violations.add(path, "is not a person id (a UUID)")
+    return parsed
+
+
+def page(size: int, token: str, kind: bytes, violations: Violations) -> tuple[int, uuid.UUID | None]:
+    """The page size and the position after which the page starts, or violations."""
+    limit, after = paging.DEFAULT_PAGE_SIZE, None
+    try:
+        limit = paging.page_size(size)
+    except ValueError as error:
+        violations.add("page_size", str(error))
+    try:
+        after = paging.decode_token(token, kind)
+    except ValueError as error:
+        violations.add("page_token", str(error))
+    return limit, after
+
+
+def request_id(value: str, violations: Violations) -> str:
+    """An idempotency key: required, at most 128 printable characters."""
+    if not value:
+        violations.add("request_id", "is required")
+    elif len(value) > MAX_REQUEST_ID_LENGTH:
+        violations.add("request_id", f"is longer than {MAX_REQUEST_ID_LENGTH} characters")
+    elif not value.isprintable():
+        violations.add("request_id", "must be printable characters")
+    return value
+
+
+def text(value: str, path: str, limit: int, violations: Violations, *, required: bool = False) -> str:
+    """Free text of an operator (a reason, who asked), trimmed; at most limit characters."""
+    value = value.strip()
+    if required and not value:
+        violations.add(path, "is required")
+    elif len(value) > limit:
+        violations.add(path, f"is longer than {limit} characters")
+    return value
+
+
+def resolution_message(resolution: Resolution) -> identity_pb2.Resolution:
+    """A resolution as the API shows it."""
+    return identity_pb2.Resolution(
+        person_id="" if resolution.person_id is None else str(resolution.person_id),
+        created=resolution.created,
+        merged_person_ids=[str(pid) for pid in resolution.merged_person_ids],
+        added_identifiers=identifier_messages(resolution.added_identifiers),
+        refused_links=[refused_link_message(link) for link in resolution.refused_links],
+        ignored_identifiers=identifier_messages(resolution.ignored_identifiers),
+        forgotten=resolution.forgotten,
+    )
+
+
+def refused_link_message(link: RefusedLink) -> identity_pb2.RefusedLink:
+    """A refused link as the API shows it."""
+    [identifier] = identifier_messages([link.key])
+    message = identity_pb2.RefusedLink(
+        id=str(link.id),
+        identifier=identifier,
+        holder_person_id="" if link.holder_id is None else str(link.holder_id),
+        person_ids=[str(pid) for pid in link.person_ids],
+        resolved_person_id=str(link.resolved_person_id),
+        rule=_RULES[link.rule],
+        rule_identifier_type=link.rule_type,
+        description=link.description,
+        source=link.source,
+        refuse_count=link.count,
+    )
+    message.refuse_time.FromDatetime(link.refused_at)
+    message.last_refuse_time.FromDatetime(link.last_refused_at)
+    return message
+
+
+def merge_message(merge: MergeRecord) -> identity_pb2.Merge:
+    """A lineage record as the API shows it."""
+    message = identity_pb2.Merge(
+        id=str(merge.id),
+        survivor_person_id=str(merge.survivor_id),
+        merged_person_id=str(merge.merged_id),
+        cause_identifiers=identifier_messages(merge.cause_identifiers),
+        source=merge.source,
+        rule=_MERGE_RULES[merge.rule],
+        reason=merge.reason,
+        undo_reason=merge.undo_reason,
+    )
+    message.merge_time.FromDatetime(merge.merged_at)
+    if merge.undone_at is not None:
+        message.undo_time.FromDatetime(merge.undone_at)
+    return message
+
+
+def person_message(person: PersonRecord) -> identity_pb2.Person:
+    """A person as the API shows it."""
+    message = identity_pb2.Person(
+        id=str(person.id),
+        identifiers=identifier_messages(person.identifiers),
+        merged_person_ids=[str(pid) for pid in person.merged_person_ids],
+    )
+    message.create_time.FromDatetime(person.created_at)
+    return message
+
+
+def person_identifier_message(record: IdentifierRecord) -> identity_pb2.PersonIdentifier:
+    """An identifier with its attachment as the API shows it."""
+    [identifier] = identifier_messages([record.key])
+    message = identity_pb2.PersonIdentifier(
+        id=str(record.id),
+        identifier=identifier,
+        source=record.source,
+        attached_person_id=str(record.attached_to),
+        attachment=_ATTACHMENTS[record.attachment],
+        via_identifiers=identifier_messages(record.via),
+    )
+    message.attach_time.FromDatetime(record.attached_at)
+    return message
+
+
+def erasure_message(erasure: ErasureRecord) -> identity_pb2.Erasure:
+    """An erasure's audit record as the API shows it."""
+    message = identity_pb2.Erasure(
+        id=str(erasure.id),
+        person_id=str(erasure.person_id),
+        forgotten_person_ids=[str(pid) for pid in erasure.person_ids],
+        requested_by=erasure.requested_by,
+        reason=erasure.reason,
+        request_id=erasure.request_id,
+        identifier_count=erasure.identifier_count,
+    )
+    message.forget_time.FromDatetime(erasure.forgotten_at)
+    return message

@@ -1,0 +1,70 @@
+"""Blocking: the few keys under which a record is filed, so that a new record is only compared with records
+that share at least one of them (the candidates are the union over its keys).
+
+Each key tolerates different mistakes, so a true match is lost only when every key is broken at once:
+
+- ``pc``  postcode;
+- ``sy``  surname's Soundex code and year of birth (typos in the surname, a wrong postcode);
+- ``gd``  the first two letters of the given name and the full date of birth (a moved person);
+- ``sg``  Soundex of surname and of given name, in either order (a wrong date and postcode, swapped names);
+- ``ds``  date of birth and the first word of the suburb (a new name, a wrong postcode);
+- ``an``  house number and the first word of the street (a new surname, a typo'd date);
+- ``id``  each identifier the record carries.
+"""
+
+from __future__ import annotations
+
+from omni_identity.matching.phonetic import soundex
+from omni_identity.matching.records import NormalisedRecord
+
+
+def blocking_keys(record: NormalisedRecord) -> list[str]:
+    """The record's blocking keys, sorted; parts that are missing leave their key out."""
+    keys: set[str] = set()
+    surname_code = soundex(record.surname)
+    given_code = soundex(record.given_name)
+    year = record.date_of_birth[:4]
+    if record.postcode:
+        keys.add(f"pc:{record.postcode}")
+    if surname_code and year:
+        keys.add(f"sy:{surname_code}:{year}")
+    if len(record.given_name) >= 2 and record.date_of_birth:
+        keys.add(f"gd:{record.given_name[:2]}:{record.date_of_birth}")
+    if surname_code and given_code:
+        # Sorted, so that a record with given name and surname swapped files under the same key.
+        first, second = sorted((surname_code, given_code))
+        keys.add(f"sg:{first}:{second}")
+    suburb_words = record.suburb.split()
+    if record.date_of_birth and suburb_words:
+        keys.add(f"ds:{record.date_of_birth}:{suburb_words[0]}")
+    street_words = record.address_1.split()
+    if record.street_number and street_words:
+        keys.add(f"an:{record.street_number}:{street_words[0]}")
+    keys.update(f"id:{identifier}" for identifier in record.identifiers)
+    return sorted(keys)
+
+
+def candidate_pairs(
+    left: list[list[str]], right: list[list[str]], *, max_block: int = 500
+) -> set[tuple[int, int]]:
+    """The pairs (i, j) of left and right records sharing a blocking key (the keys of each record given).
+
+    Blocks with more than max_block records on either side are skipped: a key that common (a postcode
+    of a whole city) says too little to be worth the comparisons.
+    """
+    index: dict[str, list[int]] = {}
+    for j, keys in enumerate(right):
+        for key in keys:
+            index.setdefault(key, []).append(j)
+    left_sizes: dict[str, int] = {}
+    for keys in left:
+        for key in keys:
+            left_sizes[key] = left_sizes.get(key, 0) + 1
+    pairs: set[tuple[int, int]] = set()
+    for i, keys in enumerate(left):
+        for key in keys:
+            block = index.get(key)
+            if block is None or len(block) > max_block or left_sizes[key] > max_block:
+                continue
+            pairs.update((i, j) for j in block)
+    return pairs

@@ -1,0 +1,19 @@
+"""The benchmark suites, in the order a full run takes them. Each module has ``async run(ctx) -> list[Result]``."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+from bench.context import BenchContext
+from bench.results import Result
+from bench.suites import baselines, decide, identity_resolve, profile_ingest, profile_read
+
+Suite = Callable[[BenchContext], Awaitable[list[Result]]]
+
+SUITES: dict[str, Suite] = {
+    "baselines": baselines.run,
+    "identity_resolve": identity_resolve.run,
+    "profile_ingest": profile_ingest.run,
+    "profile_read": profile_read.run,
+    "decide": decide.run,
+}

@@ -1,0 +1,176 @@
+"""Decisioning: Decide at 1,000 calls/s from its own read model of segment memberships.
+
+Memberships reach decisioning as they would in a deployment: real segmentation.person_entered_segment
+envelopes on the event log, applied by decisioning's consumer. The suite waits until a sample of persons
+decides as their memberships say, which also gives how fast the read model is fed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import random
+import time
+import uuid
+from collections.abc import Callable
+
+import nats
+
+from bench.context import BenchContext, log
+from bench.measure import capacity_and_latency, latency_results
+from bench.results import Result
+from omni.common.v1 import common_pb2
+from omni.decisioning.v1 import decisioning_pb2, decisioning_pb2_grpc
+from omni.segmentation.v1 import events_pb2 as segmentation_events
+from omni_kit.bus import make_envelope, subject_for
+
+SUITE = "decide"
+RATE = 1000.0
+SEED = 41
+OFFERS = 20
+SEGMENTS = 10
+SEGMENTS_PER_PERSON = 3
+TOUCHPOINTS = ("web_home", "app_home", "pos_checkout", "email_footer")
+ENTERED = "segmentation.person_entered_segment"
+
+
+async def run(ctx: BenchContext) -> list[Result]:
+    """Create offers, feed memberships through the event log, then decide open loop."""
+    rng = random.Random(SEED)
+    persons = [uuid.UUID(int=rng.getrandbits(128), version=4) for _ in range(200 if ctx.quick else 600)]
+    segments = [uuid.UUID(int=rng.getrandbits(128), version=4) for _ in range(SEGMENTS)]
+    memberships = {p: set(rng.sample(segments, SEGMENTS_PER_PERSON)) for p in persons}
+    namespace = ctx.namespace()
+    database = ctx.make_database("bench_decide")
+    async with (
+        ctx.service("decisioning", ctx.service_settings(database, namespace)) as decisioning,
+        ctx.channel(decisioning.target) as channel,
+    ):
+        stub = decisioning_pb2_grpc.DecisioningServiceStub(channel)
+        offers = []
+        for i in range(OFFERS):
+            # Two thirds restricted to a segment; some offers at every touchpoint, others at one or two.
+            segment = str(segments[i % SEGMENTS]) if i < 2 * OFFERS // 3 else ""
+            touchpoints = [] if i % 4 == 0 else rng.sample(TOUCHPOINTS, rng.randint(1, 2))
+            offer = decisioning_pb2.Offer(
+                name=f"bench offer {i} {namespace}",
+                description=f"{i * 5}% off",
+                touchpoints=touchpoints,
+                segment_id=segment,
+                priority=rng.randint(-5, 20),
+            )
+            created = await stub.CreateOffer(decisioning_pb2.CreateOfferRequest(offer=offer), timeout=5.0)
+            offers.append(created.offer)
+
+        def expected(person: uuid.UUID, touchpoint: str) -> set[str]:
+            return {
+                o.id
+                for o in offers
+                if (not o.segment_id or uuid.UUID(o.segment_id) in memberships[person])
+                and (not o.touchpoints or touchpoint in o.touchpoints)
+            }
+
+        published_at = time.monotonic()
+        await _publish_memberships(ctx, namespace, memberships)
+        published_in = time.monotonic() - published_at
+        sample = [*rng.sample(persons, 50), persons[-1]]
+        applied_in = await _wait_applied(stub, sample, expected, timeout_s=180.0) + published_in
+        count = len(persons) * SEGMENTS_PER_PERSON
+        log(f"decide read model: {count} memberships applied in {applied_in:.1f} s")
+
+        requests = [
+            decisioning_pb2.DecideRequest(
+                person_id=str(rng.choice(persons)),
+                touchpoint=rng.choice(TOUCHPOINTS),
+                channel=common_pb2.CHANNEL_WEB,
+                limit=3,
+            )
+            for _ in range(1000)
+        ]
+        calls = itertools.count()
+
+        async def call(deadline_s: float) -> None:
+            await stub.Decide(requests[next(calls) % len(requests)], timeout=deadline_s)
+
+        measured = await capacity_and_latency(
+            ctx, call, rate=RATE, children={"decisioning": decisioning}, label="Decide"
+        )
+    results = await latency_results(
+        ctx,
+        SUITE,
+        "Decide",
+        measured,
+        rate=RATE,
+        target_p99_ms=10.0,
+        notes=f"{OFFERS} offers ({2 * OFFERS // 3} segment-restricted), {len(persons):,} persons in "
+        f"{SEGMENTS_PER_PERSON} of {SEGMENTS} segments each, limit 3. Each decision is logged and announced "
+        "(outbox). Open loop, latency from the scheduled send time.",
+    )
+    results.append(
+        Result(
+            SUITE,
+            "segment memberships applied to the read model",
+            count / applied_in,
+            "events/s",
+            higher_is_better=True,
+            notes=f"{count:,} person_entered_segment envelopes published to JetStream, until a sample of "
+            "persons decides as its memberships say (includes publishing).",
+            details={"events": count, "seconds": round(applied_in, 2)},
+        )
+    )
+    return results
+
+
+async def _publish_memberships(
+    ctx: BenchContext, namespace: str, memberships: dict[uuid.UUID, set[uuid.UUID]]
+) -> None:
+    connection = await nats.connect(ctx.nats.url, name="bench-decide")
+    try:
+        js = connection.jetstream()
+        subject = subject_for(ENTERED, namespace)
+        pending = []
+        for person, segments in memberships.items():
+            for segment in segments:
+                payload = segmentation_events.PersonEnteredSegmentEvent(
+                    person_id=str(person), segment_id=str(segment), segment_name=f"segment {segment}"
+                )
+                envelope = make_envelope(
+                    payload, event_type=ENTERED, producer="segmentation", person_id=str(person)
+                )
+                pending.append(
+                    js.publish(subject, envelope.SerializeToString(), headers={"Nats-Msg-Id": envelope.id})
+                )
+                if len(pending) >= 200:
+                    await asyncio.gather(*pending)
+                    pending.clear()
+        await asyncio.gather(*pending)
+    finally:
+        await connection.close()
+
+
+async def _wait_applied(
+    stub: decisioning_pb2_grpc.DecisioningServiceStub,
+    sample: list[uuid.UUID],
+    expected: Callable[[uuid.UUID, str], set[str]],
+    *,
+    timeout_s: float,
+) -> float:
+    """Poll Decide for the sample until every person gets exactly its eligible offers; return seconds."""
+    started = time.monotonic()
+    waiting = list(sample)
+    while waiting:
+        if time.monotonic() - started > timeout_s:
+            raise TimeoutError(f"{len(waiting)} of {len(sample)} sampled persons still decide wrongly")
+        still = []
+        for person in waiting:
+            touchpoint = TOUCHPOINTS[person.int % len(TOUCHPOINTS)]
+            response = await stub.Decide(
+                decisioning_pb2.DecideRequest(person_id=str(person), touchpoint=touchpoint, limit=20),
+                timeout=5.0,
+            )
+            if {a.offer_id for a in response.actions} != expected(person, touchpoint):
+                still.append(person)
+        waiting = still
+        if waiting:
+            await asyncio.sleep(0.2)
+    return time.monotonic() - started

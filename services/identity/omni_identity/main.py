@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 from pathlib import Path
 
+import grpc
 import phonenumbers
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
@@ -17,6 +18,7 @@ from omni_identity.identifier_types import (
     IdentifierTypeRegistry,
     default_identifier_types,
 )
+from omni_identity.matching.wiring import Matching, MatchingSettings
 from omni_identity.normalise import Normaliser
 from omni_identity.operators import Operators
 from omni_identity.persons import Persons
@@ -93,8 +95,12 @@ async def start(settings: Settings) -> Runtime:
     normaliser = Normaliser(registry, default_phone_region=settings.default_phone_region)
     rules, tombstones = Rules(registry), settings.tombstones()
     servicer = IdentityServicer(runtime, Persons(rules, tombstones), Operators(rules, tombstones), normaliser)
-    await runtime.serve(
-        service_names=[SERVICE_NAME],
-        register=lambda server: identity_pb2_grpc.add_IdentityServiceServicer_to_server(servicer, server),
-    )
+    # Probabilistic matching of records that carry no known identifier, served by the same server.
+    matching = Matching(runtime, MatchingSettings(), normaliser.normalise)
+
+    def register(server: grpc.aio.Server) -> None:
+        identity_pb2_grpc.add_IdentityServiceServicer_to_server(servicer, server)
+        matching.register(server)
+
+    await runtime.serve(service_names=[SERVICE_NAME, matching.service_name], register=register)
     return runtime

@@ -65,3 +65,91 @@ async def resolve(
         identity_pb2.ResolvePersonRequest(identifiers=list(identifiers), source=source)
     )
     return response.resolution
+
+
+async def person(identity: Identity, person_id: str) -> identity_pb2.Person:
+    """The person an id leads to."""
+    return (await identity.stub.GetPerson(identity_pb2.GetPersonRequest(person_id=person_id))).person
+
+
+async def unmerge(
+    identity: Identity, person_id: str, *, request_id: str | None = None, reason: str = "wrong merge"
+) -> identity_pb2.UnmergePersonResponse:
+    """Split a merged person back out."""
+    return await identity.stub.UnmergePerson(
+        identity_pb2.UnmergePersonRequest(
+            request_id=request_id or unique("unmerge-"), person_id=person_id, reason=reason
+        )
+    )
+
+
+async def merge_persons(
+    identity: Identity,
+    survivor: str,
+    merged: str,
+    *,
+    request_id: str | None = None,
+    reason: str = "same customer",
+) -> identity_pb2.MergePersonsResponse:
+    """Merge one person into another as an operator."""
+    return await identity.stub.MergePersons(
+        identity_pb2.MergePersonsRequest(
+            request_id=request_id or unique("merge-"),
+            survivor_person_id=survivor,
+            merged_person_id=merged,
+            reason=reason,
+        )
+    )
+
+
+async def forget(
+    identity: Identity,
+    person_id: str,
+    *,
+    request_id: str | None = None,
+    requested_by: str = "dpo@example.com",
+    reason: str = "erasure request",
+) -> identity_pb2.ForgetPersonResponse:
+    """Erase a person."""
+    return await identity.stub.ForgetPerson(
+        identity_pb2.ForgetPersonRequest(
+            request_id=request_id or unique("forget-"),
+            person_id=person_id,
+            requested_by=requested_by,
+            reason=reason,
+        )
+    )
+
+
+async def identifiers_of(
+    identity: Identity, person_id: str, page_size: int = 0
+) -> list[identity_pb2.PersonIdentifier]:
+    """Every identifier of a person with its attachment, fetched page by page."""
+    found: list[identity_pb2.PersonIdentifier] = []
+    token = ""
+    while True:
+        response = await identity.stub.ListPersonIdentifiers(
+            identity_pb2.ListPersonIdentifiersRequest(
+                person_id=person_id, page_size=page_size, page_token=token
+            )
+        )
+        found += response.identifiers
+        token = response.next_page_token
+        if not token:
+            return found
+
+
+async def refused_links_of(
+    identity: Identity, person_id: str, page_size: int = 0
+) -> list[identity_pb2.RefusedLink]:
+    """Every refused link involving a person, fetched page by page."""
+    found: list[identity_pb2.RefusedLink] = []
+    token = ""
+    while True:
+        response = await identity.stub.ListRefusedLinks(
+            identity_pb2.ListRefusedLinksRequest(person_id=person_id, page_size=page_size, page_token=token)
+        )
+        found += response.refused_links
+        token = response.next_page_token
+        if not token:
+            return found

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator
 
 import grpc
@@ -14,7 +15,18 @@ from omni_kit.errors import StatusDetails, status_details
 
 from .support import Identity, ident, resolve, unique
 
-TABLES = ("persons", "identifiers", "merges", "outbox")
+PERSON = "01890a5d-ac96-774b-bcce-b302099a8057"
+
+TABLES = (
+    "persons",
+    "identifiers",
+    "merges",
+    "refused_links",
+    "tombstones",
+    "erasures",
+    "operations",
+    "outbox",
+)
 
 
 async def _counts(identity: Identity) -> dict[str, int]:
@@ -186,3 +198,179 @@ async def test_lookup_of_an_unknown_identifier_is_not_found_and_creates_nothing(
 async def test_a_good_request_after_bad_ones_still_works(identity: Identity) -> None:
     resolution = await resolve(identity, ident("device_id", unique()))
     assert resolution.created
+
+
+async def _call_error(call: object) -> StatusDetails:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await call  # type: ignore[misc]
+    return status_details(caught.value)
+
+
+async def _merged_pair(identity: Identity) -> tuple[str, str]:
+    """A survivor and a person merged into it."""
+    a, b = unique("a-"), unique("b-")
+    survivor = await resolve(identity, ident("device_id", a))
+    merged = await resolve(identity, ident("anonymous_id", b))
+    await resolve(identity, ident("device_id", a), ident("anonymous_id", b))
+    return survivor.person_id, merged.person_id
+
+
+@pytest.mark.parametrize(
+    ("fields", "bad"),
+    [
+        ({"request_id": ""}, {"request_id"}),
+        ({"request_id": "r" * 129}, {"request_id"}),
+        ({"request_id": "line\nbreak"}, {"request_id"}),
+        ({"survivor_person_id": "nope"}, {"survivor_person_id"}),
+        ({"merged_person_id": ""}, {"merged_person_id"}),
+        ({"merged_person_id": PERSON}, {"merged_person_id"}),
+        ({"reason": "r" * 513}, {"reason"}),
+    ],
+    ids=[
+        "missing-request-id",
+        "oversize-request-id",
+        "unprintable-request-id",
+        "malformed-survivor",
+        "missing-merged",
+        "merge-with-itself",
+        "oversize-reason",
+    ],
+)
+async def test_bad_merge_requests_are_refused(
+    identity: Identity, nothing_written: None, fields: dict[str, str], bad: set[str]
+) -> None:
+    request = {"request_id": unique(), "survivor_person_id": PERSON, "merged_person_id": str(uuid.uuid4())}
+    details = await _call_error(
+        identity.stub.MergePersons(identity_pb2.MergePersonsRequest(**(request | fields)))
+    )
+    assert details.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert details.fields == bad
+
+
+async def test_a_merge_of_two_ids_of_one_person_is_a_merge_with_itself(identity: Identity) -> None:
+    survivor, merged = await _merged_pair(identity)
+    before = await _counts(identity)
+    details = await _call_error(
+        identity.stub.MergePersons(
+            identity_pb2.MergePersonsRequest(
+                request_id=unique(), survivor_person_id=survivor, merged_person_id=merged
+            )
+        )
+    )
+    assert details.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert details.fields == {"merged_person_id"}
+    assert await _counts(identity) == before
+
+
+async def test_a_merge_of_an_unknown_person_is_not_found(identity: Identity, nothing_written: None) -> None:
+    details = await _call_error(
+        identity.stub.MergePersons(
+            identity_pb2.MergePersonsRequest(
+                request_id=unique(), survivor_person_id=PERSON, merged_person_id=str(uuid.uuid4())
+            )
+        )
+    )
+    assert details.code == grpc.StatusCode.NOT_FOUND
+
+
+async def test_unmerge_of_a_person_never_merged_is_a_failed_precondition(identity: Identity) -> None:
+    alone = await resolve(identity, ident("device_id", unique()))
+    before = await _counts(identity)
+    details = await _call_error(
+        identity.stub.UnmergePerson(
+            identity_pb2.UnmergePersonRequest(request_id=unique(), person_id=alone.person_id)
+        )
+    )
+    assert details.code == grpc.StatusCode.FAILED_PRECONDITION
+    assert details.error_info is not None and details.error_info.reason == "PERSON_NOT_MERGED"
+    assert await _counts(identity) == before
+
+
+async def test_unmerge_of_a_survivor_is_a_failed_precondition(identity: Identity) -> None:
+    survivor, _ = await _merged_pair(identity)
+    before = await _counts(identity)
+    details = await _call_error(
+        identity.stub.UnmergePerson(
+            identity_pb2.UnmergePersonRequest(request_id=unique(), person_id=survivor)
+        )
+    )
+    assert details.code == grpc.StatusCode.FAILED_PRECONDITION
+    assert await _counts(identity) == before
+
+
+async def test_unmerge_of_an_unknown_person_is_not_found(identity: Identity, nothing_written: None) -> None:
+    details = await _call_error(
+        identity.stub.UnmergePerson(identity_pb2.UnmergePersonRequest(request_id=unique(), person_id=PERSON))
+    )
+    assert details.code == grpc.StatusCode.NOT_FOUND
+    assert details.error_info is not None and details.error_info.reason == "PERSON_NOT_FOUND"
+
+
+@pytest.mark.parametrize(
+    ("fields", "bad"),
+    [
+        ({"person_id": "x"}, {"person_id"}),
+        ({"request_id": ""}, {"request_id"}),
+        ({"reason": "r" * 513}, {"reason"}),
+    ],
+    ids=["malformed-person-id", "missing-request-id", "oversize-reason"],
+)
+async def test_bad_unmerge_requests_are_refused(
+    identity: Identity, nothing_written: None, fields: dict[str, str], bad: set[str]
+) -> None:
+    request = {"request_id": unique(), "person_id": PERSON} | fields
+    details = await _call_error(identity.stub.UnmergePerson(identity_pb2.UnmergePersonRequest(**request)))
+    assert details.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert details.fields == bad
+
+
+@pytest.mark.parametrize(
+    ("fields", "bad"),
+    [
+        ({"person_id": ""}, {"person_id"}),
+        ({"requested_by": "  "}, {"requested_by"}),
+        ({"requested_by": "x" * 257}, {"requested_by"}),
+        ({"request_id": ""}, {"request_id"}),
+        ({"reason": "r" * 513}, {"reason"}),
+    ],
+    ids=[
+        "missing-person-id",
+        "missing-requested-by",
+        "oversize-requested-by",
+        "missing-request-id",
+        "oversize-reason",
+    ],
+)
+async def test_bad_forget_requests_are_refused(
+    identity: Identity, nothing_written: None, fields: dict[str, str], bad: set[str]
+) -> None:
+    request = {"request_id": unique(), "person_id": PERSON, "requested_by": "dpo"} | fields
+    details = await _call_error(identity.stub.ForgetPerson(identity_pb2.ForgetPersonRequest(**request)))
+    assert details.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert details.fields == bad
+
+
+async def test_forget_of_an_unknown_person_is_not_found(identity: Identity, nothing_written: None) -> None:
+    details = await _call_error(
+        identity.stub.ForgetPerson(
+            identity_pb2.ForgetPersonRequest(request_id=unique(), person_id=PERSON, requested_by="dpo")
+        )
+    )
+    assert details.code == grpc.StatusCode.NOT_FOUND
+
+
+@pytest.mark.parametrize("method", ["ListPersonIdentifiers", "ListRefusedLinks"])
+async def test_bad_list_requests_are_refused(identity: Identity, method: str) -> None:
+    alone = await resolve(identity, ident("device_id", unique()))
+    request_type = getattr(identity_pb2, f"{method}Request")
+    merges_token = "bTEAAAAAAAAAAAAAAAAAAAAA"  # a ListPersonMerges token is not a token of these lists
+    for fields, bad in (
+        ({"person_id": "nope"}, "person_id"),
+        ({"person_id": alone.person_id, "page_size": -1}, "page_size"),
+        ({"person_id": alone.person_id, "page_token": merges_token}, "page_token"),
+    ):
+        details = await _call_error(getattr(identity.stub, method)(request_type(**fields)))
+        assert details.code == grpc.StatusCode.INVALID_ARGUMENT
+        assert details.fields == {bad}
+    details = await _call_error(getattr(identity.stub, method)(request_type(person_id=PERSON)))
+    assert details.code == grpc.StatusCode.NOT_FOUND

@@ -9,9 +9,9 @@ from datetime import UTC, datetime
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from omni_identity.changes import GraphChanges, Held, ResolveRequest
 from omni_identity.merge import final_survivor
 from omni_identity.normalise import IdentifierKey
-from omni_identity.changes import GraphChanges, Held, ResolveRequest
 from omni_identity.resolution import Resolver, changes_anything
 
 NOW = datetime(2025, 1, 1, tzinfo=UTC)

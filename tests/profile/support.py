@@ -37,7 +37,17 @@ async def close_runtime(runtime: Runtime) -> None:
     await runtime.close()
 
 
-PROFILE_TABLES = ("profiles", "events", "traits", "cart_lines", "consents", "consent_history", "outbox")
+PROFILE_TABLES = (
+    "profiles",
+    "events",
+    "traits",
+    "trait_changes",
+    "consents",
+    "consent_history",
+    "computed_traits",
+    "segment_memberships",
+    "outbox",
+)
 
 
 @dataclass

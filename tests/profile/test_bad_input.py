@@ -82,14 +82,6 @@ INVALID_TRACKING = {
     ),
     "empty batch": (_batch(), {"events"}),
     "batch over 1000": (_batch(*[event() for _ in range(1001)]), {"events"}),
-    "batch with bad events among good ones": (
-        _batch(event(), event(id_=""), event(), event("cart_item_added")),
-        {"events[1].id", "events[3].cart_item"},
-    ),
-    "batch with a malformed phone (identity judges)": (
-        _batch(event(), event(), event(identifiers=[ident("phone", "12")])),
-        {"events[2].identifiers[0].value"},
-    ),
 }
 
 
@@ -103,12 +95,57 @@ async def test_invalid_tracking_is_refused(services: Services, case: str) -> Non
     assert details.error_info.domain == "omni.profile"
 
 
-async def test_a_batch_refused_by_identity_records_none_of_its_good_events(services: Services) -> None:
-    good = event("page_viewed")
-    await _refused(services, _batch(good, event(identifiers=[ident("email", "@@")])))
-    assert await services.scalar("SELECT count(*) FROM events WHERE id = :id", id=good.id) == 0
-    # The same good event alone is then recorded normally.
-    assert not (await track(services, good)).duplicate
+def _results(response: profile_pb2.BatchTrackEventsResponse) -> list[tuple[str, set[str]]]:
+    return [
+        (profile_pb2.TrackStatus.Name(r.status), {v.field for v in r.field_violations})
+        for r in response.results
+    ]
+
+
+async def test_bad_events_of_a_batch_are_reported_and_the_good_ones_recorded(services: Services) -> None:
+    good = [event(), event("product_viewed"), event()]
+    batch = [
+        good[0],
+        event(id_=""),
+        good[1],
+        event("cart_item_added"),
+        event(occurred_at=NOW + timedelta(days=3)),
+        event(properties={"blob": "x" * 40_000}),
+        event(identifiers=[ident("phone", "12")]),
+        good[2],
+    ]
+    response = await services.profile.BatchTrackEvents(profile_pb2.BatchTrackEventsRequest(events=batch))
+    assert _results(response) == [
+        ("TRACK_STATUS_RECORDED", set()),
+        ("TRACK_STATUS_REJECTED", {"id"}),
+        ("TRACK_STATUS_RECORDED", set()),
+        ("TRACK_STATUS_REJECTED", {"cart_item"}),
+        ("TRACK_STATUS_REJECTED", {"occurred_at"}),
+        ("TRACK_STATUS_REJECTED", {"properties"}),
+        ("TRACK_STATUS_REJECTED", {"identifiers[0].value"}),
+        ("TRACK_STATUS_RECORDED", set()),
+    ]
+    assert (response.recorded_count, response.duplicate_count, response.rejected_count) == (3, 0, 5)
+    rejected = response.results[6]
+    assert not rejected.person_id and not rejected.duplicate
+    for message in good:
+        assert await services.scalar("SELECT count(*) FROM events WHERE id = :id", id=message.id) == 1
+    for message in batch[3:7]:
+        assert await services.scalar("SELECT count(*) FROM events WHERE id = :id", id=message.id) == 0
+    # A rejected event can be fixed and sent again.
+    fixed = event(id_=batch[6].id, identifiers=[ident("phone", "+4722334455")])
+    assert not (await track(services, fixed)).duplicate
+
+
+async def test_a_batch_whose_every_event_identity_refuses_records_nothing(services: Services) -> None:
+    before = await services.counts()
+    response = await services.profile.BatchTrackEvents(
+        profile_pb2.BatchTrackEventsRequest(
+            events=[event(identifiers=[ident("email", "@@")]), event(identifiers=[ident("phone", "1")])]
+        )
+    )
+    assert [s for s, _ in _results(response)] == ["TRACK_STATUS_REJECTED"] * 2
+    assert await services.counts() == before
 
 
 INVALID_REQUESTS = {

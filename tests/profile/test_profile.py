@@ -30,13 +30,15 @@ async def _identity_only_person(services: Services) -> str:
 
 
 def _changed_for(person_id: str):  # type: ignore[no-untyped-def]
+    """Announcements of trait changes of a person."""
     return lambda e: (
         e.type == "profile.profile_changed"
         and unpack(e, events_pb2.ProfileChangedEvent).person_id == person_id
+        and "traits" in unpack(e, events_pb2.ProfileChangedEvent).changed
     )
 
 
-async def test_traits_are_set_replaced_and_removed(services: Services) -> None:
+async def test_traits_are_set_replaced_and_removed_by_precedence(services: Services) -> None:
     person = await _tracked_person(services)
     first = await services.profile.SetTraits(
         profile_pb2.SetTraitsRequest(
@@ -44,24 +46,71 @@ async def test_traits_are_set_replaced_and_removed(services: Services) -> None:
         )
     )
     assert dict(first.profile.traits) == {"first_name": "Ada", "tier": "gold", "visits": 3}
+    # The web shop ranks below the CRM: it cannot change what the CRM set, only add.
     second = await services.profile.SetTraits(
         profile_pb2.SetTraitsRequest(
-            person_id=person, traits=struct({"tier": None, "visits": 4}), source="call_center"
+            person_id=person, traits=struct({"tier": None, "visits": 4, "city": "Oslo"}), source="web"
         )
     )
-    assert dict(second.profile.traits) == {"first_name": "Ada", "visits": 4}
-    assert second.profile.event_count == 1
-    assert dict((await get_profile(services, person)).traits) == {"first_name": "Ada", "visits": 4}
-    sources = await services.scalar(
-        "SELECT string_agg(name || '=' || source, ',' ORDER BY name) FROM traits WHERE person_id = CAST(:p AS uuid)",
-        p=person,
+    assert sorted(second.ignored_traits) == ["tier", "visits"]
+    assert dict(second.profile.traits) == {"first_name": "Ada", "tier": "gold", "visits": 3, "city": "Oslo"}
+    third = await services.profile.SetTraits(
+        profile_pb2.SetTraitsRequest(
+            person_id=person, traits=struct({"tier": None, "visits": 4}), source="crm"
+        )
     )
-    assert sources == "first_name=crm,visits=call_center"
+    assert not third.ignored_traits
+    assert dict(third.profile.traits) == {"first_name": "Ada", "visits": 4, "city": "Oslo"}
+    assert third.profile.event_count == 1
+    profile = await get_profile(services, person)
+    assert dict(profile.traits) == {"first_name": "Ada", "visits": 4, "city": "Oslo"}
+    assert {name: m.source for name, m in profile.trait_metadata.items()} == {
+        "first_name": "crm",
+        "visits": "crm",
+        "city": "web",
+    }
+    assert (
+        profile.trait_metadata["visits"].update_time.ToDatetime()
+        > profile.trait_metadata["first_name"].update_time.ToDatetime()
+    )
 
-    changes = await services.events.wait_for(_changed_for(person), count=2)
+    changes = await services.events.wait_for(_changed_for(person), count=3)
     payloads = [unpack(e, events_pb2.ProfileChangedEvent) for e in changes]
-    assert [list(p.changed) for p in payloads] == [["traits"], ["traits"]]
-    assert dict(payloads[-1].traits) == {"first_name": "Ada", "visits": 4}
+    assert [list(p.changed) for p in payloads] == [["traits"], ["traits"], ["traits"]]
+    assert dict(payloads[-1].traits) == {"first_name": "Ada", "visits": 4, "city": "Oslo"}
+
+
+async def test_the_trait_history_pages_backwards_through_every_change(services: Services) -> None:
+    person = await _tracked_person(services)
+    for value in ("bronze", "silver", "gold"):
+        await services.profile.SetTraits(
+            profile_pb2.SetTraitsRequest(person_id=person, traits=struct({"tier": value, "seen": True}))
+        )
+    await services.profile.SetTraits(
+        profile_pb2.SetTraitsRequest(person_id=person, traits=struct({"tier": None}))
+    )
+    request = profile_pb2.ListTraitHistoryRequest(person_id=person, trait_name="tier", page_size=3)
+    first = await services.profile.ListTraitHistory(request)
+    newest = first.trait_changes[0]
+    assert (newest.old_value.string_value, newest.new_value.WhichOneof("kind")) == ("gold", "null_value")
+    assert [c.new_value.string_value for c in first.trait_changes[1:]] == ["gold", "silver"]
+    assert first.next_page_token
+    request.page_token = first.next_page_token
+    second = await services.profile.ListTraitHistory(request)
+    assert [(c.old_value.WhichOneof("kind"), c.new_value.string_value) for c in second.trait_changes] == [
+        ("null_value", "bronze")
+    ]
+    assert not second.next_page_token
+    assert {c.source for c in first.trait_changes} == {"api"}
+    everything = await services.profile.ListTraitHistory(
+        profile_pb2.ListTraitHistoryRequest(person_id=person)
+    )
+    assert len(everything.trait_changes) == 5  # four of tier, one of seen (set once)
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await services.profile.ListTraitHistory(
+            profile_pb2.ListTraitHistoryRequest(person_id=person, page_token=first.next_page_token)
+        )
+    assert status_details(raised.value).fields == {"page_token"}
 
 
 async def test_setting_the_same_traits_again_announces_nothing_new(services: Services) -> None:

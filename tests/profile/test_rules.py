@@ -1,4 +1,4 @@
-"""Pure rules: page tokens and how traits and consent combine when persons merge."""
+"""Pure rules: page tokens, trait precedence, and how traits and consent combine when persons merge."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ import pytest
 
 from omni_profile import paging
 from omni_profile.domain import Consent, Trait
-from omni_profile.merge import merge_consents, merge_traits
+from omni_profile.merge import merge_consents
+from omni_profile.precedence import SourcePolicy
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -51,32 +52,45 @@ def test_a_page_token_of_another_person_is_refused() -> None:
         paging.decode("person-2", token)
 
 
-def test_merged_traits_keep_the_survivors_values_and_take_the_newest_of_the_rest() -> None:
-    survivor = {"name": Trait("name", "Ada", "crm", T0)}
+POLICY = SourcePolicy()
+
+
+def test_merged_traits_take_the_highest_source_then_the_survivors_then_the_newest() -> None:
+    survivor = {"name": Trait("name", "Ada", "web", T0), "tier": Trait("tier", "silver", "api", T0)}
     older = {
-        "name": Trait("name", "A.", "app", T0 + timedelta(days=9)),
-        "tier": Trait("tier", "gold", "crm", T0),
+        "name": Trait("name", "Ada Lovelace", "crm", T0 - timedelta(days=9)),
+        "city": Trait("city", "London", "app", T0),
+        "tier": Trait("tier", "gold", "api", T0 + timedelta(days=1)),
     }
-    newer = {
-        "tier": Trait("tier", "platinum", "crm", T0 + timedelta(days=1)),
-        "city": Trait("city", "Oslo", "app", T0),
-    }
-    merged = merge_traits(survivor, [older, newer])
+    newer = {"city": Trait("city", "Oslo", "app", T0 + timedelta(days=1))}
+    merged = POLICY.merge(survivor, [older, newer])
     assert {name: trait.value for name, trait in merged.items()} == {
-        "name": "Ada",
-        "tier": "platinum",
-        "city": "Oslo",
+        "name": "Ada Lovelace",  # crm outranks web, however old
+        "tier": "silver",  # same source: the survivor's own value
+        "city": "Oslo",  # same source among the merged: the newest
     }
 
 
-def test_merged_consent_takes_the_latest_answer_per_channel() -> None:
+def test_a_lower_source_does_not_overwrite_a_higher_one_until_it_is_stale() -> None:
+    crm = Trait("email", "ada@example.com", "crm", T0)
+    assert POLICY.may_overwrite(crm, "crm", T0)
+    assert not POLICY.may_overwrite(crm, "web", T0 + timedelta(days=30))
+    assert POLICY.may_overwrite(crm, "web", T0 + timedelta(days=400))
+    web = Trait("email", "ada@example.com", "web", T0)
+    assert POLICY.may_overwrite(web, "call_center", T0)
+    assert not POLICY.may_overwrite(web, "some_import", T0), "unlisted sources rank last"
+
+
+def test_merged_consent_takes_the_latest_answer_per_channel_and_purpose() -> None:
     survivor = [
         Consent("email", "granted", "web", T0),
         Consent("sms", "granted", "web", T0 + timedelta(days=5)),
+        Consent("email", "granted", "web", T0, purpose="transactional"),
     ]
     merged = [
         [Consent("email", "revoked", "app", T0 + timedelta(days=1)), Consent("sms", "denied", "app", T0)]
     ]
     result = merge_consents(survivor, merged)
-    assert result["email"].state == "revoked"
-    assert result["sms"].state == "granted"
+    assert result[("email", "marketing")].state == "revoked"
+    assert result[("sms", "marketing")].state == "granted"
+    assert result[("email", "transactional")].state == "granted"

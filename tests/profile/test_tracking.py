@@ -147,11 +147,11 @@ async def test_the_cart_follows_adds_removes_and_orders_from_any_channel(service
         lambda e: (
             e.type == "profile.profile_changed"
             and unpack(e, events_pb2.ProfileChangedEvent).person_id == person
+            and "cart" in unpack(e, events_pb2.ProfileChangedEvent).changed
         ),
         count=6,
     )
     payloads = [unpack(e, events_pb2.ProfileChangedEvent) for e in changes]
-    assert all(list(p.changed) == ["cart"] for p in payloads)
     assert [{i.product_id: i.quantity for i in p.cart.items} for p in payloads] == [
         {"sku-a": 1},
         {"sku-a": 3},

@@ -119,17 +119,39 @@ def test_a_cart_item_price_needs_a_currency() -> None:
     }
 
 
-def test_a_batch_names_every_bad_event() -> None:
-    request = profile_pb2.BatchTrackEventsRequest(events=[event(), event(id_=""), event(), event("Bad")])
-    fields = _fields(lambda: validation.validate_batch(request, now=NOW))
-    assert fields == {"events[1].id", "events[3].type"}
+def test_each_event_of_a_batch_is_judged_on_its_own() -> None:
+    assert validation.event_violations(event(), now=NOW) == []
+    assert {v.field for v in validation.event_violations(event(id_=""), now=NOW)} == {"id"}
+    assert {v.field for v in validation.event_violations(event("Bad"), now=NOW)} == {"type"}
 
 
 def test_a_batch_is_neither_empty_nor_over_1000() -> None:
     empty = profile_pb2.BatchTrackEventsRequest()
-    assert _fields(lambda: validation.validate_batch(empty, now=NOW)) == {"events"}
+    assert _fields(lambda: validation.validate_batch(empty)) == {"events"}
     big = profile_pb2.BatchTrackEventsRequest(events=[event() for _ in range(1001)])
-    assert _fields(lambda: validation.validate_batch(big, now=NOW)) == {"events"}
+    assert _fields(lambda: validation.validate_batch(big)) == {"events"}
+    validation.validate_batch(profile_pb2.BatchTrackEventsRequest(events=[event(id_="")]))
+
+
+@pytest.mark.parametrize("source", ["Web", "web sdk", "w" * 65, "-web"])
+def test_a_source_is_lower_snake_case(source: str) -> None:
+    message = event()
+    message.source = source
+    assert _track(message) == {"event.source"}
+
+
+def test_small_properties_are_not_measured_and_large_ones_are() -> None:
+    fine = event(properties={"blob": "x" * 30_000})
+    assert "event.properties" not in (_track_or_none(fine) or set())
+    assert _track(event(properties={"blob": "\u00e9" * 6_000})) == {"event.properties"}
+
+
+def _track_or_none(message: profile_pb2.Event) -> set[str] | None:
+    try:
+        validation.validate_track_event(profile_pb2.TrackEventRequest(event=message), now=NOW)
+    except InvalidArgument as error:
+        return {v.field for v in error.violations}
+    return None
 
 
 def test_set_traits_needs_a_person_and_traits() -> None:
@@ -144,20 +166,24 @@ def test_set_traits_needs_a_person_and_traits() -> None:
     )
 
 
-def test_set_consent_needs_person_channel_and_state() -> None:
-    assert _fields(
-        lambda: validation.validate_set_consent(profile_pb2.SetConsentRequest(person_id=PERSON))
-    ) == {"consent"}
-    empty = profile_pb2.SetConsentRequest(person_id="nope", consent=profile_pb2.Consent())
-    assert _fields(lambda: validation.validate_set_consent(empty)) == {
-        "person_id",
-        "consent.channel",
-        "consent.state",
-    }
+@pytest.mark.parametrize(
+    ("traits", "field"),
+    [
+        ({"email": 42}, "traits.email"),
+        ({"email": "not an address"}, "traits.email"),
+        ({"birthday": "01/02/1990"}, "traits.birthday"),
+        ({"birthday": "1990-02-30"}, "traits.birthday"),
+        ({"birthday": "2999-01-01"}, "traits.birthday"),
+        ({"vip": "yes"}, "traits.vip"),
+        ({"loyalty_points": 1.5}, "traits.loyalty_points"),
+        ({"first_name": ["Ada"]}, "traits.first_name"),
+    ],
+)
+def test_known_traits_have_types(traits: dict[str, object], field: str) -> None:
+    request = profile_pb2.SetTraitsRequest(person_id=PERSON, traits=struct(traits))
+    assert _fields(lambda: validation.validate_set_traits(request)) == {field}
 
 
-def test_reads_need_a_person_and_no_negative_sizes() -> None:
-    get = profile_pb2.GetProfileRequest(person_id="", recent_event_count=-1)
-    assert _fields(lambda: validation.validate_get_profile(get)) == {"person_id", "recent_event_count"}
-    page = profile_pb2.ListTimelineRequest(person_id="x", page_size=-1)
-    assert _fields(lambda: validation.validate_list_timeline(page)) == {"person_id", "page_size"}
+def test_known_traits_of_the_right_type_and_unknown_ones_pass() -> None:
+    values = {"email": "ada@example.com", "birthday": "1990-12-10", "vip": True, "shoe_size": "42", "vip2": 1}
+    validation.validate_set_traits(profile_pb2.SetTraitsRequest(person_id=PERSON, traits=struct(values)))

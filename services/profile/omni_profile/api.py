@@ -1,59 +1,104 @@
-"""The ProfileService servicer: checks requests, translates protobuf to domain calls, owns the transactions."""
+"""The ProfileService servicer: checks requests, translates protobuf to domain calls, owns the transactions.
+
+Reads (GetProfile, ListTimeline, the histories) run on autocommit sessions: one statement each needs no
+transaction, and BEGIN/COMMIT would double the round trips of the hottest call.
+"""
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import grpc
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from omni.profile.v1 import profile_pb2, profile_pb2_grpc
-from omni_kit.errors import NotFound
+from omni_kit.errors import FieldViolation, InvalidArgument, NotFound
 from omni_kit.runtime import Runtime
+from omni_profile import request_validation as checks
 from omni_profile import validation, wire
-from omni_profile.domain import Event, TrackResult
+from omni_profile.computed_traits import ComputedTraits
+from omni_profile.consents import Consents
+from omni_profile.domain import TrackResult
 from omni_profile.http import Intake, consume_stream
 from omni_profile.identity_client import IdentityClient
+from omni_profile.ingestion import Ingestion
 from omni_profile.profiles import Profiles
 from omni_profile.tracking import Tracker
+from omni_profile.traits import Traits
+from omni_profile.wire_definitions import definition_from_proto, definition_to_proto
+
+
+@dataclass(frozen=True)
+class Domain:
+    """The domain objects the servicer works with, built in main."""
+
+    ingestion: Ingestion
+    traits: Traits
+    consents: Consents
+    computed_traits: ComputedTraits
+    reads: async_sessionmaker[AsyncSession]
+    """Autocommit sessions for reads."""
 
 
 class ProfileServicer(profile_pb2_grpc.ProfileServiceServicer):
     """omni.profile.v1.ProfileService over the domain objects built in main."""
 
     def __init__(
-        self, runtime: Runtime, tracker: Tracker, profiles: Profiles, identity: IdentityClient
+        self, runtime: Runtime, tracker: Tracker, profiles: Profiles, identity: IdentityClient, domain: Domain
     ) -> None:
         self._runtime = runtime
         self._tracker = tracker
         self._profiles = profiles
         self._identity = identity
+        self._domain = domain
 
     async def TrackEvent(
         self, request: profile_pb2.TrackEventRequest, context: grpc.aio.ServicerContext
     ) -> profile_pb2.TrackEventResponse:
-        """Record one event."""
+        """Record one event; a bad one (identity's refusals included) is refused as a whole."""
         now = datetime.now(UTC)
         validation.validate_track_event(request, now=now)
         event = wire.event_from_proto(request.event, received_at=now)
-        (result,) = await self._track([event], ["event"], container="event")
-        return profile_pb2.TrackEventResponse(person_id=str(result.person_id), duplicate=result.duplicate)
+        (result,) = await self._domain.ingestion.ingest([event])
+        if result.violations:
+            raise InvalidArgument(
+                message="the event was refused",
+                violations=[
+                    FieldViolation(f"event.{v.field}" if v.field else "event", v.description)
+                    for v in result.violations
+                ],
+            )
+        return wire.track_result_to_proto(result)
 
     async def BatchTrackEvents(
         self, request: profile_pb2.BatchTrackEventsRequest, context: grpc.aio.ServicerContext
     ) -> profile_pb2.BatchTrackEventsResponse:
-        """Record a batch of events, all or nothing."""
+        """Record a batch of events; bad events are answered rejected, the others recorded."""
         now = datetime.now(UTC)
-        validation.validate_batch(request, now=now)
-        batch = [wire.event_from_proto(e, received_at=now) for e in request.events]
-        results = await self._track(batch, [f"events[{i}]" for i in range(len(batch))], container="events")
-        return profile_pb2.BatchTrackEventsResponse(
-            results=[
-                profile_pb2.TrackEventResponse(person_id=str(r.person_id), duplicate=r.duplicate)
-                for r in results
-            ]
-        )
+        validation.validate_batch(request)
+        rejected: dict[int, list[FieldViolation]] = {}
+        good = []
+        for index, message in enumerate(request.events):
+            problems = validation.event_violations(message, now=now)
+            if problems:
+                rejected[index] = problems
+            else:
+                good.append(wire.event_from_proto(message, received_at=now))
+        answers = iter(await self._domain.ingestion.ingest(good))
+        response = profile_pb2.BatchTrackEventsResponse()
+        for index in range(len(request.events)):
+            result = TrackResult.rejected(rejected[index]) if index in rejected else next(answers)
+            response.results.append(wire.track_result_to_proto(result))
+            if result.violations:
+                response.rejected_count += 1
+            elif result.duplicate:
+                response.duplicate_count += 1
+            else:
+                response.recorded_count += 1
+        return response
 
     async def StreamTrackEvents(
         self,
@@ -81,41 +126,37 @@ class ProfileServicer(profile_pb2_grpc.ProfileServiceServicer):
             ],
         )
 
-    async def _track(self, batch: list[Event], paths: Sequence[str], *, container: str) -> list[TrackResult]:
-        async with self._runtime.transaction() as session:
-            recorded = await self._tracker.recorded(session, batch)
-        await self._tracker.resolve(batch, paths, recorded, container=container)
-        async with self._runtime.transaction() as session:
-            return await self._tracker.record(session, batch, recorded)
-
     async def SetTraits(
         self, request: profile_pb2.SetTraitsRequest, context: grpc.aio.ServicerContext
     ) -> profile_pb2.SetTraitsResponse:
-        """Set or remove traits."""
+        """Set or remove traits, as far as the source's precedence allows."""
         validation.validate_set_traits(request)
         person_id = await self._known_person(uuid.UUID(request.person_id))
         async with self._runtime.transaction() as session:
-            profile = await self._profiles.set_traits(
+            current, ignored = await self._domain.traits.set_traits(
                 session, person_id, wire.struct_to_dict(request.traits), request.source, datetime.now(UTC)
             )
-        return profile_pb2.SetTraitsResponse(profile=wire.profile_to_proto(profile))
+            profile = await self._profiles.get(session, current, require_known=False)
+        return profile_pb2.SetTraitsResponse(profile=wire.profile_to_proto(profile), ignored_traits=ignored)
 
     async def SetConsent(
         self, request: profile_pb2.SetConsentRequest, context: grpc.aio.ServicerContext
     ) -> profile_pb2.SetConsentResponse:
-        """Record consent for a channel."""
-        validation.validate_set_consent(request)
+        """Record consent for a channel and purpose."""
+        checks.validate_set_consent(request)
         person_id = await self._known_person(uuid.UUID(request.person_id))
         channel = wire.channel_name(request.consent.channel)
-        assert channel is not None  # validated: the channel is required
+        assert channel is not None  # checked: the channel is required
         async with self._runtime.transaction() as session:
-            consent = await self._profiles.set_consent(
+            consent = await self._domain.consents.set_consent(
                 session,
                 person_id,
-                channel,
-                wire.consent_state_name(request.consent.state),
-                request.consent.source,
-                datetime.now(UTC),
+                channel=channel,
+                state=wire.consent_state_name(request.consent.state),
+                source=request.consent.source,
+                now=datetime.now(UTC),
+                purpose=wire.purpose_name(request.consent.purpose),
+                double_opt_in=wire.double_opt_in_name(request.consent.double_opt_in),
             )
         return profile_pb2.SetConsentResponse(consent=wire.consent_to_proto(consent))
 
@@ -123,8 +164,8 @@ class ProfileServicer(profile_pb2_grpc.ProfileServiceServicer):
         self, request: profile_pb2.GetProfileRequest, context: grpc.aio.ServicerContext
     ) -> profile_pb2.GetProfileResponse:
         """The 360 view of a person."""
-        validation.validate_get_profile(request)
-        async with self._runtime.transaction() as session:
+        checks.validate_get_profile(request)
+        async with self._domain.reads() as session:
             profile = await self._profiles.get(
                 session, uuid.UUID(request.person_id), request.recent_event_count
             )
@@ -134,8 +175,8 @@ class ProfileServicer(profile_pb2_grpc.ProfileServiceServicer):
         self, request: profile_pb2.ListTimelineRequest, context: grpc.aio.ServicerContext
     ) -> profile_pb2.ListTimelineResponse:
         """One page of a person's timeline, newest first."""
-        validation.validate_list_timeline(request)
-        async with self._runtime.transaction() as session:
+        checks.validate_list_timeline(request)
+        async with self._domain.reads() as session:
             page, token = await self._profiles.timeline(
                 session, uuid.UUID(request.person_id), request.page_size, request.page_token
             )
@@ -143,9 +184,63 @@ class ProfileServicer(profile_pb2_grpc.ProfileServiceServicer):
             events=[wire.event_to_proto(e) for e in page], next_page_token=token
         )
 
+    async def ListTraitHistory(
+        self, request: profile_pb2.ListTraitHistoryRequest, context: grpc.aio.ServicerContext
+    ) -> profile_pb2.ListTraitHistoryResponse:
+        """One page of a person's trait changes, newest first."""
+        checks.validate_list_trait_history(request)
+        async with self._domain.reads() as session:
+            page, token = await self._profiles.trait_history(
+                session,
+                uuid.UUID(request.person_id),
+                request.trait_name,
+                request.page_size,
+                request.page_token,
+            )
+        return profile_pb2.ListTraitHistoryResponse(
+            trait_changes=[wire.trait_change_to_proto(c) for c in page], next_page_token=token
+        )
+
+    async def ListConsentHistory(
+        self, request: profile_pb2.ListConsentHistoryRequest, context: grpc.aio.ServicerContext
+    ) -> profile_pb2.ListConsentHistoryResponse:
+        """One page of a person's consent changes, newest first."""
+        checks.validate_list_consent_history(request)
+        async with self._domain.reads() as session:
+            page, token = await self._profiles.consent_history(
+                session, uuid.UUID(request.person_id), request.page_size, request.page_token
+            )
+        return profile_pb2.ListConsentHistoryResponse(
+            consents=[wire.consent_to_proto(c) for c in page], next_page_token=token
+        )
+
+    async def CreateComputedTrait(
+        self, request: profile_pb2.CreateComputedTraitRequest, context: grpc.aio.ServicerContext
+    ) -> profile_pb2.CreateComputedTraitResponse:
+        """Define a computed trait; it is backfilled in the background."""
+        checks.validate_create_computed_trait(request)
+        computed_traits = self._domain.computed_traits
+        async with self._runtime.transaction() as session:
+            stored = await computed_traits.create(session, definition_from_proto(request.computed_trait))
+        computed_traits.adopt(stored)
+        return profile_pb2.CreateComputedTraitResponse(computed_trait=definition_to_proto(stored))
+
+    async def ListComputedTraits(
+        self, request: profile_pb2.ListComputedTraitsRequest, context: grpc.aio.ServicerContext
+    ) -> profile_pb2.ListComputedTraitsResponse:
+        """One page of computed-trait definitions, by name."""
+        checks.validate_list_computed_traits(request)
+        async with self._domain.reads() as session:
+            page, token = await self._domain.computed_traits.list_page(
+                session, request.page_size, request.page_token
+            )
+        return profile_pb2.ListComputedTraitsResponse(
+            computed_traits=[definition_to_proto(d) for d in page], next_page_token=token
+        )
+
     async def _known_person(self, person_id: uuid.UUID) -> uuid.UUID:
         """The live person behind an id: profile's own record first, else identity's; NotFound if neither."""
-        async with self._runtime.transaction() as session:
+        async with self._domain.reads() as session:
             current = await self._profiles.current_person(session, person_id)
         if current is not None:
             return current

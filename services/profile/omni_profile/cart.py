@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import replace
+from datetime import datetime
 
 from omni_profile.domain import CART_ITEM_ADDED, CART_ITEM_REMOVED, ORDER_COMPLETED, CartLine, Event
 
@@ -56,45 +57,19 @@ def apply_events(cart: Cart, events: Iterable[Event]) -> Cart:
     return cart
 
 
-def merge_carts(survivor: Cart, merged: Iterable[Cart]) -> Cart:
-    """The cart of persons found to be one: lines of the same product add up; the survivor's name wins."""
-    result = dict(survivor)
-    for cart in merged:
-        for product_id, line in cart.items():
-            current = result.get(product_id)
-            if current is None:
-                result[product_id] = line
-            else:
-                result[product_id] = replace(
-                    current,
-                    quantity=current.quantity + line.quantity,
-                    name=current.name or line.name,
-                    unit_price_minor=(
-                        current.unit_price_minor
-                        if current.unit_price_minor is not None
-                        else line.unit_price_minor
-                    ),
-                    currency_code=current.currency_code or line.currency_code,
-                )
-    return result
+def order_key(event: Event) -> tuple[datetime, str, str]:
+    """The order cart events apply in: when they happened, then (source, id) to break ties the same way
+    whatever order they arrived in."""
+    return (event.occurred_at, event.source, event.id)
 
 
-@dataclass(frozen=True)
-class CartDiff:
-    """What to write to turn one stored cart into another."""
+def recompute(events: Iterable[Event]) -> Cart:
+    """The cart a set of cart events leads to, applied in the order they happened (see order_key).
 
-    upserts: list[CartLine]
-    deletes: list[str]
-
-    def __bool__(self) -> bool:
-        return bool(self.upserts or self.deletes)
-
-
-def diff(before: Mapping[str, CartLine], after: Mapping[str, CartLine]) -> CartDiff:
-    """The lines to write and the product ids to delete to go from before to after."""
-    upserts = [line for product_id, line in after.items() if before.get(product_id) != line]
-    deletes = [product_id for product_id in before if product_id not in after]
-    return CartDiff(upserts=upserts, deletes=deletes)
+    An order empties exactly the lines added before it, whenever its events arrive, so the cart is a
+    function of the events alone and late or out-of-order arrivals end where in-order ones would.
+    """
+    return apply_events({}, sorted(events, key=order_key))
 
 
 def sorted_lines(cart: Mapping[str, CartLine]) -> list[CartLine]:

@@ -1,4 +1,4 @@
-"""What profile knows of a person, in plain Python: events, cart lines, consent, the profile itself.
+"""What profile knows of a person, in plain Python: events, cart lines, consent, traits, the profile itself.
 
 The servicer translates protobuf into these; domain modules and the repository work on them only.
 """
@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from omni_kit.errors import FieldViolation
+
 CART_ITEM_ADDED = "cart_item_added"
 CART_ITEM_REMOVED = "cart_item_removed"
 ORDER_COMPLETED = "order_completed"
@@ -20,6 +22,14 @@ CART_EVENTS = CART_LINE_EVENTS | {ORDER_COMPLETED}
 
 MESSAGE_SENT = "message_sent"
 MESSAGE_FAILED = "message_failed"
+
+DEFAULT_SOURCE = "api"
+"""The source of events and traits whose sender names none."""
+GATEWAY_SOURCE = "gateway"
+"""The source of the timeline events profile records from the gateway's message outcomes."""
+
+DEFAULT_PURPOSE = "marketing"
+"""The purpose of a consent given without one: what consent meant before purposes were recorded."""
 
 
 @dataclass(frozen=True)
@@ -43,7 +53,10 @@ class CartLine:
 
 @dataclass
 class Event:
-    """One event on a timeline; person_id is None until the event is resolved to a person."""
+    """One event on a timeline; person_id is None until the event is resolved to a person.
+
+    (source, id) is the event's identity: the same id from two sources is two events.
+    """
 
     id: str
     type: str
@@ -54,16 +67,32 @@ class Event:
     properties: dict[str, Any] = field(default_factory=dict)
     cart_item: CartLine | None = None
     person_id: uuid.UUID | None = None
+    source: str = DEFAULT_SOURCE
+
+    @property
+    def key(self) -> tuple[str, str]:
+        """The event's identity: (source, id)."""
+        return (self.source, self.id)
 
 
 @dataclass(frozen=True)
 class Consent:
-    """A person's consent for one channel."""
+    """A person's consent for one channel and purpose.
+
+    double_opt_in is None, "pending_confirmation" or "confirmed" (email only).
+    """
 
     channel: str
     state: str
     source: str
     updated_at: datetime
+    purpose: str = DEFAULT_PURPOSE
+    double_opt_in: str | None = None
+
+    @property
+    def contact_allowed(self) -> bool:
+        """Whether the consent allows contact: granted, and confirmed when double opt-in is used."""
+        return self.state == "granted" and self.double_opt_in != "pending_confirmation"
 
 
 @dataclass(frozen=True)
@@ -76,6 +105,28 @@ class Trait:
     updated_at: datetime
 
 
+@dataclass(frozen=True)
+class TraitChange:
+    """One change of a trait, as kept in the history; a None value means "not set"."""
+
+    id: uuid.UUID
+    person_id: uuid.UUID
+    name: str
+    old_value: Any
+    new_value: Any
+    source: str
+    changed_at: datetime
+
+
+@dataclass(frozen=True)
+class SegmentMembership:
+    """A segment a person is in, as segmentation announced it."""
+
+    segment_id: str
+    segment_name: str
+    entered_at: datetime
+
+
 @dataclass
 class Profile:
     """The 360 view of one person."""
@@ -86,11 +137,36 @@ class Profile:
     consents: list[Consent]
     recent_events: list[Event]
     event_count: int
+    computed_traits: dict[str, Any] = field(default_factory=dict)
+    trait_details: dict[str, Trait] = field(default_factory=dict)
+    segments: list[SegmentMembership] = field(default_factory=list)
+
+
+RECORDED = "recorded"
+DUPLICATE = "duplicate"
+REJECTED = "rejected"
 
 
 @dataclass(frozen=True)
 class TrackResult:
-    """Where one tracked event went."""
+    """What happened to one tracked event: recorded, a duplicate, or rejected with its violations.
 
-    person_id: uuid.UUID
+    person_id is the person the event was (or had been) recorded for; None when it was rejected.
+    Violation paths are relative to the event ("occurred_at", "identifiers[0].value").
+    """
+
+    person_id: uuid.UUID | None
     duplicate: bool
+    violations: tuple[FieldViolation, ...] = ()
+
+    @property
+    def status(self) -> str:
+        """RECORDED, DUPLICATE or REJECTED."""
+        if self.violations:
+            return REJECTED
+        return DUPLICATE if self.duplicate else RECORDED
+
+    @classmethod
+    def rejected(cls, violations: list[FieldViolation] | tuple[FieldViolation, ...]) -> TrackResult:
+        """The result of an event refused for these violations."""
+        return cls(person_id=None, duplicate=False, violations=tuple(violations))

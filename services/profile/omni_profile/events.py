@@ -1,66 +1,71 @@
-"""The events profile publishes and consumes: their types, how they are staged, and the handlers.
+"""The events profile publishes and consumes: their types, and how the published ones are staged.
 
 Published (payloads in omni.profile.v1.events): profile.event_tracked for every newly recorded event,
-profile.profile_changed when traits or the cart change (or a merge lands), profile.consent_changed.
-Consumed: identity.persons_merged (move the merged persons' profiles to the survivor) and gateway
-message outcomes (recorded on the person's timeline).
+profile.profile_changed when traits, computed traits or the cart change (or a merge lands; only the parts
+named in `changed` are filled), profile.consent_changed, profile.person_erased. The handlers of consumed
+events are in consumers.py.
 """
 
 from __future__ import annotations
 
-import logging
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from google.protobuf import any_pb2
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from omni.events.v1 import envelope_pb2
-from omni.gateway.v1 import events_pb2 as gateway_events
-from omni.gateway.v1 import gateway_pb2
-from omni.identity.v1 import events_pb2 as identity_events
 from omni.profile.v1 import events_pb2
-from omni_kit.bus import Outbox, unpack
-from omni_kit.ids import parse_uuid
+from omni_kit.bus import Outbox
+from omni_kit.ids import new_id_str
 from omni_profile import wire
-from omni_profile.domain import MESSAGE_FAILED, MESSAGE_SENT, CartLine, Consent, Event
-
-if TYPE_CHECKING:
-    from omni_profile.merge import Merger
-    from omni_profile.tracking import Tracker
-
-log = logging.getLogger(__name__)
+from omni_profile.domain import CartLine, Consent, Event
 
 EVENT_TRACKED = "profile.event_tracked"
 PROFILE_CHANGED = "profile.profile_changed"
 CONSENT_CHANGED = "profile.consent_changed"
+PERSON_ERASED = "profile.person_erased"
 
 PERSONS_MERGED = "identity.persons_merged"
+PERSONS_UNMERGED = "identity.persons_unmerged"
+PERSON_FORGOTTEN = "identity.person_forgotten"
+PERSON_ENTERED_SEGMENT = "segmentation.person_entered_segment"
+PERSON_EXITED_SEGMENT = "segmentation.person_exited_segment"
 MESSAGE_SENT_EVENT = "gateway.message_sent"
 MESSAGE_FAILED_EVENT = "gateway.message_failed"
 
 GATEWAY_EVENT_PREFIX = "gateway:"
-"""Timeline events recorded from gateway outcomes have the id "gateway:<message id>"."""
+"""Timeline events recorded from gateway outcomes have the id "gateway:<message id>" (source "gateway")."""
 
-
-# -- publishing ------------------------------------------------------------------------------------------
+_TRACKED_TYPE_URL = "type.googleapis.com/" + events_pb2.EventTrackedEvent.DESCRIPTOR.full_name
 
 
 async def stage_events_tracked(session: AsyncSession, outbox: Outbox, tracked: Sequence[Event]) -> None:
     """Stage profile.event_tracked for each newly recorded event (one insert)."""
-    await outbox.add_envelopes(
-        session,
-        [
-            outbox.envelope(
-                events_pb2.EventTrackedEvent(event=wire.event_to_proto(event)),
-                event_type=EVENT_TRACKED,
-                person_id=str(event.person_id),
-                occurred_at=event.occurred_at,
-            )
-            for event in tracked
-        ],
-    )
+    if not tracked:
+        return
+    # The trace context and producer are the same for the whole batch: build them once, then one envelope
+    # per event around its serialised payload.
+    template = outbox.envelope(events_pb2.EventTrackedEvent(), event_type=EVENT_TRACKED)
+    trace_context = dict(template.trace_context)
+    envelopes = []
+    for event in tracked:
+        envelope = envelope_pb2.Envelope(
+            id=new_id_str(),
+            type=EVENT_TRACKED,
+            person_id=str(event.person_id),
+            producer=template.producer,
+            trace_context=trace_context,
+            payload=any_pb2.Any(
+                type_url=_TRACKED_TYPE_URL,
+                value=events_pb2.EventTrackedEvent(event=wire.event_to_proto(event)).SerializeToString(),
+            ),
+        )
+        envelope.occurred_at.FromDatetime(event.occurred_at.astimezone(UTC))
+        envelopes.append(envelope)
+    await outbox.add_envelopes(session, envelopes)
 
 
 async def stage_profile_changed(
@@ -68,107 +73,47 @@ async def stage_profile_changed(
     outbox: Outbox,
     person_id: uuid.UUID,
     *,
-    traits: Mapping[str, Any],
-    cart: Iterable[CartLine],
     changed: Sequence[str],
+    traits: Mapping[str, Any] | None = None,
+    cart: Iterable[CartLine] | None = None,
+    computed_traits: Mapping[str, Any] | None = None,
     merged_person_ids: Sequence[uuid.UUID] = (),
 ) -> None:
-    """Stage profile.profile_changed with the person's traits and cart after the change."""
+    """Stage profile.profile_changed with the parts after the change (each part given is filled)."""
     payload = events_pb2.ProfileChangedEvent(
         person_id=str(person_id),
-        traits=wire.dict_to_struct(traits),
-        cart=wire.cart_to_proto(cart),
         changed=list(changed),
         merged_person_ids=[str(m) for m in merged_person_ids],
     )
+    if traits is not None:
+        payload.traits.CopyFrom(wire.dict_to_struct(traits))
+    if cart is not None:
+        payload.cart.CopyFrom(wire.cart_to_proto(cart))
+    if computed_traits is not None:
+        payload.computed_traits.CopyFrom(wire.dict_to_struct(computed_traits))
     await outbox.add(session, payload, event_type=PROFILE_CHANGED, person_id=str(person_id))
 
 
 async def stage_consent_changed(
     session: AsyncSession, outbox: Outbox, person_id: uuid.UUID, consent: Consent
 ) -> None:
-    """Stage profile.consent_changed with the consent as stored."""
+    """Stage profile.consent_changed with the consent as stored (its purpose included)."""
     payload = events_pb2.ConsentChangedEvent(person_id=str(person_id), consent=wire.consent_to_proto(consent))
     await outbox.add(session, payload, event_type=CONSENT_CHANGED, person_id=str(person_id))
 
 
-# -- consuming -------------------------------------------------------------------------------------------
-
-
-class PersonsMergedHandler:
-    """Applies identity.persons_merged: the merged persons' profiles move to the survivor."""
-
-    def __init__(self, merger: Merger) -> None:
-        self._merger = merger
-
-    async def __call__(self, session: AsyncSession, envelope: envelope_pb2.Envelope) -> None:
-        """Handle one envelope inside the consumer's transaction."""
-        merged = unpack(envelope, identity_events.PersonsMergedEvent)
-        survivor = parse_uuid(merged.survivor_person_id)
-        merged_ids = [parse_uuid(m) for m in merged.merged_person_ids]
-        if survivor is None or any(m is None for m in merged_ids):
-            # Retrying cannot fix a malformed event; dropping it is all we can do.
-            log.error("ignoring persons_merged %s with malformed person ids", envelope.id)
-            return
-        await self._merger.merge(session, survivor, [m for m in merged_ids if m is not None])
-
-
-class MessageOutcomeHandler:
-    """Records gateway.message_sent / gateway.message_failed on the person's timeline."""
-
-    def __init__(self, tracker: Tracker) -> None:
-        self._tracker = tracker
-
-    async def __call__(self, session: AsyncSession, envelope: envelope_pb2.Envelope) -> None:
-        """Handle one envelope inside the consumer's transaction."""
-        if envelope.type == MESSAGE_SENT_EVENT:
-            message = unpack(envelope, gateway_events.MessageSentEvent).message
-            event_type = MESSAGE_SENT
-        elif envelope.type == MESSAGE_FAILED_EVENT:
-            message = unpack(envelope, gateway_events.MessageFailedEvent).message
-            event_type = MESSAGE_FAILED
-        else:
-            log.warning("ignoring unexpected event type %s", envelope.type)
-            return
-        event = outcome_event(message, event_type, envelope)
-        if event is None:
-            log.error("ignoring %s %s: the message has no valid person or id", envelope.type, envelope.id)
-            return
-        await self._tracker.record(session, [event])
-
-
-def outcome_event(
-    message: gateway_pb2.Message, event_type: str, envelope: envelope_pb2.Envelope
-) -> Event | None:
-    """The timeline event of a gateway outcome, or None when the message names no person or id."""
-    person_id = parse_uuid(message.person_id)
-    if person_id is None or not message.id:
-        return None
-    received_at = datetime.now(UTC)
-    if message.HasField("update_time"):
-        occurred_at = message.update_time.ToDatetime(tzinfo=UTC)
-    elif envelope.HasField("occurred_at"):
-        occurred_at = envelope.occurred_at.ToDatetime(tzinfo=UTC)
-    else:
-        occurred_at = received_at
-    return Event(
-        id=GATEWAY_EVENT_PREFIX + message.id,
-        type=event_type,
-        channel=wire.channel_name(message.channel) if message.channel in wire.KNOWN_CHANNELS else None,
-        occurred_at=occurred_at,
-        received_at=received_at,
-        properties={
-            "message_id": message.id,
-            "template_id": message.template_id,
-            "journey_id": message.journey_id,
-            "status": _status_name(message.status),
-            "error": message.error,
-        },
-        person_id=person_id,
+async def stage_person_erased(
+    session: AsyncSession,
+    outbox: Outbox,
+    person_id: uuid.UUID,
+    merged_person_ids: Sequence[uuid.UUID],
+    erased_event_count: int,
+) -> None:
+    """Stage profile.person_erased."""
+    payload = events_pb2.PersonErasedEvent(
+        person_id=str(person_id),
+        merged_person_ids=[str(m) for m in merged_person_ids],
+        erased_event_count=erased_event_count,
     )
-
-
-def _status_name(status: int) -> str:
-    if status not in gateway_pb2.MessageStatus.values():
-        return str(status)
-    return gateway_pb2.MessageStatus.Name(status).removeprefix("MESSAGE_STATUS_").lower()  # type: ignore[arg-type]
+    payload.erase_time.FromDatetime(datetime.now(UTC))
+    await outbox.add(session, payload, event_type=PERSON_ERASED, person_id=str(person_id))

@@ -2,22 +2,31 @@
 
 from __future__ import annotations
 
+import asyncio
+from datetime import timedelta
 from pathlib import Path
 
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
+from sqlalchemy.ext.asyncio import async_sessionmaker
 
 from omni.profile.v1 import profile_pb2_grpc
 from omni_kit import grpc_client
 from omni_kit.runtime import Runtime
 from omni_kit.settings import ServiceSettings
-from omni_profile import events
-from omni_profile.api import ProfileServicer
+from omni_profile import consumers, events
+from omni_profile.api import Domain, ProfileServicer
+from omni_profile.computed_traits import ComputedTraits
+from omni_profile.consents import Consents
+from omni_profile.erasure import Eraser
 from omni_profile.http import HttpEndpoint, IdentifierLookup, Intake, SourceSetting, WriteKey
 from omni_profile.identity_client import IDEMPOTENT_METHODS, SERVICE, IdentityClient
+from omni_profile.ingestion import Ingestion
 from omni_profile.merge import Merger
+from omni_profile.precedence import DEFAULT_RANKING, SourcePolicy
 from omni_profile.profiles import Profiles
 from omni_profile.tracking import Tracker
+from omni_profile.traits import Traits
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 SERVICE_NAME = "omni.profile.v1.ProfileService"
@@ -31,6 +40,26 @@ class Settings(ServiceSettings):
     grpc_port: int = Field(50052, ge=0, le=65535, description="Port of the gRPC server; 0 picks a free one.")
     identity_target: str = Field("127.0.0.1:50051", description="host:port of the identity service.")
     identity_timeout_s: float = Field(5.0, gt=0, description="Deadline of each call to identity.")
+    trait_source_ranking: tuple[str, ...] = Field(
+        DEFAULT_RANKING,
+        min_length=1,
+        description="Trait sources from the most to the least trusted; a source ranked lower does not "
+        "overwrite a value set by a higher one (unlisted sources rank last).",
+    )
+    trait_stale_after_days: int = Field(
+        365, ge=1, description="After this many days any source may overwrite a trait's value."
+    )
+    computed_traits_refresh_s: float = Field(
+        5.0,
+        gt=0,
+        description="How often the computed-trait definitions are reloaded and backfills looked for.",
+    )
+    computed_traits_backfill_slice: int = Field(
+        100,
+        ge=1,
+        le=10_000,
+        description="Persons recomputed per transaction when backfilling a computed trait.",
+    )
     http_host: str = Field("0.0.0.0", description="Address the Segment-compatible HTTP endpoint binds.")
     http_port: int = Field(
         8088, ge=0, le=65535, description="Port of the Segment-compatible HTTP endpoint; 0 picks a free one."
@@ -76,19 +105,51 @@ async def _wire(runtime: ProfileRuntime, settings: Settings) -> None:
         )
     )
     identity = IdentityClient(identity_channel)
-    tracker = Tracker(identity, runtime.outbox)
-    profiles = Profiles(runtime.outbox)
+    policy = SourcePolicy(
+        ranking=settings.trait_source_ranking, stale_after=timedelta(days=settings.trait_stale_after_days)
+    )
+    computed_traits = ComputedTraits(
+        runtime.outbox,
+        refresh_s=settings.computed_traits_refresh_s,
+        backfill_slice=settings.computed_traits_backfill_slice,
+    )
+    async with runtime.transaction() as session:
+        await computed_traits.refresh(session)
+    catalog = computed_traits.current
+    tracker = Tracker(identity, runtime.outbox, catalog)
+    traits = Traits(runtime.outbox, policy)
+    profiles = Profiles(catalog, traits)
+    merger = Merger(runtime.outbox, policy, catalog)
     runtime.add_consumer(
-        durable="identity-merges",
-        event_types=[events.PERSONS_MERGED],
-        handler=events.PersonsMergedHandler(Merger(runtime.outbox)),
+        durable="identity-lineage",
+        event_types=[events.PERSONS_MERGED, events.PERSONS_UNMERGED, events.PERSON_FORGOTTEN],
+        handler=consumers.LineageHandler(
+            consumers.PersonsMergedHandler(merger),
+            consumers.PersonsUnmergedHandler(merger),
+            consumers.PersonForgottenHandler(Eraser(runtime.outbox)),
+        ),
+    )
+    runtime.add_consumer(
+        durable="segment-memberships",
+        event_types=[events.PERSON_ENTERED_SEGMENT, events.PERSON_EXITED_SEGMENT],
+        handler=consumers.SegmentMembershipHandler(),
     )
     runtime.add_consumer(
         durable="gateway-outcomes",
         event_types=[events.MESSAGE_SENT_EVENT, events.MESSAGE_FAILED_EVENT],
-        handler=events.MessageOutcomeHandler(tracker),
+        handler=consumers.MessageOutcomeHandler(tracker),
     )
-    servicer = ProfileServicer(runtime, tracker, profiles, identity)
+    runtime.add_task(
+        lambda: asyncio.create_task(computed_traits.run(runtime.transaction), name="computed-traits")
+    )
+    domain = Domain(
+        ingestion=Ingestion(runtime.transaction, tracker),
+        traits=traits,
+        consents=Consents(runtime.outbox),
+        computed_traits=computed_traits,
+        reads=async_sessionmaker(runtime.engine.execution_options(isolation_level="AUTOCOMMIT")),
+    )
+    servicer = ProfileServicer(runtime, tracker, profiles, identity, domain)
     await runtime.serve(
         service_names=[SERVICE_NAME],
         register=lambda server: profile_pb2_grpc.add_ProfileServiceServicer_to_server(servicer, server),

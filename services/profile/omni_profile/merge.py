@@ -1,54 +1,63 @@
-"""Merges: when identity finds persons to be one, their profiles move onto the surviving person.
+"""Merges and unmerges: when identity finds persons to be one, their profiles move onto the survivor; when
+an operator splits a person back out, its events move back.
 
-Events move as they are. Traits: the survivor's values win; among the merged persons, the most recently
-set value. Cart lines of the same product add up. Consent per channel: the most recent answer wins; the
-history moves whole. The merged ids keep a profile row pointing at the survivor, so later events and reads
-that name them land on the survivor.
+Merge: events move as they are. Traits: per trait, the value of the highest-ranked source (precedence.py);
+among equals the survivor's own, then the most recently set; the history moves whole, and values the
+survivor gains are recorded as changes by "merge". Computed traits: the merged states are combined, which
+is exact because every kind is a sum, minimum or maximum over disjoint sets of events. The cart is
+recomputed from the survivor's cart events, now all of them, in the order they happened. Consent per
+channel and purpose: the most recent answer wins; the history moves whole. Segment memberships of the
+merged persons are dropped (segmentation announces the survivor's). The merged ids keep a profile row
+pointing at the survivor, so later events and reads that name them land on the survivor.
+
+Unmerge: the survivor's events carrying one of the identifiers identity moved back (compared without case)
+move to the restored person, whose id (and the ids that had been merged into it) lead to it again; both
+persons' counts, carts and computed traits are recomputed from their timelines. Traits and consent stay
+with the survivor: profile cannot tell which of them the restored person brought.
 """
 
 from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from omni_kit.bus import Outbox
-from omni_profile import cart, events, persons, repository
-from omni_profile.domain import Consent, Trait
+from omni_kit.ids import new_id
+from omni_profile import cart, computed, events, persons, repository
+from omni_profile.domain import CART_EVENTS, Consent, TraitChange
+from omni_profile.precedence import SourcePolicy
 
 log = logging.getLogger(__name__)
 
-
-def merge_traits(survivor: Mapping[str, Trait], merged: Sequence[Mapping[str, Trait]]) -> dict[str, Trait]:
-    """The survivor's traits after a merge: its own win; otherwise the most recently set merged value."""
-    result = dict(survivor)
-    candidates = sorted(
-        (trait for traits in merged for trait in traits.values()), key=lambda t: t.updated_at, reverse=True
-    )
-    for trait in candidates:
-        result.setdefault(trait.name, trait)
-    return result
+MERGE_SOURCE = "merge"
 
 
-def merge_consents(survivor: Sequence[Consent], merged: Sequence[Sequence[Consent]]) -> dict[str, Consent]:
-    """The consent per channel after a merge: the most recently given answer wins (the survivor's on a tie)."""
-    result = {c.channel: c for c in survivor}
+def merge_consents(
+    survivor: Sequence[Consent], merged: Sequence[Sequence[Consent]]
+) -> dict[tuple[str, str], Consent]:
+    """The consent per channel and purpose after a merge: the most recent answer wins (the survivor's on a
+    tie)."""
+    result = {(c.channel, c.purpose): c for c in survivor}
     for consents in merged:
         for consent in consents:
-            current = result.get(consent.channel)
+            key = (consent.channel, consent.purpose)
+            current = result.get(key)
             if current is None or consent.updated_at > current.updated_at:
-                result[consent.channel] = consent
+                result[key] = consent
     return result
 
 
 class Merger:
-    """Applies identity's persons_merged events to profiles."""
+    """Applies identity's persons_merged and persons_unmerged events to profiles."""
 
-    def __init__(self, outbox: Outbox) -> None:
+    def __init__(self, outbox: Outbox, policy: SourcePolicy, catalog: Callable[[], computed.Catalog]) -> None:
         self._outbox = outbox
+        self._policy = policy
+        self._catalog = catalog
 
     async def merge(
         self, session: AsyncSession, survivor_id: uuid.UUID, merged_ids: Sequence[uuid.UUID]
@@ -57,55 +66,133 @@ class Merger:
 
         Safe to apply twice: the second time the merged persons have nothing left to move.
         """
-        current = await persons.lock_current(session, [survivor_id, *merged_ids])
+        current, states = await persons.lock_states(session, [survivor_id, *merged_ids])
         # The survivor may itself have been merged away by a later event applied first.
         survivor = current[survivor_id]
         # Ids merged away earlier (into the survivor or elsewhere) have nothing of their own any more.
-        merged = sorted({m for m in merged_ids if m != survivor and current[m] == m})
-        if not merged:
+        merged = sorted({m for m in merged_ids if m != survivor and current[m] == m and not states[m].erased})
+        if not merged or states[survivor].erased:
             log.info("persons_merged into %s: nothing left to move", survivor)
             return
-        everyone = [survivor, *merged]
+        now = datetime.now(UTC)
         changed: list[str] = []
         if await repository.move_events(session, merged, survivor):
             changed.append("events")
-        moved_count = await repository.mark_merged(session, merged, survivor)
-        await repository.add_event_counts(session, {survivor: moved_count})
-
-        traits = await repository.load_traits(session, everyone)
-        merged_traits = merge_traits(traits[survivor], [traits[m] for m in merged])
-        added_traits = [t for name, t in merged_traits.items() if name not in traits[survivor]]
-        if added_traits:
-            await repository.write_traits(session, survivor, added_traits, ())
-        if any(traits[m] for m in merged):
+        await repository.mark_merged(session, merged, survivor)
+        merged_traits = await self._merge_traits(session, survivor, merged, now)
+        if merged_traits is not None:
             changed.append("traits")
-            await repository.delete_traits(session, merged)
-
-        carts = await repository.load_carts(session, everyone)
-        merged_cart = cart.merge_carts(carts[survivor], [carts[m] for m in merged])
-        difference = cart.diff(carts[survivor], merged_cart)
-        if difference:
+        catalog = self._catalog()
+        before = states[survivor]
+        state = computed.merge_states([before.computed, *(states[m].computed for m in merged)])
+        stored_cart_events = (await repository.cart_events(session, [survivor]))[survivor]
+        new_cart = cart.recompute(stored_cart_events)
+        as_of = [a for a in (before.cart_as_of, *(states[m].cart_as_of for m in merged)) if a is not None]
+        await repository.set_state(
+            session,
+            survivor,
+            event_count=before.event_count + sum(states[m].event_count for m in merged),
+            cart=new_cart,
+            cart_as_of=max(as_of) if as_of else None,
+            computed=state,
+        )
+        if new_cart != before.cart:
             changed.append("cart")
-            await repository.write_cart(
-                session, survivor, difference.upserts, difference.deletes, datetime.now(UTC)
-            )
-        await repository.delete_carts(session, merged)
-
-        consents = await repository.load_consents(session, everyone)
-        if any(consents[m] for m in merged):
+        values = computed.values(catalog, state, now)
+        if values != computed.values(catalog, before.computed, now):
+            changed.append("computed_traits")
+        if await self._merge_consents(session, survivor, merged):
             changed.append("consents")
-            own = {c.channel: c for c in consents[survivor]}
-            for channel, consent in merge_consents(consents[survivor], [consents[m] for m in merged]).items():
-                if own.get(channel) != consent:
-                    await repository.write_consent(session, survivor, consent)
-        await repository.move_consents(session, merged, survivor)
-
+        await repository.delete_memberships(session, merged)
         await events.stage_profile_changed(
             session,
             self._outbox,
             survivor,
-            traits={name: trait.value for name, trait in merged_traits.items()},
-            cart=cart.sorted_lines(merged_cart),
             changed=changed,
+            traits=merged_traits,
+            cart=cart.sorted_lines(new_cart) if "cart" in changed else None,
+            computed_traits=values if "computed_traits" in changed else None,
             merged_person_ids=merged,
         )
+
+    async def _merge_traits(
+        self, session: AsyncSession, survivor: uuid.UUID, merged: Sequence[uuid.UUID], now: datetime
+    ) -> dict[str, object] | None:
+        """Give the survivor the traits that win by precedence; the survivor's trait values after, or None
+        when the merged persons had no traits."""
+        traits = await repository.load_traits(session, [survivor, *merged])
+        if not any(traits[m] for m in merged):
+            return None
+        own = traits[survivor]
+        result = self._policy.merge(own, [traits[m] for m in merged])
+        gained = [t for name, t in result.items() if own.get(name) is not t]
+        await repository.write_traits(session, survivor, gained, ())
+        await repository.delete_traits(session, merged)
+        await repository.move_trait_changes(session, merged, survivor)
+        await repository.record_trait_changes(
+            session,
+            [
+                TraitChange(new_id(), survivor, t.name, own[t.name].value if t.name in own else None, t.value,
+                            MERGE_SOURCE, now)
+                for t in gained
+                if t.name not in own or own[t.name].value != t.value
+            ],
+        )  # fmt: skip
+        return {name: t.value for name, t in result.items()}
+
+    async def _merge_consents(
+        self, session: AsyncSession, survivor: uuid.UUID, merged: Sequence[uuid.UUID]
+    ) -> bool:
+        """Give the survivor the latest consent answers; True when the merged persons had any consent."""
+        consents = await repository.load_consents(session, [survivor, *merged])
+        had_any = any(consents[m] for m in merged)
+        if had_any:
+            own: Mapping[tuple[str, str], Consent] = {(c.channel, c.purpose): c for c in consents[survivor]}
+            for key, consent in merge_consents(consents[survivor], [consents[m] for m in merged]).items():
+                if own.get(key) != consent:
+                    await repository.write_consent(session, survivor, consent)
+        await repository.move_consents(session, merged, survivor)
+        return had_any
+
+    async def unmerge(
+        self,
+        session: AsyncSession,
+        survivor_id: uuid.UUID,
+        restored_id: uuid.UUID,
+        restored_merged_ids: Sequence[uuid.UUID],
+        identifiers: Sequence[tuple[str, str]],
+    ) -> None:
+        """Move the restored person's events back from the survivor and recompute both profiles."""
+        locked = await repository.lock_profiles(session, [survivor_id, restored_id, *restored_merged_ids])
+        if locked[survivor_id].erased or locked[restored_id].erased:
+            log.info(
+                "persons_unmerged of %s from %s: a person was erased; nothing to do", restored_id, survivor_id
+            )
+            return
+        await repository.unmark_merged(session, restored_id)
+        await repository.point_merged(session, restored_merged_ids, restored_id)
+        moved = await repository.move_events_with_identifiers(session, survivor_id, restored_id, identifiers)
+        now = datetime.now(UTC)
+        catalog = self._catalog()
+        timelines = await repository.events_of(session, [survivor_id, restored_id])
+        for person_id in (survivor_id, restored_id):
+            timeline = timelines[person_id]
+            cart_events = [e for e in timeline if e.type in CART_EVENTS]
+            new_cart = cart.recompute(cart_events)
+            state = computed.compute(catalog, timeline, now)
+            await repository.set_state(
+                session,
+                person_id,
+                event_count=len(timeline),
+                cart=new_cart,
+                cart_as_of=max((e.occurred_at for e in cart_events), default=None),
+                computed=state,
+            )
+            await events.stage_profile_changed(
+                session,
+                self._outbox,
+                person_id,
+                changed=["events", "cart", "computed_traits"] if moved else ["cart", "computed_traits"],
+                cart=cart.sorted_lines(new_cart),
+                computed_traits=computed.values(catalog, state, now),
+            )

@@ -1,4 +1,5 @@
-"""The profile database: profiles, the event timeline, traits, cart lines, consent and its history."""
+"""The profile database: profiles (with cart and computed-trait state), the event timeline, traits and their
+history, consent and its history, computed-trait definitions and the segment memberships read model."""
 
 from __future__ import annotations
 
@@ -7,8 +8,10 @@ from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+CART_EVENT_TYPES = ("cart_item_added", "cart_item_removed", "order_completed")
 
 
 class Base(DeclarativeBase):
@@ -19,7 +22,9 @@ class ProfileRow(Base):
     """One row per person profile has heard of; also the lock that serialises writes to one person.
 
     A person merged into another keeps its row with merged_into set, so that later events and reads naming
-    the old id land on the survivor.
+    the old id land on the survivor. An erased person keeps its row with erased_at set (a tombstone) and
+    nothing else. The cart and the computed-trait state live here, so that the statement that locks a
+    batch's persons also reads what the batch changes.
     """
 
     __tablename__ = "profiles"
@@ -27,6 +32,12 @@ class ProfileRow(Base):
     person_id: Mapped[uuid.UUID] = mapped_column(sa.Uuid, primary_key=True)
     event_count: Mapped[int] = mapped_column(sa.BigInteger, nullable=False, server_default="0")
     merged_into: Mapped[uuid.UUID | None] = mapped_column(sa.Uuid, nullable=True)
+    cart: Mapped[dict[str, Any]] = mapped_column(JSONB, nullable=False, server_default=sa.text("'{}'::jsonb"))
+    cart_as_of: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True), nullable=True)
+    computed: Mapped[dict[str, Any]] = mapped_column(
+        JSONB, nullable=False, server_default=sa.text("'{}'::jsonb")
+    )
+    erased_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True), nullable=True)
     created_at: Mapped[datetime] = mapped_column(
         sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()
     )
@@ -41,10 +52,11 @@ class ProfileRow(Base):
 
 
 class EventRow(Base):
-    """One event on a person's timeline; the sender's id is the key, which makes tracking idempotent."""
+    """One event on a person's timeline; (source, sender's id) is the key, which makes tracking idempotent."""
 
     __tablename__ = "events"
 
+    source: Mapped[str] = mapped_column(sa.Text, primary_key=True)
     id: Mapped[str] = mapped_column(sa.Text, primary_key=True)
     person_id: Mapped[uuid.UUID] = mapped_column(sa.Uuid, nullable=False)
     type: Mapped[str] = mapped_column(sa.Text, nullable=False)
@@ -56,8 +68,15 @@ class EventRow(Base):
     cart_item: Mapped[dict[str, Any] | None] = mapped_column(JSONB, nullable=True)
 
     __table_args__ = (
-        # The timeline is read newest first per person, and paged by (occurred_at, id).
-        sa.Index("events_timeline", "person_id", sa.desc("occurred_at"), sa.desc("id")),
+        # The timeline is read newest first per person, and paged by (occurred_at, id, source).
+        sa.Index("events_timeline", "person_id", sa.desc("occurred_at"), sa.desc("id"), sa.desc("source")),
+        # A cart is recomputed from its person's cart events when one arrives out of order.
+        sa.Index(
+            "events_cart",
+            "person_id",
+            "occurred_at",
+            postgresql_where=sa.text("type IN ('cart_item_added', 'cart_item_removed', 'order_completed')"),
+        ),
     )
 
 
@@ -73,31 +92,33 @@ class TraitRow(Base):
     updated_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True), nullable=False)
 
 
-class CartLineRow(Base):
-    """One product line of a person's cart, whatever channel put it there."""
+class TraitChangeRow(Base):
+    """Every change of a trait: the value before and after (NULL = not set), who made it and when."""
 
-    __tablename__ = "cart_lines"
+    __tablename__ = "trait_changes"
 
-    person_id: Mapped[uuid.UUID] = mapped_column(sa.Uuid, primary_key=True)
-    product_id: Mapped[str] = mapped_column(sa.Text, primary_key=True)
+    id: Mapped[uuid.UUID] = mapped_column(sa.Uuid, primary_key=True)
+    person_id: Mapped[uuid.UUID] = mapped_column(sa.Uuid, nullable=False)
     name: Mapped[str] = mapped_column(sa.Text, nullable=False)
-    quantity: Mapped[int] = mapped_column(sa.BigInteger, nullable=False)
-    unit_price_minor: Mapped[int | None] = mapped_column(sa.BigInteger, nullable=True)
-    currency_code: Mapped[str | None] = mapped_column(sa.Text, nullable=True)
-    updated_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True), nullable=False)
+    old_value: Mapped[Any] = mapped_column(JSONB, nullable=True)
+    new_value: Mapped[Any] = mapped_column(JSONB, nullable=True)
+    source: Mapped[str] = mapped_column(sa.Text, nullable=False)
+    changed_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True), nullable=False)
 
-    __table_args__ = (sa.CheckConstraint("quantity > 0", name="cart_lines_quantity_positive"),)
+    __table_args__ = (sa.Index("trait_changes_history", "person_id", sa.desc("changed_at"), sa.desc("id")),)
 
 
 class ConsentRow(Base):
-    """A person's current consent for one channel."""
+    """A person's current consent for one channel and purpose."""
 
     __tablename__ = "consents"
 
     person_id: Mapped[uuid.UUID] = mapped_column(sa.Uuid, primary_key=True)
     channel: Mapped[str] = mapped_column(sa.Text, primary_key=True)
+    purpose: Mapped[str] = mapped_column(sa.Text, primary_key=True)
     state: Mapped[str] = mapped_column(sa.Text, nullable=False)
     source: Mapped[str] = mapped_column(sa.Text, nullable=False)
+    double_opt_in: Mapped[str | None] = mapped_column(sa.Text, nullable=True)
     updated_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True), nullable=False)
 
 
@@ -107,8 +128,50 @@ class ConsentChangeRow(Base):
     __tablename__ = "consent_history"
 
     id: Mapped[uuid.UUID] = mapped_column(sa.Uuid, primary_key=True)
-    person_id: Mapped[uuid.UUID] = mapped_column(sa.Uuid, nullable=False, index=True)
+    person_id: Mapped[uuid.UUID] = mapped_column(sa.Uuid, nullable=False)
     channel: Mapped[str] = mapped_column(sa.Text, nullable=False)
+    purpose: Mapped[str] = mapped_column(sa.Text, nullable=False)
     state: Mapped[str] = mapped_column(sa.Text, nullable=False)
     source: Mapped[str] = mapped_column(sa.Text, nullable=False)
+    double_opt_in: Mapped[str | None] = mapped_column(sa.Text, nullable=True)
     recorded_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True), nullable=False)
+
+    __table_args__ = (sa.Index("consent_history_person", "person_id", sa.desc("recorded_at"), sa.desc("id")),)
+
+
+class ComputedTraitRow(Base):
+    """A computed trait's definition; backfill_after is where its backfill got to (by person id)."""
+
+    __tablename__ = "computed_traits"
+
+    name: Mapped[str] = mapped_column(sa.Text, primary_key=True)
+    kind: Mapped[str] = mapped_column(sa.Text, nullable=False)
+    event_type: Mapped[str | None] = mapped_column(sa.Text, nullable=True)
+    channels: Mapped[list[str]] = mapped_column(
+        ARRAY(sa.Text), nullable=False, server_default=sa.text("'{}'::text[]")
+    )
+    property: Mapped[str | None] = mapped_column(sa.Text, nullable=True)
+    window_days: Mapped[int] = mapped_column(sa.Integer, nullable=False, server_default="0")
+    per_channel: Mapped[bool] = mapped_column(sa.Boolean, nullable=False, server_default=sa.false())
+    currency_code: Mapped[str | None] = mapped_column(sa.Text, nullable=True)
+    description: Mapped[str] = mapped_column(sa.Text, nullable=False, server_default="")
+    state: Mapped[str] = mapped_column(sa.Text, nullable=False)
+    backfill_after: Mapped[uuid.UUID | None] = mapped_column(sa.Uuid, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(
+        sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()
+    )
+
+
+class SegmentMembershipRow(Base):
+    """Whether a person is in a segment, as segmentation last announced it (a read model).
+
+    Exits keep the row (member false) so that an announcement older than the last one applied is ignored.
+    """
+
+    __tablename__ = "segment_memberships"
+
+    person_id: Mapped[uuid.UUID] = mapped_column(sa.Uuid, primary_key=True)
+    segment_id: Mapped[str] = mapped_column(sa.Text, primary_key=True)
+    segment_name: Mapped[str] = mapped_column(sa.Text, nullable=False)
+    member: Mapped[bool] = mapped_column(sa.Boolean, nullable=False)
+    changed_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True), nullable=False)

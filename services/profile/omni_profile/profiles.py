@@ -1,32 +1,33 @@
-"""The profile of a person: the 360 view, the timeline, traits and consent."""
+"""Reading profiles: the 360 view, the timeline, and the trait and consent histories."""
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping
-from datetime import datetime
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from omni_kit.bus import Outbox
 from omni_kit.errors import InvalidArgument, NotFound, Violations
-from omni_kit.ids import new_id
-from omni_profile import cart, events, paging, persons, repository
-from omni_profile.domain import Consent, Event, Profile, Trait
+from omni_profile import cart, computed, paging, persons, repository
+from omni_profile.domain import Consent, Event, Profile, TraitChange
+from omni_profile.traits import Traits
 
 DEFAULT_RECENT_EVENTS = 20
 MAX_RECENT_EVENTS = 200
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 500
-DEFAULT_SOURCE = "api"
+# Merges flatten chains, so a read follows one hop; the bound only guards against a cycle.
+_MAX_HOPS = 16
 
 
 def _bounded(requested: int, default: int, maximum: int) -> int:
     return default if requested == 0 else min(requested, maximum)
 
 
-def _not_found(person_id: uuid.UUID) -> NotFound:
+def not_found(person_id: uuid.UUID) -> NotFound:
+    """The error for a person profile does not know."""
     return NotFound(
         message=f"no profile for person {person_id}",
         reason="PERSON_NOT_FOUND",
@@ -34,11 +35,30 @@ def _not_found(person_id: uuid.UUID) -> NotFound:
     )
 
 
-class Profiles:
-    """Reads and changes profiles; the caller owns the transaction."""
+def _bad_token(error: paging.BadPageToken) -> InvalidArgument:
+    violations = Violations()
+    violations.add("page_token", str(error))
+    return InvalidArgument(message=str(error), violations=violations.items)
 
-    def __init__(self, outbox: Outbox) -> None:
-        self._outbox = outbox
+
+class Profiles:
+    """Reads profiles; the caller gives the session (reads need no transaction of their own)."""
+
+    def __init__(self, catalog: Callable[[], computed.Catalog], traits: Traits) -> None:
+        self._catalog = catalog
+        self._traits = traits
+
+    async def set_traits(
+        self,
+        session: AsyncSession,
+        person_id: uuid.UUID,
+        values: Mapping[str, Any],
+        source: str,
+        now: datetime,
+    ) -> Profile:
+        """Set traits (see Traits.set_traits) and return the profile after the change."""
+        current, _ = await self._traits.set_traits(session, person_id, values, source, now)
+        return await self.get(session, current, require_known=False)
 
     async def current_person(self, session: AsyncSession, person_id: uuid.UUID) -> uuid.UUID | None:
         """The live person behind an id profile has a row for (following merges), or None."""
@@ -53,26 +73,37 @@ class Profiles:
         *,
         require_known: bool = True,
     ) -> Profile:
-        """The 360 view; NotFound unless the person has an event, a trait or a consent."""
-        found = await persons.find_current(session, person_id)
-        if found is None:
-            raise _not_found(person_id)
-        current, event_count = found
-        traits = (await repository.load_traits(session, [current]))[current]
-        consents = (await repository.load_consents(session, [current]))[current]
-        if require_known and event_count == 0 and not traits and not consents:
-            raise _not_found(person_id)
-        lines = (await repository.load_carts(session, [current]))[current]
+        """The 360 view, in one statement (two after a merge); NotFound unless the person has an event, a
+        trait or a consent (or require_known is False and profile has a row for them)."""
         limit = _bounded(recent_events, DEFAULT_RECENT_EVENTS, MAX_RECENT_EVENTS)
-        recent = await repository.timeline(session, current, limit) if event_count else []
+        wanted = person_id
+        for _ in range(_MAX_HOPS):
+            read = await repository.read_profile(session, wanted, limit)
+            if read is None or read.erased:
+                raise not_found(person_id)
+            if read.merged_into is None:
+                break
+            wanted = read.merged_into
+        else:
+            raise persons.MergeCycle(f"merged_into does not end within {_MAX_HOPS} hops from {person_id}")
+        if require_known and read.event_count == 0 and not read.traits and not read.consents:
+            raise not_found(person_id)
         return Profile(
-            person_id=current,
-            traits={name: trait.value for name, trait in traits.items()},
-            cart=cart.sorted_lines(lines),
-            consents=consents,
-            recent_events=recent,
-            event_count=event_count,
+            person_id=read.person_id,
+            traits={name: trait.value for name, trait in read.traits.items()},
+            cart=cart.sorted_lines(read.cart),
+            consents=read.consents,
+            recent_events=read.recent_events,
+            event_count=read.event_count,
+            computed_traits=computed.values(self._catalog(), read.computed, datetime.now(UTC)),
+            trait_details=read.traits,
+            segments=read.segments,
         )
+
+    async def _known(self, session: AsyncSession, person_id: uuid.UUID) -> uuid.UUID:
+        """The live person behind an id, NotFound unless profile knows it (as GetProfile would)."""
+        profile = await self.get(session, person_id, recent_events=-1)
+        return profile.person_id
 
     async def timeline(
         self, session: AsyncSession, person_id: uuid.UUID, page_size: int, page_token: str
@@ -83,70 +114,55 @@ class Profiles:
             try:
                 position = paging.decode(str(person_id), page_token)
             except paging.BadPageToken as error:
-                violations = Violations()
-                violations.add("page_token", str(error))
-                raise InvalidArgument(message=str(error), violations=violations.items) from error
-        found = await persons.find_current(session, person_id)
-        if found is None or (found[1] == 0 and not await self._has_state(session, found[0])):
-            raise _not_found(person_id)
+                raise _bad_token(error) from error
+        current = await self._known(session, person_id)
         size = _bounded(page_size, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
-        page = await repository.timeline(session, found[0], size + 1, position)
+        page = await repository.timeline(session, current, size + 1, position)
         if len(page) <= size:
             return page, ""
         page = page[:size]
         last = page[-1]
-        return page, paging.encode(str(person_id), paging.TimelinePosition(last.occurred_at, last.id))
+        return page, paging.encode(
+            str(person_id), paging.TimelinePosition(last.occurred_at, last.id, last.source)
+        )
 
-    async def _has_state(self, session: AsyncSession, person_id: uuid.UUID) -> bool:
-        traits = await repository.load_traits(session, [person_id])
-        consents = await repository.load_consents(session, [person_id])
-        return bool(traits[person_id] or consents[person_id])
+    async def trait_history(
+        self, session: AsyncSession, person_id: uuid.UUID, name: str, page_size: int, page_token: str
+    ) -> tuple[list[TraitChange], str]:
+        """One page of trait changes, newest first, and the next page's token."""
+        kind = f"traits:{name}"
+        position = self._position(str(person_id), kind, page_token)
+        current = await self._known(session, person_id)
+        size = _bounded(page_size, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+        page = await repository.trait_changes(session, current, name or None, size + 1, position)
+        if len(page) <= size:
+            return page, ""
+        page = page[:size]
+        last = paging.Position(page[-1].changed_at, str(page[-1].id))
+        return page, paging.encode_position(str(person_id), kind, last)
 
-    async def set_traits(
-        self,
-        session: AsyncSession,
-        person_id: uuid.UUID,
-        values: Mapping[str, Any],
-        source: str,
-        now: datetime,
-    ) -> Profile:
-        """Set traits (None removes one) and announce the change if anything changed."""
-        current = (await persons.lock_current(session, [person_id]))[person_id]
-        existing = (await repository.load_traits(session, [current]))[current]
-        source = source or DEFAULT_SOURCE
-        upserts: list[Trait] = []
-        deletes: list[str] = []
-        value_changed = False
-        for name, value in values.items():
-            before = existing.get(name)
-            if value is None:
-                if before is not None:
-                    deletes.append(name)
-                    value_changed = True
-            elif before is None or before.value != value or before.source != source:
-                upserts.append(Trait(name, value, source, now))
-                value_changed = value_changed or before is None or before.value != value
-        await repository.write_traits(session, current, upserts, deletes)
-        profile = await self.get(session, current, require_known=False)
-        if value_changed:
-            await events.stage_profile_changed(
-                session, self._outbox, current, traits=profile.traits, cart=profile.cart, changed=["traits"]
-            )
-        return profile
+    async def consent_history(
+        self, session: AsyncSession, person_id: uuid.UUID, page_size: int, page_token: str
+    ) -> tuple[list[Consent], str]:
+        """One page of consent changes, newest first, and the next page's token."""
+        position = self._position(str(person_id), "consents", page_token)
+        current = await self._known(session, person_id)
+        size = _bounded(page_size, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+        page = await repository.consent_changes(session, current, size + 1, position)
+        if len(page) <= size:
+            return [c for _, c in page], ""
+        page = page[:size]
+        change_id, last = page[-1]
+        token = paging.encode_position(
+            str(person_id), "consents", paging.Position(last.updated_at, str(change_id))
+        )
+        return [c for _, c in page], token
 
-    async def set_consent(
-        self,
-        session: AsyncSession,
-        person_id: uuid.UUID,
-        channel: str,
-        state: str,
-        source: str,
-        now: datetime,
-    ) -> Consent:
-        """Record a consent answer, keep it in the history and announce it."""
-        current = (await persons.lock_current(session, [person_id]))[person_id]
-        consent = Consent(channel=channel, state=state, source=source or DEFAULT_SOURCE, updated_at=now)
-        await repository.write_consent(session, current, consent)
-        await repository.record_consent_change(session, new_id(), current, consent)
-        await events.stage_consent_changed(session, self._outbox, current, consent)
-        return consent
+    @staticmethod
+    def _position(owner: str, kind: str, page_token: str) -> paging.Position | None:
+        if not page_token:
+            return None
+        try:
+            return paging.decode_position(owner, kind, page_token)
+        except paging.BadPageToken as error:
+            raise _bad_token(error) from error

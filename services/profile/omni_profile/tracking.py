@@ -1,180 +1,299 @@
-"""Tracking: events are resolved to persons, stored once by their id, applied to the cart and announced.
+"""Tracking: events resolved to persons through identity, then recorded in one transaction: stored once per
+(source, id), applied to the cart and the computed traits, announced.
 
-Tracking runs in three steps, so that no database transaction stays open across the call to identity:
-`recorded` (which ids are known already), `resolve` (one BatchResolvePersons call for the rest), `record`
-(one transaction: insert, counts, cart, outbox).
+A batch costs a fixed number of statements whatever its size: lock (and read) the persons' profile rows,
+insert the events, (only when a cart event arrived out of order) read those persons' cart events, write the
+profile rows, stage the announcements. Cart and computed traits are functions of the set of events, not of
+the order they arrive in: computed traits by construction (see computed.py), the cart by applying events
+in the order they happened, recomputed from the stored cart events when one arrives older than the last
+applied (profiles.cart_as_of).
 """
 
 from __future__ import annotations
 
 import uuid
-from collections import Counter, defaultdict
-from collections.abc import Mapping, Sequence
+from collections import defaultdict
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from omni_kit.bus import Outbox
-from omni_kit.errors import InvalidArgument, Violations
-from omni_profile import cart, events, persons, repository
+from omni_kit.errors import FieldViolation, InvalidArgument, Violations
+from omni_profile import cart, computed, events, persons, repository
 from omni_profile.domain import CART_EVENTS, Event, TrackResult
-from omni_profile.identity_client import IdentifierSet, IdentifiersRejected, IdentityClient
+from omni_profile.identity_client import IdentifierSet, IdentifiersRejected, IdentityClient, Resolution
+from omni_profile.repository import ProfileState, ProfileUpdate
 
 # Merges within one batch form short chains; the bound only guards against a cycle in a bad answer.
 _MAX_REDIRECTS = 1000
 
+ERASED = FieldViolation("person_id", "the person was erased; events about them are not recorded")
+
 
 class Tracker:
-    """Records events on timelines; shared by the tracking RPCs and the gateway outcome consumer."""
+    """Resolves and records events; shared by every way events come in (RPCs, consumers, HTTP).
 
-    def __init__(self, identity: IdentityClient, outbox: Outbox) -> None:
+    The steps (recorded, resolve_each, record) are run by ingestion.Ingestion, which owns the transactions.
+    """
+
+    def __init__(
+        self, identity: IdentityClient, outbox: Outbox, catalog: Callable[[], computed.Catalog]
+    ) -> None:
         self._identity = identity
         self._outbox = outbox
+        self._catalog = catalog
 
-    async def recorded(self, session: AsyncSession, batch: Sequence[Event]) -> dict[str, uuid.UUID]:
-        """The person of each event in the batch whose id is recorded already."""
-        return await repository.recorded_events(session, {e.id for e in batch})
+    async def recorded(
+        self, session: AsyncSession, batch: Sequence[Event]
+    ) -> dict[tuple[str, str], uuid.UUID]:
+        """The person of each (source, id) of the batch that is recorded already."""
+        return await repository.recorded_events(session, {e.key for e in batch})
+
+    async def resolve_each(
+        self, events: Sequence[Event], recorded: Mapping[tuple[str, str], uuid.UUID]
+    ) -> dict[int, list[FieldViolation]]:
+        """Set person_id on the events that need one; return the violations of the events identity refused.
+
+        Events already recorded, repeated keys and events carrying a person id are not sent. A refusal that
+        names no request of the batch cannot be pinned on an event: it is raised as InvalidArgument.
+        """
+        seen: set[tuple[str, str]] = set()
+        pending: list[int] = []
+        for index, event in enumerate(events):
+            if event.key in recorded or event.key in seen:
+                continue
+            seen.add(event.key)
+            if event.person_id is None:
+                pending.append(index)
+        rejected: dict[int, list[FieldViolation]] = {}
+        while pending:
+            sets = [IdentifierSet(events[i].identifiers, events[i].channel or "unspecified") for i in pending]
+            try:
+                resolutions = await self._identity.resolve(sets)
+            except IdentifiersRejected as refusal:
+                refused = _refused(refusal, pending)
+                rejected.update(refused)
+                pending = [i for i in pending if i not in refused]
+                continue
+            _assign(events, pending, resolutions)
+            break
+        # Repeats of a refused event's key are refused with it.
+        for index, event in enumerate(events):
+            if index not in rejected and event.person_id is None and event.key not in recorded:
+                original = next((i for i in rejected if events[i].key == event.key), None)
+                if original is not None:
+                    rejected[index] = rejected[original]
+        return rejected
 
     async def resolve(
         self,
         batch: Sequence[Event],
         paths: Sequence[str],
-        recorded: Mapping[str, uuid.UUID],
+        recorded: Mapping[tuple[str, str], uuid.UUID],
         *,
         container: str,
     ) -> None:
-        """Set person_id on the events that need one, with one call to identity for the whole batch.
-
-        Events already recorded, repeated ids and events carrying a person id are not sent. Identity's
-        refusals become InvalidArgument on our request: its "requests[k]…" paths are re-anchored on the
-        event they came from (paths[i], e.g. "events[3]"), others on `container`.
-        """
-        seen: set[str] = set()
-        pending: list[int] = []
-        for index, event in enumerate(batch):
-            if event.id in recorded or event.id in seen:
-                continue
-            seen.add(event.id)
-            if event.person_id is None:
-                pending.append(index)
-        if not pending:
-            return
-        sets = [IdentifierSet(batch[i].identifiers, batch[i].channel or "unspecified") for i in pending]
+        """resolve_each, all or nothing: identity's refusals become one InvalidArgument whose violations are
+        anchored on the events they concern (paths[i], e.g. "events[3]"), others on `container`."""
         try:
-            resolutions = await self._identity.resolve(sets)
-        except IdentifiersRejected as rejected:
-            raise _reanchor(rejected, [paths[i] for i in pending], container) from rejected
-        # A later identifier set of the batch may merge the person an earlier one resolved to.
-        redirects: dict[uuid.UUID, uuid.UUID] = {}
-        for resolution in resolutions:
-            for merged in resolution.merged_person_ids:
-                if merged != resolution.person_id:
-                    redirects[merged] = resolution.person_id
-        for index, resolution in zip(pending, resolutions, strict=True):
-            person_id = resolution.person_id
-            for _ in range(_MAX_REDIRECTS):
-                if person_id not in redirects:
-                    break
-                person_id = redirects[person_id]
-            batch[index].person_id = person_id
+            rejected = await self.resolve_each(batch, recorded)
+        except InvalidArgument as refusal:
+            raise InvalidArgument(
+                message=refusal.message,
+                violations=[FieldViolation(container, v.description) for v in refusal.violations],
+            ) from refusal
+        if rejected:
+            violations = Violations()
+            for index in sorted(rejected):
+                for v in rejected[index]:
+                    violations.add(f"{paths[index]}.{v.field}" if v.field else paths[index], v.description)
+            raise InvalidArgument(message="identity refused identifiers", violations=violations.items)
 
     async def record(
         self,
         session: AsyncSession,
         batch: Sequence[Event],
-        recorded: Mapping[str, uuid.UUID] | None = None,
+        recorded: Mapping[tuple[str, str], uuid.UUID] | None = None,
     ) -> list[TrackResult]:
         """Store resolved events in the caller's transaction; one result per event, in order.
 
-        An id recorded before (or earlier in the batch) is a duplicate: answered with the person it was
-        recorded for, and nothing changes.
+        A (source, id) recorded before (in `recorded`, or earlier in the batch, or by a concurrent request)
+        is a duplicate: answered with the person it was recorded for, and nothing changes. An event of an
+        erased person is rejected.
         """
         recorded = recorded or {}
         results: list[TrackResult | None] = [None] * len(batch)
-        first: dict[str, int] = {}
+        first: dict[tuple[str, str], int] = {}
         fresh: list[int] = []
         for index, event in enumerate(batch):
-            if event.id in recorded:
-                results[index] = TrackResult(recorded[event.id], duplicate=True)
-            elif event.id not in first:
-                first[event.id] = index
+            key = event.key
+            if key in recorded:
+                results[index] = TrackResult(recorded[key], duplicate=True)
+            elif key not in first:
+                first[key] = index
                 fresh.append(index)
-        current = await persons.lock_current(session, {_person(batch[i]) for i in fresh})
+        current, states = await persons.lock_states(session, {_person(batch[i]) for i in fresh})
+        storable: list[Event] = []
         for index in fresh:
-            batch[index].person_id = current[_person(batch[index])]
-        inserted = await repository.insert_events(session, [batch[i] for i in fresh])
-        # Another request may have recorded the same id since `recorded` was read.
-        raced = [batch[i].id for i in fresh if batch[i].id not in inserted]
+            event = batch[index]
+            event.person_id = current[_person(event)]
+            if states[event.person_id].erased:
+                results[index] = TrackResult.rejected([ERASED])
+            else:
+                storable.append(event)
+        inserted = await repository.insert_events(session, storable)
+        # Another request may have recorded the same key since `recorded` was read.
+        raced = [e.key for e in storable if e.key not in inserted]
         stored = await repository.recorded_events(session, raced) if raced else {}
         new_events: list[Event] = []
         for index in fresh:
+            if results[index] is not None:
+                continue
             event = batch[index]
-            if event.id in inserted:
+            if event.key in inserted:
                 new_events.append(event)
                 results[index] = TrackResult(_person(event), duplicate=False)
             else:
-                results[index] = TrackResult(stored.get(event.id, _person(event)), duplicate=True)
+                results[index] = TrackResult(stored.get(event.key, _person(event)), duplicate=True)
         for index, event in enumerate(batch):
             if results[index] is None:
-                original = results[first[event.id]]
+                original = results[first[event.key]]
                 assert original is not None
-                results[index] = TrackResult(original.person_id, duplicate=True)
+                results[index] = (
+                    original if original.violations else TrackResult(original.person_id, duplicate=True)
+                )
         if new_events:
-            await repository.add_event_counts(session, Counter(_person(e) for e in new_events))
-            await self._apply_to_carts(session, new_events)
-            await events.stage_events_tracked(session, self._outbox, new_events)
+            await self._apply(session, new_events, states)
         return [r for r in results if r is not None]
 
-    async def _apply_to_carts(self, session: AsyncSession, new_events: Sequence[Event]) -> None:
+    async def _apply(
+        self, session: AsyncSession, new_events: Sequence[Event], states: Mapping[uuid.UUID, ProfileState]
+    ) -> None:
+        """Apply newly stored events to their persons' cart, computed traits and counts; announce them."""
+        now = datetime.now(UTC)
+        catalog = self._catalog()
         by_person: dict[uuid.UUID, list[Event]] = defaultdict(list)
         for event in new_events:
-            if event.type in CART_EVENTS:
-                by_person[_person(event)].append(event)
-        if not by_person:
-            return
-        before = await repository.load_carts(session, by_person.keys())
-        now = datetime.now(UTC)
-        changed: dict[uuid.UUID, cart.Cart] = {}
+            by_person[_person(event)].append(event)
+        updates: list[ProfileUpdate] = []
+        changes: dict[uuid.UUID, list[str]] = {}
+        carts: dict[uuid.UUID, cart.Cart] = {}
+        late_carts: dict[uuid.UUID, datetime] = {}
         for person_id, person_events in by_person.items():
-            # Within a batch, the order things happened in; across batches, the order they arrive in.
-            person_events.sort(key=lambda e: e.occurred_at)
-            after = cart.apply_events(before[person_id], person_events)
-            difference = cart.diff(before[person_id], after)
-            if difference:
-                await repository.write_cart(session, person_id, difference.upserts, difference.deletes, now)
-                changed[person_id] = after
-        if not changed:
-            return
-        traits = await repository.load_traits(session, changed.keys())
-        for person_id, after in changed.items():
+            state = states[person_id]
+            changed: list[str] = []
+            cart_events = [e for e in person_events if e.type in CART_EVENTS]
+            new_cart: cart.Cart | None = None
+            cart_as_of = state.cart_as_of
+            if cart_events:
+                latest = max(e.occurred_at for e in cart_events)
+                cart_as_of = latest if cart_as_of is None else max(cart_as_of, latest)
+                if (
+                    state.cart_as_of is not None
+                    and min(e.occurred_at for e in cart_events) <= state.cart_as_of
+                ):
+                    late_carts[person_id] = cart_as_of
+                else:
+                    new_cart = cart.apply_events(state.cart, sorted(cart_events, key=cart.order_key))
+                    if new_cart != state.cart:
+                        changed.append("cart")
+                        carts[person_id] = new_cart
+            doc = state.computed
+            if _update_computed(catalog, doc, person_events, now):
+                changed.append("computed_traits")
+            if changed:
+                changes[person_id] = changed
+            updates.append(
+                ProfileUpdate(
+                    person_id=person_id,
+                    added_events=len(person_events),
+                    computed=doc,
+                    cart=new_cart if person_id not in late_carts else None,
+                    cart_as_of=cart_as_of,
+                )
+            )
+        if late_carts:
+            # Out of order: the cart is what all the person's cart events, in the order they happened, make.
+            stored = await repository.cart_events(session, late_carts.keys())
+            for index, update in enumerate(updates):
+                if update.person_id not in late_carts:
+                    continue
+                recomputed = cart.recompute(stored[update.person_id])
+                updates[index] = ProfileUpdate(
+                    update.person_id, update.added_events, update.computed, recomputed, update.cart_as_of
+                )
+                if recomputed != states[update.person_id].cart:
+                    carts[update.person_id] = recomputed
+                    changes.setdefault(update.person_id, []).insert(0, "cart")
+        await repository.update_profiles(session, updates)
+        await events.stage_events_tracked(session, self._outbox, new_events)
+        for person_id, changed in changes.items():
             await events.stage_profile_changed(
                 session,
                 self._outbox,
                 person_id,
-                traits={name: trait.value for name, trait in traits[person_id].items()},
-                cart=cart.sorted_lines(after),
-                changed=["cart"],
+                cart=cart.sorted_lines(carts[person_id]) if "cart" in changed else None,
+                computed_traits=(
+                    computed.values(catalog, states[person_id].computed, now)
+                    if "computed_traits" in changed
+                    else None
+                ),
+                changed=changed,
             )
+
+
+def _update_computed(
+    catalog: computed.Catalog, doc: computed.State, person_events: Sequence[Event], now: datetime
+) -> bool:
+    """Apply events to a person's computed state in place; True when a trait's value changed."""
+    candidates = {d.name for e in person_events for d in catalog.matching(e)}
+    if not candidates:
+        return False
+    before = computed.values_of(catalog, doc, candidates, now)
+    touched = computed.apply(catalog, doc, person_events, now)
+    if not touched:
+        return False
+    after = computed.values_of(catalog, doc, touched, now)
+    return any(before.get(name) != value for name, value in after.items())
+
+
+def _refused(refusal: IdentifiersRejected, pending: Sequence[int]) -> dict[int, list[FieldViolation]]:
+    """The events of `pending` that identity's refusal names, with their violations."""
+    refused: dict[int, list[FieldViolation]] = {}
+    for position, violation in refusal.violations:
+        if position is not None and 0 <= position < len(pending):
+            refused.setdefault(pending[position], []).append(violation)
+        elif len(pending) == 1:
+            refused.setdefault(pending[0], []).append(violation)
+    if not refused:
+        if len(pending) == 1:
+            return {pending[0]: [FieldViolation("identifiers", refusal.message)]}
+        violations = Violations()
+        violations.add("events", refusal.message)
+        raise InvalidArgument(
+            message=f"identity refused the batch: {refusal.message}", violations=violations.items
+        )
+    return refused
+
+
+def _assign(events: Sequence[Event], pending: Sequence[int], resolutions: Sequence[Resolution]) -> None:
+    # A later identifier set of the batch may merge the person an earlier one resolved to.
+    redirects: dict[uuid.UUID, uuid.UUID] = {}
+    for resolution in resolutions:
+        for merged in resolution.merged_person_ids:
+            if merged != resolution.person_id:
+                redirects[merged] = resolution.person_id
+    for index, resolution in zip(pending, resolutions, strict=True):
+        person_id = resolution.person_id
+        for _ in range(_MAX_REDIRECTS):
+            if person_id not in redirects:
+                break
+            person_id = redirects[person_id]
+        events[index].person_id = person_id
 
 
 def _person(event: Event) -> uuid.UUID:
     if event.person_id is None:
         raise ValueError(f"event {event.id} has not been resolved to a person")
     return event.person_id
-
-
-def _reanchor(rejected: IdentifiersRejected, paths: Sequence[str], container: str) -> InvalidArgument:
-    violations = Violations()
-    for index, violation in rejected.violations:
-        if index is not None and 0 <= index < len(paths):
-            base = paths[index]
-        elif len(paths) == 1:
-            base = paths[0]
-        else:
-            base = container
-        violations.add(f"{base}.{violation.field}" if violation.field else base, violation.description)
-    if not violations:
-        violations.add(container, rejected.message)
-    return InvalidArgument(
-        message=f"identity refused identifiers: {rejected.message}", violations=violations.items
-    )

@@ -1,7 +1,9 @@
-"""Checks of incoming requests: every problem becomes a field violation with its path in the request.
+"""Checks of incoming events: every problem becomes a field violation with its path.
 
 These look at protobuf messages but know nothing of gRPC; the servicer calls them before anything is
-written, so bad input changes nothing.
+written. An event's violations have paths relative to the event ("occurred_at"), so a batch can report them
+per event and TrackEvent can prefix them with "event.". SetTraits is checked here too (identify calls carry
+traits); the checks of the other requests are in request_validation.py.
 """
 
 from __future__ import annotations
@@ -15,8 +17,10 @@ from google.protobuf import json_format, struct_pb2
 
 from omni.common.v1 import common_pb2
 from omni.profile.v1 import profile_pb2
-from omni_kit.errors import Violations
+from omni_kit.errors import FieldViolation, Violations
+from omni_profile import wire
 from omni_profile.domain import CART_LINE_EVENTS
+from omni_profile.trait_schema import trait_problems
 
 MAX_BATCH = 1000
 MAX_EVENT_ID = 128
@@ -31,15 +35,23 @@ MAX_IDENTIFIER_VALUE = 1024
 MAX_FUTURE = timedelta(days=1)
 MAX_PAST = timedelta(days=5 * 365 + 1)
 
-_SNAKE_CASE = re.compile(r"^[a-z][a-z0-9]*(_[a-z0-9]+)*$")
+SNAKE_CASE = re.compile(r"^[a-z][a-z0-9]*(_[a-z0-9]+)*$")
 _CURRENCY = re.compile(r"^[A-Z]{3}$")
 _TIMESTAMP_MIN_SECONDS = -62_135_596_800  # 0001-01-01T00:00:00Z, the protobuf Timestamp range
 _TIMESTAMP_MAX_SECONDS = 253_402_300_799  # 9999-12-31T23:59:59Z
+# Compact JSON of a Struct is at most about three times its protobuf encoding (quotes, separators, numbers
+# written out), so a small encoding needs no exact measure.
+_SURELY_SMALL = MAX_PROPERTIES_BYTES // 3
 
 
 def json_size(struct: struct_pb2.Struct) -> int:
     """The size in bytes of a Struct as compact JSON: how properties and traits are stored."""
     return len(json.dumps(json_format.MessageToDict(struct), separators=(",", ":")).encode())
+
+
+def is_currency(code: str) -> bool:
+    """Whether code looks like an ISO 4217 currency code."""
+    return bool(_CURRENCY.match(code))
 
 
 def check_person_id(value: str, path: str, violations: Violations, *, required: bool = True) -> bool:
@@ -73,24 +85,32 @@ def check_timestamp_range(seconds: int, nanos: int, path: str, violations: Viola
     return True
 
 
-def validate_event(event: profile_pb2.Event, prefix: str, violations: Violations, *, now: datetime) -> None:
-    """Check one event; prefix is its path in the request, e.g. "event" or "events[3]"."""
+def check_source(value: str, path: str, violations: Violations) -> None:
+    """Record a violation unless value is empty or a lower snake case source name of at most 64 characters."""
+    if value and (len(value) > MAX_SOURCE or not SNAKE_CASE.match(value)):
+        violations.add(path, f"must be lower snake case, at most {MAX_SOURCE} characters, e.g. web_sdk")
+
+
+def event_violations(event: profile_pb2.Event, *, now: datetime) -> list[FieldViolation]:
+    """Everything wrong with one event, with paths relative to it."""
+    violations = Violations()
     if not event.id:
-        violations.add(f"{prefix}.id", "is required")
+        violations.add("id", "is required")
     elif len(event.id) > MAX_EVENT_ID:
-        violations.add(f"{prefix}.id", f"must be at most {MAX_EVENT_ID} characters")
+        violations.add("id", f"must be at most {MAX_EVENT_ID} characters")
     if not event.type:
-        violations.add(f"{prefix}.type", "is required")
+        violations.add("type", "is required")
     elif len(event.type) > MAX_EVENT_TYPE:
-        violations.add(f"{prefix}.type", f"must be at most {MAX_EVENT_TYPE} characters")
-    elif not _SNAKE_CASE.match(event.type):
-        violations.add(f"{prefix}.type", "must be snake_case, e.g. cart_item_added")
-    check_channel(event.channel, f"{prefix}.channel", violations, required=False)
+        violations.add("type", f"must be at most {MAX_EVENT_TYPE} characters")
+    elif not SNAKE_CASE.match(event.type):
+        violations.add("type", "must be snake_case, e.g. cart_item_added")
+    check_channel(event.channel, "channel", violations, required=False)
+    check_source(event.source, "source", violations)
     if not event.person_id and not event.identifiers:
-        violations.add(f"{prefix}.identifiers", "at least one identifier is required unless person_id is set")
-    check_person_id(event.person_id, f"{prefix}.person_id", violations, required=False)
+        violations.add("identifiers", "at least one identifier is required unless person_id is set")
+    check_person_id(event.person_id, "person_id", violations, required=False)
     for index, identifier in enumerate(event.identifiers):
-        path = f"{prefix}.identifiers[{index}]"
+        path = f"identifiers[{index}]"
         if not identifier.type:
             violations.add(f"{path}.type", "is required")
         elif len(identifier.type) > MAX_IDENTIFIER_TYPE:
@@ -100,27 +120,32 @@ def validate_event(event: profile_pb2.Event, prefix: str, violations: Violations
         elif len(identifier.value) > MAX_IDENTIFIER_VALUE:
             violations.add(f"{path}.value", f"must be at most {MAX_IDENTIFIER_VALUE} characters")
     if event.HasField("occurred_at"):
-        _check_occurred_at(event, f"{prefix}.occurred_at", violations, now)
-    if event.HasField("properties") and json_size(event.properties) > MAX_PROPERTIES_BYTES:
-        violations.add(f"{prefix}.properties", f"must be at most {MAX_PROPERTIES_BYTES} bytes as JSON")
+        _check_occurred_at(event, violations, now)
+    if (
+        event.HasField("properties")
+        and event.properties.ByteSize() > _SURELY_SMALL
+        and json_size(event.properties) > MAX_PROPERTIES_BYTES
+    ):
+        violations.add("properties", f"must be at most {MAX_PROPERTIES_BYTES} bytes as JSON")
     if event.type in CART_LINE_EVENTS:
         if not event.HasField("cart_item"):
-            violations.add(f"{prefix}.cart_item", f"is required for {event.type}")
+            violations.add("cart_item", f"is required for {event.type}")
         else:
-            _check_cart_item(event.cart_item, f"{prefix}.cart_item", violations)
+            _check_cart_item(event.cart_item, "cart_item", violations)
     elif event.HasField("cart_item"):
-        _check_cart_item(event.cart_item, f"{prefix}.cart_item", violations)
+        _check_cart_item(event.cart_item, "cart_item", violations)
+    return violations.items
 
 
-def _check_occurred_at(event: profile_pb2.Event, path: str, violations: Violations, now: datetime) -> None:
+def _check_occurred_at(event: profile_pb2.Event, violations: Violations, now: datetime) -> None:
     stamp = event.occurred_at
-    if not check_timestamp_range(stamp.seconds, stamp.nanos, path, violations):
+    if not check_timestamp_range(stamp.seconds, stamp.nanos, "occurred_at", violations):
         return
     occurred_at = stamp.ToDatetime(tzinfo=now.tzinfo)
     if occurred_at > now + MAX_FUTURE:
-        violations.add(path, "must not be more than 1 day in the future")
+        violations.add("occurred_at", "must not be more than 1 day in the future")
     elif occurred_at < now - MAX_PAST:
-        violations.add(path, "must not be more than 5 years in the past")
+        violations.add("occurred_at", "must not be more than 5 years in the past")
 
 
 def _check_cart_item(item: common_pb2.CartItem, path: str, violations: Violations) -> None:
@@ -133,12 +158,18 @@ def _check_cart_item(item: common_pb2.CartItem, path: str, violations: Violation
     if item.HasField("unit_price"):
         if item.unit_price.amount_minor < 0:
             violations.add(f"{path}.unit_price.amount_minor", "must not be negative")
-        if not _CURRENCY.match(item.unit_price.currency_code):
+        if not is_currency(item.unit_price.currency_code):
             violations.add(f"{path}.unit_price.currency_code", "must be an ISO 4217 code such as EUR")
 
 
+def validate_event(event: profile_pb2.Event, prefix: str, violations: Violations, *, now: datetime) -> None:
+    """Add one event's violations to `violations` under prefix (e.g. "event" or "events[3]")."""
+    for violation in event_violations(event, now=now):
+        violations.add(f"{prefix}.{violation.field}" if violation.field else prefix, violation.description)
+
+
 def validate_track_event(request: profile_pb2.TrackEventRequest, *, now: datetime) -> None:
-    """Check a TrackEvent request; raise InvalidArgument with every violation."""
+    """Check a TrackEvent request; raise InvalidArgument with every violation (under "event.")."""
     violations = Violations()
     if not request.HasField("event"):
         violations.add("event", "is required")
@@ -147,21 +178,18 @@ def validate_track_event(request: profile_pb2.TrackEventRequest, *, now: datetim
     violations.raise_if_any("the event is invalid")
 
 
-def validate_batch(request: profile_pb2.BatchTrackEventsRequest, *, now: datetime) -> None:
-    """Check a batch; one bad event rejects the whole batch, with violations naming each bad event."""
+def validate_batch(request: profile_pb2.BatchTrackEventsRequest) -> None:
+    """Check a batch as a whole (not its events, which are judged one by one): 1 to 1000 events."""
     violations = Violations()
     if not request.events:
         violations.add("events", "at least one event is required")
     elif len(request.events) > MAX_BATCH:
         violations.add("events", f"at most {MAX_BATCH} events per batch")
-    else:
-        for index, event in enumerate(request.events):
-            validate_event(event, f"events[{index}]", violations, now=now)
-    violations.raise_if_any("the batch has invalid events; none was recorded")
+    violations.raise_if_any("the batch is malformed; none of it was recorded")
 
 
 def validate_set_traits(request: profile_pb2.SetTraitsRequest) -> None:
-    """Check a SetTraits request."""
+    """Check a SetTraits request, known traits' types included (a violation at "traits.<name>")."""
     violations = Violations()
     check_person_id(request.person_id, "person_id", violations)
     if not request.traits.fields:
@@ -173,40 +201,8 @@ def validate_set_traits(request: profile_pb2.SetTraitsRequest) -> None:
             violations.add("traits", f"trait name {name[:32]}… is longer than {MAX_TRAIT_NAME} characters")
     if json_size(request.traits) > MAX_TRAITS_BYTES:
         violations.add("traits", f"must be at most {MAX_TRAITS_BYTES} bytes as JSON")
+    for name, problem in sorted(trait_problems(wire.struct_to_dict(request.traits)).items()):
+        violations.add(f"traits.{name}", problem)
     if len(request.source) > MAX_SOURCE:
         violations.add("source", f"must be at most {MAX_SOURCE} characters")
-    violations.raise_if_any()
-
-
-def validate_set_consent(request: profile_pb2.SetConsentRequest) -> None:
-    """Check a SetConsent request: person, channel and state are required."""
-    violations = Violations()
-    check_person_id(request.person_id, "person_id", violations)
-    if not request.HasField("consent"):
-        violations.add("consent", "is required")
-    else:
-        check_channel(request.consent.channel, "consent.channel", violations, required=True)
-        state = request.consent.state
-        if state not in profile_pb2.ConsentState.values():
-            violations.add("consent.state", f"unknown consent state {state}")
-        elif state == profile_pb2.CONSENT_STATE_UNSPECIFIED:
-            violations.add("consent.state", "is required")
-        if len(request.consent.source) > MAX_SOURCE:
-            violations.add("consent.source", f"must be at most {MAX_SOURCE} characters")
-    violations.raise_if_any()
-
-
-def validate_get_profile(request: profile_pb2.GetProfileRequest) -> None:
-    """Check a GetProfile request."""
-    violations = Violations()
-    check_person_id(request.person_id, "person_id", violations)
-    violations.check(request.recent_event_count >= 0, "recent_event_count", "must not be negative")
-    violations.raise_if_any()
-
-
-def validate_list_timeline(request: profile_pb2.ListTimelineRequest) -> None:
-    """Check a ListTimeline request (the page token is checked when it is decoded)."""
-    violations = Violations()
-    check_person_id(request.person_id, "person_id", violations)
-    violations.check(request.page_size >= 0, "page_size", "must not be negative")
     violations.raise_if_any()

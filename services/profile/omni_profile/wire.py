@@ -7,47 +7,82 @@ from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from google.protobuf import json_format, struct_pb2, timestamp_pb2
+from google.protobuf import struct_pb2, timestamp_pb2
 
 from omni.common.v1 import common_pb2
 from omni.profile.v1 import profile_pb2
-from omni_profile.domain import CartLine, Consent, Event, Identifier, Profile
+from omni_profile.domain import (
+    DEFAULT_SOURCE,
+    DUPLICATE,
+    RECORDED,
+    CartLine,
+    Consent,
+    Event,
+    Identifier,
+    Profile,
+    TrackResult,
+    TraitChange,
+)
 
 _CHANNEL_PREFIX = "CHANNEL_"
 _CONSENT_PREFIX = "CONSENT_STATE_"
+_PURPOSE_PREFIX = "CONSENT_PURPOSE_"
+_OPT_IN_PREFIX = "DOUBLE_OPT_IN_STATE_"
 
 KNOWN_CHANNELS = frozenset(common_pb2.Channel.values())
 """The channel numbers this build knows; a newer sender's unknown channel is not one of them."""
 
+_CHANNEL_NAMES = {
+    value: common_pb2.Channel.Name(value).removeprefix(_CHANNEL_PREFIX).lower()  # type: ignore[arg-type]
+    for value in common_pb2.Channel.values()
+    if value != common_pb2.CHANNEL_UNSPECIFIED
+}
+_CHANNEL_VALUES = {name: value for value, name in _CHANNEL_NAMES.items()}
+_STATUS = {
+    RECORDED: profile_pb2.TRACK_STATUS_RECORDED,
+    DUPLICATE: profile_pb2.TRACK_STATUS_DUPLICATE,
+}
+
 
 def channel_name(value: int) -> str | None:
-    """The stored name of a channel ("web", "call_center"); None for CHANNEL_UNSPECIFIED."""
-    if value == common_pb2.CHANNEL_UNSPECIFIED:
-        return None
-    return common_pb2.Channel.Name(value).removeprefix(_CHANNEL_PREFIX).lower()  # type: ignore[arg-type]
+    """The stored name of a channel ("web", "call_center"); None for CHANNEL_UNSPECIFIED (or unknown)."""
+    return _CHANNEL_NAMES.get(value)
 
 
 def channel_value(name: str | None) -> common_pb2.Channel.ValueType:
     """The protobuf channel of a stored name; unknown names read as CHANNEL_UNSPECIFIED."""
-    if not name:
-        return common_pb2.CHANNEL_UNSPECIFIED
+    return _CHANNEL_VALUES.get(name or "", common_pb2.CHANNEL_UNSPECIFIED)
+
+
+def _enum_name(enum: Any, prefix: str, value: int) -> str:
+    return str(enum.Name(value)).removeprefix(prefix).lower()
+
+
+def _enum_value(enum: Any, prefix: str, name: str | None) -> Any:
     try:
-        return common_pb2.Channel.Value(_CHANNEL_PREFIX + name.upper())
+        return enum.Value(prefix + (name or "unspecified").upper())
     except ValueError:
-        return common_pb2.CHANNEL_UNSPECIFIED
+        return 0
 
 
 def consent_state_name(value: int) -> str:
     """The stored name of a consent state ("granted", "denied", "revoked")."""
-    return profile_pb2.ConsentState.Name(value).removeprefix(_CONSENT_PREFIX).lower()  # type: ignore[arg-type]
+    return _enum_name(profile_pb2.ConsentState, _CONSENT_PREFIX, value)
 
 
 def consent_state_value(name: str) -> profile_pb2.ConsentState.ValueType:
     """The protobuf consent state of a stored name."""
-    try:
-        return profile_pb2.ConsentState.Value(_CONSENT_PREFIX + name.upper())
-    except ValueError:
-        return profile_pb2.CONSENT_STATE_UNSPECIFIED
+    return _enum_value(profile_pb2.ConsentState, _CONSENT_PREFIX, name)  # type: ignore[no-any-return]
+
+
+def purpose_name(value: int) -> str | None:
+    """The stored name of a consent purpose ("marketing" …); None when unspecified."""
+    return None if value == 0 else _enum_name(profile_pb2.ConsentPurpose, _PURPOSE_PREFIX, value)
+
+
+def double_opt_in_name(value: int) -> str | None:
+    """The stored name of a double opt-in state; None when unspecified."""
+    return None if value == 0 else _enum_name(profile_pb2.DoubleOptInState, _OPT_IN_PREFIX, value)
 
 
 def timestamp(value: datetime) -> timestamp_pb2.Timestamp:
@@ -57,9 +92,30 @@ def timestamp(value: datetime) -> timestamp_pb2.Timestamp:
     return stamp
 
 
+def _value(value: struct_pb2.Value) -> Any:
+    kind = value.WhichOneof("kind")
+    if kind == "string_value":
+        return value.string_value
+    if kind == "number_value":
+        number = value.number_value
+        return int(number) if number.is_integer() and abs(number) < 2**53 else number
+    if kind == "bool_value":
+        return value.bool_value
+    if kind == "struct_value":
+        return struct_to_dict(value.struct_value)
+    if kind == "list_value":
+        return [_value(v) for v in value.list_value.values]
+    return None
+
+
 def struct_to_dict(struct: struct_pb2.Struct) -> dict[str, Any]:
     """A Struct as plain JSON values (integral numbers as ints, nulls as None)."""
-    return dict(json_format.MessageToDict(struct))
+    return {name: _value(value) for name, value in struct.fields.items()}
+
+
+def value_to_python(value: struct_pb2.Value) -> Any:
+    """A protobuf Value as a plain JSON value."""
+    return _value(value)
 
 
 def dict_to_struct(values: Mapping[str, Any]) -> struct_pb2.Struct:
@@ -67,6 +123,18 @@ def dict_to_struct(values: Mapping[str, Any]) -> struct_pb2.Struct:
     struct = struct_pb2.Struct()
     struct.update(dict(values))
     return struct
+
+
+def python_to_value(value: Any) -> struct_pb2.Value:
+    """A plain JSON value as a protobuf Value (None as null)."""
+    message = struct_pb2.Value()
+    if value is None:
+        message.null_value = struct_pb2.NULL_VALUE
+    else:
+        struct = struct_pb2.Struct()
+        struct.update({"v": value})
+        message.CopyFrom(struct.fields["v"])
+    return message
 
 
 def cart_line_from_proto(item: common_pb2.CartItem) -> CartLine:
@@ -97,20 +165,21 @@ def cart_to_proto(lines: Iterable[CartLine]) -> common_pb2.Cart:
 
 
 def event_from_proto(message: profile_pb2.Event, *, received_at: datetime) -> Event:
-    """A domain event from a validated protobuf event; occurred_at defaults to the receive time."""
+    """A domain event from a checked protobuf event; occurred_at defaults to the receive time."""
     occurred_at = (
         message.occurred_at.ToDatetime(tzinfo=UTC) if message.HasField("occurred_at") else received_at
     )
     return Event(
         id=message.id,
         type=message.type,
-        channel=channel_name(message.channel),
+        channel=_CHANNEL_NAMES.get(message.channel),
         occurred_at=occurred_at,
         received_at=received_at,
         identifiers=[Identifier(type=i.type, value=i.value) for i in message.identifiers],
         properties=struct_to_dict(message.properties) if message.HasField("properties") else {},
         cart_item=cart_line_from_proto(message.cart_item) if message.HasField("cart_item") else None,
         person_id=uuid.UUID(message.person_id) if message.person_id else None,
+        source=message.source or DEFAULT_SOURCE,
     )
 
 
@@ -119,17 +188,33 @@ def event_to_proto(event: Event) -> profile_pb2.Event:
     message = profile_pb2.Event(
         id=event.id,
         type=event.type,
-        channel=channel_value(event.channel),
+        channel=_CHANNEL_VALUES.get(event.channel or "", common_pb2.CHANNEL_UNSPECIFIED),
         identifiers=[common_pb2.Identifier(type=i.type, value=i.value) for i in event.identifiers],
         occurred_at=timestamp(event.occurred_at),
         receive_time=timestamp(event.received_at),
         person_id=str(event.person_id) if event.person_id else "",
+        source=event.source,
     )
     if event.properties:
-        message.properties.CopyFrom(dict_to_struct(event.properties))
+        message.properties.update(event.properties)
     if event.cart_item is not None:
         message.cart_item.CopyFrom(cart_line_to_proto(event.cart_item))
     return message
+
+
+def track_result_to_proto(result: TrackResult) -> profile_pb2.TrackEventResponse:
+    """The answer for one tracked event."""
+    if result.violations:
+        return profile_pb2.TrackEventResponse(
+            status=profile_pb2.TRACK_STATUS_REJECTED,
+            field_violations=[
+                profile_pb2.EventFieldViolation(field=v.field, description=v.description)
+                for v in result.violations
+            ],
+        )
+    return profile_pb2.TrackEventResponse(
+        person_id=str(result.person_id), duplicate=result.duplicate, status=_STATUS[result.status]
+    )
 
 
 def consent_to_proto(consent: Consent) -> profile_pb2.Consent:
@@ -139,16 +224,41 @@ def consent_to_proto(consent: Consent) -> profile_pb2.Consent:
         state=consent_state_value(consent.state),
         source=consent.source,
         update_time=timestamp(consent.updated_at),
+        purpose=_enum_value(profile_pb2.ConsentPurpose, _PURPOSE_PREFIX, consent.purpose),
+        double_opt_in=_enum_value(profile_pb2.DoubleOptInState, _OPT_IN_PREFIX, consent.double_opt_in),
+        contact_allowed=consent.contact_allowed,
+    )
+
+
+def trait_change_to_proto(change: TraitChange) -> profile_pb2.TraitChange:
+    """The protobuf trait change of a stored one."""
+    return profile_pb2.TraitChange(
+        trait_name=change.name,
+        old_value=python_to_value(change.old_value),
+        new_value=python_to_value(change.new_value),
+        source=change.source,
+        change_time=timestamp(change.changed_at),
     )
 
 
 def profile_to_proto(profile: Profile) -> profile_pb2.Profile:
     """The protobuf 360 view of a profile."""
-    return profile_pb2.Profile(
+    message = profile_pb2.Profile(
         person_id=str(profile.person_id),
         traits=dict_to_struct(profile.traits),
         cart=cart_to_proto(profile.cart),
         consents=[consent_to_proto(c) for c in profile.consents],
         recent_events=[event_to_proto(e) for e in profile.recent_events],
         event_count=profile.event_count,
+        computed_traits=dict_to_struct(profile.computed_traits),
+        segments=[
+            profile_pb2.SegmentMembership(
+                segment_id=s.segment_id, segment_name=s.segment_name, enter_time=timestamp(s.entered_at)
+            )
+            for s in profile.segments
+        ],
     )
+    for name, trait in profile.trait_details.items():
+        message.trait_metadata[name].source = trait.source
+        message.trait_metadata[name].update_time.CopyFrom(timestamp(trait.updated_at))
+    return message

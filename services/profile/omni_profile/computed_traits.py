@@ -1,0 +1,153 @@
+"""Computed-trait definitions: the catalog in force, creating and listing definitions, and backfills.
+
+The catalog is cached in the process and refreshed every `refresh_s` (a definition created by another
+replica is applied here from the next refresh on). A new definition is applied to new events at once and
+backfilled from the timeline by a background task, in slices of persons in id order: each slice locks its
+persons' profile rows (the lock tracking takes), recomputes the trait from their stored events and
+replaces its state, so events tracked before or during the backfill are counted exactly once. A
+definition is backfilled only once it is older than one refresh interval, so that every replica applies
+it to new events before the backfill passes their persons; the cursor is stored, so a restart resumes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from dataclasses import replace
+from datetime import UTC, datetime
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from omni_kit.bus import Outbox
+from omni_kit.errors import AlreadyExists, InvalidArgument, Violations
+from omni_profile import computed, events, paging, persons, repository
+from omni_profile.computed import Catalog, Definition
+from omni_profile.ingestion import Transaction
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PAGE_SIZE = 100
+MAX_PAGE_SIZE = 500
+_TOKEN_KIND = "computed_traits"
+
+
+class ComputedTraits:
+    """The computed-trait definitions in force and their backfill."""
+
+    def __init__(self, outbox: Outbox, *, refresh_s: float, backfill_slice: int) -> None:
+        self._outbox = outbox
+        self._refresh_s = refresh_s
+        self._slice = backfill_slice
+        self.catalog = Catalog.of(())
+
+    def current(self) -> Catalog:
+        """The catalog in force (what tracking applies)."""
+        return self.catalog
+
+    async def refresh(self, session: AsyncSession) -> None:
+        """Reload the definitions from the database."""
+        self.catalog = Catalog.of(await repository.load_definitions(session))
+
+    def adopt(self, definition: Definition) -> None:
+        """Apply a definition committed by this process at once, without waiting for the next refresh."""
+        others = [d for d in self.catalog.definitions if d.name != definition.name]
+        self.catalog = Catalog.of([*others, definition])
+
+    async def create(self, session: AsyncSession, definition: Definition) -> Definition:
+        """Store a new definition (backfilling); AlreadyExists when the name is taken.
+
+        The caller adopts it once the transaction has committed.
+        """
+        stored = await repository.insert_definition(session, replace(definition, state=computed.BACKFILLING))
+        if stored is None:
+            raise AlreadyExists(
+                message=f"a computed trait named {definition.name} exists already",
+                reason="COMPUTED_TRAIT_EXISTS",
+                metadata={"name": definition.name},
+            )
+        return stored
+
+    async def list_page(
+        self, session: AsyncSession, page_size: int, page_token: str
+    ) -> tuple[list[Definition], str]:
+        """A page of definitions by name, and the next page's token ("" at the end)."""
+        after = None
+        if page_token:
+            try:
+                after = paging.decode_name(_TOKEN_KIND, page_token)
+            except paging.BadPageToken as error:
+                violations = Violations()
+                violations.add("page_token", str(error))
+                raise InvalidArgument(message=str(error), violations=violations.items) from error
+        size = DEFAULT_PAGE_SIZE if page_size == 0 else min(page_size, MAX_PAGE_SIZE)
+        page = await repository.list_definitions(session, after, size + 1)
+        if len(page) <= size:
+            return page, ""
+        return page[:size], paging.encode_name(_TOKEN_KIND, page[size - 1].name)
+
+    async def backfill_slice(self, session: AsyncSession) -> bool:
+        """Backfill one slice of persons for the oldest definition still backfilling; False if none is."""
+        claim = await repository.claim_backfill(session, self._refresh_s)
+        if claim is None:
+            return False
+        name, after = claim
+        definition = self.catalog.by_name.get(name)
+        if definition is None:
+            await self.refresh(session)
+            definition = self.catalog.by_name[name]
+        slice_ = await repository.live_persons_after(session, after, self._slice)
+        if not slice_:
+            await repository.advance_backfill(session, name, after, done=True)
+            self.adopt(replace(definition, state=computed.READY))
+            log.info("computed trait %s is backfilled", name)
+            return True
+        await self._recompute(session, definition, slice_)
+        await repository.advance_backfill(session, name, slice_[-1], done=False)
+        return True
+
+    async def _recompute(
+        self, session: AsyncSession, definition: Definition, person_ids: list[uuid.UUID]
+    ) -> None:
+        now = datetime.now(UTC)
+        _, states = await persons.lock_states(session, person_ids)
+        timelines = await repository.events_of(session, person_ids, event_type=definition.event_type)
+        single = Catalog.of([definition])
+        docs: dict[uuid.UUID, computed.State] = {}
+        for person_id in person_ids:
+            state = states.get(person_id)
+            if state is None or state.merged_into is not None or state.erased:
+                continue  # merged or erased since the slice was read
+            doc = state.computed
+            before = computed.value(definition, doc.get(definition.name), now)
+            fresh = computed.compute(single, timelines[person_id], now).get(definition.name)
+            if fresh:
+                doc[definition.name] = fresh
+            else:
+                doc.pop(definition.name, None)
+            docs[person_id] = doc
+            if computed.value(definition, fresh, now) != before:
+                await events.stage_profile_changed(
+                    session,
+                    self._outbox,
+                    person_id,
+                    changed=["computed_traits"],
+                    computed_traits=computed.values(self.catalog, doc, now),
+                )
+        await repository.set_computed(session, docs)
+
+    async def run(self, transaction: Transaction) -> None:
+        """Refresh the catalog and run backfills until cancelled (a background task of the service)."""
+        while True:
+            try:
+                async with transaction() as session:
+                    await self.refresh(session)
+                busy = True
+                while busy:
+                    async with transaction() as session:
+                        busy = await self.backfill_slice(session)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("computed traits: refresh or backfill failed; retrying")
+            await asyncio.sleep(self._refresh_s)

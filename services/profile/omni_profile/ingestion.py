@@ -1,0 +1,55 @@
+"""The one way events come in, whatever the transport (gRPC unary and stream, the Segment-compatible HTTP
+endpoint): `Ingestion.ingest(events)` takes checked domain events and answers one TrackResult per event.
+
+It runs in three steps so that no database transaction stays open across the call to identity: read which
+(source, id) keys are recorded already; resolve the rest through identity in one BatchResolvePersons call
+(identifiers identity refuses reject their events, and the others are resolved again without them);
+record everything in one transaction (tracking.Tracker). Rejected events are answered with their field
+violations, paths relative to the event; the good events of a batch are recorded regardless.
+
+This module owns its transactions (unlike domain modules) because three transports share it; it takes the
+transaction factory from main.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from contextlib import AbstractAsyncContextManager
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from omni_profile.domain import Event, TrackResult
+from omni_profile.tracking import Tracker
+
+Transaction = Callable[[], AbstractAsyncContextManager[AsyncSession]]
+"""Opens a session in a transaction, committed when the block ends (Runtime.transaction)."""
+
+
+class Ingestion:
+    """Resolves, records and announces batches of events."""
+
+    def __init__(self, transaction: Transaction, tracker: Tracker) -> None:
+        self._transaction = transaction
+        self._tracker = tracker
+
+    async def ingest(self, events: Sequence[Event]) -> list[TrackResult]:
+        """Record checked events; one result per event, in order (recorded, duplicate or rejected).
+
+        Events are changed in place: person_id is set on the ones resolved. Raises Unavailable when identity
+        cannot be reached (nothing is written then).
+        """
+        if not events:
+            return []
+        async with self._transaction() as session:
+            recorded = await self._tracker.recorded(session, events)
+        rejected = await self._tracker.resolve_each(events, recorded)
+        good = [i for i in range(len(events)) if i not in rejected]
+        recorded_results: list[TrackResult] = []
+        if good:
+            async with self._transaction() as session:
+                recorded_results = await self._tracker.record(session, [events[i] for i in good], recorded)
+        answers = iter(recorded_results)
+        return [
+            TrackResult.rejected(rejected[index]) if index in rejected else next(answers)
+            for index in range(len(events))
+        ]

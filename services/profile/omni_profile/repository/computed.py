@@ -1,0 +1,104 @@
+"""SQL of computed-trait definitions and their backfill progress."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from omni_profile.computed import Definition
+
+_COLUMNS = (
+    "name, kind, event_type, channels, property, window_days, per_channel, currency_code, description, state, "
+    "created_at"
+)
+
+
+def _definition(row: Any) -> Definition:
+    return Definition(
+        name=row.name,
+        kind=row.kind,
+        event_type=row.event_type,
+        channels=frozenset(row.channels),
+        property=row.property,
+        window_days=int(row.window_days),
+        per_channel=row.per_channel,
+        currency_code=row.currency_code,
+        description=row.description,
+        state=row.state,
+        created_at=row.created_at,
+    )
+
+
+async def load_definitions(session: AsyncSession) -> list[Definition]:
+    """Every computed-trait definition, by name."""
+    rows = await session.execute(sa.text(f"SELECT {_COLUMNS} FROM computed_traits ORDER BY name"))
+    return [_definition(row) for row in rows]
+
+
+async def list_definitions(session: AsyncSession, after: str | None, limit: int) -> list[Definition]:
+    """A page of definitions by name, after a name."""
+    rows = await session.execute(
+        sa.text(
+            f"SELECT {_COLUMNS} FROM computed_traits WHERE CAST(:after AS text) IS NULL OR name > :after "
+            "ORDER BY name LIMIT :limit"
+        ),
+        {"after": after, "limit": limit},
+    )
+    return [_definition(row) for row in rows]
+
+
+async def insert_definition(session: AsyncSession, definition: Definition) -> Definition | None:
+    """Store a new definition (backfilling); None when the name is taken."""
+    row = (
+        await session.execute(
+            sa.text(
+                "INSERT INTO computed_traits (name, kind, event_type, channels, property, window_days, per_channel, "
+                "currency_code, description, state) VALUES (:name, :kind, :event_type, CAST(:channels AS text[]), "
+                ":property, :window_days, :per_channel, :currency_code, :description, :state) "
+                f"ON CONFLICT (name) DO NOTHING RETURNING {_COLUMNS}"
+            ),
+            {
+                "name": definition.name,
+                "kind": definition.kind,
+                "event_type": definition.event_type,
+                "channels": sorted(definition.channels),
+                "property": definition.property,
+                "window_days": definition.window_days,
+                "per_channel": definition.per_channel,
+                "currency_code": definition.currency_code,
+                "description": definition.description,
+                "state": definition.state,
+            },
+        )
+    ).first()
+    return None if row is None else _definition(row)
+
+
+async def claim_backfill(session: AsyncSession, grace_s: float) -> tuple[str, uuid.UUID | None] | None:
+    """Lock the oldest definition still backfilling and older than grace_s (skipping one another replica
+    holds); return its name and cursor."""
+    row = (
+        await session.execute(
+            sa.text(
+                "SELECT name, backfill_after FROM computed_traits WHERE state = 'backfilling' "
+                "AND created_at <= now() - make_interval(secs => :grace) "
+                "ORDER BY created_at, name LIMIT 1 FOR UPDATE SKIP LOCKED"
+            ),
+            {"grace": grace_s},
+        )
+    ).first()
+    return None if row is None else (row.name, row.backfill_after)
+
+
+async def advance_backfill(session: AsyncSession, name: str, after: uuid.UUID | None, *, done: bool) -> None:
+    """Record how far a backfill got, or that it is done."""
+    await session.execute(
+        sa.text(
+            "UPDATE computed_traits SET backfill_after = :after, "
+            "state = CASE WHEN :done THEN 'ready' ELSE state END WHERE name = :name"
+        ),
+        {"name": name, "after": after, "done": done},
+    )

@@ -1,0 +1,255 @@
+"""SQL of the profiles table: the per-person lock and state row (cart, computed-trait state, tombstone)."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from omni_profile.domain import CartLine
+
+
+@dataclass
+class ProfileState:
+    """A locked profile row: where it leads, and the state a batch of events changes."""
+
+    person_id: uuid.UUID
+    merged_into: uuid.UUID | None
+    erased: bool
+    event_count: int
+    cart: dict[str, CartLine]
+    cart_as_of: datetime | None
+    computed: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class ProfileUpdate:
+    """What a batch changes on one profile row; None leaves a part as it is."""
+
+    person_id: uuid.UUID
+    added_events: int = 0
+    computed: dict[str, Any] | None = None
+    cart: dict[str, CartLine] | None = None
+    cart_as_of: datetime | None = None
+
+
+def cart_from_json(document: dict[str, Any]) -> dict[str, CartLine]:
+    """A cart from its stored form: lines by product id."""
+    return {
+        product_id: CartLine(
+            product_id=product_id,
+            quantity=int(line["quantity"]),
+            name=line.get("name") or "",
+            unit_price_minor=line.get("unit_price_minor"),
+            currency_code=line.get("currency_code"),
+        )
+        for product_id, line in document.items()
+    }
+
+
+def cart_to_json(cart: dict[str, CartLine]) -> str:
+    """A cart in its stored form, as JSON text."""
+    return json.dumps(
+        {
+            product_id: {
+                "quantity": line.quantity,
+                "name": line.name,
+                "unit_price_minor": line.unit_price_minor,
+                "currency_code": line.currency_code,
+            }
+            for product_id, line in cart.items()
+        },
+        separators=(",", ":"),
+    )
+
+
+_LOCK = sa.text(
+    "INSERT INTO profiles (person_id) SELECT unnest(CAST(:ids AS uuid[])) "
+    "ON CONFLICT (person_id) DO UPDATE SET updated_at = now() "
+    "RETURNING person_id, merged_into, erased_at IS NOT NULL AS erased, event_count, cart, cart_as_of, computed"
+)
+
+
+async def lock_profiles(
+    session: AsyncSession, person_ids: Iterable[uuid.UUID]
+) -> dict[uuid.UUID, ProfileState]:
+    """Create missing profile rows and lock them all, in id order; return their state.
+
+    The row lock serialises every write to a person (tracking, traits, merges, erasure), so a merge cannot
+    slip between reading where a person's events go and writing them. Rows are locked in id order, so two
+    batches sharing persons cannot deadlock.
+    """
+    ids = sorted(set(person_ids))
+    if not ids:
+        return {}
+    rows = await session.execute(_LOCK, {"ids": ids})
+    return {
+        row.person_id: ProfileState(
+            person_id=row.person_id,
+            merged_into=row.merged_into,
+            erased=row.erased,
+            event_count=int(row.event_count),
+            cart=cart_from_json(row.cart),
+            cart_as_of=row.cart_as_of,
+            computed=row.computed,
+        )
+        for row in rows
+    }
+
+
+_UPDATE = sa.text(
+    "UPDATE profiles AS p SET event_count = p.event_count + u.added, "
+    "computed = coalesce(u.computed, p.computed), cart = coalesce(u.cart, p.cart), "
+    "cart_as_of = coalesce(u.cart_as_of, p.cart_as_of), updated_at = now() "
+    "FROM unnest(CAST(:ids AS uuid[]), CAST(:added AS bigint[]), CAST(:computed AS jsonb[]), "
+    "CAST(:carts AS jsonb[]), CAST(:cart_as_of AS timestamptz[])) AS u(id, added, computed, cart, cart_as_of) "
+    "WHERE p.person_id = u.id"
+)
+
+
+async def update_profiles(session: AsyncSession, updates: Sequence[ProfileUpdate]) -> None:
+    """Write what a batch changed on its profiles (one statement)."""
+    if not updates:
+        return
+    await session.execute(
+        _UPDATE,
+        {
+            "ids": [u.person_id for u in updates],
+            "added": [u.added_events for u in updates],
+            "computed": [
+                None if u.computed is None else json.dumps(u.computed, separators=(",", ":")) for u in updates
+            ],
+            "carts": [None if u.cart is None else cart_to_json(u.cart) for u in updates],
+            "cart_as_of": [u.cart_as_of for u in updates],
+        },
+    )
+
+
+async def set_state(
+    session: AsyncSession,
+    person_id: uuid.UUID,
+    *,
+    event_count: int,
+    cart: dict[str, CartLine],
+    cart_as_of: datetime | None,
+    computed: dict[str, Any],
+) -> None:
+    """Replace a profile's counts, cart and computed state (after a merge, unmerge or recompute)."""
+    await session.execute(
+        sa.text(
+            "UPDATE profiles SET event_count = :n, cart = CAST(:cart AS jsonb), cart_as_of = :as_of, "
+            "computed = CAST(:computed AS jsonb), updated_at = now() WHERE person_id = :id"
+        ),
+        {
+            "id": person_id,
+            "n": event_count,
+            "cart": cart_to_json(cart),
+            "as_of": cart_as_of,
+            "computed": json.dumps(computed, separators=(",", ":")),
+        },
+    )
+
+
+async def set_computed(session: AsyncSession, states: dict[uuid.UUID, dict[str, Any]]) -> None:
+    """Replace the computed state of some profiles (one statement)."""
+    if not states:
+        return
+    await session.execute(
+        sa.text(
+            "UPDATE profiles AS p SET computed = u.computed, updated_at = now() "
+            "FROM unnest(CAST(:ids AS uuid[]), CAST(:docs AS jsonb[])) AS u(id, computed) WHERE p.person_id = u.id"
+        ),
+        {"ids": list(states), "docs": [json.dumps(s, separators=(",", ":")) for s in states.values()]},
+    )
+
+
+async def profile_state(
+    session: AsyncSession, person_id: uuid.UUID
+) -> tuple[int, uuid.UUID | None, bool] | None:
+    """A profile row's event count, merged_into and whether it is erased; None if there is no row."""
+    row = (
+        await session.execute(
+            sa.text(
+                "SELECT event_count, merged_into, erased_at IS NOT NULL AS erased FROM profiles WHERE person_id = :id"
+            ),
+            {"id": person_id},
+        )
+    ).first()
+    return None if row is None else (int(row.event_count), row.merged_into, row.erased)
+
+
+async def mark_merged(session: AsyncSession, merged: Sequence[uuid.UUID], survivor: uuid.UUID) -> None:
+    """Point merged persons (and persons merged into them before) at the survivor; clear their state."""
+    await session.execute(
+        sa.text(
+            "UPDATE profiles SET merged_into = :survivor, event_count = 0, cart = '{}'::jsonb, cart_as_of = NULL, "
+            "computed = '{}'::jsonb, updated_at = now() WHERE person_id = ANY(CAST(:merged AS uuid[]))"
+        ),
+        {"merged": list(merged), "survivor": survivor},
+    )
+    await session.execute(
+        sa.text(
+            "UPDATE profiles SET merged_into = :survivor, updated_at = now() "
+            "WHERE merged_into = ANY(CAST(:merged AS uuid[]))"
+        ),
+        {"merged": list(merged), "survivor": survivor},
+    )
+
+
+async def unmark_merged(session: AsyncSession, person_id: uuid.UUID) -> None:
+    """Make a person merged away live again (an unmerge)."""
+    await session.execute(
+        sa.text("UPDATE profiles SET merged_into = NULL, updated_at = now() WHERE person_id = :id"),
+        {"id": person_id},
+    )
+
+
+async def point_merged(session: AsyncSession, person_ids: Sequence[uuid.UUID], target: uuid.UUID) -> None:
+    """Make some persons lead to another (the persons merged into one that an unmerge restored)."""
+    if person_ids:
+        await session.execute(
+            sa.text(
+                "UPDATE profiles SET merged_into = :target, updated_at = now() "
+                "WHERE person_id = ANY(CAST(:ids AS uuid[]))"
+            ),
+            {"ids": list(person_ids), "target": target},
+        )
+
+
+async def merged_into(session: AsyncSession, person_ids: Sequence[uuid.UUID]) -> list[uuid.UUID]:
+    """The persons merged into any of these (directly: merges keep chains flat)."""
+    rows = await session.execute(
+        sa.text("SELECT person_id FROM profiles WHERE merged_into = ANY(CAST(:ids AS uuid[]))"),
+        {"ids": list(person_ids)},
+    )
+    return [row.person_id for row in rows]
+
+
+async def erase_profiles(session: AsyncSession, person_ids: Sequence[uuid.UUID]) -> None:
+    """Leave only a tombstone of these profiles: no counts, cart or computed state, erased_at set."""
+    await session.execute(
+        sa.text(
+            "INSERT INTO profiles (person_id, erased_at) SELECT unnest(CAST(:ids AS uuid[])), now() "
+            "ON CONFLICT (person_id) DO UPDATE SET erased_at = now(), merged_into = NULL, event_count = 0, "
+            "cart = '{}'::jsonb, cart_as_of = NULL, computed = '{}'::jsonb, updated_at = now()"
+        ),
+        {"ids": list(person_ids)},
+    )
+
+
+async def live_persons_after(session: AsyncSession, after: uuid.UUID | None, limit: int) -> list[uuid.UUID]:
+    """Live (not merged, not erased) persons with events, in id order after a cursor: a backfill's next slice."""
+    rows = await session.execute(
+        sa.text(
+            "SELECT person_id FROM profiles WHERE merged_into IS NULL AND erased_at IS NULL AND event_count > 0 "
+            "AND (CAST(:after AS uuid) IS NULL OR person_id > CAST(:after AS uuid)) ORDER BY person_id LIMIT :limit"
+        ),
+        {"after": after, "limit": limit},
+    )
+    return [row.person_id for row in rows]

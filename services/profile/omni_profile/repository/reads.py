@@ -1,0 +1,85 @@
+"""The 360 view in one statement: the profile row with its traits, consents, segments and recent events.
+
+GetProfile is the call centre's screen and must answer in milliseconds, so everything it shows comes back in
+one round trip, each part aggregated to JSON by PostgreSQL from its own index (traits and consents by their
+primary keys, segments by theirs, recent events by events_timeline).
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from omni_profile.domain import CartLine, Consent, Event, SegmentMembership, Trait
+from omni_profile.repository.events import event_from_json
+from omni_profile.repository.profiles import cart_from_json
+
+_READ = sa.text(
+    "SELECT p.person_id, p.merged_into, p.erased_at IS NOT NULL AS erased, p.event_count, p.cart, p.computed, "
+    "(SELECT coalesce(jsonb_agg(jsonb_build_array(t.name, t.value, t.source, t.updated_at)), '[]'::jsonb) "
+    " FROM traits AS t WHERE t.person_id = p.person_id) AS traits, "
+    "(SELECT coalesce(jsonb_agg(jsonb_build_array(c.channel, c.purpose, c.state, c.source, c.double_opt_in, "
+    "  c.updated_at) ORDER BY c.channel, c.purpose), '[]'::jsonb) "
+    " FROM consents AS c WHERE c.person_id = p.person_id) AS consents, "
+    "(SELECT coalesce(jsonb_agg(jsonb_build_array(s.segment_id, s.segment_name, s.changed_at) "
+    "  ORDER BY s.segment_name, s.segment_id), '[]'::jsonb) "
+    " FROM segment_memberships AS s WHERE s.person_id = p.person_id AND s.member) AS segments, "
+    "(SELECT coalesce(jsonb_agg(jsonb_build_array(e.source, e.id, e.type, e.channel, e.occurred_at, "
+    "  e.received_at, e.identifiers, e.properties, e.cart_item) ORDER BY e.occurred_at DESC, e.id DESC, "
+    "  e.source DESC), '[]'::jsonb) "
+    " FROM (SELECT * FROM events AS r WHERE r.person_id = p.person_id "
+    "  ORDER BY r.occurred_at DESC, r.id DESC, r.source DESC LIMIT greatest(CAST(:limit AS integer), 0)) AS e) "
+    " AS recent "
+    "FROM profiles AS p WHERE p.person_id = :id"
+)
+
+
+@dataclass
+class ProfileRead:
+    """What the 360 view statement returns for one profile row."""
+
+    person_id: uuid.UUID
+    merged_into: uuid.UUID | None
+    erased: bool
+    event_count: int
+    cart: dict[str, CartLine]
+    computed: dict[str, Any]
+    traits: dict[str, Trait]
+    consents: list[Consent]
+    segments: list[SegmentMembership]
+    recent_events: list[Event]
+
+
+async def read_profile(session: AsyncSession, person_id: uuid.UUID, recent: int) -> ProfileRead | None:
+    """A profile row with everything the 360 view shows, and its `recent` newest events; None if no row."""
+    row = (await session.execute(_READ, {"id": person_id, "limit": recent})).first()
+    if row is None:
+        return None
+    at = datetime.fromisoformat
+    return ProfileRead(
+        person_id=row.person_id,
+        merged_into=row.merged_into,
+        erased=row.erased,
+        event_count=int(row.event_count),
+        cart=cart_from_json(row.cart),
+        computed=row.computed,
+        traits={name: Trait(name, value, source, at(updated)) for name, value, source, updated in row.traits},
+        consents=[
+            Consent(
+                channel=channel,
+                state=state,
+                source=source,
+                updated_at=at(updated),
+                purpose=purpose,
+                double_opt_in=double_opt_in,
+            )
+            for channel, purpose, state, source, double_opt_in, updated in row.consents
+        ],
+        segments=[SegmentMembership(sid, name, at(changed)) for sid, name, changed in row.segments],
+        recent_events=[event_from_json(row.person_id, item) for item in row.recent],
+    )

@@ -1,0 +1,74 @@
+"""Setting traits: per-source precedence, a history of every change, and the announcement."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from omni_kit.bus import Outbox
+from omni_kit.ids import new_id
+from omni_profile import events, persons, repository
+from omni_profile.domain import DEFAULT_SOURCE, Trait, TraitChange
+from omni_profile.precedence import SourcePolicy
+
+
+class Traits:
+    """Changes the traits of profiles; the caller owns the transaction."""
+
+    def __init__(self, outbox: Outbox, policy: SourcePolicy) -> None:
+        self._outbox = outbox
+        self.policy = policy
+
+    async def set_traits(
+        self,
+        session: AsyncSession,
+        person_id: uuid.UUID,
+        values: Mapping[str, Any],
+        source: str,
+        now: datetime,
+    ) -> tuple[uuid.UUID, list[str]]:
+        """Set traits (None removes one) as far as the source's precedence allows; record and announce changes.
+
+        Returns the live person written to and the names left unchanged because a source of higher
+        precedence set them. Setting a value again from another source of enough precedence changes only
+        who owns it (recorded, not announced: the value did not change).
+        """
+        source = source or DEFAULT_SOURCE
+        current = await persons.lock_live(session, person_id)
+        existing = (await repository.load_traits(session, [current]))[current]
+        upserts: list[Trait] = []
+        deletes: list[str] = []
+        ignored: list[str] = []
+        history: list[TraitChange] = []
+        for name, value in values.items():
+            before = existing.get(name)
+            if before is not None and not self.policy.may_overwrite(before, source, now):
+                if before.value != value:
+                    ignored.append(name)
+                continue
+            if value is None:
+                if before is not None:
+                    deletes.append(name)
+                    history.append(TraitChange(new_id(), current, name, before.value, None, source, now))
+            elif before is None or before.value != value:
+                upserts.append(Trait(name, value, source, now))
+                history.append(
+                    TraitChange(
+                        new_id(), current, name, None if before is None else before.value, value, source, now
+                    )
+                )
+            elif before.source != source:
+                upserts.append(Trait(name, value, source, now))
+        await repository.write_traits(session, current, upserts, deletes)
+        await repository.record_trait_changes(session, history)
+        if history:
+            after = {name: t.value for name, t in existing.items() if name not in deletes}
+            after.update({t.name: t.value for t in upserts})
+            await events.stage_profile_changed(
+                session, self._outbox, current, traits=after, changed=["traits"]
+            )
+        return current, ignored

@@ -5,10 +5,8 @@ from __future__ import annotations
 import random
 import string
 from dataclasses import dataclass
-from datetime import date
 
 from omni.identity.v1 import identity_pb2_grpc, matching_pb2, matching_pb2_grpc
-from omni_identity.matching.records import PersonRecord
 from omni_kit.runtime import Runtime
 
 TABLES = ("person_records", "person_record_keys", "match_decisions", "match_models")
@@ -61,25 +59,3 @@ def with_fields(record: matching_pb2.PersonRecord, **fields: object) -> matching
         else:
             setattr(copy, name, value)
     return copy
-
-
-def record_message(record: PersonRecord) -> matching_pb2.PersonRecord:
-    """A domain record (e.g. from FEBRL) as the request message."""
-    message = matching_pb2.PersonRecord(
-        given_name=record.given_name,
-        surname=record.surname,
-        street_number=record.street_number,
-        address_1=record.address_1,
-        address_2=record.address_2,
-        suburb=record.suburb,
-        postcode=record.postcode,
-        state=record.state,
-    )
-    if record.date_of_birth is not None:
-        message.date_of_birth.CopyFrom(calendar_date(record.date_of_birth))
-    return message
-
-
-def calendar_date(value: date) -> matching_pb2.CalendarDate:
-    """A date as the request message."""
-    return matching_pb2.CalendarDate(year=value.year, month=value.month, day=value.day)

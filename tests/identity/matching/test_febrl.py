@@ -2,21 +2,18 @@
 
 from __future__ import annotations
 
-import random
 import warnings
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 
 import pytest
 
 from omni.identity.v1 import matching_pb2
-from omni_identity.matching import febrl
 from omni_identity.matching.evaluate import TARGET_F1, evaluate_febrl4
+from omni_identity.matching.service_evaluation import evaluate_febrl4_service
 from omni_kit.embedded import EmbeddedNats, EmbeddedPostgres
 
 from .conftest import running_matching
-from .support import MatchingServer, record_message
-
-BATCH = 400
+from .support import MatchingServer
 
 
 def test_evaluation_meets_the_target_and_the_peer() -> None:
@@ -42,63 +39,21 @@ async def server(postgres: EmbeddedPostgres, nats_server: EmbeddedNats) -> Async
         yield running
 
 
-async def match_all(
-    server: MatchingServer, records: Sequence[matching_pb2.PersonRecord], source: str
-) -> list[matching_pb2.MatchResult]:
-    """BatchMatchRecords in batches, in order."""
-    results: list[matching_pb2.MatchResult] = []
-    for start in range(0, len(records), BATCH):
-        response = await server.stub.BatchMatchRecords(
-            matching_pb2.BatchMatchRecordsRequest(records=records[start : start + BATCH], source=source)
-        )
-        results.extend(response.results)
-    return results
-
-
-def f1(predicted: set[tuple[int, int]], truth: set[tuple[int, int]]) -> float:
-    """F1 of predicted against true (a, b) pairs."""
-    hits = len(predicted & truth)
-    precision, recall = hits / max(len(predicted), 1), hits / max(len(truth), 1)
-    return 2 * precision * recall / (precision + recall) if hits else 0.0
-
-
 async def test_a_sample_through_the_service(server: MatchingServer) -> None:
-    """Load 1,200 records of A as new persons, match 900 duplicates of B, train on the store in between."""
-    data = febrl.load()
-    duplicate_of = {b: a for a, b in data.true_matches}
-    rng = random.Random(4)
-    b_sample = rng.sample(sorted(duplicate_of), 900)
-    extra = rng.sample(sorted(set(range(len(data.a))) - {duplicate_of[b] for b in b_sample}), 300)
-    a_sample = [duplicate_of[b] for b in b_sample] + extra
-    rng.shuffle(a_sample)
+    """1,200 records of A loaded as new persons, 900 duplicates from B matched, a model trained in between."""
+    result = await evaluate_febrl4_service(server.stub, sample=900, distractors=300, batch_size=400)
+    assert result["a_new_persons"] >= 0.99 * result["a_records"]
+    assert result["trained_model"]["version"] == 1 and result["trained_pairs"] > 450
+    assert result["built_in_model"]["f1"] > 0.95, result
+    assert result["trained_model"]["f1"] > 0.95, result
+    assert result["overall"]["precision"] > 0.99, result
 
-    loaded = await match_all(server, [record_message(data.a[i]) for i in a_sample], "febrl_a")
-    new = matching_pb2.MATCH_DECISION_NEW_PERSON
-    assert sum(r.decision == new for r in loaded) >= 0.99 * len(a_sample)
-    person_of_a = {r.person_id: a for a, r in zip(a_sample, loaded, strict=True) if r.decision == new}
-
-    # The first half with the built-in model; then a model trained on the store for the second.
-    halves = b_sample[:450], b_sample[450:]
-    first = await match_all(server, [record_message(data.b[j]) for j in halves[0]], "febrl_b")
-    trained = (
-        await server.stub.TrainMatchModel(matching_pb2.TrainMatchModelRequest(request_id="febrl"))
-    ).model
-    assert trained.version == 1 and trained.trained_pairs > 450
-    surname = next(f for f in trained.fields if f.field == "surname")
+    model = (await server.stub.GetMatchModel(matching_pb2.GetMatchModelRequest())).model
+    assert model.version == 1 and model.HasField("create_time")
+    surname = next(f for f in model.fields if f.field == "surname")
     assert surname.levels[0].m_probability > 0.5 > surname.levels[0].u_probability
-    again = await server.stub.TrainMatchModel(matching_pb2.TrainMatchModelRequest(request_id="febrl"))
-    assert again.model == trained
-    second = await match_all(server, [record_message(data.b[j]) for j in halves[1]], "febrl_b")
-    assert {r.model_version for r in second} == {1}
-
-    linked = matching_pb2.MATCH_DECISION_LINKED
-    truth = {(duplicate_of[j], j) for j in b_sample}
-    scores = []
-    for half, results in zip(halves, (first, second), strict=True):
-        predicted = {
-            (person_of_a.get(r.person_id, -1), j)
-            for j, r in zip(half, results, strict=True)
-            if r.decision == linked
-        }
-        scores.append(f1(predicted, {(a, b) for a, b in truth if b in half}))
-    assert min(scores) > 0.95, scores
+    # A training request repeated with its id returns the version it trained, and trains no other.
+    first = await server.stub.TrainMatchModel(matching_pb2.TrainMatchModelRequest(request_id="nightly-1"))
+    again = await server.stub.TrainMatchModel(matching_pb2.TrainMatchModelRequest(request_id="nightly-1"))
+    assert first.model.version == again.model.version == 2
+    assert (await server.stub.GetMatchModel(matching_pb2.GetMatchModelRequest())).model.version == 2

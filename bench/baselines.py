@@ -15,7 +15,7 @@ from typing import Any
 
 import asyncpg
 
-from bench.context import BenchContext, Database
+from bench.context import BenchContext, Database, cpu_sample, cpu_usage
 from bench.echo import echo_callable
 from bench.load import LatencyRun, ThroughputRun, closed_loop, open_loop
 from bench.workloads import Identifier, IdentifierSets
@@ -92,11 +92,14 @@ async def echo_latency(ctx: BenchContext, rate: float) -> LatencyRun:
         async with ctx.service("echo", {}) as echo, ctx.channel(echo.target) as channel:
             call = echo_callable(channel)
             await _warm(lambda: call(ECHO_PAYLOAD, timeout=5.0))
-            ctx.cache[key] = await open_loop(
+            before = cpu_sample(ctx, {"echo": echo})
+            run = await open_loop(
                 lambda _: call(ECHO_PAYLOAD, timeout=5.0), rate=rate, duration_s=ctx.durations.latency
             )
-    run: LatencyRun = ctx.cache[key]
-    return run
+            run.cpu_cores = cpu_usage(before, cpu_sample(ctx, {"echo": echo}))
+            ctx.cache[key] = run
+    cached: LatencyRun = ctx.cache[key]
+    return cached
 
 
 async def echo_throughput(ctx: BenchContext, concurrency: int) -> ThroughputRun:
@@ -110,14 +113,17 @@ async def echo_throughput(ctx: BenchContext, concurrency: int) -> ThroughputRun:
                 await call(ECHO_PAYLOAD, timeout=5.0)
                 return 1
 
-            ctx.cache[key] = await closed_loop(
+            before = cpu_sample(ctx, {"echo": echo})
+            throughput = await closed_loop(
                 one,
                 concurrency=concurrency,
                 duration_s=ctx.durations.throughput / 2,
                 warmup_s=ctx.durations.warmup,
             )
-    run: ThroughputRun = ctx.cache[key]
-    return run
+            throughput.cpu_cores = cpu_usage(before, cpu_sample(ctx, {"echo": echo}))
+            ctx.cache[key] = throughput
+    cached: ThroughputRun = ctx.cache[key]
+    return cached
 
 
 async def _warm(call: Callable[[], Any], count: int = 200) -> None:

@@ -115,6 +115,7 @@ async def latency_results(
             "ms",
             higher_is_better=False,
             baselines=[*(extra_p50 or []), Baseline("echo p50", echo_latency.p50_ms, "ms")],
+            details={"cpu_cores": latency.cpu_cores},
             clean=latency.clean,
         ),
         Result(

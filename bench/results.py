@@ -204,13 +204,16 @@ def markdown(*, run: dict[str, Any], machine: dict[str, Any], results: list[Resu
         "many times the baseline's latency. The machine is shared and noisy: compare ratios across runs "
         "rather than absolute figures.",
         "",
-        "| suite | figure | value | baselines (same run) → ratio | target | met |",
-        "|---|---|---:|---|---|:-:|",
+        "The last column is the CPU that neither this benchmark nor its PostgreSQL and NATS used while the "
+        f"figure was measured (other tenants of the machine); above {NOISY_CORES} cores the figure is noisy (⚠).",
+        "",
+        "| suite | figure | value | baselines (same run) → ratio | target | met | other CPU |",
+        "|---|---|---:|---|---|:-:|---:|",
     ]
     for r in results:
         lines.append(
             f"| {r.suite} | {r.name} | {_value(r)} | {_baselines(r)} | "
-            f"{'; '.join(t.describe(r.unit) for t in r.targets) or '—'} | {_verdict(r)} |"
+            f"{'; '.join(t.describe(r.unit) for t in r.targets) or '—'} | {_verdict(r)} | {_noise(r)} |"
         )
     lines += ["", "## Notes", ""]
     for r in results:
@@ -255,7 +258,7 @@ _SHOWN = (
 
 def table(results: list[Result]) -> str:
     """A plain-text table for the terminal."""
-    rows = [("suite", "figure", "value", "baseline → ratio", "target", "met")]
+    rows = [("suite", "figure", "value", "baseline → ratio", "target", "met", "other CPU")]
     for r in results:
         rows.append(
             (
@@ -265,6 +268,7 @@ def table(results: list[Result]) -> str:
                 _baselines(r, short=True),
                 "; ".join(t.describe(r.unit) for t in r.targets) or "-",
                 _verdict(r, plain=True),
+                _noise(r, plain=True),
             )
         )
     widths = [min(max(len(row[i]) for row in rows), 70) for i in range(len(rows[0]))]
@@ -274,6 +278,26 @@ def table(results: list[Result]) -> str:
         if index == 0:
             out.append("  ".join("-" * width for width in widths))
     return "\n".join(out)
+
+
+NOISY_CORES = 0.3
+"""CPU used by other tenants of the machine during a measurement above which the figure is flagged."""
+
+
+def other_cores(r: Result) -> float | None:
+    """Cores used by the rest of the machine while the figure was measured, if known."""
+    cpu = r.details.get("cpu_cores")
+    if not isinstance(cpu, dict) or "other" not in cpu:
+        return None
+    return float(cpu["other"])
+
+
+def _noise(r: Result, *, plain: bool = False) -> str:
+    other = other_cores(r)
+    if other is None:
+        return "-" if plain else "—"
+    flag = ("!" if plain else " ⚠") if other > NOISY_CORES else ""
+    return f"{max(other, 0.0):.2f}{flag}"
 
 
 def _one_line(error: str) -> str:

@@ -7,6 +7,8 @@ import uuid
 
 import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from omni.identity.v1 import identity_pb2, matching_pb2
 from omni_kit.errors import status_details
@@ -193,3 +195,14 @@ async def test_identity_is_served_by_the_same_server(server: MatchingServer) -> 
     with pytest.raises(grpc.aio.AioRpcError) as raised:
         await server.identity.GetPerson(identity_pb2.GetPersonRequest(person_id=str(uuid.uuid4())))
     assert raised.value.code() == grpc.StatusCode.NOT_FOUND
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.runtime.port}") as channel:
+        health = await health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(service="omni.identity.v1.MatchingService")
+        )
+        assert health.status == health_pb2.HealthCheckResponse.SERVING
+        reflection = reflection_pb2_grpc.ServerReflectionStub(channel).ServerReflectionInfo()
+        await reflection.write(reflection_pb2.ServerReflectionRequest(list_services=""))
+        reply = await reflection.read()
+        await reflection.done_writing()
+    names = {service.name for service in reply.list_services_response.service}
+    assert {"omni.identity.v1.IdentityService", "omni.identity.v1.MatchingService"} <= names

@@ -67,7 +67,7 @@ def evaluate_febrl4() -> dict[str, Any]:
 
 
 def run_bench() -> dict[str, Any]:
-    """The benchmark entry point: evaluate_febrl4() (synchronous, CPU only, about 10 s on two cores)."""
+    """The benchmark entry point: evaluate_febrl4() (synchronous, CPU only, 10-15 s on two cores)."""
     return evaluate_febrl4()
 
 

@@ -39,6 +39,8 @@ async def services(postgres: EmbeddedPostgres, nats_server: EmbeddedNats) -> Asy
                 **shared,
                 "database_url": postgres.url(profile_db),
                 "identity_target": f"127.0.0.1:{identity_runtime.port}",
+                # New computed traits are backfilled after one refresh: keep it short for the tests.
+                "computed_traits_refresh_s": 0.2,
             }
         )
     )

@@ -18,6 +18,7 @@ from omni_kit.embedded import EmbeddedNats, EmbeddedPostgres
 from omni_kit.embedded.ports import free_port
 from omni_kit.errors import StatusDetails, status_details
 from omni_profile import main as profile_main
+from omni_profile import paging
 
 from .support import COMMON, Services, close_runtime, event, ident, item, struct, track
 
@@ -148,6 +149,10 @@ async def test_a_batch_whose_every_event_identity_refuses_records_nothing(servic
     assert await services.counts() == before
 
 
+def _timeline_token() -> str:
+    return paging.encode(UNKNOWN, paging.TimelinePosition(NOW, "evt-1", "api"))
+
+
 INVALID_REQUESTS = {
     "traits without person": (
         lambda s: s.profile.SetTraits(profile_pb2.SetTraitsRequest(traits=struct({"a": 1}))),
@@ -174,6 +179,39 @@ INVALID_REQUESTS = {
     "timeline with a malformed token": (
         lambda s: s.profile.ListTimeline(
             profile_pb2.ListTimelineRequest(person_id=UNKNOWN, page_token="%%%")
+        ),
+        {"page_token"},
+    ),
+    "trait of the wrong type (vip must be a boolean)": (
+        lambda s: s.profile.SetTraits(
+            profile_pb2.SetTraitsRequest(
+                person_id=UNKNOWN, traits=struct({"vip": "yes", "birthday": "12/10"})
+            )
+        ),
+        {"traits.vip", "traits.birthday"},
+    ),
+    "double opt-in on sms": (
+        lambda s: s.profile.SetConsent(
+            profile_pb2.SetConsentRequest(
+                person_id=UNKNOWN,
+                consent=profile_pb2.Consent(
+                    channel=common_pb2.CHANNEL_SMS,
+                    state=profile_pb2.CONSENT_STATE_GRANTED,
+                    double_opt_in=profile_pb2.DOUBLE_OPT_IN_STATE_PENDING_CONFIRMATION,
+                ),
+            )
+        ),
+        {"consent.double_opt_in"},
+    ),
+    "computed trait without a kind": (
+        lambda s: s.profile.CreateComputedTrait(
+            profile_pb2.CreateComputedTraitRequest(computed_trait=profile_pb2.ComputedTrait(name="x_total"))
+        ),
+        {"computed_trait.kind"},
+    ),
+    "trait history with a timeline token": (
+        lambda s: s.profile.ListTraitHistory(
+            profile_pb2.ListTraitHistoryRequest(person_id=UNKNOWN, page_token=_timeline_token())
         ),
         {"page_token"},
     ),
@@ -206,6 +244,12 @@ UNKNOWN_PERSON = {
     ),
     "profile": lambda s: s.profile.GetProfile(profile_pb2.GetProfileRequest(person_id=UNKNOWN)),
     "timeline": lambda s: s.profile.ListTimeline(profile_pb2.ListTimelineRequest(person_id=UNKNOWN)),
+    "trait history": lambda s: s.profile.ListTraitHistory(
+        profile_pb2.ListTraitHistoryRequest(person_id=UNKNOWN)
+    ),
+    "consent history": lambda s: s.profile.ListConsentHistory(
+        profile_pb2.ListConsentHistoryRequest(person_id=UNKNOWN)
+    ),
 }
 
 

@@ -16,7 +16,7 @@ from omni_identity.identifier_types import Trust, default_identifier_types
 from omni_kit.embedded import EmbeddedNats, EmbeddedPostgres
 
 from .conftest import running_identity
-from .support import EventLog, Identity, ident, pairs, resolve, unique
+from .support import EventLog, Identity, ident, pairs, resolve, unique, unmerge
 
 Pair = tuple[str, str]
 
@@ -195,4 +195,104 @@ async def test_identifiers_added_to_a_person_while_it_is_merged_away_follow_it_t
     graph, dead = await graph_of(identity, everything)
     assert not dead, "an identifier was added to a person that was being merged away"
     assert graph == expected
+    _no_retries(caplog)
+
+
+async def _lineage_holds(identity: Identity, values: set[Pair]) -> dict[Pair, uuid.UUID]:
+    """Assert the stored lineage replays to the holders of these identifiers; return who holds each."""
+    async with identity.runtime.engine.connect() as connection:
+        rows = (
+            await connection.execute(
+                sa.text(
+                    "SELECT i.type, i.value, i.person_id, i.attached_to FROM identifiers AS i"
+                    " WHERE (i.type, i.value) IN (SELECT * FROM unnest(CAST(:t AS text[]), CAST(:v AS text[])))"
+                ),
+                {"t": [t for t, _ in values], "v": [v for _, v in values]},
+            )
+        ).all()
+        links = dict(
+            (
+                await connection.execute(
+                    sa.text("SELECT id, merged_into FROM persons WHERE merged_into IS NOT NULL")
+                )
+            ).all()
+        )
+        standing = dict(
+            (
+                await connection.execute(
+                    sa.text("SELECT merged_id, survivor_id FROM merges WHERE undone_at IS NULL")
+                )
+            ).all()
+        )
+    assert {p: s for p, s in standing.items() if p in links} == links
+    for row in rows:
+        person_id = row.attached_to
+        while person_id in links:
+            person_id = links[person_id]
+        assert person_id == row.person_id, f"{row.type} {row.value} does not replay to its holder"
+    return {(row.type, row.value): row.person_id for row in rows}
+
+
+async def test_resolves_overlapping_unmerges_follow_the_side_they_were_attached_through(
+    identity: Identity, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="omni_identity")
+    scenarios = []
+    for _ in range(15):
+        s, m = unique("s-"), unique("m-")
+        survivor = await resolve(identity, ident("device_id", s))
+        merged = await resolve(identity, ident("anonymous_id", m))
+        await resolve(identity, ident("device_id", s), ident("anonymous_id", m))
+        scenarios.append(
+            (survivor.person_id, merged.person_id, s, m, unique("push-"), f"{unique('e')}@example.com")
+        )
+
+    calls = []
+    for _, merged_id, s, m, push, email in scenarios:
+        calls.append(unmerge(identity, merged_id))
+        # The merged side gains a push token, the survivor's side an email, while the split happens.
+        calls.append(resolve(identity, ident("anonymous_id", m), ident("push_token", push)))
+        calls.append(resolve(identity, ident("device_id", s), ident("email", email)))
+        calls.append(resolve(identity, ident("anonymous_id", m)))
+    random.Random(7).shuffle(calls)
+    await asyncio.gather(*calls)
+
+    values = {
+        pair
+        for *_, s, m, push, email in scenarios
+        for pair in (("device_id", s), ("anonymous_id", m), ("push_token", push), ("email", email))
+    }
+    holders = await _lineage_holds(identity, values)
+    for survivor_id, merged_id, s, m, push, email in scenarios:
+        assert holders["anonymous_id", m] == holders["push_token", push] == uuid.UUID(merged_id)
+        assert holders["device_id", s] == holders["email", email] == uuid.UUID(survivor_id)
+    _no_retries(caplog)
+
+
+async def test_concurrent_resolves_over_shared_devices_keep_the_limits(
+    identity: Identity, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="omni_identity")
+    rng = random.Random(20250301)
+    devices = [unique("tab-") for _ in range(8)]
+    accounts = [unique("acct-") for _ in range(25)]
+    groups: list[list[Pair]] = []
+    for _ in range(150):
+        group = [("user_id", rng.choice(accounts)), ("device_id", rng.choice(devices))]
+        if rng.random() < 0.3:
+            group.append(("anonymous_id", unique("c-")))
+        groups.append(group)
+
+    await asyncio.gather(*(resolve(identity, *(ident(t, v) for t, v in group)) for group in groups))
+
+    values = {pair for group in groups for pair in group}
+    holders = await _lineage_holds(identity, values)
+    graph, dead = await graph_of(identity, values)
+    assert not dead
+    for members in graph:
+        assert sum(1 for t, _ in members if t == "user_id") <= 1
+    # The graph is a fixed point: resolving every set again, one by one, moves nothing.
+    for group in groups:
+        await resolve(identity, *(ident(t, v) for t, v in group))
+    assert await _lineage_holds(identity, values) == holders
     _no_retries(caplog)

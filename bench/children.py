@@ -6,11 +6,14 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Any, Self
 
 REPO = Path(__file__).resolve().parent.parent
+_RECORD = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d")
+"""The start of a log record in the service processes' log format (see bench/serve.py)."""
 
 
 class ChildFailed(RuntimeError):
@@ -95,26 +98,28 @@ class ServiceProcess:
             return f"(no log at {self.log_path})"
         return "\n".join(text.splitlines()[-lines:])
 
-    def logged_errors(self, limit: int = 3, context: int = 12) -> list[str]:
-        """The first ``limit`` ERROR/CRITICAL records of the log, each with the traceback lines after it."""
+    def logged_errors(self, limit: int = 3) -> list[str]:
+        """The first ``limit`` ERROR/CRITICAL records of the log, each cut to its head and its last lines.
+
+        A record runs until the next line that starts with a timestamp; keeping the head (what failed where)
+        and the tail (the exception raised) keeps the results file small.
+        """
         try:
             lines = self.log_path.read_text(errors="replace").splitlines()
         except OSError:
             return []
-        found: list[str] = []
-        count = 0
-        for index, line in enumerate(lines):
-            if " ERROR " in line or " CRITICAL " in line:
-                count += 1
-                if len(found) < limit:
-                    excerpt = [line]
-                    for follow in lines[index + 1 : index + 1 + context]:
-                        if " ERROR " in follow or " WARNING " in follow or " CRITICAL " in follow:
-                            break
-                        excerpt.append(follow)
-                    found.append("\n".join(excerpt))
-        if count > limit:
-            found.append(f"... and {count - limit} more error records")
+        records: list[list[str]] = []
+        current: list[str] | None = None
+        for line in lines:
+            if _RECORD.match(line):
+                current = [line] if (" ERROR " in line or " CRITICAL " in line) else None
+                if current is not None:
+                    records.append(current)
+            elif current is not None:
+                current.append(line)
+        found = ["\n".join(r if len(r) <= 8 else [*r[:2], "  ...", *r[-5:]]) for r in records[:limit]]
+        if len(records) > limit:
+            found.append(f"... and {len(records) - limit} more error records")
         return found
 
     def cpu_seconds(self) -> float | None:

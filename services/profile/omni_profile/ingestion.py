@@ -13,7 +13,7 @@ transaction factory from main.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -24,6 +24,9 @@ from omni_profile.tracking import Tracker
 Transaction = Callable[[], AbstractAsyncContextManager[AsyncSession]]
 """Opens a session in a transaction, committed when the block ends (Runtime.transaction)."""
 
+Alongside = Callable[[AsyncSession, Sequence[tuple[int, TrackResult]]], Awaitable[None]]
+"""Writes what belongs with the recorded events, in their transaction; gets (index in the batch, result)."""
+
 
 class Ingestion:
     """Resolves, records and announces batches of events."""
@@ -32,11 +35,14 @@ class Ingestion:
         self._transaction = transaction
         self._tracker = tracker
 
-    async def ingest(self, events: Sequence[Event]) -> list[TrackResult]:
+    async def ingest(
+        self, events: Sequence[Event], *, alongside: Alongside | None = None
+    ) -> list[TrackResult]:
         """Record checked events; one result per event, in order (recorded, duplicate or rejected).
 
         Events are changed in place: person_id is set on the ones resolved. Raises Unavailable when identity
-        cannot be reached (nothing is written then).
+        cannot be reached (nothing is written then). `alongside` runs in the recording transaction (the
+        traits of the Segment endpoint's identify calls); if it raises, nothing of the batch is written.
         """
         if not events:
             return []
@@ -48,6 +54,8 @@ class Ingestion:
         if good:
             async with self._transaction() as session:
                 recorded_results = await self._tracker.record(session, [events[i] for i in good], recorded)
+                if alongside is not None:
+                    await alongside(session, list(zip(good, recorded_results, strict=True)))
         answers = iter(recorded_results)
         return [
             TrackResult.rejected(rejected[index]) if index in rejected else next(answers)

@@ -59,6 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         else "latest-" + "-".join((["quick"] if args.quick else []) + (names if args.suite else []))
     )
     started = time.monotonic()
+    durations = Durations.for_mode(args.quick)
     machine = machine_info(REPO)
     work_dir = Path(tempfile.mkdtemp(prefix="omni-bench-"))
     postgres = EmbeddedPostgres(work_dir / "postgres", durable=True)
@@ -75,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
             nats=nats,
             work_dir=work_dir,
             quick=args.quick,
-            durations=Durations.for_mode(args.quick),
+            durations=durations,
         )
         results = asyncio.run(_run_suites(ctx, names))
         ctx.drop_databases()
@@ -93,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         "elapsed_s": round(time.monotonic() - started),
         "setup": "PostgreSQL durable (fsync and synchronous_commit on); services in their own processes "
         "with default settings; load generated from the parent process; all traffic on 127.0.0.1.",
-        "durations_s": ctx.durations.__dict__,
+        "durations_s": durations.__dict__,
     }
     json_path, md_path = write_results(args.out, stem, run=run, machine=machine, results=results)
     print(table(results))

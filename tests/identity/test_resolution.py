@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 
 import pytest
 
+from omni_identity.batch_ids import batch_ids
 from omni_identity.changes import (
     Attachment,
     Held,
@@ -151,3 +152,16 @@ def test_identifier_lock_keys_are_stable_signed_64_bit_numbers() -> None:
     assert identifier_lock_key(key("email", "a")) != identifier_lock_key(key("emai", "la"))
     # Fixed forever: every process and every release must lock the same key for the same identifier.
     assert identifier_lock_key(key("email", "ada@example.com")) == 4695653333417828540
+
+
+def test_batch_ids_count_up_from_one_uuid7_and_never_carry_into_the_variant() -> None:
+    starts = iter(
+        [uuid.UUID("01890a5d-ac96-774b-bfff-fffffffffffe"), uuid.UUID("01890a5d-ac97-7000-8000-000000000000")]
+    )
+    next_id = batch_ids(lambda: next(starts), room=4)
+    made = [next_id() for _ in range(6)]
+    assert made == sorted(made) and len(set(made)) == 6
+    assert all(m.version == 7 and m.variant == uuid.RFC_4122 for m in made)
+    # Near the top of the random bits the count starts lower, so it stays a valid UUIDv7.
+    assert made[0] == uuid.UUID("01890a5d-ac96-774b-bfff-fffffffffffa")
+    assert made[4] == uuid.UUID("01890a5d-ac97-7000-8000-000000000000")

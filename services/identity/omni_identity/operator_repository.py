@@ -160,13 +160,15 @@ class OperatorRepository:
     async def unmerge(
         self,
         merge: MergeRecord,
+        holder_id: uuid.UUID,
         came_with: Sequence[uuid.UUID],
         found_through: Sequence[uuid.UUID],
         *,
         now: datetime,
         reason: str,
     ) -> None:
-        """Make the merged person live again with its identifiers, and mark its merge undone."""
+        """Make the merged person live again with its identifiers (taken from holder_id, the live person that
+        holds them), and mark its merge undone."""
         restored = merge.merged_id
         await self.session.execute(
             sa.text("UPDATE persons SET merged_into = NULL, merged_at = NULL WHERE id = :id"),
@@ -177,9 +179,14 @@ class OperatorRepository:
                 "UPDATE identifiers SET person_id = :restored,"
                 " attached_to = CASE WHEN id = ANY(CAST(:through AS uuid[])) THEN :restored ELSE attached_to END,"
                 " attachment = CASE WHEN id = ANY(CAST(:through AS uuid[])) THEN 'unmerge' ELSE attachment END"
-                " WHERE id = ANY(CAST(:ids AS uuid[]))"
+                " WHERE person_id = :holder AND id = ANY(CAST(:ids AS uuid[]))"
             ),
-            {"restored": restored, "ids": [*came_with, *found_through], "through": list(found_through)},
+            {
+                "restored": restored,
+                "holder": holder_id,
+                "ids": [*came_with, *found_through],
+                "through": list(found_through),
+            },
         )
         await self.session.execute(
             sa.update(Merge).where(Merge.id == merge.id).values(undone_at=now, undo_reason=reason)

@@ -156,6 +156,7 @@ class Operators:
         parts = split([h.held for h in held], tree)
         await repository.unmerge(
             merge,
+            root.id,
             [h.id for h in parts.came_with],
             [h.id for h in parts.found_through],
             now=now,

@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Protocol
 
+from omni_identity.batch_ids import batch_ids
 from omni_identity.changes import GraphEvent, RefusedLink, Resolution, ResolveRequest
 from omni_identity.erasure import TombstonePolicy, Tombstones
 from omni_identity.merge import MergeRecord
@@ -78,7 +79,12 @@ class Persons:
             {unknown[h] for h in tombstoned} if self._tombstones.policy is TombstonePolicy.DROP else set()
         )
         changes = Resolver(
-            locked, now=now, new_id=self._new_id, rules=self._rules, tallies=tallies, ignored=ignored
+            locked,
+            now=now,
+            new_id=batch_ids(self._new_id),
+            rules=self._rules,
+            tallies=tallies,
+            ignored=ignored,
         ).resolve_all(requests)
         if changes.changed:
             await repository.apply(changes)

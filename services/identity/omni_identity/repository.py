@@ -188,9 +188,9 @@ _UPSERT_REFUSED_LINKS = sa.text(
 
 _IDENTIFIERS_OF = sa.text(
     "SELECT i.id, i.type, i.value, i.created_at, i.source, i.attached_to, i.attachment,"
-    " ARRAY(SELECT v.type FROM identifiers AS v WHERE v.id = ANY(i.via) AND v.person_id = i.person_id"
+    " ARRAY(SELECT v.type FROM identifiers AS v WHERE v.person_id = i.person_id AND v.id = ANY(i.via)"
     "       ORDER BY v.id) AS via_types,"
-    " ARRAY(SELECT v.value FROM identifiers AS v WHERE v.id = ANY(i.via) AND v.person_id = i.person_id"
+    " ARRAY(SELECT v.value FROM identifiers AS v WHERE v.person_id = i.person_id AND v.id = ANY(i.via)"
     "       ORDER BY v.id) AS via_values"
     " FROM identifiers AS i WHERE i.person_id = :person_id AND (CAST(:after AS uuid) IS NULL OR i.id > :after)"
     " ORDER BY i.id LIMIT :limit"

@@ -74,8 +74,13 @@ class Rules:
                 new.append(key)
             else:
                 reached.setdefault(person_id, []).append(key)
-        if len(reached) <= 1 and not any(key.type in self.watched for key in new):
-            return None  # nothing is merged and no counted value is added: no rule can object
+        # The common cases, answered without counting: a new person with at most one value per type (every
+        # limit is at least 1), or one person gaining nothing that is counted.
+        if not reached:
+            if len(new) < 2 or len({key.type for key in new}) == len(new):
+                return None
+        elif len(reached) == 1 and not any(key.type in self.watched for key in new):
+            return None
         objections = self._limits(reached, new, tallies)
         if len(reached) + (1 if new else 0) > 1:
             objections += self._trust(reached, new, tallies)

@@ -70,7 +70,6 @@ def upgrade() -> None:
         op.alter_column("identifiers", column, nullable=False)
     op.drop_index("identifiers_person_id", table_name="identifiers")
     op.create_index("identifiers_person_id", "identifiers", ["person_id", "id"])
-    op.create_index("identifiers_id", "identifiers", ["id"], unique=True)
 
     op.add_column(
         "merges",
@@ -168,7 +167,6 @@ def downgrade() -> None:
     op.drop_table("refused_links")
     for column in ("undo_reason", "undone_at", "reason", "rule"):
         op.drop_column("merges", column)
-    op.drop_index("identifiers_id", table_name="identifiers")
     op.drop_index("identifiers_person_id", table_name="identifiers")
     op.create_index("identifiers_person_id", "identifiers", ["person_id"])
     for column in ("attachment", "via", "attached_to", "id"):

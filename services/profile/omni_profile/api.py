@@ -107,7 +107,7 @@ class ProfileServicer(profile_pb2_grpc.ProfileServiceServicer):
     ) -> profile_pb2.StreamTrackEventsResponse:
         """Record a stream of events as it arrives; bad events are reported by position, the others kept."""
         chunks = (request.events async for request in request_iterator)
-        outcome = await consume_stream(chunks, Intake(self._runtime, self._tracker, self._profiles))
+        outcome = await consume_stream(chunks, Intake(self._domain.ingestion, self._domain.traits))
         return profile_pb2.StreamTrackEventsResponse(
             accepted=outcome.accepted,
             duplicates=outcome.duplicates,

@@ -156,7 +156,7 @@ async def _wire(runtime: ProfileRuntime, settings: Settings) -> None:
     )
     if settings.write_keys:
         runtime.http = HttpEndpoint(
-            Intake(runtime, tracker, profiles),
+            Intake(domain.ingestion, traits),
             settings.write_keys,
             IdentifierLookup(identity_channel),
             host=settings.http_host,

@@ -67,13 +67,21 @@ class Endpoint:
         )
         return response.profile
 
-    async def event_ids(self, *ids: str) -> set[str]:
-        """Which of these event ids are stored."""
+    async def event_keys(self, *keys: str) -> set[str]:
+        """Which of these events ("source:id") are stored."""
         async with self.services.database.connect() as connection:
             rows = await connection.execute(
-                sa.text("SELECT id FROM events WHERE id = ANY(:ids)"), {"ids": list(ids)}
+                sa.text(
+                    "SELECT source || ':' || id AS key FROM events WHERE source || ':' || id = ANY(:keys)"
+                ),
+                {"keys": list(keys)},
             )
-            return {row.id for row in rows}
+            return {row.key for row in rows}
+
+
+def key(event: profile_pb2.Event) -> str:
+    """An event's identity as "source:id"."""
+    return f"{event.source}:{event.id}"
 
 
 def basic(write_key: str) -> str:

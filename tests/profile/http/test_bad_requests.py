@@ -165,7 +165,7 @@ async def test_a_message_over_32_kb_is_400_alone_and_reported_in_a_batch(endpoin
     status, body = await endpoint.post("/v1/batch", {"batch": [big, good]})
     assert (status, body["accepted"], body["rejected"]) == (200, 1, 1)
     assert body["errors"][0]["index"] == 0 and "32 KB" in body["errors"][0]["message"]
-    assert await endpoint.event_ids(f"web:{big['messageId']}", f"web:{good['messageId']}") == {
+    assert await endpoint.event_keys(f"web:{big['messageId']}", f"web:{good['messageId']}") == {
         f"web:{good['messageId']}"
     }
 

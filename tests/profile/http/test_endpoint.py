@@ -9,7 +9,7 @@ from typing import Any
 from omni.common.v1 import common_pb2
 
 from ..support import unique
-from .conftest import Endpoint
+from .conftest import Endpoint, key
 
 
 def _iso(value: datetime) -> str:
@@ -50,10 +50,10 @@ async def test_the_batch_sent_at_corrects_every_message_and_the_timestamp_alone_
     # A message without sentAt (an import of old events) keeps its own timestamp.
     status, body = await endpoint.post("/v1/import", {"batch": [backfilled]})
     assert status == 200 and body["accepted"] == 1
-    events = {e.id: e for e in (await endpoint.profile_of("user_id", user)).recent_events}
+    events = {key(e): e for e in (await endpoint.profile_of("user_id", user)).recent_events}
     times = {
-        key: events[f"web:{m['messageId']}"].occurred_at.ToDatetime(tzinfo=UTC)
-        for key, m in [
+        name: events[f"web:{m['messageId']}"].occurred_at.ToDatetime(tzinfo=UTC)
+        for name, m in [
             ("corrected", corrected),
             ("backfilled", backfilled),
         ]
@@ -86,7 +86,7 @@ async def test_analytics_js_posts_text_plain_with_the_write_key_in_the_body(endp
         assert await response.json() == {"success": True}
     (event,) = (await endpoint.profile_of("anonymous_id", cookie)).recent_events
     # The app's key, but analytics.js runs in a browser.
-    assert (event.type, event.channel, event.id) == (
+    assert (event.type, event.channel, key(event)) == (
         "page_viewed",
         common_pb2.CHANNEL_WEB,
         f"app:{message['messageId']}",
@@ -104,7 +104,7 @@ async def test_message_ids_are_scoped_by_source_and_repeated_ones_are_duplicates
     status, body = await endpoint.post("/v1/batch", {"batch": [message]}, write_key="wk_app")
     assert (status, body["accepted"], body["duplicates"]) == (200, 1, 0)
     profile = await endpoint.profile_of("user_id", user)
-    assert sorted(e.id for e in profile.recent_events) == [f"app:{mid}", f"web:{mid}"]
+    assert sorted(key(e) for e in profile.recent_events) == [f"app:{mid}", f"web:{mid}"]
 
 
 async def test_one_bad_message_in_a_batch_is_reported_and_the_others_kept(endpoint: Endpoint) -> None:
@@ -120,22 +120,24 @@ async def test_one_bad_message_in_a_batch_is_reported_and_the_others_kept(endpoi
         "userId": unique("user-"),
         "traits": {"email": "not-an-email", "plan": "gold"},
     }
-    batch = [good[0], future, no_ids, refused_by_identity, ancient, invalid_email, good[1]]
+    wrong_type = {**invalid_email, "messageId": unique("mid-"), "traits": {"loyalty_points": "many"}}
+    batch = [good[0], future, no_ids, refused_by_identity, ancient, invalid_email, wrong_type, good[1]]
     before = await endpoint.services.counts()
     status, body = await endpoint.post("/v1/batch", {"batch": batch})
     assert status == 200
-    assert (body["success"], body["accepted"], body["duplicates"], body["rejected"]) == (True, 2, 0, 5)
+    assert (body["success"], body["accepted"], body["duplicates"], body["rejected"]) == (True, 2, 0, 6)
     errors = {e["index"]: e for e in body["errors"]}
-    assert sorted(errors) == [1, 2, 3, 4, 5]
-    assert {e["messageId"] for e in body["errors"]} == {m["messageId"] for m in batch[1:6]}
+    assert sorted(errors) == [1, 2, 3, 4, 5, 6]
+    assert {e["messageId"] for e in body["errors"]} == {m["messageId"] for m in batch[1:7]}
     assert [f["field"] for f in errors[1]["fields"]] == ["timestamp"]
     assert "future" in errors[1]["message"]
     assert [f["field"] for f in errors[2]["fields"]] == ["userId"]
     assert [f["field"] for f in errors[3]["fields"]] == ["userId"]
     assert [f["field"] for f in errors[4]["fields"]] == ["timestamp"]
     assert [f["field"] for f in errors[5]["fields"]] == ["traits.email"]
+    assert [f["field"] for f in errors[6]["fields"]] == ["traits.loyalty_points"]
     # The good ones are stored whole; of the bad ones nothing at all, traits included.
-    stored = await endpoint.event_ids(*(f"web:{m['messageId']}" for m in batch))
+    stored = await endpoint.event_keys(*(f"web:{m['messageId']}" for m in batch))
     assert stored == {f"web:{m['messageId']}" for m in good}
     after = await endpoint.services.counts()
     assert after["events"] - before["events"] == 2

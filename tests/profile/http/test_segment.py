@@ -128,7 +128,7 @@ def test_a_track_call_becomes_an_event_with_its_identifiers_and_properties() -> 
     )
     translated = _ok(message)
     event = translated.event
-    assert event.id == "web:m-1"
+    assert (event.id, event.source) == ("m-1", "web")
     assert event.type == "product_added"
     assert event.channel == common_pb2.CHANNEL_WEB
     assert [(i.type, i.value) for i in event.identifiers] == [
@@ -231,6 +231,7 @@ def test_a_cart_event_takes_its_line_from_the_ecommerce_properties() -> None:
         ({"type": "alias", "messageId": "a", "userId": "u"}, {"previousId"}),
         ({"type": "group", "messageId": "g", "userId": "u"}, {"groupId"}),
         ({"type": "identify", "messageId": "i", "userId": "u", "traits": {"": 1}}, {"traits"}),
+        ({"type": "identify", "messageId": "i", "userId": "u", "traits": {"vip": "yes"}}, {"traits.vip"}),
     ],
 )
 def test_bad_messages_are_refused_with_their_own_field_names(

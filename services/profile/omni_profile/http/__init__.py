@@ -1,6 +1,6 @@
 """The Segment-compatible HTTP tracking endpoint, and the intake of events that keeps the good ones.
 
-segment.py   Segment messages → profile events (ids scoped by source, identifiers, types, clock skew)
+segment.py   Segment messages → profile events (ids per source, identifiers, types, clock skew)
 intake.py    recording many events where bad ones are set aside; also StreamTrackEvents' stream
 server.py    the aiohttp routes, write keys, body limits and Segment-style answers
 lookup.py    whether identity holds an identifier (an alias call's previousId)

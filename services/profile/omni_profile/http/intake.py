@@ -1,37 +1,33 @@
 """Intake of many events where one bad event does not stop the others: the HTTP endpoint and the event stream.
 
-BatchTrackEvents is all or nothing. The Segment-compatible endpoint and StreamTrackEvents instead keep the
-good events of a batch and report the bad ones, as analytics libraries and high-volume producers expect.
-Both go through the tracking pipeline of BatchTrackEvents (Tracker.recorded → resolve → record) in slices
-of at most 1000 events; an event identity refuses, or whose traits the profile refuses, is set aside and
-the rest of its slice is run again, so a refused event leaves nothing behind and a kept one is written
-whole (event, traits, cart and announcements in one transaction).
+Both go through the one ingestion pipeline (ingestion.Ingestion: recorded → resolve → record), which
+already keeps the good events of a batch and answers the bad ones rejected. On top of it, this module
+slices what arrives into batches of at most 1000, sets the traits of identify calls in the same transaction
+as their events (a refused trait sets its event aside and the rest are written again, so a refused event
+leaves nothing behind), and keeps the count of what happened.
 """
 
 from __future__ import annotations
 
 import asyncio
-import re
-import uuid
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from sqlalchemy.ext.asyncio import AsyncSession
+
 from omni.profile.v1 import profile_pb2
-from omni_kit.errors import FieldViolation, InvalidArgument, Violations
-from omni_kit.runtime import Runtime
+from omni_kit.errors import FieldViolation, InvalidArgument
 from omni_profile import validation, wire
 from omni_profile.domain import Event, TrackResult
-from omni_profile.profiles import Profiles
-from omni_profile.tracking import Tracker
+from omni_profile.ingestion import Alongside, Ingestion
+from omni_profile.traits import Traits
 
 MAX_SLICE = validation.MAX_BATCH
 """Events per identity call and per transaction."""
 MAX_REPORTED = 1000
 """Refused events reported one by one; more are only counted."""
-
-_EVENT_PATH = re.compile(r"^events\[(\d+)\](?:\.(.*))?$")
 
 
 @dataclass
@@ -42,7 +38,6 @@ class Pending:
     event: Event
     traits: dict[str, Any] = field(default_factory=dict)
     """Traits to set on the event's person once the event is recorded (identify calls)."""
-    traits_source: str = ""
 
 
 @dataclass(frozen=True)
@@ -80,12 +75,11 @@ class _TraitsRefused(Exception):
 
 
 class Intake:
-    """Records events through the tracking pipeline, keeping the good ones when some are refused."""
+    """Records checked events through Ingestion, keeping the good ones when some are refused."""
 
-    def __init__(self, runtime: Runtime, tracker: Tracker, profiles: Profiles) -> None:
-        self._runtime = runtime
-        self._tracker = tracker
-        self._profiles = profiles
+    def __init__(self, ingestion: Ingestion, traits: Traits) -> None:
+        self._ingestion = ingestion
+        self._traits = traits
 
     async def ingest(self, pending: Sequence[Pending], outcome: Outcome) -> None:
         """Record checked events in slices, adding what happened to each to outcome."""
@@ -93,20 +87,12 @@ class Intake:
             await self._ingest_slice(list(pending[start : start + MAX_SLICE]), outcome)
 
     async def _ingest_slice(self, remaining: list[Pending], outcome: Outcome) -> None:
-        # Each round either records the slice or sets at least one event aside, so it ends.
+        # Each round either records the slice or sets one event aside, so it ends.
         while remaining:
-            batch = [p.event for p in remaining]
-            async with self._runtime.transaction() as session:
-                recorded = await self._tracker.recorded(session, batch)
             try:
-                await self._tracker.resolve(
-                    batch, [f"events[{i}]" for i in range(len(batch))], recorded, container="events"
+                results = await self._ingestion.ingest(
+                    [p.event for p in remaining], alongside=self._traits_of(remaining)
                 )
-            except InvalidArgument as refused:
-                remaining = _set_aside(remaining, refused, outcome)
-                continue
-            try:
-                results = await self._record(remaining, recorded)
             except _TraitsRefused as refused:
                 bad = remaining.pop(refused.index)
                 violations = tuple(
@@ -114,59 +100,51 @@ class Intake:
                 )
                 outcome.reject(Rejection(bad.position, bad.event.id, refused.error.message, violations))
                 continue
-            for result in results:
-                if result.duplicate:
+            except InvalidArgument as refused:
+                # Identity refused the batch without naming an event: none of them can be recorded.
+                for item in remaining:
+                    outcome.reject(Rejection(item.position, item.event.id, refused.message))
+                return
+            for item, result in zip(remaining, results, strict=True):
+                if result.violations:
+                    outcome.reject(
+                        Rejection(item.position, item.event.id, _summary(result), result.violations)
+                    )
+                elif result.duplicate:
                     outcome.duplicates += 1
                 else:
                     outcome.accepted += 1
             return
 
-    async def _record(
-        self, remaining: Sequence[Pending], recorded: Mapping[str, uuid.UUID]
-    ) -> list[TrackResult]:
-        """Record a resolved slice and set the traits of its new identify events; one transaction."""
-        now = datetime.now(UTC)
-        async with self._runtime.transaction() as session:
-            results = await self._tracker.record(session, [p.event for p in remaining], recorded)
-            for index, (item, result) in enumerate(zip(remaining, results, strict=True)):
+    def _traits_of(self, remaining: Sequence[Pending]) -> Alongside:
+        """Sets the traits of the newly recorded identify events, in their transaction."""
+
+        async def set_traits(session: AsyncSession, recorded: Sequence[tuple[int, TrackResult]]) -> None:
+            now = datetime.now(UTC)
+            for index, result in recorded:
+                item = remaining[index]
                 # A repeated message changed nothing the first time round; its traits are not set again.
-                if item.traits and not result.duplicate:
-                    try:
-                        await self._profiles.set_traits(
-                            session, result.person_id, item.traits, item.traits_source, now
-                        )
-                    except InvalidArgument as error:
-                        raise _TraitsRefused(index, error) from error
-        return results
+                if not item.traits or result.duplicate or result.violations or result.person_id is None:
+                    continue
+                try:
+                    await self._traits.set_traits(
+                        session, result.person_id, item.traits, item.event.source, now
+                    )
+                except InvalidArgument as error:
+                    raise _TraitsRefused(index, error) from error
+
+        return set_traits
 
 
-def _set_aside(remaining: list[Pending], refused: InvalidArgument, outcome: Outcome) -> list[Pending]:
-    """Reject the events identity's refusal names and return the others; all of them if it names none."""
-    by_index: dict[int, list[FieldViolation]] = {}
-    for violation in refused.violations:
-        match = _EVENT_PATH.match(violation.field)
-        if match is not None and int(match.group(1)) < len(remaining):
-            by_index.setdefault(int(match.group(1)), []).append(
-                FieldViolation(match.group(2) or "", violation.description)
-            )
-    if not by_index:
-        by_index = {i: [FieldViolation("", refused.message)] for i in range(len(remaining))}
-    for index in sorted(by_index):
-        item = remaining[index]
-        outcome.reject(Rejection(item.position, item.event.id, refused.message, tuple(by_index[index])))
-    return [item for i, item in enumerate(remaining) if i not in by_index]
+def _summary(result: TrackResult) -> str:
+    return "; ".join(f"{v.field}: {v.description}" if v.field else v.description for v in result.violations)
 
 
 def check_event(message: profile_pb2.Event, position: int, now: datetime) -> Pending | Rejection:
     """A protobuf event checked by the rules of TrackEvent, as a pending event or a rejection."""
-    violations = Violations()
-    validation.validate_event(message, "event", violations, now=now)
+    violations = validation.event_violations(message, now=now)
     if violations:
-        relative = tuple(
-            FieldViolation(v.field.removeprefix("event").removeprefix("."), v.description)
-            for v in violations.items
-        )
-        return Rejection(position, message.id, "the event is invalid", relative)
+        return Rejection(position, message.id, "the event is invalid", tuple(violations))
     return Pending(position, wire.event_from_proto(message, received_at=now))
 
 

@@ -112,6 +112,7 @@ class Translated:
     """A message turned into a profile event, and for identify the traits to set."""
 
     event: profile_pb2.Event
+    """The event: id is the messageId, source the write key's source (ids are unique per source)."""
     traits: dict[str, Any] = field(default_factory=dict)
     origins: list[str] = field(default_factory=list)
     """The message field each of the event's identifiers came from, in order."""
@@ -128,11 +129,6 @@ class Refused:
     def message(self) -> str:
         """The problems in one line."""
         return "; ".join(f"{v.field}: {v.description}" if v.field else v.description for v in self.violations)
-
-
-def scoped_id(source: Source, message_id: str) -> str:
-    """The event id of a message: its messageId scoped by the source, so sources cannot collide."""
-    return f"{source.name}:{message_id}"
 
 
 def snake_case(name: str) -> str:
@@ -213,7 +209,7 @@ def translate(
     """Turn one Segment message into a checked profile event, or say why it cannot be.
 
     previous_id_type is the identifier type of an alias call's previousId ("anonymous_id" or "user_id"),
-    as the caller found out from identity; without it, see `previous_id_type`.
+    as the caller found out from identity; without it, see `guess_previous_id_type`.
     """
     if not isinstance(message, dict):
         return Refused("", [FieldViolation("", "each message must be a JSON object")])
@@ -229,7 +225,7 @@ def translate(
     when = occurred_at(
         parse_time(message.get("timestamp"), "timestamp", violations), sent_at, received_at, violations
     )
-    event = profile_pb2.Event(id=scoped_id(source, message_id), channel=channel_of(context, source))
+    event = profile_pb2.Event(id=message_id, source=source.name, channel=channel_of(context, source))
     origins = _identifiers(event, message, kind, context, traits, violations, previous_id_type)
     if kind is not None:
         event.type, properties = _type_and_properties(kind, message, properties, violations)
@@ -242,12 +238,11 @@ def translate(
         event.properties.update(properties)
     if event.type in CART_LINE_EVENTS:
         _cart_item(event, properties)
-    checked = Violations()
-    validation.validate_event(event, "event", checked, now=received_at)
+    checked = validation.event_violations(event, now=received_at)
     if traits:
-        _check_traits(traits, source, checked)
+        checked.extend(_trait_violations(traits, source))
     if checked:
-        return Refused(message_id, [message_field(v, origins) for v in checked.items])
+        return Refused(message_id, [message_field(v, origins) for v in checked])
     return Translated(event=event, traits=traits, origins=origins)
 
 
@@ -267,9 +262,9 @@ def message_field(violation: FieldViolation, origins: list[str]) -> FieldViolati
     return FieldViolation(f"{renamed}.{rest}" if rest else renamed, violation.description)
 
 
-def previous_id(message: Any) -> str | None:
+def previous_id(message: Any, expected_type: str | None = None) -> str | None:
     """The previousId of an alias message as a string, when it has a usable one."""
-    if not isinstance(message, dict) or message.get("type", "alias") != "alias":
+    if not isinstance(message, dict) or message.get("type", expected_type) != "alias":
         return None
     return _id_value(message.get("previousId"), "previousId", Violations())
 
@@ -287,7 +282,7 @@ def guess_previous_id_type(message: Mapping[str, Any]) -> str:
 
 def _message_id(message: Mapping[str, Any], source: Source, violations: Violations) -> str:
     value = message.get("messageId")
-    limit = validation.MAX_EVENT_ID - len(source.name) - 1
+    limit = validation.MAX_EVENT_ID
     if value is None or value == "":
         violations.add("messageId", "is required")
         return ""
@@ -444,13 +439,14 @@ def _cart_item(event: profile_pb2.Event, properties: Mapping[str, Any]) -> None:
         item.unit_price.currency_code = currency.upper()
 
 
-def _check_traits(traits: dict[str, Any], source: Source, violations: Violations) -> None:
+def _trait_violations(traits: dict[str, Any], source: Source) -> list[FieldViolation]:
+    """The traits of an identify call checked by the rules of SetTraits."""
     request = profile_pb2.SetTraitsRequest(person_id=_NIL_PERSON, source=source.name)
     try:
         request.traits.update(traits)
         validation.validate_set_traits(request)
     except InvalidArgument as refused:
-        for violation in refused.violations:
-            violations.add(f"event.{violation.field}", violation.description)
+        return refused.violations
     except (ValueError, TypeError) as error:
-        violations.add("event.traits", f"cannot be stored: {error}")
+        return [FieldViolation("traits", f"cannot be stored: {error}")]
+    return []

@@ -146,7 +146,7 @@ class HttpEndpoint:
                 received_at=received_at,
                 batch_sent_at=batch_sent_at,
                 expected_type=kind,
-                previous_id_type=await self._previous_id_type(message),
+                previous_id_type=await self._previous_id_type(message, kind),
             )
             if isinstance(translated, segment.Refused):
                 message_ids[index] = translated.message_id
@@ -154,14 +154,13 @@ class HttpEndpoint:
                     Rejection(index, translated.message_id, translated.message, tuple(translated.violations))
                 )
                 continue
-            message_ids[index] = translated.event.id.removeprefix(f"{source.name}:")
+            message_ids[index] = translated.event.id
             origins[index] = translated.origins
             pending.append(
                 Pending(
                     index,
                     wire.event_from_proto(translated.event, received_at=received_at),
                     traits=translated.traits,
-                    traits_source=source.name,
                 )
             )
         try:
@@ -190,9 +189,9 @@ class HttpEndpoint:
             }
         )
 
-    async def _previous_id_type(self, message: Any) -> str | None:
+    async def _previous_id_type(self, message: Any, kind: str | None) -> str | None:
         """For an alias call: whether its previousId is a known cookie (anonymous_id) or a user id."""
-        previous = segment.previous_id(message)
+        previous = segment.previous_id(message, kind)
         if previous is None:
             return None
         guessed = segment.guess_previous_id_type(message)

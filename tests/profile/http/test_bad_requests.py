@@ -139,6 +139,11 @@ async def test_a_batch_that_is_not_a_list_of_messages_is_400(endpoint: Endpoint,
     assert "batch" in answer["message"]
 
 
+async def test_a_batch_context_that_is_not_an_object_is_400(endpoint: Endpoint) -> None:
+    answer = await _refused(endpoint, "/v1/batch", {"batch": [_track()], "context": "web"}, 400)
+    assert answer["message"].startswith("context")
+
+
 async def test_a_batch_of_only_bad_messages_is_400_with_each_reason(endpoint: Endpoint) -> None:
     answer = await _refused(endpoint, "/v1/batch", {"batch": [_track(userId=None), "not a message"]}, 400)
     assert [e["index"] for e in answer["errors"]] == [0, 1]

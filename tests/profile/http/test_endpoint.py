@@ -162,3 +162,16 @@ async def test_identify_in_a_batch_sets_traits_once(endpoint: Endpoint) -> None:
     profile = await endpoint.profile_of("user_id", user)
     assert dict(profile.traits) == {"plan": "platinum"}
     assert profile.event_count == 2
+
+
+async def test_the_batch_context_applies_to_every_message(endpoint: Endpoint) -> None:
+    user, device = unique("user-"), unique("device-")
+    messages = [_track(user), _track(user, context={"channel": "call_center"})]
+    shared = {"device": {"id": device}, "library": {"name": "analytics-android"}}
+    status, body = await endpoint.post("/v1/batch", {"batch": messages, "context": shared})
+    assert (status, body["accepted"]) == (200, 2)
+    profile = await endpoint.profile_of("device_id", device)
+    assert sorted(e.channel for e in profile.recent_events) == [
+        common_pb2.CHANNEL_APP,
+        common_pb2.CHANNEL_CALL_CENTER,
+    ]

@@ -270,7 +270,22 @@ def _messages(payload: dict[str, Any], kind: str | None) -> tuple[list[Any], dat
     sent_at = segment.parse_time(payload.get("sentAt"), "sentAt", violations)
     if violations:
         raise HttpError(400, "invalid_request", f"sentAt: {violations.items[0].description}")
-    return batch, sent_at
+    shared = payload.get("context")
+    if shared is None:
+        return batch, sent_at
+    if not isinstance(shared, dict):
+        raise HttpError(400, "invalid_request", "context: must be a JSON object")
+    # The batch's context applies to every message; a message's own context keys win.
+    return [_with_context(m, shared) for m in batch], sent_at
+
+
+def _with_context(message: Any, shared: dict[str, Any]) -> Any:
+    if not isinstance(message, dict):
+        return message
+    own = message.get("context")
+    if own is None:
+        return {**message, "context": shared}
+    return {**message, "context": {**shared, **own}} if isinstance(own, dict) else message
 
 
 def _error_json(

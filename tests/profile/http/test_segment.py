@@ -10,7 +10,8 @@ import pytest
 from omni.common.v1 import common_pb2
 from omni_kit.errors import FieldViolation, Violations
 from omni_profile.http import segment
-from omni_profile.http.segment import Refused, Source, Translated
+from omni_profile.http.segment import Refused, Translated
+from omni_profile.http.sources import Source, channel_of
 
 WEB = Source(name="web")
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
@@ -110,7 +111,7 @@ def test_times_that_are_not_iso_8601_are_refused(value: Any) -> None:
 def test_the_channel_comes_from_the_context_then_the_library_then_the_source(
     context: dict[str, Any], expected: int
 ) -> None:
-    assert segment.channel_of(context, Source(name="pos", channel="store")) == expected
+    assert channel_of(context, Source(name="pos", channel="store")) == expected
 
 
 def test_a_source_named_like_a_channel_defaults_to_it_and_others_to_none() -> None:

@@ -1,4 +1,4 @@
-"""Segment Tracking API messages as profile events: ids, identifiers, event types, times and channels.
+"""Segment Tracking API messages as profile events: ids, identifiers, event types and times.
 
 One message (identify, track, page, screen, group or alias) becomes one profile event, checked by the same
 rules as an event sent over gRPC. Problems are reported with the message's own field names ("messageId",
@@ -14,15 +14,14 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Annotated, Any
-
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
+from typing import Any
 
 from omni.common.v1 import common_pb2
 from omni.profile.v1 import profile_pb2
 from omni_kit.errors import FieldViolation, InvalidArgument, Violations
-from omni_profile import validation, wire
+from omni_profile import validation
 from omni_profile.domain import CART_LINE_EVENTS
+from omni_profile.http.sources import Source, channel_of
 
 MAX_MESSAGE_BYTES = 32 * 1024
 """The largest message Segment accepts, as JSON."""
@@ -38,7 +37,6 @@ EVENT_TYPES = {
     "alias": "aliased",
 }
 
-_SOURCE_NAME = r"^[a-z][a-z0-9_]{0,31}$"
 _IDENTIFIER_PATH = re.compile(r"identifiers\[(\d+)\]")
 # The event's fields under the names of the message fields they come from.
 _RENAMED = {
@@ -55,56 +53,6 @@ _CART_FIELDS = {
     "unit_price.currency_code": "properties.currency",
 }
 _NIL_PERSON = str(uuid.UUID(int=0))
-
-# context.library.name of the libraries that run in a browser or in a mobile app; any other library
-# (analytics-python, analytics-node …) runs on a server, whose channel is the source's.
-_BROWSER_LIBRARIES = ("analytics.js", "analytics-next")
-_MOBILE_LIBRARIES = (
-    "analytics-ios",
-    "analytics-android",
-    "analytics-swift",
-    "analytics-kotlin",
-    "analytics-react-native",
-    "analytics-flutter",
-    "analytics-xamarin",
-)
-# Segment's own context.channel values.
-_SEGMENT_CHANNELS = {"browser": common_pb2.CHANNEL_WEB, "mobile": common_pb2.CHANNEL_APP}
-
-
-class Source(BaseModel):
-    """Where a write key's events come from: the source's name and the channel of its server-side calls."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    name: str = Field(pattern=_SOURCE_NAME, description="The source, e.g. web; scopes message ids.")
-    channel: str | None = Field(
-        None,
-        description="Channel of calls that do not say theirs (server libraries); defaults to the name "
-        "when the name is a channel (web, app, store, call_center …).",
-    )
-
-    @field_validator("channel")
-    @classmethod
-    def _known_channel(cls, value: str | None) -> str | None:
-        if value is not None and wire.channel_value(value) == common_pb2.CHANNEL_UNSPECIFIED:
-            raise ValueError(f"unknown channel {value!r}")
-        return value
-
-    @property
-    def default_channel(self) -> common_pb2.Channel.ValueType:
-        """The channel of events whose context does not tell."""
-        return wire.channel_value(self.channel or self.name)
-
-
-def _source_of(value: Any) -> Any:
-    return {"name": value} if isinstance(value, str) else value
-
-
-SourceSetting = Annotated[Source, BeforeValidator(_source_of)]
-"""A write key's source in settings: a name ("web") or {"name": "pos", "channel": "store"}."""
-
-WriteKey = Annotated[str, Field(min_length=1, max_length=256)]
 
 
 @dataclass
@@ -175,26 +123,6 @@ def occurred_at(
     except OverflowError:
         violations.add("timestamp", "is too far from sentAt")
         return received_at
-
-
-def channel_of(context: Mapping[str, Any], source: Source) -> common_pb2.Channel.ValueType:
-    """The channel of a message: context.channel if it names one, else the library's kind, else the source's."""
-    named = context.get("channel")
-    if isinstance(named, str):
-        lowered = named.strip().lower()
-        if lowered in _SEGMENT_CHANNELS:
-            return _SEGMENT_CHANNELS[lowered]
-        channel = wire.channel_value(lowered)
-        if channel != common_pb2.CHANNEL_UNSPECIFIED:
-            return channel
-    library = context.get("library")
-    name = library.get("name") if isinstance(library, dict) else None
-    if isinstance(name, str):
-        if name.startswith(_BROWSER_LIBRARIES):
-            return common_pb2.CHANNEL_WEB
-        if name.startswith(_MOBILE_LIBRARIES):
-            return common_pb2.CHANNEL_APP
-    return source.default_channel
 
 
 def translate(

@@ -25,6 +25,7 @@ from omni_profile import wire
 from omni_profile.http import segment
 from omni_profile.http.intake import Intake, Outcome, Pending, Rejection
 from omni_profile.http.lookup import IdentifierLookup
+from omni_profile.http.sources import Source
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +79,7 @@ class HttpEndpoint:
     def __init__(
         self,
         intake: Intake,
-        write_keys: Mapping[str, segment.Source],
+        write_keys: Mapping[str, Source],
         lookup: IdentifierLookup,
         *,
         host: str,
@@ -200,7 +201,7 @@ class HttpEndpoint:
         # Server libraries send previousId alone; identity knows whether it is a cookie seen before.
         return "anonymous_id" if await self._lookup.held("anonymous_id", previous) else "user_id"
 
-    def _source(self, write_key: Any) -> segment.Source:
+    def _source(self, write_key: Any) -> Source:
         if write_key is None or write_key == "":
             raise HttpError(
                 401,

@@ -14,7 +14,7 @@ from tests.e2e.conftest import Omni
 from tests.e2e.test_abandoned_cart import event, eventually
 
 
-def _with_properties(message: profile_pb2.Event, **properties: object) -> profile_pb2.Event:
+def _with_properties(message: profile_pb2.Event, **properties: float | str) -> profile_pb2.Event:
     values = Struct()
     values.update(properties)
     message.properties.CopyFrom(values)

@@ -6,7 +6,9 @@ backfilled from the timeline by a background task, in slices of persons in id or
 persons' profile rows (the lock tracking takes), recomputes the trait from their stored events and
 replaces its state, so events tracked before or during the backfill are counted exactly once. A
 definition is backfilled only once it is older than one refresh interval, so that every replica applies
-it to new events before the backfill passes their persons; the cursor is stored, so a restart resumes.
+it to new events before the backfill passes their persons; persons whose profile was created after that
+had it applied to all their events and are skipped (so a backfill ends under a steady stream of new
+persons). The cursor is stored, so a restart resumes.
 """
 
 from __future__ import annotations
@@ -91,12 +93,12 @@ class ComputedTraits:
         claim = await repository.claim_backfill(session, self._refresh_s)
         if claim is None:
             return False
-        name, after = claim
+        name, after, applied_from = claim
         definition = self.catalog.by_name.get(name)
         if definition is None:
             await self.refresh(session)
             definition = self.catalog.by_name[name]
-        slice_ = await repository.live_persons_after(session, after, self._slice)
+        slice_ = await repository.live_persons_after(session, after, applied_from, self._slice)
         if not slice_:
             await repository.advance_backfill(session, name, after, done=True)
             self.adopt(replace(definition, state=computed.READY))

@@ -68,6 +68,9 @@ class Event:
     cart_item: CartLine | None = None
     person_id: uuid.UUID | None = None
     source: str = DEFAULT_SOURCE
+    origin: bytes | None = field(default=None, repr=False, compare=False)
+    """The event as the sender encoded it (omni.profile.v1.Event), completed with its occurred_at and source
+    when the sender left them out; None when it did not come as protobuf. Announcements reuse it."""
 
     @property
     def key(self) -> tuple[str, str]:

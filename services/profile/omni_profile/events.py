@@ -13,15 +13,13 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from google.protobuf import any_pb2
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from omni.events.v1 import envelope_pb2
 from omni.profile.v1 import events_pb2
 from omni_kit.bus import Outbox
-from omni_kit.ids import new_id_str
 from omni_profile import wire
 from omni_profile.domain import CartLine, Consent, Event
+from omni_profile.envelopes import EnvelopeBatch, new_ids, type_url
 
 EVENT_TRACKED = "profile.event_tracked"
 PROFILE_CHANGED = "profile.profile_changed"
@@ -39,33 +37,46 @@ MESSAGE_FAILED_EVENT = "gateway.message_failed"
 GATEWAY_EVENT_PREFIX = "gateway:"
 """Timeline events recorded from gateway outcomes have the id "gateway:<message id>" (source "gateway")."""
 
-_TRACKED_TYPE_URL = "type.googleapis.com/" + events_pb2.EventTrackedEvent.DESCRIPTOR.full_name
+_TRACKED_TYPE_URL = type_url(events_pb2.EventTrackedEvent)
+_CHANGED_TYPE_URL = type_url(events_pb2.ProfileChangedEvent)
 
 
 async def stage_events_tracked(session: AsyncSession, outbox: Outbox, tracked: Sequence[Event]) -> None:
     """Stage profile.event_tracked for each newly recorded event (one insert)."""
     if not tracked:
         return
-    # The trace context and producer are the same for the whole batch: build them once, then one envelope
-    # per event around its serialised payload.
-    template = outbox.envelope(events_pb2.EventTrackedEvent(), event_type=EVENT_TRACKED)
-    trace_context = dict(template.trace_context)
-    envelopes = []
-    for event in tracked:
-        envelope = envelope_pb2.Envelope(
-            id=new_id_str(),
-            type=EVENT_TRACKED,
-            person_id=str(event.person_id),
-            producer=template.producer,
-            trace_context=trace_context,
-            payload=any_pb2.Any(
-                type_url=_TRACKED_TYPE_URL,
-                value=events_pb2.EventTrackedEvent(event=wire.event_to_proto(event)).SerializeToString(),
-            ),
-        )
-        envelope.occurred_at.FromDatetime(event.occurred_at.astimezone(UTC))
-        envelopes.append(envelope)
+    batch = EnvelopeBatch(outbox)
+    envelopes = batch.wrap(
+        new_ids(len(tracked)),
+        EVENT_TRACKED,
+        [(str(e.person_id), wire.tracked_event_bytes(e), e.occurred_at) for e in tracked],
+        _TRACKED_TYPE_URL,
+    )
     await outbox.add_envelopes(session, envelopes)
+
+
+def profile_changed(
+    person_id: uuid.UUID,
+    *,
+    changed: Sequence[str],
+    traits: Mapping[str, Any] | None = None,
+    cart: Iterable[CartLine] | None = None,
+    computed_traits: Mapping[str, Any] | None = None,
+    merged_person_ids: Sequence[uuid.UUID] = (),
+) -> events_pb2.ProfileChangedEvent:
+    """The payload of profile.profile_changed with the parts after the change (each part given is filled)."""
+    payload = events_pb2.ProfileChangedEvent(
+        person_id=str(person_id),
+        changed=list(changed),
+        merged_person_ids=[str(m) for m in merged_person_ids],
+    )
+    if traits is not None:
+        payload.traits.update(dict(traits))
+    if cart is not None:
+        payload.cart.CopyFrom(wire.cart_to_proto(cart))
+    if computed_traits is not None:
+        payload.computed_traits.update(dict(computed_traits))
+    return payload
 
 
 async def stage_profile_changed(
@@ -80,18 +91,30 @@ async def stage_profile_changed(
     merged_person_ids: Sequence[uuid.UUID] = (),
 ) -> None:
     """Stage profile.profile_changed with the parts after the change (each part given is filled)."""
-    payload = events_pb2.ProfileChangedEvent(
-        person_id=str(person_id),
-        changed=list(changed),
-        merged_person_ids=[str(m) for m in merged_person_ids],
+    payload = profile_changed(
+        person_id,
+        changed=changed,
+        traits=traits,
+        cart=cart,
+        computed_traits=computed_traits,
+        merged_person_ids=merged_person_ids,
     )
-    if traits is not None:
-        payload.traits.CopyFrom(wire.dict_to_struct(traits))
-    if cart is not None:
-        payload.cart.CopyFrom(wire.cart_to_proto(cart))
-    if computed_traits is not None:
-        payload.computed_traits.CopyFrom(wire.dict_to_struct(computed_traits))
     await outbox.add(session, payload, event_type=PROFILE_CHANGED, person_id=str(person_id))
+
+
+async def stage_profiles_changed(
+    session: AsyncSession, outbox: Outbox, payloads: Sequence[events_pb2.ProfileChangedEvent]
+) -> None:
+    """Stage many profile.profile_changed at once (one insert)."""
+    if not payloads:
+        return
+    envelopes = EnvelopeBatch(outbox).wrap(
+        new_ids(len(payloads)),
+        PROFILE_CHANGED,
+        [(p.person_id, p.SerializeToString(), None) for p in payloads],
+        _CHANGED_TYPE_URL,
+    )
+    await outbox.add_envelopes(session, envelopes)
 
 
 async def stage_consent_changed(

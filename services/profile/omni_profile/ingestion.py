@@ -1,11 +1,12 @@
 """The one way events come in, whatever the transport (gRPC unary and stream, the Segment-compatible HTTP
 endpoint): `Ingestion.ingest(events)` takes checked domain events and answers one TrackResult per event.
 
-It runs in three steps so that no database transaction stays open across the call to identity: read which
-(source, id) keys are recorded already; resolve the rest through identity in one BatchResolvePersons call
-(identifiers identity refuses reject their events, and the others are resolved again without them);
-record everything in one transaction (tracking.Tracker). Rejected events are answered with their field
-violations, paths relative to the event; the good events of a batch are recorded regardless.
+It runs in two steps so that no database transaction stays open across the call to identity: resolve the
+events through identity in one BatchResolvePersons call (identifiers identity refuses reject their events,
+and the others are resolved again without them); record everything in one transaction (tracking.Tracker),
+where a (source, id) recorded before is found by the insert and answered duplicate. Rejected events are
+answered with their field violations, paths relative to the event; the good events of a batch are
+recorded regardless.
 
 This module owns its transactions (unlike domain modules) because three transports share it; it takes the
 transaction factory from main.
@@ -13,6 +14,7 @@ transaction factory from main.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 
@@ -46,8 +48,10 @@ class Ingestion:
         """
         if not events:
             return []
-        async with self._transaction() as session:
-            recorded = await self._tracker.recorded(session, events)
+        # Keys recorded before are found by the insert itself (and answered duplicate, with the person they
+        # were recorded for): reading them first would cost a round trip on every batch to save identity
+        # the work of resolving a retry's identifiers again, which it does idempotently.
+        recorded: dict[tuple[str, str], uuid.UUID] = {}
         rejected = await self._tracker.resolve_each(events, recorded)
         good = [i for i in range(len(events)) if i not in rejected]
         recorded_results: list[TrackResult] = []

@@ -228,19 +228,23 @@ class Tracker:
                     changes.setdefault(update.person_id, []).insert(0, "cart")
         await repository.update_profiles(session, updates)
         await events.stage_events_tracked(session, self._outbox, new_events)
-        for person_id, changed in changes.items():
-            await events.stage_profile_changed(
-                session,
-                self._outbox,
-                person_id,
-                cart=cart.sorted_lines(carts[person_id]) if "cart" in changed else None,
-                computed_traits=(
-                    computed.values(catalog, states[person_id].computed, now)
-                    if "computed_traits" in changed
-                    else None
-                ),
-                changed=changed,
-            )
+        await events.stage_profiles_changed(
+            session,
+            self._outbox,
+            [
+                events.profile_changed(
+                    person_id,
+                    changed=changed,
+                    cart=cart.sorted_lines(carts[person_id]) if "cart" in changed else None,
+                    computed_traits=(
+                        computed.values(catalog, states[person_id].computed, now)
+                        if "computed_traits" in changed
+                        else None
+                    ),
+                )
+                for person_id, changed in changes.items()
+            ],
+        )
 
 
 def _update_computed(

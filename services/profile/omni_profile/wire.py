@@ -11,6 +11,7 @@ from google.protobuf import struct_pb2, timestamp_pb2
 
 from omni.common.v1 import common_pb2
 from omni.profile.v1 import profile_pb2
+from omni_profile import envelopes
 from omni_profile.domain import (
     DEFAULT_SOURCE,
     DUPLICATE,
@@ -24,6 +25,10 @@ from omni_profile.domain import (
     TraitChange,
 )
 
+_OCCURRED_AT = profile_pb2.Event.OCCURRED_AT_FIELD_NUMBER
+_PERSON_ID = profile_pb2.Event.PERSON_ID_FIELD_NUMBER
+_RECEIVE_TIME = profile_pb2.Event.RECEIVE_TIME_FIELD_NUMBER
+_SOURCE = profile_pb2.Event.SOURCE_FIELD_NUMBER
 _CHANNEL_PREFIX = "CHANNEL_"
 _CONSENT_PREFIX = "CONSENT_STATE_"
 _PURPOSE_PREFIX = "CONSENT_PURPOSE_"
@@ -87,9 +92,7 @@ def double_opt_in_name(value: int) -> str | None:
 
 def timestamp(value: datetime) -> timestamp_pb2.Timestamp:
     """A protobuf Timestamp of an aware datetime."""
-    stamp = timestamp_pb2.Timestamp()
-    stamp.FromDatetime(value.astimezone(UTC))
-    return stamp
+    return envelopes.timestamp(value)
 
 
 def _value(value: struct_pb2.Value) -> Any:
@@ -166,9 +169,14 @@ def cart_to_proto(lines: Iterable[CartLine]) -> common_pb2.Cart:
 
 def event_from_proto(message: profile_pb2.Event, *, received_at: datetime) -> Event:
     """A domain event from a checked protobuf event; occurred_at defaults to the receive time."""
-    occurred_at = (
-        message.occurred_at.ToDatetime(tzinfo=UTC) if message.HasField("occurred_at") else received_at
-    )
+    origin = message.SerializeToString()
+    if message.HasField("occurred_at"):
+        occurred_at = message.occurred_at.ToDatetime(tzinfo=UTC)
+    else:
+        occurred_at = received_at
+        origin += envelopes.timestamp_field(_OCCURRED_AT, received_at)
+    if not message.source:
+        origin += envelopes.length_delimited(_SOURCE, DEFAULT_SOURCE.encode())
     return Event(
         id=message.id,
         type=message.type,
@@ -180,7 +188,21 @@ def event_from_proto(message: profile_pb2.Event, *, received_at: datetime) -> Ev
         cart_item=cart_line_from_proto(message.cart_item) if message.HasField("cart_item") else None,
         person_id=uuid.UUID(message.person_id) if message.person_id else None,
         source=message.source or DEFAULT_SOURCE,
+        origin=origin,
     )
+
+
+def tracked_event_bytes(event: Event) -> bytes:
+    """The encoded EventTrackedEvent of a stored event: its origin with person_id and receive_time set, or
+    the event encoded anew when it has no origin."""
+    if event.origin is None:
+        return envelopes.length_delimited(1, event_to_proto(event).SerializeToString())
+    completed = (
+        event.origin
+        + envelopes.length_delimited(_PERSON_ID, str(event.person_id).encode())
+        + envelopes.timestamp_field(_RECEIVE_TIME, event.received_at)
+    )
+    return envelopes.length_delimited(1, completed)
 
 
 def event_to_proto(event: Event) -> profile_pb2.Event:

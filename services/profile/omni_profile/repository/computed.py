@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
@@ -77,20 +78,24 @@ async def insert_definition(session: AsyncSession, definition: Definition) -> De
     return None if row is None else _definition(row)
 
 
-async def claim_backfill(session: AsyncSession, grace_s: float) -> tuple[str, uuid.UUID | None] | None:
+async def claim_backfill(
+    session: AsyncSession, grace_s: float
+) -> tuple[str, uuid.UUID | None, datetime] | None:
     """Lock the oldest definition still backfilling and older than grace_s (skipping one another replica
-    holds); return its name and cursor."""
+    holds); return its name, cursor, and the time after which every replica applied it (created_at plus
+    grace_s): profiles created later need no backfill."""
     row = (
         await session.execute(
             sa.text(
-                "SELECT name, backfill_after FROM computed_traits WHERE state = 'backfilling' "
+                "SELECT name, backfill_after, created_at + make_interval(secs => :grace) AS applied_from "
+                "FROM computed_traits WHERE state = 'backfilling' "
                 "AND created_at <= now() - make_interval(secs => :grace) "
                 "ORDER BY created_at, name LIMIT 1 FOR UPDATE SKIP LOCKED"
             ),
             {"grace": grace_s},
         )
     ).first()
-    return None if row is None else (row.name, row.backfill_after)
+    return None if row is None else (row.name, row.backfill_after, row.applied_from)
 
 
 async def advance_backfill(session: AsyncSession, name: str, after: uuid.UUID | None, *, done: bool) -> None:

@@ -243,13 +243,17 @@ async def erase_profiles(session: AsyncSession, person_ids: Sequence[uuid.UUID])
     )
 
 
-async def live_persons_after(session: AsyncSession, after: uuid.UUID | None, limit: int) -> list[uuid.UUID]:
-    """Live (not merged, not erased) persons with events, in id order after a cursor: a backfill's next slice."""
+async def live_persons_after(
+    session: AsyncSession, after: uuid.UUID | None, created_before: datetime, limit: int
+) -> list[uuid.UUID]:
+    """Live (not merged, not erased) persons with events whose profile was created before a time, in id
+    order after a cursor: a backfill's next slice."""
     rows = await session.execute(
         sa.text(
             "SELECT person_id FROM profiles WHERE merged_into IS NULL AND erased_at IS NULL AND event_count > 0 "
-            "AND (CAST(:after AS uuid) IS NULL OR person_id > CAST(:after AS uuid)) ORDER BY person_id LIMIT :limit"
+            "AND created_at <= :before AND (CAST(:after AS uuid) IS NULL OR person_id > CAST(:after AS uuid)) "
+            "ORDER BY person_id LIMIT :limit"
         ),
-        {"after": after, "limit": limit},
+        {"after": after, "before": created_before, "limit": limit},
     )
     return [row.person_id for row in rows]

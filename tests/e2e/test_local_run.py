@@ -3,6 +3,7 @@ call works, and Ctrl-C stops everything cleanly."""
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import signal
@@ -10,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import grpc
@@ -33,6 +35,7 @@ config = RunConfig(
     postgres_port=args["postgres"],
     nats_port=args["nats"],
     smtp_port=args["smtp"],
+    tracking_port=args["tracking"],
     services=tuple(ServiceSpec(s.name, port) for s, port in zip(SERVICES, args["services"])),
     durable=False,
     ready_timeout=60,
@@ -43,7 +46,7 @@ sys.exit(LocalRun(config).run())
 
 def test_local_run_serves_all_five_and_stops_on_ctrl_c(tmp_path: Path) -> None:
     service_ports = [free_port() for _ in SERVICES]
-    infra_ports = {"postgres": free_port(), "nats": free_port(), "smtp": free_port()}
+    infra_ports = {"postgres": free_port(), "nats": free_port(), "smtp": free_port(), "tracking": free_port()}
     layout = {"root": str(tmp_path / ".omni"), **infra_ports, "services": service_ports}
     process = subprocess.Popen(
         [sys.executable, "-c", DRIVER, json.dumps(layout)],
@@ -84,6 +87,20 @@ def test_local_run_serves_all_five_and_stops_on_ctrl_c(tmp_path: Path) -> None:
             first = stub.ResolvePerson(request, timeout=5).resolution
             again = stub.ResolvePerson(request, timeout=5).resolution
         assert first.created and not again.created and first.person_id == again.person_id
+
+        # The Segment-compatible tracking endpoint answers with the development write key.
+        body = json.dumps({"messageId": "m-1", "anonymousId": "cookie-1", "event": "Product Viewed"}).encode()
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{infra_ports['tracking']}/v1/track",
+            data=body,
+            headers={
+                "Content-Type": "application/json",
+                "Authorization": "Basic " + base64.b64encode(b"omni-dev-web:").decode(),
+            },
+        )
+        with urllib.request.urlopen(request, timeout=10) as response:
+            assert response.status == 200
+            assert json.loads(response.read())["success"] is True
     finally:
         process.send_signal(signal.SIGINT)
         code = process.wait(timeout=60)

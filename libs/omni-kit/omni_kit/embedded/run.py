@@ -31,6 +31,8 @@ from omni_kit.embedded.smtp_sink import SmtpSink
 
 HOST = "127.0.0.1"
 SMTP_FROM = "omni@localhost"
+# Write keys of the laptop run's tracking endpoint (profile): one per kind of source, not secrets.
+DEV_WRITE_KEYS = {"omni-dev-web": "web", "omni-dev-app": "app"}
 
 _SignalHandler: TypeAlias = Callable[[int, FrameType | None], Any] | int | signal.Handlers | None
 
@@ -81,6 +83,7 @@ class RunConfig:
     postgres_port: int = 54320
     nats_port: int = 54222
     smtp_port: int = 2525
+    tracking_port: int = 8088
     services: tuple[ServiceSpec, ...] = SERVICES
     durable: bool = True
     ready_timeout: float = 60.0
@@ -108,13 +111,15 @@ def service_environment(
     database_url: Callable[[str], str],
     nats_url: str,
     smtp_port: int,
+    tracking_port: int | None = None,
 ) -> dict[str, str]:
     """Return the settings every service reads from the environment in the embedded run.
 
     Each service gets ``OMNI_<SERVICE>_DATABASE_URL``, ``_NATS_URL``, ``_GRPC_PORT`` and ``_GRPC_HOST``
     (127.0.0.1: the embedded run has no TLS and no tokens, so it stays on this machine); profile and gateway
-    get the addresses of the services they call, gateway the SMTP sink. ``database_url`` maps a database
-    name to its URL.
+    get the addresses of the services they call, gateway the SMTP sink, profile its tracking endpoint (when
+    ``tracking_port`` is given) with the development write keys. ``database_url`` maps a database name to
+    its URL.
     """
     env: dict[str, str] = {}
     by_name = {service.name: service for service in services}
@@ -131,6 +136,11 @@ def service_environment(
     env["OMNI_GATEWAY_SMTP_HOST"] = HOST
     env["OMNI_GATEWAY_SMTP_PORT"] = str(smtp_port)
     env["OMNI_GATEWAY_SMTP_FROM"] = SMTP_FROM
+    if "profile" in by_name and tracking_port is not None:
+        # The Segment-compatible endpoint, with write keys for a web and an app source.
+        env["OMNI_PROFILE_HTTP_HOST"] = HOST
+        env["OMNI_PROFILE_HTTP_PORT"] = str(tracking_port)
+        env["OMNI_PROFILE_WRITE_KEYS"] = json.dumps(DEV_WRITE_KEYS)
     return env
 
 
@@ -276,7 +286,9 @@ class LocalRun:
             return 0
 
         env = os.environ | {"PYTHONUNBUFFERED": "1"}
-        env |= service_environment(config.services, self._postgres.url, self._nats.url, self._smtp.port)
+        env |= service_environment(
+            config.services, self._postgres.url, self._nats.url, self._smtp.port, config.tracking_port
+        )
         for service in config.services:
             code = self._migrate(service, env)
             if self._stop.is_set():
@@ -486,6 +498,11 @@ class LocalRun:
             f"  SMTP sink   {HOST}:{self._smtp.port}   every email is saved in {_shown(config.mail_dir)}/*.eml",
         ]
         identity = next((s for s in config.services if s.name == "identity"), None)
+        if any(s.name == "profile" for s in config.services):
+            keys = ", ".join(f"{key} ({source})" for key, source in DEV_WRITE_KEYS.items())
+            lines += [
+                f"  Tracking    http://{HOST}:{config.tracking_port}/v1/track (Segment API)   write keys: {keys}"
+            ]
         if identity is not None:
             lines += ["", "Try it (grpcurl, through server reflection):", _grpcurl_example(identity.target)]
             lines += ["", "or from Python, with the generated stubs:", _python_example(identity.target)]

@@ -23,7 +23,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from bench.context import BenchContext, Durations, log
+from bench.context import BenchContext, Durations, cpu_sample_machine, log
 from bench.results import Result, failed, machine_info, table, write_results
 from bench.suites import SUITES
 from omni_kit.embedded import EmbeddedNats, EmbeddedPostgres
@@ -46,6 +46,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--out", type=Path, default=REPO / "bench" / "results", help="directory for the results files"
     )
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory (logs, data)")
+    parser.add_argument(
+        "--wait-quiet",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="first wait up to SECONDS for the machine to be quiet, others using under 0.3 cores "
+        "(default: 60 for a full run, 0 for --quick and --suite)",
+    )
     return parser.parse_args(argv)
 
 
@@ -60,7 +68,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     started = time.monotonic()
     durations = Durations.for_mode(args.quick)
+    full = not args.quick and not args.suite
+    busy = _wait_quiet(args.wait_quiet if args.wait_quiet is not None else (60.0 if full else 0.0))
     machine = machine_info(REPO)
+    machine["busy_cores_before_start"] = busy
     work_dir = Path(tempfile.mkdtemp(prefix="omni-bench-"))
     postgres = EmbeddedPostgres(work_dir / "postgres", durable=True)
     nats = EmbeddedNats(work_dir / "nats")
@@ -125,6 +136,22 @@ async def _run_suites(ctx: BenchContext, names: list[str]) -> list[Result]:
         results += suite_results
         log(f"suite {name} took {time.monotonic() - began:.0f} s")
     return results
+
+
+def _wait_quiet(limit_s: float, window_s: float = 3.0, quiet_cores: float = 0.3) -> float:
+    """Measure how many cores the machine uses before we start; wait up to ``limit_s`` for it to be quiet."""
+    deadline = time.monotonic() + limit_s
+    while True:
+        before = cpu_sample_machine()
+        time.sleep(window_s)
+        busy = (cpu_sample_machine() - before) / window_s
+        if busy < quiet_cores or time.monotonic() >= deadline:
+            if busy >= quiet_cores:
+                log(
+                    f"the machine is busy: {busy:.2f} cores used by others before the run; figures will be noisy"
+                )
+            return round(busy, 2)
+        log(f"waiting for a quiet machine ({busy:.2f} cores busy)")
 
 
 def _nats_version() -> str:

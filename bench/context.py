@@ -204,6 +204,11 @@ def _process_tree_cpu_s(root: int) -> float:
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
+def cpu_sample_machine() -> float:
+    """Busy CPU seconds of the whole machine so far."""
+    return _machine_busy_s()
+
+
 def _machine_busy_s() -> float:
     try:
         fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]

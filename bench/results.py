@@ -195,7 +195,8 @@ def markdown(*, run: dict[str, Any], machine: dict[str, Any], results: list[Resu
         f"{machine.get('memory_gib')} GiB, {machine.get('os')}; Python {machine.get('python')}, "
         f"grpcio {machine.get('grpcio')}, {machine.get('postgres', 'PostgreSQL ?')}, "
         f"NATS {machine.get('nats', '?')}. Load average at start: {machine.get('load_average_at_start')}, "
-        f"at end: {machine.get('load_average_at_end')}. Commit `{commit[:12]}`{dirty}.",
+        f"at end: {machine.get('load_average_at_end')}; cores busy before the run: "
+        f"{machine.get('busy_cores_before_start')}. Commit `{commit[:12]}`{dirty}.",
         "",
         f"Mode: {run.get('mode')}; suites: {', '.join(run.get('suites', []))}; "
         f"wall time {run.get('elapsed_s')} s. {run.get('setup', '')}",

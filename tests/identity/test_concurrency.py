@@ -8,6 +8,7 @@ import random
 import uuid
 from collections.abc import AsyncIterator, Iterable
 
+import grpc
 import pytest
 import sqlalchemy as sa
 
@@ -16,7 +17,7 @@ from omni_identity.identifier_types import Trust, default_identifier_types
 from omni_kit.embedded import EmbeddedNats, EmbeddedPostgres
 
 from .conftest import running_identity
-from .support import EventLog, Identity, ident, pairs, resolve, unique, unmerge
+from .support import EventLog, Identity, forget, ident, pairs, resolve, unique, unmerge
 
 Pair = tuple[str, str]
 
@@ -295,4 +296,44 @@ async def test_concurrent_resolves_over_shared_devices_keep_the_limits(
     for group in groups:
         await resolve(identity, *(ident(t, v) for t, v in group))
     assert await _lineage_holds(identity, values) == holders
+    _no_retries(caplog)
+
+
+async def test_resolves_racing_forgets_never_bring_a_forgotten_identifier_back(
+    identity: Identity, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="omni_identity")
+    customers = []
+    for _ in range(15):
+        device, cookie = unique("d-"), unique("c-")
+        created = await resolve(identity, ident("device_id", device), ident("anonymous_id", cookie))
+        customers.append((created.person_id, device, cookie))
+
+    calls = []
+    for person_id, device, cookie in customers:
+        calls.append(forget(identity, person_id))
+        calls.append(resolve(identity, ident("device_id", device), ident("push_token", unique("p-"))))
+        calls.append(resolve(identity, ident("anonymous_id", cookie)))
+        calls.append(resolve(identity, ident("device_id", device), ident("anonymous_id", cookie)))
+    random.Random(11).shuffle(calls)
+    outcomes = await asyncio.gather(*calls, return_exceptions=True)
+
+    for outcome in outcomes:
+        if isinstance(outcome, BaseException):
+            assert isinstance(outcome, grpc.aio.AioRpcError), outcome
+            assert outcome.code() == grpc.StatusCode.FAILED_PRECONDITION
+    async with identity.runtime.engine.connect() as connection:
+        rows = (
+            await connection.execute(
+                sa.text(
+                    "SELECT i.type, i.value FROM identifiers AS i"
+                    " WHERE (i.type, i.value) IN (SELECT * FROM unnest(CAST(:t AS text[]), CAST(:v AS text[])))"
+                ),
+                {
+                    "t": ["device_id", "anonymous_id"] * len(customers),
+                    "v": [value for _, device, cookie in customers for value in (device, cookie)],
+                },
+            )
+        ).all()
+    assert rows == [], "an identifier of a forgotten person was stored again"
     _no_retries(caplog)

@@ -6,10 +6,12 @@ import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 
+import pytest
+
 from omni_identity.changes import Held, RefusalRule, ResolveRequest
 from omni_identity.identifier_types import IdentifierTypeConfig, IdentifierTypeRegistry, Trust
 from omni_identity.normalise import IdentifierKey
-from omni_identity.resolution import Resolver
+from omni_identity.resolution import MissingTallies, Resolver
 from omni_identity.rules import Rules, Tally
 
 NOW = datetime(2025, 3, 1, tzinfo=UTC)
@@ -211,3 +213,17 @@ def test_tallies_count_recent_values_per_window() -> None:
     assert tally == {"anonymous_id": [1, 2], "user_id": [1, 1]}
     assert RULES.merge_objection({P1: {"user_id": [1, 1]}, P2: {"user_id": [1, 1]}}) is not None
     assert RULES.merge_objection({P1: {"user_id": [1, 1]}, P2: {"email": [1, 1]}}) is None
+
+
+def test_counts_of_stored_persons_are_asked_for_only_when_a_rule_needs_them() -> None:
+    cookie, email = key("anonymous_id", "c"), key("email", "a@example.com")
+    held = {MOM: Held(P1, uuid.uuid4())}
+
+    def lazy() -> Resolver:
+        return Resolver(held, now=NOW, new_id=ids(), rules=RULES, tallies=None)
+
+    # New persons, and known identifiers alone, need no stored counts.
+    assert lazy().resolve_all([req(cookie, email), req(MOM), req(cookie, key("device_id", "d"))]).changed
+    # Adding a counted value to a stored person does.
+    with pytest.raises(MissingTallies):
+        lazy().resolve_all([req(MOM, cookie)])

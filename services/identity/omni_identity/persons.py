@@ -15,13 +15,13 @@ from datetime import UTC, datetime
 from typing import Protocol
 
 from omni_identity.batch_ids import batch_ids
-from omni_identity.changes import GraphEvent, RefusedLink, Resolution, ResolveRequest
+from omni_identity.changes import GraphChanges, GraphEvent, RefusedLink, Resolution, ResolveRequest
 from omni_identity.erasure import TombstonePolicy, Tombstones
 from omni_identity.merge import MergeRecord
 from omni_identity.normalise import IdentifierKey
 from omni_identity.repository import IdentifierRecord, IdentityRepository, PersonRecord
-from omni_identity.resolution import Resolver, changes_anything
-from omni_identity.rules import Rules
+from omni_identity.resolution import MissingTallies, Resolver, changes_anything
+from omni_identity.rules import Rules, Tally
 from omni_kit.errors import NotFound
 from omni_kit.ids import new_id
 
@@ -69,23 +69,33 @@ class Persons:
         if not changes_anything(holders, requests):
             return [Resolution(person_id=holders[request.identifiers[0]]) for request in requests]
         await repository.lock_identifiers(keys)
-        locked = await repository.lock_holders(keys)
+        hashes = self._tombstones.hashes(key for key in keys if key not in holders)
+        locked, tombstoned = await repository.lock_holders(keys, hashes)
+        vanished = self._tombstones.hashes(key for key in holders if key not in locked)
+        if vanished:  # forgotten since the unlocked read: were they tombstoned?
+            hashes.update(vanished)
+            tombstoned |= await repository.tombstoned(vanished)
+        ignored: set[IdentifierKey] = set()
+        if self._tombstones.policy is TombstonePolicy.DROP:
+            ignored = {hashes[h] for h in tombstoned} - set(locked)
         now = self._clock()
-        unknown = self._tombstones.hashes(key for key in keys if key not in locked)
-        tallies, tombstoned = await repository.facts(
-            {held.person_id for held in locked.values()}, self._rules.windows(now), unknown
-        )
-        ignored = (
-            {unknown[h] for h in tombstoned} if self._tombstones.policy is TombstonePolicy.DROP else set()
-        )
-        changes = Resolver(
-            locked,
-            now=now,
-            new_id=batch_ids(self._new_id),
-            rules=self._rules,
-            tallies=tallies,
-            ignored=ignored,
-        ).resolve_all(requests)
+
+        def plan(tallies: dict[uuid.UUID, Tally] | None) -> GraphChanges:
+            return Resolver(
+                locked,
+                now=now,
+                new_id=batch_ids(self._new_id),
+                rules=self._rules,
+                tallies=tallies,
+                ignored=ignored,
+            ).resolve_all(requests)
+
+        try:
+            changes = plan(None)
+        except MissingTallies:
+            # Only batches that add counted values to stored persons, or merge them, pay this read.
+            persons = {held.person_id for held in locked.values()}
+            changes = plan(await repository.tallies(persons, self._rules.windows(now)))
         if changes.changed:
             await repository.apply(changes)
             await events.publish(changes.events)

@@ -80,27 +80,32 @@ _HOLDERS = sa.text("SELECT i.type, i.value, i.person_id" + _MATCHES)
 # ORDER BY is applied before FOR NO KEY UPDATE locks the rows, so the person locks are taken in id order.
 # A row updated by a transaction we waited for is returned as it is now, so merged_into shows a merge that
 # committed after this statement started. NO KEY UPDATE (not UPDATE) lets foreign-key checks of others pass.
+# The same statement says which of the given hashes are tombstones: it starts after the identifiers'
+# advisory locks are held, and nobody can forget an identifier without its lock, so that answer stays true.
 _LOCK_HOLDERS = sa.text(
-    "SELECT i.type, i.value, i.id, p.id AS person_id, p.merged_into, p.forgotten_at"
+    "WITH locked AS ("
+    " SELECT i.type, i.value, i.id, p.id AS person_id, p.merged_into, p.forgotten_at"
     + _MATCHES
     + " JOIN persons AS p ON p.id = i.person_id"
     " ORDER BY p.id FOR NO KEY UPDATE OF p"
+    ") SELECT type, value, id, person_id, merged_into, forgotten_at, NULL::bytea AS hash FROM locked"
+    " UNION ALL"
+    " SELECT NULL, NULL, NULL, NULL, NULL, NULL, t.hash FROM tombstones AS t"
+    " WHERE t.hash = ANY(CAST(:hashes AS bytea[]))"
 )
 
+_TOMBSTONED = sa.text("SELECT hash FROM tombstones WHERE hash = ANY(CAST(:hashes AS bytea[]))")
+
 # Read after the person locks are held, in a statement of its own: its snapshot then includes every
-# identifier others attached to these persons before we locked them. Counts for the limits and trust rules,
-# and which unknown identifiers were forgotten, in one round trip.
-_FACTS = sa.text(
-    "SELECT 'count' AS kind, i.person_id, i.type,"
+# identifier others attached to these persons before we locked them. Only batches whose rules need them.
+_TALLIES = sa.text(
+    "SELECT i.person_id, i.type,"
     " (count(*) FILTER (WHERE w.since IS NULL OR i.created_at >= w.since))::int AS recent,"
-    " count(*)::int AS total, NULL::bytea AS hash"
+    " count(*)::int AS total"
     " FROM identifiers AS i"
     " JOIN unnest(CAST(:watched AS text[]), CAST(:since AS timestamptz[])) AS w(type, since) ON i.type = w.type"
     " WHERE i.person_id = ANY(CAST(:person_ids AS uuid[]))"
     " GROUP BY i.person_id, i.type"
-    " UNION ALL"
-    " SELECT 'tombstone', NULL, NULL, NULL, NULL, t.hash FROM tombstones AS t"
-    " WHERE t.hash = ANY(CAST(:hashes AS bytea[]))"
 )
 
 _PERSON_FROM = """
@@ -223,44 +228,42 @@ class IdentityRepository:
         result = await self.session.execute(_HOLDERS, _key_arrays(keys))
         return {IdentifierKey(row.type, row.value): row.person_id for row in result}
 
-    async def lock_holders(self, keys: Sequence[IdentifierKey]) -> dict[IdentifierKey, Held]:
-        """The holders of the (already advisory-locked) identifiers, each row-locked until the transaction ends.
+    async def lock_holders(
+        self, keys: Sequence[IdentifierKey], hashes: Iterable[bytes] = ()
+    ) -> tuple[dict[IdentifierKey, Held], set[bytes]]:
+        """The holders of the (already advisory-locked) identifiers, each row-locked until the transaction ends,
+        and which of the given tombstone hashes are tombstones.
 
         Raises ConcurrentMerge when a holder was merged away after the identifiers were locked.
         """
-        if not keys:
-            return {}
-        result = await self.session.execute(_LOCK_HOLDERS, _key_arrays(keys))
+        result = await self.session.execute(_LOCK_HOLDERS, {**_key_arrays(keys), "hashes": list(hashes)})
         holders = {}
+        tombstoned = set()
         for row in result:
+            if row.hash is not None:
+                tombstoned.add(bytes(row.hash))
+                continue
             if row.merged_into is not None or row.forgotten_at is not None:
                 raise ConcurrentMerge(
                     f"person {row.person_id} was merged into {row.merged_into} or forgotten"
                 )
             holders[IdentifierKey(row.type, row.value)] = Held(row.person_id, row.id)
-        return holders
+        return holders, tombstoned
 
-    async def facts(
-        self,
-        person_ids: Iterable[uuid.UUID],
-        windows: Mapping[str, datetime | None],
-        hashes: Iterable[bytes],
-    ) -> tuple[dict[uuid.UUID, Tally], set[bytes]]:
-        """Each person's watched-type counts ([within the window, all]) and which hashes are tombstones."""
-        params = {
-            "watched": list(windows),
-            "since": list(windows.values()),
-            "person_ids": list(person_ids),
-            "hashes": list(hashes),
-        }
+    async def tombstoned(self, hashes: Iterable[bytes]) -> set[bytes]:
+        """Which of these hashes are tombstones."""
+        result = await self.session.execute(_TOMBSTONED, {"hashes": list(hashes)})
+        return {bytes(row.hash) for row in result}
+
+    async def tallies(
+        self, person_ids: Iterable[uuid.UUID], windows: Mapping[str, datetime | None]
+    ) -> dict[uuid.UUID, Tally]:
+        """Each person's watched-type counts: [attached within the type's window, all]."""
+        params = {"watched": list(windows), "since": list(windows.values()), "person_ids": list(person_ids)}
         tallies: dict[uuid.UUID, Tally] = {}
-        tombstoned: set[bytes] = set()
-        for row in await self.session.execute(_FACTS, params):
-            if row.kind == "count":
-                tallies.setdefault(row.person_id, {})[row.type] = [row.recent, row.total]
-            else:
-                tombstoned.add(bytes(row.hash))
-        return tallies, tombstoned
+        for row in await self.session.execute(_TALLIES, params):
+            tallies.setdefault(row.person_id, {})[row.type] = [row.recent, row.total]
+        return tallies
 
     async def apply(self, changes: GraphChanges) -> None:
         """Write a resolved batch: new persons, merges, moved and new identifiers, lineage, refused links."""

@@ -19,6 +19,7 @@ import uuid
 from collections import defaultdict
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from datetime import datetime
+from typing import Any
 
 from omni_identity.changes import (
     Attachment,
@@ -37,6 +38,38 @@ from omni_identity.normalise import IdentifierKey
 from omni_identity.rules import Rules, Tally
 
 
+class MissingTallies(Exception):
+    """The rules need the counts of a person stored before the batch, and the counts were not loaded."""
+
+
+class _Tallies(dict[uuid.UUID, Tally]):
+    """The counts the rules read: those loaded, and those of persons made in the batch. Without loaded
+    counts, asking for a stored person's raises MissingTallies, so a batch that never needs them (new
+    persons only) is planned without reading them."""
+
+    def __init__(self, loaded: Mapping[uuid.UUID, Tally] | None, stored: Collection[uuid.UUID]) -> None:
+        super().__init__(
+            (person_id, {name: list(counts) for name, counts in tally.items()})
+            for person_id, tally in (loaded or {}).items()
+        )
+        self._missing = frozenset() if loaded is not None else frozenset(stored)
+
+    def get(self, person_id: uuid.UUID, default: Any = None) -> Any:  # type: ignore[override]
+        """A person's counts; raises MissingTallies for a stored person whose counts were not loaded."""
+        if person_id in self:
+            return self[person_id]
+        if person_id in self._missing:
+            raise MissingTallies(str(person_id))
+        return default
+
+    def of(self, person_id: uuid.UUID) -> Tally:
+        """A person's counts, to be changed."""
+        tally = self.get(person_id)
+        if tally is None:
+            tally = self[person_id] = {}
+        return tally
+
+
 class Resolver:
     """Resolves requests in order against a working copy of the identifiers' current holders."""
 
@@ -51,7 +84,8 @@ class Resolver:
         ignored: Collection[IdentifierKey] = (),
     ) -> None:
         """holders: the live person holding each already-known identifier the batch mentions, and its id;
-        tallies: the watched-type counts of those persons; ignored: identifiers of forgotten persons to drop.
+        tallies: the watched-type counts of those persons (None: not loaded; MissingTallies is raised if the
+        rules need them); ignored: identifiers of forgotten persons to drop.
         """
         self._holder: dict[IdentifierKey, uuid.UUID] = {key: held.person_id for key, held in holders.items()}
         self._ids: dict[IdentifierKey, uuid.UUID] = {key: held.identifier_id for key, held in holders.items()}
@@ -60,10 +94,7 @@ class Resolver:
             self._held[person_id].add(key)
         self._existing = set(self._held)
         self._rules = rules
-        self._tally: dict[uuid.UUID, Tally] = {
-            person_id: {name: list(counts) for name, counts in tally.items()}
-            for person_id, tally in (tallies or {}).items()
-        }
+        self._tally = _Tallies(tallies, self._existing)
         self._ignored = frozenset(ignored)
         self._new_id = new_id
         self._new: dict[
@@ -150,7 +181,7 @@ class Resolver:
             self._new[key] = (identifier_id, request.source, person_id, via, attachment)
             added.append(key)
             if key.type in watched:
-                counts = self._tally.setdefault(person_id, {}).setdefault(key.type, [0, 0])
+                counts = self._tally.of(person_id).setdefault(key.type, [0, 0])
                 counts[0] += 1
                 counts[1] += 1
         # Identifiers added by this request are stored; later requests may find the person through them.
@@ -162,16 +193,18 @@ class Resolver:
         self, survivor_id: uuid.UUID, merged_ids: Sequence[uuid.UUID], request: ResolveRequest
     ) -> None:
         held = self._held[survivor_id]
-        survivor_tally = self._tally.setdefault(survivor_id, {})
         for merged_id in merged_ids:
             self.changes.merged_into[merged_id] = survivor_id
             for key in self._held.pop(merged_id, set()):
                 self._holder[key] = survivor_id
                 held.add(key)
-            for name, counts in self._tally.pop(merged_id, {}).items():
-                total = survivor_tally.setdefault(name, [0, 0])
-                total[0] += counts[0]
-                total[1] += counts[1]
+            if self._rules is not None:
+                survivor_tally = self._tally.of(survivor_id)
+                for name, counts in self._tally.of(merged_id).items():
+                    total = survivor_tally.setdefault(name, [0, 0])
+                    total[0] += counts[0]
+                    total[1] += counts[1]
+                del self._tally[merged_id]
             self.changes.merges.append(
                 MergeRecord(
                     id=self._new_id(),

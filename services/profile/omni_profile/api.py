@@ -165,10 +165,7 @@ class ProfileServicer(profile_pb2_grpc.ProfileServiceServicer):
     ) -> profile_pb2.GetProfileResponse:
         """The 360 view of a person."""
         checks.validate_get_profile(request)
-        async with self._domain.reads() as session:
-            profile = await self._profiles.get(
-                session, uuid.UUID(request.person_id), request.recent_event_count
-            )
+        profile = await self._profiles.view(uuid.UUID(request.person_id), request.recent_event_count)
         return profile_pb2.GetProfileResponse(profile=wire.profile_to_proto(profile))
 
     async def ListTimeline(

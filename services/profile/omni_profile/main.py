@@ -25,6 +25,7 @@ from omni_profile.ingestion import Ingestion
 from omni_profile.merge import Merger
 from omni_profile.precedence import DEFAULT_RANKING, SourcePolicy
 from omni_profile.profiles import Profiles
+from omni_profile.repository import ProfileReader
 from omni_profile.tracking import Tracker
 from omni_profile.traits import Traits
 
@@ -48,6 +49,12 @@ class Settings(ServiceSettings):
     )
     trait_stale_after_days: int = Field(
         365, ge=1, description="After this many days any source may overwrite a trait's value."
+    )
+    read_pool_size: int = Field(
+        8,
+        ge=1,
+        le=100,
+        description="Connections of the pool GetProfile reads through (besides db_pool_size).",
     )
     computed_traits_refresh_s: float = Field(
         5.0,
@@ -75,12 +82,15 @@ class ProfileRuntime(Runtime):
     """Profile's runtime: the shared parts, plus the Segment-compatible HTTP endpoint when it runs."""
 
     http: HttpEndpoint | None = None
+    reader: ProfileReader | None = None
 
     async def close(self) -> None:
         """Stop the HTTP endpoint (letting in-flight requests finish), then everything else."""
         if self.http is not None:
             await self.http.stop()
         await super().close()
+        if self.reader is not None:
+            await self.reader.close()
 
 
 async def start(settings: Settings) -> ProfileRuntime:
@@ -118,7 +128,13 @@ async def _wire(runtime: ProfileRuntime, settings: Settings) -> None:
     catalog = computed_traits.current
     tracker = Tracker(identity, runtime.outbox, catalog)
     traits = Traits(runtime.outbox, policy)
-    profiles = Profiles(catalog, traits)
+    runtime.reader = ProfileReader(
+        settings.database_url,
+        size=settings.read_pool_size,
+        statement_timeout_ms=settings.db_statement_timeout_ms,
+    )
+    await runtime.reader.open()
+    profiles = Profiles(catalog, runtime.reader)
     merger = Merger(runtime.outbox, policy, catalog)
     runtime.add_consumer(
         durable="identity-lineage",

@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from omni_kit.errors import InvalidArgument, NotFound, Violations
 from omni_profile import cart, computed, paging, persons, repository
 from omni_profile.domain import Consent, Event, Profile, TraitChange
-from omni_profile.traits import Traits
 
 DEFAULT_RECENT_EVENTS = 20
 MAX_RECENT_EVENTS = 200
@@ -44,21 +42,9 @@ def _bad_token(error: paging.BadPageToken) -> InvalidArgument:
 class Profiles:
     """Reads profiles; the caller gives the session (reads need no transaction of their own)."""
 
-    def __init__(self, catalog: Callable[[], computed.Catalog], traits: Traits) -> None:
+    def __init__(self, catalog: Callable[[], computed.Catalog], reader: repository.ProfileReader) -> None:
         self._catalog = catalog
-        self._traits = traits
-
-    async def set_traits(
-        self,
-        session: AsyncSession,
-        person_id: uuid.UUID,
-        values: Mapping[str, Any],
-        source: str,
-        now: datetime,
-    ) -> Profile:
-        """Set traits (see Traits.set_traits) and return the profile after the change."""
-        current, _ = await self._traits.set_traits(session, person_id, values, source, now)
-        return await self.get(session, current, require_known=False)
+        self._reader = reader
 
     async def current_person(self, session: AsyncSession, person_id: uuid.UUID) -> uuid.UUID | None:
         """The live person behind an id profile has a row for (following merges), or None."""
@@ -73,31 +59,48 @@ class Profiles:
         *,
         require_known: bool = True,
     ) -> Profile:
-        """The 360 view, in one statement (two after a merge); NotFound unless the person has an event, a
-        trait or a consent (or require_known is False and profile has a row for them)."""
+        """The 360 view as the session sees it (inside a write transaction); see view()."""
+
+        async def read(wanted: uuid.UUID, limit: int) -> repository.ProfileRead | None:
+            return await repository.read_profile(session, wanted, limit)
+
+        return await self._assemble(read, person_id, recent_events, require_known)
+
+    async def view(self, person_id: uuid.UUID, recent_events: int = 0) -> Profile:
+        """The 360 view, in one statement (two after a merge) on the read pool; NotFound unless the person
+        has an event, a trait or a consent."""
+        return await self._assemble(self._reader.read_profile, person_id, recent_events, True)
+
+    async def _assemble(
+        self,
+        read: Callable[[uuid.UUID, int], Awaitable[repository.ProfileRead | None]],
+        person_id: uuid.UUID,
+        recent_events: int,
+        require_known: bool,
+    ) -> Profile:
         limit = _bounded(recent_events, DEFAULT_RECENT_EVENTS, MAX_RECENT_EVENTS)
         wanted = person_id
         for _ in range(_MAX_HOPS):
-            read = await repository.read_profile(session, wanted, limit)
-            if read is None or read.erased:
+            found = await read(wanted, limit)
+            if found is None or found.erased:
                 raise not_found(person_id)
-            if read.merged_into is None:
+            if found.merged_into is None:
                 break
-            wanted = read.merged_into
+            wanted = found.merged_into
         else:
             raise persons.MergeCycle(f"merged_into does not end within {_MAX_HOPS} hops from {person_id}")
-        if require_known and read.event_count == 0 and not read.traits and not read.consents:
+        if require_known and found.event_count == 0 and not found.traits and not found.consents:
             raise not_found(person_id)
         return Profile(
-            person_id=read.person_id,
-            traits={name: trait.value for name, trait in read.traits.items()},
-            cart=cart.sorted_lines(read.cart),
-            consents=read.consents,
-            recent_events=read.recent_events,
-            event_count=read.event_count,
-            computed_traits=computed.values(self._catalog(), read.computed, datetime.now(UTC)),
-            trait_details=read.traits,
-            segments=read.segments,
+            person_id=found.person_id,
+            traits={name: trait.value for name, trait in found.traits.items()},
+            cart=cart.sorted_lines(found.cart),
+            consents=found.consents,
+            recent_events=found.recent_events,
+            event_count=found.event_count,
+            computed_traits=computed.values(self._catalog(), found.computed, datetime.now(UTC)),
+            trait_details=found.traits,
+            segments=found.segments,
         )
 
     async def _known(self, session: AsyncSession, person_id: uuid.UUID) -> uuid.UUID:

@@ -34,7 +34,7 @@ ERASED = FieldViolation("person_id", "the person was erased; events about them a
 class Tracker:
     """Resolves and records events; shared by every way events come in (RPCs, consumers, HTTP).
 
-    The steps (recorded, resolve_each, record) are run by ingestion.Ingestion, which owns the transactions.
+    The steps (resolve_each, record) are run by ingestion.Ingestion, which owns the transactions.
     """
 
     def __init__(
@@ -43,12 +43,6 @@ class Tracker:
         self._identity = identity
         self._outbox = outbox
         self._catalog = catalog
-
-    async def recorded(
-        self, session: AsyncSession, batch: Sequence[Event]
-    ) -> dict[tuple[str, str], uuid.UUID]:
-        """The person of each (source, id) of the batch that is recorded already."""
-        return await repository.recorded_events(session, {e.key for e in batch})
 
     async def resolve_each(
         self, events: Sequence[Event], recorded: Mapping[tuple[str, str], uuid.UUID]
@@ -85,30 +79,6 @@ class Tracker:
                 if original is not None:
                     rejected[index] = rejected[original]
         return rejected
-
-    async def resolve(
-        self,
-        batch: Sequence[Event],
-        paths: Sequence[str],
-        recorded: Mapping[tuple[str, str], uuid.UUID],
-        *,
-        container: str,
-    ) -> None:
-        """resolve_each, all or nothing: identity's refusals become one InvalidArgument whose violations are
-        anchored on the events they concern (paths[i], e.g. "events[3]"), others on `container`."""
-        try:
-            rejected = await self.resolve_each(batch, recorded)
-        except InvalidArgument as refusal:
-            raise InvalidArgument(
-                message=refusal.message,
-                violations=[FieldViolation(container, v.description) for v in refusal.violations],
-            ) from refusal
-        if rejected:
-            violations = Violations()
-            for index in sorted(rejected):
-                for v in rejected[index]:
-                    violations.add(f"{paths[index]}.{v.field}" if v.field else paths[index], v.description)
-            raise InvalidArgument(message="identity refused identifiers", violations=violations.items)
 
     async def record(
         self,

@@ -43,7 +43,7 @@ from omni_profile.repository.profiles import (
     unmark_merged,
     update_profiles,
 )
-from omni_profile.repository.reads import ProfileRead, read_profile
+from omni_profile.repository.reads import ProfileRead, ProfileReader, read_profile
 from omni_profile.repository.segments import delete_memberships, memberships, record_membership
 from omni_profile.repository.traits import (
     delete_trait_changes,
@@ -57,6 +57,7 @@ from omni_profile.repository.traits import (
 
 __all__ = [
     "ProfileRead",
+    "ProfileReader",
     "ProfileState",
     "ProfileUpdate",
     "advance_backfill",

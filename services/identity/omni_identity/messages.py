@@ -10,7 +10,7 @@ from omni_identity.changes import Attachment, RefusalRule, RefusedLink, Resoluti
 from omni_identity.erasure import ErasureRecord
 from omni_identity.events import identifier_messages
 from omni_identity.merge import MergeRecord, MergeRule
-from omni_identity.repository import IdentifierRecord, PersonRecord
+from omni_identity.reads import IdentifierRecord, PersonRecord
 from omni_kit.errors import Violations
 from omni_kit.ids import parse_uuid
 

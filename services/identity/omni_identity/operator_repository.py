@@ -21,7 +21,7 @@ from omni_identity.erasure import ErasureRecord
 from omni_identity.merge import MergeRecord
 from omni_identity.models import Erasure, Merge, Operation
 from omni_identity.normalise import IdentifierKey
-from omni_identity.repository import merge_record
+from omni_identity.reads import merge_record
 from omni_identity.unmerge import HeldIdentifier
 
 # Request-id locks use the two-int advisory lock space, never equal to an identifier's one-bigint lock.

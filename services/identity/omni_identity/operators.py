@@ -19,7 +19,8 @@ from omni_identity.merge import MergeRecord, MergeRule
 from omni_identity.normalise import IdentifierKey
 from omni_identity.operator_repository import OperatorRepository, PersonRow, StoredIdentifier
 from omni_identity.persons import EventSink, person_forgotten
-from omni_identity.repository import ConcurrentMerge, IdentityRepository, PersonRecord, identifier_lock_key
+from omni_identity.reads import PersonRecord
+from omni_identity.repository import ConcurrentMerge, IdentityRepository, identifier_lock_key
 from omni_identity.rules import Rules
 from omni_identity.unmerge import split
 from omni_kit.errors import FailedPrecondition, FieldViolation, InvalidArgument, NotFound

@@ -19,7 +19,8 @@ from omni_identity.changes import GraphChanges, GraphEvent, RefusedLink, Resolut
 from omni_identity.erasure import TombstonePolicy, Tombstones
 from omni_identity.merge import MergeRecord
 from omni_identity.normalise import IdentifierKey
-from omni_identity.repository import IdentifierRecord, IdentityRepository, PersonRecord
+from omni_identity.reads import IdentifierRecord, PersonRecord
+from omni_identity.repository import IdentityRepository
 from omni_identity.resolution import MissingTallies, Resolver, changes_anything
 from omni_identity.rules import Rules, Tally
 from omni_kit.errors import NotFound

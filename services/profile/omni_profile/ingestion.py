@@ -14,10 +14,12 @@ transaction factory from main.
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from omni_profile.domain import Event, TrackResult
@@ -25,6 +27,12 @@ from omni_profile.tracking import Tracker
 
 Transaction = Callable[[], AbstractAsyncContextManager[AsyncSession]]
 """Opens a session in a transaction, committed when the block ends (Runtime.transaction)."""
+
+_RETRYABLE = frozenset({"40P01", "40001"})
+"""deadlock_detected, serialization_failure: the transaction failed as a whole and may simply be run again."""
+_ATTEMPTS = 3
+
+log = logging.getLogger(__name__)
 
 Alongside = Callable[[AsyncSession, Sequence[tuple[int, TrackResult]]], Awaitable[None]]
 """Writes what belongs with the recorded events, in their transaction; gets (index in the batch, result)."""
@@ -56,12 +64,35 @@ class Ingestion:
         good = [i for i in range(len(events)) if i not in rejected]
         recorded_results: list[TrackResult] = []
         if good:
-            async with self._transaction() as session:
-                recorded_results = await self._tracker.record(session, [events[i] for i in good], recorded)
-                if alongside is not None:
-                    await alongside(session, list(zip(good, recorded_results, strict=True)))
+            recorded_results = await self._record([events[i] for i in good], good, recorded, alongside)
         answers = iter(recorded_results)
         return [
             TrackResult.rejected(rejected[index]) if index in rejected else next(answers)
             for index in range(len(events))
         ]
+
+    async def _record(
+        self,
+        batch: list[Event],
+        positions: list[int],
+        recorded: dict[tuple[str, str], uuid.UUID],
+        alongside: Alongside | None,
+    ) -> list[TrackResult]:
+        """Record in one transaction, again when PostgreSQL broke a deadlock by failing this one.
+
+        Batches lock their persons in id order, but a person merged away leads to its survivor, locked in a
+        second statement; two batches can then wait on each other and PostgreSQL fails one of them. Nothing
+        of a failed attempt was written, so it is run again.
+        """
+        for attempt in range(_ATTEMPTS):
+            try:
+                async with self._transaction() as session:
+                    results = await self._tracker.record(session, batch, recorded)
+                    if alongside is not None:
+                        await alongside(session, list(zip(positions, results, strict=True)))
+                return results
+            except DBAPIError as error:
+                if getattr(error.orig, "sqlstate", None) not in _RETRYABLE or attempt == _ATTEMPTS - 1:
+                    raise
+                log.warning("recording a batch failed (%s); trying again", error.orig)
+        raise AssertionError("unreachable")

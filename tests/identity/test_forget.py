@@ -201,3 +201,32 @@ async def test_the_new_person_policy_starts_an_unlinked_person_and_keeps_the_tom
         )
         == 1
     )
+
+
+async def test_forgetting_a_split_off_person_scrubs_it_from_others_lineage(identity: Identity) -> None:
+    s, y, z = unique("s-"), f"{unique('y')}@example.com", unique("z-")
+    survivor = await resolve(identity, ident("device_id", s))
+    split_off = await resolve(identity, ident("email", y))
+    await resolve(identity, ident("anonymous_id", z))
+    await resolve(identity, ident("device_id", s), ident("email", y))
+    await resolve(identity, ident("email", y), ident("anonymous_id", z))
+    await unmerge(identity, split_off.person_id)
+
+    await forget(identity, split_off.person_id)
+
+    merges = await _rows(
+        identity,
+        "SELECT cause_identifiers::text AS cause FROM merges WHERE survivor_id = :id",
+        id=uuid.UUID(survivor.person_id),
+    )
+    assert len(merges) == 1 and z in merges[0].cause and y not in merges[0].cause
+    everything = await _rows(
+        identity,
+        "SELECT count(*) AS n FROM operations WHERE position(convert_to(:y, 'UTF8') in response) > 0",
+        y=y,
+    )
+    assert everything[0].n == 0
+    assert pairs((await person(identity, survivor.person_id)).identifiers) == {
+        ("device_id", s),
+        ("anonymous_id", z),
+    }

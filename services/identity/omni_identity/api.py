@@ -222,7 +222,7 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
             response = identity_pb2.MergePersonsResponse(
                 person=messages.person_message(merged.survivor), merge=messages.merge_message(merged.merge)
             )
-            return response, [merged.merge.survivor_id, merged.merge.merged_id]
+            return response, [merged.survivor.id, *merged.survivor.merged_person_ids]
 
         return await self._idempotent("merge", request_id, request, identity_pb2.MergePersonsResponse, work)
 
@@ -251,7 +251,14 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
                 moved_identifiers=identifier_messages(unmerged.moved),
                 merge=messages.merge_message(unmerged.merge),
             )
-            return response, [unmerged.restored.id, unmerged.survivor.id]
+            # The answer shows both persons' identifiers: erasing any person of either tree removes it.
+            restored, survivor = unmerged.restored, unmerged.survivor
+            return response, [
+                restored.id,
+                *restored.merged_person_ids,
+                survivor.id,
+                *survivor.merged_person_ids,
+            ]
 
         return await self._idempotent(
             "unmerge", request_id, request, identity_pb2.UnmergePersonResponse, work

@@ -90,6 +90,13 @@ class Merge(Base):
     __table_args__ = (
         sa.Index("merges_survivor_id", "survivor_id"),
         sa.Index("merges_merged_id", "merged_id"),
+        # Erasure finds the merges whose cause names a forgotten identifier.
+        sa.Index(
+            "merges_cause_identifiers",
+            "cause_identifiers",
+            postgresql_using="gin",
+            postgresql_ops={"cause_identifiers": "jsonb_path_ops"},
+        ),
     )
 
 

@@ -9,6 +9,7 @@ attached between the unlocked read and the locks make the caller run the transac
 from __future__ import annotations
 
 import hashlib
+import json
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -223,6 +224,22 @@ class OperatorRepository:
                 " OR merged_id = ANY(CAST(:ids AS uuid[]))"
             ),
             {"ids": tree},
+        )
+        # Other persons' merges may name the identifiers among their causes: those names go.
+        await self.session.execute(
+            sa.text(
+                "WITH named AS ("
+                " SELECT DISTINCT m.id FROM unnest(CAST(:patterns AS jsonb[])) AS k(pattern)"
+                " CROSS JOIN LATERAL (SELECT id FROM merges WHERE cause_identifiers @> k.pattern) AS m"
+                ") UPDATE merges SET cause_identifiers = COALESCE(("
+                " SELECT jsonb_agg(e) FROM jsonb_array_elements(merges.cause_identifiers) AS e"
+                " WHERE NOT CAST(jsonb_build_array(e) AS jsonb) <@ CAST(:forgotten AS jsonb)), '[]')"
+                " FROM named WHERE merges.id = named.id"
+            ),
+            {
+                "patterns": [json.dumps([{"type": k.type, "value": k.value}]) for k in keys],
+                "forgotten": json.dumps([{"type": k.type, "value": k.value} for k in keys]),
+            },
         )
         # Refused links name the identifier set aside: those of the person's identifiers go, whoever they
         # involved, and so do all that involved the person.

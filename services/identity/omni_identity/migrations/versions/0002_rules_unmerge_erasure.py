@@ -89,6 +89,13 @@ def upgrade() -> None:
         ),
     )
     op.add_column("merges", sa.Column("undo_reason", sa.Text, nullable=False, server_default=""))
+    op.create_index(
+        "merges_cause_identifiers",
+        "merges",
+        ["cause_identifiers"],
+        postgresql_using="gin",
+        postgresql_ops={"cause_identifiers": "jsonb_path_ops"},
+    )
 
     op.create_table(
         "refused_links",
@@ -165,6 +172,7 @@ def downgrade() -> None:
     op.drop_index("refused_links_person_ids", table_name="refused_links")
     op.drop_index("refused_links_refusal", table_name="refused_links")
     op.drop_table("refused_links")
+    op.drop_index("merges_cause_identifiers", table_name="merges")
     for column in ("undo_reason", "undone_at", "reason", "rule"):
         op.drop_column("merges", column)
     op.drop_index("identifiers_person_id", table_name="identifiers")

@@ -133,7 +133,13 @@ def upgrade() -> None:
         sa.Column("backfill_after", sa.Uuid, nullable=True),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
     )
-    # Backfilled like any new definition, so profiles that exist already get them too.
+    # Backfilled like any new definition when profiles exist already, so that they get them too; on an empty
+    # database there is nothing to backfill.
+    state = (
+        "backfilling"
+        if op.get_bind().execute(sa.text("SELECT EXISTS (SELECT 1 FROM profiles)")).scalar()
+        else "ready"
+    )
     op.bulk_insert(
         computed_traits,
         [
@@ -147,7 +153,7 @@ def upgrade() -> None:
                 "per_channel": per_channel,
                 "currency_code": currency_code,
                 "description": description,
-                "state": "backfilling",
+                "state": state,
             }
             for name, kind, event_type, channels, prop, window_days, per_channel, currency_code, description in (
                 DEFAULT_COMPUTED_TRAITS

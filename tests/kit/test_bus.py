@@ -247,3 +247,46 @@ async def test_event_that_can_never_apply_is_dead_lettered_at_once(
     assert attempts == 1
     dead = await context.get_last_msg(dlq_stream(namespace), f"{namespace}.dlq.test-permanent")
     assert dead.headers is not None and "PersonCreatedEvent" in dead.headers["Omni-Error"]
+
+
+async def test_a_batch_with_one_poison_event_still_applies_the_others(
+    engine: AsyncEngine, js: tuple[JetStreamContext, str]
+) -> None:
+    context, namespace = js
+    subject = subject_for("identity.persons_merged", namespace)
+    envelopes = [
+        Outbox("identity").envelope(_merged(f"p-batch-{i}"), event_type="identity.persons_merged")
+        for i in range(30)
+    ]
+    poison = envelopes[17].id
+    # Published before the consumer starts, so the first fetch takes them all as one batch.
+    for envelope in envelopes:
+        await context.publish(subject, envelope.SerializeToString(), headers={"Nats-Msg-Id": envelope.id})
+
+    async def handler(session: AsyncSession, envelope: envelope_pb2.Envelope) -> None:
+        await session.execute(notes.insert().values(text=envelope.id))
+        if envelope.id == poison:
+            raise ValueError("poison")
+
+    consumer = EventConsumer(
+        context,
+        session_factory(engine),
+        durable="test-batch",
+        stream=events_stream(namespace),
+        subjects=[subject],
+        handler=handler,
+        max_deliver=2,
+        backoff_s=(0.05,),
+    )
+    await consumer.start()
+    task = asyncio.create_task(consumer.run())
+    for _ in range(200):
+        if consumer.dead_lettered and consumer.applied == 29:
+            break
+        await asyncio.sleep(0.05)
+    consumer.stop()
+    await task
+    async with engine.connect() as connection:
+        written = set(await connection.scalars(sa.select(notes.c.text)))
+    assert written == {e.id for e in envelopes} - {poison}
+    assert consumer.applied == 29 and consumer.dead_lettered == 1

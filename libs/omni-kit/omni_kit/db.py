@@ -27,7 +27,10 @@ def create_engine(
     return create_async_engine(
         url,
         pool_size=pool_size,
-        max_overflow=pool_size,
+        # No overflow: connections beyond the pool would be opened and closed per checkout, which under
+        # load costs more than waiting for a pooled one (the wait is the service's admission control).
+        max_overflow=0,
+        pool_timeout=10,
         pool_recycle=1800,
         connect_args={
             "server_settings": {

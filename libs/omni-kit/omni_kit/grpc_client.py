@@ -8,6 +8,8 @@ from collections.abc import Sequence
 import grpc
 from opentelemetry.instrumentation.grpc import aio_client_interceptors
 
+from omni_kit.telemetry import tracing_enabled
+
 
 def channel(
     target: str,
@@ -44,4 +46,5 @@ def channel(
         ("grpc.keepalive_time_ms", 30_000),
         ("grpc.max_receive_message_length", 16 * 1024 * 1024),
     ]
-    return grpc.aio.insecure_channel(target, options=options, interceptors=aio_client_interceptors())
+    interceptors = aio_client_interceptors() if tracing_enabled() else None
+    return grpc.aio.insecure_channel(target, options=options, interceptors=interceptors)

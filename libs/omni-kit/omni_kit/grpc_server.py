@@ -12,6 +12,7 @@ from grpc_reflection.v1alpha import reflection
 from opentelemetry.instrumentation.grpc import aio_server_interceptor
 
 from omni_kit.errors import OmniError, internal_status, to_status
+from omni_kit.telemetry import tracing_enabled
 
 log = logging.getLogger(__name__)
 
@@ -122,8 +123,11 @@ class GrpcServer:
     ) -> None:
         self.service_names = list(service_names)
         self.health = health.aio.HealthServicer()
+        interceptors: list[grpc.aio.ServerInterceptor] = [ErrorInterceptor(domain)]
+        if tracing_enabled():
+            interceptors.insert(0, aio_server_interceptor())
         self._server = grpc.aio.server(
-            interceptors=[aio_server_interceptor(), ErrorInterceptor(domain)],
+            interceptors=interceptors,
             options=_KEEPALIVE_OPTIONS,
         )
         register(self._server)

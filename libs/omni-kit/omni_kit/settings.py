@@ -21,7 +21,7 @@ class ServiceSettings(BaseSettings):
     nats_url: str = Field(description="NATS server URL(s), comma-separated, e.g. nats://127.0.0.1:4222.")
     grpc_host: str = Field("0.0.0.0", description="Address the gRPC server binds.")
     grpc_port: int = Field(0, ge=0, le=65535, description="Port of the gRPC server; 0 picks a free one.")
-    db_pool_size: int = Field(10, ge=1, le=200, description="Connections kept in the database pool.")
+    db_pool_size: int = Field(20, ge=1, le=200, description="Connections kept in the database pool.")
     db_statement_timeout_ms: int = Field(30_000, ge=100, description="Statement timeout for every query.")
     shutdown_grace_s: float = Field(10.0, ge=0, description="How long in-flight calls may finish on SIGTERM.")
     outbox_poll_interval_s: float = Field(0.5, gt=0, description="Outbox relay poll interval when idle.")

@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 
 from nats.aio.msg import Msg
 from nats.errors import TimeoutError as NatsTimeoutError
@@ -107,20 +107,74 @@ class EventConsumer:
                 log.exception("%s: fetch failed", self.durable)
                 await asyncio.sleep(1.0)
                 continue
-            for message in messages:
-                await self.handle(message)
+            await self.handle_batch(messages)
 
     def stop(self) -> None:
         """Ask the loop to finish after the current batch."""
         self._stopping = True
 
-    async def handle(self, message: Msg) -> None:
-        """Apply one message once, ack it, or schedule its redelivery or dead-lettering."""
-        try:
-            envelope = envelope_pb2.Envelope.FromString(message.data)
-        except Exception as error:
-            await self._dead_letter(message, f"undecodable envelope: {error}")
+    async def handle_batch(self, messages: list[Msg]) -> None:
+        """Apply a fetched batch in one transaction (one commit, one inbox statement), then ack it.
+
+        When any event of the batch fails, the transaction rolls back and the batch is applied again one
+        event at a time, so a poison event is retried and dead-lettered on its own and the others go
+        through.
+        """
+        if len(messages) == 1:
+            await self.handle(messages[0])
             return
+        decoded: list[tuple[Msg, envelope_pb2.Envelope]] = []
+        for message in messages:
+            try:
+                decoded.append((message, envelope_pb2.Envelope.FromString(message.data)))
+            except Exception as error:
+                await self._dead_letter(message, f"undecodable envelope: {error}")
+        if not decoded:
+            return
+        try:
+            applied, staged = await self._apply_together(decoded)
+        except Exception as error:
+            log.info(
+                "%s: a batch of %d failed (%s); applying one at a time", self.durable, len(decoded), error
+            )
+            for message, _ in decoded:
+                await self.handle(message)
+            return
+        self.applied += applied
+        if staged and self._after_commit is not None:
+            self._after_commit()
+        for message, _ in decoded:
+            await message.ack()
+
+    async def _apply_together(self, decoded: list[tuple[Msg, envelope_pb2.Envelope]]) -> tuple[int, bool]:
+        applied = 0
+        async with self._sessions() as session, session.begin():
+            rows = await session.scalars(
+                insert(inbox_table)
+                .values([{"consumer": self.durable, "event_id": uuid.UUID(e.id)} for _, e in decoded])
+                .on_conflict_do_nothing()
+                .returning(inbox_table.c.event_id)
+            )
+            first_time = set(rows)
+            for message, envelope in decoded:
+                event_id = uuid.UUID(envelope.id)
+                if event_id not in first_time:
+                    continue
+                first_time.discard(event_id)  # the same event twice in one batch is applied once
+                with self._span(message, envelope) as span:
+                    try:
+                        await self._handler(session, envelope)
+                    except Exception as error:
+                        span.record_exception(error)
+                        span.set_status(trace.Status(trace.StatusCode.ERROR, str(error)))
+                        raise
+                applied += 1
+            staged = outbox_staged(session)
+        return applied, staged
+
+    @contextlib.contextmanager
+    def _span(self, message: Msg, envelope: envelope_pb2.Envelope) -> Iterator[trace.Span]:
+        """The consumer span of one event, a child of the trace that produced it."""
         parent = propagate.extract({**envelope.trace_context, **(message.headers or {})})
         token = otel_context.attach(parent)
         try:
@@ -135,16 +189,30 @@ class EventConsumer:
                     "omni.person_id": envelope.person_id,
                 },
             ) as span:
-                try:
-                    await self._apply(envelope)
-                except Exception as error:
-                    span.record_exception(error)
-                    span.set_status(trace.Status(trace.StatusCode.ERROR, str(error)))
-                    await self._failed(message, error)
-                    return
-            await message.ack()
+                yield span
         finally:
             otel_context.detach(token)
+
+    async def handle(self, message: Msg) -> None:
+        """Apply one message once, ack it, or schedule its redelivery or dead-lettering."""
+        try:
+            envelope = envelope_pb2.Envelope.FromString(message.data)
+        except Exception as error:
+            await self._dead_letter(message, f"undecodable envelope: {error}")
+            return
+        with self._span(message, envelope) as span:
+            try:
+                await self._apply(envelope)
+            except Exception as error:
+                span.record_exception(error)
+                span.set_status(trace.Status(trace.StatusCode.ERROR, str(error)))
+                failure: Exception | None = error
+            else:
+                failure = None
+        if failure is not None:
+            await self._failed(message, failure)
+            return
+        await message.ack()
 
     async def _apply(self, envelope: envelope_pb2.Envelope) -> None:
         async with self._sessions() as session, session.begin():

@@ -71,6 +71,9 @@ class Event:
     origin: bytes | None = field(default=None, repr=False, compare=False)
     """The event as the sender encoded it (omni.profile.v1.Event), completed with its occurred_at and source
     when the sender left them out; None when it did not come as protobuf. Announcements reuse it."""
+    encoded: bytes | None = field(default=None, repr=False, compare=False)
+    """The event as stored, encoded as omni.profile.v1.Event without person_id. An event read for display
+    has it, and then its identifiers, properties and cart_item are only in it."""
 
     @property
     def key(self) -> tuple[str, str]:

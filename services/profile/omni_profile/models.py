@@ -66,6 +66,9 @@ class EventRow(Base):
     identifiers: Mapped[list[dict[str, str]]] = mapped_column(JSONB, nullable=False)
     properties: Mapped[dict[str, Any]] = mapped_column(JSONB, nullable=False)
     cart_item: Mapped[dict[str, Any] | None] = mapped_column(JSONB, nullable=True)
+    wire: Mapped[bytes | None] = mapped_column(sa.LargeBinary, nullable=True)
+    """The event encoded as omni.profile.v1.Event (without person_id, which merges change): reads show it
+    as it is. NULL for events recorded before it was kept."""
 
     __table_args__ = (
         # The timeline is read newest first per person, and paged by (occurred_at, id, source).

@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from omni_kit.bus import Outbox
 from omni_kit.errors import FieldViolation, InvalidArgument, Violations
-from omni_profile import cart, computed, events, persons, repository
+from omni_profile import cart, computed, events, persons, repository, wire
 from omni_profile.domain import CART_EVENTS, Event, TrackResult
 from omni_profile.identity_client import IdentifierSet, IdentifiersRejected, IdentityClient, Resolution
 from omni_profile.repository import ProfileState, ProfileUpdate
@@ -112,6 +112,8 @@ class Tracker:
                 results[index] = TrackResult.rejected([ERASED])
             else:
                 storable.append(event)
+        for event in storable:
+            wire.stored_event_bytes(event)
         inserted = await repository.insert_events(session, storable)
         # Another request may have recorded the same key since `recorded` was read.
         raced = [e.key for e in storable if e.key not in inserted]

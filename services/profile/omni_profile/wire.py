@@ -192,21 +192,29 @@ def event_from_proto(message: profile_pb2.Event, *, received_at: datetime) -> Ev
     )
 
 
+def stored_event_bytes(event: Event) -> bytes:
+    """The event as stored, encoded as omni.profile.v1.Event without person_id (set it on the event)."""
+    if event.encoded is None:
+        if event.origin is not None:
+            event.encoded = event.origin + envelopes.timestamp_field(_RECEIVE_TIME, event.received_at)
+        else:
+            message = event_to_proto(event)
+            message.ClearField("person_id")
+            event.encoded = message.SerializeToString()
+    return event.encoded
+
+
 def tracked_event_bytes(event: Event) -> bytes:
-    """The encoded EventTrackedEvent of a stored event: its origin with person_id and receive_time set, or
-    the event encoded anew when it has no origin."""
-    if event.origin is None:
-        return envelopes.length_delimited(1, event_to_proto(event).SerializeToString())
-    completed = (
-        event.origin
-        + envelopes.length_delimited(_PERSON_ID, str(event.person_id).encode())
-        + envelopes.timestamp_field(_RECEIVE_TIME, event.received_at)
-    )
-    return envelopes.length_delimited(1, completed)
+    """The encoded EventTrackedEvent of a stored event."""
+    person = envelopes.length_delimited(_PERSON_ID, str(event.person_id).encode())
+    return envelopes.length_delimited(1, stored_event_bytes(event) + person)
 
 
 def event_to_proto(event: Event) -> profile_pb2.Event:
-    """The protobuf event of a stored one."""
+    """The protobuf event of a stored one (from its encoding, when it was read with it)."""
+    if event.encoded is not None and event.person_id is not None:
+        person = envelopes.length_delimited(_PERSON_ID, str(event.person_id).encode())
+        return profile_pb2.Event.FromString(event.encoded + person)
     message = profile_pb2.Event(
         id=event.id,
         type=event.type,

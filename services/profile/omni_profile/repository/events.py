@@ -18,6 +18,13 @@ _COMPACT = (",", ":")
 EVENT_COLUMNS = (
     "source, id, person_id, type, channel, occurred_at, received_at, identifiers, properties, cart_item"
 )
+# For display: an event with its encoding needs nothing else decoded.
+_SHOWN_COLUMNS = (
+    "source, id, person_id, type, channel, occurred_at, received_at, wire, "
+    "CASE WHEN wire IS NULL THEN identifiers END AS identifiers, "
+    "CASE WHEN wire IS NULL THEN properties END AS properties, "
+    "CASE WHEN wire IS NULL THEN cart_item END AS cart_item"
+)
 
 
 def line_json(line: CartLine) -> dict[str, Any]:
@@ -32,7 +39,8 @@ def line_json(line: CartLine) -> dict[str, Any]:
 
 
 def event_from_row(row: Any) -> Event:
-    """An event from a row of the events table (any row with its columns)."""
+    """An event from a row of the events table (any row with its columns; a row read for display may
+    carry the encoding instead of identifiers, properties and cart_item)."""
     item = row.cart_item
     return Event(
         id=row.id,
@@ -40,17 +48,18 @@ def event_from_row(row: Any) -> Event:
         channel=row.channel,
         occurred_at=row.occurred_at,
         received_at=row.received_at,
-        identifiers=[Identifier(type=i["type"], value=i["value"]) for i in row.identifiers],
-        properties=dict(row.properties),
+        identifiers=[Identifier(type=i["type"], value=i["value"]) for i in row.identifiers or ()],
+        properties=dict(row.properties or {}),
         cart_item=None if item is None else CartLine(**item),
         person_id=row.person_id,
         source=row.source,
+        encoded=getattr(row, "wire", None),
     )
 
 
-def event_from_json(person_id: uuid.UUID, item: list[Any]) -> Event:
+def event_from_json(person_id: uuid.UUID, item: list[Any], encoded: bytes | None) -> Event:
     """An event from the JSON array the profile read builds: [source, id, type, channel, occurred_at,
-    received_at, identifiers, properties, cart_item]."""
+    received_at, identifiers, properties, cart_item], the last three null when it has its encoding."""
     source, id_, type_, channel, occurred_at, received_at, identifiers, properties, cart_item = item
     return Event(
         id=id_,
@@ -58,11 +67,12 @@ def event_from_json(person_id: uuid.UUID, item: list[Any]) -> Event:
         channel=channel,
         occurred_at=datetime.fromisoformat(occurred_at),
         received_at=datetime.fromisoformat(received_at),
-        identifiers=[Identifier(type=i["type"], value=i["value"]) for i in identifiers],
-        properties=properties,
+        identifiers=[Identifier(type=i["type"], value=i["value"]) for i in identifiers or ()],
+        properties=properties or {},
         cart_item=None if cart_item is None else CartLine(**cart_item),
         person_id=person_id,
         source=source,
+        encoded=encoded,
     )
 
 
@@ -85,17 +95,18 @@ async def recorded_events(
 
 
 _INSERT = sa.text(
-    f"INSERT INTO events ({EVENT_COLUMNS}) "
+    f"INSERT INTO events ({EVENT_COLUMNS}, wire) "
     "SELECT * FROM unnest(CAST(:sources AS text[]), CAST(:ids AS text[]), CAST(:persons AS uuid[]), "
     "CAST(:types AS text[]), CAST(:channels AS text[]), CAST(:occurred AS timestamptz[]), "
     "CAST(:received AS timestamptz[]), CAST(:identifiers AS jsonb[]), CAST(:properties AS jsonb[]), "
-    "CAST(:cart_items AS jsonb[])) "
+    "CAST(:cart_items AS jsonb[]), CAST(:wires AS bytea[])) "
     "ON CONFLICT (source, id) DO NOTHING RETURNING source, id"
 )
 
 
 async def insert_events(session: AsyncSession, new_events: Sequence[Event]) -> set[tuple[str, str]]:
-    """Insert events (one statement), skipping keys already recorded; return the keys inserted."""
+    """Insert events (one statement), skipping keys already recorded; return the keys inserted. Each event's
+    `encoded` is stored with it (set by the caller)."""
     if not new_events:
         return set()
     dumps = json.dumps
@@ -118,6 +129,7 @@ async def insert_events(session: AsyncSession, new_events: Sequence[Event]) -> s
                 None if e.cart_item is None else dumps(line_json(e.cart_item), separators=_COMPACT)
                 for e in new_events
             ],
+            "wires": [e.encoded for e in new_events],
         },
     )
     return {(row.source, row.id) for row in result}
@@ -138,7 +150,7 @@ async def timeline(
         )
     rows = await session.execute(
         sa.text(
-            f"SELECT {EVENT_COLUMNS} FROM events WHERE {where} "
+            f"SELECT {_SHOWN_COLUMNS} FROM events WHERE {where} "
             "ORDER BY occurred_at DESC, id DESC, source DESC LIMIT :limit"
         ),
         params,

@@ -28,6 +28,10 @@ from omni_profile.domain import CartLine, Consent, Event, SegmentMembership, Tra
 from omni_profile.repository.events import event_from_json
 from omni_profile.repository.profiles import cart_from_json
 
+_RECENT = (
+    "SELECT * FROM events AS r WHERE r.person_id = p.person_id "
+    "ORDER BY r.occurred_at DESC, r.id DESC, r.source DESC LIMIT greatest(CAST(:limit AS integer), 0)"
+)
 _READ_SQL = (
     "SELECT p.person_id, p.merged_into, p.erased_at IS NOT NULL AS erased, p.event_count, p.cart, p.computed, "
     "(SELECT coalesce(jsonb_agg(jsonb_build_array(t.name, t.value, t.source, t.updated_at)), '[]'::jsonb) "
@@ -39,11 +43,12 @@ _READ_SQL = (
     "  ORDER BY s.segment_name, s.segment_id), '[]'::jsonb) "
     " FROM segment_memberships AS s WHERE s.person_id = p.person_id AND s.member) AS segments, "
     "(SELECT coalesce(jsonb_agg(jsonb_build_array(e.source, e.id, e.type, e.channel, e.occurred_at, "
-    "  e.received_at, e.identifiers, e.properties, e.cart_item) ORDER BY e.occurred_at DESC, e.id DESC, "
-    "  e.source DESC), '[]'::jsonb) "
-    " FROM (SELECT * FROM events AS r WHERE r.person_id = p.person_id "
-    "  ORDER BY r.occurred_at DESC, r.id DESC, r.source DESC LIMIT greatest(CAST(:limit AS integer), 0)) AS e) "
-    " AS recent "
+    "  e.received_at, CASE WHEN e.wire IS NULL THEN e.identifiers END, "
+    "  CASE WHEN e.wire IS NULL THEN e.properties END, CASE WHEN e.wire IS NULL THEN e.cart_item END) "
+    "  ORDER BY e.occurred_at DESC, e.id DESC, e.source DESC), '[]'::jsonb) "
+    f" FROM ({_RECENT}) AS e) AS recent, "
+    "(SELECT array_agg(e.wire ORDER BY e.occurred_at DESC, e.id DESC, e.source DESC) "
+    f" FROM ({_RECENT}) AS e) AS recent_wire "
     "FROM profiles AS p WHERE p.person_id = :id"
 )
 _READ = sa.text(_READ_SQL)
@@ -147,5 +152,10 @@ def _profile_read(row: Mapping[Any, Any]) -> ProfileRead:
             for channel, purpose, state, source, double_opt_in, updated in row["consents"]
         ],
         segments=[SegmentMembership(sid, name, at(changed)) for sid, name, changed in row["segments"]],
-        recent_events=[event_from_json(person_id, item) for item in row["recent"]],
+        recent_events=[
+            event_from_json(person_id, item, encoded)
+            for item, encoded in zip(
+                row["recent"], row["recent_wire"] or [None] * len(row["recent"]), strict=True
+            )
+        ],
     )

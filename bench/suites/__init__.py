@@ -6,13 +6,14 @@ from collections.abc import Awaitable, Callable
 
 from bench.context import BenchContext
 from bench.results import Result
-from bench.suites import baselines, decide, identity_resolve, profile_ingest, profile_read
+from bench.suites import baselines, decide, identity_matching, identity_resolve, profile_ingest, profile_read
 
 Suite = Callable[[BenchContext], Awaitable[list[Result]]]
 
 SUITES: dict[str, Suite] = {
     "baselines": baselines.run,
     "identity_resolve": identity_resolve.run,
+    "identity_matching": identity_matching.run,
     "profile_ingest": profile_ingest.run,
     "profile_read": profile_read.run,
     "decide": decide.run,

@@ -164,6 +164,9 @@ def label_selector_matches(selector: dict[str, Any], labels: dict[str, str]) -> 
     return selects(selector.get("matchLabels") or {}, labels)
 
 
+OPERATOR_SECRETS = {"identity-tombstone-key"}
+
+
 def check_references(rendered: list[Resource]) -> list[str]:
     """Everything a workload names exists in the rendering, or is created by an operator we render for."""
     problems = []
@@ -174,6 +177,8 @@ def check_references(rendered: list[Resource]) -> list[str]:
     secrets = set(by_kind.get("Secret", {}))
     # CloudNativePG creates <cluster>-app (owner credentials) and the <cluster>-rw Service for each Cluster.
     secrets |= {f"{name}-app" for name in by_kind.get("Cluster", {})}
+    # Secrets the operator creates before the first apply, as deploy/README.md says; never in git.
+    secrets |= OPERATOR_SECRETS
     accounts = set(by_kind.get("ServiceAccount", {})) | {"default"}
     for workload, template in pod_templates(rendered):
         spec = template["spec"]

@@ -14,7 +14,9 @@ transaction factory from main.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import random
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
@@ -30,7 +32,7 @@ Transaction = Callable[[], AbstractAsyncContextManager[AsyncSession]]
 
 _RETRYABLE = frozenset({"40P01", "40001"})
 """deadlock_detected, serialization_failure: the transaction failed as a whole and may simply be run again."""
-_ATTEMPTS = 3
+_ATTEMPTS = 5
 
 log = logging.getLogger(__name__)
 
@@ -80,9 +82,9 @@ class Ingestion:
     ) -> list[TrackResult]:
         """Record in one transaction, again when PostgreSQL broke a deadlock by failing this one.
 
-        Batches lock their persons in id order, but a person merged away leads to its survivor, locked in a
-        second statement; two batches can then wait on each other and PostgreSQL fails one of them. Nothing
-        of a failed attempt was written, so it is run again.
+        Batches lock their persons and the survivors they lead to in id order, but a merge committed in
+        between leads to a survivor locked in a second statement; two batches can then wait on each other
+        and PostgreSQL fails one of them. Nothing of a failed attempt was written, so it is run again.
         """
         for attempt in range(_ATTEMPTS):
             try:
@@ -95,4 +97,5 @@ class Ingestion:
                 if getattr(error.orig, "sqlstate", None) not in _RETRYABLE or attempt == _ATTEMPTS - 1:
                     raise
                 log.warning("recording a batch failed (%s); trying again", error.orig)
+                await asyncio.sleep(random.uniform(0.0, 0.05 * (attempt + 1)))
         raise AssertionError("unreachable")

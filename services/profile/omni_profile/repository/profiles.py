@@ -69,8 +69,12 @@ def cart_to_json(cart: dict[str, CartLine]) -> str:
     )
 
 
+# The persons asked for and the survivors they were merged into (as last committed) are locked together, in
+# id order, so that two batches never lock in different orders; merges keep merged_into one hop deep.
 _LOCK = sa.text(
-    "INSERT INTO profiles (person_id) SELECT unnest(CAST(:ids AS uuid[])) "
+    "WITH wanted AS (SELECT unnest(CAST(:ids AS uuid[])) AS id UNION SELECT merged_into FROM profiles "
+    " WHERE person_id = ANY(CAST(:ids AS uuid[])) AND merged_into IS NOT NULL) "
+    "INSERT INTO profiles (person_id) SELECT id FROM wanted ORDER BY id "
     "ON CONFLICT (person_id) DO UPDATE SET updated_at = now() "
     "RETURNING person_id, merged_into, erased_at IS NOT NULL AS erased, event_count, cart, cart_as_of, computed"
 )
@@ -79,11 +83,13 @@ _LOCK = sa.text(
 async def lock_profiles(
     session: AsyncSession, person_ids: Iterable[uuid.UUID]
 ) -> dict[uuid.UUID, ProfileState]:
-    """Create missing profile rows and lock them all, in id order; return their state.
+    """Create missing profile rows and lock them all, with the survivors they lead to, in id order; return
+    their state (the survivors' too).
 
     The row lock serialises every write to a person (tracking, traits, merges, erasure), so a merge cannot
     slip between reading where a person's events go and writing them. Rows are locked in id order, so two
-    batches sharing persons cannot deadlock.
+    batches sharing persons do not deadlock (unless a merge commits between the two, which the callers'
+    retries cover).
     """
     ids = sorted(set(person_ids))
     if not ids:

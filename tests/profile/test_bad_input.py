@@ -43,6 +43,11 @@ def _batch(*messages: profile_pb2.Event) -> Call:
     )
 
 
+def _with(message: profile_pb2.Event, change: Callable[[profile_pb2.Event], object]) -> profile_pb2.Event:
+    change(message)
+    return message
+
+
 NOW = datetime.now(UTC)
 UNKNOWN = str(uuid.UUID(int=7))
 
@@ -71,6 +76,15 @@ INVALID_TRACKING = {
         _track(event(occurred_at=NOW - timedelta(days=6 * 365))),
         {"event.occurred_at"},
     ),
+    "malformed timestamp (nanos out of range)": (
+        _track(_with(event(), lambda m: setattr(m.occurred_at, "nanos", 2_000_000_000))),
+        {"event.occurred_at"},
+    ),
+    "unknown channel number": (
+        _track(_with(event(), lambda m: setattr(m, "channel", 99))),
+        {"event.channel"},
+    ),
+    "malformed source": (_track(_with(event(), lambda m: setattr(m, "source", "Web SDK"))), {"event.source"}),
     "oversize properties": (_track(event(properties={"blob": "x" * 40_000})), {"event.properties"}),
     "cart event without cart item": (_track(event("cart_item_added")), {"event.cart_item"}),
     "cart item without product": (

@@ -100,6 +100,8 @@ class ProfileReader:
                 # (the newest events by events_timeline, stopping after `recent`); before a fresh table has
                 # statistics the planner would rather collect all of a person's events and sort them.
                 "enable_bitmapscan": "off",
+                # Planning the statement costs more than running it; its one plan fits every person.
+                "plan_cache_mode": "force_generic_plan",
             },
         )
 

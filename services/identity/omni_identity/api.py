@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from typing import TypeVar
 
+import asyncpg
 import grpc
 from google.protobuf.message import Message
 from sqlalchemy.exc import DBAPIError
@@ -384,7 +385,8 @@ async def _retrying(work: Callable[[], Awaitable[T]]) -> T:
         except ConcurrentMerge as overtaken:
             # Expected now and then under concurrency: the locks were released, the next run sees the merge.
             log.debug("overtaken by a concurrent change, running again: %s", overtaken)
-        except DBAPIError as error:
+        except (DBAPIError, asyncpg.PostgresError) as error:
+            # The resolve path talks to the driver directly, whose errors do not pass through SQLAlchemy.
             sqlstate = _sqlstate(error)
             if sqlstate not in _RETRYABLE_SQLSTATES:
                 raise
@@ -396,6 +398,6 @@ async def _retrying(work: Callable[[], Awaitable[T]]) -> T:
     raise Unavailable(message="the identity graph kept changing under this request; try again")
 
 
-def _sqlstate(error: DBAPIError) -> str | None:
-    orig = error.orig
+def _sqlstate(error: DBAPIError | asyncpg.PostgresError) -> str | None:
+    orig = error.orig if isinstance(error, DBAPIError) else error
     return getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)

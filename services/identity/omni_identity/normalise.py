@@ -9,8 +9,7 @@ malformed, too long or blocked is refused with an IdentifierError naming the off
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import phonenumbers
 
@@ -24,9 +23,12 @@ _MAX_EMAIL_LENGTH = 254
 _MAX_PHONE_INPUT = 64
 
 
-@dataclass(frozen=True, order=True)
-class IdentifierKey:
-    """A normalised identifier: the unit the identity graph matches on."""
+class IdentifierKey(NamedTuple):
+    """A normalised identifier: the unit the identity graph matches on.
+
+    A tuple, so hashing, comparing and sorting the thousands of keys of a batch run in C; ordered by type,
+    then value.
+    """
 
     type: str
     value: str

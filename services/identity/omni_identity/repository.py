@@ -19,6 +19,7 @@ import json
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -41,20 +42,22 @@ class ConcurrentMerge(Exception):
 
 _LOCK_IDENTIFIERS = sa.text("SELECT pg_advisory_xact_lock(k) FROM unnest(CAST(:keys AS bigint[])) AS t(k)")
 
+# The statements below run on the driver's own connection (asyncpg), prepared once per connection and bound
+# positionally: on the resolve path the statement building of SQLAlchemy cost more than the database work.
 _MATCHES = (
     " FROM identifiers AS i"
-    " JOIN unnest(CAST(:types AS text[]), CAST(:values AS text[])) AS k(type, value)"
+    " JOIN unnest($1::text[], $2::text[]) AS k(type, value)"
     " ON i.type = k.type AND i.value = k.value"
 )
 
-_HOLDERS = sa.text("SELECT i.type, i.value, i.person_id" + _MATCHES)
+_HOLDERS = "SELECT i.type, i.value, i.person_id" + _MATCHES
 
 # ORDER BY is applied before FOR NO KEY UPDATE locks the rows, so the person locks are taken in id order.
 # A row updated by a transaction we waited for is returned as it is now, so merged_into shows a merge that
 # committed after this statement started. NO KEY UPDATE (not UPDATE) lets foreign-key checks of others pass.
 # The same statement says which of the given hashes are tombstones: it starts after the identifiers'
 # advisory locks are held, and nobody can forget an identifier without its lock, so that answer stays true.
-_LOCK_HOLDERS = sa.text(
+_LOCK_HOLDERS = (
     "WITH locked AS ("
     " SELECT i.type, i.value, i.id, p.id AS person_id, p.merged_into, p.forgotten_at"
     + _MATCHES
@@ -63,36 +66,52 @@ _LOCK_HOLDERS = sa.text(
     ") SELECT type, value, id, person_id, merged_into, forgotten_at, NULL::bytea AS hash FROM locked"
     " UNION ALL"
     " SELECT NULL, NULL, NULL, NULL, NULL, NULL, t.hash FROM tombstones AS t"
-    " WHERE t.hash = ANY(CAST(:hashes AS bytea[]))"
+    " WHERE t.hash = ANY($3::bytea[])"
 )
 
-_TOMBSTONED = sa.text("SELECT hash FROM tombstones WHERE hash = ANY(CAST(:hashes AS bytea[]))")
+_TOMBSTONED = "SELECT hash FROM tombstones WHERE hash = ANY($1::bytea[])"
 
 # Read after the person locks are held, in a statement of its own: its snapshot then includes every
 # identifier others attached to these persons before we locked them. Only batches whose rules need them.
-_TALLIES = sa.text(
+_TALLIES = (
     "SELECT i.person_id, i.type,"
     " (count(*) FILTER (WHERE w.since IS NULL OR i.created_at >= w.since))::int AS recent,"
     " count(*)::int AS total"
     " FROM identifiers AS i"
-    " JOIN unnest(CAST(:watched AS text[]), CAST(:since AS timestamptz[])) AS w(type, since) ON i.type = w.type"
-    " WHERE i.person_id = ANY(CAST(:person_ids AS uuid[]))"
+    " JOIN unnest($1::text[], $2::timestamptz[]) AS w(type, since) ON i.type = w.type"
+    " WHERE i.person_id = ANY($3::uuid[])"
     " GROUP BY i.person_id, i.type"
 )
 
-# Bulk writes pass one array per column and unnest them: one statement and one round trip, whatever the size.
-_INSERT_PERSONS = sa.text(
-    "INSERT INTO persons (id, created_at) SELECT id, :now FROM unnest(CAST(:ids AS uuid[])) AS t(id)"
-)
-
-# `via` differs in length per row, so each is passed as an array literal and cast row by row.
-_INSERT_IDENTIFIERS = sa.text(
-    "INSERT INTO identifiers (type, value, person_id, source, created_at, id, attached_to, via, attachment)"
-    " SELECT type, value, person_id, source, :now, id, attached_to, CAST(via AS uuid[]), attachment"
-    " FROM unnest("
-    " CAST(:types AS text[]), CAST(:values AS text[]), CAST(:person_ids AS uuid[]), CAST(:sources AS text[]),"
-    " CAST(:ids AS uuid[]), CAST(:attached_to AS uuid[]), CAST(:vias AS text[]), CAST(:attachments AS text[])"
+# A whole resolved batch in one statement and one round trip: one array per column, unnested. The parts
+# touch different rows, so it does not matter that they share one snapshot: persons created by the batch
+# are inserted already pointing at the person they were merged into (foreign keys are checked at the end
+# of the statement, when both rows exist); the update marks only persons stored before; identifiers are
+# moved off persons stored before, and the new ones are inserted with their final holder. `via` differs
+# in length per row, so each is passed as an array literal and cast row by row.
+_APPLY = (
+    "WITH new_persons AS ("
+    " INSERT INTO persons (id, created_at, merged_into, merged_at)"
+    " SELECT id, $1::timestamptz, into_id, CASE WHEN into_id IS NULL THEN NULL ELSE $1::timestamptz END"
+    " FROM unnest($2::uuid[], $3::uuid[]) AS t(id, into_id)"
+    "), marked AS ("
+    " UPDATE persons SET merged_into = m.into_id, merged_at = $1::timestamptz"
+    " FROM unnest($4::uuid[], $5::uuid[]) AS m(id, into_id) WHERE persons.id = m.id"
+    "), moved AS ("
+    " UPDATE identifiers SET person_id = m.to_id"
+    " FROM unnest($6::uuid[], $7::uuid[]) AS m(from_id, to_id) WHERE identifiers.person_id = m.from_id"
+    "), new_identifiers AS ("
+    " INSERT INTO identifiers (type, value, person_id, source, created_at, id, attached_to, via, attachment)"
+    " SELECT type, value, person_id, source, $1::timestamptz, id, attached_to, via::uuid[], attachment FROM unnest("
+    " $8::text[], $9::text[], $10::uuid[], $11::text[], $12::uuid[], $13::uuid[], $14::text[], $15::text[]"
     ") AS t(type, value, person_id, source, id, attached_to, via, attachment)"
+    "), new_merges AS ("
+    " INSERT INTO merges (id, survivor_id, merged_id, cause_identifiers, source, merged_at, rule, reason)"
+    " SELECT id, survivor_id, merged_id, cause::jsonb, source, merged_at, rule, reason FROM unnest("
+    " $16::uuid[], $17::uuid[], $18::uuid[], $19::text[], $20::text[], $21::timestamptz[], $22::text[],"
+    " $23::text[]"
+    ") AS t(id, survivor_id, merged_id, cause, source, merged_at, rule, reason)"
+    ") SELECT 1"
 )
 
 _INSERT_MERGES = sa.text(
@@ -104,28 +123,14 @@ _INSERT_MERGES = sa.text(
     ") AS t(id, survivor_id, merged_id, cause, source, merged_at, rule, reason)"
 )
 
-_MARK_MERGED = sa.text(
-    "UPDATE persons SET merged_into = m.into_id, merged_at = :now"
-    " FROM unnest(CAST(:ids AS uuid[]), CAST(:into_ids AS uuid[])) AS m(id, into_id)"
-    " WHERE persons.id = m.id"
-)
-
-_MOVE_IDENTIFIERS = sa.text(
-    "UPDATE identifiers SET person_id = m.to_id"
-    " FROM unnest(CAST(:from_ids AS uuid[]), CAST(:to_ids AS uuid[])) AS m(from_id, to_id)"
-    " WHERE identifiers.person_id = m.from_id"
-)
-
 # A refusal seen again for the same person counts up its record instead of adding one.
-_UPSERT_REFUSED_LINKS = sa.text(
+_UPSERT_REFUSED_LINKS = (
     "INSERT INTO refused_links (id, type, value, holder_id, person_ids, resolved_person_id, rule, rule_type,"
     " description, source, refused_at, last_refused_at, count)"
-    " SELECT id, type, value, holder_id, CAST(person_ids AS uuid[]), resolved_person_id, rule, rule_type,"
-    " description, source, :now, :now, count FROM unnest("
-    " CAST(:ids AS uuid[]), CAST(:types AS text[]), CAST(:values AS text[]), CAST(:holder_ids AS uuid[]),"
-    " CAST(:person_ids AS text[]), CAST(:resolved AS uuid[]), CAST(:rules AS text[]),"
-    " CAST(:rule_types AS text[]), CAST(:descriptions AS text[]), CAST(:sources AS text[]),"
-    " CAST(:counts AS bigint[])"
+    " SELECT id, type, value, holder_id, person_ids::uuid[], resolved_person_id, rule, rule_type,"
+    " description, source, $1::timestamptz, $1::timestamptz, count FROM unnest("
+    " $2::uuid[], $3::text[], $4::text[], $5::uuid[], $6::text[], $7::uuid[], $8::text[], $9::text[],"
+    " $10::text[], $11::text[], $12::bigint[]"
     ") AS t(id, type, value, holder_id, person_ids, resolved_person_id, rule, rule_type, description, source,"
     " count)"
     " ON CONFLICT (type, value, resolved_person_id, rule, rule_type) DO UPDATE SET"
@@ -139,18 +144,41 @@ _UPSERT_REFUSED_LINKS = sa.text(
 class IdentityRepository(GraphReader):
     """Reads and writes the identity graph within the caller's transaction."""
 
+    _driver: Any = None
+
+    async def _connection(self) -> Any:
+        """The asyncpg connection under the session (checked out, no transaction started by asking)."""
+        if self._driver is None:
+            connection = await self.session.connection()
+            self._driver = (await connection.get_raw_connection()).driver_connection
+        return self._driver
+
+    async def _locked_connection(self) -> Any:
+        """The asyncpg connection, which must be inside the session's transaction: row locks taken outside
+        one would be released at once."""
+        driver = await self._connection()
+        if not driver.is_in_transaction():
+            raise RuntimeError("the identifiers must be locked first (that starts the transaction)")
+        return driver
+
     async def lock_identifiers(self, keys: Iterable[IdentifierKey]) -> None:
-        """Take the advisory lock of every identifier, in ascending key order, until the transaction ends."""
+        """Take the advisory lock of every identifier, in ascending key order, until the transaction ends.
+
+        Through the session, so that its transaction begins here."""
         lock_keys = sorted({identifier_lock_key(key) for key in keys})
         if lock_keys:
             await self.session.execute(_LOCK_IDENTIFIERS, {"keys": lock_keys})
 
     async def holders(self, keys: Sequence[IdentifierKey]) -> dict[IdentifierKey, uuid.UUID]:
-        """The person holding each known identifier, read without locks (what was true at one instant)."""
+        """The person holding each known identifier, read without locks (what was true at one instant).
+
+        Before the transaction's first lock this runs on its own (no BEGIN, no COMMIT): one round trip.
+        """
         if not keys:
             return {}
-        result = await self.session.execute(_HOLDERS, _key_arrays(keys))
-        return {IdentifierKey(row.type, row.value): row.person_id for row in result}
+        driver = await self._connection()
+        rows = await driver.fetch(_HOLDERS, [k.type for k in keys], [k.value for k in keys])
+        return {IdentifierKey(row[0], row[1]): row[2] for row in rows}
 
     async def lock_holders(
         self, keys: Sequence[IdentifierKey], hashes: Iterable[bytes] = ()
@@ -160,78 +188,74 @@ class IdentityRepository(GraphReader):
 
         Raises ConcurrentMerge when a holder was merged away after the identifiers were locked.
         """
-        result = await self.session.execute(_LOCK_HOLDERS, {**_key_arrays(keys), "hashes": list(hashes)})
+        driver = await self._locked_connection()
+        rows = await driver.fetch(
+            _LOCK_HOLDERS, [k.type for k in keys], [k.value for k in keys], list(hashes)
+        )
         holders = {}
         tombstoned = set()
-        for row in result:
-            if row.hash is not None:
-                tombstoned.add(bytes(row.hash))
+        for type_, value, identifier_id, person_id, merged_into, forgotten_at, hash_ in rows:
+            if hash_ is not None:
+                tombstoned.add(bytes(hash_))
                 continue
-            if row.merged_into is not None or row.forgotten_at is not None:
-                raise ConcurrentMerge(
-                    f"person {row.person_id} was merged into {row.merged_into} or forgotten"
-                )
-            holders[IdentifierKey(row.type, row.value)] = Held(row.person_id, row.id)
+            if merged_into is not None or forgotten_at is not None:
+                raise ConcurrentMerge(f"person {person_id} was merged into {merged_into} or forgotten")
+            holders[IdentifierKey(type_, value)] = Held(person_id, identifier_id)
         return holders, tombstoned
 
     async def tombstoned(self, hashes: Iterable[bytes]) -> set[bytes]:
         """Which of these hashes are tombstones."""
-        result = await self.session.execute(_TOMBSTONED, {"hashes": list(hashes)})
-        return {bytes(row.hash) for row in result}
+        driver = await self._locked_connection()
+        return {bytes(row[0]) for row in await driver.fetch(_TOMBSTONED, list(hashes))}
 
     async def tallies(
         self, person_ids: Iterable[uuid.UUID], windows: Mapping[str, datetime | None]
     ) -> dict[uuid.UUID, Tally]:
         """Each person's watched-type counts: [attached within the type's window, all]."""
-        params = {"watched": list(windows), "since": list(windows.values()), "person_ids": list(person_ids)}
+        driver = await self._locked_connection()
+        rows = await driver.fetch(_TALLIES, list(windows), list(windows.values()), list(person_ids))
         tallies: dict[uuid.UUID, Tally] = {}
-        for row in await self.session.execute(_TALLIES, params):
-            tallies.setdefault(row.person_id, {})[row.type] = [row.recent, row.total]
+        for person_id, type_, recent, total in rows:
+            tallies.setdefault(person_id, {})[type_] = [recent, total]
         return tallies
 
     async def apply(self, changes: GraphChanges) -> None:
-        """Write a resolved batch: new persons, merges, moved and new identifiers, lineage, refused links."""
-        now = changes.now
-        if changes.created_person_ids:
-            await self.session.execute(_INSERT_PERSONS, {"ids": changes.created_person_ids, "now": now})
-        if changes.merged_into:
-            # After the inserts, so a person created and merged in the same batch exists before it is pointed.
-            await self.session.execute(
-                _MARK_MERGED,
-                {
-                    "ids": list(changes.merged_into),
-                    "into_ids": list(changes.merged_into.values()),
-                    "now": now,
-                },
-            )
-        if changes.moved_identifiers:
-            await self.session.execute(
-                _MOVE_IDENTIFIERS,
-                {
-                    "from_ids": list(changes.moved_identifiers),
-                    "to_ids": list(changes.moved_identifiers.values()),
-                },
-            )
-        if changes.new_identifiers:
-            new = changes.new_identifiers
-            await self.session.execute(
-                _INSERT_IDENTIFIERS,
-                {
-                    "types": [n.key.type for n in new],
-                    "values": [n.key.value for n in new],
-                    "person_ids": [n.person_id for n in new],
-                    "sources": [n.source for n in new],
-                    "ids": [n.id for n in new],
-                    "attached_to": [n.attached_to for n in new],
-                    "vias": [_uuid_array(n.via) if n.via else None for n in new],
-                    "attachments": [n.attachment.value for n in new],
-                    "now": now,
-                },
-            )
-        if changes.merges:
-            await self.insert_merges(changes.merges)
+        """Write a resolved batch (new persons, merges, moved and new identifiers, lineage) in one statement,
+        then its refused links."""
+        driver = await self._locked_connection()
+        created = set(changes.created_person_ids)
+        merged_into = changes.merged_into
+        stored_merged = [pid for pid in merged_into if pid not in created]
+        new = changes.new_identifiers
+        merges = changes.merges
+        await driver.execute(
+            _APPLY,
+            changes.now,
+            changes.created_person_ids,
+            [merged_into.get(pid) for pid in changes.created_person_ids],
+            stored_merged,
+            [merged_into[pid] for pid in stored_merged],
+            list(changes.moved_identifiers),
+            list(changes.moved_identifiers.values()),
+            [n.key.type for n in new],
+            [n.key.value for n in new],
+            [n.person_id for n in new],
+            [n.source for n in new],
+            [n.id for n in new],
+            [n.attached_to for n in new],
+            [_uuid_array(n.via) if n.via else None for n in new],
+            [n.attachment.value for n in new],
+            [m.id for m in merges],
+            [m.survivor_id for m in merges],
+            [m.merged_id for m in merges],
+            [_cause_json(m) for m in merges],
+            [m.source for m in merges],
+            [m.merged_at for m in merges],
+            [m.rule.value for m in merges],
+            [m.reason for m in merges],
+        )
         if changes.refused_links:
-            await self._upsert_refused_links(changes.refused_links, now)
+            await self._upsert_refused_links(driver, changes.refused_links, changes.now)
 
     async def insert_merges(self, merges: Sequence[MergeRecord]) -> None:
         """Record merges in the lineage."""
@@ -241,10 +265,7 @@ class IdentityRepository(GraphReader):
                 "ids": [m.id for m in merges],
                 "survivor_ids": [m.survivor_id for m in merges],
                 "merged_ids": [m.merged_id for m in merges],
-                "causes": [
-                    json.dumps([{"type": k.type, "value": k.value} for k in m.cause_identifiers])
-                    for m in merges
-                ],
+                "causes": [_cause_json(m) for m in merges],
                 "sources": [m.source for m in merges],
                 "merged_ats": [m.merged_at for m in merges],
                 "rules": [m.rule.value for m in merges],
@@ -252,38 +273,38 @@ class IdentityRepository(GraphReader):
             },
         )
 
-    async def _upsert_refused_links(self, links: Sequence[RefusedLink], now: datetime) -> None:
+    async def _upsert_refused_links(self, driver: Any, links: Sequence[RefusedLink], now: datetime) -> None:
         # Always in the same order, so two batches refusing the same links cannot deadlock on them.
         links = sorted(
             links, key=lambda link: (link.dedupe_key[0], link.dedupe_key[1], str(link.dedupe_key[2]))
         )
         by_key = {link.dedupe_key: link for link in links}
-        result = await self.session.execute(
+        rows = await driver.fetch(
             _UPSERT_REFUSED_LINKS,
-            {
-                "ids": [link.id for link in links],
-                "types": [link.key.type for link in links],
-                "values": [link.key.value for link in links],
-                "holder_ids": [link.holder_id for link in links],
-                "person_ids": [_uuid_array(link.person_ids) for link in links],
-                "resolved": [link.resolved_person_id for link in links],
-                "rules": [link.rule.value for link in links],
-                "rule_types": [link.rule_type for link in links],
-                "descriptions": [link.description for link in links],
-                "sources": [link.source for link in links],
-                "counts": [link.count for link in links],
-                "now": now,
-            },
+            now,
+            [link.id for link in links],
+            [link.key.type for link in links],
+            [link.key.value for link in links],
+            [link.holder_id for link in links],
+            [_uuid_array(link.person_ids) for link in links],
+            [link.resolved_person_id for link in links],
+            [link.rule.value for link in links],
+            [link.rule_type for link in links],
+            [link.description for link in links],
+            [link.source for link in links],
+            [link.count for link in links],
         )
         # A refusal recorded before keeps its id and first time; the answer shows the record as it is now.
-        for row in result:
-            link = by_key[(row.type, row.value, row.resolved_person_id, row.rule, row.rule_type)]
-            link.id, link.refused_at, link.count = row.id, row.refused_at, row.times
+        for row in rows:
+            link = by_key[
+                (row["type"], row["value"], row["resolved_person_id"], row["rule"], row["rule_type"])
+            ]
+            link.id, link.refused_at, link.count = row["id"], row["refused_at"], row["times"]
+
+
+def _cause_json(merge: MergeRecord) -> str:
+    return json.dumps([{"type": k.type, "value": k.value} for k in merge.cause_identifiers])
 
 
 def _uuid_array(ids: Iterable[uuid.UUID]) -> str:
     return "{" + ",".join(str(i) for i in ids) + "}"
-
-
-def _key_arrays(keys: Sequence[IdentifierKey]) -> dict[str, list[str]]:
-    return {"types": [k.type for k in keys], "values": [k.value for k in keys]}

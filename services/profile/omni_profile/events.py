@@ -15,6 +15,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from omni.events.v1 import envelope_pb2
 from omni.profile.v1 import events_pb2
 from omni_kit.bus import Outbox
 from omni_profile import wire
@@ -41,18 +42,32 @@ _TRACKED_TYPE_URL = type_url(events_pb2.EventTrackedEvent)
 _CHANGED_TYPE_URL = type_url(events_pb2.ProfileChangedEvent)
 
 
-async def stage_events_tracked(session: AsyncSession, outbox: Outbox, tracked: Sequence[Event]) -> None:
-    """Stage profile.event_tracked for each newly recorded event (one insert)."""
-    if not tracked:
-        return
-    batch = EnvelopeBatch(outbox)
-    envelopes = batch.wrap(
+def tracked_envelopes(batch: EnvelopeBatch, tracked: Sequence[Event]) -> list[envelope_pb2.Envelope]:
+    """The profile.event_tracked envelopes of newly recorded events."""
+    return batch.wrap(
         new_ids(len(tracked)),
         EVENT_TRACKED,
         [(str(e.person_id), wire.tracked_event_bytes(e), e.occurred_at) for e in tracked],
         _TRACKED_TYPE_URL,
     )
-    await outbox.add_envelopes(session, envelopes)
+
+
+def changed_envelopes(
+    batch: EnvelopeBatch, payloads: Sequence[events_pb2.ProfileChangedEvent]
+) -> list[envelope_pb2.Envelope]:
+    """The profile.profile_changed envelopes of some payloads."""
+    return batch.wrap(
+        new_ids(len(payloads)),
+        PROFILE_CHANGED,
+        [(p.person_id, p.SerializeToString(), None) for p in payloads],
+        _CHANGED_TYPE_URL,
+    )
+
+
+async def stage_events_tracked(session: AsyncSession, outbox: Outbox, tracked: Sequence[Event]) -> None:
+    """Stage profile.event_tracked for each newly recorded event (one insert)."""
+    if tracked:
+        await outbox.add_envelopes(session, tracked_envelopes(EnvelopeBatch(outbox), tracked))
 
 
 def profile_changed(
@@ -100,21 +115,6 @@ async def stage_profile_changed(
         merged_person_ids=merged_person_ids,
     )
     await outbox.add(session, payload, event_type=PROFILE_CHANGED, person_id=str(person_id))
-
-
-async def stage_profiles_changed(
-    session: AsyncSession, outbox: Outbox, payloads: Sequence[events_pb2.ProfileChangedEvent]
-) -> None:
-    """Stage many profile.profile_changed at once (one insert)."""
-    if not payloads:
-        return
-    envelopes = EnvelopeBatch(outbox).wrap(
-        new_ids(len(payloads)),
-        PROFILE_CHANGED,
-        [(p.person_id, p.SerializeToString(), None) for p in payloads],
-        _CHANGED_TYPE_URL,
-    )
-    await outbox.add_envelopes(session, envelopes)
 
 
 async def stage_consent_changed(

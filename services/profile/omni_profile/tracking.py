@@ -22,6 +22,7 @@ from omni_kit.bus import Outbox
 from omni_kit.errors import FieldViolation, InvalidArgument, Violations
 from omni_profile import cart, computed, events, persons, repository, wire
 from omni_profile.domain import CART_EVENTS, Event, TrackResult
+from omni_profile.envelopes import EnvelopeBatch
 from omni_profile.identity_client import IdentifierSet, IdentifiersRejected, IdentityClient, Resolution
 from omni_profile.repository import ProfileState, ProfileUpdate
 
@@ -199,23 +200,27 @@ class Tracker:
                     carts[update.person_id] = recomputed
                     changes.setdefault(update.person_id, []).insert(0, "cart")
         await repository.update_profiles(session, updates)
-        await events.stage_events_tracked(session, self._outbox, new_events)
-        await events.stage_profiles_changed(
+        # Both kinds of announcement in one insert.
+        envelopes = EnvelopeBatch(self._outbox)
+        await self._outbox.add_envelopes(
             session,
-            self._outbox,
-            [
-                events.profile_changed(
-                    person_id,
-                    changed=changed,
-                    cart=cart.sorted_lines(carts[person_id]) if "cart" in changed else None,
-                    computed_traits=(
-                        computed.values(catalog, states[person_id].computed, now)
-                        if "computed_traits" in changed
-                        else None
-                    ),
-                )
-                for person_id, changed in changes.items()
-            ],
+            events.tracked_envelopes(envelopes, new_events)
+            + events.changed_envelopes(
+                envelopes,
+                [
+                    events.profile_changed(
+                        person_id,
+                        changed=changed,
+                        cart=cart.sorted_lines(carts[person_id]) if "cart" in changed else None,
+                        computed_traits=(
+                            computed.values(catalog, states[person_id].computed, now)
+                            if "computed_traits" in changed
+                            else None
+                        ),
+                    )
+                    for person_id, changed in changes.items()
+                ],
+            ),
         )
 
 

@@ -10,7 +10,8 @@ channel and purpose: the most recent answer wins; the history moves whole. Segme
 merged persons are dropped (segmentation announces the survivor's). The merged ids keep a profile row
 pointing at the survivor, so later events and reads that name them land on the survivor.
 
-Unmerge: the survivor's events carrying one of the identifiers identity moved back (compared without case)
+Unmerge: the survivor's events carrying one of the identifiers identity moved back (compared without case,
+phone numbers by their digits)
 move to the restored person, whose id (and the ids that had been merged into it) lead to it again; both
 persons' counts, carts and computed traits are recomputed from their timelines. Traits and consent stay
 with the survivor: profile cannot tell which of them the restored person brought.

@@ -219,7 +219,11 @@ async def move_events_with_identifiers(
     to_person: uuid.UUID,
     identifiers: Sequence[tuple[str, str]],
 ) -> int:
-    """Move a person's events that carry any of these (type, value) identifiers to another person."""
+    """Move a person's events that carry any of these (type, value) identifiers to another person.
+
+    Events keep identifiers as the channel sent them, while identity's are normalised: values are compared
+    without case, and phone numbers by their digits.
+    """
     if not identifiers:
         return 0
     result = await session.execute(
@@ -227,7 +231,9 @@ async def move_events_with_identifiers(
             "UPDATE events AS e SET person_id = :to_person WHERE e.person_id = :from_person AND EXISTS ("
             " SELECT 1 FROM jsonb_array_elements(e.identifiers) AS i"
             " JOIN unnest(CAST(:types AS text[]), CAST(:values AS text[])) AS k(type, value)"
-            " ON lower(i->>'type') = k.type AND lower(i->>'value') = lower(k.value))"
+            " ON lower(i->>'type') = k.type AND CASE WHEN k.type = 'phone'"
+            "  THEN regexp_replace(i->>'value', '[^0-9]', '', 'g') = regexp_replace(k.value, '[^0-9]', '', 'g')"
+            "  ELSE lower(i->>'value') = lower(k.value) END)"
         ),
         {
             "from_person": from_person,

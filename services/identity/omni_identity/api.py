@@ -334,7 +334,11 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
         async def work() -> list[Resolution]:
             async with self._runtime.transaction() as session:
                 publisher = OutboxPublisher(self._runtime.outbox, session)
-                return await self._persons.resolve(IdentityRepository(session), publisher, requests)
+                resolutions = await self._persons.resolve(IdentityRepository(session), publisher, requests)
+            if publisher.staged:
+                # Staged with the change's own statement, not through the session: tell the relay here.
+                self._runtime.relay.wake()
+            return resolutions
 
         return await _retrying(work)
 

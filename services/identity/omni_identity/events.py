@@ -9,16 +9,21 @@ Identity consumes no events yet.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import json
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from datetime import datetime
+from typing import NamedTuple
 
 from google.protobuf.message import Message
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from omni.common.v1 import common_pb2
+from omni.events.v1 import envelope_pb2
 from omni.identity.v1 import events_pb2
 from omni_identity.changes import GraphEvent, PersonCreated, PersonForgotten, PersonsMerged, PersonsUnmerged
 from omni_identity.normalise import IdentifierKey
-from omni_kit.bus import Outbox
+from omni_kit.bus import Outbox, subject_for
 
 PERSON_CREATED = "identity.person_created"
 PERSONS_MERGED = "identity.persons_merged"
@@ -79,12 +84,60 @@ def event_payload(event: GraphEvent) -> tuple[str, str, Message]:
     raise TypeError(f"not an identity event: {event!r}")
 
 
+class OutboxRows(NamedTuple):
+    """Outbox rows as one array per column (the columns omni_kit's Outbox writes), for a bulk insert."""
+
+    ids: list[uuid.UUID]
+    subjects: list[str]
+    types: list[str]
+    person_ids: list[str | None]
+    payloads: list[bytes]
+    headers: list[str]
+
+
 class OutboxPublisher:
     """Stages domain events in the outbox of the transaction they happened in."""
 
     def __init__(self, outbox: Outbox, session: AsyncSession) -> None:
         self._outbox = outbox
         self._session = session
+        self.staged = False
+        """True once rows() handed out rows: the relay has work when the transaction commits."""
+
+    def rows(
+        self, events: Sequence[GraphEvent], *, occurred_at: datetime, new_id: Callable[[], uuid.UUID]
+    ) -> OutboxRows:
+        """The events as outbox rows, for the caller to insert in the statement that writes their change.
+
+        The envelopes are those omni_kit's Outbox makes (producer, time, trace context), built once and
+        copied: a batch stages hundreds of events, and a fresh envelope each cost more than the change.
+        """
+        rows = OutboxRows([], [], [], [], [], [])
+        if not events:
+            return rows
+        self.staged = True
+        template: envelope_pb2.Envelope | None = None
+        for event in events:
+            event_type, person_id, payload = event_payload(event)
+            if template is None:
+                template = self._outbox.envelope(
+                    payload, event_type=event_type, person_id=person_id, occurred_at=occurred_at
+                )
+                headers = json.dumps(dict(template.trace_context))
+            envelope = envelope_pb2.Envelope()
+            envelope.CopyFrom(template)
+            event_id = new_id()
+            envelope.id = str(event_id)
+            envelope.type = event_type
+            envelope.person_id = person_id
+            envelope.payload.Pack(payload)
+            rows.ids.append(event_id)
+            rows.subjects.append(subject_for(event_type, self._outbox.namespace))
+            rows.types.append(event_type)
+            rows.person_ids.append(person_id or None)
+            rows.payloads.append(envelope.SerializeToString())
+            rows.headers.append(headers)
+        return rows
 
     async def publish(self, events: Sequence[GraphEvent]) -> None:
         """Stage the events, in order, in one insert."""

@@ -17,6 +17,7 @@ from typing import Protocol
 from omni_identity.batch_ids import batch_ids
 from omni_identity.changes import GraphChanges, GraphEvent, RefusedLink, Resolution, ResolveRequest
 from omni_identity.erasure import TombstonePolicy, Tombstones
+from omni_identity.events import OutboxRows
 from omni_identity.merge import MergeRecord
 from omni_identity.normalise import IdentifierKey
 from omni_identity.reads import IdentifierRecord, PersonRecord
@@ -32,6 +33,11 @@ class EventSink(Protocol):
 
     async def publish(self, events: Sequence[GraphEvent]) -> None:
         """Stage the events."""
+
+    def rows(
+        self, events: Sequence[GraphEvent], *, occurred_at: datetime, new_id: Callable[[], uuid.UUID]
+    ) -> OutboxRows:
+        """The events as outbox rows, for storage to write with the change itself."""
 
 
 def person_forgotten(person_id: uuid.UUID) -> NotFound:
@@ -69,7 +75,6 @@ class Persons:
         holders = await repository.holders(keys)
         if not changes_anything(holders, requests):
             return [Resolution(person_id=holders[request.identifiers[0]]) for request in requests]
-        await repository.lock_identifiers(keys)
         hashes = self._tombstones.hashes(key for key in keys if key not in holders)
         locked, tombstoned = await repository.lock_holders(keys, hashes)
         vanished = self._tombstones.hashes(key for key in holders if key not in locked)
@@ -98,8 +103,9 @@ class Persons:
             persons = {held.person_id for held in locked.values()}
             changes = plan(await repository.tallies(persons, self._rules.windows(now)))
         if changes.changed:
-            await repository.apply(changes)
-            await events.publish(changes.events)
+            # The events go in the statement that writes the change: one round trip for both.
+            staged = events.rows(changes.events, occurred_at=now, new_id=batch_ids(self._new_id))
+            await repository.apply(changes, staged)
         return changes.resolutions
 
     async def get(self, repository: IdentityRepository, person_id: uuid.UUID) -> PersonRecord:

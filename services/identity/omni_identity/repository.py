@@ -24,6 +24,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from omni_identity.changes import GraphChanges, Held, RefusedLink
+from omni_identity.events import OutboxRows
 from omni_identity.merge import MergeRecord
 from omni_identity.normalise import IdentifierKey
 from omni_identity.reads import GraphReader
@@ -40,8 +41,6 @@ class ConcurrentMerge(Exception):
     """A person the transaction wanted to change was merged, split or forgotten meanwhile; run it again."""
 
 
-_LOCK_IDENTIFIERS = sa.text("SELECT pg_advisory_xact_lock(k) FROM unnest(CAST(:keys AS bigint[])) AS t(k)")
-
 # The statements below run on the driver's own connection (asyncpg), prepared once per connection and bound
 # positionally: on the resolve path the statement building of SQLAlchemy cost more than the database work.
 _MATCHES = (
@@ -52,22 +51,15 @@ _MATCHES = (
 
 _HOLDERS = "SELECT i.type, i.value, i.person_id" + _MATCHES
 
-# ORDER BY is applied before FOR NO KEY UPDATE locks the rows, so the person locks are taken in id order.
-# A row updated by a transaction we waited for is returned as it is now, so merged_into shows a merge that
-# committed after this statement started. NO KEY UPDATE (not UPDATE) lets foreign-key checks of others pass.
-# The same statement says which of the given hashes are tombstones: it starts after the identifiers'
-# advisory locks are held, and nobody can forget an identifier without its lock, so that answer stays true.
-_LOCK_HOLDERS = (
-    "WITH locked AS ("
-    " SELECT i.type, i.value, i.id, p.id AS person_id, p.merged_into, p.forgotten_at"
-    + _MATCHES
-    + " JOIN persons AS p ON p.id = i.person_id"
-    " ORDER BY p.id FOR NO KEY UPDATE OF p"
-    ") SELECT type, value, id, person_id, merged_into, forgotten_at, NULL::bytea AS hash FROM locked"
-    " UNION ALL"
-    " SELECT NULL, NULL, NULL, NULL, NULL, NULL, t.hash FROM tombstones AS t"
-    " WHERE t.hash = ANY($3::bytea[])"
-)
+# The identifiers' advisory locks in ascending key order, then the holders read and row-locked, in one
+# round trip: identity_lock_holders (migration 0003) runs them as two statements, so the read's snapshot is
+# taken once the locks are held. In the read, ORDER BY is applied before FOR NO KEY UPDATE locks the rows,
+# so the person locks are taken in id order. A row updated by a transaction we waited for is returned as
+# it is now, so merged_into shows a merge that committed after the read started. NO KEY UPDATE (not UPDATE)
+# lets foreign-key checks of others pass. The same call says which of the given hashes are tombstones:
+# nobody can forget an identifier without its advisory lock, so that answer stays true.
+# Through the session (not the driver), so that the transaction begins with it.
+_LOCK_HOLDERS = "SELECT * FROM identity_lock_holders($1::bigint[], $2::text[], $3::text[], $4::bytea[])"
 
 _TOMBSTONED = "SELECT hash FROM tombstones WHERE hash = ANY($1::bytea[])"
 
@@ -88,7 +80,8 @@ _TALLIES = (
 # are inserted already pointing at the person they were merged into (foreign keys are checked at the end
 # of the statement, when both rows exist); the update marks only persons stored before; identifiers are
 # moved off persons stored before, and the new ones are inserted with their final holder. `via` differs
-# in length per row, so each is passed as an array literal and cast row by row.
+# in length per row, so each is passed as an array literal and cast row by row. The batch's events go into
+# omni_kit's outbox table in the same statement (the columns its Outbox.add_envelopes writes).
 _APPLY = (
     "WITH new_persons AS ("
     " INSERT INTO persons (id, created_at, merged_into, merged_at)"
@@ -111,6 +104,11 @@ _APPLY = (
     " $16::uuid[], $17::uuid[], $18::uuid[], $19::text[], $20::text[], $21::timestamptz[], $22::text[],"
     " $23::text[]"
     ") AS t(id, survivor_id, merged_id, cause, source, merged_at, rule, reason)"
+    "), staged AS ("
+    " INSERT INTO outbox (id, subject, type, person_id, payload, headers)"
+    " SELECT id, subject, type, person_id, payload, headers::jsonb FROM unnest("
+    " $24::uuid[], $25::text[], $26::text[], $27::text[], $28::bytea[], $29::text[]"
+    ") AS t(id, subject, type, person_id, payload, headers)"
     ") SELECT 1"
 )
 
@@ -158,16 +156,8 @@ class IdentityRepository(GraphReader):
         one would be released at once."""
         driver = await self._connection()
         if not driver.is_in_transaction():
-            raise RuntimeError("the identifiers must be locked first (that starts the transaction)")
+            raise RuntimeError("lock_holders must come first (it starts the transaction)")
         return driver
-
-    async def lock_identifiers(self, keys: Iterable[IdentifierKey]) -> None:
-        """Take the advisory lock of every identifier, in ascending key order, until the transaction ends.
-
-        Through the session, so that its transaction begins here."""
-        lock_keys = sorted({identifier_lock_key(key) for key in keys})
-        if lock_keys:
-            await self.session.execute(_LOCK_IDENTIFIERS, {"keys": lock_keys})
 
     async def holders(self, keys: Sequence[IdentifierKey]) -> dict[IdentifierKey, uuid.UUID]:
         """The person holding each known identifier, read without locks (what was true at one instant).
@@ -183,24 +173,28 @@ class IdentityRepository(GraphReader):
     async def lock_holders(
         self, keys: Sequence[IdentifierKey], hashes: Iterable[bytes] = ()
     ) -> tuple[dict[IdentifierKey, Held], set[bytes]]:
-        """The holders of the (already advisory-locked) identifiers, each row-locked until the transaction ends,
-        and which of the given tombstone hashes are tombstones.
+        """Take the advisory lock of every identifier (ascending key order, until the transaction ends), then
+        read their holders, each row-locked until the transaction ends, and which of the given tombstone
+        hashes are tombstones. This begins the transaction.
 
         Raises ConcurrentMerge when a holder was merged away after the identifiers were locked.
         """
-        driver = await self._locked_connection()
-        rows = await driver.fetch(
-            _LOCK_HOLDERS, [k.type for k in keys], [k.value for k in keys], list(hashes)
+        lock_keys = sorted({identifier_lock_key(key) for key in keys})
+        connection = await self.session.connection()
+        result = await connection.exec_driver_sql(
+            _LOCK_HOLDERS, (lock_keys, [k.type for k in keys], [k.value for k in keys], list(hashes))
         )
         holders = {}
         tombstoned = set()
-        for type_, value, identifier_id, person_id, merged_into, forgotten_at, hash_ in rows:
-            if hash_ is not None:
-                tombstoned.add(bytes(hash_))
+        for row in result:
+            if row.hash is not None:
+                tombstoned.add(bytes(row.hash))
                 continue
-            if merged_into is not None or forgotten_at is not None:
-                raise ConcurrentMerge(f"person {person_id} was merged into {merged_into} or forgotten")
-            holders[IdentifierKey(type_, value)] = Held(person_id, identifier_id)
+            if row.merged_into is not None or row.forgotten_at is not None:
+                raise ConcurrentMerge(
+                    f"person {row.person_id} was merged into {row.merged_into} or forgotten"
+                )
+            holders[IdentifierKey(row.type, row.value)] = Held(row.person_id, row.id)
         return holders, tombstoned
 
     async def tombstoned(self, hashes: Iterable[bytes]) -> set[bytes]:
@@ -219,9 +213,9 @@ class IdentityRepository(GraphReader):
             tallies.setdefault(person_id, {})[type_] = [recent, total]
         return tallies
 
-    async def apply(self, changes: GraphChanges) -> None:
-        """Write a resolved batch (new persons, merges, moved and new identifiers, lineage) in one statement,
-        then its refused links."""
+    async def apply(self, changes: GraphChanges, events: OutboxRows) -> None:
+        """Write a resolved batch (new persons, merges, moved and new identifiers, lineage) and its events
+        in one statement, then its refused links."""
         driver = await self._locked_connection()
         created = set(changes.created_person_ids)
         merged_into = changes.merged_into
@@ -253,6 +247,7 @@ class IdentityRepository(GraphReader):
             [m.merged_at for m in merges],
             [m.rule.value for m in merges],
             [m.reason for m in merges],
+            *events,
         )
         if changes.refused_links:
             await self._upsert_refused_links(driver, changes.refused_links, changes.now)

@@ -25,7 +25,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from omni_profile.domain import Event, TrackResult
-from omni_profile.tracking import Tracker
+from omni_profile.tracking import PersonsMoved, Tracker
 
 Transaction = Callable[[], AbstractAsyncContextManager[AsyncSession]]
 """Opens a session in a transaction, committed when the block ends (Runtime.transaction)."""
@@ -84,7 +84,9 @@ class Ingestion:
 
         Batches lock their persons and the survivors they lead to in id order, but a merge committed in
         between leads to a survivor locked in a second statement; two batches can then wait on each other
-        and PostgreSQL fails one of them. Nothing of a failed attempt was written, so it is run again.
+        and PostgreSQL fails one of them. A merge or erasure can also move a person between reading where
+        its events go and locking it (PersonsMoved). Nothing of a failed attempt was written, so it is run
+        again.
         """
         for attempt in range(_ATTEMPTS):
             try:
@@ -93,9 +95,11 @@ class Ingestion:
                     if alongside is not None:
                         await alongside(session, list(zip(positions, results, strict=True)))
                 return results
-            except DBAPIError as error:
-                if getattr(error.orig, "sqlstate", None) not in _RETRYABLE or attempt == _ATTEMPTS - 1:
+            except (DBAPIError, PersonsMoved) as error:
+                cause = error.orig if isinstance(error, DBAPIError) else error
+                retryable = isinstance(error, PersonsMoved) or getattr(cause, "sqlstate", None) in _RETRYABLE
+                if not retryable or attempt == _ATTEMPTS - 1:
                     raise
-                log.warning("recording a batch failed (%s); trying again", error.orig)
+                log.warning("recording a batch failed (%s); trying again", cause)
                 await asyncio.sleep(random.uniform(0.0, 0.05 * (attempt + 1)))
         raise AssertionError("unreachable")

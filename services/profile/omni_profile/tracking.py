@@ -1,9 +1,10 @@
 """Tracking: events resolved to persons through identity, then recorded in one transaction: stored once per
 (source, id), applied to the cart and the computed traits, announced.
 
-A batch costs a fixed number of statements whatever its size: lock (and read) the persons' profile rows,
-insert the events, (only when a cart event arrived out of order) read those persons' cart events, write the
-profile rows, stage the announcements. Cart and computed traits are functions of the set of events, not of
+A batch costs a fixed number of statements whatever its size: read where the persons' events go, insert
+the events and stage their announcements, lock (and read) the persons' profile rows, (only when a cart
+event arrived out of order) read those persons' cart events, write the profile rows, stage the change
+announcements. Cart and computed traits are functions of the set of events, not of
 the order they arrive in: computed traits by construction (see computed.py), the cart by applying events
 in the order they happened, recomputed from the stored cart events when one arrives older than the last
 applied (profiles.cart_as_of).
@@ -30,6 +31,11 @@ from omni_profile.repository import ProfileState, ProfileUpdate
 _MAX_REDIRECTS = 1000
 
 ERASED = FieldViolation("person_id", "the person was erased; events about them are not recorded")
+
+
+class PersonsMoved(RuntimeError):
+    """A person of a batch was merged or erased between reading where its events go and locking it; the
+    transaction must be run again (nothing of it is kept)."""
 
 
 class Tracker:
@@ -104,12 +110,17 @@ class Tracker:
             elif key not in first:
                 first[key] = index
                 fresh.append(index)
-        current, states = await persons.lock_states(session, {_person(batch[i]) for i in fresh})
+        # Where the events go is read without locking, and the events are stored and announced before the
+        # profile rows are locked: batches sharing persons (most do) wait on each other only for the last
+        # part of the transaction. The locks confirm where the events went, or the transaction is run again
+        # (PersonsMoved: a merge or an erasure committed in between).
+        whereabouts = await repository.where_persons_are(session, {_person(batch[i]) for i in fresh})
         storable: list[Event] = []
         for index in fresh:
             event = batch[index]
-            event.person_id = current[_person(event)]
-            if states[event.person_id].erased:
+            current, erased = whereabouts.get(_person(event), (_person(event), False))
+            event.person_id = current
+            if erased:
                 results[index] = TrackResult.rejected([ERASED])
             else:
                 storable.append(event)
@@ -137,6 +148,12 @@ class Tracker:
                     original if original.violations else TrackResult(original.person_id, duplicate=True)
                 )
         if new_events:
+            tracked = events.tracked_envelopes(EnvelopeBatch(self._outbox), new_events)
+            await self._outbox.add_envelopes(session, tracked)
+            owners = {_person(e) for e in new_events}
+            leads_to, states = await persons.lock_states(session, owners)
+            if any(leads_to[p] != p or states[p].erased for p in owners):
+                raise PersonsMoved("a merge or an erasure moved persons of the batch while it was recorded")
             await self._apply(session, new_events, states)
         return [r for r in results if r is not None]
 
@@ -200,13 +217,10 @@ class Tracker:
                     carts[update.person_id] = recomputed
                     changes.setdefault(update.person_id, []).insert(0, "cart")
         await repository.update_profiles(session, updates)
-        # Both kinds of announcement in one insert.
-        envelopes = EnvelopeBatch(self._outbox)
         await self._outbox.add_envelopes(
             session,
-            events.tracked_envelopes(envelopes, new_events)
-            + events.changed_envelopes(
-                envelopes,
+            events.changed_envelopes(
+                EnvelopeBatch(self._outbox),
                 [
                     events.profile_changed(
                         person_id,

@@ -42,6 +42,7 @@ from omni_profile.repository.profiles import (
     set_state,
     unmark_merged,
     update_profiles,
+    where_persons_are,
 )
 from omni_profile.repository.reads import ProfileRead, ProfileReader, read_profile
 from omni_profile.repository.segments import delete_memberships, memberships, record_membership
@@ -100,6 +101,7 @@ __all__ = [
     "trait_changes",
     "unmark_merged",
     "update_profiles",
+    "where_persons_are",
     "write_consent",
     "write_traits",
 ]

@@ -175,6 +175,25 @@ async def set_computed(session: AsyncSession, states: dict[uuid.UUID, dict[str, 
     )
 
 
+async def where_persons_are(
+    session: AsyncSession, person_ids: Iterable[uuid.UUID]
+) -> dict[uuid.UUID, tuple[uuid.UUID, bool]]:
+    """Without locking: the live person each of these leads to and whether it was erased, for those with a
+    profile row (merges keep merged_into one hop deep)."""
+    ids = list(set(person_ids))
+    if not ids:
+        return {}
+    rows = await session.execute(
+        sa.text(
+            "SELECT p.person_id, coalesce(p.merged_into, p.person_id) AS current, "
+            "coalesce(s.erased_at, p.erased_at) IS NOT NULL AS erased FROM profiles AS p "
+            "LEFT JOIN profiles AS s ON s.person_id = p.merged_into WHERE p.person_id = ANY(CAST(:ids AS uuid[]))"
+        ),
+        {"ids": ids},
+    )
+    return {row.person_id: (row.current, row.erased) for row in rows}
+
+
 async def profile_state(
     session: AsyncSession, person_id: uuid.UUID
 ) -> tuple[int, uuid.UUID | None, bool] | None:

@@ -20,6 +20,7 @@ from omni.identity.v1 import identity_pb2, identity_pb2_grpc
 from omni_identity import messages, paging
 from omni_identity.changes import Resolution, ResolveRequest
 from omni_identity.events import OutboxPublisher, identifier_messages
+from omni_identity.grouping import ResolveGroups
 from omni_identity.normalise import IdentifierError, IdentifierKey, Normaliser
 from omni_identity.operator_repository import OperatorRepository
 from omni_identity.operators import Operators
@@ -58,6 +59,7 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
         self._persons = persons
         self._operators = operators
         self._normaliser = normaliser
+        self._singles = ResolveGroups(self._resolve)
 
     async def ResolvePerson(
         self, request: identity_pb2.ResolvePersonRequest, context: grpc.aio.ServicerContext
@@ -67,7 +69,7 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
         resolve = self._resolve_request(request, "", violations)
         violations.raise_if_any()
         assert resolve is not None
-        [resolution] = await self._resolve([resolve])
+        resolution = await self._singles.resolve(resolve)
         if resolution.forgotten:
             # Nothing was written: the request held only identifiers of forgotten persons.
             raise FailedPrecondition(

@@ -4,8 +4,10 @@ memberships fed by segmentation's announcements."""
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import grpc
 import pytest
@@ -16,6 +18,7 @@ from omni.profile.v1 import events_pb2, profile_pb2
 from omni.segmentation.v1 import events_pb2 as segmentation_events
 from omni_kit.bus import make_envelope, subject_for, unpack
 from omni_kit.errors import status_details
+from omni_profile import repository
 
 from .support import Services, event, get_profile, ident, item, struct, track, unique
 
@@ -200,3 +203,33 @@ async def test_segment_memberships_follow_enter_and_exit_in_event_time(services:
         return await segments() == ["vip"]
 
     await _eventually(only_vip)
+
+
+async def test_a_merge_between_resolving_and_locking_is_caught_and_the_batch_recorded_again(
+    services: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    survivor, merged, _, _ = await _merged_pair(services)
+    real = repository.where_persons_are
+    calls = 0
+
+    async def stale(session: Any, person_ids: Any) -> dict[uuid.UUID, tuple[uuid.UUID, bool]]:
+        # The first read answers as if the merge had not been committed yet.
+        nonlocal calls
+        calls += 1
+        found = await real(session, person_ids)
+        if calls == 1:
+            return {pid: (pid, False) for pid in found}
+        return found
+
+    monkeypatch.setattr(repository, "where_persons_are", stale)
+    late = await track(services, event("email_opened", person_id=merged, channel=common_pb2.CHANNEL_EMAIL))
+    assert calls == 2
+    assert late.person_id == survivor
+    stored = await services.scalar(
+        "SELECT person_id FROM events WHERE source = 'api' AND type = 'email_opened' "
+        "AND person_id IN (CAST(:a AS uuid), CAST(:b AS uuid))",
+        a=survivor,
+        b=merged,
+    )
+    assert str(stored) == survivor
+    assert (await get_profile(services, survivor)).event_count == 6

@@ -135,6 +135,51 @@ async def test_no_send_without_consent(decisioning: Decisioning) -> None:
     assert sends_to(decisioning, person) == []
 
 
+async def test_only_a_confirmed_marketing_consent_lets_a_journey_send(decisioning: Decisioning) -> None:
+    person, segment = uuid.uuid4(), uuid.uuid4()
+    await create_journey(decisioning, segment, [c.CHANNEL_EMAIL, c.CHANNEL_SMS])
+    now = datetime.now(UTC)
+    # Email: a marketing grant still waiting for its double opt-in confirmation.
+    pending = p.Consent(
+        channel=c.CHANNEL_EMAIL,
+        state=p.CONSENT_STATE_GRANTED,
+        purpose=p.CONSENT_PURPOSE_MARKETING,
+        double_opt_in=p.DOUBLE_OPT_IN_STATE_PENDING_CONFIRMATION,
+        update_time=_ts(now),
+    )
+    # SMS: granted for order updates only.
+    transactional = p.Consent(
+        channel=c.CHANNEL_SMS,
+        state=p.CONSENT_STATE_GRANTED,
+        purpose=p.CONSENT_PURPOSE_TRANSACTIONAL,
+        update_time=_ts(now),
+    )
+    for consent in (pending, transactional):
+        await decisioning.feed(
+            profile_events.ConsentChangedEvent(person_id=str(person), consent=consent),
+            event_type="profile.consent_changed",
+            person_id=str(person),
+        )
+    first = await enter(decisioning, person, segment)
+    assert await run_outcome(decisioning, first) == "no_consented_channel"
+
+    confirmed = p.Consent()
+    confirmed.CopyFrom(pending)
+    confirmed.double_opt_in = p.DOUBLE_OPT_IN_STATE_CONFIRMED
+    confirmed.update_time.CopyFrom(_ts(now + timedelta(seconds=1)))
+    await decisioning.feed(
+        profile_events.ConsentChangedEvent(person_id=str(person), consent=confirmed),
+        event_type="profile.consent_changed",
+        person_id=str(person),
+    )
+    second = await enter(decisioning, person, segment)
+    assert await run_outcome(decisioning, second) == "send_requested"
+    envelope = await decisioning.published.wait_for(
+        lambda e: e.type == SEND_REQUESTED and e.person_id == str(person)
+    )
+    assert unpack(envelope, events_pb2.SendRequestedEvent).channel == c.CHANNEL_EMAIL
+
+
 async def test_a_person_nobody_told_us_about_gets_nothing(decisioning: Decisioning) -> None:
     person, segment = uuid.uuid4(), uuid.uuid4()
     await create_journey(decisioning, segment, [c.CHANNEL_EMAIL])

@@ -15,6 +15,7 @@ from omni.decisioning.v1 import events_pb2
 from omni.events.v1 import envelope_pb2
 from omni.identity.v1 import events_pb2 as identity_events
 from omni.profile.v1 import events_pb2 as profile_events
+from omni.profile.v1 import profile_pb2
 from omni.segmentation.v1 import events_pb2 as segmentation_events
 from omni_decisioning.entities import Decision, SegmentEntry
 from omni_kit.bus import Outbox, unpack
@@ -32,6 +33,8 @@ DECISION_MADE = "decisioning.decision_made"
 PERSON_ENTERED_SEGMENT = "segmentation.person_entered_segment"
 PERSON_EXITED_SEGMENT = "segmentation.person_exited_segment"
 CONSENT_CHANGED = "profile.consent_changed"
+# The consent purposes journeys depend on: marketing, and consents recorded before purposes existed.
+_JOURNEY_PURPOSES = (profile_pb2.CONSENT_PURPOSE_UNSPECIFIED, profile_pb2.CONSENT_PURPOSE_MARKETING)
 PERSONS_MERGED = "identity.persons_merged"
 
 # One consumer for all of them, so that events are applied in the order the log holds them (a consent
@@ -148,11 +151,19 @@ class EventHandlers:
                 "ignoring consent event %s: person %r, channel %d", envelope.id, event.person_id, channel
             )
             return
+        consent = event.consent
+        if consent.purpose not in _JOURNEY_PURPOSES:
+            # Journeys send marketing; a transactional or analytics consent says nothing about them.
+            return
+        state = consent.state
+        if consent.double_opt_in == profile_pb2.DOUBLE_OPT_IN_STATE_PENDING_CONFIRMATION:
+            # Granted but not confirmed yet: no contact until the person confirms.
+            state = profile_pb2.CONSENT_STATE_UNSPECIFIED
         applied = await self._read_models.consent_changed(
             session,
             person_id=person_id,
             channel=channel,
-            state=event.consent.state,
+            state=state,
             update_time=_time(event.consent.update_time, occurred_at),
         )
         if not applied:

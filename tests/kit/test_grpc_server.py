@@ -10,6 +10,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
+from omni.common.v1 import common_pb2
 from omni_kit.errors import FieldViolation, InvalidArgument, NotFound, status_details
 from omni_kit.grpc_server import GrpcServer
 
@@ -28,9 +29,15 @@ def _register(release: asyncio.Event) -> object:
         await release.wait()
         return b"finished:" + request
 
+    async def typed(request: common_pb2.Identifier, context: grpc.aio.ServicerContext) -> bytes:
+        return request.type.encode()
+
     handlers = {
         "Fail": grpc.unary_unary_rpc_method_handler(fail),
         "Slow": grpc.unary_unary_rpc_method_handler(slow),
+        "Typed": grpc.unary_unary_rpc_method_handler(
+            typed, request_deserializer=common_pb2.Identifier.FromString
+        ),
     }
 
     def register(server: grpc.aio.Server) -> None:
@@ -121,3 +128,18 @@ async def test_graceful_stop_finishes_in_flight_calls_and_reports_not_serving(
     release.set()
     assert await in_flight == b"finished:x"
     await stopping
+
+
+async def test_bytes_that_are_not_the_request_type_are_invalid_argument(
+    served: tuple[GrpcServer, grpc.aio.Channel, asyncio.Event],
+) -> None:
+    _, channel, _ = served
+    call = channel.unary_unary(f"/{SERVICE}/Typed")
+    good = common_pb2.Identifier(type="email", value="a@example.com").SerializeToString()
+    assert await call(good, timeout=2) == b"email"
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await call(b"\x0a\xff\xff\xff\xff", timeout=2)
+    details = status_details(raised.value)
+    assert details.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert details.fields == {"request"}
+    assert details.error_info is not None and details.error_info.reason == "MALFORMED_REQUEST"

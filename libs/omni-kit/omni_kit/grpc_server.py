@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
+from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from opentelemetry.instrumentation.grpc import aio_server_interceptor
 
-from omni_kit.errors import OmniError, internal_status, to_status
+from omni_kit.errors import FieldViolation, InvalidArgument, OmniError, internal_status, to_status
 from omni_kit.telemetry import tracing_enabled
 
 log = logging.getLogger(__name__)
@@ -42,6 +44,8 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
         method = handler_call_details.method  # type: ignore[attr-defined]
         domain = self._domain
 
+        deserialize = _tolerant(handler.request_deserializer)
+
         async def abort(context: grpc.aio.ServicerContext, error: Exception) -> None:
             if isinstance(error, OmniError):
                 await context.abort_with_status(to_status(error, domain))
@@ -53,35 +57,33 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
 
             async def unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
                 try:
-                    return await inner_uu(request, context)
+                    return await inner_uu(_decoded(request), context)
                 except grpc.aio.AbortError:
                     raise
                 except Exception as error:
                     await abort(context, error)
 
-            return grpc.unary_unary_rpc_method_handler(
-                unary_unary, handler.request_deserializer, handler.response_serializer
-            )
+            return grpc.unary_unary_rpc_method_handler(unary_unary, deserialize, handler.response_serializer)
         if handler.stream_unary:
             inner_su = handler.stream_unary
 
             async def stream_unary(requests: Any, context: grpc.aio.ServicerContext) -> Any:
                 try:
-                    return await inner_su(requests, context)
+                    return await inner_su(_decoded_stream(requests), context)
                 except grpc.aio.AbortError:
                     raise
                 except Exception as error:
                     await abort(context, error)
 
             return grpc.stream_unary_rpc_method_handler(
-                stream_unary, handler.request_deserializer, handler.response_serializer
+                stream_unary, deserialize, handler.response_serializer
             )
         if handler.unary_stream:
             inner_us = handler.unary_stream
 
             async def unary_stream(request: Any, context: grpc.aio.ServicerContext) -> Any:
                 try:
-                    async for item in inner_us(request, context):
+                    async for item in inner_us(_decoded(request), context):
                         yield item
                 except grpc.aio.AbortError:
                     raise
@@ -89,14 +91,14 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
                     await abort(context, error)
 
             return grpc.unary_stream_rpc_method_handler(
-                unary_stream, handler.request_deserializer, handler.response_serializer
+                unary_stream, deserialize, handler.response_serializer
             )
         if handler.stream_stream:
             inner_ss = handler.stream_stream
 
             async def stream_stream(requests: Any, context: grpc.aio.ServicerContext) -> Any:
                 try:
-                    async for item in inner_ss(requests, context):
+                    async for item in inner_ss(_decoded_stream(requests), context):
                         yield item
                 except grpc.aio.AbortError:
                     raise
@@ -104,9 +106,46 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
                     await abort(context, error)
 
             return grpc.stream_stream_rpc_method_handler(
-                stream_stream, handler.request_deserializer, handler.response_serializer
+                stream_stream, deserialize, handler.response_serializer
             )
         return handler
+
+
+@dataclass(frozen=True)
+class _Undecodable:
+    """What a request that is not a valid protobuf of its type deserialises to."""
+
+    error: str
+
+
+def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    """Wrap a request deserializer so that bad bytes reach the handler as _Undecodable instead of failing the
+    call with UNKNOWN; the handler wrapper then answers INVALID_ARGUMENT."""
+    if deserializer is None:
+        return None
+
+    def deserialize(data: bytes) -> Any:
+        try:
+            return deserializer(data)
+        except DecodeError as error:
+            return _Undecodable(str(error) or "malformed protobuf")
+
+    return deserialize
+
+
+def _decoded(request: Any) -> Any:
+    if isinstance(request, _Undecodable):
+        raise InvalidArgument(
+            message="the request is not a valid protobuf message of its type",
+            reason="MALFORMED_REQUEST",
+            violations=[FieldViolation("request", request.error)],
+        )
+    return request
+
+
+async def _decoded_stream(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    async for request in requests:
+        yield _decoded(request)
 
 
 class GrpcServer:

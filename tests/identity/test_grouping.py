@@ -90,3 +90,16 @@ async def test_a_caller_giving_up_does_not_stop_the_others() -> None:
     assert (await first).person_id is not None
     assert (await waiting[1]).person_id == uuid.uuid5(uuid.NAMESPACE_OID, "d2")
     assert recorder.groups == [["d0"], ["d2"]]
+
+
+async def test_callers_are_not_left_waiting_when_the_group_is_cancelled() -> None:
+    recorder = Recorder()
+    groups = ResolveGroups(recorder, max_in_flight=1)
+    first = asyncio.create_task(groups.resolve(request(0)))
+    await settle()
+    second = asyncio.create_task(groups.resolve(request(1)))
+    await settle()
+    for task in list(groups._tasks):
+        task.cancel()
+    await settle()
+    assert first.cancelled() and second.cancelled()

@@ -59,8 +59,18 @@ class ResolveGroups:
                         if not future.done():
                             future.set_exception(error)
                     continue
+                except BaseException:
+                    # Cancelled (the loop is closing): the callers of this group are told so.
+                    for _, future in group:
+                        future.cancel()
+                    raise
                 for (_, future), resolution in zip(group, resolutions, strict=True):
                     if not future.done():
                         future.set_result(resolution)
         finally:
             self._in_flight -= 1
+            if not self._in_flight:
+                # Nobody is left to take the calls still waiting (only when cancelled): fail them.
+                for _, future in self._waiting:
+                    future.cancel()
+                self._waiting.clear()

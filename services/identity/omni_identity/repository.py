@@ -5,6 +5,7 @@ Concurrency rests on two kinds of locks, always taken in the same order so that 
    up front, in ascending key order: whoever holds it alone may create, re-point or remove that identifier;
 2. then, in the one statement that reads who holds them, a row lock on every person holding one, in
    ascending id order, so that no one adds identifiers to a person while it is being merged away.
+Both are one call of identity_lock_holders (migration 0003), which begins the resolve's transaction.
 Nothing ever waits for an advisory lock while holding a person lock, so the wait-for graph has no cycles.
 If a holder turns out to have been merged away between the two steps (its row lock waited for the merge
 to commit), the transaction is started again (ConcurrentMerge) rather than holding a lock on a dead person

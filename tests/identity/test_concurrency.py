@@ -7,6 +7,7 @@ import logging
 import random
 import uuid
 from collections.abc import AsyncIterator, Iterable
+from typing import Any
 
 import grpc
 import pytest
@@ -211,14 +212,14 @@ async def _lineage_holds(identity: Identity, values: set[Pair]) -> dict[Pair, uu
                 {"t": [t for t, _ in values], "v": [v for _, v in values]},
             )
         ).all()
-        links = dict(
+        links: dict[Any, Any] = dict(
             (
                 await connection.execute(
                     sa.text("SELECT id, merged_into FROM persons WHERE merged_into IS NOT NULL")
                 )
             ).all()
         )
-        standing = dict(
+        standing: dict[Any, Any] = dict(
             (
                 await connection.execute(
                     sa.text("SELECT merged_id, survivor_id FROM merges WHERE undone_at IS NULL")

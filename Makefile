@@ -68,7 +68,7 @@ test-e2e: env
 lint: env $(BUF)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy libs/omni-kit/omni_kit services tests
+	$(VENV)/bin/mypy libs/omni-kit/omni_kit services tests bench
 	$(BUF) lint
 
 fmt: env

@@ -19,6 +19,7 @@ import signal
 import sys
 from typing import Any
 
+from omni_kit.runtime import settle_garbage_collector
 from omni_kit.telemetry import setup_telemetry
 
 SERVICES = ("identity", "profile", "segmentation", "decisioning", "gateway")
@@ -41,6 +42,7 @@ async def _serve(name: str, overrides: dict[str, Any]) -> None:
     setup_telemetry(name)
     module = importlib.import_module(f"omni_{name}.main")
     runtime = await module.start(module.Settings(**overrides))
+    settle_garbage_collector()  # as `omni serve` does
     _ready(runtime.port)
     await stop.wait()
     await runtime.close()

@@ -18,6 +18,7 @@ import sys
 from types import ModuleType
 
 from omni_kit.db import create_engine, migrate
+from omni_kit.runtime import settle_garbage_collector
 from omni_kit.telemetry import setup_telemetry
 
 SERVICES = ("identity", "profile", "segmentation", "decisioning", "gateway")
@@ -35,6 +36,7 @@ async def serve(name: str) -> None:
     module = load_service(name)
     settings = module.Settings()
     runtime = await module.start(settings)
+    settle_garbage_collector()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 import ipaddress
 from pathlib import Path
 
@@ -104,20 +103,4 @@ async def start(settings: Settings) -> Runtime:
         matching.register(server)
 
     await runtime.serve(service_names=[SERVICE_NAME, matching.service_name], register=register)
-    _settle_garbage_collector()
     return runtime
-
-
-# A batch resolve allocates some 10^5 short-lived objects; with the default threshold the collector ran
-# every 700 allocations, and every full collection walked everything the process had loaded at start
-# (modules, protobuf descriptors, the engine): about a seventh of the service's CPU under load.
-_GC_YOUNG_THRESHOLD = 10_000
-
-
-def _settle_garbage_collector() -> None:
-    """Leave what start() built out of later collections (it lives as long as the process), and collect
-    the young generation less often."""
-    gc.collect()
-    gc.freeze()
-    _, middle, old = gc.get_threshold()
-    gc.set_threshold(max(gc.get_threshold()[0], _GC_YOUNG_THRESHOLD), middle, old)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hmac
 import uuid
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 
 import grpc
 import pytest
@@ -12,6 +13,9 @@ import sqlalchemy as sa
 
 from omni.identity.v1 import events_pb2, identity_pb2
 from omni_identity.erasure import DEVELOPMENT_KEY
+from omni_identity.matching.matcher import StoredRecord
+from omni_identity.matching.records import NormalisedRecord
+from omni_identity.matching.repository import MatchRepository
 from omni_kit.bus import unpack
 from omni_kit.embedded import EmbeddedNats, EmbeddedPostgres
 from omni_kit.errors import status_details
@@ -230,3 +234,25 @@ async def test_forgetting_a_split_off_person_scrubs_it_from_others_lineage(ident
         ("device_id", s),
         ("anonymous_id", z),
     }
+
+
+async def test_forgetting_deletes_the_matchers_records_of_the_person(identity: Identity) -> None:
+    survivor, merged, _ = await _forgotten_customer(identity)
+    record = NormalisedRecord(given_name="ada", surname="lovelace", date_of_birth="18151210", postcode="w1")
+    async with identity.runtime.sessions() as session, session.begin():
+        await MatchRepository(session).add_records(
+            [
+                StoredRecord(uuid.uuid4(), uuid.UUID(survivor), record, ("postcode:w1",)),
+                StoredRecord(uuid.uuid4(), uuid.UUID(merged), record, ("postcode:w1",)),
+            ],
+            source="store_signup",
+            now=datetime.now(UTC),
+        )
+    ids = [uuid.UUID(survivor), uuid.UUID(merged)]
+    assert (
+        len(await _rows(identity, "SELECT 1 FROM person_records WHERE person_id = ANY(:ids)", ids=ids)) == 2
+    )
+
+    await forget(identity, survivor)
+
+    assert await _rows(identity, "SELECT 1 FROM person_records WHERE person_id = ANY(:ids)", ids=ids) == []

@@ -19,6 +19,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from omni_identity.erasure import ErasureRecord
+from omni_identity.matching.repository import MatchRepository
 from omni_identity.merge import MergeRecord
 from omni_identity.models import Erasure, Merge, Operation
 from omni_identity.normalise import IdentifierKey
@@ -253,6 +254,10 @@ class OperatorRepository:
         await self.session.execute(
             sa.text("DELETE FROM operations WHERE person_ids && CAST(:ids AS uuid[])"), {"ids": tree}
         )
+        # The matcher's records filed under these persons hold names, addresses and dates of birth.
+        records = MatchRepository(self.session)
+        for person_id in tree:
+            await records.forget_person(person_id)
         self.session.add(
             Erasure(
                 id=erasure.id,

@@ -36,10 +36,11 @@ CONSENT_CHANGED = "profile.consent_changed"
 # The consent purposes journeys depend on: marketing, and consents recorded before purposes existed.
 _JOURNEY_PURPOSES = (profile_pb2.CONSENT_PURPOSE_UNSPECIFIED, profile_pb2.CONSENT_PURPOSE_MARKETING)
 PERSONS_MERGED = "identity.persons_merged"
+PERSON_FORGOTTEN = "identity.person_forgotten"
 
 # One consumer for all of them, so that events are applied in the order the log holds them (a consent
 # granted before a segment entry is known when the entry starts a journey).
-CONSUMED = (PERSON_ENTERED_SEGMENT, PERSON_EXITED_SEGMENT, CONSENT_CHANGED, PERSONS_MERGED)
+CONSUMED = (PERSON_ENTERED_SEGMENT, PERSON_EXITED_SEGMENT, CONSENT_CHANGED, PERSONS_MERGED, PERSON_FORGOTTEN)
 
 
 def _time(timestamp: Timestamp, fallback: datetime) -> datetime:
@@ -103,6 +104,8 @@ class EventHandlers:
             await self._consent(session, envelope, occurred_at)
         elif envelope.type == PERSONS_MERGED:
             await self._merged(session, envelope)
+        elif envelope.type == PERSON_FORGOTTEN:
+            await self._forgotten(session, envelope)
         else:
             log.debug("ignoring event %s of type %s", envelope.id, envelope.type)
 
@@ -177,6 +180,18 @@ class EventHandlers:
             log.warning("ignoring merge event %s without a valid survivor and merged persons", envelope.id)
             return
         await self._read_models.persons_merged(session, survivor_id=survivor, merged_ids=merged)
+
+    async def _forgotten(self, session: AsyncSession, envelope: envelope_pb2.Envelope) -> None:
+        event = unpack(envelope, identity_events.PersonForgottenEvent)
+        values = [event.person_id, envelope.person_id, *event.forgotten_person_ids]
+        parsed = [(value, parse_uuid(value)) for value in values if value]
+        malformed = [value for value, person in parsed if person is None]
+        if malformed:
+            # The valid ids are still erased: skipping them all for one bad id would keep data that must go.
+            log.error("person_forgotten %s has malformed person ids %r", envelope.id, malformed)
+        forgotten = {person for _, person in parsed if person is not None}
+        if forgotten:
+            await self._read_models.persons_forgotten(session, forgotten)
 
 
 def _ids(

@@ -1,9 +1,9 @@
-"""Decisioning's copies of other services' facts, fed by their events: memberships, consents, merges."""
+"""Decisioning's copies of other services' facts, fed by their events: memberships, consents, merges, erasure."""
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from datetime import datetime
 
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -60,3 +60,7 @@ class ReadModels:
         """Fold the merged persons' memberships, consents and journey history into the survivor."""
         survivor = await self.person(session, survivor_id)
         await self._repository.merge_persons(session, survivor_id=survivor, merged_ids=merged_ids)
+
+    async def persons_forgotten(self, session: AsyncSession, person_ids: Collection[uuid.UUID]) -> None:
+        """Delete everything held about the persons (erasure): read models, journey runs and decisions."""
+        await self._repository.forget_persons(session, person_ids)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -278,6 +278,30 @@ class Repository:
         # Runs move too, so the re-entry guard sees one person's history as one.
         await session.execute(
             sa.update(JourneyRunRow).where(JourneyRunRow.person_id.in_(merged)).values(person_id=survivor_id)
+        )
+
+    async def forget_persons(self, session: AsyncSession, person_ids: Collection[uuid.UUID]) -> None:
+        """Delete the persons' memberships, consents, aliases, journey runs and decisions.
+
+        Ids this service knows were merged into a forgotten person go with it, even if the event missed them.
+        """
+        merged_in = await session.scalars(
+            sa.select(PersonAliasRow.merged_person_id).where(
+                PersonAliasRow.survivor_person_id.in_(person_ids)
+            )
+        )
+        ids = set(person_ids) | set(merged_in)
+        for column in (
+            MembershipRow.person_id,
+            ConsentRow.person_id,
+            JourneyRunRow.person_id,
+            DecisionRow.person_id,
+        ):
+            await session.execute(sa.delete(column.class_).where(column.in_(ids)))
+        await session.execute(
+            sa.delete(PersonAliasRow).where(
+                sa.or_(PersonAliasRow.merged_person_id.in_(ids), PersonAliasRow.survivor_person_id.in_(ids))
+            )
         )
 
     # -- journey runs --------------------------------------------------------------------------------------

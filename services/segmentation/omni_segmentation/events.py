@@ -17,6 +17,7 @@ from omni_kit.bus import unpack
 from omni_kit.ids import parse_uuid
 
 if TYPE_CHECKING:
+    from omni_segmentation.erasure import PersonEraser
     from omni_segmentation.facts import FactsRecorder
     from omni_segmentation.merge import PersonMerger
 
@@ -30,7 +31,9 @@ PERSON_EXITED_SEGMENT = "segmentation.person_exited_segment"
 EVENT_TRACKED = "profile.event_tracked"
 PROFILE_CHANGED = "profile.profile_changed"
 PERSONS_MERGED = "identity.persons_merged"
-CONSUMED = (EVENT_TRACKED, PROFILE_CHANGED, PERSONS_MERGED)
+PERSON_FORGOTTEN = "identity.person_forgotten"
+PERSON_ERASED = "profile.person_erased"
+CONSUMED = (EVENT_TRACKED, PROFILE_CHANGED, PERSONS_MERGED, PERSON_FORGOTTEN, PERSON_ERASED)
 
 
 def current_trace_context() -> dict[str, str]:
@@ -52,9 +55,10 @@ class EventHandlers:
     logged and skipped, since retrying cannot fix them.
     """
 
-    def __init__(self, facts: FactsRecorder, merger: PersonMerger) -> None:
+    def __init__(self, facts: FactsRecorder, merger: PersonMerger, eraser: PersonEraser) -> None:
         self._facts = facts
         self._merger = merger
+        self._eraser = eraser
 
     async def handle(self, session: AsyncSession, envelope: envelope_pb2.Envelope) -> None:
         """Dispatch one envelope by its type."""
@@ -64,6 +68,12 @@ class EventHandlers:
             await self._profile_changed(session, envelope)
         elif envelope.type == PERSONS_MERGED:
             await self._persons_merged(session, envelope)
+        elif envelope.type == PERSON_FORGOTTEN:
+            forgotten = unpack(envelope, identity_events.PersonForgottenEvent)
+            await self._erase(session, envelope, [forgotten.person_id, *forgotten.forgotten_person_ids])
+        elif envelope.type == PERSON_ERASED:
+            erased = unpack(envelope, profile_events.PersonErasedEvent)
+            await self._erase(session, envelope, [erased.person_id, *erased.merged_person_ids])
         else:
             log.warning("ignoring event %s of unexpected type %s", envelope.id, envelope.type)
 
@@ -120,3 +130,14 @@ class EventHandlers:
             trace_context=current_trace_context(),
             now=datetime.now(UTC),
         )
+
+    async def _erase(
+        self, session: AsyncSession, envelope: envelope_pb2.Envelope, raw_ids: list[str]
+    ) -> None:
+        # Malformed ids cannot name anything stored here (every stored id is a UUID): skip them, erase the rest.
+        person_ids = [p for p in (parse_uuid(r) for r in raw_ids if r) if p is not None]
+        if len(person_ids) < len([r for r in raw_ids if r]):
+            log.warning(
+                "erasure %s (%s) names malformed person ids; erasing the others", envelope.id, envelope.type
+            )
+        await self._eraser.erase(session, person_ids)

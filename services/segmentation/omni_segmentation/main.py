@@ -15,6 +15,7 @@ from omni_kit.settings import ServiceSettings
 from omni_segmentation.api import SegmentationServicer
 from omni_segmentation.catalog import SegmentCatalog
 from omni_segmentation.clock import Clock
+from omni_segmentation.erasure import PersonEraser
 from omni_segmentation.events import CONSUMED, EventHandlers
 from omni_segmentation.facts import FactsRecorder
 from omni_segmentation.membership import MembershipEvaluator
@@ -53,7 +54,11 @@ async def start(settings: Settings) -> Runtime:
         repository = Repository()
         catalog = SegmentCatalog(repository)
         evaluator = MembershipEvaluator(repository, catalog, runtime.outbox)
-        handlers = EventHandlers(FactsRecorder(repository, evaluator), PersonMerger(repository, evaluator))
+        handlers = EventHandlers(
+            FactsRecorder(repository, evaluator),
+            PersonMerger(repository, evaluator),
+            PersonEraser(repository),
+        )
         clock = Clock(
             runtime.transaction,
             repository,
@@ -64,7 +69,7 @@ async def start(settings: Settings) -> Runtime:
             purge_interval_s=settings.purge_interval_s,
             retention_floor=timedelta(seconds=settings.event_retention_floor_s),
         )
-        # One consumer for all three types keeps a person's events in the order the stream holds them.
+        # One consumer for every consumed type keeps a person's events in the order the stream holds them.
         runtime.add_consumer(durable="facts", event_types=CONSUMED, handler=handlers.handle)
         runtime.add_task(lambda: asyncio.create_task(clock.run(), name="segmentation-clock"))
         servicer = SegmentationServicer(runtime, repository, catalog, on_segment_created=clock.wake)

@@ -200,6 +200,28 @@ class Repository:
             )
         )
 
+    async def erase_persons(self, session: AsyncSession, person_ids: Sequence[uuid.UUID]) -> None:
+        """Delete everything held about these persons: facts, occurrences, last-seen times, memberships and
+        merge aliases (both ways). A backfill cursor on one of them steps back to the live person before it."""
+        ids = list(person_ids)
+        for table in (EventOccurrenceRow, LastEventRow, MembershipRow, PersonRow):
+            await session.execute(sa.delete(table).where(table.person_id.in_(ids)))
+        await session.execute(
+            sa.delete(MergedPersonRow).where(
+                sa.or_(MergedPersonRow.person_id.in_(ids), MergedPersonRow.survivor_id.in_(ids))
+            )
+        )
+        before = (
+            sa.select(PersonRow.person_id)
+            .where(PersonRow.person_id < BackfillRow.after_person_id)
+            .order_by(PersonRow.person_id.desc())
+            .limit(1)
+            .scalar_subquery()
+        )
+        await session.execute(
+            sa.update(BackfillRow).where(BackfillRow.after_person_id.in_(ids)).values(after_person_id=before)
+        )
+
     # -- events ------------------------------------------------------------------------------------------
 
     async def add_occurrence(

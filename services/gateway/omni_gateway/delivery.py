@@ -179,6 +179,11 @@ class Delivery:
             updated = await self._repository.record_outcome(
                 session, message.id, status=status, recipient=recipient, error=error, retry_after=retry_after
             )
+            if updated is None:
+                # Finished meanwhile (its person forgotten): keep what is stored, announce nothing.
+                current = await self._repository.get_message(session, message.id)
+                assert current is not None
+                return current
             await stage_outcome(self._outbox, session, updated)
         return updated
 

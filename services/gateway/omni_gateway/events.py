@@ -1,7 +1,9 @@
-"""What the gateway publishes (message sent / failed) and consumes (decisioning's send requests)."""
+"""What the gateway publishes (message sent / failed) and consumes (send requests, persons forgotten)."""
 
 from __future__ import annotations
 
+import uuid
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -9,8 +11,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from omni.decisioning.v1 import events_pb2 as decisioning_events
 from omni.events.v1 import envelope_pb2
 from omni.gateway.v1 import events_pb2
+from omni.identity.v1 import events_pb2 as identity_events
 from omni_gateway.domain import MessageStatus
 from omni_gateway.models import Message
+from omni_gateway.repository import Repository
 from omni_gateway.wire import message_to_proto, parse_send_request
 from omni_kit.bus import Outbox, PermanentError, unpack
 from omni_kit.errors import AlreadyExists, InvalidArgument, NotFound
@@ -21,6 +25,9 @@ if TYPE_CHECKING:
 MESSAGE_SENT = "gateway.message_sent"
 MESSAGE_FAILED = "gateway.message_failed"
 SEND_REQUESTED = "decisioning.send_requested"
+PERSON_FORGOTTEN = "identity.person_forgotten"
+
+Handler = Callable[[AsyncSession, envelope_pb2.Envelope], Awaitable[None]]
 
 
 async def stage_outcome(outbox: Outbox, session: AsyncSession, message: Message) -> None:
@@ -75,6 +82,58 @@ class SendRequestedHandler:
             await self._delivery.reject(request, _describe(error))
         except AlreadyExists as error:
             raise PermanentError(str(error)) from error
+
+
+class PersonForgottenHandler:
+    """Redacts the messages of a forgotten person (every id it had) and ends those not sent yet.
+
+    Runs in the consumer's transaction and publishes nothing: a message_failed would carry the person
+    again. Ids the gateway never saw, and ids that are not UUIDs, touch nothing; a redelivery redacts
+    nothing more.
+    """
+
+    def __init__(self, repository: Repository) -> None:
+        self._repository = repository
+
+    async def __call__(self, session: AsyncSession, envelope: envelope_pb2.Envelope) -> None:
+        """Handle one identity.person_forgotten envelope."""
+        event = unpack(envelope, identity_events.PersonForgottenEvent)
+        person_ids = _uuids([event.person_id, *event.forgotten_person_ids])
+        await self._repository.forget_persons(session, person_ids)
+
+
+class EventRouter:
+    """The gateway's one consumer handler: each event type to its handler, so all apply in log order."""
+
+    def __init__(
+        self, send_requested: SendRequestedHandler, person_forgotten: PersonForgottenHandler
+    ) -> None:
+        self._handlers: dict[str, Handler] = {
+            SEND_REQUESTED: send_requested,
+            PERSON_FORGOTTEN: person_forgotten,
+        }
+
+    @property
+    def event_types(self) -> list[str]:
+        """The event types routed."""
+        return list(self._handlers)
+
+    async def __call__(self, session: AsyncSession, envelope: envelope_pb2.Envelope) -> None:
+        """Hand the envelope to the handler of its type; other types cannot arrive (the consumer filters)."""
+        handler = self._handlers.get(envelope.type)
+        if handler is None:
+            raise PermanentError(f"the gateway does not consume {envelope.type!r}")
+        await handler(session, envelope)
+
+
+def _uuids(values: list[str]) -> list[uuid.UUID]:
+    found: set[uuid.UUID] = set()
+    for value in values:
+        try:
+            found.add(uuid.UUID(value))
+        except ValueError:
+            continue  # no message can have been stored under it
+    return sorted(found)
 
 
 def _describe(error: InvalidArgument | NotFound) -> str:

@@ -14,7 +14,7 @@ from omni.profile.v1 import profile_pb2_grpc
 from omni_gateway.api import GatewayServicer
 from omni_gateway.contacts import Contacts
 from omni_gateway.delivery import Delivery
-from omni_gateway.events import SEND_REQUESTED, SendRequestedHandler
+from omni_gateway.events import EventRouter, PersonForgottenHandler, SendRequestedHandler
 from omni_gateway.rendering import Renderer
 from omni_gateway.repository import Repository
 from omni_gateway.retry import RetryLoop, RetryPolicy
@@ -52,7 +52,7 @@ class Settings(ServiceSettings):
 
 
 async def start(settings: Settings) -> Runtime:
-    """Open the runtime, build the gateway's parts, consume send requests, retry queued messages and serve."""
+    """Open the runtime, build the parts, consume send requests and erasures, retry queued messages, serve."""
     runtime = Runtime("gateway", settings, migrations=MIGRATIONS)
     try:
         await _wire(runtime, settings)
@@ -112,9 +112,9 @@ async def _wire(runtime: Runtime, settings: Settings) -> None:
         sender=settings.smtp_from,
         policy=policy,
     )
-    runtime.add_consumer(
-        durable="send-requests", event_types=[SEND_REQUESTED], handler=SendRequestedHandler(delivery)
-    )
+    # Forgetting shares the send requests' durable, so it applies in log order with them.
+    router = EventRouter(SendRequestedHandler(delivery), PersonForgottenHandler(repository))
+    runtime.add_consumer(durable="send-requests", event_types=router.event_types, handler=router)
     retry_loop = RetryLoop(
         claim_due=delivery.claim_due, attempt=delivery.attempt, interval_s=settings.retry_poll_interval_s
     )

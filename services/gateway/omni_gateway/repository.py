@@ -10,13 +10,16 @@ from datetime import timedelta
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.dialects.postgresql import JSONB, insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from omni_gateway.domain import MessageStatus
 from omni_gateway.models import Message, Template
 
 _NOW = sa.func.now()
+
+FORGOTTEN = "person forgotten"
+"""The error left on a forgotten person's messages that were not sent."""
 
 
 class Repository:
@@ -139,11 +142,15 @@ class Repository:
         recipient: str,
         error: str,
         retry_after: timedelta | None = None,
-    ) -> Message:
-        """Record how an attempt ended and release the lease; retry_after schedules the next attempt."""
+    ) -> Message | None:
+        """Record how an attempt ended and release the lease; retry_after schedules the next attempt.
+
+        Only a message still QUEUED is updated: None means it was finished meanwhile (its person forgotten,
+        or a stalled attempt's lease taken over), and the outcome must not be recorded nor announced.
+        """
         statement = (
             sa.update(Message)
-            .where(Message.id == message_id)
+            .where(Message.id == message_id, Message.status == MessageStatus.QUEUED)
             .values(
                 status=status,
                 recipient=recipient,
@@ -155,4 +162,34 @@ class Repository:
             .returning(Message)
             .execution_options(populate_existing=True)
         )
-        return (await session.scalars(statement)).one()
+        return (await session.scalars(statement)).one_or_none()
+
+    async def forget_persons(self, session: AsyncSession, person_ids: list[uuid.UUID]) -> int:
+        """Redact the messages of these persons and end the unsent ones; the number of messages touched.
+
+        The rows stay, holding the request id and fingerprint, so a replayed request is answered from them
+        and never sent; what could identify or describe the person (address, variables, errors that may
+        quote the address, the trace of the request) is wiped. QUEUED messages become FAILED.
+        """
+        if not person_ids:
+            return 0
+        statement = (
+            sa.update(Message)
+            .where(Message.person_id.in_(person_ids))
+            .values(
+                status=sa.case(
+                    (Message.status == MessageStatus.QUEUED, MessageStatus.FAILED.value),
+                    else_=Message.status,
+                ),
+                recipient="",
+                variables=sa.cast(sa.literal("{}"), JSONB),
+                trace_context=sa.cast(sa.literal("{}"), JSONB),
+                # A SENT message has no error; any other may quote the address in one.
+                error=sa.case((Message.status == MessageStatus.SENT, ""), else_=FORGOTTEN),
+                claimed_until=None,
+                next_attempt_at=None,
+                update_time=_NOW,
+            )
+        )
+        result = await session.execute(statement)
+        return int(getattr(result, "rowcount", 0) or 0)

@@ -34,14 +34,24 @@ def test_a_page_token_is_opaque_text() -> None:
         "not base64 at all!",
         base64.urlsafe_b64encode(b"\xff\xfe").decode(),
         base64.urlsafe_b64encode(b"[1, 2]").decode(),
-        base64.urlsafe_b64encode(json.dumps({"v": 1, "p": "person-1", "t": "x", "i": "e"}).encode()).decode(),
-        base64.urlsafe_b64encode(json.dumps({"v": 2, "p": "person-1", "t": 1, "i": "e"}).encode()).decode(),
         base64.urlsafe_b64encode(
-            json.dumps({"v": 1, "p": "person-1", "t": 10**20, "i": "e"}).encode()
+            json.dumps({"k": "profile.timeline", "v": 1, "p": "person-1", "t": "x", "i": "e"}).encode()
+        ).decode(),
+        base64.urlsafe_b64encode(
+            json.dumps({"k": "profile.timeline", "v": 2, "p": "person-1", "t": 1, "i": "e"}).encode()
+        ).decode(),
+        base64.urlsafe_b64encode(
+            json.dumps({"k": "profile.timeline", "v": 1, "p": "person-1", "t": 10**20, "i": "e"}).encode()
         ).decode(),
     ],
 )
 def test_a_malformed_page_token_is_refused(token: str) -> None:
+    with pytest.raises(paging.BadPageToken):
+        paging.decode("person-1", token)
+
+
+def test_a_page_token_of_another_list_is_refused() -> None:
+    token = paging.encode_name("computed_traits", "lifetime_value")
     with pytest.raises(paging.BadPageToken):
         paging.decode("person-1", token)
 

@@ -44,7 +44,7 @@ def person_id(value: str, path: str, violations: Violations) -> uuid.UUID | None
     return parsed
 
 
-def page(size: int, token: str, kind: bytes, violations: Violations) -> tuple[int, uuid.UUID | None]:
+def page(size: int, token: str, kind: str, violations: Violations) -> tuple[int, uuid.UUID | None]:
     """The page size and the position after which the page starts, or violations."""
     limit, after = paging.DEFAULT_PAGE_SIZE, None
     try:

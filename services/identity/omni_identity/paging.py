@@ -1,13 +1,13 @@
 """Opaque page tokens: the position after which the next page starts, never to be parsed by clients.
 
-Each list has its own two-byte kind, so a token of one list is refused by another.
+Each list has its own kind, so a token of one list is refused by another (omni_kit.paging).
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import uuid
+
+from omni_kit.paging import decode_after, encode_after
 
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
@@ -20,24 +20,18 @@ def page_size(requested: int) -> int:
     return min(requested or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
 
 
-MERGES = b"m1"
-IDENTIFIERS = b"i1"
-REFUSED_LINKS = b"r1"
+MERGES = "identity.merges"
+IDENTIFIERS = "identity.identifiers"
+REFUSED_LINKS = "identity.refused_links"
 
 
-def encode_token(after: uuid.UUID, kind: bytes = MERGES) -> str:
+def encode_token(after: uuid.UUID, kind: str = MERGES) -> str:
     """A token for the page that starts after the row with this id."""
-    return base64.urlsafe_b64encode(kind + after.bytes).decode().rstrip("=")
+    return encode_after(kind, after)
 
 
-def decode_token(token: str, kind: bytes = MERGES) -> uuid.UUID | None:
+def decode_token(token: str, kind: str = MERGES) -> uuid.UUID | None:
     """The id a token points after; None for the first page. Raises ValueError for a token we did not make."""
     if not token:
         return None
-    try:
-        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
-    except (binascii.Error, ValueError) as error:
-        raise ValueError("is not a page token of this list") from error
-    if len(raw) != 18 or not raw.startswith(kind):
-        raise ValueError("is not a page token of this list")
-    return uuid.UUID(bytes=raw[2:])
+    return decode_after(kind, token)

@@ -8,15 +8,13 @@ format is ours to change: clients only hand them back.
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from omni_kit.paging import PageTokenError, pack, unpack
+
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_VERSION = 1
 
 
 class BadPageToken(ValueError):
@@ -43,20 +41,15 @@ class Position:
     key: str
 
 
-def _pack(body: dict[str, Any]) -> str:
-    raw = json.dumps({"v": _VERSION, **body}, separators=(",", ":")).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+def _pack(kind: str, body: dict[str, Any]) -> str:
+    return pack(f"profile.{kind}", body)
 
 
-def _unpack(token: str) -> dict[str, Any]:
+def _unpack(kind: str, token: str) -> dict[str, Any]:
     try:
-        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
-        body = json.loads(raw)
-    except (binascii.Error, ValueError, UnicodeDecodeError) as error:
+        return unpack(token, f"profile.{kind}")
+    except PageTokenError as error:
         raise BadPageToken("the page token is malformed") from error
-    if not isinstance(body, dict) or body.get("v") != _VERSION:
-        raise BadPageToken("the page token is malformed")
-    return body
 
 
 def _micros(moment: datetime) -> int:
@@ -82,14 +75,14 @@ def encode(person_id: str, position: TimelinePosition) -> str:
     body: dict[str, Any] = {"p": person_id, "t": _micros(position.occurred_at), "i": position.event_id}
     if position.source is not None:
         body["s"] = position.source
-    return _pack(body)
+    return _pack("timeline", body)
 
 
 def decode(person_id: str, token: str) -> TimelinePosition:
     """The timeline position a token encodes; BadPageToken if it is malformed or another person's."""
-    body = _unpack(token)
+    body = _unpack("timeline", token)
     event_id, source = body.get("i"), body.get("s")
-    if not isinstance(event_id, str) or "k" in body or not (source is None or isinstance(source, str)):
+    if not isinstance(event_id, str) or not (source is None or isinstance(source, str)):
         raise BadPageToken("the page token is malformed")
     occurred_at = _moment(body.get("t"))
     _check_owner(body, person_id)
@@ -98,14 +91,14 @@ def decode(person_id: str, token: str) -> TimelinePosition:
 
 def encode_position(owner: str, kind: str, position: Position) -> str:
     """The opaque token for the page of a history (kind: "traits", "consents") after position."""
-    return _pack({"p": owner, "k": kind, "t": _micros(position.at), "i": position.key})
+    return _pack(kind, {"p": owner, "t": _micros(position.at), "i": position.key})
 
 
 def decode_position(owner: str, kind: str, token: str) -> Position:
     """The history position a token encodes; BadPageToken if malformed, another list's or another's."""
-    body = _unpack(token)
+    body = _unpack(kind, token)
     key = body.get("i")
-    if body.get("k") != kind or not isinstance(key, str):
+    if not isinstance(key, str):
         raise BadPageToken("the page token is malformed")
     at = _moment(body.get("t"))
     _check_owner(body, owner)
@@ -114,13 +107,13 @@ def decode_position(owner: str, kind: str, token: str) -> Position:
 
 def encode_name(kind: str, name: str) -> str:
     """The opaque token for the page of a list by name (kind: "computed_traits") after name."""
-    return _pack({"k": kind, "n": name})
+    return _pack(kind, {"n": name})
 
 
 def decode_name(kind: str, token: str) -> str:
     """The name a list token encodes; BadPageToken if it is malformed or another list's."""
-    body = _unpack(token)
+    body = _unpack(kind, token)
     name = body.get("n")
-    if body.get("k") != kind or not isinstance(name, str):
+    if not isinstance(name, str):
         raise BadPageToken("the page token is malformed")
     return name

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import re
 import uuid
 from collections.abc import Callable
@@ -13,6 +12,7 @@ from omni.segmentation.v1 import segmentation_pb2 as pb
 from omni.segmentation.v1 import segmentation_pb2_grpc
 from omni_kit.errors import Violations
 from omni_kit.ids import parse_uuid
+from omni_kit.paging import PageTokenError, decode_after, encode_after
 from omni_kit.runtime import Runtime
 from omni_segmentation import conditions
 from omni_segmentation.catalog import SegmentCatalog
@@ -25,23 +25,20 @@ MAX_NAME_LENGTH = 100
 MAX_DESCRIPTION_LENGTH = 2000
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 500
-_TOKEN_PREFIX = "segments:v1:"
+_SEGMENTS = "segmentation.segments"
 
 
 def encode_page_token(after: uuid.UUID) -> str:
     """An opaque token continuing a listing after the given segment."""
-    return base64.urlsafe_b64encode(f"{_TOKEN_PREFIX}{after}".encode()).decode().rstrip("=")
+    return encode_after(_SEGMENTS, after)
 
 
 def decode_page_token(token: str) -> uuid.UUID | None:
     """The segment id a token continues after; None when the token is not one of ours."""
     try:
-        text = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
-    except (ValueError, UnicodeDecodeError):
+        return decode_after(_SEGMENTS, token)
+    except PageTokenError:
         return None
-    if not text.startswith(_TOKEN_PREFIX):
-        return None
-    return parse_uuid(text.removeprefix(_TOKEN_PREFIX))
 
 
 def segment_message(record: SegmentRecord) -> pb.Segment:

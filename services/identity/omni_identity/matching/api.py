@@ -42,7 +42,7 @@ MAX_TRAINING_RECORDS = 200_000
 _RETRYABLE_SQLSTATES = {"40P01", "40001", "23505"}
 _ATTEMPTS = 3
 # The kind of ListMatchDecisions page tokens, so that other lists' tokens are refused.
-_DECISIONS_PAGE = b"md"
+_DECISIONS_PAGE = "identity.match_decisions"
 
 
 class MatchingServicer(matching_pb2_grpc.MatchingServiceServicer):

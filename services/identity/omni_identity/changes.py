@@ -53,6 +53,9 @@ class Attachment(StrEnum):
     """A resolve matched the person through other identifiers (recorded as `via`) and added it."""
     UNMERGE = "unmerge"
     """An unmerge moved it back to the restored person, because everything it was attached through went."""
+    RECORD_MATCH = "record_match"
+    """The probabilistic matcher filed a record carrying it under the person (MatchRecord, or a settled
+    review); attached_to is the person the record was filed under."""
 
 
 @dataclass(frozen=True)

@@ -96,7 +96,7 @@ async def start(settings: Settings) -> Runtime:
     rules, tombstones = Rules(registry), settings.tombstones()
     servicer = IdentityServicer(runtime, Persons(rules, tombstones), Operators(rules, tombstones), normaliser)
     # Probabilistic matching of records that carry no known identifier, served by the same server.
-    matching = Matching(runtime, MatchingSettings(), normaliser.normalise)
+    matching = Matching(runtime, MatchingSettings(), normaliser.normalise, rules, tombstones)
 
     def register(server: grpc.aio.Server) -> None:
         identity_pb2_grpc.add_IdentityServiceServicer_to_server(servicer, server)

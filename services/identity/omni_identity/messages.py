@@ -30,6 +30,7 @@ _ATTACHMENTS = {
     Attachment.NEW_PERSON: identity_pb2.ATTACHMENT_NEW_PERSON,
     Attachment.MATCHED: identity_pb2.ATTACHMENT_MATCHED,
     Attachment.UNMERGE: identity_pb2.ATTACHMENT_UNMERGE,
+    Attachment.RECORD_MATCH: identity_pb2.ATTACHMENT_RECORD_MATCH,
 }
 
 

@@ -56,6 +56,9 @@ def with_fields(record: matching_pb2.PersonRecord, **fields: object) -> matching
     for name, value in fields.items():
         if isinstance(value, matching_pb2.CalendarDate):
             getattr(copy, name).CopyFrom(value)
+        elif isinstance(value, list):
+            del getattr(copy, name)[:]
+            getattr(copy, name).extend(value)
         else:
             setattr(copy, name, value)
     return copy

@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from typing import TypeVar
 
+import asyncpg
 import grpc
 from sqlalchemy.exc import DBAPIError
 
 from omni.identity.v1 import matching_pb2, matching_pb2_grpc
+from omni_identity import messages as identity_messages
 from omni_identity import paging
-from omni_identity.matching.linking import DecisionRecord, Linking
+from omni_identity.events import OutboxPublisher
+from omni_identity.matching.graph_repository import GraphRepository
+from omni_identity.matching.linking import DecisionRecord, Linking, ReviewOutcome
 from omni_identity.matching.messages import (
     IdentifierNormaliser,
     decision_message,
@@ -24,7 +30,9 @@ from omni_identity.matching.messages import (
 from omni_identity.matching.records import NormalisedRecord
 from omni_identity.matching.repository import MatchRepository
 from omni_identity.matching.training import TrainingError
-from omni_kit.errors import FailedPrecondition, Unavailable, Violations
+from omni_identity.operator_repository import OperatorRepository
+from omni_identity.repository import ConcurrentMerge
+from omni_kit.errors import AlreadyExists, FailedPrecondition, Unavailable, Violations
 from omni_kit.ids import parse_uuid
 from omni_kit.runtime import Runtime
 
@@ -41,8 +49,17 @@ MAX_TRAINING_RECORDS = 200_000
 # safe to run again, and a repeated request id is then answered from the lineage.
 _RETRYABLE_SQLSTATES = {"40P01", "40001", "23505"}
 _ATTEMPTS = 3
-# The kind of ListMatchDecisions page tokens, so that other lists' tokens are refused.
+# Each run that a concurrent merge overtakes sees that merge in the next; merges only retire persons.
+_MAX_RUNS = 50
+# The kinds of ListMatchDecisions and ListMatchReviews page tokens, so that other lists' tokens are refused.
 _DECISIONS_PAGE = "identity.match_decisions"
+_REVIEWS_PAGE = "identity.match_reviews"
+# The kind of SettleMatchReview calls among the operator calls stored by request id.
+_SETTLE_KIND = "settle_match_review"
+_OUTCOMES = {
+    matching_pb2.MATCH_REVIEW_OUTCOME_LINK: ReviewOutcome.LINK,
+    matching_pb2.MATCH_REVIEW_OUTCOME_NEW_PERSON: ReviewOutcome.NEW_PERSON,
+}
 
 
 class MatchingServicer(matching_pb2_grpc.MatchingServiceServicer):
@@ -162,9 +179,9 @@ class MatchingServicer(matching_pb2_grpc.MatchingServiceServicer):
         violations.raise_if_any()
         assert person_id is not None and limit is not None
         async with self._runtime.transaction() as session:
-            decisions = await MatchRepository(session).decisions_about(
-                person_id, after=after, limit=limit + 1
-            )
+            # The person an id leads to and every person merged into it: their records are its records now.
+            persons = await GraphRepository(session).tree(person_id) or [person_id]
+            decisions = await MatchRepository(session).decisions_about(persons, after=after, limit=limit + 1)
         response = matching_pb2.ListMatchDecisionsResponse(
             decisions=[decision_message(d) for d in decisions[:limit]]
         )
@@ -172,16 +189,128 @@ class MatchingServicer(matching_pb2_grpc.MatchingServiceServicer):
             response.next_page_token = paging.encode_token(decisions[limit - 1].id, _DECISIONS_PAGE)
         return response
 
+    async def SettleMatchReview(
+        self, request: matching_pb2.SettleMatchReviewRequest, context: grpc.aio.ServicerContext
+    ) -> matching_pb2.SettleMatchReviewResponse:
+        """File a review's record as an operator decided, once per request id."""
+        violations = Violations()
+        request_id = identity_messages.request_id(request.request_id, violations)
+        decision_id = None
+        if violations.check(bool(request.decision_id.strip()), "decision_id", "is required"):
+            decision_id = parse_uuid(request.decision_id.strip())
+            violations.check(decision_id is not None, "decision_id", "is not a decision id (a UUID)")
+        outcome = _OUTCOMES.get(request.outcome)
+        violations.check(outcome is not None, "outcome", "must be LINK or NEW_PERSON")
+        person_id = None
+        if outcome is ReviewOutcome.LINK:
+            person_id = identity_messages.person_id(request.person_id, "person_id", violations)
+        elif outcome is ReviewOutcome.NEW_PERSON:
+            violations.check(
+                not request.person_id, "person_id", "must be empty when the outcome is NEW_PERSON"
+            )
+        reviewer = identity_messages.text(
+            request.reviewer, "reviewer", identity_messages.MAX_REQUESTED_BY_LENGTH, violations, required=True
+        )
+        reason = identity_messages.text(
+            request.reason, "reason", identity_messages.MAX_REASON_LENGTH, violations
+        )
+        violations.raise_if_any()
+        assert decision_id is not None and outcome is not None
+        fingerprint = hashlib.sha256(
+            _SETTLE_KIND.encode() + request.SerializeToString(deterministic=True)
+        ).digest()
+
+        async def work() -> tuple[matching_pb2.SettleMatchReviewResponse, bool]:
+            async with self._runtime.transaction() as session:
+                operations = OperatorRepository(session)
+                await operations.lock_request(request_id)
+                stored = await operations.operation(request_id)
+                if stored is not None:
+                    if stored.kind != _SETTLE_KIND or stored.fingerprint != fingerprint:
+                        raise AlreadyExists(
+                            message=f"request_id {request_id!r} was used for another request",
+                            reason="IDEMPOTENCY_KEY_REUSED",
+                            metadata={"request_id": request_id},
+                        )
+                    return matching_pb2.SettleMatchReviewResponse.FromString(stored.response), False
+                publisher = OutboxPublisher(self._runtime.outbox, session)
+                settled = await self._linking.settle(
+                    MatchRepository(session),
+                    GraphRepository(session),
+                    publisher,
+                    decision_id,
+                    outcome,
+                    person_id,
+                    reviewer=reviewer,
+                    reason=reason,
+                )
+                response = matching_pb2.SettleMatchReviewResponse(
+                    result=result_message(settled.decision), review=decision_message(settled.review)
+                )
+                review = settled.review
+                await operations.record_operation(
+                    request_id,
+                    kind=_SETTLE_KIND,
+                    fingerprint=fingerprint,
+                    response=response.SerializeToString(),
+                    # The answer shows the record's persons: erasing any of them removes it.
+                    person_ids=sorted(
+                        p
+                        for p in {
+                            settled.decision.person_id,
+                            *(c.person_id for c in review.candidates),
+                            *review.holders,
+                        }
+                        if p is not None
+                    ),
+                    now=datetime.now(UTC),
+                )
+            return response, publisher.staged
+
+        response, staged = await _retrying(work)
+        if staged:
+            self._runtime.relay.wake()
+        return response
+
+    async def ListMatchReviews(
+        self, request: matching_pb2.ListMatchReviewsRequest, context: grpc.aio.ServicerContext
+    ) -> matching_pb2.ListMatchReviewsResponse:
+        """List the reviews nobody has settled yet, a page at a time."""
+        violations = Violations()
+        limit, after = identity_messages.page(
+            request.page_size, request.page_token, _REVIEWS_PAGE, violations
+        )
+        violations.raise_if_any()
+        async with self._runtime.transaction() as session:
+            reviews = await MatchRepository(session).open_reviews(after=after, limit=limit + 1)
+        response = matching_pb2.ListMatchReviewsResponse(
+            reviews=[decision_message(r) for r in reviews[:limit]]
+        )
+        if len(reviews) > limit:
+            response.next_page_token = paging.encode_token(reviews[limit - 1].id, _REVIEWS_PAGE)
+        return response
+
     async def _match(
         self, records: list[NormalisedRecord], source: str, request_id: str
     ) -> list[DecisionRecord]:
-        async def work() -> list[DecisionRecord]:
+        async def work() -> tuple[list[DecisionRecord], bool]:
             async with self._runtime.transaction() as session:
-                return await self._linking.match(
-                    MatchRepository(session), records, source=source, request_id=request_id or None
+                publisher = OutboxPublisher(self._runtime.outbox, session)
+                decisions = await self._linking.match(
+                    MatchRepository(session),
+                    GraphRepository(session),
+                    publisher,
+                    records,
+                    source=source,
+                    request_id=request_id or None,
                 )
+            return decisions, publisher.staged
 
-        return await _retrying(work)
+        decisions, staged = await _retrying(work)
+        if staged:
+            # Staged with the graph change's own statement, not through the session: tell the relay here.
+            self._runtime.relay.wake()
+        return decisions
 
 
 def _check_request(source: str, request_id: str, violations: Violations) -> None:
@@ -196,16 +325,23 @@ def _check_request(source: str, request_id: str, violations: Violations) -> None
 
 
 async def _retrying(work: Callable[[], Awaitable[T]]) -> T:
-    """Run a transaction again when the database aborted it for a reason a new run resolves."""
-    for attempt in range(1, _ATTEMPTS + 1):
+    """Run a transaction again when a concurrent merge overtook it or the database aborted it for a reason
+    a new run resolves."""
+    aborts = 0
+    for _ in range(_MAX_RUNS):
         try:
             return await work()
-        except DBAPIError as error:
-            sqlstate = getattr(error.orig, "sqlstate", None) or getattr(error.orig, "pgcode", None)
+        except ConcurrentMerge as overtaken:
+            log.debug("overtaken by a concurrent change, running again: %s", overtaken)
+        except (DBAPIError, asyncpg.PostgresError) as error:
+            # The graph's statements go to the driver directly: their errors do not pass through SQLAlchemy.
+            orig = error.orig if isinstance(error, DBAPIError) else error
+            sqlstate = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
             if sqlstate not in _RETRYABLE_SQLSTATES:
                 raise
-            log.warning("match aborted (SQLSTATE %s), attempt %d of %d", sqlstate, attempt, _ATTEMPTS)
-            if attempt == _ATTEMPTS:
+            aborts += 1
+            log.warning("match aborted (SQLSTATE %s), attempt %d of %d", sqlstate, aborts, _ATTEMPTS)
+            if aborts == _ATTEMPTS:
                 raise Unavailable(message="the matcher is busy; try again") from error
-            await asyncio.sleep(0.01 * attempt)
-    raise AssertionError("unreachable")
+            await asyncio.sleep(0.01 * aborts)
+    raise Unavailable(message="the identity graph kept changing under this request; try again")

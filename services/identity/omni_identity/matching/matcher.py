@@ -3,13 +3,17 @@ a person to answer: blocking, comparison and the model's probabilities, then the
 
 A batch is decided in order against the stored records that share a blocking key with any of its records,
 and each record the batch stores is a candidate for the records after it, as if they had come one by one.
+
+The identity graph has the last word on identifiers: a record carrying an identifier that a person of the
+graph holds is that person's, or a question (see ``_heed_holders``); the matcher never joins two persons.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -59,12 +63,22 @@ class Policy:
 
 @dataclass(frozen=True)
 class StoredRecord:
-    """A record filed under a person, with its blocking keys."""
+    """A record filed under a person, with its blocking keys.
+
+    filed_under is the person it was first filed under (None: person_id): merges move the record to the
+    survivor, and an unmerge moves it back to whoever filed_under's merged_into chain then leads to.
+    """
 
     id: uuid.UUID
     person_id: uuid.UUID
     record: NormalisedRecord
     keys: tuple[str, ...]
+    filed_under: uuid.UUID | None = None
+
+    @property
+    def origin(self) -> uuid.UUID:
+        """The person the record was filed under (its lineage), whose merges it follows."""
+        return self.filed_under if self.filed_under is not None else self.person_id
 
 
 @dataclass(frozen=True)
@@ -102,6 +116,8 @@ class Outcome:
     keys: tuple[str, ...]
     candidates: tuple[Candidate, ...]
     stored: StoredRecord | None
+    holders: tuple[uuid.UUID, ...] = ()
+    """The persons of the identity graph holding any of the record's identifiers when it was decided."""
 
     @property
     def probability(self) -> float:
@@ -138,8 +154,14 @@ def decide_batch(
     policy: Policy,
     *,
     new_id: Callable[[], uuid.UUID],
+    holders: Mapping[str, uuid.UUID] | None = None,
 ) -> list[Outcome]:
-    """Decide each record in order against the existing records and those the batch filed before it."""
+    """Decide each record in order against the existing records and those the batch filed before it.
+
+    holders: the live person of the identity graph holding each of the records' identifiers ("type:value")
+    that one holds; identifiers of records the batch files count as held by their person from then on.
+    """
+    held = dict(holders or {})
     stored_before = _Index(policy.max_block)
     for stored in existing:
         stored_before.add(stored)
@@ -178,9 +200,12 @@ def decide_batch(
             np.concatenate([vectors[rows], earlier_vectors[[row for _, row in new]]]),
             np.concatenate([weights[rows], earlier_weights[[row for _, row in new]]]),
         )
-        outcome = _decide(record, keys, scored, table, policy, new_id)
+        outcome = _heed_holders(_decide(record, keys, scored, table, policy, new_id), held, new_id)
         if outcome.stored is not None:
             filed[i] = outcome.stored
+        if outcome.person_id is not None:
+            for identifier in record.identifiers:
+                held.setdefault(identifier, outcome.person_id)
         outcomes.append(outcome)
     return outcomes
 
@@ -211,12 +236,54 @@ def _decide(
         same = next((s for s in scored.records if s.person_id == best.person_id and s.record == record), None)
         if same is not None:
             return Outcome(Decision.LINKED, best.person_id, same.id, record, keys, shown, None)
-        stored = StoredRecord(new_id(), best.person_id, record, keys)
+        # Filed under the person its best match was filed under, so that undoing a merge of that person
+        # takes this record along (as an identifier found only through identifiers going back).
+        origin = scored.records[ranked[0]].origin
+        stored = StoredRecord(new_id(), best.person_id, record, keys, origin)
         return Outcome(Decision.LINKED, best.person_id, stored.id, record, keys, shown, stored)
     if best is not None and best.probability >= policy.review_threshold:
         return Outcome(Decision.REVIEW, None, None, record, keys, shown, None)
-    stored = StoredRecord(new_id(), new_id(), record, keys)
+    person_id = new_id()
+    stored = StoredRecord(new_id(), person_id, record, keys, person_id)
     return Outcome(Decision.NEW_PERSON, stored.person_id, stored.id, record, keys, shown, stored)
+
+
+def _heed_holders(
+    outcome: Outcome, held: Mapping[str, uuid.UUID], new_id: Callable[[], uuid.UUID]
+) -> Outcome:
+    """The decision once the identity graph's holders of the record's identifiers are taken into account.
+
+    An identifier is deterministic evidence, stronger than any agreement of names and addresses, but the
+    matcher never joins two persons (that is a resolve's or an operator's call, with its own lineage):
+    - nobody holds one: the decision stands;
+    - one person holds them and the record was linked to it: it stands;
+    - one person holds them, the record would start a new person, and none of the holder's records was
+      among the candidates: the record is the holder's (LINKED), as a resolve of the identifiers would say;
+    - otherwise (several holders, linked to someone else, or the holder's own records were compared and
+      found unlike the record): REVIEW, with the holders shown, for an operator to settle.
+    """
+    holders = tuple(sorted({held[i] for i in outcome.record.identifiers if i in held}))
+    if not holders:
+        return outcome
+    review = dataclasses.replace(
+        outcome, decision=Decision.REVIEW, person_id=None, record_id=None, stored=None, holders=holders
+    )
+    if len(holders) > 1 or outcome.decision is Decision.REVIEW:
+        return review
+    [holder] = holders
+    if outcome.decision is Decision.LINKED:
+        return dataclasses.replace(outcome, holders=holders) if outcome.person_id == holder else review
+    if any(candidate.person_id == holder for candidate in outcome.candidates):
+        return review
+    stored = StoredRecord(new_id(), holder, outcome.record, outcome.keys, holder)
+    return dataclasses.replace(
+        outcome,
+        decision=Decision.LINKED,
+        person_id=holder,
+        record_id=stored.id,
+        stored=stored,
+        holders=holders,
+    )
 
 
 def _relative(vector: npt.NDArray[np.int8]) -> bool:

@@ -8,7 +8,7 @@ from typing import Protocol
 
 from omni.common.v1 import common_pb2
 from omni.identity.v1 import matching_pb2
-from omni_identity.matching.linking import DecisionRecord, StoredModel
+from omni_identity.matching.linking import DecisionRecord, ReviewOutcome, Settlement, StoredModel
 from omni_identity.matching.matcher import Candidate, Decision, Policy
 from omni_identity.matching.normalise import normalise_record
 from omni_identity.matching.records import Identifier, NormalisedRecord, PersonRecord
@@ -27,6 +27,11 @@ _TEXT_FIELDS = (
     "postcode",
     "state",
 )
+
+REVIEW_OUTCOMES = {
+    ReviewOutcome.LINK: matching_pb2.MATCH_REVIEW_OUTCOME_LINK,
+    ReviewOutcome.NEW_PERSON: matching_pb2.MATCH_REVIEW_OUTCOME_NEW_PERSON,
+}
 
 DECISIONS = {
     Decision.LINKED: matching_pb2.MATCH_DECISION_LINKED,
@@ -126,6 +131,7 @@ def result_message(decision: DecisionRecord) -> matching_pb2.MatchResult:
         decision_id=str(decision.id),
         probability=decision.probability,
         model_version=decision.model_version,
+        identifier_person_ids=[str(p) for p in decision.holders],
     )
 
 
@@ -158,8 +164,25 @@ def decision_message(decision: DecisionRecord) -> matching_pb2.MatchDecisionReco
         source=decision.source,
         request_id=decision.request_id or "",
         record=record_message(decision.record),
+        identifier_person_ids=[str(p) for p in decision.holders],
+        settles_decision_id=_id(decision.settles),
     )
     message.decide_time.FromDatetime(decision.decided_at.astimezone(UTC))
+    if decision.settlement is not None:
+        message.settlement.CopyFrom(settlement_message(decision.settlement))
+    return message
+
+
+def settlement_message(settlement: Settlement) -> matching_pb2.MatchReviewSettlement:
+    """A review's settlement as a message."""
+    message = matching_pb2.MatchReviewSettlement(
+        outcome=REVIEW_OUTCOMES[settlement.outcome],
+        person_id=str(settlement.person_id),
+        decision_id=str(settlement.decision_id),
+        reviewer=settlement.reviewer,
+        reason=settlement.reason,
+    )
+    message.settle_time.FromDatetime(settlement.settled_at.astimezone(UTC))
     return message
 
 

@@ -41,8 +41,17 @@ class PersonRecordRow(MatchingBase):
     )
     blocking_keys: Mapped[list[str]] = mapped_column(ARRAY(sa.Text), nullable=False)
     created_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True), nullable=False)
+    filed_under: Mapped[uuid.UUID] = mapped_column(
+        sa.Uuid,
+        nullable=False,
+        comment="The person the record was filed under; its merged_into chain leads to person_id.",
+    )
 
-    __table_args__ = (sa.Index("person_records_person_id", "person_id"),)
+    # person_id follows merges and unmerges of the graph: a trigger on persons (migration 0101) moves it.
+    __table_args__ = (
+        sa.Index("person_records_person_id", "person_id"),
+        sa.Index("person_records_filed_under", "filed_under"),
+    )
 
 
 class PersonRecordKey(MatchingBase):
@@ -101,6 +110,27 @@ class MatchDecisionRow(MatchingBase):
         comment="The decided person and every candidate, for listing by person.",
     )
     decided_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True), nullable=False)
+    identifier_person_ids: Mapped[list[uuid.UUID]] = mapped_column(
+        ARRAY(sa.Uuid),
+        nullable=False,
+        server_default="{}",
+        comment="The persons of the graph holding the record's identifiers when it was decided.",
+    )
+    settles_decision_id: Mapped[uuid.UUID | None] = mapped_column(
+        sa.Uuid, nullable=True, comment="For a decision made by settling a review: the review."
+    )
+    settled_at: Mapped[datetime | None] = mapped_column(
+        sa.DateTime(timezone=True), nullable=True, comment="When a review was settled."
+    )
+    settled_by: Mapped[str] = _text()
+    settle_reason: Mapped[str] = _text()
+    settled_decision_id: Mapped[uuid.UUID | None] = mapped_column(
+        sa.Uuid, nullable=True, comment="For a settled review: the decision that filed its record."
+    )
+    settled_outcome: Mapped[str] = _text("For a settled review: link or new_person.")
+    settled_person_id: Mapped[uuid.UUID | None] = mapped_column(
+        sa.Uuid, nullable=True, comment="For a settled review: the person its record was filed under."
+    )
 
     __table_args__ = (
         sa.Index(
@@ -111,4 +141,9 @@ class MatchDecisionRow(MatchingBase):
             postgresql_where=sa.text("request_id IS NOT NULL"),
         ),
         sa.Index("match_decisions_person_ids", "person_ids", postgresql_using="gin"),
+        sa.Index(
+            "match_decisions_open_reviews",
+            "id",
+            postgresql_where=sa.text("decision = 'review' AND settled_at IS NULL"),
+        ),
     )

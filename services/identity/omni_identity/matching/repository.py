@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from omni_identity.matching.comparison import FIELD_INDEX
-from omni_identity.matching.linking import DecisionRecord, StoredModel
+from omni_identity.matching.linking import DecisionRecord, ReviewOutcome, Settlement, StoredModel
 from omni_identity.matching.matcher import Candidate, Decision, FieldComparison, StoredRecord
 from omni_identity.matching.model import MatchModel
 from omni_identity.matching.models import MatchDecisionRow, MatchModelRow, PersonRecordRow
@@ -25,7 +25,9 @@ _MODELS_LOCK_KEY = 7_310_611_100
 _LOCK_KEYS = sa.text("SELECT pg_advisory_xact_lock(k) FROM unnest(CAST(:keys AS bigint[])) AS t(k)")
 
 _RECORD_COLUMNS = (
-    "r.id, r.person_id, " + ", ".join(f"r.{f}" for f in _RECORD_FIELDS) + ", r.identifiers, r.blocking_keys"
+    "r.id, r.person_id, "
+    + ", ".join(f"r.{f}" for f in _RECORD_FIELDS)
+    + ", r.identifiers, r.blocking_keys, r.filed_under"
 )
 
 # A key whose block is larger than max_block is skipped; counting stops at max_block + 1 index entries, so
@@ -91,6 +93,7 @@ class MatchRepository:
                     "identifiers": sorted(r.record.identifiers),
                     "blocking_keys": list(r.keys),
                     "created_at": now,
+                    "filed_under": r.origin,
                 }
                 for r in records
             ],
@@ -116,18 +119,61 @@ class MatchRepository:
         return [_decision_record(row) for row in (await self.session.execute(query)).scalars()]
 
     async def decisions_about(
-        self, person_id: uuid.UUID, *, after: uuid.UUID | None, limit: int
+        self, person_ids: Sequence[uuid.UUID], *, after: uuid.UUID | None, limit: int
     ) -> list[DecisionRecord]:
-        """The decisions that linked or created a person or had it as a candidate, oldest first."""
+        """The decisions that linked or created any of these persons or named them (as a candidate, a holder
+        of the record's identifiers or the person a review was settled for), oldest first."""
         query = (
             sa.select(MatchDecisionRow)
-            .where(MatchDecisionRow.person_ids.contains([person_id]))
+            .where(MatchDecisionRow.person_ids.overlap(list(person_ids)))
             .order_by(MatchDecisionRow.id)
             .limit(limit)
         )
         if after is not None:
             query = query.where(MatchDecisionRow.id > after)
         return [_decision_record(row) for row in (await self.session.execute(query)).scalars()]
+
+    async def open_reviews(self, *, after: uuid.UUID | None, limit: int) -> list[DecisionRecord]:
+        """Reviews nobody has settled yet, oldest first."""
+        query = (
+            sa.select(MatchDecisionRow)
+            .where(MatchDecisionRow.decision == Decision.REVIEW.value, MatchDecisionRow.settled_at.is_(None))
+            .order_by(MatchDecisionRow.id)
+            .limit(limit)
+        )
+        if after is not None:
+            query = query.where(MatchDecisionRow.id > after)
+        return [_decision_record(row) for row in (await self.session.execute(query)).scalars()]
+
+    async def decision(self, decision_id: uuid.UUID, *, lock: bool = False) -> DecisionRecord | None:
+        """A decision by id; with lock, its row is locked until the transaction ends."""
+        query = sa.select(MatchDecisionRow).where(MatchDecisionRow.id == decision_id)
+        if lock:
+            query = query.with_for_update()
+        row = (await self.session.execute(query)).scalar_one_or_none()
+        if row is not None and lock:
+            await self.session.refresh(row)
+        return None if row is None else _decision_record(row)
+
+    async def settle(self, review_id: uuid.UUID, settlement: Settlement) -> None:
+        """Record a review's settlement; the review is then also listed under the person it was settled for."""
+        await self.session.execute(
+            sa.update(MatchDecisionRow)
+            .where(MatchDecisionRow.id == review_id)
+            .values(
+                settled_at=settlement.settled_at,
+                settled_by=settlement.reviewer,
+                settle_reason=settlement.reason,
+                settled_decision_id=settlement.decision_id,
+                settled_outcome=settlement.outcome.value,
+                settled_person_id=settlement.person_id,
+                person_ids=sa.func.array_append(
+                    sa.func.array_remove(MatchDecisionRow.person_ids, settlement.person_id),
+                    settlement.person_id,
+                ),
+            )
+            .execution_options(synchronize_session=False)
+        )
 
     async def current_model(self) -> StoredModel | None:
         """The highest model version, if any was trained."""
@@ -188,7 +234,7 @@ def _normalised(row: Any) -> NormalisedRecord:
 
 
 def _stored_record(row: Any) -> StoredRecord:
-    return StoredRecord(row.id, row.person_id, _normalised(row), tuple(row.blocking_keys))
+    return StoredRecord(row.id, row.person_id, _normalised(row), tuple(row.blocking_keys), row.filed_under)
 
 
 def _stored_model(row: MatchModelRow) -> StoredModel:
@@ -204,7 +250,9 @@ def _record_json(record: NormalisedRecord) -> dict[str, Any]:
 
 def _decision_row(decision: DecisionRecord) -> dict[str, Any]:
     person_ids = [decision.person_id] if decision.person_id is not None else []
-    person_ids += [c.person_id for c in decision.candidates if c.person_id not in person_ids]
+    for person_id in (*(c.person_id for c in decision.candidates), *decision.holders):
+        if person_id not in person_ids:
+            person_ids.append(person_id)
     return {
         "id": decision.id,
         "request_id": decision.request_id,
@@ -222,6 +270,8 @@ def _decision_row(decision: DecisionRecord) -> dict[str, Any]:
         "candidates": [_candidate_json(c) for c in decision.candidates],
         "person_ids": person_ids,
         "decided_at": decision.decided_at,
+        "identifier_person_ids": list(decision.holders),
+        "settles_decision_id": decision.settles,
     }
 
 
@@ -270,4 +320,21 @@ def _decision_record(row: MatchDecisionRow) -> DecisionRecord:
             identifiers=frozenset(record.get("identifiers", ())),
         ),
         decided_at=row.decided_at,
+        holders=tuple(row.identifier_person_ids or ()),
+        settles=row.settles_decision_id,
+        settlement=_settlement(row),
+    )
+
+
+def _settlement(row: MatchDecisionRow) -> Settlement | None:
+    if row.settled_at is None or row.settled_decision_id is None:
+        return None
+    assert row.settled_person_id is not None
+    return Settlement(
+        outcome=ReviewOutcome(row.settled_outcome),
+        person_id=row.settled_person_id,
+        decision_id=row.settled_decision_id,
+        reviewer=row.settled_by,
+        reason=row.settle_reason,
+        settled_at=row.settled_at,
     )

@@ -9,10 +9,13 @@ from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from omni.identity.v1 import matching_pb2_grpc
+from omni_identity.erasure import Tombstones
 from omni_identity.matching.api import MatchingServicer
+from omni_identity.matching.graph import GraphFiling
 from omni_identity.matching.linking import Linking
 from omni_identity.matching.matcher import Policy
 from omni_identity.matching.messages import IdentifierNormaliser
+from omni_identity.rules import Rules
 from omni_kit.ids import new_id
 from omni_kit.runtime import Runtime
 
@@ -69,9 +72,16 @@ class Matching:
     service_name = MATCHING_SERVICE_NAME
 
     def __init__(
-        self, runtime: Runtime, settings: MatchingSettings, normalise_identifier: IdentifierNormaliser
+        self,
+        runtime: Runtime,
+        settings: MatchingSettings,
+        normalise_identifier: IdentifierNormaliser,
+        rules: Rules,
+        tombstones: Tombstones,
     ) -> None:
-        linking = Linking(settings.policy(), clock=lambda: datetime.now(UTC), new_id=new_id)
+        # The graph's own rules and tombstones: a record's identifiers are attached as a resolve's would be.
+        graph = GraphFiling(rules, tombstones, new_id=new_id)
+        linking = Linking(settings.policy(), graph, clock=lambda: datetime.now(UTC), new_id=new_id)
         self.servicer = MatchingServicer(runtime, linking, normalise_identifier)
 
     def register(self, server: grpc.aio.Server) -> None:

@@ -137,3 +137,43 @@ def test_at_most_max_candidates_are_returned(new_id: Callable[[], uuid.UUID]) ->
 def test_thresholds_must_be_ordered() -> None:
     with pytest.raises(ValueError):
         Policy(link_threshold=0.5, review_threshold=0.9)
+
+
+EMAIL = "email:michaela@example.com"
+HOLDER = uuid.UUID(int=2)
+WITH_EMAIL = NormalisedRecord(**{**MICHAELA.__dict__, "identifiers": frozenset({EMAIL})})
+
+
+def test_the_holder_of_an_identifier_takes_a_record_without_candidates(
+    new_id: Callable[[], uuid.UUID],
+) -> None:
+    [outcome] = decide_batch(
+        [WITH_EMAIL], [], default_model(), Policy(), new_id=new_id, holders={EMAIL: HOLDER}
+    )
+    assert outcome.decision is Decision.LINKED and outcome.person_id == HOLDER
+    assert outcome.holders == (HOLDER,)
+    assert outcome.stored is not None and outcome.stored.origin == HOLDER
+
+
+@pytest.mark.parametrize("holder", [PERSON, HOLDER])
+def test_a_holder_other_than_the_linked_person_sends_the_record_to_review(
+    new_id: Callable[[], uuid.UUID], holder: uuid.UUID
+) -> None:
+    [outcome] = decide_batch(
+        [WITH_EMAIL], [stored(MICHAELA)], default_model(), Policy(), new_id=new_id, holders={EMAIL: holder}
+    )
+    expected = Decision.LINKED if holder == PERSON else Decision.REVIEW
+    assert outcome.decision is expected and outcome.holders == (holder,)
+    assert (outcome.stored is None) == (expected is Decision.REVIEW)
+
+
+def test_a_linked_record_is_filed_under_the_person_its_match_was_filed_under(
+    new_id: Callable[[], uuid.UUID],
+) -> None:
+    earlier = StoredRecord(uuid.UUID(int=100), PERSON, MICHAELA, tuple(blocking_keys(MICHAELA)), HOLDER)
+    [outcome] = decide_batch([MICHAELA], [earlier], default_model(), Policy(), new_id=new_id)
+    assert outcome.decision is Decision.LINKED and outcome.stored is None
+    typo = NormalisedRecord(**{**MICHAELA.__dict__, "surname": "neuman"})
+    [outcome] = decide_batch([typo], [earlier], default_model(), Policy(), new_id=new_id)
+    assert outcome.stored is not None and outcome.stored.person_id == PERSON
+    assert outcome.stored.origin == HOLDER

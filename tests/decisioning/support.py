@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from omni.decisioning.v1 import decisioning_pb2_grpc
 from omni.events.v1 import envelope_pb2
-from omni_kit.bus import make_envelope, subject_for
+from omni_kit.bus import envelopes_in, make_envelope, subject_for
 from omni_kit.runtime import Runtime
 
 # How long to wait for the consumer or the relay before a test fails.
@@ -32,7 +32,7 @@ class Published:
 
     def on_message(self, message: Msg) -> None:
         """Collect one published envelope."""
-        self.envelopes.append(envelope_pb2.Envelope.FromString(message.data))
+        self.envelopes.extend(envelopes_in(message.data, message.headers))
 
     def matching(self, predicate: Callable[[envelope_pb2.Envelope], bool]) -> list[envelope_pb2.Envelope]:
         """The envelopes seen so far that satisfy predicate."""

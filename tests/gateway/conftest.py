@@ -21,10 +21,10 @@ from nats.js import JetStreamContext
 import omni_gateway.main as gateway_main
 import omni_identity.main as identity_main
 import omni_profile.main as profile_main
-from omni.events.v1 import envelope_pb2
 from omni.gateway.v1 import gateway_pb2_grpc
 from omni.identity.v1 import identity_pb2_grpc
 from omni.profile.v1 import profile_pb2_grpc
+from omni_kit.bus import envelopes_in
 from omni_kit.db import create_engine
 from omni_kit.embedded import EmbeddedNats, EmbeddedPostgres, SmtpSink
 
@@ -139,7 +139,7 @@ async def events(neighbours: Neighbours, nats_server: EmbeddedNats) -> AsyncIter
     log = EventLog()
 
     async def received(message: Msg) -> None:
-        log.envelopes.append(envelope_pb2.Envelope.FromString(message.data))
+        log.envelopes.extend(envelopes_in(message.data, message.headers))
         log.arrived.set()
 
     await client.subscribe(f"{neighbours.namespace}.events.>", cb=received)

@@ -13,9 +13,9 @@ import pytest
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 
-from omni.events.v1 import envelope_pb2
 from omni.identity.v1 import identity_pb2_grpc
 from omni_identity.main import Settings, start
+from omni_kit.bus import envelopes_in
 from omni_kit.embedded import EmbeddedNats, EmbeddedPostgres
 
 from .support import EventLog, Identity
@@ -66,7 +66,7 @@ async def events(identity: Identity, nats_server: EmbeddedNats) -> AsyncIterator
     log = EventLog()
 
     async def received(message: Msg) -> None:
-        log.envelopes.append(envelope_pb2.Envelope.FromString(message.data))
+        log.envelopes.extend(envelopes_in(message.data, message.headers))
         log.arrived.set()
 
     await client.subscribe(f"{identity.namespace}.events.>", cb=received)

@@ -10,10 +10,10 @@ import nats
 import pytest
 from nats.aio.msg import Msg
 
-from omni.events.v1 import envelope_pb2
 from omni.identity.v1 import identity_pb2_grpc
 from omni.profile.v1 import profile_pb2_grpc
 from omni_identity import main as identity_main
+from omni_kit.bus import envelopes_in
 from omni_kit.db import create_engine
 from omni_kit.embedded import EmbeddedNats, EmbeddedPostgres
 from omni_profile import main as profile_main
@@ -48,7 +48,7 @@ async def services(postgres: EmbeddedPostgres, nats_server: EmbeddedNats) -> Asy
     log = EventLog()
 
     async def received(message: Msg) -> None:
-        log.envelopes.append(envelope_pb2.Envelope.FromString(message.data))
+        log.envelopes.extend(envelopes_in(message.data, message.headers))
         log.arrived.set()
 
     await client.subscribe(f"{namespace}.events.>", cb=received)

@@ -10,8 +10,8 @@ import nats
 import pytest
 from nats.aio.msg import Msg
 
-from omni.events.v1 import envelope_pb2
 from omni.segmentation.v1 import segmentation_pb2_grpc
+from omni_kit.bus import envelopes_in
 from omni_kit.embedded import EmbeddedNats, EmbeddedPostgres
 from omni_segmentation.main import Settings, start
 
@@ -55,7 +55,7 @@ async def events(segmentation: Segmentation, nats_server: EmbeddedNats) -> Async
     log = EventLog()
 
     async def received(message: Msg) -> None:
-        log.envelopes.append(envelope_pb2.Envelope.FromString(message.data))
+        log.envelopes.extend(envelopes_in(message.data, message.headers))
         log.arrived.set()
 
     await client.subscribe(f"{segmentation.namespace}.events.>", cb=received)

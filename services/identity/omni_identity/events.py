@@ -9,11 +9,9 @@ Identity consumes no events yet.
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
-from typing import NamedTuple
 
 from google.protobuf.message import Message
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -23,7 +21,7 @@ from omni.events.v1 import envelope_pb2
 from omni.identity.v1 import events_pb2
 from omni_identity.changes import GraphEvent, PersonCreated, PersonForgotten, PersonsMerged, PersonsUnmerged
 from omni_identity.normalise import IdentifierKey
-from omni_kit.bus import Outbox, subject_for
+from omni_kit.bus import Outbox, OutboxRows
 
 PERSON_CREATED = "identity.person_created"
 PERSONS_MERGED = "identity.persons_merged"
@@ -84,17 +82,6 @@ def event_payload(event: GraphEvent) -> tuple[str, str, Message]:
     raise TypeError(f"not an identity event: {event!r}")
 
 
-class OutboxRows(NamedTuple):
-    """Outbox rows as one array per column (the columns omni_kit's Outbox writes), for a bulk insert."""
-
-    ids: list[uuid.UUID]
-    subjects: list[str]
-    types: list[str]
-    person_ids: list[str | None]
-    payloads: list[bytes]
-    headers: list[str]
-
-
 class OutboxPublisher:
     """Stages domain events in the outbox of the transaction they happened in."""
 
@@ -112,32 +99,25 @@ class OutboxPublisher:
         The envelopes are those omni_kit's Outbox makes (producer, time, trace context), built once and
         copied: a batch stages hundreds of events, and a fresh envelope each cost more than the change.
         """
-        rows = OutboxRows([], [], [], [], [], [])
         if not events:
-            return rows
+            return OutboxRows()
         self.staged = True
         template: envelope_pb2.Envelope | None = None
+        envelopes = []
         for event in events:
             event_type, person_id, payload = event_payload(event)
             if template is None:
                 template = self._outbox.envelope(
                     payload, event_type=event_type, person_id=person_id, occurred_at=occurred_at
                 )
-                headers = json.dumps(dict(template.trace_context))
             envelope = envelope_pb2.Envelope()
             envelope.CopyFrom(template)
-            event_id = new_id()
-            envelope.id = str(event_id)
+            envelope.id = str(new_id())
             envelope.type = event_type
             envelope.person_id = person_id
             envelope.payload.Pack(payload)
-            rows.ids.append(event_id)
-            rows.subjects.append(subject_for(event_type, self._outbox.namespace))
-            rows.types.append(event_type)
-            rows.person_ids.append(person_id or None)
-            rows.payloads.append(envelope.SerializeToString())
-            rows.headers.append(headers)
-        return rows
+            envelopes.append(envelope)
+        return self._outbox.rows(envelopes)
 
     async def publish(self, events: Sequence[GraphEvent]) -> None:
         """Stage the events, in order, in one insert."""

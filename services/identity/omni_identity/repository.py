@@ -25,11 +25,11 @@ from typing import Any
 import sqlalchemy as sa
 
 from omni_identity.changes import GraphChanges, Held, RefusedLink
-from omni_identity.events import OutboxRows
 from omni_identity.merge import MergeRecord
 from omni_identity.normalise import IdentifierKey
 from omni_identity.reads import GraphReader
 from omni_identity.rules import Tally
+from omni_kit.bus import OutboxRows
 
 
 def identifier_lock_key(key: IdentifierKey) -> int:
@@ -248,7 +248,7 @@ class IdentityRepository(GraphReader):
             [m.merged_at for m in merges],
             [m.rule.value for m in merges],
             [m.reason for m in merges],
-            *events,
+            *events.columns(),
         )
         if changes.refused_links:
             await self._upsert_refused_links(driver, changes.refused_links, changes.now)

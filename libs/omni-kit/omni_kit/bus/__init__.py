@@ -1,26 +1,37 @@
 """The event log on NATS JetStream: transactional outbox, relay, durable consumers with an inbox."""
 
 from omni_kit.bus.consumer import EventConsumer, Handler
-from omni_kit.bus.envelope import PermanentError, make_envelope, subject_for, unpack
-from omni_kit.bus.outbox import Outbox, OutboxRelay, outbox_staged
+from omni_kit.bus.envelope import (
+    BATCH_HEADER,
+    PermanentError,
+    envelopes_in,
+    make_envelope,
+    subject_for,
+    unpack,
+)
+from omni_kit.bus.outbox import Outbox, OutboxRelay, OutboxRows, outbox_rows, outbox_staged
 from omni_kit.bus.streams import DLQ_STREAM, EVENTS_STREAM, dlq_stream, ensure_streams, events_stream
 from omni_kit.bus.tables import bus_metadata, create_bus_tables, inbox_table, outbox_table
 
 __all__ = [
+    "BATCH_HEADER",
     "DLQ_STREAM",
     "EVENTS_STREAM",
     "EventConsumer",
     "Handler",
     "Outbox",
     "OutboxRelay",
+    "OutboxRows",
     "PermanentError",
     "bus_metadata",
     "create_bus_tables",
     "dlq_stream",
     "ensure_streams",
+    "envelopes_in",
     "events_stream",
     "inbox_table",
     "make_envelope",
+    "outbox_rows",
     "outbox_staged",
     "outbox_table",
     "subject_for",

@@ -1,9 +1,14 @@
 """Durable JetStream consumers that apply each event once, in the same transaction as its effect.
 
-Each consumer is a durable pull consumer with explicit ack. For every message it opens a transaction,
+Each consumer is a durable pull consumer with explicit ack. For every event it opens a transaction,
 records the event id in the inbox (a duplicate is skipped), runs the handler and commits, then acks. A
 failing handler rolls back and the message is redelivered after a backoff; after `max_deliver` attempts (or
-at once, for a PermanentError) it is copied to the dead-letter subject <namespace>.dlq.<durable> with the error, and terminated.
+at once, for a PermanentError) the event is copied to the dead-letter subject <namespace>.dlq.<durable>
+with the error, and the message terminated.
+
+A message may hold a batch of events (an EnvelopeBatch, header Omni-Batch): its events are applied each
+once, like the events of separate messages. When some fail, those applied stay applied (the inbox skips
+them when the message comes again); the others are retried with the message, and dead-lettered one by one.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from omni.events.v1 import envelope_pb2
-from omni_kit.bus.envelope import PermanentError
+from omni_kit.bus.envelope import BATCH_HEADER, PermanentError, envelopes_in
 from omni_kit.bus.outbox import outbox_staged
 from omni_kit.bus.tables import inbox_table
 
@@ -49,6 +54,7 @@ class EventConsumer:
         max_deliver: int = 5,
         backoff_s: Sequence[float] = (0.2, 1.0, 5.0, 15.0),
         batch_size: int = 100,
+        max_events_per_transaction: int = 1000,
         ack_wait_s: float = 30.0,
         after_commit: Callable[[], None] | None = None,
     ) -> None:
@@ -62,6 +68,7 @@ class EventConsumer:
         self._max_deliver = max_deliver
         self._backoff_s = list(backoff_s)
         self._batch_size = batch_size
+        self._max_events = max_events_per_transaction
         self._ack_wait_s = ack_wait_s
         self._after_commit = after_commit
         self._stopping = False
@@ -114,49 +121,59 @@ class EventConsumer:
         self._stopping = True
 
     async def handle_batch(self, messages: list[Msg]) -> None:
-        """Apply a fetched batch in one transaction (one commit, one inbox statement), then ack it.
+        """Apply fetched messages in few transactions (one commit, one inbox statement each), then ack them.
 
-        When any event of the batch fails, the transaction rolls back and the batch is applied again one
-        event at a time, so a poison event is retried and dead-lettered on its own and the others go
-        through.
+        Up to max_events_per_transaction events go in one transaction. When any event of it fails, it rolls
+        back and its messages are applied again one event at a time, so a poison event is retried and
+        dead-lettered on its own and the others go through.
         """
-        if len(messages) == 1:
-            await self.handle(messages[0])
-            return
-        decoded: list[tuple[Msg, envelope_pb2.Envelope]] = []
+        decoded: list[tuple[Msg, list[envelope_pb2.Envelope]]] = []
         for message in messages:
             try:
-                decoded.append((message, envelope_pb2.Envelope.FromString(message.data)))
+                decoded.append((message, envelopes_in(message.data, message.headers)))
             except Exception as error:
                 await self._dead_letter(message, f"undecodable envelope: {error}")
-        if not decoded:
-            return
-        try:
-            applied, staged = await self._apply_together(decoded)
-        except Exception as error:
-            log.info(
-                "%s: a batch of %d failed (%s); applying one at a time", self.durable, len(decoded), error
-            )
-            for message, _ in decoded:
-                await self.handle(message)
-            return
-        self.applied += applied
-        if staged and self._after_commit is not None:
-            self._after_commit()
-        for message, _ in decoded:
-            await message.ack()
+        # A message delivered again failed before: its events go one at a time straight away.
+        fresh = []
+        for message, envelopes in decoded:
+            if (message.metadata.num_delivered or 1) > 1:
+                await self._handle_envelopes(message, envelopes)
+            else:
+                fresh.append((message, envelopes))
+        for group in _transactions(fresh, self._max_events):
+            if len(group) == 1 and len(group[0][1]) == 1:
+                await self._handle_envelopes(*group[0])
+                continue
+            try:
+                applied, staged = await self._apply_together(group)
+            except Exception as error:
+                log.info(
+                    "%s: %d events together failed (%s); applying one at a time",
+                    self.durable,
+                    sum(len(envelopes) for _, envelopes in group),
+                    error,
+                )
+                for message, envelopes in group:
+                    await self._handle_envelopes(message, envelopes)
+                continue
+            self.applied += applied
+            if staged and self._after_commit is not None:
+                self._after_commit()
+            for message, _ in group:
+                await message.ack()
 
-    async def _apply_together(self, decoded: list[tuple[Msg, envelope_pb2.Envelope]]) -> tuple[int, bool]:
+    async def _apply_together(self, group: list[tuple[Msg, list[envelope_pb2.Envelope]]]) -> tuple[int, bool]:
         applied = 0
+        events = [(message, envelope) for message, envelopes in group for envelope in envelopes]
         async with self._sessions() as session, session.begin():
             rows = await session.scalars(
                 insert(inbox_table)
-                .values([{"consumer": self.durable, "event_id": uuid.UUID(e.id)} for _, e in decoded])
+                .values([{"consumer": self.durable, "event_id": uuid.UUID(e.id)} for _, e in events])
                 .on_conflict_do_nothing()
                 .returning(inbox_table.c.event_id)
             )
             first_time = set(rows)
-            for message, envelope in decoded:
+            for message, envelope in events:
                 event_id = uuid.UUID(envelope.id)
                 if event_id not in first_time:
                     continue
@@ -175,7 +192,7 @@ class EventConsumer:
     @contextlib.contextmanager
     def _span(self, message: Msg, envelope: envelope_pb2.Envelope) -> Iterator[trace.Span]:
         """The consumer span of one event, a child of the trace that produced it."""
-        parent = propagate.extract({**envelope.trace_context, **(message.headers or {})})
+        parent = propagate.extract({**(message.headers or {}), **envelope.trace_context})
         token = otel_context.attach(parent)
         try:
             with tracer.start_as_current_span(
@@ -194,25 +211,59 @@ class EventConsumer:
             otel_context.detach(token)
 
     async def handle(self, message: Msg) -> None:
-        """Apply one message once, ack it, or schedule its redelivery or dead-lettering."""
+        """Apply one message's events once each, ack it, or schedule its redelivery or dead-lettering."""
         try:
-            envelope = envelope_pb2.Envelope.FromString(message.data)
+            envelopes = envelopes_in(message.data, message.headers)
         except Exception as error:
             await self._dead_letter(message, f"undecodable envelope: {error}")
             return
-        with self._span(message, envelope) as span:
-            try:
-                await self._apply(envelope)
-            except Exception as error:
-                span.record_exception(error)
-                span.set_status(trace.Status(trace.StatusCode.ERROR, str(error)))
-                failure: Exception | None = error
+        await self._handle_envelopes(message, envelopes)
+
+    async def _handle_envelopes(self, message: Msg, envelopes: list[envelope_pb2.Envelope]) -> None:
+        failures: list[tuple[envelope_pb2.Envelope, Exception]] = []
+        for envelope in envelopes:
+            with self._span(message, envelope) as span:
+                try:
+                    await self._apply(envelope)
+                except Exception as error:
+                    span.record_exception(error)
+                    span.set_status(trace.Status(trace.StatusCode.ERROR, str(error)))
+                    failures.append((envelope, error))
+        if not failures:
+            await message.ack()
+        elif len(envelopes) == 1:
+            await self._failed(message, failures[0][1])
+        else:
+            await self._failed_in_batch(message, failures)
+
+    async def _failed_in_batch(
+        self, message: Msg, failures: list[tuple[envelope_pb2.Envelope, Exception]]
+    ) -> None:
+        """Some events of a batch failed: dead-letter the hopeless ones, retry the message for the rest."""
+        delivered = message.metadata.num_delivered or 1
+        retry = []
+        for envelope, error in failures:
+            if isinstance(error, PermanentError) or delivered >= self._max_deliver:
+                log.error(
+                    "%s: event %s of %s given up: %s", self.durable, envelope.id, message.subject, error
+                )
+                await self._dead_letter_event(message, envelope, repr(error))
             else:
-                failure = None
-        if failure is not None:
-            await self._failed(message, failure)
+                retry.append(error)
+        if not retry:
+            await message.ack()
             return
-        await message.ack()
+        delay = self._backoff_s[min(delivered - 1, len(self._backoff_s) - 1)]
+        log.warning(
+            "%s: %d events of %s failed (delivery %d), retrying in %.1fs: %s",
+            self.durable,
+            len(retry),
+            message.subject,
+            delivered,
+            delay,
+            retry[0],
+        )
+        await message.nak(delay=delay)
 
     async def _apply(self, envelope: envelope_pb2.Envelope) -> None:
         async with self._sessions() as session, session.begin():
@@ -253,6 +304,22 @@ class EventConsumer:
         )
         await message.nak(delay=delay)
 
+    async def _dead_letter_event(self, message: Msg, envelope: envelope_pb2.Envelope, error: str) -> None:
+        """Dead-letter one event of a batch on its own, and mark it handled so a redelivery skips it."""
+        headers = {k: v for k, v in (message.headers or {}).items() if k not in ("Nats-Msg-Id", BATCH_HEADER)}
+        headers["Omni-Error"] = error[:1000]
+        headers["Omni-Original-Subject"] = message.subject
+        await self._js.publish(
+            f"{self._dlq_prefix}{self.durable}", envelope.SerializeToString(), headers=headers
+        )
+        async with self._sessions() as session, session.begin():
+            await session.execute(
+                insert(inbox_table)
+                .values(consumer=self.durable, event_id=uuid.UUID(envelope.id))
+                .on_conflict_do_nothing()
+            )
+        self.dead_lettered += 1
+
     async def _dead_letter(self, message: Msg, error: str) -> None:
         headers = dict(message.headers or {})
         headers["Omni-Error"] = error[:1000]
@@ -261,3 +328,19 @@ class EventConsumer:
         await self._js.publish(f"{self._dlq_prefix}{self.durable}", message.data, headers=headers)
         await message.term()
         self.dead_lettered += 1
+
+
+def _transactions(
+    decoded: list[tuple[Msg, list[envelope_pb2.Envelope]]], max_events: int
+) -> Iterator[list[tuple[Msg, list[envelope_pb2.Envelope]]]]:
+    """Messages in order, grouped so that a group holds at most max_events events (or one message)."""
+    group: list[tuple[Msg, list[envelope_pb2.Envelope]]] = []
+    count = 0
+    for message, envelopes in decoded:
+        if group and count + len(envelopes) > max_events:
+            yield group
+            group, count = [], 0
+        group.append((message, envelopes))
+        count += len(envelopes)
+    if group:
+        yield group

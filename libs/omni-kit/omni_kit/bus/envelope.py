@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import TypeVar
 
@@ -12,6 +13,9 @@ from omni.events.v1 import envelope_pb2
 from omni_kit.ids import new_id_str
 
 M = TypeVar("M", bound=Message)
+
+BATCH_HEADER = "Omni-Batch"
+"""Header of a message holding an omni.events.v1.EnvelopeBatch; its value is the number of envelopes."""
 
 
 def subject_for(event_type: str, namespace: str = "omni") -> str:
@@ -49,3 +53,30 @@ def unpack(envelope: envelope_pb2.Envelope, message_type: type[M]) -> M:
             f"event {envelope.id} of type {envelope.type} does not hold {message_type.__name__}"
         )
     return message
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value > 0x7F:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def pack_batch(serialized: Sequence[bytes]) -> bytes:
+    """An EnvelopeBatch of already serialised envelopes, written without parsing them again.
+
+    Field 1 (envelopes) is length-delimited: tag 0x0A, the length as a varint, the envelope's bytes.
+    """
+    return b"".join([b"\x0a" + _varint(len(envelope)) + envelope for envelope in serialized])
+
+
+def envelopes_in(data: bytes, headers: Mapping[str, str] | None) -> list[envelope_pb2.Envelope]:
+    """The envelopes a published message holds: one, or an EnvelopeBatch's when it has the batch header.
+
+    Raises google.protobuf.message.DecodeError for bytes that are not what the header says.
+    """
+    if headers and BATCH_HEADER in headers:
+        return list(envelope_pb2.EnvelopeBatch.FromString(data).envelopes)
+    return [envelope_pb2.Envelope.FromString(data)]

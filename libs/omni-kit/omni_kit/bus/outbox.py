@@ -8,6 +8,7 @@ import json
 import logging
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 
 import sqlalchemy as sa
@@ -16,12 +17,88 @@ from nats.js import JetStreamContext
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from omni.events.v1 import envelope_pb2
-from omni_kit.bus.envelope import make_envelope, subject_for
+from omni_kit.bus.envelope import BATCH_HEADER, make_envelope, pack_batch, subject_for
 from omni_kit.bus.tables import outbox_table
 
 log = logging.getLogger(__name__)
 
 _STAGED = "omni_outbox_staged"
+
+MAX_BATCH_EVENTS = 1000
+"""The most events one outbox row (one published message) holds."""
+MAX_BATCH_BYTES = 512 * 1024
+"""The most envelope bytes one outbox row holds: well under NATS's default 1 MiB message limit."""
+
+
+@dataclass
+class OutboxRows:
+    """Outbox rows as one list per column, ready for a multi-row insert over arrays.
+
+    A row is one published message: a single envelope, or a run of consecutive events of one type staged
+    together, as an EnvelopeBatch with the batch header. Runs keep the order of the events; the row's id is
+    its first event's id, so rows sort as their events do and a row of one event is published under the
+    event's own id.
+    """
+
+    ids: list[uuid.UUID] = field(default_factory=list)
+    subjects: list[str] = field(default_factory=list)
+    types: list[str] = field(default_factory=list)
+    person_ids: list[str | None] = field(default_factory=list)
+    """The events' person when they all concern one, else None."""
+    payloads: list[bytes] = field(default_factory=list)
+    headers: list[str] = field(default_factory=list)
+    """JSON objects: the first event's trace context, and the batch header on batches."""
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def columns(
+        self,
+    ) -> tuple[list[uuid.UUID], list[str], list[str], list[str | None], list[bytes], list[str]]:
+        """The columns in the order id, subject, type, person_id, payload, headers."""
+        return self.ids, self.subjects, self.types, self.person_ids, self.payloads, self.headers
+
+
+def outbox_rows(
+    envelopes: Sequence[envelope_pb2.Envelope],
+    namespace: str,
+    *,
+    max_events: int = MAX_BATCH_EVENTS,
+    max_bytes: int = MAX_BATCH_BYTES,
+) -> OutboxRows:
+    """Group envelopes, in order, into outbox rows: consecutive events of one type share a row.
+
+    One row per event would cost a row write, an update and a delete in PostgreSQL and a publish and an ack
+    in the relay for every event; a batch of a thousand tracked events costs one of each.
+    """
+    runs: list[tuple[envelope_pb2.Envelope, list[bytes], str | None]] = []
+    run: list[bytes] = []
+    size = 0
+    for envelope in envelopes:
+        data = envelope.SerializeToString()
+        if run and (
+            envelope.type == runs[-1][0].type and len(run) < max_events and size + len(data) <= max_bytes
+        ):
+            if runs[-1][2] != envelope.person_id:
+                runs[-1] = (runs[-1][0], run, None)
+        else:
+            run, size = [], 0
+            runs.append((envelope, run, envelope.person_id or None))
+        run.append(data)
+        size += len(data) + 5  # the tag and length of the field in the batch
+
+    rows = OutboxRows()
+    for first, serialized, person in runs:
+        headers = dict(first.trace_context)
+        if len(serialized) > 1:
+            headers[BATCH_HEADER] = str(len(serialized))
+        rows.ids.append(uuid.UUID(first.id))
+        rows.subjects.append(subject_for(first.type, namespace))
+        rows.types.append(first.type)
+        rows.person_ids.append(person)
+        rows.payloads.append(serialized[0] if len(serialized) == 1 else pack_batch(serialized))
+        rows.headers.append(json.dumps(headers))
+    return rows
 
 
 def outbox_staged(session: AsyncSession) -> bool:
@@ -62,22 +139,27 @@ class Outbox:
         await self.add_envelopes(session, [envelope])
         return envelope
 
+    def rows(self, envelopes: Sequence[envelope_pb2.Envelope]) -> OutboxRows:
+        """The envelopes as outbox rows of this producer's namespace (see outbox_rows)."""
+        return outbox_rows(envelopes, self.namespace)
+
     async def add_envelopes(self, session: AsyncSession, envelopes: Sequence[envelope_pb2.Envelope]) -> None:
-        """Stage many events at once (one multi-row insert)."""
+        """Stage many events at once (one multi-row insert; consecutive events of one type share a row)."""
         if not envelopes:
             return
         session.info[_STAGED] = True
-        # One statement over arrays, however many events: a list of parameter sets would be one round trip
-        # and one bind-processing pass per row, which dominates a large batch.
+        rows = self.rows(envelopes)
+        # One statement over arrays, however many rows: a list of parameter sets would be one round trip
+        # and one bind-processing pass per row.
         await session.execute(
             _INSERT_MANY,
             {
-                "ids": [uuid.UUID(e.id) for e in envelopes],
-                "subjects": [subject_for(e.type, self.namespace) for e in envelopes],
-                "types": [e.type for e in envelopes],
-                "persons": [e.person_id or None for e in envelopes],
-                "payloads": [e.SerializeToString() for e in envelopes],
-                "headers": [json.dumps(dict(e.trace_context)) for e in envelopes],
+                "ids": rows.ids,
+                "subjects": rows.subjects,
+                "types": rows.types,
+                "persons": rows.person_ids,
+                "payloads": rows.payloads,
+                "headers": rows.headers,
             },
         )
 
@@ -90,7 +172,7 @@ _INSERT_MANY = sa.text(
 
 
 class OutboxRelay:
-    """Publishes committed outbox rows to JetStream, oldest first, with the event id as Nats-Msg-Id.
+    """Publishes committed outbox rows to JetStream, oldest first, with the row's id as Nats-Msg-Id.
 
     Several relays (replicas) may run: rows are claimed with FOR UPDATE SKIP LOCKED. A crash between publish
     and marking republishes the rows; JetStream's duplicate window drops the copies.
@@ -101,7 +183,7 @@ class OutboxRelay:
         engine: AsyncEngine,
         js: JetStreamContext,
         *,
-        batch_size: int = 500,
+        batch_size: int = 200,
         poll_interval_s: float = 0.5,
         retention_s: float = 3600.0,
     ) -> None:

@@ -17,13 +17,13 @@ from typing import Protocol
 from omni_identity.batch_ids import batch_ids
 from omni_identity.changes import GraphChanges, GraphEvent, RefusedLink, Resolution, ResolveRequest
 from omni_identity.erasure import TombstonePolicy, Tombstones
-from omni_identity.events import OutboxRows
 from omni_identity.merge import MergeRecord
 from omni_identity.normalise import IdentifierKey
 from omni_identity.reads import IdentifierRecord, PersonRecord
 from omni_identity.repository import IdentityRepository
 from omni_identity.resolution import MissingTallies, Resolver, changes_anything
 from omni_identity.rules import Rules, Tally
+from omni_kit.bus import OutboxRows
 from omni_kit.errors import NotFound
 from omni_kit.ids import new_id
 

@@ -31,11 +31,11 @@ from omni_identity.changes import (
     RefusedLink,
 )
 from omni_identity.erasure import TombstonePolicy, Tombstones
-from omni_identity.events import OutboxRows
 from omni_identity.normalise import IdentifierKey
 from omni_identity.persons import EventSink
 from omni_identity.repository import ConcurrentMerge
 from omni_identity.rules import Rules, Tally
+from omni_kit.bus import OutboxRows
 
 # The side of a limit check made of the identifiers to attach, as if it were a person of its own.
 _NEW_SIDE = uuid.UUID(int=0)

@@ -10,12 +10,12 @@ from datetime import datetime
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from omni_identity.changes import GraphChanges
-from omni_identity.events import OutboxRows
 from omni_identity.matching.graph import PersonState
 from omni_identity.normalise import IdentifierKey
 from omni_identity.operator_repository import OperatorRepository, PersonRow
 from omni_identity.repository import IdentityRepository, identifier_lock_key
 from omni_identity.rules import Tally
+from omni_kit.bus import OutboxRows
 
 
 def _state(row: PersonRow) -> PersonState:

@@ -5,12 +5,20 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import orjson
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.environment import EnvironmentContext
 from sqlalchemy import text
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+
+
+def json_text(value: Any) -> str:
+    """Compact JSON text of a value, for JSONB parameters: orjson, several times faster than the json
+    module on the documents ingestion writes for every event (properties, identifiers, computed state)."""
+    return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
+
 
 # A fixed key for pg_advisory_lock so that replicas starting together migrate one at a time.
 _MIGRATION_LOCK_KEY = 7_310_611_042
@@ -32,6 +40,8 @@ def create_engine(
         max_overflow=0,
         pool_timeout=10,
         pool_recycle=1800,
+        json_serializer=json_text,
+        json_deserializer=orjson.loads,
         connect_args={
             "server_settings": {
                 "application_name": application_name,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import Collection, Sequence
 from datetime import datetime
@@ -11,6 +10,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from omni_kit.db import json_text
 from omni_profile.domain import CartLine, Event, Identifier
 from omni_profile.paging import TimelinePosition
 
@@ -109,7 +109,7 @@ async def insert_events(session: AsyncSession, new_events: Sequence[Event]) -> s
     `encoded` is stored with it (set by the caller)."""
     if not new_events:
         return set()
-    dumps = json.dumps
+    dumps = json_text
     result = await session.execute(
         _INSERT,
         {
@@ -121,13 +121,11 @@ async def insert_events(session: AsyncSession, new_events: Sequence[Event]) -> s
             "occurred": [e.occurred_at for e in new_events],
             "received": [e.received_at for e in new_events],
             "identifiers": [
-                dumps([{"type": i.type, "value": i.value} for i in e.identifiers], separators=_COMPACT)
-                for e in new_events
+                dumps([{"type": i.type, "value": i.value} for i in e.identifiers]) for e in new_events
             ],
-            "properties": [dumps(e.properties, separators=_COMPACT) for e in new_events],
+            "properties": [dumps(e.properties) for e in new_events],
             "cart_items": [
-                None if e.cart_item is None else dumps(line_json(e.cart_item), separators=_COMPACT)
-                for e in new_events
+                None if e.cart_item is None else dumps(line_json(e.cart_item)) for e in new_events
             ],
             "wires": [e.encoded for e in new_events],
         },

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -12,6 +11,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from omni_kit.db import json_text
 from omni_profile.domain import CartLine
 
 
@@ -55,7 +55,7 @@ def cart_from_json(document: dict[str, Any]) -> dict[str, CartLine]:
 
 def cart_to_json(cart: dict[str, CartLine]) -> str:
     """A cart in its stored form, as JSON text."""
-    return json.dumps(
+    return json_text(
         {
             product_id: {
                 "quantity": line.quantity,
@@ -64,8 +64,7 @@ def cart_to_json(cart: dict[str, CartLine]) -> str:
                 "currency_code": line.currency_code,
             }
             for product_id, line in cart.items()
-        },
-        separators=(",", ":"),
+        }
     )
 
 
@@ -128,9 +127,7 @@ async def update_profiles(session: AsyncSession, updates: Sequence[ProfileUpdate
         {
             "ids": [u.person_id for u in updates],
             "added": [u.added_events for u in updates],
-            "computed": [
-                None if u.computed is None else json.dumps(u.computed, separators=(",", ":")) for u in updates
-            ],
+            "computed": [None if u.computed is None else json_text(u.computed) for u in updates],
             "carts": [None if u.cart is None else cart_to_json(u.cart) for u in updates],
             "cart_as_of": [u.cart_as_of for u in updates],
         },
@@ -157,7 +154,7 @@ async def set_state(
             "n": event_count,
             "cart": cart_to_json(cart),
             "as_of": cart_as_of,
-            "computed": json.dumps(computed, separators=(",", ":")),
+            "computed": json_text(computed),
         },
     )
 
@@ -171,7 +168,7 @@ async def set_computed(session: AsyncSession, states: dict[uuid.UUID, dict[str, 
             "UPDATE profiles AS p SET computed = u.computed, updated_at = now() "
             "FROM unnest(CAST(:ids AS uuid[]), CAST(:docs AS jsonb[])) AS u(id, computed) WHERE p.person_id = u.id"
         ),
-        {"ids": list(states), "docs": [json.dumps(s, separators=(",", ":")) for s in states.values()]},
+        {"ids": list(states), "docs": [json_text(s) for s in states.values()]},
     )
 
 

@@ -12,7 +12,6 @@ inside a write transaction (the profile SetTraits answers with) use read_profile
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ from datetime import datetime
 from typing import Any
 
 import asyncpg
+import orjson
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -123,8 +123,8 @@ async def _init_connection(connection: asyncpg.Connection) -> None:
     await connection.set_type_codec(
         "jsonb",
         schema="pg_catalog",
-        encoder=lambda value: b"\x01" + json.dumps(value).encode(),
-        decoder=lambda data: json.loads(data[1:]),
+        encoder=lambda value: b"\x01" + orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS),
+        decoder=lambda data: orjson.loads(data[1:]),
         format="binary",
     )
 

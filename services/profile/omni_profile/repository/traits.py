@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import Collection, Sequence
 from typing import Any
@@ -10,6 +9,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from omni_kit.db import json_text
 from omni_profile.domain import Trait, TraitChange
 from omni_profile.paging import Position
 
@@ -17,7 +17,7 @@ _COMPACT = (",", ":")
 
 
 def _json(value: Any) -> str | None:
-    return None if value is None else json.dumps(value, separators=_COMPACT)
+    return None if value is None else json_text(value)
 
 
 async def load_traits(

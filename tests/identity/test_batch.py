@@ -117,3 +117,37 @@ async def test_duplicate_identifiers_in_one_request_count_once(identity: Identit
     assert resolution.created
     assert pairs(resolution.added_identifiers) == {("email", email)}
     assert len(resolution.added_identifiers) == 1
+
+
+async def test_known_sets_are_answered_in_order_around_the_sets_that_change_the_graph(
+    identity: Identity, events: EventLog
+) -> None:
+    a, b, c = unique("a-"), unique("b-"), unique("c-")
+    older = await resolve(identity, ident("user_id", a))
+    newer = await resolve(identity, ident("loyalty_card", b))
+
+    resolutions = await batch(
+        identity,
+        request(ident("loyalty_card", b)),  # known: the newer person, before any merge
+        request(ident("user_id", a), ident("loyalty_card", b)),  # merges newer into older
+        request(ident("loyalty_card", b)),  # known before the batch; now the survivor's
+        request(ident("anonymous_id", c)),  # new
+        request(ident("user_id", a)),  # known
+    )
+
+    before, merging, after, fresh, known = resolutions
+    assert before.person_id == newer.person_id and not before.merged_person_ids
+    assert merging.person_id == older.person_id and list(merging.merged_person_ids) == [newer.person_id]
+    assert after.person_id == older.person_id and not after.created and not after.merged_person_ids
+    assert fresh.created and fresh.person_id not in (older.person_id, newer.person_id)
+    assert known.person_id == older.person_id and not known.created
+    # The same batch again changes nothing and answers every set with the survivor.
+    again = await batch(
+        identity,
+        request(ident("loyalty_card", b)),
+        request(ident("user_id", a), ident("loyalty_card", b)),
+        request(ident("anonymous_id", c)),
+    )
+    assert [r.person_id for r in again] == [older.person_id, older.person_id, fresh.person_id]
+    assert not any(r.created or r.merged_person_ids or r.added_identifiers for r in again)
+    assert len(await events.wait_for("identity.persons_merged")) == 1

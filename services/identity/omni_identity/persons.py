@@ -2,15 +2,16 @@
 lineage and refused links, look one up.
 
 Each function runs inside the caller's transaction, given the storage and the event sink bound to it.
-A resolve that changes the graph locks every identifier of the whole batch before reading who holds them,
-so concurrent resolves of the same identifiers queue up and the second sees what the first did (see
-repository.py for the lock order).
+A resolve that changes the graph locks every identifier of the identifier sets that may change it before
+reading who holds them, so concurrent resolves of the same identifiers queue up and the second sees what the
+first did (see repository.py for the lock order); sets already known whole to one person are answered from an
+unlocked read.
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Protocol
 
@@ -38,6 +39,34 @@ class EventSink(Protocol):
         self, events: Sequence[GraphEvent], *, occurred_at: datetime, new_id: Callable[[], uuid.UUID]
     ) -> OutboxRows:
         """The events as outbox rows, for storage to write with the change itself."""
+
+
+def _interleave(
+    requests: Sequence[ResolveRequest],
+    settled: Sequence[bool],
+    holders: Mapping[IdentifierKey, uuid.UUID],
+    resolutions: Sequence[Resolution],
+) -> list[Resolution]:
+    """Answers in request order: the planned resolutions, and for the settled requests the person read,
+    or the survivor it was merged into by an earlier request of the batch (as resolving them one by one
+    would answer)."""
+    planned = iter(resolutions)
+    survivors: dict[uuid.UUID, uuid.UUID] = {}
+    answers = []
+    for request, known in zip(requests, settled, strict=True):
+        if known:
+            person_id = holders[request.identifiers[0]]
+            while person_id in survivors:
+                person_id = survivors[person_id]
+            answers.append(Resolution(person_id=person_id))
+            continue
+        resolution = next(planned)
+        if resolution.person_id is not None:
+            for merged in resolution.merged_person_ids:
+                if merged != resolution.person_id:
+                    survivors[merged] = resolution.person_id
+        answers.append(resolution)
+    return answers
 
 
 def person_forgotten(person_id: uuid.UUID) -> NotFound:
@@ -71,10 +100,34 @@ class Persons:
         """
         keys = sorted({key for request in requests for key in request.identifiers})
         # Most identifier sets on the ingest path are already known and change nothing: answer those from
-        # one unlocked read, which was true at the instant it was made.
+        # one unlocked read, which was true at the instant it was made. Only the others are locked and
+        # planned, so a batch of a thousand known customers and a few new ones locks the few.
         holders = await repository.holders(keys)
-        if not changes_anything(holders, requests):
+        settled = [not changes_anything(holders, (request,)) for request in requests]
+        if all(settled):
             return [Resolution(person_id=holders[request.identifiers[0]]) for request in requests]
+        pending = [request for request, known in zip(requests, settled, strict=True) if not known]
+        if len(pending) == len(requests):
+            return await self._resolve_changing(repository, events, pending, keys, holders)
+        pending_keys = sorted({key for request in pending for key in request.identifiers})
+        resolutions = await self._resolve_changing(
+            repository,
+            events,
+            pending,
+            pending_keys,
+            {key: holders[key] for key in pending_keys if key in holders},
+        )
+        return _interleave(requests, settled, holders, resolutions)
+
+    async def _resolve_changing(
+        self,
+        repository: IdentityRepository,
+        events: EventSink,
+        requests: Sequence[ResolveRequest],
+        keys: Sequence[IdentifierKey],
+        holders: dict[IdentifierKey, uuid.UUID],
+    ) -> list[Resolution]:
+        """Lock the identifiers of requests that may change the graph, plan them in order and write."""
         hashes = self._tombstones.hashes(key for key in keys if key not in holders)
         locked, tombstoned = await repository.lock_holders(keys, hashes)
         vanished = self._tombstones.hashes(key for key in holders if key not in locked)

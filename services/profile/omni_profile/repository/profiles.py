@@ -68,14 +68,22 @@ def cart_to_json(cart: dict[str, CartLine]) -> str:
     )
 
 
-# The persons asked for and the survivors they were merged into (as last committed) are locked together, in
-# id order, so that two batches never lock in different orders; merges keep merged_into one hop deep.
+# Missing profile rows are created first (a statement of its own, so the lock below, with a snapshot taken
+# after it, sees rows others created meanwhile). Then the persons asked for and the survivors they were
+# merged into (as last committed) are locked together, in id order, so that two batches never lock in
+# different orders; merges keep merged_into one hop deep. A locking read, not an upsert that rewrites each
+# row: the batch rewrites the rows it changes once, at the end.
+_CREATE = sa.text(
+    "INSERT INTO profiles (person_id) SELECT id FROM unnest(CAST(:ids AS uuid[])) AS t(id) ORDER BY id "
+    "ON CONFLICT (person_id) DO NOTHING"
+)
 _LOCK = sa.text(
-    "WITH wanted AS (SELECT unnest(CAST(:ids AS uuid[])) AS id UNION SELECT merged_into FROM profiles "
-    " WHERE person_id = ANY(CAST(:ids AS uuid[])) AND merged_into IS NOT NULL) "
-    "INSERT INTO profiles (person_id) SELECT id FROM wanted ORDER BY id "
-    "ON CONFLICT (person_id) DO UPDATE SET updated_at = now() "
-    "RETURNING person_id, merged_into, erased_at IS NOT NULL AS erased, event_count, cart, cart_as_of, computed"
+    "SELECT p.person_id, p.merged_into, p.erased_at IS NOT NULL AS erased, p.event_count, p.cart, "
+    "p.cart_as_of, p.computed FROM profiles AS p WHERE p.person_id IN ("
+    " SELECT w.id FROM unnest(CAST(:ids AS uuid[])) AS w(id)"
+    " UNION SELECT m.merged_into FROM unnest(CAST(:ids AS uuid[])) AS u(id)"
+    " JOIN profiles AS m ON m.person_id = u.id WHERE m.merged_into IS NOT NULL"
+    ") ORDER BY p.person_id FOR UPDATE OF p"
 )
 
 
@@ -93,6 +101,7 @@ async def lock_profiles(
     ids = sorted(set(person_ids))
     if not ids:
         return {}
+    await session.execute(_CREATE, {"ids": ids})
     rows = await session.execute(_LOCK, {"ids": ids})
     return {
         row.person_id: ProfileState(

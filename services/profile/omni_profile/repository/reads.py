@@ -24,6 +24,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from omni_kit.db import RANDOM_PAGE_COST
 from omni_profile.domain import CartLine, Consent, Event, SegmentMembership, Trait
 from omni_profile.repository.events import event_from_json
 from omni_profile.repository.profiles import cart_from_json
@@ -96,6 +97,7 @@ class ProfileReader:
             server_settings={
                 "application_name": "omni-profile-reads",
                 "statement_timeout": str(self._timeout_ms),
+                "random_page_cost": RANDOM_PAGE_COST,
                 # This pool runs one statement, whose parts are each best read by walking an index in order
                 # (the newest events by events_timeline, stopping after `recent`); before a fresh table has
                 # statistics the planner would rather collect all of a person's events and sort them.

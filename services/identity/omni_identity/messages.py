@@ -82,6 +82,15 @@ def text(value: str, path: str, limit: int, violations: Violations, *, required:
 
 def resolution_message(resolution: Resolution) -> identity_pb2.Resolution:
     """A resolution as the API shows it."""
+    if not (
+        resolution.merged_person_ids
+        or resolution.added_identifiers
+        or resolution.refused_links
+        or resolution.ignored_identifiers
+        or resolution.person_id is None
+    ):
+        # Most answers of a batch: a known person, or a new one holding just what was asked.
+        return identity_pb2.Resolution(person_id=str(resolution.person_id), created=resolution.created)
     return identity_pb2.Resolution(
         person_id="" if resolution.person_id is None else str(resolution.person_id),
         created=resolution.created,

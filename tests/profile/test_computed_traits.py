@@ -4,6 +4,7 @@ created as data and backfilled from the timeline."""
 from __future__ import annotations
 
 import asyncio
+import uuid
 from datetime import UTC, datetime, timedelta
 
 import grpc
@@ -126,6 +127,12 @@ async def test_a_new_definition_is_backfilled_and_then_kept_up_to_date(services:
                 break
             await asyncio.sleep(0.1)
     assert (await get_profile(services, person)).computed_traits[name] == 10
+    # The backfill read the properties from the events' encodings: they are not kept twice.
+    stored_twice = await services.scalar(
+        "SELECT count(*) FROM events WHERE person_id = :person AND properties IS NOT NULL",
+        person=uuid.UUID(person),
+    )
+    assert stored_twice == 0
     await track(services, event("page_viewed", person_id=person, properties={"seconds": 5}))
     assert (await get_profile(services, person)).computed_traits[name] == 15
 

@@ -64,7 +64,8 @@ class EventRow(Base):
     occurred_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True), nullable=False)
     received_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True), nullable=False)
     identifiers: Mapped[list[dict[str, str]]] = mapped_column(JSONB, nullable=False)
-    properties: Mapped[dict[str, Any]] = mapped_column(JSONB, nullable=False)
+    properties: Mapped[dict[str, Any] | None] = mapped_column(JSONB, nullable=True)
+    """NULL when `wire` holds the event (its properties are read from there): kept once, not twice."""
     cart_item: Mapped[dict[str, Any] | None] = mapped_column(JSONB, nullable=True)
     wire: Mapped[bytes | None] = mapped_column(sa.LargeBinary, nullable=True)
     """The event encoded as omni.profile.v1.Event (without person_id, which merges change): reads show it

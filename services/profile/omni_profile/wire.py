@@ -204,6 +204,12 @@ def stored_event_bytes(event: Event) -> bytes:
     return event.encoded
 
 
+def stored_properties(encoded: bytes) -> dict[str, Any]:
+    """The properties of an event from its stored encoding (see stored_event_bytes)."""
+    message = profile_pb2.Event.FromString(encoded)
+    return struct_to_dict(message.properties) if message.HasField("properties") else {}
+
+
 def tracked_event_bytes(event: Event) -> bytes:
     """The encoded EventTrackedEvent of a stored event."""
     person = envelopes.length_delimited(_PERSON_ID, str(event.person_id).encode())

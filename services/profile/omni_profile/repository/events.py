@@ -13,11 +13,14 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from omni_kit.db import json_text
 from omni_profile.domain import CartLine, Event, Identifier
 from omni_profile.paging import TimelinePosition
+from omni_profile.wire import stored_properties
 
 _COMPACT = (",", ":")
 EVENT_COLUMNS = (
     "source, id, person_id, type, channel, occurred_at, received_at, identifiers, properties, cart_item"
 )
+# For recomputing: the columns, and the encoding where it holds the properties.
+_READ_COLUMNS = f"{EVENT_COLUMNS}, CASE WHEN properties IS NULL THEN wire END AS wire"
 # For display: an event with its encoding needs nothing else decoded.
 _SHOWN_COLUMNS = (
     "source, id, person_id, type, channel, occurred_at, received_at, wire, "
@@ -49,12 +52,19 @@ def event_from_row(row: Any) -> Event:
         occurred_at=row.occurred_at,
         received_at=row.received_at,
         identifiers=[Identifier(type=i["type"], value=i["value"]) for i in row.identifiers or ()],
-        properties=dict(row.properties or {}),
+        properties=_properties(row),
         cart_item=None if item is None else CartLine(**item),
         person_id=row.person_id,
         source=row.source,
         encoded=getattr(row, "wire", None),
     )
+
+
+def _properties(row: Any) -> dict[str, Any]:
+    if row.properties is not None:
+        return dict(row.properties)
+    encoded = getattr(row, "wire", None)
+    return {} if encoded is None else stored_properties(encoded)
 
 
 def event_from_json(person_id: uuid.UUID, item: list[Any], encoded: bytes | None) -> Event:
@@ -123,7 +133,8 @@ async def insert_events(session: AsyncSession, new_events: Sequence[Event]) -> s
             "identifiers": [
                 dumps([{"type": i.type, "value": i.value} for i in e.identifiers]) for e in new_events
             ],
-            "properties": [dumps(e.properties) for e in new_events],
+            # Kept in the encoding (every new event has one); JSON only for an event without.
+            "properties": [None if e.encoded is not None else dumps(e.properties) for e in new_events],
             "cart_items": [
                 None if e.cart_item is None else dumps(line_json(e.cart_item)) for e in new_events
             ],
@@ -169,7 +180,7 @@ async def cart_events(
     # The literal list is CART_EVENTS, spelled out so that the partial index events_cart applies.
     rows = await session.execute(
         sa.text(
-            f"SELECT {EVENT_COLUMNS} FROM events AS e WHERE e.person_id = ANY(CAST(:ids AS uuid[])) "
+            f"SELECT {_READ_COLUMNS} FROM events AS e WHERE e.person_id = ANY(CAST(:ids AS uuid[])) "
             "AND e.type IN ('cart_item_added', 'cart_item_removed', 'order_completed') "
             "AND e.occurred_at >= coalesce((SELECT max(o.occurred_at) FROM events AS o "
             "  WHERE o.person_id = e.person_id AND o.type = 'order_completed'), '-infinity') "
@@ -192,7 +203,7 @@ async def events_of(
         return result
     rows = await session.execute(
         sa.text(
-            f"SELECT {EVENT_COLUMNS} FROM events WHERE person_id = ANY(CAST(:ids AS uuid[])) "
+            f"SELECT {_READ_COLUMNS} FROM events WHERE person_id = ANY(CAST(:ids AS uuid[])) "
             "AND (CAST(:type AS text) IS NULL OR type = :type) ORDER BY person_id, occurred_at, source, id"
         ),
         {"ids": list(person_ids), "type": event_type},

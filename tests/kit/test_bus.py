@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Callable
-from typing import Any
 
-import nats
 import pytest
 import sqlalchemy as sa
 from nats.js import JetStreamContext
@@ -20,44 +17,15 @@ from omni_kit.bus import (
     EventConsumer,
     Outbox,
     OutboxRelay,
-    bus_metadata,
     dlq_stream,
-    ensure_streams,
     events_stream,
     outbox_table,
     subject_for,
     unpack,
 )
-from omni_kit.db import create_engine, session_factory
+from omni_kit.db import session_factory
 
-test_metadata = sa.MetaData()
-notes = sa.Table(
-    "notes",
-    test_metadata,
-    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("text", sa.Text, nullable=False),
-)
-
-
-@pytest.fixture
-async def engine(make_database: Callable[..., Any]) -> AsyncIterator[AsyncEngine]:
-    url = make_database("bus")
-    engine = create_engine(url, application_name="omni-test-bus")
-    async with engine.begin() as connection:
-        await connection.run_sync(bus_metadata.create_all)
-        await connection.run_sync(test_metadata.create_all)
-    yield engine
-    await engine.dispose()
-
-
-@pytest.fixture
-async def js(nats_server: Any) -> AsyncIterator[tuple[JetStreamContext, str]]:
-    client = await nats.connect(nats_server.url)
-    namespace = "t" + uuid.uuid4().hex[:10]
-    context = client.jetstream()
-    await ensure_streams(context, namespace=namespace)
-    yield context, namespace
-    await client.drain()
+from .support import notes
 
 
 def _merged(person: str) -> events_pb2.PersonsMergedEvent:

@@ -5,11 +5,9 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
-import nats
-import pytest
 import sqlalchemy as sa
 from nats.js import JetStreamContext
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
@@ -23,9 +21,7 @@ from omni_kit.bus import (
     Outbox,
     OutboxRelay,
     PermanentError,
-    bus_metadata,
     dlq_stream,
-    ensure_streams,
     envelopes_in,
     events_stream,
     outbox_rows,
@@ -33,38 +29,12 @@ from omni_kit.bus import (
     subject_for,
     unpack,
 )
-from omni_kit.db import create_engine, session_factory
+from omni_kit.db import session_factory
+
+from .support import notes
 
 MERGED = "identity.persons_merged"
 CREATED = "identity.person_created"
-
-test_metadata = sa.MetaData()
-notes = sa.Table(
-    "notes",
-    test_metadata,
-    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("text", sa.Text, nullable=False),
-)
-
-
-@pytest.fixture
-async def engine(make_database: Callable[..., Any]) -> AsyncIterator[AsyncEngine]:
-    engine = create_engine(make_database("bus_batches"), application_name="omni-test-bus-batches")
-    async with engine.begin() as connection:
-        await connection.run_sync(bus_metadata.create_all)
-        await connection.run_sync(test_metadata.create_all)
-    yield engine
-    await engine.dispose()
-
-
-@pytest.fixture
-async def js(nats_server: Any) -> AsyncIterator[tuple[JetStreamContext, str]]:
-    client = await nats.connect(nats_server.url)
-    namespace = "t" + uuid.uuid4().hex[:10]
-    context = client.jetstream()
-    await ensure_streams(context, namespace=namespace)
-    yield context, namespace
-    await client.drain()
 
 
 def _envelope(event_type: str, person: str) -> envelope_pb2.Envelope:

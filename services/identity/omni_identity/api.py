@@ -227,7 +227,9 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
             )
             return response, [merged.survivor.id, *merged.survivor.merged_person_ids]
 
-        return await self._idempotent("merge", request_id, request, identity_pb2.MergePersonsResponse, work)
+        return await run_once(
+            self._runtime, "merge", request_id, request, identity_pb2.MergePersonsResponse, work
+        )
 
     async def UnmergePerson(
         self, request: identity_pb2.UnmergePersonRequest, context: grpc.aio.ServicerContext
@@ -263,8 +265,8 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
                 *survivor.merged_person_ids,
             ]
 
-        return await self._idempotent(
-            "unmerge", request_id, request, identity_pb2.UnmergePersonResponse, work
+        return await run_once(
+            self._runtime, "unmerge", request_id, request, identity_pb2.UnmergePersonResponse, work
         )
 
     async def ForgetPerson(
@@ -293,7 +295,9 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
             response = identity_pb2.ForgetPersonResponse(erasure=messages.erasure_message(forgotten.erasure))
             return response, list(forgotten.erasure.person_ids)
 
-        return await self._idempotent("forget", request_id, request, identity_pb2.ForgetPersonResponse, work)
+        return await run_once(
+            self._runtime, "forget", request_id, request, identity_pb2.ForgetPersonResponse, work
+        )
 
     def _resolve_request(
         self, request: identity_pb2.ResolvePersonRequest, prefix: str, violations: Violations
@@ -339,54 +343,54 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
         async def work() -> list[Resolution]:
             async with self._runtime.transaction() as session:
                 publisher = OutboxPublisher(self._runtime.outbox, session)
-                resolutions = await self._persons.resolve(IdentityRepository(session), publisher, requests)
-            if publisher.staged:
-                # Staged with the change's own statement, not through the session: tell the relay here.
-                self._runtime.relay.wake()
-            return resolutions
+                return await self._persons.resolve(IdentityRepository(session), publisher, requests)
 
-        return await _retrying(work)
-
-    async def _idempotent(
-        self,
-        kind: str,
-        request_id: str,
-        request: Message,
-        response_type: type[R],
-        work: Callable[[AsyncSession], Awaitable[tuple[R, list[uuid.UUID]]]],
-    ) -> R:
-        """Run an operator change once per request id: a repeat answers the stored answer."""
-        fingerprint = hashlib.sha256(kind.encode() + request.SerializeToString(deterministic=True)).digest()
-
-        async def attempt() -> R:
-            async with self._runtime.transaction() as session:
-                operations = OperatorRepository(session)
-                await operations.lock_request(request_id)
-                stored = await operations.operation(request_id)
-                if stored is not None:
-                    if stored.kind != kind or stored.fingerprint != fingerprint:
-                        raise AlreadyExists(
-                            message=f"request_id {request_id!r} was used for another request",
-                            reason="IDEMPOTENCY_KEY_REUSED",
-                            metadata={"request_id": request_id},
-                        )
-                    return response_type.FromString(stored.response)
-                response, person_ids = await work(session)
-                await operations.record_operation(
-                    request_id,
-                    kind=kind,
-                    fingerprint=fingerprint,
-                    response=response.SerializeToString(),
-                    person_ids=person_ids,
-                    now=datetime.now(UTC),
-                )
-                return response
-
-        return await _retrying(attempt)
+        return await retrying(work)
 
 
-async def _retrying(work: Callable[[], Awaitable[T]]) -> T:
-    """Run a transaction again when a concurrent merge overtook it or the database aborted it."""
+async def run_once(
+    runtime: Runtime,
+    kind: str,
+    request_id: str,
+    request: Message,
+    response_type: type[R],
+    work: Callable[[AsyncSession], Awaitable[tuple[R, list[uuid.UUID]]]],
+) -> R:
+    """Run an operator change once per request id: a repeat answers the stored answer, the same id with
+    another request is refused (ALREADY_EXISTS). work returns the answer and the persons it shows (erasing
+    any of them removes the stored answer)."""
+    fingerprint = hashlib.sha256(kind.encode() + request.SerializeToString(deterministic=True)).digest()
+
+    async def attempt() -> R:
+        async with runtime.transaction() as session:
+            operations = OperatorRepository(session)
+            await operations.lock_request(request_id)
+            stored = await operations.operation(request_id)
+            if stored is not None:
+                if stored.kind != kind or stored.fingerprint != fingerprint:
+                    raise AlreadyExists(
+                        message=f"request_id {request_id!r} was used for another request",
+                        reason="IDEMPOTENCY_KEY_REUSED",
+                        metadata={"request_id": request_id},
+                    )
+                return response_type.FromString(stored.response)
+            response, person_ids = await work(session)
+            await operations.record_operation(
+                request_id,
+                kind=kind,
+                fingerprint=fingerprint,
+                response=response.SerializeToString(),
+                person_ids=person_ids,
+                now=datetime.now(UTC),
+            )
+            return response
+
+    return await retrying(attempt)
+
+
+async def retrying(work: Callable[[], Awaitable[T]]) -> T:
+    """Run a transaction again when a concurrent merge overtook it or the database aborted it for a reason a
+    new run resolves (deadlock, serialisation failure, a unique key taken meanwhile)."""
     aborts = 0
     for _ in range(_MAX_RUNS):
         try:
@@ -395,12 +399,14 @@ async def _retrying(work: Callable[[], Awaitable[T]]) -> T:
             # Expected now and then under concurrency: the locks were released, the next run sees the merge.
             log.debug("overtaken by a concurrent change, running again: %s", overtaken)
         except (DBAPIError, asyncpg.PostgresError) as error:
-            # The resolve path talks to the driver directly, whose errors do not pass through SQLAlchemy.
+            # The graph's statements go to the driver directly, whose errors do not pass through SQLAlchemy.
             sqlstate = _sqlstate(error)
             if sqlstate not in _RETRYABLE_SQLSTATES:
                 raise
             aborts += 1
-            log.warning("resolve aborted (SQLSTATE %s), attempt %d of %d", sqlstate, aborts, _ATTEMPTS)
+            log.warning(
+                "identity transaction aborted (SQLSTATE %s), attempt %d of %d", sqlstate, aborts, _ATTEMPTS
+            )
             if aborts == _ATTEMPTS:
                 raise Unavailable(message="the identity graph is busy; try again") from error
             await asyncio.sleep(0.01 * aborts)

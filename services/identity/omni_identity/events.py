@@ -21,7 +21,7 @@ from omni.events.v1 import envelope_pb2
 from omni.identity.v1 import events_pb2
 from omni_identity.changes import GraphEvent, PersonCreated, PersonForgotten, PersonsMerged, PersonsUnmerged
 from omni_identity.normalise import IdentifierKey
-from omni_kit.bus import Outbox, OutboxRows
+from omni_kit.bus import Outbox, OutboxRows, mark_outbox_staged
 
 PERSON_CREATED = "identity.person_created"
 PERSONS_MERGED = "identity.persons_merged"
@@ -102,6 +102,7 @@ class OutboxPublisher:
         if not events:
             return OutboxRows()
         self.staged = True
+        mark_outbox_staged(self._session)
         template: envelope_pb2.Envelope | None = None
         envelopes = []
         for event in events:

@@ -9,7 +9,14 @@ from omni_kit.bus.envelope import (
     subject_for,
     unpack,
 )
-from omni_kit.bus.outbox import Outbox, OutboxRelay, OutboxRows, outbox_rows, outbox_staged
+from omni_kit.bus.outbox import (
+    Outbox,
+    OutboxRelay,
+    OutboxRows,
+    mark_outbox_staged,
+    outbox_rows,
+    outbox_staged,
+)
 from omni_kit.bus.streams import DLQ_STREAM, EVENTS_STREAM, dlq_stream, ensure_streams, events_stream
 from omni_kit.bus.tables import bus_metadata, create_bus_tables, inbox_table, outbox_table
 
@@ -31,6 +38,7 @@ __all__ = [
     "events_stream",
     "inbox_table",
     "make_envelope",
+    "mark_outbox_staged",
     "outbox_rows",
     "outbox_staged",
     "outbox_table",

@@ -101,6 +101,12 @@ def outbox_rows(
     return rows
 
 
+def mark_outbox_staged(session: AsyncSession) -> None:
+    """Note that the session's transaction staged events (written other than through Outbox.add_envelopes,
+    e.g. as rows of a bulk statement), so that the relay is woken when it commits."""
+    session.info[_STAGED] = True
+
+
 def outbox_staged(session: AsyncSession) -> bool:
     """True when the session's transaction staged events, so the relay has work once it commits."""
     return bool(session.info.get(_STAGED))
@@ -147,7 +153,7 @@ class Outbox:
         """Stage many events at once (one multi-row insert; consecutive events of one type share a row)."""
         if not envelopes:
             return
-        session.info[_STAGED] = True
+        mark_outbox_staged(session)
         rows = self.rows(envelopes)
         # One statement over arrays, however many rows: a list of parameter sets would be one round trip
         # and one bind-processing pass per row.

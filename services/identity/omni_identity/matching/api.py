@@ -2,20 +2,17 @@
 
 from __future__ import annotations
 
-import asyncio
-import hashlib
 import logging
-from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
+import uuid
 from typing import TypeVar
 
-import asyncpg
 import grpc
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from omni.identity.v1 import matching_pb2, matching_pb2_grpc
 from omni_identity import messages as identity_messages
 from omni_identity import paging
+from omni_identity.api import retrying, run_once
 from omni_identity.events import OutboxPublisher
 from omni_identity.matching.graph_repository import GraphRepository
 from omni_identity.matching.linking import DecisionRecord, Linking, ReviewOutcome
@@ -30,9 +27,7 @@ from omni_identity.matching.messages import (
 from omni_identity.matching.records import NormalisedRecord
 from omni_identity.matching.repository import MatchRepository
 from omni_identity.matching.training import TrainingError
-from omni_identity.operator_repository import OperatorRepository
-from omni_identity.repository import ConcurrentMerge
-from omni_kit.errors import AlreadyExists, FailedPrecondition, Unavailable, Violations
+from omni_kit.errors import FailedPrecondition, Violations
 from omni_kit.ids import parse_uuid
 from omni_kit.runtime import Runtime
 
@@ -45,12 +40,6 @@ MAX_SOURCE_LENGTH = 128
 MAX_REQUEST_ID_LENGTH = 128
 DEFAULT_TRAINING_RECORDS = 50_000
 MAX_TRAINING_RECORDS = 200_000
-# Deadlock, serialisation failure, unique violation (two calls with one request id): the transaction is
-# safe to run again, and a repeated request id is then answered from the lineage.
-_RETRYABLE_SQLSTATES = {"40P01", "40001", "23505"}
-_ATTEMPTS = 3
-# Each run that a concurrent merge overtakes sees that merge in the next; merges only retire persons.
-_MAX_RUNS = 50
 # The kinds of ListMatchDecisions and ListMatchReviews page tokens, so that other lists' tokens are refused.
 _DECISIONS_PAGE = "identity.match_decisions"
 _REVIEWS_PAGE = "identity.match_reviews"
@@ -216,61 +205,31 @@ class MatchingServicer(matching_pb2_grpc.MatchingServiceServicer):
         )
         violations.raise_if_any()
         assert decision_id is not None and outcome is not None
-        fingerprint = hashlib.sha256(
-            _SETTLE_KIND.encode() + request.SerializeToString(deterministic=True)
-        ).digest()
 
-        async def work() -> tuple[matching_pb2.SettleMatchReviewResponse, bool]:
-            async with self._runtime.transaction() as session:
-                operations = OperatorRepository(session)
-                await operations.lock_request(request_id)
-                stored = await operations.operation(request_id)
-                if stored is not None:
-                    if stored.kind != _SETTLE_KIND or stored.fingerprint != fingerprint:
-                        raise AlreadyExists(
-                            message=f"request_id {request_id!r} was used for another request",
-                            reason="IDEMPOTENCY_KEY_REUSED",
-                            metadata={"request_id": request_id},
-                        )
-                    return matching_pb2.SettleMatchReviewResponse.FromString(stored.response), False
-                publisher = OutboxPublisher(self._runtime.outbox, session)
-                settled = await self._linking.settle(
-                    MatchRepository(session),
-                    GraphRepository(session),
-                    publisher,
-                    decision_id,
-                    outcome,
-                    person_id,
-                    reviewer=reviewer,
-                    reason=reason,
-                )
-                response = matching_pb2.SettleMatchReviewResponse(
-                    result=result_message(settled.decision), review=decision_message(settled.review)
-                )
-                review = settled.review
-                await operations.record_operation(
-                    request_id,
-                    kind=_SETTLE_KIND,
-                    fingerprint=fingerprint,
-                    response=response.SerializeToString(),
-                    # The answer shows the record's persons: erasing any of them removes it.
-                    person_ids=sorted(
-                        p
-                        for p in {
-                            settled.decision.person_id,
-                            *(c.person_id for c in review.candidates),
-                            *review.holders,
-                        }
-                        if p is not None
-                    ),
-                    now=datetime.now(UTC),
-                )
-            return response, publisher.staged
+        async def work(
+            session: AsyncSession,
+        ) -> tuple[matching_pb2.SettleMatchReviewResponse, list[uuid.UUID]]:
+            settled = await self._linking.settle(
+                MatchRepository(session),
+                GraphRepository(session),
+                OutboxPublisher(self._runtime.outbox, session),
+                decision_id,
+                outcome,
+                person_id,
+                reviewer=reviewer,
+                reason=reason,
+            )
+            review = settled.review
+            response = matching_pb2.SettleMatchReviewResponse(
+                result=result_message(settled.decision), review=decision_message(review)
+            )
+            # The answer shows the record's persons: erasing any of them removes it.
+            shown = {settled.decision.person_id, *(c.person_id for c in review.candidates), *review.holders}
+            return response, sorted(p for p in shown if p is not None)
 
-        response, staged = await _retrying(work)
-        if staged:
-            self._runtime.relay.wake()
-        return response
+        return await run_once(
+            self._runtime, _SETTLE_KIND, request_id, request, matching_pb2.SettleMatchReviewResponse, work
+        )
 
     async def ListMatchReviews(
         self, request: matching_pb2.ListMatchReviewsRequest, context: grpc.aio.ServicerContext
@@ -293,24 +252,18 @@ class MatchingServicer(matching_pb2_grpc.MatchingServiceServicer):
     async def _match(
         self, records: list[NormalisedRecord], source: str, request_id: str
     ) -> list[DecisionRecord]:
-        async def work() -> tuple[list[DecisionRecord], bool]:
+        async def work() -> list[DecisionRecord]:
             async with self._runtime.transaction() as session:
-                publisher = OutboxPublisher(self._runtime.outbox, session)
-                decisions = await self._linking.match(
+                return await self._linking.match(
                     MatchRepository(session),
                     GraphRepository(session),
-                    publisher,
+                    OutboxPublisher(self._runtime.outbox, session),
                     records,
                     source=source,
                     request_id=request_id or None,
                 )
-            return decisions, publisher.staged
 
-        decisions, staged = await _retrying(work)
-        if staged:
-            # Staged with the graph change's own statement, not through the session: tell the relay here.
-            self._runtime.relay.wake()
-        return decisions
+        return await retrying(work)
 
 
 def _check_request(source: str, request_id: str, violations: Violations) -> None:
@@ -322,26 +275,3 @@ def _check_request(source: str, request_id: str, violations: Violations) -> None
         "request_id",
         f"is longer than {MAX_REQUEST_ID_LENGTH} characters",
     )
-
-
-async def _retrying(work: Callable[[], Awaitable[T]]) -> T:
-    """Run a transaction again when a concurrent merge overtook it or the database aborted it for a reason
-    a new run resolves."""
-    aborts = 0
-    for _ in range(_MAX_RUNS):
-        try:
-            return await work()
-        except ConcurrentMerge as overtaken:
-            log.debug("overtaken by a concurrent change, running again: %s", overtaken)
-        except (DBAPIError, asyncpg.PostgresError) as error:
-            # The graph's statements go to the driver directly: their errors do not pass through SQLAlchemy.
-            orig = error.orig if isinstance(error, DBAPIError) else error
-            sqlstate = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
-            if sqlstate not in _RETRYABLE_SQLSTATES:
-                raise
-            aborts += 1
-            log.warning("match aborted (SQLSTATE %s), attempt %d of %d", sqlstate, aborts, _ATTEMPTS)
-            if aborts == _ATTEMPTS:
-                raise Unavailable(message="the matcher is busy; try again") from error
-            await asyncio.sleep(0.01 * aborts)
-    raise Unavailable(message="the identity graph kept changing under this request; try again")

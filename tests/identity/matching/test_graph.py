@@ -3,6 +3,7 @@ follow merges, unmerges and erasure of the graph."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 
 import grpc
@@ -11,6 +12,7 @@ import sqlalchemy as sa
 
 from omni.common.v1 import common_pb2
 from omni.identity.v1 import identity_pb2, matching_pb2
+from omni_kit.bus import envelopes_in
 from omni_kit.errors import status_details
 
 from .support import MatchingServer, person, unique_word, with_fields
@@ -56,13 +58,16 @@ async def records_of(server: MatchingServer, *person_ids: str) -> list[tuple[str
 
 
 async def person_created_events(server: MatchingServer, person_id: str) -> int:
-    """How many identity.person_created events were staged for a person."""
+    """How many identity.person_created events were staged for a person (a row may hold several events)."""
     async with server.runtime.engine.connect() as connection:
-        count = await connection.scalar(
-            sa.text("SELECT count(*) FROM outbox WHERE type = 'identity.person_created' AND person_id = :id"),
-            {"id": person_id},
+        rows = await connection.execute(
+            sa.text("SELECT payload, headers FROM outbox WHERE type = 'identity.person_created'")
         )
-        return int(count or 0)
+        return sum(
+            envelope.person_id == person_id
+            for row in rows
+            for envelope in envelopes_in(row.payload, {str(k): str(v) for k, v in row.headers.items()})
+        )
 
 
 async def test_a_new_person_is_a_person_of_the_graph(server: MatchingServer) -> None:
@@ -284,3 +289,54 @@ async def test_a_person_merged_while_a_record_links_to_it_is_followed(server: Ma
     with pytest.raises(grpc.aio.AioRpcError) as raised:
         await server.stub.ListMatchDecisions(matching_pb2.ListMatchDecisionsRequest(person_id="nope"))
     assert status_details(raised.value).fields == {"person_id"}
+
+
+async def test_matches_racing_merges_and_forgets_leave_every_record_with_a_live_person(
+    server: MatchingServer,
+) -> None:
+    records = [person(identifiers=[email()]) for _ in range(6)]
+    persons = [(await match(server, record)).person_id for record in records]
+    # Again, slightly different (a clerk's typo), while an operator merges and forgets the same persons.
+    again = [with_fields(record, address_2="Unit 5") for record in records]
+
+    async def merge(survivor: str, merged: str) -> None:
+        await server.identity.MergePersons(
+            identity_pb2.MergePersonsRequest(
+                request_id=str(uuid.uuid4()),
+                survivor_person_id=survivor,
+                merged_person_id=merged,
+                reason="dup",
+            )
+        )
+
+    async def forget(person_id: str) -> None:
+        await server.identity.ForgetPerson(
+            identity_pb2.ForgetPersonRequest(
+                request_id=str(uuid.uuid4()), person_id=person_id, requested_by="dpo@example.com"
+            )
+        )
+
+    results = await asyncio.gather(
+        *(match(server, record) for record in again),
+        merge(persons[0], persons[1]),
+        merge(persons[2], persons[3]),
+        forget(persons[4]),
+        *(match(server, record) for record in reversed(again)),
+    )
+
+    decisions = [r.decision for r in results if isinstance(r, matching_pb2.MatchResult)]
+    assert len(decisions) == 12 and REVIEW not in decisions
+    async with server.runtime.engine.connect() as connection:
+        stray = await connection.scalar(
+            sa.text(
+                "SELECT count(*) FROM person_records AS r LEFT JOIN persons AS p ON p.id = r.person_id"
+                " WHERE r.person_id = ANY(CAST(:ids AS uuid[]))"
+                " AND (p.id IS NULL OR p.merged_into IS NOT NULL OR p.forgotten_at IS NOT NULL)"
+            ),
+            {"ids": [uuid.UUID(p) for p in persons]},
+        )
+    assert stray == 0, "a record is filed under a merged, forgotten or unknown person"
+    # The merged persons' records, old and new, are the survivors'; the forgotten person kept none.
+    assert {pid for _, pid in await records_of(server, persons[1])} == {persons[0]}
+    assert {pid for _, pid in await records_of(server, persons[3])} == {persons[2]}
+    assert all(pid != persons[4] for _, pid in await records_of(server, persons[4]))

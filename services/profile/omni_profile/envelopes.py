@@ -46,7 +46,12 @@ def timestamp(moment: datetime) -> timestamp_pb2.Timestamp:
     return timestamp_pb2.Timestamp(seconds=micros // 1_000_000, nanos=micros % 1_000_000 * 1000)
 
 
+_SMALL = [bytes((n,)) for n in range(128)]
+
+
 def _varint(value: int) -> bytes:
+    if value < 128:  # tags and most lengths: one byte
+        return _SMALL[value]
     out = bytearray()
     while True:
         bits = value & 0x7F

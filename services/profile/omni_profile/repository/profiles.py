@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -23,9 +24,15 @@ class ProfileState:
     merged_into: uuid.UUID | None
     erased: bool
     event_count: int
-    cart: dict[str, CartLine]
+    cart_document: dict[str, Any]
+    """The cart as stored; `cart` reads it when first asked for (most batches touch no cart)."""
     cart_as_of: datetime | None
     computed: dict[str, Any]
+
+    @functools.cached_property
+    def cart(self) -> dict[str, CartLine]:
+        """The cart: lines by product id."""
+        return cart_from_json(self.cart_document)
 
 
 @dataclass(frozen=True)
@@ -109,7 +116,7 @@ async def lock_profiles(
             merged_into=row.merged_into,
             erased=row.erased,
             event_count=int(row.event_count),
-            cart=cart_from_json(row.cart),
+            cart_document=row.cart,
             cart_as_of=row.cart_as_of,
             computed=row.computed,
         )

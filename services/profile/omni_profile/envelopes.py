@@ -17,10 +17,11 @@ from datetime import UTC, datetime, timedelta
 from google.protobuf import any_pb2, timestamp_pb2
 from google.protobuf.message import Message
 
-from omni.events.v1 import envelope_pb2
-from omni_kit.bus import Outbox
+from omni_kit.bus import EncodedEnvelope, Outbox
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+# omni.events.v1.Envelope's field numbers.
+_ID, _TYPE, _OCCURRED_AT, _PERSON_ID, _PRODUCER, _TRACE_CONTEXT, _PAYLOAD = 1, 2, 3, 4, 5, 6, 7
 _MICROSECOND = timedelta(microseconds=1)
 _VARIANT = 1 << 63
 _RANDOM_BITS = (1 << 62) - 1
@@ -77,12 +78,22 @@ def timestamp_field(field_number: int, moment: datetime) -> bytes:
 
 
 class EnvelopeBatch:
-    """Envelopes of one producer built in bulk, with the trace context of the work at hand."""
+    """Envelopes of one producer built in bulk, with the trace context of the work at hand.
+
+    Written as bytes (omni.events.v1.Envelope's wire format): the parts all envelopes of a batch share
+    (type, producer, trace context, payload type) are encoded once.
+    """
 
     def __init__(self, outbox: Outbox) -> None:
         template = outbox.envelope(any_pb2.Any(), event_type="")
-        self._producer = template.producer
+        self._producer = length_delimited(_PRODUCER, template.producer.encode())
         self._trace_context = dict(template.trace_context)
+        self._trace_bytes = b"".join(
+            length_delimited(
+                _TRACE_CONTEXT, length_delimited(1, key.encode()) + length_delimited(2, value.encode())
+            )
+            for key, value in self._trace_context.items()
+        )
 
     def wrap(
         self,
@@ -90,22 +101,25 @@ class EnvelopeBatch:
         event_type: str,
         payloads: Sequence[tuple[str, bytes, datetime | None]],
         type_url: str,
-    ) -> list[envelope_pb2.Envelope]:
+    ) -> list[EncodedEnvelope]:
         """Envelopes around encoded payloads: (person_id, payload bytes, occurred_at or None for now)."""
-        now = datetime.now(UTC)
+        kind = length_delimited(_TYPE, event_type.encode())
+        shared = self._producer + self._trace_bytes
+        any_type = length_delimited(1, type_url.encode())
+        now = timestamp_field(_OCCURRED_AT, datetime.now(UTC))
         envelopes = []
         for envelope_id, (person_id, payload, occurred_at) in zip(ids, payloads, strict=True):
-            envelopes.append(
-                envelope_pb2.Envelope(
-                    id=envelope_id,
-                    type=event_type,
-                    person_id=person_id,
-                    producer=self._producer,
-                    occurred_at=timestamp(occurred_at or now),
-                    trace_context=self._trace_context,
-                    payload=any_pb2.Any(type_url=type_url, value=payload),
+            data = b"".join(
+                (
+                    length_delimited(_ID, envelope_id.encode()),
+                    kind,
+                    now if occurred_at is None else timestamp_field(_OCCURRED_AT, occurred_at),
+                    length_delimited(_PERSON_ID, person_id.encode()) if person_id else b"",
+                    shared,
+                    length_delimited(_PAYLOAD, any_type + length_delimited(2, payload)),
                 )
             )
+            envelopes.append(EncodedEnvelope(envelope_id, event_type, person_id, self._trace_context, data))
         return envelopes
 
 

@@ -15,9 +15,8 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from omni.events.v1 import envelope_pb2
 from omni.profile.v1 import events_pb2
-from omni_kit.bus import Outbox
+from omni_kit.bus import EncodedEnvelope, Outbox
 from omni_profile import wire
 from omni_profile.domain import CartLine, Consent, Event
 from omni_profile.envelopes import EnvelopeBatch, new_ids, type_url
@@ -42,7 +41,7 @@ _TRACKED_TYPE_URL = type_url(events_pb2.EventTrackedEvent)
 _CHANGED_TYPE_URL = type_url(events_pb2.ProfileChangedEvent)
 
 
-def tracked_envelopes(batch: EnvelopeBatch, tracked: Sequence[Event]) -> list[envelope_pb2.Envelope]:
+def tracked_envelopes(batch: EnvelopeBatch, tracked: Sequence[Event]) -> list[EncodedEnvelope]:
     """The profile.event_tracked envelopes of newly recorded events."""
     return batch.wrap(
         new_ids(len(tracked)),
@@ -54,7 +53,7 @@ def tracked_envelopes(batch: EnvelopeBatch, tracked: Sequence[Event]) -> list[en
 
 def changed_envelopes(
     batch: EnvelopeBatch, payloads: Sequence[events_pb2.ProfileChangedEvent]
-) -> list[envelope_pb2.Envelope]:
+) -> list[EncodedEnvelope]:
     """The profile.profile_changed envelopes of some payloads."""
     return batch.wrap(
         new_ids(len(payloads)),

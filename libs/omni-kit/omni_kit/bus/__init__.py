@@ -3,6 +3,7 @@
 from omni_kit.bus.consumer import EventConsumer, Handler
 from omni_kit.bus.envelope import (
     BATCH_HEADER,
+    EncodedEnvelope,
     PermanentError,
     envelopes_in,
     make_envelope,
@@ -24,6 +25,7 @@ __all__ = [
     "BATCH_HEADER",
     "DLQ_STREAM",
     "EVENTS_STREAM",
+    "EncodedEnvelope",
     "EventConsumer",
     "Handler",
     "Outbox",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TypeVar
 
@@ -16,6 +17,26 @@ M = TypeVar("M", bound=Message)
 
 BATCH_HEADER = "Omni-Batch"
 """Header of a message holding an omni.events.v1.EnvelopeBatch; its value is the number of envelopes."""
+
+
+@dataclass(frozen=True, slots=True)
+class EncodedEnvelope:
+    """An omni.events.v1.Envelope already serialised, with the fields the outbox reads from it.
+
+    For producers that announce thousands of events at once and write their bytes directly (profile's
+    ingestion): building a message object per event only to serialise it costs more than the bytes.
+    """
+
+    id: str
+    type: str
+    person_id: str
+    trace_context: Mapping[str, str]
+    data: bytes
+
+
+def serialised(envelope: envelope_pb2.Envelope | EncodedEnvelope) -> bytes:
+    """The bytes of an envelope, built or already encoded."""
+    return envelope.data if isinstance(envelope, EncodedEnvelope) else envelope.SerializeToString()
 
 
 def subject_for(event_type: str, namespace: str = "omni") -> str:

@@ -17,7 +17,14 @@ from nats.js import JetStreamContext
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from omni.events.v1 import envelope_pb2
-from omni_kit.bus.envelope import BATCH_HEADER, make_envelope, pack_batch, subject_for
+from omni_kit.bus.envelope import (
+    BATCH_HEADER,
+    EncodedEnvelope,
+    make_envelope,
+    pack_batch,
+    serialised,
+    subject_for,
+)
 from omni_kit.bus.tables import outbox_table
 
 log = logging.getLogger(__name__)
@@ -60,7 +67,7 @@ class OutboxRows:
 
 
 def outbox_rows(
-    envelopes: Sequence[envelope_pb2.Envelope],
+    envelopes: Sequence[envelope_pb2.Envelope | EncodedEnvelope],
     namespace: str,
     *,
     max_events: int = MAX_BATCH_EVENTS,
@@ -71,11 +78,11 @@ def outbox_rows(
     One row per event would cost a row write, an update and a delete in PostgreSQL and a publish and an ack
     in the relay for every event; a batch of a thousand tracked events costs one of each.
     """
-    runs: list[tuple[envelope_pb2.Envelope, list[bytes], str | None]] = []
+    runs: list[tuple[envelope_pb2.Envelope | EncodedEnvelope, list[bytes], str | None]] = []
     run: list[bytes] = []
     size = 0
     for envelope in envelopes:
-        data = envelope.SerializeToString()
+        data = serialised(envelope)
         if run and (
             envelope.type == runs[-1][0].type and len(run) < max_events and size + len(data) <= max_bytes
         ):
@@ -145,11 +152,13 @@ class Outbox:
         await self.add_envelopes(session, [envelope])
         return envelope
 
-    def rows(self, envelopes: Sequence[envelope_pb2.Envelope]) -> OutboxRows:
+    def rows(self, envelopes: Sequence[envelope_pb2.Envelope | EncodedEnvelope]) -> OutboxRows:
         """The envelopes as outbox rows of this producer's namespace (see outbox_rows)."""
         return outbox_rows(envelopes, self.namespace)
 
-    async def add_envelopes(self, session: AsyncSession, envelopes: Sequence[envelope_pb2.Envelope]) -> None:
+    async def add_envelopes(
+        self, session: AsyncSession, envelopes: Sequence[envelope_pb2.Envelope | EncodedEnvelope]
+    ) -> None:
         """Stage many events at once (one multi-row insert; consecutive events of one type share a row)."""
         if not envelopes:
             return

@@ -1,0 +1,54 @@
+"""Profile's envelopes written as bytes are the envelopes the message classes would build."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+
+from omni.events.v1 import envelope_pb2
+from omni.profile.v1 import events_pb2
+from omni_kit.bus import Outbox
+from omni_profile.envelopes import EnvelopeBatch, new_ids, type_url
+
+
+def test_wrapped_bytes_parse_to_the_envelope_the_message_classes_build() -> None:
+    outbox = Outbox("profile", namespace="t")
+    tracer = TracerProvider().get_tracer("test")
+    with trace.use_span(tracer.start_span("ingest"), end_on_exit=True):
+        batch = EnvelopeBatch(outbox)
+    payloads = [
+        events_pb2.ProfileChangedEvent(person_id=str(uuid.uuid4()), changed=["cart"]),
+        events_pb2.ProfileChangedEvent(person_id="", changed=["traits"] * 200),  # a payload over 127 bytes
+    ]
+    moment = datetime(2026, 11, 22, 10, 30, 15, 123456, tzinfo=UTC)
+    ids = new_ids(len(payloads))
+    wrapped = batch.wrap(
+        ids,
+        "profile.profile_changed",
+        [
+            (payloads[0].person_id, payloads[0].SerializeToString(), moment),
+            ("", payloads[1].SerializeToString(), None),
+        ],
+        type_url(events_pb2.ProfileChangedEvent),
+    )
+
+    first, second = (envelope_pb2.Envelope.FromString(w.data) for w in wrapped)
+    expected = envelope_pb2.Envelope(
+        id=ids[0], type="profile.profile_changed", person_id=payloads[0].person_id, producer="profile"
+    )
+    expected.occurred_at.FromDatetime(moment)
+    expected.trace_context.update(first.trace_context)
+    expected.payload.Pack(payloads[0])
+    assert first == expected
+    assert "traceparent" in first.trace_context  # the span current when the batch began
+    assert (wrapped[0].id, wrapped[0].type, wrapped[0].person_id) == (
+        ids[0],
+        "profile.profile_changed",
+        payloads[0].person_id,
+    )
+    assert second.id == ids[1] and second.person_id == "" and second.HasField("occurred_at")
+    unpacked = events_pb2.ProfileChangedEvent()
+    assert second.payload.Unpack(unpacked) and unpacked == payloads[1]

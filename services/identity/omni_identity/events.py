@@ -88,8 +88,6 @@ class OutboxPublisher:
     def __init__(self, outbox: Outbox, session: AsyncSession) -> None:
         self._outbox = outbox
         self._session = session
-        self.staged = False
-        """True once rows() handed out rows: the relay has work when the transaction commits."""
 
     def rows(
         self, events: Sequence[GraphEvent], *, occurred_at: datetime, new_id: Callable[[], uuid.UUID]
@@ -97,11 +95,11 @@ class OutboxPublisher:
         """The events as outbox rows, for the caller to insert in the statement that writes their change.
 
         The envelopes are those omni_kit's Outbox makes (producer, time, trace context), built once and
-        copied: a batch stages hundreds of events, and a fresh envelope each cost more than the change.
+        copied: a batch stages hundreds of events, and a fresh envelope each cost more than the change. The
+        session is marked, so the relay is woken when the transaction commits.
         """
         if not events:
             return OutboxRows()
-        self.staged = True
         mark_outbox_staged(self._session)
         template: envelope_pb2.Envelope | None = None
         envelopes = []

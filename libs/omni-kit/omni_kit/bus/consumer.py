@@ -19,6 +19,7 @@ import logging
 import uuid
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 
+import sqlalchemy as sa
 from nats.aio.msg import Msg
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
@@ -37,6 +38,13 @@ log = logging.getLogger(__name__)
 tracer = trace.get_tracer("omni_kit.bus")
 
 Handler = Callable[[AsyncSession, envelope_pb2.Envelope], Awaitable[None]]
+
+# One statement over an array however many events a transaction applies (a multi-row VALUES would be
+# compiled anew for every count, with two parameters per event).
+_INBOX_MANY = sa.text(
+    "INSERT INTO inbox (consumer, event_id) SELECT :consumer, unnest(CAST(:ids AS uuid[])) "
+    "ON CONFLICT DO NOTHING RETURNING event_id"
+).columns(event_id=sa.Uuid)
 
 
 class EventConsumer:
@@ -167,10 +175,7 @@ class EventConsumer:
         events = [(message, envelope) for message, envelopes in group for envelope in envelopes]
         async with self._sessions() as session, session.begin():
             rows = await session.scalars(
-                insert(inbox_table)
-                .values([{"consumer": self.durable, "event_id": uuid.UUID(e.id)} for _, e in events])
-                .on_conflict_do_nothing()
-                .returning(inbox_table.c.event_id)
+                _INBOX_MANY, {"consumer": self.durable, "ids": [uuid.UUID(e.id) for _, e in events]}
             )
             first_time = set(rows)
             for message, envelope in events:

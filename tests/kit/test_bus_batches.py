@@ -29,6 +29,7 @@ from omni_kit.bus import (
     subject_for,
     unpack,
 )
+from omni_kit.bus.envelope import length_delimited, varint
 from omni_kit.db import session_factory
 
 from .support import notes
@@ -98,6 +99,13 @@ def test_runs_are_cut_at_the_event_and_size_limits() -> None:
         for e in envelopes_in(payload, json.loads(headers))
     ]
     assert unpacked == _ids(events)
+
+
+def test_fields_written_by_hand_are_protobuf_s_own_encoding() -> None:
+    for size in (1, 127, 128, 300, 16_383, 16_384, 70_000):  # proto3 omits an empty string
+        value = "x" * size
+        assert length_delimited(1, value.encode()) == envelope_pb2.Envelope(id=value).SerializeToString()
+    assert [varint(n) for n in (0, 127, 128, 2**63)] == [b"\x00", b"\x7f", b"\x80\x01", b"\x80" * 9 + b"\x01"]
 
 
 def test_no_events_no_rows() -> None:

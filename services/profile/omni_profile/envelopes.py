@@ -18,6 +18,7 @@ from google.protobuf import any_pb2, timestamp_pb2
 from google.protobuf.message import Message
 
 from omni_kit.bus import EncodedEnvelope, Outbox
+from omni_kit.bus.envelope import length_delimited, varint
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 # omni.events.v1.Envelope's field numbers.
@@ -47,33 +48,11 @@ def timestamp(moment: datetime) -> timestamp_pb2.Timestamp:
     return timestamp_pb2.Timestamp(seconds=micros // 1_000_000, nanos=micros % 1_000_000 * 1000)
 
 
-_SMALL = [bytes((n,)) for n in range(128)]
-
-
-def _varint(value: int) -> bytes:
-    if value < 128:  # tags and most lengths: one byte
-        return _SMALL[value]
-    out = bytearray()
-    while True:
-        bits = value & 0x7F
-        value >>= 7
-        if value:
-            out.append(bits | 0x80)
-        else:
-            out.append(bits)
-            return bytes(out)
-
-
-def length_delimited(field_number: int, payload: bytes) -> bytes:
-    """One length-delimited field (a string, bytes or message) in protobuf's wire format."""
-    return _varint(field_number << 3 | 2) + _varint(len(payload)) + payload
-
-
 def timestamp_field(field_number: int, moment: datetime) -> bytes:
     """A Timestamp field with both seconds and nanos written, so that it replaces an earlier occurrence."""
     micros = (moment - _EPOCH) // _MICROSECOND
     seconds, nanos = micros // 1_000_000, micros % 1_000_000 * 1000
-    body = b"\x08" + _varint(seconds & 0xFFFFFFFFFFFFFFFF) + b"\x10" + _varint(nanos)
+    body = b"\x08" + varint(seconds & 0xFFFFFFFFFFFFFFFF) + b"\x10" + varint(nanos)
     return length_delimited(field_number, body)
 
 

@@ -76,7 +76,13 @@ def unpack(envelope: envelope_pb2.Envelope, message_type: type[M]) -> M:
     return message
 
 
-def _varint(value: int) -> bytes:
+_ONE_BYTE = [bytes((n,)) for n in range(128)]
+
+
+def varint(value: int) -> bytes:
+    """A non-negative integer in protobuf's base-128 varint encoding."""
+    if value < 128:  # tags and most lengths: one byte, from a table
+        return _ONE_BYTE[value]
     out = bytearray()
     while value > 0x7F:
         out.append(value & 0x7F | 0x80)
@@ -85,12 +91,17 @@ def _varint(value: int) -> bytes:
     return bytes(out)
 
 
+def length_delimited(field_number: int, payload: bytes) -> bytes:
+    """One length-delimited field (a string, bytes or message) in protobuf's wire format."""
+    return varint(field_number << 3 | 2) + varint(len(payload)) + payload
+
+
 def pack_batch(serialized: Sequence[bytes]) -> bytes:
     """An EnvelopeBatch of already serialised envelopes, written without parsing them again.
 
     Field 1 (envelopes) is length-delimited: tag 0x0A, the length as a varint, the envelope's bytes.
     """
-    return b"".join([b"\x0a" + _varint(len(envelope)) + envelope for envelope in serialized])
+    return b"".join([b"\x0a" + varint(len(envelope)) + envelope for envelope in serialized])
 
 
 def envelopes_in(data: bytes, headers: Mapping[str, str] | None) -> list[envelope_pb2.Envelope]:

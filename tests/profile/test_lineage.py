@@ -4,7 +4,6 @@ memberships fed by segmentation's announcements."""
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -212,13 +211,13 @@ async def test_a_merge_between_resolving_and_locking_is_caught_and_the_batch_rec
     real = repository.where_persons_are
     calls = 0
 
-    async def stale(session: Any, person_ids: Any) -> dict[uuid.UUID, tuple[uuid.UUID, bool]]:
+    async def stale(session: Any, person_ids: Any) -> repository.Whereabouts:
         # The first read answers as if the merge had not been committed yet.
         nonlocal calls
         calls += 1
         found = await real(session, person_ids)
         if calls == 1:
-            return {pid: (pid, False) for pid in found}
+            return repository.Whereabouts({pid: (pid, False) for pid in found.leads_to}, {})
         return found
 
     monkeypatch.setattr(repository, "where_persons_are", stale)
@@ -233,3 +232,30 @@ async def test_a_merge_between_resolving_and_locking_is_caught_and_the_batch_rec
     )
     assert str(stored) == survivor
     assert (await get_profile(services, survivor)).event_count == 6
+
+
+async def test_a_batch_that_keeps_finding_its_persons_moved_is_aborted_with_nothing_written(
+    services: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    survivor, merged, _, _ = await _merged_pair(services)
+    real = repository.where_persons_are
+    calls = 0
+
+    async def always_stale(session: Any, person_ids: Any) -> repository.Whereabouts:
+        # Every read answers as if the merge had not been committed yet: every attempt is undone.
+        nonlocal calls
+        calls += 1
+        found = await real(session, person_ids)
+        return repository.Whereabouts({pid: (pid, False) for pid in found.leads_to}, {})
+
+    monkeypatch.setattr(repository, "where_persons_are", always_stale)
+    before = await services.counts()
+    message = event("email_opened", person_id=merged, channel=common_pb2.CHANNEL_EMAIL)
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await track(services, message)
+    assert refused.value.code() == grpc.StatusCode.ABORTED
+    assert "send it again" in (refused.value.details() or "")
+    assert calls == 5
+    assert await services.counts() == before
+    monkeypatch.undo()
+    assert (await track(services, message)).person_id == survivor

@@ -234,3 +234,29 @@ async def test_concurrent_cart_additions_all_count(services: Services) -> None:
     profile = await get_profile(services, person)
     assert cart_of(profile) == {"sku-socks": 20}
     assert profile.event_count == 21
+
+
+async def test_concurrent_batches_of_one_person_sum_up_in_its_computed_traits(services: Services) -> None:
+    # Each batch plans its profile change from a read without locks; a batch that finds the row written
+    # since by another plans again from the locked row, so no order and no amount is lost.
+    person = (await track(services, event("app_opened"))).person_id
+    channels = [common_pb2.CHANNEL_WEB, common_pb2.CHANNEL_STORE]
+
+    async def orders(n: int) -> None:
+        batch = [
+            event(
+                "order_completed",
+                person_id=person,
+                channel=channels[(n + k) % 2],
+                properties={"revenue": 1.25, "currency": "EUR"},
+            )
+            for k in range(3)
+        ]
+        await services.profile.BatchTrackEvents(profile_pb2.BatchTrackEventsRequest(events=batch))
+
+    await asyncio.gather(*(orders(n) for n in range(12)))
+    profile = await get_profile(services, person)
+    assert profile.event_count == 37
+    assert profile.computed_traits["lifetime_value"]["amount_minor"] == 36 * 125
+    assert profile.computed_traits["orders_online"] + profile.computed_traits["orders_in_store"] == 36
+    assert profile.computed_traits["orders_online"] == 18

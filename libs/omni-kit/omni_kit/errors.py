@@ -73,6 +73,14 @@ class FailedPrecondition(OmniError):
 
 
 @dataclass
+class Aborted(OmniError):
+    """The work conflicted with concurrent work (again and again) and was undone; the caller may retry."""
+
+    reason: str = "ABORTED"
+    code = grpc.StatusCode.ABORTED
+
+
+@dataclass
 class Unavailable(OmniError):
     """A dependency is down; the caller may retry."""
 

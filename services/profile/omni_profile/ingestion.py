@@ -24,6 +24,7 @@ from contextlib import AbstractAsyncContextManager
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from omni_kit.errors import Aborted
 from omni_profile.domain import Event, TrackResult
 from omni_profile.tracking import PersonsMoved, Tracker
 
@@ -98,8 +99,13 @@ class Ingestion:
             except (DBAPIError, PersonsMoved) as error:
                 cause = error.orig if isinstance(error, DBAPIError) else error
                 retryable = isinstance(error, PersonsMoved) or getattr(cause, "sqlstate", None) in _RETRYABLE
-                if not retryable or attempt == _ATTEMPTS - 1:
+                if not retryable:
                     raise
+                if attempt == _ATTEMPTS - 1:
+                    raise Aborted(
+                        message=f"recording the batch conflicted with concurrent writes {_ATTEMPTS} times "
+                        f"({cause}); nothing of it was written, send it again"
+                    ) from error
                 log.warning("recording a batch failed (%s); trying again", cause)
                 await asyncio.sleep(random.uniform(0.0, 0.05 * (attempt + 1)))
         raise AssertionError("unreachable")

@@ -1,10 +1,12 @@
 """Tracking: events resolved to persons through identity, then recorded in one transaction: stored once per
 (source, id), applied to the cart and the computed traits, announced.
 
-A batch costs a fixed number of statements whatever its size: read where the persons' events go, insert
-the events and stage their announcements, lock (and read) the persons' profile rows, (only when a cart
-event arrived out of order) read those persons' cart events, write the profile rows, stage the change
-announcements. Cart and computed traits are functions of the set of events, not of
+A batch costs a fixed number of statements whatever its size: read (without locking) where the persons'
+events go and their profile rows, insert the events and stage their announcements, (only when a cart event
+arrived out of order) read those persons' cart events, plan the profile changes, lock the profile rows
+(creating missing ones; only the rows written since the read come back, and are planned again), write
+them, stage the change announcements. The rows are locked for the writes and the commit only: nearly every
+batch shares persons with the batches running beside it. Cart and computed traits are functions of the set of events, not of
 the order they arrive in: computed traits by construction (see computed.py), the cart by applying events
 in the order they happened, recomputed from the stored cart events when one arrives older than the last
 applied (profiles.cart_as_of).
@@ -15,13 +17,15 @@ from __future__ import annotations
 import uuid
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from omni.profile.v1 import events_pb2
 from omni_kit.bus import Outbox
 from omni_kit.errors import FieldViolation, InvalidArgument, Violations
-from omni_profile import cart, computed, events, persons, repository, wire
+from omni_profile import cart, computed, events, repository, wire
 from omni_profile.domain import CART_EVENTS, Event, TrackResult
 from omni_profile.envelopes import EnvelopeBatch
 from omni_profile.identity_client import IdentifierSet, IdentifiersRejected, IdentityClient, Resolution
@@ -118,7 +122,7 @@ class Tracker:
         storable: list[Event] = []
         for index in fresh:
             event = batch[index]
-            current, erased = whereabouts.get(_person(event), (_person(event), False))
+            current, erased = whereabouts.leads_to.get(_person(event), (_person(event), False))
             event.person_id = current
             if erased:
                 results[index] = TrackResult.rejected([ERASED])
@@ -150,92 +154,122 @@ class Tracker:
         if new_events:
             tracked = events.tracked_envelopes(EnvelopeBatch(self._outbox), new_events)
             await self._outbox.add_envelopes(session, tracked)
-            owners = {_person(e) for e in new_events}
-            leads_to, states = await persons.lock_states(session, owners)
-            if any(leads_to[p] != p or states[p].erased for p in owners):
-                raise PersonsMoved("a merge or an erasure moved persons of the batch while it was recorded")
-            await self._apply(session, new_events, states)
+            await self._apply(session, new_events, whereabouts.states)
         return [r for r in results if r is not None]
 
     async def _apply(
-        self, session: AsyncSession, new_events: Sequence[Event], states: Mapping[uuid.UUID, ProfileState]
+        self, session: AsyncSession, new_events: Sequence[Event], read: Mapping[uuid.UUID, ProfileState]
     ) -> None:
-        """Apply newly stored events to their persons' cart, computed traits and counts; announce them."""
+        """Apply newly stored events to their persons' cart, computed traits and counts; announce them.
+
+        Planned from the states read without locking; then the rows are locked and the plans of the
+        persons written since (by a concurrent batch) are made again from their locked state. Batches
+        sharing persons (nearly all do) so wait on each other only for the writes and the commit.
+        """
         now = datetime.now(UTC)
         catalog = self._catalog()
         by_person: dict[uuid.UUID, list[Event]] = defaultdict(list)
         for event in new_events:
             by_person[_person(event)].append(event)
-        updates: list[ProfileUpdate] = []
-        changes: dict[uuid.UUID, list[str]] = {}
-        carts: dict[uuid.UUID, cart.Cart] = {}
-        late_carts: dict[uuid.UUID, datetime] = {}
-        for person_id, person_events in by_person.items():
-            state = states[person_id]
-            changed: list[str] = []
-            cart_events = [e for e in person_events if e.type in CART_EVENTS]
-            new_cart: cart.Cart | None = None
-            cart_as_of = state.cart_as_of
-            if cart_events:
-                latest = max(e.occurred_at for e in cart_events)
-                cart_as_of = latest if cart_as_of is None else max(cart_as_of, latest)
-                if (
-                    state.cart_as_of is not None
-                    and min(e.occurred_at for e in cart_events) <= state.cart_as_of
-                ):
-                    late_carts[person_id] = cart_as_of
-                else:
-                    new_cart = cart.apply_events(state.cart, sorted(cart_events, key=cart.order_key))
-                    if new_cart != state.cart:
-                        changed.append("cart")
-                        carts[person_id] = new_cart
-            doc = state.computed
-            if _update_computed(catalog, doc, person_events, now):
-                changed.append("computed_traits")
-            if changed:
-                changes[person_id] = changed
-            updates.append(
-                ProfileUpdate(
-                    person_id=person_id,
-                    added_events=len(person_events),
-                    computed=doc,
-                    cart=new_cart if person_id not in late_carts else None,
-                    cart_as_of=cart_as_of,
-                )
+        states = {p: read.get(p) or ProfileState.empty(p) for p in by_person}
+        plans = await _plan(session, catalog, by_person, states, now)
+        locked = await repository.lock_as_read(session, {p: states[p].version for p in by_person})
+        if locked.moved:
+            raise PersonsMoved("a merge or an erasure moved persons of the batch while it was recorded")
+        if locked.changed:
+            plans.update(
+                await _plan(session, catalog, {p: by_person[p] for p in locked.changed}, locked.changed, now)
             )
-        if late_carts:
-            # Out of order: the cart is what all the person's cart events, in the order they happened, make.
-            stored = await repository.cart_events(session, late_carts.keys())
-            for index, update in enumerate(updates):
-                if update.person_id not in late_carts:
-                    continue
-                recomputed = cart.recompute(stored[update.person_id])
-                updates[index] = ProfileUpdate(
-                    update.person_id, update.added_events, update.computed, recomputed, update.cart_as_of
-                )
-                if recomputed != states[update.person_id].cart:
-                    carts[update.person_id] = recomputed
-                    changes.setdefault(update.person_id, []).insert(0, "cart")
-        await repository.update_profiles(session, updates)
+        await repository.update_profiles(session, [plan.update for plan in plans.values()])
         await self._outbox.add_envelopes(
             session,
             events.changed_envelopes(
-                EnvelopeBatch(self._outbox),
-                [
-                    events.profile_changed(
-                        person_id,
-                        changed=changed,
-                        cart=cart.sorted_lines(carts[person_id]) if "cart" in changed else None,
-                        computed_traits=(
-                            computed.values(catalog, states[person_id].computed, now)
-                            if "computed_traits" in changed
-                            else None
-                        ),
-                    )
-                    for person_id, changed in changes.items()
-                ],
+                EnvelopeBatch(self._outbox), [p.announcement for p in plans.values() if p.announcement]
             ),
         )
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """What a batch's events change on one profile: the row update and the change announced (if any)."""
+
+    update: ProfileUpdate
+    announcement: events_pb2.ProfileChangedEvent | None
+
+
+async def _plan(
+    session: AsyncSession,
+    catalog: computed.Catalog,
+    by_person: Mapping[uuid.UUID, Sequence[Event]],
+    states: Mapping[uuid.UUID, ProfileState],
+    now: datetime,
+) -> dict[uuid.UUID, _Plan]:
+    """Plan the cart, computed traits and counts of each person from its state (changed in place) and its
+    new events."""
+    plans: dict[uuid.UUID, _Plan] = {}
+    late_carts: list[uuid.UUID] = []
+    for person_id, person_events in by_person.items():
+        state = states[person_id]
+        changed: list[str] = []
+        cart_events = [e for e in person_events if e.type in CART_EVENTS]
+        new_cart: cart.Cart | None = None
+        cart_as_of = state.cart_as_of
+        if cart_events:
+            latest = max(e.occurred_at for e in cart_events)
+            cart_as_of = latest if cart_as_of is None else max(cart_as_of, latest)
+            if state.cart_as_of is not None and min(e.occurred_at for e in cart_events) <= state.cart_as_of:
+                late_carts.append(person_id)
+            else:
+                new_cart = cart.apply_events(state.cart, sorted(cart_events, key=cart.order_key))
+                if new_cart != state.cart:
+                    changed.append("cart")
+        doc = state.computed
+        if _update_computed(catalog, doc, person_events, now):
+            changed.append("computed_traits")
+        plans[person_id] = _planned(catalog, state, changed, new_cart, cart_as_of, len(person_events), now)
+    if late_carts:
+        # Out of order: the cart is what all the person's cart events, in the order they happened, make
+        # (the stored ones include this batch's).
+        stored = await repository.cart_events(session, late_carts)
+        for person_id in late_carts:
+            state, plan = states[person_id], plans[person_id]
+            recomputed = cart.recompute(stored[person_id])
+            changed = list(plan.announcement.changed) if plan.announcement else []
+            if recomputed != state.cart:
+                changed.insert(0, "cart")
+            plans[person_id] = _planned(
+                catalog, state, changed, recomputed, plan.update.cart_as_of, plan.update.added_events, now
+            )
+    return plans
+
+
+def _planned(
+    catalog: computed.Catalog,
+    state: ProfileState,
+    changed: list[str],
+    new_cart: cart.Cart | None,
+    cart_as_of: datetime | None,
+    added_events: int,
+    now: datetime,
+) -> _Plan:
+    update = ProfileUpdate(
+        person_id=state.person_id,
+        added_events=added_events,
+        computed=state.computed,
+        cart=new_cart,
+        cart_as_of=cart_as_of,
+    )
+    if not changed:
+        return _Plan(update, None)
+    announcement = events.profile_changed(
+        state.person_id,
+        changed=changed,
+        cart=cart.sorted_lines(new_cart) if "cart" in changed and new_cart is not None else None,
+        computed_traits=(
+            computed.values(catalog, state.computed, now) if "computed_traits" in changed else None
+        ),
+    )
+    return _Plan(update, announcement)
 
 
 def _update_computed(

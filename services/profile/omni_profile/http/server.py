@@ -4,8 +4,8 @@ Routes follow the Segment Tracking API (POST /v1/identify, /v1/track, /v1/page, 
 /v1/alias, /v1/batch and /v1/import), plus the one-letter paths analytics.js posts to (/v1/i, /v1/t …,
 /v1/b). The write key comes from HTTP Basic authentication (the key as user name, no password) or from
 writeKey in the body. Answers are JSON: 200 {"success": true}; 400 for a malformed body or message, 401
-for a missing or unknown write key, 413 for a body over 500 KB, 503 when identity is unavailable (the
-libraries retry). In a batch, refused messages are listed with their reasons and the others are recorded.
+for a missing or unknown write key, 413 for a body over 500 KB, 503 when identity is unavailable or the
+batch kept conflicting with concurrent writes (the libraries retry). In a batch, refused messages are listed with their reasons and the others are recorded.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import Any
 
 from aiohttp import web
 
-from omni_kit.errors import FieldViolation, Unavailable, Violations
+from omni_kit.errors import Aborted, FieldViolation, Unavailable, Violations
 from omni_profile import wire
 from omni_profile.http import segment
 from omni_profile.http.intake import Intake, Outcome, Pending, Rejection
@@ -166,7 +166,7 @@ class HttpEndpoint:
             )
         try:
             await self._intake.ingest(pending, outcome)
-        except Unavailable as error:
+        except (Unavailable, Aborted) as error:
             raise HttpError(503, "unavailable", f"{error.message}; retry later") from error
         errors = [
             _error_json(r, message_ids, origins) for r in sorted(outcome.rejections, key=lambda r: r.position)

@@ -29,10 +29,13 @@ from omni_profile.repository.events import (
     timeline,
 )
 from omni_profile.repository.profiles import (
+    Locked,
     ProfileState,
     ProfileUpdate,
+    Whereabouts,
     erase_profiles,
     live_persons_after,
+    lock_as_read,
     lock_profiles,
     mark_merged,
     merged_into,
@@ -57,10 +60,12 @@ from omni_profile.repository.traits import (
 )
 
 __all__ = [
+    "Locked",
     "ProfileRead",
     "ProfileReader",
     "ProfileState",
     "ProfileUpdate",
+    "Whereabouts",
     "advance_backfill",
     "cart_events",
     "claim_backfill",
@@ -80,6 +85,7 @@ __all__ = [
     "load_consents",
     "load_definitions",
     "load_traits",
+    "lock_as_read",
     "lock_profiles",
     "mark_merged",
     "memberships",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -18,7 +18,7 @@ from omni_profile.domain import CartLine
 
 @dataclass
 class ProfileState:
-    """A locked profile row: where it leads, and the state a batch of events changes."""
+    """A profile row (locked, or read to plan a batch): where it leads, and the state events change."""
 
     person_id: uuid.UUID
     merged_into: uuid.UUID | None
@@ -28,6 +28,13 @@ class ProfileState:
     """The cart as stored; `cart` reads it when first asked for (most batches touch no cart)."""
     cart_as_of: datetime | None
     computed: dict[str, Any]
+    version: int | None = None
+    """The row version read (PostgreSQL's xmin: every update writes a new one); None for no row."""
+
+    @classmethod
+    def empty(cls, person_id: uuid.UUID) -> ProfileState:
+        """The state of a person with no profile row yet."""
+        return cls(person_id, None, False, 0, {}, None, {})
 
     @functools.cached_property
     def cart(self) -> dict[str, CartLine]:
@@ -188,23 +195,101 @@ async def set_computed(session: AsyncSession, states: dict[uuid.UUID, dict[str, 
     )
 
 
-async def where_persons_are(
-    session: AsyncSession, person_ids: Iterable[uuid.UUID]
-) -> dict[uuid.UUID, tuple[uuid.UUID, bool]]:
-    """Without locking: the live person each of these leads to and whether it was erased, for those with a
-    profile row (merges keep merged_into one hop deep)."""
+@dataclass(frozen=True)
+class Whereabouts:
+    """Where persons' events go, read without locking."""
+
+    leads_to: dict[uuid.UUID, tuple[uuid.UUID, bool]]
+    """For each person with a profile row: the live person it leads to, and whether that was erased."""
+    states: dict[uuid.UUID, ProfileState]
+    """The state of each live person led to (not erased), with its row version."""
+
+
+_WHERE = sa.text(
+    "SELECT p.person_id, c.person_id AS current, c.erased_at IS NOT NULL AS erased, "
+    "c.xmin::text::bigint AS version, c.event_count, c.cart, c.cart_as_of, c.computed "
+    "FROM profiles AS p JOIN profiles AS c ON c.person_id = coalesce(p.merged_into, p.person_id) "
+    "WHERE p.person_id = ANY(CAST(:ids AS uuid[]))"
+)
+
+
+async def where_persons_are(session: AsyncSession, person_ids: Iterable[uuid.UUID]) -> Whereabouts:
+    """Without locking: the live person each of these leads to, whether it was erased, and its state, for
+    those with a profile row (merges keep merged_into one hop deep)."""
     ids = list(set(person_ids))
     if not ids:
-        return {}
-    rows = await session.execute(
-        sa.text(
-            "SELECT p.person_id, coalesce(p.merged_into, p.person_id) AS current, "
-            "coalesce(s.erased_at, p.erased_at) IS NOT NULL AS erased FROM profiles AS p "
-            "LEFT JOIN profiles AS s ON s.person_id = p.merged_into WHERE p.person_id = ANY(CAST(:ids AS uuid[]))"
-        ),
-        {"ids": ids},
-    )
-    return {row.person_id: (row.current, row.erased) for row in rows}
+        return Whereabouts({}, {})
+    leads_to: dict[uuid.UUID, tuple[uuid.UUID, bool]] = {}
+    states: dict[uuid.UUID, ProfileState] = {}
+    for row in await session.execute(_WHERE, {"ids": ids}):
+        leads_to[row.person_id] = (row.current, row.erased)
+        if not row.erased and row.current not in states:
+            states[row.current] = ProfileState(
+                person_id=row.current,
+                merged_into=None,
+                erased=False,
+                event_count=int(row.event_count),
+                cart_document=row.cart,
+                cart_as_of=row.cart_as_of,
+                computed=row.computed,
+                version=row.version,
+            )
+    return Whereabouts(leads_to, states)
+
+
+@dataclass(frozen=True)
+class Locked:
+    """Profile rows locked to write what was planned from an unlocked read (lock_as_read)."""
+
+    moved: set[uuid.UUID]
+    """Persons merged away or erased since they were read."""
+    changed: dict[uuid.UUID, ProfileState]
+    """The locked state of the persons written since they were read: their plan is stale."""
+
+
+# Unchanged since read: the same row version, or, for a person read without a row, a row still empty.
+_STALE = (
+    "CASE WHEN e.version IS NULL THEN p.event_count <> 0 OR p.cart_as_of IS NOT NULL "
+    "OR p.cart <> '{}'::jsonb OR p.computed <> '{}'::jsonb ELSE p.xmin::text::bigint <> e.version END"
+)
+_LOCK_AS_READ = sa.text(
+    "SELECT p.person_id, p.merged_into, p.erased_at IS NOT NULL AS erased, "
+    f"{_STALE} AS stale, p.xmin::text::bigint AS version, p.event_count, p.cart_as_of, "
+    f"CASE WHEN {_STALE} THEN p.cart END AS cart, CASE WHEN {_STALE} THEN p.computed END AS computed "
+    "FROM profiles AS p JOIN unnest(CAST(:ids AS uuid[]), CAST(:versions AS bigint[])) AS e(id, version) "
+    "ON p.person_id = e.id ORDER BY p.person_id FOR UPDATE OF p"
+)
+
+
+async def lock_as_read(session: AsyncSession, versions: Mapping[uuid.UUID, int | None]) -> Locked:
+    """Create missing profile rows and lock these, in id order; say which changed since they were read.
+
+    `versions` maps each person to the row version it was read at (None: read without a row). Only the
+    rows written since come back with their state, so the usual batch, planned from an unlocked read,
+    holds its locks for its writes and its commit only.
+    """
+    if not versions:
+        return Locked(set(), {})
+    ids = sorted(versions)
+    await session.execute(_CREATE, {"ids": ids})
+    rows = await session.execute(_LOCK_AS_READ, {"ids": ids, "versions": [versions[i] for i in ids]})
+    moved: set[uuid.UUID] = set()
+    changed: dict[uuid.UUID, ProfileState] = {}
+    for row in rows:
+        if row.merged_into is not None or row.erased:
+            moved.add(row.person_id)
+        elif row.stale:
+            changed[row.person_id] = ProfileState(
+                person_id=row.person_id,
+                merged_into=None,
+                erased=False,
+                event_count=int(row.event_count),
+                cart_document=row.cart,
+                cart_as_of=row.cart_as_of,
+                computed=row.computed,
+                version=row.version,
+            )
+    return Locked(moved, changed)
 
 
 async def profile_state(

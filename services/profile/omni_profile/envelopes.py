@@ -10,9 +10,11 @@ sender's; a Timestamp is written with both of its fields, so an appended one rep
 from __future__ import annotations
 
 import os
+import struct
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from google.protobuf import any_pb2, timestamp_pb2
 from google.protobuf.message import Message
@@ -100,6 +102,48 @@ class EnvelopeBatch:
             )
             envelopes.append(EncodedEnvelope(envelope_id, event_type, person_id, self._trace_context, data))
         return envelopes
+
+
+# google.protobuf.Value's fields, tag bytes included: null_value = 1 (enum), number_value = 2 (double),
+# string_value = 3, bool_value = 4, struct_value = 5, list_value = 6. A oneof member is written even when it
+# holds its type's default (0, false, "").
+_NULL = b"\x08\x00"
+_NUMBER = b"\x11"
+_TRUE, _FALSE = b"\x20\x01", b"\x20\x00"
+_DOUBLE = struct.Struct("<d")
+
+
+def struct_bytes(fields: Mapping[str, Any]) -> bytes:
+    """A google.protobuf.Struct of JSON-like values, encoded (what Struct.update then SerializeToString
+    write, without building the message): fields = 1, a map entry per key (key = 1, value = 2)."""
+    return b"".join(
+        [
+            length_delimited(1, length_delimited(1, key.encode()) + _value_field(value))
+            for key, value in fields.items()
+        ]
+    )
+
+
+def _value_field(value: Any) -> bytes:
+    return length_delimited(2, _value(value))
+
+
+def _value(value: Any) -> bytes:
+    if value is None:
+        return _NULL
+    if value is True:
+        return _TRUE
+    if value is False:
+        return _FALSE
+    if isinstance(value, str):
+        return length_delimited(3, value.encode())
+    if isinstance(value, int | float):
+        return _NUMBER + _DOUBLE.pack(float(value))
+    if isinstance(value, Mapping):
+        return length_delimited(5, struct_bytes(value))
+    if isinstance(value, list | tuple):
+        return length_delimited(6, b"".join([length_delimited(1, _value(item)) for item in value]))
+    raise ValueError(f"a Struct cannot hold a {type(value).__name__}")
 
 
 def type_url(message: type[Message]) -> str:

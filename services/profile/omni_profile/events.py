@@ -17,9 +17,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from omni.profile.v1 import events_pb2
 from omni_kit.bus import EncodedEnvelope, Outbox
+from omni_kit.bus.envelope import length_delimited
 from omni_profile import wire
 from omni_profile.domain import CartLine, Consent, Event
-from omni_profile.envelopes import EnvelopeBatch, new_ids, type_url
+from omni_profile.envelopes import EnvelopeBatch, new_ids, struct_bytes, type_url
 
 EVENT_TRACKED = "profile.event_tracked"
 PROFILE_CHANGED = "profile.profile_changed"
@@ -51,14 +52,12 @@ def tracked_envelopes(batch: EnvelopeBatch, tracked: Sequence[Event]) -> list[En
     )
 
 
-def changed_envelopes(
-    batch: EnvelopeBatch, payloads: Sequence[events_pb2.ProfileChangedEvent]
-) -> list[EncodedEnvelope]:
-    """The profile.profile_changed envelopes of some payloads."""
+def changed_envelopes(batch: EnvelopeBatch, payloads: Sequence[tuple[str, bytes]]) -> list[EncodedEnvelope]:
+    """The profile.profile_changed envelopes of some encoded payloads: (person id, profile_changed_bytes)."""
     return batch.wrap(
         new_ids(len(payloads)),
         PROFILE_CHANGED,
-        [(p.person_id, p.SerializeToString(), None) for p in payloads],
+        [(person_id, payload, None) for person_id, payload in payloads],
         _CHANGED_TYPE_URL,
     )
 
@@ -91,6 +90,25 @@ def profile_changed(
     if computed_traits is not None:
         payload.computed_traits.update(dict(computed_traits))
     return payload
+
+
+def profile_changed_bytes(
+    person_id: str,
+    *,
+    changed: Sequence[str],
+    cart: Iterable[CartLine] | None = None,
+    computed_traits: Mapping[str, Any] | None = None,
+) -> bytes:
+    """profile_changed's payload (without traits or merged persons), encoded without building the message
+    (tracking announces one per changed person per batch): person_id = 1, cart = 3, changed = 4,
+    computed_traits = 6."""
+    parts = [length_delimited(1, person_id.encode())]
+    if cart is not None:
+        parts.append(length_delimited(3, wire.cart_to_proto(cart).SerializeToString()))
+    parts.extend([length_delimited(4, part.encode()) for part in changed])
+    if computed_traits:
+        parts.append(length_delimited(6, struct_bytes(computed_traits)))
+    return b"".join(parts)
 
 
 async def stage_profile_changed(

@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 
 import grpc
 
-from omni.common.v1 import common_pb2
 from omni.identity.v1 import identity_pb2, identity_pb2_grpc
+from omni_kit.bus.envelope import length_delimited
 from omni_kit.errors import FieldViolation, Unavailable, status_details
 from omni_profile.domain import Identifier
 
@@ -54,22 +54,19 @@ class IdentityClient:
 
     def __init__(self, channel: grpc.aio.Channel) -> None:
         self._stub = identity_pb2_grpc.IdentityServiceStub(channel)
+        # The batch request is written as bytes (batch_resolve_request): no message object per identifier.
+        self._batch_resolve = channel.unary_unary(
+            f"/{SERVICE}/BatchResolvePersons",
+            request_serializer=None,
+            response_deserializer=identity_pb2.BatchResolvePersonsResponse.FromString,
+        )
 
     async def resolve(self, sets: Sequence[IdentifierSet]) -> list[Resolution]:
         """Resolve identifier sets in order with one BatchResolvePersons call."""
         if not sets:
             return []
-        request = identity_pb2.BatchResolvePersonsRequest(
-            requests=[
-                identity_pb2.ResolvePersonRequest(
-                    identifiers=[common_pb2.Identifier(type=i.type, value=i.value) for i in s.identifiers],
-                    source=s.source,
-                )
-                for s in sets
-            ]
-        )
         try:
-            response = await self._stub.BatchResolvePersons(request)
+            response = await self._batch_resolve(batch_resolve_request(sets))
         except grpc.aio.AioRpcError as error:
             raise _translate(error) from error
         if len(response.resolutions) != len(sets):
@@ -91,6 +88,28 @@ class IdentityClient:
                 return None
             raise _translate(error) from error
         return uuid.UUID(response.person.id)
+
+
+def batch_resolve_request(sets: Sequence[IdentifierSet]) -> bytes:
+    """omni.identity.v1.BatchResolvePersonsRequest of these sets, encoded: requests = 1 (ResolvePersonRequest:
+    identifiers = 1 (Identifier: type = 1, value = 2), source = 2)."""
+    return b"".join(
+        [
+            length_delimited(
+                1,
+                b"".join(
+                    [
+                        length_delimited(
+                            1, length_delimited(1, i.type.encode()) + length_delimited(2, i.value.encode())
+                        )
+                        for i in s.identifiers
+                    ]
+                )
+                + (length_delimited(2, s.source.encode()) if s.source else b""),
+            )
+            for s in sets
+        ]
+    )
 
 
 def _translate(error: grpc.aio.AioRpcError) -> Exception:

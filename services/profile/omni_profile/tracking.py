@@ -19,10 +19,10 @@ from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from omni.profile.v1 import events_pb2
 from omni_kit.bus import Outbox
 from omni_kit.errors import FieldViolation, InvalidArgument, Violations
 from omni_profile import cart, computed, events, repository, wire
@@ -181,20 +181,33 @@ class Tracker:
                 await _plan(session, catalog, {p: by_person[p] for p in locked.changed}, locked.changed, now)
             )
         await repository.update_profiles(session, [plan.update for plan in plans.values()])
+        announcements = [a for a in (plan.announcement() for plan in plans.values()) if a is not None]
         await self._outbox.add_envelopes(
-            session,
-            events.changed_envelopes(
-                EnvelopeBatch(self._outbox), [p.announcement for p in plans.values() if p.announcement]
-            ),
+            session, events.changed_envelopes(EnvelopeBatch(self._outbox), announcements)
         )
 
 
 @dataclass(frozen=True)
 class _Plan:
-    """What a batch's events change on one profile: the row update and the change announced (if any)."""
+    """What a batch's events change on one profile: the row update and the parts announced as changed."""
 
     update: ProfileUpdate
-    announcement: events_pb2.ProfileChangedEvent | None
+    changed: list[str]
+    computed_values: dict[str, Any] | None
+    """Every computed trait's value, when one changed."""
+
+    def announcement(self) -> tuple[str, bytes] | None:
+        """The encoded profile_changed payload, or None when nothing announced changed."""
+        if not self.changed:
+            return None
+        person_id = str(self.update.person_id)
+        new_cart = self.update.cart
+        return person_id, events.profile_changed_bytes(
+            person_id,
+            changed=self.changed,
+            cart=cart.sorted_lines(new_cart) if "cart" in self.changed and new_cart is not None else None,
+            computed_traits=self.computed_values,
+        )
 
 
 async def _plan(
@@ -223,68 +236,41 @@ async def _plan(
                 new_cart = cart.apply_events(state.cart, sorted(cart_events, key=cart.order_key))
                 if new_cart != state.cart:
                     changed.append("cart")
-        doc = state.computed
-        if _update_computed(catalog, doc, person_events, now):
+        computed_values = _update_computed(catalog, state.computed, person_events, now)
+        if computed_values is not None:
             changed.append("computed_traits")
-        plans[person_id] = _planned(catalog, state, changed, new_cart, cart_as_of, len(person_events), now)
+        update = ProfileUpdate(person_id, len(person_events), state.computed, new_cart, cart_as_of)
+        plans[person_id] = _Plan(update, changed, computed_values)
     if late_carts:
         # Out of order: the cart is what all the person's cart events, in the order they happened, make
         # (the stored ones include this batch's).
         stored = await repository.cart_events(session, late_carts)
         for person_id in late_carts:
-            state, plan = states[person_id], plans[person_id]
+            plan = plans[person_id]
             recomputed = cart.recompute(stored[person_id])
-            changed = list(plan.announcement.changed) if plan.announcement else []
-            if recomputed != state.cart:
-                changed.insert(0, "cart")
-            plans[person_id] = _planned(
-                catalog, state, changed, recomputed, plan.update.cart_as_of, plan.update.added_events, now
+            changed = ["cart", *plan.changed] if recomputed != states[person_id].cart else plan.changed
+            update = ProfileUpdate(
+                person_id, plan.update.added_events, plan.update.computed, recomputed, plan.update.cart_as_of
             )
+            plans[person_id] = _Plan(update, changed, plan.computed_values)
     return plans
-
-
-def _planned(
-    catalog: computed.Catalog,
-    state: ProfileState,
-    changed: list[str],
-    new_cart: cart.Cart | None,
-    cart_as_of: datetime | None,
-    added_events: int,
-    now: datetime,
-) -> _Plan:
-    update = ProfileUpdate(
-        person_id=state.person_id,
-        added_events=added_events,
-        computed=state.computed,
-        cart=new_cart,
-        cart_as_of=cart_as_of,
-    )
-    if not changed:
-        return _Plan(update, None)
-    announcement = events.profile_changed(
-        state.person_id,
-        changed=changed,
-        cart=cart.sorted_lines(new_cart) if "cart" in changed and new_cart is not None else None,
-        computed_traits=(
-            computed.values(catalog, state.computed, now) if "computed_traits" in changed else None
-        ),
-    )
-    return _Plan(update, announcement)
 
 
 def _update_computed(
     catalog: computed.Catalog, doc: computed.State, person_events: Sequence[Event], now: datetime
-) -> bool:
-    """Apply events to a person's computed state in place; True when a trait's value changed."""
+) -> dict[str, Any] | None:
+    """Apply events to a person's computed state in place; every trait's value when one changed, else None."""
     candidates = {d.name for e in person_events for d in catalog.matching(e)}
     if not candidates:
-        return False
+        return None
     before = computed.values_of(catalog, doc, candidates, now)
     touched = computed.apply(catalog, doc, person_events, now)
     if not touched:
-        return False
-    after = computed.values_of(catalog, doc, touched, now)
-    return any(before.get(name) != value for name, value in after.items())
+        return None
+    after = computed.values(catalog, doc, now)
+    if all(before.get(name) == after.get(name) for name in touched):
+        return None
+    return after
 
 
 def _refused(refusal: IdentifiersRejected, pending: Sequence[int]) -> dict[int, list[FieldViolation]]:

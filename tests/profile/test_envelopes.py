@@ -16,6 +16,7 @@ from omni_kit.bus import Outbox
 from omni_profile import events
 from omni_profile.domain import CartLine
 from omni_profile.envelopes import EnvelopeBatch, new_ids, struct_bytes, type_url
+from omni_profile.wire import StructProperties
 
 
 def test_wrapped_bytes_parse_to_the_envelope_the_message_classes_build() -> None:
@@ -84,7 +85,35 @@ def test_profile_changed_bytes_parse_to_the_payload_profile_changed_builds() -> 
 
 
 def test_struct_bytes_parse_to_the_struct_protobuf_builds() -> None:
-    values: dict[str, Any] = {"n": -0.5, "big": 2**60, "s": "", "t": True, "f": False, "z": None, "d": {"a": [1, [2, {}]]}}
+    values: dict[str, Any] = {
+        "n": -0.5,
+        "big": 2**60,
+        "s": "",
+        "t": True,
+        "f": False,
+        "z": None,
+        "d": {"a": [1, [2, {}]]},
+    }
     expected = struct_pb2.Struct()
     expected.update(values)
     assert struct_pb2.Struct.FromString(struct_bytes(values)) == expected
+
+
+def test_properties_read_from_the_struct_are_its_values_and_leave_it_as_it_was() -> None:
+    values: dict[str, Any] = {
+        "category": "shoes",
+        "revenue": 10.5,
+        "quantity": 2,
+        "gift": False,
+        "tags": ["a"],
+    }
+    message = struct_pb2.Struct()
+    message.update(values)
+    encoded = message.SerializeToString()
+    properties = StructProperties(message)
+    assert properties.get("category") == "shoes"
+    assert properties["quantity"] == 2 and isinstance(properties["quantity"], int)
+    assert properties.get("missing") is None and "missing" not in properties
+    assert len(properties) == 5 and set(properties) == set(values)
+    assert dict(properties) == values == properties
+    assert message.SerializeToString() == encoded  # looking up a missing key added nothing

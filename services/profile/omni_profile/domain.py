@@ -6,6 +6,7 @@ The servicer translates protobuf into these; domain modules and the repository w
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -64,7 +65,7 @@ class Event:
     occurred_at: datetime
     received_at: datetime
     identifiers: list[Identifier] = field(default_factory=list)
-    properties: dict[str, Any] = field(default_factory=dict)
+    properties: Mapping[str, Any] = field(default_factory=dict)
     cart_item: CartLine | None = None
     person_id: uuid.UUID | None = None
     source: str = DEFAULT_SOURCE

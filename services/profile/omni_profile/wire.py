@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -111,6 +111,35 @@ def _value(value: struct_pb2.Value) -> Any:
     return None
 
 
+class StructProperties(Mapping[str, Any]):
+    """An event's properties read from its protobuf Struct key by key, as they are asked for: ingestion reads
+    one or two of them (a category, a revenue) and stores the event in its encoding."""
+
+    __slots__ = ("_fields", "_read")
+
+    def __init__(self, struct: struct_pb2.Struct) -> None:
+        self._fields = struct.fields
+        self._read: dict[str, Any] = {}
+
+    def __getitem__(self, key: str) -> Any:
+        try:
+            return self._read[key]
+        except KeyError:
+            pass
+        # get, not []: indexing a message map adds the key.
+        found = self._fields.get(key)
+        if found is None:
+            raise KeyError(key)
+        value = self._read[key] = _value(found)
+        return value
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._fields)
+
+    def __len__(self) -> int:
+        return len(self._fields)
+
+
 def struct_to_dict(struct: struct_pb2.Struct) -> dict[str, Any]:
     """A Struct as plain JSON values (integral numbers as ints, nulls as None)."""
     return {name: _value(value) for name, value in struct.fields.items()}
@@ -184,7 +213,7 @@ def event_from_proto(message: profile_pb2.Event, *, received_at: datetime) -> Ev
         occurred_at=occurred_at,
         received_at=received_at,
         identifiers=[Identifier(type=i.type, value=i.value) for i in message.identifiers],
-        properties=struct_to_dict(message.properties) if message.HasField("properties") else {},
+        properties=StructProperties(message.properties) if message.HasField("properties") else {},
         cart_item=cart_line_from_proto(message.cart_item) if message.HasField("cart_item") else None,
         person_id=uuid.UUID(message.person_id) if message.person_id else None,
         source=message.source or DEFAULT_SOURCE,

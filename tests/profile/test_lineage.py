@@ -204,25 +204,31 @@ async def test_segment_memberships_follow_enter_and_exit_in_event_time(services:
     await _eventually(only_vip)
 
 
-async def test_a_merge_between_resolving_and_locking_is_caught_and_the_batch_recorded_again(
-    services: Services, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    survivor, merged, _, _ = await _merged_pair(services)
+def _reads_before_the_merge(monkeypatch: pytest.MonkeyPatch, *, stale_reads: int) -> Callable[[], int]:
+    """Make the first `stale_reads` reads of where persons are answer as if no merge had been committed
+    (every person leads to itself, nothing read of its row); returns how many reads were made so far."""
     real = repository.where_persons_are
     calls = 0
 
     async def stale(session: Any, person_ids: Any) -> repository.Whereabouts:
-        # The first read answers as if the merge had not been committed yet.
         nonlocal calls
         calls += 1
         found = await real(session, person_ids)
-        if calls == 1:
+        if calls <= stale_reads:
             return repository.Whereabouts({pid: (pid, False) for pid in found.leads_to}, {})
         return found
 
     monkeypatch.setattr(repository, "where_persons_are", stale)
+    return lambda: calls
+
+
+async def test_a_merge_between_resolving_and_locking_is_caught_and_the_batch_recorded_again(
+    services: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    survivor, merged, _, _ = await _merged_pair(services)
+    reads = _reads_before_the_merge(monkeypatch, stale_reads=1)
     late = await track(services, event("email_opened", person_id=merged, channel=common_pb2.CHANNEL_EMAIL))
-    assert calls == 2
+    assert reads() == 2
     assert late.person_id == survivor
     stored = await services.scalar(
         "SELECT person_id FROM events WHERE source = 'api' AND type = 'email_opened' "
@@ -238,24 +244,14 @@ async def test_a_batch_that_keeps_finding_its_persons_moved_is_aborted_with_noth
     services: Services, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     survivor, merged, _, _ = await _merged_pair(services)
-    real = repository.where_persons_are
-    calls = 0
-
-    async def always_stale(session: Any, person_ids: Any) -> repository.Whereabouts:
-        # Every read answers as if the merge had not been committed yet: every attempt is undone.
-        nonlocal calls
-        calls += 1
-        found = await real(session, person_ids)
-        return repository.Whereabouts({pid: (pid, False) for pid in found.leads_to}, {})
-
-    monkeypatch.setattr(repository, "where_persons_are", always_stale)
+    reads = _reads_before_the_merge(monkeypatch, stale_reads=1_000)
     before = await services.counts()
     message = event("email_opened", person_id=merged, channel=common_pb2.CHANNEL_EMAIL)
     with pytest.raises(grpc.aio.AioRpcError) as refused:
         await track(services, message)
     assert refused.value.code() == grpc.StatusCode.ABORTED
     assert "send it again" in (refused.value.details() or "")
-    assert calls == 5
+    assert reads() == 5
     assert await services.counts() == before
     monkeypatch.undo()
     assert (await track(services, message)).person_id == survivor

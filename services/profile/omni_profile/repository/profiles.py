@@ -224,16 +224,7 @@ async def where_persons_are(session: AsyncSession, person_ids: Iterable[uuid.UUI
     for row in await session.execute(_WHERE, {"ids": ids}):
         leads_to[row.person_id] = (row.current, row.erased)
         if not row.erased and row.current not in states:
-            states[row.current] = ProfileState(
-                person_id=row.current,
-                merged_into=None,
-                erased=False,
-                event_count=int(row.event_count),
-                cart_document=row.cart,
-                cart_as_of=row.cart_as_of,
-                computed=row.computed,
-                version=row.version,
-            )
+            states[row.current] = _live_state(row.current, row)
     return Whereabouts(leads_to, states)
 
 
@@ -279,17 +270,22 @@ async def lock_as_read(session: AsyncSession, versions: Mapping[uuid.UUID, int |
         if row.merged_into is not None or row.erased:
             moved.add(row.person_id)
         elif row.stale:
-            changed[row.person_id] = ProfileState(
-                person_id=row.person_id,
-                merged_into=None,
-                erased=False,
-                event_count=int(row.event_count),
-                cart_document=row.cart,
-                cart_as_of=row.cart_as_of,
-                computed=row.computed,
-                version=row.version,
-            )
+            changed[row.person_id] = _live_state(row.person_id, row)
     return Locked(moved, changed)
+
+
+def _live_state(person_id: uuid.UUID, row: Any) -> ProfileState:
+    """The state of a live (not merged, not erased) person from a row with its state and version."""
+    return ProfileState(
+        person_id=person_id,
+        merged_into=None,
+        erased=False,
+        event_count=int(row.event_count),
+        cart_document=row.cart,
+        cart_as_of=row.cart_as_of,
+        computed=row.computed,
+        version=row.version,
+    )
 
 
 async def profile_state(

@@ -6,10 +6,10 @@ events go and their profile rows, insert the events and stage their announcement
 arrived out of order) read those persons' cart events, plan the profile changes, lock the profile rows
 (creating missing ones; only the rows written since the read come back, and are planned again), write
 them, stage the change announcements. The rows are locked for the writes and the commit only: nearly every
-batch shares persons with the batches running beside it. Cart and computed traits are functions of the set of events, not of
-the order they arrive in: computed traits by construction (see computed.py), the cart by applying events
-in the order they happened, recomputed from the stored cart events when one arrives older than the last
-applied (profiles.cart_as_of).
+batch shares persons with the batches running beside it. Cart and computed traits are functions of the set
+of events, not of the order they arrive in: computed traits by construction (see computed.py), the cart by
+applying events in the order they happened, recomputed from the stored cart events when one arrives older
+than the last applied (profiles.cart_as_of).
 """
 
 from __future__ import annotations

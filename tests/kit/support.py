@@ -2,12 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncEngine
-
-from omni_kit.bus.tables import outbox_table
 
 test_metadata = sa.MetaData()
 notes = sa.Table(
@@ -17,14 +12,3 @@ notes = sa.Table(
     sa.Column("text", sa.Text, nullable=False),
 )
 """A state change for handlers to write, so tests see what was applied and what rolled back."""
-
-
-async def lose_the_relays_delete(engine: AsyncEngine, publish: Callable[[], Awaitable[int]]) -> int:
-    """Run a relay's publish as if the process died after publishing, before its transaction committed:
-    the outbox rows it deleted are there again (copied back as they were)."""
-    async with engine.connect() as connection:
-        rows = (await connection.execute(sa.select(outbox_table))).mappings().all()
-    published = await publish()
-    async with engine.begin() as connection:
-        await connection.execute(outbox_table.insert(), [dict(row) for row in rows])
-    return published

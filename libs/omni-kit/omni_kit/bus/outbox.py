@@ -187,12 +187,10 @@ _INSERT_MANY = sa.text(
 
 
 class OutboxRelay:
-    """Publishes committed outbox rows to JetStream, oldest first, with the row's id as Nats-Msg-Id, and
-    deletes them in the same transaction: a published event is kept by JetStream, not by the outbox (its
-    payload may hold personal data, which then has one place less to be erased from).
+    """Publishes committed outbox rows to JetStream, oldest first, with the row's id as Nats-Msg-Id.
 
     Several relays (replicas) may run: rows are claimed with FOR UPDATE SKIP LOCKED. A crash between publish
-    and commit leaves the rows; they are published again and JetStream's duplicate window drops the copies.
+    and marking republishes the rows; JetStream's duplicate window drops the copies.
     """
 
     def __init__(
@@ -202,11 +200,13 @@ class OutboxRelay:
         *,
         batch_size: int = 200,
         poll_interval_s: float = 0.5,
+        retention_s: float = 3600.0,
     ) -> None:
         self._engine = engine
         self._js = js
         self._batch_size = batch_size
         self._poll_interval_s = poll_interval_s
+        self._retention_s = retention_s
         self._wake = asyncio.Event()
         self._stopping = False
         self.published = 0
@@ -216,7 +216,7 @@ class OutboxRelay:
         self._wake.set()
 
     async def publish_pending(self) -> int:
-        """Publish one batch of rows and delete them; return how many were published."""
+        """Publish one batch of unpublished rows; return how many were published."""
         async with self._engine.begin() as connection:
             rows = (
                 await connection.execute(
@@ -241,15 +241,22 @@ class OutboxRelay:
                 futures.append(await self._js.publish_async(row.subject, row.payload, headers=headers))
             await asyncio.gather(*futures)
             await connection.execute(
-                outbox_table.delete().where(outbox_table.c.id.in_([row.id for row in rows]))
+                outbox_table.update()
+                .where(outbox_table.c.id.in_([row.id for row in rows]))
+                .values(published_at=sa.func.now())
             )
         self.published += len(rows)
         return len(rows)
 
     async def purge_published(self) -> None:
-        """Delete rows marked published by earlier versions, which kept them for an hour."""
+        """Delete rows published longer ago than the retention."""
         async with self._engine.begin() as connection:
-            await connection.execute(outbox_table.delete().where(outbox_table.c.published_at.is_not(None)))
+            await connection.execute(
+                outbox_table.delete().where(
+                    outbox_table.c.published_at
+                    < sa.func.now() - sa.text(f"interval '{int(self._retention_s)} seconds'")
+                )
+            )
 
     async def run(self) -> None:
         """Publish until stopped; back off on errors (NATS or the database down) and keep going."""

@@ -79,3 +79,16 @@ async def test_persons_merged_away_or_erased_since_they_were_read_are_named(serv
     assert whereabouts.leads_to[merged] == (survivor, False)
     assert whereabouts.leads_to[erased] == (erased, True)
     assert set(whereabouts.states) == {survivor}
+
+
+async def test_a_person_merged_into_one_without_a_row_leads_there_with_no_state_read(
+    services: Services,
+) -> None:
+    merged, survivor = uuid.uuid4(), uuid.uuid4()
+    async with AsyncSession(services.database) as session, session.begin():
+        await repository.lock_as_read(session, {merged: None})
+        await repository.mark_merged(session, [merged], survivor)
+    async with AsyncSession(services.database) as session:
+        whereabouts = await repository.where_persons_are(session, [merged])
+    assert whereabouts.leads_to == {merged: (survivor, False)}
+    assert whereabouts.states == {}

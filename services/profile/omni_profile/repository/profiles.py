@@ -205,10 +205,13 @@ class Whereabouts:
     """The state of each live person led to (not erased), with its row version."""
 
 
+# c is the row the person leads to (its own when not merged). Left-joined, as before this read carried
+# state: a survivor without a row of its own still receives the events, and gets a row when locked.
 _WHERE = sa.text(
-    "SELECT p.person_id, c.person_id AS current, c.erased_at IS NOT NULL AS erased, "
+    "SELECT p.person_id, coalesce(p.merged_into, p.person_id) AS current, "
+    "coalesce(c.erased_at, p.erased_at) IS NOT NULL AS erased, c.person_id IS NOT NULL AS has_row, "
     "c.xmin::text::bigint AS version, c.event_count, c.cart, c.cart_as_of, c.computed "
-    "FROM profiles AS p JOIN profiles AS c ON c.person_id = coalesce(p.merged_into, p.person_id) "
+    "FROM profiles AS p LEFT JOIN profiles AS c ON c.person_id = coalesce(p.merged_into, p.person_id) "
     "WHERE p.person_id = ANY(CAST(:ids AS uuid[]))"
 )
 
@@ -223,7 +226,7 @@ async def where_persons_are(session: AsyncSession, person_ids: Iterable[uuid.UUI
     states: dict[uuid.UUID, ProfileState] = {}
     for row in await session.execute(_WHERE, {"ids": ids}):
         leads_to[row.person_id] = (row.current, row.erased)
-        if not row.erased and row.current not in states:
+        if row.has_row and not row.erased and row.current not in states:
             states[row.current] = _live_state(row.current, row)
     return Whereabouts(leads_to, states)
 

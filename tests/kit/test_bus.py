@@ -25,7 +25,7 @@ from omni_kit.bus import (
 )
 from omni_kit.db import session_factory
 
-from .support import notes
+from .support import lose_the_relays_mark, notes
 
 
 def _merged(person: str) -> events_pb2.PersonsMergedEvent:
@@ -80,12 +80,42 @@ async def test_republishing_after_a_crash_is_deduplicated(
     async with session_factory(engine)() as session, session.begin():
         await outbox.add(session, _merged("p-2"), event_type="identity.persons_merged")
     relay = OutboxRelay(engine, context)
-    await relay.publish_pending()
-    # A relay that died after publishing but before marking would see the row again.
-    async with engine.begin() as connection:
-        await connection.execute(outbox_table.update().values(published_at=None))
+    # A relay that died after publishing but before marking leaves the row as it was: published again.
+    assert await lose_the_relays_mark(engine, relay.publish_pending) == 1
     assert await relay.publish_pending() == 1
     assert await _stream_count(context, namespace) == 1
+    assert await relay.publish_pending() == 0
+
+
+async def test_a_published_row_keeps_no_payload(
+    engine: AsyncEngine, js: tuple[JetStreamContext, str]
+) -> None:
+    context, namespace = js
+    outbox = Outbox("identity", namespace=namespace)
+    async with session_factory(engine)() as session, session.begin():
+        published = await outbox.add(
+            session, _merged("p-3"), event_type="identity.persons_merged", person_id="p-3"
+        )
+    relay = OutboxRelay(engine, context)
+    assert await relay.publish_pending() == 1
+    async with session_factory(engine)() as session, session.begin():
+        staged = await outbox.add(
+            session, _merged("p-4"), event_type="identity.persons_merged", person_id="p-4"
+        )
+    async with engine.connect() as connection:
+        rows = {
+            str(row.id): row
+            for row in await connection.execute(
+                sa.select(outbox_table.c.id, outbox_table.c.payload, outbox_table.c.published_at)
+            )
+        }
+    # The event (its payload may hold personal data) is kept by JetStream only; the row says when.
+    assert rows[published.id].payload == b"" and rows[published.id].published_at is not None
+    assert rows[staged.id].payload == staged.SerializeToString() and rows[staged.id].published_at is None
+    message = await context.get_last_msg(
+        events_stream(namespace), subject_for("identity.persons_merged", namespace)
+    )
+    assert envelope_pb2.Envelope.FromString(message.data).id == published.id
 
 
 async def test_consumer_applies_each_event_once(

@@ -7,12 +7,13 @@ import asyncio
 import uuid
 
 import grpc
+import nats.errors
 import pytest
 import sqlalchemy as sa
 
 from omni.common.v1 import common_pb2
 from omni.identity.v1 import identity_pb2, matching_pb2
-from omni_kit.bus import envelopes_in
+from omni_kit.bus import envelopes_in, subject_for
 from omni_kit.errors import status_details
 
 from .support import MatchingServer, person, unique_word, with_fields
@@ -58,16 +59,33 @@ async def records_of(server: MatchingServer, *person_ids: str) -> list[tuple[str
 
 
 async def person_created_events(server: MatchingServer, person_id: str) -> int:
-    """How many identity.person_created events were staged for a person (a row may hold several events)."""
+    """How many identity.person_created events were published for a person (a message may hold several),
+    once the outbox has published everything staged."""
+    deadline = asyncio.get_running_loop().time() + 10.0
+    while await unpublished(server):
+        assert asyncio.get_running_loop().time() < deadline, "the outbox was not published"
+        await asyncio.sleep(0.02)
+    runtime = server.runtime
+    subject = subject_for("identity.person_created", runtime.settings.event_namespace)
+    subscription = await runtime.js.subscribe(subject, ordered_consumer=True)
+    count = 0
+    try:
+        while True:
+            try:
+                message = await subscription.next_msg(timeout=2.0)
+            except nats.errors.TimeoutError:
+                return count
+            count += sum(e.person_id == person_id for e in envelopes_in(message.data, message.headers))
+            if message.metadata.num_pending == 0:
+                return count
+    finally:
+        await subscription.unsubscribe()
+
+
+async def unpublished(server: MatchingServer) -> int:
+    """How many rows of the outbox are not published yet."""
     async with server.runtime.engine.connect() as connection:
-        rows = await connection.execute(
-            sa.text("SELECT payload, headers FROM outbox WHERE type = 'identity.person_created'")
-        )
-        return sum(
-            envelope.person_id == person_id
-            for row in rows
-            for envelope in envelopes_in(row.payload, {str(k): str(v) for k, v in row.headers.items()})
-        )
+        return int(await connection.scalar(sa.text("SELECT count(*) FROM outbox WHERE published_at IS NULL")))
 
 
 async def test_a_new_person_is_a_person_of_the_graph(server: MatchingServer) -> None:

@@ -189,8 +189,11 @@ _INSERT_MANY = sa.text(
 class OutboxRelay:
     """Publishes committed outbox rows to JetStream, oldest first, with the row's id as Nats-Msg-Id.
 
-    Several relays (replicas) may run: rows are claimed with FOR UPDATE SKIP LOCKED. A crash between publish
-    and marking republishes the rows; JetStream's duplicate window drops the copies.
+    A published row is marked and its payload emptied in the same transaction: the event, personal data
+    included, is then kept by JetStream only, and the row (id, subject, type, person id, times) for
+    `retention_s` as a record of what was published when. Several relays (replicas) may run: rows are
+    claimed with FOR UPDATE SKIP LOCKED. A crash between publish and marking republishes the rows;
+    JetStream's duplicate window drops the copies.
     """
 
     def __init__(
@@ -216,7 +219,8 @@ class OutboxRelay:
         self._wake.set()
 
     async def publish_pending(self) -> int:
-        """Publish one batch of unpublished rows; return how many were published."""
+        """Publish one batch of unpublished rows, mark them and empty their payloads; return how many were
+        published."""
         async with self._engine.begin() as connection:
             rows = (
                 await connection.execute(
@@ -243,7 +247,7 @@ class OutboxRelay:
             await connection.execute(
                 outbox_table.update()
                 .where(outbox_table.c.id.in_([row.id for row in rows]))
-                .values(published_at=sa.func.now())
+                .values(published_at=sa.func.now(), payload=b"")
             )
         self.published += len(rows)
         return len(rows)

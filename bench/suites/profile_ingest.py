@@ -58,10 +58,18 @@ async def run(ctx: BenchContext) -> list[Result]:
 
             children = {"identity": identity, "profile": profile}
             before = cpu_sample(ctx, children)
+            graph_before, loop_started = await _graph(ctx, identity_db), time.monotonic()
             ingest = await closed_loop(call, concurrency=CALLERS, duration_s=d.ingest, warmup_s=d.warmup)
             cpu = cpu_usage(before, cpu_sample(ctx, children))
-            log(f"ingest: {ingest.per_second:,.0f} events/s {ingest.summary()['errors'] or ''} cpu {cpu}")
-            details |= ingest.summary() | {"duplicates_answered": duplicates, "cpu_cores": cpu}
+            loop_s = time.monotonic() - loop_started
+            graph = {
+                f"identity {name} per s": round((after - graph_before[name]) / loop_s)
+                for name, after in (await _graph(ctx, identity_db)).items()
+            }
+            log(
+                f"ingest: {ingest.per_second:,.0f} events/s {ingest.summary()['errors'] or ''} cpu {cpu} {graph}"
+            )
+            details |= ingest.summary() | {"duplicates_answered": duplicates, "cpu_cores": cpu} | graph
             details |= await _outbox_after_load(
                 ctx, profile_db, identity_db, drain_s=5.0 if ctx.quick else 30.0
             )
@@ -124,6 +132,16 @@ async def _outbox_after_load(
         "relay_rate_per_s": round((unpublished - remaining) / waited) if waited >= 2 else None,
     }
     return out
+
+
+async def _graph(ctx: BenchContext, identity_db: Database) -> dict[str, int]:
+    """How many persons identity has created and merged so far: the suite is a cold start, every customer
+    is met for the first time during it, and merges cost both services more than events do."""
+    async with ctx.connect(identity_db) as identity:
+        return {
+            "persons created": int(await identity.fetchval("SELECT count(*) FROM persons")),
+            "merges": int(await identity.fetchval("SELECT count(*) FROM merges")),
+        }
 
 
 async def _unpublished(connection: Any) -> int:

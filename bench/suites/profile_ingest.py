@@ -114,6 +114,11 @@ async def _outbox_after_load(
     out: dict[str, Any] = {}
     async with ctx.connect(profile_db) as profile, ctx.connect(identity_db) as identity:
         stored = await profile.fetchval("SELECT count(*) FROM events")
+        # Merges identity made and profile applied by the end of the load (profile follows from the log).
+        merged_by_identity = await identity.fetchval("SELECT count(DISTINCT merged_id) FROM merges")
+        merged_in_profile = await profile.fetchval(
+            "SELECT count(*) FROM profiles WHERE merged_into IS NOT NULL"
+        )
         unpublished = await _unpublished(profile)
         identity_unpublished = await _unpublished(identity)
         started = time.monotonic()
@@ -123,6 +128,8 @@ async def _outbox_after_load(
             remaining = await _unpublished(profile)
         waited = time.monotonic() - started
     out["events_stored"] = stored
+    out["persons merged by identity at end"] = merged_by_identity
+    out["persons merged in profile at end"] = merged_in_profile
     out["outbox"] = {
         "profile_unpublished_at_end": unpublished,
         "identity_unpublished_at_end": identity_unpublished,

@@ -187,6 +187,47 @@ async def test_each_event_of_a_batch_is_applied_once_in_order(
     assert consumer.applied == 40
 
 
+class _Gathering:
+    """A handler that gathers a transaction's events and writes them in its finish, as one note."""
+
+    def __init__(self, fail_with: str | None = None) -> None:
+        self.fail_with = fail_with
+        self.finished: list[int] = []
+
+    async def __call__(self, session: AsyncSession, envelope: envelope_pb2.Envelope) -> None:
+        session.info.setdefault("gathered", []).append(envelope.id)
+
+    async def finish(self, session: AsyncSession) -> None:
+        gathered = session.info.pop("gathered", [])
+        self.finished.append(len(gathered))
+        if self.fail_with in gathered and len(gathered) > 1:
+            raise ValueError("fails together, not alone")
+        await session.execute(notes.insert().values(text=",".join(gathered)))
+
+
+async def test_a_handler_may_gather_a_transactions_events_and_write_them_before_the_commit(
+    engine: AsyncEngine, js: tuple[JetStreamContext, str]
+) -> None:
+    context, namespace = js
+    events = [_envelope(CREATED, f"p{i}") for i in range(6)]
+    await _stage(engine, namespace, events)
+    await OutboxRelay(engine, context).publish_pending()
+    handler = _Gathering(fail_with=events[4].id)
+    consumer = EventConsumer(
+        context,
+        session_factory(engine),
+        durable="test-batch-gather",
+        stream=events_stream(namespace),
+        subjects=[subject_for(CREATED, namespace)],
+        handler=handler,
+    )
+    await _consume_until(consumer, lambda: consumer.applied >= 6)
+    # The six went in one transaction, whose finish failed: rolled back, then applied one at a time, each
+    # with its own finish; every event's effect is there once.
+    assert handler.finished == [6, 1, 1, 1, 1, 1, 1]
+    assert await _notes(engine) == _ids(events)
+
+
 async def test_a_failing_event_of_a_batch_is_retried_and_dead_lettered_alone(
     engine: AsyncEngine, js: tuple[JetStreamContext, str]
 ) -> None:

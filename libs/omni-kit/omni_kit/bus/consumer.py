@@ -38,6 +38,9 @@ log = logging.getLogger(__name__)
 tracer = trace.get_tracer("omni_kit.bus")
 
 Handler = Callable[[AsyncSession, envelope_pb2.Envelope], Awaitable[None]]
+"""Applies one event in the consumer's transaction. A handler that also has an async `finish(session)`
+may gather work over the events of a transaction: `finish` runs after the last of them, before the commit,
+and what it writes commits (or fails and is retried) with them."""
 
 # One statement over an array however many events a transaction applies (a multi-row VALUES would be
 # compiled anew for every count, with two parameters per event).
@@ -191,8 +194,15 @@ class EventConsumer:
                         span.set_status(trace.Status(trace.StatusCode.ERROR, str(error)))
                         raise
                 applied += 1
+            await self._finish(session)
             staged = outbox_staged(session)
         return applied, staged
+
+    async def _finish(self, session: AsyncSession) -> None:
+        """Let a handler that gathers work over a transaction's events write it before the commit."""
+        finish = getattr(self._handler, "finish", None)
+        if finish is not None:
+            await finish(session)
 
     @contextlib.contextmanager
     def _span(self, message: Msg, envelope: envelope_pb2.Envelope) -> Iterator[trace.Span]:
@@ -281,6 +291,7 @@ class EventConsumer:
             if first_time is None:
                 return
             await self._handler(session, envelope)
+            await self._finish(session)
             staged = outbox_staged(session)
         self.applied += 1
         if staged and self._after_commit is not None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -104,13 +104,24 @@ async def consent_changes(
 
 async def move_consents(session: AsyncSession, merged: Sequence[uuid.UUID], survivor: uuid.UUID) -> None:
     """Drop the merged persons' current consents and move their history to the survivor."""
-    params = {"merged": list(merged), "survivor": survivor}
+    await move_consents_to(session, dict.fromkeys(merged, survivor))
+
+
+async def move_consents_to(session: AsyncSession, moves: Mapping[uuid.UUID, uuid.UUID]) -> None:
+    """Drop each merged person's current consents and move its history to its survivor (`moves`: merged →
+    survivor)."""
+    if not moves:
+        return
+    params = {"merged": list(moves), "survivors": list(moves.values())}
     await session.execute(
-        sa.text("DELETE FROM consents WHERE person_id = ANY(CAST(:merged AS uuid[]))"), params
+        sa.text("DELETE FROM consents WHERE person_id = ANY(CAST(:merged AS uuid[]))"),
+        {"merged": list(moves)},
     )
     await session.execute(
         sa.text(
-            "UPDATE consent_history SET person_id = :survivor WHERE person_id = ANY(CAST(:merged AS uuid[]))"
+            "UPDATE consent_history SET person_id = m.survivor "
+            "FROM unnest(CAST(:merged AS uuid[]), CAST(:survivors AS uuid[])) AS m(merged, survivor) "
+            "WHERE consent_history.person_id = m.merged"
         ),
         params,
     )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -215,11 +215,24 @@ async def events_of(
 
 async def move_events(session: AsyncSession, merged: Sequence[uuid.UUID], survivor: uuid.UUID) -> int:
     """Move the merged persons' events to the survivor; return how many moved."""
-    result = await session.execute(
-        sa.text("UPDATE events SET person_id = :survivor WHERE person_id = ANY(CAST(:merged AS uuid[]))"),
-        {"merged": list(merged), "survivor": survivor},
+    return sum((await move_events_to(session, dict.fromkeys(merged, survivor))).values())
+
+
+async def move_events_to(session: AsyncSession, moves: Mapping[uuid.UUID, uuid.UUID]) -> dict[uuid.UUID, int]:
+    """Move each merged person's events to its survivor (`moves`: merged → survivor); return how many
+    moved to each survivor that received any."""
+    if not moves:
+        return {}
+    rows = await session.execute(
+        sa.text(
+            "WITH moved AS (UPDATE events SET person_id = m.survivor "
+            "FROM unnest(CAST(:merged AS uuid[]), CAST(:survivors AS uuid[])) AS m(merged, survivor) "
+            "WHERE events.person_id = m.merged RETURNING events.person_id) "
+            "SELECT person_id, count(*) AS n FROM moved GROUP BY person_id"
+        ),
+        {"merged": list(moves), "survivors": list(moves.values())},
     )
-    return int(result.rowcount or 0)  # type: ignore[attr-defined]
+    return {row.person_id: int(row.n) for row in rows}
 
 
 async def move_events_with_identifiers(

@@ -53,6 +53,17 @@ class ProfileUpdate:
     cart_as_of: datetime | None = None
 
 
+@dataclass(frozen=True)
+class NewState:
+    """A profile's counts, cart and computed state as a merge, an unmerge or a recompute leaves them."""
+
+    person_id: uuid.UUID
+    event_count: int
+    cart: dict[str, CartLine]
+    cart_as_of: datetime | None
+    computed: dict[str, Any]
+
+
 def cart_from_json(document: dict[str, Any]) -> dict[str, CartLine]:
     """A cart from its stored form: lines by product id."""
     return {
@@ -167,17 +178,27 @@ async def set_state(
     computed: dict[str, Any],
 ) -> None:
     """Replace a profile's counts, cart and computed state (after a merge, unmerge or recompute)."""
+    await set_states(session, [NewState(person_id, event_count, cart, cart_as_of, computed)])
+
+
+async def set_states(session: AsyncSession, states: Sequence[NewState]) -> None:
+    """Replace profiles' counts, carts and computed states (one statement)."""
+    if not states:
+        return
     await session.execute(
         sa.text(
-            "UPDATE profiles SET event_count = :n, cart = CAST(:cart AS jsonb), cart_as_of = :as_of, "
-            "computed = CAST(:computed AS jsonb), updated_at = now() WHERE person_id = :id"
+            "UPDATE profiles SET event_count = s.n, cart = s.cart, cart_as_of = s.as_of, "
+            "computed = s.computed, updated_at = now() "
+            "FROM unnest(CAST(:ids AS uuid[]), CAST(:counts AS bigint[]), CAST(:carts AS jsonb[]), "
+            "CAST(:as_of AS timestamptz[]), CAST(:computed AS jsonb[])) AS s(id, n, cart, as_of, computed) "
+            "WHERE profiles.person_id = s.id"
         ),
         {
-            "id": person_id,
-            "n": event_count,
-            "cart": cart_to_json(cart),
-            "as_of": cart_as_of,
-            "computed": json_text(computed),
+            "ids": [s.person_id for s in states],
+            "counts": [s.event_count for s in states],
+            "carts": [cart_to_json(s.cart) for s in states],
+            "as_of": [s.cart_as_of for s in states],
+            "computed": [json_text(s.computed) for s in states],
         },
     )
 
@@ -308,19 +329,31 @@ async def profile_state(
 
 async def mark_merged(session: AsyncSession, merged: Sequence[uuid.UUID], survivor: uuid.UUID) -> None:
     """Point merged persons (and persons merged into them before) at the survivor; clear their state."""
+    await mark_merged_into(session, dict.fromkeys(merged, survivor))
+
+
+async def mark_merged_into(session: AsyncSession, moves: Mapping[uuid.UUID, uuid.UUID]) -> None:
+    """Point each merged person (and the persons merged into it before) at its survivor (`moves`: merged →
+    survivor); clear the merged persons' state."""
+    if not moves:
+        return
+    params = {"merged": list(moves), "survivors": list(moves.values())}
     await session.execute(
         sa.text(
-            "UPDATE profiles SET merged_into = :survivor, event_count = 0, cart = '{}'::jsonb, cart_as_of = NULL, "
-            "computed = '{}'::jsonb, updated_at = now() WHERE person_id = ANY(CAST(:merged AS uuid[]))"
+            "UPDATE profiles SET merged_into = m.survivor, event_count = 0, cart = '{}'::jsonb, "
+            "cart_as_of = NULL, computed = '{}'::jsonb, updated_at = now() "
+            "FROM unnest(CAST(:merged AS uuid[]), CAST(:survivors AS uuid[])) AS m(merged, survivor) "
+            "WHERE profiles.person_id = m.merged"
         ),
-        {"merged": list(merged), "survivor": survivor},
+        params,
     )
     await session.execute(
         sa.text(
-            "UPDATE profiles SET merged_into = :survivor, updated_at = now() "
-            "WHERE merged_into = ANY(CAST(:merged AS uuid[]))"
+            "UPDATE profiles SET merged_into = m.survivor, updated_at = now() "
+            "FROM unnest(CAST(:merged AS uuid[]), CAST(:survivors AS uuid[])) AS m(merged, survivor) "
+            "WHERE profiles.merged_into = m.merged"
         ),
-        {"merged": list(merged), "survivor": survivor},
+        params,
     )
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -124,11 +124,20 @@ async def trait_changes(
 
 async def move_trait_changes(session: AsyncSession, merged: Sequence[uuid.UUID], survivor: uuid.UUID) -> None:
     """Move the merged persons' trait history to the survivor."""
+    await move_trait_changes_to(session, dict.fromkeys(merged, survivor))
+
+
+async def move_trait_changes_to(session: AsyncSession, moves: Mapping[uuid.UUID, uuid.UUID]) -> None:
+    """Move each merged person's trait history to its survivor (`moves`: merged → survivor)."""
+    if not moves:
+        return
     await session.execute(
         sa.text(
-            "UPDATE trait_changes SET person_id = :survivor WHERE person_id = ANY(CAST(:merged AS uuid[]))"
+            "UPDATE trait_changes SET person_id = m.survivor "
+            "FROM unnest(CAST(:merged AS uuid[]), CAST(:survivors AS uuid[])) AS m(merged, survivor) "
+            "WHERE trait_changes.person_id = m.merged"
         ),
-        {"merged": list(merged), "survivor": survivor},
+        {"merged": list(moves), "survivors": list(moves.values())},
     )
 
 

@@ -61,7 +61,6 @@ class LineageHandler:
             PERSONS_UNMERGED: unmerged,
             PERSON_FORGOTTEN: forgotten,
         }
-
         self._merged = merged
 
     async def __call__(self, session: AsyncSession, envelope: envelope_pb2.Envelope) -> None:

@@ -45,6 +45,18 @@ async def _events_of(services: Services, person: uuid.UUID) -> int:
     return int(await services.scalar("SELECT count(*) FROM events WHERE person_id = :p", p=person))
 
 
+def _announced(survivor: uuid.UUID, merged: uuid.UUID):  # type: ignore[no-untyped-def]
+    """Matches the profile_changed of the survivor of one merge."""
+
+    def matches(envelope: envelope_pb2.Envelope) -> bool:
+        if envelope.type != "profile.profile_changed":
+            return False
+        payload = unpack(envelope, events_pb2.ProfileChangedEvent)
+        return payload.person_id == str(survivor) and list(payload.merged_person_ids) == [str(merged)]
+
+    return matches
+
+
 async def test_merges_in_one_message_end_as_one_by_one(services: Services) -> None:
     a, b, c, d, e, f, g, h = (uuid.uuid4() for _ in range(8))
     carts = {a: item("sku-1", 1), b: item("sku-1", 2), e: item("sku-2", 1)}
@@ -66,18 +78,9 @@ async def test_merges_in_one_message_end_as_one_by_one(services: Services) -> No
     ]
     await _publish_as_one_message(services, merges)
 
-    def announced(survivor: uuid.UUID, merged: uuid.UUID):  # type: ignore[no-untyped-def]
-        def matches(envelope: envelope_pb2.Envelope) -> bool:
-            if envelope.type != "profile.profile_changed":
-                return False
-            payload = unpack(envelope, events_pb2.ProfileChangedEvent)
-            return payload.person_id == str(survivor) and list(payload.merged_person_ids) == [str(merged)]
-
-        return matches
-
     found = await asyncio.gather(
         *(
-            services.events.wait_for(announced(survivor, merged))
+            services.events.wait_for(_announced(survivor, merged))
             for survivor, merged in [(a, b), (c, d), (e, a), (f, g), (h, c)]
         )
     )
@@ -111,3 +114,35 @@ async def test_merges_in_one_message_end_as_one_by_one(services: Services) -> No
             "WHERE person_id = :p",
             p=person,
         )
+
+
+async def test_a_merged_persons_trait_history_moves_even_without_traits_left(services: Services) -> None:
+    # m set a trait and removed it (history, no trait); its consent sends the merge down the one-by-one path,
+    # n (no consent) down the run's.
+    survivor, m, n = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    for person in (survivor, m, n):
+        await track(services, event(person_id=str(person)))
+    for person in (m, n):
+        for value in ("gold", None):
+            await services.profile.SetTraits(
+                profile_pb2.SetTraitsRequest(
+                    person_id=str(person), traits=struct({"tier": value}), source="crm"
+                )
+            )
+    await services.profile.SetConsent(
+        profile_pb2.SetConsentRequest(
+            person_id=str(m),
+            consent=profile_pb2.Consent(
+                channel=common_pb2.CHANNEL_EMAIL, state=profile_pb2.CONSENT_STATE_GRANTED, source="test"
+            ),
+        )
+    )
+    await _publish_as_one_message(services, [_merge(survivor, m), _merge(survivor, n)])
+
+    def history(person: uuid.UUID):  # type: ignore[no-untyped-def]
+        return services.scalar("SELECT count(*) FROM trait_changes WHERE person_id = :p", p=person)
+
+    await services.events.wait_for(_announced(survivor, m))
+    await services.events.wait_for(_announced(survivor, n))
+    assert [await history(p) for p in (m, n, survivor)] == [0, 0, 4]
+    assert dict((await get_profile(services, str(survivor))).traits) == {}

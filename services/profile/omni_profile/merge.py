@@ -224,7 +224,9 @@ class Merger:
         self, session: AsyncSession, survivor: uuid.UUID, merged: Sequence[uuid.UUID], now: datetime
     ) -> dict[str, object] | None:
         """Give the survivor the traits that win by precedence; the survivor's trait values after, or None
-        when the merged persons had no traits."""
+        when the merged persons had no traits. Their trait history moves either way (traits set and then
+        removed leave history and no trait)."""
+        await repository.move_trait_changes(session, merged, survivor)
         traits = await repository.load_traits(session, [survivor, *merged])
         if not any(traits[m] for m in merged):
             return None
@@ -233,7 +235,6 @@ class Merger:
         gained = [t for name, t in result.items() if own.get(name) is not t]
         await repository.write_traits(session, survivor, gained, ())
         await repository.delete_traits(session, merged)
-        await repository.move_trait_changes(session, merged, survivor)
         await repository.record_trait_changes(
             session,
             [

@@ -6,7 +6,15 @@ from collections.abc import Awaitable, Callable
 
 from bench.context import BenchContext
 from bench.results import Result
-from bench.suites import baselines, decide, identity_matching, identity_resolve, profile_ingest, profile_read
+from bench.suites import (
+    baselines,
+    decide,
+    identity_matching,
+    identity_resolve,
+    profile_ingest,
+    profile_read,
+    segment_live,
+)
 
 Suite = Callable[[BenchContext], Awaitable[list[Result]]]
 
@@ -16,5 +24,6 @@ SUITES: dict[str, Suite] = {
     "identity_matching": identity_matching.run,
     "profile_ingest": profile_ingest.run,
     "profile_read": profile_read.run,
+    "segment_live": segment_live.run,
     "decide": decide.run,
 }

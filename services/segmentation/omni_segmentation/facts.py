@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping
+from collections.abc import Sequence
 from dataclasses import replace
 from datetime import datetime
-from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from omni_segmentation.membership import MembershipEvaluator
-from omni_segmentation.records import PersonRecord
-from omni_segmentation.repository import Repository
+from omni_segmentation.records import PersonRecord, ProfileChange, TrackedEvent
+from omni_segmentation.repository import Occurrence, Repository
 
 
 class FactsRecorder:
@@ -22,64 +21,61 @@ class FactsRecorder:
         self._repository = repository
         self._evaluator = evaluator
 
-    async def _live_person(self, session: AsyncSession, person_id: uuid.UUID) -> tuple[uuid.UUID, bool]:
-        """Lock the person against a concurrent merge and follow a merge that happened already.
-
-        Returns the person to apply to and whether it is a survivor standing in for a merged person.
-        """
-        await self._repository.lock_persons_by_key(session, [person_id])
-        survivor = await self._repository.survivor_of(session, person_id)
-        if survivor is None:
-            return person_id, False
-        await self._repository.lock_persons_by_key(session, [survivor])
-        return survivor, True
-
-    async def record_event(
+    async def record_many(
         self,
         session: AsyncSession,
-        *,
-        person_id: uuid.UUID,
-        event_id: str,
-        event_type: str,
-        occurred_at: datetime,
-        trace_context: dict[str, str],
+        tracked: Sequence[TrackedEvent],
+        changes: Sequence[ProfileChange],
         now: datetime,
     ) -> None:
-        """Remember one tracked event (a merged person's goes to the survivor) and re-evaluate the person."""
-        person_id, _ = await self._live_person(session, person_id)
-        await self._repository.ensure_person(session, person_id, trace_context)
-        await self._repository.add_occurrence(session, person_id, event_id, event_type, occurred_at)
-        await self._evaluator.evaluate_person(session, person_id, now)
+        """Apply many tracked events and profile changes, then evaluate each person they touch once: about
+        fifteen statements, whatever their number. The outcome is that of applying them one by one in
+        arrival order, except that a person who entered and left a segment between them
+        (or the reverse) announces nothing: only what changed over the whole run is announced.
 
-    async def record_profile(
-        self,
-        session: AsyncSession,
-        *,
-        person_id: uuid.UUID,
-        traits: Mapping[str, Any] | None,
-        cart_units: int | None,
-        changed_at: datetime,
-        trace_context: dict[str, str],
-        now: datetime,
-    ) -> bool:
-        """Apply a profile change (None leaves that part as it is) and re-evaluate the person.
-
-        A change older than the last one applied, or about a person merged away (the survivor's own change
-        follows), is ignored; returns whether it was applied.
+        Facts of the two kinds are independent (occurrences vs traits and cart), so applying all the events
+        and then all the changes ends as interleaving them would.
         """
-        live_id, redirected = await self._live_person(session, person_id)
-        if redirected:
-            return False
-        person = await self._repository.lock_person(session, live_id) or PersonRecord(live_id)
-        if person.facts_changed_at is not None and changed_at < person.facts_changed_at:
-            return False
-        person = replace(
-            person,
-            traits=dict(traits) if traits is not None else person.traits,
-            cart_units=cart_units if cart_units is not None else person.cart_units,
-            trace_context=trace_context,
-            facts_changed_at=changed_at,
+        named = {e.person_id for e in tracked} | {c.person_id for c in changes}
+        if not named:
+            return
+        await self._repository.lock_persons_by_key(session, named)
+        survivors = await self._repository.survivors_of(session, named)
+        if survivors:
+            await self._repository.lock_persons_by_key(session, set(survivors.values()))
+        # The trace of the latest event or change of each live person: its row keeps it, its enter/exit
+        # events carry it.
+        traces: dict[uuid.UUID, dict[str, str]] = {}
+        for event in tracked:
+            traces[survivors.get(event.person_id, event.person_id)] = event.trace_context
+        await self._repository.ensure_persons(session, traces)
+        await self._repository.add_occurrences(
+            session,
+            [
+                Occurrence(survivors.get(e.person_id, e.person_id), e.event_id, e.event_type, e.occurred_at)
+                for e in tracked
+            ],
         )
-        await self._repository.save_person(session, person)
-        await self._evaluator.evaluate_person(session, live_id, now)
-        return True
+        # A change about a person merged away is ignored: the survivor's own change follows.
+        live_changes = [c for c in changes if c.person_id not in survivors]
+        changed: dict[uuid.UUID, PersonRecord] = {}
+        if live_changes:
+            stored = await self._repository.lock_persons(session, sorted({c.person_id for c in live_changes}))
+            for change in live_changes:
+                person = (
+                    changed.get(change.person_id)
+                    or stored.get(change.person_id)
+                    or PersonRecord(change.person_id)
+                )
+                if person.facts_changed_at is not None and change.changed_at < person.facts_changed_at:
+                    continue
+                changed[change.person_id] = replace(
+                    person,
+                    traits=dict(change.traits) if change.traits is not None else person.traits,
+                    cart_units=change.cart_units if change.cart_units is not None else person.cart_units,
+                    trace_context=change.trace_context,
+                    facts_changed_at=change.changed_at,
+                )
+                traces[change.person_id] = change.trace_context
+            await self._repository.save_persons(session, list(changed.values()))
+        await self._evaluator.evaluate_persons(session, traces.keys(), now, trace_contexts=traces)

@@ -70,7 +70,7 @@ async def start(settings: Settings) -> Runtime:
             retention_floor=timedelta(seconds=settings.event_retention_floor_s),
         )
         # One consumer for every consumed type keeps a person's events in the order the stream holds them.
-        runtime.add_consumer(durable="facts", event_types=CONSUMED, handler=handlers.handle)
+        runtime.add_consumer(durable="facts", event_types=CONSUMED, handler=handlers)
         runtime.add_task(lambda: asyncio.create_task(clock.run(), name="segmentation-clock"))
         servicer = SegmentationServicer(runtime, repository, catalog, on_segment_created=clock.wake)
         await runtime.serve(

@@ -1,8 +1,10 @@
-"""Plain records of what segmentation stores, as the repository returns them to the domain."""
+"""Plain records of what segmentation stores, as the repository returns them to the domain, and of the
+profile events it applies."""
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -46,4 +48,26 @@ class BackfillRecord:
 
     segment_id: uuid.UUID
     after_person_id: uuid.UUID | None
+    trace_context: dict[str, str]
+
+
+@dataclass(frozen=True)
+class TrackedEvent:
+    """A profile.event_tracked as segmentation applies it."""
+
+    person_id: uuid.UUID
+    event_id: str
+    event_type: str
+    occurred_at: datetime
+    trace_context: dict[str, str]
+
+
+@dataclass(frozen=True)
+class ProfileChange:
+    """A profile.profile_changed as segmentation applies it (None leaves that part as it is)."""
+
+    person_id: uuid.UUID
+    traits: Mapping[str, Any] | None
+    cart_units: int | None
+    changed_at: datetime
     trace_context: dict[str, str]

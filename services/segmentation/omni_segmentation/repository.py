@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -11,6 +12,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from omni_kit.db import json_text
 from omni_segmentation.models import (
     BackfillRow,
     EventOccurrenceRow,
@@ -27,20 +29,80 @@ def _segment(row: SegmentRow) -> SegmentRecord:
     return SegmentRecord(row.id, row.name, row.description, row.condition, row.created_at)
 
 
-_PERSON_COLUMNS = (
-    PersonRow.person_id,
-    PersonRow.traits,
-    PersonRow.cart_units,
-    PersonRow.trace_context,
-    PersonRow.facts_changed_at,
-    PersonRow.next_check_at,
-)
-
-
 def _person(row: Any) -> PersonRecord:
     return PersonRecord(
         row.person_id, row.traits, row.cart_units, row.trace_context, row.facts_changed_at, row.next_check_at
     )
+
+
+@dataclass(frozen=True)
+class Occurrence:
+    """One tracked event as segmentation keeps it."""
+
+    person_id: uuid.UUID
+    event_id: str
+    event_type: str
+    occurred_at: datetime
+
+
+# Statements over arrays, one per batch of persons or events, whatever their number (an IN list would be
+# a parameter per person, compiled and sent anew each time).
+_SURVIVORS = sa.text(
+    "SELECT person_id, survivor_id FROM merged_persons WHERE person_id = ANY(CAST(:ids AS uuid[]))"
+)
+_LOCK_PERSONS = sa.text(
+    "SELECT person_id, traits, cart_units, trace_context, facts_changed_at, next_check_at FROM persons "
+    "WHERE person_id = ANY(CAST(:ids AS uuid[])) ORDER BY person_id FOR UPDATE"
+)
+_EVENT_TIMES = sa.text(
+    "SELECT person_id, event_type, occurred_at FROM event_occurrences "
+    "WHERE person_id = ANY(CAST(:ids AS uuid[])) AND event_type = ANY(CAST(:types AS text[])) "
+    "AND occurred_at >= :since ORDER BY occurred_at"
+)
+_LAST_EVENTS = sa.text(
+    "SELECT person_id, event_type, last_at FROM person_last_events "
+    "WHERE person_id = ANY(CAST(:ids AS uuid[])) AND event_type = ANY(CAST(:types AS text[]))"
+)
+_MEMBERSHIPS = sa.text(
+    "SELECT person_id, segment_id, entered_at FROM memberships WHERE person_id = ANY(CAST(:ids AS uuid[]))"
+)
+_LOCK_KEYS = sa.text("SELECT count(pg_advisory_xact_lock(k)) FROM unnest(CAST(:keys AS bigint[])) AS t(k)")
+_ENSURE_PERSONS = sa.text(
+    "INSERT INTO persons (person_id, trace_context) "
+    "SELECT * FROM unnest(CAST(:ids AS uuid[]), CAST(:traces AS jsonb[])) "
+    "ON CONFLICT (person_id) DO UPDATE SET trace_context = excluded.trace_context, updated_at = now()"
+)
+_SAVE_PERSONS = sa.text(
+    "INSERT INTO persons (person_id, traits, cart_units, trace_context, facts_changed_at) "
+    "SELECT * FROM unnest(CAST(:ids AS uuid[]), CAST(:traits AS jsonb[]), CAST(:units AS bigint[]), "
+    "CAST(:traces AS jsonb[]), CAST(:changed AS timestamptz[])) "
+    "ON CONFLICT (person_id) DO UPDATE SET traits = excluded.traits, cart_units = excluded.cart_units, "
+    "trace_context = excluded.trace_context, facts_changed_at = excluded.facts_changed_at, updated_at = now()"
+)
+_SET_NEXT_CHECKS = sa.text(
+    "UPDATE persons AS p SET next_check_at = u.at "
+    "FROM unnest(CAST(:ids AS uuid[]), CAST(:ats AS timestamptz[])) AS u(id, at) WHERE p.person_id = u.id"
+)
+_ADD_OCCURRENCES = sa.text(
+    "INSERT INTO event_occurrences (person_id, event_id, event_type, occurred_at) "
+    "SELECT * FROM unnest(CAST(:persons AS uuid[]), CAST(:ids AS text[]), CAST(:types AS text[]), "
+    "CAST(:ats AS timestamptz[])) ON CONFLICT DO NOTHING"
+)
+_RAISE_LAST_EVENTS = sa.text(
+    "INSERT INTO person_last_events (person_id, event_type, last_at) "
+    "SELECT * FROM unnest(CAST(:persons AS uuid[]), CAST(:types AS text[]), CAST(:ats AS timestamptz[])) "
+    "ON CONFLICT (person_id, event_type) DO UPDATE "
+    "SET last_at = greatest(person_last_events.last_at, excluded.last_at)"
+)
+_ADD_MEMBERSHIPS = sa.text(
+    "INSERT INTO memberships (segment_id, person_id, entered_at) "
+    "SELECT s, p, CAST(:at AS timestamptz) FROM unnest(CAST(:segments AS uuid[]), CAST(:persons AS uuid[])) "
+    "AS t(s, p) ON CONFLICT DO NOTHING"
+)
+_REMOVE_MEMBERSHIPS = sa.text(
+    "DELETE FROM memberships AS m USING unnest(CAST(:persons AS uuid[]), CAST(:segments AS uuid[])) "
+    "AS t(p, s) WHERE m.person_id = t.p AND m.segment_id = t.s"
+)
 
 
 def lock_key(person_id: uuid.UUID) -> int:
@@ -100,9 +162,21 @@ class Repository:
     # -- persons -----------------------------------------------------------------------------------------
 
     async def lock_persons_by_key(self, session: AsyncSession, person_ids: Iterable[uuid.UUID]) -> None:
-        """Serialise work on these persons until the transaction ends (advisory locks, in a fixed order)."""
-        for key in sorted({lock_key(p) for p in person_ids}):
-            await session.execute(sa.select(sa.func.pg_advisory_xact_lock(key)))
+        """Serialise work on these persons until the transaction ends (advisory locks, in a fixed order,
+        one statement: the keys are locked in the order the array holds them)."""
+        keys = sorted({lock_key(p) for p in person_ids})
+        if keys:
+            await session.execute(_LOCK_KEYS, {"keys": keys})
+
+    async def survivors_of(
+        self, session: AsyncSession, person_ids: Iterable[uuid.UUID]
+    ) -> dict[uuid.UUID, uuid.UUID]:
+        """The persons among these that were merged, each with the person it was merged into."""
+        ids = list(set(person_ids))
+        if not ids:
+            return {}
+        rows = await session.execute(_SURVIVORS, {"ids": ids})
+        return {row.person_id: row.survivor_id for row in rows}
 
     async def survivor_of(self, session: AsyncSession, person_id: uuid.UUID) -> uuid.UUID | None:
         """The person this one was merged into, if it was."""
@@ -111,38 +185,14 @@ class Repository:
         )
         return result
 
-    async def lock_person(self, session: AsyncSession, person_id: uuid.UUID) -> PersonRecord | None:
-        """The person's facts, row-locked until the transaction ends; None if unknown."""
-        result = await session.execute(
-            sa.select(*_PERSON_COLUMNS).where(PersonRow.person_id == person_id).with_for_update()
-        )
-        row = result.first()
-        return _person(row) if row is not None else None
-
     async def lock_persons(
         self, session: AsyncSession, person_ids: Sequence[uuid.UUID]
     ) -> dict[uuid.UUID, PersonRecord]:
         """The known persons among person_ids, row-locked in id order."""
-        rows = await session.execute(
-            sa.select(*_PERSON_COLUMNS)
-            .where(PersonRow.person_id.in_(person_ids))
-            .order_by(PersonRow.person_id)
-            .with_for_update()
-        )
+        if not person_ids:
+            return {}
+        rows = await session.execute(_LOCK_PERSONS, {"ids": list(person_ids)})
         return {row.person_id: _person(row) for row in rows}
-
-    async def ensure_person(
-        self, session: AsyncSession, person_id: uuid.UUID, trace_context: dict[str, str]
-    ) -> None:
-        """Create the person if unknown, and remember the trace of the event that just changed them."""
-        await session.execute(
-            insert(PersonRow)
-            .values(person_id=person_id, trace_context=trace_context)
-            .on_conflict_do_update(
-                index_elements=[PersonRow.person_id],
-                set_={"trace_context": trace_context, "updated_at": sa.func.now()},
-            )
-        )
 
     async def save_person(self, session: AsyncSession, person: PersonRecord) -> None:
         """Write a person's facts (creating the row if needed)."""
@@ -157,6 +207,34 @@ class Repository:
             insert(PersonRow)
             .values(person_id=person.person_id, **values)
             .on_conflict_do_update(index_elements=[PersonRow.person_id], set_=values)
+        )
+
+    async def ensure_persons(
+        self, session: AsyncSession, trace_contexts: Mapping[uuid.UUID, dict[str, str]]
+    ) -> None:
+        """Create the persons not known yet and remember, for each, the trace of the event that just changed
+        them (one statement, in id order)."""
+        if not trace_contexts:
+            return
+        ids = sorted(trace_contexts)
+        await session.execute(
+            _ENSURE_PERSONS, {"ids": ids, "traces": [json_text(trace_contexts[p]) for p in ids]}
+        )
+
+    async def save_persons(self, session: AsyncSession, persons: Sequence[PersonRecord]) -> None:
+        """Write persons' facts, creating the rows not there yet (one statement, in id order)."""
+        if not persons:
+            return
+        ordered = sorted(persons, key=lambda p: p.person_id)
+        await session.execute(
+            _SAVE_PERSONS,
+            {
+                "ids": [p.person_id for p in ordered],
+                "traits": [json_text(p.traits) for p in ordered],
+                "units": [p.cart_units for p in ordered],
+                "traces": [json_text(p.trace_context) for p in ordered],
+                "changed": [p.facts_changed_at for p in ordered],
+            },
         )
 
     async def delete_persons(self, session: AsyncSession, person_ids: Sequence[uuid.UUID]) -> None:
@@ -200,6 +278,15 @@ class Repository:
             )
         )
 
+    async def set_next_checks(
+        self, session: AsyncSession, checks: Mapping[uuid.UUID, datetime | None]
+    ) -> None:
+        """When the clock should re-evaluate each of these persons (None: only when an event arrives)."""
+        if not checks:
+            return
+        ids = sorted(checks)
+        await session.execute(_SET_NEXT_CHECKS, {"ids": ids, "ats": [checks[p] for p in ids]})
+
     async def erase_persons(self, session: AsyncSession, person_ids: Sequence[uuid.UUID]) -> None:
         """Delete everything held about these persons: facts, occurrences, last-seen times, memberships and
         merge aliases (both ways). A backfill cursor on one of them steps back to the live person before it."""
@@ -224,62 +311,65 @@ class Repository:
 
     # -- events ------------------------------------------------------------------------------------------
 
-    async def add_occurrence(
-        self,
-        session: AsyncSession,
-        person_id: uuid.UUID,
-        event_id: str,
-        event_type: str,
-        occurred_at: datetime,
-    ) -> None:
-        """Record one event occurrence and raise the person's last-seen time of its type."""
+    async def add_occurrences(self, session: AsyncSession, occurrences: Sequence[Occurrence]) -> None:
+        """Record event occurrences and raise their persons' last-seen time of each type (two statements)."""
+        if not occurrences:
+            return
         await session.execute(
-            insert(EventOccurrenceRow)
-            .values(person_id=person_id, event_id=event_id, event_type=event_type, occurred_at=occurred_at)
-            .on_conflict_do_nothing()
+            _ADD_OCCURRENCES,
+            {
+                "persons": [o.person_id for o in occurrences],
+                "ids": [o.event_id for o in occurrences],
+                "types": [o.event_type for o in occurrences],
+                "ats": [o.occurred_at for o in occurrences],
+            },
         )
-        statement = insert(LastEventRow).values(
-            person_id=person_id, event_type=event_type, last_at=occurred_at
-        )
+        # One row per (person, type): ON CONFLICT DO UPDATE may not touch a row twice in one statement.
+        latest: dict[tuple[uuid.UUID, str], datetime] = {}
+        for o in occurrences:
+            key = (o.person_id, o.event_type)
+            if key not in latest or o.occurred_at > latest[key]:
+                latest[key] = o.occurred_at
+        keys = sorted(latest)
         await session.execute(
-            statement.on_conflict_do_update(
-                index_elements=[LastEventRow.person_id, LastEventRow.event_type],
-                set_={"last_at": sa.func.greatest(LastEventRow.last_at, statement.excluded.last_at)},
-            )
+            _RAISE_LAST_EVENTS,
+            {
+                "persons": [k[0] for k in keys],
+                "types": [k[1] for k in keys],
+                "ats": [latest[k] for k in keys],
+            },
         )
 
     async def event_times(
-        self, session: AsyncSession, person_id: uuid.UUID, event_types: Sequence[str], since: datetime
-    ) -> dict[str, list[datetime]]:
-        """Per type, the ascending instants of the person's events of those types at or after since."""
-        result: dict[str, list[datetime]] = {}
-        if not event_types:
+        self,
+        session: AsyncSession,
+        person_ids: Sequence[uuid.UUID],
+        event_types: Sequence[str],
+        since: datetime,
+    ) -> dict[uuid.UUID, dict[str, list[datetime]]]:
+        """Per person and type, the ascending instants of the persons' events of those types at or after
+        since."""
+        result: dict[uuid.UUID, dict[str, list[datetime]]] = {}
+        if not event_types or not person_ids:
             return result
         rows = await session.execute(
-            sa.select(EventOccurrenceRow.event_type, EventOccurrenceRow.occurred_at)
-            .where(
-                EventOccurrenceRow.person_id == person_id,
-                EventOccurrenceRow.event_type.in_(event_types),
-                EventOccurrenceRow.occurred_at >= since,
-            )
-            .order_by(EventOccurrenceRow.occurred_at)
+            _EVENT_TIMES, {"ids": list(person_ids), "types": list(event_types), "since": since}
         )
         for row in rows:
-            result.setdefault(row.event_type, []).append(row.occurred_at)
+            result.setdefault(row.person_id, {}).setdefault(row.event_type, []).append(row.occurred_at)
         return result
 
     async def last_events(
-        self, session: AsyncSession, person_id: uuid.UUID, event_types: Sequence[str]
-    ) -> dict[str, datetime]:
-        """The person's latest occurrence of each of the event types seen."""
-        if not event_types:
-            return {}
-        rows = await session.execute(
-            sa.select(LastEventRow.event_type, LastEventRow.last_at).where(
-                LastEventRow.person_id == person_id, LastEventRow.event_type.in_(event_types)
-            )
-        )
-        return {row.event_type: row.last_at for row in rows}
+        self, session: AsyncSession, person_ids: Sequence[uuid.UUID], event_types: Sequence[str]
+    ) -> dict[uuid.UUID, dict[str, datetime]]:
+        """Per person, the latest occurrence of each of the event types seen."""
+        result: dict[uuid.UUID, dict[str, datetime]] = {}
+        if not event_types or not person_ids:
+            return result
+        rows = await session.execute(_LAST_EVENTS, {"ids": list(person_ids), "types": list(event_types)})
+        for row in rows:
+            result.setdefault(row.person_id, {})[row.event_type] = row.last_at
+        return result
 
     async def move_events(
         self, session: AsyncSession, survivor_id: uuid.UUID, merged_ids: Sequence[uuid.UUID]
@@ -333,14 +423,17 @@ class Repository:
 
     # -- memberships -------------------------------------------------------------------------------------
 
-    async def memberships_of(self, session: AsyncSession, person_id: uuid.UUID) -> dict[uuid.UUID, datetime]:
-        """The segments the person is in, with when they entered."""
-        rows = await session.execute(
-            sa.select(MembershipRow.segment_id, MembershipRow.entered_at).where(
-                MembershipRow.person_id == person_id
-            )
-        )
-        return {row.segment_id: row.entered_at for row in rows}
+    async def memberships_of(
+        self, session: AsyncSession, person_ids: Sequence[uuid.UUID]
+    ) -> dict[uuid.UUID, dict[uuid.UUID, datetime]]:
+        """Per person, the segments they are in, with when they entered."""
+        result: dict[uuid.UUID, dict[uuid.UUID, datetime]] = {}
+        if not person_ids:
+            return result
+        rows = await session.execute(_MEMBERSHIPS, {"ids": list(person_ids)})
+        for row in rows:
+            result.setdefault(row.person_id, {})[row.segment_id] = row.entered_at
+        return result
 
     async def person_memberships(self, session: AsyncSession, person_id: uuid.UUID) -> list[MembershipRecord]:
         """The person's memberships with segment names, in the order they entered."""
@@ -352,21 +445,23 @@ class Repository:
         )
         return [MembershipRecord(row.segment_id, row.name, row.entered_at) for row in rows]
 
-    async def add_memberships(
-        self,
-        session: AsyncSession,
-        person_id: uuid.UUID,
-        segment_ids: Sequence[uuid.UUID],
-        entered_at: datetime,
+    async def add_membership_pairs(
+        self, session: AsyncSession, pairs: Sequence[tuple[uuid.UUID, uuid.UUID]], entered_at: datetime
     ) -> None:
-        """Make the person a member of the segments."""
-        if segment_ids:
+        """Make each (person, segment) pair a membership, in one statement."""
+        if pairs:
             await session.execute(
-                insert(MembershipRow)
-                .values(
-                    [{"segment_id": s, "person_id": person_id, "entered_at": entered_at} for s in segment_ids]
-                )
-                .on_conflict_do_nothing()
+                _ADD_MEMBERSHIPS,
+                {"persons": [p for p, _ in pairs], "segments": [s for _, s in pairs], "at": entered_at},
+            )
+
+    async def remove_membership_pairs(
+        self, session: AsyncSession, pairs: Sequence[tuple[uuid.UUID, uuid.UUID]]
+    ) -> None:
+        """End each (person, segment) membership, in one statement."""
+        if pairs:
+            await session.execute(
+                _REMOVE_MEMBERSHIPS, {"persons": [p for p, _ in pairs], "segments": [s for _, s in pairs]}
             )
 
     async def remove_memberships(

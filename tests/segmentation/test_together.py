@@ -1,0 +1,151 @@
+"""Tracked events and profile changes that arrive together are applied together: each person evaluated once
+per consumer transaction, with the outcome of applying them one by one."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+
+import grpc
+import nats
+import pytest
+from nats.aio.msg import Msg
+
+from omni.events.v1 import envelope_pb2
+from omni.segmentation.v1 import segmentation_pb2 as pb
+from omni.segmentation.v1 import segmentation_pb2_grpc
+from omni_kit.bus import envelopes_in
+from omni_kit.embedded import EmbeddedNats, EmbeddedPostgres
+from omni_segmentation.main import Settings, start
+
+from .builders import cart, event_count, trait
+from .support import EventLog, Segmentation, person, trace_id_of, unique
+from .test_membership import ENTERED, EXITED, entered_names
+
+
+@pytest.fixture
+async def stopped(
+    postgres: EmbeddedPostgres, nats_server: EmbeddedNats
+) -> AsyncIterator[tuple[Settings, list[Segmentation]]]:
+    """Settings of a segmentation service on a fresh database and namespace, and a list the test fills
+    with the services it starts (closed at the end)."""
+    database = f"segmentation_{uuid.uuid4().hex[:16]}"
+    postgres.create_database(database)
+    settings = Settings(
+        database_url=postgres.url(database),
+        nats_url=nats_server.url,
+        grpc_host="127.0.0.1",
+        grpc_port=0,
+        event_namespace="t" + uuid.uuid4().hex[:10],
+        migrate_on_start=True,
+        outbox_poll_interval_s=0.05,
+        clock_interval_s=0.1,
+    )
+    started: list[Segmentation] = []
+    try:
+        yield settings, started
+    finally:
+        for service in started:
+            await service.runtime.close()
+        postgres.drop_database(database)
+
+
+async def serve(settings: Settings, started: list[Segmentation]) -> Segmentation:
+    """Start the service (its consumer resumes where it stopped)."""
+    runtime = await start(settings)
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{runtime.port}")
+    client = await nats.connect(settings.nats_url)
+    service = Segmentation(
+        runtime,
+        segmentation_pb2_grpc.SegmentationServiceStub(channel),
+        settings.event_namespace,
+        client.jetstream(),
+    )
+    started.append(service)
+    return service
+
+
+async def test_a_transactions_events_are_applied_together_as_one_by_one(
+    stopped: tuple[Settings, list[Segmentation]], nats_server: EmbeddedNats
+) -> None:
+    settings, started = stopped
+    service = await serve(settings, started)
+    gold = await service.create(unique("gold"), trait("plan", pb.COMPARISON_EQ, "gold"))
+    busy = await service.create(unique("busy"), event_count("page_viewed", 600, pb.COMPARISON_GTE, 3))
+    shopping = await service.create(unique("shopping"), cart(pb.COMPARISON_GTE, 1))
+    # Stop the service: everything below waits on the stream and is fetched in one go when it is back.
+    await service.runtime.close()
+    started.remove(service)
+
+    viewer, flip_flop, late, merged, survivor, traced = (person() for _ in range(6))
+    now = datetime.now(UTC)
+    sent: list[envelope_pb2.Envelope] = []
+    for _ in range(3):
+        sent.append(await service.track(viewer, "page_viewed"))
+    # Entered and left again within the run: nothing to announce, no membership.
+    sent.append(await service.profile_changed(flip_flop, traits={"plan": "gold"}, occurred_at=now))
+    sent.append(
+        await service.profile_changed(
+            flip_flop, traits={"plan": "silver"}, occurred_at=now + timedelta(seconds=1)
+        )
+    )
+    # A change older than one applied before it in the run is ignored.
+    sent.append(
+        await service.profile_changed(late, traits={"plan": "gold"}, occurred_at=now + timedelta(seconds=1))
+    )
+    sent.append(await service.profile_changed(late, traits={"plan": "silver"}, occurred_at=now))
+    # Two views before the merge, one after it (the merged id still on the event): the survivor has three.
+    sent.append(await service.track(merged, "page_viewed"))
+    sent.append(await service.track(merged, "page_viewed"))
+    sent.append(await service.profile_changed(merged, cart={"sku-1": 1}, changed=("cart",)))
+    sent.append(await service.merged(survivor, merged))
+    sent.append(await service.track(merged, "page_viewed"))
+    trace_id = uuid.uuid4().hex
+    sent.append(await service.track(traced, "page_viewed", trace_id=trace_id))
+    sent.append(await service.track(traced, "page_viewed", trace_id=trace_id))
+    sent.append(await service.track(traced, "page_viewed", trace_id=trace_id))
+
+    log = EventLog()
+    client = await nats.connect(nats_server.url)
+
+    async def received(message: Msg) -> None:
+        log.envelopes.extend(envelopes_in(message.data, message.headers))
+        log.arrived.set()
+
+    await client.subscribe(f"{settings.event_namespace}.events.>", cb=received)
+    await client.flush()
+    try:
+        service = await serve(settings, started)
+        await service.consumed(*sent)
+        # One consumer transaction (the inbox keeps the transaction's time).
+        times = await service.rows(
+            "SELECT DISTINCT processed_at FROM inbox WHERE event_id = ANY(:ids)",
+            ids=[uuid.UUID(e.id) for e in sent],
+        )
+        assert len(times) == 1
+
+        assert await service.segments_of(viewer) == {busy.name}
+        assert await service.segments_of(flip_flop) == set()
+        assert await service.segments_of(late) == {gold.name}
+        assert await service.segments_of(survivor) == {busy.name, shopping.name}
+        assert await service.segments_of(merged) == set()
+        assert await service.segments_of(traced) == {busy.name}
+        assert (
+            await service.scalar(
+                "SELECT count(*) FROM event_occurrences WHERE person_id = :p", p=uuid.UUID(survivor)
+            )
+            == 3
+        )
+
+        await log.wait_for(ENTERED, traced)
+        await log.wait_for(ENTERED, survivor, count=2)
+        assert entered_names(log.of(ENTERED, viewer)) == [busy.name]
+        assert entered_names(log.of(ENTERED, late)) == [gold.name]
+        assert sorted(entered_names(log.of(ENTERED, survivor))) == sorted([busy.name, shopping.name])
+        assert [trace_id_of(e) for e in log.of(ENTERED, traced)] == [trace_id]
+        assert log.of(ENTERED, flip_flop) == [] and log.of(EXITED, flip_flop) == []
+        # The merged person was a member of the cart segment before the merge, in this transaction: it leaves.
+        assert [e.person_id for e in log.of(EXITED)] == [merged]
+    finally:
+        await client.drain()

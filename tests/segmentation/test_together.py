@@ -78,7 +78,7 @@ async def test_a_transactions_events_are_applied_together_as_one_by_one(
     await service.runtime.close()
     started.remove(service)
 
-    viewer, flip_flop, late, merged, survivor, traced = (person() for _ in range(6))
+    viewer, flip_flop, late, merged, survivor, traced, computed = (person() for _ in range(7))
     now = datetime.now(UTC)
     sent: list[envelope_pb2.Envelope] = []
     for _ in range(3):
@@ -101,6 +101,10 @@ async def test_a_transactions_events_are_applied_together_as_one_by_one(
     sent.append(await service.profile_changed(merged, cart={"sku-1": 1}, changed=("cart",)))
     sent.append(await service.merged(survivor, merged))
     sent.append(await service.track(merged, "page_viewed"))
+    # A change of parts segmentation does not keep (computed traits) is not applied.
+    sent.append(
+        await service.profile_changed(computed, traits={"plan": "gold"}, changed=("computed_traits",))
+    )
     trace_id = uuid.uuid4().hex
     sent.append(await service.track(traced, "page_viewed", trace_id=trace_id))
     sent.append(await service.track(traced, "page_viewed", trace_id=trace_id))
@@ -131,6 +135,11 @@ async def test_a_transactions_events_are_applied_together_as_one_by_one(
         assert await service.segments_of(survivor) == {busy.name, shopping.name}
         assert await service.segments_of(merged) == set()
         assert await service.segments_of(traced) == {busy.name}
+        assert await service.segments_of(computed) == set()
+        assert (
+            await service.scalar("SELECT count(*) FROM persons WHERE person_id = :p", p=uuid.UUID(computed))
+            == 0
+        )
         assert (
             await service.scalar(
                 "SELECT count(*) FROM event_occurrences WHERE person_id = :p", p=uuid.UUID(survivor)

@@ -49,6 +49,9 @@ def cart_units(cart: object) -> int:
     return sum(max(item.quantity, 0) for item in getattr(cart, "items", ()))
 
 
+_FACTS = frozenset({"traits", "cart"})
+"""The parts of a profile change segmentation keeps."""
+
 _TRACKED = "omni_segmentation.tracked"
 _CHANGES = "omni_segmentation.profile_changes"
 """Where a transaction's tracked events and profile changes are gathered (session.info)."""
@@ -128,7 +131,9 @@ class EventHandlers:
             log.warning("skipping profile_changed %s: no valid person id", envelope.id)
             return
         # An empty `changed` list (an older producer) means the payload is the whole profile.
-        parts = set(change.changed) or {"traits", "cart"}
+        parts = set(change.changed) or _FACTS
+        if not parts & _FACTS:
+            return  # computed traits, consent or events only: nothing segmentation keeps changed
         session.info.setdefault(_CHANGES, []).append(
             ProfileChange(
                 person_id=person_id,

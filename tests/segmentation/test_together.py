@@ -74,6 +74,10 @@ async def test_a_transactions_events_are_applied_together_as_one_by_one(
     gold = await service.create(unique("gold"), trait("plan", pb.COMPARISON_EQ, "gold"))
     busy = await service.create(unique("busy"), event_count("page_viewed", 600, pb.COMPARISON_GTE, 3))
     shopping = await service.create(unique("shopping"), cart(pb.COMPARISON_GTE, 1))
+    # A person in a segment before the run, merged during it by a merge naming nobody the run gathered.
+    earlier, earlier_survivor = person(), person()
+    await service.consumed(await service.profile_changed(earlier, cart={"sku-2": 1}, changed=("cart",)))
+    assert await service.segments_of(earlier) == {shopping.name}
     # Stop the service: everything below waits on the stream and is fetched in one go when it is back.
     await service.runtime.close()
     started.remove(service)
@@ -100,6 +104,7 @@ async def test_a_transactions_events_are_applied_together_as_one_by_one(
     sent.append(await service.track(merged, "page_viewed"))
     sent.append(await service.profile_changed(merged, cart={"sku-1": 1}, changed=("cart",)))
     sent.append(await service.merged(survivor, merged))
+    sent.append(await service.merged(earlier_survivor, earlier))
     sent.append(await service.track(merged, "page_viewed"))
     # A change of parts segmentation does not keep (computed traits) is not applied.
     sent.append(
@@ -149,12 +154,17 @@ async def test_a_transactions_events_are_applied_together_as_one_by_one(
 
         await log.wait_for(ENTERED, traced)
         await log.wait_for(ENTERED, survivor, count=2)
+        await log.wait_for(ENTERED, earlier_survivor)
+        await log.wait_for(EXITED, count=2)
         assert entered_names(log.of(ENTERED, viewer)) == [busy.name]
         assert entered_names(log.of(ENTERED, late)) == [gold.name]
         assert sorted(entered_names(log.of(ENTERED, survivor))) == sorted([busy.name, shopping.name])
         assert [trace_id_of(e) for e in log.of(ENTERED, traced)] == [trace_id]
         assert log.of(ENTERED, flip_flop) == [] and log.of(EXITED, flip_flop) == []
-        # The merged person was a member of the cart segment before the merge, in this transaction: it leaves.
-        assert [e.person_id for e in log.of(EXITED)] == [merged]
+        assert await service.segments_of(earlier_survivor) == {shopping.name}
+        assert await service.segments_of(earlier) == set()
+        # The merged persons were members of the cart segment before their merges: they leave.
+        assert sorted(e.person_id for e in log.of(EXITED)) == sorted([merged, earlier])
+        assert entered_names(log.of(ENTERED, earlier_survivor)) == [shopping.name]
     finally:
         await client.drain()

@@ -54,15 +54,18 @@ _FACTS = frozenset({"traits", "cart"})
 
 _TRACKED = "omni_segmentation.tracked"
 _CHANGES = "omni_segmentation.profile_changes"
-"""Where a transaction's tracked events and profile changes are gathered (session.info)."""
+_NAMED = "omni_segmentation.named"
+"""Where a transaction's tracked events and profile changes, and the persons they name, are gathered
+(session.info)."""
 
 
 class EventHandlers:
     """Turns consumed envelopes into read-model changes; each runs in the consumer's transaction.
 
     Tracked events and profile changes, nearly all of the stream, are gathered and applied together when
-    the transaction's events are handled (`finish`, or before a merge or an erasure, which are applied
-    in their place): one by one, each cost about ten statements, and ingestion brings thousands a second.
+    the transaction's events are handled (`finish`), or before an erasure or a merge of a person they name,
+    which are applied in their place: one by one, each cost about ten statements, and ingestion brings
+    thousands a second.
     Events about persons segmentation does not know are fine (the person is learnt); malformed ids are
     logged and skipped, since retrying cannot fix them.
     """
@@ -84,10 +87,11 @@ class EventHandlers:
         if envelope.type == PROFILE_CHANGED:
             self._profile_changed(session, envelope)
             return
-        await self.finish(session)
         if envelope.type == PERSONS_MERGED:
             await self._persons_merged(session, envelope)
-        elif envelope.type == PERSON_FORGOTTEN:
+            return
+        await self.finish(session)
+        if envelope.type == PERSON_FORGOTTEN:
             forgotten = unpack(envelope, identity_events.PersonForgottenEvent)
             await self._erase(session, envelope, [forgotten.person_id, *forgotten.forgotten_person_ids])
         elif envelope.type == PERSON_ERASED:
@@ -100,6 +104,7 @@ class EventHandlers:
         """Apply the tracked events and profile changes gathered so far in this transaction."""
         tracked: list[TrackedEvent] = session.info.pop(_TRACKED, [])
         changes: list[ProfileChange] = session.info.pop(_CHANGES, [])
+        session.info.pop(_NAMED, None)
         if tracked or changes:
             await self._facts.record_many(session, tracked, changes, datetime.now(UTC))
 
@@ -114,6 +119,7 @@ class EventHandlers:
             if event.HasField("occurred_at")
             else envelope.occurred_at.ToDatetime(tzinfo=UTC)
         )
+        session.info.setdefault(_NAMED, set()).add(person_id)
         session.info.setdefault(_TRACKED, []).append(
             TrackedEvent(
                 person_id=person_id,
@@ -134,6 +140,7 @@ class EventHandlers:
         parts = set(change.changed) or _FACTS
         if not parts & _FACTS:
             return  # computed traits, consent or events only: nothing segmentation keeps changed
+        session.info.setdefault(_NAMED, set()).add(person_id)
         session.info.setdefault(_CHANGES, []).append(
             ProfileChange(
                 person_id=person_id,
@@ -151,6 +158,11 @@ class EventHandlers:
         if survivor_id is None or any(m is None for m in merged_ids):
             log.warning("skipping persons_merged %s: malformed person ids", envelope.id)
             return
+        # What was gathered about other persons does not meet this merge (an event of a person merged into
+        # one of these earlier lands on the final survivor either way): it stays gathered. Otherwise it is
+        # applied first, so the merge finds it where the log put it.
+        if session.info.get(_NAMED, set()) & {survivor_id, *merged_ids}:
+            await self.finish(session)
         await self._merger.merge(
             session,
             survivor_id=survivor_id,

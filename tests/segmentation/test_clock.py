@@ -1,4 +1,4 @@
-"""The clock's housekeeping: how long event occurrences are kept, and the purge of older ones."""
+"""The clock: how long event occurrences are kept, the purge of older ones, and due persons evaluated in batches."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from omni_segmentation.membership import MembershipEvaluator
 from omni_segmentation.repository import Repository
 from omni_segmentation.rules import Requirements
 
-from .builders import event_count
+from .builders import event_count, trait
 from .support import Segmentation, eventually, person, unique
 
 HOUR = timedelta(hours=1)
@@ -84,3 +84,27 @@ async def test_a_due_person_is_evaluated_once_and_not_again(segmentation: Segmen
     await eventually(checked)
     await clock.cycle()
     assert await checked(), "an evaluated person is not due again"
+
+
+async def test_a_person_whose_evaluation_fails_does_not_hold_up_the_batch(segmentation: Segmentation) -> None:
+    gold = await segmentation.create(unique("gold"), trait("plan", pb.COMPARISON_EQ, "gold"))
+    await eventually(lambda: segmentation.scalar("SELECT count(*) = 0 FROM backfills"))
+    good, broken = uuid.UUID(person()), uuid.UUID(person())
+    # Both due now; the broken one's traits are a JSON string where an object belongs (a damaged row), so
+    # evaluating it raises, and with it the batch both are in.
+    await segmentation.execute(
+        "INSERT INTO persons (person_id, traits, next_check_at) VALUES "
+        "(:good, '{\"plan\": \"gold\"}', now() - interval '1 second'), "
+        "(:broken, '\"a plan\"', now() - interval '1 second')",
+        good=good,
+        broken=broken,
+    )
+    await clock_for(segmentation, floor=timedelta(days=1)).cycle()
+    # Evaluated on its own after the batch failed (here or by the service's own clock).
+    assert await eventually(lambda: segmentation.segments_of(str(good))) == {gold.name}
+    retry_at = await eventually(
+        lambda: segmentation.scalar(
+            "SELECT next_check_at FROM persons WHERE person_id = :p AND next_check_at > now()", p=broken
+        )
+    )
+    assert retry_at > datetime.now(UTC) + timedelta(seconds=20)

@@ -1,8 +1,9 @@
 """The clock: re-evaluates persons whose membership may change by time alone, runs backfills, purges events.
 
-Each evaluation runs in a span whose parent is the trace context stored with the person (the event that
-last changed them) or with the backfill (the CreateSegment call), so the enter and exit events it
-publishes continue the trace of what caused them.
+Persons are evaluated a batch at a time; the enter and exit events of each carry the trace context
+stored with the person (the event that last changed them) or with the backfill (the CreateSegment call), so
+they continue the trace of what caused them. A batch that fails is evaluated again one person at a time,
+each in a span of its own under that context.
 """
 
 from __future__ import annotations
@@ -98,8 +99,7 @@ class Clock:
         """Re-evaluate one batch of persons whose next check is due; return the batch's size."""
         async with self._transaction() as session:
             due = await self._repository.due_persons(session, now, self._batch_size)
-            for person_id, carrier in due:
-                await self._evaluate(session, person_id, carrier, now, "segmentation.clock evaluate")
+            await self._evaluate_batch(session, dict(due), now, "segmentation.clock evaluate")
         return len(due)
 
     async def backfill_step(self) -> int:
@@ -112,16 +112,39 @@ class Clock:
                 session, backfill.after_person_id, self._batch_size
             )
             now = datetime.now(UTC)
-            for person_id, _ in persons:
-                await self._evaluate(
-                    session, person_id, backfill.trace_context, now, "segmentation.backfill evaluate"
-                )
+            await self._evaluate_batch(
+                session,
+                {person_id: backfill.trace_context for person_id, _ in persons},
+                now,
+                "segmentation.backfill evaluate",
+            )
             done = len(persons) < self._batch_size
             await self._repository.advance_backfill(
                 session, backfill.segment_id, None if done else persons[-1][0]
             )
         # A finished backfill with no persons counts as work, so cycle() looks for the next one.
         return max(len(persons), 1)
+
+    async def _evaluate_batch(
+        self, session: AsyncSession, carriers: dict[uuid.UUID, dict[str, str]], now: datetime, name: str
+    ) -> None:
+        """Evaluate a batch of persons together (a few statements for all of them); their enter and exit
+        events carry each person's own trace context. If that fails, each is evaluated on its own, so one
+        person whose evaluation fails does not hold up the others."""
+        if not carriers:
+            return
+        with tracer.start_as_current_span(
+            f"{name} batch", attributes={"omni.persons": len(carriers)}
+        ) as span:
+            try:
+                async with session.begin_nested():
+                    await self._evaluator.evaluate_persons(session, carriers, now, trace_contexts=carriers)
+                return
+            except Exception as error:
+                span.record_exception(error)
+                log.warning("evaluating %d persons together failed (%s); one at a time", len(carriers), error)
+        for person_id, carrier in carriers.items():
+            await self._evaluate(session, person_id, carrier, now, name)
 
     async def _evaluate(
         self, session: AsyncSession, person_id: uuid.UUID, carrier: dict[str, str], now: datetime, name: str

@@ -13,6 +13,7 @@ from bench.suites import (
     identity_resolve,
     profile_ingest,
     profile_read,
+    segment_backfill,
     segment_live,
 )
 
@@ -25,5 +26,6 @@ SUITES: dict[str, Suite] = {
     "profile_ingest": profile_ingest.run,
     "profile_read": profile_read.run,
     "segment_live": segment_live.run,
+    "segment_backfill": segment_backfill.run,
     "decide": decide.run,
 }

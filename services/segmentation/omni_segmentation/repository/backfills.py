@@ -1,0 +1,66 @@
+"""Backfills: new segments being evaluated over the persons known before them."""
+
+from __future__ import annotations
+
+import uuid
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from omni_segmentation.models import BackfillRow, PersonRow
+from omni_segmentation.records import BackfillRecord
+
+
+class BackfillQueries:
+    """Queries on backfills. Every method runs in the caller's session (and transaction)."""
+
+    async def add_backfill(
+        self, session: AsyncSession, segment_id: uuid.UUID, trace_context: dict[str, str]
+    ) -> None:
+        """Schedule the evaluation of a new segment for every person known so far."""
+        await session.execute(
+            insert(BackfillRow).values(
+                segment_id=segment_id, after_person_id=None, trace_context=trace_context
+            )
+        )
+
+    async def next_backfill(self, session: AsyncSession) -> BackfillRecord | None:
+        """The oldest pending backfill no one else is working on, locked."""
+        result = await session.execute(
+            sa.select(BackfillRow.segment_id, BackfillRow.after_person_id, BackfillRow.trace_context)
+            .order_by(BackfillRow.created_at)
+            .limit(1)
+            .with_for_update(skip_locked=True)
+        )
+        row = result.first()
+        return (
+            BackfillRecord(row.segment_id, row.after_person_id, row.trace_context)
+            if row is not None
+            else None
+        )
+
+    async def lock_persons_after(
+        self, session: AsyncSession, after: uuid.UUID | None, limit: int
+    ) -> list[tuple[uuid.UUID, dict[str, str]]]:
+        """The next persons in id order after `after`, row-locked in that order."""
+        query = (
+            sa.select(PersonRow.person_id, PersonRow.trace_context).order_by(PersonRow.person_id).limit(limit)
+        )
+        if after is not None:
+            query = query.where(PersonRow.person_id > after)
+        rows = await session.execute(query.with_for_update())
+        return [(row.person_id, row.trace_context) for row in rows]
+
+    async def advance_backfill(
+        self, session: AsyncSession, segment_id: uuid.UUID, after: uuid.UUID | None
+    ) -> None:
+        """Move the backfill's cursor; None finishes (deletes) it."""
+        if after is None:
+            await session.execute(sa.delete(BackfillRow).where(BackfillRow.segment_id == segment_id))
+        else:
+            await session.execute(
+                sa.update(BackfillRow)
+                .where(BackfillRow.segment_id == segment_id)
+                .values(after_person_id=after)
+            )

@@ -1,0 +1,163 @@
+"""Event occurrences and the latest time of each type per person."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from omni_segmentation.models import EventOccurrenceRow, LastEventRow
+
+
+@dataclass(frozen=True)
+class Occurrence:
+    """One tracked event as segmentation keeps it."""
+
+    person_id: uuid.UUID
+    event_id: str
+    event_type: str
+    occurred_at: datetime
+
+
+# Statements over arrays, one per batch of persons or events, whatever their number (an IN list would be
+# Statements over arrays, one per batch of persons or events, whatever their number (an IN list would be
+# a parameter per person, compiled and sent anew each time).
+_EVENT_TIMES = sa.text(
+    "SELECT person_id, event_type, occurred_at FROM event_occurrences "
+    "WHERE person_id = ANY(CAST(:ids AS uuid[])) AND event_type = ANY(CAST(:types AS text[])) "
+    "AND occurred_at >= :since ORDER BY occurred_at"
+)
+_LAST_EVENTS = sa.text(
+    "SELECT person_id, event_type, last_at FROM person_last_events "
+    "WHERE person_id = ANY(CAST(:ids AS uuid[])) AND event_type = ANY(CAST(:types AS text[]))"
+)
+_ADD_OCCURRENCES = sa.text(
+    "INSERT INTO event_occurrences (person_id, event_id, event_type, occurred_at) "
+    "SELECT * FROM unnest(CAST(:persons AS uuid[]), CAST(:ids AS text[]), CAST(:types AS text[]), "
+    "CAST(:ats AS timestamptz[])) ON CONFLICT DO NOTHING"
+)
+_RAISE_LAST_EVENTS = sa.text(
+    "INSERT INTO person_last_events (person_id, event_type, last_at) "
+    "SELECT * FROM unnest(CAST(:persons AS uuid[]), CAST(:types AS text[]), CAST(:ats AS timestamptz[])) "
+    "ON CONFLICT (person_id, event_type) DO UPDATE "
+    "SET last_at = greatest(person_last_events.last_at, excluded.last_at)"
+)
+
+
+class EventQueries:
+    """Queries on event occurrences. Every method runs in the caller's session (and transaction)."""
+
+    async def add_occurrences(self, session: AsyncSession, occurrences: Sequence[Occurrence]) -> None:
+        """Record event occurrences and raise their persons' last-seen time of each type (two statements)."""
+        if not occurrences:
+            return
+        await session.execute(
+            _ADD_OCCURRENCES,
+            {
+                "persons": [o.person_id for o in occurrences],
+                "ids": [o.event_id for o in occurrences],
+                "types": [o.event_type for o in occurrences],
+                "ats": [o.occurred_at for o in occurrences],
+            },
+        )
+        # One row per (person, type): ON CONFLICT DO UPDATE may not touch a row twice in one statement.
+        latest: dict[tuple[uuid.UUID, str], datetime] = {}
+        for o in occurrences:
+            key = (o.person_id, o.event_type)
+            if key not in latest or o.occurred_at > latest[key]:
+                latest[key] = o.occurred_at
+        keys = sorted(latest)
+        await session.execute(
+            _RAISE_LAST_EVENTS,
+            {
+                "persons": [k[0] for k in keys],
+                "types": [k[1] for k in keys],
+                "ats": [latest[k] for k in keys],
+            },
+        )
+
+    async def event_times(
+        self,
+        session: AsyncSession,
+        person_ids: Sequence[uuid.UUID],
+        event_types: Sequence[str],
+        since: datetime,
+    ) -> dict[uuid.UUID, dict[str, list[datetime]]]:
+        """Per person and type, the ascending instants of the persons' events of those types at or after
+        since."""
+        result: dict[uuid.UUID, dict[str, list[datetime]]] = {}
+        if not event_types or not person_ids:
+            return result
+        rows = await session.execute(
+            _EVENT_TIMES, {"ids": list(person_ids), "types": list(event_types), "since": since}
+        )
+        for row in rows:
+            result.setdefault(row.person_id, {}).setdefault(row.event_type, []).append(row.occurred_at)
+        return result
+
+    async def last_events(
+        self, session: AsyncSession, person_ids: Sequence[uuid.UUID], event_types: Sequence[str]
+    ) -> dict[uuid.UUID, dict[str, datetime]]:
+        """Per person, the latest occurrence of each of the event types seen."""
+        result: dict[uuid.UUID, dict[str, datetime]] = {}
+        if not event_types or not person_ids:
+            return result
+        rows = await session.execute(_LAST_EVENTS, {"ids": list(person_ids), "types": list(event_types)})
+        for row in rows:
+            result.setdefault(row.person_id, {})[row.event_type] = row.last_at
+        return result
+
+    async def move_events(
+        self, session: AsyncSession, survivor_id: uuid.UUID, merged_ids: Sequence[uuid.UUID]
+    ) -> None:
+        """Give the merged persons' event occurrences and last-seen times to the survivor."""
+        occurrences = sa.select(
+            sa.literal(survivor_id, sa.Uuid),
+            EventOccurrenceRow.event_id,
+            EventOccurrenceRow.event_type,
+            EventOccurrenceRow.occurred_at,
+        ).where(EventOccurrenceRow.person_id.in_(merged_ids))
+        await session.execute(
+            insert(EventOccurrenceRow)
+            .from_select(["person_id", "event_id", "event_type", "occurred_at"], occurrences)
+            .on_conflict_do_nothing()
+        )
+        await session.execute(
+            sa.delete(EventOccurrenceRow).where(EventOccurrenceRow.person_id.in_(merged_ids))
+        )
+        latest = (
+            sa.select(
+                sa.literal(survivor_id, sa.Uuid),
+                LastEventRow.event_type,
+                sa.func.max(LastEventRow.last_at),
+            )
+            .where(LastEventRow.person_id.in_(merged_ids))
+            .group_by(LastEventRow.event_type)
+        )
+        statement = insert(LastEventRow).from_select(["person_id", "event_type", "last_at"], latest)
+        await session.execute(
+            statement.on_conflict_do_update(
+                index_elements=[LastEventRow.person_id, LastEventRow.event_type],
+                set_={"last_at": sa.func.greatest(LastEventRow.last_at, statement.excluded.last_at)},
+            )
+        )
+        await session.execute(sa.delete(LastEventRow).where(LastEventRow.person_id.in_(merged_ids)))
+
+    async def purge_occurrences(self, session: AsyncSession, before: datetime, limit: int) -> int:
+        """Delete up to limit occurrences older than before; return how many went."""
+        doomed = (
+            sa.select(EventOccurrenceRow.person_id, EventOccurrenceRow.event_id)
+            .where(EventOccurrenceRow.occurred_at < before)
+            .limit(limit)
+        )
+        result = await session.execute(
+            sa.delete(EventOccurrenceRow).where(
+                sa.tuple_(EventOccurrenceRow.person_id, EventOccurrenceRow.event_id).in_(doomed)
+            )
+        )
+        return int(getattr(result, "rowcount", 0) or 0)

@@ -1,0 +1,214 @@
+"""The per-person facts, merge aliases, advisory locks and erasure."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from omni_kit.db import json_text
+from omni_segmentation.models import (
+    BackfillRow,
+    EventOccurrenceRow,
+    LastEventRow,
+    MembershipRow,
+    MergedPersonRow,
+    PersonRow,
+)
+from omni_segmentation.records import PersonRecord
+
+
+def _person(row: Any) -> PersonRecord:
+    return PersonRecord(
+        row.person_id, row.traits, row.cart_units, row.trace_context, row.facts_changed_at, row.next_check_at
+    )
+
+
+# Statements over arrays, one per batch of persons or events, whatever their number (an IN list would be
+# a parameter per person, compiled and sent anew each time).
+_SURVIVORS = sa.text(
+    "SELECT person_id, survivor_id FROM merged_persons WHERE person_id = ANY(CAST(:ids AS uuid[]))"
+)
+_LOCK_PERSONS = sa.text(
+    "SELECT person_id, traits, cart_units, trace_context, facts_changed_at, next_check_at FROM persons "
+    "WHERE person_id = ANY(CAST(:ids AS uuid[])) ORDER BY person_id FOR UPDATE"
+)
+_LOCK_KEYS = sa.text("SELECT count(pg_advisory_xact_lock(k)) FROM unnest(CAST(:keys AS bigint[])) AS t(k)")
+_ENSURE_PERSONS = sa.text(
+    "INSERT INTO persons (person_id, trace_context) "
+    "SELECT * FROM unnest(CAST(:ids AS uuid[]), CAST(:traces AS jsonb[])) "
+    "ON CONFLICT (person_id) DO UPDATE SET trace_context = excluded.trace_context, updated_at = now()"
+)
+_SAVE_PERSONS = sa.text(
+    "INSERT INTO persons (person_id, traits, cart_units, trace_context, facts_changed_at) "
+    "SELECT * FROM unnest(CAST(:ids AS uuid[]), CAST(:traits AS jsonb[]), CAST(:units AS bigint[]), "
+    "CAST(:traces AS jsonb[]), CAST(:changed AS timestamptz[])) "
+    "ON CONFLICT (person_id) DO UPDATE SET traits = excluded.traits, cart_units = excluded.cart_units, "
+    "trace_context = excluded.trace_context, facts_changed_at = excluded.facts_changed_at, updated_at = now()"
+)
+_SET_NEXT_CHECKS = sa.text(
+    "UPDATE persons AS p SET next_check_at = u.at "
+    "FROM unnest(CAST(:ids AS uuid[]), CAST(:ats AS timestamptz[])) AS u(id, at) WHERE p.person_id = u.id"
+)
+
+
+def lock_key(person_id: uuid.UUID) -> int:
+    """The advisory lock key of a person: 63 random bits of its UUIDv7, as a signed bigint."""
+    return person_id.int & ((1 << 63) - 1)
+
+
+class PersonQueries:
+    """Queries on persons and their facts. Every method runs in the caller's session (and transaction)."""
+
+    async def lock_persons_by_key(self, session: AsyncSession, person_ids: Iterable[uuid.UUID]) -> None:
+        """Serialise work on these persons until the transaction ends (advisory locks, in a fixed order,
+        one statement: the keys are locked in the order the array holds them)."""
+        keys = sorted({lock_key(p) for p in person_ids})
+        if keys:
+            await session.execute(_LOCK_KEYS, {"keys": keys})
+
+    async def survivors_of(
+        self, session: AsyncSession, person_ids: Iterable[uuid.UUID]
+    ) -> dict[uuid.UUID, uuid.UUID]:
+        """The persons among these that were merged, each with the person it was merged into."""
+        ids = list(set(person_ids))
+        if not ids:
+            return {}
+        rows = await session.execute(_SURVIVORS, {"ids": ids})
+        return {row.person_id: row.survivor_id for row in rows}
+
+    async def survivor_of(self, session: AsyncSession, person_id: uuid.UUID) -> uuid.UUID | None:
+        """The person this one was merged into, if it was."""
+        result: uuid.UUID | None = await session.scalar(
+            sa.select(MergedPersonRow.survivor_id).where(MergedPersonRow.person_id == person_id)
+        )
+        return result
+
+    async def lock_persons(
+        self, session: AsyncSession, person_ids: Sequence[uuid.UUID]
+    ) -> dict[uuid.UUID, PersonRecord]:
+        """The known persons among person_ids, row-locked in id order."""
+        if not person_ids:
+            return {}
+        rows = await session.execute(_LOCK_PERSONS, {"ids": list(person_ids)})
+        return {row.person_id: _person(row) for row in rows}
+
+    async def save_person(self, session: AsyncSession, person: PersonRecord) -> None:
+        """Write a person's facts (creating the row if needed)."""
+        values = {
+            "traits": person.traits,
+            "cart_units": person.cart_units,
+            "trace_context": person.trace_context,
+            "facts_changed_at": person.facts_changed_at,
+            "updated_at": sa.func.now(),
+        }
+        await session.execute(
+            insert(PersonRow)
+            .values(person_id=person.person_id, **values)
+            .on_conflict_do_update(index_elements=[PersonRow.person_id], set_=values)
+        )
+
+    async def ensure_persons(
+        self, session: AsyncSession, trace_contexts: Mapping[uuid.UUID, dict[str, str]]
+    ) -> None:
+        """Create the persons not known yet and remember, for each, the trace of the event that just changed
+        them (one statement, in id order)."""
+        if not trace_contexts:
+            return
+        ids = sorted(trace_contexts)
+        await session.execute(
+            _ENSURE_PERSONS, {"ids": ids, "traces": [json_text(trace_contexts[p]) for p in ids]}
+        )
+
+    async def save_persons(self, session: AsyncSession, persons: Sequence[PersonRecord]) -> None:
+        """Write persons' facts, creating the rows not there yet (one statement, in id order)."""
+        if not persons:
+            return
+        ordered = sorted(persons, key=lambda p: p.person_id)
+        await session.execute(
+            _SAVE_PERSONS,
+            {
+                "ids": [p.person_id for p in ordered],
+                "traits": [json_text(p.traits) for p in ordered],
+                "units": [p.cart_units for p in ordered],
+                "traces": [json_text(p.trace_context) for p in ordered],
+                "changed": [p.facts_changed_at for p in ordered],
+            },
+        )
+
+    async def delete_persons(self, session: AsyncSession, person_ids: Sequence[uuid.UUID]) -> None:
+        """Forget the facts rows of these persons."""
+        await session.execute(sa.delete(PersonRow).where(PersonRow.person_id.in_(person_ids)))
+
+    async def set_next_check(self, session: AsyncSession, person_id: uuid.UUID, at: datetime | None) -> None:
+        """When the clock should re-evaluate the person (None: only when an event arrives)."""
+        await session.execute(
+            sa.update(PersonRow).where(PersonRow.person_id == person_id).values(next_check_at=at)
+        )
+
+    async def due_persons(
+        self, session: AsyncSession, now: datetime, limit: int
+    ) -> list[tuple[uuid.UUID, dict[str, str]]]:
+        """Persons whose next check is due, locked; rows another transaction holds are skipped."""
+        rows = await session.execute(
+            sa.select(PersonRow.person_id, PersonRow.trace_context)
+            .where(PersonRow.next_check_at <= now)
+            .order_by(PersonRow.next_check_at)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
+        return [(row.person_id, row.trace_context) for row in rows]
+
+    async def record_merge(
+        self, session: AsyncSession, survivor_id: uuid.UUID, merged_ids: Sequence[uuid.UUID]
+    ) -> None:
+        """Remember that merged_ids now lead to survivor_id, also for persons merged into them earlier."""
+        await session.execute(
+            sa.update(MergedPersonRow)
+            .where(MergedPersonRow.survivor_id.in_(merged_ids))
+            .values(survivor_id=survivor_id)
+        )
+        statement = insert(MergedPersonRow).values(
+            [{"person_id": m, "survivor_id": survivor_id} for m in merged_ids]
+        )
+        await session.execute(
+            statement.on_conflict_do_update(
+                index_elements=[MergedPersonRow.person_id], set_={"survivor_id": survivor_id}
+            )
+        )
+
+    async def set_next_checks(
+        self, session: AsyncSession, checks: Mapping[uuid.UUID, datetime | None]
+    ) -> None:
+        """When the clock should re-evaluate each of these persons (None: only when an event arrives)."""
+        if not checks:
+            return
+        ids = sorted(checks)
+        await session.execute(_SET_NEXT_CHECKS, {"ids": ids, "ats": [checks[p] for p in ids]})
+
+    async def erase_persons(self, session: AsyncSession, person_ids: Sequence[uuid.UUID]) -> None:
+        """Delete everything held about these persons: facts, occurrences, last-seen times, memberships and
+        merge aliases (both ways). A backfill cursor on one of them steps back to the live person before it."""
+        ids = list(person_ids)
+        for table in (EventOccurrenceRow, LastEventRow, MembershipRow, PersonRow):
+            await session.execute(sa.delete(table).where(table.person_id.in_(ids)))
+        await session.execute(
+            sa.delete(MergedPersonRow).where(
+                sa.or_(MergedPersonRow.person_id.in_(ids), MergedPersonRow.survivor_id.in_(ids))
+            )
+        )
+        before = (
+            sa.select(PersonRow.person_id)
+            .where(PersonRow.person_id < BackfillRow.after_person_id)
+            .order_by(PersonRow.person_id.desc())
+            .limit(1)
+            .scalar_subquery()
+        )
+        await session.execute(
+            sa.update(BackfillRow).where(BackfillRow.after_person_id.in_(ids)).values(after_person_id=before)
+        )

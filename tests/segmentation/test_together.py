@@ -10,17 +10,15 @@ from datetime import UTC, datetime, timedelta
 import grpc
 import nats
 import pytest
-from nats.aio.msg import Msg
 
 from omni.events.v1 import envelope_pb2
 from omni.segmentation.v1 import segmentation_pb2 as pb
 from omni.segmentation.v1 import segmentation_pb2_grpc
-from omni_kit.bus import envelopes_in
 from omni_kit.embedded import EmbeddedNats, EmbeddedPostgres
 from omni_segmentation.main import Settings, start
 
 from .builders import cart, event_count, trait
-from .support import EventLog, Segmentation, person, trace_id_of, unique
+from .support import Segmentation, event_log, new_service_settings, person, trace_id_of, unique
 from .test_membership import ENTERED, EXITED, entered_names
 
 
@@ -30,18 +28,7 @@ async def stopped(
 ) -> AsyncIterator[tuple[Settings, list[Segmentation]]]:
     """Settings of a segmentation service on a fresh database and namespace, and a list the test fills
     with the services it starts (closed at the end)."""
-    database = f"segmentation_{uuid.uuid4().hex[:16]}"
-    postgres.create_database(database)
-    settings = Settings(
-        database_url=postgres.url(database),
-        nats_url=nats_server.url,
-        grpc_host="127.0.0.1",
-        grpc_port=0,
-        event_namespace="t" + uuid.uuid4().hex[:10],
-        migrate_on_start=True,
-        outbox_poll_interval_s=0.05,
-        clock_interval_s=0.1,
-    )
+    settings, database = new_service_settings(postgres, nats_server)
     started: list[Segmentation] = []
     try:
         yield settings, started
@@ -115,16 +102,7 @@ async def test_a_transactions_events_are_applied_together_as_one_by_one(
     sent.append(await service.track(traced, "page_viewed", trace_id=trace_id))
     sent.append(await service.track(traced, "page_viewed", trace_id=trace_id))
 
-    log = EventLog()
-    client = await nats.connect(nats_server.url)
-
-    async def received(message: Msg) -> None:
-        log.envelopes.extend(envelopes_in(message.data, message.headers))
-        log.arrived.set()
-
-    await client.subscribe(f"{settings.event_namespace}.events.>", cb=received)
-    await client.flush()
-    try:
+    async with event_log(nats_server.url, settings.event_namespace) as log:
         service = await serve(settings, started)
         await service.consumed(*sent)
         # One consumer transaction (the inbox keeps the transaction's time).
@@ -166,5 +144,3 @@ async def test_a_transactions_events_are_applied_together_as_one_by_one(
         # The merged persons were members of the cart segment before their merges: they leave.
         assert sorted(e.person_id for e in log.of(EXITED)) == sorted([merged, earlier])
         assert entered_names(log.of(ENTERED, earlier_survivor)) == [shopping.name]
-    finally:
-        await client.drain()

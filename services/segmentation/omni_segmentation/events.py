@@ -76,11 +76,7 @@ class EventHandlers:
         self._eraser = eraser
 
     async def __call__(self, session: AsyncSession, envelope: envelope_pb2.Envelope) -> None:
-        """Handle one envelope inside the consumer's transaction."""
-        await self.handle(session, envelope)
-
-    async def handle(self, session: AsyncSession, envelope: envelope_pb2.Envelope) -> None:
-        """Dispatch one envelope by its type."""
+        """Handle one envelope inside the consumer's transaction, by its type."""
         if envelope.type == EVENT_TRACKED:
             self._event_tracked(session, envelope)
             return

@@ -66,7 +66,7 @@ class PersonMerger:
             return
         await self._repository.lock_persons_by_key(session, [survivor_id, *merged_ids])
         # The survivor may itself have been merged away meanwhile (events from two producers can cross).
-        final = await self._repository.survivor_of(session, survivor_id)
+        final = (await self._repository.survivors_of(session, [survivor_id])).get(survivor_id)
         if final is not None:
             await self._repository.lock_persons_by_key(session, [final])
             survivor_id = final
@@ -76,7 +76,7 @@ class PersonMerger:
         await self._repository.record_merge(session, survivor_id, merged_ids)
         if merged:
             survivor = combine_facts(survivor_id, persons.get(survivor_id), merged, trace_context)
-            await self._repository.save_person(session, survivor)
+            await self._repository.save_persons(session, [survivor])
             await self._repository.move_events(session, survivor_id, [p.person_id for p in merged])
             await self._evaluator.drop_all(session, [p.person_id for p in merged], now)
             await self._repository.delete_persons(session, [p.person_id for p in merged])

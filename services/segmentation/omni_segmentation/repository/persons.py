@@ -82,13 +82,6 @@ class PersonQueries:
         rows = await session.execute(_SURVIVORS, {"ids": ids})
         return {row.person_id: row.survivor_id for row in rows}
 
-    async def survivor_of(self, session: AsyncSession, person_id: uuid.UUID) -> uuid.UUID | None:
-        """The person this one was merged into, if it was."""
-        result: uuid.UUID | None = await session.scalar(
-            sa.select(MergedPersonRow.survivor_id).where(MergedPersonRow.person_id == person_id)
-        )
-        return result
-
     async def lock_persons(
         self, session: AsyncSession, person_ids: Sequence[uuid.UUID]
     ) -> dict[uuid.UUID, PersonRecord]:
@@ -97,21 +90,6 @@ class PersonQueries:
             return {}
         rows = await session.execute(_LOCK_PERSONS, {"ids": list(person_ids)})
         return {row.person_id: _person(row) for row in rows}
-
-    async def save_person(self, session: AsyncSession, person: PersonRecord) -> None:
-        """Write a person's facts (creating the row if needed)."""
-        values = {
-            "traits": person.traits,
-            "cart_units": person.cart_units,
-            "trace_context": person.trace_context,
-            "facts_changed_at": person.facts_changed_at,
-            "updated_at": sa.func.now(),
-        }
-        await session.execute(
-            insert(PersonRow)
-            .values(person_id=person.person_id, **values)
-            .on_conflict_do_update(index_elements=[PersonRow.person_id], set_=values)
-        )
 
     async def ensure_persons(
         self, session: AsyncSession, trace_contexts: Mapping[uuid.UUID, dict[str, str]]

@@ -15,7 +15,6 @@ from typing import Any, cast
 import grpc
 import nats
 import pytest
-from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
 import omni_gateway.main as gateway_main
@@ -24,10 +23,10 @@ import omni_profile.main as profile_main
 from omni.gateway.v1 import gateway_pb2_grpc
 from omni.identity.v1 import identity_pb2_grpc
 from omni.profile.v1 import profile_pb2_grpc
-from omni_kit.bus import envelopes_in
 from omni_kit.db import create_engine
 from omni_kit.embedded import EmbeddedNats, EmbeddedPostgres, SmtpSink
 
+from ..events import recording
 from .support import EventLog, Gateway, Neighbours, StartGateway
 
 
@@ -135,19 +134,8 @@ async def start_gateway(
 @pytest.fixture
 async def events(neighbours: Neighbours, nats_server: EmbeddedNats) -> AsyncIterator[EventLog]:
     """Every event published on the module's namespace during the test."""
-    client = await nats.connect(nats_server.url)
-    log = EventLog()
-
-    async def received(message: Msg) -> None:
-        log.envelopes.extend(envelopes_in(message.data, message.headers))
-        log.arrived.set()
-
-    await client.subscribe(f"{neighbours.namespace}.events.>", cb=received)
-    await client.flush()
-    try:
+    async with recording(EventLog(), nats_server.url, neighbours.namespace) as log:
         yield log
-    finally:
-        await client.drain()
 
 
 @pytest.fixture

@@ -8,16 +8,13 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
-import nats
 import pytest
-from nats.aio.client import Client as NatsClient
-from nats.aio.msg import Msg
 
 from omni.identity.v1 import identity_pb2_grpc
 from omni_identity.main import Settings, start
-from omni_kit.bus import envelopes_in
 from omni_kit.embedded import EmbeddedNats, EmbeddedPostgres
 
+from ..events import recording
 from .support import EventLog, Identity
 
 
@@ -62,16 +59,5 @@ async def identity(postgres: EmbeddedPostgres, nats_server: EmbeddedNats) -> Asy
 @pytest.fixture
 async def events(identity: Identity, nats_server: EmbeddedNats) -> AsyncIterator[EventLog]:
     """Every event identity publishes during the test (a plain subscription to the namespace's events)."""
-    client: NatsClient = await nats.connect(nats_server.url)
-    log = EventLog()
-
-    async def received(message: Msg) -> None:
-        log.envelopes.extend(envelopes_in(message.data, message.headers))
-        log.arrived.set()
-
-    await client.subscribe(f"{identity.namespace}.events.>", cb=received)
-    await client.flush()
-    try:
+    async with recording(EventLog(), nats_server.url, identity.namespace) as log:
         yield log
-    finally:
-        await client.drain()

@@ -12,7 +12,8 @@ from omni.segmentation.v1 import segmentation_pb2_grpc
 from omni_kit.embedded import EmbeddedNats, EmbeddedPostgres
 from omni_segmentation.main import start
 
-from .support import EventLog, Segmentation, event_log, new_service_settings
+from ..events import recording
+from .support import EventLog, Segmentation, new_service_settings
 
 
 @pytest.fixture(scope="module")
@@ -39,5 +40,5 @@ async def segmentation(postgres: EmbeddedPostgres, nats_server: EmbeddedNats) ->
 @pytest.fixture
 async def events(segmentation: Segmentation, nats_server: EmbeddedNats) -> AsyncIterator[EventLog]:
     """Every event published on the module's namespace during the test."""
-    async with event_log(nats_server.url, segmentation.namespace) as log:
+    async with recording(EventLog(), nats_server.url, segmentation.namespace) as log:
         yield log

@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-import nats
 import sqlalchemy as sa
 from google.protobuf import json_format, struct_pb2
 from google.protobuf.message import Message
-from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
 from omni.common.v1 import common_pb2
@@ -24,7 +21,7 @@ from omni.profile.v1 import events_pb2 as profile_events
 from omni.profile.v1 import profile_pb2
 from omni.segmentation.v1 import segmentation_pb2 as pb
 from omni.segmentation.v1 import segmentation_pb2_grpc
-from omni_kit.bus import envelopes_in, make_envelope, subject_for
+from omni_kit.bus import make_envelope, subject_for
 from omni_kit.embedded import EmbeddedNats, EmbeddedPostgres
 from omni_kit.ids import new_id_str
 from omni_kit.runtime import Runtime
@@ -206,24 +203,6 @@ def new_service_settings(postgres: EmbeddedPostgres, nats_server: EmbeddedNats) 
         clock_interval_s=0.1,
     )
     return settings, database
-
-
-@contextlib.asynccontextmanager
-async def event_log(nats_url: str, namespace: str) -> AsyncIterator[EventLog]:
-    """Every event published on the namespace while the block runs."""
-    client = await nats.connect(nats_url)
-    log = EventLog()
-
-    async def received(message: Msg) -> None:
-        log.envelopes.extend(envelopes_in(message.data, message.headers))
-        log.arrived.set()
-
-    await client.subscribe(f"{namespace}.events.>", cb=received)
-    await client.flush()
-    try:
-        yield log
-    finally:
-        await client.drain()
 
 
 async def eventually(check: Callable[[], Awaitable[T]], timeout_s: float = 5.0) -> T:

@@ -17,8 +17,9 @@ from omni.segmentation.v1 import segmentation_pb2_grpc
 from omni_kit.embedded import EmbeddedNats, EmbeddedPostgres
 from omni_segmentation.main import Settings, start
 
+from ..events import recording
 from .builders import cart, event_count, trait
-from .support import Segmentation, event_log, new_service_settings, person, trace_id_of, unique
+from .support import EventLog, Segmentation, new_service_settings, person, trace_id_of, unique
 from .test_membership import ENTERED, EXITED, entered_names
 
 
@@ -102,7 +103,7 @@ async def test_a_transactions_events_are_applied_together_as_one_by_one(
     sent.append(await service.track(traced, "page_viewed", trace_id=trace_id))
     sent.append(await service.track(traced, "page_viewed", trace_id=trace_id))
 
-    async with event_log(nats_server.url, settings.event_namespace) as log:
+    async with recording(EventLog(), nats_server.url, settings.event_namespace) as log:
         service = await serve(settings, started)
         await service.consumed(*sent)
         # One consumer transaction (the inbox keeps the transaction's time).

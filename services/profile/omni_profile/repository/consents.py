@@ -122,6 +122,7 @@ async def move_consents_to(session: AsyncSession, moves: Mapping[uuid.UUID, uuid
             "UPDATE consent_history SET person_id = m.survivor "
             "FROM unnest(CAST(:merged AS uuid[]), CAST(:survivors AS uuid[])) AS m(merged, survivor) "
             "WHERE consent_history.person_id = m.merged"
+            " AND consent_history.person_id = ANY(CAST(:merged AS uuid[]))"
         ),
         params,
     )

@@ -223,11 +223,14 @@ async def move_events_to(session: AsyncSession, moves: Mapping[uuid.UUID, uuid.U
     moved to each survivor that received any."""
     if not moves:
         return {}
+    # The join key is repeated as `= ANY(...)` (here and in the other moves of a merge): with the join alone,
+    # a cached generic plan may hash-join the few merged persons against a sequential scan of the table.
     rows = await session.execute(
         sa.text(
             "WITH moved AS (UPDATE events SET person_id = m.survivor "
             "FROM unnest(CAST(:merged AS uuid[]), CAST(:survivors AS uuid[])) AS m(merged, survivor) "
-            "WHERE events.person_id = m.merged RETURNING events.person_id) "
+            "WHERE events.person_id = m.merged AND events.person_id = ANY(CAST(:merged AS uuid[])) "
+            "RETURNING events.person_id) "
             "SELECT person_id, count(*) AS n FROM moved GROUP BY person_id"
         ),
         {"merged": list(moves), "survivors": list(moves.values())},

@@ -136,6 +136,7 @@ async def move_trait_changes_to(session: AsyncSession, moves: Mapping[uuid.UUID,
             "UPDATE trait_changes SET person_id = m.survivor "
             "FROM unnest(CAST(:merged AS uuid[]), CAST(:survivors AS uuid[])) AS m(merged, survivor) "
             "WHERE trait_changes.person_id = m.merged"
+            " AND trait_changes.person_id = ANY(CAST(:merged AS uuid[]))"
         ),
         {"merged": list(moves), "survivors": list(moves.values())},
     )

@@ -186,6 +186,11 @@ _INSERT_MANY = sa.text(
 )
 
 
+_MARK_PUBLISHED = sa.text(
+    "UPDATE outbox SET published_at = now(), payload = ''::bytea WHERE id = ANY(CAST(:ids AS uuid[]))"
+)
+
+
 class OutboxRelay:
     """Publishes committed outbox rows to JetStream, oldest first, with the row's id as Nats-Msg-Id.
 
@@ -244,11 +249,9 @@ class OutboxRelay:
                 headers["Nats-Msg-Id"] = str(row.id)
                 futures.append(await self._js.publish_async(row.subject, row.payload, headers=headers))
             await asyncio.gather(*futures)
-            await connection.execute(
-                outbox_table.update()
-                .where(outbox_table.c.id.in_([row.id for row in rows]))
-                .values(published_at=sa.func.now(), payload=b"")
-            )
+            # One array parameter, not an IN list: a list is a new statement (compiled, prepared and planned)
+            # for every count of rows.
+            await connection.execute(_MARK_PUBLISHED, {"ids": [row.id for row in rows]})
         self.published += len(rows)
         return len(rows)
 

@@ -91,7 +91,9 @@ class ProfileReader:
         """Connect the pool."""
         self._pool = await asyncpg.create_pool(
             self._dsn,
-            min_size=1,
+            # Every connection opened at start and kept: one opened in a burst of reads (connect, codecs,
+            # the statement's first planning) held up the reads queued behind it for tens of milliseconds.
+            min_size=self._size,
             max_size=self._size,
             init=_init_connection,
             reset=_nothing_to_reset,
@@ -136,6 +138,8 @@ async def _init_connection(connection: asyncpg.Connection) -> None:
         decoder=lambda data: orjson.loads(data[1:]),
         format="binary",
     )
+    # Prepared (and its generic plan made) now, by reading nobody, rather than by the first real read.
+    await connection.fetchrow(_READ_ASYNCPG, uuid.UUID(int=0), 0)
 
 
 def _profile_read(row: Mapping[Any, Any]) -> ProfileRead:

@@ -11,12 +11,12 @@ unlocked read.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Protocol
 
 from omni_identity.batch_ids import batch_ids
-from omni_identity.changes import GraphChanges, GraphEvent, RefusedLink, Resolution, ResolveRequest
+from omni_identity.changes import GraphChanges, GraphEvent, Held, RefusedLink, Resolution, ResolveRequest
 from omni_identity.erasure import TombstonePolicy, Tombstones
 from omni_identity.merge import MergeRecord
 from omni_identity.normalise import IdentifierKey
@@ -67,6 +67,25 @@ def _interleave(
                     survivors[merged] = resolution.person_id
         answers.append(resolution)
     return answers
+
+
+def _needs_tallies(
+    requests: Sequence[ResolveRequest], locked: Mapping[IdentifierKey, Held], watched: Collection[str]
+) -> bool:
+    """True when a request, as it stands, adds a counted value to a stored person or joins stored persons:
+    the rules then read those persons' counts."""
+    for request in requests:
+        holders = set()
+        adds_watched = False
+        for key in request.identifiers:
+            held = locked.get(key)
+            if held is not None:
+                holders.add(held.person_id)
+            elif key.type in watched:
+                adds_watched = True
+        if len(holders) > 1 or (holders and adds_watched):
+            return True
+    return False
 
 
 def person_forgotten(person_id: uuid.UUID) -> NotFound:
@@ -149,12 +168,18 @@ class Persons:
                 ignored=ignored,
             ).resolve_all(requests)
 
-        try:
-            changes = plan(None)
-        except MissingTallies:
-            # Only batches that add counted values to stored persons, or merge them, pay this read.
-            persons = {held.person_id for held in locked.values()}
+        persons = {held.person_id for held in locked.values()}
+        if _needs_tallies(requests, locked, self._rules.watched):
+            # Read before planning, not after a plan that stopped for want of them: a big batch nearly always
+            # has such a request, and its locks are held while the batch is planned.
             changes = plan(await repository.tallies(persons, self._rules.windows(now)))
+        else:
+            try:
+                changes = plan(None)
+            except MissingTallies:
+                # Only batches that add counted values to stored persons, or merge them, pay this read; an
+                # earlier request of the batch can lead a later one to a stored person.
+                changes = plan(await repository.tallies(persons, self._rules.windows(now)))
         if changes.changed:
             # The events go in the statement that writes the change: one round trip for both.
             staged = events.rows(changes.events, occurred_at=now, new_id=batch_ids(self._new_id))

@@ -213,6 +213,17 @@ async def events_of(
     return result
 
 
+# The join key is repeated as `= ANY(...)` (here and in the other moves of a merge): with the join alone, a
+# cached generic plan may hash-join the few merged persons against a sequential scan of the table.
+MOVE_EVENTS = sa.text(
+    "WITH moved AS (UPDATE events SET person_id = m.survivor "
+    "FROM unnest(CAST(:merged AS uuid[]), CAST(:survivors AS uuid[])) AS m(merged, survivor) "
+    "WHERE events.person_id = m.merged AND events.person_id = ANY(CAST(:merged AS uuid[])) "
+    "RETURNING events.person_id) "
+    "SELECT person_id, count(*) AS n FROM moved GROUP BY person_id"
+)
+
+
 async def move_events(session: AsyncSession, merged: Sequence[uuid.UUID], survivor: uuid.UUID) -> int:
     """Move the merged persons' events to the survivor; return how many moved."""
     return sum((await move_events_to(session, dict.fromkeys(merged, survivor))).values())
@@ -223,18 +234,7 @@ async def move_events_to(session: AsyncSession, moves: Mapping[uuid.UUID, uuid.U
     moved to each survivor that received any."""
     if not moves:
         return {}
-    # The join key is repeated as `= ANY(...)` (here and in the other moves of a merge): with the join alone,
-    # a cached generic plan may hash-join the few merged persons against a sequential scan of the table.
-    rows = await session.execute(
-        sa.text(
-            "WITH moved AS (UPDATE events SET person_id = m.survivor "
-            "FROM unnest(CAST(:merged AS uuid[]), CAST(:survivors AS uuid[])) AS m(merged, survivor) "
-            "WHERE events.person_id = m.merged AND events.person_id = ANY(CAST(:merged AS uuid[])) "
-            "RETURNING events.person_id) "
-            "SELECT person_id, count(*) AS n FROM moved GROUP BY person_id"
-        ),
-        {"merged": list(moves), "survivors": list(moves.values())},
-    )
+    rows = await session.execute(MOVE_EVENTS, {"merged": list(moves), "survivors": list(moves.values())})
     return {row.person_id: int(row.n) for row in rows}
 
 

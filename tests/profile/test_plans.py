@@ -12,6 +12,7 @@ import sqlalchemy as sa
 
 from omni_profile.repository import events
 
+from ..plans import generic_plan
 from .support import Services
 
 _EVENTS = (
@@ -32,14 +33,6 @@ async def test_a_merge_moves_events_by_the_person_index(services: Services) -> N
     async with services.database.begin() as connection:
         await connection.execute(sa.text(_EVENTS), {"persons": 25_000, "each": 4})
 
-    statement = str(events.MOVE_EVENTS).replace(":merged", "$1").replace(":survivors", "$2")
-    async with services.database.connect() as connection:
-        await connection.exec_driver_sql("SET plan_cache_mode = force_generic_plan")
-        await connection.exec_driver_sql(f"PREPARE move AS {statement}")
-        plan = "\n".join(
-            row[0] for row in await connection.exec_driver_sql("EXPLAIN EXECUTE move(NULL, NULL)")
-        )
-        await connection.exec_driver_sql("DEALLOCATE move")
-        await connection.rollback()
+    plan = await generic_plan(services.database, str(events.MOVE_EVENTS))
 
     assert "Seq Scan on events" not in plan, plan

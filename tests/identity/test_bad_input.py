@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 
@@ -80,6 +81,11 @@ async def test_resolve_without_identifiers_is_refused(identity: Identity, nothin
         pytest.param(ident("user_id", "   "), "identifiers[1].value", id="blank-value"),
         pytest.param(ident("user_id", "u" * 257), "identifiers[1].value", id="oversize-value"),
         pytest.param(ident("email", "a" * 250 + "@example.com"), "identifiers[1].value", id="oversize-email"),
+        pytest.param(ident("user_id", "u-\x00-1"), "identifiers[1].value", id="nul-in-value"),
+        pytest.param(
+            ident("device_id", "dev\x1b[0m"), "identifiers[1].value", id="control-character-in-value"
+        ),
+        pytest.param(ident("email", "ada\x00@example.com"), "identifiers[1].value", id="nul-in-email"),
     ],
 )
 async def test_a_bad_identifier_refuses_the_whole_request(
@@ -109,6 +115,38 @@ async def test_too_many_identifiers_are_refused(identity: Identity, nothing_writ
 async def test_an_oversize_source_is_refused(identity: Identity, nothing_written: None) -> None:
     details = await _resolve_error(identity, ident("device_id", unique()), source="s" * 129)
     assert details.fields == {"source"}
+
+
+@pytest.mark.parametrize("source", ["web\x00", "pos\n2"], ids=["nul", "line-break"])
+async def test_a_source_with_control_characters_is_refused(
+    identity: Identity, nothing_written: None, source: str
+) -> None:
+    details = await _resolve_error(identity, ident("device_id", unique()), source=source)
+    assert details.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert details.fields == {"source"}
+
+
+async def test_a_bad_single_resolve_does_not_fail_the_calls_resolved_with_it(identity: Identity) -> None:
+    # Single resolves arriving together share one transaction: a value the database cannot store must be
+    # refused before it joins them, or every call of its group would fail with it.
+    good = [
+        identity.stub.ResolvePerson(
+            identity_pb2.ResolvePersonRequest(identifiers=[ident("device_id", unique())])
+        )
+        for _ in range(30)
+    ]
+    bad = identity.stub.ResolvePerson(
+        identity_pb2.ResolvePersonRequest(identifiers=[ident("device_id", unique() + "\x00")])
+    )
+    results = await asyncio.gather(*good[:15], bad, *good[15:], return_exceptions=True)
+    failed = [r for r in results if isinstance(r, grpc.aio.AioRpcError)]
+    assert len(failed) == 1
+    assert status_details(failed[0]).fields == {"identifiers[0].value"}
+    assert all(
+        isinstance(r, identity_pb2.ResolvePersonResponse) and r.resolution.created
+        for r in results
+        if r not in failed
+    )
 
 
 async def test_a_batch_with_one_bad_request_writes_nothing(identity: Identity, nothing_written: None) -> None:
@@ -225,6 +263,8 @@ async def _merged_pair(identity: Identity) -> tuple[str, str]:
         ({"merged_person_id": ""}, {"merged_person_id"}),
         ({"merged_person_id": PERSON}, {"merged_person_id"}),
         ({"reason": "r" * 513}, {"reason"}),
+        ({"reason": "wrong\x00merge"}, {"reason"}),
+        ({"request_id": "r\x00"}, {"request_id"}),
     ],
     ids=[
         "missing-request-id",
@@ -234,6 +274,8 @@ async def _merged_pair(identity: Identity) -> tuple[str, str]:
         "missing-merged",
         "merge-with-itself",
         "oversize-reason",
+        "nul-in-reason",
+        "nul-in-request-id",
     ],
 )
 async def test_bad_merge_requests_are_refused(
@@ -332,6 +374,7 @@ async def test_bad_unmerge_requests_are_refused(
         ({"requested_by": "x" * 257}, {"requested_by"}),
         ({"request_id": ""}, {"request_id"}),
         ({"reason": "r" * 513}, {"reason"}),
+        ({"requested_by": "dpo\x07"}, {"requested_by"}),
     ],
     ids=[
         "missing-person-id",
@@ -339,6 +382,7 @@ async def test_bad_unmerge_requests_are_refused(
         "oversize-requested-by",
         "missing-request-id",
         "oversize-reason",
+        "control-character-in-requested-by",
     ],
 )
 async def test_bad_forget_requests_are_refused(

@@ -7,6 +7,7 @@ violations. Clients read them back with `status_details`.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 import grpc
@@ -86,6 +87,17 @@ class Unavailable(OmniError):
 
     reason: str = "UNAVAILABLE"
     code = grpc.StatusCode.UNAVAILABLE
+
+
+# Control characters: PostgreSQL cannot store NUL in text at all, and the others in a name, an id or a
+# source are corruption rather than data. Free text (a reason) may keep tabs and line breaks.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_CONTROL_IN_FREE_TEXT = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
+def has_control_characters(value: str, *, free_text: bool = False) -> bool:
+    """Whether value holds control characters (for free text, other than tab, line feed and return)."""
+    return (_CONTROL_IN_FREE_TEXT if free_text else _CONTROL).search(value) is not None
 
 
 class Violations:

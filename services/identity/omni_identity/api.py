@@ -27,7 +27,13 @@ from omni_identity.operators import Operators
 from omni_identity.persons import Persons
 from omni_identity.repository import ConcurrentMerge, IdentityRepository
 from omni_identity.resolution import dedupe
-from omni_kit.errors import AlreadyExists, FailedPrecondition, Unavailable, Violations
+from omni_kit.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    Unavailable,
+    Violations,
+    has_control_characters,
+)
 from omni_kit.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -39,7 +45,6 @@ MAX_BATCH = 1000
 MAX_IDENTIFIERS_PER_REQUEST = 100
 MAX_IDENTIFIERS_PER_BATCH = 10_000
 _YIELD_EVERY = 500
-MAX_SOURCE_LENGTH = 128
 
 # Deadlock, serialisation failure, unique violation: the locks make them unexpected, but if one happens
 # the whole transaction is safe to run again.
@@ -305,18 +310,19 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
         """Validate and normalise one identifier set, recording violations under prefix (None if it has any)."""
         count = len(request.identifiers)
         # Messages and paths are built only for what is wrong: a batch checks thousands of identifiers.
-        if not 0 < count <= MAX_IDENTIFIERS_PER_REQUEST or len(request.source) > MAX_SOURCE_LENGTH:
+        source = request.source
+        if (
+            not 0 < count <= MAX_IDENTIFIERS_PER_REQUEST
+            or len(source) > messages.MAX_SOURCE_LENGTH
+            or (source and has_control_characters(source))
+        ):
             violations.check(count > 0, f"{prefix}identifiers", "at least one identifier is required")
             violations.check(
                 count <= MAX_IDENTIFIERS_PER_REQUEST,
                 f"{prefix}identifiers",
                 f"at most {MAX_IDENTIFIERS_PER_REQUEST} identifiers per request",
             )
-            violations.check(
-                len(request.source) <= MAX_SOURCE_LENGTH,
-                f"{prefix}source",
-                f"is longer than {MAX_SOURCE_LENGTH} characters",
-            )
+            messages.source(source, f"{prefix}source", messages.MAX_SOURCE_LENGTH, violations)
         keys = []
         valid = count > 0
         normalise = self._normaliser.normalise
@@ -328,7 +334,7 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
                 valid = False
         if not valid:
             return None
-        return ResolveRequest(identifiers=dedupe(keys), source=request.source.strip())
+        return ResolveRequest(identifiers=dedupe(keys), source=source.strip())
 
     def _identifier(
         self, type_name: str, value: str, path: str, violations: Violations

@@ -11,12 +11,13 @@ from omni_identity.erasure import ErasureRecord
 from omni_identity.events import identifier_messages
 from omni_identity.merge import MergeRecord, MergeRule
 from omni_identity.reads import IdentifierRecord, PersonRecord
-from omni_kit.errors import Violations
+from omni_kit.errors import Violations, has_control_characters
 from omni_kit.ids import parse_uuid
 
 MAX_REQUEST_ID_LENGTH = 128
 MAX_REASON_LENGTH = 512
 MAX_REQUESTED_BY_LENGTH = 256
+MAX_SOURCE_LENGTH = 128
 
 _RULES = {
     RefusalRule.LIMIT: identity_pb2.REFUSAL_RULE_LIMIT,
@@ -71,12 +72,26 @@ def request_id(value: str, violations: Violations) -> str:
 
 
 def text(value: str, path: str, limit: int, violations: Violations, *, required: bool = False) -> str:
-    """Free text of an operator (a reason, who asked), trimmed; at most limit characters."""
+    """Free text of an operator (a reason, who asked), trimmed; at most limit characters, no control
+    characters other than tabs and line breaks."""
     value = value.strip()
     if required and not value:
         violations.add(path, "is required")
     elif len(value) > limit:
         violations.add(path, f"is longer than {limit} characters")
+    elif has_control_characters(value, free_text=True):
+        violations.add(path, "holds control characters")
+    return value
+
+
+def source(value: str, path: str, limit: int, violations: Violations) -> str:
+    """Where a request comes from (a system's name), trimmed; at most limit characters, no control
+    characters."""
+    value = value.strip()
+    if len(value) > limit:
+        violations.add(path, f"is longer than {limit} characters")
+    elif has_control_characters(value):
+        violations.add(path, "holds control characters")
     return value
 
 

@@ -2,7 +2,7 @@
 
 Emails are trimmed and lower-cased; phones become E.164 (``+14155550123``) with the ``phonenumbers`` library,
 numbers without a leading ``+`` read in the default region; every other type is trimmed. A value that is
-malformed, too long or blocked is refused with an IdentifierError naming the offending part ("type" or
+malformed, too long, blocked or holding control characters is refused with an IdentifierError naming the offending part ("type" or
 "value"), which the transport turns into a field violation.
 """
 
@@ -14,6 +14,7 @@ from typing import Literal, NamedTuple
 import phonenumbers
 
 from omni_identity.identifier_types import IdentifierType, IdentifierTypeRegistry, NormalisationKind
+from omni_kit.errors import has_control_characters
 
 # Something@something.tld, no spaces, exactly one @: enough to refuse what is clearly not an address
 # without pretending to implement RFC 5322.
@@ -72,6 +73,8 @@ class Normaliser:
         value = value.strip()
         if not value:
             raise IdentifierError("value", "is required")
+        if has_control_characters(value):
+            raise IdentifierError("value", "holds control characters")
         if identifier_type.kind is NormalisationKind.EMAIL:
             normalised = normalise_email(value)
         elif identifier_type.kind is NormalisationKind.PHONE:

@@ -93,6 +93,13 @@ async def test_oversize_source_and_request_id(server: MatchingServer) -> None:
     assert await refused(server, call) == {"source", "request_id"}
 
 
+async def test_control_characters(server: MatchingServer) -> None:
+    # PostgreSQL cannot store a NUL in text: it must be refused as bad input, not fail as an internal error.
+    record = with_fields(person(), given_name="Ad\x00a", postcode="2000\n")
+    call = match_call(server, record, source="store\x00", request_id="r\x1f")
+    assert await refused(server, call) == {"record.given_name", "record.postcode", "source", "request_id"}
+
+
 async def test_batch_with_one_bad_record_writes_none(server: MatchingServer) -> None:
     bad = with_fields(person(), date_of_birth=matching_pb2.CalendarDate(year=1980, month=4, day=31))
     request = matching_pb2.BatchMatchRecordsRequest(

@@ -27,7 +27,7 @@ from omni_identity.matching.messages import (
 from omni_identity.matching.records import NormalisedRecord
 from omni_identity.matching.repository import MatchRepository
 from omni_identity.matching.training import TrainingError
-from omni_kit.errors import FailedPrecondition, Violations
+from omni_kit.errors import FailedPrecondition, Violations, has_control_characters
 from omni_kit.ids import parse_uuid
 from omni_kit.runtime import Runtime
 
@@ -36,7 +36,6 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 MAX_BATCH = 1000
-MAX_SOURCE_LENGTH = 128
 MAX_REQUEST_ID_LENGTH = 128
 DEFAULT_TRAINING_RECORDS = 50_000
 MAX_TRAINING_RECORDS = 200_000
@@ -267,11 +266,10 @@ class MatchingServicer(matching_pb2_grpc.MatchingServiceServicer):
 
 
 def _check_request(source: str, request_id: str, violations: Violations) -> None:
-    violations.check(
-        len(source) <= MAX_SOURCE_LENGTH, "source", f"is longer than {MAX_SOURCE_LENGTH} characters"
-    )
+    identity_messages.source(source, "source", identity_messages.MAX_SOURCE_LENGTH, violations)
     violations.check(
         len(request_id) <= MAX_REQUEST_ID_LENGTH,
         "request_id",
         f"is longer than {MAX_REQUEST_ID_LENGTH} characters",
     )
+    violations.check(not has_control_characters(request_id), "request_id", "holds control characters")

@@ -12,7 +12,7 @@ from omni_identity.matching.linking import DecisionRecord, ReviewOutcome, Settle
 from omni_identity.matching.matcher import Candidate, Decision, Policy
 from omni_identity.matching.normalise import normalise_record
 from omni_identity.matching.records import Identifier, NormalisedRecord, PersonRecord
-from omni_kit.errors import Violations
+from omni_kit.errors import Violations, has_control_characters
 
 MAX_TEXT_LENGTH = 256
 MAX_IDENTIFIERS = 20
@@ -68,11 +68,11 @@ def read_record(
     """Validate and normalise a record, recording violations under path; None when it has any."""
     before = len(violations.items)
     for name in _TEXT_FIELDS:
-        violations.check(
-            len(getattr(message, name)) <= MAX_TEXT_LENGTH,
-            f"{path}.{name}",
-            f"is longer than {MAX_TEXT_LENGTH} characters",
-        )
+        value = getattr(message, name)
+        if len(value) > MAX_TEXT_LENGTH:
+            violations.add(f"{path}.{name}", f"is longer than {MAX_TEXT_LENGTH} characters")
+        elif has_control_characters(value):
+            violations.add(f"{path}.{name}", "holds control characters")
     birth = None
     if message.HasField("date_of_birth"):
         birth = _read_date(message.date_of_birth, f"{path}.date_of_birth", violations, today=today)

@@ -108,3 +108,62 @@ async def test_identifiers_are_listed_in_attach_order_with_how_they_came(identit
     )
     assert first.attach_time.ToDatetime() <= second.attach_time.ToDatetime() <= third.attach_time.ToDatetime()
     assert all(uuid.UUID(i.id).version == 7 for i in listed)
+
+
+async def test_a_sixth_cookie_in_a_week_is_refused_and_older_cookies_stop_counting(
+    identity: Identity,
+) -> None:
+    # anonymous_id: at most 5 values attached within 7 days (the defaults); counted by the database.
+    account = unique("u-")
+    owner = await resolve(identity, ident("user_id", account))
+    cookies = [unique("c-") for _ in range(6)]
+    for cookie in cookies[:5]:
+        assert (
+            await resolve(identity, ident("user_id", account), ident("anonymous_id", cookie))
+        ).person_id == (owner.person_id)
+
+    sixth = await resolve(identity, ident("user_id", account), ident("anonymous_id", cookies[5]))
+
+    assert sixth.person_id == owner.person_id and list(sixth.added_identifiers) == []
+    [link] = sixth.refused_links
+    assert (link.identifier.type, link.identifier.value) == ("anonymous_id", cookies[5])
+    assert link.rule == identity_pb2.REFUSAL_RULE_LIMIT and link.rule_identifier_type == "anonymous_id"
+    assert "within 7 days" in link.description
+
+    # A week later the five no longer count: the next cookie is attached.
+    async with identity.runtime.engine.begin() as connection:
+        await connection.execute(
+            sa.text(
+                "UPDATE identifiers SET created_at = created_at - interval '8 days'"
+                " WHERE type = 'anonymous_id' AND value = ANY(:values)"
+            ),
+            {"values": cookies[:5]},
+        )
+    later = await resolve(identity, ident("user_id", account), ident("anonymous_id", cookies[5]))
+    assert later.person_id == owner.person_id and later.refused_links == []
+    assert pairs(later.added_identifiers) == {("anonymous_id", cookies[5])}
+
+
+async def test_a_device_alone_does_not_join_two_loyalty_card_holders(identity: Identity) -> None:
+    # Trust: a low-trust identifier may not on its own join a person holding a high-trust identifier to a
+    # side carrying another one, although the loyalty card limit (3) would allow the two cards.
+    tablet, card, other_card = unique("tablet-"), unique("card-"), unique("card-")
+    owner = await resolve(identity, ident("loyalty_card", card), ident("device_id", tablet), source="pos")
+
+    other = await resolve(
+        identity, ident("device_id", tablet), ident("loyalty_card", other_card), source="pos"
+    )
+
+    assert other.created and other.person_id != owner.person_id
+    assert pairs(other.added_identifiers) == {("loyalty_card", other_card)}
+    [link] = other.refused_links
+    assert (link.identifier.type, link.identifier.value) == ("device_id", tablet)
+    assert link.rule == identity_pb2.REFUSAL_RULE_TRUST and link.rule_identifier_type == "device_id"
+    assert link.holder_person_id == owner.person_id
+    [listed] = await refused_links_of(identity, owner.person_id)
+    assert listed.id == link.id and listed.rule == identity_pb2.REFUSAL_RULE_TRUST
+    # An email (medium trust) seen with both cards does join them.
+    email = f"{unique('card')}@example.com"
+    await resolve(identity, ident("loyalty_card", card), ident("email", email))
+    joined = await resolve(identity, ident("email", email), ident("loyalty_card", other_card))
+    assert joined.person_id == owner.person_id and set(joined.merged_person_ids) == {other.person_id}

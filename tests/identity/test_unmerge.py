@@ -77,6 +77,8 @@ async def test_an_unmerge_splits_the_person_back_along_the_lineage(
         merge.undo_time == response.merge.undo_time
         and merge.rule == identity_pb2.MERGE_RULE_SHARED_IDENTIFIERS
     )
+    # The restored person's own lineage keeps the merge that took it away, undone.
+    assert [m.id for m in await lineage(identity, app.person_id)] == [merge.id]
     listed = {
         (i.identifier.type, i.identifier.value): i for i in await identifiers_of(identity, app.person_id)
     }

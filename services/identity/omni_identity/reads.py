@@ -109,8 +109,14 @@ class GraphReader:
     async def merges_into(
         self, survivor_ids: Sequence[uuid.UUID], *, after: uuid.UUID | None, limit: int
     ) -> list[MergeRecord]:
-        """The merges whose survivor is one of these persons, in id (time) order, after a given merge id."""
-        query = sa.select(Merge).where(Merge.survivor_id.in_(survivor_ids)).order_by(Merge.id).limit(limit)
+        """The merges whose survivor is one of these persons, or that took one of them away (undone, for a
+        live person), in id (time) order, after a given merge id."""
+        query = (
+            sa.select(Merge)
+            .where(sa.or_(Merge.survivor_id.in_(survivor_ids), Merge.merged_id.in_(survivor_ids)))
+            .order_by(Merge.id)
+            .limit(limit)
+        )
         if after is not None:
             query = query.where(Merge.id > after)
         result = await self.session.execute(query)

@@ -81,11 +81,8 @@ async def test_a_request_linking_two_persons_merges_them_into_the_oldest(
     payload = unpack(envelope, events_pb2.PersonsMergedEvent)
     assert payload.survivor_person_id == web.person_id
     assert list(payload.merged_person_ids) == [app.person_id]
-    assert pairs(payload.cause_identifiers) == {
-        ("anonymous_id", cookie),
-        ("device_id", device),
-        ("email", email),
-    }
+    # What linked the two persons; the email came along and linked nothing.
+    assert pairs(payload.cause_identifiers) == {("anonymous_id", cookie), ("device_id", device)}
     assert payload.source == "test"
 
     async with identity.runtime.engine.connect() as connection:

@@ -133,7 +133,8 @@ class Resolver:
             decision = choose_survivor(holders)
             resolution = Resolution(person_id=decision.survivor_id)
             if decision.merged_ids:
-                self._merge(decision.survivor_id, decision.merged_ids, kept)
+                held_by = {key: self._holder[key] for key in identifiers if key in self._holder}
+                self._merge(decision.survivor_id, decision.merged_ids, held_by, request.source)
                 resolution.merged_person_ids = list(decision.merged_ids)
             resolution.added_identifiers = self._attach(decision.survivor_id, kept, Attachment.MATCHED)
         resolution.ignored_identifiers = ignored
@@ -190,8 +191,17 @@ class Resolver:
         return added
 
     def _merge(
-        self, survivor_id: uuid.UUID, merged_ids: Sequence[uuid.UUID], request: ResolveRequest
+        self,
+        survivor_id: uuid.UUID,
+        merged_ids: Sequence[uuid.UUID],
+        held_by: Mapping[IdentifierKey, uuid.UUID],
+        source: str,
     ) -> None:
+        """Merge persons the request linked; held_by: who held each of its identifiers before it.
+
+        A merge's cause is the identifiers that linked its two persons (those the request found them by), not
+        the new ones the request brought along.
+        """
         held = self._held[survivor_id]
         for merged_id in merged_ids:
             self.changes.merged_into[merged_id] = survivor_id
@@ -210,14 +220,14 @@ class Resolver:
                     id=self._new_id(),
                     survivor_id=survivor_id,
                     merged_id=merged_id,
-                    cause_identifiers=tuple(request.identifiers),
-                    source=request.source,
+                    cause_identifiers=tuple(
+                        key for key, holder in held_by.items() if holder in (survivor_id, merged_id)
+                    ),
+                    source=source,
                     merged_at=self.changes.now,
                 )
             )
-        self.changes.events.append(
-            PersonsMerged(survivor_id, tuple(merged_ids), tuple(request.identifiers), request.source)
-        )
+        self.changes.events.append(PersonsMerged(survivor_id, tuple(merged_ids), tuple(held_by), source))
 
     def _record(self, refusal: Refusal, resolved_to: uuid.UUID, source: str) -> RefusedLink:
         now = self.changes.now

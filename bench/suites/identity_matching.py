@@ -23,25 +23,34 @@ async def run(ctx: BenchContext) -> list[Result]:
     figures: dict[str, Any] = await asyncio.to_thread(run_bench)
     omni, ecm, guide = figures["omni"], figures["recordlinkage_ecm"], figures["recordlinkage_guide"]
     reviewed = figures["omni_relatives_reviewed"]
-    quality = (
-        f"precision {omni['precision']:.4f}, recall {omni['recall']:.4f}; with the service's default guard "
-        f"(relatives to review) F1 {reviewed['f1']:.4f}; peer ECM precision {ecm['precision']:.4f}, "
-        f"recall {ecm['recall']:.4f}"
-    )
+    peers = [
+        Baseline("recordlinkage ECM, wider blocking", ecm["f1"], "F1"),
+        Baseline("recordlinkage as its FEBRL4 guide", guide["f1"], "F1"),
+    ]
+    peer = f"peer ECM precision {ecm['precision']:.4f}, recall {ecm['recall']:.4f}"
     return [
         Result(
             suite=SUITE,
-            name="FEBRL4 F1",
+            name="FEBRL4 F1 (relatives linked: OMNI_IDENTITY_MATCHING_REVIEW_RELATIVES=false)",
             value=omni["f1"],
             unit="F1",
             higher_is_better=True,
-            baselines=[
-                Baseline("recordlinkage ECM, wider blocking", ecm["f1"], "F1"),
-                Baseline("recordlinkage as its FEBRL4 guide", guide["f1"], "F1"),
-            ],
+            baselines=peers,
             targets=[Target(">=", 0.98), Target(">=", 1.0, on="ratio")],
-            notes=quality,
+            notes=f"precision {omni['precision']:.4f}, recall {omni['recall']:.4f}; {peer}",
             details=figures,
+        ),
+        Result(
+            suite=SUITE,
+            name="FEBRL4 F1 (default settings: relatives to review)",
+            value=reviewed["f1"],
+            unit="F1",
+            higher_is_better=True,
+            baselines=peers,
+            targets=[Target(">=", 0.98), Target(">=", 1.0, on="ratio")],
+            notes=f"precision {reviewed['precision']:.4f}, recall {reviewed['recall']:.4f}; a pair that "
+            "differs in both given name and date of birth goes to an operator's review instead of being "
+            "linked, and counts here as not linked; " + peer,
         ),
         Result(
             suite=SUITE,

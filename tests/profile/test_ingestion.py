@@ -41,9 +41,11 @@ async def test_an_event_without_a_source_is_the_apis(services: Services) -> None
     response = await track(services, message)
     [stored] = (await get_profile(services, response.person_id)).recent_events
     assert stored.source == "api"
-    assert await track(
+    again = await track(
         services, _sourced(event(id_=message.id, identifiers=list(message.identifiers)), "api")
     )
+    assert again.status == profile_pb2.TRACK_STATUS_DUPLICATE
+    assert again.duplicate and again.person_id == response.person_id
 
 
 async def test_a_retried_batch_is_applied_once(services: Services) -> None:

@@ -146,6 +146,28 @@ class Segmentation:
             payload, event_type="identity.persons_merged", producer="identity", person_id=survivor_id
         )
 
+    async def unmerged(
+        self, survivor_id: str, restored_id: str, *restored_merged_ids: str
+    ) -> envelope_pb2.Envelope:
+        """Publish identity.persons_unmerged."""
+        payload = identity_events.PersonsUnmergedEvent(
+            survivor_person_id=survivor_id,
+            restored_person_id=restored_id,
+            restored_merged_person_ids=list(restored_merged_ids),
+            reason="wrongly linked",
+        )
+        return await self.publish(
+            payload, event_type="identity.persons_unmerged", producer="identity", person_id=restored_id
+        )
+
+    async def redeliver(self, envelope: envelope_pb2.Envelope) -> None:
+        """Publish an envelope again under a new JetStream message id, as a redelivery past NATS's duplicate
+        window would bring it: the same event id reaches the consumer a second time."""
+        headers = {**envelope.trace_context, "Nats-Msg-Id": new_id_str()}
+        await self.js.publish(
+            subject_for(envelope.type, self.namespace), envelope.SerializeToString(), headers=headers
+        )
+
     async def create(self, name: str, condition: pb.Condition, description: str = "") -> pb.Segment:
         """Create a segment and return it."""
         response = await self.stub.CreateSegment(

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from omni_segmentation.erasure import PersonEraser
     from omni_segmentation.facts import FactsRecorder
     from omni_segmentation.merge import PersonMerger
+    from omni_segmentation.unmerge import PersonUnmerger
 
 log = logging.getLogger(__name__)
 
@@ -32,9 +33,17 @@ PERSON_EXITED_SEGMENT = "segmentation.person_exited_segment"
 EVENT_TRACKED = "profile.event_tracked"
 PROFILE_CHANGED = "profile.profile_changed"
 PERSONS_MERGED = "identity.persons_merged"
+PERSONS_UNMERGED = "identity.persons_unmerged"
 PERSON_FORGOTTEN = "identity.person_forgotten"
 PERSON_ERASED = "profile.person_erased"
-CONSUMED = (EVENT_TRACKED, PROFILE_CHANGED, PERSONS_MERGED, PERSON_FORGOTTEN, PERSON_ERASED)
+CONSUMED = (
+    EVENT_TRACKED,
+    PROFILE_CHANGED,
+    PERSONS_MERGED,
+    PERSONS_UNMERGED,
+    PERSON_FORGOTTEN,
+    PERSON_ERASED,
+)
 
 
 def current_trace_context() -> dict[str, str]:
@@ -63,16 +72,19 @@ class EventHandlers:
     """Turns consumed envelopes into read-model changes; each runs in the consumer's transaction.
 
     Tracked events and profile changes, nearly all of the stream, are gathered and applied together when
-    the transaction's events are handled (`finish`), or before an erasure or a merge of a person they name,
-    which are applied in their place: one by one, each cost about ten statements, and ingestion brings
-    thousands a second.
+    the transaction's events are handled (`finish`), or before an erasure, or a merge or unmerge of a
+    person they name, which are applied in their place: one by one, each cost about ten statements, and
+    ingestion brings thousands a second.
     Events about persons segmentation does not know are fine (the person is learnt); malformed ids are
     logged and skipped, since retrying cannot fix them.
     """
 
-    def __init__(self, facts: FactsRecorder, merger: PersonMerger, eraser: PersonEraser) -> None:
+    def __init__(
+        self, facts: FactsRecorder, merger: PersonMerger, unmerger: PersonUnmerger, eraser: PersonEraser
+    ) -> None:
         self._facts = facts
         self._merger = merger
+        self._unmerger = unmerger
         self._eraser = eraser
 
     async def __call__(self, session: AsyncSession, envelope: envelope_pb2.Envelope) -> None:
@@ -85,6 +97,9 @@ class EventHandlers:
             return
         if envelope.type == PERSONS_MERGED:
             await self._persons_merged(session, envelope)
+            return
+        if envelope.type == PERSONS_UNMERGED:
+            await self._persons_unmerged(session, envelope)
             return
         await self.finish(session)
         if envelope.type == PERSON_FORGOTTEN:
@@ -163,6 +178,27 @@ class EventHandlers:
             session,
             survivor_id=survivor_id,
             merged_ids=[m for m in merged_ids if m is not None],
+            trace_context=current_trace_context(),
+            now=datetime.now(UTC),
+        )
+
+    async def _persons_unmerged(self, session: AsyncSession, envelope: envelope_pb2.Envelope) -> None:
+        unmerge = unpack(envelope, identity_events.PersonsUnmergedEvent)
+        survivor_id = parse_uuid(unmerge.survivor_person_id)
+        restored_id = parse_uuid(unmerge.restored_person_id)
+        also = [parse_uuid(m) for m in unmerge.restored_merged_person_ids]
+        if survivor_id is None or restored_id is None or any(m is None for m in also):
+            log.warning("skipping persons_unmerged %s: malformed person ids", envelope.id)
+            return
+        restored_merged = [m for m in also if m is not None]
+        # As for a merge: what was gathered about these persons is applied first, where the log put it.
+        if session.info.get(_NAMED, set()) & {survivor_id, restored_id, *restored_merged}:
+            await self.finish(session)
+        await self._unmerger.unmerge(
+            session,
+            survivor_id=survivor_id,
+            restored_id=restored_id,
+            restored_merged_ids=restored_merged,
             trace_context=current_trace_context(),
             now=datetime.now(UTC),
         )

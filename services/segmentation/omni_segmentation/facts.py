@@ -52,7 +52,14 @@ class FactsRecorder:
         await self._repository.add_occurrences(
             session,
             [
-                Occurrence(survivors.get(e.person_id, e.person_id), e.event_id, e.event_type, e.occurred_at)
+                Occurrence(
+                    survivors.get(e.person_id, e.person_id),
+                    e.event_id,
+                    e.event_type,
+                    e.occurred_at,
+                    # Whom a redirected event named, so an unmerge of that person can give it back.
+                    e.person_id if e.person_id in survivors else None,
+                )
                 for e in tracked
             ],
         )

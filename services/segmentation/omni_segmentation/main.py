@@ -21,6 +21,7 @@ from omni_segmentation.facts import FactsRecorder
 from omni_segmentation.membership import MembershipEvaluator
 from omni_segmentation.merge import PersonMerger
 from omni_segmentation.repository import Repository
+from omni_segmentation.unmerge import PersonUnmerger
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 SERVICE_NAME = "omni.segmentation.v1.SegmentationService"
@@ -57,6 +58,7 @@ async def start(settings: Settings) -> Runtime:
         handlers = EventHandlers(
             FactsRecorder(repository, evaluator),
             PersonMerger(repository, evaluator),
+            PersonUnmerger(repository, evaluator),
             PersonEraser(repository),
         )
         clock = Clock(

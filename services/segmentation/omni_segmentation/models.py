@@ -53,6 +53,9 @@ class EventOccurrenceRow(Base):
     event_id: Mapped[str] = mapped_column(sa.Text, primary_key=True)
     event_type: Mapped[str] = mapped_column(sa.Text)
     occurred_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True))
+    # The person the event named, when that person had been merged into person_id (directly, or moved here
+    # by a later merge); NULL when it named person_id itself. An unmerge gives these occurrences back.
+    origin_person_id: Mapped[uuid.UUID | None] = mapped_column(sa.Uuid)
 
 
 class LastEventRow(Base):

@@ -16,15 +16,16 @@ from omni_segmentation.models import EventOccurrenceRow, LastEventRow
 
 @dataclass(frozen=True)
 class Occurrence:
-    """One tracked event as segmentation keeps it."""
+    """One tracked event as segmentation keeps it: for whom it counts, and whom the event named when that
+    person had been merged into the one it counts for (None: the same person)."""
 
     person_id: uuid.UUID
     event_id: str
     event_type: str
     occurred_at: datetime
+    origin_id: uuid.UUID | None = None
 
 
-# Statements over arrays, one per batch of persons or events, whatever their number (an IN list would be
 # Statements over arrays, one per batch of persons or events, whatever their number (an IN list would be
 # a parameter per person, compiled and sent anew each time).
 _EVENT_TIMES = sa.text(
@@ -37,9 +38,9 @@ _LAST_EVENTS = sa.text(
     "WHERE person_id = ANY(CAST(:ids AS uuid[])) AND event_type = ANY(CAST(:types AS text[]))"
 )
 _ADD_OCCURRENCES = sa.text(
-    "INSERT INTO event_occurrences (person_id, event_id, event_type, occurred_at) "
+    "INSERT INTO event_occurrences (person_id, event_id, event_type, occurred_at, origin_person_id) "
     "SELECT * FROM unnest(CAST(:persons AS uuid[]), CAST(:ids AS text[]), CAST(:types AS text[]), "
-    "CAST(:ats AS timestamptz[])) ON CONFLICT DO NOTHING"
+    "CAST(:ats AS timestamptz[]), CAST(:origins AS uuid[])) ON CONFLICT DO NOTHING"
 )
 _RAISE_LAST_EVENTS = sa.text(
     "INSERT INTO person_last_events (person_id, event_type, last_at) "
@@ -63,6 +64,7 @@ class EventQueries:
                 "ids": [o.event_id for o in occurrences],
                 "types": [o.event_type for o in occurrences],
                 "ats": [o.occurred_at for o in occurrences],
+                "origins": [o.origin_id for o in occurrences],
             },
         )
         # One row per (person, type): ON CONFLICT DO UPDATE may not touch a row twice in one statement.
@@ -115,16 +117,21 @@ class EventQueries:
     async def move_events(
         self, session: AsyncSession, survivor_id: uuid.UUID, merged_ids: Sequence[uuid.UUID]
     ) -> None:
-        """Give the merged persons' event occurrences and last-seen times to the survivor."""
+        """Give the merged persons' event occurrences and last-seen times to the survivor; each occurrence
+        keeps the person its event named (the merged one, unless it had come from further back), so an
+        unmerge can give it back."""
         occurrences = sa.select(
             sa.literal(survivor_id, sa.Uuid),
             EventOccurrenceRow.event_id,
             EventOccurrenceRow.event_type,
             EventOccurrenceRow.occurred_at,
+            sa.func.coalesce(EventOccurrenceRow.origin_person_id, EventOccurrenceRow.person_id),
         ).where(EventOccurrenceRow.person_id.in_(merged_ids))
         await session.execute(
             insert(EventOccurrenceRow)
-            .from_select(["person_id", "event_id", "event_type", "occurred_at"], occurrences)
+            .from_select(
+                ["person_id", "event_id", "event_type", "occurred_at", "origin_person_id"], occurrences
+            )
             .on_conflict_do_nothing()
         )
         await session.execute(
@@ -147,6 +154,79 @@ class EventQueries:
             )
         )
         await session.execute(sa.delete(LastEventRow).where(LastEventRow.person_id.in_(merged_ids)))
+
+    async def give_back_events(
+        self,
+        session: AsyncSession,
+        survivor_id: uuid.UUID,
+        restored_id: uuid.UUID,
+        origin_ids: Sequence[uuid.UUID],
+    ) -> int:
+        """Move the survivor's occurrences whose events named one of origin_ids to the restored person (an
+        unmerge); return how many moved.
+
+        The restored person's last-seen times rise to the occurrences it got back. The survivor's time of a
+        type it had only through them falls to its latest remaining occurrence of that type, or goes when
+        none remains; a time older than every occurrence given back stays, since it may be its own.
+        """
+        rows = (
+            await session.execute(
+                sa.delete(EventOccurrenceRow)
+                .where(
+                    EventOccurrenceRow.person_id == survivor_id,
+                    EventOccurrenceRow.origin_person_id.in_(origin_ids),
+                )
+                .returning(
+                    EventOccurrenceRow.event_id,
+                    EventOccurrenceRow.event_type,
+                    EventOccurrenceRow.occurred_at,
+                    EventOccurrenceRow.origin_person_id,
+                )
+            )
+        ).all()
+        if not rows:
+            return 0
+        await self.add_occurrences(
+            session,
+            [
+                Occurrence(
+                    restored_id,
+                    row.event_id,
+                    row.event_type,
+                    row.occurred_at,
+                    row.origin_person_id if row.origin_person_id != restored_id else None,
+                )
+                for row in rows
+            ],
+        )
+        given: dict[str, datetime] = {}
+        for row in rows:
+            given[row.event_type] = max(given.get(row.event_type, row.occurred_at), row.occurred_at)
+        kept = (await self.last_events(session, [survivor_id], sorted(given))).get(survivor_id, {})
+        through_restored = sorted(t for t, at in kept.items() if at <= given[t])
+        if not through_restored:
+            return len(rows)
+        remaining = await session.execute(
+            sa.select(EventOccurrenceRow.event_type, sa.func.max(EventOccurrenceRow.occurred_at).label("at"))
+            .where(
+                EventOccurrenceRow.person_id == survivor_id,
+                EventOccurrenceRow.event_type.in_(through_restored),
+            )
+            .group_by(EventOccurrenceRow.event_type)
+        )
+        latest = {row.event_type: row.at for row in remaining}
+        await session.execute(
+            sa.delete(LastEventRow).where(
+                LastEventRow.person_id == survivor_id, LastEventRow.event_type.in_(through_restored)
+            )
+        )
+        if latest:
+            await session.execute(
+                insert(LastEventRow).values(
+                    [{"person_id": survivor_id, "event_type": t, "last_at": at} for t, at in latest.items()]
+                )
+            )
+        return len(rows)
 
     async def purge_occurrences(self, session: AsyncSession, before: datetime, limit: int) -> int:
         """Delete up to limit occurrences older than before; return how many went."""

@@ -160,6 +160,23 @@ class PersonQueries:
             )
         )
 
+    async def record_unmerge(
+        self, session: AsyncSession, restored_id: uuid.UUID, restored_merged_ids: Sequence[uuid.UUID]
+    ) -> None:
+        """Forget that restored_id leads elsewhere, and let restored_merged_ids lead to it again."""
+        await session.execute(sa.delete(MergedPersonRow).where(MergedPersonRow.person_id == restored_id))
+        merged = [m for m in dict.fromkeys(restored_merged_ids) if m != restored_id]
+        if not merged:
+            return
+        statement = insert(MergedPersonRow).values(
+            [{"person_id": m, "survivor_id": restored_id} for m in merged]
+        )
+        await session.execute(
+            statement.on_conflict_do_update(
+                index_elements=[MergedPersonRow.person_id], set_={"survivor_id": restored_id}
+            )
+        )
+
     async def set_next_checks(
         self, session: AsyncSession, checks: Mapping[uuid.UUID, datetime | None]
     ) -> None:

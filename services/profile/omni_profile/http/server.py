@@ -137,34 +137,12 @@ class HttpEndpoint:
         source = self._source(header_key if header_key is not None else payload.get("writeKey"))
         messages, batch_sent_at = _messages(payload, kind)
         outcome = Outcome()
-        pending: list[Pending] = []
-        origins: dict[int, list[str]] = {}
-        message_ids: dict[int, str] = {}
-        for index, message in enumerate(messages):
-            translated = segment.translate(
-                message,
-                source=source,
-                received_at=received_at,
-                batch_sent_at=batch_sent_at,
-                expected_type=kind,
-                previous_id_type=await self._previous_id_type(message, kind),
-            )
-            if isinstance(translated, segment.Refused):
-                message_ids[index] = translated.message_id
-                outcome.reject(
-                    Rejection(index, translated.message_id, translated.message, tuple(translated.violations))
-                )
-                continue
-            message_ids[index] = translated.event.id
-            origins[index] = translated.origins
-            pending.append(
-                Pending(
-                    index,
-                    wire.event_from_proto(translated.event, received_at=received_at),
-                    traits=translated.traits,
-                )
-            )
+        # Identity is asked twice on the way, for an alias call's previousId and to resolve the events; it
+        # being down is a 503 the libraries retry either way, never a refused message.
         try:
+            pending, message_ids, origins = await self._translate(
+                messages, kind, source, received_at, batch_sent_at, outcome
+            )
             await self._intake.ingest(pending, outcome)
         except (Unavailable, Aborted) as error:
             raise HttpError(503, "unavailable", f"{error.message}; retry later") from error
@@ -189,6 +167,46 @@ class HttpEndpoint:
                 "errors": errors,
             }
         )
+
+    async def _translate(
+        self,
+        messages: list[Any],
+        kind: str | None,
+        source: Source,
+        received_at: datetime,
+        batch_sent_at: datetime | None,
+        outcome: Outcome,
+    ) -> tuple[list[Pending], dict[int, str], dict[int, list[str]]]:
+        """The messages as checked events, refused ones counted in outcome; with, by position, each message's
+        id and the message fields its event's identifiers came from."""
+        pending: list[Pending] = []
+        message_ids: dict[int, str] = {}
+        origins: dict[int, list[str]] = {}
+        for index, message in enumerate(messages):
+            translated = segment.translate(
+                message,
+                source=source,
+                received_at=received_at,
+                batch_sent_at=batch_sent_at,
+                expected_type=kind,
+                previous_id_type=await self._previous_id_type(message, kind),
+            )
+            if isinstance(translated, segment.Refused):
+                message_ids[index] = translated.message_id
+                outcome.reject(
+                    Rejection(index, translated.message_id, translated.message, tuple(translated.violations))
+                )
+                continue
+            message_ids[index] = translated.event.id
+            origins[index] = translated.origins
+            pending.append(
+                Pending(
+                    index,
+                    wire.event_from_proto(translated.event, received_at=received_at),
+                    traits=translated.traits,
+                )
+            )
+        return pending, message_ids, origins
 
     async def _previous_id_type(self, message: Any, kind: str | None) -> str | None:
         """For an alias call: whether its previousId is a known cookie (anonymous_id) or a user id."""

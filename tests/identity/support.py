@@ -58,11 +58,11 @@ def pairs(identifiers: Iterable[common_pb2.Identifier]) -> set[tuple[str, str]]:
 
 
 async def resolve(
-    identity: Identity, *identifiers: common_pb2.Identifier, source: str = "test"
+    identity: Identity, *identifiers: common_pb2.Identifier, source: str = "test", reference: str = ""
 ) -> identity_pb2.Resolution:
     """Resolve one identifier set and return its resolution."""
     response = await identity.stub.ResolvePerson(
-        identity_pb2.ResolvePersonRequest(identifiers=list(identifiers), source=source)
+        identity_pb2.ResolvePersonRequest(identifiers=list(identifiers), source=source, reference=reference)
     )
     return response.resolution
 

@@ -7,10 +7,11 @@ import uuid
 import grpc
 import pytest
 
-from omni.identity.v1 import identity_pb2
+from omni.identity.v1 import events_pb2, identity_pb2
+from omni_kit.bus import unpack
 from omni_kit.errors import status_details
 
-from .support import Identity, ident, pairs, resolve, unique
+from .support import EventLog, Identity, ident, merge_persons, pairs, resolve, unique
 
 
 async def lineage(identity: Identity, person_id: str, page_size: int = 0) -> list[identity_pb2.Merge]:
@@ -82,3 +83,46 @@ async def test_the_lineage_of_an_unknown_person_is_not_found(identity: Identity)
             identity_pb2.ListPersonMergesRequest(person_id=str(uuid.uuid4()))
         )
     assert status_details(caught.value).code == grpc.StatusCode.NOT_FOUND
+
+
+async def test_a_merge_names_the_request_that_caused_it(identity: Identity, events: EventLog) -> None:
+    cookie, device = unique("c-"), unique("d-")
+    web = await resolve(identity, ident("anonymous_id", cookie), source="web")
+    app = await resolve(identity, ident("device_id", device), source="app")
+    linked = await resolve(
+        identity,
+        ident("anonymous_id", cookie),
+        ident("device_id", device),
+        source="web",
+        reference="web/evt-42",
+    )
+    assert list(linked.merged_person_ids) == [app.person_id]
+
+    [merge] = await lineage(identity, web.person_id)
+    assert (merge.reference, merge.source) == ("web/evt-42", "web")
+    [envelope] = [e for e in await events.wait_for("identity.persons_merged") if e.person_id == web.person_id]
+    assert unpack(envelope, events_pb2.PersonsMergedEvent).reference == "web/evt-42"
+
+    # An operator's merge is referenced by the call's request id.
+    other = await resolve(identity, ident("user_id", unique("u-")))
+    operated = await merge_persons(identity, web.person_id, other.person_id, request_id="ticket-7")
+    assert operated.merge.reference == "ticket-7"
+    assert [m.reference for m in await lineage(identity, web.person_id)] == ["web/evt-42", "ticket-7"]
+
+
+@pytest.mark.parametrize("reference", ["r" * 257, "evt\x00"], ids=["oversize", "control-character"])
+async def test_a_bad_reference_is_refused(identity: Identity, reference: str) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await identity.stub.BatchResolvePersons(
+            identity_pb2.BatchResolvePersonsRequest(
+                requests=[
+                    identity_pb2.ResolvePersonRequest(identifiers=[ident("device_id", unique())]),
+                    identity_pb2.ResolvePersonRequest(
+                        identifiers=[ident("device_id", unique())], reference=reference
+                    ),
+                ]
+            )
+        )
+    details = status_details(caught.value)
+    assert details.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert details.fields == {"requests[1].reference"}

@@ -226,6 +226,7 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
                 survivor_id,
                 merged_id,
                 reason,
+                request_id=request_id,
             )
             response = identity_pb2.MergePersonsResponse(
                 person=messages.person_message(merged.survivor), merge=messages.merge_message(merged.merge)
@@ -310,11 +311,13 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
         """Validate and normalise one identifier set, recording violations under prefix (None if it has any)."""
         count = len(request.identifiers)
         # Messages and paths are built only for what is wrong: a batch checks thousands of identifiers.
-        source = request.source
+        source, reference = request.source, request.reference
         if (
             not 0 < count <= MAX_IDENTIFIERS_PER_REQUEST
             or len(source) > messages.MAX_SOURCE_LENGTH
             or (source and has_control_characters(source))
+            or len(reference) > messages.MAX_REFERENCE_LENGTH
+            or (reference and has_control_characters(reference))
         ):
             violations.check(count > 0, f"{prefix}identifiers", "at least one identifier is required")
             violations.check(
@@ -323,6 +326,7 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
                 f"at most {MAX_IDENTIFIERS_PER_REQUEST} identifiers per request",
             )
             messages.source(source, f"{prefix}source", messages.MAX_SOURCE_LENGTH, violations)
+            messages.source(reference, f"{prefix}reference", messages.MAX_REFERENCE_LENGTH, violations)
         keys = []
         valid = count > 0
         normalise = self._normaliser.normalise
@@ -334,7 +338,7 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
                 valid = False
         if not valid:
             return None
-        return ResolveRequest(identifiers=dedupe(keys), source=source.strip())
+        return ResolveRequest(identifiers=dedupe(keys), source=source.strip(), reference=reference.strip())
 
     def _identifier(
         self, type_name: str, value: str, path: str, violations: Violations

@@ -22,6 +22,8 @@ class ResolveRequest:
 
     identifiers: tuple[IdentifierKey, ...]
     source: str = ""
+    reference: str = ""
+    """The caller's name for what carried the identifiers (an event's source and id); kept on merges."""
 
     def __post_init__(self) -> None:
         if not self.identifiers:
@@ -133,6 +135,7 @@ class PersonsMerged:
     cause_identifiers: tuple[IdentifierKey, ...]
     source: str
     reason: str = ""
+    reference: str = ""
 
 
 @dataclass(frozen=True)

@@ -56,6 +56,7 @@ def event_payload(event: GraphEvent) -> tuple[str, str, Message]:
                 cause_identifiers=identifier_messages(event.cause_identifiers),
                 source=event.source,
                 reason=event.reason,
+                reference=event.reference,
             ),
         )
     if isinstance(event, PersonsUnmerged):

@@ -43,6 +43,8 @@ class MergeRecord:
     undone_at: datetime | None = None
     """When an unmerge undid this merge; None while it stands."""
     undo_reason: str = ""
+    reference: str = ""
+    """What caused it: the resolve request's reference, or the operator call's request id."""
 
 
 @dataclass(frozen=True)

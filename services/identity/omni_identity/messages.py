@@ -18,6 +18,7 @@ MAX_REQUEST_ID_LENGTH = 128
 MAX_REASON_LENGTH = 512
 MAX_REQUESTED_BY_LENGTH = 256
 MAX_SOURCE_LENGTH = 128
+MAX_REFERENCE_LENGTH = 256
 
 _RULES = {
     RefusalRule.LIMIT: identity_pb2.REFUSAL_RULE_LIMIT,
@@ -85,8 +86,8 @@ def text(value: str, path: str, limit: int, violations: Violations, *, required:
 
 
 def source(value: str, path: str, limit: int, violations: Violations) -> str:
-    """Where a request comes from (a system's name), trimmed; at most limit characters, no control
-    characters."""
+    """A name the caller gives (where a request comes from, what carried it), trimmed; at most limit
+    characters, no control characters."""
     value = value.strip()
     if len(value) > limit:
         violations.add(path, f"is longer than {limit} characters")
@@ -148,6 +149,7 @@ def merge_message(merge: MergeRecord) -> identity_pb2.Merge:
         rule=_MERGE_RULES[merge.rule],
         reason=merge.reason,
         undo_reason=merge.undo_reason,
+        reference=merge.reference,
     )
     message.merge_time.FromDatetime(merge.merged_at)
     if merge.undone_at is not None:

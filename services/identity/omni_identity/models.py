@@ -86,6 +86,13 @@ class Merge(Base):
         sa.DateTime(timezone=True), nullable=True, comment="When an unmerge undid the merge."
     )
     undo_reason: Mapped[str] = mapped_column(sa.Text, nullable=False, server_default="")
+    reference: Mapped[str] = mapped_column(
+        sa.Text,
+        nullable=False,
+        server_default="",
+        comment="The resolve request's reference (e.g. the event that carried the identifiers) or the "
+        "operator call's request id.",
+    )
 
     __table_args__ = (
         sa.Index("merges_survivor_id", "survivor_id"),

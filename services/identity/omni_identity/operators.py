@@ -79,8 +79,12 @@ class Operators:
         survivor_id: uuid.UUID,
         merged_id: uuid.UUID,
         reason: str,
+        *,
+        request_id: str = "",
     ) -> Merged:
-        """Merge the person merged_id leads to into the one survivor_id leads to, if no limit forbids it."""
+        """Merge the person merged_id leads to into the one survivor_id leads to, if no limit forbids it.
+
+        The call's request_id is the merge's reference in the lineage."""
         survivor = _live_root(await repository.chain(survivor_id), survivor_id, "survivor_person_id")
         merged = _live_root(await repository.chain(merged_id), merged_id, "merged_person_id")
         if survivor.id == merged.id:
@@ -116,9 +120,12 @@ class Operators:
             merged_at=now,
             rule=MergeRule.OPERATOR,
             reason=reason,
+            reference=request_id,
         )
         await graph.insert_merges([record])
-        await events.publish([PersonsMerged(survivor.id, (merged.id,), (), OPERATOR_SOURCE, reason)])
+        await events.publish(
+            [PersonsMerged(survivor.id, (merged.id,), (), OPERATOR_SOURCE, reason, reference=request_id)]
+        )
         person = await graph.person(survivor.id)
         assert person is not None
         return Merged(person, record)

@@ -181,6 +181,7 @@ def merge_record(merge: Merge) -> MergeRecord:
         reason=merge.reason,
         undone_at=merge.undone_at,
         undo_reason=merge.undo_reason,
+        reference=merge.reference,
     )
 
 

@@ -107,11 +107,12 @@ _APPLY = (
     " $8::text[], $9::text[], $10::uuid[], $11::text[], $12::uuid[], $13::uuid[], $14::text[], $15::text[]"
     ") AS t(type, value, person_id, source, id, attached_to, via, attachment)"
     "), new_merges AS ("
-    " INSERT INTO merges (id, survivor_id, merged_id, cause_identifiers, source, merged_at, rule, reason)"
-    " SELECT id, survivor_id, merged_id, cause::jsonb, source, merged_at, rule, reason FROM unnest("
+    " INSERT INTO merges"
+    " (id, survivor_id, merged_id, cause_identifiers, source, merged_at, rule, reason, reference)"
+    " SELECT id, survivor_id, merged_id, cause::jsonb, source, merged_at, rule, reason, reference FROM unnest("
     " $16::uuid[], $17::uuid[], $18::uuid[], $19::text[], $20::text[], $21::timestamptz[], $22::text[],"
-    " $23::text[]"
-    ") AS t(id, survivor_id, merged_id, cause, source, merged_at, rule, reason)"
+    " $23::text[], $30::text[]"
+    ") AS t(id, survivor_id, merged_id, cause, source, merged_at, rule, reason, reference)"
     "), staged AS ("
     " INSERT INTO outbox (id, subject, type, person_id, payload, headers)"
     " SELECT id, subject, type, person_id, payload, headers::jsonb FROM unnest("
@@ -121,12 +122,14 @@ _APPLY = (
 )
 
 _INSERT_MERGES = sa.text(
-    "INSERT INTO merges (id, survivor_id, merged_id, cause_identifiers, source, merged_at, rule, reason)"
-    " SELECT id, survivor_id, merged_id, CAST(cause AS jsonb), source, merged_at, rule, reason FROM unnest("
+    "INSERT INTO merges"
+    " (id, survivor_id, merged_id, cause_identifiers, source, merged_at, rule, reason, reference)"
+    " SELECT id, survivor_id, merged_id, CAST(cause AS jsonb), source, merged_at, rule, reason, reference"
+    " FROM unnest("
     " CAST(:ids AS uuid[]), CAST(:survivor_ids AS uuid[]), CAST(:merged_ids AS uuid[]),"
     " CAST(:causes AS text[]), CAST(:sources AS text[]), CAST(:merged_ats AS timestamptz[]),"
-    " CAST(:rules AS text[]), CAST(:reasons AS text[])"
-    ") AS t(id, survivor_id, merged_id, cause, source, merged_at, rule, reason)"
+    " CAST(:rules AS text[]), CAST(:reasons AS text[]), CAST(:references AS text[])"
+    ") AS t(id, survivor_id, merged_id, cause, source, merged_at, rule, reason, reference)"
 )
 
 # A refusal seen again for the same person counts up its record instead of adding one.
@@ -256,6 +259,7 @@ class IdentityRepository(GraphReader):
             [m.rule.value for m in merges],
             [m.reason for m in merges],
             *events.columns(),
+            [m.reference for m in merges],
         )
         if changes.refused_links:
             await self._upsert_refused_links(driver, changes.refused_links, changes.now)
@@ -273,6 +277,7 @@ class IdentityRepository(GraphReader):
                 "merged_ats": [m.merged_at for m in merges],
                 "rules": [m.rule.value for m in merges],
                 "reasons": [m.reason for m in merges],
+                "references": [m.reference for m in merges],
             },
         )
 

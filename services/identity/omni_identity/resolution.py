@@ -134,7 +134,7 @@ class Resolver:
             resolution = Resolution(person_id=decision.survivor_id)
             if decision.merged_ids:
                 held_by = {key: self._holder[key] for key in identifiers if key in self._holder}
-                self._merge(decision.survivor_id, decision.merged_ids, held_by, request.source)
+                self._merge(decision.survivor_id, decision.merged_ids, held_by, request)
                 resolution.merged_person_ids = list(decision.merged_ids)
             resolution.added_identifiers = self._attach(decision.survivor_id, kept, Attachment.MATCHED)
         resolution.ignored_identifiers = ignored
@@ -195,7 +195,7 @@ class Resolver:
         survivor_id: uuid.UUID,
         merged_ids: Sequence[uuid.UUID],
         held_by: Mapping[IdentifierKey, uuid.UUID],
-        source: str,
+        request: ResolveRequest,
     ) -> None:
         """Merge persons the request linked; held_by: who held each of its identifiers before it.
 
@@ -223,11 +223,16 @@ class Resolver:
                     cause_identifiers=tuple(
                         key for key, holder in held_by.items() if holder in (survivor_id, merged_id)
                     ),
-                    source=source,
+                    source=request.source,
                     merged_at=self.changes.now,
+                    reference=request.reference,
                 )
             )
-        self.changes.events.append(PersonsMerged(survivor_id, tuple(merged_ids), tuple(held_by), source))
+        self.changes.events.append(
+            PersonsMerged(
+                survivor_id, tuple(merged_ids), tuple(held_by), request.source, reference=request.reference
+            )
+        )
 
     def _record(self, refusal: Refusal, resolved_to: uuid.UUID, source: str) -> RefusedLink:
         now = self.changes.now

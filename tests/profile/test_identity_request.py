@@ -10,7 +10,7 @@ from omni_profile.identity_client import IdentifierSet, batch_resolve_request
 
 def test_the_request_bytes_parse_to_the_request_the_message_classes_build() -> None:
     sets = [
-        IdentifierSet([Identifier("email", "Zoë.Ångström@example.com")], "web"),
+        IdentifierSet([Identifier("email", "Zoë.Ångström@example.com")], "web", "web_sdk/evt-ü1"),
         IdentifierSet([Identifier("anonymous_id", "a" * 300), Identifier("device_id", "d-1")], "app"),
         IdentifierSet([Identifier("phone", "+33 6 12 34 56 78")], ""),
     ]
@@ -19,6 +19,7 @@ def test_the_request_bytes_parse_to_the_request_the_message_classes_build() -> N
             identity_pb2.ResolvePersonRequest(
                 identifiers=[common_pb2.Identifier(type=i.type, value=i.value) for i in s.identifiers],
                 source=s.source,
+                reference=s.reference,
             )
             for s in sets
         ]

@@ -27,10 +27,12 @@ _UNAVAILABLE_CODES = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCE
 
 @dataclass(frozen=True)
 class IdentifierSet:
-    """Identifiers seen together, and where (the channel name, used as identity's source)."""
+    """Identifiers seen together, where (the channel name, used as identity's source), and what carried them
+    (the event's source and id: identity records it on the merges the set causes)."""
 
     identifiers: Sequence[Identifier]
     source: str
+    reference: str = ""
 
 
 @dataclass(frozen=True)
@@ -92,7 +94,7 @@ class IdentityClient:
 
 def batch_resolve_request(sets: Sequence[IdentifierSet]) -> bytes:
     """omni.identity.v1.BatchResolvePersonsRequest of these sets, encoded: requests = 1 (ResolvePersonRequest:
-    identifiers = 1 (Identifier: type = 1, value = 2), source = 2)."""
+    identifiers = 1 (Identifier: type = 1, value = 2), source = 2, reference = 3)."""
     return b"".join(
         [
             length_delimited(
@@ -105,7 +107,8 @@ def batch_resolve_request(sets: Sequence[IdentifierSet]) -> bytes:
                         for i in s.identifiers
                     ]
                 )
-                + (length_delimited(2, s.source.encode()) if s.source else b""),
+                + (length_delimited(2, s.source.encode()) if s.source else b"")
+                + (length_delimited(3, s.reference.encode()) if s.reference else b""),
             )
             for s in sets
         ]

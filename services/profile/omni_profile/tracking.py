@@ -73,7 +73,14 @@ class Tracker:
                 pending.append(index)
         rejected: dict[int, list[FieldViolation]] = {}
         while pending:
-            sets = [IdentifierSet(events[i].identifiers, events[i].channel or "unspecified") for i in pending]
+            sets = [
+                IdentifierSet(
+                    events[i].identifiers,
+                    events[i].channel or "unspecified",
+                    f"{events[i].source}/{events[i].id}",
+                )
+                for i in pending
+            ]
             try:
                 resolutions = await self._identity.resolve(sets)
             except IdentifiersRejected as refusal:

@@ -18,7 +18,7 @@ from google.protobuf import json_format, struct_pb2
 
 from omni.common.v1 import common_pb2
 from omni.profile.v1 import profile_pb2
-from omni_kit.errors import FieldViolation, Violations
+from omni_kit.errors import FieldViolation, Violations, has_control_characters
 from omni_profile import wire
 from omni_profile.domain import CART_LINE_EVENTS
 from omni_profile.trait_schema import trait_problems
@@ -108,6 +108,8 @@ def event_violations(event: profile_pb2.Event, *, now: datetime) -> list[FieldVi
         violations.add("id", "is required")
     elif len(event.id) > MAX_EVENT_ID:
         violations.add("id", f"must be at most {MAX_EVENT_ID} characters")
+    elif has_control_characters(event.id):
+        violations.add("id", "holds control characters")
     if not event.type:
         violations.add("type", "is required")
     elif len(event.type) > MAX_EVENT_TYPE:

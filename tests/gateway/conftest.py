@@ -2,14 +2,16 @@
 
 Each module gets its own event namespace and databases; `start_gateway` starts a gateway with any setting
 changed (an SMTP server that is down, quick retries), `gateway` is the module's one, delivering to the
-session's SMTP sink.
+session's SMTP sink; `down_port` and `late_sink` stand for an SMTP server that is down until the test
+starts it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any, cast
 
 import grpc
@@ -24,7 +26,7 @@ from omni.gateway.v1 import gateway_pb2_grpc
 from omni.identity.v1 import identity_pb2_grpc
 from omni.profile.v1 import profile_pb2_grpc
 from omni_kit.db import create_engine
-from omni_kit.embedded import EmbeddedNats, EmbeddedPostgres, SmtpSink
+from omni_kit.embedded import EmbeddedNats, EmbeddedPostgres, SmtpSink, free_port
 
 from ..events import recording
 from .support import EventLog, Gateway, Neighbours, StartGateway
@@ -146,3 +148,17 @@ async def js(nats_server: EmbeddedNats) -> AsyncIterator[JetStreamContext]:
         yield client.jetstream()
     finally:
         await client.drain()
+
+
+@pytest.fixture
+def down_port() -> int:
+    """A port no SMTP server listens on (yet)."""
+    return free_port("127.0.0.1")
+
+
+@pytest.fixture
+def late_sink(tmp_path: Path, down_port: int) -> Iterator[SmtpSink]:
+    """An SMTP sink for down_port, started by the test when the server should come back."""
+    sink = SmtpSink(tmp_path / "late-mail", port=down_port)
+    yield sink
+    sink.stop()

@@ -86,15 +86,43 @@ def unique(prefix: str = "") -> str:
     return prefix + uuid.uuid4().hex[:12]
 
 
-async def create_person(neighbours: Neighbours, email: str | None) -> str:
-    """A person created in identity with an email address (or only a cookie id when email is None)."""
+async def create_person(neighbours: Neighbours, email: str | None, *, consent: bool = False) -> str:
+    """A person created in identity with an email address (or only a cookie id when email is None); with
+    consent=True they granted email marketing consent in profile (single opt-in)."""
     identifiers = [common_pb2.Identifier(type="anonymous_id", value=unique("cookie-"))]
     if email is not None:
         identifiers.append(common_pb2.Identifier(type="email", value=email))
     response = await neighbours.identity.ResolvePerson(
         identity_pb2.ResolvePersonRequest(identifiers=identifiers, source="web")
     )
-    return response.resolution.person_id
+    person_id = response.resolution.person_id
+    if consent:
+        await set_consent(neighbours, person_id, profile_pb2.CONSENT_STATE_GRANTED)
+    return person_id
+
+
+async def set_consent(
+    neighbours: Neighbours,
+    person_id: str,
+    state: profile_pb2.ConsentState.ValueType,
+    *,
+    purpose: profile_pb2.ConsentPurpose.ValueType = profile_pb2.CONSENT_PURPOSE_MARKETING,
+    double_opt_in: profile_pb2.DoubleOptInState.ValueType = profile_pb2.DOUBLE_OPT_IN_STATE_UNSPECIFIED,
+) -> profile_pb2.Consent:
+    """Record the person's email consent for a purpose in profile, as its SetConsent stores it."""
+    response = await neighbours.profile.SetConsent(
+        profile_pb2.SetConsentRequest(
+            person_id=person_id,
+            consent=profile_pb2.Consent(
+                channel=common_pb2.CHANNEL_EMAIL,
+                state=state,
+                purpose=purpose,
+                double_opt_in=double_opt_in,
+                source="gateway_tests",
+            ),
+        )
+    )
+    return response.consent
 
 
 async def add_to_cart(
@@ -140,14 +168,20 @@ async def create_cart_template(gateway: Gateway, template_id: str | None = None)
 
 
 def send_request(
-    person_id: str, template_id: str, *, request_id: str | None = None, **variables: Any
+    person_id: str,
+    template_id: str,
+    *,
+    request_id: str | None = None,
+    purpose: profile_pb2.ConsentPurpose.ValueType = profile_pb2.CONSENT_PURPOSE_UNSPECIFIED,
+    **variables: Any,
 ) -> gateway_pb2.SendMessageRequest:
-    """A SendMessage request for an email."""
+    """A SendMessage request for an email (marketing unless purpose says otherwise)."""
     request = gateway_pb2.SendMessageRequest(
         request_id=request_id or unique("req-"),
         person_id=person_id,
         channel=common_pb2.CHANNEL_EMAIL,
         template_id=template_id,
+        purpose=purpose,
     )
     if variables:
         struct = struct_pb2.Struct()

@@ -8,6 +8,7 @@ from google.protobuf.message import Message as ProtoMessage
 
 from omni.common.v1 import common_pb2
 from omni.gateway.v1 import gateway_pb2
+from omni.profile.v1 import profile_pb2
 from omni_kit.errors import StatusDetails, status_details
 
 from .support import CART_TEMPLATE, Gateway, Neighbours, counts, create_cart_template, create_person, unique
@@ -57,6 +58,9 @@ def _template(**fields: object) -> gateway_pb2.CreateTemplateRequest:
         ({"template_id": ""}, "template_id"),
         ({"template_id": "Not A Template!"}, "template_id"),
         ({"journey_id": "j" * 129}, "journey_id"),
+        ({"purpose": profile_pb2.CONSENT_PURPOSE_ANALYTICS}, "purpose"),
+        ({"purpose": profile_pb2.CONSENT_PURPOSE_PERSONALIZATION}, "purpose"),
+        ({"purpose": 99}, "purpose"),
     ],
     ids=[
         "missing-request-id",
@@ -69,6 +73,9 @@ def _template(**fields: object) -> gateway_pb2.CreateTemplateRequest:
         "missing-template-id",
         "malformed-template-id",
         "long-journey-id",
+        "analytics-purpose",
+        "personalization-purpose",
+        "unknown-purpose",
     ],
 )
 async def test_send_with_a_bad_field_is_invalid(

@@ -77,8 +77,8 @@ async def test_forgetting_a_person_redacts_its_messages_and_stops_the_unsent_one
     )
     forgotten_email = f"{unique('forget-')}@example.com"
     kept_email = f"{unique('keep-')}@example.com"
-    forgotten = await create_person(neighbours, forgotten_email)
-    kept = await create_person(neighbours, kept_email)
+    forgotten = await create_person(neighbours, forgotten_email, consent=True)
+    kept = await create_person(neighbours, kept_email, consent=True)
     template_id = await create_cart_template(gateway)
     sent_request = send_request(forgotten, template_id, coupon="SENT-20")
     sent = (await gateway.stub.SendMessage(sent_request)).message

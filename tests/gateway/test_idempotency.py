@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import uuid
 
 import pytest
 
-from omni_gateway.domain import Channel, SendRequest
+from omni_gateway.domain import Channel, Purpose, SendRequest
 from omni_gateway.idempotency import REUSED_REASON, ensure_same_request, fingerprint
 from omni_gateway.models import Message
 from omni_kit.errors import AlreadyExists
@@ -41,10 +43,19 @@ def test_same_content_has_the_same_fingerprint_whatever_the_key_order_or_journey
         {"template_id": "other"},
         {"variables": {"a": 2, "b": {"c": [1, 2]}}},
         {"variables": {}},
+        {"purpose": Purpose.TRANSACTIONAL},
     ],
 )
 def test_other_content_has_another_fingerprint(change: dict[str, object]) -> None:
     assert fingerprint(_request(**change)) != fingerprint(_request())
+
+
+def test_a_marketing_request_keeps_the_fingerprint_messages_had_before_purposes_were_recorded() -> None:
+    # What fingerprint() hashed before a message had a purpose; rows stored then hold this.
+    content = {"person_id": str(PERSON), "channel": "email", "template_id": "cart", "variables": {"a": 1}}
+    stored = hashlib.sha256(json.dumps(content, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+    assert fingerprint(_request(variables={"a": 1}, purpose=Purpose.MARKETING)) == stored
 
 
 def test_a_reused_key_with_other_content_is_refused() -> None:

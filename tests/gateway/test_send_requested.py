@@ -58,7 +58,7 @@ async def test_a_send_request_is_sent_once_however_often_it_arrives_and_continue
     spans: InMemorySpanExporter,
 ) -> None:
     email = f"{unique('journey-')}@example.com"
-    person_id = await create_person(neighbours, email)
+    person_id = await create_person(neighbours, email, consent=True)
     await add_to_cart(
         neighbours, person_id, product_id="sku-7", name="Rain Jacket", quantity=1, price_minor=12900
     )
@@ -177,7 +177,7 @@ async def test_a_request_id_reused_for_other_content_is_dead_lettered(
     js: JetStreamContext,
     events: EventLog,
 ) -> None:
-    person_id = await create_person(neighbours, f"{unique('clash-')}@example.com")
+    person_id = await create_person(neighbours, f"{unique('clash-')}@example.com", consent=True)
     template_id = await create_cart_template(gateway)
     other_template_id = await create_cart_template(gateway)
     request_id = unique("journey-step-")

@@ -9,6 +9,7 @@ import pytest
 import sqlalchemy as sa
 
 from omni.gateway.v1 import gateway_pb2
+from omni.profile.v1 import profile_pb2
 from omni_kit.embedded import SmtpSink
 from omni_kit.errors import status_details
 
@@ -33,7 +34,7 @@ async def test_the_email_reaches_the_person_and_names_the_product_in_the_cart(
     gateway: Gateway, neighbours: Neighbours, smtp_sink: SmtpSink
 ) -> None:
     email = f"{unique('ada-')}@example.com"
-    person_id = await create_person(neighbours, email)
+    person_id = await create_person(neighbours, email, consent=True)
     await add_to_cart(
         neighbours, person_id, product_id="sku-42", name="Trail Running Shoes", quantity=2, price_minor=8999
     )
@@ -68,7 +69,7 @@ async def test_the_same_request_twice_sends_once_and_answers_the_same_message(
     gateway: Gateway, neighbours: Neighbours, smtp_sink: SmtpSink
 ) -> None:
     email = f"{unique('twice-')}@example.com"
-    person_id = await create_person(neighbours, email)
+    person_id = await create_person(neighbours, email, consent=True)
     template_id = await create_cart_template(gateway)
     request = send_request(person_id, template_id, coupon="X")
 
@@ -91,7 +92,7 @@ async def test_concurrent_requests_with_one_key_send_once(
     gateway: Gateway, neighbours: Neighbours, smtp_sink: SmtpSink
 ) -> None:
     email = f"{unique('race-')}@example.com"
-    person_id = await create_person(neighbours, email)
+    person_id = await create_person(neighbours, email, consent=True)
     template_id = await create_cart_template(gateway)
     request = send_request(person_id, template_id)
 
@@ -106,7 +107,7 @@ async def test_concurrent_requests_with_one_key_send_once(
 async def test_the_same_key_with_other_content_is_refused_and_changes_nothing(
     gateway: Gateway, neighbours: Neighbours
 ) -> None:
-    person_id = await create_person(neighbours, f"{unique('reuse-')}@example.com")
+    person_id = await create_person(neighbours, f"{unique('reuse-')}@example.com", consent=True)
     template_id = await create_cart_template(gateway)
     first = await gateway.stub.SendMessage(
         send_request(person_id, template_id, request_id=unique(), coupon="A")
@@ -129,7 +130,7 @@ async def test_the_same_key_with_other_content_is_refused_and_changes_nothing(
 async def test_a_sent_message_is_published_on_jetstream(
     gateway: Gateway, neighbours: Neighbours, events: EventLog
 ) -> None:
-    person_id = await create_person(neighbours, f"{unique('pub-')}@example.com")
+    person_id = await create_person(neighbours, f"{unique('pub-')}@example.com", consent=True)
     template_id = await create_cart_template(gateway)
 
     sent = (await gateway.stub.SendMessage(send_request(person_id, template_id))).message
@@ -165,14 +166,19 @@ async def test_an_unknown_person_fails(gateway: Gateway) -> None:
     assert message.error == "person not found"
 
 
-async def test_a_person_without_a_profile_gets_the_email_with_an_empty_cart(
+async def test_a_person_without_a_profile_gets_a_transactional_email_with_an_empty_cart(
     gateway: Gateway, neighbours: Neighbours, smtp_sink: SmtpSink
 ) -> None:
+    # Without a profile there is no consent either: only a transactional message goes out.
     email = f"{unique('noprofile-')}@example.com"
     person_id = await create_person(neighbours, email)
     template_id = await create_cart_template(gateway)
 
-    message = (await gateway.stub.SendMessage(send_request(person_id, template_id))).message
+    message = (
+        await gateway.stub.SendMessage(
+            send_request(person_id, template_id, purpose=profile_pb2.CONSENT_PURPOSE_TRANSACTIONAL)
+        )
+    ).message
 
     assert message.status == gateway_pb2.MESSAGE_STATUS_SENT, message.error
     received = await smtp_sink.wait_for(lambda m: m["To"] == email)
@@ -181,25 +187,18 @@ async def test_a_person_without_a_profile_gets_the_email_with_an_empty_cart(
 
 
 async def test_the_send_appears_on_the_persons_timeline(gateway: Gateway, neighbours: Neighbours) -> None:
-    from omni.profile.v1 import profile_pb2
-
-    person_id = await create_person(neighbours, f"{unique('timeline-')}@example.com")
+    person_id = await create_person(neighbours, f"{unique('timeline-')}@example.com", consent=True)
     template_id = await create_cart_template(gateway)
     message = (await gateway.stub.SendMessage(send_request(person_id, template_id))).message
 
-    # Until profile records the send, it knows nothing of this person (NOT_FOUND).
+    # Profile knows the person (their consent); the send reaches the timeline once its event is consumed.
     async with asyncio.timeout(10):
         while True:
-            try:
-                timeline = await neighbours.profile.ListTimeline(
-                    profile_pb2.ListTimelineRequest(person_id=person_id, page_size=10)
-                )
-            except grpc.aio.AioRpcError as error:
-                if error.code() != grpc.StatusCode.NOT_FOUND:
-                    raise
-            else:
-                if any(e.type == "message_sent" for e in timeline.events):
-                    break
+            timeline = await neighbours.profile.ListTimeline(
+                profile_pb2.ListTimelineRequest(person_id=person_id, page_size=10)
+            )
+            if any(e.type == "message_sent" for e in timeline.events):
+                break
             await asyncio.sleep(0.1)
     sent = next(e for e in timeline.events if e.type == "message_sent")
     assert sent.properties["message_id"] == message.id

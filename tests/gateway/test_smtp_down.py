@@ -4,8 +4,6 @@ does not get the message cut in half when the caller gives up waiting."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
-from pathlib import Path
 
 import grpc
 import pytest
@@ -15,7 +13,7 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 from nats.js import JetStreamContext
 
 from omni.gateway.v1 import gateway_pb2
-from omni_kit.embedded import SmtpSink, free_port
+from omni_kit.embedded import SmtpSink
 
 from .support import (
     EventLog,
@@ -32,22 +30,8 @@ from .support import (
 )
 
 
-@pytest.fixture
-def down_port() -> int:
-    """A port no SMTP server listens on (yet)."""
-    return free_port("127.0.0.1")
-
-
-@pytest.fixture
-def late_sink(tmp_path: Path, down_port: int) -> Iterator[SmtpSink]:
-    """An SMTP sink for down_port, started by the test when the server should come back."""
-    sink = SmtpSink(tmp_path / "late-mail", port=down_port)
-    yield sink
-    sink.stop()
-
-
 async def _queued(gateway: Gateway, neighbours: Neighbours, email: str) -> gateway_pb2.SendMessageRequest:
-    person_id = await create_person(neighbours, email)
+    person_id = await create_person(neighbours, email, consent=True)
     request = send_request(person_id, await create_cart_template(gateway))
     message = (await gateway.stub.SendMessage(request)).message
     assert message.status == gateway_pb2.MESSAGE_STATUS_QUEUED
@@ -143,7 +127,7 @@ async def test_a_send_request_consumed_while_the_server_is_down_is_kept_and_sent
 ) -> None:
     gateway = await start_gateway(smtp_port=down_port, retry_first_delay_s=0.3)
     email = f"{unique('consumed-')}@example.com"
-    person_id = await create_person(neighbours, email)
+    person_id = await create_person(neighbours, email, consent=True)
     template_id = await create_cart_template(gateway)
     request_id = unique("journey-step-")
 
@@ -188,7 +172,7 @@ async def test_a_caller_that_stops_waiting_does_not_cut_the_attempt_short(
     try:
         gateway = await start_gateway(smtp_port=down_port)
         email = f"{unique('slow-')}@example.com"
-        person_id = await create_person(neighbours, email)
+        person_id = await create_person(neighbours, email, consent=True)
         request = send_request(person_id, await create_cart_template(gateway))
 
         with pytest.raises(grpc.aio.AioRpcError) as raised:

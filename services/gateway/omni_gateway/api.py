@@ -115,6 +115,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
             template_id=request.template_id,
             variables=struct_to_dict(request.variables) if request.HasField("variables") else {},
             journey_id=request.journey_id,
+            purpose=request.purpose,
         )
         # Transactions are the delivery's: the message is committed before the SMTP conversation.
         message = await self._delivery.send(send)

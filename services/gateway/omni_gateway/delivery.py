@@ -3,8 +3,9 @@
 The flow of one send:
 1. In one transaction: replay or refuse a known request id, or check the template and insert the message
    QUEUED, already holding the lease of its first attempt; commit. From here the message cannot be lost.
-2. Outside any transaction: the recipient's email from identity, traits and cart from profile, render the
-   template, build the email and hand it to the SMTP server.
+2. Outside any transaction: the recipient's email from identity, traits, cart and consents from profile;
+   unless the person's consent allows the message's purpose on its channel (consent.py) it fails there;
+   render the template, build the email and hand it to the SMTP server.
 3. In one transaction: record SENT or FAILED and stage message_sent / message_failed with it.
 
 A transient failure (SMTP server, identity or profile unreachable; a 4xx answer) keeps the message QUEUED
@@ -24,6 +25,7 @@ from contextlib import AbstractAsyncContextManager
 from opentelemetry import propagate, trace
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from omni_gateway.consent import refusal
 from omni_gateway.contacts import Contacts
 from omni_gateway.domain import (
     DELIVERABLE_CHANNELS,
@@ -150,6 +152,10 @@ class Delivery:
                 parts = await self._template_parts(message.template_id)
                 recipient = await self._contacts.email_of(message.person_id)
                 data = await self._contacts.data_of(message.person_id)
+                # Asked at every attempt: consent taken back after a transient failure stops the retry.
+                refused = refusal(message.purpose, message.channel, data.consents)
+                if refused is not None:
+                    raise PermanentFailure(refused)
                 context = template_context(
                     person_id=str(message.person_id),
                     traits=data.traits,
@@ -226,5 +232,6 @@ class Delivery:
             "template_id": request.template_id,
             "variables": request.variables,
             "journey_id": request.journey_id,
+            "purpose": request.purpose,
             "trace_context": carrier,
         }

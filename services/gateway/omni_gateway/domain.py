@@ -1,4 +1,4 @@
-"""The gateway's domain words: channels, message statuses, a send request and why a delivery failed."""
+"""The gateway's domain words: channels, purposes, message statuses, a send request and why a delivery failed."""
 
 from __future__ import annotations
 
@@ -24,6 +24,13 @@ class Channel(StrEnum):
 DELIVERABLE_CHANNELS = frozenset({Channel.EMAIL})
 
 
+class Purpose(StrEnum):
+    """What a message is for, in profile's consent vocabulary; only these two are purposes of a message."""
+
+    MARKETING = "marketing"
+    TRANSACTIONAL = "transactional"
+
+
 class MessageStatus(StrEnum):
     """Where a message is in its delivery."""
 
@@ -42,6 +49,7 @@ class SendRequest:
     template_id: str
     variables: dict[str, Any] = field(default_factory=dict)
     journey_id: str = ""
+    purpose: Purpose = Purpose.MARKETING
 
 
 class DeliveryError(Exception):
@@ -51,7 +59,7 @@ class DeliveryError(Exception):
 
 
 class PermanentFailure(DeliveryError):
-    """Trying again will not help (no address, unknown person, bad template, refused recipient)."""
+    """Trying again will not help (no address, unknown person, no consent, bad template, refused recipient)."""
 
 
 class TransientFailure(DeliveryError):

@@ -54,10 +54,12 @@ class SendRequestedHandler:
     The request id makes redeliveries harmless: a message already sent is not sent again. The send runs
     inside the consumer's span, so the trace goes on from the journey to the SMTP server. Once the message
     is recorded the gateway owns it, and a transient failure is retried by the gateway's retry loop, not
-    by redelivering the event. A request that can never be sent (unknown template, channel the gateway
-    cannot deliver) is recorded as a FAILED message with a message_failed event, so the journey hears of
-    it. One too malformed to record (no request id, no person) or reusing a request id for other content
-    is a PermanentError: dead-lettered at once, with the reason, for someone to look at.
+    by redelivering the event. The event carries no purpose: a journey's message is marketing, sent only
+    with the person's marketing consent for the channel, and FAILED (announced) without it. A request
+    that can never be sent (unknown template, channel the gateway cannot deliver) is recorded as a FAILED
+    message with a message_failed event, so the journey hears of it. One too malformed to record (no
+    request id, no person) or reusing a request id for other content is a PermanentError: dead-lettered at
+    once, with the reason, for someone to look at.
     """
 
     def __init__(self, delivery: Delivery) -> None:

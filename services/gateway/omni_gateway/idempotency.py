@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 
-from omni_gateway.domain import SendRequest
+from omni_gateway.domain import Purpose, SendRequest
 from omni_gateway.models import Message
 from omni_kit.errors import AlreadyExists
 
@@ -14,16 +14,20 @@ REUSED_REASON = "IDEMPOTENCY_KEY_REUSED"
 
 
 def fingerprint(request: SendRequest) -> str:
-    """A hash of what a request asks for (person, channel, template, variables), not of how it is keyed.
+    """A hash of what a request asks for (person, channel, template, variables, purpose), not of how it is
+    keyed.
 
-    The journey is left out: it says who asked, not what is sent.
+    The journey is left out: it says who asked, not what is sent. The purpose counts only when it is not
+    marketing, so messages stored before purposes were recorded (all marketing) keep matching their replays.
     """
-    content = {
+    content: dict[str, object] = {
         "person_id": str(request.person_id),
         "channel": request.channel.value,
         "template_id": request.template_id,
         "variables": request.variables,
     }
+    if request.purpose != Purpose.MARKETING:
+        content["purpose"] = request.purpose.value
     canonical = json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(canonical.encode()).hexdigest()
 

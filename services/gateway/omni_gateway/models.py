@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from omni_gateway.domain import Channel, MessageStatus
+from omni_gateway.domain import Channel, MessageStatus, Purpose
 
 
 def _enum(enum: type[StrEnum]) -> sa.Enum:
@@ -39,13 +39,18 @@ class Template(Base):
 class Message(Base):
     """One message to one person; request_id is the caller's idempotency key.
 
-    `fingerprint` is a hash of what was asked (person, channel, template, variables), so a reused key with
-    other content is refused. `claimed_until` is the lease of the attempt in progress: while it lies in the
+    `fingerprint` is a hash of what was asked (person, channel, template, variables, purpose), so a reused
+    key with other content is refused. `purpose` decides which consent the send needs. `claimed_until` is the lease of the attempt in progress: while it lies in the
     future no one else starts an attempt, and if the attempt's process dies the lease runs out and the
     retry loop takes the message up again.
     """
 
     __tablename__ = "messages"
+    __table_args__ = (
+        # The retry loop's question: queued messages whose next attempt is due.
+        sa.Index("messages_due", "next_attempt_at", postgresql_where=sa.text("status = 'queued'")),
+        sa.Index("messages_person", "person_id", "create_time"),
+    )
 
     id: Mapped[uuid.UUID] = mapped_column(sa.Uuid, primary_key=True)
     request_id: Mapped[str] = mapped_column(sa.Text, unique=True)
@@ -55,6 +60,7 @@ class Message(Base):
     template_id: Mapped[str] = mapped_column(sa.Text)
     variables: Mapped[dict[str, Any]] = mapped_column(JSONB, default=dict)
     journey_id: Mapped[str] = mapped_column(sa.Text, default="")
+    purpose: Mapped[Purpose] = mapped_column(_enum(Purpose), default=Purpose.MARKETING)
     recipient: Mapped[str] = mapped_column(sa.Text, default="")
     status: Mapped[MessageStatus] = mapped_column(_enum(MessageStatus))
     error: Mapped[str] = mapped_column(sa.Text, default="")

@@ -1,5 +1,5 @@
-"""Protobuf ⇄ domain translation shared by the servicer and the events: channels, statuses, templates,
-messages, and the validation of a send request however it arrives."""
+"""Protobuf ⇄ domain translation shared by the servicer and the events: channels, purposes, statuses,
+templates, messages, and the validation of a send request however it arrives."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ from google.protobuf import json_format, struct_pb2, timestamp_pb2
 
 from omni.common.v1 import common_pb2
 from omni.gateway.v1 import gateway_pb2
-from omni_gateway.domain import Channel, MessageStatus, SendRequest
+from omni.profile.v1 import profile_pb2
+from omni_gateway.domain import Channel, MessageStatus, Purpose, SendRequest
 from omni_gateway.models import Message, Template
 from omni_kit.errors import Violations
 from omni_kit.ids import parse_uuid
@@ -30,6 +31,16 @@ _CHANNELS = {
     common_pb2.CHANNEL_CALL_CENTER: Channel.CALL_CENTER,
 }
 _CHANNELS_PB = {channel: number for number, channel in _CHANNELS.items()}
+# Consent's vocabulary (profile's ConsentPurpose): unspecified means marketing there, and so here.
+_PURPOSES = {
+    profile_pb2.CONSENT_PURPOSE_UNSPECIFIED: Purpose.MARKETING,
+    profile_pb2.CONSENT_PURPOSE_MARKETING: Purpose.MARKETING,
+    profile_pb2.CONSENT_PURPOSE_TRANSACTIONAL: Purpose.TRANSACTIONAL,
+}
+_PURPOSES_PB = {
+    Purpose.MARKETING: profile_pb2.CONSENT_PURPOSE_MARKETING,
+    Purpose.TRANSACTIONAL: profile_pb2.CONSENT_PURPOSE_TRANSACTIONAL,
+}
 _STATUSES_PB = {
     MessageStatus.QUEUED: gateway_pb2.MESSAGE_STATUS_QUEUED,
     MessageStatus.SENT: gateway_pb2.MESSAGE_STATUS_SENT,
@@ -45,6 +56,17 @@ def channel_from_proto(value: int) -> Channel | None:
 def channel_to_proto(channel: Channel) -> common_pb2.Channel.ValueType:
     """The omni.common.v1.Channel number of a domain channel."""
     return _CHANNELS_PB[channel]
+
+
+def purpose_from_proto(value: int) -> Purpose | None:
+    """The domain purpose of an omni.profile.v1.ConsentPurpose number (UNSPECIFIED is marketing); None for
+    purposes that are not a message's (personalization, analytics) and unknown numbers."""
+    return _PURPOSES.get(value)  # type: ignore[call-overload]
+
+
+def purpose_to_proto(purpose: Purpose) -> profile_pb2.ConsentPurpose.ValueType:
+    """The omni.profile.v1.ConsentPurpose number of a domain purpose."""
+    return _PURPOSES_PB[purpose]
 
 
 def timestamp(value: datetime | None) -> timestamp_pb2.Timestamp | None:
@@ -86,6 +108,7 @@ def message_to_proto(message: Message) -> gateway_pb2.Message:
         next_attempt_time=timestamp(
             message.next_attempt_at if message.status == MessageStatus.QUEUED else None
         ),
+        purpose=purpose_to_proto(message.purpose),
     )
 
 
@@ -102,10 +125,12 @@ def parse_send_request(
     template_id: str,
     variables: dict[str, Any] | None = None,
     journey_id: str = "",
+    purpose: int = profile_pb2.CONSENT_PURPOSE_UNSPECIFIED,
 ) -> SendRequest:
     """Validate the fields of a send, from SendMessageRequest or SendRequestedEvent alike.
 
-    Raises InvalidArgument naming every bad field (request_id, person_id, channel, template_id, journey_id).
+    Raises InvalidArgument naming every bad field (request_id, person_id, channel, template_id, journey_id,
+    purpose).
     Whether the channel can be delivered and the template exists is the delivery's to decide.
     """
     violations = Violations()
@@ -127,8 +152,14 @@ def parse_send_request(
         violations.add("template_id", "1 to 64 characters of a-z, 0-9 and '-'")
     if len(journey_id) > MAX_JOURNEY_ID:
         violations.add("journey_id", f"at most {MAX_JOURNEY_ID} characters")
+    domain_purpose = purpose_from_proto(purpose)
+    if domain_purpose is None:
+        violations.add(
+            "purpose",
+            "a message is for CONSENT_PURPOSE_MARKETING (the default) or CONSENT_PURPOSE_TRANSACTIONAL",
+        )
     violations.raise_if_any()
-    assert person is not None and domain_channel is not None
+    assert person is not None and domain_channel is not None and domain_purpose is not None
     return SendRequest(
         request_id=request_id,
         person_id=person,
@@ -136,4 +167,5 @@ def parse_send_request(
         template_id=template_id,
         variables=variables or {},
         journey_id=journey_id,
+        purpose=domain_purpose,
     )

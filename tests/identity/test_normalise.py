@@ -93,6 +93,11 @@ def test_other_types_are_trimmed_and_keep_their_case(normaliser: Normaliser) -> 
         ("device_id", "00000000-0000-0000-0000-000000000000"),
         ("email", "test@test.com"),
         ("email", "No-Reply@shop.example"),
+        ("email", "test123@gmail.com"),
+        ("email", "Test@Shop.example"),
+        ("email", "ada@shop.test"),
+        ("email", "ada@mail.invalid"),
+        ("email", "ada@localhost.localhost"),
     ],
 )
 def test_blocked_values_are_refused(normaliser: Normaliser, type_name: str, raw: str) -> None:

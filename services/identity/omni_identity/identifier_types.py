@@ -89,7 +89,13 @@ EMAIL_BLOCKED_VALUES: tuple[str, ...] = (
     "email@email.com",
 )
 
-EMAIL_BLOCKED_PATTERNS: tuple[str, ...] = (r"(no-?reply|do-?not-?reply)@.*",)
+# Senders' own addresses, testers' addresses (test@…, test123@…), and domains that can never receive mail:
+# the top-level domains reserved for testing and documentation (RFC 2606, RFC 6761).
+EMAIL_BLOCKED_PATTERNS: tuple[str, ...] = (
+    r"(no-?reply|do-?not-?reply)@.*",
+    r"test[0-9]*@.*",
+    r".*@(.+\.)?(test|invalid|localhost)",
+)
 
 
 class IdentifierTypeConfig(BaseModel):

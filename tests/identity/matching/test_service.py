@@ -11,9 +11,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from omni.identity.v1 import identity_pb2, matching_pb2
+from omni_kit.embedded import EmbeddedNats, EmbeddedPostgres
 from omni_kit.errors import status_details
 
-from .conftest import count_rows
+from .conftest import count_rows, running_matching
 from .support import MatchingServer, person, unique_postcode, with_fields
 
 LINKED = matching_pb2.MATCH_DECISION_LINKED
@@ -206,3 +207,33 @@ async def test_identity_is_served_by_the_same_server(server: MatchingServer) -> 
         await reflection.done_writing()
     names = {service.name for service in reply.list_services_response.service}
     assert {"omni.identity.v1.IdentityService", "omni.identity.v1.MatchingService"} <= names
+
+
+async def test_the_thresholds_and_the_relatives_guard_are_settings_of_the_running_service(
+    postgres: EmbeddedPostgres, nats_server: EmbeddedNats
+) -> None:
+    # The same records as the two tests above, on a server told to link from 0.5 and to link relatives.
+    async with running_matching(
+        postgres, nats_server, link_threshold=0.5, review_threshold=0.3, review_relatives="false"
+    ) as lenient:
+        original = person()
+        created = await match(lenient, original)
+        partial = matching_pb2.PersonRecord(
+            given_name=original.given_name, surname=original.surname, postcode=original.postcode
+        )
+        result = await match(lenient, partial)
+        assert result.decision == LINKED and result.person_id == created.person_id
+        assert 0.5 <= result.probability < 0.95
+        [_, decision] = (
+            await lenient.stub.ListMatchDecisions(
+                matching_pb2.ListMatchDecisionsRequest(person_id=created.person_id)
+            )
+        ).decisions
+        assert decision.link_threshold == 0.5 and decision.review_threshold == 0.3
+
+        mother = person()
+        await match(lenient, mother)
+        daughter = with_fields(
+            mother, given_name="Zoe", date_of_birth=matching_pb2.CalendarDate(year=2001, month=7, day=30)
+        )
+        assert (await match(lenient, daughter)).decision == LINKED

@@ -108,6 +108,18 @@ def test_order_revenue_in_minor_units_follows_the_currency() -> None:
     assert computed.order_revenue_minor({"revenue": 12.5}, "EUR") == 1250
     assert computed.order_revenue_minor({"revenue": 12.5, "currency": "USD"}, "EUR") is None
     assert computed.order_revenue_minor({"revenue": "12.5"}, "EUR") is None
+    assert computed.order_revenue_minor({"revenue": 0.285}, "EUR") == 29
+
+
+def test_an_orders_value_is_its_revenue_else_its_total_else_its_value() -> None:
+    assert computed.order_revenue_minor({"revenue": 10, "total": 12, "value": 14}, "EUR") == 1000
+    assert computed.order_revenue_minor({"total": 12, "value": 14}, "EUR") == 1200
+    assert computed.order_revenue_minor({"value": 14}, "EUR") == 1400
+    assert computed.order_revenue_minor({"revenue": None, "total": 12}, "EUR") == 1200
+    assert computed.order_revenue_minor({"revenue_minor": 999, "revenue": 10}, "EUR") == 999
+    # The first one present decides: a revenue that is not a number is not replaced by the total.
+    assert computed.order_revenue_minor({"revenue": "10", "total": 12}, "EUR") is None
+    assert computed.order_revenue_minor({"order_id": "o-1"}, "EUR") is None
 
 
 def test_the_most_frequent_value_keeps_a_bounded_number_of_values() -> None:

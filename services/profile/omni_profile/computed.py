@@ -27,6 +27,7 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from omni_profile.domain import GATEWAY_SOURCE, Event
+from omni_profile.money import is_amount, to_minor
 
 COUNT = "count"
 SUM = "sum"
@@ -52,27 +53,6 @@ MAX_DISTINCT_VALUES = 50
 MAX_VALUE_LENGTH = 128
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_ZERO_DECIMAL = frozenset(
-    [
-        "BIF",
-        "CLP",
-        "DJF",
-        "GNF",
-        "ISK",
-        "JPY",
-        "KMF",
-        "KRW",
-        "PYG",
-        "RWF",
-        "UGX",
-        "VND",
-        "VUV",
-        "XAF",
-        "XOF",
-        "XPF",
-    ]
-)
-_THREE_DECIMAL = frozenset(["BHD", "IQD", "JOD", "KWD", "LYD", "OMR", "TND"])
 
 Cell = list[float]
 """[count, total, first microseconds, last microseconds]."""
@@ -97,13 +77,6 @@ class Definition:
     description: str = ""
     state: str = READY
     created_at: datetime | None = None
-
-
-def minor_digits(currency_code: str) -> int:
-    """How many digits the currency's minor unit has (2 for EUR, 0 for JPY, 3 for KWD)."""
-    if currency_code in _ZERO_DECIMAL:
-        return 0
-    return 3 if currency_code in _THREE_DECIMAL else 2
 
 
 def micros(moment: datetime) -> int:
@@ -196,18 +169,28 @@ def contribution(definition: Definition, event: Event, today: date) -> tuple[str
     return ("", amount)
 
 
+ORDER_VALUE_PROPERTIES = ("revenue", "total", "value")
+"""Where an order's value is read from, the first present winning: Segment's e-commerce spec has revenue
+(without shipping and tax) and total (with them) on Order Completed, and value on other money events."""
+
+
 def order_revenue_minor(properties: Mapping[str, Any], currency_code: str) -> int | None:
-    """An order's revenue in the currency's minor units, or None when it has none in that currency."""
+    """An order's value in the currency's minor units, or None when it has none in that currency.
+
+    revenue_minor (already in minor units) comes first, then the major-unit ORDER_VALUE_PROPERTIES in their
+    order; an order without a currency is taken to be in the trait's.
+    """
     currency = properties.get("currency")
     if isinstance(currency, str) and currency and currency.upper() != currency_code:
         return None
     minor = properties.get("revenue_minor")
-    if isinstance(minor, int | float) and not isinstance(minor, bool) and math.isfinite(minor):
+    if is_amount(minor):
         return int(minor)
-    revenue = properties.get("revenue")
-    if isinstance(revenue, bool) or not isinstance(revenue, int | float) or not math.isfinite(revenue):
-        return None
-    return round(revenue * 10 ** minor_digits(currency_code))
+    for name in ORDER_VALUE_PROPERTIES:
+        amount = properties.get(name)
+        if amount is not None:
+            return to_minor(amount, currency_code) if is_amount(amount) else None
+    return None
 
 
 def apply(catalog: Catalog, state: State, events: Iterable[Event], now: datetime) -> set[str]:

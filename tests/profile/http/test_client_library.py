@@ -58,7 +58,7 @@ async def test_identify_track_page_and_screen_land_on_one_profile(endpoint: Endp
             analytics.track,
             user,
             "Product Added",
-            {"product_id": "sku-1", "price": 19.99},
+            {"product_id": "sku-1", "price": 19.99, "currency": "EUR"},
             timestamp=start + timedelta(minutes=1),
             message_id=mids[1],
         )
@@ -81,10 +81,13 @@ async def test_identify_track_page_and_screen_land_on_one_profile(endpoint: Endp
     assert await endpoint.person_of("email", email) == profile.person_id
     assert dict(profile.traits) == {"email": email, "plan": "gold"}
     events = _oldest_first(profile)
-    assert [e.type for e in events] == ["identified", "product_added", "page_viewed", "screen_viewed"]
+    assert [e.type for e in events] == ["identified", "cart_item_added", "page_viewed", "screen_viewed"]
     assert [key(e) for e in events] == [f"web:{m}" for m in mids]
     assert {e.channel for e in events} == {common_pb2.CHANNEL_WEB}
-    assert dict(events[1].properties) == {"product_id": "sku-1", "price": 19.99}
+    assert dict(events[1].properties) == {"product_id": "sku-1", "price": 19.99, "currency": "EUR"}
+    assert [(i.product_id, i.quantity, i.unit_price.amount_minor) for i in profile.cart.items] == [
+        ("sku-1", 1, 1999)
+    ]
     assert dict(events[2].properties) == {"path": "/boots", "name": "Boots", "category": "Shop"}
     assert dict(events[3].properties) == {"name": "Cart"}
     # Sent at once from this machine, the skew correction moves the times by the network delay only.
@@ -184,3 +187,73 @@ async def test_the_library_gets_401_for_an_unknown_write_key(endpoint: Endpoint)
         await asyncio.to_thread(stranger.track, user_id=unique("user-"), event="Signed Up")
     assert (raised.value.status, raised.value.code) == (401, "unauthorized")
     assert "write key" in raised.value.message
+
+
+async def test_product_added_and_removed_fill_the_cart(endpoint: Endpoint, client: Client) -> None:
+    user = unique("user-")
+    start = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=10)
+    calls = [
+        ("Product Added", {"product_id": "sku-1", "name": "Boots", "price": 129.9, "currency": "EUR"}),
+        ("Product Added", {"sku": "sku-2", "name": "Hat", "quantity": 2, "price": 19.99, "currency": "eur"}),
+        ("Product Added", {"product_id": "sku-1", "quantity": 2}),
+        ("product_removed", {"product_id": "sku-2"}),
+        ("Product Removed", {"product_id": "sku-1", "quantity": 1}),
+    ]
+    for offset, (name, properties) in enumerate(calls):
+        await asyncio.to_thread(
+            client.track,
+            user_id=user,
+            event=name,
+            properties=properties,
+            timestamp=start + timedelta(minutes=offset),
+        )
+    profile = await endpoint.profile_of("user_id", user)
+    assert [
+        (i.product_id, i.quantity, i.name, i.unit_price.amount_minor, i.unit_price.currency_code)
+        for i in profile.cart.items
+    ] == [("sku-1", 2, "Boots", 12990, "EUR"), ("sku-2", 1, "Hat", 1999, "EUR")]
+    assert [e.type for e in _oldest_first(profile)] == ["cart_item_added"] * 3 + ["cart_item_removed"] * 2
+
+
+async def test_an_order_with_only_a_total_counts_for_the_lifetime_value(
+    endpoint: Endpoint, client: Client
+) -> None:
+    user = unique("user-")
+    await asyncio.to_thread(client.track, user_id=user, event="Product Added", properties={"product_id": "a"})
+    await asyncio.to_thread(
+        client.track, user_id=user, event="Order Completed", properties={"order_id": "o-1", "total": 129.9}
+    )
+    await asyncio.to_thread(
+        client.track,
+        user_id=user,
+        event="Order Completed",
+        properties={"order_id": "o-2", "value": 10, "currency": "EUR"},
+    )
+    profile = await endpoint.profile_of("user_id", user)
+    assert dict(profile.computed_traits["lifetime_value"]) == {"amount_minor": 13990, "currency_code": "EUR"}
+    assert list(profile.cart.items) == []
+
+
+@pytest.mark.parametrize(
+    ("properties", "field"),
+    [
+        ({"product_id": "sku-1", "price": "19.99", "currency": "EUR"}, "properties.price"),
+        ({"product_id": "sku-1", "price": -1, "currency": "EUR"}, "properties.price"),
+        ({"product_id": "sku-1", "price": 5, "currency": "euros"}, "properties.currency"),
+        ({"product_id": "sku-1", "quantity": 0}, "properties.quantity"),
+        ({"product_id": "sku-1", "quantity": 1.5}, "properties.quantity"),
+        ({"product_id": "sku-1", "quantity": "2"}, "properties.quantity"),
+        ({"name": "Boots"}, "properties.product_id"),
+    ],
+)
+async def test_a_product_added_with_a_bad_line_is_400_with_the_field(
+    endpoint: Endpoint, client: Client, properties: dict[str, object], field: str
+) -> None:
+    before = await endpoint.services.counts()
+    with pytest.raises(APIError) as raised:
+        await asyncio.to_thread(
+            client.track, user_id=unique("user-"), event="Product Added", properties=properties
+        )
+    assert (raised.value.status, raised.value.code) == (400, "invalid_request")
+    assert raised.value.message.startswith(f"{field}: ")
+    assert await endpoint.services.counts() == before

@@ -34,7 +34,7 @@ def _refused_fields(message: dict[str, Any], **kwargs: Any) -> set[str]:
 
 
 def _track(**fields: Any) -> dict[str, Any]:
-    return {"type": "track", "messageId": "m-1", "anonymousId": "anon-1", "event": "Product Added", **fields}
+    return {"type": "track", "messageId": "m-1", "anonymousId": "anon-1", "event": "Product Viewed", **fields}
 
 
 @pytest.mark.parametrize(
@@ -124,13 +124,16 @@ def test_a_source_named_like_a_channel_defaults_to_it_and_others_to_none() -> No
 def test_a_track_call_becomes_an_event_with_its_identifiers_and_properties() -> None:
     message = _track(
         userId="u-1",
+        event="Product Added",
         properties={"product_id": "sku-1", "price": 12.5},
         context={"traits": {"email": "ada@example.com"}, "device": {"id": "dev-1"}},
     )
     translated = _ok(message)
     event = translated.event
     assert (event.id, event.source) == ("m-1", "web")
-    assert event.type == "product_added"
+    assert event.type == "cart_item_added"
+    assert (event.cart_item.product_id, event.cart_item.quantity) == ("sku-1", 1)
+    assert not event.cart_item.HasField("unit_price"), "a price without a currency has no currency to be in"
     assert event.channel == common_pb2.CHANNEL_WEB
     assert [(i.type, i.value) for i in event.identifiers] == [
         ("user_id", "u-1"),
@@ -198,6 +201,32 @@ def test_alias_links_the_previous_id_to_the_user_id() -> None:
     ]
 
 
+def _added(properties: dict[str, Any]) -> dict[str, Any]:
+    return _track(event="Product Added", properties=properties)
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("Product Added", "cart_item_added"),
+        ("product_added", "cart_item_added"),
+        ("productAdded", "cart_item_added"),
+        ("Product Removed", "cart_item_removed"),
+        ("product_removed", "cart_item_removed"),
+        ("Product Viewed", "product_viewed"),
+    ],
+)
+def test_segments_cart_events_are_the_profiles_cart_events(name: str, expected: str) -> None:
+    assert _ok(_track(event=name, properties={"product_id": "p"})).event.type == expected
+
+
+def test_a_price_becomes_minor_units_of_its_currency() -> None:
+    prices = [(19.99, "EUR", 1999), (0.285, "EUR", 29), (1200, "JPY", 1200), (1.2345, "KWD", 1235)]
+    for price, currency, minor in prices:
+        item = _ok(_added({"product_id": "p", "price": price, "currency": currency})).event.cart_item
+        assert (item.unit_price.amount_minor, item.unit_price.currency_code) == (minor, currency)
+
+
 def test_a_cart_event_takes_its_line_from_the_ecommerce_properties() -> None:
     message = _track(
         event="Cart Item Added",
@@ -229,6 +258,18 @@ def test_a_cart_event_takes_its_line_from_the_ecommerce_properties() -> None:
         (_track(context={"traits": {"email": 5}}), {"context.traits.email"}),
         (_track(properties={"blob": "x" * 40_000}), {""}),
         (_track(event="Cart Item Added", properties={"quantity": 1}), {"properties.product_id"}),
+        (_added({"name": "Boots"}), {"properties.product_id"}),
+        (_added({"product_id": True}), {"properties.product_id"}),
+        (_added({"sku": ["a"]}), {"properties.sku"}),
+        (_added({"product_id": "p", "quantity": 0}), {"properties.quantity"}),
+        (_added({"product_id": "p", "quantity": 2.5}), {"properties.quantity"}),
+        (_added({"product_id": "p", "quantity": "2"}), {"properties.quantity"}),
+        (_added({"product_id": "p", "quantity": 10**20}), {"properties.quantity"}),
+        (_added({"product_id": "p", "price": "9.99", "currency": "EUR"}), {"properties.price"}),
+        (_added({"product_id": "p", "price": -0.01, "currency": "EUR"}), {"properties.price"}),
+        (_added({"product_id": "p", "price": 1e30, "currency": "EUR"}), {"properties.price"}),
+        (_added({"product_id": "p", "price": 5, "currency": "Euro"}), {"properties.currency"}),
+        (_track(event="Product Removed", properties={"sku": "p", "quantity": -1}), {"properties.quantity"}),
         ({"type": "alias", "messageId": "a", "userId": "u"}, {"previousId"}),
         ({"type": "group", "messageId": "g", "userId": "u"}, {"groupId"}),
         ({"type": "identify", "messageId": "i", "userId": "u", "traits": {"": 1}}, {"traits"}),

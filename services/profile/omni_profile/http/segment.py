@@ -19,12 +19,15 @@ from typing import Any
 from omni.common.v1 import common_pb2
 from omni.profile.v1 import profile_pb2
 from omni_kit.errors import FieldViolation, InvalidArgument, Violations
-from omni_profile import validation
-from omni_profile.domain import CART_LINE_EVENTS
+from omni_profile import money, validation
+from omni_profile.domain import CART_ITEM_ADDED, CART_ITEM_REMOVED, CART_LINE_EVENTS
 from omni_profile.http.sources import Source, channel_of
 
 MAX_MESSAGE_BYTES = 32 * 1024
 """The largest message Segment accepts, as JSON."""
+
+MAX_QUANTITY = 1_000_000
+"""The most units one cart event may add or remove."""
 
 MESSAGE_TYPES = ("identify", "track", "page", "screen", "group", "alias")
 
@@ -36,6 +39,10 @@ EVENT_TYPES = {
     "group": "group_joined",
     "alias": "aliased",
 }
+
+# Segment's e-commerce spec names the cart events "Product Added" and "Product Removed"; they are the
+# profile's cart events, so the cart, computed traits and segment rules see one type whatever sent them.
+CART_EVENT_NAMES = {"product_added": CART_ITEM_ADDED, "product_removed": CART_ITEM_REMOVED}
 
 _IDENTIFIER_PATH = re.compile(r"identifiers\[(\d+)\]")
 # The event's fields under the names of the message fields they come from.
@@ -159,13 +166,13 @@ def translate(
         event.type, properties = _type_and_properties(kind, message, properties, violations)
         if kind != "identify":
             traits = {}
+    if event.type in CART_LINE_EVENTS and not _bad(violations, "properties"):
+        _cart_item(event, properties, violations)
     if violations:
         return Refused(message_id, violations.items)
     event.occurred_at.FromDatetime(when)
     if properties:
         event.properties.update(properties)
-    if event.type in CART_LINE_EVENTS:
-        _cart_item(event, properties)
     checked = validation.event_violations(event, now=received_at)
     if traits:
         checked.extend(_trait_violations(traits, source))
@@ -328,7 +335,7 @@ def _type_and_properties(
         event_type = snake_case(name)
         if not event_type:
             violations.add("event", "must contain letters or digits")
-        return event_type, properties
+        return CART_EVENT_NAMES.get(event_type, event_type), properties
     if kind in ("page", "screen"):
         for key in ("name", "category"):
             value = message.get(key)
@@ -349,22 +356,46 @@ def _type_and_properties(
     return EVENT_TYPES[kind], properties
 
 
-def _cart_item(event: profile_pb2.Event, properties: Mapping[str, Any]) -> None:
-    """The cart line of a cart event, from Segment's e-commerce properties (product_id or sku, quantity, price)."""
-    product_id = properties.get("product_id", properties.get("sku"))
-    quantity = properties.get("quantity", 1)
+def _cart_item(event: profile_pb2.Event, properties: Mapping[str, Any], violations: Violations) -> None:
+    """The cart line of a cart event, from Segment's e-commerce properties.
+
+    product_id (else sku) names the product; quantity is a whole number, 1 when absent; price is one unit's
+    price in major units of currency, kept in minor units. A price without a currency leaves the line
+    without a price (it stays in the properties): the cart cannot tell what it is in.
+    """
     item = event.cart_item
-    if isinstance(product_id, str | int) and not isinstance(product_id, bool):
-        item.product_id = str(product_id)
-    if isinstance(quantity, int) and not isinstance(quantity, bool):
-        item.quantity = quantity
+    product_id = _id_value(properties.get("product_id"), "properties.product_id", violations)
+    if product_id is None:
+        product_id = _id_value(properties.get("sku"), "properties.sku", violations)
+    if product_id is not None:
+        item.product_id = product_id
+    elif not _bad(violations, "properties.product_id", "properties.sku"):
+        violations.add("properties.product_id", f"product_id or sku is required for {event.type}")
+    quantity = properties.get("quantity", 1)
+    if not money.is_amount(quantity) or quantity != int(quantity) or not 1 <= quantity <= MAX_QUANTITY:
+        violations.add("properties.quantity", f"must be a whole number from 1 to {MAX_QUANTITY:,}")
+    else:
+        item.quantity = int(quantity)
     if isinstance(properties.get("name"), str):
         item.name = properties["name"]
     price, currency = properties.get("price"), properties.get("currency")
-    if isinstance(price, int | float) and not isinstance(price, bool) and isinstance(currency, str):
-        # Segment prices are in major units; two decimals cover the currencies the shop sells in.
-        item.unit_price.amount_minor = round(price * 100)
-        item.unit_price.currency_code = currency.upper()
+    if price is None:
+        return
+    if not money.is_amount(price) or price < 0:
+        violations.add("properties.price", "must be a number of at least 0: one unit's price, e.g. 19.99")
+        return
+    if currency is None:
+        return
+    code = currency.strip().upper() if isinstance(currency, str) else ""
+    if not validation.is_currency(code):
+        violations.add("properties.currency", "must be an ISO 4217 code such as EUR")
+        return
+    amount_minor = money.to_minor(price, code)
+    if amount_minor > money.MAX_MINOR:
+        violations.add("properties.price", "is too large")
+        return
+    item.unit_price.amount_minor = amount_minor
+    item.unit_price.currency_code = code
 
 
 def _trait_violations(traits: dict[str, Any], source: Source) -> list[FieldViolation]:

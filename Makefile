@@ -37,10 +37,10 @@ $(VENV)/.synced: $(UV) uv.lock pyproject.toml libs/*/pyproject.toml services/*/p
 	$(UV) sync --frozen --all-packages
 	touch $@
 
-# `npm install` rather than `npm ci`: npm 11's ci refuses a lock that holds only this platform's optional buf
-# binaries; install keeps to the lock's versions all the same.
+# `npm ci` installs exactly the lock, which lists buf's binaries for every platform (npm installs the one
+# this machine needs), so installing never rewrites it.
 $(BUF): package.json package-lock.json
-	npm install --no-audit --no-fund --loglevel=error
+	npm ci --no-audit --no-fund --loglevel=error
 	touch $@
 
 $(PROTO_STAMP): $(VENV)/.synced $(PROTOS) libs/omni-proto/generate.py

@@ -9,7 +9,7 @@ from omni.segmentation.v1 import segmentation_pb2 as pb
 from omni_kit.errors import status_details
 from omni_kit.ids import new_id_str
 
-from .builders import abandoned_cart, all_of, event_count, not_, trait
+from .builders import abandoned_cart, all_of, event_count, not_, since_last, trait
 from .support import Segmentation, eventually, person, unique
 
 
@@ -177,3 +177,87 @@ async def test_bad_paging(segmentation: Segmentation) -> None:
             await segmentation.stub.ListSegments(request)
         details = status_details(caught.value)
         assert (details.code, details.fields) == (grpc.StatusCode.INVALID_ARGUMENT, {field})
+
+
+# PostgreSQL cannot store a NUL (text refuses it, JSONB refuses \u0000): it reached the database and answered
+# INTERNAL. Names, event types and trait names hold no control characters; a description and the strings of
+# a trait's value may keep tabs and line breaks.
+def _segment(condition: pb.Condition | None = None, **fields: str) -> pb.Segment:
+    values = {"name": unique("ctrl"), "description": "", **fields}
+    return pb.Segment(condition=condition or abandoned_cart(5), **values)
+
+
+def _in_all(leaf: pb.Condition) -> pb.Condition:
+    return all_of(trait("plan", pb.COMPARISON_EXISTS), leaf)
+
+
+LEAF = "segment.condition.all.conditions[1]"
+
+
+@pytest.mark.parametrize(
+    ("segment", "field"),
+    [
+        (_segment(name="cart\x00"), "segment.name"),
+        (_segment(name="cart\n"), "segment.name"),
+        (_segment(description="Cart left\x00behind"), "segment.description"),
+        (_segment(description="\x1b[31mred"), "segment.description"),
+        (_segment(_in_all(trait("pl\x00an", pb.COMPARISON_EXISTS))), f"{LEAF}.trait.trait"),
+        (_segment(_in_all(trait("plan\n", pb.COMPARISON_EXISTS))), f"{LEAF}.trait.trait"),
+        (_segment(_in_all(trait("plan", pb.COMPARISON_EQ, "gold\x00"))), f"{LEAF}.trait.value"),
+        (
+            _segment(_in_all(trait("address", pb.COMPARISON_EQ, {"city": "Par\x00is"}))),
+            f"{LEAF}.trait.value.city",
+        ),
+        (_segment(_in_all(trait("address", pb.COMPARISON_EQ, {"ci\x00ty": "Paris"}))), f"{LEAF}.trait.value"),
+        (_segment(_in_all(trait("tags", pb.COMPARISON_EQ, ["vip", "x\x00"]))), f"{LEAF}.trait.value[1]"),
+        (
+            _segment(_in_all(event_count("order\x00", 60, pb.COMPARISON_EQ, 0))),
+            f"{LEAF}.event_count.event_type",
+        ),
+        (
+            _segment(_in_all(event_count("order_completed\n", 60, pb.COMPARISON_EQ, 0))),
+            f"{LEAF}.event_count.event_type",
+        ),
+        (_segment(_in_all(since_last("visit\x00", 60))), f"{LEAF}.since_last_event.event_type"),
+    ],
+    ids=[
+        "name",
+        "name-line-break",
+        "description",
+        "description-escape",
+        "trait-name",
+        "trait-name-line-break",
+        "trait-value",
+        "trait-value-object-value",
+        "trait-value-object-key",
+        "trait-value-list-item",
+        "event-count-type",
+        "event-count-type-line-break",
+        "since-last-event-type",
+    ],
+)
+async def test_control_characters(segmentation: Segmentation, segment: pb.Segment, field: str) -> None:
+    assert await refused(segmentation, segment) == (grpc.StatusCode.INVALID_ARGUMENT, {field})
+
+
+async def test_free_text_keeps_tabs_and_line_breaks(segmentation: Segmentation) -> None:
+    condition = trait("address", pb.COMPARISON_EQ, {"street": "1 Main St\nFlat 2", "note": "a\tb"})
+    created = await segmentation.create(unique("free-text"), condition, description="Line one\nline\ttwo\r\n")
+    assert created.description == "Line one\nline\ttwo\r\n"
+    assert created.condition == condition
+
+
+@pytest.mark.parametrize(
+    ("call", "request_", "field"),
+    [
+        ("GetSegment", pb.GetSegmentRequest(segment_id="\x00"), "segment_id"),
+        ("ListPersonSegments", pb.ListPersonSegmentsRequest(person_id=f"{new_id_str()}\x00"), "person_id"),
+        ("ListSegments", pb.ListSegmentsRequest(page_token="\x00"), "page_token"),
+    ],
+    ids=["segment-id", "person-id", "page-token"],
+)
+async def test_nul_in_a_read(segmentation: Segmentation, call: str, request_: object, field: str) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await getattr(segmentation.stub, call)(request_)
+    details = status_details(caught.value)
+    assert (details.code, details.fields) == (grpc.StatusCode.INVALID_ARGUMENT, {field})

@@ -10,7 +10,7 @@ import grpc
 
 from omni.segmentation.v1 import segmentation_pb2 as pb
 from omni.segmentation.v1 import segmentation_pb2_grpc
-from omni_kit.errors import Violations
+from omni_kit.errors import Violations, has_control_characters
 from omni_kit.ids import parse_uuid
 from omni_kit.paging import PageTokenError, decode_after, encode_after
 from omni_kit.runtime import Runtime
@@ -20,7 +20,7 @@ from omni_segmentation.events import current_trace_context
 from omni_segmentation.records import SegmentRecord
 from omni_segmentation.repository import Repository
 
-NAME = re.compile(r"^[a-z0-9-]+$")
+NAME = re.compile(r"[a-z0-9-]+")
 MAX_NAME_LENGTH = 100
 MAX_DESCRIPTION_LENGTH = 2000
 DEFAULT_PAGE_SIZE = 50
@@ -64,13 +64,12 @@ def validate_segment(request: pb.CreateSegmentRequest) -> None:
         violations.add("segment.name", "the name is required")
     elif len(segment.name) > MAX_NAME_LENGTH:
         violations.add("segment.name", f"at most {MAX_NAME_LENGTH} characters")
-    elif not NAME.match(segment.name):
+    elif not NAME.fullmatch(segment.name):  # `$` would let a final line break through
         violations.add("segment.name", "only lower-case letters, digits and '-'")
-    violations.check(
-        len(segment.description) <= MAX_DESCRIPTION_LENGTH,
-        "segment.description",
-        f"at most {MAX_DESCRIPTION_LENGTH} characters",
-    )
+    if len(segment.description) > MAX_DESCRIPTION_LENGTH:
+        violations.add("segment.description", f"at most {MAX_DESCRIPTION_LENGTH} characters")
+    elif has_control_characters(segment.description, free_text=True):
+        violations.add("segment.description", "holds control characters (tabs and line breaks are fine)")
     if not segment.HasField("condition"):
         violations.add("segment.condition", "the condition (the segment's rules) is required")
     else:

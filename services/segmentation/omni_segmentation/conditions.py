@@ -13,10 +13,10 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from google.protobuf import duration_pb2, json_format
+from google.protobuf import duration_pb2, json_format, struct_pb2
 
 from omni.segmentation.v1 import segmentation_pb2 as pb
-from omni_kit.errors import Violations
+from omni_kit.errors import Violations, has_control_characters
 from omni_segmentation import rules
 
 MIN_WINDOW = timedelta(seconds=1)
@@ -24,7 +24,7 @@ MAX_WINDOW = timedelta(days=400)
 MAX_DEPTH = 10
 MAX_NODES = 200
 MAX_TRAIT_LENGTH = 200
-EVENT_TYPE = re.compile(r"^[a-z][a-z0-9_.]{0,99}$")
+EVENT_TYPE = re.compile(r"[a-z][a-z0-9_.]{0,99}")
 
 COMPARISONS: dict[int, rules.Comparison] = {
     pb.COMPARISON_EQ: rules.Comparison.EQ,
@@ -98,6 +98,11 @@ def _validate_trait(trait: pb.TraitCondition, path: str, violations: Violations)
         violations.add(f"{path}.trait", "the trait's name is required")
     elif len(trait.trait) > MAX_TRAIT_LENGTH:
         violations.add(f"{path}.trait", f"at most {MAX_TRAIT_LENGTH} characters")
+    elif has_control_characters(trait.trait):
+        violations.add(f"{path}.trait", "holds control characters")
+    if trait.HasField("value"):
+        # Stored with the condition whatever the comparison, so checked whatever the comparison.
+        validate_json_text(trait.value, f"{path}.value", violations)
     comparison = COMPARISONS.get(trait.comparison)
     if comparison is None:
         violations.add(
@@ -115,10 +120,32 @@ def _validate_trait(trait: pb.TraitCondition, path: str, violations: Violations)
         violations.add(f"{path}.value", "GT, GTE, LT and LTE compare with a number or a string")
 
 
+def validate_json_text(value: struct_pb2.Value, path: str, violations: Violations) -> None:
+    """Record a violation for every string of a JSON value that PostgreSQL's JSONB cannot keep or that is
+    corrupt: object keys may hold no control characters, strings none but tabs and line breaks.
+
+    A bad string is named by its JSON path ("….value.address.city", "….value[1]"); a bad key by the object
+    holding it, since the key itself would make an unreadable path.
+    """
+    kind = value.WhichOneof("kind")
+    if kind == "string_value":
+        if has_control_characters(value.string_value, free_text=True):
+            violations.add(path, "holds control characters")
+    elif kind == "struct_value":
+        for key, item in value.struct_value.fields.items():
+            if has_control_characters(key):
+                violations.add(path, "a key holds control characters")
+            else:
+                validate_json_text(item, f"{path}.{key}", violations)
+    elif kind == "list_value":
+        for index, item in enumerate(value.list_value.values):
+            validate_json_text(item, f"{path}[{index}]", violations)
+
+
 def _validate_event_type(event_type: str, path: str, violations: Violations) -> None:
     if not event_type:
         violations.add(path, "the event type is required")
-    elif not EVENT_TYPE.match(event_type):
+    elif not EVENT_TYPE.fullmatch(event_type):  # `$` would let a final line break through
         violations.add(
             path, "must be a snake_case event type such as order_completed, at most 100 characters"
         )

@@ -21,6 +21,11 @@ from omni_profile.domain import Identifier
 SERVICE = "omni.identity.v1.IdentityService"
 IDEMPOTENT_METHODS = ("ResolvePerson", "BatchResolvePersons", "GetPerson", "LookupPerson")
 
+# What identity takes in one BatchResolvePersons (its MAX_BATCH and MAX_IDENTIFIERS_PER_BATCH); a larger
+# call is refused as a whole, so profile splits what it resolves into calls within both.
+MAX_SETS_PER_CALL = 1000
+MAX_IDENTIFIERS_PER_CALL = 10_000
+
 _REQUEST_PATH = re.compile(r"^requests\[(\d+)\](?:\.(.*))?$")
 _UNAVAILABLE_CODES = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 
@@ -64,22 +69,24 @@ class IdentityClient:
         )
 
     async def resolve(self, sets: Sequence[IdentifierSet]) -> list[Resolution]:
-        """Resolve identifier sets in order with one BatchResolvePersons call."""
-        if not sets:
-            return []
-        try:
-            response = await self._batch_resolve(batch_resolve_request(sets))
-        except grpc.aio.AioRpcError as error:
-            raise _translate(error) from error
-        if len(response.resolutions) != len(sets):
-            raise Unavailable(message="identity answered a different number of resolutions than asked")
-        return [
-            Resolution(
-                person_id=uuid.UUID(r.person_id),
-                merged_person_ids=tuple(uuid.UUID(m) for m in r.merged_person_ids),
-            )
-            for r in response.resolutions
-        ]
+        """Resolve identifier sets in order: one BatchResolvePersons call, or as few as identity's limits allow
+        (each sees what the earlier ones resolved, as later sets of one call do)."""
+        resolutions: list[Resolution] = []
+        for start, chunk in _chunks(sets):
+            try:
+                response = await self._batch_resolve(batch_resolve_request(chunk))
+            except grpc.aio.AioRpcError as error:
+                raise _translate(error, offset=start) from error
+            if len(response.resolutions) != len(chunk):
+                raise Unavailable(message="identity answered a different number of resolutions than asked")
+            resolutions += [
+                Resolution(
+                    person_id=uuid.UUID(r.person_id),
+                    merged_person_ids=tuple(uuid.UUID(m) for m in r.merged_person_ids),
+                )
+                for r in response.resolutions
+            ]
+        return resolutions
 
     async def current_person(self, person_id: uuid.UUID) -> uuid.UUID | None:
         """The id of the person as identity knows it now (a merged id leads to the survivor); None if unknown."""
@@ -115,7 +122,26 @@ def batch_resolve_request(sets: Sequence[IdentifierSet]) -> bytes:
     )
 
 
-def _translate(error: grpc.aio.AioRpcError) -> Exception:
+def _chunks(sets: Sequence[IdentifierSet]) -> list[tuple[int, Sequence[IdentifierSet]]]:
+    """The sets in consecutive runs identity takes in one call, each with the position of its first set."""
+    chunks: list[tuple[int, Sequence[IdentifierSet]]] = []
+    start = identifiers = 0
+    for index, identifier_set in enumerate(sets):
+        count = len(identifier_set.identifiers)
+        if index > start and (
+            index - start == MAX_SETS_PER_CALL or identifiers + count > MAX_IDENTIFIERS_PER_CALL
+        ):
+            chunks.append((start, sets[start:index]))
+            start, identifiers = index, 0
+        identifiers += count
+    if start < len(sets):
+        chunks.append((start, sets[start:]))
+    return chunks
+
+
+def _translate(error: grpc.aio.AioRpcError, *, offset: int = 0) -> Exception:
+    """A domain error for identity's answer; refusals name positions in the whole list (offset: where the
+    refused call's sets started)."""
     details = status_details(error)
     if details.code == grpc.StatusCode.INVALID_ARGUMENT:
         rejected = IdentifiersRejected(message=details.message or "identity refused the identifiers")
@@ -125,7 +151,7 @@ def _translate(error: grpc.aio.AioRpcError) -> Exception:
                 rejected.violations.append((None, violation))
             else:
                 index, rest = int(match.group(1)), match.group(2) or ""
-                rejected.violations.append((index, FieldViolation(rest, violation.description)))
+                rejected.violations.append((offset + index, FieldViolation(rest, violation.description)))
         return rejected
     if details.code in _UNAVAILABLE_CODES:
         return Unavailable(

@@ -1,0 +1,166 @@
+"""How profile calls identity: one BatchResolvePersons per batch it records, within identity's limits.
+
+Identity runs for real behind a small gRPC proxy that forwards every call unchanged and counts them by
+method, so these tests see the calls profile really makes.
+"""
+
+from __future__ import annotations
+
+import base64
+import uuid
+from collections import Counter
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import grpc
+import pytest
+
+from omni.profile.v1 import profile_pb2, profile_pb2_grpc
+from omni_identity import main as identity_main
+from omni_kit.embedded import EmbeddedNats, EmbeddedPostgres
+from omni_profile import main as profile_main
+
+from .support import COMMON, close_runtime, event, ident, unique
+
+
+class CountingProxy(grpc.GenericRpcHandler):
+    """Forwards unary calls to a target as bytes and counts them by method name."""
+
+    def __init__(self, channel: grpc.aio.Channel) -> None:
+        self.channel = channel
+        self.calls: Counter[str] = Counter()
+
+    def service(self, handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler:
+        method = handler_call_details.method
+        forward = self.channel.unary_unary(method)
+
+        async def call(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+            self.calls[method.rsplit("/", 1)[-1]] += 1
+            try:
+                return bytes(await forward(request, timeout=context.time_remaining()))
+            except grpc.aio.AioRpcError as error:
+                await context.abort(
+                    error.code(), error.details() or "", tuple(error.trailing_metadata() or ())
+                )
+                raise
+
+        return grpc.unary_unary_rpc_method_handler(call)
+
+
+@dataclass
+class Wired:
+    """Profile whose identity calls go through the counting proxy."""
+
+    profile: profile_pb2_grpc.ProfileServiceStub
+    proxy: CountingProxy
+    http: str
+    session: aiohttp.ClientSession
+
+
+@pytest.fixture(scope="module")
+async def wired(postgres: EmbeddedPostgres, nats_server: EmbeddedNats) -> AsyncIterator[Wired]:
+    namespace = "t" + uuid.uuid4().hex[:10]
+    identity_db, profile_db = f"identity_{uuid.uuid4().hex[:16]}", f"profile_{uuid.uuid4().hex[:16]}"
+    postgres.create_database(identity_db)
+    postgres.create_database(profile_db)
+    shared: dict[str, Any] = {**COMMON, "nats_url": nats_server.url, "event_namespace": namespace}
+    identity = await identity_main.start(
+        identity_main.Settings.model_validate({**shared, "database_url": postgres.url(identity_db)})
+    )
+    to_identity = grpc.aio.insecure_channel(f"127.0.0.1:{identity.port}")
+    proxy = CountingProxy(to_identity)
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers((proxy,))
+    proxy_port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    profile = await profile_main.start(
+        profile_main.Settings.model_validate(
+            {
+                **shared,
+                "database_url": postgres.url(profile_db),
+                "identity_target": f"127.0.0.1:{proxy_port}",
+                "http_host": "127.0.0.1",
+                "http_port": 0,
+                "write_keys": {"wk_web": "web"},
+            }
+        )
+    )
+    assert profile.http is not None
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{profile.port}")
+    session = aiohttp.ClientSession()
+    try:
+        yield Wired(
+            profile_pb2_grpc.ProfileServiceStub(channel),
+            proxy,
+            f"http://127.0.0.1:{profile.http.port}",
+            session,
+        )
+    finally:
+        await session.close()
+        await channel.close()
+        await close_runtime(profile)
+        await server.stop(None)
+        await to_identity.close()
+        await close_runtime(identity)
+        postgres.drop_database(profile_db)
+        postgres.drop_database(identity_db)
+
+
+def _new_customer_event() -> profile_pb2.Event:
+    return event(identifiers=[ident("anonymous_id", unique("anon-")), ident("device_id", unique("dev-"))])
+
+
+async def test_a_batch_of_new_customers_costs_one_identity_call(wired: Wired) -> None:
+    wired.proxy.calls.clear()
+    response = await wired.profile.BatchTrackEvents(
+        profile_pb2.BatchTrackEventsRequest(events=[_new_customer_event() for _ in range(300)])
+    )
+    assert response.recorded_count == 300
+    assert wired.proxy.calls == Counter({"BatchResolvePersons": 1})
+
+
+async def test_a_stream_costs_one_identity_call_per_transaction(wired: Wired) -> None:
+    wired.proxy.calls.clear()
+
+    async def messages() -> AsyncIterator[profile_pb2.StreamTrackEventsRequest]:
+        for _ in range(3):
+            yield profile_pb2.StreamTrackEventsRequest(events=[_new_customer_event() for _ in range(200)])
+
+    response = await wired.profile.StreamTrackEvents(messages())
+    assert response.accepted == 600
+    # Events are recorded up to 1,000 a transaction, as they arrive: never one call per event.
+    assert 1 <= wired.proxy.calls["BatchResolvePersons"] <= 3
+    assert set(wired.proxy.calls) == {"BatchResolvePersons"}
+
+
+async def test_an_http_batch_costs_one_identity_call(wired: Wired) -> None:
+    wired.proxy.calls.clear()
+    batch = [
+        {"type": "track", "event": "Product Viewed", "messageId": unique("m-"), "anonymousId": unique("a-")}
+        for _ in range(100)
+    ]
+    authorization = "Basic " + base64.b64encode(b"wk_web:").decode()
+    async with wired.session.post(
+        f"{wired.http}/v1/batch", json={"batch": batch}, headers={"Authorization": authorization}
+    ) as answer:
+        assert answer.status == 200, await answer.text()
+    assert wired.proxy.calls == Counter({"BatchResolvePersons": 1})
+
+
+async def test_a_batch_with_more_identifiers_than_one_identity_call_takes_is_recorded_whole(
+    wired: Wired,
+) -> None:
+    # Identity takes at most 10,000 identifiers in one BatchResolvePersons: 1,000 events of 11 identifiers
+    # each are valid for profile and must not be refused as a whole.
+    def crowded() -> profile_pb2.Event:
+        kinds = ["anonymous_id"] * 3 + ["device_id"] * 3 + ["push_token"] * 3 + ["pos_customer_id"] * 2
+        return event(identifiers=[ident(kind, unique(f"{kind[:3]}-")) for kind in kinds])
+
+    wired.proxy.calls.clear()
+    response = await wired.profile.BatchTrackEvents(
+        profile_pb2.BatchTrackEventsRequest(events=[crowded() for _ in range(1000)])
+    )
+    assert response.recorded_count == 1000
+    assert wired.proxy.calls == Counter({"BatchResolvePersons": 2})

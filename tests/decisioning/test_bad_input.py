@@ -8,6 +8,7 @@ from typing import Any
 
 import grpc
 import pytest
+from google.protobuf import struct_pb2
 
 from omni.common.v1 import common_pb2 as c
 from omni.decisioning.v1 import decisioning_pb2 as d
@@ -233,3 +234,74 @@ async def test_decide_limit_negative(decisioning: Decisioning) -> None:
 @pytest.mark.usefixtures("unchanged")
 async def test_decide_channel_unknown(decisioning: Decisioning) -> None:
     await invalid(decisioning, decisioning.stub.Decide(decide(channel=42)), "channel")
+
+
+# -- Control characters -------------------------------------------------------------------------------------
+# PostgreSQL cannot store a NUL (text refuses it, JSONB refuses \u0000): it reached the database and answered
+# INTERNAL. Names, touchpoints and context keys hold no control characters; a description and the strings of
+# a context may keep tabs and line breaks.
+
+
+def struct(value: dict[str, Any]) -> struct_pb2.Struct:
+    message = struct_pb2.Struct()
+    message.update(value)
+    return message
+
+
+@pytest.mark.usefixtures("unchanged")
+@pytest.mark.parametrize(
+    ("method", "request_", "field"),
+    [
+        ("CreateJourney", journey(name="welcome\x00"), "journey.name"),
+        ("CreateJourney", journey(name="welcome\n"), "journey.name"),
+        ("CreateJourney", journey(trigger_segment_id=f"{uuid.uuid4()}\x00"), "journey.trigger_segment_id"),
+        ("CreateJourney", journey(template_id="cart\x00"), "journey.template_id"),
+        ("CreateJourney", journey(template_id="cart\n"), "journey.template_id"),
+        ("CreateOffer", offer(name="ten-off\x00"), "offer.name"),
+        ("CreateOffer", offer(description="Ten\x00off"), "offer.description"),
+        ("CreateOffer", offer(description="\x1b[1mTen off"), "offer.description"),
+        ("CreateOffer", offer(touchpoints=["web", "pos\x00"]), "offer.touchpoints[1]"),
+        ("CreateOffer", offer(touchpoints=["web\t"]), "offer.touchpoints[0]"),
+        ("CreateOffer", offer(segment_id=f"{uuid.uuid4()}\x00"), "offer.segment_id"),
+        ("Decide", decide(person_id=f"{uuid.uuid4()}\x00"), "person_id"),
+        ("Decide", decide(touchpoint="web_home\x00"), "touchpoint"),
+        ("Decide", decide(touchpoint="web_home\n"), "touchpoint"),
+        ("Decide", decide(context=struct({"page": "/cart\x00"})), "context.page"),
+        ("Decide", decide(context=struct({"pa\x00ge": "/cart"})), "context"),
+        ("Decide", decide(context=struct({"cart": {"skus": ["a", "b\x00"]}})), "context.cart.skus[1]"),
+        ("Decide", decide(context=struct({"cart": {"s\x00": 1}})), "context.cart"),
+        ("ListJourneys", d.ListJourneysRequest(page_token="\x00"), "page_token"),
+    ],
+    ids=[
+        "journey-name",
+        "journey-name-line-break",
+        "journey-segment-id",
+        "journey-template-id",
+        "journey-template-id-line-break",
+        "offer-name",
+        "offer-description",
+        "offer-description-escape",
+        "offer-touchpoint",
+        "offer-touchpoint-tab",
+        "offer-segment-id",
+        "decide-person-id",
+        "decide-touchpoint",
+        "decide-touchpoint-line-break",
+        "decide-context-value",
+        "decide-context-key",
+        "decide-context-list-item",
+        "decide-context-nested-key",
+        "list-page-token",
+    ],
+)
+async def test_control_characters(decisioning: Decisioning, method: str, request_: Any, field: str) -> None:
+    await invalid(decisioning, getattr(decisioning.stub, method)(request_), field)
+
+
+async def test_free_text_keeps_tabs_and_line_breaks(decisioning: Decisioning) -> None:
+    created = await decisioning.stub.CreateOffer(offer(description="Ten off\n\tthis week\r\n"))
+    assert created.offer.description == "Ten off\n\tthis week\r\n"
+    context = struct({"note": "line one\nline\ttwo"})
+    decision = await decisioning.stub.Decide(decide(context=context))
+    stored = await decisioning.scalar("SELECT context FROM decisions WHERE id = :id", id=decision.decision_id)
+    assert stored == {"note": "line one\nline\ttwo"}

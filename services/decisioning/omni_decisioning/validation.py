@@ -8,15 +8,17 @@ from __future__ import annotations
 
 import re
 import uuid
+from collections.abc import Mapping
 from typing import Any
 
+from google.protobuf import struct_pb2
 from google.protobuf.json_format import MessageToDict
 
 from omni.common.v1 import common_pb2
 from omni.decisioning.v1 import decisioning_pb2
 from omni_decisioning.entities import DecideQuery, NewJourney, NewOffer
 from omni_decisioning.paging import decode_token
-from omni_kit.errors import Violations
+from omni_kit.errors import Violations, has_control_characters
 from omni_kit.ids import parse_uuid
 
 MAX_NAME = 200
@@ -34,9 +36,44 @@ _CHANNELS = frozenset(common_pb2.Channel.values()) - {common_pb2.CHANNEL_UNSPECI
 
 
 def _name(violations: Violations, path: str, value: str) -> str:
-    if violations.check(bool(value.strip()), path, "required"):
-        violations.check(len(value) <= MAX_NAME, path, f"at most {MAX_NAME} characters")
+    if not value.strip():
+        violations.add(path, "required")
+    elif len(value) > MAX_NAME:
+        violations.add(path, f"at most {MAX_NAME} characters")
+    elif has_control_characters(value):
+        violations.add(path, "holds control characters")
     return value
+
+
+def _touchpoint_problem(value: str) -> str | None:
+    """What is wrong with a touchpoint that is not blank, if anything."""
+    if len(value) > MAX_TOUCHPOINT:
+        return f"at most {MAX_TOUCHPOINT} characters"
+    if has_control_characters(value):
+        return "holds control characters"
+    return None
+
+
+def _json_text(violations: Violations, path: str, fields: Mapping[str, struct_pb2.Value]) -> None:
+    """Record every string of a Struct's fields that JSONB cannot keep or that is corrupt: keys may hold no
+    control characters, strings none but tabs and line breaks. A string is named by its JSON path
+    ("context.cart.skus[1]"), a bad key by the object holding it (the key would make an unreadable path)."""
+    for key, value in fields.items():
+        if has_control_characters(key):
+            violations.add(path, "a key holds control characters")
+            continue
+        _json_value_text(violations, f"{path}.{key}", value)
+
+
+def _json_value_text(violations: Violations, path: str, value: struct_pb2.Value) -> None:
+    kind = value.WhichOneof("kind")
+    if kind == "string_value" and has_control_characters(value.string_value, free_text=True):
+        violations.add(path, "holds control characters")
+    elif kind == "struct_value":
+        _json_text(violations, path, value.struct_value.fields)
+    elif kind == "list_value":
+        for index, item in enumerate(value.list_value.values):
+            _json_value_text(violations, f"{path}[{index}]", item)
 
 
 def _uuid(violations: Violations, path: str, value: str, *, required: bool) -> uuid.UUID | None:
@@ -104,11 +141,10 @@ def create_offer(request: decisioning_pb2.CreateOfferRequest) -> NewOffer:
         violations.raise_if_any()
     offer = request.offer
     name = _name(violations, "offer.name", offer.name)
-    violations.check(
-        len(offer.description) <= MAX_DESCRIPTION,
-        "offer.description",
-        f"at most {MAX_DESCRIPTION} characters",
-    )
+    if len(offer.description) > MAX_DESCRIPTION:
+        violations.add("offer.description", f"at most {MAX_DESCRIPTION} characters")
+    elif has_control_characters(offer.description, free_text=True):
+        violations.add("offer.description", "holds control characters (tabs and line breaks are fine)")
     violations.check(
         len(offer.touchpoints) <= MAX_TOUCHPOINTS,
         "offer.touchpoints",
@@ -119,8 +155,8 @@ def create_offer(request: decisioning_pb2.CreateOfferRequest) -> NewOffer:
         path = f"offer.touchpoints[{index}]"
         if not touchpoint.strip():
             violations.add(path, "must not be empty")
-        elif len(touchpoint) > MAX_TOUCHPOINT:
-            violations.add(path, f"at most {MAX_TOUCHPOINT} characters")
+        elif problem := _touchpoint_problem(touchpoint):
+            violations.add(path, problem)
         elif touchpoint in seen:
             violations.add(path, f"duplicate touchpoint {touchpoint!r}")
         seen.add(touchpoint)
@@ -139,10 +175,10 @@ def decide(request: decisioning_pb2.DecideRequest) -> DecideQuery:
     """The decision asked for; InvalidArgument listing every bad field otherwise."""
     violations = Violations()
     person_id = _uuid(violations, "person_id", request.person_id, required=True)
-    if violations.check(bool(request.touchpoint.strip()), "touchpoint", "required"):
-        violations.check(
-            len(request.touchpoint) <= MAX_TOUCHPOINT, "touchpoint", f"at most {MAX_TOUCHPOINT} characters"
-        )
+    if not request.touchpoint.strip():
+        violations.add("touchpoint", "required")
+    elif problem := _touchpoint_problem(request.touchpoint):
+        violations.add("touchpoint", problem)
     violations.check(
         request.channel == common_pb2.CHANNEL_UNSPECIFIED or request.channel in _CHANNELS,
         "channel",
@@ -151,6 +187,8 @@ def decide(request: decisioning_pb2.DecideRequest) -> DecideQuery:
     violations.check(
         0 <= request.limit <= MAX_DECIDE_LIMIT, "limit", f"must be between 0 and {MAX_DECIDE_LIMIT}"
     )
+    if request.HasField("context"):
+        _json_text(violations, "context", request.context.fields)
     violations.raise_if_any()
     assert person_id is not None
     context: dict[str, Any] = MessageToDict(request.context) if request.HasField("context") else {}

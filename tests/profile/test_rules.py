@@ -7,6 +7,8 @@ import json
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from omni_profile import paging
 from omni_profile.domain import Consent, Trait
@@ -89,6 +91,43 @@ def test_a_lower_source_does_not_overwrite_a_higher_one_until_it_is_stale() -> N
     web = Trait("email", "ada@example.com", "web", T0)
     assert POLICY.may_overwrite(web, "call_center", T0)
     assert not POLICY.may_overwrite(web, "some_import", T0), "unlisted sources rank last"
+
+
+def test_at_the_same_rank_the_newer_value_wins_whichever_arrives_last() -> None:
+    web = Trait("plan", "gold", "web", T0)
+    assert POLICY.may_overwrite(web, "web", T0 + timedelta(minutes=1))
+    assert POLICY.may_overwrite(web, "web", T0), "a write at the same time replaces, as before"
+    assert not POLICY.may_overwrite(web, "web", T0 - timedelta(minutes=1)), "a late, older write loses"
+    assert not POLICY.may_overwrite(web, "some_import", T0 + timedelta(days=30))
+
+
+def test_a_higher_source_older_than_the_value_by_more_than_the_staleness_does_not_overwrite_it() -> None:
+    web = Trait("city", "Oslo", "web", T0)
+    assert POLICY.may_overwrite(web, "crm", T0 - timedelta(days=300))
+    assert not POLICY.may_overwrite(web, "crm", T0 - timedelta(days=400))
+
+
+_SOURCES = st.sampled_from(["crm", "call_center", "app", "web", "api", "pos"])
+_DAYS = st.integers(min_value=-800, max_value=800)
+
+
+@given(first=st.tuples(_SOURCES, _DAYS), second=st.tuples(_SOURCES, _DAYS))
+def test_two_writes_of_a_trait_end_the_same_in_either_order(
+    first: tuple[str, int], second: tuple[str, int]
+) -> None:
+    writes = [
+        Trait("plan", "first", first[0], T0 + timedelta(days=first[1])),
+        Trait("plan", "second", second[0], T0 + timedelta(days=second[1], seconds=1)),
+    ]
+
+    def applied(order: list[Trait]) -> Trait:
+        value = order[0]
+        for write in order[1:]:
+            if POLICY.may_overwrite(value, write.source, write.updated_at):
+                value = write
+        return value
+
+    assert applied(writes) == applied(writes[::-1])
 
 
 def test_merged_consent_takes_the_latest_answer_per_channel_and_purpose() -> None:

@@ -30,14 +30,20 @@ class Traits:
         values: Mapping[str, Any],
         source: str,
         now: datetime,
+        *,
+        at: datetime | None = None,
     ) -> tuple[uuid.UUID, list[str]]:
         """Set traits (None removes one) as far as the source's precedence allows; record and announce changes.
 
-        Returns the live person written to and the names left unchanged because a source of higher
-        precedence set them. Setting a value again from another source of enough precedence changes only
-        who owns it (recorded, not announced: the value did not change).
+        `at` is when the values were true (an identify call's time; `now` when not given): a trait keeps
+        the time of the value it holds, and precedence compares it with the time of the write (see
+        SourcePolicy), so a late write ends where it would have in order. The history records changes when
+        they are made (`now`). Returns the live person written to and the names left unchanged because of
+        precedence. Writing a trait's value again changes only who owns it and since when (not recorded in
+        the history, not announced: the value did not change).
         """
         source = source or DEFAULT_SOURCE
+        at = now if at is None else min(at, now)
         current = await persons.lock_live(session, person_id)
         existing = (await repository.load_traits(session, [current]))[current]
         upserts: list[Trait] = []
@@ -46,7 +52,7 @@ class Traits:
         history: list[TraitChange] = []
         for name, value in values.items():
             before = existing.get(name)
-            if before is not None and not self.policy.may_overwrite(before, source, now):
+            if before is not None and not self.policy.may_overwrite(before, source, at):
                 if before.value != value:
                     ignored.append(name)
                 continue
@@ -55,14 +61,14 @@ class Traits:
                     deletes.append(name)
                     history.append(TraitChange(new_id(), current, name, before.value, None, source, now))
             elif before is None or before.value != value:
-                upserts.append(Trait(name, value, source, now))
+                upserts.append(Trait(name, value, source, at))
                 history.append(
                     TraitChange(
                         new_id(), current, name, None if before is None else before.value, value, source, now
                     )
                 )
-            elif before.source != source:
-                upserts.append(Trait(name, value, source, now))
+            elif before.source != source or before.updated_at != at:
+                upserts.append(Trait(name, value, source, at))
         await repository.write_traits(session, current, upserts, deletes)
         await repository.record_trait_changes(session, history)
         if history:

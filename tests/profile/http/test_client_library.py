@@ -257,3 +257,21 @@ async def test_a_product_added_with_a_bad_line_is_400_with_the_field(
     assert (raised.value.status, raised.value.code) == (400, "invalid_request")
     assert raised.value.message.startswith(f"{field}: ")
     assert await endpoint.services.counts() == before
+
+
+@pytest.mark.parametrize("newest_first", [True, False])
+async def test_of_two_identify_calls_the_newer_sets_the_trait_whatever_arrives_last(
+    endpoint: Endpoint, client: Client, newest_first: bool
+) -> None:
+    user = unique("user-")
+    older = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=2)
+    newer = older + timedelta(hours=1)
+    calls = [("gold", older), ("platinum", newer)]
+    for plan, at in reversed(calls) if newest_first else calls:
+        # A queued call the device sends late: its timestamp says when it was made, sentAt when it was sent.
+        await asyncio.to_thread(client.identify, user_id=user, traits={"plan": plan}, timestamp=at)
+    profile = await endpoint.profile_of("user_id", user)
+    assert dict(profile.traits) == {"plan": "platinum"}
+    metadata = profile.trait_metadata["plan"]
+    assert metadata.source == "web"
+    assert abs(metadata.update_time.ToDatetime(tzinfo=UTC) - newer) < timedelta(seconds=2)

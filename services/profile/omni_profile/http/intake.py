@@ -127,8 +127,14 @@ class Intake:
                 if not item.traits or result.duplicate or result.violations or result.person_id is None:
                     continue
                 try:
+                    # The traits were true when the call was made: a late identify must not win over a newer one.
                     await self._traits.set_traits(
-                        session, result.person_id, item.traits, item.event.source, now
+                        session,
+                        result.person_id,
+                        item.traits,
+                        item.event.source,
+                        now,
+                        at=item.event.occurred_at,
                     )
                 except InvalidArgument as error:
                     raise _TraitsRefused(index, error) from error

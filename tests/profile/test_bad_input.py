@@ -95,6 +95,22 @@ INVALID_TRACKING = {
         _track(event("cart_item_added", cart_item=item("sku-1", 0))),
         {"event.cart_item.quantity"},
     ),
+    "cart item with a quantity past a million": (
+        _track(event("cart_item_added", cart_item=item("sku-1", 1_000_001))),
+        {"event.cart_item.quantity"},
+    ),
+    "cart item with a NUL in its product id": (
+        _track(event("cart_item_added", cart_item=item("sku-\x00", 1))),
+        {"event.cart_item.product_id"},
+    ),
+    "cart item with a control character in its name": (
+        _track(event("cart_item_added", cart_item=item("sku-1", 1, name="Boots\x00"))),
+        {"event.cart_item.name"},
+    ),
+    "cart item with an oversize name": (
+        _track(event("cart_item_added", cart_item=item("sku-1", 1, name="B" * 1025))),
+        {"event.cart_item.name"},
+    ),
     "empty batch": (_batch(), {"events"}),
     "batch over 1000": (_batch(*[event() for _ in range(1001)]), {"events"}),
 }

@@ -30,6 +30,9 @@ MAX_PROPERTIES_BYTES = 32 * 1024
 MAX_TRAITS_BYTES = 32 * 1024
 MAX_TRAIT_NAME = 128
 MAX_PRODUCT_ID = 128
+MAX_PRODUCT_NAME = 512
+# Units of one product in one cart event; far beyond any real order, and the cart's sums stay in 64 bits.
+MAX_QUANTITY = 1_000_000
 MAX_SOURCE = 64
 MAX_IDENTIFIER_TYPE = 64
 MAX_IDENTIFIER_VALUE = 1024
@@ -165,8 +168,16 @@ def _check_cart_item(item: common_pb2.CartItem, path: str, violations: Violation
         violations.add(f"{path}.product_id", "is required")
     elif len(item.product_id) > MAX_PRODUCT_ID:
         violations.add(f"{path}.product_id", f"must be at most {MAX_PRODUCT_ID} characters")
+    elif has_control_characters(item.product_id):
+        violations.add(f"{path}.product_id", "holds control characters")
+    if len(item.name) > MAX_PRODUCT_NAME:
+        violations.add(f"{path}.name", f"must be at most {MAX_PRODUCT_NAME} characters")
+    elif has_control_characters(item.name):
+        violations.add(f"{path}.name", "holds control characters")
     if item.quantity < 1:
         violations.add(f"{path}.quantity", "must be at least 1")
+    elif item.quantity > MAX_QUANTITY:
+        violations.add(f"{path}.quantity", f"must be at most {MAX_QUANTITY:,}")
     if item.HasField("unit_price"):
         if item.unit_price.amount_minor < 0:
             violations.add(f"{path}.unit_price.amount_minor", "must not be negative")

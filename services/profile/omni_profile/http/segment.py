@@ -26,7 +26,7 @@ from omni_profile.http.sources import Source, channel_of
 MAX_MESSAGE_BYTES = 32 * 1024
 """The largest message Segment accepts, as JSON."""
 
-MAX_QUANTITY = 1_000_000
+MAX_QUANTITY = validation.MAX_QUANTITY
 """The most units one cart event may add or remove."""
 
 MESSAGE_TYPES = ("identify", "track", "page", "screen", "group", "alias")

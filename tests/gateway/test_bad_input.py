@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import grpc
 import pytest
+import sqlalchemy as sa
+from google.protobuf import struct_pb2
 from google.protobuf.message import Message as ProtoMessage
 
 from omni.common.v1 import common_pb2
@@ -11,7 +15,16 @@ from omni.gateway.v1 import gateway_pb2
 from omni.profile.v1 import profile_pb2
 from omni_kit.errors import StatusDetails, status_details
 
-from .support import CART_TEMPLATE, Gateway, Neighbours, counts, create_cart_template, create_person, unique
+from .support import (
+    CART_TEMPLATE,
+    Gateway,
+    Neighbours,
+    counts,
+    create_cart_template,
+    create_person,
+    send_request,
+    unique,
+)
 
 PERSON = "0193a0b4-5f6e-7c3d-9a1b-2c3d4e5f6a7b"
 
@@ -203,3 +216,129 @@ async def test_a_template_is_stored_and_read_back(gateway: Gateway) -> None:
     assert created.template.HasField("create_time")
     read = await gateway.stub.GetTemplate(gateway_pb2.GetTemplateRequest(template_id=request.template.id))
     assert read.template == created.template
+
+
+# -- Control characters -------------------------------------------------------------------------------------
+# PostgreSQL cannot store a NUL (text refuses it, JSONB refuses \u0000): it reached the database and answered
+# INTERNAL. Ids and variable names hold no control characters; a template's Liquid (subject included: the
+# rendered subject is made one line) and the strings of the variables may keep tabs and line breaks.
+
+
+def _variables(value: dict[str, Any]) -> struct_pb2.Struct:
+    struct = struct_pb2.Struct()
+    struct.update(value)
+    return struct
+
+
+@pytest.mark.parametrize(
+    ("fields", "bad_field"),
+    [
+        ({"request_id": "req\x00"}, "request_id"),
+        ({"request_id": "req\n"}, "request_id"),
+        ({"person_id": f"{PERSON}\x00"}, "person_id"),
+        ({"template_id": "cart\x00"}, "template_id"),
+        ({"template_id": "cart\n"}, "template_id"),
+        ({"journey_id": "journey\x00"}, "journey_id"),
+        ({"journey_id": "journey\t1"}, "journey_id"),
+        ({"variables": _variables({"coupon": "BACK\x0010"})}, "variables.coupon"),
+        ({"variables": _variables({"coupon": "\x1b[1mBACK10"})}, "variables.coupon"),
+        ({"variables": _variables({"cou\x00pon": "BACK10"})}, "variables"),
+        ({"variables": _variables({"order": {"skus": ["a", "b\x00"]}})}, "variables.order.skus[1]"),
+        ({"variables": _variables({"order": {"s\x00": 1}})}, "variables.order"),
+    ],
+    ids=[
+        "request-id",
+        "request-id-line-break",
+        "person-id",
+        "template-id",
+        "template-id-line-break",
+        "journey-id",
+        "journey-id-tab",
+        "variable-value",
+        "variable-value-escape",
+        "variable-name",
+        "variable-list-item",
+        "variable-nested-name",
+    ],
+)
+async def test_send_with_control_characters_is_invalid(
+    gateway: Gateway, fields: dict[str, object], bad_field: str
+) -> None:
+    template_id = await create_cart_template(gateway)
+    request = _send(template_id=template_id)
+    for name, value in fields.items():
+        if isinstance(value, struct_pb2.Struct):
+            getattr(request, name).CopyFrom(value)
+        else:
+            setattr(request, name, value)
+
+    details = await _refused(gateway, "SendMessage", request)
+
+    assert details.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert details.fields == {bad_field}
+
+
+@pytest.mark.parametrize(
+    ("fields", "bad_field"),
+    [
+        ({"id": "cart\x00"}, "template.id"),
+        ({"id": "cart\n"}, "template.id"),
+        ({"subject": "Your cart\x00"}, "template.subject"),
+        ({"subject": "\x1b[1mYour cart"}, "template.subject"),
+        ({"body_text": "You left\x00:"}, "template.body_text"),
+        ({"body_text": "Ding\x07"}, "template.body_text"),
+        ({"body_html": "<p>\x00</p>"}, "template.body_html"),
+    ],
+    ids=[
+        "id",
+        "id-line-break",
+        "subject",
+        "subject-escape",
+        "body-text",
+        "body-text-bell",
+        "body-html",
+    ],
+)
+async def test_template_with_control_characters_is_invalid(
+    gateway: Gateway, fields: dict[str, object], bad_field: str
+) -> None:
+    details = await _refused(gateway, "CreateTemplate", _template(**fields))
+    assert details.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert details.fields == {bad_field}
+
+
+@pytest.mark.parametrize(
+    ("method", "request_", "bad_field"),
+    [
+        ("GetTemplate", gateway_pb2.GetTemplateRequest(template_id="cart\x00"), "template_id"),
+        ("GetMessage", gateway_pb2.GetMessageRequest(message_id=f"{PERSON}\x00"), "message_id"),
+    ],
+    ids=["template-id", "message-id"],
+)
+async def test_a_read_with_a_nul_is_invalid(
+    gateway: Gateway, method: str, request_: ProtoMessage, bad_field: str
+) -> None:
+    details = await _refused(gateway, method, request_)
+    assert details.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert details.fields == {bad_field}
+
+
+async def test_templates_and_variables_keep_tabs_and_line_breaks(
+    gateway: Gateway, neighbours: Neighbours
+) -> None:
+    template = _template(
+        subject="{% if traits.first_name %}\n\tHi{% endif %} your cart", body_text="A\r\n\tB"
+    )
+    created = await gateway.stub.CreateTemplate(template)
+    assert created.template.body_text == "A\r\n\tB"
+    person_id = await create_person(neighbours, f"{unique('free-text-')}@example.com")
+
+    response = await gateway.stub.SendMessage(
+        send_request(person_id, template.template.id, note="Leave it\nat the door\t(back)")
+    )
+
+    async with gateway.database.connect() as connection:
+        stored = await connection.scalar(
+            sa.text("SELECT variables FROM messages WHERE id = :id"), {"id": response.message.id}
+        )
+    assert stored == {"note": "Leave it\nat the door\t(back)"}

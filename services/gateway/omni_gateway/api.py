@@ -17,7 +17,14 @@ from omni_gateway.wire import (
     struct_to_dict,
     template_to_proto,
 )
-from omni_kit.errors import AlreadyExists, FieldViolation, InvalidArgument, NotFound, Violations
+from omni_kit.errors import (
+    AlreadyExists,
+    FieldViolation,
+    InvalidArgument,
+    NotFound,
+    Violations,
+    has_control_characters,
+)
 from omni_kit.ids import parse_uuid
 
 MAX_TEMPLATE_PART = 256 * 1024
@@ -61,6 +68,11 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         for name in ("body_text", "body_html"):
             if len(getattr(template, name)) > MAX_TEMPLATE_PART:
                 violations.add(f"template.{name}", f"at most {MAX_TEMPLATE_PART} characters")
+        # Liquid sources are free text (the rendered subject is made one line), but PostgreSQL cannot store a
+        # NUL and other control characters are corruption.
+        for name in ("subject", "body_text", "body_html"):
+            if has_control_characters(getattr(template, name), free_text=True):
+                violations.add(f"template.{name}", "holds control characters (tabs and line breaks are fine)")
         if not violations:
             parts = TemplateParts(template.subject, template.body_text, template.body_html)
             for name, problem in self._renderer.problems(parts).items():

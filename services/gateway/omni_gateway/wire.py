@@ -4,6 +4,7 @@ templates, messages, and the validation of a send request however it arrives."""
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
@@ -14,7 +15,7 @@ from omni.gateway.v1 import gateway_pb2
 from omni.profile.v1 import profile_pb2
 from omni_gateway.domain import Channel, MessageStatus, Purpose, SendRequest
 from omni_gateway.models import Message, Template
-from omni_kit.errors import Violations
+from omni_kit.errors import Violations, has_control_characters
 from omni_kit.ids import parse_uuid
 
 TEMPLATE_ID = re.compile(r"[a-z0-9-]{1,64}")
@@ -117,6 +118,27 @@ def struct_to_dict(value: struct_pb2.Struct) -> dict[str, Any]:
     return json_format.MessageToDict(value)
 
 
+def check_json_text(value: Any, path: str, violations: Violations) -> None:
+    """Record every string of a JSON-like value that PostgreSQL's JSONB cannot keep or that is corrupt:
+    object keys may hold no control characters, strings none but tabs and line breaks.
+
+    A bad string is named by its path ("variables.order.skus[1]"); a bad key by the object holding it, since
+    the key itself would make an unreadable path.
+    """
+    if isinstance(value, str):
+        if has_control_characters(value, free_text=True):
+            violations.add(path, "holds control characters")
+    elif isinstance(value, Mapping):
+        for key, item in value.items():
+            if has_control_characters(str(key)):
+                violations.add(path, "a key holds control characters")
+            else:
+                check_json_text(item, f"{path}.{key}", violations)
+    elif isinstance(value, list | tuple):
+        for index, item in enumerate(value):
+            check_json_text(item, f"{path}[{index}]", violations)
+
+
 def parse_send_request(
     *,
     request_id: str,
@@ -130,7 +152,7 @@ def parse_send_request(
     """Validate the fields of a send, from SendMessageRequest or SendRequestedEvent alike.
 
     Raises InvalidArgument naming every bad field (request_id, person_id, channel, template_id, journey_id,
-    purpose).
+    purpose, and each bad string of the variables by its path, "variables.order.skus[1]").
     Whether the channel can be delivered and the template exists is the delivery's to decide.
     """
     violations = Violations()
@@ -138,6 +160,8 @@ def parse_send_request(
         violations.add("request_id", "required: an idempotency key for this send")
     elif len(request_id) > MAX_REQUEST_ID:
         violations.add("request_id", f"at most {MAX_REQUEST_ID} characters")
+    elif has_control_characters(request_id):
+        violations.add("request_id", "holds control characters")
     person = parse_uuid(person_id) if person_id else None
     if not person_id:
         violations.add("person_id", "required")
@@ -152,6 +176,9 @@ def parse_send_request(
         violations.add("template_id", "1 to 64 characters of a-z, 0-9 and '-'")
     if len(journey_id) > MAX_JOURNEY_ID:
         violations.add("journey_id", f"at most {MAX_JOURNEY_ID} characters")
+    elif has_control_characters(journey_id):
+        violations.add("journey_id", "holds control characters")
+    check_json_text(variables or {}, "variables", violations)
     domain_purpose = purpose_from_proto(purpose)
     if domain_purpose is None:
         violations.add(

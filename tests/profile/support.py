@@ -11,13 +11,17 @@ from typing import Any
 
 import sqlalchemy as sa
 from google.protobuf import struct_pb2
+from google.protobuf.message import Message
 from nats.js import JetStreamContext
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from omni.common.v1 import common_pb2
 from omni.events.v1 import envelope_pb2
+from omni.gateway.v1 import gateway_pb2
 from omni.identity.v1 import identity_pb2_grpc
-from omni.profile.v1 import profile_pb2, profile_pb2_grpc
+from omni.profile.v1 import events_pb2, profile_pb2, profile_pb2_grpc
+from omni_kit.bus import make_envelope, subject_for, unpack
+from omni_kit.ids import new_id_str
 from omni_kit.runtime import Runtime
 
 COMMON = {"grpc_host": "127.0.0.1", "grpc_port": 0, "migrate_on_start": True, "outbox_poll_interval_s": 0.05}
@@ -172,3 +176,42 @@ async def get_profile(services: Services, person_id: str, recent: int = 0) -> pr
 def cart_of(profile: profile_pb2.Profile) -> dict[str, int]:
     """A profile's cart as product id → quantity."""
     return {line.product_id: line.quantity for line in profile.cart.items}
+
+
+async def publish_outcome(
+    services: Services, payload: Message, event_type: str, person_id: str
+) -> envelope_pb2.Envelope:
+    """Publish a gateway outcome event (gateway.message_sent …) as gateway's relay would."""
+    envelope = make_envelope(payload, event_type=event_type, producer="gateway", person_id=person_id)
+    await services.js.publish(
+        subject_for(event_type, services.namespace),
+        envelope.SerializeToString(),
+        headers={"Nats-Msg-Id": envelope.id},
+    )
+    return envelope
+
+
+def gateway_message(
+    person: str, status: gateway_pb2.MessageStatus.ValueType, error: str = ""
+) -> gateway_pb2.Message:
+    """A gateway message to a person, in a status."""
+    message = gateway_pb2.Message(
+        id=new_id_str(),
+        request_id=unique("req-"),
+        person_id=person,
+        channel=common_pb2.CHANNEL_EMAIL,
+        template_id="abandoned-cart-email",
+        recipient="ada@example.com",
+        status=status,
+        error=error,
+        journey_id="journey-1",
+    )
+    message.update_time.FromDatetime(datetime.now(UTC))
+    return message
+
+
+def tracked_with_id(event_id: str) -> Callable[[envelope_pb2.Envelope], bool]:
+    """Matches profile.event_tracked of the event with this id."""
+    return lambda e: (
+        e.type == "profile.event_tracked" and unpack(e, events_pb2.EventTrackedEvent).event.id == event_id
+    )

@@ -2,19 +2,27 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-
-from google.protobuf.message import Message
-
 from omni.common.v1 import common_pb2
 from omni.events.v1 import envelope_pb2
 from omni.gateway.v1 import events_pb2 as gateway_events
 from omni.gateway.v1 import gateway_pb2
 from omni.profile.v1 import events_pb2, profile_pb2
-from omni_kit.bus import make_envelope, subject_for, unpack
-from omni_kit.ids import new_id_str
+from omni_kit.bus import unpack
 
-from .support import Services, cart_of, event, get_profile, ident, item, struct, track, unique
+from .support import (
+    Services,
+    cart_of,
+    event,
+    gateway_message,
+    get_profile,
+    ident,
+    item,
+    publish_outcome,
+    struct,
+    track,
+    tracked_with_id,
+    unique,
+)
 
 
 def _consent(
@@ -115,47 +123,13 @@ async def test_a_merge_by_identity_moves_everything_to_the_survivor(services: Se
     assert (await get_profile(services, survivor)).event_count == 7
 
 
-async def _publish(
-    services: Services, payload: Message, event_type: str, person_id: str
-) -> envelope_pb2.Envelope:
-    envelope = make_envelope(payload, event_type=event_type, producer="gateway", person_id=person_id)
-    await services.js.publish(
-        subject_for(event_type, services.namespace),
-        envelope.SerializeToString(),
-        headers={"Nats-Msg-Id": envelope.id},
-    )
-    return envelope
-
-
-def _message(
-    person: str, status: gateway_pb2.MessageStatus.ValueType, error: str = ""
-) -> gateway_pb2.Message:
-    message = gateway_pb2.Message(
-        id=new_id_str(),
-        request_id=unique("req-"),
-        person_id=person,
-        channel=common_pb2.CHANNEL_EMAIL,
-        template_id="abandoned-cart-email",
-        recipient="ada@example.com",
-        status=status,
-        error=error,
-        journey_id="journey-1",
-    )
-    message.update_time.FromDatetime(datetime.now(UTC))
-    return message
-
-
-def _tracked(event_id: str):  # type: ignore[no-untyped-def]
-    return lambda e: (
-        e.type == "profile.event_tracked" and unpack(e, events_pb2.EventTrackedEvent).event.id == event_id
-    )
-
-
 async def test_a_sent_message_appears_on_the_timeline_once(services: Services) -> None:
     person = (await track(services, event("page_viewed"))).person_id
-    message = _message(person, gateway_pb2.MESSAGE_STATUS_SENT)
-    await _publish(services, gateway_events.MessageSentEvent(message=message), "gateway.message_sent", person)
-    [announced] = await services.events.wait_for(_tracked(f"gateway:{message.id}"))
+    message = gateway_message(person, gateway_pb2.MESSAGE_STATUS_SENT)
+    await publish_outcome(
+        services, gateway_events.MessageSentEvent(message=message), "gateway.message_sent", person
+    )
+    [announced] = await services.events.wait_for(tracked_with_id(f"gateway:{message.id}"))
     recorded = unpack(announced, events_pb2.EventTrackedEvent).event
     assert recorded.type == "message_sent"
     assert recorded.person_id == person
@@ -175,21 +149,25 @@ async def test_a_sent_message_appears_on_the_timeline_once(services: Services) -
     }
 
     # The same outcome again, in a new envelope (a gateway retry): recorded once.
-    await _publish(services, gateway_events.MessageSentEvent(message=message), "gateway.message_sent", person)
-    marker = _message(person, gateway_pb2.MESSAGE_STATUS_SENT)
-    await _publish(services, gateway_events.MessageSentEvent(message=marker), "gateway.message_sent", person)
-    await services.events.wait_for(_tracked(f"gateway:{marker.id}"))
-    assert len(services.events.matching(_tracked(f"gateway:{message.id}"))) == 1
+    await publish_outcome(
+        services, gateway_events.MessageSentEvent(message=message), "gateway.message_sent", person
+    )
+    marker = gateway_message(person, gateway_pb2.MESSAGE_STATUS_SENT)
+    await publish_outcome(
+        services, gateway_events.MessageSentEvent(message=marker), "gateway.message_sent", person
+    )
+    await services.events.wait_for(tracked_with_id(f"gateway:{marker.id}"))
+    assert len(services.events.matching(tracked_with_id(f"gateway:{message.id}"))) == 1
     assert (await get_profile(services, person)).event_count == 3
 
 
 async def test_a_failed_message_is_recorded_with_its_error(services: Services) -> None:
     person = (await track(services, event("page_viewed"))).person_id
-    message = _message(person, gateway_pb2.MESSAGE_STATUS_FAILED, error="550 mailbox unavailable")
-    await _publish(
+    message = gateway_message(person, gateway_pb2.MESSAGE_STATUS_FAILED, error="550 mailbox unavailable")
+    await publish_outcome(
         services, gateway_events.MessageFailedEvent(message=message), "gateway.message_failed", person
     )
-    await services.events.wait_for(_tracked(f"gateway:{message.id}"))
+    await services.events.wait_for(tracked_with_id(f"gateway:{message.id}"))
     profile = await get_profile(services, person)
     failed = profile.recent_events[0]
     assert failed.type == "message_failed"
@@ -199,11 +177,15 @@ async def test_a_failed_message_is_recorded_with_its_error(services: Services) -
 
 async def test_an_outcome_without_a_person_is_skipped_and_the_next_one_applies(services: Services) -> None:
     person = (await track(services, event("page_viewed"))).person_id
-    orphan = _message("", gateway_pb2.MESSAGE_STATUS_SENT)
-    await _publish(services, gateway_events.MessageSentEvent(message=orphan), "gateway.message_sent", "")
-    after = _message(person, gateway_pb2.MESSAGE_STATUS_SENT)
-    await _publish(services, gateway_events.MessageSentEvent(message=after), "gateway.message_sent", person)
-    await services.events.wait_for(_tracked(f"gateway:{after.id}"))
+    orphan = gateway_message("", gateway_pb2.MESSAGE_STATUS_SENT)
+    await publish_outcome(
+        services, gateway_events.MessageSentEvent(message=orphan), "gateway.message_sent", ""
+    )
+    after = gateway_message(person, gateway_pb2.MESSAGE_STATUS_SENT)
+    await publish_outcome(
+        services, gateway_events.MessageSentEvent(message=after), "gateway.message_sent", person
+    )
+    await services.events.wait_for(tracked_with_id(f"gateway:{after.id}"))
     assert await services.scalar("SELECT count(*) FROM events WHERE id = :id", id=f"gateway:{orphan.id}") == 0
 
 
@@ -216,8 +198,10 @@ async def test_an_outcome_for_a_merged_person_lands_on_the_survivor(services: Se
     ).person_id
     merged = second if survivor == first else first
     await services.events.wait_for(_merge_announced(survivor))
-    message = _message(merged, gateway_pb2.MESSAGE_STATUS_SENT)
-    await _publish(services, gateway_events.MessageSentEvent(message=message), "gateway.message_sent", merged)
-    [announced] = await services.events.wait_for(_tracked(f"gateway:{message.id}"))
+    message = gateway_message(merged, gateway_pb2.MESSAGE_STATUS_SENT)
+    await publish_outcome(
+        services, gateway_events.MessageSentEvent(message=message), "gateway.message_sent", merged
+    )
+    [announced] = await services.events.wait_for(tracked_with_id(f"gateway:{message.id}"))
     assert unpack(announced, events_pb2.EventTrackedEvent).event.person_id == survivor
     assert (await get_profile(services, survivor)).event_count == 4

@@ -1,9 +1,9 @@
 """The events profile publishes and consumes: their types, and how the published ones are staged.
 
 Published (payloads in omni.profile.v1.events): profile.event_tracked for every newly recorded event,
-profile.profile_changed when traits, computed traits or the cart change (or a merge lands; only the parts
-named in `changed` are filled), profile.consent_changed, profile.person_erased. The handlers of consumed
-events are in consumers.py.
+profile.profile_changed when traits, computed traits or the cart change (or a merge or unmerge lands; only
+the parts named in `changed` are filled; an unmerge lists the events it gave back), profile.consent_changed,
+profile.person_erased. The handlers of consumed events are in consumers.py.
 """
 
 from __future__ import annotations
@@ -37,6 +37,10 @@ MESSAGE_FAILED_EVENT = "gateway.message_failed"
 
 GATEWAY_EVENT_PREFIX = "gateway:"
 """Timeline events recorded from gateway outcomes have the id "gateway:<message id>" (source "gateway")."""
+
+MOVED_EVENT_IDS_PER_CHANGE = 2000
+"""The most moved event ids one profile_changed lists (ids are at most 128 characters: some 260 KB, well
+under a message's limit); an unmerge that moved more announces the rest in further changes."""
 
 _TRACKED_TYPE_URL = type_url(events_pb2.EventTrackedEvent)
 _CHANGED_TYPE_URL = type_url(events_pb2.ProfileChangedEvent)
@@ -76,13 +80,19 @@ def profile_changed(
     cart: Iterable[CartLine] | None = None,
     computed_traits: Mapping[str, Any] | None = None,
     merged_person_ids: Sequence[uuid.UUID] = (),
+    moved_event_ids: Sequence[str] = (),
+    moved_from_person_id: uuid.UUID | None = None,
 ) -> events_pb2.ProfileChangedEvent:
-    """The payload of profile.profile_changed with the parts after the change (each part given is filled)."""
+    """The payload of profile.profile_changed with the parts after the change (each part given is filled;
+    the person moved events came from only with them)."""
     payload = events_pb2.ProfileChangedEvent(
         person_id=str(person_id),
         changed=list(changed),
         merged_person_ids=[str(m) for m in merged_person_ids],
+        moved_event_ids=list(moved_event_ids),
     )
+    if moved_event_ids and moved_from_person_id is not None:
+        payload.moved_from_person_id = str(moved_from_person_id)
     if traits is not None:
         payload.traits.update(dict(traits))
     if cart is not None:
@@ -121,17 +131,40 @@ async def stage_profile_changed(
     cart: Iterable[CartLine] | None = None,
     computed_traits: Mapping[str, Any] | None = None,
     merged_person_ids: Sequence[uuid.UUID] = (),
+    moved_event_ids: Sequence[str] = (),
+    moved_from_person_id: uuid.UUID | None = None,
 ) -> None:
-    """Stage profile.profile_changed with the parts after the change (each part given is filled)."""
-    payload = profile_changed(
-        person_id,
-        changed=changed,
-        traits=traits,
-        cart=cart,
-        computed_traits=computed_traits,
-        merged_person_ids=merged_person_ids,
+    """Stage profile.profile_changed with the parts after the change (each part given is filled).
+
+    Moved event ids beyond MOVED_EVENT_IDS_PER_CHANGE follow in further changes of the person that name
+    only "events", each listing the next ids.
+    """
+    limit = MOVED_EVENT_IDS_PER_CHANGE
+    payloads = [
+        profile_changed(
+            person_id,
+            changed=changed,
+            traits=traits,
+            cart=cart,
+            computed_traits=computed_traits,
+            merged_person_ids=merged_person_ids,
+            moved_event_ids=moved_event_ids[:limit],
+            moved_from_person_id=moved_from_person_id,
+        )
+    ]
+    payloads.extend(
+        profile_changed(
+            person_id,
+            changed=["events"],
+            moved_event_ids=moved_event_ids[start : start + limit],
+            moved_from_person_id=moved_from_person_id,
+        )
+        for start in range(limit, len(moved_event_ids), limit)
     )
-    await outbox.add(session, payload, event_type=PROFILE_CHANGED, person_id=str(person_id))
+    await outbox.add_envelopes(
+        session,
+        [outbox.envelope(p, event_type=PROFILE_CHANGED, person_id=str(person_id)) for p in payloads],
+    )
 
 
 async def stage_consent_changed(

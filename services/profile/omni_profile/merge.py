@@ -10,11 +10,17 @@ channel and purpose: the most recent answer wins; the history moves whole. Segme
 merged persons are dropped (segmentation announces the survivor's). The merged ids keep a profile row
 pointing at the survivor, so later events and reads that name them land on the survivor.
 
-Unmerge: the survivor's events carrying one of the identifiers identity moved back (compared without case,
-phone numbers by their digits)
-move to the restored person, whose id (and the ids that had been merged into it) lead to it again; both
-persons' counts, carts and computed traits are recomputed from their timelines. Traits and consent stay
-with the survivor: profile cannot tell which of them the restored person brought.
+Each event a merge moves remembers the person it was on (origin_person_id; the first, when a chain of merges
+moves it again), whatever it carried: an event tracked by person id, a gateway outcome.
+
+Unmerge: the restored person's id (and the ids that had been merged into it) lead to it again, and the
+survivor's events move to it when a merge took them from one of those persons, or when they carry one of
+the identifiers identity moved back (compared without case, phone numbers by their digits: the events
+identity resolved to the survivor after the merge that were the restored person's). Both persons' counts,
+carts and computed traits are recomputed from their timelines, and both announce profile_changed; the
+restored person's lists the ids of the events it got back (moved_event_ids, from the survivor), so that
+segmentation, which keeps no identifiers, moves the same ones. Traits and consent stay with the survivor:
+profile cannot tell which of them the restored person brought.
 """
 
 from __future__ import annotations
@@ -277,7 +283,9 @@ class Merger:
             return
         await repository.unmark_merged(session, restored_id)
         await repository.point_merged(session, restored_merged_ids, restored_id)
-        moved = await repository.move_events_with_identifiers(session, survivor_id, restored_id, identifiers)
+        moved = await repository.give_back_events(
+            session, survivor_id, restored_id, [restored_id, *restored_merged_ids], identifiers
+        )
         now = datetime.now(UTC)
         catalog = self._catalog()
         timelines = await repository.events_of(session, [survivor_id, restored_id])
@@ -301,4 +309,7 @@ class Merger:
                 changed=["events", "cart", "computed_traits"] if moved else ["cart", "computed_traits"],
                 cart=cart.sorted_lines(new_cart),
                 computed_traits=computed.values(catalog, state, now),
+                # Segmentation knows events by id, not by identifiers: it follows the list.
+                moved_event_ids=moved if person_id == restored_id else (),
+                moved_from_person_id=survivor_id if person_id == restored_id else None,
             )

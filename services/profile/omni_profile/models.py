@@ -70,6 +70,10 @@ class EventRow(Base):
     wire: Mapped[bytes | None] = mapped_column(sa.LargeBinary, nullable=True)
     """The event encoded as omni.profile.v1.Event (without person_id, which merges change): reads show it
     as it is. NULL for events recorded before it was kept."""
+    origin_person_id: Mapped[uuid.UUID | None] = mapped_column(sa.Uuid, nullable=True)
+    """The person the event was on before a merge moved it (the first such move: a chain of merges keeps
+    it); NULL when no merge moved it, or an unmerge gave it back there. An unmerge gives back the events
+    whose origin is the restored person."""
 
     __table_args__ = (
         # The timeline is read newest first per person, and paged by (occurred_at, id, source).

@@ -214,9 +214,12 @@ async def events_of(
 
 
 # The join key is repeated as `= ANY(...)` (here and in the other moves of a merge): with the join alone, a
-# cached generic plan may hash-join the few merged persons against a sequential scan of the table.
+# cached generic plan may hash-join the few merged persons against a sequential scan of the table. Each
+# event remembers the person it was on (its first: a chain of merges keeps where it started), so an unmerge
+# can give it back whatever it carried.
 MOVE_EVENTS = sa.text(
-    "WITH moved AS (UPDATE events SET person_id = m.survivor "
+    "WITH moved AS (UPDATE events SET person_id = m.survivor, "
+    "origin_person_id = coalesce(events.origin_person_id, events.person_id) "
     "FROM unnest(CAST(:merged AS uuid[]), CAST(:survivors AS uuid[])) AS m(merged, survivor) "
     "WHERE events.person_id = m.merged AND events.person_id = ANY(CAST(:merged AS uuid[])) "
     "RETURNING events.person_id) "
@@ -238,36 +241,46 @@ async def move_events_to(session: AsyncSession, moves: Mapping[uuid.UUID, uuid.U
     return {row.person_id: int(row.n) for row in rows}
 
 
-async def move_events_with_identifiers(
+_GIVE_BACK = sa.text(
+    "UPDATE events AS e SET person_id = :to_person, origin_person_id = nullif(e.origin_person_id, :to_person) "
+    "WHERE e.person_id = :from_person AND (e.origin_person_id = ANY(CAST(:origins AS uuid[])) OR EXISTS ("
+    " SELECT 1 FROM jsonb_array_elements(e.identifiers) AS i"
+    " JOIN unnest(CAST(:types AS text[]), CAST(:values AS text[])) AS k(type, value)"
+    " ON lower(i->>'type') = k.type AND CASE WHEN k.type = 'phone'"
+    "  THEN regexp_replace(i->>'value', '[^0-9]', '', 'g') = regexp_replace(k.value, '[^0-9]', '', 'g')"
+    "  ELSE lower(i->>'value') = lower(k.value) END)) "
+    "RETURNING e.id"
+)
+
+
+async def give_back_events(
     session: AsyncSession,
     from_person: uuid.UUID,
     to_person: uuid.UUID,
+    origins: Sequence[uuid.UUID],
     identifiers: Sequence[tuple[str, str]],
-) -> int:
-    """Move a person's events that carry any of these (type, value) identifiers to another person.
+) -> list[str]:
+    """Move to another person (an unmerge's restored one) the events of a person that a merge took from one
+    of `origins`, or that carry any of these (type, value) identifiers; return the ids of those moved (each
+    once, in no particular order).
 
     Events keep identifiers as the channel sent them, while identity's are normalised: values are compared
-    without case, and phone numbers by their digits.
+    without case, and phone numbers by their digits. An event back on the person it was taken from forgets
+    that origin.
     """
-    if not identifiers:
-        return 0
-    result = await session.execute(
-        sa.text(
-            "UPDATE events AS e SET person_id = :to_person WHERE e.person_id = :from_person AND EXISTS ("
-            " SELECT 1 FROM jsonb_array_elements(e.identifiers) AS i"
-            " JOIN unnest(CAST(:types AS text[]), CAST(:values AS text[])) AS k(type, value)"
-            " ON lower(i->>'type') = k.type AND CASE WHEN k.type = 'phone'"
-            "  THEN regexp_replace(i->>'value', '[^0-9]', '', 'g') = regexp_replace(k.value, '[^0-9]', '', 'g')"
-            "  ELSE lower(i->>'value') = lower(k.value) END)"
-        ),
+    if not origins and not identifiers:
+        return []
+    rows = await session.execute(
+        _GIVE_BACK,
         {
             "from_person": from_person,
             "to_person": to_person,
+            "origins": list(origins),
             "types": [t.lower() for t, _ in identifiers],
             "values": [v for _, v in identifiers],
         },
     )
-    return int(result.rowcount or 0)  # type: ignore[attr-defined]
+    return sorted({row.id for row in rows})
 
 
 async def delete_events(session: AsyncSession, person_ids: Sequence[uuid.UUID]) -> int:

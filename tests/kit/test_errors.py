@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import grpc
 import pytest
+from google.protobuf import struct_pb2
 from google.rpc import error_details_pb2, status_pb2
 
 from omni_kit.errors import (
@@ -12,6 +15,8 @@ from omni_kit.errors import (
     InvalidArgument,
     NotFound,
     Violations,
+    check_json_text,
+    has_control_characters,
     to_status,
 )
 
@@ -68,3 +73,27 @@ def test_violations_collect_then_raise_once() -> None:
 
 def test_no_violations_raise_nothing() -> None:
     Violations().raise_if_any()
+
+
+def test_control_characters_are_told_apart_from_free_text() -> None:
+    assert has_control_characters("a\x00b") and has_control_characters("line\nbreak")
+    assert not has_control_characters("line\nbreak\ttab\r", free_text=True)
+    assert has_control_characters("bell\x07", free_text=True) and has_control_characters(
+        "nul\x00", free_text=True
+    )
+    assert not has_control_characters("Zoë Ångström, 12 rue de l'Église")
+
+
+def test_json_text_names_every_bad_string_and_key_in_plain_and_protobuf_json() -> None:
+    plain: dict[str, Any] = {
+        "a": ["ok", "x\x00", {"k\x01": 1}],
+        "b": {"c": "tab\tand\nline"},
+        "d": 3,
+        "e\x00": None,
+    }
+    struct = struct_pb2.Struct()
+    struct.update(plain)
+    for value in (plain, struct):
+        violations = Violations()
+        check_json_text(value, "context", violations)
+        assert sorted(v.field for v in violations.items) == ["context", "context.a[1]", "context.a[2]"]

@@ -8,10 +8,12 @@ violations. Clients read them back with `status_details`.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
-from google.protobuf import any_pb2
+from google.protobuf import any_pb2, struct_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
@@ -123,6 +125,48 @@ class Violations:
         """Raise InvalidArgument with every violation collected, if there are any."""
         if self.items:
             raise InvalidArgument(message=message, violations=list(self.items))
+
+
+def check_json_text(value: Any, path: str, violations: Violations) -> None:
+    """Record every string of a JSON value that PostgreSQL's JSONB cannot keep or that is corrupt: object keys
+    may hold no control characters, strings none but tabs and line breaks.
+
+    The value is plain (str, dicts, lists) or protobuf's JSON (Struct, Value, ListValue). A bad string is
+    named by its JSON path ("variables.order.skus[1]"); a bad key by the object holding it, since the key
+    itself would make an unreadable path.
+    """
+    if isinstance(value, struct_pb2.Value):
+        kind = value.WhichOneof("kind")
+        if kind == "string_value":
+            value = value.string_value
+        elif kind == "struct_value":
+            value = value.struct_value
+        elif kind == "list_value":
+            value = value.list_value
+        else:
+            return
+    if isinstance(value, str):
+        if has_control_characters(value, free_text=True):
+            violations.add(path, "holds control characters")
+        return
+    # A Struct's fields and a ListValue's values are protobuf containers, neither a Mapping nor a Sequence.
+    if isinstance(value, struct_pb2.Struct):
+        entries: Any = value.fields.items()
+    elif isinstance(value, Mapping):
+        entries = value.items()
+    else:
+        if isinstance(value, struct_pb2.ListValue):
+            value = value.values
+        elif not isinstance(value, list | tuple):
+            return  # a number, a boolean or null
+        for index, item in enumerate(value):
+            check_json_text(item, f"{path}[{index}]", violations)
+        return
+    for key, item in entries:
+        if has_control_characters(str(key)):
+            violations.add(path, "a key holds control characters")
+        else:
+            check_json_text(item, f"{path}.{key}", violations)
 
 
 def to_status(error: OmniError, domain: str) -> grpc.Status:

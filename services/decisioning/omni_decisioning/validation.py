@@ -8,17 +8,15 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import Mapping
 from typing import Any
 
-from google.protobuf import struct_pb2
 from google.protobuf.json_format import MessageToDict
 
 from omni.common.v1 import common_pb2
 from omni.decisioning.v1 import decisioning_pb2
 from omni_decisioning.entities import DecideQuery, NewJourney, NewOffer
 from omni_decisioning.paging import decode_token
-from omni_kit.errors import Violations, has_control_characters
+from omni_kit.errors import Violations, check_json_text, has_control_characters
 from omni_kit.ids import parse_uuid
 
 MAX_NAME = 200
@@ -52,28 +50,6 @@ def _touchpoint_problem(value: str) -> str | None:
     if has_control_characters(value):
         return "holds control characters"
     return None
-
-
-def _json_text(violations: Violations, path: str, fields: Mapping[str, struct_pb2.Value]) -> None:
-    """Record every string of a Struct's fields that JSONB cannot keep or that is corrupt: keys may hold no
-    control characters, strings none but tabs and line breaks. A string is named by its JSON path
-    ("context.cart.skus[1]"), a bad key by the object holding it (the key would make an unreadable path)."""
-    for key, value in fields.items():
-        if has_control_characters(key):
-            violations.add(path, "a key holds control characters")
-            continue
-        _json_value_text(violations, f"{path}.{key}", value)
-
-
-def _json_value_text(violations: Violations, path: str, value: struct_pb2.Value) -> None:
-    kind = value.WhichOneof("kind")
-    if kind == "string_value" and has_control_characters(value.string_value, free_text=True):
-        violations.add(path, "holds control characters")
-    elif kind == "struct_value":
-        _json_text(violations, path, value.struct_value.fields)
-    elif kind == "list_value":
-        for index, item in enumerate(value.list_value.values):
-            _json_value_text(violations, f"{path}[{index}]", item)
 
 
 def _uuid(violations: Violations, path: str, value: str, *, required: bool) -> uuid.UUID | None:
@@ -188,7 +164,7 @@ def decide(request: decisioning_pb2.DecideRequest) -> DecideQuery:
         0 <= request.limit <= MAX_DECIDE_LIMIT, "limit", f"must be between 0 and {MAX_DECIDE_LIMIT}"
     )
     if request.HasField("context"):
-        _json_text(violations, "context", request.context.fields)
+        check_json_text(request.context, "context", violations)
     violations.raise_if_any()
     assert person_id is not None
     context: dict[str, Any] = MessageToDict(request.context) if request.HasField("context") else {}

@@ -4,7 +4,6 @@ templates, messages, and the validation of a send request however it arrives."""
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
@@ -15,7 +14,7 @@ from omni.gateway.v1 import gateway_pb2
 from omni.profile.v1 import profile_pb2
 from omni_gateway.domain import Channel, MessageStatus, Purpose, SendRequest
 from omni_gateway.models import Message, Template
-from omni_kit.errors import Violations, has_control_characters
+from omni_kit.errors import Violations, check_json_text, has_control_characters
 from omni_kit.ids import parse_uuid
 
 TEMPLATE_ID = re.compile(r"[a-z0-9-]{1,64}")
@@ -116,27 +115,6 @@ def message_to_proto(message: Message) -> gateway_pb2.Message:
 def struct_to_dict(value: struct_pb2.Struct) -> dict[str, Any]:
     """A Struct as plain JSON-like Python values."""
     return json_format.MessageToDict(value)
-
-
-def check_json_text(value: Any, path: str, violations: Violations) -> None:
-    """Record every string of a JSON-like value that PostgreSQL's JSONB cannot keep or that is corrupt:
-    object keys may hold no control characters, strings none but tabs and line breaks.
-
-    A bad string is named by its path ("variables.order.skus[1]"); a bad key by the object holding it, since
-    the key itself would make an unreadable path.
-    """
-    if isinstance(value, str):
-        if has_control_characters(value, free_text=True):
-            violations.add(path, "holds control characters")
-    elif isinstance(value, Mapping):
-        for key, item in value.items():
-            if has_control_characters(str(key)):
-                violations.add(path, "a key holds control characters")
-            else:
-                check_json_text(item, f"{path}.{key}", violations)
-    elif isinstance(value, list | tuple):
-        for index, item in enumerate(value):
-            check_json_text(item, f"{path}[{index}]", violations)
 
 
 def parse_send_request(

@@ -13,10 +13,10 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from google.protobuf import duration_pb2, json_format, struct_pb2
+from google.protobuf import duration_pb2, json_format
 
 from omni.segmentation.v1 import segmentation_pb2 as pb
-from omni_kit.errors import Violations, has_control_characters
+from omni_kit.errors import Violations, check_json_text, has_control_characters
 from omni_segmentation import rules
 
 MIN_WINDOW = timedelta(seconds=1)
@@ -102,7 +102,7 @@ def _validate_trait(trait: pb.TraitCondition, path: str, violations: Violations)
         violations.add(f"{path}.trait", "holds control characters")
     if trait.HasField("value"):
         # Stored with the condition whatever the comparison, so checked whatever the comparison.
-        validate_json_text(trait.value, f"{path}.value", violations)
+        check_json_text(trait.value, f"{path}.value", violations)
     comparison = COMPARISONS.get(trait.comparison)
     if comparison is None:
         violations.add(
@@ -118,28 +118,6 @@ def _validate_trait(trait: pb.TraitCondition, path: str, violations: Violations)
         violations.add(f"{path}.value", "must be a finite number")
     elif comparison in rules.ORDERING and kind not in ("number_value", "string_value"):
         violations.add(f"{path}.value", "GT, GTE, LT and LTE compare with a number or a string")
-
-
-def validate_json_text(value: struct_pb2.Value, path: str, violations: Violations) -> None:
-    """Record a violation for every string of a JSON value that PostgreSQL's JSONB cannot keep or that is
-    corrupt: object keys may hold no control characters, strings none but tabs and line breaks.
-
-    A bad string is named by its JSON path ("….value.address.city", "….value[1]"); a bad key by the object
-    holding it, since the key itself would make an unreadable path.
-    """
-    kind = value.WhichOneof("kind")
-    if kind == "string_value":
-        if has_control_characters(value.string_value, free_text=True):
-            violations.add(path, "holds control characters")
-    elif kind == "struct_value":
-        for key, item in value.struct_value.fields.items():
-            if has_control_characters(key):
-                violations.add(path, "a key holds control characters")
-            else:
-                validate_json_text(item, f"{path}.{key}", violations)
-    elif kind == "list_value":
-        for index, item in enumerate(value.list_value.values):
-            validate_json_text(item, f"{path}[{index}]", violations)
 
 
 def _validate_event_type(event_type: str, path: str, violations: Violations) -> None:

@@ -1,7 +1,8 @@
 """An operator undoes a wrong merge: two customers merged by mistake are split again, and profile and
-segmentation follow identity. The restored customer's events go back to her profile, she is in the segments
-her own behaviour earns, the other customer leaves those he held only through her, and her later events
-count for her alone."""
+segmentation follow identity. The restored customer's events go back to her profile, those from before the
+merge and those identity resolved to the other customer while they were one; she is in the segments her own
+behaviour earns, the other customer leaves those he held only through her, and her later events count for
+her alone."""
 
 from __future__ import annotations
 
@@ -34,7 +35,7 @@ def _store_visits(at_least: int) -> segmentation_pb2.Condition:
 
 
 async def test_an_operator_unmerge_splits_profile_and_segments(omni: Omni) -> None:
-    for name, visits in (("store-visitors", 1), ("store-regulars", 2)):
+    for name, visits in (("store-visitors", 1), ("store-regulars", 2), ("store-loyals", 3)):
         await omni.segmentation.CreateSegment(
             segmentation_pb2.CreateSegmentRequest(
                 segment=segmentation_pb2.Segment(name=name, condition=_store_visits(visits))
@@ -77,6 +78,11 @@ async def test_an_operator_unmerge_splits_profile_and_segments(omni: Omni) -> No
     await eventually(
         lambda: _equal(event_types(ana), ["page_viewed", "store_visited"]), "Bea's visit on Ana's profile"
     )
+    # While they are one, Bea's next visit (her email) is resolved to Ana: it counts for Ana everywhere.
+    assert await track("store_visited", common_pb2.CHANNEL_STORE, bea_email) == ana
+    await eventually(
+        lambda: _equal(segments_of(ana), {"store-visitors", "store-regulars"}), "Ana a regular through Bea"
+    )
 
     unmerged = await omni.identity.UnmergePerson(
         identity_pb2.UnmergePersonRequest(request_id=f"unmerge-{tag}", person_id=bea, reason="not the same")
@@ -84,15 +90,22 @@ async def test_an_operator_unmerge_splits_profile_and_segments(omni: Omni) -> No
     assert unmerged.restored_person.id == bea
     assert unmerged.survivor_person.id == ana
 
-    await eventually(lambda: _equal(event_types(bea), ["store_visited"]), "Bea's visit back on her profile")
+    # Both of Bea's visits go back to her, the one from before the merge and the one made while they were one.
+    await eventually(
+        lambda: _equal(event_types(bea), ["store_visited", "store_visited"]),
+        "Bea's visits back on her profile",
+    )
     assert await event_types(ana) == ["page_viewed"]
-    await eventually(lambda: _equal(segments_of(ana), set()), "Ana out of store-visitors")
-    await eventually(lambda: _equal(segments_of(bea), {"store-visitors"}), "Bea in store-visitors again")
+    await eventually(lambda: _equal(segments_of(ana), set()), "Ana out of the store segments")
+    await eventually(
+        lambda: _equal(segments_of(bea), {"store-visitors", "store-regulars"}), "Bea a store regular again"
+    )
 
-    # Bea comes back to the store: her second visit counts for her, not for Ana.
+    # Bea comes back to the store: her third visit counts for her, not for Ana.
     assert await track("store_visited", common_pb2.CHANNEL_STORE, bea_email) == bea
     await eventually(
-        lambda: _equal(segments_of(bea), {"store-visitors", "store-regulars"}), "Bea a store regular"
+        lambda: _equal(segments_of(bea), {"store-visitors", "store-regulars", "store-loyals"}),
+        "Bea a loyal store customer",
     )
     assert await segments_of(ana) == set()
 

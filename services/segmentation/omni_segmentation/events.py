@@ -149,9 +149,18 @@ class EventHandlers:
             return
         # An empty `changed` list (an older producer) means the payload is the whole profile.
         parts = set(change.changed) or _FACTS
-        if not parts & _FACTS:
+        moved_ids, moved_from = tuple(dict.fromkeys(change.moved_event_ids)), None
+        if moved_ids:
+            moved_from = parse_uuid(change.moved_from_person_id)
+            if moved_from is None:
+                log.warning("profile_changed %s lists moved events but not whose: not moved", envelope.id)
+                moved_ids = ()
+        if not parts & _FACTS and not moved_ids:
             return  # computed traits, consent or events only: nothing segmentation keeps changed
-        session.info.setdefault(_NAMED, set()).add(person_id)
+        named = session.info.setdefault(_NAMED, set())
+        named.add(person_id)
+        if moved_from is not None:
+            named.add(moved_from)
         session.info.setdefault(_CHANGES, []).append(
             ProfileChange(
                 person_id=person_id,
@@ -159,6 +168,8 @@ class EventHandlers:
                 cart_units=cart_units(change.cart) if "cart" in parts else None,
                 changed_at=envelope.occurred_at.ToDatetime(tzinfo=UTC),
                 trace_context=current_trace_context(),
+                moved_event_ids=moved_ids,
+                moved_from=moved_from,
             )
         )
 

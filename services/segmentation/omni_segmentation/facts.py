@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime
 
@@ -34,9 +34,11 @@ class FactsRecorder:
         (or the reverse) announces nothing: only what changed over the whole run is announced.
 
         Facts of the two kinds are independent (occurrences vs traits and cart), so applying all the events
-        and then all the changes ends as interleaving them would.
+        and then all the changes ends as interleaving them would. The events an unmerge moved (listed in a
+        change) are moved once all the occurrences are recorded: profile announced each of them before.
         """
         named = {e.person_id for e in tracked} | {c.person_id for c in changes}
+        named |= {c.moved_from for c in changes if c.moved_from is not None}
         if not named:
             return
         await self._repository.lock_persons_by_key(session, named)
@@ -63,8 +65,9 @@ class FactsRecorder:
                 for e in tracked
             ],
         )
+        await self._take_moved_events(session, changes, survivors, traces)
         # A change about a person merged away is ignored: the survivor's own change follows.
-        live_changes = [c for c in changes if c.person_id not in survivors]
+        live_changes = [c for c in changes if c.person_id not in survivors and c.changes_facts]
         changed: dict[uuid.UUID, PersonRecord] = {}
         if live_changes:
             stored = await self._repository.lock_persons(session, sorted({c.person_id for c in live_changes}))
@@ -86,3 +89,33 @@ class FactsRecorder:
                 traces[change.person_id] = change.trace_context
             await self._repository.save_persons(session, list(changed.values()))
         await self._evaluator.evaluate_persons(session, traces.keys(), now, trace_contexts=traces)
+
+    async def _take_moved_events(
+        self,
+        session: AsyncSession,
+        changes: Sequence[ProfileChange],
+        survivors: Mapping[uuid.UUID, uuid.UUID],
+        traces: dict[uuid.UUID, dict[str, str]],
+    ) -> None:
+        """Follow the events profile moved on an unmerge: their occurrences still on the person profile took
+        them from (or where that person was merged since) go to the person profile gave them to (or where
+        it leads); both are then evaluated (added to `traces`). Occurrences already there, or not held,
+        change nothing.
+
+        Applied after the run's occurrences are recorded: they include every moved event profile announced
+        before its change.
+        """
+        for change in changes:
+            if change.moved_from is None or not change.moved_event_ids:
+                continue
+            person_id = survivors.get(change.person_id, change.person_id)
+            holders = sorted({change.moved_from, survivors.get(change.moved_from, change.moved_from)})
+            taken = await self._repository.take_events(
+                session, holders, person_id, change.moved_event_ids, named=change.person_id
+            )
+            if not taken:
+                continue
+            await self._repository.ensure_persons(session, {person_id: change.trace_context})
+            traces[person_id] = change.trace_context
+            for holder in taken:
+                traces.setdefault(holder, change.trace_context)

@@ -64,10 +64,18 @@ class TrackedEvent:
 
 @dataclass(frozen=True)
 class ProfileChange:
-    """A profile.profile_changed as segmentation applies it (None leaves that part as it is)."""
+    """A profile.profile_changed as segmentation applies it (None leaves that part as it is); after an
+    unmerge, also the events profile moved to the person and whom it took them from."""
 
     person_id: uuid.UUID
     traits: Mapping[str, Any] | None
     cart_units: int | None
     changed_at: datetime
     trace_context: dict[str, str]
+    moved_event_ids: tuple[str, ...] = ()
+    moved_from: uuid.UUID | None = None
+
+    @property
+    def changes_facts(self) -> bool:
+        """Whether it brings traits or a cart (not only moved events)."""
+        return self.traits is not None or self.cart_units is not None

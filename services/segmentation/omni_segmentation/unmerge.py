@@ -2,11 +2,13 @@
 that named it (or a person merged into it before), and both persons are evaluated again.
 
 Segmentation keeps no identifiers (personal data stays in identity and profile), so it cannot pick the
-occurrences profile moves back, those carrying an identifier identity moved back. What it can tell is which
-person each event named when it arrived: an occurrence counted for the survivor only because its event named
-the restored person (before the merge, or late) goes back; one whose event identity had already resolved to
-the survivor stays. Traits and cart stay with the survivor, as profile keeps them; profile's own changes of
-the two persons, which follow the unmerge on the log, bring the carts it recomputes.
+occurrences profile moves back for carrying an identifier identity moved back. What it can tell here is
+which person each event named when it arrived: an occurrence counted for the survivor only because its event
+named the restored person (before the merge, or late) goes back. Profile owns the events: its change of the
+restored person, which follows the unmerge on the log, lists every event it moved back (with the events
+identity had resolved to the survivor after the merge), and the facts recorder moves the occurrences still on
+the survivor then (facts.py), completing this move. Traits and cart stay with the survivor, as profile keeps
+them; profile's changes of the two persons bring the carts it recomputes.
 """
 
 from __future__ import annotations

@@ -163,20 +163,65 @@ class EventQueries:
         origin_ids: Sequence[uuid.UUID],
     ) -> int:
         """Move the survivor's occurrences whose events named one of origin_ids to the restored person (an
-        unmerge); return how many moved.
+        unmerge); return how many moved. Last-seen times follow as in `_move_occurrences`."""
+        taken = await self._move_occurrences(
+            session,
+            sa.and_(
+                EventOccurrenceRow.person_id == survivor_id,
+                EventOccurrenceRow.origin_person_id.in_(origin_ids),
+            ),
+            restored_id,
+            named=restored_id,
+        )
+        return sum(taken.values())
 
-        The restored person's last-seen times rise to the occurrences it got back. The survivor's time of a
-        type it had only through them falls to its latest remaining occurrence of that type, or goes when
-        none remains; a time older than every occurrence given back stays, since it may be its own.
+    async def take_events(
+        self,
+        session: AsyncSession,
+        holders: Sequence[uuid.UUID],
+        person_id: uuid.UUID,
+        event_ids: Sequence[str],
+        *,
+        named: uuid.UUID,
+    ) -> dict[uuid.UUID, int]:
+        """Move the holders' occurrences of these events to person_id (profile moved the events to `named`,
+        which leads to person_id here); return how many each holder gave. Occurrences held by nobody of
+        them are left alone. Last-seen times follow as in `_move_occurrences`."""
+        if not holders or not event_ids:
+            return {}
+        return await self._move_occurrences(
+            session,
+            sa.and_(
+                EventOccurrenceRow.person_id.in_(holders),
+                EventOccurrenceRow.event_id.in_(event_ids),
+                EventOccurrenceRow.person_id != person_id,
+            ),
+            person_id,
+            named=named,
+        )
+
+    async def _move_occurrences(
+        self,
+        session: AsyncSession,
+        where: sa.ColumnElement[bool],
+        person_id: uuid.UUID,
+        *,
+        named: uuid.UUID,
+    ) -> dict[uuid.UUID, int]:
+        """Move the occurrences matching `where` to person_id, as events given to `named` (the same person,
+        or one merged into it since, which the occurrences then name as their origin); return how many
+        each former holder gave.
+
+        The receiver's last-seen times rise to the occurrences it got. A holder's time of a type it had only
+        through them falls to its latest remaining occurrence of that type, or goes when none remains; a
+        time older than every occurrence it gave stays, since it may be its own.
         """
         rows = (
             await session.execute(
                 sa.delete(EventOccurrenceRow)
-                .where(
-                    EventOccurrenceRow.person_id == survivor_id,
-                    EventOccurrenceRow.origin_person_id.in_(origin_ids),
-                )
+                .where(where)
                 .returning(
+                    EventOccurrenceRow.person_id,
                     EventOccurrenceRow.event_id,
                     EventOccurrenceRow.event_type,
                     EventOccurrenceRow.occurred_at,
@@ -185,48 +230,60 @@ class EventQueries:
             )
         ).all()
         if not rows:
-            return 0
+            return {}
         await self.add_occurrences(
             session,
             [
                 Occurrence(
-                    restored_id,
+                    person_id,
                     row.event_id,
                     row.event_type,
                     row.occurred_at,
-                    row.origin_person_id if row.origin_person_id != restored_id else None,
+                    _origin(row.origin_person_id, named, person_id),
                 )
                 for row in rows
             ],
         )
-        given: dict[str, datetime] = {}
+        given: dict[uuid.UUID, dict[str, datetime]] = {}
         for row in rows:
-            given[row.event_type] = max(given.get(row.event_type, row.occurred_at), row.occurred_at)
-        kept = (await self.last_events(session, [survivor_id], sorted(given))).get(survivor_id, {})
-        through_restored = sorted(t for t, at in kept.items() if at <= given[t])
-        if not through_restored:
-            return len(rows)
+            types = given.setdefault(row.person_id, {})
+            types[row.event_type] = max(types.get(row.event_type, row.occurred_at), row.occurred_at)
+        for holder, latest_given in given.items():
+            await self._lower_last_events(session, holder, latest_given)
+        counts: dict[uuid.UUID, int] = {}
+        for row in rows:
+            counts[row.person_id] = counts.get(row.person_id, 0) + 1
+        return counts
+
+    async def _lower_last_events(
+        self, session: AsyncSession, holder: uuid.UUID, given: dict[str, datetime]
+    ) -> None:
+        """After a holder gave occurrences away (the latest of each type given), lower its last-seen times
+        of the types it had only through them."""
+        kept = (await self.last_events(session, [holder], sorted(given))).get(holder, {})
+        through_given = sorted(t for t, at in kept.items() if at <= given[t])
+        if not through_given:
+            return
         remaining = await session.execute(
             sa.select(EventOccurrenceRow.event_type, sa.func.max(EventOccurrenceRow.occurred_at).label("at"))
             .where(
-                EventOccurrenceRow.person_id == survivor_id,
-                EventOccurrenceRow.event_type.in_(through_restored),
+                EventOccurrenceRow.person_id == holder,
+                EventOccurrenceRow.event_type.in_(through_given),
             )
             .group_by(EventOccurrenceRow.event_type)
         )
         latest = {row.event_type: row.at for row in remaining}
         await session.execute(
             sa.delete(LastEventRow).where(
-                LastEventRow.person_id == survivor_id, LastEventRow.event_type.in_(through_restored)
+                LastEventRow.person_id == holder, LastEventRow.event_type.in_(through_given)
             )
         )
         if latest:
             await session.execute(
                 insert(LastEventRow).values(
-                    [{"person_id": survivor_id, "event_type": t, "last_at": at} for t, at in latest.items()]
+                    [{"person_id": holder, "event_type": t, "last_at": at} for t, at in latest.items()]
                 )
             )
-        return len(rows)
 
     async def purge_occurrences(self, session: AsyncSession, before: datetime, limit: int) -> int:
         """Delete up to limit occurrences older than before; return how many went."""
@@ -241,3 +298,14 @@ class EventQueries:
             )
         )
         return int(getattr(result, "rowcount", 0) or 0)
+
+
+def _origin(origin: uuid.UUID | None, named: uuid.UUID, person_id: uuid.UUID) -> uuid.UUID | None:
+    """The origin of an occurrence moved to person_id as an event of `named`: the person its event named
+    when that is not the one it now counts for (an origin equal to `named` is where the event now is; when
+    `named` was merged into person_id, the event names `named`, unless it named someone before)."""
+    if origin == named:
+        origin = None
+    if named != person_id:
+        origin = origin or named
+    return None if origin == person_id else origin

@@ -111,6 +111,7 @@ INVALID_TRACKING = {
         _track(event("cart_item_added", cart_item=item("sku-1", 1, name="B" * 1025))),
         {"event.cart_item.name"},
     ),
+    "event type ending in a line break": (_track(event("page_viewed\n")), {"event.type"}),
     "empty batch": (_batch(), {"events"}),
     "batch over 1000": (_batch(*[event() for _ in range(1001)]), {"events"}),
 }
@@ -219,6 +220,49 @@ INVALID_REQUESTS = {
             )
         ),
         {"traits.vip", "traits.birthday"},
+    ),
+    "traits with a NUL in a value, a key and a list item, and a control character in the source": (
+        lambda s: s.profile.SetTraits(
+            profile_pb2.SetTraitsRequest(
+                person_id=UNKNOWN,
+                traits=struct({"note": "a\x00b", "k\x00": 1, "tags": ["ok", "x\x00"], "bio": "line\nbreak"}),
+                source="crm\x00",
+            )
+        ),
+        {"traits", "traits.note", "traits.tags[1]", "source"},
+    ),
+    "a birthday or email trait ending in a line break": (
+        lambda s: s.profile.SetTraits(
+            profile_pb2.SetTraitsRequest(
+                person_id=UNKNOWN, traits=struct({"birthday": "1990-01-02\n", "email": "ada@shop.example\n"})
+            )
+        ),
+        {"traits.birthday", "traits.email"},
+    ),
+    "consent with a control character in its source": (
+        lambda s: s.profile.SetConsent(
+            profile_pb2.SetConsentRequest(
+                person_id=UNKNOWN,
+                consent=profile_pb2.Consent(
+                    channel=common_pb2.CHANNEL_EMAIL,
+                    state=profile_pb2.CONSENT_STATE_GRANTED,
+                    source="web\x00",
+                ),
+            )
+        ),
+        {"consent.source"},
+    ),
+    "computed trait with a line break ending its name and event type": (
+        lambda s: s.profile.CreateComputedTrait(
+            profile_pb2.CreateComputedTraitRequest(
+                computed_trait=profile_pb2.ComputedTrait(
+                    name="orders_total\n",
+                    kind=profile_pb2.COMPUTED_TRAIT_KIND_COUNT,
+                    event_type="order_completed\n",
+                )
+            )
+        ),
+        {"computed_trait.name", "computed_trait.event_type"},
     ),
     "double opt-in on sms": (
         lambda s: s.profile.SetConsent(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from omni.common.v1 import common_pb2
 from omni.profile.v1 import profile_pb2
-from omni_kit.errors import Violations
+from omni_kit.errors import Violations, has_control_characters
 from omni_profile.validation import (
     MAX_EVENT_TYPE,
     MAX_SOURCE,
@@ -48,6 +48,8 @@ def validate_set_consent(request: profile_pb2.SetConsentRequest) -> None:
         violations.add("consent.state", "is required")
     if len(consent.source) > MAX_SOURCE:
         violations.add("consent.source", f"must be at most {MAX_SOURCE} characters")
+    elif has_control_characters(consent.source):
+        violations.add("consent.source", "holds control characters")
     if consent.purpose not in profile_pb2.ConsentPurpose.values():
         violations.add("consent.purpose", f"unknown consent purpose {consent.purpose}")
     opt_in = consent.double_opt_in
@@ -111,7 +113,7 @@ def validate_create_computed_trait(request: profile_pb2.CreateComputedTraitReque
     path = "computed_trait"
     if not trait.name:
         violations.add(f"{path}.name", "is required")
-    elif len(trait.name) > MAX_COMPUTED_TRAIT_NAME or not SNAKE_CASE.match(trait.name):
+    elif len(trait.name) > MAX_COMPUTED_TRAIT_NAME or not SNAKE_CASE.fullmatch(trait.name):
         violations.add(
             f"{path}.name", f"must be lower snake case, at most {MAX_COMPUTED_TRAIT_NAME} characters"
         )
@@ -121,7 +123,7 @@ def validate_create_computed_trait(request: profile_pb2.CreateComputedTraitReque
     elif kind == profile_pb2.COMPUTED_TRAIT_KIND_UNSPECIFIED:
         violations.add(f"{path}.kind", "is required")
     if trait.event_type and (
-        len(trait.event_type) > MAX_EVENT_TYPE or not SNAKE_CASE.match(trait.event_type)
+        len(trait.event_type) > MAX_EVENT_TYPE or not SNAKE_CASE.fullmatch(trait.event_type)
     ):
         violations.add(f"{path}.event_type", "must be a snake_case event type")
     elif not trait.event_type and kind in _NEEDS_EVENT_TYPE:
@@ -133,6 +135,8 @@ def validate_create_computed_trait(request: profile_pb2.CreateComputedTraitReque
             violations.add(f"{path}.property", "is required for this kind")
         elif len(trait.property) > MAX_PROPERTY:
             violations.add(f"{path}.property", f"must be at most {MAX_PROPERTY} characters")
+        elif has_control_characters(trait.property):
+            violations.add(f"{path}.property", "holds control characters")
     elif trait.property:
         violations.add(f"{path}.property", "is not used by this kind")
     if not 0 <= trait.window_days <= MAX_WINDOW_DAYS:

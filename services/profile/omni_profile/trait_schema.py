@@ -22,11 +22,11 @@ def _string(value: Any) -> str | None:
 def _email(value: Any) -> str | None:
     if not isinstance(value, str):
         return "must be a string"
-    return None if _EMAIL.match(value) else "must be an email address"
+    return None if _EMAIL.fullmatch(value) else "must be an email address"
 
 
 def _date(value: Any) -> str | None:
-    if not isinstance(value, str) or not _DATE.match(value):
+    if not isinstance(value, str) or not _DATE.fullmatch(value):
         return "must be a date as YYYY-MM-DD"
     try:
         day = date.fromisoformat(value)

@@ -18,7 +18,7 @@ from google.protobuf import json_format, struct_pb2
 
 from omni.common.v1 import common_pb2
 from omni.profile.v1 import profile_pb2
-from omni_kit.errors import FieldViolation, Violations, has_control_characters
+from omni_kit.errors import FieldViolation, Violations, check_json_text, has_control_characters
 from omni_profile import wire
 from omni_profile.domain import CART_LINE_EVENTS
 from omni_profile.trait_schema import trait_problems
@@ -55,7 +55,7 @@ def json_size(struct: struct_pb2.Struct) -> int:
 
 def is_currency(code: str) -> bool:
     """Whether code looks like an ISO 4217 currency code."""
-    return bool(_CURRENCY.match(code))
+    return _CURRENCY.fullmatch(code) is not None
 
 
 def check_person_id(value: str, path: str, violations: Violations, *, required: bool = True) -> bool:
@@ -95,7 +95,7 @@ def check_timestamp_range(seconds: int, nanos: int, path: str, violations: Viola
 @functools.lru_cache(maxsize=4096)
 def _snake_case(name: str) -> bool:
     # A few event types make up almost every event: remember the answer rather than match each time.
-    return bool(SNAKE_CASE.match(name))
+    return SNAKE_CASE.fullmatch(name) is not None  # match() with $ would let a final line break through
 
 
 def check_source(value: str, path: str, violations: Violations) -> None:
@@ -224,8 +224,12 @@ def validate_set_traits(request: profile_pb2.SetTraitsRequest) -> None:
             violations.add("traits", f"trait name {name[:32]}… is longer than {MAX_TRAIT_NAME} characters")
     if json_size(request.traits) > MAX_TRAITS_BYTES:
         violations.add("traits", f"must be at most {MAX_TRAITS_BYTES} bytes as JSON")
+    else:
+        check_json_text(request.traits, "traits", violations)
     for name, problem in sorted(trait_problems(wire.struct_to_dict(request.traits)).items()):
         violations.add(f"traits.{name}", problem)
     if len(request.source) > MAX_SOURCE:
         violations.add("source", f"must be at most {MAX_SOURCE} characters")
+    elif has_control_characters(request.source):
+        violations.add("source", "holds control characters")
     violations.raise_if_any()

@@ -1,6 +1,7 @@
 """An unmerge gives the restored person back every event a merge took from it, whatever the event carried
-(tracked by person id, recorded from a gateway outcome), and the events identity resolved to the survivor
-after the merge that carry an identifier moved back; the restored person's profile_changed lists them."""
+(tracked by person id, recorded from a gateway outcome), the events that named it while it was merged, and
+the events identity resolved to the survivor after the merge that carry an identifier moved back; the
+restored person's profile_changed lists them."""
 
 from __future__ import annotations
 
@@ -142,6 +143,21 @@ async def test_an_unmerge_gives_back_what_the_merge_took_and_lists_it(services: 
     )
     [again] = await _unmerge(services, bea)
     assert sorted(again.moved_event_ids) == sorted(bea_events)
+
+
+async def test_an_event_naming_the_merged_person_after_the_merge_goes_back_to_it(services: Services) -> None:
+    bea, bea_seen = await _customer(services, _email())
+    ana, ana_seen = await _customer(services, _email())
+    await _merge(services, ana, bea)
+    # The store's system still knows Bea by her id: the visit lands on Ana while they are one.
+    visit = event("store_visited", person_id=bea, channel=common_pb2.CHANNEL_STORE)
+    assert (await track(services, visit)).person_id == ana
+
+    [change] = await _unmerge(services, bea)
+
+    assert set(change.moved_event_ids) == {bea_seen, visit.id}
+    assert await _event_ids(services, bea) == {bea_seen, visit.id}
+    assert await _event_ids(services, ana) == {ana_seen}
 
 
 async def test_events_keep_the_person_a_chain_of_merges_took_them_from(services: Services) -> None:

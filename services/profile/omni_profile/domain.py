@@ -75,6 +75,9 @@ class Event:
     encoded: bytes | None = field(default=None, repr=False, compare=False)
     """The event as stored, encoded as omni.profile.v1.Event without person_id. An event read for display
     has it, and then its identifiers, properties and cart_item are only in it."""
+    origin_person_id: uuid.UUID | None = field(default=None, compare=False)
+    """The person the event named, when that person had been merged and the event went to the survivor:
+    an unmerge of that person gives the event back."""
 
     @property
     def key(self) -> tuple[str, str]:

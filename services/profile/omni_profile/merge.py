@@ -11,7 +11,8 @@ merged persons are dropped (segmentation announces the survivor's). The merged i
 pointing at the survivor, so later events and reads that name them land on the survivor.
 
 Each event a merge moves remembers the person it was on (origin_person_id; the first, when a chain of merges
-moves it again), whatever it carried: an event tracked by person id, a gateway outcome.
+moves it again), whatever it carried: an event tracked by person id, a gateway outcome. So does an event
+that names a merged person and is recorded on its survivor (tracking.py).
 
 Unmerge: the restored person's id (and the ids that had been merged into it) lead to it again, and the
 survivor's events move to it when a merge took them from one of those persons, or when they carry one of

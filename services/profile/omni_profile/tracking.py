@@ -125,12 +125,14 @@ class Tracker:
         # profile rows are locked: batches sharing persons (most do) wait on each other only for the last
         # part of the transaction. The locks confirm where the events went, or the transaction is run again
         # (PersonsMoved: a merge or an erasure committed in between).
-        whereabouts = await repository.where_persons_are(session, {_person(batch[i]) for i in fresh})
+        whereabouts = await repository.where_persons_are(session, {_named(batch[i]) for i in fresh})
         storable: list[Event] = []
         for index in fresh:
             event = batch[index]
-            current, erased = whereabouts.leads_to.get(_person(event), (_person(event), False))
+            named = _named(event)
+            current, erased = whereabouts.leads_to.get(named, (named, False))
             event.person_id = current
+            event.origin_person_id = named if current != named else None
             if erased:
                 results[index] = TrackResult.rejected([ERASED])
             else:
@@ -313,6 +315,12 @@ def _assign(events: Sequence[Event], pending: Sequence[int], resolutions: Sequen
                 break
             person_id = redirects[person_id]
         events[index].person_id = person_id
+
+
+def _named(event: Event) -> uuid.UUID:
+    """The person the event was resolved to or named, before any redirect to a survivor (a run made again
+    after a conflict starts from it)."""
+    return event.origin_person_id or _person(event)
 
 
 def _person(event: Event) -> uuid.UUID:

@@ -105,11 +105,11 @@ async def recorded_events(
 
 
 _INSERT = sa.text(
-    f"INSERT INTO events ({EVENT_COLUMNS}, wire) "
+    f"INSERT INTO events ({EVENT_COLUMNS}, wire, origin_person_id) "
     "SELECT * FROM unnest(CAST(:sources AS text[]), CAST(:ids AS text[]), CAST(:persons AS uuid[]), "
     "CAST(:types AS text[]), CAST(:channels AS text[]), CAST(:occurred AS timestamptz[]), "
     "CAST(:received AS timestamptz[]), CAST(:identifiers AS jsonb[]), CAST(:properties AS jsonb[]), "
-    "CAST(:cart_items AS jsonb[]), CAST(:wires AS bytea[])) "
+    "CAST(:cart_items AS jsonb[]), CAST(:wires AS bytea[]), CAST(:origins AS uuid[])) "
     "ON CONFLICT (source, id) DO NOTHING RETURNING source, id"
 )
 
@@ -139,6 +139,7 @@ async def insert_events(session: AsyncSession, new_events: Sequence[Event]) -> s
                 None if e.cart_item is None else dumps(line_json(e.cart_item)) for e in new_events
             ],
             "wires": [e.encoded for e in new_events],
+            "origins": [e.origin_person_id for e in new_events],
         },
     )
     return {(row.source, row.id) for row in result}

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from collections.abc import AsyncIterator
+from typing import Any
 
 import grpc
 import nats
@@ -24,6 +26,16 @@ from .support import COMMON, EventLog, Services, close_runtime
 @pytest.fixture(scope="module")
 async def services(postgres: EmbeddedPostgres, nats_server: EmbeddedNats) -> AsyncIterator[Services]:
     """The real identity service and profile wired to it, for the whole module; torn down afterwards."""
+    # New computed traits are backfilled after one refresh: keep it short for the tests.
+    async with running_services(postgres, nats_server, computed_traits_refresh_s=0.2) as running:
+        yield running
+
+
+@contextlib.asynccontextmanager
+async def running_services(
+    postgres: EmbeddedPostgres, nats_server: EmbeddedNats, **profile_settings: Any
+) -> AsyncIterator[Services]:
+    """Identity and profile on fresh databases and their own namespace, profile with these settings."""
     namespace = "t" + uuid.uuid4().hex[:10]
     identity_db = f"identity_{uuid.uuid4().hex[:16]}"
     profile_db = f"profile_{uuid.uuid4().hex[:16]}"
@@ -39,8 +51,7 @@ async def services(postgres: EmbeddedPostgres, nats_server: EmbeddedNats) -> Asy
                 **shared,
                 "database_url": postgres.url(profile_db),
                 "identity_target": f"127.0.0.1:{identity_runtime.port}",
-                # New computed traits are backfilled after one refresh: keep it short for the tests.
-                "computed_traits_refresh_s": 0.2,
+                **profile_settings,
             }
         )
     )

@@ -94,6 +94,7 @@ class Merger:
         catalog = self._catalog()
         before = states[survivor]
         state = computed.merge_states([before.computed, *(states[m].computed for m in merged)])
+        await _recompute_backfilling(session, catalog, {survivor: state}, now)
         stored_cart_events = (await repository.cart_events(session, [survivor]))[survivor]
         new_cart = cart.recompute(stored_cart_events)
         as_of = [a for a in (before.cart_as_of, *(states[m].cart_as_of for m in merged)) if a is not None]
@@ -188,9 +189,16 @@ class Merger:
         stored_cart_events = await repository.cart_events(session, [survivor for survivor, _ in run])
         new_states: list[repository.NewState] = []
         announcements = []
+        merged_states = {
+            survivor: computed.merge_states(
+                [states[survivor].computed, *(states[m].computed for m in merged)]
+            )
+            for survivor, merged in run
+        }
+        await _recompute_backfilling(session, catalog, merged_states, now)
         for survivor, merged in run:
             before = states[survivor]
-            state = computed.merge_states([before.computed, *(states[m].computed for m in merged)])
+            state = merged_states[survivor]
             new_cart = cart.recompute(stored_cart_events[survivor])
             as_of = [a for a in (before.cart_as_of, *(states[m].cart_as_of for m in merged)) if a is not None]
             new_states.append(
@@ -314,3 +322,31 @@ class Merger:
                 moved_event_ids=moved if person_id == restored_id else (),
                 moved_from_person_id=survivor_id if person_id == restored_id else None,
             )
+
+
+async def _recompute_backfilling(
+    session: AsyncSession, catalog: computed.Catalog, states: dict[uuid.UUID, computed.State], now: datetime
+) -> None:
+    """Recompute, from the survivors' timelines (the merged events moved in already), the traits of the
+    definitions still being backfilled.
+
+    Combining states is exact only for traits complete on both sides. While a definition is backfilled, a
+    survivor the backfill has passed may take in a person it has not reached yet, whose state counts only
+    the events since the definition: the backfill then skips that merged person, and its older events would
+    never count. Recomputing the survivor, as the backfill itself does, counts them.
+    """
+    backfilling = [d for d in catalog.definitions if d.state == computed.BACKFILLING]
+    if not backfilling or not states:
+        return
+    types = {d.event_type for d in backfilling}
+    for event_type in [None] if None in types else sorted(t for t in types if t is not None):
+        timelines = await repository.events_of(session, list(states), event_type=event_type)
+        definitions = [d for d in backfilling if event_type is None or d.event_type == event_type]
+        fresh_catalog = computed.Catalog.of(definitions)
+        for person_id, state in states.items():
+            fresh = computed.compute(fresh_catalog, timelines[person_id], now)
+            for definition in definitions:
+                if definition.name in fresh:
+                    state[definition.name] = fresh[definition.name]
+                else:
+                    state.pop(definition.name, None)

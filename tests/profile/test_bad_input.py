@@ -86,6 +86,10 @@ INVALID_TRACKING = {
     ),
     "malformed source": (_track(_with(event(), lambda m: setattr(m, "source", "Web SDK"))), {"event.source"}),
     "oversize properties": (_track(event(properties={"blob": "x" * 40_000})), {"event.properties"}),
+    "oversize context": (
+        _track(_with(event(), lambda m: m.context.update({"blob": "x" * 9000}))),
+        {"event.context"},
+    ),
     "cart event without cart item": (_track(event("cart_item_added")), {"event.cart_item"}),
     "cart item without product": (
         _track(event("cart_item_removed", cart_item=common_pb2.CartItem(quantity=1))),

@@ -260,3 +260,13 @@ async def test_concurrent_batches_of_one_person_sum_up_in_its_computed_traits(se
     assert profile.computed_traits["lifetime_value"]["amount_minor"] == 36 * 125
     assert profile.computed_traits["orders_online"] + profile.computed_traits["orders_in_store"] == 36
     assert profile.computed_traits["orders_online"] == 18
+
+
+async def test_an_events_context_is_kept_and_shown_on_the_timeline(services: Services) -> None:
+    sent = event("page_viewed")
+    sent.context.update({"campaign": {"source": "newsletter"}, "userAgent": "pos-terminal/4.2"})
+    person = (await track(services, sent)).person_id
+    [shown] = (await get_profile(services, person, recent=5)).recent_events
+    assert shown.id == sent.id
+    assert dict(shown.context["campaign"]) == {"source": "newsletter"}
+    assert shown.context["userAgent"] == "pos-terminal/4.2"

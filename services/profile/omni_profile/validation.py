@@ -28,6 +28,7 @@ MAX_EVENT_ID = 128
 MAX_EVENT_TYPE = 64
 MAX_PROPERTIES_BYTES = 32 * 1024
 MAX_TRAITS_BYTES = 32 * 1024
+MAX_CONTEXT_BYTES = 8 * 1024
 MAX_TRAIT_NAME = 128
 MAX_PRODUCT_ID = 128
 MAX_PRODUCT_NAME = 512
@@ -142,6 +143,8 @@ def event_violations(event: profile_pb2.Event, *, now: datetime) -> list[FieldVi
         and json_size(event.properties) > MAX_PROPERTIES_BYTES
     ):
         violations.add("properties", f"must be at most {MAX_PROPERTIES_BYTES} bytes as JSON")
+    if event.HasField("context") and json_size(event.context) > MAX_CONTEXT_BYTES:
+        violations.add("context", f"must be at most {MAX_CONTEXT_BYTES} bytes as JSON")
     if event.type in CART_LINE_EVENTS:
         if not event.HasField("cart_item"):
             violations.add("cart_item", f"is required for {event.type}")

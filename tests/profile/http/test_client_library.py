@@ -215,6 +215,45 @@ async def test_product_added_and_removed_fill_the_cart(endpoint: Endpoint, clien
     assert [e.type for e in _oldest_first(profile)] == ["cart_item_added"] * 3 + ["cart_item_removed"] * 2
 
 
+async def test_the_context_the_library_sends_stays_with_the_event(endpoint: Endpoint, client: Client) -> None:
+    # Where a customer came from (campaign), with what (user agent) and from where (page, IP) is kept on
+    # the event for attribution; context.traits is read for identifiers and goes to the profile instead.
+    user = unique("user-")
+    email = f"{user}@example.com"
+    context = {
+        "campaign": {"source": "newsletter", "medium": "email", "name": "spring-sale"},
+        "page": {
+            "url": "https://shop.example/boots?utm_source=newsletter",
+            "referrer": "https://mail.example/",
+        },
+        "userAgent": "Mozilla/5.0 (iPhone)",
+        "ip": "203.0.113.7",
+        "locale": "de-DE",
+        "traits": {"email": email},
+    }
+    await asyncio.to_thread(client.track, user_id=user, event="Signed Up", properties={}, context=context)
+
+    profile = await endpoint.profile_of("user_id", user)
+    assert await endpoint.person_of("email", email) == profile.person_id
+    (event,) = profile.recent_events
+    kept = dict(event.context)
+    assert dict(kept["campaign"]) == context["campaign"]
+    assert dict(kept["page"]) == context["page"]
+    assert (kept["userAgent"], kept["ip"], kept["locale"]) == ("Mozilla/5.0 (iPhone)", "203.0.113.7", "de-DE")
+    # The library names itself in every context it sends.
+    assert kept["library"]["name"] == "analytics-python"
+    assert "traits" not in kept
+
+
+async def test_an_oversize_context_is_refused_with_its_field(endpoint: Endpoint, client: Client) -> None:
+    with pytest.raises(APIError) as refused:
+        await asyncio.to_thread(
+            client.track, user_id=unique("user-"), event="Signed Up", context={"note": "x" * 9000}
+        )
+    assert refused.value.status == 400
+    assert "context" in str(refused.value.message)
+
+
 async def test_an_order_with_only_a_total_counts_for_the_lifetime_value(
     endpoint: Endpoint, client: Client
 ) -> None:

@@ -173,6 +173,11 @@ def translate(
     event.occurred_at.FromDatetime(when)
     if properties:
         event.properties.update(properties)
+    kept = {key: value for key, value in context.items() if key != "traits"}
+    if kept:
+        # The circumstances the library reports (page, campaign, user agent, …) stay with the event; its
+        # traits were read above for identifiers and go to the profile, not onto every event.
+        event.context.update(kept)
     checked = validation.event_violations(event, now=received_at)
     if traits:
         checked.extend(_trait_violations(traits, source))

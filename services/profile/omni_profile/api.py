@@ -21,13 +21,13 @@ from omni_profile import request_validation as checks
 from omni_profile import validation, wire
 from omni_profile.computed_traits import ComputedTraits
 from omni_profile.consents import Consents
-from omni_profile.domain import TrackResult
+from omni_profile.domain import Event, TrackResult
 from omni_profile.http import Intake, consume_stream
 from omni_profile.identity_client import IdentityClient
 from omni_profile.ingestion import Ingestion
 from omni_profile.profiles import Profiles
 from omni_profile.tracking import Tracker
-from omni_profile.traits import Traits
+from omni_profile.traits import Traits, TraitsRefused
 from omni_profile.wire_definitions import definition_from_proto, definition_to_proto
 
 
@@ -62,7 +62,7 @@ class ProfileServicer(profile_pb2_grpc.ProfileServiceServicer):
         now = datetime.now(UTC)
         validation.validate_track_event(request, now=now)
         event = wire.event_from_proto(request.event, received_at=now)
-        (result,) = await self._domain.ingestion.ingest([event])
+        (result,) = await self._ingest([event], [request.event], ["event"])
         if result.violations:
             raise InvalidArgument(
                 message="the event was refused",
@@ -80,14 +80,16 @@ class ProfileServicer(profile_pb2_grpc.ProfileServiceServicer):
         now = datetime.now(UTC)
         validation.validate_batch(request)
         rejected: dict[int, list[FieldViolation]] = {}
-        good = []
+        good, messages, paths = [], [], []
         for index, message in enumerate(request.events):
             problems = validation.event_violations(message, now=now)
             if problems:
                 rejected[index] = problems
             else:
                 good.append(wire.event_from_proto(message, received_at=now))
-        answers = iter(await self._domain.ingestion.ingest(good))
+                messages.append(message)
+                paths.append(f"events[{index}]")
+        answers = iter(await self._ingest(good, messages, paths))
         response = profile_pb2.BatchTrackEventsResponse()
         for index in range(len(request.events)):
             result = TrackResult.rejected(rejected[index]) if index in rejected else next(answers)
@@ -99,6 +101,29 @@ class ProfileServicer(profile_pb2_grpc.ProfileServiceServicer):
             else:
                 response.recorded_count += 1
         return response
+
+    async def _ingest(
+        self, events: list[Event], messages: list[profile_pb2.Event], paths: list[str]
+    ) -> list[TrackResult]:
+        """Record checked events, with the traits they carry set in the same transaction; paths[i] names
+        events[i] in the request."""
+        wanted = [wire.struct_to_dict(m.traits) if m.HasField("traits") else {} for m in messages]
+        if not any(wanted):
+            return await self._domain.ingestion.ingest(events)
+        try:
+            return await self._domain.ingestion.ingest(
+                events, alongside=self._domain.traits.with_events(events, wanted)
+            )
+        except TraitsRefused as refused:
+            # Checked already: only a rule the check does not know refuses traits here; nothing was written.
+            prefix = f"{paths[refused.index]}.traits"
+            raise InvalidArgument(
+                message=f"the traits of an event were refused: {refused.error.message}",
+                violations=[
+                    FieldViolation(f"{prefix}.{v.field}" if v.field else prefix, v.description)
+                    for v in refused.error.violations
+                ],
+            ) from refused
 
     async def StreamTrackEvents(
         self,

@@ -3,17 +3,27 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping
-from datetime import datetime
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from omni_kit.bus import Outbox
+from omni_kit.errors import InvalidArgument
 from omni_kit.ids import new_id
 from omni_profile import events, persons, repository
-from omni_profile.domain import DEFAULT_SOURCE, Trait, TraitChange
+from omni_profile.domain import DEFAULT_SOURCE, Event, TrackResult, Trait, TraitChange
 from omni_profile.precedence import SourcePolicy
+
+
+class TraitsRefused(Exception):
+    """The traits carried by the event at `index` of a batch cannot be set; nothing of the batch is written."""
+
+    def __init__(self, index: int, error: InvalidArgument) -> None:
+        super().__init__(error.message)
+        self.index = index
+        self.error = error
 
 
 class Traits:
@@ -78,3 +88,27 @@ class Traits:
                 session, self._outbox, current, traits=after, changed=["traits"]
             )
         return current, ignored
+
+    def with_events(
+        self, events: Sequence[Event], wanted: Sequence[Mapping[str, Any]]
+    ) -> Callable[[AsyncSession, Sequence[tuple[int, TrackResult]]], Awaitable[None]]:
+        """What sets, in the transaction recording `events`, the traits each newly recorded one carries
+        (wanted[i] for events[i]): on its person, from its source, as of its time (a late event does not
+        win over a newer value); a duplicate sets nothing again. Raises TraitsRefused (ingestion's
+        Alongside)."""
+
+        async def set_with(session: AsyncSession, recorded: Sequence[tuple[int, TrackResult]]) -> None:
+            now = datetime.now(UTC)
+            for index, result in recorded:
+                values = wanted[index]
+                if not values or result.duplicate or result.violations or result.person_id is None:
+                    continue
+                event = events[index]
+                try:
+                    await self.set_traits(
+                        session, result.person_id, values, event.source, now, at=event.occurred_at
+                    )
+                except InvalidArgument as error:
+                    raise TraitsRefused(index, error) from error
+
+        return set_with

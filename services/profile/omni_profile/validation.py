@@ -145,6 +145,8 @@ def event_violations(event: profile_pb2.Event, *, now: datetime) -> list[FieldVi
         violations.add("properties", f"must be at most {MAX_PROPERTIES_BYTES} bytes as JSON")
     if event.HasField("context") and json_size(event.context) > MAX_CONTEXT_BYTES:
         violations.add("context", f"must be at most {MAX_CONTEXT_BYTES} bytes as JSON")
+    if event.HasField("traits"):
+        check_traits(event.traits, "traits", violations)
     if event.type in CART_LINE_EVENTS:
         if not event.HasField("cart_item"):
             violations.add("cart_item", f"is required for {event.type}")
@@ -214,23 +216,29 @@ def validate_batch(request: profile_pb2.BatchTrackEventsRequest) -> None:
     violations.raise_if_any("the batch is malformed; none of it was recorded")
 
 
+def check_traits(traits: struct_pb2.Struct, path: str, violations: Violations) -> None:
+    """Record what is wrong with traits to set: at least one, names of 1 to 128 characters, at most 32 KiB as
+    JSON, no control characters, known traits of their type (a violation at "<path>.<name>")."""
+    if not traits.fields:
+        violations.add(path, "at least one trait is required")
+    for name in traits.fields:
+        if not name.strip():
+            violations.add(path, "trait names must not be empty")
+        elif len(name) > MAX_TRAIT_NAME:
+            violations.add(path, f"trait name {name[:32]}… is longer than {MAX_TRAIT_NAME} characters")
+    if json_size(traits) > MAX_TRAITS_BYTES:
+        violations.add(path, f"must be at most {MAX_TRAITS_BYTES} bytes as JSON")
+    else:
+        check_json_text(traits, path, violations)
+    for name, problem in sorted(trait_problems(wire.struct_to_dict(traits)).items()):
+        violations.add(f"{path}.{name}", problem)
+
+
 def validate_set_traits(request: profile_pb2.SetTraitsRequest) -> None:
     """Check a SetTraits request, known traits' types included (a violation at "traits.<name>")."""
     violations = Violations()
     check_person_id(request.person_id, "person_id", violations)
-    if not request.traits.fields:
-        violations.add("traits", "at least one trait is required")
-    for name in request.traits.fields:
-        if not name.strip():
-            violations.add("traits", "trait names must not be empty")
-        elif len(name) > MAX_TRAIT_NAME:
-            violations.add("traits", f"trait name {name[:32]}… is longer than {MAX_TRAIT_NAME} characters")
-    if json_size(request.traits) > MAX_TRAITS_BYTES:
-        violations.add("traits", f"must be at most {MAX_TRAITS_BYTES} bytes as JSON")
-    else:
-        check_json_text(request.traits, "traits", violations)
-    for name, problem in sorted(trait_problems(wire.struct_to_dict(request.traits)).items()):
-        violations.add(f"traits.{name}", problem)
+    check_traits(request.traits, "traits", violations)
     if len(request.source) > MAX_SOURCE:
         violations.add("source", f"must be at most {MAX_SOURCE} characters")
     elif has_control_characters(request.source):

@@ -15,14 +15,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy.ext.asyncio import AsyncSession
-
 from omni.profile.v1 import profile_pb2
 from omni_kit.errors import FieldViolation, InvalidArgument
 from omni_profile import validation, wire
 from omni_profile.domain import Event, TrackResult
-from omni_profile.ingestion import Alongside, Ingestion
-from omni_profile.traits import Traits
+from omni_profile.ingestion import Ingestion
+from omni_profile.traits import Traits, TraitsRefused
 
 MAX_SLICE = validation.MAX_BATCH
 """Events per identity call and per transaction."""
@@ -67,13 +65,6 @@ class Outcome:
             self.rejections.append(rejection)
 
 
-class _TraitsRefused(Exception):
-    def __init__(self, index: int, error: InvalidArgument) -> None:
-        super().__init__(error.message)
-        self.index = index
-        self.error = error
-
-
 class Intake:
     """Records checked events through Ingestion, keeping the good ones when some are refused."""
 
@@ -90,10 +81,11 @@ class Intake:
         # Each round either records the slice or sets one event aside, so it ends.
         while remaining:
             try:
+                events = [p.event for p in remaining]
                 results = await self._ingestion.ingest(
-                    [p.event for p in remaining], alongside=self._traits_of(remaining)
+                    events, alongside=self._traits.with_events(events, [p.traits for p in remaining])
                 )
-            except _TraitsRefused as refused:
+            except TraitsRefused as refused:
                 bad = remaining.pop(refused.index)
                 violations = tuple(
                     FieldViolation(v.field or "traits", v.description) for v in refused.error.violations
@@ -116,31 +108,6 @@ class Intake:
                     outcome.accepted += 1
             return
 
-    def _traits_of(self, remaining: Sequence[Pending]) -> Alongside:
-        """Sets the traits of the newly recorded identify events, in their transaction."""
-
-        async def set_traits(session: AsyncSession, recorded: Sequence[tuple[int, TrackResult]]) -> None:
-            now = datetime.now(UTC)
-            for index, result in recorded:
-                item = remaining[index]
-                # A repeated message changed nothing the first time round; its traits are not set again.
-                if not item.traits or result.duplicate or result.violations or result.person_id is None:
-                    continue
-                try:
-                    # The traits were true when the call was made: a late identify must not win over a newer one.
-                    await self._traits.set_traits(
-                        session,
-                        result.person_id,
-                        item.traits,
-                        item.event.source,
-                        now,
-                        at=item.event.occurred_at,
-                    )
-                except InvalidArgument as error:
-                    raise _TraitsRefused(index, error) from error
-
-        return set_traits
-
 
 def _summary(result: TrackResult) -> str:
     return "; ".join(f"{v.field}: {v.description}" if v.field else v.description for v in result.violations)
@@ -151,7 +118,8 @@ def check_event(message: profile_pb2.Event, position: int, now: datetime) -> Pen
     violations = validation.event_violations(message, now=now)
     if violations:
         return Rejection(position, message.id, "the event is invalid", tuple(violations))
-    return Pending(position, wire.event_from_proto(message, received_at=now))
+    traits = wire.struct_to_dict(message.traits) if message.HasField("traits") else {}
+    return Pending(position, wire.event_from_proto(message, received_at=now), traits)
 
 
 class _Inbox:

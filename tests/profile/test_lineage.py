@@ -10,6 +10,7 @@ from typing import Any
 
 import grpc
 import pytest
+import sqlalchemy as sa
 
 from omni.common.v1 import common_pb2
 from omni.identity.v1 import identity_pb2
@@ -139,6 +140,22 @@ async def test_an_erasure_deletes_everything_and_is_announced(services: Services
             b=merged,
         )
         assert left == 0, table
+    # What stays of each is a tombstone row: no cart, no computed state, no count.
+    async with services.database.connect() as connection:
+        rows = (
+            await connection.execute(
+                sa.text(
+                    "SELECT cart, cart_as_of, computed, event_count, erased_at FROM profiles"
+                    " WHERE person_id IN (CAST(:a AS uuid), CAST(:b AS uuid))"
+                ),
+                {"a": survivor, "b": merged},
+            )
+        ).all()
+    assert len(rows) == 2
+    assert all(
+        (r.cart, r.cart_as_of, r.computed, r.event_count) == ({}, None, {}, 0) and r.erased_at is not None
+        for r in rows
+    )
     for person in (survivor, merged):
         with pytest.raises(grpc.aio.AioRpcError) as raised:
             await get_profile(services, person)

@@ -13,7 +13,7 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 from nats.js import JetStreamContext
 
 from omni.gateway.v1 import gateway_pb2
-from omni_kit.embedded import SmtpSink
+from omni_kit.embedded import SmtpSink, free_port
 
 from .support import (
     EventLog,
@@ -188,3 +188,31 @@ async def test_a_caller_that_stops_waiting_does_not_cut_the_attempt_short(
 
 
 _SENT = gateway_pb2.MESSAGE_STATUS_SENT
+
+
+class _RefusingWithANul:
+    """A server whose refusal quotes a NUL (a broken or hostile server: its reply is not ours to trust)."""
+
+    async def handle_RCPT(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, rcpt_options: list[str]
+    ) -> str:
+        return "550 5.1.1 no\x00such user"
+
+
+async def test_a_refusal_quoting_a_nul_is_recorded_readable(
+    start_gateway: StartGateway, neighbours: Neighbours, events: EventLog
+) -> None:
+    port = free_port("127.0.0.1")
+    controller = Controller(_RefusingWithANul(), hostname="127.0.0.1", port=port, server_hostname="odd")
+    controller.start()
+    try:
+        gateway = await start_gateway(smtp_port=port)
+        person_id = await create_person(neighbours, f"{unique('nul-')}@example.com", consent=True)
+        request = send_request(person_id, await create_cart_template(gateway))
+        message = (await gateway.stub.SendMessage(request)).message
+    finally:
+        controller.stop()
+    assert message.status == gateway_pb2.MESSAGE_STATUS_FAILED
+    assert message.error.startswith("smtp: recipient refused") and "\x00" not in message.error
+    assert "no\ufffdsuch user" in message.error
+    await events.wait_for_message("gateway.message_failed", lambda m: m.id == message.id)

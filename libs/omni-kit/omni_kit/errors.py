@@ -102,6 +102,12 @@ def has_control_characters(value: str, *, free_text: bool = False) -> bool:
     return (_CONTROL_IN_FREE_TEXT if free_text else _CONTROL).search(value) is not None
 
 
+def without_control_characters(value: str) -> str:
+    """Free text from outside (a server's reply) fit to store: control characters other than tab, line feed
+    and return replaced by U+FFFD, the replacement character."""
+    return _CONTROL_IN_FREE_TEXT.sub("\ufffd", value)
+
+
 class Violations:
     """Collects field violations while validating a request, then raises them all at once."""
 

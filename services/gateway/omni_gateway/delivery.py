@@ -43,7 +43,7 @@ from omni_gateway.repository import Repository
 from omni_gateway.retry import RetryPolicy
 from omni_gateway.smtp import Mailer
 from omni_kit.bus import Outbox
-from omni_kit.errors import FieldViolation, InvalidArgument, NotFound
+from omni_kit.errors import FieldViolation, InvalidArgument, NotFound, without_control_characters
 from omni_kit.ids import new_id
 
 tracer = trace.get_tracer("omni_gateway.delivery")
@@ -181,6 +181,8 @@ class Delivery:
             status, error = MessageStatus.FAILED, f"gave up after {message.attempt_count} attempts: {failure}"
         elif failure is not None:
             status, error = MessageStatus.FAILED, str(failure)
+        # The error quotes other systems (an SMTP server's reply): a NUL in it could never be stored.
+        error = without_control_characters(error)
         async with self._transaction() as session:
             updated = await self._repository.record_outcome(
                 session, message.id, status=status, recipient=recipient, error=error, retry_after=retry_after

@@ -4,14 +4,11 @@ undo cleanly."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 import pytest
 import sqlalchemy as sa
 from alembic import command
-from alembic.autogenerate import compare_metadata
 from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
@@ -22,25 +19,7 @@ from omni_gateway.models import Base
 from omni_kit.db import create_engine, current_revision, migrate
 from omni_kit.ids import new_id
 
-
-def _differences(connection: Connection) -> list[Any]:
-    """How the migrated schema differs from the models, for the gateway's own tables (not the bus's)."""
-    own = set(Base.metadata.tables)
-    differences = compare_metadata(MigrationContext.configure(connection), Base.metadata)
-    return [d for d in differences if _table_of(d) in own]
-
-
-def _table_of(difference: Any) -> str | None:
-    item = difference[0] if isinstance(difference, list) else difference
-    if item[0] in ("add_table", "remove_table"):
-        return str(item[1].name)
-    if item[0] in ("add_index", "remove_index"):
-        return str(item[1].table.name)
-    if item[0] in ("add_column", "remove_column"):
-        return str(item[2])
-    if item[0].startswith("modify_"):
-        return str(item[2])
-    return None
+from ..migrations import schema_differences
 
 
 def _config(connection: Connection | None = None) -> Config:
@@ -73,7 +52,7 @@ async def test_messages_stored_before_purposes_are_marketing_and_the_schema_matc
 
         assert await current_revision(engine) == ScriptDirectory.from_config(_config()).get_current_head()
         async with engine.connect() as connection:
-            assert await connection.run_sync(_differences) == []
+            assert await connection.run_sync(schema_differences, Base.metadata) == []
             purposes = (await connection.scalars(sa.text("SELECT purpose FROM messages"))).all()
         assert purposes == [Purpose.MARKETING.value]
         with pytest.raises(IntegrityError, match="messages_purpose"):

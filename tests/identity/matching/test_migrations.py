@@ -3,40 +3,20 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 import sqlalchemy as sa
 from alembic import command
-from alembic.autogenerate import compare_metadata
 from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
 from sqlalchemy.engine import Connection
 
 from omni_identity.main import MIGRATIONS
 from omni_identity.matching.models import MatchingBase
 from omni_kit.db import create_engine, migrate
 
+from ...migrations import schema_differences
+
 OWN = set(MatchingBase.metadata.tables)
 REVISION = "0100"
-
-
-def _table_of(difference: Any) -> str | None:
-    item = difference[0] if isinstance(difference, list) else difference
-    if item[0] in ("add_table", "remove_table"):
-        return str(item[1].name)
-    if item[0] in ("add_index", "remove_index"):
-        return str(item[1].table.name)
-    if item[0].startswith("modify_"):
-        return str(item[2])
-    return None
-
-
-def _differences(connection: Connection) -> list[Any]:
-    return [
-        d
-        for d in compare_metadata(MigrationContext.configure(connection), MatchingBase.metadata)
-        if _table_of(d) in OWN
-    ]
 
 
 def _tables(connection: Connection) -> set[str]:
@@ -58,7 +38,7 @@ async def test_migration_matches_the_models_and_downgrades(make_database: Callab
     try:
         await migrate(engine, MIGRATIONS)
         async with engine.connect() as connection:
-            assert await connection.run_sync(_differences) == []
+            assert await connection.run_sync(schema_differences, MatchingBase.metadata) == []
             assert await connection.run_sync(_tables) >= OWN
 
         def downgrade(connection: Connection) -> None:

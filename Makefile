@@ -38,7 +38,8 @@ $(VENV)/.synced: $(UV) uv.lock pyproject.toml libs/*/pyproject.toml services/*/p
 	touch $@
 
 # `npm ci` installs exactly the lock, which lists buf's binaries for every platform (npm installs the one
-# this machine needs), so installing never rewrites it.
+# this machine needs) and kustomize's linux-x64 binary as an optional dependency, so installing never
+# rewrites it.
 $(BUF): package.json package-lock.json
 	npm ci --no-audit --no-fund --loglevel=error
 	touch $@
@@ -81,7 +82,7 @@ breaking: $(BUF)
 bench: env
 	$(PY) -m bench
 
-deploy-check: env
+deploy-check: env $(BUF)
 	$(PY) deploy/check.py
 
 clean:

@@ -1,0 +1,193 @@
+"""omni_kit.idempotency against a real PostgreSQL: answers replayed, reused keys refused, concurrent retries
+done once, rolled-back work not remembered."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+
+from omni.identity.v1 import identity_pb2
+from omni.identity.v1.identity_pb2 import MergePersonsRequest as Request
+from omni.identity.v1.identity_pb2 import MergePersonsResponse as Response
+from omni_kit.db import create_engine, session_factory
+from omni_kit.errors import AlreadyExists, Violations
+from omni_kit.idempotency import (
+    KEY_REUSED_REASON,
+    check_request_id,
+    fingerprint,
+    idempotency_metadata,
+    idempotency_table,
+    idempotent,
+    purge_answers,
+)
+
+
+@pytest.fixture
+async def engine(make_database: Callable[..., Any]) -> AsyncIterator[AsyncEngine]:
+    engine = create_engine(make_database("idem"), application_name="omni-test-idempotency")
+    async with engine.begin() as connection:
+        await connection.run_sync(idempotency_metadata.create_all)
+    yield engine
+    await engine.dispose()
+
+
+class Work:
+    """The effect of a call: counts how often it ran and answers with that count."""
+
+    def __init__(self) -> None:
+        self.runs = 0
+
+    async def __call__(self) -> Response:
+        self.runs += 1
+        return Response(person=identity_pb2.Person(id=f"answer-{self.runs}"))
+
+
+def merge(request_id: str, reason: str = "same customer") -> Request:
+    return Request(request_id=request_id, survivor_person_id="a", merged_person_id="b", reason=reason)
+
+
+async def call(engine: AsyncEngine, request: Request, work: Work) -> Response:
+    async with session_factory(engine).begin() as session:
+        return await idempotent(session, "MergePersons", request.request_id, request, Response, work)
+
+
+async def test_the_first_answer_is_replayed_without_doing_the_work_again(engine: AsyncEngine) -> None:
+    work = Work()
+    first = await call(engine, merge("k-1"), work)
+    again = await call(engine, merge("k-1"), work)
+    assert work.runs == 1
+    assert again == first
+    assert again.person.id == "answer-1"
+
+
+async def test_the_same_key_with_other_content_is_refused(engine: AsyncEngine) -> None:
+    work = Work()
+    await call(engine, merge("k-1"), work)
+    with pytest.raises(AlreadyExists) as refused:
+        await call(engine, merge("k-1", reason="another reason"), work)
+    assert refused.value.reason == KEY_REUSED_REASON
+    assert refused.value.metadata["request_id"] == "k-1"
+    assert work.runs == 1
+
+
+async def test_keys_of_different_methods_do_not_meet(engine: AsyncEngine) -> None:
+    work = Work()
+    await call(engine, merge("k-1"), work)
+    async with session_factory(engine).begin() as session:
+        other = await idempotent(session, "UnmergePerson", "k-1", merge("k-1", "other"), Response, work)
+    assert work.runs == 2
+    assert other.person.id == "answer-2"
+
+
+async def test_work_that_rolled_back_is_not_remembered(engine: AsyncEngine) -> None:
+    work = Work()
+
+    async def failing() -> Response:
+        await work()
+        raise RuntimeError("the change failed")
+
+    with pytest.raises(RuntimeError):
+        async with session_factory(engine).begin() as session:
+            await idempotent(session, "MergePersons", "k-1", merge("k-1"), Response, failing)
+    answer = await call(engine, merge("k-1"), work)
+    assert work.runs == 2
+    assert answer.person.id == "answer-2"
+
+
+async def test_without_a_request_id_the_work_is_done_each_time(engine: AsyncEngine) -> None:
+    work = Work()
+    await call(engine, merge(""), work)
+    await call(engine, merge(""), work)
+    assert work.runs == 2
+    async with engine.connect() as connection:
+        assert (
+            await connection.execute(sa.select(sa.func.count()).select_from(idempotency_table))
+        ).scalar() == 0
+
+
+async def test_a_concurrent_retry_waits_for_the_first_and_replays_its_answer(engine: AsyncEngine) -> None:
+    work = Work()
+    first_claimed = asyncio.Event()
+    finish_first = asyncio.Event()
+
+    async def slow() -> Response:
+        first_claimed.set()
+        await finish_first.wait()
+        return await work()
+
+    async def first() -> Response:
+        async with session_factory(engine).begin() as session:
+            return await idempotent(session, "MergePersons", "k-1", merge("k-1"), Response, slow)
+
+    first_call = asyncio.create_task(first())
+    await first_claimed.wait()
+    retry = asyncio.create_task(call(engine, merge("k-1"), work))
+    await asyncio.sleep(0.3)
+    assert not retry.done(), "the retry must wait for the first call's transaction"
+    finish_first.set()
+    assert (await first_call) == (await retry)
+    assert work.runs == 1
+
+
+async def test_a_concurrent_retry_does_the_work_when_the_first_rolls_back(engine: AsyncEngine) -> None:
+    work = Work()
+    first_claimed = asyncio.Event()
+    fail_first = asyncio.Event()
+
+    async def failing() -> Response:
+        first_claimed.set()
+        await fail_first.wait()
+        raise RuntimeError("the change failed")
+
+    async def first() -> None:
+        async with session_factory(engine).begin() as session:
+            await idempotent(session, "MergePersons", "k-1", merge("k-1"), Response, failing)
+
+    first_call = asyncio.create_task(first())
+    await first_claimed.wait()
+    retry = asyncio.create_task(call(engine, merge("k-1"), work))
+    await asyncio.sleep(0.3)
+    fail_first.set()
+    with pytest.raises(RuntimeError):
+        await first_call
+    assert (await retry).person.id == "answer-1"
+    assert work.runs == 1
+
+
+def test_the_fingerprint_ignores_the_request_id_and_unknown_fields() -> None:
+    plain = merge("k-1")
+    other_key = merge("k-2")
+    with_unknown = Request.FromString(merge("k-1").SerializeToString() + b"\xa2\x06\x03abc")  # field 100
+    assert fingerprint(plain) == fingerprint(other_key) == fingerprint(with_unknown)
+    assert fingerprint(plain) != fingerprint(merge("k-1", reason="other"))
+
+
+def test_request_ids_are_checked() -> None:
+    violations = Violations()
+    assert check_request_id("  k-1 ", violations) == "k-1"
+    check_request_id("x" * 129, violations)
+    check_request_id("k\x00", violations)
+    assert [v.field for v in violations.items] == ["request_id", "request_id"]
+
+
+async def test_old_answers_are_purged(engine: AsyncEngine) -> None:
+    work = Work()
+    await call(engine, merge("old"), work)
+    await call(engine, merge("new"), work)
+    async with engine.begin() as connection:
+        await connection.execute(
+            idempotency_table.update()
+            .where(idempotency_table.c.request_id == "old")
+            .values(created_at=datetime.now(UTC) - timedelta(days=30))
+        )
+    async with session_factory(engine).begin() as session:
+        assert await purge_answers(session, before=datetime.now(UTC) - timedelta(days=7)) == 1
+    async with AsyncSession(engine) as session:
+        left = (await session.execute(sa.select(idempotency_table.c.request_id))).scalars().all()
+    assert left == ["new"]

@@ -25,7 +25,7 @@ TABLES = (
     "refused_links",
     "tombstones",
     "erasures",
-    "operations",
+    "idempotency_keys",
     "outbox",
 )
 

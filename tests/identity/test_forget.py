@@ -97,7 +97,7 @@ async def test_forgetting_removes_identifiers_and_links_and_leaves_only_tombston
         "SELECT string_agg(t::text, ' ') FROM (SELECT * FROM refused_links) t UNION ALL "
         "SELECT string_agg(t::text, ' ') FROM (SELECT * FROM tombstones) t UNION ALL "
         "SELECT string_agg(t::text, ' ') FROM (SELECT * FROM erasures) t UNION ALL "
-        "SELECT string_agg(t::text, ' ') FROM (SELECT * FROM operations) t",
+        "SELECT string_agg(t::text, ' ') FROM (SELECT * FROM idempotency_keys) t",
     )
     text = " ".join(str(row[0] or "") for row in everything)
     assert not [value for _, value in held if value in text]
@@ -226,7 +226,7 @@ async def test_forgetting_a_split_off_person_scrubs_it_from_others_lineage(ident
     assert len(merges) == 1 and z in merges[0].cause and y not in merges[0].cause
     everything = await _rows(
         identity,
-        "SELECT count(*) AS n FROM operations WHERE position(convert_to(:y, 'UTF8') in response) > 0",
+        "SELECT count(*) AS n FROM idempotency_keys WHERE position(convert_to(:y, 'UTF8') in response) > 0",
         y=y,
     )
     assert everything[0].n == 0

@@ -4,6 +4,7 @@ done once, rolled-back work not remembered."""
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -21,6 +22,7 @@ from omni_kit.idempotency import (
     KEY_REUSED_REASON,
     check_request_id,
     fingerprint,
+    forget_answers,
     idempotency_metadata,
     idempotency_table,
     idempotent,
@@ -160,12 +162,41 @@ async def test_a_concurrent_retry_does_the_work_when_the_first_rolls_back(engine
     assert work.runs == 1
 
 
-def test_the_fingerprint_ignores_the_request_id_and_unknown_fields() -> None:
-    plain = merge("k-1")
-    other_key = merge("k-2")
-    with_unknown = Request.FromString(merge("k-1").SerializeToString() + b"\xa2\x06\x03abc")  # field 100
-    assert fingerprint(plain) == fingerprint(other_key) == fingerprint(with_unknown)
-    assert fingerprint(plain) != fingerprint(merge("k-1", reason="other"))
+def test_the_fingerprint_is_of_the_method_and_the_content() -> None:
+    assert fingerprint("MergePersons", merge("k-1")) == fingerprint("MergePersons", merge("k-1"))
+    assert fingerprint("MergePersons", merge("k-1")) != fingerprint("MergePersons", merge("k-1", "other"))
+    assert fingerprint("MergePersons", merge("k-1")) != fingerprint("UnmergePerson", merge("k-1"))
+
+
+async def test_a_shared_scope_refuses_one_request_id_for_two_methods(engine: AsyncEngine) -> None:
+    work = Work()
+    async with session_factory(engine).begin() as session:
+        await idempotent(session, "merge", "k-1", merge("k-1"), Response, work, scope="operator")
+    with pytest.raises(AlreadyExists):
+        async with session_factory(engine).begin() as session:
+            await idempotent(session, "forget", "k-1", merge("k-1"), Response, work, scope="operator")
+    assert work.runs == 1
+
+
+async def test_erasing_a_person_removes_the_answers_that_show_them(engine: AsyncEngine) -> None:
+    shown, other = uuid.uuid4(), uuid.uuid4()
+    work = Work()
+    for request_id, person in (("k-1", shown), ("k-2", other)):
+        async with session_factory(engine).begin() as session:
+            await idempotent(
+                session,
+                "MergePersons",
+                request_id,
+                merge(request_id),
+                Response,
+                work,
+                persons=lambda _, p=person: [p],
+            )
+    async with session_factory(engine).begin() as session:
+        await forget_answers(session, [shown])
+    async with AsyncSession(engine) as session:
+        left = (await session.execute(sa.select(idempotency_table.c.request_id))).scalars().all()
+    assert left == ["k-2"]
 
 
 def test_request_ids_are_checked() -> None:

@@ -10,6 +10,10 @@ One table per service database (`idempotency_keys`, created by the service's mig
             session, "CreateSegment", request.request_id, request, CreateSegmentResponse, lambda: create(session)
         )
 
+Request ids are keyed per method unless the caller names a wider scope (identity's operator calls share one:
+a merge's request id cannot be reused for an erasure). An answer that shows a person's data names the
+person, so erasing the person removes it (`forget_answers`).
+
 Concurrent retries of one request id do not both do the work: the first claims the key with a row the others
 wait on (its primary key), and they replay its answer once it commits, or do the work themselves if it
 rolled back.
@@ -18,13 +22,14 @@ rolled back.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Awaitable, Callable
+import uuid
+from collections.abc import Awaitable, Callable, Iterable
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from google.protobuf.message import Message
-from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.dialects.postgresql import ARRAY, BYTEA, insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from omni_kit.errors import AlreadyExists, Violations, has_control_characters
@@ -44,18 +49,16 @@ idempotency_table = sa.Table(
     "idempotency_keys",
     idempotency_metadata,
     sa.Column(
-        "method", sa.Text, primary_key=True, comment="The RPC's name, so ids of different calls never meet."
+        "scope", sa.Text, primary_key=True, comment="Where request ids are unique: the RPC by default."
     ),
     sa.Column("request_id", sa.Text, primary_key=True),
-    sa.Column(
-        "fingerprint", sa.Text, nullable=False, comment="SHA-256 of the request without its request id."
-    ),
-    sa.Column(
-        "response", sa.LargeBinary, nullable=True, comment="The serialised answer; NULL while claimed."
-    ),
+    sa.Column("fingerprint", BYTEA, nullable=False, comment="SHA-256 of the method and the request."),
+    sa.Column("response", BYTEA, nullable=True, comment="The serialised answer; NULL while claimed."),
+    sa.Column("person_ids", ARRAY(sa.Uuid), nullable=True, comment="The persons the answer shows."),
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
 )
 sa.Index("idempotency_keys_created_at", idempotency_table.c.created_at)
+sa.Index("idempotency_keys_person_ids", idempotency_table.c.person_ids, postgresql_using="gin")
 
 Response = TypeVar("Response", bound=Message)
 
@@ -64,17 +67,20 @@ def create_idempotency_table(op: Any) -> None:
     """Create the idempotency table in a service's migration (op is alembic.op)."""
     op.create_table(
         "idempotency_keys",
-        sa.Column("method", sa.Text, primary_key=True),
+        sa.Column("scope", sa.Text, primary_key=True),
         sa.Column("request_id", sa.Text, primary_key=True),
-        sa.Column("fingerprint", sa.Text, nullable=False),
-        sa.Column("response", sa.LargeBinary, nullable=True),
+        sa.Column("fingerprint", BYTEA, nullable=False),
+        sa.Column("response", BYTEA, nullable=True),
+        sa.Column("person_ids", ARRAY(sa.Uuid), nullable=True),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
     )
     op.create_index("idempotency_keys_created_at", "idempotency_keys", ["created_at"])
+    op.create_index("idempotency_keys_person_ids", "idempotency_keys", ["person_ids"], postgresql_using="gin")
 
 
 def drop_idempotency_table(op: Any) -> None:
     """Undo create_idempotency_table."""
+    op.drop_index("idempotency_keys_person_ids", table_name="idempotency_keys")
     op.drop_index("idempotency_keys_created_at", table_name="idempotency_keys")
     op.drop_table("idempotency_keys")
 
@@ -90,17 +96,10 @@ def check_request_id(value: str, violations: Violations, *, field: str = "reques
     return request_id
 
 
-def fingerprint(request: Message, *, key_field: str = "request_id") -> str:
-    """What a request asks for, whatever its request id: a hash of its deterministic encoding without it.
-
-    Unknown fields are dropped first, so a newer client's extra fields do not make a retry look different.
-    """
-    content = type(request)()
-    content.CopyFrom(request)
-    content.DiscardUnknownFields()
-    if key_field in content.DESCRIPTOR.fields_by_name:
-        content.ClearField(key_field)
-    return hashlib.sha256(content.SerializeToString(deterministic=True)).hexdigest()
+def fingerprint(method: str, request: Message) -> bytes:
+    """What a call asks for: a hash of the method and the request's deterministic encoding (its request id
+    included, which is the same for every call compared)."""
+    return hashlib.sha256(method.encode() + request.SerializeToString(deterministic=True)).digest()
 
 
 async def idempotent(
@@ -110,56 +109,71 @@ async def idempotent(
     request: Message,
     response_type: type[Response],
     work: Callable[[], Awaitable[Response]],
+    *,
+    scope: str | None = None,
+    persons: Callable[[Response], Iterable[uuid.UUID]] | None = None,
 ) -> Response:
     """The answer to a mutating call: replayed when request_id was answered before with the same content,
     refused (ALREADY_EXISTS, IDEMPOTENCY_KEY_REUSED) when it was used for other content, else work's answer,
     stored in the session's transaction so it commits or rolls back with work's change.
 
-    Without a request id the work is simply done. The caller commits.
+    scope is where request ids are unique (the method by default); persons names the persons an answer
+    shows, so that erasing one of them removes it. Without a request id the work is simply done. The caller
+    commits.
     """
     if not request_id:
         return await work()
-    digest = fingerprint(request)
+    key_scope = scope or method
+    digest = fingerprint(method, request)
+    where = (idempotency_table.c.scope == key_scope, idempotency_table.c.request_id == request_id)
     claimed = await session.execute(
         insert(idempotency_table)
-        .values(method=method, request_id=request_id, fingerprint=digest)
+        .values(scope=key_scope, request_id=request_id, fingerprint=digest)
         .on_conflict_do_nothing()
         .returning(idempotency_table.c.request_id)
     )
     if claimed.first() is None:
-        # Someone answered (or is answering: the insert waited for its commit) this request id before.
+        # Answered before, or being answered: the insert waited for that transaction to commit.
         row = (
             await session.execute(
-                sa.select(idempotency_table.c.fingerprint, idempotency_table.c.response).where(
-                    idempotency_table.c.method == method, idempotency_table.c.request_id == request_id
-                )
+                sa.select(idempotency_table.c.fingerprint, idempotency_table.c.response).where(*where)
             )
         ).one()
         if row.fingerprint != digest:
             raise AlreadyExists(
                 message=(
-                    f"request_id {request_id!r} was used for a {method} with other content; "
-                    "use a new request_id for a new request"
+                    f"request_id {request_id!r} was used for another request; use a new request_id for a "
+                    "new request"
                 ),
                 reason=KEY_REUSED_REASON,
-                metadata={"request_id": request_id, "method": method},
+                metadata={"request_id": request_id},
             )
         if row.response is not None:
             return response_type.FromString(row.response)
     answer = await work()
+    shown = sorted(set(persons(answer))) if persons is not None else None
     await session.execute(
-        idempotency_table.update()
-        .where(idempotency_table.c.method == method, idempotency_table.c.request_id == request_id)
-        .values(response=answer.SerializeToString())
+        idempotency_table.update().where(*where).values(response=answer.SerializeToString(), person_ids=shown)
     )
     return answer
+
+
+async def forget_answers(session: AsyncSession, person_ids: Iterable[uuid.UUID]) -> None:
+    """Remove the stored answers that show any of these persons (their erasure)."""
+    ids = list(person_ids)
+    if ids:
+        await session.execute(
+            idempotency_table.delete().where(
+                idempotency_table.c.person_ids.overlap(sa.cast(ids, ARRAY(sa.Uuid)))
+            )
+        )
 
 
 async def purge_answers(session: AsyncSession, *, before: datetime, limit: int = 10_000) -> int:
     """Forget at most limit answers stored before the given time; returns how many. Run periodically, with
     `before` = now - RETENTION."""
     oldest = (
-        sa.select(idempotency_table.c.method, idempotency_table.c.request_id)
+        sa.select(idempotency_table.c.scope, idempotency_table.c.request_id)
         .where(idempotency_table.c.created_at < before)
         .order_by(idempotency_table.c.created_at)
         .limit(limit)
@@ -168,8 +182,8 @@ async def purge_answers(session: AsyncSession, *, before: datetime, limit: int =
     )
     result = await session.execute(
         idempotency_table.delete().where(
-            sa.tuple_(idempotency_table.c.method, idempotency_table.c.request_id).in_(
-                sa.select(oldest.c.method, oldest.c.request_id)
+            sa.tuple_(idempotency_table.c.scope, idempotency_table.c.request_id).in_(
+                sa.select(oldest.c.scope, oldest.c.request_id)
             )
         )
     )

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
-from datetime import UTC, datetime
 from typing import TypeVar
 
 import asyncpg
@@ -28,12 +26,12 @@ from omni_identity.persons import Persons
 from omni_identity.repository import ConcurrentMerge, IdentityRepository
 from omni_identity.resolution import dedupe
 from omni_kit.errors import (
-    AlreadyExists,
     FailedPrecondition,
     Unavailable,
     Violations,
     has_control_characters,
 )
+from omni_kit.idempotency import idempotent
 from omni_kit.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -358,6 +356,10 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
         return await retrying(work)
 
 
+OPERATOR_SCOPE = "operator"
+"""Merges, unmerges and erasures share their request ids: one id names one operator call."""
+
+
 async def run_once(
     runtime: Runtime,
     kind: str,
@@ -366,34 +368,30 @@ async def run_once(
     response_type: type[R],
     work: Callable[[AsyncSession], Awaitable[tuple[R, list[uuid.UUID]]]],
 ) -> R:
-    """Run an operator change once per request id: a repeat answers the stored answer, the same id with
-    another request is refused (ALREADY_EXISTS). work returns the answer and the persons it shows (erasing
-    any of them removes the stored answer)."""
-    fingerprint = hashlib.sha256(kind.encode() + request.SerializeToString(deterministic=True)).digest()
+    """Run an operator change once per request id (omni_kit.idempotency, one scope for merges, unmerges and
+    erasures): a repeat answers the stored answer, the same id with another request is refused
+    (ALREADY_EXISTS). work returns the answer and the persons it shows (erasing any of them removes the
+    stored answer)."""
 
     async def attempt() -> R:
         async with runtime.transaction() as session:
-            operations = OperatorRepository(session)
-            await operations.lock_request(request_id)
-            stored = await operations.operation(request_id)
-            if stored is not None:
-                if stored.kind != kind or stored.fingerprint != fingerprint:
-                    raise AlreadyExists(
-                        message=f"request_id {request_id!r} was used for another request",
-                        reason="IDEMPOTENCY_KEY_REUSED",
-                        metadata={"request_id": request_id},
-                    )
-                return response_type.FromString(stored.response)
-            response, person_ids = await work(session)
-            await operations.record_operation(
+            shown: list[uuid.UUID] = []
+
+            async def change() -> R:
+                response, person_ids = await work(session)
+                shown.extend(person_ids)
+                return response
+
+            return await idempotent(
+                session,
+                kind,
                 request_id,
-                kind=kind,
-                fingerprint=fingerprint,
-                response=response.SerializeToString(),
-                person_ids=person_ids,
-                now=datetime.now(UTC),
+                request,
+                response_type,
+                change,
+                scope=OPERATOR_SCOPE,
+                persons=lambda _: shown,
             )
-            return response
 
     return await retrying(attempt)
 

@@ -164,18 +164,3 @@ class Erasure(Base):
     forgotten_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True), nullable=False)
 
     __table_args__ = (sa.Index("erasures_person_id", "person_id"),)
-
-
-class Operation(Base):
-    """An operator call by its request id, with its answer, so that a repeat gets the same answer."""
-
-    __tablename__ = "operations"
-
-    request_id: Mapped[str] = mapped_column(sa.Text, primary_key=True)
-    kind: Mapped[str] = mapped_column(sa.Text, nullable=False, comment="merge, unmerge or forget.")
-    fingerprint: Mapped[bytes] = mapped_column(BYTEA, nullable=False, comment="SHA-256 of the request.")
-    response: Mapped[bytes] = mapped_column(BYTEA, nullable=False, comment="The serialized response.")
-    person_ids: Mapped[list[uuid.UUID]] = mapped_column(
-        ARRAY(sa.Uuid), nullable=False, comment="The persons it concerned (answers are removed on erasure)."
-    )
-    created_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True), nullable=False)

@@ -8,7 +8,6 @@ attached between the unlocked read and the locks make the caller run the transac
 
 from __future__ import annotations
 
-import hashlib
 import json
 import uuid
 from collections.abc import Iterable, Sequence
@@ -21,13 +20,11 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from omni_identity.erasure import ErasureRecord
 from omni_identity.matching.repository import MatchRepository
 from omni_identity.merge import MergeRecord
-from omni_identity.models import Erasure, Merge, Operation
+from omni_identity.models import Erasure, Merge
 from omni_identity.normalise import IdentifierKey
 from omni_identity.reads import merge_record
 from omni_identity.unmerge import HeldIdentifier
-
-# Request-id locks use the two-int advisory lock space, never equal to an identifier's one-bigint lock.
-_REQUEST_LOCK_CLASS = 0x1D0
+from omni_kit.idempotency import forget_answers
 
 
 @dataclass(frozen=True)
@@ -56,15 +53,6 @@ class StoredIdentifier:
     def key(self) -> IdentifierKey:
         """The identifier."""
         return self.held.key
-
-
-@dataclass(frozen=True)
-class StoredOperation:
-    """An operator call answered before."""
-
-    kind: str
-    fingerprint: bytes
-    response: bytes
 
 
 _CHAIN = sa.text(
@@ -251,9 +239,7 @@ class OperatorRepository:
             ),
             {"ids": tree, "types": [k.type for k in keys], "vals": [k.value for k in keys]},
         )
-        await self.session.execute(
-            sa.text("DELETE FROM operations WHERE person_ids && CAST(:ids AS uuid[])"), {"ids": tree}
-        )
+        await forget_answers(self.session, tree)
         # The matcher's records filed under these persons hold names, addresses and dates of birth.
         records = MatchRepository(self.session)
         for person_id in tree:
@@ -288,39 +274,3 @@ class OperatorRepository:
             identifier_count=row.identifier_count,
             forgotten_at=row.forgotten_at,
         )
-
-    async def lock_request(self, request_id: str) -> None:
-        """Serialise calls with the same request id until the transaction ends."""
-        digest = hashlib.blake2b(request_id.encode(), digest_size=4, person=b"omni-rq").digest()
-        await self.session.execute(
-            sa.text("SELECT pg_advisory_xact_lock(:cls, :key)"),
-            {"cls": _REQUEST_LOCK_CLASS, "key": int.from_bytes(digest, "big", signed=True)},
-        )
-
-    async def operation(self, request_id: str) -> StoredOperation | None:
-        """The answer stored for a request id, if any."""
-        row = await self.session.get(Operation, request_id)
-        return None if row is None else StoredOperation(row.kind, row.fingerprint, row.response)
-
-    async def record_operation(
-        self,
-        request_id: str,
-        *,
-        kind: str,
-        fingerprint: bytes,
-        response: bytes,
-        person_ids: Sequence[uuid.UUID],
-        now: datetime,
-    ) -> None:
-        """Store the answer to a request id."""
-        self.session.add(
-            Operation(
-                request_id=request_id,
-                kind=kind,
-                fingerprint=fingerprint,
-                response=response,
-                person_ids=list(person_ids),
-                created_at=now,
-            )
-        )
-        await self.session.flush()

@@ -165,7 +165,7 @@ async def refused(
     server: MatchingServer, request: matching_pb2.SettleMatchReviewRequest, code: grpc.StatusCode
 ) -> tuple[str, set[str]]:
     """Settle, which must fail with the code and write nothing; return the reason and violated fields."""
-    tables = (*TABLES, "persons", "identifiers", "operations", "outbox")
+    tables = (*TABLES, "persons", "identifiers", "idempotency_keys", "outbox")
     before = [await count_rows(server, table) for table in tables]
     with pytest.raises(grpc.aio.AioRpcError) as raised:
         await server.stub.SettleMatchReview(request)

@@ -182,15 +182,13 @@ async def test_erasing_a_person_removes_the_answers_that_show_them(engine: Async
     shown, other = uuid.uuid4(), uuid.uuid4()
     work = Work()
     for request_id, person in (("k-1", shown), ("k-2", other)):
+
+        def showing(_: Response, person: uuid.UUID = person) -> list[uuid.UUID]:
+            return [person]
+
         async with session_factory(engine).begin() as session:
             await idempotent(
-                session,
-                "MergePersons",
-                request_id,
-                merge(request_id),
-                Response,
-                work,
-                persons=lambda _, p=person: [p],
+                session, "MergePersons", request_id, merge(request_id), Response, work, persons=showing
             )
     async with session_factory(engine).begin() as session:
         await forget_answers(session, [shown])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import uuid
 from collections.abc import AsyncIterator, Awaitable
 from typing import Any
@@ -270,6 +271,8 @@ def struct(value: dict[str, Any]) -> struct_pb2.Struct:
         ("Decide", decide(context=struct({"pa\x00ge": "/cart"})), "context"),
         ("Decide", decide(context=struct({"cart": {"skus": ["a", "b\x00"]}})), "context.cart.skus[1]"),
         ("Decide", decide(context=struct({"cart": {"s\x00": 1}})), "context.cart"),
+        ("Decide", decide(context=struct({"cart": {"total": math.nan}})), "context.cart.total"),
+        ("Decide", decide(context=struct({"distance": [1, -math.inf]})), "context.distance[1]"),
         ("ListJourneys", d.ListJourneysRequest(page_token="\x00"), "page_token"),
     ],
     ids=[
@@ -291,6 +294,8 @@ def struct(value: dict[str, Any]) -> struct_pb2.Struct:
         "decide-context-key",
         "decide-context-list-item",
         "decide-context-nested-key",
+        "decide-context-nan",
+        "decide-context-infinity",
         "list-page-token",
     ],
 )

@@ -20,7 +20,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from omni.decisioning.v1 import decisioning_pb2_grpc
 from omni.gateway.v1 import gateway_pb2_grpc
-from omni.identity.v1 import identity_pb2_grpc
+from omni.identity.v1 import identity_pb2_grpc, matching_pb2_grpc
 from omni.profile.v1 import profile_pb2_grpc
 from omni.segmentation.v1 import segmentation_pb2_grpc
 from omni_decisioning import main as decisioning_main
@@ -50,6 +50,7 @@ class Omni:
     """Stubs of the five running services."""
 
     identity: identity_pb2_grpc.IdentityServiceStub
+    matching: matching_pb2_grpc.MatchingServiceStub
     profile: profile_pb2_grpc.ProfileServiceStub
     segmentation: segmentation_pb2_grpc.SegmentationServiceStub
     decisioning: decisioning_pb2_grpc.DecisioningServiceStub
@@ -118,8 +119,10 @@ async def omni(
             )
         )
         runtimes.append(gateway)
+        identity_channel = connect(identity)
         yield Omni(
-            identity=identity_pb2_grpc.IdentityServiceStub(connect(identity)),
+            identity=identity_pb2_grpc.IdentityServiceStub(identity_channel),
+            matching=matching_pb2_grpc.MatchingServiceStub(identity_channel),
             profile=profile_pb2_grpc.ProfileServiceStub(connect(profile)),
             segmentation=segmentation_pb2_grpc.SegmentationServiceStub(connect(segmentation)),
             decisioning=decisioning_pb2_grpc.DecisioningServiceStub(connect(decisioning)),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import grpc
@@ -245,6 +246,8 @@ def _variables(value: dict[str, Any]) -> struct_pb2.Struct:
         ({"variables": _variables({"cou\x00pon": "BACK10"})}, "variables"),
         ({"variables": _variables({"order": {"skus": ["a", "b\x00"]}})}, "variables.order.skus[1]"),
         ({"variables": _variables({"order": {"s\x00": 1}})}, "variables.order"),
+        ({"variables": _variables({"order": {"total": math.nan}})}, "variables.order.total"),
+        ({"variables": _variables({"limits": [math.inf]})}, "variables.limits[0]"),
     ],
     ids=[
         "request-id",
@@ -259,6 +262,8 @@ def _variables(value: dict[str, Any]) -> struct_pb2.Struct:
         "variable-name",
         "variable-list-item",
         "variable-nested-name",
+        "variable-nan",
+        "variable-infinity",
     ],
 )
 async def test_send_with_control_characters_is_invalid(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import grpc
@@ -97,3 +98,13 @@ def test_json_text_names_every_bad_string_and_key_in_plain_and_protobuf_json() -
         violations = Violations()
         check_json_text(value, "context", violations)
         assert sorted(v.field for v in violations.items) == ["context", "context.a[1]", "context.a[2]"]
+
+
+def test_json_numbers_must_be_finite_in_plain_and_protobuf_json() -> None:
+    plain: dict[str, Any] = {"a": [1.5, math.nan], "b": {"c": math.inf}, "d": -math.inf, "e": 7}
+    struct = struct_pb2.Struct()
+    struct.update(plain)
+    for value in (plain, struct):
+        violations = Violations()
+        check_json_text(value, "variables", violations)
+        assert sorted(v.field for v in violations.items) == ["variables.a[1]", "variables.b.c", "variables.d"]

@@ -293,6 +293,12 @@ INVALID_REQUESTS = {
         ),
         {"page_token"},
     ),
+    "trait history with a NUL in the trait's name": (
+        lambda s: s.profile.ListTraitHistory(
+            profile_pb2.ListTraitHistoryRequest(person_id=UNKNOWN, trait_name="tier\x00")
+        ),
+        {"trait_name"},
+    ),
     "timeline with a negative page size": (
         lambda s: s.profile.ListTimeline(profile_pb2.ListTimelineRequest(person_id=UNKNOWN, page_size=-1)),
         {"page_size"},

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import grpc
 import pytest
+from google.protobuf.duration_pb2 import Duration
 
 from omni.segmentation.v1 import segmentation_pb2 as pb
 from omni_kit.errors import status_details
@@ -115,6 +116,26 @@ async def test_bad_window(segmentation: Segmentation) -> None:
     assert (code, fields) == (
         grpc.StatusCode.INVALID_ARGUMENT,
         {"segment.condition.all.conditions[1].event_count.window"},
+    )
+
+
+@pytest.mark.parametrize("seconds", [2**63 - 1, -(2**63 - 1), 315_576_000_000, 34_560_001])
+async def test_a_window_past_400_days(segmentation: Segmentation, seconds: int) -> None:
+    window = pb.Condition(
+        event_count=pb.EventCountCondition(
+            event_type="order_completed", window=Duration(seconds=seconds), comparison=pb.COMPARISON_EQ
+        )
+    )
+    since = pb.Condition(
+        since_last_event=pb.SinceLastEventCondition(event_type="cart_item_added", at_least=Duration(seconds=seconds))
+    )
+    code, fields = await refused(segmentation, pb.Segment(name=unique("long-window"), condition=all_of(window, since)))
+    assert (code, fields) == (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        {
+            "segment.condition.all.conditions[0].event_count.window",
+            "segment.condition.all.conditions[1].since_last_event.at_least",
+        },
     )
 
 

@@ -7,6 +7,7 @@ violations. Clients read them back with `status_details`.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -134,10 +135,11 @@ class Violations:
 
 
 def check_json_text(value: Any, path: str, violations: Violations) -> None:
-    """Record every string of a JSON value that PostgreSQL's JSONB cannot keep or that is corrupt: object keys
-    may hold no control characters, strings none but tabs and line breaks.
+    """Record every value of a JSON value that PostgreSQL's JSONB cannot keep or that is corrupt: object keys
+    may hold no control characters, strings none but tabs and line breaks, and numbers must be finite (JSON
+    has no NaN or infinity; protobuf's JSON mapping cannot even print them).
 
-    The value is plain (str, dicts, lists) or protobuf's JSON (Struct, Value, ListValue). A bad string is
+    The value is plain (str, dicts, lists) or protobuf's JSON (Struct, Value, ListValue). A bad value is
     named by its JSON path ("variables.order.skus[1]"); a bad key by the object holding it, since the key
     itself would make an unreadable path.
     """
@@ -149,8 +151,14 @@ def check_json_text(value: Any, path: str, violations: Violations) -> None:
             value = value.struct_value
         elif kind == "list_value":
             value = value.list_value
+        elif kind == "number_value":
+            value = value.number_value
         else:
             return
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            violations.add(path, "must be a finite number")
+        return
     if isinstance(value, str):
         if has_control_characters(value, free_text=True):
             violations.add(path, "holds control characters")

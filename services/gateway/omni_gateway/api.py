@@ -14,7 +14,6 @@ from omni_gateway.wire import (
     channel_from_proto,
     message_to_proto,
     parse_send_request,
-    struct_to_dict,
     template_to_proto,
 )
 from omni_kit.errors import (
@@ -125,7 +124,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
             person_id=request.person_id,
             channel=request.channel,
             template_id=request.template_id,
-            variables=struct_to_dict(request.variables) if request.HasField("variables") else {},
+            variables=request.variables if request.HasField("variables") else {},
             journey_id=request.journey_id,
             purpose=request.purpose,
         )

@@ -123,14 +123,15 @@ def parse_send_request(
     person_id: str,
     channel: int,
     template_id: str,
-    variables: dict[str, Any] | None = None,
+    variables: dict[str, Any] | struct_pb2.Struct | None = None,
     journey_id: str = "",
     purpose: int = profile_pb2.CONSENT_PURPOSE_UNSPECIFIED,
 ) -> SendRequest:
     """Validate the fields of a send, from SendMessageRequest or SendRequestedEvent alike.
 
     Raises InvalidArgument naming every bad field (request_id, person_id, channel, template_id, journey_id,
-    purpose, and each bad string of the variables by its path, "variables.order.skus[1]").
+    purpose, and each bad value of the variables by its path, "variables.order.skus[1]"). The variables are
+    plain JSON or the request's Struct, turned into plain JSON once they passed.
     Whether the channel can be delivered and the template exists is the delivery's to decide.
     """
     violations = Violations()
@@ -165,6 +166,8 @@ def parse_send_request(
         )
     violations.raise_if_any()
     assert person is not None and domain_channel is not None and domain_purpose is not None
+    if isinstance(variables, struct_pb2.Struct):
+        variables = struct_to_dict(variables)
     return SendRequest(
         request_id=request_id,
         person_id=person,

@@ -125,6 +125,11 @@ async def test_training_with_bad_limits(server: MatchingServer) -> None:
     assert fields == {"max_records", "request_id"}
 
 
+async def test_training_with_a_nul_in_the_request_id(server: MatchingServer) -> None:
+    request = matching_pb2.TrainMatchModelRequest(request_id="nightly\x00")
+    assert await refused(server, lambda: server.stub.TrainMatchModel(request)) == {"request_id"}
+
+
 @pytest.mark.parametrize(
     ("request_fields", "violated"),
     [

@@ -127,9 +127,13 @@ async def test_a_window_past_400_days(segmentation: Segmentation, seconds: int) 
         )
     )
     since = pb.Condition(
-        since_last_event=pb.SinceLastEventCondition(event_type="cart_item_added", at_least=Duration(seconds=seconds))
+        since_last_event=pb.SinceLastEventCondition(
+            event_type="cart_item_added", at_least=Duration(seconds=seconds)
+        )
     )
-    code, fields = await refused(segmentation, pb.Segment(name=unique("long-window"), condition=all_of(window, since)))
+    code, fields = await refused(
+        segmentation, pb.Segment(name=unique("long-window"), condition=all_of(window, since))
+    )
     assert (code, fields) == (
         grpc.StatusCode.INVALID_ARGUMENT,
         {

@@ -83,7 +83,10 @@ def validate_list_trait_history(request: profile_pb2.ListTraitHistoryRequest) ->
     """Check a ListTraitHistory request."""
     violations = Violations()
     check_person_id(request.person_id, "person_id", violations)
-    violations.check(len(request.trait_name) <= MAX_TRAIT_NAME, "trait_name", "is too long")
+    if violations.check(len(request.trait_name) <= MAX_TRAIT_NAME, "trait_name", "is too long"):
+        violations.check(
+            not has_control_characters(request.trait_name), "trait_name", "holds control characters"
+        )
     violations.check(request.page_size >= 0, "page_size", "must not be negative")
     violations.raise_if_any()
 

@@ -138,7 +138,9 @@ def _validate_window(parent: Any, name: str, path: str, violations: Violations) 
     if abs(duration.nanos) >= 1_000_000_000 or (duration.seconds * duration.nanos < 0):
         violations.add(field_path, "not a valid duration")
         return
-    if not MIN_WINDOW <= duration.ToTimedelta() <= MAX_WINDOW:
+    # Compared as numbers: a timedelta cannot hold what a Duration can carry (up to 2^63 - 1 seconds).
+    seconds = duration.seconds + duration.nanos / 1_000_000_000
+    if not MIN_WINDOW.total_seconds() <= seconds <= MAX_WINDOW.total_seconds():
         violations.add(field_path, "must be between 1 second and 400 days")
 
 

@@ -117,6 +117,7 @@ class MatchingServicer(matching_pb2_grpc.MatchingServiceServicer):
             "request_id",
             f"is longer than {MAX_REQUEST_ID_LENGTH} characters",
         )
+        violations.check(not has_control_characters(request_id), "request_id", "holds control characters")
         violations.check(
             0 <= request.max_records <= MAX_TRAINING_RECORDS,
             "max_records",

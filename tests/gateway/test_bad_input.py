@@ -117,9 +117,13 @@ async def test_send_names_every_bad_field_at_once(gateway: Gateway) -> None:
 
 
 async def test_send_with_an_unknown_template_is_not_found(gateway: Gateway) -> None:
-    details = await _refused(gateway, "SendMessage", _send(template_id=unique("missing-")))
+    template_id = unique("missing-")
+    details = await _refused(gateway, "SendMessage", _send(template_id=template_id))
     assert details.code == grpc.StatusCode.NOT_FOUND
     assert "template" in details.message
+    assert details.error_info is not None
+    assert details.error_info.reason == "TEMPLATE_NOT_FOUND"
+    assert dict(details.error_info.metadata) == {"template_id": template_id}
 
 
 async def test_send_with_a_template_of_another_channel_is_invalid(
@@ -189,6 +193,9 @@ async def test_a_duplicate_template_id_is_refused_and_the_first_template_stays(g
 async def test_an_unknown_template_is_not_found(gateway: Gateway) -> None:
     details = await _refused(gateway, "GetTemplate", gateway_pb2.GetTemplateRequest(template_id="nope"))
     assert details.code == grpc.StatusCode.NOT_FOUND
+    assert details.error_info is not None
+    assert details.error_info.reason == "TEMPLATE_NOT_FOUND"
+    assert dict(details.error_info.metadata) == {"template_id": "nope"}
 
 
 async def test_a_malformed_template_id_to_get_is_invalid(gateway: Gateway) -> None:
@@ -207,6 +214,9 @@ async def test_a_malformed_message_id_is_invalid(gateway: Gateway, message_id: s
 async def test_an_unknown_message_is_not_found(gateway: Gateway) -> None:
     details = await _refused(gateway, "GetMessage", gateway_pb2.GetMessageRequest(message_id=PERSON))
     assert details.code == grpc.StatusCode.NOT_FOUND
+    assert details.error_info is not None
+    assert details.error_info.reason == "MESSAGE_NOT_FOUND"
+    assert dict(details.error_info.metadata) == {"message_id": PERSON}
 
 
 async def test_a_template_is_stored_and_read_back(gateway: Gateway) -> None:

@@ -207,6 +207,7 @@ async def test_get_person_with_an_unknown_id_is_not_found(identity: Identity) ->
     assert details.code == grpc.StatusCode.NOT_FOUND
     assert details.error_info is not None
     assert details.error_info.reason == "PERSON_NOT_FOUND"
+    assert dict(details.error_info.metadata) == {"person_id": "01890a5d-ac96-774b-bcce-b302099a8057"}
 
 
 async def test_lookup_without_an_identifier_is_refused(identity: Identity) -> None:
@@ -230,7 +231,12 @@ async def test_lookup_of_an_unknown_identifier_is_not_found_and_creates_nothing(
         await identity.stub.LookupPerson(
             identity_pb2.LookupPersonRequest(identifier=ident("device_id", unique("unseen-")))
         )
-    assert status_details(caught.value).code == grpc.StatusCode.NOT_FOUND
+    details = status_details(caught.value)
+    assert details.code == grpc.StatusCode.NOT_FOUND
+    assert details.error_info is not None
+    assert details.error_info.reason == "IDENTIFIER_NOT_FOUND"
+    # The type only: an identifier's value is personal data, not for logs and error reports.
+    assert dict(details.error_info.metadata) == {"identifier_type": "device_id"}
 
 
 async def test_a_good_request_after_bad_ones_still_works(identity: Identity) -> None:
@@ -313,6 +319,10 @@ async def test_a_merge_of_an_unknown_person_is_not_found(identity: Identity, not
         )
     )
     assert details.code == grpc.StatusCode.NOT_FOUND
+    assert details.error_info is not None
+    assert details.error_info.reason == "PERSON_NOT_FOUND"
+    # Both are unknown; the survivor is looked for first.
+    assert dict(details.error_info.metadata) == {"person_id": PERSON, "field": "survivor_person_id"}
 
 
 async def test_unmerge_of_a_person_never_merged_is_a_failed_precondition(identity: Identity) -> None:
@@ -346,6 +356,7 @@ async def test_unmerge_of_an_unknown_person_is_not_found(identity: Identity, not
     )
     assert details.code == grpc.StatusCode.NOT_FOUND
     assert details.error_info is not None and details.error_info.reason == "PERSON_NOT_FOUND"
+    assert dict(details.error_info.metadata) == {"person_id": PERSON}
 
 
 @pytest.mark.parametrize(
@@ -401,6 +412,8 @@ async def test_forget_of_an_unknown_person_is_not_found(identity: Identity, noth
         )
     )
     assert details.code == grpc.StatusCode.NOT_FOUND
+    assert details.error_info is not None and details.error_info.reason == "PERSON_NOT_FOUND"
+    assert dict(details.error_info.metadata) == {"person_id": PERSON}
 
 
 @pytest.mark.parametrize("method", ["ListPersonIdentifiers", "ListRefusedLinks"])

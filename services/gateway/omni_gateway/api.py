@@ -111,6 +111,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         if template is None:
             raise NotFound(
                 message=f"template {request.template_id!r} not found",
+                reason="TEMPLATE_NOT_FOUND",
                 metadata={"template_id": request.template_id},
             )
         return gateway_pb2.GetTemplateResponse(template=template_to_proto(template))
@@ -146,6 +147,8 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
             message = await self._repository.get_message(session, message_id)
         if message is None:
             raise NotFound(
-                message=f"message {request.message_id} not found", metadata={"message_id": str(message_id)}
+                message=f"message {request.message_id} not found",
+                reason="MESSAGE_NOT_FOUND",
+                metadata={"message_id": str(message_id)},
             )
         return gateway_pb2.GetMessageResponse(message=message_to_proto(message))

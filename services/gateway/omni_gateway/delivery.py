@@ -200,6 +200,7 @@ class Delivery:
         if template is None:
             raise NotFound(
                 message=f"template {request.template_id!r} not found",
+                reason="TEMPLATE_NOT_FOUND",
                 metadata={"template_id": request.template_id},
             )
         if template.channel != request.channel:

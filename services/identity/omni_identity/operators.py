@@ -141,10 +141,18 @@ class Operators:
         """Split a merged person back out of the person it was merged into (see unmerge.py for who gets what)."""
         chain = await repository.chain(person_id)
         if not chain:
-            raise NotFound(message=f"person {person_id} not found", reason="PERSON_NOT_FOUND")
+            raise NotFound(
+                message=f"person {person_id} not found",
+                reason="PERSON_NOT_FOUND",
+                metadata={"person_id": str(person_id)},
+            )
         restored, root = chain[0], chain[-1]
         if root.forgotten_at is not None:
-            raise FailedPrecondition(message=f"person {person_id} was forgotten", reason="PERSON_FORGOTTEN")
+            raise FailedPrecondition(
+                message=f"person {person_id} was forgotten",
+                reason="PERSON_FORGOTTEN",
+                metadata={"person_id": str(person_id)},
+            )
         if restored.merged_into is None:
             raise FailedPrecondition(
                 message=f"person {person_id} is not merged into another person; only a merged person can be "
@@ -193,7 +201,11 @@ class Operators:
         """Erase the person an id leads to, with every person merged into it, leaving tombstones."""
         chain = await repository.chain(person_id)
         if not chain:
-            raise NotFound(message=f"person {person_id} not found", reason="PERSON_NOT_FOUND")
+            raise NotFound(
+                message=f"person {person_id} not found",
+                reason="PERSON_NOT_FOUND",
+                metadata={"person_id": str(person_id)},
+            )
         root = chain[-1]
         if root.forgotten_at is not None:
             earlier = await repository.erasure_of(root.id)
@@ -235,8 +247,16 @@ class Operators:
 
 def _live_root(chain: list[PersonRow], person_id: uuid.UUID, field: str) -> PersonRow:
     if not chain:
-        raise NotFound(message=f"{field} {person_id} not found", reason="PERSON_NOT_FOUND")
+        raise NotFound(
+            message=f"{field} {person_id} not found",
+            reason="PERSON_NOT_FOUND",
+            metadata={"person_id": str(person_id), "field": field},
+        )
     root = chain[-1]
     if root.forgotten_at is not None:
-        raise FailedPrecondition(message=f"{field} {person_id} was forgotten", reason="PERSON_FORGOTTEN")
+        raise FailedPrecondition(
+            message=f"{field} {person_id} was forgotten",
+            reason="PERSON_FORGOTTEN",
+            metadata={"person_id": str(person_id), "field": field},
+        )
     return root

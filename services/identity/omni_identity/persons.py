@@ -90,7 +90,11 @@ def _needs_tallies(
 
 def person_forgotten(person_id: uuid.UUID) -> NotFound:
     """The error for reading a person that was erased."""
-    return NotFound(message=f"person {person_id} was forgotten", reason="PERSON_FORGOTTEN")
+    return NotFound(
+        message=f"person {person_id} was forgotten",
+        reason="PERSON_FORGOTTEN",
+        metadata={"person_id": str(person_id)},
+    )
 
 
 class Persons:
@@ -191,7 +195,11 @@ class Persons:
         forgotten (reason PERSON_FORGOTTEN)."""
         record = await repository.person(person_id)
         if record is None:
-            raise NotFound(message=f"person {person_id} not found", reason="PERSON_NOT_FOUND")
+            raise NotFound(
+                message=f"person {person_id} not found",
+                reason="PERSON_NOT_FOUND",
+                metadata={"person_id": str(person_id)},
+            )
         if record.forgotten_at is not None:
             raise person_forgotten(person_id)
         return record
@@ -200,7 +208,12 @@ class Persons:
         """The person holding a normalised identifier; NotFound when no one does."""
         record = await repository.person_holding(key)
         if record is None:
-            raise NotFound(message=f"no person holds this {key.type}", reason="IDENTIFIER_NOT_FOUND")
+            # The type only: the value is personal data, not for error reports and logs.
+            raise NotFound(
+                message=f"no person holds this {key.type}",
+                reason="IDENTIFIER_NOT_FOUND",
+                metadata={"identifier_type": key.type},
+            )
         return record
 
     async def lineage(

@@ -414,7 +414,11 @@ class Linking:
 def _settleable(review: DecisionRecord | None, decision_id: uuid.UUID) -> DecisionRecord:
     """The decision, if it is a review nobody has settled; the refusal otherwise."""
     if review is None:
-        raise NotFound(message=f"match decision {decision_id} not found", reason="MATCH_DECISION_NOT_FOUND")
+        raise NotFound(
+            message=f"match decision {decision_id} not found",
+            reason="MATCH_DECISION_NOT_FOUND",
+            metadata={"decision_id": str(decision_id)},
+        )
     if review.decision is not Decision.REVIEW:
         raise FailedPrecondition(
             message=f"match decision {decision_id} is {review.decision.value}, not a review",

@@ -310,3 +310,30 @@ async def test_free_text_keeps_tabs_and_line_breaks(decisioning: Decisioning) ->
     decision = await decisioning.stub.Decide(decide(context=context))
     stored = await decisioning.scalar("SELECT context FROM decisions WHERE id = :id", id=decision.decision_id)
     assert stored == {"note": "line one\nline\ttwo"}
+
+
+# -- Sizes -------------------------------------------------------------------------------------------------
+# Decide's context is logged with every decision: a 3 MB context was accepted and written to the decision log.
+
+
+@pytest.mark.usefixtures("unchanged")
+async def test_decide_context_over_8_kib(decisioning: Decisioning) -> None:
+    context = struct({"blob": "x" * (3 * 1024 * 1024)})
+    await invalid(decisioning, decisioning.stub.Decide(decide(context=context)), "context")
+    just_over = struct({"blob": "é" * 4096})  # 8 KiB of UTF-8 plus the key
+    await invalid(decisioning, decisioning.stub.Decide(decide(context=just_over)), "context")
+
+
+async def test_decide_context_of_8_kib_is_taken(decisioning: Decisioning) -> None:
+    context = struct({"blob": "x" * 8000})
+    assert context.ByteSize() <= 8 * 1024
+    response = await decisioning.stub.Decide(decide(context=context))
+    assert response.decision_id
+
+
+@pytest.mark.usefixtures("unchanged")
+async def test_an_unknown_channel_listed_twice(decisioning: Decisioning) -> None:
+    request = journey(channels=[c.CHANNEL_EMAIL, 42, 42])
+    await invalid(
+        decisioning, decisioning.stub.CreateJourney(request), "journey.channels[1]", "journey.channels[2]"
+    )

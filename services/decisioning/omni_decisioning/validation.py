@@ -1,13 +1,16 @@
 """Checks of incoming requests, turning valid protobuf input into domain values (part of the transport).
 
-Every check records a field violation with the field's path in the request; all are raised together, so a
+Most constraints are declared in decisioning.proto and checked by omni_kit.validation (protovalidate); what a
+proto cannot say is checked here: no channel or touchpoint listed twice (named by the repeat's index), a page
+token this service issued, and Decide's context (its size and the text and numbers inside it). Every problem
+is recorded as a field violation with the field's path in the request and all are raised together, so a
 caller fixes a request in one round trip. Nothing is written before a request has passed.
 """
 
 from __future__ import annotations
 
-import re
 import uuid
+from collections.abc import Hashable, Iterable
 from typing import Any
 
 from google.protobuf.json_format import MessageToDict
@@ -16,90 +19,48 @@ from omni.common.v1 import common_pb2
 from omni.decisioning.v1 import decisioning_pb2
 from omni_decisioning.entities import DecideQuery, NewJourney, NewOffer
 from omni_decisioning.paging import decode_token
-from omni_kit.errors import Violations, check_json_text, has_control_characters
-from omni_kit.ids import parse_uuid
+from omni_kit import validation
+from omni_kit.errors import Violations, check_json_text
 
-MAX_NAME = 200
-MAX_DESCRIPTION = 2000
-MAX_TOUCHPOINT = 100
-MAX_TOUCHPOINTS = 100
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 500
-MAX_DECIDE_LIMIT = 20
-
-# The gateway's template ids; a journey naming anything else could never be sent.
-TEMPLATE_ID = re.compile(r"[a-z0-9-]{1,64}")
-
-_CHANNELS = frozenset(common_pb2.Channel.values()) - {common_pb2.CHANNEL_UNSPECIFIED}
+# Decide's context is logged with every decision: a cap keeps one call from writing megabytes.
+MAX_CONTEXT_BYTES = 8 * 1024
 
 
-def _name(violations: Violations, path: str, value: str) -> str:
-    if not value.strip():
-        violations.add(path, "required")
-    elif len(value) > MAX_NAME:
-        violations.add(path, f"at most {MAX_NAME} characters")
-    elif has_control_characters(value):
-        violations.add(path, "holds control characters")
-    return value
+def _repeats(violations: Violations, path: str, values: Iterable[Hashable], describe: Any = repr) -> None:
+    """A violation at each item that repeats an earlier one ("offer.touchpoints[2]")."""
+    seen: set[Hashable] = set()
+    for index, value in enumerate(values):
+        if value in seen:
+            violations.add(f"{path}[{index}]", f"listed twice: {describe(value)}")
+        seen.add(value)
 
 
-def _touchpoint_problem(value: str) -> str | None:
-    """What is wrong with a touchpoint that is not blank, if anything."""
-    if len(value) > MAX_TOUCHPOINT:
-        return f"at most {MAX_TOUCHPOINT} characters"
-    if has_control_characters(value):
-        return "holds control characters"
-    return None
-
-
-def _uuid(violations: Violations, path: str, value: str, *, required: bool) -> uuid.UUID | None:
-    if not value:
-        if required:
-            violations.add(path, "required")
-        return None
-    parsed = parse_uuid(value)
-    violations.check(parsed is not None, path, "must be a UUID")
-    return parsed
+def _channel_name(channel: int) -> str:
+    try:
+        return common_pb2.Channel.Name(common_pb2.Channel.ValueType(channel))
+    except ValueError:  # a number no Channel has (refused by the proto's rules as well)
+        return str(channel)
 
 
 def create_journey(request: decisioning_pb2.CreateJourneyRequest) -> NewJourney:
     """The journey asked for; InvalidArgument listing every bad field otherwise."""
-    violations = Violations()
-    if not request.HasField("journey"):
-        violations.add("journey", "required")
-        violations.raise_if_any()
+    violations = validation.check(request)
     journey = request.journey
-    name = _name(violations, "journey.name", journey.name)
-    segment_id = _uuid(violations, "journey.trigger_segment_id", journey.trigger_segment_id, required=True)
-    channels = list(journey.channels)
-    violations.check(bool(channels), "journey.channels", "at least one channel is required")
-    seen: set[int] = set()
-    for index, channel in enumerate(channels):
-        path = f"journey.channels[{index}]"
-        if channel == common_pb2.CHANNEL_UNSPECIFIED:
-            violations.add(path, "must not be CHANNEL_UNSPECIFIED")
-        elif channel not in _CHANNELS:
-            violations.add(path, f"unknown channel {channel}")
-        elif channel in seen:
-            violations.add(path, f"duplicate channel {common_pb2.Channel.Name(channel)}")
-        seen.add(channel)
-    if violations.check(bool(journey.template_id), "journey.template_id", "required"):
-        violations.check(
-            TEMPLATE_ID.fullmatch(journey.template_id) is not None,
-            "journey.template_id",
-            "1 to 64 characters of a-z, 0-9 and '-' (a gateway template id)",
-        )
+    _repeats(violations, "journey.channels", journey.channels, _channel_name)
     violations.raise_if_any()
-    assert segment_id is not None
     return NewJourney(
-        name=name, trigger_segment_id=segment_id, channels=tuple(channels), template_id=journey.template_id
+        name=journey.name,
+        trigger_segment_id=uuid.UUID(journey.trigger_segment_id),
+        channels=tuple(journey.channels),
+        template_id=journey.template_id,
     )
 
 
 def list_journeys(request: decisioning_pb2.ListJourneysRequest) -> tuple[int, uuid.UUID | None]:
     """The page size (0 → 50, above 500 → 500) and the id the page starts after."""
-    violations = Violations()
-    violations.check(request.page_size >= 0, "page_size", "must not be negative")
+    violations = validation.check(request)
     after = None
     if request.page_token:
         after = decode_token(request.page_token)
@@ -111,65 +72,32 @@ def list_journeys(request: decisioning_pb2.ListJourneysRequest) -> tuple[int, uu
 
 def create_offer(request: decisioning_pb2.CreateOfferRequest) -> NewOffer:
     """The offer asked for; InvalidArgument listing every bad field otherwise."""
-    violations = Violations()
-    if not request.HasField("offer"):
-        violations.add("offer", "required")
-        violations.raise_if_any()
+    violations = validation.check(request)
     offer = request.offer
-    name = _name(violations, "offer.name", offer.name)
-    if len(offer.description) > MAX_DESCRIPTION:
-        violations.add("offer.description", f"at most {MAX_DESCRIPTION} characters")
-    elif has_control_characters(offer.description, free_text=True):
-        violations.add("offer.description", "holds control characters (tabs and line breaks are fine)")
-    violations.check(
-        len(offer.touchpoints) <= MAX_TOUCHPOINTS,
-        "offer.touchpoints",
-        f"at most {MAX_TOUCHPOINTS} touchpoints",
-    )
-    seen: set[str] = set()
-    for index, touchpoint in enumerate(offer.touchpoints):
-        path = f"offer.touchpoints[{index}]"
-        if not touchpoint.strip():
-            violations.add(path, "must not be empty")
-        elif problem := _touchpoint_problem(touchpoint):
-            violations.add(path, problem)
-        elif touchpoint in seen:
-            violations.add(path, f"duplicate touchpoint {touchpoint!r}")
-        seen.add(touchpoint)
-    segment_id = _uuid(violations, "offer.segment_id", offer.segment_id, required=False)
+    _repeats(violations, "offer.touchpoints", offer.touchpoints)
     violations.raise_if_any()
     return NewOffer(
-        name=name,
+        name=offer.name,
         description=offer.description,
         touchpoints=tuple(offer.touchpoints),
-        segment_id=segment_id,
+        segment_id=uuid.UUID(offer.segment_id) if offer.segment_id else None,
         priority=offer.priority,
     )
 
 
 def decide(request: decisioning_pb2.DecideRequest) -> DecideQuery:
     """The decision asked for; InvalidArgument listing every bad field otherwise."""
-    violations = Violations()
-    person_id = _uuid(violations, "person_id", request.person_id, required=True)
-    if not request.touchpoint.strip():
-        violations.add("touchpoint", "required")
-    elif problem := _touchpoint_problem(request.touchpoint):
-        violations.add("touchpoint", problem)
-    violations.check(
-        request.channel == common_pb2.CHANNEL_UNSPECIFIED or request.channel in _CHANNELS,
-        "channel",
-        f"unknown channel {request.channel}",
-    )
-    violations.check(
-        0 <= request.limit <= MAX_DECIDE_LIMIT, "limit", f"must be between 0 and {MAX_DECIDE_LIMIT}"
-    )
+    violations = validation.check(request)
     if request.HasField("context"):
-        check_json_text(request.context, "context", violations)
+        size = request.context.ByteSize()
+        if size > MAX_CONTEXT_BYTES:
+            violations.add("context", f"at most {MAX_CONTEXT_BYTES} bytes encoded, not {size}")
+        else:
+            check_json_text(request.context, "context", violations)
     violations.raise_if_any()
-    assert person_id is not None
     context: dict[str, Any] = MessageToDict(request.context) if request.HasField("context") else {}
     return DecideQuery(
-        person_id=person_id,
+        person_id=uuid.UUID(request.person_id),
         touchpoint=request.touchpoint,
         channel=request.channel,
         context=context,

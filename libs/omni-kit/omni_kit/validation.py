@@ -1,0 +1,69 @@
+"""Request validation: the constraints a request's proto declares (protovalidate), as field violations.
+
+The protos say what a well-formed request is, beside each field: lengths, ranges, patterns, required fields,
+unique items (`(buf.validate.field)` options, see protos/README.md), with the house rules for text in
+omni/common/v1/rules.proto (no control characters, not blank). protovalidate checks them; this module turns
+its violations into the one error shape every service answers with: InvalidArgument listing every bad field
+by its path in the request, "journey.channels[1]", the same paths the hand-written checks use.
+
+What a proto cannot say (a token this service issued, the size of a Struct, whether a template parses) stays
+in the servicer's checks, which record into the same Violations so that a caller learns everything that is
+wrong in one round trip:
+
+    violations = check(request)        # what the proto declares
+    ...                                # the checks that need code
+    violations.raise_if_any()
+
+or, when the proto says it all, `validate(request)`.
+"""
+
+from __future__ import annotations
+
+from google.protobuf.message import Message
+from protovalidate import Validator, Violation
+
+from omni_kit.errors import Violations
+
+# One validator for the process: it compiles each message type's rules once and keeps them.
+_VALIDATOR = Validator()
+
+
+def field_path(violation: Violation) -> str:
+    """The violation's field as a request path: fields joined by dots, list items by index
+    ("journey.channels[1]"), map entries by key ("variables.coupon")."""
+    parts: list[str] = []
+    path = violation.proto.field
+    for element in path.elements if path is not None else ():
+        name = element.field_name
+        subscript = element.subscript
+        if subscript is None:
+            parts.append(name)
+        elif subscript.field == "index":
+            parts.append(f"{name}[{subscript.value}]")
+        else:
+            parts.append(
+                f"{name}.{str(subscript.value).lower() if subscript.field == 'bool_key' else subscript.value}"
+            )
+    return ".".join(parts)
+
+
+def check(request: Message, violations: Violations | None = None, *, prefix: str = "") -> Violations:
+    """Record a violation for every constraint of request's proto that request breaks; return the collector.
+
+    prefix names where request sits in a larger request ("requests[3]"), for messages checked one by one.
+    """
+    collected = violations if violations is not None else Violations()
+    for violation in _VALIDATOR.collect_violations(request):
+        path = field_path(violation)
+        if prefix:
+            path = f"{prefix}.{path}" if path else prefix
+        description = violation.proto.message or violation.proto.rule_id
+        if violation.proto.for_key:
+            description = f"a key {description}"
+        collected.add(path, description)
+    return collected
+
+
+def validate(request: Message) -> None:
+    """Raise InvalidArgument listing every constraint of request's proto that request breaks."""
+    check(request).raise_if_any()

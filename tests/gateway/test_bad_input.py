@@ -357,3 +357,13 @@ async def test_templates_and_variables_keep_tabs_and_line_breaks(
             sa.text("SELECT variables FROM messages WHERE id = :id"), {"id": response.message.id}
         )
     assert stored == {"note": "Leave it\nat the door\t(back)"}
+
+
+async def test_variables_over_16_kib_are_refused_and_nothing_is_stored(gateway: Gateway) -> None:
+    # 5 MB of variables were stored with the message.
+    template_id = await create_cart_template(gateway)
+    for size in (5 * 1024 * 1024, 16 * 1024):
+        request = _send(template_id=template_id, variables=_variables({"note": "x" * size}))
+        details = await _refused(gateway, "SendMessage", request)
+        assert details.code == grpc.StatusCode.INVALID_ARGUMENT
+        assert details.fields == {"variables"}

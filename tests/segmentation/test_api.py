@@ -143,6 +143,35 @@ async def test_a_window_past_400_days(segmentation: Segmentation, seconds: int) 
     )
 
 
+@pytest.mark.parametrize("event_type", ["product_added", "product_removed"])
+async def test_a_rule_on_an_event_type_profile_never_records(
+    segmentation: Segmentation, event_type: str
+) -> None:
+    # Segment's "Product Added" is recorded as cart_item_added: a rule on product_added would never match.
+    condition = all_of(
+        event_count(event_type, 3600, pb.COMPARISON_GT, 0),
+        since_last(event_type, 60),
+        trait("x", pb.COMPARISON_EXISTS),
+    )
+    code, fields = await refused(segmentation, pb.Segment(name=unique("product-added"), condition=condition))
+    assert (code, fields) == (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        {
+            "segment.condition.all.conditions[0].event_count.event_type",
+            "segment.condition.all.conditions[1].since_last_event.event_type",
+        },
+    )
+
+
+async def test_a_trait_value_over_4_kib(segmentation: Segmentation) -> None:
+    condition = all_of(trait("note", pb.COMPARISON_EQ, "x" * 5000), trait("plan", pb.COMPARISON_EXISTS))
+    code, fields = await refused(segmentation, pb.Segment(name=unique("long-value"), condition=condition))
+    assert (code, fields) == (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        {"segment.condition.all.conditions[0].trait.value"},
+    )
+
+
 @pytest.mark.parametrize("name", ["", "Abandoned Cart", "cart_abandoned", "x" * 101])
 async def test_bad_name(segmentation: Segmentation, name: str) -> None:
     code, fields = await refused(segmentation, pb.Segment(name=name, condition=abandoned_cart(5)))

@@ -20,6 +20,8 @@ from omni_kit.ids import parse_uuid
 TEMPLATE_ID = re.compile(r"[a-z0-9-]{1,64}")
 MAX_REQUEST_ID = 128
 MAX_JOURNEY_ID = 128
+# A message's variables are stored with it (and replayed): a cap keeps one send from storing megabytes.
+MAX_VARIABLES_BYTES = 16 * 1024
 
 _CHANNELS = {
     common_pb2.CHANNEL_WEB: Channel.WEB,
@@ -157,7 +159,12 @@ def parse_send_request(
         violations.add("journey_id", f"at most {MAX_JOURNEY_ID} characters")
     elif has_control_characters(journey_id):
         violations.add("journey_id", "holds control characters")
-    check_json_text(variables or {}, "variables", violations)
+    if isinstance(variables, struct_pb2.Struct) and variables.ByteSize() > MAX_VARIABLES_BYTES:
+        violations.add(
+            "variables", f"at most {MAX_VARIABLES_BYTES} bytes encoded, not {variables.ByteSize()}"
+        )
+    else:
+        check_json_text(variables or {}, "variables", violations)
     domain_purpose = purpose_from_proto(purpose)
     if domain_purpose is None:
         violations.add(

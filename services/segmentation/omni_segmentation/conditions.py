@@ -24,7 +24,12 @@ MAX_WINDOW = timedelta(days=400)
 MAX_DEPTH = 10
 MAX_NODES = 200
 MAX_TRAIT_LENGTH = 200
+# A trait's value to compare with is stored with the segment and read at every evaluation.
+MAX_VALUE_BYTES = 4096
 EVENT_TYPE = re.compile(r"[a-z][a-z0-9_.]{0,99}")
+# Event types profile never records under that name: Segment's e-commerce cart events are recorded as the
+# profile's cart events (profile's README), so a rule counting them would count nothing, silently.
+RECORDED_AS = {"product_added": "cart_item_added", "product_removed": "cart_item_removed"}
 
 COMPARISONS: dict[int, rules.Comparison] = {
     pb.COMPARISON_EQ: rules.Comparison.EQ,
@@ -102,6 +107,9 @@ def _validate_trait(trait: pb.TraitCondition, path: str, violations: Violations)
         violations.add(f"{path}.trait", "holds control characters")
     if trait.HasField("value"):
         # Stored with the condition whatever the comparison, so checked whatever the comparison.
+        if trait.value.ByteSize() > MAX_VALUE_BYTES:
+            violations.add(f"{path}.value", f"at most {MAX_VALUE_BYTES} bytes encoded")
+            return
         check_json_text(trait.value, f"{path}.value", violations)
     comparison = COMPARISONS.get(trait.comparison)
     if comparison is None:
@@ -126,6 +134,11 @@ def _validate_event_type(event_type: str, path: str, violations: Violations) -> 
     elif not EVENT_TYPE.fullmatch(event_type):  # `$` would let a final line break through
         violations.add(
             path, "must be a snake_case event type such as order_completed, at most 100 characters"
+        )
+    elif event_type in RECORDED_AS:
+        violations.add(
+            path,
+            f"profile records {event_type} as {RECORDED_AS[event_type]}: a rule on {event_type} never matches",
         )
 
 

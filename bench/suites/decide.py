@@ -14,14 +14,17 @@ import time
 import uuid
 from collections.abc import Callable
 
+import grpc
 import nats
 
+from bench.children import ServiceProcess
 from bench.context import BenchContext, log
 from bench.measure import capacity_and_latency, latency_results
 from bench.results import Result
 from omni.common.v1 import common_pb2
 from omni.decisioning.v1 import decisioning_pb2, decisioning_pb2_grpc
 from omni.segmentation.v1 import events_pb2 as segmentation_events
+from omni.segmentation.v1 import segmentation_pb2, segmentation_pb2_grpc
 from omni_kit.bus import make_envelope, subject_for
 
 SUITE = "decide"
@@ -38,63 +41,113 @@ async def run(ctx: BenchContext) -> list[Result]:
     """Create offers, feed memberships through the event log, then decide open loop."""
     rng = random.Random(SEED)
     persons = [uuid.UUID(int=rng.getrandbits(128), version=4) for _ in range(200 if ctx.quick else 600)]
-    segments = [uuid.UUID(int=rng.getrandbits(128), version=4) for _ in range(SEGMENTS)]
-    memberships = {p: set(rng.sample(segments, SEGMENTS_PER_PERSON)) for p in persons}
     namespace = ctx.namespace()
     database = ctx.make_database("bench_decide")
+    # Segmentation answers only whether an offer's segment exists (decisioning asks it at CreateOffer); it has
+    # an event namespace of its own, so it takes none of the suite's events.
+    segmentation_settings = ctx.service_settings(
+        ctx.make_database("bench_decide_segmentation"), ctx.namespace()
+    )
     async with (
-        ctx.service("decisioning", ctx.service_settings(database, namespace)) as decisioning,
-        ctx.channel(decisioning.target) as channel,
+        ctx.service("segmentation", segmentation_settings) as segmentation,
+        ctx.channel(segmentation.target) as segmentation_channel,
     ):
-        stub = decisioning_pb2_grpc.DecisioningServiceStub(channel)
-        offers = []
-        for i in range(OFFERS):
-            # Two thirds restricted to a segment; some offers at every touchpoint, others at one or two.
-            segment = str(segments[i % SEGMENTS]) if i < 2 * OFFERS // 3 else ""
-            touchpoints = [] if i % 4 == 0 else rng.sample(TOUCHPOINTS, rng.randint(1, 2))
-            offer = decisioning_pb2.Offer(
-                name=f"bench offer {i} {namespace}",
-                description=f"{i * 5}% off",
-                touchpoints=touchpoints,
-                segment_id=segment,
-                priority=rng.randint(-5, 20),
-            )
-            created = await stub.CreateOffer(decisioning_pb2.CreateOfferRequest(offer=offer), timeout=5.0)
-            offers.append(created.offer)
-
-        def expected(person: uuid.UUID, touchpoint: str) -> set[str]:
-            return {
-                o.id
-                for o in offers
-                if (not o.segment_id or uuid.UUID(o.segment_id) in memberships[person])
-                and (not o.touchpoints or touchpoint in o.touchpoints)
-            }
-
-        published_at = time.monotonic()
-        await _publish_memberships(ctx, namespace, memberships)
-        published_in = time.monotonic() - published_at
-        sample = [*rng.sample(persons, 50), persons[-1]]
-        applied_in = await _wait_applied(stub, sample, expected, timeout_s=180.0) + published_in
-        count = len(persons) * SEGMENTS_PER_PERSON
-        log(f"decide read model: {count} memberships applied in {applied_in:.1f} s")
-
-        requests = [
-            decisioning_pb2.DecideRequest(
-                person_id=str(rng.choice(persons)),
-                touchpoint=rng.choice(TOUCHPOINTS),
-                channel=common_pb2.CHANNEL_WEB,
-                limit=3,
-            )
-            for _ in range(1000)
-        ]
-        calls = itertools.count()
-
-        async def call(deadline_s: float) -> None:
-            await stub.Decide(requests[next(calls) % len(requests)], timeout=deadline_s)
-
-        measured = await capacity_and_latency(
-            ctx, call, rate=RATE, children={"decisioning": decisioning}, label="Decide"
+        segments = await _create_segments(
+            segmentation_pb2_grpc.SegmentationServiceStub(segmentation_channel), namespace
         )
+        memberships = {p: set(rng.sample(segments, SEGMENTS_PER_PERSON)) for p in persons}
+        async with (
+            ctx.service(
+                "decisioning",
+                ctx.service_settings(database, namespace, segmentation_target=segmentation.target),
+            ) as decisioning,
+            ctx.channel(decisioning.target) as channel,
+        ):
+            return await _run(ctx, rng, namespace, persons, segments, memberships, decisioning, channel)
+
+
+async def _create_segments(
+    stub: segmentation_pb2_grpc.SegmentationServiceStub, namespace: str
+) -> list[uuid.UUID]:
+    """SEGMENTS segments in segmentation; nobody is in them there (memberships come as events)."""
+    segments = []
+    for i in range(SEGMENTS):
+        created = await stub.CreateSegment(
+            segmentation_pb2.CreateSegmentRequest(
+                segment=segmentation_pb2.Segment(
+                    name=f"bench-{namespace}-{i}",
+                    condition=segmentation_pb2.Condition(
+                        trait=segmentation_pb2.TraitCondition(
+                            trait="never_set", comparison=segmentation_pb2.COMPARISON_EXISTS
+                        )
+                    ),
+                )
+            ),
+            timeout=5.0,
+        )
+        segments.append(uuid.UUID(created.segment.id))
+    return segments
+
+
+async def _run(
+    ctx: BenchContext,
+    rng: random.Random,
+    namespace: str,
+    persons: list[uuid.UUID],
+    segments: list[uuid.UUID],
+    memberships: dict[uuid.UUID, set[uuid.UUID]],
+    decisioning: ServiceProcess,
+    channel: grpc.aio.Channel,
+) -> list[Result]:
+    stub = decisioning_pb2_grpc.DecisioningServiceStub(channel)
+    offers = []
+    for i in range(OFFERS):
+        # Two thirds restricted to a segment; some offers at every touchpoint, others at one or two.
+        segment = str(segments[i % SEGMENTS]) if i < 2 * OFFERS // 3 else ""
+        touchpoints = [] if i % 4 == 0 else rng.sample(TOUCHPOINTS, rng.randint(1, 2))
+        offer = decisioning_pb2.Offer(
+            name=f"bench offer {i} {namespace}",
+            description=f"{i * 5}% off",
+            touchpoints=touchpoints,
+            segment_id=segment,
+            priority=rng.randint(-5, 20),
+        )
+        created = await stub.CreateOffer(decisioning_pb2.CreateOfferRequest(offer=offer), timeout=5.0)
+        offers.append(created.offer)
+
+    def expected(person: uuid.UUID, touchpoint: str) -> set[str]:
+        return {
+            o.id
+            for o in offers
+            if (not o.segment_id or uuid.UUID(o.segment_id) in memberships[person])
+            and (not o.touchpoints or touchpoint in o.touchpoints)
+        }
+
+    published_at = time.monotonic()
+    await _publish_memberships(ctx, namespace, memberships)
+    published_in = time.monotonic() - published_at
+    sample = [*rng.sample(persons, 50), persons[-1]]
+    applied_in = await _wait_applied(stub, sample, expected, timeout_s=180.0) + published_in
+    count = len(persons) * SEGMENTS_PER_PERSON
+    log(f"decide read model: {count} memberships applied in {applied_in:.1f} s")
+
+    requests = [
+        decisioning_pb2.DecideRequest(
+            person_id=str(rng.choice(persons)),
+            touchpoint=rng.choice(TOUCHPOINTS),
+            channel=common_pb2.CHANNEL_WEB,
+            limit=3,
+        )
+        for _ in range(1000)
+    ]
+    calls = itertools.count()
+
+    async def call(deadline_s: float) -> None:
+        await stub.Decide(requests[next(calls) % len(requests)], timeout=deadline_s)
+
+    measured = await capacity_and_latency(
+        ctx, call, rate=RATE, children={"decisioning": decisioning}, label="Decide"
+    )
     results = await latency_results(
         ctx,
         SUITE,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -15,8 +16,11 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from omni.common.v1 import common_pb2
 from omni.decisioning.v1 import decisioning_pb2_grpc
 from omni.events.v1 import envelope_pb2
+from omni.gateway.v1 import gateway_pb2
+from omni.segmentation.v1 import segmentation_pb2
 from omni_kit.bus import envelopes_in, make_envelope, subject_for
 from omni_kit.runtime import Runtime
 
@@ -61,6 +65,40 @@ class Decisioning:
     nats: NatsClient
     js: JetStreamContext
     published: Published
+    # The segmentation and gateway decisioning asks at CreateJourney and CreateOffer (set by the fixture).
+    segmentation: Any = None
+    gateway: Any = None
+
+    async def segment(self) -> uuid.UUID:
+        """A new segment in segmentation (no one is in it: decisioning hears of members from fed events)."""
+        response = await self.segmentation.CreateSegment(
+            segmentation_pb2.CreateSegmentRequest(
+                segment=segmentation_pb2.Segment(
+                    name=f"segment-{uuid.uuid4().hex[:12]}",
+                    condition=segmentation_pb2.Condition(
+                        trait=segmentation_pb2.TraitCondition(
+                            trait="never_set", comparison=segmentation_pb2.COMPARISON_EXISTS
+                        )
+                    ),
+                )
+            )
+        )
+        return uuid.UUID(response.segment.id)
+
+    async def template(self, channel: int = common_pb2.CHANNEL_EMAIL) -> str:
+        """A new template for the channel in the gateway; its id."""
+        template_id = f"template-{uuid.uuid4().hex[:12]}"
+        await self.gateway.CreateTemplate(
+            gateway_pb2.CreateTemplateRequest(
+                template=gateway_pb2.Template(
+                    id=template_id,
+                    channel=channel,
+                    subject="Your cart",
+                    body_text="It waits for you.",  # type: ignore[arg-type]
+                )
+            )
+        )
+        return template_id
 
     async def feed(
         self,

@@ -144,9 +144,13 @@ async def test_journey_every_bad_field_is_reported_at_once(decisioning: Decision
 
 async def test_journey_name_taken(decisioning: Decisioning) -> None:
     name = f"welcome-{uuid.uuid4().hex[:8]}"
-    await decisioning.stub.CreateJourney(journey(name=name))
+    existing = {
+        "trigger_segment_id": str(await decisioning.segment()),
+        "template_id": await decisioning.template(),
+    }
+    await decisioning.stub.CreateJourney(journey(name=name, **existing))
     before = await counts(decisioning)
-    details = await failure(decisioning.stub.CreateJourney(journey(name=name)))
+    details = await failure(decisioning.stub.CreateJourney(journey(name=name, **existing)))
     assert details.code == grpc.StatusCode.ALREADY_EXISTS
     assert details.error_info is not None
     assert details.error_info.reason == "JOURNEY_EXISTS"
@@ -337,3 +341,89 @@ async def test_an_unknown_channel_listed_twice(decisioning: Decisioning) -> None
     await invalid(
         decisioning, decisioning.stub.CreateJourney(request), "journey.channels[1]", "journey.channels[2]"
     )
+
+
+# -- References ---------------------------------------------------------------------------------------------
+# What a journey or offer names must exist: they were stored pointing at nothing, and a journey whose template
+# is for another channel could never send. Segments and templates are asked of segmentation and the gateway.
+
+
+async def refused(
+    decisioning: Decisioning, call: Awaitable[Any], code: grpc.StatusCode, reason: str
+) -> dict[str, str]:
+    before = await counts(decisioning)
+    details = await failure(call)
+    assert details.code == code
+    assert details.error_info is not None
+    assert details.error_info.reason == reason
+    assert await counts(decisioning) == before
+    return dict(details.error_info.metadata)
+
+
+async def test_a_journey_on_an_unknown_segment(decisioning: Decisioning) -> None:
+    unknown = str(uuid.uuid4())
+    request = journey(trigger_segment_id=unknown, template_id=await decisioning.template())
+    metadata = await refused(
+        decisioning, decisioning.stub.CreateJourney(request), grpc.StatusCode.NOT_FOUND, "SEGMENT_NOT_FOUND"
+    )
+    assert metadata == {"segment_id": unknown, "field": "journey.trigger_segment_id"}
+
+
+async def test_a_journey_with_an_unknown_template(decisioning: Decisioning) -> None:
+    request = journey(trigger_segment_id=str(await decisioning.segment()), template_id="no-such-template")
+    metadata = await refused(
+        decisioning, decisioning.stub.CreateJourney(request), grpc.StatusCode.NOT_FOUND, "TEMPLATE_NOT_FOUND"
+    )
+    assert metadata == {"template_id": "no-such-template", "field": "journey.template_id"}
+
+
+async def test_an_sms_template_on_an_email_journey(decisioning: Decisioning) -> None:
+    template = await decisioning.template(c.CHANNEL_SMS)
+    request = journey(
+        trigger_segment_id=str(await decisioning.segment()), channels=[c.CHANNEL_EMAIL], template_id=template
+    )
+    metadata = await refused(
+        decisioning,
+        decisioning.stub.CreateJourney(request),
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "TEMPLATE_CHANNEL_MISMATCH",
+    )
+    assert metadata == {
+        "field": "journey.template_id",
+        "template_id": template,
+        "template_channel": "CHANNEL_SMS",
+    }
+
+
+@pytest.mark.usefixtures("unchanged")
+async def test_a_journey_on_channels_no_message_is_sent_on(decisioning: Decisioning) -> None:
+    request = journey(
+        trigger_segment_id=str(await decisioning.segment()),
+        channels=[c.CHANNEL_STORE, c.CHANNEL_WEB],
+        template_id=await decisioning.template(),
+    )
+    await invalid(
+        decisioning, decisioning.stub.CreateJourney(request), "journey.channels[0]", "journey.channels[1]"
+    )
+
+
+async def test_an_offer_for_an_unknown_segment(decisioning: Decisioning) -> None:
+    unknown = str(uuid.uuid4())
+    metadata = await refused(
+        decisioning,
+        decisioning.stub.CreateOffer(offer(segment_id=unknown)),
+        grpc.StatusCode.NOT_FOUND,
+        "SEGMENT_NOT_FOUND",
+    )
+    assert metadata == {"segment_id": unknown, "field": "offer.segment_id"}
+
+
+async def test_a_journey_and_an_offer_naming_what_exists_are_created(decisioning: Decisioning) -> None:
+    segment = str(await decisioning.segment())
+    template = await decisioning.template(c.CHANNEL_EMAIL)
+    created = await decisioning.stub.CreateJourney(
+        journey(trigger_segment_id=segment, channels=[c.CHANNEL_PUSH, c.CHANNEL_EMAIL], template_id=template)
+    )
+    assert created.journey.template_id == template
+    offered = await decisioning.stub.CreateOffer(offer(segment_id=segment))
+    assert offered.offer.segment_id == segment

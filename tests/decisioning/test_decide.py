@@ -96,7 +96,7 @@ async def test_limit_zero_means_one(decisioning: Decisioning) -> None:
 
 async def test_segment_offers_go_to_members_only(decisioning: Decisioning) -> None:
     at = touchpoint()
-    segment, person, other = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    segment, person, other = await decisioning.segment(), uuid.uuid4(), uuid.uuid4()
     await create_offer(decisioning, "vip", priority=100, touchpoints=[at], segment_id=segment)
     await create_offer(decisioning, "everyone", priority=1, touchpoints=[at])
 
@@ -110,7 +110,7 @@ async def test_segment_offers_go_to_members_only(decisioning: Decisioning) -> No
 
 async def test_a_merged_person_decides_as_the_survivor(decisioning: Decisioning) -> None:
     at = touchpoint()
-    segment, survivor, merged = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    segment, survivor, merged = await decisioning.segment(), uuid.uuid4(), uuid.uuid4()
     await create_offer(decisioning, "vip", priority=5, touchpoints=[at], segment_id=segment)
     await membership(decisioning, merged, segment, entered=True)
     envelope = await decisioning.feed(
@@ -132,7 +132,9 @@ async def test_a_merged_person_decides_as_the_survivor(decisioning: Decisioning)
 
 async def test_nothing_eligible_is_an_empty_answer_and_still_logged(decisioning: Decisioning) -> None:
     at = touchpoint()
-    await create_offer(decisioning, "members", priority=5, touchpoints=[at], segment_id=uuid.uuid4())
+    await create_offer(
+        decisioning, "members", priority=5, touchpoints=[at], segment_id=await decisioning.segment()
+    )
     response = await decide(decisioning, uuid.uuid4(), at)
     assert list(response.actions) == []
     assert response.decision_id
@@ -183,7 +185,7 @@ async def test_offers_for_every_touchpoint_and_the_created_offer_echoes_back(
     decisioning: Decisioning,
 ) -> None:
     at = touchpoint()
-    segment = uuid.uuid4()
+    segment = await decisioning.segment()
     anywhere = await create_offer(decisioning, "anywhere", priority=-1000, touchpoints=[], segment_id=segment)
     assert list(anywhere.touchpoints) == []
     assert anywhere.segment_id == str(segment)

@@ -59,7 +59,7 @@ async def test_forgetting_deletes_every_row_of_every_id_and_nothing_of_others(
     decisioning: Decisioning,
 ) -> None:
     person, merged, other, other_merged = (uuid.uuid4() for _ in range(4))
-    segment = uuid.uuid4()
+    segment = await decisioning.segment()
     await create_journey(decisioning, segment, [c.CHANNEL_EMAIL])
     for who in (merged, other):
         await grant(decisioning, who, c.CHANNEL_EMAIL)

@@ -32,13 +32,14 @@ def _ts(when: datetime) -> Timestamp:
 async def create_journey(
     decisioning: Decisioning, segment_id: uuid.UUID, channels: list[c.Channel.ValueType]
 ) -> d.Journey:
+    """A journey on a segment that exists, with a new template for the first of its channels."""
     response = await decisioning.stub.CreateJourney(
         d.CreateJourneyRequest(
             journey=d.Journey(
                 name=f"journey-{uuid.uuid4().hex[:8]}",
                 trigger_segment_id=str(segment_id),
                 channels=channels,
-                template_id="abandoned-cart",
+                template_id=await decisioning.template(channels[0]),
             )
         )
     )
@@ -102,7 +103,7 @@ async def staged_sends(decisioning: Decisioning, person: uuid.UUID) -> int:
 async def test_entering_the_segment_requests_a_send_on_the_first_consented_channel(
     decisioning: Decisioning,
 ) -> None:
-    person, segment = uuid.uuid4(), uuid.uuid4()
+    person, segment = uuid.uuid4(), await decisioning.segment()
     journey = await create_journey(decisioning, segment, [c.CHANNEL_PUSH, c.CHANNEL_EMAIL, c.CHANNEL_SMS])
     await grant(decisioning, person, c.CHANNEL_PUSH, p.CONSENT_STATE_DENIED)
     await grant(decisioning, person, c.CHANNEL_EMAIL)
@@ -116,14 +117,14 @@ async def test_entering_the_segment_requests_a_send_on_the_first_consented_chann
     assert send.channel == c.CHANNEL_EMAIL
     assert send.request_id == f"journey:{journey.id}:{entry.id}"
     assert send.person_id == str(person)
-    assert send.template_id == "abandoned-cart"
+    assert send.template_id == journey.template_id
     assert send.journey_id == journey.id
     assert envelope.producer == "decisioning"
     assert await run_outcome(decisioning, entry) == "send_requested"
 
 
 async def test_no_send_without_consent(decisioning: Decisioning) -> None:
-    person, segment = uuid.uuid4(), uuid.uuid4()
+    person, segment = uuid.uuid4(), await decisioning.segment()
     await create_journey(decisioning, segment, [c.CHANNEL_EMAIL, c.CHANNEL_SMS])
     await grant(decisioning, person, c.CHANNEL_EMAIL, p.CONSENT_STATE_REVOKED)
     await grant(decisioning, person, c.CHANNEL_PUSH)  # granted, but not a channel of the journey
@@ -136,7 +137,7 @@ async def test_no_send_without_consent(decisioning: Decisioning) -> None:
 
 
 async def test_only_a_confirmed_marketing_consent_lets_a_journey_send(decisioning: Decisioning) -> None:
-    person, segment = uuid.uuid4(), uuid.uuid4()
+    person, segment = uuid.uuid4(), await decisioning.segment()
     await create_journey(decisioning, segment, [c.CHANNEL_EMAIL, c.CHANNEL_SMS])
     now = datetime.now(UTC)
     # Email: a marketing grant still waiting for its double opt-in confirmation.
@@ -181,7 +182,7 @@ async def test_only_a_confirmed_marketing_consent_lets_a_journey_send(decisionin
 
 
 async def test_a_person_nobody_told_us_about_gets_nothing(decisioning: Decisioning) -> None:
-    person, segment = uuid.uuid4(), uuid.uuid4()
+    person, segment = uuid.uuid4(), await decisioning.segment()
     await create_journey(decisioning, segment, [c.CHANNEL_EMAIL])
     entry = await enter(decisioning, person, segment)
     assert await run_outcome(decisioning, entry) == "no_consented_channel"
@@ -191,7 +192,7 @@ async def test_a_person_nobody_told_us_about_gets_nothing(decisioning: Decisioni
 async def test_reentry_within_the_window_is_suppressed_and_after_it_runs_again(
     decisioning: Decisioning,
 ) -> None:
-    person, segment = uuid.uuid4(), uuid.uuid4()
+    person, segment = uuid.uuid4(), await decisioning.segment()
     journey = await create_journey(decisioning, segment, [c.CHANNEL_EMAIL])
     await grant(decisioning, person, c.CHANNEL_EMAIL)
     t0 = datetime.now(UTC)
@@ -215,7 +216,7 @@ async def test_reentry_within_the_window_is_suppressed_and_after_it_runs_again(
 
 
 async def test_a_late_older_consent_does_not_undo_a_newer_one(decisioning: Decisioning) -> None:
-    person, segment = uuid.uuid4(), uuid.uuid4()
+    person, segment = uuid.uuid4(), await decisioning.segment()
     await create_journey(decisioning, segment, [c.CHANNEL_EMAIL])
     now = datetime.now(UTC)
     await grant(decisioning, person, c.CHANNEL_EMAIL, p.CONSENT_STATE_REVOKED, at=now)
@@ -238,7 +239,7 @@ async def test_a_late_older_consent_does_not_undo_a_newer_one(decisioning: Decis
 
 
 async def test_a_newer_consent_replaces_the_older_one(decisioning: Decisioning) -> None:
-    person, segment = uuid.uuid4(), uuid.uuid4()
+    person, segment = uuid.uuid4(), await decisioning.segment()
     await create_journey(decisioning, segment, [c.CHANNEL_SMS])
     now = datetime.now(UTC)
     await grant(decisioning, person, c.CHANNEL_SMS, p.CONSENT_STATE_DENIED, at=now - timedelta(hours=1))
@@ -255,10 +256,10 @@ async def test_a_newer_consent_replaces_the_older_one(decisioning: Decisioning) 
 
 
 async def test_every_journey_of_the_segment_runs(decisioning: Decisioning) -> None:
-    person, segment = uuid.uuid4(), uuid.uuid4()
+    person, segment = uuid.uuid4(), await decisioning.segment()
     email = await create_journey(decisioning, segment, [c.CHANNEL_EMAIL])
     push = await create_journey(decisioning, segment, [c.CHANNEL_PUSH, c.CHANNEL_EMAIL])
-    other = await create_journey(decisioning, uuid.uuid4(), [c.CHANNEL_EMAIL])
+    other = await create_journey(decisioning, await decisioning.segment(), [c.CHANNEL_EMAIL])
     await grant(decisioning, person, c.CHANNEL_EMAIL)
     entry = await enter(decisioning, person, segment)
     await decisioning.eventually(
@@ -274,7 +275,7 @@ async def test_every_journey_of_the_segment_runs(decisioning: Decisioning) -> No
 
 
 async def test_a_redelivered_entry_sends_once(decisioning: Decisioning) -> None:
-    person, segment = uuid.uuid4(), uuid.uuid4()
+    person, segment = uuid.uuid4(), await decisioning.segment()
     await create_journey(decisioning, segment, [c.CHANNEL_EMAIL])
     await grant(decisioning, person, c.CHANNEL_EMAIL)
     entry = await enter(decisioning, person, segment)
@@ -291,7 +292,7 @@ async def test_a_redelivered_entry_sends_once(decisioning: Decisioning) -> None:
 
 
 async def test_a_merge_moves_consent_to_the_survivor(decisioning: Decisioning) -> None:
-    survivor, merged, segment = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    survivor, merged, segment = uuid.uuid4(), uuid.uuid4(), await decisioning.segment()
     journey = await create_journey(decisioning, segment, [c.CHANNEL_SMS, c.CHANNEL_EMAIL])
     await grant(decisioning, merged, c.CHANNEL_EMAIL)
     await grant(decisioning, survivor, c.CHANNEL_SMS, p.CONSENT_STATE_DENIED)
@@ -315,7 +316,9 @@ async def test_a_merge_moves_consent_to_the_survivor(decisioning: Decisioning) -
 
 
 async def test_list_journeys_pages_through_all_of_them(decisioning: Decisioning) -> None:
-    created = [await create_journey(decisioning, uuid.uuid4(), [c.CHANNEL_EMAIL]) for _ in range(5)]
+    created = [
+        await create_journey(decisioning, await decisioning.segment(), [c.CHANNEL_EMAIL]) for _ in range(5)
+    ]
     seen: list[d.Journey] = []
     token = ""
     while True:
@@ -334,7 +337,7 @@ async def test_list_journeys_pages_through_all_of_them(decisioning: Decisioning)
 
 
 async def test_a_late_entry_older_than_a_known_exit_starts_nothing(decisioning: Decisioning) -> None:
-    person, segment = uuid.uuid4(), uuid.uuid4()
+    person, segment = uuid.uuid4(), await decisioning.segment()
     await create_journey(decisioning, segment, [c.CHANNEL_EMAIL])
     await grant(decisioning, person, c.CHANNEL_EMAIL)
     now = datetime.now(UTC)
@@ -356,7 +359,7 @@ async def test_a_late_entry_older_than_a_known_exit_starts_nothing(decisioning: 
 
 
 async def test_malformed_events_are_skipped_without_stopping_the_consumer(decisioning: Decisioning) -> None:
-    segment = uuid.uuid4()
+    segment = await decisioning.segment()
     await create_journey(decisioning, segment, [c.CHANNEL_EMAIL])
     bad = await decisioning.feed(
         segmentation_events.PersonEnteredSegmentEvent(person_id="not-a-uuid", segment_id=str(segment)),

@@ -103,10 +103,6 @@ async def omni(
             )
         )
         runtimes.append(segmentation)
-        decisioning = await decisioning_main.start(
-            decisioning_main.Settings(database_url=make_database("e2e_decisioning"), **common)
-        )
-        runtimes.append(decisioning)
         gateway = await gateway_main.start(
             gateway_main.Settings(
                 database_url=make_database("e2e_gateway"),
@@ -119,6 +115,15 @@ async def omni(
             )
         )
         runtimes.append(gateway)
+        decisioning = await decisioning_main.start(
+            decisioning_main.Settings(
+                database_url=make_database("e2e_decisioning"),
+                segmentation_target=f"127.0.0.1:{segmentation.port}",
+                gateway_target=f"127.0.0.1:{gateway.port}",
+                **common,
+            )
+        )
+        runtimes.append(decisioning)
         identity_channel = connect(identity)
         yield Omni(
             identity=identity_pb2_grpc.IdentityServiceStub(identity_channel),

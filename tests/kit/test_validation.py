@@ -26,7 +26,7 @@ def test_paths_name_nested_fields_and_list_items() -> None:
     }
     described = {v.field: v.description for v in violations.items}
     assert described["journey.name"] == "required"
-    assert described["journey.channels[1]"] == "must not be CHANNEL_UNSPECIFIED"
+    assert described["journey.channels[1]"].startswith("must be CHANNEL_EMAIL, CHANNEL_SMS or CHANNEL_PUSH")
 
 
 def test_omni_text_rules() -> None:

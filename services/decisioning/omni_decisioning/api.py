@@ -16,6 +16,7 @@ from omni_decisioning.entities import Journey, Offer
 from omni_decisioning.journeys import Journeys
 from omni_decisioning.offers import Offers
 from omni_decisioning.paging import encode_token
+from omni_decisioning.references import References
 from omni_kit.runtime import Runtime
 
 
@@ -53,8 +54,17 @@ def offer_to_proto(offer: Offer) -> decisioning_pb2.Offer:
 class DecisioningServicer(decisioning_pb2_grpc.DecisioningServiceServicer):
     """Validates requests, runs the domain in a transaction and translates the result."""
 
-    def __init__(self, runtime: Runtime, *, journeys: Journeys, offers: Offers, decider: Decider) -> None:
+    def __init__(
+        self,
+        runtime: Runtime,
+        *,
+        journeys: Journeys,
+        offers: Offers,
+        decider: Decider,
+        references: References,
+    ) -> None:
         self._runtime = runtime
+        self._references = references
         self._journeys = journeys
         self._offers = offers
         self._decider = decider
@@ -64,6 +74,7 @@ class DecisioningServicer(decisioning_pb2_grpc.DecisioningServiceServicer):
     ) -> decisioning_pb2.CreateJourneyResponse:
         """Define a journey started when a person enters a segment."""
         new = validation.create_journey(request)
+        await self._references.check_journey(new.trigger_segment_id, new.template_id, new.channels)
         async with self._runtime.transaction() as session:
             journey = await self._journeys.create(session, new)
         return decisioning_pb2.CreateJourneyResponse(journey=journey_to_proto(journey))
@@ -85,6 +96,8 @@ class DecisioningServicer(decisioning_pb2_grpc.DecisioningServiceServicer):
     ) -> decisioning_pb2.CreateOfferResponse:
         """Define an offer that Decide may return."""
         new = validation.create_offer(request)
+        if new.segment_id is not None:
+            await self._references.check_segment(new.segment_id, "offer.segment_id")
         async with self._runtime.transaction() as session:
             offer = await self._offers.create(session, new)
         return decisioning_pb2.CreateOfferResponse(offer=offer_to_proto(offer))

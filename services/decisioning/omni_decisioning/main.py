@@ -9,13 +9,17 @@ from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from omni.decisioning.v1 import decisioning_pb2_grpc
+from omni.gateway.v1 import gateway_pb2_grpc
+from omni.segmentation.v1 import segmentation_pb2_grpc
 from omni_decisioning.api import DecisioningServicer
 from omni_decisioning.decide import Decider
 from omni_decisioning.events import CONSUMED, EventHandlers, Publisher
 from omni_decisioning.journeys import Journeys
 from omni_decisioning.offers import Offers
 from omni_decisioning.read_models import ReadModels
+from omni_decisioning.references import GATEWAY_SERVICE, SEGMENTATION_SERVICE, References
 from omni_decisioning.repository import Repository
+from omni_kit.grpc_client import channel
 from omni_kit.runtime import Runtime
 from omni_kit.settings import ServiceSettings
 
@@ -29,6 +33,16 @@ class Settings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="OMNI_DECISIONING_", extra="ignore", frozen=True)
 
     grpc_port: int = Field(50054, ge=0, le=65535, description="Port of the gRPC server; 0 picks a free one.")
+    segmentation_target: str = Field(
+        "127.0.0.1:50053",
+        description="host:port of segmentation, asked whether a new journey's segment exists.",
+    )
+    gateway_target: str = Field(
+        "127.0.0.1:50055", description="host:port of the gateway, asked about a new journey's template."
+    )
+    client_timeout_s: float = Field(
+        5.0, gt=0, description="Deadline of each call to segmentation or the gateway."
+    )
     journey_reentry_s: int = Field(
         86_400,
         ge=0,
@@ -45,8 +59,33 @@ async def start(settings: Settings) -> Runtime:
     journeys = Journeys(repository, publisher, reentry_window=timedelta(seconds=settings.journey_reentry_s))
     handlers = EventHandlers(ReadModels(repository), journeys)
     runtime.add_consumer(durable="read-models", event_types=CONSUMED, handler=handlers.handle)
+    # Asked only when a journey or offer is created; Decide calls nobody.
+    segmentation = runtime.track_channel(
+        channel(
+            settings.segmentation_target,
+            service=SEGMENTATION_SERVICE,
+            idempotent_methods=["GetSegment"],
+            timeout_s=settings.client_timeout_s,
+        )
+    )
+    gateway = runtime.track_channel(
+        channel(
+            settings.gateway_target,
+            service=GATEWAY_SERVICE,
+            idempotent_methods=["GetTemplate"],
+            timeout_s=settings.client_timeout_s,
+        )
+    )
+    references = References(
+        segmentation_pb2_grpc.SegmentationServiceStub(segmentation),  # type: ignore[arg-type]
+        gateway_pb2_grpc.GatewayServiceStub(gateway),  # type: ignore[arg-type]
+    )
     servicer = DecisioningServicer(
-        runtime, journeys=journeys, offers=Offers(repository), decider=Decider(repository, publisher)
+        runtime,
+        journeys=journeys,
+        offers=Offers(repository),
+        decider=Decider(repository, publisher),
+        references=references,
     )
     await runtime.serve(
         service_names=[SERVICE_NAME],

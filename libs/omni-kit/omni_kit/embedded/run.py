@@ -116,8 +116,8 @@ def service_environment(
     """Return the settings every service reads from the environment in the embedded run.
 
     Each service gets ``OMNI_<SERVICE>_DATABASE_URL``, ``_NATS_URL``, ``_GRPC_PORT`` and ``_GRPC_HOST``
-    (127.0.0.1: the embedded run has no TLS and no tokens, so it stays on this machine); profile and gateway
-    get the addresses of the services they call, gateway the SMTP sink, profile its tracking endpoint (when
+    (127.0.0.1: the embedded run has no TLS and no tokens, so it stays on this machine); profile, decisioning
+    and gateway get the addresses of the services they call, gateway the SMTP sink, profile its tracking endpoint (when
     ``tracking_port`` is given) with the development write keys. ``database_url`` maps a database name to
     its URL.
     """
@@ -133,6 +133,10 @@ def service_environment(
         env["OMNI_GATEWAY_IDENTITY_TARGET"] = by_name["identity"].target
     if "profile" in by_name:
         env["OMNI_GATEWAY_PROFILE_TARGET"] = by_name["profile"].target
+    if "segmentation" in by_name:
+        env["OMNI_DECISIONING_SEGMENTATION_TARGET"] = by_name["segmentation"].target
+    if "gateway" in by_name:
+        env["OMNI_DECISIONING_GATEWAY_TARGET"] = by_name["gateway"].target
     env["OMNI_GATEWAY_SMTP_HOST"] = HOST
     env["OMNI_GATEWAY_SMTP_PORT"] = str(smtp_port)
     env["OMNI_GATEWAY_SMTP_FROM"] = SMTP_FROM

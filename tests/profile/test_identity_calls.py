@@ -1,12 +1,15 @@
-"""How profile calls identity: one BatchResolvePersons per batch it records, within identity's limits.
+"""How profile calls identity: one BatchResolvePersons per batch it records, within identity's limits, and
+within the time its own caller has left.
 
 Identity runs for real behind a small gRPC proxy that forwards every call unchanged and counts them by
-method, so these tests see the calls profile really makes.
+method (and can answer slowly), so these tests see the calls profile really makes.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import time
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -26,11 +29,14 @@ from .support import COMMON, close_runtime, event, ident, unique
 
 
 class CountingProxy(grpc.GenericRpcHandler):
-    """Forwards unary calls to a target as bytes and counts them by method name."""
+    """Forwards unary calls to a target as bytes, after delay_s, and counts them by method name; records the
+    time each call had left as it arrived (its deadline as profile set it)."""
 
     def __init__(self, channel: grpc.aio.Channel) -> None:
         self.channel = channel
         self.calls: Counter[str] = Counter()
+        self.delay_s = 0.0
+        self.time_left: list[float | None] = []
 
     def service(self, handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler:
         method = handler_call_details.method
@@ -38,6 +44,8 @@ class CountingProxy(grpc.GenericRpcHandler):
 
         async def call(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
             self.calls[method.rsplit("/", 1)[-1]] += 1
+            self.time_left.append(context.time_remaining())
+            await asyncio.sleep(self.delay_s)
             try:
                 return bytes(await forward(request, timeout=context.time_remaining()))
             except grpc.aio.AioRpcError as error:
@@ -164,3 +172,35 @@ async def test_a_batch_with_more_identifiers_than_one_identity_call_takes_is_rec
     )
     assert response.recorded_count == 1000
     assert wired.proxy.calls == Counter({"BatchResolvePersons": 2})
+
+
+async def test_identity_gets_no_more_time_than_profiles_caller_has_left(wired: Wired) -> None:
+    wired.proxy.time_left.clear()
+    wired.proxy.delay_s = 2.0
+    try:
+        started = time.monotonic()
+        with pytest.raises(grpc.aio.AioRpcError) as late:
+            await wired.profile.TrackEvent(
+                profile_pb2.TrackEventRequest(event=_new_customer_event()), timeout=0.3
+            )
+        waited = time.monotonic() - started
+    finally:
+        wired.proxy.delay_s = 0.0
+    assert late.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert waited < 1.0
+    # Identity was told the caller's deadline (to the millisecond it travels in), not profile's own 5 s: it
+    # can give up when the caller has.
+    [left] = wired.proxy.time_left
+    assert left is not None and left <= 0.31
+
+
+async def test_without_a_caller_deadline_identity_gets_the_configured_time(wired: Wired) -> None:
+    wired.proxy.time_left.clear()
+    for timeout in (None, 60.0):
+        await wired.profile.TrackEvent(
+            profile_pb2.TrackEventRequest(event=_new_customer_event()), timeout=timeout
+        )
+    assert all(left is not None and 4.0 < left <= 5.1 for left in wired.proxy.time_left), (
+        wired.proxy.time_left
+    )
+    assert len(wired.proxy.time_left) == 2

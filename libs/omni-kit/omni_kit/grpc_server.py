@@ -14,6 +14,7 @@ from grpc_reflection.v1alpha import reflection
 from opentelemetry.instrumentation.grpc import aio_server_interceptor
 
 from omni_kit.errors import FieldViolation, InvalidArgument, OmniError, internal_status, to_status
+from omni_kit.grpc_client import adopt_caller_deadline
 from omni_kit.telemetry import tracing_enabled
 
 log = logging.getLogger(__name__)
@@ -28,7 +29,8 @@ _KEEPALIVE_OPTIONS = [
 
 
 class ErrorInterceptor(grpc.aio.ServerInterceptor):
-    """Turns domain errors into statuses with details, and unexpected ones into INTERNAL."""
+    """Turns domain errors into statuses with details, and unexpected ones into INTERNAL; records each
+    call's deadline for the calls made while serving it (grpc_client.call_timeout)."""
 
     def __init__(self, domain: str) -> None:
         self._domain = domain
@@ -56,6 +58,7 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
             inner_uu = handler.unary_unary
 
             async def unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                adopt_caller_deadline(context)
                 try:
                     return await inner_uu(_decoded(request), context)
                 except grpc.aio.AbortError:
@@ -68,6 +71,7 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
             inner_su = handler.stream_unary
 
             async def stream_unary(requests: Any, context: grpc.aio.ServicerContext) -> Any:
+                adopt_caller_deadline(context)
                 try:
                     return await inner_su(_decoded_stream(requests), context)
                 except grpc.aio.AbortError:
@@ -82,6 +86,7 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
             inner_us = handler.unary_stream
 
             async def unary_stream(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                adopt_caller_deadline(context)
                 try:
                     async for item in inner_us(_decoded(request), context):
                         yield item
@@ -97,6 +102,7 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
             inner_ss = handler.stream_stream
 
             async def stream_stream(requests: Any, context: grpc.aio.ServicerContext) -> Any:
+                adopt_caller_deadline(context)
                 try:
                     async for item in inner_ss(_decoded_stream(requests), context):
                         yield item

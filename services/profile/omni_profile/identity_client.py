@@ -1,7 +1,9 @@
 """Profile's client of the identity service: resolving identifier sets to persons, checking a person exists.
 
 Identity's refusals come back as domain errors: its field violations are kept, with paths relative to the
-identity request ("requests[3].identifiers[0].value"), for the caller to re-anchor on its own request.
+identity request ("requests[3].identifiers[0].value"), for the caller to re-anchor on its own request. Every
+call's deadline is the configured one or, when less time is left, the remaining time of the call being
+served (omni_kit.grpc_client does that for every channel it opens).
 """
 
 from __future__ import annotations

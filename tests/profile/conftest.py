@@ -31,6 +31,20 @@ async def services(postgres: EmbeddedPostgres, nats_server: EmbeddedNats) -> Asy
         yield running
 
 
+WRITE_KEY = "wk_tests"
+"""The write key of the tracking endpoint `tracked` runs (source "web")."""
+
+
+@pytest.fixture(scope="module")
+async def tracked(postgres: EmbeddedPostgres, nats_server: EmbeddedNats) -> AsyncIterator[Services]:
+    """Identity and profile with its Segment-compatible endpoint on a free port (services.http), for the whole
+    module."""
+    async with running_services(
+        postgres, nats_server, http_host="127.0.0.1", http_port=0, write_keys={WRITE_KEY: "web"}
+    ) as running:
+        yield running
+
+
 @contextlib.asynccontextmanager
 async def running_services(
     postgres: EmbeddedPostgres, nats_server: EmbeddedNats, **profile_settings: Any
@@ -67,6 +81,7 @@ async def running_services(
     database = create_engine(postgres.url(profile_db), application_name="omni-test-profile")
     profile_channel = grpc.aio.insecure_channel(f"127.0.0.1:{profile_runtime.port}")
     identity_channel = grpc.aio.insecure_channel(f"127.0.0.1:{identity_runtime.port}")
+    http = profile_runtime.http
     try:
         yield Services(
             profile_runtime=profile_runtime,
@@ -77,6 +92,7 @@ async def running_services(
             database=database,
             js=client.jetstream(),
             events=log,
+            http_url=None if http is None else f"http://127.0.0.1:{http.port}",
         )
     finally:
         await profile_channel.close()

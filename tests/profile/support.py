@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import aiohttp
 import sqlalchemy as sa
 from google.protobuf import struct_pb2
 from google.protobuf.message import Message
@@ -18,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from omni.common.v1 import common_pb2
 from omni.events.v1 import envelope_pb2
 from omni.gateway.v1 import gateway_pb2
-from omni.identity.v1 import identity_pb2_grpc
+from omni.identity.v1 import identity_pb2, identity_pb2_grpc
 from omni.profile.v1 import events_pb2, profile_pb2, profile_pb2_grpc
 from omni_kit.bus import make_envelope, subject_for, unpack
 from omni_kit.ids import new_id_str
@@ -88,6 +90,20 @@ class Services:
     database: AsyncEngine
     js: JetStreamContext
     events: EventLog
+    http_url: str | None = None
+    """The Segment-compatible endpoint's base URL, when it runs (the `tracked` fixture)."""
+
+    async def post(self, path: str, body: Any, write_key: str) -> tuple[int, Any]:
+        """POST a JSON body to the tracking endpoint with the write key; the status and the JSON answer."""
+        assert self.http_url is not None, "the tracking endpoint is not running"
+        authorization = "Basic " + base64.b64encode(f"{write_key}:".encode()).decode()
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(
+                f"{self.http_url}{path}", json=body, headers={"Authorization": authorization}
+            ) as answer,
+        ):
+            return answer.status, await answer.json(content_type=None)
 
     async def counts(self) -> dict[str, int]:
         """Row counts of profile's tables, to show that a refused request wrote nothing."""
@@ -158,6 +174,14 @@ def item(
     if price_minor is not None:
         line.unit_price.CopyFrom(common_pb2.Money(amount_minor=price_minor, currency_code="EUR"))
     return line
+
+
+async def new_person(services: Services) -> uuid.UUID:
+    """A person identity knows (resolved from a fresh cookie id) and profile has not seen yet."""
+    response = await services.identity.ResolvePerson(
+        identity_pb2.ResolvePersonRequest(identifiers=[ident("anonymous_id", unique("anon-"))], source="web")
+    )
+    return uuid.UUID(response.resolution.person_id)
 
 
 async def track(services: Services, message: profile_pb2.Event) -> profile_pb2.TrackEventResponse:

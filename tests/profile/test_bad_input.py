@@ -362,19 +362,27 @@ async def test_identity_down_answers_unavailable_and_writes_nothing(
             }
         )
     )
+    engine = create_engine(postgres.url(database), application_name="omni-test-profile")
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{runtime.port}") as channel:
             stub = profile_pb2_grpc.ProfileServiceStub(channel)
             with pytest.raises(grpc.aio.AioRpcError) as raised:
                 await stub.TrackEvent(profile_pb2.TrackEventRequest(event=event()))
             assert raised.value.code() == grpc.StatusCode.UNAVAILABLE
-            engine = create_engine(postgres.url(database), application_name="omni-test-profile")
             async with engine.connect() as connection:
                 assert await connection.scalar(sa.text("SELECT count(*) FROM events")) == 0
-            await engine.dispose()
-            # An event that names its person needs no identity.
+            # Nor can an event naming a person profile has never seen: only identity could vouch for it.
+            with pytest.raises(grpc.aio.AioRpcError) as unchecked:
+                await stub.TrackEvent(profile_pb2.TrackEventRequest(event=event(person_id=UNKNOWN)))
+            assert unchecked.value.code() == grpc.StatusCode.UNAVAILABLE
+            # An event naming a person profile holds needs no identity.
+            async with engine.begin() as connection:
+                await connection.execute(
+                    sa.text("INSERT INTO profiles (person_id) VALUES (CAST(:p AS uuid))"), {"p": UNKNOWN}
+                )
             known = await stub.TrackEvent(profile_pb2.TrackEventRequest(event=event(person_id=UNKNOWN)))
             assert known.person_id == UNKNOWN
     finally:
+        await engine.dispose()
         await close_runtime(runtime)
         postgres.drop_database(database)

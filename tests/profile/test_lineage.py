@@ -163,7 +163,13 @@ async def test_an_erasure_deletes_everything_and_is_announced(services: Services
     # A late event naming the person cannot bring them back.
     with pytest.raises(grpc.aio.AioRpcError) as refused:
         await track(services, event(person_id=survivor))
-    assert status_details(refused.value).fields == {"event.person_id"}
+    details = status_details(refused.value)
+    assert details.code == grpc.StatusCode.FAILED_PRECONDITION
+    assert details.error_info is not None
+    assert (details.error_info.reason, details.error_info.metadata["field"]) == (
+        "PERSON_ERASED",
+        "event.person_id",
+    )
     batch = await services.profile.BatchTrackEvents(
         profile_pb2.BatchTrackEventsRequest(events=[event(person_id=merged), event()])
     )

@@ -14,7 +14,7 @@ from omni.identity.v1 import events_pb2 as identity_events
 from omni.profile.v1 import events_pb2, profile_pb2
 from omni_kit.bus import make_envelope, outbox_rows, unpack
 
-from .support import Services, cart_of, event, get_profile, item, struct, track
+from .support import Services, cart_of, event, get_profile, item, new_person, struct, track
 
 MERGED = "identity.persons_merged"
 
@@ -58,7 +58,7 @@ def _announced(survivor: uuid.UUID, merged: uuid.UUID):  # type: ignore[no-untyp
 
 
 async def test_merges_in_one_message_end_as_one_by_one(services: Services) -> None:
-    a, b, c, d, e, f, g, h = (uuid.uuid4() for _ in range(8))
+    a, b, c, d, e, f, g, h = [await new_person(services) for _ in range(8)]
     carts = {a: item("sku-1", 1), b: item("sku-1", 2), e: item("sku-2", 1)}
     for person in (a, b, b, c, d, e, f, g, h):
         cart_item = carts.pop(person, None)
@@ -119,7 +119,7 @@ async def test_merges_in_one_message_end_as_one_by_one(services: Services) -> No
 async def test_a_merged_persons_trait_history_moves_even_without_traits_left(services: Services) -> None:
     # m set a trait and removed it (history, no trait); its consent sends the merge down the one-by-one path,
     # n (no consent) down the run's.
-    survivor, m, n = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    survivor, m, n = [await new_person(services) for _ in range(3)]
     for person in (survivor, m, n):
         await track(services, event(person_id=str(person)))
     for person in (m, n):

@@ -15,13 +15,19 @@ import grpc
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from omni.profile.v1 import profile_pb2, profile_pb2_grpc
-from omni_kit.errors import FieldViolation, InvalidArgument, NotFound
+from omni_kit.errors import (
+    FailedPrecondition,
+    FieldViolation,
+    InvalidArgument,
+    NotFound,
+    OmniError,
+)
 from omni_kit.runtime import Runtime
 from omni_profile import request_validation as checks
 from omni_profile import validation, wire
 from omni_profile.computed_traits import ComputedTraits
 from omni_profile.consents import Consents
-from omni_profile.domain import Event, TrackResult
+from omni_profile.domain import PERSON_ERASED, PERSON_NOT_FOUND, Event, TrackResult
 from omni_profile.http import Intake, consume_stream
 from omni_profile.identity_client import IdentityClient
 from omni_profile.ingestion import Ingestion
@@ -58,19 +64,14 @@ class ProfileServicer(profile_pb2_grpc.ProfileServiceServicer):
     async def TrackEvent(
         self, request: profile_pb2.TrackEventRequest, context: grpc.aio.ServicerContext
     ) -> profile_pb2.TrackEventResponse:
-        """Record one event; a bad one (identity's refusals included) is refused as a whole."""
+        """Record one event; one that is not recorded (nor a duplicate) is refused with the status of its
+        reason (refusal)."""
         now = datetime.now(UTC)
         validation.validate_track_event(request, now=now)
         event = wire.event_from_proto(request.event, received_at=now)
         (result,) = await self._ingest([event], [request.event], ["event"])
-        if result.violations:
-            raise InvalidArgument(
-                message="the event was refused",
-                violations=[
-                    FieldViolation(f"event.{v.field}" if v.field else "event", v.description)
-                    for v in result.violations
-                ],
-            )
+        if result.refused:
+            raise refusal(result, event)
         return wire.track_result_to_proto(result)
 
     async def BatchTrackEvents(
@@ -94,7 +95,7 @@ class ProfileServicer(profile_pb2_grpc.ProfileServiceServicer):
         for index in range(len(request.events)):
             result = TrackResult.rejected(rejected[index]) if index in rejected else next(answers)
             response.results.append(wire.track_result_to_proto(result))
-            if result.violations:
+            if result.refused:
                 response.rejected_count += 1
             elif result.duplicate:
                 response.duplicate_count += 1
@@ -142,6 +143,7 @@ class ProfileServicer(profile_pb2_grpc.ProfileServiceServicer):
                     position=r.position,
                     event_id=r.event_id,
                     message=r.message,
+                    reason=r.reason,
                     field_violations=[
                         profile_pb2.StreamEventError.FieldViolation(field=v.field, description=v.description)
                         for v in r.violations
@@ -261,7 +263,8 @@ class ProfileServicer(profile_pb2_grpc.ProfileServiceServicer):
         )
 
     async def _known_person(self, person_id: uuid.UUID) -> uuid.UUID:
-        """The live person behind an id: profile's own record first, else identity's; NotFound if neither."""
+        """The live person behind an id: profile's own record first, else identity's; NotFound if neither
+        (the rule events naming a person follow: tracking.Tracker.resolve_each)."""
         async with self._domain.reads() as session:
             current = await self._profiles.current_person(session, person_id)
         if current is not None:
@@ -270,7 +273,28 @@ class ProfileServicer(profile_pb2_grpc.ProfileServiceServicer):
         if current is None:
             raise NotFound(
                 message=f"person {person_id} is not known",
-                reason="PERSON_NOT_FOUND",
-                metadata={"person_id": str(person_id)},
+                reason=PERSON_NOT_FOUND,
+                metadata={"person_id": str(person_id), "field": "person_id"},
             )
         return current
+
+
+def refusal(result: TrackResult, event: Event) -> OmniError:
+    """The error TrackEvent answers for an event it did not record, by the result's reason (the reason a
+    batch gives per event); violation paths are the request's ("event.occurred_at")."""
+    fields = [f"event.{v.field}" if v.field else "event" for v in result.violations]
+    message = "; ".join(f"{f}: {v.description}" for f, v in zip(fields, result.violations, strict=True))
+    if result.reason == PERSON_ERASED:
+        return FailedPrecondition(
+            message=f"the event was refused: {message}", reason=PERSON_ERASED, metadata={"field": fields[0]}
+        )
+    if result.reason == PERSON_NOT_FOUND:
+        return NotFound(
+            message=f"the event was refused: {message}",
+            reason=PERSON_NOT_FOUND,
+            metadata={"field": fields[0], "person_id": str(event.person_id)},
+        )
+    return InvalidArgument(
+        message="the event was refused",
+        violations=[FieldViolation(f, v.description) for f, v in zip(fields, result.violations, strict=True)],
+    )

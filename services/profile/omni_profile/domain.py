@@ -156,10 +156,19 @@ RECORDED = "recorded"
 DUPLICATE = "duplicate"
 REJECTED = "rejected"
 
+# Why an event was not recorded: the ErrorInfo reason TrackEvent answers when it is the only event.
+BAD_EVENT = "INVALID_ARGUMENT"
+"""Fields of the event are wrong (its violations say which)."""
+PERSON_ERASED = "PERSON_ERASED"
+"""The event names an erased person, or carries only identifiers of one: erasure is for good."""
+PERSON_NOT_FOUND = "PERSON_NOT_FOUND"
+"""The event names a person_id neither profile nor identity knows."""
+
 
 @dataclass(frozen=True)
 class TrackResult:
-    """What happened to one tracked event: recorded, a duplicate, or rejected with its violations.
+    """What happened to one tracked event: recorded, a duplicate, or rejected (with its violations and
+    reason).
 
     person_id is the person the event was (or had been) recorded for; None when it was rejected.
     Violation paths are relative to the event ("occurred_at", "identifiers[0].value").
@@ -168,15 +177,25 @@ class TrackResult:
     person_id: uuid.UUID | None
     duplicate: bool
     violations: tuple[FieldViolation, ...] = ()
+    reason: str = ""
+    """Why the event was not recorded (BAD_EVENT, PERSON_ERASED, PERSON_NOT_FOUND); empty when it was
+    recorded now or before."""
 
     @property
     def status(self) -> str:
         """RECORDED, DUPLICATE or REJECTED."""
-        if self.violations:
+        if self.reason:
             return REJECTED
         return DUPLICATE if self.duplicate else RECORDED
 
+    @property
+    def refused(self) -> bool:
+        """Whether the event was refused: nothing of it was written and sending it again changes nothing."""
+        return bool(self.reason)
+
     @classmethod
-    def rejected(cls, violations: list[FieldViolation] | tuple[FieldViolation, ...]) -> TrackResult:
+    def rejected(
+        cls, violations: list[FieldViolation] | tuple[FieldViolation, ...], reason: str = BAD_EVENT
+    ) -> TrackResult:
         """The result of an event refused for these violations."""
-        return cls(person_id=None, duplicate=False, violations=tuple(violations))
+        return cls(person_id=None, duplicate=False, violations=tuple(violations), reason=reason)

@@ -1,4 +1,4 @@
-"""Profile's client of the identity service: resolving identifier sets to persons, checking a person exists.
+"""Profile's client of the identity service: resolving identifier sets to persons, checking persons exist.
 
 Identity's refusals come back as domain errors: its field violations are kept, with paths relative to the
 identity request ("requests[3].identifiers[0].value"), for the caller to re-anchor on its own request. Every
@@ -8,9 +8,11 @@ served (omni_kit.grpc_client does that for every channel it opens).
 
 from __future__ import annotations
 
+import asyncio
+import enum
 import re
 import uuid
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 
 import grpc
@@ -28,6 +30,11 @@ IDEMPOTENT_METHODS = ("ResolvePerson", "BatchResolvePersons", "GetPerson", "Look
 MAX_SETS_PER_CALL = 1000
 MAX_IDENTIFIERS_PER_CALL = 10_000
 
+# GetPerson calls in flight at once when checking many persons (rare: persons profile holds no record of).
+_CONCURRENT_LOOKUPS = 16
+FORGOTTEN_REASON = "PERSON_FORGOTTEN"
+"""Identity's ErrorInfo reason for the id of a person it erased."""
+
 _REQUEST_PATH = re.compile(r"^requests\[(\d+)\](?:\.(.*))?$")
 _UNAVAILABLE_CODES = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 
@@ -44,10 +51,30 @@ class IdentifierSet:
 
 @dataclass(frozen=True)
 class Resolution:
-    """Which person an identifier set belongs to, and which persons the resolve merged into it."""
+    """Which person an identifier set belongs to, and which persons the resolve merged into it.
 
-    person_id: uuid.UUID
+    person_id is None when every identifier of the set belonged to an erased person (identity keeps them as
+    tombstones and, by its default policy, resolves nothing for them): the set is `forgotten`.
+    """
+
+    person_id: uuid.UUID | None
     merged_person_ids: tuple[uuid.UUID, ...] = ()
+
+    @property
+    def forgotten(self) -> bool:
+        """Whether the identifiers were all an erased person's, so the set belongs to nobody."""
+        return self.person_id is None
+
+
+class Standing(enum.Enum):
+    """What identity says of a person id."""
+
+    KNOWN = "known"
+    """A person, or one merged into another."""
+    FORGOTTEN = "forgotten"
+    """A person identity erased."""
+    UNKNOWN = "unknown"
+    """An id identity never gave out."""
 
 
 @dataclass
@@ -83,7 +110,8 @@ class IdentityClient:
                 raise Unavailable(message="identity answered a different number of resolutions than asked")
             resolutions += [
                 Resolution(
-                    person_id=uuid.UUID(r.person_id),
+                    # A forgotten set has no person (identity's Resolution.forgotten).
+                    person_id=None if r.forgotten else uuid.UUID(r.person_id),
                     merged_person_ids=tuple(uuid.UUID(m) for m in r.merged_person_ids),
                 )
                 for r in response.resolutions
@@ -91,14 +119,33 @@ class IdentityClient:
         return resolutions
 
     async def current_person(self, person_id: uuid.UUID) -> uuid.UUID | None:
-        """The id of the person as identity knows it now (a merged id leads to the survivor); None if unknown."""
+        """The id of the person as identity knows it now (a merged id leads to the survivor); None if unknown
+        or erased."""
+        standing, current = await self._get_person(person_id)
+        return current if standing is Standing.KNOWN else None
+
+    async def standings(self, person_ids: Collection[uuid.UUID]) -> dict[uuid.UUID, Standing]:
+        """What identity says of each of these ids (a few GetPerson calls at a time). Raises Unavailable
+        when identity cannot answer."""
+        limit = asyncio.Semaphore(_CONCURRENT_LOOKUPS)
+
+        async def one(person_id: uuid.UUID) -> tuple[uuid.UUID, Standing]:
+            async with limit:
+                standing, _ = await self._get_person(person_id)
+            return person_id, standing
+
+        return dict(await asyncio.gather(*(one(p) for p in set(person_ids))))
+
+    async def _get_person(self, person_id: uuid.UUID) -> tuple[Standing, uuid.UUID | None]:
         try:
             response = await self._stub.GetPerson(identity_pb2.GetPersonRequest(person_id=str(person_id)))
         except grpc.aio.AioRpcError as error:
             if error.code() == grpc.StatusCode.NOT_FOUND:
-                return None
+                info = status_details(error).error_info
+                forgotten = info is not None and info.reason == FORGOTTEN_REASON
+                return (Standing.FORGOTTEN if forgotten else Standing.UNKNOWN), None
             raise _translate(error) from error
-        return uuid.UUID(response.person.id)
+        return Standing.KNOWN, uuid.UUID(response.person.id)
 
 
 def batch_resolve_request(sets: Sequence[IdentifierSet]) -> bytes:

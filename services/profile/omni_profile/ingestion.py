@@ -3,10 +3,11 @@ endpoint): `Ingestion.ingest(events)` takes checked domain events and answers on
 
 It runs in two steps so that no database transaction stays open across the call to identity: resolve the
 events through identity in one BatchResolvePersons call (identifiers identity refuses reject their events,
-and the others are resolved again without them); record everything in one transaction (tracking.Tracker),
-where a (source, id) recorded before is found by the insert and answered duplicate. Rejected events are
-answered with their field violations, paths relative to the event; the good events of a batch are
-recorded regardless.
+and the others are resolved again without them; identifiers of an erased person reject theirs), checking
+that the persons events name exist (profile's rows, else identity); record everything in one transaction
+(tracking.Tracker), where a (source, id) recorded before is found by the insert and answered duplicate, or
+id reused when its content differs. Refused events are answered with their reason and field violations,
+paths relative to the event; the good events of a batch are recorded regardless.
 
 This module owns its transactions (unlike domain modules) because three transports share it; it takes the
 transaction factory from main.
@@ -25,6 +26,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from omni_kit.errors import Aborted
+from omni_profile import repository
 from omni_profile.domain import Event, TrackResult
 from omni_profile.tracking import PersonsMoved, Tracker
 
@@ -63,16 +65,19 @@ class Ingestion:
         # were recorded for): reading them first would cost a round trip on every batch to save identity
         # the work of resolving a retry's identifiers again, which it does idempotently.
         recorded: dict[tuple[str, str], uuid.UUID] = {}
-        rejected = await self._tracker.resolve_each(events, recorded)
-        good = [i for i in range(len(events)) if i not in rejected]
+        named = {e.person_id for e in events if e.person_id is not None}
+        held: set[uuid.UUID] = set()
+        if named:
+            # Only the persons profile holds no row for are asked about (to identity): nearly none.
+            async with self._transaction() as session:
+                held = await repository.held_persons(session, named)
+        refused = await self._tracker.resolve_each(events, recorded, held)
+        good = [i for i in range(len(events)) if i not in refused]
         recorded_results: list[TrackResult] = []
         if good:
             recorded_results = await self._record([events[i] for i in good], good, recorded, alongside)
         answers = iter(recorded_results)
-        return [
-            TrackResult.rejected(rejected[index]) if index in rejected else next(answers)
-            for index in range(len(events))
-        ]
+        return [refused[index] if index in refused else next(answers) for index in range(len(events))]
 
     async def _record(
         self,

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import uuid
 from collections import defaultdict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -26,15 +26,25 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from omni_kit.bus import Outbox
 from omni_kit.errors import FieldViolation, InvalidArgument, Violations
 from omni_profile import cart, computed, events, repository, wire
-from omni_profile.domain import CART_EVENTS, Event, TrackResult
+from omni_profile.domain import CART_EVENTS, PERSON_ERASED, PERSON_NOT_FOUND, Event, TrackResult
 from omni_profile.envelopes import EnvelopeBatch
-from omni_profile.identity_client import IdentifierSet, IdentifiersRejected, IdentityClient, Resolution
+from omni_profile.identity_client import (
+    IdentifierSet,
+    IdentifiersRejected,
+    IdentityClient,
+    Resolution,
+    Standing,
+)
 from omni_profile.repository import ProfileState, ProfileUpdate
 
 # Merges within one batch form short chains; the bound only guards against a cycle in a bad answer.
 _MAX_REDIRECTS = 1000
 
 ERASED = FieldViolation("person_id", "the person was erased; events about them are not recorded")
+ERASED_IDENTIFIERS = FieldViolation(
+    "identifiers", "the identifiers belong to an erased person; events about them are not recorded"
+)
+UNKNOWN_PERSON = FieldViolation("person_id", "no such person: neither profile nor identity knows this id")
 
 
 class PersonsMoved(RuntimeError):
@@ -56,22 +66,38 @@ class Tracker:
         self._catalog = catalog
 
     async def resolve_each(
-        self, events: Sequence[Event], recorded: Mapping[tuple[str, str], uuid.UUID]
-    ) -> dict[int, list[FieldViolation]]:
-        """Set person_id on the events that need one; return the violations of the events identity refused.
+        self,
+        events: Sequence[Event],
+        recorded: Mapping[tuple[str, str], uuid.UUID],
+        held: Collection[uuid.UUID] = (),
+    ) -> dict[int, TrackResult]:
+        """Set person_id on the events that need one; return the events refused on the way, by index.
 
-        Events already recorded, repeated keys and events carrying a person id are not sent. A refusal that
-        names no request of the batch cannot be pinned on an event: it is raised as InvalidArgument.
+        Events already recorded and repeated keys are not sent. An event naming its person_id is not
+        resolved, but the person must exist: one profile holds a record of (`held`: ids with a profile row,
+        live, merged or erased) or, else, one identity knows (PERSON_NOT_FOUND, or PERSON_ERASED for a person
+        identity erased). Identifier sets identity refuses reject their events (their violations), and sets
+        holding only an erased person's identifiers are refused PERSON_ERASED. A refusal that names no
+        request of the batch cannot be pinned on an event: it is raised as InvalidArgument.
         """
-        seen: set[tuple[str, str]] = set()
+        first: dict[tuple[str, str], int] = {}
         pending: list[int] = []
+        named: dict[uuid.UUID, list[int]] = defaultdict(list)
         for index, event in enumerate(events):
-            if event.key in recorded or event.key in seen:
+            if event.key in recorded or event.key in first:
                 continue
-            seen.add(event.key)
+            first[event.key] = index
             if event.person_id is None:
                 pending.append(index)
-        rejected: dict[int, list[FieldViolation]] = {}
+            elif event.person_id not in held:
+                named[event.person_id].append(index)
+        refused: dict[int, TrackResult] = {}
+        if named:
+            for person_id, standing in (await self._identity.standings(named)).items():
+                if standing is Standing.UNKNOWN:
+                    refused.update(dict.fromkeys(named[person_id], _NOT_FOUND))
+                elif standing is Standing.FORGOTTEN:
+                    refused.update(dict.fromkeys(named[person_id], _ERASED))
         while pending:
             sets = [
                 IdentifierSet(
@@ -84,19 +110,18 @@ class Tracker:
             try:
                 resolutions = await self._identity.resolve(sets)
             except IdentifiersRejected as refusal:
-                refused = _refused(refusal, pending)
-                rejected.update(refused)
-                pending = [i for i in pending if i not in refused]
+                rejected = _refused(refusal, pending)
+                refused.update({i: TrackResult.rejected(v) for i, v in rejected.items()})
+                pending = [i for i in pending if i not in rejected]
                 continue
-            _assign(events, pending, resolutions)
+            refused.update(dict.fromkeys(_assign(events, pending, resolutions), _ERASED_IDENTIFIERS))
             break
         # Repeats of a refused event's key are refused with it.
         for index, event in enumerate(events):
-            if index not in rejected and event.person_id is None and event.key not in recorded:
-                original = next((i for i in rejected if events[i].key == event.key), None)
-                if original is not None:
-                    rejected[index] = rejected[original]
-        return rejected
+            original = first.get(event.key)
+            if original is not None and original != index and original in refused:
+                refused[index] = refused[original]
+        return refused
 
     async def record(
         self,
@@ -134,7 +159,7 @@ class Tracker:
             event.person_id = current
             event.origin_person_id = named if current != named else None
             if erased:
-                results[index] = TrackResult.rejected([ERASED])
+                results[index] = _ERASED
             else:
                 storable.append(event)
         for event in storable:
@@ -158,7 +183,7 @@ class Tracker:
                 original = results[first[event.key]]
                 assert original is not None
                 results[index] = (
-                    original if original.violations else TrackResult(original.person_id, duplicate=True)
+                    original if original.refused else TrackResult(original.person_id, duplicate=True)
                 )
         if new_events:
             tracked = events.tracked_envelopes(EnvelopeBatch(self._outbox), new_events)
@@ -282,6 +307,11 @@ def _update_computed(
     return after
 
 
+_ERASED = TrackResult.rejected([ERASED], PERSON_ERASED)
+_ERASED_IDENTIFIERS = TrackResult.rejected([ERASED_IDENTIFIERS], PERSON_ERASED)
+_NOT_FOUND = TrackResult.rejected([UNKNOWN_PERSON], PERSON_NOT_FOUND)
+
+
 def _refused(refusal: IdentifiersRejected, pending: Sequence[int]) -> dict[int, list[FieldViolation]]:
     """The events of `pending` that identity's refusal names, with their violations."""
     refused: dict[int, list[FieldViolation]] = {}
@@ -301,20 +331,29 @@ def _refused(refusal: IdentifiersRejected, pending: Sequence[int]) -> dict[int, 
     return refused
 
 
-def _assign(events: Sequence[Event], pending: Sequence[int], resolutions: Sequence[Resolution]) -> None:
+def _assign(events: Sequence[Event], pending: Sequence[int], resolutions: Sequence[Resolution]) -> list[int]:
+    """Set each pending event's person from its resolution; return the events whose identifiers all belonged
+    to an erased person (no person)."""
     # A later identifier set of the batch may merge the person an earlier one resolved to.
     redirects: dict[uuid.UUID, uuid.UUID] = {}
     for resolution in resolutions:
+        if resolution.person_id is None:
+            continue
         for merged in resolution.merged_person_ids:
             if merged != resolution.person_id:
                 redirects[merged] = resolution.person_id
+    forgotten: list[int] = []
     for index, resolution in zip(pending, resolutions, strict=True):
         person_id = resolution.person_id
+        if person_id is None:
+            forgotten.append(index)
+            continue
         for _ in range(_MAX_REDIRECTS):
             if person_id not in redirects:
                 break
             person_id = redirects[person_id]
         events[index].person_id = person_id
+    return forgotten
 
 
 def _named(event: Event) -> uuid.UUID:

@@ -16,6 +16,7 @@ from omni_profile.domain import (
     DEFAULT_SOURCE,
     DUPLICATE,
     RECORDED,
+    REJECTED,
     CartLine,
     Consent,
     Event,
@@ -46,6 +47,7 @@ _CHANNEL_VALUES = {name: value for value, name in _CHANNEL_NAMES.items()}
 _STATUS = {
     RECORDED: profile_pb2.TRACK_STATUS_RECORDED,
     DUPLICATE: profile_pb2.TRACK_STATUS_DUPLICATE,
+    REJECTED: profile_pb2.TRACK_STATUS_REJECTED,
 }
 
 
@@ -269,17 +271,15 @@ def event_to_proto(event: Event) -> profile_pb2.Event:
 
 def track_result_to_proto(result: TrackResult) -> profile_pb2.TrackEventResponse:
     """The answer for one tracked event."""
-    if result.violations:
-        return profile_pb2.TrackEventResponse(
-            status=profile_pb2.TRACK_STATUS_REJECTED,
-            field_violations=[
-                profile_pb2.EventFieldViolation(field=v.field, description=v.description)
-                for v in result.violations
-            ],
-        )
-    return profile_pb2.TrackEventResponse(
-        person_id=str(result.person_id), duplicate=result.duplicate, status=_STATUS[result.status]
+    response = profile_pb2.TrackEventResponse(
+        person_id="" if result.person_id is None else str(result.person_id),
+        duplicate=result.duplicate,
+        status=_STATUS[result.status],
+        reason=result.reason,
     )
+    for v in result.violations:
+        response.field_violations.add(field=v.field, description=v.description)
+    return response
 
 
 def consent_to_proto(consent: Consent) -> profile_pb2.Consent:

@@ -18,7 +18,7 @@ from typing import Any
 from omni.profile.v1 import profile_pb2
 from omni_kit.errors import FieldViolation, InvalidArgument
 from omni_profile import validation, wire
-from omni_profile.domain import Event, TrackResult
+from omni_profile.domain import BAD_EVENT, Event, TrackResult
 from omni_profile.ingestion import Ingestion
 from omni_profile.traits import Traits, TraitsRefused
 
@@ -46,6 +46,8 @@ class Rejection:
     event_id: str
     message: str
     violations: tuple[FieldViolation, ...] = ()
+    reason: str = BAD_EVENT
+    """Why, as TrackEvent's ErrorInfo reason for the event alone (domain.TrackResult.reason)."""
 
 
 @dataclass
@@ -98,9 +100,11 @@ class Intake:
                     outcome.reject(Rejection(item.position, item.event.id, refused.message))
                 return
             for item, result in zip(remaining, results, strict=True):
-                if result.violations:
+                if result.refused:
                     outcome.reject(
-                        Rejection(item.position, item.event.id, _summary(result), result.violations)
+                        Rejection(
+                            item.position, item.event.id, _summary(result), result.violations, result.reason
+                        )
                     )
                 elif result.duplicate:
                     outcome.duplicates += 1

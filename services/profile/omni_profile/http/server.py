@@ -319,6 +319,7 @@ def _error_json(
         "index": rejection.position,
         "messageId": message_ids.get(rejection.position, ""),
         "message": described or rejection.message,
+        "reason": rejection.reason,
         "fields": [{"field": v.field, "description": v.description} for v in violations],
     }
 

@@ -312,6 +312,17 @@ def _live_state(person_id: uuid.UUID, row: Any) -> ProfileState:
     )
 
 
+async def held_persons(session: AsyncSession, person_ids: Iterable[uuid.UUID]) -> set[uuid.UUID]:
+    """Which of these ids profile holds a row for (live, merged into another, or erased)."""
+    ids = list(set(person_ids))
+    if not ids:
+        return set()
+    rows = await session.execute(
+        sa.text("SELECT person_id FROM profiles WHERE person_id = ANY(CAST(:ids AS uuid[]))"), {"ids": ids}
+    )
+    return set(rows.scalars())
+
+
 async def profile_state(
     session: AsyncSession, person_id: uuid.UUID
 ) -> tuple[int, uuid.UUID | None, bool] | None:

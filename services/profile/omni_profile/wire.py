@@ -199,7 +199,12 @@ def cart_to_proto(lines: Iterable[CartLine]) -> common_pb2.Cart:
 
 
 def event_from_proto(message: profile_pb2.Event, *, received_at: datetime) -> Event:
-    """A domain event from a checked protobuf event; occurred_at defaults to the receive time."""
+    """A domain event from a checked protobuf event; occurred_at defaults to the receive time.
+
+    The event is re-encoded from the fields this build knows: whatever else the sender's encoding held
+    (unknown fields, at any depth) is discarded from `message`, so it is neither stored nor announced.
+    """
+    message.DiscardUnknownFields()
     origin = message.SerializeToString()
     if message.HasField("occurred_at"):
         occurred_at = message.occurred_at.ToDatetime(tzinfo=UTC)

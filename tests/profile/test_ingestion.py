@@ -22,9 +22,10 @@ def _sourced(message: profile_pb2.Event, source: str) -> profile_pb2.Event:
 
 async def test_the_same_id_from_two_sources_is_two_events(services: Services) -> None:
     shared_id = unique("msg-")
-    web = await track(services, _sourced(event(id_=shared_id), "web_sdk"))
+    sent = _sourced(event(id_=shared_id), "web_sdk")
+    web = await track(services, sent)
     pos = await track(services, _sourced(event(id_=shared_id, person_id=web.person_id), "pos_back_office"))
-    again = await track(services, _sourced(event(id_=shared_id), "web_sdk"))
+    again = await track(services, sent)
     assert (web.status, pos.status, again.status) == (
         profile_pb2.TRACK_STATUS_RECORDED,
         profile_pb2.TRACK_STATUS_RECORDED,

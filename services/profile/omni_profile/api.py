@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from omni.profile.v1 import profile_pb2, profile_pb2_grpc
 from omni_kit.errors import (
+    AlreadyExists,
     FailedPrecondition,
     FieldViolation,
     InvalidArgument,
@@ -27,7 +28,7 @@ from omni_profile import request_validation as checks
 from omni_profile import validation, wire
 from omni_profile.computed_traits import ComputedTraits
 from omni_profile.consents import Consents
-from omni_profile.domain import PERSON_ERASED, PERSON_NOT_FOUND, Event, TrackResult
+from omni_profile.domain import EVENT_ID_REUSED, PERSON_ERASED, PERSON_NOT_FOUND, Event, TrackResult
 from omni_profile.http import Intake, consume_stream
 from omni_profile.identity_client import IdentityClient
 from omni_profile.ingestion import Ingestion
@@ -293,6 +294,12 @@ def refusal(result: TrackResult, event: Event) -> OmniError:
             message=f"the event was refused: {message}",
             reason=PERSON_NOT_FOUND,
             metadata={"field": fields[0], "person_id": str(event.person_id)},
+        )
+    if result.reason == EVENT_ID_REUSED:
+        return AlreadyExists(
+            message=f"the event was refused: {message}",
+            reason=EVENT_ID_REUSED,
+            metadata={"source": event.source, "id": event.id, "person_id": str(result.person_id)},
         )
     return InvalidArgument(
         message="the event was refused",

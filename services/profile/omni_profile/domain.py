@@ -78,6 +78,10 @@ class Event:
     origin_person_id: uuid.UUID | None = field(default=None, compare=False)
     """The person the event named, when that person had been merged and the event went to the survivor:
     an unmerge of that person gives the event back."""
+    fingerprint: bytes | None = field(default=None, repr=False, compare=False)
+    """A hash of the event's content as the sender described it (wire.event_from_proto), stored with it: a
+    later event with the same key and another fingerprint reuses the id. None when it did not come as
+    protobuf."""
 
     @property
     def key(self) -> tuple[str, str]:
@@ -155,6 +159,7 @@ class Profile:
 RECORDED = "recorded"
 DUPLICATE = "duplicate"
 REJECTED = "rejected"
+ID_REUSED = "id_reused"
 
 # Why an event was not recorded: the ErrorInfo reason TrackEvent answers when it is the only event.
 BAD_EVENT = "INVALID_ARGUMENT"
@@ -163,12 +168,14 @@ PERSON_ERASED = "PERSON_ERASED"
 """The event names an erased person, or carries only identifiers of one: erasure is for good."""
 PERSON_NOT_FOUND = "PERSON_NOT_FOUND"
 """The event names a person_id neither profile nor identity knows."""
+EVENT_ID_REUSED = "EVENT_ID_REUSED"
+"""An event with the same source and id was recorded before with other content."""
 
 
 @dataclass(frozen=True)
 class TrackResult:
-    """What happened to one tracked event: recorded, a duplicate, or rejected (with its violations and
-    reason).
+    """What happened to one tracked event: recorded, a duplicate, rejected (with its violations and reason),
+    or refused as a reuse of a recorded event's id with other content.
 
     person_id is the person the event was (or had been) recorded for; None when it was rejected.
     Violation paths are relative to the event ("occurred_at", "identifiers[0].value").
@@ -178,19 +185,22 @@ class TrackResult:
     duplicate: bool
     violations: tuple[FieldViolation, ...] = ()
     reason: str = ""
-    """Why the event was not recorded (BAD_EVENT, PERSON_ERASED, PERSON_NOT_FOUND); empty when it was
-    recorded now or before."""
+    """Why the event was not recorded (BAD_EVENT, PERSON_ERASED, PERSON_NOT_FOUND, EVENT_ID_REUSED); empty
+    when it was recorded now or before."""
 
     @property
     def status(self) -> str:
-        """RECORDED, DUPLICATE or REJECTED."""
+        """RECORDED, DUPLICATE, REJECTED or ID_REUSED."""
+        if self.reason == EVENT_ID_REUSED:
+            return ID_REUSED
         if self.reason:
             return REJECTED
         return DUPLICATE if self.duplicate else RECORDED
 
     @property
     def refused(self) -> bool:
-        """Whether the event was refused: nothing of it was written and sending it again changes nothing."""
+        """Whether the event was refused (rejected, or an id reused with other content): nothing of it was
+        written and sending it again changes nothing."""
         return bool(self.reason)
 
     @classmethod
@@ -199,3 +209,14 @@ class TrackResult:
     ) -> TrackResult:
         """The result of an event refused for these violations."""
         return cls(person_id=None, duplicate=False, violations=tuple(violations), reason=reason)
+
+    @classmethod
+    def id_reused(cls, person_id: uuid.UUID) -> TrackResult:
+        """The result of an event whose source and id were recorded (for person_id) with other content."""
+        return cls(person_id, duplicate=True, violations=(ID_REUSED_VIOLATION,), reason=EVENT_ID_REUSED)
+
+
+ID_REUSED_VIOLATION = FieldViolation(
+    "id",
+    "an event with this source and id was recorded before with other content; send new content under a new id",
+)

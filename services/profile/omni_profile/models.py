@@ -74,6 +74,10 @@ class EventRow(Base):
     """The person the event was on before a merge moved it (the first such move: a chain of merges keeps
     it); NULL when no merge moved it, or an unmerge gave it back there. An unmerge gives back the events
     whose origin is the restored person."""
+    fingerprint: Mapped[bytes | None] = mapped_column(sa.LargeBinary, nullable=True)
+    """SHA-256 of the event's content as its sender described it (wire.event_from_proto): the same key sent
+    again with another fingerprint reuses the id for other content. NULL for events recorded before it was
+    kept and for those that did not come as protobuf (gateway outcomes): they compare equal to anything."""
 
     __table_args__ = (
         # The timeline is read newest first per person, and paged by (occurred_at, id, source).

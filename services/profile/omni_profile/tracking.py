@@ -26,7 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from omni_kit.bus import Outbox
 from omni_kit.errors import FieldViolation, InvalidArgument, Violations
 from omni_profile import cart, computed, events, repository, wire
-from omni_profile.domain import CART_EVENTS, PERSON_ERASED, PERSON_NOT_FOUND, Event, TrackResult
+from omni_profile.domain import CART_EVENTS, PERSON_ERASED, PERSON_NOT_FOUND, REJECTED, Event, TrackResult
 from omni_profile.envelopes import EnvelopeBatch
 from omni_profile.identity_client import (
     IdentifierSet,
@@ -165,7 +165,7 @@ class Tracker:
         for event in storable:
             wire.stored_event_bytes(event)
         inserted = await repository.insert_events(session, storable)
-        # Another request may have recorded the same key since `recorded` was read.
+        # Keys recorded before (or by a concurrent request): a duplicate, or an id reused for other content.
         raced = [e.key for e in storable if e.key not in inserted]
         stored = await repository.recorded_events(session, raced) if raced else {}
         new_events: list[Event] = []
@@ -177,14 +177,19 @@ class Tracker:
                 new_events.append(event)
                 results[index] = TrackResult(_person(event), duplicate=False)
             else:
-                results[index] = TrackResult(stored.get(event.key, _person(event)), duplicate=True)
+                person_id, fingerprint = stored.get(event.key, (_person(event), None))
+                results[index] = _again(person_id, fingerprint, event)
+        # Repeats within the batch: compared with what was recorded before, else with their first occurrence.
         for index, event in enumerate(batch):
             if results[index] is None:
                 original = results[first[event.key]]
                 assert original is not None
-                results[index] = (
-                    original if original.refused else TrackResult(original.person_id, duplicate=True)
-                )
+                if original.status == REJECTED:
+                    results[index] = original
+                elif event.key in stored:
+                    results[index] = _again(*stored[event.key], event)
+                else:
+                    results[index] = _again(original.person_id, batch[first[event.key]].fingerprint, event)
         if new_events:
             tracked = events.tracked_envelopes(EnvelopeBatch(self._outbox), new_events)
             await self._outbox.add_envelopes(session, tracked)
@@ -310,6 +315,16 @@ def _update_computed(
 _ERASED = TrackResult.rejected([ERASED], PERSON_ERASED)
 _ERASED_IDENTIFIERS = TrackResult.rejected([ERASED_IDENTIFIERS], PERSON_ERASED)
 _NOT_FOUND = TrackResult.rejected([UNKNOWN_PERSON], PERSON_NOT_FOUND)
+
+
+def _again(person_id: uuid.UUID | None, fingerprint: bytes | None, event: Event) -> TrackResult:
+    """The result of an event whose key was recorded before (for person_id, with that fingerprint): a
+    duplicate, unless both fingerprints are known and differ. Events stored without one (before they were
+    kept, or not sent as protobuf) compare equal to anything."""
+    assert person_id is not None
+    if fingerprint is not None and event.fingerprint is not None and fingerprint != event.fingerprint:
+        return TrackResult.id_reused(person_id)
+    return TrackResult(person_id, duplicate=True)
 
 
 def _refused(refusal: IdentifiersRejected, pending: Sequence[int]) -> dict[int, list[FieldViolation]]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from collections.abc import Iterable, Iterator, Mapping
 from datetime import UTC, datetime
@@ -15,6 +16,7 @@ from omni_profile import envelopes
 from omni_profile.domain import (
     DEFAULT_SOURCE,
     DUPLICATE,
+    ID_REUSED,
     RECORDED,
     REJECTED,
     CartLine,
@@ -29,7 +31,6 @@ from omni_profile.domain import (
 _OCCURRED_AT = profile_pb2.Event.OCCURRED_AT_FIELD_NUMBER
 _PERSON_ID = profile_pb2.Event.PERSON_ID_FIELD_NUMBER
 _RECEIVE_TIME = profile_pb2.Event.RECEIVE_TIME_FIELD_NUMBER
-_SOURCE = profile_pb2.Event.SOURCE_FIELD_NUMBER
 _CHANNEL_PREFIX = "CHANNEL_"
 _CONSENT_PREFIX = "CONSENT_STATE_"
 _PURPOSE_PREFIX = "CONSENT_PURPOSE_"
@@ -48,6 +49,7 @@ _STATUS = {
     RECORDED: profile_pb2.TRACK_STATUS_RECORDED,
     DUPLICATE: profile_pb2.TRACK_STATUS_DUPLICATE,
     REJECTED: profile_pb2.TRACK_STATUS_REJECTED,
+    ID_REUSED: profile_pb2.TRACK_STATUS_ID_REUSED,
 }
 
 
@@ -198,21 +200,35 @@ def cart_to_proto(lines: Iterable[CartLine]) -> common_pb2.Cart:
     return common_pb2.Cart(items=[cart_line_to_proto(line) for line in lines])
 
 
-def event_from_proto(message: profile_pb2.Event, *, received_at: datetime) -> Event:
+def event_from_proto(
+    message: profile_pb2.Event, *, received_at: datetime, derived_time: bool = False
+) -> Event:
     """A domain event from a checked protobuf event; occurred_at defaults to the receive time.
 
     The event is re-encoded from the fields this build knows: whatever else the sender's encoding held
-    (unknown fields, at any depth) is discarded from `message`, so it is neither stored nor announced.
+    (unknown fields, at any depth) is discarded from `message`, so it is neither stored nor announced. Its
+    fingerprint is a hash of that encoding (deterministic: map entries in key order) without receive_time,
+    which the service sets, and without occurred_at when the sender left it out or when `derived_time` says
+    the service derived it (the Segment endpoint corrects it for the sender's clock, differently on each
+    retry): the content a resend of the same id must repeat.
     """
     message.DiscardUnknownFields()
-    origin = message.SerializeToString()
-    if message.HasField("occurred_at"):
-        occurred_at = message.occurred_at.ToDatetime(tzinfo=UTC)
-    else:
-        occurred_at = received_at
-        origin += envelopes.timestamp_field(_OCCURRED_AT, received_at)
+    if message.HasField("receive_time"):
+        message.ClearField("receive_time")
     if not message.source:
-        origin += envelopes.length_delimited(_SOURCE, DEFAULT_SOURCE.encode())
+        message.source = DEFAULT_SOURCE
+    given = message.HasField("occurred_at")
+    occurred_at = message.occurred_at.ToDatetime(tzinfo=UTC) if given else received_at
+    if given and derived_time:
+        derived = timestamp_pb2.Timestamp()
+        derived.CopyFrom(message.occurred_at)
+        message.ClearField("occurred_at")
+        content = message.SerializeToString(deterministic=True)
+        message.occurred_at.CopyFrom(derived)
+        origin = content + envelopes.length_delimited(_OCCURRED_AT, derived.SerializeToString())
+    else:
+        content = message.SerializeToString(deterministic=True)
+        origin = content if given else content + envelopes.timestamp_field(_OCCURRED_AT, occurred_at)
     return Event(
         id=message.id,
         type=message.type,
@@ -223,8 +239,9 @@ def event_from_proto(message: profile_pb2.Event, *, received_at: datetime) -> Ev
         properties=StructProperties(message.properties) if message.HasField("properties") else {},
         cart_item=cart_line_from_proto(message.cart_item) if message.HasField("cart_item") else None,
         person_id=uuid.UUID(message.person_id) if message.person_id else None,
-        source=message.source or DEFAULT_SOURCE,
+        source=message.source,
         origin=origin,
+        fingerprint=hashlib.sha256(content).digest(),
     )
 
 

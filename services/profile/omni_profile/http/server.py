@@ -202,7 +202,7 @@ class HttpEndpoint:
             pending.append(
                 Pending(
                     index,
-                    wire.event_from_proto(translated.event, received_at=received_at),
+                    wire.event_from_proto(translated.event, received_at=received_at, derived_time=True),
                     traits=translated.traits,
                 )
             )

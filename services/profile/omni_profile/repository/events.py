@@ -87,7 +87,7 @@ def event_from_json(person_id: uuid.UUID, item: list[Any], encoded: bytes | None
 
 
 _RECORDED = sa.text(
-    "SELECT e.source, e.id, e.person_id FROM events AS e "
+    "SELECT e.source, e.id, e.person_id, e.fingerprint FROM events AS e "
     "JOIN unnest(CAST(:sources AS text[]), CAST(:ids AS text[])) AS k(source, id) "
     "ON e.source = k.source AND e.id = k.id"
 )
@@ -95,21 +95,23 @@ _RECORDED = sa.text(
 
 async def recorded_events(
     session: AsyncSession, keys: Collection[tuple[str, str]]
-) -> dict[tuple[str, str], uuid.UUID]:
-    """The person each of these (source, id) keys was recorded for, for the keys already recorded."""
+) -> dict[tuple[str, str], tuple[uuid.UUID, bytes | None]]:
+    """For the keys already recorded among these (source, id): the person each was recorded for and its
+    fingerprint (None when it was stored without one)."""
     if not keys:
         return {}
     keys = list(keys)
     rows = await session.execute(_RECORDED, {"sources": [k[0] for k in keys], "ids": [k[1] for k in keys]})
-    return {(row.source, row.id): row.person_id for row in rows}
+    return {(row.source, row.id): (row.person_id, row.fingerprint) for row in rows}
 
 
 _INSERT = sa.text(
-    f"INSERT INTO events ({EVENT_COLUMNS}, wire, origin_person_id) "
+    f"INSERT INTO events ({EVENT_COLUMNS}, wire, origin_person_id, fingerprint) "
     "SELECT * FROM unnest(CAST(:sources AS text[]), CAST(:ids AS text[]), CAST(:persons AS uuid[]), "
     "CAST(:types AS text[]), CAST(:channels AS text[]), CAST(:occurred AS timestamptz[]), "
     "CAST(:received AS timestamptz[]), CAST(:identifiers AS jsonb[]), CAST(:properties AS jsonb[]), "
-    "CAST(:cart_items AS jsonb[]), CAST(:wires AS bytea[]), CAST(:origins AS uuid[])) "
+    "CAST(:cart_items AS jsonb[]), CAST(:wires AS bytea[]), CAST(:origins AS uuid[]), "
+    "CAST(:fingerprints AS bytea[])) "
     "ON CONFLICT (source, id) DO NOTHING RETURNING source, id"
 )
 
@@ -140,6 +142,7 @@ async def insert_events(session: AsyncSession, new_events: Sequence[Event]) -> s
             ],
             "wires": [e.encoded for e in new_events],
             "origins": [e.origin_person_id for e in new_events],
+            "fingerprints": [e.fingerprint for e in new_events],
         },
     )
     return {(row.source, row.id) for row in result}

@@ -1,4 +1,5 @@
-"""Consent per channel and purpose, with double opt-in for email, a history and an announcement.
+"""Consent per channel and purpose, with double opt-in for email, a history and announcements (the answer,
+and the contact verdicts it leads to: contact_verdicts.py).
 
 Double opt-in: a grant with double_opt_in "pending_confirmation" is recorded as granted but does not allow
 contact until a later grant with "confirmed" confirms it; confirming when nothing is pending is refused
@@ -16,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from omni_kit.bus import Outbox
 from omni_kit.errors import FailedPrecondition
 from omni_kit.ids import new_id
-from omni_profile import events, persons, repository
+from omni_profile import contact_verdicts, events, persons, repository
 from omni_profile.domain import DEFAULT_PURPOSE, DEFAULT_SOURCE, Consent
 
 PENDING = "pending_confirmation"
@@ -73,4 +74,5 @@ class Consents:
         await repository.write_consent(session, current, consent)
         await repository.record_consent_change(session, new_id(), current, consent)
         await events.stage_consent_changed(session, self._outbox, current, consent)
+        await contact_verdicts.announce(session, self._outbox, [current], now)
         return consent

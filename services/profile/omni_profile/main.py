@@ -18,6 +18,7 @@ from omni_profile import consumers, events
 from omni_profile.api import Domain, ProfileServicer
 from omni_profile.computed_traits import ComputedTraits
 from omni_profile.consents import Consents
+from omni_profile.contact_verdicts import Republisher
 from omni_profile.erasure import Eraser
 from omni_profile.http import HttpEndpoint, IdentifierLookup, Intake, SourceSetting, WriteKey
 from omni_profile.identity_client import IDEMPOTENT_METHODS, SERVICE, IdentityClient
@@ -157,6 +158,10 @@ async def _wire(runtime: ProfileRuntime, settings: Settings) -> None:
     )
     runtime.add_task(
         lambda: asyncio.create_task(computed_traits.run(runtime.transaction), name="computed-traits")
+    )
+    republisher = Republisher(runtime.outbox)
+    runtime.add_task(
+        lambda: asyncio.create_task(republisher.run(runtime.transaction), name="contact-verdict-republish")
     )
     domain = Domain(
         ingestion=Ingestion(runtime.transaction, tracker),

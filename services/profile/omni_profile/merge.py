@@ -35,7 +35,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from omni_kit.bus import Outbox
 from omni_kit.ids import new_id
-from omni_profile import cart, computed, events, persons, repository
+from omni_profile import cart, computed, contact_verdicts, events, persons, repository
 from omni_profile.domain import CART_EVENTS, Consent, TraitChange
 from omni_profile.precedence import SourcePolicy
 from omni_profile.repository import ProfileState
@@ -113,6 +113,7 @@ class Merger:
             changed.append("computed_traits")
         if await self._merge_consents(session, survivor, merged):
             changed.append("consents")
+            await contact_verdicts.announce(session, self._outbox, [survivor], now)
         await repository.delete_memberships(session, merged)
         await events.stage_profile_changed(
             session,
@@ -296,6 +297,9 @@ class Merger:
             session, survivor_id, restored_id, [restored_id, *restored_merged_ids], identifiers
         )
         now = datetime.now(UTC)
+        # Consent stays with the survivor: the restored person is back without answers, and whatever verdicts
+        # were known for it before its merge no longer hold.
+        await contact_verdicts.announce(session, self._outbox, [restored_id], now)
         catalog = self._catalog()
         timelines = await repository.events_of(session, [survivor_id, restored_id])
         for person_id in (survivor_id, restored_id):

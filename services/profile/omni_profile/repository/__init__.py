@@ -18,6 +18,11 @@ from omni_profile.repository.consents import (
     record_consent_change,
     write_consent,
 )
+from omni_profile.repository.contact_verdicts import (
+    claim_due_verdicts,
+    delete_due_verdicts,
+    next_verdict_versions,
+)
 from omni_profile.repository.events import (
     cart_events,
     delete_events,
@@ -77,8 +82,10 @@ __all__ = [
     "advance_backfill",
     "cart_events",
     "claim_backfill",
+    "claim_due_verdicts",
     "consent_changes",
     "delete_consents",
+    "delete_due_verdicts",
     "delete_events",
     "delete_memberships",
     "delete_trait_changes",
@@ -107,6 +114,7 @@ __all__ = [
     "move_events_to",
     "move_trait_changes",
     "move_trait_changes_to",
+    "next_verdict_versions",
     "point_merged",
     "profile_state",
     "read_profile",

@@ -340,10 +340,31 @@ async def may_contact(
     }
 
 
+_TOMBSTONE_VERSION = 2**63 - 1
+
+
 async def forget(session: AsyncSession, person_ids: Collection[uuid.UUID]) -> None:
-    """Delete the verdicts of erased persons."""
-    if person_ids:
-        await session.execute(sa.delete(_table).where(_table.c.person_id.in_(list(person_ids))))
+    """Forget the verdicts of erased persons, leaving a tombstone (no verdicts, a version no announcement
+    reaches) so that an announcement made before the erasure and applied after it keeps nothing."""
+    if not person_ids:
+        return
+    now = datetime.now(UTC)
+    statement = insert(_table).values(
+        [
+            {"person_id": pid, "version": _TOMBSTONE_VERSION, "verdicts": [], "decide_time": now}
+            for pid in sorted(set(person_ids))
+        ]
+    )
+    await session.execute(
+        statement.on_conflict_do_update(
+            index_elements=[_table.c.person_id],
+            set_={
+                "version": statement.excluded.version,
+                "verdicts": statement.excluded.verdicts,
+                "decide_time": statement.excluded.decide_time,
+            },
+        )
+    )
 
 
 class ContactVerdictHandler:

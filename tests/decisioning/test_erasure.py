@@ -17,7 +17,8 @@ PERSON_FORGOTTEN = "identity.person_forgotten"
 # Every table that holds something about a person, with the query counting a person's rows in it.
 PERSON_ROWS = {
     "memberships": "SELECT count(*) FROM memberships WHERE person_id = :p",
-    "consents": "SELECT count(*) FROM consents WHERE person_id = :p",
+    # An erased person's verdicts leave a tombstone without any.
+    "contact_verdicts": "SELECT count(*) FROM contact_verdicts WHERE person_id = :p AND verdicts <> '[]'",
     "person_aliases": (
         "SELECT count(*) FROM person_aliases WHERE merged_person_id = :p OR survivor_person_id = :p"
     ),
@@ -61,7 +62,7 @@ async def test_forgetting_deletes_every_row_of_every_id_and_nothing_of_others(
     person, merged, other, other_merged = (uuid.uuid4() for _ in range(4))
     segment = await decisioning.segment()
     await create_journey(decisioning, segment, [c.CHANNEL_EMAIL])
-    for who in (merged, other):
+    for who in (person, other):
         await grant(decisioning, who, c.CHANNEL_EMAIL)
     await merge(decisioning, person, merged)
     await merge(decisioning, other, other_merged)
@@ -70,7 +71,13 @@ async def test_forgetting_deletes_every_row_of_every_id_and_nothing_of_others(
         assert await run_outcome(decisioning, entry) == "send_requested"
     for who in (merged, other):
         await decisioning.stub.Decide(d.DecideRequest(person_id=str(who), touchpoint="home"))
-    expected = {"memberships": 1, "consents": 1, "person_aliases": 1, "journey_runs": 1, "decisions": 1}
+    expected = {
+        "memberships": 1,
+        "contact_verdicts": 1,
+        "person_aliases": 1,
+        "journey_runs": 1,
+        "decisions": 1,
+    }
     assert await held_about(decisioning, person) == expected
     before_other = await held_about(decisioning, other)
     assert before_other == expected
@@ -108,7 +115,10 @@ async def test_forgetting_again_or_an_unknown_person_changes_nothing_else(decisi
     await processed(decisioning, await forget(decisioning, uuid.uuid4(), uuid.uuid4()))
 
     assert await held_about(decisioning, person) == dict.fromkeys(PERSON_ROWS, 0)
-    assert await decisioning.scalar("SELECT count(*) FROM consents WHERE person_id = :p", p=bystander) == 1
+    assert (
+        await decisioning.scalar("SELECT count(*) FROM contact_verdicts WHERE person_id = :p", p=bystander)
+        == 1
+    )
     # The consumer goes on after them.
     later = await grant(decisioning, person, c.CHANNEL_SMS)
     await processed(decisioning, later)

@@ -1,12 +1,11 @@
-"""Journeys over gRPC and JetStream: consent and segment events in, send requests out."""
+"""Journeys over gRPC and JetStream: profile's contact verdicts and segment events in, send requests out."""
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import uuid
 from datetime import UTC, datetime, timedelta
-
-from google.protobuf.timestamp_pb2 import Timestamp
 
 from omni.common.v1 import common_pb2 as c
 from omni.decisioning.v1 import decisioning_pb2 as d
@@ -16,17 +15,12 @@ from omni.identity.v1 import events_pb2 as identity_events
 from omni.profile.v1 import events_pb2 as profile_events
 from omni.profile.v1 import profile_pb2 as p
 from omni.segmentation.v1 import events_pb2 as segmentation_events
+from omni_kit import contact
 from omni_kit.bus import unpack
 
 from .support import Decisioning
 
 SEND_REQUESTED = "decisioning.send_requested"
-
-
-def _ts(when: datetime) -> Timestamp:
-    timestamp = Timestamp()
-    timestamp.FromDatetime(when)
-    return timestamp
 
 
 async def create_journey(
@@ -46,19 +40,41 @@ async def create_journey(
     return response.journey
 
 
+_versions = itertools.count(1)
+_answers: dict[uuid.UUID, list[contact.Answer]] = {}
+_STATES = {
+    p.CONSENT_STATE_GRANTED: contact.ConsentState.GRANTED,
+    p.CONSENT_STATE_DENIED: contact.ConsentState.DENIED,
+    p.CONSENT_STATE_REVOKED: contact.ConsentState.REVOKED,
+}
+
+
+async def announce(
+    decisioning: Decisioning, person: uuid.UUID, verdicts: list[contact.Verdict], *, version: int
+) -> envelope_pb2.Envelope:
+    """Publish profile.contact_verdict_changed for the person, as profile would."""
+    return await decisioning.feed(
+        contact.verdict_changed_event(person, verdicts, version=version, decided_at=datetime.now(UTC)),
+        event_type=contact.CONTACT_VERDICT_CHANGED,
+        person_id=str(person),
+    )
+
+
 async def grant(
     decisioning: Decisioning,
     person: uuid.UUID,
     channel: c.Channel.ValueType,
     state: p.ConsentState.ValueType = p.CONSENT_STATE_GRANTED,
     *,
-    at: datetime | None = None,
+    purpose: contact.Purpose = contact.Purpose.MARKETING,
+    pending: bool = False,
 ) -> envelope_pb2.Envelope:
-    consent = p.Consent(channel=channel, state=state, source="test", update_time=_ts(at or datetime.now(UTC)))
-    return await decisioning.feed(
-        profile_events.ConsentChangedEvent(person_id=str(person), consent=consent),
-        event_type="profile.consent_changed",
-        person_id=str(person),
+    """The person answers (marketing, unless said otherwise) for a channel; profile announces all its verdicts
+    under a new version."""
+    answer = contact.Answer(channel, purpose, _STATES[state], awaiting_confirmation=pending)
+    _answers.setdefault(person, []).append(answer)
+    return await announce(
+        decisioning, person, contact.judge_answers(_answers[person]), version=next(_versions)
     )
 
 
@@ -107,7 +123,7 @@ async def test_entering_the_segment_requests_a_send_on_the_first_consented_chann
     journey = await create_journey(decisioning, segment, [c.CHANNEL_PUSH, c.CHANNEL_EMAIL, c.CHANNEL_SMS])
     await grant(decisioning, person, c.CHANNEL_PUSH, p.CONSENT_STATE_DENIED)
     await grant(decisioning, person, c.CHANNEL_EMAIL)
-    await grant(decisioning, person, c.CHANNEL_SMS)
+    latest = await grant(decisioning, person, c.CHANNEL_SMS)
     entry = await enter(decisioning, person, segment)
 
     envelope = await decisioning.published.wait_for(
@@ -119,6 +135,8 @@ async def test_entering_the_segment_requests_a_send_on_the_first_consented_chann
     assert send.person_id == str(person)
     assert send.template_id == journey.template_id
     assert send.journey_id == journey.id
+    # The gateway holds the send until it knows the verdicts the channel was chosen by.
+    assert send.contact_verdict_version == unpack(latest, profile_events.ContactVerdictChangedEvent).version
     assert envelope.producer == "decisioning"
     assert await run_outcome(decisioning, entry) == "send_requested"
 
@@ -136,43 +154,17 @@ async def test_no_send_without_consent(decisioning: Decisioning) -> None:
     assert sends_to(decisioning, person) == []
 
 
-async def test_only_a_confirmed_marketing_consent_lets_a_journey_send(decisioning: Decisioning) -> None:
+async def test_only_a_verdict_allowing_marketing_lets_a_journey_send(decisioning: Decisioning) -> None:
     person, segment = uuid.uuid4(), await decisioning.segment()
     await create_journey(decisioning, segment, [c.CHANNEL_EMAIL, c.CHANNEL_SMS])
-    now = datetime.now(UTC)
     # Email: a marketing grant still waiting for its double opt-in confirmation.
-    pending = p.Consent(
-        channel=c.CHANNEL_EMAIL,
-        state=p.CONSENT_STATE_GRANTED,
-        purpose=p.CONSENT_PURPOSE_MARKETING,
-        double_opt_in=p.DOUBLE_OPT_IN_STATE_PENDING_CONFIRMATION,
-        update_time=_ts(now),
-    )
-    # SMS: granted for order updates only.
-    transactional = p.Consent(
-        channel=c.CHANNEL_SMS,
-        state=p.CONSENT_STATE_GRANTED,
-        purpose=p.CONSENT_PURPOSE_TRANSACTIONAL,
-        update_time=_ts(now),
-    )
-    for consent in (pending, transactional):
-        await decisioning.feed(
-            profile_events.ConsentChangedEvent(person_id=str(person), consent=consent),
-            event_type="profile.consent_changed",
-            person_id=str(person),
-        )
+    await grant(decisioning, person, c.CHANNEL_EMAIL, pending=True)
+    # SMS: granted for order updates only (transactional is allowed there, marketing is not).
+    await grant(decisioning, person, c.CHANNEL_SMS, purpose=contact.Purpose.TRANSACTIONAL)
     first = await enter(decisioning, person, segment)
     assert await run_outcome(decisioning, first) == "no_consented_channel"
 
-    confirmed = p.Consent()
-    confirmed.CopyFrom(pending)
-    confirmed.double_opt_in = p.DOUBLE_OPT_IN_STATE_CONFIRMED
-    confirmed.update_time.CopyFrom(_ts(now + timedelta(seconds=1)))
-    await decisioning.feed(
-        profile_events.ConsentChangedEvent(person_id=str(person), consent=confirmed),
-        event_type="profile.consent_changed",
-        person_id=str(person),
-    )
+    await grant(decisioning, person, c.CHANNEL_EMAIL)  # confirmed
     second = await enter(decisioning, person, segment)
     assert await run_outcome(decisioning, second) == "send_requested"
     envelope = await decisioning.published.wait_for(
@@ -215,22 +207,23 @@ async def test_reentry_within_the_window_is_suppressed_and_after_it_runs_again(
     )
 
 
-async def test_a_late_older_consent_does_not_undo_a_newer_one(decisioning: Decisioning) -> None:
+GRANTED_EMAIL = contact.Verdict(
+    c.CHANNEL_EMAIL, contact.Purpose.MARKETING, True, contact.Reason.CONSENT_GRANTED
+)
+REVOKED_EMAIL = contact.Verdict(c.CHANNEL_EMAIL, contact.Purpose.MARKETING, False, contact.Reason.REVOKED)
+
+
+async def test_a_late_older_verdict_does_not_undo_a_newer_one(decisioning: Decisioning) -> None:
     person, segment = uuid.uuid4(), await decisioning.segment()
     await create_journey(decisioning, segment, [c.CHANNEL_EMAIL])
-    now = datetime.now(UTC)
-    await grant(decisioning, person, c.CHANNEL_EMAIL, p.CONSENT_STATE_REVOKED, at=now)
-    late = await grant(
-        decisioning, person, c.CHANNEL_EMAIL, p.CONSENT_STATE_GRANTED, at=now - timedelta(hours=1)
-    )
+    await announce(decisioning, person, [REVOKED_EMAIL], version=next(_versions) + 1)
+    late = await announce(decisioning, person, [GRANTED_EMAIL], version=next(_versions) - 1)
     await decisioning.eventually("SELECT 1 FROM inbox WHERE event_id = :event", event=uuid.UUID(late.id))
     assert (
         await decisioning.scalar(
-            "SELECT state FROM consents WHERE person_id = :person AND channel = :channel",
-            person=person,
-            channel=c.CHANNEL_EMAIL,
+            "SELECT verdicts -> 0 ->> 'reason' FROM contact_verdicts WHERE person_id = :person", person=person
         )
-        == p.CONSENT_STATE_REVOKED
+        == "revoked"
     )
 
     entry = await enter(decisioning, person, segment)
@@ -238,12 +231,11 @@ async def test_a_late_older_consent_does_not_undo_a_newer_one(decisioning: Decis
     assert await staged_sends(decisioning, person) == 0
 
 
-async def test_a_newer_consent_replaces_the_older_one(decisioning: Decisioning) -> None:
+async def test_a_newer_verdict_replaces_the_older_one(decisioning: Decisioning) -> None:
     person, segment = uuid.uuid4(), await decisioning.segment()
     await create_journey(decisioning, segment, [c.CHANNEL_SMS])
-    now = datetime.now(UTC)
-    await grant(decisioning, person, c.CHANNEL_SMS, p.CONSENT_STATE_DENIED, at=now - timedelta(hours=1))
-    await grant(decisioning, person, c.CHANNEL_SMS, p.CONSENT_STATE_GRANTED, at=now)
+    await grant(decisioning, person, c.CHANNEL_SMS, p.CONSENT_STATE_DENIED)
+    await grant(decisioning, person, c.CHANNEL_SMS, p.CONSENT_STATE_GRANTED)
     entry = await enter(decisioning, person, segment)
     assert await run_outcome(decisioning, entry) == "send_requested"
     send = unpack(
@@ -291,7 +283,9 @@ async def test_a_redelivered_entry_sends_once(decisioning: Decisioning) -> None:
     assert await staged_sends(decisioning, person) == 1
 
 
-async def test_a_merge_moves_consent_to_the_survivor(decisioning: Decisioning) -> None:
+async def test_after_a_merge_the_survivors_verdicts_decide_as_profile_announces_them(
+    decisioning: Decisioning,
+) -> None:
     survivor, merged, segment = uuid.uuid4(), uuid.uuid4(), await decisioning.segment()
     journey = await create_journey(decisioning, segment, [c.CHANNEL_SMS, c.CHANNEL_EMAIL])
     await grant(decisioning, merged, c.CHANNEL_EMAIL)
@@ -301,7 +295,12 @@ async def test_a_merge_moves_consent_to_the_survivor(decisioning: Decisioning) -
         event_type="identity.persons_merged",
         person_id=str(survivor),
     )
-    # Entry announced under the old id still reaches the survivor.
+    # Decisioning does not merge consent itself: until profile announces the survivor's verdicts, the
+    # survivor's own decide (an entry announced under the old id reaches the survivor).
+    before = await enter(decisioning, merged, segment)
+    assert await run_outcome(decisioning, before) == "no_consented_channel"
+    # Profile merged the answers (the email grant came with the merged person) and announces them.
+    await grant(decisioning, survivor, c.CHANNEL_EMAIL)
     entry = await enter(decisioning, merged, segment)
     assert await run_outcome(decisioning, entry) == "send_requested"
     send = unpack(
@@ -312,7 +311,6 @@ async def test_a_merge_moves_consent_to_the_survivor(decisioning: Decisioning) -
     )
     assert send.channel == c.CHANNEL_EMAIL
     assert send.request_id == f"journey:{journey.id}:{entry.id}"
-    assert await decisioning.scalar("SELECT count(*) FROM consents WHERE person_id = :p", p=merged) == 0
 
 
 async def test_list_journeys_pages_through_all_of_them(decisioning: Decisioning) -> None:
@@ -368,7 +366,7 @@ async def test_malformed_events_are_skipped_without_stopping_the_consumer(decisi
     )
     wrong_payload = await decisioning.feed(
         segmentation_events.PersonEnteredSegmentEvent(person_id=str(uuid.uuid4()), segment_id=str(segment)),
-        event_type="profile.consent_changed",
+        event_type=contact.CONTACT_VERDICT_CHANGED,
         person_id="",
     )
     person = uuid.uuid4()

@@ -14,10 +14,9 @@ from omni.common.v1 import common_pb2
 from omni.decisioning.v1 import events_pb2
 from omni.events.v1 import envelope_pb2
 from omni.identity.v1 import events_pb2 as identity_events
-from omni.profile.v1 import events_pb2 as profile_events
-from omni.profile.v1 import profile_pb2
 from omni.segmentation.v1 import events_pb2 as segmentation_events
 from omni_decisioning.entities import Decision, SegmentEntry
+from omni_kit import contact
 from omni_kit.bus import Outbox, unpack
 from omni_kit.ids import parse_uuid
 
@@ -32,15 +31,19 @@ DECISION_MADE = "decisioning.decision_made"
 
 PERSON_ENTERED_SEGMENT = "segmentation.person_entered_segment"
 PERSON_EXITED_SEGMENT = "segmentation.person_exited_segment"
-CONSENT_CHANGED = "profile.consent_changed"
-# The consent purposes journeys depend on: marketing, and consents recorded before purposes existed.
-_JOURNEY_PURPOSES = (profile_pb2.CONSENT_PURPOSE_UNSPECIFIED, profile_pb2.CONSENT_PURPOSE_MARKETING)
+CONTACT_VERDICT_CHANGED = contact.CONTACT_VERDICT_CHANGED
 PERSONS_MERGED = "identity.persons_merged"
 PERSON_FORGOTTEN = "identity.person_forgotten"
 
-# One consumer for all of them, so that events are applied in the order the log holds them (a consent
-# granted before a segment entry is known when the entry starts a journey).
-CONSUMED = (PERSON_ENTERED_SEGMENT, PERSON_EXITED_SEGMENT, CONSENT_CHANGED, PERSONS_MERGED, PERSON_FORGOTTEN)
+# One consumer for all of them, so that events are applied in the order the log holds them (the verdict of a
+# consent granted before a segment entry is known when the entry starts a journey).
+CONSUMED = (
+    PERSON_ENTERED_SEGMENT,
+    PERSON_EXITED_SEGMENT,
+    CONTACT_VERDICT_CHANGED,
+    PERSONS_MERGED,
+    PERSON_FORGOTTEN,
+)
 
 
 def _time(timestamp: Timestamp, fallback: datetime) -> datetime:
@@ -64,14 +67,17 @@ class Publisher:
         channel: int,
         template_id: str,
         journey_id: uuid.UUID,
+        contact_verdict_version: int = 0,
     ) -> None:
-        """Ask the gateway to send a template to a person on a channel (decisioning.send_requested)."""
+        """Ask the gateway to send a template to a person on a channel (decisioning.send_requested), saying
+        which version of profile's contact verdicts the channel was chosen by."""
         payload = events_pb2.SendRequestedEvent(
             request_id=request_id,
             person_id=str(person_id),
             channel=common_pb2.Channel.ValueType(channel),
             template_id=template_id,
             journey_id=str(journey_id),
+            contact_verdict_version=contact_verdict_version,
         )
         await self._outbox.add(session, payload, event_type=SEND_REQUESTED, person_id=str(person_id))
 
@@ -92,6 +98,7 @@ class EventHandlers:
     def __init__(self, read_models: ReadModels, journeys: Journeys) -> None:
         self._read_models = read_models
         self._journeys = journeys
+        self._verdicts = contact.ContactVerdictHandler()
 
     async def handle(self, session: AsyncSession, envelope: envelope_pb2.Envelope) -> None:
         """Dispatch one envelope by its type; unknown types are ignored."""
@@ -100,8 +107,8 @@ class EventHandlers:
             await self._entered(session, envelope, occurred_at)
         elif envelope.type == PERSON_EXITED_SEGMENT:
             await self._exited(session, envelope, occurred_at)
-        elif envelope.type == CONSENT_CHANGED:
-            await self._consent(session, envelope, occurred_at)
+        elif envelope.type == CONTACT_VERDICT_CHANGED:
+            await self._verdicts(session, envelope)
         elif envelope.type == PERSONS_MERGED:
             await self._merged(session, envelope)
         elif envelope.type == PERSON_FORGOTTEN:
@@ -142,35 +149,6 @@ class EventHandlers:
         await self._read_models.membership_changed(
             session, person_id=person_id, segment_id=segment_id, is_member=False, as_of=occurred_at
         )
-
-    async def _consent(
-        self, session: AsyncSession, envelope: envelope_pb2.Envelope, occurred_at: datetime
-    ) -> None:
-        event = unpack(envelope, profile_events.ConsentChangedEvent)
-        person_id = parse_uuid(event.person_id)
-        channel = event.consent.channel
-        if person_id is None or channel == common_pb2.CHANNEL_UNSPECIFIED:
-            log.warning(
-                "ignoring consent event %s: person %r, channel %d", envelope.id, event.person_id, channel
-            )
-            return
-        consent = event.consent
-        if consent.purpose not in _JOURNEY_PURPOSES:
-            # Journeys send marketing; a transactional or analytics consent says nothing about them.
-            return
-        state = consent.state
-        if consent.double_opt_in == profile_pb2.DOUBLE_OPT_IN_STATE_PENDING_CONFIRMATION:
-            # Granted but not confirmed yet: no contact until the person confirms.
-            state = profile_pb2.CONSENT_STATE_UNSPECIFIED
-        applied = await self._read_models.consent_changed(
-            session,
-            person_id=person_id,
-            channel=channel,
-            state=state,
-            update_time=_time(event.consent.update_time, occurred_at),
-        )
-        if not applied:
-            log.info("consent event %s is older than the consent known; ignored", envelope.id)
 
     async def _merged(self, session: AsyncSession, envelope: envelope_pb2.Envelope) -> None:
         event = unpack(envelope, identity_events.PersonsMergedEvent)

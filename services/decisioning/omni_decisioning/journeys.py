@@ -14,6 +14,7 @@ from omni_decisioning.entities import Journey, JourneyRun, NewJourney, RunOutcom
 from omni_decisioning.events import Publisher
 from omni_decisioning.reentry import is_reentry
 from omni_decisioning.repository import Repository
+from omni_kit import contact
 from omni_kit.errors import AlreadyExists
 from omni_kit.ids import new_id
 
@@ -64,7 +65,7 @@ class Journeys:
         journeys = await self._repository.journeys_triggered_by(session, entry.segment_id)
         if not journeys:
             return []
-        consents = await self._repository.consents_of(session, entry.person_id)
+        verdicts = (await contact.verdicts_of(session, [entry.person_id]))[entry.person_id]
         runs = []
         for journey in journeys:
             # A span per run, so the send request (and the gateway's send) hangs under the journey in traces.
@@ -72,14 +73,14 @@ class Journeys:
                 "journey run",
                 attributes={"omni.journey_id": str(journey.id), "omni.person_id": str(entry.person_id)},
             ) as span:
-                run = await self._run(session, journey, entry, consents)
+                run = await self._run(session, journey, entry, verdicts)
                 if run is not None:
                     span.set_attribute("omni.journey_run.outcome", run.outcome.value)
                     runs.append(run)
         return runs
 
     async def _run(
-        self, session: AsyncSession, journey: Journey, entry: SegmentEntry, consents: dict[int, int]
+        self, session: AsyncSession, journey: Journey, entry: SegmentEntry, verdicts: contact.PersonVerdicts
     ) -> JourneyRun | None:
         await self._repository.lock_journey_person(session, journey.id, entry.person_id)
         if await self._repository.has_run_for_trigger(
@@ -98,7 +99,7 @@ class Journeys:
         if is_reentry(started, entry.occurred_at, self._reentry_window):
             outcome = RunOutcome.SUPPRESSED_REENTRY
         else:
-            channel = choose_channel(journey.channels, consents)
+            channel = choose_channel(journey.channels, verdicts)
             if channel is None:
                 outcome = RunOutcome.NO_CONSENTED_CHANNEL
             else:
@@ -124,6 +125,7 @@ class Journeys:
                 channel=channel,
                 template_id=journey.template_id,
                 journey_id=journey.id,
+                contact_verdict_version=verdicts.version,
             )
         log.info("journey %s for person %s: %s", journey.id, entry.person_id, outcome.value)
         return run

@@ -10,13 +10,16 @@ import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from omni_kit import contact
+
 
 class Base(DeclarativeBase):
     """Declarative base of decisioning's own tables (the outbox and inbox come from omni_kit)."""
 
 
 class JourneyRow(Base):
-    """A journey: on entering its trigger segment, send its template on the first consented channel."""
+    """A journey: on entering its trigger segment, send its template on the first channel profile's verdict
+    allows marketing on."""
 
     __tablename__ = "journeys"
 
@@ -56,16 +59,9 @@ class MembershipRow(Base):
     as_of: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True))
 
 
-class ConsentRow(Base):
-    """Read model of profile: a person's latest consent for one channel."""
-
-    __tablename__ = "consents"
-
-    person_id: Mapped[uuid.UUID] = mapped_column(sa.Uuid, primary_key=True)
-    channel: Mapped[int] = mapped_column(sa.SmallInteger, primary_key=True)
-    # omni.profile.v1.ConsentState number.
-    state: Mapped[int] = mapped_column(sa.SmallInteger)
-    update_time: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True))
+contact_verdicts = contact.define_table(Base.metadata)
+"""Read model of profile: its contact verdicts as last announced (omni_kit.contact), which journeys choose
+channels by."""
 
 
 class PersonAliasRow(Base):

@@ -1,4 +1,5 @@
-"""Decisioning's copies of other services' facts, fed by their events: memberships, consents, merges, erasure."""
+"""Decisioning's copies of other services' facts, fed by their events: memberships, merges, erasure. (Profile's
+contact verdicts are kept by omni_kit.contact.)"""
 
 from __future__ import annotations
 
@@ -45,19 +46,10 @@ class ReadModels:
         )
         return person if applied else None
 
-    async def consent_changed(
-        self, session: AsyncSession, *, person_id: uuid.UUID, channel: int, state: int, update_time: datetime
-    ) -> bool:
-        """Record a consent; an update older than the one known is ignored (returns False)."""
-        person = await self.person(session, person_id)
-        return await self._repository.record_consent(
-            session, person_id=person, channel=channel, state=state, update_time=update_time
-        )
-
     async def persons_merged(
         self, session: AsyncSession, *, survivor_id: uuid.UUID, merged_ids: Sequence[uuid.UUID]
     ) -> None:
-        """Fold the merged persons' memberships, consents and journey history into the survivor."""
+        """Fold the merged persons' memberships and journey history into the survivor."""
         survivor = await self.person(session, survivor_id)
         await self._repository.merge_persons(session, survivor_id=survivor, merged_ids=merged_ids)
 

@@ -20,7 +20,6 @@ from omni_decisioning.entities import (
     RunOutcome,
 )
 from omni_decisioning.models import (
-    ConsentRow,
     DecisionRow,
     JourneyRow,
     JourneyRunRow,
@@ -28,6 +27,7 @@ from omni_decisioning.models import (
     OfferRow,
     PersonAliasRow,
 )
+from omni_kit import contact
 
 
 def _journey(row: JourneyRow) -> Journey:
@@ -176,36 +176,14 @@ class Repository:
         )
         return applied is not None
 
-    async def record_consent(
-        self, session: AsyncSession, *, person_id: uuid.UUID, channel: int, state: int, update_time: datetime
-    ) -> bool:
-        """Set a consent unless a newer one is known; True when it was applied."""
-        statement = insert(ConsentRow).values(
-            person_id=person_id, channel=channel, state=state, update_time=update_time
-        )
-        applied = await session.scalar(
-            statement.on_conflict_do_update(
-                index_elements=[ConsentRow.person_id, ConsentRow.channel],
-                set_={"state": statement.excluded.state, "update_time": statement.excluded.update_time},
-                where=ConsentRow.update_time <= statement.excluded.update_time,
-            ).returning(ConsentRow.person_id)
-        )
-        return applied is not None
-
-    async def consents_of(self, session: AsyncSession, person_id: uuid.UUID) -> dict[int, int]:
-        """The person's consent state per channel."""
-        rows = await session.execute(
-            sa.select(ConsentRow.channel, ConsentRow.state).where(ConsentRow.person_id == person_id)
-        )
-        return {channel: state for channel, state in rows}
-
     async def merge_persons(
         self, session: AsyncSession, *, survivor_id: uuid.UUID, merged_ids: Sequence[uuid.UUID]
     ) -> None:
-        """Move memberships, consents and journey runs of merged persons to the survivor.
+        """Move memberships and journey runs of merged persons to the survivor.
 
-        Where both have a fact about the same segment or channel, the newer one wins. The merged ids stay
-        as aliases of the survivor, so later events and decisions about them land on the survivor.
+        Where both have a fact about the same segment, the newer one wins. The merged ids stay as aliases of
+        the survivor, so later events and decisions about them land on the survivor. Contact verdicts do not
+        move: profile merges the consent answers and announces the survivor's verdicts.
         """
         merged = [m for m in merged_ids if m != survivor_id]
         if not merged:
@@ -250,38 +228,14 @@ class Repository:
             )
         )
         await session.execute(sa.delete(MembershipRow).where(MembershipRow.person_id.in_(merged)))
-        newest_consents = (
-            sa.select(
-                sa.literal(survivor_id, sa.Uuid).label("person_id"),
-                ConsentRow.channel,
-                ConsentRow.state,
-                ConsentRow.update_time,
-            )
-            .where(ConsentRow.person_id.in_(merged))
-            .ext(distinct_on(ConsentRow.channel))
-            .order_by(ConsentRow.channel, ConsentRow.update_time.desc())
-        )
-        moved_consents = insert(ConsentRow).from_select(
-            ["person_id", "channel", "state", "update_time"], newest_consents
-        )
-        await session.execute(
-            moved_consents.on_conflict_do_update(
-                index_elements=[ConsentRow.person_id, ConsentRow.channel],
-                set_={
-                    "state": moved_consents.excluded.state,
-                    "update_time": moved_consents.excluded.update_time,
-                },
-                where=ConsentRow.update_time < moved_consents.excluded.update_time,
-            )
-        )
-        await session.execute(sa.delete(ConsentRow).where(ConsentRow.person_id.in_(merged)))
         # Runs move too, so the re-entry guard sees one person's history as one.
         await session.execute(
             sa.update(JourneyRunRow).where(JourneyRunRow.person_id.in_(merged)).values(person_id=survivor_id)
         )
 
     async def forget_persons(self, session: AsyncSession, person_ids: Collection[uuid.UUID]) -> None:
-        """Delete the persons' memberships, consents, aliases, journey runs and decisions.
+        """Delete the persons' memberships, aliases, journey runs and decisions, and forget their contact
+        verdicts (a tombstone keeps a late announcement out).
 
         Ids this service knows were merged into a forgotten person go with it, even if the event missed them.
         """
@@ -291,9 +245,9 @@ class Repository:
             )
         )
         ids = set(person_ids) | set(merged_in)
+        await contact.forget(session, ids)
         for column in (
             MembershipRow.person_id,
-            ConsentRow.person_id,
             JourneyRunRow.person_id,
             DecisionRow.person_id,
         ):

@@ -29,7 +29,7 @@ from omni_kit.db import create_engine
 from omni_kit.embedded import EmbeddedNats, EmbeddedPostgres, SmtpSink, free_port
 
 from ..events import recording
-from .support import EventLog, Gateway, Neighbours, StartGateway
+from .support import EventLog, Gateway, Neighbours, StartGateway, Verdicts, verdicts_reached
 
 
 def _common(
@@ -77,12 +77,14 @@ async def neighbours(postgres: EmbeddedPostgres, nats_server: EmbeddedNats) -> A
         stack.push_async_callback(identity_channel.close)
         profile_channel = grpc.aio.insecure_channel(profile_target)
         stack.push_async_callback(profile_channel.close)
+        verdicts = await stack.enter_async_context(recording(Verdicts(), nats_server.url, namespace))
         yield Neighbours(
             namespace=namespace,
             identity=cast(Any, identity_pb2_grpc.IdentityServiceStub(identity_channel)),
             profile=cast(Any, profile_pb2_grpc.ProfileServiceStub(profile_channel)),
             identity_target=identity_target,
             profile_target=profile_target,
+            verdicts=verdicts,
         )
 
 
@@ -101,6 +103,8 @@ async def _gateways(
                     "smtp_host": "127.0.0.1",
                     "smtp_timeout_s": 5.0,
                     "retry_poll_interval_s": 0.1,
+                    # Each gateway of a test has its own database, so its own copy of the verdicts.
+                    "verdicts_durable": f"contact-verdicts-{uuid.uuid4().hex[:8]}",
                     **overrides,
                 }
             )
@@ -110,7 +114,13 @@ async def _gateways(
             stack.push_async_callback(channel.close)
             database = create_engine(settings.database_url, application_name="omni-test-gateway")
             stack.push_async_callback(database.dispose)
-            return Gateway(runtime, cast(Any, gateway_pb2_grpc.GatewayServiceStub(channel)), database)
+            gateway = Gateway(runtime, cast(Any, gateway_pb2_grpc.GatewayServiceStub(channel)), database)
+            # It reads the verdicts announced so far before the test relies on them, and every later consent
+            # answer waits for it (set_consent).
+            await verdicts_reached(gateway, neighbours.verdicts.versions())
+            neighbours.gateways.append(gateway)
+            stack.callback(neighbours.gateways.remove, gateway)
+            return gateway
 
         yield start
 

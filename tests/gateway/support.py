@@ -18,7 +18,9 @@ from omni.decisioning.v1 import events_pb2 as decisioning_events
 from omni.events.v1 import envelope_pb2
 from omni.gateway.v1 import events_pb2, gateway_pb2, gateway_pb2_grpc
 from omni.identity.v1 import identity_pb2, identity_pb2_grpc
+from omni.profile.v1 import events_pb2 as profile_events
 from omni.profile.v1 import profile_pb2, profile_pb2_grpc
+from omni_kit import contact
 from omni_kit.bus import make_envelope, subject_for, unpack
 from omni_kit.runtime import Runtime
 
@@ -37,14 +39,54 @@ StartGateway = Callable[..., Awaitable[Gateway]]
 
 
 @dataclass
+class Verdicts:
+    """Profile's contact verdict announcements on the module's namespace, as they arrive."""
+
+    envelopes: list[envelope_pb2.Envelope] = field(default_factory=list)
+    arrived: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def versions(self) -> dict[str, int]:
+        """The highest version announced so far per person."""
+        found: dict[str, int] = {}
+        for envelope in self.envelopes:
+            if envelope.type == contact.CONTACT_VERDICT_CHANGED:
+                event = unpack(envelope, profile_events.ContactVerdictChangedEvent)
+                found[event.person_id] = max(found.get(event.person_id, 0), event.version)
+        return found
+
+    async def newer_than(self, person_id: str, version: int, within: float = 10.0) -> int:
+        """Wait for an announcement about the person above `version`; return the highest version announced."""
+        async with asyncio.timeout(within):
+            while (latest := self.versions().get(person_id, 0)) <= version:
+                self.arrived.clear()
+                await self.arrived.wait()
+        return latest
+
+
+@dataclass
 class Neighbours:
-    """Identity and profile, running for real, and clients of them."""
+    """Identity and profile, running for real, and clients of them; the gateways running beside them and
+    profile's verdict announcements, so a test can wait until a consent answer has reached the gateways."""
 
     namespace: str
     identity: identity_pb2_grpc.IdentityServiceAsyncStub
     profile: profile_pb2_grpc.ProfileServiceAsyncStub
     identity_target: str
     profile_target: str
+    verdicts: Verdicts = field(default_factory=Verdicts)
+    gateways: list[Gateway] = field(default_factory=list)
+
+
+async def verdicts_reached(gateway: Gateway, versions: dict[str, int], within: float = 10.0) -> None:
+    """Wait until the gateway's copy of the verdicts is at least as new as `versions` (person → version)."""
+    async with asyncio.timeout(within):
+        while True:
+            async with gateway.database.connect() as connection:
+                rows = await connection.execute(sa.text("SELECT person_id, version FROM contact_verdicts"))
+                held = {str(person): version for person, version in rows}
+            if all(held.get(person, 0) >= version for person, version in versions.items()):
+                return
+            await asyncio.sleep(0.05)
 
 
 @dataclass
@@ -109,7 +151,9 @@ async def set_consent(
     purpose: profile_pb2.ConsentPurpose.ValueType = profile_pb2.CONSENT_PURPOSE_MARKETING,
     double_opt_in: profile_pb2.DoubleOptInState.ValueType = profile_pb2.DOUBLE_OPT_IN_STATE_UNSPECIFIED,
 ) -> profile_pb2.Consent:
-    """Record the person's email consent for a purpose in profile, as its SetConsent stores it."""
+    """Record the person's email consent for a purpose in profile, as its SetConsent stores it, and wait
+    until the verdicts it leads to have reached every running gateway."""
+    before = neighbours.verdicts.versions().get(person_id, 0)
     response = await neighbours.profile.SetConsent(
         profile_pb2.SetConsentRequest(
             person_id=person_id,
@@ -122,6 +166,9 @@ async def set_consent(
             ),
         )
     )
+    version = await neighbours.verdicts.newer_than(person_id, before)
+    for gateway in neighbours.gateways:
+        await verdicts_reached(gateway, {person_id: version})
     return response.consent
 
 
@@ -200,7 +247,12 @@ async def counts(database: AsyncEngine) -> dict[str, int]:
 
 
 def send_requested(
-    person_id: str, template_id: str, request_id: str, channel: int = common_pb2.CHANNEL_EMAIL
+    person_id: str,
+    template_id: str,
+    request_id: str,
+    channel: int = common_pb2.CHANNEL_EMAIL,
+    *,
+    contact_verdict_version: int = 0,
 ) -> envelope_pb2.Envelope:
     """A decisioning.send_requested envelope, as decisioning's journey would publish it."""
     event = decisioning_events.SendRequestedEvent(
@@ -209,6 +261,7 @@ def send_requested(
         channel=channel,  # type: ignore[arg-type]
         template_id=template_id,
         journey_id="journey-abandoned-cart",
+        contact_verdict_version=contact_verdict_version,
     )
     return make_envelope(
         event, event_type="decisioning.send_requested", producer="decisioning", person_id=person_id

@@ -54,7 +54,11 @@ async def test_messages_stored_before_purposes_are_marketing_and_the_schema_matc
         async with engine.connect() as connection:
             assert await connection.run_sync(schema_differences, Base.metadata) == []
             purposes = (await connection.scalars(sa.text("SELECT purpose FROM messages"))).all()
+            versions = (
+                await connection.scalars(sa.text("SELECT contact_verdict_version FROM messages"))
+            ).all()
         assert purposes == [Purpose.MARKETING.value]
+        assert versions == [0]  # decided by no particular verdicts: the gateway's own apply
         with pytest.raises(IntegrityError, match="messages_purpose"):
             async with engine.begin() as connection:
                 await connection.execute(

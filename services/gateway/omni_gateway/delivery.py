@@ -3,12 +3,15 @@
 The flow of one send:
 1. In one transaction: replay or refuse a known request id, or check the template and insert the message
    QUEUED, already holding the lease of its first attempt; commit. From here the message cannot be lost.
-2. Outside any transaction: the recipient's email from identity, traits, cart and consents from profile;
-   unless the person's consent allows the message's purpose on its channel (consent.py) it fails there;
-   render the template, build the email and hand it to the SMTP server.
+2. Outside any transaction: the person (after merges, the survivor) and its email from identity; unless
+   profile's verdict for the person, the message's channel and purpose allows it (the gateway's copy,
+   omni_kit.contact) it fails there; traits and cart from profile; render the template, build the email and
+   hand it to the SMTP server. A message sent by a journey waits (transient) until the copy is at least as
+   new as the verdicts decisioning chose its channel by.
 3. In one transaction: record SENT or FAILED and stage message_sent / message_failed with it.
 
-A transient failure (SMTP server, identity or profile unreachable; a 4xx answer) keeps the message QUEUED
+A transient failure (SMTP server, identity or profile unreachable; a 4xx answer; verdicts not yet as new as
+the sender's) keeps the message QUEUED
 with the error and a next attempt time, backing off exponentially; the retry loop (retry.py) attempts it
 again then, and so does a repeated SendMessage with the same request id. After `max_attempts` the message
 is FAILED. Each attempt holds a lease on the message, so two callers never send it at the same time; only
@@ -19,13 +22,13 @@ which carries the same Message-ID.
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 
 from opentelemetry import propagate, trace
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from omni_gateway.consent import refusal
 from omni_gateway.contacts import Contacts
 from omni_gateway.domain import (
     DELIVERABLE_CHANNELS,
@@ -33,6 +36,7 @@ from omni_gateway.domain import (
     MessageStatus,
     PermanentFailure,
     SendRequest,
+    TransientFailure,
 )
 from omni_gateway.email_message import build_email
 from omni_gateway.events import stage_outcome
@@ -42,6 +46,8 @@ from omni_gateway.rendering import Renderer, TemplateParts, template_context
 from omni_gateway.repository import Repository
 from omni_gateway.retry import RetryPolicy
 from omni_gateway.smtp import Mailer
+from omni_gateway.wire import channel_to_proto
+from omni_kit import contact
 from omni_kit.bus import Outbox
 from omni_kit.errors import FieldViolation, InvalidArgument, NotFound, without_control_characters
 from omni_kit.ids import new_id
@@ -150,12 +156,11 @@ class Delivery:
                         f"gave up after {message.attempt_count - 1} attempts: {message.error or 'no answer'}"
                     )
                 parts = await self._template_parts(message.template_id)
-                recipient = await self._contacts.email_of(message.person_id)
-                data = await self._contacts.data_of(message.person_id)
+                address = await self._contacts.address_of(message.person_id)
+                recipient = address.email
                 # Asked at every attempt: consent taken back after a transient failure stops the retry.
-                refused = refusal(message.purpose, message.channel, data.consents)
-                if refused is not None:
-                    raise PermanentFailure(refused)
+                await self._check_verdict(address.person_id, message)
+                data = await self._contacts.data_of(message.person_id)
                 context = template_context(
                     person_id=str(message.person_id),
                     traits=data.traits,
@@ -194,6 +199,20 @@ class Delivery:
                 return current
             await stage_outcome(self._outbox, session, updated)
         return updated
+
+    async def _check_verdict(self, person_id: uuid.UUID, message: Message) -> None:
+        """Raise PermanentFailure unless profile's verdict lets the message out; TransientFailure while the
+        gateway's copy of the verdicts is older than those the sender decided by."""
+        async with self._transaction() as session:
+            verdicts = (await contact.verdicts_of(session, [person_id]))[person_id]
+        if verdicts.version < message.contact_verdict_version:
+            raise TransientFailure(
+                f"waiting for profile's contact verdicts (version {message.contact_verdict_version} decided "
+                f"the send; version {verdicts.version} is known here)"
+            )
+        refusal = verdicts.of(channel_to_proto(message.channel), message.purpose).refusal
+        if refusal is not None:
+            raise PermanentFailure(refusal)
 
     async def _check_template(self, session: AsyncSession, request: SendRequest) -> None:
         template = await self._repository.get_template(session, request.template_id)
@@ -236,5 +255,6 @@ class Delivery:
             "variables": request.variables,
             "journey_id": request.journey_id,
             "purpose": request.purpose,
+            "contact_verdict_version": request.contact_verdict_version,
             "trace_context": carrier,
         }

@@ -1,4 +1,5 @@
-"""The gateway's domain words: channels, purposes, message statuses, a send request and why a delivery failed."""
+"""The gateway's domain words: channels, purposes (omni_kit.contact's, the one vocabulary of contact), message
+statuses, a send request and why a delivery failed."""
 
 from __future__ import annotations
 
@@ -6,6 +7,19 @@ import uuid
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
+
+from omni_kit.contact import Purpose
+
+__all__ = [
+    "DELIVERABLE_CHANNELS",
+    "Channel",
+    "DeliveryError",
+    "MessageStatus",
+    "PermanentFailure",
+    "Purpose",
+    "SendRequest",
+    "TransientFailure",
+]
 
 
 class Channel(StrEnum):
@@ -22,13 +36,6 @@ class Channel(StrEnum):
 
 # Channels the gateway can deliver on today; templates may be stored for any channel.
 DELIVERABLE_CHANNELS = frozenset({Channel.EMAIL})
-
-
-class Purpose(StrEnum):
-    """What a message is for, in profile's consent vocabulary; only these two are purposes of a message."""
-
-    MARKETING = "marketing"
-    TRANSACTIONAL = "transactional"
 
 
 class MessageStatus(StrEnum):
@@ -50,6 +57,9 @@ class SendRequest:
     variables: dict[str, Any] = field(default_factory=dict)
     journey_id: str = ""
     purpose: Purpose = Purpose.MARKETING
+    contact_verdict_version: int = 0
+    """The version of the person's contact verdicts the sender decided by (decisioning's journeys); the
+    message waits until the gateway's copy is at least as new. 0: the gateway's copy as it is."""
 
 
 class DeliveryError(Exception):

@@ -1,4 +1,5 @@
-"""What the gateway publishes (message sent / failed) and consumes (send requests, persons forgotten)."""
+"""What the gateway publishes (message sent / failed) and consumes (send requests, persons forgotten; profile's
+contact verdicts are kept by omni_kit.contact's handler)."""
 
 from __future__ import annotations
 
@@ -55,7 +56,8 @@ class SendRequestedHandler:
     inside the consumer's span, so the trace goes on from the journey to the SMTP server. Once the message
     is recorded the gateway owns it, and a transient failure is retried by the gateway's retry loop, not
     by redelivering the event. The event carries no purpose: a journey's message is marketing, sent only
-    with the person's marketing consent for the channel, and FAILED (announced) without it. A request
+    while profile's verdict allows marketing on the channel, and FAILED (announced) otherwise; it waits
+    (queued) until the gateway holds verdicts at least as new as those decisioning chose the channel by. A request
     that can never be sent (unknown template, channel the gateway cannot deliver) is recorded as a FAILED
     message with a message_failed event, so the journey hears of it. One too malformed to record (no
     request id, no person) or reusing a request id for other content is a PermanentError: dead-lettered at
@@ -75,6 +77,7 @@ class SendRequestedHandler:
                 channel=event.channel,
                 template_id=event.template_id,
                 journey_id=event.journey_id,
+                contact_verdict_version=event.contact_verdict_version,
             )
         except InvalidArgument as error:
             raise PermanentError(f"send request cannot be recorded: {_describe(error)}") from error

@@ -19,6 +19,7 @@ from omni_gateway.rendering import Renderer
 from omni_gateway.repository import Repository
 from omni_gateway.retry import RetryLoop, RetryPolicy
 from omni_gateway.smtp import Mailer, SmtpConfig
+from omni_kit import contact
 from omni_kit.grpc_client import channel
 from omni_kit.runtime import Runtime
 from omni_kit.settings import ServiceSettings
@@ -49,10 +50,17 @@ class Settings(ServiceSettings):
     attempt_lease_s: float = Field(
         120.0, gt=0, description="How long an attempt holds a message before another may take it up."
     )
+    verdicts_durable: str = Field(
+        "contact-verdicts",
+        pattern=r"^[a-z][a-z0-9-]{0,62}$",
+        description="The durable consumer of profile's contact verdicts (after gateway-). Replicas of one "
+        "gateway share it; another gateway with its own database in the same event namespace needs its own.",
+    )
 
 
 async def start(settings: Settings) -> Runtime:
-    """Open the runtime, build the parts, consume send requests and erasures, retry queued messages, serve."""
+    """Open the runtime, build the parts, consume send requests, erasures and profile's contact verdicts, retry
+    queued messages, serve."""
     runtime = Runtime("gateway", settings, migrations=MIGRATIONS)
     try:
         await _wire(runtime, settings)
@@ -115,6 +123,15 @@ async def _wire(runtime: Runtime, settings: Settings) -> None:
     # Forgetting shares the send requests' durable, so it applies in log order with them.
     router = EventRouter(SendRequestedHandler(delivery), PersonForgottenHandler(repository))
     runtime.add_consumer(durable="send-requests", event_types=router.event_types, handler=router)
+    # A durable of its own, which reads the log from its start when first created: verdicts profile announced
+    # before this gateway kept any (the republish after the upgrade) reach it whenever it is deployed. A
+    # journey's send waits for the verdicts it was decided by (SendRequest.contact_verdict_version), so the
+    # two need no common order.
+    runtime.add_consumer(
+        durable=settings.verdicts_durable,
+        event_types=[contact.CONTACT_VERDICT_CHANGED],
+        handler=contact.ContactVerdictHandler(),
+    )
     retry_loop = RetryLoop(
         claim_due=delivery.claim_due, attempt=delivery.attempt, interval_s=settings.retry_poll_interval_s
     )

@@ -1,4 +1,5 @@
-"""The gateway's tables: templates and the message log (one row per request id)."""
+"""The gateway's tables: templates, the message log (one row per request id) and the copy of profile's contact
+verdicts (omni_kit.contact)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from omni_gateway.domain import Channel, MessageStatus, Purpose
+from omni_kit import contact
 
 
 def _enum(enum: type[StrEnum]) -> sa.Enum:
@@ -61,6 +63,8 @@ class Message(Base):
     variables: Mapped[dict[str, Any]] = mapped_column(JSONB, default=dict)
     journey_id: Mapped[str] = mapped_column(sa.Text, default="")
     purpose: Mapped[Purpose] = mapped_column(_enum(Purpose), default=Purpose.MARKETING)
+    # The contact verdict version the sender decided by (SendRequest.contact_verdict_version); 0 for none.
+    contact_verdict_version: Mapped[int] = mapped_column(sa.BigInteger, default=0, server_default="0")
     recipient: Mapped[str] = mapped_column(sa.Text, default="")
     status: Mapped[MessageStatus] = mapped_column(_enum(MessageStatus))
     error: Mapped[str] = mapped_column(sa.Text, default="")
@@ -70,3 +74,7 @@ class Message(Base):
     trace_context: Mapped[dict[str, str]] = mapped_column(JSONB, default=dict)
     create_time: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True))
     update_time: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True))
+
+
+contact_verdicts = contact.define_table(Base.metadata)
+"""Profile's contact verdicts as last announced, fed by profile.contact_verdict_changed (omni_kit.contact)."""

@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from omni_gateway.domain import MessageStatus
 from omni_gateway.models import Message, Template
+from omni_kit import contact
 
 _NOW = sa.func.now()
 
@@ -169,10 +170,12 @@ class Repository:
 
         The rows stay, holding the request id and fingerprint, so a replayed request is answered from them
         and never sent; what could identify or describe the person (address, variables, errors that may
-        quote the address, the trace of the request) is wiped. QUEUED messages become FAILED.
+        quote the address, the trace of the request) is wiped. QUEUED messages become FAILED. The persons'
+        contact verdicts are forgotten (a tombstone keeps a late announcement out).
         """
         if not person_ids:
             return 0
+        await contact.forget(session, person_ids)
         statement = (
             sa.update(Message)
             .where(Message.person_id.in_(person_ids))

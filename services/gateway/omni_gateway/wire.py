@@ -128,6 +128,7 @@ def parse_send_request(
     variables: dict[str, Any] | struct_pb2.Struct | None = None,
     journey_id: str = "",
     purpose: int = profile_pb2.CONSENT_PURPOSE_UNSPECIFIED,
+    contact_verdict_version: int = 0,
 ) -> SendRequest:
     """Validate the fields of a send, from SendMessageRequest or SendRequestedEvent alike.
 
@@ -183,4 +184,5 @@ def parse_send_request(
         variables=variables or {},
         journey_id=journey_id,
         purpose=domain_purpose,
+        contact_verdict_version=max(contact_verdict_version, 0),
     )

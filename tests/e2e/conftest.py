@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
@@ -56,6 +56,8 @@ class Omni:
     decisioning: decisioning_pb2_grpc.DecisioningServiceStub
     gateway: gateway_pb2_grpc.GatewayServiceStub
     namespace: str
+    databases: dict[str, str] = field(default_factory=dict)
+    """Each service's database URL, by service name, for checking what a service holds."""
 
 
 @pytest.fixture
@@ -78,6 +80,11 @@ async def omni(
     }
     runtimes: list[Runtime] = []
     channels: list[grpc.aio.Channel] = []
+    databases: dict[str, str] = {}
+
+    def database(service: str) -> str:
+        databases[service] = make_database(f"e2e_{service}")
+        return databases[service]
 
     def connect(runtime: Runtime) -> grpc.aio.Channel:
         channel = grpc.aio.insecure_channel(f"127.0.0.1:{runtime.port}")
@@ -86,26 +93,24 @@ async def omni(
 
     try:
         identity = await identity_main.start(
-            identity_main.Settings(database_url=make_database("e2e_identity"), **common)
+            identity_main.Settings(database_url=database("identity"), **common)
         )
         runtimes.append(identity)
         profile = await profile_main.start(
             profile_main.Settings(
-                database_url=make_database("e2e_profile"),
+                database_url=database("profile"),
                 identity_target=f"127.0.0.1:{identity.port}",
                 **common,
             )
         )
         runtimes.append(profile)
         segmentation = await segmentation_main.start(
-            segmentation_main.Settings(
-                database_url=make_database("e2e_segmentation"), clock_interval_s=0.2, **common
-            )
+            segmentation_main.Settings(database_url=database("segmentation"), clock_interval_s=0.2, **common)
         )
         runtimes.append(segmentation)
         gateway = await gateway_main.start(
             gateway_main.Settings(
-                database_url=make_database("e2e_gateway"),
+                database_url=database("gateway"),
                 identity_target=f"127.0.0.1:{identity.port}",
                 profile_target=f"127.0.0.1:{profile.port}",
                 smtp_host="127.0.0.1",
@@ -117,7 +122,7 @@ async def omni(
         runtimes.append(gateway)
         decisioning = await decisioning_main.start(
             decisioning_main.Settings(
-                database_url=make_database("e2e_decisioning"),
+                database_url=database("decisioning"),
                 segmentation_target=f"127.0.0.1:{segmentation.port}",
                 gateway_target=f"127.0.0.1:{gateway.port}",
                 **common,
@@ -133,6 +138,7 @@ async def omni(
             decisioning=decisioning_pb2_grpc.DecisioningServiceStub(connect(decisioning)),
             gateway=gateway_pb2_grpc.GatewayServiceStub(connect(gateway)),
             namespace=namespace,
+            databases=databases,
         )
     finally:
         for channel in channels:

@@ -35,6 +35,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
+import orjson
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import JSONB, insert
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -269,6 +270,15 @@ def _from_json(item: Mapping[str, Any]) -> Verdict | None:
     )
 
 
+# Text, not a compiled insert: consumers apply one per announcement (a republish is one per person who answered).
+_RECORD = sa.text(
+    f"INSERT INTO {TABLE} (person_id, version, verdicts, decide_time) "
+    "VALUES (:person, :version, CAST(:verdicts AS jsonb), :at) "
+    f"ON CONFLICT (person_id) DO UPDATE SET version = excluded.version, verdicts = excluded.verdicts, "
+    f"decide_time = excluded.decide_time WHERE {TABLE}.version < excluded.version RETURNING person_id"
+)
+
+
 @dataclass(frozen=True)
 class PersonVerdicts:
     """A person's verdicts as this service last heard them; `version` 0 when it heard none."""
@@ -291,22 +301,14 @@ async def record(
     decided_at: datetime,
 ) -> bool:
     """Keep a person's announced verdicts unless a newer announcement is known; True when they were kept."""
-    statement = insert(_table).values(
-        person_id=person_id,
-        version=version,
-        verdicts=[_to_json(v) for v in verdicts],
-        decide_time=decided_at,
-    )
     kept = await session.scalar(
-        statement.on_conflict_do_update(
-            index_elements=[_table.c.person_id],
-            set_={
-                "version": statement.excluded.version,
-                "verdicts": statement.excluded.verdicts,
-                "decide_time": statement.excluded.decide_time,
-            },
-            where=_table.c.version < statement.excluded.version,
-        ).returning(_table.c.person_id)
+        _RECORD,
+        {
+            "person": person_id,
+            "version": version,
+            "verdicts": orjson.dumps([_to_json(v) for v in verdicts]).decode(),
+            "at": decided_at,
+        },
     )
     return kept is not None
 

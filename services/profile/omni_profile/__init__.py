@@ -11,6 +11,7 @@ Where things happen:
     computed_traits.py      the definitions in force, creating them, backfills
     traits.py               setting traits; precedence.py which source wins; trait_schema.py known types
     consents.py             consent per channel and purpose, double opt-in
+    contact_verdicts.py     may the person be contacted per channel and purpose: decided, announced, republished
     profiles.py             the 360 view, the timeline, the histories
     merge.py                identity merges and unmerges move profiles between persons
     erasure.py              identity's erasures delete everything of a person

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from typing import Any
 
@@ -16,6 +17,7 @@ from omni_kit.errors import (
     InvalidArgument,
     NotFound,
     Violations,
+    check_json_structure,
     check_json_text,
     has_control_characters,
     to_status,
@@ -108,3 +110,60 @@ def test_json_numbers_must_be_finite_in_plain_and_protobuf_json() -> None:
         violations = Violations()
         check_json_text(value, "variables", violations)
         assert sorted(v.field for v in violations.items) == ["variables.a[1]", "variables.b.c", "variables.d"]
+
+
+def _nested(levels: int, leaf: Any = 1) -> Any:
+    value = leaf
+    for index in range(levels):
+        value = {"a": value} if index % 2 == 0 else [value]
+    return value
+
+
+def _structure(value: Any, path: str = "properties", max_depth: int = 4) -> list[tuple[str, str]]:
+    violations = Violations()
+    check_json_structure(value, path, violations, max_depth=max_depth)
+    return [(v.field, v.description) for v in violations.items]
+
+
+def test_json_structure_allows_the_limit_and_names_the_first_container_past_it() -> None:
+    assert _structure({"x": {"y": [{"z": 1}]}}) == []
+    problems = _structure({"ok": 1, "x": {"y": [{"z": {"too": "deep"}}]}})
+    assert problems == [("properties.x.y[0].z", "nests deeper than 4 levels of objects and arrays")]
+    struct = struct_pb2.Struct()
+    struct.update({"ok": 1, "x": {"y": [{"z": {"too": "deep"}}]}})
+    assert _structure(struct) == problems
+
+
+def test_json_structure_judges_ten_thousand_levels_without_recursion() -> None:
+    deep = _nested(10_000)
+    assert len(_structure(deep, max_depth=32)) == 1
+    # The text check shares the walk: as deep as that, it finds the one bad string at the bottom.
+    violations = Violations()
+    check_json_text(_nested(10_000, leaf="nul\x00"), "x", violations)
+    assert len(violations.items) == 1 and violations.items[0].field.startswith("x[0].a[0]")
+    # From a parser that does not recurse either: the standard one gives up far earlier.
+    assert _structure(json.loads("[" * 900 + "]" * 900), "body", max_depth=32)[0][0] == "body" + "[0]" * 32
+
+
+@pytest.mark.parametrize("number", [math.nan, math.inf, -math.inf, 10**400])
+def test_json_structure_refuses_numbers_json_cannot_write(number: float) -> None:
+    plain: dict[str, Any] = {"price": 1.5, "basket": {"items": [1, number]}}
+    assert [field for field, _ in _structure(plain)] == ["properties.basket.items[1]"]
+    if isinstance(number, float):
+        struct = struct_pb2.Struct()
+        struct.update(plain)
+        assert [field for field, _ in _structure(struct)] == ["properties.basket.items[1]"]
+
+
+def test_json_structure_refuses_unpaired_surrogates_in_strings_and_keys() -> None:
+    value = json.loads('{"name": "a\\ud800b", "pair": "\\ud83d\\ude00", "nested": {"k\\udc00": 1}}')
+    assert [field for field, _ in _structure(value, "")] == ["name", "nested"]
+
+
+def test_json_structure_reports_at_most_ten_problems_and_passes_plain_values() -> None:
+    assert len(_structure([math.nan] * 100)) == 10
+    fine: Any
+    for fine in ("text", 3, 2.5, True, None, [], {}):
+        assert _structure(fine) == []
+    value = struct_pb2.Value(number_value=math.nan)
+    assert _structure(value) == [("properties", "must be a finite number")]

@@ -134,53 +134,138 @@ class Violations:
             raise InvalidArgument(message=message, violations=list(self.items))
 
 
+MAX_JSON_DEPTH = 32
+"""Levels of objects and arrays a protobuf Struct may nest (itself the first) and still be decoded inside the
+messages that carry it: protobuf decoders refuse messages nested past 100 levels, and each level of a Struct
+is up to three (Struct, map entry, Value) beneath the answer's own."""
+
+_MAX_REPORTED = 10
+_UNPAIRED_SURROGATE = re.compile(r"[\ud800-\udfff]")
+# A Value's tags in the encoding: struct_value (field 5) and list_value (field 6), both length-delimited, and
+# number_value (field 2, 64-bit). A double is NaN or ±Infinity when all its exponent bits are set.
+_STRUCT_VALUE_TAG, _LIST_VALUE_TAG = b"\x2a", b"\x32"
+_NON_FINITE_DOUBLE = re.compile(rb"\x11[\x00-\xff]{6}[\xf0-\xff][\x7f\xff]")
+_PROTOBUF_JSON = (struct_pb2.Struct, struct_pb2.ListValue, struct_pb2.Value)
+
+
 def check_json_text(value: Any, path: str, violations: Violations) -> None:
     """Record every value of a JSON value that PostgreSQL's JSONB cannot keep or that is corrupt: object keys
     may hold no control characters, strings none but tabs and line breaks, and numbers must be finite (JSON
-    has no NaN or infinity; protobuf's JSON mapping cannot even print them).
+    has no NaN or infinity; protobuf's JSON mapping cannot even print them); with what check_json_structure
+    finds at any depth (unpaired surrogates, integers past a double).
 
     The value is plain (str, dicts, lists) or protobuf's JSON (Struct, Value, ListValue). A bad value is
     named by its JSON path ("variables.order.skus[1]"); a bad key by the object holding it, since the key
-    itself would make an unreadable path.
+    itself would make an unreadable path. Walked without recursion; at most ten problems are recorded.
     """
+    _check_json(value, path, violations, max_depth=None, text=True)
+
+
+def check_json_structure(
+    value: Any, path: str, violations: Violations, *, max_depth: int = MAX_JSON_DEPTH
+) -> None:
+    """Record what a JSON value holds that can be neither stored nor read back: objects and arrays nested more
+    than max_depth levels (the value itself is the first), numbers that are not finite (NaN, ±Infinity, or an
+    integer past a double's range: JSON cannot write them, JSONB cannot store them) and strings or keys that
+    are not Unicode text (an unpaired surrogate, which JSON's \\ud800 escape can produce). Unlike
+    check_json_text, control characters are let through (free-form data kept in protobuf can hold them).
+
+    The value is plain (dicts, lists, str, numbers) or protobuf's JSON (Struct, ListValue, Value). It is walked
+    without recursion, so a value nested ten thousand levels is judged like one nested thirty-three: the first
+    container past the limit is named by its JSON path ("properties.a.b[0]"), a number or string by its own, a
+    bad key by the object holding it. At most ten problems are recorded. A protobuf value is first scanned in
+    its encoding, which is enough to clear nearly all of them without walking.
+    """
+    if not _surely_well_formed(value, max_depth):
+        _check_json(value, path, violations, max_depth=max_depth, text=False)
+
+
+def _check_json(value: Any, path: str, violations: Violations, *, max_depth: int | None, text: bool) -> None:
+    """The one walk of both checks: text adds control characters; max_depth None is no limit."""
+    reported = 0
+    # (value, its path, its level when it is an object or array)
+    stack: list[tuple[Any, str, int]] = [(value, path, 1)]
+    while stack and reported < _MAX_REPORTED:
+        item, item_path, level = stack.pop()
+        problem, children = _json_node(item, text)
+        if problem is not None:
+            violations.add(item_path, problem)
+            reported += 1
+            continue
+        if children is None:
+            continue
+        if max_depth is not None and level > max_depth:
+            violations.add(item_path, f"nests deeper than {max_depth} levels of objects and arrays")
+            reported += 1
+            continue
+        nested: list[tuple[Any, str, int]] = []
+        for key, child in children:
+            if isinstance(key, int):
+                nested.append((child, f"{item_path}[{key}]", level + 1))
+                continue
+            key_problem = _text_problem(str(key), text, free_text=False)
+            if key_problem is not None:
+                violations.add(item_path, f"a key {key_problem.removeprefix('is ').removeprefix('holds ')}")
+                reported += 1
+            else:
+                nested.append((child, f"{item_path}.{key}" if item_path else key, level + 1))
+        stack.extend(reversed(nested))  # popped in document order
+
+
+def _surely_well_formed(value: Any, max_depth: int) -> bool:
+    """Whether a protobuf value's encoding shows it cannot break the rules: fewer nested objects and arrays
+    than the limit (each begins with one of two tag bytes) and no double with every exponent bit set.
+    Protobuf strings are valid UTF-8, so they hold no surrogate."""
+    if not isinstance(value, _PROTOBUF_JSON):
+        return False
+    encoded = value.SerializeToString()
+    nested = encoded.count(_STRUCT_VALUE_TAG) + encoded.count(_LIST_VALUE_TAG)
+    return nested < max_depth and _NON_FINITE_DOUBLE.search(encoded) is None
+
+
+def _json_node(value: Any, text: bool) -> tuple[str | None, Any]:
+    """What is wrong with a scalar, or a container's (key or index, child) pairs; (None, None) for a fine
+    scalar."""
     if isinstance(value, struct_pb2.Value):
         kind = value.WhichOneof("kind")
-        if kind == "string_value":
-            value = value.string_value
-        elif kind == "struct_value":
+        if kind == "struct_value":
             value = value.struct_value
         elif kind == "list_value":
             value = value.list_value
         elif kind == "number_value":
             value = value.number_value
+        elif kind == "string_value":
+            value = value.string_value
         else:
-            return
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            violations.add(path, "must be a finite number")
-        return
-    if isinstance(value, str):
-        if has_control_characters(value, free_text=True):
-            violations.add(path, "holds control characters")
-        return
-    # A Struct's fields and a ListValue's values are protobuf containers, neither a Mapping nor a Sequence.
+            return None, None
     if isinstance(value, struct_pb2.Struct):
-        entries: Any = value.fields.items()
-    elif isinstance(value, Mapping):
-        entries = value.items()
-    else:
-        if isinstance(value, struct_pb2.ListValue):
-            value = value.values
-        elif not isinstance(value, list | tuple):
-            return  # a number, a boolean or null
-        for index, item in enumerate(value):
-            check_json_text(item, f"{path}[{index}]", violations)
-        return
-    for key, item in entries:
-        if has_control_characters(str(key)):
-            violations.add(path, "a key holds control characters")
-        else:
-            check_json_text(item, f"{path}.{key}", violations)
+        return None, value.fields.items()
+    if isinstance(value, struct_pb2.ListValue):
+        return None, enumerate(value.values)
+    if isinstance(value, Mapping):
+        return None, value.items()
+    if isinstance(value, list | tuple):
+        return None, enumerate(value)
+    if isinstance(value, str):
+        return _text_problem(value, text, free_text=True), None
+    if isinstance(value, bool):
+        return None, None
+    if isinstance(value, float):
+        return (None if math.isfinite(value) else "must be a finite number"), None
+    if isinstance(value, int):
+        try:
+            float(value)
+        except OverflowError:
+            return "is too large a number", None
+    return None, None
+
+
+def _text_problem(value: str, text: bool, *, free_text: bool) -> str | None:
+    if not value.isascii() and _UNPAIRED_SURROGATE.search(value):
+        return "is not Unicode text (an unpaired surrogate)"
+    if text and has_control_characters(value, free_text=free_text):
+        return "holds control characters"
+    return None
 
 
 def to_status(error: OmniError, domain: str) -> grpc.Status:

@@ -53,10 +53,43 @@ def test_the_id_is_required_and_bounded() -> None:
 
 
 @pytest.mark.parametrize(
-    "type_", ["", "PageViewed", "page-viewed", "page viewed", "_page", "page__viewed", "x" * 65]
+    "type_",
+    [
+        "",
+        "PageViewed",
+        "page-viewed",
+        "page viewed",
+        "_page",
+        "page__viewed",
+        "x" * 101,
+        "Товар_добавлен",
+        "товар__добавлен",
+        "товар добавлен",
+        "1_товар",
+        "cafe\u0301",  # not in normal form C: "café" has one spelling
+        "商品を追加\n",
+    ],
 )
 def test_the_type_must_be_snake_case_and_bounded(type_: str) -> None:
     assert _track(event(type_)) == {"event.type"}
+
+
+@pytest.mark.parametrize(
+    "type_",
+    ["product_viewed", "x" * 100, "товар_добавлен", "商品を追加", "café_visité", "उत्पाद_जोड़ा", "level_2"],
+)
+def test_types_in_any_script_are_accepted(type_: str) -> None:
+    validation.validate_track_event(profile_pb2.TrackEventRequest(event=event(type_)), now=NOW)
+
+
+def test_the_name_as_sent_is_bounded_and_holds_no_control_characters() -> None:
+    named = event("товар_добавлен")
+    named.name = "Товар добавлен " * 68
+    validation.validate_track_event(profile_pb2.TrackEventRequest(event=named), now=NOW)
+    named.name += "!" * 5
+    assert _track(named) == {"event.name"}
+    named.name = "Товар\x00"
+    assert _track(named) == {"event.name"}
 
 
 def test_identifiers_or_a_person_are_required() -> None:
@@ -143,7 +176,14 @@ def test_a_source_is_lower_snake_case(source: str) -> None:
 def test_small_properties_are_not_measured_and_large_ones_are() -> None:
     fine = event(properties={"blob": "x" * 30_000})
     assert "event.properties" not in (_track_or_none(fine) or set())
-    assert _track(event(properties={"blob": "\u00e9" * 6_000})) == {"event.properties"}
+    # Measured in UTF-8 bytes: 12,000 of "é" are 24 KB, not the 72 KB of their "\\u00e9" escapes.
+    assert _track_or_none(event(properties={"blob": "\u00e9" * 12_000})) is None
+    assert _track(event(properties={"blob": "\u00e9" * 16_500})) == {"event.properties"}
+    context = event()
+    context.context.update({"title": "\u00e9" * 3_500})
+    assert _track_or_none(context) is None
+    context.context.update({"title": "\u00e9" * 4_200})
+    assert _track(context) == {"event.context"}
 
 
 def _track_or_none(message: profile_pb2.Event) -> set[str] | None:

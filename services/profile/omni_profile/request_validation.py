@@ -6,13 +6,13 @@ from omni.common.v1 import common_pb2
 from omni.profile.v1 import profile_pb2
 from omni_kit.errors import Violations, has_control_characters
 from omni_profile.validation import (
-    MAX_EVENT_TYPE,
     MAX_SOURCE,
     MAX_TRAIT_NAME,
     SNAKE_CASE,
     check_channel,
     check_person_id,
     is_currency,
+    is_event_type,
 )
 
 MAX_COMPUTED_TRAIT_NAME = 64
@@ -125,10 +125,8 @@ def validate_create_computed_trait(request: profile_pb2.CreateComputedTraitReque
         violations.add(f"{path}.kind", f"unknown kind {kind}")
     elif kind == profile_pb2.COMPUTED_TRAIT_KIND_UNSPECIFIED:
         violations.add(f"{path}.kind", "is required")
-    if trait.event_type and (
-        len(trait.event_type) > MAX_EVENT_TYPE or not SNAKE_CASE.fullmatch(trait.event_type)
-    ):
-        violations.add(f"{path}.event_type", "must be a snake_case event type")
+    if trait.event_type and not is_event_type(trait.event_type):
+        violations.add(f"{path}.event_type", "must be an event type (lower snake case, in any script)")
     elif not trait.event_type and kind in _NEEDS_EVENT_TYPE:
         violations.add(f"{path}.event_type", "is required for this kind")
     for index, channel in enumerate(trait.channels):

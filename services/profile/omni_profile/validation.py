@@ -9,26 +9,38 @@ traits); the checks of the other requests are in request_validation.py.
 from __future__ import annotations
 
 import functools
-import json
 import re
+import unicodedata
 import uuid
 from datetime import datetime, timedelta
 
-from google.protobuf import json_format, struct_pb2
+import orjson
+from google.protobuf import struct_pb2
 
 from omni.common.v1 import common_pb2
 from omni.profile.v1 import profile_pb2
-from omni_kit.errors import FieldViolation, Violations, check_json_text, has_control_characters
+from omni_kit.errors import (
+    MAX_JSON_DEPTH,
+    FieldViolation,
+    Violations,
+    check_json_structure,
+    check_json_text,
+    has_control_characters,
+)
 from omni_profile import wire
 from omni_profile.domain import CART_LINE_EVENTS
 from omni_profile.trait_schema import trait_problems
 
 MAX_BATCH = 1000
 MAX_EVENT_ID = 128
-MAX_EVENT_TYPE = 64
+MAX_EVENT_TYPE = 100
+MAX_EVENT_NAME = 1024
 MAX_PROPERTIES_BYTES = 32 * 1024
 MAX_TRAITS_BYTES = 32 * 1024
 MAX_CONTEXT_BYTES = 8 * 1024
+MAX_STRUCT_DEPTH = MAX_JSON_DEPTH
+"""Levels of objects and arrays properties, context and traits may nest (themselves the first): the most a
+GetProfile answer, which holds them three messages deep, can be decoded with."""
 MAX_TRAIT_NAME = 128
 MAX_PRODUCT_ID = 128
 MAX_PRODUCT_NAME = 512
@@ -44,14 +56,52 @@ SNAKE_CASE = re.compile(r"^[a-z][a-z0-9]*(_[a-z0-9]+)*$")
 _CURRENCY = re.compile(r"^[A-Z]{3}$")
 _TIMESTAMP_MIN_SECONDS = -62_135_596_800  # 0001-01-01T00:00:00Z, the protobuf Timestamp range
 _TIMESTAMP_MAX_SECONDS = 253_402_300_799  # 9999-12-31T23:59:59Z
-# Compact JSON of a Struct is at most about three times its protobuf encoding (quotes, separators, numbers
-# written out), so a small encoding needs no exact measure.
-_SURELY_SMALL = MAX_PROPERTIES_BYTES // 3
+# Compact JSON of a Struct is at most six times its protobuf encoding (a control character in a string is
+# written \u0001; quotes, separators and numbers written out take less), so a small encoding needs no exact
+# measure.
+_JSON_GROWTH = 6
 
 
 def json_size(struct: struct_pb2.Struct) -> int:
-    """The size in bytes of a Struct as compact JSON: how properties and traits are stored."""
-    return len(json.dumps(json_format.MessageToDict(struct), separators=(",", ":")).encode())
+    """The size of a Struct as compact JSON, in UTF-8 bytes (an "é" is two, not the six of "\\u00e9"): how
+    properties and traits are measured and stored. The Struct holds finite numbers only."""
+    return len(orjson.dumps(wire.struct_to_dict(struct)))
+
+
+def json_size_over(struct: struct_pb2.Struct, limit: int) -> bool:
+    """Whether a Struct is over limit bytes as compact JSON; measured only when its encoding is not small."""
+    return struct.ByteSize() * _JSON_GROWTH > limit and json_size(struct) > limit
+
+
+def check_struct(struct: struct_pb2.Struct, path: str, limit: int, violations: Violations) -> None:
+    """Record a violation unless a Struct can be stored and read back (finite numbers, nesting at most
+    MAX_STRUCT_DEPTH levels) and is at most limit bytes as JSON."""
+    before = len(violations.items)
+    check_json_structure(struct, path, violations, max_depth=MAX_STRUCT_DEPTH)
+    if len(violations.items) == before and json_size_over(struct, limit):
+        violations.add(path, f"must be at most {limit // 1024} KiB as JSON (UTF-8)")
+
+
+@functools.lru_cache(maxsize=4096)
+def is_event_type(name: str) -> bool:
+    """Whether name is an event type: lower snake case of at most MAX_EVENT_TYPE characters, in any script.
+
+    Words of letters, digits and combining marks, joined by single underscores, starting with a letter; no
+    upper case letter; in Unicode normal form C, so one name has one spelling: "order_completed",
+    "товар_добавлен", "商品を追加". (A few types make up almost every event: the answer is remembered.)
+    """
+    if len(name) > MAX_EVENT_TYPE:
+        return False
+    if name.isascii():
+        return SNAKE_CASE.fullmatch(name) is not None  # match() with $ would let a final line break through
+    if not name or unicodedata.normalize("NFC", name) != name or unicodedata.category(name[0])[0] != "L":
+        return False
+    if any(not word for word in name.split("_")):
+        return False
+    return all(
+        c == "_" or (unicodedata.category(c)[0] in "LNM" and unicodedata.category(c) not in ("Lu", "Lt"))
+        for c in name
+    )
 
 
 def is_currency(code: str) -> bool:
@@ -93,9 +143,9 @@ def check_timestamp_range(seconds: int, nanos: int, path: str, violations: Viola
     return True
 
 
-@functools.lru_cache(maxsize=4096)
+@functools.lru_cache(maxsize=256)
 def _snake_case(name: str) -> bool:
-    # A few event types make up almost every event: remember the answer rather than match each time.
+    # A few sources send almost every event: remember the answer rather than match each time.
     return SNAKE_CASE.fullmatch(name) is not None  # match() with $ would let a final line break through
 
 
@@ -118,8 +168,12 @@ def event_violations(event: profile_pb2.Event, *, now: datetime) -> list[FieldVi
         violations.add("type", "is required")
     elif len(event.type) > MAX_EVENT_TYPE:
         violations.add("type", f"must be at most {MAX_EVENT_TYPE} characters")
-    elif not _snake_case(event.type):
-        violations.add("type", "must be snake_case, e.g. cart_item_added")
+    elif not is_event_type(event.type):
+        violations.add("type", "must be lower snake case in any script, e.g. cart_item_added, товар_добавлен")
+    if len(event.name) > MAX_EVENT_NAME:
+        violations.add("name", f"must be at most {MAX_EVENT_NAME:,} characters")
+    elif has_control_characters(event.name):
+        violations.add("name", "holds control characters")
     check_channel(event.channel, "channel", violations, required=False)
     check_source(event.source, "source", violations)
     if not event.person_id and not event.identifiers:
@@ -137,14 +191,10 @@ def event_violations(event: profile_pb2.Event, *, now: datetime) -> list[FieldVi
             violations.add(f"{path}.value", f"must be at most {MAX_IDENTIFIER_VALUE} characters")
     if event.HasField("occurred_at"):
         _check_occurred_at(event, violations, now)
-    if (
-        event.HasField("properties")
-        and event.properties.ByteSize() > _SURELY_SMALL
-        and json_size(event.properties) > MAX_PROPERTIES_BYTES
-    ):
-        violations.add("properties", f"must be at most {MAX_PROPERTIES_BYTES} bytes as JSON")
-    if event.HasField("context") and json_size(event.context) > MAX_CONTEXT_BYTES:
-        violations.add("context", f"must be at most {MAX_CONTEXT_BYTES} bytes as JSON")
+    if event.HasField("properties"):
+        check_struct(event.properties, "properties", MAX_PROPERTIES_BYTES, violations)
+    if event.HasField("context"):
+        check_struct(event.context, "context", MAX_CONTEXT_BYTES, violations)
     if event.HasField("traits"):
         check_traits(event.traits, "traits", violations)
     if event.type in CART_LINE_EVENTS:
@@ -218,7 +268,8 @@ def validate_batch(request: profile_pb2.BatchTrackEventsRequest) -> None:
 
 def check_traits(traits: struct_pb2.Struct, path: str, violations: Violations) -> None:
     """Record what is wrong with traits to set: at least one, names of 1 to 128 characters, at most 32 KiB as
-    JSON, no control characters, known traits of their type (a violation at "<path>.<name>")."""
+    JSON, nested at most MAX_STRUCT_DEPTH levels, finite numbers, no control characters, known traits of their
+    type (a violation at "<path>.<name>")."""
     if not traits.fields:
         violations.add(path, "at least one trait is required")
     for name in traits.fields:
@@ -226,9 +277,9 @@ def check_traits(traits: struct_pb2.Struct, path: str, violations: Violations) -
             violations.add(path, "trait names must not be empty")
         elif len(name) > MAX_TRAIT_NAME:
             violations.add(path, f"trait name {name[:32]}… is longer than {MAX_TRAIT_NAME} characters")
-    if json_size(traits) > MAX_TRAITS_BYTES:
-        violations.add(path, f"must be at most {MAX_TRAITS_BYTES} bytes as JSON")
-    else:
+    before = len(violations.items)
+    check_struct(traits, path, MAX_TRAITS_BYTES, violations)
+    if len(violations.items) == before:
         check_json_text(traits, path, violations)
     for name, problem in sorted(trait_problems(wire.struct_to_dict(traits)).items()):
         violations.add(f"{path}.{name}", problem)

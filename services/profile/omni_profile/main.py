@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from datetime import timedelta
 from pathlib import Path
+from typing import Annotated
 
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
@@ -20,7 +21,14 @@ from omni_profile.computed_traits import ComputedTraits
 from omni_profile.consents import Consents
 from omni_profile.contact_verdicts import Republisher
 from omni_profile.erasure import Eraser
-from omni_profile.http import HttpEndpoint, IdentifierLookup, Intake, SourceSetting, WriteKey
+from omni_profile.http import (
+    EndpointLimits,
+    HttpEndpoint,
+    IdentifierLookup,
+    Intake,
+    SourceSetting,
+    WriteKey,
+)
 from omni_profile.identity_client import IDEMPOTENT_METHODS, SERVICE, IdentityClient
 from omni_profile.ingestion import Ingestion
 from omni_profile.merge import Merger
@@ -31,6 +39,9 @@ from omni_profile.tracking import Tracker
 from omni_profile.traits import Traits
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+
+AllowedOrigin = Annotated[str, Field(pattern=r"^(\*|https?://[^/\s]+)$", max_length=256)]
+"""An origin as browsers send it (scheme://host[:port], no path), or * for any."""
 SERVICE_NAME = "omni.profile.v1.ProfileService"
 
 
@@ -76,6 +87,31 @@ class Settings(ServiceSettings):
         default_factory=dict,
         description='Write key → source, as JSON: {"wk_web": "web"} or {"wk_pos": {"name": "pos", '
         '"channel": "store"}}. The HTTP endpoint runs only when at least one write key is set.',
+    )
+    http_allowed_origins: tuple[AllowedOrigin, ...] = Field(
+        ("*",),
+        min_length=1,
+        description='Origins whose pages may post events from a browser, as a JSON list: ["*"] (any, the '
+        'default) or e.g. ["https://shop.example", "https://www.shop.example"]. An allowed origin is '
+        "answered with itself and Access-Control-Allow-Credentials; another gets 403.",
+    )
+    http_idle_timeout_s: float = Field(
+        15.0,
+        gt=0,
+        description="A connection that has not sent a whole request's headers this long after it opened or "
+        "after its last answer is closed.",
+    )
+    http_body_timeout_s: float = Field(
+        30.0, gt=0, description="A request whose body has not all arrived this long after its headers is 408."
+    )
+    http_write_key_failures: int = Field(
+        20,
+        ge=1,
+        description="Failed write-key attempts (401) from one client address within "
+        "HTTP_WRITE_KEY_FAILURE_WINDOW_S after which it is answered 429 until the oldest leaves the window.",
+    )
+    http_write_key_failure_window_s: float = Field(
+        60.0, gt=0, description="The window failed write-key attempts are counted in, in seconds."
     )
 
 
@@ -183,5 +219,12 @@ async def _wire(runtime: ProfileRuntime, settings: Settings) -> None:
             host=settings.http_host,
             port=settings.http_port,
             shutdown_grace_s=settings.shutdown_grace_s,
+            limits=EndpointLimits(
+                allowed_origins=settings.http_allowed_origins,
+                idle_timeout_s=settings.http_idle_timeout_s,
+                body_timeout_s=settings.http_body_timeout_s,
+                write_key_failures=settings.http_write_key_failures,
+                write_key_failure_window_s=settings.http_write_key_failure_window_s,
+            ),
         )
         await runtime.http.start()

@@ -86,22 +86,19 @@ def check_struct(struct: struct_pb2.Struct, path: str, limit: int, violations: V
 def is_event_type(name: str) -> bool:
     """Whether name is an event type: lower snake case of at most MAX_EVENT_TYPE characters, in any script.
 
-    Words of letters, digits and combining marks, joined by single underscores, starting with a letter; no
-    upper case letter; in Unicode normal form C, so one name has one spelling: "order_completed",
+    Words of letters, digits and combining marks, joined by single underscores, starting with a letter; in
+    lower case and in Unicode normal form C, so one name has one spelling: "order_completed",
     "товар_добавлен", "商品を追加". (A few types make up almost every event: the answer is remembered.)
     """
     if len(name) > MAX_EVENT_TYPE:
         return False
     if name.isascii():
         return SNAKE_CASE.fullmatch(name) is not None  # match() with $ would let a final line break through
-    if not name or unicodedata.normalize("NFC", name) != name or unicodedata.category(name[0])[0] != "L":
+    if name.lower() != name or unicodedata.normalize("NFC", name) != name:
         return False
-    if any(not word for word in name.split("_")):
+    if unicodedata.category(name[0])[0] != "L" or any(not word for word in name.split("_")):
         return False
-    return all(
-        c == "_" or (unicodedata.category(c)[0] in "LNM" and unicodedata.category(c) not in ("Lu", "Lt"))
-        for c in name
-    )
+    return all(c == "_" or unicodedata.category(c)[0] in "LNM" for c in name)
 
 
 def is_currency(code: str) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -92,6 +93,15 @@ def basic(write_key: str) -> str:
 @pytest.fixture(scope="module")
 async def endpoint(postgres: EmbeddedPostgres, nats_server: EmbeddedNats) -> AsyncIterator[Endpoint]:
     """Identity, and profile with its HTTP endpoint on a free port, for the whole module."""
+    async with running_endpoint(postgres, nats_server) as running:
+        yield running
+
+
+@contextlib.asynccontextmanager
+async def running_endpoint(
+    postgres: EmbeddedPostgres, nats_server: EmbeddedNats, **profile_settings: Any
+) -> AsyncIterator[Endpoint]:
+    """Identity, and profile with its HTTP endpoint on a free port and these settings, on fresh databases."""
     namespace = "t" + uuid.uuid4().hex[:10]
     identity_db = f"identity_{uuid.uuid4().hex[:16]}"
     profile_db = f"profile_{uuid.uuid4().hex[:16]}"
@@ -110,6 +120,7 @@ async def endpoint(postgres: EmbeddedPostgres, nats_server: EmbeddedNats) -> Asy
                 "http_host": "127.0.0.1",
                 "http_port": 0,
                 "write_keys": WRITE_KEYS,
+                **profile_settings,
             }
         )
     )

@@ -2,29 +2,35 @@
 
 One message (identify, track, page, screen, group or alias) becomes one profile event, checked by the same
 rules as an event sent over gRPC. Problems are reported with the message's own field names ("messageId",
-"timestamp", "context.traits.email"), so a sender can find them in what it sent.
+"timestamp", "context.traits.email"), so a sender can find them in what it sent. What cannot be kept of a
+message that is otherwise recorded (a bad trait, the largest parts of an oversized context) is left out and
+reported as a warning with its field.
 """
 
 from __future__ import annotations
 
-import json
 import re
-import unicodedata
-import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from omni.common.v1 import common_pb2
 from omni.profile.v1 import profile_pb2
-from omni_kit.errors import FieldViolation, InvalidArgument, Violations
+from omni_kit.errors import FieldViolation, Violations, check_json_structure
 from omni_profile import money, validation
 from omni_profile.domain import CART_ITEM_ADDED, CART_ITEM_REMOVED, CART_LINE_EVENTS
+from omni_profile.http import identifiers, json_sizes, message_traits
+from omni_profile.http.event_types import snake_case
 from omni_profile.http.sources import Source, channel_of
 
 MAX_MESSAGE_BYTES = 32 * 1024
-"""The largest message Segment accepts, as JSON."""
+"""The largest message Segment accepts, as compact JSON in UTF-8 bytes."""
+
+MAX_CONTEXT_BYTES = validation.MAX_CONTEXT_BYTES
+"""The largest context kept with an event, as compact JSON in UTF-8 bytes; a larger one is trimmed."""
+
+MAX_EVENT_NAME = validation.MAX_EVENT_NAME
+"""The longest track call event name, in characters."""
 
 MAX_QUANTITY = validation.MAX_QUANTITY
 """The most units one cart event may add or remove."""
@@ -49,6 +55,7 @@ _IDENTIFIER_PATH = re.compile(r"identifiers\[(\d+)\]")
 _RENAMED = {
     "id": "messageId",
     "type": "event",
+    "name": "event",
     "identifiers": "userId",
     "occurred_at": "timestamp",
     "channel": "context.channel",
@@ -59,7 +66,6 @@ _CART_FIELDS = {
     "unit_price.amount_minor": "properties.price",
     "unit_price.currency_code": "properties.currency",
 }
-_NIL_PERSON = str(uuid.UUID(int=0))
 
 
 @dataclass
@@ -71,6 +77,14 @@ class Translated:
     traits: dict[str, Any] = field(default_factory=dict)
     origins: list[str] = field(default_factory=list)
     """The message field each of the event's identifiers came from, in order."""
+    time_field: str = "timestamp"
+    """The message field the event's time came from (RudderStack's libraries send originalTimestamp)."""
+    warnings: list[FieldViolation] = field(default_factory=list)
+    """What was left out of the message (bad traits, parts of an oversized context), by its field."""
+
+    def message_field(self, violation: FieldViolation) -> FieldViolation:
+        """A violation on the event (identity's refusal of an identifier …) named by the message's field."""
+        return message_field(violation, self.origins, self.time_field)
 
 
 @dataclass
@@ -84,17 +98,6 @@ class Refused:
     def message(self) -> str:
         """The problems in one line."""
         return "; ".join(f"{v.field}: {v.description}" if v.field else v.description for v in self.violations)
-
-
-def snake_case(name: str) -> str:
-    """An event name as an event type: "Product Added" → "product_added", "signedUp" → "signed_up"."""
-    ascii_name = unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode()
-    spaced = re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", ascii_name)
-    spaced = re.sub(r"([A-Z]+)([A-Z][a-z])", r"\1_\2", spaced)
-    snake = re.sub(r"[^A-Za-z0-9]+", "_", spaced).strip("_").lower()
-    if snake and not snake[0].isalpha():
-        snake = f"event_{snake}"
-    return snake
 
 
 def parse_time(value: Any, path: str, violations: Violations) -> datetime | None:
@@ -115,11 +118,16 @@ def parse_time(value: Any, path: str, violations: Violations) -> datetime | None
 
 
 def occurred_at(
-    timestamp: datetime | None, sent_at: datetime | None, received_at: datetime, violations: Violations
+    timestamp: datetime | None,
+    sent_at: datetime | None,
+    received_at: datetime,
+    violations: Violations,
+    path: str = "timestamp",
 ) -> datetime:
     """When it happened, corrected for the sender's clock as Segment does: receivedAt - (sentAt - timestamp).
 
-    Without sentAt the timestamp is taken as it is; without a timestamp, the time it was received.
+    Without sentAt the timestamp is taken as it is; without a timestamp, the time it was received. path is
+    the message field the timestamp came from.
     """
     if timestamp is None:
         return received_at
@@ -128,7 +136,7 @@ def occurred_at(
     try:
         return received_at - (sent_at - timestamp)
     except OverflowError:
-        violations.add("timestamp", "is too far from sentAt")
+        violations.add(path, "is too far from sentAt")
         return received_at
 
 
@@ -151,22 +159,36 @@ def translate(
     violations = Violations()
     message_id = _message_id(message, source, violations)
     kind = _kind(message, expected_type, violations)
-    if len(json.dumps(message, separators=(",", ":")).encode()) > MAX_MESSAGE_BYTES:
+    _check_structure(message, kind, violations)
+    if violations:
+        # A value nested too deep or a number JSON cannot write would break what follows.
+        return Refused(message_id, violations.items)
+    if json_sizes.json_size(message) > MAX_MESSAGE_BYTES:
         violations.add("", f"the message must be at most {MAX_MESSAGE_BYTES // 1024} KB as JSON")
     context = _object(message, "context", violations)
     properties = _object(message, "properties", violations)
     traits = _object(message, "traits", violations)
+    time_field = "originalTimestamp" if message.get("timestamp") is None else "timestamp"
     sent_at = parse_time(message.get("sentAt"), "sentAt", violations) or batch_sent_at
     when = occurred_at(
-        parse_time(message.get("timestamp"), "timestamp", violations), sent_at, received_at, violations
+        parse_time(message.get(time_field), time_field, violations),
+        sent_at,
+        received_at,
+        violations,
+        time_field,
     )
     event = profile_pb2.Event(id=message_id, source=source.name, channel=channel_of(context, source))
-    origins = _identifiers(event, message, kind, context, traits, violations, previous_id_type)
+    warnings: list[FieldViolation] = []
+    if kind == "identify":
+        traits, warnings = message_traits.identify_traits(message)
+    origins = identifiers.add(event, message, kind, context, violations, previous_id_type, warnings)
     if kind is not None:
         event.type, properties = _type_and_properties(kind, message, properties, violations)
+        if kind == "track" and isinstance(message.get("event"), str):
+            event.name = message["event"]
         if kind != "identify":
             traits = {}
-    if event.type in CART_LINE_EVENTS and not _bad(violations, "properties"):
+    if event.type in CART_LINE_EVENTS and not identifiers.bad(violations, "properties"):
         _cart_item(event, properties, violations)
     if violations:
         return Refused(message_id, violations.items)
@@ -178,18 +200,47 @@ def translate(
         # The circumstances the library reports (page, campaign, user agent, …) stay with the event; its
         # traits were read above for identifiers and go to the profile, not onto every event.
         event.context.update(kept)
+        warnings.extend(json_sizes.trim(event.context, "context", MAX_CONTEXT_BYTES))
     checked = validation.event_violations(event, now=received_at)
     if traits:
-        checked.extend(_trait_violations(traits, source))
+        checked.extend(message_traits.set_traits_violations(traits, source.name))
     if checked:
-        return Refused(message_id, [message_field(v, origins) for v in checked])
-    return Translated(event=event, traits=traits, origins=origins)
+        return Refused(message_id, [message_field(v, origins, time_field) for v in checked])
+    return Translated(event, traits, origins, time_field, _unique(warnings))
 
 
-def message_field(violation: FieldViolation, origins: list[str]) -> FieldViolation:
+def _check_structure(message: Mapping[str, Any], kind: str | None, violations: Violations) -> None:
+    """Record the values of the message that can be neither stored nor read back, by their field.
+
+    An identify call's traits are judged one by one (a bad one is dropped, see message_traits); the
+    context's traits are read only for identifiers.
+    """
+    shell = dict(message)
+    if kind == "identify":
+        shell.pop("traits", None)
+    context = shell.get("context")
+    if isinstance(context, dict) and "traits" in context:
+        shell["context"] = {key: value for key, value in context.items() if key != "traits"}
+    for key, value in shell.items():
+        check_json_structure(value, key, violations, max_depth=validation.MAX_STRUCT_DEPTH)
+
+
+def _unique(warnings: list[FieldViolation]) -> list[FieldViolation]:
+    seen: set[str] = set()
+    result: list[FieldViolation] = []
+    for warning in warnings:
+        if warning.field not in seen:
+            seen.add(warning.field)
+            result.append(warning)
+    return result
+
+
+def message_field(
+    violation: FieldViolation, origins: list[str], time_field: str = "timestamp"
+) -> FieldViolation:
     """A violation on the profile event (paths like "event.identifiers[1].value") on the message's fields.
 
-    origins[k] is the message field identifier k came from.
+    origins[k] is the message field identifier k came from; time_field the one its time came from.
     """
     path = violation.field.removeprefix("event").removeprefix(".")
     head, _, rest = path.partition(".")
@@ -198,26 +249,8 @@ def message_field(violation: FieldViolation, origins: list[str]) -> FieldViolati
         return FieldViolation(origins[int(match.group(1))], violation.description)
     if head == "cart_item":
         return FieldViolation(_CART_FIELDS.get(rest, "properties"), violation.description)
-    renamed = _RENAMED.get(head, head)
+    renamed = time_field if head == "occurred_at" else _RENAMED.get(head, head)
     return FieldViolation(f"{renamed}.{rest}" if rest else renamed, violation.description)
-
-
-def previous_id(message: Any, expected_type: str | None = None) -> str | None:
-    """The previousId of an alias message as a string, when it has a usable one."""
-    if not isinstance(message, dict) or message.get("type", expected_type) != "alias":
-        return None
-    return _id_value(message.get("previousId"), "previousId", Violations())
-
-
-def guess_previous_id_type(message: Mapping[str, Any]) -> str:
-    """The type of an alias call's previousId when identity was not asked.
-
-    analytics.js sends the cookie's anonymousId as previousId along with it; any other previousId is taken
-    for a former user id.
-    """
-    previous = _id_value(message.get("previousId"), "previousId", Violations())
-    anonymous_id = _id_value(message.get("anonymousId"), "anonymousId", Violations())
-    return "anonymous_id" if previous is not None and previous == anonymous_id else "user_id"
 
 
 def _message_id(message: Mapping[str, Any], source: Source, violations: Violations) -> str:
@@ -256,78 +289,6 @@ def _object(message: Mapping[str, Any], name: str, violations: Violations) -> di
     return value
 
 
-def _id_value(value: Any, path: str, violations: Violations) -> str | None:
-    """A user-supplied id (string or number, as Segment allows); None when absent or empty."""
-    if value is None or value == "":
-        return None
-    if isinstance(value, bool) or not isinstance(value, str | int | float):
-        violations.add(path, "must be a string or a number")
-        return None
-    return value if isinstance(value, str) else str(value)
-
-
-def _identifiers(
-    event: profile_pb2.Event,
-    message: Mapping[str, Any],
-    kind: str | None,
-    context: Mapping[str, Any],
-    traits: Mapping[str, Any],
-    violations: Violations,
-    previous_id_type: str | None,
-) -> list[str]:
-    """Add the message's identifiers to the event; return the message field each one came from."""
-    user_id = _id_value(message.get("userId"), "userId", violations)
-    anonymous_id = _id_value(message.get("anonymousId"), "anonymousId", violations)
-    found: list[tuple[str, str, str]] = []
-    if user_id is not None:
-        found.append(("user_id", user_id, "userId"))
-    if anonymous_id is not None:
-        found.append(("anonymous_id", anonymous_id, "anonymousId"))
-    if kind == "alias":
-        previous = _id_value(message.get("previousId"), "previousId", violations)
-        if user_id is None and "userId" not in {v.field for v in violations.items}:
-            violations.add("userId", "is required for alias")
-        if previous is None:
-            violations.add("previousId", "is required for alias")
-        else:
-            found.append((previous_id_type or guess_previous_id_type(message), previous, "previousId"))
-    elif user_id is None and anonymous_id is None and not _bad(violations, "userId", "anonymousId"):
-        violations.add("userId", "userId or anonymousId is required")
-    context_traits = context.get("traits")
-    sources: list[tuple[Mapping[str, Any], str]] = []
-    if kind == "identify":
-        sources.append((traits, "traits"))
-    if isinstance(context_traits, dict):
-        sources.append((context_traits, "context.traits"))
-    for values, prefix in sources:
-        for name in ("email", "phone"):
-            value = values.get(name)
-            if value is None or value == "":
-                continue
-            if not isinstance(value, str):
-                violations.add(f"{prefix}.{name}", "must be a string")
-            else:
-                found.append((name, value, f"{prefix}.{name}"))
-    device = context.get("device")
-    if isinstance(device, dict):
-        device_id = _id_value(device.get("id"), "context.device.id", violations)
-        if device_id is not None:
-            found.append(("device_id", device_id, "context.device.id"))
-    origins: list[str] = []
-    seen: set[tuple[str, str]] = set()
-    for type_, value, origin in found:
-        if (type_, value) in seen:
-            continue
-        seen.add((type_, value))
-        event.identifiers.append(common_pb2.Identifier(type=type_, value=value))
-        origins.append(origin)
-    return origins
-
-
-def _bad(violations: Violations, *fields: str) -> bool:
-    return any(v.field in fields for v in violations.items)
-
-
 def _type_and_properties(
     kind: str, message: Mapping[str, Any], properties: dict[str, Any], violations: Violations
 ) -> tuple[str, dict[str, Any]]:
@@ -336,6 +297,9 @@ def _type_and_properties(
         name = message.get("event")
         if not isinstance(name, str) or not name.strip():
             violations.add("event", "is required for track, as a non-empty string")
+            return "", properties
+        if len(name) > MAX_EVENT_NAME:
+            violations.add("event", f"must be at most {MAX_EVENT_NAME:,} characters")
             return "", properties
         event_type = snake_case(name)
         if not event_type:
@@ -347,8 +311,8 @@ def _type_and_properties(
             if value is not None and key not in properties:
                 properties[key] = value
     elif kind == "group":
-        group_id = _id_value(message.get("groupId"), "groupId", violations)
-        if group_id is None and not _bad(violations, "groupId"):
+        group_id = identifiers.id_value(message.get("groupId"), "groupId", violations)
+        if group_id is None and not identifiers.bad(violations, "groupId"):
             violations.add("groupId", "is required for group")
         properties = {"group_id": group_id}
         group_traits = message.get("traits")
@@ -369,12 +333,12 @@ def _cart_item(event: profile_pb2.Event, properties: Mapping[str, Any], violatio
     without a price (it stays in the properties): the cart cannot tell what it is in.
     """
     item = event.cart_item
-    product_id = _id_value(properties.get("product_id"), "properties.product_id", violations)
+    product_id = identifiers.id_value(properties.get("product_id"), "properties.product_id", violations)
     if product_id is None:
-        product_id = _id_value(properties.get("sku"), "properties.sku", violations)
+        product_id = identifiers.id_value(properties.get("sku"), "properties.sku", violations)
     if product_id is not None:
         item.product_id = product_id
-    elif not _bad(violations, "properties.product_id", "properties.sku"):
+    elif not identifiers.bad(violations, "properties.product_id", "properties.sku"):
         violations.add("properties.product_id", f"product_id or sku is required for {event.type}")
     quantity = properties.get("quantity", 1)
     if not money.is_amount(quantity) or quantity != int(quantity) or not 1 <= quantity <= MAX_QUANTITY:
@@ -401,16 +365,3 @@ def _cart_item(event: profile_pb2.Event, properties: Mapping[str, Any], violatio
         return
     item.unit_price.amount_minor = amount_minor
     item.unit_price.currency_code = code
-
-
-def _trait_violations(traits: dict[str, Any], source: Source) -> list[FieldViolation]:
-    """The traits of an identify call checked by the rules of SetTraits."""
-    request = profile_pb2.SetTraitsRequest(person_id=_NIL_PERSON, source=source.name)
-    try:
-        request.traits.update(traits)
-        validation.validate_set_traits(request)
-    except InvalidArgument as refused:
-        return refused.violations
-    except (ValueError, TypeError) as error:
-        return [FieldViolation("traits", f"cannot be stored: {error}")]
-    return []

@@ -3,18 +3,22 @@
 Routes follow the Segment Tracking API (POST /v1/identify, /v1/track, /v1/page, /v1/screen, /v1/group,
 /v1/alias, /v1/batch and /v1/import), plus the one-letter paths analytics.js posts to (/v1/i, /v1/t …,
 /v1/b). The write key comes from HTTP Basic authentication (the key as user name, no password) or from
-writeKey in the body. Answers are JSON: 200 {"success": true}; 400 for a malformed body or message, 401
-for a missing or unknown write key, 413 for a body over 500 KB, 503 when identity is unavailable or the
-batch kept conflicting with concurrent writes (the libraries retry). In a batch, refused messages are listed with their reasons and the others are recorded.
+writeKey in the body. Answers are JSON: 200 {"success": true} (with "warnings" naming what was left out of a
+recorded message: a bad trait, the largest parts of an oversized context); 400 for a malformed body or
+message; 401 for a missing or unknown write key; 403 for a browser page of an origin not allowed; 408 for a
+body that does not arrive in time; 413 for a body over 500 KB; 429 for an address that failed too many write
+keys lately; 503 when identity is unavailable or the batch kept conflicting with concurrent writes (the
+libraries retry). In a batch, refused messages are listed with their reasons and the others are recorded.
+Connections that do not send a request's headers within the idle timeout are closed (guards.py and
+requests.py say more).
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
 import logging
+import re
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -22,15 +26,15 @@ from aiohttp import web
 
 from omni_kit.errors import Aborted, FieldViolation, Unavailable, Violations
 from omni_profile import wire
-from omni_profile.http import segment
+from omni_profile.http import identifiers, message_traits, segment
+from omni_profile.http.guards import ANY_ORIGIN, CorsPolicy, WriteKeyThrottle, origin_of
 from omni_profile.http.intake import Intake, Outcome, Pending, Rejection
+from omni_profile.http.json_sizes import dropped
 from omni_profile.http.lookup import IdentifierLookup
+from omni_profile.http.requests import LINGERING_S, HttpError, parse_body, read_body, write_key_of
 from omni_profile.http.sources import Source
 
 log = logging.getLogger(__name__)
-
-MAX_BODY_BYTES = 500 * 1024
-"""The largest request body Segment accepts (after decompression)."""
 
 # Path → message type; None is a batch.
 ROUTES: dict[str, str | None] = {
@@ -41,36 +45,30 @@ ROUTES: dict[str, str | None] = {
     "b": None,
 }
 
-_CORS = {
-    # analytics.js posts from the shop's pages to another origin, as text/plain to spare a preflight.
-    "Access-Control-Allow-Origin": "*",
-    "Access-Control-Allow-Methods": "POST, OPTIONS",
-    "Access-Control-Allow-Headers": "Authorization, Content-Type",
-    "Access-Control-Max-Age": "86400",
-}
+_IDENTIFIER_PATH = re.compile(r"identifiers\[(\d+)\]\.\w+")
+_TRAIT_ORIGINS = tuple(f"{prefix}." for prefix in message_traits.TRAIT_SOURCES)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-class HttpError(Exception):
-    """A request the endpoint refuses as a whole, answered with a Segment-style JSON error."""
+@dataclass(frozen=True)
+class EndpointLimits:
+    """How the endpoint treats browsers, slow clients and failed write keys (see the settings in main)."""
 
-    def __init__(
-        self, status: int, code: str, message: str, errors: list[dict[str, Any]] | None = None
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
-        self.errors = errors or []
+    allowed_origins: tuple[str, ...] = (ANY_ORIGIN,)
+    idle_timeout_s: float = 15.0
+    body_timeout_s: float = 30.0
+    write_key_failures: int = 20
+    write_key_failure_window_s: float = 60.0
 
-    def response(self) -> web.Response:
-        """The JSON answer."""
-        body: dict[str, Any] = {"success": False, "code": self.code, "message": self.message}
-        if self.errors:
-            body["errors"] = self.errors
-        headers = {"WWW-Authenticate": 'Basic realm="omni"'} if self.status == 401 else None
-        return web.json_response(body, status=self.status, headers=headers)
+
+@dataclass
+class _Translated:
+    """What the messages of a request became, by position."""
+
+    pending: list[Pending]
+    message_ids: dict[int, str]
+    events: dict[int, segment.Translated]
 
 
 class HttpEndpoint:
@@ -85,6 +83,7 @@ class HttpEndpoint:
         host: str,
         port: int,
         shutdown_grace_s: float,
+        limits: EndpointLimits | None = None,
     ) -> None:
         self._intake = intake
         self._lookup = lookup
@@ -92,19 +91,32 @@ class HttpEndpoint:
         self._host = host
         self._port = port
         self._grace_s = shutdown_grace_s
+        self._limits = limits or EndpointLimits()
+        self._cors = CorsPolicy(self._limits.allowed_origins)
+        self._throttle = WriteKeyThrottle(
+            self._limits.write_key_failures, self._limits.write_key_failure_window_s
+        )
         self._runner: web.AppRunner | None = None
 
     def application(self) -> web.Application:
         """The aiohttp application with every route."""
-        app = web.Application(middlewares=[_json_errors])
+        app = web.Application(middlewares=[self._json_errors])
         for path, kind in ROUTES.items():
             app.router.add_post(f"/v1/{path}", self._handler(kind))
-            app.router.add_route("OPTIONS", f"/v1/{path}", _preflight)
+            app.router.add_route("OPTIONS", f"/v1/{path}", self._preflight)
         return app
 
     async def start(self) -> None:
         """Bind and serve; with port 0 a free port is chosen (see `port`)."""
-        self._runner = web.AppRunner(self.application(), access_log=None, shutdown_timeout=self._grace_s)
+        self._runner = web.AppRunner(
+            self.application(),
+            access_log=None,
+            shutdown_timeout=self._grace_s,
+            # aiohttp closes a connection that has not sent a whole request's headers this long after it
+            # opened or after its last answer: stalled and idle clients do not hold it for ever.
+            keepalive_timeout=self._limits.idle_timeout_s,
+            lingering_time=LINGERING_S,
+        )
         await self._runner.setup()
         site = web.TCPSite(self._runner, self._host, self._port)
         await site.start()
@@ -130,24 +142,44 @@ class HttpEndpoint:
 
     async def _handle(self, request: web.Request, kind: str | None) -> web.Response:
         received_at = datetime.now(UTC)
-        header_key = write_key_of(request.headers.get("Authorization"))
-        if header_key is not None:
-            self._source(header_key)
-        payload = parse_body(await read_body(request))
-        source = self._source(header_key if header_key is not None else payload.get("writeKey"))
+        origin = origin_of(request.headers)
+        if origin is not None and not self._cors.allows(origin):
+            raise HttpError(403, "forbidden_origin", f"pages of {origin} may not send events here")
+        address = request.remote or "unknown"
+        wait_s = self._throttle.retry_after(address)
+        if wait_s is not None:
+            raise HttpError(
+                429,
+                "too_many_requests",
+                f"too many failed write keys from {address}; retry in {wait_s} s",
+                headers={"Retry-After": str(wait_s)},
+            )
+        try:
+            header_key = write_key_of(request.headers.get("Authorization"))
+            if header_key is not None:
+                self._source(header_key)
+            payload = parse_body(await read_body(request, self._limits.body_timeout_s))
+            source = self._source(header_key if header_key is not None else payload.get("writeKey"))
+        except HttpError as error:
+            if error.status == 401:
+                self._throttle.failed(address)
+            raise
         messages, batch_sent_at = _messages(payload, kind)
         outcome = Outcome()
         # Identity is asked twice on the way, for an alias call's previousId and to resolve the events; it
         # being down is a 503 the libraries retry either way, never a refused message.
         try:
-            pending, message_ids, origins = await self._translate(
-                messages, kind, source, received_at, batch_sent_at, outcome
-            )
-            await self._intake.ingest(pending, outcome)
+            translated = await self._translate(messages, kind, source, received_at, batch_sent_at, outcome)
+            await self._intake.ingest(translated.pending, outcome)
+            await self._again_without_trait_identifiers(translated, outcome, received_at)
         except (Unavailable, Aborted) as error:
             raise HttpError(503, "unavailable", f"{error.message}; retry later") from error
-        errors = [
-            _error_json(r, message_ids, origins) for r in sorted(outcome.rejections, key=lambda r: r.position)
+        rejected = {r.position for r in outcome.rejections}
+        errors = [_error_json(r, translated) for r in sorted(outcome.rejections, key=lambda r: r.position)]
+        warnings = [
+            _warning_json(position, message)
+            for position, message in sorted(translated.events.items())
+            if message.warnings and position not in rejected
         ]
         if kind is not None and outcome.rejected:
             raise HttpError(400, "invalid_request", errors[0]["message"], errors)
@@ -157,7 +189,9 @@ class HttpEndpoint:
                 summary = f"none of the {len(messages)} messages could be recorded; the first: {summary}"
             raise HttpError(400, "invalid_request", summary, errors)
         if kind is not None:
-            return web.json_response({"success": True})
+            return web.json_response(
+                {"success": True, "warnings": warnings} if warnings else {"success": True}
+            )
         return web.json_response(
             {
                 "success": True,
@@ -165,6 +199,7 @@ class HttpEndpoint:
                 "duplicates": outcome.duplicates,
                 "rejected": outcome.rejected,
                 "errors": errors,
+                "warnings": warnings,
             }
         )
 
@@ -176,12 +211,9 @@ class HttpEndpoint:
         received_at: datetime,
         batch_sent_at: datetime | None,
         outcome: Outcome,
-    ) -> tuple[list[Pending], dict[int, str], dict[int, list[str]]]:
-        """The messages as checked events, refused ones counted in outcome; with, by position, each message's
-        id and the message fields its event's identifiers came from."""
-        pending: list[Pending] = []
-        message_ids: dict[int, str] = {}
-        origins: dict[int, list[str]] = {}
+    ) -> _Translated:
+        """The messages as checked events, refused ones counted in outcome."""
+        result = _Translated([], {}, {})
         for index, message in enumerate(messages):
             translated = segment.translate(
                 message,
@@ -192,28 +224,77 @@ class HttpEndpoint:
                 previous_id_type=await self._previous_id_type(message, kind),
             )
             if isinstance(translated, segment.Refused):
-                message_ids[index] = translated.message_id
+                result.message_ids[index] = translated.message_id
                 outcome.reject(
                     Rejection(index, translated.message_id, translated.message, tuple(translated.violations))
                 )
                 continue
-            message_ids[index] = translated.event.id
-            origins[index] = translated.origins
-            pending.append(
-                Pending(
-                    index,
-                    wire.event_from_proto(translated.event, received_at=received_at, derived_time=True),
-                    traits=translated.traits,
-                )
+            result.message_ids[index] = translated.event.id
+            result.events[index] = translated
+            result.pending.append(_pending(index, translated, received_at))
+        return result
+
+    async def _again_without_trait_identifiers(
+        self, translated: _Translated, outcome: Outcome, received_at: datetime
+    ) -> None:
+        """Record again, without them, the events identity refused only for an email or phone taken from
+        their traits (a phone number it cannot read, say): the trait is left out with a warning, not the
+        message. An event with no identifier left stays refused."""
+        again: list[Pending] = []
+        for rejection in list(outcome.rejections):
+            message = translated.events.get(rejection.position)
+            if message is None or not rejection.violations:
+                continue
+            refused = _trait_identifiers(rejection.violations, message.origins)
+            if refused is None or len(refused) == len(message.event.identifiers):
+                continue
+            for index in sorted(refused, reverse=True):
+                origin = message.origins.pop(index)
+                del message.event.identifiers[index]
+                name = origin.rpartition(".")[2]
+                message.traits.pop(name, None)
+                reason = refused[index]
+                message.warnings.append(dropped(origin, reason))
+            outcome.rejections.remove(rejection)
+            outcome.rejected -= 1
+            again.append(_pending(rejection.position, message, received_at))
+        if again:
+            await self._intake.ingest(again, outcome)
+
+    async def _preflight(self, request: web.Request) -> web.Response:
+        origin = origin_of(request.headers)
+        if origin is not None and not self._cors.allows(origin):
+            raise HttpError(403, "forbidden_origin", f"pages of {origin} may not send events here")
+        requested = request.headers.get("Access-Control-Request-Headers")
+        return web.Response(status=204, headers=self._cors.preflight_headers(origin, requested))
+
+    @web.middleware
+    async def _json_errors(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """Every error is JSON in the Segment style; every answer to an allowed origin has its CORS headers."""
+        try:
+            response = await handler(request)
+        except HttpError as error:
+            response = error.response()
+        except web.HTTPException as error:
+            response = web.json_response(
+                {"success": False, "code": error.reason.lower().replace(" ", "_"), "message": error.reason},
+                status=error.status,
             )
-        return pending, message_ids, origins
+        except Exception:
+            log.exception("tracking endpoint failed on %s", request.path)
+            response = web.json_response(
+                {"success": False, "code": "internal", "message": "internal error"}, status=500
+            )
+        for name, value in self._cors.headers(origin_of(request.headers)).items():
+            response.headers.setdefault(name, value)
+        return response
 
     async def _previous_id_type(self, message: Any, kind: str | None) -> str | None:
         """For an alias call: whether its previousId is a known cookie (anonymous_id) or a user id."""
-        previous = segment.previous_id(message, kind)
+        previous = identifiers.previous_id(message, kind)
         if previous is None:
             return None
-        guessed = segment.guess_previous_id_type(message)
+        guessed = identifiers.guess_previous_id_type(message)
         if guessed == "anonymous_id":
             return guessed
         # Server libraries send previousId alone; identity knows whether it is a cookie seen before.
@@ -233,50 +314,22 @@ class HttpEndpoint:
         return source
 
 
-def write_key_of(header: str | None) -> str | None:
-    """The write key of an Authorization header (Basic, key as user name); None without a header."""
-    if not header:
-        return None
-    scheme, _, credentials = header.strip().partition(" ")
-    if scheme.lower() != "basic":
-        raise HttpError(401, "unauthorized", "use HTTP Basic authentication with the write key as user name")
-    try:
-        decoded = base64.b64decode(credentials.strip(), validate=True).decode()
-    except (binascii.Error, UnicodeDecodeError) as error:
-        raise HttpError(401, "unauthorized", "malformed Basic credentials") from error
-    return decoded.partition(":")[0]
+def _pending(position: int, translated: segment.Translated, received_at: datetime) -> Pending:
+    event = wire.event_from_proto(translated.event, received_at=received_at, derived_time=True)
+    return Pending(position, event, traits=translated.traits)
 
 
-async def read_body(request: web.Request) -> bytes:
-    """The (decompressed) body, refused with 413 once it passes MAX_BODY_BYTES."""
-    too_large = HttpError(413, "request_too_large", f"the body must be at most {MAX_BODY_BYTES // 1024} KB")
-    if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
-        raise too_large
-    parts: list[bytes] = []
-    size = 0
-    async for part in request.content.iter_any():
-        size += len(part)
-        if size > MAX_BODY_BYTES:
-            raise too_large
-        parts.append(part)
-    return b"".join(parts)
-
-
-def _no_constants(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
-
-
-def parse_body(body: bytes) -> dict[str, Any]:
-    """The JSON object of a body; 400 if it is not one."""
-    if not body.strip():
-        raise HttpError(400, "invalid_request", "the body is empty; it must be a JSON object")
-    try:
-        payload = json.loads(body, parse_constant=_no_constants)
-    except (ValueError, RecursionError) as error:
-        raise HttpError(400, "invalid_json", f"the body is not valid JSON: {error}") from error
-    if not isinstance(payload, dict):
-        raise HttpError(400, "invalid_request", "the body must be a JSON object")
-    return payload
+def _trait_identifiers(violations: tuple[FieldViolation, ...], origins: list[str]) -> dict[int, str] | None:
+    """The identifiers (index → reason) a refusal names when it names only identifiers taken from traits;
+    None when it names anything else."""
+    refused: dict[int, str] = {}
+    for violation in violations:
+        match = _IDENTIFIER_PATH.fullmatch(violation.field)
+        index = int(match.group(1)) if match else -1
+        if not 0 <= index < len(origins) or not origins[index].startswith(_TRAIT_ORIGINS):
+            return None
+        refused[index] = violation.description
+    return refused or None
 
 
 def _messages(payload: dict[str, Any], kind: str | None) -> tuple[list[Any], datetime | None]:
@@ -307,43 +360,29 @@ def _with_context(message: Any, shared: dict[str, Any]) -> Any:
     return {**message, "context": {**shared, **own}} if isinstance(own, dict) else message
 
 
-def _error_json(
-    rejection: Rejection, message_ids: Mapping[int, str], origins: Mapping[int, list[str]]
-) -> dict[str, Any]:
+def _error_json(rejection: Rejection, translated: _Translated) -> dict[str, Any]:
     violations: list[FieldViolation] = list(rejection.violations)
-    if rejection.position in origins:
+    message = translated.events.get(rejection.position)
+    if message is not None:
         # Refused after translation (by identity or the profile): paths are the event's, not the message's.
-        violations = [segment.message_field(v, origins[rejection.position]) for v in violations]
+        violations = [message.message_field(v) for v in violations]
+    entry = _entry_json(
+        rejection.position, translated.message_ids.get(rejection.position, ""), violations, rejection.message
+    )
+    return {**entry, "reason": rejection.reason}
+
+
+def _warning_json(position: int, message: segment.Translated) -> dict[str, Any]:
+    return _entry_json(position, message.event.id, message.warnings, "")
+
+
+def _entry_json(
+    position: int, message_id: str, violations: list[FieldViolation], message: str
+) -> dict[str, Any]:
     described = "; ".join(f"{v.field}: {v.description}" if v.field else v.description for v in violations)
     return {
-        "index": rejection.position,
-        "messageId": message_ids.get(rejection.position, ""),
-        "message": described or rejection.message,
-        "reason": rejection.reason,
+        "index": position,
+        "messageId": message_id,
+        "message": described or message,
         "fields": [{"field": v.field, "description": v.description} for v in violations],
     }
-
-
-async def _preflight(request: web.Request) -> web.Response:
-    return web.Response(status=204, headers=_CORS)
-
-
-@web.middleware
-async def _json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Every answer carries the CORS headers; every error is JSON in the Segment style."""
-    try:
-        response = await handler(request)
-    except HttpError as error:
-        response = error.response()
-    except web.HTTPException as error:
-        response = web.json_response(
-            {"success": False, "code": error.reason.lower().replace(" ", "_"), "message": error.reason},
-            status=error.status,
-        )
-    except Exception:
-        log.exception("tracking endpoint failed on %s", request.path)
-        response = web.json_response(
-            {"success": False, "code": "internal", "message": "internal error"}, status=500
-        )
-    response.headers.update(_CORS)
-    return response

@@ -11,6 +11,7 @@ import aiohttp
 import pytest
 
 from omni_kit.embedded import EmbeddedNats, EmbeddedPostgres
+from omni_profile.http.guards import WriteKeyThrottle
 from omni_profile.http.requests import LINGERING_S
 
 from ..support import unique
@@ -135,3 +136,18 @@ async def test_an_address_that_keeps_failing_write_keys_is_held_off_then_let_bac
         assert response.status == 200
     await asyncio.sleep(retry_after + 0.2)
     assert (await guarded.post("/v1/track", message))[0] == 200
+
+
+def test_the_throttle_forgets_failures_past_the_window_and_bounds_the_addresses_it_remembers() -> None:
+    now = [0.0]
+    throttle = WriteKeyThrottle(3, 10.0, max_addresses=100, clock=lambda: now[0])
+    for _ in range(3):
+        throttle.failed("10.0.0.1")
+        now[0] += 1.0
+    assert throttle.retry_after("10.0.0.1") == 7  # the first failure leaves the window at 10 s
+    now[0] = 10.5
+    assert throttle.retry_after("10.0.0.1") is None
+    # A flood from many addresses keeps only the latest ones.
+    for index in range(1_000):
+        throttle.failed(f"10.1.{index // 256}.{index % 256}")
+    assert len(throttle) == 100

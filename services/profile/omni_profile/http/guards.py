@@ -108,6 +108,10 @@ class WriteKeyThrottle:
         failures.append(self._clock())
         self._failures.move_to_end(address)
 
+    def __len__(self) -> int:
+        """How many addresses are remembered."""
+        return len(self._failures)
+
     def _recent(self, address: str) -> deque[float] | None:
         failures = self._failures.get(address)
         if failures is None:

@@ -188,3 +188,22 @@ def _varint(value: int) -> bytes:
         out.append(low | (0x80 if value else 0))
         if not value:
             return bytes(out)
+
+
+async def test_a_nul_in_a_property_a_computed_trait_reads_is_recorded_and_not_counted(
+    services: Services,
+) -> None:
+    # favourite_category is the most frequent properties.category: its values are keys of a JSONB document,
+    # which cannot hold a NUL (the event answered INTERNAL, and failed its whole batch).
+    anonymous = unique("anon-")
+    boots = event("product_viewed", identifiers=[ident("anonymous_id", anonymous)])
+    boots.properties.update({"category": "boots"})
+    broken = event("product_viewed", identifiers=[ident("anonymous_id", anonymous)])
+    broken.properties.update({"category": "bo\x00ots"})
+    response = await services.profile.BatchTrackEvents(
+        profile_pb2.BatchTrackEventsRequest(events=[boots, broken])
+    )
+    assert (response.recorded_count, response.rejected_count) == (2, 0)
+    profile = await get_profile(services, response.results[0].person_id, recent=5)
+    assert profile.computed_traits["favourite_category"] == "boots"
+    assert {e.properties["category"] for e in profile.recent_events} == {"boots", "bo\x00ots"}

@@ -145,7 +145,8 @@ def contribution(definition: Definition, event: Event, today: date) -> tuple[str
             value = "true" if value else "false"
         elif isinstance(value, int | float) and math.isfinite(value):
             value = str(int(value)) if float(value).is_integer() else str(value)
-        if not isinstance(value, str) or not value or len(value) > MAX_VALUE_LENGTH:
+        # The values are keys of the JSONB state, which cannot hold a NUL: such a value does not count.
+        if not isinstance(value, str) or not value or len(value) > MAX_VALUE_LENGTH or "\x00" in value:
             return None
         return (value, 0.0)
     amount = 0.0

@@ -1,5 +1,5 @@
-"""Fixtures of the event-log tests: a database with the bus tables and a scratch table, and a JetStream
-context on a namespace of its own."""
+"""Fixtures of the event-log and scheduler tests: a database with the bus and job tables and a scratch table,
+and a JetStream context on a namespace of its own."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from omni_kit.bus import bus_metadata, ensure_streams
 from omni_kit.db import create_engine
+from omni_kit.scheduler import jobs_metadata
 
 from .support import test_metadata
 
@@ -23,6 +24,7 @@ async def engine(make_database: Callable[..., Any]) -> AsyncIterator[AsyncEngine
     engine = create_engine(make_database("bus"), application_name="omni-test-bus")
     async with engine.begin() as connection:
         await connection.run_sync(bus_metadata.create_all)
+        await connection.run_sync(jobs_metadata.create_all)
         await connection.run_sync(test_metadata.create_all)
     yield engine
     await engine.dispose()

@@ -5,11 +5,13 @@ A service's main builds a Runtime, adds its consumers, and serves its servicers:
     runtime = Runtime("identity", settings)
     await runtime.open()
     runtime.add_consumer(durable=..., event_types=[...], handler=...)
+    runtime.add_job_kind("identity.something_due", handler, lease=timedelta(minutes=1))
     await runtime.serve(service_names=[...], register=...)
     ...
     await runtime.close()
 
-Transactions go through `runtime.transaction()`, which commits and then wakes the outbox relay.
+Transactions go through `runtime.transaction()`, which commits and then wakes the outbox relay (events
+staged) and the job worker (jobs scheduled to fall due before it would look).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import contextlib
 import gc
 import logging
 from collections.abc import AsyncIterator, Callable, Sequence
+from datetime import timedelta
 from pathlib import Path
 
 import grpc
@@ -37,8 +40,10 @@ from omni_kit.bus import (
     outbox_staged,
     subject_for,
 )
+from omni_kit.bus.outbox import HEADER_ALLOWANCE
 from omni_kit.db import create_engine, migrate, session_factory
 from omni_kit.grpc_server import GrpcServer
+from omni_kit.scheduler import Backoff, JobHandler, JobWorker, scheduled_due
 from omni_kit.settings import ServiceSettings
 from omni_kit.telemetry import instrument_engine
 
@@ -52,7 +57,14 @@ class Runtime:
         self.name = name
         self.settings = settings
         self._migrations = migrations
-        self.outbox = Outbox(producer=name, namespace=settings.event_namespace)
+        self.outbox = Outbox(
+            producer=name,
+            namespace=settings.event_namespace,
+            max_envelope_bytes=settings.outbox_max_envelope_bytes,
+        )
+        self.jobs = JobWorker(
+            self.transaction, poll_interval_s=settings.jobs_poll_interval_s, name=f"{name}-jobs"
+        )
         self.engine: AsyncEngine
         self.sessions: async_sessionmaker[AsyncSession]
         self.nats: NatsClient
@@ -63,6 +75,7 @@ class Runtime:
         self._tasks: list[asyncio.Task[None]] = []
         self._consumer_tasks: list[asyncio.Task[None]] = []
         self._relay_task: asyncio.Task[None] | None = None
+        self._jobs_task: asyncio.Task[None] | None = None
         self._channels: list[grpc.aio.Channel] = []
 
     async def open(self) -> None:
@@ -86,21 +99,43 @@ class Runtime:
             drain_timeout=5,
         )
         self.js = self.nats.jetstream()
+        self._fit_envelopes_to_server()
         await ensure_streams(
             self.js, namespace=self.settings.event_namespace, replicas=self.settings.nats_stream_replicas
         )
-        self.relay = OutboxRelay(self.engine, self.js, poll_interval_s=self.settings.outbox_poll_interval_s)
+        self.relay = OutboxRelay(
+            self.engine, self.js, poll_interval_s=self.settings.outbox_poll_interval_s, client=self.nats
+        )
         self._relay_task = asyncio.create_task(self.relay.run(), name=f"{self.name}-outbox-relay")
         self._tasks.append(self._relay_task)
 
+    def _fit_envelopes_to_server(self) -> None:
+        """Keep the largest staged event under what the NATS server takes (its max_payload, headers included),
+        so that nothing staged is too large to publish."""
+        fitting = self.nats.max_payload - HEADER_ALLOWANCE
+        if fitting < self.outbox.max_envelope_bytes:
+            log.warning(
+                "%s: the NATS server takes messages of at most %d bytes: events are limited to %d bytes "
+                "(outbox_max_envelope_bytes is %d)",
+                self.name,
+                self.nats.max_payload,
+                fitting,
+                self.outbox.max_envelope_bytes,
+            )
+            self.outbox.max_envelope_bytes = fitting
+
     @contextlib.asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncSession]:
-        """A session in a transaction: committed on success (then the relay is woken if it staged events)."""
+        """A session in a transaction: committed on success (then the relay is woken if it staged events, and
+        the job worker if it scheduled jobs)."""
         async with self.sessions() as session, session.begin():
             yield session
             staged = outbox_staged(session)
+            due = scheduled_due(session)
         if staged:
             self.relay.wake()
+        if due is not None:
+            self.jobs.notify(due)
 
     def add_consumer(self, *, durable: str, event_types: Sequence[str], handler: Handler) -> EventConsumer:
         """Register a durable consumer of some event types (e.g. "identity.persons_merged"); starts with serve()."""
@@ -115,9 +150,26 @@ class Runtime:
             max_deliver=self.settings.consumer_max_deliver,
             backoff_s=self.settings.consumer_backoff_s,
             after_commit=self.relay.wake,
+            inbox_retention_s=self.settings.inbox_retention_s,
+            inbox_purge_interval_s=self.settings.inbox_purge_interval_s,
         )
         self.consumers.append(consumer)
         return consumer
+
+    def add_job_kind(
+        self,
+        kind: str,
+        handler: JobHandler,
+        *,
+        lease: timedelta = timedelta(seconds=60),
+        batch_size: int = 100,
+        max_attempts: int = 10,
+        backoff: Backoff | None = None,
+    ) -> None:
+        """Run the due jobs of a kind (omni_kit.scheduler) with handler; the worker starts with serve()."""
+        self.jobs.register(
+            kind, handler, lease=lease, batch_size=batch_size, max_attempts=max_attempts, backoff=backoff
+        )
 
     def add_task(self, factory: Callable[[], asyncio.Task[None]]) -> None:
         """Run a background task for the service's lifetime (cancelled at close)."""
@@ -135,6 +187,8 @@ class Runtime:
         for consumer in self.consumers:
             await consumer.start()
             self._consumer_tasks.append(asyncio.create_task(consumer.run(), name=consumer.durable))
+        if self.jobs.kinds:
+            self._jobs_task = asyncio.create_task(self.jobs.run(), name=self.jobs.name)
         self.server = GrpcServer(
             domain=f"omni.{self.name}",
             service_names=service_names,
@@ -164,6 +218,13 @@ class Runtime:
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
+        if self._jobs_task is not None:
+            # Let the jobs in hand commit; what is left is claimed again when its lease runs out.
+            self.jobs.stop()
+            _, pending_jobs = await asyncio.wait([self._jobs_task], timeout=5.0)
+            for task in pending_jobs:
+                task.cancel()
+            await asyncio.gather(self._jobs_task, return_exceptions=True)
         # Background work (clocks, retries) stops before the last drain, so what it committed is published now
         # rather than at the next start; the relay's own task goes last.
         background = [t for t in self._tasks if t is not self._relay_task]

@@ -9,6 +9,9 @@ from __future__ import annotations
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from omni_kit.bus.envelope import DEFAULT_MAX_ENVELOPE_BYTES
+from omni_kit.bus.inbox import DEFAULT_INBOX_RETENTION_S, MIN_INBOX_RETENTION_S
+
 
 class ServiceSettings(BaseSettings):
     """What every service needs: its database, the event log and where to listen."""
@@ -25,6 +28,27 @@ class ServiceSettings(BaseSettings):
     db_statement_timeout_ms: int = Field(30_000, ge=100, description="Statement timeout for every query.")
     shutdown_grace_s: float = Field(10.0, ge=0, description="How long in-flight calls may finish on SIGTERM.")
     outbox_poll_interval_s: float = Field(0.5, gt=0, description="Outbox relay poll interval when idle.")
+    outbox_max_envelope_bytes: int = Field(
+        DEFAULT_MAX_ENVELOPE_BYTES,
+        ge=4096,
+        description="The largest event staged; a request making a larger one is refused (INVALID_ARGUMENT). "
+        "Lowered at start to the NATS server's max_payload less 4 KiB for headers, when that is smaller.",
+    )
+    inbox_retention_s: int = Field(
+        DEFAULT_INBOX_RETENTION_S,
+        ge=MIN_INBOX_RETENTION_S,
+        description="How long applied event ids are remembered (at least twice the stream's 7-day max age); "
+        "an event older than that is dead-lettered, never applied twice.",
+    )
+    inbox_purge_interval_s: float = Field(
+        600.0, gt=0, description="How often each consumer forgets applied event ids past the retention."
+    )
+    jobs_poll_interval_s: float = Field(
+        1.0,
+        gt=0,
+        description="The longest the job worker sleeps: jobs scheduled by other replicas are seen this late "
+        "(its own wake it at once).",
+    )
     consumer_max_deliver: int = Field(
         5, ge=1, description="Deliveries of an event before it is dead-lettered."
     )

@@ -9,6 +9,9 @@ with the error, and the message terminated.
 A message may hold a batch of events (an EnvelopeBatch, header Omni-Batch): its events are applied each
 once, like the events of separate messages. When some fail, those applied stay applied (the inbox skips
 them when the message comes again); the others are retried with the message, and dead-lettered one by one.
+
+Every `inbox_purge_interval_s` the consumer forgets applied event ids older than `inbox_retention_s`, and it
+never applies an event that old (it is dead-lettered): see inbox.py for why that keeps "at most once".
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import contextlib
 import logging
 import uuid
 from collections.abc import Awaitable, Callable, Iterator, Sequence
+from datetime import UTC, datetime
 
 import sqlalchemy as sa
 from nats.aio.msg import Msg
@@ -30,7 +34,8 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from omni.events.v1 import envelope_pb2
-from omni_kit.bus.envelope import BATCH_HEADER, PermanentError, envelopes_in
+from omni_kit.bus.envelope import BATCH_HEADER, EnvelopeTooLarge, PermanentError, envelopes_in
+from omni_kit.bus.inbox import DEFAULT_INBOX_RETENTION_S, check_age, purge_inbox
 from omni_kit.bus.outbox import outbox_staged
 from omni_kit.bus.tables import inbox_table
 
@@ -68,6 +73,8 @@ class EventConsumer:
         max_events_per_transaction: int = 1000,
         ack_wait_s: float = 30.0,
         after_commit: Callable[[], None] | None = None,
+        inbox_retention_s: float = DEFAULT_INBOX_RETENTION_S,
+        inbox_purge_interval_s: float = 600.0,
     ) -> None:
         self._js = js
         self._sessions = sessions
@@ -82,6 +89,9 @@ class EventConsumer:
         self._max_events = max_events_per_transaction
         self._ack_wait_s = ack_wait_s
         self._after_commit = after_commit
+        self._inbox_retention_s = inbox_retention_s
+        self._inbox_purge_interval_s = inbox_purge_interval_s
+        self._next_purge: float | None = None
         self._stopping = False
         self._subscription: JetStreamContext.PullSubscription | None = None
         self.applied = 0
@@ -112,7 +122,11 @@ class EventConsumer:
                 await self._subscription.unsubscribe()
 
     async def _consume(self, subscription: JetStreamContext.PullSubscription) -> None:
+        loop = asyncio.get_running_loop()
         while not self._stopping:
+            if self._next_purge is None or loop.time() >= self._next_purge:
+                self._next_purge = loop.time() + self._inbox_purge_interval_s
+                await self._purge_quietly()
             try:
                 messages = await subscription.fetch(self._batch_size, timeout=0.5)
             except (NatsTimeoutError, TimeoutError):
@@ -126,6 +140,21 @@ class EventConsumer:
                 await asyncio.sleep(1.0)
                 continue
             await self.handle_batch(messages)
+
+    async def purge_inbox(self, now: datetime | None = None) -> int:
+        """Forget applied event ids older than the inbox retention (in bounded batches); return how many."""
+        return await purge_inbox(self._sessions, self.durable, self._inbox_retention_s, now=now)
+
+    async def _purge_quietly(self) -> None:
+        try:
+            purged = await self.purge_inbox()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("%s: purging the inbox failed; trying again later", self.durable)
+            return
+        if purged:
+            log.info("%s: forgot %d applied events older than the inbox retention", self.durable, purged)
 
     def stop(self) -> None:
         """Ask the loop to finish after the current batch."""
@@ -176,10 +205,12 @@ class EventConsumer:
     async def _apply_together(self, group: list[tuple[Msg, list[envelope_pb2.Envelope]]]) -> tuple[int, bool]:
         applied = 0
         events = [(message, envelope) for message, envelopes in group for envelope in envelopes]
+        ids = [uuid.UUID(e.id) for _, e in events]
+        now = datetime.now(UTC)
+        for (_, envelope), event_id in zip(events, ids, strict=True):
+            check_age(envelope, event_id, now, self._inbox_retention_s)
         async with self._sessions() as session, session.begin():
-            rows = await session.scalars(
-                _INBOX_MANY, {"consumer": self.durable, "ids": [uuid.UUID(e.id) for _, e in events]}
-            )
+            rows = await session.scalars(_INBOX_MANY, {"consumer": self.durable, "ids": ids})
             first_time = set(rows)
             for message, envelope in events:
                 event_id = uuid.UUID(envelope.id)
@@ -258,7 +289,7 @@ class EventConsumer:
         delivered = message.metadata.num_delivered or 1
         retry = []
         for envelope, error in failures:
-            if isinstance(error, PermanentError) or delivered >= self._max_deliver:
+            if _hopeless(error) or delivered >= self._max_deliver:
                 log.error(
                     "%s: event %s of %s given up: %s", self.durable, envelope.id, message.subject, error
                 )
@@ -281,10 +312,12 @@ class EventConsumer:
         await message.nak(delay=delay)
 
     async def _apply(self, envelope: envelope_pb2.Envelope) -> None:
+        event_id = uuid.UUID(envelope.id)
+        check_age(envelope, event_id, datetime.now(UTC), self._inbox_retention_s)
         async with self._sessions() as session, session.begin():
             first_time = await session.scalar(
                 insert(inbox_table)
-                .values(consumer=self.durable, event_id=uuid.UUID(envelope.id))
+                .values(consumer=self.durable, event_id=event_id)
                 .on_conflict_do_nothing()
                 .returning(inbox_table.c.event_id)
             )
@@ -299,7 +332,7 @@ class EventConsumer:
 
     async def _failed(self, message: Msg, error: Exception) -> None:
         delivered = message.metadata.num_delivered or 1
-        if isinstance(error, PermanentError):
+        if _hopeless(error):
             log.error("%s: %s can never be applied: %s", self.durable, message.subject, error)
             await self._dead_letter(message, repr(error))
             return
@@ -344,6 +377,12 @@ class EventConsumer:
         await self._js.publish(f"{self._dlq_prefix}{self.durable}", message.data, headers=headers)
         await message.term()
         self.dead_lettered += 1
+
+
+def _hopeless(error: Exception) -> bool:
+    """Whether applying the event again can only fail again: it is dead-lettered at once."""
+    # An event whose handler stages an event too large to publish would stage it again on every retry.
+    return isinstance(error, PermanentError | EnvelopeTooLarge)
 
 
 def _transactions(

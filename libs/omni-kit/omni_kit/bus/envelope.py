@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TypeVar
 
@@ -11,6 +11,7 @@ from google.protobuf.message import Message
 from opentelemetry import propagate
 
 from omni.events.v1 import envelope_pb2
+from omni_kit.errors import FieldViolation, InvalidArgument
 from omni_kit.ids import new_id_str
 
 M = TypeVar("M", bound=Message)
@@ -60,6 +61,43 @@ def make_envelope(
     envelope.trace_context.update(carrier)
     envelope.payload.Pack(payload)
     return envelope
+
+
+DEFAULT_MAX_ENVELOPE_BYTES = 512 * 1024
+"""The largest envelope staged by default: half of NATS's default max_payload (1 MiB), leaving room for the
+message headers; Runtime lowers it further when the server's max_payload is smaller."""
+
+
+@dataclass
+class EnvelopeTooLarge(InvalidArgument):
+    """An event too large to publish was staged: the request is refused and nothing of it is written.
+
+    Its field violation names the request field the event came from, so an RPC answers INVALID_ARGUMENT
+    with it; a consumer that stages one treats it as permanent (the event is dead-lettered at once).
+    """
+
+    size: int = 0
+    limit: int = 0
+    reason: str = "EVENT_TOO_LARGE"
+    metadata: dict[str, str] = field(default_factory=dict)
+
+
+def check_envelope_size(
+    envelope: envelope_pb2.Envelope | EncodedEnvelope, limit: int, field_path: str
+) -> bytes:
+    """The envelope's bytes; raises EnvelopeTooLarge naming field_path when they are over limit."""
+    data = serialised(envelope)
+    if len(data) > limit:
+        raise EnvelopeTooLarge(
+            message=f"the {envelope.type} event would be {len(data)} bytes; at most {limit} can be published",
+            violations=[
+                FieldViolation(field_path, f"makes an event of {len(data)} bytes, over the {limit} allowed")
+            ],
+            metadata={"event_type": envelope.type, "size": str(len(data)), "limit": str(limit)},
+            size=len(data),
+            limit=limit,
+        )
+    return data
 
 
 class PermanentError(ValueError):

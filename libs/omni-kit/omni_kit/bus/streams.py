@@ -23,13 +23,17 @@ def dlq_stream(namespace: str = "omni") -> str:
 # Window in which JetStream drops a message whose Nats-Msg-Id it has seen: a relay that crashed after
 # publishing but before marking the row republishes within it.
 DUPLICATE_WINDOW_S = 15 * 60
+EVENTS_MAX_AGE_S = 7 * 24 * 3600
+"""How long the events stream keeps a message (a consumer created anew replays that far back)."""
+DLQ_MAX_AGE_S = 30 * 24 * 3600
+"""How long the dead-letter stream keeps a message."""
 
 
 async def ensure_streams(js: JetStreamContext, *, namespace: str = "omni", replicas: int = 1) -> None:
     """Create (or update) the events and dead-letter streams; safe to call from every service at start."""
-    for name, subjects, max_age_days in (
-        (events_stream(namespace), [f"{namespace}.events.>"], 7),
-        (dlq_stream(namespace), [f"{namespace}.dlq.>"], 30),
+    for name, subjects, max_age_s in (
+        (events_stream(namespace), [f"{namespace}.events.>"], EVENTS_MAX_AGE_S),
+        (dlq_stream(namespace), [f"{namespace}.dlq.>"], DLQ_MAX_AGE_S),
     ):
         config = StreamConfig(
             name=name,
@@ -37,7 +41,7 @@ async def ensure_streams(js: JetStreamContext, *, namespace: str = "omni", repli
             storage=StorageType.FILE,
             num_replicas=replicas,
             duplicate_window=DUPLICATE_WINDOW_S,
-            max_age=max_age_days * 24 * 3600,
+            max_age=max_age_s,
         )
         try:
             await js.add_stream(config)

@@ -1,4 +1,5 @@
-"""The outbox and inbox tables every service's database holds, and the migration step that creates them."""
+"""The outbox, inbox and outbox dead-letter tables every service's database holds, and the migration steps
+that create them."""
 
 from __future__ import annotations
 
@@ -11,6 +12,25 @@ bus_metadata = sa.MetaData()
 
 _ID_COMMENT = "The event id (UUIDv7), also its JetStream message id."
 _PAYLOAD_COMMENT = "The serialised omni.events.v1.Envelope."
+
+# What the relay could not publish (too large for the server, or refused by JetStream for good), kept with
+# the reason for an operator: once the cause is fixed, a row can be staged again by inserting it back into
+# the outbox (id, subject, type, person_id, payload, headers).
+_DEAD_LETTER_COLUMNS: list[tuple[str, tuple[Any, ...], dict[str, Any]]] = [
+    ("id", (sa.Uuid,), {"primary_key": True, "comment": "The event id, or the first of a batch's part."}),
+    ("subject", (sa.Text,), {"nullable": False}),
+    ("type", (sa.Text,), {"nullable": False}),
+    ("person_id", (sa.Text,), {"nullable": True}),
+    ("payload", (sa.LargeBinary,), {"nullable": False, "comment": "The envelope, or an EnvelopeBatch."}),
+    ("headers", (JSONB,), {"nullable": False, "server_default": sa.text("'{}'::jsonb")}),
+    ("error", (sa.Text,), {"nullable": False, "comment": "Why it could not be published."}),
+    ("created_at", (sa.DateTime(timezone=True),), {"nullable": False}),
+    (
+        "dead_lettered_at",
+        (sa.DateTime(timezone=True),),
+        {"nullable": False, "server_default": sa.func.now()},
+    ),
+]
 
 outbox_table = sa.Table(
     "outbox",
@@ -62,3 +82,23 @@ def drop_bus_tables(op: Any) -> None:
     op.drop_table("inbox")
     op.drop_index("outbox_unpublished", table_name="outbox")
     op.drop_table("outbox")
+
+
+outbox_dead_letters_table = sa.Table(
+    "outbox_dead_letters",
+    bus_metadata,
+    *[sa.Column(name, *args, **kwargs) for name, args, kwargs in _DEAD_LETTER_COLUMNS],
+)
+
+
+def create_outbox_dead_letters(op: Any) -> None:
+    """Create outbox_dead_letters in a service's migration (op is alembic.op)."""
+    op.create_table(
+        "outbox_dead_letters",
+        *[sa.Column(name, *args, **kwargs) for name, args, kwargs in _DEAD_LETTER_COLUMNS],
+    )
+
+
+def drop_outbox_dead_letters(op: Any) -> None:
+    """Undo create_outbox_dead_letters."""
+    op.drop_table("outbox_dead_letters")

@@ -54,12 +54,15 @@ class EmbeddedNats:
         port: int | None = None,
         *,
         monitor_port: int | None = None,
+        max_payload: int | None = None,
         start_timeout: float = 30.0,
         stop_timeout: float = 10.0,
     ) -> None:
-        """Describe the server; nothing starts until ``start()``. ``monitor_port`` enables the HTTP monitor."""
+        """Describe the server; nothing starts until ``start()``. ``monitor_port`` enables the HTTP monitor;
+        ``max_payload`` sets the largest message it takes (NATS's default is 1 MiB)."""
         self.data_dir = Path(data_dir).expanduser().resolve()
         self.monitor_port = monitor_port
+        self.max_payload = max_payload
         self.start_timeout = start_timeout
         self.stop_timeout = stop_timeout
         self._requested_port = port
@@ -168,6 +171,11 @@ class EmbeddedNats:
         ]
         if self.monitor_port is not None:
             command += ["--http_port", str(self.monitor_port)]
+        if self.max_payload is not None:
+            # Only a configuration file sets it; the command line's options still apply over it.
+            config = self.data_dir / "nats-server.conf"
+            config.write_text(f"max_payload: {int(self.max_payload)}\n")
+            command += ["--config", str(config)]
         if self._log is None:
             self._log = self.log_path.open("ab")
         self._process = subprocess.Popen(

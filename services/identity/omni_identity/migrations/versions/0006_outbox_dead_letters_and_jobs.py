@@ -1,0 +1,33 @@
+"""omni_kit's outbox dead letters (events the relay could not publish, kept with the reason) and scheduled
+jobs (durable due work).
+
+Revision ID: 0006
+Revises: 0005
+Create Date: 2026-12-07
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from alembic import op
+
+from omni_kit.bus import create_outbox_dead_letters, drop_outbox_dead_letters
+from omni_kit.scheduler import create_jobs_table, drop_jobs_table
+
+revision: str = "0006"
+down_revision: str | None = "0005"
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+
+def upgrade() -> None:
+    """Create outbox_dead_letters and scheduled_jobs."""
+    create_outbox_dead_letters(op)
+    create_jobs_table(op)
+
+
+def downgrade() -> None:
+    """Drop them."""
+    drop_jobs_table(op)
+    drop_outbox_dead_letters(op)

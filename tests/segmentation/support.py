@@ -222,7 +222,7 @@ def new_service_settings(postgres: EmbeddedPostgres, nats_server: EmbeddedNats) 
         event_namespace="t" + uuid.uuid4().hex[:10],
         migrate_on_start=True,
         outbox_poll_interval_s=0.05,
-        clock_interval_s=0.1,
+        jobs_poll_interval_s=0.1,
     )
     return settings, database
 

@@ -16,6 +16,11 @@ from .builders import event_count, trait
 from .support import Segmentation, eventually, person, unique
 
 HOUR = timedelta(hours=1)
+# A person's check falling due: the time kept with the person, and the clock's job due then.
+DUE_CHECK = (
+    "INSERT INTO scheduled_jobs (kind, key, due_at) VALUES ('segmentation.person_check', :p, "
+    "now() - interval '1 second') ON CONFLICT (kind, key) DO UPDATE SET due_at = excluded.due_at, claim = NULL"
+)
 
 
 def clock_for(segmentation: Segmentation, floor: timedelta) -> Clock:
@@ -66,6 +71,7 @@ async def test_a_due_person_is_evaluated_once_and_not_again(segmentation: Segmen
         "UPDATE persons SET next_check_at = now() - interval '1 second' WHERE person_id = :p",
         p=uuid.UUID(someone),
     )
+    await segmentation.execute(DUE_CHECK, p=someone)
     assert await segmentation.scalar(
         "SELECT next_check_at IS NOT NULL FROM persons WHERE person_id = :p", p=uuid.UUID(someone)
     )
@@ -99,6 +105,8 @@ async def test_a_person_whose_evaluation_fails_does_not_hold_up_the_batch(segmen
         good=good,
         broken=broken,
     )
+    for someone in (good, broken):
+        await segmentation.execute(DUE_CHECK, p=str(someone))
     await clock_for(segmentation, floor=timedelta(days=1)).cycle()
     # Evaluated on its own after the batch failed (here or by the service's own clock).
     assert await eventually(lambda: segmentation.segments_of(str(good))) == {gold.name}
@@ -108,3 +116,19 @@ async def test_a_person_whose_evaluation_fails_does_not_hold_up_the_batch(segmen
         )
     )
     assert retry_at > datetime.now(UTC) + timedelta(seconds=20)
+
+
+async def test_a_next_check_is_a_job_of_the_scheduler_due_then(segmentation: Segmentation) -> None:
+    await segmentation.create(unique("recent-visit"), event_count("job_probe", 3600, pb.COMPARISON_GTE, 1))
+    someone = person()
+    await segmentation.consumed(await segmentation.track(someone, "job_probe"))
+    next_check = await segmentation.scalar(
+        "SELECT next_check_at FROM persons WHERE person_id = :p", p=uuid.UUID(someone)
+    )
+    assert next_check is not None
+    due = await segmentation.scalar(
+        "SELECT due_at FROM scheduled_jobs WHERE kind = 'segmentation.person_check' AND key = :p", p=someone
+    )
+    assert due == next_check
+    # The persons table is no longer polled: its index for that is gone, one job table serves every clock.
+    assert not await segmentation.scalar("SELECT to_regclass('persons_next_check') IS NOT NULL")

@@ -25,6 +25,9 @@ async def held(segmentation: Segmentation, person_id: str) -> dict[str, int]:
     counts["merged_persons"] = await segmentation.scalar(
         "SELECT count(*) FROM merged_persons WHERE person_id = :p OR survivor_id = :p", p=pid
     )
+    counts["scheduled_jobs"] = await segmentation.scalar(
+        "SELECT count(*) FROM scheduled_jobs WHERE key = :p", p=person_id
+    )
     return counts
 
 
@@ -61,7 +64,9 @@ async def test_forgetting_deletes_every_row_of_every_id_and_publishes_no_exit(
     await segmentation.consumed(envelope)
 
     for someone in (survivor, merged):
-        assert await held(segmentation, someone) == dict.fromkeys([*PER_PERSON_TABLES, "merged_persons"], 0)
+        assert await held(segmentation, someone) == dict.fromkeys(
+            [*PER_PERSON_TABLES, "merged_persons", "scheduled_jobs"], 0
+        )
     assert await held(segmentation, other) == other_before
     assert gold.name in await segmentation.segments_of(other)
     assert len(events.of(EXITED)) == exits_before

@@ -1,18 +1,24 @@
-"""The clock: re-evaluates persons whose membership may change by time alone, runs backfills, purges events.
+"""The clock: segmentation's due work, as jobs of omni_kit's scheduler (jobs.py names the kinds).
+
+- A person whose membership may change by time alone (an event leaving a count window, the time since an
+  event growing) has a check due at that instant (next_check_at): persons due together are evaluated in
+  one transaction, as of the latest due time among them.
+- A new segment's backfill evaluates the persons known before it, a slice per run, and schedules its next
+  slice until it has passed them all.
+- Event occurrences older than any segment can count are purged, a batch per run, again every
+  purge_interval_s.
 
 Persons are evaluated a batch at a time; the enter and exit events of each carry the trace context
 stored with the person (the event that last changed them) or with the backfill (the CreateSegment call), so
 they continue the trace of what caused them. A batch that fails is evaluated again one person at a time,
-each in a span of its own under that context.
+each in a span of its own under that context; a person whose evaluation fails is checked again later.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from datetime import UTC, datetime, timedelta
 
@@ -20,8 +26,10 @@ from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from omni_kit.scheduler import Backoff, Job, JobWorker, schedule
 from omni_segmentation import rules
 from omni_segmentation.catalog import SegmentCatalog
+from omni_segmentation.jobs import BACKFILL, PERSON_CHECK, PURGE, PURGE_KEY
 from omni_segmentation.membership import MembershipEvaluator
 from omni_segmentation.repository import Repository
 
@@ -33,10 +41,11 @@ Transaction = Callable[[], AbstractAsyncContextManager[AsyncSession]]
 # A person whose evaluation failed is tried again after this long rather than in a hot loop.
 RETRY_AFTER = timedelta(seconds=30)
 MAX_RETENTION = timedelta(days=400)
+PURGE_BATCH = 10_000
 
 
 class Clock:
-    """A background loop over due persons, pending backfills and old event occurrences."""
+    """The handlers of segmentation's due work; a JobWorker (the runtime's) runs them."""
 
     def __init__(
         self,
@@ -45,7 +54,6 @@ class Clock:
         catalog: SegmentCatalog,
         evaluator: MembershipEvaluator,
         *,
-        interval_s: float = 1.0,
         batch_size: int = 500,
         purge_interval_s: float = 300.0,
         retention_floor: timedelta = timedelta(days=1),
@@ -54,76 +62,72 @@ class Clock:
         self._repository = repository
         self._catalog = catalog
         self._evaluator = evaluator
-        self._interval_s = interval_s
         self._batch_size = batch_size
-        self._purge_interval_s = purge_interval_s
+        self._purge_interval = timedelta(seconds=purge_interval_s)
         self._retention_floor = retention_floor
-        self._wake = asyncio.Event()
-        self._last_purge: float | None = None
 
-    def wake(self) -> None:
-        """Run a cycle now (e.g. a segment was created and needs its backfill)."""
-        self._wake.set()
+    def register(self, worker: JobWorker) -> None:
+        """Have the worker run the clock's kinds of jobs."""
+        worker.register(PERSON_CHECK, self.check_persons, batch_size=self._batch_size)
+        worker.register(BACKFILL, self.backfill, batch_size=1, lease=timedelta(minutes=5))
+        # Purging is maintenance: it is never given up, however often it fails.
+        worker.register(
+            PURGE,
+            self.purge_step,
+            batch_size=1,
+            lease=timedelta(minutes=5),
+            max_attempts=1_000_000,
+            backoff=Backoff(first_s=10, max_s=self._purge_interval.total_seconds()),
+        )
 
-    async def run(self) -> None:
-        """Cycle until cancelled; errors are logged and the loop goes on."""
-        loop = asyncio.get_running_loop()
-        while True:
-            try:
-                await self.cycle()
-                if self._last_purge is None or loop.time() - self._last_purge >= self._purge_interval_s:
-                    self._last_purge = loop.time()
-                    await self.purge(datetime.now(UTC))
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("segmentation clock cycle failed")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=self._interval_s)
-            self._wake.clear()
+    async def start(self) -> None:
+        """Schedule the purge (if it is not yet): each replica asks, one job results."""
+        async with self._transaction() as session:
+            await schedule(session, PURGE, PURGE_KEY)
 
     async def cycle(self) -> int:
-        """Evaluate every person due now and advance pending backfills; return how many were evaluated.
+        """Run every job of the clock due now with a worker of its own, until none is due; return how many
+        ran (the service's own worker runs them as they fall due; this is for tests and maintenance)."""
+        worker = JobWorker(self._transaction, name="segmentation-clock")
+        self.register(worker)
+        return await worker.run_until_idle()
 
-        Due persons and backfill batches alternate, so a long backfill does not hold up timed entries.
-        """
-        total = 0
-        while True:
-            due = await self.evaluate_due(datetime.now(UTC))
-            backfilled = await self.backfill_step()
-            total += due + backfilled
-            if due < self._batch_size and backfilled == 0:
-                return total
+    async def check_persons(self, session: AsyncSession, jobs: Sequence[Job]) -> None:
+        """Re-evaluate persons whose next check is due, together, as of the latest of their due times."""
+        now = max(datetime.now(UTC), *(job.due_at for job in jobs))
+        carriers = await self._repository.trace_contexts(session, [uuid.UUID(job.key) for job in jobs])
+        await self._evaluate_batch(session, carriers, now, "segmentation.clock evaluate")
 
-    async def evaluate_due(self, now: datetime) -> int:
-        """Re-evaluate one batch of persons whose next check is due; return the batch's size."""
-        async with self._transaction() as session:
-            due = await self._repository.due_persons(session, now, self._batch_size)
-            await self._evaluate_batch(session, dict(due), now, "segmentation.clock evaluate")
-        return len(due)
-
-    async def backfill_step(self) -> int:
-        """Evaluate the next batch of persons for the oldest pending backfill; 0 when none is pending."""
-        async with self._transaction() as session:
-            backfill = await self._repository.next_backfill(session)
+    async def backfill(self, session: AsyncSession, jobs: Sequence[Job]) -> None:
+        """Evaluate a new segment for the next slice of persons; schedule the next slice until done."""
+        for job in jobs:
+            backfill = await self._repository.lock_backfill(session, uuid.UUID(job.key))
             if backfill is None:
-                return 0
+                continue
             persons = await self._repository.lock_persons_after(
                 session, backfill.after_person_id, self._batch_size
             )
-            now = datetime.now(UTC)
             await self._evaluate_batch(
                 session,
                 {person_id: backfill.trace_context for person_id, _ in persons},
-                now,
+                datetime.now(UTC),
                 "segmentation.backfill evaluate",
             )
             done = len(persons) < self._batch_size
             await self._repository.advance_backfill(
                 session, backfill.segment_id, None if done else persons[-1][0]
             )
-        # A finished backfill with no persons counts as work, so cycle() looks for the next one.
-        return max(len(persons), 1)
+            if not done:
+                await schedule(session, BACKFILL, job.key, replace=True)
+
+    async def purge_step(self, session: AsyncSession, jobs: Sequence[Job]) -> None:
+        """Delete one batch of occurrences older than any segment counts; run again at once while there are
+        more, else after the purge interval."""
+        now = datetime.now(UTC)
+        retention = self.retention(self._catalog.requirements(await self._catalog.segments(session)))
+        count = await self._repository.purge_occurrences(session, now - retention, PURGE_BATCH)
+        next_in = timedelta(0) if count >= PURGE_BATCH else self._purge_interval
+        await schedule(session, PURGE, PURGE_KEY, next_in, replace=True)
 
     async def _evaluate_batch(
         self, session: AsyncSession, carriers: dict[uuid.UUID, dict[str, str]], now: datetime, name: str
@@ -170,9 +174,9 @@ class Clock:
         total = 0
         while True:
             async with self._transaction() as session:
-                count = await self._repository.purge_occurrences(session, now - retention, 10_000)
+                count = await self._repository.purge_occurrences(session, now - retention, PURGE_BATCH)
             total += count
-            if count < 10_000:
+            if count < PURGE_BATCH:
                 return total
 
     def retention(self, needs: rules.Requirements) -> timedelta:

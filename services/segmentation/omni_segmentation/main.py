@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from datetime import timedelta
 from pathlib import Path
 
@@ -33,11 +32,8 @@ class Settings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="OMNI_SEGMENTATION_", extra="ignore", frozen=True)
 
     grpc_port: int = Field(50053, ge=0, le=65535, description="Port of the gRPC server; 0 picks a free one.")
-    clock_interval_s: float = Field(
-        1.0, gt=0, description="How often the clock looks for persons whose membership may change by time."
-    )
     clock_batch_size: int = Field(
-        500, ge=1, le=10_000, description="Persons evaluated per clock transaction."
+        500, ge=1, le=10_000, description="Persons evaluated per clock transaction (due checks, backfills)."
     )
     purge_interval_s: float = Field(300.0, gt=0, description="How often old event occurrences are purged.")
     event_retention_floor_s: int = Field(
@@ -66,15 +62,15 @@ async def start(settings: Settings) -> Runtime:
             repository,
             catalog,
             evaluator,
-            interval_s=settings.clock_interval_s,
             batch_size=settings.clock_batch_size,
             purge_interval_s=settings.purge_interval_s,
             retention_floor=timedelta(seconds=settings.event_retention_floor_s),
         )
         # One consumer for every consumed type keeps a person's events in the order the stream holds them.
         runtime.add_consumer(durable="facts", event_types=CONSUMED, handler=handlers)
-        runtime.add_task(lambda: asyncio.create_task(clock.run(), name="segmentation-clock"))
-        servicer = SegmentationServicer(runtime, repository, catalog, on_segment_created=clock.wake)
+        clock.register(runtime.jobs)
+        await clock.start()
+        servicer = SegmentationServicer(runtime, repository, catalog, on_segment_created=runtime.jobs.wake)
         await runtime.serve(
             service_names=[SERVICE_NAME],
             register=lambda server: segmentation_pb2_grpc.add_SegmentationServiceServicer_to_server(

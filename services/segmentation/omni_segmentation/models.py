@@ -39,7 +39,8 @@ class PersonRow(Base):
     trace_context: Mapped[dict[str, str]] = mapped_column(JSONB, server_default=sa.text("'{}'::jsonb"))
     # When the profile change last applied happened; an older change arriving late is ignored.
     facts_changed_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
-    # The next instant at which a membership may change by time alone; the clock re-evaluates then.
+    # The next instant at which a membership may change by time alone; the clock re-evaluates then (a
+    # scheduled job, segmentation.person_check, is due at the same time).
     next_check_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
     updated_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True), server_default=sa.func.now())
 
@@ -100,7 +101,6 @@ class BackfillRow(Base):
     created_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True), server_default=sa.func.now())
 
 
-sa.Index("persons_next_check", PersonRow.next_check_at, postgresql_where=PersonRow.next_check_at.is_not(None))
 sa.Index(
     "event_occurrences_person_type_time",
     EventOccurrenceRow.person_id,

@@ -8,6 +8,8 @@ import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from omni_kit.scheduler import schedule
+from omni_segmentation.jobs import BACKFILL
 from omni_segmentation.models import BackfillRow, PersonRow
 from omni_segmentation.records import BackfillRecord
 
@@ -18,20 +20,20 @@ class BackfillQueries:
     async def add_backfill(
         self, session: AsyncSession, segment_id: uuid.UUID, trace_context: dict[str, str]
     ) -> None:
-        """Schedule the evaluation of a new segment for every person known so far."""
+        """Schedule the evaluation of a new segment for every person known so far (a job due now)."""
         await session.execute(
             insert(BackfillRow).values(
                 segment_id=segment_id, after_person_id=None, trace_context=trace_context
             )
         )
+        await schedule(session, BACKFILL, str(segment_id))
 
-    async def next_backfill(self, session: AsyncSession) -> BackfillRecord | None:
-        """The oldest pending backfill no one else is working on, locked."""
+    async def lock_backfill(self, session: AsyncSession, segment_id: uuid.UUID) -> BackfillRecord | None:
+        """The segment's pending backfill, locked; None when it is finished (or its segment gone)."""
         result = await session.execute(
             sa.select(BackfillRow.segment_id, BackfillRow.after_person_id, BackfillRow.trace_context)
-            .order_by(BackfillRow.created_at)
-            .limit(1)
-            .with_for_update(skip_locked=True)
+            .where(BackfillRow.segment_id == segment_id)
+            .with_for_update()
         )
         row = result.first()
         return (

@@ -12,6 +12,8 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from omni_kit.db import json_text
+from omni_kit.scheduler import cancel, schedule_many
+from omni_segmentation.jobs import PERSON_CHECK
 from omni_segmentation.models import (
     BackfillRow,
     EventOccurrenceRow,
@@ -120,27 +122,22 @@ class PersonQueries:
         )
 
     async def delete_persons(self, session: AsyncSession, person_ids: Sequence[uuid.UUID]) -> None:
-        """Forget the facts rows of these persons."""
+        """Forget the facts rows of these persons (and their next checks)."""
         await session.execute(sa.delete(PersonRow).where(PersonRow.person_id.in_(person_ids)))
+        await cancel(session, PERSON_CHECK, [str(p) for p in person_ids])
 
     async def set_next_check(self, session: AsyncSession, person_id: uuid.UUID, at: datetime | None) -> None:
         """When the clock should re-evaluate the person (None: only when an event arrives)."""
-        await session.execute(
-            sa.update(PersonRow).where(PersonRow.person_id == person_id).values(next_check_at=at)
-        )
+        await self.set_next_checks(session, {person_id: at})
 
-    async def due_persons(
-        self, session: AsyncSession, now: datetime, limit: int
-    ) -> list[tuple[uuid.UUID, dict[str, str]]]:
-        """Persons whose next check is due, locked; rows another transaction holds are skipped."""
+    async def trace_contexts(
+        self, session: AsyncSession, person_ids: Sequence[uuid.UUID]
+    ) -> dict[uuid.UUID, dict[str, str]]:
+        """The known persons among these, each with the trace context of the event that last changed it."""
         rows = await session.execute(
-            sa.select(PersonRow.person_id, PersonRow.trace_context)
-            .where(PersonRow.next_check_at <= now)
-            .order_by(PersonRow.next_check_at)
-            .limit(limit)
-            .with_for_update(skip_locked=True)
+            sa.select(PersonRow.person_id, PersonRow.trace_context).where(PersonRow.person_id.in_(person_ids))
         )
-        return [(row.person_id, row.trace_context) for row in rows]
+        return {row.person_id: row.trace_context for row in rows}
 
     async def record_merge(
         self, session: AsyncSession, survivor_id: uuid.UUID, merged_ids: Sequence[uuid.UUID]
@@ -180,11 +177,17 @@ class PersonQueries:
     async def set_next_checks(
         self, session: AsyncSession, checks: Mapping[uuid.UUID, datetime | None]
     ) -> None:
-        """When the clock should re-evaluate each of these persons (None: only when an event arrives)."""
+        """When the clock should re-evaluate each of these persons (None: only when an event arrives): the
+        time is kept with the person, and the check is a job of the scheduler due then."""
         if not checks:
             return
         ids = sorted(checks)
         await session.execute(_SET_NEXT_CHECKS, {"ids": ids, "ats": [checks[p] for p in ids]})
+        due = {str(p): checks[p] for p in ids if checks[p] is not None}
+        if due:
+            await schedule_many(session, PERSON_CHECK, due, replace=True)
+        if len(due) < len(ids):
+            await cancel(session, PERSON_CHECK, [str(p) for p in ids if checks[p] is None])
 
     async def erase_persons(self, session: AsyncSession, person_ids: Sequence[uuid.UUID]) -> None:
         """Delete everything held about these persons: facts, occurrences, last-seen times, memberships and
@@ -192,6 +195,7 @@ class PersonQueries:
         ids = list(person_ids)
         for table in (EventOccurrenceRow, LastEventRow, MembershipRow, PersonRow):
             await session.execute(sa.delete(table).where(table.person_id.in_(ids)))
+        await cancel(session, PERSON_CHECK, [str(p) for p in ids])
         await session.execute(
             sa.delete(MergedPersonRow).where(
                 sa.or_(MergedPersonRow.person_id.in_(ids), MergedPersonRow.survivor_id.in_(ids))

@@ -102,7 +102,7 @@ async def _gateways(
                     "profile_target": neighbours.profile_target,
                     "smtp_host": "127.0.0.1",
                     "smtp_timeout_s": 5.0,
-                    "retry_poll_interval_s": 0.1,
+                    "jobs_poll_interval_s": 0.1,
                     # Each gateway of a test has its own database, so its own copy of the verdicts.
                     "verdicts_durable": f"contact-verdicts-{uuid.uuid4().hex[:8]}",
                     **overrides,

@@ -99,6 +99,38 @@ async def test_the_retry_loop_sends_a_queued_message_once_the_server_is_back(
     assert len(late_sink.messages()) == 1
 
 
+async def _job_due(gateway: Gateway, message_id: str) -> object:
+    """When the message's scheduled attempt is due (None: no job)."""
+    async with gateway.database.connect() as connection:
+        return await connection.scalar(
+            sa.text(
+                "SELECT due_at FROM scheduled_jobs WHERE kind = 'gateway.delivery_attempt' AND key = :id"
+            ),
+            {"id": message_id},
+        )
+
+
+async def test_the_next_attempt_is_a_scheduled_job_that_ends_with_the_message(
+    start_gateway: StartGateway, neighbours: Neighbours, down_port: int, late_sink: SmtpSink
+) -> None:
+    gateway = await start_gateway(smtp_port=down_port, retry_first_delay_s=600)
+    email = f"{unique('job-')}@example.com"
+    request = await _queued(gateway, neighbours, email)
+    async with gateway.database.connect() as connection:
+        message_id, next_attempt_at = (
+            await connection.execute(
+                sa.text("SELECT CAST(id AS text), next_attempt_at FROM messages WHERE request_id = :r"),
+                {"r": request.request_id},
+            )
+        ).one()
+    assert await _job_due(gateway, message_id) == next_attempt_at
+
+    late_sink.start()
+    sent = (await gateway.stub.SendMessage(request)).message
+    assert sent.status == gateway_pb2.MESSAGE_STATUS_SENT
+    assert await _job_due(gateway, message_id) is None, "a message sent has no attempt left to make"
+
+
 async def test_a_message_fails_after_its_last_attempt_and_the_failure_is_published(
     start_gateway: StartGateway, neighbours: Neighbours, down_port: int, events: EventLog
 ) -> None:

@@ -11,12 +11,12 @@ The flow of one send:
 3. In one transaction: record SENT or FAILED and stage message_sent / message_failed with it.
 
 A transient failure (SMTP server, identity or profile unreachable; a 4xx answer; verdicts not yet as new as
-the sender's) keeps the message QUEUED
-with the error and a next attempt time, backing off exponentially; the retry loop (retry.py) attempts it
-again then, and so does a repeated SendMessage with the same request id. After `max_attempts` the message
-is FAILED. Each attempt holds a lease on the message, so two callers never send it at the same time; only
-a process that dies after the SMTP server took the email but before recording it can cause a second copy,
-which carries the same Message-ID.
+the sender's) keeps the message QUEUED with the error and a next attempt time, backing off exponentially,
+and schedules that attempt as a job of omni_kit's scheduler in the same transaction (retry.py runs it); a
+repeated SendMessage with the same request id attempts it at once. After `max_attempts` the message is
+FAILED and its job ends. Each attempt holds a lease on the message (its job waits for the lease's end
+meanwhile), so two callers never send it at the same time; only a process that dies after the SMTP server
+took the email but before recording it can cause a second copy, which carries the same Message-ID.
 """
 
 from __future__ import annotations
@@ -44,13 +44,14 @@ from omni_gateway.idempotency import ensure_same_request, fingerprint
 from omni_gateway.models import Message
 from omni_gateway.rendering import Renderer, TemplateParts, template_context
 from omni_gateway.repository import Repository
-from omni_gateway.retry import RetryPolicy
+from omni_gateway.retry import DELIVERY_ATTEMPT, RetryPolicy
 from omni_gateway.smtp import Mailer
 from omni_gateway.wire import channel_to_proto
 from omni_kit import contact
 from omni_kit.bus import Outbox
 from omni_kit.errors import FieldViolation, InvalidArgument, NotFound, without_control_characters
 from omni_kit.ids import new_id
+from omni_kit.scheduler import cancel, schedule
 
 tracer = trace.get_tracer("omni_gateway.delivery")
 
@@ -101,7 +102,10 @@ class Delivery:
                 await self._check_template(session, request)
                 message = await self._repository.insert_message(session, self._row(request, key), lease=lease)
                 fresh = message is not None
-                if message is None:  # a concurrent send with the same key committed first
+                if message is not None:
+                    # Should this first attempt die with its process, the job takes it up when its lease ends.
+                    await schedule(session, DELIVERY_ATTEMPT, str(message.id), lease, replace=True)
+                else:  # a concurrent send with the same key committed first
                     message = await self._repository.get_message_by_request(session, request.request_id)
                     assert message is not None
             if not fresh:
@@ -111,12 +115,20 @@ class Delivery:
         if message.status != MessageStatus.QUEUED:
             return message
         async with self._transaction() as session:
-            claimed = await self._repository.claim(session, message.id, lease=lease)
+            claimed = await self._claim(session, message.id)
             if claimed is None:  # another attempt is under way, or it just finished
                 current = await self._repository.get_message(session, message.id)
                 assert current is not None
                 return current
         return await self._attempt_to_the_end(claimed)
+
+    async def _claim(self, session: AsyncSession, message_id: uuid.UUID) -> Message | None:
+        """Take the lease for one more attempt (None if the message is final or leased by another); its job
+        waits for the end of the lease, so an attempt that never reports back is made again then."""
+        claimed = await self._repository.claim(session, message_id, lease=self._policy.lease)
+        if claimed is not None:
+            await schedule(session, DELIVERY_ATTEMPT, str(message_id), self._policy.lease, replace=True)
+        return claimed
 
     async def _attempt_to_the_end(self, message: Message) -> Message:
         # A caller that gives up (deadline, cancel) must not cut an attempt between the SMTP server taking
@@ -133,10 +145,11 @@ class Delivery:
                 await stage_outcome(self._outbox, session, message)
         return message
 
-    async def claim_due(self, limit: int) -> list[Message]:
-        """Take the lease of up to `limit` queued messages whose next attempt is due (for the retry loop)."""
+    async def claim(self, message_id: uuid.UUID) -> Message | None:
+        """Take the lease of a queued message for its scheduled attempt; None if it is final or another
+        attempt holds it."""
         async with self._transaction() as session:
-            return await self._repository.claim_due(session, limit=limit, lease=self._policy.lease)
+            return await self._claim(session, message_id)
 
     async def attempt(self, message: Message) -> Message:
         """One delivery attempt of a message whose lease the caller holds; records and returns the outcome."""
@@ -197,6 +210,10 @@ class Delivery:
                 current = await self._repository.get_message(session, message.id)
                 assert current is not None
                 return current
+            if retry_after is not None:
+                await schedule(session, DELIVERY_ATTEMPT, str(message.id), retry_after, replace=True)
+            else:
+                await cancel(session, DELIVERY_ATTEMPT, str(message.id))
             await stage_outcome(self._outbox, session, updated)
         return updated
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
 from pydantic import Field, SecretStr
@@ -17,7 +16,7 @@ from omni_gateway.delivery import Delivery
 from omni_gateway.events import EventRouter, PersonForgottenHandler, SendRequestedHandler
 from omni_gateway.rendering import Renderer
 from omni_gateway.repository import Repository
-from omni_gateway.retry import RetryLoop, RetryPolicy
+from omni_gateway.retry import DELIVERY_ATTEMPT, DeliveryAttempts, RetryPolicy
 from omni_gateway.smtp import Mailer, SmtpConfig
 from omni_kit import contact
 from omni_kit.grpc_client import channel
@@ -46,7 +45,6 @@ class Settings(ServiceSettings):
     send_max_attempts: int = Field(8, ge=1, le=100, description="Delivery attempts before a message fails.")
     retry_first_delay_s: float = Field(30.0, gt=0, description="Wait before the first retry; doubles after.")
     retry_max_delay_s: float = Field(3600.0, gt=0, description="Longest wait between two attempts.")
-    retry_poll_interval_s: float = Field(1.0, gt=0, description="How often due retries are looked for.")
     attempt_lease_s: float = Field(
         120.0, gt=0, description="How long an attempt holds a message before another may take it up."
     )
@@ -132,8 +130,13 @@ async def _wire(runtime: Runtime, settings: Settings) -> None:
         event_types=[contact.CONTACT_VERDICT_CHANGED],
         handler=contact.ContactVerdictHandler(),
     )
-    retry_loop = RetryLoop(
-        claim_due=delivery.claim_due, attempt=delivery.attempt, interval_s=settings.retry_poll_interval_s
+    runtime.add_job_kind(
+        DELIVERY_ATTEMPT,
+        DeliveryAttempts(claim=delivery.claim, attempt=delivery.attempt),
+        lease=policy.lease,
+        # No more than run at once (DeliveryAttempts' concurrency): a batch waiting for its turn would sit
+        # out its lease while the others talk to the SMTP server.
+        batch_size=10,
     )
     servicer = GatewayServicer(
         transaction=runtime.transaction, repository=repository, renderer=renderer, delivery=delivery
@@ -142,4 +145,3 @@ async def _wire(runtime: Runtime, settings: Settings) -> None:
         service_names=["omni.gateway.v1.GatewayService"],
         register=lambda server: gateway_pb2_grpc.add_GatewayServiceServicer_to_server(servicer, server),
     )
-    runtime.add_task(lambda: asyncio.create_task(retry_loop.run(), name="gateway-retry-loop"))

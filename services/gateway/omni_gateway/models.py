@@ -42,17 +42,14 @@ class Message(Base):
     """One message to one person; request_id is the caller's idempotency key.
 
     `fingerprint` is a hash of what was asked (person, channel, template, variables, purpose), so a reused
-    key with other content is refused. `purpose` decides which consent the send needs. `claimed_until` is the lease of the attempt in progress: while it lies in the
-    future no one else starts an attempt, and if the attempt's process dies the lease runs out and the
-    retry loop takes the message up again.
+    key with other content is refused. `purpose` decides which consent the send needs. `claimed_until` is
+    the lease of the attempt in progress: while it lies in the future no one else starts an attempt, and if
+    the attempt's process dies the lease runs out and its scheduled job (omni_kit.scheduler, kind
+    gateway.delivery_attempt) takes the message up again. `next_attempt_at` is when that job is due.
     """
 
     __tablename__ = "messages"
-    __table_args__ = (
-        # The retry loop's question: queued messages whose next attempt is due.
-        sa.Index("messages_due", "next_attempt_at", postgresql_where=sa.text("status = 'queued'")),
-        sa.Index("messages_person", "person_id", "create_time"),
-    )
+    __table_args__ = (sa.Index("messages_person", "person_id", "create_time"),)
 
     id: Mapped[uuid.UUID] = mapped_column(sa.Uuid, primary_key=True)
     request_id: Mapped[str] = mapped_column(sa.Text, unique=True)

@@ -88,8 +88,8 @@ class Repository:
     ) -> Message | None:
         """Take the lease for one more attempt of a queued message; None if it is final or leased by another.
 
-        The next attempt time moves to the lease's end, so if this attempt never reports back the retry
-        loop takes the message up again.
+        The next attempt time moves to the lease's end: if this attempt never reports back, the message is
+        attempted again then (its scheduled job is moved with it).
         """
         statement = (
             sa.update(Message)
@@ -107,32 +107,6 @@ class Repository:
             .execution_options(populate_existing=True)
         )
         return (await session.scalars(statement)).one_or_none()
-
-    async def claim_due(self, session: AsyncSession, *, limit: int, lease: timedelta) -> list[Message]:
-        """Take the lease of queued messages whose next attempt is due, oldest first; replicas skip each other's."""
-        due = (
-            sa.select(Message.id)
-            .where(
-                Message.status == MessageStatus.QUEUED,
-                Message.next_attempt_at <= _NOW,
-                sa.or_(Message.claimed_until.is_(None), Message.claimed_until <= _NOW),
-            )
-            .order_by(Message.next_attempt_at)
-            .limit(limit)
-            .with_for_update(skip_locked=True)
-        )
-        statement = (
-            sa.update(Message)
-            .where(Message.id.in_(due.scalar_subquery()))
-            .values(
-                attempt_count=Message.attempt_count + 1,
-                claimed_until=_NOW + lease,
-                next_attempt_at=_NOW + lease,
-            )
-            .returning(Message)
-            .execution_options(populate_existing=True)
-        )
-        return list((await session.scalars(statement)).all())
 
     async def record_outcome(
         self,

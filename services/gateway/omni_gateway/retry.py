@@ -1,9 +1,12 @@
-"""Retrying queued messages: the backoff policy, and the loop that attempts messages whose time has come.
+"""Retrying queued messages: the backoff policy, and the handler of the scheduled delivery attempts.
 
-The loop is what makes a transient failure harmless: whoever asked for the message (a SendMessage call, a
-send_requested event) has its answer already, and the message waits in the database until the SMTP server
-(or identity, or profile) is back. It also takes up messages whose attempt died with its process (the
-attempt's lease ran out). Each retry joins the trace of the request that queued the message.
+A queued message's next attempt is a job of omni_kit's scheduler (DELIVERY_ATTEMPT, keyed by the message
+id), scheduled in the transaction that queues the message or records a transient failure, and due when the
+attempt should be made; while an attempt is under way the job waits for the end of its lease, so a message
+whose attempt died with its process is taken up again. This is what makes a transient failure harmless:
+whoever asked for the message (a SendMessage call, a send_requested event) has its answer already, and the
+message waits in the database until the SMTP server (or identity, or profile) is back. Each retry joins the
+trace of the request that queued the message.
 """
 
 from __future__ import annotations
@@ -11,16 +14,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 
 from opentelemetry import context as otel_context
 from opentelemetry import propagate
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from omni_gateway.models import Message
+from omni_kit.scheduler import Job
 
 log = logging.getLogger(__name__)
+
+DELIVERY_ATTEMPT = "gateway.delivery_attempt"
+"""The scheduled job of a queued message's next attempt; its key is the message id."""
 
 
 @dataclass(frozen=True)
@@ -44,50 +53,40 @@ class RetryPolicy:
         return timedelta(seconds=min(seconds, self.max_delay_s))
 
 
-class RetryLoop:
-    """Claims due messages and attempts them, a few at a time, until stopped."""
+class DeliveryAttempts:
+    """Runs due delivery attempts (the scheduler's jobs of DELIVERY_ATTEMPT), a few at a time.
+
+    Each takes the message's lease first (which moves its job to the lease's end) and is skipped when the
+    message is final or another attempt holds it; the attempt records its outcome and schedules the next
+    one, or ends the job, itself. Nothing of it is in the job run's own transaction: the SMTP conversation
+    is held in none.
+    """
 
     def __init__(
         self,
         *,
-        claim_due: Callable[[int], Awaitable[Sequence[Message]]],
+        claim: Callable[[uuid.UUID], Awaitable[Message | None]],
         attempt: Callable[[Message], Awaitable[Message]],
-        interval_s: float,
-        batch_size: int = 50,
         concurrency: int = 10,
     ) -> None:
-        self._claim_due = claim_due
+        self._claim = claim
         self._attempt = attempt
-        self._interval_s = interval_s
-        self._batch_size = batch_size
         self._slots = asyncio.Semaphore(concurrency)
 
-    async def run(self) -> None:
-        """Poll for due messages every interval (at once again after a full batch)."""
-        while True:
-            count = 0
-            try:
-                count = await self.run_once()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("retry loop failed; trying again in %.1fs", self._interval_s)
-            if count < self._batch_size:
-                await asyncio.sleep(self._interval_s)
+    async def __call__(self, session: AsyncSession, jobs: Sequence[Job]) -> None:
+        """Attempt the messages of these jobs."""
+        await asyncio.gather(*(self._retry(uuid.UUID(job.key)) for job in jobs))
 
-    async def run_once(self) -> int:
-        """Attempt every message due now (up to one batch); return how many were attempted."""
-        messages = await self._claim_due(self._batch_size)
-        await asyncio.gather(*(self._retry(message) for message in messages))
-        return len(messages)
-
-    async def _retry(self, message: Message) -> None:
+    async def _retry(self, message_id: uuid.UUID) -> None:
         async with self._slots:
+            message = await self._claim(message_id)
+            if message is None:
+                return
             token = otel_context.attach(propagate.extract(message.trace_context or {}))
             try:
                 await self._attempt(message)
             except Exception:
-                # The lease runs out and the message is taken up again; nothing is lost.
+                # The lease runs out and the job is due again; nothing is lost.
                 log.exception("retry of message %s failed", message.id)
             finally:
                 with contextlib.suppress(Exception):

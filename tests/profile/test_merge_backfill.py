@@ -65,3 +65,23 @@ async def test_a_merge_during_a_backfill_counts_the_merged_persons_earlier_event
 
     # Three page views, all from before the definition: the backfill has not run, the merge counted them.
     assert (await get_profile(services, older.person_id)).computed_traits[name] == 3
+
+
+async def test_a_new_definitions_backfill_is_a_job_due_once_every_replica_applies_it(
+    slow_backfill: Services,
+) -> None:
+    name = unique("opens_")
+    await slow_backfill.profile.CreateComputedTrait(
+        profile_pb2.CreateComputedTraitRequest(
+            computed_trait=profile_pb2.ComputedTrait(
+                name=name, kind=profile_pb2.COMPUTED_TRAIT_KIND_COUNT, event_type="email_opened"
+            )
+        )
+    )
+    due_after_creation = await slow_backfill.scalar(
+        "SELECT j.due_at - t.created_at FROM scheduled_jobs j JOIN computed_traits t ON t.name = j.key "
+        "WHERE j.kind = 'profile.computed_trait_backfill' AND j.key = :name",
+        name=name,
+    )
+    # One refresh interval (3600 s here) after the definition, give or take the two clocks' readings.
+    assert abs(due_after_creation.total_seconds() - 3600) < 5

@@ -2,13 +2,15 @@
 
 The catalog is cached in the process and refreshed every `refresh_s` (a definition created by another
 replica is applied here from the next refresh on). A new definition is applied to new events at once and
-backfilled from the timeline by a background task, in slices of persons in id order: each slice locks its
+backfilled from the timeline by a job of omni_kit's scheduler (BACKFILL, keyed by the definition's name,
+scheduled with the definition), in slices of persons in id order, one slice per run: each slice locks its
 persons' profile rows (the lock tracking takes), recomputes the trait from their stored events and
-replaces its state, so events tracked before or during the backfill are counted exactly once. A
-definition is backfilled only once it is older than one refresh interval, so that every replica applies
-it to new events before the backfill passes their persons; persons whose profile was created after that
-had it applied to all their events and are skipped (so a backfill ends under a steady stream of new
-persons). The cursor is stored, so a restart resumes.
+replaces its state, so events tracked before or during the backfill are counted exactly once, and
+schedules the next slice in the same transaction. A definition is backfilled only once it is older than
+one refresh interval (its job is due then), so that every replica applies it to new events before the
+backfill passes their persons; persons whose profile was created after that had it applied to all their
+events and are skipped (so a backfill ends under a steady stream of new persons). The cursor is stored,
+so a restart resumes.
 """
 
 from __future__ import annotations
@@ -16,13 +18,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
+from collections.abc import Sequence
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from omni_kit.bus import Outbox
 from omni_kit.errors import AlreadyExists, InvalidArgument, Violations
+from omni_kit.scheduler import Job, JobWorker, schedule
 from omni_profile import computed, events, paging, persons, repository
 from omni_profile.computed import Catalog, Definition
 from omni_profile.ingestion import Transaction
@@ -32,6 +36,9 @@ log = logging.getLogger(__name__)
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 500
 _TOKEN_KIND = "computed_traits"
+
+BACKFILL = "profile.computed_trait_backfill"
+"""The scheduled job backfilling a new definition, one slice of persons per run; its key is the name."""
 
 
 class ComputedTraits:
@@ -57,7 +64,8 @@ class ComputedTraits:
         self.catalog = Catalog.of([*others, definition])
 
     async def create(self, session: AsyncSession, definition: Definition) -> Definition:
-        """Store a new definition (backfilling); AlreadyExists when the name is taken.
+        """Store a new definition (backfilling) and schedule its backfill; AlreadyExists when the name is
+        taken.
 
         The caller adopts it once the transaction has committed.
         """
@@ -68,6 +76,7 @@ class ComputedTraits:
                 reason="COMPUTED_TRAIT_EXISTS",
                 metadata={"name": definition.name},
             )
+        await schedule(session, BACKFILL, stored.name, timedelta(seconds=self._refresh_s), replace=True)
         return stored
 
     async def list_page(
@@ -88,25 +97,37 @@ class ComputedTraits:
             return page, ""
         return page[:size], paging.encode_name(_TOKEN_KIND, page[size - 1].name)
 
-    async def backfill_slice(self, session: AsyncSession) -> bool:
-        """Backfill one slice of persons for the oldest definition still backfilling; False if none is."""
-        claim = await repository.claim_backfill(session, self._refresh_s)
-        if claim is None:
-            return False
-        name, after, applied_from = claim
+    def register(self, worker: JobWorker) -> None:
+        """Have the worker run the backfills (one definition at a time: a slice is one transaction)."""
+        worker.register(BACKFILL, self.backfill, batch_size=1, lease=timedelta(minutes=5))
+
+    async def backfill(self, session: AsyncSession, jobs: Sequence[Job]) -> None:
+        """The job handler: backfill the next slice of each job's definition, and schedule the one after."""
+        for job in jobs:
+            await self.backfill_slice(session, job.key)
+
+    async def backfill_slice(self, session: AsyncSession, name: str) -> None:
+        """Backfill one slice of persons for a definition still backfilling, and schedule the next slice (or
+        mark it ready); nothing for a definition backfilled already."""
+        cursor = await repository.lock_backfill(session, name, self._refresh_s)
+        if cursor is None:
+            return
+        if not cursor.ready:  # due early (the refresh interval was raised since it was scheduled)
+            await schedule(session, BACKFILL, name, cursor.applied_from, replace=True)
+            return
         definition = self.catalog.by_name.get(name)
         if definition is None:
             await self.refresh(session)
             definition = self.catalog.by_name[name]
-        slice_ = await repository.live_persons_after(session, after, applied_from, self._slice)
+        slice_ = await repository.live_persons_after(session, cursor.after, cursor.applied_from, self._slice)
         if not slice_:
-            await repository.advance_backfill(session, name, after, done=True)
+            await repository.advance_backfill(session, name, cursor.after, done=True)
             self.adopt(replace(definition, state=computed.READY))
             log.info("computed trait %s is backfilled", name)
-            return True
+            return
         await self._recompute(session, definition, slice_)
         await repository.advance_backfill(session, name, slice_[-1], done=False)
-        return True
+        await schedule(session, BACKFILL, name, replace=True)
 
     async def _recompute(
         self, session: AsyncSession, definition: Definition, person_ids: list[uuid.UUID]
@@ -139,17 +160,14 @@ class ComputedTraits:
         await repository.set_computed(session, docs)
 
     async def run(self, transaction: Transaction) -> None:
-        """Refresh the catalog and run backfills until cancelled (a background task of the service)."""
+        """Refresh the catalog every refresh_s until cancelled (a background task of the service: each
+        replica keeps its own catalog; the backfills are scheduled jobs, run by one replica each)."""
         while True:
             try:
                 async with transaction() as session:
                     await self.refresh(session)
-                busy = True
-                while busy:
-                    async with transaction() as session:
-                        busy = await self.backfill_slice(session)
             except asyncio.CancelledError:
                 raise
             except Exception:
-                log.exception("computed traits: refresh or backfill failed; retrying")
+                log.exception("computed traits: refreshing the catalog failed; retrying")
             await asyncio.sleep(self._refresh_s)

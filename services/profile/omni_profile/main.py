@@ -71,7 +71,8 @@ class Settings(ServiceSettings):
     computed_traits_refresh_s: float = Field(
         5.0,
         gt=0,
-        description="How often the computed-trait definitions are reloaded and backfills looked for.",
+        description="How often the computed-trait definitions are reloaded; a new definition is backfilled "
+        "once it is that old (every replica applies it to new events by then).",
     )
     computed_traits_backfill_slice: int = Field(
         100,
@@ -192,6 +193,7 @@ async def _wire(runtime: ProfileRuntime, settings: Settings) -> None:
         event_types=[events.MESSAGE_SENT_EVENT, events.MESSAGE_FAILED_EVENT],
         handler=consumers.MessageOutcomeHandler(tracker),
     )
+    computed_traits.register(runtime.jobs)
     runtime.add_task(
         lambda: asyncio.create_task(computed_traits.run(runtime.transaction), name="computed-traits")
     )

@@ -3,11 +3,12 @@ owns the transaction. Large writes are one statement over arrays (INSERT … SEL
 costs a few round trips whatever its size."""
 
 from omni_profile.repository.computed import (
+    BackfillCursor,
     advance_backfill,
-    claim_backfill,
     insert_definition,
     list_definitions,
     load_definitions,
+    lock_backfill,
 )
 from omni_profile.repository.consents import (
     consent_changes,
@@ -72,6 +73,7 @@ from omni_profile.repository.traits import (
 )
 
 __all__ = [
+    "BackfillCursor",
     "Locked",
     "NewState",
     "ProfileRead",
@@ -81,7 +83,6 @@ __all__ = [
     "Whereabouts",
     "advance_backfill",
     "cart_events",
-    "claim_backfill",
     "claim_due_verdicts",
     "consent_changes",
     "delete_consents",
@@ -103,6 +104,7 @@ __all__ = [
     "load_definitions",
     "load_traits",
     "lock_as_read",
+    "lock_backfill",
     "lock_profiles",
     "mark_merged",
     "mark_merged_into",

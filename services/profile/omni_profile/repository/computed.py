@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -78,24 +79,33 @@ async def insert_definition(session: AsyncSession, definition: Definition) -> De
     return None if row is None else _definition(row)
 
 
-async def claim_backfill(
-    session: AsyncSession, grace_s: float
-) -> tuple[str, uuid.UUID | None, datetime] | None:
-    """Lock the oldest definition still backfilling and older than grace_s (skipping one another replica
-    holds); return its name, cursor, and the time after which every replica applied it (created_at plus
-    grace_s): profiles created later need no backfill."""
+@dataclass(frozen=True)
+class BackfillCursor:
+    """Where a definition's backfill got to, locked for its next slice."""
+
+    after: uuid.UUID | None
+    """The last person id done (None before the first slice)."""
+    applied_from: datetime
+    """When every replica applies the definition to new events (created_at plus the grace): profiles created
+    later need no backfill."""
+    ready: bool
+    """Whether that time has come (the database's clock), so the backfill may run."""
+
+
+async def lock_backfill(session: AsyncSession, name: str, grace_s: float) -> BackfillCursor | None:
+    """Lock the definition's row if it is still backfilling and return its cursor; None when it is not (done,
+    or no such definition)."""
     row = (
         await session.execute(
             sa.text(
-                "SELECT name, backfill_after, created_at + make_interval(secs => :grace) AS applied_from "
-                "FROM computed_traits WHERE state = 'backfilling' "
-                "AND created_at <= now() - make_interval(secs => :grace) "
-                "ORDER BY created_at, name LIMIT 1 FOR UPDATE SKIP LOCKED"
+                "SELECT backfill_after, created_at + make_interval(secs => :grace) AS applied_from, "
+                "created_at + make_interval(secs => :grace) <= now() AS ready "
+                "FROM computed_traits WHERE name = :name AND state = 'backfilling' FOR UPDATE"
             ),
-            {"grace": grace_s},
+            {"name": name, "grace": grace_s},
         )
     ).first()
-    return None if row is None else (row.name, row.backfill_after, row.applied_from)
+    return None if row is None else BackfillCursor(row.backfill_after, row.applied_from, row.ready)
 
 
 async def advance_backfill(session: AsyncSession, name: str, after: uuid.UUID | None, *, done: bool) -> None:

@@ -260,7 +260,11 @@ still unacknowledged again, one at a time."""
 def headers_size(headers: dict[str, str]) -> int:
     """The bytes NATS headers take on the wire ("NATS/1.0" line, one line per header, blank line): the
     server counts them with the payload against its max_payload."""
-    return 12 + sum(len(k.encode()) + len(v.encode()) + 4 for k, v in headers.items())
+    size = 12
+    for key, value in headers.items():
+        size += (len(key) if key.isascii() else len(key.encode())) + 4
+        size += len(value) if value.isascii() else len(value.encode())
+    return size
 
 
 def split_batch(data: bytes) -> list[bytes]:
@@ -289,14 +293,13 @@ def _read_varint(data: bytes, position: int) -> tuple[int, int]:
         shift += 7
 
 
-@dataclass
+@dataclass(slots=True)
 class _Outgoing:
     """One message the relay publishes for a row: the row's whole payload, or a part of a split batch."""
 
     message_id: str
     data: bytes
     headers: dict[str, str]
-    events: int
 
 
 @dataclass
@@ -404,7 +407,14 @@ class OutboxRelay:
                 outgoing, dead = self._plan(row, limit)
                 plans.append((row, outgoing, dead))
                 for message in outgoing:
-                    sent.append((row.subject, message, await self._send(row.subject, message)))
+                    try:
+                        future = await self._js.publish_async(
+                            row.subject, message.data, headers=message.headers
+                        )
+                    except MaxPayloadError as error:  # refused by the client itself
+                        future = asyncio.get_running_loop().create_future()
+                        future.set_exception(error)
+                    sent.append((row.subject, message, future))
                     owners.append(index)
             results = await self._acknowledgements(sent)
             published_by_row: dict[int, int] = {}
@@ -446,44 +456,37 @@ class OutboxRelay:
         raises instead of setting the exception), and an acknowledgement lost in a reconnect would hold the
         round for ever.
         """
-        futures = [future for _, _, future in sent]
-        if futures:
-            await asyncio.wait(futures, timeout=self._ack_timeout_s)
+        try:
+            return await asyncio.wait_for(
+                asyncio.gather(*(future for _, _, future in sent), return_exceptions=True),
+                timeout=self._ack_timeout_s,
+            )
+        except TimeoutError:
+            pass  # the futures not done are cancelled, which frees their slots among the pending publishes
         results: list[Any] = []
         for subject, message, future in sent:
-            if future.done():
+            if future.done() and not future.cancelled():
                 results.append(future.exception() or future.result())
                 continue
-            future.cancel()  # releases its slot among the pending publishes
             try:
                 results.append(
                     await self._js.publish(
                         subject, message.data, timeout=self._ack_timeout_s, headers=message.headers
                     )
                 )
-            except (asyncio.CancelledError, KeyboardInterrupt):
-                raise
-            except Exception as error:
+            except (MaxPayloadError, APIError) as error:
                 results.append(error)
+            # Anything else (a timeout, NATS unreachable) ends the round: it is rolled back and tried again.
         return results
-
-    async def _send(self, subject: str, message: _Outgoing) -> asyncio.Future[Any]:
-        """Start publishing one message; a refusal by the client itself comes back as a failed future."""
-        try:
-            return await self._js.publish_async(subject, message.data, headers=message.headers)
-        except MaxPayloadError as error:
-            failed: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-            failed.set_exception(error)
-            return failed
 
     def _plan(self, row: Any, limit: int) -> tuple[list[_Outgoing], list[_DeadLetter]]:
         """The messages a row is published as, and what of it cannot be published at all."""
-        headers = {str(k): str(v) for k, v in (row.headers or {}).items()}
         row_id = str(row.id)
-        whole = {**headers, "Nats-Msg-Id": row_id}
+        whole = {str(k): str(v) for k, v in (row.headers or {}).items()}
+        whole["Nats-Msg-Id"] = row_id
         if len(row.payload) + headers_size(whole) <= limit:
-            count = int(headers.get(BATCH_HEADER, "1"))
-            return [_Outgoing(row_id, row.payload, whole, count)], []
+            return [_Outgoing(row_id, row.payload, whole)], []
+        headers = _without_id(whole)
         base = {k: v for k, v in headers.items() if k != BATCH_HEADER}
         too_large = f"{{size}} bytes with headers, over the server's max_payload of {limit}"
         if BATCH_HEADER not in headers:
@@ -594,6 +597,6 @@ def _without_id(headers: dict[str, str]) -> dict[str, str]:
 def _part(part: list[tuple[str, bytes]], base: dict[str, str]) -> _Outgoing:
     first_id = part[0][0]
     if len(part) == 1:
-        return _Outgoing(first_id, part[0][1], {**base, "Nats-Msg-Id": first_id}, 1)
+        return _Outgoing(first_id, part[0][1], {**base, "Nats-Msg-Id": first_id})
     headers = {**base, "Nats-Msg-Id": first_id, BATCH_HEADER: str(len(part))}
-    return _Outgoing(first_id, pack_batch([data for _, data in part]), headers, len(part))
+    return _Outgoing(first_id, pack_batch([data for _, data in part]), headers)

@@ -12,8 +12,12 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from nats.js import JetStreamContext
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
+from omni.events.v1 import envelope_pb2
+from omni.identity.v1 import events_pb2
+from omni_kit.bus import EventConsumer, Outbox, events_stream, subject_for
 from omni_kit.db import create_engine, session_factory
 from omni_kit.scheduler import (
     Backoff,
@@ -256,3 +260,43 @@ async def test_the_loop_runs_a_job_when_it_falls_due(engine: AsyncEngine) -> Non
         await asyncio.wait_for(task, 5)
     lateness = (ran[0] - due).total_seconds()
     assert 0 <= lateness < 0.5, f"run {lateness:.3f}s after due though the poll interval is 5s"
+
+
+async def test_a_consumer_that_schedules_a_job_wakes_the_worker(
+    engine: AsyncEngine, js: tuple[JetStreamContext, str]
+) -> None:
+    context, namespace = js
+    ran = asyncio.Event()
+
+    async def run(session: AsyncSession, jobs: Sequence[Job]) -> None:
+        ran.set()
+
+    worker = JobWorker(transaction_of(engine), poll_interval_s=30.0)
+    worker.register(KIND, run)
+
+    async def handler(session: AsyncSession, envelope: envelope_pb2.Envelope) -> None:
+        await schedule(session, KIND, envelope.id)
+
+    subject = subject_for("identity.person_created", namespace)
+    consumer = EventConsumer(
+        context,
+        session_factory(engine),
+        durable="test-schedules",
+        stream=events_stream(namespace),
+        subjects=[subject],
+        handler=handler,
+        on_scheduled=worker.notify,
+    )
+    await consumer.start()
+    tasks = [asyncio.create_task(consumer.run()), asyncio.create_task(worker.run())]
+    try:
+        await asyncio.sleep(0.2)  # the worker sleeps for its 30 s poll interval
+        envelope = Outbox("identity").envelope(
+            events_pb2.PersonCreatedEvent(person_id="p-1"), event_type="identity.person_created"
+        )
+        await context.publish(subject, envelope.SerializeToString(), headers={"Nats-Msg-Id": envelope.id})
+        await asyncio.wait_for(ran.wait(), 5)
+    finally:
+        consumer.stop()
+        worker.stop()
+        await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 10)

@@ -150,6 +150,7 @@ class Runtime:
             max_deliver=self.settings.consumer_max_deliver,
             backoff_s=self.settings.consumer_backoff_s,
             after_commit=self.relay.wake,
+            on_scheduled=self.jobs.notify,
             inbox_retention_s=self.settings.inbox_retention_s,
             inbox_purge_interval_s=self.settings.inbox_purge_interval_s,
         )

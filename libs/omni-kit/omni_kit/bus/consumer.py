@@ -38,6 +38,7 @@ from omni_kit.bus.envelope import BATCH_HEADER, EnvelopeTooLarge, PermanentError
 from omni_kit.bus.inbox import DEFAULT_INBOX_RETENTION_S, check_age, purge_inbox
 from omni_kit.bus.outbox import outbox_staged
 from omni_kit.bus.tables import inbox_table
+from omni_kit.scheduler.schedule import scheduled_due
 
 log = logging.getLogger(__name__)
 tracer = trace.get_tracer("omni_kit.bus")
@@ -73,6 +74,7 @@ class EventConsumer:
         max_events_per_transaction: int = 1000,
         ack_wait_s: float = 30.0,
         after_commit: Callable[[], None] | None = None,
+        on_scheduled: Callable[[datetime], None] | None = None,
         inbox_retention_s: float = DEFAULT_INBOX_RETENTION_S,
         inbox_purge_interval_s: float = 600.0,
     ) -> None:
@@ -89,6 +91,7 @@ class EventConsumer:
         self._max_events = max_events_per_transaction
         self._ack_wait_s = ack_wait_s
         self._after_commit = after_commit
+        self._on_scheduled = on_scheduled
         self._inbox_retention_s = inbox_retention_s
         self._inbox_purge_interval_s = inbox_purge_interval_s
         self._next_purge: float | None = None
@@ -227,6 +230,9 @@ class EventConsumer:
                 applied += 1
             await self._finish(session)
             staged = outbox_staged(session)
+            due = scheduled_due(session)
+        if due is not None and self._on_scheduled is not None:
+            self._on_scheduled(due)
         return applied, staged
 
     async def _finish(self, session: AsyncSession) -> None:
@@ -326,6 +332,9 @@ class EventConsumer:
             await self._handler(session, envelope)
             await self._finish(session)
             staged = outbox_staged(session)
+            due = scheduled_due(session)
+        if due is not None and self._on_scheduled is not None:
+            self._on_scheduled(due)
         self.applied += 1
         if staged and self._after_commit is not None:
             self._after_commit()

@@ -1,8 +1,8 @@
 """omni_kit's outbox dead letters (events the relay could not publish, kept with the reason) and scheduled
 jobs (durable due work).
 
-Revision ID: 0002
-Revises: 0001
+Revision ID: 0003
+Revises: 0002
 Create Date: 2026-12-07
 """
 
@@ -13,8 +13,8 @@ from alembic import op
 from omni_kit.bus import create_outbox_dead_letters, drop_outbox_dead_letters
 from omni_kit.scheduler import create_jobs_table, drop_jobs_table
 
-revision = "0002"
-down_revision = "0001"
+revision = "0003"
+down_revision = "0002"
 branch_labels = None
 depends_on = None
 

@@ -3,8 +3,8 @@
 A queued message's next attempt is a job (gateway.delivery_attempt, keyed by the message id) instead of
 a poll of messages.next_attempt_at, which stays as what GetMessage shows; the index the poll used goes.
 
-Revision ID: 0003
-Revises: 0002
+Revision ID: 0004
+Revises: 0003
 Create Date: 2026-12-07
 """
 
@@ -16,8 +16,8 @@ from alembic import op
 from omni_kit.bus import create_outbox_dead_letters, drop_outbox_dead_letters
 from omni_kit.scheduler import create_jobs_table, drop_jobs_table
 
-revision = "0003"
-down_revision = "0002"
+revision = "0004"
+down_revision = "0003"
 branch_labels = None
 depends_on = None
 

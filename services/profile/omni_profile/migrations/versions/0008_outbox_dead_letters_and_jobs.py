@@ -3,8 +3,8 @@
 A definition still backfilling has a job (profile.computed_trait_backfill, keyed by its name) that runs
 one slice of persons at a time, instead of a poll of the definitions.
 
-Revision ID: 0007
-Revises: 0006
+Revision ID: 0008
+Revises: 0007
 Create Date: 2026-12-07
 """
 
@@ -16,8 +16,8 @@ from alembic import op
 from omni_kit.bus import create_outbox_dead_letters, drop_outbox_dead_letters
 from omni_kit.scheduler import create_jobs_table, drop_jobs_table
 
-revision = "0007"
-down_revision = "0006"
+revision = "0008"
+down_revision = "0007"
 branch_labels = None
 depends_on = None
 

@@ -19,8 +19,9 @@ PERSON_ROWS = {
     "memberships": "SELECT count(*) FROM memberships WHERE person_id = :p",
     # An erased person's verdicts leave a tombstone without any.
     "contact_verdicts": "SELECT count(*) FROM contact_verdicts WHERE person_id = :p AND verdicts <> '[]'",
-    "person_aliases": (
-        "SELECT count(*) FROM person_aliases WHERE merged_person_id = :p OR survivor_person_id = :p"
+    # Merge aliases, either side (a forgotten id keeps a tombstone, which leads nowhere).
+    "person_lineage": (
+        "SELECT count(*) FROM person_lineage WHERE (person_id = :p AND survivor_id IS NOT NULL) OR survivor_id = :p"
     ),
     "journey_runs": "SELECT count(*) FROM journey_runs WHERE person_id = :p",
     "decisions": "SELECT count(*) FROM decisions WHERE person_id = :p",
@@ -52,6 +53,15 @@ async def forget(decisioning: Decisioning, person: uuid.UUID, *ids: uuid.UUID) -
     )
 
 
+async def tombstones(decisioning: Decisioning, *persons: uuid.UUID) -> int:
+    """How many of these persons are held as forgotten."""
+    count: int = await decisioning.scalar(
+        "SELECT count(*) FROM person_lineage WHERE person_id = ANY(:p) AND forgotten_at IS NOT NULL",
+        p=list(persons),
+    )
+    return count
+
+
 async def processed(decisioning: Decisioning, envelope: envelope_pb2.Envelope) -> None:
     await decisioning.eventually("SELECT 1 FROM inbox WHERE event_id = :e", e=uuid.UUID(envelope.id))
 
@@ -74,7 +84,7 @@ async def test_forgetting_deletes_every_row_of_every_id_and_nothing_of_others(
     expected = {
         "memberships": 1,
         "contact_verdicts": 1,
-        "person_aliases": 1,
+        "person_lineage": 1,
         "journey_runs": 1,
         "decisions": 1,
     }
@@ -87,8 +97,9 @@ async def test_forgetting_deletes_every_row_of_every_id_and_nothing_of_others(
     nothing = dict.fromkeys(PERSON_ROWS, 0)
     assert await held_about(decisioning, person) == nothing
     assert await held_about(decisioning, merged) == nothing
+    assert await tombstones(decisioning, person, merged) == 2
     assert await held_about(decisioning, other) == before_other
-    assert await held_about(decisioning, other_merged) == {**nothing, "person_aliases": 1}
+    assert await held_about(decisioning, other_merged) == {**nothing, "person_lineage": 1}
 
 
 async def test_an_alias_missing_from_the_event_is_forgotten_with_its_survivor(
@@ -97,7 +108,9 @@ async def test_an_alias_missing_from_the_event_is_forgotten_with_its_survivor(
     person, merged = uuid.uuid4(), uuid.uuid4()
     await grant(decisioning, merged, c.CHANNEL_SMS)
     await merge(decisioning, person, merged)
-    await decisioning.eventually("SELECT 1 FROM person_aliases WHERE merged_person_id = :p", p=merged)
+    await decisioning.eventually(
+        "SELECT 1 FROM person_lineage WHERE person_id = :p AND survivor_id IS NOT NULL", p=merged
+    )
 
     await processed(decisioning, await forget(decisioning, person))
 

@@ -20,6 +20,7 @@ from omni_decisioning.models import Base
 from omni_kit import contact
 from omni_kit.contact import Purpose, Reason, Verdict
 from omni_kit.db import create_engine, migrate
+from omni_kit.lineage import lineage_metadata
 
 from ..migrations import schema_differences
 
@@ -86,5 +87,40 @@ async def test_kept_consents_become_the_same_verdicts_and_come_back_on_a_downgra
         async with engine.connect() as connection:
             tables = await connection.run_sync(lambda conn: set(sa.inspect(conn).get_table_names()))
         assert tables <= {"alembic_version"}
+    finally:
+        await engine.dispose()
+
+
+async def test_the_aliases_stored_before_move_to_person_lineage_and_back(
+    make_database: Callable[..., str],
+) -> None:
+    engine = create_engine(make_database("decisioning_migrations"), application_name="omni-test-decisioning")
+    merged, survivor = uuid.uuid4(), uuid.uuid4()
+    try:
+        await migrate(engine, MIGRATIONS, "0002")
+        async with engine.begin() as connection:
+            await connection.execute(
+                sa.text("INSERT INTO person_aliases (merged_person_id, survivor_person_id) VALUES (:m, :s)"),
+                {"m": merged, "s": survivor},
+            )
+
+        await migrate(engine, MIGRATIONS)
+
+        async with engine.connect() as connection:
+            assert await connection.run_sync(schema_differences, Base.metadata) == []
+            assert await connection.run_sync(schema_differences, lineage_metadata) == []
+            rows = await connection.execute(
+                sa.text("SELECT person_id, survivor_id, forgotten_at FROM person_lineage")
+            )
+            assert [tuple(r) for r in rows] == [(merged, survivor, None)]
+            assert await connection.scalar(sa.text("SELECT to_regclass('person_aliases')")) is None
+
+        async with engine.begin() as connection:
+            await connection.run_sync(lambda conn: command.downgrade(_config(conn), "0002"))
+        async with engine.connect() as connection:
+            rows = await connection.execute(
+                sa.text("SELECT merged_person_id, survivor_person_id FROM person_aliases")
+            )
+            assert [tuple(r) for r in rows] == [(merged, survivor)]
     finally:
         await engine.dispose()

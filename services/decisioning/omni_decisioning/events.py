@@ -13,12 +13,12 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from omni.common.v1 import common_pb2
 from omni.decisioning.v1 import events_pb2
 from omni.events.v1 import envelope_pb2
-from omni.identity.v1 import events_pb2 as identity_events
 from omni.segmentation.v1 import events_pb2 as segmentation_events
 from omni_decisioning.entities import Decision, SegmentEntry
 from omni_kit import contact
 from omni_kit.bus import Outbox, unpack
 from omni_kit.ids import parse_uuid
+from omni_kit.lineage import LINEAGE_EVENTS, Lineage
 
 if TYPE_CHECKING:
     from omni_decisioning.journeys import Journeys
@@ -32,18 +32,11 @@ DECISION_MADE = "decisioning.decision_made"
 PERSON_ENTERED_SEGMENT = "segmentation.person_entered_segment"
 PERSON_EXITED_SEGMENT = "segmentation.person_exited_segment"
 CONTACT_VERDICT_CHANGED = contact.CONTACT_VERDICT_CHANGED
-PERSONS_MERGED = "identity.persons_merged"
-PERSON_FORGOTTEN = "identity.person_forgotten"
 
 # One consumer for all of them, so that events are applied in the order the log holds them (the verdict of a
-# consent granted before a segment entry is known when the entry starts a journey).
-CONSUMED = (
-    PERSON_ENTERED_SEGMENT,
-    PERSON_EXITED_SEGMENT,
-    CONTACT_VERDICT_CHANGED,
-    PERSONS_MERGED,
-    PERSON_FORGOTTEN,
-)
+# consent granted before a segment entry is known when the entry starts a journey; an unmerge before an
+# entry of the restored person).
+CONSUMED = (PERSON_ENTERED_SEGMENT, PERSON_EXITED_SEGMENT, CONTACT_VERDICT_CHANGED, *LINEAGE_EVENTS)
 
 
 def _time(timestamp: Timestamp, fallback: datetime) -> datetime:
@@ -95,10 +88,11 @@ class Publisher:
 class EventHandlers:
     """Applies consumed events; each call runs in the consumer's transaction, once per event id."""
 
-    def __init__(self, read_models: ReadModels, journeys: Journeys) -> None:
+    def __init__(self, read_models: ReadModels, journeys: Journeys, lineage: Lineage) -> None:
         self._read_models = read_models
         self._journeys = journeys
         self._verdicts = contact.ContactVerdictHandler()
+        self._lineage = lineage
 
     async def handle(self, session: AsyncSession, envelope: envelope_pb2.Envelope) -> None:
         """Dispatch one envelope by its type; unknown types are ignored."""
@@ -109,10 +103,9 @@ class EventHandlers:
             await self._exited(session, envelope, occurred_at)
         elif envelope.type == CONTACT_VERDICT_CHANGED:
             await self._verdicts(session, envelope)
-        elif envelope.type == PERSONS_MERGED:
-            await self._merged(session, envelope)
-        elif envelope.type == PERSON_FORGOTTEN:
-            await self._forgotten(session, envelope)
+        elif envelope.type in LINEAGE_EVENTS:
+            # Merges, unmerges and erasures: omni_kit.lineage, with the read models' hooks.
+            await self._lineage(session, envelope)
         else:
             log.debug("ignoring event %s of type %s", envelope.id, envelope.type)
 
@@ -149,27 +142,6 @@ class EventHandlers:
         await self._read_models.membership_changed(
             session, person_id=person_id, segment_id=segment_id, is_member=False, as_of=occurred_at
         )
-
-    async def _merged(self, session: AsyncSession, envelope: envelope_pb2.Envelope) -> None:
-        event = unpack(envelope, identity_events.PersonsMergedEvent)
-        survivor = parse_uuid(event.survivor_person_id)
-        merged = [m for m in (parse_uuid(value) for value in event.merged_person_ids) if m is not None]
-        if survivor is None or not merged:
-            log.warning("ignoring merge event %s without a valid survivor and merged persons", envelope.id)
-            return
-        await self._read_models.persons_merged(session, survivor_id=survivor, merged_ids=merged)
-
-    async def _forgotten(self, session: AsyncSession, envelope: envelope_pb2.Envelope) -> None:
-        event = unpack(envelope, identity_events.PersonForgottenEvent)
-        values = [event.person_id, envelope.person_id, *event.forgotten_person_ids]
-        parsed = [(value, parse_uuid(value)) for value in values if value]
-        malformed = [value for value, person in parsed if person is None]
-        if malformed:
-            # The valid ids are still erased: skipping them all for one bad id would keep data that must go.
-            log.error("person_forgotten %s has malformed person ids %r", envelope.id, malformed)
-        forgotten = {person for _, person in parsed if person is not None}
-        if forgotten:
-            await self._read_models.persons_forgotten(session, forgotten)
 
 
 def _ids(

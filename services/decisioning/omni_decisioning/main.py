@@ -20,6 +20,7 @@ from omni_decisioning.read_models import ReadModels
 from omni_decisioning.references import GATEWAY_SERVICE, SEGMENTATION_SERVICE, References
 from omni_decisioning.repository import Repository
 from omni_kit.grpc_client import channel
+from omni_kit.lineage import PERSON_LINEAGE, Lineage
 from omni_kit.runtime import Runtime
 from omni_kit.settings import ServiceSettings
 
@@ -57,7 +58,14 @@ async def start(settings: Settings) -> Runtime:
     repository = Repository()
     publisher = Publisher(runtime.outbox)
     journeys = Journeys(repository, publisher, reentry_window=timedelta(seconds=settings.journey_reentry_s))
-    handlers = EventHandlers(ReadModels(repository), journeys)
+    read_models = ReadModels(repository, PERSON_LINEAGE)
+    lineage = Lineage(
+        PERSON_LINEAGE,
+        on_merge=read_models.persons_merged,
+        on_unmerge=read_models.person_unmerged,
+        on_erase=read_models.persons_forgotten,
+    )
+    handlers = EventHandlers(read_models, journeys, lineage)
     runtime.add_consumer(durable="read-models", event_types=CONSUMED, handler=handlers.handle)
     # Asked only when a journey or offer is created; Decide calls nobody.
     segmentation = runtime.track_channel(

@@ -1,4 +1,6 @@
-"""Decisioning's tables: journeys, offers, the read models fed by events, journey runs and the decision log."""
+"""Decisioning's tables: journeys, offers, the read models fed by events, journey runs and the decision log.
+
+Where merged ids lead, and the tombstones of forgotten ones, are in omni_kit.lineage's person_lineage."""
 
 from __future__ import annotations
 
@@ -64,15 +66,6 @@ contact_verdicts = contact.define_table(Base.metadata)
 channels by."""
 
 
-class PersonAliasRow(Base):
-    """Read model of identity: a person merged into another; events and decisions for it go to the survivor."""
-
-    __tablename__ = "person_aliases"
-
-    merged_person_id: Mapped[uuid.UUID] = mapped_column(sa.Uuid, primary_key=True)
-    survivor_person_id: Mapped[uuid.UUID] = mapped_column(sa.Uuid, index=True)
-
-
 class JourneyRunRow(Base):
     """One start (or refused start) of a journey for a person, caused by one segment-entry event."""
 
@@ -93,6 +86,9 @@ class JourneyRunRow(Base):
     channel: Mapped[int | None] = mapped_column(sa.SmallInteger, nullable=True)
     request_id: Mapped[str | None] = mapped_column(sa.Text, nullable=True)
     create_time: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True))
+    # The person the run was for, when a merge has moved it to another (the first, through a chain of
+    # merges); NULL when it is with that person. An unmerge of that person gives the run back.
+    origin_person_id: Mapped[uuid.UUID | None] = mapped_column(sa.Uuid, nullable=True)
 
 
 class DecisionRow(Base):

@@ -25,9 +25,9 @@ from omni_decisioning.models import (
     JourneyRunRow,
     MembershipRow,
     OfferRow,
-    PersonAliasRow,
 )
 from omni_kit import contact
+from omni_kit.lineage import person_lineage
 
 
 def _journey(row: JourneyRow) -> Journey:
@@ -126,20 +126,13 @@ class Repository:
 
     # -- read models ---------------------------------------------------------------------------------------
 
-    async def survivor_of(self, session: AsyncSession, person_id: uuid.UUID) -> uuid.UUID:
-        """The person a (possibly merged) person id stands for now."""
-        survivor = await session.scalar(
-            sa.select(PersonAliasRow.survivor_person_id).where(PersonAliasRow.merged_person_id == person_id)
-        )
-        return survivor if survivor is not None else person_id
-
     async def person_and_segments(
         self, session: AsyncSession, person_id: uuid.UUID
     ) -> tuple[uuid.UUID, set[uuid.UUID]]:
         """The person an id stands for now and the segments they are a member of, in one round trip."""
         alias = (
-            sa.select(PersonAliasRow.survivor_person_id)
-            .where(PersonAliasRow.merged_person_id == person_id)
+            sa.select(person_lineage.c.survivor_id)
+            .where(person_lineage.c.person_id == person_id)
             .scalar_subquery()
         )
         person = sa.select(sa.func.coalesce(alias, sa.literal(person_id, sa.Uuid)).label("id")).cte("person")
@@ -181,28 +174,13 @@ class Repository:
     ) -> None:
         """Move memberships and journey runs of merged persons to the survivor.
 
-        Where both have a fact about the same segment, the newer one wins. The merged ids stay as aliases of
-        the survivor, so later events and decisions about them land on the survivor. Contact verdicts do not
-        move: profile merges the consent answers and announces the survivor's verdicts.
+        Where both have a fact about the same segment, the newer one wins. Each run moved remembers whose it
+        was (the first person, through a chain of merges), for an unmerge to give back. Contact verdicts do
+        not move: profile merges the consent answers and announces the survivor's verdicts.
         """
         merged = [m for m in merged_ids if m != survivor_id]
         if not merged:
             return
-        aliases = insert(PersonAliasRow).values(
-            [{"merged_person_id": m, "survivor_person_id": survivor_id} for m in merged]
-        )
-        await session.execute(
-            aliases.on_conflict_do_update(
-                index_elements=[PersonAliasRow.merged_person_id],
-                set_={"survivor_person_id": aliases.excluded.survivor_person_id},
-            )
-        )
-        # Persons merged earlier into one now merged follow it to the new survivor.
-        await session.execute(
-            sa.update(PersonAliasRow)
-            .where(PersonAliasRow.survivor_person_id.in_(merged))
-            .values(survivor_person_id=survivor_id)
-        )
         newest_memberships = (
             sa.select(
                 sa.literal(survivor_id, sa.Uuid).label("person_id"),
@@ -230,21 +208,38 @@ class Repository:
         await session.execute(sa.delete(MembershipRow).where(MembershipRow.person_id.in_(merged)))
         # Runs move too, so the re-entry guard sees one person's history as one.
         await session.execute(
-            sa.update(JourneyRunRow).where(JourneyRunRow.person_id.in_(merged)).values(person_id=survivor_id)
+            sa.update(JourneyRunRow)
+            .where(JourneyRunRow.person_id.in_(merged))
+            .values(
+                person_id=survivor_id,
+                origin_person_id=sa.func.coalesce(JourneyRunRow.origin_person_id, JourneyRunRow.person_id),
+            )
+        )
+
+    async def give_back_runs(
+        self,
+        session: AsyncSession,
+        *,
+        survivor_id: uuid.UUID,
+        restored_id: uuid.UUID,
+        origin_ids: Collection[uuid.UUID],
+    ) -> None:
+        """Move the survivor's journey runs that a merge took from one of origin_ids (the restored person and
+        those merged into it before) to the restored person; those of the restored person itself are its own
+        again."""
+        await session.execute(
+            sa.update(JourneyRunRow)
+            .where(JourneyRunRow.person_id == survivor_id, JourneyRunRow.origin_person_id.in_(origin_ids))
+            .values(
+                person_id=restored_id,
+                origin_person_id=sa.func.nullif(JourneyRunRow.origin_person_id, restored_id),
+            )
         )
 
     async def forget_persons(self, session: AsyncSession, person_ids: Collection[uuid.UUID]) -> None:
-        """Delete the persons' memberships, aliases, journey runs and decisions, and forget their contact
-        verdicts (a tombstone keeps a late announcement out).
-
-        Ids this service knows were merged into a forgotten person go with it, even if the event missed them.
-        """
-        merged_in = await session.scalars(
-            sa.select(PersonAliasRow.merged_person_id).where(
-                PersonAliasRow.survivor_person_id.in_(person_ids)
-            )
-        )
-        ids = set(person_ids) | set(merged_in)
+        """Delete the persons' memberships, journey runs and decisions, and forget their contact verdicts (a
+        tombstone keeps a late announcement out)."""
+        ids = set(person_ids)
         await contact.forget(session, ids)
         for column in (
             MembershipRow.person_id,
@@ -252,11 +247,6 @@ class Repository:
             DecisionRow.person_id,
         ):
             await session.execute(sa.delete(column.class_).where(column.in_(ids)))
-        await session.execute(
-            sa.delete(PersonAliasRow).where(
-                sa.or_(PersonAliasRow.merged_person_id.in_(ids), PersonAliasRow.survivor_person_id.in_(ids))
-            )
-        )
 
     # -- journey runs --------------------------------------------------------------------------------------
 

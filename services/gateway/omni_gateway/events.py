@@ -1,9 +1,8 @@
-"""What the gateway publishes (message sent / failed) and consumes (send requests, persons forgotten; profile's
-contact verdicts are kept by omni_kit.contact's handler)."""
+"""What the gateway publishes (message sent / failed) and consumes (send requests; identity's lineage, through
+omni_kit.lineage, for erasures; profile's contact verdicts are kept by omni_kit.contact's handler)."""
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
@@ -12,13 +11,15 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from omni.decisioning.v1 import events_pb2 as decisioning_events
 from omni.events.v1 import envelope_pb2
 from omni.gateway.v1 import events_pb2
-from omni.identity.v1 import events_pb2 as identity_events
-from omni_gateway.domain import MessageStatus
+from omni_gateway.domain import MessageStatus, SendRequest
+from omni_gateway.idempotency import ensure_same_request, fingerprint
 from omni_gateway.models import Message
-from omni_gateway.repository import Repository
+from omni_gateway.repository import FORGOTTEN, Repository
 from omni_gateway.wire import message_to_proto, parse_send_request
 from omni_kit.bus import Outbox, PermanentError, unpack
 from omni_kit.errors import AlreadyExists, InvalidArgument, NotFound
+from omni_kit.ids import new_id
+from omni_kit.lineage import LINEAGE_EVENTS, Erasure, Lineage, LineageTable
 
 if TYPE_CHECKING:
     from omni_gateway.delivery import Delivery
@@ -26,7 +27,6 @@ if TYPE_CHECKING:
 MESSAGE_SENT = "gateway.message_sent"
 MESSAGE_FAILED = "gateway.message_failed"
 SEND_REQUESTED = "decisioning.send_requested"
-PERSON_FORGOTTEN = "identity.person_forgotten"
 
 Handler = Callable[[AsyncSession, envelope_pb2.Envelope], Awaitable[None]]
 
@@ -61,11 +61,15 @@ class SendRequestedHandler:
     that can never be sent (unknown template, channel the gateway cannot deliver) is recorded as a FAILED
     message with a message_failed event, so the journey hears of it. One too malformed to record (no
     request id, no person) or reusing a request id for other content is a PermanentError: dead-lettered at
-    once, with the reason, for someone to look at.
+    once, with the reason, for someone to look at. A request for a forgotten person (staged by decisioning
+    before the erasure reached it) is recorded as a FAILED message holding nothing of the request but what
+    its key needs, never sent and not announced: the announcement would carry the person again.
     """
 
-    def __init__(self, delivery: Delivery) -> None:
+    def __init__(self, delivery: Delivery, repository: Repository, lineage: LineageTable) -> None:
         self._delivery = delivery
+        self._repository = repository
+        self._lineage = lineage
 
     async def __call__(self, session: AsyncSession, envelope: envelope_pb2.Envelope) -> None:
         """Handle one decisioning.send_requested envelope."""
@@ -81,6 +85,9 @@ class SendRequestedHandler:
             )
         except InvalidArgument as error:
             raise PermanentError(f"send request cannot be recorded: {_describe(error)}") from error
+        if (await self._lineage.whereabouts(session, [request.person_id]))[request.person_id].forgotten:
+            await self._forgotten(session, request)
+            return
         try:
             await self._delivery.send(request)
         except (InvalidArgument, NotFound) as error:
@@ -88,34 +95,54 @@ class SendRequestedHandler:
         except AlreadyExists as error:
             raise PermanentError(str(error)) from error
 
+    async def _forgotten(self, session: AsyncSession, request: SendRequest) -> None:
+        key = fingerprint(request)
+        values = {
+            "id": new_id(),
+            "request_id": request.request_id,
+            "fingerprint": key,
+            "person_id": request.person_id,
+            "channel": request.channel,
+            "template_id": request.template_id,
+            "journey_id": request.journey_id,
+            "purpose": request.purpose,
+        }
+        stored = await self._repository.insert_message(
+            session, values, status=MessageStatus.FAILED, error=FORGOTTEN
+        )
+        if stored is None:  # the key was used before
+            known = await self._repository.get_message_by_request(session, request.request_id)
+            assert known is not None
+            try:
+                ensure_same_request(known, key)
+            except AlreadyExists as error:
+                raise PermanentError(str(error)) from error
 
-class PersonForgottenHandler:
-    """Redacts the messages of a forgotten person (every id it had) and ends those not sent yet.
+
+class ErasureHook:
+    """Redacts the messages of a forgotten person (every id it had, and every id leading to it here) and ends
+    those not sent yet; omni_kit.lineage keeps the tombstones.
 
     Runs in the consumer's transaction and publishes nothing: a message_failed would carry the person
-    again. Ids the gateway never saw, and ids that are not UUIDs, touch nothing; a redelivery redacts
-    nothing more.
+    again. Ids the gateway never saw touch nothing; a redelivery redacts nothing more.
     """
 
     def __init__(self, repository: Repository) -> None:
         self._repository = repository
 
-    async def __call__(self, session: AsyncSession, envelope: envelope_pb2.Envelope) -> None:
-        """Handle one identity.person_forgotten envelope."""
-        event = unpack(envelope, identity_events.PersonForgottenEvent)
-        person_ids = _uuids([event.person_id, *event.forgotten_person_ids])
-        await self._repository.forget_persons(session, person_ids)
+    async def __call__(self, session: AsyncSession, erasure: Erasure) -> None:
+        """Redact the messages of the erasure's persons."""
+        await self._repository.forget_persons(session, list(erasure.person_ids))
 
 
 class EventRouter:
-    """The gateway's one consumer handler: each event type to its handler, so all apply in log order."""
+    """The gateway's one consumer handler: each event type to its handler, so all apply in log order (an
+    erasure before a send requested after it)."""
 
-    def __init__(
-        self, send_requested: SendRequestedHandler, person_forgotten: PersonForgottenHandler
-    ) -> None:
+    def __init__(self, send_requested: SendRequestedHandler, lineage: Lineage) -> None:
         self._handlers: dict[str, Handler] = {
             SEND_REQUESTED: send_requested,
-            PERSON_FORGOTTEN: person_forgotten,
+            **dict.fromkeys(LINEAGE_EVENTS, lineage),
         }
 
     @property
@@ -129,16 +156,6 @@ class EventRouter:
         if handler is None:
             raise PermanentError(f"the gateway does not consume {envelope.type!r}")
         await handler(session, envelope)
-
-
-def _uuids(values: list[str]) -> list[uuid.UUID]:
-    found: set[uuid.UUID] = set()
-    for value in values:
-        try:
-            found.add(uuid.UUID(value))
-        except ValueError:
-            continue  # no message can have been stored under it
-    return sorted(found)
 
 
 def _describe(error: InvalidArgument | NotFound) -> str:

@@ -13,13 +13,14 @@ from omni.profile.v1 import profile_pb2_grpc
 from omni_gateway.api import GatewayServicer
 from omni_gateway.contacts import Contacts
 from omni_gateway.delivery import Delivery
-from omni_gateway.events import EventRouter, PersonForgottenHandler, SendRequestedHandler
+from omni_gateway.events import ErasureHook, EventRouter, SendRequestedHandler
 from omni_gateway.rendering import Renderer
 from omni_gateway.repository import Repository
 from omni_gateway.retry import DELIVERY_ATTEMPT, DeliveryAttempts, RetryPolicy
 from omni_gateway.smtp import Mailer, SmtpConfig
 from omni_kit import contact
 from omni_kit.grpc_client import channel
+from omni_kit.lineage import PERSON_LINEAGE, Lineage
 from omni_kit.runtime import Runtime
 from omni_kit.settings import ServiceSettings
 
@@ -118,8 +119,9 @@ async def _wire(runtime: Runtime, settings: Settings) -> None:
         sender=settings.smtp_from,
         policy=policy,
     )
-    # Forgetting shares the send requests' durable, so it applies in log order with them.
-    router = EventRouter(SendRequestedHandler(delivery), PersonForgottenHandler(repository))
+    # Identity's lineage shares the send requests' durable, so an erasure applies in log order with them.
+    lineage = Lineage(PERSON_LINEAGE, on_erase=ErasureHook(repository))
+    router = EventRouter(SendRequestedHandler(delivery, repository, PERSON_LINEAGE), lineage)
     runtime.add_consumer(durable="send-requests", event_types=router.event_types, handler=router)
     # A durable of its own, which reads the log from its start when first created: verdicts profile announced
     # before this gateway kept any (the republish after the upgrade) reach it whenever it is deployed. A

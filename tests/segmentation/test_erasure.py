@@ -22,8 +22,10 @@ async def held(segmentation: Segmentation, person_id: str) -> dict[str, int]:
         table: await segmentation.scalar(f"SELECT count(*) FROM {table} WHERE person_id = :p", p=pid)
         for table in PER_PERSON_TABLES
     }
-    counts["merged_persons"] = await segmentation.scalar(
-        "SELECT count(*) FROM merged_persons WHERE person_id = :p OR survivor_id = :p", p=pid
+    # A forgotten id keeps a tombstone, which leads nowhere.
+    counts["aliases"] = await segmentation.scalar(
+        "SELECT count(*) FROM person_lineage WHERE (person_id = :p AND survivor_id IS NOT NULL) OR survivor_id = :p",
+        p=pid,
     )
     counts["scheduled_jobs"] = await segmentation.scalar(
         "SELECT count(*) FROM scheduled_jobs WHERE key = :p", p=person_id
@@ -65,7 +67,7 @@ async def test_forgetting_deletes_every_row_of_every_id_and_publishes_no_exit(
 
     for someone in (survivor, merged):
         assert await held(segmentation, someone) == dict.fromkeys(
-            [*PER_PERSON_TABLES, "merged_persons", "scheduled_jobs"], 0
+            [*PER_PERSON_TABLES, "aliases", "scheduled_jobs"], 0
         )
     assert await held(segmentation, other) == other_before
     assert gold.name in await segmentation.segments_of(other)
@@ -104,3 +106,33 @@ async def test_profile_person_erased_deletes_the_person_and_its_merged_ids(
     for someone in (survivor, merged):
         assert sum((await held(segmentation, someone)).values()) == 0
     assert await held(segmentation, other) == other_before
+
+
+async def test_events_about_a_forgotten_person_arriving_later_bring_nothing_back(
+    segmentation: Segmentation, events: EventLog
+) -> None:
+    marker = uuid.uuid4().hex[:8]
+    gold = await segmentation.create(unique("gold"), trait("plan", pb.COMPARISON_EQ, "gold-" + marker))
+    survivor, merged = person(), person()
+    await segmentation.consumed(await segmentation.merged(survivor, merged))
+    forgotten = identity_events.PersonForgottenEvent(
+        person_id=survivor, forgotten_person_ids=[survivor, merged], erasure_id=str(uuid.uuid4())
+    )
+    await segmentation.consumed(
+        await segmentation.publish(
+            forgotten, event_type="identity.person_forgotten", producer="identity", person_id=survivor
+        )
+    )
+
+    # Staged by profile before the erasure reached it, delivered after it.
+    late = [
+        await segmentation.profile_changed(someone, traits={"plan": "gold-" + marker})
+        for someone in (survivor, merged)
+    ]
+    late += [await segmentation.track(someone, "page_viewed") for someone in (survivor, merged)]
+    await segmentation.consumed(*late)
+
+    for someone in (survivor, merged):
+        assert sum((await held(segmentation, someone)).values()) == 0
+        assert gold.name not in await segmentation.segments_of(someone)
+        assert events.of("segmentation.person_entered_segment", someone) == []

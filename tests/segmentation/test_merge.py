@@ -100,7 +100,7 @@ async def test_merging_persons_segmentation_never_saw_is_harmless(segmentation: 
     survivor, merged = person(), person()
     await segmentation.consumed(await segmentation.merged(survivor, merged))
     assert await segmentation.scalar(
-        "SELECT survivor_id FROM merged_persons WHERE person_id = :p", p=uuid.UUID(merged)
+        "SELECT survivor_id FROM person_lineage WHERE person_id = :p", p=uuid.UUID(merged)
     ) == uuid.UUID(survivor)
     assert (
         await segmentation.scalar(
@@ -117,7 +117,7 @@ async def test_chained_merges_lead_to_the_last_survivor(segmentation: Segmentati
     await segmentation.consumed(await segmentation.merged(second, first))
     await segmentation.consumed(await segmentation.merged(third, second))
     rows = await segmentation.rows(
-        "SELECT person_id, survivor_id FROM merged_persons WHERE person_id = ANY(:ids)",
+        "SELECT person_id, survivor_id FROM person_lineage WHERE person_id = ANY(:ids)",
         ids=[uuid.UUID(first), uuid.UUID(second)],
     )
     assert {row.survivor_id for row in rows} == {uuid.UUID(third)}

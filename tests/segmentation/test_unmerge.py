@@ -30,7 +30,7 @@ async def _occurrences(segmentation: Segmentation, person_id: str) -> int:
 
 async def _leads_to(segmentation: Segmentation, person_id: str) -> uuid.UUID | None:
     value = await segmentation.scalar(
-        "SELECT survivor_id FROM merged_persons WHERE person_id = :p", p=uuid.UUID(person_id)
+        "SELECT survivor_id FROM person_lineage WHERE person_id = :p", p=uuid.UUID(person_id)
     )
     return value if isinstance(value, uuid.UUID) else None
 
@@ -218,7 +218,7 @@ async def test_an_unmerge_of_persons_segmentation_does_not_hold_as_merged_change
     assert await segmentation.scalar("SELECT count(*) FROM persons WHERE person_id = ANY(:ids)", ids=ids) == 0
     assert (
         await segmentation.scalar(
-            "SELECT count(*) FROM merged_persons WHERE person_id = ANY(:ids) OR survivor_id = ANY(:ids)",
+            "SELECT count(*) FROM person_lineage WHERE person_id = ANY(:ids) OR survivor_id = ANY(:ids)",
             ids=[*ids, uuid.UUID(known)],
         )
         == 0

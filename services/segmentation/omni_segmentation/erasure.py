@@ -11,15 +11,16 @@ from omni_segmentation.repository import Repository
 
 
 class PersonEraser:
-    """Applies identity.person_forgotten (and profile.person_erased) to the read model."""
+    """Applies identity.person_forgotten (and profile.person_erased) to the read model; omni_kit.lineage keeps
+    the tombstones."""
 
     def __init__(self, repository: Repository) -> None:
         self._repository = repository
 
     async def erase(self, session: AsyncSession, person_ids: Sequence[uuid.UUID]) -> None:
-        """Delete the persons' facts, event occurrences, last-seen times, next checks, memberships and merge
-        aliases. No exit events are published: the person no longer exists anywhere, so there is nobody to
-        leave a segment. Unknown persons and repeated erasures change nothing."""
+        """Delete the persons' facts, event occurrences, last-seen times, next checks and memberships. No exit
+        events are published: the person no longer exists anywhere, so there is nobody to leave a segment.
+        Unknown persons and repeated erasures change nothing."""
         ids = list(dict.fromkeys(person_ids))
         if not ids:
             return

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import uuid
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
@@ -11,10 +13,10 @@ from opentelemetry import propagate
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from omni.events.v1 import envelope_pb2
-from omni.identity.v1 import events_pb2 as identity_events
 from omni.profile.v1 import events_pb2 as profile_events
 from omni_kit.bus import unpack
 from omni_kit.ids import parse_uuid
+from omni_kit.lineage import LINEAGE_EVENTS, Erasure, Lineage, LineageTable, Merge, Unmerge
 from omni_segmentation.records import ProfileChange, TrackedEvent
 
 if TYPE_CHECKING:
@@ -32,18 +34,8 @@ PERSON_EXITED_SEGMENT = "segmentation.person_exited_segment"
 # Consumed.
 EVENT_TRACKED = "profile.event_tracked"
 PROFILE_CHANGED = "profile.profile_changed"
-PERSONS_MERGED = "identity.persons_merged"
-PERSONS_UNMERGED = "identity.persons_unmerged"
-PERSON_FORGOTTEN = "identity.person_forgotten"
 PERSON_ERASED = "profile.person_erased"
-CONSUMED = (
-    EVENT_TRACKED,
-    PROFILE_CHANGED,
-    PERSONS_MERGED,
-    PERSONS_UNMERGED,
-    PERSON_FORGOTTEN,
-    PERSON_ERASED,
-)
+CONSUMED = (EVENT_TRACKED, PROFILE_CHANGED, PERSON_ERASED, *LINEAGE_EVENTS)
 
 
 def current_trace_context() -> dict[str, str]:
@@ -74,18 +66,27 @@ class EventHandlers:
     Tracked events and profile changes, nearly all of the stream, are gathered and applied together when
     the transaction's events are handled (`finish`), or before an erasure, or a merge or unmerge of a
     person they name, which are applied in their place: one by one, each cost about ten statements, and
-    ingestion brings thousands a second.
+    ingestion brings thousands a second. Identity's lineage goes through omni_kit.lineage, with the merger,
+    unmerger and eraser as its hooks (`lineage`).
     Events about persons segmentation does not know are fine (the person is learnt); malformed ids are
     logged and skipped, since retrying cannot fix them.
     """
 
     def __init__(
-        self, facts: FactsRecorder, merger: PersonMerger, unmerger: PersonUnmerger, eraser: PersonEraser
+        self,
+        facts: FactsRecorder,
+        merger: PersonMerger,
+        unmerger: PersonUnmerger,
+        eraser: PersonEraser,
+        lineage: LineageTable,
     ) -> None:
         self._facts = facts
         self._merger = merger
         self._unmerger = unmerger
         self._eraser = eraser
+        self.lineage = Lineage(
+            lineage, on_merge=self._persons_merged, on_unmerge=self._persons_unmerged, on_erase=self._erase
+        )
 
     async def __call__(self, session: AsyncSession, envelope: envelope_pb2.Envelope) -> None:
         """Handle one envelope inside the consumer's transaction, by its type."""
@@ -95,24 +96,16 @@ class EventHandlers:
         if envelope.type == PROFILE_CHANGED:
             self._profile_changed(session, envelope)
             return
-        if envelope.type == PERSONS_MERGED:
-            await self._persons_merged(session, envelope)
-            return
-        if envelope.type == PERSONS_UNMERGED:
-            await self._persons_unmerged(session, envelope)
-            return
-        await self.finish(session)
-        if envelope.type == PERSON_FORGOTTEN:
-            forgotten = unpack(envelope, identity_events.PersonForgottenEvent)
-            await self._erase(session, envelope, [forgotten.person_id, *forgotten.forgotten_person_ids])
+        if envelope.type in LINEAGE_EVENTS:
+            await self.lineage(session, envelope)
         elif envelope.type == PERSON_ERASED:
-            erased = unpack(envelope, profile_events.PersonErasedEvent)
-            await self._erase(session, envelope, [erased.person_id, *erased.merged_person_ids])
+            await self._person_erased(session, envelope)
         else:
             log.warning("ignoring event %s of unexpected type %s", envelope.id, envelope.type)
 
     async def finish(self, session: AsyncSession) -> None:
         """Apply the tracked events and profile changes gathered so far in this transaction."""
+        await self.lineage.finish(session)
         tracked: list[TrackedEvent] = session.info.pop(_TRACKED, [])
         changes: list[ProfileChange] = session.info.pop(_CHANGES, [])
         session.info.pop(_NAMED, None)
@@ -173,54 +166,40 @@ class EventHandlers:
             )
         )
 
-    async def _persons_merged(self, session: AsyncSession, envelope: envelope_pb2.Envelope) -> None:
-        merge = unpack(envelope, identity_events.PersonsMergedEvent)
-        survivor_id = parse_uuid(merge.survivor_person_id)
-        merged_ids = [parse_uuid(m) for m in merge.merged_person_ids]
-        if survivor_id is None or any(m is None for m in merged_ids):
-            log.warning("skipping persons_merged %s: malformed person ids", envelope.id)
-            return
-        # What was gathered about other persons does not meet this merge (an event of a person merged into
-        # one of these earlier lands on the final survivor either way): it stays gathered. Otherwise it is
-        # applied first, so the merge finds it where the log put it.
-        if session.info.get(_NAMED, set()) & {survivor_id, *merged_ids}:
+    async def _flush_naming(self, session: AsyncSession, persons: set[uuid.UUID]) -> None:
+        """Apply what was gathered first when it names one of these persons, so a merge or unmerge finds it
+        where the log put it. What was gathered about other persons does not meet it (an event of a person
+        merged into one of these earlier lands on the final survivor either way): it stays gathered."""
+        if session.info.get(_NAMED, set()) & persons:
             await self.finish(session)
-        await self._merger.merge(
-            session,
-            survivor_id=survivor_id,
-            merged_ids=[m for m in merged_ids if m is not None],
-            trace_context=current_trace_context(),
-            now=datetime.now(UTC),
-        )
 
-    async def _persons_unmerged(self, session: AsyncSession, envelope: envelope_pb2.Envelope) -> None:
-        unmerge = unpack(envelope, identity_events.PersonsUnmergedEvent)
-        survivor_id = parse_uuid(unmerge.survivor_person_id)
-        restored_id = parse_uuid(unmerge.restored_person_id)
-        also = [parse_uuid(m) for m in unmerge.restored_merged_person_ids]
-        if survivor_id is None or restored_id is None or any(m is None for m in also):
-            log.warning("skipping persons_unmerged %s: malformed person ids", envelope.id)
-            return
-        restored_merged = [m for m in also if m is not None]
-        # As for a merge: what was gathered about these persons is applied first, where the log put it.
-        if session.info.get(_NAMED, set()) & {survivor_id, restored_id, *restored_merged}:
-            await self.finish(session)
-        await self._unmerger.unmerge(
-            session,
-            survivor_id=survivor_id,
-            restored_id=restored_id,
-            restored_merged_ids=restored_merged,
-            trace_context=current_trace_context(),
-            now=datetime.now(UTC),
-        )
-
-    async def _erase(
-        self, session: AsyncSession, envelope: envelope_pb2.Envelope, raw_ids: list[str]
-    ) -> None:
-        # Malformed ids cannot name anything stored here (every stored id is a UUID): skip them, erase the rest.
-        person_ids = [p for p in (parse_uuid(r) for r in raw_ids if r) if p is not None]
-        if len(person_ids) < len([r for r in raw_ids if r]):
-            log.warning(
-                "erasure %s (%s) names malformed person ids; erasing the others", envelope.id, envelope.type
+    async def _persons_merged(self, session: AsyncSession, merges: Sequence[Merge]) -> None:
+        for merge in merges:
+            await self._flush_naming(session, {merge.survivor_id, *merge.merged_ids})
+            await self._merger.merge(
+                session, merge, trace_context=current_trace_context(), now=datetime.now(UTC)
             )
-        await self._eraser.erase(session, person_ids)
+
+    async def _persons_unmerged(self, session: AsyncSession, unmerge: Unmerge) -> None:
+        await self._flush_naming(
+            session, {unmerge.survivor_id, unmerge.restored_id, *unmerge.restored_merged_ids}
+        )
+        await self._unmerger.unmerge(
+            session, unmerge, trace_context=current_trace_context(), now=datetime.now(UTC)
+        )
+
+    async def _erase(self, session: AsyncSession, erasure: Erasure) -> None:
+        await self.finish(session)
+        await self._eraser.erase(session, erasure.person_ids)
+
+    async def _person_erased(self, session: AsyncSession, envelope: envelope_pb2.Envelope) -> None:
+        """profile.person_erased: the same erasure as identity's (tombstones included), for the ids profile
+        names; malformed ones cannot name anything stored here (every stored id is a UUID)."""
+        erased = unpack(envelope, profile_events.PersonErasedEvent)
+        raw_ids = [r for r in (erased.person_id, *erased.merged_person_ids) if r]
+        person_ids = [p for p in (parse_uuid(r) for r in raw_ids) if p is not None]
+        if len(person_ids) < len(raw_ids):
+            log.warning("person_erased %s names malformed person ids; erasing the others", envelope.id)
+        await self.finish(session)
+        if person_ids:
+            await self.lineage.forget(session, person_ids[0], person_ids, event_id=envelope.id)

@@ -9,17 +9,24 @@ from datetime import datetime
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from omni_kit.lineage import LineageTable
 from omni_segmentation.membership import MembershipEvaluator
 from omni_segmentation.records import PersonRecord, ProfileChange, TrackedEvent
 from omni_segmentation.repository import Occurrence, Repository
 
 
 class FactsRecorder:
-    """Applies profile's events to the read model, then re-evaluates the person's segments."""
+    """Applies profile's events to the read model, then re-evaluates the person's segments.
 
-    def __init__(self, repository: Repository, evaluator: MembershipEvaluator) -> None:
+    An event or change naming a merged id counts for the person it leads to now (omni_kit.lineage); one
+    naming a forgotten person is dropped: profile staged it before the erasure reached it, and it would
+    bring the person back.
+    """
+
+    def __init__(self, repository: Repository, evaluator: MembershipEvaluator, lineage: LineageTable) -> None:
         self._repository = repository
         self._evaluator = evaluator
+        self._lineage = lineage
 
     async def record_many(
         self,
@@ -42,9 +49,14 @@ class FactsRecorder:
         if not named:
             return
         await self._repository.lock_persons_by_key(session, named)
-        survivors = await self._repository.survivors_of(session, named)
+        where = await self._lineage.whereabouts(session, named)
+        survivors = {p: w.person_id for p, w in where.items() if w.person_id != p}
         if survivors:
             await self._repository.lock_persons_by_key(session, set(survivors.values()))
+        forgotten = {p for p, w in where.items() if w.forgotten}
+        if forgotten:
+            tracked = [e for e in tracked if e.person_id not in forgotten]
+            changes = [c for c in changes if c.person_id not in forgotten and c.moved_from not in forgotten]
         # The trace of the latest event or change of each live person: its row keeps it, its enter/exit
         # events carry it.
         traces: dict[uuid.UUID, dict[str, str]] = {}

@@ -9,6 +9,7 @@ from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from omni.segmentation.v1 import segmentation_pb2_grpc
+from omni_kit.lineage import PERSON_LINEAGE
 from omni_kit.runtime import Runtime
 from omni_kit.settings import ServiceSettings
 from omni_segmentation.api import SegmentationServicer
@@ -52,10 +53,11 @@ async def start(settings: Settings) -> Runtime:
         catalog = SegmentCatalog(repository)
         evaluator = MembershipEvaluator(repository, catalog, runtime.outbox)
         handlers = EventHandlers(
-            FactsRecorder(repository, evaluator),
+            FactsRecorder(repository, evaluator, PERSON_LINEAGE),
             PersonMerger(repository, evaluator),
             PersonUnmerger(repository, evaluator),
             PersonEraser(repository),
+            PERSON_LINEAGE,
         )
         clock = Clock(
             runtime.transaction,

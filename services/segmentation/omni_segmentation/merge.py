@@ -1,4 +1,7 @@
-"""Identity merges: the merged persons' facts and events go to the survivor, their memberships end."""
+"""Identity merges: the merged persons' facts and events go to the survivor, their memberships end.
+
+omni_kit.lineage applies identity.persons_merged: it names the persons really merged here and the live person
+they now lead to, locks them, runs this, then records where they lead."""
 
 from __future__ import annotations
 
@@ -9,6 +12,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from omni_kit.lineage import Merge
 from omni_segmentation.membership import MembershipEvaluator
 from omni_segmentation.records import PersonRecord
 from omni_segmentation.repository import Repository
@@ -53,27 +57,16 @@ class PersonMerger:
     async def merge(
         self,
         session: AsyncSession,
+        merge: Merge,
         *,
-        survivor_id: uuid.UUID,
-        merged_ids: Sequence[uuid.UUID],
         trace_context: dict[str, str],
         now: datetime,
     ) -> None:
         """Move the merged persons' facts and events to the survivor, end their memberships (announcing the
-        exits) and re-evaluate the survivor. Applying the same merge twice changes nothing more."""
-        merged_ids = [m for m in dict.fromkeys(merged_ids) if m != survivor_id]
-        if not merged_ids:
-            return
-        await self._repository.lock_persons_by_key(session, [survivor_id, *merged_ids])
-        # The survivor may itself have been merged away meanwhile (events from two producers can cross).
-        final = (await self._repository.survivors_of(session, [survivor_id])).get(survivor_id)
-        if final is not None:
-            await self._repository.lock_persons_by_key(session, [final])
-            survivor_id = final
-        merged_ids = [m for m in merged_ids if m != survivor_id]
-        persons = await self._repository.lock_persons(session, [survivor_id, *merged_ids])
-        merged = [persons[m] for m in merged_ids if m in persons]
-        await self._repository.record_merge(session, survivor_id, merged_ids)
+        exits) and re-evaluate the survivor."""
+        survivor_id = merge.survivor_id
+        persons = await self._repository.lock_persons(session, [survivor_id, *merge.merged_ids])
+        merged = [persons[m] for m in merge.merged_ids if m in persons]
         if merged:
             survivor = combine_facts(survivor_id, persons.get(survivor_id), merged, trace_context)
             await self._repository.save_persons(session, [survivor])

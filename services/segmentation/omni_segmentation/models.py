@@ -1,4 +1,6 @@
-"""Segmentation's tables: segment definitions, the per-person facts read model, and memberships."""
+"""Segmentation's tables: segment definitions, the per-person facts read model, and memberships.
+
+Where merged ids lead, and the tombstones of forgotten ones, are in omni_kit.lineage's person_lineage."""
 
 from __future__ import annotations
 
@@ -69,16 +71,6 @@ class LastEventRow(Base):
     last_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True))
 
 
-class MergedPersonRow(Base):
-    """A person merged into another: late events about it are redirected to the survivor."""
-
-    __tablename__ = "merged_persons"
-
-    person_id: Mapped[uuid.UUID] = mapped_column(sa.Uuid, primary_key=True)
-    survivor_id: Mapped[uuid.UUID] = mapped_column(sa.Uuid)
-    merged_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True), server_default=sa.func.now())
-
-
 class MembershipRow(Base):
     """A person's current membership of a segment."""
 
@@ -109,4 +101,3 @@ sa.Index(
 )
 sa.Index("event_occurrences_time", EventOccurrenceRow.occurred_at)
 sa.Index("memberships_person", MembershipRow.person_id)
-sa.Index("merged_persons_survivor", MergedPersonRow.survivor_id)

@@ -13,18 +13,14 @@ them; profile's changes of the two persons bring the carts it recomputes.
 
 from __future__ import annotations
 
-import logging
-import uuid
-from collections.abc import Sequence
 from datetime import datetime
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from omni_kit.lineage import Unmerge
 from omni_segmentation.membership import MembershipEvaluator
 from omni_segmentation.records import PersonRecord
 from omni_segmentation.repository import Repository
-
-log = logging.getLogger(__name__)
 
 
 class PersonUnmerger:
@@ -37,40 +33,18 @@ class PersonUnmerger:
     async def unmerge(
         self,
         session: AsyncSession,
+        unmerge: Unmerge,
         *,
-        survivor_id: uuid.UUID,
-        restored_id: uuid.UUID,
-        restored_merged_ids: Sequence[uuid.UUID],
         trace_context: dict[str, str],
         now: datetime,
     ) -> None:
-        """Split the restored person back out of the survivor: its id (and those of restored_merged_ids)
-        lead to it again, the occurrences whose events named them go back to it, and both persons are
-        evaluated, their entries and exits announced in this transaction.
-
-        A restored person segmentation does not hold as merged (never heard of, or unmerged already)
-        changes nothing.
-        """
-        restored_merged_ids = [m for m in dict.fromkeys(restored_merged_ids) if m != restored_id]
-        await self._repository.lock_persons_by_key(session, [survivor_id, restored_id, *restored_merged_ids])
-        held_by = (await self._repository.survivors_of(session, [restored_id])).get(restored_id)
-        if held_by is None:
-            log.info("persons_unmerged of %s: not merged here, nothing to split", restored_id)
-            return
-        if held_by != survivor_id:
-            # Its occurrences are where segmentation's own record of the merges put them.
-            log.warning(
-                "persons_unmerged of %s names survivor %s; it was merged into %s here, split from there",
-                restored_id,
-                survivor_id,
-                held_by,
-            )
-            await self._repository.lock_persons_by_key(session, [held_by])
-            survivor_id = held_by
+        """Split the restored person back out of the person it was held by: the occurrences whose events
+        named it (or one merged into it before) go back to it, and both persons are evaluated, their entries
+        and exits announced in this transaction. omni_kit.lineage makes its ids lead to it again."""
+        survivor_id, restored_id = unmerge.survivor_id, unmerge.restored_id
         persons = await self._repository.lock_persons(session, sorted({survivor_id, restored_id}))
-        await self._repository.record_unmerge(session, restored_id, restored_merged_ids)
         moved = await self._repository.give_back_events(
-            session, survivor_id, restored_id, [restored_id, *restored_merged_ids]
+            session, survivor_id, restored_id, [restored_id, *unmerge.restored_merged_ids]
         )
         if restored_id not in persons and (moved or survivor_id in persons):
             # Its facts went to the survivor and stay there; it starts again with none of its own.

@@ -8,10 +8,10 @@ from __future__ import annotations
 from omni_segmentation.repository.backfills import BackfillQueries
 from omni_segmentation.repository.events import EventQueries, Occurrence
 from omni_segmentation.repository.memberships import MembershipQueries
-from omni_segmentation.repository.persons import PersonQueries, lock_key
+from omni_segmentation.repository.persons import PersonQueries
 from omni_segmentation.repository.segments import SegmentQueries
 
-__all__ = ["Occurrence", "Repository", "lock_key"]
+__all__ = ["Occurrence", "Repository"]
 
 
 class Repository(SegmentQueries, PersonQueries, EventQueries, MembershipQueries, BackfillQueries):

@@ -1,4 +1,4 @@
-"""The per-person facts, merge aliases, advisory locks and erasure."""
+"""The per-person facts, advisory locks and erasure (where merged ids lead is omni_kit.lineage's)."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from omni_kit.db import json_text
+from omni_kit.lineage import lock_persons
 from omni_kit.scheduler import cancel, schedule_many
 from omni_segmentation.jobs import PERSON_CHECK
 from omni_segmentation.models import (
@@ -19,7 +19,6 @@ from omni_segmentation.models import (
     EventOccurrenceRow,
     LastEventRow,
     MembershipRow,
-    MergedPersonRow,
     PersonRow,
 )
 from omni_segmentation.records import PersonRecord
@@ -33,14 +32,10 @@ def _person(row: Any) -> PersonRecord:
 
 # Statements over arrays, one per batch of persons or events, whatever their number (an IN list would be
 # a parameter per person, compiled and sent anew each time).
-_SURVIVORS = sa.text(
-    "SELECT person_id, survivor_id FROM merged_persons WHERE person_id = ANY(CAST(:ids AS uuid[]))"
-)
 _LOCK_PERSONS = sa.text(
     "SELECT person_id, traits, cart_units, trace_context, facts_changed_at, next_check_at FROM persons "
     "WHERE person_id = ANY(CAST(:ids AS uuid[])) ORDER BY person_id FOR UPDATE"
 )
-_LOCK_KEYS = sa.text("SELECT count(pg_advisory_xact_lock(k)) FROM unnest(CAST(:keys AS bigint[])) AS t(k)")
 _ENSURE_PERSONS = sa.text(
     "INSERT INTO persons (person_id, trace_context) "
     "SELECT * FROM unnest(CAST(:ids AS uuid[]), CAST(:traces AS jsonb[])) "
@@ -59,30 +54,13 @@ _SET_NEXT_CHECKS = sa.text(
 )
 
 
-def lock_key(person_id: uuid.UUID) -> int:
-    """The advisory lock key of a person: 63 random bits of its UUIDv7, as a signed bigint."""
-    return person_id.int & ((1 << 63) - 1)
-
-
 class PersonQueries:
     """Queries on persons and their facts. Every method runs in the caller's session (and transaction)."""
 
     async def lock_persons_by_key(self, session: AsyncSession, person_ids: Iterable[uuid.UUID]) -> None:
-        """Serialise work on these persons until the transaction ends (advisory locks, in a fixed order,
-        one statement: the keys are locked in the order the array holds them)."""
-        keys = sorted({lock_key(p) for p in person_ids})
-        if keys:
-            await session.execute(_LOCK_KEYS, {"keys": keys})
-
-    async def survivors_of(
-        self, session: AsyncSession, person_ids: Iterable[uuid.UUID]
-    ) -> dict[uuid.UUID, uuid.UUID]:
-        """The persons among these that were merged, each with the person it was merged into."""
-        ids = list(set(person_ids))
-        if not ids:
-            return {}
-        rows = await session.execute(_SURVIVORS, {"ids": ids})
-        return {row.person_id: row.survivor_id for row in rows}
+        """Serialise work on these persons until the transaction ends: the same advisory locks as
+        omni_kit.lineage takes while it applies a merge, an unmerge or an erasure of them."""
+        await lock_persons(session, person_ids)
 
     async def lock_persons(
         self, session: AsyncSession, person_ids: Sequence[uuid.UUID]
@@ -139,41 +117,6 @@ class PersonQueries:
         )
         return {row.person_id: row.trace_context for row in rows}
 
-    async def record_merge(
-        self, session: AsyncSession, survivor_id: uuid.UUID, merged_ids: Sequence[uuid.UUID]
-    ) -> None:
-        """Remember that merged_ids now lead to survivor_id, also for persons merged into them earlier."""
-        await session.execute(
-            sa.update(MergedPersonRow)
-            .where(MergedPersonRow.survivor_id.in_(merged_ids))
-            .values(survivor_id=survivor_id)
-        )
-        statement = insert(MergedPersonRow).values(
-            [{"person_id": m, "survivor_id": survivor_id} for m in merged_ids]
-        )
-        await session.execute(
-            statement.on_conflict_do_update(
-                index_elements=[MergedPersonRow.person_id], set_={"survivor_id": survivor_id}
-            )
-        )
-
-    async def record_unmerge(
-        self, session: AsyncSession, restored_id: uuid.UUID, restored_merged_ids: Sequence[uuid.UUID]
-    ) -> None:
-        """Forget that restored_id leads elsewhere, and let restored_merged_ids lead to it again."""
-        await session.execute(sa.delete(MergedPersonRow).where(MergedPersonRow.person_id == restored_id))
-        merged = [m for m in dict.fromkeys(restored_merged_ids) if m != restored_id]
-        if not merged:
-            return
-        statement = insert(MergedPersonRow).values(
-            [{"person_id": m, "survivor_id": restored_id} for m in merged]
-        )
-        await session.execute(
-            statement.on_conflict_do_update(
-                index_elements=[MergedPersonRow.person_id], set_={"survivor_id": restored_id}
-            )
-        )
-
     async def set_next_checks(
         self, session: AsyncSession, checks: Mapping[uuid.UUID, datetime | None]
     ) -> None:
@@ -190,17 +133,12 @@ class PersonQueries:
             await cancel(session, PERSON_CHECK, [str(p) for p in ids if checks[p] is None])
 
     async def erase_persons(self, session: AsyncSession, person_ids: Sequence[uuid.UUID]) -> None:
-        """Delete everything held about these persons: facts, occurrences, last-seen times, memberships and
-        merge aliases (both ways). A backfill cursor on one of them steps back to the live person before it."""
+        """Delete everything held about these persons: facts, occurrences, last-seen times and memberships.
+        A backfill cursor on one of them steps back to the live person before it."""
         ids = list(person_ids)
         for table in (EventOccurrenceRow, LastEventRow, MembershipRow, PersonRow):
             await session.execute(sa.delete(table).where(table.person_id.in_(ids)))
         await cancel(session, PERSON_CHECK, [str(p) for p in ids])
-        await session.execute(
-            sa.delete(MergedPersonRow).where(
-                sa.or_(MergedPersonRow.person_id.in_(ids), MergedPersonRow.survivor_id.in_(ids))
-            )
-        )
         before = (
             sa.select(PersonRow.person_id)
             .where(PersonRow.person_id < BackfillRow.after_person_id)

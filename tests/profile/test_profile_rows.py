@@ -8,7 +8,11 @@ import uuid
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from omni.identity.v1 import events_pb2 as identity_events
+from omni_kit.bus import make_envelope
+from omni_kit.lineage import Lineage
 from omni_profile import repository
+from omni_profile.models import PROFILE_LINEAGE
 from omni_profile.repository import ProfileUpdate
 
 from .support import Services, event, track
@@ -19,6 +23,16 @@ async def _version(services: Services, person: uuid.UUID) -> int | None:
         whereabouts = await repository.where_persons_are(session, [person])
         state = whereabouts.states.get(person)
         return None if state is None else state.version
+
+
+async def _merge(session: AsyncSession, survivor: uuid.UUID, merged: uuid.UUID) -> None:
+    """Merge as omni_kit.lineage records it on the profile rows (without moving anything)."""
+    payload = identity_events.PersonsMergedEvent(
+        survivor_person_id=str(survivor), merged_person_ids=[str(merged)]
+    )
+    await Lineage(PROFILE_LINEAGE)(
+        session, make_envelope(payload, event_type="identity.persons_merged", producer="identity")
+    )
 
 
 async def test_a_row_unchanged_since_it_was_read_is_locked_without_its_state(services: Services) -> None:
@@ -70,8 +84,8 @@ async def test_persons_merged_away_or_erased_since_they_were_read_are_named(serv
     merged, erased, survivor = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
     async with AsyncSession(services.database) as session, session.begin():
         await repository.lock_as_read(session, {merged: None, erased: None, survivor: None})
-        await repository.mark_merged(session, [merged], survivor)
-        await repository.erase_profiles(session, [erased])
+        await _merge(session, survivor, merged)
+        await Lineage(PROFILE_LINEAGE).forget(session, erased, [erased])
     async with AsyncSession(services.database) as session, session.begin():
         locked = await repository.lock_as_read(session, {merged: None, erased: None, survivor: None})
         whereabouts = await repository.where_persons_are(session, [merged, erased, survivor])
@@ -87,7 +101,7 @@ async def test_a_person_merged_into_one_without_a_row_leads_there_with_no_state_
     merged, survivor = uuid.uuid4(), uuid.uuid4()
     async with AsyncSession(services.database) as session, session.begin():
         await repository.lock_as_read(session, {merged: None})
-        await repository.mark_merged(session, [merged], survivor)
+        await _merge(session, survivor, merged)
     async with AsyncSession(services.database) as session:
         whereabouts = await repository.where_persons_are(session, [merged])
     assert whereabouts.leads_to == {merged: (survivor, False)}

@@ -13,7 +13,7 @@ Where things happen:
     consents.py             consent per channel and purpose, double opt-in
     contact_verdicts.py     may the person be contacted per channel and purpose: decided, announced, republished
     profiles.py             the 360 view, the timeline, the histories
-    merge.py                identity merges and unmerges move profiles between persons
+    merge.py                identity merges and unmerges move profiles between persons (omni_kit.lineage hooks)
     erasure.py              identity's erasures delete everything of a person
     persons.py              per-person write locks, and merged ids leading to their survivor
     events.py               the events published; consumers.py the handlers of the events consumed

@@ -1,8 +1,9 @@
-"""Handlers of the events profile consumes; each runs inside the consumer's transaction, once per event
-(persons_merged events are gathered and applied together before the commit: see merge.Merger.merge_many).
+"""Handlers of the events profile consumes; each runs inside the consumer's transaction, once per event.
 
-identity.persons_merged moves the merged persons' profiles to the survivor; identity.persons_unmerged moves
-the restored person's events back; identity.person_forgotten erases the person; segmentation's enter/exit
+Identity's lineage (identity.persons_merged, persons_unmerged, person_forgotten) is followed by
+omni_kit.lineage with merge.py and erasure.py as its hooks (`lineage`): merges move the merged persons'
+profiles to the survivor (gathered and applied together before the commit: see merge.Merger.merge_many),
+unmerges move the restored person's events back, erasures delete the person. Segmentation's enter/exit
 events feed the segment memberships read model; gateway message outcomes are recorded on the timeline.
 Events about persons profile does not know are applied as far as they make sense, never refused: they may
 simply arrive before the person's first event.
@@ -19,21 +20,19 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from omni.events.v1 import envelope_pb2
 from omni.gateway.v1 import events_pb2 as gateway_events
 from omni.gateway.v1 import gateway_pb2
-from omni.identity.v1 import events_pb2 as identity_events
 from omni.segmentation.v1 import events_pb2 as segmentation_events
-from omni_kit.bus import Handler, unpack
+from omni_kit.bus import unpack
 from omni_kit.ids import parse_uuid
-from omni_profile import persons, repository, wire
+from omni_kit.lineage import Lineage
+from omni_profile import repository, wire
 from omni_profile.domain import GATEWAY_SOURCE, MESSAGE_FAILED, MESSAGE_SENT, Event
 from omni_profile.events import (
     GATEWAY_EVENT_PREFIX,
     MESSAGE_FAILED_EVENT,
     MESSAGE_SENT_EVENT,
     PERSON_ENTERED_SEGMENT,
-    PERSON_FORGOTTEN,
-    PERSONS_MERGED,
-    PERSONS_UNMERGED,
 )
+from omni_profile.models import PROFILE_LINEAGE
 
 if TYPE_CHECKING:
     from omni_profile.erasure import Eraser
@@ -42,108 +41,18 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-_MERGES = "omni_profile.persons_merged"
-"""Where the persons_merged of a transaction are gathered (session.info)."""
 
-
-class LineageHandler:
-    """Identity's lineage events through one consumer, so merges, unmerges and erasures apply in the order
-    identity made them."""
-
-    def __init__(
-        self,
-        merged: PersonsMergedHandler,
-        unmerged: PersonsUnmergedHandler,
-        forgotten: PersonForgottenHandler,
-    ) -> None:
-        self._handlers: dict[str, Handler] = {
-            PERSONS_MERGED: merged,
-            PERSONS_UNMERGED: unmerged,
-            PERSON_FORGOTTEN: forgotten,
-        }
-        self._merged = merged
-
-    async def __call__(self, session: AsyncSession, envelope: envelope_pb2.Envelope) -> None:
-        """Handle one envelope inside the consumer's transaction."""
-        handler = self._handlers.get(envelope.type)
-        if handler is None:
-            log.warning("ignoring unexpected event type %s", envelope.type)
-            return
-        if handler is not self._merged:
-            # The merges gathered so far come first: they happened before this.
-            await self._merged.finish(session)
-        await handler(session, envelope)
-
-    async def finish(self, session: AsyncSession) -> None:
-        """Apply the merges gathered in this transaction (called by the consumer before it commits)."""
-        await self._merged.finish(session)
-
-
-class PersonsMergedHandler:
-    """Applies identity.persons_merged: the merged persons' profiles move to the survivor."""
-
-    def __init__(self, merger: Merger) -> None:
-        self._merger = merger
-
-    async def __call__(self, session: AsyncSession, envelope: envelope_pb2.Envelope) -> None:
-        """Handle one envelope inside the consumer's transaction."""
-        merged = unpack(envelope, identity_events.PersonsMergedEvent)
-        survivor = parse_uuid(merged.survivor_person_id)
-        merged_ids = [parse_uuid(m) for m in merged.merged_person_ids]
-        if survivor is None or any(m is None for m in merged_ids):
-            # Retrying cannot fix a malformed event; dropping it is all we can do.
-            log.error("ignoring persons_merged %s with malformed person ids", envelope.id)
-            return
-        # Gathered and applied together when the transaction's events are all handled (finish): one by one,
-        # a merge costs a dozen statements, and a cold start brings hundreds a second.
-        session.info.setdefault(_MERGES, []).append((survivor, [m for m in merged_ids if m is not None]))
-
-    async def finish(self, session: AsyncSession) -> None:
-        """Apply the merges gathered in this transaction, in order."""
-        merges = session.info.pop(_MERGES, [])
-        if merges:
-            await self._merger.merge_many(session, merges)
-
-
-class PersonsUnmergedHandler:
-    """Applies identity.persons_unmerged: the restored person's events move back to it."""
-
-    def __init__(self, merger: Merger) -> None:
-        self._merger = merger
-
-    async def __call__(self, session: AsyncSession, envelope: envelope_pb2.Envelope) -> None:
-        """Handle one envelope inside the consumer's transaction."""
-        unmerged = unpack(envelope, identity_events.PersonsUnmergedEvent)
-        survivor = parse_uuid(unmerged.survivor_person_id)
-        restored = parse_uuid(unmerged.restored_person_id)
-        also = [parse_uuid(m) for m in unmerged.restored_merged_person_ids]
-        if survivor is None or restored is None or any(m is None for m in also):
-            log.error("ignoring persons_unmerged %s with malformed person ids", envelope.id)
-            return
-        await self._merger.unmerge(
-            session,
-            survivor,
-            restored,
-            [m for m in also if m is not None],
-            [(i.type, i.value) for i in unmerged.moved_identifiers],
-        )
-
-
-class PersonForgottenHandler:
-    """Applies identity.person_forgotten: everything of the person is deleted, and that is announced."""
-
-    def __init__(self, eraser: Eraser) -> None:
-        self._eraser = eraser
-
-    async def __call__(self, session: AsyncSession, envelope: envelope_pb2.Envelope) -> None:
-        """Handle one envelope inside the consumer's transaction."""
-        forgotten = unpack(envelope, identity_events.PersonForgottenEvent)
-        person = parse_uuid(forgotten.person_id or envelope.person_id)
-        others = [parse_uuid(p) for p in forgotten.forgotten_person_ids]
-        if person is None or any(p is None for p in others):
-            log.error("ignoring person_forgotten %s with malformed person ids", envelope.id)
-            return
-        await self._eraser.erase(session, person, [p for p in others if p is not None and p != person])
+def lineage(merger: Merger, eraser: Eraser) -> Lineage:
+    """The handler of identity's lineage events: omni_kit.lineage over the profile rows, with the merger and
+    the eraser as its hooks. Merges are gathered and applied together: one by one, a merge costs a dozen
+    statements, and a cold start brings hundreds a second."""
+    return Lineage(
+        PROFILE_LINEAGE,
+        on_merge=merger.merge_many,
+        on_unmerge=merger.unmerge,
+        on_erase=eraser.erase,
+        gather_merges=True,
+    )
 
 
 class SegmentMembershipHandler:
@@ -162,14 +71,10 @@ class SegmentMembershipHandler:
         if person_id is None or not message.segment_id:
             log.error("ignoring %s %s without a valid person or segment", envelope.type, envelope.id)
             return
-        state = await repository.profile_state(session, person_id)
-        if state is not None and state[2]:
+        where = (await PROFILE_LINEAGE.whereabouts(session, [person_id]))[person_id]
+        if where.forgotten:
             return  # erased: nothing of the person is kept
-        if state is not None and state[1] is not None:
-            current = await persons.find_current(session, person_id)
-            if current is None:
-                return
-            person_id = current[0]
+        person_id = where.person_id
         changed_at = (
             envelope.occurred_at.ToDatetime(tzinfo=UTC)
             if envelope.HasField("occurred_at")

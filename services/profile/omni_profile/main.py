@@ -174,15 +174,9 @@ async def _wire(runtime: ProfileRuntime, settings: Settings) -> None:
     await runtime.reader.open()
     profiles = Profiles(catalog, runtime.reader)
     merger = Merger(runtime.outbox, policy, catalog)
-    runtime.add_consumer(
-        durable="identity-lineage",
-        event_types=[events.PERSONS_MERGED, events.PERSONS_UNMERGED, events.PERSON_FORGOTTEN],
-        handler=consumers.LineageHandler(
-            consumers.PersonsMergedHandler(merger),
-            consumers.PersonsUnmergedHandler(merger),
-            consumers.PersonForgottenHandler(Eraser(runtime.outbox)),
-        ),
-    )
+    # One durable for identity's three lineage events, so they apply in the order identity made them.
+    lineage = consumers.lineage(merger, Eraser(runtime.outbox))
+    runtime.add_consumer(durable="identity-lineage", event_types=lineage.event_types, handler=lineage)
     runtime.add_consumer(
         durable="segment-memberships",
         event_types=[events.PERSON_ENTERED_SEGMENT, events.PERSON_EXITED_SEGMENT],

@@ -10,6 +10,11 @@ channel and purpose: the most recent answer wins; the history moves whole. Segme
 merged persons are dropped (segmentation announces the survivor's). The merged ids keep a profile row
 pointing at the survivor, so later events and reads that name them land on the survivor.
 
+Identity's events are followed by omni_kit.lineage, which runs these as its hooks: it tells which persons a
+merge really merges here (not merged before, not erased; a survivor merged since is followed to where it
+leads), and which person an unmerged one was held by, then records where the ids lead (merged_into, on the
+profile rows).
+
 Each event a merge moves remembers the person it was on (origin_person_id; the first, when a chain of merges
 moves it again), whatever it carried: an event tracked by person id, a gateway outcome. So does an event
 that names a merged person and is recorded on its survivor (tracking.py).
@@ -35,7 +40,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from omni_kit.bus import Outbox
 from omni_kit.ids import new_id
-from omni_profile import cart, computed, contact_verdicts, events, persons, repository
+from omni_kit.lineage import Merge, Unmerge
+from omni_profile import cart, computed, contact_verdicts, events, repository
 from omni_profile.domain import CART_EVENTS, Consent, TraitChange
 from omni_profile.precedence import SourcePolicy
 from omni_profile.repository import ProfileState
@@ -68,26 +74,14 @@ class Merger:
         self._policy = policy
         self._catalog = catalog
 
-    async def merge(
-        self, session: AsyncSession, survivor_id: uuid.UUID, merged_ids: Sequence[uuid.UUID]
-    ) -> None:
-        """Move the merged persons' profiles onto the survivor and announce the survivor's new profile.
-
-        Safe to apply twice: the second time the merged persons have nothing left to move.
-        """
-        current, states = await persons.lock_states(session, [survivor_id, *merged_ids])
-        # The survivor may itself have been merged away by a later event applied first.
-        survivor = current[survivor_id]
-        # Ids merged away earlier (into the survivor or elsewhere) have nothing of their own any more.
-        merged = sorted({m for m in merged_ids if m != survivor and current[m] == m and not states[m].erased})
-        if not merged or states[survivor].erased:
-            log.info("persons_merged into %s: nothing left to move", survivor)
-            return
+    async def merge(self, session: AsyncSession, survivor: uuid.UUID, merged: Sequence[uuid.UUID]) -> None:
+        """Move the merged persons' profiles onto the survivor and announce the survivor's new profile."""
+        states = await repository.lock_profiles(session, [survivor, *merged])
         now = datetime.now(UTC)
         changed: list[str] = []
         if await repository.move_events(session, merged, survivor):
             changed.append("events")
-        await repository.mark_merged(session, merged, survivor)
+        await repository.clear_states(session, merged)
         merged_traits = await self._merge_traits(session, survivor, merged, now)
         if merged_traits is not None:
             changed.append("traits")
@@ -126,9 +120,7 @@ class Merger:
             merged_person_ids=merged,
         )
 
-    async def merge_many(
-        self, session: AsyncSession, merges: Sequence[tuple[uuid.UUID, Sequence[uuid.UUID]]]
-    ) -> None:
+    async def merge_many(self, session: AsyncSession, merges: Sequence[Merge]) -> None:
         """Apply merges in order, as `merge` one after the other would, in a few statements for the lot.
 
         The usual merge (of persons who have events but no traits or consent yet, e.g. a web visitor and an
@@ -140,37 +132,27 @@ class Merger:
         while pending:
             applied = await self._merge_run(session, pending)
             if applied < len(pending):
-                survivor, merged = pending[applied]
-                await self.merge(session, survivor, merged)
+                merge = pending[applied]
+                await self.merge(session, merge.survivor_id, merge.merged_ids)
                 applied += 1
             pending = pending[applied:]
 
-    async def _merge_run(
-        self, session: AsyncSession, merges: Sequence[tuple[uuid.UUID, Sequence[uuid.UUID]]]
-    ) -> int:
+    async def _merge_run(self, session: AsyncSession, merges: Sequence[Merge]) -> int:
         """Apply the longest run of usual merges at the start of `merges` together; return its length."""
-        ids = {person for survivor, merged in merges for person in (survivor, *merged)}
-        current, states = await persons.lock_states(session, ids)
-        live = set(states)
-        traits = await repository.load_traits(session, live)
-        consents = await repository.load_consents(session, live)
+        ids = {person for merge in merges for person in (merge.survivor_id, *merge.merged_ids)}
+        states = await repository.lock_profiles(session, ids)
+        traits = await repository.load_traits(session, ids)
+        consents = await repository.load_consents(session, ids)
         touched: set[uuid.UUID] = set()
         run: list[tuple[uuid.UUID, list[uuid.UUID]]] = []
-        for survivor_id, merged_ids in merges:
-            survivor = current[survivor_id]
-            merged = sorted(
-                {m for m in merged_ids if m != survivor and current[m] == m and not states[m].erased}
-            )
-            if not merged or states[survivor].erased:
-                run.append((survivor, []))  # nothing left to move, as merge() finds
-                continue
+        for merge in merges:
+            survivor, merged = merge.survivor_id, list(merge.merged_ids)
             if touched & {survivor, *merged} or any(traits[m] or consents[m] for m in merged):
                 break
             touched |= {survivor, *merged}
             run.append((survivor, merged))
-        effective = [(survivor, merged) for survivor, merged in run if merged]
-        if effective:
-            await self._write_run(session, effective, states)
+        if run:
+            await self._write_run(session, run, states)
         return len(run)
 
     async def _write_run(
@@ -182,7 +164,7 @@ class Merger:
         """Write merges that share no person and bring no traits or consent: what merge() writes for each."""
         moves = {m: survivor for survivor, merged in run for m in merged}
         moved = await repository.move_events_to(session, moves)
-        await repository.mark_merged_into(session, moves)
+        await repository.clear_states(session, list(moves))
         await repository.move_trait_changes_to(session, moves)
         await repository.move_consents_to(session, moves)
         now = datetime.now(UTC)
@@ -276,23 +258,13 @@ class Merger:
         await repository.move_consents(session, merged, survivor)
         return had_any
 
-    async def unmerge(
-        self,
-        session: AsyncSession,
-        survivor_id: uuid.UUID,
-        restored_id: uuid.UUID,
-        restored_merged_ids: Sequence[uuid.UUID],
-        identifiers: Sequence[tuple[str, str]],
-    ) -> None:
-        """Move the restored person's events back from the survivor and recompute both profiles."""
-        locked = await repository.lock_profiles(session, [survivor_id, restored_id, *restored_merged_ids])
-        if locked[survivor_id].erased or locked[restored_id].erased:
-            log.info(
-                "persons_unmerged of %s from %s: a person was erased; nothing to do", restored_id, survivor_id
-            )
-            return
-        await repository.unmark_merged(session, restored_id)
-        await repository.point_merged(session, restored_merged_ids, restored_id)
+    async def unmerge(self, session: AsyncSession, unmerge: Unmerge) -> None:
+        """Move the restored person's events back from the person it was held by and recompute both
+        profiles."""
+        survivor_id, restored_id = unmerge.survivor_id, unmerge.restored_id
+        restored_merged_ids = unmerge.restored_merged_ids
+        identifiers = unmerge.moved_identifiers
+        await repository.lock_profiles(session, [survivor_id, restored_id, *restored_merged_ids])
         moved = await repository.give_back_events(
             session, survivor_id, restored_id, [restored_id, *restored_merged_ids], identifiers
         )

@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from omni_kit.lineage import LineageTable
 
 CART_EVENT_TYPES = ("cart_item_added", "cart_item_removed", "order_completed")
 
@@ -26,6 +28,12 @@ class ProfileRow(Base):
     the old id land on the survivor. An erased person keeps its row with erased_at set (a tombstone) and
     nothing else. The cart and the computed-trait state live here, so that the statement that locks a
     batch's persons also reads what the batch changes.
+
+    merged_into and erased_at are profile's lineage table (PROFILE_LINEAGE): omni_kit.lineage writes them as
+    it follows identity, as other services' person_lineage. They live on this row, the lock every write to a
+    person takes, so that the statement that locks a person reads where it leads in the version it locked
+    (a merge committed while a batch waited for the lock is seen); in a table of their own a locking read
+    would see the lineage of the snapshot it started with.
     """
 
     __tablename__ = "profiles"
@@ -50,6 +58,13 @@ class ProfileRow(Base):
         # Merges re-point the persons merged into a merged person, found by this index.
         sa.Index("profiles_merged_into", "merged_into", postgresql_where=sa.text("merged_into IS NOT NULL")),
     )
+
+
+_PROFILES = cast(sa.Table, ProfileRow.__table__)
+PROFILE_LINEAGE = LineageTable(
+    _PROFILES, _PROFILES.c.person_id, _PROFILES.c.merged_into, _PROFILES.c.erased_at, _PROFILES.c.updated_at
+)
+"""Where profile keeps identity's lineage for omni_kit.lineage: the columns of the profiles row."""
 
 
 class EventRow(Base):

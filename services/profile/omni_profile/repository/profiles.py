@@ -338,72 +338,13 @@ async def profile_state(
     return None if row is None else (int(row.event_count), row.merged_into, row.erased)
 
 
-async def mark_merged(session: AsyncSession, merged: Sequence[uuid.UUID], survivor: uuid.UUID) -> None:
-    """Point merged persons (and persons merged into them before) at the survivor; clear their state."""
-    await mark_merged_into(session, dict.fromkeys(merged, survivor))
-
-
-async def mark_merged_into(session: AsyncSession, moves: Mapping[uuid.UUID, uuid.UUID]) -> None:
-    """Point each merged person (and the persons merged into it before) at its survivor (`moves`: merged →
-    survivor); clear the merged persons' state."""
-    if not moves:
-        return
-    params = {"merged": list(moves), "survivors": list(moves.values())}
+async def clear_states(session: AsyncSession, person_ids: Sequence[uuid.UUID]) -> None:
+    """Empty the counts, carts and computed states of these profiles: persons merged away (their events went
+    to the survivor) or forgotten. Where their ids lead is omni_kit.lineage's to write."""
     await session.execute(
         sa.text(
-            "UPDATE profiles SET merged_into = m.survivor, event_count = 0, cart = '{}'::jsonb, "
-            "cart_as_of = NULL, computed = '{}'::jsonb, updated_at = now() "
-            "FROM unnest(CAST(:merged AS uuid[]), CAST(:survivors AS uuid[])) AS m(merged, survivor) "
-            "WHERE profiles.person_id = m.merged"
-        ),
-        params,
-    )
-    await session.execute(
-        sa.text(
-            "UPDATE profiles SET merged_into = m.survivor, updated_at = now() "
-            "FROM unnest(CAST(:merged AS uuid[]), CAST(:survivors AS uuid[])) AS m(merged, survivor) "
-            "WHERE profiles.merged_into = m.merged"
-        ),
-        params,
-    )
-
-
-async def unmark_merged(session: AsyncSession, person_id: uuid.UUID) -> None:
-    """Make a person merged away live again (an unmerge)."""
-    await session.execute(
-        sa.text("UPDATE profiles SET merged_into = NULL, updated_at = now() WHERE person_id = :id"),
-        {"id": person_id},
-    )
-
-
-async def point_merged(session: AsyncSession, person_ids: Sequence[uuid.UUID], target: uuid.UUID) -> None:
-    """Make some persons lead to another (the persons merged into one that an unmerge restored)."""
-    if person_ids:
-        await session.execute(
-            sa.text(
-                "UPDATE profiles SET merged_into = :target, updated_at = now() "
-                "WHERE person_id = ANY(CAST(:ids AS uuid[]))"
-            ),
-            {"ids": list(person_ids), "target": target},
-        )
-
-
-async def merged_into(session: AsyncSession, person_ids: Sequence[uuid.UUID]) -> list[uuid.UUID]:
-    """The persons merged into any of these (directly: merges keep chains flat)."""
-    rows = await session.execute(
-        sa.text("SELECT person_id FROM profiles WHERE merged_into = ANY(CAST(:ids AS uuid[]))"),
-        {"ids": list(person_ids)},
-    )
-    return [row.person_id for row in rows]
-
-
-async def erase_profiles(session: AsyncSession, person_ids: Sequence[uuid.UUID]) -> None:
-    """Leave only a tombstone of these profiles: no counts, cart or computed state, erased_at set."""
-    await session.execute(
-        sa.text(
-            "INSERT INTO profiles (person_id, erased_at) SELECT unnest(CAST(:ids AS uuid[])), now() "
-            "ON CONFLICT (person_id) DO UPDATE SET erased_at = now(), merged_into = NULL, event_count = 0, "
-            "cart = '{}'::jsonb, cart_as_of = NULL, computed = '{}'::jsonb, updated_at = now()"
+            "UPDATE profiles SET event_count = 0, cart = '{}'::jsonb, cart_as_of = NULL, "
+            "computed = '{}'::jsonb, updated_at = now() WHERE person_id = ANY(CAST(:ids AS uuid[]))"
         ),
         {"ids": list(person_ids)},
     )

@@ -12,8 +12,9 @@ from omni.decisioning.v1 import decisioning_pb2_grpc
 from omni.gateway.v1 import gateway_pb2_grpc
 from omni.segmentation.v1 import segmentation_pb2_grpc
 from omni_decisioning.api import DecisioningServicer
+from omni_decisioning.consumers import CONSUMED, EventHandlers
 from omni_decisioning.decide import Decider
-from omni_decisioning.events import CONSUMED, EventHandlers, Publisher
+from omni_decisioning.events import Publisher
 from omni_decisioning.journeys import Journeys
 from omni_decisioning.offers import Offers
 from omni_decisioning.read_models import ReadModels

@@ -1,34 +1,18 @@
-"""What the gateway publishes (message sent / failed) and consumes (send requests; identity's lineage, through
-omni_kit.lineage, for erasures; profile's contact verdicts are kept by omni_kit.contact's handler)."""
+"""What the gateway publishes: gateway.message_sent and gateway.message_failed, staged with the outcome they
+announce. What it consumes is in consumers.py."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
-
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from omni.decisioning.v1 import events_pb2 as decisioning_events
-from omni.events.v1 import envelope_pb2
 from omni.gateway.v1 import events_pb2
-from omni_gateway.domain import MessageStatus, SendRequest
-from omni_gateway.idempotency import ensure_same_request, fingerprint
+from omni_gateway.domain import MessageStatus
 from omni_gateway.models import Message
-from omni_gateway.repository import FORGOTTEN, Repository
-from omni_gateway.wire import message_to_proto, parse_send_request
-from omni_kit.bus import Outbox, PermanentError, unpack
-from omni_kit.errors import AlreadyExists, InvalidArgument, NotFound
-from omni_kit.ids import new_id
-from omni_kit.lineage import LINEAGE_EVENTS, Erasure, Lineage, LineageTable
-
-if TYPE_CHECKING:
-    from omni_gateway.delivery import Delivery
+from omni_gateway.wire import message_to_proto
+from omni_kit.bus import Outbox
 
 MESSAGE_SENT = "gateway.message_sent"
 MESSAGE_FAILED = "gateway.message_failed"
-SEND_REQUESTED = "decisioning.send_requested"
-
-Handler = Callable[[AsyncSession, envelope_pb2.Envelope], Awaitable[None]]
 
 
 async def stage_outcome(outbox: Outbox, session: AsyncSession, message: Message) -> None:
@@ -47,118 +31,3 @@ async def stage_outcome(outbox: Outbox, session: AsyncSession, message: Message)
             event_type=MESSAGE_FAILED,
             person_id=str(message.person_id),
         )
-
-
-class SendRequestedHandler:
-    """Sends the message decisioning asked for, through the same path as SendMessage.
-
-    The request id makes redeliveries harmless: a message already sent is not sent again. The send runs
-    inside the consumer's span, so the trace goes on from the journey to the SMTP server. Once the message
-    is recorded the gateway owns it, and a transient failure is retried by the gateway's retry loop, not
-    by redelivering the event. The event carries no purpose: a journey's message is marketing, sent only
-    while profile's verdict allows marketing on the channel, and FAILED (announced) otherwise; it waits
-    (queued) until the gateway holds verdicts at least as new as those decisioning chose the channel by. A request
-    that can never be sent (unknown template, channel the gateway cannot deliver) is recorded as a FAILED
-    message with a message_failed event, so the journey hears of it. One too malformed to record (no
-    request id, no person) or reusing a request id for other content is a PermanentError: dead-lettered at
-    once, with the reason, for someone to look at. A request for a forgotten person (staged by decisioning
-    before the erasure reached it) is recorded as a FAILED message holding nothing of the request but what
-    its key needs, never sent and not announced: the announcement would carry the person again.
-    """
-
-    def __init__(self, delivery: Delivery, repository: Repository, lineage: LineageTable) -> None:
-        self._delivery = delivery
-        self._repository = repository
-        self._lineage = lineage
-
-    async def __call__(self, session: AsyncSession, envelope: envelope_pb2.Envelope) -> None:
-        """Handle one decisioning.send_requested envelope."""
-        event = unpack(envelope, decisioning_events.SendRequestedEvent)
-        try:
-            request = parse_send_request(
-                request_id=event.request_id,
-                person_id=event.person_id,
-                channel=event.channel,
-                template_id=event.template_id,
-                journey_id=event.journey_id,
-                contact_verdict_version=event.contact_verdict_version,
-            )
-        except InvalidArgument as error:
-            raise PermanentError(f"send request cannot be recorded: {_describe(error)}") from error
-        if (await self._lineage.whereabouts(session, [request.person_id]))[request.person_id].forgotten:
-            await self._forgotten(session, request)
-            return
-        try:
-            await self._delivery.send(request)
-        except (InvalidArgument, NotFound) as error:
-            await self._delivery.reject(request, _describe(error))
-        except AlreadyExists as error:
-            raise PermanentError(str(error)) from error
-
-    async def _forgotten(self, session: AsyncSession, request: SendRequest) -> None:
-        key = fingerprint(request)
-        values = {
-            "id": new_id(),
-            "request_id": request.request_id,
-            "fingerprint": key,
-            "person_id": request.person_id,
-            "channel": request.channel,
-            "template_id": request.template_id,
-            "journey_id": request.journey_id,
-            "purpose": request.purpose,
-        }
-        stored = await self._repository.insert_message(
-            session, values, status=MessageStatus.FAILED, error=FORGOTTEN
-        )
-        if stored is None:  # the key was used before
-            known = await self._repository.get_message_by_request(session, request.request_id)
-            assert known is not None
-            try:
-                ensure_same_request(known, key)
-            except AlreadyExists as error:
-                raise PermanentError(str(error)) from error
-
-
-class ErasureHook:
-    """Redacts the messages of a forgotten person (every id it had, and every id leading to it here) and ends
-    those not sent yet; omni_kit.lineage keeps the tombstones.
-
-    Runs in the consumer's transaction and publishes nothing: a message_failed would carry the person
-    again. Ids the gateway never saw touch nothing; a redelivery redacts nothing more.
-    """
-
-    def __init__(self, repository: Repository) -> None:
-        self._repository = repository
-
-    async def __call__(self, session: AsyncSession, erasure: Erasure) -> None:
-        """Redact the messages of the erasure's persons."""
-        await self._repository.forget_persons(session, list(erasure.person_ids))
-
-
-class EventRouter:
-    """The gateway's one consumer handler: each event type to its handler, so all apply in log order (an
-    erasure before a send requested after it)."""
-
-    def __init__(self, send_requested: SendRequestedHandler, lineage: Lineage) -> None:
-        self._handlers: dict[str, Handler] = {
-            SEND_REQUESTED: send_requested,
-            **dict.fromkeys(LINEAGE_EVENTS, lineage),
-        }
-
-    @property
-    def event_types(self) -> list[str]:
-        """The event types routed."""
-        return list(self._handlers)
-
-    async def __call__(self, session: AsyncSession, envelope: envelope_pb2.Envelope) -> None:
-        """Hand the envelope to the handler of its type; other types cannot arrive (the consumer filters)."""
-        handler = self._handlers.get(envelope.type)
-        if handler is None:
-            raise PermanentError(f"the gateway does not consume {envelope.type!r}")
-        await handler(session, envelope)
-
-
-def _describe(error: InvalidArgument | NotFound) -> str:
-    if isinstance(error, InvalidArgument) and error.violations:
-        return "; ".join(f"{v.field}: {v.description}" for v in error.violations)
-    return str(error)

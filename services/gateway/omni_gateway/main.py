@@ -11,9 +11,9 @@ from omni.gateway.v1 import gateway_pb2_grpc
 from omni.identity.v1 import identity_pb2_grpc
 from omni.profile.v1 import profile_pb2_grpc
 from omni_gateway.api import GatewayServicer
+from omni_gateway.consumers import ErasureHook, EventRouter, SendRequestedHandler
 from omni_gateway.contacts import Contacts
 from omni_gateway.delivery import Delivery
-from omni_gateway.events import ErasureHook, EventRouter, SendRequestedHandler
 from omni_gateway.rendering import Renderer
 from omni_gateway.repository import Repository
 from omni_gateway.retry import DELIVERY_ATTEMPT, DeliveryAttempts, RetryPolicy

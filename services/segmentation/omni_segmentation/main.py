@@ -15,8 +15,8 @@ from omni_kit.settings import ServiceSettings
 from omni_segmentation.api import SegmentationServicer
 from omni_segmentation.catalog import SegmentCatalog
 from omni_segmentation.clock import Clock
+from omni_segmentation.consumers import CONSUMED, EventHandlers
 from omni_segmentation.erasure import PersonEraser
-from omni_segmentation.events import CONSUMED, EventHandlers
 from omni_segmentation.facts import FactsRecorder
 from omni_segmentation.membership import MembershipEvaluator
 from omni_segmentation.merge import PersonMerger

@@ -16,7 +16,7 @@ Where things happen:
     merge.py                identity merges and unmerges move profiles between persons (omni_kit.lineage hooks)
     erasure.py              identity's erasures delete everything of a person
     persons.py              per-person write locks, and merged ids leading to their survivor
-    events.py               the events published; consumers.py the handlers of the events consumed
+    events.py               what profile publishes; consumers.py what it consumes (types and handlers)
     identity_client.py      calls to the identity service
     http/                   the Segment-compatible HTTP endpoint and the event stream's intake
     repository/             all SQL; models.py the tables; migrations/ their history

@@ -1,4 +1,5 @@
-"""Handlers of the events profile consumes; each runs inside the consumer's transaction, once per event.
+"""What profile consumes: the event types of its durable consumers, and their handlers; each runs inside the
+consumer's transaction, once per event. What profile publishes is in events.py.
 
 Identity's lineage (identity.persons_merged, persons_unmerged, person_forgotten) is followed by
 omni_kit.lineage with merge.py and erasure.py as its hooks (`lineage`): merges move the merged persons'
@@ -13,7 +14,6 @@ from __future__ import annotations
 
 import logging
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -26,20 +26,20 @@ from omni_kit.ids import parse_uuid
 from omni_kit.lineage import Lineage
 from omni_profile import repository, wire
 from omni_profile.domain import GATEWAY_SOURCE, MESSAGE_FAILED, MESSAGE_SENT, Event
-from omni_profile.events import (
-    GATEWAY_EVENT_PREFIX,
-    MESSAGE_FAILED_EVENT,
-    MESSAGE_SENT_EVENT,
-    PERSON_ENTERED_SEGMENT,
-)
+from omni_profile.erasure import Eraser
+from omni_profile.merge import Merger
 from omni_profile.models import PROFILE_LINEAGE
-
-if TYPE_CHECKING:
-    from omni_profile.erasure import Eraser
-    from omni_profile.merge import Merger
-    from omni_profile.tracking import Tracker
+from omni_profile.tracking import Tracker
 
 log = logging.getLogger(__name__)
+
+PERSON_ENTERED_SEGMENT = "segmentation.person_entered_segment"
+PERSON_EXITED_SEGMENT = "segmentation.person_exited_segment"
+MESSAGE_SENT_EVENT = "gateway.message_sent"
+MESSAGE_FAILED_EVENT = "gateway.message_failed"
+
+GATEWAY_EVENT_PREFIX = "gateway:"
+"""Timeline events recorded from gateway outcomes have the id "gateway:<message id>" (source "gateway")."""
 
 
 def lineage(merger: Merger, eraser: Eraser) -> Lineage:

@@ -1,9 +1,10 @@
-"""The events profile publishes and consumes: their types, and how the published ones are staged.
+"""What profile publishes: the event types, and how they are staged.
 
 Published (payloads in omni.profile.v1.events): profile.event_tracked for every newly recorded event,
 profile.profile_changed when traits, computed traits or the cart change (or a merge or unmerge lands; only
 the parts named in `changed` are filled; an unmerge lists the events it gave back), profile.consent_changed,
-profile.person_erased. The handlers of consumed events are in consumers.py.
+profile.person_erased; profile.contact_verdict_changed is staged by contact_verdicts.py. What profile
+consumes, and the handlers, are in consumers.py.
 """
 
 from __future__ import annotations
@@ -26,14 +27,6 @@ EVENT_TRACKED = "profile.event_tracked"
 PROFILE_CHANGED = "profile.profile_changed"
 CONSENT_CHANGED = "profile.consent_changed"
 PERSON_ERASED = "profile.person_erased"
-
-PERSON_ENTERED_SEGMENT = "segmentation.person_entered_segment"
-PERSON_EXITED_SEGMENT = "segmentation.person_exited_segment"
-MESSAGE_SENT_EVENT = "gateway.message_sent"
-MESSAGE_FAILED_EVENT = "gateway.message_failed"
-
-GATEWAY_EVENT_PREFIX = "gateway:"
-"""Timeline events recorded from gateway outcomes have the id "gateway:<message id>" (source "gateway")."""
 
 MOVED_EVENT_IDS_PER_CHANGE = 2000
 """The most moved event ids one profile_changed lists (ids are at most 128 characters: some 260 KB, well

@@ -15,7 +15,7 @@ from omni.profile.v1 import profile_pb2_grpc
 from omni_kit import grpc_client
 from omni_kit.runtime import Runtime
 from omni_kit.settings import ServiceSettings
-from omni_profile import consumers, events
+from omni_profile import consumers
 from omni_profile.api import Domain, ProfileServicer
 from omni_profile.computed_traits import ComputedTraits
 from omni_profile.consents import Consents
@@ -179,12 +179,12 @@ async def _wire(runtime: ProfileRuntime, settings: Settings) -> None:
     runtime.add_consumer(durable="identity-lineage", event_types=lineage.event_types, handler=lineage)
     runtime.add_consumer(
         durable="segment-memberships",
-        event_types=[events.PERSON_ENTERED_SEGMENT, events.PERSON_EXITED_SEGMENT],
+        event_types=[consumers.PERSON_ENTERED_SEGMENT, consumers.PERSON_EXITED_SEGMENT],
         handler=consumers.SegmentMembershipHandler(),
     )
     runtime.add_consumer(
         durable="gateway-outcomes",
-        event_types=[events.MESSAGE_SENT_EVENT, events.MESSAGE_FAILED_EVENT],
+        event_types=[consumers.MESSAGE_SENT_EVENT, consumers.MESSAGE_FAILED_EVENT],
         handler=consumers.MessageOutcomeHandler(tracker),
     )
     computed_traits.register(runtime.jobs)

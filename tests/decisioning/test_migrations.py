@@ -97,7 +97,7 @@ async def test_the_aliases_stored_before_move_to_person_lineage_and_back(
     engine = create_engine(make_database("decisioning_migrations"), application_name="omni-test-decisioning")
     merged, survivor = uuid.uuid4(), uuid.uuid4()
     try:
-        await migrate(engine, MIGRATIONS, "0002")
+        await migrate(engine, MIGRATIONS, "0003")
         async with engine.begin() as connection:
             await connection.execute(
                 sa.text("INSERT INTO person_aliases (merged_person_id, survivor_person_id) VALUES (:m, :s)"),
@@ -116,7 +116,7 @@ async def test_the_aliases_stored_before_move_to_person_lineage_and_back(
             assert await connection.scalar(sa.text("SELECT to_regclass('person_aliases')")) is None
 
         async with engine.begin() as connection:
-            await connection.run_sync(lambda conn: command.downgrade(_config(conn), "0002"))
+            await connection.run_sync(lambda conn: command.downgrade(_config(conn), "0003"))
         async with engine.connect() as connection:
             rows = await connection.execute(
                 sa.text("SELECT merged_person_id, survivor_person_id FROM person_aliases")

@@ -34,7 +34,7 @@ async def test_the_aliases_stored_before_move_to_person_lineage_and_back(
     )
     merged, survivor = uuid.uuid4(), uuid.uuid4()
     try:
-        await migrate(engine, MIGRATIONS, "0002")
+        await migrate(engine, MIGRATIONS, "0003")
         async with engine.begin() as connection:
             await connection.execute(
                 sa.text("INSERT INTO merged_persons (person_id, survivor_id) VALUES (:m, :s)"),
@@ -53,7 +53,7 @@ async def test_the_aliases_stored_before_move_to_person_lineage_and_back(
             assert await connection.scalar(sa.text("SELECT to_regclass('merged_persons')")) is None
 
         async with engine.begin() as connection:
-            await connection.run_sync(_downgrade, "0002")
+            await connection.run_sync(_downgrade, "0003")
         async with engine.connect() as connection:
             rows = await connection.execute(sa.text("SELECT person_id, survivor_id FROM merged_persons"))
             assert [tuple(r) for r in rows] == [(merged, survivor)]

@@ -1,8 +1,8 @@
 """Identity's lineage kept by omni_kit.lineage: the merge aliases move to person_lineage (which also holds
 tombstones of forgotten persons), and journey runs a merge moved remember whose they were.
 
-Revision ID: 0003
-Revises: 0002
+Revision ID: 0004
+Revises: 0003
 Create Date: 2027-02-01
 """
 
@@ -13,8 +13,8 @@ from alembic import op
 
 from omni_kit.lineage import aliases_from_lineage, lineage_from_aliases
 
-revision = "0003"
-down_revision = "0002"
+revision = "0004"
+down_revision = "0003"
 branch_labels = None
 depends_on = None
 

@@ -1,8 +1,8 @@
 """Identity's lineage kept by omni_kit.lineage: the merge aliases of merged_persons move to person_lineage,
 which also holds tombstones of forgotten persons.
 
-Revision ID: 0003
-Revises: 0002
+Revision ID: 0004
+Revises: 0003
 Create Date: 2027-02-01
 """
 
@@ -13,8 +13,8 @@ from alembic import op
 
 from omni_kit.lineage import aliases_from_lineage, lineage_from_aliases
 
-revision: str = "0003"
-down_revision: str | None = "0002"
+revision: str = "0004"
+down_revision: str | None = "0003"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

@@ -2,8 +2,8 @@
 the ids merged into the person and no id an unmerge gave back, and tombstones, so a send asked for a
 forgotten person is never made.
 
-Revision ID: 0004
-Revises: 0003
+Revision ID: 0005
+Revises: 0004
 Create Date: 2027-02-01
 """
 
@@ -13,8 +13,8 @@ from alembic import op
 
 from omni_kit.lineage import create_lineage_table, drop_lineage_table
 
-revision = "0004"
-down_revision = "0003"
+revision = "0005"
+down_revision = "0004"
 branch_labels = None
 depends_on = None
 

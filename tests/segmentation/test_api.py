@@ -143,6 +143,16 @@ async def test_a_window_past_400_days(segmentation: Segmentation, seconds: int) 
     )
 
 
+@pytest.mark.parametrize(
+    "event_type", ["page.viewed", "Товар_добавлен", "order__completed", "9lives", "e" * 101]
+)
+async def test_a_rule_on_a_type_no_event_can_have(segmentation: Segmentation, event_type: str) -> None:
+    # Profile records types by one rule (omni_kit.event_types): a rule on anything else would never match.
+    condition = event_count(event_type, 3600, pb.COMPARISON_GT, 0)
+    code, fields = await refused(segmentation, pb.Segment(name=unique("never"), condition=condition))
+    assert (code, fields) == (grpc.StatusCode.INVALID_ARGUMENT, {"segment.condition.event_count.event_type"})
+
+
 @pytest.mark.parametrize("event_type", ["product_added", "product_removed"])
 async def test_a_rule_on_an_event_type_profile_never_records(
     segmentation: Segmentation, event_type: str

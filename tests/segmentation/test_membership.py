@@ -64,6 +64,17 @@ async def test_event_counts_within_a_window(segmentation: Segmentation, events: 
     assert busy.name in await segmentation.segments_of(someone)
 
 
+async def test_events_of_a_non_latin_type_count(segmentation: Segmentation, events: EventLog) -> None:
+    """Profile records "Товар добавлен" as товар_добавлен: a rule can name it and counts it."""
+    adding = await segmentation.create(
+        unique("adding"), event_count("товар_добавлен", 600, pb.COMPARISON_GTE, 1)
+    )
+    someone = person()
+    await segmentation.track(someone, "товар_добавлен")
+    await events.wait_for(ENTERED, someone)
+    assert adding.name in await segmentation.segments_of(someone)
+
+
 async def test_the_clock_enters_an_abandoned_cart_in_the_causing_trace(
     segmentation: Segmentation, events: EventLog
 ) -> None:

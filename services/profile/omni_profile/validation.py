@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import functools
 import re
-import unicodedata
 import uuid
 from datetime import datetime, timedelta
 
@@ -27,13 +26,13 @@ from omni_kit.errors import (
     check_json_text,
     has_control_characters,
 )
+from omni_kit.event_types import EVENT_TYPE_RULE, MAX_EVENT_TYPE, SNAKE_CASE, is_event_type
 from omni_profile import wire
 from omni_profile.domain import CART_LINE_EVENTS
 from omni_profile.trait_schema import trait_problems
 
 MAX_BATCH = 1000
 MAX_EVENT_ID = 128
-MAX_EVENT_TYPE = 100
 MAX_EVENT_NAME = 1024
 MAX_PROPERTIES_BYTES = 32 * 1024
 MAX_TRAITS_BYTES = 32 * 1024
@@ -52,7 +51,6 @@ MAX_IDENTIFIER_VALUE = 1024
 MAX_FUTURE = timedelta(days=1)
 MAX_PAST = timedelta(days=5 * 365 + 1)
 
-SNAKE_CASE = re.compile(r"^[a-z][a-z0-9]*(_[a-z0-9]+)*$")
 _CURRENCY = re.compile(r"^[A-Z]{3}$")
 _TIMESTAMP_MIN_SECONDS = -62_135_596_800  # 0001-01-01T00:00:00Z, the protobuf Timestamp range
 _TIMESTAMP_MAX_SECONDS = 253_402_300_799  # 9999-12-31T23:59:59Z
@@ -80,25 +78,6 @@ def check_struct(struct: struct_pb2.Struct, path: str, limit: int, violations: V
     check_json_structure(struct, path, violations, max_depth=MAX_STRUCT_DEPTH)
     if len(violations.items) == before and json_size_over(struct, limit):
         violations.add(path, f"must be at most {limit // 1024} KiB as JSON (UTF-8)")
-
-
-@functools.lru_cache(maxsize=4096)
-def is_event_type(name: str) -> bool:
-    """Whether name is an event type: lower snake case of at most MAX_EVENT_TYPE characters, in any script.
-
-    Words of letters, digits and combining marks, joined by single underscores, starting with a letter; in
-    lower case and in Unicode normal form C, so one name has one spelling: "order_completed",
-    "товар_добавлен", "商品を追加". (A few types make up almost every event: the answer is remembered.)
-    """
-    if len(name) > MAX_EVENT_TYPE:
-        return False
-    if name.isascii():
-        return SNAKE_CASE.fullmatch(name) is not None  # match() with $ would let a final line break through
-    if name.lower() != name or unicodedata.normalize("NFC", name) != name:
-        return False
-    if unicodedata.category(name[0])[0] != "L" or any(not word for word in name.split("_")):
-        return False
-    return all(c == "_" or unicodedata.category(c)[0] in "LNM" for c in name)
 
 
 def is_currency(code: str) -> bool:
@@ -166,7 +145,7 @@ def event_violations(event: profile_pb2.Event, *, now: datetime) -> list[FieldVi
     elif len(event.type) > MAX_EVENT_TYPE:
         violations.add("type", f"must be at most {MAX_EVENT_TYPE} characters")
     elif not is_event_type(event.type):
-        violations.add("type", "must be lower snake case in any script, e.g. cart_item_added, товар_добавлен")
+        violations.add("type", EVENT_TYPE_RULE)
     if len(event.name) > MAX_EVENT_NAME:
         violations.add("name", f"must be at most {MAX_EVENT_NAME:,} characters")
     elif has_control_characters(event.name):

@@ -8,7 +8,6 @@ and turned into the pure `rules` tree for evaluation.
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -17,6 +16,7 @@ from google.protobuf import duration_pb2, json_format
 
 from omni.segmentation.v1 import segmentation_pb2 as pb
 from omni_kit.errors import Violations, check_json_text, has_control_characters
+from omni_kit.event_types import EVENT_TYPE_RULE, MAX_EVENT_TYPE, is_event_type
 from omni_segmentation import rules
 
 MIN_WINDOW = timedelta(seconds=1)
@@ -26,7 +26,6 @@ MAX_NODES = 200
 MAX_TRAIT_LENGTH = 200
 # A trait's value to compare with is stored with the segment and read at every evaluation.
 MAX_VALUE_BYTES = 4096
-EVENT_TYPE = re.compile(r"[a-z][a-z0-9_.]{0,99}")
 # Event types profile never records under that name: Segment's e-commerce cart events are recorded as the
 # profile's cart events (profile's README), so a rule counting them would count nothing, silently.
 RECORDED_AS = {"product_added": "cart_item_added", "product_removed": "cart_item_removed"}
@@ -131,10 +130,10 @@ def _validate_trait(trait: pb.TraitCondition, path: str, violations: Violations)
 def _validate_event_type(event_type: str, path: str, violations: Violations) -> None:
     if not event_type:
         violations.add(path, "the event type is required")
-    elif not EVENT_TYPE.fullmatch(event_type):  # `$` would let a final line break through
-        violations.add(
-            path, "must be a snake_case event type such as order_completed, at most 100 characters"
-        )
+    elif not is_event_type(
+        event_type
+    ):  # the rule profile records types by: no rule names a type never recorded
+        violations.add(path, f"{EVENT_TYPE_RULE}, at most {MAX_EVENT_TYPE} characters")
     elif event_type in RECORDED_AS:
         violations.add(
             path,

@@ -105,7 +105,9 @@ async def omni(
         )
         runtimes.append(profile)
         segmentation = await segmentation_main.start(
-            segmentation_main.Settings(database_url=database("segmentation"), jobs_poll_interval_s=0.2, **common)
+            segmentation_main.Settings(
+                database_url=database("segmentation"), jobs_poll_interval_s=0.2, **common
+            )
         )
         runtimes.append(segmentation)
         gateway = await gateway_main.start(

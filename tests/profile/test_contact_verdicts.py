@@ -208,7 +208,10 @@ async def test_after_the_upgrade_profile_republishes_the_verdicts_of_everyone_wh
         engine = create_engine(url, application_name="omni-test-profile")
         try:
             async with engine.connect() as connection:
-                assert await connection.scalar(sa.text("SELECT count(*) FROM contact_verdicts_due")) == 0
+                republishes = sa.text(
+                    "SELECT count(*) FROM scheduled_jobs WHERE kind = 'profile.contact_verdict_republish'"
+                )
+                assert await connection.scalar(republishes) == 0
         finally:
             await engine.dispose()
     finally:

@@ -4,32 +4,35 @@ rule (omni_kit.contact) applied to the consent answers it holds, and announces t
 
 A person's verdicts are announced whenever they may have changed: a consent answer recorded (consents.py), a
 merge that brought the merged persons' answers to the survivor, an unmerge (the restored person starts
-without answers: they stay with the survivor; merge.py), and the republish queue below. Each announcement
+without answers: they stay with the survivor; merge.py), and the republish jobs below. Each announcement
 carries all the person's verdicts under a new version, taken from one sequence while the person's profile
 row is locked: of two announcements about a person the later has the higher version, so consumers keep the
 highest and need no order.
 
-The republish queue (contact_verdicts_due) holds persons whose verdicts are to be announced again. Migration
-0007 fills it with every person who has consent answers, so that consumers keeping verdicts from that upgrade
-on learn the verdicts of persons who answered before; profile drains it at start, a batch per transaction
-(replicas share the work). To republish everything, e.g. for a new consumer, fill it again and restart:
+Republishing is due work on omni-kit's scheduler: a job of kind profile.contact_verdict_republish per person
+whose verdicts are to be announced again, run in batches (replicas share them, each batch one transaction).
+Migration 0007 queued every person who had consent answers, so that consumers keeping verdicts from that
+upgrade on learn the verdicts of persons who answered before (0009 turned that queue into jobs). To
+republish everything, e.g. for a new consumer, schedule them again; profile runs them without a restart:
 
-    INSERT INTO contact_verdicts_due SELECT DISTINCT person_id FROM consents ON CONFLICT DO NOTHING;
+    INSERT INTO scheduled_jobs (kind, key, due_at)
+    SELECT DISTINCT 'profile.contact_verdict_republish', person_id::text, now() FROM consents
+    ON CONFLICT DO NOTHING;
 """
 
 from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Callable, Iterable, Sequence
-from contextlib import AbstractAsyncContextManager
-from datetime import UTC, datetime
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from omni.common.v1 import common_pb2
 from omni_kit import contact
 from omni_kit.bus import Outbox
+from omni_kit.scheduler import Job, JobWorker
 from omni_profile import repository, wire
 from omni_profile.domain import Consent
 
@@ -87,36 +90,26 @@ async def announce(
     )
 
 
-Transaction = Callable[[], AbstractAsyncContextManager[AsyncSession]]
+REPUBLISH = "profile.contact_verdict_republish"
+"""The job kind that announces a person's verdicts again (keyed by the person id)."""
 
 
 class Republisher:
-    """Announces again the verdicts of the persons in the republish queue."""
+    """Announces again the verdicts of the persons whose republish jobs are due."""
 
-    def __init__(self, outbox: Outbox, *, batch_size: int = 500) -> None:
+    def register(self, worker: JobWorker, *, batch_size: int = 500) -> None:
+        """Have the worker run the republish jobs, batch_size persons per transaction."""
+        worker.register(REPUBLISH, self.republish, batch_size=batch_size, lease=timedelta(minutes=2))
+
+    def __init__(self, outbox: Outbox) -> None:
         self._outbox = outbox
-        self._batch_size = batch_size
 
-    async def run(self, transaction: Transaction) -> None:
-        """Drain the queue, one batch per transaction."""
-        total = 0
-        while True:
-            async with transaction() as session:
-                taken = await self.republish_batch(session)
-            if not taken:
-                if total:
-                    log.info("republished the contact verdicts of %d persons", total)
-                return
-            total += taken
-
-    async def republish_batch(self, session: AsyncSession) -> int:
-        """Announce one batch of the queue and take it off; how many persons it held (0: none left)."""
-        due = await repository.claim_due_verdicts(session, self._batch_size)
-        if not due:
-            return 0
+    async def republish(self, session: AsyncSession, jobs: Sequence[Job]) -> None:
+        """The job handler: announce the verdicts of the jobs' persons, those still live."""
+        due = sorted({uuid.UUID(job.key) for job in jobs})
         states = await repository.lock_profiles(session, due)
         # A person merged or erased since it was queued has no verdicts of its own.
         live = [p for p in due if p in states and states[p].merged_into is None and not states[p].erased]
         await announce(session, self._outbox, live, datetime.now(UTC))
-        await repository.delete_due_verdicts(session, due)
-        return len(due)
+        if live:
+            log.info("republished the contact verdicts of %d persons", len(live))

@@ -191,10 +191,7 @@ async def _wire(runtime: ProfileRuntime, settings: Settings) -> None:
     runtime.add_task(
         lambda: asyncio.create_task(computed_traits.run(runtime.transaction), name="computed-traits")
     )
-    republisher = Republisher(runtime.outbox)
-    runtime.add_task(
-        lambda: asyncio.create_task(republisher.run(runtime.transaction), name="contact-verdict-republish")
-    )
+    Republisher(runtime.outbox).register(runtime.jobs)
     domain = Domain(
         ingestion=Ingestion(runtime.transaction, tracker),
         traits=traits,

@@ -1,5 +1,5 @@
 """The profile database: profiles (with cart and computed-trait state), the event timeline, traits and their
-history, consent and its history, the contact verdicts' republish queue, computed-trait definitions and the
+history, consent and its history, computed-trait definitions and the
 segment memberships read model."""
 
 from __future__ import annotations
@@ -169,14 +169,6 @@ class ConsentChangeRow(Base):
 
 CONTACT_VERDICT_VERSIONS = sa.Sequence("contact_verdict_versions", metadata=Base.metadata)
 """Versions of contact verdict announcements: one sequence for all persons, taken with the person locked."""
-
-
-class ContactVerdictDueRow(Base):
-    """A person whose contact verdicts are to be announced again (the republish queue, drained at start)."""
-
-    __tablename__ = "contact_verdicts_due"
-
-    person_id: Mapped[uuid.UUID] = mapped_column(sa.Uuid, primary_key=True)
 
 
 class ComputedTraitRow(Base):

@@ -20,8 +20,6 @@ from omni_profile.repository.consents import (
     write_consent,
 )
 from omni_profile.repository.contact_verdicts import (
-    claim_due_verdicts,
-    delete_due_verdicts,
     next_verdict_versions,
 )
 from omni_profile.repository.events import (
@@ -78,11 +76,9 @@ __all__ = [
     "Whereabouts",
     "advance_backfill",
     "cart_events",
-    "claim_due_verdicts",
     "clear_states",
     "consent_changes",
     "delete_consents",
-    "delete_due_verdicts",
     "delete_events",
     "delete_memberships",
     "delete_trait_changes",

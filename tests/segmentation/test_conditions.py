@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import time
 from datetime import timedelta
+
+from google.protobuf.duration_pb2 import Duration
 
 from omni.segmentation.v1 import segmentation_pb2 as pb
 from omni_kit.errors import Violations
@@ -92,6 +95,36 @@ def test_nesting_and_size_are_bounded() -> None:
     assert any("nested" in d for d in violations_of(deep).values())
     wide = all_of(*[trait("plan", pb.COMPARISON_EXISTS)] * conditions.MAX_NODES)
     assert any("at most" in d for d in violations_of(wide).values())
+
+
+def test_a_tree_past_the_bounds_is_refused_for_that_alone_without_a_walk_through_it() -> None:
+    # 400,000 nodes in 3 MB: protovalidate takes seconds over them, so the bounds are checked first.
+    leaf = cart(pb.COMPARISON_GT, -1)
+    huge = all_of(*[leaf] * 400_000)
+    started = time.perf_counter()
+    found = violations_of(huge)
+    assert time.perf_counter() - started < 0.5
+    assert found == {
+        f"segment.condition.all.conditions[{conditions.MAX_NODES - 1}]": "a segment condition may have at "
+        f"most {conditions.MAX_NODES} nodes"
+    }
+
+
+def test_a_duration_that_is_not_one_is_named_once() -> None:
+    for invalid in (Duration(seconds=5, nanos=2_000_000_000), Duration(seconds=5, nanos=-1)):
+        condition = pb.Condition(
+            since_last_event=pb.SinceLastEventCondition(event_type="order_completed", at_least=invalid)
+        )
+        assert violations_of(condition) == {
+            "segment.condition.since_last_event.at_least": "not a valid duration"
+        }
+    # Out of bounds and malformed: the bound is named.
+    short = pb.Condition(
+        since_last_event=pb.SinceLastEventCondition(
+            event_type="order_completed", at_least=Duration(seconds=1, nanos=-1)
+        )
+    )
+    assert list(violations_of(short)) == ["segment.condition.since_last_event.at_least"]
 
 
 def test_translation_to_rules_and_json_round_trip() -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import uuid
 from collections.abc import Callable
 
@@ -10,8 +9,7 @@ import grpc
 
 from omni.segmentation.v1 import segmentation_pb2 as pb
 from omni.segmentation.v1 import segmentation_pb2_grpc
-from omni_kit.errors import Violations, has_control_characters
-from omni_kit.ids import parse_uuid
+from omni_kit import validation
 from omni_kit.paging import PageTokenError, decode_after, encode_after
 from omni_kit.runtime import Runtime
 from omni_segmentation import conditions
@@ -20,9 +18,6 @@ from omni_segmentation.events import current_trace_context
 from omni_segmentation.records import SegmentRecord
 from omni_segmentation.repository import Repository
 
-NAME = re.compile(r"[a-z0-9-]+")
-MAX_NAME_LENGTH = 100
-MAX_DESCRIPTION_LENGTH = 2000
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 500
 _SEGMENTS = "segmentation.segments"
@@ -54,40 +49,22 @@ def segment_message(record: SegmentRecord) -> pb.Segment:
 
 
 def validate_segment(request: pb.CreateSegmentRequest) -> None:
-    """Raise InvalidArgument naming every malformed field of a segment to create."""
-    violations = Violations()
-    if not request.HasField("segment"):
-        violations.add("segment", "the segment is required")
-        violations.raise_if_any()
+    """Raise InvalidArgument naming every malformed field of a segment to create: what segmentation.proto
+    declares, and what conditions.validate_condition adds for the condition."""
     segment = request.segment
-    if not segment.name:
-        violations.add("segment.name", "the name is required")
-    elif len(segment.name) > MAX_NAME_LENGTH:
-        violations.add("segment.name", f"at most {MAX_NAME_LENGTH} characters")
-    elif not NAME.fullmatch(segment.name):  # `$` would let a final line break through
-        violations.add("segment.name", "only lower-case letters, digits and '-'")
-    if len(segment.description) > MAX_DESCRIPTION_LENGTH:
-        violations.add("segment.description", f"at most {MAX_DESCRIPTION_LENGTH} characters")
-    elif has_control_characters(segment.description, free_text=True):
-        violations.add("segment.description", "holds control characters (tabs and line breaks are fine)")
-    if not segment.HasField("condition"):
-        violations.add("segment.condition", "the condition (the segment's rules) is required")
-    else:
+    # The tree is left to validate_condition, which bounds its size before anything walks it whole: the rest
+    # of the request is checked with a one-node condition standing in for it.
+    outline = pb.CreateSegmentRequest()
+    if request.HasField("segment"):
+        outline.segment.SetInParent()
+        outline.segment.name = segment.name
+        outline.segment.description = segment.description
+        if segment.HasField("condition"):
+            outline.segment.condition.cart.comparison = pb.COMPARISON_GTE
+    violations = validation.check(outline)
+    if segment.HasField("condition"):
         conditions.validate_condition(segment.condition, "segment.condition", violations)
     violations.raise_if_any("the segment is invalid")
-
-
-def required_uuid(value: str, field_path: str, what: str) -> uuid.UUID:
-    """Parse an id field or raise InvalidArgument naming it."""
-    violations = Violations()
-    parsed = parse_uuid(value) if value else None
-    if not value:
-        violations.add(field_path, f"the {what} is required")
-    elif parsed is None:
-        violations.add(field_path, f"not a valid {what} (a UUID)")
-    violations.raise_if_any()
-    assert parsed is not None
-    return parsed
 
 
 class SegmentationServicer(segmentation_pb2_grpc.SegmentationServiceServicer):
@@ -126,7 +103,8 @@ class SegmentationServicer(segmentation_pb2_grpc.SegmentationServiceServicer):
         self, request: pb.GetSegmentRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetSegmentResponse:
         """One segment by id."""
-        segment_id = required_uuid(request.segment_id, "segment_id", "segment id")
+        validation.validate(request)
+        segment_id = uuid.UUID(request.segment_id)
         async with self._runtime.transaction() as session:
             record = await self._catalog.get(session, segment_id)
         return pb.GetSegmentResponse(segment=segment_message(record))
@@ -135,8 +113,7 @@ class SegmentationServicer(segmentation_pb2_grpc.SegmentationServiceServicer):
         self, request: pb.ListSegmentsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListSegmentsResponse:
         """A page of segments, oldest first."""
-        violations = Violations()
-        violations.check(request.page_size >= 0, "page_size", "must not be negative")
+        violations = validation.check(request)
         after = decode_page_token(request.page_token) if request.page_token else None
         violations.check(
             not request.page_token or after is not None, "page_token", "not a token from an earlier page"
@@ -154,7 +131,8 @@ class SegmentationServicer(segmentation_pb2_grpc.SegmentationServiceServicer):
         self, request: pb.ListPersonSegmentsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListPersonSegmentsResponse:
         """The segments a person is in now; a person segmentation has not heard of is in none."""
-        person_id = required_uuid(request.person_id, "person_id", "person id")
+        validation.validate(request)
+        person_id = uuid.UUID(request.person_id)
         async with self._runtime.transaction() as session:
             memberships = await self._repository.person_memberships(session, person_id)
         response = pb.ListPersonSegmentsResponse()

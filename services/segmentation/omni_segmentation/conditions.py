@@ -7,23 +7,18 @@ and turned into the pure `rules` tree for evaluation.
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
-from datetime import timedelta
 from typing import Any
 
 from google.protobuf import duration_pb2, json_format
 
 from omni.segmentation.v1 import segmentation_pb2 as pb
-from omni_kit.errors import Violations, check_json_text, has_control_characters
+from omni_kit import validation
+from omni_kit.errors import Violations, check_json_text
 from omni_kit.event_types import EVENT_TYPE_RULE, MAX_EVENT_TYPE, is_event_type
 from omni_segmentation import rules
 
-MIN_WINDOW = timedelta(seconds=1)
-MAX_WINDOW = timedelta(days=400)
 MAX_DEPTH = 10
 MAX_NODES = 200
-MAX_TRAIT_LENGTH = 200
 # A trait's value to compare with is stored with the segment and read at every evaluation.
 MAX_VALUE_BYTES = 4096
 # Event types profile never records under that name: Segment's e-commerce cart events are recorded as the
@@ -40,99 +35,94 @@ COMPARISONS: dict[int, rules.Comparison] = {
     pb.COMPARISON_EXISTS: rules.Comparison.EXISTS,
     pb.COMPARISON_NOT_EXISTS: rules.Comparison.NOT_EXISTS,
 }
-COUNT_COMPARISONS = frozenset(k for k, v in COMPARISONS.items() if v not in rules.PRESENCE)
-
-
-@dataclass
-class _Budget:
-    nodes: int = 0
 
 
 def validate_condition(condition: pb.Condition, path: str, violations: Violations) -> None:
-    """Record a violation for every malformed part of condition, each named by its path under `path`."""
-    _validate(condition, path, violations, depth=1, budget=_Budget())
+    """Record a violation for every malformed part of condition, each named by its path under `path`.
 
-
-def _validate(
-    condition: pb.Condition, path: str, violations: Violations, *, depth: int, budget: _Budget
-) -> None:
-    budget.nodes += 1
-    if budget.nodes == MAX_NODES + 1:
-        violations.add(path, f"a segment condition may have at most {MAX_NODES} nodes")
-    if budget.nodes > MAX_NODES:
+    A tree past the bounds (more than MAX_NODES nodes, or nested deeper than MAX_DEPTH) is refused for that
+    alone, before anything walks it whole: a request of a few megabytes holds hundreds of thousands of nodes,
+    which would take protovalidate seconds. Within them, what segmentation.proto declares (required kinds,
+    names, event types, comparisons, counts, window bounds) is checked by omni_kit.validation, and here
+    what it cannot say: that a Duration is a valid one, the trait values (their size, their content, and
+    whether the comparison needs one), and event types profile records under another name.
+    """
+    nodes = _bounded_nodes(condition, path, violations)
+    if nodes is None:
         return
-    if depth > MAX_DEPTH:
-        violations.add(path, f"conditions may be nested at most {MAX_DEPTH} deep")
-        return
-    kind = condition.WhichOneof("kind")
-    if kind is None:
-        violations.add(
-            path, "a condition is required: one of all, any, not, trait, event_count, cart, since_last_event"
-        )
-    elif kind in ("all", "any"):
-        items = getattr(condition, kind).conditions
-        if not items:
-            violations.add(f"{path}.{kind}.conditions", "at least one condition is required")
-        for index, child in enumerate(items):
-            _validate(child, f"{path}.{kind}.conditions[{index}]", violations, depth=depth + 1, budget=budget)
-    elif kind == "not":
-        _validate(getattr(condition, "not"), f"{path}.not", violations, depth=depth + 1, budget=budget)
-    elif kind == "trait":
-        _validate_trait(condition.trait, f"{path}.trait", violations)
-    elif kind == "event_count":
-        event_count = condition.event_count
-        sub = f"{path}.event_count"
-        _validate_event_type(event_count.event_type, f"{sub}.event_type", violations)
-        _validate_window(event_count, "window", sub, violations)
-        _validate_count_comparison(event_count.comparison, f"{sub}.comparison", violations)
-        violations.check(event_count.count >= 0, f"{sub}.count", "must not be negative")
-    elif kind == "cart":
-        cart = condition.cart
-        _validate_count_comparison(cart.comparison, f"{path}.cart.comparison", violations)
-        violations.check(cart.item_count >= 0, f"{path}.cart.item_count", "must not be negative")
-    elif kind == "since_last_event":
-        since = condition.since_last_event
-        sub = f"{path}.since_last_event"
-        _validate_event_type(since.event_type, f"{sub}.event_type", violations)
-        _validate_window(since, "at_least", sub, violations)
+    validation.check(condition, violations, prefix=path)
+    for node, node_path in nodes:
+        kind = node.WhichOneof("kind")
+        if kind == "trait":
+            _check_trait_value(node.trait, f"{node_path}.trait", violations)
+        elif kind == "event_count":
+            _check_event_type(node.event_count.event_type, f"{node_path}.event_count.event_type", violations)
+            _check_duration(node.event_count, "window", f"{node_path}.event_count", violations)
+        elif kind == "since_last_event":
+            since = node.since_last_event
+            _check_event_type(since.event_type, f"{node_path}.since_last_event.event_type", violations)
+            _check_duration(since, "at_least", f"{node_path}.since_last_event", violations)
 
 
-def _validate_trait(trait: pb.TraitCondition, path: str, violations: Violations) -> None:
-    if not trait.trait.strip():
-        violations.add(f"{path}.trait", "the trait's name is required")
-    elif len(trait.trait) > MAX_TRAIT_LENGTH:
-        violations.add(f"{path}.trait", f"at most {MAX_TRAIT_LENGTH} characters")
-    elif has_control_characters(trait.trait):
-        violations.add(f"{path}.trait", "holds control characters")
+def _bounded_nodes(
+    condition: pb.Condition, path: str, violations: Violations
+) -> list[tuple[pb.Condition, str]] | None:
+    """Every node of the tree with its path, in document order; None, with the violations, when the tree
+    has more than MAX_NODES nodes (named at the first node past them, where the walk stops) or nests deeper
+    than MAX_DEPTH (named at each node too deep)."""
+    nodes: list[tuple[pb.Condition, str]] = []
+    too_deep = False
+    stack = [(condition, path, 1)]
+    while stack:
+        node, node_path, depth = stack.pop()
+        if len(nodes) == MAX_NODES:
+            violations.add(node_path, f"a segment condition may have at most {MAX_NODES} nodes")
+            return None
+        nodes.append((node, node_path))
+        if depth > MAX_DEPTH:
+            violations.add(node_path, f"conditions may be nested at most {MAX_DEPTH} deep")
+            too_deep = True
+            continue
+        kind = node.WhichOneof("kind")
+        if kind in ("all", "any"):
+            # No more children than could still fit: a list of 400,000 is not read beyond them.
+            children = getattr(node, kind).conditions[: MAX_NODES + 1 - len(nodes)]
+            stack.extend(
+                (child, f"{node_path}.{kind}.conditions[{index}]", depth + 1)
+                for index, child in reversed(list(enumerate(children)))
+            )
+        elif kind == "not":
+            stack.append((getattr(node, "not"), f"{node_path}.not", depth + 1))
+    return None if too_deep else nodes
+
+
+def _check_trait_value(trait: pb.TraitCondition, path: str, violations: Violations) -> None:
     if trait.HasField("value"):
         # Stored with the condition whatever the comparison, so checked whatever the comparison.
         if trait.value.ByteSize() > MAX_VALUE_BYTES:
             violations.add(f"{path}.value", f"at most {MAX_VALUE_BYTES} bytes encoded")
             return
+        before = len(violations.items)
         check_json_text(trait.value, f"{path}.value", violations)
+        if len(violations.items) > before:
+            return
     comparison = COMPARISONS.get(trait.comparison)
-    if comparison is None:
-        violations.add(
-            f"{path}.comparison", "a comparison is required: EQ, NE, GT, GTE, LT, LTE, EXISTS or NOT_EXISTS"
-        )
-        return
-    if comparison in rules.PRESENCE:
+    if comparison is None or comparison in rules.PRESENCE:  # an unknown one is refused by the proto's rule
         return
     kind = trait.value.WhichOneof("kind") if trait.HasField("value") else None
     if kind is None or kind == "null_value":
         violations.add(f"{path}.value", "a value is required (test for absence with EXISTS or NOT_EXISTS)")
-    elif kind == "number_value" and not math.isfinite(trait.value.number_value):
-        violations.add(f"{path}.value", "must be a finite number")
     elif comparison in rules.ORDERING and kind not in ("number_value", "string_value"):
         violations.add(f"{path}.value", "GT, GTE, LT and LTE compare with a number or a string")
 
 
-def _validate_event_type(event_type: str, path: str, violations: Violations) -> None:
-    if not event_type:
-        violations.add(path, "the event type is required")
-    elif not is_event_type(
-        event_type
-    ):  # the rule profile records types by: no rule names a type never recorded
+def _check_event_type(event_type: str, path: str, violations: Violations) -> None:
+    """The rule profile records types by (omni_kit.event_types: letters of any script, in Unicode's normal
+    form, which no proto rule can say), so that no rule names a type never recorded; and the types profile
+    records under another name."""
+    if any(v.field == path for v in violations.items):
+        return  # missing or too long: the proto's rules
+    if not is_event_type(event_type):
         violations.add(path, f"{EVENT_TYPE_RULE}, at most {MAX_EVENT_TYPE} characters")
     elif event_type in RECORDED_AS:
         violations.add(
@@ -141,24 +131,15 @@ def _validate_event_type(event_type: str, path: str, violations: Violations) -> 
         )
 
 
-def _validate_window(parent: Any, name: str, path: str, violations: Violations) -> None:
+def _check_duration(parent: Any, name: str, path: str, violations: Violations) -> None:
+    """A Duration whose nanos are out of range or of the other sign than its seconds is not one: protobuf's
+    JSON form (how the condition is stored) cannot write it. Its bounds are the proto's."""
     field_path = f"{path}.{name}"
-    if not parent.HasField(name):
-        violations.add(field_path, "required, between 1 second and 400 days")
-        return
+    if not parent.HasField(name) or any(v.field == field_path for v in violations.items):
+        return  # missing, or out of bounds already
     duration: duration_pb2.Duration = getattr(parent, name)
-    if abs(duration.nanos) >= 1_000_000_000 or (duration.seconds * duration.nanos < 0):
+    if abs(duration.nanos) >= 1_000_000_000 or duration.seconds * duration.nanos < 0:
         violations.add(field_path, "not a valid duration")
-        return
-    # Compared as numbers: a timedelta cannot hold what a Duration can carry (up to 2^63 - 1 seconds).
-    seconds = duration.seconds + duration.nanos / 1_000_000_000
-    if not MIN_WINDOW.total_seconds() <= seconds <= MAX_WINDOW.total_seconds():
-        violations.add(field_path, "must be between 1 second and 400 days")
-
-
-def _validate_count_comparison(comparison: int, path: str, violations: Violations) -> None:
-    if comparison not in COUNT_COMPARISONS:
-        violations.add(path, "a comparison is required: EQ, NE, GT, GTE, LT or LTE")
 
 
 def to_rules(condition: pb.Condition) -> rules.Condition:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import uuid
+
 import grpc
 
 from omni.gateway.v1 import gateway_pb2, gateway_pb2_grpc
@@ -9,25 +11,9 @@ from omni_gateway.delivery import Delivery, Transaction
 from omni_gateway.domain import Channel
 from omni_gateway.rendering import Renderer, TemplateParts
 from omni_gateway.repository import Repository
-from omni_gateway.wire import (
-    TEMPLATE_ID,
-    channel_from_proto,
-    message_to_proto,
-    parse_send_request,
-    template_to_proto,
-)
-from omni_kit.errors import (
-    AlreadyExists,
-    FieldViolation,
-    InvalidArgument,
-    NotFound,
-    Violations,
-    has_control_characters,
-)
-from omni_kit.ids import parse_uuid
-
-MAX_TEMPLATE_PART = 256 * 1024
-MAX_SUBJECT = 998  # an email header line
+from omni_gateway.wire import channel_from_proto, message_to_proto, parse_send_request, template_to_proto
+from omni_kit import validation
+from omni_kit.errors import AlreadyExists, NotFound
 
 
 class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
@@ -45,39 +31,20 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         self, request: gateway_pb2.CreateTemplateRequest, context: grpc.aio.ServicerContext
     ) -> gateway_pb2.CreateTemplateResponse:
         """Store a template after checking its id, channel and Liquid; the id must be new."""
+        violations = validation.check(request)
         if not request.HasField("template"):
-            raise InvalidArgument(
-                message="the template is missing", violations=[FieldViolation("template", "required")]
-            )
+            violations.raise_if_any("the template is missing")
         template = request.template
-        violations = Violations()
-        if not template.id:
-            violations.add("template.id", "required")
-        elif not TEMPLATE_ID.fullmatch(template.id):
-            violations.add("template.id", "1 to 64 characters of a-z, 0-9 and '-'")
+        # What gateway.proto cannot say: a subject is required for email alone, and the Liquid must parse.
         channel = channel_from_proto(template.channel)
-        if channel is None:
-            violations.add("template.channel", "required: a channel other than CHANNEL_UNSPECIFIED")
         if channel == Channel.EMAIL and not template.subject.strip():
             violations.add("template.subject", "required for email")
-        if len(template.subject) > MAX_SUBJECT:
-            violations.add("template.subject", f"at most {MAX_SUBJECT} characters")
-        if not template.body_text.strip():
-            violations.add("template.body_text", "required")
-        for name in ("body_text", "body_html"):
-            if len(getattr(template, name)) > MAX_TEMPLATE_PART:
-                violations.add(f"template.{name}", f"at most {MAX_TEMPLATE_PART} characters")
-        # Liquid sources are free text (the rendered subject is made one line), but PostgreSQL cannot store a
-        # NUL and other control characters are corruption.
-        for name in ("subject", "body_text", "body_html"):
-            if has_control_characters(getattr(template, name), free_text=True):
-                violations.add(f"template.{name}", "holds control characters (tabs and line breaks are fine)")
         if not violations:
             parts = TemplateParts(template.subject, template.body_text, template.body_html)
             for name, problem in self._renderer.problems(parts).items():
                 violations.add(f"template.{name}", problem)
         violations.raise_if_any("the template is not valid")
-        assert channel is not None
+        assert channel is not None  # the proto's rules
         async with self._transaction() as session:
             stored = await self._repository.insert_template(
                 session,
@@ -100,12 +67,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         self, request: gateway_pb2.GetTemplateRequest, context: grpc.aio.ServicerContext
     ) -> gateway_pb2.GetTemplateResponse:
         """Return a template by id."""
-        violations = Violations()
-        if not request.template_id:
-            violations.add("template_id", "required")
-        elif not TEMPLATE_ID.fullmatch(request.template_id):
-            violations.add("template_id", "1 to 64 characters of a-z, 0-9 and '-'")
-        violations.raise_if_any()
+        validation.validate(request)
         async with self._transaction() as session:
             template = await self._repository.get_template(session, request.template_id)
         if template is None:
@@ -120,15 +82,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         self, request: gateway_pb2.SendMessageRequest, context: grpc.aio.ServicerContext
     ) -> gateway_pb2.SendMessageResponse:
         """Send once per request id; the answer is the message as it stands (SENT, FAILED or QUEUED)."""
-        send = parse_send_request(
-            request_id=request.request_id,
-            person_id=request.person_id,
-            channel=request.channel,
-            template_id=request.template_id,
-            variables=request.variables if request.HasField("variables") else {},
-            journey_id=request.journey_id,
-            purpose=request.purpose,
-        )
+        send = parse_send_request(request)
         # Transactions are the delivery's: the message is committed before the SMTP conversation.
         message = await self._delivery.send(send)
         return gateway_pb2.SendMessageResponse(message=message_to_proto(message))
@@ -137,12 +91,8 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         self, request: gateway_pb2.GetMessageRequest, context: grpc.aio.ServicerContext
     ) -> gateway_pb2.GetMessageResponse:
         """Return a message and its status."""
-        message_id = parse_uuid(request.message_id) if request.message_id else None
-        if message_id is None:
-            raise InvalidArgument(
-                message="message_id is not valid",
-                violations=[FieldViolation("message_id", "required: a UUID")],
-            )
+        validation.validate(request)
+        message_id = uuid.UUID(request.message_id)
         async with self._transaction() as session:
             message = await self._repository.get_message(session, message_id)
         if message is None:

@@ -10,6 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from omni.decisioning.v1 import events_pb2 as decisioning_events
 from omni.events.v1 import envelope_pb2
+from omni.gateway.v1 import gateway_pb2
 from omni_gateway.delivery import Delivery
 from omni_gateway.domain import MessageStatus, SendRequest
 from omni_gateway.idempotency import ensure_same_request, fingerprint
@@ -52,11 +53,13 @@ class SendRequestedHandler:
         event = unpack(envelope, decisioning_events.SendRequestedEvent)
         try:
             request = parse_send_request(
-                request_id=event.request_id,
-                person_id=event.person_id,
-                channel=event.channel,
-                template_id=event.template_id,
-                journey_id=event.journey_id,
+                gateway_pb2.SendMessageRequest(
+                    request_id=event.request_id,
+                    person_id=event.person_id,
+                    channel=event.channel,
+                    template_id=event.template_id,
+                    journey_id=event.journey_id,
+                ),
                 contact_verdict_version=event.contact_verdict_version,
             )
         except InvalidArgument as error:

@@ -1,9 +1,9 @@
 """Protobuf ⇄ domain translation shared by the servicer and the events: channels, purposes, statuses,
-templates, messages, and the validation of a send request however it arrives."""
+templates, messages, and the validation of a send request however it arrives (as a SendMessageRequest)."""
 
 from __future__ import annotations
 
-import re
+import uuid
 from datetime import datetime
 from typing import Any
 
@@ -14,12 +14,9 @@ from omni.gateway.v1 import gateway_pb2
 from omni.profile.v1 import profile_pb2
 from omni_gateway.domain import Channel, MessageStatus, Purpose, SendRequest
 from omni_gateway.models import Message, Template
-from omni_kit.errors import Violations, check_json_text, has_control_characters
-from omni_kit.ids import parse_uuid
+from omni_kit import validation
+from omni_kit.errors import check_json_text
 
-TEMPLATE_ID = re.compile(r"[a-z0-9-]{1,64}")
-MAX_REQUEST_ID = 128
-MAX_JOURNEY_ID = 128
 # A message's variables are stored with it (and replayed): a cap keeps one send from storing megabytes.
 MAX_VARIABLES_BYTES = 16 * 1024
 
@@ -120,69 +117,34 @@ def struct_to_dict(value: struct_pb2.Struct) -> dict[str, Any]:
 
 
 def parse_send_request(
-    *,
-    request_id: str,
-    person_id: str,
-    channel: int,
-    template_id: str,
-    variables: dict[str, Any] | struct_pb2.Struct | None = None,
-    journey_id: str = "",
-    purpose: int = profile_pb2.CONSENT_PURPOSE_UNSPECIFIED,
-    contact_verdict_version: int = 0,
+    request: gateway_pb2.SendMessageRequest, *, contact_verdict_version: int = 0
 ) -> SendRequest:
-    """Validate the fields of a send, from SendMessageRequest or SendRequestedEvent alike.
+    """Validate a send, from SendMessageRequest or SendRequestedEvent (made into one) alike.
 
-    Raises InvalidArgument naming every bad field (request_id, person_id, channel, template_id, journey_id,
-    purpose, and each bad value of the variables by its path, "variables.order.skus[1]"). The variables are
-    plain JSON or the request's Struct, turned into plain JSON once they passed.
-    Whether the channel can be delivered and the template exists is the delivery's to decide.
+    Raises InvalidArgument naming every bad field: what gateway.proto declares (request_id, person_id,
+    channel, template_id, journey_id, purpose), and each bad value of the variables by its path
+    ("variables.order.skus[1]"), which a proto cannot say. The variables are turned into plain JSON once
+    they passed. Whether the channel can be delivered and the template exists is the delivery's to decide.
     """
-    violations = Violations()
-    if not request_id.strip():
-        violations.add("request_id", "required: an idempotency key for this send")
-    elif len(request_id) > MAX_REQUEST_ID:
-        violations.add("request_id", f"at most {MAX_REQUEST_ID} characters")
-    elif has_control_characters(request_id):
-        violations.add("request_id", "holds control characters")
-    person = parse_uuid(person_id) if person_id else None
-    if not person_id:
-        violations.add("person_id", "required")
-    elif person is None:
-        violations.add("person_id", f"not a UUID: {person_id!r}")
-    domain_channel = channel_from_proto(channel)
-    if domain_channel is None:
-        violations.add("channel", "required: a channel other than CHANNEL_UNSPECIFIED")
-    if not template_id:
-        violations.add("template_id", "required")
-    elif not TEMPLATE_ID.fullmatch(template_id):
-        violations.add("template_id", "1 to 64 characters of a-z, 0-9 and '-'")
-    if len(journey_id) > MAX_JOURNEY_ID:
-        violations.add("journey_id", f"at most {MAX_JOURNEY_ID} characters")
-    elif has_control_characters(journey_id):
-        violations.add("journey_id", "holds control characters")
-    if isinstance(variables, struct_pb2.Struct) and variables.ByteSize() > MAX_VARIABLES_BYTES:
+    violations = validation.check(request)
+    variables = request.variables
+    if variables.ByteSize() > MAX_VARIABLES_BYTES:
         violations.add(
             "variables", f"at most {MAX_VARIABLES_BYTES} bytes encoded, not {variables.ByteSize()}"
         )
     else:
-        check_json_text(variables or {}, "variables", violations)
-    domain_purpose = purpose_from_proto(purpose)
-    if domain_purpose is None:
-        violations.add(
-            "purpose",
-            "a message is for CONSENT_PURPOSE_MARKETING (the default) or CONSENT_PURPOSE_TRANSACTIONAL",
-        )
+        check_json_text(variables, "variables", violations)
     violations.raise_if_any()
-    assert person is not None and domain_channel is not None and domain_purpose is not None
-    if isinstance(variables, struct_pb2.Struct):
-        variables = struct_to_dict(variables)
+    domain_channel = channel_from_proto(request.channel)
+    domain_purpose = purpose_from_proto(request.purpose)
+    assert domain_channel is not None and domain_purpose is not None  # the proto's rules
     return SendRequest(
-        request_id=request_id,
-        person_id=person,
+        request_id=request.request_id,
+        person_id=uuid.UUID(request.person_id),
         channel=domain_channel,
-        template_id=template_id,
-        variables=variables or {},
-        journey_id=journey_id,
+        template_id=request.template_id,
+        variables=struct_to_dict(variables) if request.HasField("variables") else {},
+        journey_id=request.journey_id,
         purpose=domain_purpose,
         contact_verdict_version=max(contact_verdict_version, 0),
     )

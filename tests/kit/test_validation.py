@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
+from buf.validate import validate_pb2
 
 from omni.common.v1 import common_pb2
 from omni.decisioning.v1 import decisioning_pb2 as d
@@ -57,3 +60,27 @@ def test_check_adds_to_a_collector_under_a_prefix_and_validate_raises_all() -> N
     with pytest.raises(InvalidArgument) as raised:
         validation.validate(d.DecideRequest(limit=21))
     assert {v.field for v in raised.value.violations} == {"person_id", "touchpoint", "limit"}
+
+
+def test_check_counts_names_lists_past_their_limit_without_reading_them() -> None:
+    # Two million empty touchpoints: protovalidate would read every one (and name each blank one).
+    huge = d.Offer(touchpoints=[""] * 2_000_000)
+    started = time.perf_counter()
+    found = validation.check_counts(huge)
+    assert time.perf_counter() - started < 0.1
+    assert [(v.field, v.description) for v in found.items] == [
+        ("touchpoints", "must contain no more than 100 item(s)")
+    ]
+    # Only the message's own lists, under a prefix if given, into the collector given.
+    collected = Violations()
+    many = d.Offer(touchpoints=["web"] * 101)
+    assert validation.check_counts(many, collected, prefix="offer") is collected
+    assert [v.field for v in collected.items] == ["offer.touchpoints"]
+    assert not validation.check_counts(d.CreateOfferRequest(offer=many))
+    assert not validation.check_counts(d.Offer(touchpoints=["web"] * 100))
+
+
+def test_field_rules_are_what_the_proto_declares() -> None:
+    assert validation.field_rules(d.Offer, "touchpoints").repeated.max_items == 100
+    assert validation.field_rules(d.Offer, "name").string.max_len == 200
+    assert validation.field_rules(d.Journey, "id") == validate_pb2.FieldRules()

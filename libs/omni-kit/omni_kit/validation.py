@@ -15,10 +15,19 @@ wrong in one round trip:
     violations.raise_if_any()
 
 or, when the proto says it all, `validate(request)`.
+
+protovalidate reads a list whole before it can tell it is too long, and a request of a few megabytes can
+hold a million small items (half a minute of protovalidate, with a violation for each): a servicer taking
+long lists checks their counts first, with `check_counts`, and the rest only when they pass. Code that must
+know a declared limit (a hot path's screen) reads it with `field_rules` rather than writing it again.
 """
 
 from __future__ import annotations
 
+import functools
+
+from buf.validate import validate_pb2
+from google.protobuf.descriptor import Descriptor
 from google.protobuf.message import Message
 from protovalidate import Validator, Violation
 
@@ -67,3 +76,31 @@ def check(request: Message, violations: Violations | None = None, *, prefix: str
 def validate(request: Message) -> None:
     """Raise InvalidArgument listing every constraint of request's proto that request breaks."""
     check(request).raise_if_any()
+
+
+def field_rules(message_type: type[Message], field: str) -> validate_pb2.FieldRules:
+    """The constraints message_type's proto declares on one of its fields (empty if none)."""
+    options = message_type.DESCRIPTOR.fields_by_name[field].GetOptions()
+    rules: validate_pb2.FieldRules = options.Extensions[validate_pb2.field]
+    return rules
+
+
+def check_counts(request: Message, violations: Violations | None = None, *, prefix: str = "") -> Violations:
+    """Record a violation for each list field of request holding more items than its proto's max_items, in
+    protovalidate's words; return the collector. Only request's own fields are counted, not those of the
+    messages it holds, and no item is read."""
+    collected = violations if violations is not None else Violations()
+    for name, most in _max_items(request.DESCRIPTOR):
+        if len(getattr(request, name)) > most:
+            collected.add(f"{prefix}.{name}" if prefix else name, f"must contain no more than {most} item(s)")
+    return collected
+
+
+@functools.cache
+def _max_items(descriptor: Descriptor) -> tuple[tuple[str, int], ...]:
+    limits = []
+    for field in descriptor.fields:
+        rules = field.GetOptions().Extensions[validate_pb2.field]
+        if rules.HasField("repeated") and rules.repeated.HasField("max_items"):
+            limits.append((field.name, rules.repeated.max_items))
+    return tuple(limits)

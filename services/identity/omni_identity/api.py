@@ -25,12 +25,8 @@ from omni_identity.operators import Operators
 from omni_identity.persons import Persons
 from omni_identity.repository import ConcurrentMerge, IdentityRepository
 from omni_identity.resolution import dedupe
-from omni_kit.errors import (
-    FailedPrecondition,
-    Unavailable,
-    Violations,
-    has_control_characters,
-)
+from omni_kit import validation
+from omni_kit.errors import FailedPrecondition, Unavailable, Violations
 from omni_kit.idempotency import idempotent
 from omni_kit.runtime import Runtime
 
@@ -39,8 +35,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 R = TypeVar("R", bound=Message)
 
-MAX_BATCH = 1000
-MAX_IDENTIFIERS_PER_REQUEST = 100
+# A batch's sets may hold at most 100 identifiers each (identity.proto), and no more than this in all.
 MAX_IDENTIFIERS_PER_BATCH = 10_000
 _YIELD_EVERY = 500
 
@@ -68,7 +63,9 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
         self, request: identity_pb2.ResolvePersonRequest, context: grpc.aio.ServicerContext
     ) -> identity_pb2.ResolvePersonResponse:
         """Resolve one identifier set."""
-        violations = Violations()
+        # Counted before anything reads the identifiers: 4 MB hold half a million.
+        validation.check_counts(request).raise_if_any()
+        violations = validation.check(request)
         resolve = self._resolve_request(request, "", violations)
         violations.raise_if_any()
         assert resolve is not None
@@ -85,18 +82,18 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
         self, request: identity_pb2.BatchResolvePersonsRequest, context: grpc.aio.ServicerContext
     ) -> identity_pb2.BatchResolvePersonsResponse:
         """Resolve many identifier sets in order, in one transaction."""
-        violations = Violations()
-        violations.check(len(request.requests) > 0, "requests", "at least one request is required")
-        violations.check(
-            len(request.requests) <= MAX_BATCH, "requests", f"at most {MAX_BATCH} requests per batch"
-        )
-        total = sum(len(item.identifiers) for item in request.requests)
-        violations.check(
-            total <= MAX_IDENTIFIERS_PER_BATCH,
-            "requests",
-            f"at most {MAX_IDENTIFIERS_PER_BATCH} identifiers in all the requests of a batch",
-        )
+        # Counted before anything reads the sets: 4 MB hold two million empty ones.
+        violations = validation.check_counts(request)
+        if not violations:
+            total = sum(len(item.identifiers) for item in request.requests)
+            violations.check(
+                total <= MAX_IDENTIFIERS_PER_BATCH,
+                "requests",
+                f"at most {MAX_IDENTIFIERS_PER_BATCH} identifiers in all the requests of a batch",
+            )
         violations.raise_if_any()
+        if not (request.requests and all(map(messages.surely_well_formed, request.requests))):
+            validation.check(request, violations)
         resolves = []
         since_yield = 0
         for i, item in enumerate(request.requests):
@@ -116,10 +113,8 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
         self, request: identity_pb2.GetPersonRequest, context: grpc.aio.ServicerContext
     ) -> identity_pb2.GetPersonResponse:
         """Show a person; a merged person's id leads to the survivor."""
-        violations = Violations()
-        person_id = messages.person_id(request.person_id, "person_id", violations)
-        violations.raise_if_any()
-        assert person_id is not None
+        validation.validate(request)
+        person_id = uuid.UUID(request.person_id)
         async with self._runtime.transaction() as session:
             person = await self._persons.get(IdentityRepository(session), person_id)
         return identity_pb2.GetPersonResponse(person=messages.person_message(person))
@@ -128,12 +123,9 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
         self, request: identity_pb2.LookupPersonRequest, context: grpc.aio.ServicerContext
     ) -> identity_pb2.LookupPersonResponse:
         """Find the person holding one identifier, creating nothing."""
+        validation.validate(request)
         violations = Violations()
-        key = None
-        if violations.check(request.HasField("identifier"), "identifier", "is required"):
-            key = self._identifier(
-                request.identifier.type, request.identifier.value, "identifier", violations
-            )
+        key = self._identifier(request.identifier.type, request.identifier.value, "identifier", violations)
         violations.raise_if_any()
         assert key is not None
         async with self._runtime.transaction() as session:
@@ -144,11 +136,10 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
         self, request: identity_pb2.ListPersonMergesRequest, context: grpc.aio.ServicerContext
     ) -> identity_pb2.ListPersonMergesResponse:
         """List a person's lineage, a page at a time."""
-        violations = Violations()
-        person_id = messages.person_id(request.person_id, "person_id", violations)
-        limit, after = messages.page(request.page_size, request.page_token, paging.MERGES, violations)
+        violations = validation.check(request)
+        after = messages.page_token(request.page_token, paging.MERGES, violations)
         violations.raise_if_any()
-        assert person_id is not None
+        person_id, limit = uuid.UUID(request.person_id), paging.page_size(request.page_size)
         async with self._runtime.transaction() as session:
             _, merges = await self._persons.lineage(
                 IdentityRepository(session), person_id, after=after, limit=limit + 1
@@ -164,11 +155,10 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
         self, request: identity_pb2.ListPersonIdentifiersRequest, context: grpc.aio.ServicerContext
     ) -> identity_pb2.ListPersonIdentifiersResponse:
         """List a person's identifiers with how each was attached, a page at a time."""
-        violations = Violations()
-        person_id = messages.person_id(request.person_id, "person_id", violations)
-        limit, after = messages.page(request.page_size, request.page_token, paging.IDENTIFIERS, violations)
+        violations = validation.check(request)
+        after = messages.page_token(request.page_token, paging.IDENTIFIERS, violations)
         violations.raise_if_any()
-        assert person_id is not None
+        person_id, limit = uuid.UUID(request.person_id), paging.page_size(request.page_size)
         async with self._runtime.transaction() as session:
             records = await self._persons.identifiers(
                 IdentityRepository(session), person_id, after=after, limit=limit + 1
@@ -184,11 +174,10 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
         self, request: identity_pb2.ListRefusedLinksRequest, context: grpc.aio.ServicerContext
     ) -> identity_pb2.ListRefusedLinksResponse:
         """List the refused links involving a person, a page at a time."""
-        violations = Violations()
-        person_id = messages.person_id(request.person_id, "person_id", violations)
-        limit, after = messages.page(request.page_size, request.page_token, paging.REFUSED_LINKS, violations)
+        violations = validation.check(request)
+        after = messages.page_token(request.page_token, paging.REFUSED_LINKS, violations)
         violations.raise_if_any()
-        assert person_id is not None
+        person_id, limit = uuid.UUID(request.person_id), paging.page_size(request.page_size)
         async with self._runtime.transaction() as session:
             links = await self._persons.refused_links(
                 IdentityRepository(session), person_id, after=after, limit=limit + 1
@@ -204,17 +193,19 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
         self, request: identity_pb2.MergePersonsRequest, context: grpc.aio.ServicerContext
     ) -> identity_pb2.MergePersonsResponse:
         """Merge one person into another on an operator's word."""
-        violations = Violations()
-        request_id = messages.request_id(request.request_id, violations)
-        survivor_id = messages.person_id(request.survivor_person_id, "survivor_person_id", violations)
-        merged_id = messages.person_id(request.merged_person_id, "merged_person_id", violations)
-        reason = messages.text(request.reason, "reason", messages.MAX_REASON_LENGTH, violations)
-        if survivor_id is not None and survivor_id == merged_id:
-            violations.add(
-                "merged_person_id", "is the survivor itself; a person cannot be merged with itself"
+        violations = validation.check(request)
+        ids = ("survivor_person_id", "merged_person_id")
+        if not any(violation.field in ids for violation in violations.items):
+            survivor_id, merged_id = (
+                uuid.UUID(request.survivor_person_id),
+                uuid.UUID(request.merged_person_id),
             )
+            if survivor_id == merged_id:
+                violations.add(
+                    "merged_person_id", "is the survivor itself; a person cannot be merged with itself"
+                )
         violations.raise_if_any()
-        assert survivor_id is not None and merged_id is not None
+        request_id, reason = request.request_id, request.reason.strip()
 
         async def work(session: AsyncSession) -> tuple[identity_pb2.MergePersonsResponse, list[uuid.UUID]]:
             merged = await self._operators.merge(
@@ -239,12 +230,9 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
         self, request: identity_pb2.UnmergePersonRequest, context: grpc.aio.ServicerContext
     ) -> identity_pb2.UnmergePersonResponse:
         """Split a merged person back out of the person it was merged into."""
-        violations = Violations()
-        request_id = messages.request_id(request.request_id, violations)
-        person_id = messages.person_id(request.person_id, "person_id", violations)
-        reason = messages.text(request.reason, "reason", messages.MAX_REASON_LENGTH, violations)
-        violations.raise_if_any()
-        assert person_id is not None
+        validation.validate(request)
+        request_id, reason = request.request_id, request.reason.strip()
+        person_id = uuid.UUID(request.person_id)
 
         async def work(session: AsyncSession) -> tuple[identity_pb2.UnmergePersonResponse, list[uuid.UUID]]:
             unmerged = await self._operators.unmerge(
@@ -277,15 +265,9 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
         self, request: identity_pb2.ForgetPersonRequest, context: grpc.aio.ServicerContext
     ) -> identity_pb2.ForgetPersonResponse:
         """Erase a person, leaving tombstones and an audit record."""
-        violations = Violations()
-        request_id = messages.request_id(request.request_id, violations)
-        person_id = messages.person_id(request.person_id, "person_id", violations)
-        requested_by = messages.text(
-            request.requested_by, "requested_by", messages.MAX_REQUESTED_BY_LENGTH, violations, required=True
-        )
-        reason = messages.text(request.reason, "reason", messages.MAX_REASON_LENGTH, violations)
-        violations.raise_if_any()
-        assert person_id is not None
+        validation.validate(request)
+        request_id, person_id = request.request_id, uuid.UUID(request.person_id)
+        requested_by, reason = request.requested_by.strip(), request.reason.strip()
 
         async def work(session: AsyncSession) -> tuple[identity_pb2.ForgetPersonResponse, list[uuid.UUID]]:
             forgotten = await self._operators.forget(
@@ -306,27 +288,10 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
     def _resolve_request(
         self, request: identity_pb2.ResolvePersonRequest, prefix: str, violations: Violations
     ) -> ResolveRequest | None:
-        """Validate and normalise one identifier set, recording violations under prefix (None if it has any)."""
-        count = len(request.identifiers)
-        # Messages and paths are built only for what is wrong: a batch checks thousands of identifiers.
-        source, reference = request.source, request.reference
-        if (
-            not 0 < count <= MAX_IDENTIFIERS_PER_REQUEST
-            or len(source) > messages.MAX_SOURCE_LENGTH
-            or (source and has_control_characters(source))
-            or len(reference) > messages.MAX_REFERENCE_LENGTH
-            or (reference and has_control_characters(reference))
-        ):
-            violations.check(count > 0, f"{prefix}identifiers", "at least one identifier is required")
-            violations.check(
-                count <= MAX_IDENTIFIERS_PER_REQUEST,
-                f"{prefix}identifiers",
-                f"at most {MAX_IDENTIFIERS_PER_REQUEST} identifiers per request",
-            )
-            messages.source(source, f"{prefix}source", messages.MAX_SOURCE_LENGTH, violations)
-            messages.source(reference, f"{prefix}reference", messages.MAX_REFERENCE_LENGTH, violations)
+        """Normalise one identifier set (what identity.proto declares is checked apart), recording what the
+        normaliser refuses under prefix; None if it refuses any, or there is nothing to resolve."""
         keys = []
-        valid = count > 0
+        valid = True
         normalise = self._normaliser.normalise
         for i, identifier in enumerate(request.identifiers):
             try:
@@ -334,9 +299,11 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
             except IdentifierError as error:
                 violations.add(f"{prefix}identifiers[{i}].{error.part}", error.description)
                 valid = False
-        if not valid:
+        if not (valid and keys):
             return None
-        return ResolveRequest(identifiers=dedupe(keys), source=source.strip(), reference=reference.strip())
+        return ResolveRequest(
+            identifiers=dedupe(keys), source=request.source.strip(), reference=request.reference.strip()
+        )
 
     def _identifier(
         self, type_name: str, value: str, path: str, violations: Violations

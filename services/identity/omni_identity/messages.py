@@ -1,4 +1,5 @@
-"""Protobuf ⇄ domain for the servicer: field checks of request values, and the messages of answers."""
+"""Protobuf ⇄ domain for the servicer: the checks of request values identity.proto cannot declare (page
+tokens, the batch's fast screen), and the messages of answers."""
 
 from __future__ import annotations
 
@@ -11,14 +12,13 @@ from omni_identity.erasure import ErasureRecord
 from omni_identity.events import identifier_messages
 from omni_identity.merge import MergeRecord, MergeRule
 from omni_identity.reads import IdentifierRecord, PersonRecord
+from omni_kit import validation
 from omni_kit.errors import Violations, has_control_characters
-from omni_kit.ids import parse_uuid
 
-MAX_REQUEST_ID_LENGTH = 128
-MAX_REASON_LENGTH = 512
-MAX_REQUESTED_BY_LENGTH = 256
-MAX_SOURCE_LENGTH = 128
-MAX_REFERENCE_LENGTH = 256
+# The limits of an identifier set as identity.proto declares them, for the batch's screen below.
+_IDENTIFIERS = validation.field_rules(identity_pb2.ResolvePersonRequest, "identifiers").repeated
+_MAX_SOURCE = validation.field_rules(identity_pb2.ResolvePersonRequest, "source").string.max_len
+_MAX_REFERENCE = validation.field_rules(identity_pb2.ResolvePersonRequest, "reference").string.max_len
 
 _RULES = {
     RefusalRule.LIMIT: identity_pb2.REFUSAL_RULE_LIMIT,
@@ -36,64 +36,33 @@ _ATTACHMENTS = {
 }
 
 
-def person_id(value: str, path: str, violations: Violations) -> uuid.UUID | None:
-    """A person id from a request field, or a violation."""
-    if not value.strip():
-        violations.add(path, "is required")
-        return None
-    parsed = parse_uuid(value.strip())
-    if parsed is None:
-        violations.add(path, "is not a person id (a UUID)")
-    return parsed
+def surely_well_formed(request: identity_pb2.ResolvePersonRequest) -> bool:
+    """Whether an identifier set surely keeps what identity.proto declares for it: a count of identifiers
+    within the limits, a source and a reference no longer than theirs and without control characters (the
+    `plain` rule).
+
+    A screen for BatchResolvePersons, which checks thousands of sets: protovalidate takes about 2.6 µs a
+    set, this 0.6 µs, so protovalidate runs only over a batch with a set this does not clear, to name what is
+    wrong. The screen is never looser than the proto: the limits are read from it, and a test holds the
+    rules it knows to those declared.
+    """
+    source, reference = request.source, request.reference
+    return (
+        _IDENTIFIERS.min_items <= len(request.identifiers) <= _IDENTIFIERS.max_items
+        and len(source) <= _MAX_SOURCE
+        and len(reference) <= _MAX_REFERENCE
+        and not (source and has_control_characters(source))
+        and not (reference and has_control_characters(reference))
+    )
 
 
-def page(size: int, token: str, kind: str, violations: Violations) -> tuple[int, uuid.UUID | None]:
-    """The page size and the position after which the page starts, or violations."""
-    limit, after = paging.DEFAULT_PAGE_SIZE, None
+def page_token(token: str, kind: str, violations: Violations) -> uuid.UUID | None:
+    """The position after which a page starts (None for the first), or a violation of page_token."""
     try:
-        limit = paging.page_size(size)
-    except ValueError as error:
-        violations.add("page_size", str(error))
-    try:
-        after = paging.decode_token(token, kind)
+        return paging.decode_token(token, kind)
     except ValueError as error:
         violations.add("page_token", str(error))
-    return limit, after
-
-
-def request_id(value: str, violations: Violations) -> str:
-    """An idempotency key: required, at most 128 printable characters."""
-    if not value:
-        violations.add("request_id", "is required")
-    elif len(value) > MAX_REQUEST_ID_LENGTH:
-        violations.add("request_id", f"is longer than {MAX_REQUEST_ID_LENGTH} characters")
-    elif not value.isprintable():
-        violations.add("request_id", "must be printable characters")
-    return value
-
-
-def text(value: str, path: str, limit: int, violations: Violations, *, required: bool = False) -> str:
-    """Free text of an operator (a reason, who asked), trimmed; at most limit characters, no control
-    characters other than tabs and line breaks."""
-    value = value.strip()
-    if required and not value:
-        violations.add(path, "is required")
-    elif len(value) > limit:
-        violations.add(path, f"is longer than {limit} characters")
-    elif has_control_characters(value, free_text=True):
-        violations.add(path, "holds control characters")
-    return value
-
-
-def source(value: str, path: str, limit: int, violations: Violations) -> str:
-    """A name the caller gives (where a request comes from, what carried it), trimmed; at most limit
-    characters, no control characters."""
-    value = value.strip()
-    if len(value) > limit:
-        violations.add(path, f"is longer than {limit} characters")
-    elif has_control_characters(value):
-        violations.add(path, "holds control characters")
-    return value
+        return None
 
 
 def resolution_message(resolution: Resolution) -> identity_pb2.Resolution:

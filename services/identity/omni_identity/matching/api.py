@@ -27,18 +27,15 @@ from omni_identity.matching.messages import (
 from omni_identity.matching.records import NormalisedRecord
 from omni_identity.matching.repository import MatchRepository
 from omni_identity.matching.training import TrainingError
-from omni_kit.errors import FailedPrecondition, Violations, has_control_characters
-from omni_kit.ids import parse_uuid
+from omni_kit import validation
+from omni_kit.errors import FailedPrecondition
 from omni_kit.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-MAX_BATCH = 1000
-MAX_REQUEST_ID_LENGTH = 128
 DEFAULT_TRAINING_RECORDS = 50_000
-MAX_TRAINING_RECORDS = 200_000
 # The kinds of ListMatchDecisions and ListMatchReviews page tokens, so that other lists' tokens are refused.
 _DECISIONS_PAGE = "identity.match_decisions"
 _REVIEWS_PAGE = "identity.match_reviews"
@@ -64,13 +61,14 @@ class MatchingServicer(matching_pb2_grpc.MatchingServiceServicer):
         self, request: matching_pb2.MatchRecordRequest, context: grpc.aio.ServicerContext
     ) -> matching_pb2.MatchRecordResponse:
         """Decide one record."""
-        violations = Violations()
+        # Counted before anything reads the identifiers: 4 MB hold half a million.
+        validation.check_counts(request.record, prefix="record").raise_if_any()
+        violations = validation.check(request)
         record = None
-        if violations.check(request.HasField("record"), "record", "is required"):
+        if request.HasField("record"):
             record = read_record(
                 request.record, "record", violations, self._normalise_identifier, today=utc_today()
             )
-        _check_request(request.source, request.request_id, violations)
         violations.raise_if_any()
         assert record is not None
         [decision] = await self._match([record], request.source.strip(), request.request_id.strip())
@@ -80,13 +78,13 @@ class MatchingServicer(matching_pb2_grpc.MatchingServiceServicer):
         self, request: matching_pb2.BatchMatchRecordsRequest, context: grpc.aio.ServicerContext
     ) -> matching_pb2.BatchMatchRecordsResponse:
         """Decide many records in order, in one transaction."""
-        violations = Violations()
-        violations.check(len(request.records) > 0, "records", "at least one record is required")
-        violations.check(
-            len(request.records) <= MAX_BATCH, "records", f"at most {MAX_BATCH} records per batch"
-        )
-        _check_request(request.source, request.request_id, violations)
+        # Counted before anything reads the records and their identifiers: 4 MB hold two million of either.
+        violations = validation.check_counts(request)
+        if not violations:
+            for i, message in enumerate(request.records):
+                validation.check_counts(message, violations, prefix=f"records[{i}]")
         violations.raise_if_any()
+        validation.check(request, violations)
         today = utc_today()
         records = [
             read_record(message, f"records[{i}]", violations, self._normalise_identifier, today=today)
@@ -110,20 +108,8 @@ class MatchingServicer(matching_pb2_grpc.MatchingServiceServicer):
         self, request: matching_pb2.TrainMatchModelRequest, context: grpc.aio.ServicerContext
     ) -> matching_pb2.TrainMatchModelResponse:
         """Train a new model version on the stored records and put it in use."""
-        violations = Violations()
+        validation.validate(request)
         request_id = request.request_id.strip()
-        violations.check(
-            len(request_id) <= MAX_REQUEST_ID_LENGTH,
-            "request_id",
-            f"is longer than {MAX_REQUEST_ID_LENGTH} characters",
-        )
-        violations.check(not has_control_characters(request_id), "request_id", "holds control characters")
-        violations.check(
-            0 <= request.max_records <= MAX_TRAINING_RECORDS,
-            "max_records",
-            f"must lie between 0 (the default, {DEFAULT_TRAINING_RECORDS:,}) and {MAX_TRAINING_RECORDS:,}",
-        )
-        violations.raise_if_any()
         # Reading, training and storing are three steps: no transaction stays open while EM runs.
         async with self._runtime.transaction() as session:
             repository = MatchRepository(session)
@@ -151,22 +137,10 @@ class MatchingServicer(matching_pb2_grpc.MatchingServiceServicer):
         self, request: matching_pb2.ListMatchDecisionsRequest, context: grpc.aio.ServicerContext
     ) -> matching_pb2.ListMatchDecisionsResponse:
         """List the decisions about a person, a page at a time."""
-        violations = Violations()
-        person_id = None
-        if violations.check(bool(request.person_id.strip()), "person_id", "is required"):
-            person_id = parse_uuid(request.person_id.strip())
-            violations.check(person_id is not None, "person_id", "is not a person id (a UUID)")
-        limit = after = None
-        try:
-            limit = paging.page_size(request.page_size)
-        except ValueError as error:
-            violations.add("page_size", str(error))
-        try:
-            after = paging.decode_token(request.page_token, _DECISIONS_PAGE)
-        except ValueError as error:
-            violations.add("page_token", str(error))
+        violations = validation.check(request)
+        after = identity_messages.page_token(request.page_token, _DECISIONS_PAGE, violations)
         violations.raise_if_any()
-        assert person_id is not None and limit is not None
+        person_id, limit = uuid.UUID(request.person_id), paging.page_size(request.page_size)
         async with self._runtime.transaction() as session:
             # The person an id leads to and every person merged into it: their records are its records now.
             persons = await GraphRepository(session).tree(person_id) or [person_id]
@@ -182,29 +156,20 @@ class MatchingServicer(matching_pb2_grpc.MatchingServiceServicer):
         self, request: matching_pb2.SettleMatchReviewRequest, context: grpc.aio.ServicerContext
     ) -> matching_pb2.SettleMatchReviewResponse:
         """File a review's record as an operator decided, once per request id."""
-        violations = Violations()
-        request_id = identity_messages.request_id(request.request_id, violations)
-        decision_id = None
-        if violations.check(bool(request.decision_id.strip()), "decision_id", "is required"):
-            decision_id = parse_uuid(request.decision_id.strip())
-            violations.check(decision_id is not None, "decision_id", "is not a decision id (a UUID)")
+        violations = validation.check(request)
         outcome = _OUTCOMES.get(request.outcome)
-        violations.check(outcome is not None, "outcome", "must be LINK or NEW_PERSON")
-        person_id = None
+        # Whether a person is named depends on the outcome; whether it is a UUID is the proto's to say.
         if outcome is ReviewOutcome.LINK:
-            person_id = identity_messages.person_id(request.person_id, "person_id", violations)
-        elif outcome is ReviewOutcome.NEW_PERSON:
-            violations.check(
-                not request.person_id, "person_id", "must be empty when the outcome is NEW_PERSON"
-            )
-        reviewer = identity_messages.text(
-            request.reviewer, "reviewer", identity_messages.MAX_REQUESTED_BY_LENGTH, violations, required=True
-        )
-        reason = identity_messages.text(
-            request.reason, "reason", identity_messages.MAX_REASON_LENGTH, violations
-        )
+            violations.check(bool(request.person_id), "person_id", "is required when the outcome is LINK")
+        elif outcome is ReviewOutcome.NEW_PERSON and request.person_id:
+            # Said once: a person id that is not a UUID is named by the proto's rule already.
+            named = any(violation.field == "person_id" for violation in violations.items)
+            violations.check(named, "person_id", "must be empty when the outcome is NEW_PERSON")
         violations.raise_if_any()
-        assert decision_id is not None and outcome is not None
+        assert outcome is not None
+        request_id, decision_id = request.request_id, uuid.UUID(request.decision_id)
+        person_id = uuid.UUID(request.person_id) if request.person_id else None
+        reviewer, reason = request.reviewer.strip(), request.reason.strip()
 
         async def work(
             session: AsyncSession,
@@ -235,11 +200,10 @@ class MatchingServicer(matching_pb2_grpc.MatchingServiceServicer):
         self, request: matching_pb2.ListMatchReviewsRequest, context: grpc.aio.ServicerContext
     ) -> matching_pb2.ListMatchReviewsResponse:
         """List the reviews nobody has settled yet, a page at a time."""
-        violations = Violations()
-        limit, after = identity_messages.page(
-            request.page_size, request.page_token, _REVIEWS_PAGE, violations
-        )
+        violations = validation.check(request)
+        after = identity_messages.page_token(request.page_token, _REVIEWS_PAGE, violations)
         violations.raise_if_any()
+        limit = paging.page_size(request.page_size)
         async with self._runtime.transaction() as session:
             reviews = await MatchRepository(session).open_reviews(after=after, limit=limit + 1)
         response = matching_pb2.ListMatchReviewsResponse(
@@ -264,13 +228,3 @@ class MatchingServicer(matching_pb2_grpc.MatchingServiceServicer):
                 )
 
         return await retrying(work)
-
-
-def _check_request(source: str, request_id: str, violations: Violations) -> None:
-    identity_messages.source(source, "source", identity_messages.MAX_SOURCE_LENGTH, violations)
-    violations.check(
-        len(request_id) <= MAX_REQUEST_ID_LENGTH,
-        "request_id",
-        f"is longer than {MAX_REQUEST_ID_LENGTH} characters",
-    )
-    violations.check(not has_control_characters(request_id), "request_id", "holds control characters")

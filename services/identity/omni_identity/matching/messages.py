@@ -12,10 +12,8 @@ from omni_identity.matching.linking import DecisionRecord, ReviewOutcome, Settle
 from omni_identity.matching.matcher import Candidate, Decision, Policy
 from omni_identity.matching.normalise import normalise_record
 from omni_identity.matching.records import Identifier, NormalisedRecord, PersonRecord
-from omni_kit.errors import Violations, has_control_characters
+from omni_kit.errors import Violations
 
-MAX_TEXT_LENGTH = 256
-MAX_IDENTIFIERS = 20
 MIN_BIRTH_YEAR = 1800
 _TEXT_FIELDS = (
     "given_name",
@@ -65,24 +63,15 @@ def read_record(
     *,
     today: date,
 ) -> NormalisedRecord | None:
-    """Validate and normalise a record, recording violations under path; None when it has any."""
+    """Normalise a record, recording what matching.proto cannot declare under path (a date of birth that is
+    no calendar date or not within the years allowed, identifiers the graph's normaliser refuses, a record
+    holding nothing to match on); None when it has any. The declared constraints are checked apart."""
     before = len(violations.items)
-    for name in _TEXT_FIELDS:
-        value = getattr(message, name)
-        if len(value) > MAX_TEXT_LENGTH:
-            violations.add(f"{path}.{name}", f"is longer than {MAX_TEXT_LENGTH} characters")
-        elif has_control_characters(value):
-            violations.add(f"{path}.{name}", "holds control characters")
     birth = None
     if message.HasField("date_of_birth"):
         birth = _read_date(message.date_of_birth, f"{path}.date_of_birth", violations, today=today)
-    violations.check(
-        len(message.identifiers) <= MAX_IDENTIFIERS,
-        f"{path}.identifiers",
-        f"at most {MAX_IDENTIFIERS} identifiers per record",
-    )
     identifiers = []
-    for i, identifier in enumerate(message.identifiers[:MAX_IDENTIFIERS]):
+    for i, identifier in enumerate(message.identifiers):
         try:
             key = normalise_identifier(identifier.type, identifier.value)
         except ValueError as error:

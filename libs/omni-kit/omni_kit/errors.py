@@ -125,6 +125,10 @@ class Violations:
             self.add(field_path, description)
         return ok
 
+    def names(self, field_path: str) -> bool:
+        """Whether a violation names field_path already (a check that needs code adds none beside it)."""
+        return any(item.field == field_path for item in self.items)
+
     def __bool__(self) -> bool:
         return bool(self.items)
 

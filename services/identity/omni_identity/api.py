@@ -194,8 +194,7 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
     ) -> identity_pb2.MergePersonsResponse:
         """Merge one person into another on an operator's word."""
         violations = validation.check(request)
-        ids = ("survivor_person_id", "merged_person_id")
-        if not any(violation.field in ids for violation in violations.items):
+        if not (violations.names("survivor_person_id") or violations.names("merged_person_id")):
             survivor_id, merged_id = (
                 uuid.UUID(request.survivor_person_id),
                 uuid.UUID(request.merged_person_id),

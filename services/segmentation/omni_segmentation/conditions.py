@@ -120,7 +120,7 @@ def _check_event_type(event_type: str, path: str, violations: Violations) -> Non
     """The rule profile records types by (omni_kit.event_types: letters of any script, in Unicode's normal
     form, which no proto rule can say), so that no rule names a type never recorded; and the types profile
     records under another name."""
-    if any(v.field == path for v in violations.items):
+    if violations.names(path):
         return  # missing or too long: the proto's rules
     if not is_event_type(event_type):
         violations.add(path, f"{EVENT_TYPE_RULE}, at most {MAX_EVENT_TYPE} characters")
@@ -135,7 +135,7 @@ def _check_duration(parent: Any, name: str, path: str, violations: Violations) -
     """A Duration whose nanos are out of range or of the other sign than its seconds is not one: protobuf's
     JSON form (how the condition is stored) cannot write it. Its bounds are the proto's."""
     field_path = f"{path}.{name}"
-    if not parent.HasField(name) or any(v.field == field_path for v in violations.items):
+    if not parent.HasField(name) or violations.names(field_path):
         return  # missing, or out of bounds already
     duration: duration_pb2.Duration = getattr(parent, name)
     if abs(duration.nanos) >= 1_000_000_000 or duration.seconds * duration.nanos < 0:

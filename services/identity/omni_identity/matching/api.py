@@ -161,10 +161,9 @@ class MatchingServicer(matching_pb2_grpc.MatchingServiceServicer):
         # Whether a person is named depends on the outcome; whether it is a UUID is the proto's to say.
         if outcome is ReviewOutcome.LINK:
             violations.check(bool(request.person_id), "person_id", "is required when the outcome is LINK")
-        elif outcome is ReviewOutcome.NEW_PERSON and request.person_id:
+        elif outcome is ReviewOutcome.NEW_PERSON and request.person_id and not violations.names("person_id"):
             # Said once: a person id that is not a UUID is named by the proto's rule already.
-            named = any(violation.field == "person_id" for violation in violations.items)
-            violations.check(named, "person_id", "must be empty when the outcome is NEW_PERSON")
+            violations.add("person_id", "must be empty when the outcome is NEW_PERSON")
         violations.raise_if_any()
         assert outcome is not None
         request_id, decision_id = request.request_id, uuid.UUID(request.decision_id)

@@ -142,10 +142,28 @@ BAD_DEFINITIONS = {
         "computed_trait.currency_code",
     ),
     "currency on a count": (_definition(currency_code="EUR"), "computed_trait.currency_code"),
+    "malformed currency": (
+        _definition(kind=K.COMPUTED_TRAIT_KIND_LIFETIME_VALUE, currency_code="eur"),
+        "computed_trait.currency_code",
+    ),
+    "unknown channel": (_definition(channels=[common_pb2.CHANNEL_WEB, 42]), "computed_trait.channels[1]"),
+    "long property": (
+        _definition(kind=K.COMPUTED_TRAIT_KIND_SUM, property="p" * 129),
+        "computed_trait.property",
+    ),
+    "long description": (_definition(description="d" * 501), "computed_trait.description"),
+    # PostgreSQL cannot store a NUL: it reached the database and answered INTERNAL.
+    "NUL in the description": (_definition(description="for\x00people"), "computed_trait.description"),
 }
 
 
 @pytest.mark.parametrize("case", BAD_DEFINITIONS)
 def test_bad_definitions_name_their_field(case: str) -> None:
     request_, field = BAD_DEFINITIONS[case]
-    assert _fields(lambda: checks.validate_create_computed_trait(request_)) == {field}
+    with pytest.raises(InvalidArgument) as raised:
+        checks.validate_create_computed_trait(request_)
+    assert [v.field for v in raised.value.violations] == [field]  # once, though a rule and code both look
+
+
+def test_a_description_keeps_tabs_and_line_breaks() -> None:
+    checks.validate_create_computed_trait(_definition(description="Orders\tin the last\r\nweek"))

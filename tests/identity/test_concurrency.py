@@ -80,15 +80,20 @@ async def unruled(postgres: EmbeddedPostgres, nats_server: EmbeddedNats) -> Asyn
 
 
 def _no_retries(caplog: pytest.LogCaptureFixture) -> None:
-    # api.retrying logs each run the database aborted (deadlock, serialisation failure, unique key taken).
-    retries = [r for r in caplog.records if "identity transaction aborted" in r.getMessage()]
+    # omni_kit.db.retry_transaction logs each run the database aborted (deadlock, serialisation failure,
+    # unique key taken).
+    retries = [
+        r
+        for r in caplog.records
+        if r.getMessage().startswith("identity transaction: the database aborted the transaction")
+    ]
     assert retries == [], "a resolve hit a deadlock or a unique violation and had to be retried"
 
 
 async def test_twenty_concurrent_resolves_of_the_same_new_identifiers_yield_one_person(
     identity: Identity, events: EventLog, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.WARNING, logger="omni_identity")
+    caplog.set_level(logging.WARNING, logger="omni_kit.db")
     email, cookie = f"{unique('race')}@example.com", unique("c-")
 
     results = await asyncio.gather(
@@ -114,7 +119,7 @@ async def test_overlapping_concurrent_resolves_end_in_the_graph_of_running_them_
     unruled: Identity, caplog: pytest.LogCaptureFixture
 ) -> None:
     identity = unruled
-    caplog.set_level(logging.WARNING, logger="omni_identity")
+    caplog.set_level(logging.WARNING, logger="omni_kit.db")
     rng = random.Random(20250101)
     types = ["email", "anonymous_id", "device_id", "user_id", "loyalty_card"]
     # A pool large enough that the requests form many customers of a few identifiers each, next to one
@@ -179,7 +184,7 @@ async def test_every_resolution_of_a_merged_person_leads_to_the_survivor(identit
 async def test_identifiers_added_to_a_person_while_it_is_merged_away_follow_it_to_the_survivor(
     identity: Identity, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.WARNING, logger="omni_identity")
+    caplog.set_level(logging.WARNING, logger="omni_kit.db")
     scenarios = []
     for _ in range(25):
         a, b, x = unique("a-"), unique("b-"), unique("x-")
@@ -243,7 +248,7 @@ async def _lineage_holds(identity: Identity, values: set[Pair]) -> dict[Pair, uu
 async def test_resolves_overlapping_unmerges_follow_the_side_they_were_attached_through(
     identity: Identity, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.WARNING, logger="omni_identity")
+    caplog.set_level(logging.WARNING, logger="omni_kit.db")
     scenarios = []
     for _ in range(15):
         s, m = unique("s-"), unique("m-")
@@ -279,7 +284,7 @@ async def test_resolves_overlapping_unmerges_follow_the_side_they_were_attached_
 async def test_concurrent_resolves_over_shared_devices_keep_the_limits(
     identity: Identity, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.WARNING, logger="omni_identity")
+    caplog.set_level(logging.WARNING, logger="omni_kit.db")
     rng = random.Random(20250301)
     devices = [unique("tab-") for _ in range(8)]
     accounts = [unique("acct-") for _ in range(25)]
@@ -308,7 +313,7 @@ async def test_concurrent_resolves_over_shared_devices_keep_the_limits(
 async def test_resolves_racing_forgets_never_bring_a_forgotten_identifier_back(
     identity: Identity, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.WARNING, logger="omni_identity")
+    caplog.set_level(logging.WARNING, logger="omni_kit.db")
     customers = []
     for _ in range(15):
         device, cookie = unique("d-"), unique("c-")

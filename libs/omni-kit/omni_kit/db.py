@@ -1,17 +1,29 @@
-"""Database access: one engine factory, sessions, and Alembic migrations applied by command or at start."""
+"""Database access: one engine factory, sessions, Alembic migrations applied by command or at start, and
+running a transaction again when PostgreSQL aborted it for a concurrent one (serialization failure,
+deadlock)."""
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Awaitable, Callable, Collection
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
+import sqlalchemy.exc
+import stamina
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.environment import EnvironmentContext
 from sqlalchemy import text
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+
+from omni_kit.errors import Aborted
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 def json_text(value: Any) -> str:
@@ -54,7 +66,7 @@ def create_engine(
                 # hundreds of keys by primary key (ANY(array), JOIN unnest) were planned as scans of the
                 # whole table, which grow with every customer (90 ms at 100,000 profiles, 3 ms with this).
                 "random_page_cost": RANDOM_PAGE_COST,
-            }
+            },
         },
     )
 
@@ -100,3 +112,67 @@ def run_alembic_env(context: EnvironmentContext, target_metadata: Any = None) ->
     context.configure(connection=connection, target_metadata=target_metadata, transaction_per_migration=False)
     with context.begin_transaction():
         context.run_migrations()
+
+
+CONFLICT_SQLSTATES = frozenset({"40001", "40P01"})
+"""serialization_failure, deadlock_detected: PostgreSQL undid the transaction because of a concurrent one; run
+again, it usually succeeds."""
+
+
+def sqlstate_of(error: BaseException) -> str | None:
+    """The SQLSTATE of a database error (SQLAlchemy's or the driver's), else None."""
+    orig = error.orig if isinstance(error, sqlalchemy.exc.DBAPIError) else error
+    code = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
+    return code if isinstance(code, str) else None
+
+
+async def retry_transaction(
+    work: Callable[[], Awaitable[T]],
+    *,
+    name: str,
+    attempts: int = 5,
+    sqlstates: Collection[str] = CONFLICT_SQLSTATES,
+    conflicts: tuple[type[Exception], ...] = (),
+    exhausted: Callable[[Exception], Exception] | None = None,
+) -> T:
+    """Run work (a whole transaction: it opens, commits or rolls back its own) up to `attempts` times while it
+    fails for a concurrent transaction, and return what it returns.
+
+    Retried: database errors with one of `sqlstates` (by default serialization failures and deadlocks; a
+    caller whose locks make a unique violation a race may add 23505), after a short backoff with jitter; and
+    the caller's own `conflicts` (e.g. "a concurrent merge moved the person"), at once, since the next run
+    sees what overtook this one. When the last attempt fails that way, `exhausted(error)` is raised
+    (by default Aborted: the caller may send the request again); any other error is raised as it is.
+    `name` says in the log whose transaction was run again.
+    """
+
+    def retryable(error: BaseException) -> bool | float:
+        if isinstance(error, conflicts):
+            log.debug("%s: overtaken by a concurrent change, running it again: %s", name, error)
+            return 0.0
+        sqlstate = sqlstate_of(error)
+        if sqlstate is not None and sqlstate in sqlstates:
+            log.warning("%s: the database aborted the transaction (SQLSTATE %s)", name, sqlstate)
+            return True
+        return False
+
+    try:
+        async for attempt in stamina.retry_context(
+            on=retryable,
+            attempts=attempts,
+            timeout=None,
+            wait_initial=0.01,
+            wait_max=0.2,
+            wait_jitter=0.05,
+        ):
+            with attempt:
+                return await work()
+    except Exception as error:
+        if not isinstance(error, conflicts) and sqlstate_of(error) not in sqlstates:
+            raise
+        if exhausted is not None:
+            raise exhausted(error) from error
+        raise Aborted(
+            message=f"{name} conflicted with concurrent work {attempts} times; nothing was written, try again"
+        ) from error
+    raise AssertionError("unreachable: the last attempt returns or raises")

@@ -8,10 +8,8 @@ import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
 
-import asyncpg
 import grpc
 from google.protobuf.message import Message
-from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from omni.identity.v1 import identity_pb2, identity_pb2_grpc
@@ -26,6 +24,7 @@ from omni_identity.persons import Persons
 from omni_identity.repository import ConcurrentMerge, IdentityRepository
 from omni_identity.resolution import dedupe
 from omni_kit import validation
+from omni_kit.db import CONFLICT_SQLSTATES, retry_transaction
 from omni_kit.errors import FailedPrecondition, Unavailable, Violations
 from omni_kit.idempotency import idempotent
 from omni_kit.runtime import Runtime
@@ -41,8 +40,7 @@ _YIELD_EVERY = 500
 
 # Deadlock, serialisation failure, unique violation: the locks make them unexpected, but if one happens
 # the whole transaction is safe to run again.
-_RETRYABLE_SQLSTATES = {"40P01", "40001", "23505"}
-_ATTEMPTS = 3
+_RETRYABLE_SQLSTATES = CONFLICT_SQLSTATES | {"23505"}
 # Each run that a concurrent merge overtakes sees that merge in the next; merges only retire persons.
 _MAX_RUNS = 50
 
@@ -363,30 +361,14 @@ async def run_once(
 
 
 async def retrying(work: Callable[[], Awaitable[T]]) -> T:
-    """Run a transaction again when a concurrent merge overtook it or the database aborted it for a reason a
-    new run resolves (deadlock, serialisation failure, a unique key taken meanwhile)."""
-    aborts = 0
-    for _ in range(_MAX_RUNS):
-        try:
-            return await work()
-        except ConcurrentMerge as overtaken:
-            # Expected now and then under concurrency: the locks were released, the next run sees the merge.
-            log.debug("overtaken by a concurrent change, running again: %s", overtaken)
-        except (DBAPIError, asyncpg.PostgresError) as error:
-            # The graph's statements go to the driver directly, whose errors do not pass through SQLAlchemy.
-            sqlstate = _sqlstate(error)
-            if sqlstate not in _RETRYABLE_SQLSTATES:
-                raise
-            aborts += 1
-            log.warning(
-                "identity transaction aborted (SQLSTATE %s), attempt %d of %d", sqlstate, aborts, _ATTEMPTS
-            )
-            if aborts == _ATTEMPTS:
-                raise Unavailable(message="the identity graph is busy; try again") from error
-            await asyncio.sleep(0.01 * aborts)
-    raise Unavailable(message="the identity graph kept changing under this request; try again")
-
-
-def _sqlstate(error: DBAPIError | asyncpg.PostgresError) -> str | None:
-    orig = error.orig if isinstance(error, DBAPIError) else error
-    return getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
+    """Run a transaction again when a concurrent merge overtook it (the locks were released, the next run sees
+    the merge) or the database aborted it for a reason a new run resolves (deadlock, serialisation failure,
+    a unique key taken meanwhile)."""
+    return await retry_transaction(
+        work,
+        name="identity transaction",
+        attempts=_MAX_RUNS,
+        sqlstates=_RETRYABLE_SQLSTATES,
+        conflicts=(ConcurrentMerge,),
+        exhausted=lambda error: Unavailable(message="the identity graph is busy; try again"),
+    )

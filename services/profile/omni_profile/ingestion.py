@@ -15,9 +15,6 @@ transaction factory from main.
 
 from __future__ import annotations
 
-import asyncio
-import logging
-import random
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
@@ -25,6 +22,7 @@ from contextlib import AbstractAsyncContextManager
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from omni_kit.db import retry_transaction
 from omni_kit.errors import Aborted
 from omni_profile import repository
 from omni_profile.domain import Event, TrackResult
@@ -33,11 +31,9 @@ from omni_profile.tracking import PersonsMoved, Tracker
 Transaction = Callable[[], AbstractAsyncContextManager[AsyncSession]]
 """Opens a session in a transaction, committed when the block ends (Runtime.transaction)."""
 
-_RETRYABLE = frozenset({"40P01", "40001"})
-"""deadlock_detected, serialization_failure: the transaction failed as a whole and may simply be run again."""
 _ATTEMPTS = 5
+"""Runs of a batch's transaction before it is refused (ABORTED)."""
 
-log = logging.getLogger(__name__)
 
 Alongside = Callable[[AsyncSession, Sequence[tuple[int, TrackResult]]], Awaitable[None]]
 """Writes what belongs with the recorded events, in their transaction; gets (index in the batch, result)."""
@@ -92,25 +88,27 @@ class Ingestion:
         between leads to a survivor locked in a second statement; two batches can then wait on each other
         and PostgreSQL fails one of them. A merge or erasure can also move a person between reading where
         its events go and locking it (PersonsMoved). Nothing of a failed attempt was written, so it is run
-        again.
+        again (omni_kit.db.retry_transaction).
         """
-        for attempt in range(_ATTEMPTS):
-            try:
-                async with self._transaction() as session:
-                    results = await self._tracker.record(session, batch, recorded)
-                    if alongside is not None:
-                        await alongside(session, list(zip(positions, results, strict=True)))
-                return results
-            except (DBAPIError, PersonsMoved) as error:
-                cause = error.orig if isinstance(error, DBAPIError) else error
-                retryable = isinstance(error, PersonsMoved) or getattr(cause, "sqlstate", None) in _RETRYABLE
-                if not retryable:
-                    raise
-                if attempt == _ATTEMPTS - 1:
-                    raise Aborted(
-                        message=f"recording the batch conflicted with concurrent writes {_ATTEMPTS} times "
-                        f"({cause}); nothing of it was written, send it again"
-                    ) from error
-                log.warning("recording a batch failed (%s); trying again", cause)
-                await asyncio.sleep(random.uniform(0.0, 0.05 * (attempt + 1)))
-        raise AssertionError("unreachable")
+
+        async def attempt() -> list[TrackResult]:
+            async with self._transaction() as session:
+                results = await self._tracker.record(session, batch, recorded)
+                if alongside is not None:
+                    await alongside(session, list(zip(positions, results, strict=True)))
+            return results
+
+        def exhausted(error: Exception) -> Exception:
+            cause = error.orig if isinstance(error, DBAPIError) else error
+            return Aborted(
+                message=f"recording the batch conflicted with concurrent writes {_ATTEMPTS} times ({cause}); "
+                "nothing of it was written, send it again"
+            )
+
+        return await retry_transaction(
+            attempt,
+            name="recording a batch",
+            attempts=_ATTEMPTS,
+            conflicts=(PersonsMoved,),
+            exhausted=exhausted,
+        )

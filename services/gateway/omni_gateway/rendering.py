@@ -23,13 +23,7 @@ from liquid import BoundTemplate, Environment
 from liquid.exceptions import LiquidError
 
 from omni_gateway.domain import PermanentFailure
-
-# ISO 4217 currencies whose minor unit is not 1/100; everything else has two decimals.
-_CURRENCY_EXPONENTS = {
-    "BIF": 0, "CLP": 0, "DJF": 0, "GNF": 0, "ISK": 0, "JPY": 0, "KMF": 0, "KRW": 0, "PYG": 0, "RWF": 0,
-    "UGX": 0, "VND": 0, "VUV": 0, "XAF": 0, "XOF": 0, "XPF": 0,
-    "BHD": 3, "IQD": 3, "JOD": 3, "KWD": 3, "LYD": 3, "OMR": 3, "TND": 3,
-}  # fmt: skip
+from omni_kit.money import minor_unit_digits
 
 
 class _BoundedEnvironment(Environment):
@@ -72,7 +66,7 @@ class Rendered:
 def format_amount(amount_minor: int, currency: str) -> str:
     """Format minor units as a display amount: (1999, "EUR") → "19.99 EUR", (500, "JPY") → "500 JPY"."""
     code = currency.upper()
-    exponent = _CURRENCY_EXPONENTS.get(code, 2)
+    exponent = minor_unit_digits(code)
     value = Decimal(amount_minor).scaleb(-exponent)
     text = f"{value:.{exponent}f}"
     return f"{text} {code}".strip()

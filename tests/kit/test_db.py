@@ -1,17 +1,20 @@
-"""Running a transaction again when PostgreSQL aborted it for a concurrent one, against a real PostgreSQL."""
+"""Running a transaction again when PostgreSQL aborted it for a concurrent one, and telling an unreachable
+database from a wrong statement; against a real PostgreSQL."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import pytest
 import sqlalchemy.exc
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from omni_kit.db import create_engine, retry_transaction
+from omni_kit.db import create_engine, database_unavailable, retry_transaction
+from omni_kit.embedded import free_port
 from omni_kit.errors import Aborted, Unavailable
 
 
@@ -109,3 +112,32 @@ async def test_other_errors_are_raised_at_once(engine: AsyncEngine) -> None:
     with pytest.raises(Aborted):
         await retry_transaction(duplicate, name="hiring", attempts=2, sqlstates={"23505"})
     assert calls == 3
+
+
+async def test_an_unreachable_database_is_told_from_a_wrong_statement(engine: AsyncEngine) -> None:
+    errors: list[Any] = []
+    nowhere = create_engine(
+        f"postgresql+asyncpg://postgres@127.0.0.1:{free_port()}/none", application_name="omni-test-nowhere"
+    )
+    try:
+        async with nowhere.connect() as connection:
+            await connection.execute(text("SELECT 1"))
+    except Exception as error:
+        errors.append(error)
+    finally:
+        await nowhere.dispose()
+    assert len(errors) == 1 and database_unavailable(errors[0])
+
+    with pytest.raises(sqlalchemy.exc.DBAPIError) as wrong:
+        async with engine.connect() as connection:
+            await connection.execute(text("SELECT * FROM no_such_table"))
+    assert not database_unavailable(wrong.value)
+
+    # The server ending a session (as on shutdown) is being unavailable, not a bad statement.
+    async with engine.connect() as victim:
+        pid = await victim.scalar(text("SELECT pg_backend_pid()"))
+        async with engine.connect() as admin:
+            await admin.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+        with pytest.raises(sqlalchemy.exc.DBAPIError) as cut:
+            await victim.execute(text("SELECT 1"))
+    assert database_unavailable(cut.value)

@@ -23,6 +23,9 @@ def _register(release: asyncio.Event) -> object:
             raise NotFound(message="no such thing", reason="THING_NOT_FOUND")
         if request == b"bad":
             raise InvalidArgument(message="bad", violations=[FieldViolation("thing.name", "required")])
+        if request == b"database":
+            # What asyncpg raises when PostgreSQL is down (unwrapped by SQLAlchemy).
+            raise ConnectionRefusedError(111, "Connect call failed ('127.0.0.1', 5432)")
         raise RuntimeError("secret internals")
 
     async def slow(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
@@ -143,3 +146,75 @@ async def test_bytes_that_are_not_the_request_type_are_invalid_argument(
     assert details.code == grpc.StatusCode.INVALID_ARGUMENT
     assert details.fields == {"request"}
     assert details.error_info is not None and details.error_info.reason == "MALFORMED_REQUEST"
+
+
+async def test_an_unreachable_database_is_unavailable_not_internal(
+    served: tuple[GrpcServer, grpc.aio.Channel, asyncio.Event],
+) -> None:
+    _, channel, _ = served
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await channel.unary_unary(f"/{SERVICE}/Fail")(b"database", timeout=2)
+    details = status_details(raised.value)
+    assert details.code == grpc.StatusCode.UNAVAILABLE
+    assert details.error_info is not None and details.error_info.reason == "DATABASE_UNAVAILABLE"
+    assert "5432" not in details.message
+
+
+async def test_a_server_started_before_its_services_is_not_serving_and_refuses_their_calls() -> None:
+    release = asyncio.Event()
+    release.set()
+    server = GrpcServer(domain="omni.test", host="127.0.0.1", port=0)
+    await server.start()
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{server.port}")
+    health = health_pb2_grpc.HealthStub(channel)
+    try:
+        status = await health.Check(health_pb2.HealthCheckRequest(), timeout=2)
+        assert status.status == health_pb2.HealthCheckResponse.NOT_SERVING
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await channel.unary_unary(f"/{SERVICE}/Slow")(b"early", timeout=2)
+        details = status_details(raised.value)
+        assert details.code == grpc.StatusCode.UNAVAILABLE
+        assert details.error_info is not None and details.error_info.reason == "STARTING"
+
+        server.add_services([SERVICE], _register(release))  # type: ignore[arg-type]
+        await server.set_serving(True)
+        for name in ("", SERVICE):
+            status = await health.Check(health_pb2.HealthCheckRequest(service=name), timeout=2)
+            assert status.status == health_pb2.HealthCheckResponse.SERVING
+        assert await channel.unary_unary(f"/{SERVICE}/Slow")(b"now", timeout=2) == b"finished:now"
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await channel.unary_unary(f"/{SERVICE}/Missing")(b"", timeout=2)
+        assert raised.value.code() == grpc.StatusCode.UNIMPLEMENTED
+        reflection = reflection_pb2_grpc.ServerReflectionStub(channel)
+        async for response in reflection.ServerReflectionInfo(
+            iter([reflection_pb2.ServerReflectionRequest(list_services="")])
+        ):
+            assert SERVICE in {s.name for s in response.list_services_response.service}
+            break
+
+        await server.set_serving(False)
+        status = await health.Check(health_pb2.HealthCheckRequest(service=SERVICE), timeout=2)
+        assert status.status == health_pb2.HealthCheckResponse.NOT_SERVING
+    finally:
+        await channel.close()
+        await server.stop(0)
+
+
+async def test_a_stopping_server_refuses_new_calls_while_the_one_in_flight_finishes(
+    served: tuple[GrpcServer, grpc.aio.Channel, asyncio.Event],
+) -> None:
+    server, channel, release = served
+    call = channel.unary_unary(f"/{SERVICE}/Slow")
+    in_flight = asyncio.ensure_future(call(b"first", timeout=10))
+    await asyncio.sleep(0.2)
+    stopping = asyncio.create_task(server.stop(5))
+    await asyncio.sleep(0.2)
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await call(b"late", timeout=2)
+    details = status_details(raised.value)
+    assert details.code == grpc.StatusCode.UNAVAILABLE
+    assert details.error_info is not None and details.error_info.reason == "STOPPING"
+    assert not stopping.done()
+    release.set()
+    assert await in_flight == b"finished:first"
+    await stopping

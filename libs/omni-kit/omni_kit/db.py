@@ -1,10 +1,12 @@
-"""Database access: one engine factory, sessions, Alembic migrations applied by command or at start, and
-running a transaction again when PostgreSQL aborted it for a concurrent one (serialization failure,
-deadlock)."""
+"""Database access: one engine factory, sessions, Alembic migrations applied by command or at start, what
+counts as the database being unreachable, and running a transaction again when PostgreSQL aborted it for a
+concurrent one (serialization failure, deadlock)."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import weakref
 from collections.abc import Awaitable, Callable, Collection
 from pathlib import Path
 from typing import Any, TypeVar
@@ -38,6 +40,10 @@ RANDOM_PAGE_COST = "1.1"
 # A fixed key for pg_advisory_lock so that replicas starting together migrate one at a time.
 _MIGRATION_LOCK_KEY = 7_310_611_042
 
+CONNECT_TIMEOUT_S = 10.0
+"""How long opening a connection may take: an unreachable host then fails a call in seconds, not asyncpg's
+default minute."""
+
 
 def create_engine(
     url: str,
@@ -58,6 +64,7 @@ def create_engine(
         json_serializer=json_text,
         json_deserializer=orjson.loads,
         connect_args={
+            "timeout": CONNECT_TIMEOUT_S,
             "server_settings": {
                 "application_name": application_name,
                 "statement_timeout": str(statement_timeout_ms),
@@ -83,6 +90,11 @@ def _alembic_config(script_location: Path, connection: Connection) -> Config:
     return config
 
 
+# Alembic keeps the migration being run in module globals (alembic.context, alembic.op): two services
+# migrating at once in one process (tests start several) would run each other's operations.
+_migrating: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = weakref.WeakKeyDictionary()
+
+
 async def migrate(engine: AsyncEngine, script_location: Path, revision: str = "head") -> None:
     """Apply the service's Alembic migrations up to revision, holding an advisory lock meanwhile."""
 
@@ -90,7 +102,8 @@ async def migrate(engine: AsyncEngine, script_location: Path, revision: str = "h
         connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK_KEY})
         command.upgrade(_alembic_config(script_location, connection), revision)
 
-    async with engine.begin() as connection:
+    lock = _migrating.setdefault(asyncio.get_running_loop(), asyncio.Lock())
+    async with lock, engine.begin() as connection:
         await connection.run_sync(upgrade)
 
 
@@ -112,6 +125,36 @@ def run_alembic_env(context: EnvironmentContext, target_metadata: Any = None) ->
     context.configure(connection=connection, target_metadata=target_metadata, transaction_per_migration=False)
     with context.begin_transaction():
         context.run_migrations()
+
+
+# SQLSTATEs that say the server cannot serve now rather than that the statement is wrong: class 08
+# (connection exception) is matched by its prefix; 57P01-57P03 a server shutting down, crashed or starting;
+# 53300 too many connections.
+_UNAVAILABLE_SQLSTATES = frozenset({"57P01", "57P02", "57P03", "53300"})
+
+
+def database_unavailable(error: BaseException) -> bool:
+    """Whether error says the database cannot be reached now (down, shutting down or starting, refusing
+    connections, a connection cut, no pooled connection free in time), which a later attempt may not meet.
+
+    The error is looked at with its causes: SQLAlchemy wraps the driver's error, and asyncpg's "connection
+    closed in the middle of an operation" carries the administrator shutdown that closed it.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OSError | sqlalchemy.exc.TimeoutError):
+            # Refused, reset or timed out connecting (asyncpg raises these unwrapped); the pool's checkout
+            # timeout (SQLAlchemy's TimeoutError is not an OSError).
+            return True
+        if isinstance(current, sqlalchemy.exc.DBAPIError) and current.connection_invalidated:
+            return True
+        sqlstate = getattr(current, "sqlstate", None) or getattr(current, "pgcode", None)
+        if isinstance(sqlstate, str) and (sqlstate.startswith("08") or sqlstate in _UNAVAILABLE_SQLSTATES):
+            return True
+        current = current.__cause__ or current.__context__
+    return False
 
 
 CONFLICT_SQLSTATES = frozenset({"40001", "40P01"})

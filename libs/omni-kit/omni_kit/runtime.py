@@ -1,4 +1,5 @@
-"""What a running service owns, started and stopped in order: database, event log, relay, consumers, gRPC.
+"""What a running service owns, started and stopped in order: gRPC port, database, event log, relay,
+consumers, services.
 
 A service's main builds a Runtime, adds its consumers, and serves its servicers:
 
@@ -10,6 +11,13 @@ A service's main builds a Runtime, adds its consumers, and serves its servicers:
     ...
     await runtime.close()
 
+Every service starts the same way: `open()` binds the gRPC port first and answers health checks NOT_SERVING
+(other calls UNAVAILABLE), then waits for the database (applying the migrations if asked) and NATS, retrying
+with backoff while they are unreachable; `serve()` registers the services and reports SERVING. From then on
+a probe checks the database every `db_health_interval_s` and health says NOT_SERVING while it does not
+answer. `close()` drains: new calls refused, calls in flight finished within the grace period, then the
+consumers, jobs and background work, the relay's last drain, NATS and the database.
+
 Transactions go through `runtime.transaction()`, which commits and then wakes the outbox relay (events
 staged) and the job worker (jobs scheduled to fall due before it would look).
 """
@@ -20,14 +28,17 @@ import asyncio
 import contextlib
 import gc
 import logging
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import timedelta
 from pathlib import Path
+from typing import TypeVar
 
 import grpc
 import nats
+import stamina
 from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from omni_kit.bus import (
@@ -41,13 +52,15 @@ from omni_kit.bus import (
     subject_for,
 )
 from omni_kit.bus.outbox import HEADER_ALLOWANCE
-from omni_kit.db import create_engine, migrate, session_factory
+from omni_kit.db import create_engine, database_unavailable, migrate, session_factory
 from omni_kit.grpc_server import GrpcServer
 from omni_kit.scheduler import Backoff, JobHandler, JobWorker, scheduled_due
 from omni_kit.settings import ServiceSettings
 from omni_kit.telemetry import instrument_engine
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 class Runtime:
@@ -77,9 +90,20 @@ class Runtime:
         self._relay_task: asyncio.Task[None] | None = None
         self._jobs_task: asyncio.Task[None] | None = None
         self._channels: list[grpc.aio.Channel] = []
+        self._probe: DatabaseProbe | None = None
+        self._close_hooks: list[Callable[[], Awaitable[None]]] = []
+        self._closed = False
 
     async def open(self) -> None:
-        """Connect to the database and NATS, apply migrations if asked, start the outbox relay."""
+        """Bind the gRPC port and answer health checks (NOT_SERVING) at once; then reach the database, applying
+        the migrations if asked, and NATS, waiting with backoff while either is unreachable; start the relay."""
+        self.server = GrpcServer(
+            domain=f"omni.{self.name}",
+            host=self.settings.grpc_host,
+            port=self.settings.grpc_port,
+            on_database_unavailable=self._database_trouble,
+        )
+        await self.server.start()
         self.engine = create_engine(
             self.settings.database_url,
             application_name=f"omni-{self.name}",
@@ -88,8 +112,8 @@ class Runtime:
         )
         instrument_engine(self.engine)
         self.sessions = session_factory(self.engine)
-        if self.settings.migrate_on_start and self._migrations is not None:
-            await migrate(self.engine, self._migrations)
+        await self.when_database_answers(self._prepare_database)
+        # The client keeps trying to connect until NATS answers (max_reconnect_attempts=-1).
         self.nats = await nats.connect(
             servers=self.settings.nats_servers,
             name=f"omni-{self.name}",
@@ -108,6 +132,31 @@ class Runtime:
         )
         self._relay_task = asyncio.create_task(self.relay.run(), name=f"{self.name}-outbox-relay")
         self._tasks.append(self._relay_task)
+
+    async def _prepare_database(self) -> None:
+        if self.settings.migrate_on_start and self._migrations is not None:
+            await migrate(self.engine, self._migrations)
+            return
+        async with self.engine.connect() as connection:
+            await connection.execute(text("SELECT 1"))
+
+    async def when_database_answers(self, step: Callable[[], Awaitable[T]]) -> T:
+        """Run start-up work that needs the database (migrations, loading what the service keeps in memory)
+        until it does not fail for want of the database: while the database is unreachable, say so and try
+        again after a backoff growing from half a second to ten. Other errors are raised."""
+
+        def unreachable(error: BaseException) -> bool:
+            if not database_unavailable(error):
+                return False
+            log.warning("%s: the database is unreachable (%s); trying again", self.name, error)
+            return True
+
+        async for attempt in stamina.retry_context(
+            on=unreachable, attempts=None, timeout=None, wait_initial=0.5, wait_max=10.0, wait_jitter=0.5
+        ):
+            with attempt:
+                return await step()
+        raise AssertionError("unreachable: attempts are unlimited")
 
     def _fit_envelopes_to_server(self) -> None:
         """Keep the largest staged event under what the NATS server takes (its max_payload, headers included),
@@ -184,22 +233,35 @@ class Runtime:
     async def serve(
         self, *, service_names: Sequence[str], register: Callable[[grpc.aio.Server], None]
     ) -> int:
-        """Start the consumers and the gRPC server; return the bound port."""
+        """Start the consumers and the job worker, register the services on the gRPC server and report
+        SERVING; from now on the database is probed and health follows it. Return the bound port."""
+        assert self.server is not None, "open() first"
         for consumer in self.consumers:
             await consumer.start()
             self._consumer_tasks.append(asyncio.create_task(consumer.run(), name=consumer.durable))
         if self.jobs.kinds:
             self._jobs_task = asyncio.create_task(self.jobs.run(), name=self.jobs.name)
-        self.server = GrpcServer(
-            domain=f"omni.{self.name}",
-            service_names=service_names,
-            register=register,
-            host=self.settings.grpc_host,
-            port=self.settings.grpc_port,
+        self.server.add_services(service_names, register)
+        self._probe = DatabaseProbe(
+            self.name,
+            self.settings.database_url,
+            self.server.set_serving,
+            interval_s=self.settings.db_health_interval_s,
         )
-        await self.server.start()
+        await self.server.set_serving(True)
+        self._tasks.append(asyncio.create_task(self._probe.run(), name=f"{self.name}-database-probe"))
         log.info("%s serving on %s:%d", self.name, self.settings.grpc_host, self.server.port)
         return self.server.port
+
+    def _database_trouble(self) -> None:
+        """A call found the database unreachable: probe it now rather than at the next interval."""
+        if self._probe is not None:
+            self._probe.wake()
+
+    def on_close(self, hook: Callable[[], Awaitable[None]]) -> None:
+        """Run hook at close, once the calls, consumers, jobs and background work have stopped, before the
+        relay's last drain and the database closes (e.g. giving back leases on work this process held)."""
+        self._close_hooks.append(hook)
 
     @property
     def port(self) -> int:
@@ -208,7 +270,12 @@ class Runtime:
         return self.server.port
 
     async def close(self) -> None:
-        """Stop in order: health NOT_SERVING and in-flight calls, consumers, relay drain, NATS, database."""
+        """Stop in order: health NOT_SERVING, new calls refused and those in flight finished (within the
+        grace period), consumers, jobs, background work, close hooks, relay drain, NATS, database. A second
+        call does nothing."""
+        if self._closed:
+            return
+        self._closed = True
         if self.server is not None:
             await self.server.stop(self.settings.shutdown_grace_s)
         for consumer in self.consumers:
@@ -232,6 +299,13 @@ class Runtime:
         for task in background:
             task.cancel()
         await asyncio.gather(*background, return_exceptions=True)
+        for hook in self._close_hooks:
+            try:
+                await hook()
+            except Exception:
+                log.exception("%s: a close hook failed", self.name)
+        if self._probe is not None:
+            await self._probe.close()
         if hasattr(self, "relay"):
             await self.relay.drain()
         if self._relay_task is not None:
@@ -244,6 +318,61 @@ class Runtime:
                 await self.nats.drain()
         if hasattr(self, "engine"):
             await self.engine.dispose()
+
+
+class DatabaseProbe:
+    """Checks, every interval, that the service's database answers (SELECT 1 on a connection of its own, so a
+    busy pool does not count as an outage) and reports the change when it stops or starts answering."""
+
+    def __init__(
+        self,
+        name: str,
+        database_url: str,
+        report: Callable[[bool], Awaitable[None]],
+        *,
+        interval_s: float,
+        timeout_s: float = 5.0,
+    ) -> None:
+        self._name = name
+        self._engine = create_engine(database_url, application_name=f"omni-{name}-health", pool_size=1)
+        self._report = report
+        self._interval_s = interval_s
+        self._timeout_s = timeout_s
+        self._woken = asyncio.Event()
+        self.answering = True
+
+    def wake(self) -> None:
+        """Probe now."""
+        self._woken.set()
+
+    async def check(self) -> bool:
+        """Whether the database answers now."""
+        try:
+            async with asyncio.timeout(self._timeout_s), self._engine.connect() as connection:
+                await connection.execute(text("SELECT 1"))
+        except Exception as error:
+            if self.answering:
+                log.warning("%s: the database does not answer (%s); health NOT_SERVING", self._name, error)
+            return False
+        return True
+
+    async def run(self) -> None:
+        """Probe until cancelled, reporting each change."""
+        while True:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._interval_s):
+                    await self._woken.wait()
+            self._woken.clear()
+            answering = await self.check()
+            if answering != self.answering:
+                if answering:
+                    log.info("%s: the database answers again; health SERVING", self._name)
+                self.answering = answering
+                await self._report(answering)
+
+    async def close(self) -> None:
+        """Close the probe's connection."""
+        await self._engine.dispose()
 
 
 # A service call allocates many short-lived objects (a batch resolve some 10^5); with the default threshold

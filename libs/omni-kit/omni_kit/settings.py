@@ -27,6 +27,11 @@ class ServiceSettings(BaseSettings):
     db_pool_size: int = Field(20, ge=1, le=200, description="Connections kept in the database pool.")
     db_statement_timeout_ms: int = Field(30_000, ge=100, description="Statement timeout for every query.")
     shutdown_grace_s: float = Field(10.0, ge=0, description="How long in-flight calls may finish on SIGTERM.")
+    db_health_interval_s: float = Field(
+        1.0,
+        gt=0,
+        description="How often the database is probed; health is NOT_SERVING while it does not answer.",
+    )
     outbox_poll_interval_s: float = Field(0.5, gt=0, description="Outbox relay poll interval when idle.")
     outbox_max_envelope_bytes: int = Field(
         DEFAULT_MAX_ENVELOPE_BYTES,

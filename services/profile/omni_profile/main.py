@@ -161,8 +161,12 @@ async def _wire(runtime: ProfileRuntime, settings: Settings) -> None:
         refresh_s=settings.computed_traits_refresh_s,
         backfill_slice=settings.computed_traits_backfill_slice,
     )
-    async with runtime.transaction() as session:
-        await computed_traits.refresh(session)
+
+    async def load_computed_traits() -> None:
+        async with runtime.transaction() as session:
+            await computed_traits.refresh(session)
+
+    await runtime.when_database_answers(load_computed_traits)
     catalog = computed_traits.current
     tracker = Tracker(identity, runtime.outbox, catalog)
     traits = Traits(runtime.outbox, policy)
@@ -171,7 +175,7 @@ async def _wire(runtime: ProfileRuntime, settings: Settings) -> None:
         size=settings.read_pool_size,
         statement_timeout_ms=settings.db_statement_timeout_ms,
     )
-    await runtime.reader.open()
+    await runtime.when_database_answers(runtime.reader.open)
     profiles = Profiles(catalog, runtime.reader)
     merger = Merger(runtime.outbox, policy, catalog)
     # One durable for identity's three lineage events, so they apply in the order identity made them.

@@ -91,7 +91,7 @@ class Runtime:
         self._jobs_task: asyncio.Task[None] | None = None
         self._channels: list[grpc.aio.Channel] = []
         self._probe: DatabaseProbe | None = None
-        self._close_hooks: list[Callable[[], Awaitable[None]]] = []
+        self._close_hooks: list[Callable[[], Awaitable[object]]] = []
         self._closed = False
 
     async def open(self) -> None:
@@ -258,7 +258,7 @@ class Runtime:
         if self._probe is not None:
             self._probe.wake()
 
-    def on_close(self, hook: Callable[[], Awaitable[None]]) -> None:
+    def on_close(self, hook: Callable[[], Awaitable[object]]) -> None:
         """Run hook at close, once the calls, consumers, jobs and background work have stopped, before the
         relay's last drain and the database closes (e.g. giving back leases on work this process held)."""
         self._close_hooks.append(hook)

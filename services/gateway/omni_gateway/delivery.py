@@ -16,15 +16,19 @@ and schedules that attempt as a job of omni_kit's scheduler in the same transact
 repeated SendMessage with the same request id attempts it at once. After `max_attempts` the message is
 FAILED and its job ends. Each attempt holds a lease on the message (its job waits for the lease's end
 meanwhile), so two callers never send it at the same time; only a process that dies after the SMTP server
-took the email but before recording it can cause a second copy, which carries the same Message-ID.
+took the email but before recording it can cause a second copy, which carries the same Message-ID. A process
+that stops gracefully lets its running attempts end and gives back the leases it still holds
+(`release_leases`), so those messages are attempted again at once rather than when the lease runs out.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
+from datetime import datetime, timedelta
 
 from opentelemetry import propagate, trace
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -54,6 +58,7 @@ from omni_kit.ids import new_id
 from omni_kit.scheduler import cancel, schedule
 
 tracer = trace.get_tracer("omni_gateway.delivery")
+log = logging.getLogger(__name__)
 
 Transaction = Callable[[], AbstractAsyncContextManager[AsyncSession]]
 
@@ -81,6 +86,9 @@ class Delivery:
         self._mailer = mailer
         self._sender = sender
         self._policy = policy
+        # The leases this process holds (message id → its lease's end), and the attempts running to the end.
+        self._leases: dict[uuid.UUID, datetime] = {}
+        self._running: set[asyncio.Task[Message]] = set()
 
     async def send(self, request: SendRequest) -> Message:
         """Send a message once per request id and return it: SENT, FAILED, or QUEUED after a transient failure.
@@ -105,6 +113,7 @@ class Delivery:
                 if message is not None:
                     # Should this first attempt die with its process, the job takes it up when its lease ends.
                     await schedule(session, DELIVERY_ATTEMPT, str(message.id), lease, replace=True)
+                    self._hold(message)
                 else:  # a concurrent send with the same key committed first
                     message = await self._repository.get_message_by_request(session, request.request_id)
                     assert message is not None
@@ -128,12 +137,40 @@ class Delivery:
         claimed = await self._repository.claim(session, message_id, lease=self._policy.lease)
         if claimed is not None:
             await schedule(session, DELIVERY_ATTEMPT, str(message_id), self._policy.lease, replace=True)
+            self._hold(claimed)
         return claimed
 
     async def _attempt_to_the_end(self, message: Message) -> Message:
         # A caller that gives up (deadline, cancel) must not cut an attempt between the SMTP server taking
         # the email and the outcome being recorded: that would send it twice.
-        return await asyncio.shield(self.attempt(message))
+        task = asyncio.ensure_future(self.attempt(message))
+        self._running.add(task)
+        task.add_done_callback(self._running.discard)
+        return await asyncio.shield(task)
+
+    def _hold(self, message: Message) -> None:
+        if message.claimed_until is not None:
+            self._leases[message.id] = message.claimed_until
+
+    async def release_leases(self, wait_s: float = 10.0) -> int:
+        """At a graceful stop: let the attempts running to the end finish (at most wait_s), then give back
+        the leases this process still holds (attempts cut short with the job worker), each message's job due
+        at once, so the messages are attempted again now, here after a restart or by another replica, rather
+        than when their lease runs out. Return how many were given back."""
+        if self._running:
+            _, pending = await asyncio.wait(set(self._running), timeout=wait_s)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+        leases, self._leases = self._leases, {}
+        if not leases:
+            return 0
+        async with self._transaction() as session:
+            released = await self._repository.release_leases(session, leases)
+            for message_id in released:
+                await schedule(session, DELIVERY_ATTEMPT, str(message_id), timedelta(0), replace=True)
+        log.info("gave back the leases of %d messages whose attempts did not finish", len(released))
+        return len(released)
 
     async def reject(self, request: SendRequest, error: str) -> Message | None:
         """Record a request that can never be sent as a FAILED message and announce it; None if the key exists."""
@@ -205,6 +242,7 @@ class Delivery:
             updated = await self._repository.record_outcome(
                 session, message.id, status=status, recipient=recipient, error=error, retry_after=retry_after
             )
+            self._leases.pop(message.id, None)
             if updated is None:
                 # Finished meanwhile (its person forgotten): keep what is stored, announce nothing.
                 current = await self._repository.get_message(session, message.id)

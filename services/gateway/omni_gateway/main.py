@@ -140,6 +140,8 @@ async def _wire(runtime: Runtime, settings: Settings) -> None:
         # out its lease while the others talk to the SMTP server.
         batch_size=10,
     )
+    # At a graceful stop the messages whose attempts did not finish are due again at once, not in a lease.
+    runtime.on_close(delivery.release_leases)
     servicer = GatewayServicer(
         transaction=runtime.transaction, repository=repository, renderer=renderer, delivery=delivery
     )

@@ -6,7 +6,7 @@ Times come from the database clock (now()), so replicas agree on leases and retr
 from __future__ import annotations
 
 import uuid
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -107,6 +107,22 @@ class Repository:
             .execution_options(populate_existing=True)
         )
         return (await session.scalars(statement)).one_or_none()
+
+    async def release_leases(
+        self, session: AsyncSession, leases: dict[uuid.UUID, datetime]
+    ) -> list[uuid.UUID]:
+        """Give back leases (message id → the lease's end, as claimed) of queued messages, due at once; a
+        lease that ran out and was taken by another attempt since is left alone. Return the messages."""
+        if not leases:
+            return []
+        held = [sa.and_(Message.id == id_, Message.claimed_until == end) for id_, end in leases.items()]
+        statement = (
+            sa.update(Message)
+            .where(Message.status == MessageStatus.QUEUED, sa.or_(*held))
+            .values(claimed_until=None, next_attempt_at=_NOW)
+            .returning(Message.id)
+        )
+        return list((await session.scalars(statement)).all())
 
     async def record_outcome(
         self,

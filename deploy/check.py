@@ -40,11 +40,11 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 KUBERNETES_VERSION = "1.31.0"
 SERVICES = {
-    "identity": 50051,
-    "profile": 50052,
-    "segmentation": 50053,
-    "decisioning": 50054,
-    "gateway": 50055,
+    "identity": 15051,
+    "profile": 15052,
+    "segmentation": 15053,
+    "decisioning": 15054,
+    "gateway": 15055,
 }
 OVERLAYS = HERE / "k8s" / "overlays"
 CNPG_SCHEMA = HERE / "schemas" / "cnpg-cluster-v1.subset.schema.json"

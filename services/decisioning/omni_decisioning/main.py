@@ -34,13 +34,13 @@ class Settings(ServiceSettings):
 
     model_config = SettingsConfigDict(env_prefix="OMNI_DECISIONING_", extra="ignore", frozen=True)
 
-    grpc_port: int = Field(50054, ge=0, le=65535, description="Port of the gRPC server; 0 picks a free one.")
+    grpc_port: int = Field(15054, ge=0, le=65535, description="Port of the gRPC server; 0 picks a free one.")
     segmentation_target: str = Field(
-        "127.0.0.1:50053",
+        "127.0.0.1:15053",
         description="host:port of segmentation, asked whether a new journey's segment exists.",
     )
     gateway_target: str = Field(
-        "127.0.0.1:50055", description="host:port of the gateway, asked about a new journey's template."
+        "127.0.0.1:15055", description="host:port of the gateway, asked about a new journey's template."
     )
     client_timeout_s: float = Field(
         5.0, gt=0, description="Deadline of each call to segmentation or the gateway."

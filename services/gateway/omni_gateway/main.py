@@ -32,9 +32,9 @@ class Settings(ServiceSettings):
 
     model_config = SettingsConfigDict(env_prefix="OMNI_GATEWAY_", extra="ignore", frozen=True)
 
-    grpc_port: int = Field(50055, ge=0, le=65535, description="Port of the gRPC server; 0 picks a free one.")
-    identity_target: str = Field("127.0.0.1:50051", description="host:port of the identity service.")
-    profile_target: str = Field("127.0.0.1:50052", description="host:port of the profile service.")
+    grpc_port: int = Field(15055, ge=0, le=65535, description="Port of the gRPC server; 0 picks a free one.")
+    identity_target: str = Field("127.0.0.1:15051", description="host:port of the identity service.")
+    profile_target: str = Field("127.0.0.1:15052", description="host:port of the profile service.")
     client_timeout_s: float = Field(5.0, gt=0, description="Deadline of each call to identity and profile.")
     smtp_host: str = Field("127.0.0.1", description="The SMTP server mail is submitted to.")
     smtp_port: int = Field(25, ge=1, le=65535, description="Its port.")

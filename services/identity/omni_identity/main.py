@@ -35,7 +35,7 @@ class Settings(ServiceSettings):
 
     model_config = SettingsConfigDict(env_prefix="OMNI_IDENTITY_", extra="ignore", frozen=True)
 
-    grpc_port: int = Field(50051, ge=0, le=65535, description="Port of the gRPC server; 0 picks a free one.")
+    grpc_port: int = Field(15051, ge=0, le=65535, description="Port of the gRPC server; 0 picks a free one.")
     default_phone_region: str = Field(
         "US", description="ISO 3166 region for phone numbers given without a leading + and country code."
     )

@@ -50,8 +50,8 @@ class Settings(ServiceSettings):
 
     model_config = SettingsConfigDict(env_prefix="OMNI_PROFILE_", extra="ignore", frozen=True)
 
-    grpc_port: int = Field(50052, ge=0, le=65535, description="Port of the gRPC server; 0 picks a free one.")
-    identity_target: str = Field("127.0.0.1:50051", description="host:port of the identity service.")
+    grpc_port: int = Field(15052, ge=0, le=65535, description="Port of the gRPC server; 0 picks a free one.")
+    identity_target: str = Field("127.0.0.1:15051", description="host:port of the identity service.")
     identity_timeout_s: float = Field(5.0, gt=0, description="Deadline of each call to identity.")
     trait_source_ranking: tuple[str, ...] = Field(
         DEFAULT_RANKING,

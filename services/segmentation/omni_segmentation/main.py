@@ -32,7 +32,7 @@ class Settings(ServiceSettings):
 
     model_config = SettingsConfigDict(env_prefix="OMNI_SEGMENTATION_", extra="ignore", frozen=True)
 
-    grpc_port: int = Field(50053, ge=0, le=65535, description="Port of the gRPC server; 0 picks a free one.")
+    grpc_port: int = Field(15053, ge=0, le=65535, description="Port of the gRPC server; 0 picks a free one.")
     clock_batch_size: int = Field(
         500, ge=1, le=10_000, description="Persons evaluated per clock transaction (due checks, backfills)."
     )

@@ -61,11 +61,11 @@ class ServiceSpec:
 
 
 SERVICES: tuple[ServiceSpec, ...] = (
-    ServiceSpec("identity", 50051),
-    ServiceSpec("profile", 50052),
-    ServiceSpec("segmentation", 50053),
-    ServiceSpec("decisioning", 50054),
-    ServiceSpec("gateway", 50055),
+    ServiceSpec("identity", 15051),
+    ServiceSpec("profile", 15052),
+    ServiceSpec("segmentation", 15053),
+    ServiceSpec("decisioning", 15054),
+    ServiceSpec("gateway", 15055),
 )
 """The services in start order: each one's dependencies come before it."""
 
@@ -80,8 +80,8 @@ class RunConfig:
     """Where the run keeps its data, the ports it uses, and how it starts the services."""
 
     root: Path
-    postgres_port: int = 54320
-    nats_port: int = 54222
+    postgres_port: int = 15432
+    nats_port: int = 14222
     smtp_port: int = 2525
     tracking_port: int = 8088
     services: tuple[ServiceSpec, ...] = SERVICES

@@ -217,6 +217,10 @@ async def test_a_database_outage_answers_unavailable_and_not_serving_then_recove
         assert details.error_info is not None, service
         assert details.error_info.reason == "DATABASE_UNAVAILABLE", service
     await services.wait_for_health(NOT_SERVING, within=5)
+    for service in SERVICES:  # alive all the same: no liveness probe restarts them for an outage
+        stub = health_pb2_grpc.HealthStub(services.channels[service])
+        alive = await stub.Check(health_pb2.HealthCheckRequest(service="liveness"), timeout=2)
+        assert alive.status == SERVING, service
 
     own_postgres.start()
     await services.wait_for_health(SERVING, within=10)

@@ -8,6 +8,7 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+import asyncpg
 import pytest
 import sqlalchemy.exc
 from sqlalchemy import text
@@ -141,3 +142,15 @@ async def test_an_unreachable_database_is_told_from_a_wrong_statement(engine: As
         with pytest.raises(sqlalchemy.exc.DBAPIError) as cut:
             await victim.execute(text("SELECT 1"))
     assert database_unavailable(cut.value)
+
+    # The same on a connection of the driver's own (identity's graph statements), used after the cut.
+    async with engine.connect() as victim:
+        raw = (await victim.get_raw_connection()).driver_connection
+        assert raw is not None
+        async with engine.connect() as admin:
+            await admin.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": raw.get_server_pid()})
+        for _ in range(2):  # the first use finds the connection cut, the second finds it closed
+            with pytest.raises((asyncpg.PostgresError, asyncpg.InterfaceError)) as closed:
+                await raw.fetchval("SELECT 1")
+            assert database_unavailable(closed.value)
+        await victim.invalidate()

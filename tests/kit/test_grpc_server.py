@@ -170,6 +170,9 @@ async def test_a_server_started_before_its_services_is_not_serving_and_refuses_t
     try:
         status = await health.Check(health_pb2.HealthCheckRequest(), timeout=2)
         assert status.status == health_pb2.HealthCheckResponse.NOT_SERVING
+        # Alive all the same: a liveness probe must not restart a service that waits for its database.
+        status = await health.Check(health_pb2.HealthCheckRequest(service="liveness"), timeout=2)
+        assert status.status == health_pb2.HealthCheckResponse.SERVING
         with pytest.raises(grpc.aio.AioRpcError) as raised:
             await channel.unary_unary(f"/{SERVICE}/Slow")(b"early", timeout=2)
         details = status_details(raised.value)

@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable, Collection
 from pathlib import Path
 from typing import Any, TypeVar
 
+import asyncpg
 import orjson
 import sqlalchemy.exc
 import stamina
@@ -149,6 +150,9 @@ def database_unavailable(error: BaseException) -> bool:
             # timeout (SQLAlchemy's TimeoutError is not an OSError).
             return True
         if isinstance(current, sqlalchemy.exc.DBAPIError) and current.connection_invalidated:
+            return True
+        if isinstance(current, asyncpg.InterfaceError) and "connection is closed" in str(current):
+            # A pooled connection the server closed (a shutdown), used before anyone noticed.
             return True
         sqlstate = getattr(current, "sqlstate", None) or getattr(current, "pgcode", None)
         if isinstance(sqlstate, str) and (sqlstate.startswith("08") or sqlstate in _UNAVAILABLE_SQLSTATES):

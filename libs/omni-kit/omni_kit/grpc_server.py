@@ -92,6 +92,10 @@ class Admission:
 
 _ALWAYS_ANSWERED = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 
+LIVENESS = "liveness"
+"""The health-check name that answers SERVING while the process runs, whatever its database does: what a
+liveness probe asks (the server as a whole, "", is what readiness asks)."""
+
 _QUIET_BEFORE_CLOSE_S = 0.2
 """How long no call may have arrived before a stopping server closes (within its grace period)."""
 
@@ -371,7 +375,8 @@ class GrpcServer:
 
     async def start(self) -> None:
         """Start answering: SERVING for the server and each service if the services are registered, else
-        NOT_SERVING until set_serving(True)."""
+        NOT_SERVING until set_serving(True); SERVING for "liveness" until the stop."""
+        await self.health.set(LIVENESS, health_pb2.HealthCheckResponse.SERVING)
         await self.set_serving(self._services.registered)
         await self._server.start()
 

@@ -2,7 +2,7 @@
 
 ``migrate`` records each run in a table of the service's database and prints how many there were; ``serve``
 answers grpc.health.v1 SERVING on the service's port until SIGTERM. A file ``crash-<service>`` in
-``$FAKE_OMNI_ROOT`` makes ``serve`` exit with code 3 a moment after it is ready.
+``$FAKE_OMNI_ROOT`` makes ``serve`` exit with code 3 a moment after it is ready, once (the file is removed).
 """
 
 from __future__ import annotations
@@ -55,11 +55,13 @@ def serve(service: str) -> int:
     server.start()
     print(f"{service} fake serving")
     crash_at = None
-    if (Path(os.environ["FAKE_OMNI_ROOT"]) / f"crash-{service}").exists():
+    crash_file = Path(os.environ["FAKE_OMNI_ROOT"]) / f"crash-{service}"
+    if crash_file.exists():
         crash_at = time.monotonic() + 1.0
     while not stopped.wait(0.05):
         if crash_at is not None and time.monotonic() >= crash_at:
             print(f"{service} crashing on purpose")
+            crash_file.unlink()
             return 3
     server.stop(0)
     return 0

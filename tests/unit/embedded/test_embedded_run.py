@@ -4,6 +4,7 @@ the place of ``omni migrate``/``omni serve`` so this runs without the real ones.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -16,11 +17,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import nats
 import pytest
 
 from omni_kit.embedded import free_port
 from omni_kit.embedded.ports import port_accepts
-from omni_kit.embedded.run import SERVICES, ServiceSpec, service_environment
+from omni_kit.embedded.run import SERVICES, ServiceSpec, child_environment, service_environment
 
 FAKE_OMNI = Path(__file__).with_name("fake_omni.py")
 
@@ -157,14 +159,70 @@ def test_run_serves_stops_on_signals_and_keeps_its_data(layout: Layout, runs: li
     assert _open_ports(layout) == [], second.output
 
 
-def test_run_stops_everything_when_a_service_dies(layout: Layout, runs: list[RunProcess]) -> None:
+def test_a_service_that_dies_is_started_again(layout: Layout, runs: list[RunProcess]) -> None:
     layout.root.mkdir()
     (layout.root / "crash-segmentation").touch()
     run = RunProcess(layout)
     runs.append(run)
-    assert run.wait(timeout=60) == 1, run.output
-    assert re.search(r"omni +\| segmentation exited .*with code 3", run.output), run.output
+    run.wait_for_line("segmentation is serving again")
+    assert re.search(r"omni +\| segmentation died; starting it again in 1 s", run.output), run.output
+    assert re.search(r"omni +\| starting segmentation again \(restart 1\)", run.output), run.output
+    assert run.process.poll() is None, run.output
+    assert all(port_accepts(port) for port in layout.ports())
+    run.process.send_signal(signal.SIGTERM)
+    assert run.wait() == 0, run.output
     assert _open_ports(layout) == [], run.output
+
+
+def test_a_service_and_nats_killed_are_started_again(layout: Layout, runs: list[RunProcess]) -> None:
+    run = RunProcess(layout)
+    runs.append(run)
+    run.wait_for_line("Omni is running")
+    records = json.loads((layout.root / "services.json").read_text())
+    [profile] = [r["pid"] for r in records if r["argv"][-1] == "profile"]
+    nats_pid = int((layout.root / "nats" / "nats-server.pid").read_text())
+
+    os.kill(profile, signal.SIGKILL)
+    os.kill(nats_pid, signal.SIGKILL)
+    run.wait_for_line("profile is serving again")
+    run.wait_for_line("NATS is running again")
+    assert "profile died; starting it again" in run.output
+    assert "NATS died; starting it again" in run.output
+    assert asyncio.run(_jetstream_answers(layout.nats))
+    assert all(port_accepts(port) for port in layout.ports())
+    [again] = [
+        r["pid"]
+        for r in json.loads((layout.root / "services.json").read_text())
+        if r["argv"][-1] == "profile"
+    ]
+    assert again != profile
+
+    run.process.send_signal(signal.SIGTERM)
+    assert run.wait() == 0, run.output
+    assert _open_ports(layout) == [], run.output
+
+
+def test_postgres_killed_is_started_again(layout: Layout, runs: list[RunProcess]) -> None:
+    run = RunProcess(layout)
+    runs.append(run)
+    run.wait_for_line("Omni is running")
+    postmaster = int((layout.root / "postgres" / "postmaster.pid").read_text().split()[0])
+
+    os.kill(postmaster, signal.SIGKILL)
+    run.wait_for_line("PostgreSQL is running again", timeout=90)
+    assert port_accepts(layout.postgres)
+    run.process.send_signal(signal.SIGTERM)
+    assert run.wait() == 0, run.output
+    assert _open_ports(layout) == [], run.output
+
+
+async def _jetstream_answers(port: int) -> bool:
+    client = await nats.connect(f"nats://127.0.0.1:{port}")
+    try:
+        info = await client.jetstream().account_info()
+        return info is not None
+    finally:
+        await client.close()
 
 
 def test_run_recovers_from_a_run_that_was_killed(layout: Layout, runs: list[RunProcess]) -> None:
@@ -200,3 +258,47 @@ def test_service_environment_points_each_service_at_its_own_database() -> None:
     assert env["OMNI_GATEWAY_PROFILE_TARGET"] == "127.0.0.1:6002"
     assert (env["OMNI_GATEWAY_SMTP_HOST"], env["OMNI_GATEWAY_SMTP_PORT"]) == ("127.0.0.1", "2525")
     assert env["OMNI_GATEWAY_SMTP_FROM"] == "omni@localhost"
+    assert "OMNI_PROFILE_WRITE_KEYS" not in env  # no tracking port: no endpoint
+
+
+def test_the_run_has_a_write_key_for_the_store() -> None:
+    env = service_environment(
+        (ServiceSpec("profile", 6002),),
+        lambda database: f"postgresql+asyncpg://pg/{database}",
+        "nats://n",
+        2525,
+        8088,
+    )
+    keys = json.loads(env["OMNI_PROFILE_WRITE_KEYS"])
+    assert keys["omni-dev-pos"] == {"name": "pos", "channel": "store"}
+    assert keys["omni-dev-web"] == "web" and keys["omni-dev-app"] == "app"
+
+
+def test_the_users_environment_goes_over_the_runs_settings_but_not_its_wiring() -> None:
+    run = service_environment(
+        SERVICES, lambda database: f"postgresql+asyncpg://pg/{database}", "nats://n", 2525, 8088
+    )
+    user = {
+        "PATH": "/usr/bin",
+        "OMNI_PROFILE_WRITE_KEYS": '{"wk_pos": {"name": "pos", "channel": "store"}}',
+        "OMNI_GATEWAY_SMTP_HOST": "smtp.example.com",
+        "OMNI_GATEWAY_SMTP_PORT": "587",
+        "OMNI_IDENTITY_DEFAULT_PHONE_REGION": "GB",
+        "OMNI_PROFILE_DATABASE_URL": "postgresql+asyncpg://elsewhere/db",
+        "OMNI_GATEWAY_PROFILE_TARGET": "elsewhere:1",
+    }
+    merged = child_environment(run, user)
+    env = merged.variables
+    assert env["OMNI_PROFILE_WRITE_KEYS"] == user["OMNI_PROFILE_WRITE_KEYS"]
+    assert (env["OMNI_GATEWAY_SMTP_HOST"], env["OMNI_GATEWAY_SMTP_PORT"]) == ("smtp.example.com", "587")
+    assert env["OMNI_IDENTITY_DEFAULT_PHONE_REGION"] == "GB"
+    assert env["PATH"] == "/usr/bin" and env["PYTHONUNBUFFERED"] == "1"
+    assert env["OMNI_PROFILE_DATABASE_URL"] == "postgresql+asyncpg://pg/omni_profile"
+    assert env["OMNI_GATEWAY_PROFILE_TARGET"] == run["OMNI_GATEWAY_PROFILE_TARGET"]
+    assert merged.ignored == ("OMNI_GATEWAY_PROFILE_TARGET", "OMNI_PROFILE_DATABASE_URL")
+    assert merged.overridden == (
+        "OMNI_GATEWAY_SMTP_HOST",
+        "OMNI_GATEWAY_SMTP_PORT",
+        "OMNI_IDENTITY_DEFAULT_PHONE_REGION",
+        "OMNI_PROFILE_WRITE_KEYS",
+    )

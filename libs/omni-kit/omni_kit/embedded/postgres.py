@@ -22,7 +22,7 @@ from types import TracebackType
 from typing import Any, Self
 from urllib.parse import quote
 
-from omni_kit.embedded._process import EmbeddedServerError, log_size, log_tail
+from omni_kit.embedded._process import EmbeddedServerError, log_size, log_tail, pid_alive
 from omni_kit.embedded.ports import free_port, port_is_free
 
 SUPERUSER = "postgres"
@@ -204,6 +204,19 @@ class EmbeddedPostgres:
         if not (self.data_dir / "PG_VERSION").exists():
             return False
         return self._run_pg_tool(["pg_ctl", "status", "-D", str(self.data_dir)]).returncode == 0
+
+    def is_alive(self) -> bool:
+        """Tell cheaply (no subprocess) whether the server process this data directory names still runs."""
+        try:
+            pid = int((self.data_dir / "postmaster.pid").read_text().split("\n", 1)[0])
+        except (OSError, ValueError):
+            return False
+        return pid_alive(pid)
+
+    def restart(self) -> None:
+        """Start the server again after it died (same port and settings); ``start()`` after ``stop()``."""
+        self._started = False
+        self.start()
 
     def __enter__(self) -> Self:
         """Start the server."""

@@ -1,8 +1,15 @@
 """The laptop run behind ``make run`` / ``omni run``: PostgreSQL, NATS, an SMTP sink and the five services.
 
 Everything lives under one root directory (``.omni`` by default), so a second run finds the data of the
-first. The services run as child processes with their output prefixed by their name; Ctrl-C (or SIGTERM)
-stops them first, then the SMTP sink, NATS and PostgreSQL.
+first. The services run as child processes with their output prefixed by their name; the settings they get
+are the run's defaults with the user's environment over them (write keys, SMTP server …), except the
+wiring the run provides itself. A service, NATS or PostgreSQL that dies is started again after a backoff
+(1 s doubling to 30 s, back to 1 s once it ran a minute), and the run says so. Ctrl-C (or SIGTERM) stops
+the services first, then the SMTP sink, NATS and PostgreSQL.
+
+The default ports lie below 32768, outside the range Linux (32768-60999) and other systems (49152 and up)
+hand out as the local ports of outgoing connections: a fixed port inside it may be taken by any connection
+at the moment a server wants to bind it.
 """
 
 from __future__ import annotations
@@ -17,7 +24,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -32,7 +39,25 @@ from omni_kit.embedded.smtp_sink import SmtpSink
 HOST = "127.0.0.1"
 SMTP_FROM = "omni@localhost"
 # Write keys of the laptop run's tracking endpoint (profile): one per kind of source, not secrets.
-DEV_WRITE_KEYS = {"omni-dev-web": "web", "omni-dev-app": "app"}
+DEV_WRITE_KEYS: dict[str, str | dict[str, str]] = {
+    "omni-dev-web": "web",
+    "omni-dev-app": "app",
+    "omni-dev-pos": {"name": "pos", "channel": "store"},
+}
+# Settings the run itself provides (where each service listens and finds PostgreSQL, NATS and the services
+# it calls): the user's environment cannot move them, since the run starts those servers where it says.
+_WIRING_SUFFIXES = (
+    "_DATABASE_URL",
+    "_NATS_URL",
+    "_GRPC_HOST",
+    "_GRPC_PORT",
+    "_IDENTITY_TARGET",
+    "_PROFILE_TARGET",
+)
+RESTART_FIRST_DELAY_S = 1.0
+RESTART_MAX_DELAY_S = 30.0
+RESTART_STABLE_AFTER_S = 60.0
+"""A component that ran this long before it died is restarted after the first delay again."""
 
 _SignalHandler: TypeAlias = Callable[[int, FrameType | None], Any] | int | signal.Handlers | None
 
@@ -148,10 +173,48 @@ def service_environment(
     return env
 
 
+@dataclass(frozen=True)
+class ChildEnvironment:
+    """The environment the run's children get, and what of the user's environment went into it."""
+
+    variables: dict[str, str]
+    overridden: tuple[str, ...]
+    """OMNI_* settings of the run that the user's environment replaced (or added)."""
+    ignored: tuple[str, ...]
+    """OMNI_* variables of the user's environment the run does not let through (its wiring)."""
+
+
+def child_environment(run_settings: Mapping[str, str], user: Mapping[str, str]) -> ChildEnvironment:
+    """Merge the user's environment over the run's settings: the user's write keys, SMTP server or any other
+    setting win, except the run's wiring (database, NATS, gRPC address and targets of each service)."""
+    ignored = tuple(
+        sorted(
+            name
+            for name in user
+            if name.startswith("OMNI_")
+            and name.endswith(_WIRING_SUFFIXES)
+            and user[name] != run_settings.get(name)
+        )
+    )
+    overridden = tuple(
+        sorted(
+            name
+            for name in user
+            if name.startswith("OMNI_") and name not in ignored and user[name] != run_settings.get(name)
+        )
+    )
+    variables = {
+        **run_settings,
+        **{k: v for k, v in user.items() if k not in ignored},
+        "PYTHONUNBUFFERED": "1",
+    }
+    return ChildEnvironment(variables, overridden, ignored)
+
+
 def run_all(root: Path = Path(".omni")) -> int:
     """Run PostgreSQL, NATS, the SMTP sink and the five services until Ctrl-C or SIGTERM.
 
-    Returns 0 after a requested stop, 1 if something failed to start or a service died on its own.
+    Returns 0 after a requested stop, 1 if something failed to start.
     """
     return LocalRun(RunConfig(root=root.expanduser().resolve())).run()
 
@@ -198,6 +261,7 @@ class _Child:
     def __init__(self, label: str, argv: list[str], env: dict[str, str], output: _Output) -> None:
         self.label = label
         self.argv = argv
+        self.started = time.monotonic()
         # Its own session: a Ctrl-C in the terminal reaches only us, and we stop the children in order.
         self.process = subprocess.Popen(
             argv,
@@ -226,6 +290,29 @@ class _Child:
         self._pump.join(timeout=2.0)
 
 
+class _Supervised:
+    """A component the run starts again when it dies: how to tell it runs and how to start it, and when the
+    next start is due (its backoff doubles with each quick death)."""
+
+    def __init__(self, name: str, running: Callable[[], bool], restart: Callable[[], None]) -> None:
+        self.name = name
+        self.running = running
+        self.restart = restart
+        self.started = time.monotonic()
+        self.delay = RESTART_FIRST_DELAY_S
+        self.due: float | None = None
+        self.restarts = 0
+
+    def died(self, now: float) -> float:
+        """Schedule the next start; return in how many seconds it is."""
+        if now - self.started >= RESTART_STABLE_AFTER_S:
+            self.delay = RESTART_FIRST_DELAY_S
+        wait = self.delay
+        self.delay = min(self.delay * 2, RESTART_MAX_DELAY_S)
+        self.due = now + wait
+        return wait
+
+
 class LocalRun:
     """One embedded run: starts everything in ``config``, supervises it, and stops it in reverse order."""
 
@@ -240,6 +327,9 @@ class LocalRun:
         self._postgres: EmbeddedPostgres | None = None
         self._nats: EmbeddedNats | None = None
         self._smtp: SmtpSink | None = None
+        self._environment = ChildEnvironment({}, (), ())
+        self._components: list[_Supervised] = []
+        self._health = _HealthWatch(self._out)
 
     @property
     def _pids_path(self) -> Path:
@@ -279,20 +369,31 @@ class LocalRun:
         self._out.say(f"starting PostgreSQL (data in {_shown(config.postgres_dir)})")
         self._postgres = EmbeddedPostgres(config.postgres_dir, config.postgres_port, durable=config.durable)
         self._postgres.start()
+        self._components.append(_Supervised("PostgreSQL", self._postgres.is_alive, self._postgres.restart))
         for service in config.services:
             self._postgres.create_database(service.database)
         self._out.say(f"starting NATS JetStream (data in {_shown(config.nats_dir)})")
         self._nats = EmbeddedNats(config.nats_dir, config.nats_port)
         self._nats.start()
+        self._components.append(_Supervised("NATS", self._nats.is_running, self._nats.start))
         self._smtp = SmtpSink(config.mail_dir, HOST, config.smtp_port)
         self._smtp.start()
         if self._stop.is_set():
             return 0
 
-        env = os.environ | {"PYTHONUNBUFFERED": "1"}
-        env |= service_environment(
-            config.services, self._postgres.url, self._nats.url, self._smtp.port, config.tracking_port
+        self._environment = child_environment(
+            service_environment(
+                config.services, self._postgres.url, self._nats.url, self._smtp.port, config.tracking_port
+            ),
+            os.environ,
         )
+        if self._environment.overridden:
+            self._out.say(f"from your environment: {', '.join(self._environment.overridden)}")
+        if self._environment.ignored:
+            self._out.say(
+                f"ignoring {', '.join(self._environment.ignored)} from your environment: the run sets them"
+            )
+        env = self._environment.variables
         for service in config.services:
             code = self._migrate(service, env)
             if self._stop.is_set():
@@ -300,8 +401,14 @@ class LocalRun:
             if code != 0:
                 self._out.say(f"migrating {service.name} failed (exit code {code}); stopping")
                 return 1
-            self._children.append(_Child(service.name, config.command("serve", service.name), env, self._out))
-            self._record_services()
+            self._start_service(service)
+            self._components.append(
+                _Supervised(
+                    service.name,
+                    lambda name=service.name: self._service_running(name),  # type: ignore[misc]
+                    lambda service=service: self._start_service(service),  # type: ignore[misc]
+                )
+            )
 
         failure = self._wait_until_serving()
         if self._stop.is_set():
@@ -322,6 +429,7 @@ class LocalRun:
             while (code := child.poll()) is None:
                 if self._stop.wait(0.05):
                     return -1
+                self._tend()
             child.finish()
             return code
         finally:
@@ -347,9 +455,7 @@ class LocalRun:
             while pending:
                 if self._stop.is_set():
                     return None
-                dead = self._dead_child()
-                if dead is not None:
-                    return f"{dead.label} exited with code {dead.poll()} while starting; stopping"
+                self._tend()
                 for service in list(pending):
                     stub = health_pb2_grpc.HealthStub(channels[service.name])
                     try:
@@ -372,21 +478,61 @@ class LocalRun:
     # -- supervise and stop -----------------------------------------------------------------------------
 
     def _supervise(self) -> int:
-        """Wait for a stop request (0) or for a service or NATS to die on its own (1)."""
-        while not self._stop.wait(0.2):
-            dead = self._dead_child()
-            if dead is not None:
-                self._out.say(
-                    f"{dead.label} exited unexpectedly with code {dead.poll()}; stopping everything"
-                )
-                return 1
-            if self._nats is not None and not self._nats.is_running():
-                self._out.say("NATS exited unexpectedly; stopping everything")
-                return 1
-        return 0
+        """Keep everything running until a stop is requested; then return 0."""
+        try:
+            while not self._stop.wait(0.2):
+                self._tend()
+            return 0
+        finally:
+            self._health.close()
 
-    def _dead_child(self) -> _Child | None:
-        return next((child for child in self._children if child.poll() is not None), None)
+    def _tend(self) -> None:
+        """Notice what died (a service, NATS, PostgreSQL) and start it again once its backoff is over, saying
+        so; say when a service started again serves."""
+        now = time.monotonic()
+        for component in self._components:
+            if component.due is None and not component.running():
+                wait = component.died(now)
+                self._out.say(f"{component.name} died; starting it again in {wait:.0f} s")
+            elif component.due is not None and now >= component.due:
+                self._restart(component, self._health)
+        self._health.report()
+
+    def _restart(self, component: _Supervised, health: _HealthWatch) -> None:
+        component.due = None
+        component.restarts += 1
+        self._out.say(f"starting {component.name} again (restart {component.restarts})")
+        try:
+            component.restart()
+        except EmbeddedServerError as error:
+            wait = component.died(time.monotonic())
+            self._out.say(f"{component.name} did not start: {error}\ntrying again in {wait:.0f} s")
+            return
+        component.started = time.monotonic()
+        service = next((s for s in self.config.services if s.name == component.name), None)
+        if service is None:
+            self._out.say(f"{component.name} is running again")
+        else:
+            health.watch(service)
+
+    def _service_running(self, name: str) -> bool:
+        child = next((c for c in self._children if c.label == name), None)
+        return child is not None and child.poll() is None
+
+    def _start_service(self, service: ServiceSpec) -> None:
+        """Start ``omni serve <service>`` (in place of the child that died, if one did)."""
+        for child in [c for c in self._children if c.label == service.name]:
+            child.finish()
+            self._children.remove(child)
+        self._children.append(
+            _Child(
+                service.name,
+                self.config.command("serve", service.name),
+                self._environment.variables,
+                self._out,
+            )
+        )
+        self._record_services()
 
     def _stop_everything(self) -> None:
         """Stop the services (SIGTERM, then SIGKILL after the stop timeout), the SMTP sink, NATS, PostgreSQL."""
@@ -501,16 +647,84 @@ class LocalRun:
             f"  NATS        {self._nats.url}   JetStream data: {_shown(config.nats_dir)}",
             f"  SMTP sink   {HOST}:{self._smtp.port}   every email is saved in {_shown(config.mail_dir)}/*.eml",
         ]
+        env = self._environment.variables
+        smtp_target = f"{env.get('OMNI_GATEWAY_SMTP_HOST', HOST)}:{env.get('OMNI_GATEWAY_SMTP_PORT', '')}"
+        if smtp_target != f"{HOST}:{self._smtp.port}":
+            lines += [f"              (the gateway sends to {smtp_target}, as your environment says)"]
         identity = next((s for s in config.services if s.name == "identity"), None)
         if any(s.name == "profile" for s in config.services):
-            keys = ", ".join(f"{key} ({source})" for key, source in DEV_WRITE_KEYS.items())
+            port = env.get("OMNI_PROFILE_HTTP_PORT", str(config.tracking_port))
             lines += [
-                f"  Tracking    http://{HOST}:{config.tracking_port}/v1/track (Segment API)   write keys: {keys}"
+                f"  Tracking    http://{HOST}:{port}/v1/track (Segment API)   write keys: "
+                + _write_keys(env.get("OMNI_PROFILE_WRITE_KEYS", ""))
             ]
         if identity is not None:
             lines += ["", "Try it (grpcurl, through server reflection):", _grpcurl_example(identity.target)]
             lines += ["", "or from Python, with the generated stubs:", _python_example(identity.target)]
         return "\n".join([*lines, ""])
+
+
+def _write_keys(setting: str) -> str:
+    """The write keys of a OMNI_PROFILE_WRITE_KEYS value, each with its source, for the banner."""
+    try:
+        keys = json.loads(setting)
+    except ValueError:
+        return "(OMNI_PROFILE_WRITE_KEYS is not JSON; profile will say what is wrong)"
+    if not isinstance(keys, dict) or not keys:
+        return "none (the endpoint is off)"
+    shown = []
+    for key, source in keys.items():
+        if isinstance(source, dict):
+            name, channel = source.get("name", "?"), source.get("channel")
+            shown.append(f"{key} ({name}, channel {channel})" if channel else f"{key} ({name})")
+        else:
+            shown.append(f"{key} ({source})")
+    return ", ".join(shown)
+
+
+class _HealthWatch:
+    """Services started again, checked until they answer SERVING, which is then said once."""
+
+    def __init__(self, output: _Output) -> None:
+        self._out = output
+        self._watched: dict[str, tuple[ServiceSpec, Any]] = {}
+        self._last_check = 0.0
+
+    def watch(self, service: ServiceSpec) -> None:
+        """Check service until it serves."""
+        import grpc
+
+        old = self._watched.pop(service.name, None)
+        if old is not None:
+            old[1].close()
+        options = [("grpc.initial_reconnect_backoff_ms", 200), ("grpc.max_reconnect_backoff_ms", 1000)]
+        self._watched[service.name] = (service, grpc.insecure_channel(service.target, options))
+
+    def report(self) -> None:
+        """Check the watched services (at most every half second); say which serve again."""
+        if not self._watched or time.monotonic() - self._last_check < 0.5:
+            return
+        self._last_check = time.monotonic()
+        import grpc
+        from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+        for name, (service, channel) in list(self._watched.items()):
+            try:
+                response = health_pb2_grpc.HealthStub(channel).Check(
+                    health_pb2.HealthCheckRequest(), timeout=0.3
+                )
+            except grpc.RpcError:
+                continue
+            if response.status == health_pb2.HealthCheckResponse.SERVING:
+                self._out.say(f"{name} is serving again on {service.target}")
+                channel.close()
+                del self._watched[name]
+
+    def close(self) -> None:
+        """Close the channels still open."""
+        for _, channel in self._watched.values():
+            channel.close()
+        self._watched.clear()
 
 
 def _grpcurl_example(target: str) -> str:

@@ -1,7 +1,12 @@
 # Omni — one Makefile for a fresh clone.
 #
-#   make run           start PostgreSQL, NATS, an SMTP sink and the five services locally (Ctrl-C stops all)
-#   make test          unit, per-service integration and end-to-end tests (starts its own PostgreSQL and NATS)
+#   make run           start PostgreSQL, NATS, an SMTP sink and the five services locally (Ctrl-C stops all;
+#                      what dies is started again); ports: gRPC 15051-15055, tracking 8088, PostgreSQL 15432,
+#                      NATS 14222, SMTP sink 2525; settings from your environment go over the defaults
+#   make test          every test below (starts its own PostgreSQL, NATS and SMTP sink on free ports)
+#   make test-unit       the tests that need no server (seconds)
+#   make test-integration  the tests that need PostgreSQL, NATS or the SMTP sink: omni-kit and each service
+#   make test-e2e        the stories across all five services, and `omni run` with the real services
 #   make lint          ruff, mypy and buf lint (fastest first)
 #   make bench         benchmarks; results go to bench/results/
 #   make proto         regenerate Python code from protos/ (done automatically by the targets that need it)
@@ -27,7 +32,7 @@ export UV_PROJECT_ENVIRONMENT := $(VENV)
 .PHONY: help env proto run test test-unit test-integration test-e2e lint fmt bench deploy-check breaking clean
 
 help:
-	@sed -n '2,14p' Makefile | sed 's/^# \{0,1\}//'
+	@sed -n '2,17p' Makefile | sed 's/^# \{0,1\}//'
 
 $(UV):
 	$(PYTHON) -m venv $(TOOLS)
@@ -57,14 +62,18 @@ proto: $(VENV)/.synced
 run: env
 	$(VENV)/bin/omni run
 
+# Each test is marked unit, integration or e2e by tests/conftest.py (from the servers its fixtures need).
 test: env
 	$(PY) -m pytest -q
 
 test-unit: env
-	$(PY) -m pytest -q -m "not e2e" tests/unit
+	$(PY) -m pytest -q -m unit
+
+test-integration: env
+	$(PY) -m pytest -q -m integration
 
 test-e2e: env
-	$(PY) -m pytest -q tests/e2e
+	$(PY) -m pytest -q -m e2e
 
 # buf reads the protos as an image built by protoc (libs/omni-proto/generate.py --image): the protos import
 # buf/validate/validate.proto, which comes from the protovalidate package, not from a registry; `--path omni`

@@ -3,6 +3,11 @@
 They are real servers started from Python packages on free ports under pytest's temporary directory, never
 the machine's own PostgreSQL (5432) or NATS (4222). Tests isolate themselves with ``make_database``, which
 gives each caller a database of its own.
+
+Every test is of one kind, marked here, which `make test-unit`, `make test-integration` and `make test-e2e`
+select: ``e2e`` under tests/e2e (the stories across all five services, and `omni run`); ``integration`` if it
+needs servers (its fixtures reach PostgreSQL, NATS or the SMTP sink, or its module starts servers of its own
+and says so with ``pytestmark = pytest.mark.integration``); ``unit`` otherwise.
 """
 
 from __future__ import annotations
@@ -10,10 +15,27 @@ from __future__ import annotations
 import re
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
 from omni_kit.embedded import EmbeddedNats, EmbeddedPostgres, SmtpSink
+
+_SERVERS = frozenset({"postgres", "nats_server", "smtp_sink", "make_database"})
+_E2E = Path(__file__).parent / "e2e"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark each test e2e, integration or unit (see the module's docstring)."""
+    for item in items:
+        if item.path.is_relative_to(_E2E):
+            item.add_marker(pytest.mark.e2e)
+        elif item.get_closest_marker("integration") is None and _SERVERS & set(
+            getattr(item, "fixturenames", ())
+        ):
+            item.add_marker(pytest.mark.integration)
+        elif item.get_closest_marker("integration") is None:
+            item.add_marker(pytest.mark.unit)
 
 
 @pytest.fixture(scope="session")

@@ -20,6 +20,9 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from omni_kit.embedded import EmbeddedNats, EmbeddedPostgres, EmbeddedServerError, SmtpSink, free_port
 from omni_kit.embedded.ports import port_accepts, port_is_free
 
+# These tests start PostgreSQL, NATS and whole runs of their own.
+pytestmark = pytest.mark.integration
+
 
 async def test_postgres_accepts_asyncpg_connections_on_tcp(postgres: EmbeddedPostgres) -> None:
     assert postgres.host == "127.0.0.1"

@@ -136,3 +136,25 @@ async def test_sigterm_lets_the_call_in_flight_finish_and_refuses_new_ones_witho
     await holder.close()
     assert stored == {*acknowledged, slow_email}
     assert await asyncio.to_thread(process.wait, 30) == 0
+
+
+def test_sigterm_stops_a_service_still_waiting_for_its_database(nats_server: EmbeddedNats) -> None:
+    port = free_port()
+    env = os.environ | {
+        "OMNI_IDENTITY_DATABASE_URL": f"postgresql+asyncpg://postgres@127.0.0.1:{free_port()}/nowhere",
+        "OMNI_IDENTITY_NATS_URL": nats_server.url,
+        "OMNI_IDENTITY_GRPC_HOST": "127.0.0.1",
+        "OMNI_IDENTITY_GRPC_PORT": str(port),
+    }
+    process = subprocess.Popen([sys.executable, "-m", "omni_kit.cli", "serve", "identity"], env=env)
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+            status = stub.Check(health_pb2.HealthCheckRequest(), timeout=30, wait_for_ready=True).status
+            assert status == health_pb2.HealthCheckResponse.NOT_SERVING
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=15) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()

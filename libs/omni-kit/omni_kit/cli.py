@@ -32,18 +32,29 @@ def load_service(name: str) -> ModuleType:
 
 
 async def serve(name: str) -> None:
-    """Run one service until a termination signal, then stop it gracefully."""
+    """Run one service until a termination signal, then stop it gracefully (also while it still waits for
+    its database or NATS at start)."""
     module = load_service(name)
     settings = module.Settings()
-    runtime = await module.start(settings)
-    settle_garbage_collector()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    logging.getLogger("omni").info("%s ready on port %d", name, runtime.port)
+    starting = asyncio.create_task(module.start(settings), name=f"start-{name}")
+    stopping = asyncio.create_task(stop.wait())
+    await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    log = logging.getLogger("omni")
+    if not starting.done():
+        log.info("%s stopping before it was ready", name)
+        starting.cancel()
+        await asyncio.gather(starting, return_exceptions=True)
+        return
+    stopping.cancel()
+    runtime = starting.result()
+    settle_garbage_collector()
+    log.info("%s ready on port %d", name, runtime.port)
     await stop.wait()
-    logging.getLogger("omni").info("%s stopping", name)
+    log.info("%s stopping", name)
     await runtime.close()
 
 

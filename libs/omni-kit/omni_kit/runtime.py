@@ -104,6 +104,14 @@ class Runtime:
             on_database_unavailable=self._database_trouble,
         )
         await self.server.start()
+        try:
+            await self._connect()
+        except BaseException:
+            # Failed or cancelled (a stop while waiting for the database): let nothing hold the port.
+            await self.close()
+            raise
+
+    async def _connect(self) -> None:
         self.engine = create_engine(
             self.settings.database_url,
             application_name=f"omni-{self.name}",

@@ -11,6 +11,7 @@ from omni_decisioning.main import Settings as DecisioningSettings
 from omni_gateway.main import Settings as GatewaySettings
 from omni_identity.main import Settings as IdentitySettings
 from omni_kit.embedded.run import SERVICES, RunConfig
+from omni_kit.settings import ServiceSettings
 from omni_profile.main import Settings as ProfileSettings
 from omni_segmentation.main import Settings as SegmentationSettings
 
@@ -27,7 +28,13 @@ def _default_ports() -> dict[str, int]:
         "tracking": config.tracking_port,
     }
     ports |= {f"{service.name} (omni run)": service.grpc_port for service in SERVICES}
-    settings = [IdentitySettings, ProfileSettings, SegmentationSettings, DecisioningSettings, GatewaySettings]
+    settings: list[type[ServiceSettings]] = [
+        IdentitySettings,
+        ProfileSettings,
+        SegmentationSettings,
+        DecisioningSettings,
+        GatewaySettings,
+    ]
     for model in settings:
         ports[model.__name__ + " " + model.__module__] = model.model_fields["grpc_port"].default
     ports["profile HTTP"] = ProfileSettings.model_fields["http_port"].default

@@ -46,14 +46,7 @@ DEV_WRITE_KEYS: dict[str, str | dict[str, str]] = {
 }
 # Settings the run itself provides (where each service listens and finds PostgreSQL, NATS and the services
 # it calls): the user's environment cannot move them, since the run starts those servers where it says.
-_WIRING_SUFFIXES = (
-    "_DATABASE_URL",
-    "_NATS_URL",
-    "_GRPC_HOST",
-    "_GRPC_PORT",
-    "_IDENTITY_TARGET",
-    "_PROFILE_TARGET",
-)
+_WIRING_SUFFIXES = ("_DATABASE_URL", "_NATS_URL", "_GRPC_HOST", "_GRPC_PORT", "_TARGET")
 RESTART_FIRST_DELAY_S = 1.0
 RESTART_MAX_DELAY_S = 30.0
 RESTART_STABLE_AFTER_S = 60.0

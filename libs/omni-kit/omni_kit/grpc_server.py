@@ -42,8 +42,9 @@ _KEEPALIVE_OPTIONS = [
 class Admission:
     """Which calls a server takes: none of its services' before they are registered (UNAVAILABLE, "starting"),
     none once it drains for a stop (UNAVAILABLE, "stopping"); it counts the calls in flight and notes when
-    the last one arrived or ended, so a stop can wait for them and for the calls their callers send next. Health checks and reflection are always answered and
-    never counted (a health Watch lasts as long as its client)."""
+    the last one arrived or ended, so a stop can wait for them and for the calls their callers send next.
+    Health checks and reflection are always answered and never counted (a health Watch lasts as long as its
+    client)."""
 
     def __init__(self) -> None:
         self.draining = False
@@ -410,9 +411,10 @@ class GrpcServer:
         self.admission.draining = True
         self._serving = False
         await self.health.enter_graceful_shutdown()
-        if not await self.admission.settle(quiet_s=_QUIET_BEFORE_CLOSE_S, deadline=deadline):
+        settled = await self.admission.settle(quiet_s=_QUIET_BEFORE_CLOSE_S, deadline=deadline)
+        if not settled and self.admission.in_flight:
             log.warning(
-                "%d calls still running or arriving after the %.1f s grace period; closing anyway",
+                "%d calls still running after the %.1f s grace period; cancelling them",
                 self.admission.in_flight,
                 grace_s,
             )

@@ -15,8 +15,9 @@ Every service starts the same way: `open()` binds the gRPC port first and answer
 (other calls UNAVAILABLE), then waits for the database (applying the migrations if asked) and NATS, retrying
 with backoff while they are unreachable; `serve()` registers the services and reports SERVING. From then on
 a probe checks the database every `db_health_interval_s` and health says NOT_SERVING while it does not
-answer. `close()` drains: new calls refused, calls in flight finished within the grace period, then the
-consumers, jobs and background work, the relay's last drain, NATS and the database.
+answer (the health name "liveness" stays SERVING: that is for a liveness probe, which should not restart a
+service for an outage). `close()` drains: new calls refused, calls in flight finished within the grace
+period, then the consumers, jobs and background work, the relay's last drain, NATS and the database.
 
 Transactions go through `runtime.transaction()`, which commits and then wakes the outbox relay (events
 staged) and the job worker (jobs scheduled to fall due before it would look).

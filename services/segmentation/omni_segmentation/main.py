@@ -71,7 +71,7 @@ async def start(settings: Settings) -> Runtime:
         # One consumer for every consumed type keeps a person's events in the order the stream holds them.
         runtime.add_consumer(durable="facts", event_types=CONSUMED, handler=handlers)
         clock.register(runtime.jobs)
-        await clock.start()
+        await runtime.when_database_answers(clock.start)
         servicer = SegmentationServicer(runtime, repository, catalog, on_segment_created=runtime.jobs.wake)
         await runtime.serve(
             service_names=[SERVICE_NAME],

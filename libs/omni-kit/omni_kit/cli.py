@@ -105,6 +105,9 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    # stamina logs a bare "stamina.retry_scheduled" warning per retry; omni_kit.db.retry_transaction and the
+    # runtime's start-up log what was retried and why themselves (a rerun after a concurrent merge is routine).
+    logging.getLogger("stamina").setLevel(logging.ERROR)
     if args.command == "serve":
         setup_telemetry(args.service)
         asyncio.run(serve(args.service))

@@ -7,6 +7,8 @@
 #   make test-unit       the tests that need no server (seconds)
 #   make test-integration  the tests that need PostgreSQL, NATS or the SMTP sink: omni-kit and each service
 #   make test-e2e        the stories across all five services, and `omni run` with the real services
+#   make test-faults   NATS, profile and PostgreSQL killed or stopped under load: nothing acknowledged is lost
+#                      or doubled, every journey email sent once (not part of make test; minutes)
 #   make lint          ruff, mypy and buf lint (fastest first)
 #   make bench         benchmarks; results go to bench/results/
 #   make proto         regenerate Python code from protos/ (done automatically by the targets that need it)
@@ -29,10 +31,10 @@ PROTOS := $(shell find protos -name '*.proto')
 
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 
-.PHONY: help env proto run test test-unit test-integration test-e2e lint fmt bench deploy-check breaking clean
+.PHONY: help env proto run test test-unit test-integration test-e2e test-faults lint fmt bench deploy-check breaking clean
 
 help:
-	@sed -n '2,17p' Makefile | sed 's/^# \{0,1\}//'
+	@sed -n '2,19p' Makefile | sed 's/^# \{0,1\}//'
 
 $(UV):
 	$(PYTHON) -m venv $(TOOLS)
@@ -74,6 +76,9 @@ test-integration: env
 
 test-e2e: env
 	$(PY) -m pytest -q -m e2e
+
+test-faults: env
+	$(PY) -m pytest -q -s -m faults tests/faults
 
 # buf reads the protos as an image built by protoc (libs/omni-proto/generate.py --image): the protos import
 # buf/validate/validate.proto, which comes from the protovalidate package, not from a registry; `--path omni`

@@ -7,7 +7,9 @@ gives each caller a database of its own.
 Every test is of one kind, marked here, which `make test-unit`, `make test-integration` and `make test-e2e`
 select: ``e2e`` under tests/e2e (the stories across all five services, and `omni run`); ``integration`` if it
 needs servers (its fixtures reach PostgreSQL, NATS or the SMTP sink, or its module starts servers of its own
-and says so with ``pytestmark = pytest.mark.integration``); ``unit`` otherwise.
+and says so with ``pytestmark = pytest.mark.integration``); ``unit`` otherwise. The fault tests under
+tests/faults are marked ``faults`` only: plain pytest leaves them out (pyproject's addopts), `make test-faults`
+runs them.
 """
 
 from __future__ import annotations
@@ -23,12 +25,15 @@ from omni_kit.embedded import EmbeddedNats, EmbeddedPostgres, SmtpSink
 
 _SERVERS = frozenset({"postgres", "nats_server", "smtp_sink", "make_database"})
 _E2E = Path(__file__).parent / "e2e"
+_FAULTS = Path(__file__).parent / "faults"
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Mark each test e2e, integration or unit (see the module's docstring)."""
     for item in items:
-        if item.path.is_relative_to(_E2E):
+        if item.path.is_relative_to(_FAULTS):
+            item.add_marker(pytest.mark.faults)
+        elif item.path.is_relative_to(_E2E):
             item.add_marker(pytest.mark.e2e)
         elif item.get_closest_marker("integration") is None and _SERVERS & set(
             getattr(item, "fixturenames", ())

@@ -144,9 +144,11 @@ class Stack:
     @staticmethod
     def _retry_pg_ctl(run: Callable[[], subprocess.CompletedProcess[str]], done: Callable[[], bool]) -> None:
         # pg_ctl now and then ends at once with a failure and no word while the machine is busy: try again.
-        said = []
+        said: list[str] = []
         for _ in range(5):
             if done():
+                if len(said) > 1:
+                    print(f"pg_ctl needed {len(said)} tries: {said}")  # how often it happens, for the record
                 return
             result = run()
             said.append(f"{result.returncode}: {result.stdout}{result.stderr}".strip())

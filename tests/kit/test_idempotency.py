@@ -1,5 +1,5 @@
 """omni_kit.idempotency against a real PostgreSQL: answers replayed, reused keys refused, concurrent retries
-done once, rolled-back work not remembered."""
+done once, rolled-back work not remembered, old answers purged by a recurring job."""
 
 from __future__ import annotations
 
@@ -20,14 +20,19 @@ from omni_kit.db import create_engine, session_factory
 from omni_kit.errors import AlreadyExists, Violations
 from omni_kit.idempotency import (
     KEY_REUSED_REASON,
+    PURGE_JOB,
+    RETENTION,
     check_request_id,
+    ensure_same_request,
     fingerprint,
     forget_answers,
     idempotency_metadata,
     idempotency_table,
     idempotent,
+    keep_answers_purged,
     purge_answers,
 )
+from omni_kit.scheduler import JobWorker, jobs_metadata, jobs_table
 
 
 @pytest.fixture
@@ -35,6 +40,7 @@ async def engine(make_database: Callable[..., Any]) -> AsyncIterator[AsyncEngine
     engine = create_engine(make_database("idem"), application_name="omni-test-idempotency")
     async with engine.begin() as connection:
         await connection.run_sync(idempotency_metadata.create_all)
+        await connection.run_sync(jobs_metadata.create_all)
     yield engine
     await engine.dispose()
 
@@ -220,3 +226,49 @@ async def test_old_answers_are_purged(engine: AsyncEngine) -> None:
     async with AsyncSession(engine) as session:
         left = (await session.execute(sa.select(idempotency_table.c.request_id))).scalars().all()
     assert left == ["new"]
+
+
+def test_a_service_keeping_its_own_record_refuses_a_reused_key_the_same_way() -> None:
+    ensure_same_request("k-1", b"same", b"same")
+    with pytest.raises(AlreadyExists) as refused:
+        ensure_same_request("k-1", "stored", "other", used_for="message m-1", message_id="m-1")
+    assert refused.value.reason == KEY_REUSED_REASON
+    assert refused.value.metadata == {"request_id": "k-1", "message_id": "m-1"}
+    assert "message m-1" in refused.value.message
+
+
+async def _ages(engine: AsyncEngine, request_id: str, age: timedelta) -> None:
+    async with engine.begin() as connection:
+        await connection.execute(
+            idempotency_table.update()
+            .where(idempotency_table.c.request_id == request_id)
+            .values(created_at=datetime.now(UTC) - age)
+        )
+
+
+async def test_the_recurring_purge_forgets_answers_past_the_retention_and_comes_back(engine: AsyncEngine) -> None:
+    work = Work()
+    await call(engine, merge("old"), work)
+    await call(engine, merge("recent"), work)
+    await _ages(engine, "old", RETENTION + timedelta(minutes=1))
+    await _ages(engine, "recent", RETENTION - timedelta(minutes=1))
+    sessions = session_factory(engine)
+    every = timedelta(minutes=10)
+
+    def transaction() -> Any:
+        return sessions.begin()
+
+    worker = JobWorker(transaction, name="purge-test")
+    await keep_answers_purged(worker, transaction, every=every)
+    # A second replica asking again makes no second job.
+    await keep_answers_purged(JobWorker(transaction, name="replica"), transaction, every=every)
+
+    assert await worker.run_until_idle() == 1
+    async with AsyncSession(engine) as session:
+        left = (await session.execute(sa.select(idempotency_table.c.request_id))).scalars().all()
+        jobs = (await session.execute(sa.select(jobs_table.c.kind, jobs_table.c.due_at))).all()
+        now = (await session.execute(sa.select(sa.func.now()))).scalar_one()
+    assert left == ["recent"]
+    [(kind, due_at)] = jobs
+    assert kind == PURGE_JOB
+    assert every - timedelta(seconds=30) < due_at - now <= every

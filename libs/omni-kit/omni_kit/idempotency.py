@@ -17,14 +17,19 @@ person, so erasing the person removes it (`forget_answers`).
 Concurrent retries of one request id do not both do the work: the first claims the key with a row the others
 wait on (its primary key), and they replay its answer once it commits, or do the work themselves if it
 rolled back.
+
+Answers are kept for RETENTION, longer than any client retries: a service's main has its job worker purge
+older ones (`keep_answers_purged`). A service whose own rows are the record of what a request id did (the
+gateway's messages, the matcher's decisions) keeps them there, and refuses a reused id the same way
+(`ensure_same_request`): ALREADY_EXISTS, reason IDEMPOTENCY_KEY_REUSED, the request id in the metadata.
 """
 
 from __future__ import annotations
 
 import hashlib
 import uuid
-from collections.abc import Awaitable, Callable, Iterable
-from datetime import datetime, timedelta
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
@@ -33,6 +38,7 @@ from sqlalchemy.dialects.postgresql import ARRAY, BYTEA, insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from omni_kit.errors import AlreadyExists, Violations, has_control_characters
+from omni_kit.scheduler import Backoff, Job, JobWorker, Transaction, schedule
 
 MAX_REQUEST_ID_LENGTH = 128
 """The longest request id a mutating call accepts (a UUID is 36 characters)."""
@@ -42,6 +48,14 @@ KEY_REUSED_REASON = "IDEMPOTENCY_KEY_REUSED"
 
 RETENTION = timedelta(days=7)
 """How long an answer is kept for replay: longer than any client's retry schedule."""
+
+PURGE_JOB = "omni.idempotency_purge"
+"""The kind of the recurring job that forgets answers older than RETENTION (one job per database)."""
+PURGE_INTERVAL = timedelta(hours=1)
+"""How often the purge runs when it has caught up."""
+PURGE_BATCH = 10_000
+"""The most answers one run deletes; a full batch runs again at once."""
+_PURGE_KEY = "idempotency_keys"
 
 idempotency_metadata = sa.MetaData()
 
@@ -96,6 +110,30 @@ def check_request_id(value: str, violations: Violations, *, field: str = "reques
     return request_id
 
 
+def key_reused(request_id: str, *, used_for: str = "another request", **metadata: str) -> AlreadyExists:
+    """The refusal of a request id sent again with other content: ALREADY_EXISTS, reason
+    IDEMPOTENCY_KEY_REUSED, with the request id (and whatever else names its first use) in the metadata."""
+    return AlreadyExists(
+        message=f"request_id {request_id!r} was used for {used_for}; use a new request_id for a new request",
+        reason=KEY_REUSED_REASON,
+        metadata={"request_id": request_id, **metadata},
+    )
+
+
+def ensure_same_request(
+    request_id: str,
+    stored: bytes | str,
+    digest: bytes | str,
+    *,
+    used_for: str = "another request",
+    **metadata: str,
+) -> None:
+    """Refuse (key_reused) a request whose fingerprint differs from the one stored with its request id's
+    first use. For services whose own rows keep what a request id did; `idempotent` does it for the rest."""
+    if stored != digest:
+        raise key_reused(request_id, used_for=used_for, **metadata)
+
+
 def fingerprint(method: str, request: Message) -> bytes:
     """What a call asks for: a hash of the method and the request's deterministic encoding (its request id
     included, which is the same for every call compared)."""
@@ -139,15 +177,7 @@ async def idempotent(
                 sa.select(idempotency_table.c.fingerprint, idempotency_table.c.response).where(*where)
             )
         ).one()
-        if row.fingerprint != digest:
-            raise AlreadyExists(
-                message=(
-                    f"request_id {request_id!r} was used for another request; use a new request_id for a "
-                    "new request"
-                ),
-                reason=KEY_REUSED_REASON,
-                metadata={"request_id": request_id},
-            )
+        ensure_same_request(request_id, row.fingerprint, digest)
         if row.response is not None:
             return response_type.FromString(row.response)
     answer = await work()
@@ -188,3 +218,35 @@ async def purge_answers(session: AsyncSession, *, before: datetime, limit: int =
         )
     )
     return int(result.rowcount or 0)  # type: ignore[attr-defined]
+
+
+async def keep_answers_purged(
+    worker: JobWorker, transaction: Transaction, *, every: timedelta = PURGE_INTERVAL
+) -> None:
+    """Have a service's job worker forget the answers older than RETENTION, a batch per run, again every
+    `every` once it has caught up; and schedule the first run (each replica asks, one job results). A
+    service's main calls it once its database is open, before serving."""
+    purge = _AnswerPurge(every)
+    # Purging is maintenance: it is never given up, however often it fails.
+    worker.register(
+        PURGE_JOB,
+        purge,
+        batch_size=1,
+        lease=timedelta(minutes=5),
+        max_attempts=1_000_000,
+        backoff=Backoff(first_s=10, max_s=max(every.total_seconds(), 10)),
+    )
+    async with transaction() as session:
+        await schedule(session, PURGE_JOB, _PURGE_KEY)
+
+
+class _AnswerPurge:
+    """The purge job's handler: one batch, then the next run (at once while there is more)."""
+
+    def __init__(self, every: timedelta) -> None:
+        self._every = every
+
+    async def __call__(self, session: AsyncSession, jobs: Sequence[Job]) -> None:
+        count = await purge_answers(session, before=datetime.now(UTC) - RETENTION, limit=PURGE_BATCH)
+        next_in = timedelta(0) if count >= PURGE_BATCH else self._every
+        await schedule(session, PURGE_JOB, _PURGE_KEY, next_in, replace=True)

@@ -59,16 +59,19 @@ _PURGE_KEY = "idempotency_keys"
 
 idempotency_metadata = sa.MetaData()
 
+_SCOPE_COMMENT = "Where request ids are unique: the RPC by default."
+_FINGERPRINT_COMMENT = "SHA-256 of the method and the request."
+_RESPONSE_COMMENT = "The serialised answer; NULL while claimed."
+_PERSONS_COMMENT = "The persons the answer shows."
+
 idempotency_table = sa.Table(
     "idempotency_keys",
     idempotency_metadata,
-    sa.Column(
-        "scope", sa.Text, primary_key=True, comment="Where request ids are unique: the RPC by default."
-    ),
+    sa.Column("scope", sa.Text, primary_key=True, comment=_SCOPE_COMMENT),
     sa.Column("request_id", sa.Text, primary_key=True),
-    sa.Column("fingerprint", BYTEA, nullable=False, comment="SHA-256 of the method and the request."),
-    sa.Column("response", BYTEA, nullable=True, comment="The serialised answer; NULL while claimed."),
-    sa.Column("person_ids", ARRAY(sa.Uuid), nullable=True, comment="The persons the answer shows."),
+    sa.Column("fingerprint", BYTEA, nullable=False, comment=_FINGERPRINT_COMMENT),
+    sa.Column("response", BYTEA, nullable=True, comment=_RESPONSE_COMMENT),
+    sa.Column("person_ids", ARRAY(sa.Uuid), nullable=True, comment=_PERSONS_COMMENT),
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
 )
 sa.Index("idempotency_keys_created_at", idempotency_table.c.created_at)
@@ -81,11 +84,11 @@ def create_idempotency_table(op: Any) -> None:
     """Create the idempotency table in a service's migration (op is alembic.op)."""
     op.create_table(
         "idempotency_keys",
-        sa.Column("scope", sa.Text, primary_key=True),
+        sa.Column("scope", sa.Text, primary_key=True, comment=_SCOPE_COMMENT),
         sa.Column("request_id", sa.Text, primary_key=True),
-        sa.Column("fingerprint", BYTEA, nullable=False),
-        sa.Column("response", BYTEA, nullable=True),
-        sa.Column("person_ids", ARRAY(sa.Uuid), nullable=True),
+        sa.Column("fingerprint", BYTEA, nullable=False, comment=_FINGERPRINT_COMMENT),
+        sa.Column("response", BYTEA, nullable=True, comment=_RESPONSE_COMMENT),
+        sa.Column("person_ids", ARRAY(sa.Uuid), nullable=True, comment=_PERSONS_COMMENT),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
     )
     op.create_index("idempotency_keys_created_at", "idempotency_keys", ["created_at"])

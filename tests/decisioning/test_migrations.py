@@ -20,6 +20,7 @@ from omni_decisioning.models import Base
 from omni_kit import contact
 from omni_kit.contact import Purpose, Reason, Verdict
 from omni_kit.db import create_engine, migrate
+from omni_kit.idempotency import idempotency_metadata
 from omni_kit.lineage import lineage_metadata
 
 from ..migrations import schema_differences
@@ -109,6 +110,7 @@ async def test_the_aliases_stored_before_move_to_person_lineage_and_back(
         async with engine.connect() as connection:
             assert await connection.run_sync(schema_differences, Base.metadata) == []
             assert await connection.run_sync(schema_differences, lineage_metadata) == []
+            assert await connection.run_sync(schema_differences, idempotency_metadata) == []
             rows = await connection.execute(
                 sa.text("SELECT person_id, survivor_id, forgotten_at FROM person_lineage")
             )

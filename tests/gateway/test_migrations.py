@@ -18,6 +18,7 @@ from omni_gateway.main import MIGRATIONS
 from omni_gateway.models import Base
 from omni_kit.db import create_engine, current_revision, migrate
 from omni_kit.ids import new_id
+from omni_kit.idempotency import idempotency_metadata
 from omni_kit.lineage import lineage_metadata
 
 from ..migrations import schema_differences
@@ -55,6 +56,7 @@ async def test_messages_stored_before_purposes_are_marketing_and_the_schema_matc
         async with engine.connect() as connection:
             assert await connection.run_sync(schema_differences, Base.metadata) == []
             assert await connection.run_sync(schema_differences, lineage_metadata) == []
+            assert await connection.run_sync(schema_differences, idempotency_metadata) == []
             purposes = (await connection.scalars(sa.text("SELECT purpose FROM messages"))).all()
             versions = (
                 await connection.scalars(sa.text("SELECT contact_verdict_version FROM messages"))

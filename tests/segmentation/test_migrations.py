@@ -12,6 +12,7 @@ from alembic.config import Config
 from sqlalchemy.engine import Connection
 
 from omni_kit.db import create_engine, migrate
+from omni_kit.idempotency import idempotency_metadata
 from omni_kit.lineage import lineage_metadata
 from omni_segmentation.main import MIGRATIONS
 from omni_segmentation.models import Base
@@ -46,6 +47,7 @@ async def test_the_aliases_stored_before_move_to_person_lineage_and_back(
         async with engine.connect() as connection:
             assert await connection.run_sync(schema_differences, Base.metadata) == []
             assert await connection.run_sync(schema_differences, lineage_metadata) == []
+            assert await connection.run_sync(schema_differences, idempotency_metadata) == []
             rows = await connection.execute(
                 sa.text("SELECT person_id, survivor_id, forgotten_at FROM person_lineage")
             )

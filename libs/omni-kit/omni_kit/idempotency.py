@@ -228,17 +228,18 @@ async def keep_answers_purged(
 ) -> None:
     """Have a service's job worker forget the answers older than RETENTION, a batch per run, again every
     `every` once it has caught up; and schedule the first run (each replica asks, one job results). A
-    service's main calls it once its database is open, before serving."""
-    purge = _AnswerPurge(every)
-    # Purging is maintenance: it is never given up, however often it fails.
-    worker.register(
-        PURGE_JOB,
-        purge,
-        batch_size=1,
-        lease=timedelta(minutes=5),
-        max_attempts=1_000_000,
-        backoff=Backoff(first_s=10, max_s=max(every.total_seconds(), 10)),
-    )
+    service's main calls it before serving, through Runtime.when_database_answers: calling it again after
+    the database failed it registers nothing twice."""
+    if PURGE_JOB not in worker.kinds:
+        # Purging is maintenance: it is never given up, however often it fails.
+        worker.register(
+            PURGE_JOB,
+            _AnswerPurge(every),
+            batch_size=1,
+            lease=timedelta(minutes=5),
+            max_attempts=1_000_000,
+            backoff=Backoff(first_s=10, max_s=max(every.total_seconds(), 10)),
+        )
     async with transaction() as session:
         await schedule(session, PURGE_JOB, _PURGE_KEY)
 

@@ -10,6 +10,7 @@ import grpc
 from omni.segmentation.v1 import segmentation_pb2 as pb
 from omni.segmentation.v1 import segmentation_pb2_grpc
 from omni_kit import validation
+from omni_kit.idempotency import idempotent
 from omni_kit.paging import PageTokenError, decode_after, encode_after
 from omni_kit.runtime import Runtime
 from omni_segmentation import conditions
@@ -50,11 +51,11 @@ def segment_message(record: SegmentRecord) -> pb.Segment:
 
 def validate_segment(request: pb.CreateSegmentRequest) -> None:
     """Raise InvalidArgument naming every malformed field of a segment to create: what segmentation.proto
-    declares, and what conditions.validate_condition adds for the condition."""
+    declares (the request id's rules too), and what conditions.validate_condition adds for the condition."""
     segment = request.segment
     # The tree is left to validate_condition, which bounds its size before anything walks it whole: the rest
     # of the request is checked with a one-node condition standing in for it.
-    outline = pb.CreateSegmentRequest()
+    outline = pb.CreateSegmentRequest(request_id=request.request_id)
     if request.HasField("segment"):
         outline.segment.SetInParent()
         outline.segment.name = segment.name
@@ -85,19 +86,27 @@ class SegmentationServicer(segmentation_pb2_grpc.SegmentationServiceServicer):
     async def CreateSegment(
         self, request: pb.CreateSegmentRequest, context: grpc.aio.ServicerContext
     ) -> pb.CreateSegmentResponse:
-        """Validate and store a segment; the persons known so far are evaluated right after (backfill)."""
+        """Validate and store a segment, once per request id; the persons known so far are evaluated right
+        after (backfill)."""
         validate_segment(request)
         segment = request.segment
         async with self._runtime.transaction() as session:
-            record = await self._catalog.create(
-                session,
-                name=segment.name,
-                description=segment.description,
-                condition=segment.condition,
-                trace_context=current_trace_context(),
+
+            async def create() -> pb.CreateSegmentResponse:
+                record = await self._catalog.create(
+                    session,
+                    name=segment.name,
+                    description=segment.description,
+                    condition=segment.condition,
+                    trace_context=current_trace_context(),
+                )
+                return pb.CreateSegmentResponse(segment=segment_message(record))
+
+            response = await idempotent(
+                session, "CreateSegment", request.request_id, request, pb.CreateSegmentResponse, create
             )
         self._on_segment_created()
-        return pb.CreateSegmentResponse(segment=segment_message(record))
+        return response
 
     async def GetSegment(
         self, request: pb.GetSegmentRequest, context: grpc.aio.ServicerContext

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from omni_kit.idempotency import forget_answers
 from omni_segmentation.repository import Repository
 
 
@@ -18,12 +19,14 @@ class PersonEraser:
         self._repository = repository
 
     async def erase(self, session: AsyncSession, person_ids: Sequence[uuid.UUID]) -> None:
-        """Delete the persons' facts, event occurrences, last-seen times, next checks and memberships. No exit
-        events are published: the person no longer exists anywhere, so there is nobody to leave a segment.
-        Unknown persons and repeated erasures change nothing."""
+        """Delete the persons' facts, event occurrences, last-seen times, next checks and memberships, and the
+        stored answers that show them (none do yet: segments name no person). No exit events are published:
+        the person no longer exists anywhere, so there is nobody to leave a segment. Unknown persons and
+        repeated erasures change nothing."""
         ids = list(dict.fromkeys(person_ids))
         if not ids:
             return
         # Same locks as event handling and merges, so a concurrent evaluation cannot write the person back.
         await self._repository.lock_persons_by_key(session, ids)
         await self._repository.erase_persons(session, ids)
+        await forget_answers(session, ids)

@@ -9,6 +9,7 @@ from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from omni.segmentation.v1 import segmentation_pb2_grpc
+from omni_kit.idempotency import keep_answers_purged
 from omni_kit.lineage import PERSON_LINEAGE
 from omni_kit.runtime import Runtime
 from omni_kit.settings import ServiceSettings
@@ -72,6 +73,7 @@ async def start(settings: Settings) -> Runtime:
         runtime.add_consumer(durable="facts", event_types=CONSUMED, handler=handlers)
         clock.register(runtime.jobs)
         await runtime.when_database_answers(clock.start)
+        await runtime.when_database_answers(lambda: keep_answers_purged(runtime.jobs, runtime.transaction))
         servicer = SegmentationServicer(runtime, repository, catalog, on_segment_created=runtime.jobs.wake)
         await runtime.serve(
             service_names=[SERVICE_NAME],

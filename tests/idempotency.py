@@ -43,7 +43,9 @@ async def purge_aged(runtime: Runtime, request_id: str, timeout_s: float = 10.0)
     the service's own job worker has removed the answer."""
     async with runtime.engine.begin() as connection:
         aged = await connection.execute(
-            sa.text("UPDATE idempotency_keys SET created_at = now() - CAST(:age AS interval) WHERE request_id = :r"),
+            sa.text(
+                "UPDATE idempotency_keys SET created_at = now() - CAST(:age AS interval) WHERE request_id = :r"
+            ),
             {"age": RETENTION + timedelta(minutes=1), "r": request_id},
         )
         assert aged.rowcount == 1  # type: ignore[attr-defined]
@@ -67,7 +69,11 @@ async def forget_shown_answers(
         for person in (shown, other):
             await connection.execute(
                 idempotency_table.insert().values(
-                    scope="test", request_id=f"shows-{person}", fingerprint=b"", response=b"", person_ids=[person]
+                    scope="test",
+                    request_id=f"shows-{person}",
+                    fingerprint=b"",
+                    response=b"",
+                    person_ids=[person],
                 )
             )
     await forget(str(shown))

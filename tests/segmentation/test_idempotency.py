@@ -86,7 +86,9 @@ async def test_a_malformed_request_id_is_refused(segmentation: Segmentation, req
     assert await named(segmentation, name) == 0
 
 
-async def test_an_answer_past_the_retention_is_purged_and_its_id_free_again(segmentation: Segmentation) -> None:
+async def test_an_answer_past_the_retention_is_purged_and_its_id_free_again(
+    segmentation: Segmentation,
+) -> None:
     request_id = new_id_str()
     await segmentation.stub.CreateSegment(request(unique("old"), request_id))
 

@@ -17,6 +17,7 @@ from omni_decisioning.journeys import Journeys
 from omni_decisioning.offers import Offers
 from omni_decisioning.paging import encode_token
 from omni_decisioning.references import References
+from omni_kit.idempotency import idempotent
 from omni_kit.runtime import Runtime
 
 
@@ -72,12 +73,23 @@ class DecisioningServicer(decisioning_pb2_grpc.DecisioningServiceServicer):
     async def CreateJourney(
         self, request: decisioning_pb2.CreateJourneyRequest, context: grpc.aio.ServicerContext
     ) -> decisioning_pb2.CreateJourneyResponse:
-        """Define a journey started when a person enters a segment."""
+        """Define a journey started when a person enters a segment, once per request id."""
         new = validation.create_journey(request)
         await self._references.check_journey(new.trigger_segment_id, new.template_id, new.channels)
         async with self._runtime.transaction() as session:
-            journey = await self._journeys.create(session, new)
-        return decisioning_pb2.CreateJourneyResponse(journey=journey_to_proto(journey))
+
+            async def create() -> decisioning_pb2.CreateJourneyResponse:
+                journey = await self._journeys.create(session, new)
+                return decisioning_pb2.CreateJourneyResponse(journey=journey_to_proto(journey))
+
+            return await idempotent(
+                session,
+                "CreateJourney",
+                request.request_id.strip(),
+                request,
+                decisioning_pb2.CreateJourneyResponse,
+                create,
+            )
 
     async def ListJourneys(
         self, request: decisioning_pb2.ListJourneysRequest, context: grpc.aio.ServicerContext
@@ -94,13 +106,24 @@ class DecisioningServicer(decisioning_pb2_grpc.DecisioningServiceServicer):
     async def CreateOffer(
         self, request: decisioning_pb2.CreateOfferRequest, context: grpc.aio.ServicerContext
     ) -> decisioning_pb2.CreateOfferResponse:
-        """Define an offer that Decide may return."""
+        """Define an offer that Decide may return, once per request id."""
         new = validation.create_offer(request)
         if new.segment_id is not None:
             await self._references.check_segment(new.segment_id, "offer.segment_id")
         async with self._runtime.transaction() as session:
-            offer = await self._offers.create(session, new)
-        return decisioning_pb2.CreateOfferResponse(offer=offer_to_proto(offer))
+
+            async def create() -> decisioning_pb2.CreateOfferResponse:
+                offer = await self._offers.create(session, new)
+                return decisioning_pb2.CreateOfferResponse(offer=offer_to_proto(offer))
+
+            return await idempotent(
+                session,
+                "CreateOffer",
+                request.request_id.strip(),
+                request,
+                decisioning_pb2.CreateOfferResponse,
+                create,
+            )
 
     async def Decide(
         self, request: decisioning_pb2.DecideRequest, context: grpc.aio.ServicerContext

@@ -21,6 +21,7 @@ from omni_decisioning.read_models import ReadModels
 from omni_decisioning.references import GATEWAY_SERVICE, SEGMENTATION_SERVICE, References
 from omni_decisioning.repository import Repository
 from omni_kit.grpc_client import channel
+from omni_kit.idempotency import keep_answers_purged
 from omni_kit.lineage import PERSON_LINEAGE, Lineage
 from omni_kit.runtime import Runtime
 from omni_kit.settings import ServiceSettings
@@ -68,6 +69,7 @@ async def start(settings: Settings) -> Runtime:
     )
     handlers = EventHandlers(read_models, journeys, lineage)
     runtime.add_consumer(durable="read-models", event_types=CONSUMED, handler=handlers.handle)
+    await keep_answers_purged(runtime.jobs, runtime.transaction)
     # Asked only when a journey or offer is created; Decide calls nobody.
     segmentation = runtime.track_channel(
         channel(

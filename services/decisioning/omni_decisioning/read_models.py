@@ -12,6 +12,7 @@ from datetime import datetime
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from omni_decisioning.repository import Repository
+from omni_kit.idempotency import forget_answers
 from omni_kit.lineage import Erasure, LineageTable, Merge, Unmerge
 
 log = logging.getLogger(__name__)
@@ -77,5 +78,7 @@ class ReadModels:
         )
 
     async def persons_forgotten(self, session: AsyncSession, erasure: Erasure) -> None:
-        """Delete everything held about the persons (erasure): read models, journey runs and decisions."""
+        """Delete everything held about the persons (erasure): read models, journey runs and decisions, and
+        the stored answers that show them (none do yet: journeys and offers name no person)."""
         await self._repository.forget_persons(session, erasure.person_ids)
+        await forget_answers(session, erasure.person_ids)

@@ -54,9 +54,7 @@ async def purge_aged(runtime: Runtime, request_id: str, timeout_s: float = 10.0)
         )
         assert due.rowcount == 1, "the service schedules one purge job"  # type: ignore[attr-defined]
     runtime.jobs.wake()
-    async with asyncio.timeout(timeout_s):
-        while await stored_answers(runtime, request_id):
-            await asyncio.sleep(0.05)
+    await until(lambda: _none_stored(runtime, request_id), timeout_s)
 
 
 async def forget_shown_answers(
@@ -77,7 +75,20 @@ async def forget_shown_answers(
                 )
             )
     await forget(str(shown))
-    async with asyncio.timeout(timeout_s):
-        while await stored_answers(runtime, f"shows-{shown}"):
-            await asyncio.sleep(0.05)
+    await until(lambda: _none_stored(runtime, f"shows-{shown}"), timeout_s)
     assert len(await stored_answers(runtime, f"shows-{other}")) == 1
+
+
+async def until(check: Callable[[], Awaitable[object]], timeout_s: float = 10.0) -> None:
+    """Poll check until it returns something truthy; AssertionError after the timeout."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while True:
+        if await check():
+            return
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"not so after {timeout_s} s")
+        await asyncio.sleep(0.05)
+
+
+async def _none_stored(runtime: Runtime, request_id: str) -> bool:
+    return not await stored_answers(runtime, request_id)

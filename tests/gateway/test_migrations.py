@@ -17,8 +17,8 @@ from omni_gateway.domain import Purpose
 from omni_gateway.main import MIGRATIONS
 from omni_gateway.models import Base
 from omni_kit.db import create_engine, current_revision, migrate
-from omni_kit.ids import new_id
 from omni_kit.idempotency import idempotency_metadata
+from omni_kit.ids import new_id
 from omni_kit.lineage import lineage_metadata
 
 from ..migrations import schema_differences

@@ -246,7 +246,9 @@ async def _ages(engine: AsyncEngine, request_id: str, age: timedelta) -> None:
         )
 
 
-async def test_the_recurring_purge_forgets_answers_past_the_retention_and_comes_back(engine: AsyncEngine) -> None:
+async def test_the_recurring_purge_forgets_answers_past_the_retention_and_comes_back(
+    engine: AsyncEngine,
+) -> None:
     work = Work()
     await call(engine, merge("old"), work)
     await call(engine, merge("recent"), work)

@@ -23,9 +23,11 @@ from omni_kit.errors import (
     NotFound,
     OmniError,
 )
+from omni_kit.idempotency import idempotent
 from omni_kit.runtime import Runtime
 from omni_profile import request_validation as checks
 from omni_profile import validation, wire
+from omni_profile.computed import Definition
 from omni_profile.computed_traits import ComputedTraits
 from omni_profile.consents import Consents
 from omni_profile.domain import EVENT_ID_REUSED, PERSON_ERASED, PERSON_NOT_FOUND, Event, TrackResult
@@ -157,36 +159,69 @@ class ProfileServicer(profile_pb2_grpc.ProfileServiceServicer):
     async def SetTraits(
         self, request: profile_pb2.SetTraitsRequest, context: grpc.aio.ServicerContext
     ) -> profile_pb2.SetTraitsResponse:
-        """Set or remove traits, as far as the source's precedence allows."""
-        validation.validate_set_traits(request)
-        person_id = await self._known_person(uuid.UUID(request.person_id))
+        """Set or remove traits, as far as the source's precedence allows; once per request id."""
+        request_id = validation.validate_set_traits(request)
+        asked = uuid.UUID(request.person_id)
+        person_id = await self._known_person(asked)
+        shown: list[uuid.UUID] = [asked]
         async with self._runtime.transaction() as session:
-            current, ignored = await self._domain.traits.set_traits(
-                session, person_id, wire.struct_to_dict(request.traits), request.source, datetime.now(UTC)
+
+            async def set_traits() -> profile_pb2.SetTraitsResponse:
+                current, ignored = await self._domain.traits.set_traits(
+                    session, person_id, wire.struct_to_dict(request.traits), request.source, datetime.now(UTC)
+                )
+                profile = await self._profiles.get(session, current, require_known=False)
+                if request_id:
+                    # The profile holds what the ids merged into the person brought: erasing one of them
+                    # (after an unmerge) removes the stored answer too.
+                    shown.extend(await self._profiles.shown_persons(session, current))
+                return profile_pb2.SetTraitsResponse(
+                    profile=wire.profile_to_proto(profile), ignored_traits=ignored
+                )
+
+            return await idempotent(
+                session,
+                "SetTraits",
+                request_id,
+                request,
+                profile_pb2.SetTraitsResponse,
+                set_traits,
+                persons=lambda _: shown,
             )
-            profile = await self._profiles.get(session, current, require_known=False)
-        return profile_pb2.SetTraitsResponse(profile=wire.profile_to_proto(profile), ignored_traits=ignored)
 
     async def SetConsent(
         self, request: profile_pb2.SetConsentRequest, context: grpc.aio.ServicerContext
     ) -> profile_pb2.SetConsentResponse:
-        """Record consent for a channel and purpose."""
+        """Record consent for a channel and purpose; once per request id."""
         checks.validate_set_consent(request)
-        person_id = await self._known_person(uuid.UUID(request.person_id))
+        asked = uuid.UUID(request.person_id)
+        person_id = await self._known_person(asked)
         channel = wire.channel_name(request.consent.channel)
         assert channel is not None  # checked: the channel is required
         async with self._runtime.transaction() as session:
-            consent = await self._domain.consents.set_consent(
+
+            async def set_consent() -> profile_pb2.SetConsentResponse:
+                consent = await self._domain.consents.set_consent(
+                    session,
+                    person_id,
+                    channel=channel,
+                    state=wire.consent_state_name(request.consent.state),
+                    source=request.consent.source,
+                    now=datetime.now(UTC),
+                    purpose=wire.purpose_name(request.consent.purpose),
+                    double_opt_in=wire.double_opt_in_name(request.consent.double_opt_in),
+                )
+                return profile_pb2.SetConsentResponse(consent=wire.consent_to_proto(consent))
+
+            return await idempotent(
                 session,
-                person_id,
-                channel=channel,
-                state=wire.consent_state_name(request.consent.state),
-                source=request.consent.source,
-                now=datetime.now(UTC),
-                purpose=wire.purpose_name(request.consent.purpose),
-                double_opt_in=wire.double_opt_in_name(request.consent.double_opt_in),
+                "SetConsent",
+                request.request_id,
+                request,
+                profile_pb2.SetConsentResponse,
+                set_consent,
+                persons=lambda _: {asked, person_id},
             )
-        return profile_pb2.SetConsentResponse(consent=wire.consent_to_proto(consent))
 
     async def GetProfile(
         self, request: profile_pb2.GetProfileRequest, context: grpc.aio.ServicerContext
@@ -242,13 +277,28 @@ class ProfileServicer(profile_pb2_grpc.ProfileServiceServicer):
     async def CreateComputedTrait(
         self, request: profile_pb2.CreateComputedTraitRequest, context: grpc.aio.ServicerContext
     ) -> profile_pb2.CreateComputedTraitResponse:
-        """Define a computed trait; it is backfilled in the background."""
+        """Define a computed trait, once per request id; it is backfilled in the background."""
         checks.validate_create_computed_trait(request)
         computed_traits = self._domain.computed_traits
+        created: list[Definition] = []
         async with self._runtime.transaction() as session:
-            stored = await computed_traits.create(session, definition_from_proto(request.computed_trait))
-        computed_traits.adopt(stored)
-        return profile_pb2.CreateComputedTraitResponse(computed_trait=definition_to_proto(stored))
+
+            async def create() -> profile_pb2.CreateComputedTraitResponse:
+                stored = await computed_traits.create(session, definition_from_proto(request.computed_trait))
+                created.append(stored)
+                return profile_pb2.CreateComputedTraitResponse(computed_trait=definition_to_proto(stored))
+
+            response = await idempotent(
+                session,
+                "CreateComputedTrait",
+                request.request_id,
+                request,
+                profile_pb2.CreateComputedTraitResponse,
+                create,
+            )
+        for stored in created:  # none when the answer was replayed: the definition was adopted then
+            computed_traits.adopt(stored)
+        return response
 
     async def ListComputedTraits(
         self, request: profile_pb2.ListComputedTraitsRequest, context: grpc.aio.ServicerContext

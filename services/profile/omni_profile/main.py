@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import async_sessionmaker
 
 from omni.profile.v1 import profile_pb2_grpc
 from omni_kit import grpc_client
+from omni_kit.idempotency import keep_answers_purged
 from omni_kit.runtime import Runtime
 from omni_kit.settings import ServiceSettings
 from omni_profile import consumers
@@ -192,6 +193,7 @@ async def _wire(runtime: ProfileRuntime, settings: Settings) -> None:
         handler=consumers.MessageOutcomeHandler(tracker),
     )
     computed_traits.register(runtime.jobs)
+    await keep_answers_purged(runtime.jobs, runtime.transaction)
     runtime.add_task(
         lambda: asyncio.create_task(computed_traits.run(runtime.transaction), name="computed-traits")
     )

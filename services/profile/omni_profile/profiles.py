@@ -11,6 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from omni_kit.errors import InvalidArgument, NotFound, Violations
 from omni_profile import cart, computed, paging, persons, repository
 from omni_profile.domain import Consent, Event, Profile, TraitChange
+from omni_profile.models import PROFILE_LINEAGE
 
 DEFAULT_RECENT_EVENTS = 20
 MAX_RECENT_EVENTS = 200
@@ -45,6 +46,10 @@ class Profiles:
     def __init__(self, catalog: Callable[[], computed.Catalog], reader: repository.ProfileReader) -> None:
         self._catalog = catalog
         self._reader = reader
+
+    async def shown_persons(self, session: AsyncSession, person_id: uuid.UUID) -> list[uuid.UUID]:
+        """Whose data a live person's profile shows: the person and every id merged into it."""
+        return [person_id, *await PROFILE_LINEAGE.merged_into(session, [person_id])]
 
     async def current_person(self, session: AsyncSession, person_id: uuid.UUID) -> uuid.UUID | None:
         """The live person behind an id profile has a row for (following merges), or None."""

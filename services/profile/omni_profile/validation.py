@@ -27,6 +27,7 @@ from omni_kit.errors import (
     has_control_characters,
 )
 from omni_kit.event_types import EVENT_TYPE_RULE, MAX_EVENT_TYPE, SNAKE_CASE, is_event_type
+from omni_kit.idempotency import check_request_id
 from omni_profile import wire
 from omni_profile.domain import CART_LINE_EVENTS
 from omni_profile.trait_schema import trait_problems
@@ -261,9 +262,11 @@ def check_traits(traits: struct_pb2.Struct, path: str, violations: Violations) -
         violations.add(f"{path}.{name}", problem)
 
 
-def validate_set_traits(request: profile_pb2.SetTraitsRequest) -> None:
-    """Check a SetTraits request, known traits' types included (a violation at "traits.<name>")."""
+def validate_set_traits(request: profile_pb2.SetTraitsRequest) -> str:
+    """Check a SetTraits request, known traits' types included (a violation at "traits.<name>"); return its
+    request id ("" for none)."""
     violations = Violations()
+    request_id = check_request_id(request.request_id, violations)
     check_person_id(request.person_id, "person_id", violations)
     check_traits(request.traits, "traits", violations)
     if len(request.source) > MAX_SOURCE:
@@ -271,3 +274,4 @@ def validate_set_traits(request: profile_pb2.SetTraitsRequest) -> None:
     elif has_control_characters(request.source):
         violations.add("source", "holds control characters")
     violations.raise_if_any()
+    return request_id

@@ -1,9 +1,13 @@
-"""The gateway's migrations build the tables the models describe, keep the messages stored before them, and
-undo cleanly."""
+"""The gateway's migrations build the tables the models describe, keep the messages stored before them (their
+fingerprints computed again), and undo cleanly."""
 
 from __future__ import annotations
 
+import hashlib
+import json
+import uuid
 from collections.abc import Callable
+from dataclasses import replace
 
 import pytest
 import sqlalchemy as sa
@@ -13,9 +17,10 @@ from alembic.script import ScriptDirectory
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
-from omni_gateway.domain import Purpose
+from omni_gateway.domain import Channel, Purpose, SendRequest
 from omni_gateway.main import MIGRATIONS
 from omni_gateway.models import Base
+from omni_gateway.wire import send_fingerprint
 from omni_kit.db import create_engine, current_revision, migrate
 from omni_kit.idempotency import idempotency_metadata
 from omni_kit.ids import new_id
@@ -77,3 +82,70 @@ async def test_messages_stored_before_purposes_are_marketing_and_the_schema_matc
         assert tables <= {"alembic_version"}
     finally:
         await engine.dispose()
+
+
+async def test_the_fingerprints_stored_before_are_computed_again_as_omni_kit_computes_them(
+    make_database: Callable[..., str],
+) -> None:
+    engine = create_engine(make_database("gateway_fingerprints"), application_name="omni-gateway-test")
+    marketing = SendRequest(
+        request_id="before-kit",
+        person_id=uuid.uuid4(),
+        channel=Channel.EMAIL,
+        template_id="cart",
+        variables={"coupon": "SAVE10", "items": [{"sku": "a", "quantity": 2}], "total": 19.5},
+    )
+    transactional = replace(marketing, request_id="receipt", variables={}, purpose=Purpose.TRANSACTIONAL)
+    try:
+        await migrate(engine, MIGRATIONS, "0005")
+        async with engine.begin() as connection:
+            for request in (marketing, transactional):
+                await connection.execute(
+                    sa.text(
+                        "INSERT INTO messages (id, request_id, fingerprint, person_id, channel, template_id, "
+                        "variables, purpose, status) VALUES (:id, :r, :f, :p, 'email', 'cart', "
+                        "CAST(:v AS jsonb), :purpose, 'sent')"
+                    ),
+                    {
+                        "id": new_id(),
+                        "r": request.request_id,
+                        "f": _legacy(request),
+                        "p": request.person_id,
+                        "v": json.dumps(request.variables),
+                        "purpose": request.purpose.value,
+                    },
+                )
+
+        await migrate(engine, MIGRATIONS)
+        async with engine.connect() as connection:
+            stored = dict(
+                (await connection.execute(sa.text("SELECT request_id, fingerprint FROM messages"))).all()
+            )
+        # What a replay of each is compared with now: it matches, and other content does not.
+        assert stored == {r.request_id: send_fingerprint(r) for r in (marketing, transactional)}
+        assert send_fingerprint(replace(marketing, variables={})) != stored["before-kit"]
+
+        async with engine.begin() as connection:
+            await connection.run_sync(lambda c: command.downgrade(_config(c), "0005"))
+        async with engine.connect() as connection:
+            stored = dict(
+                (await connection.execute(sa.text("SELECT request_id, fingerprint FROM messages"))).all()
+            )
+        assert stored == {r.request_id: _legacy(r) for r in (marketing, transactional)}
+    finally:
+        await engine.dispose()
+
+
+def _legacy(request: SendRequest) -> str:
+    """The fingerprint the gateway stored before omni_kit's: SHA-256 (hex) of the content as canonical JSON,
+    the purpose only when not marketing."""
+    content: dict[str, object] = {
+        "person_id": str(request.person_id),
+        "channel": request.channel.value,
+        "template_id": request.template_id,
+        "variables": request.variables,
+    }
+    if request.purpose != Purpose.MARKETING:
+        content["purpose"] = request.purpose.value
+    canonical = json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()

@@ -14,6 +14,7 @@ from omni_gateway.repository import Repository
 from omni_gateway.wire import channel_from_proto, message_to_proto, parse_send_request, template_to_proto
 from omni_kit import validation
 from omni_kit.errors import AlreadyExists, NotFound
+from omni_kit.idempotency import idempotent
 
 
 class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
@@ -30,7 +31,8 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
     async def CreateTemplate(
         self, request: gateway_pb2.CreateTemplateRequest, context: grpc.aio.ServicerContext
     ) -> gateway_pb2.CreateTemplateResponse:
-        """Store a template after checking its id, channel and Liquid; the id must be new."""
+        """Store a template after checking its id, channel and Liquid, once per request id; the id must be
+        new."""
         violations = validation.check(request)
         if not request.HasField("template"):
             violations.raise_if_any("the template is missing")
@@ -46,22 +48,33 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         violations.raise_if_any("the template is not valid")
         assert channel is not None  # the proto's rules
         async with self._transaction() as session:
-            stored = await self._repository.insert_template(
+
+            async def create() -> gateway_pb2.CreateTemplateResponse:
+                stored = await self._repository.insert_template(
+                    session,
+                    {
+                        "id": template.id,
+                        "channel": channel,
+                        "subject": template.subject,
+                        "body_text": template.body_text,
+                        "body_html": template.body_html,
+                    },
+                )
+                if stored is None:
+                    raise AlreadyExists(
+                        message=f"template {template.id!r} exists already",
+                        metadata={"template_id": template.id},
+                    )
+                return gateway_pb2.CreateTemplateResponse(template=template_to_proto(stored))
+
+            return await idempotent(
                 session,
-                {
-                    "id": template.id,
-                    "channel": channel,
-                    "subject": template.subject,
-                    "body_text": template.body_text,
-                    "body_html": template.body_html,
-                },
+                "CreateTemplate",
+                request.request_id,
+                request,
+                gateway_pb2.CreateTemplateResponse,
+                create,
             )
-        if stored is None:
-            raise AlreadyExists(
-                message=f"template {template.id!r} exists already",
-                metadata={"template_id": template.id},
-            )
-        return gateway_pb2.CreateTemplateResponse(template=template_to_proto(stored))
 
     async def GetTemplate(
         self, request: gateway_pb2.GetTemplateRequest, context: grpc.aio.ServicerContext

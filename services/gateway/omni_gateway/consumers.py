@@ -11,13 +11,13 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from omni.decisioning.v1 import events_pb2 as decisioning_events
 from omni.events.v1 import envelope_pb2
 from omni.gateway.v1 import gateway_pb2
-from omni_gateway.delivery import Delivery
+from omni_gateway.delivery import Delivery, ensure_same_send
 from omni_gateway.domain import MessageStatus, SendRequest
-from omni_gateway.idempotency import ensure_same_request, fingerprint
 from omni_gateway.repository import FORGOTTEN, Repository
-from omni_gateway.wire import parse_send_request
+from omni_gateway.wire import parse_send_request, send_fingerprint
 from omni_kit.bus import PermanentError, unpack
 from omni_kit.errors import AlreadyExists, InvalidArgument, NotFound
+from omni_kit.idempotency import forget_answers
 from omni_kit.ids import new_id
 from omni_kit.lineage import LINEAGE_EVENTS, Erasure, Lineage, LineageTable
 
@@ -75,7 +75,7 @@ class SendRequestedHandler:
             raise PermanentError(str(error)) from error
 
     async def _forgotten(self, session: AsyncSession, request: SendRequest) -> None:
-        key = fingerprint(request)
+        key = send_fingerprint(request)
         values = {
             "id": new_id(),
             "request_id": request.request_id,
@@ -93,7 +93,7 @@ class SendRequestedHandler:
             known = await self._repository.get_message_by_request(session, request.request_id)
             assert known is not None
             try:
-                ensure_same_request(known, key)
+                ensure_same_send(known, key)
             except AlreadyExists as error:
                 raise PermanentError(str(error)) from error
 
@@ -110,8 +110,10 @@ class ErasureHook:
         self._repository = repository
 
     async def __call__(self, session: AsyncSession, erasure: Erasure) -> None:
-        """Redact the messages of the erasure's persons."""
+        """Redact the messages of the erasure's persons; forget the stored answers that show them (none do
+        yet: templates name no person)."""
         await self._repository.forget_persons(session, list(erasure.person_ids))
+        await forget_answers(session, erasure.person_ids)
 
 
 class EventRouter:

@@ -44,16 +44,16 @@ from omni_gateway.domain import (
 )
 from omni_gateway.email_message import build_email
 from omni_gateway.events import stage_outcome
-from omni_gateway.idempotency import ensure_same_request, fingerprint
 from omni_gateway.models import Message
 from omni_gateway.rendering import Renderer, TemplateParts, template_context
 from omni_gateway.repository import Repository
 from omni_gateway.retry import DELIVERY_ATTEMPT, RetryPolicy
 from omni_gateway.smtp import Mailer
-from omni_gateway.wire import channel_to_proto
+from omni_gateway.wire import channel_to_proto, send_fingerprint
 from omni_kit import contact
 from omni_kit.bus import Outbox
 from omni_kit.errors import FieldViolation, InvalidArgument, NotFound, without_control_characters
+from omni_kit.idempotency import ensure_same_request
 from omni_kit.ids import new_id
 from omni_kit.scheduler import cancel, schedule
 
@@ -61,6 +61,18 @@ tracer = trace.get_tracer("omni_gateway.delivery")
 log = logging.getLogger(__name__)
 
 Transaction = Callable[[], AbstractAsyncContextManager[AsyncSession]]
+
+
+def ensure_same_send(message: Message, digest: bytes) -> None:
+    """Refuse a send that reuses the request id of a message with other content (omni_kit.idempotency's
+    refusal: ALREADY_EXISTS, IDEMPOTENCY_KEY_REUSED, with the message's id)."""
+    ensure_same_request(
+        message.request_id,
+        message.fingerprint,
+        digest,
+        used_for=f"a different message ({message.id})",
+        message_id=str(message.id),
+    )
 
 
 class Delivery:
@@ -101,7 +113,7 @@ class Delivery:
                 message=f"channel {request.channel.value} cannot be delivered yet",
                 violations=[FieldViolation("channel", "only CHANNEL_EMAIL is delivered so far")],
             )
-        key = fingerprint(request)
+        key = send_fingerprint(request)
         lease = self._policy.lease
         async with self._transaction() as session:
             message = await self._repository.get_message_by_request(session, request.request_id)
@@ -118,7 +130,7 @@ class Delivery:
                     message = await self._repository.get_message_by_request(session, request.request_id)
                     assert message is not None
             if not fresh:
-                ensure_same_request(message, key)
+                ensure_same_send(message, key)
         if fresh:
             return await self._attempt_to_the_end(message)
         if message.status != MessageStatus.QUEUED:
@@ -176,7 +188,10 @@ class Delivery:
         """Record a request that can never be sent as a FAILED message and announce it; None if the key exists."""
         async with self._transaction() as session:
             message = await self._repository.insert_message(
-                session, self._row(request, fingerprint(request)), status=MessageStatus.FAILED, error=error
+                session,
+                self._row(request, send_fingerprint(request)),
+                status=MessageStatus.FAILED,
+                error=error,
             )
             if message is not None:
                 await stage_outcome(self._outbox, session, message)
@@ -297,7 +312,7 @@ class Delivery:
             subject=template.subject, body_text=template.body_text, body_html=template.body_html
         )
 
-    def _row(self, request: SendRequest, key: str) -> dict[str, object]:
+    def _row(self, request: SendRequest, key: bytes) -> dict[str, object]:
         carrier: dict[str, str] = {}
         propagate.inject(carrier)
         return {

@@ -20,6 +20,7 @@ from omni_gateway.retry import DELIVERY_ATTEMPT, DeliveryAttempts, RetryPolicy
 from omni_gateway.smtp import Mailer, SmtpConfig
 from omni_kit import contact
 from omni_kit.grpc_client import channel
+from omni_kit.idempotency import keep_answers_purged
 from omni_kit.lineage import PERSON_LINEAGE, Lineage
 from omni_kit.runtime import Runtime
 from omni_kit.settings import ServiceSettings
@@ -142,6 +143,7 @@ async def _wire(runtime: Runtime, settings: Settings) -> None:
     )
     # At a graceful stop the messages whose attempts did not finish are due again at once, not in a lease.
     runtime.on_close(delivery.release_leases)
+    await runtime.when_database_answers(lambda: keep_answers_purged(runtime.jobs, runtime.transaction))
     servicer = GatewayServicer(
         transaction=runtime.transaction, repository=repository, renderer=renderer, delivery=delivery
     )

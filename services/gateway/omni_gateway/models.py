@@ -41,8 +41,10 @@ class Template(Base):
 class Message(Base):
     """One message to one person; request_id is the caller's idempotency key.
 
-    `fingerprint` is a hash of what was asked (person, channel, template, variables, purpose), so a reused
-    key with other content is refused. `purpose` decides which consent the send needs. `claimed_until` is
+    `fingerprint` is a hash of what was asked (person, channel, template, variables, purpose: wire.
+    send_fingerprint, omni_kit.idempotency's hash), so a reused key with other content is refused. The row is
+    the record of what its request id did, kept after an erasure (redacted) and beyond omni_kit's retention,
+    so a replay is answered from it and never sent again (README, "Sending, once"). `purpose` decides which consent the send needs. `claimed_until` is
     the lease of the attempt in progress: while it lies in the future no one else starts an attempt, and if
     the attempt's process dies the lease runs out and its scheduled job (omni_kit.scheduler, kind
     gateway.delivery_attempt) takes the message up again. `next_attempt_at` is when that job is due.
@@ -53,7 +55,7 @@ class Message(Base):
 
     id: Mapped[uuid.UUID] = mapped_column(sa.Uuid, primary_key=True)
     request_id: Mapped[str] = mapped_column(sa.Text, unique=True)
-    fingerprint: Mapped[str] = mapped_column(sa.Text)
+    fingerprint: Mapped[bytes] = mapped_column(sa.LargeBinary)
     person_id: Mapped[uuid.UUID] = mapped_column(sa.Uuid)
     channel: Mapped[Channel] = mapped_column(_enum(Channel))
     template_id: Mapped[str] = mapped_column(sa.Text)

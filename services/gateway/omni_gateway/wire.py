@@ -16,6 +16,7 @@ from omni_gateway.domain import Channel, MessageStatus, Purpose, SendRequest
 from omni_gateway.models import Message, Template
 from omni_kit import validation
 from omni_kit.errors import check_json_text
+from omni_kit.idempotency import fingerprint
 
 # A message's variables are stored with it (and replayed): a cap keeps one send from storing megabytes.
 MAX_VARIABLES_BYTES = 16 * 1024
@@ -148,3 +149,20 @@ def parse_send_request(
         purpose=domain_purpose,
         contact_verdict_version=max(contact_verdict_version, 0),
     )
+
+
+def send_fingerprint(request: SendRequest) -> bytes:
+    """What a send asks for, hashed as omni_kit.idempotency hashes every request: the SendMessageRequest that
+    asks for it (request id, person, channel, template, variables, purpose), whether it came from SendMessage
+    or from decisioning's send_requested. The journey is left out, as is the version of the verdicts a
+    journey's send was decided by: they say who asked and when, not what is sent."""
+    canonical = gateway_pb2.SendMessageRequest(
+        request_id=request.request_id,
+        person_id=str(request.person_id),
+        channel=channel_to_proto(request.channel),
+        template_id=request.template_id,
+        purpose=purpose_to_proto(request.purpose),
+    )
+    if request.variables:
+        canonical.variables.update(request.variables)
+    return fingerprint("SendMessage", canonical)

@@ -208,7 +208,9 @@ def test_request_ids_are_checked() -> None:
     assert check_request_id("  k-1 ", violations) == "k-1"
     check_request_id("x" * 129, violations)
     check_request_id("k\x00", violations)
-    assert [v.field for v in violations.items] == ["request_id", "request_id"]
+    check_request_id("k\x1f", violations)  # a control character str.strip() takes for a space
+    check_request_id("k\n", violations)
+    assert [v.field for v in violations.items] == ["request_id"] * 4
 
 
 async def test_old_answers_are_purged(engine: AsyncEngine) -> None:

@@ -103,13 +103,14 @@ def drop_idempotency_table(op: Any) -> None:
 
 
 def check_request_id(value: str, violations: Violations, *, field: str = "request_id") -> str:
-    """The request id of a mutating call, stripped; "" when the caller sent none (the call is then not
-    idempotent, as AIP-155 allows). Bad ids are added to violations."""
-    request_id = value.strip()
+    """The request id of a mutating call, stripped of spaces; "" when the caller sent none (the call is then
+    not idempotent, as AIP-155 allows). Bad ids are added to violations: longer than MAX_REQUEST_ID_LENGTH, or
+    holding a control character anywhere (str.strip would take some of them, U+001C to U+001F, for spaces)."""
+    request_id = value.strip(" ")
     violations.check(
         len(request_id) <= MAX_REQUEST_ID_LENGTH, field, f"must be at most {MAX_REQUEST_ID_LENGTH} characters"
     )
-    violations.check(not has_control_characters(request_id), field, "holds control characters")
+    violations.check(not has_control_characters(value), field, "holds control characters")
     return request_id
 
 

@@ -23,6 +23,7 @@ from omni_identity.normalise import Normaliser
 from omni_identity.operators import Operators
 from omni_identity.persons import Persons
 from omni_identity.rules import Rules
+from omni_kit.idempotency import keep_answers_purged
 from omni_kit.runtime import Runtime
 from omni_kit.settings import ServiceSettings
 
@@ -102,5 +103,6 @@ async def start(settings: Settings) -> Runtime:
         identity_pb2_grpc.add_IdentityServiceServicer_to_server(servicer, server)
         matching.register(server)
 
+    await keep_answers_purged(runtime.jobs, runtime.transaction)
     await runtime.serve(service_names=[SERVICE_NAME, matching.service_name], register=register)
     return runtime

@@ -5,6 +5,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import AsyncIterator
 
+import grpc
 import pytest
 
 from omni.identity.v1 import matching_pb2
@@ -12,6 +13,7 @@ from omni_identity.matching.evaluate import TARGET_F1, evaluate_febrl4
 from omni_identity.matching.service_evaluation import evaluate_febrl4_service
 from omni_kit.embedded import EmbeddedNats, EmbeddedPostgres
 
+from ...idempotency import assert_key_reused
 from .conftest import running_matching
 from .support import MatchingServer
 
@@ -56,4 +58,13 @@ async def test_a_sample_through_the_service(server: MatchingServer) -> None:
     first = await server.stub.TrainMatchModel(matching_pb2.TrainMatchModelRequest(request_id="nightly-1"))
     again = await server.stub.TrainMatchModel(matching_pb2.TrainMatchModelRequest(request_id="nightly-1"))
     assert first.model.version == again.model.version == 2
+    assert (await server.stub.GetMatchModel(matching_pb2.GetMatchModelRequest())).model.version == 2
+    # The default spelt out is the same request; another limit under the same id is refused, untrained.
+    spelt_out = matching_pb2.TrainMatchModelRequest(request_id="nightly-1", max_records=50_000)
+    assert (await server.stub.TrainMatchModel(spelt_out)).model.version == 2
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await server.stub.TrainMatchModel(
+            matching_pb2.TrainMatchModelRequest(request_id="nightly-1", max_records=900)
+        )
+    assert_key_reused(refused.value, "nightly-1")
     assert (await server.stub.GetMatchModel(matching_pb2.GetMatchModelRequest())).model.version == 2

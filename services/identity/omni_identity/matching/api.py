@@ -29,6 +29,7 @@ from omni_identity.matching.repository import MatchRepository
 from omni_identity.matching.training import TrainingError
 from omni_kit import validation
 from omni_kit.errors import FailedPrecondition
+from omni_kit.idempotency import fingerprint
 from omni_kit.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -110,15 +111,19 @@ class MatchingServicer(matching_pb2_grpc.MatchingServiceServicer):
         """Train a new model version on the stored records and put it in use."""
         validation.validate(request)
         request_id = request.request_id.strip()
+        limit = request.max_records or DEFAULT_TRAINING_RECORDS
+        # What the call asks for, the default spelt out: the model row keeps it to refuse a reused id.
+        digest = fingerprint(
+            "TrainMatchModel", matching_pb2.TrainMatchModelRequest(request_id=request_id, max_records=limit)
+        )
         # Reading, training and storing are three steps: no transaction stays open while EM runs.
         async with self._runtime.transaction() as session:
             repository = MatchRepository(session)
             earlier = await repository.model_of_request(request_id) if request_id else None
             if earlier is None:
-                records, start = await self._linking.training_set(
-                    repository, request.max_records or DEFAULT_TRAINING_RECORDS
-                )
+                records, start = await self._linking.training_set(repository, limit)
         if earlier is not None:
+            earlier.ensure_asked_by(request_id, digest)
             return matching_pb2.TrainMatchModelResponse(model=model_message(earlier, self._linking.policy))
         try:
             result = await self._linking.train(records, start.model)
@@ -126,7 +131,10 @@ class MatchingServicer(matching_pb2_grpc.MatchingServiceServicer):
             raise FailedPrecondition(message=str(error), reason="TOO_FEW_DUPLICATES") from error
         async with self._runtime.transaction() as session:
             stored = await self._linking.put_in_use(
-                MatchRepository(session), result, request_id=request_id or None
+                MatchRepository(session),
+                result,
+                request_id=request_id or None,
+                request_fingerprint=digest if request_id else None,
             )
         log.info(
             "match model version %d in use (%d candidate pairs)", stored.model.version, result.candidate_pairs

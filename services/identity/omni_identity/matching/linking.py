@@ -37,7 +37,8 @@ from omni_identity.matching.model import MatchModel, default_model
 from omni_identity.matching.records import NormalisedRecord
 from omni_identity.matching.training import TrainingResult, train
 from omni_identity.persons import EventSink
-from omni_kit.errors import AlreadyExists, FailedPrecondition, FieldViolation, InvalidArgument, NotFound
+from omni_kit.errors import FailedPrecondition, FieldViolation, InvalidArgument, NotFound
+from omni_kit.idempotency import ensure_same_request
 
 
 class ReviewOutcome(Enum):
@@ -108,6 +109,13 @@ class StoredModel:
     model: MatchModel
     created_at: datetime | None
     request_id: str | None = None
+    request_fingerprint: bytes | None = None
+    """What the training call asked for (omni_kit.idempotency.fingerprint); None before it was kept."""
+
+    def ensure_asked_by(self, request_id: str, digest: bytes) -> None:
+        """Refuse a training call that reuses this version's request id with other content."""
+        if self.request_fingerprint is not None:
+            ensure_same_request(request_id, self.request_fingerprint, digest, used_for="another training")
 
 
 class MatchStore(Protocol):
@@ -138,7 +146,13 @@ class MatchStore(Protocol):
         """The model version an earlier training call with this request id put in use."""
 
     async def add_model(
-        self, model: MatchModel, *, converged: bool, request_id: str | None, now: datetime
+        self,
+        model: MatchModel,
+        *,
+        converged: bool,
+        request_id: str | None,
+        now: datetime,
+        request_fingerprint: bytes | None = None,
     ) -> None:
         """Store a new model version."""
 
@@ -214,11 +228,7 @@ class Linking:
         if request_id:
             earlier = await store.decisions_of_request(request_id)
             if earlier:
-                if earlier[0].fingerprint != digest:
-                    raise AlreadyExists(
-                        message=f"request id {request_id!r} was used for other records",
-                        reason="REQUEST_ID_REUSED",
-                    )
+                ensure_same_request(request_id, earlier[0].fingerprint, digest, used_for="other records")
                 return earlier
         keys = sorted({key for record in records for key in blocking_keys(record)})
         await store.lock_keys(keys)
@@ -392,23 +402,37 @@ class Linking:
         )
 
     async def put_in_use(
-        self, store: MatchStore, result: TrainingResult, *, request_id: str | None
+        self,
+        store: MatchStore,
+        result: TrainingResult,
+        *,
+        request_id: str | None,
+        request_fingerprint: bytes | None = None,
     ) -> StoredModel:
         """Store the trained model as the next version, which the following decisions use.
 
-        A request id already used returns the version it put in use and stores nothing.
+        A request id already used returns the version it put in use and stores nothing (AlreadyExists when
+        that call asked for something else).
         """
         await store.lock_models()
         if request_id:
             earlier = await store.model_of_request(request_id)
             if earlier is not None:
+                if request_fingerprint is not None:
+                    earlier.ensure_asked_by(request_id, request_fingerprint)
                 return earlier
         current = await store.current_model()
         version = (current.model.version if current is not None else 0) + 1
         model = dataclasses.replace(result.model, version=version)
         now = self._clock()
-        await store.add_model(model, converged=result.converged, request_id=request_id, now=now)
-        return StoredModel(model, now, request_id)
+        await store.add_model(
+            model,
+            converged=result.converged,
+            request_id=request_id,
+            now=now,
+            request_fingerprint=request_fingerprint,
+        )
+        return StoredModel(model, now, request_id, request_fingerprint)
 
 
 def _settleable(review: DecisionRecord | None, decision_id: uuid.UUID) -> DecisionRecord:

@@ -80,6 +80,11 @@ class MatchModelRow(MatchingBase):
     iterations: Mapped[int] = mapped_column(sa.Integer, nullable=False)
     converged: Mapped[bool] = mapped_column(sa.Boolean, nullable=False)
     request_id: Mapped[str | None] = mapped_column(sa.Text, nullable=True, unique=True)
+    request_fingerprint: Mapped[bytes | None] = mapped_column(
+        sa.LargeBinary,
+        nullable=True,
+        comment="omni_kit.idempotency's hash of the training request; NULL for versions trained before.",
+    )
     created_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True), nullable=False)
 
 

@@ -192,7 +192,13 @@ class MatchRepository:
         return _stored_model(row) if row is not None else None
 
     async def add_model(
-        self, model: MatchModel, *, converged: bool, request_id: str | None, now: datetime
+        self,
+        model: MatchModel,
+        *,
+        converged: bool,
+        request_id: str | None,
+        now: datetime,
+        request_fingerprint: bytes | None = None,
     ) -> None:
         """Store a model version."""
         self.session.add(
@@ -203,6 +209,7 @@ class MatchRepository:
                 iterations=model.iterations,
                 converged=converged,
                 request_id=request_id,
+                request_fingerprint=request_fingerprint,
                 created_at=now,
             )
         )
@@ -241,7 +248,7 @@ def _stored_model(row: MatchModelRow) -> StoredModel:
     model = MatchModel.from_json(
         row.version, row.parameters, trained_pairs=row.trained_pairs, iterations=row.iterations
     )
-    return StoredModel(model, row.created_at, row.request_id)
+    return StoredModel(model, row.created_at, row.request_id, row.request_fingerprint)
 
 
 def _record_json(record: NormalisedRecord) -> dict[str, Any]:

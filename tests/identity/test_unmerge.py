@@ -9,6 +9,7 @@ from omni.identity.v1 import events_pb2, identity_pb2
 from omni_kit.bus import unpack
 from omni_kit.errors import status_details
 
+from ..idempotency import purge_aged
 from .support import (
     EventLog,
     Identity,
@@ -151,6 +152,23 @@ async def test_an_unmerge_is_idempotent_by_request_id(identity: Identity) -> Non
         await unmerge(identity, merged.person_id)
     details = status_details(twice.value)
     assert details.code == grpc.StatusCode.FAILED_PRECONDITION
+    assert details.error_info is not None and details.error_info.reason == "PERSON_NOT_MERGED"
+
+
+async def test_an_operator_answer_past_the_retention_is_purged(identity: Identity) -> None:
+    a, b = unique("a-"), unique("b-")
+    await resolve(identity, ident("device_id", a))
+    merged = await resolve(identity, ident("anonymous_id", b))
+    await resolve(identity, ident("device_id", a), ident("anonymous_id", b))
+    request_id = unique("rq-")
+    await unmerge(identity, merged.person_id, request_id=request_id)
+
+    await purge_aged(identity.runtime, request_id)
+
+    # Forgotten: the id now names a new call, which finds the person no longer merged.
+    with pytest.raises(grpc.aio.AioRpcError) as again:
+        await unmerge(identity, merged.person_id, request_id=request_id)
+    details = status_details(again.value)
     assert details.error_info is not None and details.error_info.reason == "PERSON_NOT_MERGED"
 
 

@@ -16,6 +16,7 @@ from alembic.config import Config
 from alembic.script import ScriptDirectory
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from omni_gateway.domain import Channel, Purpose, SendRequest
 from omni_gateway.main import MIGRATIONS
@@ -117,23 +118,23 @@ async def test_the_fingerprints_stored_before_are_computed_again_as_omni_kit_com
                 )
 
         await migrate(engine, MIGRATIONS)
-        async with engine.connect() as connection:
-            stored = dict(
-                (await connection.execute(sa.text("SELECT request_id, fingerprint FROM messages"))).all()
-            )
+        stored = await _fingerprints(engine)
         # What a replay of each is compared with now: it matches, and other content does not.
         assert stored == {r.request_id: send_fingerprint(r) for r in (marketing, transactional)}
         assert send_fingerprint(replace(marketing, variables={})) != stored["before-kit"]
 
         async with engine.begin() as connection:
             await connection.run_sync(lambda c: command.downgrade(_config(c), "0005"))
-        async with engine.connect() as connection:
-            stored = dict(
-                (await connection.execute(sa.text("SELECT request_id, fingerprint FROM messages"))).all()
-            )
+        stored = await _fingerprints(engine)
         assert stored == {r.request_id: _legacy(r) for r in (marketing, transactional)}
     finally:
         await engine.dispose()
+
+
+async def _fingerprints(engine: AsyncEngine) -> dict[str, object]:
+    async with engine.connect() as connection:
+        rows = await connection.execute(sa.text("SELECT request_id, fingerprint FROM messages"))
+        return {row.request_id: row.fingerprint for row in rows}
 
 
 def _legacy(request: SendRequest) -> str:

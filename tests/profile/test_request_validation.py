@@ -14,7 +14,7 @@ from omni_profile import request_validation as checks
 PERSON = "0190f5a4-7c1e-7000-8000-000000000001"
 
 
-def _fields(check: Callable[[], None]) -> set[str]:
+def _fields(check: Callable[[], object]) -> set[str]:
     with pytest.raises(InvalidArgument) as raised:
         check()
     return {v.field for v in raised.value.violations}

@@ -18,7 +18,7 @@ NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
 PERSON = "0190f5a4-7c1e-7000-8000-000000000001"
 
 
-def _fields(check: Callable[[], None]) -> set[str]:
+def _fields(check: Callable[[], object]) -> set[str]:
     with pytest.raises(InvalidArgument) as raised:
         check()
     return {v.field for v in raised.value.violations}

@@ -11,6 +11,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy.engine import Connection
 
 from omni_kit.db import create_engine, current_revision, migrate
+from omni_kit.idempotency import idempotency_metadata
 from omni_profile.main import MIGRATIONS
 from omni_profile.models import Base
 
@@ -33,6 +34,7 @@ async def test_the_schema_matches_the_models_and_downgrades_to_nothing(
         assert await current_revision(engine) == ScriptDirectory.from_config(_config()).get_current_head()
         async with engine.connect() as connection:
             assert await connection.run_sync(schema_differences, Base.metadata) == []
+            assert await connection.run_sync(schema_differences, idempotency_metadata) == []
             tables = await connection.run_sync(lambda c: set(sa.inspect(c).get_table_names()))
         assert {"outbox", "inbox", "scheduled_jobs", "outbox_dead_letters", *Base.metadata.tables} <= tables
         assert "contact_verdicts_due" not in tables

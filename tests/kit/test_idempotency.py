@@ -108,6 +108,14 @@ async def test_work_that_rolled_back_is_not_remembered(engine: AsyncEngine) -> N
     assert answer.person.id == "answer-2"
 
 
+async def test_a_request_id_is_keyed_without_surrounding_white_space(engine: AsyncEngine) -> None:
+    work = Work()
+    first = await call(engine, merge("k-1"), work)
+    again = await call(engine, merge(" k-1 "), work)
+    assert work.runs == 1
+    assert again == first
+
+
 async def test_without_a_request_id_the_work_is_done_each_time(engine: AsyncEngine) -> None:
     work = Work()
     await call(engine, merge(""), work)

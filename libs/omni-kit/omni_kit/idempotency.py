@@ -103,10 +103,11 @@ def drop_idempotency_table(op: Any) -> None:
 
 
 def check_request_id(value: str, violations: Violations, *, field: str = "request_id") -> str:
-    """The request id of a mutating call, stripped of spaces; "" when the caller sent none (the call is then
-    not idempotent, as AIP-155 allows). Bad ids are added to violations: longer than MAX_REQUEST_ID_LENGTH, or
-    holding a control character anywhere (str.strip would take some of them, U+001C to U+001F, for spaces)."""
-    request_id = value.strip(" ")
+    """The request id of a mutating call, stripped of white space (as `idempotent` keys it); "" when the caller
+    sent none (the call is then not idempotent, as AIP-155 allows). Bad ids are added to violations: longer
+    than MAX_REQUEST_ID_LENGTH, or holding a control character anywhere (also one str.strip() would take for
+    white space, such as a line break or U+001F), as a proto's `plain` rule refuses them."""
+    request_id = value.strip()
     violations.check(
         len(request_id) <= MAX_REQUEST_ID_LENGTH, field, f"must be at most {MAX_REQUEST_ID_LENGTH} characters"
     )
@@ -160,13 +161,15 @@ async def idempotent(
     stored in the session's transaction so it commits or rolls back with work's change.
 
     scope is where request ids are unique (the method by default); persons names the persons an answer
-    shows, so that erasing one of them removes it. Without a request id the work is simply done. The caller
-    commits.
+    shows, so that erasing one of them removes it. The request id is keyed stripped of white space (the
+    caller checked it: check_request_id, or a proto's rules); without one the work is simply done. The
+    caller commits.
     """
+    request_id = request_id.strip()
     if not request_id:
         return await work()
     key_scope = scope or method
-    digest = fingerprint(method, request)
+    digest = fingerprint(method, _keyed(request, request_id))
     where = (idempotency_table.c.scope == key_scope, idempotency_table.c.request_id == request_id)
     claimed = await session.execute(
         insert(idempotency_table)
@@ -190,6 +193,18 @@ async def idempotent(
         idempotency_table.update().where(*where).values(response=answer.SerializeToString(), person_ids=shown)
     )
     return answer
+
+
+def _keyed(request: Message, request_id: str) -> Message:
+    """The request as its key names it: its request_id field (if it has one) stripped like the key, so that
+    " k-1" and "k-1" are one request, as they are one key."""
+    field = request.DESCRIPTOR.fields_by_name.get("request_id")
+    if field is None or getattr(request, field.name) == request_id:
+        return request
+    keyed = type(request)()
+    keyed.CopyFrom(request)
+    setattr(keyed, field.name, request_id)
+    return keyed
 
 
 async def forget_answers(session: AsyncSession, person_ids: Iterable[uuid.UUID]) -> None:

@@ -85,7 +85,7 @@ class DecisioningServicer(decisioning_pb2_grpc.DecisioningServiceServicer):
             return await idempotent(
                 session,
                 "CreateJourney",
-                request.request_id.strip(),
+                request.request_id,
                 request,
                 decisioning_pb2.CreateJourneyResponse,
                 create,
@@ -119,7 +119,7 @@ class DecisioningServicer(decisioning_pb2_grpc.DecisioningServiceServicer):
             return await idempotent(
                 session,
                 "CreateOffer",
-                request.request_id.strip(),
+                request.request_id,
                 request,
                 decisioning_pb2.CreateOfferResponse,
                 create,

@@ -16,7 +16,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from omni.identity.v1 import identity_pb2
 from omni.identity.v1.identity_pb2 import MergePersonsRequest as Request
 from omni.identity.v1.identity_pb2 import MergePersonsResponse as Response
+from omni_kit.bus import bus_metadata
 from omni_kit.db import create_engine, session_factory
+from omni_kit.embedded import EmbeddedNats
 from omni_kit.errors import AlreadyExists, Violations
 from omni_kit.idempotency import (
     KEY_REUSED_REASON,
@@ -32,7 +34,9 @@ from omni_kit.idempotency import (
     keep_answers_purged,
     purge_answers,
 )
-from omni_kit.scheduler import JobWorker, jobs_metadata, jobs_table
+from omni_kit.runtime import Runtime
+from omni_kit.scheduler import jobs_metadata, jobs_table
+from omni_kit.settings import ServiceSettings
 
 
 @pytest.fixture
@@ -41,6 +45,7 @@ async def engine(make_database: Callable[..., Any]) -> AsyncIterator[AsyncEngine
     async with engine.begin() as connection:
         await connection.run_sync(idempotency_metadata.create_all)
         await connection.run_sync(jobs_metadata.create_all)
+        await connection.run_sync(bus_metadata.create_all)
     yield engine
     await engine.dispose()
 
@@ -257,25 +262,29 @@ async def _ages(engine: AsyncEngine, request_id: str, age: timedelta) -> None:
 
 
 async def test_the_recurring_purge_forgets_answers_past_the_retention_and_comes_back(
-    engine: AsyncEngine,
+    engine: AsyncEngine, nats_server: EmbeddedNats
 ) -> None:
     work = Work()
     await call(engine, merge("old"), work)
     await call(engine, merge("recent"), work)
     await _ages(engine, "old", RETENTION + timedelta(minutes=1))
     await _ages(engine, "recent", RETENTION - timedelta(minutes=1))
-    sessions = session_factory(engine)
     every = timedelta(minutes=10)
+    settings = ServiceSettings(
+        database_url=engine.url.render_as_string(hide_password=False),
+        nats_url=nats_server.url,
+        event_namespace="t" + uuid.uuid4().hex[:10],
+    )
+    runtime, replica = Runtime("purging", settings), Runtime("replica", settings)
+    try:
+        for service in (runtime, replica):
+            await service.open()
+            await keep_answers_purged(service, every=every)  # a second replica asking makes no second job
+        assert await runtime.jobs.run_until_idle() == 1
+    finally:
+        await runtime.close()
+        await replica.close()
 
-    def transaction() -> Any:
-        return sessions.begin()
-
-    worker = JobWorker(transaction, name="purge-test")
-    await keep_answers_purged(worker, transaction, every=every)
-    # A second replica asking again makes no second job.
-    await keep_answers_purged(JobWorker(transaction, name="replica"), transaction, every=every)
-
-    assert await worker.run_until_idle() == 1
     async with AsyncSession(engine) as session:
         left = (await session.execute(sa.select(idempotency_table.c.request_id))).scalars().all()
         jobs = (await session.execute(sa.select(jobs_table.c.kind, jobs_table.c.due_at))).all()

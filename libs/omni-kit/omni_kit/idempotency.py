@@ -19,7 +19,7 @@ wait on (its primary key), and they replay its answer once it commits, or do the
 rolled back.
 
 Answers are kept for RETENTION, longer than any client retries: a service's main has its job worker purge
-older ones (`keep_answers_purged`). A service whose own rows are the record of what a request id did (the
+older ones (`keep_answers_purged(runtime)`). A service whose own rows are the record of what a request id did (the
 gateway's messages, the matcher's decisions) keeps them there, and refuses a reused id the same way
 (`ensure_same_request`): ALREADY_EXISTS, reason IDEMPOTENCY_KEY_REUSED, the request id in the metadata.
 """
@@ -30,7 +30,7 @@ import hashlib
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import sqlalchemy as sa
 from google.protobuf.message import Message
@@ -38,7 +38,10 @@ from sqlalchemy.dialects.postgresql import ARRAY, BYTEA, insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from omni_kit.errors import AlreadyExists, Violations, has_control_characters
-from omni_kit.scheduler import Backoff, Job, JobWorker, Transaction, schedule
+from omni_kit.scheduler import Backoff, Job, schedule
+
+if TYPE_CHECKING:
+    from omni_kit.runtime import Runtime
 
 MAX_REQUEST_ID_LENGTH = 128
 """The longest request id a mutating call accepts (a UUID is 36 characters)."""
@@ -239,25 +242,25 @@ async def purge_answers(session: AsyncSession, *, before: datetime, limit: int =
     return int(result.rowcount or 0)  # type: ignore[attr-defined]
 
 
-async def keep_answers_purged(
-    worker: JobWorker, transaction: Transaction, *, every: timedelta = PURGE_INTERVAL
-) -> None:
+async def keep_answers_purged(runtime: Runtime, *, every: timedelta = PURGE_INTERVAL) -> None:
     """Have a service's job worker forget the answers older than RETENTION, a batch per run, again every
-    `every` once it has caught up; and schedule the first run (each replica asks, one job results). A
-    service's main calls it before serving, through Runtime.when_database_answers: calling it again after
-    the database failed it registers nothing twice."""
-    if PURGE_JOB not in worker.kinds:
-        # Purging is maintenance: it is never given up, however often it fails.
-        worker.register(
-            PURGE_JOB,
-            _AnswerPurge(every),
-            batch_size=1,
-            lease=timedelta(minutes=5),
-            max_attempts=1_000_000,
-            backoff=Backoff(first_s=10, max_s=max(every.total_seconds(), 10)),
-        )
-    async with transaction() as session:
-        await schedule(session, PURGE_JOB, _PURGE_KEY)
+    `every` once it has caught up, and schedule the first run (each replica asks, one job results; while the
+    database cannot be reached at start, it is asked again). A service's main calls it before serving."""
+    # Purging is maintenance: it is never given up, however often it fails.
+    runtime.add_job_kind(
+        PURGE_JOB,
+        _AnswerPurge(every),
+        batch_size=1,
+        lease=timedelta(minutes=5),
+        max_attempts=1_000_000,
+        backoff=Backoff(first_s=10, max_s=max(every.total_seconds(), 10)),
+    )
+
+    async def schedule_first() -> None:
+        async with runtime.transaction() as session:
+            await schedule(session, PURGE_JOB, _PURGE_KEY)
+
+    await runtime.when_database_answers(schedule_first)
 
 
 class _AnswerPurge:

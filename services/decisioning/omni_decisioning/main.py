@@ -69,7 +69,7 @@ async def start(settings: Settings) -> Runtime:
     )
     handlers = EventHandlers(read_models, journeys, lineage)
     runtime.add_consumer(durable="read-models", event_types=CONSUMED, handler=handlers.handle)
-    await keep_answers_purged(runtime.jobs, runtime.transaction)
+    await keep_answers_purged(runtime)
     # Asked only when a journey or offer is created; Decide calls nobody.
     segmentation = runtime.track_channel(
         channel(

@@ -143,7 +143,7 @@ async def _wire(runtime: Runtime, settings: Settings) -> None:
     )
     # At a graceful stop the messages whose attempts did not finish are due again at once, not in a lease.
     runtime.on_close(delivery.release_leases)
-    await runtime.when_database_answers(lambda: keep_answers_purged(runtime.jobs, runtime.transaction))
+    await keep_answers_purged(runtime)
     servicer = GatewayServicer(
         transaction=runtime.transaction, repository=repository, renderer=renderer, delivery=delivery
     )

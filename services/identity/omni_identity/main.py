@@ -103,6 +103,6 @@ async def start(settings: Settings) -> Runtime:
         identity_pb2_grpc.add_IdentityServiceServicer_to_server(servicer, server)
         matching.register(server)
 
-    await keep_answers_purged(runtime.jobs, runtime.transaction)
+    await keep_answers_purged(runtime)
     await runtime.serve(service_names=[SERVICE_NAME, matching.service_name], register=register)
     return runtime

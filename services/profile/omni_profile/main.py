@@ -193,7 +193,7 @@ async def _wire(runtime: ProfileRuntime, settings: Settings) -> None:
         handler=consumers.MessageOutcomeHandler(tracker),
     )
     computed_traits.register(runtime.jobs)
-    await keep_answers_purged(runtime.jobs, runtime.transaction)
+    await keep_answers_purged(runtime)
     runtime.add_task(
         lambda: asyncio.create_task(computed_traits.run(runtime.transaction), name="computed-traits")
     )

@@ -73,7 +73,7 @@ async def start(settings: Settings) -> Runtime:
         runtime.add_consumer(durable="facts", event_types=CONSUMED, handler=handlers)
         clock.register(runtime.jobs)
         await runtime.when_database_answers(clock.start)
-        await runtime.when_database_answers(lambda: keep_answers_purged(runtime.jobs, runtime.transaction))
+        await keep_answers_purged(runtime)
         servicer = SegmentationServicer(runtime, repository, catalog, on_segment_created=runtime.jobs.wake)
         await runtime.serve(
             service_names=[SERVICE_NAME],

@@ -251,10 +251,19 @@ class Runtime:
         if self.jobs.kinds:
             self._jobs_task = asyncio.create_task(self.jobs.run(), name=self.jobs.name)
         self.server.add_services(service_names, register)
+        server = self.server
+
+        async def database_changed(answering: bool) -> None:
+            if answering:
+                # The connections pooled before the outage went down with it, and a call on one would fail
+                # though the database answers (asyncpg used directly does not tell the pool): new ones.
+                await self.engine.dispose()
+            await server.set_serving(answering)
+
         self._probe = DatabaseProbe(
             self.name,
             self.settings.database_url,
-            self.server.set_serving,
+            database_changed,
             interval_s=self.settings.db_health_interval_s,
         )
         await self.server.set_serving(True)

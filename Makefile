@@ -7,6 +7,7 @@
 #   make test-unit       the tests that need no server (seconds)
 #   make test-integration  the tests that need PostgreSQL, NATS or the SMTP sink: omni-kit and each service
 #   make test-e2e        the stories across all five services, and `omni run` with the real services
+#   make test-fuzz       the long fuzz run (make test runs a short one): OMNI_FUZZ_EXAMPLES (500) per RPC and kind
 #   make lint          ruff, mypy and buf lint (fastest first)
 #   make bench         benchmarks; results go to bench/results/
 #   make proto         regenerate Python code from protos/ (done automatically by the targets that need it)
@@ -29,10 +30,10 @@ PROTOS := $(shell find protos -name '*.proto')
 
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 
-.PHONY: help env proto run test test-unit test-integration test-e2e lint fmt bench deploy-check breaking clean
+.PHONY: help env proto run test test-unit test-integration test-e2e test-fuzz lint fmt bench deploy-check breaking clean
 
 help:
-	@sed -n '2,17p' Makefile | sed 's/^# \{0,1\}//'
+	@sed -n '2,18p' Makefile | sed 's/^# \{0,1\}//'
 
 $(UV):
 	$(PYTHON) -m venv $(TOOLS)
@@ -74,6 +75,10 @@ test-integration: env
 
 test-e2e: env
 	$(PY) -m pytest -q -m e2e
+
+# `make test` runs the fuzz tests too, a few examples per RPC; this is the long run (random, shrinking).
+test-fuzz: env
+	OMNI_FUZZ_EXAMPLES=$${OMNI_FUZZ_EXAMPLES:-500} $(PY) -m pytest -q --timeout=0 tests/fuzz
 
 # buf reads the protos as an image built by protoc (libs/omni-proto/generate.py --image): the protos import
 # buf/validate/validate.proto, which comes from the protovalidate package, not from a registry; `--path omni`

@@ -18,7 +18,6 @@ from omni.decisioning.v1 import decisioning_pb2 as decisioning
 from omni.gateway.v1 import gateway_pb2 as gateway
 from omni.identity.v1 import identity_pb2 as identity
 from omni.identity.v1 import matching_pb2 as matching
-from omni.identity.v1 import matching_pb2_grpc
 from omni.profile.v1 import profile_pb2 as profile
 from omni.segmentation.v1 import segmentation_pb2 as segmentation
 
@@ -64,7 +63,6 @@ async def identity_seeds(omni: Omni) -> Seeds:
     """Persons (one merged into another, one to forget), match decisions and an open review."""
     tag = uuid.uuid4().hex[:8]
     stub = omni.identity
-    matcher = matching_pb2_grpc.MatchingServiceStub(omni.channels["identity"])
 
     async def resolve(*identifiers: common_pb2.Identifier) -> str:
         reply = await stub.ResolvePerson(identity.ResolvePersonRequest(identifiers=identifiers, source="web"))
@@ -82,14 +80,16 @@ async def identity_seeds(omni: Omni) -> Seeds:
     page = await stub.ListPersonIdentifiers(identity.ListPersonIdentifiersRequest(person_id=ada, page_size=1))
 
     record = _record(tag)
-    filed = (await matcher.MatchRecord(matching.MatchRecordRequest(record=record, source="pos"))).result
+    filed = (await omni.matching.MatchRecord(matching.MatchRecordRequest(record=record, source="pos"))).result
     partial = matching.PersonRecord(
         given_name=record.given_name,
         surname=record.surname,
         postcode=record.postcode,
         identifiers=[_ident("email", f"ada.{tag}@example.com")],
     )
-    review = (await matcher.MatchRecord(matching.MatchRecordRequest(record=partial, source="pos"))).result
+    review = (
+        await omni.matching.MatchRecord(matching.MatchRecordRequest(record=partial, source="pos"))
+    ).result
     resolve_request = identity.ResolvePersonRequest(
         identifiers=[_ident("email", f"eve.{tag}@example.com"), _ident("anonymous_id", f"anon-{tag}")],
         source="web",
@@ -385,9 +385,28 @@ async def segmentation_seeds(omni: Omni) -> Seeds:
 
 
 async def decisioning_seeds(omni: Omni) -> Seeds:
-    """An offer and a journey; decide for a person at a touchpoint."""
+    """An offer and a journey (on a segment in segmentation and templates in the gateway); decide for a person
+    at a touchpoint."""
     tag = uuid.uuid4().hex[:8]
-    segment_id = str(uuid.uuid4())
+    segment = await omni.segmentation.CreateSegment(
+        segmentation.CreateSegmentRequest(
+            segment=segmentation.Segment(
+                name=f"vip-{tag}",
+                condition=segmentation.Condition(
+                    trait=segmentation.TraitCondition(trait="vip", comparison=segmentation.COMPARISON_EXISTS)
+                ),
+            )
+        )
+    )
+    segment_id = segment.segment.id
+    for template_id in (f"welcome-{tag}", f"cart-{tag}"):
+        await omni.gateway.CreateTemplate(
+            gateway.CreateTemplateRequest(
+                template=gateway.Template(
+                    id=template_id, channel=common_pb2.CHANNEL_EMAIL, subject="Hello", body_text="Hello there"
+                )
+            )
+        )
     offer = decisioning.Offer(
         name=f"boots-10-{tag}",
         description="10% off trail running shoes",
@@ -399,7 +418,7 @@ async def decisioning_seeds(omni: Omni) -> Seeds:
         name=f"welcome-{tag}",
         trigger_segment_id=segment_id,
         channels=[common_pb2.CHANNEL_EMAIL, common_pb2.CHANNEL_SMS],
-        template_id="welcome-email",
+        template_id=f"welcome-{tag}",
     )
     await omni.decisioning.CreateJourney(decisioning.CreateJourneyRequest(journey=journey))
     listed = await omni.decisioning.ListJourneys(decisioning.ListJourneysRequest(page_size=1))
@@ -410,7 +429,7 @@ async def decisioning_seeds(omni: Omni) -> Seeds:
         name=f"cart-{tag}",
         trigger_segment_id=segment_id,
         channels=[common_pb2.CHANNEL_EMAIL],
-        template_id="cart",
+        template_id=f"cart-{tag}",
     )
     return {
         "CreateJourney": [

@@ -15,6 +15,7 @@ Three families, each working for any request type, so a new RPC or field is fuzz
 
 from __future__ import annotations
 
+import itertools
 import math
 import random
 import time
@@ -46,6 +47,8 @@ _INT_RANGES = {
 _INT_EDGES = [0, 1, -1, 2, 10, 20, 99, 100, 101, 200, 201, 500, 501, 1000, 1001, 3650, 3651, 200_000, 200_001]
 _INT_EDGES += [10**6, 10**6 + 1, 2**31 - 1, -(2**31), 2**32 - 1, 2**53 + 1, 2**63 - 1, -(2**63), 2**64 - 1]
 
+# The largest Duration protobuf allows (10,000 years) and past it, and the ends of int64.
+_DURATION_EDGES = [315_576_000_000, 315_576_000_001, 2**63 - 1, -(2**63), 2**53]
 _FLOAT_EDGES = [math.nan, math.inf, -math.inf, -0.0, 0.0, 0.5, 1.0, -1.0, 1e308, -1e308, 5e-324, 2.0**53 + 1]
 
 # Strings every service has to survive: empty and blank, control characters (PostgreSQL cannot store NUL),
@@ -108,6 +111,8 @@ EDGE_STRINGS = [
     "!!!!",
     "=",
 ]
+# Fields a request is recognised again by (AIP-155 request ids, client-chosen event and template ids).
+KEY_FIELDS = {"id", "request_id"}
 _LONG_UNITS = ["a", "é", "\U0001f600", "\x00", "a-", " ", "9"]
 _LONG_LENGTHS = [65, 101, 129, 201, 257, 513, 1025, 2001, 8193, 40_000, 300_000]
 
@@ -201,6 +206,7 @@ class Builder:
         self._seconds += [0, -1, -62_135_596_800, -62_135_596_801, 253_402_300_799, 253_402_300_800]
         self._seconds += [2**63 - 1, -(2**63), 2**31, -(2**31)]
         self._big_left = self.big_values
+        self._keys = itertools.count(1)
 
     def request(self, draw: Draw, descriptor: Descriptor) -> Message:
         """A whole request of the type."""
@@ -286,8 +292,7 @@ class Builder:
         seconds = draw(
             st.one_of(
                 st.sampled_from(
-                    [0, 1, 59, 3600, day, 30 * day, 400 * day, 400 * day + 1, -1, -day, 315_576_000_000]
-                    + [315_576_000_001, 2**63 - 1, -(2**63), 2**53]
+                    [0, 1, 59, 3600, day, 30 * day, 400 * day, 400 * day + 1, -1, -day, *_DURATION_EDGES]
                 ),
                 st.integers(-(2**63), 2**63 - 1),
             )
@@ -384,15 +389,15 @@ class Builder:
         if draw(st.integers(0, 11)) == 0 and self._allow_big():
             item = self.value(draw, field, depth)
             return (
-                [] if item is None else self.repeated(item, int(draw(st.sampled_from([101, 1001, 10_001]))))
+                [] if item is None else self.repeated([item], int(draw(st.sampled_from([101, 1001, 10_001]))))
             )
         items = [self.value(draw, field, depth) for _ in range(draw(st.integers(0, 3)))]
         return [i for i in items if i is not None]
 
-    def repeated(self, item: Any, times: int) -> list[Any]:
-        """The item `times` times, or fewer when that would pass the byte budget (but at least 101)."""
-        size = item.ByteSize() if isinstance(item, Message) else len(str(item))
-        return [item] * min(times, max(101, self.big_bytes // max(size, 1)))
+    def repeated(self, items: list[Any], times: int) -> list[Any]:
+        """The items `times` times over, or fewer times when that would pass the byte budget."""
+        size = sum(i.ByteSize() + 2 if isinstance(i, Message) else len(str(i)) + 2 for i in items)
+        return items * max(1, min(times, self.big_bytes // max(size, 1)))
 
     def set_field(self, draw: Draw, message: Message, field: FieldDescriptor, depth: int) -> None:
         """Give one field of the message a drawn value (replacing what it had)."""
@@ -417,11 +422,26 @@ class Builder:
         if item is not None:
             assign(message, field, item)
 
-    def mutate(self, draw: Draw, seed: Message) -> Message:
-        """The seed with one to three fields anywhere in it replaced, cleared or repeated."""
-        self._big_left = self.big_values
+    def with_fresh_keys(self, seed: Message) -> Message:
+        """A copy of the seed whose ids and request ids (the keys a repeat is recognised by) are new, so it is
+        not just a repeat of a request made before."""
         message = type(seed)()
         message.CopyFrom(seed)
+        for holder, field, _ in list(_spots(message, 0)):
+            is_key = field.name in KEY_FIELDS and field.type == F.TYPE_STRING and not field.is_repeated
+            if is_key and getattr(holder, field.name):
+                setattr(holder, field.name, f"fuzz-{next(self._keys)}")
+        return message
+
+    def mutate(self, draw: Draw, seed: Message) -> Message:
+        """The seed with one to three fields anywhere in it replaced, cleared or repeated (and, one time in
+        two, new keys)."""
+        self._big_left = self.big_values
+        if draw(st.booleans()):
+            message = self.with_fresh_keys(seed)
+        else:
+            message = type(seed)()
+            message.CopyFrom(seed)
         for _ in range(draw(st.integers(1, 3))):
             spots = list(_spots(message, 0))
             if not spots:
@@ -438,7 +458,7 @@ class Builder:
             ):
                 items = [_copy(item) for item in getattr(holder, field.name)]
                 times = int(draw(st.sampled_from([2, 3, 1001])))
-                assign(holder, field, [i for item in items for i in self.repeated(item, times)])
+                assign(holder, field, self.repeated(items, times))
             else:
                 self.set_field(draw, holder, field, depth)
         return message

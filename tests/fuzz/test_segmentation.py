@@ -24,7 +24,13 @@ async def target(omni: Omni) -> AsyncIterator[Target]:
     """Segmentation with a segment defined."""
     seeds = await segmentation_seeds(omni)
     async with fuzz_target(
-        "segmentation", omni.runtimes["segmentation"], omni.channels["segmentation"], SERVICES, seeds
+        "segmentation",
+        omni.runtimes["segmentation"],
+        omni.channels["segmentation"],
+        SERVICES,
+        seeds,
+        # A new segment's backfill (its evaluation for the persons known) runs in the background.
+        busy_when={"backfills": "true"},
     ) as t:
         yield t
 

@@ -81,15 +81,14 @@ async def identity_seeds(omni: Omni) -> Seeds:
 
     record = _record(tag)
     filed = (await omni.matching.MatchRecord(matching.MatchRecordRequest(record=record, source="pos"))).result
+    # The same name and postcode and nothing else: close to the record filed, not close enough to link.
     partial = matching.PersonRecord(
-        given_name=record.given_name,
-        surname=record.surname,
-        postcode=record.postcode,
-        identifiers=[_ident("email", f"ada.{tag}@example.com")],
+        given_name=record.given_name, surname=record.surname, postcode=record.postcode
     )
     review = (
         await omni.matching.MatchRecord(matching.MatchRecordRequest(record=partial, source="pos"))
     ).result
+    assert review.decision == matching.MATCH_DECISION_REVIEW, review
     resolve_request = identity.ResolvePersonRequest(
         identifiers=[_ident("email", f"eve.{tag}@example.com"), _ident("anonymous_id", f"anon-{tag}")],
         source="web",
@@ -369,11 +368,9 @@ async def segmentation_seeds(omni: Omni) -> Seeds:
     return {
         "CreateSegment": [
             segmentation.CreateSegmentRequest(
-                segment=segmentation.Segment(
-                    name=f"abandoned-cart-{tag}", description="Left a cart", condition=c
-                )
+                segment=segmentation.Segment(name=f"{name}-{tag}", description="Who to win back", condition=c)
             )
-            for c in (abandoned, either)
+            for name, c in (("abandoned-cart", abandoned), ("vip-or-berlin", either))
         ],
         "GetSegment": [segmentation.GetSegmentRequest(segment_id=segment_id)],
         "ListSegments": [

@@ -460,6 +460,7 @@ async def exercise(target: Target, method: MethodDescriptor, payloads: Payloads)
     note(f"{method.name}: {payloads.shown}")
     before = await target.snapshot()
     outcome = await call(target, method, payloads.messages)
+
     note(f"answered {outcome.code.name}: {outcome.details[:500]}")
     assert outcome.code not in BROKEN, f"{method.name} answered {outcome.code.name}: {outcome.details}"
     if outcome.code == grpc.StatusCode.OK:

@@ -9,6 +9,7 @@
 #   make test-e2e        the stories across all five services, and `omni run` with the real services
 #   make test-faults   NATS, profile and PostgreSQL killed or stopped under load: nothing acknowledged is lost
 #                      or doubled, every journey email sent once (not part of make test; minutes)
+#   make test-fuzz       the long fuzz run (make test runs a short one): OMNI_FUZZ_EXAMPLES (500) per RPC and kind
 #   make lint          ruff, mypy and buf lint (fastest first)
 #   make bench         benchmarks; results go to bench/results/
 #   make proto         regenerate Python code from protos/ (done automatically by the targets that need it)
@@ -31,10 +32,10 @@ PROTOS := $(shell find protos -name '*.proto')
 
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 
-.PHONY: help env proto run test test-unit test-integration test-e2e test-faults lint fmt bench deploy-check breaking clean
+.PHONY: help env proto run test test-unit test-integration test-e2e test-faults test-fuzz lint fmt bench deploy-check breaking clean
 
 help:
-	@sed -n '2,19p' Makefile | sed 's/^# \{0,1\}//'
+	@sed -n '2,20p' Makefile | sed 's/^# \{0,1\}//'
 
 $(UV):
 	$(PYTHON) -m venv $(TOOLS)
@@ -79,6 +80,10 @@ test-e2e: env
 
 test-faults: env
 	$(PY) -m pytest -q -s -m faults tests/faults
+
+# `make test` runs the fuzz tests too, a few examples per RPC; this is the long run (random, shrinking).
+test-fuzz: env
+	OMNI_FUZZ_EXAMPLES=$${OMNI_FUZZ_EXAMPLES:-500} $(PY) -m pytest -q --timeout=0 tests/fuzz
 
 # buf reads the protos as an image built by protoc (libs/omni-proto/generate.py --image): the protos import
 # buf/validate/validate.proto, which comes from the protovalidate package, not from a registry; `--path omni`

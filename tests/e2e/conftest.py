@@ -6,8 +6,9 @@ in-memory span exporter sees the spans of all of them: that is how the stories c
 
 from __future__ import annotations
 
+import contextlib
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,7 +48,7 @@ def span_exporter() -> Iterator[InMemorySpanExporter]:
 
 @dataclass
 class Omni:
-    """Stubs of the five running services."""
+    """Stubs of the five running services, and the services themselves by name ("identity", "profile" …)."""
 
     identity: identity_pb2_grpc.IdentityServiceStub
     matching: matching_pb2_grpc.MatchingServiceStub
@@ -58,6 +59,99 @@ class Omni:
     namespace: str
     databases: dict[str, str] = field(default_factory=dict)
     """Each service's database URL, by service name, for checking what a service holds."""
+    runtimes: dict[str, Runtime] = field(default_factory=dict)
+    channels: dict[str, grpc.aio.Channel] = field(default_factory=dict)
+
+
+@contextlib.asynccontextmanager
+async def running_omni(
+    make_database: Callable[[str], str],
+    nats_server: EmbeddedNats,
+    smtp_sink: SmtpSink,
+    *,
+    shared_events: bool = True,
+    settings: Mapping[str, Mapping[str, Any]] | None = None,
+) -> AsyncIterator[Omni]:
+    """Identity, profile, segmentation, decisioning and gateway, calling each other over gRPC.
+
+    They share one event namespace, so each follows what the others publish; with ``shared_events=False``
+    each has a namespace of its own (``Omni.namespace`` + its name), so what a service writes comes only from
+    the calls it is sent. ``settings`` overrides settings by service name.
+    """
+    namespace = "e2e" + uuid.uuid4().hex[:8]
+    databases: dict[str, str] = {}
+
+    def configure(service: str, **specific: Any) -> dict[str, Any]:
+        databases[service] = make_database(f"e2e_{service}")
+        return {
+            "database_url": databases[service],
+            "nats_url": nats_server.url,
+            "grpc_host": "127.0.0.1",
+            "grpc_port": 0,
+            "event_namespace": namespace if shared_events else f"{namespace}{service}",
+            "migrate_on_start": True,
+            "outbox_poll_interval_s": 0.05,
+            "shutdown_grace_s": 1.0,
+            **specific,
+            **(settings or {}).get(service, {}),
+        }
+
+    runtimes: dict[str, Runtime] = {}
+    channels: dict[str, grpc.aio.Channel] = {}
+
+    def connect(name: str) -> grpc.aio.Channel:
+        channels[name] = grpc.aio.insecure_channel(f"127.0.0.1:{runtimes[name].port}")
+        return channels[name]
+
+    try:
+        identity = runtimes["identity"] = await identity_main.start(
+            identity_main.Settings(**configure("identity"))
+        )
+        profile = runtimes["profile"] = await profile_main.start(
+            profile_main.Settings(**configure("profile", identity_target=f"127.0.0.1:{identity.port}"))
+        )
+        runtimes["segmentation"] = await segmentation_main.start(
+            segmentation_main.Settings(**configure("segmentation", jobs_poll_interval_s=0.2))
+        )
+        runtimes["gateway"] = await gateway_main.start(
+            gateway_main.Settings(
+                **configure(
+                    "gateway",
+                    identity_target=f"127.0.0.1:{identity.port}",
+                    profile_target=f"127.0.0.1:{profile.port}",
+                    smtp_host="127.0.0.1",
+                    smtp_port=smtp_sink.port,
+                    smtp_from="shop@omni.test",
+                )
+            )
+        )
+        runtimes["decisioning"] = await decisioning_main.start(
+            decisioning_main.Settings(
+                **configure(
+                    "decisioning",
+                    segmentation_target=f"127.0.0.1:{runtimes['segmentation'].port}",
+                    gateway_target=f"127.0.0.1:{runtimes['gateway'].port}",
+                )
+            )
+        )
+        identity_channel = connect("identity")
+        yield Omni(
+            identity=identity_pb2_grpc.IdentityServiceStub(identity_channel),
+            matching=matching_pb2_grpc.MatchingServiceStub(identity_channel),
+            profile=profile_pb2_grpc.ProfileServiceStub(connect("profile")),
+            segmentation=segmentation_pb2_grpc.SegmentationServiceStub(connect("segmentation")),
+            decisioning=decisioning_pb2_grpc.DecisioningServiceStub(connect("decisioning")),
+            gateway=gateway_pb2_grpc.GatewayServiceStub(connect("gateway")),
+            namespace=namespace,
+            databases=databases,
+            runtimes=runtimes,
+            channels=channels,
+        )
+    finally:
+        for channel in channels.values():
+            await channel.close()
+        for runtime in reversed(runtimes.values()):
+            await runtime.close()
 
 
 @pytest.fixture
@@ -68,82 +162,5 @@ async def omni(
     span_exporter: InMemorySpanExporter,
 ) -> AsyncIterator[Omni]:
     """Start identity, profile, segmentation, decisioning and gateway, wired to each other."""
-    namespace = "e2e" + uuid.uuid4().hex[:8]
-    common: dict[str, Any] = {
-        "nats_url": nats_server.url,
-        "grpc_host": "127.0.0.1",
-        "grpc_port": 0,
-        "event_namespace": namespace,
-        "migrate_on_start": True,
-        "outbox_poll_interval_s": 0.05,
-        "shutdown_grace_s": 1.0,
-    }
-    runtimes: list[Runtime] = []
-    channels: list[grpc.aio.Channel] = []
-    databases: dict[str, str] = {}
-
-    def database(service: str) -> str:
-        databases[service] = make_database(f"e2e_{service}")
-        return databases[service]
-
-    def connect(runtime: Runtime) -> grpc.aio.Channel:
-        channel = grpc.aio.insecure_channel(f"127.0.0.1:{runtime.port}")
-        channels.append(channel)
-        return channel
-
-    try:
-        identity = await identity_main.start(
-            identity_main.Settings(database_url=database("identity"), **common)
-        )
-        runtimes.append(identity)
-        profile = await profile_main.start(
-            profile_main.Settings(
-                database_url=database("profile"),
-                identity_target=f"127.0.0.1:{identity.port}",
-                **common,
-            )
-        )
-        runtimes.append(profile)
-        segmentation = await segmentation_main.start(
-            segmentation_main.Settings(
-                database_url=database("segmentation"), jobs_poll_interval_s=0.2, **common
-            )
-        )
-        runtimes.append(segmentation)
-        gateway = await gateway_main.start(
-            gateway_main.Settings(
-                database_url=database("gateway"),
-                identity_target=f"127.0.0.1:{identity.port}",
-                profile_target=f"127.0.0.1:{profile.port}",
-                smtp_host="127.0.0.1",
-                smtp_port=smtp_sink.port,
-                smtp_from="shop@omni.test",
-                **common,
-            )
-        )
-        runtimes.append(gateway)
-        decisioning = await decisioning_main.start(
-            decisioning_main.Settings(
-                database_url=database("decisioning"),
-                segmentation_target=f"127.0.0.1:{segmentation.port}",
-                gateway_target=f"127.0.0.1:{gateway.port}",
-                **common,
-            )
-        )
-        runtimes.append(decisioning)
-        identity_channel = connect(identity)
-        yield Omni(
-            identity=identity_pb2_grpc.IdentityServiceStub(identity_channel),
-            matching=matching_pb2_grpc.MatchingServiceStub(identity_channel),
-            profile=profile_pb2_grpc.ProfileServiceStub(connect(profile)),
-            segmentation=segmentation_pb2_grpc.SegmentationServiceStub(connect(segmentation)),
-            decisioning=decisioning_pb2_grpc.DecisioningServiceStub(connect(decisioning)),
-            gateway=gateway_pb2_grpc.GatewayServiceStub(connect(gateway)),
-            namespace=namespace,
-            databases=databases,
-        )
-    finally:
-        for channel in channels:
-            await channel.close()
-        for runtime in reversed(runtimes):
-            await runtime.close()
+    async with running_omni(make_database, nats_server, smtp_sink) as running:
+        yield running

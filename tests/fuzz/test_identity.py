@@ -1,0 +1,53 @@
+"""Fuzzing identity's RPCs (IdentityService and MatchingService) through the real server."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+from google.protobuf.descriptor import MethodDescriptor
+from hypothesis import given
+from hypothesis import strategies as st
+
+from omni.identity.v1 import identity_pb2, matching_pb2
+
+from ..e2e.conftest import Omni
+from .seeds import identity_seeds
+from .support import Known, Target, fuzz, fuzz_settings, fuzz_target, rpcs
+
+SERVICES = [
+    identity_pb2.DESCRIPTOR.services_by_name["IdentityService"],
+    matching_pb2.DESCRIPTOR.services_by_name["MatchingService"],
+]
+KNOWN: dict[str, Known] = {}
+
+
+@pytest.fixture(scope="module")
+async def target(omni: Omni) -> AsyncIterator[Target]:
+    """Identity with persons, merges, match decisions and an open review to name."""
+    seeds = await identity_seeds(omni)
+    async with fuzz_target(
+        "identity", omni.runtimes["identity"], omni.channels["identity"], SERVICES, seeds
+    ) as t:
+        yield t
+
+
+@pytest.mark.parametrize("method", rpcs(SERVICES, "generated", KNOWN))
+@fuzz_settings(25)
+@given(data=st.data())
+async def test_generated_requests(target: Target, method: MethodDescriptor, data: st.DataObject) -> None:
+    await fuzz(target, method, "generated", data)
+
+
+@pytest.mark.parametrize("method", rpcs(SERVICES, "mutated", KNOWN))
+@fuzz_settings(25)
+@given(data=st.data())
+async def test_mutated_requests(target: Target, method: MethodDescriptor, data: st.DataObject) -> None:
+    await fuzz(target, method, "mutated", data)
+
+
+@pytest.mark.parametrize("method", rpcs(SERVICES, "garbage", KNOWN))
+@fuzz_settings(15)
+@given(data=st.data())
+async def test_garbage_bytes(target: Target, method: MethodDescriptor, data: st.DataObject) -> None:
+    await fuzz(target, method, "garbage", data)

@@ -1,0 +1,56 @@
+"""Fuzzing segmentation's RPCs through the real server."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+from google.protobuf.descriptor import MethodDescriptor
+from hypothesis import given
+from hypothesis import strategies as st
+
+from omni.segmentation.v1 import segmentation_pb2
+
+from ..e2e.conftest import Omni
+from .seeds import segmentation_seeds
+from .support import Known, Target, fuzz, fuzz_settings, fuzz_target, rpcs
+
+SERVICES = [segmentation_pb2.DESCRIPTOR.services_by_name["SegmentationService"]]
+KNOWN: dict[str, Known] = {}
+
+
+@pytest.fixture(scope="module")
+async def target(omni: Omni) -> AsyncIterator[Target]:
+    """Segmentation with a segment defined."""
+    seeds = await segmentation_seeds(omni)
+    async with fuzz_target(
+        "segmentation",
+        omni.runtimes["segmentation"],
+        omni.channels["segmentation"],
+        SERVICES,
+        seeds,
+        # A new segment's backfill (its evaluation for the persons known) runs in the background.
+        busy_when={"backfills": "true"},
+    ) as t:
+        yield t
+
+
+@pytest.mark.parametrize("method", rpcs(SERVICES, "generated", KNOWN))
+@fuzz_settings(25)
+@given(data=st.data())
+async def test_generated_requests(target: Target, method: MethodDescriptor, data: st.DataObject) -> None:
+    await fuzz(target, method, "generated", data)
+
+
+@pytest.mark.parametrize("method", rpcs(SERVICES, "mutated", KNOWN))
+@fuzz_settings(25)
+@given(data=st.data())
+async def test_mutated_requests(target: Target, method: MethodDescriptor, data: st.DataObject) -> None:
+    await fuzz(target, method, "mutated", data)
+
+
+@pytest.mark.parametrize("method", rpcs(SERVICES, "garbage", KNOWN))
+@fuzz_settings(15)
+@given(data=st.data())
+async def test_garbage_bytes(target: Target, method: MethodDescriptor, data: st.DataObject) -> None:
+    await fuzz(target, method, "garbage", data)

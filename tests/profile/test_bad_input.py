@@ -173,6 +173,25 @@ async def test_bad_events_of_a_batch_are_reported_and_the_good_ones_recorded(ser
     assert not (await track(services, fixed)).duplicate
 
 
+async def test_identifiers_beside_a_person_id_hold_no_control_characters(services: Services) -> None:
+    # Identity, which refuses them, is not asked when the event names its person: profile must refuse them
+    # itself (they reached the events' JSONB, which cannot hold a NUL: INTERNAL, and the whole batch lost).
+    person_id = (await track(services, event())).person_id
+    bad_value = event(identifiers=[ident("email", "ada@example.com\x00")], person_id=person_id)
+    details = await _refused(services, _track(bad_value))
+    assert details.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert details.fields == {"event.identifiers[0].value"}
+    bad_type = event(identifiers=[ident("device_id\x1b", "d-1")], person_id=person_id)
+    good = event(person_id=person_id)
+    response = await services.profile.BatchTrackEvents(
+        profile_pb2.BatchTrackEventsRequest(events=[bad_type, good])
+    )
+    assert _results(response) == [
+        ("TRACK_STATUS_REJECTED", {"identifiers[0].type"}),
+        ("TRACK_STATUS_RECORDED", set()),
+    ]
+
+
 async def test_a_batch_whose_every_event_identity_refuses_records_nothing(services: Services) -> None:
     before = await services.counts()
     response = await services.profile.BatchTrackEvents(

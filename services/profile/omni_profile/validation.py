@@ -158,14 +158,19 @@ def event_violations(event: profile_pb2.Event, *, now: datetime) -> list[FieldVi
     check_person_id(event.person_id, "person_id", violations, required=False)
     for index, identifier in enumerate(event.identifiers):
         path = f"identifiers[{index}]"
+        # Identity refuses control characters too, but it is not asked when the event names its person.
         if not identifier.type:
             violations.add(f"{path}.type", "is required")
         elif len(identifier.type) > MAX_IDENTIFIER_TYPE:
             violations.add(f"{path}.type", f"must be at most {MAX_IDENTIFIER_TYPE} characters")
+        elif has_control_characters(identifier.type):
+            violations.add(f"{path}.type", "holds control characters")
         if not identifier.value.strip():
             violations.add(f"{path}.value", "is required")
         elif len(identifier.value) > MAX_IDENTIFIER_VALUE:
             violations.add(f"{path}.value", f"must be at most {MAX_IDENTIFIER_VALUE} characters")
+        elif has_control_characters(identifier.value):
+            violations.add(f"{path}.value", "holds control characters")
     if event.HasField("occurred_at"):
         _check_occurred_at(event, violations, now)
     if event.HasField("properties"):

@@ -130,8 +130,7 @@ class DecisioningServicer(decisioning_pb2_grpc.DecisioningServiceServicer):
     ) -> decisioning_pb2.DecideResponse:
         """Return the eligible offers for a person at a touchpoint, best first."""
         query = validation.decide(request)
-        async with self._runtime.transaction() as session:
-            decision = await self._decider.decide(session, query)
+        decision = await self._decider.decide(query)
         span = trace.get_current_span()
         span.set_attribute("omni.person_id", str(decision.person_id))
         span.set_attribute("omni.decision_id", str(decision.id))

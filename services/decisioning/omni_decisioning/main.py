@@ -95,7 +95,7 @@ async def start(settings: Settings) -> Runtime:
         runtime,
         journeys=journeys,
         offers=Offers(repository),
-        decider=Decider(repository, publisher),
+        decider=Decider(runtime, repository, publisher),
         references=references,
     )
     await runtime.serve(

@@ -49,6 +49,16 @@ class OfferRow(Base):
     create_time: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True))
 
 
+class OfferCatalogRow(Base):
+    """One row: the version of the offers, raised by every change to them (replicas' caches compare it)."""
+
+    __tablename__ = "offer_catalog"
+    __table_args__ = (sa.CheckConstraint("id = 1", name="offer_catalog_one_row"),)
+
+    id: Mapped[int] = mapped_column(sa.SmallInteger, primary_key=True, server_default="1")
+    version: Mapped[int] = mapped_column(sa.BigInteger)
+
+
 class MembershipRow(Base):
     """Read model of segmentation: whether a person is in a segment, as of the newest event seen."""
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Collection, Sequence
 from datetime import datetime, timedelta
@@ -24,10 +25,11 @@ from omni_decisioning.models import (
     JourneyRow,
     JourneyRunRow,
     MembershipRow,
+    OfferCatalogRow,
     OfferRow,
 )
 from omni_kit import contact
-from omni_kit.lineage import person_lineage
+from omni_kit.bus import OutboxRows, mark_outbox_staged
 
 
 def _journey(row: JourneyRow) -> Journey:
@@ -109,43 +111,41 @@ class Repository:
             .on_conflict_do_nothing(index_elements=[OfferRow.name])
             .returning(OfferRow.id)
         )
-        return inserted is not None
+        if inserted is None:
+            return False
+        await self._offers_changed(session)
+        return True
 
-    async def offers_at(self, session: AsyncSession, touchpoint: str) -> list[Offer]:
-        """The offers that may be shown at a touchpoint (those listing it or listing none)."""
-        # Plain rows, not ORM objects: this is on Decide's path and runs for every call.
-        rows = await session.execute(
-            sa.select(*OfferRow.__table__.columns).where(
-                sa.or_(
-                    sa.func.cardinality(OfferRow.touchpoints) == 0,
-                    OfferRow.touchpoints.any_() == touchpoint,
-                )
-            )
-        )
-        return [_offer(row) for row in rows]
+    async def _offers_changed(self, session: AsyncSession) -> None:
+        """Raise the catalogue's version with a change to the offers, in its transaction: every replica's
+        cache sees it with its next group of decisions."""
+        await session.execute(sa.update(OfferCatalogRow).values(version=OfferCatalogRow.version + 1))
+
+    async def all_offers(self, session: AsyncSession) -> tuple[int, list[Offer]]:
+        """The catalogue's version and every offer, as of one snapshot."""
+        version = await session.scalar(sa.select(OfferCatalogRow.version))
+        rows = await session.execute(sa.select(*OfferRow.__table__.columns).order_by(OfferRow.id))
+        return int(version or 0), [_offer(row) for row in rows]
 
     # -- read models ---------------------------------------------------------------------------------------
 
-    async def person_and_segments(
-        self, session: AsyncSession, person_id: uuid.UUID
-    ) -> tuple[uuid.UUID, set[uuid.UUID]]:
-        """The person an id stands for now and the segments they are a member of, in one round trip."""
-        alias = (
-            sa.select(person_lineage.c.survivor_id)
-            .where(person_lineage.c.person_id == person_id)
-            .scalar_subquery()
-        )
-        person = sa.select(sa.func.coalesce(alias, sa.literal(person_id, sa.Uuid)).label("id")).cte("person")
-        rows = await session.execute(
-            sa.select(person.c.id, MembershipRow.segment_id)
-            .select_from(person)
-            .outerjoin(
-                MembershipRow,
-                sa.and_(MembershipRow.person_id == person.c.id, MembershipRow.is_member.is_(True)),
-            )
-        )
-        found = rows.all()
-        return found[0].id, {row.segment_id for row in found if row.segment_id is not None}
+    async def persons_and_segments(
+        self, session: AsyncSession, person_ids: Sequence[uuid.UUID]
+    ) -> tuple[int, list[tuple[uuid.UUID, set[uuid.UUID]]]]:
+        """For each id, in order, the person it stands for now (after merges) and the segments that person is
+        a member of; and the offer catalogue's version. One statement for a whole group of decisions, on the
+        session's driver connection: outside a transaction unless the session began one (a read needs none)."""
+        driver = await _driver(session)
+        rows = await driver.fetch(_PERSONS_AND_SEGMENTS, list(person_ids))
+        found: list[tuple[uuid.UUID, set[uuid.UUID]]] = [(person_id, set()) for person_id in person_ids]
+        version = 0
+        for position, person_id, segment_id, catalog in rows:
+            version = catalog
+            segments = found[position - 1][1]
+            found[position - 1] = (person_id, segments)
+            if segment_id is not None:
+                segments.add(segment_id)
+        return int(version or 0), found
 
     async def record_membership(
         self,
@@ -317,18 +317,54 @@ class Repository:
 
     # -- decisions -----------------------------------------------------------------------------------------
 
-    async def insert_decision(
-        self, session: AsyncSession, decision: Decision, query: DecideQuery, create_time: datetime
+    async def log_decisions(
+        self,
+        session: AsyncSession,
+        decisions: Sequence[tuple[Decision, DecideQuery]],
+        create_time: datetime,
+        announcements: OutboxRows,
     ) -> None:
-        """Log a decision."""
-        await session.execute(
-            sa.insert(DecisionRow).values(
-                id=decision.id,
-                person_id=decision.person_id,
-                touchpoint=query.touchpoint,
-                channel=query.channel,
-                context=query.context,
-                offer_ids=[action.offer.id for action in decision.actions],
-                create_time=create_time,
-            )
+        """Log a group of decisions and stage their announcements in one statement, which PostgreSQL runs
+        atomically (and commits at once, unless the session began a transaction)."""
+        driver = await _driver(session)
+        mark_outbox_staged(session)
+        await driver.execute(
+            _LOG_DECISIONS,
+            create_time,
+            [decision.id for decision, _ in decisions],
+            [decision.person_id for decision, _ in decisions],
+            [query.touchpoint for _, query in decisions],
+            [query.channel for _, query in decisions],
+            [json.dumps(query.context) for _, query in decisions],
+            # Arrays of arrays must be rectangular in PostgreSQL: each decision's offers travel as text.
+            [",".join(str(action.offer.id) for action in decision.actions) for decision, _ in decisions],
+            *announcements.columns(),
         )
+
+
+async def _driver(session: AsyncSession) -> Any:
+    """The asyncpg connection under the session (checked out; asking starts no transaction)."""
+    connection = await session.connection()
+    return (await connection.get_raw_connection()).driver_connection
+
+
+# Each id with its position, the person it stands for now and their segments (a row per segment, or one
+# with none), and the offer catalogue's version on every row (read in the same snapshot).
+_PERSONS_AND_SEGMENTS = (
+    "SELECT asked.position, coalesce(lineage.survivor_id, asked.id) AS person_id, m.segment_id,"
+    " (SELECT version FROM offer_catalog) AS catalog"
+    " FROM unnest($1::uuid[]) WITH ORDINALITY AS asked(id, position)"
+    " LEFT JOIN person_lineage AS lineage ON lineage.person_id = asked.id"
+    " LEFT JOIN memberships AS m ON m.person_id = coalesce(lineage.survivor_id, asked.id) AND m.is_member"
+)
+
+# The decisions and the outbox rows announcing them, in one statement.
+_LOG_DECISIONS = (
+    "WITH logged AS ("
+    " INSERT INTO decisions (id, person_id, touchpoint, channel, context, offer_ids, create_time)"
+    " SELECT d.id, d.person_id, d.touchpoint, d.channel, d.context, string_to_array(d.offers, ',')::uuid[], $1"
+    " FROM unnest($2::uuid[], $3::uuid[], $4::text[], $5::smallint[], $6::jsonb[], $7::text[])"
+    " AS d(id, person_id, touchpoint, channel, context, offers))"
+    " INSERT INTO outbox (id, subject, type, person_id, payload, headers)"
+    " SELECT * FROM unnest($8::uuid[], $9::text[], $10::text[], $11::text[], $12::bytea[], $13::jsonb[])"
+)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable, Set
+from datetime import datetime
 
 from omni_decisioning.entities import Action, Offer
 
@@ -29,11 +30,15 @@ def ranked(offers: Iterable[Offer], touchpoint: str) -> list[Offer]:
     return shown
 
 
-def choose(ranked_offers: Iterable[Offer], segment_ids: Set[uuid.UUID], *, limit: int) -> list[Action]:
+def choose(
+    ranked_offers: Iterable[Offer], segment_ids: Set[uuid.UUID], *, limit: int, now: datetime | None = None
+) -> list[Action]:
     """The first `limit` of offers already ranked for a touchpoint that the person is eligible for (an offer
-    naming a segment is for its members)."""
+    naming a segment is for its members) and that are valid at `now` (when given)."""
     chosen: list[Action] = []
     for offer in ranked_offers:
+        if now is not None and not offer.valid_at(now):
+            continue
         if offer.segment_id is None or offer.segment_id in segment_ids:
             chosen.append(Action(offer=offer, score=score(offer)))
             if len(chosen) == limit:

@@ -77,21 +77,22 @@ class Decider:
                 session, [query.person_id for query in queries]
             )
             await self._refresh(session, version)
+            now = datetime.now(UTC)
             decisions = [
                 Decision(
                     id=new_id(),
                     person_id=person_id,
-                    actions=tuple(choose(self._catalog.at(query.touchpoint), segment_ids, limit=query.limit)),
+                    actions=tuple(
+                        choose(self._catalog.at(query.touchpoint), segment_ids, limit=query.limit, now=now)
+                    ),
                 )
                 for query, (person_id, segment_ids) in zip(queries, persons, strict=True)
             ]
             pairs = list(zip(decisions, queries, strict=True))
-            await self._repository.log_decisions(
-                session, pairs, datetime.now(UTC), self._publisher.decisions_made(pairs)
-            )
+            await self._repository.log_decisions(session, pairs, now, self._publisher.decisions_made(pairs))
         return decisions
 
     async def _refresh(self, session: AsyncSession, version: int) -> None:
         if version != self._catalog.version:
-            current, offers = await self._repository.all_offers(session)
+            current, offers = await self._repository.live_offers(session)
             self._catalog.replace(current, offers)

@@ -47,6 +47,23 @@ class OfferRow(Base):
     segment_id: Mapped[uuid.UUID | None] = mapped_column(sa.Uuid, nullable=True)
     priority: Mapped[int] = mapped_column(sa.Integer)
     create_time: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True))
+    group: Mapped[str] = mapped_column(sa.Text, server_default="")
+    valid_from: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True), nullable=True)
+    valid_until: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True), nullable=True)
+    version: Mapped[int] = mapped_column(sa.BigInteger, server_default="1")
+    update_time: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True))
+    archive_time: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True), nullable=True)
+
+
+class OfferVersionRow(Base):
+    """An offer as one of its versions made it (the history of the offer)."""
+
+    __tablename__ = "offer_versions"
+
+    offer_id: Mapped[uuid.UUID] = mapped_column(sa.Uuid, primary_key=True)
+    version: Mapped[int] = mapped_column(sa.BigInteger, primary_key=True)
+    offer: Mapped[dict[str, Any]] = mapped_column(JSONB, comment="The offer as this version made it.")
+    update_time: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True))
 
 
 class OfferCatalogRow(Base):

@@ -27,6 +27,7 @@ from omni_decisioning.models import (
     MembershipRow,
     OfferCatalogRow,
     OfferRow,
+    OfferVersionRow,
 )
 from omni_kit import contact
 from omni_kit.bus import OutboxRows, mark_outbox_staged
@@ -51,7 +52,55 @@ def _offer(row: OfferRow | sa.Row[Any]) -> Offer:
         touchpoints=tuple(row.touchpoints),
         segment_id=row.segment_id,
         priority=row.priority,
+        group=row.group,
+        valid_from=row.valid_from,
+        valid_until=row.valid_until,
         create_time=row.create_time,
+        version=row.version,
+        update_time=row.update_time,
+        archive_time=row.archive_time,
+    )
+
+
+def _snapshot(offer: Offer) -> dict[str, Any]:
+    """What a version of an offer says, as kept in offer_versions."""
+
+    def instant(value: datetime | None) -> str | None:
+        return value.isoformat() if value is not None else None
+
+    return {
+        "name": offer.name,
+        "description": offer.description,
+        "touchpoints": list(offer.touchpoints),
+        "segment_id": str(offer.segment_id) if offer.segment_id is not None else None,
+        "priority": offer.priority,
+        "group": offer.group,
+        "valid_from": instant(offer.valid_from),
+        "valid_until": instant(offer.valid_until),
+        "archive_time": instant(offer.archive_time),
+    }
+
+
+def _from_snapshot(offer_id: uuid.UUID, create_time: datetime, version: int, row: sa.Row[Any]) -> Offer:
+    kept = row.offer
+
+    def instant(value: str | None) -> datetime | None:
+        return datetime.fromisoformat(value) if value else None
+
+    return Offer(
+        id=offer_id,
+        name=kept["name"],
+        description=kept["description"],
+        touchpoints=tuple(kept["touchpoints"]),
+        segment_id=uuid.UUID(kept["segment_id"]) if kept.get("segment_id") else None,
+        priority=kept["priority"],
+        group=kept.get("group", ""),
+        valid_from=instant(kept.get("valid_from")),
+        valid_until=instant(kept.get("valid_until")),
+        create_time=create_time,
+        version=version,
+        update_time=row.update_time,
+        archive_time=instant(kept.get("archive_time")),
     )
 
 
@@ -96,7 +145,8 @@ class Repository:
     # -- offers --------------------------------------------------------------------------------------------
 
     async def insert_offer(self, session: AsyncSession, offer: Offer) -> bool:
-        """Insert an offer; False (and nothing written) when its name is taken."""
+        """Insert an offer (version 1, kept in its history); False (and nothing written) when its name is
+        taken."""
         inserted = await session.scalar(
             insert(OfferRow)
             .values(
@@ -106,25 +156,104 @@ class Repository:
                 touchpoints=list(offer.touchpoints),
                 segment_id=offer.segment_id,
                 priority=offer.priority,
+                group=offer.group,
+                valid_from=offer.valid_from,
+                valid_until=offer.valid_until,
                 create_time=offer.create_time,
+                version=offer.version,
+                update_time=offer.update_time or offer.create_time,
             )
             .on_conflict_do_nothing(index_elements=[OfferRow.name])
             .returning(OfferRow.id)
         )
         if inserted is None:
             return False
+        await self._keep_version(session, offer)
         await self._offers_changed(session)
         return True
+
+    async def offer(self, session: AsyncSession, offer_id: uuid.UUID, *, lock: bool = False) -> Offer | None:
+        """An offer as it is now (locked until the transaction ends, when asked)."""
+        query = sa.select(*OfferRow.__table__.columns).where(OfferRow.id == offer_id)
+        if lock:
+            query = query.with_for_update()
+        row = (await session.execute(query)).first()
+        return _offer(row) if row is not None else None
+
+    async def offer_version(self, session: AsyncSession, offer_id: uuid.UUID, version: int) -> Offer | None:
+        """An offer as one of its versions made it; None for a version it never had."""
+        row = (
+            await session.execute(
+                sa.select(OfferVersionRow.offer, OfferVersionRow.update_time, OfferRow.create_time)
+                .join(OfferRow, OfferRow.id == OfferVersionRow.offer_id)
+                .where(OfferVersionRow.offer_id == offer_id, OfferVersionRow.version == version)
+            )
+        ).first()
+        return _from_snapshot(offer_id, row.create_time, version, row) if row is not None else None
+
+    async def list_offers(
+        self, session: AsyncSession, *, after: uuid.UUID | None, limit: int, show_archived: bool
+    ) -> list[Offer]:
+        """Offers in id (creation) order, starting after the given id."""
+        query = sa.select(*OfferRow.__table__.columns).order_by(OfferRow.id).limit(limit)
+        if after is not None:
+            query = query.where(OfferRow.id > after)
+        if not show_archived:
+            query = query.where(OfferRow.archive_time.is_(None))
+        return [_offer(row) for row in await session.execute(query)]
+
+    async def name_taken(self, session: AsyncSession, name: str, *, other_than: uuid.UUID) -> bool:
+        """Whether another offer has this name."""
+        found = await session.scalar(
+            sa.select(OfferRow.id).where(OfferRow.name == name, OfferRow.id != other_than).limit(1)
+        )
+        return found is not None
+
+    async def replace_offer(self, session: AsyncSession, offer: Offer) -> None:
+        """Store a new version of an offer (the caller holds its lock and made the version one more)."""
+        await session.execute(
+            sa.update(OfferRow)
+            .where(OfferRow.id == offer.id)
+            .values(
+                name=offer.name,
+                description=offer.description,
+                touchpoints=list(offer.touchpoints),
+                segment_id=offer.segment_id,
+                priority=offer.priority,
+                group=offer.group,
+                valid_from=offer.valid_from,
+                valid_until=offer.valid_until,
+                version=offer.version,
+                update_time=offer.update_time,
+                archive_time=offer.archive_time,
+            )
+        )
+        await self._keep_version(session, offer)
+        await self._offers_changed(session)
+
+    async def _keep_version(self, session: AsyncSession, offer: Offer) -> None:
+        await session.execute(
+            sa.insert(OfferVersionRow).values(
+                offer_id=offer.id,
+                version=offer.version,
+                offer=_snapshot(offer),
+                update_time=offer.update_time or offer.create_time,
+            )
+        )
 
     async def _offers_changed(self, session: AsyncSession) -> None:
         """Raise the catalogue's version with a change to the offers, in its transaction: every replica's
         cache sees it with its next group of decisions."""
         await session.execute(sa.update(OfferCatalogRow).values(version=OfferCatalogRow.version + 1))
 
-    async def all_offers(self, session: AsyncSession) -> tuple[int, list[Offer]]:
-        """The catalogue's version and every offer, as of one snapshot."""
+    async def live_offers(self, session: AsyncSession) -> tuple[int, list[Offer]]:
+        """The catalogue's version and every offer not archived, as of one snapshot."""
         version = await session.scalar(sa.select(OfferCatalogRow.version))
-        rows = await session.execute(sa.select(*OfferRow.__table__.columns).order_by(OfferRow.id))
+        rows = await session.execute(
+            sa.select(*OfferRow.__table__.columns)
+            .where(OfferRow.archive_time.is_(None))
+            .order_by(OfferRow.id)
+        )
         return int(version or 0), [_offer(row) for row in rows]
 
     # -- read models ---------------------------------------------------------------------------------------

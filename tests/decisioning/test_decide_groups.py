@@ -6,13 +6,13 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections import Counter
+from typing import cast
 
 import grpc
 
 from omni.decisioning.v1 import decisioning_pb2 as d
-from omni.decisioning.v1 import decisioning_pb2_grpc
-from omni.decisioning.v1 import events_pb2
-from omni_decisioning.main import start
+from omni.decisioning.v1 import decisioning_pb2_grpc, events_pb2
+from omni_decisioning.main import Settings, start
 from omni_kit.bus import unpack
 
 from .support import WAIT_S, Decisioning
@@ -24,7 +24,9 @@ async def test_calls_arriving_together_each_get_their_own_logged_and_announced_d
 ) -> None:
     at = touchpoint()
     segment = await decisioning.segment()
-    members_offer = await create_offer(decisioning, "members", priority=5, touchpoints=[at], segment_id=segment)
+    members_offer = await create_offer(
+        decisioning, "members", priority=5, touchpoints=[at], segment_id=segment
+    )
     open_offer = await create_offer(decisioning, "open", priority=1, touchpoints=[at])
     members = [uuid.uuid4() for _ in range(5)]
     for person in members:
@@ -62,7 +64,9 @@ async def test_calls_arriving_together_each_get_their_own_logged_and_announced_d
         )
 
     async with asyncio.timeout(WAIT_S):
-        while len(announced()) < 200:
+        while True:
+            if len(announced()) == 200:
+                break
             await asyncio.sleep(0.05)
     assert set(announced().values()) == {1}
 
@@ -73,7 +77,8 @@ async def test_an_offer_created_through_another_replica_is_decided_at_once(decis
     first = await create_offer(decisioning, "first", priority=1, touchpoints=[at])
     assert [a.offer_id for a in (await decide(decisioning, person, at)).actions] == [first.id]
 
-    replica = await start(decisioning.runtime.settings.model_copy(update={"grpc_port": 0}))
+    settings = cast(Settings, decisioning.runtime.settings)
+    replica = await start(settings.model_copy(update={"grpc_port": 0}))
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{replica.port}") as channel:
             other = decisioning_pb2_grpc.DecisioningServiceStub(channel)

@@ -105,6 +105,8 @@ class RunOutcome(enum.StrEnum):
     SEND_REQUESTED = "send_requested"
     NO_CONSENTED_CHANNEL = "no_consented_channel"
     SUPPRESSED_REENTRY = "suppressed_reentry"
+    CAPPED = "capped"
+    """The contact policy's cap on marketing messages was reached (contact_policy.py)."""
 
 
 @dataclass(frozen=True)

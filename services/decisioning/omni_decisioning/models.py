@@ -66,6 +66,19 @@ class OfferVersionRow(Base):
     update_time: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True))
 
 
+class ContactLogRow(Base):
+    """A marketing send counted against the contact policy's caps (contact_policy.py)."""
+
+    __tablename__ = "contact_log"
+    __table_args__ = (sa.Index("contact_log_person", "person_id", "contacted_at"),)
+
+    request_id: Mapped[str] = mapped_column(sa.Text, primary_key=True)
+    person_id: Mapped[uuid.UUID] = mapped_column(sa.Uuid)
+    channel: Mapped[int] = mapped_column(sa.SmallInteger)
+    contacted_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True))
+    source: Mapped[str] = mapped_column(sa.Text, comment="journey (requested here) or gateway (sent)")
+
+
 class OfferCatalogRow(Base):
     """One row: the version of the offers, raised by every change to them (replicas' caches compare it)."""
 

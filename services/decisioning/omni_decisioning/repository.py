@@ -21,6 +21,7 @@ from omni_decisioning.entities import (
     RunOutcome,
 )
 from omni_decisioning.models import (
+    ContactLogRow,
     DecisionRow,
     JourneyRow,
     JourneyRunRow,
@@ -335,6 +336,10 @@ class Repository:
             )
         )
         await session.execute(sa.delete(MembershipRow).where(MembershipRow.person_id.in_(merged)))
+        # Contacts move too: the survivor has been sent what they were sent.
+        await session.execute(
+            sa.update(ContactLogRow).where(ContactLogRow.person_id.in_(merged)).values(person_id=survivor_id)
+        )
         # Runs move too, so the re-entry guard sees one person's history as one.
         await session.execute(
             sa.update(JourneyRunRow)
@@ -374,6 +379,7 @@ class Repository:
             MembershipRow.person_id,
             JourneyRunRow.person_id,
             DecisionRow.person_id,
+            ContactLogRow.person_id,
         ):
             await session.execute(sa.delete(column.class_).where(column.in_(ids)))
 
@@ -443,6 +449,64 @@ class Repository:
             )
         )
         await session.flush()
+
+    # -- contact log ---------------------------------------------------------------------------------------
+
+    async def lock_person_contacts(self, session: AsyncSession, person_id: uuid.UUID) -> None:
+        """Serialise the contact-policy check and the send it lets through for one person, across journeys
+        and replicas, until the transaction ends."""
+        await session.execute(
+            sa.text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))"),
+            {"key": f"contacts:{person_id}"},
+        )
+
+    async def contacts_since(
+        self, session: AsyncSession, person_id: uuid.UUID, since: datetime
+    ) -> list[tuple[int, datetime]]:
+        """The person's logged marketing sends (channel, when) since an instant."""
+        rows = await session.execute(
+            sa.select(ContactLogRow.channel, ContactLogRow.contacted_at).where(
+                ContactLogRow.person_id == person_id, ContactLogRow.contacted_at >= since
+            )
+        )
+        return [(row.channel, row.contacted_at) for row in rows]
+
+    async def log_contact(
+        self,
+        session: AsyncSession,
+        *,
+        request_id: str,
+        person_id: uuid.UUID,
+        channel: int,
+        at: datetime,
+        source: str,
+        retention: timedelta,
+    ) -> None:
+        """Count a marketing send (once per request id: the gateway's report of a journey's send replaces the
+        journey's row, with the time it was sent), and drop the person's rows past the retention."""
+        statement = insert(ContactLogRow).values(
+            request_id=request_id, person_id=person_id, channel=channel, contacted_at=at, source=source
+        )
+        await session.execute(
+            statement.on_conflict_do_update(
+                index_elements=[ContactLogRow.request_id],
+                set_={
+                    "person_id": statement.excluded.person_id,
+                    "channel": statement.excluded.channel,
+                    "contacted_at": statement.excluded.contacted_at,
+                    "source": statement.excluded.source,
+                },
+            )
+        )
+        await session.execute(
+            sa.delete(ContactLogRow).where(
+                ContactLogRow.person_id == person_id, ContactLogRow.contacted_at < at - retention
+            )
+        )
+
+    async def unlog_contact(self, session: AsyncSession, request_id: str) -> None:
+        """A send that failed does not count."""
+        await session.execute(sa.delete(ContactLogRow).where(ContactLogRow.request_id == request_id))
 
     # -- decisions -----------------------------------------------------------------------------------------
 

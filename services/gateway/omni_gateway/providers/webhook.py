@@ -57,6 +57,8 @@ _MAX_ANSWER_QUOTED = 200
 _MAX_ANSWER_READ = 64 * 1024
 """How much of an endpoint's answer is read at most (an answer is an acknowledgement, not a download)."""
 _TRANSIENT_STATUSES = frozenset({408, 429})
+_MAX_RETRY_AFTER_S = 86_400.0
+"""The longest Retry-After honoured (a day)."""
 
 
 def _retry_after(value: str | None, *, now: float) -> float | None:
@@ -64,19 +66,26 @@ def _retry_after(value: str | None, *, now: float) -> float | None:
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
-        return float(value)
     try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
+        wait = float(value)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        wait = when.timestamp() - now
+    if wait != wait:  # NaN
         return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, when.timestamp() - now)
+    # An endpoint cannot push a message past the retry schedule's reach by asking for a year.
+    return min(max(0.0, wait), _MAX_RETRY_AFTER_S)
 
 
 def classify_answer(status: int, *, retry_after: str | None, detail: str, provider: str) -> ProviderFailure:
-    """The failure a non-2xx answer of an endpoint means (410 gone, 408/429/5xx later, the rest never)."""
+    """The failure a non-2xx answer of an endpoint means (410 gone, 408/429/5xx later, the rest never).
+    `detail` quotes the endpoint, so its control characters are replaced (it is stored on the message)."""
+    detail = without_control_characters(detail)
     if status == 410:
         return ProviderFailure(FailureKind.ADDRESS_INVALID, detail, provider=provider)
     if status in _TRANSIENT_STATUSES or status >= 500:
@@ -266,7 +275,9 @@ class WebhookProvider:
             endpoint.breaker.failure()
             raise ProviderFailure(
                 FailureKind.TRANSIENT,
-                f"destination {destination.name} cannot be reached: {type(error).__name__}: {error}",
+                without_control_characters(
+                    f"destination {destination.name} cannot be reached: {type(error).__name__}: {error}"
+                ),
                 provider=NAME,
             ) from error
         status = response.status_code

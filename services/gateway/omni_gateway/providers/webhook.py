@@ -118,7 +118,6 @@ class WebhookProvider:
         attempt n fails (or the endpoint's Retry-After, if later), and after len + 1 attempts the message
         fails. The delivery flow's retry policy reads it (`retry_delay_s`)."""
         self._endpoints = {d.name: self._endpoint(d) for d in settings.destinations}
-        self._started = False
 
     def _endpoint(self, destination: WebhookDestination) -> _Endpoint:
         settings = self.settings
@@ -163,6 +162,8 @@ class WebhookProvider:
     async def start(self, receipts: ReceiptSink) -> None:
         """Open a connection pool per destination. Webhooks report no later outcome, so receipts are unused."""
         for endpoint in self._endpoints.values():
+            if endpoint.client is not None:
+                continue
             destination = endpoint.destination
             endpoint.client = httpx.AsyncClient(
                 timeout=httpx.Timeout(destination.timeout_s),
@@ -173,11 +174,9 @@ class WebhookProvider:
                 follow_redirects=False,
                 headers={"user-agent": self.settings.user_agent},
             )
-        self._started = True
 
     async def close(self) -> None:
         """Close the pools (calls in flight end with a connection error)."""
-        self._started = False
         for endpoint in self._endpoints.values():
             if endpoint.client is not None:
                 await endpoint.client.aclose()
@@ -323,9 +322,15 @@ class WebhookProvider:
             ) from None
 
 
+def _mapping_as_dict(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return dict(value)
+    raise TypeError(f"Type is not JSON serializable: {type(value).__name__}")
+
+
 def _body(payload: Mapping[str, Any]) -> bytes:
     try:
-        return orjson.dumps(payload)
+        return orjson.dumps(payload if isinstance(payload, dict) else dict(payload), default=_mapping_as_dict)
     except TypeError as error:
         raise ProviderFailure(
             FailureKind.PERMANENT, f"the payload is not JSON: {error}", provider=NAME

@@ -6,6 +6,7 @@ settings refused at start."""
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -16,6 +17,7 @@ from typing import Any
 
 import pydantic
 import pytest
+from pydantic_settings import SettingsConfigDict
 
 from omni_gateway.domain import Channel, Purpose
 from omni_gateway.providers.base import (
@@ -31,6 +33,7 @@ from omni_gateway.providers.webhook import WebhookProvider, build_webhook_provid
 from omni_gateway.providers.webhook_settings import DEFAULT_RETRY_SCHEDULE_S, WebhookSettings
 from omni_kit.circuit import CircuitState
 from omni_kit.embedded import free_port
+from omni_kit.settings import ServiceSettings
 
 from .webhook_receiver import Answer, Receiver, new_secret, receiving
 
@@ -450,3 +453,33 @@ def test_good_settings_from_json_as_the_environment_gives_them() -> None:
     )
     assert [d.name for d in settings.destinations] == ["crm", "pos-bridge", "local"]
     assert old not in repr(settings) and old not in str(settings.model_dump())
+
+
+class _GatewaySettings(ServiceSettings):
+    """The gateway's settings as the delivery flow's registry will hold the provider's (a `webhook` field)."""
+
+    model_config = SettingsConfigDict(env_prefix="OMNI_GATEWAY_", extra="ignore", frozen=True)
+
+    webhook: WebhookSettings = WebhookSettings()
+
+
+def test_the_environment_gives_the_settings_as_json_and_a_bad_one_stops_the_start_without_its_secret(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("OMNI_GATEWAY_DATABASE_URL", "postgresql+asyncpg://u@h/db")
+    monkeypatch.setenv("OMNI_GATEWAY_NATS_URL", "nats://h:4222")
+    secret = new_secret()
+    destination = {"name": "crm", "url": "https://crm.example.com/hooks", "secrets": [secret]}
+    monkeypatch.setenv("OMNI_GATEWAY_WEBHOOK", json.dumps({"destinations": [destination]}))
+    settings = _GatewaySettings()
+    assert settings.webhook.fallback_destination == "crm"
+
+    short = "whsec_c2VjcmV0c2VjcmV0"
+    monkeypatch.setenv(
+        "OMNI_GATEWAY_WEBHOOK", json.dumps({"destinations": [{**destination, "secrets": [short]}]})
+    )
+    with pytest.raises(pydantic.ValidationError) as refused:
+        _GatewaySettings()
+    assert "webhook.destinations.0.secrets" in str(refused.value)
+    assert "24 to 64 bytes" in str(refused.value)
+    assert "c2VjcmV0c2VjcmV0" not in str(refused.value)

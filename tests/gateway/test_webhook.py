@@ -29,7 +29,7 @@ from omni_gateway.providers.base import (
     Receipt,
     WebhookContent,
 )
-from omni_gateway.providers.webhook import WebhookProvider, build_webhook_provider
+from omni_gateway.providers.webhook import WebhookProvider, build_webhook_provider, create
 from omni_gateway.providers.webhook_settings import DEFAULT_RETRY_SCHEDULE_S, WebhookSettings
 from omni_kit.circuit import CircuitState
 from omni_kit.embedded import free_port
@@ -403,6 +403,21 @@ async def test_the_address_and_the_retry_schedule() -> None:
     assert [chosen.retry_delay_s(n) for n in range(1, 9)] == [*DEFAULT_RETRY_SCHEDULE_S, None]
     assert sum(DEFAULT_RETRY_SCHEDULE_S) == 27 * 3600 + 35 * 60 + 5
     assert build_webhook_provider(WebhookSettings()) is None
+
+
+async def test_a_registry_creates_it_by_kind_from_its_options() -> None:
+    secret = new_secret()
+    options = {"destinations": [_destination("crm", "https://crm.example.com/hooks", secret)]}
+    provider = create("retailer-hooks", options, {"sender": "ignored"})
+    assert isinstance(provider, ChannelProvider)
+    assert provider.name == "retailer-hooks" and provider.channel is Channel.WEBHOOK
+    assert provider.own_circuit_breakers
+    assert provider.breaker("crm").name == "retailer-hooks:crm"  # type: ignore[union-attr]
+    with pytest.raises(ValueError, match="has no destinations"):
+        create("retailer-hooks", {}, {})
+    with pytest.raises(ValueError, match="Extra inputs are not permitted") as refused:
+        create("retailer-hooks", {**options, "kind": "webhook"}, {})
+    assert secret not in str(refused.value)
 
 
 @pytest.mark.parametrize(

@@ -47,7 +47,7 @@ from omni_gateway.providers.webhook_settings import WebhookDestination, WebhookS
 from omni_kit.circuit import CircuitBreaker, CircuitOpen
 from omni_kit.errors import without_control_characters
 
-__all__ = ["NAME", "WebhookProvider", "build_webhook_provider", "classify_answer"]
+__all__ = ["NAME", "WebhookProvider", "build_webhook_provider", "classify_answer", "create"]
 
 NAME = "webhook"
 tracer = trace.get_tracer("omni_gateway.providers.webhook")
@@ -108,10 +108,13 @@ class _Endpoint:
 class WebhookProvider:
     """Delivers the webhook channel's messages to the configured destinations (a ChannelProvider)."""
 
-    name = NAME
     channel = Channel.WEBHOOK
+    own_circuit_breakers = True
+    """It keeps a circuit breaker per destination: a provider-wide breaker around it must not be used (nor
+    count its failures), or one dead endpoint would open the circuit of all of them."""
 
-    def __init__(self, settings: WebhookSettings) -> None:
+    def __init__(self, settings: WebhookSettings, *, name: str = NAME) -> None:
+        self.name = name
         self.settings = settings
         self.retry_schedule: tuple[float, ...] = settings.retry_schedule_s
         """The waits between a message's attempts: attempt n + 1 comes `retry_schedule[n - 1]` seconds after
@@ -130,7 +133,7 @@ class WebhookProvider:
             destination=destination,
             signers=tuple(Webhook(secret_key(s.get_secret_value())) for s in destination.secrets),
             breaker=CircuitBreaker(
-                f"{NAME}:{destination.name}",
+                f"{self.name}:{destination.name}",
                 failure_threshold=settings.breaker_failures,
                 reset_after_s=settings.breaker_reset_s,
                 max_reset_after_s=settings.breaker_max_reset_s,
@@ -193,22 +196,24 @@ class WebhookProvider:
             raise ProviderFailure(
                 FailureKind.ADDRESS_INVALID,
                 f"no webhook destination named {outgoing.address!r}",
-                provider=NAME,
+                provider=self.name,
             )
         if not isinstance(outgoing.content, WebhookContent):
             raise ProviderFailure(
-                FailureKind.PERMANENT, "a webhook carries a JSON payload (WebhookContent)", provider=NAME
+                FailureKind.PERMANENT, "a webhook carries a JSON payload (WebhookContent)", provider=self.name
             )
         if endpoint.client is None:
-            raise ProviderFailure(FailureKind.TRANSIENT, "the webhook provider is not started", provider=NAME)
+            raise ProviderFailure(
+                FailureKind.TRANSIENT, "the webhook provider is not started", provider=self.name
+            )
         destination = endpoint.destination
-        body = _body(outgoing.content.payload)
+        body = _body(outgoing.content.payload, provider=self.name)
         if len(body) > destination.max_payload_bytes:
             raise ProviderFailure(
                 FailureKind.PERMANENT,
                 f"payload of {len(body)} bytes is over destination {destination.name}'s "
                 f"{destination.max_payload_bytes}",
-                provider=NAME,
+                provider=self.name,
             )
         with tracer.start_as_current_span(
             "webhook send",
@@ -240,7 +245,7 @@ class WebhookProvider:
             raise ProviderFailure(
                 FailureKind.TRANSIENT,
                 f"destination {destination.name} is not called for now: {open_circuit}",
-                provider=NAME,
+                provider=self.name,
                 retry_after_s=open_circuit.retry_after_s,
             ) from None
         message_id = str(outgoing.message_id)
@@ -268,7 +273,7 @@ class WebhookProvider:
             raise ProviderFailure(
                 FailureKind.TRANSIENT,
                 f"destination {destination.name} did not answer within {destination.timeout_s:g} s",
-                provider=NAME,
+                provider=self.name,
             ) from error
         except httpx.HTTPError as error:
             endpoint.breaker.failure()
@@ -277,14 +282,14 @@ class WebhookProvider:
                 without_control_characters(
                     f"destination {destination.name} cannot be reached: {type(error).__name__}: {error}"
                 ),
-                provider=NAME,
+                provider=self.name,
             ) from error
         status = response.status_code
         span.set_attribute("http.response.status_code", status)
         if 200 <= status < 300:
             endpoint.breaker.success()
             return Accepted(
-                provider=NAME,
+                provider=self.name,
                 provider_message_id=message_id,
                 details={
                     "destination": destination.name,
@@ -297,7 +302,7 @@ class WebhookProvider:
             retry_after=response.headers.get("retry-after"),
             detail=f"destination {destination.name} answered {status} {response.reason_phrase}"
             + (f": {answer}" if answer else ""),
-            provider=NAME,
+            provider=self.name,
         )
         if failure.transient:
             endpoint.breaker.failure()
@@ -317,7 +322,7 @@ class WebhookProvider:
             raise ProviderFailure(
                 FailureKind.TRANSIENT,
                 f"destination {endpoint.destination.name} is at its rate of {rate:g}/s",
-                provider=NAME,
+                provider=self.name,
                 retry_after_s=1.0 / rate,
             ) from None
 
@@ -328,12 +333,12 @@ def _mapping_as_dict(value: Any) -> Any:
     raise TypeError(f"Type is not JSON serializable: {type(value).__name__}")
 
 
-def _body(payload: Mapping[str, Any]) -> bytes:
+def _body(payload: Mapping[str, Any], *, provider: str) -> bytes:
     try:
         return orjson.dumps(payload if isinstance(payload, dict) else dict(payload), default=_mapping_as_dict)
     except TypeError as error:
         raise ProviderFailure(
-            FailureKind.PERMANENT, f"the payload is not JSON: {error}", provider=NAME
+            FailureKind.PERMANENT, f"the payload is not JSON: {error}", provider=provider
         ) from error
 
 
@@ -349,8 +354,18 @@ async def _start_of(response: httpx.Response) -> str:
     return without_control_characters(" ".join(text.split()))
 
 
-def build_webhook_provider(settings: WebhookSettings) -> WebhookProvider | None:
+def build_webhook_provider(settings: WebhookSettings, *, name: str = NAME) -> WebhookProvider | None:
     """The provider of the webhook channel from its settings; None when no destination is configured."""
     if not settings.destinations:
         return None
-    return WebhookProvider(settings)
+    return WebhookProvider(settings, name=name)
+
+
+def create(name: str, options: Mapping[str, Any], defaults: Mapping[str, Any]) -> WebhookProvider:
+    """The provider from a registry's configuration: `options` are `WebhookSettings` as a mapping (the
+    destinations, ...); `defaults` are not used. Raises pydantic.ValidationError (a ValueError) naming what is
+    wrong, never a secret, and ValueError when no destination is configured."""
+    provider = build_webhook_provider(WebhookSettings.model_validate(dict(options)), name=name)
+    if provider is None:
+        raise ValueError(f"webhook provider {name!r} has no destinations")
+    return provider

@@ -150,3 +150,33 @@ def _legacy(request: SendRequest) -> str:
         content["purpose"] = request.purpose.value
     canonical = json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+async def test_templates_and_messages_may_be_for_the_webhook_channel_from_0007(
+    make_database: Callable[..., str],
+) -> None:
+    engine = create_engine(make_database("gateway_webhook_channel"), application_name="omni-gateway-test")
+    webhook_message = _INSERT.replace("'email'", "'webhook'").format(columns="", values="")
+    try:
+        await migrate(engine, MIGRATIONS, "0006")
+        with pytest.raises(IntegrityError, match="messages_channel"):
+            async with engine.begin() as connection:
+                await connection.execute(sa.text(webhook_message), {"id": new_id(), "r": "w", "p": new_id()})
+
+        await migrate(engine, MIGRATIONS, "0007")
+        async with engine.begin() as connection:
+            await connection.execute(sa.text(webhook_message), {"id": new_id(), "r": "w", "p": new_id()})
+            await connection.execute(
+                sa.text(
+                    "INSERT INTO templates (id, channel, body_text) VALUES ('order-paid', :channel, '{}')"
+                ),
+                {"channel": Channel.WEBHOOK.value},
+            )
+            with pytest.raises(IntegrityError, match="messages_channel"):
+                async with connection.begin_nested():
+                    await connection.execute(
+                        sa.text(_INSERT.replace("'email'", "'fax'").format(columns="", values="")),
+                        {"id": new_id(), "r": "fax", "p": new_id()},
+                    )
+    finally:
+        await engine.dispose()

@@ -66,6 +66,23 @@ def test_transactional_goes_out_unless_refused(answer: Answer | None, expected: 
     assert judge(EMAIL, TRANSACTIONAL, answer).refusal == expected
 
 
+@pytest.mark.parametrize("purpose", [MARKETING, TRANSACTIONAL])
+@pytest.mark.parametrize("state", [None, GRANTED, DENIED, REVOKED])
+def test_a_webhook_reaches_the_retailer_not_the_person_so_no_answer_refuses_it(
+    purpose: Purpose, state: ConsentState | None
+) -> None:
+    webhook = common_pb2.CHANNEL_WEBHOOK
+    answer = None if state is None else _answer(state, purpose=purpose, channel=webhook)
+    assert judge(webhook, purpose, answer) == Verdict(webhook, purpose, True, Reason.NOT_A_CONTACT)
+    # The copy of a person profile announced nothing about answers the same, and the name reads back.
+    assert contact.PersonVerdicts(uuid.uuid4()).of(webhook, purpose).allowed
+    assert contact.channel_name(webhook) == "webhook"
+    event = contact.verdict_changed_event(
+        uuid.uuid4(), [judge(webhook, purpose, None)], version=1, decided_at=datetime.now(UTC)
+    )
+    assert contact.verdicts_in(event) == [Verdict(webhook, purpose, True, Reason.NOT_A_CONTACT)]
+
+
 def test_answers_count_per_channel_and_purpose_and_the_last_one_wins() -> None:
     verdicts = contact.judge_answers(
         [

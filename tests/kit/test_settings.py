@@ -43,3 +43,10 @@ def test_missing_database_url_is_an_error(monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.delenv("OMNI_EXAMPLE_DATABASE_URL", raising=False)
     with pytest.raises(ValidationError):
         ExampleSettings(nats_url="nats://h:4222")  # type: ignore[call-arg]
+
+
+def test_a_refused_value_is_never_shown_since_it_may_be_a_secret() -> None:
+    with pytest.raises(ValidationError) as raised:
+        ExampleSettings(database_url="postgresql://omni:hunter2-secret@h/db", nats_url="nats://h:4222")
+    assert "database_url" in str(raised.value)
+    assert "hunter2-secret" not in str(raised.value)

@@ -300,6 +300,17 @@ INVALID_REQUESTS = {
         ),
         {"consent.double_opt_in"},
     ),
+    "consent for the webhook, which reaches the retailer's systems, not the person": (
+        lambda s: s.profile.SetConsent(
+            profile_pb2.SetConsentRequest(
+                person_id=UNKNOWN,
+                consent=profile_pb2.Consent(
+                    channel=common_pb2.CHANNEL_WEBHOOK, state=profile_pb2.CONSENT_STATE_GRANTED
+                ),
+            )
+        ),
+        {"consent.channel"},
+    ),
     "computed trait without a kind": (
         lambda s: s.profile.CreateComputedTrait(
             profile_pb2.CreateComputedTraitRequest(computed_trait=profile_pb2.ComputedTrait(name="x_total"))

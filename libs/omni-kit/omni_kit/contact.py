@@ -12,6 +12,11 @@ The rule (`judge`), over the consent answers profile records per channel and pur
   bear on no message.
 - One answer counts per channel and purpose: the latest (profile keeps one; a merge keeps the most recent of
   the persons'; an unmerged person starts without answers, which stay with the survivor).
+- A channel that reaches the retailer's own systems, not the person (`NOT_A_CONTACT_CHANNELS`: the webhook),
+  is allowed for both purposes whatever was answered (`Reason.NOT_A_CONTACT`): consent is the person's say
+  over being contacted, and a webhook contacts the retailer. Profile refuses consent for such a channel, so
+  it never announces a verdict for one; every copy answers it from this rule. What the retailer's systems
+  then do with the payload (contact the person themselves) is theirs to check against consent.
 - Not part of it: whether the person has an address on the channel (identity holds addresses and announces
   no change of them, so the gateway looks the address up at send time and fails a message without one),
   and suppression lists (none yet).
@@ -54,6 +59,10 @@ CONTACT_VERDICT_CHANGED = "profile.contact_verdict_changed"
 Channel = int
 """An omni.common.v1.Channel number."""
 
+NOT_A_CONTACT_CHANNELS: frozenset[Channel] = frozenset({common_pb2.CHANNEL_WEBHOOK})
+"""Channels that reach the retailer's own systems, not the person: no consent is asked for them, and their
+verdict always allows (Reason.NOT_A_CONTACT)."""
+
 
 class Purpose(StrEnum):
     """What a message is for; only these two are purposes of a message."""
@@ -81,6 +90,8 @@ class Reason(StrEnum):
     DENIED = "denied"
     REVOKED = "revoked"
     AWAITING_CONFIRMATION = "awaiting_confirmation"
+    NOT_A_CONTACT = "not_a_contact"
+    """Allowed: the channel reaches the retailer's systems, not the person (NOT_A_CONTACT_CHANNELS)."""
 
 
 @dataclass(frozen=True)
@@ -123,6 +134,8 @@ class Verdict:
 def judge(channel: Channel, purpose: Purpose, answer: Answer | None) -> Verdict:
     """The rule: may a message of `purpose` go on `channel` to a person whose answer for them is `answer`
     (None: never answered)?"""
+    if channel in NOT_A_CONTACT_CHANNELS:
+        return Verdict(channel, purpose, True, Reason.NOT_A_CONTACT)
     if purpose == Purpose.TRANSACTIONAL:
         if answer is not None and answer.state == ConsentState.DENIED:
             return Verdict(channel, purpose, False, Reason.DENIED)

@@ -16,7 +16,9 @@ from omni_kit.bus.inbox import DEFAULT_INBOX_RETENTION_S, MIN_INBOX_RETENTION_S
 class ServiceSettings(BaseSettings):
     """What every service needs: its database, the event log and where to listen."""
 
-    model_config = SettingsConfigDict(extra="ignore", frozen=True)
+    # A refused setting is logged at start: the error names the field and why, never the value, which may be
+    # a password in a URL or a signing secret (subclasses' configs keep this: pydantic merges them).
+    model_config = SettingsConfigDict(extra="ignore", frozen=True, hide_input_in_errors=True)
 
     database_url: str = Field(
         description="SQLAlchemy URL of the service's own database (postgresql+asyncpg://…)."

@@ -32,6 +32,9 @@ class Channel(StrEnum):
     PUSH = "push"
     STORE = "store"
     CALL_CENTER = "call_center"
+    WEBHOOK = "webhook"
+    """The retailer's own systems, reached by a signed POST to a configured destination; not a contact of the
+    person (omni_kit.contact.NOT_A_CONTACT_CHANNELS: no consent bears on it)."""
 
 
 # Channels the gateway can deliver on today; templates may be stored for any channel.

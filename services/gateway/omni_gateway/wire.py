@@ -29,6 +29,7 @@ _CHANNELS = {
     common_pb2.CHANNEL_PUSH: Channel.PUSH,
     common_pb2.CHANNEL_STORE: Channel.STORE,
     common_pb2.CHANNEL_CALL_CENTER: Channel.CALL_CENTER,
+    common_pb2.CHANNEL_WEBHOOK: Channel.WEBHOOK,
 }
 _CHANNELS_PB = {channel: number for number, channel in _CHANNELS.items()}
 # Consent's vocabulary (profile's ConsentPurpose): unspecified means marketing there, and so here.

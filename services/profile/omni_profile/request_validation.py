@@ -1,7 +1,8 @@
 """Checks of the requests other than tracking and traits: consent, reads, computed-trait definitions.
 
 What profile.proto declares (person ids, channels, states, sizes, names, ranges) is checked by
-omni_kit.validation; here is what a proto cannot say: double opt-in only on email grants, what each kind of
+omni_kit.validation; here is what a proto cannot say: no consent for a channel that is not a contact of the
+person (the webhook, omni_kit.contact), double opt-in only on email grants, what each kind of
 computed trait needs and may not have, event types in any script. Page tokens are checked when decoded.
 """
 
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 from omni.common.v1 import common_pb2
 from omni.profile.v1 import profile_pb2
-from omni_kit import validation
+from omni_kit import contact, validation
 from omni_kit.event_types import is_event_type
 
 _NEEDS_EVENT_TYPE = (profile_pb2.COMPUTED_TRAIT_KIND_SUM, profile_pb2.COMPUTED_TRAIT_KIND_LIFETIME_VALUE)
@@ -28,6 +29,12 @@ def validate_set_consent(request: profile_pb2.SetConsentRequest) -> None:
     grants."""
     violations = validation.check(request)
     consent = request.consent
+    if consent.channel in contact.NOT_A_CONTACT_CHANNELS:
+        violations.add(
+            "consent.channel",
+            f"{contact.channel_name(consent.channel)} reaches the retailer's systems, not the person: "
+            "there is no consent to give for it",
+        )
     # A double opt-in state (not UNSPECIFIED) the proto's rules found known.
     if consent.double_opt_in and not violations.names("consent.double_opt_in"):
         if consent.channel != common_pb2.CHANNEL_EMAIL:

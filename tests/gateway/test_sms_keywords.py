@@ -1,4 +1,4 @@
-"""Keywords texted to the SMSC change SMS consent in a real profile service for the person identity finds by
+"""Keywords texted to the SMSC (or through the HTTP vendor) change SMS consent in a real profile service for the person identity finds by
 the number, and the confirmation reply reaches the SMSC."""
 
 from __future__ import annotations
@@ -6,14 +6,19 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 import pytest
+from aiohttp import web
 
 from omni.common.v1 import common_pb2
 from omni.identity.v1 import identity_pb2
 from omni.profile.v1 import profile_pb2
+from omni_gateway.providers.http_sms import HttpSmsProvider, HttpSmsSettings
 from omni_gateway.providers.smpp import SmppProvider, SmppSettings
+from omni_gateway.sms_inbound import sms_callbacks_app
 from omni_gateway.sms_keywords import DEFAULT_KEYWORDS, SmsKeywords
 from omni_gateway.sms_text import decode, plan
+from omni_kit.embedded import free_port
 
+from .sms_vendor import SmsVendor
 from .smsc import TestSmsc
 from .support import Neighbours, unique
 
@@ -142,3 +147,36 @@ async def test_help_answers_without_changing_consent(neighbours: Neighbours, key
     assert await keywords.handle_inbound(phone, "stop sending me pizza ads") is None
     consent = await _sms_consent(neighbours, person_id)
     assert consent is not None and consent.state == profile_pb2.CONSENT_STATE_GRANTED
+
+
+async def test_stop_through_the_http_vendor_revokes_and_is_answered_as_twiml(
+    neighbours: Neighbours, keywords: SmsKeywords
+) -> None:
+    vendor = await SmsVendor().start()
+    port = free_port("127.0.0.1")
+    inbound_url = f"http://127.0.0.1:{port}/sms/twilio/inbound"
+    provider = HttpSmsProvider(
+        HttpSmsSettings(
+            base_url=vendor.url,
+            account_sid=vendor.account_sid,
+            auth_token=vendor.auth_token,  # type: ignore[arg-type]
+            from_number="+15005550006",
+            inbound_url=inbound_url,
+        )
+    )
+    root = web.Application()
+    root.add_subapp("/sms", sms_callbacks_app(provider, keywords.handle_inbound))
+    runner = web.AppRunner(root)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        phone = _number()
+        person_id = await _person_with_phone(neighbours, phone)
+        status, twiml = await vendor.incoming(inbound_url, phone, "STOPALL")
+        assert status == 200
+        assert f"<Message>{DEFAULT_KEYWORDS['en'].stop_reply}</Message>" in twiml
+        consent = await _sms_consent(neighbours, person_id)
+        assert consent is not None and consent.state == profile_pb2.CONSENT_STATE_REVOKED
+    finally:
+        await runner.cleanup()
+        await vendor.stop()

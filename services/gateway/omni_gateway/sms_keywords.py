@@ -86,7 +86,7 @@ DEFAULT_KEYWORDS: dict[str, KeywordLanguage] = {
     "da": KeywordLanguage(
         stop=["AFMELD", "AFMELDE"],
         start=["TILMELD"],
-        help=["HJAELP"],
+        help=["HJÆLP"],
         stop_reply="Du er afmeldt og modtager ikke flere markedsføringsbeskeder. Svar START for at tilmelde dig igen.",
         start_reply="Du er tilmeldt igen. Svar AFMELD for at afmelde dig.",
         help_reply="Svar AFMELD for at afmelde dig, START for at tilmelde dig.",
@@ -100,7 +100,7 @@ DEFAULT_KEYWORDS: dict[str, KeywordLanguage] = {
         help_reply="Svar STOPP for å melde deg av, START for å melde deg på.",
     ),
     "fr": KeywordLanguage(
-        stop=["ARRET", "DESABONNER", "DESINSCRIRE"],
+        stop=["ARRÊT", "DESABONNER", "DESINSCRIRE"],
         start=["ABONNER"],
         help=["AIDE"],
         stop_reply="Vous êtes désabonné et ne recevrez plus de messages promotionnels. Répondez START pour vous réabonner.",

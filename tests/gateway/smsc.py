@@ -98,6 +98,8 @@ class TestSmsc:
         self.receipt_style = "text"
         """"text": the receipt text only; "tlv": also receipted_message_id and message_state TLVs."""
         self.refuse_binds = False
+        self.receipt_first = False
+        """Write each receipt before the submit_sm_resp it is for."""
         self.submit_arrived = asyncio.Event()
         self._sessions: list[_Session] = []
         self._server: asyncio.Server | None = None
@@ -147,32 +149,27 @@ class TestSmsc:
             smpp34.DeliverSm(source, to, short_message, data_coding=coding, esm_class=0x00), within
         )
 
-    async def send_receipt(
-        self, submitted: Submitted, stat: str, err: str = "000", within: float = 10.0
-    ) -> int:
+    def _receipt_pdu(self, submitted: Submitted, stat: str, err: str) -> smpp34.DeliverSm:
         text = (
             f"id:{submitted.message_id} sub:001 dlvrd:{'001' if stat == 'DELIVRD' else '000'} "
             f"submit date:2612071200 done date:2612071201 stat:{stat} err:{err} text:"
         ).encode("ascii")
         tlvs = []
         if self.receipt_style == "tlv":
-            states = {
-                "DELIVRD": 2,
-                "EXPIRED": 3,
-                "DELETED": 4,
-                "UNDELIV": 5,
-                "ACCEPTD": 6,
-                "UNKNOWN": 7,
-                "REJECTD": 8,
-            }
+            states = {"DELIVRD": 2, "EXPIRED": 3, "DELETED": 4, "UNDELIV": 5, "ACCEPTD": 6, "UNKNOWN": 7}
+            states["REJECTD"] = 8
             tlvs = [
                 smpp34.Tlv(0x001E, submitted.message_id.encode("ascii") + b"\x00"),
                 smpp34.Tlv(0x0427, bytes([states[stat]])),
             ]
             text = b""
-        return await self._deliver(
-            smpp34.DeliverSm(submitted.destination, submitted.source, text, esm_class=0x04, tlvs=tlvs), within
-        )
+        return smpp34.DeliverSm(submitted.destination, submitted.source, text, esm_class=0x04, tlvs=tlvs)
+
+    async def send_receipt(
+        self, submitted: Submitted, stat: str, err: str = "000", within: float = 10.0
+    ) -> int:
+        """A delivery receipt for a submitted message; returns the deliver_sm_resp command_status."""
+        return await self._deliver(self._receipt_pdu(submitted, stat, err), within)
 
     async def enquire(self, within: float = 5.0) -> int:
         """Send an enquire_link to the first bound ESME; return its answer's command_status."""
@@ -191,15 +188,18 @@ class TestSmsc:
         raise AssertionError("no ESME is bound")
 
     async def _deliver(self, pdu: smpp34.DeliverSm, within: float) -> int:
-        session = self._bound_session()
+        answer = self._write_deliver(self._bound_session(), pdu)
+        async with asyncio.timeout(within):
+            return await answer
+
+    def _write_deliver(self, session: _Session, pdu: smpp34.DeliverSm) -> asyncio.Future[int]:
         sequence = session.next_sequence()
         encoded = bytearray(pdu.encode())
         struct.pack_into("!I", encoded, 12, sequence)
-        answer = asyncio.get_running_loop().create_future()
+        answer: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         session.pending[sequence] = answer
         session.writer.write(bytes(encoded))
-        async with asyncio.timeout(within):
-            return await answer
+        return answer
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         session = _Session(writer)
@@ -264,8 +264,14 @@ class TestSmsc:
         self.submitted.append(submitted)
         self.submit_arrived.set()
         body = message_id.encode("ascii") + b"\x00" if status == 0 else b""
+        wants_receipt = status == 0 and pdu.registered_delivery & 0x01 and self.receipt_stat is not None
+        if wants_receipt and self.receipt_first and self.receipt_stat is not None:
+            # Some SMSCs deliver the receipt of a message handed on at once before the submit_sm_resp.
+            self._write_deliver(session, self._receipt_pdu(submitted, self.receipt_stat, self.receipt_err))
+            session.writer.write(_pdu(SUBMIT_SM | RESP, status, sequence, body))
+            return
         session.writer.write(_pdu(SUBMIT_SM | RESP, status, sequence, body))
-        if status == 0 and pdu.registered_delivery & 0x01 and self.receipt_stat is not None:
+        if wants_receipt and self.receipt_stat is not None:
             task = asyncio.create_task(self._receipt_later(submitted, self.receipt_stat, self.receipt_err))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)

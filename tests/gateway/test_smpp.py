@@ -287,3 +287,27 @@ async def test_help_from_the_handset_is_answered(smsc: TestSmsc, start_provider:
     assert await smsc.deliver(NUMBER[1:], "just saying hi") == 0
     await asyncio.sleep(0.2)
     assert len(smsc.submitted) == 1  # no keyword, no reply
+
+
+async def test_receipts_written_before_their_submit_sm_resp_are_not_lost_or_early(
+    smsc: TestSmsc, start_provider: StartProvider
+) -> None:
+    sink = Sink()
+    smsc.receipt_first = True
+    provider = await start_provider(smsc.port, sink)
+
+    single = await provider.send(_outgoing("short"))
+    await until(lambda: len(sink.receipts) == 1)
+    assert sink.receipts[0].provider_message_id == single.provider_message_id
+
+    outgoing = _outgoing("ő" * 140)  # three UCS-2 segments, each receipt ahead of its submit_sm_resp
+    accepted = await provider.send(outgoing)
+    assert accepted.details["segments"] == 3
+    await until(lambda: smsc.received["deliver_sm_resp"] == 4)
+    await until(lambda: len(sink.receipts) == 2)
+    await asyncio.sleep(0.2)
+    assert len(sink.receipts) == 2  # one for the message, only once all segments were delivered
+    receipt = sink.receipts[1]
+    assert receipt.kind is ReceiptKind.DELIVERED
+    assert receipt.message_id == outgoing.message_id
+    assert receipt.provider_message_id == accepted.provider_message_id

@@ -96,6 +96,9 @@ _ADDRESS_INVALID = frozenset({0x0B, 0x50, 0x51})
 # it: another try or another provider of the same account would not change that.
 _PERMANENT = frozenset({0x01, 0x0A, 0x15, 0x43, 0x48, 0x49, 0x61, 0x62, 0x65, 0x66, 0xC0, 0xC1})
 
+_REMEMBERED = 100_000
+"""Segment and message ids kept in memory for receipts."""
+
 TLV_RECEIPTED_MESSAGE_ID = 0x001E
 TLV_MESSAGE_STATE = 0x0427
 TLV_MESSAGE_PAYLOAD = 0x0424
@@ -201,9 +204,15 @@ def _source_ton_npi(source: str) -> tuple[int, int, str]:
 
 @dataclass
 class _Multipart:
+    """A message sent in UDH segments, while its segments' receipts come in."""
+
     message_id: uuid.UUID
-    first_id: str
-    pending: set[str] = field(default_factory=set)
+    ids: list[str] = field(default_factory=list)
+    delivered: set[str] = field(default_factory=set)
+    complete: bool = False
+    """Every segment has its submit_sm_resp."""
+    done: bool = False
+    """Its receipt went out (or its send failed): later segment receipts are dropped."""
 
 
 class SmppProvider:
@@ -224,6 +233,10 @@ class SmppProvider:
         self._closing = False
         self._last_error = "not bound yet"
         self._multipart: OrderedDict[str, _Multipart] = OrderedDict()
+        self._seen: OrderedDict[str, None] = OrderedDict()
+        """Message ids of recent submit_sm_resps, for receipts that overtake their submit_sm_resp."""
+        self._submitting = 0
+        self._submitted = asyncio.Condition()
         self._ton, self._npi, self._source = _source_ton_npi(settings.source_addr)
         self.binds = 0
         """How many times the provider has bound (1 after start, more after reconnects)."""
@@ -329,6 +342,21 @@ class SmppProvider:
     async def _submit(
         self, smsc: smpp34.Smsc, destination: str, short_message: bytes, **fields: object
     ) -> str:
+        self._submitting += 1
+        try:
+            message_id = await self._submit_once(smsc, destination, short_message, **fields)
+            self._seen[message_id] = None
+            while len(self._seen) > _REMEMBERED:
+                self._seen.popitem(last=False)
+            return message_id
+        finally:
+            self._submitting -= 1
+            async with self._submitted:
+                self._submitted.notify_all()
+
+    async def _submit_once(
+        self, smsc: smpp34.Smsc, destination: str, short_message: bytes, **fields: object
+    ) -> str:
         try:
             async with asyncio.timeout(self._settings.submit_timeout_s):
                 response = await smsc.submit_sm(
@@ -383,17 +411,30 @@ class SmppProvider:
         if sms.segments == 1 or self._settings.multipart == "udh":
             _, parts = udh_parts(text)
             esm_class = 0x40 if len(parts) > 1 else 0x00
-            for part in parts:
-                ids.append(
-                    await self._submit(
-                        smsc,
-                        destination,
-                        part,
-                        esm_class=esm_class,
-                        data_coding=coding,
-                        registered_delivery=registered,
+            entry = _Multipart(outgoing.message_id) if len(parts) > 1 and registered else None
+            try:
+                for part in parts:
+                    ids.append(
+                        await self._submit(
+                            smsc,
+                            destination,
+                            part,
+                            esm_class=esm_class,
+                            data_coding=coding,
+                            registered_delivery=registered,
+                        )
                     )
-                )
+                    if entry is not None:
+                        # Known before this segment's receipt is looked at (it waits for _submit to end).
+                        entry.ids.append(ids[-1])
+                        self._remember(entry, ids[-1])
+            except ProviderFailure:
+                if entry is not None:
+                    entry.done = True
+                raise
+            if entry is not None:
+                entry.complete = True
+                self._spawn(self._settle(entry))
         else:
             payload = smpp34.Tlv(TLV_MESSAGE_PAYLOAD, encode(text, sms.encoding))
             ids.append(
@@ -401,18 +442,38 @@ class SmppProvider:
                     smsc, destination, b"", data_coding=coding, registered_delivery=registered, tlvs=[payload]
                 )
             )
-        if len(ids) > 1 and registered:
-            self._remember_multipart(_Multipart(outgoing.message_id, ids[0], set(ids)))
         details: dict[str, object] = {"encoding": sms.encoding.value, "segments": sms.segments}
         if len(ids) > 1:
             details["segment_message_ids"] = ids
         return Accepted(provider=self.name, provider_message_id=ids[0], details=details)
 
-    def _remember_multipart(self, entry: _Multipart) -> None:
-        for segment_id in entry.pending:
-            self._multipart[segment_id] = entry
-        while len(self._multipart) > 100_000:
+    def _remember(self, entry: _Multipart, segment_id: str) -> None:
+        self._multipart[segment_id] = entry
+        while len(self._multipart) > _REMEMBERED:
             self._multipart.popitem(last=False)
+
+    async def _known(self, provider_message_id: str) -> None:
+        """Wait (at most a submit timeout) while a receipt's id may still be in a submit_sm_resp not yet
+        read: some SMSCs send the receipt of a message handed on at once ahead of that answer."""
+        if provider_message_id in self._seen or not self._submitting:
+            return
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self._settings.submit_timeout_s), self._submitted:
+                await self._submitted.wait_for(
+                    lambda: provider_message_id in self._seen or not self._submitting
+                )
+
+    async def _settle(self, entry: _Multipart, failed: ParsedReceipt | None = None) -> None:
+        """Send the message's receipt once a segment failed, or once every segment was delivered."""
+        if entry.done:
+            return
+        if failed is None and not (entry.complete and entry.delivered.issuperset(entry.ids)):
+            return
+        entry.done = True
+        for segment_id in entry.ids:
+            self._multipart.pop(segment_id, None)
+        last = failed or ParsedReceipt(entry.ids[-1], "DELIVRD")
+        await self._emit(last, entry.ids[0], entry.message_id)
 
     async def _on_deliver(self, event: smpp34.DeliverSmEvent) -> None:
         try:
@@ -434,20 +495,20 @@ class SmppProvider:
             kind = ReceiptKind.FAILED
         else:
             return  # ACCEPTD, ENROUTE: not final
-        provider_message_id = parsed.message_id
-        message_id: uuid.UUID | None = None
+        await self._known(parsed.message_id)
         entry = self._multipart.get(parsed.message_id)
-        if entry is not None:
-            if kind is ReceiptKind.DELIVERED:
-                entry.pending.discard(parsed.message_id)
-                self._multipart.pop(parsed.message_id, None)
-                if entry.pending:
-                    return
-            else:
-                for segment_id in entry.pending:
-                    self._multipart.pop(segment_id, None)
-                entry.pending.clear()
-            provider_message_id, message_id = entry.first_id, entry.message_id
+        if entry is None:
+            await self._emit(parsed, parsed.message_id, None)
+        elif kind is ReceiptKind.DELIVERED:
+            entry.delivered.add(parsed.message_id)
+            await self._settle(entry)
+        else:
+            await self._settle(entry, failed=parsed)
+
+    async def _emit(
+        self, parsed: ParsedReceipt, provider_message_id: str, message_id: uuid.UUID | None
+    ) -> None:
+        kind = ReceiptKind.DELIVERED if parsed.stat == "DELIVRD" else ReceiptKind.FAILED
         receipt = Receipt(
             provider=self.name,
             kind=kind,

@@ -138,7 +138,9 @@ class TestSmsc:
                 await self.submit_arrived.wait()
         return self.submitted
 
-    async def deliver(self, source: str, text: str, *, to: str = "12345", within: float = 10.0) -> int:
+    async def deliver(
+        self, source: str, text: str, *, to: str = "12345", ton: int = 1, within: float = 10.0
+    ) -> int:
         """An inbound message from `source` (digits) to the ESME: GSM-7 when it can be, else UCS-2. Returns
         the deliver_sm_resp command_status."""
         try:
@@ -146,7 +148,16 @@ class TestSmsc:
         except ValueError:
             short_message, coding = text.encode("utf-16-be"), 0x08
         return await self._deliver(
-            smpp34.DeliverSm(source, to, short_message, data_coding=coding, esm_class=0x00), within
+            smpp34.DeliverSm(
+                source,
+                to,
+                short_message,
+                data_coding=coding,
+                esm_class=0x00,
+                source_addr_ton=ton,
+                source_addr_npi=1,
+            ),
+            within,
         )
 
     def _receipt_pdu(self, submitted: Submitted, stat: str, err: str) -> smpp34.DeliverSm:

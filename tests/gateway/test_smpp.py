@@ -311,3 +311,21 @@ async def test_receipts_written_before_their_submit_sm_resp_are_not_lost_or_earl
     assert receipt.kind is ReceiptKind.DELIVERED
     assert receipt.message_id == outgoing.message_id
     assert receipt.provider_message_id == accepted.provider_message_id
+
+
+async def test_a_national_sender_is_read_in_the_smsc_s_country(
+    smsc: TestSmsc, start_provider: StartProvider
+) -> None:
+    heard: list[tuple[str, str]] = []
+
+    async def inbound(phone: str, text: str) -> str | None:
+        heard.append((phone, text))
+        return "noted"
+
+    await start_provider(smsc.port, inbound=inbound, national_region="DE")
+    assert await smsc.deliver("015112345678", "Hallo €", ton=2) == 0
+    assert await smsc.deliver("4915112345679", "привет") == 0
+    await until(lambda: len(heard) == 2)
+    assert heard == [("+4915112345678", "Hallo €"), ("+4915112345679", "привет")]
+    replies = await smsc.until_submitted(2)
+    assert {r.destination for r in replies} == {"4915112345678", "4915112345679"}

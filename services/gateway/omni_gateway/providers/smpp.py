@@ -187,6 +187,11 @@ class SmppSettings(BaseModel):
     reconnect_min_s: float = Field(0.2, gt=0)
     reconnect_max_s: float = Field(30.0, gt=0)
     throttle_retry_s: float = Field(1.0, ge=0, description="Retry hint on ESME_RTHROTTLED / ESME_RMSGQFUL.")
+    national_region: str | None = Field(
+        None,
+        description="ISO 3166 region of inbound senders given as national numbers (TON 2), e.g. DE; "
+        "without it such senders are read as international.",
+    )
     address_invalid_errors: list[str] = Field(
         default_factory=lambda: ["001"],
         description="Receipt err codes of UNDELIV/REJECTD that mean the number does not exist (SMSC specific; "
@@ -531,11 +536,14 @@ class SmppProvider:
         text = decode(raw, event.data_coding)
         if self._inbound is None:
             return
-        reply = await self._inbound(event.source_addr, text)
-        if not reply:
-            return
-        number = to_e164(event.source_addr)
+        # TON 2 is a national number, read in the SMSC's country; anything else as international.
+        region = self._settings.national_region if event.source_addr_ton == 2 else None
+        number = to_e164(event.source_addr, region)
         if number is None:
+            _log.warning("%s: an inbound message from a number that is not valid, ignored", self.name)
+            return
+        reply = await self._inbound(number, text)
+        if not reply:
             return
         sms = plan(reply)
         smsc = await self._session()

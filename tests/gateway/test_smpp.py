@@ -329,3 +329,12 @@ async def test_a_national_sender_is_read_in_the_smsc_s_country(
     assert heard == [("+4915112345678", "Hallo €"), ("+4915112345679", "привет")]
     replies = await smsc.until_submitted(2)
     assert {r.destination for r in replies} == {"4915112345678", "4915112345679"}
+
+
+async def test_an_idle_bind_is_kept_alive_with_enquire_link(
+    smsc: TestSmsc, start_provider: StartProvider
+) -> None:
+    # smpp34's core sends enquire_link every 30 s on a bind (not configurable from Python).
+    provider = await start_provider(smsc.port)
+    await until(lambda: smsc.received["enquire_link"] >= 1, within=45.0)
+    assert provider.bound and provider.binds == 1

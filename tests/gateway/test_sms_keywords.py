@@ -4,12 +4,14 @@ the number, and the confirmation reply reaches the SMSC."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import Any
 
+import grpc
 import pytest
 from aiohttp import web
 
 from omni.common.v1 import common_pb2
-from omni.identity.v1 import identity_pb2
+from omni.identity.v1 import identity_pb2, identity_pb2_grpc
 from omni.profile.v1 import profile_pb2
 from omni_gateway.providers.http_sms import HttpSmsProvider, HttpSmsSettings
 from omni_gateway.providers.smpp import SmppProvider, SmppSettings
@@ -180,3 +182,13 @@ async def test_stop_through_the_http_vendor_revokes_and_is_answered_as_twiml(
     finally:
         await runner.cleanup()
         await vendor.stop()
+
+
+async def test_stop_is_confirmed_even_when_identity_cannot_be_reached() -> None:
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{free_port('127.0.0.1')}")
+    try:
+        stub: Any = identity_pb2_grpc.IdentityServiceStub(channel)
+        keywords = SmsKeywords(stub, None, call_timeout_s=0.3, attempts=2, retry_delay_s=0.01)  # type: ignore[arg-type]
+        assert await keywords.handle_inbound(_number(), "STOP") == DEFAULT_KEYWORDS["en"].stop_reply
+    finally:
+        await channel.close()

@@ -211,3 +211,4 @@ def test_settings_read_the_service_account(fcm_server: FcmServer, tmp_path: obje
         settings_for(fcm_server, service_account_json=json.dumps(account))
     contacts = PersonContacts(person_id=uuid.uuid4(), identifiers={"push_token": ["tok-1", "tok-2"]})
     assert FcmProvider(settings).address_of(contacts) == "tok-1"
+    assert FcmProvider(settings).addresses_of(contacts) == ("tok-1", "tok-2")

@@ -216,6 +216,11 @@ class FcmProvider:
         """The person's first push token (identity's order)."""
         return person.first(IDENTIFIER_TYPE)
 
+    def addresses_of(self, person: PersonContacts) -> tuple[str, ...]:
+        """All the person's push tokens, in identity's order: a person has one per browser or app install, and
+        the delivery flow may skip those it has suppressed (reported gone) and try the next."""
+        return tuple(person.identifiers.get(IDENTIFIER_TYPE) or ())
+
     async def start(self, receipts: ReceiptSink) -> None:
         """Open the pooled session. FCM reports nothing after it took a message (no delivery receipts)."""
         if self._session is None:

@@ -224,6 +224,11 @@ class WebPushProvider:
         """The person's first Web Push subscription (identity's order), as its JSON."""
         return person.first(IDENTIFIER_TYPE)
 
+    def addresses_of(self, person: PersonContacts) -> tuple[str, ...]:
+        """All the person's Web Push subscriptions, in identity's order: a person has one per browser or app install, and
+        the delivery flow may skip those it has suppressed (reported gone) and try the next."""
+        return tuple(person.identifiers.get(IDENTIFIER_TYPE) or ())
+
     async def start(self, receipts: ReceiptSink) -> None:
         """Open the pooled session. Web Push reports nothing after the push service took a message."""
         if self._session is None:

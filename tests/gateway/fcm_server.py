@@ -12,6 +12,7 @@ can be queued on demand (429 QUOTA_EXCEEDED, 503 UNAVAILABLE with Retry-After).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import secrets
@@ -77,6 +78,8 @@ class FcmServer:
     messages: list[dict[str, Any]] = field(default_factory=list)
     answers: list[tuple[int, dict[str, Any], dict[str, str]]] = field(default_factory=list)
     """Queued answers to the next sends, instead of taking them."""
+    delay_s: float = 0.0
+    """How long messages:send sits on a request before answering (a stalled API)."""
 
     @property
     def token_uri(self) -> str:
@@ -153,6 +156,8 @@ class FcmServer:
             body = json.loads(await request.text())
         except ValueError:
             return _error_response(400, "INVALID_ARGUMENT", "Invalid JSON payload received.")
+        if self.delay_s:
+            await asyncio.sleep(self.delay_s)
         problem = _check_message(body)
         if problem:
             return _error_response(400, "INVALID_ARGUMENT", problem)

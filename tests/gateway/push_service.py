@@ -52,6 +52,8 @@ class Subscription:
     auth_secret: bytes
     answer: tuple[int, dict[str, str]] | None = None
     """When set, every push to this subscription is answered with this status and headers, not delivered."""
+    delay_s: float = 0.0
+    """How long the service sits on a push to this subscription before answering (a stalled service)."""
 
     def p256dh(self) -> str:
         point = self.private_key.public_key().public_bytes(
@@ -120,6 +122,8 @@ class PushService:
         if problem:
             return self._refuse(400, problem)
         body = await request.read()
+        if subscription.delay_s:
+            await asyncio.sleep(subscription.delay_s)
         if len(body) > MAX_BODY:
             return self._refuse(413, f"body of {len(body)} bytes")
         if subscription.answer is not None:

@@ -161,6 +161,18 @@ async def test_quota_and_outages_are_transient_with_retry_after(
     assert len(fcm_server.messages) == 1
 
 
+async def test_a_stalled_api_is_transient_after_the_timeout(fcm_server: FcmServer) -> None:
+    fcm_server.delay_s = 3
+    fcm = FcmProvider(settings_for(fcm_server, timeout_s=0.5))
+    await fcm.start(_no_receipts)
+    try:
+        with pytest.raises(ProviderFailure) as caught:
+            await asyncio.wait_for(fcm.send(outgoing("tok")), 5)
+        assert caught.value.kind is FailureKind.TRANSIENT
+    finally:
+        await fcm.close()
+
+
 async def test_an_invalid_argument_is_permanent(fcm_server: FcmServer, provider: FcmProvider) -> None:
     fcm_server.queue(400, "INVALID_ARGUMENT")
     with pytest.raises(ProviderFailure) as caught:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import time
@@ -191,6 +192,19 @@ async def test_an_unreachable_push_service_is_transient(provider: WebPushProvide
     with pytest.raises(ProviderFailure) as caught:
         await provider.send(outgoing(nobody.to_json()))
     assert caught.value.kind is FailureKind.TRANSIENT
+
+
+async def test_a_stalled_push_service_is_transient_after_the_timeout(push_service: PushService) -> None:
+    subscription = push_service.subscribe()
+    subscription.delay_s = 3
+    webpush = WebPushProvider(settings(timeout_s=0.5))
+    await webpush.start(_receipt)
+    try:
+        with pytest.raises(ProviderFailure) as caught:
+            await asyncio.wait_for(webpush.send(outgoing(subscription.to_json())), 5)
+        assert caught.value.kind is FailureKind.TRANSIENT
+    finally:
+        await webpush.close()
 
 
 async def test_a_payload_over_4_kb_is_refused_before_sending(

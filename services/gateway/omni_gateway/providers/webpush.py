@@ -261,8 +261,13 @@ class WebPushProvider:
         ) as span:
             try:
                 pusher = WebPusher(subscription, aiohttp_session=self._session)
+                # pywebpush passes its own 10,000 s timeout to the session unless given one.
                 response = await pusher.send_async(
-                    payload, headers, ttl=self._settings.ttl_s, content_encoding="aes128gcm"
+                    payload,
+                    headers,
+                    ttl=self._settings.ttl_s,
+                    content_encoding="aes128gcm",
+                    timeout=aiohttp.ClientTimeout(total=self._settings.timeout_s),
                 )
             except (aiohttp.ClientError, TimeoutError) as error:
                 failure = ProviderFailure(

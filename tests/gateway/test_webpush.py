@@ -280,6 +280,9 @@ def test_the_vapid_key_is_read_from_pem_base64_or_a_file(tmp_path: Path) -> None
     with pytest.raises(pydantic.ValidationError, match="mailto"):
         settings(vapid_subject="push@coffee.example")
     assert not WebPushSettings(vapid_subject="mailto:a@b.example").configured
+    # Any contact the settings take signs (py_vapid alone would refuse a domain without a dot).
+    intranet = WebPushProvider(settings(vapid_subject="mailto:push@intranet"))
+    assert intranet._vapid_authorization("http://127.0.0.1:9").startswith("vapid t=")
 
 
 async def test_a_subscription_kept_by_identity_is_delivered_to(

@@ -210,7 +210,8 @@ class WebPushProvider:
         if not settings.configured:
             raise ValueError("Web Push needs a VAPID private key and subject")
         self._settings = settings
-        self._vapid = Vapid(private_key=settings.private_key())
+        # The subject was checked by the settings; py_vapid's own stricter pattern would raise at a send.
+        self._vapid = Vapid(private_key=settings.private_key(), conf={"no-strict": True})
         self.application_server_key = application_server_key(settings.private_key())
         self._session: aiohttp.ClientSession | None = None
         self._headers_by_origin: dict[str, tuple[str, float]] = {}

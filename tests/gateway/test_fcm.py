@@ -215,6 +215,7 @@ def test_settings_read_the_service_account(fcm_server: FcmServer, tmp_path: obje
     assert FcmProvider(settings).project_id == fcm_server.project_id
     assert FcmProvider(settings_for(fcm_server, project_id="other-project")).project_id == "other-project"
     assert not FcmSettings().configured
+    assert not FcmSettings(service_account_json="").configured  # type: ignore[arg-type]
     with pytest.raises(pydantic.ValidationError):
         settings_for(fcm_server, service_account_json='{"type": "service_account"}')
     account = json.loads(fcm_server.service_account_json())

@@ -280,6 +280,7 @@ def test_the_vapid_key_is_read_from_pem_base64_or_a_file(tmp_path: Path) -> None
     with pytest.raises(pydantic.ValidationError, match="mailto"):
         settings(vapid_subject="push@coffee.example")
     assert not WebPushSettings(vapid_subject="mailto:a@b.example").configured
+    assert not WebPushSettings(vapid_private_key="", vapid_subject="mailto:a@b.example").configured
     # Any contact the settings take signs (py_vapid alone would refuse a domain without a dot).
     intranet = WebPushProvider(settings(vapid_subject="mailto:push@intranet"))
     assert intranet._vapid_authorization("http://127.0.0.1:9").startswith("vapid t=")

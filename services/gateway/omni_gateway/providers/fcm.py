@@ -32,7 +32,7 @@ import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from opentelemetry import trace
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from omni_gateway.domain import Channel, Purpose
@@ -112,6 +112,12 @@ class FcmSettings(BaseSettings):
     )
     timeout_s: float = Field(10.0, gt=0, description="Timeout of one request to FCM or the token endpoint.")
     max_connections: int = Field(100, ge=1, le=10_000, description="Connections pooled to FCM.")
+
+    @field_validator("service_account_json", "service_account_file", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: object) -> object:
+        # An empty variable (a Compose pass-through set to nothing) means no account, not a bad one.
+        return None if isinstance(value, str) and not value.strip() else value
 
     @model_validator(mode="after")
     def _account_is_readable(self) -> FcmSettings:

@@ -114,6 +114,12 @@ class WebPushSettings(BaseSettings):
         False, description="Send to http endpoints on a loopback host (a local push service in tests)."
     )
 
+    @field_validator("vapid_private_key", "vapid_private_key_file", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: object) -> object:
+        # An empty variable (a Compose pass-through set to nothing) means no key, not a bad one.
+        return None if isinstance(value, str) and not value.strip() else value
+
     @field_validator("vapid_subject")
     @classmethod
     def _subject_is_a_contact(cls, value: str) -> str:

@@ -223,5 +223,6 @@ def test_settings_read_the_service_account(fcm_server: FcmServer, tmp_path: obje
     with pytest.raises((pydantic.ValidationError, ValueError)):
         settings_for(fcm_server, service_account_json=json.dumps(account))
     contacts = PersonContacts(person_id=uuid.uuid4(), identifiers={"push_token": ["tok-1", "tok-2"]})
-    assert FcmProvider(settings).address_of(contacts) == "tok-1"
-    assert FcmProvider(settings).addresses_of(contacts) == ("tok-1", "tok-2")
+    # Identity lists the oldest first; the newest is tried first.
+    assert FcmProvider(settings).address_of(contacts) == "tok-2"
+    assert FcmProvider(settings).addresses_of(contacts) == ("tok-2", "tok-1")

@@ -286,20 +286,12 @@ def test_the_vapid_key_is_read_from_pem_base64_or_a_file(tmp_path: Path) -> None
     assert intranet._vapid_authorization("http://127.0.0.1:9").startswith("vapid t=")
 
 
-async def test_a_subscription_kept_by_identity_is_delivered_to(
-    neighbours: Neighbours, push_service: PushService, provider: WebPushProvider
-) -> None:
-    """The browser registers its subscription at identity with the loyalty card; what identity keeps (its
-    canonical form) is the address the provider delivers to."""
-    subscription = push_service.subscribe()
-    card = f"card-{uuid.uuid4().hex[:10]}"
+async def _contacts(neighbours: Neighbours, *identifiers: tuple[str, str]) -> PersonContacts:
+    """Resolve the identifiers at identity (as the app would, through profile's tracking) and answer the
+    person's contacts as identity then lists them."""
     resolved = await neighbours.identity.ResolvePerson(
         identity_pb2.ResolvePersonRequest(
-            identifiers=[
-                common_pb2.Identifier(type="loyalty_card", value=card),
-                common_pb2.Identifier(type="web_push_subscription", value=subscription.to_json()),
-            ],
-            source="app",
+            identifiers=[common_pb2.Identifier(type=t, value=v) for t, v in identifiers], source="app"
         )
     )
     person = (
@@ -307,14 +299,32 @@ async def test_a_subscription_kept_by_identity_is_delivered_to(
             identity_pb2.GetPersonRequest(person_id=resolved.resolution.person_id)
         )
     ).person
-    identifiers: dict[str, list[str]] = {}
+    by_type: dict[str, list[str]] = {}
     for identifier in person.identifiers:
-        identifiers.setdefault(identifier.type, []).append(identifier.value)
-    contacts = PersonContacts(person_id=uuid.UUID(person.id), identifiers=identifiers)
+        by_type.setdefault(identifier.type, []).append(identifier.value)
+    return PersonContacts(person_id=uuid.UUID(person.id), identifiers=by_type)
+
+
+async def test_a_subscription_kept_by_identity_is_delivered_to(
+    neighbours: Neighbours, push_service: PushService, provider: WebPushProvider
+) -> None:
+    """The browser registers its subscription at identity with the loyalty card; what identity keeps (its
+    canonical form) is the address the provider delivers to; after the browser subscribed anew, the newest."""
+    old, new = push_service.subscribe(), push_service.subscribe()
+    card = f"card-{uuid.uuid4().hex[:10]}"
+    await _contacts(neighbours, ("loyalty_card", card), ("web_push_subscription", old.to_json()))
+    contacts = await _contacts(neighbours, ("loyalty_card", card), ("web_push_subscription", new.to_json()))
+    assert len(contacts.identifiers["web_push_subscription"]) == 2
     address = provider.address_of(contacts)
-    assert address is not None and address != subscription.to_json()  # canonical, not the browser's layout
+    assert address is not None and address != new.to_json()  # canonical, not the browser's layout
+    assert json.loads(address)["endpoint"] == new.endpoint
+    assert [json.loads(a)["endpoint"] for a in provider.addresses_of(contacts)] == [
+        new.endpoint,
+        old.endpoint,
+    ]
 
     await provider.send(outgoing(address, person_id=contacts.person_id))
-    [delivered] = push_service.delivered_to(subscription)
+    [delivered] = push_service.delivered_to(new)
     assert delivered.payload["body"] == "your 10th coffee is free"
+    assert not push_service.delivered_to(old)
     assert provider.address_of(PersonContacts(person_id=uuid.uuid4())) is None

@@ -228,13 +228,15 @@ class WebPushProvider:
         return cls(settings if settings is not None else WebPushSettings())
 
     def address_of(self, person: PersonContacts) -> str | None:
-        """The person's first Web Push subscription (identity's order), as its JSON."""
-        return person.first(IDENTIFIER_TYPE)
+        """The person's newest Web Push subscription: identity lists identifiers oldest first, and the newest is the
+        one most likely still live (an older one is often of a reinstalled app or a reset browser)."""
+        addresses = self.addresses_of(person)
+        return addresses[0] if addresses else None
 
     def addresses_of(self, person: PersonContacts) -> tuple[str, ...]:
-        """All the person's Web Push subscriptions, in identity's order: a person has one per browser or app install, and
-        the delivery flow may skip those it has suppressed (reported gone) and try the next."""
-        return tuple(person.identifiers.get(IDENTIFIER_TYPE) or ())
+        """All the person's Web Push subscriptions, newest first: a person has one per browser or app install, and
+        the delivery flow may skip those it has suppressed (reported gone) and try the next, or send to each."""
+        return tuple(reversed(person.identifiers.get(IDENTIFIER_TYPE) or ()))
 
     async def start(self, receipts: ReceiptSink) -> None:
         """Open the pooled session. Web Push reports nothing after the push service took a message."""

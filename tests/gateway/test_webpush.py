@@ -234,6 +234,19 @@ async def test_addresses_that_are_no_subscription_are_invalid(provider: WebPushP
     try:
         for webpush, address in [
             (provider, "not json"),
+            (
+                provider,
+                json.dumps({"endpoint": "https://push.example.com/x", "keys": {"p256dh": "a", "auth": "b"}}),
+            ),
+            (
+                provider,
+                json.dumps(
+                    {
+                        "endpoint": "https://push.example.com/x",
+                        "keys": {"p256dh": "BA" * 43, "auth": "a" * 22},
+                    }
+                ),
+            ),
             (provider, json.dumps({"endpoint": "https://push.example.com/x"})),
             (
                 provider,

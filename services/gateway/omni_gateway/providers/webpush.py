@@ -304,9 +304,13 @@ class WebPushProvider:
             endpoint = subscription["endpoint"]
             keys = subscription["keys"]
             parts = urlsplit(endpoint)
-            if not (isinstance(keys, dict) and keys.get("p256dh") and keys.get("auth") and parts.hostname):
-                raise ValueError("incomplete")
-        except (ValueError, TypeError, KeyError, AttributeError) as error:
+            if not parts.hostname:
+                raise ValueError("no host")
+            # What pywebpush and http_ece would choke on mid-send: keys of the wrong size, off the curve.
+            ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), _unbase64url(keys["p256dh"]))
+            if len(_unbase64url(keys["auth"])) != 16:
+                raise ValueError("auth is not 16 bytes")
+        except (ValueError, TypeError, KeyError, AttributeError, binascii.Error) as error:
             raise ProviderFailure(
                 FailureKind.ADDRESS_INVALID, "not a Web Push subscription", provider=self.name
             ) from error
@@ -357,6 +361,13 @@ class WebPushProvider:
         # 400 malformed, 401/403 VAPID refused (a key other than the one the browser subscribed with),
         # 413 too large: sending the same again will not help.
         return ProviderFailure(FailureKind.PERMANENT, detail, provider=self.name)
+
+
+def _unbase64url(text: str) -> bytes:
+    if not isinstance(text, str) or not re.fullmatch(r"[A-Za-z0-9_-]+={0,2}", text):
+        raise ValueError("not base64url")
+    bare = text.rstrip("=")
+    return base64.urlsafe_b64decode(bare + "=" * (-len(bare) % 4))
 
 
 def _loopback(host: str | None) -> bool:

@@ -180,8 +180,15 @@ def _error_response(status: int, code: str, message: str, *, fcm_code: str = "")
 
 def _error(status: int, code: str, message: str, *, fcm_code: str = "") -> dict[str, Any]:
     """A google.rpc.Status as FCM answers it; FCM's own code in an FcmError detail."""
-    fcm = fcm_code or (code if code in ("QUOTA_EXCEEDED", "UNAVAILABLE", "INTERNAL", "UNREGISTERED") else "")
-    status_name = {429: "RESOURCE_EXHAUSTED", 503: "UNAVAILABLE", 500: "INTERNAL"}.get(status, code)
+    fcm_codes = ("QUOTA_EXCEEDED", "UNAVAILABLE", "INTERNAL", "UNREGISTERED", "SENDER_ID_MISMATCH")
+    fcm = fcm_code or (code if code in (*fcm_codes, "THIRD_PARTY_AUTH_ERROR") else "")
+    status_name = {
+        429: "RESOURCE_EXHAUSTED",
+        503: "UNAVAILABLE",
+        500: "INTERNAL",
+        401: "UNAUTHENTICATED",
+        403: "PERMISSION_DENIED",
+    }.get(status, code)
     error: dict[str, Any] = {"code": status, "message": message, "status": status_name}
     if fcm:
         error["details"] = [

@@ -185,6 +185,25 @@ async def test_an_invalid_argument_is_permanent(fcm_server: FcmServer, provider:
     assert not fcm_server.messages
 
 
+async def test_refusals_of_our_credentials_are_transient_and_of_the_token_permanent(
+    fcm_server: FcmServer, provider: FcmProvider
+) -> None:
+    # The project's API not enabled, a role missing: ours to fix; messages wait.
+    fcm_server.queue(403, "PERMISSION_DENIED")
+    with pytest.raises(ProviderFailure) as caught:
+        await provider.send(outgoing("tok"))
+    assert caught.value.kind is FailureKind.TRANSIENT
+    # A token of another project, the APNs key refused at FCM: this message does not go this way, and a
+    # new access token would not change that (no second grant).
+    fcm_server.queue(403, "SENDER_ID_MISMATCH")
+    fcm_server.queue(401, "THIRD_PARTY_AUTH_ERROR")
+    for _ in range(2):
+        with pytest.raises(ProviderFailure) as caught:
+            await provider.send(outgoing("tok"))
+        assert caught.value.kind is FailureKind.PERMANENT
+    assert fcm_server.grants == 1 and not fcm_server.messages
+
+
 async def test_a_grant_refused_or_unreachable_is_transient(fcm_server: FcmServer) -> None:
     # A service account whose key the token endpoint does not know (a deleted key).
     other = FcmServer(origin=fcm_server.origin)

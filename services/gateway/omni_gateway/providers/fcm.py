@@ -266,8 +266,8 @@ class FcmProvider:
                     token = await self._token(renew=renewed)
                     status, answer, headers = await self._post(token, body)
                     span.set_attribute("http.response.status_code", status)
-                    if status == 401 and not renewed:
-                        continue  # revoked or expired early: one more try with a new token
+                    if status == 401 and not renewed and _fcm_code(answer) != "THIRD_PARTY_AUTH_ERROR":
+                        continue  # our token revoked or expired early: one more try with a new one
                     if status == 200:
                         return Accepted(
                             provider=self.name,
@@ -352,17 +352,26 @@ def _json_object(text: str) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
-def _failure(status: int, answer: dict[str, Any], headers: Any) -> ProviderFailure:
-    """FCM's error (google.rpc.Status with FcmError details) as a ProviderFailure."""
-    error = answer.get("error") if isinstance(answer.get("error"), dict) else {}
-    assert isinstance(error, dict)
-    code = str(error.get("status", ""))
-    fcm_code = ""
-    for detail in error.get("details") or ():
+def _error(answer: dict[str, Any]) -> dict[str, Any]:
+    error = answer.get("error")
+    return error if isinstance(error, dict) else {}
+
+
+def _fcm_code(answer: dict[str, Any]) -> str:
+    """FCM's own error code (google.firebase.fcm.v1.FcmError in the status details), or ''."""
+    for detail in _error(answer).get("details") or ():
         if isinstance(detail, dict) and str(detail.get("@type", "")).endswith(
             "google.firebase.fcm.v1.FcmError"
         ):
-            fcm_code = str(detail.get("errorCode", ""))
+            return str(detail.get("errorCode", ""))
+    return ""
+
+
+def _failure(status: int, answer: dict[str, Any], headers: Any) -> ProviderFailure:
+    """FCM's error (google.rpc.Status with FcmError details) as a ProviderFailure."""
+    error = _error(answer)
+    code = str(error.get("status", ""))
+    fcm_code = _fcm_code(answer)
     reason = fcm_code or code or f"HTTP {status}"
     detail = f"FCM answered {status} {reason}: {str(error.get('message', ''))[:200]}".rstrip(": ")
     if fcm_code == "UNREGISTERED" or status == 404:
@@ -374,8 +383,13 @@ def _failure(status: int, answer: dict[str, Any], headers: Any) -> ProviderFailu
             provider="fcm",
             retry_after_s=retry_after_seconds(headers.get("Retry-After")),
         )
-    if status == 401:
+    if fcm_code in ("SENDER_ID_MISMATCH", "THIRD_PARTY_AUTH_ERROR"):
+        # A token of another project; the project's APNs or Web Push credentials refused at FCM: this
+        # message will not go this way.
+        return ProviderFailure(FailureKind.PERMANENT, detail, provider="fcm")
+    if status in (401, 403):
+        # Our own credentials or project (a token refused twice, the API not enabled, a role missing):
+        # messages wait while the breaker is open and go once it is fixed.
         return ProviderFailure(FailureKind.TRANSIENT, detail, provider="fcm")
-    # INVALID_ARGUMENT (a malformed token or message), SENDER_ID_MISMATCH (a token of another project),
-    # THIRD_PARTY_AUTH_ERROR (APNs or Web Push credentials at FCM): the same message will not go.
+    # INVALID_ARGUMENT (a malformed token or message) and other refusals: the same message will not go.
     return ProviderFailure(FailureKind.PERMANENT, detail, provider="fcm")

@@ -61,7 +61,11 @@ async def neighbours(postgres: EmbeddedPostgres, nats_server: EmbeddedNats) -> A
     namespace = "t" + uuid.uuid4().hex[:10]
     async with contextlib.AsyncExitStack() as stack:
         identity = await identity_main.start(
-            identity_main.Settings(**_common(postgres, nats_server, stack, "gw_identity", namespace))
+            identity_main.Settings(
+                **_common(postgres, nats_server, stack, "gw_identity", namespace),
+                # Subscriptions of the local push service (tests/gateway/push_service.py) are http.
+                web_push_http_loopback=True,
+            )
         )
         stack.push_async_callback(identity.close)
         identity_target = f"127.0.0.1:{identity.port}"

@@ -129,6 +129,7 @@ def test_the_defaults_cover_every_channel_identifier() -> None:
         "pos_customer_id",
         "push_token",
         "user_id",
+        "web_push_subscription",
     )
 
 

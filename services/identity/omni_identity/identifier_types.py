@@ -24,7 +24,11 @@ from functools import cached_property
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 MAX_VALUE_LENGTH = 256
-"""The longest normalised identifier value any type accepts."""
+"""The longest normalised identifier value any type accepts, but a Web Push subscription."""
+
+MAX_SUBSCRIPTION_LENGTH = 1024
+"""The longest normalised Web Push subscription (its JSON): an endpoint URL of push services in use is under
+300 characters, the keys take about 130."""
 
 
 class NormalisationKind(StrEnum):
@@ -33,6 +37,8 @@ class NormalisationKind(StrEnum):
     EMAIL = "email"
     PHONE = "phone"
     OPAQUE = "opaque"
+    WEB_PUSH_SUBSCRIPTION = "web_push_subscription"
+    """A browser's PushSubscription as JSON (endpoint and keys p256dh, auth), checked and stored canonical."""
 
 
 class Trust(StrEnum):
@@ -115,7 +121,11 @@ class IdentifierTypeConfig(BaseModel):
         description="Regular expressions; a value they fully match is blocked.",
     )
     max_length: int = Field(
-        default=MAX_VALUE_LENGTH, ge=1, le=MAX_VALUE_LENGTH, description="Longest value, in characters."
+        default=MAX_VALUE_LENGTH,
+        ge=1,
+        le=MAX_SUBSCRIPTION_LENGTH,
+        description=f"Longest normalised value, in characters: at most {MAX_VALUE_LENGTH}, or "
+        f"{MAX_SUBSCRIPTION_LENGTH} (the default) for a Web Push subscription.",
     )
     trust: Trust = Field(default=Trust.MEDIUM, description="high, medium or low (see Trust).")
     priority: int = Field(
@@ -134,6 +144,30 @@ class IdentifierTypeConfig(BaseModel):
         default=None,
         description='Only values attached within this window count towards limit (ISO 8601, e.g. "P7D").',
     )
+
+    record_matching: bool = Field(
+        default=True,
+        description="Whether records given to probabilistic matching may carry this type; false for "
+        "addresses that say nothing of who a person is (a Web Push subscription).",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _subscription_defaults(cls, data: object) -> object:
+        # A subscription's JSON is longer than any other identifier: its own default length.
+        if (
+            isinstance(data, dict)
+            and data.get("kind") == NormalisationKind.WEB_PUSH_SUBSCRIPTION
+            and "max_length" not in data
+        ):
+            return {**data, "max_length": MAX_SUBSCRIPTION_LENGTH}
+        return data
+
+    @model_validator(mode="after")
+    def _length_within_the_kind(self) -> IdentifierTypeConfig:
+        if self.kind is not NormalisationKind.WEB_PUSH_SUBSCRIPTION and self.max_length > MAX_VALUE_LENGTH:
+            raise ValueError(f"max_length is at most {MAX_VALUE_LENGTH} for kind {self.kind.value}")
+        return self
 
     @model_validator(mode="after")
     def _window_needs_a_limit(self) -> IdentifierTypeConfig:
@@ -178,6 +212,20 @@ def default_identifier_types() -> tuple[IdentifierTypeConfig, ...]:
             name="phone", kind=NormalisationKind.PHONE, trust=Trust.MEDIUM, priority=50, limit=5
         ),
         opaque("push_token", Trust.LOW, 60, 10, month),
+        # A browser's Web Push subscription, stored whole (the gateway delivers to it). Low trust like a
+        # device; never a clue for probabilistic matching, and no placeholders to block (a placeholder is
+        # no valid subscription).
+        IdentifierTypeConfig(
+            name="web_push_subscription",
+            kind=NormalisationKind.WEB_PUSH_SUBSCRIPTION,
+            blocked_values=(),
+            blocked_patterns=(),
+            trust=Trust.LOW,
+            priority=65,
+            limit=10,
+            limit_window=month,
+            record_matching=False,
+        ),
         opaque("device_id", Trust.LOW, 70, 10, month),
         opaque("anonymous_id", Trust.LOW, 80, 5, week),
     )
@@ -197,6 +245,7 @@ class IdentifierType:
     priority: int = DEFAULT_PRIORITY
     limit: int | None = None
     limit_window: timedelta | None = None
+    record_matching: bool = True
 
     @classmethod
     def from_config(cls, config: IdentifierTypeConfig) -> IdentifierType:
@@ -215,6 +264,7 @@ class IdentifierType:
             priority=config.priority,
             limit=config.limit,
             limit_window=config.limit_window,
+            record_matching=config.record_matching,
         )
 
     def is_blocked(self, normalised: str) -> bool:

@@ -40,6 +40,11 @@ class Settings(ServiceSettings):
     default_phone_region: str = Field(
         "US", description="ISO 3166 region for phone numbers given without a leading + and country code."
     )
+    web_push_http_loopback: bool = Field(
+        False,
+        description="Accept Web Push subscriptions whose endpoint is http to a loopback host (a local push "
+        "service in tests and the laptop run); otherwise https only.",
+    )
     identifier_types: tuple[IdentifierTypeConfig, ...] = Field(
         default_factory=default_identifier_types,
         description="The identifier types accepted, with normalisation, blocked values, trust, limits and "
@@ -93,11 +98,15 @@ async def start(settings: Settings) -> Runtime:
     runtime = Runtime("identity", settings, migrations=MIGRATIONS)
     await runtime.open()
     registry = IdentifierTypeRegistry(settings.identifier_types)
-    normaliser = Normaliser(registry, default_phone_region=settings.default_phone_region)
+    normaliser = Normaliser(
+        registry,
+        default_phone_region=settings.default_phone_region,
+        web_push_http_loopback=settings.web_push_http_loopback,
+    )
     rules, tombstones = Rules(registry), settings.tombstones()
     servicer = IdentityServicer(runtime, Persons(rules, tombstones), Operators(rules, tombstones), normaliser)
     # Probabilistic matching of records that carry no known identifier, served by the same server.
-    matching = Matching(runtime, MatchingSettings(), normaliser.normalise, rules, tombstones)
+    matching = Matching(runtime, MatchingSettings(), normaliser.normalise_for_record, rules, tombstones)
 
     def register(server: grpc.aio.Server) -> None:
         identity_pb2_grpc.add_IdentityServiceServicer_to_server(servicer, server)

@@ -1,16 +1,29 @@
-"""Building the email of a message: From, To, Subject, Message-ID, plain text and optional HTML."""
+"""Building the email of a message: From, To, Subject, Message-ID, plain text and optional HTML; for marketing
+the one-click List-Unsubscribe headers (RFC 8058), tracked links and the open pixel; a DKIM signature.
+
+The email is built so that its bytes are the same however an SMTP client flattens it (aiosmtplib: policy SMTP,
+7bit or 8bit by the server's 8BITMIME): text that is not ASCII is quoted-printable, and the headers too long to
+fold without changing them (List-Unsubscribe, DKIM-Signature) are written verbatim. The DKIM signature is made
+over those bytes, so it verifies at the receiver.
+"""
 
 from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
+from email import policy as email_policy
 from email.errors import HeaderParseError
 from email.headerregistry import Address
 from email.message import EmailMessage
+from email.policy import Policy
 from email.utils import format_datetime, parseaddr
 
-from omni_gateway.domain import PermanentFailure
+from omni_gateway.dkim_signing import DkimSigner
+from omni_gateway.domain import PermanentFailure, Purpose
+from omni_gateway.email_links import EmailLinks, track_html
 from omni_gateway.rendering import Rendered
+
+ONE_CLICK = "List-Unsubscribe=One-Click"
 
 
 def message_id_header(message_id: uuid.UUID, sender: str) -> str:
@@ -26,11 +39,22 @@ def build_email(
     recipient: str,
     rendered: Rendered,
     now: datetime | None = None,
+    person_id: uuid.UUID | None = None,
+    purpose: Purpose | None = None,
+    links: EmailLinks | None = None,
+    track: bool = False,
+    dkim: DkimSigner | None = None,
 ) -> EmailMessage:
     """The email for one message; multipart/alternative (text, then HTML) when there is an HTML body.
 
     The sender may carry a display name ("Shop <shop@example.com>"). A recipient or sender that is not one
     valid address is a permanent failure.
+
+    With `links` and the `person_id`: a marketing email (`purpose` MARKETING) carries `List-Unsubscribe`
+    (the one-click URL, and the mailto if configured) and `List-Unsubscribe-Post: List-Unsubscribe=One-Click`;
+    with `track` too, its HTML links go through the click redirect and the open pixel is added. With `dkim`
+    the email is signed last, over everything above. The envelope sender (VERP) is `links.return_path(...)`,
+    given to the SMTP client, not written into the email.
     """
     email = EmailMessage()
     try:
@@ -43,10 +67,60 @@ def build_email(
     email["Date"] = format_datetime(now or datetime.now(UTC))
     email["Message-ID"] = message_id_header(message_id, sender)
     email["X-Omni-Message-Id"] = str(message_id)
-    email.set_content(rendered.text)
-    if rendered.html:
-        email.add_alternative(rendered.html, subtype="html")
+    html = rendered.html
+    if links is not None and person_id is not None:
+        claims = links.claims(message_id, person_id, purpose or Purpose.MARKETING)
+        if (purpose or Purpose.MARKETING) is Purpose.MARKETING:
+            email.set_raw("List-Unsubscribe", _Verbatim("List-Unsubscribe", links.list_unsubscribe(claims)))
+            email["List-Unsubscribe-Post"] = ONE_CLICK
+        if track and html:
+            html = track_html(html, links=links, claims=claims)
+    email.set_content(rendered.text, cte=_cte(rendered.text))
+    if html:
+        email.add_alternative(html, subtype="html", cte=_cte(html))
+    if dkim is not None:
+        sign(email, dkim)
     return email
+
+
+def sign(email: EmailMessage, dkim: DkimSigner) -> None:
+    """Add a DKIM-Signature, first of the headers, over the email as an SMTP client will send it."""
+    signature = dkim.signature(email.as_bytes(policy=smtp_policy(email)))
+    name, _, value = signature.decode("ascii").partition(":")
+    headers = list(email.raw_items())
+    for header in {header for header, _ in headers}:
+        del email[header]
+    email.set_raw(name, _Verbatim(name, value.strip()))
+    for header, header_value in headers:
+        email.set_raw(header, header_value)
+
+
+def smtp_policy(email: EmailMessage) -> Policy:
+    """The policy aiosmtplib flattens the email with: SMTPUTF8 when an address is not ASCII, else SMTP."""
+    addresses = "".join(
+        address.addr_spec for field in ("From", "To") for address in getattr(email[field], "addresses", ())
+    )
+    return email_policy.SMTP if addresses.isascii() else email_policy.SMTPUTF8
+
+
+class _Verbatim(str):
+    """A header value written as given, its lines joined by the policy's line end: the email package would
+    otherwise refold a long URL or a signature into encoded words."""
+
+    name: str
+
+    def __new__(cls, name: str, value: str) -> _Verbatim:
+        header = super().__new__(cls, value)
+        header.name = name
+        return header
+
+    def fold(self, *, policy: Policy) -> str:
+        return f"{self.name}: " + policy.linesep.join(self.splitlines()) + policy.linesep
+
+
+def _cte(text: str) -> str | None:
+    # Not ASCII: quoted-printable, so the bytes are the same for a 7bit and an 8bit server (DKIM's body hash).
+    return None if text.isascii() else "quoted-printable"
 
 
 def _address(text: str, display_name: str = "") -> Address:

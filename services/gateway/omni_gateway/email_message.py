@@ -13,7 +13,7 @@ import uuid
 from datetime import UTC, datetime
 from email import policy as email_policy
 from email.errors import HeaderParseError
-from email.headerregistry import Address
+from email.headerregistry import Address, BaseHeader, HeaderRegistry
 from email.message import EmailMessage
 from email.policy import Policy
 from email.utils import format_datetime, parseaddr
@@ -24,6 +24,25 @@ from omni_gateway.email_links import EmailLinks, track_html
 from omni_gateway.rendering import Rendered
 
 ONE_CLICK = "List-Unsubscribe=One-Click"
+
+
+class _HeaderClasses(HeaderRegistry):
+    """The email package's header registry, keeping the header class it makes for each name: the registry
+    makes a new class every time a header is set, a good part of building an email."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._made: dict[str, type[BaseHeader]] = {}
+
+    def __getitem__(self, name: str) -> type[BaseHeader]:
+        made = self._made.get(name.lower())
+        if made is None:
+            made = self._made[name.lower()] = super().__getitem__(name)
+        return made
+
+
+POLICY = email_policy.default.clone(header_factory=_HeaderClasses())
+"""The policy of the emails built here: the default one, with the header classes kept."""
 
 
 def message_id_header(message_id: uuid.UUID, sender: str) -> str:
@@ -56,7 +75,7 @@ def build_email(
     the email is signed last, over everything above. The envelope sender (VERP) is `links.return_path(...)`,
     given to the SMTP client, not written into the email.
     """
-    email = EmailMessage()
+    email = EmailMessage(policy=POLICY)
     try:
         display_name, sender_address = parseaddr(sender)
         email["From"] = _address(sender_address, display_name)
@@ -64,15 +83,16 @@ def build_email(
     except (ValueError, IndexError, HeaderParseError) as error:
         raise PermanentFailure(f"invalid email address: {error}") from error
     email["Subject"] = rendered.subject
-    email["Date"] = format_datetime(now or datetime.now(UTC))
-    email["Message-ID"] = message_id_header(message_id, sender)
-    email["X-Omni-Message-Id"] = str(message_id)
+    # Headers made here are known to be well-formed: written as they are, not parsed again.
+    email.set_raw("Date", _Verbatim("Date", format_datetime(now or datetime.now(UTC))))
+    email.set_raw("Message-ID", _Verbatim("Message-ID", message_id_header(message_id, sender)))
+    email.set_raw("X-Omni-Message-Id", _Verbatim("X-Omni-Message-Id", str(message_id)))
     html = rendered.html
     if links is not None and person_id is not None:
         claims = links.claims(message_id, person_id, purpose or Purpose.MARKETING)
         if (purpose or Purpose.MARKETING) is Purpose.MARKETING:
             email.set_raw("List-Unsubscribe", _Verbatim("List-Unsubscribe", links.list_unsubscribe(claims)))
-            email["List-Unsubscribe-Post"] = ONE_CLICK
+            email.set_raw("List-Unsubscribe-Post", _Verbatim("List-Unsubscribe-Post", ONE_CLICK))
         if track and html:
             html = track_html(html, links=links, claims=claims)
     email.set_content(rendered.text, cte=_cte(rendered.text))

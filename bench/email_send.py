@@ -19,6 +19,7 @@ Modes (SENDERS):
 
 Each sender is its own process (as the gateway is), so it does not share a GIL with the SMTP server or the
 bench. The JSON line: sent, errors, seconds, per_second, cpu_s (user+system of the process over the window),
+cpu_ms_per_email (what one email costs the sender, the figure that moves least on a busy machine),
 peak_rss_mib (the process's peak resident memory).
 """
 
@@ -204,6 +205,8 @@ async def send(mode: str, port: int, seconds: float, warmup: float, connections:
         "seconds": seconds,
         "per_second": sent / seconds,
         "cpu_s": round(cpu, 3),
+        "cpu_ms_per_email": round(1000 * cpu / sent, 3) if sent else None,
+        "process_cpu_s": round(_cpu_s(), 3),
         "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
     }
 

@@ -13,12 +13,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import sys
+import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from bench.children import REPO
-from bench.context import BenchContext, log
+from bench.context import BenchContext, cpu_sample_machine, log
 from bench.results import Baseline, Result, Target
 
 SUITE = "gateway_send"
@@ -28,8 +32,22 @@ provider)."""
 TARGET_PER_S = 1000.0
 
 
+@dataclass(frozen=True)
+class _Server:
+    port: int
+    pid: int
+
+    def cpu_s(self) -> float:
+        """User + system CPU seconds of the SMTP server process so far."""
+        try:
+            fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            return 0.0
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 @contextlib.asynccontextmanager
-async def _smtp_server() -> AsyncIterator[int]:
+async def _smtp_server() -> AsyncIterator[_Server]:
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -44,7 +62,7 @@ async def _smtp_server() -> AsyncIterator[int]:
         line = (await asyncio.wait_for(process.stdout.readline(), timeout=60)).decode()
         if not line.startswith("READY "):
             raise RuntimeError(f"the bench SMTP server did not start: {line!r}")
-        yield int(line.split()[1])
+        yield _Server(int(line.split()[1]), process.pid)
     finally:
         process.stdin.close()
         try:
@@ -54,14 +72,15 @@ async def _smtp_server() -> AsyncIterator[int]:
             await process.wait()
 
 
-async def _send(mode: str, port: int, ctx: BenchContext) -> dict[str, Any]:
+async def _send(mode: str, server: _Server, ctx: BenchContext) -> dict[str, Any]:
+    machine_before, server_before, started = cpu_sample_machine(), server.cpu_s(), time.monotonic()
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
         "bench.email_send",
         "send",
         mode,
-        str(port),
+        str(server.port),
         str(ctx.durations.throughput),
         str(ctx.durations.warmup),
         str(CONNECTIONS),
@@ -73,19 +92,31 @@ async def _send(mode: str, port: int, ctx: BenchContext) -> dict[str, Any]:
     if process.returncode != 0:
         raise RuntimeError(f"sender {mode} failed: {err.decode()[-2000:]}")
     figures: dict[str, Any] = json.loads(out.decode().strip().splitlines()[-1])
+    # Cores over the sender's whole life (set-up included, so "other" is an upper bound of the neighbours').
+    wall = time.monotonic() - started
+    machine = (cpu_sample_machine() - machine_before) / wall
+    smtp_server = (server.cpu_s() - server_before) / wall
+    sender = figures["cpu_s"] / figures["seconds"]
+    figures["cpu_cores"] = {
+        "machine": round(machine, 2),
+        "sender": round(sender, 2),
+        "smtp server": round(smtp_server, 2),
+        "other": round(max(0.0, machine - smtp_server - figures["process_cpu_s"] / wall), 2),
+    }
     log(
         f"gateway_send {mode}: {figures['per_second']:,.0f} emails/s, {figures['cpu_s'] / figures['seconds']:.2f} "
-        f"cores, peak {figures['peak_rss_mib']} MiB, {figures['errors']} errors"
+        f"cores ({figures['cpu_ms_per_email']} ms CPU an email), peak {figures['peak_rss_mib']} MiB, "
+        f"{figures['errors']} errors"
     )
     return figures
 
 
 async def run(ctx: BenchContext) -> list[Result]:
     """The raw baseline, then the gateway's provider, then the pooled variant, against one SMTP server."""
-    async with _smtp_server() as port:
-        raw = await _send("raw", port, ctx)
-        gateway = await _send("gateway", port, ctx)
-        pooled = await _send("gateway-pooled", port, ctx)
+    async with _smtp_server() as server:
+        raw = await _send("raw", server, ctx)
+        gateway = await _send("gateway", server, ctx)
+        pooled = await _send("gateway-pooled", server, ctx)
     baseline = Baseline(
         f"raw aiosmtplib sendmail, {CONNECTIONS} persistent connections", raw["per_second"], "emails/s"
     )
@@ -94,6 +125,11 @@ async def run(ctx: BenchContext) -> list[Result]:
         "pixel, DKIM RSA-2048, built and sent inside the clock; sender and SMTP server (aiosmtpd) in their own "
         "processes on 127.0.0.1."
     )
+    for figures in (raw, gateway, pooled):
+        # What one email costs the sender in CPU: with the cores this machine has, the ceiling of the rate.
+        figures["ceiling_per_core"] = (
+            1000 / figures["cpu_ms_per_email"] if figures["cpu_ms_per_email"] else None
+        )
     results = [
         Result(
             SUITE,
@@ -104,7 +140,7 @@ async def run(ctx: BenchContext) -> list[Result]:
             baselines=[baseline],
             targets=[Target(">=", TARGET_PER_S)],
             notes=notes + f" {CONNECTIONS} concurrent sends through omni_gateway.smtp.Mailer.",
-            details={"gateway": gateway, "raw": raw},
+            details={"gateway": gateway, "raw": raw, "cpu_cores": gateway["cpu_cores"]},
             clean=gateway["errors"] == 0,
         ),
         Result(
@@ -117,7 +153,7 @@ async def run(ctx: BenchContext) -> list[Result]:
             targets=[Target(">=", TARGET_PER_S)],
             notes=notes
             + f" Sent on {CONNECTIONS} persistent aiosmtplib connections with the VERP return path.",
-            details={"pooled": pooled},
+            details={"pooled": pooled, "cpu_cores": pooled["cpu_cores"]},
             clean=pooled["errors"] == 0,
         ),
         Result(

@@ -11,7 +11,7 @@ from pydantic import ValidationError
 
 import omni_gateway.main as gateway_main
 from omni_gateway.domain import Purpose
-from omni_gateway.email_links import LinkKind, track_html
+from omni_gateway.email_links import LinkKind, TokenInvalid, track_html
 from omni_gateway.email_settings import EmailSettings
 
 from .email_support import DOMAIN, SELECTOR, dkim_key, email_links
@@ -52,6 +52,16 @@ def test_the_settings_come_from_omni_gateway_variables(
     again = Settings().email_links(settings.smtp_from)
     token = links.issue(LinkKind.OPEN, links.claims(uuid.uuid4(), uuid.uuid4(), Purpose.MARKETING))
     assert again.verify(LinkKind.OPEN, token)
+
+
+def test_links_of_emails_sent_before_a_secret_rotation_keep_working() -> None:
+    before = email_links(secrets=("old",))
+    token = before.issue(LinkKind.UNSUBSCRIBE, before.claims(uuid.uuid4(), uuid.uuid4(), Purpose.MARKETING))
+    after = email_links(secrets=("old", "new"))
+    assert after.verify(LinkKind.UNSUBSCRIBE, token)
+    fresh = after.issue(LinkKind.UNSUBSCRIBE, after.claims(uuid.uuid4(), uuid.uuid4(), Purpose.MARKETING))
+    with pytest.raises(TokenInvalid):
+        before.verify(LinkKind.UNSUBSCRIBE, fresh)  # the new secret signs
 
 
 def test_dkim_settings_come_all_together_or_not_at_all() -> None:

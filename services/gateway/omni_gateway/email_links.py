@@ -1,7 +1,7 @@
 """The signed links of an email: one-click unsubscribe (RFC 8058), the open pixel, click redirects, and the
 VERP return path its bounces come back to.
 
-Link tokens are itsdangerous `URLSafeSerializer` tokens (HMAC-SHA1 over the compact JSON claims, each kind of
+Link tokens are itsdangerous `URLSafeSerializer` tokens (HMAC-SHA256 over the compact JSON claims, each kind of
 link with its own salt, so an open token is no unsubscribe token). The claims name the message, the person,
 the channel and purpose, when the token was issued and when it expires, and for a click the target URL: what a
 link does is inside its signature, so a tampered token is refused and the redirect can only go where the email
@@ -132,7 +132,10 @@ class EmailLinks:
             raise ValueError("at least one non-empty token secret is needed")
         self._secrets = [s.encode() for s in secrets]
         self._serializers = {
-            kind: URLSafeSerializer(list(secrets), salt=_SALT + kind.value) for kind in LinkKind
+            kind: URLSafeSerializer(
+                list(secrets), salt=_SALT + kind.value, signer_kwargs={"digest_method": hashlib.sha256}
+            )
+            for kind in LinkKind
         }
         self.public_url = public_url.rstrip("/")
         self.bounce_domain = bounce_domain

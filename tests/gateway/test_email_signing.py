@@ -174,3 +174,22 @@ def test_build_email_without_the_new_arguments_is_as_before() -> None:
     )
     assert email["List-Unsubscribe"] is None and email["DKIM-Signature"] is None
     assert "https://x.example/" in email.as_string()
+
+
+def test_a_non_ascii_from_address_signs_as_the_ascii_return_path_sends_it(key: DkimKey) -> None:
+    """With the VERP return path as envelope sender and an ASCII recipient, aiosmtplib flattens without
+    SMTPUTF8 even when the From address is not ASCII: the signature is made over those bytes."""
+    email = build_email(
+        message_id=uuid.uuid4(),
+        sender="Zoë <zoe@shöp.example>",
+        recipient="ada@example.com",
+        rendered=Rendered(subject="Grüße", text="Käse", html=""),
+        person_id=PERSON,
+        purpose=Purpose.MARKETING,
+        links=email_links(),
+        dkim=key.signer,
+    )
+    assert dkim.verify(aiosmtplib.email.flatten_message(email, utf8=False), dnsfunc=key.dnsfunc())
+    # The domain of an internationalised sender is written in its IDNA form where it must be ASCII.
+    assert email["Message-ID"].endswith("@xn--shp-tna.example>")
+    assert email_links().return_path(uuid.uuid4()).isascii()

@@ -48,8 +48,19 @@ POLICY = email_policy.default.clone(header_factory=_HeaderClasses())
 
 def message_id_header(message_id: uuid.UUID, sender: str) -> str:
     """The Message-ID of a message: the same for every attempt, so a receiver can drop a repeat."""
-    _, at, domain = parseaddr(sender)[1].rpartition("@")
-    return f"<{message_id}@{domain if at and domain else 'localhost'}>"
+    return f"<{message_id}@{ascii_domain(sender)}>"
+
+
+def ascii_domain(address: str) -> str:
+    """The domain of an address in ASCII (an internationalised domain in its IDNA form); "localhost" when
+    there is none or it cannot be written so."""
+    _, at, domain = parseaddr(address)[1].rpartition("@")
+    if not at or not domain:
+        return "localhost"
+    try:
+        return domain.encode("idna").decode("ascii")
+    except UnicodeError:
+        return "localhost"
 
 
 def build_email(
@@ -101,13 +112,14 @@ def build_email(
         email.add_alternative(html, subtype="html", cte=_cte(html))
         email.set_boundary(_boundary(rendered.text, html))
     if dkim is not None:
-        sign(email, dkim)
+        sign(email, dkim, envelope_sender=links.return_path(message_id) if links is not None else None)
     return email
 
 
-def sign(email: EmailMessage, dkim: DkimSigner) -> None:
-    """Add a DKIM-Signature, first of the headers, over the email as an SMTP client will send it."""
-    signature = dkim.signature(email.as_bytes(policy=smtp_policy(email)))
+def sign(email: EmailMessage, dkim: DkimSigner, *, envelope_sender: str | None = None) -> None:
+    """Add a DKIM-Signature, first of the headers, over the email as an SMTP client will send it (from
+    `envelope_sender`, else from the From address)."""
+    signature = dkim.signature(email.as_bytes(policy=smtp_policy(email, envelope_sender)))
     name, _, value = signature.decode("ascii").partition(":")
     headers = list(email.raw_items())
     for header in {header for header, _ in headers}:
@@ -117,10 +129,12 @@ def sign(email: EmailMessage, dkim: DkimSigner) -> None:
         email.set_raw(header, header_value)
 
 
-def smtp_policy(email: EmailMessage) -> Policy:
-    """The policy aiosmtplib flattens the email with: SMTPUTF8 when an address is not ASCII, else SMTP."""
-    addresses = "".join(
-        address.addr_spec for field in ("From", "To") for address in getattr(email[field], "addresses", ())
+def smtp_policy(email: EmailMessage, envelope_sender: str | None = None) -> Policy:
+    """The policy aiosmtplib flattens the email with: SMTPUTF8 when an envelope address is not ASCII (the
+    envelope sender, else From's, and the recipients), else SMTP."""
+    fields = ("To",) if envelope_sender is not None else ("From", "To")
+    addresses = (envelope_sender or "") + "".join(
+        address.addr_spec for field in fields for address in getattr(email[field], "addresses", ())
     )
     return email_policy.SMTP if addresses.isascii() else email_policy.SMTPUTF8
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import secrets
-from email.utils import parseaddr
 from pathlib import Path
 
 from pydantic import Field, SecretStr, model_validator
@@ -16,6 +15,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from omni_gateway.dkim_signing import DkimSigner
 from omni_gateway.email_links import EmailLinks
+from omni_gateway.email_message import ascii_domain
 
 log = logging.getLogger(__name__)
 
@@ -91,11 +91,10 @@ class EmailSettings(BaseSettings):
             log.warning("OMNI_GATEWAY_EMAIL_TOKEN_SECRET is not set: email links only work until a restart")
             secret = secrets.token_urlsafe(32)
         previous = self.email_token_previous_secret
-        _, at, domain = parseaddr(sender)[1].rpartition("@")
         return EmailLinks(
             secrets=[*([previous.get_secret_value()] if previous else []), secret],
             public_url=self.email_public_url,
-            bounce_domain=self.bounce_domain or (domain if at and domain else "localhost"),
+            bounce_domain=self.bounce_domain or ascii_domain(sender),
             ttl_s=self.email_link_ttl_s,
             unsubscribe_mailto=self.email_unsubscribe_mailto,
         )

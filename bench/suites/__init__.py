@@ -9,6 +9,7 @@ from bench.results import Result
 from bench.suites import (
     baselines,
     decide,
+    gateway_send,
     identity_matching,
     identity_resolve,
     profile_ingest,
@@ -28,4 +29,5 @@ SUITES: dict[str, Suite] = {
     "segment_live": segment_live.run,
     "segment_backfill": segment_backfill.run,
     "decide": decide.run,
+    "gateway_send": gateway_send.run,
 }

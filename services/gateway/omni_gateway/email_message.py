@@ -1,22 +1,66 @@
-"""Building the email of a message: From, To, Subject, Message-ID, plain text and optional HTML."""
+"""Building the email of a message: From, To, Subject, Message-ID, plain text and optional HTML; for marketing
+the one-click List-Unsubscribe headers (RFC 8058), tracked links and the open pixel; a DKIM signature.
+
+The email is built so that its bytes are the same however an SMTP client flattens it (aiosmtplib: policy SMTP,
+7bit or 8bit by the server's 8BITMIME): text that is not ASCII is quoted-printable, and the headers too long to
+fold without changing them (List-Unsubscribe, DKIM-Signature) are written verbatim. The DKIM signature is made
+over those bytes, so it verifies at the receiver.
+"""
 
 from __future__ import annotations
 
+import secrets
 import uuid
 from datetime import UTC, datetime
+from email import policy as email_policy
 from email.errors import HeaderParseError
-from email.headerregistry import Address
+from email.headerregistry import Address, BaseHeader, HeaderRegistry
 from email.message import EmailMessage
+from email.policy import Policy
 from email.utils import format_datetime, parseaddr
 
-from omni_gateway.domain import PermanentFailure
+from omni_gateway.dkim_signing import DkimSigner
+from omni_gateway.domain import PermanentFailure, Purpose
+from omni_gateway.email_links import EmailLinks, track_html
 from omni_gateway.rendering import Rendered
+
+ONE_CLICK = "List-Unsubscribe=One-Click"
+
+
+class _HeaderClasses(HeaderRegistry):
+    """The email package's header registry, keeping the header class it makes for each name: the registry
+    makes a new class every time a header is set, a good part of building an email."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._made: dict[str, type[BaseHeader]] = {}
+
+    def __getitem__(self, name: str) -> type[BaseHeader]:
+        made = self._made.get(name.lower())
+        if made is None:
+            made = self._made[name.lower()] = super().__getitem__(name)
+        return made
+
+
+POLICY = email_policy.default.clone(header_factory=_HeaderClasses())
+"""The policy of the emails built here: the default one, with the header classes kept."""
 
 
 def message_id_header(message_id: uuid.UUID, sender: str) -> str:
     """The Message-ID of a message: the same for every attempt, so a receiver can drop a repeat."""
-    _, at, domain = parseaddr(sender)[1].rpartition("@")
-    return f"<{message_id}@{domain if at and domain else 'localhost'}>"
+    return f"<{message_id}@{ascii_domain(sender)}>"
+
+
+def ascii_domain(address: str) -> str:
+    """The domain of an address in ASCII (an internationalised domain in its IDNA form); "localhost" when
+    there is none or it cannot be written so."""
+    _, at, domain = parseaddr(address)[1].rpartition("@")
+    if not at or not domain:
+        return "localhost"
+    try:
+        return domain.encode("idna").decode("ascii")
+    except UnicodeError:
+        return "localhost"
 
 
 def build_email(
@@ -26,13 +70,24 @@ def build_email(
     recipient: str,
     rendered: Rendered,
     now: datetime | None = None,
+    person_id: uuid.UUID | None = None,
+    purpose: Purpose | None = None,
+    links: EmailLinks | None = None,
+    track: bool = False,
+    dkim: DkimSigner | None = None,
 ) -> EmailMessage:
     """The email for one message; multipart/alternative (text, then HTML) when there is an HTML body.
 
     The sender may carry a display name ("Shop <shop@example.com>"). A recipient or sender that is not one
     valid address is a permanent failure.
+
+    With `links` and the `person_id`: a marketing email (`purpose` MARKETING) carries `List-Unsubscribe`
+    (the one-click URL, and the mailto if configured) and `List-Unsubscribe-Post: List-Unsubscribe=One-Click`;
+    with `track` too, its HTML links go through the click redirect and the open pixel is added. With `dkim`
+    the email is signed last, over everything above. The envelope sender (VERP) is `links.return_path(...)`,
+    given to the SMTP client, not written into the email.
     """
-    email = EmailMessage()
+    email = EmailMessage(policy=POLICY)
     try:
         display_name, sender_address = parseaddr(sender)
         email["From"] = _address(sender_address, display_name)
@@ -40,13 +95,77 @@ def build_email(
     except (ValueError, IndexError, HeaderParseError) as error:
         raise PermanentFailure(f"invalid email address: {error}") from error
     email["Subject"] = rendered.subject
-    email["Date"] = format_datetime(now or datetime.now(UTC))
-    email["Message-ID"] = message_id_header(message_id, sender)
-    email["X-Omni-Message-Id"] = str(message_id)
-    email.set_content(rendered.text)
-    if rendered.html:
-        email.add_alternative(rendered.html, subtype="html")
+    # Headers made here are known to be well-formed: written as they are, not parsed again.
+    email.set_raw("Date", _Verbatim("Date", format_datetime(now or datetime.now(UTC))))
+    email.set_raw("Message-ID", _Verbatim("Message-ID", message_id_header(message_id, sender)))
+    email.set_raw("X-Omni-Message-Id", _Verbatim("X-Omni-Message-Id", str(message_id)))
+    html = rendered.html
+    if links is not None and person_id is not None:
+        claims = links.claims(message_id, person_id, purpose or Purpose.MARKETING)
+        if (purpose or Purpose.MARKETING) is Purpose.MARKETING:
+            email.set_raw("List-Unsubscribe", _Verbatim("List-Unsubscribe", links.list_unsubscribe(claims)))
+            email.set_raw("List-Unsubscribe-Post", _Verbatim("List-Unsubscribe-Post", ONE_CLICK))
+        if track and html:
+            html = track_html(html, links=links, claims=claims)
+    email.set_content(rendered.text, cte=_cte(rendered.text))
+    if html:
+        email.add_alternative(html, subtype="html", cte=_cte(html))
+        email.set_boundary(_boundary(rendered.text, html))
+    if dkim is not None:
+        sign(email, dkim, envelope_sender=links.return_path(message_id) if links is not None else None)
     return email
+
+
+def sign(email: EmailMessage, dkim: DkimSigner, *, envelope_sender: str | None = None) -> None:
+    """Add a DKIM-Signature, first of the headers, over the email as an SMTP client will send it (from
+    `envelope_sender`, else from the From address)."""
+    signature = dkim.signature(email.as_bytes(policy=smtp_policy(email, envelope_sender)))
+    name, _, value = signature.decode("ascii").partition(":")
+    headers = list(email.raw_items())
+    for header in {header for header, _ in headers}:
+        del email[header]
+    email.set_raw(name, _Verbatim(name, value.strip()))
+    for header, header_value in headers:
+        email.set_raw(header, header_value)
+
+
+def smtp_policy(email: EmailMessage, envelope_sender: str | None = None) -> Policy:
+    """The policy aiosmtplib flattens the email with: SMTPUTF8 when an envelope address is not ASCII (the
+    envelope sender, else From's, and the recipients), else SMTP."""
+    fields = ("To",) if envelope_sender is not None else ("From", "To")
+    addresses = (envelope_sender or "") + "".join(
+        address.addr_spec for field in fields for address in getattr(email[field], "addresses", ())
+    )
+    return email_policy.SMTP if addresses.isascii() else email_policy.SMTPUTF8
+
+
+class _Verbatim(str):
+    """A header value written as given, its lines joined by the policy's line end: the email package would
+    otherwise refold a long URL or a signature into encoded words."""
+
+    name: str
+
+    def __new__(cls, name: str, value: str) -> _Verbatim:
+        header = super().__new__(cls, value)
+        header.name = name
+        return header
+
+    def fold(self, *, policy: Policy) -> str:
+        return f"{self.name}: " + policy.linesep.join(self.splitlines()) + policy.linesep
+
+
+def _boundary(*parts: str) -> str:
+    # Chosen here rather than by the generator, which compiles a regular expression for every email to check
+    # its random boundary against the body; 128 random bits, checked with a plain search.
+    while True:
+        boundary = f"=_omni_{secrets.token_hex(16)}"
+        if not any(boundary in part for part in parts):
+            return boundary
+
+
+def _cte(text: str) -> str | None:
+    # Not ASCII: quoted-printable, so the bytes are the same for a 7bit and an 8bit server (DKIM's body hash).
+    return None if text.isascii() else "quoted-printable"
 
 
 def _address(text: str, display_name: str = "") -> Address:

@@ -18,6 +18,7 @@ from google.protobuf import json_format
 from omni.identity.v1 import identity_pb2, identity_pb2_grpc
 from omni.profile.v1 import profile_pb2, profile_pb2_grpc
 from omni_gateway.domain import PermanentFailure, TransientFailure
+from omni_gateway.providers.base import PersonContacts
 from omni_gateway.rendering import CartLine
 from omni_kit.ids import parse_uuid
 
@@ -25,14 +26,6 @@ from omni_kit.ids import parse_uuid
 _FINAL_CODES = frozenset(
     {grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION}
 )
-
-
-@dataclass(frozen=True)
-class Address:
-    """Where a person is reached: the person an id stands for now (after merges, the survivor) and its email."""
-
-    person_id: uuid.UUID
-    email: str
 
 
 @dataclass(frozen=True)
@@ -54,11 +47,11 @@ class Contacts:
         self._identity = identity
         self._profile = profile
 
-    async def address_of(self, person_id: uuid.UUID) -> Address:
-        """The person an id stands for now (after merges, the survivor) and its first email address.
+    async def person_of(self, person_id: uuid.UUID) -> PersonContacts:
+        """The person an id stands for now (after merges, the survivor) and its identifiers by type, in
+        identity's order; each channel's provider picks the address it needs (`address_of`).
 
-        Raises PermanentFailure when the person is unknown or has no email, TransientFailure when identity
-        cannot answer now.
+        Raises PermanentFailure when the person is unknown, TransientFailure when identity cannot answer now.
         """
         try:
             response = await self._identity.GetPerson(identity_pb2.GetPersonRequest(person_id=str(person_id)))
@@ -67,10 +60,11 @@ class Contacts:
                 raise PermanentFailure("person not found") from error
             raise _failure("identity", error) from error
         current = parse_uuid(response.person.id) or person_id
+        identifiers: dict[str, list[str]] = {}
         for identifier in response.person.identifiers:
-            if identifier.type == "email" and identifier.value:
-                return Address(current, identifier.value)
-        raise PermanentFailure("no email address")
+            if identifier.value:
+                identifiers.setdefault(identifier.type, []).append(identifier.value)
+        return PersonContacts(current, identifiers)
 
     async def data_of(self, person_id: uuid.UUID) -> PersonData:
         """The person's traits and cart; a person without a profile has none of them.

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -41,6 +42,9 @@ class RetryPolicy:
     max_delay_s: float = 3600.0
     # Longer than an attempt can take: two service calls and an SMTP conversation, each with its timeout.
     lease_s: float = 120.0
+    jitter: float = 0.0
+    """Up to this fraction of each delay is taken off at random, so messages queued together (a provider
+    down for a batch) do not all come back at the same instant."""
 
     @property
     def lease(self) -> timedelta:
@@ -49,8 +53,10 @@ class RetryPolicy:
 
     def delay(self, attempts_made: int) -> timedelta:
         """The wait before the next attempt, doubling per attempt made, capped."""
-        seconds = self.first_delay_s * 2 ** max(attempts_made - 1, 0)
-        return timedelta(seconds=min(seconds, self.max_delay_s))
+        seconds = min(self.first_delay_s * 2 ** max(attempts_made - 1, 0), self.max_delay_s)
+        if self.jitter:
+            seconds *= 1 - self.jitter * random.random()
+        return timedelta(seconds=seconds)
 
 
 class DeliveryAttempts:

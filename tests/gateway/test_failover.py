@@ -1,0 +1,270 @@
+"""Failover between two real SMTP servers (aiosmtpd), configured as two instances of the smtp provider: the
+primary down or refusing for now sends through the secondary; both down keeps the message queued until one
+is back; the primary's circuit opens after failures in a row and closes once it answers again; and across a
+gateway stopped in the middle of a batch and started again, no message reaches the servers twice."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import email
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import SMTP, Envelope, Session
+from nats.js import JetStreamContext
+
+from omni.gateway.v1 import gateway_pb2
+from omni_kit.embedded import free_port
+
+from .support import (
+    Gateway,
+    Neighbours,
+    StartGateway,
+    create_cart_template,
+    create_person,
+    publish,
+    send_request,
+    send_requested,
+    unique,
+    until,
+)
+
+
+@dataclass
+class CountingServer:
+    """A real SMTP server that counts what it accepted (by the email's X-Omni-Message-Id) and how often it was
+    asked while refusing; `refusal` (an SMTP reply) makes it refuse every recipient, `delay_s` slows DATA."""
+
+    port: int = field(default_factory=lambda: free_port("127.0.0.1"))
+    refusal: str | None = None
+    delay_s: float = 0.0
+    accepted: list[str] = field(default_factory=list)
+    asked: int = 0
+    _controller: Controller | None = None
+
+    async def handle_RCPT(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, rcpt_options: list[str]
+    ) -> str:
+        self.asked += 1
+        if self.refusal is not None:
+            return self.refusal
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        if self.delay_s:
+            await asyncio.sleep(self.delay_s)
+        content = envelope.original_content or envelope.content or b""
+        parsed = email.message_from_bytes(content if isinstance(content, bytes) else content.encode())
+        self.accepted.append(str(parsed["X-Omni-Message-Id"]))
+        return "250 OK"
+
+    def start(self) -> None:
+        self._controller = Controller(self, hostname="127.0.0.1", port=self.port, server_hostname="counting")
+        self._controller.start()
+
+    def stop(self) -> None:
+        if self._controller is not None:
+            self._controller.stop()
+            self._controller = None
+
+
+@pytest.fixture
+def servers() -> Iterator[tuple[CountingServer, CountingServer]]:
+    """A primary and a secondary SMTP server, not started."""
+    primary, secondary = CountingServer(), CountingServer()
+    yield primary, secondary
+    primary.stop()
+    secondary.stop()
+
+
+def _providers(primary: CountingServer, secondary: CountingServer, **guards: Any) -> list[dict[str, Any]]:
+    return [
+        {"name": "smtp", "kind": "smtp", "channel": "email", "host": "127.0.0.1", "port": primary.port,
+         "timeout_s": 5, **guards},
+        {"name": "smtp-backup", "kind": "smtp", "channel": "email", "host": "127.0.0.1",
+         "port": secondary.port, "timeout_s": 5, **guards},
+    ]  # fmt: skip
+
+
+async def _send(gateway: Gateway, neighbours: Neighbours) -> gateway_pb2.Message:
+    person_id = await create_person(neighbours, f"{unique('fo-')}@example.com", consent=True)
+    request = send_request(person_id, await create_cart_template(gateway))
+    return (await gateway.stub.SendMessage(request)).message
+
+
+async def test_with_the_primary_down_the_secondary_takes_the_message(
+    start_gateway: StartGateway, neighbours: Neighbours, servers: tuple[CountingServer, CountingServer]
+) -> None:
+    primary, secondary = servers
+    secondary.start()
+    gateway = await start_gateway(providers=_providers(primary, secondary))
+
+    message = await _send(gateway, neighbours)
+
+    assert message.status == gateway_pb2.MESSAGE_STATUS_SENT
+    assert message.provider == "smtp-backup"
+    assert message.provider_message_id.startswith(f"<{message.id}@")
+    assert secondary.accepted == [message.id]
+
+
+async def test_with_the_primary_refusing_for_now_the_secondary_takes_the_message(
+    start_gateway: StartGateway, neighbours: Neighbours, servers: tuple[CountingServer, CountingServer]
+) -> None:
+    primary, secondary = servers
+    primary.refusal = "451 4.3.0 try again later"
+    primary.start()
+    secondary.start()
+    gateway = await start_gateway(providers=_providers(primary, secondary))
+
+    message = await _send(gateway, neighbours)
+
+    assert message.status == gateway_pb2.MESSAGE_STATUS_SENT
+    assert message.provider == "smtp-backup"
+    assert primary.asked == 1 and primary.accepted == []
+    assert secondary.accepted == [message.id]
+
+
+async def test_the_order_of_a_channel_s_providers_is_configurable(
+    start_gateway: StartGateway, neighbours: Neighbours, servers: tuple[CountingServer, CountingServer]
+) -> None:
+    primary, secondary = servers
+    primary.start()
+    secondary.start()
+    gateway = await start_gateway(
+        providers=_providers(primary, secondary), provider_order={"email": ["smtp-backup", "smtp"]}
+    )
+
+    message = await _send(gateway, neighbours)
+
+    assert message.provider == "smtp-backup"
+    assert secondary.accepted == [message.id] and primary.accepted == []
+
+
+async def test_with_both_down_the_message_waits_and_goes_once_one_is_back(
+    start_gateway: StartGateway, neighbours: Neighbours, servers: tuple[CountingServer, CountingServer]
+) -> None:
+    primary, secondary = servers
+    gateway = await start_gateway(providers=_providers(primary, secondary), retry_first_delay_s=0.3)
+
+    queued = await _send(gateway, neighbours)
+    assert queued.status == gateway_pb2.MESSAGE_STATUS_QUEUED
+    assert queued.error.startswith("smtp: cannot reach the server")
+    assert "; smtp-backup: cannot reach the server" in queued.error
+
+    secondary.start()
+
+    async with asyncio.timeout(15):
+        while True:
+            found = (
+                await gateway.stub.GetMessage(gateway_pb2.GetMessageRequest(message_id=queued.id))
+            ).message
+            if found.status == gateway_pb2.MESSAGE_STATUS_SENT:
+                break
+            await asyncio.sleep(0.05)
+    assert found.provider == "smtp-backup"
+    assert found.error == ""
+    await asyncio.sleep(0.5)
+    assert secondary.accepted == [queued.id]
+
+
+async def test_the_primary_s_circuit_opens_after_failures_in_a_row_and_closes_when_it_answers_again(
+    start_gateway: StartGateway, neighbours: Neighbours, servers: tuple[CountingServer, CountingServer]
+) -> None:
+    primary, secondary = servers
+    primary.refusal = "421 4.3.2 shutting down"
+    primary.start()
+    secondary.start()
+    gateway = await start_gateway(
+        providers=_providers(primary, secondary, breaker_failures=2, breaker_reset_s=1.5)
+    )
+
+    first, second = await _send(gateway, neighbours), await _send(gateway, neighbours)
+    assert primary.asked == 2
+    third = await _send(gateway, neighbours)  # open: the primary is not asked
+    assert primary.asked == 2
+    assert [m.provider for m in (first, second, third)] == ["smtp-backup"] * 3
+
+    primary.refusal = None
+    await asyncio.sleep(1.6)  # the circuit half-opens: the next message tries the primary, which answers
+    fourth = await _send(gateway, neighbours)
+    fifth = await _send(gateway, neighbours)
+
+    assert [fourth.provider, fifth.provider] == ["smtp", "smtp"]
+    assert primary.accepted == [fourth.id, fifth.id]
+    assert secondary.accepted == [first.id, second.id, third.id]
+
+
+async def test_a_refused_address_fails_the_message_and_is_suppressed(
+    start_gateway: StartGateway, neighbours: Neighbours, servers: tuple[CountingServer, CountingServer]
+) -> None:
+    primary, secondary = servers
+    primary.refusal = "550 5.1.1 no such user"
+    primary.start()
+    secondary.start()
+    gateway = await start_gateway(providers=_providers(primary, secondary))
+    address = f"{unique('gone-')}@example.com"
+    person_id = await create_person(neighbours, address, consent=True)
+    template_id = await create_cart_template(gateway)
+
+    failed = (await gateway.stub.SendMessage(send_request(person_id, template_id))).message
+    assert failed.status == gateway_pb2.MESSAGE_STATUS_FAILED
+    assert failed.error.startswith("smtp: recipient refused")
+    assert secondary.accepted == [], "an address refused for good is not tried elsewhere"
+
+    again = (await gateway.stub.SendMessage(send_request(person_id, template_id))).message
+    assert again.status == gateway_pb2.MESSAGE_STATUS_FAILED
+    assert again.error == "address suppressed: address_invalid"
+    assert primary.asked == 1
+
+
+async def test_no_message_reaches_the_servers_twice_across_a_restart_in_the_middle_of_a_batch(
+    start_gateway: StartGateway,
+    neighbours: Neighbours,
+    servers: tuple[CountingServer, CountingServer],
+    js: JetStreamContext,
+) -> None:
+    primary, secondary = servers
+    primary.delay_s = 0.05
+    primary.start()
+    secondary.start()
+    providers = _providers(primary, secondary)
+    first = await start_gateway(providers=providers, retry_first_delay_s=0.2, delivery_concurrency=4)
+    database_url = first.runtime.settings.database_url  # type: ignore[attr-defined]
+    template_id = await create_cart_template(first)
+    requests = []
+    for _ in range(24):
+        person_id = await create_person(neighbours, f"{unique('batch-')}@example.com", consent=True)
+        request_id = unique("batch-step-")
+        requests.append(request_id)
+        await publish(js, neighbours.namespace, send_requested(person_id, template_id, request_id))
+
+    await until(lambda: len(primary.accepted) >= 4, within=20)
+    await first.runtime.close()
+    assert len(primary.accepted) < len(requests), "the restart should fall in the middle of the batch"
+    # The secondary is down while the second gateway starts: some messages fail over, some wait.
+    secondary.stop()
+    second = await start_gateway(providers=providers, retry_first_delay_s=0.2, database_url=database_url)
+    secondary.start()
+
+    async def statuses() -> dict[str, str]:
+        async with second.database.connect() as connection:
+            rows = await connection.execute(
+                sa.text("SELECT request_id, status FROM messages WHERE request_id = ANY(:r)"), {"r": requests}
+            )
+            return {request_id: status for request_id, status in rows}
+
+    async with asyncio.timeout(30):
+        while True:
+            found = await statuses()
+            if len(found) == len(requests) and set(found.values()) == {"sent"}:
+                break
+            await asyncio.sleep(0.1)
+    counted = collections.Counter(primary.accepted + secondary.accepted)
+    assert len(counted) == len(requests)
+    assert max(counted.values()) == 1, f"sent twice: {[m for m, n in counted.items() if n > 1]}"

@@ -12,8 +12,9 @@ from omni.decisioning.v1 import events_pb2 as decisioning_events
 from omni.events.v1 import envelope_pb2
 from omni.gateway.v1 import gateway_pb2
 from omni_gateway.delivery import Delivery, ensure_same_send
-from omni_gateway.domain import MessageStatus, SendRequest
+from omni_gateway.domain import Channel, MessageStatus, SendRequest
 from omni_gateway.repository import FORGOTTEN, Repository
+from omni_gateway.suppression import SuppressionReason, address_hash
 from omni_gateway.wire import parse_send_request, send_fingerprint
 from omni_kit.bus import PermanentError, unpack
 from omni_kit.errors import AlreadyExists, InvalidArgument, NotFound
@@ -110,9 +111,18 @@ class ErasureHook:
         self._repository = repository
 
     async def __call__(self, session: AsyncSession, erasure: Erasure) -> None:
-        """Redact the messages of the erasure's persons; forget the stored answers that show them (none do
-        yet: templates name no person)."""
-        await self._repository.forget_persons(session, list(erasure.person_ids))
+        """Suppress the addresses the persons' messages went to (as hashes: suppression.py), redact the
+        messages; forget the stored answers that show them (none do yet: templates name no person)."""
+        person_ids = list(erasure.person_ids)
+        for channel, address in await self._repository.recipients_of(session, person_ids):
+            domain_channel = Channel(channel)
+            await self._repository.suppress(
+                session,
+                channel=channel,
+                key=address_hash(domain_channel, address),
+                reason=SuppressionReason.ERASED.value,
+            )
+        await self._repository.forget_persons(session, person_ids)
         await forget_answers(session, erasure.person_ids)
 
 

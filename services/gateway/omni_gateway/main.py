@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 from pydantic import Field, SecretStr
@@ -16,8 +15,8 @@ from omni_gateway.consumers import ErasureHook, EventRouter, SendRequestedHandle
 from omni_gateway.contacts import Contacts
 from omni_gateway.delivery import Delivery
 from omni_gateway.domain import Channel
-from omni_gateway.providers.base import Receipt
 from omni_gateway.providers.registry import ProviderSpec, Registry, build_registry
+from omni_gateway.receipts import ReceiptRecorder
 from omni_gateway.rendering import Renderer
 from omni_gateway.repository import Repository
 from omni_gateway.retry import DELIVERY_ATTEMPT, DeliveryAttempts, RetryPolicy
@@ -29,8 +28,6 @@ from omni_kit.runtime import Runtime
 from omni_kit.settings import ServiceSettings
 
 MIGRATIONS = Path(__file__).parent / "migrations"
-
-log = logging.getLogger(__name__)
 
 
 class Settings(ServiceSettings):
@@ -206,7 +203,9 @@ async def _wire(runtime: Runtime, settings: Settings) -> None:
     # then the providers close their connections.
     runtime.on_close(delivery.release_leases)
     runtime.on_close(registry.close)
-    await registry.start(_ignore_receipts)
+    await registry.start(
+        ReceiptRecorder(transaction=runtime.transaction, repository=repository, outbox=runtime.outbox)
+    )
     await keep_answers_purged(runtime)
     servicer = GatewayServicer(
         transaction=runtime.transaction, repository=repository, renderer=renderer, delivery=delivery
@@ -215,7 +214,3 @@ async def _wire(runtime: Runtime, settings: Settings) -> None:
         service_names=["omni.gateway.v1.GatewayService"],
         register=lambda server: gateway_pb2_grpc.add_GatewayServiceServicer_to_server(servicer, server),
     )
-
-
-async def _ignore_receipts(receipt: Receipt) -> None:
-    log.warning("receipt from %s ignored: %s", receipt.provider, receipt.kind)

@@ -275,4 +275,10 @@ class Repository:
             )
         )
         result = await session.execute(statement)
+        # A receipt's detail may quote the address (a DSN's diagnostic).
+        await session.execute(
+            sa.update(ReceiptRow)
+            .where(ReceiptRow.message_id.in_(sa.select(Message.id).where(Message.person_id.in_(person_ids))))
+            .values(detail="")
+        )
         return int(getattr(result, "rowcount", 0) or 0)

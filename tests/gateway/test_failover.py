@@ -45,6 +45,8 @@ class CountingServer:
     delay_s: float = 0.0
     accepted: list[str] = field(default_factory=list)
     asked: int = 0
+    in_flight: int = 0
+    most_in_flight: int = 0
     _controller: Controller | None = None
 
     async def handle_RCPT(
@@ -57,8 +59,13 @@ class CountingServer:
         return "250 OK"
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
-        if self.delay_s:
-            await asyncio.sleep(self.delay_s)
+        self.in_flight += 1
+        self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        try:
+            if self.delay_s:
+                await asyncio.sleep(self.delay_s)
+        finally:
+            self.in_flight -= 1
         content = envelope.original_content or envelope.content or b""
         parsed = email.message_from_bytes(content if isinstance(content, bytes) else content.encode())
         self.accepted.append(str(parsed["X-Omni-Message-Id"]))
@@ -230,18 +237,18 @@ async def test_no_message_reaches_the_servers_twice_across_a_restart_in_the_midd
     js: JetStreamContext,
 ) -> None:
     primary, secondary = servers
-    primary.delay_s = 0.05
+    primary.delay_s = 0.2
     primary.start()
     secondary.start()
     providers = _providers(primary, secondary)
     first = await start_gateway(providers=providers, retry_first_delay_s=0.2, delivery_concurrency=4)
-    database_url = first.runtime.settings.database_url  # type: ignore[attr-defined]
+    database_url = first.runtime.settings.database_url
     template_id = await create_cart_template(first)
-    requests = []
-    for _ in range(24):
-        person_id = await create_person(neighbours, f"{unique('batch-')}@example.com", consent=True)
-        request_id = unique("batch-step-")
-        requests.append(request_id)
+    persons = [
+        await create_person(neighbours, f"{unique('batch-')}@example.com", consent=True) for _ in range(32)
+    ]
+    requests = [unique("batch-step-") for _ in persons]
+    for person_id, request_id in zip(persons, requests, strict=True):
         await publish(js, neighbours.namespace, send_requested(person_id, template_id, request_id))
 
     await until(lambda: len(primary.accepted) >= 4, within=20)
@@ -268,3 +275,29 @@ async def test_no_message_reaches_the_servers_twice_across_a_restart_in_the_midd
     counted = collections.Counter(primary.accepted + secondary.accepted)
     assert len(counted) == len(requests)
     assert max(counted.values()) == 1, f"sent twice: {[m for m, n in counted.items() if n > 1]}"
+
+
+async def test_journey_sends_are_queued_by_the_consumer_and_sent_by_the_pool_a_few_at_a_time(
+    start_gateway: StartGateway,
+    neighbours: Neighbours,
+    servers: tuple[CountingServer, CountingServer],
+    js: JetStreamContext,
+) -> None:
+    primary, secondary = servers
+    primary.delay_s = 0.3
+    primary.start()
+    gateway = await start_gateway(providers=_providers(primary, secondary), delivery_concurrency=2)
+    template_id = await create_cart_template(gateway)
+    persons = [
+        await create_person(neighbours, f"{unique('pool-')}@example.com", consent=True) for _ in range(8)
+    ]
+    requests = [unique("pool-step-") for _ in persons]
+    applied_before = gateway.runtime.consumers[0].applied
+    for person_id, request_id in zip(persons, requests, strict=True):
+        await publish(js, neighbours.namespace, send_requested(person_id, template_id, request_id))
+
+    # The consumer takes every event long before the slow server could have taken their emails.
+    await until(lambda: gateway.runtime.consumers[0].applied >= applied_before + len(requests))
+    assert len(primary.accepted) < len(requests)
+    await until(lambda: len(primary.accepted) == len(requests), within=20)
+    assert primary.most_in_flight == 2

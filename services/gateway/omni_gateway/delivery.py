@@ -157,6 +157,30 @@ class Delivery:
                 return current
         return await self.attempt_to_the_end(claimed)
 
+    async def enqueue(self, session: AsyncSession, request: SendRequest) -> Message:
+        """Queue a message once per request id, in the caller's transaction (a consumer's), for the delivery
+        attempts' job pool: stored QUEUED with its attempt due at once, nothing attempted here. A known
+        request id answers its message.
+
+        Raises InvalidArgument (no provider for the channel, template for another channel), NotFound
+        (template) or AlreadyExists (request id reused with other content); nothing is written then.
+        """
+        self._check_channel(request.channel)
+        key = send_fingerprint(request)
+        message = await self._repository.get_message_by_request(session, request.request_id)
+        if message is not None:
+            ensure_same_send(message, key)
+            return message
+        await self._check_template(session, request)
+        message = await self._repository.insert_message(session, self._row(request, key))
+        if message is None:  # a concurrent send with the same key committed first
+            message = await self._repository.get_message_by_request(session, request.request_id)
+            assert message is not None
+            ensure_same_send(message, key)
+            return message
+        await schedule(session, DELIVERY_ATTEMPT, str(message.id), timedelta(0), replace=True)
+        return message
+
     async def _claim(self, session: AsyncSession, message_id: uuid.UUID) -> Message | None:
         """Take the lease for one more attempt (None if the message is final or leased by another); its job
         waits for the end of the lease, so an attempt that never reports back is made again then."""

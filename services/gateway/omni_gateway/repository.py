@@ -60,21 +60,21 @@ class Repository:
     ) -> Message | None:
         """Store a new message; None if its request id exists already.
 
-        A queued message comes already claimed for its first attempt (`lease`); a failed one (a request
-        that can never be sent) is stored final, with its error and no attempt.
+        A queued message comes already claimed for its first attempt (`lease`), or, without a lease, due at
+        once for the delivery attempts' job pool (no attempt made yet); a failed one (a request that can
+        never be sent) is stored final, with its error and no attempt.
         """
         queued = status == MessageStatus.QUEUED
-        if queued and lease is None:
-            raise ValueError("a queued message needs the lease of its first attempt")
+        claimed = queued and lease is not None
         statement = (
             insert(Message)
             .values(
                 **values,
                 status=status,
                 error=error,
-                attempt_count=1 if queued else 0,
-                claimed_until=_NOW + lease if queued and lease is not None else None,
-                next_attempt_at=_NOW + lease if queued and lease is not None else None,
+                attempt_count=1 if claimed else 0,
+                claimed_until=_NOW + lease if claimed and lease is not None else None,
+                next_attempt_at=(_NOW + lease if lease is not None else _NOW) if queued else None,
                 create_time=_NOW,
                 update_time=_NOW,
             )

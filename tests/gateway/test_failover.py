@@ -21,6 +21,7 @@ from nats.js import JetStreamContext
 from omni.gateway.v1 import gateway_pb2
 from omni_kit.embedded import free_port
 
+from .ledger_provider import LEDGERS
 from .support import (
     Gateway,
     Neighbours,
@@ -301,3 +302,47 @@ async def test_journey_sends_are_queued_by_the_consumer_and_sent_by_the_pool_a_f
     assert len(primary.accepted) < len(requests)
     await until(lambda: len(primary.accepted) == len(requests), within=20)
     assert primary.most_in_flight == 2
+
+
+async def test_an_attempt_cut_short_after_the_provider_took_the_message_is_reconciled_by_lookup(
+    start_gateway: StartGateway, neighbours: Neighbours
+) -> None:
+    name = unique("ledger-")
+    providers = [
+        {"name": "ledger", "kind": "tests.gateway.ledger_provider", "channel": "email", "ledger": name}
+    ]
+    first = await start_gateway(providers=providers)
+    ledger = LEDGERS[name]
+    address = f"{unique('stall-')}@example.com"
+    ledger.stall.add(address)
+    person_id = await create_person(neighbours, address, consent=True)
+    request = send_request(person_id, await create_cart_template(first))
+
+    # The provider takes the message and the attempt never reports back; the gateway stops (cutting it short
+    # after its grace) with the message still queued, its attempt recorded as handed to "ledger".
+    call = first.stub.SendMessage(request)
+    await until(lambda: len(ledger.taken) == 1)
+    call.cancel()
+    await first.runtime.close()
+    async with first.database.connect() as connection:
+        row = (
+            await connection.execute(
+                sa.text("SELECT status, attempt_provider FROM messages WHERE request_id = :r"),
+                {"r": request.request_id},
+            )
+        ).one()
+    assert (row.status, row.attempt_provider) == ("queued", "ledger")
+
+    ledger.stall.clear()
+    second = await start_gateway(providers=providers, database_url=first.runtime.settings.database_url)
+    message_id = next(iter(ledger.taken))
+    async with asyncio.timeout(15):
+        while True:
+            found = (
+                await second.stub.GetMessage(gateway_pb2.GetMessageRequest(message_id=str(message_id)))
+            ).message
+            if found.status == gateway_pb2.MESSAGE_STATUS_SENT:
+                break
+            await asyncio.sleep(0.05)
+    assert found.provider == "ledger" and found.provider_message_id == f"ledger-{message_id}"
+    assert ledger.taken == {message_id: 1}, "found at the provider, not sent again"

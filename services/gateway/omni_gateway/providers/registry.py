@@ -42,7 +42,11 @@ class ProviderSpec(BaseModel):
     name: str = Field(
         pattern=r"^[a-z][a-z0-9_-]{0,39}$", description="Unique; recorded on the messages it takes."
     )
-    kind: str = Field(pattern=r"^[a-z][a-z0-9_-]{0,39}$", description="The module implementing it.")
+    kind: str = Field(
+        pattern=r"^[a-z][a-z0-9_.-]{0,199}$",
+        description="The module implementing it: a name under omni_gateway.providers, or a dotted module path "
+        "(a provider kept outside the gateway's package).",
+    )
     channel: Channel
     rate_per_s: float | None = Field(None, gt=0, description="Sends per second at most; none: unlimited.")
     burst: int = Field(1, ge=1, description="Sends the bucket holds (taken at once after a pause).")
@@ -185,10 +189,11 @@ def build_registry(
 
 
 def _factory(kind: str) -> _Factory:
+    path = kind if "." in kind else f"omni_gateway.providers.{kind.replace('-', '_')}"
     try:
-        module = importlib.import_module(f"omni_gateway.providers.{kind.replace('-', '_')}")
+        module = importlib.import_module(path)
     except ModuleNotFoundError as error:
-        raise ValueError(f"no provider kind {kind!r} (no module omni_gateway.providers.{kind})") from error
+        raise ValueError(f"no provider kind {kind!r} (no module {path})") from error
     create = getattr(module, "create", None)
     if create is None:
         raise ValueError(f"provider kind {kind!r} has no create()")

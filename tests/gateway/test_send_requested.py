@@ -195,3 +195,32 @@ async def test_a_request_id_reused_for_other_content_is_dead_lettered(
 
     assert letters[0].headers is not None
     assert "was used for a different message" in letters[0].headers["Omni-Error"]
+
+
+async def test_the_pool_asks_identity_once_for_a_batch_of_journey_sends(
+    gateway: Gateway,
+    neighbours: Neighbours,
+    smtp_sink: SmtpSink,
+    events: EventLog,
+    js: JetStreamContext,
+    spans: InMemorySpanExporter,
+) -> None:
+    template_id = await create_cart_template(gateway)
+    persons = [
+        await create_person(neighbours, f"{unique('batched-')}@example.com", consent=True) for _ in range(5)
+    ]
+    requests = [unique("batched-step-") for _ in persons]
+    spans.clear()
+    for person_id, request_id in zip(persons, requests, strict=True):
+        await publish(js, neighbours.namespace, send_requested(person_id, template_id, request_id))
+
+    for request_id in requests:
+        await events.wait_for_message("gateway.message_sent", lambda m, r=request_id: m.request_id == r)
+
+    finished = spans.get_finished_spans()
+    delivers = [s for s in finished if s.name == "gateway deliver"]
+    assert len(delivers) == len(requests)
+    assert all(s.attributes and s.attributes["omni.contacts_batched"] for s in delivers)
+    batches = [s for s in finished if s.name == "gateway contacts"]
+    assert 1 <= len(batches) <= len(requests)
+    assert sum(int((s.attributes or {})["omni.message_count"]) for s in batches) == len(requests)  # type: ignore[arg-type]

@@ -202,13 +202,15 @@ class Delivery:
                 ],
             )
 
-    async def attempt_to_the_end(self, message: Message) -> Message:
+    async def attempt_to_the_end(
+        self, message: Message, person: PersonContacts | PermanentFailure | None = None
+    ) -> Message:
         """Run an attempt (whose lease the caller holds) that the caller's cancellation cannot cut short.
 
         A caller that gives up (deadline, cancel, a stopping job worker) must not cut an attempt between the
         provider taking the message and the outcome being recorded: that would send it twice. A graceful
         stop waits for these (release_leases)."""
-        task = asyncio.ensure_future(self.attempt(message))
+        task = asyncio.ensure_future(self.attempt(message, person))
         self._running.add(task)
         task.add_done_callback(self._running.discard)
         return await asyncio.shield(task)
@@ -256,8 +258,13 @@ class Delivery:
         async with self._transaction() as session:
             return await self._claim(session, message_id)
 
-    async def attempt(self, message: Message) -> Message:
-        """One delivery attempt of a message whose lease the caller holds; records and returns the outcome."""
+    async def attempt(
+        self, message: Message, person: PersonContacts | PermanentFailure | None = None
+    ) -> Message:
+        """One delivery attempt of a message whose lease the caller holds; records and returns the outcome.
+
+        `person` is what identity said of the message's person already (fetched for a batch of attempts:
+        `contacts_for`); without it identity is asked here."""
         with tracer.start_as_current_span(
             "gateway deliver",
             attributes={
@@ -279,7 +286,11 @@ class Delivery:
                     if found is not None:
                         return await self._record(message, message.recipient, None, found)
                 parts = await self._template_parts(message.template_id)
-                person = await self._contacts.person_of(message.person_id)
+                span.set_attribute("omni.contacts_batched", person is not None)
+                if isinstance(person, PermanentFailure):
+                    raise person
+                if person is None:
+                    person = await self._contacts.person_of(message.person_id)
                 addresses = [
                     slot.provider.address_of(person) for slot in self._registry.chain(message.channel)
                 ]
@@ -305,6 +316,23 @@ class Delivery:
                 return await self._record(message, recipient, failure)
             span.set_attribute("omni.provider", accepted.provider)
             return await self._record(message, recipient, None, accepted)
+
+    async def contacts_for(
+        self, messages: list[Message]
+    ) -> dict[uuid.UUID, PersonContacts | PermanentFailure]:
+        """What identity says of the persons of a batch of messages, in one call; empty when identity cannot
+        answer now (each attempt then asks, and fails transiently, on its own)."""
+        if not messages:
+            return {}
+        with tracer.start_as_current_span(
+            "gateway contacts", attributes={"omni.message_count": len(messages)}
+        ) as span:
+            try:
+                return await self._contacts.persons_of([m.person_id for m in messages])
+            except TransientFailure as failure:
+                span.set_attribute("omni.delivery.error", str(failure))
+                log.warning("contacts of %d messages not fetched at once: %s", len(messages), failure)
+                return {}
 
     async def _dispatch(
         self, message: Message, person: PersonContacts, content: Content

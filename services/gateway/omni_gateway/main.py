@@ -139,7 +139,7 @@ async def _wire(runtime: Runtime, settings: Settings) -> None:
         channel(
             settings.identity_target,
             service="omni.identity.v1.IdentityService",
-            idempotent_methods=["GetPerson"],
+            idempotent_methods=["GetPerson", "BatchGetPersons"],
             timeout_s=settings.client_timeout_s,
         )
     )
@@ -192,6 +192,7 @@ async def _wire(runtime: Runtime, settings: Settings) -> None:
         DeliveryAttempts(
             claim=delivery.claim,
             attempt=delivery.attempt_to_the_end,
+            contacts=delivery.contacts_for,
             concurrency=settings.delivery_concurrency,
         ),
         lease=policy.lease,

@@ -17,6 +17,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from omni.common.v1 import common_pb2
 from omni.events.v1 import envelope_pb2
+from omni.gateway.v1 import gateway_pb2
 from omni_kit.embedded import EmbeddedNats, SmtpSink
 
 from .support import (
@@ -215,7 +216,11 @@ async def test_the_pool_asks_identity_once_for_a_batch_of_journey_sends(
         await publish(js, neighbours.namespace, send_requested(person_id, template_id, request_id))
 
     for request_id in requests:
-        await events.wait_for_message("gateway.message_sent", lambda m, r=request_id: m.request_id == r)
+
+        def sent(message: gateway_pb2.Message, request_id: str = request_id) -> bool:
+            return message.request_id == request_id
+
+        await events.wait_for_message("gateway.message_sent", sent)
 
     finished = spans.get_finished_spans()
     delivers = [s for s in finished if s.name == "gateway deliver"]
@@ -223,4 +228,5 @@ async def test_the_pool_asks_identity_once_for_a_batch_of_journey_sends(
     assert all(s.attributes and s.attributes["omni.contacts_batched"] for s in delivers)
     batches = [s for s in finished if s.name == "gateway contacts"]
     assert 1 <= len(batches) <= len(requests)
-    assert sum(int((s.attributes or {})["omni.message_count"]) for s in batches) == len(requests)  # type: ignore[arg-type]
+    counted = [dict(s.attributes or {}).get("omni.message_count") for s in batches]
+    assert sum(n for n in counted if isinstance(n, int)) == len(requests)

@@ -346,3 +346,25 @@ async def test_an_attempt_cut_short_after_the_provider_took_the_message_is_recon
             await asyncio.sleep(0.05)
     assert found.provider == "ledger" and found.provider_message_id == f"ledger-{message_id}"
     assert ledger.taken == {message_id: 1}, "found at the provider, not sent again"
+
+
+async def test_a_provider_s_token_bucket_paces_its_sends(
+    start_gateway: StartGateway, neighbours: Neighbours, servers: tuple[CountingServer, CountingServer]
+) -> None:
+    primary, secondary = servers
+    primary.start()
+    gateway = await start_gateway(providers=_providers(primary, secondary, rate_per_s=4, burst=1))
+    template_id = await create_cart_template(gateway)
+    persons = [
+        await create_person(neighbours, f"{unique('paced-')}@example.com", consent=True) for _ in range(5)
+    ]
+
+    started = asyncio.get_running_loop().time()
+    sent = await asyncio.gather(
+        *(gateway.stub.SendMessage(send_request(person_id, template_id)) for person_id in persons)
+    )
+    elapsed = asyncio.get_running_loop().time() - started
+
+    assert {r.message.status for r in sent} == {gateway_pb2.MESSAGE_STATUS_SENT}
+    assert {r.message.provider for r in sent} == {"smtp"}
+    assert elapsed >= 0.9, f"5 sends at 4/s with a bucket of 1 take a second, not {elapsed:.2f}s"

@@ -176,3 +176,40 @@ async def test_a_service_answering_unavailable_uses_up_no_delivery(
         await task
     assert refusals == 8 and consumer.dead_lettered == 0
     assert await _dead_letters(context, namespace) == 0
+
+
+async def test_another_failure_of_a_service_called_still_counts_toward_dead_lettering(
+    own_engine: AsyncEngine, js: tuple[JetStreamContext, str]
+) -> None:
+    """A service that answers, but fails (INTERNAL: maybe the event's own doing), is no outage: the event is
+    dead-lettered after its deliveries rather than held for ever in front of the others."""
+    context, namespace = js
+    subject = subject_for("identity.persons_merged", namespace)
+    calls = 0
+
+    async def handler(session: AsyncSession, envelope: envelope_pb2.Envelope) -> None:
+        nonlocal calls
+        calls += 1
+        raise Unavailable(message="identity failed (INTERNAL): internal error", reason="IDENTITY_FAILED")
+
+    consumer = EventConsumer(
+        context,
+        session_factory(own_engine),
+        durable="test-failed",
+        stream=events_stream(namespace),
+        subjects=[subject],
+        handler=handler,
+        max_deliver=2,
+        backoff_s=(0.05,),
+    )
+    await consumer.start()
+    task = asyncio.create_task(consumer.run())
+    event = events_pb2.PersonsMergedEvent(survivor_person_id="p-y", merged_person_ids=[str(uuid.uuid4())])
+    envelope = Outbox("identity").envelope(event, event_type="identity.persons_merged")
+    await context.publish(subject, envelope.SerializeToString(), headers={"Nats-Msg-Id": envelope.id})
+    try:
+        await _until(lambda: _true(consumer.dead_lettered == 1), within=20)
+    finally:
+        consumer.stop()
+        await task
+    assert calls == 2 and consumer.applied == 0

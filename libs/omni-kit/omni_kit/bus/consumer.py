@@ -481,9 +481,16 @@ class _StoppedInOutage(Exception):
 
 def dependency_unavailable(error: BaseException) -> bool:
     """Whether error says something the handler needs is unavailable now (the database unreachable, a service
-    answering UNAVAILABLE), not that the event is wrong: applying it later may well succeed."""
-    if database_unavailable(error) or isinstance(error, Unavailable):
+    answering UNAVAILABLE), not that the event is wrong: applying it later may well succeed.
+
+    An omni_kit Unavailable counts when its reason says unavailable (UNAVAILABLE, IDENTITY_UNAVAILABLE,
+    DATABASE_UNAVAILABLE …), not when it reports another failure of the service called (profile's
+    IDENTITY_FAILED for an INTERNAL answer): that may be the event's own doing, and holding it would stop the
+    consumer for good instead of dead-lettering one event."""
+    if database_unavailable(error):
         return True
+    if isinstance(error, Unavailable):
+        return error.reason == "UNAVAILABLE" or error.reason.endswith("_UNAVAILABLE")
     return isinstance(error, grpc.aio.AioRpcError) and error.code() == grpc.StatusCode.UNAVAILABLE
 
 

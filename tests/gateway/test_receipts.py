@@ -9,14 +9,17 @@ import asyncio
 from datetime import UTC, datetime
 
 import sqlalchemy as sa
+from nats.js import JetStreamContext
 
 from omni.gateway.v1 import events_pb2, gateway_pb2
+from omni.identity.v1 import events_pb2 as identity_events
 from omni.profile.v1 import profile_pb2
 from omni_gateway.providers.base import Receipt, ReceiptKind
 from omni_gateway.receipts import ReceiptRecorder
 from omni_gateway.repository import Repository
-from omni_kit.bus import unpack
+from omni_kit.bus import make_envelope, unpack
 from omni_kit.embedded import SmtpSink
+from omni_kit.ids import new_id
 
 from .support import (
     EventLog,
@@ -24,6 +27,7 @@ from .support import (
     Neighbours,
     create_cart_template,
     create_person,
+    publish,
     send_request,
     set_consent,
     unique,
@@ -204,3 +208,26 @@ async def test_a_receipt_for_no_known_message_is_kept_and_changes_nothing(
         ).one()
     assert row.message_id is None and row.n == 1000
     assert not [e for e in events.envelopes if e.type == "gateway.message_receipt"]
+
+
+async def test_forgetting_a_person_keeps_a_delivered_message_delivered_without_an_error(
+    gateway: Gateway, neighbours: Neighbours, smtp_sink: SmtpSink, js: JetStreamContext
+) -> None:
+    message = await _sent(gateway, neighbours)
+    await _sink(gateway)(_receipt(message, ReceiptKind.DELIVERED))
+    applied_before = gateway.runtime.consumers[0].applied
+    forget = make_envelope(
+        identity_events.PersonForgottenEvent(
+            person_id=message.person_id, forgotten_person_ids=[message.person_id], erasure_id=str(new_id())
+        ),
+        event_type="identity.person_forgotten",
+        producer="identity",
+        person_id=message.person_id,
+    )
+
+    await publish(js, neighbours.namespace, forget)
+    await until(lambda: gateway.runtime.consumers[0].applied >= applied_before + 1)
+
+    found = (await gateway.stub.GetMessage(gateway_pb2.GetMessageRequest(message_id=message.id))).message
+    assert found.status == gateway_pb2.MESSAGE_STATUS_DELIVERED
+    assert (found.error, found.recipient) == ("", "")

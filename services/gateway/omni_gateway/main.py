@@ -204,9 +204,9 @@ async def _wire(runtime: Runtime, settings: Settings) -> None:
     # then the providers close their connections.
     runtime.on_close(delivery.release_leases)
     runtime.on_close(registry.close)
-    await registry.start(
-        ReceiptRecorder(transaction=runtime.transaction, repository=repository, outbox=runtime.outbox)
-    )
+    # The one sink of every provider's receipts (and of inbound endpoints: bounces, tracking, SMS replies).
+    receipts = ReceiptRecorder(transaction=runtime.transaction, repository=repository, outbox=runtime.outbox)
+    await registry.start(receipts)
     await keep_answers_purged(runtime)
     servicer = GatewayServicer(
         transaction=runtime.transaction, repository=repository, renderer=renderer, delivery=delivery

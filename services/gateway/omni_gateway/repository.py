@@ -19,6 +19,8 @@ from omni_kit import contact
 
 _NOW = sa.func.now()
 
+_HANDED_OVER = [MessageStatus.SENT, MessageStatus.DELIVERED, MessageStatus.BOUNCED]
+
 FORGOTTEN = "person forgotten"
 """The error left on a forgotten person's messages that were not sent."""
 
@@ -267,8 +269,8 @@ class Repository:
                 recipient="",
                 variables=sa.cast(sa.literal("{}"), JSONB),
                 trace_context=sa.cast(sa.literal("{}"), JSONB),
-                # A SENT message has no error; any other may quote the address in one.
-                error=sa.case((Message.status == MessageStatus.SENT, ""), else_=FORGOTTEN),
+                # A message handed to a provider has no error; any other may quote the address in one.
+                error=sa.case((Message.status.in_(_HANDED_OVER), ""), else_=FORGOTTEN),
                 claimed_until=None,
                 next_attempt_at=None,
                 update_time=_NOW,

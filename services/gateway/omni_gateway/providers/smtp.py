@@ -162,14 +162,16 @@ class SmtpProvider:
         self.config = config
         self.sender = sender
         self._pool = SmtpPool(config)
+        self.receipts: ReceiptSink | None = None
 
     def address_of(self, person: PersonContacts) -> str | None:
         """The person's first email address."""
         return person.first("email")
 
     async def start(self, receipts: ReceiptSink) -> None:
-        """Nothing to open ahead: connections are opened by the first emails. (Bounces come back through the
-        inbound endpoint, not through this provider.)"""
+        """Keep the receipt sink (for what reports on this provider's emails: bounces, opens, clicks); nothing
+        to open ahead, connections are opened by the first emails."""
+        self.receipts = receipts
 
     async def send(self, outgoing: Outgoing) -> Accepted:
         """Build the email and hand it to the server; the provider's id is the email's Message-ID."""

@@ -15,6 +15,8 @@ from nats.js import JetStreamContext
 from omni.events.v1 import envelope_pb2
 from omni.gateway.v1 import gateway_pb2
 from omni.identity.v1 import events_pb2 as identity_events
+from omni_gateway.domain import Channel
+from omni_gateway.suppression import address_hash
 from omni_kit.bus import make_envelope
 from omni_kit.embedded import SmtpSink, free_port
 from omni_kit.ids import new_id
@@ -106,6 +108,16 @@ async def test_forgetting_a_person_redacts_its_messages_and_stops_the_unsent_one
     for row in rows:
         assert row["recipient"] == "" and row["variables"] == {} and row["trace_context"] == {}
     assert await _rows(gateway, kept) == kept_before
+    # The address is suppressed (kept as a hash: the list holds no address), the kept person's is not.
+    async with gateway.database.connect() as connection:
+        suppressed = {
+            bytes(key)
+            for (key,) in await connection.execute(
+                sa.text("SELECT address_hash FROM suppressions WHERE reason = 'erased'")
+            )
+        }
+    assert address_hash(Channel.EMAIL, forgotten_email) in suppressed
+    assert address_hash(Channel.EMAIL, kept_email) not in suppressed
 
     # With the server back, neither the retry loop nor a replayed request sends anything.
     sink.start()

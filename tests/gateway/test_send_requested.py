@@ -17,6 +17,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from omni.common.v1 import common_pb2
 from omni.events.v1 import envelope_pb2
+from omni.gateway.v1 import gateway_pb2
 from omni_kit.embedded import EmbeddedNats, SmtpSink
 
 from .support import (
@@ -195,3 +196,37 @@ async def test_a_request_id_reused_for_other_content_is_dead_lettered(
 
     assert letters[0].headers is not None
     assert "was used for a different message" in letters[0].headers["Omni-Error"]
+
+
+async def test_the_pool_asks_identity_once_for_a_batch_of_journey_sends(
+    gateway: Gateway,
+    neighbours: Neighbours,
+    smtp_sink: SmtpSink,
+    events: EventLog,
+    js: JetStreamContext,
+    spans: InMemorySpanExporter,
+) -> None:
+    template_id = await create_cart_template(gateway)
+    persons = [
+        await create_person(neighbours, f"{unique('batched-')}@example.com", consent=True) for _ in range(5)
+    ]
+    requests = [unique("batched-step-") for _ in persons]
+    spans.clear()
+    for person_id, request_id in zip(persons, requests, strict=True):
+        await publish(js, neighbours.namespace, send_requested(person_id, template_id, request_id))
+
+    for request_id in requests:
+
+        def sent(message: gateway_pb2.Message, request_id: str = request_id) -> bool:
+            return message.request_id == request_id
+
+        await events.wait_for_message("gateway.message_sent", sent)
+
+    finished = spans.get_finished_spans()
+    delivers = [s for s in finished if s.name == "gateway deliver"]
+    assert len(delivers) == len(requests)
+    assert all(s.attributes and s.attributes["omni.contacts_batched"] for s in delivers)
+    batches = [s for s in finished if s.name == "gateway contacts"]
+    assert 1 <= len(batches) <= len(requests)
+    counted = [dict(s.attributes or {}).get("omni.message_count") for s in batches]
+    assert sum(n for n in counted if isinstance(n, int)) == len(requests)

@@ -103,3 +103,46 @@ def test_smtp_errors_are_sorted_into_transient_and_permanent(
     error: aiosmtplib.SMTPException, transient: bool
 ) -> None:
     assert classify(error).transient is transient
+
+
+class _CountingSessions:
+    """Accepts everything and counts the SMTP sessions (EHLOs) and the emails."""
+
+    def __init__(self) -> None:
+        self.sessions = 0
+        self.emails = 0
+
+    async def handle_EHLO(
+        self, server: SMTP, session: Session, envelope: Envelope, hostname: str, responses: list[str]
+    ) -> list[str]:
+        self.sessions += 1
+        session.host_name = hostname
+        return responses
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        self.emails += 1
+        return "250 OK"
+
+
+async def test_emails_share_pooled_connections_and_a_connection_the_server_dropped_is_replaced() -> None:
+    counting = _CountingSessions()
+    port = free_port("127.0.0.1")
+    controller = Controller(counting, hostname="127.0.0.1", port=port, server_hostname="pooled")
+    controller.start()
+    mailer = Mailer(SmtpConfig(host="127.0.0.1", port=port, timeout_s=5, pool_size=2))
+    try:
+        for n in range(10):
+            await mailer.send(_email(f"p{n}@example.com", "pooled"), message_id=uuid.uuid4())
+        assert counting.emails == 10
+        assert counting.sessions == 1, "one after another, the emails share one connection"
+
+        # The server restarts: the pooled connection is dead, found so at its first command, and replaced.
+        controller.stop()
+        controller = Controller(counting, hostname="127.0.0.1", port=port, server_hostname="pooled")
+        controller.start()
+        await mailer.send(_email("after@example.com", "pooled"), message_id=uuid.uuid4())
+        assert counting.emails == 11
+        assert counting.sessions == 2
+    finally:
+        await mailer.close()
+        controller.stop()

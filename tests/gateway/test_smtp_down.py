@@ -164,14 +164,20 @@ async def test_a_send_request_consumed_while_the_server_is_down_is_kept_and_sent
 
     await publish(js, neighbours.namespace, send_requested(person_id, template_id, request_id))
 
-    # The event is taken (acked) once the message is recorded; the gateway owns the retries from there.
+    # The event is taken (acked) once the message is queued; the job pool attempts it, and owns the retries.
     await until(lambda: gateway.runtime.consumers[0].applied >= 1)
-    async with gateway.database.connect() as connection:
-        row = (
-            await connection.execute(
-                sa.text("SELECT status, error FROM messages WHERE request_id = :r"), {"r": request_id}
-            )
-        ).one()
+    async with asyncio.timeout(10):
+        while True:
+            async with gateway.database.connect() as connection:
+                row = (
+                    await connection.execute(
+                        sa.text("SELECT status, error FROM messages WHERE request_id = :r"), {"r": request_id}
+                    )
+                ).one()
+            if row.error:
+                break
+            assert row.status == "queued"
+            await asyncio.sleep(0.05)
     assert row.status == "queued"
     assert row.error.startswith("smtp: cannot reach the server")
 

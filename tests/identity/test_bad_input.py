@@ -198,6 +198,25 @@ async def test_get_person_with_a_malformed_id_is_refused(identity: Identity, per
     assert details.fields == {"person_id"}
 
 
+@pytest.mark.parametrize(
+    ("person_ids", "fields"),
+    [
+        ([], {"person_ids"}),
+        (["01890a5d-ac96-774b-bcce-b302099a8057", "not-a-uuid"], {"person_ids[1]"}),
+        (["01890a5d-ac96-774b-bcce-b302099a8057"] * 501, {"person_ids"}),
+    ],
+    ids=["none", "malformed", "too-many"],
+)
+async def test_batch_get_persons_with_bad_ids_is_refused(
+    identity: Identity, person_ids: list[str], fields: set[str]
+) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await identity.stub.BatchGetPersons(identity_pb2.BatchGetPersonsRequest(person_ids=person_ids))
+    details = status_details(caught.value)
+    assert details.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert details.fields == fields
+
+
 async def test_get_person_with_an_unknown_id_is_not_found(identity: Identity) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await identity.stub.GetPerson(

@@ -151,3 +151,31 @@ async def test_known_sets_are_answered_in_order_around_the_sets_that_change_the_
     assert [r.person_id for r in again] == [older.person_id, older.person_id, fresh.person_id]
     assert not any(r.created or r.merged_person_ids or r.added_identifiers for r in again)
     assert len(await events.wait_for("identity.persons_merged")) == 1
+
+
+async def test_batch_get_persons_answers_each_id_in_order_merged_ids_lead_to_the_survivor(
+    identity: Identity,
+) -> None:
+    cookie, device, email = unique("c-"), unique("d-"), f"{unique('g')}@example.com"
+    web, app, _ = await batch(
+        identity,
+        request(ident("anonymous_id", cookie)),
+        request(ident("device_id", device)),
+        request(ident("anonymous_id", cookie), ident("device_id", device), ident("email", email)),
+    )
+    unknown = str(uuid.uuid4())
+
+    response = await identity.stub.BatchGetPersons(
+        identity_pb2.BatchGetPersonsRequest(person_ids=[app.person_id, unknown, web.person_id])
+    )
+
+    merged, missing, survivor = response.results
+    assert merged.person_id == app.person_id and merged.person.id == web.person_id
+    assert pairs(merged.person.identifiers) == {
+        ("anonymous_id", cookie),
+        ("device_id", device),
+        ("email", email),
+    }
+    assert survivor.person == merged.person and not survivor.not_found_reason
+    assert missing.person_id == unknown and not missing.HasField("person")
+    assert missing.not_found_reason == "PERSON_NOT_FOUND"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 from omni.common.v1 import common_pb2
 from omni.events.v1 import envelope_pb2
 from omni.gateway.v1 import events_pb2 as gateway_events
@@ -205,3 +207,36 @@ async def test_an_outcome_for_a_merged_person_lands_on_the_survivor(services: Se
     [announced] = await services.events.wait_for(tracked_with_id(f"gateway:{message.id}"))
     assert unpack(announced, events_pb2.EventTrackedEvent).event.person_id == survivor
     assert (await get_profile(services, survivor)).event_count == 4
+
+
+async def test_an_open_receipt_is_an_email_opened_event_and_sets_last_email_open_at(
+    services: Services,
+) -> None:
+    person = (await track(services, event("page_viewed"))).person_id
+    message = gateway_message(person, gateway_pb2.MESSAGE_STATUS_SENT)
+    receipt = gateway_events.MessageReceiptEvent(
+        message=message,
+        kind=gateway_events.RECEIPT_KIND_OPENED,
+        provider="smtp",
+        provider_event_id=unique("open-"),
+    )
+    receipt.occur_time.FromDatetime(datetime(2026, 12, 1, 9, 30, tzinfo=UTC))
+    await publish_outcome(services, receipt, "gateway.message_receipt", person)
+    await services.events.wait_for(tracked_with_id(f"gateway:{message.id}:opened"))
+
+    profile = await get_profile(services, person)
+    [opened] = [e for e in profile.recent_events if e.id == f"gateway:{message.id}:opened"]
+    assert opened.type == "email_opened"
+    assert opened.channel == common_pb2.CHANNEL_EMAIL
+    assert opened.properties["provider"] == "smtp"
+    assert opened.properties["message_id"] == message.id
+    assert dict(profile.computed_traits)["last_email_open_at"] == "2026-12-01T09:30:00Z"
+
+    # The same receipt announced again (a redelivery): on the timeline once.
+    await publish_outcome(services, receipt, "gateway.message_receipt", person)
+    marker = gateway_message(person, gateway_pb2.MESSAGE_STATUS_SENT)
+    await publish_outcome(
+        services, gateway_events.MessageSentEvent(message=marker), "gateway.message_sent", person
+    )
+    await services.events.wait_for(tracked_with_id(f"gateway:{marker.id}"))
+    assert len(services.events.matching(tracked_with_id(f"gateway:{message.id}:opened"))) == 1

@@ -12,8 +12,9 @@ from omni.decisioning.v1 import events_pb2 as decisioning_events
 from omni.events.v1 import envelope_pb2
 from omni.gateway.v1 import gateway_pb2
 from omni_gateway.delivery import Delivery, ensure_same_send
-from omni_gateway.domain import MessageStatus, SendRequest
+from omni_gateway.domain import Channel, MessageStatus, SendRequest
 from omni_gateway.repository import FORGOTTEN, Repository
+from omni_gateway.suppression import SuppressionReason, address_hash
 from omni_gateway.wire import parse_send_request, send_fingerprint
 from omni_kit.bus import PermanentError, unpack
 from omni_kit.errors import AlreadyExists, InvalidArgument, NotFound
@@ -27,12 +28,15 @@ Handler = Callable[[AsyncSession, envelope_pb2.Envelope], Awaitable[None]]
 
 
 class SendRequestedHandler:
-    """Sends the message decisioning asked for, through the same path as SendMessage.
+    """Queues the message decisioning asked for, under the same request id key as SendMessage.
 
-    The request id makes redeliveries harmless: a message already sent is not sent again. The send runs
-    inside the consumer's span, so the trace goes on from the journey to the SMTP server. Once the message
-    is recorded the gateway owns it, and a transient failure is retried by the gateway's retry loop, not
-    by redelivering the event. The event carries no purpose: a journey's message is marketing, sent only
+    The message is inserted QUEUED with its first attempt scheduled (a job of the delivery attempts' pool,
+    due at once) in the consumer's transaction, so acknowledging the event and queueing its message are one
+    commit; nothing is sent inside the consumer, and the pool's bounded concurrency, not the event stream,
+    sets the pace towards the providers. The request id makes redeliveries harmless: a message already
+    queued or sent is not queued again. The attempt joins the consumer's trace (the message keeps its trace
+    context), so the trace goes on from the journey to the provider. A transient failure is retried by the
+    gateway's retry jobs, not by redelivering the event. The event carries no purpose: a journey's message is marketing, sent only
     while profile's verdict allows marketing on the channel, and FAILED (announced) otherwise; it waits
     (queued) until the gateway holds verdicts at least as new as those decisioning chose the channel by. A request
     that can never be sent (unknown template, channel the gateway cannot deliver) is recorded as a FAILED
@@ -68,7 +72,8 @@ class SendRequestedHandler:
             await self._forgotten(session, request)
             return
         try:
-            await self._delivery.send(request)
+            # Queued in this transaction, with the event's acknowledgement; the job pool sends it.
+            await self._delivery.enqueue(session, request)
         except (InvalidArgument, NotFound) as error:
             await self._delivery.reject(request, _describe(error))
         except AlreadyExists as error:
@@ -110,9 +115,18 @@ class ErasureHook:
         self._repository = repository
 
     async def __call__(self, session: AsyncSession, erasure: Erasure) -> None:
-        """Redact the messages of the erasure's persons; forget the stored answers that show them (none do
-        yet: templates name no person)."""
-        await self._repository.forget_persons(session, list(erasure.person_ids))
+        """Suppress the addresses the persons' messages went to (as hashes: suppression.py), redact the
+        messages; forget the stored answers that show them (none do yet: templates name no person)."""
+        person_ids = list(erasure.person_ids)
+        for channel, address in await self._repository.recipients_of(session, person_ids):
+            domain_channel = Channel(channel)
+            await self._repository.suppress(
+                session,
+                channel=channel,
+                key=address_hash(domain_channel, address),
+                reason=SuppressionReason.ERASED.value,
+            )
+        await self._repository.forget_persons(session, person_ids)
         await forget_answers(session, erasure.person_ids)
 
 

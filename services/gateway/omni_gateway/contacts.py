@@ -18,21 +18,17 @@ from google.protobuf import json_format
 from omni.identity.v1 import identity_pb2, identity_pb2_grpc
 from omni.profile.v1 import profile_pb2, profile_pb2_grpc
 from omni_gateway.domain import PermanentFailure, TransientFailure
+from omni_gateway.providers.base import PersonContacts
 from omni_gateway.rendering import CartLine
 from omni_kit.ids import parse_uuid
+
+BATCH = 500
+"""Ids per BatchGetPersons call (identity's limit)."""
 
 # Answers that will not change if asked again; anything else (UNAVAILABLE, DEADLINE_EXCEEDED …) may.
 _FINAL_CODES = frozenset(
     {grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION}
 )
-
-
-@dataclass(frozen=True)
-class Address:
-    """Where a person is reached: the person an id stands for now (after merges, the survivor) and its email."""
-
-    person_id: uuid.UUID
-    email: str
 
 
 @dataclass(frozen=True)
@@ -54,11 +50,11 @@ class Contacts:
         self._identity = identity
         self._profile = profile
 
-    async def address_of(self, person_id: uuid.UUID) -> Address:
-        """The person an id stands for now (after merges, the survivor) and its first email address.
+    async def person_of(self, person_id: uuid.UUID) -> PersonContacts:
+        """The person an id stands for now (after merges, the survivor) and its identifiers by type, in
+        identity's order; each channel's provider picks the address it needs (`address_of`).
 
-        Raises PermanentFailure when the person is unknown or has no email, TransientFailure when identity
-        cannot answer now.
+        Raises PermanentFailure when the person is unknown, TransientFailure when identity cannot answer now.
         """
         try:
             response = await self._identity.GetPerson(identity_pb2.GetPersonRequest(person_id=str(person_id)))
@@ -66,11 +62,30 @@ class Contacts:
             if error.code() == grpc.StatusCode.NOT_FOUND:
                 raise PermanentFailure("person not found") from error
             raise _failure("identity", error) from error
-        current = parse_uuid(response.person.id) or person_id
-        for identifier in response.person.identifiers:
-            if identifier.type == "email" and identifier.value:
-                return Address(current, identifier.value)
-        raise PermanentFailure("no email address")
+        return _contacts(person_id, response.person)
+
+    async def persons_of(
+        self, person_ids: list[uuid.UUID]
+    ) -> dict[uuid.UUID, PersonContacts | PermanentFailure]:
+        """What `person_of` says of each of these ids, in one call to identity (BatchGetPersons, at most
+        BATCH ids a call): the person, or PermanentFailure("person not found") for an unknown or forgotten
+        id. Raises TransientFailure when identity cannot answer now (the caller may ask one by one later)."""
+        found: dict[uuid.UUID, PersonContacts | PermanentFailure] = {}
+        unique_ids = list(dict.fromkeys(person_ids))
+        for start in range(0, len(unique_ids), BATCH):
+            chunk = unique_ids[start : start + BATCH]
+            try:
+                response = await self._identity.BatchGetPersons(
+                    identity_pb2.BatchGetPersonsRequest(person_ids=[str(i) for i in chunk])
+                )
+            except grpc.aio.AioRpcError as error:
+                raise _failure("identity", error) from error
+            for asked, result in zip(chunk, response.results, strict=False):
+                if not result.HasField("person"):
+                    found[asked] = PermanentFailure("person not found")
+                    continue
+                found[asked] = _contacts(asked, result.person)
+        return found
 
     async def data_of(self, person_id: uuid.UUID) -> PersonData:
         """The person's traits and cart; a person without a profile has none of them.
@@ -98,6 +113,14 @@ class Contacts:
             for item in profile.cart.items
         ]
         return PersonData(traits=traits, cart=cart)
+
+
+def _contacts(asked: uuid.UUID, person: identity_pb2.Person) -> PersonContacts:
+    identifiers: dict[str, list[str]] = {}
+    for identifier in person.identifiers:
+        if identifier.value:
+            identifiers.setdefault(identifier.type, []).append(identifier.value)
+    return PersonContacts(parse_uuid(person.id) or asked, identifiers)
 
 
 def _failure(service: str, error: grpc.aio.AioRpcError) -> PermanentFailure | TransientFailure:

@@ -28,6 +28,7 @@ import logging
 import uuid
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
+from dataclasses import replace
 from datetime import datetime, timedelta
 
 from opentelemetry import propagate, trace
@@ -35,20 +36,39 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from omni_gateway.contacts import Contacts
 from omni_gateway.domain import (
-    DELIVERABLE_CHANNELS,
+    Channel,
     DeliveryError,
     MessageStatus,
     PermanentFailure,
     SendRequest,
     TransientFailure,
 )
-from omni_gateway.email_message import build_email
 from omni_gateway.events import stage_outcome
 from omni_gateway.models import Message
-from omni_gateway.rendering import Renderer, TemplateParts, template_context
+from omni_gateway.providers.base import (
+    Accepted,
+    Content,
+    EmailContent,
+    FailureKind,
+    Outgoing,
+    PersonContacts,
+    ProviderFailure,
+    PushContent,
+    SmsContent,
+    TerminalContent,
+    WebhookContent,
+)
+from omni_gateway.providers.registry import CircuitOpen, Registry
+from omni_gateway.rendering import Rendered, Renderer, TemplateParts, template_context
 from omni_gateway.repository import Repository
 from omni_gateway.retry import DELIVERY_ATTEMPT, RetryPolicy
-from omni_gateway.smtp import Mailer
+from omni_gateway.suppression import (
+    AddressRefused,
+    Suppressed,
+    SuppressionReason,
+    address_hash,
+    blocking,
+)
 from omni_gateway.wire import channel_to_proto, send_fingerprint
 from omni_kit import contact
 from omni_kit.bus import Outbox
@@ -86,8 +106,7 @@ class Delivery:
         outbox: Outbox,
         contacts: Contacts,
         renderer: Renderer,
-        mailer: Mailer,
-        sender: str,
+        registry: Registry,
         policy: RetryPolicy,
     ) -> None:
         self._transaction = transaction
@@ -95,8 +114,7 @@ class Delivery:
         self._outbox = outbox
         self._contacts = contacts
         self._renderer = renderer
-        self._mailer = mailer
-        self._sender = sender
+        self._registry = registry
         self._policy = policy
         # The leases this process holds (message id → its lease's end), and the attempts running to the end.
         self._leases: dict[uuid.UUID, datetime] = {}
@@ -108,11 +126,7 @@ class Delivery:
         Raises InvalidArgument (channel not delivered, template for another channel), NotFound (template)
         or AlreadyExists (request id reused with other content); nothing is written then.
         """
-        if request.channel not in DELIVERABLE_CHANNELS:
-            raise InvalidArgument(
-                message=f"channel {request.channel.value} cannot be delivered yet",
-                violations=[FieldViolation("channel", "only CHANNEL_EMAIL is delivered so far")],
-            )
+        self._check_channel(request.channel)
         key = send_fingerprint(request)
         lease = self._policy.lease
         async with self._transaction() as session:
@@ -132,7 +146,7 @@ class Delivery:
             if not fresh:
                 ensure_same_send(message, key)
         if fresh:
-            return await self._attempt_to_the_end(message)
+            return await self.attempt_to_the_end(message)
         if message.status != MessageStatus.QUEUED:
             return message
         async with self._transaction() as session:
@@ -141,7 +155,31 @@ class Delivery:
                 current = await self._repository.get_message(session, message.id)
                 assert current is not None
                 return current
-        return await self._attempt_to_the_end(claimed)
+        return await self.attempt_to_the_end(claimed)
+
+    async def enqueue(self, session: AsyncSession, request: SendRequest) -> Message:
+        """Queue a message once per request id, in the caller's transaction (a consumer's), for the delivery
+        attempts' job pool: stored QUEUED with its attempt due at once, nothing attempted here. A known
+        request id answers its message.
+
+        Raises InvalidArgument (no provider for the channel, template for another channel), NotFound
+        (template) or AlreadyExists (request id reused with other content); nothing is written then.
+        """
+        self._check_channel(request.channel)
+        key = send_fingerprint(request)
+        message = await self._repository.get_message_by_request(session, request.request_id)
+        if message is not None:
+            ensure_same_send(message, key)
+            return message
+        await self._check_template(session, request)
+        message = await self._repository.insert_message(session, self._row(request, key))
+        if message is None:  # a concurrent send with the same key committed first
+            message = await self._repository.get_message_by_request(session, request.request_id)
+            assert message is not None
+            ensure_same_send(message, key)
+            return message
+        await schedule(session, DELIVERY_ATTEMPT, str(message.id), timedelta(0), replace=True)
+        return message
 
     async def _claim(self, session: AsyncSession, message_id: uuid.UUID) -> Message | None:
         """Take the lease for one more attempt (None if the message is final or leased by another); its job
@@ -152,10 +190,27 @@ class Delivery:
             self._hold(claimed)
         return claimed
 
-    async def _attempt_to_the_end(self, message: Message) -> Message:
-        # A caller that gives up (deadline, cancel) must not cut an attempt between the SMTP server taking
-        # the email and the outcome being recorded: that would send it twice.
-        task = asyncio.ensure_future(self.attempt(message))
+    def _check_channel(self, channel: Channel) -> None:
+        if channel not in self._registry.channels:
+            delivered = ", ".join(sorted(f"CHANNEL_{c.value.upper()}" for c in self._registry.channels))
+            raise InvalidArgument(
+                message=f"channel {channel.value} cannot be delivered: no provider is configured for it",
+                violations=[
+                    FieldViolation(
+                        "channel", f"no provider for this channel; delivered: {delivered or 'none'}"
+                    )
+                ],
+            )
+
+    async def attempt_to_the_end(
+        self, message: Message, person: PersonContacts | PermanentFailure | None = None
+    ) -> Message:
+        """Run an attempt (whose lease the caller holds) that the caller's cancellation cannot cut short.
+
+        A caller that gives up (deadline, cancel, a stopping job worker) must not cut an attempt between the
+        provider taking the message and the outcome being recorded: that would send it twice. A graceful
+        stop waits for these (release_leases)."""
+        task = asyncio.ensure_future(self.attempt(message, person))
         self._running.add(task)
         task.add_done_callback(self._running.discard)
         return await asyncio.shield(task)
@@ -203,8 +258,13 @@ class Delivery:
         async with self._transaction() as session:
             return await self._claim(session, message_id)
 
-    async def attempt(self, message: Message) -> Message:
-        """One delivery attempt of a message whose lease the caller holds; records and returns the outcome."""
+    async def attempt(
+        self, message: Message, person: PersonContacts | PermanentFailure | None = None
+    ) -> Message:
+        """One delivery attempt of a message whose lease the caller holds; records and returns the outcome.
+
+        `person` is what identity said of the message's person already (fetched for a batch of attempts:
+        `contacts_for`); without it identity is asked here."""
         with tracer.start_as_current_span(
             "gateway deliver",
             attributes={
@@ -220,11 +280,25 @@ class Delivery:
                     raise PermanentFailure(
                         f"gave up after {message.attempt_count - 1} attempts: {message.error or 'no answer'}"
                     )
+                if message.attempt_provider:
+                    # An attempt handed it to a provider and died before recording the outcome.
+                    found = await self._reconcile(message)
+                    if found is not None:
+                        return await self._record(message, message.recipient, None, found)
                 parts = await self._template_parts(message.template_id)
-                address = await self._contacts.address_of(message.person_id)
-                recipient = address.email
+                span.set_attribute("omni.contacts_batched", person is not None)
+                if isinstance(person, PermanentFailure):
+                    raise person
+                if person is None:
+                    person = await self._contacts.person_of(message.person_id)
+                addresses = [
+                    slot.provider.address_of(person) for slot in self._registry.chain(message.channel)
+                ]
+                recipient = next((address for address in addresses if address), "")
+                if not recipient:
+                    raise PermanentFailure(f"no {message.channel.value} address")
                 # Asked at every attempt: consent taken back after a transient failure stops the retry.
-                await self._check_verdict(address.person_id, message)
+                await self._check_verdict(person.person_id, message)
                 data = await self._contacts.data_of(message.person_id)
                 context = template_context(
                     person_id=str(message.person_id),
@@ -233,20 +307,130 @@ class Delivery:
                     variables=message.variables,
                 )
                 rendered = self._renderer.render(parts, context)
-                email = build_email(
-                    message_id=message.id, sender=self._sender, recipient=recipient, rendered=rendered
+                person = replace(person, traits=data.traits)
+                accepted, recipient = await self._dispatch(
+                    message, person, content_for(message.channel, rendered)
                 )
-                await self._mailer.send(email, message_id=message.id)
             except DeliveryError as failure:
                 span.set_attribute("omni.delivery.error", str(failure))
                 return await self._record(message, recipient, failure)
-            return await self._record(message, recipient, None)
+            span.set_attribute("omni.provider", accepted.provider)
+            return await self._record(message, recipient, None, accepted)
 
-    async def _record(self, message: Message, recipient: str, failure: DeliveryError | None) -> Message:
+    async def contacts_for(
+        self, messages: list[Message]
+    ) -> dict[uuid.UUID, PersonContacts | PermanentFailure]:
+        """What identity says of the persons of a batch of messages, in one call; empty when identity cannot
+        answer now (each attempt then asks, and fails transiently, on its own)."""
+        if not messages:
+            return {}
+        with tracer.start_as_current_span(
+            "gateway contacts", attributes={"omni.message_count": len(messages)}
+        ) as span:
+            try:
+                return await self._contacts.persons_of([m.person_id for m in messages])
+            except TransientFailure as failure:
+                span.set_attribute("omni.delivery.error", str(failure))
+                log.warning("contacts of %d messages not fetched at once: %s", len(messages), failure)
+                return {}
+
+    async def _dispatch(
+        self, message: Message, person: PersonContacts, content: Content
+    ) -> tuple[Accepted, str]:
+        """Hand the message to the channel's providers in order until one takes it (failover).
+
+        A transient failure or an open circuit moves on to the next provider; a refusal of the message
+        (PERMANENT) or of the address (ADDRESS_INVALID, which suppresses it) ends the attempt. The provider is
+        recorded on the message before it is called, so an attempt cut short there is known to the next one.
+        Raises TransientFailure when every provider failed for now, PermanentFailure when none can reach the
+        person or the message is refused.
+        """
+        failures: list[str] = []
+        hints: list[float] = []
+        reachable = False
+        checked: dict[str, None] = {}
+        for slot in self._registry.chain(message.channel):
+            address = slot.provider.address_of(person)
+            if not address:
+                continue
+            reachable = True
+            if address not in checked:
+                await self._check_suppression(message, address)
+                checked[address] = None
+            outgoing = Outgoing(
+                message_id=message.id,
+                person_id=person.person_id,
+                channel=message.channel,
+                purpose=message.purpose,
+                address=address,
+                content=content,
+                attempt=message.attempt_count,
+                locale=str(person.traits.get("locale") or ""),
+            )
+            async with self._transaction() as session:
+                await self._repository.mark_attempt(
+                    session, message.id, provider=slot.name, recipient=address
+                )
+            try:
+                return await slot.send(outgoing), address
+            except CircuitOpen as error:
+                failures.append(str(error))
+            except ProviderFailure as failure:
+                detail = str(failure) if failure.provider else f"{slot.name}: {failure.detail}"
+                if failure.kind is FailureKind.TRANSIENT:
+                    failures.append(detail)
+                    if failure.retry_after_s is not None:
+                        hints.append(failure.retry_after_s)
+                    continue
+                if failure.kind is FailureKind.ADDRESS_INVALID:
+                    raise AddressRefused(
+                        detail, channel=message.channel, address=address, provider=slot.name
+                    ) from failure
+                raise PermanentFailure(detail) from failure
+        if not reachable:
+            raise PermanentFailure(f"no {message.channel.value} address")
+        transient = TransientFailure("; ".join(failures))
+        transient.retry_after_s = min(hints) if hints else None
+        raise transient
+
+    async def _check_suppression(self, message: Message, address: str) -> None:
+        async with self._transaction() as session:
+            reasons = await self._repository.is_suppressed_for(
+                session, message.channel.value, address_hash(message.channel, address)
+            )
+        reason = blocking(reasons, message.purpose)
+        if reason is not None:
+            raise Suppressed(reason)
+
+    async def _reconcile(self, message: Message) -> Accepted | None:
+        """Ask the provider an unfinished attempt handed the message to whether it has it, where the provider
+        can say (`lookup`); None: not taken, or no way to know (then it is sent again: see the README)."""
+        slot = self._registry.get(message.attempt_provider)
+        lookup = getattr(slot.provider, "lookup", None) if slot is not None else None
+        if lookup is None:
+            return None
+        try:
+            found: Accepted | None = await lookup(message.id)
+        except ProviderFailure as failure:
+            raise TransientFailure(
+                f"{message.attempt_provider}: cannot look the message up: {failure.detail}"
+            ) from failure
+        return found
+
+    async def _record(
+        self,
+        message: Message,
+        recipient: str,
+        failure: DeliveryError | None,
+        accepted: Accepted | None = None,
+    ) -> Message:
         status, error, retry_after = MessageStatus.SENT, "", None
         if failure is not None and failure.transient and message.attempt_count < self._policy.max_attempts:
             status, error = MessageStatus.QUEUED, str(failure)
             retry_after = self._policy.delay(message.attempt_count)
+            hint = getattr(failure, "retry_after_s", None)
+            if hint is not None:
+                retry_after = max(retry_after, timedelta(seconds=hint))
         elif failure is not None and failure.transient:
             status, error = MessageStatus.FAILED, f"gave up after {message.attempt_count} attempts: {failure}"
         elif failure is not None:
@@ -255,7 +439,15 @@ class Delivery:
         error = without_control_characters(error)
         async with self._transaction() as session:
             updated = await self._repository.record_outcome(
-                session, message.id, status=status, recipient=recipient, error=error, retry_after=retry_after
+                session,
+                message.id,
+                status=status,
+                recipient=recipient,
+                error=error,
+                retry_after=retry_after,
+                provider=accepted.provider if accepted else "",
+                provider_message_id=accepted.provider_message_id if accepted else "",
+                provider_details=dict(accepted.details) if accepted else None,
             )
             self._leases.pop(message.id, None)
             if updated is None:
@@ -263,6 +455,15 @@ class Delivery:
                 current = await self._repository.get_message(session, message.id)
                 assert current is not None
                 return current
+            if isinstance(failure, AddressRefused):
+                await self._repository.suppress(
+                    session,
+                    channel=failure.channel.value,
+                    key=address_hash(failure.channel, failure.address),
+                    reason=SuppressionReason.ADDRESS_INVALID.value,
+                    provider=failure.provider,
+                    message_id=message.id,
+                )
             if retry_after is not None:
                 await schedule(session, DELIVERY_ATTEMPT, str(message.id), retry_after, replace=True)
             else:
@@ -328,3 +529,17 @@ class Delivery:
             "contact_verdict_version": request.contact_verdict_version,
             "trace_context": carrier,
         }
+
+
+def content_for(channel: Channel, rendered: Rendered) -> Content:
+    """What a channel's provider is given of a rendered template: an email's subject and bodies; an SMS's, a
+    terminal's text; a push's title (the subject) and body (the text); a webhook's JSON object."""
+    if channel == Channel.EMAIL:
+        return EmailContent(subject=rendered.subject, text=rendered.text, html=rendered.html)
+    if channel == Channel.SMS:
+        return SmsContent(text=rendered.text)
+    if channel in (Channel.PUSH, Channel.APP):
+        return PushContent(title=rendered.subject, body=rendered.text)
+    if channel == Channel.STORE:
+        return TerminalContent(text=rendered.text)
+    return WebhookContent(payload={"subject": rendered.subject, "text": rendered.text, "html": rendered.html})

@@ -11,7 +11,6 @@ from typing import Any
 from omni_kit.contact import Purpose
 
 __all__ = [
-    "DELIVERABLE_CHANNELS",
     "Channel",
     "DeliveryError",
     "MessageStatus",
@@ -37,16 +36,16 @@ class Channel(StrEnum):
     person (omni_kit.contact.NOT_A_CONTACT_CHANNELS: no consent bears on it)."""
 
 
-# Channels the gateway can deliver on today; templates may be stored for any channel.
-DELIVERABLE_CHANNELS = frozenset({Channel.EMAIL})
-
-
 class MessageStatus(StrEnum):
     """Where a message is in its delivery."""
 
     QUEUED = "queued"
     SENT = "sent"
     FAILED = "failed"
+    DELIVERED = "delivered"
+    """The provider reported it delivered (a receipt); from SENT."""
+    BOUNCED = "bounced"
+    """The provider reported it bounced (a receipt); from SENT or DELIVERED."""
 
 
 @dataclass(frozen=True)
@@ -79,3 +78,5 @@ class TransientFailure(DeliveryError):
     """Trying again later may work (SMTP server or a service unreachable, a 4xx answer, a timeout)."""
 
     transient = True
+    retry_after_s: float | None = None
+    """A provider's own hint when to try again (the next attempt is not sooner)."""

@@ -1,5 +1,6 @@
 """What the gateway publishes: gateway.message_sent and gateway.message_failed, staged with the outcome they
-announce. What it consumes is in consumers.py."""
+announce, and gateway.message_receipt with each receipt recorded (receipts.py). What it consumes is in
+consumers.py."""
 
 from __future__ import annotations
 
@@ -8,11 +9,23 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from omni.gateway.v1 import events_pb2
 from omni_gateway.domain import MessageStatus
 from omni_gateway.models import Message
-from omni_gateway.wire import message_to_proto
+from omni_gateway.providers.base import Receipt, ReceiptKind
+from omni_gateway.wire import message_to_proto, timestamp
 from omni_kit.bus import Outbox
 
 MESSAGE_SENT = "gateway.message_sent"
 MESSAGE_FAILED = "gateway.message_failed"
+MESSAGE_RECEIPT = "gateway.message_receipt"
+
+_RECEIPT_KINDS = {
+    ReceiptKind.DELIVERED: events_pb2.RECEIPT_KIND_DELIVERED,
+    ReceiptKind.FAILED: events_pb2.RECEIPT_KIND_FAILED,
+    ReceiptKind.BOUNCED: events_pb2.RECEIPT_KIND_BOUNCED,
+    ReceiptKind.OPENED: events_pb2.RECEIPT_KIND_OPENED,
+    ReceiptKind.CLICKED: events_pb2.RECEIPT_KIND_CLICKED,
+    ReceiptKind.COMPLAINED: events_pb2.RECEIPT_KIND_COMPLAINED,
+    ReceiptKind.UNSUBSCRIBED: events_pb2.RECEIPT_KIND_UNSUBSCRIBED,
+}
 
 
 async def stage_outcome(outbox: Outbox, session: AsyncSession, message: Message) -> None:
@@ -31,3 +44,23 @@ async def stage_outcome(outbox: Outbox, session: AsyncSession, message: Message)
             event_type=MESSAGE_FAILED,
             person_id=str(message.person_id),
         )
+
+
+async def stage_receipt(
+    outbox: Outbox, session: AsyncSession, message: Message, receipt: Receipt, *, detail: str, event_id: str
+) -> None:
+    """Stage the announcement of a receipt recorded for a message, in the transaction that records it."""
+    await outbox.add(
+        session,
+        events_pb2.MessageReceiptEvent(
+            message=message_to_proto(message),
+            kind=_RECEIPT_KINDS[receipt.kind],
+            provider=receipt.provider,
+            provider_event_id=event_id,
+            occur_time=timestamp(receipt.occurred_at),
+            detail=detail,
+            hard=receipt.address_invalid,
+        ),
+        event_type=MESSAGE_RECEIPT,
+        person_id=str(message.person_id),
+    )

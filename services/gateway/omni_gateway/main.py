@@ -14,10 +14,12 @@ from omni_gateway.api import GatewayServicer
 from omni_gateway.consumers import ErasureHook, EventRouter, SendRequestedHandler
 from omni_gateway.contacts import Contacts
 from omni_gateway.delivery import Delivery
+from omni_gateway.domain import Channel
+from omni_gateway.providers.registry import ProviderSpec, Registry, build_registry
+from omni_gateway.receipts import ReceiptRecorder
 from omni_gateway.rendering import Renderer
 from omni_gateway.repository import Repository
 from omni_gateway.retry import DELIVERY_ATTEMPT, DeliveryAttempts, RetryPolicy
-from omni_gateway.smtp import Mailer, SmtpConfig
 from omni_kit import contact
 from omni_kit.grpc_client import channel
 from omni_kit.idempotency import keep_answers_purged
@@ -37,16 +39,44 @@ class Settings(ServiceSettings):
     identity_target: str = Field("127.0.0.1:15051", description="host:port of the identity service.")
     profile_target: str = Field("127.0.0.1:15052", description="host:port of the profile service.")
     client_timeout_s: float = Field(5.0, gt=0, description="Deadline of each call to identity and profile.")
-    smtp_host: str = Field("127.0.0.1", description="The SMTP server mail is submitted to.")
+    smtp_host: str = Field(
+        "127.0.0.1",
+        description="The SMTP server of the default email provider (named smtp), used unless `providers` "
+        "configures one for email; empty: no default.",
+    )
     smtp_port: int = Field(25, ge=1, le=65535, description="Its port.")
     smtp_from: str = Field("omni@localhost", description='The From address, e.g. "Shop <shop@example.com>".')
     smtp_username: str | None = Field(None, description="User for SMTP AUTH; none means no AUTH.")
     smtp_password: SecretStr | None = Field(None, description="Password for SMTP AUTH.")
     smtp_timeout_s: float = Field(10.0, gt=0, description="Timeout of each step of the SMTP conversation.")
     smtp_starttls: bool = Field(False, description="Upgrade the SMTP connection with STARTTLS.")
+    smtp_pool_size: int = Field(4, ge=1, le=100, description="SMTP connections kept open at most.")
+    smtp_rate_per_s: float | None = Field(
+        None, gt=0, description="Emails per second at most; none: no limit."
+    )
+    providers: list[ProviderSpec] = Field(
+        default_factory=list,
+        description='The provider instances, as JSON: [{"name": "smtp-backup", "kind": "smtp", "channel": '
+        '"email", "host": "...", "port": 2525, "rate_per_s": 50}, ...] (providers/registry.py).',
+    )
+    provider_order: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description='Per channel, the order its providers are tried in, as JSON ({"email": ["smtp", '
+        '"smtp-backup"]}); a channel not named keeps the order of `providers`.',
+    )
+    breaker_failures: int = Field(5, ge=1, description="Default provider: transient failures that open it.")
+    breaker_reset_s: float = Field(
+        30.0, gt=0, description="Default provider: how long its circuit stays open."
+    )
+    delivery_concurrency: int = Field(
+        10, ge=1, le=1000, description="Delivery attempts the job pool runs at once (per replica)."
+    )
     send_max_attempts: int = Field(8, ge=1, le=100, description="Delivery attempts before a message fails.")
     retry_first_delay_s: float = Field(30.0, gt=0, description="Wait before the first retry; doubles after.")
     retry_max_delay_s: float = Field(3600.0, gt=0, description="Longest wait between two attempts.")
+    retry_jitter: float = Field(
+        0.2, ge=0, lt=1, description="Up to this fraction of each retry's wait is taken off at random."
+    )
     attempt_lease_s: float = Field(
         120.0, gt=0, description="How long an attempt holds a message before another may take it up."
     )
@@ -55,6 +85,39 @@ class Settings(ServiceSettings):
         pattern=r"^[a-z][a-z0-9-]{0,62}$",
         description="The durable consumer of profile's contact verdicts (after gateway-). Replicas of one "
         "gateway share it; another gateway with its own database in the same event namespace needs its own.",
+    )
+
+
+def provider_specs(settings: Settings) -> list[ProviderSpec]:
+    """The configured providers, with the default email provider ("smtp", from the smtp_* settings) first
+    unless `providers` configures one for email or smtp_host is empty."""
+    specs = list(settings.providers)
+    if settings.smtp_host and not any(spec.channel == Channel.EMAIL for spec in specs):
+        password = settings.smtp_password.get_secret_value() if settings.smtp_password else None
+        default = ProviderSpec(
+            name="smtp",
+            kind="smtp",
+            channel=Channel.EMAIL,
+            rate_per_s=settings.smtp_rate_per_s,
+            burst=max(1, int(settings.smtp_rate_per_s or 1)),
+            breaker_failures=settings.breaker_failures,
+            breaker_reset_s=settings.breaker_reset_s,
+            host=settings.smtp_host,
+            port=settings.smtp_port,
+            username=settings.smtp_username,
+            password=password,
+            timeout_s=settings.smtp_timeout_s,
+            starttls=settings.smtp_starttls,
+            pool_size=settings.smtp_pool_size,
+        )
+        specs.insert(0, default)
+    return specs
+
+
+def provider_registry(settings: Settings) -> Registry:
+    """The provider instances of the settings, each with its circuit breaker and rate limit."""
+    return build_registry(
+        provider_specs(settings), order=settings.provider_order, defaults={"sender": settings.smtp_from}
     )
 
 
@@ -76,7 +139,7 @@ async def _wire(runtime: Runtime, settings: Settings) -> None:
         channel(
             settings.identity_target,
             service="omni.identity.v1.IdentityService",
-            idempotent_methods=["GetPerson"],
+            idempotent_methods=["GetPerson", "BatchGetPersons"],
             timeout_s=settings.client_timeout_s,
         )
     )
@@ -92,21 +155,13 @@ async def _wire(runtime: Runtime, settings: Settings) -> None:
         identity_pb2_grpc.IdentityServiceStub(identity_channel),  # type: ignore[arg-type]
         profile_pb2_grpc.ProfileServiceStub(profile_channel),  # type: ignore[arg-type]
     )
-    mailer = Mailer(
-        SmtpConfig(
-            host=settings.smtp_host,
-            port=settings.smtp_port,
-            username=settings.smtp_username,
-            password=settings.smtp_password.get_secret_value() if settings.smtp_password else None,
-            timeout_s=settings.smtp_timeout_s,
-            starttls=settings.smtp_starttls,
-        )
-    )
+    registry = provider_registry(settings)
     policy = RetryPolicy(
         max_attempts=settings.send_max_attempts,
         first_delay_s=settings.retry_first_delay_s,
         max_delay_s=settings.retry_max_delay_s,
         lease_s=settings.attempt_lease_s,
+        jitter=settings.retry_jitter,
     )
     repository = Repository()
     renderer = Renderer()
@@ -116,8 +171,7 @@ async def _wire(runtime: Runtime, settings: Settings) -> None:
         outbox=runtime.outbox,
         contacts=contacts,
         renderer=renderer,
-        mailer=mailer,
-        sender=settings.smtp_from,
+        registry=registry,
         policy=policy,
     )
     # Identity's lineage shares the send requests' durable, so an erasure applies in log order with them.
@@ -135,14 +189,24 @@ async def _wire(runtime: Runtime, settings: Settings) -> None:
     )
     runtime.add_job_kind(
         DELIVERY_ATTEMPT,
-        DeliveryAttempts(claim=delivery.claim, attempt=delivery.attempt),
+        DeliveryAttempts(
+            claim=delivery.claim,
+            attempt=delivery.attempt_to_the_end,
+            contacts=delivery.contacts_for,
+            concurrency=settings.delivery_concurrency,
+        ),
         lease=policy.lease,
         # No more than run at once (DeliveryAttempts' concurrency): a batch waiting for its turn would sit
-        # out its lease while the others talk to the SMTP server.
-        batch_size=10,
+        # out its lease while the others talk to the provider.
+        batch_size=settings.delivery_concurrency,
     )
-    # At a graceful stop the messages whose attempts did not finish are due again at once, not in a lease.
+    # At a graceful stop the messages whose attempts did not finish are due again at once, not in a lease;
+    # then the providers close their connections.
     runtime.on_close(delivery.release_leases)
+    runtime.on_close(registry.close)
+    # The one sink of every provider's receipts (and of inbound endpoints: bounces, tracking, SMS replies).
+    receipts = ReceiptRecorder(transaction=runtime.transaction, repository=repository, outbox=runtime.outbox)
+    await registry.start(receipts)
     await keep_answers_purged(runtime)
     servicer = GatewayServicer(
         transaction=runtime.transaction, repository=repository, renderer=renderer, delivery=delivery

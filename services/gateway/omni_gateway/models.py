@@ -51,7 +51,15 @@ class Message(Base):
     """
 
     __tablename__ = "messages"
-    __table_args__ = (sa.Index("messages_person", "person_id", "create_time"),)
+    __table_args__ = (
+        sa.Index("messages_person", "person_id", "create_time"),
+        sa.Index(
+            "messages_provider_message",
+            "provider",
+            "provider_message_id",
+            postgresql_where=sa.text("provider_message_id <> ''"),
+        ),
+    )
 
     id: Mapped[uuid.UUID] = mapped_column(sa.Uuid, primary_key=True)
     request_id: Mapped[str] = mapped_column(sa.Text, unique=True)
@@ -71,8 +79,53 @@ class Message(Base):
     next_attempt_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True), nullable=True)
     claimed_until: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True), nullable=True)
     trace_context: Mapped[dict[str, str]] = mapped_column(JSONB, default=dict)
+    # The provider instance that took the message ("smtp", "smtp-backup"), its id for it and what it said.
+    provider: Mapped[str] = mapped_column(sa.Text, default="", server_default="")
+    provider_message_id: Mapped[str] = mapped_column(sa.Text, default="", server_default="")
+    provider_details: Mapped[dict[str, Any]] = mapped_column(
+        JSONB, default=dict, server_default=sa.text("'{}'::jsonb")
+    )
+    # The provider an attempt handed the message to, recorded before the call and cleared with the outcome:
+    # set on a queued message, it says an attempt may have reached that provider before its process died.
+    attempt_provider: Mapped[str] = mapped_column(sa.Text, default="", server_default="")
+    attempt_started_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True), nullable=True)
+    # The first delivery receipt, and the first (human) open and click reported.
+    delivered_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True), nullable=True)
+    opened_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True), nullable=True)
+    clicked_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True), nullable=True)
     create_time: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True))
     update_time: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True))
+
+
+class ReceiptRow(Base):
+    """An outcome a provider reported after the send, once per (provider, provider_event_id): providers
+    repeat themselves, and a repeat changes nothing. message_id is None when no message was found."""
+
+    __tablename__ = "receipts"
+    __table_args__ = (sa.Index("receipts_message", "message_id"),)
+
+    provider: Mapped[str] = mapped_column(sa.Text, primary_key=True)
+    provider_event_id: Mapped[str] = mapped_column(sa.Text, primary_key=True)
+    message_id: Mapped[uuid.UUID | None] = mapped_column(sa.Uuid, nullable=True)
+    kind: Mapped[str] = mapped_column(sa.String(32))
+    occurred_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True))
+    recorded_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True), server_default=sa.func.now())
+    detail: Mapped[str] = mapped_column(sa.Text, default="", server_default="")
+    machine: Mapped[bool] = mapped_column(sa.Boolean, default=False, server_default=sa.false())
+
+
+class Suppression(Base):
+    """An address not to send to on a channel, for a reason, since when. The address is kept as the SHA-256 of
+    its normalised form (suppression.address_hash): the list holds no personal data and outlives erasures."""
+
+    __tablename__ = "suppressions"
+
+    channel: Mapped[Channel] = mapped_column(_enum(Channel), primary_key=True)
+    address_hash: Mapped[bytes] = mapped_column(sa.LargeBinary, primary_key=True)
+    reason: Mapped[str] = mapped_column(sa.String(32), primary_key=True)
+    since: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True), server_default=sa.func.now())
+    provider: Mapped[str] = mapped_column(sa.Text, default="", server_default="")
+    message_id: Mapped[uuid.UUID | None] = mapped_column(sa.Uuid, nullable=True)
 
 
 contact_verdicts = contact.define_table(Base.metadata)

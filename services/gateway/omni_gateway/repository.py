@@ -14,10 +14,12 @@ from sqlalchemy.dialects.postgresql import JSONB, insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from omni_gateway.domain import MessageStatus
-from omni_gateway.models import Message, Template
+from omni_gateway.models import Message, ReceiptRow, Suppression, Template
 from omni_kit import contact
 
 _NOW = sa.func.now()
+
+_HANDED_OVER = [MessageStatus.SENT, MessageStatus.DELIVERED, MessageStatus.BOUNCED]
 
 FORGOTTEN = "person forgotten"
 """The error left on a forgotten person's messages that were not sent."""
@@ -60,21 +62,21 @@ class Repository:
     ) -> Message | None:
         """Store a new message; None if its request id exists already.
 
-        A queued message comes already claimed for its first attempt (`lease`); a failed one (a request
-        that can never be sent) is stored final, with its error and no attempt.
+        A queued message comes already claimed for its first attempt (`lease`), or, without a lease, due at
+        once for the delivery attempts' job pool (no attempt made yet); a failed one (a request that can
+        never be sent) is stored final, with its error and no attempt.
         """
         queued = status == MessageStatus.QUEUED
-        if queued and lease is None:
-            raise ValueError("a queued message needs the lease of its first attempt")
+        claimed = queued and lease is not None
         statement = (
             insert(Message)
             .values(
                 **values,
                 status=status,
                 error=error,
-                attempt_count=1 if queued else 0,
-                claimed_until=_NOW + lease if queued and lease is not None else None,
-                next_attempt_at=_NOW + lease if queued and lease is not None else None,
+                attempt_count=1 if claimed else 0,
+                claimed_until=_NOW + lease if claimed and lease is not None else None,
+                next_attempt_at=(_NOW + lease if lease is not None else _NOW) if queued else None,
                 create_time=_NOW,
                 update_time=_NOW,
             )
@@ -133,6 +135,9 @@ class Repository:
         recipient: str,
         error: str,
         retry_after: timedelta | None = None,
+        provider: str = "",
+        provider_message_id: str = "",
+        provider_details: dict[str, Any] | None = None,
     ) -> Message | None:
         """Record how an attempt ended and release the lease; retry_after schedules the next attempt.
 
@@ -149,11 +154,98 @@ class Repository:
                 claimed_until=None,
                 next_attempt_at=None if retry_after is None else _NOW + retry_after,
                 update_time=_NOW,
+                provider=provider,
+                provider_message_id=provider_message_id,
+                provider_details=provider_details or {},
+                attempt_provider="",
+                attempt_started_at=None,
             )
             .returning(Message)
             .execution_options(populate_existing=True)
         )
         return (await session.scalars(statement)).one_or_none()
+
+    async def mark_attempt(
+        self, session: AsyncSession, message_id: uuid.UUID, *, provider: str, recipient: str
+    ) -> None:
+        """Record, before calling it, that an attempt hands a queued message to this provider and address."""
+        await session.execute(
+            sa.update(Message)
+            .where(Message.id == message_id, Message.status == MessageStatus.QUEUED)
+            .values(attempt_provider=provider, attempt_started_at=_NOW, recipient=recipient)
+        )
+
+    async def is_suppressed_for(self, session: AsyncSession, channel: str, key: bytes) -> list[str]:
+        """The reasons an address (its suppression key) is suppressed for on a channel."""
+        statement = sa.select(Suppression.reason).where(
+            Suppression.channel == channel, Suppression.address_hash == key
+        )
+        return list((await session.scalars(statement)).all())
+
+    async def suppress(
+        self,
+        session: AsyncSession,
+        *,
+        channel: str,
+        key: bytes,
+        reason: str,
+        provider: str = "",
+        message_id: uuid.UUID | None = None,
+    ) -> bool:
+        """Put an address on the suppression list for a reason; False if it was there for it already."""
+        statement = (
+            insert(Suppression)
+            .values(
+                channel=channel, address_hash=key, reason=reason, provider=provider, message_id=message_id
+            )
+            .on_conflict_do_nothing()
+            .returning(Suppression.reason)
+        )
+        return (await session.scalars(statement)).one_or_none() is not None
+
+    async def recipients_of(
+        self, session: AsyncSession, person_ids: list[uuid.UUID]
+    ) -> list[tuple[str, str]]:
+        """The (channel, address) pairs the messages of these persons went to."""
+        statement = (
+            sa.select(Message.channel, Message.recipient)
+            .where(Message.person_id.in_(person_ids), Message.recipient != "")
+            .distinct()
+        )
+        return [
+            (str(getattr(channel, "value", channel)), recipient)
+            for channel, recipient in await session.execute(statement)
+        ]
+
+    async def insert_receipt(self, session: AsyncSession, values: dict[str, Any]) -> bool:
+        """Store a receipt once per (provider, provider_event_id); False for a repeat."""
+        statement = (
+            insert(ReceiptRow)
+            .values(**values)
+            .on_conflict_do_nothing(index_elements=[ReceiptRow.provider, ReceiptRow.provider_event_id])
+            .returning(ReceiptRow.provider)
+        )
+        return (await session.scalars(statement)).one_or_none() is not None
+
+    async def find_message(
+        self,
+        session: AsyncSession,
+        *,
+        message_id: uuid.UUID | None,
+        provider: str,
+        provider_message_id: str,
+    ) -> Message | None:
+        """The message a receipt names: by Omni's id, else by the provider's id for it; locked for update."""
+        if message_id is not None:
+            statement = sa.select(Message).where(Message.id == message_id)
+        elif provider_message_id:
+            statement = sa.select(Message).where(
+                Message.provider == provider, Message.provider_message_id == provider_message_id
+            )
+        else:
+            return None
+        statement = statement.with_for_update().execution_options(populate_existing=True)
+        return (await session.scalars(statement)).first()
 
     async def forget_persons(self, session: AsyncSession, person_ids: list[uuid.UUID]) -> int:
         """Redact the messages of these persons and end the unsent ones; the number of messages touched.
@@ -177,12 +269,18 @@ class Repository:
                 recipient="",
                 variables=sa.cast(sa.literal("{}"), JSONB),
                 trace_context=sa.cast(sa.literal("{}"), JSONB),
-                # A SENT message has no error; any other may quote the address in one.
-                error=sa.case((Message.status == MessageStatus.SENT, ""), else_=FORGOTTEN),
+                # A message handed to a provider has no error; any other may quote the address in one.
+                error=sa.case((Message.status.in_(_HANDED_OVER), ""), else_=FORGOTTEN),
                 claimed_until=None,
                 next_attempt_at=None,
                 update_time=_NOW,
             )
         )
         result = await session.execute(statement)
+        # A receipt's detail may quote the address (a DSN's diagnostic).
+        await session.execute(
+            sa.update(ReceiptRow)
+            .where(ReceiptRow.message_id.in_(sa.select(Message.id).where(Message.person_id.in_(person_ids))))
+            .values(detail="")
+        )
         return int(getattr(result, "rowcount", 0) or 0)

@@ -14,10 +14,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 from opentelemetry import context as otel_context
 from opentelemetry import propagate
@@ -41,6 +43,9 @@ class RetryPolicy:
     max_delay_s: float = 3600.0
     # Longer than an attempt can take: two service calls and an SMTP conversation, each with its timeout.
     lease_s: float = 120.0
+    jitter: float = 0.0
+    """Up to this fraction of each delay is taken off at random, so messages queued together (a provider
+    down for a batch) do not all come back at the same instant."""
 
     @property
     def lease(self) -> timedelta:
@@ -49,42 +54,50 @@ class RetryPolicy:
 
     def delay(self, attempts_made: int) -> timedelta:
         """The wait before the next attempt, doubling per attempt made, capped."""
-        seconds = self.first_delay_s * 2 ** max(attempts_made - 1, 0)
-        return timedelta(seconds=min(seconds, self.max_delay_s))
+        seconds = min(self.first_delay_s * 2 ** max(attempts_made - 1, 0), self.max_delay_s)
+        if self.jitter:
+            seconds *= 1 - self.jitter * random.random()
+        return timedelta(seconds=seconds)
 
 
 class DeliveryAttempts:
     """Runs due delivery attempts (the scheduler's jobs of DELIVERY_ATTEMPT), a few at a time.
 
-    Each takes the message's lease first (which moves its job to the lease's end) and is skipped when the
-    message is final or another attempt holds it; the attempt records its outcome and schedules the next
-    one, or ends the job, itself. Nothing of it is in the job run's own transaction: the SMTP conversation
-    is held in none.
+    For a batch of jobs it takes each message's lease first (which moves its job to the lease's end),
+    skipping a message that is final or that another attempt holds; then asks identity once for the persons
+    of all the messages it holds (`contacts`, one BatchGetPersons call rather than one call per message);
+    then runs their attempts, at most `concurrency` at once. Each attempt records its outcome and schedules
+    the next one, or ends the job, itself. Nothing of it is in the job run's own transaction: the provider's
+    conversation is held in none.
     """
 
     def __init__(
         self,
         *,
         claim: Callable[[uuid.UUID], Awaitable[Message | None]],
-        attempt: Callable[[Message], Awaitable[Message]],
+        attempt: Callable[[Message, Any], Awaitable[Message]],
+        contacts: Callable[[list[Message]], Awaitable[Mapping[uuid.UUID, Any]]] | None = None,
         concurrency: int = 10,
     ) -> None:
         self._claim = claim
         self._attempt = attempt
+        self._contacts = contacts
         self._slots = asyncio.Semaphore(concurrency)
 
     async def __call__(self, session: AsyncSession, jobs: Sequence[Job]) -> None:
         """Attempt the messages of these jobs."""
-        await asyncio.gather(*(self._retry(uuid.UUID(job.key)) for job in jobs))
+        claimed = await asyncio.gather(*(self._claim(uuid.UUID(job.key)) for job in jobs))
+        messages = [message for message in claimed if message is not None]
+        persons: Mapping[uuid.UUID, Any] = {}
+        if self._contacts is not None and messages:
+            persons = await self._contacts(messages)
+        await asyncio.gather(*(self._retry(message, persons.get(message.person_id)) for message in messages))
 
-    async def _retry(self, message_id: uuid.UUID) -> None:
+    async def _retry(self, message: Message, person: Any) -> None:
         async with self._slots:
-            message = await self._claim(message_id)
-            if message is None:
-                return
             token = otel_context.attach(propagate.extract(message.trace_context or {}))
             try:
-                await self._attempt(message)
+                await self._attempt(message, person)
             except Exception:
                 # The lease runs out and the job is due again; nothing is lost.
                 log.exception("retry of message %s failed", message.id)

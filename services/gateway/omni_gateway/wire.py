@@ -46,6 +46,8 @@ _STATUSES_PB = {
     MessageStatus.QUEUED: gateway_pb2.MESSAGE_STATUS_QUEUED,
     MessageStatus.SENT: gateway_pb2.MESSAGE_STATUS_SENT,
     MessageStatus.FAILED: gateway_pb2.MESSAGE_STATUS_FAILED,
+    MessageStatus.DELIVERED: gateway_pb2.MESSAGE_STATUS_DELIVERED,
+    MessageStatus.BOUNCED: gateway_pb2.MESSAGE_STATUS_BOUNCED,
 }
 
 
@@ -110,6 +112,8 @@ def message_to_proto(message: Message) -> gateway_pb2.Message:
             message.next_attempt_at if message.status == MessageStatus.QUEUED else None
         ),
         purpose=purpose_to_proto(message.purpose),
+        provider=message.provider,
+        provider_message_id=message.provider_message_id,
     )
 
 

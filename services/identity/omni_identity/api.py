@@ -123,6 +123,36 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
             person = await self._persons.get(IdentityRepository(session), person_id)
         return identity_pb2.GetPersonResponse(person=messages.person_message(person))
 
+    async def BatchGetPersons(
+        self, request: identity_pb2.BatchGetPersonsRequest, context: grpc.aio.ServicerContext
+    ) -> identity_pb2.BatchGetPersonsResponse:
+        """Show many persons in one read transaction; an unknown or forgotten id answers no person."""
+        validation.validate(request)
+        results = []
+        async with self._runtime.transaction() as session:
+            repository = IdentityRepository(session)
+            for raw_id in request.person_ids:
+                record = await repository.person(uuid.UUID(raw_id))
+                if record is None:
+                    results.append(
+                        identity_pb2.BatchGetPersonsResult(
+                            person_id=raw_id, not_found_reason="PERSON_NOT_FOUND"
+                        )
+                    )
+                elif record.forgotten_at is not None:
+                    results.append(
+                        identity_pb2.BatchGetPersonsResult(
+                            person_id=raw_id, not_found_reason="PERSON_FORGOTTEN"
+                        )
+                    )
+                else:
+                    results.append(
+                        identity_pb2.BatchGetPersonsResult(
+                            person_id=raw_id, person=messages.person_message(record)
+                        )
+                    )
+        return identity_pb2.BatchGetPersonsResponse(results=results)
+
     async def LookupPerson(
         self, request: identity_pb2.LookupPersonRequest, context: grpc.aio.ServicerContext
     ) -> identity_pb2.LookupPersonResponse:

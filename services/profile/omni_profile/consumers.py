@@ -37,6 +37,7 @@ PERSON_ENTERED_SEGMENT = "segmentation.person_entered_segment"
 PERSON_EXITED_SEGMENT = "segmentation.person_exited_segment"
 MESSAGE_SENT_EVENT = "gateway.message_sent"
 MESSAGE_FAILED_EVENT = "gateway.message_failed"
+MESSAGE_RECEIPT_EVENT = "gateway.message_receipt"
 
 GATEWAY_EVENT_PREFIX = "gateway:"
 """Timeline events recorded from gateway outcomes have the id "gateway:<message id>" (source "gateway")."""
@@ -91,7 +92,9 @@ class SegmentMembershipHandler:
 
 
 class MessageOutcomeHandler:
-    """Records gateway.message_sent / gateway.message_failed on the person's timeline."""
+    """Records gateway.message_sent / gateway.message_failed on the person's timeline, and the receipts the
+    gateway announces (gateway.message_receipt) as "<channel>_<kind>" events ("email_opened",
+    "sms_delivered", ...), so computed traits such as last_email_open_at come from real opens."""
 
     def __init__(self, tracker: Tracker) -> None:
         self._tracker = tracker
@@ -104,6 +107,13 @@ class MessageOutcomeHandler:
         elif envelope.type == MESSAGE_FAILED_EVENT:
             message = unpack(envelope, gateway_events.MessageFailedEvent).message
             event_type = MESSAGE_FAILED
+        elif envelope.type == MESSAGE_RECEIPT_EVENT:
+            receipt = receipt_event(unpack(envelope, gateway_events.MessageReceiptEvent), envelope)
+            if receipt is None:
+                log.error("ignoring %s %s: no valid person, id, channel or kind", envelope.type, envelope.id)
+                return
+            await self._tracker.record(session, [receipt])
+            return
         else:
             log.warning("ignoring unexpected event type %s", envelope.type)
             return
@@ -142,6 +152,43 @@ def outcome_event(
             "error": message.error,
         },
         person_id=person_id,
+        source=GATEWAY_SOURCE,
+    )
+
+
+def receipt_event(
+    receipt: gateway_events.MessageReceiptEvent, envelope: envelope_pb2.Envelope
+) -> Event | None:
+    """The timeline event of a receipt: type "<channel>_<kind>" (e.g. "email_opened"), id
+    "gateway:<message id>:<kind>" (so a message's open is on the timeline once), None when malformed."""
+    message = receipt.message
+    outcome = outcome_event(message, "", envelope)
+    if (
+        outcome is None
+        or message.channel not in wire.KNOWN_CHANNELS
+        or receipt.kind not in gateway_events.ReceiptKind.values()
+        or receipt.kind == gateway_events.RECEIPT_KIND_UNSPECIFIED
+    ):
+        return None
+    kind = gateway_events.ReceiptKind.Name(receipt.kind).removeprefix("RECEIPT_KIND_").lower()  # type: ignore[arg-type]
+    channel = wire.channel_name(message.channel)
+    if channel is None:
+        return None
+    occurred_at = (
+        receipt.occur_time.ToDatetime(tzinfo=UTC) if receipt.HasField("occur_time") else outcome.occurred_at
+    )
+    return Event(
+        id=f"{GATEWAY_EVENT_PREFIX}{message.id}:{kind}",
+        type=f"{channel}_{kind}",
+        channel=channel,
+        occurred_at=occurred_at,
+        received_at=outcome.received_at,
+        properties={
+            **outcome.properties,
+            "provider": receipt.provider,
+            "detail": receipt.detail,
+        },
+        person_id=outcome.person_id,
         source=GATEWAY_SOURCE,
     )
 

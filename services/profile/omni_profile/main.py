@@ -189,7 +189,11 @@ async def _wire(runtime: ProfileRuntime, settings: Settings) -> None:
     )
     runtime.add_consumer(
         durable="gateway-outcomes",
-        event_types=[consumers.MESSAGE_SENT_EVENT, consumers.MESSAGE_FAILED_EVENT],
+        event_types=[
+            consumers.MESSAGE_SENT_EVENT,
+            consumers.MESSAGE_FAILED_EVENT,
+            consumers.MESSAGE_RECEIPT_EVENT,
+        ],
         handler=consumers.MessageOutcomeHandler(tracker),
     )
     computed_traits.register(runtime.jobs)

@@ -27,6 +27,7 @@ __all__ = [
     "Content",
     "EmailContent",
     "FailureKind",
+    "LookupProvider",
     "Outgoing",
     "PersonContacts",
     "ProviderFailure",
@@ -208,4 +209,16 @@ class ChannelProvider(Protocol):
 
     async def close(self) -> None:
         """Let sends in flight end, close connections."""
+        ...
+
+
+@runtime_checkable
+class LookupProvider(Protocol):
+    """A provider that can say whether it holds a message already (by Omni's message id, which it was given as
+    an idempotency key). Optional: the delivery flow uses it where a provider has it, when an attempt that
+    handed it the message died before recording the outcome, so the message is not sent twice."""
+
+    async def lookup(self, message_id: uuid.UUID) -> Accepted | None:
+        """The provider's record of the message if it took it, None if it did not; raise ProviderFailure
+        (transient) when it cannot answer now."""
         ...

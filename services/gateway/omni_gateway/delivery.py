@@ -45,14 +45,16 @@ from omni_gateway.domain import (
 from omni_gateway.email_message import build_email
 from omni_gateway.events import stage_outcome
 from omni_gateway.models import Message
-from omni_gateway.rendering import Renderer, TemplateParts, template_context
+from omni_gateway.providers.base import EmailContent
+from omni_gateway.rendering import Rendered, Renderer, locale_of, template_context
 from omni_gateway.repository import Repository
 from omni_gateway.retry import DELIVERY_ATTEMPT, RetryPolicy
 from omni_gateway.smtp import Mailer
+from omni_gateway.templates import Templates
 from omni_gateway.wire import channel_to_proto, send_fingerprint
 from omni_kit import contact
 from omni_kit.bus import Outbox
-from omni_kit.errors import FieldViolation, InvalidArgument, NotFound, without_control_characters
+from omni_kit.errors import FieldViolation, InvalidArgument, without_control_characters
 from omni_kit.idempotency import ensure_same_request
 from omni_kit.ids import new_id
 from omni_kit.scheduler import cancel, schedule
@@ -89,12 +91,14 @@ class Delivery:
         mailer: Mailer,
         sender: str,
         policy: RetryPolicy,
+        templates: Templates,
     ) -> None:
         self._transaction = transaction
         self._repository = repository
         self._outbox = outbox
         self._contacts = contacts
         self._renderer = renderer
+        self._templates = templates
         self._mailer = mailer
         self._sender = sender
         self._policy = policy
@@ -119,8 +123,12 @@ class Delivery:
             message = await self._repository.get_message_by_request(session, request.request_id)
             fresh = False
             if message is None:
-                await self._check_template(session, request)
-                message = await self._repository.insert_message(session, self._row(request, key), lease=lease)
+                version = await self._templates.sendable_version(
+                    session, request.template_id, request.channel
+                )
+                message = await self._repository.insert_message(
+                    session, self._row(request, key, template_version=version), lease=lease
+                )
                 fresh = message is not None
                 if message is not None:
                     # Should this first attempt die with its process, the job takes it up when its lease ends.
@@ -220,7 +228,6 @@ class Delivery:
                     raise PermanentFailure(
                         f"gave up after {message.attempt_count - 1} attempts: {message.error or 'no answer'}"
                     )
-                parts = await self._template_parts(message.template_id)
                 address = await self._contacts.address_of(message.person_id)
                 recipient = address.email
                 # Asked at every attempt: consent taken back after a transient failure stops the retry.
@@ -232,7 +239,15 @@ class Delivery:
                     cart=data.cart,
                     variables=message.variables,
                 )
-                rendered = self._renderer.render(parts, context)
+                content = await self._templates.content_for(
+                    message.template_id,
+                    message.template_version,
+                    message.channel,
+                    locale=locale_of(data.traits),
+                    context=context,
+                )
+                assert isinstance(content, EmailContent)  # email is the one channel delivered
+                rendered = Rendered(subject=content.subject, text=content.text, html=content.html)
                 email = build_email(
                     message_id=message.id, sender=self._sender, recipient=recipient, rendered=rendered
                 )
@@ -284,35 +299,7 @@ class Delivery:
         if refusal is not None:
             raise PermanentFailure(refusal)
 
-    async def _check_template(self, session: AsyncSession, request: SendRequest) -> None:
-        template = await self._repository.get_template(session, request.template_id)
-        if template is None:
-            raise NotFound(
-                message=f"template {request.template_id!r} not found",
-                reason="TEMPLATE_NOT_FOUND",
-                metadata={"template_id": request.template_id},
-            )
-        if template.channel != request.channel:
-            raise InvalidArgument(
-                message="the template is for another channel",
-                violations=[
-                    FieldViolation(
-                        "template_id",
-                        f"template {template.id!r} is for {template.channel.value}, not {request.channel.value}",
-                    )
-                ],
-            )
-
-    async def _template_parts(self, template_id: str) -> TemplateParts:
-        async with self._transaction() as session:
-            template = await self._repository.get_template(session, template_id)
-        if template is None:
-            raise PermanentFailure(f"template {template_id!r} not found")
-        return TemplateParts(
-            subject=template.subject, body_text=template.body_text, body_html=template.body_html
-        )
-
-    def _row(self, request: SendRequest, key: bytes) -> dict[str, object]:
+    def _row(self, request: SendRequest, key: bytes, *, template_version: int = 0) -> dict[str, object]:
         carrier: dict[str, str] = {}
         propagate.inject(carrier)
         return {
@@ -322,6 +309,7 @@ class Delivery:
             "person_id": request.person_id,
             "channel": request.channel,
             "template_id": request.template_id,
+            "template_version": template_version,
             "variables": request.variables,
             "journey_id": request.journey_id,
             "purpose": request.purpose,

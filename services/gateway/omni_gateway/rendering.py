@@ -1,5 +1,11 @@
 """Liquid templates: checking their syntax when stored, and rendering them with a person's data when sent.
 
+A template holds variants (`Variant`): the parts of one kind of content (email, SMS, push, store terminal,
+webhook) in one locale, each part a Liquid source. `Renderer.render_variant` makes a variant the `Content` a
+channel provider is given (providers/base.py); `choose_variant` picks the variant of a locale by the fallback
+chain ("de-AT" → "de" → the default). The parts of a template written for one channel the old way
+(`TemplateParts`: subject, text, HTML) render with `Renderer.render`, as before.
+
 A template sees:
 - `person_id`: the person's id;
 - `traits`: the profile's traits (numbers without a fraction come out as integers, so "3" not "3.0");
@@ -14,16 +20,35 @@ Undefined names render as nothing, so a template does not fail for a person who 
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping, Sequence
+import json
+import re
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
+from enum import StrEnum
+from html.parser import HTMLParser
 from typing import Any
 
-from liquid import BoundTemplate, Environment
+from liquid import BoundTemplate, Environment, Undefined
 from liquid.exceptions import LiquidError
 
 from omni_gateway.domain import PermanentFailure
+from omni_gateway.providers.base import (
+    Content,
+    EmailContent,
+    PushContent,
+    SmsContent,
+    TerminalContent,
+    WebhookContent,
+)
 from omni_kit.money import minor_unit_digits
+
+
+def json_filter(value: object) -> str:
+    """The `json` filter: a value written as JSON (an undefined name as null), for webhook bodies."""
+    if isinstance(value, Undefined):
+        return "null"
+    return json.dumps(value, ensure_ascii=False, default=str)
 
 
 class _BoundedEnvironment(Environment):
@@ -32,6 +57,95 @@ class _BoundedEnvironment(Environment):
     loop_iteration_limit = 10_000
     output_stream_limit = 1_000_000
     context_depth_limit = 30
+
+    def setup_tags_and_filters(self, *, extra: bool = False) -> None:
+        super().setup_tags_and_filters(extra=extra)
+        self.filters["json"] = json_filter
+
+
+class VariantKind(StrEnum):
+    """What a variant holds: the content of one kind of channel (providers/base.py's Content types)."""
+
+    EMAIL = "email"
+    SMS = "sms"
+    PUSH = "push"
+    TERMINAL = "terminal"
+    WEBHOOK = "webhook"
+
+
+@dataclass(frozen=True)
+class _Part:
+    required: bool = False
+    html: bool = False
+    one_line: bool = False
+
+
+# The parts of each kind, in order. Sizes are capped by gateway.proto (protovalidate), not here.
+PARTS: dict[VariantKind, dict[str, _Part]] = {
+    VariantKind.EMAIL: {
+        "subject": _Part(required=True, one_line=True),
+        "html": _Part(html=True),
+        "text": _Part(),
+    },
+    VariantKind.SMS: {"text": _Part(required=True)},
+    VariantKind.PUSH: {
+        "title": _Part(required=True, one_line=True),
+        "body": _Part(),
+        "deep_link": _Part(one_line=True),
+        "image_url": _Part(one_line=True),
+    },
+    VariantKind.TERMINAL: {"text": _Part(required=True)},
+    VariantKind.WEBHOOK: {"body": _Part(required=True)},
+}
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One kind of content in one locale ("" is the default): each part's Liquid source by name (PARTS)."""
+
+    kind: VariantKind
+    locale: str
+    parts: Mapping[str, str]
+
+    def part(self, name: str) -> str:
+        return self.parts.get(name, "")
+
+    def to_json(self) -> dict[str, str]:
+        """As stored (template_versions.variants): kind, locale and every part of the kind."""
+        return {"kind": self.kind.value, "locale": self.locale, **{n: self.part(n) for n in PARTS[self.kind]}}
+
+    @classmethod
+    def from_json(cls, value: Mapping[str, Any]) -> Variant:
+        kind = VariantKind(value["kind"])
+        return cls(kind, str(value.get("locale", "")), {n: str(value.get(n, "")) for n in PARTS[kind]})
+
+
+def locale_key(locale: str) -> str:
+    """A locale as compared: BCP 47 tags ignore case, and "_" (as in "de_AT") counts as "-"."""
+    return locale.strip().replace("_", "-").lower()
+
+
+def fallback_chain(locale: str) -> list[str]:
+    """The locales tried for a locale, most specific first, ending at the default: "de-AT" → ["de-at",
+    "de", ""]."""
+    subtags = [s for s in locale_key(locale).split("-") if s]
+    chain = ["-".join(subtags[:n]) for n in range(len(subtags), 0, -1)]
+    return [*chain, ""]
+
+
+def choose_variant(variants: Iterable[Variant], kind: VariantKind, locale: str) -> Variant | None:
+    """The variant of a kind for a locale, falling back as fallback_chain says; None if the kind has none."""
+    by_locale = {locale_key(v.locale): v for v in variants if v.kind == kind}
+    for candidate in fallback_chain(locale):
+        if candidate in by_locale:
+            return by_locale[candidate]
+    return None
+
+
+def locale_of(traits: Mapping[str, Any]) -> str:
+    """The locale a person's messages are rendered in: their `locale` trait, if it is a string."""
+    value = traits.get("locale")
+    return value.strip() if isinstance(value, str) else ""
 
 
 @dataclass(frozen=True)
@@ -112,6 +226,83 @@ def template_context(
 class Renderer:
     """Parses and renders templates; parsed templates are cached by their source."""
 
+    def variant_problems(self, variant: Variant) -> dict[str, str]:
+        """What is wrong with a variant, by part name: Liquid that does not parse or names an unknown filter,
+        a required part left blank, an email with neither HTML nor text, a webhook body that is not a JSON
+        object when rendered with no data."""
+        found: dict[str, str] = {}
+        for name, rule in PARTS[variant.kind].items():
+            source = variant.part(name)
+            if not source.strip():
+                if rule.required:
+                    found[name] = "required"
+                continue
+            problem = self._liquid_problem(source, html=rule.html)
+            if problem:
+                found[name] = problem
+        if variant.kind == VariantKind.EMAIL and not variant.part("html") and not variant.part("text"):
+            found["text"] = "one of html and text is required"
+        if variant.kind == VariantKind.WEBHOOK and not found:
+            try:
+                self.render_variant(variant, {})
+            except PermanentFailure as failure:
+                found["body"] = f"{failure} (with no data; put values in with the json filter)"
+        return found
+
+    def render_variant(self, variant: Variant, context: Mapping[str, Any]) -> Content:
+        """The content of a variant rendered with a context (template_context); a part that fails to render
+        (or a webhook body that is not a JSON object, an image URL that is not http(s)) is a permanent
+        failure of the message."""
+        rules = PARTS[variant.kind]
+        try:
+            values = {
+                name: self._render_part(variant.part(name), context, rule) for name, rule in rules.items()
+            }
+        except LiquidError as error:
+            raise PermanentFailure(f"template could not be rendered: {_first_line(error)}") from error
+        match variant.kind:
+            case VariantKind.EMAIL:
+                text = values["text"] if variant.part("text") else html_to_text(values["html"])
+                return EmailContent(subject=values["subject"], text=text, html=values["html"])
+            case VariantKind.SMS:
+                return SmsContent(text=values["text"])
+            case VariantKind.PUSH:
+                image = values["image_url"]
+                if image and not image.lower().startswith(("https://", "http://")):
+                    raise PermanentFailure(f"the push image URL is not an http(s) URL: {image[:200]!r}")
+                return PushContent(
+                    title=values["title"], body=values["body"], deep_link=values["deep_link"], image_url=image
+                )
+            case VariantKind.TERMINAL:
+                return TerminalContent(text=values["text"])
+            case VariantKind.WEBHOOK:
+                try:
+                    payload = json.loads(values["body"])
+                except ValueError as error:
+                    raise PermanentFailure(f"the webhook body is not JSON: {error}") from error
+                if not isinstance(payload, dict):
+                    raise PermanentFailure("the webhook body is not a JSON object")
+                return WebhookContent(payload=payload)
+        raise AssertionError(variant.kind)  # pragma: no cover - the match is exhaustive
+
+    def _render_part(self, source: str, context: Mapping[str, Any], rule: _Part) -> str:
+        if not source:
+            return ""
+        rendered = self._parse(source, html=rule.html).render(**context)
+        # One-line parts (a subject is a header line) must not get line breaks from the data.
+        return " ".join(rendered.split()) if rule.one_line else rendered
+
+    def _liquid_problem(self, source: str, *, html: bool) -> str | None:
+        environment = self._html if html else self._text
+        try:
+            template = self._parse(source, html=html)
+        except LiquidError as error:
+            return f"invalid Liquid: {_first_line(error)}"
+        unknown = sorted(f for f in template.analyze().filters if f not in environment.filters)
+        if unknown:
+            return f"invalid Liquid: unknown filter {', '.join(unknown)}"
+        return None
+
     def __init__(self) -> None:
         self._text = _BoundedEnvironment()
         self._html = _BoundedEnvironment(autoescape=True)
@@ -126,15 +317,9 @@ class Renderer:
         ):
             if not source:
                 continue
-            environment = self._html if html else self._text
-            try:
-                template = self._parse(source, html=html)
-            except LiquidError as error:
-                found[name] = f"invalid Liquid: {_first_line(error)}"
-                continue
-            unknown = sorted(f for f in template.analyze().filters if f not in environment.filters)
-            if unknown:
-                found[name] = f"invalid Liquid: unknown filter {', '.join(unknown)}"
+            problem = self._liquid_problem(source, html=html)
+            if problem:
+                found[name] = problem
         return found
 
     def render(self, parts: TemplateParts, context: Mapping[str, Any]) -> Rendered:
@@ -151,6 +336,48 @@ class Renderer:
     @functools.lru_cache(maxsize=512)  # noqa: B019 - one Renderer lives as long as the service
     def _parse(self, source: str, *, html: bool) -> BoundTemplate:
         return (self._html if html else self._text).from_string(source)
+
+
+class _TextOfHtml(HTMLParser):
+    _BLOCKS = frozenset(
+        {"p", "div", "br", "li", "tr", "h1", "h2", "h3", "h4", "h5", "h6", "table", "ul", "ol"}
+    )
+    _HIDDEN = frozenset({"script", "style", "head", "title"})
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.chunks: list[str] = []
+        self._hidden = 0
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag in self._HIDDEN:
+            self._hidden += 1
+        elif tag in self._BLOCKS:
+            self.chunks.append("\n")
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in self._HIDDEN:
+            self._hidden = max(self._hidden - 1, 0)
+        elif tag in self._BLOCKS:
+            self.chunks.append("\n")
+
+    def handle_data(self, data: str) -> None:
+        if not self._hidden:
+            self.chunks.append(re.sub(r"\s+", " ", data))
+
+
+def html_to_text(html: str) -> str:
+    """The text of an HTML body, for an email written with HTML alone: tags dropped, entities decoded, a line
+    per block element."""
+    parser = _TextOfHtml()
+    parser.feed(html)
+    parser.close()
+    lines = (line.strip() for line in "".join(parser.chunks).splitlines())
+    text: list[str] = []
+    for line in lines:
+        if line or (text and text[-1]):
+            text.append(line)
+    return "\n".join(text).strip()
 
 
 def _first_line(error: Exception) -> str:

@@ -196,11 +196,12 @@ async def test_the_templates_stored_before_versions_become_version_1_of_their_ch
                     sa.text("SELECT id, channel, version, archive_time FROM templates")
                 )
             }
-            versions = dict(
-                (await connection.execute(sa.text("SELECT request_id, template_version FROM messages")))
-                .tuples()
-                .all()
-            )
+            versions = {
+                row.request_id: row.template_version
+                for row in await connection.execute(
+                    sa.text("SELECT request_id, template_version FROM messages")
+                )
+            }
         assert variants == {
             "cart": (
                 1,

@@ -111,7 +111,7 @@ class Repository:
         if not show_archived:
             statement = statement.where(Template.archive_time.is_(None))
         rows = await session.execute(statement)
-        return [(template, version) for template, version in rows.tuples()]
+        return [(template, version) for template, version in rows.all()]
 
     async def get_message(self, session: AsyncSession, message_id: uuid.UUID) -> Message | None:
         """The message with this id, if any."""

@@ -223,3 +223,14 @@ def test_variant_problems_name_their_parts() -> None:
         "unknown filter"
         in renderer.variant_problems(Variant(VariantKind.SMS, "", {"text": "{{ x | nope }}"}))["text"]
     )
+
+
+@pytest.mark.parametrize(
+    "body",
+    ['{"a": NaN}', '{"a": Infinity}', "[" * 5000 + "]" * 5000, '{"a":' * 40 + "1" + "}" * 40],
+    ids=["nan", "infinity", "too-deep-for-json", "too-deep-for-a-struct"],
+)
+def test_a_webhook_body_that_a_struct_cannot_hold_is_a_permanent_failure(body: str) -> None:
+    variant = Variant(VariantKind.WEBHOOK, "", {"body": "{{ variables.body }}"})
+    with pytest.raises(PermanentFailure, match="webhook body"):
+        Renderer().render_variant(variant, _context(variables={"body": body}))

@@ -40,7 +40,15 @@ from omni_gateway.wire import (
     variant_from_proto,
 )
 from omni_kit import paging, validation
-from omni_kit.errors import AlreadyExists, FieldViolation, InvalidArgument, NotFound, Unavailable, Violations
+from omni_kit.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    FieldViolation,
+    InvalidArgument,
+    NotFound,
+    Unavailable,
+    Violations,
+)
 from omni_kit.idempotency import idempotent
 
 DEFAULT_PAGE_SIZE = 50
@@ -273,6 +281,10 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
                 data = await self._contacts.data_of(uuid.UUID(request.person_id))
             except TransientFailure as failure:
                 raise Unavailable(message=f"the person's profile cannot be read now: {failure}") from failure
+            except PermanentFailure as failure:
+                raise FailedPrecondition(
+                    message=f"the person's profile cannot be read: {failure}"
+                ) from failure
             traits, cart = data.traits, data.cart
         else:
             traits, cart = struct_to_dict(request.traits), []

@@ -276,13 +276,7 @@ class Renderer:
             case VariantKind.TERMINAL:
                 return TerminalContent(text=values["text"])
             case VariantKind.WEBHOOK:
-                try:
-                    payload = json.loads(values["body"])
-                except ValueError as error:
-                    raise PermanentFailure(f"the webhook body is not JSON: {error}") from error
-                if not isinstance(payload, dict):
-                    raise PermanentFailure("the webhook body is not a JSON object")
-                return WebhookContent(payload=payload)
+                return WebhookContent(payload=_json_object(values["body"]))
         raise AssertionError(variant.kind)  # pragma: no cover - the match is exhaustive
 
     def _render_part(self, source: str, context: Mapping[str, Any], rule: _Part) -> str:
@@ -336,6 +330,36 @@ class Renderer:
     @functools.lru_cache(maxsize=512)  # noqa: B019 - one Renderer lives as long as the service
     def _parse(self, source: str, *, html: bool) -> BoundTemplate:
         return (self._html if html else self._text).from_string(source)
+
+
+MAX_WEBHOOK_DEPTH = 32
+"""How deep a webhook body's JSON may nest (a protobuf Struct holds at most 100 levels)."""
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _json_object(text: str) -> dict[str, Any]:
+    """A rendered webhook body as a JSON object: standard JSON (no NaN or Infinity), nested at most
+    MAX_WEBHOOK_DEPTH levels; anything else is a permanent failure."""
+    try:
+        payload = json.loads(text, parse_constant=_refuse_constant)
+    except (ValueError, RecursionError) as error:
+        raise PermanentFailure(f"the webhook body is not JSON: {error}") from error
+    if not isinstance(payload, dict):
+        raise PermanentFailure("the webhook body is not a JSON object")
+    level: list[dict[str, Any] | list[Any]] = [payload]
+    for _ in range(MAX_WEBHOOK_DEPTH):
+        level = [
+            child
+            for node in level
+            for child in (node.values() if isinstance(node, dict) else node)
+            if isinstance(child, dict | list)
+        ]
+        if not level:
+            return payload
+    raise PermanentFailure(f"the webhook body nests deeper than {MAX_WEBHOOK_DEPTH} levels")
 
 
 class _TextOfHtml(HTMLParser):

@@ -126,6 +126,13 @@ async def test_a_template_with_variants_is_stored_as_version_1_and_answered_whol
     assert created.state == gateway_pb2.TEMPLATE_STATE_ACTIVE
     assert list(created.variants) == COFFEE_VARIANTS
     assert created.channel == common_pb2.CHANNEL_UNSPECIFIED
+    assert list(created.channels) == [
+        common_pb2.CHANNEL_EMAIL,
+        common_pb2.CHANNEL_SMS,
+        common_pb2.CHANNEL_PUSH,
+        common_pb2.CHANNEL_APP,
+        common_pb2.CHANNEL_STORE,
+    ]
     assert (created.subject, created.body_text, created.body_html) == ("", "", "")
     assert created.HasField("create_time") and created.update_time == created.create_time
     assert not created.HasField("archive_time")
@@ -143,6 +150,7 @@ async def test_a_template_written_for_one_channel_is_its_variant_and_reads_as_be
     ).template
 
     assert fetched.channel == common_pb2.CHANNEL_EMAIL
+    assert list(fetched.channels) == [common_pb2.CHANNEL_EMAIL]
     assert (fetched.subject, fetched.body_text, fetched.body_html) == (
         CART_TEMPLATE.subject,
         CART_TEMPLATE.body_text,

@@ -78,6 +78,11 @@ class StoredTemplate:
     def archived(self) -> bool:
         return self.archive_time is not None
 
+    def channels(self) -> list[Channel]:
+        """The channels this version can be sent on (those whose variant kind it has)."""
+        kinds = set(self.kinds())
+        return [channel for channel, kind in CHANNEL_KINDS.items() if kind in kinds]
+
     def kinds(self) -> list[VariantKind]:
         """The kinds this version has variants of, in VariantKind's order."""
         present = {v.kind for v in self.variants}

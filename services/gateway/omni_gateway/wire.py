@@ -104,6 +104,7 @@ def template_to_proto(template: StoredTemplate) -> gateway_pb2.Template:
         state=gateway_pb2.TEMPLATE_STATE_ARCHIVED if template.archived else gateway_pb2.TEMPLATE_STATE_ACTIVE,
         update_time=timestamp(template.update_time),
         archive_time=timestamp(template.archive_time),
+        channels=[channel_to_proto(c) for c in template.channels()],
     )
 
 

@@ -212,7 +212,7 @@ def test_variant_problems_name_their_parts() -> None:
     renderer = Renderer()
     assert renderer.variant_problems(Variant(VariantKind.EMAIL, "", {"subject": " "})) == {
         "subject": "required",
-        "text": "one of html and text is required",
+        "text": "one of html, mjml and text is required",
     }
     problems = renderer.variant_problems(Variant(VariantKind.WEBHOOK, "", {"body": '{"a": {{ x }}}'}))
     assert "not JSON" in problems["body"]

@@ -33,10 +33,20 @@ from .support import (
 )
 
 
-def _email(subject: str, text: str = "", html: str = "", locale: str = "") -> gateway_pb2.TemplateVariant:
+def _email(
+    subject: str, text: str = "", html: str = "", locale: str = "", mjml: str = ""
+) -> gateway_pb2.TemplateVariant:
     return gateway_pb2.TemplateVariant(
-        locale=locale, email=gateway_pb2.EmailVariant(subject=subject, text=text, html=html)
+        locale=locale, email=gateway_pb2.EmailVariant(subject=subject, text=text, html=html, mjml=mjml)
     )
+
+
+MJML = (
+    "<mjml><mj-body><mj-section><mj-column>"
+    "<mj-text>Your 10th coffee is free, {{ traits.first_name | default: 'friend' }}</mj-text>"
+    '<mj-button href="https://coffee.example/offers/{{ variables.code }}">Show the coupon</mj-button>'
+    "</mj-column></mj-section></mj-body></mjml>"
+)
 
 
 def _sms(text: str, locale: str = "") -> gateway_pb2.TemplateVariant:
@@ -368,6 +378,28 @@ async def test_an_email_written_with_html_alone_gets_its_text_from_the_html(
     assert text is not None and text.get_content().replace("\r\n", "\n").strip() == "Hello & welcome\n\n<C10>"
 
 
+async def test_an_mjml_email_is_sent_as_the_html_it_compiles_to(
+    gateway: Gateway, neighbours: Neighbours, smtp_sink: SmtpSink
+) -> None:
+    email = f"{unique('mjml-')}@example.com"
+    person_id = await create_person(neighbours, email, consent=True)
+    await _set_traits(neighbours, person_id, first_name="<Mia>")
+    created = await _create(gateway, [_email("Coffee", mjml=MJML)])
+
+    message = (await gateway.stub.SendMessage(send_request(person_id, created.id, code="C10"))).message
+
+    assert message.status == gateway_pb2.MESSAGE_STATUS_SENT, message.error
+    received = await smtp_sink.wait_for(lambda m: m["To"] == email)
+    html = received.get_body(preferencelist=("html",))
+    text = received.get_body(preferencelist=("plain",))
+    assert html is not None and text is not None
+    assert html.get_content().startswith("<!doctype html>")
+    assert "<mj-" not in html.get_content()
+    assert "free, &lt;Mia&gt;" in html.get_content()
+    assert 'href="https://coffee.example/offers/C10"' in html.get_content()
+    assert "Your 10th coffee is free, <Mia>" in text.get_content()
+
+
 async def test_a_send_on_a_channel_the_template_has_no_variant_for_is_invalid(
     gateway: Gateway, neighbours: Neighbours
 ) -> None:
@@ -603,6 +635,17 @@ async def test_a_variant_that_fails_to_render_is_answered_with_its_error(gateway
         ([_email("s")], {}, {"template.variants[0].email.text"}),
         ([_email("s", html="<p>{% if x %}</p>")], {}, {"template.variants[0].email.html"}),
         ([_email("s\x00", text="x")], {}, {"template.variants[0].email.subject"}),
+        ([_email("s", mjml="<mjml><mj-body>")], {}, {"template.variants[0].email.mjml"}),
+        ([_email("s", html="<p>x</p>", mjml=MJML)], {}, {"template.variants[0].email.mjml"}),
+        (
+            [
+                _email(
+                    "s", mjml='<mjml><mj-body><mj-include path="/etc/passwd" type="html" /></mj-body></mjml>'
+                )
+            ],
+            {},
+            {"template.variants[0].email.mjml"},
+        ),
         ([_terminal("")], {}, {"template.variants[0].terminal.text"}),
         ([_webhook('{"a": {{ x }}}')], {}, {"template.variants[0].webhook.body"}),
         ([_webhook("[1]")], {}, {"template.variants[0].webhook.body"}),
@@ -635,6 +678,9 @@ async def test_a_variant_that_fails_to_render_is_answered_with_its_error(gateway
         "email-no-body",
         "bad-html",
         "control-character",
+        "bad-mjml",
+        "html-and-mjml",
+        "mjml-include",
         "blank-terminal",
         "webhook-not-json",
         "webhook-not-object",

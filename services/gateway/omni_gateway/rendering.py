@@ -29,6 +29,7 @@ from enum import StrEnum
 from html.parser import HTMLParser
 from typing import Any
 
+import mjml
 from liquid import BoundTemplate, Environment, Undefined
 from liquid.exceptions import LiquidError
 
@@ -86,6 +87,7 @@ PARTS: dict[VariantKind, dict[str, _Part]] = {
         "subject": _Part(required=True, one_line=True),
         "html": _Part(html=True),
         "text": _Part(),
+        "mjml": _Part(html=True),
     },
     VariantKind.SMS: {"text": _Part(required=True)},
     VariantKind.PUSH: {
@@ -240,8 +242,17 @@ class Renderer:
             problem = self._liquid_problem(source, html=rule.html)
             if problem:
                 found[name] = problem
-        if variant.kind == VariantKind.EMAIL and not variant.part("html") and not variant.part("text"):
-            found["text"] = "one of html and text is required"
+        if variant.kind == VariantKind.EMAIL:
+            html, mjml_source = variant.part("html"), variant.part("mjml")
+            if html and mjml_source:
+                found.setdefault("mjml", "give html or mjml, not both")
+            elif not (html or mjml_source or variant.part("text")):
+                found["text"] = "one of html, mjml and text is required"
+            elif mjml_source and "mjml" not in found:
+                try:
+                    mjml_to_html(self._render_part(mjml_source, {}, PARTS[VariantKind.EMAIL]["mjml"]))
+                except (PermanentFailure, LiquidError) as failure:
+                    found["mjml"] = f"{failure} (with no data)"
         if variant.kind == VariantKind.WEBHOOK and not found:
             try:
                 self.render_variant(variant, {})
@@ -262,8 +273,9 @@ class Renderer:
             raise PermanentFailure(f"template could not be rendered: {_first_line(error)}") from error
         match variant.kind:
             case VariantKind.EMAIL:
-                text = values["text"] if variant.part("text") else html_to_text(values["html"])
-                return EmailContent(subject=values["subject"], text=text, html=values["html"])
+                html = mjml_to_html(values["mjml"]) if variant.part("mjml") else values["html"]
+                text = values["text"] if variant.part("text") else html_to_text(html)
+                return EmailContent(subject=values["subject"], text=text, html=html)
             case VariantKind.SMS:
                 return SmsContent(text=values["text"])
             case VariantKind.PUSH:
@@ -330,6 +342,20 @@ class Renderer:
     @functools.lru_cache(maxsize=512)  # noqa: B019 - one Renderer lives as long as the service
     def _parse(self, source: str, *, html: bool) -> BoundTemplate:
         return (self._html if html else self._text).from_string(source)
+
+
+def _no_includes(path: str) -> str:
+    raise ValueError(f"mj-include is not allowed ({path[:100]!r})")
+
+
+def mjml_to_html(source: str) -> str:
+    """An MJML document compiled to an HTML email body (mjml-python, a binding of MRML, the Rust port of
+    MJML); `mj-include` is refused (a template must not read files); an invalid document is a permanent
+    failure."""
+    try:
+        return mjml.mjml2html(source, include_loader=_no_includes)
+    except ValueError as error:
+        raise PermanentFailure(f"invalid MJML: {error}") from error
 
 
 MAX_WEBHOOK_DEPTH = 32

@@ -831,3 +831,36 @@ async def test_a_bad_preview_request_is_invalid(
 
     assert details.code == grpc.StatusCode.INVALID_ARGUMENT
     assert details.fields == bad_fields
+
+
+@pytest.mark.parametrize(
+    ("method", "request_", "bad_fields"),
+    [
+        ("GetTemplate", gateway_pb2.GetTemplateRequest(template_id="ok", version=-1), {"version"}),
+        ("GetTemplate", gateway_pb2.GetTemplateRequest(template_id="Not OK"), {"template_id"}),
+        ("ArchiveTemplate", gateway_pb2.ArchiveTemplateRequest(template_id=""), {"template_id"}),
+        ("ArchiveTemplate", gateway_pb2.ArchiveTemplateRequest(template_id="x" * 65), {"template_id"}),
+        ("UpdateTemplate", gateway_pb2.UpdateTemplateRequest(), {"template"}),
+        (
+            "UpdateTemplate",
+            gateway_pb2.UpdateTemplateRequest(
+                template=gateway_pb2.Template(id="Bad Id", variants=[_sms("x")])
+            ),
+            {"template.id"},
+        ),
+    ],
+    ids=[
+        "negative-version",
+        "bad-id",
+        "archive-no-id",
+        "archive-long-id",
+        "update-no-template",
+        "update-bad-id",
+    ],
+)
+async def test_bad_ids_and_versions_are_invalid(
+    gateway: Gateway, method: str, request_: Any, bad_fields: set[str]
+) -> None:
+    details = await _refused(getattr(gateway.stub, method), request_)
+    assert details.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert details.fields == bad_fields

@@ -10,15 +10,12 @@ from omni_gateway.rendering import (
     CartLine,
     Renderer,
     TemplateParts,
-    Variant,
-    VariantKind,
-    choose_variant,
-    fallback_chain,
     format_amount,
     html_to_text,
     plain_values,
     template_context,
 )
+from omni_gateway.variants import Variant, VariantKind, choose_variant, fallback_chain
 
 CART = [
     CartLine(product_id="sku-1", name="Trail Shoes", quantity=2, unit_price_minor=8999, currency="EUR"),

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import uuid
-from dataclasses import replace
 
 import grpc
 
@@ -11,24 +10,24 @@ from omni.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from omni_gateway.contacts import Contacts
 from omni_gateway.delivery import Delivery, Transaction
 from omni_gateway.domain import Channel, PermanentFailure, TransientFailure
-from omni_gateway.rendering import (
-    Renderer,
-    TemplateParts,
-    Variant,
-    VariantKind,
-    choose_variant,
-    locale_of,
-    template_context,
-)
+from omni_gateway.rendering import Renderer, TemplateParts, template_context
 from omni_gateway.repository import Repository
+from omni_gateway.template_requests import (
+    LEGACY_FIELDS,
+    change_one_channel,
+    check_one_channel,
+    check_template_size,
+    request_variants,
+    update_paths,
+)
 from omni_gateway.templates import (
     StoredTemplate,
     Templates,
     kind_of,
-    legacy_parts,
     legacy_variant,
     variant_problems,
 )
+from omni_gateway.variants import Variant, choose_variant, locale_of
 from omni_gateway.wire import (
     channel_from_proto,
     check_variables,
@@ -37,7 +36,6 @@ from omni_gateway.wire import (
     parse_send_request,
     struct_to_dict,
     template_to_proto,
-    variant_from_proto,
 )
 from omni_kit import paging, validation
 from omni_kit.errors import (
@@ -47,18 +45,12 @@ from omni_kit.errors import (
     InvalidArgument,
     NotFound,
     Unavailable,
-    Violations,
 )
 from omni_kit.idempotency import idempotent
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 500
-MAX_VARIANTS_BYTES = 1024 * 1024
-"""A template's variants together, in their protobuf encoding (gateway.proto)."""
 _TEMPLATES_PAGE = "templates"
-_LEGACY_FIELDS = ("subject", "body_text", "body_html")
-_UPDATABLE_FIELDS = frozenset({"variants", "*", *_LEGACY_FIELDS})
-_FIXED_FIELDS = frozenset({"id", "channel", "version", "state", "create_time", "update_time", "archive_time"})
 
 
 class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
@@ -86,7 +78,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
     ) -> gateway_pb2.CreateTemplateResponse:
         """Store a template at version 1 after checking its id and content, once per request id; the id must
         be new. Written with variants, or the old way for one channel (subject and bodies, made its variant)."""
-        violations = self._check_counts(request.template, "template")
+        violations = check_template_size(request.template)
         if not violations:
             validation.check(request, violations)
         if not request.HasField("template"):
@@ -103,16 +95,16 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
             if template.channel:
                 violations.add("template.channel", "leave unspecified when giving variants")
             if not violations:
-                variants = self._variants(template, violations)
+                variants = request_variants(template, self._renderer, violations)
         else:
             channel = channel_from_proto(template.channel)
             if channel is None:
                 violations.add("template.channel", "required (or give variants)")
             parts = TemplateParts(template.subject, template.body_text, template.body_html)
-            self._check_legacy(channel, parts, {"subject", "body_text", "body_html"}, violations)
+            check_one_channel(channel, parts, set(LEGACY_FIELDS), self._renderer, violations)
             if channel is not None and not violations:
                 variant = legacy_variant(channel, template.subject, template.body_text, template.body_html)
-                assert variant is not None  # _check_legacy refused channels without variants
+                assert variant is not None  # check_one_channel refused channels without variants
                 variants = [variant]
         violations.raise_if_any("the template is not valid")
         async with self._transaction() as session:
@@ -149,37 +141,25 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
     ) -> gateway_pb2.UpdateTemplateResponse:
         """Store the next version of a template with the fields the mask names changed, once per request id;
         an update that changes nothing answers the latest version."""
-        violations = self._check_counts(request.template, "template")
+        violations = check_template_size(request.template)
         if not violations:
             validation.check(request, violations)
         if not request.HasField("template"):
             violations.raise_if_any("the template is missing")
         template = request.template
-        paths = set()
-        for index, path in enumerate(request.update_mask.paths or ["*"]):
-            if path in _FIXED_FIELDS:
-                violations.add(f"update_mask.paths[{index}]", f"{path} cannot be changed")
-            elif path not in _UPDATABLE_FIELDS:
-                violations.add(
-                    f"update_mask.paths[{index}]",
-                    "not a field of a template that can be changed: variants, subject, body_text, body_html or *",
-                )
-            else:
-                paths.add(path)
-        if "*" in paths:
-            paths = {"variants"} if template.variants else set(_LEGACY_FIELDS)
+        paths = update_paths(request, violations)
         new_variants: list[Variant] | None = None
         if "variants" in paths and not violations:
-            new_variants = self._variants(template, violations)
+            new_variants = request_variants(template, self._renderer, violations)
             if not template.variants:
                 violations.add("template.variants", "a template needs at least one variant")
-        legacy_fields = paths & set(_LEGACY_FIELDS)
+        legacy_fields = paths & set(LEGACY_FIELDS)
         violations.raise_if_any("the template is not valid")
 
         def change(latest: StoredTemplate) -> list[Variant]:
             variants = list(latest.variants) if new_variants is None else new_variants
             if legacy_fields:
-                variants = self._legacy_change(latest, variants, template, legacy_fields)
+                variants = change_one_channel(latest, variants, template, legacy_fields, self._renderer)
             problems = variant_problems(variants, self._renderer)
             if problems:
                 raise InvalidArgument(
@@ -303,76 +283,6 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
             else:
                 response.variants.append(content_to_proto(content, kind, variant.locale))
         return response
-
-    def _check_counts(self, template: gateway_pb2.Template, prefix: str) -> Violations:
-        """The variants' count and size, before protovalidate reads them all."""
-        violations = validation.check_counts(template, prefix=prefix)
-        size = sum(v.ByteSize() for v in template.variants)
-        if size > MAX_VARIANTS_BYTES:
-            violations.add(f"{prefix}.variants", f"at most {MAX_VARIANTS_BYTES} bytes encoded, not {size}")
-        return violations
-
-    def _variants(self, template: gateway_pb2.Template, violations: Violations) -> list[Variant]:
-        """The request's variants, their problems added to violations ("template.variants[1].sms.text")."""
-        variants = [variant_from_proto(v) for v in template.variants]
-        for path, problem in variant_problems(variants, self._renderer):
-            violations.add(f"template.variants{path}", problem)
-        return variants
-
-    def _check_legacy(
-        self, channel: Channel | None, parts: TemplateParts, fields: set[str], violations: Violations
-    ) -> None:
-        """What gateway.proto cannot say of a template written for one channel: the channel must have
-        variants, the text is required and so is a subject for email (the title for push), and the Liquid of
-        the fields given must parse."""
-        if channel is not None and kind_of(channel) is None:
-            violations.add(
-                "template.channel",
-                f"{channel.value} has no template variant (email, SMS, push, app and store have)",
-            )
-        if "body_text" in fields and not parts.body_text.strip():
-            violations.add("template.body_text", "required")
-        if "subject" in fields and not parts.subject.strip():
-            if channel == Channel.EMAIL:
-                violations.add("template.subject", "required for email")
-            elif channel is not None and kind_of(channel) == VariantKind.PUSH:
-                violations.add("template.subject", "required for push (the title)")
-        if not violations:
-            for name, problem in self._renderer.problems(parts).items():
-                if name in fields:
-                    violations.add(f"template.{name}", problem)
-
-    def _legacy_change(
-        self,
-        latest: StoredTemplate,
-        variants: list[Variant],
-        template: gateway_pb2.Template,
-        fields: set[str],
-    ) -> list[Variant]:
-        """The variants with the parts of a template written for one channel changed as the request's
-        subject and bodies say (the fields in the mask)."""
-        if latest.channel is None:
-            raise InvalidArgument(
-                message="subject and bodies belong to templates written for one channel",
-                violations=[
-                    FieldViolation(
-                        "update_mask", f"template {latest.id!r} has variants: change variants instead"
-                    )
-                ],
-            )
-        current = legacy_parts(replace(latest, variants=tuple(variants)))
-        parts = TemplateParts(
-            subject=template.subject if "subject" in fields else current.subject,
-            body_text=template.body_text if "body_text" in fields else current.body_text,
-            body_html=template.body_html if "body_html" in fields else current.body_html,
-        )
-        violations = Violations()
-        self._check_legacy(latest.channel, parts, fields | {"body_text", "subject"}, violations)
-        violations.raise_if_any("the template is not valid")
-        variant = legacy_variant(latest.channel, parts.subject, parts.body_text, parts.body_html)
-        assert variant is not None
-        others = [v for v in variants if (v.kind, v.locale) != (variant.kind, "")]
-        return [variant, *others]
 
     async def SendMessage(
         self, request: gateway_pb2.SendMessageRequest, context: grpc.aio.ServicerContext

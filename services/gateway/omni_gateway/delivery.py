@@ -46,11 +46,12 @@ from omni_gateway.email_message import build_email
 from omni_gateway.events import stage_outcome
 from omni_gateway.models import Message
 from omni_gateway.providers.base import EmailContent
-from omni_gateway.rendering import Rendered, Renderer, locale_of, template_context
+from omni_gateway.rendering import Rendered, Renderer, template_context
 from omni_gateway.repository import Repository
 from omni_gateway.retry import DELIVERY_ATTEMPT, RetryPolicy
 from omni_gateway.smtp import Mailer
 from omni_gateway.templates import Templates
+from omni_gateway.variants import locale_of
 from omni_gateway.wire import channel_to_proto, send_fingerprint
 from omni_kit import contact
 from omni_kit.bus import Outbox

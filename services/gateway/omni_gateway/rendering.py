@@ -1,9 +1,8 @@
 """Liquid templates: checking their syntax when stored, and rendering them with a person's data when sent.
 
-A template holds variants (`Variant`): the parts of one kind of content (email, SMS, push, store terminal,
-webhook) in one locale, each part a Liquid source. `Renderer.render_variant` makes a variant the `Content` a
-channel provider is given (providers/base.py); `choose_variant` picks the variant of a locale by the fallback
-chain ("de-AT" → "de" → the default). The parts of a template written for one channel the old way
+`Renderer.render_variant` makes a template's variant (variants.py) the `Content` a channel provider is given
+(providers/base.py): Liquid, then for an email written in MJML the compiled HTML, for a webhook the JSON
+object. The parts of a template written for one channel the old way
 (`TemplateParts`: subject, text, HTML) render with `Renderer.render`, as before.
 
 A template sees:
@@ -22,10 +21,9 @@ from __future__ import annotations
 import functools
 import json
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
-from enum import StrEnum
 from html.parser import HTMLParser
 from typing import Any
 
@@ -42,6 +40,7 @@ from omni_gateway.providers.base import (
     TerminalContent,
     WebhookContent,
 )
+from omni_gateway.variants import PARTS, Part, Variant, VariantKind
 from omni_kit.money import minor_unit_digits
 
 
@@ -62,92 +61,6 @@ class _BoundedEnvironment(Environment):
     def setup_tags_and_filters(self, *, extra: bool = False) -> None:
         super().setup_tags_and_filters(extra=extra)
         self.filters["json"] = json_filter
-
-
-class VariantKind(StrEnum):
-    """What a variant holds: the content of one kind of channel (providers/base.py's Content types)."""
-
-    EMAIL = "email"
-    SMS = "sms"
-    PUSH = "push"
-    TERMINAL = "terminal"
-    WEBHOOK = "webhook"
-
-
-@dataclass(frozen=True)
-class _Part:
-    required: bool = False
-    html: bool = False
-    one_line: bool = False
-
-
-# The parts of each kind, in order. Sizes are capped by gateway.proto (protovalidate), not here.
-PARTS: dict[VariantKind, dict[str, _Part]] = {
-    VariantKind.EMAIL: {
-        "subject": _Part(required=True, one_line=True),
-        "html": _Part(html=True),
-        "text": _Part(),
-        "mjml": _Part(html=True),
-    },
-    VariantKind.SMS: {"text": _Part(required=True)},
-    VariantKind.PUSH: {
-        "title": _Part(required=True, one_line=True),
-        "body": _Part(),
-        "deep_link": _Part(one_line=True),
-        "image_url": _Part(one_line=True),
-    },
-    VariantKind.TERMINAL: {"text": _Part(required=True)},
-    VariantKind.WEBHOOK: {"body": _Part(required=True)},
-}
-
-
-@dataclass(frozen=True)
-class Variant:
-    """One kind of content in one locale ("" is the default): each part's Liquid source by name (PARTS)."""
-
-    kind: VariantKind
-    locale: str
-    parts: Mapping[str, str]
-
-    def part(self, name: str) -> str:
-        return self.parts.get(name, "")
-
-    def to_json(self) -> dict[str, str]:
-        """As stored (template_versions.variants): kind, locale and every part of the kind."""
-        return {"kind": self.kind.value, "locale": self.locale, **{n: self.part(n) for n in PARTS[self.kind]}}
-
-    @classmethod
-    def from_json(cls, value: Mapping[str, Any]) -> Variant:
-        kind = VariantKind(value["kind"])
-        return cls(kind, str(value.get("locale", "")), {n: str(value.get(n, "")) for n in PARTS[kind]})
-
-
-def locale_key(locale: str) -> str:
-    """A locale as compared: BCP 47 tags ignore case, and "_" (as in "de_AT") counts as "-"."""
-    return locale.strip().replace("_", "-").lower()
-
-
-def fallback_chain(locale: str) -> list[str]:
-    """The locales tried for a locale, most specific first, ending at the default: "de-AT" → ["de-at",
-    "de", ""]."""
-    subtags = [s for s in locale_key(locale).split("-") if s]
-    chain = ["-".join(subtags[:n]) for n in range(len(subtags), 0, -1)]
-    return [*chain, ""]
-
-
-def choose_variant(variants: Iterable[Variant], kind: VariantKind, locale: str) -> Variant | None:
-    """The variant of a kind for a locale, falling back as fallback_chain says; None if the kind has none."""
-    by_locale = {locale_key(v.locale): v for v in variants if v.kind == kind}
-    for candidate in fallback_chain(locale):
-        if candidate in by_locale:
-            return by_locale[candidate]
-    return None
-
-
-def locale_of(traits: Mapping[str, Any]) -> str:
-    """The locale a person's messages are rendered in: their `locale` trait, if it is a string."""
-    value = traits.get("locale")
-    return value.strip() if isinstance(value, str) else ""
 
 
 @dataclass(frozen=True)
@@ -291,7 +204,7 @@ class Renderer:
                 return WebhookContent(payload=_json_object(values["body"]))
         raise AssertionError(variant.kind)  # pragma: no cover - the match is exhaustive
 
-    def _render_part(self, source: str, context: Mapping[str, Any], rule: _Part) -> str:
+    def _render_part(self, source: str, context: Mapping[str, Any], rule: Part) -> str:
         if not source:
             return ""
         rendered = self._parse(source, html=rule.html).render(**context)

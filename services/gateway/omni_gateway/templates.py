@@ -25,15 +25,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from omni_gateway.domain import Channel, PermanentFailure
 from omni_gateway.models import Template, TemplateVersion
 from omni_gateway.providers.base import Content
-from omni_gateway.rendering import (
-    Renderer,
-    TemplateParts,
-    Variant,
-    VariantKind,
-    choose_variant,
-    locale_key,
-)
+from omni_gateway.rendering import Renderer, TemplateParts
 from omni_gateway.repository import Repository
+from omni_gateway.variants import Variant, VariantKind, choose_variant, locale_key
 from omni_kit.errors import FailedPrecondition, FieldViolation, InvalidArgument, NotFound
 
 Transaction = Callable[[], AbstractAsyncContextManager[AsyncSession]]

@@ -22,8 +22,8 @@ from omni_gateway.providers.base import (
     TerminalContent,
     WebhookContent,
 )
-from omni_gateway.rendering import Variant, VariantKind
 from omni_gateway.templates import StoredTemplate, legacy_parts
+from omni_gateway.variants import Variant, VariantKind
 from omni_kit import validation
 from omni_kit.errors import Violations, check_json_text
 from omni_kit.idempotency import fingerprint

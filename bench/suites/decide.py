@@ -1,8 +1,10 @@
 """Decisioning: Decide at 1,000 calls/s from its own read model of segment memberships.
 
-Memberships reach decisioning as they would in a deployment: real segmentation.person_entered_segment
-envelopes on the event log, applied by decisioning's consumer. The suite waits until a sample of persons
-decides as their memberships say, which also gives how fast the read model is fed.
+The read model holds a million persons (a few thousand in a quick run), seeded by COPY, in 3 of 10 segments
+each; a further 600 persons' memberships reach decisioning as they would in a deployment: real
+segmentation.person_entered_segment envelopes on the event log, applied by decisioning's consumer. The suite
+waits until a sample of both decides as their memberships say, which also gives how fast the read model is
+fed. 50 offers, 30 of them restricted to a segment.
 """
 
 from __future__ import annotations
@@ -13,12 +15,13 @@ import random
 import time
 import uuid
 from collections.abc import Callable
+from datetime import UTC, datetime
 
 import grpc
 import nats
 
 from bench.children import ServiceProcess
-from bench.context import BenchContext, log
+from bench.context import BenchContext, Database, log
 from bench.measure import capacity_and_latency, latency_results
 from bench.results import Result
 from omni.common.v1 import common_pb2
@@ -30,8 +33,12 @@ from omni_kit.bus import make_envelope, subject_for
 SUITE = "decide"
 RATE = 1000.0
 SEED = 41
-OFFERS = 20
+OFFERS = 50
+RESTRICTED = 30
 SEGMENTS = 10
+SEEDED = 1_000_000
+SEEDED_QUICK = 20_000
+LIMIT = 3
 SEGMENTS_PER_PERSON = 3
 TOUCHPOINTS = ("web_home", "app_home", "pos_checkout", "email_footer")
 ENTERED = "segmentation.person_entered_segment"
@@ -63,7 +70,9 @@ async def run(ctx: BenchContext) -> list[Result]:
             ) as decisioning,
             ctx.channel(decisioning.target) as channel,
         ):
-            return await _run(ctx, rng, namespace, persons, segments, memberships, decisioning, channel)
+            return await _run(
+                ctx, rng, namespace, database, persons, segments, memberships, decisioning, channel
+            )
 
 
 async def _create_segments(
@@ -93,6 +102,7 @@ async def _run(
     ctx: BenchContext,
     rng: random.Random,
     namespace: str,
+    database: Database,
     persons: list[uuid.UUID],
     segments: list[uuid.UUID],
     memberships: dict[uuid.UUID, set[uuid.UUID]],
@@ -102,8 +112,8 @@ async def _run(
     stub = decisioning_pb2_grpc.DecisioningServiceStub(channel)
     offers = []
     for i in range(OFFERS):
-        # Two thirds restricted to a segment; some offers at every touchpoint, others at one or two.
-        segment = str(segments[i % SEGMENTS]) if i < 2 * OFFERS // 3 else ""
+        # RESTRICTED of them restricted to a segment; some offers at every touchpoint, others at one or two.
+        segment = str(segments[i % SEGMENTS]) if i < RESTRICTED else ""
         touchpoints = [] if i % 4 == 0 else rng.sample(TOUCHPOINTS, rng.randint(1, 2))
         offer = decisioning_pb2.Offer(
             name=f"bench offer {i} {namespace}",
@@ -115,28 +125,41 @@ async def _run(
         created = await stub.CreateOffer(decisioning_pb2.CreateOfferRequest(offer=offer), timeout=5.0)
         offers.append(created.offer)
 
-    def expected(person: uuid.UUID, touchpoint: str) -> set[str]:
-        return {
-            o.id
-            for o in offers
-            if (not o.segment_id or uuid.UUID(o.segment_id) in memberships[person])
-            and (not o.touchpoints or touchpoint in o.touchpoints)
-        }
+    # Offers rank by priority, then age (the order they were created in).
+    ranking = sorted(range(len(offers)), key=lambda i: (-offers[i].priority, i))
 
+    def expected(person: uuid.UUID, touchpoint: str) -> list[str]:
+        segments_of = memberships.get(person) or _seeded_segments(person, segments)
+        return [
+            offers[i].id
+            for i in ranking
+            if (not offers[i].segment_id or uuid.UUID(offers[i].segment_id) in segments_of)
+            and (not offers[i].touchpoints or touchpoint in offers[i].touchpoints)
+        ][:20]
+
+    seeded = SEEDED_QUICK if ctx.quick else SEEDED
+    seeded_in = await _seed_memberships(ctx, database, seeded, segments)
+    log(
+        f"decide read model: {seeded * SEGMENTS_PER_PERSON:,} memberships seeded by COPY in {seeded_in:.1f} s"
+    )
     published_at = time.monotonic()
     await _publish_memberships(ctx, namespace, memberships)
     published_in = time.monotonic() - published_at
-    sample = [*rng.sample(persons, 50), persons[-1]]
+    seeded_sample = [_seeded_person(rng.randrange(seeded)) for _ in range(50)]
+    sample = [*rng.sample(persons, 50), persons[-1], *seeded_sample]
     applied_in = await _wait_applied(stub, sample, expected, timeout_s=180.0) + published_in
     count = len(persons) * SEGMENTS_PER_PERSON
     log(f"decide read model: {count} memberships applied in {applied_in:.1f} s")
 
     requests = [
         decisioning_pb2.DecideRequest(
-            person_id=str(rng.choice(persons)),
+            # Mostly the seeded million (their rows are spread over the whole table), some event-fed persons.
+            person_id=str(
+                _seeded_person(rng.randrange(seeded)) if rng.random() < 0.9 else rng.choice(persons)
+            ),
             touchpoint=rng.choice(TOUCHPOINTS),
             channel=common_pb2.CHANNEL_WEB,
-            limit=3,
+            limit=LIMIT,
         )
         for _ in range(1000)
     ]
@@ -155,9 +178,10 @@ async def _run(
         measured,
         rate=RATE,
         target_p99_ms=10.0,
-        notes=f"{OFFERS} offers ({2 * OFFERS // 3} segment-restricted), {len(persons):,} persons in "
-        f"{SEGMENTS_PER_PERSON} of {SEGMENTS} segments each, limit 3. Each decision is logged and announced "
-        "(outbox). Open loop, latency from the scheduled send time.",
+        notes=f"{OFFERS} offers ({RESTRICTED} segment-restricted), a read model of {seeded:,} persons seeded "
+        f"and {len(persons):,} fed by events, in {SEGMENTS_PER_PERSON} of {SEGMENTS} segments each, limit "
+        f"{LIMIT}. Each decision is logged and announced (outbox). Open loop, latency from the scheduled send "
+        "time.",
     )
     results.append(
         Result(
@@ -201,10 +225,40 @@ async def _publish_memberships(
         await connection.close()
 
 
+def _seeded_person(n: int) -> uuid.UUID:
+    """The n-th seeded person's id (derived, so a million need not be kept in the suite's memory)."""
+    return uuid.UUID(int=random.Random(f"person-{SEED}-{n}").getrandbits(128), version=4)
+
+
+def _seeded_segments(person: uuid.UUID, segments: list[uuid.UUID]) -> set[uuid.UUID]:
+    """The segments a seeded person is a member of (derived from its id)."""
+    return set(random.Random(person.int).sample(segments, SEGMENTS_PER_PERSON))
+
+
+async def _seed_memberships(
+    ctx: BenchContext, database: Database, count: int, segments: list[uuid.UUID]
+) -> float:
+    """COPY `count` persons' memberships into decisioning's read model, in chunks; return seconds."""
+    started = time.monotonic()
+    as_of = datetime.now(UTC)
+    async with ctx.connect(database) as connection:
+        for first in range(0, count, 50_000):
+            records = [
+                (person, segment, True, as_of)
+                for person in (_seeded_person(n) for n in range(first, min(count, first + 50_000)))
+                for segment in _seeded_segments(person, segments)
+            ]
+            await connection.copy_records_to_table(
+                "memberships", records=records, columns=("person_id", "segment_id", "is_member", "as_of")
+            )
+        await connection.execute("ANALYZE memberships")
+    return time.monotonic() - started
+
+
 async def _wait_applied(
     stub: decisioning_pb2_grpc.DecisioningServiceStub,
     sample: list[uuid.UUID],
-    expected: Callable[[uuid.UUID, str], set[str]],
+    expected: Callable[[uuid.UUID, str], list[str]],
     *,
     timeout_s: float,
 ) -> float:
@@ -221,7 +275,7 @@ async def _wait_applied(
                 decisioning_pb2.DecideRequest(person_id=str(person), touchpoint=touchpoint, limit=20),
                 timeout=5.0,
             )
-            if {a.offer_id for a in response.actions} != expected(person, touchpoint):
+            if [a.offer_id for a in response.actions] != expected(person, touchpoint):
                 still.append(person)
         waiting = still
         if waiting:

@@ -45,6 +45,14 @@ def _neighbour_settings(postgres: EmbeddedPostgres, nats_server: EmbeddedNats, p
 async def decisioning(postgres: EmbeddedPostgres, nats_server: EmbeddedNats) -> AsyncIterator[Decisioning]:
     """Decisioning on a fresh database and namespace for the whole module, with a subscriber on its events,
     and the segmentation and gateway it asks whether a new journey's segment and template exist."""
+    async for running in decisioning_with_neighbours(postgres, nats_server):
+        yield running
+
+
+async def decisioning_with_neighbours(
+    postgres: EmbeddedPostgres, nats_server: EmbeddedNats, **extra: Any
+) -> AsyncIterator[Decisioning]:
+    """Decisioning (with `extra` settings) and the segmentation and gateway it asks at creates."""
     async with contextlib.AsyncExitStack() as stack:
         neighbours = []
         for prefix in ("dec_segmentation", "dec_gateway"):
@@ -64,6 +72,7 @@ async def decisioning(postgres: EmbeddedPostgres, nats_server: EmbeddedNats) -> 
             nats_server,
             segmentation_target=f"127.0.0.1:{segmentation.port}",
             gateway_target=f"127.0.0.1:{gateway.port}",
+            **extra,
         ):
             running.segmentation = segmentation_pb2_grpc.SegmentationServiceStub(segmentation_channel)
             running.gateway = gateway_pb2_grpc.GatewayServiceStub(gateway_channel)
@@ -71,7 +80,12 @@ async def decisioning(postgres: EmbeddedPostgres, nats_server: EmbeddedNats) -> 
 
 
 async def _decisioning(
-    postgres: EmbeddedPostgres, nats_server: EmbeddedNats, *, segmentation_target: str, gateway_target: str
+    postgres: EmbeddedPostgres,
+    nats_server: EmbeddedNats,
+    *,
+    segmentation_target: str,
+    gateway_target: str,
+    **extra: Any,
 ) -> AsyncIterator[Decisioning]:
     database = f"decisioning_{uuid.uuid4().hex[:16]}"
     await asyncio.to_thread(postgres.create_database, database)
@@ -94,6 +108,7 @@ async def _decisioning(
         outbox_poll_interval_s=0.05,
         segmentation_target=segmentation_target,
         gateway_target=gateway_target,
+        **extra,
     )
     runtime = await start(settings)
     engine = create_engine(settings.database_url, application_name="omni-test-decisioning")

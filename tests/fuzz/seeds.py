@@ -410,7 +410,7 @@ async def decisioning_seeds(omni: Omni) -> Seeds:
         touchpoints=["web_home", "pos_checkout"],
         priority=5,
     )
-    await omni.decisioning.CreateOffer(decisioning.CreateOfferRequest(offer=offer))
+    created = (await omni.decisioning.CreateOffer(decisioning.CreateOfferRequest(offer=offer))).offer
     journey = decisioning.Journey(
         name=f"welcome-{tag}",
         trigger_segment_id=segment_id,
@@ -441,6 +441,19 @@ async def decisioning_seeds(omni: Omni) -> Seeds:
             decisioning.CreateOfferRequest(offer=other_offer),
             decisioning.CreateOfferRequest(offer=offer),
         ],
+        "GetOffer": [
+            decisioning.GetOfferRequest(offer_id=created.id),
+            decisioning.GetOfferRequest(offer_id=created.id, version=1),
+        ],
+        "ListOffers": [decisioning.ListOffersRequest(page_size=1, show_archived=True)],
+        "UpdateOffer": [
+            decisioning.UpdateOfferRequest(
+                offer=decisioning.Offer(id=created.id, priority=7, group="footwear"),
+                update_mask=field_mask_pb2.FieldMask(paths=["priority", "group"]),
+            ),
+            decisioning.UpdateOfferRequest(offer=created, expected_version=1, request_id=f"u-{tag}"),
+        ],
+        "ArchiveOffer": [decisioning.ArchiveOfferRequest(offer_id=created.id, request_id=f"a-{tag}")],
         "Decide": [
             decisioning.DecideRequest(
                 person_id=str(uuid.uuid4()),

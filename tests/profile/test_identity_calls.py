@@ -176,22 +176,22 @@ async def test_a_batch_with_more_identifiers_than_one_identity_call_takes_is_rec
 
 async def test_identity_gets_no_more_time_than_profiles_caller_has_left(wired: Wired) -> None:
     wired.proxy.time_left.clear()
-    wired.proxy.delay_s = 2.0
+    wired.proxy.delay_s = 4.0
     try:
         started = time.monotonic()
         with pytest.raises(grpc.aio.AioRpcError) as late:
             await wired.profile.TrackEvent(
-                profile_pb2.TrackEventRequest(event=_new_customer_event()), timeout=0.3
+                profile_pb2.TrackEventRequest(event=_new_customer_event()), timeout=1.0
             )
         waited = time.monotonic() - started
     finally:
         wired.proxy.delay_s = 0.0
     assert late.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-    assert waited < 1.0
+    assert waited < 3.0
     # Identity was told the caller's deadline (to the millisecond it travels in), not profile's own 5 s: it
     # can give up when the caller has.
     [left] = wired.proxy.time_left
-    assert left is not None and left <= 0.31
+    assert left is not None and left <= 1.01
 
 
 async def test_without_a_caller_deadline_identity_gets_the_configured_time(wired: Wired) -> None:

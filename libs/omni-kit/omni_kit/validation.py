@@ -14,7 +14,8 @@ wrong in one round trip:
     ...                                # the checks that need code
     violations.raise_if_any()
 
-or, when the proto says it all, `validate(request)`.
+or, when the proto says it all, `validate(request)`. An update (AIP-134) is checked with `check_update`,
+which also reads its update mask and leaves out what the proto says of the fields the mask does not name.
 
 protovalidate reads a list whole before it can tell it is too long, and a request of a few megabytes can
 hold a million small items (half a minute of protovalidate, with a violation for each): a servicer taking
@@ -25,9 +26,11 @@ know a declared limit (a hot path's screen) reads it with `field_rules` rather t
 from __future__ import annotations
 
 import functools
+from collections.abc import Collection, Sequence
 
 from buf.validate import validate_pb2
 from google.protobuf.descriptor import Descriptor
+from google.protobuf.field_mask_pb2 import FieldMask
 from google.protobuf.message import Message
 from protovalidate import Validator, Violation
 
@@ -104,3 +107,44 @@ def _max_items(descriptor: Descriptor) -> tuple[tuple[str, int], ...]:
         if rules.HasField("repeated") and rules.repeated.HasField("max_items"):
             limits.append((field.name, rules.repeated.max_items))
     return tuple(limits)
+
+
+def check_update(
+    request: Message,
+    resource: str,
+    mask: FieldMask,
+    updatable: Sequence[str],
+    *,
+    keep: Collection[str] = ("id",),
+) -> tuple[set[str], Violations]:
+    """Check an Update request (AIP-134): the paths of its update mask, and what its proto declares about
+    the fields those paths name.
+
+    `resource` is the request's field holding the resource ("offer"); `updatable` the resource's fields an
+    update may change. "*" or an empty mask means all of them; any other path that is not one of them is a
+    violation at "update_mask.paths[i]". The proto's constraints are checked on the whole request, and a
+    violation of a resource field the mask leaves out is dropped (an update sends only what it changes, so an
+    unset name is not "blank"); those of `keep` (the resource's id) and outside the resource always count.
+    Return the paths and the violations (more may be added before raise_if_any()).
+    """
+    violations = Violations()
+    paths: set[str] = set()
+    for index, path in enumerate(mask.paths or ["*"]):
+        if path == "*":
+            paths.update(updatable)
+        elif path in updatable:
+            paths.add(path)
+        else:
+            violations.add(
+                f"update_mask.paths[{index}]",
+                f"{path!r} cannot be changed; the fields an update may change: {', '.join(updatable)} (or *)",
+            )
+    counted = {*paths, *keep}
+    for item in check(request).items:
+        head, _, rest = item.field.partition(".")
+        if head == resource and rest:
+            name = rest.split(".", 1)[0].split("[", 1)[0]
+            if name not in counted:
+                continue
+        violations.items.append(item)
+    return paths, violations

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from datetime import datetime
 
 import grpc
@@ -15,8 +16,9 @@ from omni_decisioning.decide import Decider
 from omni_decisioning.entities import Journey, Offer
 from omni_decisioning.journeys import Journeys
 from omni_decisioning.offers import Offers
-from omni_decisioning.paging import encode_token
+from omni_decisioning.paging import OFFERS, encode_token
 from omni_decisioning.references import References
+from omni_kit import validation as omni_validation
 from omni_kit.idempotency import idempotent
 from omni_kit.runtime import Runtime
 
@@ -41,7 +43,7 @@ def journey_to_proto(journey: Journey) -> decisioning_pb2.Journey:
 
 def offer_to_proto(offer: Offer) -> decisioning_pb2.Offer:
     """The wire form of an offer."""
-    return decisioning_pb2.Offer(
+    message = decisioning_pb2.Offer(
         id=str(offer.id),
         name=offer.name,
         description=offer.description,
@@ -49,7 +51,17 @@ def offer_to_proto(offer: Offer) -> decisioning_pb2.Offer:
         segment_id=str(offer.segment_id) if offer.segment_id is not None else "",
         priority=offer.priority,
         create_time=_timestamp(offer.create_time),
+        group=offer.group,
+        version=offer.version,
+        update_time=_timestamp(offer.update_time or offer.create_time),
     )
+    if offer.valid_from is not None:
+        message.valid_from.CopyFrom(_timestamp(offer.valid_from))
+    if offer.valid_until is not None:
+        message.valid_until.CopyFrom(_timestamp(offer.valid_until))
+    if offer.archive_time is not None:
+        message.archive_time.CopyFrom(_timestamp(offer.archive_time))
+    return message
 
 
 class DecisioningServicer(decisioning_pb2_grpc.DecisioningServiceServicer):
@@ -125,13 +137,79 @@ class DecisioningServicer(decisioning_pb2_grpc.DecisioningServiceServicer):
                 create,
             )
 
+    async def GetOffer(
+        self, request: decisioning_pb2.GetOfferRequest, context: grpc.aio.ServicerContext
+    ) -> decisioning_pb2.GetOfferResponse:
+        """Return an offer as it is now, or at one of its versions."""
+        omni_validation.validate(request)
+        async with self._runtime.transaction() as session:
+            offer = await self._offers.get(session, uuid.UUID(request.offer_id), request.version)
+        return decisioning_pb2.GetOfferResponse(offer=offer_to_proto(offer))
+
+    async def ListOffers(
+        self, request: decisioning_pb2.ListOffersRequest, context: grpc.aio.ServicerContext
+    ) -> decisioning_pb2.ListOffersResponse:
+        """Page through the offers in creation order."""
+        size, after = validation.list_offers(request)
+        async with self._runtime.transaction() as session:
+            offers, more = await self._offers.page(
+                session, after=after, size=size, show_archived=request.show_archived
+            )
+        return decisioning_pb2.ListOffersResponse(
+            offers=[offer_to_proto(offer) for offer in offers],
+            next_page_token=encode_token(offers[-1].id, OFFERS) if more and offers else "",
+        )
+
+    async def UpdateOffer(
+        self, request: decisioning_pb2.UpdateOfferRequest, context: grpc.aio.ServicerContext
+    ) -> decisioning_pb2.UpdateOfferResponse:
+        """Make the next version of an offer with the fields the mask names, once per request id."""
+        offer_id, values, paths = validation.update_offer(request)
+        if "segment_id" in paths and values.segment_id is not None:
+            await self._references.check_segment(values.segment_id, "offer.segment_id")
+        async with self._runtime.transaction() as session:
+
+            async def update() -> decisioning_pb2.UpdateOfferResponse:
+                offer = await self._offers.update(
+                    session, offer_id, values, paths, expected_version=request.expected_version
+                )
+                return decisioning_pb2.UpdateOfferResponse(offer=offer_to_proto(offer))
+
+            return await idempotent(
+                session,
+                "UpdateOffer",
+                request.request_id,
+                request,
+                decisioning_pb2.UpdateOfferResponse,
+                update,
+            )
+
+    async def ArchiveOffer(
+        self, request: decisioning_pb2.ArchiveOfferRequest, context: grpc.aio.ServicerContext
+    ) -> decisioning_pb2.ArchiveOfferResponse:
+        """Archive an offer, once per request id: Decide no longer returns it."""
+        omni_validation.validate(request)
+        async with self._runtime.transaction() as session:
+
+            async def archive() -> decisioning_pb2.ArchiveOfferResponse:
+                offer = await self._offers.archive(session, uuid.UUID(request.offer_id))
+                return decisioning_pb2.ArchiveOfferResponse(offer=offer_to_proto(offer))
+
+            return await idempotent(
+                session,
+                "ArchiveOffer",
+                request.request_id,
+                request,
+                decisioning_pb2.ArchiveOfferResponse,
+                archive,
+            )
+
     async def Decide(
         self, request: decisioning_pb2.DecideRequest, context: grpc.aio.ServicerContext
     ) -> decisioning_pb2.DecideResponse:
         """Return the eligible offers for a person at a touchpoint, best first."""
         query = validation.decide(request)
-        async with self._runtime.transaction() as session:
-            decision = await self._decider.decide(session, query)
+        decision = await self._decider.decide(query)
         span = trace.get_current_span()
         span.set_attribute("omni.person_id", str(decision.person_id))
         span.set_attribute("omni.decision_id", str(decision.id))

@@ -11,6 +11,8 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from omni.events.v1 import envelope_pb2
+from omni.gateway.v1 import events_pb2 as gateway_events
+from omni.profile.v1 import profile_pb2
 from omni.segmentation.v1 import events_pb2 as segmentation_events
 from omni_decisioning.entities import SegmentEntry
 from omni_decisioning.journeys import Journeys
@@ -25,11 +27,20 @@ log = logging.getLogger(__name__)
 PERSON_ENTERED_SEGMENT = "segmentation.person_entered_segment"
 PERSON_EXITED_SEGMENT = "segmentation.person_exited_segment"
 CONTACT_VERDICT_CHANGED = contact.CONTACT_VERDICT_CHANGED
+MESSAGE_SENT = "gateway.message_sent"
+MESSAGE_FAILED = "gateway.message_failed"
 
 # One consumer for all of them, so that events are applied in the order the log holds them (the verdict of a
 # consent granted before a segment entry is known when the entry starts a journey; an unmerge before an
 # entry of the restored person).
-CONSUMED = (PERSON_ENTERED_SEGMENT, PERSON_EXITED_SEGMENT, CONTACT_VERDICT_CHANGED, *LINEAGE_EVENTS)
+CONSUMED = (
+    PERSON_ENTERED_SEGMENT,
+    PERSON_EXITED_SEGMENT,
+    CONTACT_VERDICT_CHANGED,
+    MESSAGE_SENT,
+    MESSAGE_FAILED,
+    *LINEAGE_EVENTS,
+)
 
 
 def _time(timestamp: Timestamp, fallback: datetime) -> datetime:
@@ -56,6 +67,8 @@ class EventHandlers:
             await self._exited(session, envelope, occurred_at)
         elif envelope.type == CONTACT_VERDICT_CHANGED:
             await self._verdicts(session, envelope)
+        elif envelope.type in (MESSAGE_SENT, MESSAGE_FAILED):
+            await self._message(session, envelope, occurred_at)
         elif envelope.type in LINEAGE_EVENTS:
             # Merges, unmerges and erasures: omni_kit.lineage, with the read models' hooks.
             await self._lineage(session, envelope)
@@ -83,6 +96,27 @@ class EventHandlers:
                 segment_id=segment_id,
                 occurred_at=occurred_at,
             ),
+        )
+
+    async def _message(
+        self, session: AsyncSession, envelope: envelope_pb2.Envelope, occurred_at: datetime
+    ) -> None:
+        """The gateway sent or failed a message: a marketing message sent counts against the contact policy's
+        caps (once per request id), one that failed does not."""
+        sent = envelope.type == MESSAGE_SENT
+        event = unpack(
+            envelope, gateway_events.MessageSentEvent if sent else gateway_events.MessageFailedEvent
+        )
+        message = event.message
+        if not sent:
+            await self._read_models.message_failed(session, message.request_id)
+            return
+        person_id = parse_uuid(message.person_id)
+        if person_id is None or message.purpose == profile_pb2.CONSENT_PURPOSE_TRANSACTIONAL:
+            return
+        at = _time(message.update_time, occurred_at)
+        await self._read_models.message_sent(
+            session, request_id=message.request_id, person_id=person_id, channel=message.channel, at=at
         )
 
     async def _exited(

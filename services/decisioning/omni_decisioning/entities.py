@@ -36,14 +36,39 @@ class NewOffer:
     touchpoints: tuple[str, ...]
     segment_id: uuid.UUID | None
     priority: int
+    group: str = ""
+    valid_from: datetime | None = None
+    valid_until: datetime | None = None
+
+    def valid_at(self, now: datetime) -> bool:
+        """Whether the offer may be shown at `now` (its validity window; the end itself is outside)."""
+        return (self.valid_from is None or self.valid_from <= now) and (
+            self.valid_until is None or now < self.valid_until
+        )
+
+
+# The fields of an offer an update may change (UpdateOffer's update mask paths).
+OFFER_FIELDS = (
+    "name",
+    "description",
+    "touchpoints",
+    "segment_id",
+    "priority",
+    "group",
+    "valid_from",
+    "valid_until",
+)
 
 
 @dataclass(frozen=True)
 class Offer(NewOffer):
-    """A stored offer."""
+    """A stored offer, at one of its versions."""
 
     id: uuid.UUID = field(kw_only=True)
     create_time: datetime = field(kw_only=True)
+    version: int = field(kw_only=True, default=1)
+    update_time: datetime | None = field(kw_only=True, default=None)
+    archive_time: datetime | None = field(kw_only=True, default=None)
 
 
 @dataclass(frozen=True)
@@ -80,6 +105,8 @@ class RunOutcome(enum.StrEnum):
     SEND_REQUESTED = "send_requested"
     NO_CONSENTED_CHANNEL = "no_consented_channel"
     SUPPRESSED_REENTRY = "suppressed_reentry"
+    CAPPED = "capped"
+    """The contact policy's cap on marketing messages was reached (contact_policy.py)."""
 
 
 @dataclass(frozen=True)

@@ -4,13 +4,14 @@ transaction. What it consumes is in consumers.py."""
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from omni.common.v1 import common_pb2
 from omni.decisioning.v1 import events_pb2
-from omni_decisioning.entities import Decision
-from omni_kit.bus import Outbox
+from omni_decisioning.entities import DecideQuery, Decision
+from omni_kit.bus import Outbox, OutboxRows
 
 SEND_REQUESTED = "decisioning.send_requested"
 DECISION_MADE = "decisioning.decision_made"
@@ -45,12 +46,21 @@ class Publisher:
         )
         await self._outbox.add(session, payload, event_type=SEND_REQUESTED, person_id=str(person_id))
 
-    async def decision_made(self, session: AsyncSession, decision: Decision, *, touchpoint: str) -> None:
-        """Announce a decision for learning and attribution (decisioning.decision_made)."""
-        payload = events_pb2.DecisionMadeEvent(
-            decision_id=str(decision.id),
-            person_id=str(decision.person_id),
-            touchpoint=touchpoint,
-            offer_ids=[str(action.offer.id) for action in decision.actions],
+    def decisions_made(self, decisions: Sequence[tuple[Decision, DecideQuery]]) -> OutboxRows:
+        """The outbox rows announcing decisions for learning and attribution (decisioning.decision_made), for
+        the repository to write with the decisions (consecutive ones share a row)."""
+        return self._outbox.rows(
+            [
+                self._outbox.envelope(
+                    events_pb2.DecisionMadeEvent(
+                        decision_id=str(decision.id),
+                        person_id=str(decision.person_id),
+                        touchpoint=query.touchpoint,
+                        offer_ids=[str(action.offer.id) for action in decision.actions],
+                    ),
+                    event_type=DECISION_MADE,
+                    person_id=str(decision.person_id),
+                )
+                for decision, query in decisions
+            ]
         )
-        await self._outbox.add(session, payload, event_type=DECISION_MADE, person_id=str(decision.person_id))

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
 
 from opentelemetry import trace
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from omni_decisioning.channel_choice import choose_channel
+from omni_decisioning.contact_policy import RETENTION, Cap, Contact, earliest_start, reached_cap
 from omni_decisioning.entities import Journey, JourneyRun, NewJourney, RunOutcome, SegmentEntry
 from omni_decisioning.events import Publisher
 from omni_decisioning.reentry import is_reentry
@@ -19,6 +22,7 @@ from omni_kit.errors import AlreadyExists
 from omni_kit.ids import new_id
 
 log = logging.getLogger(__name__)
+_UTC = ZoneInfo("UTC")
 tracer = trace.get_tracer("omni_decisioning.journeys")
 
 
@@ -30,10 +34,20 @@ def send_request_id(journey: Journey, entry: SegmentEntry) -> str:
 class Journeys:
     """Creates and lists journeys and runs them on segment entries."""
 
-    def __init__(self, repository: Repository, publisher: Publisher, *, reentry_window: timedelta) -> None:
+    def __init__(
+        self,
+        repository: Repository,
+        publisher: Publisher,
+        *,
+        reentry_window: timedelta,
+        caps: Sequence[Cap] = (),
+        time_zone: ZoneInfo = _UTC,
+    ) -> None:
         self._repository = repository
         self._publisher = publisher
         self._reentry_window = reentry_window
+        self._caps = tuple(caps)
+        self._zone = time_zone
 
     async def create(self, session: AsyncSession, new: NewJourney) -> Journey:
         """Store a new journey; AlreadyExists when its name is taken."""
@@ -65,6 +79,9 @@ class Journeys:
         journeys = await self._repository.journeys_triggered_by(session, entry.segment_id)
         if not journeys:
             return []
+        if self._caps:
+            # Taken before any journey's own lock, so every transaction takes the locks in one order.
+            await self._repository.lock_person_contacts(session, entry.person_id)
         verdicts = (await contact.verdicts_of(session, [entry.person_id]))[entry.person_id]
         runs = []
         for journey in journeys:
@@ -102,9 +119,21 @@ class Journeys:
             channel = choose_channel(journey.channels, verdicts)
             if channel is None:
                 outcome = RunOutcome.NO_CONSENTED_CHANNEL
+            elif await self._capped(session, entry.person_id, channel):
+                outcome = RunOutcome.CAPPED
             else:
                 outcome = RunOutcome.SEND_REQUESTED
                 request_id = send_request_id(journey, entry)
+                # Counted at once, in this transaction: a journey triggered a moment later sees it.
+                await self._repository.log_contact(
+                    session,
+                    request_id=request_id,
+                    person_id=entry.person_id,
+                    channel=channel,
+                    at=datetime.now(UTC),
+                    source="journey",
+                    retention=RETENTION,
+                )
         run = JourneyRun(
             id=new_id(),
             journey_id=journey.id,
@@ -129,3 +158,20 @@ class Journeys:
             )
         log.info("journey %s for person %s: %s", journey.id, entry.person_id, outcome.value)
         return run
+
+    async def _capped(self, session: AsyncSession, person_id: uuid.UUID, channel: int) -> bool:
+        """Whether a marketing send on `channel` would break a cap (the caller holds the person's contact lock
+        to the end of the transaction, so journeys running at once for the person count each other's sends)."""
+        if not self._caps:
+            return False
+        now = datetime.now(UTC)
+        since = earliest_start(self._caps, now, self._zone)
+        assert since is not None
+        contacts = [
+            Contact(channel=c, at=at)
+            for c, at in await self._repository.contacts_since(session, person_id, since)
+        ]
+        cap = reached_cap(self._caps, contacts, channel, now, self._zone)
+        if cap is not None:
+            log.info("person %s: %s reached", person_id, cap.describe())
+        return cap is not None

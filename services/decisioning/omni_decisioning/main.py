@@ -4,15 +4,19 @@ from __future__ import annotations
 
 from datetime import timedelta
 from pathlib import Path
+from typing import Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_settings import SettingsConfigDict
 
+from omni.common.v1 import common_pb2
 from omni.decisioning.v1 import decisioning_pb2_grpc
 from omni.gateway.v1 import gateway_pb2_grpc
 from omni.segmentation.v1 import segmentation_pb2_grpc
 from omni_decisioning.api import DecisioningServicer
 from omni_decisioning.consumers import CONSUMED, EventHandlers
+from omni_decisioning.contact_policy import Cap, Period
 from omni_decisioning.decide import Decider
 from omni_decisioning.events import Publisher
 from omni_decisioning.journeys import Journeys
@@ -28,6 +32,25 @@ from omni_kit.settings import ServiceSettings
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 SERVICE_NAME = "omni.decisioning.v1.DecisioningService"
+
+
+class ContactCap(BaseModel):
+    """At most max_messages marketing messages per period, on one channel or all of them."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_messages: int = Field(ge=0, le=10_000)
+    period: Period
+    channel: Literal["", "email", "sms", "push"] = ""
+
+    def cap(self) -> Cap:
+        channels = {
+            "": 0,
+            "email": common_pb2.CHANNEL_EMAIL,
+            "sms": common_pb2.CHANNEL_SMS,
+            "push": common_pb2.CHANNEL_PUSH,
+        }
+        return Cap(max_messages=self.max_messages, period=self.period, channel=channels[self.channel])
 
 
 class Settings(ServiceSettings):
@@ -51,6 +74,25 @@ class Settings(ServiceSettings):
         ge=0,
         description="A journey starts at most once per person within this many seconds; 0 turns the guard off.",
     )
+    contact_caps: list[ContactCap] = Field(
+        default_factory=list,
+        max_length=20,
+        description='Caps on marketing messages per person, e.g. [{"max_messages": 2, "period": "week"}, '
+        '{"max_messages": 1, "period": "day", "channel": "sms"}]; none: no caps.',
+    )
+    time_zone: str = Field(
+        "UTC",
+        description="The IANA time zone of calendar days and weeks in contact caps, e.g. Europe/Berlin.",
+    )
+
+    @field_validator("time_zone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError) as error:
+            raise ValueError(f"not an IANA time zone: {value!r}") from error
+        return value
 
 
 async def start(settings: Settings) -> Runtime:
@@ -59,7 +101,13 @@ async def start(settings: Settings) -> Runtime:
     await runtime.open()
     repository = Repository()
     publisher = Publisher(runtime.outbox)
-    journeys = Journeys(repository, publisher, reentry_window=timedelta(seconds=settings.journey_reentry_s))
+    journeys = Journeys(
+        repository,
+        publisher,
+        reentry_window=timedelta(seconds=settings.journey_reentry_s),
+        caps=[cap.cap() for cap in settings.contact_caps],
+        time_zone=ZoneInfo(settings.time_zone),
+    )
     read_models = ReadModels(repository, PERSON_LINEAGE)
     lineage = Lineage(
         PERSON_LINEAGE,
@@ -95,7 +143,7 @@ async def start(settings: Settings) -> Runtime:
         runtime,
         journeys=journeys,
         offers=Offers(repository),
-        decider=Decider(repository, publisher),
+        decider=Decider(runtime, repository, publisher),
         references=references,
     )
     await runtime.serve(

@@ -47,6 +47,46 @@ class OfferRow(Base):
     segment_id: Mapped[uuid.UUID | None] = mapped_column(sa.Uuid, nullable=True)
     priority: Mapped[int] = mapped_column(sa.Integer)
     create_time: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True))
+    group: Mapped[str] = mapped_column(sa.Text, server_default="")
+    valid_from: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True), nullable=True)
+    valid_until: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True), nullable=True)
+    version: Mapped[int] = mapped_column(sa.BigInteger, server_default="1")
+    update_time: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True))
+    archive_time: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True), nullable=True)
+
+
+class OfferVersionRow(Base):
+    """An offer as one of its versions made it (the history of the offer)."""
+
+    __tablename__ = "offer_versions"
+
+    offer_id: Mapped[uuid.UUID] = mapped_column(sa.Uuid, primary_key=True)
+    version: Mapped[int] = mapped_column(sa.BigInteger, primary_key=True)
+    offer: Mapped[dict[str, Any]] = mapped_column(JSONB, comment="The offer as this version made it.")
+    update_time: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True))
+
+
+class ContactLogRow(Base):
+    """A marketing send counted against the contact policy's caps (contact_policy.py)."""
+
+    __tablename__ = "contact_log"
+    __table_args__ = (sa.Index("contact_log_person", "person_id", "contacted_at"),)
+
+    request_id: Mapped[str] = mapped_column(sa.Text, primary_key=True)
+    person_id: Mapped[uuid.UUID] = mapped_column(sa.Uuid)
+    channel: Mapped[int] = mapped_column(sa.SmallInteger)
+    contacted_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True))
+    source: Mapped[str] = mapped_column(sa.Text, comment="journey (requested here) or gateway (sent)")
+
+
+class OfferCatalogRow(Base):
+    """One row: the version of the offers, raised by every change to them (replicas' caches compare it)."""
+
+    __tablename__ = "offer_catalog"
+    __table_args__ = (sa.CheckConstraint("id = 1", name="offer_catalog_one_row"),)
+
+    id: Mapped[int] = mapped_column(sa.SmallInteger, primary_key=True, server_default="1")
+    version: Mapped[int] = mapped_column(sa.BigInteger)
 
 
 class MembershipRow(Base):

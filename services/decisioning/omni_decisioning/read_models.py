@@ -11,6 +11,7 @@ from datetime import datetime
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from omni_decisioning.contact_policy import RETENTION
 from omni_decisioning.repository import Repository
 from omni_kit.idempotency import forget_answers
 from omni_kit.lineage import Erasure, LineageTable, Merge, Unmerge
@@ -57,6 +58,28 @@ class ReadModels:
             session, person_id=person, segment_id=segment_id, is_member=is_member, as_of=as_of
         )
         return person if applied else None
+
+    async def message_sent(
+        self, session: AsyncSession, *, request_id: str, person_id: uuid.UUID, channel: int, at: datetime
+    ) -> None:
+        """Count a marketing message the gateway sent against the person's caps (the survivor's, if merged;
+        none for a forgotten person)."""
+        person = await self.person(session, person_id)
+        if person is None:
+            return
+        await self._repository.log_contact(
+            session,
+            request_id=request_id,
+            person_id=person,
+            channel=channel,
+            at=at,
+            source="gateway",
+            retention=RETENTION,
+        )
+
+    async def message_failed(self, session: AsyncSession, request_id: str) -> None:
+        """A message the gateway gave up on does not count against the caps."""
+        await self._repository.unlog_contact(session, request_id)
 
     async def persons_merged(self, session: AsyncSession, merges: Sequence[Merge]) -> None:
         """Fold the merged persons' memberships and journey history into the survivor."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Collection, Sequence
 from datetime import datetime, timedelta
@@ -20,14 +21,17 @@ from omni_decisioning.entities import (
     RunOutcome,
 )
 from omni_decisioning.models import (
+    ContactLogRow,
     DecisionRow,
     JourneyRow,
     JourneyRunRow,
     MembershipRow,
+    OfferCatalogRow,
     OfferRow,
+    OfferVersionRow,
 )
 from omni_kit import contact
-from omni_kit.lineage import person_lineage
+from omni_kit.bus import OutboxRows, mark_outbox_staged
 
 
 def _journey(row: JourneyRow) -> Journey:
@@ -49,7 +53,55 @@ def _offer(row: OfferRow | sa.Row[Any]) -> Offer:
         touchpoints=tuple(row.touchpoints),
         segment_id=row.segment_id,
         priority=row.priority,
+        group=row.group,
+        valid_from=row.valid_from,
+        valid_until=row.valid_until,
         create_time=row.create_time,
+        version=row.version,
+        update_time=row.update_time,
+        archive_time=row.archive_time,
+    )
+
+
+def _snapshot(offer: Offer) -> dict[str, Any]:
+    """What a version of an offer says, as kept in offer_versions."""
+
+    def instant(value: datetime | None) -> str | None:
+        return value.isoformat() if value is not None else None
+
+    return {
+        "name": offer.name,
+        "description": offer.description,
+        "touchpoints": list(offer.touchpoints),
+        "segment_id": str(offer.segment_id) if offer.segment_id is not None else None,
+        "priority": offer.priority,
+        "group": offer.group,
+        "valid_from": instant(offer.valid_from),
+        "valid_until": instant(offer.valid_until),
+        "archive_time": instant(offer.archive_time),
+    }
+
+
+def _from_snapshot(offer_id: uuid.UUID, create_time: datetime, version: int, row: sa.Row[Any]) -> Offer:
+    kept = row.offer
+
+    def instant(value: str | None) -> datetime | None:
+        return datetime.fromisoformat(value) if value else None
+
+    return Offer(
+        id=offer_id,
+        name=kept["name"],
+        description=kept["description"],
+        touchpoints=tuple(kept["touchpoints"]),
+        segment_id=uuid.UUID(kept["segment_id"]) if kept.get("segment_id") else None,
+        priority=kept["priority"],
+        group=kept.get("group", ""),
+        valid_from=instant(kept.get("valid_from")),
+        valid_until=instant(kept.get("valid_until")),
+        create_time=create_time,
+        version=version,
+        update_time=row.update_time,
+        archive_time=instant(kept.get("archive_time")),
     )
 
 
@@ -94,7 +146,8 @@ class Repository:
     # -- offers --------------------------------------------------------------------------------------------
 
     async def insert_offer(self, session: AsyncSession, offer: Offer) -> bool:
-        """Insert an offer; False (and nothing written) when its name is taken."""
+        """Insert an offer (version 1, kept in its history); False (and nothing written) when its name is
+        taken."""
         inserted = await session.scalar(
             insert(OfferRow)
             .values(
@@ -104,48 +157,125 @@ class Repository:
                 touchpoints=list(offer.touchpoints),
                 segment_id=offer.segment_id,
                 priority=offer.priority,
+                group=offer.group,
+                valid_from=offer.valid_from,
+                valid_until=offer.valid_until,
                 create_time=offer.create_time,
+                version=offer.version,
+                update_time=offer.update_time or offer.create_time,
             )
             .on_conflict_do_nothing(index_elements=[OfferRow.name])
             .returning(OfferRow.id)
         )
-        return inserted is not None
+        if inserted is None:
+            return False
+        await self._keep_version(session, offer)
+        await self._offers_changed(session)
+        return True
 
-    async def offers_at(self, session: AsyncSession, touchpoint: str) -> list[Offer]:
-        """The offers that may be shown at a touchpoint (those listing it or listing none)."""
-        # Plain rows, not ORM objects: this is on Decide's path and runs for every call.
-        rows = await session.execute(
-            sa.select(*OfferRow.__table__.columns).where(
-                sa.or_(
-                    sa.func.cardinality(OfferRow.touchpoints) == 0,
-                    OfferRow.touchpoints.any_() == touchpoint,
-                )
+    async def offer(self, session: AsyncSession, offer_id: uuid.UUID, *, lock: bool = False) -> Offer | None:
+        """An offer as it is now (locked until the transaction ends, when asked)."""
+        query = sa.select(*OfferRow.__table__.columns).where(OfferRow.id == offer_id)
+        if lock:
+            query = query.with_for_update()
+        row = (await session.execute(query)).first()
+        return _offer(row) if row is not None else None
+
+    async def offer_version(self, session: AsyncSession, offer_id: uuid.UUID, version: int) -> Offer | None:
+        """An offer as one of its versions made it; None for a version it never had."""
+        row = (
+            await session.execute(
+                sa.select(OfferVersionRow.offer, OfferVersionRow.update_time, OfferRow.create_time)
+                .join(OfferRow, OfferRow.id == OfferVersionRow.offer_id)
+                .where(OfferVersionRow.offer_id == offer_id, OfferVersionRow.version == version)
+            )
+        ).first()
+        return _from_snapshot(offer_id, row.create_time, version, row) if row is not None else None
+
+    async def list_offers(
+        self, session: AsyncSession, *, after: uuid.UUID | None, limit: int, show_archived: bool
+    ) -> list[Offer]:
+        """Offers in id (creation) order, starting after the given id."""
+        query = sa.select(*OfferRow.__table__.columns).order_by(OfferRow.id).limit(limit)
+        if after is not None:
+            query = query.where(OfferRow.id > after)
+        if not show_archived:
+            query = query.where(OfferRow.archive_time.is_(None))
+        return [_offer(row) for row in await session.execute(query)]
+
+    async def name_taken(self, session: AsyncSession, name: str, *, other_than: uuid.UUID) -> bool:
+        """Whether another offer has this name."""
+        found = await session.scalar(
+            sa.select(OfferRow.id).where(OfferRow.name == name, OfferRow.id != other_than).limit(1)
+        )
+        return found is not None
+
+    async def replace_offer(self, session: AsyncSession, offer: Offer) -> None:
+        """Store a new version of an offer (the caller holds its lock and made the version one more)."""
+        await session.execute(
+            sa.update(OfferRow)
+            .where(OfferRow.id == offer.id)
+            .values(
+                name=offer.name,
+                description=offer.description,
+                touchpoints=list(offer.touchpoints),
+                segment_id=offer.segment_id,
+                priority=offer.priority,
+                group=offer.group,
+                valid_from=offer.valid_from,
+                valid_until=offer.valid_until,
+                version=offer.version,
+                update_time=offer.update_time,
+                archive_time=offer.archive_time,
             )
         )
-        return [_offer(row) for row in rows]
+        await self._keep_version(session, offer)
+        await self._offers_changed(session)
+
+    async def _keep_version(self, session: AsyncSession, offer: Offer) -> None:
+        await session.execute(
+            sa.insert(OfferVersionRow).values(
+                offer_id=offer.id,
+                version=offer.version,
+                offer=_snapshot(offer),
+                update_time=offer.update_time or offer.create_time,
+            )
+        )
+
+    async def _offers_changed(self, session: AsyncSession) -> None:
+        """Raise the catalogue's version with a change to the offers, in its transaction: every replica's
+        cache sees it with its next group of decisions."""
+        await session.execute(sa.update(OfferCatalogRow).values(version=OfferCatalogRow.version + 1))
+
+    async def live_offers(self, session: AsyncSession) -> tuple[int, list[Offer]]:
+        """The catalogue's version and every offer not archived, as of one snapshot."""
+        version = await session.scalar(sa.select(OfferCatalogRow.version))
+        rows = await session.execute(
+            sa.select(*OfferRow.__table__.columns)
+            .where(OfferRow.archive_time.is_(None))
+            .order_by(OfferRow.id)
+        )
+        return int(version or 0), [_offer(row) for row in rows]
 
     # -- read models ---------------------------------------------------------------------------------------
 
-    async def person_and_segments(
-        self, session: AsyncSession, person_id: uuid.UUID
-    ) -> tuple[uuid.UUID, set[uuid.UUID]]:
-        """The person an id stands for now and the segments they are a member of, in one round trip."""
-        alias = (
-            sa.select(person_lineage.c.survivor_id)
-            .where(person_lineage.c.person_id == person_id)
-            .scalar_subquery()
-        )
-        person = sa.select(sa.func.coalesce(alias, sa.literal(person_id, sa.Uuid)).label("id")).cte("person")
-        rows = await session.execute(
-            sa.select(person.c.id, MembershipRow.segment_id)
-            .select_from(person)
-            .outerjoin(
-                MembershipRow,
-                sa.and_(MembershipRow.person_id == person.c.id, MembershipRow.is_member.is_(True)),
-            )
-        )
-        found = rows.all()
-        return found[0].id, {row.segment_id for row in found if row.segment_id is not None}
+    async def persons_and_segments(
+        self, session: AsyncSession, person_ids: Sequence[uuid.UUID]
+    ) -> tuple[int, list[tuple[uuid.UUID, set[uuid.UUID]]]]:
+        """For each id, in order, the person it stands for now (after merges) and the segments that person is
+        a member of; and the offer catalogue's version. One statement for a whole group of decisions, on the
+        session's driver connection: outside a transaction unless the session began one (a read needs none)."""
+        driver = await _driver(session)
+        rows = await driver.fetch(_PERSONS_AND_SEGMENTS, list(person_ids))
+        found: list[tuple[uuid.UUID, set[uuid.UUID]]] = [(person_id, set()) for person_id in person_ids]
+        version = 0
+        for position, person_id, segment_id, catalog in rows:
+            version = catalog
+            segments = found[position - 1][1]
+            found[position - 1] = (person_id, segments)
+            if segment_id is not None:
+                segments.add(segment_id)
+        return int(version or 0), found
 
     async def record_membership(
         self,
@@ -206,6 +336,10 @@ class Repository:
             )
         )
         await session.execute(sa.delete(MembershipRow).where(MembershipRow.person_id.in_(merged)))
+        # Contacts move too: the survivor has been sent what they were sent.
+        await session.execute(
+            sa.update(ContactLogRow).where(ContactLogRow.person_id.in_(merged)).values(person_id=survivor_id)
+        )
         # Runs move too, so the re-entry guard sees one person's history as one.
         await session.execute(
             sa.update(JourneyRunRow)
@@ -245,6 +379,7 @@ class Repository:
             MembershipRow.person_id,
             JourneyRunRow.person_id,
             DecisionRow.person_id,
+            ContactLogRow.person_id,
         ):
             await session.execute(sa.delete(column.class_).where(column.in_(ids)))
 
@@ -315,20 +450,114 @@ class Repository:
         )
         await session.flush()
 
-    # -- decisions -----------------------------------------------------------------------------------------
+    # -- contact log ---------------------------------------------------------------------------------------
 
-    async def insert_decision(
-        self, session: AsyncSession, decision: Decision, query: DecideQuery, create_time: datetime
-    ) -> None:
-        """Log a decision."""
+    async def lock_person_contacts(self, session: AsyncSession, person_id: uuid.UUID) -> None:
+        """Serialise the contact-policy check and the send it lets through for one person, across journeys
+        and replicas, until the transaction ends."""
         await session.execute(
-            sa.insert(DecisionRow).values(
-                id=decision.id,
-                person_id=decision.person_id,
-                touchpoint=query.touchpoint,
-                channel=query.channel,
-                context=query.context,
-                offer_ids=[action.offer.id for action in decision.actions],
-                create_time=create_time,
+            sa.text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))"),
+            {"key": f"contacts:{person_id}"},
+        )
+
+    async def contacts_since(
+        self, session: AsyncSession, person_id: uuid.UUID, since: datetime
+    ) -> list[tuple[int, datetime]]:
+        """The person's logged marketing sends (channel, when) since an instant."""
+        rows = await session.execute(
+            sa.select(ContactLogRow.channel, ContactLogRow.contacted_at).where(
+                ContactLogRow.person_id == person_id, ContactLogRow.contacted_at >= since
             )
         )
+        return [(row.channel, row.contacted_at) for row in rows]
+
+    async def log_contact(
+        self,
+        session: AsyncSession,
+        *,
+        request_id: str,
+        person_id: uuid.UUID,
+        channel: int,
+        at: datetime,
+        source: str,
+        retention: timedelta,
+    ) -> None:
+        """Count a marketing send (once per request id: the gateway's report of a journey's send replaces the
+        journey's row, with the time it was sent), and drop the person's rows past the retention."""
+        statement = insert(ContactLogRow).values(
+            request_id=request_id, person_id=person_id, channel=channel, contacted_at=at, source=source
+        )
+        await session.execute(
+            statement.on_conflict_do_update(
+                index_elements=[ContactLogRow.request_id],
+                set_={
+                    "person_id": statement.excluded.person_id,
+                    "channel": statement.excluded.channel,
+                    "contacted_at": statement.excluded.contacted_at,
+                    "source": statement.excluded.source,
+                },
+            )
+        )
+        await session.execute(
+            sa.delete(ContactLogRow).where(
+                ContactLogRow.person_id == person_id, ContactLogRow.contacted_at < at - retention
+            )
+        )
+
+    async def unlog_contact(self, session: AsyncSession, request_id: str) -> None:
+        """A send that failed does not count."""
+        await session.execute(sa.delete(ContactLogRow).where(ContactLogRow.request_id == request_id))
+
+    # -- decisions -----------------------------------------------------------------------------------------
+
+    async def log_decisions(
+        self,
+        session: AsyncSession,
+        decisions: Sequence[tuple[Decision, DecideQuery]],
+        create_time: datetime,
+        announcements: OutboxRows,
+    ) -> None:
+        """Log a group of decisions and stage their announcements in one statement, which PostgreSQL runs
+        atomically (and commits at once, unless the session began a transaction)."""
+        driver = await _driver(session)
+        mark_outbox_staged(session)
+        await driver.execute(
+            _LOG_DECISIONS,
+            create_time,
+            [decision.id for decision, _ in decisions],
+            [decision.person_id for decision, _ in decisions],
+            [query.touchpoint for _, query in decisions],
+            [query.channel for _, query in decisions],
+            [json.dumps(query.context) for _, query in decisions],
+            # Arrays of arrays must be rectangular in PostgreSQL: each decision's offers travel as text.
+            [",".join(str(action.offer.id) for action in decision.actions) for decision, _ in decisions],
+            *announcements.columns(),
+        )
+
+
+async def _driver(session: AsyncSession) -> Any:
+    """The asyncpg connection under the session (checked out; asking starts no transaction)."""
+    connection = await session.connection()
+    return (await connection.get_raw_connection()).driver_connection
+
+
+# Each id with its position, the person it stands for now and their segments (a row per segment, or one
+# with none), and the offer catalogue's version on every row (read in the same snapshot).
+_PERSONS_AND_SEGMENTS = (
+    "SELECT asked.position, coalesce(lineage.survivor_id, asked.id) AS person_id, m.segment_id,"
+    " (SELECT version FROM offer_catalog) AS catalog"
+    " FROM unnest($1::uuid[]) WITH ORDINALITY AS asked(id, position)"
+    " LEFT JOIN person_lineage AS lineage ON lineage.person_id = asked.id"
+    " LEFT JOIN memberships AS m ON m.person_id = coalesce(lineage.survivor_id, asked.id) AND m.is_member"
+)
+
+# The decisions and the outbox rows announcing them, in one statement.
+_LOG_DECISIONS = (
+    "WITH logged AS ("
+    " INSERT INTO decisions (id, person_id, touchpoint, channel, context, offer_ids, create_time)"
+    " SELECT d.id, d.person_id, d.touchpoint, d.channel, d.context, string_to_array(d.offers, ',')::uuid[], $1"
+    " FROM unnest($2::uuid[], $3::uuid[], $4::text[], $5::smallint[], $6::jsonb[], $7::text[])"
+    " AS d(id, person_id, touchpoint, channel, context, offers))"
+    " INSERT INTO outbox (id, subject, type, person_id, payload, headers)"
+    " SELECT * FROM unnest($8::uuid[], $9::text[], $10::text[], $11::text[], $12::bytea[], $13::jsonb[])"
+)

@@ -10,15 +10,17 @@ caller fixes a request in one round trip. Nothing is written before a request ha
 from __future__ import annotations
 
 import uuid
-from collections.abc import Hashable, Iterable
-from typing import Any
+from collections.abc import Collection, Hashable, Iterable
+from datetime import UTC, datetime
+from typing import Any, cast
 
 from google.protobuf.json_format import MessageToDict
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from omni.common.v1 import common_pb2
 from omni.decisioning.v1 import decisioning_pb2
-from omni_decisioning.entities import DecideQuery, NewJourney, NewOffer
-from omni_decisioning.paging import decode_token
+from omni_decisioning.entities import OFFER_FIELDS, DecideQuery, NewJourney, NewOffer
+from omni_decisioning.paging import JOURNEYS, OFFERS, decode_token
 from omni_kit import validation
 from omni_kit.errors import Violations, check_json_text
 
@@ -63,7 +65,7 @@ def list_journeys(request: decisioning_pb2.ListJourneysRequest) -> tuple[int, uu
     violations = validation.check(request)
     after = None
     if request.page_token:
-        after = decode_token(request.page_token)
+        after = decode_token(request.page_token, JOURNEYS)
         violations.check(after is not None, "page_token", "not a token this service issued")
     violations.raise_if_any()
     size = request.page_size or DEFAULT_PAGE_SIZE
@@ -73,15 +75,75 @@ def list_journeys(request: decisioning_pb2.ListJourneysRequest) -> tuple[int, uu
 def create_offer(request: decisioning_pb2.CreateOfferRequest) -> NewOffer:
     """The offer asked for; InvalidArgument listing every bad field otherwise."""
     violations = validation.check(request)
-    offer = request.offer
-    _repeats(violations, "offer.touchpoints", offer.touchpoints)
+    new = _offer_values(request.offer, violations, OFFER_FIELDS)
     violations.raise_if_any()
+    return new
+
+
+def update_offer(request: decisioning_pb2.UpdateOfferRequest) -> tuple[uuid.UUID, NewOffer, set[str]]:
+    """The offer's id, the new values and the fields to change; InvalidArgument listing every bad field
+    (of those the update mask names) otherwise."""
+    paths, violations = validation.check_update(request, "offer", request.update_mask, OFFER_FIELDS)
+    violations.check(bool(request.offer.id), "offer.id", "required: the id of the offer to update")
+    if request.offer.id and not violations.names("offer.id"):
+        violations.check(_is_uuid(request.offer.id), "offer.id", "must be a UUID")
+    new = _offer_values(request.offer, violations, paths)
+    violations.raise_if_any()
+    return uuid.UUID(request.offer.id), new, paths
+
+
+def list_offers(request: decisioning_pb2.ListOffersRequest) -> tuple[int, uuid.UUID | None]:
+    """The page size (0 → 50, above 500 → 500) and the id the page starts after."""
+    violations = validation.check(request)
+    after = None
+    if request.page_token:
+        after = decode_token(request.page_token, OFFERS)
+        violations.check(after is not None, "page_token", "not a token this service issued")
+    violations.raise_if_any()
+    size = request.page_size or DEFAULT_PAGE_SIZE
+    return min(size, MAX_PAGE_SIZE), after
+
+
+def _is_uuid(value: str) -> bool:
+    try:
+        uuid.UUID(value)
+    except ValueError:
+        return False
+    return True
+
+
+def _instant(offer: decisioning_pb2.Offer, name: str, violations: Violations) -> datetime | None:
+    """A timestamp field as a datetime (None when unset or already refused by the proto's rules)."""
+    if not offer.HasField(name) or violations.names(f"offer.{name}"):
+        return None
+    try:
+        return cast(Timestamp, getattr(offer, name)).ToDatetime(tzinfo=UTC)
+    except ValueError as error:  # nanos out of range
+        violations.add(f"offer.{name}", str(error))
+        return None
+
+
+def _offer_values(offer: decisioning_pb2.Offer, violations: Violations, paths: Collection[str]) -> NewOffer:
+    """The values of an offer's fields (those in paths are checked beyond the proto: touchpoints listed
+    once, a validity window that is not empty)."""
+    if "touchpoints" in paths:
+        _repeats(violations, "offer.touchpoints", offer.touchpoints)
+    valid_from = _instant(offer, "valid_from", violations)
+    valid_until = _instant(offer, "valid_until", violations)
+    if "valid_until" in paths and "valid_from" in paths and valid_from and valid_until:
+        violations.check(valid_until > valid_from, "offer.valid_until", "must be after valid_from")
+    segment_id = None
+    if offer.segment_id and _is_uuid(offer.segment_id):
+        segment_id = uuid.UUID(offer.segment_id)
     return NewOffer(
         name=offer.name,
         description=offer.description,
         touchpoints=tuple(offer.touchpoints),
-        segment_id=uuid.UUID(offer.segment_id) if offer.segment_id else None,
+        segment_id=segment_id,
         priority=offer.priority,
+        group=offer.group,
+        valid_from=valid_from,
+        valid_until=valid_until,
     )
 
 

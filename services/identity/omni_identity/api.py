@@ -16,7 +16,6 @@ from omni.identity.v1 import identity_pb2, identity_pb2_grpc
 from omni_identity import messages, paging
 from omni_identity.changes import Resolution, ResolveRequest
 from omni_identity.events import OutboxPublisher, identifier_messages
-from omni_identity.grouping import ResolveGroups
 from omni_identity.normalise import IdentifierError, IdentifierKey, Normaliser
 from omni_identity.operator_repository import OperatorRepository
 from omni_identity.operators import Operators
@@ -26,6 +25,7 @@ from omni_identity.resolution import dedupe
 from omni_kit import validation
 from omni_kit.db import CONFLICT_SQLSTATES, retry_transaction
 from omni_kit.errors import FailedPrecondition, Unavailable, Violations
+from omni_kit.grouping import Groups
 from omni_kit.idempotency import idempotent
 from omni_kit.runtime import Runtime
 
@@ -55,7 +55,13 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
         self._persons = persons
         self._operators = operators
         self._normaliser = normaliser
-        self._singles = ResolveGroups(self._resolve)
+        # Single resolves arriving together go in one transaction (omni_kit.grouping), resolved in arrival
+        # order exactly like BatchResolvePersons (a later request sees what the earlier ones did). One group in
+        # flight: once the graph's statements stopped scanning (see repository.py), a group's transaction took
+        # less time than the Python work of the calls around it, and a second slot only made the groups
+        # smaller and the work per call larger (at 1,000 calls/s offered, 597 answered a second with two
+        # slots, 891 with one).
+        self._singles: Groups[ResolveRequest, Resolution] = Groups(self._resolve, max_in_flight=1)
 
     async def ResolvePerson(
         self, request: identity_pb2.ResolvePersonRequest, context: grpc.aio.ServicerContext
@@ -67,7 +73,7 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
         resolve = self._resolve_request(request, "", violations)
         violations.raise_if_any()
         assert resolve is not None
-        resolution = await self._singles.resolve(resolve)
+        resolution = await self._singles.call(resolve)
         if resolution.forgotten:
             # Nothing was written: the request held only identifiers of forgotten persons.
             raise FailedPrecondition(

@@ -1,4 +1,5 @@
-"""Single resolves arriving together are resolved in groups, each call getting its own answer or error."""
+"""Single calls arriving together are carried out in groups (omni_kit.grouping), each call getting its own
+answer or error. The requests are identity's resolves, its first user."""
 
 from __future__ import annotations
 
@@ -9,8 +10,8 @@ from collections.abc import Sequence
 import pytest
 
 from omni_identity.changes import Resolution, ResolveRequest
-from omni_identity.grouping import ResolveGroups
 from omni_identity.normalise import IdentifierKey
+from omni_kit.grouping import Groups
 
 
 async def settle() -> None:
@@ -43,10 +44,10 @@ class Recorder:
 
 async def test_calls_waiting_for_a_slot_go_together_in_arrival_order() -> None:
     recorder = Recorder()
-    groups = ResolveGroups(recorder, max_in_flight=1)
-    calls = [asyncio.create_task(groups.resolve(request(0)))]
+    groups = Groups(recorder, max_in_flight=1)
+    calls = [asyncio.create_task(groups.call(request(0)))]
     await settle()  # the first group (d0) is being written
-    calls += [asyncio.create_task(groups.resolve(request(n))) for n in range(1, 5)]
+    calls += [asyncio.create_task(groups.call(request(n))) for n in range(1, 5)]
     await settle()
     recorder.release.set()
     answers = await asyncio.gather(*calls)
@@ -56,8 +57,8 @@ async def test_calls_waiting_for_a_slot_go_together_in_arrival_order() -> None:
 
 async def test_groups_are_bounded_in_size_and_in_flight() -> None:
     recorder = Recorder()
-    groups = ResolveGroups(recorder, max_group=2, max_in_flight=2)
-    calls = [asyncio.create_task(groups.resolve(request(n))) for n in range(6)]
+    groups = Groups(recorder, max_group=2, max_in_flight=2)
+    calls = [asyncio.create_task(groups.call(request(n))) for n in range(6)]
     await settle()
     assert recorder.groups == [["d0", "d1"], ["d2", "d3"]]  # two in flight, the rest wait
     recorder.release.set()
@@ -68,8 +69,8 @@ async def test_groups_are_bounded_in_size_and_in_flight() -> None:
 
 async def test_a_failed_group_fails_each_of_its_calls() -> None:
     recorder = Recorder(fail=True)
-    groups = ResolveGroups(recorder, max_in_flight=1)
-    calls = [asyncio.create_task(groups.resolve(request(n))) for n in range(3)]
+    groups = Groups(recorder, max_in_flight=1)
+    calls = [asyncio.create_task(groups.call(request(n))) for n in range(3)]
     await settle()
     recorder.release.set()
     for call in calls:
@@ -79,10 +80,10 @@ async def test_a_failed_group_fails_each_of_its_calls() -> None:
 
 async def test_a_caller_giving_up_does_not_stop_the_others() -> None:
     recorder = Recorder()
-    groups = ResolveGroups(recorder, max_in_flight=1)
-    first = asyncio.create_task(groups.resolve(request(0)))
+    groups = Groups(recorder, max_in_flight=1)
+    first = asyncio.create_task(groups.call(request(0)))
     await settle()
-    waiting = [asyncio.create_task(groups.resolve(request(n))) for n in (1, 2)]
+    waiting = [asyncio.create_task(groups.call(request(n))) for n in (1, 2)]
     await settle()
     waiting[0].cancel()
     await settle()
@@ -94,10 +95,10 @@ async def test_a_caller_giving_up_does_not_stop_the_others() -> None:
 
 async def test_callers_are_not_left_waiting_when_the_group_is_cancelled() -> None:
     recorder = Recorder()
-    groups = ResolveGroups(recorder, max_in_flight=1)
-    first = asyncio.create_task(groups.resolve(request(0)))
+    groups = Groups(recorder, max_in_flight=1)
+    first = asyncio.create_task(groups.call(request(0)))
     await settle()
-    second = asyncio.create_task(groups.resolve(request(1)))
+    second = asyncio.create_task(groups.call(request(1)))
     await settle()
     for task in list(groups._tasks):
         task.cancel()

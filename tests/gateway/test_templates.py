@@ -261,6 +261,40 @@ async def test_an_update_is_done_once_per_request_id(gateway: Gateway) -> None:
     assert latest.template.version == 2
 
 
+async def test_an_update_from_a_version_that_moved_on_is_aborted(gateway: Gateway) -> None:
+    created = await _create(gateway, [_sms("v1")])
+
+    def update(text: str, expected: int) -> gateway_pb2.UpdateTemplateRequest:
+        return gateway_pb2.UpdateTemplateRequest(
+            template=gateway_pb2.Template(id=created.id, variants=[_sms(text)]), expected_version=expected
+        )
+
+    second = await gateway.stub.UpdateTemplate(update("v2", 1))
+    stale = await _refused(gateway.stub.UpdateTemplate, update("v2 again", 1))
+
+    assert second.template.version == 2
+    assert stale.code == grpc.StatusCode.ABORTED
+    assert stale.error_info is not None and stale.error_info.reason == "TEMPLATE_VERSION_CHANGED"
+    assert dict(stale.error_info.metadata) == {"template_id": created.id, "version": "2"}
+    latest = await gateway.stub.GetTemplate(gateway_pb2.GetTemplateRequest(template_id=created.id))
+    assert latest.template == second.template
+
+
+async def test_an_update_checks_only_the_fields_its_mask_names(gateway: Gateway) -> None:
+    template_id = await create_cart_template(gateway)
+
+    updated = await gateway.stub.UpdateTemplate(
+        gateway_pb2.UpdateTemplateRequest(
+            # body_text left empty (it is required), but the mask names only the subject.
+            template=gateway_pb2.Template(id=template_id, subject="Still here?", body_html="x" * 300_000),
+            update_mask=field_mask_pb2.FieldMask(paths=["subject"]),
+        )
+    )
+
+    assert updated.template.subject == "Still here?"
+    assert updated.template.body_text == CART_TEMPLATE.body_text
+
+
 async def test_concurrent_updates_get_consecutive_versions(gateway: Gateway) -> None:
     created = await _create(gateway, [_sms("v1")])
     answers = await asyncio.gather(
@@ -423,8 +457,16 @@ async def test_an_archived_template_refuses_new_sends_and_its_messages_stay_read
         await gateway.stub.ArchiveTemplate(gateway_pb2.ArchiveTemplateRequest(template_id=created.id))
     ).template
     again = (
-        await gateway.stub.ArchiveTemplate(gateway_pb2.ArchiveTemplateRequest(template_id=created.id))
+        await gateway.stub.ArchiveTemplate(
+            gateway_pb2.ArchiveTemplateRequest(template_id=created.id, request_id="archive-1")
+        )
     ).template
+    replayed = (
+        await gateway.stub.ArchiveTemplate(
+            gateway_pb2.ArchiveTemplateRequest(template_id=created.id, request_id="archive-1")
+        )
+    ).template
+    assert replayed == again
     refused = await _refused(gateway.stub.SendMessage, send_request(person_id, created.id))
     update = await _refused(
         gateway.stub.UpdateTemplate,

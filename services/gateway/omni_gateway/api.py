@@ -17,8 +17,8 @@ from omni_gateway.template_requests import (
     change_one_channel,
     check_one_channel,
     check_template_size,
+    check_update,
     request_variants,
-    update_paths,
 )
 from omni_gateway.templates import (
     StoredTemplate,
@@ -141,13 +141,10 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
     ) -> gateway_pb2.UpdateTemplateResponse:
         """Store the next version of a template with the fields the mask names changed, once per request id;
         an update that changes nothing answers the latest version."""
-        violations = check_template_size(request.template)
-        if not violations:
-            validation.check(request, violations)
+        paths, violations = check_update(request)
         if not request.HasField("template"):
             violations.raise_if_any("the template is missing")
         template = request.template
-        paths = update_paths(request, violations)
         new_variants: list[Variant] | None = None
         if "variants" in paths and not violations:
             new_variants = request_variants(template, self._renderer, violations)
@@ -173,7 +170,9 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         async with self._transaction() as session:
 
             async def update() -> gateway_pb2.UpdateTemplateResponse:
-                stored = await self._templates.update(session, template.id, change)
+                stored = await self._templates.update(
+                    session, template.id, change, expected_version=request.expected_version
+                )
                 return gateway_pb2.UpdateTemplateResponse(template=template_to_proto(stored))
 
             return await idempotent(
@@ -220,8 +219,19 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         """Archive a template: new sends are refused, its messages and versions stay readable."""
         validation.validate(request)
         async with self._transaction() as session:
-            template = await self._templates.archive(session, request.template_id)
-        return gateway_pb2.ArchiveTemplateResponse(template=template_to_proto(template))
+
+            async def archive() -> gateway_pb2.ArchiveTemplateResponse:
+                template = await self._templates.archive(session, request.template_id)
+                return gateway_pb2.ArchiveTemplateResponse(template=template_to_proto(template))
+
+            return await idempotent(
+                session,
+                "ArchiveTemplate",
+                request.request_id,
+                request,
+                gateway_pb2.ArchiveTemplateResponse,
+                archive,
+            )
 
     async def RenderPreview(
         self, request: gateway_pb2.RenderPreviewRequest, context: grpc.aio.ServicerContext

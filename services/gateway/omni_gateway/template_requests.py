@@ -21,8 +21,8 @@ MAX_VARIANTS_BYTES = 1024 * 1024
 
 LEGACY_FIELDS = ("subject", "body_text", "body_html")
 """The fields of a template written for one channel."""
-_UPDATABLE_FIELDS = frozenset({"variants", "*", *LEGACY_FIELDS})
-_FIXED_FIELDS = frozenset({"id", "channel", "version", "state", "create_time", "update_time", "archive_time"})
+UPDATABLE_FIELDS = ("variants", *LEGACY_FIELDS)
+"""The fields of a template an update may change."""
 
 
 def check_template_size(template: gateway_pb2.Template, prefix: str = "template") -> Violations:
@@ -71,23 +71,18 @@ def check_one_channel(
                 violations.add(f"template.{name}", problem)
 
 
-def update_paths(request: gateway_pb2.UpdateTemplateRequest, violations: Violations) -> set[str]:
-    """The fields an update changes (AIP-134): the mask's, "*" or none meaning "variants" when the request
-    has variants and the fields of a template written for one channel when it has none."""
-    paths: set[str] = set()
-    for index, path in enumerate(request.update_mask.paths or ["*"]):
-        if path in _FIXED_FIELDS:
-            violations.add(f"update_mask.paths[{index}]", f"{path} cannot be changed")
-        elif path not in _UPDATABLE_FIELDS:
-            violations.add(
-                f"update_mask.paths[{index}]",
-                "not a field of a template that can be changed: variants, subject, body_text, body_html or *",
-            )
-        else:
-            paths.add(path)
-    if "*" in paths:
+def check_update(request: gateway_pb2.UpdateTemplateRequest) -> tuple[set[str], Violations]:
+    """The fields an update changes and what is wrong with the request (omni_kit.validation.check_update:
+    the mask's paths, the proto's rules for the fields they name and the id). "*" or no mask means
+    "variants" when the request has variants, and the fields of a template written for one channel when it
+    has none."""
+    violations = check_template_size(request.template)
+    if violations:
+        return set(), violations
+    paths, violations = validation.check_update(request, "template", request.update_mask, UPDATABLE_FIELDS)
+    if set(request.update_mask.paths) <= {"*"}:
         paths = {"variants"} if request.template.variants else set(LEGACY_FIELDS)
-    return paths
+    return paths, violations
 
 
 def change_one_channel(

@@ -28,7 +28,7 @@ from omni_gateway.providers.base import Content
 from omni_gateway.rendering import Renderer, TemplateParts
 from omni_gateway.repository import Repository
 from omni_gateway.variants import Variant, VariantKind, choose_variant, locale_key
-from omni_kit.errors import FailedPrecondition, FieldViolation, InvalidArgument, NotFound
+from omni_kit.errors import Aborted, FailedPrecondition, FieldViolation, InvalidArgument, NotFound
 
 Transaction = Callable[[], AbstractAsyncContextManager[AsyncSession]]
 
@@ -176,13 +176,22 @@ class Templates:
         session: AsyncSession,
         template_id: str,
         change: Callable[[StoredTemplate], Sequence[Variant]],
+        *,
+        expected_version: int = 0,
     ) -> StoredTemplate:
         """Store the next version, with the variants `change` makes of the latest (it may raise
         InvalidArgument); a change that changes nothing stores nothing and answers the latest. NotFound for
-        an unknown template, FailedPrecondition for an archived one."""
+        an unknown template, Aborted (TEMPLATE_VERSION_CHANGED) when expected_version is set and the latest is
+        another, FailedPrecondition (TEMPLATE_ARCHIVED) for an archived one."""
         template = await self._repository.get_template(session, template_id, for_update=True)
         if template is None:
             raise _not_found(template_id)
+        if expected_version and expected_version != template.version:
+            raise Aborted(
+                message=f"template {template_id!r} is at version {template.version}, not {expected_version}",
+                reason="TEMPLATE_VERSION_CHANGED",
+                metadata={"template_id": template_id, "version": str(template.version)},
+            )
         if template.archive_time is not None:
             raise FailedPrecondition(
                 message=f"template {template_id!r} is archived",

@@ -13,6 +13,7 @@ from google.protobuf import struct_pb2
 
 from omni.common.v1 import common_pb2 as c
 from omni.decisioning.v1 import decisioning_pb2 as d
+from omni.gateway.v1 import gateway_pb2
 from omni_kit.errors import StatusDetails, status_details
 
 from .support import Decisioning
@@ -427,3 +428,42 @@ async def test_a_journey_and_an_offer_naming_what_exists_are_created(decisioning
     assert created.journey.template_id == template
     offered = await decisioning.stub.CreateOffer(offer(segment_id=segment))
     assert offered.offer.segment_id == segment
+
+
+async def test_a_journey_takes_a_template_with_a_variant_for_one_of_its_channels(
+    decisioning: Decisioning,
+) -> None:
+    template_id = f"template-{uuid.uuid4().hex[:12]}"
+    await decisioning.gateway.CreateTemplate(
+        gateway_pb2.CreateTemplateRequest(
+            template=gateway_pb2.Template(
+                id=template_id,
+                variants=[
+                    gateway_pb2.TemplateVariant(sms=gateway_pb2.SmsVariant(text="Your cart waits")),
+                    gateway_pb2.TemplateVariant(push=gateway_pb2.PushVariant(title="Your cart waits")),
+                ],
+            )
+        )
+    )
+    segment = str(await decisioning.segment())
+
+    created = await decisioning.stub.CreateJourney(
+        journey(
+            trigger_segment_id=segment, channels=[c.CHANNEL_EMAIL, c.CHANNEL_SMS], template_id=template_id
+        )
+    )
+    metadata = await refused(
+        decisioning,
+        decisioning.stub.CreateJourney(
+            journey(trigger_segment_id=segment, channels=[c.CHANNEL_EMAIL], template_id=template_id)
+        ),
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "TEMPLATE_CHANNEL_MISMATCH",
+    )
+
+    assert created.journey.template_id == template_id
+    assert metadata == {
+        "field": "journey.template_id",
+        "template_id": template_id,
+        "template_channel": "CHANNEL_SMS, CHANNEL_PUSH, CHANNEL_APP",
+    }

@@ -499,6 +499,22 @@ async def gateway_seeds(omni: Omni) -> Seeds:
         purpose=profile.CONSENT_PURPOSE_MARKETING,
     )
     sent = await omni.gateway.SendMessage(send)
+    variants = [
+        gateway.TemplateVariant(
+            email=gateway.EmailVariant(subject="Hi {{ traits.first_name }}", text="Hello")
+        ),
+        gateway.TemplateVariant(
+            locale="de", email=gateway.EmailVariant(subject="Hallo", html="<p>Hallo</p>")
+        ),
+        gateway.TemplateVariant(sms=gateway.SmsVariant(text="Code {{ variables.code }}")),
+        gateway.TemplateVariant(push=gateway.PushVariant(title="Hi", body="{{ cart.item_count }}")),
+        gateway.TemplateVariant(terminal=gateway.TerminalVariant(text="Coupon {{ variables.code }}")),
+        gateway.TemplateVariant(webhook=gateway.WebhookVariant(body='{"code": {{ variables.code | json }}}')),
+    ]
+    await omni.gateway.CreateTemplate(
+        gateway.CreateTemplateRequest(template=gateway.Template(id=f"multi-{tag}", variants=variants))
+    )
+    listed = await omni.gateway.ListTemplates(gateway.ListTemplatesRequest(page_size=1))
     other = gateway.Template(
         id=f"receipt-{tag}",
         channel=common_pb2.CHANNEL_EMAIL,
@@ -507,7 +523,34 @@ async def gateway_seeds(omni: Omni) -> Seeds:
     )
     return {
         "CreateTemplate": [gateway.CreateTemplateRequest(template=other)],
-        "GetTemplate": [gateway.GetTemplateRequest(template_id=template.id)],
+        "GetTemplate": [
+            gateway.GetTemplateRequest(template_id=template.id),
+            gateway.GetTemplateRequest(template_id=template.id, version=1),
+        ],
+        "UpdateTemplate": [
+            gateway.UpdateTemplateRequest(
+                template=gateway.Template(id=template.id, subject="{{ traits.first_name }}, still there?"),
+                update_mask=field_mask_pb2.FieldMask(paths=["subject"]),
+                request_id=_unique("upd-"),
+            ),
+            gateway.UpdateTemplateRequest(template=gateway.Template(id=template.id, variants=variants)),
+        ],
+        "ListTemplates": [
+            gateway.ListTemplatesRequest(page_size=1),
+            gateway.ListTemplatesRequest(page_size=1, page_token=listed.next_page_token, show_archived=True),
+        ],
+        "ArchiveTemplate": [gateway.ArchiveTemplateRequest(template_id=f"multi-{tag}")],
+        "RenderPreview": [
+            gateway.RenderPreviewRequest(
+                template_id=template.id,
+                person_id=person_id,
+                variables=_struct(code="WELCOME10"),
+                locale="de-AT",
+            ),
+            gateway.RenderPreviewRequest(
+                template_id=template.id, channel=common_pb2.CHANNEL_EMAIL, traits=_struct(first_name="Mia")
+            ),
+        ],
         "SendMessage": [
             send,
             gateway.SendMessageRequest(

@@ -152,18 +152,18 @@ def _legacy(request: SendRequest) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-async def test_templates_and_messages_may_be_for_the_webhook_channel_from_0007(
+async def test_templates_and_messages_may_be_for_the_webhook_channel_from_0008(
     make_database: Callable[..., str],
 ) -> None:
     engine = create_engine(make_database("gateway_webhook_channel"), application_name="omni-gateway-test")
     webhook_message = _INSERT.replace("'email'", "'webhook'").format(columns="", values="")
     try:
-        await migrate(engine, MIGRATIONS, "0006")
+        await migrate(engine, MIGRATIONS, "0007")
         with pytest.raises(IntegrityError, match="messages_channel"):
             async with engine.begin() as connection:
                 await connection.execute(sa.text(webhook_message), {"id": new_id(), "r": "w", "p": new_id()})
 
-        await migrate(engine, MIGRATIONS, "0007")
+        await migrate(engine, MIGRATIONS, "0008")
         async with engine.begin() as connection:
             await connection.execute(sa.text(webhook_message), {"id": new_id(), "r": "w", "p": new_id()})
             await connection.execute(
@@ -178,5 +178,128 @@ async def test_templates_and_messages_may_be_for_the_webhook_channel_from_0007(
                         sa.text(_INSERT.replace("'email'", "'fax'").format(columns="", values="")),
                         {"id": new_id(), "r": "fax", "p": new_id()},
                     )
+async def test_the_templates_stored_before_versions_become_version_1_of_their_channels_variant(
+    make_database: Callable[..., str],
+) -> None:
+    engine = create_engine(make_database("gateway_template_versions"), application_name="omni-gateway-test")
+    before = {
+        "cart": ("email", "Hi {{ x }}", "Text", "<p>Html</p>"),
+        "code": ("sms", "", "Code {{ x }}", ""),
+        "ping": ("push", "Title", "Body", ""),
+        "till": ("store", "", "Coupon", ""),
+        "site": ("web", "Web", "Never sent", ""),
+    }
+    try:
+        await migrate(engine, MIGRATIONS, "0008")
+        async with engine.begin() as connection:
+            for template_id, (channel, subject, text, html) in before.items():
+                await connection.execute(
+                    sa.text(
+                        "INSERT INTO templates (id, channel, subject, body_text, body_html) "
+                        "VALUES (:id, :c, :s, :t, :h)"
+                    ),
+                    {"id": template_id, "c": channel, "s": subject, "t": text, "h": html},
+                )
+            await connection.execute(
+                sa.text(_INSERT.format(columns="", values="")), {"id": new_id(), "r": "sent", "p": new_id()}
+            )
+            await connection.execute(
+                sa.text(_INSERT.format(columns="", values="").replace("'cart'", "'gone'")),
+                {"id": new_id(), "r": "no-template", "p": new_id()},
+            )
+
+        await migrate(engine, MIGRATIONS)
+        async with engine.connect() as connection:
+            variants = {
+                row.template_id: (row.version, row.variants)
+                for row in await connection.execute(
+                    sa.text("SELECT template_id, version, variants FROM template_versions")
+                )
+            }
+            states = {
+                row.id: (row.channel, row.version, row.archive_time is not None)
+                for row in await connection.execute(
+                    sa.text("SELECT id, channel, version, archive_time FROM templates")
+                )
+            }
+            versions = {
+                row.request_id: row.template_version
+                for row in await connection.execute(
+                    sa.text("SELECT request_id, template_version FROM messages")
+                )
+            }
+        assert variants == {
+            "cart": (
+                1,
+                [
+                    {
+                        "kind": "email",
+                        "locale": "",
+                        "subject": "Hi {{ x }}",
+                        "text": "Text",
+                        "html": "<p>Html</p>",
+                    }
+                ],
+            ),
+            "code": (1, [{"kind": "sms", "locale": "", "text": "Code {{ x }}"}]),
+            "ping": (
+                1,
+                [
+                    {
+                        "kind": "push",
+                        "locale": "",
+                        "title": "Title",
+                        "body": "Body",
+                        "deep_link": "",
+                        "image_url": "",
+                    }
+                ],
+            ),
+            "till": (1, [{"kind": "terminal", "locale": "", "text": "Coupon"}]),
+            "site": (
+                1,
+                [{"kind": "email", "locale": "", "subject": "Web", "text": "Never sent", "html": ""}],
+            ),
+        }
+        assert states == {
+            "cart": ("email", 1, False),
+            "code": ("sms", 1, False),
+            "ping": ("push", 1, False),
+            "till": ("store", 1, False),
+            "site": ("web", 1, True),  # no send could use it, and no variant is for web
+        }
+        assert versions == {"sent": 1, "no-template": 0}
+
+        async with engine.begin() as connection:
+            await connection.execute(
+                sa.text(
+                    "INSERT INTO template_versions (template_id, version, variants) VALUES ('cart', 2, "
+                    "CAST(:v AS jsonb))"
+                ),
+                {
+                    "v": json.dumps(
+                        [
+                            {"kind": "email", "locale": "de", "subject": "Hallo", "text": "T", "html": ""},
+                            {
+                                "kind": "email",
+                                "locale": "",
+                                "subject": "Hi v2",
+                                "text": "Text v2",
+                                "html": "",
+                            },
+                        ]
+                    )
+                },
+            )
+            await connection.execute(sa.text("UPDATE templates SET version = 2 WHERE id = 'cart'"))
+            await connection.run_sync(lambda c: command.downgrade(_config(c), "0008"))
+        async with engine.connect() as connection:
+            after = {
+                row.id: (row.channel, row.subject, row.body_text, row.body_html)
+                for row in await connection.execute(
+                    sa.text("SELECT id, channel, subject, body_text, body_html FROM templates")
+                )
+            }
+        assert after == {**before, "cart": ("email", "Hi v2", "Text v2", "")}
     finally:
         await engine.dispose()

@@ -5,14 +5,17 @@ from __future__ import annotations
 import pytest
 
 from omni_gateway.domain import PermanentFailure
+from omni_gateway.providers.base import EmailContent, PushContent, WebhookContent
 from omni_gateway.rendering import (
     CartLine,
     Renderer,
     TemplateParts,
     format_amount,
+    html_to_text,
     plain_values,
     template_context,
 )
+from omni_gateway.variants import Variant, VariantKind, choose_variant, fallback_chain
 
 CART = [
     CartLine(product_id="sku-1", name="Trail Shoes", quantity=2, unit_price_minor=8999, currency="EUR"),
@@ -135,3 +138,96 @@ def test_runaway_loops_are_stopped() -> None:
     parts = TemplateParts(subject="x", body_text="{% for i in (1..100000000) %}{{ i }}{% endfor %}")
     with pytest.raises(PermanentFailure):
         Renderer().render(parts, _context())
+
+
+@pytest.mark.parametrize(
+    ("locale", "chain"),
+    [
+        ("de-AT", ["de-at", "de", ""]),
+        ("de_at", ["de-at", "de", ""]),
+        ("zh-Hant-TW", ["zh-hant-tw", "zh-hant", "zh", ""]),
+        ("", [""]),
+        ("  ", [""]),
+    ],
+)
+def test_a_locale_falls_back_subtag_by_subtag_to_the_default(locale: str, chain: list[str]) -> None:
+    assert fallback_chain(locale) == chain
+
+
+def test_the_variant_of_the_nearest_locale_is_chosen() -> None:
+    variants = [
+        Variant(VariantKind.SMS, "", {"text": "default"}),
+        Variant(VariantKind.SMS, "de", {"text": "de"}),
+        Variant(VariantKind.SMS, "de-AT", {"text": "de-AT"}),
+        Variant(VariantKind.EMAIL, "fr", {"subject": "fr", "text": "fr"}),
+    ]
+    chosen = {
+        locale: (variant.locale if (variant := choose_variant(variants, VariantKind.SMS, locale)) else None)
+        for locale in ("de-at", "DE-CH", "de", "fr", "")
+    }
+    assert chosen == {"de-at": "de-AT", "DE-CH": "de", "de": "de", "fr": "", "": ""}
+    assert choose_variant(variants, VariantKind.PUSH, "de") is None
+
+
+def test_the_json_filter_writes_values_as_json_and_undefined_as_null() -> None:
+    variant = Variant(
+        VariantKind.WEBHOOK,
+        "",
+        {
+            "body": '{"name": {{ traits.first_name | json }}, "missing": {{ traits.nope | json }}, '
+            '"items": {{ cart.items | json }}}'
+        },
+    )
+    content = Renderer().render_variant(variant, _context(traits={"first_name": 'Ada "the" <b>'}))
+    assert isinstance(content, WebhookContent)
+    assert content.payload["name"] == 'Ada "the" <b>'
+    assert content.payload["missing"] is None
+    assert [i["product_id"] for i in content.payload["items"]] == ["sku-1", "sku-2"]
+
+
+def test_one_line_parts_stay_on_one_line_and_a_push_image_must_be_http() -> None:
+    variant = Variant(
+        VariantKind.PUSH,
+        "",
+        {"title": "Hi\n{{ traits.first_name }}", "body": "a\nb", "image_url": "{{ variables.coupon }}"},
+    )
+    with pytest.raises(PermanentFailure, match="http"):
+        Renderer().render_variant(variant, _context())
+    content = Renderer().render_variant(variant, _context(variables={"coupon": "https://x.example/i.png"}))
+    assert content == PushContent(title="Hi Ada", body="a\nb", image_url="https://x.example/i.png")
+
+
+def test_the_text_of_an_html_email_is_its_html_without_tags() -> None:
+    html = "<html><head><style>p {}</style></head><body><h1>Hi&nbsp;Ada</h1><p>Your <b>cart</b>\n  waits</p></body></html>"
+    assert html_to_text(html) == "Hi Ada\n\nYour cart waits"  # a no-break space is a space in text
+    variant = Variant(VariantKind.EMAIL, "", {"subject": "S", "html": "<p>{{ cart.items[1].name }}</p>"})
+    content = Renderer().render_variant(variant, _context())
+    assert content == EmailContent(subject="S", text="Socks <3-pack>", html="<p>Socks &lt;3-pack&gt;</p>")
+
+
+def test_variant_problems_name_their_parts() -> None:
+    renderer = Renderer()
+    assert renderer.variant_problems(Variant(VariantKind.EMAIL, "", {"subject": " "})) == {
+        "subject": "required",
+        "text": "one of html, mjml and text is required",
+    }
+    problems = renderer.variant_problems(Variant(VariantKind.WEBHOOK, "", {"body": '{"a": {{ x }}}'}))
+    assert "not JSON" in problems["body"]
+    assert (
+        renderer.variant_problems(Variant(VariantKind.WEBHOOK, "", {"body": '{"a": {{ x | json }}}'})) == {}
+    )
+    assert (
+        "unknown filter"
+        in renderer.variant_problems(Variant(VariantKind.SMS, "", {"text": "{{ x | nope }}"}))["text"]
+    )
+
+
+@pytest.mark.parametrize(
+    "body",
+    ['{"a": NaN}', '{"a": Infinity}', "[" * 5000 + "]" * 5000, '{"a":' * 40 + "1" + "}" * 40],
+    ids=["nan", "infinity", "too-deep-for-json", "too-deep-for-a-struct"],
+)
+def test_a_webhook_body_that_a_struct_cannot_hold_is_a_permanent_failure(body: str) -> None:
+    variant = Variant(VariantKind.WEBHOOK, "", {"body": "{{ variables.body }}"})
+    with pytest.raises(PermanentFailure, match="webhook body"):
+        Renderer().render_variant(variant, _context(variables={"body": body}))

@@ -59,7 +59,7 @@ class References:
             raise _unavailable("segmentation", error) from error
 
     async def check_journey(self, segment_id: uuid.UUID, template_id: str, channels: Sequence[int]) -> None:
-        """The journey's segment and template exist and the template is for one of its channels.
+        """The journey's segment and template exist and the template has a variant for one of its channels.
 
         NotFound (SEGMENT_NOT_FOUND, TEMPLATE_NOT_FOUND) or FailedPrecondition (TEMPLATE_CHANNEL_MISMATCH),
         each naming the request field in its metadata; Unavailable when segmentation or the gateway cannot
@@ -78,18 +78,20 @@ class References:
                     metadata={"template_id": template_id, "field": "journey.template_id"},
                 ) from error
             raise _unavailable("the gateway", error) from error
-        template_channel = response.template.channel
-        if template_channel not in channels:
+        # The channels the template has variants for (a template written for one channel: that one).
+        template_channels = list(response.template.channels) or [response.template.channel]
+        if not set(template_channels) & set(channels):
+            named = ", ".join(_name(c) for c in template_channels)
             raise FailedPrecondition(
                 message=(
-                    f"journey.template_id: template {template_id!r} is for {_name(template_channel)}, "
+                    f"journey.template_id: template {template_id!r} is for {named}, "
                     f"which is none of the journey's channels ({', '.join(_name(c) for c in channels)})"
                 ),
                 reason="TEMPLATE_CHANNEL_MISMATCH",
                 metadata={
                     "field": "journey.template_id",
                     "template_id": template_id,
-                    "template_channel": _name(template_channel),
+                    "template_channel": named,
                 },
             )
 

@@ -17,7 +17,7 @@ from omni_gateway.repository import FORGOTTEN, Repository
 from omni_gateway.suppression import SuppressionReason, address_hash
 from omni_gateway.wire import parse_send_request, send_fingerprint
 from omni_kit.bus import PermanentError, unpack
-from omni_kit.errors import AlreadyExists, InvalidArgument, NotFound
+from omni_kit.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from omni_kit.idempotency import forget_answers
 from omni_kit.ids import new_id
 from omni_kit.lineage import LINEAGE_EVENTS, Erasure, Lineage, LineageTable
@@ -39,7 +39,7 @@ class SendRequestedHandler:
     gateway's retry jobs, not by redelivering the event. The event carries no purpose: a journey's message is marketing, sent only
     while profile's verdict allows marketing on the channel, and FAILED (announced) otherwise; it waits
     (queued) until the gateway holds verdicts at least as new as those decisioning chose the channel by. A request
-    that can never be sent (unknown template, channel the gateway cannot deliver) is recorded as a FAILED
+    that can never be sent (unknown or archived template, channel the gateway cannot deliver) is recorded as a FAILED
     message with a message_failed event, so the journey hears of it. One too malformed to record (no
     request id, no person) or reusing a request id for other content is a PermanentError: dead-lettered at
     once, with the reason, for someone to look at. A request for a forgotten person (staged by decisioning
@@ -74,7 +74,7 @@ class SendRequestedHandler:
         try:
             # Queued in this transaction, with the event's acknowledgement; the job pool sends it.
             await self._delivery.enqueue(session, request)
-        except (InvalidArgument, NotFound) as error:
+        except (InvalidArgument, NotFound, FailedPrecondition) as error:
             await self._delivery.reject(request, _describe(error))
         except AlreadyExists as error:
             raise PermanentError(str(error)) from error
@@ -153,7 +153,7 @@ class EventRouter:
         await handler(session, envelope)
 
 
-def _describe(error: InvalidArgument | NotFound) -> str:
+def _describe(error: InvalidArgument | NotFound | FailedPrecondition) -> str:
     if isinstance(error, InvalidArgument) and error.violations:
         return "; ".join(f"{v.field}: {v.description}" for v in error.violations)
     return str(error)

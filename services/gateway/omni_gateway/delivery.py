@@ -48,18 +48,13 @@ from omni_gateway.models import Message
 from omni_gateway.providers.base import (
     Accepted,
     Content,
-    EmailContent,
     FailureKind,
     Outgoing,
     PersonContacts,
     ProviderFailure,
-    PushContent,
-    SmsContent,
-    TerminalContent,
-    WebhookContent,
 )
 from omni_gateway.providers.registry import CircuitOpen, Registry
-from omni_gateway.rendering import Rendered, Renderer, TemplateParts, template_context
+from omni_gateway.rendering import template_context
 from omni_gateway.repository import Repository
 from omni_gateway.retry import DELIVERY_ATTEMPT, RetryPolicy
 from omni_gateway.suppression import (
@@ -69,10 +64,12 @@ from omni_gateway.suppression import (
     address_hash,
     blocking,
 )
+from omni_gateway.templates import Templates
+from omni_gateway.variants import locale_of
 from omni_gateway.wire import channel_to_proto, send_fingerprint
 from omni_kit import contact
 from omni_kit.bus import Outbox
-from omni_kit.errors import FieldViolation, InvalidArgument, NotFound, without_control_characters
+from omni_kit.errors import FieldViolation, InvalidArgument, without_control_characters
 from omni_kit.idempotency import ensure_same_request
 from omni_kit.ids import new_id
 from omni_kit.scheduler import cancel, schedule
@@ -105,16 +102,16 @@ class Delivery:
         repository: Repository,
         outbox: Outbox,
         contacts: Contacts,
-        renderer: Renderer,
         registry: Registry,
         policy: RetryPolicy,
+        templates: Templates,
     ) -> None:
         self._transaction = transaction
         self._repository = repository
         self._outbox = outbox
         self._contacts = contacts
-        self._renderer = renderer
         self._registry = registry
+        self._templates = templates
         self._policy = policy
         # The leases this process holds (message id → its lease's end), and the attempts running to the end.
         self._leases: dict[uuid.UUID, datetime] = {}
@@ -133,8 +130,12 @@ class Delivery:
             message = await self._repository.get_message_by_request(session, request.request_id)
             fresh = False
             if message is None:
-                await self._check_template(session, request)
-                message = await self._repository.insert_message(session, self._row(request, key), lease=lease)
+                version = await self._templates.sendable_version(
+                    session, request.template_id, request.channel
+                )
+                message = await self._repository.insert_message(
+                    session, self._row(request, key, template_version=version), lease=lease
+                )
                 fresh = message is not None
                 if message is not None:
                     # Should this first attempt die with its process, the job takes it up when its lease ends.
@@ -171,8 +172,10 @@ class Delivery:
         if message is not None:
             ensure_same_send(message, key)
             return message
-        await self._check_template(session, request)
-        message = await self._repository.insert_message(session, self._row(request, key))
+        version = await self._templates.sendable_version(session, request.template_id, request.channel)
+        message = await self._repository.insert_message(
+            session, self._row(request, key, template_version=version)
+        )
         if message is None:  # a concurrent send with the same key committed first
             message = await self._repository.get_message_by_request(session, request.request_id)
             assert message is not None
@@ -285,7 +288,6 @@ class Delivery:
                     found = await self._reconcile(message)
                     if found is not None:
                         return await self._record(message, message.recipient, None, found)
-                parts = await self._template_parts(message.template_id)
                 span.set_attribute("omni.contacts_batched", person is not None)
                 if isinstance(person, PermanentFailure):
                     raise person
@@ -306,10 +308,15 @@ class Delivery:
                     cart=data.cart,
                     variables=message.variables,
                 )
-                rendered = self._renderer.render(parts, context)
+                content = await self._templates.content_for(
+                    message.template_id,
+                    message.template_version,
+                    message.channel,
+                    locale=locale_of(data.traits),
+                    context=context,
+                )
                 person = replace(person, traits=data.traits)
-                accepted, recipient = await self._dispatch(
-                    message, person, content_for(message.channel, rendered)
+                accepted, recipient = await self._dispatch(message, person, content
                 )
             except DeliveryError as failure:
                 span.set_attribute("omni.delivery.error", str(failure))
@@ -485,35 +492,7 @@ class Delivery:
         if refusal is not None:
             raise PermanentFailure(refusal)
 
-    async def _check_template(self, session: AsyncSession, request: SendRequest) -> None:
-        template = await self._repository.get_template(session, request.template_id)
-        if template is None:
-            raise NotFound(
-                message=f"template {request.template_id!r} not found",
-                reason="TEMPLATE_NOT_FOUND",
-                metadata={"template_id": request.template_id},
-            )
-        if template.channel != request.channel:
-            raise InvalidArgument(
-                message="the template is for another channel",
-                violations=[
-                    FieldViolation(
-                        "template_id",
-                        f"template {template.id!r} is for {template.channel.value}, not {request.channel.value}",
-                    )
-                ],
-            )
-
-    async def _template_parts(self, template_id: str) -> TemplateParts:
-        async with self._transaction() as session:
-            template = await self._repository.get_template(session, template_id)
-        if template is None:
-            raise PermanentFailure(f"template {template_id!r} not found")
-        return TemplateParts(
-            subject=template.subject, body_text=template.body_text, body_html=template.body_html
-        )
-
-    def _row(self, request: SendRequest, key: bytes) -> dict[str, object]:
+    def _row(self, request: SendRequest, key: bytes, *, template_version: int = 0) -> dict[str, object]:
         carrier: dict[str, str] = {}
         propagate.inject(carrier)
         return {
@@ -523,6 +502,7 @@ class Delivery:
             "person_id": request.person_id,
             "channel": request.channel,
             "template_id": request.template_id,
+            "template_version": template_version,
             "variables": request.variables,
             "journey_id": request.journey_id,
             "purpose": request.purpose,
@@ -530,16 +510,3 @@ class Delivery:
             "trace_context": carrier,
         }
 
-
-def content_for(channel: Channel, rendered: Rendered) -> Content:
-    """What a channel's provider is given of a rendered template: an email's subject and bodies; an SMS's, a
-    terminal's text; a push's title (the subject) and body (the text); a webhook's JSON object."""
-    if channel == Channel.EMAIL:
-        return EmailContent(subject=rendered.subject, text=rendered.text, html=rendered.html)
-    if channel == Channel.SMS:
-        return SmsContent(text=rendered.text)
-    if channel in (Channel.PUSH, Channel.APP):
-        return PushContent(title=rendered.subject, body=rendered.text)
-    if channel == Channel.STORE:
-        return TerminalContent(text=rendered.text)
-    return WebhookContent(payload={"subject": rendered.subject, "text": rendered.text, "html": rendered.html})

@@ -20,6 +20,7 @@ from omni_gateway.receipts import ReceiptRecorder
 from omni_gateway.rendering import Renderer
 from omni_gateway.repository import Repository
 from omni_gateway.retry import DELIVERY_ATTEMPT, DeliveryAttempts, RetryPolicy
+from omni_gateway.templates import Templates
 from omni_kit import contact
 from omni_kit.grpc_client import channel
 from omni_kit.idempotency import keep_answers_purged
@@ -165,14 +166,15 @@ async def _wire(runtime: Runtime, settings: Settings) -> None:
     )
     repository = Repository()
     renderer = Renderer()
+    templates = Templates(transaction=runtime.transaction, repository=repository, renderer=renderer)
     delivery = Delivery(
         transaction=runtime.transaction,
         repository=repository,
         outbox=runtime.outbox,
         contacts=contacts,
-        renderer=renderer,
         registry=registry,
         policy=policy,
+        templates=templates,
     )
     # Identity's lineage shares the send requests' durable, so an erasure applies in log order with them.
     lineage = Lineage(PERSON_LINEAGE, on_erase=ErasureHook(repository))
@@ -209,7 +211,12 @@ async def _wire(runtime: Runtime, settings: Settings) -> None:
     await registry.start(receipts)
     await keep_answers_purged(runtime)
     servicer = GatewayServicer(
-        transaction=runtime.transaction, repository=repository, renderer=renderer, delivery=delivery
+        transaction=runtime.transaction,
+        repository=repository,
+        renderer=renderer,
+        delivery=delivery,
+        templates=templates,
+        contacts=contacts,
     )
     await runtime.serve(
         service_names=["omni.gateway.v1.GatewayService"],

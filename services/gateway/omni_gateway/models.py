@@ -1,4 +1,4 @@
-"""The gateway's tables: templates, the message log (one row per request id) and the copy of profile's contact
+"""The gateway's tables: templates and their versions, the message log (one row per request id) and the copy of profile's contact
 verdicts (omni_kit.contact)."""
 
 from __future__ import annotations
@@ -26,15 +26,32 @@ class Base(DeclarativeBase):
 
 
 class Template(Base):
-    """A Liquid template for one channel, named by the caller."""
+    """A template, named by the caller: which version is the latest, and whether it is archived.
+
+    `channel` is set for a template written for one channel the old way (subject and bodies), whose parts are
+    its variant for that channel; NULL for a template written with variants. `update_time` is when the latest
+    version was stored.
+    """
 
     __tablename__ = "templates"
 
     id: Mapped[str] = mapped_column(sa.Text, primary_key=True)
-    channel: Mapped[Channel] = mapped_column(_enum(Channel))
-    subject: Mapped[str] = mapped_column(sa.Text, default="")
-    body_text: Mapped[str] = mapped_column(sa.Text)
-    body_html: Mapped[str] = mapped_column(sa.Text, default="")
+    channel: Mapped[Channel | None] = mapped_column(_enum(Channel), nullable=True)
+    version: Mapped[int] = mapped_column(sa.Integer)
+    create_time: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True))
+    update_time: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True))
+    archive_time: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True), nullable=True)
+
+
+class TemplateVersion(Base):
+    """One version of a template, never changed once stored: its variants, each a JSON object with its kind,
+    locale and parts (rendering.Variant.to_json)."""
+
+    __tablename__ = "template_versions"
+
+    template_id: Mapped[str] = mapped_column(sa.Text, sa.ForeignKey("templates.id"), primary_key=True)
+    version: Mapped[int] = mapped_column(sa.Integer, primary_key=True)
+    variants: Mapped[list[dict[str, str]]] = mapped_column(JSONB)
     create_time: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True))
 
 
@@ -67,6 +84,8 @@ class Message(Base):
     person_id: Mapped[uuid.UUID] = mapped_column(sa.Uuid)
     channel: Mapped[Channel] = mapped_column(_enum(Channel))
     template_id: Mapped[str] = mapped_column(sa.Text)
+    # The template version the message is rendered with (the latest when it was accepted); 0 for none.
+    template_version: Mapped[int] = mapped_column(sa.Integer, default=0, server_default="0")
     variables: Mapped[dict[str, Any]] = mapped_column(JSONB, default=dict)
     journey_id: Mapped[str] = mapped_column(sa.Text, default="")
     purpose: Mapped[Purpose] = mapped_column(_enum(Purpose), default=Purpose.MARKETING)

@@ -1,4 +1,4 @@
-"""All the gateway's SQL: templates, and messages with their idempotency key and attempt lease.
+"""All the gateway's SQL: templates and their versions, and messages with their idempotency key and attempt lease.
 
 Times come from the database clock (now()), so replicas agree on leases and retry times.
 """
@@ -13,8 +13,8 @@ import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import JSONB, insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from omni_gateway.domain import MessageStatus
-from omni_gateway.models import Message, ReceiptRow, Suppression, Template
+from omni_gateway.domain import Channel, MessageStatus
+from omni_gateway.models import Message, ReceiptRow, Suppression, Template, TemplateVersion
 from omni_kit import contact
 
 _NOW = sa.func.now()
@@ -28,19 +28,92 @@ FORGOTTEN = "person forgotten"
 class Repository:
     """Queries on the gateway's database, run in the caller's session and transaction."""
 
-    async def get_template(self, session: AsyncSession, template_id: str) -> Template | None:
-        """The template with this id, if any."""
-        return await session.get(Template, template_id)
+    async def get_template(
+        self, session: AsyncSession, template_id: str, *, for_update: bool = False
+    ) -> Template | None:
+        """The template with this id (its latest version's number, its state), if any; for_update locks it
+        until the transaction ends, so versions are numbered one after the other."""
+        statement = sa.select(Template).where(Template.id == template_id)
+        if for_update:
+            statement = statement.with_for_update()
+        return (await session.scalars(statement.execution_options(populate_existing=True))).one_or_none()
 
-    async def insert_template(self, session: AsyncSession, values: dict[str, Any]) -> Template | None:
-        """Store a new template; None when the id is taken already."""
+    async def get_template_version(
+        self, session: AsyncSession, template_id: str, version: int
+    ) -> TemplateVersion | None:
+        """One version of a template, if it exists."""
+        return await session.get(TemplateVersion, (template_id, version))
+
+    async def insert_template(
+        self, session: AsyncSession, template_id: str, channel: Channel | None, variants: list[dict[str, str]]
+    ) -> tuple[Template, TemplateVersion] | None:
+        """Store a new template at version 1; None when the id is taken already."""
         statement = (
             insert(Template)
-            .values(**values, create_time=_NOW)
+            .values(id=template_id, channel=channel, version=1, create_time=_NOW, update_time=_NOW)
             .on_conflict_do_nothing(index_elements=[Template.id])
             .returning(Template)
         )
+        template = (await session.scalars(statement)).one_or_none()
+        if template is None:
+            return None
+        return template, await self._insert_version(session, template_id, 1, variants)
+
+    async def insert_template_version(
+        self, session: AsyncSession, template: Template, variants: list[dict[str, str]]
+    ) -> TemplateVersion:
+        """Store the next version of a template the caller holds locked (get_template(for_update=True))."""
+        version = await self._insert_version(session, template.id, template.version + 1, variants)
+        await session.execute(
+            sa.update(Template)
+            .where(Template.id == template.id)
+            .values(version=version.version, update_time=version.create_time)
+        )
+        await session.refresh(template)
+        return version
+
+    async def _insert_version(
+        self, session: AsyncSession, template_id: str, version: int, variants: list[dict[str, str]]
+    ) -> TemplateVersion:
+        statement = (
+            insert(TemplateVersion)
+            .values(template_id=template_id, version=version, variants=variants, create_time=_NOW)
+            .returning(TemplateVersion)
+        )
+        return (await session.scalars(statement)).one()
+
+    async def archive_template(self, session: AsyncSession, template_id: str) -> Template | None:
+        """Archive a template (an archived one keeps its archive time); None if there is none."""
+        statement = (
+            sa.update(Template)
+            .where(Template.id == template_id)
+            .values(archive_time=sa.func.coalesce(Template.archive_time, _NOW))
+            .returning(Template)
+            .execution_options(populate_existing=True)
+        )
         return (await session.scalars(statement)).one_or_none()
+
+    async def list_templates(
+        self, session: AsyncSession, *, after: str | None, size: int, show_archived: bool
+    ) -> list[tuple[Template, TemplateVersion]]:
+        """Up to `size` templates with their latest versions, by id, after the id `after`."""
+        statement = (
+            sa.select(Template, TemplateVersion)
+            .join(
+                TemplateVersion,
+                sa.and_(
+                    TemplateVersion.template_id == Template.id, TemplateVersion.version == Template.version
+                ),
+            )
+            .order_by(Template.id)
+            .limit(size)
+        )
+        if after is not None:
+            statement = statement.where(Template.id > after)
+        if not show_archived:
+            statement = statement.where(Template.archive_time.is_(None))
+        rows = await session.execute(statement)
+        return [(template, version) for template, version in rows.all()]
 
     async def get_message(self, session: AsyncSession, message_id: uuid.UUID) -> Message | None:
         """The message with this id, if any."""

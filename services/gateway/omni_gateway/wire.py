@@ -1,5 +1,5 @@
 """Protobuf ⇄ domain translation shared by the servicer and the events: channels, purposes, statuses,
-templates, messages, and the validation of a send request however it arrives (as a SendMessageRequest)."""
+templates (their variants and rendered content), messages, and the validation of a send request however it arrives (as a SendMessageRequest)."""
 
 from __future__ import annotations
 
@@ -13,9 +13,19 @@ from omni.common.v1 import common_pb2
 from omni.gateway.v1 import gateway_pb2
 from omni.profile.v1 import profile_pb2
 from omni_gateway.domain import Channel, MessageStatus, Purpose, SendRequest
-from omni_gateway.models import Message, Template
+from omni_gateway.models import Message
+from omni_gateway.providers.base import (
+    Content,
+    EmailContent,
+    PushContent,
+    SmsContent,
+    TerminalContent,
+    WebhookContent,
+)
+from omni_gateway.templates import StoredTemplate, legacy_parts
+from omni_gateway.variants import Variant, VariantKind
 from omni_kit import validation
-from omni_kit.errors import check_json_text
+from omni_kit.errors import Violations, check_json_text
 from omni_kit.idempotency import fingerprint
 
 # A message's variables are stored with it (and replayed): a cap keeps one send from storing megabytes.
@@ -81,16 +91,73 @@ def timestamp(value: datetime | None) -> timestamp_pb2.Timestamp | None:
     return result
 
 
-def template_to_proto(template: Template) -> gateway_pb2.Template:
-    """The wire form of a stored template."""
+def template_to_proto(template: StoredTemplate) -> gateway_pb2.Template:
+    """The wire form of a template version: its variants, and for a template written for one channel the
+    subject and bodies of its variant for that channel."""
+    legacy = legacy_parts(template)
     return gateway_pb2.Template(
         id=template.id,
-        channel=channel_to_proto(template.channel),
-        subject=template.subject,
-        body_text=template.body_text,
-        body_html=template.body_html,
+        channel=channel_to_proto(template.channel) if template.channel is not None else 0,
+        subject=legacy.subject,
+        body_text=legacy.body_text,
+        body_html=legacy.body_html,
         create_time=timestamp(template.create_time),
+        version=template.version,
+        variants=[variant_to_proto(v) for v in template.variants],
+        state=gateway_pb2.TEMPLATE_STATE_ARCHIVED if template.archived else gateway_pb2.TEMPLATE_STATE_ACTIVE,
+        update_time=timestamp(template.update_time),
+        archive_time=timestamp(template.archive_time),
+        channels=[channel_to_proto(c) for c in template.channels()],
     )
+
+
+def variant_to_proto(variant: Variant) -> gateway_pb2.TemplateVariant:
+    """The wire form of a variant: its locale and its kind's parts."""
+    result = gateway_pb2.TemplateVariant(locale=variant.locale)
+    parts = getattr(result, variant.kind.value)
+    parts.SetInParent()
+    for name, source in variant.parts.items():
+        setattr(parts, name, source)
+    return result
+
+
+def variant_from_proto(variant: gateway_pb2.TemplateVariant) -> Variant:
+    """A variant from the wire (checked by its proto's rules first: one content is set)."""
+    which = variant.WhichOneof("content")
+    assert which is not None  # the proto's rules
+    kind = VariantKind(which)
+    parts = getattr(variant, which)
+    return Variant(kind, variant.locale, {f.name: value for f, value in parts.ListFields()})
+
+
+def content_to_proto(
+    content: Content | None, kind: VariantKind, locale: str, error: str = ""
+) -> gateway_pb2.RenderedVariant:
+    """A rendered variant on the wire; with an error (nothing rendered) the content is its kind's, empty."""
+    result = gateway_pb2.RenderedVariant(locale=locale, error=error)
+    match content:
+        case EmailContent():
+            result.email.CopyFrom(
+                gateway_pb2.RenderedEmail(subject=content.subject, html=content.html, text=content.text)
+            )
+        case SmsContent():
+            result.sms.CopyFrom(gateway_pb2.RenderedSms(text=content.text))
+        case PushContent():
+            result.push.CopyFrom(
+                gateway_pb2.RenderedPush(
+                    title=content.title,
+                    body=content.body,
+                    deep_link=content.deep_link,
+                    image_url=content.image_url,
+                )
+            )
+        case TerminalContent():
+            result.terminal.CopyFrom(gateway_pb2.RenderedTerminal(text=content.text))
+        case WebhookContent():
+            result.webhook.payload.update(dict(content.payload))
+        case None:
+            getattr(result, kind.value).SetInParent()
+    return result
 
 
 def message_to_proto(message: Message) -> gateway_pb2.Message:
@@ -114,12 +181,23 @@ def message_to_proto(message: Message) -> gateway_pb2.Message:
         purpose=purpose_to_proto(message.purpose),
         provider=message.provider,
         provider_message_id=message.provider_message_id,
+        template_version=message.template_version,
     )
 
 
 def struct_to_dict(value: struct_pb2.Struct) -> dict[str, Any]:
     """A Struct as plain JSON-like Python values."""
     return json_format.MessageToDict(value)
+
+
+def check_variables(values: struct_pb2.Struct, path: str, violations: Violations) -> None:
+    """Check a Struct of values a template sees (a send's variables, a preview's sample traits): at most
+    MAX_VARIABLES_BYTES encoded, names without control characters, strings none but tabs and line breaks,
+    numbers finite; each bad value named by its path ("variables.order.skus[1]")."""
+    if values.ByteSize() > MAX_VARIABLES_BYTES:
+        violations.add(path, f"at most {MAX_VARIABLES_BYTES} bytes encoded, not {values.ByteSize()}")
+    else:
+        check_json_text(values, path, violations)
 
 
 def parse_send_request(
@@ -134,12 +212,7 @@ def parse_send_request(
     """
     violations = validation.check(request)
     variables = request.variables
-    if variables.ByteSize() > MAX_VARIABLES_BYTES:
-        violations.add(
-            "variables", f"at most {MAX_VARIABLES_BYTES} bytes encoded, not {variables.ByteSize()}"
-        )
-    else:
-        check_json_text(variables, "variables", violations)
+    check_variables(variables, "variables", violations)
     violations.raise_if_any()
     domain_channel = channel_from_proto(request.channel)
     domain_purpose = purpose_from_proto(request.purpose)

@@ -178,6 +178,10 @@ async def test_templates_and_messages_may_be_for_the_webhook_channel_from_0008(
                         sa.text(_INSERT.replace("'email'", "'fax'").format(columns="", values="")),
                         {"id": new_id(), "r": "fax", "p": new_id()},
                     )
+    finally:
+        await engine.dispose()
+
+
 async def test_the_templates_stored_before_versions_become_version_1_of_their_channels_variant(
     make_database: Callable[..., str],
 ) -> None:

@@ -142,6 +142,7 @@ async def test_a_template_with_variants_is_stored_as_version_1_and_answered_whol
         common_pb2.CHANNEL_PUSH,
         common_pb2.CHANNEL_APP,
         common_pb2.CHANNEL_STORE,
+        common_pb2.CHANNEL_WEBHOOK,
     ]
     assert (created.subject, created.body_text, created.body_html) == ("", "", "")
     assert created.HasField("create_time") and created.update_time == created.create_time

@@ -28,13 +28,13 @@ import logging
 import uuid
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 from opentelemetry import propagate, trace
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from omni_gateway.contacts import Contacts
+from omni_gateway.contacts import Contacts, PersonData
 from omni_gateway.domain import (
     Channel,
     DeliveryError,
@@ -81,6 +81,15 @@ tracer = trace.get_tracer("omni_gateway.delivery")
 log = logging.getLogger(__name__)
 
 Transaction = Callable[[], AbstractAsyncContextManager[AsyncSession]]
+
+
+@dataclass(frozen=True)
+class Prefetched:
+    """What identity and profile said of a message's person, fetched for a batch of attempts; None: not
+    fetched (the attempt asks)."""
+
+    person: PersonContacts | PermanentFailure | None = None
+    data: PersonData | None = None
 
 
 def ensure_same_send(message: Message, digest: bytes) -> None:
@@ -202,15 +211,13 @@ class Delivery:
                 ],
             )
 
-    async def attempt_to_the_end(
-        self, message: Message, person: PersonContacts | PermanentFailure | None = None
-    ) -> Message:
+    async def attempt_to_the_end(self, message: Message, prefetched: Prefetched | None = None) -> Message:
         """Run an attempt (whose lease the caller holds) that the caller's cancellation cannot cut short.
 
         A caller that gives up (deadline, cancel, a stopping job worker) must not cut an attempt between the
         provider taking the message and the outcome being recorded: that would send it twice. A graceful
         stop waits for these (release_leases)."""
-        task = asyncio.ensure_future(self.attempt(message, person))
+        task = asyncio.ensure_future(self.attempt(message, prefetched))
         self._running.add(task)
         task.add_done_callback(self._running.discard)
         return await asyncio.shield(task)
@@ -258,13 +265,13 @@ class Delivery:
         async with self._transaction() as session:
             return await self._claim(session, message_id)
 
-    async def attempt(
-        self, message: Message, person: PersonContacts | PermanentFailure | None = None
-    ) -> Message:
+    async def attempt(self, message: Message, prefetched: Prefetched | None = None) -> Message:
         """One delivery attempt of a message whose lease the caller holds; records and returns the outcome.
 
-        `person` is what identity said of the message's person already (fetched for a batch of attempts:
-        `contacts_for`); without it identity is asked here."""
+        `prefetched` is what identity and profile said of the message's person already (fetched for a batch
+        of attempts: `contacts_for`); what it lacks is asked here."""
+        person = prefetched.person if prefetched is not None else None
+        data = prefetched.data if prefetched is not None else None
         with tracer.start_as_current_span(
             "gateway deliver",
             attributes={
@@ -287,6 +294,7 @@ class Delivery:
                         return await self._record(message, message.recipient, None, found)
                 parts = await self._template_parts(message.template_id)
                 span.set_attribute("omni.contacts_batched", person is not None)
+                span.set_attribute("omni.profile_batched", data is not None)
                 if isinstance(person, PermanentFailure):
                     raise person
                 if person is None:
@@ -299,7 +307,8 @@ class Delivery:
                     raise PermanentFailure(f"no {message.channel.value} address")
                 # Asked at every attempt: consent taken back after a transient failure stops the retry.
                 await self._check_verdict(person.person_id, message)
-                data = await self._contacts.data_of(message.person_id)
+                if data is None:
+                    data = await self._contacts.data_of(message.person_id)
                 context = template_context(
                     person_id=str(message.person_id),
                     traits=data.traits,
@@ -317,22 +326,31 @@ class Delivery:
             span.set_attribute("omni.provider", accepted.provider)
             return await self._record(message, recipient, None, accepted)
 
-    async def contacts_for(
-        self, messages: list[Message]
-    ) -> dict[uuid.UUID, PersonContacts | PermanentFailure]:
-        """What identity says of the persons of a batch of messages, in one call; empty when identity cannot
-        answer now (each attempt then asks, and fails transiently, on its own)."""
+    async def contacts_for(self, messages: list[Message]) -> dict[uuid.UUID, Prefetched]:
+        """What identity and profile say of the persons of a batch of messages, one call to each; what a
+        service cannot answer now is left out (each attempt then asks, and fails transiently, on its own)."""
         if not messages:
             return {}
+        person_ids = [m.person_id for m in messages]
         with tracer.start_as_current_span(
             "gateway contacts", attributes={"omni.message_count": len(messages)}
         ) as span:
+            persons: dict[uuid.UUID, PersonContacts | PermanentFailure] = {}
+            profiles: dict[uuid.UUID, PersonData] = {}
             try:
-                return await self._contacts.persons_of([m.person_id for m in messages])
+                persons = await self._contacts.persons_of(person_ids)
             except TransientFailure as failure:
                 span.set_attribute("omni.delivery.error", str(failure))
-                log.warning("contacts of %d messages not fetched at once: %s", len(messages), failure)
-                return {}
+                log.warning("persons of %d messages not fetched at once: %s", len(messages), failure)
+            try:
+                profiles = await self._contacts.data_of_many(person_ids)
+            except TransientFailure as failure:
+                span.set_attribute("omni.delivery.error", str(failure))
+                log.warning("profiles of %d messages not fetched at once: %s", len(messages), failure)
+        return {
+            person_id: Prefetched(person=persons.get(person_id), data=profiles.get(person_id))
+            for person_id in person_ids
+        }
 
     async def _dispatch(
         self, message: Message, person: PersonContacts, content: Content

@@ -3,22 +3,28 @@
 The flow of one send:
 1. In one transaction: replay or refuse a known request id, or check the template and insert the message
    QUEUED, already holding the lease of its first attempt; commit. From here the message cannot be lost.
-2. Outside any transaction: the person (after merges, the survivor) and its email from identity; unless
+2. Outside any transaction: the person (after merges, the survivor) and its identifiers from identity; unless
    profile's verdict for the person, the message's channel and purpose allows it (the gateway's copy,
-   omni_kit.contact) it fails there; traits and cart from profile; render the template, build the email and
-   hand it to the SMTP server. A message sent by a journey waits (transient) until the copy is at least as
-   new as the verdicts decisioning chose its channel by.
-3. In one transaction: record SENT or FAILED and stage message_sent / message_failed with it.
+   omni_kit.contact) it fails there; traits and cart from profile; render the template and hand the message
+   to the channel's providers in order (failover.py: failover, suppression, the attempt recorded before each
+   provider is called). A message sent by a journey waits (transient) until the copy is at least as new as
+   the verdicts decisioning chose its channel by.
+3. In one transaction: record SENT (with the provider that took it) or FAILED and stage message_sent /
+   message_failed with it; an address a provider refused as invalid is suppressed in the same transaction.
 
-A transient failure (SMTP server, identity or profile unreachable; a 4xx answer; verdicts not yet as new as
-the sender's) keeps the message QUEUED with the error and a next attempt time, backing off exponentially,
-and schedules that attempt as a job of omni_kit's scheduler in the same transaction (retry.py runs it); a
-repeated SendMessage with the same request id attempts it at once. After `max_attempts` the message is
-FAILED and its job ends. Each attempt holds a lease on the message (its job waits for the lease's end
-meanwhile), so two callers never send it at the same time; only a process that dies after the SMTP server
-took the email but before recording it can cause a second copy, which carries the same Message-ID. A process
+A transient failure (every provider unreachable, refusing for now or behind an open circuit; identity or
+profile unreachable; verdicts not yet as new as the sender's) keeps the message QUEUED with the error and a
+next attempt time, backing off exponentially with jitter, and schedules that attempt as a job of omni_kit's
+scheduler in the same transaction (retry.py runs it); a repeated SendMessage with the same request id
+attempts it at once. After `max_attempts` the message is FAILED and its job ends. Each attempt holds a lease
+on the message (its job waits for the lease's end meanwhile), so two callers never send it at the same time;
+only a process that dies after a provider took the message but before recording it can cause a second copy
+(unless the provider can be asked: `lookup`), and an email's copy carries the same Message-ID. A process
 that stops gracefully lets its running attempts end and gives back the leases it still holds
 (`release_leases`), so those messages are attempted again at once rather than when the lease runs out.
+
+Journeys' sends (`enqueue`) are only queued, in the consumer's transaction, with their first attempt a due
+job: the job pool sends them, a bounded number at a time, asking identity and profile once per batch.
 """
 
 from __future__ import annotations
@@ -44,30 +50,20 @@ from omni_gateway.domain import (
     TransientFailure,
 )
 from omni_gateway.events import stage_outcome
+from omni_gateway.failover import Failover, content_for
 from omni_gateway.models import Message
 from omni_gateway.providers.base import (
     Accepted,
-    Content,
-    EmailContent,
-    FailureKind,
-    Outgoing,
     PersonContacts,
-    ProviderFailure,
-    PushContent,
-    SmsContent,
-    TerminalContent,
-    WebhookContent,
 )
-from omni_gateway.providers.registry import CircuitOpen, Registry
-from omni_gateway.rendering import Rendered, Renderer, TemplateParts, template_context
+from omni_gateway.providers.registry import Registry
+from omni_gateway.rendering import Renderer, TemplateParts, template_context
 from omni_gateway.repository import Repository
 from omni_gateway.retry import DELIVERY_ATTEMPT, RetryPolicy
 from omni_gateway.suppression import (
     AddressRefused,
-    Suppressed,
     SuppressionReason,
     address_hash,
-    blocking,
 )
 from omni_gateway.wire import channel_to_proto, send_fingerprint
 from omni_kit import contact
@@ -124,6 +120,7 @@ class Delivery:
         self._contacts = contacts
         self._renderer = renderer
         self._registry = registry
+        self._failover = Failover(transaction=transaction, repository=repository, registry=registry)
         self._policy = policy
         # The leases this process holds (message id → its lease's end), and the attempts running to the end.
         self._leases: dict[uuid.UUID, datetime] = {}
@@ -289,7 +286,7 @@ class Delivery:
                     )
                 if message.attempt_provider:
                     # An attempt handed it to a provider and died before recording the outcome.
-                    found = await self._reconcile(message)
+                    found = await self._failover.reconcile(message)
                     if found is not None:
                         return await self._record(message, message.recipient, None, found)
                 parts = await self._template_parts(message.template_id)
@@ -317,7 +314,7 @@ class Delivery:
                 )
                 rendered = self._renderer.render(parts, context)
                 person = replace(person, traits=data.traits)
-                accepted, recipient = await self._dispatch(
+                accepted, recipient = await self._failover.dispatch(
                     message, person, content_for(message.channel, rendered)
                 )
             except DeliveryError as failure:
@@ -351,89 +348,6 @@ class Delivery:
             person_id: Prefetched(person=persons.get(person_id), data=profiles.get(person_id))
             for person_id in person_ids
         }
-
-    async def _dispatch(
-        self, message: Message, person: PersonContacts, content: Content
-    ) -> tuple[Accepted, str]:
-        """Hand the message to the channel's providers in order until one takes it (failover).
-
-        A transient failure or an open circuit moves on to the next provider; a refusal of the message
-        (PERMANENT) or of the address (ADDRESS_INVALID, which suppresses it) ends the attempt. The provider is
-        recorded on the message before it is called, so an attempt cut short there is known to the next one.
-        Raises TransientFailure when every provider failed for now, PermanentFailure when none can reach the
-        person or the message is refused.
-        """
-        failures: list[str] = []
-        hints: list[float] = []
-        reachable = False
-        checked: dict[str, None] = {}
-        for slot in self._registry.chain(message.channel):
-            address = slot.provider.address_of(person)
-            if not address:
-                continue
-            reachable = True
-            if address not in checked:
-                await self._check_suppression(message, address)
-                checked[address] = None
-            outgoing = Outgoing(
-                message_id=message.id,
-                person_id=person.person_id,
-                channel=message.channel,
-                purpose=message.purpose,
-                address=address,
-                content=content,
-                attempt=message.attempt_count,
-                locale=str(person.traits.get("locale") or ""),
-            )
-            async with self._transaction() as session:
-                await self._repository.mark_attempt(
-                    session, message.id, provider=slot.name, recipient=address
-                )
-            try:
-                return await slot.send(outgoing), address
-            except CircuitOpen as error:
-                failures.append(str(error))
-            except ProviderFailure as failure:
-                detail = str(failure) if failure.provider else f"{slot.name}: {failure.detail}"
-                if failure.kind is FailureKind.TRANSIENT:
-                    failures.append(detail)
-                    if failure.retry_after_s is not None:
-                        hints.append(failure.retry_after_s)
-                    continue
-                if failure.kind is FailureKind.ADDRESS_INVALID:
-                    raise AddressRefused(
-                        detail, channel=message.channel, address=address, provider=slot.name
-                    ) from failure
-                raise PermanentFailure(detail) from failure
-        if not reachable:
-            raise PermanentFailure(f"no {message.channel.value} address")
-        transient = TransientFailure("; ".join(failures))
-        transient.retry_after_s = min(hints) if hints else None
-        raise transient
-
-    async def _check_suppression(self, message: Message, address: str) -> None:
-        async with self._transaction() as session:
-            reasons = await self._repository.is_suppressed_for(
-                session, message.channel.value, address_hash(message.channel, address)
-            )
-        reason = blocking(reasons, message.purpose)
-        if reason is not None:
-            raise Suppressed(reason)
-
-    async def _reconcile(self, message: Message) -> Accepted | None:
-        """Ask the provider an unfinished attempt handed the message to whether it has it, where the provider
-        can say (`lookup`); None: not taken, or no way to know (then it is sent again: see the README)."""
-        slot = self._registry.get(message.attempt_provider)
-        lookup = getattr(slot.provider, "lookup", None) if slot is not None else None
-        if lookup is None:
-            return None
-        try:
-            found: Accepted | None = await lookup(message.id)
-        except ProviderFailure as failure:
-            raise TransientFailure(
-                f"{message.attempt_provider}: cannot look the message up: {failure.detail}"
-            ) from failure
-        return found
 
     async def _record(
         self,
@@ -547,17 +461,3 @@ class Delivery:
             "contact_verdict_version": request.contact_verdict_version,
             "trace_context": carrier,
         }
-
-
-def content_for(channel: Channel, rendered: Rendered) -> Content:
-    """What a channel's provider is given of a rendered template: an email's subject and bodies; an SMS's, a
-    terminal's text; a push's title (the subject) and body (the text); a webhook's JSON object."""
-    if channel == Channel.EMAIL:
-        return EmailContent(subject=rendered.subject, text=rendered.text, html=rendered.html)
-    if channel == Channel.SMS:
-        return SmsContent(text=rendered.text)
-    if channel in (Channel.PUSH, Channel.APP):
-        return PushContent(title=rendered.subject, body=rendered.text)
-    if channel == Channel.STORE:
-        return TerminalContent(text=rendered.text)
-    return WebhookContent(payload={"subject": rendered.subject, "text": rendered.text, "html": rendered.html})

@@ -198,7 +198,7 @@ async def test_a_request_id_reused_for_other_content_is_dead_lettered(
     assert "was used for a different message" in letters[0].headers["Omni-Error"]
 
 
-async def test_the_pool_asks_identity_once_for_a_batch_of_journey_sends(
+async def test_the_pool_asks_identity_and_profile_once_for_a_batch_of_journey_sends(
     gateway: Gateway,
     neighbours: Neighbours,
     smtp_sink: SmtpSink,
@@ -226,6 +226,7 @@ async def test_the_pool_asks_identity_once_for_a_batch_of_journey_sends(
     delivers = [s for s in finished if s.name == "gateway deliver"]
     assert len(delivers) == len(requests)
     assert all(s.attributes and s.attributes["omni.contacts_batched"] for s in delivers)
+    assert all(s.attributes and s.attributes["omni.profile_batched"] for s in delivers)
     batches = [s for s in finished if s.name == "gateway contacts"]
     assert 1 <= len(batches) <= len(requests)
     counted = [dict(s.attributes or {}).get("omni.message_count") for s in batches]

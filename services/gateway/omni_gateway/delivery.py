@@ -3,22 +3,28 @@
 The flow of one send:
 1. In one transaction: replay or refuse a known request id, or check the template and insert the message
    QUEUED, already holding the lease of its first attempt; commit. From here the message cannot be lost.
-2. Outside any transaction: the person (after merges, the survivor) and its email from identity; unless
+2. Outside any transaction: the person (after merges, the survivor) and its identifiers from identity; unless
    profile's verdict for the person, the message's channel and purpose allows it (the gateway's copy,
-   omni_kit.contact) it fails there; traits and cart from profile; render the template, build the email and
-   hand it to the SMTP server. A message sent by a journey waits (transient) until the copy is at least as
-   new as the verdicts decisioning chose its channel by.
-3. In one transaction: record SENT or FAILED and stage message_sent / message_failed with it.
+   omni_kit.contact) it fails there; traits and cart from profile; render the template and hand the message
+   to the channel's providers in order (failover.py: failover, suppression, the attempt recorded before each
+   provider is called). A message sent by a journey waits (transient) until the copy is at least as new as
+   the verdicts decisioning chose its channel by.
+3. In one transaction: record SENT (with the provider that took it) or FAILED and stage message_sent /
+   message_failed with it; an address a provider refused as invalid is suppressed in the same transaction.
 
-A transient failure (SMTP server, identity or profile unreachable; a 4xx answer; verdicts not yet as new as
-the sender's) keeps the message QUEUED with the error and a next attempt time, backing off exponentially,
-and schedules that attempt as a job of omni_kit's scheduler in the same transaction (retry.py runs it); a
-repeated SendMessage with the same request id attempts it at once. After `max_attempts` the message is
-FAILED and its job ends. Each attempt holds a lease on the message (its job waits for the lease's end
-meanwhile), so two callers never send it at the same time; only a process that dies after the SMTP server
-took the email but before recording it can cause a second copy, which carries the same Message-ID. A process
+A transient failure (every provider unreachable, refusing for now or behind an open circuit; identity or
+profile unreachable; verdicts not yet as new as the sender's) keeps the message QUEUED with the error and a
+next attempt time, backing off exponentially with jitter, and schedules that attempt as a job of omni_kit's
+scheduler in the same transaction (retry.py runs it); a repeated SendMessage with the same request id
+attempts it at once. After `max_attempts` the message is FAILED and its job ends. Each attempt holds a lease
+on the message (its job waits for the lease's end meanwhile), so two callers never send it at the same time;
+only a process that dies after a provider took the message but before recording it can cause a second copy
+(unless the provider can be asked: `lookup`), and an email's copy carries the same Message-ID. A process
 that stops gracefully lets its running attempts end and gives back the leases it still holds
 (`release_leases`), so those messages are attempted again at once rather than when the lease runs out.
+
+Journeys' sends (`enqueue`) are only queued, in the consumer's transaction, with their first attempt a due
+job: the job pool sends them, a bounded number at a time, asking identity and profile once per batch.
 """
 
 from __future__ import annotations
@@ -28,13 +34,13 @@ import logging
 import uuid
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 from opentelemetry import propagate, trace
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from omni_gateway.contacts import Contacts
+from omni_gateway.contacts import Contacts, PersonData
 from omni_gateway.domain import (
     Channel,
     DeliveryError,
@@ -44,25 +50,20 @@ from omni_gateway.domain import (
     TransientFailure,
 )
 from omni_gateway.events import stage_outcome
+from omni_gateway.failover import Failover
 from omni_gateway.models import Message
 from omni_gateway.providers.base import (
     Accepted,
-    Content,
-    FailureKind,
-    Outgoing,
     PersonContacts,
-    ProviderFailure,
 )
-from omni_gateway.providers.registry import CircuitOpen, Registry
+from omni_gateway.providers.registry import Registry
 from omni_gateway.rendering import template_context
 from omni_gateway.repository import Repository
 from omni_gateway.retry import DELIVERY_ATTEMPT, RetryPolicy
 from omni_gateway.suppression import (
     AddressRefused,
-    Suppressed,
     SuppressionReason,
     address_hash,
-    blocking,
 )
 from omni_gateway.templates import Templates
 from omni_gateway.variants import locale_of
@@ -78,6 +79,15 @@ tracer = trace.get_tracer("omni_gateway.delivery")
 log = logging.getLogger(__name__)
 
 Transaction = Callable[[], AbstractAsyncContextManager[AsyncSession]]
+
+
+@dataclass(frozen=True)
+class Prefetched:
+    """What identity and profile said of a message's person, fetched for a batch of attempts; None: not
+    fetched (the attempt asks)."""
+
+    person: PersonContacts | PermanentFailure | None = None
+    data: PersonData | None = None
 
 
 def ensure_same_send(message: Message, digest: bytes) -> None:
@@ -112,6 +122,7 @@ class Delivery:
         self._contacts = contacts
         self._registry = registry
         self._templates = templates
+        self._failover = Failover(transaction=transaction, repository=repository, registry=registry)
         self._policy = policy
         # The leases this process holds (message id → its lease's end), and the attempts running to the end.
         self._leases: dict[uuid.UUID, datetime] = {}
@@ -205,15 +216,13 @@ class Delivery:
                 ],
             )
 
-    async def attempt_to_the_end(
-        self, message: Message, person: PersonContacts | PermanentFailure | None = None
-    ) -> Message:
+    async def attempt_to_the_end(self, message: Message, prefetched: Prefetched | None = None) -> Message:
         """Run an attempt (whose lease the caller holds) that the caller's cancellation cannot cut short.
 
         A caller that gives up (deadline, cancel, a stopping job worker) must not cut an attempt between the
         provider taking the message and the outcome being recorded: that would send it twice. A graceful
         stop waits for these (release_leases)."""
-        task = asyncio.ensure_future(self.attempt(message, person))
+        task = asyncio.ensure_future(self.attempt(message, prefetched))
         self._running.add(task)
         task.add_done_callback(self._running.discard)
         return await asyncio.shield(task)
@@ -261,13 +270,13 @@ class Delivery:
         async with self._transaction() as session:
             return await self._claim(session, message_id)
 
-    async def attempt(
-        self, message: Message, person: PersonContacts | PermanentFailure | None = None
-    ) -> Message:
+    async def attempt(self, message: Message, prefetched: Prefetched | None = None) -> Message:
         """One delivery attempt of a message whose lease the caller holds; records and returns the outcome.
 
-        `person` is what identity said of the message's person already (fetched for a batch of attempts:
-        `contacts_for`); without it identity is asked here."""
+        `prefetched` is what identity and profile said of the message's person already (fetched for a batch
+        of attempts: `contacts_for`); what it lacks is asked here."""
+        person = prefetched.person if prefetched is not None else None
+        data = prefetched.data if prefetched is not None else None
         with tracer.start_as_current_span(
             "gateway deliver",
             attributes={
@@ -285,10 +294,11 @@ class Delivery:
                     )
                 if message.attempt_provider:
                     # An attempt handed it to a provider and died before recording the outcome.
-                    found = await self._reconcile(message)
+                    found = await self._failover.reconcile(message)
                     if found is not None:
                         return await self._record(message, message.recipient, None, found)
                 span.set_attribute("omni.contacts_batched", person is not None)
+                span.set_attribute("omni.profile_batched", data is not None)
                 if isinstance(person, PermanentFailure):
                     raise person
                 if person is None:
@@ -301,7 +311,8 @@ class Delivery:
                     raise PermanentFailure(f"no {message.channel.value} address")
                 # Asked at every attempt: consent taken back after a transient failure stops the retry.
                 await self._check_verdict(person.person_id, message)
-                data = await self._contacts.data_of(message.person_id)
+                if data is None:
+                    data = await self._contacts.data_of(message.person_id)
                 context = template_context(
                     person_id=str(message.person_id),
                     traits=data.traits,
@@ -316,113 +327,38 @@ class Delivery:
                     context=context,
                 )
                 person = replace(person, traits=data.traits)
-                accepted, recipient = await self._dispatch(message, person, content
-                )
+                accepted, recipient = await self._failover.dispatch(message, person, content)
             except DeliveryError as failure:
                 span.set_attribute("omni.delivery.error", str(failure))
                 return await self._record(message, recipient, failure)
             span.set_attribute("omni.provider", accepted.provider)
             return await self._record(message, recipient, None, accepted)
 
-    async def contacts_for(
-        self, messages: list[Message]
-    ) -> dict[uuid.UUID, PersonContacts | PermanentFailure]:
-        """What identity says of the persons of a batch of messages, in one call; empty when identity cannot
-        answer now (each attempt then asks, and fails transiently, on its own)."""
+    async def contacts_for(self, messages: list[Message]) -> dict[uuid.UUID, Prefetched]:
+        """What identity and profile say of the persons of a batch of messages, one call to each; what a
+        service cannot answer now is left out (each attempt then asks, and fails transiently, on its own)."""
         if not messages:
             return {}
+        person_ids = [m.person_id for m in messages]
         with tracer.start_as_current_span(
             "gateway contacts", attributes={"omni.message_count": len(messages)}
         ) as span:
+            persons: dict[uuid.UUID, PersonContacts | PermanentFailure] = {}
+            profiles: dict[uuid.UUID, PersonData] = {}
             try:
-                return await self._contacts.persons_of([m.person_id for m in messages])
+                persons = await self._contacts.persons_of(person_ids)
             except TransientFailure as failure:
                 span.set_attribute("omni.delivery.error", str(failure))
-                log.warning("contacts of %d messages not fetched at once: %s", len(messages), failure)
-                return {}
-
-    async def _dispatch(
-        self, message: Message, person: PersonContacts, content: Content
-    ) -> tuple[Accepted, str]:
-        """Hand the message to the channel's providers in order until one takes it (failover).
-
-        A transient failure or an open circuit moves on to the next provider; a refusal of the message
-        (PERMANENT) or of the address (ADDRESS_INVALID, which suppresses it) ends the attempt. The provider is
-        recorded on the message before it is called, so an attempt cut short there is known to the next one.
-        Raises TransientFailure when every provider failed for now, PermanentFailure when none can reach the
-        person or the message is refused.
-        """
-        failures: list[str] = []
-        hints: list[float] = []
-        reachable = False
-        checked: dict[str, None] = {}
-        for slot in self._registry.chain(message.channel):
-            address = slot.provider.address_of(person)
-            if not address:
-                continue
-            reachable = True
-            if address not in checked:
-                await self._check_suppression(message, address)
-                checked[address] = None
-            outgoing = Outgoing(
-                message_id=message.id,
-                person_id=person.person_id,
-                channel=message.channel,
-                purpose=message.purpose,
-                address=address,
-                content=content,
-                attempt=message.attempt_count,
-                locale=str(person.traits.get("locale") or ""),
-            )
-            async with self._transaction() as session:
-                await self._repository.mark_attempt(
-                    session, message.id, provider=slot.name, recipient=address
-                )
+                log.warning("persons of %d messages not fetched at once: %s", len(messages), failure)
             try:
-                return await slot.send(outgoing), address
-            except CircuitOpen as error:
-                failures.append(str(error))
-            except ProviderFailure as failure:
-                detail = str(failure) if failure.provider else f"{slot.name}: {failure.detail}"
-                if failure.kind is FailureKind.TRANSIENT:
-                    failures.append(detail)
-                    if failure.retry_after_s is not None:
-                        hints.append(failure.retry_after_s)
-                    continue
-                if failure.kind is FailureKind.ADDRESS_INVALID:
-                    raise AddressRefused(
-                        detail, channel=message.channel, address=address, provider=slot.name
-                    ) from failure
-                raise PermanentFailure(detail) from failure
-        if not reachable:
-            raise PermanentFailure(f"no {message.channel.value} address")
-        transient = TransientFailure("; ".join(failures))
-        transient.retry_after_s = min(hints) if hints else None
-        raise transient
-
-    async def _check_suppression(self, message: Message, address: str) -> None:
-        async with self._transaction() as session:
-            reasons = await self._repository.is_suppressed_for(
-                session, message.channel.value, address_hash(message.channel, address)
-            )
-        reason = blocking(reasons, message.purpose)
-        if reason is not None:
-            raise Suppressed(reason)
-
-    async def _reconcile(self, message: Message) -> Accepted | None:
-        """Ask the provider an unfinished attempt handed the message to whether it has it, where the provider
-        can say (`lookup`); None: not taken, or no way to know (then it is sent again: see the README)."""
-        slot = self._registry.get(message.attempt_provider)
-        lookup = getattr(slot.provider, "lookup", None) if slot is not None else None
-        if lookup is None:
-            return None
-        try:
-            found: Accepted | None = await lookup(message.id)
-        except ProviderFailure as failure:
-            raise TransientFailure(
-                f"{message.attempt_provider}: cannot look the message up: {failure.detail}"
-            ) from failure
-        return found
+                profiles = await self._contacts.data_of_many(person_ids)
+            except TransientFailure as failure:
+                span.set_attribute("omni.delivery.error", str(failure))
+                log.warning("profiles of %d messages not fetched at once: %s", len(messages), failure)
+        return {
+            person_id: Prefetched(person=persons.get(person_id), data=profiles.get(person_id))
+            for person_id in person_ids
+        }
 
     async def _record(
         self,
@@ -509,4 +445,3 @@ class Delivery:
             "contact_verdict_version": request.contact_verdict_version,
             "trace_context": carrier,
         }
-

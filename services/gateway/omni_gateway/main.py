@@ -148,7 +148,7 @@ async def _wire(runtime: Runtime, settings: Settings) -> None:
         channel(
             settings.profile_target,
             service="omni.profile.v1.ProfileService",
-            idempotent_methods=["GetProfile"],
+            idempotent_methods=["GetProfile", "BatchGetProfiles"],
             timeout_s=settings.client_timeout_s,
         )
     )

@@ -231,6 +231,25 @@ class ProfileServicer(profile_pb2_grpc.ProfileServiceServicer):
         profile = await self._profiles.view(uuid.UUID(request.person_id), request.recent_event_count)
         return profile_pb2.GetProfileResponse(profile=wire.profile_to_proto(profile))
 
+    async def BatchGetProfiles(
+        self, request: profile_pb2.BatchGetProfilesRequest, context: grpc.aio.ServicerContext
+    ) -> profile_pb2.BatchGetProfilesResponse:
+        """Many 360 views, without recent events; a person profile does not know answers no profile."""
+        checks.validate_batch_get_profiles(request)
+        results = []
+        for raw_id in request.person_ids:
+            try:
+                profile = await self._profiles.view(uuid.UUID(raw_id), 1)
+            except NotFound:
+                results.append(
+                    profile_pb2.BatchGetProfilesResult(person_id=raw_id, not_found_reason=PERSON_NOT_FOUND)
+                )
+                continue
+            message = wire.profile_to_proto(profile)
+            del message.recent_events[:]
+            results.append(profile_pb2.BatchGetProfilesResult(person_id=raw_id, profile=message))
+        return profile_pb2.BatchGetProfilesResponse(results=results)
+
     async def ListTimeline(
         self, request: profile_pb2.ListTimelineRequest, context: grpc.aio.ServicerContext
     ) -> profile_pb2.ListTimelineResponse:

@@ -49,6 +49,11 @@ def validate_get_profile(request: profile_pb2.GetProfileRequest) -> None:
     validation.validate(request)
 
 
+def validate_batch_get_profiles(request: profile_pb2.BatchGetProfilesRequest) -> None:
+    """Check a BatchGetProfiles request (1 to 500 UUIDs)."""
+    validation.validate(request)
+
+
 def validate_list_timeline(request: profile_pb2.ListTimelineRequest) -> None:
     """Check a ListTimeline request (the page token is checked when it is decoded)."""
     validation.validate(request)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import AsyncIterator
 
 import grpc
 
@@ -11,9 +12,10 @@ from omni_gateway.delivery import Delivery, Transaction
 from omni_gateway.domain import Channel
 from omni_gateway.rendering import Renderer, TemplateParts
 from omni_gateway.repository import Repository
+from omni_gateway.terminals.stream import TerminalStreams
 from omni_gateway.wire import channel_from_proto, message_to_proto, parse_send_request, template_to_proto
 from omni_kit import validation
-from omni_kit.errors import AlreadyExists, NotFound
+from omni_kit.errors import AlreadyExists, FailedPrecondition, NotFound
 from omni_kit.idempotency import idempotent
 
 
@@ -21,8 +23,15 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
     """Templates and messages over gRPC; sending itself is the Delivery's."""
 
     def __init__(
-        self, *, transaction: Transaction, repository: Repository, renderer: Renderer, delivery: Delivery
+        self,
+        *,
+        transaction: Transaction,
+        repository: Repository,
+        renderer: Renderer,
+        delivery: Delivery,
+        terminals: TerminalStreams | None = None,
     ) -> None:
+        self._terminals = terminals
         self._transaction = transaction
         self._repository = repository
         self._renderer = renderer
@@ -115,3 +124,13 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
                 metadata={"message_id": str(message_id)},
             )
         return gateway_pb2.GetMessageResponse(message=message_to_proto(message))
+
+    def ConnectTerminal(
+        self,
+        request_iterator: AsyncIterator[gateway_pb2.ConnectTerminalRequest],
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[gateway_pb2.ConnectTerminalResponse]:
+        """A till's stream (terminals.stream)."""
+        if self._terminals is None:
+            raise FailedPrecondition(message="store terminals are not served here", reason="NO_TERMINALS")
+        return self._terminals.connect(request_iterator, context)

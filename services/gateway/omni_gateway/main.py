@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from pydantic import Field, SecretStr
@@ -14,21 +15,24 @@ from omni_gateway.api import GatewayServicer
 from omni_gateway.consumers import ErasureHook, EventRouter, SendRequestedHandler
 from omni_gateway.contacts import Contacts
 from omni_gateway.delivery import Delivery
+from omni_gateway.providers.base import Receipt, ReceiptSink
 from omni_gateway.rendering import Renderer
 from omni_gateway.repository import Repository
 from omni_gateway.retry import DELIVERY_ATTEMPT, DeliveryAttempts, RetryPolicy
 from omni_gateway.smtp import Mailer, SmtpConfig
+from omni_gateway.terminals.settings import TerminalSettings
+from omni_gateway.terminals.setup import start_terminals
 from omni_kit import contact
 from omni_kit.grpc_client import channel
 from omni_kit.idempotency import keep_answers_purged
 from omni_kit.lineage import PERSON_LINEAGE, Lineage
 from omni_kit.runtime import Runtime
-from omni_kit.settings import ServiceSettings
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+log = logging.getLogger(__name__)
 
 
-class Settings(ServiceSettings):
+class Settings(TerminalSettings):
     """The gateway's settings, from OMNI_GATEWAY_* variables."""
 
     model_config = SettingsConfigDict(env_prefix="OMNI_GATEWAY_", extra="ignore", frozen=True)
@@ -58,25 +62,31 @@ class Settings(ServiceSettings):
     )
 
 
-async def start(settings: Settings) -> Runtime:
+async def start(settings: Settings, *, receipts: ReceiptSink | None = None) -> Runtime:
     """Open the runtime, build the parts, consume send requests, erasures and profile's contact verdicts, retry
-    queued messages, serve."""
+    queued messages, serve. `receipts` takes the outcomes providers report after the send (logged if None)."""
     runtime = Runtime("gateway", settings, migrations=MIGRATIONS)
     try:
-        await _wire(runtime, settings)
+        await _wire(runtime, settings, receipts or _log_receipt)
     except BaseException:
         await runtime.close()
         raise
     return runtime
 
 
-async def _wire(runtime: Runtime, settings: Settings) -> None:
+async def _log_receipt(receipt: Receipt) -> None:
+    log.info(
+        "receipt %s %s for message %s: %s", receipt.provider, receipt.kind, receipt.message_id, receipt.detail
+    )
+
+
+async def _wire(runtime: Runtime, settings: Settings, receipts: ReceiptSink) -> None:
     await runtime.open()
     identity_channel = runtime.track_channel(
         channel(
             settings.identity_target,
             service="omni.identity.v1.IdentityService",
-            idempotent_methods=["GetPerson"],
+            idempotent_methods=["GetPerson", "LookupPerson"],
             timeout_s=settings.client_timeout_s,
         )
     )
@@ -88,8 +98,9 @@ async def _wire(runtime: Runtime, settings: Settings) -> None:
             timeout_s=settings.client_timeout_s,
         )
     )
+    identity = identity_pb2_grpc.IdentityServiceStub(identity_channel)
     contacts = Contacts(
-        identity_pb2_grpc.IdentityServiceStub(identity_channel),  # type: ignore[arg-type]
+        identity,  # type: ignore[arg-type]
         profile_pb2_grpc.ProfileServiceStub(profile_channel),  # type: ignore[arg-type]
     )
     mailer = Mailer(
@@ -144,8 +155,14 @@ async def _wire(runtime: Runtime, settings: Settings) -> None:
     # At a graceful stop the messages whose attempts did not finish are due again at once, not in a lease.
     runtime.on_close(delivery.release_leases)
     await keep_answers_purged(runtime)
+    terminals = await start_terminals(runtime, settings, identity)  # type: ignore[arg-type]
+    await terminals.provider.start(receipts)
     servicer = GatewayServicer(
-        transaction=runtime.transaction, repository=repository, renderer=renderer, delivery=delivery
+        transaction=runtime.transaction,
+        repository=repository,
+        renderer=renderer,
+        delivery=delivery,
+        terminals=terminals,
     )
     await runtime.serve(
         service_names=["omni.gateway.v1.GatewayService"],

@@ -5,26 +5,29 @@ another replica over NATS), expiry, and the hellos and identifications refused."
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import grpc
 import pytest
 import sqlalchemy as sa
+from nats.js import JetStreamContext
 
 import omni_decisioning.main as decisioning_main
 import omni_gateway.main as gateway_main
 from omni.decisioning.v1 import decisioning_pb2, decisioning_pb2_grpc
 from omni.gateway.v1 import gateway_pb2
+from omni.identity.v1 import events_pb2 as identity_events
 from omni_gateway.providers.base import Receipt, ReceiptKind
+from omni_kit.bus import make_envelope
 from omni_kit.db import create_engine
 from omni_kit.embedded import EmbeddedNats, EmbeddedPostgres
+from omni_kit.ids import new_id
 
 from .conftest import _common
-from .support import Neighbours, unique, until
-from .tills import OFFER, OTHER_STORE, STORE, STORES, Tills, customer, other_replica, stub_of
+from .support import Neighbours, publish, unique, until
+from .tills import OFFER, OTHER_STORE, STORE, STORES, Tills, customer, eventually, other_replica, stub_of
 
 LOYALTY_CARD = gateway_pb2.TERMINAL_IDENTIFIER_TYPE_LOYALTY_CARD
 PHONE = gateway_pb2.TERMINAL_IDENTIFIER_TYPE_PHONE
@@ -199,11 +202,7 @@ async def until_released(tills: Tills, message_id: str) -> None:
             )
         return terminal is None
 
-    for _ in range(100):
-        if await released():
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError("the message was not released")
+    await eventually(released)
 
 
 async def test_a_message_for_another_store_is_not_shown_here(tills: Tills) -> None:
@@ -285,17 +284,17 @@ async def test_bad_identifications_are_refused_and_the_stream_goes_on(tills: Til
 
 
 @pytest.mark.parametrize(
-    ("hello", "code"),
+    ("store", "key", "code"),
     [
-        ({"key": "berlin-terminal-key-WRONG"}, grpc.StatusCode.UNAUTHENTICATED),
-        ({"store": "no-such-store"}, grpc.StatusCode.UNAUTHENTICATED),
-        ({"store": "bad store id"}, grpc.StatusCode.INVALID_ARGUMENT),
+        (STORE, "berlin-terminal-key-WRONG", grpc.StatusCode.UNAUTHENTICATED),
+        (STORE, "hamburg-terminal-key-0002", grpc.StatusCode.UNAUTHENTICATED),  # another store's key
+        ("no-such-store", "berlin-terminal-key-0001", grpc.StatusCode.UNAUTHENTICATED),
+        ("bad store id", "berlin-terminal-key-0001", grpc.StatusCode.INVALID_ARGUMENT),
+        (STORE, "k" * 257, grpc.StatusCode.INVALID_ARGUMENT),
     ],
 )
-async def test_a_bad_hello_ends_the_stream(
-    tills: Tills, hello: dict[str, str], code: grpc.StatusCode
-) -> None:
-    till = tills.connect(**hello)
+async def test_a_bad_hello_ends_the_stream(tills: Tills, store: str, key: str, code: grpc.StatusCode) -> None:
+    till = tills.connect(store=store, key=key)
     assert await till.status() == code
     assert till.down.empty()
 
@@ -317,3 +316,33 @@ async def test_a_newer_stream_of_the_same_till_ends_the_older(tills: Tills) -> N
     await tills.hello(newer)
     assert await older.status() == grpc.StatusCode.ABORTED
     await newer.hang_up()
+
+
+async def test_a_forgotten_persons_store_messages_are_deleted(tills: Tills, js: JetStreamContext) -> None:
+    person = await customer(tills.neighbours)
+    await tills.record(person, "a coupon for you, Ada")
+
+    async def count() -> int:
+        async with tills.database.connect() as connection:
+            found = await connection.scalar(
+                sa.text("SELECT count(*) FROM terminal_messages WHERE person_id = :p"),
+                {"p": uuid.UUID(person)},
+            )
+        return int(found or 0)
+
+    assert await count() == 1
+    await publish(
+        js,
+        tills.namespace,
+        make_envelope(
+            identity_events.PersonForgottenEvent(person_id=person, erasure_id=str(new_id())),
+            event_type="identity.person_forgotten",
+            producer="identity",
+            person_id=person,
+        ),
+    )
+    await eventually(lambda: _none(count))
+
+
+async def _none(count: Callable[[], Awaitable[int]]) -> bool:
+    return await count() == 0

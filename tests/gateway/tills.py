@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any, TypeAlias, cast
 
 import grpc
 import nats
@@ -28,7 +29,7 @@ from omni_kit.ids import new_id
 
 from .support import Neighbours, unique
 
-Frame = gateway_pb2.ConnectTerminalResponse
+Frame: TypeAlias = gateway_pb2.ConnectTerminalResponse
 
 
 class TillClient:
@@ -184,6 +185,15 @@ async def other_replica(
     finally:
         await hub.stop()
         await client.drain()
+
+
+async def eventually(condition: Callable[[], Awaitable[bool]], within: float = 10.0) -> None:
+    """Wait until an asynchronous condition holds, checking every 50 ms."""
+    async with asyncio.timeout(within):
+        for _ in itertools.count():
+            if await condition():
+                return
+            await asyncio.sleep(0.05)
 
 
 def stub_of(channel: grpc.aio.Channel) -> Any:

@@ -15,6 +15,7 @@ from bench.suites import (
     profile_read,
     segment_backfill,
     segment_live,
+    terminal_identify,
 )
 
 Suite = Callable[[BenchContext], Awaitable[list[Result]]]
@@ -28,4 +29,5 @@ SUITES: dict[str, Suite] = {
     "segment_live": segment_live.run,
     "segment_backfill": segment_backfill.run,
     "decide": decide.run,
+    "terminal_identify": terminal_identify.run,
 }

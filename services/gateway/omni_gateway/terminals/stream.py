@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import hmac
 import logging
 import uuid
@@ -36,6 +37,7 @@ from omni_kit.errors import (
     FieldViolation,
     InvalidArgument,
     OmniError,
+    ResourceExhausted,
     Unauthenticated,
     Unavailable,
     Violations,
@@ -48,6 +50,9 @@ Frame: TypeAlias = gateway_pb2.ConnectTerminalResponse
 
 # Compared against when the store is unknown, so an unknown store takes as long as a wrong key.
 _NO_KEY = b"\x00" * 32
+
+MAX_QUEUED_FRAMES = 1000
+"""Frames waiting to go down one stream; a till that sends but does not read is cut off beyond it."""
 
 
 def _timestamp(value: Any) -> Timestamp:
@@ -107,7 +112,10 @@ class TerminalStreams:
         """Raise Unauthenticated unless the hello carries its store's key (compared in constant time)."""
         store = self.settings.terminal_stores.get(hello.store_id)
         expected = store.key.get_secret_value().encode() if store is not None else _NO_KEY
-        matches = hmac.compare_digest(expected, hello.terminal_key.encode())
+        # Digests, so that the comparison does not depend on the length of either key either.
+        matches = hmac.compare_digest(
+            hashlib.sha256(expected).digest(), hashlib.sha256(hello.terminal_key.encode()).digest()
+        )
         if store is None or not matches:
             raise Unauthenticated(
                 message="unknown store or wrong terminal key",
@@ -190,6 +198,17 @@ class _Conversation:
                 raise item
             yield item
 
+    def _put(self, frame: Frame) -> None:
+        if self._queue.qsize() >= MAX_QUEUED_FRAMES:
+            self._queue.put_nowait(
+                ResourceExhausted(
+                    message=f"over {MAX_QUEUED_FRAMES} frames wait for the till to read them",
+                    reason="TERMINAL_NOT_READING",
+                )
+            )
+            return
+        self._queue.put_nowait(frame)
+
     def superseded(self) -> None:
         self._queue.put_nowait(
             Aborted(message="a newer stream of this till took over", reason="TERMINAL_RECONNECTED")
@@ -211,7 +230,7 @@ class _Conversation:
                 log.exception("pushing store messages to %s failed", self.till)
                 return
             for message in found:
-                self._queue.put_nowait(Frame(message=message_frame(message)))
+                self._put(Frame(message=message_frame(message)))
 
     async def _claim(self, person_id: uuid.UUID) -> list[WaitingMessage]:
         streams = self._streams
@@ -251,7 +270,7 @@ class _Conversation:
                     await self._left()
         except (InvalidArgument, Unavailable) as error:
             # A bad frame or identity not answering in time: the till hears why, and the stream goes on.
-            self._queue.put_nowait(_rejected(error, request_id))
+            self._put(_rejected(error, request_id))
 
     async def _identified(self, found: gateway_pb2.CustomerIdentified, violations: Violations) -> None:
         streams = self._streams
@@ -264,7 +283,7 @@ class _Conversation:
             self._person = person_id
             streams.hub.identify(self, person_id)
             if person_id is None:
-                self._queue.put_nowait(
+                self._put(
                     Frame(customer=gateway_pb2.TerminalCustomer(request_id=found.request_id, known=False))
                 )
                 return
@@ -272,7 +291,7 @@ class _Conversation:
                 streams.recognition.decide(person_id, self.till.store_id, self.till.terminal_id),
                 self._claim(person_id),
             )
-            self._queue.put_nowait(
+            self._put(
                 Frame(
                     customer=gateway_pb2.TerminalCustomer(
                         request_id=found.request_id,

@@ -19,7 +19,7 @@ from typing import Any
 
 from bench import baselines
 from bench.context import BenchContext, cpu_sample, cpu_usage, log
-from bench.load import closed_loop, open_loop
+from bench.load import closed_loop, open_loop, percentile
 from bench.results import Baseline, Result, Target
 from omni.common.v1 import common_pb2
 from omni.decisioning.v1 import decisioning_pb2, decisioning_pb2_grpc
@@ -192,6 +192,10 @@ async def run(ctx: BenchContext) -> list[Result]:
                         warmup_s=1.0,
                     )
                     log(f"identification capacity: {capacity.per_second:,.0f}/s")
+                    # One till, one customer after the other: the path's own latency, without queueing.
+                    alone = await closed_loop(
+                        sequential, concurrency=1, duration_s=ctx.durations.capacity, warmup_s=0.5
+                    )
                 finally:
                     for till in tills:
                         await till.close()
@@ -249,6 +253,17 @@ async def run(ctx: BenchContext) -> list[Result]:
                 Baseline("echo p50", echo.p50_ms, "ms"),
             ],
             clean=latency.clean,
+        ),
+        Result(
+            SUITE,
+            "identified at a till → first frame p99, one at a time",
+            percentile(sorted(alone.call_latencies_s), 0.99) * 1000,
+            "ms",
+            higher_is_better=False,
+            notes="One till identifying customers back to back (closed loop, one caller): the path's latency "
+            "without queueing." + alone.health(),
+            details=alone.summary(),
+            clean=alone.clean,
         ),
         Result(
             SUITE,

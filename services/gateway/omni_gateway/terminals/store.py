@@ -60,13 +60,14 @@ _RECORD = sa.text(
 )
 # The person's open messages for this store that are not at this till already (each goes down a stream
 # once; a reconnect sends the unacknowledged again, see _RESUME), oldest first. A message delivered to another
-# till and not acknowledged there moves here: the person is here now. Ids merged into the person count.
+# till and not acknowledged there moves here: the person is here now. Ids merged into the person count (as
+# an array: an OR with the subquery would scan the whole table).
 _CLAIM = sa.text(
     f"UPDATE terminal_messages AS m SET delivered_store_id = :store, delivered_terminal_id = :terminal, "
     f"delivered_at = now(), delivery_count = m.delivery_count + 1 "
     f"FROM (SELECT message_id FROM terminal_messages AS m "
-    f"WHERE (m.person_id = :person OR m.person_id IN "
-    f"(SELECT l.person_id FROM person_lineage AS l WHERE l.survivor_id = :person)) "
+    f"WHERE m.person_id = ANY(ARRAY(SELECT CAST(:person AS uuid) UNION ALL "
+    f"SELECT l.person_id FROM person_lineage AS l WHERE l.survivor_id = :person)) "
     f"AND {_OPEN} AND (m.store_id IS NULL OR m.store_id = :store) "
     f"AND (m.delivered_store_id IS DISTINCT FROM :store OR m.delivered_terminal_id IS DISTINCT FROM :terminal) "
     f"ORDER BY m.create_time, m.message_id LIMIT :limit FOR UPDATE SKIP LOCKED) AS due "

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import grpc
 import pytest
@@ -16,9 +17,11 @@ from nats.js import JetStreamContext
 
 import omni_decisioning.main as decisioning_main
 import omni_gateway.main as gateway_main
+from omni.common.v1 import common_pb2
 from omni.decisioning.v1 import decisioning_pb2, decisioning_pb2_grpc
 from omni.gateway.v1 import gateway_pb2
 from omni.identity.v1 import events_pb2 as identity_events
+from omni.identity.v1 import identity_pb2
 from omni_gateway.providers.base import Receipt, ReceiptKind
 from omni_kit.bus import make_envelope
 from omni_kit.db import create_engine
@@ -57,40 +60,53 @@ async def tills(
                 )
             )
         )
-        receipts: list[Receipt] = []
+        yield await _serving_tills(
+            postgres, nats_server, neighbours, stack, decisioning_target=f"127.0.0.1:{decisioning.port}"
+        )
 
-        async def record(receipt: Receipt) -> None:
-            receipts.append(receipt)
 
-        settings = gateway_main.Settings(
+async def _serving_tills(
+    postgres: EmbeddedPostgres,
+    nats_server: EmbeddedNats,
+    neighbours: Neighbours,
+    stack: contextlib.AsyncExitStack,
+    **overrides: Any,
+) -> Tills:
+    """A gateway serving the tills of STORE and OTHER_STORE, reporting receipts to a list."""
+    receipts: list[Receipt] = []
+
+    async def record(receipt: Receipt) -> None:
+        receipts.append(receipt)
+
+    settings = gateway_main.Settings(
+        **{
             **_common(postgres, nats_server, stack, "gw_gateway", neighbours.namespace),
-            identity_target=neighbours.identity_target,
-            profile_target=neighbours.profile_target,
-            decisioning_target=f"127.0.0.1:{decisioning.port}",
-            verdicts_durable=f"contact-verdicts-{uuid.uuid4().hex[:8]}",
-            jobs_poll_interval_s=0.1,
-            terminal_stores=STORES,
-            terminal_expiry_interval_s=0.2,
-            terminal_hello_timeout_s=1.0,
-        )
-        gateway = await gateway_main.start(settings, receipts=record)
-        stack.push_async_callback(gateway.close)
-        channel = grpc.aio.insecure_channel(f"127.0.0.1:{gateway.port}")
-        stack.push_async_callback(channel.close)
-        database = create_engine(settings.database_url, application_name="omni-test-gateway")
-        stack.push_async_callback(database.dispose)
-        replica = await stack.enter_async_context(
-            other_replica(database, nats_server.url, neighbours.namespace)
-        )
-        yield Tills(
-            stub=stub_of(channel),
-            database=database,
-            neighbours=neighbours,
-            receipts=receipts,
-            other_replica=replica,
-            namespace=neighbours.namespace,
-            nats_url=nats_server.url,
-        )
+            "identity_target": neighbours.identity_target,
+            "profile_target": neighbours.profile_target,
+            "verdicts_durable": f"contact-verdicts-{uuid.uuid4().hex[:8]}",
+            "jobs_poll_interval_s": 0.1,
+            "terminal_stores": STORES,
+            "terminal_expiry_interval_s": 0.2,
+            "terminal_hello_timeout_s": 1.0,
+            **overrides,
+        }
+    )
+    gateway = await gateway_main.start(settings, receipts=record)
+    stack.push_async_callback(gateway.close)
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{gateway.port}")
+    stack.push_async_callback(channel.close)
+    database = create_engine(settings.database_url, application_name="omni-test-gateway")
+    stack.push_async_callback(database.dispose)
+    replica = await stack.enter_async_context(other_replica(database, nats_server.url, neighbours.namespace))
+    return Tills(
+        stub=stub_of(channel),
+        database=database,
+        neighbours=neighbours,
+        receipts=receipts,
+        other_replica=replica,
+        namespace=neighbours.namespace,
+        nats_url=nats_server.url,
+    )
 
 
 def _names(customer: gateway_pb2.TerminalCustomer) -> list[str]:
@@ -346,3 +362,65 @@ async def test_a_forgotten_persons_store_messages_are_deleted(tills: Tills, js: 
 
 async def _none(count: Callable[[], Awaitable[int]]) -> bool:
     return await count() == 0
+
+
+async def test_without_decisioning_the_till_still_gets_the_customer_and_the_messages_at_once(
+    postgres: EmbeddedPostgres, nats_server: EmbeddedNats, neighbours: Neighbours, down_port: int
+) -> None:
+    async with contextlib.AsyncExitStack() as stack:
+        tills = await _serving_tills(
+            postgres,
+            nats_server,
+            neighbours,
+            stack,
+            decisioning_target=f"127.0.0.1:{down_port}",
+            terminal_call_timeout_s=0.3,
+        )
+        card = unique("LC-")
+        person = await customer(neighbours, ("loyalty_card", card))
+        coupon = await tills.record(person, "a coupon")
+        till = tills.connect()
+        await tills.hello(till)
+        till.identify(LOYALTY_CARD, card)
+        found = (await till.next(within=2.0)).customer
+        assert (found.known, found.person_id, found.actions, found.decision_id) == (True, person, [], "")
+        assert found.decision_error.startswith("decisioning: ")
+        assert [m.message_id for m in found.messages] == [coupon]
+        await till.hang_up()
+
+
+async def test_messages_for_a_person_merged_into_the_customer_reach_the_till(tills: Tills) -> None:
+    card, email = unique("LC-"), f"{unique('merged-')}@example.com"
+    at_till = await customer(tills.neighbours, ("loyalty_card", card))
+    online = await customer(tills.neighbours, ("email", email))
+    coupon = await tills.record(online, "for the online shopper")
+    # The card and the email seen together: identity merges the two persons.
+    merged = await tills.neighbours.identity.ResolvePerson(
+        identity_pb2.ResolvePersonRequest(
+            identifiers=[
+                common_pb2.Identifier(type="loyalty_card", value=card),
+                common_pb2.Identifier(type="email", value=email),
+            ],
+            source="pos",
+        )
+    )
+    survivor = merged.resolution.person_id
+    gone = {at_till, online} - {survivor}
+    assert len(gone) == 1 and list(merged.resolution.merged_person_ids) == list(gone)
+
+    async def merge_reached_the_gateway() -> bool:
+        async with tills.database.connect() as connection:
+            leads_to = await connection.scalar(
+                sa.text("SELECT survivor_id FROM person_lineage WHERE person_id = :p"),
+                {"p": uuid.UUID(next(iter(gone)))},
+            )
+        return str(leads_to) == survivor
+
+    await eventually(merge_reached_the_gateway)
+    till = tills.connect()
+    await tills.hello(till)
+    till.identify(LOYALTY_CARD, card)
+    found = (await till.next()).customer
+    assert found.person_id == survivor
+    assert [m.message_id for m in found.messages] == [coupon]
+    await till.hang_up()

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
 from datetime import timedelta
+
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from omni.decisioning.v1 import decisioning_pb2_grpc
 from omni.identity.v1 import identity_pb2_grpc
@@ -52,9 +56,16 @@ async def start_terminals(
         offer_limit=settings.terminal_offer_limit,
         timeout_s=settings.terminal_call_timeout_s,
     )
+
+    @contextlib.asynccontextmanager
+    async def autocommit() -> AsyncIterator[AsyncConnection]:
+        async with runtime.engine.connect() as connection:
+            yield await connection.execution_options(isolation_level="AUTOCOMMIT")
+
     return TerminalStreams(
         settings=settings,
         transaction=runtime.transaction,
+        autocommit=autocommit,
         messages=messages,
         hub=hub,
         recognition=recognition,

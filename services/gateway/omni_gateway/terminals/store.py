@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 __all__ = ["Acked", "Expired", "TerminalMessages", "Till", "WaitingMessage"]
 
@@ -134,7 +134,7 @@ class TerminalMessages:
         return bool(getattr(result, "rowcount", 0))
 
     async def claim(
-        self, session: AsyncSession, person_id: uuid.UUID, till: Till, limit: int
+        self, session: AsyncSession | AsyncConnection, person_id: uuid.UUID, till: Till, limit: int
     ) -> list[WaitingMessage]:
         """Deliver to the till the person's open messages not there yet; return them, oldest first."""
         rows = await session.execute(

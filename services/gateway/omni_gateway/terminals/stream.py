@@ -19,11 +19,13 @@ import hashlib
 import hmac
 import logging
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import AbstractAsyncContextManager
 from typing import Any, TypeAlias
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from omni.gateway.v1 import gateway_pb2
 from omni_gateway.providers.terminal import TerminalProvider
@@ -47,6 +49,9 @@ from omni_kit.scheduler import Transaction
 log = logging.getLogger(__name__)
 
 Frame: TypeAlias = gateway_pb2.ConnectTerminalResponse
+
+Autocommit = Callable[[], AbstractAsyncContextManager[AsyncConnection]]
+"""Opens a database connection whose statements each commit by themselves."""
 
 # Compared against when the store is unknown, so an unknown store takes as long as a wrong key.
 _NO_KEY = b"\x00" * 32
@@ -96,6 +101,7 @@ class TerminalStreams:
         *,
         settings: TerminalSettings,
         transaction: Transaction,
+        autocommit: Autocommit,
         messages: TerminalMessages,
         hub: TerminalHub,
         recognition: Recognition,
@@ -103,6 +109,7 @@ class TerminalStreams:
     ) -> None:
         self.settings = settings
         self.transaction = transaction
+        self.autocommit = autocommit
         self.messages = messages
         self.hub = hub
         self.recognition = recognition
@@ -233,10 +240,12 @@ class _Conversation:
                 self._put(Frame(message=message_frame(message)))
 
     async def _claim(self, person_id: uuid.UUID) -> list[WaitingMessage]:
+        # One statement, committed by itself: one round trip on the till's path rather than three (BEGIN,
+        # the statement, COMMIT).
         streams = self._streams
-        async with streams.transaction() as session:
+        async with streams.autocommit() as connection:
             return await streams.messages.claim(
-                session, person_id, self.till, streams.settings.terminal_messages_per_visit
+                connection, person_id, self.till, streams.settings.terminal_messages_per_visit
             )
 
     async def read(self, requests: AsyncIterator[gateway_pb2.ConnectTerminalRequest]) -> None:

@@ -1,5 +1,10 @@
 """Store terminals: from a customer identified at a till to the first frame down its stream (the customer's
-offers and waiting coupon), at 100 identifications/s over 200 open till streams (each till one customer at a time, as at a real till).
+offers and waiting coupon), at 50 identifications/s over 200 open till streams (each till one customer at a
+time, as at a real till), and the most identifications/s 16 tills get answered.
+
+The whole stack takes some 13 ms of CPU per identification (decisioning about 4.7, the gateway 3, identity 2,
+PostgreSQL 2.5, the till's acknowledgement included), so this 2-core machine answers about 100/s at most:
+latency is measured at half of that, where it is not only the queue of a saturated machine.
 
 Identity, decisioning and the gateway run in their own processes. 4,000 customers with a loyalty card are
 created through identity's API, each with one waiting store coupon (inserted into terminal_messages as the
@@ -27,7 +32,7 @@ from omni.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from omni.identity.v1 import identity_pb2, identity_pb2_grpc
 
 SUITE = "terminal_identify"
-RATE = 100.0
+RATE = 50.0
 TILLS = 200
 CUSTOMERS = 4000
 CAPACITY_CALLERS = 16

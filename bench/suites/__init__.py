@@ -16,6 +16,7 @@ from bench.suites import (
     profile_read,
     segment_backfill,
     segment_live,
+    terminal_identify,
 )
 
 Suite = Callable[[BenchContext], Awaitable[list[Result]]]
@@ -30,4 +31,5 @@ SUITES: dict[str, Suite] = {
     "segment_backfill": segment_backfill.run,
     "decide": decide.run,
     "gateway_send": gateway_send.run,
+    "terminal_identify": terminal_identify.run,
 }

@@ -92,6 +92,22 @@ class Unavailable(OmniError):
     code = grpc.StatusCode.UNAVAILABLE
 
 
+@dataclass
+class Unauthenticated(OmniError):
+    """The caller did not prove who it is (a missing or wrong key); nothing was done."""
+
+    reason: str = "UNAUTHENTICATED"
+    code = grpc.StatusCode.UNAUTHENTICATED
+
+
+@dataclass
+class ResourceExhausted(OmniError):
+    """A limit was reached (open streams, a quota); the caller may retry later."""
+
+    reason: str = "RESOURCE_EXHAUSTED"
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
 # Control characters: PostgreSQL cannot store NUL in text at all, and the others in a name, an id or a
 # source are corruption rather than data. Free text (a reason) may keep tabs and line breaks.
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import AsyncIterator
 
 import grpc
 
@@ -27,6 +28,7 @@ from omni_gateway.templates import (
     legacy_variant,
     variant_problems,
 )
+from omni_gateway.terminals.stream import TerminalStreams
 from omni_gateway.variants import Variant, choose_variant, locale_of
 from omni_gateway.wire import (
     channel_from_proto,
@@ -65,7 +67,9 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         delivery: Delivery,
         templates: Templates,
         contacts: Contacts,
+        terminals: TerminalStreams | None = None,
     ) -> None:
+        self._terminals = terminals
         self._transaction = transaction
         self._repository = repository
         self._renderer = renderer
@@ -318,3 +322,13 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
                 metadata={"message_id": str(message_id)},
             )
         return gateway_pb2.GetMessageResponse(message=message_to_proto(message))
+
+    def ConnectTerminal(
+        self,
+        request_iterator: AsyncIterator[gateway_pb2.ConnectTerminalRequest],
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[gateway_pb2.ConnectTerminalResponse]:
+        """A till's stream (terminals.stream)."""
+        if self._terminals is None:
+            raise FailedPrecondition(message="store terminals are not served here", reason="NO_TERMINALS")
+        return self._terminals.connect(request_iterator, context)

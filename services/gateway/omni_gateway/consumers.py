@@ -15,6 +15,7 @@ from omni_gateway.delivery import Delivery, ensure_same_send
 from omni_gateway.domain import Channel, MessageStatus, SendRequest
 from omni_gateway.repository import FORGOTTEN, Repository
 from omni_gateway.suppression import SuppressionReason, address_hash
+from omni_gateway.terminals.store import TerminalMessages
 from omni_gateway.wire import parse_send_request, send_fingerprint
 from omni_kit.bus import PermanentError, unpack
 from omni_kit.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
@@ -128,6 +129,8 @@ class ErasureHook:
             )
         await self._repository.forget_persons(session, person_ids)
         await forget_answers(session, erasure.person_ids)
+        # Store messages waiting at the tills hold personal text (a name on a coupon): deleted.
+        await TerminalMessages().forget(session, list(erasure.person_ids))
 
 
 class EventRouter:

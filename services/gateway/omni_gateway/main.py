@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Mapping
 from pathlib import Path
 
 from pydantic import Field, SecretStr
@@ -15,23 +17,26 @@ from omni_gateway.consumers import ErasureHook, EventRouter, SendRequestedHandle
 from omni_gateway.contacts import Contacts
 from omni_gateway.delivery import Delivery
 from omni_gateway.domain import Channel
+from omni_gateway.providers.base import ChannelProvider
 from omni_gateway.providers.registry import ProviderSpec, Registry, build_registry
 from omni_gateway.receipts import ReceiptRecorder
 from omni_gateway.rendering import Renderer
 from omni_gateway.repository import Repository
 from omni_gateway.retry import DELIVERY_ATTEMPT, DeliveryAttempts, RetryPolicy
 from omni_gateway.templates import Templates
+from omni_gateway.terminals.settings import TerminalSettings
+from omni_gateway.terminals.setup import start_terminals
 from omni_kit import contact
 from omni_kit.grpc_client import channel
 from omni_kit.idempotency import keep_answers_purged
 from omni_kit.lineage import PERSON_LINEAGE, Lineage
 from omni_kit.runtime import Runtime
-from omni_kit.settings import ServiceSettings
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+log = logging.getLogger(__name__)
 
 
-class Settings(ServiceSettings):
+class Settings(TerminalSettings):
     """The gateway's settings, from OMNI_GATEWAY_* variables."""
 
     model_config = SettingsConfigDict(env_prefix="OMNI_GATEWAY_", extra="ignore", frozen=True)
@@ -91,8 +96,11 @@ class Settings(ServiceSettings):
 
 def provider_specs(settings: Settings) -> list[ProviderSpec]:
     """The configured providers, with the default email provider ("smtp", from the smtp_* settings) first
-    unless `providers` configures one for email or smtp_host is empty."""
+    unless `providers` configures one for email or smtp_host is empty, and the store terminals' provider
+    ("terminal") unless `providers` configures one for the store channel."""
     specs = list(settings.providers)
+    if not any(spec.channel == Channel.STORE for spec in specs):
+        specs.append(ProviderSpec(name="terminal", kind="terminal", channel=Channel.STORE))
     if settings.smtp_host and not any(spec.channel == Channel.EMAIL for spec in specs):
         password = settings.smtp_password.get_secret_value() if settings.smtp_password else None
         default = ProviderSpec(
@@ -115,10 +123,14 @@ def provider_specs(settings: Settings) -> list[ProviderSpec]:
     return specs
 
 
-def provider_registry(settings: Settings) -> Registry:
-    """The provider instances of the settings, each with its circuit breaker and rate limit."""
+def provider_registry(settings: Settings, made: Mapping[str, ChannelProvider] | None = None) -> Registry:
+    """The provider instances of the settings, each with its circuit breaker and rate limit; `made` are
+    instances built already (by name), such as the store terminals' provider."""
     return build_registry(
-        provider_specs(settings), order=settings.provider_order, defaults={"sender": settings.smtp_from}
+        provider_specs(settings),
+        order=settings.provider_order,
+        defaults={"sender": settings.smtp_from},
+        providers=made,
     )
 
 
@@ -140,7 +152,7 @@ async def _wire(runtime: Runtime, settings: Settings) -> None:
         channel(
             settings.identity_target,
             service="omni.identity.v1.IdentityService",
-            idempotent_methods=["GetPerson", "BatchGetPersons"],
+            idempotent_methods=["GetPerson", "BatchGetPersons", "LookupPerson"],
             timeout_s=settings.client_timeout_s,
         )
     )
@@ -152,11 +164,14 @@ async def _wire(runtime: Runtime, settings: Settings) -> None:
             timeout_s=settings.client_timeout_s,
         )
     )
+    identity = identity_pb2_grpc.IdentityServiceStub(identity_channel)
     contacts = Contacts(
-        identity_pb2_grpc.IdentityServiceStub(identity_channel),  # type: ignore[arg-type]
+        identity,  # type: ignore[arg-type]
         profile_pb2_grpc.ProfileServiceStub(profile_channel),  # type: ignore[arg-type]
     )
-    registry = provider_registry(settings)
+    # The store channel's provider holds messages for the tills (ConnectTerminal), in the registry as the rest.
+    terminals = await start_terminals(runtime, settings, identity)  # type: ignore[arg-type]
+    registry = provider_registry(settings, made={terminals.provider.name: terminals.provider})
     policy = RetryPolicy(
         max_attempts=settings.send_max_attempts,
         first_delay_s=settings.retry_first_delay_s,
@@ -217,6 +232,7 @@ async def _wire(runtime: Runtime, settings: Settings) -> None:
         delivery=delivery,
         templates=templates,
         contacts=contacts,
+        terminals=terminals,
     )
     await runtime.serve(
         service_names=["omni.gateway.v1.GatewayService"],

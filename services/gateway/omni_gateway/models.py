@@ -149,3 +149,49 @@ class Suppression(Base):
 
 contact_verdicts = contact.define_table(Base.metadata)
 """Profile's contact verdicts as last announced, fed by profile.contact_verdict_changed (omni_kit.contact)."""
+
+
+class TerminalMessage(Base):
+    """A store-channel message waiting for its person to be at a till (providers/terminal.py).
+
+    A message goes to whichever till the person is identified at (`store_id` NULL: any store), and is then
+    delivered to that till (`delivered_store_id`, `delivered_terminal_id`) until the till acknowledges it
+    (`acked_at`, final) or it expires unacknowledged (`expired_at`, final). A till that reconnects is sent its
+    delivered, unacknowledged messages again; a message delivered to a till that the person left unacknowledged
+    waits again. `person_id` is the id the message was sent to (a person merged later is found through
+    person_lineage).
+    """
+
+    __tablename__ = "terminal_messages"
+    __table_args__ = (
+        sa.Index(
+            "terminal_messages_waiting",
+            "person_id",
+            postgresql_where=sa.text("acked_at IS NULL AND expired_at IS NULL"),
+        ),
+        sa.Index(
+            "terminal_messages_delivered",
+            "delivered_store_id",
+            "delivered_terminal_id",
+            postgresql_where=sa.text("acked_at IS NULL AND expired_at IS NULL"),
+        ),
+        sa.Index(
+            "terminal_messages_expiry",
+            "expires_at",
+            postgresql_where=sa.text("acked_at IS NULL AND expired_at IS NULL"),
+        ),
+        sa.Index("terminal_messages_acked", "delivered_store_id", "delivered_terminal_id", "acked_at"),
+    )
+
+    message_id: Mapped[uuid.UUID] = mapped_column(sa.Uuid, primary_key=True)
+    person_id: Mapped[uuid.UUID] = mapped_column(sa.Uuid)
+    store_id: Mapped[str | None] = mapped_column(sa.Text, nullable=True)
+    text: Mapped[str] = mapped_column(sa.Text)
+    create_time: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True))
+    expires_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True))
+    delivered_store_id: Mapped[str | None] = mapped_column(sa.Text, nullable=True)
+    delivered_terminal_id: Mapped[str | None] = mapped_column(sa.Text, nullable=True)
+    delivered_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True), nullable=True)
+    delivery_count: Mapped[int] = mapped_column(sa.Integer, default=0, server_default="0")
+    acked_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True), nullable=True)
+    expired_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True), nullable=True)

@@ -17,6 +17,24 @@ from __future__ import annotations
 from omni_identity.matching.phonetic import soundex
 from omni_identity.matching.records import NormalisedRecord
 
+# The compared fields each kind of key is made of: the pairs a key finds agree (or nearly agree) on them by
+# construction, so those fields say nothing about whether such pairs match. Training learns a field's m only
+# from pairs found by keys not made of it.
+KEY_FIELDS: dict[str, tuple[str, ...]] = {
+    "pc": ("postcode",),
+    "sy": ("surname", "date_of_birth"),
+    "gd": ("given_name", "date_of_birth"),
+    "sg": ("given_name", "surname"),
+    "ds": ("date_of_birth", "suburb"),
+    "an": ("street_number", "address_1"),
+    "id": ("identifiers",),
+}
+
+
+def key_kind(key: str) -> str:
+    """The kind of a blocking key (its prefix: "pc", "sy", ...)."""
+    return key.split(":", 1)[0]
+
 
 def blocking_keys(record: NormalisedRecord) -> list[str]:
     """The record's blocking keys, sorted; parts that are missing leave their key out."""

@@ -88,13 +88,9 @@ def train(
     found_m: list[list[tuple[float, np.ndarray]]] = [[] for _ in COMPARISONS]
     iterations = 0
     converged = True
+    left_by_kind, other_by_kind = _by_kind(left_keys), _by_kind(other_keys)
     for kind, fields in KEY_FIELDS.items():
-        kind_pairs = _pairs(
-            [[k for k in keys if key_kind(k) == kind] for keys in left_keys],
-            [[k for k in keys if key_kind(k) == kind] for keys in other_keys],
-            max_block,
-            linking,
-        )
+        kind_pairs = _pairs(left_by_kind[kind], other_by_kind[kind], max_block, linking)
         if len(kind_pairs) < MIN_PAIRS:
             continue
         kind_vectors = vectors[[row_of[p] for p in kind_pairs]].copy()
@@ -127,6 +123,17 @@ def train(
         )
     check_plausible(model)
     return TrainingResult(model, len(pairs), len(sampled), converged)
+
+
+def _by_kind(keys: Sequence[Sequence[str]]) -> dict[str, list[list[str]]]:
+    """Each record's keys of each kind, for every kind of key."""
+    found: dict[str, list[list[str]]] = {kind: [[] for _ in keys] for kind in KEY_FIELDS}
+    for row, record_keys in enumerate(keys):
+        for key in record_keys:
+            kind_keys = found.get(key_kind(key))
+            if kind_keys is not None:
+                kind_keys[row].append(key)
+    return found
 
 
 def _pairs(

@@ -16,24 +16,33 @@ as the service runs it but without the database, so the figures compare matching
 from __future__ import annotations
 
 import asyncio
+import os
 from typing import Any
+from unittest import mock
 
 from bench.context import BenchContext
 from bench.results import Baseline, Result, Target
-from omni.identity.v1 import matching_pb2_grpc
+from omni.identity.v1 import identity_pb2_grpc, matching_pb2_grpc
 from omni_identity.matching.evaluate import evaluate_dedup_peer, run_bench
 from omni_identity.matching.service_evaluation import evaluate_dedup_service, evaluate_febrl4_service
 
 SUITE = "identity_matching"
 
 
-async def _through_service(ctx: BenchContext, label: str, evaluate: Any) -> dict[str, Any]:
-    """Run one evaluation against an identity service of its own, on a fresh database."""
+async def _through_service(
+    ctx: BenchContext, label: str, evaluate: Any, matching: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """Run one evaluation against an identity service of its own, on a fresh database; matching: the
+    OMNI_IDENTITY_MATCHING_* settings it starts with (read from the environment, which the child inherits)."""
     database = ctx.make_database(f"bench_matching_{label}")
     settings = ctx.service_settings(database, ctx.namespace())
-    async with ctx.service("identity", settings) as identity, ctx.channel(identity.target) as channel:
-        figures: dict[str, Any] = await evaluate(matching_pb2_grpc.MatchingServiceStub(channel))
-        return figures
+    variables = {f"OMNI_IDENTITY_MATCHING_{k.upper()}": v for k, v in (matching or {}).items()}
+    with mock.patch.dict(os.environ, variables):
+        async with ctx.service("identity", settings) as identity, ctx.channel(identity.target) as channel:
+            figures: dict[str, Any] = await evaluate(
+                matching_pb2_grpc.MatchingServiceStub(channel), identity_pb2_grpc.IdentityServiceStub(channel)
+            )
+            return figures
 
 
 async def run(ctx: BenchContext) -> list[Result]:
@@ -42,9 +51,25 @@ async def run(ctx: BenchContext) -> list[Result]:
 
 
 async def _febrl3(ctx: BenchContext) -> list[Result]:
-    built_in = await _through_service(ctx, "febrl3", lambda stub: evaluate_dedup_service(stub))
+    built_in = await _through_service(
+        ctx, "febrl3", lambda stub, identity: evaluate_dedup_service(stub, identity=identity)
+    )
     trained = await _through_service(
-        ctx, "febrl3_trained", lambda stub: evaluate_dedup_service(stub, train_on_first_half=True)
+        ctx,
+        "febrl3_trained",
+        lambda stub, identity: evaluate_dedup_service(stub, train_on_first_half=True, identity=identity),
+    )
+    repaired = await _through_service(
+        ctx,
+        "febrl3_repair",
+        lambda stub, identity: evaluate_dedup_service(stub, identity=identity),
+        {"repair": "merge"},
+    )
+    repaired_trained = await _through_service(
+        ctx,
+        "febrl3_trained_repair",
+        lambda stub, identity: evaluate_dedup_service(stub, train_on_first_half=True, identity=identity),
+        {"repair": "merge"},
     )
     peer_figures: dict[str, Any] = await asyncio.to_thread(evaluate_dedup_peer, "febrl3")
     ecm = peer_figures["recordlinkage_ecm"]
@@ -54,7 +79,13 @@ async def _febrl3(ctx: BenchContext) -> list[Result]:
     )
     peer_note = f"peer precision {ecm['precision']:.4f}, recall {ecm['recall']:.4f}"
     results = []
-    for label, figures in (("built-in model", built_in), ("trained on the first half", trained)):
+    runs = (
+        ("built-in model", built_in),
+        ("trained on the first half", trained),
+        ("built-in model, OMNI_IDENTITY_MATCHING_REPAIR=merge", repaired),
+        ("trained on the first half, OMNI_IDENTITY_MATCHING_REPAIR=merge", repaired_trained),
+    )
+    for label, figures in runs:
         results.append(
             Result(
                 suite=SUITE,
@@ -104,7 +135,7 @@ async def _febrl3(ctx: BenchContext) -> list[Result]:
 
 
 async def _febrl4_service(ctx: BenchContext) -> list[Result]:
-    figures = await _through_service(ctx, "febrl4", lambda stub: evaluate_febrl4_service(stub))
+    figures = await _through_service(ctx, "febrl4", lambda stub, _: evaluate_febrl4_service(stub))
     return [
         Result(
             suite=SUITE,

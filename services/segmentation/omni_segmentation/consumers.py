@@ -36,7 +36,7 @@ def cart_units(cart: object) -> int:
     return sum(max(item.quantity, 0) for item in getattr(cart, "items", ()))
 
 
-_FACTS = frozenset({"traits", "cart"})
+_FACTS = frozenset({"traits", "cart", "computed_traits"})
 """The parts of a profile change segmentation keeps."""
 
 _TRACKED = "omni_segmentation.tracked"
@@ -135,7 +135,7 @@ class EventHandlers:
                 log.warning("profile_changed %s lists moved events but not whose: not moved", envelope.id)
                 moved_ids = ()
         if not parts & _FACTS and not moved_ids:
-            return  # computed traits, consent or events only: nothing segmentation keeps changed
+            return  # consent or events only: nothing segmentation keeps changed
         named = session.info.setdefault(_NAMED, set())
         named.add(person_id)
         if moved_from is not None:
@@ -149,6 +149,9 @@ class EventHandlers:
                 trace_context=current_trace_context(),
                 moved_event_ids=moved_ids,
                 moved_from=moved_from,
+                computed_traits=(
+                    json_format.MessageToDict(change.computed_traits) if "computed_traits" in parts else None
+                ),
             )
         )
 

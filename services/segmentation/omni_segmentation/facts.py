@@ -89,16 +89,10 @@ class FactsRecorder:
                     or stored.get(change.person_id)
                     or PersonRecord(change.person_id)
                 )
-                if person.facts_changed_at is not None and change.changed_at < person.facts_changed_at:
-                    continue
-                changed[change.person_id] = replace(
-                    person,
-                    traits=dict(change.traits) if change.traits is not None else person.traits,
-                    cart_units=change.cart_units if change.cart_units is not None else person.cart_units,
-                    trace_context=change.trace_context,
-                    facts_changed_at=change.changed_at,
-                )
-                traces[change.person_id] = change.trace_context
+                updated = _applied(person, change)
+                if updated is not person:
+                    changed[change.person_id] = updated
+                    traces[change.person_id] = change.trace_context
             await self._repository.save_persons(session, list(changed.values()))
         await self._evaluator.evaluate_persons(session, traces.keys(), now, trace_contexts=traces)
 
@@ -131,3 +125,31 @@ class FactsRecorder:
             traces[person_id] = change.trace_context
             for holder in taken:
                 traces.setdefault(holder, change.trace_context)
+
+
+def _applied(person: PersonRecord, change: ProfileChange) -> PersonRecord:
+    """The person's facts after a profile change; the same record when it changes nothing.
+
+    Traits and cart on one side, computed traits on the other, are announced apart (a change of traits and
+    one of computed traits may arrive in either order), so each side keeps its own time of change and a
+    change older than what its side holds is ignored for that side.
+    """
+    updated = person
+    if (change.traits is not None or change.cart_units is not None) and (
+        person.facts_changed_at is None or change.changed_at >= person.facts_changed_at
+    ):
+        updated = replace(
+            updated,
+            traits=dict(change.traits) if change.traits is not None else person.traits,
+            cart_units=change.cart_units if change.cart_units is not None else person.cart_units,
+            facts_changed_at=change.changed_at,
+        )
+    if change.computed_traits is not None and (
+        person.computed_changed_at is None or change.changed_at >= person.computed_changed_at
+    ):
+        updated = replace(
+            updated, computed_traits=dict(change.computed_traits), computed_changed_at=change.changed_at
+        )
+    if updated is not person:
+        updated = replace(updated, trace_context=change.trace_context)
+    return updated

@@ -85,6 +85,7 @@ class MembershipEvaluator:
             facts = rules.PersonFacts(
                 traits=person.traits,
                 cart_units=person.cart_units,
+                computed_traits=person.computed_traits,
                 event_times=event_times.get(person_id, {}),
                 last_event_at=last_events.get(person_id, {}),
             )

@@ -37,10 +37,14 @@ class PersonRow(Base):
     person_id: Mapped[uuid.UUID] = mapped_column(sa.Uuid, primary_key=True)
     traits: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default=sa.text("'{}'::jsonb"))
     cart_units: Mapped[int] = mapped_column(sa.BigInteger, server_default="0")
+    # Profile's computed traits (orders_30d, lifetime_value, custom ones), as its last change announced them.
+    computed_traits: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default=sa.text("'{}'::jsonb"))
     # W3C trace context of the last event that changed the person: clock-driven evaluations continue it.
     trace_context: Mapped[dict[str, str]] = mapped_column(JSONB, server_default=sa.text("'{}'::jsonb"))
     # When the profile change last applied happened; an older change arriving late is ignored.
     facts_changed_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
+    # The same for the computed traits, which profile announces apart from traits and cart.
+    computed_changed_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
     # The next instant at which a membership may change by time alone; the clock re-evaluates then (a
     # scheduled job, segmentation.person_check, is due at the same time).
     next_check_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))

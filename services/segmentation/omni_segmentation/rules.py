@@ -104,12 +104,14 @@ Condition = AllOf | AnyOf | Not | TraitCompare | EventCount | CartUnits | SinceL
 class PersonFacts:
     """What is known of one person, as far as rules can ask.
 
-    `event_times` holds, per event type, the occurrence instants (ascending) at least as recent as the longest
+    `computed_traits` are profile's (orders_30d, lifetime_value, custom ones): a trait condition reads a
+    trait set on the profile, else the computed trait of that name. `event_times` holds, per event type, the occurrence instants (ascending) at least as recent as the longest
     window any rule counts that type over; `last_event_at` holds the latest occurrence of each type ever seen.
     """
 
     traits: Mapping[str, Any] = field(default_factory=dict)
     cart_units: int = 0
+    computed_traits: Mapping[str, Any] = field(default_factory=dict)
     event_times: Mapping[str, Sequence[datetime]] = field(default_factory=dict)
     last_event_at: Mapping[str, datetime] = field(default_factory=dict)
 
@@ -140,7 +142,7 @@ def evaluate(condition: Condition, facts: PersonFacts, now: datetime) -> bool:
         case Not(inner):
             return not evaluate(inner, facts, now)
         case TraitCompare(trait, comparison, value):
-            return compare_trait(trait_value(facts.traits, trait), comparison, value)
+            return compare_trait(person_trait(facts, trait), comparison, value)
         case EventCount(event_type, window, comparison, count):
             return compare_numbers(
                 count_in_window(facts.event_times.get(event_type, ()), window, now), comparison, count
@@ -196,6 +198,17 @@ def _leaf_changes(condition: Condition, facts: PersonFacts, now: datetime) -> It
 def count_in_window(times: Sequence[datetime], window: timedelta, now: datetime) -> int:
     """How many of the ascending instants lie within [now - window, now]."""
     return bisect.bisect_right(times, now) - bisect.bisect_left(times, now - window)
+
+
+def person_trait(facts: PersonFacts, name: str) -> Any:
+    """The value a trait condition on `name` sees: the profile's trait, else its computed trait, else
+    _MISSING."""
+    value = trait_value(facts.traits, name)
+    if value is _MISSING or value is None:
+        computed = trait_value(facts.computed_traits, name)
+        if computed is not _MISSING:
+            return computed
+    return value
 
 
 def trait_value(traits: Mapping[str, Any], name: str) -> Any:

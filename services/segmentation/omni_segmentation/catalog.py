@@ -1,15 +1,17 @@
-"""The segment catalogue: defining segments, reading them, and the parsed rules every evaluation uses."""
+"""The segment catalogue: defining, changing and archiving segments, reading them, and the parsed rules every
+evaluation uses."""
 
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
+from collections.abc import Collection
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from omni.segmentation.v1 import segmentation_pb2 as pb
-from omni_kit.errors import AlreadyExists, NotFound
+from omni_kit.errors import Aborted, AlreadyExists, FailedPrecondition, NotFound
 from omni_kit.ids import new_id
 from omni_segmentation import conditions, rules
 from omni_segmentation.records import SegmentRecord
@@ -23,14 +25,33 @@ class Segment:
     id: uuid.UUID
     name: str
     condition: rules.Condition
+    version: int = 1
+
+
+@dataclass(frozen=True)
+class SegmentUpdate:
+    """The outcome of an update: the segment as stored, and whether its condition changed (a new version,
+    whose members are being evaluated again)."""
+
+    record: SegmentRecord
+    condition_changed: bool
+
+
+def _name_taken(name: str) -> AlreadyExists:
+    return AlreadyExists(
+        message=f"a segment named {name!r} exists already",
+        reason="SEGMENT_NAME_TAKEN",
+        metadata={"name": name},
+    )
 
 
 class SegmentCatalog:
-    """Segments by id and name; parsed rules are cached, since a segment's definition never changes."""
+    """Segments by id and name; parsed rules are cached by segment and version (a version's condition never
+    changes), so every replica sees an update at its next evaluation."""
 
     def __init__(self, repository: Repository) -> None:
         self._repository = repository
-        self._parsed: dict[uuid.UUID, Segment] = {}
+        self._parsed: dict[tuple[uuid.UUID, int], rules.Condition] = {}
 
     async def create(
         self,
@@ -45,25 +66,93 @@ class SegmentCatalog:
 
         Raises AlreadyExists when the name is taken.
         """
+        now = datetime.now(UTC)
         record = SegmentRecord(
             id=new_id(),
             name=name,
             description=description,
             condition=conditions.to_json(condition),
-            created_at=datetime.now(UTC),
+            created_at=now,
+            updated_at=now,
         )
         if not await self._repository.insert_segment(session, record):
-            raise AlreadyExists(
-                message=f"a segment named {name!r} exists already",
-                reason="SEGMENT_NAME_TAKEN",
-                metadata={"name": name},
-            )
+            raise _name_taken(name)
         await self._repository.add_backfill(session, record.id, trace_context)
         return record
 
-    async def get(self, session: AsyncSession, segment_id: uuid.UUID) -> SegmentRecord:
+    async def update(
+        self,
+        session: AsyncSession,
+        segment_id: uuid.UUID,
+        *,
+        paths: Collection[str],
+        name: str,
+        description: str,
+        condition: pb.Condition,
+        expected_version: int,
+        trace_context: dict[str, str],
+    ) -> SegmentUpdate:
+        """Change the fields named by paths (name, description, condition; the values already validated). A
+        changed condition is a new version, evaluated again for every known person (the backfill restarts:
+        only the differences are announced). An update that changes nothing writes nothing.
+
+        Raises NotFound, FailedPrecondition (archived), Aborted (expected_version is not the current one)
+        and AlreadyExists (the new name is another segment's).
+        """
+        # The backfill's row first, then the segment's, in the order a backfill run takes them (its cursor,
+        # then the segment's key as it adds memberships): a run under way finishes its slice first.
+        await self._repository.lock_backfill(session, segment_id)
+        current = await self.get(session, segment_id, lock=True)
+        if current.archived_at is not None:
+            raise FailedPrecondition(
+                message=f"segment {segment_id} is archived",
+                reason="SEGMENT_ARCHIVED",
+                metadata={"segment_id": str(segment_id)},
+            )
+        if expected_version and expected_version != current.version:
+            raise Aborted(
+                message=f"segment {segment_id} is at version {current.version}, not {expected_version}",
+                reason="SEGMENT_VERSION_CHANGED",
+                metadata={"segment_id": str(segment_id), "version": str(current.version)},
+            )
+        updated = current
+        if "name" in paths:
+            updated = replace(updated, name=name)
+        if "description" in paths:
+            updated = replace(updated, description=description)
+        changed_condition = False
+        if "condition" in paths:
+            stored = conditions.to_json(condition)
+            if stored != current.condition:
+                updated = replace(updated, condition=stored, version=current.version + 1)
+                changed_condition = True
+        if updated == current:
+            return SegmentUpdate(current, False)
+        updated = replace(updated, updated_at=datetime.now(UTC))
+        if not await self._repository.update_segment(session, updated):
+            raise _name_taken(name)
+        if changed_condition:
+            await self._repository.add_backfill(session, segment_id, trace_context)
+        return SegmentUpdate(updated, changed_condition)
+
+    async def archive(
+        self, session: AsyncSession, segment_id: uuid.UUID, now: datetime
+    ) -> tuple[SegmentRecord, list[uuid.UUID]]:
+        """Archive a segment: its members leave (returned, to announce), its backfill stops, nobody is
+        evaluated for it again. Archiving an archived segment changes nothing. Raises NotFound."""
+        await self._repository.lock_backfill(session, segment_id)
+        current = await self.get(session, segment_id, lock=True)
+        if current.archived_at is not None:
+            return current, []
+        archived = replace(current, archived_at=now, updated_at=now)
+        await self._repository.update_segment(session, archived)
+        await self._repository.drop_backfill(session, segment_id)
+        exited = await self._repository.remove_segment_members(session, segment_id, now)
+        return archived, exited
+
+    async def get(self, session: AsyncSession, segment_id: uuid.UUID, *, lock: bool = False) -> SegmentRecord:
         """The segment with that id; raises NotFound."""
-        record = await self._repository.get_segment(session, segment_id)
+        record = await self._repository.get_segment(session, segment_id, lock=lock)
         if record is None:
             raise NotFound(
                 message=f"no segment {segment_id}",
@@ -82,16 +171,24 @@ class SegmentCatalog:
         return records, None
 
     async def segments(self, session: AsyncSession) -> list[Segment]:
-        """Every segment, oldest first, with its parsed rules."""
+        """Every live segment, oldest first, with its parsed rules."""
         heads = await self._repository.segment_heads(session)
-        missing = [segment_id for segment_id, _ in heads if segment_id not in self._parsed]
+        missing = [h.id for h in heads if (h.id, h.version) not in self._parsed]
         if missing:
             stored = await self._repository.segment_conditions(session, missing)
-            names = dict(heads)
-            for segment_id, data in stored.items():
-                rule = conditions.to_rules(conditions.from_json(data))
-                self._parsed[segment_id] = Segment(segment_id, names[segment_id], rule)
-        return [self._parsed[segment_id] for segment_id, _ in heads if segment_id in self._parsed]
+            for segment_id, (version, data) in stored.items():
+                self._parsed[(segment_id, version)] = conditions.to_rules(conditions.from_json(data))
+        return [
+            Segment(h.id, h.name, self._parsed[(h.id, h.version)], h.version)
+            for h in heads
+            if (h.id, h.version) in self._parsed
+        ]
+
+    @staticmethod
+    def parsed(record: SegmentRecord) -> Segment:
+        """A stored segment with its parsed rules."""
+        rule = conditions.to_rules(conditions.from_json(record.condition))
+        return Segment(record.id, record.name, rule, record.version)
 
     @staticmethod
     def requirements(segments: list[Segment]) -> rules.Requirements:

@@ -64,6 +64,11 @@ def validate_condition(condition: pb.Condition, path: str, violations: Violation
             _check_duration(since, "at_least", f"{node_path}.since_last_event", violations)
 
 
+def nodes(condition: pb.Condition, path: str) -> list[tuple[pb.Condition, str]]:
+    """Every node of a valid condition (within the bounds) with its path under `path`, in document order."""
+    return _bounded_nodes(condition, path, Violations()) or []
+
+
 def _bounded_nodes(
     condition: pb.Condition, path: str, violations: Violations
 ) -> list[tuple[pb.Condition, str]] | None:

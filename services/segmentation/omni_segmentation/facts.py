@@ -13,6 +13,7 @@ from omni_kit.lineage import LineageTable
 from omni_segmentation.membership import MembershipEvaluator
 from omni_segmentation.records import PersonRecord, ProfileChange, TrackedEvent
 from omni_segmentation.repository import Occurrence, Repository
+from omni_segmentation.vocabulary import EVENT_TYPE, TRAIT, Vocabulary
 
 
 class FactsRecorder:
@@ -23,10 +24,17 @@ class FactsRecorder:
     bring the person back.
     """
 
-    def __init__(self, repository: Repository, evaluator: MembershipEvaluator, lineage: LineageTable) -> None:
+    def __init__(
+        self,
+        repository: Repository,
+        evaluator: MembershipEvaluator,
+        lineage: LineageTable,
+        vocabulary: Vocabulary,
+    ) -> None:
         self._repository = repository
         self._evaluator = evaluator
         self._lineage = lineage
+        self._vocabulary = vocabulary
 
     async def record_many(
         self,
@@ -77,6 +85,7 @@ class FactsRecorder:
                 for e in tracked
             ],
         )
+        await self._vocabulary.note(session, EVENT_TYPE, (e.event_type for e in tracked))
         await self._take_moved_events(session, changes, survivors, traces)
         # A change about a person merged away is ignored: the survivor's own change follows.
         live_changes = [c for c in changes if c.person_id not in survivors and c.changes_facts]
@@ -94,6 +103,9 @@ class FactsRecorder:
                     changed[change.person_id] = updated
                     traces[change.person_id] = change.trace_context
             await self._repository.save_persons(session, list(changed.values()))
+            await self._vocabulary.note(
+                session, TRAIT, (name for p in changed.values() for name in (*p.traits, *p.computed_traits))
+            )
         await self._evaluator.evaluate_persons(session, traces.keys(), now, trace_contexts=traces)
 
     async def _take_moved_events(

@@ -23,6 +23,7 @@ from omni_segmentation.membership import MembershipEvaluator
 from omni_segmentation.merge import PersonMerger
 from omni_segmentation.repository import Repository
 from omni_segmentation.unmerge import PersonUnmerger
+from omni_segmentation.vocabulary import Vocabulary
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 SERVICE_NAME = "omni.segmentation.v1.SegmentationService"
@@ -53,8 +54,9 @@ async def start(settings: Settings) -> Runtime:
         repository = Repository()
         catalog = SegmentCatalog(repository)
         evaluator = MembershipEvaluator(repository, catalog, runtime.outbox)
+        vocabulary = Vocabulary(repository)
         handlers = EventHandlers(
-            FactsRecorder(repository, evaluator, PERSON_LINEAGE),
+            FactsRecorder(repository, evaluator, PERSON_LINEAGE, vocabulary),
             PersonMerger(repository, evaluator),
             PersonUnmerger(repository, evaluator),
             PersonEraser(repository),
@@ -74,7 +76,9 @@ async def start(settings: Settings) -> Runtime:
         clock.register(runtime.jobs)
         await runtime.when_database_answers(clock.start)
         await keep_answers_purged(runtime)
-        servicer = SegmentationServicer(runtime, repository, catalog, on_segment_created=runtime.jobs.wake)
+        servicer = SegmentationServicer(
+            runtime, repository, catalog, evaluator, vocabulary, on_segment_created=runtime.jobs.wake
+        )
         await runtime.serve(
             service_names=[SERVICE_NAME],
             register=lambda server: segmentation_pb2_grpc.add_SegmentationServiceServicer_to_server(

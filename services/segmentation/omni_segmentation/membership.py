@@ -17,6 +17,7 @@ from omni_kit.bus import Outbox
 from omni_segmentation import rules
 from omni_segmentation.catalog import Segment, SegmentCatalog
 from omni_segmentation.events import PERSON_ENTERED_SEGMENT, PERSON_EXITED_SEGMENT
+from omni_segmentation.records import PersonRecord
 from omni_segmentation.repository import Repository
 
 
@@ -66,37 +67,21 @@ class MembershipEvaluator:
         ids = list(persons)
         segments = await self._catalog.segments(session)
         needs = self._catalog.requirements(list(segments))
-        event_times: dict[uuid.UUID, dict[str, list[datetime]]] = {}
-        last_events: dict[uuid.UUID, dict[str, datetime]] = {}
-        current: dict[uuid.UUID, dict[uuid.UUID, datetime]] = {}
-        if segments:
-            longest = needs.longest_window
-            if longest is not None:
-                event_times = await self._repository.event_times(
-                    session, ids, sorted(needs.counted), now - longest
-                )
-            last_events = await self._repository.last_events(session, ids, sorted(needs.since))
-            current = await self._repository.memberships_of(session, ids)
+        facts_of = await load_facts(self._repository, session, persons, needs, now)
+        current = await self._repository.memberships_of(session, ids) if segments else {}
         results: dict[uuid.UUID, Changes] = {}
         entering: list[tuple[uuid.UUID, uuid.UUID]] = []
         leaving: list[tuple[uuid.UUID, uuid.UUID]] = []
         next_checks: dict[uuid.UUID, datetime | None] = {}
         for person_id, person in persons.items():
-            facts = rules.PersonFacts(
-                traits=person.traits,
-                cart_units=person.cart_units,
-                computed_traits=person.computed_traits,
-                event_times=event_times.get(person_id, {}),
-                last_event_at=last_events.get(person_id, {}),
-            )
-            changes = _changes(segments, facts, current.get(person_id, {}), now)
+            changes = _changes(segments, facts_of[person_id], current.get(person_id, {}), now)
             results[person_id] = changes
             entering += [(person_id, s.id) for s in changes.entered]
             leaving += [(person_id, s.id) for s in changes.exited]
             if changes.next_check_at != person.next_check_at:
                 next_checks[person_id] = changes.next_check_at
         await self._repository.add_membership_pairs(session, entering, now)
-        await self._repository.remove_membership_pairs(session, leaving)
+        await self._repository.remove_membership_pairs(session, leaving, now)
         envelopes: list[envelope_pb2.Envelope] = []
         for person_id, changes in results.items():
             if not (changes.entered or changes.exited):
@@ -113,6 +98,23 @@ class MembershipEvaluator:
         await self._outbox.add_envelopes(session, envelopes)
         await self._repository.set_next_checks(session, next_checks)
         return results
+
+    async def announce_exits(
+        self, session: AsyncSession, segment: Segment, person_ids: Sequence[uuid.UUID], at: datetime
+    ) -> None:
+        """Stage an exit event of the segment for each person (its members, as it is archived), each in the
+        trace of the person's last change."""
+        carriers = await self._repository.trace_contexts(session, person_ids)
+        envelopes: list[envelope_pb2.Envelope] = []
+        for person_id in person_ids:
+            carrier = carriers.get(person_id)
+            token = otel_context.attach(propagate.extract(carrier)) if carrier else None
+            try:
+                envelopes += self._envelopes(person_id, entered=[], exited=[segment], at=at)
+            finally:
+                if token is not None:
+                    otel_context.detach(token)
+        await self._outbox.add_envelopes(session, envelopes)
 
     async def drop_all(self, session: AsyncSession, person_ids: Sequence[uuid.UUID], now: datetime) -> None:
         """End every membership of these persons (they were merged away), announcing each exit."""
@@ -174,6 +176,35 @@ class MembershipEvaluator:
             for s in exited
         ]
         return envelopes
+
+
+async def load_facts(
+    repository: Repository,
+    session: AsyncSession,
+    persons: Mapping[uuid.UUID, PersonRecord],
+    needs: rules.Requirements,
+    now: datetime,
+) -> dict[uuid.UUID, rules.PersonFacts]:
+    """What rules with these requirements can ask of each person, read for all of them at once: their stored
+    facts, and the occurrences and last-seen times of the event types the rules name."""
+    ids = list(persons)
+    event_times: dict[uuid.UUID, dict[str, list[datetime]]] = {}
+    last_events: dict[uuid.UUID, dict[str, datetime]] = {}
+    longest = needs.longest_window
+    if ids and longest is not None:
+        event_times = await repository.event_times(session, ids, sorted(needs.counted), now - longest)
+    if ids and needs.since:
+        last_events = await repository.last_events(session, ids, sorted(needs.since))
+    return {
+        person_id: rules.PersonFacts(
+            traits=person.traits,
+            cart_units=person.cart_units,
+            computed_traits=person.computed_traits,
+            event_times=event_times.get(person_id, {}),
+            last_event_at=last_events.get(person_id, {}),
+        )
+        for person_id, person in persons.items()
+    }
 
 
 def _changes(

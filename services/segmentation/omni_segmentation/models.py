@@ -27,6 +27,11 @@ class SegmentRow(Base):
     description: Mapped[str] = mapped_column(sa.Text, server_default="")
     condition: Mapped[dict[str, Any]] = mapped_column(JSONB)
     created_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True))
+    # One more each time an update changes the condition.
+    version: Mapped[int] = mapped_column(sa.BigInteger, server_default="1")
+    updated_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True))
+    # Set when the segment is archived: it has no members and is evaluated no more.
+    archived_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
 
 
 class PersonRow(Base):
@@ -97,6 +102,27 @@ class BackfillRow(Base):
     created_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True), server_default=sa.func.now())
 
 
+class SegmentExitRow(Base):
+    """When a person last left a segment (kept while the segment is, so "out since when" has an answer)."""
+
+    __tablename__ = "segment_exits"
+
+    segment_id: Mapped[uuid.UUID] = mapped_column(sa.Uuid, sa.ForeignKey("segments.id"), primary_key=True)
+    person_id: Mapped[uuid.UUID] = mapped_column(sa.Uuid, primary_key=True)
+    exited_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True))
+
+
+class SeenNameRow(Base):
+    """An event type or trait name segmentation has seen in profile's events (kind "event_type" or
+    "trait"): a rule naming one never seen is warned about."""
+
+    __tablename__ = "seen_names"
+
+    kind: Mapped[str] = mapped_column(sa.Text, primary_key=True)
+    name: Mapped[str] = mapped_column(sa.Text, primary_key=True)
+    first_seen_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True), server_default=sa.func.now())
+
+
 sa.Index(
     "event_occurrences_person_type_time",
     EventOccurrenceRow.person_id,
@@ -105,3 +131,4 @@ sa.Index(
 )
 sa.Index("event_occurrences_time", EventOccurrenceRow.occurred_at)
 sa.Index("memberships_person", MembershipRow.person_id)
+sa.Index("segment_exits_person", SegmentExitRow.person_id)

@@ -19,6 +19,9 @@ class SegmentRecord:
     description: str
     condition: dict[str, Any]
     created_at: datetime
+    version: int = 1
+    updated_at: datetime | None = None
+    archived_at: datetime | None = None
 
 
 @dataclass(frozen=True)

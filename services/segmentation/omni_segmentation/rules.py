@@ -211,6 +211,11 @@ def person_trait(facts: PersonFacts, name: str) -> Any:
     return value
 
 
+def is_present(value: Any) -> bool:
+    """Whether a value person_trait answered is there (not missing, not null)."""
+    return value is not _MISSING and value is not None
+
+
 def trait_value(traits: Mapping[str, Any], name: str) -> Any:
     """The trait's value, or _MISSING; a dotted name ("address.city") reaches into nested objects."""
     if name in traits:

@@ -20,6 +20,7 @@ from omni_segmentation.models import (
     LastEventRow,
     MembershipRow,
     PersonRow,
+    SegmentExitRow,
 )
 from omni_segmentation.records import PersonRecord
 
@@ -43,6 +44,14 @@ _LOCK_PERSONS = sa.text(
     "SELECT person_id, traits, cart_units, trace_context, facts_changed_at, next_check_at, computed_traits, "
     "computed_changed_at FROM persons "
     "WHERE person_id = ANY(CAST(:ids AS uuid[])) ORDER BY person_id FOR UPDATE"
+)
+_PERSONS = sa.text(
+    "SELECT person_id, traits, cart_units, trace_context, facts_changed_at, next_check_at, computed_traits, "
+    "computed_changed_at FROM persons WHERE person_id = ANY(CAST(:ids AS uuid[]))"
+)
+_PERSONS_AFTER = sa.text(
+    "SELECT person_id, traits, cart_units, trace_context, facts_changed_at, next_check_at, computed_traits, "
+    "computed_changed_at FROM persons WHERE person_id > :after ORDER BY person_id LIMIT :limit"
 )
 _ENSURE_PERSONS = sa.text(
     "INSERT INTO persons (person_id, trace_context) "
@@ -82,6 +91,22 @@ class PersonQueries:
             return {}
         rows = await session.execute(_LOCK_PERSONS, {"ids": list(person_ids)})
         return {row.person_id: _person(row) for row in rows}
+
+    async def read_persons(
+        self, session: AsyncSession, person_ids: Sequence[uuid.UUID]
+    ) -> dict[uuid.UUID, PersonRecord]:
+        """The known persons among person_ids, read without locking (for answers that change nothing)."""
+        if not person_ids:
+            return {}
+        rows = await session.execute(_PERSONS, {"ids": list(person_ids)})
+        return {row.person_id: _person(row) for row in rows}
+
+    async def persons_after(
+        self, session: AsyncSession, after: uuid.UUID | None, limit: int
+    ) -> list[PersonRecord]:
+        """The next persons in id order after `after`, read without locking."""
+        rows = await session.execute(_PERSONS_AFTER, {"after": after or uuid.UUID(int=0), "limit": limit})
+        return [_person(row) for row in rows]
 
     async def ensure_persons(
         self, session: AsyncSession, trace_contexts: Mapping[uuid.UUID, dict[str, str]]
@@ -150,7 +175,7 @@ class PersonQueries:
         """Delete everything held about these persons: facts, occurrences, last-seen times and memberships.
         A backfill cursor on one of them steps back to the live person before it."""
         ids = list(person_ids)
-        for table in (EventOccurrenceRow, LastEventRow, MembershipRow, PersonRow):
+        for table in (EventOccurrenceRow, LastEventRow, MembershipRow, SegmentExitRow, PersonRow):
             await session.execute(sa.delete(table).where(table.person_id.in_(ids)))
         await cancel(session, PERSON_CHECK, [str(p) for p in ids])
         before = (

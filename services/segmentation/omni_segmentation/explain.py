@@ -1,0 +1,123 @@
+"""Why a person is in or out of a segment: the condition tree evaluated node by node, with the facts each
+node saw. Pure domain code, like rules.py, whose evaluation it follows exactly."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from omni_segmentation import rules
+
+_SYMBOLS = {
+    rules.Comparison.EQ: "=",
+    rules.Comparison.NE: "≠",
+    rules.Comparison.GT: ">",
+    rules.Comparison.GTE: "≥",
+    rules.Comparison.LT: "<",
+    rules.Comparison.LTE: "≤",
+}
+
+
+@dataclass
+class Explanation:
+    """One node of a condition evaluated for a person: its path, kind, truth value, what it saw."""
+
+    field: str
+    kind: str
+    holds: bool
+    summary: str
+    children: list[Explanation] = dataclasses.field(default_factory=list)
+    trait_value: Any = None
+    has_trait_value: bool = False
+    count: int = 0
+    last_event_at: datetime | None = None
+
+
+def explain(condition: rules.Condition, facts: rules.PersonFacts, now: datetime, path: str) -> Explanation:
+    """The node `condition` at `path`, evaluated for facts at now, with its children."""
+    holds = rules.evaluate(condition, facts, now)
+    match condition:
+        case rules.AllOf(conditions) | rules.AnyOf(conditions):
+            kind = "all" if isinstance(condition, rules.AllOf) else "any"
+            children = [
+                explain(child, facts, now, f"{path}.{kind}.conditions[{index}]")
+                for index, child in enumerate(conditions)
+            ]
+            held = sum(c.holds for c in children)
+            return Explanation(path, kind, holds, f"{held} of {len(children)} hold", children)
+        case rules.Not(inner):
+            child = explain(inner, facts, now, f"{path}.not")
+            inner_says = "holds" if child.holds else "does not hold"
+            return Explanation(path, "not", holds, f"the inner condition {inner_says}", [child])
+        case rules.TraitCompare(trait, comparison, value):
+            actual = rules.person_trait(facts, trait)
+            present = rules.is_present(actual)
+            seen = _json(actual) if present else "absent"
+            wanted = (
+                comparison.value.replace("_", " ")
+                if comparison in rules.PRESENCE
+                else f"{_SYMBOLS[comparison]} {_json(value)}"
+            )
+            return Explanation(
+                path,
+                "trait",
+                holds,
+                f"{trait} is {seen} ({wanted})",
+                trait_value=actual if present else None,
+                has_trait_value=present,
+            )
+        case rules.EventCount(event_type, window, comparison, count):
+            seen_count = rules.count_in_window(facts.event_times.get(event_type, ()), window, now)
+            return Explanation(
+                path,
+                "event_count",
+                holds,
+                f"{seen_count} {event_type} in the last {_duration(window)} ({_SYMBOLS[comparison]} {count})",
+                count=seen_count,
+            )
+        case rules.CartUnits(comparison, item_count):
+            return Explanation(
+                path,
+                "cart",
+                holds,
+                f"{facts.cart_units} units in the cart ({_SYMBOLS[comparison]} {item_count})",
+                count=facts.cart_units,
+            )
+        case rules.SinceLastEvent(event_type, at_least):
+            last = facts.last_event_at.get(event_type)
+            seen = (
+                f"the last {event_type} was {_duration(now - last)} ago" if last else f"no {event_type} ever"
+            )
+            return Explanation(
+                path,
+                "since_last_event",
+                holds,
+                f"{seen} (at least {_duration(at_least)})",
+                last_event_at=last,
+            )
+    raise TypeError(f"not a condition: {condition!r}")
+
+
+def _json(value: Any) -> str:
+    if isinstance(value, str):
+        return repr(value)
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))  # JSON numbers arrive as floats: 9, not 9.0
+    return str(value)
+
+
+def _duration(span: timedelta) -> str:
+    """A span as marketers write it: 30d, 2h, 15min, 40s."""
+    seconds = int(span.total_seconds())
+    for unit, size in (("d", 86_400), ("h", 3_600), ("min", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    if seconds >= 86_400:
+        return f"{seconds / 86_400:.1f}d"
+    if seconds >= 3_600:
+        return f"{seconds / 3_600:.1f}h"
+    return f"{seconds}s"

@@ -1,0 +1,80 @@
+"""The event types and trait names seen in profile's events, and the warnings for rules naming others.
+
+A rule on an event type or trait nothing has produced is valid (the first such event may come tomorrow) but
+is most often a typo ("order_complete") or a name from another tool: the answers to CreateSegment,
+UpdateSegment and PreviewSegment list them as warnings. The names are noted as the facts recorder applies
+profile's events; each process remembers what it has noted, so a name costs a write once per process.
+Warnings are advice: a name noted by a transaction that rolled back is written again by the next one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from omni.segmentation.v1 import segmentation_pb2 as pb
+from omni_segmentation.conditions import nodes
+from omni_segmentation.repository import Repository
+
+EVENT_TYPE = "event_type"
+TRAIT = "trait"
+
+
+@dataclass(frozen=True)
+class Warning:
+    """A suspicious part of a condition, by its path in the request."""
+
+    field: str
+    description: str
+
+
+class Vocabulary:
+    """What profile's events have named so far."""
+
+    def __init__(self, repository: Repository) -> None:
+        self._repository = repository
+        self._noted: dict[str, set[str]] = {EVENT_TYPE: set(), TRAIT: set()}
+
+    async def note(self, session: AsyncSession, kind: str, names: Iterable[str]) -> None:
+        """Remember names of a kind (EVENT_TYPE, TRAIT) as seen."""
+        noted = self._noted[kind]
+        new = set(names) - noted
+        if new:
+            await self._repository.note_names(session, kind, new)
+            noted |= new
+
+    async def warnings(self, session: AsyncSession, condition: pb.Condition, path: str) -> list[Warning]:
+        """A warning for each event type and trait name of a (valid) condition never seen."""
+        named: list[tuple[str, str, str]] = []  # (kind, name, field), in document order
+        for node, node_path in nodes(condition, path):
+            kind = node.WhichOneof("kind")
+            if kind == "event_count":
+                named.append((EVENT_TYPE, node.event_count.event_type, f"{node_path}.event_count.event_type"))
+            elif kind == "since_last_event":
+                since = node.since_last_event
+                named.append((EVENT_TYPE, since.event_type, f"{node_path}.since_last_event.event_type"))
+            elif kind == "trait":
+                named.append((TRAIT, node.trait.trait, f"{node_path}.trait.trait"))
+        seen_types = await self._repository.seen_names(
+            session, EVENT_TYPE, (n for k, n, _ in named if k == EVENT_TYPE)
+        )
+        # A dotted name reaches into an object-valued trait: its first part is the trait profile announced.
+        traits = {n for k, n, _ in named if k == TRAIT}
+        seen_traits = await self._repository.seen_names(
+            session, TRAIT, traits | {n.split(".", 1)[0] for n in traits}
+        )
+        warnings: list[Warning] = []
+        for kind, name, field in named:
+            if kind == EVENT_TYPE and name not in seen_types:
+                warnings.append(
+                    Warning(field, f"no event of type {name} has been seen yet: is the name right?")
+                )
+            elif kind == TRAIT and name not in seen_traits and name.split(".", 1)[0] not in seen_traits:
+                warnings.append(
+                    Warning(
+                        field, f"no profile has had a trait or computed trait {name} yet: is the name right?"
+                    )
+                )
+        return warnings

@@ -171,6 +171,9 @@ def to_rules(condition: pb.Condition) -> rules.Condition:
     if kind == "since_last_event":
         since = condition.since_last_event
         return rules.SinceLastEvent(since.event_type, since.at_least.ToTimedelta())
+    if kind == "random_bucket":
+        split = condition.random_bucket
+        return rules.RandomBucket(split.salt, split.lowest, split.highest)
     raise ValueError(f"condition without a kind: {condition}")
 
 

@@ -97,6 +97,17 @@ def explain(condition: rules.Condition, facts: rules.PersonFacts, now: datetime,
                 f"{seen} (at least {_duration(at_least)})",
                 last_event_at=last,
             )
+        case rules.RandomBucket(salt, lowest, highest):
+            if facts.person_id is None:
+                return Explanation(path, "random_bucket", holds, "no person, no bucket")
+            number = rules.bucket(facts.person_id, salt)
+            return Explanation(
+                path,
+                "random_bucket",
+                holds,
+                f"bucket {number} for salt {salt!r} (in {lowest}-{highest})",
+                count=number,
+            )
     raise TypeError(f"not a condition: {condition!r}")
 
 

@@ -197,6 +197,7 @@ async def load_facts(
         last_events = await repository.last_events(session, ids, sorted(needs.since))
     return {
         person_id: rules.PersonFacts(
+            person_id=person_id,
             traits=person.traits,
             cart_units=person.cart_units,
             computed_traits=person.computed_traits,

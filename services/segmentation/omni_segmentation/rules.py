@@ -9,6 +9,8 @@ and only then.
 from __future__ import annotations
 
 import bisect
+import hashlib
+import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -97,7 +99,16 @@ class SinceLastEvent:
     at_least: timedelta
 
 
-Condition = AllOf | AnyOf | Not | TraitCompare | EventCount | CartUnits | SinceLastEvent
+@dataclass(frozen=True)
+class RandomBucket:
+    """The person's stable bucket (0-99, from the salt and the person id) lies in [lowest, highest]."""
+
+    salt: str
+    lowest: int
+    highest: int
+
+
+Condition = AllOf | AnyOf | Not | TraitCompare | EventCount | CartUnits | SinceLastEvent | RandomBucket
 
 
 @dataclass(frozen=True)
@@ -109,6 +120,7 @@ class PersonFacts:
     window any rule counts that type over; `last_event_at` holds the latest occurrence of each type ever seen.
     """
 
+    person_id: uuid.UUID | None = None
     traits: Mapping[str, Any] = field(default_factory=dict)
     cart_units: int = 0
     computed_traits: Mapping[str, Any] = field(default_factory=dict)
@@ -152,6 +164,8 @@ def evaluate(condition: Condition, facts: PersonFacts, now: datetime) -> bool:
         case SinceLastEvent(event_type, at_least):
             last = facts.last_event_at.get(event_type)
             return last is not None and now - last >= at_least
+        case RandomBucket(salt, lowest, highest):
+            return facts.person_id is not None and lowest <= bucket(facts.person_id, salt) <= highest
     raise TypeError(f"not a condition: {condition!r}")
 
 
@@ -191,8 +205,15 @@ def _leaf_changes(condition: Condition, facts: PersonFacts, now: datetime) -> It
             last = facts.last_event_at.get(event_type)
             if last is not None and last + at_least > now:
                 yield last + at_least
-        case TraitCompare() | CartUnits():
+        case TraitCompare() | CartUnits() | RandomBucket():
             return
+
+
+def bucket(person_id: uuid.UUID, salt: str) -> int:
+    """The person's stable random bucket for a salt, 0 to 99: the first 8 bytes of SHA-256 over the salt, a
+    NUL and the person id's 16 bytes, modulo 100 (the bias of a 64-bit modulus is negligible)."""
+    digest = hashlib.sha256(salt.encode() + b"\x00" + person_id.bytes).digest()
+    return int.from_bytes(digest[:8], "big") % 100
 
 
 def count_in_window(times: Sequence[datetime], window: timedelta, now: datetime) -> int:

@@ -11,6 +11,7 @@ from typing import Any
 
 from google.protobuf import duration_pb2, json_format
 
+from omni.profile.v1 import profile_pb2
 from omni.segmentation.v1 import segmentation_pb2 as pb
 from omni_kit import validation
 from omni_kit.errors import Violations, check_json_text
@@ -171,6 +172,12 @@ def to_rules(condition: pb.Condition) -> rules.Condition:
     if kind == "since_last_event":
         since = condition.since_last_event
         return rules.SinceLastEvent(since.event_type, since.at_least.ToTimedelta())
+    if kind == "contact":
+        asked = condition.contact
+        purpose = (
+            "transactional" if asked.purpose == profile_pb2.CONSENT_PURPOSE_TRANSACTIONAL else "marketing"
+        )
+        return rules.Contact(asked.channel, purpose, asked.allowed)
     if kind == "random_bucket":
         split = condition.random_bucket
         return rules.RandomBucket(split.salt, split.lowest, split.highest)

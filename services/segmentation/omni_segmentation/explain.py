@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from omni_kit import contact
 from omni_segmentation import rules
 
 _SYMBOLS = {
@@ -97,6 +98,12 @@ def explain(condition: rules.Condition, facts: rules.PersonFacts, now: datetime,
                 f"{seen} (at least {_duration(at_least)})",
                 last_event_at=last,
             )
+        case rules.Contact(channel, purpose, allowed):
+            verdict = facts.contact.get((channel, purpose), (False, "no_consent"))
+            said = "allowed" if verdict[0] else "refused"
+            wanted = "allowed" if allowed else "refused"
+            where = f"{purpose} on {contact.channel_name(channel)}"
+            return Explanation(path, "contact", holds, f"{where} is {said}: {verdict[1]} (asked: {wanted})")
         case rules.RandomBucket(salt, lowest, highest):
             if facts.person_id is None:
                 return Explanation(path, "random_bucket", holds, "no person, no bucket")

@@ -42,6 +42,8 @@ class FactsRecorder:
         tracked: Sequence[TrackedEvent],
         changes: Sequence[ProfileChange],
         now: datetime,
+        *,
+        reconsidered: Mapping[uuid.UUID, dict[str, str]] | None = None,
     ) -> None:
         """Apply many tracked events and profile changes, then evaluate each person they touch once: about
         fifteen statements, whatever their number. The outcome is that of applying them one by one in
@@ -52,7 +54,8 @@ class FactsRecorder:
         and then all the changes ends as interleaving them would. The events an unmerge moved (listed in a
         change) are moved once all the occurrences are recorded: profile announced each of them before.
         """
-        named = {e.person_id for e in tracked} | {c.person_id for c in changes}
+        reconsidered = reconsidered or {}
+        named = {e.person_id for e in tracked} | {c.person_id for c in changes} | set(reconsidered)
         named |= {c.moved_from for c in changes if c.moved_from is not None}
         if not named:
             return
@@ -70,6 +73,10 @@ class FactsRecorder:
         traces: dict[uuid.UUID, dict[str, str]] = {}
         for event in tracked:
             traces[survivors.get(event.person_id, event.person_id)] = event.trace_context
+        # Persons whose contact verdicts changed: evaluated like the others (known from then on).
+        for person_id, trace_context in reconsidered.items():
+            if person_id not in forgotten:
+                traces.setdefault(survivors.get(person_id, person_id), trace_context)
         await self._repository.ensure_persons(session, traces)
         await self._repository.add_occurrences(
             session,

@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from omni.events.v1 import envelope_pb2
 from omni.segmentation.v1 import events_pb2
+from omni_kit import contact
 from omni_kit.bus import Outbox
 from omni_segmentation import rules
 from omni_segmentation.catalog import Segment, SegmentCatalog
@@ -195,6 +196,13 @@ async def load_facts(
         event_times = await repository.event_times(session, ids, sorted(needs.counted), now - longest)
     if ids and needs.since:
         last_events = await repository.last_events(session, ids, sorted(needs.since))
+    contacts: dict[uuid.UUID, dict[tuple[int, str], tuple[bool, str]]] = {}
+    if ids and needs.contacts:
+        for person_id, known in (await contact.verdicts_of(session, ids)).items():
+            contacts[person_id] = {}
+            for channel, purpose in needs.contacts:
+                verdict = known.of(channel, contact.Purpose(purpose))
+                contacts[person_id][(channel, purpose)] = (verdict.allowed, verdict.reason.value)
     return {
         person_id: rules.PersonFacts(
             person_id=person_id,
@@ -203,6 +211,7 @@ async def load_facts(
             computed_traits=person.computed_traits,
             event_times=event_times.get(person_id, {}),
             last_event_at=last_events.get(person_id, {}),
+            contact=contacts.get(person_id, {}),
         )
         for person_id, person in persons.items()
     }

@@ -12,6 +12,8 @@ import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from omni_kit import contact
+
 
 class Base(DeclarativeBase):
     """Declarative base of segmentation's own tables."""
@@ -121,6 +123,10 @@ class SeenNameRow(Base):
     kind: Mapped[str] = mapped_column(sa.Text, primary_key=True)
     name: Mapped[str] = mapped_column(sa.Text, primary_key=True)
     first_seen_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True), server_default=sa.func.now())
+
+
+contact_verdicts = contact.define_table(Base.metadata)
+"""Profile's contact verdicts as last announced, fed by profile.contact_verdict_changed (omni_kit.contact)."""
 
 
 sa.Index(

@@ -108,7 +108,19 @@ class RandomBucket:
     highest: int
 
 
-Condition = AllOf | AnyOf | Not | TraitCompare | EventCount | CartUnits | SinceLastEvent | RandomBucket
+@dataclass(frozen=True)
+class Contact:
+    """Profile's contact verdict for a channel (an omni.common.v1.Channel number) and purpose ("marketing",
+    "transactional") is `allowed`."""
+
+    channel: int
+    purpose: str
+    allowed: bool
+
+
+Condition = (
+    AllOf | AnyOf | Not | TraitCompare | EventCount | CartUnits | SinceLastEvent | RandomBucket | Contact
+)
 
 
 @dataclass(frozen=True)
@@ -126,14 +138,19 @@ class PersonFacts:
     computed_traits: Mapping[str, Any] = field(default_factory=dict)
     event_times: Mapping[str, Sequence[datetime]] = field(default_factory=dict)
     last_event_at: Mapping[str, datetime] = field(default_factory=dict)
+    contact: Mapping[tuple[int, str], tuple[bool, str]] = field(default_factory=dict)
+    """Per (channel, purpose) a contact rule asks about: whether contact is allowed, and why (a reason of
+    omni_kit.contact); a pair not given is refused."""
 
 
 @dataclass(frozen=True)
 class Requirements:
-    """The event facts a set of conditions needs: counted types with their longest window, and 'since' types."""
+    """The facts a set of conditions needs beyond the person's row: counted types with their longest window,
+    'since' types, and the (channel, purpose) pairs of contact rules."""
 
     counted: Mapping[str, timedelta]
     since: frozenset[str]
+    contacts: frozenset[tuple[int, str]] = frozenset()
 
     @property
     def longest_window(self) -> timedelta | None:
@@ -166,6 +183,9 @@ def evaluate(condition: Condition, facts: PersonFacts, now: datetime) -> bool:
             return last is not None and now - last >= at_least
         case RandomBucket(salt, lowest, highest):
             return facts.person_id is not None and lowest <= bucket(facts.person_id, salt) <= highest
+        case Contact(channel, purpose, allowed):
+            verdict = facts.contact.get((channel, purpose))
+            return (verdict is not None and verdict[0]) == allowed
     raise TypeError(f"not a condition: {condition!r}")
 
 
@@ -205,7 +225,7 @@ def _leaf_changes(condition: Condition, facts: PersonFacts, now: datetime) -> It
             last = facts.last_event_at.get(event_type)
             if last is not None and last + at_least > now:
                 yield last + at_least
-        case TraitCompare() | CartUnits() | RandomBucket():
+        case TraitCompare() | CartUnits() | RandomBucket() | Contact():
             return
 
 
@@ -313,12 +333,15 @@ def requirements(conditions: Sequence[Condition]) -> Requirements:
     """What event facts evaluating these conditions needs."""
     counted: dict[str, timedelta] = {}
     since: set[str] = set()
+    contacts: set[tuple[int, str]] = set()
     for leaf in (leaf for c in conditions for leaf in leaves(c)):
         if isinstance(leaf, EventCount):
             counted[leaf.event_type] = max(counted.get(leaf.event_type, leaf.window), leaf.window)
         elif isinstance(leaf, SinceLastEvent):
             since.add(leaf.event_type)
-    return Requirements(counted=counted, since=frozenset(since))
+        elif isinstance(leaf, Contact):
+            contacts.add((leaf.channel, leaf.purpose))
+    return Requirements(counted=counted, since=frozenset(since), contacts=frozenset(contacts))
 
 
 def leaves(condition: Condition) -> Iterator[Condition]:

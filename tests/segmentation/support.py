@@ -93,11 +93,18 @@ class Segmentation:
         *,
         occurred_at: datetime | None = None,
         trace_id: str | None = None,
+        channel: int = common_pb2.CHANNEL_APP,
+        properties: dict[str, Any] | None = None,
     ) -> envelope_pb2.Envelope:
-        """Publish profile.event_tracked for one event of the person."""
+        """Publish profile.event_tracked for one event of the person (on the app unless told)."""
         event = profile_pb2.Event(
-            id=new_id_str(), type=event_type, channel=common_pb2.CHANNEL_APP, person_id=person_id
+            id=new_id_str(),
+            type=event_type,
+            channel=channel,  # type: ignore[arg-type]
+            person_id=person_id,
         )
+        if properties:
+            json_format.ParseDict(properties, event.properties)
         event.occurred_at.FromDatetime(occurred_at or datetime.now(UTC))
         return await self.publish(
             profile_events.EventTrackedEvent(event=event),

@@ -81,6 +81,7 @@ def explanation_message(node: Explanation) -> pb.ConditionExplanation:
         summary=node.summary,
         children=[explanation_message(c) for c in node.children],
         count=node.count,
+        sum=node.sum,
     )
     if node.has_trait_value:
         json_format.ParseDict(node.trait_value, message.trait_value)

@@ -22,6 +22,8 @@ MAX_DEPTH = 10
 MAX_NODES = 200
 # A trait's value to compare with is stored with the segment and read at every evaluation.
 MAX_VALUE_BYTES = 4096
+# Property filters per event count or sum (the proto's max_items; values beyond are not walked).
+MAX_FILTERS = 10
 # Event types profile never records under that name: Segment's e-commerce cart events are recorded as the
 # profile's cart events (profile's README), so a rule counting them would count nothing, silently.
 RECORDED_AS = {"product_added": "cart_item_added", "product_removed": "cart_item_removed"}
@@ -51,14 +53,25 @@ def validate_condition(condition: pb.Condition, path: str, violations: Violation
     nodes = _bounded_nodes(condition, path, violations)
     if nodes is None:
         return
+    # Lists of channels and filters are bounded too before protovalidate reads them whole.
+    before = len(violations.items)
+    for node, node_path in nodes:
+        kind = node.WhichOneof("kind")
+        if kind in ("event_count", "event_sum"):
+            validation.check_counts(getattr(node, kind), violations, prefix=f"{node_path}.{kind}")
+    if len(violations.items) > before:
+        return
     validation.check(condition, violations, prefix=path)
     for node, node_path in nodes:
         kind = node.WhichOneof("kind")
         if kind == "trait":
             _check_trait_value(node.trait, f"{node_path}.trait", violations)
-        elif kind == "event_count":
-            _check_event_type(node.event_count.event_type, f"{node_path}.event_count.event_type", violations)
-            _check_duration(node.event_count, "window", f"{node_path}.event_count", violations)
+        elif kind in ("event_count", "event_sum"):
+            counted = getattr(node, kind)
+            _check_event_type(counted.event_type, f"{node_path}.{kind}.event_type", violations)
+            _check_duration(counted, "window", f"{node_path}.{kind}", violations)
+            for index, item in enumerate(counted.properties[:MAX_FILTERS]):
+                _check_trait_value(item, f"{node_path}.{kind}.properties[{index}]", violations)
         elif kind == "since_last_event":
             since = node.since_last_event
             _check_event_type(since.event_type, f"{node_path}.since_last_event.event_type", violations)
@@ -102,7 +115,9 @@ def _bounded_nodes(
     return None if too_deep else nodes
 
 
-def _check_trait_value(trait: pb.TraitCondition, path: str, violations: Violations) -> None:
+def _check_trait_value(
+    trait: pb.TraitCondition | pb.PropertyFilter, path: str, violations: Violations
+) -> None:
     if trait.HasField("value"):
         # Stored with the condition whatever the comparison, so checked whatever the comparison.
         if trait.value.ByteSize() > MAX_VALUE_BYTES:
@@ -165,7 +180,23 @@ def to_rules(condition: pb.Condition) -> rules.Condition:
     if kind == "event_count":
         count = condition.event_count
         return rules.EventCount(
-            count.event_type, count.window.ToTimedelta(), COMPARISONS[count.comparison], count.count
+            count.event_type,
+            count.window.ToTimedelta(),
+            COMPARISONS[count.comparison],
+            count.count,
+            frozenset(count.channels),
+            tuple(_filter(f) for f in count.properties),
+        )
+    if kind == "event_sum":
+        summed = condition.event_sum
+        return rules.EventSum(
+            summed.event_type,
+            summed.property,
+            summed.window.ToTimedelta(),
+            COMPARISONS[summed.comparison],
+            summed.value,
+            frozenset(summed.channels),
+            tuple(_filter(f) for f in summed.properties),
         )
     if kind == "cart":
         return rules.CartUnits(COMPARISONS[condition.cart.comparison], condition.cart.item_count)
@@ -182,6 +213,12 @@ def to_rules(condition: pb.Condition) -> rules.Condition:
         split = condition.random_bucket
         return rules.RandomBucket(split.salt, split.lowest, split.highest)
     raise ValueError(f"condition without a kind: {condition}")
+
+
+def _filter(item: pb.PropertyFilter) -> rules.PropertyFilter:
+    comparison = COMPARISONS[item.comparison]
+    value = None if comparison in rules.PRESENCE else json_format.MessageToDict(item.value)
+    return rules.PropertyFilter(item.property, comparison, value)
 
 
 def to_json(condition: pb.Condition) -> dict[str, Any]:

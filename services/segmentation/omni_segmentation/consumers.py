@@ -133,6 +133,8 @@ class EventHandlers:
                 event_type=event.type,
                 occurred_at=occurred_at,
                 trace_context=current_trace_context(),
+                channel=event.channel,
+                properties=event.properties.fields if event.properties.fields else None,
             )
         )
 

@@ -34,6 +34,7 @@ class Explanation:
     has_trait_value: bool = False
     count: int = 0
     last_event_at: datetime | None = None
+    sum: float = 0.0
 
 
 def explain(condition: rules.Condition, facts: rules.PersonFacts, now: datetime, path: str) -> Explanation:
@@ -70,13 +71,28 @@ def explain(condition: rules.Condition, facts: rules.PersonFacts, now: datetime,
                 has_trait_value=present,
             )
         case rules.EventCount(event_type, window, comparison, count):
-            seen_count = rules.count_in_window(facts.event_times.get(event_type, ()), window, now)
+            if condition.detailed:
+                seen_count = len(rules.matching_in_window(condition, facts, now))
+            else:
+                seen_count = rules.count_in_window(facts.event_times.get(event_type, ()), window, now)
             return Explanation(
                 path,
                 "event_count",
                 holds,
-                f"{seen_count} {event_type} in the last {_duration(window)} ({_SYMBOLS[comparison]} {count})",
+                f"{seen_count} {event_type}{_which(condition)} in the last {_duration(window)} "
+                f"({_SYMBOLS[comparison]} {count})",
                 count=seen_count,
+            )
+        case rules.EventSum(event_type, prop, window, comparison, value):
+            total, summed = rules.event_sum(condition, facts, now)
+            return Explanation(
+                path,
+                "event_sum",
+                holds,
+                f"{prop} sums to {_json(total)} over {summed} {event_type}{_which(condition)} in the last "
+                f"{_duration(window)} ({_SYMBOLS[comparison]} {_json(value)})",
+                count=summed,
+                sum=total,
             )
         case rules.CartUnits(comparison, item_count):
             return Explanation(
@@ -116,6 +132,20 @@ def explain(condition: rules.Condition, facts: rules.PersonFacts, now: datetime,
                 count=number,
             )
     raise TypeError(f"not a condition: {condition!r}")
+
+
+def _which(condition: rules.EventCount | rules.EventSum) -> str:
+    """The channels and filters of a count or sum, in words: " on store with category = 'coffee'"."""
+    text = ""
+    if condition.channels:
+        text += " on " + " or ".join(sorted(contact.channel_name(c) for c in condition.channels))
+    for index, item in enumerate(condition.filters):
+        text += " with " if index == 0 else " and "
+        if item.comparison in rules.PRESENCE:
+            text += f"{item.property} {item.comparison.value.replace('_', ' ')}"
+        else:
+            text += f"{item.property} {_SYMBOLS[item.comparison]} {_json(item.value)}"
+    return text
 
 
 def _json(value: Any) -> str:

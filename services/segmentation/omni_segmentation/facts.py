@@ -6,14 +6,17 @@ import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime
+from typing import Any
 
+from google.protobuf import json_format
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from omni_kit.lineage import LineageTable
+from omni_segmentation.catalog import SegmentCatalog
 from omni_segmentation.membership import MembershipEvaluator
 from omni_segmentation.records import PersonRecord, ProfileChange, TrackedEvent
 from omni_segmentation.repository import Occurrence, Repository
-from omni_segmentation.vocabulary import EVENT_TYPE, TRAIT, Vocabulary
+from omni_segmentation.vocabulary import EVENT_TYPE, PROPERTY, TRAIT, Vocabulary
 
 
 class FactsRecorder:
@@ -30,7 +33,9 @@ class FactsRecorder:
         evaluator: MembershipEvaluator,
         lineage: LineageTable,
         vocabulary: Vocabulary,
+        catalog: SegmentCatalog,
     ) -> None:
+        self._catalog = catalog
         self._repository = repository
         self._evaluator = evaluator
         self._lineage = lineage
@@ -78,6 +83,7 @@ class FactsRecorder:
             if person_id not in forgotten:
                 traces.setdefault(survivors.get(person_id, person_id), trace_context)
         await self._repository.ensure_persons(session, traces)
+        keep = await self._kept_properties(session, tracked)
         await self._repository.add_occurrences(
             session,
             [
@@ -88,9 +94,16 @@ class FactsRecorder:
                     e.occurred_at,
                     # Whom a redirected event named, so an unmerge of that person can give it back.
                     e.person_id if e.person_id in survivors else None,
+                    e.channel,
+                    _kept(e, keep.get(e.event_type)),
                 )
                 for e in tracked
             ],
+        )
+        await self._vocabulary.note(
+            session,
+            PROPERTY,
+            (f"{e.event_type}.{name}" for e in tracked for name in _kept(e, keep.get(e.event_type)) or ()),
         )
         await self._vocabulary.note(session, EVENT_TYPE, (e.event_type for e in tracked))
         await self._take_moved_events(session, changes, survivors, traces)
@@ -114,6 +127,18 @@ class FactsRecorder:
                 session, TRAIT, (name for p in changed.values() for name in (*p.traits, *p.computed_traits))
             )
         await self._evaluator.evaluate_persons(session, traces.keys(), now, trace_contexts=traces)
+
+    async def _kept_properties(
+        self, session: AsyncSession, tracked: Sequence[TrackedEvent]
+    ) -> dict[str, frozenset[str]]:
+        """Per event type some rule filters or sums, the properties its events keep: those the rules name.
+        Nothing is kept of other types, or of properties no rule names."""
+        if not any(e.properties for e in tracked):
+            return {}
+        needs = self._catalog.requirements(await self._catalog.segments(session))
+        if not needs.properties:
+            return {}
+        return {event_type: needs.properties for event_type in needs.detailed}
 
     async def _take_moved_events(
         self,
@@ -172,3 +197,13 @@ def _applied(person: PersonRecord, change: ProfileChange) -> PersonRecord:
     if updated is not person:
         updated = replace(updated, trace_context=change.trace_context)
     return updated
+
+
+def _kept(event: TrackedEvent, names: frozenset[str] | None) -> dict[str, Any] | None:
+    """The properties of the event a rule names (None when it keeps none)."""
+    if not names or not event.properties:
+        return None
+    kept = {
+        name: json_format.MessageToDict(event.properties[name]) for name in names if name in event.properties
+    }
+    return kept or None

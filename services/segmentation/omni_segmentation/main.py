@@ -56,7 +56,7 @@ async def start(settings: Settings) -> Runtime:
         evaluator = MembershipEvaluator(repository, catalog, runtime.outbox)
         vocabulary = Vocabulary(repository)
         handlers = EventHandlers(
-            FactsRecorder(repository, evaluator, PERSON_LINEAGE, vocabulary),
+            FactsRecorder(repository, evaluator, PERSON_LINEAGE, vocabulary, catalog),
             PersonMerger(repository, evaluator),
             PersonUnmerger(repository, evaluator),
             PersonEraser(repository),

@@ -190,10 +190,14 @@ async def load_facts(
     facts, and the occurrences and last-seen times of the event types the rules name."""
     ids = list(persons)
     event_times: dict[uuid.UUID, dict[str, list[datetime]]] = {}
+    event_details: dict[uuid.UUID, dict[str, list[rules.EventDetail]]] = {}
     last_events: dict[uuid.UUID, dict[str, datetime]] = {}
-    longest = needs.longest_window
-    if ids and longest is not None:
-        event_times = await repository.event_times(session, ids, sorted(needs.counted), now - longest)
+    if ids and needs.counted:
+        since = now - max(needs.counted.values())
+        event_times = await repository.event_times(session, ids, sorted(needs.counted), since)
+    if ids and needs.detailed:
+        since = now - max(needs.detailed.values())
+        event_details = await repository.event_details(session, ids, sorted(needs.detailed), since)
     if ids and needs.since:
         last_events = await repository.last_events(session, ids, sorted(needs.since))
     contacts: dict[uuid.UUID, dict[tuple[int, str], tuple[bool, str]]] = {}
@@ -211,6 +215,7 @@ async def load_facts(
             computed_traits=person.computed_traits,
             event_times=event_times.get(person_id, {}),
             last_event_at=last_events.get(person_id, {}),
+            event_details=event_details.get(person_id, {}),
             contact=contacts.get(person_id, {}),
         )
         for person_id, person in persons.items()

@@ -70,6 +70,10 @@ class EventOccurrenceRow(Base):
     # The person the event named, when that person had been merged into person_id (directly, or moved here
     # by a later merge); NULL when it named person_id itself. An unmerge gives these occurrences back.
     origin_person_id: Mapped[uuid.UUID | None] = mapped_column(sa.Uuid)
+    # The event's channel (an omni.common.v1.Channel number; 0 when not given).
+    channel: Mapped[int] = mapped_column(sa.SmallInteger, server_default="0")
+    # The event's properties that segment rules name, when it had any (nothing else of them is kept).
+    properties: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
 
 
 class LastEventRow(Base):

@@ -65,6 +65,10 @@ class TrackedEvent:
     event_type: str
     occurred_at: datetime
     trace_context: dict[str, str]
+    channel: int = 0
+    properties: Mapping[str, Any] | None = None
+    """The event's properties as profile sent them (a protobuf Struct's fields: values are
+    google.protobuf.Value); the recorder keeps only those rules name."""
 
 
 @dataclass(frozen=True)

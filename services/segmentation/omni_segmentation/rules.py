@@ -74,13 +74,44 @@ class TraitCompare:
 
 
 @dataclass(frozen=True)
+class PropertyFilter:
+    """An event's property compared with a JSON value, as a trait is (None for EXISTS / NOT_EXISTS)."""
+
+    property: str
+    comparison: Comparison
+    value: Any = None
+
+
+@dataclass(frozen=True)
 class EventCount:
-    """The number of events of a type that occurred within [now - window, now], compared with a count."""
+    """The number of events of a type that occurred within [now - window, now] (on the channels, passing the
+    filters, when given), compared with a count."""
 
     event_type: str
     window: timedelta
     comparison: Comparison
     count: int
+    channels: frozenset[int] = frozenset()
+    filters: tuple[PropertyFilter, ...] = ()
+
+    @property
+    def detailed(self) -> bool:
+        """Whether it looks at events' channels or properties (so needs EventDetails, not only times)."""
+        return bool(self.channels or self.filters)
+
+
+@dataclass(frozen=True)
+class EventSum:
+    """The sum of a numeric property over the events of a type within [now - window, now] (on the channels,
+    passing the filters), compared with a value; a missing or non-numeric property adds nothing."""
+
+    event_type: str
+    property: str
+    window: timedelta
+    comparison: Comparison
+    value: float
+    channels: frozenset[int] = frozenset()
+    filters: tuple[PropertyFilter, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -119,8 +150,27 @@ class Contact:
 
 
 Condition = (
-    AllOf | AnyOf | Not | TraitCompare | EventCount | CartUnits | SinceLastEvent | RandomBucket | Contact
+    AllOf
+    | AnyOf
+    | Not
+    | TraitCompare
+    | EventCount
+    | EventSum
+    | CartUnits
+    | SinceLastEvent
+    | RandomBucket
+    | Contact
 )
+
+
+@dataclass(frozen=True)
+class EventDetail:
+    """One occurrence with what filters and sums look at: its channel (an omni.common.v1.Channel number) and
+    the properties kept of it (those rules name)."""
+
+    occurred_at: datetime
+    channel: int = 0
+    properties: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -138,6 +188,8 @@ class PersonFacts:
     computed_traits: Mapping[str, Any] = field(default_factory=dict)
     event_times: Mapping[str, Sequence[datetime]] = field(default_factory=dict)
     last_event_at: Mapping[str, datetime] = field(default_factory=dict)
+    event_details: Mapping[str, Sequence[EventDetail]] = field(default_factory=dict)
+    """Per event type some rule filters or sums, the occurrences (ascending) with channel and properties."""
     contact: Mapping[tuple[int, str], tuple[bool, str]] = field(default_factory=dict)
     """Per (channel, purpose) a contact rule asks about: whether contact is allowed, and why (a reason of
     omni_kit.contact); a pair not given is refused."""
@@ -151,11 +203,15 @@ class Requirements:
     counted: Mapping[str, timedelta]
     since: frozenset[str]
     contacts: frozenset[tuple[int, str]] = frozenset()
+    detailed: Mapping[str, timedelta] = field(default_factory=dict)
+    """Event types filtered or summed, with their longest window: read with channels and properties."""
+    properties: frozenset[str] = frozenset()
+    """The event properties rules name (top-level names): the ones kept of each event."""
 
     @property
     def longest_window(self) -> timedelta | None:
-        """The longest window over which any event type is counted, if any is."""
-        return max(self.counted.values(), default=None)
+        """The longest window over which any event type is counted or summed, if any is."""
+        return max((*self.counted.values(), *self.detailed.values()), default=None)
 
 
 _MISSING = object()
@@ -172,10 +228,15 @@ def evaluate(condition: Condition, facts: PersonFacts, now: datetime) -> bool:
             return not evaluate(inner, facts, now)
         case TraitCompare(trait, comparison, value):
             return compare_trait(person_trait(facts, trait), comparison, value)
+        case EventCount(event_type, window, comparison, count) if condition.detailed:
+            matching = matching_in_window(condition, facts, now)
+            return compare_numbers(len(matching), comparison, count)
         case EventCount(event_type, window, comparison, count):
             return compare_numbers(
                 count_in_window(facts.event_times.get(event_type, ()), window, now), comparison, count
             )
+        case EventSum(comparison=comparison, value=value):
+            return compare_numbers(event_sum(condition, facts, now)[0], comparison, value)
         case CartUnits(comparison, item_count):
             return compare_numbers(facts.cart_units, comparison, item_count)
         case SinceLastEvent(event_type, at_least):
@@ -215,6 +276,10 @@ def _leaf_changes(condition: Condition, facts: PersonFacts, now: datetime) -> It
                 yield from _leaf_changes(child, facts, now)
         case Not(inner):
             yield from _leaf_changes(inner, facts, now)
+        case EventCount(event_type, window, _, _) if condition.detailed:
+            yield from _window_changes(_matching(condition, facts), window, now)
+        case EventSum(window=window):
+            yield from _window_changes(_matching(condition, facts), window, now)
         case EventCount(event_type, window, _, _):
             for occurred in facts.event_times.get(event_type, ()):
                 if occurred > now:
@@ -227,6 +292,58 @@ def _leaf_changes(condition: Condition, facts: PersonFacts, now: datetime) -> It
                 yield last + at_least
         case TraitCompare() | CartUnits() | RandomBucket() | Contact():
             return
+
+
+def _window_changes(instants: Iterator[datetime], window: timedelta, now: datetime) -> Iterator[datetime]:
+    """The instants after now at which occurrences at these instants enter or leave a window ending now."""
+    for occurred in instants:
+        if occurred > now:
+            yield occurred
+        elif occurred + window >= now:
+            yield occurred + window + RESOLUTION
+
+
+def _matching(condition: EventCount | EventSum, facts: PersonFacts) -> Iterator[datetime]:
+    """The instants of the person's occurrences the condition's channels and filters keep."""
+    for detail in facts.event_details.get(condition.event_type, ()):
+        if _passes(detail, condition.channels, condition.filters):
+            yield detail.occurred_at
+
+
+def _passes(detail: EventDetail, channels: frozenset[int], filters: Sequence[PropertyFilter]) -> bool:
+    if channels and detail.channel not in channels:
+        return False
+    return all(
+        compare_trait(trait_value(detail.properties, f.property), f.comparison, f.value) for f in filters
+    )
+
+
+def matching_in_window(
+    condition: EventCount | EventSum, facts: PersonFacts, now: datetime
+) -> list[EventDetail]:
+    """The person's occurrences within the condition's window ending now that its channels and filters keep."""
+    since = now - condition.window
+    return [
+        d
+        for d in facts.event_details.get(condition.event_type, ())
+        if since <= d.occurred_at <= now and _passes(d, condition.channels, condition.filters)
+    ]
+
+
+def event_sum(condition: EventSum, facts: PersonFacts, now: datetime) -> tuple[float, int]:
+    """The sum of the condition's property over the matching occurrences in its window, and how many."""
+    matching = matching_in_window(condition, facts, now)
+    total = 0.0
+    for detail in matching:
+        value = trait_value(detail.properties, condition.property)
+        if _is_number(value):
+            total += value
+    return total, len(matching)
+
+
+def property_head(name: str) -> str:
+    """The top-level property a (dotted) property name reaches into: the one kept of each event."""
+    return name.split(".", 1)[0]
 
 
 def bucket(person_id: uuid.UUID, salt: str) -> int:
@@ -332,16 +449,29 @@ def _same(actual: Any, expected: Any) -> bool:
 def requirements(conditions: Sequence[Condition]) -> Requirements:
     """What event facts evaluating these conditions needs."""
     counted: dict[str, timedelta] = {}
+    detailed: dict[str, timedelta] = {}
+    properties: set[str] = set()
     since: set[str] = set()
     contacts: set[tuple[int, str]] = set()
     for leaf in (leaf for c in conditions for leaf in leaves(c)):
-        if isinstance(leaf, EventCount):
+        if isinstance(leaf, EventSum) or (isinstance(leaf, EventCount) and leaf.detailed):
+            detailed[leaf.event_type] = max(detailed.get(leaf.event_type, leaf.window), leaf.window)
+            properties |= {property_head(f.property) for f in leaf.filters}
+            if isinstance(leaf, EventSum):
+                properties.add(property_head(leaf.property))
+        elif isinstance(leaf, EventCount):
             counted[leaf.event_type] = max(counted.get(leaf.event_type, leaf.window), leaf.window)
         elif isinstance(leaf, SinceLastEvent):
             since.add(leaf.event_type)
         elif isinstance(leaf, Contact):
             contacts.add((leaf.channel, leaf.purpose))
-    return Requirements(counted=counted, since=frozenset(since), contacts=frozenset(contacts))
+    return Requirements(
+        counted=counted,
+        since=frozenset(since),
+        contacts=frozenset(contacts),
+        detailed=detailed,
+        properties=frozenset(properties),
+    )
 
 
 def leaves(condition: Condition) -> Iterator[Condition]:

@@ -17,9 +17,12 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from omni.segmentation.v1 import segmentation_pb2 as pb
 from omni_segmentation.conditions import nodes
 from omni_segmentation.repository import Repository
+from omni_segmentation.rules import property_head
 
 EVENT_TYPE = "event_type"
 TRAIT = "trait"
+PROPERTY = "property"
+"""A property kept of an event of a type, noted as "<event type>.<property>"."""
 
 
 @dataclass(frozen=True)
@@ -35,7 +38,7 @@ class Vocabulary:
 
     def __init__(self, repository: Repository) -> None:
         self._repository = repository
-        self._noted: dict[str, set[str]] = {EVENT_TYPE: set(), TRAIT: set()}
+        self._noted: dict[str, set[str]] = {EVENT_TYPE: set(), TRAIT: set(), PROPERTY: set()}
 
     async def note(self, session: AsyncSession, kind: str, names: Iterable[str]) -> None:
         """Remember names of a kind (EVENT_TYPE, TRAIT) as seen."""
@@ -50,8 +53,25 @@ class Vocabulary:
         named: list[tuple[str, str, str]] = []  # (kind, name, field), in document order
         for node, node_path in nodes(condition, path):
             kind = node.WhichOneof("kind")
-            if kind == "event_count":
-                named.append((EVENT_TYPE, node.event_count.event_type, f"{node_path}.event_count.event_type"))
+            if kind in ("event_count", "event_sum"):
+                counted = getattr(node, kind)
+                named.append((EVENT_TYPE, counted.event_type, f"{node_path}.{kind}.event_type"))
+                for index, item in enumerate(counted.properties):
+                    named.append(
+                        (
+                            PROPERTY,
+                            f"{counted.event_type}.{property_head(item.property)}",
+                            f"{node_path}.{kind}.properties[{index}].property",
+                        )
+                    )
+                if kind == "event_sum":
+                    named.append(
+                        (
+                            PROPERTY,
+                            f"{counted.event_type}.{property_head(counted.property)}",
+                            f"{node_path}.event_sum.property",
+                        )
+                    )
             elif kind == "since_last_event":
                 since = node.since_last_event
                 named.append((EVENT_TYPE, since.event_type, f"{node_path}.since_last_event.event_type"))
@@ -65,8 +85,22 @@ class Vocabulary:
         seen_traits = await self._repository.seen_names(
             session, TRAIT, traits | {n.split(".", 1)[0] for n in traits}
         )
+        seen_properties = await self._repository.seen_names(
+            session, PROPERTY, (n for k, n, _ in named if k == PROPERTY)
+        )
         warnings: list[Warning] = []
         for kind, name, field in named:
+            if kind == PROPERTY and name not in seen_properties:
+                event_type, _, prop = name.partition(".")
+                if event_type in seen_types:
+                    warnings.append(
+                        Warning(
+                            field,
+                            f"no {event_type} has had a property {prop} kept yet: properties are kept from when "
+                            "a rule first names them, so earlier events count as without it",
+                        )
+                    )
+                continue
             if kind == EVENT_TYPE and name not in seen_types:
                 warnings.append(
                     Warning(field, f"no event of type {name} has been seen yet: is the name right?")

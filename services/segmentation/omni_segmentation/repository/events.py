@@ -6,12 +6,15 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from omni_kit.db import json_text
 from omni_segmentation.models import EventOccurrenceRow, LastEventRow
+from omni_segmentation.rules import EventDetail
 
 
 @dataclass(frozen=True)
@@ -24,6 +27,8 @@ class Occurrence:
     event_type: str
     occurred_at: datetime
     origin_id: uuid.UUID | None = None
+    channel: int = 0
+    properties: dict[str, Any] | None = None
 
 
 # Statements over arrays, one per batch of persons or events, whatever their number (an IN list would be
@@ -38,9 +43,16 @@ _LAST_EVENTS = sa.text(
     "WHERE person_id = ANY(CAST(:ids AS uuid[])) AND event_type = ANY(CAST(:types AS text[]))"
 )
 _ADD_OCCURRENCES = sa.text(
-    "INSERT INTO event_occurrences (person_id, event_id, event_type, occurred_at, origin_person_id) "
+    "INSERT INTO event_occurrences (person_id, event_id, event_type, occurred_at, origin_person_id, channel, "
+    "properties) "
     "SELECT * FROM unnest(CAST(:persons AS uuid[]), CAST(:ids AS text[]), CAST(:types AS text[]), "
-    "CAST(:ats AS timestamptz[]), CAST(:origins AS uuid[])) ON CONFLICT DO NOTHING"
+    "CAST(:ats AS timestamptz[]), CAST(:origins AS uuid[]), CAST(:channels AS smallint[]), "
+    "CAST(:properties AS jsonb[])) ON CONFLICT DO NOTHING"
+)
+_EVENT_DETAILS = sa.text(
+    "SELECT person_id, event_type, occurred_at, channel, properties FROM event_occurrences "
+    "WHERE person_id = ANY(CAST(:ids AS uuid[])) AND event_type = ANY(CAST(:types AS text[])) "
+    "AND occurred_at >= :since ORDER BY occurred_at"
 )
 _RAISE_LAST_EVENTS = sa.text(
     "INSERT INTO person_last_events (person_id, event_type, last_at) "
@@ -65,6 +77,10 @@ class EventQueries:
                 "types": [o.event_type for o in occurrences],
                 "ats": [o.occurred_at for o in occurrences],
                 "origins": [o.origin_id for o in occurrences],
+                "channels": [o.channel for o in occurrences],
+                "properties": [
+                    json_text(o.properties) if o.properties is not None else None for o in occurrences
+                ],
             },
         )
         # One row per (person, type): ON CONFLICT DO UPDATE may not touch a row twice in one statement.
@@ -100,6 +116,27 @@ class EventQueries:
         )
         for row in rows:
             result.setdefault(row.person_id, {}).setdefault(row.event_type, []).append(row.occurred_at)
+        return result
+
+    async def event_details(
+        self,
+        session: AsyncSession,
+        person_ids: Sequence[uuid.UUID],
+        event_types: Sequence[str],
+        since: datetime,
+    ) -> dict[uuid.UUID, dict[str, list[EventDetail]]]:
+        """Per person and type, the persons' occurrences of those types at or after since, ascending, with
+        their channels and kept properties."""
+        result: dict[uuid.UUID, dict[str, list[EventDetail]]] = {}
+        if not event_types or not person_ids:
+            return result
+        rows = await session.execute(
+            _EVENT_DETAILS, {"ids": list(person_ids), "types": list(event_types), "since": since}
+        )
+        for row in rows:
+            result.setdefault(row.person_id, {}).setdefault(row.event_type, []).append(
+                EventDetail(row.occurred_at, row.channel, row.properties or {})
+            )
         return result
 
     async def last_events(

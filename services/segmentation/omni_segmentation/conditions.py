@@ -72,6 +72,8 @@ def validate_condition(condition: pb.Condition, path: str, violations: Violation
             _check_duration(counted, "window", f"{node_path}.{kind}", violations)
             for index, item in enumerate(counted.properties[:MAX_FILTERS]):
                 _check_trait_value(item, f"{node_path}.{kind}.properties[{index}]", violations)
+        elif kind == "trait_age":
+            _check_duration(node.trait_age, "age", f"{node_path}.trait_age", violations)
         elif kind == "since_last_event":
             since = node.since_last_event
             _check_event_type(since.event_type, f"{node_path}.since_last_event.event_type", violations)
@@ -209,6 +211,9 @@ def to_rules(condition: pb.Condition) -> rules.Condition:
             "transactional" if asked.purpose == profile_pb2.CONSENT_PURPOSE_TRANSACTIONAL else "marketing"
         )
         return rules.Contact(asked.channel, purpose, asked.allowed)
+    if kind == "trait_age":
+        aged = condition.trait_age
+        return rules.TraitAge(aged.trait, COMPARISONS[aged.comparison], aged.age.ToTimedelta())
     if kind == "random_bucket":
         split = condition.random_bucket
         return rules.RandomBucket(split.salt, split.lowest, split.highest)

@@ -70,6 +70,24 @@ def explain(condition: rules.Condition, facts: rules.PersonFacts, now: datetime,
                 trait_value=actual if present else None,
                 has_trait_value=present,
             )
+        case rules.TraitAge(trait, comparison, age):
+            actual = rules.person_trait(facts, trait)
+            present = rules.is_present(actual)
+            at = rules.as_time(actual)
+            if at is None:
+                seen = f"{trait} is {_json(actual) if present else 'absent'}, not a time"
+            elif at > now:
+                seen = f"{trait} is {_duration(at - now)} ahead"
+            else:
+                seen = f"{trait} was {_duration(now - at)} ago"
+            return Explanation(
+                path,
+                "trait_age",
+                holds,
+                f"{seen} ({_SYMBOLS[comparison]} {_duration(age)})",
+                trait_value=actual if present else None,
+                has_trait_value=present,
+            )
         case rules.EventCount(event_type, window, comparison, count):
             if condition.detailed:
                 seen_count = len(rules.matching_in_window(condition, facts, now))

@@ -13,7 +13,7 @@ import hashlib
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
@@ -131,6 +131,16 @@ class SinceLastEvent:
 
 
 @dataclass(frozen=True)
+class TraitAge:
+    """How long ago a time-valued trait is (now minus its value) compared with a duration; false when the
+    trait is missing or not a time."""
+
+    trait: str
+    comparison: Comparison
+    age: timedelta
+
+
+@dataclass(frozen=True)
 class RandomBucket:
     """The person's stable bucket (0-99, from the salt and the person id) lies in [lowest, highest]."""
 
@@ -154,6 +164,7 @@ Condition = (
     | AnyOf
     | Not
     | TraitCompare
+    | TraitAge
     | EventCount
     | EventSum
     | CartUnits
@@ -242,6 +253,9 @@ def evaluate(condition: Condition, facts: PersonFacts, now: datetime) -> bool:
         case SinceLastEvent(event_type, at_least):
             last = facts.last_event_at.get(event_type)
             return last is not None and now - last >= at_least
+        case TraitAge(trait, comparison, age):
+            at = as_time(person_trait(facts, trait))
+            return at is not None and compare_numbers(now - at, comparison, age)  # type: ignore[arg-type]
         case RandomBucket(salt, lowest, highest):
             return facts.person_id is not None and lowest <= bucket(facts.person_id, salt) <= highest
         case Contact(channel, purpose, allowed):
@@ -290,6 +304,11 @@ def _leaf_changes(condition: Condition, facts: PersonFacts, now: datetime) -> It
             last = facts.last_event_at.get(event_type)
             if last is not None and last + at_least > now:
                 yield last + at_least
+        case TraitAge(trait, _, age):
+            at = as_time(person_trait(facts, trait))
+            if at is not None:
+                # The age reaches the threshold at at + age and passes it one step later.
+                yield from (t for t in (at + age, at + age + RESOLUTION) if t > now)
         case TraitCompare() | CartUnits() | RandomBucket() | Contact():
             return
 
@@ -339,6 +358,18 @@ def event_sum(condition: EventSum, facts: PersonFacts, now: datetime) -> tuple[f
         if _is_number(value):
             total += value
     return total, len(matching)
+
+
+def as_time(value: Any) -> datetime | None:
+    """A trait's value as an instant: an RFC 3339 time (no offset: UTC) or a date (its midnight UTC); None
+    for anything else."""
+    if not isinstance(value, str) or len(value) < 10:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
 
 
 def property_head(name: str) -> str:

@@ -202,3 +202,38 @@ async def test_bad_filters(segmentation: Segmentation, condition: pb.Condition, 
         )
     details = status_details(caught.value)
     assert (details.code, details.fields) == (grpc.StatusCode.INVALID_ARGUMENT, fields)
+
+
+async def test_channels_and_properties_move_with_a_merge_and_back(
+    segmentation: Segmentation, events: EventLog
+) -> None:
+    event_type = unique("store_order").replace("-", "_")
+    loyal = await segmentation.create(
+        unique("store-coffee"),
+        counted(
+            event_type,
+            pb.COMPARISON_GTE,
+            2,
+            channels=(STORE,),
+            filters=(where("category", pb.COMPARISON_EQ, "coffee"),),
+        ),
+    )
+    survivor, merged = person(), person()
+    await segmentation.consumed(
+        await segmentation.track(survivor, event_type, channel=STORE, properties={"category": "coffee"}),
+        await segmentation.track(merged, event_type, channel=STORE, properties={"category": "coffee"}),
+    )
+    assert loyal.name not in await segmentation.segments_of(survivor)
+    await segmentation.merged(survivor, merged)
+    await events.wait_for(ENTERED, survivor)
+    kept = await segmentation.rows(
+        "SELECT channel, properties FROM event_occurrences WHERE person_id = CAST(:p AS uuid)", p=survivor
+    )
+    assert sorted((row.channel, row.properties["category"]) for row in kept) == [(STORE, "coffee")] * 2
+    # An unmerge gives the merged person's occurrence back, channel and properties included.
+    await segmentation.consumed(await segmentation.unmerged(survivor, merged))
+    back = await segmentation.rows(
+        "SELECT channel, properties FROM event_occurrences WHERE person_id = CAST(:p AS uuid)", p=merged
+    )
+    assert [(row.channel, row.properties) for row in back] == [(STORE, {"category": "coffee"})]
+    assert loyal.name not in await segmentation.segments_of(survivor)

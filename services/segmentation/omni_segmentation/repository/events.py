@@ -163,11 +163,22 @@ class EventQueries:
             EventOccurrenceRow.event_type,
             EventOccurrenceRow.occurred_at,
             sa.func.coalesce(EventOccurrenceRow.origin_person_id, EventOccurrenceRow.person_id),
+            EventOccurrenceRow.channel,
+            EventOccurrenceRow.properties,
         ).where(EventOccurrenceRow.person_id.in_(merged_ids))
         await session.execute(
             insert(EventOccurrenceRow)
             .from_select(
-                ["person_id", "event_id", "event_type", "occurred_at", "origin_person_id"], occurrences
+                [
+                    "person_id",
+                    "event_id",
+                    "event_type",
+                    "occurred_at",
+                    "origin_person_id",
+                    "channel",
+                    "properties",
+                ],
+                occurrences,
             )
             .on_conflict_do_nothing()
         )
@@ -263,6 +274,8 @@ class EventQueries:
                     EventOccurrenceRow.event_type,
                     EventOccurrenceRow.occurred_at,
                     EventOccurrenceRow.origin_person_id,
+                    EventOccurrenceRow.channel,
+                    EventOccurrenceRow.properties,
                 )
             )
         ).all()
@@ -277,6 +290,8 @@ class EventQueries:
                     row.event_type,
                     row.occurred_at,
                     _origin(row.origin_person_id, named, person_id),
+                    row.channel,
+                    row.properties,
                 )
                 for row in rows
             ],

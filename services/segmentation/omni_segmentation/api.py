@@ -85,7 +85,7 @@ def explanation_message(node: Explanation) -> pb.ConditionExplanation:
     )
     if node.has_trait_value:
         json_format.ParseDict(node.trait_value, message.trait_value)
-    if node.last_event_at is not None:
+    if node.last_event_at is not None:  # the first event's time, for first_event
         message.last_event_time.FromDatetime(node.last_event_at)
     return message
 

@@ -74,6 +74,12 @@ def validate_condition(condition: pb.Condition, path: str, violations: Violation
                 _check_trait_value(item, f"{node_path}.{kind}.properties[{index}]", violations)
         elif kind == "trait_age":
             _check_duration(node.trait_age, "age", f"{node_path}.trait_age", violations)
+        elif kind == "first_event":
+            if node.first_event.event_type:  # empty: any event
+                _check_event_type(
+                    node.first_event.event_type, f"{node_path}.first_event.event_type", violations
+                )
+            _check_duration(node.first_event, "age", f"{node_path}.first_event", violations)
         elif kind == "since_last_event":
             since = node.since_last_event
             _check_event_type(since.event_type, f"{node_path}.since_last_event.event_type", violations)
@@ -211,6 +217,9 @@ def to_rules(condition: pb.Condition) -> rules.Condition:
             "transactional" if asked.purpose == profile_pb2.CONSENT_PURPOSE_TRANSACTIONAL else "marketing"
         )
         return rules.Contact(asked.channel, purpose, asked.allowed)
+    if kind == "first_event":
+        first = condition.first_event
+        return rules.FirstEvent(first.event_type, COMPARISONS[first.comparison], first.age.ToTimedelta())
     if kind == "trait_age":
         aged = condition.trait_age
         return rules.TraitAge(aged.trait, COMPARISONS[aged.comparison], aged.age.ToTimedelta())

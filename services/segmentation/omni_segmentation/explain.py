@@ -70,6 +70,22 @@ def explain(condition: rules.Condition, facts: rules.PersonFacts, now: datetime,
                 trait_value=actual if present else None,
                 has_trait_value=present,
             )
+        case rules.FirstEvent(event_type, comparison, age):
+            first = facts.first_event_at.get(event_type)
+            named = event_type or "event"
+            if first is None:
+                seen = f"no {named} ever"
+            elif first > now:
+                seen = f"the first {named} is {_duration(first - now)} ahead"
+            else:
+                seen = f"the first {named} was {_duration(now - first)} ago"
+            return Explanation(
+                path,
+                "first_event",
+                holds,
+                f"{seen} ({_SYMBOLS[comparison]} {_duration(age)})",
+                last_event_at=first,
+            )
         case rules.TraitAge(trait, comparison, age):
             actual = rules.person_trait(facts, trait)
             present = rules.is_present(actual)

@@ -200,6 +200,9 @@ async def load_facts(
         event_details = await repository.event_details(session, ids, sorted(needs.detailed), since)
     if ids and needs.since:
         last_events = await repository.last_events(session, ids, sorted(needs.since))
+    first_events: dict[uuid.UUID, dict[str, datetime]] = {}
+    if ids and needs.firsts:
+        first_events = await repository.first_events(session, ids, sorted(needs.firsts))
     contacts: dict[uuid.UUID, dict[tuple[int, str], tuple[bool, str]]] = {}
     if ids and needs.contacts:
         for person_id, known in (await contact.verdicts_of(session, ids)).items():
@@ -216,6 +219,7 @@ async def load_facts(
             event_times=event_times.get(person_id, {}),
             last_event_at=last_events.get(person_id, {}),
             event_details=event_details.get(person_id, {}),
+            first_event_at=first_events.get(person_id, {}),
             contact=contacts.get(person_id, {}),
         )
         for person_id, person in persons.items()

@@ -77,13 +77,15 @@ class EventOccurrenceRow(Base):
 
 
 class LastEventRow(Base):
-    """The latest occurrence of each event type per person, kept forever (one row per type)."""
+    """The latest and first occurrence of each event type per person, kept forever (one row per type)."""
 
     __tablename__ = "person_last_events"
 
     person_id: Mapped[uuid.UUID] = mapped_column(sa.Uuid, primary_key=True)
     event_type: Mapped[str] = mapped_column(sa.Text, primary_key=True)
     last_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True))
+    # NULL when unknown (recorded before migration 0010 and purged since).
+    first_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
 
 
 class MembershipRow(Base):

@@ -141,6 +141,16 @@ class TraitAge:
 
 
 @dataclass(frozen=True)
+class FirstEvent:
+    """How long ago the person's first event of a type ("" for any type) happened, compared with a
+    duration; false for a person without one."""
+
+    event_type: str
+    comparison: Comparison
+    age: timedelta
+
+
+@dataclass(frozen=True)
 class RandomBucket:
     """The person's stable bucket (0-99, from the salt and the person id) lies in [lowest, highest]."""
 
@@ -169,6 +179,7 @@ Condition = (
     | EventSum
     | CartUnits
     | SinceLastEvent
+    | FirstEvent
     | RandomBucket
     | Contact
 )
@@ -199,6 +210,8 @@ class PersonFacts:
     computed_traits: Mapping[str, Any] = field(default_factory=dict)
     event_times: Mapping[str, Sequence[datetime]] = field(default_factory=dict)
     last_event_at: Mapping[str, datetime] = field(default_factory=dict)
+    first_event_at: Mapping[str, datetime] = field(default_factory=dict)
+    """The first occurrence of each type first_event rules ask about ("" for any type)."""
     event_details: Mapping[str, Sequence[EventDetail]] = field(default_factory=dict)
     """Per event type some rule filters or sums, the occurrences (ascending) with channel and properties."""
     contact: Mapping[tuple[int, str], tuple[bool, str]] = field(default_factory=dict)
@@ -214,6 +227,8 @@ class Requirements:
     counted: Mapping[str, timedelta]
     since: frozenset[str]
     contacts: frozenset[tuple[int, str]] = frozenset()
+    firsts: frozenset[str] = frozenset()
+    """The event types first_event rules ask about ("" for any)."""
     detailed: Mapping[str, timedelta] = field(default_factory=dict)
     """Event types filtered or summed, with their longest window: read with channels and properties."""
     properties: frozenset[str] = frozenset()
@@ -256,6 +271,9 @@ def evaluate(condition: Condition, facts: PersonFacts, now: datetime) -> bool:
         case TraitAge(trait, comparison, age):
             at = as_time(person_trait(facts, trait))
             return at is not None and compare_numbers(now - at, comparison, age)  # type: ignore[arg-type]
+        case FirstEvent(event_type, comparison, age):
+            first = facts.first_event_at.get(event_type)
+            return first is not None and compare_numbers(now - first, comparison, age)  # type: ignore[arg-type]
         case RandomBucket(salt, lowest, highest):
             return facts.person_id is not None and lowest <= bucket(facts.person_id, salt) <= highest
         case Contact(channel, purpose, allowed):
@@ -304,6 +322,10 @@ def _leaf_changes(condition: Condition, facts: PersonFacts, now: datetime) -> It
             last = facts.last_event_at.get(event_type)
             if last is not None and last + at_least > now:
                 yield last + at_least
+        case FirstEvent(event_type, _, age):
+            first = facts.first_event_at.get(event_type)
+            if first is not None:
+                yield from (t for t in (first + age, first + age + RESOLUTION) if t > now)
         case TraitAge(trait, _, age):
             at = as_time(person_trait(facts, trait))
             if at is not None:
@@ -484,6 +506,7 @@ def requirements(conditions: Sequence[Condition]) -> Requirements:
     properties: set[str] = set()
     since: set[str] = set()
     contacts: set[tuple[int, str]] = set()
+    firsts: set[str] = set()
     for leaf in (leaf for c in conditions for leaf in leaves(c)):
         if isinstance(leaf, EventSum) or (isinstance(leaf, EventCount) and leaf.detailed):
             detailed[leaf.event_type] = max(detailed.get(leaf.event_type, leaf.window), leaf.window)
@@ -496,10 +519,13 @@ def requirements(conditions: Sequence[Condition]) -> Requirements:
             since.add(leaf.event_type)
         elif isinstance(leaf, Contact):
             contacts.add((leaf.channel, leaf.purpose))
+        elif isinstance(leaf, FirstEvent):
+            firsts.add(leaf.event_type)
     return Requirements(
         counted=counted,
         since=frozenset(since),
         contacts=frozenset(contacts),
+        firsts=frozenset(firsts),
         detailed=detailed,
         properties=frozenset(properties),
     )

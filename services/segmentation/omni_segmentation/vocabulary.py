@@ -72,6 +72,8 @@ class Vocabulary:
                             f"{node_path}.event_sum.property",
                         )
                     )
+            elif kind == "first_event" and node.first_event.event_type:
+                named.append((EVENT_TYPE, node.first_event.event_type, f"{node_path}.first_event.event_type"))
             elif kind == "since_last_event":
                 since = node.since_last_event
                 named.append((EVENT_TYPE, since.event_type, f"{node_path}.since_last_event.event_type"))

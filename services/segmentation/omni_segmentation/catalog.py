@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from omni.segmentation.v1 import segmentation_pb2 as pb
-from omni_kit.errors import Aborted, AlreadyExists, FailedPrecondition, NotFound
+from omni_kit.errors import Aborted, AlreadyExists, FailedPrecondition, NotFound, Violations
 from omni_kit.ids import new_id
 from omni_segmentation import conditions, rules
 from omni_segmentation.records import SegmentRecord
@@ -52,6 +52,8 @@ class SegmentCatalog:
     def __init__(self, repository: Repository) -> None:
         self._repository = repository
         self._parsed: dict[tuple[uuid.UUID, int], rules.Condition] = {}
+        # The last ordering computed, by the heads it was computed from (it changes only with them).
+        self._ordered: tuple[tuple[tuple[uuid.UUID, str, int], ...], list[Segment]] = ((), [])
 
     async def create(
         self,
@@ -75,6 +77,7 @@ class SegmentCatalog:
             created_at=now,
             updated_at=now,
         )
+        await self._check_references(session, condition, "segment.condition", record.id)
         if not await self._repository.insert_segment(session, record):
             raise _name_taken(name)
         await self._repository.add_backfill(session, record.id, trace_context)
@@ -124,6 +127,7 @@ class SegmentCatalog:
         if "condition" in paths:
             stored = conditions.to_json(condition)
             if stored != current.condition:
+                await self._check_references(session, condition, "segment.condition", segment_id)
                 updated = replace(updated, condition=stored, version=current.version + 1)
                 changed_condition = True
         if updated == current:
@@ -144,11 +148,54 @@ class SegmentCatalog:
         current = await self.get(session, segment_id, lock=True)
         if current.archived_at is not None:
             return current, []
+        users = [
+            s.name
+            for s in await self.segments(session)
+            if segment_id in rules.requirements([s.condition]).segments and s.id != segment_id
+        ]
+        if users:
+            raise FailedPrecondition(
+                message=f"segment {segment_id} is referred to by {', '.join(users)}: change those first",
+                reason="SEGMENT_IN_USE",
+                metadata={"segment_id": str(segment_id), "used_by": ",".join(users)},
+            )
         archived = replace(current, archived_at=now, updated_at=now)
         await self._repository.update_segment(session, archived)
         await self._repository.drop_backfill(session, segment_id)
         exited = await self._repository.remove_segment_members(session, segment_id, now)
         return archived, exited
+
+    async def _check_references(
+        self, session: AsyncSession, condition: pb.Condition, path: str, segment_id: uuid.UUID
+    ) -> None:
+        """Refuse (InvalidArgument, naming the node) in_segment rules of segment_id's condition that refer to
+        a segment that does not exist, is archived, or leads back to segment_id."""
+        referring = [
+            (uuid.UUID(node.in_segment.segment_id), f"{node_path}.in_segment.segment_id")
+            for node, node_path in conditions.nodes(condition, path)
+            if node.WhichOneof("kind") == "in_segment"
+        ]
+        if not referring:
+            return
+        live = await self.segments(session)
+        refers = {s.id: rules.requirements([s.condition]).segments for s in live}
+        names = {s.id: s.name for s in live}
+        refers[segment_id] = frozenset(target for target, _ in referring)
+        violations = Violations()
+        for target, field_path in referring:
+            if target == segment_id:
+                violations.add(field_path, "a segment cannot refer to itself")
+                continue
+            if target not in refers:
+                record = await self._repository.get_segment(session, target)
+                what = "archived" if record is not None else "not found"
+                violations.add(field_path, f"segment {target} is {what}")
+                continue
+            circle = _path_back(refers, target, segment_id)
+            if circle is not None:
+                shown = " → ".join(names.get(s, "this segment") for s in [segment_id, *circle])
+                violations.add(field_path, f"segments would refer to each other in a circle: {shown}")
+        violations.raise_if_any("the condition refers to segments it cannot")
 
     async def get(self, session: AsyncSession, segment_id: uuid.UUID, *, lock: bool = False) -> SegmentRecord:
         """The segment with that id; raises NotFound."""
@@ -178,11 +225,11 @@ class SegmentCatalog:
             stored = await self._repository.segment_conditions(session, missing)
             for segment_id, (version, data) in stored.items():
                 self._parsed[(segment_id, version)] = conditions.to_rules(conditions.from_json(data))
-        return [
-            Segment(h.id, h.name, self._parsed[(h.id, h.version)], h.version)
-            for h in heads
-            if (h.id, h.version) in self._parsed
-        ]
+        key = tuple((h.id, h.name, h.version) for h in heads if (h.id, h.version) in self._parsed)
+        if self._ordered[0] != key:
+            segments = [Segment(i, n, self._parsed[(i, v)], v) for i, n, v in key]
+            self._ordered = (key, _dependencies_first(segments))
+        return list(self._ordered[1])
 
     @staticmethod
     def parsed(record: SegmentRecord) -> Segment:
@@ -194,3 +241,44 @@ class SegmentCatalog:
     def requirements(segments: list[Segment]) -> rules.Requirements:
         """The event facts evaluating these segments needs."""
         return rules.requirements([s.condition for s in segments])
+
+
+def _path_back(
+    refers: dict[uuid.UUID, frozenset[uuid.UUID]], start: uuid.UUID, goal: uuid.UUID
+) -> list[uuid.UUID] | None:
+    """The segments from start to goal following in_segment references (start and goal included), if any."""
+    stack: list[tuple[uuid.UUID, list[uuid.UUID]]] = [(start, [start])]
+    seen: set[uuid.UUID] = set()
+    while stack:
+        node, trail = stack.pop()
+        if node == goal:
+            return trail
+        if node in seen:
+            continue
+        seen.add(node)
+        stack.extend((nxt, [*trail, nxt]) for nxt in sorted(refers.get(node, ())))
+    return None
+
+
+def _dependencies_first(segments: list[Segment]) -> list[Segment]:
+    """The segments ordered so that each comes after those its in_segment rules refer to, otherwise oldest
+    first (creation and updates refuse circles; should one exist, its segments keep their id order)."""
+    by_id = {s.id: s for s in segments}
+    ordered: list[Segment] = []
+    placed: set[uuid.UUID] = set()
+    visiting: set[uuid.UUID] = set()
+
+    def place(segment: Segment) -> None:
+        if segment.id in placed or segment.id in visiting:
+            return
+        visiting.add(segment.id)
+        for target in sorted(rules.requirements([segment.condition]).segments):
+            if target in by_id:
+                place(by_id[target])
+        visiting.discard(segment.id)
+        placed.add(segment.id)
+        ordered.append(segment)
+
+    for segment in segments:
+        place(segment)
+    return ordered

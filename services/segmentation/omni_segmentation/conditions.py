@@ -7,6 +7,7 @@ and turned into the pure `rules` tree for evaluation.
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 from google.protobuf import duration_pb2, json_format
@@ -217,6 +218,8 @@ def to_rules(condition: pb.Condition) -> rules.Condition:
             "transactional" if asked.purpose == profile_pb2.CONSENT_PURPOSE_TRANSACTIONAL else "marketing"
         )
         return rules.Contact(asked.channel, purpose, asked.allowed)
+    if kind == "in_segment":
+        return rules.InSegment(uuid.UUID(condition.in_segment.segment_id))
     if kind == "first_event":
         first = condition.first_event
         return rules.FirstEvent(first.event_type, COMPARISONS[first.comparison], first.age.ToTimedelta())

@@ -154,6 +154,9 @@ def explain(condition: rules.Condition, facts: rules.PersonFacts, now: datetime,
             wanted = "allowed" if allowed else "refused"
             where = f"{purpose} on {contact.channel_name(channel)}"
             return Explanation(path, "contact", holds, f"{where} is {said}: {verdict[1]} (asked: {wanted})")
+        case rules.InSegment(segment_id):
+            said = "a member" if holds else "not a member"
+            return Explanation(path, "in_segment", holds, f"{said} of segment {segment_id}")
         case rules.RandomBucket(salt, lowest, highest):
             if facts.person_id is None:
                 return Explanation(path, "random_bucket", holds, "no person, no bucket")

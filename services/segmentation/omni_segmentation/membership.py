@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 
 from opentelemetry import context as otel_context
@@ -200,6 +200,9 @@ async def load_facts(
         event_details = await repository.event_details(session, ids, sorted(needs.detailed), since)
     if ids and needs.since:
         last_events = await repository.last_events(session, ids, sorted(needs.since))
+    memberships: dict[uuid.UUID, dict[uuid.UUID, datetime]] = {}
+    if ids and needs.segments:
+        memberships = await repository.memberships_of(session, ids)
     first_events: dict[uuid.UUID, dict[str, datetime]] = {}
     if ids and needs.firsts:
         first_events = await repository.first_events(session, ids, sorted(needs.firsts))
@@ -220,6 +223,7 @@ async def load_facts(
             last_event_at=last_events.get(person_id, {}),
             event_details=event_details.get(person_id, {}),
             first_event_at=first_events.get(person_id, {}),
+            segments={s: True for s in memberships.get(person_id, {}) if s in needs.segments},
             contact=contacts.get(person_id, {}),
         )
         for person_id, person in persons.items()
@@ -234,8 +238,12 @@ def _changes(
 ) -> Changes:
     """Which segments a person enters and leaves given their facts, and when the answer may next change."""
     changes = Changes()
+    # Segments come dependencies first: an in_segment rule reads what this pass decided.
+    decided: dict[uuid.UUID, bool] = {}
+    facts = replace(facts, segments=decided)
     for segment in segments:
         member = rules.evaluate(segment.condition, facts, now)
+        decided[segment.id] = member
         if member and segment.id not in current:
             changes.entered.append(segment)
         elif not member and segment.id in current:

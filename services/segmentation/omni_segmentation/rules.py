@@ -151,6 +151,13 @@ class FirstEvent:
 
 
 @dataclass(frozen=True)
+class InSegment:
+    """The person is a member of another segment (as evaluated before this one in the same pass)."""
+
+    segment_id: uuid.UUID
+
+
+@dataclass(frozen=True)
 class RandomBucket:
     """The person's stable bucket (0-99, from the salt and the person id) lies in [lowest, highest]."""
 
@@ -180,6 +187,7 @@ Condition = (
     | CartUnits
     | SinceLastEvent
     | FirstEvent
+    | InSegment
     | RandomBucket
     | Contact
 )
@@ -210,6 +218,8 @@ class PersonFacts:
     computed_traits: Mapping[str, Any] = field(default_factory=dict)
     event_times: Mapping[str, Sequence[datetime]] = field(default_factory=dict)
     last_event_at: Mapping[str, datetime] = field(default_factory=dict)
+    segments: Mapping[uuid.UUID, bool] = field(default_factory=dict)
+    """Whether the person is a member of each segment in_segment rules refer to (absent: not)."""
     first_event_at: Mapping[str, datetime] = field(default_factory=dict)
     """The first occurrence of each type first_event rules ask about ("" for any type)."""
     event_details: Mapping[str, Sequence[EventDetail]] = field(default_factory=dict)
@@ -229,6 +239,8 @@ class Requirements:
     contacts: frozenset[tuple[int, str]] = frozenset()
     firsts: frozenset[str] = frozenset()
     """The event types first_event rules ask about ("" for any)."""
+    segments: frozenset[uuid.UUID] = frozenset()
+    """The segments in_segment rules refer to."""
     detailed: Mapping[str, timedelta] = field(default_factory=dict)
     """Event types filtered or summed, with their longest window: read with channels and properties."""
     properties: frozenset[str] = frozenset()
@@ -274,6 +286,8 @@ def evaluate(condition: Condition, facts: PersonFacts, now: datetime) -> bool:
         case FirstEvent(event_type, comparison, age):
             first = facts.first_event_at.get(event_type)
             return first is not None and compare_numbers(now - first, comparison, age)  # type: ignore[arg-type]
+        case InSegment(segment_id):
+            return facts.segments.get(segment_id, False)
         case RandomBucket(salt, lowest, highest):
             return facts.person_id is not None and lowest <= bucket(facts.person_id, salt) <= highest
         case Contact(channel, purpose, allowed):
@@ -331,7 +345,9 @@ def _leaf_changes(condition: Condition, facts: PersonFacts, now: datetime) -> It
             if at is not None:
                 # The age reaches the threshold at at + age and passes it one step later.
                 yield from (t for t in (at + age, at + age + RESOLUTION) if t > now)
-        case TraitCompare() | CartUnits() | RandomBucket() | Contact():
+        case TraitCompare() | CartUnits() | RandomBucket() | Contact() | InSegment():
+            # An in_segment's changes by time are those of the segment it refers to, which the person's
+            # next check covers (every segment is evaluated then).
             return
 
 
@@ -507,6 +523,7 @@ def requirements(conditions: Sequence[Condition]) -> Requirements:
     since: set[str] = set()
     contacts: set[tuple[int, str]] = set()
     firsts: set[str] = set()
+    referred: set[uuid.UUID] = set()
     for leaf in (leaf for c in conditions for leaf in leaves(c)):
         if isinstance(leaf, EventSum) or (isinstance(leaf, EventCount) and leaf.detailed):
             detailed[leaf.event_type] = max(detailed.get(leaf.event_type, leaf.window), leaf.window)
@@ -521,11 +538,14 @@ def requirements(conditions: Sequence[Condition]) -> Requirements:
             contacts.add((leaf.channel, leaf.purpose))
         elif isinstance(leaf, FirstEvent):
             firsts.add(leaf.event_type)
+        elif isinstance(leaf, InSegment):
+            referred.add(leaf.segment_id)
     return Requirements(
         counted=counted,
         since=frozenset(since),
         contacts=frozenset(contacts),
         firsts=frozenset(firsts),
+        segments=frozenset(referred),
         detailed=detailed,
         properties=frozenset(properties),
     )

@@ -76,9 +76,9 @@ def explain(condition: rules.Condition, facts: rules.PersonFacts, now: datetime,
             if first is None:
                 seen = f"no {named} ever"
             elif first > now:
-                seen = f"the first {named} is {_duration(first - now)} ahead"
+                seen = f"the first {named} is {_elapsed(first - now)} ahead"
             else:
-                seen = f"the first {named} was {_duration(now - first)} ago"
+                seen = f"the first {named} was {_elapsed(now - first)} ago"
             return Explanation(
                 path,
                 "first_event",
@@ -93,9 +93,9 @@ def explain(condition: rules.Condition, facts: rules.PersonFacts, now: datetime,
             if at is None:
                 seen = f"{trait} is {_json(actual) if present else 'absent'}, not a time"
             elif at > now:
-                seen = f"{trait} is {_duration(at - now)} ahead"
+                seen = f"{trait} is {_elapsed(at - now)} ahead"
             else:
-                seen = f"{trait} was {_duration(now - at)} ago"
+                seen = f"{trait} was {_elapsed(now - at)} ago"
             return Explanation(
                 path,
                 "trait_age",
@@ -139,7 +139,7 @@ def explain(condition: rules.Condition, facts: rules.PersonFacts, now: datetime,
         case rules.SinceLastEvent(event_type, at_least):
             last = facts.last_event_at.get(event_type)
             seen = (
-                f"the last {event_type} was {_duration(now - last)} ago" if last else f"no {event_type} ever"
+                f"the last {event_type} was {_elapsed(now - last)} ago" if last else f"no {event_type} ever"
             )
             return Explanation(
                 path,
@@ -193,6 +193,18 @@ def _json(value: Any) -> str:
     if isinstance(value, float) and value.is_integer():
         return str(int(value))  # JSON numbers arrive as floats: 9, not 9.0
     return str(value)
+
+
+def _elapsed(span: timedelta) -> str:
+    """A time that has passed, to a tenth of a day or hour: 200.0d, 2.5h, 15min, 40s."""
+    seconds = int(span.total_seconds())
+    if seconds >= 86_400:
+        return f"{seconds / 86_400:.1f}d"
+    if seconds >= 3_600:
+        return f"{seconds / 3_600:.1f}h"
+    if seconds >= 60:
+        return f"{seconds // 60}min"
+    return f"{seconds}s"
 
 
 def _duration(span: timedelta) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator, Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import grpc
 from google.protobuf import json_format
@@ -33,6 +33,7 @@ DEFAULT_MEMBERS_PAGE_SIZE = 100
 MAX_MEMBERS_PAGE_SIZE = 1_000
 EXPORT_CHUNK = 1_000
 DEFAULT_SAMPLE_SIZE = 10
+DEFAULT_SIZE_DAYS = 30
 UPDATABLE = ("name", "description", "condition")
 _SEGMENTS = "segmentation.segments"
 _MEMBERS = "segmentation.members"
@@ -395,3 +396,18 @@ class SegmentationServicer(segmentation_pb2_grpc.SegmentationServiceServicer):
         if since is not None:
             response.since_time.FromDatetime(since)
         return response
+
+    async def ListSegmentSizes(
+        self, request: pb.ListSegmentSizesRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListSegmentSizesResponse:
+        """A segment's recorded size per day, oldest first."""
+        validation.validate(request)
+        segment_id = uuid.UUID(request.segment_id)
+        today = datetime.now(UTC).date()
+        since = today - timedelta(days=(request.days or DEFAULT_SIZE_DAYS) - 1)
+        async with self._runtime.transaction() as session:
+            await self._catalog.get(session, segment_id)
+            sizes = await self._repository.sizes(session, segment_id, since)
+        return pb.ListSegmentSizesResponse(
+            sizes=[pb.SegmentSize(day=day.isoformat(), member_count=count) for day, count in sizes]
+        )

@@ -39,6 +39,9 @@ class Settings(ServiceSettings):
         500, ge=1, le=10_000, description="Persons evaluated per clock transaction (due checks, backfills)."
     )
     purge_interval_s: float = Field(300.0, gt=0, description="How often old event occurrences are purged.")
+    sizes_interval_s: float = Field(
+        3600.0, gt=0, description="How often every segment's member count is recorded as today's size."
+    )
     event_retention_floor_s: int = Field(
         86_400,
         ge=0,
@@ -70,6 +73,7 @@ async def start(settings: Settings) -> Runtime:
             batch_size=settings.clock_batch_size,
             purge_interval_s=settings.purge_interval_s,
             retention_floor=timedelta(seconds=settings.event_retention_floor_s),
+            sizes_interval_s=settings.sizes_interval_s,
         )
         # One consumer for every consumed type keeps a person's events in the order the stream holds them.
         runtime.add_consumer(durable="facts", event_types=CONSUMED, handler=handlers)

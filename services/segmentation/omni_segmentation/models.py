@@ -5,7 +5,7 @@ Where merged ids lead, and the tombstones of forgotten ones, are in omni_kit.lin
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any
 
 import sqlalchemy as sa
@@ -118,6 +118,17 @@ class SegmentExitRow(Base):
     segment_id: Mapped[uuid.UUID] = mapped_column(sa.Uuid, sa.ForeignKey("segments.id"), primary_key=True)
     person_id: Mapped[uuid.UUID] = mapped_column(sa.Uuid, primary_key=True)
     exited_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True))
+
+
+class SegmentSizeRow(Base):
+    """A segment's member count on a UTC day (the last count taken that day)."""
+
+    __tablename__ = "segment_sizes"
+
+    segment_id: Mapped[uuid.UUID] = mapped_column(sa.Uuid, sa.ForeignKey("segments.id"), primary_key=True)
+    day: Mapped[date] = mapped_column(sa.Date, primary_key=True)
+    member_count: Mapped[int] = mapped_column(sa.BigInteger)
+    counted_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True))
 
 
 class SeenNameRow(Base):

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import UTC, date, datetime
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from omni_segmentation.models import MembershipRow, SegmentExitRow, SegmentRow
+from omni_segmentation.models import MembershipRow, SegmentExitRow, SegmentRow, SegmentSizeRow
 from omni_segmentation.records import MembershipRecord
 
 # Statements over arrays, one per batch of persons or events, whatever their number (an IN list would be
@@ -29,6 +29,13 @@ _REMOVE_MEMBERSHIPS = sa.text(
     "INSERT INTO segment_exits (segment_id, person_id, exited_at) "
     "SELECT segment_id, person_id, CAST(:at AS timestamptz) FROM gone ORDER BY segment_id, person_id "
     "ON CONFLICT (segment_id, person_id) DO UPDATE SET exited_at = excluded.exited_at"
+)
+_RECORD_SIZES = sa.text(
+    "INSERT INTO segment_sizes (segment_id, day, member_count, counted_at) "
+    "SELECT s.id, CAST(:day AS date), (SELECT count(*) FROM memberships AS m WHERE m.segment_id = s.id), "
+    "CAST(:at AS timestamptz) FROM segments AS s WHERE s.archived_at IS NULL ORDER BY s.id "
+    "ON CONFLICT (segment_id, day) DO UPDATE SET member_count = excluded.member_count, "
+    "counted_at = excluded.counted_at"
 )
 _REMOVE_SEGMENT_MEMBERS = sa.text(
     "WITH gone AS (DELETE FROM memberships WHERE segment_id = :segment RETURNING person_id), "
@@ -104,6 +111,21 @@ class MembershipQueries:
         if after is not None:
             query = query.where(MembershipRow.person_id > after)
         return [(row.person_id, row.entered_at) for row in await session.execute(query)]
+
+    async def record_sizes(self, session: AsyncSession, at: datetime) -> None:
+        """Record every live segment's member count as its size on at's UTC day (one statement)."""
+        await session.execute(_RECORD_SIZES, {"day": at.astimezone(UTC).date(), "at": at})
+
+    async def sizes(
+        self, session: AsyncSession, segment_id: uuid.UUID, since: date
+    ) -> list[tuple[date, int]]:
+        """A segment's recorded sizes from `since` on, oldest first."""
+        rows = await session.execute(
+            sa.select(SegmentSizeRow.day, SegmentSizeRow.member_count)
+            .where(SegmentSizeRow.segment_id == segment_id, SegmentSizeRow.day >= since)
+            .order_by(SegmentSizeRow.day)
+        )
+        return [(row.day, row.member_count) for row in rows]
 
     async def count_members(self, session: AsyncSession, segment_id: uuid.UUID) -> int:
         """How many persons are members of a segment."""

@@ -73,6 +73,12 @@ def validate_condition(condition: pb.Condition, path: str, violations: Violation
             _check_duration(counted, "window", f"{node_path}.{kind}", violations)
             for index, item in enumerate(counted.properties[:MAX_FILTERS]):
                 _check_trait_value(item, f"{node_path}.{kind}.properties[{index}]", violations)
+        elif kind == "then_not":
+            seq = node.then_not
+            _check_event_type(seq.event_type, f"{node_path}.then_not.event_type", violations)
+            _check_event_type(seq.absent_event_type, f"{node_path}.then_not.absent_event_type", violations)
+            _check_duration(seq, "within", f"{node_path}.then_not", violations)
+            _check_duration(seq, "lookback", f"{node_path}.then_not", violations)
         elif kind == "trait_age":
             _check_duration(node.trait_age, "age", f"{node_path}.trait_age", violations)
         elif kind == "first_event":
@@ -218,6 +224,15 @@ def to_rules(condition: pb.Condition) -> rules.Condition:
             "transactional" if asked.purpose == profile_pb2.CONSENT_PURPOSE_TRANSACTIONAL else "marketing"
         )
         return rules.Contact(asked.channel, purpose, asked.allowed)
+    if kind == "then_not":
+        seq = condition.then_not
+        return rules.ThenNot(
+            seq.event_type,
+            seq.absent_event_type,
+            seq.within.ToTimedelta(),
+            seq.lookback.ToTimedelta(),
+            seq.key,
+        )
     if kind == "in_segment":
         return rules.InSegment(uuid.UUID(condition.in_segment.segment_id))
     if kind == "first_event":

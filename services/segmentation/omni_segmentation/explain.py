@@ -154,6 +154,27 @@ def explain(condition: rules.Condition, facts: rules.PersonFacts, now: datetime,
             wanted = "allowed" if allowed else "refused"
             where = f"{purpose} on {contact.channel_name(channel)}"
             return Explanation(path, "contact", holds, f"{where} is {said}: {verdict[1]} (asked: {wanted})")
+        case rules.ThenNot(event_type, absent_event_type, within, lookback, key):
+            cases = rules.then_not_cases(condition, facts, now)
+            if not cases:
+                summary = (
+                    f"no {event_type}{' with a ' + key if key else ''} in the last {_duration(lookback)}"
+                )
+                return Explanation(path, "then_not", holds, summary)
+            deciding = [(s, f) for s, f in cases if f is None and now - s.occurred_at >= within] or cases
+            started, follow = max(deciding, key=lambda case: case[0].occurred_at)
+            told = f"{event_type} {_elapsed(now - started.occurred_at)} ago"
+            if key:
+                told += f" ({key} {_json(rules.trait_value(started.properties, key))})"
+            if follow is not None:
+                told += f", followed by {absent_event_type} {_elapsed(follow.occurred_at - started.occurred_at)} later"
+            elif now - started.occurred_at >= within:
+                told += f", no {absent_event_type} within {_duration(within)}"
+            else:
+                told += f", still waiting {_duration(within)} for {absent_event_type}"
+            return Explanation(
+                path, "then_not", holds, told, count=len(cases), last_event_at=started.occurred_at
+            )
         case rules.InSegment(segment_id):
             said = "a member" if holds else "not a member"
             return Explanation(path, "in_segment", holds, f"{said} of segment {segment_id}")

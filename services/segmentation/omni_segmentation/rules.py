@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import bisect
 import hashlib
+import json
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -151,6 +152,18 @@ class FirstEvent:
 
 
 @dataclass(frozen=True)
+class ThenNot:
+    """The latest `event_type` within the lookback (per value of `key`, when given) is at least `within` old
+    and no `absent_event_type` (with the same key value) followed it within `within`."""
+
+    event_type: str
+    absent_event_type: str
+    within: timedelta
+    lookback: timedelta
+    key: str = ""
+
+
+@dataclass(frozen=True)
 class InSegment:
     """The person is a member of another segment (as evaluated before this one in the same pass)."""
 
@@ -188,6 +201,7 @@ Condition = (
     | SinceLastEvent
     | FirstEvent
     | InSegment
+    | ThenNot
     | RandomBucket
     | Contact
 )
@@ -288,6 +302,11 @@ def evaluate(condition: Condition, facts: PersonFacts, now: datetime) -> bool:
             return first is not None and compare_numbers(now - first, comparison, age)  # type: ignore[arg-type]
         case InSegment(segment_id):
             return facts.segments.get(segment_id, False)
+        case ThenNot(within=within):
+            return any(
+                follow is None and now - started.occurred_at >= within
+                for started, follow in then_not_cases(condition, facts, now)
+            )
         case RandomBucket(salt, lowest, highest):
             return facts.person_id is not None and lowest <= bucket(facts.person_id, salt) <= highest
         case Contact(channel, purpose, allowed):
@@ -345,6 +364,13 @@ def _leaf_changes(condition: Condition, facts: PersonFacts, now: datetime) -> It
             if at is not None:
                 # The age reaches the threshold at at + age and passes it one step later.
                 yield from (t for t in (at + age, at + age + RESOLUTION) if t > now)
+        case ThenNot(event_type, absent_event_type, within, lookback):
+            for detail in facts.event_details.get(event_type, ()):
+                at = detail.occurred_at
+                yield from (t for t in (at, at + within, at + lookback + RESOLUTION) if t > now)
+            for detail in facts.event_details.get(absent_event_type, ()):
+                if detail.occurred_at > now:
+                    yield detail.occurred_at
         case TraitCompare() | CartUnits() | RandomBucket() | Contact() | InSegment():
             # An in_segment's changes by time are those of the segment it refers to, which the person's
             # next check covers (every segment is evaluated then).
@@ -408,6 +434,47 @@ def as_time(value: Any) -> datetime | None:
     except ValueError:
         return None
     return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
+
+
+_NO_KEY = object()
+
+
+def _key_of(detail: EventDetail, key: str) -> Any:
+    """The value of the key property an event carries, made hashable; _NO_KEY when it carries none (and
+    None, one group, when the condition has no key)."""
+    if not key:
+        return None
+    value = trait_value(detail.properties, key)
+    if value is _MISSING or value is None:
+        return _NO_KEY
+    return json.dumps(value, sort_keys=True)
+
+
+def then_not_cases(
+    condition: ThenNot, facts: PersonFacts, now: datetime
+) -> list[tuple[EventDetail, EventDetail | None]]:
+    """Per key value (one group without a key), the latest `event_type` within the lookback, and the first
+    `absent_event_type` with the same value that followed it within `within` (None when none did)."""
+    latest: dict[Any, EventDetail] = {}
+    for detail in facts.event_details.get(condition.event_type, ()):
+        if now - condition.lookback <= detail.occurred_at <= now:
+            group = _key_of(detail, condition.key)
+            if group is not _NO_KEY:
+                latest[group] = detail  # ascending: the last one stays
+    cases: list[tuple[EventDetail, EventDetail | None]] = []
+    absent = facts.event_details.get(condition.absent_event_type, ())
+    for group, started in latest.items():
+        until = min(started.occurred_at + condition.within, now)
+        follow = next(
+            (
+                d
+                for d in absent
+                if started.occurred_at <= d.occurred_at <= until and _key_of(d, condition.key) == group
+            ),
+            None,
+        )
+        cases.append((started, follow))
+    return cases
 
 
 def property_head(name: str) -> str:
@@ -540,6 +607,11 @@ def requirements(conditions: Sequence[Condition]) -> Requirements:
             firsts.add(leaf.event_type)
         elif isinstance(leaf, InSegment):
             referred.add(leaf.segment_id)
+        elif isinstance(leaf, ThenNot):
+            for event_type in (leaf.event_type, leaf.absent_event_type):
+                detailed[event_type] = max(detailed.get(event_type, leaf.lookback), leaf.lookback)
+            if leaf.key:
+                properties.add(property_head(leaf.key))
     return Requirements(
         counted=counted,
         since=frozenset(since),

@@ -72,6 +72,14 @@ class Vocabulary:
                             f"{node_path}.event_sum.property",
                         )
                     )
+            elif kind == "then_not":
+                seq = node.then_not
+                named.append((EVENT_TYPE, seq.event_type, f"{node_path}.then_not.event_type"))
+                named.append((EVENT_TYPE, seq.absent_event_type, f"{node_path}.then_not.absent_event_type"))
+                if seq.key:  # warned about as the first event's (the absent one's starts with it)
+                    named.append(
+                        (PROPERTY, f"{seq.event_type}.{property_head(seq.key)}", f"{node_path}.then_not.key")
+                    )
             elif kind == "first_event" and node.first_event.event_type:
                 named.append((EVENT_TYPE, node.first_event.event_type, f"{node_path}.first_event.event_type"))
             elif kind == "since_last_event":

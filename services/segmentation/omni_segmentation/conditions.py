@@ -17,7 +17,7 @@ from omni.segmentation.v1 import segmentation_pb2 as pb
 from omni_kit import validation
 from omni_kit.errors import Violations, check_json_text
 from omni_kit.event_types import EVENT_TYPE_RULE, MAX_EVENT_TYPE, is_event_type
-from omni_segmentation import rules
+from omni_segmentation import rules, values
 
 MAX_DEPTH = 10
 MAX_NODES = 200
@@ -143,12 +143,12 @@ def _check_trait_value(
         if len(violations.items) > before:
             return
     comparison = COMPARISONS.get(trait.comparison)
-    if comparison is None or comparison in rules.PRESENCE:  # an unknown one is refused by the proto's rule
+    if comparison is None or comparison in values.PRESENCE:  # an unknown one is refused by the proto's rule
         return
     kind = trait.value.WhichOneof("kind") if trait.HasField("value") else None
     if kind is None or kind == "null_value":
         violations.add(f"{path}.value", "a value is required (test for absence with EXISTS or NOT_EXISTS)")
-    elif comparison in rules.ORDERING and kind not in ("number_value", "string_value"):
+    elif comparison in values.ORDERING and kind not in ("number_value", "string_value"):
         violations.add(f"{path}.value", "GT, GTE, LT and LTE compare with a number or a string")
 
 
@@ -190,7 +190,7 @@ def to_rules(condition: pb.Condition) -> rules.Condition:
     if kind == "trait":
         trait = condition.trait
         comparison = COMPARISONS[trait.comparison]
-        value = None if comparison in rules.PRESENCE else json_format.MessageToDict(trait.value)
+        value = None if comparison in values.PRESENCE else json_format.MessageToDict(trait.value)
         return rules.TraitCompare(trait.trait, comparison, value)
     if kind == "event_count":
         count = condition.event_count
@@ -249,7 +249,7 @@ def to_rules(condition: pb.Condition) -> rules.Condition:
 
 def _filter(item: pb.PropertyFilter) -> rules.PropertyFilter:
     comparison = COMPARISONS[item.comparison]
-    value = None if comparison in rules.PRESENCE else json_format.MessageToDict(item.value)
+    value = None if comparison in values.PRESENCE else json_format.MessageToDict(item.value)
     return rules.PropertyFilter(item.property, comparison, value)
 
 

@@ -9,7 +9,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from omni_kit import contact
-from omni_segmentation import rules
+from omni_segmentation import occurrences, rules, values
 
 _SYMBOLS = {
     rules.Comparison.EQ: "=",
@@ -55,11 +55,11 @@ def explain(condition: rules.Condition, facts: rules.PersonFacts, now: datetime,
             return Explanation(path, "not", holds, f"the inner condition {inner_says}", [child])
         case rules.TraitCompare(trait, comparison, value):
             actual = rules.person_trait(facts, trait)
-            present = rules.is_present(actual)
+            present = values.is_present(actual)
             seen = _json(actual) if present else "absent"
             wanted = (
                 comparison.value.replace("_", " ")
-                if comparison in rules.PRESENCE
+                if comparison in values.PRESENCE
                 else f"{_SYMBOLS[comparison]} {_json(value)}"
             )
             return Explanation(
@@ -88,8 +88,8 @@ def explain(condition: rules.Condition, facts: rules.PersonFacts, now: datetime,
             )
         case rules.TraitAge(trait, comparison, age):
             actual = rules.person_trait(facts, trait)
-            present = rules.is_present(actual)
-            at = rules.as_time(actual)
+            present = values.is_present(actual)
+            at = values.as_time(actual)
             if at is None:
                 seen = f"{trait} is {_json(actual) if present else 'absent'}, not a time"
             elif at > now:
@@ -106,9 +106,9 @@ def explain(condition: rules.Condition, facts: rules.PersonFacts, now: datetime,
             )
         case rules.EventCount(event_type, window, comparison, count):
             if condition.detailed:
-                seen_count = len(rules.matching_in_window(condition, facts, now))
+                seen_count = len(occurrences.matching_in_window(condition, facts, now))
             else:
-                seen_count = rules.count_in_window(facts.event_times.get(event_type, ()), window, now)
+                seen_count = values.count_in_window(facts.event_times.get(event_type, ()), window, now)
             return Explanation(
                 path,
                 "event_count",
@@ -118,7 +118,7 @@ def explain(condition: rules.Condition, facts: rules.PersonFacts, now: datetime,
                 count=seen_count,
             )
         case rules.EventSum(event_type, prop, window, comparison, value):
-            total, summed = rules.event_sum(condition, facts, now)
+            total, summed = occurrences.event_sum(condition, facts, now)
             return Explanation(
                 path,
                 "event_sum",
@@ -155,7 +155,7 @@ def explain(condition: rules.Condition, facts: rules.PersonFacts, now: datetime,
             where = f"{purpose} on {contact.channel_name(channel)}"
             return Explanation(path, "contact", holds, f"{where} is {said}: {verdict[1]} (asked: {wanted})")
         case rules.ThenNot(event_type, absent_event_type, within, lookback, key):
-            cases = rules.then_not_cases(condition, facts, now)
+            cases = occurrences.then_not_cases(condition, facts, now)
             if not cases:
                 summary = (
                     f"no {event_type}{' with a ' + key if key else ''} in the last {_duration(lookback)}"
@@ -165,7 +165,7 @@ def explain(condition: rules.Condition, facts: rules.PersonFacts, now: datetime,
             started, follow = max(deciding, key=lambda case: case[0].occurred_at)
             told = f"{event_type} {_elapsed(now - started.occurred_at)} ago"
             if key:
-                told += f" ({key} {_json(rules.trait_value(started.properties, key))})"
+                told += f" ({key} {_json(values.trait_value(started.properties, key))})"
             if follow is not None:
                 told += f", followed by {absent_event_type} {_elapsed(follow.occurred_at - started.occurred_at)} later"
             elif now - started.occurred_at >= within:
@@ -181,7 +181,7 @@ def explain(condition: rules.Condition, facts: rules.PersonFacts, now: datetime,
         case rules.RandomBucket(salt, lowest, highest):
             if facts.person_id is None:
                 return Explanation(path, "random_bucket", holds, "no person, no bucket")
-            number = rules.bucket(facts.person_id, salt)
+            number = values.bucket(facts.person_id, salt)
             return Explanation(
                 path,
                 "random_bucket",
@@ -199,7 +199,7 @@ def _which(condition: rules.EventCount | rules.EventSum) -> str:
         text += " on " + " or ".join(sorted(contact.channel_name(c) for c in condition.channels))
     for index, item in enumerate(condition.filters):
         text += " with " if index == 0 else " and "
-        if item.comparison in rules.PRESENCE:
+        if item.comparison in values.PRESENCE:
             text += f"{item.property} {item.comparison.value.replace('_', ' ')}"
         else:
             text += f"{item.property} {_SYMBOLS[item.comparison]} {_json(item.value)}"

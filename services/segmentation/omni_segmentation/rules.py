@@ -8,40 +8,35 @@ and only then.
 
 from __future__ import annotations
 
-import bisect
-import hashlib
-import json
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
-from enum import StrEnum
+from datetime import datetime, timedelta
 from typing import Any
 
-# Timestamps are kept to the microsecond (Python and PostgreSQL): an occurrence leaves the closed window
-# [now - window, now] one resolution step after now - window passes it.
-RESOLUTION = timedelta(microseconds=1)
+from omni_segmentation.occurrences import (
+    RESOLUTION,
+    event_sum,
+    matching,
+    matching_in_window,
+    property_head,
+    then_not_cases,
+    window_changes,
+)
+from omni_segmentation.values import (
+    MISSING,
+    Comparison,
+    as_time,
+    bucket,
+    compare_numbers,
+    compare_trait,
+    count_in_window,
+    trait_value,
+)
 
 # Instants examined when looking for the next change; beyond them the person is simply re-checked at the
 # last one examined, which is early, never late.
 MAX_CANDIDATES = 2_000
-
-
-class Comparison(StrEnum):
-    """How a measured value is compared with a condition's value."""
-
-    EQ = "eq"
-    NE = "ne"
-    GT = "gt"
-    GTE = "gte"
-    LT = "lt"
-    LTE = "lte"
-    EXISTS = "exists"
-    NOT_EXISTS = "not_exists"
-
-
-ORDERING = frozenset({Comparison.GT, Comparison.GTE, Comparison.LT, Comparison.LTE})
-PRESENCE = frozenset({Comparison.EXISTS, Comparison.NOT_EXISTS})
 
 
 @dataclass(frozen=True)
@@ -266,9 +261,6 @@ class Requirements:
         return max((*self.counted.values(), *self.detailed.values()), default=None)
 
 
-_MISSING = object()
-
-
 def evaluate(condition: Condition, facts: PersonFacts, now: datetime) -> bool:
     """Tell whether the person described by facts satisfies condition at instant now."""
     match condition:
@@ -342,9 +334,9 @@ def _leaf_changes(condition: Condition, facts: PersonFacts, now: datetime) -> It
         case Not(inner):
             yield from _leaf_changes(inner, facts, now)
         case EventCount(event_type, window, _, _) if condition.detailed:
-            yield from _window_changes(_matching(condition, facts), window, now)
+            yield from window_changes(matching(condition, facts), window, now)
         case EventSum(window=window):
-            yield from _window_changes(_matching(condition, facts), window, now)
+            yield from window_changes(matching(condition, facts), window, now)
         case EventCount(event_type, window, _, _):
             for occurred in facts.event_times.get(event_type, ()):
                 if occurred > now:
@@ -377,209 +369,15 @@ def _leaf_changes(condition: Condition, facts: PersonFacts, now: datetime) -> It
             return
 
 
-def _window_changes(instants: Iterator[datetime], window: timedelta, now: datetime) -> Iterator[datetime]:
-    """The instants after now at which occurrences at these instants enter or leave a window ending now."""
-    for occurred in instants:
-        if occurred > now:
-            yield occurred
-        elif occurred + window >= now:
-            yield occurred + window + RESOLUTION
-
-
-def _matching(condition: EventCount | EventSum, facts: PersonFacts) -> Iterator[datetime]:
-    """The instants of the person's occurrences the condition's channels and filters keep."""
-    for detail in facts.event_details.get(condition.event_type, ()):
-        if _passes(detail, condition.channels, condition.filters):
-            yield detail.occurred_at
-
-
-def _passes(detail: EventDetail, channels: frozenset[int], filters: Sequence[PropertyFilter]) -> bool:
-    if channels and detail.channel not in channels:
-        return False
-    return all(
-        compare_trait(trait_value(detail.properties, f.property), f.comparison, f.value) for f in filters
-    )
-
-
-def matching_in_window(
-    condition: EventCount | EventSum, facts: PersonFacts, now: datetime
-) -> list[EventDetail]:
-    """The person's occurrences within the condition's window ending now that its channels and filters keep."""
-    since = now - condition.window
-    return [
-        d
-        for d in facts.event_details.get(condition.event_type, ())
-        if since <= d.occurred_at <= now and _passes(d, condition.channels, condition.filters)
-    ]
-
-
-def event_sum(condition: EventSum, facts: PersonFacts, now: datetime) -> tuple[float, int]:
-    """The sum of the condition's property over the matching occurrences in its window, and how many."""
-    matching = matching_in_window(condition, facts, now)
-    total = 0.0
-    for detail in matching:
-        value = trait_value(detail.properties, condition.property)
-        if _is_number(value):
-            total += value
-    return total, len(matching)
-
-
-def as_time(value: Any) -> datetime | None:
-    """A trait's value as an instant: an RFC 3339 time (no offset: UTC) or a date (its midnight UTC); None
-    for anything else."""
-    if not isinstance(value, str) or len(value) < 10:
-        return None
-    try:
-        parsed = datetime.fromisoformat(value)
-    except ValueError:
-        return None
-    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
-
-
-_NO_KEY = object()
-
-
-def _key_of(detail: EventDetail, key: str) -> Any:
-    """The value of the key property an event carries, made hashable; _NO_KEY when it carries none (and
-    None, one group, when the condition has no key)."""
-    if not key:
-        return None
-    value = trait_value(detail.properties, key)
-    if value is _MISSING or value is None:
-        return _NO_KEY
-    return json.dumps(value, sort_keys=True)
-
-
-def then_not_cases(
-    condition: ThenNot, facts: PersonFacts, now: datetime
-) -> list[tuple[EventDetail, EventDetail | None]]:
-    """Per key value (one group without a key), the latest `event_type` within the lookback, and the first
-    `absent_event_type` with the same value that followed it within `within` (None when none did)."""
-    latest: dict[Any, EventDetail] = {}
-    for detail in facts.event_details.get(condition.event_type, ()):
-        if now - condition.lookback <= detail.occurred_at <= now:
-            group = _key_of(detail, condition.key)
-            if group is not _NO_KEY:
-                latest[group] = detail  # ascending: the last one stays
-    cases: list[tuple[EventDetail, EventDetail | None]] = []
-    absent = facts.event_details.get(condition.absent_event_type, ())
-    for group, started in latest.items():
-        until = min(started.occurred_at + condition.within, now)
-        follow = next(
-            (
-                d
-                for d in absent
-                if started.occurred_at <= d.occurred_at <= until and _key_of(d, condition.key) == group
-            ),
-            None,
-        )
-        cases.append((started, follow))
-    return cases
-
-
-def property_head(name: str) -> str:
-    """The top-level property a (dotted) property name reaches into: the one kept of each event."""
-    return name.split(".", 1)[0]
-
-
-def bucket(person_id: uuid.UUID, salt: str) -> int:
-    """The person's stable random bucket for a salt, 0 to 99: the first 8 bytes of SHA-256 over the salt, a
-    NUL and the person id's 16 bytes, modulo 100 (the bias of a 64-bit modulus is negligible)."""
-    digest = hashlib.sha256(salt.encode() + b"\x00" + person_id.bytes).digest()
-    return int.from_bytes(digest[:8], "big") % 100
-
-
-def count_in_window(times: Sequence[datetime], window: timedelta, now: datetime) -> int:
-    """How many of the ascending instants lie within [now - window, now]."""
-    return bisect.bisect_right(times, now) - bisect.bisect_left(times, now - window)
-
-
 def person_trait(facts: PersonFacts, name: str) -> Any:
     """The value a trait condition on `name` sees: the profile's trait, else its computed trait, else
-    _MISSING."""
+    MISSING."""
     value = trait_value(facts.traits, name)
-    if value is _MISSING or value is None:
+    if value is MISSING or value is None:
         computed = trait_value(facts.computed_traits, name)
-        if computed is not _MISSING:
+        if computed is not MISSING:
             return computed
     return value
-
-
-def is_present(value: Any) -> bool:
-    """Whether a value person_trait answered is there (not missing, not null)."""
-    return value is not _MISSING and value is not None
-
-
-def trait_value(traits: Mapping[str, Any], name: str) -> Any:
-    """The trait's value, or _MISSING; a dotted name ("address.city") reaches into nested objects."""
-    if name in traits:
-        return traits[name]
-    value: Any = traits
-    for part in name.split("."):
-        if not isinstance(value, Mapping) or part not in value:
-            return _MISSING
-        value = value[part]
-    return value
-
-
-def compare_trait(actual: Any, comparison: Comparison, expected: Any) -> bool:
-    """Compare a trait's value with the expected one.
-
-    A missing or null trait satisfies only NOT_EXISTS. Numbers compare numerically, strings
-    lexicographically (so ISO dates order correctly); ordering a number against a string is false, as is
-    any comparison of a boolean with a number.
-    """
-    present = actual is not _MISSING and actual is not None
-    if comparison is Comparison.EXISTS:
-        return present
-    if comparison is Comparison.NOT_EXISTS:
-        return not present
-    if not present:
-        return False
-    if comparison is Comparison.EQ:
-        return _same(actual, expected)
-    if comparison is Comparison.NE:
-        return not _same(actual, expected)
-    if _is_number(actual) and _is_number(expected):
-        return compare_numbers(actual, comparison, expected)
-    if isinstance(actual, str) and isinstance(expected, str):
-        return _order(actual, comparison, expected)
-    return False
-
-
-def compare_numbers(actual: float, comparison: Comparison, expected: float) -> bool:
-    """Compare two numbers; EXISTS and NOT_EXISTS make no sense for them and are false."""
-    if comparison is Comparison.EQ:
-        return actual == expected
-    if comparison is Comparison.NE:
-        return not compare_numbers(actual, Comparison.EQ, expected)
-    if comparison in ORDERING:
-        return _order(actual, comparison, expected)
-    return False
-
-
-def _order(actual: Any, comparison: Comparison, expected: Any) -> bool:
-    if comparison is Comparison.GT:
-        return bool(actual > expected)
-    if comparison is Comparison.GTE:
-        return bool(actual >= expected)
-    if comparison is Comparison.LT:
-        return bool(actual < expected)
-    if comparison is Comparison.LTE:
-        return bool(actual <= expected)
-    return False
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
-def _same(actual: Any, expected: Any) -> bool:
-    if _is_number(actual) and _is_number(expected):
-        return compare_numbers(actual, Comparison.EQ, expected)
-    if isinstance(actual, bool) or isinstance(expected, bool):
-        return isinstance(actual, bool) and isinstance(expected, bool) and actual == expected
-    return bool(actual == expected)
 
 
 def requirements(conditions: Sequence[Condition]) -> Requirements:

@@ -332,5 +332,10 @@ async def test_bad_member_requests(segmentation: Segmentation) -> None:
             pass
     assert caught.value.code() == grpc.StatusCode.NOT_FOUND
     with pytest.raises(grpc.aio.AioRpcError) as caught:
+        async for _ in stub.ExportSegmentMembers(pb.ExportSegmentMembersRequest(segment_id="x")):
+            pass
+    details = status_details(caught.value)
+    assert (details.code, details.fields) == (grpc.StatusCode.INVALID_ARGUMENT, {"segment_id"})
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
         await stub.CountSegmentMembers(pb.CountSegmentMembersRequest(segment_id=new_id_str()))
     assert caught.value.code() == grpc.StatusCode.NOT_FOUND

@@ -43,7 +43,7 @@ async def test_loyal_but_not_vip(segmentation: Segmentation, events: EventLog) -
         pb.ExplainSegmentMembershipRequest(segment_id=almost.id, person_id=someone)
     )
     assert [c.summary for c in answer.condition.children] == [
-        f"a member of segment {loyal.id}",
+        f"a member of {loyal.name}",
         "the inner condition holds",
     ]
 

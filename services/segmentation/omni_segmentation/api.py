@@ -387,9 +387,12 @@ class SegmentationServicer(segmentation_pb2_grpc.SegmentationServiceServicer):
                 self._repository, session, known, self._catalog.requirements([segment]), now
             )
             entered, exited = await self._repository.membership_times(session, segment_id, person_id)
+            names = {s.id: s.name for s in await self._catalog.segments(session)}
         response = pb.ExplainSegmentMembershipResponse(
             member=entered is not None,
-            condition=explanation_message(explain(segment.condition, facts[person_id], now, "condition")),
+            condition=explanation_message(
+                explain(segment.condition, facts[person_id], now, "condition", names)
+            ),
             version=record.version,
         )
         since = entered if entered is not None else exited

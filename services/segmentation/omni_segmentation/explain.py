@@ -4,6 +4,8 @@ node saw. Pure domain code, like rules.py, whose evaluation it follows exactly."
 from __future__ import annotations
 
 import dataclasses
+import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -37,20 +39,27 @@ class Explanation:
     sum: float = 0.0
 
 
-def explain(condition: rules.Condition, facts: rules.PersonFacts, now: datetime, path: str) -> Explanation:
-    """The node `condition` at `path`, evaluated for facts at now, with its children."""
+def explain(
+    condition: rules.Condition,
+    facts: rules.PersonFacts,
+    now: datetime,
+    path: str,
+    names: Mapping[uuid.UUID, str] | None = None,
+) -> Explanation:
+    """The node `condition` at `path`, evaluated for facts at now, with its children; `names` names the
+    segments in_segment rules refer to."""
     holds = rules.evaluate(condition, facts, now)
     match condition:
         case rules.AllOf(conditions) | rules.AnyOf(conditions):
             kind = "all" if isinstance(condition, rules.AllOf) else "any"
             children = [
-                explain(child, facts, now, f"{path}.{kind}.conditions[{index}]")
+                explain(child, facts, now, f"{path}.{kind}.conditions[{index}]", names)
                 for index, child in enumerate(conditions)
             ]
             held = sum(c.holds for c in children)
             return Explanation(path, kind, holds, f"{held} of {len(children)} hold", children)
         case rules.Not(inner):
-            child = explain(inner, facts, now, f"{path}.not")
+            child = explain(inner, facts, now, f"{path}.not", names)
             inner_says = "holds" if child.holds else "does not hold"
             return Explanation(path, "not", holds, f"the inner condition {inner_says}", [child])
         case rules.TraitCompare(trait, comparison, value):
@@ -177,7 +186,8 @@ def explain(condition: rules.Condition, facts: rules.PersonFacts, now: datetime,
             )
         case rules.InSegment(segment_id):
             said = "a member" if holds else "not a member"
-            return Explanation(path, "in_segment", holds, f"{said} of segment {segment_id}")
+            named = (names or {}).get(segment_id, str(segment_id))
+            return Explanation(path, "in_segment", holds, f"{said} of {named}")
         case rules.RandomBucket(salt, lowest, highest):
             if facts.person_id is None:
                 return Explanation(path, "random_bucket", holds, "no person, no bucket")

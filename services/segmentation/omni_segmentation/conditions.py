@@ -81,6 +81,8 @@ def validate_condition(condition: pb.Condition, path: str, violations: Violation
             _check_duration(seq, "lookback", f"{node_path}.then_not", violations)
         elif kind == "trait_age":
             _check_duration(node.trait_age, "age", f"{node_path}.trait_age", violations)
+        elif kind == "anniversary":
+            _check_duration(node.anniversary, "within", f"{node_path}.anniversary", violations)
         elif kind == "first_event":
             if node.first_event.event_type:  # empty: any event
                 _check_event_type(
@@ -238,6 +240,9 @@ def to_rules(condition: pb.Condition) -> rules.Condition:
     if kind == "first_event":
         first = condition.first_event
         return rules.FirstEvent(first.event_type, COMPARISONS[first.comparison], first.age.ToTimedelta())
+    if kind == "anniversary":
+        yearly = condition.anniversary
+        return rules.Anniversary(yearly.trait, yearly.within.ToTimedelta())
     if kind == "trait_age":
         aged = condition.trait_age
         return rules.TraitAge(aged.trait, COMPARISONS[aged.comparison], aged.age.ToTimedelta())

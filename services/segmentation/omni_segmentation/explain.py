@@ -95,6 +95,27 @@ def explain(
                 f"{seen} ({_SYMBOLS[comparison]} {_duration(age)})",
                 last_event_at=first,
             )
+        case rules.Anniversary(trait, within):
+            actual = rules.person_trait(facts, trait)
+            present = values.is_present(actual)
+            at = values.as_time(actual)
+            if at is None:
+                seen = f"{trait} is {_json(actual) if present else 'absent'}, not a date"
+            else:
+                day = values.next_anniversary(at, now)
+                seen = (
+                    f"{trait}'s anniversary is today"
+                    if day <= now
+                    else f"{trait}'s anniversary is on {day.date().isoformat()}, in {_elapsed(day - now)}"
+                )
+            return Explanation(
+                path,
+                "anniversary",
+                holds,
+                f"{seen} (within {_duration(within)})",
+                trait_value=actual if present else None,
+                has_trait_value=present,
+            )
         case rules.TraitAge(trait, comparison, age):
             actual = rules.person_trait(facts, trait)
             present = values.is_present(actual)

@@ -31,6 +31,7 @@ from omni_segmentation.values import (
     compare_numbers,
     compare_trait,
     count_in_window,
+    next_anniversary,
     trait_value,
 )
 
@@ -137,6 +138,14 @@ class TraitAge:
 
 
 @dataclass(frozen=True)
+class Anniversary:
+    """From `within` before the next yearly anniversary of a date-valued trait until that day ends."""
+
+    trait: str
+    within: timedelta
+
+
+@dataclass(frozen=True)
 class FirstEvent:
     """How long ago the person's first event of a type ("" for any type) happened, compared with a
     duration; false for a person without one."""
@@ -190,6 +199,7 @@ Condition = (
     | Not
     | TraitCompare
     | TraitAge
+    | Anniversary
     | EventCount
     | EventSum
     | CartUnits
@@ -292,6 +302,12 @@ def evaluate(condition: Condition, facts: PersonFacts, now: datetime) -> bool:
         case FirstEvent(event_type, comparison, age):
             first = facts.first_event_at.get(event_type)
             return first is not None and compare_numbers(now - first, comparison, age)  # type: ignore[arg-type]
+        case Anniversary(trait, within):
+            at = as_time(person_trait(facts, trait))
+            if at is None:
+                return False
+            day = next_anniversary(at, now)
+            return day - within <= now < day + timedelta(days=1)
         case InSegment(segment_id):
             return facts.segments.get(segment_id, False)
         case ThenNot(within=within):
@@ -347,6 +363,11 @@ def _leaf_changes(condition: Condition, facts: PersonFacts, now: datetime) -> It
             last = facts.last_event_at.get(event_type)
             if last is not None and last + at_least > now:
                 yield last + at_least
+        case Anniversary(trait, within):
+            at = as_time(person_trait(facts, trait))
+            if at is not None:
+                day = next_anniversary(at, now)
+                yield from (t for t in (day - within, day + timedelta(days=1)) if t > now)
         case FirstEvent(event_type, _, age):
             first = facts.first_event_at.get(event_type)
             if first is not None:

@@ -134,3 +134,21 @@ def _same(actual: Any, expected: Any) -> bool:
     if isinstance(actual, bool) or isinstance(expected, bool):
         return isinstance(actual, bool) and isinstance(expected, bool) and actual == expected
     return bool(actual == expected)
+
+
+def next_anniversary(at: datetime, now: datetime) -> datetime:
+    """The start (UTC midnight) of the first yearly anniversary of at's month and day whose day has not
+    ended at now; 29 February falls on the 28th in other years."""
+    for year in (now.year - 1, now.year, now.year + 1):
+        day = _anniversary_in(at, year)
+        if day + timedelta(days=1) > now:
+            return day
+    return _anniversary_in(at, now.year + 2)
+
+
+def _anniversary_in(at: datetime, year: int) -> datetime:
+    moment = at.astimezone(UTC)
+    try:
+        return datetime(year, moment.month, moment.day, tzinfo=UTC)
+    except ValueError:  # 29 February in a common year
+        return datetime(year, moment.month, moment.day - 1, tzinfo=UTC)

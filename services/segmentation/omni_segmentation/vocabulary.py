@@ -85,7 +85,7 @@ class Vocabulary:
             elif kind == "since_last_event":
                 since = node.since_last_event
                 named.append((EVENT_TYPE, since.event_type, f"{node_path}.since_last_event.event_type"))
-            elif kind in ("trait", "trait_age"):
+            elif kind in ("trait", "trait_age", "anniversary"):
                 named.append((TRAIT, getattr(node, kind).trait, f"{node_path}.{kind}.trait"))
         seen_types = await self._repository.seen_names(
             session, EVENT_TYPE, (n for k, n, _ in named if k == EVENT_TYPE)

@@ -177,6 +177,8 @@ class SegmentCatalog:
         ]
         if not referring:
             return
+        # Two updates checked at once could each close half of a circle: changes of references take turns.
+        await self._repository.lock_references(session)
         live = await self.segments(session)
         refers = {s.id: rules.requirements([s.condition]).segments for s in live}
         names = {s.id: s.name for s in live}

@@ -127,6 +127,13 @@ class SegmentQueries:
         )
         return {row.id: (row.version, row.condition) for row in rows}
 
+    async def lock_references(self, session: AsyncSession) -> None:
+        """Serialise changes of in_segment references until the transaction ends (a transaction-level
+        advisory lock; segmentation's other advisory locks are keyed by person)."""
+        await session.execute(
+            sa.text("SELECT pg_advisory_xact_lock(hashtextextended('segmentation.references', 0))")
+        )
+
     async def note_names(self, session: AsyncSession, kind: str, names: Iterable[str]) -> None:
         """Remember that these event types or trait names were seen."""
         ordered = sorted(set(names))

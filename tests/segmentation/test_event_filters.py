@@ -237,3 +237,59 @@ async def test_channels_and_properties_move_with_a_merge_and_back(
     )
     assert [(row.channel, row.properties) for row in back] == [(STORE, {"category": "coffee"})]
     assert loyal.name not in await segmentation.segments_of(survivor)
+
+
+async def test_active_on_the_app_counts_events_of_every_type(
+    segmentation: Segmentation, events: EventLog
+) -> None:
+    app = common_pb2.CHANNEL_APP
+    active = await segmentation.create(
+        unique("active-in-app"),
+        pb.Condition(
+            event_count=pb.EventCountCondition(
+                any_event_type=True,
+                window=seconds(7 * DAY),
+                comparison=pb.COMPARISON_GTE,
+                count=3,
+                channels=[app],
+            )
+        ),
+    )
+    busy, web = person(), person()
+    await segmentation.consumed(
+        await segmentation.track(busy, "screen_viewed", channel=app),
+        await segmentation.track(busy, "search_made", channel=app),
+        await segmentation.track(web, "screen_viewed", channel=WEB),
+        await segmentation.track(web, "screen_viewed", channel=WEB),
+        await segmentation.track(web, "screen_viewed", channel=app),
+    )
+    await segmentation.track(busy, "wishlist_opened", channel=app)
+    await events.wait_for(ENTERED, busy)
+    assert active.name not in await segmentation.segments_of(web)
+    answer = await segmentation.stub.ExplainSegmentMembership(
+        pb.ExplainSegmentMembershipRequest(segment_id=active.id, person_id=web)
+    )
+    assert answer.condition.summary == "1 events on app in the last 7d (≥ 3)"
+
+
+@pytest.mark.parametrize(
+    "count",
+    [
+        pb.EventCountCondition(any_event_type=True, event_type="page_viewed"),
+        pb.EventCountCondition(),
+    ],
+)
+async def test_a_type_or_every_type(segmentation: Segmentation, count: pb.EventCountCondition) -> None:
+    count.window.CopyFrom(seconds(60))
+    count.comparison = pb.COMPARISON_GT
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await segmentation.stub.CreateSegment(
+            pb.CreateSegmentRequest(
+                segment=pb.Segment(name=unique("which-type"), condition=pb.Condition(event_count=count))
+            )
+        )
+    details = status_details(caught.value)
+    assert (details.code, details.fields) == (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        {"segment.condition.event_count"},
+    )

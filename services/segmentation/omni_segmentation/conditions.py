@@ -158,8 +158,8 @@ def _check_event_type(event_type: str, path: str, violations: Violations) -> Non
     """The rule profile records types by (omni_kit.event_types: letters of any script, in Unicode's normal
     form, which no proto rule can say), so that no rule names a type never recorded; and the types profile
     records under another name."""
-    if violations.names(path):
-        return  # missing or too long: the proto's rules
+    if not event_type or violations.names(path):
+        return  # missing (where it may not be), or too long: the proto's rules
     if not is_event_type(event_type):
         violations.add(path, f"{EVENT_TYPE_RULE}, at most {MAX_EVENT_TYPE} characters")
     elif event_type in RECORDED_AS:
@@ -197,7 +197,7 @@ def to_rules(condition: pb.Condition) -> rules.Condition:
     if kind == "event_count":
         count = condition.event_count
         return rules.EventCount(
-            count.event_type,
+            "" if count.any_event_type else count.event_type,
             count.window.ToTimedelta(),
             COMPARISONS[count.comparison],
             count.count,

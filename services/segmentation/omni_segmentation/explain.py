@@ -143,7 +143,7 @@ def explain(
                 path,
                 "event_count",
                 holds,
-                f"{seen_count} {event_type}{_which(condition)} in the last {_duration(window)} "
+                f"{seen_count} {event_type or 'events'}{_which(condition)} in the last {_duration(window)} "
                 f"({_SYMBOLS[comparison]} {count})",
                 count=seen_count,
             )

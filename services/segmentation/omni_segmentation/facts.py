@@ -95,7 +95,7 @@ class FactsRecorder:
                     # Whom a redirected event named, so an unmerge of that person can give it back.
                     e.person_id if e.person_id in survivors else None,
                     e.channel,
-                    _kept(e, keep.get(e.event_type)),
+                    _kept(e, keep.get(e.event_type) or keep.get("")),
                 )
                 for e in tracked
             ],
@@ -103,7 +103,11 @@ class FactsRecorder:
         await self._vocabulary.note(
             session,
             PROPERTY,
-            (f"{e.event_type}.{name}" for e in tracked for name in _kept(e, keep.get(e.event_type)) or ()),
+            (
+                f"{e.event_type}.{name}"
+                for e in tracked
+                for name in _kept(e, keep.get(e.event_type) or keep.get("")) or ()
+            ),
         )
         await self._vocabulary.note(session, EVENT_TYPE, (e.event_type for e in tracked))
         await self._take_moved_events(session, changes, survivors, traces)

@@ -93,8 +93,9 @@ class EventCount:
 
     @property
     def detailed(self) -> bool:
-        """Whether it looks at events' channels or properties (so needs EventDetails, not only times)."""
-        return bool(self.channels or self.filters)
+        """Whether it looks at events' channels or properties, or at every type ("" event type), so needs
+        EventDetails, not only times."""
+        return bool(self.channels or self.filters or not self.event_type)
 
 
 @dataclass(frozen=True)

@@ -55,7 +55,8 @@ class Vocabulary:
             kind = node.WhichOneof("kind")
             if kind in ("event_count", "event_sum"):
                 counted = getattr(node, kind)
-                named.append((EVENT_TYPE, counted.event_type, f"{node_path}.{kind}.event_type"))
+                if counted.event_type:  # empty: every type (any_event_type)
+                    named.append((EVENT_TYPE, counted.event_type, f"{node_path}.{kind}.event_type"))
                 for index, item in enumerate(counted.properties):
                     named.append(
                         (

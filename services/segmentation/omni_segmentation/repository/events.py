@@ -62,6 +62,10 @@ _RAISE_LAST_EVENTS = sa.text(
     "SET last_at = greatest(person_last_events.last_at, excluded.last_at), "
     "first_at = least(person_last_events.first_at, excluded.first_at)"
 )
+_ALL_EVENT_DETAILS = sa.text(
+    "SELECT person_id, occurred_at, channel, properties FROM event_occurrences "
+    "WHERE person_id = ANY(CAST(:ids AS uuid[])) AND occurred_at >= :since ORDER BY occurred_at"
+)
 _FIRST_EVENTS = sa.text(
     "SELECT person_id, event_type, first_at FROM person_last_events "
     "WHERE person_id = ANY(CAST(:ids AS uuid[])) AND event_type = ANY(CAST(:types AS text[])) "
@@ -141,17 +145,25 @@ class EventQueries:
         since: datetime,
     ) -> dict[uuid.UUID, dict[str, list[EventDetail]]]:
         """Per person and type, the persons' occurrences of those types at or after since, ascending, with
-        their channels and kept properties."""
+        their channels and kept properties; of every type under "", when "" is asked for."""
         result: dict[uuid.UUID, dict[str, list[EventDetail]]] = {}
         if not event_types or not person_ids:
             return result
-        rows = await session.execute(
-            _EVENT_DETAILS, {"ids": list(person_ids), "types": list(event_types), "since": since}
-        )
-        for row in rows:
-            result.setdefault(row.person_id, {}).setdefault(row.event_type, []).append(
-                EventDetail(row.occurred_at, row.channel, row.properties or {})
+        named = [t for t in event_types if t]
+        if named:
+            rows = await session.execute(
+                _EVENT_DETAILS, {"ids": list(person_ids), "types": named, "since": since}
             )
+            for row in rows:
+                result.setdefault(row.person_id, {}).setdefault(row.event_type, []).append(
+                    EventDetail(row.occurred_at, row.channel, row.properties or {})
+                )
+        if "" in event_types:  # every type, under ""
+            rows = await session.execute(_ALL_EVENT_DETAILS, {"ids": list(person_ids), "since": since})
+            for row in rows:
+                result.setdefault(row.person_id, {}).setdefault("", []).append(
+                    EventDetail(row.occurred_at, row.channel, row.properties or {})
+                )
         return result
 
     async def last_events(

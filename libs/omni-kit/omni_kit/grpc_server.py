@@ -316,7 +316,8 @@ _starting_handler = grpc.stream_stream_rpc_method_handler(_starting)
 
 class GrpcServer:
     """A service's gRPC server with health checking, reflection for its full service names, the error
-    interceptor and a graceful stop.
+    interceptor and a graceful stop; TLS when given credentials (omni_kit.security.server_tls), and the
+    authorisation interceptor when given one (omni_kit.security.auth_interceptor).
 
     Bound at construction, it may start before its services are registered (`add_services`): it then
     answers health checks NOT_SERVING and other calls UNAVAILABLE, so a service waiting for its database is
@@ -332,6 +333,8 @@ class GrpcServer:
         host: str = "0.0.0.0",
         port: int = 0,
         on_database_unavailable: Callable[[], None] | None = None,
+        credentials: grpc.ServerCredentials | None = None,
+        auth: grpc.aio.ServerInterceptor | None = None,
     ) -> None:
         self.service_names: list[str] = []
         self.health = health.aio.HealthServicer()
@@ -341,6 +344,9 @@ class GrpcServer:
         interceptors: list[grpc.aio.ServerInterceptor] = [
             ErrorInterceptor(domain, self.admission, on_database_unavailable)
         ]
+        if auth is not None:
+            # Inside the error interceptor: a refusal becomes its status (with ErrorInfo) there.
+            interceptors.append(auth)
         if tracing_enabled():
             interceptors.insert(0, aio_server_interceptor())
         self._server = grpc.aio.server(
@@ -349,7 +355,10 @@ class GrpcServer:
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
         self._server.add_generic_rpc_handlers((self._services,))
-        self.port = self._server.add_insecure_port(f"{host}:{port}")
+        if credentials is None:
+            self.port = self._server.add_insecure_port(f"{host}:{port}")
+        else:
+            self.port = self._server.add_secure_port(f"{host}:{port}", credentials)
         if self.port == 0:
             raise RuntimeError(f"could not bind {host}:{port}")
         if register is not None:

@@ -56,6 +56,7 @@ from omni_kit.bus.outbox import HEADER_ALLOWANCE
 from omni_kit.db import create_engine, database_unavailable, migrate, session_factory
 from omni_kit.grpc_server import GrpcServer
 from omni_kit.scheduler import Backoff, JobHandler, JobWorker, scheduled_due
+from omni_kit.security import ClientSecurity, auth_interceptor, server_tls
 from omni_kit.settings import ServiceSettings
 from omni_kit.telemetry import instrument_engine
 
@@ -94,6 +95,7 @@ class Runtime:
         self._probe: DatabaseProbe | None = None
         self._close_hooks: list[Callable[[], Awaitable[object]]] = []
         self._closed = False
+        self._client_security = ClientSecurity.from_settings(settings)
 
     async def open(self) -> None:
         """Bind the gRPC port and answer health checks (NOT_SERVING) at once; then reach the database, applying
@@ -103,6 +105,8 @@ class Runtime:
             host=self.settings.grpc_host,
             port=self.settings.grpc_port,
             on_database_unavailable=self._database_trouble,
+            credentials=server_tls(self.settings),
+            auth=auth_interceptor(self.settings),
         )
         await self.server.start()
         try:
@@ -233,6 +237,12 @@ class Runtime:
     def add_task(self, factory: Callable[[], asyncio.Task[None]]) -> None:
         """Run a background task for the service's lifetime (cancelled at close)."""
         self._tasks.append(factory())
+
+    @property
+    def client_security(self) -> ClientSecurity:
+        """How this service's channels reach the others (TLS, its certificate, its token), from its settings:
+        pass it to omni_kit.grpc_client.channel."""
+        return self._client_security
 
     def track_channel(self, channel: grpc.aio.Channel) -> grpc.aio.Channel:
         """Close a client channel when the service closes."""

@@ -151,6 +151,7 @@ async def _wire(runtime: ProfileRuntime, settings: Settings) -> None:
             service=SERVICE,
             idempotent_methods=list(IDEMPOTENT_METHODS),
             timeout_s=settings.identity_timeout_s,
+            security=runtime.client_security,
         )
     )
     identity = IdentityClient(identity_channel)

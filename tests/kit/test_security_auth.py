@@ -8,16 +8,13 @@ test is the interceptor and the table, not the services' domain (their own tests
 from __future__ import annotations
 
 import importlib
-import json
 import pkgutil
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import grpc
-import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 from google.protobuf.descriptor import MethodDescriptor
@@ -38,10 +35,9 @@ from omni_kit.security import (
 )
 from omni_kit.security.certs import make_certificates
 from omni_kit.settings import ServiceSettings
+from tests.tokens import AUDIENCE, ISSUER, Issuer
 
 TABLE = ScopeTable.load()
-AUDIENCE = "omni"
-ISSUER = "https://login.example.test"
 
 
 def _service_methods() -> list[MethodDescriptor]:
@@ -131,31 +127,9 @@ async def _call(chan: grpc.aio.Channel, method: MethodDescriptor, metadata: Any 
     return bytes(await chan.unary_unary(name)(b"", metadata=metadata, timeout=5))
 
 
-@dataclass
-class Issuer:
-    """Signs bearer tokens with a key whose public half is in the servers' JWKS file."""
-
-    key: ec.EllipticCurvePrivateKey
-    jwks_file: Path
-
-    def token(self, scopes: list[str], *, subject: str = "agent-7", **claims: Any) -> str:
-        now = int(time.time())
-        payload = {"sub": subject, "aud": AUDIENCE, "iss": ISSUER, "iat": now, "exp": now + 300}
-        payload.update({"scope": " ".join(scopes), **claims})
-        return jwt.encode(payload, self.key, algorithm="ES256", headers={"kid": "k1"})
-
-    def bearer(self, scopes: list[str], **claims: Any) -> tuple[tuple[str, str]]:
-        return (("authorization", f"Bearer {self.token(scopes, **claims)}"),)
-
-
 @pytest.fixture(scope="module")
 def issuer(tmp_path_factory: pytest.TempPathFactory) -> Issuer:
-    key = ec.generate_private_key(ec.SECP256R1())
-    jwk = json.loads(jwt.algorithms.ECAlgorithm.to_jwk(key.public_key()))
-    jwk.update({"kid": "k1", "alg": "ES256", "use": "sig"})
-    jwks_file = tmp_path_factory.mktemp("jwks") / "jwks.json"
-    jwks_file.write_text(json.dumps({"keys": [jwk]}))
-    return Issuer(key, jwks_file)
+    return Issuer.create(tmp_path_factory.mktemp("jwks"))
 
 
 @pytest.fixture(scope="module")

@@ -17,6 +17,7 @@ import grpc
 import pytest
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from omni.audit.v1 import audit_pb2, audit_pb2_grpc
 from omni.common.v1 import common_pb2
 from omni.identity.v1 import identity_pb2, identity_pb2_grpc
 from omni_kit.embedded import EmbeddedNats, SmtpSink
@@ -114,3 +115,28 @@ async def test_abandoned_cart_with_mtls_and_scopes(
         with pytest.raises(grpc.aio.AioRpcError) as raised:
             await stub.LookupPerson(identity_pb2.LookupPersonRequest(identifier=email), timeout=2)
         assert raised.value.code() == grpc.StatusCode.UNAVAILABLE
+
+    # The operator actions are in each acting service's audit log, with who did them; the refused erasure
+    # too, as profile's, refused. Entries hold ids only.
+    async def audit(service: str, resource_id: str = "") -> list[audit_pb2.AuditEvent]:
+        stub = audit_pb2_grpc.AuditServiceStub(omni.channels[service])  # type: ignore[arg-type]
+        request = audit_pb2.ListAuditEventsRequest(page_size=100, resource_id=resource_id)
+        return list((await stub.ListAuditEvents(request)).events)
+
+    created = [e for e in await audit("segmentation") if e.method.endswith("/CreateSegment")]
+    assert [(e.actor, e.actor_kind, e.outcome) for e in created] == [("operator", "token", "OK")]
+    assert created[0].resource_ids, "the new segment's id"
+    assert {e.method.rsplit("/", 1)[1] for e in await audit("gateway")} == {"CreateTemplate"}
+    assert {e.method.rsplit("/", 1)[1] for e in await audit("decisioning")} == {"CreateJourney"}
+    consents = [e for e in await audit("profile") if e.method.endswith("/SetConsent")]
+    assert len(consents) == 1 and consents[0].outcome == "OK"
+    refused = await audit("identity", resolved.resolution.person_id)
+    assert [(e.method, e.actor, e.actor_kind, e.outcome) for e in refused] == [
+        ("omni.identity.v1.IdentityService/ForgetPerson", "profile", "certificate", "PERMISSION_DENIED")
+    ]
+    # Without the audit scope, the log is not readable.
+    async with channel(identity_target, service="identity", security=profile_identity) as chan:
+        stub = audit_pb2_grpc.AuditServiceStub(chan)  # type: ignore[arg-type]
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await stub.ListAuditEvents(audit_pb2.ListAuditEventsRequest())
+        assert raised.value.code() == grpc.StatusCode.PERMISSION_DENIED

@@ -62,6 +62,8 @@ def test_every_rpc_has_a_scope_and_every_scope_an_rpc() -> None:
     assert not unscoped, f"RPCs without a scope in protos/omni/scopes.yaml: {unscoped}"
     stale = sorted(set(TABLE.rpcs) - set(NAMES))
     assert not stale, f"scopes.yaml names RPCs that do not exist: {stale}"
+    unknown_audited = sorted(TABLE.audited - set(NAMES))
+    assert not unknown_audited, f"scopes.yaml audits RPCs that do not exist: {unknown_audited}"
     for name, scope in TABLE.rpcs.items():
         service = name.split(".")[1]
         assert scope.startswith(f"{service}."), f"{name}: {scope} is not a scope of {service}"
@@ -169,7 +171,7 @@ async def serve(certs: Path, issuer: Issuer) -> AsyncIterator[Any]:
             host="127.0.0.1",
             port=0,
             credentials=server_tls(settings),
-            auth=auth_interceptor(settings),
+            interceptors=[i for i in [auth_interceptor(settings)] if i is not None],
         )
         await server.start()
         servers.append(server)

@@ -316,8 +316,8 @@ _starting_handler = grpc.stream_stream_rpc_method_handler(_starting)
 
 class GrpcServer:
     """A service's gRPC server with health checking, reflection for its full service names, the error
-    interceptor and a graceful stop; TLS when given credentials (omni_kit.security.server_tls), and the
-    authorisation interceptor when given one (omni_kit.security.auth_interceptor).
+    interceptor and a graceful stop; TLS when given credentials (omni_kit.security.server_tls), and more
+    interceptors inside the error interceptor (the runtime's: audit, then authorisation).
 
     Bound at construction, it may start before its services are registered (`add_services`): it then
     answers health checks NOT_SERVING and other calls UNAVAILABLE, so a service waiting for its database is
@@ -334,23 +334,22 @@ class GrpcServer:
         port: int = 0,
         on_database_unavailable: Callable[[], None] | None = None,
         credentials: grpc.ServerCredentials | None = None,
-        auth: grpc.aio.ServerInterceptor | None = None,
+        interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
     ) -> None:
         self.service_names: list[str] = []
         self.health = health.aio.HealthServicer()
         self.admission = Admission()
         self._serving = False
         self._services = _Services()
-        interceptors: list[grpc.aio.ServerInterceptor] = [
-            ErrorInterceptor(domain, self.admission, on_database_unavailable)
+        # The others run inside the error interceptor: a refusal of theirs becomes its status there.
+        chain: list[grpc.aio.ServerInterceptor] = [
+            ErrorInterceptor(domain, self.admission, on_database_unavailable),
+            *interceptors,
         ]
-        if auth is not None:
-            # Inside the error interceptor: a refusal becomes its status (with ErrorInfo) there.
-            interceptors.append(auth)
         if tracing_enabled():
-            interceptors.insert(0, aio_server_interceptor())
+            chain.insert(0, aio_server_interceptor())
         self._server = grpc.aio.server(
-            interceptors=interceptors,
+            interceptors=chain,
             options=_KEEPALIVE_OPTIONS,
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)

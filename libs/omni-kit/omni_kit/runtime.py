@@ -42,6 +42,9 @@ from nats.js import JetStreamContext
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from omni.audit.v1 import audit_pb2_grpc
+from omni_kit.audit import SERVICE_NAME as AUDIT_SERVICE
+from omni_kit.audit import AuditInterceptor, AuditLog, AuditServicer
 from omni_kit.bus import (
     EventConsumer,
     Handler,
@@ -56,7 +59,7 @@ from omni_kit.bus.outbox import HEADER_ALLOWANCE
 from omni_kit.db import create_engine, database_unavailable, migrate, session_factory
 from omni_kit.grpc_server import GrpcServer
 from omni_kit.scheduler import Backoff, JobHandler, JobWorker, scheduled_due
-from omni_kit.security import ClientSecurity, auth_interceptor, server_tls
+from omni_kit.security import ClientSecurity, ScopeTable, auth_interceptor, server_tls
 from omni_kit.settings import ServiceSettings
 from omni_kit.telemetry import instrument_engine
 
@@ -96,6 +99,7 @@ class Runtime:
         self._close_hooks: list[Callable[[], Awaitable[object]]] = []
         self._closed = False
         self._client_security = ClientSecurity.from_settings(settings)
+        self.audit_log = AuditLog(self.transaction)
 
     async def open(self) -> None:
         """Bind the gRPC port and answer health checks (NOT_SERVING) at once; then reach the database, applying
@@ -106,7 +110,7 @@ class Runtime:
             port=self.settings.grpc_port,
             on_database_unavailable=self._database_trouble,
             credentials=server_tls(self.settings),
-            auth=auth_interceptor(self.settings),
+            interceptors=self._interceptors(),
         )
         await self.server.start()
         try:
@@ -115,6 +119,15 @@ class Runtime:
             # Failed or cancelled (a stop while waiting for the database): let nothing hold the port.
             await self.close()
             raise
+
+    def _interceptors(self) -> list[grpc.aio.ServerInterceptor]:
+        """Audit (of the scope table's audited RPCs, refusals included), then authorisation when on."""
+        table = ScopeTable.load()
+        chain: list[grpc.aio.ServerInterceptor] = [AuditInterceptor(table.audited, self.audit_log)]
+        auth = auth_interceptor(self.settings, table)
+        if auth is not None:
+            chain.append(auth)
+        return chain
 
     async def _connect(self) -> None:
         self.engine = create_engine(
@@ -260,7 +273,13 @@ class Runtime:
             self._consumer_tasks.append(asyncio.create_task(consumer.run(), name=consumer.durable))
         if self.jobs.kinds:
             self._jobs_task = asyncio.create_task(self.jobs.run(), name=self.jobs.name)
-        self.server.add_services(service_names, register)
+        audit = AuditServicer(self.audit_log, self.sessions)
+
+        def register_with_audit(server: grpc.aio.Server) -> None:
+            register(server)
+            audit_pb2_grpc.add_AuditServiceServicer_to_server(audit, server)
+
+        self.server.add_services([*service_names, AUDIT_SERVICE], register_with_audit)
         server = self.server
 
         async def database_changed(answering: bool) -> None:

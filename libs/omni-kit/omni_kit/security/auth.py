@@ -39,11 +39,13 @@ REFLECTION_PREFIX = "/grpc.reflection."
 
 @dataclass(frozen=True)
 class ScopeTable:
-    """The scope each RPC needs (by full method name, "/pkg.Service/Method"), and the scopes each of our
-    services holds as a caller (by certificate identity)."""
+    """The scope each RPC needs (by full method name, "/pkg.Service/Method"), the scopes each of our
+    services holds as a caller (by certificate identity), and the RPCs that are audited."""
 
     rpcs: Mapping[str, str]
     callers: Mapping[str, frozenset[str]]
+    audited: frozenset[str] = frozenset()
+    """The operator actions written to the audit log (omni_kit.audit), by full method name."""
 
     @classmethod
     def parse(cls, text: str) -> ScopeTable:
@@ -59,7 +61,8 @@ class ScopeTable:
             str(name): frozenset(str(s) for s in scopes or ())
             for name, scopes in (data.get("callers") or {}).items()
         }
-        return cls(rpcs=rpcs, callers=callers)
+        audited = frozenset(f"/{name}" for name in data.get("audited") or ())
+        return cls(rpcs=rpcs, callers=callers, audited=audited)
 
     @classmethod
     def load(cls, path: Path | None = None) -> ScopeTable:
@@ -242,6 +245,8 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
             principal = authenticator.authenticate(
                 tuple(context.invocation_metadata() or ()), context.auth_context()
             )
+            # Known from here on, refused or not (the audit log names who was refused).
+            _PRINCIPAL.set(principal)
             if scope is None:
                 raise PermissionDenied(
                     message=f"{method} has no scope in the scope table; nobody may call it",
@@ -254,7 +259,6 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
                     reason="SCOPE_MISSING",
                     metadata={"scope": scope, "principal": principal.name},
                 )
-            _PRINCIPAL.set(principal)
 
         return wrap_handler(handler, check, scope)
 

@@ -3,7 +3,7 @@
 omni serve <service>     run one service until SIGTERM/SIGINT
 omni migrate <service>   apply the service's migrations to its database
 omni health <host:port>  exit 0 when the server answers SERVING on grpc.health.v1
-omni run                 the laptop run: PostgreSQL, NATS, an SMTP sink and all five services
+omni run [--tls]         the laptop run: PostgreSQL, NATS, an SMTP sink and all five services
 omni certs [name …]      a local CA and certificates for the services (and an operator) for TLS/mTLS
 """
 
@@ -113,7 +113,12 @@ def main(argv: list[str] | None = None) -> int:
     health_cmd.add_argument("--tls-ca", type=Path, help="verify the server's certificate against this CA")
     health_cmd.add_argument("--tls-cert", type=Path, help="client certificate (servers requiring mTLS)")
     health_cmd.add_argument("--tls-key", type=Path, help="key of --tls-cert")
-    commands.add_parser("run", help="run everything locally")
+    run_cmd = commands.add_parser("run", help="run everything locally")
+    run_cmd.add_argument(
+        "--tls",
+        action="store_true",
+        help="mTLS between the services and their callers (certificates in .omni/certs)",
+    )
     certs_cmd = commands.add_parser("certs", help="make a local CA and per-service certificates")
     certs_cmd.add_argument(
         "names", nargs="*", default=[*SERVICES, "operator"], help="certificate names (default: the services)"
@@ -149,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from omni_kit.embedded.run import run_all
 
-    return run_all()
+    return run_all(tls=args.tls)
 
 
 if __name__ == "__main__":

@@ -6,17 +6,21 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import ssl
 import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import aiohttp
 import grpc
 import pytest
+from aiohttp import web
+from cryptography import x509
 
 from omni_kit.grpc_client import channel
 from omni_kit.grpc_server import GrpcServer
-from omni_kit.security import ClientSecurity, TlsFiles, server_credentials
+from omni_kit.security import ClientSecurity, TlsFiles, http_ssl_context, server_credentials
 from omni_kit.security.certs import CertificateAuthority, make_certificates
 
 SERVICE = "omni.test.v1.EchoService"
@@ -162,3 +166,51 @@ async def test_omni_certs_makes_what_omni_health_checks_over_mtls(tmp_path: Path
         assert await refused.wait() == 1
     finally:
         await server.stop(0)
+
+
+async def _served_certificate(port: int, ca: Path, host: str = "localhost") -> x509.Certificate:
+    """The certificate an HTTPS endpoint presents to a new connection (verified against ca)."""
+    context = ssl.create_default_context(cafile=str(ca))
+    _, writer = await asyncio.open_connection(host, port, ssl=context)
+    try:
+        der = writer.get_extra_info("ssl_object").getpeercert(binary_form=True)
+    finally:
+        writer.close()
+        await writer.wait_closed()
+    return x509.load_der_x509_certificate(der)
+
+
+async def test_http_endpoints_serve_tls_and_pick_up_a_rotated_certificate(tmp_path: Path) -> None:
+    """What profile's Segment intake serves with http_tls_cert_file: HTTPS, and a renewed certificate on the
+    next connection without a restart."""
+    certs = tmp_path / "certs"
+    make_certificates(certs, ["intake"])
+    context = http_ssl_context(TlsFiles(certs / "intake.pem", certs / "intake-key.pem"), check_interval_s=0)
+
+    async def hello(request: web.Request) -> web.Response:
+        return web.Response(text="hello")
+
+    app = web.Application()
+    app.router.add_get("/", hello)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0, ssl_context=context).start()
+    port = int(runner.addresses[0][1])
+    try:
+        client_context = ssl.create_default_context(cafile=str(certs / "ca.pem"))
+        async with aiohttp.ClientSession() as session:
+            async with session.get(f"https://localhost:{port}/", ssl=client_context) as response:
+                assert await response.text() == "hello"
+            with pytest.raises(aiohttp.ClientError):
+                async with session.get(f"http://localhost:{port}/") as response:
+                    await response.text()
+        before = await _served_certificate(port, certs / "ca.pem")
+        make_certificates(certs, ["intake"])  # the same CA, a new certificate
+        after = await _served_certificate(port, certs / "ca.pem")
+        assert after.serial_number != before.serial_number
+        assert (
+            after.serial_number
+            == x509.load_pem_x509_certificate((certs / "intake.pem").read_bytes()).serial_number
+        )
+    finally:
+        await runner.cleanup()

@@ -87,6 +87,12 @@ class ServiceSettings(BaseSettings):
     tls_require_client_cert: bool = Field(
         False, description="Refuse connections without a client certificate signed by tls_ca_file (mTLS)."
     )
+    http_tls_cert_file: Path | None = Field(
+        None,
+        description="PEM certificate (chain) of the service's HTTP endpoint (profile's Segment intake, the "
+        "gateway's links): it serves HTTPS with it. Read again when the file changes.",
+    )
+    http_tls_key_file: Path | None = Field(None, description="PEM private key of http_tls_cert_file.")
     tls_reload_interval_s: float = Field(
         1.0, ge=0, description="How often, at most, the certificate files are checked for a change."
     )
@@ -133,6 +139,8 @@ class ServiceSettings(BaseSettings):
     def _tls_complete(self) -> ServiceSettings:
         if (self.tls_cert_file is None) != (self.tls_key_file is None):
             raise ValueError("tls_cert_file and tls_key_file go together")
+        if (self.http_tls_cert_file is None) != (self.http_tls_key_file is None):
+            raise ValueError("http_tls_cert_file and http_tls_key_file go together")
         if self.tls_require_client_cert and (self.tls_cert_file is None or self.tls_ca_file is None):
             raise ValueError("tls_require_client_cert needs tls_cert_file, tls_key_file and tls_ca_file")
         return self

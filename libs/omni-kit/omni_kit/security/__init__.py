@@ -6,6 +6,7 @@ service's clients get theirs as `runtime.client_security`, passed to omni_kit.gr
 
 from __future__ import annotations
 
+import ssl
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,7 +23,13 @@ from omni_kit.security.auth import (
     current_principal,
     grants,
 )
-from omni_kit.security.tls import ReloadingChannel, TlsFiles, channel_credentials, server_credentials
+from omni_kit.security.tls import (
+    ReloadingChannel,
+    TlsFiles,
+    channel_credentials,
+    http_ssl_context,
+    server_credentials,
+)
 from omni_kit.settings import ServiceSettings
 
 __all__ = [
@@ -40,6 +47,8 @@ __all__ = [
     "channel_credentials",
     "current_principal",
     "grants",
+    "http_ssl_context",
+    "http_tls",
     "server_credentials",
     "server_tls",
 ]
@@ -52,6 +61,16 @@ def server_tls(settings: ServiceSettings) -> grpc.ServerCredentials | None:
     return server_credentials(
         TlsFiles(settings.tls_cert_file, settings.tls_key_file, settings.tls_ca_file),
         require_client_cert=settings.tls_require_client_cert,
+        check_interval_s=settings.tls_reload_interval_s,
+    )
+
+
+def http_tls(settings: ServiceSettings) -> ssl.SSLContext | None:
+    """The SSL context of the service's HTTP endpoint, None for plain HTTP (no HTTP certificate configured)."""
+    if settings.http_tls_cert_file is None or settings.http_tls_key_file is None:
+        return None
+    return http_ssl_context(
+        TlsFiles(settings.http_tls_cert_file, settings.http_tls_key_file),
         check_interval_s=settings.tls_reload_interval_s,
     )
 

@@ -5,6 +5,7 @@ the new certificate to be used. The server hands gRPC a certificate *fetcher*
 (grpc.dynamic_ssl_server_credentials), which gRPC asks at every new connection's handshake, and which answers
 a new configuration when the files changed. A client channel cannot change its credentials, so the client
 (ReloadingChannel) opens a new channel when the files change and lets calls in flight on the old one finish.
+The HTTP endpoints' SSL context (http_ssl_context) moves each new connection to a context of the new files.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -119,6 +121,37 @@ def server_credentials(
     return grpc.dynamic_ssl_server_credentials(
         configuration(), fetch, require_client_authentication=require_client_cert
     )
+
+
+def http_ssl_context(files: TlsFiles, *, check_interval_s: float = 1.0) -> ssl.SSLContext:
+    """A server-side SSL context for an HTTP endpoint (aiohttp's ssl_context) whose certificate files are read
+    again when they change: at each handshake (the SNI callback, which OpenSSL calls for every ClientHello)
+    the connection is moved to a context made from the new files. Client certificates are not asked for:
+    these endpoints authenticate by write key or signed link."""
+    watched = _Watched(files, check_interval_s)
+
+    def build() -> ssl.SSLContext:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        context.load_cert_chain(files.cert_file, files.key_file)
+        context.sni_callback = choose
+        return context
+
+    current: list[ssl.SSLContext] = []
+
+    def choose(connection: Any, server_name: str | None, initial: ssl.SSLContext) -> None:
+        if watched.changed():
+            try:
+                current[0] = build()
+            except Exception:
+                log.exception("could not read the rotated certificate files; keeping the current ones")
+            else:
+                log.info("HTTP certificate files changed; new connections use them")
+        if connection.context is not current[0]:
+            connection.context = current[0]
+
+    current.append(build())
+    return current[0]
 
 
 def channel_credentials(files: TlsFiles | None, ca_file: Path | None = None) -> grpc.ChannelCredentials:

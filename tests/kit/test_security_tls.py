@@ -17,6 +17,7 @@ import grpc
 import pytest
 from aiohttp import web
 from cryptography import x509
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from omni_kit.grpc_client import channel
 from omni_kit.grpc_server import GrpcServer
@@ -214,3 +215,40 @@ async def test_http_endpoints_serve_tls_and_pick_up_a_rotated_certificate(tmp_pa
         )
     finally:
         await runner.cleanup()
+
+
+async def test_a_plaintext_health_port_answers_health_only(tmp_path: Path) -> None:
+    """With TLS on, grpc_health_port gives Kubernetes' plaintext gRPC probes the health states, and nothing
+    else."""
+    certs = tmp_path / "certs"
+    make_certificates(certs, ["server"])
+    server = GrpcServer(
+        domain="omni.test",
+        service_names=[SERVICE],
+        register=_register,
+        host="127.0.0.1",
+        port=0,
+        credentials=server_credentials(
+            TlsFiles(certs / "server.pem", certs / "server-key.pem", certs / "ca.pem"),
+            require_client_cert=True,
+        ),
+        health_port=0,
+    )
+    await server.start()
+    try:
+        assert server.health_port is not None
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.health_port}") as chan:
+            for name in ("", SERVICE, "liveness"):
+                answer = await health_pb2_grpc.HealthStub(chan).Check(
+                    health_pb2.HealthCheckRequest(service=name), timeout=5
+                )
+                assert answer.status == health_pb2.HealthCheckResponse.SERVING
+            with pytest.raises(grpc.aio.AioRpcError) as raised:
+                await _echo(chan)
+            assert raised.value.code() == grpc.StatusCode.UNIMPLEMENTED
+        await server.set_serving(False)
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.health_port}") as chan:
+            answer = await health_pb2_grpc.HealthStub(chan).Check(health_pb2.HealthCheckRequest(), timeout=5)
+            assert answer.status == health_pb2.HealthCheckResponse.NOT_SERVING
+    finally:
+        await server.stop(0)

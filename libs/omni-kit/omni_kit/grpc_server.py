@@ -335,6 +335,7 @@ class GrpcServer:
         on_database_unavailable: Callable[[], None] | None = None,
         credentials: grpc.ServerCredentials | None = None,
         interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+        health_port: int | None = None,
     ) -> None:
         self.service_names: list[str] = []
         self.health = health.aio.HealthServicer()
@@ -360,6 +361,16 @@ class GrpcServer:
             self.port = self._server.add_secure_port(f"{host}:{port}", credentials)
         if self.port == 0:
             raise RuntimeError(f"could not bind {host}:{port}")
+        # Kubernetes' built-in gRPC probes speak plaintext only: with TLS on, they can ask a port of their
+        # own that answers nothing but health checks (the same health states).
+        self._health_server: grpc.aio.Server | None = None
+        self.health_port: int | None = None
+        if health_port is not None:
+            self._health_server = grpc.aio.server(options=_KEEPALIVE_OPTIONS)
+            health_pb2_grpc.add_HealthServicer_to_server(self.health, self._health_server)
+            self.health_port = self._health_server.add_insecure_port(f"{host}:{health_port}")
+            if self.health_port == 0:
+                raise RuntimeError(f"could not bind {host}:{health_port}")
         if register is not None:
             self.add_services(service_names, register)
 
@@ -388,6 +399,8 @@ class GrpcServer:
         await self.health.set(LIVENESS, health_pb2.HealthCheckResponse.SERVING)
         await self.set_serving(self._services.registered)
         await self._server.start()
+        if self._health_server is not None:
+            await self._health_server.start()
 
     @property
     def serving(self) -> bool:
@@ -427,6 +440,8 @@ class GrpcServer:
                 grace_s,
             )
         await self._server.stop(max(deadline - loop.time(), 0.0))
+        if self._health_server is not None:
+            await self._health_server.stop(0)
 
     async def wait_for_termination(self) -> None:
         """Block until the server stops."""

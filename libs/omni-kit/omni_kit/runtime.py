@@ -111,6 +111,7 @@ class Runtime:
             on_database_unavailable=self._database_trouble,
             credentials=server_tls(self.settings),
             interceptors=self._interceptors(),
+            health_port=self.settings.grpc_health_port,
         )
         await self.server.start()
         try:

@@ -93,6 +93,13 @@ class ServiceSettings(BaseSettings):
         "gateway's links): it serves HTTPS with it. Read again when the file changes.",
     )
     http_tls_key_file: Path | None = Field(None, description="PEM private key of http_tls_cert_file.")
+    grpc_health_port: int | None = Field(
+        None,
+        ge=0,
+        le=65535,
+        description="A plaintext port answering only grpc.health.v1 (for Kubernetes' gRPC probes, which "
+        "cannot speak TLS); none by default.",
+    )
     tls_reload_interval_s: float = Field(
         1.0, ge=0, description="How often, at most, the certificate files are checked for a change."
     )

@@ -59,7 +59,7 @@ from omni_kit.bus.outbox import HEADER_ALLOWANCE
 from omni_kit.db import create_engine, database_unavailable, migrate, session_factory
 from omni_kit.grpc_server import GrpcServer
 from omni_kit.scheduler import Backoff, JobHandler, JobWorker, scheduled_due
-from omni_kit.security import ClientSecurity, ScopeTable, auth_interceptor, server_tls
+from omni_kit.security import ClientSecurity, ScopeTable, auth_interceptor, nats_security, server_tls
 from omni_kit.settings import ServiceSettings
 from omni_kit.telemetry import instrument_engine
 
@@ -148,6 +148,7 @@ class Runtime:
             reconnect_time_wait=0.5,
             # Bounds the drain at close; everything that matters (the outbox) is already flushed by then.
             drain_timeout=5,
+            **nats_security(self.settings),
         )
         self.js = self.nats.jetstream()
         self._fit_envelopes_to_server()

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from omni_kit.bus.envelope import DEFAULT_MAX_ENVELOPE_BYTES
@@ -103,6 +103,19 @@ class ServiceSettings(BaseSettings):
     tls_reload_interval_s: float = Field(
         1.0, ge=0, description="How often, at most, the certificate files are checked for a change."
     )
+    # NATS: TLS (tls:// URLs) and the service's own credentials. Off by default.
+    nats_tls_ca_file: Path | None = Field(
+        None, description="PEM CA the NATS server's certificate is verified against."
+    )
+    nats_tls_cert_file: Path | None = Field(
+        None, description="PEM client certificate presented to NATS (a server that verifies clients)."
+    )
+    nats_tls_key_file: Path | None = Field(None, description="PEM private key of nats_tls_cert_file.")
+    nats_credentials_file: Path | None = Field(
+        None, description="NATS credentials (.creds: the user's JWT and NKey seed) of this service."
+    )
+    nats_user: str | None = Field(None, description="NATS user name of this service (with nats_password).")
+    nats_password: SecretStr | None = Field(None, description="NATS password of nats_user.")
     # Authentication and authorisation by the scope table (protos/omni/scopes.yaml). Off by default.
     auth_enabled: bool = Field(
         False,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 
@@ -49,6 +50,7 @@ __all__ = [
     "grants",
     "http_ssl_context",
     "http_tls",
+    "nats_security",
     "server_credentials",
     "server_tls",
 ]
@@ -73,6 +75,25 @@ def http_tls(settings: ServiceSettings) -> ssl.SSLContext | None:
         TlsFiles(settings.http_tls_cert_file, settings.http_tls_key_file),
         check_interval_s=settings.tls_reload_interval_s,
     )
+
+
+def nats_security(settings: ServiceSettings) -> dict[str, Any]:
+    """The NATS client's TLS and credentials (nats.connect keyword arguments); none when not configured."""
+    options: dict[str, Any] = {}
+    if settings.nats_tls_ca_file is not None or settings.nats_tls_cert_file is not None:
+        context = ssl.create_default_context(
+            cafile=None if settings.nats_tls_ca_file is None else str(settings.nats_tls_ca_file)
+        )
+        if settings.nats_tls_cert_file is not None and settings.nats_tls_key_file is not None:
+            context.load_cert_chain(settings.nats_tls_cert_file, settings.nats_tls_key_file)
+        options["tls"] = context
+    if settings.nats_credentials_file is not None:
+        options["user_credentials"] = str(settings.nats_credentials_file)
+    if settings.nats_user is not None:
+        options["user"] = settings.nats_user
+        if settings.nats_password is not None:
+            options["password"] = settings.nats_password.get_secret_value()
+    return options
 
 
 def auth_interceptor(settings: ServiceSettings, table: ScopeTable | None = None) -> AuthInterceptor | None:

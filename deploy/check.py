@@ -289,7 +289,9 @@ def check_omni_services(rendered: list[Resource]) -> list[str]:
         if config.get(prefix + "TLS_CERT_FILE"):
             health = config.get(prefix + "GRPC_HEALTH_PORT")
             if health is None or ports.get("health") != int(health):
-                problems.append(f"{service}: TLS on, but no GRPC_HEALTH_PORT with a container port named health")
+                problems.append(
+                    f"{service}: TLS on, but no GRPC_HEALTH_PORT with a container port named health"
+                )
             else:
                 probed = int(health)
         for probe in ("startupProbe", "readinessProbe", "livenessProbe"):

@@ -150,6 +150,8 @@ async def test_the_log_is_append_only(served: tuple[grpc.aio.Channel, Any], stat
         response_deserializer=identity_pb2.ForgetPersonResponse.FromString,
     )
     await forget(identity_pb2.ForgetPersonRequest(request_id="r", person_id=str(uuid.uuid4())), timeout=5)
+    stub = audit_pb2_grpc.AuditServiceStub(channel)  # type: ignore[arg-type]
+    assert len((await stub.ListAuditEvents(audit_pb2.ListAuditEventsRequest(), timeout=5)).events) == 1
     with pytest.raises(sa.exc.DBAPIError, match="append-only"):
         async with engine.begin() as connection:
             await connection.execute(sa.text(statement))

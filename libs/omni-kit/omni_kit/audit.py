@@ -8,12 +8,14 @@ ids are the request's and the answer's id fields (`id`, `*_id`, `*_ids`, one mes
 personal data, so the entries survive an erasure unchanged. The table refuses UPDATE, DELETE and TRUNCATE
 (a trigger), so not even the service can rewrite its history.
 
-The entry is written in a transaction of its own once the call is answered, not in the call's: a crash
-between the two loses the entry of a call that took effect (rare, and logged as a failure to write).
+The entry is written in a transaction of its own, in the background once the call is answered (the answer
+does not wait for it), not in the call's: a crash in between loses the entry of a call that took effect.
+ListAuditEvents and the runtime's close wait for the entries submitted before them.
 """
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import logging
 import uuid
@@ -138,6 +140,18 @@ class AuditLog:
 
     def __init__(self, transaction: Callable[[], Any]) -> None:
         self._transaction = transaction
+        self._pending: set[asyncio.Task[None]] = set()
+
+    def submit(self, entry: AuditEntry) -> None:
+        """Append entry in the background: the call's answer does not wait for it (flush() does)."""
+        task = asyncio.get_running_loop().create_task(self.record(entry))
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    async def flush(self) -> None:
+        """Wait for the entries submitted so far to be written."""
+        while self._pending:
+            await asyncio.gather(*self._pending, return_exceptions=True)
 
     async def record(self, entry: AuditEntry) -> None:
         """Append entry (its own transaction); a failure is logged, never raised into the call."""
@@ -216,7 +230,7 @@ class AuditInterceptor(grpc.aio.ServerInterceptor):
             finally:
                 principal = current_principal()
                 request_id = getattr(request, "request_id", None) if isinstance(request, Message) else None
-                await audit_log.record(
+                audit_log.submit(
                     AuditEntry(
                         method=name,
                         outcome=outcome,
@@ -261,6 +275,8 @@ class AuditServicer(audit_pb2_grpc.AuditServiceServicer):
                     message="page_token is not a token of this list", reason="INVALID_PAGE_TOKEN"
                 ) from None
         size = min(request.page_size or _DEFAULT_PAGE, _MAX_PAGE)
+        # What this process answered before is listed (other replicas' entries may lag a moment).
+        await self._log.flush()
         async with self._sessions() as session:
             rows, more = await self._log.list(
                 session, page_size=size, after=after, resource_id=request.resource_id or None

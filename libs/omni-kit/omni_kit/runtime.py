@@ -327,6 +327,7 @@ class Runtime:
         self._closed = True
         if self.server is not None:
             await self.server.stop(self.settings.shutdown_grace_s)
+            await self.audit_log.flush()
         for consumer in self.consumers:
             consumer.stop()
         if self._consumer_tasks:

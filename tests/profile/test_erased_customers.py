@@ -14,12 +14,18 @@ from omni.profile.v1 import profile_pb2
 from omni_kit.errors import status_details
 
 from .conftest import WRITE_KEY
-from .support import Services, event, ident, track, unique
+from .support import Services, event, ident, struct, track, unique
 
 
 async def _erased_customer(services: Services) -> tuple[common_pb2.Identifier, str]:
     """A customer who shopped with a loyalty card and a user id, then was erased in identity and in profile:
     (their card, user id)."""
+    card, user, _ = await _erased_person(services)
+    return card, user
+
+
+async def _erased_person(services: Services) -> tuple[common_pb2.Identifier, str, str]:
+    """As _erased_customer, with the erased person's id."""
     card, user = ident("loyalty_card", unique("card-")), unique("customer-")
     first = await track(services, event("order_completed", identifiers=[card, ident("user_id", user)]))
     await services.identity.ForgetPerson(
@@ -30,7 +36,7 @@ async def _erased_customer(services: Services) -> tuple[common_pb2.Identifier, s
     await services.events.wait_for(
         lambda e: e.type == "profile.person_erased" and e.person_id == first.person_id
     )
-    return card, user
+    return card, user, first.person_id
 
 
 async def _stored(services: Services, *ids: str) -> set[str]:
@@ -127,3 +133,40 @@ async def test_an_erased_identifier_beside_a_live_one_records_the_event_for_the_
     recorded = await track(tracked, event("page_viewed", identifiers=[card, cookie]))
     assert recorded.status == profile_pb2.TRACK_STATUS_RECORDED
     assert recorded.person_id
+
+
+async def test_every_write_naming_an_erased_person_answers_person_erased(tracked: Services) -> None:
+    """TrackEvent, SetTraits and SetConsent naming an erased person's id answer alike: FAILED_PRECONDITION,
+    reason PERSON_ERASED (erasure is for good, so sending it again cannot succeed), the person and the field
+    named; and nothing is written."""
+    _, _, person = await _erased_person(tracked)
+    before = await tracked.counts()
+    calls = {
+        "event.person_id": lambda: track(tracked, event("page_viewed", person_id=person, identifiers=[])),
+        "person_id": lambda: tracked.profile.SetTraits(
+            profile_pb2.SetTraitsRequest(person_id=person, traits=struct({"tier": "gold"}), source="crm")
+        ),
+    }
+    consent = profile_pb2.Consent(
+        channel=common_pb2.CHANNEL_EMAIL,
+        purpose=profile_pb2.CONSENT_PURPOSE_MARKETING,
+        state=profile_pb2.CONSENT_STATE_GRANTED,
+    )
+    answers = {}
+    for field, call in calls.items():
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await call()
+        answers[field] = status_details(refused.value)
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await tracked.profile.SetConsent(profile_pb2.SetConsentRequest(person_id=person, consent=consent))
+    answers["consent"] = status_details(refused.value)
+    for name, details in answers.items():
+        assert details.code == grpc.StatusCode.FAILED_PRECONDITION, (name, details)
+        assert details.error_info is not None and details.error_info.reason == "PERSON_ERASED", name
+        assert "erased" in details.message, name
+    metadata = {
+        name: dict(details.error_info.metadata) for name, details in answers.items() if details.error_info
+    }
+    assert metadata["person_id"] == metadata["consent"] == {"field": "person_id", "person_id": person}
+    assert metadata["event.person_id"]["field"] == "event.person_id"
+    assert await tracked.counts() == before

@@ -5,6 +5,8 @@ omni migrate <service>   apply the service's migrations to its database
 omni health <host:port>  exit 0 when the server answers SERVING on grpc.health.v1
 omni run [--tls]         the laptop run: PostgreSQL, NATS, an SMTP sink and all five services
 omni certs [name …]      a local CA and certificates for the services (and an operator) for TLS/mTLS
+omni dead-letters list <service>                 the service's outbox and consumer dead letters
+omni dead-letters replay <service> REF… | --all  replay them once their cause is fixed (omni_kit.bus.dead_letters)
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import grpc
 from omni_kit.db import create_engine, migrate
 from omni_kit.grpc_client import channel
 from omni_kit.runtime import settle_garbage_collector
-from omni_kit.security import ClientSecurity, TlsFiles
+from omni_kit.security import ClientSecurity, TlsFiles, nats_security
 from omni_kit.telemetry import setup_telemetry
 
 SERVICES = ("identity", "profile", "segmentation", "decisioning", "gateway")
@@ -75,6 +77,55 @@ async def migrate_service(name: str) -> None:
         await engine.dispose()
 
 
+async def dead_letters(name: str, action: str, refs: list[str], replay_all: bool) -> int:
+    """List or replay a service's dead letters, reaching its database and NATS with its settings."""
+    import nats
+
+    from omni_kit.bus import dead_letters as letters
+
+    if action == "replay" and not refs and not replay_all:
+        raise SystemExit("name the dead letters to replay (outbox:<event id>, bus:<sequence>) or pass --all")
+    try:
+        outbox_ids, sequences = letters.parse_refs(refs)
+    except ValueError as error:
+        raise SystemExit(str(error)) from error
+    settings = load_service(name).Settings()
+    engine = create_engine(settings.database_url, application_name=f"omni-{name}-dead-letters")
+    client = await nats.connect(
+        servers=settings.nats_servers, name=f"omni-{name}-dead-letters", **nats_security(settings)
+    )
+    js = client.jetstream()
+    namespace = settings.event_namespace
+    try:
+        if action == "list":
+            listed = [*await letters.list_outbox(engine), *await letters.list_bus(js, namespace, name)]
+            for letter in listed:
+                where = letter.consumer or letter.subject
+                events = ",".join(letter.event_ids) or "-"
+                print(f"{letter.ref}\t{where}\t{letter.size} bytes\tevents {events}\t{letter.error}")
+            print(f"{len(listed)} dead letters of {name}", file=sys.stderr)
+            return 0
+        moved = (
+            await letters.replay_outbox(engine, None if replay_all else outbox_ids)
+            if replay_all or outbox_ids
+            else []
+        )
+        replayed = (
+            await letters.replay_bus(js, engine, namespace, name, None if replay_all else sequences)
+            if replay_all or sequences
+            else []
+        )
+        print(
+            f"replayed {len(moved)} outbox and {len(replayed)} consumer dead letters of {name}",
+            file=sys.stderr,
+        )
+        wanted = len(outbox_ids) + len(sequences)
+        return 0 if replay_all or len(moved) + len(replayed) == wanted else 1
+    finally:
+        await client.drain()
+        await engine.dispose()
+
+
 def _health_security(ca: Path | None, cert: Path | None, key: Path | None) -> ClientSecurity | None:
     if cert is not None and key is not None:
         return ClientSecurity(tls=TlsFiles(cert, key, ca), ca_file=ca)
@@ -110,6 +161,12 @@ def main(argv: list[str] | None = None) -> int:
     health_cmd.add_argument("target", help="host:port")
     health_cmd.add_argument("--service", default="", help="service name to check (default: the server)")
     health_cmd.add_argument("--timeout", type=float, default=2.0)
+    letters_cmd = commands.add_parser("dead-letters", help="list or replay a service's dead letters")
+    letters_cmd.add_argument("action", choices=("list", "replay"))
+    letters_cmd.add_argument("service", choices=SERVICES)
+    letters_cmd.add_argument("refs", nargs="*", help="outbox:<event id> or bus:<sequence>, as listed")
+    letters_cmd.add_argument("--all", action="store_true", dest="replay_all", help="replay every one")
+
     health_cmd.add_argument("--tls-ca", type=Path, help="verify the server's certificate against this CA")
     health_cmd.add_argument("--tls-cert", type=Path, help="client certificate (servers requiring mTLS)")
     health_cmd.add_argument("--tls-key", type=Path, help="key of --tls-cert")
@@ -143,6 +200,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "migrate":
         asyncio.run(migrate_service(args.service))
         return 0
+    if args.command == "dead-letters":
+        return asyncio.run(dead_letters(args.service, args.action, args.refs, args.replay_all))
     if args.command == "health":
         security = _health_security(args.tls_ca, args.tls_cert, args.tls_key)
         return 0 if asyncio.run(health(args.target, args.service, args.timeout, security)) else 1

@@ -230,6 +230,8 @@ class Runtime:
             on_scheduled=self.jobs.notify,
             inbox_retention_s=self.settings.inbox_retention_s,
             inbox_purge_interval_s=self.settings.inbox_purge_interval_s,
+            # A consumer waiting out an outage of the database has health say so at once.
+            on_unavailable=self._database_trouble,
         )
         self.consumers.append(consumer)
         return consumer

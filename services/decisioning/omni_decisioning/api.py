@@ -225,4 +225,15 @@ class DecisioningServicer(decisioning_pb2_grpc.DecisioningServiceServicer):
                 )
                 for action in decision.actions
             ],
+            explanations=[
+                decisioning_pb2.Explanation(
+                    offer_id=str(item.offer.id),
+                    offer_name=item.offer.name,
+                    verdict=decisioning_pb2.Explanation.Verdict.ValueType(item.verdict),
+                    score=item.score,
+                    rank=item.rank,
+                    detail=item.detail,
+                )
+                for item in decision.explanations
+            ],
         )

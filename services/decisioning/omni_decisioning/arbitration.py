@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import enum
 import uuid
 from collections.abc import Iterable, Set
+from dataclasses import dataclass
 from datetime import datetime
 
 from omni_decisioning.entities import Action, Offer
@@ -57,3 +59,69 @@ def arbitrate(
     """The `limit` best offers a person is eligible for at a touchpoint (ranked, then chosen: what Decide
     does, with the ranking it keeps per touchpoint)."""
     return choose(ranked(offers, touchpoint), segment_ids, limit=limit)
+
+
+class Verdict(enum.IntEnum):
+    """The stage that decided an offer's fate in a decision (omni.decisioning.v1.Explanation.Verdict)."""
+
+    CHOSEN = 1
+    NOT_AT_TOUCHPOINT = 2
+    NOT_IN_SEGMENT = 3
+    NOT_VALID_NOW = 4
+    OUTRANKED = 5
+
+
+@dataclass(frozen=True)
+class Explained:
+    """What became of one offer in a decision, and why."""
+
+    offer: Offer
+    verdict: Verdict
+    score: float
+    rank: int
+    detail: str
+
+
+def _ordinal(n: int) -> str:
+    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"
+
+
+def explain(
+    offers: Iterable[Offer], *, touchpoint: str, segment_ids: Set[uuid.UUID], limit: int, now: datetime
+) -> list[Explained]:
+    """Every offer in ranking order with the stage that left it out (eligibility: touchpoint, segment;
+    applicability: validity window) or its place among the eligible ones: the same choice as choose() over
+    ranked(), spelled out."""
+    ordered = sorted(offers, key=lambda offer: (-score(offer), offer.create_time, offer.id))
+    explained: list[Explained] = []
+    rank = 0
+    for offer in ordered:
+        if not shown_at(offer, touchpoint):
+            verdict, detail = (
+                Verdict.NOT_AT_TOUCHPOINT,
+                f"not shown at {touchpoint} (shown at {', '.join(offer.touchpoints)})",
+            )
+        elif offer.segment_id is not None and offer.segment_id not in segment_ids:
+            verdict, detail = Verdict.NOT_IN_SEGMENT, f"the person is not in segment {offer.segment_id}"
+        elif not offer.valid_at(now):
+            window = f"from {offer.valid_from.isoformat() if offer.valid_from else 'the start'} until " + (
+                offer.valid_until.isoformat() if offer.valid_until else "further notice"
+            )
+            verdict, detail = Verdict.NOT_VALID_NOW, f"valid {window}"
+        else:
+            rank += 1
+            if rank <= limit:
+                verdict, detail = Verdict.CHOSEN, f"ranked {_ordinal(rank)} by score {score(offer):g}"
+            else:
+                verdict, detail = Verdict.OUTRANKED, f"ranked {_ordinal(rank)}; the limit is {limit}"
+        explained.append(
+            Explained(
+                offer=offer,
+                verdict=verdict,
+                score=score(offer),
+                rank=rank if verdict in (Verdict.CHOSEN, Verdict.OUTRANKED) else 0,
+                detail=detail,
+            )
+        )
+    return explained

@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from omni_decisioning.arbitration import choose, ranked
+from omni_decisioning.arbitration import choose, explain, ranked
 from omni_decisioning.entities import DecideQuery, Decision, Offer
 from omni_decisioning.events import Publisher
 from omni_decisioning.repository import Repository
@@ -85,6 +85,17 @@ class Decider:
                     actions=tuple(
                         choose(self._catalog.at(query.touchpoint), segment_ids, limit=query.limit, now=now)
                     ),
+                    explanations=tuple(
+                        explain(
+                            self._catalog.offers,
+                            touchpoint=query.touchpoint,
+                            segment_ids=segment_ids,
+                            limit=query.limit,
+                            now=now,
+                        )
+                    )
+                    if query.explain
+                    else (),
                 )
                 for query, (person_id, segment_ids) in zip(queries, persons, strict=True)
             ]

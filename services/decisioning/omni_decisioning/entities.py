@@ -80,6 +80,7 @@ class DecideQuery:
     channel: int
     context: dict[str, Any]
     limit: int
+    explain: bool = False
 
 
 @dataclass(frozen=True)
@@ -97,6 +98,8 @@ class Decision:
     id: uuid.UUID
     person_id: uuid.UUID
     actions: tuple[Action, ...]
+    explanations: tuple[Any, ...] = ()
+    """With explain: arbitration.Explained for every live offer."""
 
 
 class RunOutcome(enum.StrEnum):

@@ -164,4 +164,5 @@ def decide(request: decisioning_pb2.DecideRequest) -> DecideQuery:
         channel=request.channel,
         context=context,
         limit=request.limit or 1,
+        explain=request.explain,
     )

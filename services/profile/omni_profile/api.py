@@ -25,14 +25,14 @@ from omni_kit.errors import (
 )
 from omni_kit.idempotency import idempotent
 from omni_kit.runtime import Runtime
+from omni_profile import persons, validation, wire
 from omni_profile import request_validation as checks
-from omni_profile import validation, wire
 from omni_profile.computed import Definition
 from omni_profile.computed_traits import ComputedTraits
 from omni_profile.consents import Consents
 from omni_profile.domain import EVENT_ID_REUSED, PERSON_ERASED, PERSON_NOT_FOUND, Event, TrackResult
 from omni_profile.http import Intake, consume_stream
-from omni_profile.identity_client import IdentityClient
+from omni_profile.identity_client import IdentityClient, Standing
 from omni_profile.ingestion import Ingestion
 from omni_profile.profiles import Profiles
 from omni_profile.tracking import Tracker
@@ -314,13 +314,16 @@ class ProfileServicer(profile_pb2_grpc.ProfileServiceServicer):
         )
 
     async def _known_person(self, person_id: uuid.UUID) -> uuid.UUID:
-        """The live person behind an id: profile's own record first, else identity's; NotFound if neither
-        (the rule events naming a person follow: tracking.Tracker.resolve_each)."""
+        """The live person behind an id: profile's own record first, else identity's; NotFound if neither,
+        FailedPrecondition PERSON_ERASED if identity erased it (the rule events naming a person follow:
+        tracking.Tracker.resolve_each)."""
         async with self._domain.reads() as session:
             current = await self._profiles.current_person(session, person_id)
         if current is not None:
             return current
-        current = await self._identity.current_person(person_id)
+        standing, current = await self._identity.standing_of(person_id)
+        if standing is Standing.FORGOTTEN:
+            raise persons.person_erased(person_id)
         if current is None:
             raise NotFound(
                 message=f"person {person_id} is not known",

@@ -124,6 +124,11 @@ class IdentityClient:
         standing, current = await self._get_person(person_id)
         return current if standing is Standing.KNOWN else None
 
+    async def standing_of(self, person_id: uuid.UUID) -> tuple[Standing, uuid.UUID | None]:
+        """What identity says of a person id, and for a known one the id of the person now (a merged id leads
+        to the survivor)."""
+        return await self._get_person(person_id)
+
     async def standings(self, person_ids: Collection[uuid.UUID]) -> dict[uuid.UUID, Standing]:
         """What identity says of each of these ids (a few GetPerson calls at a time). Raises Unavailable
         when identity cannot answer."""

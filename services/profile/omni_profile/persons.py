@@ -7,8 +7,9 @@ from collections.abc import Iterable
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from omni_kit.errors import NotFound
+from omni_kit.errors import FailedPrecondition
 from omni_profile import repository
+from omni_profile.domain import PERSON_ERASED
 from omni_profile.repository import ProfileState
 
 # Merges flatten chains as they happen, so one hop is normal; the bound only guards against a cycle.
@@ -56,16 +57,23 @@ async def lock_current(session: AsyncSession, person_ids: Iterable[uuid.UUID]) -
 
 
 async def lock_live(session: AsyncSession, person_id: uuid.UUID) -> uuid.UUID:
-    """Lock the profile of a person (following merges) for a write; NotFound if the person was erased."""
+    """Lock the profile of a person (following merges) for a write; FailedPrecondition PERSON_ERASED if the
+    person was erased."""
     current, states = await lock_states(session, [person_id])
     live = current[person_id]
     if states[live].erased:
-        raise NotFound(
-            message=f"person {person_id} was erased",
-            reason="PERSON_ERASED",
-            metadata={"person_id": str(person_id)},
-        )
+        raise person_erased(person_id)
     return live
+
+
+def person_erased(person_id: uuid.UUID) -> FailedPrecondition:
+    """What a write naming an erased person answers, as TrackEvent does: erasure is for good, so sending it
+    again cannot succeed."""
+    return FailedPrecondition(
+        message=f"person {person_id} was erased: nothing more is recorded for it",
+        reason=PERSON_ERASED,
+        metadata={"person_id": str(person_id), "field": "person_id"},
+    )
 
 
 async def find_current(session: AsyncSession, person_id: uuid.UUID) -> tuple[uuid.UUID, int] | None:

@@ -99,7 +99,9 @@ async def test_identity_down_answers_503_and_writes_nothing(stranded: Stranded, 
         ) as response,
     ):
         status, answer = response.status, await response.json()
+        retry_after = response.headers.get("Retry-After")
     assert status == 503, answer
+    assert retry_after == "5"
     assert answer["success"] is False and answer["code"] == "unavailable"
     assert "identity" in answer["message"] and "retry" in answer["message"]
     assert await stranded.counts() == before

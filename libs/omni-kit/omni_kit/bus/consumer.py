@@ -6,6 +6,13 @@ failing handler rolls back and the message is redelivered after a backoff; after
 at once, for a PermanentError) the event is copied to the dead-letter subject <namespace>.dlq.<durable>
 with the error, and the message terminated.
 
+A failure because something the consumer needs is unavailable (its database unreachable, a service answering
+UNAVAILABLE: see `dependency_unavailable`) says nothing of the event, so it does not use up a delivery:
+JetStream counts every redelivery, a nak as much as an expired ack wait, and a 20-second outage would
+dead-letter perfectly good events. The consumer keeps the messages in hand instead (telling JetStream they are
+in progress, so the ack wait does not run out), fetches nothing more, and applies them again with a backoff
+until the dependency answers. Only failures of the event itself (poison) count toward dead-lettering.
+
 A message may hold a batch of events (an EnvelopeBatch, header Omni-Batch): its events are applied each
 once, like the events of separate messages. When some fail, those applied stay applied (the inbox skips
 them when the message comes again); the others are retried with the message, and dead-lettered one by one.
@@ -22,8 +29,12 @@ import logging
 import uuid
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from datetime import UTC, datetime
+from functools import partial
+from typing import TypeVar
 
+import grpc
 import sqlalchemy as sa
+import stamina
 from nats.aio.msg import Msg
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
@@ -38,10 +49,14 @@ from omni_kit.bus.envelope import BATCH_HEADER, EnvelopeTooLarge, PermanentError
 from omni_kit.bus.inbox import DEFAULT_INBOX_RETENTION_S, check_age, purge_inbox
 from omni_kit.bus.outbox import outbox_staged
 from omni_kit.bus.tables import inbox_table
+from omni_kit.db import database_unavailable
+from omni_kit.errors import Unavailable
 from omni_kit.scheduler.schedule import scheduled_due
 
 log = logging.getLogger(__name__)
 tracer = trace.get_tracer("omni_kit.bus")
+
+T = TypeVar("T")
 
 Handler = Callable[[AsyncSession, envelope_pb2.Envelope], Awaitable[None]]
 """Applies one event in the consumer's transaction. A handler that also has an async `finish(session)`
@@ -77,6 +92,8 @@ class EventConsumer:
         on_scheduled: Callable[[datetime], None] | None = None,
         inbox_retention_s: float = DEFAULT_INBOX_RETENTION_S,
         inbox_purge_interval_s: float = 600.0,
+        on_unavailable: Callable[[], None] | None = None,
+        outage_wait_max_s: float = 5.0,
     ) -> None:
         self._js = js
         self._sessions = sessions
@@ -94,6 +111,8 @@ class EventConsumer:
         self._on_scheduled = on_scheduled
         self._inbox_retention_s = inbox_retention_s
         self._inbox_purge_interval_s = inbox_purge_interval_s
+        self._on_unavailable = on_unavailable
+        self._outage_wait_max_s = outage_wait_max_s
         self._next_purge: float | None = None
         self._stopping = False
         self._subscription: JetStreamContext.PullSubscription | None = None
@@ -168,8 +187,77 @@ class EventConsumer:
 
         Up to max_events_per_transaction events go in one transaction. When any event of it fails, it rolls
         back and its messages are applied again one event at a time, so a poison event is retried and
-        dead-lettered on its own and the others go through.
+        dead-lettered on its own and the others go through. While a dependency is unavailable the messages
+        stay in hand (in progress) and are applied when it answers; if the consumer is stopped meanwhile, the
+        messages not yet settled are left to JetStream to deliver again.
         """
+        keeping = asyncio.create_task(self._keep_in_progress(messages), name=f"{self.durable}-in-progress")
+        try:
+            await self._handle_batch(messages)
+        except _StoppedInOutage:
+            log.info("%s: stopped while waiting for an unavailable dependency", self.durable)
+        finally:
+            keeping.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await keeping
+
+    async def handle(self, message: Msg) -> None:
+        """Apply one message's events once each, ack it, or schedule its redelivery or dead-lettering."""
+        await self.handle_batch([message])
+
+    async def _keep_in_progress(self, messages: list[Msg]) -> None:
+        """Tell JetStream, every third of the ack wait, that the messages in hand not yet settled are still
+        being worked on, so that a slow batch or one waiting out an outage is not delivered again (which
+        would count toward max_deliver)."""
+        while True:
+            await asyncio.sleep(self._ack_wait_s / 3)
+            for message in messages:
+                if not message.is_acked:
+                    with contextlib.suppress(Exception):
+                        await message.in_progress()
+
+    async def _despite_outages(self, work: Callable[[], Awaitable[T]]) -> T:
+        """Run work again, with a backoff, for as long as it fails because a dependency is unavailable (the
+        messages in hand are kept in progress meanwhile); raise any other failure. Stopped meanwhile, raise
+        _StoppedInOutage: the messages are left unsettled rather than counted as failed."""
+        waiting = False
+
+        def unavailable(error: BaseException) -> bool:
+            nonlocal waiting
+            if self._stopping or not dependency_unavailable(error):
+                return False
+            if not waiting:
+                waiting = True
+                log.warning(
+                    "%s: a dependency is unavailable (%s); holding the messages in hand until it answers",
+                    self.durable,
+                    error,
+                )
+                if self._on_unavailable is not None:
+                    self._on_unavailable()
+            return True
+
+        try:
+            async for attempt in stamina.retry_context(
+                on=unavailable,
+                attempts=None,
+                timeout=None,
+                wait_initial=0.1,
+                wait_max=self._outage_wait_max_s,
+                wait_jitter=0.1,
+            ):
+                with attempt:
+                    result = await work()
+                    if waiting:
+                        log.info("%s: the dependency answers again", self.durable)
+                    return result
+        except Exception as error:
+            if self._stopping and dependency_unavailable(error):
+                raise _StoppedInOutage from error
+            raise
+        raise AssertionError("unreachable: attempts are unlimited")
+
+    async def _handle_batch(self, messages: list[Msg]) -> None:
         decoded: list[tuple[Msg, list[envelope_pb2.Envelope]]] = []
         for message in messages:
             try:
@@ -188,7 +276,9 @@ class EventConsumer:
                 await self._handle_envelopes(*group[0])
                 continue
             try:
-                applied, staged = await self._apply_together(group)
+                applied, staged = await self._despite_outages(partial(self._apply_together, group))
+            except _StoppedInOutage:
+                raise
             except Exception as error:
                 log.info(
                     "%s: %d events together failed (%s); applying one at a time",
@@ -262,21 +352,14 @@ class EventConsumer:
         finally:
             otel_context.detach(token)
 
-    async def handle(self, message: Msg) -> None:
-        """Apply one message's events once each, ack it, or schedule its redelivery or dead-lettering."""
-        try:
-            envelopes = envelopes_in(message.data, message.headers)
-        except Exception as error:
-            await self._dead_letter(message, f"undecodable envelope: {error}")
-            return
-        await self._handle_envelopes(message, envelopes)
-
     async def _handle_envelopes(self, message: Msg, envelopes: list[envelope_pb2.Envelope]) -> None:
         failures: list[tuple[envelope_pb2.Envelope, Exception]] = []
         for envelope in envelopes:
             with self._span(message, envelope) as span:
                 try:
-                    await self._apply(envelope)
+                    await self._despite_outages(partial(self._apply, envelope))
+                except _StoppedInOutage:
+                    raise
                 except Exception as error:
                     span.record_exception(error)
                     span.set_status(trace.Status(trace.StatusCode.ERROR, str(error)))
@@ -370,12 +453,16 @@ class EventConsumer:
         await self._js.publish(
             f"{self._dlq_prefix}{self.durable}", envelope.SerializeToString(), headers=headers
         )
-        async with self._sessions() as session, session.begin():
-            await session.execute(
-                insert(inbox_table)
-                .values(consumer=self.durable, event_id=uuid.UUID(envelope.id))
-                .on_conflict_do_nothing()
-            )
+
+        async def mark_handled() -> None:
+            async with self._sessions() as session, session.begin():
+                await session.execute(
+                    insert(inbox_table)
+                    .values(consumer=self.durable, event_id=uuid.UUID(envelope.id))
+                    .on_conflict_do_nothing()
+                )
+
+        await self._despite_outages(mark_handled)
         self.dead_lettered += 1
 
     async def _dead_letter(self, message: Msg, error: str) -> None:
@@ -386,6 +473,25 @@ class EventConsumer:
         await self._js.publish(f"{self._dlq_prefix}{self.durable}", message.data, headers=headers)
         await message.term()
         self.dead_lettered += 1
+
+
+class _StoppedInOutage(Exception):
+    """The consumer was stopped while it waited for an unavailable dependency."""
+
+
+def dependency_unavailable(error: BaseException) -> bool:
+    """Whether error says something the handler needs is unavailable now (the database unreachable, a service
+    answering UNAVAILABLE), not that the event is wrong: applying it later may well succeed.
+
+    An omni_kit Unavailable counts when its reason says unavailable (UNAVAILABLE, IDENTITY_UNAVAILABLE,
+    DATABASE_UNAVAILABLE …), not when it reports another failure of the service called (profile's
+    IDENTITY_FAILED for an INTERNAL answer): that may be the event's own doing, and holding it would stop the
+    consumer for good instead of dead-lettering one event."""
+    if database_unavailable(error):
+        return True
+    if isinstance(error, Unavailable):
+        return error.reason == "UNAVAILABLE" or error.reason.endswith("_UNAVAILABLE")
+    return isinstance(error, grpc.aio.AioRpcError) and error.code() == grpc.StatusCode.UNAVAILABLE
 
 
 def _hopeless(error: Exception) -> bool:

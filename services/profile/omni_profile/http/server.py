@@ -7,8 +7,8 @@ writeKey in the body. Answers are JSON: 200 {"success": true} (with "warnings" n
 recorded message: a bad trait, the largest parts of an oversized context); 400 for a malformed body or
 message; 401 for a missing or unknown write key; 403 for a browser page of an origin not allowed; 408 for a
 body that does not arrive in time; 413 for a body over 500 KB; 429 for an address that failed too many write
-keys lately; 503 when identity is unavailable or the batch kept conflicting with concurrent writes (the
-libraries retry). In a batch, refused messages are listed with their reasons and the others are recorded.
+keys lately; 503 with Retry-After when identity or profile's database is unavailable or the batch kept
+conflicting with concurrent writes (the libraries retry; nothing of the request was recorded). In a batch, refused messages are listed with their reasons and the others are recorded.
 Connections that do not send a request's headers within the idle timeout are closed (guards.py and
 requests.py say more).
 """
@@ -25,6 +25,7 @@ from typing import Any
 
 from aiohttp import web
 
+from omni_kit.db import database_unavailable
 from omni_kit.errors import Aborted, FieldViolation, Unavailable, Violations
 from omni_profile import wire
 from omni_profile.http import identifiers, message_traits, segment
@@ -50,6 +51,9 @@ _IDENTIFIER_PATH = re.compile(r"identifiers\[(\d+)\]\.\w+")
 _TRAIT_ORIGINS = tuple(f"{prefix}." for prefix in message_traits.TRAIT_SOURCES)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+RETRY_AFTER_S = 5
+"""What a 503 tells clients to wait (Retry-After) before sending the request again."""
 
 
 @dataclass(frozen=True)
@@ -177,7 +181,7 @@ class HttpEndpoint:
             await self._intake.ingest(translated.pending, outcome)
             await self._again_without_trait_identifiers(translated, outcome, received_at)
         except (Unavailable, Aborted) as error:
-            raise HttpError(503, "unavailable", f"{error.message}; retry later") from error
+            raise _unavailable(f"{error.message}; retry later") from error
         rejected = {r.position for r in outcome.rejections}
         errors = [_error_json(r, translated) for r in sorted(outcome.rejections, key=lambda r: r.position)]
         warnings = [
@@ -284,11 +288,16 @@ class HttpEndpoint:
                 {"success": False, "code": error.reason.lower().replace(" ", "_"), "message": error.reason},
                 status=error.status,
             )
-        except Exception:
-            log.exception("tracking endpoint failed on %s", request.path)
-            response = web.json_response(
-                {"success": False, "code": "internal", "message": "internal error"}, status=500
-            )
+        except Exception as error:
+            if database_unavailable(error):
+                # Nothing was recorded (the transaction did not commit): the libraries send it again.
+                log.warning("tracking endpoint: the database is unavailable (%s); answering 503", error)
+                response = _unavailable("the database is unavailable; retry later").response()
+            else:
+                log.exception("tracking endpoint failed on %s", request.path)
+                response = web.json_response(
+                    {"success": False, "code": "internal", "message": "internal error"}, status=500
+                )
         for name, value in self._cors.headers(origin_of(request.headers)).items():
             response.headers.setdefault(name, value)
         return response
@@ -316,6 +325,11 @@ class HttpEndpoint:
         if source is None:
             raise HttpError(401, "unauthorized", "unknown write key")
         return source
+
+
+def _unavailable(message: str) -> HttpError:
+    """A 503 the analytics libraries retry, after Retry-After seconds."""
+    return HttpError(503, "unavailable", message, headers={"Retry-After": str(RETRY_AFTER_S)})
 
 
 def _pending(position: int, translated: segment.Translated, received_at: datetime) -> Pending:

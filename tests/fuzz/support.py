@@ -249,7 +249,15 @@ class Target:
 
 # Tables of omni-kit's machinery, written by background work (consumers, the relay, the scheduler) rather than
 # by the request being checked: not compared row by row (the outbox is checked for new events instead).
-MACHINERY_TABLES = {"alembic_version", "inbox", "outbox", "outbox_dead_letters", "scheduled_jobs"}
+# audit_events records refused calls too (who was refused is part of the audit trail), so it is machinery here.
+MACHINERY_TABLES = {
+    "alembic_version",
+    "audit_events",
+    "inbox",
+    "outbox",
+    "outbox_dead_letters",
+    "scheduled_jobs",
+}
 # While a row matches, background work an earlier request started may still write the service's tables.
 MACHINERY_BUSY = {"scheduled_jobs": "failed_at IS NULL AND (claim IS NOT NULL OR due_at <= now())"}
 

@@ -93,11 +93,18 @@ class Segmentation:
         *,
         occurred_at: datetime | None = None,
         trace_id: str | None = None,
+        channel: int = common_pb2.CHANNEL_APP,
+        properties: dict[str, Any] | None = None,
     ) -> envelope_pb2.Envelope:
-        """Publish profile.event_tracked for one event of the person."""
+        """Publish profile.event_tracked for one event of the person (on the app unless told)."""
         event = profile_pb2.Event(
-            id=new_id_str(), type=event_type, channel=common_pb2.CHANNEL_APP, person_id=person_id
+            id=new_id_str(),
+            type=event_type,
+            channel=channel,  # type: ignore[arg-type]
+            person_id=person_id,
         )
+        if properties:
+            json_format.ParseDict(properties, event.properties)
         event.occurred_at.FromDatetime(occurred_at or datetime.now(UTC))
         return await self.publish(
             profile_events.EventTrackedEvent(event=event),
@@ -114,19 +121,27 @@ class Segmentation:
         *,
         traits: dict[str, Any] | None = None,
         cart: dict[str, int] | None = None,
+        computed_traits: dict[str, Any] | None = None,
         changed: tuple[str, ...] = ("traits", "cart"),
         trace_id: str | None = None,
         occurred_at: datetime | None = None,
     ) -> envelope_pb2.Envelope:
-        """Publish profile.profile_changed with the traits and a cart of product → quantity."""
+        """Publish profile.profile_changed with the traits, a cart of product → quantity and the computed
+        traits (only the parts named in `changed` are read, as profile fills them)."""
         struct = struct_pb2.Struct()
         json_format.ParseDict(traits or {}, struct)
+        computed = struct_pb2.Struct()
+        json_format.ParseDict(computed_traits or {}, computed)
         items = [
             common_pb2.CartItem(product_id=product, name=product.title(), quantity=quantity)
             for product, quantity in (cart or {}).items()
         ]
         payload = profile_events.ProfileChangedEvent(
-            person_id=person_id, traits=struct, cart=common_pb2.Cart(items=items), changed=list(changed)
+            person_id=person_id,
+            traits=struct,
+            cart=common_pb2.Cart(items=items),
+            changed=list(changed),
+            computed_traits=computed,
         )
         return await self.publish(
             payload,

@@ -94,10 +94,8 @@ async def test_a_transactions_events_are_applied_together_as_one_by_one(
     sent.append(await service.merged(survivor, merged))
     sent.append(await service.merged(earlier_survivor, earlier))
     sent.append(await service.track(merged, "page_viewed"))
-    # A change of parts segmentation does not keep (computed traits) is not applied.
-    sent.append(
-        await service.profile_changed(computed, traits={"plan": "gold"}, changed=("computed_traits",))
-    )
+    # A change of parts segmentation does not keep (consents) is not applied.
+    sent.append(await service.profile_changed(computed, traits={"plan": "gold"}, changed=("consents",)))
     trace_id = uuid.uuid4().hex
     sent.append(await service.track(traced, "page_viewed", trace_id=trace_id))
     sent.append(await service.track(traced, "page_viewed", trace_id=trace_id))

@@ -3,7 +3,8 @@
 omni serve <service>     run one service until SIGTERM/SIGINT
 omni migrate <service>   apply the service's migrations to its database
 omni health <host:port>  exit 0 when the server answers SERVING on grpc.health.v1
-omni run                 the laptop run: PostgreSQL, NATS, an SMTP sink and all five services
+omni run [--tls]         the laptop run: PostgreSQL, NATS, an SMTP sink and all five services
+omni certs [name …]      a local CA and certificates for the services (and an operator) for TLS/mTLS
 omni dead-letters list <service>                 the service's outbox and consumer dead letters
 omni dead-letters replay <service> REF… | --all  replay them once their cause is fixed (omni_kit.bus.dead_letters)
 """
@@ -17,10 +18,15 @@ import logging
 import os
 import signal
 import sys
+from pathlib import Path
 from types import ModuleType
 
+import grpc
+
 from omni_kit.db import create_engine, migrate
+from omni_kit.grpc_client import channel
 from omni_kit.runtime import settle_garbage_collector
+from omni_kit.security import ClientSecurity, TlsFiles, nats_security
 from omni_kit.telemetry import setup_telemetry
 
 SERVICES = ("identity", "profile", "segmentation", "decisioning", "gateway")
@@ -85,7 +91,9 @@ async def dead_letters(name: str, action: str, refs: list[str], replay_all: bool
         raise SystemExit(str(error)) from error
     settings = load_service(name).Settings()
     engine = create_engine(settings.database_url, application_name=f"omni-{name}-dead-letters")
-    client = await nats.connect(servers=settings.nats_servers, name=f"omni-{name}-dead-letters")
+    client = await nats.connect(
+        servers=settings.nats_servers, name=f"omni-{name}-dead-letters", **nats_security(settings)
+    )
     js = client.jetstream()
     namespace = settings.event_namespace
     try:
@@ -118,13 +126,20 @@ async def dead_letters(name: str, action: str, refs: list[str], replay_all: bool
         await engine.dispose()
 
 
-async def health(target: str, service: str, timeout_s: float) -> bool:
-    """True when target answers SERVING for service on grpc.health.v1."""
-    import grpc
+def _health_security(ca: Path | None, cert: Path | None, key: Path | None) -> ClientSecurity | None:
+    if cert is not None and key is not None:
+        return ClientSecurity(tls=TlsFiles(cert, key, ca), ca_file=ca)
+    if ca is not None:
+        return ClientSecurity(ca_file=ca)
+    return None
+
+
+async def health(target: str, service: str, timeout_s: float, security: ClientSecurity | None = None) -> bool:
+    """True when target answers SERVING for service on grpc.health.v1 (over TLS with security)."""
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    async with grpc.aio.insecure_channel(target) as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
+    async with channel(target, service="grpc.health.v1.Health", security=security) as chan:
+        stub = health_pb2_grpc.HealthStub(chan)
         try:
             response = await stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout_s)
         except grpc.aio.AioRpcError:
@@ -146,12 +161,28 @@ def main(argv: list[str] | None = None) -> int:
     health_cmd.add_argument("target", help="host:port")
     health_cmd.add_argument("--service", default="", help="service name to check (default: the server)")
     health_cmd.add_argument("--timeout", type=float, default=2.0)
-    commands.add_parser("run", help="run everything locally")
     letters_cmd = commands.add_parser("dead-letters", help="list or replay a service's dead letters")
     letters_cmd.add_argument("action", choices=("list", "replay"))
     letters_cmd.add_argument("service", choices=SERVICES)
     letters_cmd.add_argument("refs", nargs="*", help="outbox:<event id> or bus:<sequence>, as listed")
     letters_cmd.add_argument("--all", action="store_true", dest="replay_all", help="replay every one")
+
+    health_cmd.add_argument("--tls-ca", type=Path, help="verify the server's certificate against this CA")
+    health_cmd.add_argument("--tls-cert", type=Path, help="client certificate (servers requiring mTLS)")
+    health_cmd.add_argument("--tls-key", type=Path, help="key of --tls-cert")
+    run_cmd = commands.add_parser("run", help="run everything locally")
+    run_cmd.add_argument(
+        "--tls",
+        action="store_true",
+        help="mTLS between the services and their callers (certificates in .omni/certs)",
+    )
+    certs_cmd = commands.add_parser("certs", help="make a local CA and per-service certificates")
+    certs_cmd.add_argument(
+        "names", nargs="*", default=[*SERVICES, "operator"], help="certificate names (default: the services)"
+    )
+    certs_cmd.add_argument("--out", type=Path, default=Path(".omni/certs"), help="directory (.omni/certs)")
+    certs_cmd.add_argument("--host", action="append", default=[], help="another DNS name or IP, repeatable")
+    certs_cmd.add_argument("--days", type=int, default=90, help="validity of the certificates (90)")
     args = parser.parse_args(argv)
 
     logging.basicConfig(
@@ -172,10 +203,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "dead-letters":
         return asyncio.run(dead_letters(args.service, args.action, args.refs, args.replay_all))
     if args.command == "health":
-        return 0 if asyncio.run(health(args.target, args.service, args.timeout)) else 1
+        security = _health_security(args.tls_ca, args.tls_cert, args.tls_key)
+        return 0 if asyncio.run(health(args.target, args.service, args.timeout, security)) else 1
+    if args.command == "certs":
+        from omni_kit.security.certs import make_certificates
+
+        make_certificates(args.out, args.names, hosts=args.host, days=args.days)
+        print(f"CA and certificates for {', '.join(args.names)} in {args.out}")
+        return 0
     from omni_kit.embedded.run import run_all
 
-    return run_all()
+    return run_all(tls=args.tls)
 
 
 if __name__ == "__main__":

@@ -94,7 +94,7 @@ class Unavailable(OmniError):
 
 @dataclass
 class Unauthenticated(OmniError):
-    """The caller did not prove who it is (a missing or wrong key); nothing was done."""
+    """The call carries no valid credentials (no bearer token or client certificate, or a bad one)."""
 
     reason: str = "UNAUTHENTICATED"
     code = grpc.StatusCode.UNAUTHENTICATED
@@ -106,6 +106,14 @@ class ResourceExhausted(OmniError):
 
     reason: str = "RESOURCE_EXHAUSTED"
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+@dataclass
+class PermissionDenied(OmniError):
+    """The caller is known but lacks the scope the call needs (named in the ErrorInfo's metadata)."""
+
+    reason: str = "PERMISSION_DENIED"
+    code = grpc.StatusCode.PERMISSION_DENIED
 
 
 # Control characters: PostgreSQL cannot store NUL in text at all, and the others in a name, an id or a

@@ -316,7 +316,8 @@ _starting_handler = grpc.stream_stream_rpc_method_handler(_starting)
 
 class GrpcServer:
     """A service's gRPC server with health checking, reflection for its full service names, the error
-    interceptor and a graceful stop.
+    interceptor and a graceful stop; TLS when given credentials (omni_kit.security.server_tls), and more
+    interceptors inside the error interceptor (the runtime's: audit, then authorisation).
 
     Bound at construction, it may start before its services are registered (`add_services`): it then
     answers health checks NOT_SERVING and other calls UNAVAILABLE, so a service waiting for its database is
@@ -332,26 +333,44 @@ class GrpcServer:
         host: str = "0.0.0.0",
         port: int = 0,
         on_database_unavailable: Callable[[], None] | None = None,
+        credentials: grpc.ServerCredentials | None = None,
+        interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+        health_port: int | None = None,
     ) -> None:
         self.service_names: list[str] = []
         self.health = health.aio.HealthServicer()
         self.admission = Admission()
         self._serving = False
         self._services = _Services()
-        interceptors: list[grpc.aio.ServerInterceptor] = [
-            ErrorInterceptor(domain, self.admission, on_database_unavailable)
+        # The others run inside the error interceptor: a refusal of theirs becomes its status there.
+        chain: list[grpc.aio.ServerInterceptor] = [
+            ErrorInterceptor(domain, self.admission, on_database_unavailable),
+            *interceptors,
         ]
         if tracing_enabled():
-            interceptors.insert(0, aio_server_interceptor())
+            chain.insert(0, aio_server_interceptor())
         self._server = grpc.aio.server(
-            interceptors=interceptors,
+            interceptors=chain,
             options=_KEEPALIVE_OPTIONS,
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
         self._server.add_generic_rpc_handlers((self._services,))
-        self.port = self._server.add_insecure_port(f"{host}:{port}")
+        if credentials is None:
+            self.port = self._server.add_insecure_port(f"{host}:{port}")
+        else:
+            self.port = self._server.add_secure_port(f"{host}:{port}", credentials)
         if self.port == 0:
             raise RuntimeError(f"could not bind {host}:{port}")
+        # Kubernetes' built-in gRPC probes speak plaintext only: with TLS on, they can ask a port of their
+        # own that answers nothing but health checks (the same health states).
+        self._health_server: grpc.aio.Server | None = None
+        self.health_port: int | None = None
+        if health_port is not None:
+            self._health_server = grpc.aio.server(options=_KEEPALIVE_OPTIONS)
+            health_pb2_grpc.add_HealthServicer_to_server(self.health, self._health_server)
+            self.health_port = self._health_server.add_insecure_port(f"{host}:{health_port}")
+            if self.health_port == 0:
+                raise RuntimeError(f"could not bind {host}:{health_port}")
         if register is not None:
             self.add_services(service_names, register)
 
@@ -380,6 +399,8 @@ class GrpcServer:
         await self.health.set(LIVENESS, health_pb2.HealthCheckResponse.SERVING)
         await self.set_serving(self._services.registered)
         await self._server.start()
+        if self._health_server is not None:
+            await self._health_server.start()
 
     @property
     def serving(self) -> bool:
@@ -419,6 +440,8 @@ class GrpcServer:
                 grace_s,
             )
         await self._server.stop(max(deadline - loop.time(), 0.0))
+        if self._health_server is not None:
+            await self._health_server.stop(0)
 
     async def wait_for_termination(self) -> None:
         """Block until the server stops."""

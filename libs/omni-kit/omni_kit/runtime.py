@@ -42,6 +42,9 @@ from nats.js import JetStreamContext
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from omni.audit.v1 import audit_pb2_grpc
+from omni_kit.audit import SERVICE_NAME as AUDIT_SERVICE
+from omni_kit.audit import AuditInterceptor, AuditLog, AuditServicer
 from omni_kit.bus import (
     EventConsumer,
     Handler,
@@ -56,6 +59,7 @@ from omni_kit.bus.outbox import HEADER_ALLOWANCE
 from omni_kit.db import create_engine, database_unavailable, migrate, session_factory
 from omni_kit.grpc_server import GrpcServer
 from omni_kit.scheduler import Backoff, JobHandler, JobWorker, scheduled_due
+from omni_kit.security import ClientSecurity, ScopeTable, auth_interceptor, nats_security, server_tls
 from omni_kit.settings import ServiceSettings
 from omni_kit.telemetry import instrument_engine
 
@@ -94,6 +98,8 @@ class Runtime:
         self._probe: DatabaseProbe | None = None
         self._close_hooks: list[Callable[[], Awaitable[object]]] = []
         self._closed = False
+        self._client_security = ClientSecurity.from_settings(settings)
+        self.audit_log = AuditLog(self.transaction)
 
     async def open(self) -> None:
         """Bind the gRPC port and answer health checks (NOT_SERVING) at once; then reach the database, applying
@@ -103,6 +109,9 @@ class Runtime:
             host=self.settings.grpc_host,
             port=self.settings.grpc_port,
             on_database_unavailable=self._database_trouble,
+            credentials=server_tls(self.settings),
+            interceptors=self._interceptors(),
+            health_port=self.settings.grpc_health_port,
         )
         await self.server.start()
         try:
@@ -111,6 +120,15 @@ class Runtime:
             # Failed or cancelled (a stop while waiting for the database): let nothing hold the port.
             await self.close()
             raise
+
+    def _interceptors(self) -> list[grpc.aio.ServerInterceptor]:
+        """Audit (of the scope table's audited RPCs, refusals included), then authorisation when on."""
+        table = ScopeTable.load()
+        chain: list[grpc.aio.ServerInterceptor] = [AuditInterceptor(table.audited, self.audit_log)]
+        auth = auth_interceptor(self.settings, table)
+        if auth is not None:
+            chain.append(auth)
+        return chain
 
     async def _connect(self) -> None:
         self.engine = create_engine(
@@ -130,6 +148,7 @@ class Runtime:
             reconnect_time_wait=0.5,
             # Bounds the drain at close; everything that matters (the outbox) is already flushed by then.
             drain_timeout=5,
+            **nats_security(self.settings),
         )
         self.js = self.nats.jetstream()
         self._fit_envelopes_to_server()
@@ -236,6 +255,12 @@ class Runtime:
         """Run a background task for the service's lifetime (cancelled at close)."""
         self._tasks.append(factory())
 
+    @property
+    def client_security(self) -> ClientSecurity:
+        """How this service's channels reach the others (TLS, its certificate, its token), from its settings:
+        pass it to omni_kit.grpc_client.channel."""
+        return self._client_security
+
     def track_channel(self, channel: grpc.aio.Channel) -> grpc.aio.Channel:
         """Close a client channel when the service closes."""
         self._channels.append(channel)
@@ -252,7 +277,13 @@ class Runtime:
             self._consumer_tasks.append(asyncio.create_task(consumer.run(), name=consumer.durable))
         if self.jobs.kinds:
             self._jobs_task = asyncio.create_task(self.jobs.run(), name=self.jobs.name)
-        self.server.add_services(service_names, register)
+        audit = AuditServicer(self.audit_log, self.sessions)
+
+        def register_with_audit(server: grpc.aio.Server) -> None:
+            register(server)
+            audit_pb2_grpc.add_AuditServiceServicer_to_server(audit, server)
+
+        self.server.add_services([*service_names, AUDIT_SERVICE], register_with_audit)
         server = self.server
 
         async def database_changed(answering: bool) -> None:
@@ -298,6 +329,7 @@ class Runtime:
         self._closed = True
         if self.server is not None:
             await self.server.stop(self.settings.shutdown_grace_s)
+            await self.audit_log.flush()
         for consumer in self.consumers:
             consumer.stop()
         if self._consumer_tasks:

@@ -6,7 +6,9 @@ once in main and passes it in. Telemetry is configured separately from the stand
 
 from __future__ import annotations
 
-from pydantic import Field, field_validator
+from pathlib import Path
+
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from omni_kit.bus.envelope import DEFAULT_MAX_ENVELOPE_BYTES
@@ -72,6 +74,74 @@ class ServiceSettings(BaseSettings):
     )
     migrate_on_start: bool = Field(False, description="Apply migrations before serving (the embedded run).")
 
+    # Transport security (README "Security"). Off by default: the laptop run is plaintext on loopback.
+    tls_cert_file: Path | None = Field(
+        None,
+        description="PEM certificate (chain) of this service: the gRPC server serves TLS with it, and its "
+        "clients present it (mTLS). Read again when the file changes.",
+    )
+    tls_key_file: Path | None = Field(None, description="PEM private key of tls_cert_file.")
+    tls_ca_file: Path | None = Field(
+        None,
+        description="PEM CA bundle the other side is verified against: the servers this service calls, "
+        "and the client certificates of its callers.",
+    )
+    tls_require_client_cert: bool = Field(
+        False, description="Refuse connections without a client certificate signed by tls_ca_file (mTLS)."
+    )
+    http_tls_cert_file: Path | None = Field(
+        None,
+        description="PEM certificate (chain) of the service's HTTP endpoint (profile's Segment intake, the "
+        "gateway's links): it serves HTTPS with it. Read again when the file changes.",
+    )
+    http_tls_key_file: Path | None = Field(None, description="PEM private key of http_tls_cert_file.")
+    grpc_health_port: int | None = Field(
+        None,
+        ge=0,
+        le=65535,
+        description="A plaintext port answering only grpc.health.v1 (for Kubernetes' gRPC probes, which "
+        "cannot speak TLS); none by default.",
+    )
+    tls_reload_interval_s: float = Field(
+        1.0, ge=0, description="How often, at most, the certificate files are checked for a change."
+    )
+    # NATS: TLS (tls:// URLs) and the service's own credentials. Off by default.
+    nats_tls_ca_file: Path | None = Field(
+        None, description="PEM CA the NATS server's certificate is verified against."
+    )
+    nats_tls_cert_file: Path | None = Field(
+        None, description="PEM client certificate presented to NATS (a server that verifies clients)."
+    )
+    nats_tls_key_file: Path | None = Field(None, description="PEM private key of nats_tls_cert_file.")
+    nats_credentials_file: Path | None = Field(
+        None, description="NATS credentials (.creds: the user's JWT and NKey seed) of this service."
+    )
+    nats_user: str | None = Field(None, description="NATS user name of this service (with nats_password).")
+    nats_password: SecretStr | None = Field(None, description="NATS password of nats_user.")
+    # Authentication and authorisation by the scope table (protos/omni/scopes.yaml). Off by default.
+    auth_enabled: bool = Field(
+        False,
+        description="Check every call's credentials and scope (health checks and reflection stay open).",
+    )
+    auth_jwks_file: Path | None = Field(
+        None, description="JWKS (JSON) of the keys bearer tokens are signed with; read again when it changes."
+    )
+    auth_jwt_issuer: str | None = Field(None, description="The `iss` every bearer token must carry, if set.")
+    auth_jwt_audience: str | None = Field(
+        None, description="The `aud` every bearer token must carry, if set."
+    )
+    auth_cert_scopes: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="Scopes of client-certificate identities (common name or DNS name), JSON; added to the "
+        "scope table's `callers` (our services' least privilege), replacing an entry of the same name.",
+    )
+    auth_reflection_open: bool = Field(True, description="Answer reflection without credentials.")
+    client_token_file: Path | None = Field(
+        None,
+        description="A bearer token this service sends on its calls to other services (its identity when "
+        "it has no client certificate); read again when it changes.",
+    )
+
     @field_validator("database_url")
     @classmethod
     def _asyncpg_url(cls, value: str) -> str:
@@ -86,6 +156,16 @@ class ServiceSettings(BaseSettings):
             if not url.strip().startswith(("nats://", "tls://")):
                 raise ValueError("must be nats:// or tls:// URLs, comma-separated")
         return value
+
+    @model_validator(mode="after")
+    def _tls_complete(self) -> ServiceSettings:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("tls_cert_file and tls_key_file go together")
+        if (self.http_tls_cert_file is None) != (self.http_tls_key_file is None):
+            raise ValueError("http_tls_cert_file and http_tls_key_file go together")
+        if self.tls_require_client_cert and (self.tls_cert_file is None or self.tls_ca_file is None):
+            raise ValueError("tls_require_client_cert needs tls_cert_file, tls_key_file and tls_ca_file")
+        return self
 
     @property
     def nats_servers(self) -> list[str]:

@@ -125,6 +125,7 @@ async def start(settings: Settings) -> Runtime:
             service=SEGMENTATION_SERVICE,
             idempotent_methods=["GetSegment"],
             timeout_s=settings.client_timeout_s,
+            security=runtime.client_security,
         )
     )
     gateway = runtime.track_channel(
@@ -133,6 +134,7 @@ async def start(settings: Settings) -> Runtime:
             service=GATEWAY_SERVICE,
             idempotent_methods=["GetTemplate"],
             timeout_s=settings.client_timeout_s,
+            security=runtime.client_security,
         )
     )
     references = References(

@@ -154,6 +154,7 @@ async def _wire(runtime: Runtime, settings: Settings) -> None:
             service="omni.identity.v1.IdentityService",
             idempotent_methods=["GetPerson", "BatchGetPersons", "LookupPerson"],
             timeout_s=settings.client_timeout_s,
+            security=runtime.client_security,
         )
     )
     profile_channel = runtime.track_channel(
@@ -162,6 +163,7 @@ async def _wire(runtime: Runtime, settings: Settings) -> None:
             service="omni.profile.v1.ProfileService",
             idempotent_methods=["GetProfile", "BatchGetProfiles"],
             timeout_s=settings.client_timeout_s,
+            security=runtime.client_security,
         )
     )
     identity = identity_pb2_grpc.IdentityServiceStub(identity_channel)

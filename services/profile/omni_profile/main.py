@@ -15,6 +15,7 @@ from omni.profile.v1 import profile_pb2_grpc
 from omni_kit import grpc_client
 from omni_kit.idempotency import keep_answers_purged
 from omni_kit.runtime import Runtime
+from omni_kit.security import http_tls
 from omni_kit.settings import ServiceSettings
 from omni_profile import consumers
 from omni_profile.api import Domain, ProfileServicer
@@ -151,6 +152,7 @@ async def _wire(runtime: ProfileRuntime, settings: Settings) -> None:
             service=SERVICE,
             idempotent_methods=list(IDEMPOTENT_METHODS),
             timeout_s=settings.identity_timeout_s,
+            security=runtime.client_security,
         )
     )
     identity = IdentityClient(identity_channel)
@@ -229,5 +231,6 @@ async def _wire(runtime: ProfileRuntime, settings: Settings) -> None:
                 write_key_failures=settings.http_write_key_failures,
                 write_key_failure_window_s=settings.http_write_key_failure_window_s,
             ),
+            ssl_context=http_tls(settings),
         )
         await runtime.http.start()

@@ -29,7 +29,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from omni_kit.scheduler import Backoff, Job, JobWorker, schedule
 from omni_segmentation import rules
 from omni_segmentation.catalog import SegmentCatalog
-from omni_segmentation.jobs import BACKFILL, PERSON_CHECK, PURGE, PURGE_KEY
+from omni_segmentation.jobs import BACKFILL, PERSON_CHECK, PURGE, PURGE_KEY, SIZES, SIZES_KEY
 from omni_segmentation.membership import MembershipEvaluator
 from omni_segmentation.repository import Repository
 
@@ -57,7 +57,9 @@ class Clock:
         batch_size: int = 500,
         purge_interval_s: float = 300.0,
         retention_floor: timedelta = timedelta(days=1),
+        sizes_interval_s: float = 3600.0,
     ) -> None:
+        self._sizes_interval = timedelta(seconds=sizes_interval_s)
         self._transaction = transaction
         self._repository = repository
         self._catalog = catalog
@@ -70,6 +72,14 @@ class Clock:
         """Have the worker run the clock's kinds of jobs."""
         worker.register(PERSON_CHECK, self.check_persons, batch_size=self._batch_size)
         worker.register(BACKFILL, self.backfill, batch_size=1, lease=timedelta(minutes=5))
+        worker.register(
+            SIZES,
+            self.record_sizes,
+            batch_size=1,
+            lease=timedelta(minutes=5),
+            max_attempts=1_000_000,
+            backoff=Backoff(first_s=10, max_s=self._sizes_interval.total_seconds()),
+        )
         # Purging is maintenance: it is never given up, however often it fails.
         worker.register(
             PURGE,
@@ -81,9 +91,11 @@ class Clock:
         )
 
     async def start(self) -> None:
-        """Schedule the purge (if it is not yet): each replica asks, one job results."""
+        """Schedule the purge and the size counts (if they are not yet): each replica asks, one job each
+        results."""
         async with self._transaction() as session:
             await schedule(session, PURGE, PURGE_KEY)
+            await schedule(session, SIZES, SIZES_KEY)
 
     async def cycle(self) -> int:
         """Run every job of the clock due now with a worker of its own, until none is due; return how many
@@ -119,6 +131,11 @@ class Clock:
             )
             if not done:
                 await schedule(session, BACKFILL, job.key, replace=True)
+
+    async def record_sizes(self, session: AsyncSession, jobs: Sequence[Job]) -> None:
+        """Record every live segment's member count for today (UTC); again after the sizes interval."""
+        await self._repository.record_sizes(session, datetime.now(UTC))
+        await schedule(session, SIZES, SIZES_KEY, self._sizes_interval, replace=True)
 
     async def purge_step(self, session: AsyncSession, jobs: Sequence[Job]) -> None:
         """Delete one batch of occurrences older than any segment counts; run again at once while there are

@@ -7,20 +7,24 @@ and turned into the pure `rules` tree for evaluation.
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 from google.protobuf import duration_pb2, json_format
 
+from omni.profile.v1 import profile_pb2
 from omni.segmentation.v1 import segmentation_pb2 as pb
 from omni_kit import validation
 from omni_kit.errors import Violations, check_json_text
 from omni_kit.event_types import EVENT_TYPE_RULE, MAX_EVENT_TYPE, is_event_type
-from omni_segmentation import rules
+from omni_segmentation import rules, values
 
 MAX_DEPTH = 10
 MAX_NODES = 200
 # A trait's value to compare with is stored with the segment and read at every evaluation.
 MAX_VALUE_BYTES = 4096
+# Property filters per event count or sum (the proto's max_items; values beyond are not walked).
+MAX_FILTERS = 10
 # Event types profile never records under that name: Segment's e-commerce cart events are recorded as the
 # profile's cart events (profile's README), so a rule counting them would count nothing, silently.
 RECORDED_AS = {"product_added": "cart_item_added", "product_removed": "cart_item_removed"}
@@ -50,18 +54,50 @@ def validate_condition(condition: pb.Condition, path: str, violations: Violation
     nodes = _bounded_nodes(condition, path, violations)
     if nodes is None:
         return
+    # Lists of channels and filters are bounded too before protovalidate reads them whole.
+    before = len(violations.items)
+    for node, node_path in nodes:
+        kind = node.WhichOneof("kind")
+        if kind in ("event_count", "event_sum"):
+            validation.check_counts(getattr(node, kind), violations, prefix=f"{node_path}.{kind}")
+    if len(violations.items) > before:
+        return
     validation.check(condition, violations, prefix=path)
     for node, node_path in nodes:
         kind = node.WhichOneof("kind")
         if kind == "trait":
             _check_trait_value(node.trait, f"{node_path}.trait", violations)
-        elif kind == "event_count":
-            _check_event_type(node.event_count.event_type, f"{node_path}.event_count.event_type", violations)
-            _check_duration(node.event_count, "window", f"{node_path}.event_count", violations)
+        elif kind in ("event_count", "event_sum"):
+            counted = getattr(node, kind)
+            _check_event_type(counted.event_type, f"{node_path}.{kind}.event_type", violations)
+            _check_duration(counted, "window", f"{node_path}.{kind}", violations)
+            for index, item in enumerate(counted.properties[:MAX_FILTERS]):
+                _check_trait_value(item, f"{node_path}.{kind}.properties[{index}]", violations)
+        elif kind == "then_not":
+            seq = node.then_not
+            _check_event_type(seq.event_type, f"{node_path}.then_not.event_type", violations)
+            _check_event_type(seq.absent_event_type, f"{node_path}.then_not.absent_event_type", violations)
+            _check_duration(seq, "within", f"{node_path}.then_not", violations)
+            _check_duration(seq, "lookback", f"{node_path}.then_not", violations)
+        elif kind == "trait_age":
+            _check_duration(node.trait_age, "age", f"{node_path}.trait_age", violations)
+        elif kind == "anniversary":
+            _check_duration(node.anniversary, "within", f"{node_path}.anniversary", violations)
+        elif kind == "first_event":
+            if node.first_event.event_type:  # empty: any event
+                _check_event_type(
+                    node.first_event.event_type, f"{node_path}.first_event.event_type", violations
+                )
+            _check_duration(node.first_event, "age", f"{node_path}.first_event", violations)
         elif kind == "since_last_event":
             since = node.since_last_event
             _check_event_type(since.event_type, f"{node_path}.since_last_event.event_type", violations)
             _check_duration(since, "at_least", f"{node_path}.since_last_event", violations)
+
+
+def nodes(condition: pb.Condition, path: str) -> list[tuple[pb.Condition, str]]:
+    """Every node of a valid condition (within the bounds) with its path under `path`, in document order."""
+    return _bounded_nodes(condition, path, Violations()) or []
 
 
 def _bounded_nodes(
@@ -96,7 +132,9 @@ def _bounded_nodes(
     return None if too_deep else nodes
 
 
-def _check_trait_value(trait: pb.TraitCondition, path: str, violations: Violations) -> None:
+def _check_trait_value(
+    trait: pb.TraitCondition | pb.PropertyFilter, path: str, violations: Violations
+) -> None:
     if trait.HasField("value"):
         # Stored with the condition whatever the comparison, so checked whatever the comparison.
         if trait.value.ByteSize() > MAX_VALUE_BYTES:
@@ -107,12 +145,12 @@ def _check_trait_value(trait: pb.TraitCondition, path: str, violations: Violatio
         if len(violations.items) > before:
             return
     comparison = COMPARISONS.get(trait.comparison)
-    if comparison is None or comparison in rules.PRESENCE:  # an unknown one is refused by the proto's rule
+    if comparison is None or comparison in values.PRESENCE:  # an unknown one is refused by the proto's rule
         return
     kind = trait.value.WhichOneof("kind") if trait.HasField("value") else None
     if kind is None or kind == "null_value":
         violations.add(f"{path}.value", "a value is required (test for absence with EXISTS or NOT_EXISTS)")
-    elif comparison in rules.ORDERING and kind not in ("number_value", "string_value"):
+    elif comparison in values.ORDERING and kind not in ("number_value", "string_value"):
         violations.add(f"{path}.value", "GT, GTE, LT and LTE compare with a number or a string")
 
 
@@ -120,8 +158,8 @@ def _check_event_type(event_type: str, path: str, violations: Violations) -> Non
     """The rule profile records types by (omni_kit.event_types: letters of any script, in Unicode's normal
     form, which no proto rule can say), so that no rule names a type never recorded; and the types profile
     records under another name."""
-    if violations.names(path):
-        return  # missing or too long: the proto's rules
+    if not event_type or violations.names(path):
+        return  # missing (where it may not be), or too long: the proto's rules
     if not is_event_type(event_type):
         violations.add(path, f"{EVENT_TYPE_RULE}, at most {MAX_EVENT_TYPE} characters")
     elif event_type in RECORDED_AS:
@@ -154,19 +192,70 @@ def to_rules(condition: pb.Condition) -> rules.Condition:
     if kind == "trait":
         trait = condition.trait
         comparison = COMPARISONS[trait.comparison]
-        value = None if comparison in rules.PRESENCE else json_format.MessageToDict(trait.value)
+        value = None if comparison in values.PRESENCE else json_format.MessageToDict(trait.value)
         return rules.TraitCompare(trait.trait, comparison, value)
     if kind == "event_count":
         count = condition.event_count
         return rules.EventCount(
-            count.event_type, count.window.ToTimedelta(), COMPARISONS[count.comparison], count.count
+            "" if count.any_event_type else count.event_type,
+            count.window.ToTimedelta(),
+            COMPARISONS[count.comparison],
+            count.count,
+            frozenset(count.channels),
+            tuple(_filter(f) for f in count.properties),
+        )
+    if kind == "event_sum":
+        summed = condition.event_sum
+        return rules.EventSum(
+            summed.event_type,
+            summed.property,
+            summed.window.ToTimedelta(),
+            COMPARISONS[summed.comparison],
+            summed.value,
+            frozenset(summed.channels),
+            tuple(_filter(f) for f in summed.properties),
         )
     if kind == "cart":
         return rules.CartUnits(COMPARISONS[condition.cart.comparison], condition.cart.item_count)
     if kind == "since_last_event":
         since = condition.since_last_event
         return rules.SinceLastEvent(since.event_type, since.at_least.ToTimedelta())
+    if kind == "contact":
+        asked = condition.contact
+        purpose = (
+            "transactional" if asked.purpose == profile_pb2.CONSENT_PURPOSE_TRANSACTIONAL else "marketing"
+        )
+        return rules.Contact(asked.channel, purpose, asked.allowed)
+    if kind == "then_not":
+        seq = condition.then_not
+        return rules.ThenNot(
+            seq.event_type,
+            seq.absent_event_type,
+            seq.within.ToTimedelta(),
+            seq.lookback.ToTimedelta(),
+            seq.key,
+        )
+    if kind == "in_segment":
+        return rules.InSegment(uuid.UUID(condition.in_segment.segment_id))
+    if kind == "first_event":
+        first = condition.first_event
+        return rules.FirstEvent(first.event_type, COMPARISONS[first.comparison], first.age.ToTimedelta())
+    if kind == "anniversary":
+        yearly = condition.anniversary
+        return rules.Anniversary(yearly.trait, yearly.within.ToTimedelta())
+    if kind == "trait_age":
+        aged = condition.trait_age
+        return rules.TraitAge(aged.trait, COMPARISONS[aged.comparison], aged.age.ToTimedelta())
+    if kind == "random_bucket":
+        split = condition.random_bucket
+        return rules.RandomBucket(split.salt, split.lowest, split.highest)
     raise ValueError(f"condition without a kind: {condition}")
+
+
+def _filter(item: pb.PropertyFilter) -> rules.PropertyFilter:
+    comparison = COMPARISONS[item.comparison]
+    value = None if comparison in values.PRESENCE else json_format.MessageToDict(item.value)
+    return rules.PropertyFilter(item.property, comparison, value)
 
 
 def to_json(condition: pb.Condition) -> dict[str, Any]:

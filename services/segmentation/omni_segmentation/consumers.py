@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from omni.events.v1 import envelope_pb2
 from omni.profile.v1 import events_pb2 as profile_events
+from omni_kit import contact
 from omni_kit.bus import unpack
 from omni_kit.ids import parse_uuid
 from omni_kit.lineage import LINEAGE_EVENTS, Erasure, Lineage, LineageTable, Merge, Unmerge
@@ -28,7 +29,7 @@ log = logging.getLogger(__name__)
 EVENT_TRACKED = "profile.event_tracked"
 PROFILE_CHANGED = "profile.profile_changed"
 PERSON_ERASED = "profile.person_erased"
-CONSUMED = (EVENT_TRACKED, PROFILE_CHANGED, PERSON_ERASED, *LINEAGE_EVENTS)
+CONSUMED = (EVENT_TRACKED, PROFILE_CHANGED, PERSON_ERASED, contact.CONTACT_VERDICT_CHANGED, *LINEAGE_EVENTS)
 
 
 def cart_units(cart: object) -> int:
@@ -36,12 +37,13 @@ def cart_units(cart: object) -> int:
     return sum(max(item.quantity, 0) for item in getattr(cart, "items", ()))
 
 
-_FACTS = frozenset({"traits", "cart"})
+_FACTS = frozenset({"traits", "cart", "computed_traits"})
 """The parts of a profile change segmentation keeps."""
 
 _TRACKED = "omni_segmentation.tracked"
 _CHANGES = "omni_segmentation.profile_changes"
 _NAMED = "omni_segmentation.named"
+_VERDICTS = "omni_segmentation.verdicts"
 """Where a transaction's tracked events and profile changes, and the persons they name, are gathered
 (session.info)."""
 
@@ -70,6 +72,7 @@ class EventHandlers:
         self._merger = merger
         self._unmerger = unmerger
         self._eraser = eraser
+        self._verdicts = contact.ContactVerdictHandler()
         self.lineage = Lineage(
             lineage, on_merge=self._persons_merged, on_unmerge=self._persons_unmerged, on_erase=self._erase
         )
@@ -81,6 +84,9 @@ class EventHandlers:
             return
         if envelope.type == PROFILE_CHANGED:
             self._profile_changed(session, envelope)
+            return
+        if envelope.type == contact.CONTACT_VERDICT_CHANGED:
+            await self._contact_verdict_changed(session, envelope)
             return
         if envelope.type in LINEAGE_EVENTS:
             await self.lineage(session, envelope)
@@ -94,9 +100,19 @@ class EventHandlers:
         await self.lineage.finish(session)
         tracked: list[TrackedEvent] = session.info.pop(_TRACKED, [])
         changes: list[ProfileChange] = session.info.pop(_CHANGES, [])
+        verdicts: dict[uuid.UUID, dict[str, str]] = session.info.pop(_VERDICTS, {})
         session.info.pop(_NAMED, None)
-        if tracked or changes:
-            await self._facts.record_many(session, tracked, changes, datetime.now(UTC))
+        if tracked or changes or verdicts:
+            await self._facts.record_many(session, tracked, changes, datetime.now(UTC), reconsidered=verdicts)
+
+    async def _contact_verdict_changed(self, session: AsyncSession, envelope: envelope_pb2.Envelope) -> None:
+        """profile.contact_verdict_changed: kept by omni_kit.contact's handler (newest version wins) at once,
+        and the person evaluated with the rest of the transaction's facts (contact rules read the verdicts)."""
+        await self._verdicts(session, envelope)
+        person_id = parse_uuid(unpack(envelope, profile_events.ContactVerdictChangedEvent).person_id)
+        if person_id is not None:
+            session.info.setdefault(_NAMED, set()).add(person_id)
+            session.info.setdefault(_VERDICTS, {})[person_id] = current_trace_context()
 
     def _event_tracked(self, session: AsyncSession, envelope: envelope_pb2.Envelope) -> None:
         event = unpack(envelope, profile_events.EventTrackedEvent).event
@@ -117,6 +133,8 @@ class EventHandlers:
                 event_type=event.type,
                 occurred_at=occurred_at,
                 trace_context=current_trace_context(),
+                channel=event.channel,
+                properties=event.properties.fields if event.properties.fields else None,
             )
         )
 
@@ -135,7 +153,7 @@ class EventHandlers:
                 log.warning("profile_changed %s lists moved events but not whose: not moved", envelope.id)
                 moved_ids = ()
         if not parts & _FACTS and not moved_ids:
-            return  # computed traits, consent or events only: nothing segmentation keeps changed
+            return  # consent or events only: nothing segmentation keeps changed
         named = session.info.setdefault(_NAMED, set())
         named.add(person_id)
         if moved_from is not None:
@@ -149,6 +167,9 @@ class EventHandlers:
                 trace_context=current_trace_context(),
                 moved_event_ids=moved_ids,
                 moved_from=moved_from,
+                computed_traits=(
+                    json_format.MessageToDict(change.computed_traits) if "computed_traits" in parts else None
+                ),
             )
         )
 

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from omni_kit import contact
 from omni_kit.idempotency import forget_answers
 from omni_segmentation.repository import Repository
 
@@ -30,3 +31,4 @@ class PersonEraser:
         await self._repository.lock_persons_by_key(session, ids)
         await self._repository.erase_persons(session, ids)
         await forget_answers(session, ids)
+        await contact.forget(session, ids)

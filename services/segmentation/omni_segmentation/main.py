@@ -23,6 +23,7 @@ from omni_segmentation.membership import MembershipEvaluator
 from omni_segmentation.merge import PersonMerger
 from omni_segmentation.repository import Repository
 from omni_segmentation.unmerge import PersonUnmerger
+from omni_segmentation.vocabulary import Vocabulary
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 SERVICE_NAME = "omni.segmentation.v1.SegmentationService"
@@ -38,6 +39,9 @@ class Settings(ServiceSettings):
         500, ge=1, le=10_000, description="Persons evaluated per clock transaction (due checks, backfills)."
     )
     purge_interval_s: float = Field(300.0, gt=0, description="How often old event occurrences are purged.")
+    sizes_interval_s: float = Field(
+        3600.0, gt=0, description="How often every segment's member count is recorded as today's size."
+    )
     event_retention_floor_s: int = Field(
         86_400,
         ge=0,
@@ -53,8 +57,9 @@ async def start(settings: Settings) -> Runtime:
         repository = Repository()
         catalog = SegmentCatalog(repository)
         evaluator = MembershipEvaluator(repository, catalog, runtime.outbox)
+        vocabulary = Vocabulary(repository)
         handlers = EventHandlers(
-            FactsRecorder(repository, evaluator, PERSON_LINEAGE),
+            FactsRecorder(repository, evaluator, PERSON_LINEAGE, vocabulary, catalog),
             PersonMerger(repository, evaluator),
             PersonUnmerger(repository, evaluator),
             PersonEraser(repository),
@@ -68,13 +73,16 @@ async def start(settings: Settings) -> Runtime:
             batch_size=settings.clock_batch_size,
             purge_interval_s=settings.purge_interval_s,
             retention_floor=timedelta(seconds=settings.event_retention_floor_s),
+            sizes_interval_s=settings.sizes_interval_s,
         )
         # One consumer for every consumed type keeps a person's events in the order the stream holds them.
         runtime.add_consumer(durable="facts", event_types=CONSUMED, handler=handlers)
         clock.register(runtime.jobs)
         await runtime.when_database_answers(clock.start)
         await keep_answers_purged(runtime)
-        servicer = SegmentationServicer(runtime, repository, catalog, on_segment_created=runtime.jobs.wake)
+        servicer = SegmentationServicer(
+            runtime, repository, catalog, evaluator, vocabulary, on_segment_created=runtime.jobs.wake
+        )
         await runtime.serve(
             service_names=[SERVICE_NAME],
             register=lambda server: segmentation_pb2_grpc.add_SegmentationServiceServicer_to_server(

@@ -28,15 +28,19 @@ def combine_facts(
 ) -> PersonRecord:
     """The survivor's facts after a merge, until profile announces the merged profile itself.
 
-    Traits: the survivor's win, the merged persons' fill the gaps (the most recently changed first). Cart:
-    the units add up, as profile's cart merge keeps every line.
+    Traits and computed traits: the survivor's win, the merged persons' fill the gaps (the most recently
+    changed first); profile's change of the survivor brings the recomputed ones. Cart: the units add up, as
+    profile's cart merge keeps every line.
     """
     ordered = sorted(merged, key=lambda p: p.facts_changed_at or _NEVER)
     traits: dict[str, Any] = {}
+    computed: dict[str, Any] = {}
     for person in ordered:
         traits.update(person.traits)
+        computed.update(person.computed_traits)
     base = survivor or PersonRecord(survivor_id)
     traits.update(base.traits)
+    computed.update(base.computed_traits)
     changed = [p.facts_changed_at for p in [base, *merged] if p.facts_changed_at is not None]
     return PersonRecord(
         person_id=survivor_id,
@@ -44,6 +48,9 @@ def combine_facts(
         cart_units=base.cart_units + sum(p.cart_units for p in merged),
         trace_context=trace_context,
         facts_changed_at=base.facts_changed_at or (max(changed) if changed else None),
+        computed_traits=computed,
+        computed_changed_at=base.computed_changed_at
+        or max((p.computed_changed_at for p in merged if p.computed_changed_at is not None), default=None),
     )
 
 

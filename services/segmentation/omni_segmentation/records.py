@@ -19,6 +19,9 @@ class SegmentRecord:
     description: str
     condition: dict[str, Any]
     created_at: datetime
+    version: int = 1
+    updated_at: datetime | None = None
+    archived_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -31,6 +34,8 @@ class PersonRecord:
     trace_context: dict[str, str] = field(default_factory=dict)
     facts_changed_at: datetime | None = None
     next_check_at: datetime | None = None
+    computed_traits: dict[str, Any] = field(default_factory=dict)
+    computed_changed_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -60,6 +65,10 @@ class TrackedEvent:
     event_type: str
     occurred_at: datetime
     trace_context: dict[str, str]
+    channel: int = 0
+    properties: Mapping[str, Any] | None = None
+    """The event's properties as profile sent them (a protobuf Struct's fields: values are
+    google.protobuf.Value); the recorder keeps only those rules name."""
 
 
 @dataclass(frozen=True)
@@ -74,8 +83,9 @@ class ProfileChange:
     trace_context: dict[str, str]
     moved_event_ids: tuple[str, ...] = ()
     moved_from: uuid.UUID | None = None
+    computed_traits: Mapping[str, Any] | None = None
 
     @property
     def changes_facts(self) -> bool:
-        """Whether it brings traits or a cart (not only moved events)."""
-        return self.traits is not None or self.cart_units is not None
+        """Whether it brings traits, a cart or computed traits (not only moved events)."""
+        return self.traits is not None or self.cart_units is not None or self.computed_traits is not None

@@ -52,9 +52,42 @@ def test_a_full_record_files_under_every_key() -> None:
             "sg:m240:n550",
             "an:8:stanley",
             "ds:19151111:winston",
+            "da:19151111:stan",
+            "as:stan:win",
+            "ny:macal:nanan",
+            "pp:2234:1915",
+            "mp:nmn:42",
+            "gm:mxl:191511",
             "id:email:m@example.com",
         ]
     )
+
+
+def _shared(left: NormalisedRecord, right: NormalisedRecord) -> set[str]:
+    return set(blocking_keys(left)) & set(blocking_keys(right))
+
+
+def test_a_new_name_and_a_postcode_with_two_digits_swapped_still_share_keys() -> None:
+    # FEBRL3's rec-85: the names replaced, the street run together, the postcode's digits swapped.
+    moved = NormalisedRecord(
+        given_name="kiera",
+        surname="green",
+        date_of_birth="19151111",
+        address_1="stanleystreet",
+        suburb="winstonhills",
+        postcode="4232",
+    )
+    assert _shared(RECORD, moved) == {"da:19151111:stan", "as:stan:win", "pp:2234:1915"}
+
+
+def test_names_misspelt_past_soundex_share_the_nysiis_key() -> None:
+    misspelt = NormalisedRecord(given_name="mikaela", surname="noiman", date_of_birth="19700101")
+    assert "ny:macal:nanan" in _shared(RECORD, misspelt)
+
+
+def test_a_neighbouring_postcode_shares_its_prefix_with_the_surname() -> None:
+    neighbour = NormalisedRecord(surname="neuman", postcode="4229")
+    assert _shared(RECORD, neighbour) == {"mp:nmn:42"}
 
 
 def test_missing_parts_leave_their_keys_out() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from collections.abc import Callable, Iterator
 
@@ -79,6 +80,29 @@ def test_two_persons_above_the_link_threshold_go_to_review(new_id: Callable[[], 
     [outcome] = decide_batch([MICHAELA], twins, default_model(), Policy(), new_id=new_id)
     assert outcome.decision is Decision.REVIEW
     assert {c.person_id for c in outcome.candidates} == {uuid.UUID(int=1), uuid.UUID(int=2)}
+
+
+def test_persons_that_match_each_other_are_proposed_for_a_merge(new_id: Callable[[], uuid.UUID]) -> None:
+    # One person filed twice (a split): the next record of theirs matches both, and they match each other.
+    split = [
+        stored(MICHAELA, uuid.UUID(int=2), 100),
+        stored(dataclasses.replace(MICHAELA, address_2=""), uuid.UUID(int=1), 101),
+    ]
+    [outcome] = decide_batch([MICHAELA], split, default_model(), Policy(), new_id=new_id)
+    assert outcome.decision is Decision.REVIEW
+    assert outcome.proposed_merge == (uuid.UUID(int=1), uuid.UUID(int=2))
+
+
+def test_persons_that_do_not_match_each_other_are_not_proposed(new_id: Callable[[], uuid.UUID]) -> None:
+    # The record matches one person on names and birth date, another on surname and address; those two
+    # share only a surname.
+    by_name = NormalisedRecord(given_name="michaela", surname="neumann", date_of_birth="19151111")
+    by_address = dataclasses.replace(MICHAELA, given_name="", date_of_birth="")
+    candidates = [stored(by_name, uuid.UUID(int=1), 100), stored(by_address, uuid.UUID(int=2), 101)]
+    [outcome] = decide_batch([MICHAELA], candidates, default_model(), Policy(), new_id=new_id)
+    assert outcome.decision is Decision.REVIEW
+    assert sum(c.probability >= 0.95 for c in outcome.candidates) == 2
+    assert outcome.proposed_merge == ()
 
 
 def test_a_relative_at_the_same_address_is_not_linked(new_id: Callable[[], uuid.UUID]) -> None:

@@ -42,8 +42,8 @@ async def test_an_unknown_record_creates_a_person_and_files_the_record(server: M
     assert uuid.UUID(result.person_id) and uuid.UUID(result.record_id) and uuid.UUID(result.decision_id)
     assert result.model_version == 0
     assert await count_rows(server, "person_records") == records + 1
-    # A complete record is filed under all six of its blocking keys.
-    assert await count_rows(server, "person_record_keys") == keys + 6
+    # A complete record is filed under all twelve of its blocking keys.
+    assert await count_rows(server, "person_record_keys") == keys + 12
     assert await count_rows(server, "match_decisions") == decisions + 1
 
 

@@ -1,7 +1,8 @@
 """Stands in for ``omni migrate|serve <service>`` so the embedded run can be tested without the services.
 
 ``migrate`` records each run in a table of the service's database and prints how many there were; ``serve``
-answers grpc.health.v1 SERVING on the service's port until SIGTERM. A file ``crash-<service>`` in
+answers grpc.health.v1 SERVING on the service's port until SIGTERM (over mTLS when the run gives it
+certificates). A file ``crash-<service>`` in
 ``$FAKE_OMNI_ROOT`` makes ``serve`` exit with code 3 a moment after it is ready, once (the file is removed).
 """
 
@@ -51,7 +52,18 @@ def serve(service: str) -> int:
     servicer = health.HealthServicer()
     servicer.set("", health_pb2.HealthCheckResponse.SERVING)
     health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
-    server.add_insecure_port(f"{_setting(service, 'GRPC_HOST')}:{_setting(service, 'GRPC_PORT')}")
+    address = f"{_setting(service, 'GRPC_HOST')}:{_setting(service, 'GRPC_PORT')}"
+    cert = os.environ.get(f"OMNI_{service.upper()}_TLS_CERT_FILE")
+    if cert is None:
+        server.add_insecure_port(address)
+    else:
+        # As the real services do with the run's certificates: mTLS.
+        credentials = grpc.ssl_server_credentials(
+            [(Path(_setting(service, "TLS_KEY_FILE")).read_bytes(), Path(cert).read_bytes())],
+            root_certificates=Path(_setting(service, "TLS_CA_FILE")).read_bytes(),
+            require_client_auth=_setting(service, "TLS_REQUIRE_CLIENT_CERT") == "true",
+        )
+        server.add_secure_port(address, credentials)
     server.start()
     print(f"{service} fake serving")
     crash_at = None

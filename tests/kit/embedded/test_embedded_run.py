@@ -17,8 +17,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import grpc
 import nats
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from omni_kit.embedded import free_port
 from omni_kit.embedded.ports import port_accepts
@@ -45,6 +47,7 @@ config = RunConfig(
     ready_timeout=30,
     stop_timeout=5,
     command=lambda action, service: [sys.executable, args["fake"], action, service],
+    tls=args.get("tls", False),
 )
 sys.exit(LocalRun(config).run())
 """
@@ -67,8 +70,8 @@ class Layout:
 class RunProcess:
     """An embedded run in a child process, with its output collected line by line."""
 
-    def __init__(self, layout: Layout) -> None:
-        args = {**layout.__dict__, "root": str(layout.root), "fake": str(FAKE_OMNI)}
+    def __init__(self, layout: Layout, *, tls: bool = False) -> None:
+        args = {**layout.__dict__, "root": str(layout.root), "fake": str(FAKE_OMNI), "tls": tls}
         self.process = subprocess.Popen(
             [sys.executable, "-c", DRIVER, json.dumps(args)],
             stdout=subprocess.PIPE,
@@ -244,3 +247,31 @@ def test_run_recovers_from_a_run_that_was_killed(layout: Layout, runs: list[RunP
     after.process.send_signal(signal.SIGTERM)
     assert after.wait() == 0, after.output
     assert _open_ports(layout) == [], after.output
+
+
+def test_a_run_with_tls_serves_mtls_only(layout: Layout, runs: list[RunProcess]) -> None:
+    """`omni run --tls`: the run makes a CA and certificates, gives the services theirs, and checks their
+    health over mTLS; a plaintext caller and a caller without a certificate are refused."""
+    run = RunProcess(layout, tls=True)
+    runs.append(run)
+    run.wait_for_line("Omni is running")
+    certs = layout.root / "certs"
+    assert "mTLS on" in run.output
+    target = f"localhost:{layout.services[0]}"
+    request = health_pb2.HealthCheckRequest()
+    ca = (certs / "ca.pem").read_bytes()
+    operator = grpc.ssl_channel_credentials(
+        ca, (certs / "operator-key.pem").read_bytes(), (certs / "operator.pem").read_bytes()
+    )
+    with grpc.secure_channel(target, operator) as chan:
+        status = health_pb2_grpc.HealthStub(chan).Check(request, timeout=5).status
+        assert status == health_pb2.HealthCheckResponse.SERVING
+    for refused in (
+        grpc.insecure_channel(target),
+        grpc.secure_channel(target, grpc.ssl_channel_credentials(ca)),
+    ):
+        with refused as chan, pytest.raises(grpc.RpcError) as raised:
+            health_pb2_grpc.HealthStub(chan).Check(request, timeout=2)
+        assert raised.value.code() == grpc.StatusCode.UNAVAILABLE  # type: ignore[attr-defined]
+    run.process.send_signal(signal.SIGTERM)
+    assert run.wait() == 0, run.output

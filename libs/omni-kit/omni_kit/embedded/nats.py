@@ -55,12 +55,15 @@ class EmbeddedNats:
         *,
         monitor_port: int | None = None,
         max_payload: int | None = None,
+        config: str = "",
         start_timeout: float = 30.0,
         stop_timeout: float = 10.0,
     ) -> None:
         """Describe the server; nothing starts until ``start()``. ``monitor_port`` enables the HTTP monitor;
-        ``max_payload`` sets the largest message it takes (NATS's default is 1 MiB)."""
+        ``max_payload`` sets the largest message it takes (NATS's default is 1 MiB); ``config`` is more of
+        the server's configuration file (TLS, authorization …)."""
         self.data_dir = Path(data_dir).expanduser().resolve()
+        self.config = config
         self.monitor_port = monitor_port
         self.max_payload = max_payload
         self.start_timeout = start_timeout
@@ -171,10 +174,13 @@ class EmbeddedNats:
         ]
         if self.monitor_port is not None:
             command += ["--http_port", str(self.monitor_port)]
-        if self.max_payload is not None:
-            # Only a configuration file sets it; the command line's options still apply over it.
+        if self.max_payload is not None or self.config:
+            # Only a configuration file sets these; the command line's options still apply over it.
             config = self.data_dir / "nats-server.conf"
-            config.write_text(f"max_payload: {int(self.max_payload)}\n")
+            lines = [self.config]
+            if self.max_payload is not None:
+                lines.append(f"max_payload: {int(self.max_payload)}")
+            config.write_text("\n".join(lines) + "\n")
             command += ["--config", str(config)]
         if self._log is None:
             self._log = self.log_path.open("ab")

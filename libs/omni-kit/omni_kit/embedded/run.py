@@ -107,6 +107,13 @@ class RunConfig:
     ready_timeout: float = 60.0
     stop_timeout: float = 10.0
     command: Callable[[str, str], list[str]] = field(default=omni_command)
+    tls: bool = False
+    """mTLS between everything: a local CA and a certificate per service (and an operator) in certs/."""
+
+    @property
+    def certs_dir(self) -> Path:
+        """Where the run's CA and certificates are (with tls)."""
+        return self.root / "certs"
 
     @property
     def postgres_dir(self) -> Path:
@@ -124,12 +131,17 @@ class RunConfig:
         return self.root / "mail"
 
 
+OPERATOR = "operator"
+"""The name of the certificate the run makes for its own health checks and for you (with tls)."""
+
+
 def service_environment(
     services: tuple[ServiceSpec, ...],
     database_url: Callable[[str], str],
     nats_url: str,
     smtp_port: int,
     tracking_port: int | None = None,
+    certs: Path | None = None,
 ) -> dict[str, str]:
     """Return the settings every service reads from the environment in the embedded run.
 
@@ -137,7 +149,8 @@ def service_environment(
     (127.0.0.1: the embedded run has no TLS and no tokens, so it stays on this machine); profile, decisioning
     and gateway get the addresses of the services they call, gateway the SMTP sink, profile its tracking endpoint (when
     ``tracking_port`` is given) with the development write keys. ``database_url`` maps a database name to
-    its URL.
+    its URL. With ``certs`` (a directory of `omni certs`), every service serves TLS with its certificate,
+    requires client certificates of the CA and presents its own to the services it calls.
     """
     env: dict[str, str] = {}
     by_name = {service.name: service for service in services}
@@ -146,6 +159,11 @@ def service_environment(
         env[service.env_prefix + "NATS_URL"] = nats_url
         env[service.env_prefix + "GRPC_PORT"] = str(service.grpc_port)
         env[service.env_prefix + "GRPC_HOST"] = HOST
+        if certs is not None:
+            env[service.env_prefix + "TLS_CERT_FILE"] = str(certs / f"{service.name}.pem")
+            env[service.env_prefix + "TLS_KEY_FILE"] = str(certs / f"{service.name}-key.pem")
+            env[service.env_prefix + "TLS_CA_FILE"] = str(certs / "ca.pem")
+            env[service.env_prefix + "TLS_REQUIRE_CLIENT_CERT"] = "true"
     if "identity" in by_name:
         env["OMNI_PROFILE_IDENTITY_TARGET"] = by_name["identity"].target
         env["OMNI_GATEWAY_IDENTITY_TARGET"] = by_name["identity"].target
@@ -204,12 +222,13 @@ def child_environment(run_settings: Mapping[str, str], user: Mapping[str, str]) 
     return ChildEnvironment(variables, overridden, ignored)
 
 
-def run_all(root: Path = Path(".omni")) -> int:
-    """Run PostgreSQL, NATS, the SMTP sink and the five services until Ctrl-C or SIGTERM.
+def run_all(root: Path = Path(".omni"), *, tls: bool = False) -> int:
+    """Run PostgreSQL, NATS, the SMTP sink and the five services until Ctrl-C or SIGTERM (with mTLS between
+    them and their callers when tls).
 
     Returns 0 after a requested stop, 1 if something failed to start.
     """
-    return LocalRun(RunConfig(root=root.expanduser().resolve())).run()
+    return LocalRun(RunConfig(root=root.expanduser().resolve(), tls=tls)).run()
 
 
 _COLOURS = ("36", "32", "35", "33", "34", "31")
@@ -374,9 +393,21 @@ class LocalRun:
         if self._stop.is_set():
             return 0
 
+        certs = None
+        if config.tls:
+            from omni_kit.security.certs import make_certificates
+
+            certs = config.certs_dir
+            make_certificates(certs, [*(service.name for service in config.services), OPERATOR])
+            self._out.say(f"mTLS on: CA and certificates (one for you: {OPERATOR}.pem) in {_shown(certs)}")
         self._environment = child_environment(
             service_environment(
-                config.services, self._postgres.url, self._nats.url, self._smtp.port, config.tracking_port
+                config.services,
+                self._postgres.url,
+                self._nats.url,
+                self._smtp.port,
+                config.tracking_port,
+                certs=certs,
             ),
             os.environ,
         )
@@ -442,7 +473,16 @@ class LocalRun:
             ("grpc.min_reconnect_backoff_ms", 100),
             ("grpc.max_reconnect_backoff_ms", 500),
         ]
-        channels = {service.name: grpc.insecure_channel(service.target, options) for service in pending}
+        if self.config.tls:
+            certs = self.config.certs_dir
+            credentials = grpc.ssl_channel_credentials(
+                root_certificates=(certs / "ca.pem").read_bytes(),
+                private_key=(certs / f"{OPERATOR}-key.pem").read_bytes(),
+                certificate_chain=(certs / f"{OPERATOR}.pem").read_bytes(),
+            )
+            channels = {s.name: grpc.secure_channel(s.target, credentials, options) for s in pending}
+        else:
+            channels = {s.name: grpc.insecure_channel(s.target, options) for s in pending}
         request = health_pb2.HealthCheckRequest(service="")
         try:
             while pending:

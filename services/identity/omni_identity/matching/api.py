@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 import grpc
@@ -16,6 +17,7 @@ from omni_identity.api import retrying, run_once
 from omni_identity.events import OutboxPublisher
 from omni_identity.matching.graph_repository import GraphRepository
 from omni_identity.matching.linking import DecisionRecord, Linking, ReviewOutcome
+from omni_identity.matching.matcher import Repair
 from omni_identity.matching.messages import (
     IdentifierNormaliser,
     decision_message,
@@ -27,8 +29,11 @@ from omni_identity.matching.messages import (
 from omni_identity.matching.records import NormalisedRecord
 from omni_identity.matching.repository import MatchRepository
 from omni_identity.matching.training import TrainingError
+from omni_identity.operator_repository import OperatorRepository
+from omni_identity.operators import Operators
+from omni_identity.repository import IdentityRepository
 from omni_kit import validation
-from omni_kit.errors import FailedPrecondition
+from omni_kit.errors import FailedPrecondition, InvalidArgument, NotFound
 from omni_kit.idempotency import fingerprint
 from omni_kit.runtime import Runtime
 
@@ -37,6 +42,8 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 DEFAULT_TRAINING_RECORDS = 50_000
+# Who settles the reviews cluster repair settles (the lineage's reviewer).
+REPAIR_REVIEWER = "match repair"
 # The kinds of ListMatchDecisions and ListMatchReviews page tokens, so that other lists' tokens are refused.
 _DECISIONS_PAGE = "identity.match_decisions"
 _REVIEWS_PAGE = "identity.match_reviews"
@@ -52,11 +59,16 @@ class MatchingServicer(matching_pb2_grpc.MatchingServiceServicer):
     """gRPC face of the probabilistic matcher."""
 
     def __init__(
-        self, runtime: Runtime, linking: Linking, normalise_identifier: IdentifierNormaliser
+        self,
+        runtime: Runtime,
+        linking: Linking,
+        normalise_identifier: IdentifierNormaliser,
+        operators: Operators,
     ) -> None:
         self._runtime = runtime
         self._linking = linking
         self._normalise_identifier = normalise_identifier
+        self._operators = operators
 
     async def MatchRecord(
         self, request: matching_pb2.MatchRecordRequest, context: grpc.aio.ServicerContext
@@ -233,5 +245,62 @@ class MatchingServicer(matching_pb2_grpc.MatchingServiceServicer):
                     source=source,
                     request_id=request_id or None,
                 )
+
+        decisions = await retrying(work)
+        if self._linking.policy.repair is not Repair.MERGE:
+            return decisions
+        return [await self._repair(d) if d.proposed_merge and d.open_review else d for d in decisions]
+
+    async def _repair(self, review: DecisionRecord) -> DecisionRecord:
+        """Merge the persons a review found to be one into the oldest (the graph's own merge: its checks,
+        lineage and event; reason "match repair"), then settle the review by linking its record to the
+        survivor. Each step is its own transaction, after the match's: a merge a limit refuses, or a review
+        settled meanwhile, leaves the review as it is for an operator."""
+        survivor, *others = review.proposed_merge
+        reason = f"match repair: match decision {review.id}"
+        for merged in others:
+
+            async def merge(session: AsyncSession, merged: uuid.UUID = merged) -> None:
+                await self._operators.merge(
+                    OperatorRepository(session),
+                    IdentityRepository(session),
+                    OutboxPublisher(self._runtime.outbox, session),
+                    survivor,
+                    merged,
+                    reason,
+                    request_id=f"match-repair:{review.id}",
+                )
+
+            try:
+                await self._in_transaction(merge)
+            except InvalidArgument:
+                continue  # merged already (an earlier record of the batch repaired the same split)
+            except (FailedPrecondition, NotFound) as refused:
+                log.info("match repair of %s left for review: %s", review.id, refused)
+                return review
+
+        async def settle(session: AsyncSession) -> DecisionRecord:
+            settled = await self._linking.settle(
+                MatchRepository(session),
+                GraphRepository(session),
+                OutboxPublisher(self._runtime.outbox, session),
+                review.id,
+                ReviewOutcome.LINK,
+                survivor,
+                reviewer=REPAIR_REVIEWER,
+                reason=reason,
+            )
+            return settled.decision
+
+        try:
+            return await self._in_transaction(settle)
+        except (FailedPrecondition, NotFound, InvalidArgument) as refused:
+            log.info("match repair of %s left for review: %s", review.id, refused)
+            return review
+
+    async def _in_transaction(self, step: Callable[[AsyncSession], Awaitable[T]]) -> T:
+        async def work() -> T:
+            async with self._runtime.transaction() as session:
+                return await step(session)
 
         return await retrying(work)

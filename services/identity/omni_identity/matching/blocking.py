@@ -9,13 +9,48 @@ Each key tolerates different mistakes, so a true match is lost only when every k
 - ``sg``  Soundex of surname and of given name, in either order (a wrong date and postcode, swapped names);
 - ``ds``  date of birth and the first word of the suburb (a new name, a wrong postcode);
 - ``an``  house number and the first word of the street (a new surname, a typo'd date);
+- ``da``  date of birth and the street's first four letters, spaces left out (new names and postcode);
+- ``as``  the street's first four letters and the suburb's first three (new names, date and postcode);
+- ``ny``  NYSIIS codes of both names, in either order (names misspelt past Soundex, a new date);
+- ``pp``  the postcode's digits in order and the year of birth (two digits of the postcode swapped);
+- ``mp``  Metaphone of the surname and the postcode's first two characters (a neighbouring postcode);
+- ``gm``  Metaphone of the given name and the year and month of birth (a typo'd day, a move);
 - ``id``  each identifier the record carries.
+
+Keys are computed when a record is filed and kept with it: a kind of key added later finds the records
+filed since (a record filed before is still found through its other keys).
 """
 
 from __future__ import annotations
 
+import jellyfish
+
 from omni_identity.matching.phonetic import soundex
 from omni_identity.matching.records import NormalisedRecord
+
+# The compared fields each kind of key is made of: the pairs a key finds agree (or nearly agree) on them by
+# construction, so those fields say nothing about whether such pairs match. Training learns a field's m only
+# from pairs found by keys not made of it.
+KEY_FIELDS: dict[str, tuple[str, ...]] = {
+    "pc": ("postcode",),
+    "sy": ("surname", "date_of_birth"),
+    "gd": ("given_name", "date_of_birth"),
+    "sg": ("given_name", "surname"),
+    "ds": ("date_of_birth", "suburb"),
+    "an": ("street_number", "address_1"),
+    "da": ("date_of_birth", "address_1"),
+    "as": ("address_1", "suburb"),
+    "ny": ("given_name", "surname"),
+    "pp": ("postcode", "date_of_birth"),
+    "mp": ("surname", "postcode"),
+    "gm": ("given_name", "date_of_birth"),
+    "id": ("identifiers",),
+}
+
+
+def key_kind(key: str) -> str:
+    """The kind of a blocking key (its prefix: "pc", "sy", ...)."""
+    return key.split(":", 1)[0]
 
 
 def blocking_keys(record: NormalisedRecord) -> list[str]:
@@ -40,8 +75,31 @@ def blocking_keys(record: NormalisedRecord) -> list[str]:
     street_words = record.address_1.split()
     if record.street_number and street_words:
         keys.add(f"an:{record.street_number}:{street_words[0]}")
+    street = record.address_1.replace(" ", "")[:4]
+    suburb = record.suburb.replace(" ", "")[:3]
+    if record.date_of_birth and street:
+        keys.add(f"da:{record.date_of_birth}:{street}")
+    if street and suburb:
+        keys.add(f"as:{street}:{suburb}")
+    if record.surname and record.given_name:
+        first, second = sorted((_nysiis(record.surname), _nysiis(record.given_name)))
+        keys.add(f"ny:{first}:{second}")
+    if record.postcode and year:
+        keys.add(f"pp:{''.join(sorted(record.postcode))}:{year}")
+    if record.surname and record.postcode:
+        keys.add(f"mp:{_metaphone(record.surname)}:{record.postcode[:2]}")
+    if record.given_name and len(record.date_of_birth) >= 6:
+        keys.add(f"gm:{_metaphone(record.given_name)}:{record.date_of_birth[:6]}")
     keys.update(f"id:{identifier}" for identifier in record.identifiers)
     return sorted(keys)
+
+
+def _nysiis(name: str) -> str:
+    return str(jellyfish.nysiis(name)).lower()
+
+
+def _metaphone(name: str) -> str:
+    return str(jellyfish.metaphone(name)).lower()
 
 
 def candidate_pairs(

@@ -39,11 +39,16 @@ class EmResult:
 
 
 def level_frequencies(
-    vectors: npt.NDArray[np.int8], n_levels: Sequence[int], fallback: Sequence[Array]
+    vectors: npt.NDArray[np.int8],
+    n_levels: Sequence[int],
+    fallback: Sequence[Array],
+    *,
+    pseudo_count: float = _PSEUDO_COUNT,
 ) -> list[Array]:
     """Each field's level frequencies among the pairs where it is present (u from random pairs).
 
-    A field present in no pair gets its fallback.
+    A field present in no pair gets its fallback. pseudo_count is added to every level's count, so that a
+    level no pair showed is rare rather than impossible.
     """
     result = []
     for f, levels in enumerate(n_levels):
@@ -52,7 +57,7 @@ def level_frequencies(
         if observed.size == 0:
             result.append(np.asarray(fallback[f], dtype=np.float64))
             continue
-        counts = np.bincount(observed, minlength=levels).astype(np.float64) + _PSEUDO_COUNT
+        counts = np.bincount(observed, minlength=levels).astype(np.float64) + pseudo_count
         result.append(counts / counts.sum())
     return result
 
@@ -116,6 +121,36 @@ def estimate(
             converged = True
             break
     return EmResult(lam, m_est, u_est, iteration, converged, log_likelihood)
+
+
+def prior_given(
+    vectors: npt.NDArray[np.int8],
+    m: Sequence[Array],
+    u: Sequence[Array],
+    *,
+    start: float = 0.1,
+    max_iterations: int = 500,
+    tolerance: float = 1e-9,
+) -> float:
+    """The share of matches among the pairs (EM over the prior alone, m and u fixed)."""
+    if len(vectors) == 0:
+        raise ValueError("EM needs at least one comparison vector")
+    patterns, counts = np.unique(vectors, axis=0, return_counts=True)
+    weights = counts.astype(np.float64)
+    indicators = [
+        (patterns[:, f, None] == np.arange(len(m[f]))[None, :]).astype(np.float64)
+        for f in range(patterns.shape[1])
+    ]
+    log_ratio = _log_likelihood(indicators, list(m)) - _log_likelihood(indicators, list(u))
+    lam = float(start)
+    for _ in range(max_iterations):
+        odds = np.log(lam) - np.log1p(-lam) + log_ratio
+        g = 1.0 / (1.0 + np.exp(-np.clip(odds, -700, 700)))
+        new_lam = float(np.clip((weights * g).sum() / weights.sum(), _FLOOR * 1e-3, 1 - _FLOOR))
+        if abs(new_lam - lam) < tolerance:
+            return new_lam
+        lam = new_lam
+    return lam
 
 
 def _log_likelihood(indicators: list[Array], probabilities: list[Array]) -> Array:

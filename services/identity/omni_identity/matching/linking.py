@@ -85,6 +85,8 @@ class DecisionRecord:
     """The persons of the graph holding the record's identifiers when it was decided."""
     settles: uuid.UUID | None = None
     """For a decision made by settling a review: the review."""
+    proposed_merge: tuple[uuid.UUID, ...] = ()
+    """Cluster repair: persons the record matched that match each other (one person split), to merge."""
     settlement: Settlement | None = None
     """For a settled review: how it was settled."""
 
@@ -383,6 +385,7 @@ class Linking:
             record=outcome.record,
             decided_at=now,
             holders=outcome.holders,
+            proposed_merge=outcome.proposed_merge,
         )
 
     async def training_set(self, store: MatchStore, limit: int) -> tuple[list[StoredRecord], StoredModel]:

@@ -45,6 +45,15 @@ class Decision(Enum):
     """No candidate reached the review threshold: a person was created for it."""
 
 
+class Repair(Enum):
+    """What to do when a record matches several persons that match each other (one person split in two)."""
+
+    PROPOSE = "propose"
+    """Send the record to review, naming the persons to merge (an operator merges them and settles)."""
+    MERGE = "merge"
+    """Merge the persons through the graph's own merge (with lineage) and link the record to the survivor."""
+
+
 @dataclass(frozen=True)
 class Policy:
     """The thresholds on the best candidate's match probability, and how much to return and compare."""
@@ -55,6 +64,8 @@ class Policy:
     max_block: int = 500
     review_relatives: bool = True
     """Send pairs that differ in both given name and date of birth to review even above the link threshold."""
+    repair: Repair = Repair.PROPOSE
+    """Cluster repair of persons found to be one (see Repair)."""
 
     def __post_init__(self) -> None:
         if not 0.0 < self.review_threshold <= self.link_threshold < 1.0:
@@ -118,6 +129,9 @@ class Outcome:
     stored: StoredRecord | None
     holders: tuple[uuid.UUID, ...] = ()
     """The persons of the identity graph holding any of the record's identifiers when it was decided."""
+    proposed_merge: tuple[uuid.UUID, ...] = ()
+    """Cluster repair: the persons (two or more, sorted) the record matched above the link threshold that
+    also match each other above it; the record goes to review naming them."""
 
     @property
     def probability(self) -> float:
@@ -200,7 +214,7 @@ def decide_batch(
             np.concatenate([vectors[rows], earlier_vectors[[row for _, row in new]]]),
             np.concatenate([weights[rows], earlier_weights[[row for _, row in new]]]),
         )
-        outcome = _heed_holders(_decide(record, keys, scored, table, policy, new_id), held, new_id)
+        outcome = _heed_holders(_decide(record, keys, scored, model, table, policy, new_id), held, new_id)
         if outcome.stored is not None:
             filed[i] = outcome.stored
         if outcome.person_id is not None:
@@ -223,6 +237,7 @@ def _decide(
     record: NormalisedRecord,
     keys: tuple[str, ...],
     scored: _Scored,
+    model: MatchModel,
     table: npt.NDArray[np.float64],
     policy: Policy,
     new_id: Callable[[], uuid.UUID],
@@ -242,7 +257,8 @@ def _decide(
         stored = StoredRecord(new_id(), best.person_id, record, keys, origin)
         return Outcome(Decision.LINKED, best.person_id, stored.id, record, keys, shown, stored)
     if best is not None and best.probability >= policy.review_threshold:
-        return Outcome(Decision.REVIEW, None, None, record, keys, shown, None)
+        proposed = _split_person(scored, linked, model, policy) if len(linked) > 1 and not relative else ()
+        return Outcome(Decision.REVIEW, None, None, record, keys, shown, None, proposed_merge=proposed)
     person_id = new_id()
     stored = StoredRecord(new_id(), person_id, record, keys, person_id)
     return Outcome(Decision.NEW_PERSON, stored.person_id, stored.id, record, keys, shown, stored)
@@ -284,6 +300,26 @@ def _heed_holders(
         stored=stored,
         holders=holders,
     )
+
+
+def _split_person(
+    scored: _Scored, linked: list[int], model: MatchModel, policy: Policy
+) -> tuple[uuid.UUID, ...]:
+    """The persons of the linked rows, sorted, when their records match each other above the link threshold
+    (one person filed twice: a cluster to repair); () otherwise.
+
+    Each pair of persons is compared through the records the new one matched best; relatives (given name
+    and date of birth both different) never count as one person when the policy reviews them.
+    """
+    rows = [scored.records[k] for k in linked]
+    pairs = [(a, b) for i, a in enumerate(rows) for b in rows[i + 1 :]]
+    vectors = compare([a.record for a, _ in pairs], [b.record for _, b in pairs])
+    weights = model.match_weights(vectors)
+    if (weights < _weight_of(policy.link_threshold)).any():
+        return ()
+    if policy.review_relatives and any(_relative(v) for v in vectors):
+        return ()
+    return tuple(sorted(stored.person_id for stored in rows))
 
 
 def _relative(vector: npt.NDArray[np.int8]) -> bool:

@@ -121,6 +121,7 @@ def result_message(decision: DecisionRecord) -> matching_pb2.MatchResult:
         probability=decision.probability,
         model_version=decision.model_version,
         identifier_person_ids=[str(p) for p in decision.holders],
+        proposed_merge_person_ids=[str(p) for p in decision.proposed_merge],
     )
 
 
@@ -155,6 +156,7 @@ def decision_message(decision: DecisionRecord) -> matching_pb2.MatchDecisionReco
         record=record_message(decision.record),
         identifier_person_ids=[str(p) for p in decision.holders],
         settles_decision_id=_id(decision.settles),
+        proposed_merge_person_ids=[str(p) for p in decision.proposed_merge],
     )
     message.decide_time.FromDatetime(decision.decided_at.astimezone(UTC))
     if decision.settlement is not None:

@@ -1,5 +1,6 @@
 """The Fellegi-Sunter match model: per field and level, m = P(level | same person) and u = P(level | not),
-and the prior probability that a candidate pair (two records sharing a blocking key) is the same person.
+and the prior probability that two records picked at random are the same person (u is measured on random
+pairs too, so the weights and the prior are of one population; see training.py).
 
 A pair's match weight is log2 of the prior odds plus, for each compared field, log2(m / u) of its level;
 the match probability is the posterior 1 / (1 + 2^-weight). Missing fields add nothing.
@@ -17,9 +18,13 @@ import numpy.typing as npt
 from omni_identity.matching.comparison import COMPARISONS, Kind
 
 _CLIP = 1e-6
+# The prior of a random pair is about one over the store's size: it may be far below _CLIP.
+_PRIOR_CLIP = 1e-12
 
-# Hand-set starting values for a store that has not been trained yet: what a true match and a candidate
-# non-match (which shares a blocking key, so agrees more often than two random records) typically look like.
+# Hand-set values for a store that has not been trained yet. m: what the same person's records typically
+# look like. u: how often two records of different people (a random pair, not a candidate pair) agree, from
+# how common names, birthdays, streets and postcodes are in a population; the prior is that of a random pair
+# in a store of about a million people. Every field's weights fall level by level (see monotone()).
 _DEFAULT_M: dict[Kind, tuple[float, ...]] = {
     Kind.TEXT: (0.86, 0.06, 0.04, 0.04),
     Kind.CODE: (0.88, 0.08, 0.04),
@@ -28,18 +33,24 @@ _DEFAULT_M: dict[Kind, tuple[float, ...]] = {
     Kind.IDENTIFIERS: (0.95, 0.05),
 }
 _DEFAULT_U: dict[Kind, tuple[float, ...]] = {
-    Kind.TEXT: (0.03, 0.01, 0.06, 0.90),
-    Kind.CODE: (0.10, 0.10, 0.80),
-    Kind.DATE: (0.01, 0.01, 0.98),
-    Kind.EXACT: (0.30, 0.70),
+    Kind.TEXT: (0.005, 0.003, 0.03, 0.962),
+    Kind.CODE: (0.02, 0.06, 0.92),
+    Kind.DATE: (0.00004, 0.001, 0.99896),
+    Kind.EXACT: (0.3, 0.7),
+    # Family members share an email or a phone: a shared identifier is common evidence, not proof.
     Kind.IDENTIFIERS: (0.001, 0.999),
 }
+# Kind.CODE and Kind.DATE have the same levels, so the enum makes them one member: fields of either kind
+# whose u differ are set here by name.
 _DEFAULT_U_BY_FIELD: dict[str, tuple[float, ...]] = {
-    # Candidates share a postcode more often than anything else: it is the widest blocking key.
-    "postcode": (0.60, 0.05, 0.35),
-    "suburb": (0.30, 0.02, 0.05, 0.63),
+    "date_of_birth": (0.00004, 0.001, 0.99896),
+    "street_number": (0.02, 0.06, 0.92),
+    "given_name": (0.01, 0.005, 0.03, 0.955),
+    "address_1": (0.002, 0.002, 0.02, 0.976),
+    "suburb": (0.003, 0.002, 0.02, 0.975),
+    "postcode": (0.003, 0.03, 0.967),
 }
-DEFAULT_PRIOR = 0.01
+DEFAULT_PRIOR = 0.000001
 
 
 @dataclass(frozen=True)
@@ -113,6 +124,22 @@ class MatchModel:
         return cls(version, float(data["prior"]), fields, trained_pairs=trained_pairs, iterations=iterations)
 
 
+def monotone(field: FieldParameters) -> FieldParameters:
+    """The field with no level weighing more than a better one (levels are best first).
+
+    A level's m is lowered until its weight is at most the better level's (u stays: it is measured on
+    random pairs), then m is scaled back to a sum of 1, which moves every weight of the field by the same
+    amount. Unchanged when the weights already fall level by level.
+    """
+    weights = np.asarray(field.weights())
+    capped = np.minimum.accumulate(weights)
+    if np.array_equal(capped, weights):
+        return field
+    m = np.asarray(field.u) * np.exp2(capped)
+    m = m / m.sum()
+    return FieldParameters(field.field, field.levels, tuple(float(x) for x in m), field.u)
+
+
 def probability(weights: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
     """Posterior probabilities from match weights (log2 odds)."""
     return np.asarray(1.0 / (1.0 + np.exp2(-np.clip(weights, -200, 200))), dtype=np.float64)
@@ -138,17 +165,19 @@ def model_from_arrays(
 ) -> MatchModel:
     """A model from per-field arrays of m and u (as EM produces them), clipped away from 0 and 1."""
     fields = tuple(
-        FieldParameters(
-            c.field,
-            c.levels,
-            tuple(float(x) for x in np.clip(mi, _CLIP, 1 - _CLIP)),
-            tuple(float(x) for x in np.clip(ui, _CLIP, 1 - _CLIP)),
+        monotone(
+            FieldParameters(
+                c.field,
+                c.levels,
+                tuple(float(x) for x in np.clip(mi, _CLIP, 1 - _CLIP)),
+                tuple(float(x) for x in np.clip(ui, _CLIP, 1 - _CLIP)),
+            )
         )
         for c, mi, ui in zip(COMPARISONS, m, u, strict=True)
     )
     return MatchModel(
         version,
-        float(np.clip(prior, _CLIP, 1 - _CLIP)),
+        float(np.clip(prior, _PRIOR_CLIP, 1 - _CLIP)),
         fields,
         trained_pairs=trained_pairs,
         iterations=iterations,

@@ -121,6 +121,12 @@ class MatchDecisionRow(MatchingBase):
         server_default="{}",
         comment="The persons of the graph holding the record's identifiers when it was decided.",
     )
+    proposed_merge_person_ids: Mapped[list[uuid.UUID]] = mapped_column(
+        ARRAY(sa.Uuid),
+        nullable=False,
+        server_default="{}",
+        comment="Cluster repair: persons the record matched that match each other, proposed for a merge.",
+    )
     settles_decision_id: Mapped[uuid.UUID | None] = mapped_column(
         sa.Uuid, nullable=True, comment="For a decision made by settling a review: the review."
     )

@@ -278,6 +278,7 @@ def _decision_row(decision: DecisionRecord) -> dict[str, Any]:
         "person_ids": person_ids,
         "decided_at": decision.decided_at,
         "identifier_person_ids": list(decision.holders),
+        "proposed_merge_person_ids": list(decision.proposed_merge),
         "settles_decision_id": decision.settles,
     }
 
@@ -328,6 +329,7 @@ def _decision_record(row: MatchDecisionRow) -> DecisionRecord:
         ),
         decided_at=row.decided_at,
         holders=tuple(row.identifier_person_ids or ()),
+        proposed_merge=tuple(row.proposed_merge_person_ids or ()),
         settles=row.settles_decision_id,
         settlement=_settlement(row),
     )

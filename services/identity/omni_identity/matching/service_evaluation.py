@@ -13,7 +13,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from omni.identity.v1 import matching_pb2, matching_pb2_grpc
+from omni.identity.v1 import identity_pb2, identity_pb2_grpc, matching_pb2, matching_pb2_grpc
 from omni_identity.matching import febrl
 from omni_identity.matching.records import PersonRecord
 
@@ -122,3 +122,69 @@ def _figures(predicted: set[tuple[int, int]], truth: set[tuple[int, int]]) -> di
     recall = hits / len(truth) if truth else 0.0
     f1 = 2 * precision * recall / (precision + recall) if hits else 0.0
     return {"precision": round(precision, 5), "recall": round(recall, 5), "f1": round(f1, 5)}
+
+
+async def evaluate_dedup_service(
+    stub: matching_pb2_grpc.MatchingServiceStub,
+    *,
+    name: str = "febrl3",
+    train_on_first_half: bool = False,
+    batch_size: int = 500,
+    identity: identity_pb2_grpc.IdentityServiceStub | None = None,
+) -> dict[str, Any]:
+    """Deduplicate a FEBRL file (FEBRL3 by default) through the service, which must hold no other records.
+
+    The file is sent in its order with BatchMatchRecords (soc_sec_id is never sent). With
+    train_on_first_half, TrainMatchModel learns a model from the store once the first half is in, and the
+    second half is matched with it; otherwise the built-in model decides every record. Two records are
+    predicted to be one person when both were filed under the same person (LINKED or NEW_PERSON); a record
+    sent to review is filed under nobody. Pairwise precision, recall and F1 over every pair of the file.
+    With identity, each person is counted as the person it leads to at the end (GetPerson), so that merges
+    made later (cluster repair) join the records filed before them.
+    """
+    data = febrl.load_dedup(name)
+    half = len(data.records) // 2 if train_on_first_half else len(data.records)
+    started = time.perf_counter()
+    results = await _match_all(stub, data.records[:half], name, batch_size)
+    matched_seconds = time.perf_counter() - started
+    trained_pairs, training_seconds, version = 0, 0.0, 0
+    if half < len(data.records):
+        trained_at = time.perf_counter()
+        trained = await stub.TrainMatchModel(matching_pb2.TrainMatchModelRequest())
+        training_seconds = time.perf_counter() - trained_at
+        trained_pairs, version = trained.model.trained_pairs, trained.model.version
+        resumed = time.perf_counter()
+        results += await _match_all(stub, data.records[half:], name, batch_size)
+        matched_seconds += time.perf_counter() - resumed
+    now_person: dict[str, str] = {}
+    if identity is not None:
+        for person_id in sorted({r.person_id for r in results if r.person_id}):
+            found = await identity.GetPerson(identity_pb2.GetPersonRequest(person_id=person_id))
+            now_person[person_id] = found.person.id
+    members: dict[str, list[int]] = {}
+    for position, result in enumerate(results):
+        if result.person_id:
+            members.setdefault(now_person.get(result.person_id, result.person_id), []).append(position)
+    predicted = {(a, b) for group in members.values() for k, a in enumerate(group) for b in group[k + 1 :]}
+    decisions = [r.decision for r in results]
+    several = sum(
+        1
+        for r in results
+        if r.decision == matching_pb2.MATCH_DECISION_REVIEW
+        and sum(c.probability >= 0.95 for c in r.candidates) > 1
+    )
+    return {
+        "records": len(results),
+        "persons": len(members),
+        "true_pairs": len(data.true_matches),
+        **_figures(predicted, data.true_matches),
+        "predicted_pairs": len(predicted),
+        "linked": decisions.count(matching_pb2.MATCH_DECISION_LINKED),
+        "new_person": decisions.count(matching_pb2.MATCH_DECISION_NEW_PERSON),
+        "review": decisions.count(matching_pb2.MATCH_DECISION_REVIEW),
+        "review_several_persons": several,
+        "records_per_second": round(len(results) / matched_seconds, 1),
+        "training_seconds": round(training_seconds, 3),
+        "trained_pairs": trained_pairs,
+        "model_version": version,
+    }

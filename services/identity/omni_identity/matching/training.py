@@ -1,8 +1,16 @@
-"""Learning a match model from records: candidate pairs by blocking, u started from random pairs, EM.
+"""Learning a match model from records, as Splink does: u from random pairs, m by EM over blocked pairs.
 
-The pairs EM sees are the ones the matcher will score (those sharing a blocking key), so the prior and the u
-probabilities it learns are those of candidate pairs. Random pairs, nearly all non-matches, give u its
-starting point; m starts from the current model.
+- u = P(level | not the same person) is the level frequencies of random pairs of the records (nearly all of
+  them different people), kept fixed. Candidate pairs are no estimate of it: they share a blocking key, so
+  they agree on the key's fields far more often than two people do (estimated over candidates, postcode
+  agreement came out as evidence *against* a match).
+- m = P(level | same person) is learnt by EM, u fixed, once for each kind of blocking key over the pairs
+  that kind of key finds, with the fields the key is made of left out (those pairs agree on them by
+  construction); a field's m is the average over the kinds not made of it, weighted by the matches each
+  found.
+- The prior is that of a random pair: the matches EM finds among the candidate pairs over all pairs.
+- Every field's weights are then made monotone (model.monotone): a partial agreement never weighs more
+  than an exact one.
 """
 
 from __future__ import annotations
@@ -13,9 +21,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from omni_identity.matching.blocking import candidate_pairs
-from omni_identity.matching.comparison import COMPARISONS, FIELD_INDEX, compare
-from omni_identity.matching.em import estimate, level_frequencies
+from omni_identity.matching.blocking import KEY_FIELDS, candidate_pairs, key_kind
+from omni_identity.matching.comparison import COMPARISONS, FIELD_INDEX, MISSING, compare
+from omni_identity.matching.em import estimate, level_frequencies, prior_given
 from omni_identity.matching.model import MatchModel, model_from_arrays
 from omni_identity.matching.records import NormalisedRecord
 
@@ -25,6 +33,10 @@ _TELLING_FIELDS = ("given_name", "surname", "date_of_birth")
 MIN_PAIRS = 50
 MIN_MATCHES = 20
 MIN_EXACT_M = 0.5
+# Counted once more on every level of u, so that a level no random pair showed is rare, not impossible.
+_U_PSEUDO_COUNT = 1.0
+# EM's starting share of matches among the pairs of one kind of key.
+_START_PRIOR = 0.1
 
 
 class TrainingError(ValueError):
@@ -49,11 +61,11 @@ def train(
     version: int,
     right: Sequence[NormalisedRecord] | None = None,
     right_keys: Sequence[Sequence[str]] | None = None,
-    random_pair_count: int = 20_000,
+    random_pair_count: int = 100_000,
     max_block: int = 500,
     seed: int = 20240611,
 ) -> TrainingResult:
-    """Train on the candidate pairs within left (deduplication) or between left and right (linkage).
+    """Train on the pairs within left (deduplication) or between left and right (linkage).
 
     Raises TrainingError when there are too few pairs, or when the result does not treat agreement on
     names and date of birth as evidence of a match (EM found some other split of the pairs, which happens
@@ -62,35 +74,74 @@ def train(
     linking = right is not None
     other = right if right is not None else left
     other_keys = right_keys if right_keys is not None else left_keys
-    pairs = sorted(
-        candidate_pairs([list(k) for k in left_keys], [list(k) for k in other_keys], max_block=max_block)
-    )
-    if not linking:
-        pairs = [(i, j) for i, j in pairs if i < j]
+    pairs = _pairs(left_keys, other_keys, max_block, linking)
     if len(pairs) < MIN_PAIRS:
         raise TrainingError(f"only {len(pairs)} candidate pairs; at least {MIN_PAIRS} are needed")
+    row_of = {pair: row for row, pair in enumerate(pairs)}
     vectors = compare([left[i] for i, _ in pairs], [other[j] for _, j in pairs])
     sampled = _random_pairs(len(left), len(other), random_pair_count, seed, distinct=not linking)
     random_vectors = compare([left[i] for i, _ in sampled], [other[j] for _, j in sampled])
-    u_start = level_frequencies(random_vectors, N_LEVELS, [np.array(f.u) for f in start.fields])
-    result = estimate(
-        vectors,
-        N_LEVELS,
-        m=[np.array(f.m) for f in start.fields],
-        u=u_start,
-        prior=max(start.prior, 0.01),
+    u = level_frequencies(
+        random_vectors, N_LEVELS, [np.array(f.u) for f in start.fields], pseudo_count=_U_PSEUDO_COUNT
     )
+    m_start = [np.array(f.m) for f in start.fields]
+    found_m: list[list[tuple[float, np.ndarray]]] = [[] for _ in COMPARISONS]
+    iterations = 0
+    converged = True
+    left_by_kind, other_by_kind = _by_kind(left_keys), _by_kind(other_keys)
+    for kind, fields in KEY_FIELDS.items():
+        kind_pairs = _pairs(left_by_kind[kind], other_by_kind[kind], max_block, linking)
+        if len(kind_pairs) < MIN_PAIRS:
+            continue
+        kind_vectors = vectors[[row_of[p] for p in kind_pairs]].copy()
+        left_out = [FIELD_INDEX[f] for f in fields]
+        kind_vectors[:, left_out] = MISSING
+        result = estimate(kind_vectors, N_LEVELS, m=m_start, u=u, prior=_START_PRIOR, fix_u=True)
+        iterations += result.iterations
+        converged = converged and result.converged
+        matches = result.prior * len(kind_pairs)
+        for f in range(len(COMPARISONS)):
+            present = int((kind_vectors[:, f] != MISSING).sum())
+            if f not in left_out and present:
+                found_m[f].append((matches * present / len(kind_pairs), result.m[f]))
+    m = [
+        np.average([x for _, x in found], axis=0, weights=[w for w, _ in found])
+        if found and sum(w for w, _ in found) > 0
+        else m_start[f]
+        for f, found in enumerate(found_m)
+    ]
+    candidate_prior = prior_given(vectors, m, u)
+    expected_matches = candidate_prior * len(pairs)
+    all_pairs = len(left) * len(other) if linking else len(left) * (len(left) - 1) // 2
     model = model_from_arrays(
-        version, result.prior, result.m, result.u, trained_pairs=len(pairs), iterations=result.iterations
+        version, expected_matches / all_pairs, m, u, trained_pairs=len(pairs), iterations=iterations
     )
-    expected_matches = result.prior * len(pairs)
     if expected_matches < MIN_MATCHES:
         raise TrainingError(
             f"EM found about {expected_matches:.0f} matching pairs among {len(pairs)}; at least {MIN_MATCHES} "
             "are needed: the records hold too few duplicates to learn from"
         )
     check_plausible(model)
-    return TrainingResult(model, len(pairs), len(sampled), result.converged)
+    return TrainingResult(model, len(pairs), len(sampled), converged)
+
+
+def _by_kind(keys: Sequence[Sequence[str]]) -> dict[str, list[list[str]]]:
+    """Each record's keys of each kind, for every kind of key."""
+    found: dict[str, list[list[str]]] = {kind: [[] for _ in keys] for kind in KEY_FIELDS}
+    for row, record_keys in enumerate(keys):
+        for key in record_keys:
+            kind_keys = found.get(key_kind(key))
+            if kind_keys is not None:
+                kind_keys[row].append(key)
+    return found
+
+
+def _pairs(
+    left_keys: Sequence[Sequence[str]], right_keys: Sequence[Sequence[str]], max_block: int, linking: bool
+) -> list[tuple[int, int]]:
+    """The candidate pairs, sorted; within one file each unordered pair once."""
+    pairs = candidate_pairs([list(k) for k in left_keys], [list(k) for k in right_keys], max_block=max_block)
+    return sorted(pairs if linking else ((i, j) for i, j in pairs if i < j))
 
 
 def check_plausible(model: MatchModel) -> None:

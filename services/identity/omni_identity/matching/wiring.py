@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Literal
 
 import grpc
 from pydantic import Field, model_validator
@@ -13,8 +14,9 @@ from omni_identity.erasure import Tombstones
 from omni_identity.matching.api import MatchingServicer
 from omni_identity.matching.graph import GraphFiling
 from omni_identity.matching.linking import Linking
-from omni_identity.matching.matcher import Policy
+from omni_identity.matching.matcher import Policy, Repair
 from omni_identity.matching.messages import IdentifierNormaliser
+from omni_identity.operators import Operators
 from omni_identity.rules import Rules
 from omni_kit.ids import new_id
 from omni_kit.runtime import Runtime
@@ -49,6 +51,13 @@ class MatchingSettings(BaseSettings):
         "of birth (a relative at the same address) instead of linking it.",
     )
 
+    repair: Literal["propose", "merge"] = Field(
+        "propose",
+        description="Cluster repair, when a record matches two or more persons above the link threshold that "
+        "match each other above it: 'propose' sends it to review naming the persons to merge; 'merge' merges "
+        "them (the graph's own merge, with lineage; UnmergePerson undoes it) and links the record.",
+    )
+
     @model_validator(mode="after")
     def _ordered(self) -> MatchingSettings:
         if self.review_threshold > self.link_threshold:
@@ -63,6 +72,7 @@ class MatchingSettings(BaseSettings):
             max_candidates=self.max_candidates,
             max_block=self.max_block,
             review_relatives=self.review_relatives,
+            repair=Repair(self.repair),
         )
 
 
@@ -82,7 +92,9 @@ class Matching:
         # The graph's own rules and tombstones: a record's identifiers are attached as a resolve's would be.
         graph = GraphFiling(rules, tombstones, new_id=new_id)
         linking = Linking(settings.policy(), graph, clock=lambda: datetime.now(UTC), new_id=new_id)
-        self.servicer = MatchingServicer(runtime, linking, normalise_identifier)
+        # Cluster repair merges persons as MergePersons does: the same checks, lineage and event.
+        operators = Operators(rules, tombstones, id_factory=new_id)
+        self.servicer = MatchingServicer(runtime, linking, normalise_identifier, operators)
 
     def register(self, server: grpc.aio.Server) -> None:
         """Add the servicer to the gRPC server."""

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import re
+import ssl
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -88,8 +89,10 @@ class HttpEndpoint:
         port: int,
         shutdown_grace_s: float,
         limits: EndpointLimits | None = None,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self._intake = intake
+        self._ssl_context = ssl_context
         self._lookup = lookup
         self._write_keys = dict(write_keys)
         self._host = host
@@ -122,10 +125,11 @@ class HttpEndpoint:
             lingering_time=LINGERING_S,
         )
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self._host, self._port)
+        site = web.TCPSite(self._runner, self._host, self._port, ssl_context=self._ssl_context)
         await site.start()
         self._port = int(self._runner.addresses[0][1])
-        log.info("profile tracking endpoint on http://%s:%d", self._host, self._port)
+        scheme = "http" if self._ssl_context is None else "https"
+        log.info("profile tracking endpoint on %s://%s:%d", scheme, self._host, self._port)
 
     @property
     def port(self) -> int:

@@ -9,9 +9,9 @@ from omni_segmentation.repository.backfills import BackfillQueries
 from omni_segmentation.repository.events import EventQueries, Occurrence
 from omni_segmentation.repository.memberships import MembershipQueries
 from omni_segmentation.repository.persons import PersonQueries
-from omni_segmentation.repository.segments import SegmentQueries
+from omni_segmentation.repository.segments import SegmentHead, SegmentQueries
 
-__all__ = ["Occurrence", "Repository"]
+__all__ = ["Occurrence", "Repository", "SegmentHead"]
 
 
 class Repository(SegmentQueries, PersonQueries, EventQueries, MembershipQueries, BackfillQueries):

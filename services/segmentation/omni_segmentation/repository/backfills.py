@@ -20,13 +20,22 @@ class BackfillQueries:
     async def add_backfill(
         self, session: AsyncSession, segment_id: uuid.UUID, trace_context: dict[str, str]
     ) -> None:
-        """Schedule the evaluation of a new segment for every person known so far (a job due now)."""
+        """Schedule the evaluation of a new (or changed) segment for every person known so far (a job due
+        now); a backfill of it under way starts again from the first person."""
+        statement = insert(BackfillRow).values(
+            segment_id=segment_id, after_person_id=None, trace_context=trace_context
+        )
         await session.execute(
-            insert(BackfillRow).values(
-                segment_id=segment_id, after_person_id=None, trace_context=trace_context
+            statement.on_conflict_do_update(
+                index_elements=[BackfillRow.segment_id],
+                set_={"after_person_id": None, "trace_context": statement.excluded.trace_context},
             )
         )
-        await schedule(session, BACKFILL, str(segment_id))
+        await schedule(session, BACKFILL, str(segment_id), replace=True)
+
+    async def drop_backfill(self, session: AsyncSession, segment_id: uuid.UUID) -> None:
+        """Stop a segment's backfill, if one is under way."""
+        await session.execute(sa.delete(BackfillRow).where(BackfillRow.segment_id == segment_id))
 
     async def lock_backfill(self, session: AsyncSession, segment_id: uuid.UUID) -> BackfillRecord | None:
         """The segment's pending backfill, locked; None when it is finished (or its segment gone)."""

@@ -6,12 +6,15 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from omni_kit.db import json_text
 from omni_segmentation.models import EventOccurrenceRow, LastEventRow
+from omni_segmentation.rules import EventDetail
 
 
 @dataclass(frozen=True)
@@ -24,6 +27,8 @@ class Occurrence:
     event_type: str
     occurred_at: datetime
     origin_id: uuid.UUID | None = None
+    channel: int = 0
+    properties: dict[str, Any] | None = None
 
 
 # Statements over arrays, one per batch of persons or events, whatever their number (an IN list would be
@@ -38,15 +43,37 @@ _LAST_EVENTS = sa.text(
     "WHERE person_id = ANY(CAST(:ids AS uuid[])) AND event_type = ANY(CAST(:types AS text[]))"
 )
 _ADD_OCCURRENCES = sa.text(
-    "INSERT INTO event_occurrences (person_id, event_id, event_type, occurred_at, origin_person_id) "
+    "INSERT INTO event_occurrences (person_id, event_id, event_type, occurred_at, origin_person_id, channel, "
+    "properties) "
     "SELECT * FROM unnest(CAST(:persons AS uuid[]), CAST(:ids AS text[]), CAST(:types AS text[]), "
-    "CAST(:ats AS timestamptz[]), CAST(:origins AS uuid[])) ON CONFLICT DO NOTHING"
+    "CAST(:ats AS timestamptz[]), CAST(:origins AS uuid[]), CAST(:channels AS smallint[]), "
+    "CAST(:properties AS jsonb[])) ON CONFLICT DO NOTHING"
+)
+_EVENT_DETAILS = sa.text(
+    "SELECT person_id, event_type, occurred_at, channel, properties FROM event_occurrences "
+    "WHERE person_id = ANY(CAST(:ids AS uuid[])) AND event_type = ANY(CAST(:types AS text[])) "
+    "AND occurred_at >= :since ORDER BY occurred_at"
 )
 _RAISE_LAST_EVENTS = sa.text(
-    "INSERT INTO person_last_events (person_id, event_type, last_at) "
-    "SELECT * FROM unnest(CAST(:persons AS uuid[]), CAST(:types AS text[]), CAST(:ats AS timestamptz[])) "
+    "INSERT INTO person_last_events (person_id, event_type, last_at, first_at) "
+    "SELECT * FROM unnest(CAST(:persons AS uuid[]), CAST(:types AS text[]), CAST(:ats AS timestamptz[]), "
+    "CAST(:firsts AS timestamptz[])) "
     "ON CONFLICT (person_id, event_type) DO UPDATE "
-    "SET last_at = greatest(person_last_events.last_at, excluded.last_at)"
+    "SET last_at = greatest(person_last_events.last_at, excluded.last_at), "
+    "first_at = least(person_last_events.first_at, excluded.first_at)"
+)
+_ALL_EVENT_DETAILS = sa.text(
+    "SELECT person_id, occurred_at, channel, properties FROM event_occurrences "
+    "WHERE person_id = ANY(CAST(:ids AS uuid[])) AND occurred_at >= :since ORDER BY occurred_at"
+)
+_FIRST_EVENTS = sa.text(
+    "SELECT person_id, event_type, first_at FROM person_last_events "
+    "WHERE person_id = ANY(CAST(:ids AS uuid[])) AND event_type = ANY(CAST(:types AS text[])) "
+    "AND first_at IS NOT NULL"
+)
+_FIRST_SEEN = sa.text(
+    "SELECT person_id, min(first_at) AS first_at FROM person_last_events "
+    "WHERE person_id = ANY(CAST(:ids AS uuid[])) AND first_at IS NOT NULL GROUP BY person_id"
 )
 
 
@@ -65,14 +92,21 @@ class EventQueries:
                 "types": [o.event_type for o in occurrences],
                 "ats": [o.occurred_at for o in occurrences],
                 "origins": [o.origin_id for o in occurrences],
+                "channels": [o.channel for o in occurrences],
+                "properties": [
+                    json_text(o.properties) if o.properties is not None else None for o in occurrences
+                ],
             },
         )
         # One row per (person, type): ON CONFLICT DO UPDATE may not touch a row twice in one statement.
         latest: dict[tuple[uuid.UUID, str], datetime] = {}
+        first: dict[tuple[uuid.UUID, str], datetime] = {}
         for o in occurrences:
             key = (o.person_id, o.event_type)
             if key not in latest or o.occurred_at > latest[key]:
                 latest[key] = o.occurred_at
+            if key not in first or o.occurred_at < first[key]:
+                first[key] = o.occurred_at
         keys = sorted(latest)
         await session.execute(
             _RAISE_LAST_EVENTS,
@@ -80,6 +114,7 @@ class EventQueries:
                 "persons": [k[0] for k in keys],
                 "types": [k[1] for k in keys],
                 "ats": [latest[k] for k in keys],
+                "firsts": [first[k] for k in keys],
             },
         )
 
@@ -102,6 +137,35 @@ class EventQueries:
             result.setdefault(row.person_id, {}).setdefault(row.event_type, []).append(row.occurred_at)
         return result
 
+    async def event_details(
+        self,
+        session: AsyncSession,
+        person_ids: Sequence[uuid.UUID],
+        event_types: Sequence[str],
+        since: datetime,
+    ) -> dict[uuid.UUID, dict[str, list[EventDetail]]]:
+        """Per person and type, the persons' occurrences of those types at or after since, ascending, with
+        their channels and kept properties; of every type under "", when "" is asked for."""
+        result: dict[uuid.UUID, dict[str, list[EventDetail]]] = {}
+        if not event_types or not person_ids:
+            return result
+        named = [t for t in event_types if t]
+        if named:
+            rows = await session.execute(
+                _EVENT_DETAILS, {"ids": list(person_ids), "types": named, "since": since}
+            )
+            for row in rows:
+                result.setdefault(row.person_id, {}).setdefault(row.event_type, []).append(
+                    EventDetail(row.occurred_at, row.channel, row.properties or {})
+                )
+        if "" in event_types:  # every type, under ""
+            rows = await session.execute(_ALL_EVENT_DETAILS, {"ids": list(person_ids), "since": since})
+            for row in rows:
+                result.setdefault(row.person_id, {}).setdefault("", []).append(
+                    EventDetail(row.occurred_at, row.channel, row.properties or {})
+                )
+        return result
+
     async def last_events(
         self, session: AsyncSession, person_ids: Sequence[uuid.UUID], event_types: Sequence[str]
     ) -> dict[uuid.UUID, dict[str, datetime]]:
@@ -112,6 +176,24 @@ class EventQueries:
         rows = await session.execute(_LAST_EVENTS, {"ids": list(person_ids), "types": list(event_types)})
         for row in rows:
             result.setdefault(row.person_id, {})[row.event_type] = row.last_at
+        return result
+
+    async def first_events(
+        self, session: AsyncSession, person_ids: Sequence[uuid.UUID], event_types: Sequence[str]
+    ) -> dict[uuid.UUID, dict[str, datetime]]:
+        """Per person, the first occurrence of each of the event types known; under "" the first of any
+        type, when "" is asked for."""
+        result: dict[uuid.UUID, dict[str, datetime]] = {}
+        if not event_types or not person_ids:
+            return result
+        named = [t for t in event_types if t]
+        if named:
+            rows = await session.execute(_FIRST_EVENTS, {"ids": list(person_ids), "types": named})
+            for row in rows:
+                result.setdefault(row.person_id, {})[row.event_type] = row.first_at
+        if "" in event_types:
+            for row in await session.execute(_FIRST_SEEN, {"ids": list(person_ids)}):
+                result.setdefault(row.person_id, {})[""] = row.first_at
         return result
 
     async def move_events(
@@ -126,11 +208,22 @@ class EventQueries:
             EventOccurrenceRow.event_type,
             EventOccurrenceRow.occurred_at,
             sa.func.coalesce(EventOccurrenceRow.origin_person_id, EventOccurrenceRow.person_id),
+            EventOccurrenceRow.channel,
+            EventOccurrenceRow.properties,
         ).where(EventOccurrenceRow.person_id.in_(merged_ids))
         await session.execute(
             insert(EventOccurrenceRow)
             .from_select(
-                ["person_id", "event_id", "event_type", "occurred_at", "origin_person_id"], occurrences
+                [
+                    "person_id",
+                    "event_id",
+                    "event_type",
+                    "occurred_at",
+                    "origin_person_id",
+                    "channel",
+                    "properties",
+                ],
+                occurrences,
             )
             .on_conflict_do_nothing()
         )
@@ -142,15 +235,21 @@ class EventQueries:
                 sa.literal(survivor_id, sa.Uuid),
                 LastEventRow.event_type,
                 sa.func.max(LastEventRow.last_at),
+                sa.func.min(LastEventRow.first_at),
             )
             .where(LastEventRow.person_id.in_(merged_ids))
             .group_by(LastEventRow.event_type)
         )
-        statement = insert(LastEventRow).from_select(["person_id", "event_type", "last_at"], latest)
+        statement = insert(LastEventRow).from_select(
+            ["person_id", "event_type", "last_at", "first_at"], latest
+        )
         await session.execute(
             statement.on_conflict_do_update(
                 index_elements=[LastEventRow.person_id, LastEventRow.event_type],
-                set_={"last_at": sa.func.greatest(LastEventRow.last_at, statement.excluded.last_at)},
+                set_={
+                    "last_at": sa.func.greatest(LastEventRow.last_at, statement.excluded.last_at),
+                    "first_at": sa.func.least(LastEventRow.first_at, statement.excluded.first_at),
+                },
             )
         )
         await session.execute(sa.delete(LastEventRow).where(LastEventRow.person_id.in_(merged_ids)))
@@ -226,6 +325,8 @@ class EventQueries:
                     EventOccurrenceRow.event_type,
                     EventOccurrenceRow.occurred_at,
                     EventOccurrenceRow.origin_person_id,
+                    EventOccurrenceRow.channel,
+                    EventOccurrenceRow.properties,
                 )
             )
         ).all()
@@ -240,50 +341,76 @@ class EventQueries:
                     row.event_type,
                     row.occurred_at,
                     _origin(row.origin_person_id, named, person_id),
+                    row.channel,
+                    row.properties,
                 )
                 for row in rows
             ],
         )
-        given: dict[uuid.UUID, dict[str, datetime]] = {}
+        given: dict[uuid.UUID, dict[str, tuple[datetime, datetime]]] = {}
         for row in rows:
             types = given.setdefault(row.person_id, {})
-            types[row.event_type] = max(types.get(row.event_type, row.occurred_at), row.occurred_at)
-        for holder, latest_given in given.items():
-            await self._lower_last_events(session, holder, latest_given)
+            earliest, latest = types.get(row.event_type, (row.occurred_at, row.occurred_at))
+            types[row.event_type] = (min(earliest, row.occurred_at), max(latest, row.occurred_at))
+        for holder, spans in given.items():
+            await self._lower_last_events(session, holder, spans)
         counts: dict[uuid.UUID, int] = {}
         for row in rows:
             counts[row.person_id] = counts.get(row.person_id, 0) + 1
         return counts
 
     async def _lower_last_events(
-        self, session: AsyncSession, holder: uuid.UUID, given: dict[str, datetime]
+        self, session: AsyncSession, holder: uuid.UUID, given: dict[str, tuple[datetime, datetime]]
     ) -> None:
-        """After a holder gave occurrences away (the latest of each type given), lower its last-seen times
-        of the types it had only through them."""
-        kept = (await self.last_events(session, [holder], sorted(given))).get(holder, {})
-        through_given = sorted(t for t, at in kept.items() if at <= given[t])
-        if not through_given:
+        """After a holder gave occurrences away (the earliest and latest of each type given), lower its
+        last-seen times of the types it had only through them, and raise its first-seen times that came from
+        them: both to its remaining occurrences of the type (the row goes when none remains and its latest
+        was given; a first time nothing remaining can tell becomes unknown)."""
+        rows = await session.execute(
+            sa.select(LastEventRow.event_type, LastEventRow.last_at, LastEventRow.first_at).where(
+                LastEventRow.person_id == holder, LastEventRow.event_type.in_(sorted(given))
+            )
+        )
+        kept = {row.event_type: (row.last_at, row.first_at) for row in rows}
+        touched = sorted(
+            t
+            for t, (last, first) in kept.items()
+            if last <= given[t][1] or (first is not None and first >= given[t][0])
+        )
+        if not touched:
             return
         remaining = await session.execute(
-            sa.select(EventOccurrenceRow.event_type, sa.func.max(EventOccurrenceRow.occurred_at).label("at"))
-            .where(
-                EventOccurrenceRow.person_id == holder,
-                EventOccurrenceRow.event_type.in_(through_given),
+            sa.select(
+                EventOccurrenceRow.event_type,
+                sa.func.min(EventOccurrenceRow.occurred_at).label("first"),
+                sa.func.max(EventOccurrenceRow.occurred_at).label("last"),
             )
+            .where(EventOccurrenceRow.person_id == holder, EventOccurrenceRow.event_type.in_(touched))
             .group_by(EventOccurrenceRow.event_type)
         )
-        latest = {row.event_type: row.at for row in remaining}
+        left = {row.event_type: (row.first, row.last) for row in remaining}
         await session.execute(
             sa.delete(LastEventRow).where(
-                LastEventRow.person_id == holder, LastEventRow.event_type.in_(through_given)
+                LastEventRow.person_id == holder, LastEventRow.event_type.in_(touched)
             )
         )
-        if latest:
-            await session.execute(
-                insert(LastEventRow).values(
-                    [{"person_id": holder, "event_type": t, "last_at": at} for t, at in latest.items()]
+        values = []
+        for event_type in touched:
+            last, first = kept[event_type]
+            earliest_left, latest_left = left.get(event_type, (None, None))
+            new_last = last if last > given[event_type][1] else latest_left
+            new_first = first if first is not None and first < given[event_type][0] else earliest_left
+            if new_last is not None:
+                values.append(
+                    {
+                        "person_id": holder,
+                        "event_type": event_type,
+                        "last_at": new_last,
+                        "first_at": new_first,
+                    }
                 )
-            )
+        if values:
+            await session.execute(insert(LastEventRow).values(values))
 
     async def purge_occurrences(self, session: AsyncSession, before: datetime, limit: int) -> int:
         """Delete up to limit occurrences older than before; return how many went."""

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import UTC, date, datetime
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from omni_segmentation.models import MembershipRow, SegmentRow
+from omni_segmentation.models import MembershipRow, SegmentExitRow, SegmentRow, SegmentSizeRow
 from omni_segmentation.records import MembershipRecord
 
 # Statements over arrays, one per batch of persons or events, whatever their number (an IN list would be
@@ -23,8 +23,26 @@ _ADD_MEMBERSHIPS = sa.text(
     "AS t(s, p) ON CONFLICT DO NOTHING"
 )
 _REMOVE_MEMBERSHIPS = sa.text(
-    "DELETE FROM memberships AS m USING unnest(CAST(:persons AS uuid[]), CAST(:segments AS uuid[])) "
-    "AS t(p, s) WHERE m.person_id = t.p AND m.segment_id = t.s"
+    "WITH gone AS (DELETE FROM memberships AS m USING unnest(CAST(:persons AS uuid[]), "
+    "CAST(:segments AS uuid[])) AS t(p, s) WHERE m.person_id = t.p AND m.segment_id = t.s "
+    "RETURNING m.segment_id, m.person_id) "
+    "INSERT INTO segment_exits (segment_id, person_id, exited_at) "
+    "SELECT segment_id, person_id, CAST(:at AS timestamptz) FROM gone ORDER BY segment_id, person_id "
+    "ON CONFLICT (segment_id, person_id) DO UPDATE SET exited_at = excluded.exited_at"
+)
+_RECORD_SIZES = sa.text(
+    "INSERT INTO segment_sizes (segment_id, day, member_count, counted_at) "
+    "SELECT s.id, CAST(:day AS date), (SELECT count(*) FROM memberships AS m WHERE m.segment_id = s.id), "
+    "CAST(:at AS timestamptz) FROM segments AS s WHERE s.archived_at IS NULL ORDER BY s.id "
+    "ON CONFLICT (segment_id, day) DO UPDATE SET member_count = excluded.member_count, "
+    "counted_at = excluded.counted_at"
+)
+_REMOVE_SEGMENT_MEMBERS = sa.text(
+    "WITH gone AS (DELETE FROM memberships WHERE segment_id = :segment RETURNING person_id), "
+    "exits AS (INSERT INTO segment_exits (segment_id, person_id, exited_at) "
+    "SELECT :segment, person_id, CAST(:at AS timestamptz) FROM gone "
+    "ON CONFLICT (segment_id, person_id) DO UPDATE SET exited_at = excluded.exited_at) "
+    "SELECT person_id FROM gone ORDER BY person_id"
 )
 
 
@@ -64,13 +82,75 @@ class MembershipQueries:
             )
 
     async def remove_membership_pairs(
-        self, session: AsyncSession, pairs: Sequence[tuple[uuid.UUID, uuid.UUID]]
+        self, session: AsyncSession, pairs: Sequence[tuple[uuid.UUID, uuid.UUID]], exited_at: datetime
     ) -> None:
-        """End each (person, segment) membership, in one statement."""
+        """End each (person, segment) membership and remember when, in one statement."""
         if pairs:
             await session.execute(
-                _REMOVE_MEMBERSHIPS, {"persons": [p for p, _ in pairs], "segments": [s for _, s in pairs]}
+                _REMOVE_MEMBERSHIPS,
+                {"persons": [p for p, _ in pairs], "segments": [s for _, s in pairs], "at": exited_at},
             )
+
+    async def remove_segment_members(
+        self, session: AsyncSession, segment_id: uuid.UUID, exited_at: datetime
+    ) -> list[uuid.UUID]:
+        """End every membership of a segment, remembering when; return the persons, in id order."""
+        rows = await session.execute(_REMOVE_SEGMENT_MEMBERS, {"segment": segment_id, "at": exited_at})
+        return [row.person_id for row in rows]
+
+    async def segment_members(
+        self, session: AsyncSession, segment_id: uuid.UUID, *, after: uuid.UUID | None, limit: int
+    ) -> list[tuple[uuid.UUID, datetime]]:
+        """Up to limit members of a segment after `after`, in person id order, with when they entered."""
+        query = (
+            sa.select(MembershipRow.person_id, MembershipRow.entered_at)
+            .where(MembershipRow.segment_id == segment_id)
+            .order_by(MembershipRow.person_id)
+            .limit(limit)
+        )
+        if after is not None:
+            query = query.where(MembershipRow.person_id > after)
+        return [(row.person_id, row.entered_at) for row in await session.execute(query)]
+
+    async def record_sizes(self, session: AsyncSession, at: datetime) -> None:
+        """Record every live segment's member count as its size on at's UTC day (one statement)."""
+        await session.execute(_RECORD_SIZES, {"day": at.astimezone(UTC).date(), "at": at})
+
+    async def sizes(
+        self, session: AsyncSession, segment_id: uuid.UUID, since: date
+    ) -> list[tuple[date, int]]:
+        """A segment's recorded sizes from `since` on, oldest first."""
+        rows = await session.execute(
+            sa.select(SegmentSizeRow.day, SegmentSizeRow.member_count)
+            .where(SegmentSizeRow.segment_id == segment_id, SegmentSizeRow.day >= since)
+            .order_by(SegmentSizeRow.day)
+        )
+        return [(row.day, row.member_count) for row in rows]
+
+    async def count_members(self, session: AsyncSession, segment_id: uuid.UUID) -> int:
+        """How many persons are members of a segment."""
+        count = await session.scalar(
+            sa.select(sa.func.count())
+            .select_from(MembershipRow)
+            .where(MembershipRow.segment_id == segment_id)
+        )
+        return int(count or 0)
+
+    async def membership_times(
+        self, session: AsyncSession, segment_id: uuid.UUID, person_id: uuid.UUID
+    ) -> tuple[datetime | None, datetime | None]:
+        """When the person entered the segment (None: not a member) and last left it (None: never)."""
+        entered = await session.scalar(
+            sa.select(MembershipRow.entered_at).where(
+                MembershipRow.segment_id == segment_id, MembershipRow.person_id == person_id
+            )
+        )
+        exited = await session.scalar(
+            sa.select(SegmentExitRow.exited_at).where(
+                SegmentExitRow.segment_id == segment_id, SegmentExitRow.person_id == person_id
+            )
+        )
+        return entered, exited
 
     async def remove_memberships(
         self,

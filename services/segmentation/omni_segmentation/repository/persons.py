@@ -20,21 +20,38 @@ from omni_segmentation.models import (
     LastEventRow,
     MembershipRow,
     PersonRow,
+    SegmentExitRow,
 )
 from omni_segmentation.records import PersonRecord
 
 
 def _person(row: Any) -> PersonRecord:
     return PersonRecord(
-        row.person_id, row.traits, row.cart_units, row.trace_context, row.facts_changed_at, row.next_check_at
+        row.person_id,
+        row.traits,
+        row.cart_units,
+        row.trace_context,
+        row.facts_changed_at,
+        row.next_check_at,
+        row.computed_traits,
+        row.computed_changed_at,
     )
 
 
 # Statements over arrays, one per batch of persons or events, whatever their number (an IN list would be
 # a parameter per person, compiled and sent anew each time).
 _LOCK_PERSONS = sa.text(
-    "SELECT person_id, traits, cart_units, trace_context, facts_changed_at, next_check_at FROM persons "
+    "SELECT person_id, traits, cart_units, trace_context, facts_changed_at, next_check_at, computed_traits, "
+    "computed_changed_at FROM persons "
     "WHERE person_id = ANY(CAST(:ids AS uuid[])) ORDER BY person_id FOR UPDATE"
+)
+_PERSONS = sa.text(
+    "SELECT person_id, traits, cart_units, trace_context, facts_changed_at, next_check_at, computed_traits, "
+    "computed_changed_at FROM persons WHERE person_id = ANY(CAST(:ids AS uuid[]))"
+)
+_PERSONS_AFTER = sa.text(
+    "SELECT person_id, traits, cart_units, trace_context, facts_changed_at, next_check_at, computed_traits, "
+    "computed_changed_at FROM persons WHERE person_id > :after ORDER BY person_id LIMIT :limit"
 )
 _ENSURE_PERSONS = sa.text(
     "INSERT INTO persons (person_id, trace_context) "
@@ -42,11 +59,15 @@ _ENSURE_PERSONS = sa.text(
     "ON CONFLICT (person_id) DO UPDATE SET trace_context = excluded.trace_context, updated_at = now()"
 )
 _SAVE_PERSONS = sa.text(
-    "INSERT INTO persons (person_id, traits, cart_units, trace_context, facts_changed_at) "
+    "INSERT INTO persons (person_id, traits, cart_units, trace_context, facts_changed_at, computed_traits, "
+    "computed_changed_at) "
     "SELECT * FROM unnest(CAST(:ids AS uuid[]), CAST(:traits AS jsonb[]), CAST(:units AS bigint[]), "
-    "CAST(:traces AS jsonb[]), CAST(:changed AS timestamptz[])) "
+    "CAST(:traces AS jsonb[]), CAST(:changed AS timestamptz[]), CAST(:computed AS jsonb[]), "
+    "CAST(:computed_changed AS timestamptz[])) "
     "ON CONFLICT (person_id) DO UPDATE SET traits = excluded.traits, cart_units = excluded.cart_units, "
-    "trace_context = excluded.trace_context, facts_changed_at = excluded.facts_changed_at, updated_at = now()"
+    "trace_context = excluded.trace_context, facts_changed_at = excluded.facts_changed_at, "
+    "computed_traits = excluded.computed_traits, computed_changed_at = excluded.computed_changed_at, "
+    "updated_at = now()"
 )
 _SET_NEXT_CHECKS = sa.text(
     "UPDATE persons AS p SET next_check_at = u.at "
@@ -70,6 +91,22 @@ class PersonQueries:
             return {}
         rows = await session.execute(_LOCK_PERSONS, {"ids": list(person_ids)})
         return {row.person_id: _person(row) for row in rows}
+
+    async def read_persons(
+        self, session: AsyncSession, person_ids: Sequence[uuid.UUID]
+    ) -> dict[uuid.UUID, PersonRecord]:
+        """The known persons among person_ids, read without locking (for answers that change nothing)."""
+        if not person_ids:
+            return {}
+        rows = await session.execute(_PERSONS, {"ids": list(person_ids)})
+        return {row.person_id: _person(row) for row in rows}
+
+    async def persons_after(
+        self, session: AsyncSession, after: uuid.UUID | None, limit: int
+    ) -> list[PersonRecord]:
+        """The next persons in id order after `after`, read without locking."""
+        rows = await session.execute(_PERSONS_AFTER, {"after": after or uuid.UUID(int=0), "limit": limit})
+        return [_person(row) for row in rows]
 
     async def ensure_persons(
         self, session: AsyncSession, trace_contexts: Mapping[uuid.UUID, dict[str, str]]
@@ -96,6 +133,8 @@ class PersonQueries:
                 "units": [p.cart_units for p in ordered],
                 "traces": [json_text(p.trace_context) for p in ordered],
                 "changed": [p.facts_changed_at for p in ordered],
+                "computed": [json_text(p.computed_traits) for p in ordered],
+                "computed_changed": [p.computed_changed_at for p in ordered],
             },
         )
 
@@ -136,7 +175,7 @@ class PersonQueries:
         """Delete everything held about these persons: facts, occurrences, last-seen times and memberships.
         A backfill cursor on one of them steps back to the live person before it."""
         ids = list(person_ids)
-        for table in (EventOccurrenceRow, LastEventRow, MembershipRow, PersonRow):
+        for table in (EventOccurrenceRow, LastEventRow, MembershipRow, SegmentExitRow, PersonRow):
             await session.execute(sa.delete(table).where(table.person_id.in_(ids)))
         await cancel(session, PERSON_CHECK, [str(p) for p in ids])
         before = (

@@ -33,6 +33,7 @@ async def start_terminals(
                 service="omni.decisioning.v1.DecisioningService",
                 # Decide logs a decision and announces it: not retried, a till does not wait for a retry.
                 timeout_s=settings.terminal_call_timeout_s,
+                security=runtime.client_security,
             )
         )
     )

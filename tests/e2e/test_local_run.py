@@ -40,6 +40,8 @@ config = RunConfig(
     nats_port=args["nats"],
     smtp_port=args["smtp"],
     tracking_port=args["tracking"],
+    gateway_http_port=args["gateway_http"],
+    bounce_port=args["bounces"],
     services=tuple(ServiceSpec(s.name, port) for s, port in zip(SERVICES, args["services"])),
     durable=False,
     ready_timeout=60,
@@ -63,6 +65,7 @@ def _wait_for_line(lines: list[str], text: str, process: subprocess.Popen[str], 
 def test_local_run_serves_all_five_and_stops_on_ctrl_c(tmp_path: Path) -> None:
     service_ports = [free_port() for _ in SERVICES]
     infra_ports = {"postgres": free_port(), "nats": free_port(), "smtp": free_port(), "tracking": free_port()}
+    infra_ports |= {"gateway_http": free_port(), "bounces": free_port()}
     layout = {"root": str(tmp_path / ".omni"), **infra_ports, "services": service_ports}
     process = subprocess.Popen(
         [sys.executable, "-c", DRIVER, json.dumps(layout)],

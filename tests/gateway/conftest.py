@@ -31,6 +31,14 @@ from omni_kit.embedded import EmbeddedNats, EmbeddedPostgres, SmtpSink, free_por
 from ..events import recording
 from .support import EventLog, Gateway, Neighbours, StartGateway, Verdicts, verdicts_reached
 
+EMAIL_ENDPOINTS_ANYWHERE: dict[str, Any] = {
+    "email_http_host": "127.0.0.1",
+    "email_http_port": 0,
+    "bounce_smtp_host": "127.0.0.1",
+    "bounce_smtp_port": 0,
+}
+"""The gateway's HTTP and bounce endpoints on free ports: several gateways run at once in a test."""
+
 
 def _common(
     postgres: EmbeddedPostgres,
@@ -106,6 +114,7 @@ async def _gateways(
                     "profile_target": neighbours.profile_target,
                     "smtp_host": "127.0.0.1",
                     "smtp_timeout_s": 5.0,
+                    **EMAIL_ENDPOINTS_ANYWHERE,
                     "jobs_poll_interval_s": 0.1,
                     # Each gateway of a test has its own database, so its own copy of the verdicts.
                     "verdicts_durable": f"contact-verdicts-{uuid.uuid4().hex[:8]}",

@@ -29,6 +29,7 @@ from omni_kit.db import create_engine
 from omni_kit.embedded import EmbeddedNats, EmbeddedPostgres, SmtpSink, free_port
 
 from ..events import recording
+from .email_support import SECRET
 from .support import EventLog, Gateway, Neighbours, StartGateway, Verdicts, verdicts_reached
 
 EMAIL_ENDPOINTS_ANYWHERE: dict[str, Any] = {
@@ -36,8 +37,10 @@ EMAIL_ENDPOINTS_ANYWHERE: dict[str, Any] = {
     "email_http_port": 0,
     "bounce_smtp_host": "127.0.0.1",
     "bounce_smtp_port": 0,
+    "email_token_secret": SECRET,
 }
-"""The gateway's HTTP and bounce endpoints on free ports: several gateways run at once in a test."""
+"""The gateway's HTTP and bounce endpoints on free ports (several gateways run at once in a test), and the
+secret of its email links, so a test can read a tracked link (email_support.email_links)."""
 
 
 def _common(

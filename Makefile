@@ -2,7 +2,8 @@
 #
 #   make run           start PostgreSQL, NATS, an SMTP sink and the five services locally (Ctrl-C stops all;
 #                      what dies is started again); ports: gRPC 15051-15055, tracking 8088, PostgreSQL 15432,
-#                      NATS 14222, SMTP sink 2525; settings from your environment go over the defaults
+#                      NATS 14222, SMTP sink 2525, gateway HTTP 8089 (email links, SMS callbacks), bounce
+#                      SMTP 2526; settings from your environment go over the defaults
 #   make test          every test below (starts its own PostgreSQL, NATS and SMTP sink on free ports)
 #   make test-unit       the tests that need no server (seconds)
 #   make test-integration  the tests that need PostgreSQL, NATS or the SMTP sink: omni-kit and each service

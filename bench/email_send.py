@@ -10,12 +10,12 @@ Modes (SENDERS):
 - `raw`: the baseline. The same emails as the gateway builds, built and flattened to bytes before the clock
   starts, sent by aiosmtplib's `sendmail` on CONNECTIONS persistent connections: the least a Python SMTP
   client can do here.
-- `gateway`: what the gateway does per message, all of it inside the clock: `build_email` with the RFC 8058
-  headers, tracked links and pixel, and a DKIM signature (RSA 2048), then handed to the gateway's SMTP
-  provider (`omni_gateway.smtp.Mailer`, one connection per email) by CONNECTIONS concurrent senders.
-- `gateway-pooled`: the same building and signing, sent on CONNECTIONS persistent aiosmtplib connections with
-  the VERP return path as envelope sender: what a pooled SMTP provider can reach. Point `_pooled_sender` at
-  the gateway's pooled provider once there is one.
+- `gateway`: what the gateway's email provider does per message, all of it inside the clock: the pooled SMTP
+  provider (providers/smtp.py, configured as main.py configures it) given the rendered message (`Outgoing`)
+  builds the email with the RFC 8058 headers, tracked links and pixel and a DKIM signature (RSA 2048) and
+  sends it from its VERP return path on a pool of CONNECTIONS connections, CONNECTIONS sends at once.
+
+The suite runs several `gateway` processes at once too (as gateway replicas would), summing their figures.
 
 Each sender is its own process (as the gateway is), so it does not share a GIL with the SMTP server or the
 bench. The JSON line: sent, errors, seconds, per_second, cpu_s (user+system of the process over the window),
@@ -41,11 +41,12 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from omni_gateway.dkim_signing import DkimSigner
-from omni_gateway.domain import Purpose
+from omni_gateway.domain import Channel, Purpose
 from omni_gateway.email_links import EmailLinks
 from omni_gateway.email_message import build_email
+from omni_gateway.providers.base import EmailContent, Outgoing, ProviderFailure
+from omni_gateway.providers.smtp import create as create_smtp
 from omni_gateway.rendering import Rendered
-from omni_gateway.smtp import Mailer, SmtpConfig
 
 SENDER = "Coffee Club <news@coffee.example>"
 DOMAIN = "coffee.example"
@@ -133,40 +134,41 @@ async def _raw_sender(port: int, connections: int) -> tuple[list[Send], Callable
     return [worker(c) for c in clients], close
 
 
+def outgoing(n: int) -> Outgoing:
+    """The n-th message as the delivery flow hands it to the email provider (rendered, marketing)."""
+    name = f"Customer {n}"
+    return Outgoing(
+        message_id=uuid.uuid4(),
+        person_id=uuid.uuid4(),
+        channel=Channel.EMAIL,
+        purpose=Purpose.MARKETING,
+        address=f"customer{n}@example.com",
+        content=EmailContent(
+            subject=SUBJECT.format(name=name), text=TEXT.format(name=name), html=HTML.format(name=name, n=n)
+        ),
+    )
+
+
 async def _gateway_sender(port: int, connections: int) -> tuple[list[Send], Callable[[], Awaitable[None]]]:
-    """Build, sign and hand to the gateway's SMTP provider (Mailer: a connection per email)."""
-    signer = _key()
-    mailer = Mailer(SmtpConfig(host="127.0.0.1", port=port, timeout_s=30))
+    """The gateway's pooled SMTP provider (providers/smtp.py), configured as main.py does: it builds each
+    email (RFC 8058 headers, tracked links and pixel, DKIM) and sends it from the VERP return path on a pool
+    of `connections` connections; `connections` concurrent sends, as the delivery job pool makes them."""
+    provider = create_smtp(
+        "smtp",
+        {"host": "127.0.0.1", "port": port, "timeout_s": 30, "pool_size": connections},
+        {"sender": SENDER, "email_links": LINKS, "dkim": _key(), "email_tracking": True},
+    )
 
     async def send(n: int) -> None:
-        message_id, email = gateway_email(n, signer)
-        await mailer.send(email, message_id=message_id)
+        try:
+            await provider.send(outgoing(n))
+        except ProviderFailure as failure:
+            raise aiosmtplib.SMTPException(str(failure)) from failure
 
-    async def close() -> None:
-        return None
-
-    return [send] * connections, close
-
-
-async def _pooled_sender(port: int, connections: int) -> tuple[list[Send], Callable[[], Awaitable[None]]]:
-    """Build and sign, then send on persistent connections with the VERP return path."""
-    signer = _key()
-    clients = await _persistent(port, connections)
-
-    def worker(client: aiosmtplib.SMTP) -> Send:
-        async def send(n: int) -> None:
-            message_id, email = gateway_email(n, signer)
-            await client.send_message(email, sender=LINKS.return_path(message_id))
-
-        return send
-
-    async def close() -> None:
-        await asyncio.gather(*(c.quit() for c in clients), return_exceptions=True)
-
-    return [worker(c) for c in clients], close
+    return [send] * connections, provider.close
 
 
-SENDERS = {"raw": _raw_sender, "gateway": _gateway_sender, "gateway-pooled": _pooled_sender}
+SENDERS = {"raw": _raw_sender, "gateway": _gateway_sender}
 
 
 async def send(mode: str, port: int, seconds: float, warmup: float, connections: int) -> dict[str, Any]:

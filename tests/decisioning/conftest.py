@@ -61,7 +61,15 @@ async def decisioning_with_neighbours(
             stack.callback(postgres.drop_database, settings["database_url"].rsplit("/", 1)[1])
         segmentation = await segmentation_main.start(segmentation_main.Settings(**neighbours[0]))
         stack.push_async_callback(segmentation.close)
-        gateway = await gateway_main.start(gateway_main.Settings(**neighbours[1]))
+        gateway = await gateway_main.start(
+            gateway_main.Settings(
+                **neighbours[1],
+                email_http_host="127.0.0.1",
+                email_http_port=0,
+                bounce_smtp_host="127.0.0.1",
+                bounce_smtp_port=0,
+            )
+        )
         stack.push_async_callback(gateway.close)
         segmentation_channel = grpc.aio.insecure_channel(f"127.0.0.1:{segmentation.port}")
         stack.push_async_callback(segmentation_channel.close)

@@ -130,6 +130,10 @@ async def running_omni(
                     smtp_host="127.0.0.1",
                     smtp_port=smtp_sink.port,
                     smtp_from="shop@omni.test",
+                    email_http_host="127.0.0.1",
+                    email_http_port=0,
+                    bounce_smtp_host="127.0.0.1",
+                    bounce_smtp_port=0,
                 )
             )
         )

@@ -8,6 +8,7 @@ import base64
 import json
 import os
 import signal
+import smtplib
 import subprocess
 import sys
 import threading
@@ -40,6 +41,8 @@ config = RunConfig(
     nats_port=args["nats"],
     smtp_port=args["smtp"],
     tracking_port=args["tracking"],
+    gateway_http_port=args["gateway_http"],
+    bounce_port=args["bounces"],
     services=tuple(ServiceSpec(s.name, port) for s, port in zip(SERVICES, args["services"])),
     durable=False,
     ready_timeout=60,
@@ -63,6 +66,7 @@ def _wait_for_line(lines: list[str], text: str, process: subprocess.Popen[str], 
 def test_local_run_serves_all_five_and_stops_on_ctrl_c(tmp_path: Path) -> None:
     service_ports = [free_port() for _ in SERVICES]
     infra_ports = {"postgres": free_port(), "nats": free_port(), "smtp": free_port(), "tracking": free_port()}
+    infra_ports |= {"gateway_http": free_port(), "bounces": free_port()}
     layout = {"root": str(tmp_path / ".omni"), **infra_ports, "services": service_ports}
     process = subprocess.Popen(
         [sys.executable, "-c", DRIVER, json.dumps(layout)],
@@ -93,6 +97,17 @@ def test_local_run_serves_all_five_and_stops_on_ctrl_c(tmp_path: Path) -> None:
                 )
                 names = {s.name for s in reply.list_services_response.service}
                 assert f"omni.{service.name}.v1.{service.name.capitalize()}Service" in names
+
+        # The gateway's HTTP endpoint (email links) and bounce endpoint listen on the run's ports: a forged
+        # click link is refused without a redirect, and the bounce endpoint speaks SMTP.
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{infra_ports['gateway_http']}/c/forged", timeout=10)
+            raise AssertionError("a forged click link was followed")
+        except urllib.error.HTTPError as error:
+            assert error.code == 400
+        with smtplib.SMTP("127.0.0.1", infra_ports["bounces"], timeout=10) as bounces:
+            assert bounces.noop()[0] == 250
+        assert any(f"127.0.0.1:{infra_ports['bounces']}" in line for line in lines)
 
         # The README's example call, against the run's identity port.
         with grpc.insecure_channel(f"127.0.0.1:{service_ports[0]}") as channel:

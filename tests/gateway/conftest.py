@@ -29,7 +29,18 @@ from omni_kit.db import create_engine
 from omni_kit.embedded import EmbeddedNats, EmbeddedPostgres, SmtpSink, free_port
 
 from ..events import recording
+from .email_support import SECRET
 from .support import EventLog, Gateway, Neighbours, StartGateway, Verdicts, verdicts_reached
+
+EMAIL_ENDPOINTS_ANYWHERE: dict[str, Any] = {
+    "email_http_host": "127.0.0.1",
+    "email_http_port": 0,
+    "bounce_smtp_host": "127.0.0.1",
+    "bounce_smtp_port": 0,
+    "email_token_secret": SECRET,
+}
+"""The gateway's HTTP and bounce endpoints on free ports (several gateways run at once in a test), and the
+secret of its email links, so a test can read a tracked link (email_support.email_links)."""
 
 
 def _common(
@@ -106,6 +117,7 @@ async def _gateways(
                     "profile_target": neighbours.profile_target,
                     "smtp_host": "127.0.0.1",
                     "smtp_timeout_s": 5.0,
+                    **EMAIL_ENDPOINTS_ANYWHERE,
                     "jobs_poll_interval_s": 0.1,
                     # Each gateway of a test has its own database, so its own copy of the verdicts.
                     "verdicts_durable": f"contact-verdicts-{uuid.uuid4().hex[:8]}",

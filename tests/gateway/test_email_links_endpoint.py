@@ -11,12 +11,13 @@ from dataclasses import dataclass
 
 import aiohttp
 import pytest
+from aiohttp import web
 
 from omni.common.v1 import common_pb2
 from omni.profile.v1 import profile_pb2
 from omni_gateway.domain import Purpose
 from omni_gateway.email_links import EmailLinks, LinkKind
-from omni_gateway.http import PIXEL, EmailLinkEndpoint
+from omni_gateway.http import PIXEL, SMS_PREFIX, EmailLinkEndpoint
 from omni_gateway.providers.base import ReceiptKind
 
 from .email_support import Receipts, email_links
@@ -265,3 +266,35 @@ async def test_an_expired_click_token_still_redirects_but_reports_nothing(endpoi
     async with endpoint.http.get(url, allow_redirects=False) as response:
         assert response.status == 302 and response.headers["Location"] == "https://shop.example/"
     assert endpoint.receipts.received == []
+
+
+async def test_applications_mounted_on_the_endpoint_answer_for_themselves(neighbours: Neighbours) -> None:
+    # The gateway's one HTTP server: the SMS vendor's callbacks are mounted under /sms.
+    sms = web.Application()
+
+    async def status(request: web.Request) -> web.Response:
+        raise web.HTTPForbidden(text="bad signature")  # its own answer, not the email pages
+
+    sms.router.add_post("/twilio/status", status)
+    server = EmailLinkEndpoint(
+        links=email_links(),
+        profile=neighbours.profile,
+        receipts=Receipts(),
+        host="127.0.0.1",
+        port=0,
+        shutdown_grace_s=1.0,
+    )
+    server.mount(SMS_PREFIX, sms)
+    with pytest.raises(ValueError, match="taken"):
+        server.mount("/u", web.Application())
+    await server.start()
+    try:
+        with pytest.raises(RuntimeError):
+            server.mount("/late", web.Application())
+        async with aiohttp.ClientSession() as http:
+            async with http.post(f"http://127.0.0.1:{server.port}/sms/twilio/status") as answer:
+                assert (answer.status, await answer.text()) == (403, "bad signature")
+            async with http.get(f"http://127.0.0.1:{server.port}/c/forged") as answer:
+                assert answer.status == 400 and "<h1>Link</h1>" in await answer.text()
+    finally:
+        await server.stop()

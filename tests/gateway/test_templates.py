@@ -4,6 +4,7 @@ and what sends make of them (the version recorded, the person's locale), against
 from __future__ import annotations
 
 import asyncio
+import re
 from typing import Any
 
 import grpc
@@ -14,9 +15,11 @@ from nats.js import JetStreamContext
 from omni.common.v1 import common_pb2
 from omni.gateway.v1 import gateway_pb2
 from omni.profile.v1 import profile_pb2
+from omni_gateway.email_links import LinkKind
 from omni_kit.embedded import SmtpSink
 from omni_kit.errors import StatusDetails, status_details
 
+from .email_support import email_links
 from .support import (
     CART_TEMPLATE,
     EventLog,
@@ -431,7 +434,11 @@ async def test_an_mjml_email_is_sent_as_the_html_it_compiles_to(
     assert html.get_content().startswith("<!doctype html>")
     assert "<mj-" not in html.get_content()
     assert "free, &lt;Mia&gt;" in html.get_content()
-    assert 'href="https://coffee.example/offers/C10"' in html.get_content()
+    # A marketing email's links go through the gateway's click redirect, to the rendered URL.
+    [href] = re.findall(r'<a href="([^"]+)"', html.get_content())
+    assert email_links().verify(LinkKind.CLICK, href.rpartition("/c/")[2]).url == (
+        "https://coffee.example/offers/C10"
+    )
     assert "Your 10th coffee is free, <Mia>" in text.get_content()
 
 

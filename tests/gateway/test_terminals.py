@@ -28,7 +28,7 @@ from omni_kit.db import create_engine
 from omni_kit.embedded import EmbeddedNats, EmbeddedPostgres
 from omni_kit.ids import new_id
 
-from .conftest import _common
+from .conftest import EMAIL_ENDPOINTS_ANYWHERE, _common
 from .support import Neighbours, publish, unique, until
 from .tills import OFFER, OTHER_STORE, STORE, STORES, Tills, customer, eventually, other_replica, stub_of
 
@@ -88,6 +88,7 @@ async def _serving_tills(
             "terminal_stores": STORES,
             "terminal_expiry_interval_s": 0.2,
             "terminal_hello_timeout_s": 1.0,
+            **EMAIL_ENDPOINTS_ANYWHERE,
             **overrides,
         }
     )

@@ -124,6 +124,10 @@ def _settings(
             identity_target=f"127.0.0.1:{ports['identity']}",
             profile_target=f"127.0.0.1:{ports['profile']}",
             smtp_port=smtp_sink.port,
+            email_http_host="127.0.0.1",
+            email_http_port=0,
+            bounce_smtp_host="127.0.0.1",
+            bounce_smtp_port=0,
             **common("gateway"),
         ),
     }

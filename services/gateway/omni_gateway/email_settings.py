@@ -27,9 +27,12 @@ class EmailSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="OMNI_GATEWAY_", extra="ignore", frozen=True)
 
-    email_http_host: str = Field("0.0.0.0", description="Address the email link endpoint (/u, /o, /c) binds.")
+    email_http_host: str = Field(
+        "0.0.0.0",
+        description="Address the gateway's HTTP endpoint binds: email links (/u, /o, /c), SMS callbacks (/sms).",
+    )
     email_http_port: int = Field(
-        8089, ge=0, le=65535, description="Port of the email link endpoint; 0 picks a free one."
+        8089, ge=0, le=65535, description="Port of the gateway's HTTP endpoint; 0 picks a free one."
     )
     email_public_url: str = Field(
         "http://127.0.0.1:8089",
@@ -68,10 +71,11 @@ class EmailSettings(BaseSettings):
     )
     bounce_smtp_host: str = Field("0.0.0.0", description="Address the inbound bounce SMTP endpoint binds.")
     bounce_smtp_port: int = Field(
-        2525,
+        2526,
         ge=0,
         le=65535,
-        description="Its port (the MX of the bounce domain forwards there); 0: a free one.",
+        description="Its port (the MX of the bounce domain forwards there); 0: a free one. Not 2525: that is "
+        "`make run`'s SMTP sink.",
     )
     bounce_max_bytes: int = Field(
         10 * 1024 * 1024, ge=64 * 1024, description="Largest report accepted (552 above): 10 MiB."

@@ -22,6 +22,10 @@ being built for sending (the token's issue time: image proxies and security scan
 arrives, a person rarely opens it that fast), or from a user agent naming a known image proxy, mail security
 scanner or HTTP library (MACHINE_USER_AGENTS), or from none at all. Such receipts are still reported, flagged.
 
+It is the gateway's one HTTP server: other endpoints are aiohttp applications mounted under a prefix before
+start (`mount`), such as the HTTP SMS vendor's callbacks under `SMS_PREFIX` (/sms); their requests are theirs
+alone (this endpoint's error pages do not apply to them).
+
 Receipts carry stable provider event ids, so the receipt sink's deduplication keeps one of each:
 `unsubscribe:<message>`, `open:<message>:<human|machine>`, `click:<message>:<url hash>:<human|machine>`.
 """
@@ -45,12 +49,15 @@ from omni_gateway.providers.base import Receipt, ReceiptKind, ReceiptSink
 
 log = logging.getLogger(__name__)
 
-__all__ = ["MACHINE_USER_AGENTS", "PIXEL", "PROVIDER", "EmailLinkEndpoint", "is_machine"]
+__all__ = ["MACHINE_USER_AGENTS", "PIXEL", "PROVIDER", "SMS_PREFIX", "EmailLinkEndpoint", "is_machine"]
 
 PROVIDER = "email"
 """The provider name of the receipts this endpoint reports."""
 
 MAX_BODY_BYTES = 64 * 1024
+
+SMS_PREFIX = "/sms"
+"""Where the HTTP SMS vendor's callbacks (sms_inbound.sms_callbacks_app) are mounted."""
 
 PIXEL = (
     b"GIF89a\x01\x00\x01\x00\x80\x00\x00\x00\x00\x00\xff\xff\xff!\xf9\x04\x01\x00\x00\x00\x00"
@@ -132,6 +139,15 @@ class EmailLinkEndpoint:
         self._profile_timeout_s = profile_timeout_s
         self._clock = clock
         self._runner: web.AppRunner | None = None
+        self._mounted: dict[str, web.Application] = {}
+
+    def mount(self, prefix: str, app: web.Application) -> None:
+        """Serve `app` under `prefix` (e.g. SMS_PREFIX) from this server; before start() only."""
+        if self._runner is not None:
+            raise RuntimeError("mount before start()")
+        if prefix in self._mounted or prefix.rstrip("/") in ("", "/u", "/o", "/c"):
+            raise ValueError(f"{prefix!r} is taken")
+        self._mounted[prefix] = app
 
     def application(self) -> web.Application:
         """The aiohttp application with every route."""
@@ -140,6 +156,8 @@ class EmailLinkEndpoint:
         app.router.add_post("/u/{token}", self._unsubscribe)
         app.router.add_get("/o/{name}", self._open)
         app.router.add_get("/c/{token}", self._click)
+        for prefix, mounted in self._mounted.items():
+            app.add_subapp(prefix, mounted)
         return app
 
     async def start(self) -> None:
@@ -148,7 +166,12 @@ class EmailLinkEndpoint:
         await self._runner.setup()
         await web.TCPSite(self._runner, self._host, self._port).start()
         self._port = int(self._runner.addresses[0][1])
-        log.info("email link endpoint on http://%s:%d", self._host, self._port)
+        log.info(
+            "gateway HTTP endpoint (email links%s) on http://%s:%d",
+            "".join(f", {prefix}" for prefix in self._mounted),
+            self._host,
+            self._port,
+        )
 
     @property
     def port(self) -> int:
@@ -274,6 +297,8 @@ class EmailLinkEndpoint:
 
     @web.middleware
     async def _errors(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        if len(request.match_info.apps) > 1:  # a mounted application's request: its own answers
+            return await handler(request)
         try:
             return await handler(request)
         except _PageError as error:

@@ -6,6 +6,8 @@ import logging
 from collections.abc import Mapping
 from pathlib import Path
 
+import grpc
+from aiohttp import web
 from pydantic import Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
@@ -13,10 +15,14 @@ from omni.gateway.v1 import gateway_pb2_grpc
 from omni.identity.v1 import identity_pb2_grpc
 from omni.profile.v1 import profile_pb2_grpc
 from omni_gateway.api import GatewayServicer
+from omni_gateway.bounces import BounceEndpoint
 from omni_gateway.consumers import ErasureHook, EventRouter, SendRequestedHandler
 from omni_gateway.contacts import Contacts
 from omni_gateway.delivery import Delivery
 from omni_gateway.domain import Channel
+from omni_gateway.email_links import EmailLinks
+from omni_gateway.email_settings import EmailSettings
+from omni_gateway.http import EmailLinkEndpoint
 from omni_gateway.providers.base import ChannelProvider
 from omni_gateway.providers.registry import ProviderSpec, Registry, build_registry
 from omni_gateway.receipts import ReceiptRecorder
@@ -36,7 +42,7 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 log = logging.getLogger(__name__)
 
 
-class Settings(TerminalSettings):
+class Settings(TerminalSettings, EmailSettings):
     """The gateway's settings, from OMNI_GATEWAY_* variables."""
 
     model_config = SettingsConfigDict(env_prefix="OMNI_GATEWAY_", extra="ignore", frozen=True)
@@ -123,13 +129,25 @@ def provider_specs(settings: Settings) -> list[ProviderSpec]:
     return specs
 
 
-def provider_registry(settings: Settings, made: Mapping[str, ChannelProvider] | None = None) -> Registry:
+def provider_registry(
+    settings: Settings,
+    made: Mapping[str, ChannelProvider] | None = None,
+    *,
+    email_links: EmailLinks | None = None,
+) -> Registry:
     """The provider instances of the settings, each with its circuit breaker and rate limit; `made` are
-    instances built already (by name), such as the store terminals' provider."""
+    instances built already (by name), such as the store terminals' provider. The SMTP providers get
+    `email_links` (List-Unsubscribe, tracking, VERP return paths; the endpoints' own), the DKIM signer and
+    `email_tracking`."""
     return build_registry(
         provider_specs(settings),
         order=settings.provider_order,
-        defaults={"sender": settings.smtp_from},
+        defaults={
+            "sender": settings.smtp_from,
+            "email_links": email_links,
+            "dkim": settings.dkim_signer(),
+            "email_tracking": settings.email_tracking,
+        },
         providers=made,
     )
 
@@ -173,7 +191,11 @@ async def _wire(runtime: Runtime, settings: Settings) -> None:
     )
     # The store channel's provider holds messages for the tills (ConnectTerminal), in the registry as the rest.
     terminals = await start_terminals(runtime, settings, identity)  # type: ignore[arg-type]
-    registry = provider_registry(settings, made={terminals.provider.name: terminals.provider})
+    # Email: one EmailLinks for the emails and the endpoints that read their links and return paths back.
+    email_links = settings.email_links(settings.smtp_from)
+    registry = provider_registry(
+        settings, made={terminals.provider.name: terminals.provider}, email_links=email_links
+    )
     policy = RetryPolicy(
         max_attempts=settings.send_max_attempts,
         first_delay_s=settings.retry_first_delay_s,
@@ -226,6 +248,10 @@ async def _wire(runtime: Runtime, settings: Settings) -> None:
     # The one sink of every provider's receipts (and of inbound endpoints: bounces, tracking, SMS replies).
     receipts = ReceiptRecorder(transaction=runtime.transaction, repository=repository, outbox=runtime.outbox)
     await registry.start(receipts)
+    # Other channels' HTTP applications served by the gateway's one HTTP server, by prefix: the HTTP SMS
+    # vendor's callbacks go under http.SMS_PREFIX (/sms).
+    http_apps: dict[str, web.Application] = {}
+    await _serve_email_endpoints(runtime, settings, email_links, profile_channel, receipts, http_apps)
     await keep_answers_purged(runtime)
     servicer = GatewayServicer(
         transaction=runtime.transaction,
@@ -240,3 +266,38 @@ async def _wire(runtime: Runtime, settings: Settings) -> None:
         service_names=["omni.gateway.v1.GatewayService"],
         register=lambda server: gateway_pb2_grpc.add_GatewayServiceServicer_to_server(servicer, server),
     )
+
+
+async def _serve_email_endpoints(
+    runtime: Runtime,
+    settings: Settings,
+    links: EmailLinks,
+    profile_channel: grpc.aio.Channel,
+    receipts: ReceiptRecorder,
+    http_apps: Mapping[str, web.Application],
+) -> None:
+    """Start the gateway's HTTP endpoint (email unsubscribe, open pixel, click redirect; `http_apps` mounted
+    under their prefixes) and the bounce SMTP endpoint, both reporting to the receipt sink; stopped on close."""
+    http = EmailLinkEndpoint(
+        links=links,
+        profile=profile_pb2_grpc.ProfileServiceStub(profile_channel),  # type: ignore[arg-type]
+        receipts=receipts,
+        host=settings.email_http_host,
+        port=settings.email_http_port,
+        shutdown_grace_s=settings.shutdown_grace_s,
+        machine_window_s=settings.email_machine_open_window_s,
+        profile_timeout_s=settings.client_timeout_s,
+    )
+    for prefix, app in http_apps.items():
+        http.mount(prefix, app)
+    bounces = BounceEndpoint(
+        links=links,
+        receipts=receipts,
+        host=settings.bounce_smtp_host,
+        port=settings.bounce_smtp_port,
+        max_bytes=settings.bounce_max_bytes,
+    )
+    await http.start()
+    runtime.on_close(http.stop)
+    await bounces.start()
+    runtime.on_close(bounces.stop)

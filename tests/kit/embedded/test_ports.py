@@ -26,6 +26,8 @@ def _default_ports() -> dict[str, int]:
         "NATS": config.nats_port,
         "SMTP sink": config.smtp_port,
         "tracking": config.tracking_port,
+        "gateway HTTP (omni run)": config.gateway_http_port,
+        "bounces (omni run)": config.bounce_port,
     }
     ports |= {f"{service.name} (omni run)": service.grpc_port for service in SERVICES}
     settings: list[type[ServiceSettings]] = [
@@ -38,6 +40,8 @@ def _default_ports() -> dict[str, int]:
     for model in settings:
         ports[model.__name__ + " " + model.__module__] = model.model_fields["grpc_port"].default
     ports["profile HTTP"] = ProfileSettings.model_fields["http_port"].default
+    ports["gateway HTTP"] = GatewaySettings.model_fields["email_http_port"].default
+    ports["gateway bounces"] = GatewaySettings.model_fields["bounce_smtp_port"].default
     return ports
 
 

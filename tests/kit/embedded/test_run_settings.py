@@ -25,6 +25,28 @@ def test_service_environment_points_each_service_at_its_own_database() -> None:
     assert (env["OMNI_GATEWAY_SMTP_HOST"], env["OMNI_GATEWAY_SMTP_PORT"]) == ("127.0.0.1", "2525")
     assert env["OMNI_GATEWAY_SMTP_FROM"] == "omni@localhost"
     assert "OMNI_PROFILE_WRITE_KEYS" not in env  # no tracking port: no endpoint
+    assert "OMNI_GATEWAY_BOUNCE_SMTP_PORT" not in env  # the gateway's own defaults
+
+
+def test_the_gateways_endpoints_get_ports_apart_from_the_smtp_sink() -> None:
+    env = service_environment(
+        SERVICES,
+        lambda database: f"postgresql+asyncpg://pg/{database}",
+        "nats://n",
+        2525,
+        8088,
+        gateway_http_port=8089,
+        bounce_port=2526,
+    )
+    assert env["OMNI_GATEWAY_EMAIL_HTTP_PORT"] == "8089"
+    assert env["OMNI_GATEWAY_EMAIL_PUBLIC_URL"] == "http://127.0.0.1:8089"
+    assert (env["OMNI_GATEWAY_BOUNCE_SMTP_HOST"], env["OMNI_GATEWAY_BOUNCE_SMTP_PORT"]) == (
+        "127.0.0.1",
+        "2526",
+    )
+    assert (
+        len({"2525", "8088", env["OMNI_GATEWAY_EMAIL_HTTP_PORT"], env["OMNI_GATEWAY_BOUNCE_SMTP_PORT"]}) == 4
+    )
 
 
 def test_the_run_has_a_write_key_for_the_store() -> None:

@@ -102,6 +102,10 @@ class RunConfig:
     nats_port: int = 14222
     smtp_port: int = 2525
     tracking_port: int = 8088
+    gateway_http_port: int = 8089
+    """The gateway's HTTP endpoint: email unsubscribe, open pixel, click redirect, SMS callbacks."""
+    bounce_port: int = 2526
+    """The gateway's bounce SMTP endpoint (VERP return paths); not the SMTP sink's."""
     services: tuple[ServiceSpec, ...] = SERVICES
     durable: bool = True
     ready_timeout: float = 60.0
@@ -142,6 +146,9 @@ def service_environment(
     smtp_port: int,
     tracking_port: int | None = None,
     certs: Path | None = None,
+    *,
+    gateway_http_port: int | None = None,
+    bounce_port: int | None = None,
 ) -> dict[str, str]:
     """Return the settings every service reads from the environment in the embedded run.
 
@@ -151,6 +158,8 @@ def service_environment(
     ``tracking_port`` is given) with the development write keys. ``database_url`` maps a database name to
     its URL. With ``certs`` (a directory of `omni certs`), every service serves TLS with its certificate,
     requires client certificates of the CA and presents its own to the services it calls.
+    With ``gateway_http_port`` and ``bounce_port`` the gateway's HTTP endpoint (email links, SMS
+    callbacks) and bounce SMTP endpoint listen there, on 127.0.0.1.
     """
     env: dict[str, str] = {}
     by_name = {service.name: service for service in services}
@@ -176,6 +185,13 @@ def service_environment(
     env["OMNI_GATEWAY_SMTP_HOST"] = HOST
     env["OMNI_GATEWAY_SMTP_PORT"] = str(smtp_port)
     env["OMNI_GATEWAY_SMTP_FROM"] = SMTP_FROM
+    if gateway_http_port is not None:
+        env["OMNI_GATEWAY_EMAIL_HTTP_HOST"] = HOST
+        env["OMNI_GATEWAY_EMAIL_HTTP_PORT"] = str(gateway_http_port)
+        env["OMNI_GATEWAY_EMAIL_PUBLIC_URL"] = f"http://{HOST}:{gateway_http_port}"
+    if bounce_port is not None:
+        env["OMNI_GATEWAY_BOUNCE_SMTP_HOST"] = HOST
+        env["OMNI_GATEWAY_BOUNCE_SMTP_PORT"] = str(bounce_port)
     if "profile" in by_name and tracking_port is not None:
         # The Segment-compatible endpoint, with write keys for a web and an app source.
         env["OMNI_PROFILE_HTTP_HOST"] = HOST
@@ -408,6 +424,8 @@ class LocalRun:
                 self._smtp.port,
                 config.tracking_port,
                 certs=certs,
+                gateway_http_port=config.gateway_http_port,
+                bounce_port=config.bounce_port,
             ),
             os.environ,
         )
@@ -684,6 +702,13 @@ class LocalRun:
         smtp_target = f"{env.get('OMNI_GATEWAY_SMTP_HOST', HOST)}:{env.get('OMNI_GATEWAY_SMTP_PORT', '')}"
         if smtp_target != f"{HOST}:{self._smtp.port}":
             lines += [f"              (the gateway sends to {smtp_target}, as your environment says)"]
+        if any(s.name == "gateway" for s in config.services):
+            http_port = env.get("OMNI_GATEWAY_EMAIL_HTTP_PORT", str(config.gateway_http_port))
+            bounce_port = env.get("OMNI_GATEWAY_BOUNCE_SMTP_PORT", str(config.bounce_port))
+            lines += [
+                f"  Gateway     http://{HOST}:{http_port}/ (email unsubscribe /u, pixel /o, clicks /c, SMS /sms)",
+                f"              bounces (SMTP, VERP return paths) {HOST}:{bounce_port}",
+            ]
         identity = next((s for s in config.services if s.name == "identity"), None)
         if any(s.name == "profile" for s in config.services):
             port = env.get("OMNI_PROFILE_HTTP_PORT", str(config.tracking_port))

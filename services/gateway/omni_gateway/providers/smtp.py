@@ -9,7 +9,10 @@ its first command, before anything of the email was given: that email is tried o
 connection.
 
 The email itself is built by `email_message.build_email` (headers, body; DKIM and List-Unsubscribe are added
-there), never here.
+there), never here. Given the gateway's `EmailLinks` (defaults "email_links"), a marketing email gets the
+one-click List-Unsubscribe headers and, with "email_tracking", tracked links and the open pixel; every email is
+sent from its own return path (VERP, `links.return_path(message id)`) so bounces name it. Given a `DkimSigner`
+(defaults "dkim"), every email is signed.
 """
 
 from __future__ import annotations
@@ -26,7 +29,9 @@ from typing import Any
 import aiosmtplib
 from opentelemetry import trace
 
-from omni_gateway.domain import Channel, DeliveryError
+from omni_gateway.dkim_signing import DkimSigner
+from omni_gateway.domain import Channel, DeliveryError, Purpose
+from omni_gateway.email_links import EmailLinks
 from omni_gateway.email_message import build_email
 from omni_gateway.providers.base import (
     Accepted,
@@ -82,12 +87,13 @@ class SmtpPool:
         self._slots = asyncio.Semaphore(config.pool_size)
         self._closed = False
 
-    async def send(self, email: EmailMessage) -> None:
-        """Submit one email on a pooled connection; raise aiosmtplib's error when it is not taken."""
+    async def send(self, email: EmailMessage, *, sender: str | None = None) -> None:
+        """Submit one email on a pooled connection, from the envelope `sender` (else its From); raise
+        aiosmtplib's error when it is not taken."""
         async with self._slots:
             connection = await self._take()
             try:
-                await connection.client.send_message(email)
+                await connection.client.send_message(email, sender=sender)
             except aiosmtplib.SMTPServerDisconnected:
                 await self._discard(connection)
                 if not connection.reused:
@@ -95,7 +101,7 @@ class SmtpPool:
                 # The server closed the idle connection; nothing of this email reached it. Once more, fresh.
                 connection = await self._take(fresh=True)
                 try:
-                    await connection.client.send_message(email)
+                    await connection.client.send_message(email, sender=sender)
                 except BaseException:
                     await self._discard(connection)
                     raise
@@ -157,10 +163,22 @@ class SmtpProvider:
 
     channel = Channel.EMAIL
 
-    def __init__(self, name: str, config: SmtpConfig, *, sender: str) -> None:
+    def __init__(
+        self,
+        name: str,
+        config: SmtpConfig,
+        *,
+        sender: str,
+        links: EmailLinks | None = None,
+        dkim: DkimSigner | None = None,
+        track: bool = False,
+    ) -> None:
         self.name = name
         self.config = config
         self.sender = sender
+        self.links = links
+        self.dkim = dkim
+        self.track = track
         self._pool = SmtpPool(config)
         self.receipts: ReceiptSink | None = None
 
@@ -174,7 +192,8 @@ class SmtpProvider:
         self.receipts = receipts
 
     async def send(self, outgoing: Outgoing) -> Accepted:
-        """Build the email and hand it to the server; the provider's id is the email's Message-ID."""
+        """Build the email (List-Unsubscribe and tracking for marketing, DKIM) and hand it to the server from
+        the message's return path; the provider's id is the email's Message-ID."""
         content = outgoing.content
         if not isinstance(content, EmailContent):
             raise ProviderFailure(
@@ -186,16 +205,24 @@ class SmtpProvider:
                 sender=self.sender,
                 recipient=outgoing.address,
                 rendered=Rendered(subject=content.subject, text=content.text, html=content.html),
+                person_id=outgoing.person_id,
+                purpose=outgoing.purpose,
+                links=self.links,
+                # Transactional emails (a receipt, a password reset) are not tracked.
+                track=self.track and outgoing.purpose is Purpose.MARKETING,
+                dkim=self.dkim,
             )
         except DeliveryError as error:
             # Not ADDRESS_INVALID: the sender (configuration) may be what is wrong, and that must not suppress
             # every recipient.
             raise ProviderFailure(FailureKind.PERMANENT, str(error), provider=self.name) from error
-        await self.submit(email, message_id=outgoing.message_id)
+        return_path = self.links.return_path(outgoing.message_id) if self.links is not None else None
+        await self.submit(email, message_id=outgoing.message_id, sender=return_path)
         return Accepted(provider=self.name, provider_message_id=str(email["Message-ID"]))
 
-    async def submit(self, email: EmailMessage, *, message_id: uuid.UUID) -> None:
-        """Submit a built email, in a span "smtp send"; raise ProviderFailure if it is not taken."""
+    async def submit(self, email: EmailMessage, *, message_id: uuid.UUID, sender: str | None = None) -> None:
+        """Submit a built email from the envelope `sender` (else its From), in a span "smtp send"; raise
+        ProviderFailure if it is not taken."""
         config = self.config
         with tracer.start_as_current_span(
             "smtp send",
@@ -208,7 +235,7 @@ class SmtpProvider:
             },
         ) as span:
             try:
-                await self._pool.send(email)
+                await self._pool.send(email, sender=sender)
             except aiosmtplib.SMTPException as error:
                 failure = classify(error, provider=self.name)
                 span.record_exception(error)
@@ -266,7 +293,9 @@ def _address_invalid(code: int, message: str) -> bool:
 
 def create(name: str, options: Mapping[str, Any], defaults: Mapping[str, Any]) -> SmtpProvider:
     """An SMTP provider from its configuration entry (OMNI_GATEWAY_PROVIDERS): host, port, username, password,
-    timeout_s, starttls, pool_size, max_idle_s, sender (default: the gateway's smtp_from)."""
+    timeout_s, starttls, pool_size, max_idle_s, sender (default: the gateway's smtp_from). From `defaults`:
+    "email_links" (EmailLinks: List-Unsubscribe, tracking, VERP return paths), "dkim" (DkimSigner) and
+    "email_tracking" (bool), the gateway's email settings shared by every SMTP instance."""
     config = SmtpConfig(
         host=str(options.get("host", "127.0.0.1")),
         port=int(options.get("port", 25)),
@@ -277,4 +306,11 @@ def create(name: str, options: Mapping[str, Any], defaults: Mapping[str, Any]) -
         pool_size=int(options.get("pool_size", 4)),
         max_idle_s=float(options.get("max_idle_s", 30.0)),
     )
-    return SmtpProvider(name, config, sender=str(options.get("sender") or defaults.get("sender", "")))
+    return SmtpProvider(
+        name,
+        config,
+        sender=str(options.get("sender") or defaults.get("sender", "")),
+        links=defaults.get("email_links"),
+        dkim=defaults.get("dkim"),
+        track=bool(defaults.get("email_tracking", False)),
+    )

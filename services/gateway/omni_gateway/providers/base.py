@@ -111,6 +111,8 @@ class PushContent:
 class TerminalContent:
     text: str
     """What the till shows or prints (a coupon, receipt text)."""
+    store_id: str = ""
+    """The store it is for; empty: any store (the provider's address)."""
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from omni_gateway.contacts import Contacts
 from omni_gateway.delivery import Delivery
 from omni_gateway.domain import Channel
 from omni_gateway.providers.base import ChannelProvider
-from omni_gateway.providers.registry import ProviderSpec, Registry, build_registry
+from omni_gateway.providers.registry import ProviderDefaults, ProviderSpec, Registry, build_registry
 from omni_gateway.receipts import ReceiptRecorder
 from omni_gateway.rendering import Renderer
 from omni_gateway.repository import Repository
@@ -123,13 +123,18 @@ def provider_specs(settings: Settings) -> list[ProviderSpec]:
     return specs
 
 
-def provider_registry(settings: Settings, made: Mapping[str, ChannelProvider] | None = None) -> Registry:
+def provider_registry(
+    settings: Settings,
+    made: Mapping[str, ChannelProvider] | None = None,
+    defaults: ProviderDefaults | None = None,
+) -> Registry:
     """The provider instances of the settings, each with its circuit breaker and rate limit; `made` are
-    instances built already (by name), such as the store terminals' provider."""
+    instances built already (by name), such as the store terminals' provider; `defaults` go to every kind's
+    create (identity and profile for SMS keywords) with the sender."""
     return build_registry(
         provider_specs(settings),
         order=settings.provider_order,
-        defaults={"sender": settings.smtp_from},
+        defaults={**(defaults or {}), "sender": settings.smtp_from},
         providers=made,
     )
 
@@ -165,13 +170,15 @@ async def _wire(runtime: Runtime, settings: Settings) -> None:
         )
     )
     identity = identity_pb2_grpc.IdentityServiceStub(identity_channel)
-    contacts = Contacts(
-        identity,  # type: ignore[arg-type]
-        profile_pb2_grpc.ProfileServiceStub(profile_channel),  # type: ignore[arg-type]
-    )
+    profile = profile_pb2_grpc.ProfileServiceStub(profile_channel)
+    contacts = Contacts(identity, profile)  # type: ignore[arg-type]
     # The store channel's provider holds messages for the tills (ConnectTerminal), in the registry as the rest.
     terminals = await start_terminals(runtime, settings, identity)  # type: ignore[arg-type]
-    registry = provider_registry(settings, made={terminals.provider.name: terminals.provider})
+    registry = provider_registry(
+        settings,
+        made={terminals.provider.name: terminals.provider},
+        defaults={"identity": identity, "profile": profile},  # SMS keywords (sms_keywords.py)
+    )
     policy = RetryPolicy(
         max_attempts=settings.send_max_attempts,
         first_delay_s=settings.retry_first_delay_s,

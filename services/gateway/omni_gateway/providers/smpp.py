@@ -29,13 +29,13 @@ import logging
 import re
 import uuid
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Any, Literal
 
 import smpp34
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from omni_gateway.domain import Channel
 from omni_gateway.providers.base import (
@@ -49,7 +49,7 @@ from omni_gateway.providers.base import (
     ReceiptSink,
     SmsContent,
 )
-from omni_gateway.sms_keywords import InboundHandler, to_e164
+from omni_gateway.sms_keywords import InboundHandler, keyword_handler, to_e164
 from omni_gateway.sms_text import DATA_CODING, decode, encode, plan, udh_parts
 
 __all__ = ["SmppProvider", "SmppSettings", "classify_status", "parse_receipt", "smpp_provider"]
@@ -163,6 +163,9 @@ def parse_receipt(short_message: bytes, tlvs: Iterable[smpp34.Tlv]) -> ParsedRec
 
 class SmppSettings(BaseModel):
     """How to reach and bind to the SMSC (environment: the gateway's settings hold one of these)."""
+
+    # A bad value is logged at start: it must not show the password it was given.
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
 
     name: str = Field("smpp", description="The provider's name on messages and receipts.")
     host: str = Field(description="The SMSC's host.")
@@ -562,3 +565,13 @@ class SmppProvider:
 def smpp_provider(settings: SmppSettings, inbound: InboundHandler | None = None) -> SmppProvider:
     """The provider for these settings; `inbound` answers inbound messages (SmsKeywords.handle_inbound)."""
     return SmppProvider(settings, inbound)
+
+
+def create(name: str, options: Mapping[str, Any], defaults: Mapping[str, Any]) -> SmppProvider:
+    """The provider from a registry entry (kind "smpp"): `options` are SmppSettings (host, system_id, ...)
+    and the keyword options (sms_keywords.KEYWORD_OPTIONS); inbound messages are answered by the keyword
+    handler made from the registry's defaults (identity and profile). Raises ValueError (pydantic's
+    ValidationError) naming what is wrong."""
+    own, keywords = keyword_handler(options, defaults)
+    settings = SmppSettings.model_validate({**own, "name": name})
+    return SmppProvider(settings, keywords.handle_inbound if keywords is not None else None)

@@ -270,3 +270,17 @@ async def test_a_webhook_is_verified_by_the_receiver_and_retried_on_the_webhooks
     assert failed.error.startswith("gave up after 3 attempts")
     assert len(crm.verified) == 4  # one sent, three attempts of the failing one
     assert {json.loads(d.body)["order"] for d in crm.verified[1:]} == {"C-4"}
+
+
+async def test_a_delivery_receipt_that_overtakes_the_recorded_send_still_marks_it_delivered(
+    start_gateway: StartGateway, neighbours: Neighbours, smsc: TestSmsc
+) -> None:
+    smsc.receipt_first = True  # the receipt reaches the gateway before the submit's answer
+    gateway = await start_gateway(providers=[_smpp(smsc.port)])
+    person = await _person(neighbours, ("phone", "+4915100000001"))
+    template = await _template(gateway, SMS_TEXT)
+
+    sent = await _send(gateway, person, common_pb2.CHANNEL_SMS, template, order="D-1")
+
+    assert sent.provider == "smsc"
+    await _until_status(gateway, sent.id, gateway_pb2.MESSAGE_STATUS_DELIVERED)

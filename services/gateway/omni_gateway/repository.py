@@ -215,13 +215,20 @@ class Repository:
         """Record how an attempt ended and release the lease; retry_after schedules the next attempt.
 
         Only a message still QUEUED is updated: None means it was finished meanwhile (its person forgotten,
-        or a stalled attempt's lease taken over), and the outcome must not be recorded nor announced.
+        or a stalled attempt's lease taken over), and the outcome must not be recorded nor announced. A SENT
+        message whose delivery receipt came before this (an SMSC answering at once) is DELIVERED.
         """
+        outcome: Any = status
+        if status == MessageStatus.SENT:
+            outcome = sa.case(
+                (Message.delivered_at.is_not(None), sa.literal(MessageStatus.DELIVERED, Message.status.type)),
+                else_=sa.literal(MessageStatus.SENT, Message.status.type),
+            )
         statement = (
             sa.update(Message)
             .where(Message.id == message_id, Message.status == MessageStatus.QUEUED)
             .values(
-                status=status,
+                status=outcome,
                 recipient=recipient,
                 error=error,
                 claimed_until=None,

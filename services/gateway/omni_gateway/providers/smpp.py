@@ -241,8 +241,9 @@ class SmppProvider:
         self._closing = False
         self._last_error = "not bound yet"
         self._multipart: OrderedDict[str, _Multipart] = OrderedDict()
-        self._seen: OrderedDict[str, None] = OrderedDict()
-        """Message ids of recent submit_sm_resps, for receipts that overtake their submit_sm_resp."""
+        self._seen: OrderedDict[str, uuid.UUID | None] = OrderedDict()
+        """Message ids of recent submit_sm_resps (to Omni's message id), for receipts that overtake their
+        submit_sm_resp, and so a receipt names Omni's message even before the send is recorded."""
         self._submitting = 0
         self._submitted = asyncio.Condition()
         self._ton, self._npi, self._source = _source_ton_npi(settings.source_addr)
@@ -348,12 +349,17 @@ class SmppProvider:
         return smsc
 
     async def _submit(
-        self, smsc: smpp34.Smsc, destination: str, short_message: bytes, **fields: object
+        self,
+        smsc: smpp34.Smsc,
+        omni_id: uuid.UUID | None,
+        destination: str,
+        short_message: bytes,
+        **fields: object,
     ) -> str:
         self._submitting += 1
         try:
             message_id = await self._submit_once(smsc, destination, short_message, **fields)
-            self._seen[message_id] = None
+            self._seen[message_id] = omni_id
             while len(self._seen) > _REMEMBERED:
                 self._seen.popitem(last=False)
             return message_id
@@ -425,6 +431,7 @@ class SmppProvider:
                     ids.append(
                         await self._submit(
                             smsc,
+                            outgoing.message_id,
                             destination,
                             part,
                             esm_class=esm_class,
@@ -447,7 +454,13 @@ class SmppProvider:
             payload = smpp34.Tlv(TLV_MESSAGE_PAYLOAD, encode(text, sms.encoding))
             ids.append(
                 await self._submit(
-                    smsc, destination, b"", data_coding=coding, registered_delivery=registered, tlvs=[payload]
+                    smsc,
+                    outgoing.message_id,
+                    destination,
+                    b"",
+                    data_coding=coding,
+                    registered_delivery=registered,
+                    tlvs=[payload],
                 )
             )
         details: dict[str, object] = {"encoding": sms.encoding.value, "segments": sms.segments}
@@ -506,7 +519,7 @@ class SmppProvider:
         await self._known(parsed.message_id)
         entry = self._multipart.get(parsed.message_id)
         if entry is None:
-            await self._emit(parsed, parsed.message_id, None)
+            await self._emit(parsed, parsed.message_id, self._seen.get(parsed.message_id))
         elif kind is ReceiptKind.DELIVERED:
             entry.delivered.add(parsed.message_id)
             await self._settle(entry)
@@ -554,6 +567,7 @@ class SmppProvider:
         for part in parts:
             await self._submit(
                 smsc,
+                None,  # a reply, no message of Omni's
                 number[1:],
                 part,
                 esm_class=0x40 if len(parts) > 1 else 0x00,

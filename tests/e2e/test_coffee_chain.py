@@ -8,6 +8,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import AsyncIterator, Callable
 from datetime import timedelta
+from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives import serialization
@@ -49,7 +50,7 @@ async def omni_with_push(
         "vapid_subject": "mailto:push@coffee.example",
         "allow_http_loopback": True,
     }
-    settings = {
+    settings: dict[str, dict[str, Any]] = {
         "identity": {"web_push_http_loopback": True},
         "gateway": {"providers": [webpush]},
     }

@@ -284,3 +284,20 @@ async def test_a_delivery_receipt_that_overtakes_the_recorded_send_still_marks_i
 
     assert sent.provider == "smsc"
     await _until_status(gateway, sent.id, gateway_pb2.MESSAGE_STATUS_DELIVERED)
+
+
+async def test_a_failed_receipt_that_overtakes_the_recorded_send_marks_it_bounced(
+    start_gateway: StartGateway, neighbours: Neighbours, smsc: TestSmsc
+) -> None:
+    smsc.receipt_first = True
+    smsc.receipt_stat, smsc.receipt_err = "UNDELIV", "001"  # unknown subscriber: the number does not exist
+    gateway = await start_gateway(providers=[_smpp(smsc.port)])
+    person = await _person(neighbours, ("phone", "+4915100000002"))
+    template = await _template(gateway, SMS_TEXT)
+
+    sent = await _send(gateway, person, common_pb2.CHANNEL_SMS, template, order="D-2")
+
+    assert sent.provider == "smsc"
+    await _until_status(gateway, sent.id, gateway_pb2.MESSAGE_STATUS_BOUNCED)
+    again = await _send(gateway, person, common_pb2.CHANNEL_SMS, template, order="D-3")
+    assert again.error == "address suppressed: hard_bounce"

@@ -216,11 +216,19 @@ class Repository:
 
         Only a message still QUEUED is updated: None means it was finished meanwhile (its person forgotten,
         or a stalled attempt's lease taken over), and the outcome must not be recorded nor announced. A SENT
-        message whose delivery receipt came before this (an SMSC answering at once) is DELIVERED.
+        message whose receipt came before this (an SMSC answering at once) is what the receipt said: BOUNCED
+        after a failed or bounced one, else DELIVERED after a delivery receipt.
         """
         outcome: Any = status
         if status == MessageStatus.SENT:
+            # A receipt being recorded holds the row: wait for it, so the next statement (a new snapshot)
+            # sees the receipt it committed.
+            await session.execute(sa.select(Message.id).where(Message.id == message_id).with_for_update())
+            failed_already = sa.exists().where(
+                ReceiptRow.message_id == message_id, ReceiptRow.kind.in_(["failed", "bounced"])
+            )
             outcome = sa.case(
+                (failed_already, sa.literal(MessageStatus.BOUNCED, Message.status.type)),
                 (Message.delivered_at.is_not(None), sa.literal(MessageStatus.DELIVERED, Message.status.type)),
                 else_=sa.literal(MessageStatus.SENT, Message.status.type),
             )

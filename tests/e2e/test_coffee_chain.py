@@ -1,7 +1,7 @@
 """The coffee-chain story: a customer orders in the app (user id and loyalty card), then buys a coffee in a
 store where only her loyalty card is seen; both purchases are one person's, she enters the "tenth coffee"
 segment, and the journey sends her a Web Push that the local push service decrypts, with the subscription's
-private key, to "your 10th coffee is free"."""
+private key, to "your 10th coffee is free"; at a till connected to the gateway, her card brings the offer."""
 
 from __future__ import annotations
 
@@ -21,10 +21,13 @@ from omni.gateway.v1 import gateway_pb2
 from omni.identity.v1 import identity_pb2
 from omni.profile.v1 import profile_pb2
 from omni.segmentation.v1 import segmentation_pb2
-from omni_kit.embedded import EmbeddedNats, SmtpSink
+from omni_kit.embedded import EmbeddedNats, SmtpSink, free_port
 from tests.e2e.conftest import Omni, running_omni
 from tests.e2e.test_abandoned_cart import event, eventually
 from tests.gateway.push_service import Delivered, PushService, running_push_service
+from tests.gateway.tills import KEYS, STORE, STORES, TillClient
+
+OFFER = "tenth-coffee-free"
 
 
 @pytest.fixture
@@ -50,9 +53,17 @@ async def omni_with_push(
         "vapid_subject": "mailto:push@coffee.example",
         "allow_http_loopback": True,
     }
+    # The gateway asks decisioning for the tills' offers, and decisioning starts after it: its port is chosen
+    # here.
+    decisioning_port = free_port("127.0.0.1")
     settings: dict[str, dict[str, Any]] = {
         "identity": {"web_push_http_loopback": True},
-        "gateway": {"providers": [webpush]},
+        "gateway": {
+            "providers": [webpush],
+            "terminal_stores": STORES,
+            "decisioning_target": f"127.0.0.1:{decisioning_port}",
+        },
+        "decisioning": {"grpc_port": decisioning_port},
     }
     async with running_omni(make_database, nats_server, smtp_sink, settings=settings) as running:
         yield running
@@ -97,6 +108,17 @@ async def test_app_order_and_store_purchase_make_one_person_who_gets_the_tenth_c
                 trigger_segment_id=segment.id,
                 channels=[common_pb2.CHANNEL_PUSH],
                 template_id="tenth-coffee-push",
+            )
+        )
+    )
+
+    await omni.decisioning.CreateOffer(
+        decisioning_pb2.CreateOfferRequest(
+            offer=decisioning_pb2.Offer(
+                name=OFFER,
+                description="Your 10th coffee is free",
+                touchpoints=["pos"],
+                segment_id=segment.id,
             )
         )
     )
@@ -154,3 +176,19 @@ async def test_app_order_and_store_purchase_make_one_person_who_gets_the_tenth_c
     assert delivered.payload["title"] == "Thanks for coming by"
     assert delivered.payload["body"] == "your 10th coffee is free"
     assert len(push_service.delivered_to(browser)) == 1
+
+    # Next visit: the till scans her card and gets the offer meant for the segment she is in.
+    till = TillClient(
+        omni.gateway,
+        gateway_pb2.ConnectTerminalRequest(
+            hello=gateway_pb2.TerminalHello(store_id=STORE, terminal_id="till-1", terminal_key=KEYS[STORE])
+        ),
+    )
+    try:
+        assert (await till.next()).WhichOneof("frame") == "hello_ok"
+        till.identify(gateway_pb2.TERMINAL_IDENTIFIER_TYPE_LOYALTY_CARD, card, request_id="scan")
+        customer = (await till.next()).customer
+        assert (customer.known, customer.person_id) == (True, person.id)
+        assert [a.offer_name for a in customer.actions] == [OFFER]
+    finally:
+        await till.hang_up()

@@ -1,7 +1,9 @@
 """Store terminals over ConnectTerminal, against real identity, decisioning and the gateway's database: a till
-identifies a customer and gets the offer and the coupon waiting for them; acknowledgements, a reconnect that
-resends exactly what was not acknowledged, messages pushed while the customer is at the till (heard from
-another replica over NATS), expiry, and the hellos and identifications refused."""
+identifies a customer and gets the offer and the coupon waiting for them. Store messages are sent with
+SendMessage on the store channel (a template with a terminal variant) and their receipts read from what the
+gateway recorded: acknowledgements, a reconnect that resends exactly what was not acknowledged, messages
+pushed while the customer is at the till (sent through another replica, heard over NATS), expiry, and the
+hellos and identifications refused."""
 
 from __future__ import annotations
 
@@ -22,15 +24,14 @@ from omni.decisioning.v1 import decisioning_pb2, decisioning_pb2_grpc
 from omni.gateway.v1 import gateway_pb2
 from omni.identity.v1 import events_pb2 as identity_events
 from omni.identity.v1 import identity_pb2
-from omni_gateway.providers.base import Receipt, ReceiptKind
 from omni_kit.bus import make_envelope
 from omni_kit.db import create_engine
 from omni_kit.embedded import EmbeddedNats, EmbeddedPostgres
 from omni_kit.ids import new_id
 
 from .conftest import EMAIL_ENDPOINTS_ANYWHERE, _common
-from .support import Neighbours, publish, unique, until
-from .tills import OFFER, OTHER_STORE, STORE, STORES, Tills, customer, eventually, other_replica, stub_of
+from .support import Neighbours, publish, unique
+from .tills import OFFER, OTHER_STORE, STORE, STORES, Tills, customer, eventually, store_template, stub_of
 
 LOYALTY_CARD = gateway_pb2.TERMINAL_IDENTIFIER_TYPE_LOYALTY_CARD
 PHONE = gateway_pb2.TERMINAL_IDENTIFIER_TYPE_PHONE
@@ -72,12 +73,8 @@ async def _serving_tills(
     stack: contextlib.AsyncExitStack,
     **overrides: Any,
 ) -> Tills:
-    """A gateway serving the tills of STORE and OTHER_STORE, reporting receipts to a list."""
-    receipts: list[Receipt] = []
-
-    async def record(receipt: Receipt) -> None:
-        receipts.append(receipt)
-
+    """A gateway serving the tills of STORE and OTHER_STORE, and another replica of it (same database and
+    NATS, serving no till)."""
     settings = gateway_main.Settings(
         **{
             **_common(postgres, nats_server, stack, "gw_gateway", neighbours.namespace),
@@ -85,29 +82,34 @@ async def _serving_tills(
             "profile_target": neighbours.profile_target,
             "verdicts_durable": f"contact-verdicts-{uuid.uuid4().hex[:8]}",
             "jobs_poll_interval_s": 0.1,
+            **EMAIL_ENDPOINTS_ANYWHERE,
             "terminal_stores": STORES,
             "terminal_expiry_interval_s": 0.2,
             "terminal_hello_timeout_s": 1.0,
-            **EMAIL_ENDPOINTS_ANYWHERE,
             **overrides,
         }
     )
-    gateway = await gateway_main.start(settings, receipts=record)
+    stub = await _replica(stack, settings)
+    database = create_engine(settings.database_url, application_name="omni-test-gateway")
+    stack.push_async_callback(database.dispose)
+    return Tills(
+        stub=stub,
+        database=database,
+        neighbours=neighbours,
+        template_id=await store_template(stub),
+        other_replica=await _replica(stack, settings),
+        namespace=neighbours.namespace,
+        settings=settings,
+    )
+
+
+async def _replica(stack: contextlib.AsyncExitStack, settings: gateway_main.Settings) -> Any:
+    """A gateway with these settings (on their database), stopped with the stack; a client of it."""
+    gateway = await gateway_main.start(settings)
     stack.push_async_callback(gateway.close)
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{gateway.port}")
     stack.push_async_callback(channel.close)
-    database = create_engine(settings.database_url, application_name="omni-test-gateway")
-    stack.push_async_callback(database.dispose)
-    replica = await stack.enter_async_context(other_replica(database, nats_server.url, neighbours.namespace))
-    return Tills(
-        stub=stub_of(channel),
-        database=database,
-        neighbours=neighbours,
-        receipts=receipts,
-        other_replica=replica,
-        namespace=neighbours.namespace,
-        nats_url=nats_server.url,
-    )
+    return stub_of(channel)
 
 
 def _names(customer: gateway_pb2.TerminalCustomer) -> list[str]:
@@ -133,9 +135,10 @@ async def test_a_loyalty_card_at_the_till_brings_the_offer_and_the_waiting_coupo
     ]
 
     till.ack(coupon)
-    await until(lambda: bool(tills.receipts_of(coupon)))
-    [receipt] = tills.receipts_of(coupon)
-    assert receipt.kind == ReceiptKind.DELIVERED and receipt.provider == "terminal"
+    [receipt] = await tills.until_receipts(coupon)
+    assert receipt.kind == "delivered" and receipt.provider == "terminal"
+    delivered = await tills.stub.GetMessage(gateway_pb2.GetMessageRequest(message_id=coupon))
+    assert delivered.message.status == gateway_pb2.MESSAGE_STATUS_DELIVERED
     # Acknowledged: another visit, at another till, shows it no more.
     again = tills.connect()
     await tills.hello(again)
@@ -160,7 +163,7 @@ async def test_a_till_that_reconnects_gets_again_what_it_did_not_acknowledge_and
     shown = (await till.next()).customer.messages
     assert [m.message_id for m in shown] == [first, second, third]
     till.ack(first)
-    await until(lambda: bool(tills.receipts_of(first)))
+    await tills.until_receipts(first)
     await till.hang_up()  # the network breaks before the till acknowledged the others
 
     # The ack of the third reached nobody: the till names it in its hello.
@@ -172,7 +175,7 @@ async def test_a_till_that_reconnects_gets_again_what_it_did_not_acknowledge_and
     assert (resent.message_id, resent.text, resent.resent) == (second, "coupon two", True)
     await back.quiet()
     back.ack(second)
-    await until(lambda: bool(tills.receipts_of(second)))
+    await tills.until_receipts(second)
     await back.hang_up()
 
     # Everything acknowledged: nothing again, ever; one receipt each.
@@ -181,7 +184,7 @@ async def test_a_till_that_reconnects_gets_again_what_it_did_not_acknowledge_and
     await last.quiet()
     await last.hang_up()
     for message_id in (first, second, third):
-        assert [r.kind for r in tills.receipts_of(message_id)] == [ReceiptKind.DELIVERED]
+        assert [r.kind for r in await tills.receipts_of(message_id)] == ["delivered"]
 
 
 async def test_a_message_for_a_customer_at_the_till_goes_down_at_once(tills: Tills) -> None:
@@ -191,8 +194,10 @@ async def test_a_message_for_a_customer_at_the_till_goes_down_at_once(tills: Til
     await tills.hello(till)
     till.identify(LOYALTY_CARD, card)
     assert not (await till.next()).customer.messages
-    # Recorded by another replica: the gateway holding the stream hears of it over NATS.
-    receipt_text = await tills.record(person, "Your receipt: 1 flat white, 3.20 EUR")
+    # Sent through another replica: the gateway holding the stream hears of it over NATS.
+    receipt_text = await tills.record(
+        person, "Your receipt: 1 flat white, 3.20 EUR", stub=tills.other_replica
+    )
     pushed = (await till.next()).message
     assert (pushed.message_id, pushed.person_id, pushed.resent) == (receipt_text, person, False)
     await till.quiet()
@@ -242,15 +247,18 @@ async def test_a_message_for_another_store_is_not_shown_here(tills: Tills) -> No
 async def test_a_message_nobody_came_for_expires_with_a_failed_receipt(tills: Tills) -> None:
     card = unique("LC-")
     person = await customer(tills.neighbours, ("loyalty_card", card))
-    async with other_replica(tills.database, tills.nats_url, tills.namespace, ttl_s=0.3) as short:
-        expiring = await tills.record(person, "today only", provider=short)
-    await until(lambda: bool(tills.receipts_of(expiring)))
-    [receipt] = tills.receipts_of(expiring)
+    async with contextlib.AsyncExitStack() as stack:
+        # A replica whose store messages wait 0.3 s.
+        short = await _replica(stack, tills.settings.model_copy(update={"terminal_message_ttl_s": 0.3}))
+        expiring = await tills.record(person, "today only", stub=short)
+    [receipt] = await tills.until_receipts(expiring)
     assert (receipt.kind, receipt.detail, receipt.provider_event_id) == (
-        ReceiptKind.FAILED,
+        "failed",
         "expired",
         f"terminal:expired:{expiring}",
     )
+    failed = await tills.stub.GetMessage(gateway_pb2.GetMessageRequest(message_id=expiring))
+    assert failed.message.status == gateway_pb2.MESSAGE_STATUS_BOUNCED
     till = tills.connect()
     await tills.hello(till)
     till.identify(LOYALTY_CARD, card)
@@ -359,6 +367,8 @@ async def test_a_forgotten_persons_store_messages_are_deleted(tills: Tills, js: 
         ),
     )
     await eventually(lambda: _none(count))
+    # The person's store address ("any store") is not theirs: the erasure suppressed it for nobody else.
+    await tills.record(await customer(tills.neighbours), "still sent to others")
 
 
 async def _none(count: Callable[[], Awaitable[int]]) -> bool:

@@ -1,6 +1,7 @@
-"""Helpers of the store-terminal tests: a gateway serving tills (with decisioning beside it, and a recording
-receipt sink), a till as a client of ConnectTerminal, and a second "replica" recording store messages the
-way the delivery flow hands them to the terminal provider."""
+"""Helpers of the store-terminal tests: a gateway serving tills (with decisioning beside it), a till as a
+client of ConnectTerminal, store messages sent with SendMessage (a template with a terminal variant), their
+receipts as the gateway recorded them, and a second "replica" on the same database and NATS, to check that a
+till hears of a message recorded elsewhere."""
 
 from __future__ import annotations
 
@@ -13,19 +14,15 @@ from dataclasses import dataclass, field
 from typing import Any, TypeAlias, cast
 
 import grpc
-import nats
+import sqlalchemy as sa
+from google.protobuf import struct_pb2
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from omni.common.v1 import common_pb2
 from omni.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from omni.identity.v1 import identity_pb2
-from omni_gateway.domain import Channel, Purpose
-from omni_gateway.providers.base import Outgoing, Receipt, TerminalContent
-from omni_gateway.providers.terminal import ANY_STORE, TerminalProvider
-from omni_gateway.terminals.hub import TerminalHub, waiting_subject
-from omni_gateway.terminals.store import TerminalMessages
-from omni_kit.db import session_factory
-from omni_kit.ids import new_id
+from omni.profile.v1 import profile_pb2
+from omni_gateway.providers.terminal import ANY_STORE
 
 from .support import Neighbours, unique
 
@@ -89,17 +86,29 @@ class TillClient:
             await self._reader
 
 
+@dataclass(frozen=True)
+class StoredReceipt:
+    """A receipt as the gateway recorded it (its `receipts` table)."""
+
+    kind: str
+    provider: str
+    provider_event_id: str
+    detail: str
+
+
 @dataclass
 class Tills:
-    """A gateway serving tills of STORE (and OTHER_STORE), the receipts it reported, and what tests need."""
+    """A gateway serving tills of STORE (and OTHER_STORE), a store template, and what tests need."""
 
     stub: Any
     database: AsyncEngine
     neighbours: Neighbours
-    receipts: list[Receipt]
-    other_replica: TerminalProvider
+    template_id: str
+    other_replica: Any
+    """A client of another gateway replica on the same database and NATS."""
     namespace: str
-    nats_url: str
+    settings: Any
+    """The gateway's settings (omni_gateway.main.Settings)."""
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     def connect(
@@ -123,26 +132,67 @@ class Tills:
         assert frame.WhichOneof("frame") == "hello_ok", frame
         return frame.hello_ok
 
-    async def record(
-        self, person_id: str, text: str, *, store: str = ANY_STORE, provider: TerminalProvider | None = None
-    ) -> str:
-        """A store message for the person, as the delivery flow hands it to the terminal provider (here the
-        provider of another replica: the gateway hears of it over NATS)."""
-        message_id = new_id()
-        await (provider or self.other_replica).send(
-            Outgoing(
-                message_id=message_id,
-                person_id=uuid.UUID(person_id),
-                channel=Channel.STORE,
-                purpose=Purpose.MARKETING,
-                address=store,
-                content=TerminalContent(text),
+    async def record(self, person_id: str, text: str, *, store: str = ANY_STORE, stub: Any = None) -> str:
+        """A store message for the person, sent with SendMessage on the store channel (transactional: a
+        receipt or a coupon bought); its id. `stub`: another gateway on the same database sends it."""
+        variables = struct_pb2.Struct()
+        variables.update({"text": text, "store_id": store})
+        response = await (stub or self.stub).SendMessage(
+            gateway_pb2.SendMessageRequest(
+                request_id=unique("till-req-"),
+                person_id=person_id,
+                channel=common_pb2.CHANNEL_STORE,
+                template_id=self.template_id,
+                purpose=profile_pb2.CONSENT_PURPOSE_TRANSACTIONAL,
+                variables=variables,
             )
         )
-        return str(message_id)
+        message = response.message
+        assert message.status == gateway_pb2.MESSAGE_STATUS_SENT, message
+        return str(message.id)
 
-    def receipts_of(self, message_id: str) -> list[Receipt]:
-        return [r for r in self.receipts if str(r.message_id) == message_id]
+    async def receipts_of(self, message_id: str) -> list[StoredReceipt]:
+        """The receipts the gateway recorded for a message, oldest first."""
+        async with self.database.connect() as connection:
+            rows = await connection.execute(
+                sa.text(
+                    "SELECT kind, provider, provider_event_id, detail FROM receipts "
+                    "WHERE message_id = :m ORDER BY occurred_at"
+                ),
+                {"m": uuid.UUID(message_id)},
+            )
+            return [StoredReceipt(*row) for row in rows]
+
+    async def until_receipts(self, message_id: str, within: float = 10.0) -> list[StoredReceipt]:
+        """Wait until the message has a receipt; its receipts."""
+        found: list[StoredReceipt] = []
+
+        async def recorded() -> bool:
+            found[:] = await self.receipts_of(message_id)
+            return bool(found)
+
+        await eventually(recorded, within)
+        return found
+
+
+async def store_template(stub: Any) -> str:
+    """A template with a terminal variant whose text and store come from the variables; its id."""
+    template_id = unique("till-")
+    await stub.CreateTemplate(
+        gateway_pb2.CreateTemplateRequest(
+            template=gateway_pb2.Template(
+                id=template_id,
+                variants=[
+                    gateway_pb2.TemplateVariant(
+                        terminal=gateway_pb2.TerminalVariant(
+                            text="{{ variables.text }}", store_id="{{ variables.store_id }}"
+                        )
+                    )
+                ],
+            )
+        )
+    )
+    return template_id
 
 
 STORE = "berlin-1"
@@ -161,30 +211,6 @@ async def customer(neighbours: Neighbours, *identifiers: tuple[str, str]) -> str
         )
     )
     return str(response.resolution.person_id)
-
-
-@contextlib.asynccontextmanager
-async def other_replica(
-    database: AsyncEngine, nats_url: str, namespace: str, *, ttl_s: float = 3600.0
-) -> AsyncIterator[TerminalProvider]:
-    """A terminal provider on the gateway's database, announcing on NATS like another replica would."""
-    client = await nats.connect(nats_url)
-    hub = TerminalHub(max_streams=1)
-    await hub.listen(client, waiting_subject(namespace))
-    sessions = session_factory(database)
-
-    @contextlib.asynccontextmanager
-    async def transaction() -> AsyncIterator[Any]:
-        async with sessions() as session, session.begin():
-            yield session
-
-    try:
-        yield TerminalProvider(
-            transaction=transaction, messages=TerminalMessages(), announce=hub.announce, ttl_s=ttl_s
-        )
-    finally:
-        await hub.stop()
-        await client.drain()
 
 
 async def eventually(condition: Callable[[], Awaitable[bool]], within: float = 10.0) -> None:

@@ -14,7 +14,7 @@ from omni.gateway.v1 import gateway_pb2
 from omni_gateway.delivery import Delivery, ensure_same_send
 from omni_gateway.domain import Channel, MessageStatus, SendRequest
 from omni_gateway.repository import FORGOTTEN, Repository
-from omni_gateway.suppression import SuppressionReason, address_hash
+from omni_gateway.suppression import NOT_PERSONAL_ADDRESSES, SuppressionReason, address_hash
 from omni_gateway.terminals.store import TerminalMessages
 from omni_gateway.wire import parse_send_request, send_fingerprint
 from omni_kit.bus import PermanentError, unpack
@@ -116,11 +116,14 @@ class ErasureHook:
         self._repository = repository
 
     async def __call__(self, session: AsyncSession, erasure: Erasure) -> None:
-        """Suppress the addresses the persons' messages went to (as hashes: suppression.py), redact the
+        """Suppress the persons' addresses their messages went to (as hashes: suppression.py; not a store's
+        or a webhook destination's, which are not theirs), redact the
         messages; forget the stored answers that show them (none do yet: templates name no person)."""
         person_ids = list(erasure.person_ids)
         for channel, address in await self._repository.recipients_of(session, person_ids):
             domain_channel = Channel(channel)
+            if domain_channel in NOT_PERSONAL_ADDRESSES:
+                continue
             await self._repository.suppress(
                 session,
                 channel=channel,

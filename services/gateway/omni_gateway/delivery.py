@@ -55,6 +55,7 @@ from omni_gateway.models import Message
 from omni_gateway.providers.base import (
     Accepted,
     PersonContacts,
+    RetrySchedule,
 )
 from omni_gateway.providers.registry import Registry
 from omni_gateway.rendering import template_context
@@ -287,7 +288,7 @@ class Delivery:
         ) as span:
             recipient = message.recipient
             try:
-                if message.attempt_count > self._policy.max_attempts:
+                if message.attempt_count > self._max_attempts(message):
                     # An attempt died without reporting back (its lease ran out) and none are left.
                     raise PermanentFailure(
                         f"gave up after {message.attempt_count - 1} attempts: {message.error or 'no answer'}"
@@ -368,12 +369,13 @@ class Delivery:
         accepted: Accepted | None = None,
     ) -> Message:
         status, error, retry_after = MessageStatus.SENT, "", None
-        if failure is not None and failure.transient and message.attempt_count < self._policy.max_attempts:
+        if failure is not None and failure.transient and message.attempt_count < self._max_attempts(message):
             status, error = MessageStatus.QUEUED, str(failure)
-            retry_after = self._policy.delay(message.attempt_count)
-            hint = getattr(failure, "retry_after_s", None)
-            if hint is not None:
-                retry_after = max(retry_after, timedelta(seconds=hint))
+            retry_after = self._policy.next_delay(
+                message.attempt_count,
+                scheduled_s=getattr(failure, "scheduled_s", None),
+                hint_s=getattr(failure, "retry_after_s", None),
+            )
         elif failure is not None and failure.transient:
             status, error = MessageStatus.FAILED, f"gave up after {message.attempt_count} attempts: {failure}"
         elif failure is not None:
@@ -413,6 +415,16 @@ class Delivery:
                 await cancel(session, DELIVERY_ATTEMPT, str(message.id))
             await stage_outcome(self._outbox, session, updated)
         return updated
+
+    def _max_attempts(self, message: Message) -> int:
+        """Attempts in all for the message: its channel's providers' own schedules' where each keeps one
+        (the webhook's), else the policy's."""
+        return self._policy.attempts_for(
+            [
+                slot.provider.max_attempts if isinstance(slot.provider, RetrySchedule) else None
+                for slot in self._registry.chain(message.channel)
+            ]
+        )
 
     async def _check_verdict(self, person_id: uuid.UUID, message: Message) -> None:
         """Raise PermanentFailure unless profile's verdict lets the message out; TransientFailure while the

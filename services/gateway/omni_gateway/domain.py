@@ -80,3 +80,6 @@ class TransientFailure(DeliveryError):
     transient = True
     retry_after_s: float | None = None
     """A provider's own hint when to try again (the next attempt is not sooner)."""
+    scheduled_s: float | None = None
+    """The wait before the next attempt by the retry schedule of the provider that failed, where it keeps one
+    (providers/base.py RetrySchedule); None: the retry policy's backoff."""

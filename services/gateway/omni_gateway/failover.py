@@ -21,6 +21,7 @@ from omni_gateway.providers.base import (
     Outgoing,
     PersonContacts,
     ProviderFailure,
+    RetrySchedule,
 )
 from omni_gateway.providers.registry import CircuitOpen, Registry
 from omni_gateway.repository import Repository
@@ -51,6 +52,7 @@ class Failover:
         """
         failures: list[str] = []
         hints: list[float] = []
+        scheduled: list[float] = []
         reachable = False
         checked: dict[str, None] = {}
         for slot in self._registry.chain(message.channel):
@@ -85,6 +87,10 @@ class Failover:
                     failures.append(detail)
                     if failure.retry_after_s is not None:
                         hints.append(failure.retry_after_s)
+                    if isinstance(slot.provider, RetrySchedule):
+                        wait = slot.provider.retry_delay_s(message.attempt_count)
+                        if wait is not None:
+                            scheduled.append(wait)
                     continue
                 if failure.kind is FailureKind.ADDRESS_INVALID:
                     raise AddressRefused(
@@ -95,6 +101,8 @@ class Failover:
             raise PermanentFailure(f"no {message.channel.value} address")
         transient = TransientFailure("; ".join(failures))
         transient.retry_after_s = min(hints) if hints else None
+        # The soonest a failing provider's own schedule tries again (None: the retry policy's backoff).
+        transient.scheduled_s = min(scheduled) if scheduled else None
         raise transient
 
     async def _check_suppression(self, message: Message, address: str) -> None:

@@ -22,13 +22,14 @@ from omni_gateway.delivery import Delivery
 from omni_gateway.domain import Channel
 from omni_gateway.email_links import EmailLinks
 from omni_gateway.email_settings import EmailSettings
-from omni_gateway.http import EmailLinkEndpoint
+from omni_gateway.http import SMS_PREFIX, EmailLinkEndpoint
 from omni_gateway.providers.base import ChannelProvider
-from omni_gateway.providers.registry import ProviderSpec, Registry, build_registry
+from omni_gateway.providers.registry import ProviderDefaults, ProviderSpec, Registry, build_registry
 from omni_gateway.receipts import ReceiptRecorder
 from omni_gateway.rendering import Renderer
 from omni_gateway.repository import Repository
 from omni_gateway.retry import DELIVERY_ATTEMPT, DeliveryAttempts, RetryPolicy
+from omni_gateway.sms import sms_callbacks
 from omni_gateway.templates import Templates
 from omni_gateway.terminals.settings import TerminalSettings
 from omni_gateway.terminals.setup import start_terminals
@@ -132,22 +133,16 @@ def provider_specs(settings: Settings) -> list[ProviderSpec]:
 def provider_registry(
     settings: Settings,
     made: Mapping[str, ChannelProvider] | None = None,
-    *,
-    email_links: EmailLinks | None = None,
+    defaults: ProviderDefaults | None = None,
 ) -> Registry:
     """The provider instances of the settings, each with its circuit breaker and rate limit; `made` are
-    instances built already (by name), such as the store terminals' provider. The SMTP providers get
-    `email_links` (List-Unsubscribe, tracking, VERP return paths; the endpoints' own), the DKIM signer and
-    `email_tracking`."""
+    instances built already (by name), such as the store terminals' provider; `defaults` go to every kind's
+    create (identity and profile for SMS keywords; the email links, DKIM signer and tracking for SMTP) with
+    the sender."""
     return build_registry(
         provider_specs(settings),
         order=settings.provider_order,
-        defaults={
-            "sender": settings.smtp_from,
-            "email_links": email_links,
-            "dkim": settings.dkim_signer(),
-            "email_tracking": settings.email_tracking,
-        },
+        defaults={**(defaults or {}), "sender": settings.smtp_from},
         providers=made,
     )
 
@@ -185,16 +180,22 @@ async def _wire(runtime: Runtime, settings: Settings) -> None:
         )
     )
     identity = identity_pb2_grpc.IdentityServiceStub(identity_channel)
-    contacts = Contacts(
-        identity,  # type: ignore[arg-type]
-        profile_pb2_grpc.ProfileServiceStub(profile_channel),  # type: ignore[arg-type]
-    )
+    profile = profile_pb2_grpc.ProfileServiceStub(profile_channel)
+    contacts = Contacts(identity, profile)  # type: ignore[arg-type]
     # The store channel's provider holds messages for the tills (ConnectTerminal), in the registry as the rest.
     terminals = await start_terminals(runtime, settings, identity)  # type: ignore[arg-type]
     # Email: one EmailLinks for the emails and the endpoints that read their links and return paths back.
     email_links = settings.email_links(settings.smtp_from)
     registry = provider_registry(
-        settings, made={terminals.provider.name: terminals.provider}, email_links=email_links
+        settings,
+        made={terminals.provider.name: terminals.provider},
+        defaults={
+            "identity": identity,  # SMS keywords (sms_keywords.py)
+            "profile": profile,
+            "email_links": email_links,
+            "dkim": settings.dkim_signer(),
+            "email_tracking": settings.email_tracking,
+        },
     )
     policy = RetryPolicy(
         max_attempts=settings.send_max_attempts,
@@ -251,6 +252,9 @@ async def _wire(runtime: Runtime, settings: Settings) -> None:
     # Other channels' HTTP applications served by the gateway's one HTTP server, by prefix: the HTTP SMS
     # vendor's callbacks go under http.SMS_PREFIX (/sms).
     http_apps: dict[str, web.Application] = {}
+    sms_apps = sms_callbacks(registry)
+    if sms_apps is not None:
+        http_apps[SMS_PREFIX] = sms_apps
     await _serve_email_endpoints(runtime, settings, email_links, profile_channel, receipts, http_apps)
     await keep_answers_purged(runtime)
     servicer = GatewayServicer(

@@ -10,7 +10,9 @@ For each receipt, in one transaction:
   recorded when the provider took it); a receipt for no known message is kept, and nothing else happens;
 - the message is updated: DELIVERED (from SENT) on a delivery receipt, BOUNCED (from SENT or DELIVERED) on a
   bounce or a failed delivery; the first human open and click are stamped (opened_at, clicked_at), later
-  ones and machine ones (image proxies, link scanners) are stored only;
+  ones and machine ones (image proxies, link scanners) are stored only; a receipt that overtook the
+  recording of its send (the message still QUEUED) is kept, and recording the send SENT then makes it
+  BOUNCED or DELIVERED as the receipt said (repository.record_outcome);
 - the address is suppressed where the receipt says so (a hard bounce or invalid address: hard_bounce; a
   complaint: complaint; an unsubscription: unsubscribed), see suppression.py;
 - `gateway.message_receipt` is staged in the outbox (events.stage_receipt), unless the receipt was a repeat,

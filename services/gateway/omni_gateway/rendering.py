@@ -199,7 +199,7 @@ class Renderer:
                     title=values["title"], body=values["body"], deep_link=values["deep_link"], image_url=image
                 )
             case VariantKind.TERMINAL:
-                return TerminalContent(text=values["text"])
+                return TerminalContent(text=values["text"], store_id=values["store_id"].strip())
             case VariantKind.WEBHOOK:
                 return WebhookContent(payload=_json_object(values["body"]))
         raise AssertionError(variant.kind)  # pragma: no cover - the match is exhaustive

@@ -215,13 +215,28 @@ class Repository:
         """Record how an attempt ended and release the lease; retry_after schedules the next attempt.
 
         Only a message still QUEUED is updated: None means it was finished meanwhile (its person forgotten,
-        or a stalled attempt's lease taken over), and the outcome must not be recorded nor announced.
+        or a stalled attempt's lease taken over), and the outcome must not be recorded nor announced. A SENT
+        message whose receipt came before this (an SMSC answering at once) is what the receipt said: BOUNCED
+        after a failed or bounced one, else DELIVERED after a delivery receipt.
         """
+        outcome: Any = status
+        if status == MessageStatus.SENT:
+            # A receipt being recorded holds the row: wait for it, so the next statement (a new snapshot)
+            # sees the receipt it committed.
+            await session.execute(sa.select(Message.id).where(Message.id == message_id).with_for_update())
+            failed_already = sa.exists().where(
+                ReceiptRow.message_id == message_id, ReceiptRow.kind.in_(["failed", "bounced"])
+            )
+            outcome = sa.case(
+                (failed_already, sa.literal(MessageStatus.BOUNCED, Message.status.type)),
+                (Message.delivered_at.is_not(None), sa.literal(MessageStatus.DELIVERED, Message.status.type)),
+                else_=sa.literal(MessageStatus.SENT, Message.status.type),
+            )
         statement = (
             sa.update(Message)
             .where(Message.id == message_id, Message.status == MessageStatus.QUEUED)
             .values(
-                status=status,
+                status=outcome,
                 recipient=recipient,
                 error=error,
                 claimed_until=None,

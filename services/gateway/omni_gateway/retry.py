@@ -52,6 +52,25 @@ class RetryPolicy:
         """How long one attempt holds a message."""
         return timedelta(seconds=self.lease_s)
 
+    def next_delay(
+        self, attempts_made: int, *, scheduled_s: float | None = None, hint_s: float | None = None
+    ) -> timedelta:
+        """The wait before the next attempt: the failing provider's own schedule's (`scheduled_s`) where it
+        keeps one, else the backoff (`delay`); never sooner than the provider's hint (`hint_s`, e.g. its
+        Retry-After or the time left until its circuit lets calls through)."""
+        wait = timedelta(seconds=scheduled_s) if scheduled_s is not None else self.delay(attempts_made)
+        if hint_s is not None:
+            wait = max(wait, timedelta(seconds=hint_s))
+        return wait
+
+    def attempts_for(self, schedules: Sequence[int | None]) -> int:
+        """Attempts in all for a message of a channel whose providers keep these schedules (each its
+        max_attempts, None: none of its own): the most of theirs when every provider keeps one, else the
+        policy's `max_attempts`."""
+        if schedules and all(limit is not None for limit in schedules):
+            return max(limit for limit in schedules if limit is not None)
+        return self.max_attempts
+
     def delay(self, attempts_made: int) -> timedelta:
         """The wait before the next attempt, doubling per attempt made, capped."""
         seconds = min(self.first_delay_s * 2 ** max(attempts_made - 1, 0), self.max_delay_s)

@@ -29,10 +29,12 @@ from omni.profile.v1 import profile_pb2, profile_pb2_grpc
 
 __all__ = [
     "DEFAULT_KEYWORDS",
+    "KEYWORD_OPTIONS",
     "InboundHandler",
     "KeywordAction",
     "KeywordLanguage",
     "SmsKeywords",
+    "keyword_handler",
     "to_e164",
 ]
 
@@ -253,3 +255,31 @@ def keywords_from(
             raise ValueError(f"no SMS keywords for language {language!r}")
         table[language] = source
     return table
+
+
+KEYWORD_OPTIONS = ("keyword_languages", "keywords")
+"""The options of an SMS provider's registry entry that configure its keywords, not the provider: the
+languages recognised, in the order tried (default: every language of DEFAULT_KEYWORDS), and keywords and
+replies per language replacing the defaults' entry ({"en": {"stop": [...], "stop_reply": "..."}})."""
+
+
+def keyword_handler(
+    options: Mapping[str, object], defaults: Mapping[str, object]
+) -> tuple[dict[str, object], SmsKeywords | None]:
+    """Split an SMS provider's registry options into its own and its keywords' (KEYWORD_OPTIONS), and make
+    its keyword handler from identity and profile, which the gateway hands every provider in the registry's
+    defaults (`identity`, `profile`: their gRPC stubs). Without them (a provider built alone) inbound
+    messages get no answer: None. Raises ValueError for a language without keywords."""
+    own = {key: value for key, value in options.items() if key not in KEYWORD_OPTIONS}
+    languages = options.get("keyword_languages", list(DEFAULT_KEYWORDS))
+    overrides = options.get("keywords") or {}
+    if not isinstance(languages, list) or not isinstance(overrides, Mapping):
+        raise ValueError("keyword_languages is a list of languages, keywords an object per language")
+    table = keywords_from(
+        [str(language) for language in languages],
+        {str(k): KeywordLanguage.model_validate(v) for k, v in overrides.items()},
+    )
+    identity, profile = defaults.get("identity"), defaults.get("profile")
+    if identity is None or profile is None:
+        return own, None
+    return own, SmsKeywords(identity, profile, keywords=table)  # type: ignore[arg-type]

@@ -30,6 +30,10 @@ class SuppressionReason(StrEnum):
     ERASED = "erased"
 
 
+NOT_PERSONAL_ADDRESSES = frozenset({Channel.STORE, Channel.WEBHOOK})
+"""Channels whose address is not the person's (a store, or any store: "*"; a webhook destination): a
+person's erasure suppresses none of them, or every other person's messages there would fail."""
+
 # Reasons that stop every message; the others stop marketing only.
 _EVERY_PURPOSE = frozenset(
     {SuppressionReason.HARD_BOUNCE, SuppressionReason.ADDRESS_INVALID, SuppressionReason.ERASED}

@@ -44,7 +44,7 @@ PARTS: dict[VariantKind, dict[str, Part]] = {
         "deep_link": Part(one_line=True),
         "image_url": Part(one_line=True),
     },
-    VariantKind.TERMINAL: {"text": Part(required=True)},
+    VariantKind.TERMINAL: {"text": Part(required=True), "store_id": Part(one_line=True)},
     VariantKind.WEBHOOK: {"body": Part(required=True)},
 }
 

@@ -35,6 +35,7 @@ __all__ = [
     "Receipt",
     "ReceiptKind",
     "ReceiptSink",
+    "RetrySchedule",
     "SmsContent",
     "TerminalContent",
     "WebhookContent",
@@ -111,6 +112,8 @@ class PushContent:
 class TerminalContent:
     text: str
     """What the till shows or prints (a coupon, receipt text)."""
+    store_id: str = ""
+    """The store it is for; empty: any store (the provider's address)."""
 
 
 @dataclass(frozen=True)
@@ -221,4 +224,20 @@ class LookupProvider(Protocol):
     async def lookup(self, message_id: uuid.UUID) -> Accepted | None:
         """The provider's record of the message if it took it, None if it did not; raise ProviderFailure
         (transient) when it cannot answer now."""
+        ...
+
+
+@runtime_checkable
+class RetrySchedule(Protocol):
+    """A provider that keeps its own retry schedule (the webhook provider: Standard Webhooks' waits over a
+    day). Optional: the delivery flow's retry policy uses it for the messages of a provider that has it
+    instead of its own backoff (retry.py)."""
+
+    @property
+    def max_attempts(self) -> int:
+        """Attempts in all before a message fails."""
+        ...
+
+    def retry_delay_s(self, attempt: int) -> float | None:
+        """The wait after failed attempt number `attempt` (1-based); None after the last."""
         ...

@@ -23,6 +23,7 @@ import asyncio
 import json
 import re
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import quote, urlsplit
@@ -86,7 +87,9 @@ class ServiceAccount(BaseModel):
 class FcmSettings(BaseSettings):
     """FCM settings, from OMNI_GATEWAY_FCM_* variables."""
 
-    model_config = SettingsConfigDict(env_prefix="OMNI_GATEWAY_FCM_", extra="ignore", frozen=True)
+    model_config = SettingsConfigDict(
+        env_prefix="OMNI_GATEWAY_FCM_", extra="ignore", frozen=True, hide_input_in_errors=True
+    )
 
     service_account_json: SecretStr | None = Field(
         None, description="The service account's key file, its JSON as one value (a secret)."
@@ -393,3 +396,13 @@ def _failure(status: int, answer: dict[str, Any], headers: Any) -> ProviderFailu
         return ProviderFailure(FailureKind.TRANSIENT, detail, provider="fcm")
     # INVALID_ARGUMENT (a malformed token or message) and other refusals: the same message will not go.
     return ProviderFailure(FailureKind.PERMANENT, detail, provider="fcm")
+
+
+def create(name: str, options: Mapping[str, Any], defaults: Mapping[str, Any]) -> FcmProvider:
+    """The provider from a registry entry (kind "fcm"): `options` are FcmSettings (service_account_json or service_account_file, project_id, base_url, ...);
+    what they do not give comes from the OMNI_GATEWAY_FCM_* variables (a secret mounted there).
+    `defaults` are not used. Raises ValueError (pydantic's ValidationError) naming what is wrong, never a
+    key."""
+    provider = FcmProvider(FcmSettings(**dict(options)))
+    provider.name = name
+    return provider

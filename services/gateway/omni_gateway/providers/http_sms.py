@@ -26,7 +26,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import httpx
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from omni_gateway.domain import Channel
 from omni_gateway.providers.base import (
@@ -40,7 +40,7 @@ from omni_gateway.providers.base import (
     ReceiptSink,
     SmsContent,
 )
-from omni_gateway.sms_keywords import to_e164
+from omni_gateway.sms_keywords import InboundHandler, keyword_handler, to_e164
 from omni_gateway.sms_text import plan
 
 __all__ = ["HttpSmsProvider", "HttpSmsSettings", "http_sms_provider", "twilio_signature"]
@@ -62,6 +62,9 @@ def twilio_signature(auth_token: str, url: str, params: Sequence[tuple[str, str]
 
 class HttpSmsSettings(BaseModel):
     """An account at the HTTP SMS vendor (credentials from a secret in production)."""
+
+    # A bad value is logged at start: it must not show the password it was given.
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
 
     name: str = Field("http-sms", description="The provider's name on messages and receipts.")
     base_url: str = Field("https://api.twilio.com", description="The API's base URL.")
@@ -100,6 +103,8 @@ class HttpSmsProvider:
         self.settings = settings
         self._client: httpx.AsyncClient | None = None
         self._receipts: ReceiptSink | None = None
+        self.inbound: InboundHandler | None = None
+        """What answers inbound messages (the keyword handler) at its callback endpoint (sms_inbound)."""
         self._url = (
             f"{settings.base_url.rstrip('/')}/2010-04-01/Accounts/{settings.account_sid}/Messages.json"
         )
@@ -229,3 +234,15 @@ class HttpSmsProvider:
 def http_sms_provider(settings: HttpSmsSettings) -> HttpSmsProvider:
     """The provider for these settings."""
     return HttpSmsProvider(settings)
+
+
+def create(name: str, options: Mapping[str, Any], defaults: Mapping[str, Any]) -> HttpSmsProvider:
+    """The provider from a registry entry (kind "http-sms"): `options` are HttpSmsSettings (account_sid,
+    auth_token, from_number, status_callback_url, ...) and the keyword options
+    (sms_keywords.KEYWORD_OPTIONS); its inbound endpoint answers with the keyword handler made from the
+    registry's defaults (identity and profile). Raises ValueError (pydantic's ValidationError) naming what is
+    wrong, never the token."""
+    own, keywords = keyword_handler(options, defaults)
+    provider = HttpSmsProvider(HttpSmsSettings.model_validate({**own, "name": name}))
+    provider.inbound = keywords.handle_inbound if keywords is not None else None
+    return provider

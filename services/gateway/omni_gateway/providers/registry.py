@@ -19,7 +19,7 @@ import importlib
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypedDict
 
 from aiolimiter import AsyncLimiter
 from purgatory import AsyncCircuitBreakerFactory
@@ -31,7 +31,24 @@ from omni_gateway.providers.base import Accepted, ChannelProvider, ProviderFailu
 
 log = logging.getLogger(__name__)
 
-__all__ = ["CircuitOpen", "ProviderSlot", "ProviderSpec", "Registry", "build_registry"]
+__all__ = ["CircuitOpen", "ProviderDefaults", "ProviderSlot", "ProviderSpec", "Registry", "build_registry"]
+
+
+class ProviderDefaults(TypedDict, total=False):
+    """What the gateway hands every kind's `create` besides its own options."""
+
+    sender: str
+    """The default sender (an email From)."""
+    identity: Any
+    """Identity's gRPC stub (IdentityServiceAsyncStub): SMS keywords find the person by number."""
+    profile: Any
+    """Profile's gRPC stub (ProfileServiceAsyncStub): SMS keywords change the person's SMS consent."""
+    email_links: Any
+    """The EmailLinks (List-Unsubscribe, tracking, VERP return paths) the SMTP providers put in emails."""
+    dkim: Any
+    """The DKIM signer of the SMTP providers (None: unsigned)."""
+    email_tracking: bool
+    """Whether the SMTP providers track marketing emails' opens and clicks."""
 
 
 class ProviderSpec(BaseModel):
@@ -82,24 +99,38 @@ class ProviderSlot:
     def name(self) -> str:
         return self.provider.name
 
+    @property
+    def own_breakers(self) -> bool:
+        """Whether the provider keeps circuit breakers of its own (`own_circuit_breakers`, e.g. one per webhook
+        destination): then it gets none around it, or one dead destination would open the circuit of all."""
+        return bool(getattr(self.provider, "own_circuit_breakers", False))
+
     async def send(self, outgoing: Any) -> Accepted:
         """Send through the provider, within its rate and circuit: raise CircuitOpen without calling it when
         the circuit is open, ProviderFailure when it does not take the message. Only transient failures count
         against the circuit; a refused message or address says nothing about the provider's health."""
+        if self.own_breakers:
+            await self._take_rate()
+            return await self.provider.send(outgoing)
         breaker = await self.breakers.get_breaker(
             self.name, threshold=self.spec.breaker_failures, ttl=self.spec.breaker_reset_s
         )
         try:
             async with breaker:
-                if self.limiter is not None:
-                    async with self.limiter:
-                        pass
+                await self._take_rate()
                 return await self.provider.send(outgoing)
         except OpenedState as error:
             raise CircuitOpen(f"{self.name}: circuit open (too many failures in a row)") from error
 
+    async def _take_rate(self) -> None:
+        if self.limiter is not None:
+            async with self.limiter:
+                pass
+
     async def circuit_state(self) -> str:
-        """ "closed", "opened" or "half-opened"."""
+        """ "closed", "opened" or "half-opened" ("closed" for a provider keeping its own breakers)."""
+        if self.own_breakers:
+            return "closed"
         breaker = await self.breakers.get_breaker(
             self.name, threshold=self.spec.breaker_failures, ttl=self.spec.breaker_reset_s
         )

@@ -29,13 +29,13 @@ import logging
 import re
 import uuid
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Any, Literal
 
 import smpp34
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from omni_gateway.domain import Channel
 from omni_gateway.providers.base import (
@@ -49,7 +49,7 @@ from omni_gateway.providers.base import (
     ReceiptSink,
     SmsContent,
 )
-from omni_gateway.sms_keywords import InboundHandler, to_e164
+from omni_gateway.sms_keywords import InboundHandler, keyword_handler, to_e164
 from omni_gateway.sms_text import DATA_CODING, decode, encode, plan, udh_parts
 
 __all__ = ["SmppProvider", "SmppSettings", "classify_status", "parse_receipt", "smpp_provider"]
@@ -164,6 +164,9 @@ def parse_receipt(short_message: bytes, tlvs: Iterable[smpp34.Tlv]) -> ParsedRec
 class SmppSettings(BaseModel):
     """How to reach and bind to the SMSC (environment: the gateway's settings hold one of these)."""
 
+    # A bad value is logged at start: it must not show the password it was given.
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
+
     name: str = Field("smpp", description="The provider's name on messages and receipts.")
     host: str = Field(description="The SMSC's host.")
     port: int = Field(2775, ge=1, le=65535)
@@ -238,8 +241,9 @@ class SmppProvider:
         self._closing = False
         self._last_error = "not bound yet"
         self._multipart: OrderedDict[str, _Multipart] = OrderedDict()
-        self._seen: OrderedDict[str, None] = OrderedDict()
-        """Message ids of recent submit_sm_resps, for receipts that overtake their submit_sm_resp."""
+        self._seen: OrderedDict[str, uuid.UUID | None] = OrderedDict()
+        """Message ids of recent submit_sm_resps (to Omni's message id), for receipts that overtake their
+        submit_sm_resp, and so a receipt names Omni's message even before the send is recorded."""
         self._submitting = 0
         self._submitted = asyncio.Condition()
         self._ton, self._npi, self._source = _source_ton_npi(settings.source_addr)
@@ -345,12 +349,17 @@ class SmppProvider:
         return smsc
 
     async def _submit(
-        self, smsc: smpp34.Smsc, destination: str, short_message: bytes, **fields: object
+        self,
+        smsc: smpp34.Smsc,
+        omni_id: uuid.UUID | None,
+        destination: str,
+        short_message: bytes,
+        **fields: object,
     ) -> str:
         self._submitting += 1
         try:
             message_id = await self._submit_once(smsc, destination, short_message, **fields)
-            self._seen[message_id] = None
+            self._seen[message_id] = omni_id
             while len(self._seen) > _REMEMBERED:
                 self._seen.popitem(last=False)
             return message_id
@@ -422,6 +431,7 @@ class SmppProvider:
                     ids.append(
                         await self._submit(
                             smsc,
+                            outgoing.message_id,
                             destination,
                             part,
                             esm_class=esm_class,
@@ -444,7 +454,13 @@ class SmppProvider:
             payload = smpp34.Tlv(TLV_MESSAGE_PAYLOAD, encode(text, sms.encoding))
             ids.append(
                 await self._submit(
-                    smsc, destination, b"", data_coding=coding, registered_delivery=registered, tlvs=[payload]
+                    smsc,
+                    outgoing.message_id,
+                    destination,
+                    b"",
+                    data_coding=coding,
+                    registered_delivery=registered,
+                    tlvs=[payload],
                 )
             )
         details: dict[str, object] = {"encoding": sms.encoding.value, "segments": sms.segments}
@@ -503,7 +519,7 @@ class SmppProvider:
         await self._known(parsed.message_id)
         entry = self._multipart.get(parsed.message_id)
         if entry is None:
-            await self._emit(parsed, parsed.message_id, None)
+            await self._emit(parsed, parsed.message_id, self._seen.get(parsed.message_id))
         elif kind is ReceiptKind.DELIVERED:
             entry.delivered.add(parsed.message_id)
             await self._settle(entry)
@@ -551,6 +567,7 @@ class SmppProvider:
         for part in parts:
             await self._submit(
                 smsc,
+                None,  # a reply, no message of Omni's
                 number[1:],
                 part,
                 esm_class=0x40 if len(parts) > 1 else 0x00,
@@ -562,3 +579,13 @@ class SmppProvider:
 def smpp_provider(settings: SmppSettings, inbound: InboundHandler | None = None) -> SmppProvider:
     """The provider for these settings; `inbound` answers inbound messages (SmsKeywords.handle_inbound)."""
     return SmppProvider(settings, inbound)
+
+
+def create(name: str, options: Mapping[str, Any], defaults: Mapping[str, Any]) -> SmppProvider:
+    """The provider from a registry entry (kind "smpp"): `options` are SmppSettings (host, system_id, ...)
+    and the keyword options (sms_keywords.KEYWORD_OPTIONS); inbound messages are answered by the keyword
+    handler made from the registry's defaults (identity and profile). Raises ValueError (pydantic's
+    ValidationError) naming what is wrong."""
+    own, keywords = keyword_handler(options, defaults)
+    settings = SmppSettings.model_validate({**own, "name": name})
+    return SmppProvider(settings, keywords.handle_inbound if keywords is not None else None)

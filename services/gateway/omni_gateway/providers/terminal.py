@@ -87,7 +87,7 @@ class TerminalProvider:
             raise ProviderFailure(
                 FailureKind.PERMANENT, f"the terminal text is over {MAX_TEXT} characters", provider=self.name
             )
-        address = outgoing.address or ANY_STORE
+        address = content.store_id or outgoing.address or ANY_STORE
         if address != ANY_STORE and not _STORE.match(address):
             raise ProviderFailure(
                 FailureKind.ADDRESS_INVALID, f"not a store id: {address!r}", provider=self.name

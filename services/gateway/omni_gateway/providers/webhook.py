@@ -11,8 +11,9 @@ The endpoint's answer decides: 2xx taken; 410 Gone means the endpoint is disable
 destination is suppressed until an operator enables it again); 408, 429, 5xx, a timeout or no connection may
 pass later (TRANSIENT, with the endpoint's Retry-After); any other answer (4xx, a redirect, which is not
 followed) is final (PERMANENT). Each destination has its own connection pool, rate and circuit breaker
-(`omni_kit.circuit`): a destination that keeps failing is not called for a while, its sends failing at once
-instead of each waiting for a timeout, so the others go on at full speed. How often a failed message is
+(purgatory, as the registry's: one named `<provider>:<destination>` per destination): a destination that
+keeps failing is not called for a while, its sends failing at once instead of each waiting for a timeout, so
+the others go on at full speed. How often a failed message is
 tried again is `retry_schedule` (Svix's: up to eight attempts over about a day), which the delivery flow's
 retry policy reads.
 """
@@ -31,6 +32,8 @@ import aiolimiter
 import httpx
 import orjson
 from opentelemetry import trace
+from purgatory import AsyncCircuitBreakerFactory
+from purgatory.domain.model import OpenedState
 from standardwebhooks import Webhook
 
 from omni_gateway.domain import Channel
@@ -44,7 +47,6 @@ from omni_gateway.providers.base import (
     WebhookContent,
 )
 from omni_gateway.providers.webhook_settings import WebhookDestination, WebhookSettings, secret_key
-from omni_kit.circuit import CircuitBreaker, CircuitOpen
 from omni_kit.errors import without_control_characters
 
 __all__ = ["NAME", "WebhookProvider", "build_webhook_provider", "classify_answer", "create"]
@@ -94,13 +96,23 @@ def classify_answer(status: int, *, retry_after: str | None, detail: str, provid
     return ProviderFailure(FailureKind.PERMANENT, detail, provider=provider)
 
 
+class _AtRate(ProviderFailure):
+    """A send that waited too long for its destination's rate: the endpoint was not called, so it says
+    nothing about the endpoint's health (not counted by its circuit)."""
+
+
+def _not_counted(error: BaseException) -> bool:
+    """Whether a failure leaves the circuit as it is: a refusal shows the endpoint alive (a 4xx, a 410)."""
+    return isinstance(error, _AtRate) or not getattr(error, "transient", True)
+
+
 @dataclass
 class _Endpoint:
-    """A destination with what calling it needs: signers, a connection pool, a rate and a breaker."""
+    """A destination with what calling it needs: signers, a connection pool, a rate and its breaker's name."""
 
     destination: WebhookDestination
     signers: tuple[Webhook, ...]
-    breaker: CircuitBreaker
+    breaker: str
     limiter: aiolimiter.AsyncLimiter | None
     client: httpx.AsyncClient | None = None
 
@@ -120,10 +132,13 @@ class WebhookProvider:
         """The waits between a message's attempts: attempt n + 1 comes `retry_schedule[n - 1]` seconds after
         attempt n fails (or the endpoint's Retry-After, if later), and after len + 1 attempts the message
         fails. The delivery flow's retry policy reads it (`retry_delay_s`)."""
+        # Only transient failures count against a destination's circuit; a cancelled call says nothing.
+        self._breakers = AsyncCircuitBreakerFactory(
+            exclude=[(ProviderFailure, _not_counted), asyncio.CancelledError]  # type: ignore[list-item]
+        )
         self._endpoints = {d.name: self._endpoint(d) for d in settings.destinations}
 
     def _endpoint(self, destination: WebhookDestination) -> _Endpoint:
-        settings = self.settings
         rate = destination.rate_per_s
         limiter = None
         if rate is not None:
@@ -132,12 +147,7 @@ class WebhookProvider:
         return _Endpoint(
             destination=destination,
             signers=tuple(Webhook(secret_key(s.get_secret_value())) for s in destination.secrets),
-            breaker=CircuitBreaker(
-                f"{self.name}:{destination.name}",
-                failure_threshold=settings.breaker_failures,
-                reset_after_s=settings.breaker_reset_s,
-                max_reset_after_s=settings.breaker_max_reset_s,
-            ),
+            breaker=f"{self.name}:{destination.name}",
             limiter=limiter,
         )
 
@@ -152,10 +162,19 @@ class WebhookProvider:
             return None
         return self.retry_schedule[attempt - 1]
 
-    def breaker(self, destination: str) -> CircuitBreaker | None:
-        """The circuit breaker of a destination (for health and the tests)."""
+    def breaker_name(self, destination: str) -> str | None:
+        """The name of a destination's circuit breaker (`<provider>:<destination>`)."""
         endpoint = self._endpoints.get(destination)
         return endpoint.breaker if endpoint else None
+
+    async def circuit_state(self, destination: str) -> str:
+        """ "closed", "opened" or "half-opened": the state of a destination's circuit (health, tests)."""
+        return (await self._breaker(self._endpoints[destination])).context.state
+
+    async def _breaker(self, endpoint: _Endpoint) -> Any:
+        return await self._breakers.get_breaker(
+            endpoint.breaker, threshold=self.settings.breaker_failures, ttl=self.settings.breaker_reset_s
+        )
 
     def address_of(self, person: PersonContacts) -> str | None:
         """A webhook does not reach the person: its address is the destination a message naming none goes
@@ -236,18 +255,25 @@ class WebhookProvider:
     async def _deliver(
         self, endpoint: _Endpoint, outgoing: Outgoing, body: bytes, span: trace.Span
     ) -> Accepted:
-        destination = endpoint.destination
+        """The call within the destination's circuit: refused at once while it is open; a transient failure
+        counts against it, an answer of any other kind closes it again."""
+        breaker = await self._breaker(endpoint)
         try:
-            if endpoint.breaker.allows():  # not to spend the rate on a call the circuit refuses
-                await self._take_rate(endpoint)
-            endpoint.breaker.check()
-        except CircuitOpen as open_circuit:
+            async with breaker:
+                return await self._call(endpoint, outgoing, body, span)
+        except OpenedState as open_circuit:
+            wait = max(0.0, open_circuit.opened_at + self.settings.breaker_reset_s - time.time())
             raise ProviderFailure(
                 FailureKind.TRANSIENT,
-                f"destination {destination.name} is not called for now: {open_circuit}",
+                f"destination {endpoint.destination.name} is not called for now: its circuit opened after "
+                f"{self.settings.breaker_failures} failures in a row; next try in {wait:.1f} s",
                 provider=self.name,
-                retry_after_s=open_circuit.retry_after_s,
+                retry_after_s=wait,
             ) from None
+
+    async def _call(self, endpoint: _Endpoint, outgoing: Outgoing, body: bytes, span: trace.Span) -> Accepted:
+        destination = endpoint.destination
+        await self._take_rate(endpoint)
         message_id = str(outgoing.message_id)
         now = datetime.now(UTC)
         headers = {
@@ -269,14 +295,12 @@ class WebhookProvider:
                 finally:
                     await response.aclose()
         except (TimeoutError, httpx.TimeoutException) as error:
-            endpoint.breaker.failure()
             raise ProviderFailure(
                 FailureKind.TRANSIENT,
                 f"destination {destination.name} did not answer within {destination.timeout_s:g} s",
                 provider=self.name,
             ) from error
         except httpx.HTTPError as error:
-            endpoint.breaker.failure()
             raise ProviderFailure(
                 FailureKind.TRANSIENT,
                 without_control_characters(
@@ -287,7 +311,6 @@ class WebhookProvider:
         status = response.status_code
         span.set_attribute("http.response.status_code", status)
         if 200 <= status < 300:
-            endpoint.breaker.success()
             return Accepted(
                 provider=self.name,
                 provider_message_id=message_id,
@@ -297,18 +320,14 @@ class WebhookProvider:
                     "duration_ms": round((time.monotonic() - started) * 1000, 1),
                 },
             )
-        failure = classify_answer(
+        # A transient answer counts against the circuit; any other shows the endpoint alive.
+        raise classify_answer(
             status,
             retry_after=response.headers.get("retry-after"),
             detail=f"destination {destination.name} answered {status} {response.reason_phrase}"
             + (f": {answer}" if answer else ""),
             provider=self.name,
         )
-        if failure.transient:
-            endpoint.breaker.failure()
-        else:
-            endpoint.breaker.success()  # it answered: alive, whatever it thought of the message
-        raise failure
 
     async def _take_rate(self, endpoint: _Endpoint) -> None:
         limiter = endpoint.limiter
@@ -319,7 +338,7 @@ class WebhookProvider:
                 await limiter.acquire()
         except TimeoutError:
             rate = endpoint.destination.rate_per_s or 1.0
-            raise ProviderFailure(
+            raise _AtRate(
                 FailureKind.TRANSIENT,
                 f"destination {endpoint.destination.name} is at its rate of {rate:g}/s",
                 provider=self.name,

@@ -137,9 +137,6 @@ class WebhookSettings(BaseModel):
     breaker_reset_s: float = Field(
         30.0, gt=0, le=3600, description="How long an opened circuit refuses before a trial call."
     )
-    breaker_max_reset_s: float = Field(
-        600.0, gt=0, le=86_400, description="Longest it refuses (the wait doubles after each failed trial)."
-    )
     rate_wait_s: float = Field(
         1.0, ge=0, le=60, description="How long a send waits for its destination's rate before failing over."
     )
@@ -163,8 +160,6 @@ class WebhookSettings(BaseModel):
                 f"default_destination: {self.default_destination!r} is none of the destinations "
                 f"({', '.join(map(repr, names)) or 'none configured'})"
             )
-        if self.breaker_max_reset_s < self.breaker_reset_s:
-            raise ValueError("breaker_max_reset_s is less than breaker_reset_s")
         return self
 
     @property

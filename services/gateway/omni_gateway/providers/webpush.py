@@ -22,6 +22,7 @@ import binascii
 import json
 import re
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -77,7 +78,9 @@ _VAPID_RENEW_BEFORE_S = 600
 class WebPushSettings(BaseSettings):
     """Web Push settings, from OMNI_GATEWAY_WEBPUSH_* variables."""
 
-    model_config = SettingsConfigDict(env_prefix="OMNI_GATEWAY_WEBPUSH_", extra="ignore", frozen=True)
+    model_config = SettingsConfigDict(
+        env_prefix="OMNI_GATEWAY_WEBPUSH_", extra="ignore", frozen=True, hide_input_in_errors=True
+    )
 
     vapid_private_key: SecretStr | None = Field(
         None,
@@ -374,3 +377,13 @@ def _loopback(host: str | None) -> bool:
     if host in ("localhost", "::1"):
         return True
     return bool(host) and re.fullmatch(r"127(\.\d{1,3}){3}", host or "") is not None
+
+
+def create(name: str, options: Mapping[str, Any], defaults: Mapping[str, Any]) -> WebPushProvider:
+    """The provider from a registry entry (kind "webpush"): `options` are WebPushSettings (vapid_private_key or vapid_private_key_file, vapid_subject, ...);
+    what they do not give comes from the OMNI_GATEWAY_WEBPUSH_* variables (a secret mounted there).
+    `defaults` are not used. Raises ValueError (pydantic's ValidationError) naming what is wrong, never a
+    key."""
+    provider = WebPushProvider(WebPushSettings(**dict(options)))
+    provider.name = name
+    return provider

@@ -78,10 +78,19 @@ class FactsRecorder:
         traces: dict[uuid.UUID, dict[str, str]] = {}
         for event in tracked:
             traces[survivors.get(event.person_id, event.person_id)] = event.trace_context
-        # Persons whose contact verdicts changed: evaluated like the others (known from then on).
-        for person_id, trace_context in reconsidered.items():
-            if person_id not in forgotten:
-                traces.setdefault(survivors.get(person_id, person_id), trace_context)
+        # Persons whose contact verdicts changed: evaluated like the others (known from then on). An entry
+        # this evaluation finds continues the trace of the person's own last change where there is one (a
+        # consent answer is seldom what made a person enter a segment that has no consent rule), else the
+        # verdict's.
+        reconsidered_live = {
+            survivors.get(person_id, person_id): trace_context
+            for person_id, trace_context in reconsidered.items()
+            if person_id not in forgotten
+        }
+        if reconsidered_live:
+            stored_traces = await self._repository.trace_contexts(session, list(reconsidered_live))
+            for person_id, trace_context in reconsidered_live.items():
+                traces.setdefault(person_id, stored_traces.get(person_id) or trace_context)
         await self._repository.ensure_persons(session, traces)
         keep = await self._kept_properties(session, tracked)
         await self._repository.add_occurrences(
@@ -125,7 +134,7 @@ class FactsRecorder:
                 updated = _applied(person, change)
                 if updated is not person:
                     changed[change.person_id] = updated
-                    traces[change.person_id] = change.trace_context
+                    traces[change.person_id] = updated.trace_context
             await self._repository.save_persons(session, list(changed.values()))
             await self._vocabulary.note(
                 session, TRAIT, (name for p in changed.values() for name in (*p.traits, *p.computed_traits))
@@ -183,6 +192,7 @@ def _applied(person: PersonRecord, change: ProfileChange) -> PersonRecord:
     change older than what its side holds is ignored for that side.
     """
     updated = person
+    facts_changed = False
     if (change.traits is not None or change.cart_units is not None) and (
         person.facts_changed_at is None or change.changed_at >= person.facts_changed_at
     ):
@@ -192,13 +202,17 @@ def _applied(person: PersonRecord, change: ProfileChange) -> PersonRecord:
             cart_units=change.cart_units if change.cart_units is not None else person.cart_units,
             facts_changed_at=change.changed_at,
         )
+        facts_changed = True
     if change.computed_traits is not None and (
         person.computed_changed_at is None or change.changed_at >= person.computed_changed_at
     ):
         updated = replace(
             updated, computed_traits=dict(change.computed_traits), computed_changed_at=change.changed_at
         )
-    if updated is not person:
+    # The trace a later entry continues is that of the person's own change (traits, the cart); a
+    # recomputation of computed traits is profile's derived work, in a trace of its own job, and takes the
+    # trace only when nothing else gave one.
+    if updated is not person and (facts_changed or not person.trace_context):
         updated = replace(updated, trace_context=change.trace_context)
     return updated
 

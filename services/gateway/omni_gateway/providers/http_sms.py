@@ -40,6 +40,7 @@ from omni_gateway.providers.base import (
     ReceiptSink,
     SmsContent,
 )
+from omni_gateway.providers.retry_after import retry_after_seconds
 from omni_gateway.sms_keywords import InboundHandler, keyword_handler, to_e164
 from omni_gateway.sms_text import plan
 
@@ -83,14 +84,6 @@ class HttpSmsSettings(BaseModel):
     )
     timeout_s: float = Field(10.0, gt=0)
     max_connections: int = Field(20, ge=1, le=1000, description="Pooled HTTP connections to the API.")
-
-
-def _retry_after(response: httpx.Response) -> float | None:
-    value = response.headers.get("Retry-After", "")
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        return None
 
 
 class HttpSmsProvider:
@@ -189,9 +182,13 @@ class HttpSmsProvider:
             detail += f" code {code}: {str(body.get('message', ''))[:200]}"
         status = response.status_code
         if status == 429:
-            return self._failure(FailureKind.TRANSIENT, detail, _retry_after(response))
+            return self._failure(
+                FailureKind.TRANSIENT, detail, retry_after_seconds(response.headers.get("Retry-After"))
+            )
         if status >= 500 or status in (401, 403, 404, 408):
-            return self._failure(FailureKind.TRANSIENT, detail, _retry_after(response))
+            return self._failure(
+                FailureKind.TRANSIENT, detail, retry_after_seconds(response.headers.get("Retry-After"))
+            )
         if isinstance(code, int) and code in _ADDRESS_INVALID_CODES:
             return self._failure(FailureKind.ADDRESS_INVALID, detail)
         return self._failure(FailureKind.PERMANENT, detail)

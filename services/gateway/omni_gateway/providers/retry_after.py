@@ -13,15 +13,19 @@ MAX_RETRY_AFTER_S = 24 * 3600.0
 
 
 def retry_after_seconds(value: str | None, *, now: datetime | None = None) -> float | None:
-    """The wait a Retry-After header asks for: delay-seconds or an HTTP-date; None when absent or unreadable.
-    A date in the past means now (0)."""
+    """The wait a Retry-After header asks for: delay-seconds (a fraction too, as some endpoints send) or an
+    HTTP-date; None when absent or unreadable. A date in the past or a negative number means now (0)."""
     if value is None:
         return None
     text = value.strip()
     if not text:
         return None
-    if text.isdigit():
-        return min(float(text), MAX_RETRY_AFTER_S)
+    try:
+        number = float(text)
+    except ValueError:
+        pass
+    else:
+        return None if math.isnan(number) else min(max(number, 0.0), MAX_RETRY_AFTER_S)
     try:
         when = parsedate_to_datetime(text)
     except (TypeError, ValueError, IndexError):

@@ -21,7 +21,6 @@ retry policy reads.
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -46,6 +45,7 @@ from omni_gateway.providers.base import (
     ReceiptSink,
     WebhookContent,
 )
+from omni_gateway.providers.retry_after import retry_after_seconds
 from omni_gateway.providers.webhook_settings import WebhookDestination, WebhookSettings, secret_key
 from omni_kit.errors import without_control_characters
 
@@ -59,29 +59,6 @@ _MAX_ANSWER_QUOTED = 200
 _MAX_ANSWER_READ = 64 * 1024
 """How much of an endpoint's answer is read at most (an answer is an acknowledgement, not a download)."""
 _TRANSIENT_STATUSES = frozenset({408, 429})
-_MAX_RETRY_AFTER_S = 86_400.0
-"""The longest Retry-After honoured (a day)."""
-
-
-def _retry_after(value: str | None, *, now: float) -> float | None:
-    """Seconds from an HTTP Retry-After header: a number of seconds or an HTTP date."""
-    if not value:
-        return None
-    value = value.strip()
-    try:
-        wait = float(value)
-    except ValueError:
-        try:
-            when = email.utils.parsedate_to_datetime(value)
-        except (TypeError, ValueError):
-            return None
-        if when.tzinfo is None:
-            when = when.replace(tzinfo=UTC)
-        wait = when.timestamp() - now
-    if wait != wait:  # NaN
-        return None
-    # An endpoint cannot push a message past the retry schedule's reach by asking for a year.
-    return min(max(0.0, wait), _MAX_RETRY_AFTER_S)
 
 
 def classify_answer(status: int, *, retry_after: str | None, detail: str, provider: str) -> ProviderFailure:
@@ -91,7 +68,7 @@ def classify_answer(status: int, *, retry_after: str | None, detail: str, provid
     if status == 410:
         return ProviderFailure(FailureKind.ADDRESS_INVALID, detail, provider=provider)
     if status in _TRANSIENT_STATUSES or status >= 500:
-        wait = _retry_after(retry_after, now=time.time())
+        wait = retry_after_seconds(retry_after)
         return ProviderFailure(FailureKind.TRANSIENT, detail, provider=provider, retry_after_s=wait)
     return ProviderFailure(FailureKind.PERMANENT, detail, provider=provider)
 

@@ -3,7 +3,8 @@
 omni serve <service>     run one service until SIGTERM/SIGINT
 omni migrate <service>   apply the service's migrations to its database
 omni health <host:port>  exit 0 when the server answers SERVING on grpc.health.v1
-omni run [--tls]         the laptop run: PostgreSQL, NATS, an SMTP sink and all five services
+omni run [--tls]         the laptop run: PostgreSQL, NATS, an SMTP sink, all five services and the console
+omni console             the web console (services/console), configured by OMNI_CONSOLE_* variables
 omni certs [name …]      a local CA and certificates for the services (and an operator) for TLS/mTLS
 omni dead-letters list <service>                 the service's outbox and consumer dead letters
 omni dead-letters replay <service> REF… | --all  replay them once their cause is fixed (omni_kit.bus.dead_letters)
@@ -176,6 +177,7 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="mTLS between the services and their callers (certificates in .omni/certs)",
     )
+    commands.add_parser("console", help="serve the web console (OMNI_CONSOLE_* settings)")
     certs_cmd = commands.add_parser("certs", help="make a local CA and per-service certificates")
     certs_cmd.add_argument(
         "names", nargs="*", default=[*SERVICES, "operator"], help="certificate names (default: the services)"
@@ -205,6 +207,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "health":
         security = _health_security(args.tls_ca, args.tls_cert, args.tls_key)
         return 0 if asyncio.run(health(args.target, args.service, args.timeout, security)) else 1
+    if args.command == "console":
+        from omni_console.main import serve_from_environment
+
+        serve_from_environment()
+        return 0
     if args.command == "certs":
         from omni_kit.security.certs import make_certificates
 

@@ -1,0 +1,1 @@
+"""Examples of Omni in use, loaded through the public gRPC APIs."""

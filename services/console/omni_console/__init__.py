@@ -1,0 +1,1 @@
+"""The Omni console: HTML pages over the five services' gRPC APIs; it owns no data."""

@@ -1,13 +1,16 @@
 # Omni — one Makefile for a fresh clone.
 #
-#   make run           start PostgreSQL, NATS, an SMTP sink and the five services locally (Ctrl-C stops all;
+#   make run           start PostgreSQL, NATS, an SMTP sink, the five services and the web console (Ctrl-C stops all;
 #                      what dies is started again); ports: gRPC 15051-15055, tracking 8088, PostgreSQL 15432,
 #                      NATS 14222, SMTP sink 2525, gateway HTTP 8089 (email links, SMS callbacks), bounce
-#                      SMTP 2526; settings from your environment go over the defaults
+#                      SMTP 2526, console http://127.0.0.1:8090; settings from your environment go over the defaults
+#   make demo          load a small retailer's data set into a running `make run` (examples/retailer.py)
 #   make test          every test below (starts its own PostgreSQL, NATS and SMTP sink on free ports)
 #   make test-unit       the tests that need no server (seconds)
 #   make test-integration  the tests that need PostgreSQL, NATS or the SMTP sink: omni-kit and each service
 #   make test-e2e        the stories across all five services, and `omni run` with the real services
+#   make test-browser  the console in Debian's Chromium (Playwright; installs chromium with apt-get when
+#                      missing); screenshots go to docs/screenshots. `make test` skips these without Chromium
 #   make test-faults   NATS, profile and PostgreSQL killed or stopped under load: nothing acknowledged is lost
 #                      or doubled, every journey email sent once (not part of make test; minutes)
 #   make test-fuzz       the long fuzz run (make test runs a short one): OMNI_FUZZ_EXAMPLES (500) per RPC and kind
@@ -33,7 +36,7 @@ PROTOS := $(shell find protos -name '*.proto') protos/omni/scopes.yaml
 
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 
-.PHONY: help env proto run test test-unit test-integration test-e2e test-faults test-fuzz lint fmt bench deploy-check breaking clean
+.PHONY: help env proto run demo chromium test-browser test test-unit test-integration test-e2e test-faults test-fuzz lint fmt bench deploy-check breaking clean
 
 help:
 	@sed -n '2,20p' Makefile | sed 's/^# \{0,1\}//'
@@ -63,8 +66,21 @@ proto: $(VENV)/.synced
 	$(PY) libs/omni-proto/generate.py
 	touch $(PROTO_STAMP)
 
-run: env
+# The console serves htmx and the Vega scripts from node_modules, so the run needs the npm packages too.
+run: env $(BUF)
 	$(VENV)/bin/omni run
+
+demo: env
+	$(PY) -m examples.retailer
+
+# Debian's Chromium for the browser tests (Playwright drives it by its executable path and downloads no
+# browser), with a colour emoji font for the channel icons.
+chromium:
+	@command -v chromium >/dev/null && dpkg -s fonts-noto-color-emoji >/dev/null 2>&1 || \
+		{ apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium fonts-noto-color-emoji; }
+
+test-browser: env $(BUF) chromium
+	OMNI_SCREENSHOTS=docs/screenshots $(PY) -m pytest -q -m browser tests/console/browser
 
 # Each test is marked unit, integration or e2e by tests/conftest.py (from the servers its fixtures need).
 test: env
@@ -92,7 +108,7 @@ test-fuzz: env
 lint: env $(BUF)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy libs/omni-kit/omni_kit services tests bench
+	$(VENV)/bin/mypy libs/omni-kit/omni_kit services tests bench examples
 	$(PY) libs/omni-proto/generate.py --image $(TOOLS)/protos.binpb
 	$(BUF) lint $(TOOLS)/protos.binpb --config buf.yaml --path omni
 

@@ -65,7 +65,11 @@ async def stack(
     postgres: EmbeddedPostgres, nats_server: EmbeddedNats, smtp_sink: SmtpSink
 ) -> AsyncIterator[Stack]:
     """The five services with the retailer's data set, once per test module."""
-    async with running_omni(lambda prefix: fresh_database(postgres, prefix), nats_server, smtp_sink) as omni:
+    # Segment sizes recorded every second (an hour by default), so the size chart has points.
+    settings = {"segmentation": {"sizes_interval_s": 1.0}}
+    async with running_omni(
+        lambda prefix: fresh_database(postgres, prefix), nats_server, smtp_sink, settings=settings
+    ) as omni:
         stubs = Stubs(omni.matching, omni.profile, omni.segmentation, omni.decisioning, omni.gateway)
         loaded = await load(stubs, count=12, weeks=3, seed=11)
         store_shoppers = loaded.segments["store-shoppers"]

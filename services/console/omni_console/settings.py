@@ -43,7 +43,7 @@ class Settings(BaseSettings):
     )
     timeline_page_size: int = Field(50, ge=1, le=500, description="Events per page of a person's timeline.")
     message_scan_events: int = Field(
-        500,
+        200,
         ge=0,
         le=500,
         description="How many of a person's latest events are read to list the messages sent to them.",

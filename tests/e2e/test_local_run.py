@@ -43,6 +43,7 @@ config = RunConfig(
     tracking_port=args["tracking"],
     gateway_http_port=args["gateway_http"],
     bounce_port=args["bounces"],
+    console_port=args["console"],
     services=tuple(ServiceSpec(s.name, port) for s, port in zip(SERVICES, args["services"])),
     durable=False,
     ready_timeout=60,
@@ -66,7 +67,7 @@ def _wait_for_line(lines: list[str], text: str, process: subprocess.Popen[str], 
 def test_local_run_serves_all_five_and_stops_on_ctrl_c(tmp_path: Path) -> None:
     service_ports = [free_port() for _ in SERVICES]
     infra_ports = {"postgres": free_port(), "nats": free_port(), "smtp": free_port(), "tracking": free_port()}
-    infra_ports |= {"gateway_http": free_port(), "bounces": free_port()}
+    infra_ports |= {"gateway_http": free_port(), "bounces": free_port(), "console": free_port()}
     layout = {"root": str(tmp_path / ".omni"), **infra_ports, "services": service_ports}
     process = subprocess.Popen(
         [sys.executable, "-c", DRIVER, json.dumps(layout)],
@@ -109,6 +110,12 @@ def test_local_run_serves_all_five_and_stops_on_ctrl_c(tmp_path: Path) -> None:
             assert bounces.noop()[0] == 250
         assert any(f"127.0.0.1:{infra_ports['bounces']}" in line for line in lines)
 
+        # The console answers on its port, named in the banner, and reaches the services (a person found).
+        console = f"http://127.0.0.1:{infra_ports['console']}"
+        assert any(f"Console     {console}/" in line for line in lines)
+        with urllib.request.urlopen(f"{console}/segments", timeout=10) as page:
+            assert page.status == 200 and b"Segments" in page.read()
+
         # The README's example call, against the run's identity port.
         with grpc.insecure_channel(f"127.0.0.1:{service_ports[0]}") as channel:
             stub = identity_pb2_grpc.IdentityServiceStub(channel)
@@ -118,6 +125,8 @@ def test_local_run_serves_all_five_and_stops_on_ctrl_c(tmp_path: Path) -> None:
             first = stub.ResolvePerson(request, timeout=5).resolution
             again = stub.ResolvePerson(request, timeout=5).resolution
         assert first.created and not again.created and first.person_id == again.person_id
+        with urllib.request.urlopen(f"{console}/persons?q=ada@example.com", timeout=10) as found:
+            assert found.url.endswith(f"/persons/{first.person_id}") and b"ada@example.com" in found.read()
 
         # The Segment-compatible tracking endpoint answers with the write keys of the user's environment,
         # which replace the run's (omni-dev-web and the others).

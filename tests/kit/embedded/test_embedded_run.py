@@ -47,6 +47,7 @@ config = RunConfig(
     ready_timeout=30,
     stop_timeout=5,
     command=lambda action, service: [sys.executable, args["fake"], action, service],
+    console_port=None,  # the stand-ins are what this tests; tests/e2e/test_local_run.py runs the console
     tls=args.get("tls", False),
 )
 sys.exit(LocalRun(config).run())

@@ -1,4 +1,5 @@
-"""The laptop run behind ``make run`` / ``omni run``: PostgreSQL, NATS, an SMTP sink and the five services.
+"""The laptop run behind ``make run`` / ``omni run``: PostgreSQL, NATS, an SMTP sink, the five services and the
+web console.
 
 Everything lives under one root directory (``.omni`` by default), so a second run finds the data of the
 first. The services run as child processes with their output prefixed by their name; the settings they get
@@ -6,6 +7,10 @@ are the run's defaults with the user's environment over them (write keys, SMTP s
 wiring the run provides itself. A service, NATS or PostgreSQL that dies is started again after a backoff
 (1 s doubling to 30 s, back to 1 s once it ran a minute), and the run says so. Ctrl-C (or SIGTERM) stops
 the services first, then the SMTP sink, NATS and PostgreSQL.
+
+Start-up time goes almost all to starting Python processes (each service imports gRPC, SQLAlchemy, protobuf
+and its own code: seconds of CPU each), so the five migrations run at once, then the five services and the
+console at once: their databases are separate, and each service creates the event streams it needs itself.
 
 The default ports lie below 32768, outside the range Linux (32768-60999) and other systems (49152 and up)
 hand out as the local ports of outgoing connections: a fixed port inside it may be taken by any connection
@@ -32,7 +37,7 @@ from typing import IO, Any, TextIO, TypeAlias
 
 from omni_kit.embedded._process import EmbeddedServerError, pid_alive, pid_cmdline, terminate_pid
 from omni_kit.embedded.nats import EmbeddedNats
-from omni_kit.embedded.ports import port_is_free
+from omni_kit.embedded.ports import port_accepts, port_is_free
 from omni_kit.embedded.postgres import EmbeddedPostgres
 from omni_kit.embedded.smtp_sink import SmtpSink
 
@@ -93,6 +98,15 @@ def omni_command(action: str, service: str) -> list[str]:
     return [sys.executable, "-m", "omni_kit.cli", action, service]
 
 
+def console_command() -> list[str]:
+    """Return the command line of ``omni console`` in this Python."""
+    return [sys.executable, "-m", "omni_kit.cli", "console"]
+
+
+CONSOLE = "console"
+"""The web console's name: its label in the output, and its certificate's name (with tls)."""
+
+
 @dataclass(frozen=True)
 class RunConfig:
     """Where the run keeps its data, the ports it uses, and how it starts the services."""
@@ -111,6 +125,9 @@ class RunConfig:
     ready_timeout: float = 60.0
     stop_timeout: float = 10.0
     command: Callable[[str, str], list[str]] = field(default=omni_command)
+    console_port: int | None = 8090
+    """The web console's HTTP port; None runs no console."""
+    console: Callable[[], list[str]] = field(default=console_command)
     tls: bool = False
     """mTLS between everything: a local CA and a certificate per service (and an operator) in certs/."""
 
@@ -192,6 +209,13 @@ def service_environment(
     if bounce_port is not None:
         env["OMNI_GATEWAY_BOUNCE_SMTP_HOST"] = HOST
         env["OMNI_GATEWAY_BOUNCE_SMTP_PORT"] = str(bounce_port)
+    env["OMNI_CONSOLE_HTTP_HOST"] = HOST
+    for service in services:
+        env[f"OMNI_CONSOLE_{service.name.upper()}_TARGET"] = service.target
+    if certs is not None:
+        env["OMNI_CONSOLE_TLS_CERT_FILE"] = str(certs / f"{CONSOLE}.pem")
+        env["OMNI_CONSOLE_TLS_KEY_FILE"] = str(certs / f"{CONSOLE}-key.pem")
+        env["OMNI_CONSOLE_TLS_CA_FILE"] = str(certs / "ca.pem")
     if "profile" in by_name and tracking_port is not None:
         # The Segment-compatible endpoint, with write keys for a web and an app source.
         env["OMNI_PROFILE_HTTP_HOST"] = HOST
@@ -393,6 +417,9 @@ class LocalRun:
             names = ", ".join(f"{service.name} ({service.grpc_port})" for service in taken)
             self._out.say(f"cannot start: gRPC ports already in use: {names}")
             return 1
+        if config.console_port is not None and not port_is_free(config.console_port, HOST):
+            self._out.say(f"cannot start: the console's port {config.console_port} is already in use")
+            return 1
 
         self._out.say(f"starting PostgreSQL (data in {_shown(config.postgres_dir)})")
         self._postgres = EmbeddedPostgres(config.postgres_dir, config.postgres_port, durable=config.durable)
@@ -414,7 +441,7 @@ class LocalRun:
             from omni_kit.security.certs import make_certificates
 
             certs = config.certs_dir
-            make_certificates(certs, [*(service.name for service in config.services), OPERATOR])
+            make_certificates(certs, [*(service.name for service in config.services), CONSOLE, OPERATOR])
             self._out.say(f"mTLS on: CA and certificates (one for you: {OPERATOR}.pem) in {_shown(certs)}")
         self._environment = child_environment(
             service_environment(
@@ -435,14 +462,17 @@ class LocalRun:
             self._out.say(
                 f"ignoring {', '.join(self._environment.ignored)} from your environment: the run sets them"
             )
+        if config.console_port is not None:
+            self._environment.variables["OMNI_CONSOLE_HTTP_PORT"] = str(config.console_port)
         env = self._environment.variables
-        for service in config.services:
-            code = self._migrate(service, env)
-            if self._stop.is_set():
-                return 0
+        codes = self._migrate_all(env)
+        if self._stop.is_set():
+            return 0
+        for service, code in codes.items():
             if code != 0:
                 self._out.say(f"migrating {service.name} failed (exit code {code}); stopping")
                 return 1
+        for service in config.services:
             self._start_service(service)
             self._components.append(
                 _Supervised(
@@ -450,6 +480,11 @@ class LocalRun:
                     lambda name=service.name: self._service_running(name),  # type: ignore[misc]
                     lambda service=service: self._start_service(service),  # type: ignore[misc]
                 )
+            )
+        if config.console_port is not None:
+            self._start_console()
+            self._components.append(
+                _Supervised(CONSOLE, lambda: self._service_running(CONSOLE), self._start_console)
             )
 
         failure = self._wait_until_serving()
@@ -461,22 +496,28 @@ class LocalRun:
         self._out.block(self._banner())
         return self._supervise()
 
-    def _migrate(self, service: ServiceSpec, env: dict[str, str]) -> int:
-        """Run ``omni migrate <service>`` to the end (or until a stop is requested); return its exit code."""
-        child = _Child(
-            f"{service.name} migrate", self.config.command("migrate", service.name), env, self._out
-        )
-        self._children.append(child)
+    def _migrate_all(self, env: dict[str, str]) -> dict[ServiceSpec, int]:
+        """Run ``omni migrate <service>`` for every service at once, to the end (or until a stop is requested);
+        return each one's exit code (-1 when stopped)."""
+        children = {
+            service: _Child(
+                f"{service.name} migrate", self.config.command("migrate", service.name), env, self._out
+            )
+            for service in self.config.services
+        }
+        self._children.extend(children.values())
         try:
-            while (code := child.poll()) is None:
+            while any(child.poll() is None for child in children.values()):
                 if self._stop.wait(0.05):
-                    return -1
+                    return {service: -1 for service in children}
                 self._tend()
-            child.finish()
-            return code
+            for child in children.values():
+                child.finish()
+            return {service: child.poll() or 0 for service, child in children.items()}
         finally:
-            if child.poll() is not None:
-                self._children.remove(child)
+            for child in children.values():
+                if child.poll() is not None:
+                    self._children.remove(child)
 
     def _wait_until_serving(self) -> str | None:
         """Wait until every service answers its health check SERVING; return what went wrong, if anything."""
@@ -516,6 +557,8 @@ class LocalRun:
                     if response.status == health_pb2.HealthCheckResponse.SERVING:
                         pending.remove(service)
                         self._out.say(f"{service.name} is serving on {service.target}")
+                if not pending and not self._console_answers(deadline):
+                    return f"the console is not answering on port {self.config.console_port} after {self.config.ready_timeout:.0f} s; stopping"
                 if pending and time.monotonic() >= deadline:
                     names = ", ".join(service.name for service in pending)
                     return f"not serving after {self.config.ready_timeout:.0f} s: {names}; stopping"
@@ -565,6 +608,29 @@ class LocalRun:
             self._out.say(f"{component.name} is running again")
         else:
             health.watch(service)
+
+    def _console_answers(self, deadline: float) -> bool:
+        """Wait until the console accepts connections (or the deadline passes, or a stop is requested)."""
+        port = self.config.console_port
+        if port is None:
+            return True
+        while not port_accepts(port, HOST, timeout=0.2):
+            if self._stop.is_set():
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            self._tend()
+            self._stop.wait(0.1)
+        self._out.say(f"the console is serving on http://{HOST}:{port}/")
+        return True
+
+    def _start_console(self) -> None:
+        """Start ``omni console`` (in place of the child that died, if one did)."""
+        for child in [c for c in self._children if c.label == CONSOLE]:
+            child.finish()
+            self._children.remove(child)
+        self._children.append(_Child(CONSOLE, self.config.console(), self._environment.variables, self._out))
+        self._record_services()
 
     def _service_running(self, name: str) -> bool:
         child = next((c for c in self._children if c.label == name), None)
@@ -691,6 +757,11 @@ class LocalRun:
         name_width = max(len(row[0]) for row in rows) + 2
         target_width = max(len(row[1]) for row in rows) + 2
         lines = ["", "Omni is running. Ctrl-C stops everything.", ""]
+        if config.console_port is not None:
+            lines += [
+                f"  Console     http://{HOST}:{config.console_port}/   (make demo loads a retailer's data)",
+                "",
+            ]
         lines += [f"  {name:<{name_width}}{target:<{target_width}}{db}" for name, target, db in rows]
         lines += [
             "",

@@ -100,7 +100,12 @@ async def test_settling_a_review_files_the_record(stack: Stack, console: Console
     request_id = re.search(r'name="request_id" value="([^"]+)"', form)
     choice = re.search(r'name="choice" value="(link:[0-9a-f-]+)"', form)
     assert request_id and choice
-    fields = {"request_id": request_id.group(1), "choice": choice.group(1), "reviewer": "Grace", "reason": "same card"}
+    fields = {
+        "request_id": request_id.group(1),
+        "choice": choice.group(1),
+        "reviewer": "Grace",
+        "reason": "same card",
+    }
     settled = await console.http.post(f"/reviews/{decision_id}/settle", data=fields)
     assert settled.status_code == 303 and "Settled" in settled.headers["location"]
     again = await console.http.post(f"/reviews/{decision_id}/settle", data=fields)

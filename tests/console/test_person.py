@@ -156,7 +156,9 @@ async def test_a_thousand_event_person_loads_within_300_ms(stack: Stack, console
     # The services answer from this very process and event loop (and the machine is shared), so a slow answer
     # may be theirs or a neighbour's: the fastest of nine is the console's own cost with every part fetched.
     assert min(timings) < 300, timings
-    print(f"person page, 1,000 events: server time min {min(timings):.0f} ms, median {statistics.median(timings):.0f} ms")
+    print(
+        f"person page, 1,000 events: server time min {min(timings):.0f} ms, median {statistics.median(timings):.0f} ms"
+    )
 
 
 async def test_parts_the_console_may_not_read_are_not_shown(stack: Stack) -> None:

@@ -18,7 +18,12 @@ def segment_sizes(name: str, sizes: list[tuple[str, int]]) -> dict[str, Any]:
         "mark": {"type": "line", "point": True, "tooltip": True},
         "encoding": {
             "x": {"field": "day", "type": "temporal", "title": "day"},
-            "y": {"field": "members", "type": "quantitative", "title": "members"},
+            "y": {
+                "field": "members",
+                "type": "quantitative",
+                "title": "members",
+                "axis": {"format": "d", "tickMinStep": 1},
+            },
         },
     }
 
@@ -34,7 +39,7 @@ def condition_counts(counts: list[tuple[str, int]]) -> dict[str, Any]:
         "mark": {"type": "bar", "tooltip": True},
         "encoding": {
             "y": {"field": "condition", "type": "nominal", "sort": None, "title": None},
-            "x": {"field": "persons", "type": "quantitative"},
+            "x": {"field": "persons", "type": "quantitative", "axis": {"format": "d", "tickMinStep": 1}},
         },
     }
 
@@ -50,6 +55,6 @@ def journey_funnel(steps: list[tuple[str, int | None]]) -> dict[str, Any]:
         "mark": {"type": "bar", "tooltip": True},
         "encoding": {
             "y": {"field": "step", "type": "nominal", "sort": None, "title": None},
-            "x": {"field": "persons", "type": "quantitative"},
+            "x": {"field": "persons", "type": "quantitative", "axis": {"format": "d", "tickMinStep": 1}},
         },
     }

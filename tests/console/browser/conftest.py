@@ -42,7 +42,9 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         if item.path.is_relative_to(here):
             item.add_marker(pytest.mark.browser)
             if missing:
-                item.add_marker(pytest.mark.skip(reason=f"no Chromium at {CHROMIUM} (make test-browser installs it)"))
+                item.add_marker(
+                    pytest.mark.skip(reason=f"no Chromium at {CHROMIUM} (make test-browser installs it)")
+                )
 
 
 @pytest.fixture(scope="module")
@@ -52,10 +54,12 @@ async def console_url(stack: Stack) -> AsyncIterator[str]:
     clients = Clients.open(stack.settings)
     settings = stack.settings.model_copy(update={"http_port": port})
     server = uvicorn.Server(
-        uvicorn.Config(build(settings, clients), host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+        uvicorn.Config(
+            build(settings, clients), host="127.0.0.1", port=port, log_level="warning", lifespan="on"
+        )
     )
     serving = asyncio.create_task(server.serve())
-    while not server.started:  # noqa: ASYNC110 - uvicorn says it listens only by this flag
+    while not server.started:  # uvicorn says it listens only by this flag
         assert not serving.done(), "the console did not start"
         await asyncio.sleep(0.02)
     yield f"http://127.0.0.1:{port}"

@@ -45,7 +45,9 @@ async def test_agent_finds_a_caller_by_phone_and_sees_online_and_store_orders(
     await page.close()
 
 
-async def test_marketer_previews_a_rule(stack: Stack, console_url: str, browser: Any, screenshots: Path) -> None:
+async def test_marketer_previews_a_rule(
+    stack: Stack, console_url: str, browser: Any, screenshots: Path
+) -> None:
     page = await browser.new_page()
     await page.goto(f"{console_url}/segments")
     await page.get_by_role("link", name="store-shoppers").wait_for()
@@ -77,7 +79,9 @@ async def _members(stack: Stack, segment_id: str) -> int:
     return int((await stack.omni.segmentation.CountSegmentMembers(request)).member_count)
 
 
-async def test_operator_settles_a_review(stack: Stack, console_url: str, browser: Any, screenshots: Path) -> None:
+async def test_operator_settles_a_review(
+    stack: Stack, console_url: str, browser: Any, screenshots: Path
+) -> None:
     page = await browser.new_page()
     await page.goto(f"{console_url}/reviews")
     review = page.locator("section.review").first
@@ -89,7 +93,9 @@ async def test_operator_settles_a_review(stack: Stack, console_url: str, browser
     await review.get_by_label("Why (optional)").fill("same card, new address")
     await review.get_by_role("button", name="Settle").click()
     await page.get_by_role("status").filter(has_text="Settled").wait_for()
-    assert await page.locator(f'form[action="/reviews/{stack.loaded.review_decision_id}/settle"]').count() == 0
+    assert (
+        await page.locator(f'form[action="/reviews/{stack.loaded.review_decision_id}/settle"]').count() == 0
+    )
     await page.close()
 
 

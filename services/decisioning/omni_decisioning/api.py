@@ -14,7 +14,10 @@ from omni.decisioning.v1 import decisioning_pb2, decisioning_pb2_grpc
 from omni_decisioning import validation
 from omni_decisioning.decide import Decider
 from omni_decisioning.entities import Journey, Offer
+from omni_decisioning.evaluation.evaluate import Evaluator
 from omni_decisioning.journeys import Journeys
+from omni_decisioning.learning.api import LearningServicer
+from omni_decisioning.learning.outcomes import Learning
 from omni_decisioning.offers import Offers
 from omni_decisioning.paging import OFFERS, encode_token
 from omni_decisioning.references import References
@@ -64,7 +67,7 @@ def offer_to_proto(offer: Offer) -> decisioning_pb2.Offer:
     return message
 
 
-class DecisioningServicer(decisioning_pb2_grpc.DecisioningServiceServicer):
+class DecisioningServicer(LearningServicer, decisioning_pb2_grpc.DecisioningServiceServicer):
     """Validates requests, runs the domain in a transaction and translates the result."""
 
     def __init__(
@@ -75,8 +78,12 @@ class DecisioningServicer(decisioning_pb2_grpc.DecisioningServiceServicer):
         offers: Offers,
         decider: Decider,
         references: References,
+        learning: Learning,
+        evaluator: Evaluator,
     ) -> None:
         self._runtime = runtime
+        self._learning = learning
+        self._evaluator = evaluator
         self._references = references
         self._journeys = journeys
         self._offers = offers

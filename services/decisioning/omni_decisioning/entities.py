@@ -92,6 +92,20 @@ class Action:
 
 
 @dataclass(frozen=True)
+class LoggedCandidate:
+    """One eligible offer of a decision as the decision log keeps it (learning/decision_log.py)."""
+
+    offer_id: uuid.UUID
+    score: float
+    rank: int
+    propensity: float
+    """The probability, under the deciding policy, that the offer is among the chosen actions."""
+    rank_propensity: float
+    """For a chosen offer, the probability that it is at exactly its rank; 0 otherwise."""
+    chosen: bool
+
+
+@dataclass(frozen=True)
 class Decision:
     """The answer to a Decide call, as logged."""
 
@@ -100,6 +114,12 @@ class Decision:
     actions: tuple[Action, ...]
     explanations: tuple[Any, ...] = ()
     """With explain: arbitration.Explained for every live offer."""
+    candidates: tuple[LoggedCandidate, ...] = ()
+    """Every eligible offer with its score, rank and propensity."""
+    policy: str = "priority"
+    """The policy that decided: "priority" (deterministic) or "thompson"."""
+    model_version: int = 0
+    """The learning policies' version the decision used."""
 
 
 class RunOutcome(enum.StrEnum):

@@ -103,17 +103,16 @@ def evaluate(logged: LoggedActions, *, bootstrap: int, rng: np.random.Generator)
         chunks = []
         for start in range(0, bootstrap, _CHUNK):
             size = min(_CHUNK, bootstrap - start)
-            draws = rng.multinomial(decisions, np.full(decisions, 1.0 / decisions), size=size).astype(
-                np.float64
+            drawn = rng.integers(0, decisions, size=(size, decisions))
+            n, sw, swy, sdr = (per[row][drawn].sum(axis=1) for row in range(4))
+            chunks.append(
+                np.vstack([swy / n, np.divide(swy, sw, out=np.zeros_like(swy), where=sw > 0), sdr / n])
             )
-            n, sw, swy, sdr = (draws @ per[row] for row in range(4))
-            with np.errstate(invalid="ignore", divide="ignore"):
-                chunks.append(np.vstack([swy / n, np.where(sw > 0, swy / sw, 0.0), sdr / n]))
         samples = np.hstack(chunks)
     estimates = []
     for row, (name, value) in enumerate(values.items()):
         if samples.shape[1]:
-            low, high = np.nanpercentile(samples[row], [2.5, 97.5])
+            low, high = np.percentile(samples[row], [2.5, 97.5])
         else:
             low = high = value
         estimates.append(Estimate(name, value, float(low), float(high)))

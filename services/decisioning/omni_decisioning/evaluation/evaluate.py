@@ -10,7 +10,7 @@ from datetime import datetime
 import numpy as np
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from omni_decisioning.evaluation.estimators import Evaluation, LoggedActions, evaluate
+from omni_decisioning.evaluation.estimators import Evaluation, FloatArray, LoggedActions, evaluate
 from omni_decisioning.evaluation.policies import CandidatePolicy
 from omni_decisioning.evaluation.repository import EvaluationRepository, LoggedRow, Rewards
 from omni_kit.errors import FailedPrecondition
@@ -79,25 +79,25 @@ def estimate(rows: list[LoggedRow], rewards: dict[tuple[str, str], Rewards], req
     """
     # One logged action per chosen candidate with a positive rank propensity.
     decision_of, offers_of, place_of, chosen_of, logged_p, reward = [], [], [], [], [], []
-    eligible: list[tuple[list[str], list[float]]] = []
+    covered_of: list[tuple[bool, ...]] = []
+    decisions = 0
     for row in rows:
-        offers = [str(c[0]) for c in row.candidates]
-        propensities = [float(c[3]) for c in row.candidates]
-        index = len(eligible)
+        offers = tuple(str(c[0]) for c in row.candidates)
+        covered = tuple(float(c[3]) > 0 for c in row.candidates)
         added = False
         for position, candidate in enumerate(row.candidates):
             rank, rank_propensity, chosen = int(candidate[2]), float(candidate[4]), bool(candidate[5])
             if not chosen or rank < 1 or rank_propensity <= 0:
                 continue
             added = True
-            decision_of.append(index)
+            decision_of.append(decisions)
             offers_of.append(offers)
+            covered_of.append(covered)
             place_of.append(rank - 1)
             chosen_of.append(position)
             logged_p.append(rank_propensity)
             reward.append(_reward(rewards.get((row.decision_id, offers[position])), request.metric))
-        if added:
-            eligible.append((offers, propensities))
+        decisions += added
     if not decision_of:
         raise FailedPrecondition(
             message=f"no logged decision at {request.touchpoint!r} chose an offer in the window",
@@ -105,40 +105,46 @@ def estimate(rows: list[LoggedRow], rewards: dict[tuple[str, str], Rewards], req
             metadata={"touchpoint": request.touchpoint},
         )
     y = np.asarray(reward)
-    places = np.asarray(place_of)
     # The reward model: the mean reward of each offer at each place, shrunk towards the place's mean.
     sums: dict[tuple[str, int], list[float]] = defaultdict(lambda: [0.0, 0.0])
     place_sums: dict[int, list[float]] = defaultdict(lambda: [0.0, 0.0])
     for i, (offers, position) in enumerate(zip(offers_of, chosen_of, strict=True)):
-        entry = sums[(offers[position], int(places[i]))]
-        entry[0] += y[i]
-        entry[1] += 1
-        place_entry = place_sums[int(places[i])]
-        place_entry[0] += y[i]
-        place_entry[1] += 1
+        for entry in (sums[(offers[position], place_of[i])], place_sums[place_of[i]]):
+            entry[0] += y[i]
+            entry[1] += 1
     place_mean = {place: s / n for place, (s, n) in place_sums.items()}
 
     def modelled(offer: str, place: int) -> float:
         s, n = sums.get((offer, place), (0.0, 0.0))
-        return (s + _SHRINK * place_mean[place]) / (n + _SHRINK)
+        return (s + _SHRINK * place_mean.get(place, 0.0)) / (n + _SHRINK)
 
+    # What the candidate does with a set of eligible offers at a place is the same for every decision that
+    # had that set: computed once per (offers, coverage, place).
+    seen: dict[tuple[tuple[str, ...], tuple[bool, ...], int], tuple[FloatArray, float, float, str]] = {}
     weight, direct, model_q = np.empty(len(y)), np.empty(len(y)), np.empty(len(y))
     uncovered = 0.0
     worst = ""
     for i in range(len(y)):
-        offers, propensities = eligible[decision_of[i]]
-        place = int(places[i])
-        matrix = request.candidate.places(offers, place + 1)
-        column = matrix[:, place] if matrix.shape[1] > place else np.zeros(len(offers))
-        target = float(column[chosen_of[i]])
-        weight[i] = target / logged_p[i]
-        q = np.array([modelled(offer, place) for offer in offers]) if column.any() else np.zeros(len(offers))
-        direct[i] = float(column @ q)
+        offers, covered, place = offers_of[i], covered_of[i], place_of[i]
+        key = (offers, covered, place)
+        found = seen.get(key)
+        if found is None:
+            matrix = request.candidate.places(offers, place + 1)
+            column = matrix[:, place] if matrix.shape[1] > place else np.zeros(len(offers))
+            nonzero = np.flatnonzero(column)
+            value = float(sum(column[k] * modelled(offers[k], place) for k in nonzero))
+            missed = [k for k in nonzero if not covered[k]]
+            found = seen[key] = (
+                column,
+                value,
+                float(column[missed].sum()) if missed else 0.0,
+                offers[missed[0]] if missed else "",
+            )
+        column, direct[i], missed_mass, missed_offer = found
+        weight[i] = float(column[chosen_of[i]]) / logged_p[i]
         model_q[i] = modelled(offers[chosen_of[i]], place)
-        missed = [k for k, p in enumerate(propensities) if p <= 0 and column[k] > 0]
-        if missed:
-            uncovered += float(column[missed].sum())
-            worst = worst or offers[missed[0]]
+        uncovered += missed_mass
+        worst = worst or missed_offer
     uncovered /= len(y)
     if uncovered > request.max_uncovered:
         raise FailedPrecondition(

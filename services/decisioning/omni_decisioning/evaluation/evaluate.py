@@ -119,7 +119,11 @@ def estimate(rows: list[LoggedRow], rewards: dict[tuple[str, str], Rewards], req
         return (s + _SHRINK * place_mean.get(place, 0.0)) / (n + _SHRINK)
 
     # What the candidate does with a set of eligible offers at a place is the same for every decision that
-    # had that set: computed once per (offers, coverage, place).
+    # had that set: computed once per (offers, coverage, place), from one matrix per set of offers covering
+    # every place it was logged at.
+    deepest: dict[tuple[str, ...], int] = {}
+    for offers, place in zip(offers_of, place_of, strict=True):
+        deepest[offers] = max(deepest.get(offers, 0), place + 1)
     seen: dict[tuple[tuple[str, ...], tuple[bool, ...], int], tuple[FloatArray, float, float, str]] = {}
     weight, direct, model_q = np.empty(len(y)), np.empty(len(y)), np.empty(len(y))
     uncovered = 0.0
@@ -129,7 +133,7 @@ def estimate(rows: list[LoggedRow], rewards: dict[tuple[str, str], Rewards], req
         key = (offers, covered, place)
         found = seen.get(key)
         if found is None:
-            matrix = request.candidate.places(offers, place + 1)
+            matrix = request.candidate.places(offers, deepest[offers])
             column = matrix[:, place] if matrix.shape[1] > place else np.zeros(len(offers))
             nonzero = np.flatnonzero(column)
             value = float(sum(column[k] * modelled(offers[k], place) for k in nonzero))

@@ -18,6 +18,7 @@ from omni_kit.errors import status_details
 from .conftest import decisioning_with_neighbours
 from .support import Decisioning
 from .test_decide import create_offer, touchpoint
+from .test_erasure import forget, processed
 
 
 @pytest.fixture(scope="module")
@@ -167,6 +168,20 @@ async def test_thompson_sampling_shifts_decisions_to_the_offer_that_converts_thr
     assert late.count(a.id) > 0
     # What the log says the policy's chance of b was is what happened.
     assert abs(sum(propensity_of_b) / len(propensity_of_b) - share_b) < 0.1
+    # The answer carries P·C·V·L and the chance the policy gave the chosen offer; explain agrees with it.
+    answer = await learning.stub.Decide(
+        d.DecideRequest(person_id=str(uuid.uuid4()), touchpoint=at, limit=2, explain=True)
+    )
+    first = answer.actions[0]
+    assert 0 < first.propensity < 1 and (first.context_weight, first.value, first.lever) == (1, 1, 1)
+    assert first.score == pytest.approx(first.propensity * first.context_weight * first.value * first.lever)
+    assert 0 < first.selection_probability <= 1
+    mine = {e.offer_id: e for e in answer.explanations if e.offer_id in rates}
+    assert [(mine[a.offer_id].verdict, mine[a.offer_id].rank) for a in answer.actions] == [
+        (d.Explanation.VERDICT_CHOSEN, 1),
+        (d.Explanation.VERDICT_CHOSEN, 2),
+    ]
+    assert mine[first.offer_id].score == pytest.approx(first.score)
 
 
 async def test_evaluate_policy_on_an_imported_uniform_log_finds_the_best_offers_value(
@@ -342,3 +357,22 @@ async def test_bad_learning_requests_name_every_bad_field(learning: Decisioning)
         "decisions[0].candidates[1].rank",
         "decisions[1].candidates",
     }
+
+
+async def test_forgetting_a_person_deletes_the_outcomes_of_their_decisions(learning: Decisioning) -> None:
+    at = touchpoint()
+    offer = await create_offer(learning, "o", priority=1, touchpoints=[at])
+    person, other = uuid.uuid4(), uuid.uuid4()
+    decisions = {}
+    for who in (person, other):
+        decision = (
+            await learning.stub.Decide(d.DecideRequest(person_id=str(who), touchpoint=at))
+        ).decision_id
+        await learning.stub.RecordOutcome(_outcome(decision, offer.id, d.OUTCOME_TYPE_CLICK))
+        decisions[who] = uuid.UUID(decision)
+
+    await processed(learning, await forget(learning, person))
+
+    count = "SELECT count(*) FROM outcomes WHERE decision_id = :d"
+    assert await learning.scalar(count, d=decisions[person]) == 0
+    assert await learning.scalar(count, d=decisions[other]) == 1

@@ -10,15 +10,17 @@ the first group after it commits, on every replica.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from omni_decisioning.arbitration import explain, ranked
+from omni_decisioning.arbitration import Explained, explain, ranked
 from omni_decisioning.entities import DecideQuery, Decision, Offer
 from omni_decisioning.events import Publisher
+from omni_decisioning.learning.arbitration import Choice, explain_learned
 from omni_decisioning.learning.outcomes import Learning
 from omni_decisioning.repository import Repository
 from omni_kit.grouping import Groups
@@ -93,24 +95,18 @@ class Decider:
                     touchpoint=query.touchpoint,
                     limit=query.limit,
                     now=now,
+                    catalog=self._catalog.version,
                 )
                 decisions.append(
                     Decision(
                         id=new_id(),
                         person_id=person_id,
                         actions=tuple(choice.actions),
-                        explanations=tuple(
-                            explain(
-                                self._catalog.offers,
-                                touchpoint=query.touchpoint,
-                                segment_ids=segment_ids,
-                                limit=query.limit,
-                                now=now,
-                            )
-                        )
+                        explanations=tuple(self._explain(query, segment_ids, choice, now))
                         if query.explain
                         else (),
                         candidates=choice.candidates,
+                        candidates_json=choice.candidates_json,
                         policy=choice.policy,
                         model_version=self._learning.arbiter.model.version,
                     )
@@ -118,6 +114,18 @@ class Decider:
             pairs = list(zip(decisions, queries, strict=True))
             await self._repository.log_decisions(session, pairs, now, self._publisher.decisions_made(pairs))
         return decisions
+
+    def _explain(
+        self, query: DecideQuery, segment_ids: set[uuid.UUID], choice: Choice, now: datetime
+    ) -> list[Explained]:
+        explained = explain(
+            self._catalog.offers,
+            touchpoint=query.touchpoint,
+            segment_ids=segment_ids,
+            limit=query.limit,
+            now=now,
+        )
+        return explain_learned(explained, choice) if choice.policy == "thompson" else explained
 
     async def _refresh(self, session: AsyncSession, version: int) -> None:
         if version != self._catalog.version:

@@ -89,6 +89,10 @@ class Action:
 
     offer: Offer
     score: float
+    factors: tuple[float, float, float, float] | None = None
+    """Learned arbitration's (P, C, V, L); None by priority."""
+    probability: float = 1.0
+    """The probability the deciding policy put the offer at its place."""
 
 
 @dataclass(frozen=True)
@@ -120,6 +124,8 @@ class Decision:
     """The policy that decided: "priority" (deterministic) or "thompson"."""
     model_version: int = 0
     """The learning policies' version the decision used."""
+    candidates_json: str = ""
+    """The candidates as the decision log stores them (learning/decision_log.py), made with the choice."""
 
 
 class RunOutcome(enum.StrEnum):

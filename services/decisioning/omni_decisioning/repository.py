@@ -30,6 +30,7 @@ from omni_decisioning.models import (
     OfferCatalogRow,
     OfferRow,
     OfferVersionRow,
+    OutcomeRow,
 )
 from omni_kit import contact
 from omni_kit.bus import OutboxRows, mark_outbox_staged
@@ -372,10 +373,15 @@ class Repository:
         )
 
     async def forget_persons(self, session: AsyncSession, person_ids: Collection[uuid.UUID]) -> None:
-        """Delete the persons' memberships, journey runs and decisions, and forget their contact verdicts (a
-        tombstone keeps a late announcement out)."""
+        """Delete the persons' memberships, journey runs, decisions and their outcomes, and forget their contact
+        verdicts (a tombstone keeps a late announcement out). The learned counts stay: they hold no person."""
         ids = set(person_ids)
         await contact.forget(session, ids)
+        await session.execute(
+            sa.delete(OutcomeRow).where(
+                OutcomeRow.decision_id.in_(sa.select(DecisionRow.id).where(DecisionRow.person_id.in_(ids)))
+            )
+        )
         for column in (
             MembershipRow.person_id,
             JourneyRunRow.person_id,
@@ -532,7 +538,10 @@ class Repository:
             [json.dumps(query.context) for _, query in decisions],
             # Arrays of arrays must be rectangular in PostgreSQL: each decision's offers travel as text.
             [",".join(str(action.offer.id) for action in decision.actions) for decision, _ in decisions],
-            [decision_log.to_json(decision.candidates) for decision, _ in decisions],
+            [
+                decision.candidates_json or decision_log.to_json(decision.candidates)
+                for decision, _ in decisions
+            ],
             [decision.policy for decision, _ in decisions],
             [decision.model_version for decision, _ in decisions],
             *announcements.columns(),

@@ -7,11 +7,12 @@ one, priority = P·C·V·L: P a draw from the offer's Beta posterior (Thompson s
 context weight of the offer, V its business value, L its lever (the offer's priority). With the policy's
 exploration share the order is uniformly random instead. The logged propensity of each offer at each place is
 the exact mixture of the two: exploration / n + (1 - exploration) x the Thompson probability, the latter a
-Monte Carlo estimate (learning/thompson.py) kept per set of eligible offers until the model is reloaded.
+Monte Carlo estimate (learning/thompson.py) kept per set of posteriors and weights of the eligible offers.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import uuid
 from collections.abc import Iterable, Set
@@ -20,10 +21,12 @@ from datetime import datetime
 
 import numpy as np
 
+from omni_decisioning.arbitration import Explained, Verdict
 from omni_decisioning.arbitration import score as priority_score
 from omni_decisioning.entities import Action, LoggedCandidate, Offer
+from omni_decisioning.learning import decision_log
 from omni_decisioning.learning.policy import Counts, LearningPolicy
-from omni_decisioning.learning.thompson import FloatArray, place_probabilities, sample_order, with_exploration
+from omni_decisioning.learning.thompson import FloatArray, place_probabilities, with_exploration
 
 # The cache of place probabilities holds at most this many sets of eligible offers (cleared when full).
 _MAX_CACHED_SETS = 4096
@@ -46,6 +49,8 @@ class Choice:
     actions: list[Action]
     candidates: tuple[LoggedCandidate, ...]
     policy: str
+    candidates_json: str = ""
+    """The candidates as the decision log stores them."""
 
 
 @dataclass
@@ -66,7 +71,9 @@ class Arbiter:
         self._refresh_s = refresh_s
         self._rng = np.random.default_rng(seed)
         self.model = LearnedModel()
-        self._places: dict[tuple[str, tuple[uuid.UUID, ...], int], FloatArray] = {}
+        self._places: dict[tuple[bytes, int, float], FloatArray] = {}
+        self._priority: dict[tuple[tuple[int, ...], int], Choice] = {}
+        self._priority_catalog = 0
 
     def stale(self, version: int) -> bool:
         """Whether the model must be reloaded: a policy changed, or the counts are older than refresh_s."""
@@ -75,9 +82,8 @@ class Arbiter:
         )
 
     def replace(self, model: LearnedModel) -> None:
-        """Use a freshly loaded model (and forget the probabilities computed from the previous one)."""
+        """Use a freshly loaded model."""
         self.model = model
-        self._places = {}
 
     def choose(
         self,
@@ -87,18 +93,31 @@ class Arbiter:
         touchpoint: str,
         limit: int,
         now: datetime,
+        catalog: int = 0,
     ) -> Choice:
-        """The `limit` offers for the person, and every eligible offer with its propensity."""
+        """The `limit` offers for the person, and every eligible offer with its propensity. `catalog` is the
+        version of the offer catalogue `ranked_offers` come from (the offers stay the same objects while it
+        does)."""
         offers = eligible(ranked_offers, segment_ids, now)
         policy = self.model.policies.get(touchpoint)
         if policy is None or not policy.enabled or not offers:
-            return _by_priority(offers, limit)
+            # By priority the choice and its log entry follow from the eligible offers alone: made once.
+            if catalog != self._priority_catalog or len(self._priority) >= _MAX_CACHED_SETS:
+                self._priority, self._priority_catalog = {}, catalog
+            key = (tuple(map(id, offers)), limit)
+            found = self._priority.get(key)
+            if found is None:
+                found = self._priority[key] = _by_priority(offers, limit)
+            return found
         return self._by_thompson(offers, policy, limit)
 
     def _by_thompson(self, offers: list[Offer], policy: LearningPolicy, limit: int) -> Choice:
-        alpha, beta, weights = self.arms(offers, policy)
+        alpha, beta, (context, value, lever) = self.arms(offers, policy)
+        weights = context * value * lever
         places = min(limit, len(offers))
-        key = (policy.touchpoint, tuple(offer.id for offer in offers), places)
+        # The probabilities depend only on the posteriors, weights and exploration: kept across reloads of
+        # the model for as long as those stay the same.
+        key = (alpha.tobytes() + beta.tobytes() + weights.tobytes(), places, policy.exploration)
         probabilities = self._places.get(key)
         if probabilities is None:
             if len(self._places) >= _MAX_CACHED_SETS:
@@ -107,11 +126,12 @@ class Arbiter:
                 place_probabilities(alpha, beta, weights, places=places, draws=self._draws, rng=self._rng),
                 policy.exploration,
             )
+        theta = self._rng.beta(alpha, beta)
+        scores = weights * theta
         if policy.exploration > 0 and self._rng.random() < policy.exploration:
             order = self._rng.permutation(len(offers))
-            scores = weights * self._rng.beta(alpha, beta)
         else:
-            order, scores = sample_order(alpha, beta, weights, self._rng)
+            order = np.argsort(-scores, kind="stable")
         rank_of = {int(index): rank for rank, index in enumerate(order, start=1)}
         floor = 1.0 / (self._draws + 1)
         candidates = []
@@ -129,20 +149,37 @@ class Arbiter:
                     chosen=chosen,
                 )
             )
-        actions = [Action(offer=offers[int(i)], score=float(scores[int(i)])) for i in order[:places]]
-        return Choice(actions=actions, candidates=tuple(candidates), policy="thompson")
+        actions = [
+            Action(
+                offer=offers[i],
+                score=float(scores[i]),
+                factors=(float(theta[i]), float(context[i]), float(value[i]), float(lever[i])),
+                probability=candidates[i].rank_propensity,
+            )
+            for i in (int(i) for i in order[:places])
+        ]
+        return Choice(
+            actions=actions,
+            candidates=tuple(candidates),
+            policy="thompson",
+            candidates_json=decision_log.to_json(candidates),
+        )
 
-    def arms(self, offers: list[Offer], policy: LearningPolicy) -> tuple[FloatArray, FloatArray, FloatArray]:
-        """Each offer's posterior (alpha, beta) and weight C·V·L at the policy's touchpoint."""
-        alpha, beta, weights = np.empty(len(offers)), np.empty(len(offers)), np.empty(len(offers))
+    def arms(
+        self, offers: list[Offer], policy: LearningPolicy
+    ) -> tuple[FloatArray, FloatArray, tuple[FloatArray, FloatArray, FloatArray]]:
+        """Each offer's posterior (alpha, beta) and its C, V and L at the policy's touchpoint."""
+        n = len(offers)
+        alpha, beta = np.empty(n), np.empty(n)
+        context, value, lever = np.empty(n), np.empty(n), np.empty(n)
         for index, offer in enumerate(offers):
-            prior_alpha, prior_beta, value, context = policy.terms(offer.id)
+            prior_alpha, prior_beta, value[index], context[index] = policy.terms(offer.id)
             counts = self.model.counts.get((offer.id, policy.touchpoint), _NONE)
             successes, trials = counts.successes(policy.success), counts.trials(policy.success)
             alpha[index] = prior_alpha + successes
             beta[index] = prior_beta + (trials - successes)
-            weights[index] = context * value * priority_score(offer)
-        return alpha, beta, weights
+            lever[index] = priority_score(offer)
+        return alpha, beta, (context, value, lever)
 
 
 _NONE = Counts()
@@ -161,4 +198,37 @@ def _by_priority(offers: list[Offer], limit: int) -> Choice:
         for rank, offer in enumerate(offers, start=1)
     )
     actions = [Action(offer=offer, score=priority_score(offer)) for offer in offers[:limit]]
-    return Choice(actions=actions, candidates=candidates, policy="priority")
+    return Choice(
+        actions=actions,
+        candidates=candidates,
+        policy="priority",
+        candidates_json=decision_log.to_json(candidates),
+    )
+
+
+def explain_learned(explained: list[Explained], choice: Choice) -> list[Explained]:
+    """Explanations (arbitration.explain, which ranks by priority) corrected for a learned choice: the
+    eligible offers get their sampled score, their rank in this decision and their chance of being chosen,
+    in the order the draw ranked them, in the places the eligible offers held."""
+    logged = {candidate.offer_id: candidate for candidate in choice.candidates}
+    places = [i for i, item in enumerate(explained) if item.offer.id in logged]
+    rewritten = []
+    for i in places:
+        item = explained[i]
+        candidate = logged[item.offer.id]
+        verdict = Verdict.CHOSEN if candidate.chosen else Verdict.OUTRANKED
+        rewritten.append(
+            dataclasses.replace(
+                item,
+                verdict=verdict,
+                score=candidate.score,
+                rank=candidate.rank,
+                detail=f"ranked {candidate.rank} by sampled P·C·V·L {candidate.score:.4g}; chosen with "
+                f"probability {candidate.propensity:.0%} under the learning policy",
+            )
+        )
+    rewritten.sort(key=lambda item: item.rank)
+    result = list(explained)
+    for i, item in zip(places, rewritten, strict=True):
+        result[i] = item
+    return result

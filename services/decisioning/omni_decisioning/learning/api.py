@@ -55,6 +55,7 @@ def policy_to_proto(policy: LearningPolicy) -> d.LearningPolicy:
                 prior_beta=terms.prior_beta,
                 value=terms.value,
                 context_weight=terms.context_weight,
+                fixed=terms.fixed,
             )
             for offer_id, terms in policy.offers.items()
         ],

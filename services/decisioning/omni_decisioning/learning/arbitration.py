@@ -173,16 +173,23 @@ class Arbiter:
         alpha, beta = np.empty(n), np.empty(n)
         context, value, lever = np.empty(n), np.empty(n), np.empty(n)
         for index, offer in enumerate(offers):
-            prior_alpha, prior_beta, value[index], context[index] = policy.terms(offer.id)
+            prior_alpha, prior_beta, value[index], context[index], fixed = policy.terms(offer.id)
+            lever[index] = priority_score(offer)
+            if fixed:
+                # A Beta this narrow draws its mean every time (to 1e-6): P is the prior's mean.
+                mean = prior_alpha / (prior_alpha + prior_beta)
+                alpha[index], beta[index] = mean * _FIXED, (1.0 - mean) * _FIXED
+                continue
             counts = self.model.counts.get((offer.id, policy.touchpoint), _NONE)
             successes, trials = counts.successes(policy.success), counts.trials(policy.success)
             alpha[index] = prior_alpha + successes
             beta[index] = prior_beta + (trials - successes)
-            lever[index] = priority_score(offer)
         return alpha, beta, (context, value, lever)
 
 
 _NONE = Counts()
+# The pseudo-count of a fixed offer's Beta.
+_FIXED = 1e12
 
 
 def _by_priority(offers: list[Offer], limit: int) -> Choice:

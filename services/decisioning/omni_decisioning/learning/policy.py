@@ -18,6 +18,8 @@ class OfferTerms:
     prior_beta: float = 0.0
     value: float = 0.0
     context_weight: float = 0.0
+    fixed: bool = False
+    """Learning off for the offer: P is the prior's mean, not drawn, not updated."""
 
 
 @dataclass(frozen=True)
@@ -32,14 +34,16 @@ class LearningPolicy:
     success: int = CLICK
     offers: dict[uuid.UUID, OfferTerms] = field(default_factory=dict)
 
-    def terms(self, offer_id: uuid.UUID) -> tuple[float, float, float, float]:
-        """The offer's (prior alpha, prior beta, V, C), defaults filled in (a prior of 1, 1 is uniform)."""
+    def terms(self, offer_id: uuid.UUID) -> tuple[float, float, float, float, bool]:
+        """The offer's (prior alpha, prior beta, V, C, fixed), defaults filled in (a prior of 1, 1 is
+        uniform)."""
         own = self.offers.get(offer_id, _NO_TERMS)
         return (
             own.prior_alpha or self.prior_alpha or 1.0,
             own.prior_beta or self.prior_beta or 1.0,
             own.value or 1.0,
             own.context_weight or 1.0,
+            own.fixed,
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -51,7 +55,7 @@ class LearningPolicy:
             "prior_beta": self.prior_beta,
             "success": self.success,
             "offers": {
-                str(offer_id): [t.prior_alpha, t.prior_beta, t.value, t.context_weight]
+                str(offer_id): [t.prior_alpha, t.prior_beta, t.value, t.context_weight, t.fixed]
                 for offer_id, t in self.offers.items()
             },
         }
@@ -67,7 +71,7 @@ class LearningPolicy:
             prior_beta=float(stored.get("prior_beta", 0.0)),
             success=int(stored.get("success", CLICK)),
             offers={
-                uuid.UUID(offer_id): OfferTerms(*map(float, terms))
+                uuid.UUID(offer_id): OfferTerms(*map(float, terms[:4]), fixed=bool(terms[4:5] and terms[4]))
                 for offer_id, terms in stored.get("offers", {}).items()
             },
         )

@@ -150,6 +150,7 @@ def set_learning_policy(request: d.SetLearningPolicyRequest) -> LearningPolicy:
                 prior_beta=offer.prior_beta,
                 value=offer.value,
                 context_weight=offer.context_weight,
+                fixed=offer.fixed,
             )
             for offer in policy.offers
         },

@@ -75,8 +75,8 @@ def test_thompson_logs_the_probabilities_it_actually_chooses_with() -> None:
     # The scores are P·C·V·L: the lever (priority 2) doubles the third offer's draw.
     action = choice.actions[0]
     assert action.factors is not None
-    p, c, v, lever = action.factors
-    assert action.score == pytest.approx(p * c * v * lever)
+    p, context, value, lever = action.factors
+    assert action.score == pytest.approx(p * context * value * lever)
 
 
 def test_a_fixed_offer_keeps_its_prior_mean() -> None:

@@ -71,7 +71,13 @@ class LearningPolicy:
             prior_beta=float(stored.get("prior_beta", 0.0)),
             success=int(stored.get("success", CLICK)),
             offers={
-                uuid.UUID(offer_id): OfferTerms(*map(float, terms[:4]), fixed=bool(terms[4:5] and terms[4]))
+                uuid.UUID(offer_id): OfferTerms(
+                    prior_alpha=float(terms[0]),
+                    prior_beta=float(terms[1]),
+                    value=float(terms[2]),
+                    context_weight=float(terms[3]),
+                    fixed=bool(terms[4]) if len(terms) > 4 else False,
+                )
                 for offer_id, terms in stored.get("offers", {}).items()
             },
         )

@@ -13,8 +13,11 @@ from omni.common.v1 import common_pb2
 from omni.decisioning.v1 import decisioning_pb2, decisioning_pb2_grpc
 from omni_decisioning import validation
 from omni_decisioning.decide import Decider
-from omni_decisioning.entities import Journey, Offer
+from omni_decisioning.entities import Action, Journey, Offer
+from omni_decisioning.evaluation.evaluate import Evaluator
 from omni_decisioning.journeys import Journeys
+from omni_decisioning.learning.api import LearningServicer
+from omni_decisioning.learning.outcomes import Learning
 from omni_decisioning.offers import Offers
 from omni_decisioning.paging import OFFERS, encode_token
 from omni_decisioning.references import References
@@ -64,7 +67,23 @@ def offer_to_proto(offer: Offer) -> decisioning_pb2.Offer:
     return message
 
 
-class DecisioningServicer(decisioning_pb2_grpc.DecisioningServiceServicer):
+def _action(action: Action) -> decisioning_pb2.Action:
+    """The wire form of a chosen action, with learned arbitration's P, C, V and L when it made the choice."""
+    propensity, context_weight, value, lever = action.factors or (0.0, 0.0, 0.0, 0.0)
+    return decisioning_pb2.Action(
+        offer_id=str(action.offer.id),
+        offer_name=action.offer.name,
+        description=action.offer.description,
+        score=action.score,
+        propensity=propensity,
+        context_weight=context_weight,
+        value=value,
+        lever=lever,
+        selection_probability=action.probability,
+    )
+
+
+class DecisioningServicer(LearningServicer, decisioning_pb2_grpc.DecisioningServiceServicer):
     """Validates requests, runs the domain in a transaction and translates the result."""
 
     def __init__(
@@ -75,8 +94,12 @@ class DecisioningServicer(decisioning_pb2_grpc.DecisioningServiceServicer):
         offers: Offers,
         decider: Decider,
         references: References,
+        learning: Learning,
+        evaluator: Evaluator,
     ) -> None:
         self._runtime = runtime
+        self._learning = learning
+        self._evaluator = evaluator
         self._references = references
         self._journeys = journeys
         self._offers = offers
@@ -216,15 +239,7 @@ class DecisioningServicer(decisioning_pb2_grpc.DecisioningServiceServicer):
         span.set_attribute("omni.decision.action_count", len(decision.actions))
         return decisioning_pb2.DecideResponse(
             decision_id=str(decision.id),
-            actions=[
-                decisioning_pb2.Action(
-                    offer_id=str(action.offer.id),
-                    offer_name=action.offer.name,
-                    description=action.offer.description,
-                    score=action.score,
-                )
-                for action in decision.actions
-            ],
+            actions=[_action(action) for action in decision.actions],
             explanations=[
                 decisioning_pb2.Explanation(
                     offer_id=str(item.offer.id),

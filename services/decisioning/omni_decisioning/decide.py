@@ -10,15 +10,18 @@ the first group after it commits, on every replica.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from omni_decisioning.arbitration import choose, explain, ranked
+from omni_decisioning.arbitration import Explained, explain, ranked
 from omni_decisioning.entities import DecideQuery, Decision, Offer
 from omni_decisioning.events import Publisher
+from omni_decisioning.learning.arbitration import Choice, explain_learned
+from omni_decisioning.learning.outcomes import Learning
 from omni_decisioning.repository import Repository
 from omni_kit.grouping import Groups
 from omni_kit.ids import new_id
@@ -55,10 +58,13 @@ class OfferCatalog:
 class Decider:
     """Answers Decide from decisioning's own tables only: no call to another service on this path."""
 
-    def __init__(self, runtime: Runtime, repository: Repository, publisher: Publisher) -> None:
+    def __init__(
+        self, runtime: Runtime, repository: Repository, publisher: Publisher, learning: Learning
+    ) -> None:
         self._runtime = runtime
         self._repository = repository
         self._publisher = publisher
+        self._learning = learning
         self._catalog = OfferCatalog()
         self._groups: Groups[DecideQuery, Decision] = Groups(self._decide_many, max_group=MAX_GROUP)
 
@@ -73,35 +79,53 @@ class Decider:
 
     async def _decide_many(self, queries: Sequence[DecideQuery]) -> list[Decision]:
         async with self._runtime.transaction() as session:
-            version, persons = await self._repository.persons_and_segments(
+            version, learning_version, persons = await self._repository.persons_and_segments(
                 session, [query.person_id for query in queries]
             )
             await self._refresh(session, version)
+            await self._learning.refresh(session, learning_version)
             now = datetime.now(UTC)
-            decisions = [
-                Decision(
-                    id=new_id(),
-                    person_id=person_id,
-                    actions=tuple(
-                        choose(self._catalog.at(query.touchpoint), segment_ids, limit=query.limit, now=now)
-                    ),
-                    explanations=tuple(
-                        explain(
-                            self._catalog.offers,
-                            touchpoint=query.touchpoint,
-                            segment_ids=segment_ids,
-                            limit=query.limit,
-                            now=now,
-                        )
-                    )
-                    if query.explain
-                    else (),
+            decisions = []
+            for query, (person_id, segment_ids) in zip(queries, persons, strict=True):
+                # Arbitration by priority, or learned where the touchpoint learns; every eligible offer is
+                # logged with the probability the deciding policy gave it (learning/arbitration.py).
+                choice = self._learning.arbiter.choose(
+                    self._catalog.at(query.touchpoint),
+                    segment_ids,
+                    touchpoint=query.touchpoint,
+                    limit=query.limit,
+                    now=now,
+                    catalog=self._catalog.version,
                 )
-                for query, (person_id, segment_ids) in zip(queries, persons, strict=True)
-            ]
+                decisions.append(
+                    Decision(
+                        id=new_id(),
+                        person_id=person_id,
+                        actions=tuple(choice.actions),
+                        explanations=tuple(self._explain(query, segment_ids, choice, now))
+                        if query.explain
+                        else (),
+                        candidates=choice.candidates,
+                        candidates_json=choice.candidates_json,
+                        policy=choice.policy,
+                        model_version=self._learning.arbiter.model.version,
+                    )
+                )
             pairs = list(zip(decisions, queries, strict=True))
             await self._repository.log_decisions(session, pairs, now, self._publisher.decisions_made(pairs))
         return decisions
+
+    def _explain(
+        self, query: DecideQuery, segment_ids: set[uuid.UUID], choice: Choice, now: datetime
+    ) -> list[Explained]:
+        explained = explain(
+            self._catalog.offers,
+            touchpoint=query.touchpoint,
+            segment_ids=segment_ids,
+            limit=query.limit,
+            now=now,
+        )
+        return explain_learned(explained, choice) if choice.policy == "thompson" else explained
 
     async def _refresh(self, session: AsyncSession, version: int) -> None:
         if version != self._catalog.version:

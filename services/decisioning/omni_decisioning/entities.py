@@ -89,6 +89,24 @@ class Action:
 
     offer: Offer
     score: float
+    factors: tuple[float, float, float, float] | None = None
+    """Learned arbitration's (P, C, V, L); None by priority."""
+    probability: float = 1.0
+    """The probability the deciding policy put the offer at its place."""
+
+
+@dataclass(frozen=True)
+class LoggedCandidate:
+    """One eligible offer of a decision as the decision log keeps it (learning/decision_log.py)."""
+
+    offer_id: uuid.UUID
+    score: float
+    rank: int
+    propensity: float
+    """The probability, under the deciding policy, that the offer is among the chosen actions."""
+    rank_propensity: float
+    """For a chosen offer, the probability that it is at exactly its rank; 0 otherwise."""
+    chosen: bool
 
 
 @dataclass(frozen=True)
@@ -100,6 +118,14 @@ class Decision:
     actions: tuple[Action, ...]
     explanations: tuple[Any, ...] = ()
     """With explain: arbitration.Explained for every live offer."""
+    candidates: tuple[LoggedCandidate, ...] = ()
+    """Every eligible offer with its score, rank and propensity."""
+    policy: str = "priority"
+    """The policy that decided: "priority" (deterministic) or "thompson"."""
+    model_version: int = 0
+    """The learning policies' version the decision used."""
+    candidates_json: str = ""
+    """The candidates as the decision log stores them (learning/decision_log.py), made with the choice."""
 
 
 class RunOutcome(enum.StrEnum):

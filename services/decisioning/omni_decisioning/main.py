@@ -18,8 +18,13 @@ from omni_decisioning.api import DecisioningServicer
 from omni_decisioning.consumers import CONSUMED, EventHandlers
 from omni_decisioning.contact_policy import Cap, Period
 from omni_decisioning.decide import Decider
+from omni_decisioning.evaluation.evaluate import Evaluator
+from omni_decisioning.evaluation.repository import EvaluationRepository
 from omni_decisioning.events import Publisher
 from omni_decisioning.journeys import Journeys
+from omni_decisioning.learning.arbitration import Arbiter
+from omni_decisioning.learning.outcomes import Learning
+from omni_decisioning.learning.repository import LearningRepository
 from omni_decisioning.offers import Offers
 from omni_decisioning.read_models import ReadModels
 from omni_decisioning.references import GATEWAY_SERVICE, SEGMENTATION_SERVICE, References
@@ -79,6 +84,19 @@ class Settings(ServiceSettings):
         max_length=20,
         description='Caps on marketing messages per person, e.g. [{"max_messages": 2, "period": "week"}, '
         '{"max_messages": 1, "period": "day", "channel": "sms"}]; none: no caps.',
+    )
+    learning_draws: int = Field(
+        2000,
+        ge=100,
+        le=1_000_000,
+        description="Monte Carlo draws estimating a learned decision's propensities, per set of eligible offers "
+        "(kept until the model is reloaded).",
+    )
+    learning_refresh_s: float = Field(
+        1.0,
+        ge=0,
+        description="How old the outcome counts behind the learned propensities may get before Decide reloads "
+        "them (a changed learning policy is reloaded at once).",
     )
     time_zone: str = Field(
         "UTC",
@@ -141,12 +159,18 @@ async def start(settings: Settings) -> Runtime:
         segmentation_pb2_grpc.SegmentationServiceStub(segmentation),  # type: ignore[arg-type]
         gateway_pb2_grpc.GatewayServiceStub(gateway),  # type: ignore[arg-type]
     )
+    learning = Learning(
+        LearningRepository(),
+        Arbiter(draws=settings.learning_draws, refresh_s=settings.learning_refresh_s),
+    )
     servicer = DecisioningServicer(
         runtime,
         journeys=journeys,
         offers=Offers(repository),
-        decider=Decider(runtime, repository, publisher),
+        decider=Decider(runtime, repository, publisher, learning),
         references=references,
+        learning=learning,
+        evaluator=Evaluator(EvaluationRepository()),
     )
     await runtime.serve(
         service_names=[SERVICE_NAME],

@@ -135,6 +135,7 @@ class DecisionRow(Base):
     """The decision log: what Decide answered, for learning and attribution."""
 
     __tablename__ = "decisions"
+    __table_args__ = (sa.Index("ix_decisions_touchpoint_create_time", "touchpoint", "create_time"),)
 
     id: Mapped[uuid.UUID] = mapped_column(sa.Uuid, primary_key=True)
     person_id: Mapped[uuid.UUID] = mapped_column(sa.Uuid, index=True)
@@ -143,3 +144,55 @@ class DecisionRow(Base):
     context: Mapped[dict[str, Any]] = mapped_column(JSONB)
     offer_ids: Mapped[list[uuid.UUID]] = mapped_column(ARRAY(sa.Uuid))
     create_time: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True))
+    # Every eligible offer with its score, rank and propensities (learning/decision_log.py), the deciding
+    # policy and the learning version it used (migration 0010).
+    candidates: Mapped[list[Any]] = mapped_column(JSONB, server_default="[]")
+    policy: Mapped[str] = mapped_column(sa.Text, server_default="priority")
+    model_version: Mapped[int] = mapped_column(sa.BigInteger, server_default="0")
+
+
+class OutcomeRow(Base):
+    """An outcome of a chosen action (impression, click, conversion), once per outcome id (migration 0010)."""
+
+    __tablename__ = "outcomes"
+
+    outcome_id: Mapped[str] = mapped_column(sa.Text, primary_key=True)
+    decision_id: Mapped[uuid.UUID] = mapped_column(sa.Uuid, index=True)
+    offer_id: Mapped[uuid.UUID] = mapped_column(sa.Uuid)
+    type: Mapped[int] = mapped_column(sa.SmallInteger)
+    value: Mapped[float] = mapped_column(sa.Float)
+    occur_time: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True))
+    create_time: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True))
+
+
+class OutcomeCountRow(Base):
+    """What an offer's Beta posterior at a touchpoint is made of."""
+
+    __tablename__ = "outcome_counts"
+
+    offer_id: Mapped[uuid.UUID] = mapped_column(sa.Uuid, primary_key=True)
+    touchpoint: Mapped[str] = mapped_column(sa.Text, primary_key=True)
+    impressions: Mapped[int] = mapped_column(sa.BigInteger, server_default="0")
+    clicks: Mapped[int] = mapped_column(sa.BigInteger, server_default="0")
+    conversions: Mapped[int] = mapped_column(sa.BigInteger, server_default="0")
+    value: Mapped[float] = mapped_column(sa.Float, server_default="0")
+
+
+class LearningPolicyRow(Base):
+    """A touchpoint's learning policy (learning/policy.py's JSON form)."""
+
+    __tablename__ = "learning_policies"
+
+    touchpoint: Mapped[str] = mapped_column(sa.Text, primary_key=True)
+    policy: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    update_time: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True))
+
+
+class LearningStateRow(Base):
+    """One row: the learning policies' version, raised by every change (Decide reloads on a new one)."""
+
+    __tablename__ = "learning_state"
+    __table_args__ = (sa.CheckConstraint("id = 1", name="learning_state_one_row"),)
+
+    id: Mapped[int] = mapped_column(sa.SmallInteger, primary_key=True, server_default="1")
+    version: Mapped[int] = mapped_column(sa.BigInteger)

@@ -20,6 +20,7 @@ from omni_decisioning.entities import (
     Offer,
     RunOutcome,
 )
+from omni_decisioning.learning import decision_log
 from omni_decisioning.models import (
     ContactLogRow,
     DecisionRow,
@@ -29,6 +30,7 @@ from omni_decisioning.models import (
     OfferCatalogRow,
     OfferRow,
     OfferVersionRow,
+    OutcomeRow,
 )
 from omni_kit import contact
 from omni_kit.bus import OutboxRows, mark_outbox_staged
@@ -261,21 +263,21 @@ class Repository:
 
     async def persons_and_segments(
         self, session: AsyncSession, person_ids: Sequence[uuid.UUID]
-    ) -> tuple[int, list[tuple[uuid.UUID, set[uuid.UUID]]]]:
+    ) -> tuple[int, int, list[tuple[uuid.UUID, set[uuid.UUID]]]]:
         """For each id, in order, the person it stands for now (after merges) and the segments that person is
-        a member of; and the offer catalogue's version. One statement for a whole group of decisions, on the
+        a member of; and the offer catalogue's and the learning policies' versions. One statement for a whole group of decisions, on the
         session's driver connection: outside a transaction unless the session began one (a read needs none)."""
         driver = await _driver(session)
         rows = await driver.fetch(_PERSONS_AND_SEGMENTS, list(person_ids))
         found: list[tuple[uuid.UUID, set[uuid.UUID]]] = [(person_id, set()) for person_id in person_ids]
-        version = 0
-        for position, person_id, segment_id, catalog in rows:
-            version = catalog
+        version = learning_version = 0
+        for position, person_id, segment_id, catalog, learning in rows:
+            version, learning_version = catalog, learning
             segments = found[position - 1][1]
             found[position - 1] = (person_id, segments)
             if segment_id is not None:
                 segments.add(segment_id)
-        return int(version or 0), found
+        return int(version or 0), int(learning_version or 0), found
 
     async def record_membership(
         self,
@@ -371,10 +373,15 @@ class Repository:
         )
 
     async def forget_persons(self, session: AsyncSession, person_ids: Collection[uuid.UUID]) -> None:
-        """Delete the persons' memberships, journey runs and decisions, and forget their contact verdicts (a
-        tombstone keeps a late announcement out)."""
+        """Delete the persons' memberships, journey runs, decisions and their outcomes, and forget their contact
+        verdicts (a tombstone keeps a late announcement out). The learned counts stay: they hold no person."""
         ids = set(person_ids)
         await contact.forget(session, ids)
+        await session.execute(
+            sa.delete(OutcomeRow).where(
+                OutcomeRow.decision_id.in_(sa.select(DecisionRow.id).where(DecisionRow.person_id.in_(ids)))
+            )
+        )
         for column in (
             MembershipRow.person_id,
             JourneyRunRow.person_id,
@@ -531,6 +538,12 @@ class Repository:
             [json.dumps(query.context) for _, query in decisions],
             # Arrays of arrays must be rectangular in PostgreSQL: each decision's offers travel as text.
             [",".join(str(action.offer.id) for action in decision.actions) for decision, _ in decisions],
+            [
+                decision.candidates_json or decision_log.to_json(decision.candidates)
+                for decision, _ in decisions
+            ],
+            [decision.policy for decision, _ in decisions],
+            [decision.model_version for decision, _ in decisions],
             *announcements.columns(),
         )
 
@@ -545,19 +558,22 @@ async def _driver(session: AsyncSession) -> Any:
 # with none), and the offer catalogue's version on every row (read in the same snapshot).
 _PERSONS_AND_SEGMENTS = (
     "SELECT asked.position, coalesce(lineage.survivor_id, asked.id) AS person_id, m.segment_id,"
-    " (SELECT version FROM offer_catalog) AS catalog"
+    " (SELECT version FROM offer_catalog) AS catalog, (SELECT version FROM learning_state) AS learning"
     " FROM unnest($1::uuid[]) WITH ORDINALITY AS asked(id, position)"
     " LEFT JOIN person_lineage AS lineage ON lineage.person_id = asked.id"
     " LEFT JOIN memberships AS m ON m.person_id = coalesce(lineage.survivor_id, asked.id) AND m.is_member"
 )
 
-# The decisions and the outbox rows announcing them, in one statement.
+# The decisions (with their candidates and propensities) and the outbox rows announcing them, in one statement.
 _LOG_DECISIONS = (
     "WITH logged AS ("
-    " INSERT INTO decisions (id, person_id, touchpoint, channel, context, offer_ids, create_time)"
-    " SELECT d.id, d.person_id, d.touchpoint, d.channel, d.context, string_to_array(d.offers, ',')::uuid[], $1"
-    " FROM unnest($2::uuid[], $3::uuid[], $4::text[], $5::smallint[], $6::jsonb[], $7::text[])"
-    " AS d(id, person_id, touchpoint, channel, context, offers))"
+    " INSERT INTO decisions (id, person_id, touchpoint, channel, context, offer_ids, create_time, candidates,"
+    " policy, model_version)"
+    " SELECT d.id, d.person_id, d.touchpoint, d.channel, d.context, string_to_array(d.offers, ',')::uuid[], $1,"
+    " d.candidates, d.policy, d.model_version"
+    " FROM unnest($2::uuid[], $3::uuid[], $4::text[], $5::smallint[], $6::jsonb[], $7::text[], $8::jsonb[],"
+    " $9::text[], $10::bigint[])"
+    " AS d(id, person_id, touchpoint, channel, context, offers, candidates, policy, model_version))"
     " INSERT INTO outbox (id, subject, type, person_id, payload, headers)"
-    " SELECT * FROM unnest($8::uuid[], $9::text[], $10::text[], $11::text[], $12::bytea[], $13::jsonb[])"
+    " SELECT * FROM unnest($11::uuid[], $12::text[], $13::text[], $14::text[], $15::bytea[], $16::jsonb[])"
 )

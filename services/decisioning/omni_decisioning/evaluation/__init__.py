@@ -1,0 +1,1 @@
+"""Off-policy evaluation: what a candidate policy would have earned, estimated from the decision log."""

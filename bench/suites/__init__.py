@@ -12,6 +12,7 @@ from bench.suites import (
     gateway_send,
     identity_matching,
     identity_resolve,
+    journey_timers,
     profile_ingest,
     profile_read,
     segment_backfill,
@@ -31,5 +32,6 @@ SUITES: dict[str, Suite] = {
     "segment_backfill": segment_backfill.run,
     "decide": decide.run,
     "gateway_send": gateway_send.run,
+    "journey_timers": journey_timers.run,
     "terminal_identify": terminal_identify.run,
 }

@@ -2,7 +2,8 @@
 
     python -m bench.timers_work MODE URL KIND EXPECTED TIMEOUT_S [profile]
         works the due jobs of KIND in the database at URL (SQLAlchemy URL) until EXPECTED jobs have fired or
-        TIMEOUT_S passed; prints one JSON line of figures. With `profile`, the run is profiled with cProfile
+        TIMEOUT_S passed; prints READY once it works (the suite then makes the jobs due), then one JSON line
+        of figures. With `profile`, the run is profiled with cProfile
         and the JSON has the functions that cost the most time of their own ("profile").
 
 Modes:
@@ -16,7 +17,7 @@ Modes:
 
 A job has fired when the transaction that ran it committed: lateness is that moment (the wall clock,
 the same machine as the database's) minus its due time. The JSON line: fired, seconds (first to last
-commit), per_second, lateness percentiles (s), cpu_s of the process, peak_rss_mib, and when profiled the
+commit), per_second, lateness percentiles (s), worst_by_second (the latest job of each second), cpu_s of the process, peak_rss_mib, and when profiled the
 top of the profile.
 """
 
@@ -63,19 +64,25 @@ class _Clock:
         self.first: float | None = None
         self.last = 0.0
         self.done = asyncio.Event()
+        self.worst: dict[int, float] = {}
+        """The latest job of each second since the first commit."""
 
     def fired(self, dues: Sequence[datetime]) -> None:
         now = time.time()
         if self.first is None:
             self.first = now
         self.last = now
-        self.lateness.extend(now - due.timestamp() for due in dues)
+        late = [now - due.timestamp() for due in dues]
+        self.lateness.extend(late)
+        second = int(now - (self.first or now))
+        self.worst[second] = max(self.worst.get(second, 0.0), *late)
         if len(self.lateness) >= self.expected:
             self.done.set()
 
 
 async def _raw(dsn: str, kind: str, expected: int, deadline: float, clock: _Clock) -> None:
     connection = await asyncpg.connect(dsn)
+    _ready()
     try:
         idle = 0.0
         while len(clock.lateness) < expected and time.monotonic() < deadline:
@@ -119,10 +126,22 @@ async def _worker(url: str, kind: str, expected: int, deadline: float, clock: _C
             await asyncio.wait_for(clock.done.wait(), timeout=max(0.0, deadline - time.monotonic()))
         worker.stop()
 
+    async with sessions() as session:
+        await session.execute(sa.text("SELECT 1"))  # connected before the jobs are made due
+
+    async def ready_once_running() -> None:
+        await asyncio.sleep(0.2)  # the loop's first round has found nothing due
+        _ready()
+
     try:
-        await asyncio.gather(worker.run(), stop_when_done())
+        await asyncio.gather(worker.run(), stop_when_done(), ready_once_running())
     finally:
         await engine.dispose()
+
+
+def _ready() -> None:
+    """Tell the suite the worker is up: it makes the jobs due now (a slow start is not lateness)."""
+    print("READY", flush=True)
 
 
 def _percentile(values: list[float], q: float) -> float | None:
@@ -161,6 +180,9 @@ async def work(mode: str, url: str, kind: str, expected: int, timeout_s: float) 
             name: None if (v := _percentile(clock.lateness, q)) is None else round(v, 4)
             for name, q in (("p50", 0.5), ("p90", 0.9), ("p99", 0.99), ("max", 1.0))
         },
+        "worst_by_second": [
+            round(clock.worst.get(n, 0.0), 3) for n in range(max(clock.worst, default=-1) + 1)
+        ],
         "cpu_s": round(_cpu_s() - cpu_before, 3),
         "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
     }

@@ -2,8 +2,9 @@
 
 A database with omni_kit's scheduled_jobs table (as every service's migrations create it) is seeded by COPY
 with WAITING jobs of one kind ("journey.step", as a journey's waits would be), due in the next weeks. For each
-measurement a fresh slice of them is made due (UPDATE of their due time), then the process that works them
-starts (bench/timers_work.py, its own process as a service is):
+measurement the process that works the jobs starts (bench/timers_work.py, its own process as a service's
+would be); once it is up, a fresh slice of the waiting jobs is made due (UPDATE of their due time), so its
+start-up is not counted as lateness:
 
 - backlog: BACKLOG jobs due at once; fired per second from the first commit to the last (the capacity).
 - open loop: jobs due at RATE per second for a while (each one's due time start + i/RATE); lateness of each
@@ -104,15 +105,9 @@ async def _measure(
     *,
     profile: bool = False,
 ) -> dict[str, Any]:
-    """Make `count` seeded jobs due (all at once when rate is None, else `rate` a second from 3 s ahead) and
-    work them in a child process in `mode`; return its figures with the cores used."""
+    """Start a child process working due jobs in `mode`; once it is up make `count` seeded jobs due (all at
+    once when rate is None, else `rate` a second from 3 s ahead); return its figures with the cores used."""
     first, end = slices.take(count)
-    async with ctx.connect(database) as connection:
-        waiting = await connection.fetchval(
-            "SELECT count(*) FROM scheduled_jobs WHERE due_at > now() + interval '1 hour'"
-        )
-        start = datetime.now(UTC) + timedelta(seconds=3 if rate else -1)
-        await connection.execute(_MAKE_DUE, start, first, rate or 1e12, KIND, _key(first), _key(end))
     span_s = count / rate if rate else 0.0
     before = cpu_sample(ctx)
     process = await asyncio.create_subprocess_exec(
@@ -123,15 +118,25 @@ async def _measure(
         database.url,
         KIND,
         str(count),
-        str(3 + span_s + 120),
+        str(60 + span_s + 120),
         *(["profile"] if profile else []),
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
         cwd=REPO,
     )
+    assert process.stdout is not None
+    line = (await asyncio.wait_for(process.stdout.readline(), timeout=60)).decode()
+    if line.strip() == "READY":
+        # The worker polls at most a second apart: it has seen the jobs before the first is due.
+        async with ctx.connect(database) as connection:
+            waiting = await connection.fetchval(
+                "SELECT count(*) FROM scheduled_jobs WHERE due_at > now() + interval '1 hour'"
+            )
+            start = datetime.now(UTC) + timedelta(seconds=3 if rate else -1)
+            await connection.execute(_MAKE_DUE, start, first, rate or 1e12, KIND, _key(first), _key(end))
     out, err = await process.communicate()
-    if process.returncode != 0:
-        raise RuntimeError(f"timers worker {mode} failed: {err.decode()[-2000:]}")
+    if process.returncode != 0 or line.strip() != "READY":
+        raise RuntimeError(f"timers worker {mode} failed: {line}{err.decode()[-2000:]}")
     figures: dict[str, Any] = json.loads(out.decode().strip().splitlines()[-1])
     figures["cpu_cores"] = cpu_usage(before, cpu_sample(ctx))
     figures["waiting"] = int(waiting)

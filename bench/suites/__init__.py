@@ -12,6 +12,7 @@ from bench.suites import (
     gateway_send,
     identity_matching,
     identity_resolve,
+    journey_timers,
     policy_evaluation,
     profile_ingest,
     profile_read,
@@ -32,6 +33,7 @@ SUITES: dict[str, Suite] = {
     "segment_backfill": segment_backfill.run,
     "decide": decide.run,
     "gateway_send": gateway_send.run,
+    "journey_timers": journey_timers.run,
     "terminal_identify": terminal_identify.run,
     "policy_evaluation": policy_evaluation.run,
 }

@@ -300,3 +300,87 @@ async def test_a_consumer_that_schedules_a_job_wakes_the_worker(
         consumer.stop()
         worker.stop()
         await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 10)
+
+
+async def _claimed(engine: AsyncEngine) -> dict[str, int]:
+    """Key → attempts of the jobs a run holds."""
+    return {key: int(row.attempts) for key, row in (await job_rows(engine)).items() if row.claim is not None}
+
+
+@pytest.mark.parametrize("how", ["stopped", "cancelled"])
+async def test_the_batch_claimed_ahead_runs_when_the_worker_stops_and_is_given_back_when_it_is_cancelled(
+    engine: AsyncEngine, how: str
+) -> None:
+    release = asyncio.Event()
+    ran: list[str] = []
+
+    async def slow_first(session: AsyncSession, jobs: Sequence[Job]) -> None:
+        if not ran:
+            await release.wait()
+        ran.extend(job.key for job in jobs)
+        await write_notes(session, jobs)
+
+    async with transaction_of(engine)() as session:
+        await schedule_many(session, KIND, {f"n{i}": None for i in range(5)})
+    worker = worker_on(engine, slow_first, batch_size=2)
+    task = asyncio.create_task(worker.run())
+    try:
+        async with asyncio.timeout(5):
+            while len(await _claimed(engine)) < 4:  # noqa: ASYNC110 - polling the database
+                await asyncio.sleep(0.02)  # the first batch runs, the next one is claimed ahead
+        if how == "stopped":
+            worker.stop()
+            release.set()
+            await asyncio.wait_for(task, 5)
+            # Both batches in hand ran; the fifth job waits for the next worker.
+            assert len(ran) == 4 and len(await note_counts(engine)) == 4
+            assert await _claimed(engine) == {}
+        else:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            # The run cut short keeps its lease (it may have had an effect outside); the batch claimed
+            # ahead is due again at once, its attempt not counted.
+            rows = await job_rows(engine)
+            held = await _claimed(engine)
+            assert len(held) == 2 and set(held.values()) == {1}
+            given_back = [row for key, row in rows.items() if key not in held]
+            assert len(given_back) == 3
+            assert all(row.attempts == 0 and row.due_at <= datetime.now(UTC) for row in given_back)
+    finally:
+        release.set()
+        worker.stop()
+        if not task.done():
+            task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_a_kind_whose_runs_take_long_is_not_claimed_ahead(engine: AsyncEngine) -> None:
+    release = asyncio.Event()
+    runs = 0
+
+    async def slow_second(session: AsyncSession, jobs: Sequence[Job]) -> None:
+        nonlocal runs
+        runs += 1
+        if runs == 1:
+            await asyncio.sleep(0.3)  # longer than a quarter of the lease
+        else:
+            await release.wait()
+        await write_notes(session, jobs)
+
+    async with transaction_of(engine)() as session:
+        await schedule_many(session, KIND, {f"n{i}": None for i in range(6)})
+    worker = worker_on(engine, slow_second, batch_size=2, lease=timedelta(seconds=1))
+    task = asyncio.create_task(worker.run())
+    try:
+        async with asyncio.timeout(5):
+            while runs < 2:  # noqa: ASYNC110 - polling the handler
+                await asyncio.sleep(0.02)
+        await asyncio.sleep(0.2)
+        # The second batch was claimed ahead while the first (then of unknown length) ran; after a long
+        # run nothing more is claimed ahead, so its lease would not run down while it waits.
+        assert len(await _claimed(engine)) == 2
+    finally:
+        release.set()
+        worker.stop()
+        await asyncio.wait_for(task, 5)

@@ -161,6 +161,45 @@ def database_unavailable(error: BaseException) -> bool:
     return False
 
 
+async def retry_while_unavailable(
+    work: Callable[[], Awaitable[T]],
+    *,
+    name: str,
+    timeout_s: float,
+    wait_initial_s: float = 0.2,
+    wait_max_s: float = 2.0,
+) -> T:
+    """Run work (a whole transaction: it opens, commits or rolls back its own) again while it fails because the
+    database cannot be reached (database_unavailable), for at most `timeout_s` seconds; return what it returns.
+
+    For work that must not be lost to a short outage but cannot wait for ever, e.g. recording what already
+    happened outside the database before a lease on it runs out. A transaction whose commit was cut off may
+    have committed: the work must be safe to run again (check state, as an UPDATE ... WHERE status does).
+    Any other error, and the last unavailability after `timeout_s`, is raised as it is; `name` says in the log
+    whose work waited.
+    """
+    if timeout_s <= 0:
+        return await work()
+
+    def retryable(error: BaseException) -> bool:
+        if not database_unavailable(error):
+            return False
+        log.warning("%s: the database does not answer; trying again: %s", name, error)
+        return True
+
+    async for attempt in stamina.retry_context(
+        on=retryable,
+        attempts=None,
+        timeout=timeout_s,
+        wait_initial=wait_initial_s,
+        wait_max=wait_max_s,
+        wait_jitter=wait_initial_s / 2,
+    ):
+        with attempt:
+            return await work()
+    raise AssertionError("unreachable: the last attempt returns or raises")
+
+
 CONFLICT_SQLSTATES = frozenset({"40001", "40P01"})
 """serialization_failure, deadlock_detected: PostgreSQL undid the transaction because of a concurrent one; run
 again, it usually succeeds."""

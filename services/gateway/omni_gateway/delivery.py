@@ -32,10 +32,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, replace
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
+from typing import TypeVar
 
 from opentelemetry import propagate, trace
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -71,6 +72,7 @@ from omni_gateway.variants import locale_of
 from omni_gateway.wire import channel_to_proto, send_fingerprint
 from omni_kit import contact
 from omni_kit.bus import Outbox
+from omni_kit.db import database_unavailable, retry_while_unavailable
 from omni_kit.errors import FieldViolation, InvalidArgument, without_control_characters
 from omni_kit.idempotency import ensure_same_request
 from omni_kit.ids import new_id
@@ -78,6 +80,12 @@ from omni_kit.scheduler import cancel, schedule
 
 tracer = trace.get_tracer("omni_gateway.delivery")
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+LEASE_MARGIN = timedelta(seconds=15)
+"""How long before an attempt's lease runs out it stops waiting for the database to record what it did (at
+most a quarter of the lease): one more try must end before another attempt may take the message."""
 
 Transaction = Callable[[], AbstractAsyncContextManager[AsyncSession]]
 
@@ -332,6 +340,12 @@ class Delivery:
             except DeliveryError as failure:
                 span.set_attribute("omni.delivery.error", str(failure))
                 return await self._record(message, recipient, failure)
+            except Exception as error:
+                # Nothing was handed to a provider (a provider's answer is recorded below, or by _record):
+                # with the database away, the lease is given back once it answers.
+                if database_unavailable(error):
+                    await self._give_back(message)
+                raise
             span.set_attribute("omni.provider", accepted.provider)
             return await self._record(message, recipient, None, accepted)
 
@@ -382,39 +396,80 @@ class Delivery:
             status, error = MessageStatus.FAILED, str(failure)
         # The error quotes other systems (an SMTP server's reply): a NUL in it could never be stored.
         error = without_control_characters(error)
-        async with self._transaction() as session:
-            updated = await self._repository.record_outcome(
-                session,
-                message.id,
-                status=status,
-                recipient=recipient,
-                error=error,
-                retry_after=retry_after,
-                provider=accepted.provider if accepted else "",
-                provider_message_id=accepted.provider_message_id if accepted else "",
-                provider_details=dict(accepted.details) if accepted else None,
-            )
-            self._leases.pop(message.id, None)
-            if updated is None:
-                # Finished meanwhile (its person forgotten): keep what is stored, announce nothing.
-                current = await self._repository.get_message(session, message.id)
-                assert current is not None
-                return current
-            if isinstance(failure, AddressRefused):
-                await self._repository.suppress(
+
+        async def record() -> Message:
+            async with self._transaction() as session:
+                updated = await self._repository.record_outcome(
                     session,
-                    channel=failure.channel.value,
-                    key=address_hash(failure.channel, failure.address),
-                    reason=SuppressionReason.ADDRESS_INVALID.value,
-                    provider=failure.provider,
-                    message_id=message.id,
+                    message.id,
+                    status=status,
+                    recipient=recipient,
+                    error=error,
+                    retry_after=retry_after,
+                    provider=accepted.provider if accepted else "",
+                    provider_message_id=accepted.provider_message_id if accepted else "",
+                    provider_details=dict(accepted.details) if accepted else None,
                 )
-            if retry_after is not None:
-                await schedule(session, DELIVERY_ATTEMPT, str(message.id), retry_after, replace=True)
-            else:
-                await cancel(session, DELIVERY_ATTEMPT, str(message.id))
-            await stage_outcome(self._outbox, session, updated)
-        return updated
+                self._leases.pop(message.id, None)
+                if updated is None:
+                    # Finished meanwhile (its person forgotten): keep what is stored, announce nothing.
+                    current = await self._repository.get_message(session, message.id)
+                    assert current is not None
+                    return current
+                if isinstance(failure, AddressRefused):
+                    await self._repository.suppress(
+                        session,
+                        channel=failure.channel.value,
+                        key=address_hash(failure.channel, failure.address),
+                        reason=SuppressionReason.ADDRESS_INVALID.value,
+                        provider=failure.provider,
+                        message_id=message.id,
+                    )
+                if retry_after is not None:
+                    await schedule(session, DELIVERY_ATTEMPT, str(message.id), retry_after, replace=True)
+                else:
+                    await cancel(session, DELIVERY_ATTEMPT, str(message.id))
+                await stage_outcome(self._outbox, session, updated)
+            return updated
+
+        # What happened is known now (the provider may have taken the message): a database that is away
+        # for a moment must not lose it, or the attempt would be made again when its lease runs out.
+        return await self._while_the_lease_lasts(
+            message, record, f"recording the outcome of message {message.id}"
+        )
+
+    async def _while_the_lease_lasts(
+        self, message: Message, work: Callable[[], Awaitable[T]], what: str
+    ) -> T:
+        """Run work (a transaction) again while the database does not answer, as long as the attempt's lease
+        leaves time for it to finish: after that another attempt may take the message, and this one must not
+        write over it."""
+        end = message.claimed_until or self._leases.get(message.id)
+        margin = min(LEASE_MARGIN, self._policy.lease / 4)
+        left = (end - datetime.now(UTC) - margin).total_seconds() if end is not None else 0.0
+        return await retry_while_unavailable(work, name=f"gateway: {what}", timeout_s=left)
+
+    async def _give_back(self, message: Message) -> None:
+        """An attempt that cannot go on for want of the database, before any provider took the message: give
+        its lease back once the database answers (while the lease lasts), its job due at once, so the message
+        is attempted again then rather than when the lease runs out."""
+        end = message.claimed_until or self._leases.get(message.id)
+        if end is None:
+            return
+
+        async def give_back() -> None:
+            async with self._transaction() as session:
+                released = await self._repository.release_leases(session, {message.id: end})
+                if released:
+                    await schedule(session, DELIVERY_ATTEMPT, str(message.id), timedelta(0), replace=True)
+            self._leases.pop(message.id, None)
+
+        try:
+            await self._while_the_lease_lasts(
+                message, give_back, f"giving back the lease of message {message.id}"
+            )
+        except Exception as error:  # the lease runs out then, and the message is attempted again all the same
+            log.warning("could not give back the lease of message %s: %s", message.id, error)
 
     def _max_attempts(self, message: Message) -> int:
         """Attempts in all for the message: its channel's providers' own schedules' where each keeps one

@@ -5,7 +5,11 @@ One run of a kind:
 1. Claim: one statement takes up to `batch_size` due jobs of the kind, oldest first, skipping rows another
    worker is claiming (FOR UPDATE SKIP LOCKED), and moves each one's due time a lease ahead, counts the
    attempt and stamps it with this run's claim. Committed at once, so no other worker takes them while
-   the lease lasts, and a worker that dies leaves them to be claimed again when it runs out.
+   the lease lasts, and a worker that dies leaves them to be claimed again when it runs out. That commit
+   does not wait for its WAL flush (the run's synchronous commit flushes it before any effect is durable).
+   While the worker's loop runs a batch, it claims the kind's next batch beside it (claim ahead), so a
+   round costs the longer of a claim and a run rather than both, unless the kind's last run took more
+   than a quarter of its lease (the batch claimed ahead waits for the run before it, its lease running).
 2. Run: in one transaction the kind's handler applies the jobs' effect, then the jobs still holding this
    run's claim are deleted (completed). A job the handler scheduled anew (the same kind and key, replace)
    no longer holds the claim and stays, at its new time. A job that another run claimed meanwhile (this
@@ -21,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
@@ -105,6 +110,11 @@ _CLAIM = sa.text(
     "WHERE j.kind = due.kind AND j.key = due.key "
     "RETURNING j.key, j.payload, j.attempts, due.due_at, j.trace_context, now() AS claimed_at"
 )
+_GIVE_BACK = sa.text(
+    "UPDATE scheduled_jobs SET claim = NULL, due_at = now(), attempts = greatest(attempts - 1, 0) "
+    "WHERE kind = :kind AND claim = :claim"
+)
+_ASYNC_COMMIT = sa.text("SET LOCAL synchronous_commit TO off")
 _COMPLETE = sa.text(
     "DELETE FROM scheduled_jobs WHERE kind = :kind AND key = ANY(CAST(:keys AS text[])) AND claim = :claim "
     "RETURNING key"
@@ -139,6 +149,11 @@ class JobWorker:
         self._wake = asyncio.Event()
         self._stopping = False
         self._sleeping_until: datetime | None = None
+        self._claim_ahead = False
+        self._ahead: dict[str, asyncio.Task[tuple[list[Job], uuid.UUID]]] = {}
+        """Per kind, the claim of its next batch, made while the loop runs the current one."""
+        self._run_s: dict[str, float] = {}
+        """Per kind, how long its last run took (seconds)."""
         self.completed = 0
         self.retried = 0
         self.failed = 0
@@ -181,7 +196,29 @@ class JobWorker:
 
     async def run(self) -> None:
         """Run due jobs until stopped; between rounds sleep until the next job is due (at most the poll
-        interval: jobs scheduled by other processes are seen then) or until woken."""
+        interval: jobs scheduled by other processes are seen then) or until woken.
+
+        While a batch of a kind runs, the next batch of that kind is claimed (see the module's doc); it runs
+        next, also when the worker is stopped (it is in hand), and is given back (due at once, the attempt
+        not counted) if the worker is cancelled instead."""
+        self._claim_ahead = True
+        try:
+            await self._rounds()
+        except asyncio.CancelledError:
+            await asyncio.shield(self._give_back_ahead())
+            raise
+        finally:
+            self._claim_ahead = False
+        for kind, task in self._take_ahead().items():
+            try:
+                jobs, claim = await task
+            except Exception:
+                log.exception("%s: the %s jobs claimed ahead cannot be run", self.name, kind)
+                continue
+            if jobs:
+                await self.run_claimed(kind, claim, jobs)
+
+    async def _rounds(self) -> None:
         failures = 0
         while not self._stopping:
             try:
@@ -201,6 +238,24 @@ class JobWorker:
                 await asyncio.wait_for(self._wake.wait(), timeout=delay)
             self._sleeping_until = None
             self._wake.clear()
+
+    def _take_ahead(self) -> dict[str, asyncio.Task[tuple[list[Job], uuid.UUID]]]:
+        ahead, self._ahead = self._ahead, {}
+        return ahead
+
+    async def _give_back_ahead(self) -> None:
+        """Give back the batches claimed ahead (due again at once, the attempt not counted)."""
+        for kind, task in self._take_ahead().items():
+            if not task.done():
+                task.cancel()
+            try:
+                jobs, claim = await task
+            except BaseException:  # cancelled before it committed, or failed: nothing is held
+                continue
+            if jobs:
+                with contextlib.suppress(Exception):
+                    async with self._transaction() as session:
+                        await session.execute(_GIVE_BACK, {"kind": kind, "claim": claim})
 
     async def run_due(self) -> int:
         """Claim and run one batch of due jobs of every kind (the kinds side by side); return how many ran."""
@@ -224,9 +279,16 @@ class JobWorker:
         return max(0.0, min(self._poll_interval_s, (next_due - datetime.now(UTC)).total_seconds()))
 
     async def _run_kind(self, kind: str) -> int:
-        jobs, claim = await self.claim(kind)
-        if jobs:
-            await self.run_claimed(kind, claim, jobs)
+        ahead = self._ahead.pop(kind, None)
+        jobs, claim = await (ahead if ahead is not None else self.claim(kind))
+        if not jobs:
+            return 0
+        quick = self._run_s.get(kind, 0.0) < self._kinds[kind].lease.total_seconds() / 4
+        if quick and self._claim_ahead and not self._stopping:
+            self._ahead[kind] = asyncio.ensure_future(self.claim(kind))
+        started = time.monotonic()
+        await self.run_claimed(kind, claim, jobs)
+        self._run_s[kind] = time.monotonic() - started
         return len(jobs)
 
     async def claim(self, kind: str) -> tuple[list[Job], uuid.UUID]:
@@ -234,6 +296,10 @@ class JobWorker:
         spec = self._kinds[kind]
         claim = uuid.uuid4()
         async with self._transaction() as session:
+            # The claim need not wait for its WAL flush: a synchronous commit (the run's) flushes it with
+            # everything before it, so no effect is ever durable without its claim; a claim lost in a crash
+            # of the server is only a lease that never was (the job is due as before).
+            await session.execute(_ASYNC_COMMIT)
             rows = (
                 await session.execute(
                     _CLAIM,

@@ -16,6 +16,7 @@ from omni_decisioning.decide import Decider
 from omni_decisioning.entities import Journey, Offer
 from omni_decisioning.journeys import Journeys
 from omni_decisioning.offers import Offers
+from omni_decisioning.orchestration.api import JOURNEY_STATES, JourneyFlows, JourneyFlowsApi
 from omni_decisioning.paging import OFFERS, encode_token
 from omni_decisioning.references import References
 from omni_kit import validation as omni_validation
@@ -30,14 +31,18 @@ def _timestamp(value: datetime) -> Timestamp:
 
 
 def journey_to_proto(journey: Journey) -> decisioning_pb2.Journey:
-    """The wire form of a journey."""
+    """The wire form of a journey (a multi-step one without its spec: GetJourney shows that)."""
     return decisioning_pb2.Journey(
         id=str(journey.id),
         name=journey.name,
-        trigger_segment_id=str(journey.trigger_segment_id),
+        trigger_segment_id=str(journey.trigger_segment_id) if journey.trigger_segment_id else "",
         channels=[common_pb2.Channel.ValueType(channel) for channel in journey.channels],
         template_id=journey.template_id,
         create_time=_timestamp(journey.create_time),
+        version=journey.version if journey.multi_step else 1,
+        state=JOURNEY_STATES[journey.state],
+        update_time=_timestamp(journey.update_time or journey.create_time),
+        has_draft=journey.has_draft,
     )
 
 
@@ -64,8 +69,9 @@ def offer_to_proto(offer: Offer) -> decisioning_pb2.Offer:
     return message
 
 
-class DecisioningServicer(decisioning_pb2_grpc.DecisioningServiceServicer):
-    """Validates requests, runs the domain in a transaction and translates the result."""
+class DecisioningServicer(JourneyFlowsApi, decisioning_pb2_grpc.DecisioningServiceServicer):
+    """Validates requests, runs the domain in a transaction and translates the result (multi-step journeys:
+    orchestration/api.py)."""
 
     def __init__(
         self,
@@ -75,8 +81,10 @@ class DecisioningServicer(decisioning_pb2_grpc.DecisioningServiceServicer):
         offers: Offers,
         decider: Decider,
         references: References,
+        flows: JourneyFlows,
     ) -> None:
         self._runtime = runtime
+        self._flows = flows
         self._references = references
         self._journeys = journeys
         self._offers = offers
@@ -85,8 +93,12 @@ class DecisioningServicer(decisioning_pb2_grpc.DecisioningServiceServicer):
     async def CreateJourney(
         self, request: decisioning_pb2.CreateJourneyRequest, context: grpc.aio.ServicerContext
     ) -> decisioning_pb2.CreateJourneyResponse:
-        """Define a journey started when a person enters a segment, once per request id."""
+        """Define a journey started when a person enters a segment, once per request id; or, with a spec, the
+        draft of a multi-step journey."""
+        if request.journey.HasField("spec"):
+            return await self.create_multi_step_journey(request)
         new = validation.create_journey(request)
+        assert new.trigger_segment_id is not None
         await self._references.check_journey(new.trigger_segment_id, new.template_id, new.channels)
         async with self._runtime.transaction() as session:
 

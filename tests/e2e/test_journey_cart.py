@@ -135,7 +135,16 @@ async def test_abandoned_carts_each_get_their_run_and_an_order_ends_only_its_own
                     on_timeout="sms",
                 ),
             ),
-            d.JourneyStep(id="sms", message=d.MessageStep(channels=[c.CHANNEL_SMS], template_id="cart-sms")),
+            d.JourneyStep(
+                id="sms", message=d.MessageStep(channels=[c.CHANNEL_SMS], template_id="cart-sms", next="mark")
+            ),
+            # Profile learns she was reminded (SetTraits, as the journey).
+            d.JourneyStep(
+                id="mark",
+                update_profile=d.UpdateProfileStep(
+                    trait="cart_reminded", value=struct_pb2.Value(bool_value=True)
+                ),
+            ),
         ],
         exit_criteria=[d.ExitCriterion(event_type="order_completed", match_key=True)],
     )
@@ -206,7 +215,10 @@ async def test_abandoned_carts_each_get_their_run_and_an_order_ends_only_its_own
         ("wait-order", "waiting"),
         ("wait-order", "timeout"),
         ("sms", "sent"),
+        ("mark", "set"),
     ]
+    profile = (await omni.profile.GetProfile(p.GetProfileRequest(person_id=person))).profile
+    assert profile.traits["cart_reminded"] is True
 
     async def sms_arrived() -> list[Any]:
         return [m for m in sms_vendor.messages if m.to == phone]

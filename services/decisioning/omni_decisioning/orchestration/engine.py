@@ -254,29 +254,73 @@ class Engine:
                 )
 
     async def enter_members(self, session: AsyncSession, jobs: Sequence[Job]) -> None:
-        """Job: enter a page of a segment's members into a journey (publish with enter_existing_members), then
-        schedule the next page."""
+        """Job: enter a page of a segment's members (as decisioning knows them) into a journey, then schedule
+        the next page. For a segment entry published with enter_existing_members, and for a campaign: each
+        run's first step then falls due at the campaign's time (in the person's time zone, with local_time),
+        spaced to the campaign's speed limit."""
         for job in jobs:
             journey = await self._store.journey(session, uuid.UUID(job.payload["journey_id"]))
-            if journey is None or journey.state != "published" or journey.entry_segment_id is None:
+            version = int(job.payload.get("version", 0))
+            if journey is None or journey.state != "published" or journey.version != version:
+                continue  # archived, paused or published anew meanwhile: this version's page is not entered
+            spec = await self.spec(session, journey.id, version)
+            if spec is None:
                 continue
+            kind = spec.entry.WhichOneof("kind")
+            campaign = spec.entry.campaign if kind == "campaign" else None
+            segment = (
+                spec.entry.campaign.segment_id if campaign is not None else spec.entry.segment.segment_id
+            )
             after = uuid.UUID(job.payload["after"]) if job.payload.get("after") else None
-            members = await self._store.members(
-                session, journey.entry_segment_id, after=after, limit=_MEMBERS_PAGE
+            members = await self._store.members(session, uuid.UUID(segment), after=after, limit=_MEMBERS_PAGE)
+            entered = int(job.payload.get("entered", 0))
+            base = (
+                datetime.fromisoformat(job.payload["base"]) if job.payload.get("base") else datetime.now(UTC)
             )
             for person_id in members:
-                await self.enter(
-                    session, journey, person_id, trigger_id=f"existing:{journey.version}", properties={}
-                )
-            if len(members) == _MEMBERS_PAGE:
-                await schedule(
+                due_at = None
+                if campaign is not None:
+                    due_at = await self._campaign_due(session, campaign, person_id, base, entered)
+                started = await self.enter(
                     session,
-                    ENTER_MEMBERS_JOB,
-                    job.key,
-                    None,
-                    {**job.payload, "after": str(members[-1])},
-                    replace=True,
+                    journey,
+                    person_id,
+                    trigger_id=f"{'campaign' if campaign is not None else 'existing'}:{version}",
+                    properties={},
+                    due_at=due_at,
                 )
+                if not isinstance(started, str):
+                    entered += 1
+            if len(members) == _MEMBERS_PAGE:
+                payload = {
+                    **job.payload,
+                    "after": str(members[-1]),
+                    "entered": entered,
+                    "base": base.isoformat(),
+                }
+                await schedule(session, ENTER_MEMBERS_JOB, job.key, None, payload, replace=True)
+
+    async def _campaign_due(
+        self,
+        session: AsyncSession,
+        campaign: d.CampaignEntryTrigger,
+        person_id: uuid.UUID,
+        base: datetime,
+        index: int,
+    ) -> datetime:
+        """When a campaign's run starts for a person: at the campaign's time (its wall clock in the person's
+        zone, with local_time; at once if that passed), and no sooner than its place in the speed limit allows."""
+        now = datetime.now(UTC)
+        start = campaign.start_time.ToDatetime(tzinfo=UTC) if campaign.HasField("start_time") else now
+        if campaign.local_time:
+            traits = await self._store.traits(session, person_id)
+            zone = zone_of(traits, "", self._zone)
+            start = start.replace(tzinfo=None).replace(tzinfo=zone).astimezone(UTC)
+        due = max(start, now)
+        if campaign.per_minute:
+            # The n-th person no sooner than n / per_minute minutes after the campaign began to enter them.
+            due = max(due, base + timedelta(minutes=index / campaign.per_minute))
+        return due
 
     # -- steps ---------------------------------------------------------------------------------------------
 

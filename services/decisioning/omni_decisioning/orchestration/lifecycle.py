@@ -10,7 +10,7 @@ or at once when that passed). Archiving ends every run still going.
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -23,6 +23,18 @@ from omni_decisioning.orchestration.store import Store
 from omni_kit.errors import AlreadyExists, FailedPrecondition, NotFound
 from omni_kit.ids import new_id
 from omni_kit.scheduler import schedule
+
+# The earliest a local time anywhere comes (UTC+14): a campaign in persons' local time starts that much before.
+_EARLIEST_ZONE = timedelta(hours=14)
+
+
+def _campaign_start(campaign: d.CampaignEntryTrigger) -> datetime | None:
+    """When a campaign's members are entered (None: at once): its time, or with local_time the first moment
+    that time comes anywhere (each run's first step then waits for the person's own)."""
+    if not campaign.HasField("start_time"):
+        return None
+    start = campaign.start_time.ToDatetime(tzinfo=UTC)
+    return start - _EARLIEST_ZONE if campaign.local_time else start
 
 
 def not_found(journey_id: uuid.UUID) -> NotFound:
@@ -117,10 +129,13 @@ class Lifecycle:
         row.entry_event_type = spec.entry.event.event_type if entry == "event" else None
         row.event_types = sorted(specs.event_types(spec))
         await session.flush()
+        # Members are entered by a job, a page at a time (a campaign's at its time).
+        payload = {"journey_id": str(row.id), "version": row.version}
+        key = f"{row.id}:{row.version}"
         if first and spec.enter_existing_members and entry == "segment":
-            await schedule(
-                session, ENTER_MEMBERS_JOB, f"{row.id}:{row.version}", None, {"journey_id": str(row.id)}
-            )
+            await schedule(session, ENTER_MEMBERS_JOB, key, None, payload)
+        if entry == "campaign":
+            await schedule(session, ENTER_MEMBERS_JOB, key, _campaign_start(spec.entry.campaign), payload)
         return row
 
     async def pause(self, session: AsyncSession, journey_id: uuid.UUID) -> JourneyRow:

@@ -125,6 +125,8 @@ def references(spec: d.JourneySpec, prefix: str = "spec") -> Iterator[Reference]
     """Every segment and template the spec names (checked at publish)."""
     if spec.entry.WhichOneof("kind") == "segment":
         yield Reference("segment", spec.entry.segment.segment_id, f"{prefix}.entry.segment.segment_id")
+    if spec.entry.WhichOneof("kind") == "campaign":
+        yield Reference("segment", spec.entry.campaign.segment_id, f"{prefix}.entry.campaign.segment_id")
     for index, step in enumerate(spec.steps):
         kind = kind_of(step)
         if kind == "message":

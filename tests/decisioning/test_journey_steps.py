@@ -219,8 +219,9 @@ async def test_a_campaign_reaches_everyone_in_the_segment_at_its_speed_limit(
         [run] = await until_runs(decisioning, person, lambda found: found and found[0].state == COMPLETED)
         times.append(run.steps[0].time.ToDatetime(tzinfo=UTC))
     times.sort()
-    # 120 a minute: one every half second, so five take at least two seconds.
-    assert times[-1] - times[0] >= timedelta(seconds=1.9)
+    # 120 a minute: one every half second, so five take two seconds (less the first one's lateness in being
+    # taken, which the others need not share).
+    assert times[-1] - times[0] >= timedelta(seconds=1.5)
     assert all(len(sends(decisioning, person)) == 1 for person in persons)
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -24,6 +24,8 @@ from omni_decisioning.models import (
 )
 
 LIVE = ("published", "paused")
+EVENT_RETENTION = timedelta(days=367)
+"""How long a kept event can matter: the longest window a condition looks back (366 days), and a day."""
 
 
 @dataclass
@@ -327,13 +329,18 @@ class Store:
         at: datetime,
         properties: dict[str, Any],
     ) -> None:
-        """Keep a tracked event (once per id)."""
+        """Keep a tracked event (once per id), and drop the person's events older than any window reaches."""
         await session.execute(
             insert(PersonEventRow)
             .values(
                 event_id=event_id, person_id=person_id, type=event_type, occurred_at=at, properties=properties
             )
             .on_conflict_do_nothing(index_elements=[PersonEventRow.event_id])
+        )
+        await session.execute(
+            sa.delete(PersonEventRow).where(
+                PersonEventRow.person_id == person_id, PersonEventRow.occurred_at < at - EVENT_RETENTION
+            )
         )
 
     async def event_since(

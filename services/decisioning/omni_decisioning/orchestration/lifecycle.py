@@ -127,7 +127,8 @@ class Lifecycle:
         entry = spec.entry.WhichOneof("kind")
         row.entry_segment_id = uuid.UUID(spec.entry.segment.segment_id) if entry == "segment" else None
         row.entry_event_type = spec.entry.event.event_type if entry == "event" else None
-        row.event_types = sorted(specs.event_types(spec))
+        # Earlier versions' types stay: their runs may still wait for those events.
+        row.event_types = sorted(set(row.event_types or ()) | specs.event_types(spec))
         await session.flush()
         # Members are entered by a job, a page at a time (a campaign's at its time).
         payload = {"journey_id": str(row.id), "version": row.version}

@@ -143,6 +143,7 @@ async def running_omni(
                     "decisioning",
                     segmentation_target=f"127.0.0.1:{runtimes['segmentation'].port}",
                     gateway_target=f"127.0.0.1:{runtimes['gateway'].port}",
+                    profile_target=f"127.0.0.1:{profile.port}",
                 )
             )
         )

@@ -19,6 +19,7 @@ from omni_decisioning.journeys import Journeys
 from omni_decisioning.learning.api import LearningServicer
 from omni_decisioning.learning.outcomes import Learning
 from omni_decisioning.offers import Offers
+from omni_decisioning.orchestration.api import JOURNEY_STATES, JourneyFlows, JourneyFlowsApi
 from omni_decisioning.paging import OFFERS, encode_token
 from omni_decisioning.references import References
 from omni_kit import validation as omni_validation
@@ -33,14 +34,18 @@ def _timestamp(value: datetime) -> Timestamp:
 
 
 def journey_to_proto(journey: Journey) -> decisioning_pb2.Journey:
-    """The wire form of a journey."""
+    """The wire form of a journey (a multi-step one without its spec: GetJourney shows that)."""
     return decisioning_pb2.Journey(
         id=str(journey.id),
         name=journey.name,
-        trigger_segment_id=str(journey.trigger_segment_id),
+        trigger_segment_id=str(journey.trigger_segment_id) if journey.trigger_segment_id else "",
         channels=[common_pb2.Channel.ValueType(channel) for channel in journey.channels],
         template_id=journey.template_id,
         create_time=_timestamp(journey.create_time),
+        version=journey.version if journey.multi_step else 1,
+        state=JOURNEY_STATES[journey.state],
+        update_time=_timestamp(journey.update_time or journey.create_time),
+        has_draft=journey.has_draft,
     )
 
 
@@ -83,8 +88,9 @@ def _action(action: Action) -> decisioning_pb2.Action:
     )
 
 
-class DecisioningServicer(LearningServicer, decisioning_pb2_grpc.DecisioningServiceServicer):
-    """Validates requests, runs the domain in a transaction and translates the result."""
+class DecisioningServicer(LearningServicer, JourneyFlowsApi, decisioning_pb2_grpc.DecisioningServiceServicer):
+    """Validates requests, runs the domain in a transaction and translates the result (learning and off-policy
+    evaluation: learning/api.py; multi-step journeys: orchestration/api.py)."""
 
     def __init__(
         self,
@@ -96,10 +102,12 @@ class DecisioningServicer(LearningServicer, decisioning_pb2_grpc.DecisioningServ
         references: References,
         learning: Learning,
         evaluator: Evaluator,
+        flows: JourneyFlows,
     ) -> None:
         self._runtime = runtime
         self._learning = learning
         self._evaluator = evaluator
+        self._flows = flows
         self._references = references
         self._journeys = journeys
         self._offers = offers
@@ -108,8 +116,12 @@ class DecisioningServicer(LearningServicer, decisioning_pb2_grpc.DecisioningServ
     async def CreateJourney(
         self, request: decisioning_pb2.CreateJourneyRequest, context: grpc.aio.ServicerContext
     ) -> decisioning_pb2.CreateJourneyResponse:
-        """Define a journey started when a person enters a segment, once per request id."""
+        """Define a journey started when a person enters a segment, once per request id; or, with a spec, the
+        draft of a multi-step journey."""
+        if request.journey.HasField("spec"):
+            return await self.create_multi_step_journey(request)
         new = validation.create_journey(request)
+        assert new.trigger_segment_id is not None
         await self._references.check_journey(new.trigger_segment_id, new.template_id, new.channels)
         async with self._runtime.transaction() as session:
 

@@ -16,6 +16,7 @@ from omni.profile.v1 import profile_pb2
 from omni.segmentation.v1 import events_pb2 as segmentation_events
 from omni_decisioning.entities import SegmentEntry
 from omni_decisioning.journeys import Journeys
+from omni_decisioning.orchestration.engine import Engine
 from omni_decisioning.read_models import ReadModels
 from omni_kit import contact
 from omni_kit.bus import unpack
@@ -52,9 +53,12 @@ def _time(timestamp: Timestamp, fallback: datetime) -> datetime:
 class EventHandlers:
     """Applies consumed events; each call runs in the consumer's transaction, once per event id."""
 
-    def __init__(self, read_models: ReadModels, journeys: Journeys, lineage: Lineage) -> None:
+    def __init__(
+        self, read_models: ReadModels, journeys: Journeys, lineage: Lineage, engine: Engine | None = None
+    ) -> None:
         self._read_models = read_models
         self._journeys = journeys
+        self._engine = engine
         self._verdicts = contact.ContactVerdictHandler()
         self._lineage = lineage
 
@@ -97,6 +101,9 @@ class EventHandlers:
                 occurred_at=occurred_at,
             ),
         )
+        if self._engine is not None:
+            # Multi-step journeys entered by the segment.
+            await self._engine.on_segment_entered(session, person, segment_id, uuid.UUID(envelope.id))
 
     async def _message(
         self, session: AsyncSession, envelope: envelope_pb2.Envelope, occurred_at: datetime

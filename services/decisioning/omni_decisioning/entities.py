@@ -14,7 +14,8 @@ class NewJourney:
     """A journey as asked for, before it has an id."""
 
     name: str
-    trigger_segment_id: uuid.UUID
+    trigger_segment_id: uuid.UUID | None
+    """None for a multi-step journey (its spec names its entry)."""
     channels: tuple[int, ...]
     template_id: str
 
@@ -25,6 +26,12 @@ class Journey(NewJourney):
 
     id: uuid.UUID = field(kw_only=True)
     create_time: datetime = field(kw_only=True)
+    multi_step: bool = field(kw_only=True, default=False)
+    state: str = field(kw_only=True, default="published")
+    """draft, published, paused or archived (a one-message journey is published)."""
+    version: int = field(kw_only=True, default=0)
+    has_draft: bool = field(kw_only=True, default=False)
+    update_time: datetime | None = field(kw_only=True, default=None)
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
+from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -33,9 +34,10 @@ class Publisher:
         template_id: str,
         journey_id: uuid.UUID,
         contact_verdict_version: int = 0,
+        variables: dict[str, Any] | None = None,
     ) -> None:
         """Ask the gateway to send a template to a person on a channel (decisioning.send_requested), saying
-        which version of profile's contact verdicts the channel was chosen by."""
+        which version of profile's contact verdicts the channel was chosen by, and the template's variables."""
         payload = events_pb2.SendRequestedEvent(
             request_id=request_id,
             person_id=str(person_id),
@@ -44,6 +46,8 @@ class Publisher:
             journey_id=str(journey_id),
             contact_verdict_version=contact_verdict_version,
         )
+        if variables:
+            payload.variables.update(variables)
         await self._outbox.add(session, payload, event_type=SEND_REQUESTED, person_id=str(person_id))
 
     def decisions_made(self, decisions: Sequence[tuple[Decision, DecideQuery]]) -> OutboxRows:

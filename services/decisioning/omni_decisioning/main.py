@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import timedelta
 from pathlib import Path
 from typing import Literal
@@ -9,10 +10,12 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_settings import SettingsConfigDict
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from omni.common.v1 import common_pb2
 from omni.decisioning.v1 import decisioning_pb2_grpc
 from omni.gateway.v1 import gateway_pb2_grpc
+from omni.profile.v1 import profile_pb2_grpc
 from omni.segmentation.v1 import segmentation_pb2_grpc
 from omni_decisioning.api import DecisioningServicer
 from omni_decisioning.consumers import CONSUMED, EventHandlers
@@ -26,12 +29,19 @@ from omni_decisioning.learning.arbitration import Arbiter
 from omni_decisioning.learning.outcomes import Learning
 from omni_decisioning.learning.repository import LearningRepository
 from omni_decisioning.offers import Offers
+from omni_decisioning.orchestration.api import JourneyFlows
+from omni_decisioning.orchestration.consumers import CONSUMED as PROFILE_CONSUMED
+from omni_decisioning.orchestration.consumers import ProfileEventHandlers
+from omni_decisioning.orchestration.engine import ENTER_MEMBERS_JOB, STEP_JOB, Engine
+from omni_decisioning.orchestration.lifecycle import Lifecycle
+from omni_decisioning.orchestration.profile import PROFILE_SERVICE, ProfileTraits
+from omni_decisioning.orchestration.store import Store
 from omni_decisioning.read_models import ReadModels
 from omni_decisioning.references import GATEWAY_SERVICE, SEGMENTATION_SERVICE, References
 from omni_decisioning.repository import Repository
 from omni_kit.grpc_client import channel
 from omni_kit.idempotency import keep_answers_purged
-from omni_kit.lineage import PERSON_LINEAGE, Lineage
+from omni_kit.lineage import PERSON_LINEAGE, Erasure, Lineage, Merge
 from omni_kit.runtime import Runtime
 from omni_kit.settings import ServiceSettings
 
@@ -67,6 +77,10 @@ class Settings(ServiceSettings):
     segmentation_target: str = Field(
         "127.0.0.1:15053",
         description="host:port of segmentation, asked whether a new journey's segment exists.",
+    )
+    profile_target: str = Field(
+        "127.0.0.1:15052",
+        description="host:port of profile, whose SetTraits a journey's update-profile step calls.",
     )
     gateway_target: str = Field(
         "127.0.0.1:15055", description="host:port of the gateway, asked about a new journey's template."
@@ -127,14 +141,52 @@ async def start(settings: Settings) -> Runtime:
         time_zone=ZoneInfo(settings.time_zone),
     )
     read_models = ReadModels(repository, PERSON_LINEAGE)
+    flow_store = Store()
+
+    async def merged(session: AsyncSession, merges: Sequence[Merge]) -> None:
+        await read_models.persons_merged(session, merges)
+        for merge in merges:
+            await flow_store.merge_persons(session, merge.survivor_id, merge.merged_ids)
+
+    async def erased(session: AsyncSession, erasure: Erasure) -> None:
+        await read_models.persons_forgotten(session, erasure)
+        await flow_store.forget_persons(session, list(erasure.person_ids))
+
     lineage = Lineage(
-        PERSON_LINEAGE,
-        on_merge=read_models.persons_merged,
-        on_unmerge=read_models.person_unmerged,
-        on_erase=read_models.persons_forgotten,
+        PERSON_LINEAGE, on_merge=merged, on_unmerge=read_models.person_unmerged, on_erase=erased
     )
-    handlers = EventHandlers(read_models, journeys, lineage)
+    store = flow_store
+    profile = runtime.track_channel(
+        channel(
+            settings.profile_target,
+            service=PROFILE_SERVICE,
+            idempotent_methods=["SetTraits"],
+            timeout_s=settings.client_timeout_s,
+            security=runtime.client_security,
+        )
+    )
+    learning = Learning(
+        LearningRepository(),
+        Arbiter(draws=settings.learning_draws, refresh_s=settings.learning_refresh_s),
+    )
+    decider = Decider(runtime, repository, publisher, learning)
+    engine = Engine(
+        store,
+        repository,
+        publisher,
+        caps=[cap.cap() for cap in settings.contact_caps],
+        time_zone=ZoneInfo(settings.time_zone),
+        set_traits=ProfileTraits(profile_pb2_grpc.ProfileServiceStub(profile)),  # type: ignore[arg-type]
+        decide=decider.decide,
+    )
+    handlers = EventHandlers(read_models, journeys, lineage, engine)
     runtime.add_consumer(durable="read-models", event_types=CONSUMED, handler=handlers.handle)
+    profile_handlers = ProfileEventHandlers(engine, store, read_models)
+    runtime.add_consumer(
+        durable="journey-profile", event_types=PROFILE_CONSUMED, handler=profile_handlers.handle
+    )
+    runtime.add_job_kind(STEP_JOB, engine.run_steps, lease=timedelta(seconds=60), batch_size=100)
+    runtime.add_job_kind(ENTER_MEMBERS_JOB, engine.enter_members, lease=timedelta(minutes=5), batch_size=1)
     await keep_answers_purged(runtime)
     # Asked only when a journey or offer is created; Decide calls nobody.
     segmentation = runtime.track_channel(
@@ -159,18 +211,21 @@ async def start(settings: Settings) -> Runtime:
         segmentation_pb2_grpc.SegmentationServiceStub(segmentation),  # type: ignore[arg-type]
         gateway_pb2_grpc.GatewayServiceStub(gateway),  # type: ignore[arg-type]
     )
-    learning = Learning(
-        LearningRepository(),
-        Arbiter(draws=settings.learning_draws, refresh_s=settings.learning_refresh_s),
-    )
     servicer = DecisioningServicer(
         runtime,
         journeys=journeys,
         offers=Offers(repository),
-        decider=Decider(runtime, repository, publisher, learning),
+        decider=decider,
         references=references,
         learning=learning,
         evaluator=Evaluator(EvaluationRepository()),
+        flows=JourneyFlows(
+            lifecycle=Lifecycle(store, engine),
+            engine=engine,
+            store=store,
+            references=references,
+            read_models=read_models,
+        ),
     )
     await runtime.serve(
         service_names=[SERVICE_NAME],

@@ -20,18 +20,45 @@ class Base(DeclarativeBase):
 
 
 class JourneyRow(Base):
-    """A journey: on entering its trigger segment, send its template on the first channel profile's verdict
-    allows marketing on."""
+    """A journey. A one-message journey (no draft or versions): on entering its trigger segment, send its
+    template on the first channel profile's verdict allows marketing on. A multi-step journey: its draft, its
+    lifecycle state and where its latest published version is entered (journey_versions holds the versions)."""
 
     __tablename__ = "journeys"
+    __table_args__ = (
+        sa.Index(
+            "journeys_by_entry_event",
+            "entry_event_type",
+            postgresql_where=sa.text("entry_event_type IS NOT NULL"),
+        ),
+        sa.Index(
+            "journeys_by_entry_segment",
+            "entry_segment_id",
+            postgresql_where=sa.text("entry_segment_id IS NOT NULL"),
+        ),
+    )
 
     id: Mapped[uuid.UUID] = mapped_column(sa.Uuid, primary_key=True)
     name: Mapped[str] = mapped_column(sa.Text, unique=True)
-    trigger_segment_id: Mapped[uuid.UUID] = mapped_column(sa.Uuid, index=True)
+    trigger_segment_id: Mapped[uuid.UUID | None] = mapped_column(sa.Uuid, index=True, nullable=True)
     # omni.common.v1.Channel numbers, best first.
-    channels: Mapped[list[int]] = mapped_column(ARRAY(sa.SmallInteger))
-    template_id: Mapped[str] = mapped_column(sa.Text)
+    channels: Mapped[list[int] | None] = mapped_column(ARRAY(sa.SmallInteger), nullable=True)
+    template_id: Mapped[str | None] = mapped_column(sa.Text, nullable=True)
     create_time: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True))
+    multi_step: Mapped[bool] = mapped_column(sa.Boolean, server_default=sa.false())
+    # draft, published, paused or archived (a one-message journey: published).
+    state: Mapped[str] = mapped_column(sa.Text, server_default="published")
+    # The latest published version (0: never published).
+    version: Mapped[int] = mapped_column(sa.BigInteger, server_default="0")
+    # The draft's JourneySpec (protobuf JSON), or NULL without one.
+    draft: Mapped[dict[str, Any] | None] = mapped_column(JSONB, nullable=True)
+    update_time: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True), nullable=True)
+    # Where the latest published version is entered (one of them set): for finding the journeys an event or a
+    # segment entry starts.
+    entry_segment_id: Mapped[uuid.UUID | None] = mapped_column(sa.Uuid, nullable=True)
+    entry_event_type: Mapped[str | None] = mapped_column(sa.Text, nullable=True)
+    # The event types the latest published version reacts to or looks back at (kept in journey_person_events).
+    event_types: Mapped[list[str] | None] = mapped_column(ARRAY(sa.Text), nullable=True)
 
 
 class OfferRow(Base):
@@ -196,3 +223,88 @@ class LearningStateRow(Base):
 
     id: Mapped[int] = mapped_column(sa.SmallInteger, primary_key=True, server_default="1")
     version: Mapped[int] = mapped_column(sa.BigInteger)
+
+
+class JourneyVersionRow(Base):
+    """A published version of a multi-step journey: immutable."""
+
+    __tablename__ = "journey_versions"
+
+    journey_id: Mapped[uuid.UUID] = mapped_column(sa.Uuid, sa.ForeignKey("journeys.id"), primary_key=True)
+    version: Mapped[int] = mapped_column(sa.BigInteger, primary_key=True)
+    # The JourneySpec as protobuf JSON.
+    spec: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    publish_time: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True))
+
+
+class FlowRunRow(Base):
+    """One person's run through a multi-step journey: where it is and what it carries."""
+
+    __tablename__ = "journey_flow_runs"
+    __table_args__ = (
+        sa.UniqueConstraint("journey_id", "person_id", "trigger_id", name="journey_flow_runs_trigger_key"),
+        sa.Index("journey_flow_runs_by_person", "person_id", "journey_id", "key"),
+        sa.Index("journey_flow_runs_active", "journey_id", postgresql_where=sa.text("state = 'active'")),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(sa.Uuid, primary_key=True)
+    journey_id: Mapped[uuid.UUID] = mapped_column(sa.Uuid, sa.ForeignKey("journeys.id"))
+    version: Mapped[int] = mapped_column(sa.BigInteger)
+    person_id: Mapped[uuid.UUID] = mapped_column(sa.Uuid)
+    # The keyed re-entry key ('' when the journey is not keyed).
+    key: Mapped[str] = mapped_column(sa.Text)
+    # What started it: a segment-entry or event id, a TriggerJourney request id.
+    trigger_id: Mapped[str] = mapped_column(sa.Text)
+    # active, completed or exited.
+    state: Mapped[str] = mapped_column(sa.Text)
+    current_step: Mapped[str | None] = mapped_column(sa.Text, nullable=True)
+    due_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True), nullable=True)
+    # Per step id, how often the run took it (the attempt key of a message's request id).
+    visits: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    # The trigger's properties and what steps passed on (the offer a decide step chose).
+    data: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    start_time: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True))
+    end_time: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True), nullable=True)
+    end_reason: Mapped[str | None] = mapped_column(sa.Text, nullable=True)
+
+
+class FlowRunStepRow(Base):
+    """A step a run took: when, what came of it and why."""
+
+    __tablename__ = "journey_flow_steps"
+
+    run_id: Mapped[uuid.UUID] = mapped_column(
+        sa.Uuid, sa.ForeignKey("journey_flow_runs.id", ondelete="CASCADE"), primary_key=True
+    )
+    seq: Mapped[int] = mapped_column(sa.Integer, primary_key=True)
+    step_id: Mapped[str] = mapped_column(sa.Text)
+    kind: Mapped[str] = mapped_column(sa.Text)
+    at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True))
+    outcome: Mapped[str] = mapped_column(sa.Text)
+    detail: Mapped[str] = mapped_column(sa.Text)
+    next_step: Mapped[str | None] = mapped_column(sa.Text, nullable=True)
+
+
+class PersonEventRow(Base):
+    """Read model of profile: the tracked events multi-step journeys look back at (an event in a window), of the
+    types their published versions name."""
+
+    __tablename__ = "journey_person_events"
+    __table_args__ = (sa.Index("journey_person_events_by_type", "person_id", "type", "occurred_at"),)
+
+    event_id: Mapped[str] = mapped_column(sa.Text, primary_key=True)
+    person_id: Mapped[uuid.UUID] = mapped_column(sa.Uuid)
+    type: Mapped[str] = mapped_column(sa.Text)
+    occurred_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True))
+    properties: Mapped[dict[str, Any]] = mapped_column(JSONB)
+
+
+class PersonTraitsRow(Base):
+    """Read model of profile: a person's traits as last announced (conditions, waits until a trait's date, the
+    person's time zone)."""
+
+    __tablename__ = "journey_person_traits"
+
+    person_id: Mapped[uuid.UUID] = mapped_column(sa.Uuid, primary_key=True)
+    traits: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    as_of: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True))

@@ -95,6 +95,31 @@ class References:
                 },
             )
 
+    async def segment_exists(self, segment_id: str) -> bool:
+        """Whether segmentation knows the segment (Unavailable when it cannot answer)."""
+        try:
+            await self._segmentation.GetSegment(segmentation_pb2.GetSegmentRequest(segment_id=segment_id))
+        except grpc.aio.AioRpcError as error:
+            if error.code() == grpc.StatusCode.NOT_FOUND:
+                return False
+            raise _unavailable("segmentation", error) from error
+        return True
+
+    async def template_channels(self, template_id: str) -> list[int] | None:
+        """The channels a live template has variants for; None when the gateway has no such template or it
+        is archived (Unavailable when it cannot answer)."""
+        try:
+            response = await self._gateway.GetTemplate(
+                gateway_pb2.GetTemplateRequest(template_id=template_id)
+            )
+        except grpc.aio.AioRpcError as error:
+            if error.code() == grpc.StatusCode.NOT_FOUND:
+                return None
+            raise _unavailable("the gateway", error) from error
+        if response.template.HasField("archive_time"):
+            return None
+        return list(response.template.channels) or [response.template.channel]
+
 
 def _unavailable(service: str, error: grpc.aio.AioRpcError) -> Unavailable:
     return Unavailable(

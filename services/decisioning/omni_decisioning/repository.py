@@ -41,9 +41,14 @@ def _journey(row: JourneyRow) -> Journey:
         id=row.id,
         name=row.name,
         trigger_segment_id=row.trigger_segment_id,
-        channels=tuple(row.channels),
-        template_id=row.template_id,
+        channels=tuple(row.channels or ()),
+        template_id=row.template_id or "",
         create_time=row.create_time,
+        multi_step=row.multi_step,
+        state=row.state,
+        version=row.version,
+        has_draft=row.draft is not None,
+        update_time=row.update_time,
     )
 
 
@@ -141,7 +146,9 @@ class Repository:
     async def journeys_triggered_by(self, session: AsyncSession, segment_id: uuid.UUID) -> list[Journey]:
         """The journeys that start when a person enters the segment."""
         rows = await session.scalars(
-            sa.select(JourneyRow).where(JourneyRow.trigger_segment_id == segment_id).order_by(JourneyRow.id)
+            sa.select(JourneyRow)
+            .where(JourneyRow.trigger_segment_id == segment_id, sa.not_(JourneyRow.multi_step))
+            .order_by(JourneyRow.id)
         )
         return [_journey(row) for row in rows]
 

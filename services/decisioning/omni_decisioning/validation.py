@@ -50,6 +50,13 @@ def create_journey(request: decisioning_pb2.CreateJourneyRequest) -> NewJourney:
     """The journey asked for; InvalidArgument listing every bad field otherwise."""
     violations = validation.check(request)
     journey = request.journey
+    # Optional in the proto for a multi-step journey (spec), required for a one-message journey.
+    if request.HasField("journey"):
+        violations.check(bool(journey.trigger_segment_id), "journey.trigger_segment_id", "value is required")
+        violations.check(
+            len(journey.channels) > 0, "journey.channels", "value must contain at least 1 item(s)"
+        )
+        violations.check(bool(journey.template_id), "journey.template_id", "value is required")
     _repeats(violations, "journey.channels", journey.channels, _channel_name)
     violations.raise_if_any()
     return NewJourney(

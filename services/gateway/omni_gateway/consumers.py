@@ -64,6 +64,7 @@ class SendRequestedHandler:
                     channel=event.channel,
                     template_id=event.template_id,
                     journey_id=event.journey_id,
+                    variables=event.variables if event.HasField("variables") else None,
                 ),
                 contact_verdict_version=event.contact_verdict_version,
             )

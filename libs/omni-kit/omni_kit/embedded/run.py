@@ -195,6 +195,7 @@ def service_environment(
         env["OMNI_GATEWAY_IDENTITY_TARGET"] = by_name["identity"].target
     if "profile" in by_name:
         env["OMNI_GATEWAY_PROFILE_TARGET"] = by_name["profile"].target
+        env["OMNI_DECISIONING_PROFILE_TARGET"] = by_name["profile"].target
     if "segmentation" in by_name:
         env["OMNI_DECISIONING_SEGMENTATION_TARGET"] = by_name["segmentation"].target
     if "gateway" in by_name:

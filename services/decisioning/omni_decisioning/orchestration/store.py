@@ -1,0 +1,417 @@
+"""The SQL of multi-step journeys: journeys' drafts, states and versions, runs and the steps they took, and the
+profile facts (events of the types journeys name, traits) decisioning keeps for them."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from omni_decisioning.models import (
+    FlowRunRow,
+    FlowRunStepRow,
+    JourneyRow,
+    JourneyVersionRow,
+    MembershipRow,
+    PersonEventRow,
+    PersonTraitsRow,
+)
+
+LIVE = ("published", "paused")
+EVENT_RETENTION = timedelta(days=367)
+"""How long a kept event can matter: the longest window a condition looks back (366 days), and a day."""
+
+
+@dataclass
+class Run:
+    """A run as the engine works with it (mutable: the engine moves it on and saves it)."""
+
+    id: uuid.UUID
+    journey_id: uuid.UUID
+    version: int
+    person_id: uuid.UUID
+    key: str
+    trigger_id: str
+    state: str
+    current_step: str | None
+    due_at: datetime | None
+    visits: dict[str, int]
+    data: dict[str, Any]
+    start_time: datetime
+    end_time: datetime | None = None
+    end_reason: str | None = None
+
+
+def _run(row: FlowRunRow) -> Run:
+    return Run(
+        id=row.id,
+        journey_id=row.journey_id,
+        version=row.version,
+        person_id=row.person_id,
+        key=row.key,
+        trigger_id=row.trigger_id,
+        state=row.state,
+        current_step=row.current_step,
+        due_at=row.due_at,
+        visits=dict(row.visits),
+        data=dict(row.data),
+        start_time=row.start_time,
+        end_time=row.end_time,
+        end_reason=row.end_reason,
+    )
+
+
+class Store:
+    """Queries over decisioning's journey tables; every method runs in the caller's transaction."""
+
+    # -- journeys ------------------------------------------------------------------------------------------
+
+    async def insert_draft(
+        self, session: AsyncSession, *, journey_id: uuid.UUID, name: str, draft: dict[str, Any], at: datetime
+    ) -> bool:
+        """Insert a multi-step journey as a draft; False when the name is taken."""
+        inserted = await session.scalar(
+            insert(JourneyRow)
+            .values(
+                id=journey_id,
+                name=name,
+                create_time=at,
+                update_time=at,
+                multi_step=True,
+                state="draft",
+                version=0,
+                draft=draft,
+            )
+            .on_conflict_do_nothing(index_elements=[JourneyRow.name])
+            .returning(JourneyRow.id)
+        )
+        return inserted is not None
+
+    async def journey(
+        self, session: AsyncSession, journey_id: uuid.UUID, *, lock: bool = False
+    ) -> JourneyRow | None:
+        """A journey's row (locked to the transaction's end, when asked)."""
+        query = sa.select(JourneyRow).where(JourneyRow.id == journey_id)
+        if lock:
+            query = query.with_for_update()
+        return (await session.scalars(query)).first()
+
+    async def spec(self, session: AsyncSession, journey_id: uuid.UUID, version: int) -> dict[str, Any] | None:
+        """A published version's stored spec."""
+        return await session.scalar(
+            sa.select(JourneyVersionRow.spec).where(
+                JourneyVersionRow.journey_id == journey_id, JourneyVersionRow.version == version
+            )
+        )
+
+    async def add_version(
+        self, session: AsyncSession, journey_id: uuid.UUID, version: int, spec: dict[str, Any], at: datetime
+    ) -> None:
+        """Keep a published version."""
+        session.add(JourneyVersionRow(journey_id=journey_id, version=version, spec=spec, publish_time=at))
+        await session.flush()
+
+    async def live_journeys(
+        self, session: AsyncSession, *, segment_id: uuid.UUID | None = None, event_type: str | None = None
+    ) -> list[JourneyRow]:
+        """Published journeys entered by a segment or an event type."""
+        query = sa.select(JourneyRow).where(JourneyRow.multi_step, JourneyRow.state == "published")
+        if segment_id is not None:
+            query = query.where(JourneyRow.entry_segment_id == segment_id)
+        if event_type is not None:
+            query = query.where(JourneyRow.entry_event_type == event_type)
+        return list(await session.scalars(query.order_by(JourneyRow.id)))
+
+    async def event_type_named(self, session: AsyncSession, event_type: str) -> bool:
+        """Whether a live journey names the event type (so the event is kept)."""
+        found = await session.scalar(
+            sa.select(JourneyRow.id)
+            .where(JourneyRow.state.in_(LIVE), sa.literal(event_type) == sa.any_(JourneyRow.event_types))
+            .limit(1)
+        )
+        return found is not None
+
+    # -- runs ----------------------------------------------------------------------------------------------
+
+    async def lock_entry(
+        self, session: AsyncSession, journey_id: uuid.UUID, person_id: uuid.UUID, key: str
+    ) -> None:
+        """Serialise entries of one person (and key) into one journey until the transaction ends."""
+        await session.execute(
+            sa.text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))"),
+            {"key": f"journey-entry:{journey_id}:{person_id}:{key}"},
+        )
+
+    async def has_trigger(
+        self, session: AsyncSession, journey_id: uuid.UUID, person_id: uuid.UUID, trigger_id: str
+    ) -> bool:
+        """Whether this trigger started a run already."""
+        found = await session.scalar(
+            sa.select(FlowRunRow.id).where(
+                FlowRunRow.journey_id == journey_id,
+                FlowRunRow.person_id == person_id,
+                FlowRunRow.trigger_id == trigger_id,
+            )
+        )
+        return found is not None
+
+    async def earlier_runs(
+        self, session: AsyncSession, journey_id: uuid.UUID, person_id: uuid.UUID, key: str | None
+    ) -> list[tuple[datetime, str]]:
+        """(start time, state) of the person's runs of the journey (of the key, when given), newest first."""
+        query = sa.select(FlowRunRow.start_time, FlowRunRow.state).where(
+            FlowRunRow.journey_id == journey_id, FlowRunRow.person_id == person_id
+        )
+        if key is not None:
+            query = query.where(FlowRunRow.key == key)
+        rows = await session.execute(query.order_by(FlowRunRow.start_time.desc()))
+        return [(row.start_time, row.state) for row in rows]
+
+    async def insert_run(self, session: AsyncSession, run: Run) -> None:
+        """Record a new run."""
+        session.add(
+            FlowRunRow(
+                id=run.id,
+                journey_id=run.journey_id,
+                version=run.version,
+                person_id=run.person_id,
+                key=run.key,
+                trigger_id=run.trigger_id,
+                state=run.state,
+                current_step=run.current_step,
+                due_at=run.due_at,
+                visits=run.visits,
+                data=run.data,
+                start_time=run.start_time,
+            )
+        )
+        await session.flush()
+
+    async def run(self, session: AsyncSession, run_id: uuid.UUID, *, lock: bool = False) -> Run | None:
+        """A run (locked to the transaction's end, when asked)."""
+        query = sa.select(FlowRunRow).where(FlowRunRow.id == run_id)
+        if lock:
+            query = query.with_for_update()
+        row = (await session.scalars(query)).first()
+        return _run(row) if row is not None else None
+
+    async def save_run(self, session: AsyncSession, run: Run) -> None:
+        """Store a run's new position."""
+        await session.execute(
+            sa.update(FlowRunRow)
+            .where(FlowRunRow.id == run.id)
+            .values(
+                version=run.version,
+                state=run.state,
+                current_step=run.current_step,
+                due_at=run.due_at,
+                visits=run.visits,
+                data=run.data,
+                end_time=run.end_time,
+                end_reason=run.end_reason,
+            )
+        )
+
+    async def active_runs(
+        self,
+        session: AsyncSession,
+        *,
+        person_id: uuid.UUID | None = None,
+        journey_id: uuid.UUID | None = None,
+        lock: bool = False,
+    ) -> list[Run]:
+        """Runs still going, of a person or of a journey (locked, when asked)."""
+        query = sa.select(FlowRunRow).where(FlowRunRow.state == "active")
+        if person_id is not None:
+            query = query.where(FlowRunRow.person_id == person_id)
+        if journey_id is not None:
+            query = query.where(FlowRunRow.journey_id == journey_id)
+        if lock:
+            query = query.with_for_update()
+        return [_run(row) for row in await session.scalars(query.order_by(FlowRunRow.id))]
+
+    async def add_step(
+        self,
+        session: AsyncSession,
+        run_id: uuid.UUID,
+        *,
+        step_id: str,
+        kind: str,
+        at: datetime,
+        outcome: str,
+        detail: str,
+        next_step: str | None,
+    ) -> None:
+        """Record a step the run took (after the ones before)."""
+        seq = await session.scalar(
+            sa.select(sa.func.coalesce(sa.func.max(FlowRunStepRow.seq), 0) + 1).where(
+                FlowRunStepRow.run_id == run_id
+            )
+        )
+        session.add(
+            FlowRunStepRow(
+                run_id=run_id,
+                seq=seq,
+                step_id=step_id,
+                kind=kind,
+                at=at,
+                outcome=outcome,
+                detail=detail,
+                next_step=next_step,
+            )
+        )
+        await session.flush()
+
+    async def person_runs(
+        self,
+        session: AsyncSession,
+        person_id: uuid.UUID,
+        *,
+        journey_id: uuid.UUID | None,
+        before: uuid.UUID | None,
+        limit: int,
+    ) -> list[tuple[Run, list[FlowRunStepRow]]]:
+        """A person's runs, newest first (before an id, for paging), each with its steps in order."""
+        query = sa.select(FlowRunRow).where(FlowRunRow.person_id == person_id)
+        if journey_id is not None:
+            query = query.where(FlowRunRow.journey_id == journey_id)
+        if before is not None:
+            query = query.where(FlowRunRow.id < before)
+        runs = [_run(row) for row in await session.scalars(query.order_by(FlowRunRow.id.desc()).limit(limit))]
+        if not runs:
+            return []
+        steps: dict[uuid.UUID, list[FlowRunStepRow]] = {run.id: [] for run in runs}
+        for step in await session.scalars(
+            sa.select(FlowRunStepRow)
+            .where(FlowRunStepRow.run_id.in_(list(steps)))
+            .order_by(FlowRunStepRow.run_id, FlowRunStepRow.seq)
+        ):
+            steps[step.run_id].append(step)
+        return [(run, steps[run.id]) for run in runs]
+
+    async def forget_persons(self, session: AsyncSession, person_ids: Sequence[uuid.UUID]) -> None:
+        """Erase everything held about the persons (their runs, with the steps, events and traits)."""
+        ids = list(person_ids)
+        await session.execute(sa.delete(FlowRunRow).where(FlowRunRow.person_id.in_(ids)))
+        await session.execute(sa.delete(PersonEventRow).where(PersonEventRow.person_id.in_(ids)))
+        await session.execute(sa.delete(PersonTraitsRow).where(PersonTraitsRow.person_id.in_(ids)))
+
+    async def merge_persons(
+        self, session: AsyncSession, survivor_id: uuid.UUID, merged_ids: Sequence[uuid.UUID]
+    ) -> None:
+        """The merged persons' runs and events become the survivor's."""
+        ids = [m for m in merged_ids if m != survivor_id]
+        if ids:
+            await session.execute(
+                sa.update(FlowRunRow).where(FlowRunRow.person_id.in_(ids)).values(person_id=survivor_id)
+            )
+            await session.execute(
+                sa.update(PersonEventRow)
+                .where(PersonEventRow.person_id.in_(ids))
+                .values(person_id=survivor_id)
+            )
+
+    # -- profile read models -------------------------------------------------------------------------------
+
+    async def keep_event(
+        self,
+        session: AsyncSession,
+        *,
+        event_id: str,
+        person_id: uuid.UUID,
+        event_type: str,
+        at: datetime,
+        properties: dict[str, Any],
+    ) -> None:
+        """Keep a tracked event (once per id), and drop the person's events older than any window reaches."""
+        await session.execute(
+            insert(PersonEventRow)
+            .values(
+                event_id=event_id, person_id=person_id, type=event_type, occurred_at=at, properties=properties
+            )
+            .on_conflict_do_nothing(index_elements=[PersonEventRow.event_id])
+        )
+        await session.execute(
+            sa.delete(PersonEventRow).where(
+                PersonEventRow.person_id == person_id, PersonEventRow.occurred_at < at - EVENT_RETENTION
+            )
+        )
+
+    async def event_since(
+        self,
+        session: AsyncSession,
+        person_id: uuid.UUID,
+        event_type: str,
+        since: datetime,
+        key: tuple[str, str] | None,
+    ) -> bool:
+        """Whether the person has an event of the type since an instant (with a property equal to a key)."""
+        query = sa.select(PersonEventRow.event_id).where(
+            PersonEventRow.person_id == person_id,
+            PersonEventRow.type == event_type,
+            PersonEventRow.occurred_at >= since,
+        )
+        if key is not None:
+            query = query.where(PersonEventRow.properties[key[0]].astext == key[1])
+        return (await session.scalar(query.limit(1))) is not None
+
+    async def set_traits(
+        self, session: AsyncSession, person_id: uuid.UUID, traits: dict[str, Any], as_of: datetime
+    ) -> None:
+        """Keep a person's traits as announced (newest wins)."""
+        statement = insert(PersonTraitsRow).values(person_id=person_id, traits=traits, as_of=as_of)
+        await session.execute(
+            statement.on_conflict_do_update(
+                index_elements=[PersonTraitsRow.person_id],
+                set_={"traits": statement.excluded.traits, "as_of": statement.excluded.as_of},
+                where=PersonTraitsRow.as_of <= statement.excluded.as_of,
+            )
+        )
+
+    async def traits(self, session: AsyncSession, person_id: uuid.UUID) -> dict[str, Any]:
+        """A person's traits as last announced ({} when none were)."""
+        found = await session.scalar(
+            sa.select(PersonTraitsRow.traits).where(PersonTraitsRow.person_id == person_id)
+        )
+        return dict(found or {})
+
+    async def is_member(self, session: AsyncSession, person_id: uuid.UUID, segment_id: uuid.UUID) -> bool:
+        """Whether decisioning's read model has the person in the segment."""
+        found = await session.scalar(
+            sa.select(MembershipRow.is_member).where(
+                MembershipRow.person_id == person_id, MembershipRow.segment_id == segment_id
+            )
+        )
+        return bool(found)
+
+    async def members(
+        self, session: AsyncSession, segment_id: uuid.UUID, *, after: uuid.UUID | None, limit: int
+    ) -> list[uuid.UUID]:
+        """Members of a segment as decisioning knows them, in id order after an id."""
+        query = sa.select(MembershipRow.person_id).where(
+            MembershipRow.segment_id == segment_id, MembershipRow.is_member
+        )
+        if after is not None:
+            query = query.where(MembershipRow.person_id > after)
+        return list(await session.scalars(query.order_by(MembershipRow.person_id).limit(limit)))
+
+    async def run_by_trigger(
+        self, session: AsyncSession, journey_id: uuid.UUID, person_id: uuid.UUID, trigger_id: str
+    ) -> Run | None:
+        """The run a trigger started, if any."""
+        row = (
+            await session.scalars(
+                sa.select(FlowRunRow).where(
+                    FlowRunRow.journey_id == journey_id,
+                    FlowRunRow.person_id == person_id,
+                    FlowRunRow.trigger_id == trigger_id,
+                )
+            )
+        ).first()
+        return _run(row) if row is not None else None

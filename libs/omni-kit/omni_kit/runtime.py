@@ -204,11 +204,15 @@ class Runtime:
     @contextlib.asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncSession]:
         """A session in a transaction: committed on success (then the relay is woken if it staged events, and
-        the job worker if it scheduled jobs)."""
+        the job worker if it scheduled jobs). In an audited call, the first transaction that writes carries
+        the call's audit entry (omni_kit.audit)."""
         async with self.sessions() as session, session.begin():
             yield session
+            audited = await self.audit_log.stage(session)
             staged = outbox_staged(session)
             due = scheduled_due(session)
+        if audited is not None:
+            audited.committed()
         if staged:
             self.relay.wake()
         if due is not None:
@@ -329,7 +333,6 @@ class Runtime:
         self._closed = True
         if self.server is not None:
             await self.server.stop(self.settings.shutdown_grace_s)
-            await self.audit_log.flush()
         for consumer in self.consumers:
             consumer.stop()
         if self._consumer_tasks:

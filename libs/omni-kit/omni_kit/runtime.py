@@ -148,7 +148,7 @@ class Runtime:
             reconnect_time_wait=0.5,
             # Bounds the drain at close; everything that matters (the outbox) is already flushed by then.
             drain_timeout=5,
-            **nats_security(self.settings),
+            **nats_security(self.settings, self.name),
         )
         self.js = self.nats.jetstream()
         self._fit_envelopes_to_server()

@@ -35,6 +35,7 @@ from omni_kit.embedded.nats import EmbeddedNats
 from omni_kit.embedded.ports import port_is_free
 from omni_kit.embedded.postgres import EmbeddedPostgres
 from omni_kit.embedded.smtp_sink import SmtpSink
+from omni_kit.security.nats_users import read_passwords, server_config, write_passwords
 
 HOST = "127.0.0.1"
 SMTP_FROM = "omni@localhost"
@@ -46,7 +47,15 @@ DEV_WRITE_KEYS: dict[str, str | dict[str, str]] = {
 }
 # Settings the run itself provides (where each service listens and finds PostgreSQL, NATS and the services
 # it calls): the user's environment cannot move them, since the run starts those servers where it says.
-_WIRING_SUFFIXES = ("_DATABASE_URL", "_NATS_URL", "_GRPC_HOST", "_GRPC_PORT", "_TARGET")
+_WIRING_SUFFIXES = (
+    "_DATABASE_URL",
+    "_NATS_URL",
+    "_NATS_USER",
+    "_NATS_PASSWORD",
+    "_GRPC_HOST",
+    "_GRPC_PORT",
+    "_TARGET",
+)
 RESTART_FIRST_DELAY_S = 1.0
 RESTART_MAX_DELAY_S = 30.0
 RESTART_STABLE_AFTER_S = 60.0
@@ -149,6 +158,7 @@ def service_environment(
     *,
     gateway_http_port: int | None = None,
     bounce_port: int | None = None,
+    nats_users: Mapping[str, str] | None = None,
 ) -> dict[str, str]:
     """Return the settings every service reads from the environment in the embedded run.
 
@@ -159,7 +169,8 @@ def service_environment(
     its URL. With ``certs`` (a directory of `omni certs`), every service serves TLS with its certificate,
     requires client certificates of the CA and presents its own to the services it calls.
     With ``gateway_http_port`` and ``bounce_port`` the gateway's HTTP endpoint (email links, SMS
-    callbacks) and bounce SMTP endpoint listen there, on 127.0.0.1.
+    callbacks) and bounce SMTP endpoint listen there, on 127.0.0.1. With ``nats_users`` (passwords by user
+    name) each service connects to NATS as its own user.
     """
     env: dict[str, str] = {}
     by_name = {service.name: service for service in services}
@@ -168,6 +179,9 @@ def service_environment(
         env[service.env_prefix + "NATS_URL"] = nats_url
         env[service.env_prefix + "GRPC_PORT"] = str(service.grpc_port)
         env[service.env_prefix + "GRPC_HOST"] = HOST
+        if nats_users is not None and service.name in nats_users:
+            env[service.env_prefix + "NATS_USER"] = service.name
+            env[service.env_prefix + "NATS_PASSWORD"] = nats_users[service.name]
         if certs is not None:
             env[service.env_prefix + "TLS_CERT_FILE"] = str(certs / f"{service.name}.pem")
             env[service.env_prefix + "TLS_KEY_FILE"] = str(certs / f"{service.name}-key.pem")
@@ -401,7 +415,11 @@ class LocalRun:
         for service in config.services:
             self._postgres.create_database(service.database)
         self._out.say(f"starting NATS JetStream (data in {_shown(config.nats_dir)})")
-        self._nats = EmbeddedNats(config.nats_dir, config.nats_port)
+        # A user per service, allowed its own subjects only (omni_kit.security.nats_users); the passwords
+        # stay beside the run's data so a restart of the run keeps them.
+        nats_users = read_passwords(config.root, [service.name for service in config.services])
+        write_passwords(config.root, nats_users)
+        self._nats = EmbeddedNats(config.nats_dir, config.nats_port, config=server_config(nats_users))
         self._nats.start()
         self._components.append(_Supervised("NATS", self._nats.is_running, self._nats.start))
         self._smtp = SmtpSink(config.mail_dir, HOST, config.smtp_port)
@@ -426,6 +444,7 @@ class LocalRun:
                 certs=certs,
                 gateway_http_port=config.gateway_http_port,
                 bounce_port=config.bounce_port,
+                nats_users=nats_users,
             ),
             os.environ,
         )

@@ -24,6 +24,7 @@ from omni_kit.security.auth import (
     current_principal,
     grants,
 )
+from omni_kit.security.nats_users import inbox_prefix
 from omni_kit.security.tls import (
     ReloadingChannel,
     TlsFiles,
@@ -77,9 +78,13 @@ def http_tls(settings: ServiceSettings) -> ssl.SSLContext | None:
     )
 
 
-def nats_security(settings: ServiceSettings) -> dict[str, Any]:
-    """The NATS client's TLS and credentials (nats.connect keyword arguments); none when not configured."""
+def nats_security(settings: ServiceSettings, service: str | None = None) -> dict[str, Any]:
+    """The NATS client's TLS and credentials (nats.connect keyword arguments); none when not configured.
+    With the service's name, its connection uses the service's own inbox prefix, the only one its NATS user
+    may subscribe to (omni_kit.security.nats_users)."""
     options: dict[str, Any] = {}
+    if service is not None:
+        options["inbox_prefix"] = inbox_prefix(service)
     if settings.nats_tls_ca_file is not None or settings.nats_tls_cert_file is not None:
         context = ssl.create_default_context(
             cafile=None if settings.nats_tls_ca_file is None else str(settings.nats_tls_ca_file)

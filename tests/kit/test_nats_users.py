@@ -181,3 +181,25 @@ def test_every_durable_consumer_of_the_services_is_granted() -> None:
     for name, grant in GRANTS.items():
         text = next((root / name).glob("omni_*/main.py")).read_text()
         assert set(re.findall(r'durable="([a-z0-9-]+)"', text)) <= set(grant.durables), name
+
+
+def test_the_deployments_users_are_the_grants(tmp_path: Path) -> None:
+    import subprocess
+
+    import yaml
+
+    from omni_kit.embedded.nats import nats_server_binary
+    from omni_kit.security.nats_users import password_variable
+
+    root = Path(__file__).resolve().parents[2] / "deploy"
+    configmap = yaml.safe_load((root / "k8s/components/nats-users/users.yaml").read_text())
+    expected = server_config()
+    assert configmap["data"]["users.conf"] == expected, "run `omni nats-config` into the ConfigMap"
+    assert (root / "compose/nats-users.conf").read_text() == expected, "run `omni nats-config` into Compose"
+    # The server takes it, the passwords coming from its environment.
+    (tmp_path / "users.conf").write_text(expected)
+    env = {password_variable(user): "x" for user in [*GRANTS, ADMIN]}
+    checked = subprocess.run(
+        [str(nats_server_binary()), "-c", str(tmp_path / "users.conf"), "-t"], env=env, capture_output=True
+    )
+    assert checked.returncode == 0, checked.stderr

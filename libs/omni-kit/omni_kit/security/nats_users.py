@@ -88,17 +88,48 @@ def make_passwords(services: list[str] | tuple[str, ...]) -> dict[str, str]:
     return {name: secrets.token_urlsafe(24) for name in [*services, ADMIN]}
 
 
-def server_config(passwords: Mapping[str, str], namespace: str = "omni") -> str:
+def password_variable(user: str) -> str:
+    """The environment variable a NATS server reads a user's password from in `server_config(variables=True)`
+    (Kubernetes: the Secret `nats-users`, one key per user, given to the server with the prefix NATS_PASSWORD_)."""
+    return f"NATS_PASSWORD_{user}"
+
+
+def server_config(
+    passwords: Mapping[str, str] | None = None,
+    namespace: str = "omni",
+    *,
+    users: list[str] | tuple[str, ...] | None = None,
+) -> str:
     """The `authorization` block of a NATS server's configuration: a user per service with its permissions
-    (services without a grant get none: only their own events and inbox), and the administrative user."""
-    users = []
-    for name, password in passwords.items():
-        user: dict[str, object] = {"user": name, "password": password}
+    (services without a grant get none but their own events and inbox), and the administrative user.
+
+    With passwords, they are written into the block (the embedded run); with users instead, each password is
+    a reference to the environment variable `password_variable(user)`, which the server resolves at start
+    (the Kubernetes overlays keep them in a Secret)."""
+    if passwords is not None:
+        entries = [(name, json.dumps(password)) for name, password in passwords.items()]
+    else:
+        entries = [(name, "$" + password_variable(name)) for name in users or [*GRANTS, ADMIN]]
+    lines = ["authorization {", "  users: ["]
+    for name, password in entries:
+        lines.append(f"    {{user: {json.dumps(name)}, password: {password}")
         if name != ADMIN:
-            user["permissions"] = permissions(GRANTS.get(name, NatsGrant(name)), namespace)
-        users.append(user)
-    # JSON is valid NATS configuration syntax.
-    return "authorization {\n  users: " + json.dumps(users, indent=2) + "\n}\n"
+            granted = permissions(GRANTS.get(name, NatsGrant(name)), namespace)
+            lines.append("     permissions: {")
+            for kind in ("publish", "subscribe"):
+                allowed = ", ".join(json.dumps(subject) for subject in granted[kind]["allow"])
+                lines.append(f"       {kind}: {{allow: [{allowed}]}}")
+            lines.append("     }")
+        lines.append("    }")
+    lines += ["  ]", "}", ""]
+    return "\n".join(lines)
+
+
+def secret_manifest(name: str = "nats-users") -> str:
+    """A Kubernetes Secret with a new random password per user (keys: the user names), for the overlays."""
+    lines = ["apiVersion: v1", "kind: Secret", "metadata:", f"  name: {name}", "type: Opaque", "stringData:"]
+    lines += [f"  {user}: {json.dumps(password)}" for user, password in make_passwords(list(GRANTS)).items()]
+    return "\n".join(lines) + "\n"
 
 
 def write_passwords(directory: Path, passwords: Mapping[str, str]) -> None:

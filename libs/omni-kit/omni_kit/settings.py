@@ -95,6 +95,11 @@ class ServiceSettings(BaseSettings):
         "gateway's links): it serves HTTPS with it. Read again when the file changes.",
     )
     http_tls_key_file: Path | None = Field(None, description="PEM private key of http_tls_cert_file.")
+    http_plaintext: bool = Field(
+        False,
+        description="Serve the HTTP endpoints without TLS even when the gRPC port has a certificate (which "
+        "they use otherwise, without http_tls_*): for TLS ended in front of them.",
+    )
     grpc_health_port: int | None = Field(
         None,
         ge=0,

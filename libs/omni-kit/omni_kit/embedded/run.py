@@ -202,7 +202,9 @@ def service_environment(
     if gateway_http_port is not None:
         env["OMNI_GATEWAY_EMAIL_HTTP_HOST"] = HOST
         env["OMNI_GATEWAY_EMAIL_HTTP_PORT"] = str(gateway_http_port)
-        env["OMNI_GATEWAY_EMAIL_PUBLIC_URL"] = f"http://{HOST}:{gateway_http_port}"
+        # With certificates the HTTP endpoints serve HTTPS with the service's own (omni_kit.security.http_tls).
+        scheme = "https" if certs is not None else "http"
+        env["OMNI_GATEWAY_EMAIL_PUBLIC_URL"] = f"{scheme}://{HOST}:{gateway_http_port}"
     if bounce_port is not None:
         env["OMNI_GATEWAY_BOUNCE_SMTP_HOST"] = HOST
         env["OMNI_GATEWAY_BOUNCE_SMTP_PORT"] = str(bounce_port)
@@ -721,18 +723,20 @@ class LocalRun:
         smtp_target = f"{env.get('OMNI_GATEWAY_SMTP_HOST', HOST)}:{env.get('OMNI_GATEWAY_SMTP_PORT', '')}"
         if smtp_target != f"{HOST}:{self._smtp.port}":
             lines += [f"              (the gateway sends to {smtp_target}, as your environment says)"]
+        web = "https" if config.tls else "http"
         if any(s.name == "gateway" for s in config.services):
             http_port = env.get("OMNI_GATEWAY_EMAIL_HTTP_PORT", str(config.gateway_http_port))
             bounce_port = env.get("OMNI_GATEWAY_BOUNCE_SMTP_PORT", str(config.bounce_port))
             lines += [
-                f"  Gateway     http://{HOST}:{http_port}/ (email unsubscribe /u, pixel /o, clicks /c, SMS /sms)",
-                f"              bounces (SMTP, VERP return paths) {HOST}:{bounce_port}",
+                f"  Gateway     {web}://{HOST}:{http_port}/ (email unsubscribe /u, pixel /o, clicks /c, SMS /sms)",
+                f"              bounces (SMTP{', STARTTLS' if config.tls else ''}, VERP return paths) "
+                f"{HOST}:{bounce_port}",
             ]
         identity = next((s for s in config.services if s.name == "identity"), None)
         if any(s.name == "profile" for s in config.services):
             port = env.get("OMNI_PROFILE_HTTP_PORT", str(config.tracking_port))
             lines += [
-                f"  Tracking    http://{HOST}:{port}/v1/track (Segment API)   write keys: "
+                f"  Tracking    {web}://{HOST}:{port}/v1/track (Segment API)   write keys: "
                 + _write_keys(env.get("OMNI_PROFILE_WRITE_KEYS", ""))
             ]
         if identity is not None:

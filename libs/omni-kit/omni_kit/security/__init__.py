@@ -69,13 +69,20 @@ def server_tls(settings: ServiceSettings) -> grpc.ServerCredentials | None:
 
 
 def http_tls(settings: ServiceSettings) -> ssl.SSLContext | None:
-    """The SSL context of the service's HTTP endpoint, None for plain HTTP (no HTTP certificate configured)."""
-    if settings.http_tls_cert_file is None or settings.http_tls_key_file is None:
+    """The SSL context of the service's HTTP endpoints (and the gateway's bounce SMTP STARTTLS): the HTTP
+    certificate when one is configured, else the gRPC port's certificate when TLS is on (unless
+    http_plaintext); read again when the files change. None for plain HTTP."""
+    if settings.http_tls_cert_file is not None and settings.http_tls_key_file is not None:
+        files = TlsFiles(settings.http_tls_cert_file, settings.http_tls_key_file)
+    elif (
+        settings.tls_cert_file is not None
+        and settings.tls_key_file is not None
+        and not settings.http_plaintext
+    ):
+        files = TlsFiles(settings.tls_cert_file, settings.tls_key_file)
+    else:
         return None
-    return http_ssl_context(
-        TlsFiles(settings.http_tls_cert_file, settings.http_tls_key_file),
-        check_interval_s=settings.tls_reload_interval_s,
-    )
+    return http_ssl_context(files, check_interval_s=settings.tls_reload_interval_s)
 
 
 def nats_security(settings: ServiceSettings, service: str | None = None) -> dict[str, Any]:

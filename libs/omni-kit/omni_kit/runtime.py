@@ -58,6 +58,7 @@ from omni_kit.bus import (
 from omni_kit.bus.outbox import HEADER_ALLOWANCE
 from omni_kit.db import create_engine, database_unavailable, migrate, session_factory
 from omni_kit.grpc_server import GrpcServer
+from omni_kit.ratelimit import RateLimitInterceptor, RateLimits
 from omni_kit.scheduler import Backoff, JobHandler, JobWorker, scheduled_due
 from omni_kit.security import ClientSecurity, ScopeTable, auth_interceptor, nats_security, server_tls
 from omni_kit.settings import ServiceSettings
@@ -122,12 +123,19 @@ class Runtime:
             raise
 
     def _interceptors(self) -> list[grpc.aio.ServerInterceptor]:
-        """Audit (of the scope table's audited RPCs, refusals included), then authorisation when on."""
+        """Audit (of the scope table's audited RPCs, refusals included), then authorisation and rate limits
+        when on."""
         table = ScopeTable.load()
         chain: list[grpc.aio.ServerInterceptor] = [AuditInterceptor(table.audited, self.audit_log)]
         auth = auth_interceptor(self.settings, table)
         if auth is not None:
             chain.append(auth)
+        if self.settings.rate_limit_per_s is not None:
+            # Inside authorisation, so the limit is the authenticated caller's.
+            limits = RateLimits(
+                self.settings.rate_limit_per_s, self.settings.rate_limit_burst, self.settings.rate_limits
+            )
+            chain.append(RateLimitInterceptor(limits))
         return chain
 
     async def _connect(self) -> None:

@@ -107,6 +107,20 @@ class ServiceSettings(BaseSettings):
         description="A plaintext port answering only grpc.health.v1 (for Kubernetes' gRPC probes, which "
         "cannot speak TLS); none by default.",
     )
+    rate_limit_per_s: float | None = Field(
+        None,
+        gt=0,
+        description="Calls a second each client (the authenticated caller, or the peer's address without "
+        "authorisation) may make on average; over it, RESOURCE_EXHAUSTED with a RetryInfo. Off when unset.",
+    )
+    rate_limit_burst: float | None = Field(
+        None, ge=1, description="Calls a client may make at once (default: one second's worth, at least 1)."
+    )
+    rate_limits: dict[str, float] = Field(
+        default_factory=dict,
+        description='Per-client rates over rate_limit_per_s, as JSON {"<client>": calls a second}; 0 is '
+        "unlimited (e.g. the other services calling this one).",
+    )
     tls_reload_interval_s: float = Field(
         1.0, ge=0, description="How often, at most, the certificate files are checked for a change."
     )

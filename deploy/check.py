@@ -173,7 +173,7 @@ def label_selector_matches(selector: dict[str, Any], labels: dict[str, str]) -> 
     return selects(selector.get("matchLabels") or {}, labels)
 
 
-OPERATOR_SECRETS = {"identity-tombstone-key"}
+OPERATOR_SECRETS = {"identity-tombstone-key", "nats-users"}
 
 
 def check_references(rendered: list[Resource]) -> list[str]:

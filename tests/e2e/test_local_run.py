@@ -4,6 +4,7 @@ NATS killed come back and serve, and Ctrl-C stops everything cleanly."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import os
@@ -18,6 +19,7 @@ import urllib.request
 from pathlib import Path
 
 import grpc
+import nats
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from segment import analytics
@@ -25,9 +27,11 @@ from segment import analytics
 from omni.common.v1 import common_pb2
 from omni.identity.v1 import identity_pb2, identity_pb2_grpc
 from omni.profile.v1 import profile_pb2, profile_pb2_grpc
+from omni_kit.bus import events_stream
 from omni_kit.embedded import free_port
 from omni_kit.embedded.ports import port_accepts
 from omni_kit.embedded.run import SERVICES
+from omni_kit.security.nats_users import ADMIN
 
 DRIVER = """
 import json, sys
@@ -172,6 +176,10 @@ def test_local_run_serves_all_five_and_stops_on_ctrl_c(tmp_path: Path) -> None:
         assert {(e.type, e.source, e.channel) for e in profile.recent_events} >= {
             ("order_completed", "pos", common_pb2.CHANNEL_STORE)
         }
+        # The services reach NATS as their own users, each limited to its own subjects: profile's events are
+        # published and the other services' consumers pull and acknowledge them.
+        admin = json.loads((tmp_path / ".omni" / "nats-users.json").read_text())["admin"]
+        asyncio.run(_consumers_caught_up(infra_ports["nats"], admin))
 
         # A service and NATS killed outright come back, and events flow again.
         records = json.loads((tmp_path / ".omni" / "services.json").read_text())
@@ -203,6 +211,25 @@ def test_local_run_serves_all_five_and_stops_on_ctrl_c(tmp_path: Path) -> None:
     assert code == 0, "\n".join(lines[-40:])
     all_ports = [*infra_ports.values(), *service_ports]
     assert not [port for port in all_ports if port_accepts(port)], "something still listens after Ctrl-C"
+
+
+async def _consumers_caught_up(port: int, admin_password: str) -> None:
+    """Wait until segmentation's consumer has had profile's events and acknowledged them, and decisioning's is
+    pulling (it follows other services' events, none of which this story makes)."""
+    client = await nats.connect(f"nats://127.0.0.1:{port}", user=ADMIN, password=admin_password)
+    try:
+        js = client.jetstream()
+        deadline = time.monotonic() + 30
+        for durable in ("segmentation-facts", "decisioning-read-models"):
+            while True:
+                info = await js.consumer_info(events_stream(), durable)
+                busy = info.delivered.stream_seq > 0 if durable == "segmentation-facts" else info.num_waiting
+                if busy and not info.num_ack_pending and not info.num_pending:
+                    break
+                assert time.monotonic() < deadline, f"{durable} did not catch up: {info}"
+                await asyncio.sleep(0.2)
+    finally:
+        await client.close()
 
 
 def _profile_of(service_ports: list[int], user_id: str) -> profile_pb2.Profile:

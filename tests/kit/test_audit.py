@@ -27,6 +27,7 @@ from omni_kit.audit import (
     create_audit_table,
     resource_ids,
 )
+from omni_kit.bus import create_bus_tables
 from omni_kit.db import create_engine, session_factory
 from omni_kit.errors import NotFound, status_details
 from omni_kit.grpc_server import GrpcServer
@@ -157,3 +158,140 @@ async def test_the_log_is_append_only(served: tuple[grpc.aio.Channel, Any], stat
             await connection.execute(sa.text(statement))
     async with engine.connect() as connection:
         assert (await connection.execute(sa.text("SELECT count(*) FROM audit_events"))).scalar() == 1
+
+
+# The entry and the change it records commit together: a service's runtime, a real gRPC server, an audited
+# RPC (identity's ForgetPerson, by the scope table) whose handler reads in one transaction, writes in a second
+# and answers or fails after that.
+
+
+@pytest.fixture
+async def runtime_served(
+    make_database: Callable[..., str], nats_server: Any
+) -> AsyncIterator[tuple[Any, Any, Any]]:
+    from omni_kit.runtime import Runtime
+    from omni_kit.settings import ServiceSettings
+
+    url = make_database("audit_tx")
+    engine = create_engine(url, application_name="omni-test-audit")
+
+    def create(connection: Any) -> None:
+        operations = Operations(MigrationContext.configure(connection))
+        create_audit_table(operations)
+        create_bus_tables(operations)
+
+    async with engine.begin() as connection:
+        await connection.run_sync(create)
+        await connection.execute(sa.text("CREATE TABLE forgotten (person_id text PRIMARY KEY)"))
+    runtime = Runtime(
+        "audittx",
+        ServiceSettings(
+            database_url=url,
+            nats_url=nats_server.url,
+            grpc_host="127.0.0.1",
+            event_namespace="audit" + uuid.uuid4().hex[:8],
+        ),
+    )
+
+    async def forget(request: identity_pb2.ForgetPersonRequest, context: Any) -> Any:
+        async with runtime.transaction() as session:  # reads only: no entry here
+            await session.execute(sa.text("SELECT count(*) FROM forgotten"))
+        async with runtime.transaction() as session:
+            await session.execute(
+                sa.text("INSERT INTO forgotten VALUES (:p) ON CONFLICT DO NOTHING"), {"p": request.person_id}
+            )
+            if request.request_id == "rolled-back":
+                raise NotFound(message="gone meanwhile", reason="PERSON_NOT_FOUND")
+        if request.request_id == "crash-after-commit":
+            raise RuntimeError("the process died after the change committed")
+        return identity_pb2.ForgetPersonResponse()
+
+    def register(server: grpc.aio.Server) -> None:
+        handler = grpc.unary_unary_rpc_method_handler(
+            forget,
+            request_deserializer=identity_pb2.ForgetPersonRequest.FromString,
+            response_serializer=identity_pb2.ForgetPersonResponse.SerializeToString,
+        )
+        server.add_generic_rpc_handlers(
+            (
+                grpc.method_handlers_generic_handler(
+                    "omni.identity.v1.IdentityService", {"ForgetPerson": handler}
+                ),
+            )
+        )
+
+    await runtime.open()
+    await runtime.serve(service_names=["omni.identity.v1.IdentityService"], register=register)
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{runtime.port}")
+    call = channel.unary_unary(
+        FORGET,
+        request_serializer=identity_pb2.ForgetPersonRequest.SerializeToString,
+        response_deserializer=identity_pb2.ForgetPersonResponse.FromString,
+    )
+    yield call, engine, runtime
+    await channel.close()
+    await runtime.close()
+    await engine.dispose()
+
+
+async def _entries(engine: Any) -> dict[str, Any]:
+    async with engine.connect() as connection:
+        rows = (
+            await connection.execute(
+                sa.text("SELECT request_id, outcome, resource_ids, xmin::text AS tx FROM audit_events")
+            )
+        ).all()
+    return {row.request_id: row for row in rows}
+
+
+async def _change_tx(engine: Any, person: str) -> str | None:
+    async with engine.connect() as connection:
+        found = await connection.execute(
+            sa.text("SELECT xmin::text FROM forgotten WHERE person_id = :p"), {"p": person}
+        )
+        return found.scalar()
+
+
+async def test_the_entry_commits_in_the_transaction_of_the_change(runtime_served: Any) -> None:
+    call, engine, _ = runtime_served
+    person = str(uuid.uuid4())
+    await call(identity_pb2.ForgetPersonRequest(request_id="r-1", person_id=person), timeout=5)
+
+    entry = (await _entries(engine))["r-1"]
+    assert entry.outcome == "OK" and list(entry.resource_ids) == [person]
+    assert entry.tx == await _change_tx(engine, person), "written by the transaction that made the change"
+
+
+async def test_a_crash_after_the_change_keeps_the_entry_and_a_rollback_keeps_only_the_refusal(
+    runtime_served: Any,
+) -> None:
+    call, engine, _ = runtime_served
+    committed, rolled_back = str(uuid.uuid4()), str(uuid.uuid4())
+    with pytest.raises(grpc.aio.AioRpcError):
+        await call(
+            identity_pb2.ForgetPersonRequest(request_id="crash-after-commit", person_id=committed), timeout=5
+        )
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await call(
+            identity_pb2.ForgetPersonRequest(request_id="rolled-back", person_id=rolled_back), timeout=5
+        )
+    assert status_details(refused.value).code == grpc.StatusCode.NOT_FOUND
+
+    entries = await _entries(engine)
+    # The change took effect: its entry says so, whatever happened to the answer.
+    assert entries["crash-after-commit"].outcome == "OK"
+    assert entries["crash-after-commit"].tx == await _change_tx(engine, committed)
+    # Nothing took effect: the refusal is recorded on its own.
+    assert entries["rolled-back"].outcome == "NOT_FOUND"
+    assert await _change_tx(engine, rolled_back) is None
+
+
+async def test_a_retry_that_changes_nothing_is_recorded_before_it_is_answered(runtime_served: Any) -> None:
+    call, engine, _ = runtime_served
+    person = str(uuid.uuid4())
+    for request_id in ("first", "retry"):
+        await call(identity_pb2.ForgetPersonRequest(request_id=request_id, person_id=person), timeout=5)
+    # Read straight from the table, not through ListAuditEvents: both are there once answered.
+    entries = await _entries(engine)
+    assert entries["first"].tx == await _change_tx(engine, person)
+    assert entries["retry"].outcome == "OK" and entries["retry"].tx != entries["first"].tx

@@ -252,3 +252,36 @@ async def test_a_plaintext_health_port_answers_health_only(tmp_path: Path) -> No
             assert answer.status == health_pb2.HealthCheckResponse.NOT_SERVING
     finally:
         await server.stop(0)
+
+
+async def test_http_endpoints_use_the_grpc_certificate_when_tls_is_on(tmp_path: Path) -> None:
+    """Without an HTTP certificate of their own, the HTTP endpoints serve the gRPC port's (unless told to
+    stay plain for a TLS proxy in front); without TLS they are plain."""
+    from omni_kit.security import http_tls
+    from omni_kit.settings import ServiceSettings
+
+    certs = tmp_path / "certs"
+    make_certificates(certs, ["gateway"])
+    base = {"database_url": "postgresql+asyncpg://x/y", "nats_url": "nats://127.0.0.1:1"}
+    tls = {"tls_cert_file": certs / "gateway.pem", "tls_key_file": certs / "gateway-key.pem"}
+    assert http_tls(ServiceSettings(**base)) is None  # type: ignore[arg-type]
+    assert http_tls(ServiceSettings(**base, **tls, http_plaintext=True)) is None  # type: ignore[arg-type]
+    context = http_tls(ServiceSettings(**base, **tls, tls_reload_interval_s=0))  # type: ignore[arg-type]
+    assert context is not None
+
+    async def hello(request: web.Request) -> web.Response:
+        return web.Response(text="hello")
+
+    app = web.Application()
+    app.router.add_get("/", hello)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0, ssl_context=context).start()
+    try:
+        served = await _served_certificate(int(runner.addresses[0][1]), certs / "ca.pem")
+        assert (
+            served.serial_number
+            == x509.load_pem_x509_certificate(tls["tls_cert_file"].read_bytes()).serial_number
+        )
+    finally:
+        await runner.cleanup()

@@ -225,7 +225,6 @@ def gateway_message(
         person_id=person,
         channel=common_pb2.CHANNEL_EMAIL,
         template_id="abandoned-cart-email",
-        recipient="ada@example.com",
         status=status,
         error=error,
         journey_id="journey-1",

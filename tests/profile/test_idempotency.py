@@ -221,3 +221,22 @@ async def test_an_answer_shows_the_persons_merged_into_the_person(services: Serv
 
     [answer] = await stored_answers(services.profile_runtime, request_id)
     assert set(answer.person_ids) == {uuid.UUID(survivor), uuid.UUID(merged)}
+
+
+async def test_the_audit_entry_of_a_consent_commits_with_the_change_and_a_retry_adds_its_own(
+    services: Services,
+) -> None:
+    person = (await track(services, event())).person_id
+    request = set_consent(person, GRANTED, new_id_str())
+    await services.profile.SetConsent(request)
+    await services.profile.SetConsent(request)
+
+    change_tx = await services.scalar(
+        "SELECT xmin::text FROM consent_history WHERE person_id = :p", p=uuid.UUID(person)
+    )
+    entries = await services.scalar(
+        "SELECT array_agg(xmin::text ORDER BY occurred_at) FROM audit_events WHERE request_id = :r",
+        r=request.request_id,
+    )
+    # Read straight from the table once answered: the first call's entry is the change's transaction's.
+    assert len(entries) == 2 and entries[0] == change_tx and entries[1] != change_tx

@@ -2,20 +2,24 @@
 service's own database, listed by omni.audit.v1.AuditService/ListAuditEvents (which every server serves).
 
 Which RPCs are operator actions is said once, in the scope table's `audited` list (protos/omni/scopes.yaml).
-The runtime's server records each such call after it is answered, refusals and failures included: the actor
-is the authenticated caller (omni_kit.security.current_principal; "anonymous" with authorisation off), the
-ids are the request's and the answer's id fields (`id`, `*_id`, `*_ids`, one message deep): ids, never
-personal data, so the entries survive an erasure unchanged. The table refuses UPDATE, DELETE and TRUNCATE
-(a trigger), so not even the service can rewrite its history.
+The actor is the authenticated caller (omni_kit.security.current_principal; "anonymous" with authorisation
+off), the ids are the request's id fields (`id`, `*_id`, `*_ids`, one message deep) and those of the answer:
+ids, never personal data, so the entries survive an erasure unchanged. The table refuses UPDATE, DELETE and
+TRUNCATE (a trigger), so not even the service can rewrite its history.
 
-The entry is written in a transaction of its own, in the background once the call is answered (the answer
-does not wait for it), not in the call's: a crash in between loses the entry of a call that took effect.
-ListAuditEvents and the runtime's close wait for the entries submitted before them.
+An audited call's entry is written in the same transaction as the change it records, so that the two commit
+or vanish together: the interceptor marks the call (a context variable), and the first transaction of the call
+that writes anything (the runtime's `transaction()` asks `stage()` before committing) inserts the entry, outcome
+OK, with the request's ids and those the call noted so far (`note()`: omni_kit.idempotency notes every answer
+it stores; a service whose audited call creates ids outside it notes them itself). A call that changed nothing
+(refused, failed before writing, or a replayed retry) has its entry written once it is answered, in a
+transaction of its own, before the answer leaves.
 """
 
 from __future__ import annotations
 
-import asyncio
+import contextvars
+import dataclasses
 import datetime
 import logging
 import uuid
@@ -135,40 +139,105 @@ class AuditEntry:
     actor_kind: str
 
 
+@dataclass
+class _AuditedCall:
+    """An audited call under way: what its entry will say, and whether a transaction of the call wrote it."""
+
+    method: str
+    request: Message | None
+    noted: list[str] = dataclasses.field(default_factory=list)
+    written: bool = False
+
+    def entry(self, outcome: str, response: Message | None = None) -> AuditEntry:
+        principal = current_principal()
+        request_id = getattr(self.request, "request_id", None) if self.request is not None else None
+        ids = resource_ids(self.request, response)
+        ids.extend(i for i in self.noted if i not in ids)
+        return AuditEntry(
+            method=self.method,
+            outcome=outcome,
+            request_id=request_id or None,
+            resource_ids=ids[:MAX_RESOURCE_IDS],
+            actor="anonymous" if principal is None else principal.name,
+            actor_kind="none" if principal is None else principal.kind,
+        )
+
+
+_current_call: contextvars.ContextVar[_AuditedCall | None] = contextvars.ContextVar(
+    "omni_audited_call", default=None
+)
+
+
+def note(*items: Message | str | uuid.UUID | None) -> None:
+    """Add ids to the entry of the audited call under way (nothing outside one): the id fields of messages
+    (as `resource_ids` reads them), or ids themselves. Call it before the transaction that makes the change
+    commits, so the entry written with the change names them."""
+    call = _current_call.get()
+    if call is None or call.written:
+        return
+    messages = [i for i in items if isinstance(i, Message)]
+    found = resource_ids(*messages) + [str(i) for i in items if isinstance(i, (str, uuid.UUID)) and str(i)]
+    for value in found:
+        if value not in call.noted and len(call.noted) < MAX_RESOURCE_IDS:
+            call.noted.append(value[:_MAX_ID_LENGTH])
+
+
+class Staged:
+    """The entry a transaction carries; `committed()` once the transaction has committed."""
+
+    def __init__(self, call: _AuditedCall) -> None:
+        self._call = call
+
+    def committed(self) -> None:
+        self._call.written = True
+
+
+def _values(entry: AuditEntry) -> dict[str, Any]:
+    return {
+        "id": new_id(),
+        "occurred_at": datetime.datetime.now(datetime.UTC),
+        "actor": entry.actor,
+        "actor_kind": entry.actor_kind,
+        "method": entry.method,
+        "request_id": entry.request_id,
+        "resource_ids": entry.resource_ids,
+        "outcome": entry.outcome,
+    }
+
+
+# The entry goes in only if the transaction has written something: PostgreSQL assigns a transaction id at the
+# first write, and the condition is evaluated before the entry's own row is inserted. One round trip.
+_IF_WRITTEN = sa.text("pg_current_xact_id_if_assigned() IS NOT NULL")
+
+
 class AuditLog:
     """Writes and lists a service's audit log through its sessions (a transaction factory)."""
 
     def __init__(self, transaction: Callable[[], Any]) -> None:
         self._transaction = transaction
-        self._pending: set[asyncio.Task[None]] = set()
 
-    def submit(self, entry: AuditEntry) -> None:
-        """Append entry in the background: the call's answer does not wait for it (flush() does)."""
-        task = asyncio.get_running_loop().create_task(self.record(entry))
-        self._pending.add(task)
-        task.add_done_callback(self._pending.discard)
-
-    async def flush(self) -> None:
-        """Wait for the entries submitted so far to be written."""
-        while self._pending:
-            await asyncio.gather(*self._pending, return_exceptions=True)
+    async def stage(self, session: AsyncSession) -> Staged | None:
+        """Before a transaction commits: when it is part of an audited call whose entry is not written yet and
+        it has written something, insert the entry (outcome OK) in it. Returns what to confirm once the
+        transaction has committed, or None."""
+        call = _current_call.get()
+        if call is None or call.written:
+            return None
+        values = _values(call.entry("OK"))
+        columns = list(values)
+        selected = sa.select(*(sa.literal(values[c], audit_events.c[c].type) for c in columns)).where(
+            _IF_WRITTEN
+        )
+        result = await session.execute(
+            audit_events.insert().from_select(columns, selected).returning(audit_events.c.id)
+        )
+        return Staged(call) if result.first() is not None else None
 
     async def record(self, entry: AuditEntry) -> None:
         """Append entry (its own transaction); a failure is logged, never raised into the call."""
         try:
             async with self._transaction() as session:
-                await session.execute(
-                    audit_events.insert().values(
-                        id=new_id(),
-                        occurred_at=datetime.datetime.now(datetime.UTC),
-                        actor=entry.actor,
-                        actor_kind=entry.actor_kind,
-                        method=entry.method,
-                        request_id=entry.request_id,
-                        resource_ids=entry.resource_ids,
-                        outcome=entry.outcome,
-                    )
-                )
+                await session.execute(audit_events.insert().values(**_values(entry)))
         except Exception:
             log.exception("could not write the audit entry of %s by %s", entry.method, entry.actor)
 
@@ -212,6 +281,8 @@ class AuditInterceptor(grpc.aio.ServerInterceptor):
         name = method.lstrip("/")
 
         async def unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            call = _AuditedCall(name, request if isinstance(request, Message) else None)
+            token = _current_call.set(call)
             response = None
             outcome = "OK"
             try:
@@ -228,21 +299,12 @@ class AuditInterceptor(grpc.aio.ServerInterceptor):
                 outcome = "CANCELLED" if isinstance(error, (KeyboardInterrupt, SystemExit)) else "INTERNAL"
                 raise
             finally:
-                principal = current_principal()
-                request_id = getattr(request, "request_id", None) if isinstance(request, Message) else None
-                audit_log.submit(
-                    AuditEntry(
-                        method=name,
-                        outcome=outcome,
-                        request_id=request_id or None,
-                        resource_ids=resource_ids(
-                            request if isinstance(request, Message) else None,
-                            response if isinstance(response, Message) else None,
-                        ),
-                        actor="anonymous" if principal is None else principal.name,
-                        actor_kind="none" if principal is None else principal.kind,
+                _current_call.reset(token)
+                if not call.written:
+                    # Nothing was changed (or nothing committed): the entry of the call alone, before answering.
+                    await audit_log.record(
+                        call.entry(outcome, response if isinstance(response, Message) else None)
                     )
-                )
 
         return grpc.unary_unary_rpc_method_handler(
             unary_unary, handler.request_deserializer, handler.response_serializer
@@ -275,8 +337,6 @@ class AuditServicer(audit_pb2_grpc.AuditServiceServicer):
                     message="page_token is not a token of this list", reason="INVALID_PAGE_TOKEN"
                 ) from None
         size = min(request.page_size or _DEFAULT_PAGE, _MAX_PAGE)
-        # What this process answered before is listed (other replicas' entries may lag a moment).
-        await self._log.flush()
         async with self._sessions() as session:
             rows, more = await self._log.list(
                 session, page_size=size, after=after, resource_id=request.resource_id or None

@@ -6,6 +6,9 @@ omni health <host:port>  exit 0 when the server answers SERVING on grpc.health.v
 omni run [--tls]         the laptop run: PostgreSQL, NATS, an SMTP sink, all five services and the console
 omni console             the web console (services/console), configured by OMNI_CONSOLE_* variables
 omni certs [name …]      a local CA and certificates for the services (and an operator) for TLS/mTLS
+omni nats-config [--secret]  the NATS users and permissions of the services (for the server's configuration),
+                             or a Secret nats-users with new random passwords (Kubernetes)
+omni write-key <source>      a new write key for profile's HTTP intake, and the hash to configure (only it is kept)
 omni dead-letters list <service>                 the service's outbox and consumer dead letters
 omni dead-letters replay <service> REF… | --all  replay them once their cause is fixed (omni_kit.bus.dead_letters)
 """
@@ -185,6 +188,12 @@ def main(argv: list[str] | None = None) -> int:
     certs_cmd.add_argument("--out", type=Path, default=Path(".omni/certs"), help="directory (.omni/certs)")
     certs_cmd.add_argument("--host", action="append", default=[], help="another DNS name or IP, repeatable")
     certs_cmd.add_argument("--days", type=int, default=90, help="validity of the certificates (90)")
+    nats_cmd = commands.add_parser("nats-config", help="the services' NATS users and permissions")
+    nats_cmd.add_argument(
+        "--secret", action="store_true", help="print a Secret nats-users with new random passwords instead"
+    )
+    key_cmd = commands.add_parser("write-key", help="a new write key for profile's HTTP intake")
+    key_cmd.add_argument("source", help="the source the key sends as (web, app, pos …)")
     args = parser.parse_args(argv)
 
     logging.basicConfig(
@@ -217,6 +226,21 @@ def main(argv: list[str] | None = None) -> int:
 
         make_certificates(args.out, args.names, hosts=args.host, days=args.days)
         print(f"CA and certificates for {', '.join(args.names)} in {args.out}")
+        return 0
+    if args.command == "write-key":
+        import json
+
+        from omni_profile.http.sources import new_write_key
+
+        key, hashed = new_write_key(args.source)
+        print(f"write key (give it to the {args.source} source's SDK; it is not kept): {key}")
+        print("add to OMNI_PROFILE_WRITE_KEYS (beside the key it replaces, until that one is retired):")
+        print(json.dumps({hashed: args.source}))
+        return 0
+    if args.command == "nats-config":
+        from omni_kit.security import nats_users
+
+        print(nats_users.secret_manifest() if args.secret else nats_users.server_config(), end="")
         return 0
     from omni_kit.embedded.run import run_all
 

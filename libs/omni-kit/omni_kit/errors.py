@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
-from google.protobuf import any_pb2, struct_pb2
+from google.protobuf import any_pb2, duration_pb2, struct_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
@@ -36,6 +36,8 @@ class OmniError(Exception):
     message: str
     reason: str = "ERROR"
     metadata: dict[str, str] = field(default_factory=dict)
+    retry_after_s: float | None = None
+    """When the caller may try again (a google.rpc.RetryInfo detail), if the error says."""
 
     code = grpc.StatusCode.UNKNOWN
 
@@ -312,6 +314,12 @@ def to_status(error: OmniError, domain: str) -> grpc.Status:
         packed = any_pb2.Any()
         packed.Pack(bad)
         details.append(packed)
+    if error.retry_after_s is not None:
+        delay = duration_pb2.Duration()
+        delay.FromNanoseconds(int(error.retry_after_s * 1e9))
+        retry = any_pb2.Any()
+        retry.Pack(error_details_pb2.RetryInfo(retry_delay=delay))
+        details.append(retry)
     status = status_pb2.Status(code=error.code.value[0], message=error.message, details=details)
     return rpc_status.to_status(status)
 
@@ -329,6 +337,7 @@ class StatusDetails:
     message: str
     error_info: error_details_pb2.ErrorInfo | None = None
     field_violations: list[FieldViolation] = field(default_factory=list)
+    retry_delay_s: float | None = None
 
     @property
     def fields(self) -> set[str]:
@@ -357,4 +366,8 @@ def status_details(error: grpc.aio.AioRpcError | grpc.RpcError) -> StatusDetails
                 result.field_violations = [
                     FieldViolation(v.field, v.description) for v in bad.field_violations
                 ]
+            elif detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
+                retry = error_details_pb2.RetryInfo()
+                detail.Unpack(retry)
+                result.retry_delay_s = retry.retry_delay.ToNanoseconds() / 1e9
     return result

@@ -37,6 +37,7 @@ from google.protobuf.message import Message
 from sqlalchemy.dialects.postgresql import ARRAY, BYTEA, insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from omni_kit import audit
 from omni_kit.errors import AlreadyExists, Violations, has_control_characters
 from omni_kit.scheduler import Backoff, Job, schedule
 
@@ -170,7 +171,9 @@ async def idempotent(
     """
     request_id = request_id.strip()
     if not request_id:
-        return await work()
+        answer = await work()
+        audit.note(answer)
+        return answer
     key_scope = scope or method
     digest = fingerprint(method, _keyed(request, request_id))
     where = (idempotency_table.c.scope == key_scope, idempotency_table.c.request_id == request_id)
@@ -189,8 +192,12 @@ async def idempotent(
         ).one()
         ensure_same_request(request_id, row.fingerprint, digest)
         if row.response is not None:
-            return response_type.FromString(row.response)
+            replayed = response_type.FromString(row.response)
+            audit.note(replayed)
+            return replayed
     answer = await work()
+    # The audit entry written with this change names what the answer shows (a created resource's id).
+    audit.note(answer)
     shown = sorted(set(persons(answer))) if persons is not None else None
     await session.execute(
         idempotency_table.update().where(*where).values(response=answer.SerializeToString(), person_ids=shown)

@@ -58,6 +58,7 @@ from omni_kit.bus import (
 from omni_kit.bus.outbox import HEADER_ALLOWANCE
 from omni_kit.db import create_engine, database_unavailable, migrate, session_factory
 from omni_kit.grpc_server import GrpcServer
+from omni_kit.ratelimit import RateLimitInterceptor, RateLimits
 from omni_kit.scheduler import Backoff, JobHandler, JobWorker, scheduled_due
 from omni_kit.security import ClientSecurity, ScopeTable, auth_interceptor, nats_security, server_tls
 from omni_kit.settings import ServiceSettings
@@ -122,12 +123,19 @@ class Runtime:
             raise
 
     def _interceptors(self) -> list[grpc.aio.ServerInterceptor]:
-        """Audit (of the scope table's audited RPCs, refusals included), then authorisation when on."""
+        """Audit (of the scope table's audited RPCs, refusals included), then authorisation and rate limits
+        when on."""
         table = ScopeTable.load()
         chain: list[grpc.aio.ServerInterceptor] = [AuditInterceptor(table.audited, self.audit_log)]
         auth = auth_interceptor(self.settings, table)
         if auth is not None:
             chain.append(auth)
+        if self.settings.rate_limit_per_s is not None:
+            # Inside authorisation, so the limit is the authenticated caller's.
+            limits = RateLimits(
+                self.settings.rate_limit_per_s, self.settings.rate_limit_burst, self.settings.rate_limits
+            )
+            chain.append(RateLimitInterceptor(limits))
         return chain
 
     async def _connect(self) -> None:
@@ -148,7 +156,7 @@ class Runtime:
             reconnect_time_wait=0.5,
             # Bounds the drain at close; everything that matters (the outbox) is already flushed by then.
             drain_timeout=5,
-            **nats_security(self.settings),
+            **nats_security(self.settings, self.name),
         )
         self.js = self.nats.jetstream()
         self._fit_envelopes_to_server()
@@ -204,11 +212,15 @@ class Runtime:
     @contextlib.asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncSession]:
         """A session in a transaction: committed on success (then the relay is woken if it staged events, and
-        the job worker if it scheduled jobs)."""
+        the job worker if it scheduled jobs). In an audited call, the first transaction that writes carries
+        the call's audit entry (omni_kit.audit)."""
         async with self.sessions() as session, session.begin():
             yield session
+            audited = await self.audit_log.stage(session)
             staged = outbox_staged(session)
             due = scheduled_due(session)
+        if audited is not None:
+            audited.committed()
         if staged:
             self.relay.wake()
         if due is not None:
@@ -329,7 +341,6 @@ class Runtime:
         self._closed = True
         if self.server is not None:
             await self.server.stop(self.settings.shutdown_grace_s)
-            await self.audit_log.flush()
         for consumer in self.consumers:
             consumer.stop()
         if self._consumer_tasks:

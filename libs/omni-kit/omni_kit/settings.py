@@ -95,12 +95,31 @@ class ServiceSettings(BaseSettings):
         "gateway's links): it serves HTTPS with it. Read again when the file changes.",
     )
     http_tls_key_file: Path | None = Field(None, description="PEM private key of http_tls_cert_file.")
+    http_plaintext: bool = Field(
+        False,
+        description="Serve the HTTP endpoints without TLS even when the gRPC port has a certificate (which "
+        "they use otherwise, without http_tls_*): for TLS ended in front of them.",
+    )
     grpc_health_port: int | None = Field(
         None,
         ge=0,
         le=65535,
         description="A plaintext port answering only grpc.health.v1 (for Kubernetes' gRPC probes, which "
         "cannot speak TLS); none by default.",
+    )
+    rate_limit_per_s: float | None = Field(
+        None,
+        gt=0,
+        description="Calls a second each client (the authenticated caller, or the peer's address without "
+        "authorisation) may make on average; over it, RESOURCE_EXHAUSTED with a RetryInfo. Off when unset.",
+    )
+    rate_limit_burst: float | None = Field(
+        None, ge=1, description="Calls a client may make at once (default: one second's worth, at least 1)."
+    )
+    rate_limits: dict[str, float] = Field(
+        default_factory=dict,
+        description='Per-client rates over rate_limit_per_s, as JSON {"<client>": calls a second}; 0 is '
+        "unlimited (e.g. the other services calling this one).",
     )
     tls_reload_interval_s: float = Field(
         1.0, ge=0, description="How often, at most, the certificate files are checked for a change."

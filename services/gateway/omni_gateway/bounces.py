@@ -28,6 +28,7 @@ import asyncio
 import hashlib
 import logging
 import re
+import ssl
 import uuid
 import weakref
 from dataclasses import dataclass
@@ -150,8 +151,12 @@ class BounceEndpoint:
         port: int,
         max_bytes: int = 10 * 1024 * 1024,
         hostname: str = "omni-bounces",
+        tls_context: ssl.SSLContext | None = None,
     ) -> None:
         self._links = links
+        # With a context the endpoint offers STARTTLS (not required: a mail server bouncing to us may not
+        # speak it, and a bounce carries nothing a link token does not already name).
+        self._tls_context = tls_context
         self._receipts = receipts
         self._host = host
         self._port = port
@@ -171,6 +176,7 @@ class BounceEndpoint:
                 data_size_limit=self._max_bytes,
                 enable_SMTPUTF8=True,
                 timeout=60,
+                tls_context=self._tls_context,
             )
             self._connections.add(smtp)
             return smtp

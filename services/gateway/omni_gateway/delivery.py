@@ -70,7 +70,7 @@ from omni_gateway.suppression import (
 from omni_gateway.templates import Templates
 from omni_gateway.variants import locale_of
 from omni_gateway.wire import channel_to_proto, send_fingerprint
-from omni_kit import contact
+from omni_kit import audit, contact
 from omni_kit.bus import Outbox
 from omni_kit.db import database_unavailable, retry_while_unavailable
 from omni_kit.errors import FieldViolation, InvalidArgument, without_control_characters
@@ -158,6 +158,8 @@ class Delivery:
                 )
                 fresh = message is not None
                 if message is not None:
+                    # The audit entry committed with the message names it.
+                    audit.note(message.id)
                     # Should this first attempt die with its process, the job takes it up when its lease ends.
                     await schedule(session, DELIVERY_ATTEMPT, str(message.id), lease, replace=True)
                     self._hold(message)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from omni.gateway.v1 import events_pb2
+from omni.gateway.v1 import events_pb2, gateway_pb2
 from omni_gateway.domain import MessageStatus
 from omni_gateway.models import Message
 from omni_gateway.providers.base import Receipt, ReceiptKind
@@ -28,19 +28,30 @@ _RECEIPT_KINDS = {
 }
 
 
+def announced(message: Message) -> gateway_pb2.Message:
+    """The message as its events show it: without the recipient's address, which is personal data kept in
+    the gateway's own row (GetMessage shows it) and not spread over the event log, where every consumer and
+    the streams' retention would hold it; a provider's error naming the address names "<recipient>" instead."""
+    shown = message_to_proto(message)
+    if shown.recipient:
+        shown.error = shown.error.replace(shown.recipient, "<recipient>")
+        shown.ClearField("recipient")
+    return shown
+
+
 async def stage_outcome(outbox: Outbox, session: AsyncSession, message: Message) -> None:
     """Stage the event announcing a final status, in the transaction that records it; nothing for QUEUED."""
     if message.status == MessageStatus.SENT:
         await outbox.add(
             session,
-            events_pb2.MessageSentEvent(message=message_to_proto(message)),
+            events_pb2.MessageSentEvent(message=announced(message)),
             event_type=MESSAGE_SENT,
             person_id=str(message.person_id),
         )
     elif message.status == MessageStatus.FAILED:
         await outbox.add(
             session,
-            events_pb2.MessageFailedEvent(message=message_to_proto(message)),
+            events_pb2.MessageFailedEvent(message=announced(message)),
             event_type=MESSAGE_FAILED,
             person_id=str(message.person_id),
         )
@@ -53,7 +64,7 @@ async def stage_receipt(
     await outbox.add(
         session,
         events_pb2.MessageReceiptEvent(
-            message=message_to_proto(message),
+            message=announced(message),
             kind=_RECEIPT_KINDS[receipt.kind],
             provider=receipt.provider,
             provider_event_id=event_id,

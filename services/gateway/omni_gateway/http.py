@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import ssl
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -128,8 +129,10 @@ class EmailLinkEndpoint:
         machine_window_s: float = 10.0,
         profile_timeout_s: float = 5.0,
         clock: Callable[[], float] = time.time,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self._links = links
+        self._ssl_context = ssl_context
         self._profile = profile
         self._receipts = receipts
         self._host = host
@@ -164,11 +167,12 @@ class EmailLinkEndpoint:
         """Bind and serve; with port 0 a free port is chosen (see `port`)."""
         self._runner = web.AppRunner(self.application(), access_log=None, shutdown_timeout=self._grace_s)
         await self._runner.setup()
-        await web.TCPSite(self._runner, self._host, self._port).start()
+        await web.TCPSite(self._runner, self._host, self._port, ssl_context=self._ssl_context).start()
         self._port = int(self._runner.addresses[0][1])
         log.info(
-            "gateway HTTP endpoint (email links%s) on http://%s:%d",
+            "gateway HTTP endpoint (email links%s) on %s://%s:%d",
             "".join(f", {prefix}" for prefix in self._mounted),
+            "https" if self._ssl_context is not None else "http",
             self._host,
             self._port,
         )

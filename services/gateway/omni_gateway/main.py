@@ -38,6 +38,7 @@ from omni_kit.grpc_client import channel
 from omni_kit.idempotency import keep_answers_purged
 from omni_kit.lineage import PERSON_LINEAGE, Lineage
 from omni_kit.runtime import Runtime
+from omni_kit.security import http_tls
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 log = logging.getLogger(__name__)
@@ -291,6 +292,7 @@ async def _serve_email_endpoints(
         shutdown_grace_s=settings.shutdown_grace_s,
         machine_window_s=settings.email_machine_open_window_s,
         profile_timeout_s=settings.client_timeout_s,
+        ssl_context=http_tls(settings),
     )
     for prefix, app in http_apps.items():
         http.mount(prefix, app)
@@ -300,6 +302,7 @@ async def _serve_email_endpoints(
         host=settings.bounce_smtp_host,
         port=settings.bounce_smtp_port,
         max_bytes=settings.bounce_max_bytes,
+        tls_context=http_tls(settings),
     )
     await http.start()
     runtime.on_close(http.stop)

@@ -7,7 +7,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import SettingsConfigDict
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
@@ -31,6 +31,7 @@ from omni_profile.http import (
     SourceSetting,
     WriteKey,
 )
+from omni_profile.http.sources import Source, check_write_key
 from omni_profile.identity_client import IDEMPOTENT_METHODS, SERVICE, IdentityClient
 from omni_profile.ingestion import Ingestion
 from omni_profile.merge import Merger
@@ -88,8 +89,10 @@ class Settings(ServiceSettings):
     )
     write_keys: dict[WriteKey, SourceSetting] = Field(
         default_factory=dict,
-        description='Write key → source, as JSON: {"wk_web": "web"} or {"wk_pos": {"name": "pos", '
-        '"channel": "store"}}. The HTTP endpoint runs only when at least one write key is set.',
+        description='Write key → source, as JSON: {"sha256:<hex>": "web"} (the key\'s hash, from `omni '
+        'write-key web`; only the hash is kept) or {"wk_pos": {"name": "pos", "channel": "store"}} (a plain '
+        "key, for the laptop run). Two keys of one source both work (rotation). The HTTP endpoint runs only "
+        "when at least one write key is set.",
     )
     http_allowed_origins: tuple[AllowedOrigin, ...] = Field(
         ("*",),
@@ -115,6 +118,23 @@ class Settings(ServiceSettings):
     )
     http_write_key_failure_window_s: float = Field(
         60.0, gt=0, description="The window failed write-key attempts are counted in, in seconds."
+    )
+
+    @field_validator("write_keys")
+    @classmethod
+    def _write_keys_well_formed(cls, value: dict[str, Source]) -> dict[str, Source]:
+        for key in value:
+            check_write_key(key)
+        return value
+
+    http_rate_limit_per_s: float | None = Field(
+        None,
+        gt=0,
+        description="Requests a second each source (the write key's) may send on average; over it, 429 with "
+        "Retry-After. Off when unset.",
+    )
+    http_rate_limit_burst: float | None = Field(
+        None, ge=1, description="Requests a source may send at once (default: one second's worth)."
     )
 
 
@@ -230,6 +250,8 @@ async def _wire(runtime: ProfileRuntime, settings: Settings) -> None:
                 body_timeout_s=settings.http_body_timeout_s,
                 write_key_failures=settings.http_write_key_failures,
                 write_key_failure_window_s=settings.http_write_key_failure_window_s,
+                rate_per_s=settings.http_rate_limit_per_s,
+                rate_burst=settings.http_rate_limit_burst,
             ),
             ssl_context=http_tls(settings),
         )

@@ -25,6 +25,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from omni_kit.embedded import free_port
 from omni_kit.embedded.ports import port_accepts
 from omni_kit.embedded.run import SERVICES
+from omni_kit.security.nats_users import ADMIN
 
 # These tests start PostgreSQL, NATS and whole runs of their own.
 pytestmark = pytest.mark.integration
@@ -195,7 +196,7 @@ def test_a_service_and_nats_killed_are_started_again(layout: Layout, runs: list[
     run.wait_for_line("NATS is running again")
     assert "profile died; starting it again" in run.output
     assert "NATS died; starting it again" in run.output
-    assert asyncio.run(_jetstream_answers(layout.nats))
+    assert asyncio.run(_jetstream_answers(layout))
     assert all(port_accepts(port) for port in layout.ports())
     [again] = [
         r["pid"]
@@ -223,8 +224,10 @@ def test_postgres_killed_is_started_again(layout: Layout, runs: list[RunProcess]
     assert _open_ports(layout) == [], run.output
 
 
-async def _jetstream_answers(port: int) -> bool:
-    client = await nats.connect(f"nats://127.0.0.1:{port}")
+async def _jetstream_answers(layout: Layout) -> bool:
+    # The run's NATS has a user per service and an administrative one, whose password the run keeps.
+    password = json.loads((layout.root / "nats-users.json").read_text())[ADMIN]
+    client = await nats.connect(f"nats://127.0.0.1:{layout.nats}", user=ADMIN, password=password)
     try:
         info = await client.jetstream().account_info()
         return info is not None

@@ -40,6 +40,7 @@ from omni_kit.embedded.nats import EmbeddedNats
 from omni_kit.embedded.ports import port_accepts, port_is_free
 from omni_kit.embedded.postgres import EmbeddedPostgres
 from omni_kit.embedded.smtp_sink import SmtpSink
+from omni_kit.security.nats_users import read_passwords, server_config, write_passwords
 
 HOST = "127.0.0.1"
 SMTP_FROM = "omni@localhost"
@@ -51,7 +52,15 @@ DEV_WRITE_KEYS: dict[str, str | dict[str, str]] = {
 }
 # Settings the run itself provides (where each service listens and finds PostgreSQL, NATS and the services
 # it calls): the user's environment cannot move them, since the run starts those servers where it says.
-_WIRING_SUFFIXES = ("_DATABASE_URL", "_NATS_URL", "_GRPC_HOST", "_GRPC_PORT", "_TARGET")
+_WIRING_SUFFIXES = (
+    "_DATABASE_URL",
+    "_NATS_URL",
+    "_NATS_USER",
+    "_NATS_PASSWORD",
+    "_GRPC_HOST",
+    "_GRPC_PORT",
+    "_TARGET",
+)
 RESTART_FIRST_DELAY_S = 1.0
 RESTART_MAX_DELAY_S = 30.0
 RESTART_STABLE_AFTER_S = 60.0
@@ -166,6 +175,7 @@ def service_environment(
     *,
     gateway_http_port: int | None = None,
     bounce_port: int | None = None,
+    nats_users: Mapping[str, str] | None = None,
 ) -> dict[str, str]:
     """Return the settings every service reads from the environment in the embedded run.
 
@@ -176,7 +186,8 @@ def service_environment(
     its URL. With ``certs`` (a directory of `omni certs`), every service serves TLS with its certificate,
     requires client certificates of the CA and presents its own to the services it calls.
     With ``gateway_http_port`` and ``bounce_port`` the gateway's HTTP endpoint (email links, SMS
-    callbacks) and bounce SMTP endpoint listen there, on 127.0.0.1.
+    callbacks) and bounce SMTP endpoint listen there, on 127.0.0.1. With ``nats_users`` (passwords by user
+    name) each service connects to NATS as its own user.
     """
     env: dict[str, str] = {}
     by_name = {service.name: service for service in services}
@@ -185,6 +196,9 @@ def service_environment(
         env[service.env_prefix + "NATS_URL"] = nats_url
         env[service.env_prefix + "GRPC_PORT"] = str(service.grpc_port)
         env[service.env_prefix + "GRPC_HOST"] = HOST
+        if nats_users is not None and service.name in nats_users:
+            env[service.env_prefix + "NATS_USER"] = service.name
+            env[service.env_prefix + "NATS_PASSWORD"] = nats_users[service.name]
         if certs is not None:
             env[service.env_prefix + "TLS_CERT_FILE"] = str(certs / f"{service.name}.pem")
             env[service.env_prefix + "TLS_KEY_FILE"] = str(certs / f"{service.name}-key.pem")
@@ -206,7 +220,9 @@ def service_environment(
     if gateway_http_port is not None:
         env["OMNI_GATEWAY_EMAIL_HTTP_HOST"] = HOST
         env["OMNI_GATEWAY_EMAIL_HTTP_PORT"] = str(gateway_http_port)
-        env["OMNI_GATEWAY_EMAIL_PUBLIC_URL"] = f"http://{HOST}:{gateway_http_port}"
+        # With certificates the HTTP endpoints serve HTTPS with the service's own (omni_kit.security.http_tls).
+        scheme = "https" if certs is not None else "http"
+        env["OMNI_GATEWAY_EMAIL_PUBLIC_URL"] = f"{scheme}://{HOST}:{gateway_http_port}"
     if bounce_port is not None:
         env["OMNI_GATEWAY_BOUNCE_SMTP_HOST"] = HOST
         env["OMNI_GATEWAY_BOUNCE_SMTP_PORT"] = str(bounce_port)
@@ -429,7 +445,11 @@ class LocalRun:
         for service in config.services:
             self._postgres.create_database(service.database)
         self._out.say(f"starting NATS JetStream (data in {_shown(config.nats_dir)})")
-        self._nats = EmbeddedNats(config.nats_dir, config.nats_port)
+        # A user per service, allowed its own subjects only (omni_kit.security.nats_users); the passwords
+        # stay beside the run's data so a restart of the run keeps them.
+        nats_users = read_passwords(config.root, [service.name for service in config.services])
+        write_passwords(config.root, nats_users)
+        self._nats = EmbeddedNats(config.nats_dir, config.nats_port, config=server_config(nats_users))
         self._nats.start()
         self._components.append(_Supervised("NATS", self._nats.is_running, self._nats.start))
         self._smtp = SmtpSink(config.mail_dir, HOST, config.smtp_port)
@@ -454,6 +474,7 @@ class LocalRun:
                 certs=certs,
                 gateway_http_port=config.gateway_http_port,
                 bounce_port=config.bounce_port,
+                nats_users=nats_users,
             ),
             os.environ,
         )
@@ -774,18 +795,20 @@ class LocalRun:
         smtp_target = f"{env.get('OMNI_GATEWAY_SMTP_HOST', HOST)}:{env.get('OMNI_GATEWAY_SMTP_PORT', '')}"
         if smtp_target != f"{HOST}:{self._smtp.port}":
             lines += [f"              (the gateway sends to {smtp_target}, as your environment says)"]
+        web = "https" if config.tls else "http"
         if any(s.name == "gateway" for s in config.services):
             http_port = env.get("OMNI_GATEWAY_EMAIL_HTTP_PORT", str(config.gateway_http_port))
             bounce_port = env.get("OMNI_GATEWAY_BOUNCE_SMTP_PORT", str(config.bounce_port))
             lines += [
-                f"  Gateway     http://{HOST}:{http_port}/ (email unsubscribe /u, pixel /o, clicks /c, SMS /sms)",
-                f"              bounces (SMTP, VERP return paths) {HOST}:{bounce_port}",
+                f"  Gateway     {web}://{HOST}:{http_port}/ (email unsubscribe /u, pixel /o, clicks /c, SMS /sms)",
+                f"              bounces (SMTP{', STARTTLS' if config.tls else ''}, VERP return paths) "
+                f"{HOST}:{bounce_port}",
             ]
         identity = next((s for s in config.services if s.name == "identity"), None)
         if any(s.name == "profile" for s in config.services):
             port = env.get("OMNI_PROFILE_HTTP_PORT", str(config.tracking_port))
             lines += [
-                f"  Tracking    http://{HOST}:{port}/v1/track (Segment API)   write keys: "
+                f"  Tracking    {web}://{HOST}:{port}/v1/track (Segment API)   write keys: "
                 + _write_keys(env.get("OMNI_PROFILE_WRITE_KEYS", ""))
             ]
         if identity is not None:

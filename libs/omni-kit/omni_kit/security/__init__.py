@@ -24,6 +24,7 @@ from omni_kit.security.auth import (
     current_principal,
     grants,
 )
+from omni_kit.security.nats_users import inbox_prefix
 from omni_kit.security.tls import (
     ReloadingChannel,
     TlsFiles,
@@ -68,18 +69,29 @@ def server_tls(settings: ServiceSettings) -> grpc.ServerCredentials | None:
 
 
 def http_tls(settings: ServiceSettings) -> ssl.SSLContext | None:
-    """The SSL context of the service's HTTP endpoint, None for plain HTTP (no HTTP certificate configured)."""
-    if settings.http_tls_cert_file is None or settings.http_tls_key_file is None:
+    """The SSL context of the service's HTTP endpoints (and the gateway's bounce SMTP STARTTLS): the HTTP
+    certificate when one is configured, else the gRPC port's certificate when TLS is on (unless
+    http_plaintext); read again when the files change. None for plain HTTP."""
+    if settings.http_tls_cert_file is not None and settings.http_tls_key_file is not None:
+        files = TlsFiles(settings.http_tls_cert_file, settings.http_tls_key_file)
+    elif (
+        settings.tls_cert_file is not None
+        and settings.tls_key_file is not None
+        and not settings.http_plaintext
+    ):
+        files = TlsFiles(settings.tls_cert_file, settings.tls_key_file)
+    else:
         return None
-    return http_ssl_context(
-        TlsFiles(settings.http_tls_cert_file, settings.http_tls_key_file),
-        check_interval_s=settings.tls_reload_interval_s,
-    )
+    return http_ssl_context(files, check_interval_s=settings.tls_reload_interval_s)
 
 
-def nats_security(settings: ServiceSettings) -> dict[str, Any]:
-    """The NATS client's TLS and credentials (nats.connect keyword arguments); none when not configured."""
+def nats_security(settings: ServiceSettings, service: str | None = None) -> dict[str, Any]:
+    """The NATS client's TLS and credentials (nats.connect keyword arguments); none when not configured.
+    With the service's name, its connection uses the service's own inbox prefix, the only one its NATS user
+    may subscribe to (omni_kit.security.nats_users)."""
     options: dict[str, Any] = {}
+    if service is not None:
+        options["inbox_prefix"] = inbox_prefix(service)
     if settings.nats_tls_ca_file is not None or settings.nats_tls_cert_file is not None:
         context = ssl.create_default_context(
             cafile=None if settings.nats_tls_ca_file is None else str(settings.nats_tls_ca_file)

@@ -27,6 +27,7 @@ from aiohttp import web
 
 from omni_kit.db import database_unavailable
 from omni_kit.errors import Aborted, FieldViolation, Unavailable, Violations
+from omni_kit.ratelimit import RateLimits, retry_after_header
 from omni_profile import wire
 from omni_profile.http import identifiers, message_traits, segment
 from omni_profile.http.guards import ANY_ORIGIN, CorsPolicy, WriteKeyThrottle, origin_of
@@ -34,7 +35,7 @@ from omni_profile.http.intake import Intake, Outcome, Pending, Rejection
 from omni_profile.http.json_sizes import dropped
 from omni_profile.http.lookup import IdentifierLookup
 from omni_profile.http.requests import LINGERING_S, HttpError, parse_body, read_body, write_key_of
-from omni_profile.http.sources import Source
+from omni_profile.http.sources import Source, WriteKeys
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +66,8 @@ class EndpointLimits:
     body_timeout_s: float = 30.0
     write_key_failures: int = 20
     write_key_failure_window_s: float = 60.0
+    rate_per_s: float | None = None
+    rate_burst: float | None = None
 
 
 @dataclass
@@ -94,7 +97,7 @@ class HttpEndpoint:
         self._intake = intake
         self._ssl_context = ssl_context
         self._lookup = lookup
-        self._write_keys = dict(write_keys)
+        self._write_keys = WriteKeys(write_keys)
         self._host = host
         self._port = port
         self._grace_s = shutdown_grace_s
@@ -102,6 +105,11 @@ class HttpEndpoint:
         self._cors = CorsPolicy(self._limits.allowed_origins)
         self._throttle = WriteKeyThrottle(
             self._limits.write_key_failures, self._limits.write_key_failure_window_s
+        )
+        self._rates = (
+            None
+            if self._limits.rate_per_s is None
+            else RateLimits(self._limits.rate_per_s, self._limits.rate_burst)
         )
         self._runner: web.AppRunner | None = None
 
@@ -172,6 +180,14 @@ class HttpEndpoint:
             if error.status == 401:
                 self._throttle.failed(address)
             raise
+        wait = None if self._rates is None else self._rates.wait_for(source.name)
+        if wait is not None:
+            raise HttpError(
+                429,
+                "too_many_requests",
+                f"source {source.name} is over its rate limit; retry in {wait:.3f} s",
+                headers={"Retry-After": retry_after_header(wait)},
+            )
         messages, batch_sent_at = _messages(payload, kind)
         outcome = Outcome()
         # Identity is asked twice on the way, for an alias call's previousId and to resolve the events; it
@@ -321,7 +337,7 @@ class HttpEndpoint:
                 "a write key is required: HTTP Basic authentication with the write key as user name, "
                 "or writeKey in the body",
             )
-        source = self._write_keys.get(write_key) if isinstance(write_key, str) else None
+        source = self._write_keys.source_of(write_key) if isinstance(write_key, str) else None
         if source is None:
             raise HttpError(401, "unauthorized", "unknown write key")
         return source

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import secrets
 from collections.abc import Mapping
 from typing import Annotated, Any
 
@@ -61,6 +64,59 @@ SourceSetting = Annotated[Source, BeforeValidator(_source_of)]
 """A write key's source in settings: a name ("web") or {"name": "pos", "channel": "store"}."""
 
 WriteKey = Annotated[str, Field(min_length=1, max_length=256)]
+
+HASHED = "sha256:"
+"""How a write key given by its hash starts: sha256:<64 hex digits>."""
+
+
+def hash_write_key(key: str) -> str:
+    """What to configure for a write key so that only its hash is kept: "sha256:<hex>". Write keys are long
+    random strings (new_write_key), so a plain SHA-256 is enough: no dictionary reaches them."""
+    return HASHED + hashlib.sha256(key.encode()).hexdigest()
+
+
+def new_write_key(source: str) -> tuple[str, str]:
+    """A new random write key for a source, and its hash for OMNI_PROFILE_WRITE_KEYS."""
+    key = f"wk_{source}_{secrets.token_urlsafe(24)}"
+    return key, hash_write_key(key)
+
+
+def check_write_key(configured: str) -> str:
+    """A configured write key: a hash must be sha256: and 64 hex digits; anything else is a plain key."""
+    if configured.startswith(HASHED):
+        digest = configured[len(HASHED) :]
+        if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+            raise ValueError(
+                f"{configured[:16]}…: a hashed write key is sha256: and 64 lower-case hex digits"
+            )
+    return configured
+
+
+class WriteKeys:
+    """The write keys the endpoint accepts, held only as SHA-256 digests (configured as "sha256:<hex>", or as
+    plain keys, hashed at start, for the laptop run), each bound to its source. A presented key is hashed and
+    compared with every digest in constant time, so neither the answer's timing nor memory gives a key away.
+    Rotation: configure the new key's hash beside the old one (both work), move the senders, drop the old."""
+
+    def __init__(self, configured: Mapping[str, Source]) -> None:
+        self._entries: list[tuple[bytes, Source]] = []
+        for key, source in configured.items():
+            check_write_key(key)
+            hashed = key if key.startswith(HASHED) else hash_write_key(key)
+            self._entries.append((bytes.fromhex(hashed[len(HASHED) :]), source))
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def source_of(self, presented: str) -> Source | None:
+        """The source of a presented write key, None when no configured key matches."""
+        digest = hashlib.sha256(presented.encode()).digest()
+        found = None
+        for stored, source in self._entries:
+            # No early exit: every digest is compared whatever matched.
+            if hmac.compare_digest(stored, digest):
+                found = source
+        return found
 
 
 def channel_of(context: Mapping[str, Any], source: Source) -> common_pb2.Channel.ValueType:

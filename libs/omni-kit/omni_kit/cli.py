@@ -7,6 +7,9 @@ omni run [--tls]         the laptop run: PostgreSQL, NATS, an SMTP sink and all 
 omni certs [name …]      a local CA and certificates for the services (and an operator) for TLS/mTLS
 omni dead-letters list <service>                 the service's outbox and consumer dead letters
 omni dead-letters replay <service> REF… | --all  replay them once their cause is fixed (omni_kit.bus.dead_letters)
+omni import events|customers FILE   stream a CSV/NDJSON file to profile, resumable (omni_kit.commands.importing)
+omni apply|diff -f PATH, omni get KIND   segments, offers, templates … as YAML (omni_kit.commands.apply)
+omni person show EMAIL|PHONE|ID     the 360 view of a person in the terminal (omni_kit.commands.person)
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from types import ModuleType
 
 import grpc
 
+from omni_kit.commands import COMMANDS
 from omni_kit.db import create_engine, migrate
 from omni_kit.grpc_client import channel
 from omni_kit.runtime import settle_garbage_collector
@@ -147,6 +151,21 @@ async def health(target: str, service: str, timeout_s: float, security: ClientSe
         return bool(response.status == health_pb2.HealthCheckResponse.SERVING)
 
 
+def _run_command(args: argparse.Namespace) -> int:
+    """Run a command registered by a module of omni_kit.commands: its errors as sentences, Ctrl-C as 130."""
+    from rich.console import Console
+
+    from omni_kit.commands.connect import CommandError
+
+    try:
+        return int(args.run(args))
+    except CommandError as error:
+        Console(stderr=True).print(f"[bold red]error:[/] {error}", highlight=False)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `omni` command."""
     parser = argparse.ArgumentParser(
@@ -183,6 +202,8 @@ def main(argv: list[str] | None = None) -> int:
     certs_cmd.add_argument("--out", type=Path, default=Path(".omni/certs"), help="directory (.omni/certs)")
     certs_cmd.add_argument("--host", action="append", default=[], help="another DNS name or IP, repeatable")
     certs_cmd.add_argument("--days", type=int, default=90, help="validity of the certificates (90)")
+    for module_name in COMMANDS:
+        importlib.import_module(module_name).register(commands)
     args = parser.parse_args(argv)
 
     logging.basicConfig(
@@ -193,6 +214,8 @@ def main(argv: list[str] | None = None) -> int:
     # stamina logs a bare "stamina.retry_scheduled" warning per retry; omni_kit.db.retry_transaction and the
     # runtime's start-up log what was retried and why themselves (a rerun after a concurrent merge is routine).
     logging.getLogger("stamina").setLevel(logging.ERROR)
+    if getattr(args, "run", None) is not None:
+        return _run_command(args)
     if args.command == "serve":
         setup_telemetry(args.service)
         asyncio.run(serve(args.service))

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import csv
 import json
-import os
 import signal
 import sys
 from collections.abc import AsyncIterator
@@ -21,33 +20,10 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from omni_kit.db import create_engine
+from tests.e2e.cli import cli_env, omni_cli
 from tests.e2e.conftest import Omni
 
 HEADER = ["type", "channel", "occurred_at", "email", "anonymous_id", "properties.total", "properties.sku"]
-
-
-def cli_env(omni: Omni) -> dict[str, str]:
-    """The environment that points the command at the test's services."""
-    env = dict(os.environ)
-    for name, runtime in omni.runtimes.items():
-        env[f"OMNI_CLI_{name.upper()}_TARGET"] = f"127.0.0.1:{runtime.port}"
-    env["COLUMNS"] = "160"
-    return env
-
-
-async def omni_cli(omni: Omni, *args: str) -> tuple[int, str]:
-    """Run `omni …` to its end: exit code and what it printed."""
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "omni_kit.cli",
-        *args,
-        env=cli_env(omni),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )
-    out, _ = await asyncio.wait_for(process.communicate(), timeout=300)
-    return process.returncode or 0, out.decode()
 
 
 @asynccontextmanager

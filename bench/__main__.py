@@ -31,7 +31,7 @@ from omni_kit.embedded.nats import nats_server_binary
 
 REPO = Path(__file__).resolve().parent.parent
 SUITE_TIMEOUT_S = 420.0
-SUITE_TIMEOUTS_S = {"import": 1500.0}
+SUITE_TIMEOUTS_S = {"import": 3600.0}
 """Suites that need longer: the import suite sends a 1M-row file through the command."""
 
 

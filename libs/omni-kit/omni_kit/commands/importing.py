@@ -119,17 +119,25 @@ class RejectsWriter:
         self.path = path
         self._format = file_format
         self._header = [*header, "_row", "_field", "_reason"]
-        mode = "r+b" if keep_bytes and path.exists() else "wb"
-        self._handle = path.open(mode)
-        self._handle.truncate(keep_bytes if mode == "r+b" else 0)
-        self._handle.seek(0, os.SEEK_END)
-        if file_format == "csv" and self._handle.tell() == 0:
-            self._write_csv(dict.fromkeys(self._header, "") | {k: k for k in self._header})
+        self._handle: Any = None
+        if keep_bytes and path.exists():
+            self._handle = path.open("r+b")
+            self._handle.truncate(keep_bytes)
+            self._handle.seek(0, os.SEEK_END)
+        else:
+            path.unlink(missing_ok=True)  # an earlier import's, now out of date; made again at the first reject
+
+    def _open(self) -> Any:
+        if self._handle is None:
+            self._handle = self.path.open("wb")
+            if self._format == "csv":
+                self._write_csv({k: k for k in self._header})
+        return self._handle
 
     def _write_csv(self, record: dict[str, Any]) -> None:
         out = io.StringIO()
         csv.DictWriter(out, self._header, extrasaction="ignore").writerow(record)
-        self._handle.write(out.getvalue().encode())
+        self._open().write(out.getvalue().encode())
 
     def write(self, row: rowlib.Row, field_name: str, reason: str) -> None:
         """One refused row."""
@@ -137,17 +145,20 @@ class RejectsWriter:
         if self._format == "csv":
             self._write_csv(record)
         else:
-            self._handle.write(orjson.dumps(record) + b"\n")
+            self._open().write(orjson.dumps(record) + b"\n")
 
     def flush(self) -> int:
         """Flush to disk; the file's length."""
+        if self._handle is None:
+            return 0
         self._handle.flush()
         os.fsync(self._handle.fileno())
         return self._handle.tell()
 
     def close(self) -> None:
         """Close the file."""
-        self._handle.close()
+        if self._handle is not None:
+            self._handle.close()
 
 
 def _segments(

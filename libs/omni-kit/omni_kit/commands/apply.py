@@ -35,7 +35,7 @@ from google.protobuf.message import Message
 from rich.console import Console
 
 from omni_kit.commands.connect import Clients, CommandError, clients, explain, load_settings
-from omni_kit.commands.kinds import Kind, find, registry
+from omni_kit.commands.kinds import KIND_MODULES, Kind, find, registry
 
 API_VERSION = "omni/v1"
 
@@ -341,7 +341,7 @@ async def _get(args: argparse.Namespace) -> int:
 
 def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Add `omni apply`, `omni diff` and `omni get`."""
-    kinds = ", ".join(kind.plural for kind in registry().values())
+    kinds = ", ".join(KIND_MODULES)  # their plurals; the kinds themselves are imported when a command runs
     for name, what in (
         ("apply", "create or update objects to match YAML files"),
         ("diff", "show what `apply` would change (exit 1 when something would)"),

@@ -125,7 +125,8 @@ class RejectsWriter:
             self._handle.truncate(keep_bytes)
             self._handle.seek(0, os.SEEK_END)
         else:
-            path.unlink(missing_ok=True)  # an earlier import's, now out of date; made again at the first reject
+            # An earlier import's, now out of date; the file is made again at the first reject.
+            path.unlink(missing_ok=True)
 
     def _open(self) -> Any:
         if self._handle is None:

@@ -286,6 +286,22 @@ class ShopEvents:
             )
         return rows
 
+    def import_line(self) -> bytes:
+        """One new event as a line of an `omni import events` NDJSON file (no id: the command derives it)."""
+        _, customer, template, variant = self._draw()
+        row: dict[str, Any] = {
+            "type": template.type,
+            "channel": template.channel,
+            "occurred_at": template.occurred_at.isoformat(),
+            # The draw's own counter makes every row distinct, as the events of a real export are.
+            "properties": {**json.loads(template.properties), "seq": self._counter},
+        }
+        for type_name, value in customer.identifiers[variant][0]:
+            row[type_name] = value
+        if template.cart_item is not None:
+            row["cart_item"] = json.loads(template.cart_item)
+        return json.dumps(row, separators=(",", ":")).encode() + b"\n"
+
     def person_events_wire(self, size: int, anonymous_id: str) -> bytes:
         """A serialised BatchTrackEventsRequest of ``size`` events of one person (by anonymous id)."""
         identifiers = _length_delimited(4, _identifier("anonymous_id", anonymous_id))

@@ -8,6 +8,7 @@ from bench.context import BenchContext
 from bench.results import Result
 from bench.suites import (
     baselines,
+    cli_import,
     decide,
     gateway_send,
     identity_matching,
@@ -28,6 +29,7 @@ SUITES: dict[str, Suite] = {
     "identity_resolve": identity_resolve.run,
     "identity_matching": identity_matching.run,
     "profile_ingest": profile_ingest.run,
+    "import": cli_import.run,
     "profile_read": profile_read.run,
     "segment_live": segment_live.run,
     "segment_backfill": segment_backfill.run,

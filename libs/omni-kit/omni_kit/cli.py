@@ -11,6 +11,9 @@ omni nats-config [--secret]  the NATS users and permissions of the services (for
 omni write-key <source>      a new write key for profile's HTTP intake, and the hash to configure (only it is kept)
 omni dead-letters list <service>                 the service's outbox and consumer dead letters
 omni dead-letters replay <service> REF… | --all  replay them once their cause is fixed (omni_kit.bus.dead_letters)
+omni import events|customers FILE   stream a CSV/NDJSON file to profile, resumable (omni_kit.commands.importing)
+omni apply|diff -f PATH, omni get KIND   segments, offers, templates … as YAML (omni_kit.commands.apply)
+omni person show EMAIL|PHONE|ID     the 360 view of a person in the terminal (omni_kit.commands.person)
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from types import ModuleType
 
 import grpc
 
+from omni_kit.commands import COMMANDS
 from omni_kit.db import create_engine, migrate
 from omni_kit.grpc_client import channel
 from omni_kit.runtime import settle_garbage_collector
@@ -151,6 +155,21 @@ async def health(target: str, service: str, timeout_s: float, security: ClientSe
         return bool(response.status == health_pb2.HealthCheckResponse.SERVING)
 
 
+def _run_command(args: argparse.Namespace) -> int:
+    """Run a command registered by a module of omni_kit.commands: its errors as sentences, Ctrl-C as 130."""
+    from rich.console import Console
+
+    from omni_kit.commands.connect import CommandError
+
+    try:
+        return int(args.run(args))
+    except CommandError as error:
+        Console(stderr=True).print(f"[bold red]error:[/] {error}", highlight=False)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `omni` command."""
     parser = argparse.ArgumentParser(
@@ -194,6 +213,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     key_cmd = commands.add_parser("write-key", help="a new write key for profile's HTTP intake")
     key_cmd.add_argument("source", help="the source the key sends as (web, app, pos …)")
+    for module_name in COMMANDS:
+        importlib.import_module(module_name).register(commands)
     args = parser.parse_args(argv)
 
     logging.basicConfig(
@@ -204,6 +225,8 @@ def main(argv: list[str] | None = None) -> int:
     # stamina logs a bare "stamina.retry_scheduled" warning per retry; omni_kit.db.retry_transaction and the
     # runtime's start-up log what was retried and why themselves (a rerun after a concurrent merge is routine).
     logging.getLogger("stamina").setLevel(logging.ERROR)
+    if getattr(args, "run", None) is not None:
+        return _run_command(args)
     if args.command == "serve":
         setup_telemetry(args.service)
         asyncio.run(serve(args.service))

@@ -223,7 +223,9 @@ async def test_a_half_open_circuit_lets_one_trial_send_through_and_the_others_fa
     assert primary.asked == 2  # open now
     template_id = await create_cart_template(gateway)
     requests = [
-        send_request(await create_person(neighbours, f"{unique('ho-')}@example.com", consent=True), template_id)
+        send_request(
+            await create_person(neighbours, f"{unique('ho-')}@example.com", consent=True), template_id
+        )
         for _ in range(6)
     ]
     primary.refusal = None

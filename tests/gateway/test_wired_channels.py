@@ -176,6 +176,27 @@ async def test_with_the_smsc_down_the_http_vendor_takes_the_sms(
     assert (taken.to, taken.body) == ("+4915187654321", "Your order B-2 is ready")
 
 
+async def test_a_vendor_status_callback_that_overtakes_the_recorded_send_still_marks_it_delivered(
+    start_gateway: StartGateway, neighbours: Neighbours, vendor: SmsVendor
+) -> None:
+    vendor.callbacks_first = True  # "delivered" reaches the gateway before the vendor answers the send
+    port = free_port("127.0.0.1")
+    gateway = await start_gateway(
+        providers=[
+            {**_http_sms(vendor), "status_callback_url": f"http://127.0.0.1:{port}/sms/vendor/twilio/status"}
+        ],
+        email_http_port=port,
+    )
+    person = await _person(neighbours, ("phone", "+4915100000003"))
+    template = await _template(gateway, SMS_TEXT)
+
+    sent = await _send(gateway, person, common_pb2.CHANNEL_SMS, template, order="E-1")
+
+    assert sent.provider == "vendor"
+    assert [status for status, _ in vendor.callbacks] == [200, 200]
+    await _until_status(gateway, sent.id, gateway_pb2.MESSAGE_STATUS_DELIVERED)
+
+
 def _webpush(push_service: PushService) -> dict[str, Any]:
     return {
         "name": "webpush",

@@ -60,6 +60,7 @@ from omni_gateway.providers.base import (
     ReceiptSink,
 )
 from omni_gateway.providers.retry_after import retry_after_seconds
+from omni_gateway.providers.secret_settings import empty_is_none, from_registry, one_of, secret_text
 
 __all__ = ["IDENTIFIER_TYPE", "MAX_PAYLOAD_BYTES", "ApnsProvider", "ApnsSettings", "apns_payload"]
 
@@ -111,23 +112,17 @@ class ApnsSettings(BaseSettings):
         4, ge=1, le=1000, description="HTTP/2 connections to APNs (each carries many requests at once)."
     )
 
-    @field_validator("key", "key_file", mode="before")
-    @classmethod
-    def _empty_is_none(cls, value: object) -> object:
-        return None if isinstance(value, str) and not value.strip() else value
+    _empty_is_none = field_validator("key", "key_file", mode="before")(empty_is_none)
 
     @model_validator(mode="after")
     def _key_is_readable(self) -> ApnsSettings:
-        if (self.key is None) == (self.key_file is None):
-            raise ValueError("give the APNs key as key or key_file (one of them)")
+        one_of(self.key, self.key_file, ("key", "key_file"), required=True)
         self.signing_key()
         return self
 
     def signing_key(self) -> ec.EllipticCurvePrivateKey:
         """The APNs auth key (P-256)."""
-        pem = self.key_file.read_bytes() if self.key_file is not None else b""
-        if self.key is not None:
-            pem = self.key.get_secret_value().encode()
+        pem = secret_text(self.key, self.key_file, "APNs key").encode()
         try:
             key = serialization.load_pem_private_key(pem, password=None)
         except ValueError as error:
@@ -328,6 +323,4 @@ def create(name: str, options: Mapping[str, Any], defaults: Mapping[str, Any]) -
     team_id, topic, base_url, ...); what they do not give comes from the OMNI_GATEWAY_APNS_* variables (the
     key from a secret). `defaults` are not used. Raises ValueError (pydantic's ValidationError) naming what is
     wrong, never the key."""
-    provider = ApnsProvider(ApnsSettings(**dict(options)))
-    provider.name = name
-    return provider
+    return from_registry(ApnsProvider, ApnsSettings, name, options)

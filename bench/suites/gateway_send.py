@@ -167,7 +167,7 @@ async def _channel(kind: str, ctx: BenchContext) -> dict[str, Any]:
     async with _channel_server(kind) as (port, extra):
         process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "bench.channel_send", "send", kind, str(port),
-            str(ctx.durations.throughput), str(ctx.durations.warmup), str(CHANNELS[kind]), extra,
+            str(ctx.durations.latency), str(ctx.durations.warmup), str(CHANNELS[kind]), extra,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=REPO,
         )  # fmt: skip
         out, err = await process.communicate()

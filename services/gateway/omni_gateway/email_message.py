@@ -12,10 +12,11 @@ from __future__ import annotations
 import re
 import secrets
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from email import contentmanager
 from email import policy as email_policy
-from email.contentmanager import _encode_text  # the body encoding set_content uses, exactly
 from email.errors import HeaderParseError
 from email.headerregistry import Address, BaseHeader, HeaderRegistry
 from email.message import EmailMessage
@@ -28,6 +29,10 @@ from omni_gateway.email_links import EmailLinks, track_html
 from omni_gateway.rendering import Rendered
 
 ONE_CLICK = "List-Unsubscribe=One-Click"
+
+# The body encoding `set_content` uses (7bit, else quoted-printable or base64 as it judges), called as it is
+# so that the bytes written directly are the email package's; private, so not in the type stubs.
+_encode_text: Callable[[str, str, str | None, Policy], tuple[str, str]] = contentmanager._encode_text  # type: ignore[attr-defined]
 
 
 class _HeaderClasses(HeaderRegistry):

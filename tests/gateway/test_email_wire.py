@@ -134,3 +134,22 @@ def test_link_tokens_are_itsdangerous_s_own(url: str) -> None:
             links.click_url(claims, url),
             links.click_url(claims, url + "?b"),
         ]
+
+
+PLAIN_HTMLS = [
+    LONG_HTML,
+    "<!doctype html><html><body><A HREF='https://shop.example/a?x=1&amp;y=2' TITLE=\"x\">one</A>\n"
+    '<a\n  href="https://shop.example/b" data-omni-no-track>two</a> <a href="tel:+4912345">call</a>'
+    '<a href=https://shop.example/c/>three</a><a href="https://shop.example/d"/><abbr>x</abbr></BODY></html>',
+    "no tags at all, a < b and a<b",
+    "<p>x<a then</p> <a href='https://shop.example/e' href='https://other.example/'>dup</a></body> </body>",
+    '<a href="https://mail.shop.example/u/token">unsubscribe</a><a href="https://shop.example/é">é</a>',
+]
+
+
+@pytest.mark.parametrize("html", PLAIN_HTMLS)
+def test_links_found_tag_by_tag_are_those_htmlparser_finds_in_the_whole_document(html: str) -> None:
+    from omni_gateway.email_links import _scan
+
+    # With a comment at the end the document is fed to HTMLParser whole (the positions before it are the same).
+    assert _scan(html, LINKS.public_url) == _scan(html + "<!---->", LINKS.public_url)

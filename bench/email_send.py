@@ -13,7 +13,10 @@ Modes (SENDERS):
 - `gateway`: what the gateway's email provider does per message, all of it inside the clock: the pooled SMTP
   provider (providers/smtp.py, configured as main.py configures it) given the rendered message (`Outgoing`)
   builds the email with the RFC 8058 headers, tracked links and pixel and a DKIM signature (RSA 2048) and
-  sends it from its VERP return path on a pool of CONNECTIONS connections, CONNECTIONS sends at once.
+  sends it from its VERP return path on a pool of CONNECTIONS connections, CONNECTIONS sends at once. The
+  email is written directly as bytes, signed over them and sent as they are (`email_message.wire_email`).
+- `built`: the design before, for comparison: the same email built by the email package (`build_email`,
+  DKIM included) and flattened again by aiosmtplib's `send_message`, on the same pool.
 
 The suite runs several `gateway` processes at once too (as gateway replicas would), summing their figures.
 
@@ -45,6 +48,7 @@ from omni_gateway.domain import Channel, Purpose
 from omni_gateway.email_links import EmailLinks
 from omni_gateway.email_message import build_email
 from omni_gateway.providers.base import EmailContent, Outgoing, ProviderFailure
+from omni_gateway.providers.smtp import SmtpConfig, SmtpPool
 from omni_gateway.providers.smtp import create as create_smtp
 from omni_gateway.rendering import Rendered
 
@@ -168,12 +172,39 @@ async def _gateway_sender(port: int, connections: int) -> tuple[list[Send], Call
     return [send] * connections, provider.close
 
 
-SENDERS = {"raw": _raw_sender, "gateway": _gateway_sender}
+async def _built_sender(port: int, connections: int) -> tuple[list[Send], Callable[[], Awaitable[None]]]:
+    """The design before `wire_email`, for comparison in the same run: each email built as an EmailMessage
+    by the email package (`build_email`, signed there over one flattening, its headers then set again),
+    then flattened again by aiosmtplib's send_message, on the same pool."""
+    signer = _key()
+    pool = SmtpPool(SmtpConfig(host="127.0.0.1", port=port, timeout_s=30, pool_size=connections))
+
+    async def send(n: int) -> None:
+        message_id, email = gateway_email(n, signer)
+        await pool.send(email, sender=LINKS.return_path(message_id))
+
+    return [send] * connections, pool.close
+
+
+SENDERS = {"raw": _raw_sender, "gateway": _gateway_sender, "built": _built_sender}
 
 
 async def send(mode: str, port: int, seconds: float, warmup: float, connections: int) -> dict[str, Any]:
     """Closed loop: each worker sends back to back; sends that end inside the window after warm-up count."""
     workers, close = await SENDERS[mode](port, connections)
+    return await closed_loop(mode, workers, close, seconds, warmup, connections)
+
+
+async def closed_loop(
+    mode: str,
+    workers: list[Send],
+    close: Callable[[], Awaitable[None]],
+    seconds: float,
+    warmup: float,
+    connections: int,
+    errors_of: tuple[type[BaseException], ...] = (aiosmtplib.SMTPException, OSError),
+) -> dict[str, Any]:
+    """Run the workers back to back for `warmup` + `seconds`; the figures of the window (see the module)."""
     counter = iter(range(10**9))
     started = time.monotonic()
     window_start, window_end = started + warmup, started + warmup + seconds
@@ -185,7 +216,9 @@ async def send(mode: str, port: int, seconds: float, warmup: float, connections:
         while (now := time.monotonic()) < window_end:
             try:
                 await one(next(counter))
-            except (aiosmtplib.SMTPException, OSError):
+            except errors_of as error:
+                if not errors:
+                    print(f"{mode}: first error: {error}", file=sys.stderr, flush=True)
                 errors += 1
                 continue
             if now >= window_start and time.monotonic() <= window_end:

@@ -16,11 +16,7 @@ from .seeds import gateway_seeds
 from .support import Known, Target, fuzz, fuzz_settings, fuzz_target, rpcs
 
 SERVICES = [gateway_pb2.DESCRIPTOR.services_by_name["GatewayService"]]
-KNOWN: dict[str, Known] = {
-    # A generated upstream frame can make the stream end with INTERNAL ("Internal error from Core") instead
-    # of a refusal; found when the store terminals were merged, to be fixed in ConnectTerminal's reading.
-    "ConnectTerminal": Known("a generated frame ends the stream with INTERNAL instead of a refusal"),
-}
+KNOWN: dict[str, Known] = {}
 
 
 @pytest.fixture(scope="module")

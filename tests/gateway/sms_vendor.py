@@ -7,7 +7,9 @@ To, 400/21211 for a To that is not a valid E.164 number (or is in `invalid_numbe
 characters, 429/20429 with Retry-After while `throttle` is set. After a 201 it posts the status callbacks "sent"
 then "delivered" (or "undelivered" with ErrorCode 30005 for numbers in `unknown_handsets`), form-encoded and
 signed with X-Twilio-Signature by its own implementation of the documented algorithm. `incoming` posts an
-inbound message to a URL, signed the same way, as the vendor does for a number's messaging webhook.
+inbound message to a URL, signed the same way, as the vendor does for a number's messaging webhook. With
+`callbacks_first` the callbacks are posted before the 201 is answered (a vendor whose callback overtakes its
+answer to the send).
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ class SmsVendor:
     account_sid: str = "AC" + "0" * 32
     auth_token: str = "test-auth-token"
     throttle: bool = False
+    callbacks_first: bool = False
     unknown_handsets: set[str] = field(default_factory=set)
     invalid_numbers: set[str] = field(default_factory=set)
     """Well-formed numbers answered 21211, as the vendor's own number lookup would."""
@@ -116,7 +119,9 @@ class SmsVendor:
             "SM" + secrets.token_hex(16), to, sender, body, str(form.get("StatusCallback", ""))
         )
         self.messages.append(message)
-        if message.status_callback:
+        if message.status_callback and self.callbacks_first:
+            await self._callbacks(message)
+        elif message.status_callback:
             task = asyncio.create_task(self._callbacks(message))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)

@@ -208,6 +208,37 @@ async def test_the_primary_s_circuit_opens_after_failures_in_a_row_and_closes_wh
     assert secondary.accepted == [first.id, second.id, third.id]
 
 
+async def test_a_half_open_circuit_lets_one_trial_send_through_and_the_others_fail_over(
+    start_gateway: StartGateway, neighbours: Neighbours, servers: tuple[CountingServer, CountingServer]
+) -> None:
+    primary, secondary = servers
+    primary.refusal = "421 4.3.2 shutting down"
+    primary.start()
+    secondary.start()
+    gateway = await start_gateway(
+        providers=_providers(primary, secondary, breaker_failures=2, breaker_reset_s=1.0)
+    )
+    await _send(gateway, neighbours)
+    await _send(gateway, neighbours)
+    assert primary.asked == 2  # open now
+    template_id = await create_cart_template(gateway)
+    requests = [
+        send_request(
+            await create_person(neighbours, f"{unique('ho-')}@example.com", consent=True), template_id
+        )
+        for _ in range(6)
+    ]
+    primary.refusal = None
+    primary.delay_s = 0.5  # the trial takes a while: the other sends come while it is under way
+    await asyncio.sleep(1.1)
+
+    sent = await asyncio.gather(*(gateway.stub.SendMessage(r) for r in requests))
+
+    providers = sorted(answer.message.provider for answer in sent)
+    assert providers == ["smtp"] + ["smtp-backup"] * 5, providers
+    assert primary.asked == 3  # the two that opened the circuit, and the one trial
+
+
 async def test_a_refused_address_fails_the_message_and_is_suppressed(
     start_gateway: StartGateway, neighbours: Neighbours, servers: tuple[CountingServer, CountingServer]
 ) -> None:

@@ -115,11 +115,14 @@ def test_the_signature_is_twilio_s_documented_example() -> None:
 
 async def test_send_and_signed_status_callbacks_become_a_receipt(vendor: SmsVendor, gateway: Gateway) -> None:
     assert isinstance(gateway.provider, ChannelProvider)
-    accepted = await gateway.provider.send(_outgoing("Your order 1234 has shipped"))
+    outgoing = _outgoing("Your order 1234 has shipped")
+    accepted = await gateway.provider.send(outgoing)
 
     [message] = vendor.messages
     assert (message.to, message.from_, message.body) == (NUMBER, FROM, "Your order 1234 has shipped")
-    assert message.status_callback == f"{gateway.base}/sms/twilio/status"
+    assert (
+        message.status_callback == f"{gateway.base}/sms/twilio/status?omni_message_id={outgoing.message_id}"
+    )
     assert accepted.provider == "http-sms"
     assert accepted.provider_message_id == message.sid
     assert accepted.details == {"encoding": "GSM-7", "segments": 1, "status": "queued"}
@@ -130,6 +133,7 @@ async def test_send_and_signed_status_callbacks_become_a_receipt(vendor: SmsVend
     assert receipt.kind is ReceiptKind.DELIVERED
     assert receipt.provider_message_id == message.sid
     assert receipt.provider_event_id == f"{message.sid}:delivered"
+    assert receipt.message_id == outgoing.message_id
 
 
 async def test_undelivered_to_an_unknown_handset_is_a_failed_receipt_for_a_bad_address(

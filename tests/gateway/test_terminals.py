@@ -333,6 +333,32 @@ async def test_a_stream_must_start_with_a_hello(tills: Tills) -> None:
     assert await silent.status() == grpc.StatusCode.INVALID_ARGUMENT
 
 
+async def test_a_refused_stream_answers_its_refusal_while_the_till_is_still_sending(tills: Tills) -> None:
+    # A till whose frames after a refused hello are still on their way must hear the refusal, not the
+    # INTERNAL ("Internal error from Core") a gRPC client reads when the server ends a call it is still
+    # writing to. Each case is tried many times: the race is lost only now and then.
+    identify = gateway_pb2.ConnectTerminalRequest(
+        customer_identified=gateway_pb2.CustomerIdentified(
+            identifier_type=LOYALTY_CARD, identifier_value="LC-1", request_id="r"
+        )
+    )
+    wrong_key = gateway_pb2.ConnectTerminalRequest(
+        hello=gateway_pb2.TerminalHello(store_id=STORE, terminal_id="t", terminal_key="w" * 20)
+    )
+    codes: dict[str, list[grpc.StatusCode]] = {}
+    for name, first, expected in [
+        ("no hello", identify, grpc.StatusCode.INVALID_ARGUMENT),
+        ("wrong key", wrong_key, grpc.StatusCode.UNAUTHENTICATED),
+    ]:
+        for _ in range(60):
+            call = tills.stub.ConnectTerminal(iter([first] + [identify] * 20), timeout=10)
+            with contextlib.suppress(grpc.aio.AioRpcError):
+                async for _frame in call:
+                    pass
+            codes.setdefault(name, []).append(await call.code())
+        assert set(codes[name]) == {expected}, (name, codes[name])
+
+
 async def test_a_newer_stream_of_the_same_till_ends_the_older(tills: Tills) -> None:
     terminal = unique("till-")
     older = tills.connect(terminal)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -22,6 +23,8 @@ from omni.identity.v1 import identity_pb2
 from omni.profile.v1 import profile_pb2
 from omni_kit.embedded import free_port
 
+from . import apns_server
+from .apns_server import running_apns
 from .push_service import PushService, running_push_service
 from .sms_vendor import SmsVendor
 from .smsc import TestSmsc
@@ -176,6 +179,27 @@ async def test_with_the_smsc_down_the_http_vendor_takes_the_sms(
     assert (taken.to, taken.body) == ("+4915187654321", "Your order B-2 is ready")
 
 
+async def test_a_vendor_status_callback_that_overtakes_the_recorded_send_still_marks_it_delivered(
+    start_gateway: StartGateway, neighbours: Neighbours, vendor: SmsVendor
+) -> None:
+    vendor.callbacks_first = True  # "delivered" reaches the gateway before the vendor answers the send
+    port = free_port("127.0.0.1")
+    gateway = await start_gateway(
+        providers=[
+            {**_http_sms(vendor), "status_callback_url": f"http://127.0.0.1:{port}/sms/vendor/twilio/status"}
+        ],
+        email_http_port=port,
+    )
+    person = await _person(neighbours, ("phone", "+4915100000003"))
+    template = await _template(gateway, SMS_TEXT)
+
+    sent = await _send(gateway, person, common_pb2.CHANNEL_SMS, template, order="E-1")
+
+    assert sent.provider == "vendor"
+    assert [status for status, _ in vendor.callbacks] == [200, 200]
+    await _until_status(gateway, sent.id, gateway_pb2.MESSAGE_STATUS_DELIVERED)
+
+
 def _webpush(push_service: PushService) -> dict[str, Any]:
     return {
         "name": "webpush",
@@ -226,6 +250,43 @@ async def test_a_subscription_the_push_service_reports_gone_is_suppressed(
     assert again.status == gateway_pb2.MESSAGE_STATUS_FAILED
     assert again.error == "address suppressed: address_invalid"
     assert push_service.delivered_to(subscription) == []
+
+
+async def test_an_ios_app_gets_the_push_through_apns_and_a_token_apns_reports_gone_is_suppressed(
+    start_gateway: StartGateway, neighbours: Neighbours
+) -> None:
+    key = ec.generate_private_key(ec.SECP256R1())
+    pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ).decode()
+    async with running_apns(key.public_key()) as apns:
+        gateway = await start_gateway(
+            providers=[
+                {"name": "apns", "kind": "apns", "channel": "push", "key": pem, "key_id": apns_server.KEY_ID,
+                 "team_id": apns_server.TEAM_ID, "topic": apns_server.TOPIC, "base_url": apns.url}
+            ]
+        )  # fmt: skip
+        live, gone = uuid.uuid4().hex * 2, uuid.uuid4().hex * 2
+        apns.unregistered.add(gone)
+        template = await _template(gateway, PUSH)
+
+        sent = await _send(
+            gateway,
+            await _person(neighbours, ("push_token", live)),
+            common_pb2.CHANNEL_PUSH,
+            template,
+            nth="10th",
+        )
+        assert sent.status == gateway_pb2.MESSAGE_STATUS_SENT, sent
+        [taken] = apns.delivered
+        assert taken.payload["aps"]["alert"]["body"] == "your 10th coffee is free"
+
+        owner = await _person(neighbours, ("push_token", gone))
+        failed = await _send(gateway, owner, common_pb2.CHANNEL_PUSH, template, nth="1st")
+        assert failed.status == gateway_pb2.MESSAGE_STATUS_FAILED, failed
+        again = await _send(gateway, owner, common_pb2.CHANNEL_PUSH, template, nth="2nd")
+        assert again.error == "address suppressed: address_invalid"
+        assert len(apns.refused) == 1  # not tried again
 
 
 WEBHOOK = gateway_pb2.TemplateVariant(

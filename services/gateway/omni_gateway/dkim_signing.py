@@ -1,7 +1,7 @@
 """DKIM signatures (RFC 6376) on the gateway's emails, with dkimpy.
 
-dkimpy canonicalizes, hashes the body and the signed headers and writes the DKIM-Signature field; only the RSA
-step is OpenSSL's (the `cryptography` package) instead of dkimpy's pure-Python modular exponentiation, which
+dkimpy canonicalizes, hashes the body and the signed headers and writes the DKIM-Signature field; the key is
+loaded once (dkimpy's `sign` parses the PEM key again for every signature), and the RSA step is OpenSSL's (the `cryptography` package) instead of dkimpy's pure-Python modular exponentiation, which
 takes about 7 ms per 2048-bit signature here (some 140 emails/s a core) against 0.3 ms. The signature is the
 same: RSASSA-PKCS1-v1_5 is deterministic. Signatures are checked by dkimpy's own verifier in the tests.
 
@@ -13,6 +13,7 @@ signing (a transactional email's List-Unsubscribe) cannot be added later without
 from __future__ import annotations
 
 import base64
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -52,12 +53,9 @@ class DkimSigner:
         self.selector = selector
         self.headers = tuple(headers)
         self._key = key
-        # dkimpy wants the key in the traditional (PKCS#1) PEM form.
-        self._pkcs1 = key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.TraditionalOpenSSL,
-            serialization.NoEncryption(),
-        )
+        self._include = tuple(h.encode().lower() for h in self.headers)
+        if b"from" not in self._include:
+            raise ValueError("the From header must be signed")
 
     @classmethod
     def from_file(cls, *, domain: str, selector: str, path: Path) -> DkimSigner:
@@ -67,15 +65,7 @@ class DkimSigner:
         """The `DKIM-Signature: ...` header field (folded, CRLF line ends, with its final CRLF) for the message,
         given as the exact bytes that will be sent (CRLF line ends)."""
         signer = _OpenSslDkim(message, key=self._key)
-        return bytes(
-            signer.sign(
-                self.selector.encode(),
-                self.domain.encode(),
-                self._pkcs1,
-                canonicalize=(b"relaxed", b"relaxed"),
-                include_headers=[h.encode() for h in self.headers],
-            )
-        )
+        return signer.sign_relaxed(self.selector.encode(), self.domain.encode(), self._include)
 
 
 class _OpenSslDkim(dkim.DKIM):  # type: ignore[misc]
@@ -84,6 +74,31 @@ class _OpenSslDkim(dkim.DKIM):  # type: ignore[misc]
     def __init__(self, message: bytes, *, key: rsa.RSAPrivateKey) -> None:
         super().__init__(message, signature_algorithm=b"rsa-sha256", linesep=b"\r\n")
         self._rsa_key = key
+
+    def sign_relaxed(self, selector: bytes, domain: bytes, include_headers: tuple[bytes, ...]) -> bytes:
+        """dkimpy's `sign` (1.1.x) for rsa-sha256, relaxed/relaxed, without its parsing of the PEM key for
+        every signature (0.2-0.3 ms): the key was loaded once, and the RSA step is OpenSSL's."""
+        canon_policy = dkim.CanonicalizationPolicy.from_c_value(b"relaxed/relaxed")
+        self.include_headers = include_headers
+        self.hasher = dkim.HASH_ALGORITHMS[self.signature_algorithm]
+        bodyhash = base64.b64encode(self.hasher(canon_policy.canonicalize_body(self.body)).digest())
+        sigfields = [
+            (b"v", b"1"),
+            (b"a", self.signature_algorithm),
+            (b"c", canon_policy.to_c_value()),
+            (b"d", domain),
+            (b"i", b"@" + domain),
+            (b"q", b"dns/txt"),
+            (b"s", selector),
+            (b"t", str(int(time.time())).encode("ascii")),
+            (b"h", b" : ".join(include_headers)),
+            (b"bh", bodyhash),
+            # As dkimpy: b= folds onto its own line, so adding the signature does not refold the others.
+            (b"b", b"0" * 60),
+        ]
+        header = self.gen_header(sigfields, include_headers, canon_policy, b"DKIM-Signature", None)
+        self.domain, self.selector, self.signature_fields = domain, selector, dict(sigfields)
+        return b"DKIM-Signature: " + header
 
     def gen_header(
         self,

@@ -9,9 +9,13 @@ over those bytes, so it verifies at the receiver.
 
 from __future__ import annotations
 
+import re
 import secrets
 import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from email import contentmanager
 from email import policy as email_policy
 from email.errors import HeaderParseError
 from email.headerregistry import Address, BaseHeader, HeaderRegistry
@@ -25,6 +29,10 @@ from omni_gateway.email_links import EmailLinks, track_html
 from omni_gateway.rendering import Rendered
 
 ONE_CLICK = "List-Unsubscribe=One-Click"
+
+# The body encoding `set_content` uses (7bit, else quoted-printable or base64 as it judges), called as it is
+# so that the bytes written directly are the email package's; private, so not in the type stubs.
+_encode_text: Callable[[str, str, str | None, Policy], tuple[str, str]] = contentmanager._encode_text  # type: ignore[attr-defined]
 
 
 class _HeaderClasses(HeaderRegistry):
@@ -49,6 +57,11 @@ POLICY = email_policy.default.clone(header_factory=_HeaderClasses())
 def message_id_header(message_id: uuid.UUID, sender: str) -> str:
     """The Message-ID of a message: the same for every attempt, so a receiver can drop a repeat."""
     return f"<{message_id}@{ascii_domain(sender)}>"
+
+
+def from_address(sender: str) -> str:
+    """The address of a sender that may carry a display name ("Shop <shop@example.com>")."""
+    return parseaddr(sender)[1]
 
 
 def ascii_domain(address: str) -> str:
@@ -114,6 +127,166 @@ def build_email(
     if dkim is not None:
         sign(email, dkim, envelope_sender=links.return_path(message_id) if links is not None else None)
     return email
+
+
+@dataclass(frozen=True)
+class WireEmail:
+    """An email as it goes on the wire: its bytes (CRLF line ends, signed when DKIM is on), flattened once."""
+
+    data: bytes
+    recipient: str
+    """The address it goes to (the To address)."""
+    message_id: str
+    """Its Message-ID header."""
+    smtputf8: bool
+    """Whether an envelope address or a header is not ASCII (the server must offer SMTPUTF8)."""
+
+
+def wire_email(
+    *,
+    message_id: uuid.UUID,
+    sender: str,
+    recipient: str,
+    rendered: Rendered,
+    envelope_sender: str | None = None,
+    now: datetime | None = None,
+    person_id: uuid.UUID | None = None,
+    purpose: Purpose | None = None,
+    links: EmailLinks | None = None,
+    track: bool = False,
+    dkim: DkimSigner | None = None,
+) -> WireEmail:
+    """The email of `build_email` (same arguments) as an SMTP client sends it (from `envelope_sender`, else
+    from its From), flattened once, with the DKIM-Signature over exactly those bytes put first: the signed
+    bytes are the sent bytes.
+
+    The common email (ASCII addresses without a display name to quote, a short ASCII subject) is written
+    directly as bytes, the same bytes the email package would write (`tests/gateway/test_email_wire.py`
+    compares them), without building an EmailMessage: parsing its headers again, `set_content` and the
+    generator were half of an email's CPU. Any other email is built by `build_email` and flattened.
+    """
+    data = _direct(
+        message_id=message_id,
+        sender=sender,
+        recipient=recipient,
+        rendered=rendered,
+        now=now,
+        person_id=person_id,
+        purpose=purpose,
+        links=links,
+        track=track,
+    )
+    smtputf8 = False
+    if data is None:
+        email = build_email(
+            message_id=message_id,
+            sender=sender,
+            recipient=recipient,
+            rendered=rendered,
+            now=now,
+            person_id=person_id,
+            purpose=purpose,
+            links=links,
+            track=track,
+        )
+        policy = smtp_policy(email, envelope_sender)
+        smtputf8 = policy is email_policy.SMTPUTF8
+        data = email.as_bytes(policy=policy)
+        recipient = email["To"].addresses[0].addr_spec
+    if dkim is not None:
+        data = dkim.signature(data) + data
+    return WireEmail(
+        data=data,
+        recipient=recipient.strip(),
+        message_id=message_id_header(message_id, sender),
+        smtputf8=smtputf8,
+    )
+
+
+# What the direct path takes: what the email package writes as it is, unquoted, unencoded, unfolded.
+_PLAIN_ADDRESS = re.compile(r"[A-Za-z0-9._%+-]{1,64}@[A-Za-z0-9-]{1,63}(?:\.[A-Za-z0-9-]{1,63})+")
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9]+(?: [A-Za-z0-9]+)*")
+_PLAIN_SUBJECT = re.compile(r"[!-~]+(?: [!-~]+)*")
+_MAX_LINE = 78
+_CRLF = "\r\n"
+
+
+def _from_line(sender: str) -> str | None:
+    name, address = parseaddr(sender)
+    if not _PLAIN_ADDRESS.fullmatch(address) or (name and not _PLAIN_NAME.fullmatch(name)):
+        return None
+    line = f"From: {name} <{address}>" if name else f"From: {address}"
+    return line if len(line) <= _MAX_LINE else None
+
+
+def _direct(
+    *,
+    message_id: uuid.UUID,
+    sender: str,
+    recipient: str,
+    rendered: Rendered,
+    now: datetime | None,
+    person_id: uuid.UUID | None,
+    purpose: Purpose | None,
+    links: EmailLinks | None,
+    track: bool,
+) -> bytes | None:
+    """The email's bytes written directly, or None when it is not the common kind (see wire_email)."""
+    from_line = _from_line(sender)
+    subject = rendered.subject
+    if (
+        from_line is None
+        or not _PLAIN_ADDRESS.fullmatch(recipient)
+        or len(subject) > _MAX_LINE - len("Subject: ")
+        or not _PLAIN_SUBJECT.fullmatch(subject)
+        or "=?" in subject
+    ):
+        return None
+    headers = [
+        from_line,
+        f"To: {recipient}",
+        f"Subject: {subject}",
+        f"Date: {format_datetime(now or datetime.now(UTC))}",
+        f"Message-ID: {message_id_header(message_id, sender)}",
+        f"X-Omni-Message-Id: {message_id}",
+    ]
+    html = rendered.html
+    if links is not None and person_id is not None:
+        claims = links.claims(message_id, person_id, purpose or Purpose.MARKETING)
+        if (purpose or Purpose.MARKETING) is Purpose.MARKETING:
+            headers.append(f"List-Unsubscribe: {links.list_unsubscribe(claims)}")
+            headers.append(f"List-Unsubscribe-Post: {ONE_CLICK}")
+        if track and html:
+            html = track_html(html, links=links, claims=claims)
+    text_cte, text = _encode_text(rendered.text, "utf-8", _cte(rendered.text), POLICY)
+    text_headers = ['Content-Type: text/plain; charset="utf-8"', f"Content-Transfer-Encoding: {text_cte}"]
+    if not html:
+        lines = [*headers, *text_headers, "MIME-Version: 1.0", "", text]
+    else:
+        html_cte, html_body = _encode_text(html, "utf-8", _cte(html), POLICY)
+        boundary = _boundary(rendered.text, html)
+        lines = [
+            *headers,
+            "MIME-Version: 1.0",
+            "Content-Type: multipart/alternative;",
+            f' boundary="{boundary}"',
+            "",
+            f"--{boundary}",
+            *text_headers,
+            "",
+            text,
+            f"--{boundary}",
+            'Content-Type: text/html; charset="utf-8"',
+            f"Content-Transfer-Encoding: {html_cte}",
+            "MIME-Version: 1.0",
+            "",
+            html_body,
+            f"--{boundary}--",
+            "",
+        ]
+    # The encoded bodies end with a line break and use "\n": every line end becomes CRLF, as the generator
+    # writes them with the SMTP policy.
+    return "\n".join(lines).replace("\r\n", "\n").replace("\n", _CRLF).encode("ascii")
 
 
 def sign(email: EmailMessage, dkim: DkimSigner, *, envelope_sender: str | None = None) -> None:

@@ -10,7 +10,8 @@ server (e.g. `root.add_subapp("/sms", sms_callbacks_app(...))`):
   (`<Response><Message>reply</Message></Response>`), which the vendor sends back to the handset.
 
 Signatures are checked against the public URL the vendor called (`status_callback_url` / `inbound_url` of the
-provider's settings; without one, the URL the request arrived at). Bodies over 16 KiB are refused (413).
+provider's settings with the query the request came with, e.g. the message id of a status callback; without
+one, the URL the request arrived at). Bodies over 16 KiB are refused (413).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from xml.sax.saxutils import escape
 
 from aiohttp import web
 
-from omni_gateway.providers.http_sms import HttpSmsProvider
+from omni_gateway.providers.http_sms import HttpSmsProvider, message_id_of
 from omni_gateway.sms_keywords import MAX_INBOUND_CHARS, InboundHandler
 
 __all__ = ["MAX_CALLBACK_BYTES", "sms_callbacks_app"]
@@ -37,7 +38,10 @@ async def _verified_form(
     form = await request.post()
     params = [(name, value) for name, value in form.items() if isinstance(value, str)]
     signature = request.headers.get("X-Twilio-Signature", "")
-    url = public_url or str(request.url)
+    url = str(request.url)
+    if public_url:
+        # The vendor called the public URL with the query it was given (a status callback's message id).
+        url = public_url.split("?", 1)[0] + (f"?{request.query_string}" if request.query_string else "")
     if not signature or not provider.signature_valid(url, params, signature):
         _log.warning("%s: a callback with a bad signature refused", provider.name)
         raise web.HTTPForbidden(text="bad signature")
@@ -50,7 +54,7 @@ def sms_callbacks_app(provider: HttpSmsProvider, inbound: InboundHandler | None 
 
     async def status(request: web.Request) -> web.Response:
         params = dict(await _verified_form(request, provider, provider.settings.status_callback_url))
-        await provider.on_status(params)
+        await provider.on_status(params, message_id_of(request.query))
         return web.Response(status=200)
 
     async def incoming(request: web.Request) -> web.Response:

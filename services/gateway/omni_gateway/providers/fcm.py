@@ -47,6 +47,7 @@ from omni_gateway.providers.base import (
     ReceiptSink,
 )
 from omni_gateway.providers.retry_after import retry_after_seconds
+from omni_gateway.providers.secret_settings import empty_is_none, from_registry, one_of, secret_text
 
 __all__ = ["IDENTIFIER_TYPE", "FcmProvider", "FcmSettings", "ServiceAccount", "fcm_message"]
 
@@ -116,17 +117,18 @@ class FcmSettings(BaseSettings):
     timeout_s: float = Field(10.0, gt=0, description="Timeout of one request to FCM or the token endpoint.")
     max_connections: int = Field(100, ge=1, le=10_000, description="Connections pooled to FCM.")
 
-    @field_validator("service_account_json", "service_account_file", mode="before")
-    @classmethod
-    def _empty_is_none(cls, value: object) -> object:
-        # An empty variable (a Compose pass-through set to nothing) means no account, not a bad one.
-        return None if isinstance(value, str) and not value.strip() else value
+    _empty_is_none = field_validator("service_account_json", "service_account_file", mode="before")(
+        empty_is_none
+    )
 
     @model_validator(mode="after")
     def _account_is_readable(self) -> FcmSettings:
-        if self.service_account_json is not None and self.service_account_file is not None:
-            raise ValueError("give service_account_json or service_account_file, not both")
-        if self.configured:
+        if one_of(
+            self.service_account_json,
+            self.service_account_file,
+            ("service_account_json", "service_account_file"),
+            required=False,
+        ):
             account = self.service_account()
             account.signing_key()
             if not (self.project_id or account.project_id):
@@ -140,12 +142,7 @@ class FcmSettings(BaseSettings):
 
     def service_account(self) -> ServiceAccount:
         """The service account these settings name."""
-        if self.service_account_file is not None:
-            text = self.service_account_file.read_text()
-        elif self.service_account_json is not None:
-            text = self.service_account_json.get_secret_value()
-        else:
-            raise ValueError("no FCM service account configured")
+        text = secret_text(self.service_account_json, self.service_account_file, "FCM service account")
         return ServiceAccount.model_validate_json(text)
 
 
@@ -403,6 +400,4 @@ def create(name: str, options: Mapping[str, Any], defaults: Mapping[str, Any]) -
     what they do not give comes from the OMNI_GATEWAY_FCM_* variables (a secret mounted there).
     `defaults` are not used. Raises ValueError (pydantic's ValidationError) naming what is wrong, never a
     key."""
-    provider = FcmProvider(FcmSettings(**dict(options)))
-    provider.name = name
-    return provider
+    return from_registry(FcmProvider, FcmSettings, name, options)

@@ -14,6 +14,12 @@ Status callbacks (the vendor POSTs MessageSid, MessageStatus, ErrorCode ... to S
 X-Twilio-Signature) are verified and turned into receipts by `omni_gateway.sms_inbound`, which calls
 `receipt_from_status`: `delivered` → DELIVERED, `undelivered`/`failed` → FAILED (address_invalid for error
 codes 30003, 30005, 30006, 21211, 21614); queued/sending/sent are not final and are dropped.
+
+Each message's StatusCallback is `status_callback_url` with Omni's message id added to its query
+(`omni_message_id=…`; the signature covers the whole URL, so it cannot be forged): the vendor may call back
+before its answer to the send has been read and recorded, when the message is not yet findable by its sid,
+and the receipt then names the message by Omni's id and is applied to it (a receipt for a message still
+queued is kept and applied when its send is recorded: `receipts.py`).
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import uuid
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -141,7 +148,7 @@ class HttpSmsProvider:
             raise self._failure(FailureKind.TRANSIENT, "not started")
         form = {"To": number, "From": self.settings.from_number, "Body": text}
         if self.settings.status_callback_url:
-            form["StatusCallback"] = self.settings.status_callback_url
+            form["StatusCallback"] = status_callback(self.settings.status_callback_url, outgoing.message_id)
         try:
             response = await self._client.post(self._url, data=form)
         except httpx.TimeoutException as error:
@@ -193,8 +200,11 @@ class HttpSmsProvider:
             return self._failure(FailureKind.ADDRESS_INVALID, detail)
         return self._failure(FailureKind.PERMANENT, detail)
 
-    def receipt_from_status(self, params: Mapping[str, str]) -> Receipt | None:
-        """The receipt a (verified) status callback stands for; None for a state that is not final."""
+    def receipt_from_status(
+        self, params: Mapping[str, str], message_id: uuid.UUID | None = None
+    ) -> Receipt | None:
+        """The receipt a (verified) status callback stands for; None for a state that is not final.
+        `message_id` is Omni's id from the callback URL's query, when it has one."""
         sid = params.get("MessageSid") or params.get("SmsSid") or ""
         status = (params.get("MessageStatus") or params.get("SmsStatus") or "").lower()
         if not sid:
@@ -212,13 +222,16 @@ class HttpSmsProvider:
             provider_event_id=f"{sid}:{status}",
             occurred_at=datetime.now(UTC),
             provider_message_id=sid,
+            message_id=message_id,
             detail=f"{status} {error}".strip(),
             address_invalid=kind is ReceiptKind.FAILED and error in _RECEIPT_ADDRESS_INVALID,
         )
 
-    async def on_status(self, params: Mapping[str, str]) -> Receipt | None:
+    async def on_status(
+        self, params: Mapping[str, str], message_id: uuid.UUID | None = None
+    ) -> Receipt | None:
         """Hand the receipt of a verified status callback to the delivery flow; return it."""
-        receipt = self.receipt_from_status(params)
+        receipt = self.receipt_from_status(params, message_id)
         if receipt is not None and self._receipts is not None:
             await self._receipts(receipt)
         return receipt
@@ -226,6 +239,23 @@ class HttpSmsProvider:
     def signature_valid(self, url: str, params: Sequence[tuple[str, str]], signature: str) -> bool:
         expected = twilio_signature(self.settings.auth_token.get_secret_value(), url, params)
         return hmac.compare_digest(expected, signature)
+
+
+MESSAGE_ID_PARAM = "omni_message_id"
+"""The query parameter of a message's StatusCallback URL that holds Omni's message id."""
+
+
+def status_callback(url: str, message_id: uuid.UUID) -> str:
+    """The StatusCallback URL of one message: `url` with the message id added to its query."""
+    return str(httpx.URL(url).copy_add_param(MESSAGE_ID_PARAM, str(message_id)))
+
+
+def message_id_of(query: Mapping[str, str]) -> uuid.UUID | None:
+    """Omni's message id in a (verified) callback URL's query, if it holds a valid one."""
+    try:
+        return uuid.UUID(query.get(MESSAGE_ID_PARAM, ""))
+    except ValueError:
+        return None
 
 
 def http_sms_provider(settings: HttpSmsSettings) -> HttpSmsProvider:

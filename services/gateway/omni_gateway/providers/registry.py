@@ -4,7 +4,7 @@ token bucket (aiolimiter) per provider instance.
 Providers are configured as a list (OMNI_GATEWAY_PROVIDERS, JSON): each entry names an instance (`name`,
 unique), its `kind` (the module under `omni_gateway.providers` that implements it: "smtp" is
 `providers/smtp.py`), its `channel`, the guards (`rate_per_s`, `burst`, `breaker_failures`,
-`breaker_reset_s`) and the kind's own settings (any other key, handed to the module's `create`). Several
+`breaker_reset_s`: `providers/circuit.py`, one trial call through a half-open circuit) and the kind's own settings (any other key, handed to the module's `create`). Several
 instances of one kind are allowed ("smtp" and "smtp-backup"). A channel's providers are tried in the order
 of the list, or in the order OMNI_GATEWAY_PROVIDER_ORDER gives ({"email": ["smtp-backup", "smtp"]}).
 
@@ -14,7 +14,6 @@ changes.
 
 from __future__ import annotations
 
-import asyncio
 import importlib
 import logging
 from collections.abc import Mapping, Sequence
@@ -22,12 +21,11 @@ from dataclasses import dataclass
 from typing import Any, Protocol, TypedDict
 
 from aiolimiter import AsyncLimiter
-from purgatory import AsyncCircuitBreakerFactory
-from purgatory.domain.model import OpenedState
 from pydantic import BaseModel, ConfigDict, Field
 
 from omni_gateway.domain import Channel
-from omni_gateway.providers.base import Accepted, ChannelProvider, ProviderFailure, ReceiptSink
+from omni_gateway.providers.base import Accepted, ChannelProvider, ReceiptSink
+from omni_gateway.providers.circuit import CircuitOpen, Circuits
 
 log = logging.getLogger(__name__)
 
@@ -76,10 +74,6 @@ class ProviderSpec(BaseModel):
         return dict(self.model_extra or {})
 
 
-class CircuitOpen(Exception):
-    """The provider's circuit is open: it is skipped until its reset time has passed."""
-
-
 class _Factory(Protocol):
     def __call__(
         self, name: str, options: Mapping[str, Any], defaults: Mapping[str, Any]
@@ -92,7 +86,7 @@ class ProviderSlot:
 
     provider: ChannelProvider
     spec: ProviderSpec
-    breakers: AsyncCircuitBreakerFactory
+    breakers: Circuits
     limiter: AsyncLimiter | None
 
     @property
@@ -112,15 +106,11 @@ class ProviderSlot:
         if self.own_breakers:
             await self._take_rate()
             return await self.provider.send(outgoing)
-        breaker = await self.breakers.get_breaker(
+        async with self.breakers.guard(
             self.name, threshold=self.spec.breaker_failures, ttl=self.spec.breaker_reset_s
-        )
-        try:
-            async with breaker:
-                await self._take_rate()
-                return await self.provider.send(outgoing)
-        except OpenedState as error:
-            raise CircuitOpen(f"{self.name}: circuit open (too many failures in a row)") from error
+        ):
+            await self._take_rate()
+            return await self.provider.send(outgoing)
 
     async def _take_rate(self) -> None:
         if self.limiter is not None:
@@ -131,14 +121,13 @@ class ProviderSlot:
         """ "closed", "opened" or "half-opened" ("closed" for a provider keeping its own breakers)."""
         if self.own_breakers:
             return "closed"
-        breaker = await self.breakers.get_breaker(
+        return await self.breakers.state(
             self.name, threshold=self.spec.breaker_failures, ttl=self.spec.breaker_reset_s
         )
-        return breaker.context.state
 
 
-def _not_counted(error: BaseException) -> bool:
-    return not getattr(error, "transient", True)
+def _counted(error: BaseException) -> bool:
+    return bool(getattr(error, "transient", True))
 
 
 class Registry:
@@ -192,9 +181,7 @@ def build_registry(
     provider that is not configured for that channel.
     """
     # Only transient failures count against a circuit; a cancelled call says nothing about the provider.
-    breakers = AsyncCircuitBreakerFactory(
-        exclude=[(ProviderFailure, _not_counted), asyncio.CancelledError]  # type: ignore[list-item]
-    )
+    breakers = Circuits(_counted)
     slots: list[ProviderSlot] = []
     chains: dict[Channel, list[str]] = {}
     for spec in specs:

@@ -8,8 +8,8 @@ TLS handshake per connection rather than per email. A pooled connection the serv
 its first command, before anything of the email was given: that email is tried once more on a new
 connection.
 
-The email itself is built by `email_message.build_email` (headers, body; DKIM and List-Unsubscribe are added
-there), never here. Given the gateway's `EmailLinks` (defaults "email_links"), a marketing email gets the
+The email itself is built by `email_message.wire_email` (headers, body; DKIM and List-Unsubscribe are added
+there, and it is flattened there once: the signed bytes are the bytes sent, by `sendmail`), never here. Given the gateway's `EmailLinks` (defaults "email_links"), a marketing email gets the
 one-click List-Unsubscribe headers and, with "email_tracking", tracked links and the open pixel; every email is
 sent from its own return path (VERP, `links.return_path(message id)`) so bounces name it. Given a `DkimSigner`
 (defaults "dkim"), every email is signed.
@@ -32,7 +32,7 @@ from opentelemetry import trace
 from omni_gateway.dkim_signing import DkimSigner
 from omni_gateway.domain import Channel, DeliveryError, Purpose
 from omni_gateway.email_links import EmailLinks
-from omni_gateway.email_message import build_email
+from omni_gateway.email_message import WireEmail, from_address, wire_email
 from omni_gateway.providers.base import (
     Accepted,
     EmailContent,
@@ -87,13 +87,13 @@ class SmtpPool:
         self._slots = asyncio.Semaphore(config.pool_size)
         self._closed = False
 
-    async def send(self, email: EmailMessage, *, sender: str | None = None) -> None:
+    async def send(self, email: EmailMessage | WireEmail, *, sender: str | None = None) -> None:
         """Submit one email on a pooled connection, from the envelope `sender` (else its From); raise
-        aiosmtplib's error when it is not taken."""
+        aiosmtplib's error when it is not taken. A WireEmail's bytes are sent as they are."""
         async with self._slots:
             connection = await self._take()
             try:
-                await connection.client.send_message(email, sender=sender)
+                await _submit(connection.client, email, sender)
             except aiosmtplib.SMTPServerDisconnected:
                 await self._discard(connection)
                 if not connection.reused:
@@ -101,7 +101,7 @@ class SmtpPool:
                 # The server closed the idle connection; nothing of this email reached it. Once more, fresh.
                 connection = await self._take(fresh=True)
                 try:
-                    await connection.client.send_message(email, sender=sender)
+                    await _submit(connection.client, email, sender)
                 except BaseException:
                     await self._discard(connection)
                     raise
@@ -158,6 +158,17 @@ class SmtpPool:
             client.close()
 
 
+async def _submit(client: aiosmtplib.SMTP, email: EmailMessage | WireEmail, sender: str | None) -> None:
+    if isinstance(email, EmailMessage):
+        await client.send_message(email, sender=sender)
+        return
+    if sender is None:
+        raise ValueError("a WireEmail needs its envelope sender")
+    await client.sendmail(
+        sender, [email.recipient], email.data, mail_options=["SMTPUTF8"] if email.smtputf8 else None
+    )
+
+
 class SmtpProvider:
     """The email channel through one SMTP server (a ChannelProvider)."""
 
@@ -181,6 +192,7 @@ class SmtpProvider:
         self.track = track
         self._pool = SmtpPool(config)
         self.receipts: ReceiptSink | None = None
+        self._envelope_sender = from_address(sender)
 
     def address_of(self, person: PersonContacts) -> str | None:
         """The person's first email address."""
@@ -199,8 +211,10 @@ class SmtpProvider:
             raise ProviderFailure(
                 FailureKind.PERMANENT, f"cannot send {type(content).__name__} as email", provider=self.name
             )
+        return_path = self.links.return_path(outgoing.message_id) if self.links is not None else None
         try:
-            email = build_email(
+            email = wire_email(
+                envelope_sender=return_path,
                 message_id=outgoing.message_id,
                 sender=self.sender,
                 recipient=outgoing.address,
@@ -216,11 +230,12 @@ class SmtpProvider:
             # Not ADDRESS_INVALID: the sender (configuration) may be what is wrong, and that must not suppress
             # every recipient.
             raise ProviderFailure(FailureKind.PERMANENT, str(error), provider=self.name) from error
-        return_path = self.links.return_path(outgoing.message_id) if self.links is not None else None
-        await self.submit(email, message_id=outgoing.message_id, sender=return_path)
-        return Accepted(provider=self.name, provider_message_id=str(email["Message-ID"]))
+        await self.submit(email, message_id=outgoing.message_id, sender=return_path or self._envelope_sender)
+        return Accepted(provider=self.name, provider_message_id=email.message_id)
 
-    async def submit(self, email: EmailMessage, *, message_id: uuid.UUID, sender: str | None = None) -> None:
+    async def submit(
+        self, email: EmailMessage | WireEmail, *, message_id: uuid.UUID, sender: str | None = None
+    ) -> None:
         """Submit a built email from the envelope `sender` (else its From), in a span "smtp send"; raise
         ProviderFailure if it is not taken."""
         config = self.config

@@ -31,8 +31,6 @@ import aiolimiter
 import httpx
 import orjson
 from opentelemetry import trace
-from purgatory import AsyncCircuitBreakerFactory
-from purgatory.domain.model import OpenedState
 from standardwebhooks import Webhook
 
 from omni_gateway.domain import Channel
@@ -45,6 +43,7 @@ from omni_gateway.providers.base import (
     ReceiptSink,
     WebhookContent,
 )
+from omni_gateway.providers.circuit import CircuitOpen, Circuits
 from omni_gateway.providers.retry_after import retry_after_seconds
 from omni_gateway.providers.webhook_settings import WebhookDestination, WebhookSettings, secret_key
 from omni_kit.errors import without_control_characters
@@ -78,9 +77,12 @@ class _AtRate(ProviderFailure):
     nothing about the endpoint's health (not counted by its circuit)."""
 
 
-def _not_counted(error: BaseException) -> bool:
-    """Whether a failure leaves the circuit as it is: a refusal shows the endpoint alive (a 4xx, a 410)."""
-    return isinstance(error, _AtRate) or not getattr(error, "transient", True)
+def _counted(error: BaseException) -> bool:
+    """Whether a failure counts against the circuit: not a refusal, which shows the endpoint alive (a 4xx,
+    a 410), nor a send held back by the destination's rate."""
+    if isinstance(error, ProviderFailure):
+        return not isinstance(error, _AtRate) and error.transient
+    return True
 
 
 @dataclass
@@ -110,9 +112,7 @@ class WebhookProvider:
         attempt n fails (or the endpoint's Retry-After, if later), and after len + 1 attempts the message
         fails. The delivery flow's retry policy reads it (`retry_delay_s`)."""
         # Only transient failures count against a destination's circuit; a cancelled call says nothing.
-        self._breakers = AsyncCircuitBreakerFactory(
-            exclude=[(ProviderFailure, _not_counted), asyncio.CancelledError]  # type: ignore[list-item]
-        )
+        self._breakers = Circuits(_counted)
         self._endpoints = {d.name: self._endpoint(d) for d in settings.destinations}
 
     def _endpoint(self, destination: WebhookDestination) -> _Endpoint:
@@ -146,11 +146,10 @@ class WebhookProvider:
 
     async def circuit_state(self, destination: str) -> str:
         """ "closed", "opened" or "half-opened": the state of a destination's circuit (health, tests)."""
-        return (await self._breaker(self._endpoints[destination])).context.state
-
-    async def _breaker(self, endpoint: _Endpoint) -> Any:
-        return await self._breakers.get_breaker(
-            endpoint.breaker, threshold=self.settings.breaker_failures, ttl=self.settings.breaker_reset_s
+        return await self._breakers.state(
+            self._endpoints[destination].breaker,
+            threshold=self.settings.breaker_failures,
+            ttl=self.settings.breaker_reset_s,
         )
 
     def address_of(self, person: PersonContacts) -> str | None:
@@ -234,18 +233,22 @@ class WebhookProvider:
     ) -> Accepted:
         """The call within the destination's circuit: refused at once while it is open; a transient failure
         counts against it, an answer of any other kind closes it again."""
-        breaker = await self._breaker(endpoint)
         try:
-            async with breaker:
+            async with self._breakers.guard(
+                endpoint.breaker, threshold=self.settings.breaker_failures, ttl=self.settings.breaker_reset_s
+            ):
                 return await self._call(endpoint, outgoing, body, span)
-        except OpenedState as open_circuit:
-            wait = max(0.0, open_circuit.opened_at + self.settings.breaker_reset_s - time.time())
+        except CircuitOpen as open_circuit:
+            wait = open_circuit.retry_after_s
             raise ProviderFailure(
                 FailureKind.TRANSIENT,
                 f"destination {endpoint.destination.name} is not called for now: its circuit opened after "
-                f"{self.settings.breaker_failures} failures in a row; next try in {wait:.1f} s",
+                f"{self.settings.breaker_failures} failures in a row; next try in {wait:.1f} s"
+                if wait
+                else f"destination {endpoint.destination.name} is not called for now: its circuit is "
+                "half-open and its trial call is under way",
                 provider=self.name,
-                retry_after_s=wait,
+                retry_after_s=wait or 1.0,
             ) from None
 
     async def _call(self, endpoint: _Endpoint, outgoing: Outgoing, body: bytes, span: trace.Span) -> Accepted:

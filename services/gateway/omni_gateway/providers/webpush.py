@@ -47,6 +47,7 @@ from omni_gateway.providers.base import (
     ReceiptSink,
 )
 from omni_gateway.providers.retry_after import retry_after_seconds
+from omni_gateway.providers.secret_settings import empty_is_none, from_registry, one_of, secret_text
 
 __all__ = [
     "IDENTIFIER_TYPE",
@@ -117,11 +118,9 @@ class WebPushSettings(BaseSettings):
         False, description="Send to http endpoints on a loopback host (a local push service in tests)."
     )
 
-    @field_validator("vapid_private_key", "vapid_private_key_file", mode="before")
-    @classmethod
-    def _empty_is_none(cls, value: object) -> object:
-        # An empty variable (a Compose pass-through set to nothing) means no key, not a bad one.
-        return None if isinstance(value, str) and not value.strip() else value
+    _empty_is_none = field_validator("vapid_private_key", "vapid_private_key_file", mode="before")(
+        empty_is_none
+    )
 
     @field_validator("vapid_subject")
     @classmethod
@@ -133,8 +132,8 @@ class WebPushSettings(BaseSettings):
 
     @model_validator(mode="after")
     def _key_is_readable(self) -> WebPushSettings:
-        if self.vapid_private_key is not None and self.vapid_private_key_file is not None:
-            raise ValueError("give vapid_private_key or vapid_private_key_file, not both")
+        names = ("vapid_private_key", "vapid_private_key_file")
+        one_of(self.vapid_private_key, self.vapid_private_key_file, names, required=False)
         if self.configured:
             self.private_key()  # refuse an unreadable key at start, not at the first send
         return self
@@ -147,11 +146,9 @@ class WebPushSettings(BaseSettings):
 
     def private_key(self) -> ec.EllipticCurvePrivateKey:
         """The VAPID private key these settings name."""
-        if self.vapid_private_key_file is not None:
-            return load_vapid_key(self.vapid_private_key_file.read_text())
-        if self.vapid_private_key is None:
-            raise ValueError("no VAPID private key configured")
-        return load_vapid_key(self.vapid_private_key.get_secret_value())
+        return load_vapid_key(
+            secret_text(self.vapid_private_key, self.vapid_private_key_file, "VAPID private key")
+        )
 
 
 def load_vapid_key(text: str) -> ec.EllipticCurvePrivateKey:
@@ -384,6 +381,4 @@ def create(name: str, options: Mapping[str, Any], defaults: Mapping[str, Any]) -
     what they do not give comes from the OMNI_GATEWAY_WEBPUSH_* variables (a secret mounted there).
     `defaults` are not used. Raises ValueError (pydantic's ValidationError) naming what is wrong, never a
     key."""
-    provider = WebPushProvider(WebPushSettings(**dict(options)))
-    provider.name = name
-    return provider
+    return from_registry(WebPushProvider, WebPushSettings, name, options)

@@ -59,6 +59,25 @@ _NO_KEY = b"\x00" * 32
 MAX_QUEUED_FRAMES = 1000
 """Frames waiting to go down one stream; a till that sends but does not read is cut off beyond it."""
 
+DRAIN_FRAMES = 1000
+DRAIN_S = 1.0
+"""How much of what a till is still sending is read (and dropped) before its stream ends with an error."""
+
+
+async def drain(requests: AsyncIterator[Any]) -> None:
+    """Read what the till is still sending, up to DRAIN_FRAMES frames or DRAIN_S seconds, dropping it.
+
+    A gRPC client that is still writing when the server ends the call reads INTERNAL ("Internal error from
+    Core") rather than the status the server sent, so a stream that ends with a refusal first lets the till
+    finish what it had on the way (a till that keeps sending is ended all the same)."""
+    with contextlib.suppress(Exception):
+        async with asyncio.timeout(DRAIN_S):
+            count = 0
+            async for _ in requests:
+                count += 1
+                if count >= DRAIN_FRAMES:
+                    return
+
 
 def _timestamp(value: Any) -> Timestamp:
     stamp = Timestamp()
@@ -141,11 +160,15 @@ class TerminalStreams:
                 message=f"a till's stream starts with a hello, within {self.settings.terminal_hello_timeout_s} s",
                 violations=[FieldViolation("hello", "required")],
             ) from None
-        violations = validation.check(first)
-        if not violations and first.WhichOneof("frame") != "hello":
-            violations.add("hello", "the first frame must be a hello")
-        violations.raise_if_any("the hello is not valid")
-        self.authenticate(first.hello)
+        try:
+            violations = validation.check(first)
+            if not violations and first.WhichOneof("frame") != "hello":
+                violations.add("hello", "the first frame must be a hello")
+            violations.raise_if_any("the hello is not valid")
+            self.authenticate(first.hello)
+        except OmniError:
+            await drain(requests)
+            raise
         return first.hello
 
     async def connect(
@@ -174,6 +197,14 @@ class TerminalStreams:
                 yield Frame(message=message_frame(message))
             async for frame in conversation.frames():
                 yield frame
+        except OmniError:
+            # Superseded, not reading, its database gone: the reader stops handling the till's frames and
+            # reads what is still on its way before the stream ends with the error (see `drain`).
+            conversation.ending = True
+            with contextlib.suppress(BaseException):
+                async with asyncio.timeout(DRAIN_S):
+                    await asyncio.shield(reader)
+            raise
         finally:
             self.hub.close(conversation)
             reader.cancel()
@@ -194,6 +225,8 @@ class _Conversation:
         self._lock = asyncio.Lock()
         self._pushes: set[asyncio.Task[None]] = set()
         self._person: uuid.UUID | None = None
+        self.ending = False
+        """Set when the stream ends with an error: the till's frames are read but no longer handled."""
 
     async def frames(self) -> AsyncIterator[Frame]:
         """What goes down, until the till hangs up (or a newer stream of the till takes over)."""
@@ -252,11 +285,14 @@ class _Conversation:
         """Handle the till's frames in order until it hangs up."""
         try:
             async for request in requests:
-                await self._handle(request)
+                if not self.ending:
+                    await self._handle(request)
             self._queue.put_nowait(_END)
         except asyncio.CancelledError:
             raise
         except Exception as error:  # an undecodable frame, the database gone: the stream ends with it
+            self.ending = True
+            await drain(requests)
             self._queue.put_nowait(error)
         finally:
             for task in list(self._pushes):

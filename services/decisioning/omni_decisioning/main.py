@@ -7,11 +7,12 @@ from pathlib import Path
 from typing import Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+import grpc
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from omni.common.v1 import common_pb2
-from omni.decisioning.v1 import decisioning_pb2_grpc
+from omni.decisioning.v1 import decisioning_pb2_grpc, experiments_pb2_grpc, reports_pb2_grpc
 from omni.gateway.v1 import gateway_pb2_grpc
 from omni.segmentation.v1 import segmentation_pb2_grpc
 from omni_decisioning.api import DecisioningServicer
@@ -19,6 +20,11 @@ from omni_decisioning.consumers import CONSUMED, EventHandlers
 from omni_decisioning.contact_policy import Cap, Period
 from omni_decisioning.decide import Decider
 from omni_decisioning.events import Publisher
+from omni_decisioning.experiments.api import ExperimentServicer, ReportServicer
+from omni_decisioning.experiments.consumers import OUTCOME_EVENTS, OutcomeHandlers
+from omni_decisioning.experiments.experiments import Experiments
+from omni_decisioning.experiments.outcomes import Outcomes
+from omni_decisioning.experiments.repository import ExperimentRepository, OutcomeRepository
 from omni_decisioning.journeys import Journeys
 from omni_decisioning.offers import Offers
 from omni_decisioning.read_models import ReadModels
@@ -32,6 +38,8 @@ from omni_kit.settings import ServiceSettings
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 SERVICE_NAME = "omni.decisioning.v1.DecisioningService"
+EXPERIMENT_SERVICE_NAME = "omni.decisioning.v1.ExperimentService"
+REPORT_SERVICE_NAME = "omni.decisioning.v1.ReportService"
 
 
 class ContactCap(BaseModel):
@@ -85,6 +93,20 @@ class Settings(ServiceSettings):
         description="The IANA time zone of calendar days and weeks in contact caps, e.g. Europe/Berlin.",
     )
 
+    global_control_basis_points: int = Field(
+        0,
+        ge=0,
+        le=5_000,
+        description="The share of all persons kept in the global control group (no marketing at all), in "
+        "hundredths of a percent: 500 is 5%; 0 keeps no global control group.",
+    )
+    global_control_salt: str = Field(
+        "omni",
+        min_length=1,
+        max_length=100,
+        description="Salt of the global control group's hash; changing it draws a new group.",
+    )
+
     @field_validator("time_zone")
     @classmethod
     def _known_zone(cls, value: str) -> str:
@@ -101,12 +123,19 @@ async def start(settings: Settings) -> Runtime:
     await runtime.open()
     repository = Repository()
     publisher = Publisher(runtime.outbox)
+    experiment_repository = ExperimentRepository()
+    experiments = Experiments(
+        experiment_repository,
+        global_control_basis_points=settings.global_control_basis_points,
+        global_control_salt=settings.global_control_salt,
+    )
     journeys = Journeys(
         repository,
         publisher,
         reentry_window=timedelta(seconds=settings.journey_reentry_s),
         caps=[cap.cap() for cap in settings.contact_caps],
         time_zone=ZoneInfo(settings.time_zone),
+        experiments=experiments,
     )
     read_models = ReadModels(repository, PERSON_LINEAGE)
     lineage = Lineage(
@@ -117,6 +146,10 @@ async def start(settings: Settings) -> Runtime:
     )
     handlers = EventHandlers(read_models, journeys, lineage)
     runtime.add_consumer(durable="read-models", event_types=CONSUMED, handler=handlers.handle)
+    outcomes = Outcomes(OutcomeRepository(), experiment_repository)
+    runtime.add_consumer(
+        durable="outcomes", event_types=OUTCOME_EVENTS, handler=OutcomeHandlers(outcomes).handle
+    )
     await keep_answers_purged(runtime)
     # Asked only when a journey or offer is created; Decide calls nobody.
     segmentation = runtime.track_channel(
@@ -148,10 +181,15 @@ async def start(settings: Settings) -> Runtime:
         decider=Decider(runtime, repository, publisher),
         references=references,
     )
+    experiment_servicer = ExperimentServicer(runtime, experiments)
+    report_servicer = ReportServicer(runtime, experiment_repository, outcomes)
+
+    def register(server: grpc.aio.Server) -> None:
+        decisioning_pb2_grpc.add_DecisioningServiceServicer_to_server(servicer, server)
+        experiments_pb2_grpc.add_ExperimentServiceServicer_to_server(experiment_servicer, server)
+        reports_pb2_grpc.add_ReportServiceServicer_to_server(report_servicer, server)
+
     await runtime.serve(
-        service_names=[SERVICE_NAME],
-        register=lambda server: decisioning_pb2_grpc.add_DecisioningServiceServicer_to_server(
-            servicer, server
-        ),
+        service_names=[SERVICE_NAME, EXPERIMENT_SERVICE_NAME, REPORT_SERVICE_NAME], register=register
     )
     return runtime

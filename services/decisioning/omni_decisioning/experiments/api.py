@@ -119,6 +119,8 @@ def results_to_proto(results: Results) -> experiments_pb2.GetExperimentResultsRe
             message.conversion_lift.CopyFrom(estimate(arm.conversion_lift))
         if arm.revenue_lift is not None:
             message.revenue_lift.CopyFrom(estimate(arm.revenue_lift))
+        if arm.incremental_lift is not None:
+            message.incremental_lift.CopyFrom(estimate(arm.incremental_lift))
     return response
 
 

@@ -47,6 +47,7 @@ class ArmResults:
     revenue_per_exposure: stats.Interval
     conversion_lift: stats.Interval | None
     revenue_lift: stats.Interval | None
+    incremental_lift: stats.Interval | None = None
 
     @property
     def significant(self) -> bool:
@@ -231,6 +232,10 @@ class Experiments:
         c_exposures, c_converted, c_revenue, c_sq = moments[control.name]
         control_rate = stats.rate_moments(c_converted, c_exposures)
         control_revenue = stats.Moments(c_exposures, c_revenue, c_sq)
+        holdout = next((arm for arm in arms if arm.holdout), None)
+        holdout_rate = (
+            stats.rate_moments(moments[holdout.name][1], moments[holdout.name][0]) if holdout is not None else None
+        )
         results = []
         for arm in arms:
             exposures, converted, revenue, revenue_sq = moments[arm.name]
@@ -247,6 +252,9 @@ class Experiments:
                     if arm.control
                     else stats.lift(stats.rate_moments(converted, exposures), control_rate),
                     revenue_lift=None if arm.control else stats.lift(revenue_moments, control_revenue),
+                    incremental_lift=None
+                    if holdout_rate is None or arm.holdout
+                    else stats.lift(stats.rate_moments(converted, exposures), holdout_rate),
                 )
             )
         check = stats.sample_ratio_mismatch([moments[arm.name][0] for arm in arms], shares)

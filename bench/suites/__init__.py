@@ -12,6 +12,7 @@ from bench.suites import (
     gateway_send,
     identity_matching,
     identity_resolve,
+    outcome_reports,
     profile_ingest,
     profile_read,
     segment_backfill,
@@ -32,4 +33,5 @@ SUITES: dict[str, Suite] = {
     "decide": decide.run,
     "gateway_send": gateway_send.run,
     "terminal_identify": terminal_identify.run,
+    "outcome_reports": outcome_reports.run,
 }

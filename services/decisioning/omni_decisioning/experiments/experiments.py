@@ -234,7 +234,9 @@ class Experiments:
         control_revenue = stats.Moments(c_exposures, c_revenue, c_sq)
         holdout = next((arm for arm in arms if arm.holdout), None)
         holdout_rate = (
-            stats.rate_moments(moments[holdout.name][1], moments[holdout.name][0]) if holdout is not None else None
+            stats.rate_moments(moments[holdout.name][1], moments[holdout.name][0])
+            if holdout is not None
+            else None
         )
         results = []
         for arm in arms:

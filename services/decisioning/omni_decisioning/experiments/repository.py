@@ -6,7 +6,7 @@ import json
 import uuid
 from collections.abc import Sequence
 from dataclasses import asdict
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -271,6 +271,47 @@ class ExperimentRepository:
         return [_definition(row) for row in rows]
 
 
+# A rollup row per grain: the touch's hour and its day (the caller passes the hour as :bucket).
+_GRAINS = "(VALUES ('hour', CAST(:bucket AS timestamptz)), ('day', date_trunc('day', CAST(:bucket AS timestamptz), 'UTC'))) AS grains(g, b)"
+
+
+def _over_range(table: str, columns: str, where: str) -> str:
+    """The rows of a rollup table for a range: its whole days from the day rows and the hours at either end
+    from the hour rows, as three index range scans."""
+    parts = [
+        ("day", ":day_from", ":day_to"),
+        ("hour", ":start", ":head_to"),
+        ("hour", ":tail_from", ":end"),
+    ]
+    return " UNION ALL ".join(
+        f"SELECT {columns} FROM {table} WHERE {where} AND grain = '{grain}' AND bucket >= {low} AND bucket < {high}"
+        for grain, low, high in parts
+    )
+
+
+def _range(start: datetime, end: datetime) -> dict[str, datetime]:
+    """The parameters of _over_range for hours [start, end) (both on the hour, UTC)."""
+    day_from = start.replace(hour=0) + (timedelta(days=1) if start.hour else timedelta(0))
+    day_to = end.replace(hour=0)
+    if day_from >= day_to:  # no whole day inside: hours only
+        return {
+            "day_from": start,
+            "day_to": start,
+            "start": start,
+            "head_to": end,
+            "tail_from": end,
+            "end": end,
+        }
+    return {
+        "day_from": day_from,
+        "day_to": day_to,
+        "start": start,
+        "head_to": day_from,
+        "tail_from": day_to,
+        "end": end,
+    }
+
+
 class OutcomeRepository:
     """The analytical copy: touches, credits, per-person facts and rollups."""
 
@@ -362,9 +403,10 @@ class OutcomeRepository:
         """Add one to a count of the touch's hour for each of its dimensions' values."""
         await session.execute(
             sa.text(
-                f"INSERT INTO outcome_rollups (bucket, dimension, value, {column}) "
-                "SELECT :bucket, d, v, 1 FROM unnest(CAST(:dimensions AS text[]), CAST(:values AS text[])) AS x(d, v) "
-                f"ON CONFLICT (dimension, bucket, value) DO UPDATE SET {column} = outcome_rollups.{column} + 1"
+                f"INSERT INTO outcome_rollups (grain, bucket, dimension, value, {column}) "
+                f"SELECT g, b, d, v, 1 FROM {_GRAINS} CROSS JOIN unnest(CAST(:dimensions AS text[]), "
+                "CAST(:values AS text[])) AS x(d, v) "
+                f"ON CONFLICT (dimension, grain, bucket, value) DO UPDATE SET {column} = outcome_rollups.{column} + 1"
             ),
             {"bucket": bucket, "dimensions": [d.value for d in values], "values": list(values.values())},
         )
@@ -468,10 +510,11 @@ class OutcomeRepository:
         """Add a credit to the conversion rollups of the touch's hour and dimensions' values."""
         await session.execute(
             sa.text(
-                "INSERT INTO conversion_rollups AS r (bucket, dimension, value, definition_id, model, converted, "
-                "revenue_minor, revenue_sq) SELECT :bucket, d, v, :definition, :model, :converted, :revenue, "
-                ":revenue_sq FROM unnest(CAST(:dimensions AS text[]), CAST(:values AS text[])) AS x(d, v) "
-                "ON CONFLICT (definition_id, model, dimension, bucket, value) DO UPDATE SET "
+                "INSERT INTO conversion_rollups AS r (grain, bucket, dimension, value, definition_id, model, "
+                "converted, revenue_minor, revenue_sq) SELECT g, b, d, v, :definition, :model, :converted, "
+                f":revenue, :revenue_sq FROM {_GRAINS} CROSS JOIN unnest(CAST(:dimensions AS text[]), "
+                "CAST(:values AS text[])) AS x(d, v) "
+                "ON CONFLICT (definition_id, model, dimension, grain, bucket, value) DO UPDATE SET "
                 "converted = r.converted + excluded.converted, revenue_minor = r.revenue_minor + "
                 "excluded.revenue_minor, revenue_sq = r.revenue_sq + excluded.revenue_sq"
             ),
@@ -507,10 +550,13 @@ class OutcomeRepository:
         rows = await session.execute(
             sa.text(
                 "SELECT value, sum(sent) AS sent, sum(delivered) AS delivered, sum(opened) AS opened, "
-                "sum(clicked) AS clicked FROM outcome_rollups WHERE dimension = :dimension "
-                "AND bucket >= :start AND bucket < :end GROUP BY value ORDER BY value LIMIT :limit"
+                "sum(clicked) AS clicked FROM ("
+                + _over_range(
+                    "outcome_rollups", "value, sent, delivered, opened, clicked", "dimension = :dimension"
+                )
+                + ") AS r GROUP BY value ORDER BY value LIMIT :limit"
             ),
-            {"dimension": dimension.value, "start": start, "end": end, "limit": limit},
+            {"dimension": dimension.value, **_range(start, end), "limit": limit},
         )
         return list(rows)
 
@@ -527,16 +573,19 @@ class OutcomeRepository:
         rows = await session.execute(
             sa.text(
                 "SELECT value, sum(converted) AS converted, sum(revenue_minor) AS revenue, "
-                "sum(revenue_sq) AS revenue_sq FROM conversion_rollups WHERE definition_id = :definition "
-                "AND model = :model AND dimension = :dimension AND bucket >= :start AND bucket < :end "
-                "GROUP BY value"
+                "sum(revenue_sq) AS revenue_sq FROM ("
+                + _over_range(
+                    "conversion_rollups",
+                    "value, converted, revenue_minor, revenue_sq",
+                    "definition_id = :definition AND model = :model AND dimension = :dimension",
+                )
+                + ") AS r GROUP BY value"
             ),
             {
                 "definition": definition_id,
                 "model": model.value,
                 "dimension": dimension.value,
-                "start": start,
-                "end": end,
+                **_range(start, end),
             },
         )
         return {row.value: row for row in rows}

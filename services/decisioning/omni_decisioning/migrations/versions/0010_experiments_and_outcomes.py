@@ -123,8 +123,11 @@ _TABLES = """
             PRIMARY KEY (definition_id, person_id)
         );
 
-        -- Counts of touches by the hour they were sent and a dimension's value.
+        -- Counts of touches by the hour and by the day (grain 'hour' or 'day', UTC) they were sent, and a
+        -- dimension's value. A report over a range reads its whole days from the day rows and the hours at
+        -- either end from the hour rows: a quarter is 90 rows per value, not 2,160.
         CREATE TABLE outcome_rollups (
+            grain text NOT NULL,
             bucket timestamptz NOT NULL,
             dimension text NOT NULL,
             value text NOT NULL,
@@ -132,12 +135,13 @@ _TABLES = """
             delivered bigint NOT NULL DEFAULT 0,
             opened bigint NOT NULL DEFAULT 0,
             clicked bigint NOT NULL DEFAULT 0,
-            PRIMARY KEY (dimension, bucket, value)
+            PRIMARY KEY (dimension, grain, bucket, value)
         );
-        -- Credited conversions by the hour their touch was sent, a dimension's value, definition and model.
+        -- Credited conversions by the hour and day their touch was sent, a dimension's value, definition and model.
         -- revenue_sq is the sum over touches of the square of each touch's credited revenue, kept as each
         -- touch's revenue grows ((r + a)² - r² = 2ra + a²), so a mean's variance comes from the rollup alone.
         CREATE TABLE conversion_rollups (
+            grain text NOT NULL,
             bucket timestamptz NOT NULL,
             dimension text NOT NULL,
             value text NOT NULL,
@@ -146,7 +150,7 @@ _TABLES = """
             converted bigint NOT NULL DEFAULT 0,
             revenue_minor bigint NOT NULL DEFAULT 0,
             revenue_sq numeric NOT NULL DEFAULT 0,
-            PRIMARY KEY (definition_id, model, dimension, bucket, value)
+            PRIMARY KEY (definition_id, model, dimension, grain, bucket, value)
         );
 """
 

@@ -303,7 +303,8 @@ async def test_journey_sends_follow_the_arms_and_outcomes_reach_results_and_repo
         d=uuid.UUID(definition),
     )
     await decisioning.eventually(
-        "SELECT sum(delivered) = :n FROM outcome_rollups WHERE dimension = 'channel' AND grain = 'hour'", n=len(sends)
+        "SELECT sum(delivered) = :n FROM outcome_rollups WHERE dimension = 'channel' AND grain = 'hour'",
+        n=len(sends),
     )
 
     results = await experiments.GetExperimentResults(

@@ -17,6 +17,7 @@ from omni.decisioning.v1 import reports_pb2 as r
 from omni.decisioning.v1 import reports_pb2_grpc
 from omni.gateway.v1 import events_pb2 as gateway_events
 from omni.gateway.v1 import gateway_pb2 as g
+from omni.identity.v1 import events_pb2 as identity_events
 from omni.profile.v1 import events_pb2 as profile_events
 from omni.profile.v1 import profile_pb2 as p
 
@@ -208,3 +209,31 @@ def _ts(at: datetime) -> Timestamp:
     stamp = Timestamp()
     stamp.FromDatetime(at)
     return stamp
+
+
+async def test_erasure_deletes_the_persons_outcomes_and_later_ones_are_dropped(
+    decisioning: Decisioning,
+) -> None:
+    reports = _reports(decisioning)
+    case = f"erasure-{uuid.uuid4().hex[:6]}"
+    await _definition(reports, case)
+    person = uuid.uuid4()
+    now = datetime.now(UTC)
+    await _sent(decisioning, person, c.CHANNEL_EMAIL, now - timedelta(hours=1), "erasure")
+    await _tracked(decisioning, person, "order_completed", now, case=case, total=10.0)
+    await decisioning.eventually(
+        "SELECT count(*) FROM outcome_person_conversions WHERE person_id = :p", p=person
+    )
+    await decisioning.feed(
+        identity_events.PersonForgottenEvent(person_id=str(person), forgotten_person_ids=[str(person)]),
+        event_type="identity.person_forgotten",
+        person_id=str(person),
+    )
+    await decisioning.eventually("SELECT count(*) FROM person_lineage WHERE person_id = :p", p=person)
+    # A send announced after the erasure (staged before it) is dropped, not recorded again.
+    await _sent(decisioning, person, c.CHANNEL_SMS, now, "erasure")
+    marker = uuid.uuid4()
+    await _sent(decisioning, marker, c.CHANNEL_SMS, now, "erasure")
+    await decisioning.eventually("SELECT count(*) FROM outcome_touches WHERE person_id = :p", p=marker)
+    for table in ("outcome_touches", "outcome_conversions", "outcome_persons", "outcome_person_conversions"):
+        assert await decisioning.scalar(f"SELECT count(*) FROM {table} WHERE person_id = :p", p=person) == 0

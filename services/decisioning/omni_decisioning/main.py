@@ -10,6 +10,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import grpc
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_settings import SettingsConfigDict
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from omni.common.v1 import common_pb2
 from omni.decisioning.v1 import decisioning_pb2_grpc, experiments_pb2_grpc, reports_pb2_grpc
@@ -32,7 +33,7 @@ from omni_decisioning.references import GATEWAY_SERVICE, SEGMENTATION_SERVICE, R
 from omni_decisioning.repository import Repository
 from omni_kit.grpc_client import channel
 from omni_kit.idempotency import keep_answers_purged
-from omni_kit.lineage import PERSON_LINEAGE, Lineage
+from omni_kit.lineage import PERSON_LINEAGE, Erasure, Lineage
 from omni_kit.runtime import Runtime
 from omni_kit.settings import ServiceSettings
 
@@ -138,17 +139,24 @@ async def start(settings: Settings) -> Runtime:
         experiments=experiments,
     )
     read_models = ReadModels(repository, PERSON_LINEAGE)
+
+    async def forget(session: AsyncSession, erasure: Erasure) -> None:
+        await read_models.persons_forgotten(session, erasure)
+        await experiment_repository.forget_persons(session, erasure.person_ids)
+
     lineage = Lineage(
         PERSON_LINEAGE,
         on_merge=read_models.persons_merged,
         on_unmerge=read_models.person_unmerged,
-        on_erase=read_models.persons_forgotten,
+        on_erase=forget,
     )
     handlers = EventHandlers(read_models, journeys, lineage)
     runtime.add_consumer(durable="read-models", event_types=CONSUMED, handler=handlers.handle)
     outcomes = Outcomes(OutcomeRepository(), experiment_repository)
     runtime.add_consumer(
-        durable="outcomes", event_types=OUTCOME_EVENTS, handler=OutcomeHandlers(outcomes).handle
+        durable="outcomes",
+        event_types=OUTCOME_EVENTS,
+        handler=OutcomeHandlers(outcomes, PERSON_LINEAGE).handle,
     )
     await keep_answers_purged(runtime)
     # Asked only when a journey or offer is created; Decide calls nobody.

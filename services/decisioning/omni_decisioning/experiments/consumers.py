@@ -5,6 +5,7 @@ and decisioning's own decisions (offer impressions), through one durable consume
 from __future__ import annotations
 
 import logging
+import uuid
 from datetime import UTC, datetime
 
 from google.protobuf.json_format import MessageToDict
@@ -18,6 +19,7 @@ from omni.profile.v1 import events_pb2 as profile_events
 from omni_decisioning.experiments.outcomes import Outcomes
 from omni_kit.bus import unpack
 from omni_kit.ids import parse_uuid
+from omni_kit.lineage.table import LineageTable
 
 log = logging.getLogger(__name__)
 
@@ -44,15 +46,25 @@ class OutcomeHandlers:
     """Applies consumed events to the analytical copy; each call runs in the consumer's transaction, once per
     event id."""
 
-    def __init__(self, outcomes: Outcomes) -> None:
+    def __init__(self, outcomes: Outcomes, lineage: LineageTable) -> None:
         self._outcomes = outcomes
+        self._lineage = lineage
+
+    async def _person(self, session: AsyncSession, raw: str) -> uuid.UUID | None:
+        """The live person an id leads to; None for a malformed or forgotten one (its outcomes are dropped:
+        this consumer may run behind the erasure)."""
+        person_id = parse_uuid(raw)
+        if person_id is None:
+            return None
+        where = (await self._lineage.whereabouts(session, [person_id]))[person_id]
+        return None if where.forgotten else where.person_id
 
     async def handle(self, session: AsyncSession, envelope: envelope_pb2.Envelope) -> None:
         """Dispatch one envelope by its type; unknown types are ignored."""
         occurred_at = _time(envelope.occurred_at, datetime.now(UTC))
         if envelope.type == MESSAGE_SENT:
             message = unpack(envelope, gateway_events.MessageSentEvent).message
-            person_id = parse_uuid(message.person_id)
+            person_id = await self._person(session, message.person_id)
             if person_id is None or not message.request_id:
                 return
             await self._outcomes.message_sent(
@@ -76,7 +88,7 @@ class OutcomeHandlers:
                 )
         elif envelope.type == EVENT_TRACKED:
             event = unpack(envelope, profile_events.EventTrackedEvent).event
-            person_id = parse_uuid(event.person_id)
+            person_id = await self._person(session, event.person_id)
             if person_id is None:
                 return
             await self._outcomes.event_tracked(
@@ -91,7 +103,7 @@ class OutcomeHandlers:
             )
         elif envelope.type == DECISION_MADE:
             decision = unpack(envelope, decisioning_events.DecisionMadeEvent)
-            person_id = parse_uuid(decision.person_id)
+            person_id = await self._person(session, decision.person_id)
             if person_id is None or not decision.offer_ids:
                 return
             await self._outcomes.offer_shown(

@@ -211,6 +211,26 @@ class ExperimentRepository:
             for row in rows
         }
 
+    async def forget_persons(self, session: AsyncSession, person_ids: Sequence[uuid.UUID]) -> None:
+        """Erasure: delete the persons' exposures and everything of theirs in the analytical copy (the rollups
+        hold counts, no person)."""
+        ids = list(person_ids)
+        await session.execute(
+            sa.text(
+                "DELETE FROM outcome_credits WHERE touch_id IN "
+                "(SELECT touch_id FROM outcome_touches WHERE person_id = ANY(:ids))"
+            ),
+            {"ids": ids},
+        )
+        for table in (
+            "experiment_exposures",
+            "outcome_touches",
+            "outcome_conversions",
+            "outcome_persons",
+            "outcome_person_conversions",
+        ):
+            await session.execute(sa.text(f"DELETE FROM {table} WHERE person_id = ANY(:ids)"), {"ids": ids})
+
     async def insert_definition(self, session: AsyncSession, definition: ConversionDefinition) -> bool:
         """Store a conversion definition; False when its name is taken."""
         result = await session.execute(

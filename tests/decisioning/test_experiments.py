@@ -13,7 +13,6 @@ from datetime import UTC, datetime, timedelta
 import grpc
 import pytest
 from google.protobuf.struct_pb2 import Struct, Value
-from google.rpc import error_details_pb2, status_pb2
 
 from omni.common.v1 import common_pb2 as c
 from omni.decisioning.v1 import events_pb2, experiments_pb2_grpc, reports_pb2_grpc
@@ -27,23 +26,14 @@ from omni.segmentation.v1 import events_pb2 as segmentation_events
 from omni_decisioning.experiments.assignment import choose_arm
 from omni_decisioning.experiments.entities import Arm
 from omni_kit.bus import unpack
+from omni_kit.errors import status_details
 
 from .support import Decisioning
 from .test_journeys import create_journey, grant
 
 
 def _violations(error: grpc.aio.AioRpcError) -> dict[str, str]:
-    status = status_pb2.Status()
-    for key, value in error.trailing_metadata() or ():
-        if key == "grpc-status-details-bin":
-            status.ParseFromString(value)
-    found: dict[str, str] = {}
-    for detail in status.details:
-        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-            bad = error_details_pb2.BadRequest()
-            detail.Unpack(bad)
-            found.update({v.field: v.description for v in bad.field_violations})
-    return found
+    return {v.field: v.description for v in status_details(error).field_violations}
 
 
 def _stubs(
@@ -192,6 +182,31 @@ async def test_an_experiment_lives_draft_running_stopped_archived(decisioning: D
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await experiments.GetExperiment(x.GetExperimentRequest(experiment_id=str(uuid.uuid4())))
     assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+    # What an experiment names must exist: an arm's template (in the gateway), the journey, the definition.
+    for attachment, arm_template, definition_id, missing in (
+        (x.ExperimentAttachment(template_id=template), "no-such-template", definition, "TEMPLATE_NOT_FOUND"),
+        (x.ExperimentAttachment(journey_id=str(uuid.uuid4())), template, definition, "JOURNEY_NOT_FOUND"),
+        (
+            x.ExperimentAttachment(template_id=template),
+            template,
+            str(uuid.uuid4()),
+            "CONVERSION_DEFINITION_NOT_FOUND",
+        ),
+    ):
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await experiments.CreateExperiment(
+                x.CreateExperimentRequest(
+                    experiment=x.Experiment(
+                        name=f"missing-{uuid.uuid4().hex[:6]}",
+                        attachment=attachment,
+                        arms=_arms(template, arm_template),
+                        conversion_definition_id=definition_id,
+                    )
+                )
+            )
+        assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+        info = status_details(caught.value).error_info
+        assert info is not None and info.reason == missing
     await experiments.StopExperiment(x.StopExperimentRequest(experiment_id=other.id))
 
 

@@ -4,6 +4,7 @@ gives the channel-count report; one person's three touches show the attribution 
 
 from __future__ import annotations
 
+import asyncio
 import random
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -124,11 +125,18 @@ async def test_channel_count_report_over_a_multi_channel_population(decisioning:
         if rng.random() < BUY_RATE[count]:
             bought[count] += 1
             await _tracked(decisioning, person, "order_completed", now, case=case, total=50.0)
-    await decisioning.eventually(
-        "SELECT count(*) = :n FROM outcome_conversions WHERE definition_id = :d",
-        n=sum(bought.values()),
-        d=uuid.UUID(definition),
-    )
+    # About a thousand events for the outcomes consumer: more than support.WAIT_S on a busy machine.
+    deadline = asyncio.get_running_loop().time() + 60
+    while await decisioning.scalar(
+        "SELECT count(*) FROM outcome_person_conversions WHERE definition_id = :d", d=uuid.UUID(definition)
+    ) < sum(bought.values()):
+        assert asyncio.get_running_loop().time() < deadline, "the population's conversions were not applied"
+        await asyncio.sleep(0.1)
+    while await decisioning.scalar(
+        "SELECT count(delivered_at) FROM outcome_touches WHERE template = 'population'"
+    ) < sum(count * n for count, n in reached.items()):
+        assert asyncio.get_running_loop().time() < deadline, "the population's sends were not applied"
+        await asyncio.sleep(0.1)
     response = await reports.GetOutcomeReport(
         r.GetOutcomeReportRequest(
             dimension=r.REPORT_DIMENSION_CHANNEL_COUNT, conversion_definition_id=definition

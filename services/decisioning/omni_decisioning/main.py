@@ -189,7 +189,7 @@ async def start(settings: Settings) -> Runtime:
         decider=Decider(runtime, repository, publisher),
         references=references,
     )
-    experiment_servicer = ExperimentServicer(runtime, experiments)
+    experiment_servicer = ExperimentServicer(runtime, experiments, references)
     report_servicer = ReportServicer(runtime, experiment_repository, outcomes)
 
     def register(server: grpc.aio.Server) -> None:

@@ -29,6 +29,7 @@ from omni_decisioning.experiments.entities import (
 from omni_decisioning.experiments.experiments import Experiments, Results
 from omni_decisioning.experiments.outcomes import Outcomes, ReportLine
 from omni_decisioning.experiments.repository import ExperimentRepository
+from omni_decisioning.references import References
 from omni_kit import validation as omni_validation
 from omni_kit.errors import AlreadyExists, NotFound
 from omni_kit.idempotency import idempotent
@@ -230,15 +231,24 @@ def lines_to_csv(lines: list[ReportLine]) -> str:
 class ExperimentServicer(experiments_pb2_grpc.ExperimentServiceServicer):
     """Validates requests, runs the experiments domain in a transaction and translates the result."""
 
-    def __init__(self, runtime: Runtime, experiments: Experiments) -> None:
+    def __init__(self, runtime: Runtime, experiments: Experiments, references: References) -> None:
         self._runtime = runtime
         self._experiments = experiments
+        self._references = references
 
     async def CreateExperiment(
         self, request: experiments_pb2.CreateExperimentRequest, context: grpc.aio.ServicerContext
     ) -> experiments_pb2.CreateExperimentResponse:
         """Define a draft experiment, once per request id."""
         new = validation.create_experiment(request)
+        # The gateway is asked about the templates named before anything is written (as CreateJourney does).
+        if new.attachment.kind == AttachmentKind.TEMPLATE:
+            await self._references.check_template(new.attachment.value, "experiment.attachment.template_id")
+        for index, arm in enumerate(new.arms):
+            if arm.template_id:
+                await self._references.check_template(
+                    arm.template_id, f"experiment.arms[{index}].template_id"
+                )
         async with self._runtime.transaction() as session:
 
             async def create() -> experiments_pb2.CreateExperimentResponse:

@@ -18,6 +18,7 @@ from omni_decisioning.experiments.entities import (
     Arm,
     Assignment,
     Attachment,
+    AttachmentKind,
     ConversionDefinition,
     Experiment,
     ExperimentState,
@@ -94,6 +95,14 @@ class Experiments:
                 message=f"no conversion definition {new.conversion_definition_id}",
                 reason="CONVERSION_DEFINITION_NOT_FOUND",
                 metadata={"field": "experiment.conversion_definition_id"},
+            )
+        if new.attachment.kind == AttachmentKind.JOURNEY and not await self._repository.journey_exists(
+            session, uuid.UUID(new.attachment.value)
+        ):
+            raise NotFound(
+                message=f"no journey {new.attachment.value}",
+                reason="JOURNEY_NOT_FOUND",
+                metadata={"field": "experiment.attachment.journey_id", "journey_id": new.attachment.value},
             )
         experiment = Experiment(
             **{name: getattr(new, name) for name in NewExperiment.__dataclass_fields__},

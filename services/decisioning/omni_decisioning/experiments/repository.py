@@ -92,6 +92,12 @@ class ExperimentRepository:
         )
         return bool(result.rowcount)  # type: ignore[attr-defined]
 
+    async def journey_exists(self, session: AsyncSession, journey_id: uuid.UUID) -> bool:
+        """Whether decisioning has the journey."""
+        return bool(
+            await session.scalar(sa.text("SELECT 1 FROM journeys WHERE id = :id"), {"id": journey_id})
+        )
+
     async def get_experiment(
         self, session: AsyncSession, experiment_id: uuid.UUID, *, for_update: bool = False
     ) -> Experiment | None:
@@ -398,24 +404,66 @@ class OutcomeRepository:
         ).one_or_none()
 
     async def person_reached(self, session: AsyncSession, person_id: uuid.UUID, channel: int) -> None:
-        """Count a message to the person and the channel it reached them on."""
+        """Count a message to the person and the channel it reached them on; a person reached on a new
+        channel moves, with what they did, to their new row of the channel-count rollups."""
         bit = 1 << channel
-        await session.execute(
-            sa.text(
-                "INSERT INTO outcome_persons (person_id, channel_mask, channel_count, sent) "
-                "VALUES (:person, :bit, 1, 1) ON CONFLICT (person_id) DO UPDATE SET sent = outcome_persons.sent + 1, "
-                "channel_mask = outcome_persons.channel_mask | :bit, channel_count = outcome_persons.channel_count "
-                "+ CASE WHEN outcome_persons.channel_mask & :bit = 0 THEN 1 ELSE 0 END"
-            ),
-            {"person": person_id, "bit": bit},
-        )
+        row = (
+            await session.execute(
+                sa.text(
+                    "WITH old AS (SELECT channel_count FROM outcome_persons WHERE person_id = :person) "
+                    "INSERT INTO outcome_persons AS p (person_id, channel_mask, channel_count, sent) "
+                    "VALUES (:person, :bit, 1, 1) ON CONFLICT (person_id) DO UPDATE SET sent = p.sent + 1, "
+                    "channel_mask = p.channel_mask | :bit, channel_count = p.channel_count "
+                    "+ CASE WHEN p.channel_mask & :bit = 0 THEN 1 ELSE 0 END "
+                    "RETURNING coalesce((SELECT channel_count FROM old), 0) AS before, p.channel_count AS after, "
+                    "p.delivered > 0 AS delivered, p.opened > 0 AS opened, p.clicked > 0 AS clicked"
+                ),
+                {"person": person_id, "bit": bit},
+            )
+        ).one()
+        before, after = reach_label(row.before), reach_label(row.after)
+        if before == after:
+            return
+        flags = [int(row.delivered), int(row.opened), int(row.clicked)]
+        moves = [(after, 1)] + ([(before, -1)] if before else [])
+        for value, sign in moves:
+            await session.execute(
+                sa.text(
+                    "INSERT INTO reach_rollups AS r (value, persons, delivered, opened, clicked) "
+                    "VALUES (:value, :n, :d, :o, :c) ON CONFLICT (value) DO UPDATE SET persons = r.persons + :n, "
+                    "delivered = r.delivered + :d, opened = r.opened + :o, clicked = r.clicked + :c"
+                ),
+                {"value": value, "n": sign, "d": sign * flags[0], "o": sign * flags[1], "c": sign * flags[2]},
+            )
+            await session.execute(
+                sa.text(
+                    "INSERT INTO reach_conversion_rollups AS r (definition_id, value, converted, revenue_minor, "
+                    "revenue_sq) SELECT definition_id, :value, :sign, :sign * revenue_minor, "
+                    ":sign * revenue_minor::numeric ^ 2 FROM outcome_person_conversions WHERE person_id = :person "
+                    "ON CONFLICT (definition_id, value) DO UPDATE SET converted = r.converted + excluded.converted, "
+                    "revenue_minor = r.revenue_minor + excluded.revenue_minor, "
+                    "revenue_sq = r.revenue_sq + excluded.revenue_sq"
+                ),
+                {"value": value, "sign": sign, "person": person_id},
+            )
 
     async def person_counted(self, session: AsyncSession, person_id: uuid.UUID, column: str) -> None:
-        """Count a delivery, open or click of one of the person's messages."""
-        await session.execute(
-            sa.text(f"UPDATE outcome_persons SET {column} = {column} + 1 WHERE person_id = :person"),
-            {"person": person_id},
-        )
+        """Count a delivery, open or click of one of the person's messages (their first of each in the
+        channel-count rollups)."""
+        row = (
+            await session.execute(
+                sa.text(
+                    f"UPDATE outcome_persons SET {column} = {column} + 1 WHERE person_id = :person "
+                    f"RETURNING {column} AS count, channel_count"
+                ),
+                {"person": person_id},
+            )
+        ).one_or_none()
+        if row is not None and row.count == 1 and row.channel_count > 0:
+            await session.execute(
+                sa.text(f"UPDATE reach_rollups SET {column} = {column} + 1 WHERE value = :value"),
+                {"value": reach_label(row.channel_count)},
+            )
 
     async def add_rollup(
         self, session: AsyncSession, bucket: datetime, values: dict[Dimension, str], column: str
@@ -553,14 +601,35 @@ class OutcomeRepository:
     async def person_converted(
         self, session: AsyncSession, person_id: uuid.UUID, definition_id: uuid.UUID, revenue: int
     ) -> None:
-        """Record that a reached person converted (revenue adds up)."""
+        """Record that a reached person converted (revenue adds up), in their channel-count rollup too."""
+        row = (
+            await session.execute(
+                sa.text(
+                    "INSERT INTO outcome_person_conversions AS c (person_id, definition_id, revenue_minor) "
+                    "VALUES (:person, :definition, :revenue) ON CONFLICT (definition_id, person_id) DO UPDATE "
+                    "SET revenue_minor = c.revenue_minor + excluded.revenue_minor "
+                    "RETURNING (xmax = 0) AS first, c.revenue_minor - :revenue AS before, "
+                    "(SELECT channel_count FROM outcome_persons WHERE person_id = :person) AS channel_count"
+                ),
+                {"person": person_id, "definition": definition_id, "revenue": revenue},
+            )
+        ).one()
+        if not row.channel_count:
+            return
         await session.execute(
             sa.text(
-                "INSERT INTO outcome_person_conversions AS c (person_id, definition_id, revenue_minor) "
-                "VALUES (:person, :definition, :revenue) ON CONFLICT (definition_id, person_id) DO UPDATE "
-                "SET revenue_minor = c.revenue_minor + excluded.revenue_minor"
+                "INSERT INTO reach_conversion_rollups AS r (definition_id, value, converted, revenue_minor, "
+                "revenue_sq) VALUES (:definition, :value, :converted, :revenue, :sq) "
+                "ON CONFLICT (definition_id, value) DO UPDATE SET converted = r.converted + excluded.converted, "
+                "revenue_minor = r.revenue_minor + excluded.revenue_minor, revenue_sq = r.revenue_sq + excluded.revenue_sq"
             ),
-            {"person": person_id, "definition": definition_id, "revenue": revenue},
+            {
+                "definition": definition_id,
+                "value": reach_label(row.channel_count),
+                "converted": 1 if row.first else 0,
+                "revenue": revenue,
+                "sq": 2 * int(row.before) * revenue + revenue * revenue,
+            },
         )
 
     async def report_counts(
@@ -612,23 +681,26 @@ class OutcomeRepository:
 
     async def report_channel_count(self, session: AsyncSession, definition_id: uuid.UUID) -> list[Any]:
         """Per number of channels reached (1, 2, 3+): persons reached, with a delivery, an open, a click,
-        converted, their revenue and its sum of squares."""
+        converted, their revenue and its sum of squares (from the channel-count rollups)."""
         rows = await session.execute(
             sa.text(
                 """
-                SELECT CASE WHEN p.channel_count >= 3 THEN '3+' ELSE p.channel_count::text END AS value,
-                       count(*) AS sent, count(*) FILTER (WHERE p.delivered > 0) AS delivered,
-                       count(*) FILTER (WHERE p.opened > 0) AS opened,
-                       count(*) FILTER (WHERE p.clicked > 0) AS clicked,
-                       count(c.person_id) AS converted, coalesce(sum(c.revenue_minor), 0) AS revenue,
-                       coalesce(sum(c.revenue_minor::numeric ^ 2), 0) AS revenue_sq
-                FROM outcome_persons p
-                LEFT JOIN outcome_person_conversions c
-                  ON c.definition_id = :definition AND c.person_id = p.person_id
-                WHERE p.channel_count > 0
-                GROUP BY 1 ORDER BY 1
+                SELECT r.value, r.persons AS sent, r.delivered, r.opened, r.clicked,
+                       coalesce(c.converted, 0) AS converted, coalesce(c.revenue_minor, 0) AS revenue,
+                       coalesce(c.revenue_sq, 0) AS revenue_sq
+                FROM reach_rollups r
+                LEFT JOIN reach_conversion_rollups c ON c.definition_id = :definition AND c.value = r.value
+                WHERE r.persons > 0
+                ORDER BY r.value
                 """
             ),
             {"definition": definition_id},
         )
         return list(rows)
+
+
+def reach_label(channel_count: int) -> str:
+    """A person's row of the channel-count report: "1", "2", "3+" ("" when not reached)."""
+    if channel_count <= 0:
+        return ""
+    return "3+" if channel_count >= 3 else str(channel_count)

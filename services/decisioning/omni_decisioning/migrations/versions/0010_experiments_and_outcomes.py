@@ -123,6 +123,24 @@ _TABLES = """
             PRIMARY KEY (definition_id, person_id)
         );
 
+        -- Persons by the number of channels they were reached on ('1', '2', '3+'), kept as persons move up:
+        -- reached, with a delivery, an open, a click; and per definition, converted, revenue and its squares.
+        CREATE TABLE reach_rollups (
+            value text PRIMARY KEY,
+            persons bigint NOT NULL DEFAULT 0,
+            delivered bigint NOT NULL DEFAULT 0,
+            opened bigint NOT NULL DEFAULT 0,
+            clicked bigint NOT NULL DEFAULT 0
+        );
+        CREATE TABLE reach_conversion_rollups (
+            definition_id uuid NOT NULL,
+            value text NOT NULL,
+            converted bigint NOT NULL DEFAULT 0,
+            revenue_minor bigint NOT NULL DEFAULT 0,
+            revenue_sq numeric NOT NULL DEFAULT 0,
+            PRIMARY KEY (definition_id, value)
+        );
+
         -- Counts of touches by the hour and by the day (grain 'hour' or 'day', UTC) they were sent, and a
         -- dimension's value. A report over a range reads its whole days from the day rows and the hours at
         -- either end from the hour rows: a quarter is 90 rows per value, not 2,160.
@@ -166,7 +184,7 @@ def downgrade() -> None:
     """Drop the tables."""
     op.execute(
         """
-        DROP TABLE conversion_rollups, outcome_rollups, outcome_person_conversions, outcome_persons,
+        DROP TABLE reach_conversion_rollups, reach_rollups, conversion_rollups, outcome_rollups, outcome_person_conversions, outcome_persons,
             outcome_conversions, outcome_credits, outcome_touches, experiment_exposures, experiments,
             conversion_definitions;
         """

@@ -18,6 +18,7 @@ import statistics
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from bench.context import BenchContext, log
 from bench.results import Baseline, Result, Target
@@ -42,26 +43,42 @@ _TOUCH_COLUMNS = (
     "sent_at", "bucket", "delivered_at", "opened", "clicked",
 )  # fmt: skip
 
-# The slice again as copy $1: other touch ids and persons, times shifted by $1 hours (still within the 90 days
-# plus a day), so rollups, persons and conversions grow as they would with more traffic.
-_REPEAT_TOUCHES = """
+# Loaded as a bulk load would: the tables' keys and indexes dropped first and built again once the rows are in.
+_DROP_KEYS = [
+    "ALTER TABLE outcome_touches DROP CONSTRAINT outcome_touches_pkey",
+    "DROP INDEX outcome_touches_person",
+    "ALTER TABLE outcome_credits DROP CONSTRAINT outcome_credits_pkey",
+    "ALTER TABLE outcome_conversions DROP CONSTRAINT outcome_conversions_pkey",
+    "DROP INDEX outcome_conversions_person",
+]
+_ADD_KEYS = [
+    "ALTER TABLE outcome_touches ADD PRIMARY KEY (touch_id)",
+    "CREATE INDEX outcome_touches_person ON outcome_touches (person_id, sent_at)",
+    "ALTER TABLE outcome_credits ADD PRIMARY KEY (touch_id, definition_id, model)",
+    "ALTER TABLE outcome_conversions ADD PRIMARY KEY (event_id, definition_id)",
+    "CREATE INDEX outcome_conversions_person ON outcome_conversions (definition_id, person_id, occurred_at)",
+]
+# The COPY'd slice again as copies 1 to $1: other ids and persons (person n of copy k is n + k * $2), times
+# shifted by k hours, so rollups, persons and conversions grow as they would with more traffic.
+_SHIFTED_PERSON = (
+    "('00000000-0000-0000-0000-' || lpad(to_hex(('x' || right(person_id::text, 12))::bit(48)::bigint"
+    " + k::bigint * $2::int), 12, '0'))::uuid"
+)
+_REPEAT_TOUCHES = f"""
 INSERT INTO outcome_touches
-SELECT touch_id || '#' || $1::int::text, kind, ('00000000-0000-0000-0000-' || lpad(to_hex(
-           ('x' || right(person_id::text, 12))::bit(48)::bigint + $1::int::bigint * $2::int), 12, '0'))::uuid,
-       channel, journey, template, experiment_arm, offer, source, sent_at - make_interval(hours => $1::int),
-       bucket - make_interval(hours => $1::int), delivered_at - make_interval(hours => $1::int), opened, clicked
-FROM outcome_touches WHERE touch_id NOT LIKE '%#%'
+SELECT touch_id || '#' || k, kind, {_SHIFTED_PERSON}, channel, journey, template, experiment_arm, offer, source,
+       sent_at - make_interval(hours => k), bucket - make_interval(hours => k),
+       delivered_at - make_interval(hours => k), opened, clicked
+FROM outcome_touches CROSS JOIN generate_series(1, $1::int) AS k
 """
-_REPEAT_CONVERSIONS = """
+_REPEAT_CONVERSIONS = f"""
 INSERT INTO outcome_conversions
-SELECT event_id || '#' || $1::int::text, definition_id, ('00000000-0000-0000-0000-' || lpad(to_hex(
-           ('x' || right(person_id::text, 12))::bit(48)::bigint + $1::int::bigint * $2::int), 12, '0'))::uuid,
-       occurred_at - make_interval(hours => $1::int), revenue_minor
-FROM outcome_conversions WHERE event_id NOT LIKE '%#%'
+SELECT event_id || '#' || k, definition_id, {_SHIFTED_PERSON}, occurred_at - make_interval(hours => k), revenue_minor
+FROM outcome_conversions CROSS JOIN generate_series(1, $1::int) AS k
 """
 _REPEAT_CREDITS = """
-INSERT INTO outcome_credits SELECT touch_id || '#' || $1::int::text, definition_id, model, revenue_minor
-FROM outcome_credits WHERE touch_id NOT LIKE '%#%'
+INSERT INTO outcome_credits SELECT touch_id || '#' || k, definition_id, model, revenue_minor
+FROM outcome_credits CROSS JOIN generate_series(1, $1::int) AS k
 """
 
 _BASELINE = """
@@ -150,8 +167,12 @@ async def run(ctx: BenchContext) -> list[Result]:
                 "'delivery', 'total', 'EUR', now())",
                 DEFINITION,
             )
+            for statement in _DROP_KEYS:
+                await connection.execute(statement)
             for offset in range(0, messages, CHUNK):
-                touches, credits, conversions = [], [], []
+                touches: list[tuple[Any, ...]] = []
+                credits: list[tuple[Any, ...]] = []
+                conversions: list[tuple[Any, ...]] = []
                 for n in range(offset, min(offset + CHUNK, messages)):
                     person = rng.randrange(persons)
                     # Persons differ in how many channels they are reached on: a third email only, a third
@@ -198,10 +219,12 @@ async def run(ctx: BenchContext) -> list[Result]:
                     records=conversions,
                     columns=("event_id", "definition_id", "person_id", "occurred_at", "revenue_minor"),
                 )
-            for copy in range(1, copies):
-                await connection.execute(_REPEAT_TOUCHES, copy, persons)
-                await connection.execute(_REPEAT_CONVERSIONS, copy, persons)
-                await connection.execute(_REPEAT_CREDITS, copy)
+            if copies > 1:
+                await connection.execute(_REPEAT_TOUCHES, copies - 1, persons)
+                await connection.execute(_REPEAT_CONVERSIONS, copies - 1, persons)
+                await connection.execute(_REPEAT_CREDITS, copies - 1)
+            for statement in _ADD_KEYS:
+                await connection.execute(statement)
             events = {key: value * copies for key, value in events.items()}
             messages *= copies
             persons *= copies

@@ -18,6 +18,7 @@ from omni.common.v1 import common_pb2 as c
 from omni.decisioning.v1 import events_pb2, experiments_pb2_grpc, reports_pb2_grpc
 from omni.decisioning.v1 import experiments_pb2 as x
 from omni.decisioning.v1 import reports_pb2 as r
+from omni.events.v1 import envelope_pb2
 from omni.gateway.v1 import events_pb2 as gateway_events
 from omni.gateway.v1 import gateway_pb2 as g
 from omni.profile.v1 import events_pb2 as profile_events
@@ -265,9 +266,11 @@ async def test_journey_sends_follow_the_arms_and_outcomes_reach_results_and_repo
     for person, arm in expected.items():
         if arm.holdout:
             continue
-        envelope = await decisioning.published.wait_for(
-            lambda e, person=person: e.type == "decisioning.send_requested" and e.person_id == str(person)
-        )
+
+        def sent_to(e: envelope_pb2.Envelope, person: uuid.UUID = person) -> bool:
+            return e.type == "decisioning.send_requested" and e.person_id == str(person)
+
+        envelope = await decisioning.published.wait_for(sent_to)
         request = unpack(envelope, events_pb2.SendRequestedEvent)
         assert request.template_id == arm.template_id
         sends[person] = request

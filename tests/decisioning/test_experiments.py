@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 import uuid
 from collections import Counter
 from datetime import UTC, datetime, timedelta
@@ -132,6 +133,54 @@ async def test_bad_experiments_are_refused_with_every_field_named(decisioning: D
         "definition.filters[0].value",
         "definition.currency",
     }
+
+
+async def test_values_postgresql_cannot_store_or_python_cannot_date_are_refused(
+    decisioning: Decisioning,
+) -> None:
+    experiments, reports = _stubs(decisioning)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await reports.CreateConversionDefinition(
+            r.CreateConversionDefinitionRequest(
+                definition=r.ConversionDefinition(
+                    name="nan",
+                    event_type="order_completed",
+                    window_s=60,
+                    filters=[
+                        r.PropertyFilter(
+                            path="a", operator=r.FILTER_OPERATOR_LESS, value=Value(number_value=math.nan)
+                        ),
+                        r.PropertyFilter(
+                            path="b", operator=r.FILTER_OPERATOR_EQUAL, value=Value(string_value="x\x00")
+                        ),
+                    ],
+                )
+            )
+        )
+    assert set(_violations(caught.value)) == {"definition.filters[0].value", "definition.filters[1].value"}
+    far = r.GetOutcomeReportRequest(
+        dimension=r.REPORT_DIMENSION_CHANNEL, conversion_definition_id=str(uuid.uuid4())
+    )
+    far.start_time.FromDatetime(datetime(9500, 1, 1, tzinfo=UTC))
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await reports.ExportOutcomeReport(r.ExportOutcomeReportRequest(report=far))
+    assert set(_violations(caught.value)) == {"report.start_time"}
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await experiments.CreateExperiment(
+            x.CreateExperimentRequest(
+                experiment=x.Experiment(
+                    name="nul",
+                    description="a\x00b",
+                    attachment=x.ExperimentAttachment(offer_group="coffee"),
+                    arms=[
+                        x.ExperimentArm(name="a", allocation_percent=50, control=True),
+                        x.ExperimentArm(name="b", allocation_percent=50),
+                    ],
+                    conversion_definition_id=str(uuid.uuid4()),
+                )
+            )
+        )
+    assert set(_violations(caught.value)) == {"experiment.description"}
 
 
 async def test_an_experiment_lives_draft_running_stopped_archived(decisioning: Decisioning) -> None:

@@ -5,6 +5,7 @@ tokens. Every problem is a field violation, all raised together; nothing is writ
 
 from __future__ import annotations
 
+import math
 import uuid
 from datetime import UTC, datetime
 
@@ -124,16 +125,25 @@ def create_definition(request: reports_pb2.CreateConversionDefinitionRequest) ->
     definition = request.definition
     filters = []
     for index, item in enumerate(definition.filters):
+        path = f"definition.filters[{index}].value"
         kind = item.value.WhichOneof("kind")
         if item.operator != reports_pb2.FILTER_OPERATOR_EXISTS and kind not in (
             "string_value",
             "number_value",
             "bool_value",
         ):
-            violations.add(f"definition.filters[{index}].value", "a string, number or bool is required")
-        if kind == "string_value" and len(item.value.string_value) > 1_000:
-            violations.add(f"definition.filters[{index}].value", "at most 1,000 characters")
-        value = MessageToDict(item.value) if kind is not None else None
+            violations.add(path, "a string, number or bool is required")
+            continue
+        text = item.value.string_value
+        if kind == "string_value" and (
+            len(text) > 1_000 or any(ord(ch) < 32 or ord(ch) == 127 for ch in text)
+        ):
+            violations.add(path, "at most 1,000 characters, no control characters")
+            continue
+        if kind == "number_value" and not math.isfinite(item.value.number_value):
+            violations.add(path, "must be a finite number")
+            continue
+        value = MessageToDict(item.value) if kind in ("string_value", "number_value", "bool_value") else None
         filters.append(PropertyFilter(item.path, Operator(item.operator or Operator.EXISTS), value))
     if definition.revenue_property and not definition.currency:
         violations.add("definition.currency", "required with a revenue_property")

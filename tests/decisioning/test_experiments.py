@@ -165,6 +165,26 @@ async def test_values_postgresql_cannot_store_or_python_cannot_date_are_refused(
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await reports.ExportOutcomeReport(r.ExportOutcomeReportRequest(report=far))
     assert set(_violations(caught.value)) == {"report.start_time"}
+    # Found by fuzzing: nanos a Timestamp cannot hold, and an operator no enum value names, were INTERNAL.
+    bad_nanos = r.GetOutcomeReportRequest(
+        dimension=r.REPORT_DIMENSION_CHANNEL, conversion_definition_id=str(uuid.uuid4())
+    )
+    bad_nanos.start_time.seconds, bad_nanos.start_time.nanos = 1_796_694_331, 1_000_000_000
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await reports.GetOutcomeReport(bad_nanos)
+    assert set(_violations(caught.value)) == {"start_time"}
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await reports.CreateConversionDefinition(
+            r.CreateConversionDefinitionRequest(
+                definition=r.ConversionDefinition(
+                    name="bad-operator",
+                    event_type="order_completed",
+                    window_s=60,
+                    filters=[r.PropertyFilter(path="a", operator=-1, value=Value(bool_value=False))],  # type: ignore[arg-type]
+                )
+            )
+        )
+    assert set(_violations(caught.value)) == {"definition.filters[0].operator"}
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await experiments.CreateExperiment(
             x.CreateExperimentRequest(

@@ -143,6 +143,8 @@ def create_definition(request: reports_pb2.CreateConversionDefinitionRequest) ->
         if kind == "number_value" and not math.isfinite(item.value.number_value):
             violations.add(path, "must be a finite number")
             continue
+        if item.operator not in set(Operator):
+            continue  # refused by the proto's rules (defined values only)
         value = MessageToDict(item.value) if kind in ("string_value", "number_value", "bool_value") else None
         filters.append(PropertyFilter(item.path, Operator(item.operator or Operator.EXISTS), value))
     if definition.revenue_property and not definition.currency:
@@ -166,8 +168,17 @@ def report(
 ) -> tuple[Dimension, uuid.UUID, Model, datetime | None, datetime | None]:
     """The report asked for; InvalidArgument listing every bad field otherwise."""
     violations = validation.check(request, Violations(), prefix=prefix)
-    start = request.start_time.ToDatetime(tzinfo=UTC) if request.HasField("start_time") else None
-    end = request.end_time.ToDatetime(tzinfo=UTC) if request.HasField("end_time") else None
+    # Times outside what the proto allows cannot be turned into datetimes: refused before that.
+    violations.raise_if_any()
+    times: dict[str, datetime | None] = {}
+    for name in ("start_time", "end_time"):
+        times[name] = None
+        if request.HasField(name):
+            try:
+                times[name] = getattr(request, name).ToDatetime(tzinfo=UTC)
+            except ValueError as error:  # nanos out of range
+                violations.add(f"{prefix}.{name}" if prefix else name, str(error))
+    start, end = times["start_time"], times["end_time"]
     if start is not None and end is not None and end <= start:
         violations.add(f"{prefix}.end_time" if prefix else "end_time", "must be after start_time")
     violations.raise_if_any()

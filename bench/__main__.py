@@ -33,8 +33,9 @@ REPO = Path(__file__).resolve().parent.parent
 SUITE_TIMEOUT_S = 900.0
 """A suite still running after this is failed (gateway_send starts 10 sender processes, each with a warm-up;
 on a busy 2-core machine their start-up alone takes minutes)."""
-SUITE_TIMEOUTS_S = {"import": 3600.0}
-"""Suites that need longer: the import suite sends a 1M-row file through the command."""
+SUITE_TIMEOUTS_S = {"import": 3600.0, "outcome_reports": 900.0}
+"""Suites that need longer: the import suite sends a 1M-row file through the command; outcome_reports seeds
+10M outcome events before measuring."""
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -14,6 +14,7 @@ from bench.suites import (
     identity_matching,
     identity_resolve,
     journey_timers,
+    outcome_reports,
     policy_evaluation,
     profile_ingest,
     profile_read,
@@ -38,4 +39,5 @@ SUITES: dict[str, Suite] = {
     "journey_timers": journey_timers.run,
     "terminal_identify": terminal_identify.run,
     "policy_evaluation": policy_evaluation.run,
+    "outcome_reports": outcome_reports.run,
 }

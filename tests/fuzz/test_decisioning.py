@@ -9,13 +9,17 @@ from google.protobuf.descriptor import MethodDescriptor
 from hypothesis import given
 from hypothesis import strategies as st
 
-from omni.decisioning.v1 import decisioning_pb2
+from omni.decisioning.v1 import decisioning_pb2, experiments_pb2, reports_pb2
 
 from ..e2e.conftest import Omni
 from .seeds import decisioning_seeds
 from .support import Known, Target, fuzz, fuzz_settings, fuzz_target, rpcs
 
-SERVICES = [decisioning_pb2.DESCRIPTOR.services_by_name["DecisioningService"]]
+SERVICES = [
+    decisioning_pb2.DESCRIPTOR.services_by_name["DecisioningService"],
+    experiments_pb2.DESCRIPTOR.services_by_name["ExperimentService"],
+    reports_pb2.DESCRIPTOR.services_by_name["ReportService"],
+]
 KNOWN: dict[str, Known] = {}
 
 

@@ -143,6 +143,10 @@ class RunOutcome(enum.StrEnum):
     SUPPRESSED_REENTRY = "suppressed_reentry"
     CAPPED = "capped"
     """The contact policy's cap on marketing messages was reached (contact_policy.py)."""
+    HOLDOUT = "holdout"
+    """The person is in an experiment's holdout arm: nothing was sent, the exposure was logged."""
+    GLOBAL_CONTROL = "global_control"
+    """The person is in the global control group: no marketing at all; the exposure was logged."""
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,8 @@ from omni_decisioning.channel_choice import choose_channel
 from omni_decisioning.contact_policy import RETENTION, Cap, Contact, earliest_start, reached_cap
 from omni_decisioning.entities import Journey, JourneyRun, NewJourney, RunOutcome, SegmentEntry
 from omni_decisioning.events import Publisher
+from omni_decisioning.experiments.entities import Assignment, Attachment, AttachmentKind
+from omni_decisioning.experiments.experiments import Experiments
 from omni_decisioning.reentry import is_reentry
 from omni_decisioning.repository import Repository
 from omni_kit import contact
@@ -42,12 +44,14 @@ class Journeys:
         reentry_window: timedelta,
         caps: Sequence[Cap] = (),
         time_zone: ZoneInfo = _UTC,
+        experiments: Experiments | None = None,
     ) -> None:
         self._repository = repository
         self._publisher = publisher
         self._reentry_window = reentry_window
         self._caps = tuple(caps)
         self._zone = time_zone
+        self._experiments = experiments
 
     async def create(self, session: AsyncSession, new: NewJourney) -> Journey:
         """Store a new journey; AlreadyExists when its name is taken."""
@@ -113,6 +117,7 @@ class Journeys:
         )
         channel: int | None = None
         request_id: str | None = None
+        template_id = journey.template_id
         if is_reentry(started, entry.occurred_at, self._reentry_window):
             outcome = RunOutcome.SUPPRESSED_REENTRY
         else:
@@ -124,6 +129,19 @@ class Journeys:
             else:
                 outcome = RunOutcome.SEND_REQUESTED
                 request_id = send_request_id(journey, entry)
+                # --- Experiments: the one place a journey send asks for its assignment. ---
+                assignment = await self._assign(session, journey, entry.person_id, request_id)
+                if not assignment.sends:
+                    # A holdout or the global control group: nothing is sent; the exposure is logged.
+                    outcome = RunOutcome.GLOBAL_CONTROL if assignment.global_control else RunOutcome.HOLDOUT
+                    request_id = None
+                else:
+                    template_id = assignment.template_id or template_id
+                    # The arm's channel where the person's verdicts allow marketing on it.
+                    channel = choose_channel([assignment.channel], verdicts) if assignment.channel else None
+                    channel = channel or choose_channel(journey.channels, verdicts)
+                # --- end of experiments. ---
+            if request_id is not None and channel is not None:
                 # Counted at once, in this transaction: a journey triggered a moment later sees it.
                 await self._repository.log_contact(
                     session,
@@ -152,12 +170,25 @@ class Journeys:
                 request_id=request_id,
                 person_id=entry.person_id,
                 channel=channel,
-                template_id=journey.template_id,
+                template_id=template_id,
                 journey_id=journey.id,
                 contact_verdict_version=verdicts.version,
             )
         log.info("journey %s for person %s: %s", journey.id, entry.person_id, outcome.value)
         return run
+
+    async def _assign(
+        self, session: AsyncSession, journey: Journey, person_id: uuid.UUID, request_id: str
+    ) -> Assignment:
+        """The person's assignment for this send (experiments on the journey, else on its template; the
+        global control group), its exposure logged; no experiments configured: an ordinary send."""
+        if self._experiments is None:
+            return Assignment()
+        attachments = [
+            Attachment(AttachmentKind.JOURNEY, str(journey.id)),
+            Attachment(AttachmentKind.TEMPLATE, journey.template_id),
+        ]
+        return await self._experiments.assign(session, attachments, person_id, request_id=request_id)
 
     async def _capped(self, session: AsyncSession, person_id: uuid.UUID, channel: int) -> bool:
         """Whether a marketing send on `channel` would break a cap (the caller holds the person's contact lock

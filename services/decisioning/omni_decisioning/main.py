@@ -8,12 +8,13 @@ from pathlib import Path
 from typing import Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+import grpc
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_settings import SettingsConfigDict
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from omni.common.v1 import common_pb2
-from omni.decisioning.v1 import decisioning_pb2_grpc
+from omni.decisioning.v1 import decisioning_pb2_grpc, experiments_pb2_grpc, reports_pb2_grpc
 from omni.gateway.v1 import gateway_pb2_grpc
 from omni.profile.v1 import profile_pb2_grpc
 from omni.segmentation.v1 import segmentation_pb2_grpc
@@ -24,6 +25,11 @@ from omni_decisioning.decide import Decider
 from omni_decisioning.evaluation.evaluate import Evaluator
 from omni_decisioning.evaluation.repository import EvaluationRepository
 from omni_decisioning.events import Publisher
+from omni_decisioning.experiments.api import ExperimentServicer, ReportServicer
+from omni_decisioning.experiments.consumers import OUTCOME_EVENTS, OutcomeHandlers
+from omni_decisioning.experiments.experiments import Experiments
+from omni_decisioning.experiments.outcomes import Outcomes
+from omni_decisioning.experiments.repository import ExperimentRepository, OutcomeRepository
 from omni_decisioning.journeys import Journeys
 from omni_decisioning.learning.arbitration import Arbiter
 from omni_decisioning.learning.outcomes import Learning
@@ -47,6 +53,8 @@ from omni_kit.settings import ServiceSettings
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 SERVICE_NAME = "omni.decisioning.v1.DecisioningService"
+EXPERIMENT_SERVICE_NAME = "omni.decisioning.v1.ExperimentService"
+REPORT_SERVICE_NAME = "omni.decisioning.v1.ReportService"
 
 
 class ContactCap(BaseModel):
@@ -117,6 +125,20 @@ class Settings(ServiceSettings):
         description="The IANA time zone of calendar days and weeks in contact caps, e.g. Europe/Berlin.",
     )
 
+    global_control_basis_points: int = Field(
+        0,
+        ge=0,
+        le=5_000,
+        description="The share of all persons kept in the global control group (no marketing at all), in "
+        "hundredths of a percent: 500 is 5%; 0 keeps no global control group.",
+    )
+    global_control_salt: str = Field(
+        "omni",
+        min_length=1,
+        max_length=100,
+        description="Salt of the global control group's hash; changing it draws a new group.",
+    )
+
     @field_validator("time_zone")
     @classmethod
     def _known_zone(cls, value: str) -> str:
@@ -133,12 +155,19 @@ async def start(settings: Settings) -> Runtime:
     await runtime.open()
     repository = Repository()
     publisher = Publisher(runtime.outbox)
+    experiment_repository = ExperimentRepository()
+    experiments = Experiments(
+        experiment_repository,
+        global_control_basis_points=settings.global_control_basis_points,
+        global_control_salt=settings.global_control_salt,
+    )
     journeys = Journeys(
         repository,
         publisher,
         reentry_window=timedelta(seconds=settings.journey_reentry_s),
         caps=[cap.cap() for cap in settings.contact_caps],
         time_zone=ZoneInfo(settings.time_zone),
+        experiments=experiments,
     )
     read_models = ReadModels(repository, PERSON_LINEAGE)
     flow_store = Store()
@@ -151,6 +180,7 @@ async def start(settings: Settings) -> Runtime:
     async def erased(session: AsyncSession, erasure: Erasure) -> None:
         await read_models.persons_forgotten(session, erasure)
         await flow_store.forget_persons(session, list(erasure.person_ids))
+        await experiment_repository.forget_persons(session, erasure.person_ids)
 
     lineage = Lineage(
         PERSON_LINEAGE, on_merge=merged, on_unmerge=read_models.person_unmerged, on_erase=erased
@@ -187,6 +217,12 @@ async def start(settings: Settings) -> Runtime:
     )
     runtime.add_job_kind(STEP_JOB, engine.run_steps, lease=timedelta(seconds=60), batch_size=100)
     runtime.add_job_kind(ENTER_MEMBERS_JOB, engine.enter_members, lease=timedelta(minutes=5), batch_size=1)
+    outcomes = Outcomes(OutcomeRepository(), experiment_repository)
+    runtime.add_consumer(
+        durable="outcomes",
+        event_types=OUTCOME_EVENTS,
+        handler=OutcomeHandlers(outcomes, PERSON_LINEAGE).handle,
+    )
     await keep_answers_purged(runtime)
     # Asked only when a journey or offer is created; Decide calls nobody.
     segmentation = runtime.track_channel(
@@ -227,10 +263,15 @@ async def start(settings: Settings) -> Runtime:
             read_models=read_models,
         ),
     )
+    experiment_servicer = ExperimentServicer(runtime, experiments, references)
+    report_servicer = ReportServicer(runtime, experiment_repository, outcomes)
+
+    def register(server: grpc.aio.Server) -> None:
+        decisioning_pb2_grpc.add_DecisioningServiceServicer_to_server(servicer, server)
+        experiments_pb2_grpc.add_ExperimentServiceServicer_to_server(experiment_servicer, server)
+        reports_pb2_grpc.add_ReportServiceServicer_to_server(report_servicer, server)
+
     await runtime.serve(
-        service_names=[SERVICE_NAME],
-        register=lambda server: decisioning_pb2_grpc.add_DecisioningServiceServicer_to_server(
-            servicer, server
-        ),
+        service_names=[SERVICE_NAME, EXPERIMENT_SERVICE_NAME, REPORT_SERVICE_NAME], register=register
     )
     return runtime

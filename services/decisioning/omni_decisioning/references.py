@@ -58,6 +58,19 @@ class References:
                 ) from error
             raise _unavailable("segmentation", error) from error
 
+    async def check_template(self, template_id: str, field: str) -> None:
+        """NotFound (TEMPLATE_NOT_FOUND, with the request field) unless the gateway knows the template."""
+        try:
+            await self._gateway.GetTemplate(gateway_pb2.GetTemplateRequest(template_id=template_id))
+        except grpc.aio.AioRpcError as error:
+            if error.code() == grpc.StatusCode.NOT_FOUND:
+                raise NotFound(
+                    message=f"{field}: no template {template_id!r}",
+                    reason="TEMPLATE_NOT_FOUND",
+                    metadata={"template_id": template_id, "field": field},
+                ) from error
+            raise _unavailable("the gateway", error) from error
+
     async def check_journey(self, segment_id: uuid.UUID, template_id: str, channels: Sequence[int]) -> None:
         """The journey's segment and template exist and the template has a variant for one of its channels.
 

@@ -47,7 +47,7 @@ GRANTS: Mapping[str, NatsGrant] = {
     "identity": NatsGrant("identity"),
     "profile": NatsGrant("profile", ("identity-lineage", "segment-memberships", "gateway-outcomes")),
     "segmentation": NatsGrant("segmentation", ("facts",)),
-    "decisioning": NatsGrant("decisioning", ("read-models", "journey-profile")),
+    "decisioning": NatsGrant("decisioning", ("read-models", "journey-profile", "outcomes")),
     "gateway": NatsGrant("gateway", ("send-requests", "contact-verdicts"), live=True),
 }
 """Every service's grant. A new durable consumer must be named here, or it cannot be created under users."""

@@ -52,7 +52,7 @@ async def _definition(reports: reports_pb2_grpc.ReportServiceStub) -> str:
                 name=f"purchase-{uuid.uuid4().hex[:8]}",
                 event_type="order_completed",
                 filters=[
-                    r.PropertyFilter(
+                    r.ConversionFilter(
                         path="total", operator=r.FILTER_OPERATOR_GREATER, value=Value(number_value=0)
                     )
                 ],
@@ -123,7 +123,7 @@ async def test_bad_experiments_are_refused_with_every_field_named(decisioning: D
                     event_type="Order",
                     window_s=0,
                     revenue_property="total",
-                    filters=[r.PropertyFilter(path="a", operator=r.FILTER_OPERATOR_EQUAL)],
+                    filters=[r.ConversionFilter(path="a", operator=r.FILTER_OPERATOR_EQUAL)],
                 )
             )
         )
@@ -147,10 +147,10 @@ async def test_values_postgresql_cannot_store_or_python_cannot_date_are_refused(
                     event_type="order_completed",
                     window_s=60,
                     filters=[
-                        r.PropertyFilter(
+                        r.ConversionFilter(
                             path="a", operator=r.FILTER_OPERATOR_LESS, value=Value(number_value=math.nan)
                         ),
-                        r.PropertyFilter(
+                        r.ConversionFilter(
                             path="b", operator=r.FILTER_OPERATOR_EQUAL, value=Value(string_value="x\x00")
                         ),
                     ],
@@ -180,7 +180,7 @@ async def test_values_postgresql_cannot_store_or_python_cannot_date_are_refused(
                     name="bad-operator",
                     event_type="order_completed",
                     window_s=60,
-                    filters=[r.PropertyFilter(path="a", operator=-1, value=Value(bool_value=False))],  # type: ignore[arg-type]
+                    filters=[r.ConversionFilter(path="a", operator=-1, value=Value(bool_value=False))],  # type: ignore[arg-type]
                 )
             )
         )

@@ -43,7 +43,7 @@ async def _definition(reports: reports_pb2_grpc.ReportServiceStub, case: str) ->
                     name=f"purchase-{case}-{uuid.uuid4().hex[:6]}",
                     event_type="order_completed",
                     filters=[
-                        r.PropertyFilter(
+                        r.ConversionFilter(
                             path="case", operator=r.FILTER_OPERATOR_EQUAL, value=Value(string_value=case)
                         )
                     ],

@@ -93,7 +93,7 @@ async def test_two_subject_lines_with_a_holdout_the_better_one_wins(omni: Omni, 
                     name=f"purchase-{run}",
                     event_type="order_completed",
                     filters=[
-                        r.PropertyFilter(
+                        r.ConversionFilter(
                             path="total", operator=r.FILTER_OPERATOR_GREATER, value=Value(number_value=0)
                         )
                     ],

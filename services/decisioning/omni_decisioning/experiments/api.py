@@ -133,7 +133,7 @@ def definition_to_proto(definition: ConversionDefinition) -> reports_pb2.Convers
         if item.value is not None:
             ParseDict(item.value, value)
         filters.append(
-            reports_pb2.PropertyFilter(
+            reports_pb2.ConversionFilter(
                 path=item.path, operator=reports_pb2.FilterOperator.ValueType(int(item.operator)), value=value
             )
         )

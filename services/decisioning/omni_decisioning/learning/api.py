@@ -138,7 +138,7 @@ class LearningServicer:
         evaluation = result.evaluation
         return d.EvaluatePolicyResponse(
             estimates=[
-                d.Estimate(estimator=e.estimator, value=e.value, ci_low=e.ci_low, ci_high=e.ci_high)
+                d.PolicyEstimate(estimator=e.estimator, value=e.value, ci_low=e.ci_low, ci_high=e.ci_high)
                 for e in evaluation.estimates
             ],
             logged_actions=evaluation.actions,

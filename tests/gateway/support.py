@@ -272,3 +272,14 @@ async def publish(js: JetStreamContext, namespace: str, envelope: envelope_pb2.E
     """Publish an envelope as the outbox relay does: event id for deduplication, trace context in headers."""
     headers = {**dict(envelope.trace_context), "Nats-Msg-Id": envelope.id}
     await js.publish(subject_for(envelope.type, namespace), envelope.SerializeToString(), headers=headers)
+
+
+def as_announced(message: gateway_pb2.Message) -> gateway_pb2.Message:
+    """A message as the gateway's events show it: without the recipient's address (personal data stays in the
+    gateway's own row), an error naming the address naming "<recipient>" instead."""
+    shown = gateway_pb2.Message()
+    shown.CopyFrom(message)
+    if shown.recipient:
+        shown.error = shown.error.replace(shown.recipient, "<recipient>")
+        shown.ClearField("recipient")
+    return shown

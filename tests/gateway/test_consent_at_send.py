@@ -20,6 +20,7 @@ from .support import (
     Neighbours,
     StartGateway,
     add_to_cart,
+    as_announced,
     counts,
     create_cart_template,
     create_person,
@@ -53,7 +54,7 @@ async def _refused_for_consent(
     assert message.status == FAILED
     assert message.error == error
     published = await events.wait_for_message("gateway.message_failed", lambda m: m.id == message.id)
-    assert published == message
+    assert published == as_announced(message)
     return message
 
 

@@ -79,7 +79,7 @@ async def test_a_send_request_is_sent_once_however_often_it_arrives_and_continue
     assert text is not None and "1 x Rain Jacket (129.00 EUR)" in text.get_content()
     sent = await events.wait_for_message("gateway.message_sent", lambda m: m.request_id == request_id)
     assert sent.journey_id == "journey-abandoned-cart"
-    assert sent.recipient == email
+    assert sent.recipient == ""  # the event leaves the address out; the sink shows where it went
 
     await until(lambda: gateway.runtime.consumers[0].applied >= applied_before + 2)
     await asyncio.sleep(0.2)

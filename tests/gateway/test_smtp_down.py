@@ -19,6 +19,7 @@ from .support import (
     Gateway,
     Neighbours,
     StartGateway,
+    as_announced,
     create_cart_template,
     create_person,
     publish,
@@ -145,7 +146,7 @@ async def test_a_message_fails_after_its_last_attempt_and_the_failure_is_publish
     assert failed.error.startswith("gave up after 3 attempts: smtp: cannot reach the server")
     assert not failed.HasField("next_attempt_time")
     stored = await gateway.stub.GetMessage(gateway_pb2.GetMessageRequest(message_id=failed.id))
-    assert stored.message == failed
+    assert as_announced(stored.message) == failed
 
 
 async def test_a_send_request_consumed_while_the_server_is_down_is_kept_and_sent_later(
@@ -184,7 +185,7 @@ async def test_a_send_request_consumed_while_the_server_is_down_is_kept_and_sent
     late_sink.start()
 
     sent = await events.wait_for_message("gateway.message_sent", lambda m: m.request_id == request_id)
-    assert sent.recipient == email
+    assert sent.recipient == ""  # the event leaves the address out; the sink shows where it went
     await late_sink.wait_for(lambda m: m["To"] == email)
 
 

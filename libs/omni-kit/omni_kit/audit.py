@@ -34,7 +34,7 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from omni.audit.v1 import audit_pb2, audit_pb2_grpc
-from omni_kit.errors import InvalidArgument, OmniError
+from omni_kit.errors import InvalidArgument, OmniError, without_control_characters
 from omni_kit.ids import new_id
 from omni_kit.paging import PageTokenError, pack, unpack
 from omni_kit.security.auth import current_principal
@@ -100,7 +100,9 @@ def resource_ids(*messages: Message | None) -> list[str]:
 
     def take(value: Any) -> None:
         if isinstance(value, str) and value and len(found) < MAX_RESOURCE_IDS:
-            found.setdefault(value[:_MAX_ID_LENGTH])
+            # A refused request's ids may hold anything (a NUL, which PostgreSQL's text refuses): the entry
+            # records them with control characters replaced, so refusing the call never fails its audit.
+            found.setdefault(without_control_characters(value[:_MAX_ID_LENGTH]))
 
     def walk(message: Message, depth: int) -> None:
         for field, value in message.ListFields():

@@ -165,5 +165,7 @@ def estimate(rows: list[LoggedRow], rewards: dict[tuple[str, str], Rewards], req
         direct=direct,
         modelled=model_q,
     )
-    rng = np.random.default_rng(request.seed)
+    rng = np.random.default_rng(
+        request.seed & 0xFFFF_FFFF_FFFF_FFFF
+    )  # any int64 seeds; numpy takes only >= 0
     return Result(evaluate(logged, bootstrap=request.bootstrap, rng=rng), uncovered)

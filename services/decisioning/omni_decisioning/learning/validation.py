@@ -172,7 +172,9 @@ def evaluate_policy(request: d.EvaluatePolicyRequest) -> Request:
     end = _instant(request.end_time, "end_time", violations)
     if start and end:
         violations.check(end > start, "end_time", "must be after start_time")
-    rng = np.random.default_rng(request.seed)
+    rng = np.random.default_rng(
+        request.seed & 0xFFFF_FFFF_FFFF_FFFF
+    )  # any int64 seeds; numpy takes only >= 0
     candidate: RankingCandidate | WeightsCandidate | ThompsonCandidate
     if request.HasField("ranking"):
         _repeats(violations, "ranking.offer_ids", request.ranking.offer_ids)

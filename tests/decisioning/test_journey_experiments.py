@@ -256,6 +256,52 @@ async def test_a_step_experiment_and_a_journey_experiment_split_a_multi_step_jou
         await experiments.StopExperiment(x.StopExperimentRequest(experiment_id=experiment.id))
 
 
+async def test_a_send_time_arm_puts_the_message_off_by_its_delay(decisioning: Decisioning) -> None:
+    experiments, reports = _stubs(decisioning)
+    definition = await _definition(reports)
+    email = await template(decisioning, c.CHANNEL_EMAIL)
+    journey = await publish(
+        decisioning, d.JourneySpec(entry=API, steps=[message("mail", email, c.CHANNEL_EMAIL)])
+    )
+    experiment = await _started(
+        experiments,
+        x.ExperimentAttachment(journey_step=x.ExperimentJourneyStep(journey_id=journey.id, step_id="mail")),
+        [
+            x.ExperimentArm(name="now", allocation_percent=50, control=True),
+            x.ExperimentArm(name="later", allocation_percent=50, send_delay_s=1),
+        ],
+        definition,
+    )
+    persons: list[uuid.UUID] = []
+    while len({_arm_of(experiment, p).name for p in persons}) < 2 or len(persons) < 4:
+        persons.append(uuid.uuid4())
+    for person in persons:
+        await grant(decisioning, person, c.CHANNEL_EMAIL)
+    await asyncio.sleep(0.3)
+    for person in persons:
+        await _trigger(decisioning, journey, person)
+    for person in persons:
+        [run] = await until_runs(decisioning, person, lambda found: found and found[0].state == COMPLETED)
+        if _arm_of(experiment, person).name == "later":
+            delayed, sent = run.steps
+            assert (delayed.outcome, sent.outcome) == ("delayed", "sent")
+            gap = sent.time.ToDatetime() - delayed.time.ToDatetime()
+            assert gap.total_seconds() >= 1.0
+        else:
+            assert [s.outcome for s in run.steps] == ["sent"]
+        assert await _sent_templates(decisioning, person, 1) == [email]
+        [sent_request] = sends(decisioning, person)
+        [exposure] = await decisioning.rows(
+            "SELECT arm, request_id FROM experiment_exposures WHERE experiment_id = :e AND person_id = :p",
+            e=uuid.UUID(experiment.id),
+            p=person,
+        )
+        # Exposed once, when the step was reached, under the request id of the send that went.
+        assert exposure.arm == _arm_of(experiment, person).name
+        assert exposure.request_id == sent_request.request_id
+    await experiments.StopExperiment(x.StopExperimentRequest(experiment_id=experiment.id))
+
+
 @pytest.fixture(scope="module")
 async def with_global_control(
     postgres: EmbeddedPostgres, nats_server: EmbeddedNats

@@ -439,6 +439,9 @@ class Engine:
     async def _message(self, session: AsyncSession, run: Run, step: d.JourneyStep) -> Taken:
         rule = step.message
         nxt = rule.next or None
+        # A send an experiment arm's send_delay_s put off: its request id was fixed (and exposed) then.
+        delayed = run.data.pop("delayed", None)
+        put_off = delayed if isinstance(delayed, dict) and delayed.get("step") == step.id else None
         verdicts = (await contact.verdicts_of(session, [run.person_id]))[run.person_id]
         channel = choose_channel(list(rule.channels), verdicts)
         if channel is None:
@@ -461,6 +464,8 @@ class Engine:
                         else _DEFAULT_HOLD
                     )
                     until = now + hold
+                    if put_off is not None:
+                        run.data["delayed"] = put_off
                     return Taken(
                         "held",
                         f"{cap.describe()} reached; tried again at {until.isoformat()}",
@@ -469,7 +474,11 @@ class Engine:
                         stay=True,
                     )
                 return Taken("skipped", f"{cap.describe()} reached", nxt)
-        request_id = f"journey-run:{run.id}:{step.id}:{run.visits[step.id]}"
+        request_id = (
+            str(put_off["request_id"])
+            if put_off is not None
+            else f"journey-run:{run.id}:{step.id}:{run.visits[step.id]}"
+        )
         template_id = rule.template_id
         arm = ""
         # --- Experiments: the message would go now, so the step asks for the person's assignment. ---
@@ -481,6 +490,17 @@ class Engine:
                 "holdout", f"experiment {assignment.experiment_id}, arm {assignment.arm}: nothing sent", nxt
             )
         if assignment.experiment_id is not None:
+            if assignment.send_delay_s and put_off is None:
+                # A send-time arm: the step is taken again after the delay (consent and caps checked anew).
+                until = datetime.now(UTC) + timedelta(seconds=assignment.send_delay_s)
+                run.data["delayed"] = {"step": step.id, "request_id": request_id}
+                return Taken(
+                    "delayed",
+                    f"experiment {assignment.experiment_id} arm {assignment.arm}: sent at {until.isoformat()}",
+                    step.id,
+                    until,
+                    stay=True,
+                )
             template_id = assignment.template_id or template_id
             # The arm's channel where the person's verdicts allow marketing on it, else the step's choice.
             channel = (

@@ -208,6 +208,7 @@ async def start(settings: Settings) -> Runtime:
         time_zone=ZoneInfo(settings.time_zone),
         set_traits=ProfileTraits(profile_pb2_grpc.ProfileServiceStub(profile)),  # type: ignore[arg-type]
         decide=decider.decide,
+        experiments=experiments,
     )
     handlers = EventHandlers(read_models, journeys, lineage, engine)
     runtime.add_consumer(durable="read-models", event_types=CONSUMED, handler=handlers.handle)

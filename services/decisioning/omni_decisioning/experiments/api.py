@@ -56,12 +56,17 @@ def _timestamp(value: datetime | None) -> Timestamp | None:
 def experiment_to_proto(experiment: Experiment) -> experiments_pb2.Experiment:
     """The wire form of an experiment."""
     attachment = experiments_pb2.ExperimentAttachment()
-    field = {
-        AttachmentKind.JOURNEY: "journey_id",
-        AttachmentKind.TEMPLATE: "template_id",
-        AttachmentKind.OFFER_GROUP: "offer_group",
-    }[experiment.attachment.kind]
-    setattr(attachment, field, experiment.attachment.value)
+    if experiment.attachment.kind == AttachmentKind.JOURNEY_STEP:
+        journey_id, step_id = experiment.attachment.journey_and_step()
+        attachment.journey_step.journey_id = str(journey_id)
+        attachment.journey_step.step_id = step_id
+    else:
+        field = {
+            AttachmentKind.JOURNEY: "journey_id",
+            AttachmentKind.TEMPLATE: "template_id",
+            AttachmentKind.OFFER_GROUP: "offer_group",
+        }[experiment.attachment.kind]
+        setattr(attachment, field, experiment.attachment.value)
     return experiments_pb2.Experiment(
         id=str(experiment.id),
         name=experiment.name,

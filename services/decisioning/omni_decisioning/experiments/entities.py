@@ -27,16 +27,28 @@ class AttachmentKind(enum.StrEnum):
     """What an experiment varies."""
 
     JOURNEY = "journey"
+    JOURNEY_STEP = "journey_step"
     TEMPLATE = "template"
     OFFER_GROUP = "offer_group"
 
 
 @dataclass(frozen=True)
 class Attachment:
-    """An experiment's attachment: a journey id, a template id or an offer group."""
+    """An experiment's attachment: a journey id, a journey step ("<journey id>/<step id>"), a template id or an
+    offer group."""
 
     kind: AttachmentKind
     value: str
+
+    @classmethod
+    def journey_step(cls, journey_id: uuid.UUID | str, step_id: str) -> Attachment:
+        """The attachment of one step of a multi-step journey."""
+        return cls(AttachmentKind.JOURNEY_STEP, f"{uuid.UUID(str(journey_id))}/{step_id}")
+
+    def journey_and_step(self) -> tuple[uuid.UUID, str]:
+        """A journey step attachment's journey id and step id."""
+        journey, _, step = self.value.partition("/")
+        return uuid.UUID(journey), step
 
 
 @dataclass(frozen=True)

@@ -104,6 +104,24 @@ class Experiments:
                 reason="JOURNEY_NOT_FOUND",
                 metadata={"field": "experiment.attachment.journey_id", "journey_id": new.attachment.value},
             )
+        if new.attachment.kind == AttachmentKind.JOURNEY_STEP:
+            journey_id, step_id = new.attachment.journey_and_step()
+            if not await self._repository.journey_exists(session, journey_id):
+                raise NotFound(
+                    message=f"no journey {journey_id}",
+                    reason="JOURNEY_NOT_FOUND",
+                    metadata={
+                        "field": "experiment.attachment.journey_step.journey_id",
+                        "journey_id": str(journey_id),
+                    },
+                )
+            if not await self._repository.message_step_exists(session, journey_id, step_id):
+                raise NotFound(
+                    message=f"journey {journey_id} has no message step {step_id!r} in its draft or a "
+                    "published version",
+                    reason="JOURNEY_STEP_NOT_FOUND",
+                    metadata={"field": "experiment.attachment.journey_step.step_id", "step_id": step_id},
+                )
         experiment = Experiment(
             **{name: getattr(new, name) for name in NewExperiment.__dataclass_fields__},
             id=new_id(),
@@ -173,9 +191,10 @@ class Experiments:
         at: datetime | None = None,
     ) -> Assignment:
         """What a send to the person does, logging the exposure: the global control group sends nothing;
-        otherwise the running experiment on the first of `attachments` (most specific first) that has one puts
-        the person in an arm by a stable hash. Call it at the moment the message would go, after every other
-        reason not to send (consent, caps), so every arm's exposures are alike but for the arm."""
+        otherwise the running experiment on the first of `attachments` (most specific first: a journey step,
+        the journey, the template sent) that has one puts the person in an arm by a stable hash. Call it at the
+        moment the message would go, after every other reason not to send (consent, caps), so every arm's
+        exposures are alike but for the arm."""
         at = at or datetime.now(UTC)
         if self._global_share:
             control = in_global_control(self._global_salt, person_id, self._global_share)

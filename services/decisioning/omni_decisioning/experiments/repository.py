@@ -98,6 +98,21 @@ class ExperimentRepository:
             await session.scalar(sa.text("SELECT 1 FROM journeys WHERE id = :id"), {"id": journey_id})
         )
 
+    async def message_step_exists(self, session: AsyncSession, journey_id: uuid.UUID, step_id: str) -> bool:
+        """Whether the journey's draft or one of its published versions has a message step of that id."""
+        step = json.dumps([{"id": step_id, "message": {}}])
+        return bool(
+            await session.scalar(
+                sa.text(
+                    "SELECT 1 FROM journeys j WHERE j.id = :id AND ("
+                    "coalesce(j.draft -> 'steps' @> CAST(:step AS jsonb), false) OR EXISTS ("
+                    "SELECT 1 FROM journey_versions v WHERE v.journey_id = j.id "
+                    "AND v.spec -> 'steps' @> CAST(:step AS jsonb)))"
+                ),
+                {"id": journey_id, "step": step},
+            )
+        )
+
     async def get_experiment(
         self, session: AsyncSession, experiment_id: uuid.UUID, *, for_update: bool = False
     ) -> Experiment | None:

@@ -73,18 +73,23 @@ def create_experiment(request: experiments_pb2.CreateExperimentRequest) -> NewEx
             )
     violations.raise_if_any()
     target = experiment.attachment.WhichOneof("target")
-    kind = {
-        "journey_id": AttachmentKind.JOURNEY,
-        "template_id": AttachmentKind.TEMPLATE,
-        "offer_group": AttachmentKind.OFFER_GROUP,
-    }[str(target)]
-    value = getattr(experiment.attachment, str(target))
-    if kind == AttachmentKind.JOURNEY:
-        value = str(uuid.UUID(value))
+    if target == "journey_step":
+        step = experiment.attachment.journey_step
+        attachment = Attachment.journey_step(step.journey_id, step.step_id)
+    else:
+        kind = {
+            "journey_id": AttachmentKind.JOURNEY,
+            "template_id": AttachmentKind.TEMPLATE,
+            "offer_group": AttachmentKind.OFFER_GROUP,
+        }[str(target)]
+        value = getattr(experiment.attachment, str(target))
+        if kind == AttachmentKind.JOURNEY:
+            value = str(uuid.UUID(value))
+        attachment = Attachment(kind, value)
     return NewExperiment(
         name=experiment.name,
         description=experiment.description,
-        attachment=Attachment(kind, value),
+        attachment=attachment,
         arms=tuple(
             Arm(
                 name=arm.name,

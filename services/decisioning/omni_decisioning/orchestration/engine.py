@@ -28,6 +28,8 @@ from omni_decisioning.channel_choice import choose_channel
 from omni_decisioning.contact_policy import RETENTION, Cap, Contact, earliest_start, reached_cap
 from omni_decisioning.entities import DecideQuery, Decision
 from omni_decisioning.events import Publisher
+from omni_decisioning.experiments.entities import Assignment, Attachment, AttachmentKind
+from omni_decisioning.experiments.experiments import Experiments
 from omni_decisioning.models import JourneyRow
 from omni_decisioning.orchestration import spec as specs
 from omni_decisioning.orchestration.steps import (
@@ -95,6 +97,7 @@ class Engine:
         time_zone: ZoneInfo = _UTC,
         set_traits: TraitSetter | None = None,
         decide: Decide | None = None,
+        experiments: Experiments | None = None,
     ) -> None:
         self._store = store
         self._repository = repository
@@ -103,6 +106,7 @@ class Engine:
         self._zone = time_zone
         self._set_traits = set_traits
         self._decide = decide
+        self._experiments = experiments
         self._specs: dict[tuple[uuid.UUID, int], d.JourneySpec] = {}
 
     async def spec(self, session: AsyncSession, journey_id: uuid.UUID, version: int) -> d.JourneySpec | None:
@@ -435,6 +439,9 @@ class Engine:
     async def _message(self, session: AsyncSession, run: Run, step: d.JourneyStep) -> Taken:
         rule = step.message
         nxt = rule.next or None
+        # A send an experiment arm's send_delay_s put off: its request id was fixed (and exposed) then.
+        delayed = run.data.pop("delayed", None)
+        put_off = delayed if isinstance(delayed, dict) and delayed.get("step") == step.id else None
         verdicts = (await contact.verdicts_of(session, [run.person_id]))[run.person_id]
         channel = choose_channel(list(rule.channels), verdicts)
         if channel is None:
@@ -457,6 +464,8 @@ class Engine:
                         else _DEFAULT_HOLD
                     )
                     until = now + hold
+                    if put_off is not None:
+                        run.data["delayed"] = put_off
                     return Taken(
                         "held",
                         f"{cap.describe()} reached; tried again at {until.isoformat()}",
@@ -465,7 +474,40 @@ class Engine:
                         stay=True,
                     )
                 return Taken("skipped", f"{cap.describe()} reached", nxt)
-        request_id = f"journey-run:{run.id}:{step.id}:{run.visits[step.id]}"
+        request_id = (
+            str(put_off["request_id"])
+            if put_off is not None
+            else f"journey-run:{run.id}:{step.id}:{run.visits[step.id]}"
+        )
+        template_id = rule.template_id
+        arm = ""
+        # --- Experiments: the message would go now, so the step asks for the person's assignment. ---
+        assignment = await self._assign(session, run, step, request_id)
+        if assignment.global_control:
+            return Taken("global_control", "in the global control group: no marketing is sent", nxt)
+        if assignment.holdout:
+            return Taken(
+                "holdout", f"experiment {assignment.experiment_id}, arm {assignment.arm}: nothing sent", nxt
+            )
+        if assignment.experiment_id is not None:
+            if assignment.send_delay_s and put_off is None:
+                # A send-time arm: the step is taken again after the delay (consent and caps checked anew).
+                until = datetime.now(UTC) + timedelta(seconds=assignment.send_delay_s)
+                run.data["delayed"] = {"step": step.id, "request_id": request_id}
+                return Taken(
+                    "delayed",
+                    f"experiment {assignment.experiment_id} arm {assignment.arm}: sent at {until.isoformat()}",
+                    step.id,
+                    until,
+                    stay=True,
+                )
+            template_id = assignment.template_id or template_id
+            # The arm's channel where the person's verdicts allow marketing on it, else the step's choice.
+            channel = (
+                choose_channel([assignment.channel], verdicts) if assignment.channel else None
+            ) or channel
+            arm = f", experiment {assignment.experiment_id} arm {assignment.arm}"
+        # --- end of experiments. ---
         await self._repository.log_contact(
             session,
             request_id=request_id,
@@ -487,14 +529,28 @@ class Engine:
             request_id=request_id,
             person_id=run.person_id,
             channel=channel,
-            template_id=rule.template_id,
+            template_id=template_id,
             journey_id=run.journey_id,
             contact_verdict_version=verdicts.version,
             variables=variables or None,
         )
         return Taken(
-            "sent", f"{_channel_name(channel)}, template {rule.template_id}, request {request_id}", nxt
+            "sent", f"{_channel_name(channel)}, template {template_id}, request {request_id}{arm}", nxt
         )
+
+    async def _assign(
+        self, session: AsyncSession, run: Run, step: d.JourneyStep, request_id: str
+    ) -> Assignment:
+        """The person's assignment for this message step (an experiment on the step, else on the journey, else
+        on the step's template; the global control group), its exposure logged; without experiments, a send."""
+        if self._experiments is None:
+            return Assignment()
+        attachments = [
+            Attachment.journey_step(run.journey_id, step.id),
+            Attachment(AttachmentKind.JOURNEY, str(run.journey_id)),
+            Attachment(AttachmentKind.TEMPLATE, step.message.template_id),
+        ]
+        return await self._experiments.assign(session, attachments, run.person_id, request_id=request_id)
 
     async def _wait(self, session: AsyncSession, run: Run, rule: d.WaitStep, now: datetime) -> Taken:
         until_kind = rule.WhichOneof("until")

@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import cProfile
 import json
+import logging
 import sys
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -109,6 +110,7 @@ def main(argv: list[str]) -> None:
     if len(argv) not in (3, 4):
         raise SystemExit(__doc__)
     url, expected, timeout_s = argv[0], int(argv[1]), float(argv[2])
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
     profiler = cProfile.Profile() if argv[3:] == ["profile"] else None
     if profiler:
         profiler.enable()

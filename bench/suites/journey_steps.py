@@ -220,9 +220,20 @@ async def _engine(
                 _MAKE_DUE, start, first, rate or 1e12, STEP_JOB, str(_run_id(first)), str(_run_id(end))
             )
     out, err = await process.communicate()
+    async with ctx.connect(database) as connection:
+        # What did not fire in time waits again, so it is not fired (late) in the next measurement.
+        await connection.execute(
+            "UPDATE scheduled_jobs SET due_at = now() + interval '30 days' "
+            "WHERE kind = $1 AND key >= $2 AND key < $3 AND due_at <= now() + interval '1 hour'",
+            STEP_JOB,
+            str(_run_id(first)),
+            str(_run_id(end)),
+        )
     if process.returncode != 0 or line.strip() != "READY":
         raise RuntimeError(f"journey worker failed: {line}{err.decode()[-2000:]}")
     figures: dict[str, Any] = json.loads(out.decode().strip().splitlines()[-1])
+    warnings = [w for w in err.decode().splitlines() if w.startswith(("WARNING", "ERROR")) or "failed" in w]
+    figures["warnings"] = {"count": len(warnings), "first": warnings[:3]}
     figures["cpu_cores"] = cpu_usage(before, cpu_sample(ctx))
     figures["waiting"] = int(waiting)
     figures["rate"] = rate
@@ -230,7 +241,8 @@ async def _engine(
     log(
         f"journey_steps engine {what} {'backlog' if rate is None else f'at {rate:,.0f}/s'}: "
         f"{figures['fired']:,}/{count:,} fired, {figures['per_second'] or 0:,.0f}/s, lateness p50 "
-        f"{lateness['p50']}s p99 {lateness['p99']}s, {figures['cpu_s']:.1f}s CPU ({waiting:,} waiting)"
+        f"{lateness['p50']}s p99 {lateness['p99']}s, {figures['cpu_s']:.1f}s CPU ({waiting:,} waiting); "
+        f"warnings: {figures['warnings']}"
     )
     return figures
 

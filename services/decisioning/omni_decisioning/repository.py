@@ -518,6 +518,48 @@ class Repository:
             )
         )
 
+    async def log_contacts(
+        self,
+        session: AsyncSession,
+        contacts: Sequence[tuple[str, uuid.UUID, int, datetime]],
+        *,
+        source: str,
+        retention: timedelta,
+    ) -> None:
+        """log_contact for many sends ((request id, person, channel, when); request ids distinct), in two
+        statements."""
+        if not contacts:
+            return
+        statement = insert(ContactLogRow).values(
+            [
+                {
+                    "request_id": rid,
+                    "person_id": pid,
+                    "channel": channel,
+                    "contacted_at": at,
+                    "source": source,
+                }
+                for rid, pid, channel, at in contacts
+            ]
+        )
+        await session.execute(
+            statement.on_conflict_do_update(
+                index_elements=[ContactLogRow.request_id],
+                set_={
+                    "person_id": statement.excluded.person_id,
+                    "channel": statement.excluded.channel,
+                    "contacted_at": statement.excluded.contacted_at,
+                    "source": statement.excluded.source,
+                },
+            )
+        )
+        await session.execute(
+            sa.delete(ContactLogRow).where(
+                ContactLogRow.person_id.in_({pid for _, pid, _, _ in contacts}),
+                ContactLogRow.contacted_at < min(at for _, _, _, at in contacts) - retention,
+            )
+        )
+
     async def unlog_contact(self, session: AsyncSession, request_id: str) -> None:
         """A send that failed does not count."""
         await session.execute(sa.delete(ContactLogRow).where(ContactLogRow.request_id == request_id))

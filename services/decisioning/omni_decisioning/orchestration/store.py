@@ -242,14 +242,6 @@ class Store:
         )
         await session.flush()
 
-    async def run(self, session: AsyncSession, run_id: uuid.UUID, *, lock: bool = False) -> Run | None:
-        """A run (locked to the transaction's end, when asked)."""
-        query = sa.select(FlowRunRow).where(FlowRunRow.id == run_id)
-        if lock:
-            query = query.with_for_update()
-        row = (await session.scalars(query)).first()
-        return _run(row) if row is not None else None
-
     async def runs_to_step(
         self, session: AsyncSession, run_ids: Sequence[uuid.UUID]
     ) -> list[tuple[Run, JourneyRow | None]]:
@@ -307,23 +299,6 @@ class Store:
             },
         )
 
-    async def save_run(self, session: AsyncSession, run: Run) -> None:
-        """Store a run's new position."""
-        await session.execute(
-            sa.update(FlowRunRow)
-            .where(FlowRunRow.id == run.id)
-            .values(
-                version=run.version,
-                state=run.state,
-                current_step=run.current_step,
-                due_at=run.due_at,
-                visits=run.visits,
-                data=run.data,
-                end_time=run.end_time,
-                end_reason=run.end_reason,
-            )
-        )
-
     async def active_runs(
         self,
         session: AsyncSession,
@@ -341,38 +316,6 @@ class Store:
         if lock:
             query = query.with_for_update()
         return [_run(row) for row in await session.scalars(query.order_by(FlowRunRow.id))]
-
-    async def add_step(
-        self,
-        session: AsyncSession,
-        run_id: uuid.UUID,
-        *,
-        step_id: str,
-        kind: str,
-        at: datetime,
-        outcome: str,
-        detail: str,
-        next_step: str | None,
-    ) -> None:
-        """Record a step the run took (after the ones before)."""
-        seq = await session.scalar(
-            sa.select(sa.func.coalesce(sa.func.max(FlowRunStepRow.seq), 0) + 1).where(
-                FlowRunStepRow.run_id == run_id
-            )
-        )
-        session.add(
-            FlowRunStepRow(
-                run_id=run_id,
-                seq=seq,
-                step_id=step_id,
-                kind=kind,
-                at=at,
-                outcome=outcome,
-                detail=detail,
-                next_step=next_step,
-            )
-        )
-        await session.flush()
 
     async def person_runs(
         self,

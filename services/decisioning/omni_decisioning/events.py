@@ -11,6 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from omni.common.v1 import common_pb2
 from omni.decisioning.v1 import events_pb2
+from omni.events.v1 import envelope_pb2
 from omni_decisioning.entities import DecideQuery, Decision
 from omni_kit.bus import Outbox, OutboxRows
 
@@ -38,6 +39,30 @@ class Publisher:
     ) -> None:
         """Ask the gateway to send a template to a person on a channel (decisioning.send_requested), saying
         which version of profile's contact verdicts the channel was chosen by, and the template's variables."""
+        envelope = self.send_request(
+            request_id=request_id,
+            person_id=person_id,
+            channel=channel,
+            template_id=template_id,
+            journey_id=journey_id,
+            contact_verdict_version=contact_verdict_version,
+            variables=variables,
+        )
+        await self._outbox.add_envelopes(session, [envelope])
+
+    def send_request(
+        self,
+        *,
+        request_id: str,
+        person_id: uuid.UUID,
+        channel: int,
+        template_id: str,
+        journey_id: uuid.UUID,
+        contact_verdict_version: int = 0,
+        variables: dict[str, Any] | None = None,
+    ) -> envelope_pb2.Envelope:
+        """The envelope of a decisioning.send_requested (see send_requested), for stage_sends to write with
+        others."""
         payload = events_pb2.SendRequestedEvent(
             request_id=request_id,
             person_id=str(person_id),
@@ -48,7 +73,11 @@ class Publisher:
         )
         if variables:
             payload.variables.update(variables)
-        await self._outbox.add(session, payload, event_type=SEND_REQUESTED, person_id=str(person_id))
+        return self._outbox.envelope(payload, event_type=SEND_REQUESTED, person_id=str(person_id))
+
+    async def stage_sends(self, session: AsyncSession, envelopes: Sequence[envelope_pb2.Envelope]) -> None:
+        """Stage send requests built by send_request in the session's transaction, in one statement."""
+        await self._outbox.add_envelopes(session, envelopes)
 
     def decisions_made(self, decisions: Sequence[tuple[Decision, DecideQuery]]) -> OutboxRows:
         """The outbox rows announcing decisions for learning and attribution (decisioning.decision_made), for

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 from zoneinfo import ZoneInfo
@@ -24,6 +24,7 @@ from google.protobuf.json_format import MessageToDict
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from omni.decisioning.v1 import decisioning_pb2 as d
+from omni.events.v1 import envelope_pb2
 from omni_decisioning.channel_choice import choose_channel
 from omni_decisioning.contact_policy import RETENTION, Cap, Contact, earliest_start, reached_cap
 from omni_decisioning.entities import DecideQuery, Decision
@@ -41,7 +42,7 @@ from omni_decisioning.orchestration.steps import (
     trait_instant,
     zone_of,
 )
-from omni_decisioning.orchestration.store import Run, Store
+from omni_decisioning.orchestration.store import Run, StepRecord, Store
 from omni_decisioning.repository import Repository
 from omni_kit import contact
 from omni_kit.ids import new_id
@@ -84,6 +85,28 @@ class Taken:
     """The run stays at this step (a message held, an event waited for) until due_at."""
 
 
+@dataclass
+class _Writes:
+    """What the steps taken in one transaction write, made at its end in one statement each: the step
+    records (in the order taken), the runs' new positions, their next jobs, the sends' contact log rows and
+    outbox rows; and the verdicts read ahead for the message steps due."""
+
+    records: list[StepRecord] = field(default_factory=list)
+    runs: dict[uuid.UUID, Run] = field(default_factory=dict)
+    jobs: dict[str, tuple[datetime | None, str | None]] = field(default_factory=dict)
+    verdicts: dict[uuid.UUID, contact.PersonVerdicts] = field(default_factory=dict)
+    contacts: list[tuple[str, uuid.UUID, int, datetime]] = field(default_factory=list)
+    """Sends to count against contact caps: (request id, person, channel, when)."""
+    sends: list[envelope_pb2.Envelope] = field(default_factory=list)
+
+    def save(self, run: Run) -> None:
+        self.runs[run.id] = run
+
+    def schedule(self, run: Run, due_at: datetime | None, step: str | None) -> None:
+        self.save(run)
+        self.jobs[str(run.id)] = (due_at, step)
+
+
 class Engine:
     """Enters persons into journeys and takes their runs' steps."""
 
@@ -108,6 +131,31 @@ class Engine:
         self._decide = decide
         self._experiments = experiments
         self._specs: dict[tuple[uuid.UUID, int], d.JourneySpec] = {}
+
+    async def _load_specs(self, session: AsyncSession, versions: set[tuple[uuid.UUID, int]]) -> None:
+        """Cache the versions not cached yet, in one query."""
+        missing = versions - self._specs.keys()
+        for key, stored in (await self._store.specs(session, missing)).items():
+            self._specs[key] = specs.from_json(stored)
+
+    async def _flush(self, session: AsyncSession, writes: _Writes) -> None:
+        await self._store.add_steps(session, writes.records)
+        await self._store.save_runs(session, list(writes.runs.values()))
+        if writes.jobs:
+            await schedule_many(
+                session,
+                STEP_JOB,
+                {key: due for key, (due, _) in writes.jobs.items()},
+                {key: {"step": step} for key, (_, step) in writes.jobs.items()},
+                replace=True,
+            )
+        await self._repository.log_contacts(session, writes.contacts, source="journey", retention=RETENTION)
+        await self._publisher.stage_sends(session, writes.sends)
+        writes.records.clear()
+        writes.runs.clear()
+        writes.jobs.clear()
+        writes.contacts.clear()
+        writes.sends.clear()
 
     async def spec(self, session: AsyncSession, journey_id: uuid.UUID, version: int) -> d.JourneySpec | None:
         """A published version's spec (cached: versions never change)."""
@@ -208,6 +256,7 @@ class Engine:
             at=at,
             properties=properties,
         )
+        writes = _Writes()
         for run in await self._store.active_runs(session, person_id=person_id, lock=True):
             spec = await self.spec(session, run.journey_id, run.version)
             if spec is None:
@@ -228,7 +277,7 @@ class Engine:
                 None,
             )
             if criterion is not None:
-                await self._end(session, run, "exited", f"exit criterion {event_type}", kind="exit_criterion")
+                self._end(writes, run, "exited", f"exit criterion {event_type}", kind="exit_criterion")
                 await cancel(session, STEP_JOB, str(run.id))
                 continue
             step = specs.step_by_id(spec, run.current_step or "")
@@ -242,14 +291,15 @@ class Engine:
             ):
                 run.data.pop("waiting", None)
                 nxt = step.wait_for_event.on_event or None
-                await self._record(session, run, step, Taken("event", f"{event_type} {event_id}", nxt))
+                self._record(writes, run, step, Taken("event", f"{event_type} {event_id}", nxt))
                 if nxt is None:
-                    await self._end(session, run, "completed", "completed", kind=None)
+                    self._end(writes, run, "completed", "completed", kind=None)
                     await cancel(session, STEP_JOB, str(run.id))
                 else:
                     run.current_step, run.due_at = nxt, at if at > datetime.now(UTC) else datetime.now(UTC)
-                    await self._store.save_run(session, run)
-                    await schedule(session, STEP_JOB, str(run.id), None, {"step": nxt}, replace=True)
+                    writes.schedule(run, None, nxt)
+        # Written before entries: an entry reads the person's runs as they now are.
+        await self._flush(session, writes)
         for journey in await self._store.live_journeys(session, event_type=event_type):
             spec = await self.spec(session, journey.id, journey.version)
             if spec is not None and matches(spec.entry.event.filters, properties):
@@ -329,17 +379,44 @@ class Engine:
     # -- steps ---------------------------------------------------------------------------------------------
 
     async def run_steps(self, session: AsyncSession, jobs: Sequence[Job]) -> None:
-        """Job handler of "journey.step": take each run's due step (and those following without a wait)."""
-        for job in jobs:
-            await self._advance(session, uuid.UUID(job.key), str(job.payload.get("step", "")))
+        """Job handler of "journey.step": take each run's due step (and those following without a wait).
 
-    async def _advance(self, session: AsyncSession, run_id: uuid.UUID, step_id: str) -> None:
-        run = await self._store.run(session, run_id, lock=True)
-        if run is None or run.state != "active" or run.current_step != step_id:
-            return  # ended, or moved on by an event meanwhile: this job is stale
-        journey = await self._store.journey(session, run.journey_id)
+        Set-based over the claimed batch: one query loads (and locks) the runs with their journeys, the
+        versions not cached come in one more, the consent verdicts of the persons whose due step is a message
+        in one; the steps' records, the runs' new positions and their next jobs are written with one
+        statement each at the end. What a step itself reads and writes (a message's contact log and outbox
+        row, a condition's facts) stays per step, in the order taken."""
+        due = {uuid.UUID(job.key): str(job.payload.get("step", "")) for job in jobs}
+        loaded = [
+            (run, journey)
+            for run, journey in await self._store.runs_to_step(session, list(due))
+            # ended, or moved on by an event meanwhile: the job is stale
+            if run.state == "active" and run.current_step == due[run.id]
+        ]
+        await self._load_specs(
+            session,
+            {(run.journey_id, run.version) for run, _ in loaded}
+            | {(j.id, j.version) for _, j in loaded if j is not None and j.version > 0},
+        )
+        writes = _Writes()
+        messages = set()
+        for run, _ in loaded:
+            spec = self._specs.get((run.journey_id, run.version))
+            step = specs.step_by_id(spec, run.current_step or "") if spec is not None else None
+            if step is not None and specs.kind_of(step) == "message":
+                messages.add(run.person_id)
+        if messages:
+            writes.verdicts = await contact.verdicts_of(session, messages)
+        for run, journey in loaded:
+            await self._advance(session, writes, run, journey)
+        await self._flush(session, writes)
+
+    async def _advance(
+        self, session: AsyncSession, writes: _Writes, run: Run, journey: JourneyRow | None
+    ) -> None:
+        step_id = run.current_step or ""
         if journey is None or journey.state == "archived":
-            await self._end(session, run, "exited", "journey archived", kind=None)
+            self._end(writes, run, "exited", "journey archived", kind=None)
             return
         if journey.state == "paused":
             return  # taken up again by ResumeJourney, at the due time it keeps
@@ -353,13 +430,13 @@ class Engine:
             ):
                 run.version, spec = journey.version, latest
         if spec is None:
-            await self._end(session, run, "exited", f"version {run.version} is gone", kind=None)
+            self._end(writes, run, "exited", f"version {run.version} is gone", kind=None)
             return
         for _ in range(_MAX_STEPS_PER_JOB):
             step = specs.step_by_id(spec, run.current_step or "")
             if step is None:
-                await self._end(
-                    session,
+                self._end(
+                    writes,
                     run,
                     "exited",
                     f"no step {run.current_step!r} in version {run.version}",
@@ -367,34 +444,31 @@ class Engine:
                 )
                 return
             run.visits[step.id] = run.visits.get(step.id, 0) + 1
-            taken = await self._take(session, journey, run, step)
-            await self._record(session, run, step, taken)
+            taken = await self._take(session, writes, journey, run, step)
+            self._record(writes, run, step, taken)
             if taken.stay:
                 run.due_at = taken.due_at
-                await self._store.save_run(session, run)
-                await schedule(session, STEP_JOB, str(run.id), taken.due_at, {"step": step.id}, replace=True)
+                writes.schedule(run, taken.due_at, step.id)
                 return
             if taken.next_step is None:
                 reason = "exit step" if specs.kind_of(step) == "exit" else "completed"
-                await self._end(session, run, "completed", reason, kind=None)
+                self._end(writes, run, "completed", reason, kind=None)
                 return
             run.current_step = taken.next_step
             if taken.due_at is not None and taken.due_at > datetime.now(UTC):
                 run.due_at = taken.due_at
-                await self._store.save_run(session, run)
-                await schedule(
-                    session, STEP_JOB, str(run.id), taken.due_at, {"step": taken.next_step}, replace=True
-                )
+                writes.schedule(run, taken.due_at, taken.next_step)
                 return
         run.due_at = datetime.now(UTC)
-        await self._store.save_run(session, run)
-        await schedule(session, STEP_JOB, str(run.id), None, {"step": run.current_step}, replace=True)
+        writes.schedule(run, None, run.current_step)
 
-    async def _take(self, session: AsyncSession, journey: JourneyRow, run: Run, step: d.JourneyStep) -> Taken:
+    async def _take(
+        self, session: AsyncSession, writes: _Writes, journey: JourneyRow, run: Run, step: d.JourneyStep
+    ) -> Taken:
         kind = specs.kind_of(step)
         now = datetime.now(UTC)
         if kind == "message":
-            return await self._message(session, run, step)
+            return await self._message(session, writes, run, step)
         if kind == "wait":
             if run.data.get("waiting") == step.id:
                 # A wait that ends the run (no next step) stayed at itself until it was over.
@@ -436,13 +510,15 @@ class Engine:
             return await self._decide_offer(run, step)
         return Taken("exit", "exit step", None)
 
-    async def _message(self, session: AsyncSession, run: Run, step: d.JourneyStep) -> Taken:
+    async def _message(self, session: AsyncSession, writes: _Writes, run: Run, step: d.JourneyStep) -> Taken:
         rule = step.message
         nxt = rule.next or None
         # A send an experiment arm's send_delay_s put off: its request id was fixed (and exposed) then.
         delayed = run.data.pop("delayed", None)
         put_off = delayed if isinstance(delayed, dict) and delayed.get("step") == step.id else None
-        verdicts = (await contact.verdicts_of(session, [run.person_id]))[run.person_id]
+        verdicts = writes.verdicts.get(run.person_id)
+        if verdicts is None:
+            verdicts = (await contact.verdicts_of(session, [run.person_id]))[run.person_id]
         channel = choose_channel(list(rule.channels), verdicts)
         if channel is None:
             return Taken("skipped", "no channel of the step has the person's marketing consent", nxt)
@@ -454,6 +530,8 @@ class Engine:
             contacts = [
                 Contact(channel=c, at=at)
                 for c, at in await self._repository.contacts_since(session, run.person_id, since)
+            ] + [  # sends of this transaction not written yet
+                Contact(channel=c, at=at) for _, person, c, at in writes.contacts if person == run.person_id
             ]
             cap = reached_cap(self._caps, contacts, channel, now, self._zone)
             if cap is not None:
@@ -508,15 +586,7 @@ class Engine:
             ) or channel
             arm = f", experiment {assignment.experiment_id} arm {assignment.arm}"
         # --- end of experiments. ---
-        await self._repository.log_contact(
-            session,
-            request_id=request_id,
-            person_id=run.person_id,
-            channel=channel,
-            at=datetime.now(UTC),
-            source="journey",
-            retention=RETENTION,
-        )
+        writes.contacts.append((request_id, run.person_id, channel, datetime.now(UTC)))
         variables: dict[str, Any] = {}
         if run.data.get("trigger"):
             variables["trigger"] = run.data["trigger"]
@@ -524,15 +594,16 @@ class Engine:
             variables["offer"] = run.data["offer"]
         if run.key:
             variables["key"] = run.key
-        await self._publisher.send_requested(
-            session,
-            request_id=request_id,
-            person_id=run.person_id,
-            channel=channel,
-            template_id=template_id,
-            journey_id=run.journey_id,
-            contact_verdict_version=verdicts.version,
-            variables=variables or None,
+        writes.sends.append(
+            self._publisher.send_request(
+                request_id=request_id,
+                person_id=run.person_id,
+                channel=channel,
+                template_id=template_id,
+                journey_id=run.journey_id,
+                contact_verdict_version=verdicts.version,
+                variables=variables or None,
+            )
         )
         return Taken(
             "sent", f"{_channel_name(channel)}, template {template_id}, request {request_id}{arm}", nxt
@@ -627,45 +698,47 @@ class Engine:
 
     # -- run bookkeeping -----------------------------------------------------------------------------------
 
-    async def _record(self, session: AsyncSession, run: Run, step: d.JourneyStep, taken: Taken) -> None:
-        await self._store.add_step(
-            session,
-            run.id,
-            step_id=step.id,
-            kind=specs.kind_of(step),
-            at=datetime.now(UTC),
-            outcome=taken.outcome,
-            detail=taken.detail,
-            next_step=step.id if taken.stay else taken.next_step,
+    def _record(self, writes: _Writes, run: Run, step: d.JourneyStep, taken: Taken) -> None:
+        writes.records.append(
+            StepRecord(
+                run.id,
+                step_id=step.id,
+                kind=specs.kind_of(step),
+                at=datetime.now(UTC),
+                outcome=taken.outcome,
+                detail=taken.detail,
+                next_step=step.id if taken.stay else taken.next_step,
+            )
         )
 
-    async def _end(
-        self, session: AsyncSession, run: Run, state: str, reason: str, *, kind: str | None
-    ) -> None:
+    def _end(self, writes: _Writes, run: Run, state: str, reason: str, *, kind: str | None) -> None:
         now = datetime.now(UTC)
         if kind is not None:
-            await self._store.add_step(
-                session,
-                run.id,
-                step_id=run.current_step or "",
-                kind=kind,
-                at=now,
-                outcome=state,
-                detail=reason,
-                next_step=None,
+            writes.records.append(
+                StepRecord(
+                    run.id,
+                    step_id=run.current_step or "",
+                    kind=kind,
+                    at=now,
+                    outcome=state,
+                    detail=reason,
+                    next_step=None,
+                )
             )
         run.state, run.end_reason, run.end_time = state, reason, now
         run.current_step, run.due_at = None, None
         run.data.pop("waiting", None)
-        await self._store.save_run(session, run)
+        writes.save(run)
 
     # -- lifecycle hooks -----------------------------------------------------------------------------------
 
     async def end_runs(self, session: AsyncSession, journey_id: uuid.UUID, reason: str) -> int:
         """End every run of the journey still going (archive); return how many."""
         runs = await self._store.active_runs(session, journey_id=journey_id, lock=True)
+        writes = _Writes()
         for run in runs:
-            await self._end(session, run, "exited", reason, kind="archive")
+            self._end(writes, run, "exited", reason, kind="archive")
+        await self._flush(session, writes)
         await cancel(session, STEP_JOB, [str(run.id) for run in runs])
         return len(runs)
 

@@ -4,7 +4,7 @@ profile facts (events of the types journeys name, traits) decisioning keeps for 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -22,6 +22,7 @@ from omni_decisioning.models import (
     PersonEventRow,
     PersonTraitsRow,
 )
+from omni_kit.db import json_text
 
 LIVE = ("published", "paused")
 EVENT_RETENTION = timedelta(days=367)
@@ -46,6 +47,41 @@ class Run:
     start_time: datetime
     end_time: datetime | None = None
     end_reason: str | None = None
+
+
+@dataclass(frozen=True)
+class StepRecord:
+    """A step a run took, to be recorded after the ones before (journey_flow_steps)."""
+
+    run_id: uuid.UUID
+    step_id: str
+    kind: str
+    at: datetime
+    outcome: str
+    detail: str
+    next_step: str | None
+
+
+# One statement for a batch's step records: each run's records follow its last one (its rows are locked by
+# the caller, so nobody else appends meanwhile); `ord` numbers a run's records within the batch.
+_ADD_STEPS = sa.text(
+    "INSERT INTO journey_flow_steps (run_id, seq, step_id, kind, at, outcome, detail, next_step) "
+    "SELECT t.run_id, coalesce((SELECT max(s.seq) FROM journey_flow_steps s WHERE s.run_id = t.run_id), 0) "
+    "+ t.ord, t.step_id, t.kind, t.at, t.outcome, t.detail, t.next_step "
+    "FROM unnest(CAST(:run_ids AS uuid[]), CAST(:ords AS int[]), CAST(:step_ids AS text[]), "
+    "CAST(:kinds AS text[]), CAST(:ats AS timestamptz[]), CAST(:outcomes AS text[]), "
+    "CAST(:details AS text[]), CAST(:next_steps AS text[])) "
+    "AS t(run_id, ord, step_id, kind, at, outcome, detail, next_step)"
+)
+# One statement for a batch's runs' new positions.
+_SAVE_RUNS = sa.text(
+    "UPDATE journey_flow_runs AS r SET version = t.version, state = t.state, current_step = t.current_step, "
+    "due_at = t.due_at, visits = t.visits, data = t.data, end_time = t.end_time, end_reason = t.end_reason "
+    "FROM unnest(CAST(:ids AS uuid[]), CAST(:versions AS bigint[]), CAST(:states AS text[]), "
+    "CAST(:current_steps AS text[]), CAST(:due_ats AS timestamptz[]), CAST(:visits AS jsonb[]), "
+    "CAST(:data AS jsonb[]), CAST(:end_times AS timestamptz[]), CAST(:end_reasons AS text[])) "
+    "AS t(id, version, state, current_step, due_at, visits, data, end_time, end_reason) WHERE r.id = t.id"
+)
 
 
 def _run(row: FlowRunRow) -> Run:
@@ -109,6 +145,19 @@ class Store:
                 JourneyVersionRow.journey_id == journey_id, JourneyVersionRow.version == version
             )
         )
+
+    async def specs(
+        self, session: AsyncSession, versions: Collection[tuple[uuid.UUID, int]]
+    ) -> dict[tuple[uuid.UUID, int], dict[str, Any]]:
+        """Published versions' stored specs, in one query (those that exist)."""
+        if not versions:
+            return {}
+        rows = await session.execute(
+            sa.select(JourneyVersionRow.journey_id, JourneyVersionRow.version, JourneyVersionRow.spec).where(
+                sa.tuple_(JourneyVersionRow.journey_id, JourneyVersionRow.version).in_(list(versions))
+            )
+        )
+        return {(row.journey_id, row.version): row.spec for row in rows}
 
     async def add_version(
         self, session: AsyncSession, journey_id: uuid.UUID, version: int, spec: dict[str, Any], at: datetime
@@ -193,29 +242,61 @@ class Store:
         )
         await session.flush()
 
-    async def run(self, session: AsyncSession, run_id: uuid.UUID, *, lock: bool = False) -> Run | None:
-        """A run (locked to the transaction's end, when asked)."""
-        query = sa.select(FlowRunRow).where(FlowRunRow.id == run_id)
-        if lock:
-            query = query.with_for_update()
-        row = (await session.scalars(query)).first()
-        return _run(row) if row is not None else None
+    async def runs_to_step(
+        self, session: AsyncSession, run_ids: Sequence[uuid.UUID]
+    ) -> list[tuple[Run, JourneyRow | None]]:
+        """Runs with their journeys, in one query, the runs locked to the transaction's end (in id order, as
+        every other locker of several runs takes them)."""
+        rows = await session.execute(
+            sa.select(FlowRunRow, JourneyRow)
+            .outerjoin(JourneyRow, JourneyRow.id == FlowRunRow.journey_id)
+            .where(FlowRunRow.id.in_(list(run_ids)))
+            .order_by(FlowRunRow.id)
+            .with_for_update(of=FlowRunRow)
+        )
+        return [(_run(run), journey) for run, journey in rows]
 
-    async def save_run(self, session: AsyncSession, run: Run) -> None:
-        """Store a run's new position."""
+    async def save_runs(self, session: AsyncSession, runs: Sequence[Run]) -> None:
+        """Store runs' new positions, in one statement."""
+        if not runs:
+            return
         await session.execute(
-            sa.update(FlowRunRow)
-            .where(FlowRunRow.id == run.id)
-            .values(
-                version=run.version,
-                state=run.state,
-                current_step=run.current_step,
-                due_at=run.due_at,
-                visits=run.visits,
-                data=run.data,
-                end_time=run.end_time,
-                end_reason=run.end_reason,
-            )
+            _SAVE_RUNS,
+            {
+                "ids": [run.id for run in runs],
+                "versions": [run.version for run in runs],
+                "states": [run.state for run in runs],
+                "current_steps": [run.current_step for run in runs],
+                "due_ats": [run.due_at for run in runs],
+                "visits": [json_text(run.visits) for run in runs],
+                "data": [json_text(run.data) for run in runs],
+                "end_times": [run.end_time for run in runs],
+                "end_reasons": [run.end_reason for run in runs],
+            },
+        )
+
+    async def add_steps(self, session: AsyncSession, records: Sequence[StepRecord]) -> None:
+        """Record steps runs took, in the order given (each run's after the ones it took before), in one
+        statement."""
+        if not records:
+            return
+        ords: list[int] = []
+        seen: dict[uuid.UUID, int] = {}
+        for record in records:
+            seen[record.run_id] = seen.get(record.run_id, 0) + 1
+            ords.append(seen[record.run_id])
+        await session.execute(
+            _ADD_STEPS,
+            {
+                "run_ids": [r.run_id for r in records],
+                "ords": ords,
+                "step_ids": [r.step_id for r in records],
+                "kinds": [r.kind for r in records],
+                "ats": [r.at for r in records],
+                "outcomes": [r.outcome for r in records],
+                "details": [r.detail for r in records],
+                "next_steps": [r.next_step for r in records],
+            },
         )
 
     async def active_runs(
@@ -235,38 +316,6 @@ class Store:
         if lock:
             query = query.with_for_update()
         return [_run(row) for row in await session.scalars(query.order_by(FlowRunRow.id))]
-
-    async def add_step(
-        self,
-        session: AsyncSession,
-        run_id: uuid.UUID,
-        *,
-        step_id: str,
-        kind: str,
-        at: datetime,
-        outcome: str,
-        detail: str,
-        next_step: str | None,
-    ) -> None:
-        """Record a step the run took (after the ones before)."""
-        seq = await session.scalar(
-            sa.select(sa.func.coalesce(sa.func.max(FlowRunStepRow.seq), 0) + 1).where(
-                FlowRunStepRow.run_id == run_id
-            )
-        )
-        session.add(
-            FlowRunStepRow(
-                run_id=run_id,
-                seq=seq,
-                step_id=step_id,
-                kind=kind,
-                at=at,
-                outcome=outcome,
-                detail=detail,
-                next_step=next_step,
-            )
-        )
-        await session.flush()
 
     async def person_runs(
         self,

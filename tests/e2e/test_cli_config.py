@@ -3,7 +3,9 @@
 The round trip: files applied to an empty installation create everything; diff then finds nothing to do;
 `get all` prints documents that apply takes unchanged (nothing to do again); a changed file is an update
 through the Update RPCs (with the changed fields as the mask), a removed object is archived with --prune,
-and a change a service cannot make (a journey, a computed trait) is reported, not half-done.
+and a change a service cannot make (a one-message journey, a computed trait, a running experiment's arms, a
+conversion definition) is reported, not half-done. A changed multi-step journey is published as its next
+version, the one before staying readable.
 """
 
 from __future__ import annotations

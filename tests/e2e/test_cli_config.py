@@ -438,3 +438,27 @@ async def test_journeys_experiments_and_conversions_round_trip(omni: Omni, tmp_p
     config.write_text(FLOW.replace("timeout: 86400s", "timeout: 172800s"))
     code, out = await omni_cli(omni, "diff", "-f", str(config))
     assert code == 1 and "a stopped experiment cannot become running" in out, out
+
+    # A draft made elsewhere and never published: the file that matches it publishes it.
+    draft_spec = decisioning_pb2.JourneySpec(
+        entry=decisioning_pb2.JourneyEntry(api=decisioning_pb2.ApiEntryTrigger()),
+        steps=[decisioning_pb2.JourneyStep(id="done", exit=decisioning_pb2.ExitStep())],
+    )
+    draft = (
+        await omni.decisioning.CreateJourney(
+            decisioning_pb2.CreateJourneyRequest(
+                journey=decisioning_pb2.Journey(name="cli-draft", spec=draft_spec)
+            )
+        )
+    ).journey
+    (tmp_path / "draft.yaml").write_text(
+        "kind: MultiStepJourney\nspec: {name: cli-draft, entry: {api: {}}, steps: [{id: done, exit: {}}]}\n"
+    )
+    code, out = await omni_cli(omni, "diff", "-f", str(tmp_path / "draft.yaml"))
+    assert code == 1 and "~ update multi_step_journeys/cli-draft (unpublished)" in out, out
+    code, out = await omni_cli(omni, "apply", "-f", str(tmp_path / "draft.yaml"))
+    assert code == 0 and "0 created, 1 updated" in out, out
+    published = (
+        await omni.decisioning.GetJourney(decisioning_pb2.GetJourneyRequest(journey_id=draft.id))
+    ).journey
+    assert (published.version, published.state) == (1, decisioning_pb2.JOURNEY_STATE_PUBLISHED)

@@ -3,7 +3,9 @@
 The round trip: files applied to an empty installation create everything; diff then finds nothing to do;
 `get all` prints documents that apply takes unchanged (nothing to do again); a changed file is an update
 through the Update RPCs (with the changed fields as the mask), a removed object is archived with --prune,
-and a change a service cannot make (a journey, a computed trait) is reported, not half-done.
+and a change a service cannot make (a one-message journey, a computed trait, a running experiment's arms, a
+conversion definition) is reported, not half-done. A changed multi-step journey is published as its next
+version, the one before staying readable.
 """
 
 from __future__ import annotations
@@ -14,7 +16,13 @@ from pathlib import Path
 import yaml
 
 from omni.common.v1 import common_pb2
-from omni.decisioning.v1 import decisioning_pb2
+from omni.decisioning.v1 import (
+    decisioning_pb2,
+    experiments_pb2,
+    experiments_pb2_grpc,
+    reports_pb2,
+    reports_pb2_grpc,
+)
 from omni.profile.v1 import profile_pb2
 from omni.segmentation.v1 import segmentation_pb2
 from tests.e2e.cli import omni_cli
@@ -228,3 +236,229 @@ async def test_person_show_prints_the_360_view(omni: Omni) -> None:
         assert "order_completed" in out and "store" in out and "revenue=42.5" in out
     code, out = await omni_cli(omni, "person", "show", "nobody@example.com")
     assert code == 2 and "no person with email 'nobody@example.com'" in out, out
+
+
+FLOW = """\
+apiVersion: omni/v1
+kind: Segment
+spec:
+  name: cli-vip
+  condition:
+    trait: {trait: tier, comparison: COMPARISON_EQ, value: gold}
+---
+apiVersion: omni/v1
+kind: Template
+spec: {id: cli-cart-email, channel: CHANNEL_EMAIL, subject: Your cart, body_text: Come back.}
+---
+apiVersion: omni/v1
+kind: Template
+spec: {id: cli-cart-email-b, channel: CHANNEL_EMAIL, subject: "Still thinking?", body_text: Come back.}
+---
+apiVersion: omni/v1
+kind: Template
+spec: {id: cli-cart-sms, channel: CHANNEL_SMS, body_text: Your cart is still there}
+---
+apiVersion: omni/v1
+kind: ConversionDefinition
+spec:
+  name: cli-purchase
+  event_type: order_completed
+  filters: [{path: total, operator: FILTER_OPERATOR_GREATER, value: 0}]
+  window_s: 604800
+  revenue_property: total
+  currency: EUR
+---
+apiVersion: omni/v1
+kind: MultiStepJourney
+spec:
+  name: cli-cart
+  entry: {event: {event_type: cart_abandoned}}
+  entry_rule: {frequency: FREQUENCY_EVERY_TIME, key_property: cart_id}
+  steps:
+  - {id: email, message: {channels: [CHANNEL_EMAIL], template_id: cli-cart-email, next: wait-order}}
+  - {id: wait-order, wait_for_event: {event_type: order_completed, match_key: true, timeout: 86400s, on_timeout: vip}}
+  - {id: vip, condition: {in_segment: cli-vip, if_true: sms}}
+  - {id: sms, message: {channels: [CHANNEL_SMS], template_id: cli-cart-sms}}
+  exit_criteria: [{event_type: order_completed, match_key: true}]
+---
+apiVersion: omni/v1
+kind: MultiStepJourney
+spec:
+  name: cli-vip-welcome
+  entry: {segment: {segment: cli-vip}}
+  steps:
+  - {id: hello, message: {channels: [CHANNEL_EMAIL], template_id: cli-cart-email}}
+---
+apiVersion: omni/v1
+kind: Experiment
+spec:
+  name: cli-cart-subjects
+  description: Which subject line brings carts back?
+  attachment: {journey: cli-cart}
+  arms:
+  - {name: subject_a, allocation_percent: 45, template_id: cli-cart-email, control: true}
+  - {name: subject_b, allocation_percent: 45, template_id: cli-cart-email-b}
+  - {name: holdout, allocation_percent: 10, holdout: true}
+  conversion_definition: cli-purchase
+  state: EXPERIMENT_STATE_RUNNING
+"""
+
+
+async def test_journeys_experiments_and_conversions_round_trip(omni: Omni, tmp_path: Path) -> None:
+    experiments = experiments_pb2_grpc.ExperimentServiceStub(omni.channels["decisioning"])
+    reports = reports_pb2_grpc.ReportServiceStub(omni.channels["decisioning"])
+    config = tmp_path / "flow.yaml"
+    config.write_text(FLOW)
+
+    # Nothing exists yet: the plan names what the journeys and the experiment refer to by name.
+    code, out = await omni_cli(omni, "diff", "-f", str(config))
+    assert code == 1, out
+    assert out.count("+ create") == 8, out
+    assert "in_segment: cli-vip" in out and "journey: cli-cart" in out and "<new" not in out, out
+
+    code, out = await omni_cli(omni, "apply", "-f", str(config))
+    assert code == 0, out
+    assert "8 created, 0 updated, 0 archived, 0 unchanged" in out, out
+    segment = (await omni.segmentation.ListSegments(segmentation_pb2.ListSegmentsRequest())).segments[0]
+    journeys = {
+        j.name: j
+        for j in (await omni.decisioning.ListJourneys(decisioning_pb2.ListJourneysRequest())).journeys
+    }
+    cart = journeys["cli-cart"]
+    assert (cart.version, cart.state) == (1, decisioning_pb2.JOURNEY_STATE_PUBLISHED)
+    published = (
+        await omni.decisioning.GetJourney(decisioning_pb2.GetJourneyRequest(journey_id=cart.id))
+    ).journey
+    assert published.spec.steps[2].condition.in_segment_id == segment.id
+    assert published.spec.steps[1].wait_for_event.timeout.seconds == 86400
+    welcome = (
+        await omni.decisioning.GetJourney(
+            decisioning_pb2.GetJourneyRequest(journey_id=journeys["cli-vip-welcome"].id)
+        )
+    ).journey
+    assert welcome.spec.entry.segment.segment_id == segment.id and welcome.version == 1
+    definition = (
+        await reports.ListConversionDefinitions(reports_pb2.ListConversionDefinitionsRequest())
+    ).definitions[0]
+    experiment = (await experiments.ListExperiments(experiments_pb2.ListExperimentsRequest())).experiments[0]
+    assert experiment.state == experiments_pb2.EXPERIMENT_STATE_RUNNING
+    assert experiment.attachment.journey_id == cart.id
+    assert experiment.conversion_definition_id == definition.id
+    assert [a.name for a in experiment.arms] == ["subject_a", "subject_b", "holdout"]
+
+    code, out = await omni_cli(omni, "diff", "-f", str(config))
+    assert code == 0 and "no changes" in out, out
+    code, out = await omni_cli(omni, "apply", "-f", str(config))
+    assert code == 0 and "0 created, 0 updated, 0 archived, 8 unchanged" in out, out
+
+    # get exports the published journeys, the experiment and the definition as apply takes them.
+    code, exported = await omni_cli(omni, "get", "all")
+    assert code == 0, exported
+    documents = {
+        (d["kind"], d["spec"].get("name") or d["spec"]["id"]): d["spec"] for d in yaml.safe_load_all(exported)
+    }
+    cart_spec = documents["MultiStepJourney", "cli-cart"]
+    assert cart_spec["steps"][2]["condition"]["in_segment"] == "cli-vip", cart_spec
+    assert "version" not in cart_spec and "id" not in cart_spec and "state" not in cart_spec
+    assert documents["MultiStepJourney", "cli-vip-welcome"]["entry"] == {"segment": {"segment": "cli-vip"}}
+    exported_experiment = documents["Experiment", "cli-cart-subjects"]
+    assert exported_experiment["attachment"] == {"journey": "cli-cart"}
+    assert exported_experiment["conversion_definition"] == "cli-purchase"
+    assert exported_experiment["state"] == "EXPERIMENT_STATE_RUNNING"
+    assert ("ConversionDefinition", "cli-purchase") in documents
+    assert ("Journey", "cli-cart") not in documents  # a multi-step journey is not a one-message one
+    (tmp_path / "exported.yaml").write_text(exported)
+    code, out = await omni_cli(omni, "diff", "-f", str(tmp_path / "exported.yaml"))
+    assert code == 0 and "no changes" in out, out
+    code, one = await omni_cli(omni, "get", "multi_step_journeys", "cli-cart")
+    assert code == 0 and [d["spec"]["name"] for d in yaml.safe_load_all(one)] == ["cli-cart"], one
+
+    # A changed journey is a new version; the one before stays readable as it was.
+    config.write_text(FLOW.replace("timeout: 86400s", "timeout: 172800s"))
+    code, out = await omni_cli(omni, "diff", "-f", str(config))
+    assert code == 1 and "~ update multi_step_journeys/cli-cart (steps)" in out, out
+    assert "-      timeout: 86400s" in out and "+      timeout: 172800s" in out, out
+    code, out = await omni_cli(omni, "apply", "-f", str(config))
+    assert code == 0 and "0 created, 1 updated, 0 archived, 7 unchanged" in out, out
+    latest = (
+        await omni.decisioning.GetJourney(decisioning_pb2.GetJourneyRequest(journey_id=cart.id))
+    ).journey
+    first = (
+        await omni.decisioning.GetJourney(decisioning_pb2.GetJourneyRequest(journey_id=cart.id, version=1))
+    ).journey
+    assert latest.version == 2 and latest.spec.steps[1].wait_for_event.timeout.seconds == 172800
+    assert first.version == 1 and first.spec.steps[1].wait_for_event.timeout.seconds == 86400
+    code, out = await omni_cli(omni, "apply", "-f", str(config))
+    assert code == 0 and "8 unchanged" in out, out
+
+    # A running experiment's arms (and a conversion definition) cannot change: said, not applied.
+    changed = FLOW.replace("timeout: 86400s", "timeout: 172800s")
+    changed = changed.replace("allocation_percent: 45", "allocation_percent: 40").replace(
+        "allocation_percent: 10", "allocation_percent: 20"
+    )
+    config.write_text(changed.replace("window_s: 604800", "window_s: 86400"))
+    code, out = await omni_cli(omni, "diff", "-f", str(config))
+    assert code == 1, out
+    assert "! cannot experiments/cli-cart-subjects (arms)" in out, out
+    assert "a running experiment's arms cannot change" in out, out
+    assert "! cannot conversion_definitions/cli-purchase (window_s)" in out, out
+    code, out = await omni_cli(omni, "apply", "-f", str(config))
+    assert code == 1 and "not applied experiments/cli-cart-subjects" in out, out
+    assert "2 not applied" in out, out
+    after = (
+        await experiments.GetExperiment(experiments_pb2.GetExperimentRequest(experiment_id=experiment.id))
+    ).experiment
+    assert [a.allocation_percent for a in after.arms] == [45, 45, 10]
+
+    # Stopping is a state the file asks for; a journey left out is archived with --prune.
+    stopped = FLOW.replace("timeout: 86400s", "timeout: 172800s").replace(
+        "EXPERIMENT_STATE_RUNNING", "EXPERIMENT_STATE_STOPPED"
+    )
+    config.write_text(
+        stopped.split("---\napiVersion: omni/v1\nkind: MultiStepJourney\nspec:\n  name: cli-vip-welcome")[0]
+        + "---\n"
+        + stopped.split("---\n")[-1]
+    )
+    code, out = await omni_cli(omni, "apply", "-f", str(config), "--prune")
+    assert code == 0, out
+    assert "updated experiments/cli-cart-subjects (state)" in out, out
+    assert "archived multi_step_journeys/cli-vip-welcome" in out, out
+    after = (
+        await experiments.GetExperiment(experiments_pb2.GetExperimentRequest(experiment_id=experiment.id))
+    ).experiment
+    assert after.state == experiments_pb2.EXPERIMENT_STATE_STOPPED
+    archived = (
+        await omni.decisioning.GetJourney(
+            decisioning_pb2.GetJourneyRequest(journey_id=journeys["cli-vip-welcome"].id)
+        )
+    ).journey
+    assert archived.state == decisioning_pb2.JOURNEY_STATE_ARCHIVED
+
+    # A stopped experiment does not run again.
+    config.write_text(FLOW.replace("timeout: 86400s", "timeout: 172800s"))
+    code, out = await omni_cli(omni, "diff", "-f", str(config))
+    assert code == 1 and "a stopped experiment cannot become running" in out, out
+
+    # A draft made elsewhere and never published: the file that matches it publishes it.
+    draft_spec = decisioning_pb2.JourneySpec(
+        entry=decisioning_pb2.JourneyEntry(api=decisioning_pb2.ApiEntryTrigger()),
+        steps=[decisioning_pb2.JourneyStep(id="done", exit=decisioning_pb2.ExitStep())],
+    )
+    draft = (
+        await omni.decisioning.CreateJourney(
+            decisioning_pb2.CreateJourneyRequest(
+                journey=decisioning_pb2.Journey(name="cli-draft", spec=draft_spec)
+            )
+        )
+    ).journey
+    (tmp_path / "draft.yaml").write_text(
+        "kind: MultiStepJourney\nspec: {name: cli-draft, entry: {api: {}}, steps: [{id: done, exit: {}}]}\n"
+    )
+    code, out = await omni_cli(omni, "diff", "-f", str(tmp_path / "draft.yaml"))
+    assert code == 1 and "~ update multi_step_journeys/cli-draft (unpublished)" in out, out
+    code, out = await omni_cli(omni, "apply", "-f", str(tmp_path / "draft.yaml"))
+    assert code == 0 and "0 created, 1 updated" in out, out
+    published = (
+        await omni.decisioning.GetJourney(decisioning_pb2.GetJourneyRequest(journey_id=draft.id))
+    ).journey
+    assert (published.version, published.state) == (1, decisioning_pb2.JOURNEY_STATE_PUBLISHED)

@@ -35,7 +35,7 @@ from google.protobuf.message import Message
 from rich.console import Console
 
 from omni_kit.commands.connect import Clients, CommandError, clients, explain, load_settings
-from omni_kit.commands.kinds import KIND_MODULES, Kind, find, registry
+from omni_kit.commands.kinds import KIND_MODULES, Kind, Lookup, find, registry
 
 API_VERSION = "omni/v1"
 
@@ -63,7 +63,7 @@ class Change:
     fields: list[str] = field(default_factory=list)
     why: str = ""
     aliases: dict[str, str] = field(default_factory=dict)
-    """References by name not resolvable yet (the object is created first by this apply)."""
+    """Stand-in id -> name of references not resolvable yet (the object is created first by this apply)."""
 
 
 def _plain(value: Any) -> Any:
@@ -94,6 +94,11 @@ def _files(paths: list[Path]) -> list[Path]:
     return found
 
 
+def _unchecked(alias: str, target: str, name: str) -> str:
+    """A stand-in id for a reference by name while the files are only checked (not yet planned)."""
+    return f"<{target} {name}>"
+
+
 def load(paths: list[Path]) -> list[Desired]:
     """The objects of the files, checked: known kinds, known fields, one object per key."""
     kinds = registry()
@@ -120,7 +125,7 @@ def load(paths: list[Path]) -> list[Desired]:
             if not isinstance(doc["spec"], dict):
                 raise CommandError(f"{where}: spec must be a mapping")
             spec = _plain(doc["spec"])
-            key = kind.key_of(kind.parse(spec, where))
+            key = kind.key_of(kind.parse(kind.with_ids(spec, _unchecked, where), where))
             if (kind.name, key) in seen:
                 raise CommandError(f"{where}: {kind.name} {key!r} is also in {seen[kind.name, key]}")
             seen[kind.name, key] = where
@@ -158,37 +163,47 @@ class Index:
         return names
 
 
+def _resolver(
+    targets: dict[str, dict[str, Message]], planned: set[tuple[str, str]], where: str, aliases: dict[str, str]
+) -> Lookup:
+    """Names to ids from the live objects; an object the files create gets a stand-in id (kept in aliases)."""
+    kinds = registry()
+
+    def lookup(alias: str, target: str, name: str) -> str:
+        found = targets[target].get(name)
+        if found is not None:
+            return kinds[target].id_of(found)
+        if (target, name) in planned:
+            stand_in = f"<new {target} {name}>"
+            aliases[stand_in] = name
+            return stand_in
+        raise CommandError(f"{where}: {alias} {name!r}: no such {target}, live or in the files")
+
+    return lookup
+
+
 async def plan_kind(index: Index, kind: Kind, objects: list[Desired], prune: bool) -> list[Change]:
     """What apply would do to one kind's objects."""
     kinds = registry()
     planned = {(o.kind.name, o.key) for o in objects}
     live = dict(await index.live(kind))
     changes: list[Change] = []
+    targets = {target: await index.live(kinds[target]) for _, target in kind.references.values()}
     for item in (o for o in objects if o.kind is kind):
-        resource = kind.parse(item.spec, item.where)
         aliases: dict[str, str] = {}
-        for alias, (id_field, target) in kind.references.items():
-            if alias not in item.spec:
-                continue
-            name = str(item.spec[alias])
-            found = (await index.live(kinds[target])).get(name)
-            if found is not None:
-                setattr(resource, id_field, kinds[target].id_of(found))
-            elif (target, name) in planned:
-                aliases[alias] = name
-            else:
-                raise CommandError(f"{item.where}: {alias} {name!r}: no such {target}, live or in the files")
+        lookup = _resolver(targets, planned, item.where, aliases)
+        resource = kind.parse(kind.with_ids(item.spec, lookup, item.where), item.where)
         current = live.pop(item.key, None)
         if current is None:
             changes.append(Change("create", kind, item.key, desired=resource, aliases=aliases))
             continue
         fields = kind.changed_fields(current, resource)
+        why = kind.refusal(current, resource, fields) if fields else ""
         if not fields:
             changes.append(Change("unchanged", kind, item.key, resource, current))
-        elif kind.can_update:
+        elif not why:
             changes.append(Change("update", kind, item.key, resource, current, fields, aliases=aliases))
         else:
-            why = f"{kind.service} cannot change {kind.plural}: create it under a new {kind.key}"
             changes.append(Change("refused", kind, item.key, resource, current, fields, why, aliases))
     if prune:
         for key, current in sorted(live.items()):
@@ -204,13 +219,9 @@ async def plan_kind(index: Index, kind: Kind, objects: list[Desired], prune: boo
 def document(
     kind: Kind, resource: Message, names: dict[str, str], aliases: dict[str, str] | None = None
 ) -> dict[str, Any]:
-    """The YAML document of an object; references by name where the referenced object has one."""
-    spec = kind.spec(resource)
-    for alias, (id_field, _) in kind.references.items():
-        name = (aliases or {}).get(alias) or names.get(str(spec.get(id_field, "")))
-        if name is not None:
-            spec = {(alias if k == id_field else k): (name if k == id_field else v) for k, v in spec.items()}
-            spec.setdefault(alias, name)
+    """The YAML document of an object; references by name where the referenced object has one (or, for
+    one this apply creates, the name `aliases` keeps for its stand-in id)."""
+    spec = kind.with_names(kind.spec(resource), names | (aliases or {}))
     return {"apiVersion": API_VERSION, "kind": kind.name, "spec": spec}
 
 
@@ -259,7 +270,13 @@ async def execute(opened: Clients, console: Console, changes: list[Change], coun
     for change in changes:
         kind = change.kind
         try:
-            if change.action == "create" and change.desired is not None:
+            if change.aliases and change.action in ("create", "update"):
+                failed += 1
+                missing = ", ".join(sorted(set(change.aliases.values())))
+                console.print(
+                    f"[bold red]not applied[/] {_label(change)}: {missing} not created", highlight=False
+                )
+            elif change.action == "create" and change.desired is not None:
                 await kind.create(opened, change.desired)
                 counts["created"] += 1
                 console.print(f"[green]created[/] {_label(change)}", highlight=False)

@@ -8,13 +8,19 @@ the proto, enums by name), so what `omni get` prints `omni apply` takes unchange
 
 Adding a kind: a module here with a ``KIND = …`` instance of a Kind subclass, and its name in KIND_MODULES.
 A kind whose service has no Update RPC leaves ``update`` as is: apply reports the difference and refuses
-to change it; one without an archive RPC cannot be pruned.
+to change it; one without an archive RPC cannot be pruned. A kind whose service can make some changes and
+not others says which in ``refusal``.
+
+References by name may sit at any depth of a spec (a journey's ``entry: {segment: {segment: buyers}}``, a
+condition step's ``in_segment``): wherever a mapping holds a reference's alias with a text value, it stands
+for the id field with the referenced object's id.
 """
 
 from __future__ import annotations
 
 import hashlib
 import importlib
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import orjson
@@ -23,8 +29,21 @@ from google.protobuf.message import Message
 
 from omni_kit.commands.connect import Clients, CommandError
 
-KIND_MODULES = ("segments", "computed_traits", "offers", "templates", "journeys")
-"""In apply order: what others refer to first (offers and journeys name segments and templates)."""
+KIND_MODULES = (
+    "segments",
+    "computed_traits",
+    "offers",
+    "templates",
+    "journeys",
+    "conversion_definitions",
+    "multi_step_journeys",
+    "experiments",
+)
+"""In apply order: what others refer to first (offers and journeys name segments and templates, experiments
+name journeys, offers and conversion definitions)."""
+
+Lookup = Callable[[str, str, str], str]
+"""(alias, referenced kind, name) -> the id a reference by name stands for (CommandError when none)."""
 
 
 class Kind:
@@ -66,15 +85,50 @@ class Kind:
             )
         if not spec.get(self.key):
             raise CommandError(f"{where}: {self.name} needs `{self.key}`, which names it")
-        for alias, (id_field, _) in self.references.items():
-            if alias in spec and id_field in spec:
-                raise CommandError(f"{where}: give `{alias}` or `{id_field}`, not both")
         resource = self.message()
         try:
-            json_format.ParseDict({k: v for k, v in spec.items() if k not in self.references}, resource)
+            json_format.ParseDict(spec, resource)
         except json_format.ParseError as error:
             raise CommandError(f"{where}: {error}") from None
         return resource
+
+    def with_ids(self, spec: Any, lookup: Lookup, where: str) -> Any:
+        """The spec with each reference by name (at any depth) replaced by its id field holding the id."""
+        if isinstance(spec, list):
+            return [self.with_ids(item, lookup, where) for item in spec]
+        if not isinstance(spec, dict):
+            return spec
+        resolved: dict[str, Any] = {}
+        for key, value in spec.items():
+            if key in self.references and isinstance(value, str):
+                id_field, target = self.references[key]
+                if id_field in spec:
+                    raise CommandError(f"{where}: give `{key}` or `{id_field}`, not both")
+                resolved[id_field] = lookup(key, target, value)
+            else:
+                resolved[key] = self.with_ids(value, lookup, where)
+        return resolved
+
+    def with_names(self, spec: Any, names: dict[str, str]) -> Any:
+        """The spec with each id field (at any depth) whose id has a name replaced by the reference by name."""
+        aliases = {id_field: alias for alias, (id_field, _) in self.references.items()}
+        if isinstance(spec, list):
+            return [self.with_names(item, names) for item in spec]
+        if not isinstance(spec, dict):
+            return spec
+        named: dict[str, Any] = {}
+        for key, value in spec.items():
+            if key in aliases and isinstance(value, str) and value in names:
+                named[aliases[key]] = names[value]
+            else:
+                named[key] = self.with_names(value, names)
+        return named
+
+    def refusal(self, live: Message, desired: Message, fields: list[str]) -> str:
+        """Why the service cannot make this change ("" when it can)."""
+        if self.can_update:
+            return ""
+        return f"{self.service} cannot change {self.plural}: create it under a new {self.key}"
 
     def key_of(self, resource: Message) -> str:
         """The object's name (its key field)."""

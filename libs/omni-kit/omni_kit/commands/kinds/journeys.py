@@ -1,7 +1,6 @@
-"""Journeys (decisioning), in today's shape: a trigger segment, channels and one template. Named by
-`name`. Decisioning can create and list them, not change or remove them: apply creates the missing ones and
-reports a changed one as a difference it cannot apply. The versioned multi-step journeys will replace this
-module (their Update RPC makes `update` and `archive` possible); experiments will be one more module."""
+"""One-message journeys (decisioning): a trigger segment, channels and one template. Named by `name`.
+Decisioning can create and list them, not change them: apply creates the missing ones and reports a changed
+one as a difference it cannot apply. Multi-step journeys (a `spec`) are the MultiStepJourney kind."""
 
 from __future__ import annotations
 
@@ -29,7 +28,8 @@ class Journeys(Kind):
         return grpc_pb.DecisioningServiceStub(clients.channel(self.service))
 
     async def list_live(self, clients: Clients) -> list[Message]:
-        return await list_all(self._stub(clients).ListJourneys, pb.ListJourneysRequest(), "journeys")
+        journeys = await list_all(self._stub(clients).ListJourneys, pb.ListJourneysRequest(), "journeys")
+        return [j for j in journeys if j.template_id]  # a multi-step journey names its templates in its steps
 
     async def create(self, clients: Clients, desired: Message) -> Message:
         request = pb.CreateJourneyRequest(journey=desired, request_id=self.request_id("create", desired))

@@ -118,7 +118,8 @@ async def test_reports_by_channel_and_channel_count_with_csv(learn: Learn, conso
         text = await eventually(reported, "the channel and channel-count reports", within_s=60)
     except AssertionError:
         raise AssertionError(main_of((await console.http.get("/reports", params=query)).text)) from None
-    assert "Observational." in text and "association" in text
+    note = re.search(r'<p class="note observational" role="note">(.*?)</p>', text, re.S)
+    assert note and "Observational" in note.group(1) and "association" in note.group(1), note
     specs = specs_of(text)
     assert len(specs) == 2 and {s["description"] for s in specs} == {
         "Conversion rate by channel with 95% intervals",

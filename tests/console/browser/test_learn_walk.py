@@ -37,6 +37,8 @@ async def test_marketer_reads_a_journey_an_experiment_and_the_reports(
     assert await serious_violations(page) == []
 
     await page.goto(f"{console_url}/reports?definition={learn.definition.id}")
-    await page.get_by_text("Observational.").wait_for()
+    await page.locator(".observational").wait_for()
+    await page.locator(".chart svg").first.wait_for()
+    await page.screenshot(path=str(screenshots / "reports.png"), full_page=True)
     assert await serious_violations(page) == []
     await page.close()

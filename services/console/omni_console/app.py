@@ -24,9 +24,10 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
+from omni.decisioning.v1 import decisioning_pb2, experiments_pb2
 from omni.identity.v1 import identity_pb2
 from omni.profile.v1 import profile_pb2
-from omni_console import charts, journeys, lookup, person, reviews, segments
+from omni_console import charts, experiments, journeys, lookup, person, reports, reviews, segments
 from omni_console.clients import Clients
 from omni_console.formatting import (
     channel_icon,
@@ -75,8 +76,15 @@ def templates() -> Jinja2Templates:
         merge_rule=identity_pb2.MergeRule,
         consent_purpose=profile_pb2.ConsentPurpose,
         consent_state=profile_pb2.ConsentState,
+        journey_state=decisioning_pb2.JourneyState,
+        run_state=decisioning_pb2.JourneyRun.RunState,
         record_fields=reviews.RECORD_FIELDS,
         record_value=reviews.record_value,
+        experiment_state=experiments_pb2.ExperimentState,
+        estimate_text=experiments.estimate_text,
+        percent=experiments.percent,
+        arm_text=experiments.arm_text,
+        verdict_text=experiments.verdict_text,
     )
     return found
 
@@ -313,6 +321,116 @@ def build(settings: Settings, clients: Clients | None = None) -> Starlette:
         spec = charts.journey_funnel(counted) if any(n is not None for _, n in counted) else None
         return render(request, "journey.html", view=found.value, spec=spec, funnel_rows=counted)
 
+    # -- experiments and reports ----------------------------------------------------------------------
+
+    async def experiment_list(request: Request) -> Response:
+        archived = request.query_params.get("archived") == "1"
+        found = await experiments.listing(state["clients"], show_archived=archived)
+        return render(request, "experiments.html", experiments=found, archived=archived)
+
+    async def experiment_page(request: Request) -> Response:
+        found = await experiments.view(state["clients"], str(request.path_params["experiment_id"]))
+        if found.value is None:
+            return render(request, "problem.html", 404, title="Experiment", problem=found.problem)
+        results = found.value.results.value
+        rate_spec = lift_spec = None
+        rate_rows: list[list[str]] = []
+        lift_rows: list[list[str]] = []
+        if results is not None and results.arms:
+            rates = [
+                (a.arm, a.conversion_rate.value, a.conversion_rate.low, a.conversion_rate.high)
+                for a in results.arms
+            ]
+            rate_spec = charts.estimates(
+                "Conversion rate per arm with 95% intervals", rates, "conversion rate"
+            )
+            rate_rows = [
+                [
+                    a.arm,
+                    f"{a.exposures:,}",
+                    f"{a.conversions:,}",
+                    experiments.estimate_text(a.conversion_rate),
+                ]
+                for a in results.arms
+            ]
+            lifts = [
+                (a.arm, a.conversion_lift.value, a.conversion_lift.low, a.conversion_lift.high)
+                for a in results.arms
+                if a.HasField("conversion_lift")
+            ]
+            if lifts:
+                lift_spec = charts.estimates(
+                    "Lift of the conversion rate over the control with 95% intervals",
+                    lifts,
+                    "lift vs control",
+                )
+                lift_rows = [
+                    [a.arm, experiments.estimate_text(a.conversion_lift, signed=True), a.verdict]
+                    for a in results.arms
+                    if a.HasField("conversion_lift")
+                ]
+        attachment, attachment_link = experiments.attachment_text(found.value.experiment.attachment)
+        return render(
+            request,
+            "experiment.html",
+            view=found.value,
+            attachment=attachment,
+            attachment_link=attachment_link,
+            sample_ratio=experiments.sample_ratio_text(results) if results is not None else None,
+            rate_spec=rate_spec,
+            rate_rows=rate_rows,
+            lift_spec=lift_spec,
+            lift_rows=lift_rows,
+        )
+
+    async def report_page(request: Request) -> Response:
+        model = request.query_params.get("model", "last-touch")
+        if model not in reports.MODELS:
+            return render(
+                request, "problem.html", 400, title="Reports", problem=f"no attribution model {model}"
+            )
+        loaded = await reports.load(state["clients"], request.query_params.get("definition", ""), model)
+        specs: dict[str, Any] = {}
+        chart_rows: dict[str, list[list[str]]] = {}
+        for name, part in (("channel", loaded.channel), ("channel-count", loaded.channel_count)):
+            if part is not None and part.value is not None and part.value.rows:
+                specs[name] = charts.estimates(
+                    f"Conversion rate by {name.replace('-', ' ')} with 95% intervals",
+                    reports.rate_rows(part.value),
+                    "conversion rate",
+                )
+                chart_rows[name] = [
+                    [row.value, experiments.estimate_text(row.conversion_rate)] for row in part.value.rows
+                ]
+        return render(
+            request,
+            "reports.html",
+            reports=loaded,
+            specs=specs,
+            chart_rows=chart_rows,
+            models=list(reports.MODELS),
+            observational=reports.OBSERVATIONAL,
+        )
+
+    async def report_export(request: Request) -> Response:
+        dimension = str(request.path_params["dimension"])
+        definition_id = request.query_params.get("definition", "")
+        model = request.query_params.get("model", "last-touch")
+        try:
+            exported = await reports.export(state["clients"], dimension, definition_id, model)
+        except reports.ReportQueryError as error:
+            return PlainTextResponse(str(error), status_code=400)
+        if exported.value is None:
+            status = (
+                403 if exported.denied else 400 if "INVALID_ARGUMENT" in (exported.problem or "") else 502
+            )
+            return PlainTextResponse(exported.problem or "", status_code=status)
+        return Response(
+            exported.value,
+            media_type="text/csv",
+            headers={"Content-Disposition": f'attachment; filename="report-{dimension}-{model}.csv"'},
+        )
+
     routes = [
         Route("/", home),
         Route("/healthz", health),
@@ -332,6 +450,10 @@ def build(settings: Settings, clients: Clients | None = None) -> Starlette:
         Route("/reviews/{decision_id:uuid}/settle", review_settle, methods=["POST"]),
         Route("/journeys", journey_list),
         Route("/journeys/{journey_id}", journey_page),
+        Route("/experiments", experiment_list),
+        Route("/experiments/{experiment_id:uuid}", experiment_page),
+        Route("/reports", report_page),
+        Route("/reports/{dimension}.csv", report_export),
     ]
     return Starlette(routes=routes, lifespan=lifespan, middleware=[Middleware(_ServerTiming)])
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import grpc
 
-from omni.decisioning.v1 import decisioning_pb2_grpc
+from omni.decisioning.v1 import decisioning_pb2_grpc, experiments_pb2_grpc, reports_pb2_grpc
 from omni.gateway.v1 import gateway_pb2_grpc
 from omni.identity.v1 import identity_pb2_grpc, matching_pb2_grpc
 from omni.profile.v1 import profile_pb2_grpc
@@ -44,7 +44,18 @@ _READS = {
         "ExplainSegmentMembership",
         "ListSegmentMembers",
     ),
-    "omni.decisioning.v1.DecisioningService": ("ListJourneys", "ListOffers"),
+    "omni.decisioning.v1.DecisioningService": (
+        "ListJourneys",
+        "GetJourney",
+        "ListPersonJourneyRuns",
+        "ListOffers",
+    ),
+    "omni.decisioning.v1.ExperimentService": ("ListExperiments", "GetExperiment", "GetExperimentResults"),
+    "omni.decisioning.v1.ReportService": (
+        "ListConversionDefinitions",
+        "GetOutcomeReport",
+        "ExportOutcomeReport",
+    ),
     "omni.gateway.v1.GatewayService": ("GetTemplate", "ListTemplates", "GetMessage"),
 }
 
@@ -77,6 +88,8 @@ class Clients:
     segmentation: segmentation_pb2_grpc.SegmentationServiceStub
     decisioning: decisioning_pb2_grpc.DecisioningServiceStub
     gateway: gateway_pb2_grpc.GatewayServiceStub
+    experiments: experiments_pb2_grpc.ExperimentServiceStub
+    reports: reports_pb2_grpc.ReportServiceStub
     scopes: frozenset[str]
     channels: tuple[grpc.aio.Channel, ...] = ()
 
@@ -100,6 +113,9 @@ class Clients:
         segmentation = open_channel(settings.segmentation_target, "omni.segmentation.v1.SegmentationService")
         decisioning = open_channel(settings.decisioning_target, "omni.decisioning.v1.DecisioningService")
         gateway = open_channel(settings.gateway_target, "omni.gateway.v1.GatewayService")
+        # Experiments and reports are served by the decisioning process, each with its own retried reads.
+        experiments = open_channel(settings.decisioning_target, "omni.decisioning.v1.ExperimentService")
+        reports = open_channel(settings.decisioning_target, "omni.decisioning.v1.ReportService")
         return cls(
             identity=identity_pb2_grpc.IdentityServiceStub(identity),
             matching=matching_pb2_grpc.MatchingServiceStub(matching),
@@ -107,8 +123,10 @@ class Clients:
             segmentation=segmentation_pb2_grpc.SegmentationServiceStub(segmentation),
             decisioning=decisioning_pb2_grpc.DecisioningServiceStub(decisioning),
             gateway=gateway_pb2_grpc.GatewayServiceStub(gateway),
+            experiments=experiments_pb2_grpc.ExperimentServiceStub(experiments),
+            reports=reports_pb2_grpc.ReportServiceStub(reports),
             scopes=console_scopes(settings) if scopes is None else scopes,
-            channels=(identity, matching, profile, segmentation, decisioning, gateway),
+            channels=(identity, matching, profile, segmentation, decisioning, gateway, experiments, reports),
         )
 
     def allows(self, scope: str) -> bool:

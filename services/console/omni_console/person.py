@@ -104,6 +104,10 @@ class PersonView:
     timeline: Part[profile_pb2.ListTimelineResponse]
     messages: Part[list[Message]]
     journeys: Part[list[JourneyState]]
+    runs: Part[list[decisioning_pb2.JourneyRun]] = field(default_factory=Part)
+    """The person's runs of multi-step journeys, newest first, each with its current step and history."""
+    journey_names: dict[str, str] = field(default_factory=dict)
+    """Journey names by id, for the runs."""
 
     @property
     def traits(self) -> list[tuple[str, Any, str, datetime | None]]:
@@ -241,6 +245,10 @@ async def load(clients: Clients, person_id: str, *, page_size: int, message_scan
         response = await clients.decisioning.ListJourneys(decisioning_pb2.ListJourneysRequest(page_size=1000))
         return list(response.journeys)
 
+    async def runs() -> list[decisioning_pb2.JourneyRun]:
+        request = decisioning_pb2.ListPersonJourneyRunsRequest(person_id=person_id, page_size=50)
+        return list((await clients.decisioning.ListPersonJourneyRuns(request)).runs)
+
     parts = await asyncio.gather(
         fetch(clients, "identity.persons:read", person),
         fetch(clients, "identity.persons:read", identifiers),
@@ -253,6 +261,7 @@ async def load(clients: Clients, person_id: str, *, page_size: int, message_scan
         timeline_page(clients, person_id, page_size),
         fetch(clients, "profile.profiles:read", recent_events),
         fetch(clients, "decisioning.journeys:read", journeys),
+        fetch(clients, "decisioning.journeys:read", runs),
     )
     (
         person_p,
@@ -267,6 +276,7 @@ async def load(clients: Clients, person_id: str, *, page_size: int, message_scan
     ) = parts[:9]
     events_p: Part[list[profile_pb2.Event]] = parts[9]  # type: ignore[assignment]
     journeys_p: Part[list[decisioning_pb2.Journey]] = parts[10]  # type: ignore[assignment]
+    runs_p: Part[list[decisioning_pb2.JourneyRun]] = parts[11]  # type: ignore[assignment]
     messages_p: Part[list[Message]] = (
         Part(messages_of(events_p.value or []))
         if events_p.ok
@@ -285,6 +295,8 @@ async def load(clients: Clients, person_id: str, *, page_size: int, message_scan
         timeline=timeline_p,  # type: ignore[arg-type]
         messages=messages_p,
         journeys=journey_states(journeys_p, segments_p, messages_p),  # type: ignore[arg-type]
+        runs=runs_p,
+        journey_names={j.id: j.name for j in journeys_p.value or []},
     )
 
 
@@ -293,7 +305,7 @@ def journey_states(
     segments: Part[list[segmentation_pb2.Membership]],
     messages: Part[list[Message]],
 ) -> Part[list[JourneyState]]:
-    """The journeys the person is in: those whose trigger segment holds them, or that sent them a message."""
+    """The one-message journeys the person is in: those whose trigger segment holds them, or that sent them a message."""
     if not journeys.ok:
         return Part(problem=journeys.problem, denied=journeys.denied)
     entered = {m.segment_id: when(m.enter_time) for m in segments.value or []}
@@ -301,6 +313,6 @@ def journey_states(
     states = [
         JourneyState(journey, entered.get(journey.trigger_segment_id), sent.get(journey.id))
         for journey in journeys.value or []
-        if journey.trigger_segment_id in entered or journey.id in sent
+        if not journey.HasField("spec") and (journey.trigger_segment_id in entered or journey.id in sent)
     ]
     return Part(states)

@@ -23,6 +23,7 @@ from omni_kit.errors import (
     check_json_structure,
     check_json_text,
     has_control_characters,
+    listed,
     to_status,
 )
 
@@ -212,3 +213,15 @@ def test_an_error_within_the_cap_lists_everything_and_says_nothing_left_out() ->
     info = error_details_pb2.ErrorInfo()
     details.details[0].Unpack(info)
     assert OMITTED_VIOLATIONS_KEY not in info.metadata and details.message == "bad"
+
+
+def test_a_batch_items_violations_are_listed_up_to_the_cap_with_a_count_of_the_rest() -> None:
+    many = [FieldViolation(f"identifiers[{i}].value", "is a placeholder") for i in range(50)]
+    shown = listed(many)
+    assert len(shown) == MAX_FIELD_VIOLATIONS
+    assert shown[:-1] == many[: MAX_FIELD_VIOLATIONS - 1]
+    assert shown[-1] == FieldViolation("", f"{50 - MAX_FIELD_VIOLATIONS + 1} more violations left out")
+    assert listed(shown) == shown
+    # Left out upstream (identity listed 20 of 100): counted with the rest.
+    assert listed(many[:20], omitted=80)[-1].description == "81 more violations left out"
+    assert listed(many[:3]) == many[:3]

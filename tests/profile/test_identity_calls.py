@@ -23,6 +23,7 @@ import pytest
 from omni.profile.v1 import profile_pb2, profile_pb2_grpc
 from omni_identity import main as identity_main
 from omni_kit.embedded import EmbeddedNats, EmbeddedPostgres
+from omni_kit.errors import MAX_FIELD_VIOLATIONS
 from omni_profile import main as profile_main
 
 from .support import COMMON, close_runtime, event, ident, unique
@@ -280,3 +281,23 @@ async def test_an_http_batch_with_300_refused_identifiers_accepts_the_200_good_e
     assert sorted(e["index"] for e in body["errors"]) == sorted(_REFUSED)
     assert all("placeholder" in e["fields"][0]["description"] for e in body["errors"])
     assert wired.proxy.calls["BatchResolvePersons"] == 1
+
+
+async def test_an_event_with_a_hundred_refused_identifiers_lists_the_first_and_counts_the_rest(
+    wired: Wired,
+) -> None:
+    crowded = event(identifiers=[ident("email", f"{unique('p')}@shop.test") for _ in range(100)])
+    response = await wired.profile.BatchTrackEvents(
+        profile_pb2.BatchTrackEventsRequest(events=[crowded, _new_customer_event()])
+    )
+    refused, recorded = response.results
+    assert recorded.status == profile_pb2.TRACK_STATUS_RECORDED
+    assert refused.status == profile_pb2.TRACK_STATUS_REJECTED
+    assert len(refused.field_violations) == MAX_FIELD_VIOLATIONS
+    assert [v.field for v in refused.field_violations[:-1]] == [
+        f"identifiers[{i}].value" for i in range(MAX_FIELD_VIOLATIONS - 1)
+    ]
+    assert (
+        refused.field_violations[-1].description
+        == f"{100 - MAX_FIELD_VIOLATIONS + 1} more violations left out"
+    )

@@ -324,6 +324,19 @@ def capped(
     return kept, len(violations) - len(kept)
 
 
+def listed(
+    violations: Sequence[FieldViolation], *, omitted: int = 0, limit: int = MAX_FIELD_VIOLATIONS
+) -> list[FieldViolation]:
+    """At most `limit` violations for one item of a batch's answer (an event, an identifier set): the first
+    ones (`capped`) and, when some are left out, a last one (field empty) counting them; `omitted` adds those
+    left out already (by the service the violations came from). A list it made passes through unchanged."""
+    left_out = omitted + max(0, len(violations) - limit)
+    if not left_out:
+        return capped(violations, limit)[0]
+    kept, rest = capped(violations, limit - 1)
+    return [*kept, FieldViolation("", f"{rest + omitted} more violations left out")]
+
+
 def _cut(text: str, most: int) -> str:
     return text if len(text) <= most else text[: most - 1] + "\u2026"
 

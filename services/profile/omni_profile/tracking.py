@@ -24,7 +24,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from omni_kit.bus import Outbox
-from omni_kit.errors import FieldViolation, InvalidArgument, Violations
+from omni_kit.errors import FieldViolation, InvalidArgument, Violations, listed
 from omni_profile import cart, computed, events, repository, wire
 from omni_profile.domain import CART_EVENTS, PERSON_ERASED, PERSON_NOT_FOUND, REJECTED, Event, TrackResult
 from omni_profile.envelopes import EnvelopeBatch
@@ -358,12 +358,10 @@ def _refused(refusal: IdentifiersRejected, pending: Sequence[int]) -> dict[int, 
     return refused
 
 
-def _set_violations(refusal: SetRefused) -> tuple[FieldViolation, ...]:
+def _set_violations(refusal: SetRefused) -> list[FieldViolation]:
     """An event's violations for its refused identifier set (the set's paths are the event's: both hold
-    `identifiers`), with a line counting those identity left out."""
-    if not refusal.omitted:
-        return refusal.violations
-    return (*refusal.violations, FieldViolation("identifiers", f"and {refusal.omitted} more violations"))
+    `identifiers`), with a last one counting those identity left out."""
+    return listed(refusal.violations, omitted=refusal.omitted)
 
 
 def _assign(events: Sequence[Event], pending: Sequence[int], resolutions: Sequence[Resolution]) -> list[int]:

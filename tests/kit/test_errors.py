@@ -12,6 +12,9 @@ from google.protobuf import struct_pb2
 from google.rpc import error_details_pb2, status_pb2
 
 from omni_kit.errors import (
+    MAX_DETAILS_BYTES,
+    MAX_FIELD_VIOLATIONS,
+    OMITTED_VIOLATIONS_KEY,
     AlreadyExists,
     FieldViolation,
     InvalidArgument,
@@ -20,6 +23,7 @@ from omni_kit.errors import (
     check_json_structure,
     check_json_text,
     has_control_characters,
+    listed,
     to_status,
 )
 
@@ -167,3 +171,57 @@ def test_json_structure_reports_at_most_ten_problems_and_passes_plain_values() -
         assert _structure(fine) == []
     value = struct_pb2.Value(number_value=math.nan)
     assert _structure(value) == [("properties", "must be a finite number")]
+
+
+def test_an_error_lists_at_most_the_capped_violations_and_counts_the_rest() -> None:
+    error = InvalidArgument(
+        message="bad request",
+        violations=[
+            FieldViolation(f"events[{i}].identifiers[0].value", "is a placeholder") for i in range(5000)
+        ],
+    )
+    status = to_status(error, "omni.profile")
+    details = _details(status)
+    info, bad = error_details_pb2.ErrorInfo(), error_details_pb2.BadRequest()
+    details.details[0].Unpack(info)
+    details.details[1].Unpack(bad)
+    assert [v.field for v in bad.field_violations] == [
+        f"events[{i}].identifiers[0].value" for i in range(MAX_FIELD_VIOLATIONS)
+    ]
+    assert info.metadata[OMITTED_VIOLATIONS_KEY] == str(5000 - MAX_FIELD_VIOLATIONS)
+    assert "left out" in details.message
+    assert details.ByteSize() <= MAX_DETAILS_BYTES
+
+
+def test_long_violations_are_cut_and_fewer_listed_so_the_details_stay_within_their_bytes() -> None:
+    error = InvalidArgument(
+        message="m" * 10_000, violations=[FieldViolation("f" * 1000, "d" * 1000) for _ in range(50)]
+    )
+    details = _details(to_status(error, "omni.profile"))
+    assert details.ByteSize() <= MAX_DETAILS_BYTES
+    info, bad = error_details_pb2.ErrorInfo(), error_details_pb2.BadRequest()
+    details.details[0].Unpack(info)
+    details.details[1].Unpack(bad)
+    assert 0 < len(bad.field_violations) < 20
+    assert all(len(v.field) <= 256 and len(v.description) <= 256 for v in bad.field_violations)
+    assert int(info.metadata[OMITTED_VIOLATIONS_KEY]) == 50 - len(bad.field_violations)
+
+
+def test_an_error_within_the_cap_lists_everything_and_says_nothing_left_out() -> None:
+    error = InvalidArgument(message="bad", violations=[FieldViolation(f"f{i}", "bad") for i in range(3)])
+    details = _details(to_status(error, "omni.profile"))
+    info = error_details_pb2.ErrorInfo()
+    details.details[0].Unpack(info)
+    assert OMITTED_VIOLATIONS_KEY not in info.metadata and details.message == "bad"
+
+
+def test_a_batch_items_violations_are_listed_up_to_the_cap_with_a_count_of_the_rest() -> None:
+    many = [FieldViolation(f"identifiers[{i}].value", "is a placeholder") for i in range(50)]
+    shown = listed(many)
+    assert len(shown) == MAX_FIELD_VIOLATIONS
+    assert shown[:-1] == many[: MAX_FIELD_VIOLATIONS - 1]
+    assert shown[-1] == FieldViolation("", f"{50 - MAX_FIELD_VIOLATIONS + 1} more violations left out")
+    assert listed(shown) == shown
+    # Left out upstream (identity listed 20 of 100): counted with the rest.
+    assert listed(many[:20], omitted=80)[-1].description == "81 more violations left out"
+    assert listed(many[:3]) == many[:3]

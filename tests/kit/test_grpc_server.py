@@ -11,7 +11,14 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from omni.common.v1 import common_pb2
-from omni_kit.errors import FieldViolation, InvalidArgument, NotFound, status_details
+from omni_kit.errors import (
+    MAX_DETAILS_BYTES,
+    MAX_FIELD_VIOLATIONS,
+    FieldViolation,
+    InvalidArgument,
+    NotFound,
+    status_details,
+)
 from omni_kit.grpc_server import GrpcServer
 
 SERVICE = "omni.test.v1.TestService"
@@ -23,6 +30,12 @@ def _register(release: asyncio.Event) -> object:
             raise NotFound(message="no such thing", reason="THING_NOT_FOUND")
         if request == b"bad":
             raise InvalidArgument(message="bad", violations=[FieldViolation("thing.name", "required")])
+        if request == b"many":
+            # Long paths and descriptions, thousands of them: ~1.5 MB listed whole.
+            raise InvalidArgument(
+                message="é" * 1000,
+                violations=[FieldViolation(f"things[{i}].{'n' * 200}", "é" * 300) for i in range(5000)],
+            )
         if request == b"database":
             # What asyncpg raises when PostgreSQL is down (unwrapped by SQLAlchemy).
             raise ConnectionRefusedError(111, "Connect call failed ('127.0.0.1', 5432)")
@@ -106,6 +119,21 @@ async def test_domain_errors_become_status_with_details(
     details = status_details(raised.value)
     assert details.code == grpc.StatusCode.NOT_FOUND
     assert details.error_info is not None and details.error_info.reason == "THING_NOT_FOUND"
+
+
+async def test_thousands_of_violations_answer_invalid_argument_with_capped_details(
+    served: tuple[GrpcServer, grpc.aio.Channel, asyncio.Event],
+) -> None:
+    _, channel, _ = served
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await channel.unary_unary(f"/{SERVICE}/Fail")(b"many", timeout=2)
+    details = status_details(raised.value)
+    assert details.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert 0 < len(details.field_violations) <= MAX_FIELD_VIOLATIONS
+    assert details.field_violations[0].field.startswith("things[0].")
+    assert details.omitted_violations == 5000 - len(details.field_violations)
+    trailers = dict(raised.value.trailing_metadata() or ())
+    assert len(trailers["grpc-status-details-bin"]) <= MAX_DETAILS_BYTES
 
 
 async def test_unexpected_errors_are_internal_without_leaking(

@@ -23,6 +23,7 @@ import pytest
 from omni.profile.v1 import profile_pb2, profile_pb2_grpc
 from omni_identity import main as identity_main
 from omni_kit.embedded import EmbeddedNats, EmbeddedPostgres
+from omni_kit.errors import MAX_FIELD_VIOLATIONS
 from omni_profile import main as profile_main
 
 from .support import COMMON, close_runtime, event, ident, unique
@@ -204,3 +205,99 @@ async def test_without_a_caller_deadline_identity_gets_the_configured_time(wired
         wired.proxy.time_left
     )
     assert len(wired.proxy.time_left) == 2
+
+
+# 300 of 500 events carry an address at the reserved .test domain, a placeholder identity refuses: as one error
+# listing every violation, identity's refusal was ~25 KB of trailers, past gRPC's limit, and profile failed the
+# whole batch (or stream) instead of rejecting those 300.
+_REFUSED = set(range(0, 500, 5)) | set(range(1, 500, 5)) | set(range(2, 500, 5))
+
+
+def _mixed_events() -> list[profile_pb2.Event]:
+    return [
+        event(
+            identifiers=[
+                ident("anonymous_id", unique("anon-")),
+                ident("email", f"{unique('p')}@shop.test" if i in _REFUSED else f"{unique('g')}@example.com"),
+            ]
+        )
+        for i in range(500)
+    ]
+
+
+async def test_a_batch_with_300_refused_identifiers_records_the_200_good_events(wired: Wired) -> None:
+    wired.proxy.calls.clear()
+    events = _mixed_events()
+    response = await wired.profile.BatchTrackEvents(profile_pb2.BatchTrackEventsRequest(events=events))
+
+    assert (response.recorded_count, response.rejected_count) == (200, 300)
+    for index, result in enumerate(response.results):
+        if index in _REFUSED:
+            assert result.status == profile_pb2.TRACK_STATUS_REJECTED and not result.person_id
+            assert result.reason == "INVALID_ARGUMENT"
+            [violation] = result.field_violations
+            assert violation.field == "identifiers[1].value" and "placeholder" in violation.description
+        else:
+            assert result.status == profile_pb2.TRACK_STATUS_RECORDED and result.person_id
+    # One call names every refused set: no call per refusal, no retry without them.
+    assert wired.proxy.calls == Counter({"BatchResolvePersons": 1})
+
+
+async def test_a_stream_with_300_refused_identifiers_keeps_the_200_good_events(wired: Wired) -> None:
+    events = _mixed_events()
+
+    async def messages() -> AsyncIterator[profile_pb2.StreamTrackEventsRequest]:
+        for start in range(0, 500, 100):
+            yield profile_pb2.StreamTrackEventsRequest(events=events[start : start + 100])
+
+    response = await wired.profile.StreamTrackEvents(messages())
+    assert (response.accepted, response.rejected) == (200, 300)
+    assert sorted(e.position for e in response.errors) == sorted(_REFUSED)
+    assert all(e.reason == "INVALID_ARGUMENT" and e.field_violations for e in response.errors)
+    assert {e.event_id for e in response.errors} == {events[i].id for i in _REFUSED}
+
+
+async def test_an_http_batch_with_300_refused_identifiers_accepts_the_200_good_events(wired: Wired) -> None:
+    wired.proxy.calls.clear()
+    batch = [
+        {
+            "type": "track",
+            "event": "Product Viewed",
+            "messageId": unique("m-"),
+            "anonymousId": unique("a-"),
+            # A user id of only zeros is a placeholder identity refuses. (An email from the traits that identity
+            # refuses only costs itself: the event is recorded without it, with a warning.)
+            "userId": "0000000" if i in _REFUSED else unique("u-"),
+        }
+        for i in range(500)
+    ]
+    authorization = "Basic " + base64.b64encode(b"wk_web:").decode()
+    async with wired.session.post(
+        f"{wired.http}/v1/batch", json={"batch": batch}, headers={"Authorization": authorization}
+    ) as answer:
+        body = await answer.json()
+        assert answer.status == 200, body
+    assert (body["accepted"], body["rejected"]) == (200, 300)
+    assert sorted(e["index"] for e in body["errors"]) == sorted(_REFUSED)
+    assert all("placeholder" in e["fields"][0]["description"] for e in body["errors"])
+    assert wired.proxy.calls["BatchResolvePersons"] == 1
+
+
+async def test_an_event_with_a_hundred_refused_identifiers_lists_the_first_and_counts_the_rest(
+    wired: Wired,
+) -> None:
+    crowded = event(identifiers=[ident("email", f"{unique('p')}@shop.test") for _ in range(100)])
+    response = await wired.profile.BatchTrackEvents(
+        profile_pb2.BatchTrackEventsRequest(events=[crowded, _new_customer_event()])
+    )
+    refused, recorded = response.results
+    assert recorded.status == profile_pb2.TRACK_STATUS_RECORDED
+    assert refused.status == profile_pb2.TRACK_STATUS_REJECTED
+    assert len(refused.field_violations) == MAX_FIELD_VIOLATIONS
+    assert [v.field for v in refused.field_violations[:-1]] == [
+        f"identifiers[{i}].value" for i in range(MAX_FIELD_VIOLATIONS - 1)
+    ]
+    assert (
+        refused.field_violations[-1].description
+        == f"{100 - MAX_FIELD_VIOLATIONS + 1} more violations left out"
+    )

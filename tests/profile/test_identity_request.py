@@ -22,7 +22,8 @@ def test_the_request_bytes_parse_to_the_request_the_message_classes_build() -> N
                 reference=s.reference,
             )
             for s in sets
-        ]
+        ],
+        refuse_sets_individually=True,
     )
     written = batch_resolve_request(sets)
     assert identity_pb2.BatchResolvePersonsRequest.FromString(written) == expected

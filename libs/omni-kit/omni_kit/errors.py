@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,6 +19,14 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 _STATUS_DETAILS_KEY = "grpc-status-details-bin"
+
+MAX_FIELD_VIOLATIONS = 20
+"""Field violations an error lists at most; the rest are counted (ErrorInfo metadata OMITTED_VIOLATIONS_KEY)."""
+MAX_DETAILS_BYTES = 3072
+"""Bytes an error's encoded google.rpc.Status may take at most (see to_status): 4 KiB in base64 on the wire,
+half of gRPC's default 8 KiB limit on a call's metadata, so that the status message and other trailers fit."""
+OMITTED_VIOLATIONS_KEY = "omitted_field_violations"
+"""ErrorInfo metadata: how many field violations the error found beyond those it lists."""
 
 
 @dataclass(frozen=True)
@@ -298,17 +306,79 @@ def _text_problem(value: str, text: bool, *, free_text: bool) -> str | None:
     return None
 
 
+_MAX_MESSAGE_CHARS = 512
+_MAX_VIOLATION_CHARS = 256
+
+
+def capped(
+    violations: Sequence[FieldViolation], limit: int = MAX_FIELD_VIOLATIONS
+) -> tuple[list[FieldViolation], int]:
+    """The violations an answer lists (the first `limit`, each field and description cut to 256 characters)
+    and how many it leaves out. Every list of field violations sent to a caller, in an error's details or in
+    a batch's per-item results, goes through here, so that one bad request cannot make an answer of any size.
+    """
+    kept = [
+        FieldViolation(_cut(v.field, _MAX_VIOLATION_CHARS), _cut(v.description, _MAX_VIOLATION_CHARS))
+        for v in violations[:limit]
+    ]
+    return kept, len(violations) - len(kept)
+
+
+def listed(
+    violations: Sequence[FieldViolation], *, omitted: int = 0, limit: int = MAX_FIELD_VIOLATIONS
+) -> list[FieldViolation]:
+    """At most `limit` violations for one item of a batch's answer (an event, an identifier set): the first
+    ones (`capped`) and, when some are left out, a last one (field empty) counting them; `omitted` adds those
+    left out already (by the service the violations came from). A list it made passes through unchanged."""
+    left_out = omitted + max(0, len(violations) - limit)
+    if not left_out:
+        return capped(violations, limit)[0]
+    kept, rest = capped(violations, limit - 1)
+    return [*kept, FieldViolation("", f"{rest + omitted} more violations left out")]
+
+
+def _cut(text: str, most: int) -> str:
+    return text if len(text) <= most else text[: most - 1] + "\u2026"
+
+
 def to_status(error: OmniError, domain: str) -> grpc.Status:
-    """Build the gRPC status, with ErrorInfo and BadRequest details, for a domain error."""
+    """Build the gRPC status, with ErrorInfo and BadRequest details, for a domain error.
+
+    The details travel in a trailer (grpc-status-details-bin, base64 on the wire), and gRPC refuses trailers
+    past 8 KiB (soft) or 16 KiB (hard): the caller then sees RESOURCE_EXHAUSTED, not the error. So an error
+    lists at most MAX_FIELD_VIOLATIONS violations (`capped`), first ones first, and fewer when they would make
+    the encoded Status larger than MAX_DETAILS_BYTES; how many it left out is in the ErrorInfo's metadata
+    (OMITTED_VIOLATIONS_KEY) and the message. The message is cut to 512 characters.
+    """
+    violations = error.violations if isinstance(error, InvalidArgument) else []
+    kept, omitted = capped(violations)
+    message = _cut(error.message, _MAX_MESSAGE_CHARS)
+    while True:
+        status = _status(error, domain, message, kept, omitted)
+        if not kept or status.ByteSize() <= MAX_DETAILS_BYTES:
+            break
+        # Long paths or descriptions: drop violations from the end until the status fits.
+        dropped = max(1, len(kept) // 4)
+        kept, omitted = kept[:-dropped], omitted + dropped
+    return rpc_status.to_status(status)
+
+
+def _status(
+    error: OmniError, domain: str, message: str, violations: Sequence[FieldViolation], omitted: int
+) -> status_pb2.Status:
     details: list[any_pb2.Any] = []
+    metadata = dict(error.metadata)
+    if omitted:
+        metadata[OMITTED_VIOLATIONS_KEY] = str(omitted)
+        message = f"{message} ({len(violations)} field violations listed, {omitted} more left out)"
     info = any_pb2.Any()
-    info.Pack(error_details_pb2.ErrorInfo(reason=error.reason, domain=domain, metadata=error.metadata))
+    info.Pack(error_details_pb2.ErrorInfo(reason=error.reason, domain=domain, metadata=metadata))
     details.append(info)
-    if isinstance(error, InvalidArgument) and error.violations:
+    if violations:
         bad = error_details_pb2.BadRequest(
             field_violations=[
                 error_details_pb2.BadRequest.FieldViolation(field=v.field, description=v.description)
-                for v in error.violations
+                for v in violations
             ]
         )
         packed = any_pb2.Any()
@@ -320,8 +390,7 @@ def to_status(error: OmniError, domain: str) -> grpc.Status:
         retry = any_pb2.Any()
         retry.Pack(error_details_pb2.RetryInfo(retry_delay=delay))
         details.append(retry)
-    status = status_pb2.Status(code=error.code.value[0], message=error.message, details=details)
-    return rpc_status.to_status(status)
+    return status_pb2.Status(code=error.code.value[0], message=message, details=details)
 
 
 def internal_status(message: str = "internal error") -> grpc.Status:
@@ -338,6 +407,8 @@ class StatusDetails:
     error_info: error_details_pb2.ErrorInfo | None = None
     field_violations: list[FieldViolation] = field(default_factory=list)
     retry_delay_s: float | None = None
+    omitted_violations: int = 0
+    """Field violations the server found but did not list (it lists at most MAX_FIELD_VIOLATIONS)."""
 
     @property
     def fields(self) -> set[str]:
@@ -360,6 +431,8 @@ def status_details(error: grpc.aio.AioRpcError | grpc.RpcError) -> StatusDetails
                 info = error_details_pb2.ErrorInfo()
                 detail.Unpack(info)
                 result.error_info = info
+                omitted = info.metadata.get(OMITTED_VIOLATIONS_KEY, "0")
+                result.omitted_violations = int(omitted) if omitted.isdigit() else 0
             elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
                 bad = error_details_pb2.BadRequest()
                 detail.Unpack(bad)

@@ -24,7 +24,7 @@ from omni_identity.repository import ConcurrentMerge, IdentityRepository
 from omni_identity.resolution import dedupe
 from omni_kit import validation
 from omni_kit.db import CONFLICT_SQLSTATES, retry_transaction
-from omni_kit.errors import FailedPrecondition, Unavailable, Violations
+from omni_kit.errors import FailedPrecondition, FieldViolation, Unavailable, Violations
 from omni_kit.grouping import Groups
 from omni_kit.idempotency import idempotent
 from omni_kit.runtime import Runtime
@@ -107,10 +107,24 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
                 # Phone parsing costs ~25 µs a number: let other calls run between slices of a big batch.
                 await asyncio.sleep(0)
                 since_yield = 0
-        violations.raise_if_any()
-        resolutions = await self._resolve([r for r in resolves if r is not None])
+        if not request.refuse_sets_individually:
+            violations.raise_if_any()
+            resolutions = await self._resolve([r for r in resolves if r is not None])
+            return identity_pb2.BatchResolvePersonsResponse(
+                resolutions=[messages.resolution_message(r) for r in resolutions]
+            )
+        refused = messages.violations_by_set(violations, len(request.requests))
+        for i, resolve in enumerate(resolves):
+            if resolve is None and i not in refused:
+                refused[i] = [FieldViolation("identifiers", "holds no identifier to resolve")]
+        kept = [r for i, r in enumerate(resolves) if r is not None and i not in refused]
+        answers = iter(await self._resolve(kept) if kept else [])
         return identity_pb2.BatchResolvePersonsResponse(
-            resolutions=[messages.resolution_message(r) for r in resolutions]
+            resolutions=[
+                identity_pb2.Resolution() if i in refused else messages.resolution_message(next(answers))
+                for i in range(len(resolves))
+            ],
+            refusals=[messages.refusal_message(i, refused[i]) for i in sorted(refused)],
         )
 
     async def GetPerson(

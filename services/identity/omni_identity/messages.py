@@ -3,6 +3,7 @@ tokens, the batch's fast screen), and the messages of answers."""
 
 from __future__ import annotations
 
+import re
 import uuid
 
 from omni.identity.v1 import identity_pb2
@@ -13,12 +14,14 @@ from omni_identity.events import identifier_messages
 from omni_identity.merge import MergeRecord, MergeRule
 from omni_identity.reads import IdentifierRecord, PersonRecord
 from omni_kit import validation
-from omni_kit.errors import Violations, has_control_characters
+from omni_kit.errors import FieldViolation, Violations, capped, has_control_characters
 
 # The limits of an identifier set as identity.proto declares them, for the batch's screen below.
 _IDENTIFIERS = validation.field_rules(identity_pb2.ResolvePersonRequest, "identifiers").repeated
 _MAX_SOURCE = validation.field_rules(identity_pb2.ResolvePersonRequest, "source").string.max_len
 _MAX_REFERENCE = validation.field_rules(identity_pb2.ResolvePersonRequest, "reference").string.max_len
+
+_SET_PATH = re.compile(r"^requests\[(\d+)\](?:\.(.*))?$")
 
 _RULES = {
     RefusalRule.LIMIT: identity_pb2.REFUSAL_RULE_LIMIT,
@@ -165,3 +168,33 @@ def erasure_message(erasure: ErasureRecord) -> identity_pb2.Erasure:
     )
     message.forget_time.FromDatetime(erasure.forgotten_at)
     return message
+
+
+def violations_by_set(violations: Violations, sets: int) -> dict[int, list[FieldViolation]]:
+    """A batch's violations by the identifier set they name ("requests[3].identifiers[0].value" is set 3's
+    "identifiers[0].value"), for a batch refusing its sets individually. A violation naming no set (the batch
+    as a whole) still refuses the whole call: raised as InvalidArgument with every such violation."""
+    by_set: dict[int, list[FieldViolation]] = {}
+    whole = Violations()
+    for violation in violations.items:
+        match = _SET_PATH.match(violation.field)
+        if match is None or int(match.group(1)) >= sets:
+            whole.add(violation.field, violation.description)
+        else:
+            by_set.setdefault(int(match.group(1)), []).append(
+                FieldViolation(match.group(2) or "", violation.description)
+            )
+    whole.raise_if_any()
+    return by_set
+
+
+def refusal_message(index: int, violations: list[FieldViolation]) -> identity_pb2.IdentifierSetRefusal:
+    """The answer for a refused identifier set: its first violations (omni_kit's cap) and how many more."""
+    kept, omitted = capped(violations)
+    return identity_pb2.IdentifierSetRefusal(
+        index=index,
+        field_violations=[
+            identity_pb2.IdentifierSetViolation(field=v.field, description=v.description) for v in kept
+        ],
+        omitted_violation_count=omitted,
+    )

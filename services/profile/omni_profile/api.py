@@ -22,6 +22,7 @@ from omni_kit.errors import (
     InvalidArgument,
     NotFound,
     OmniError,
+    listed,
 )
 from omni_kit.idempotency import idempotent
 from omni_kit.runtime import Runtime
@@ -149,7 +150,7 @@ class ProfileServicer(profile_pb2_grpc.ProfileServiceServicer):
                     reason=r.reason,
                     field_violations=[
                         profile_pb2.StreamEventError.FieldViolation(field=v.field, description=v.description)
-                        for v in r.violations
+                        for v in listed(r.violations)
                     ],
                 )
                 for r in outcome.rejections

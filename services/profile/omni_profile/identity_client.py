@@ -1,7 +1,9 @@
 """Profile's client of the identity service: resolving identifier sets to persons, checking persons exist.
 
-Identity's refusals come back as domain errors: its field violations are kept, with paths relative to the
-identity request ("requests[3].identifiers[0].value"), for the caller to re-anchor on its own request. Every
+Identity refuses identifier sets one by one: a refused set comes back as SetRefused, with paths inside the set
+("identifiers[0].value"), in its place among the resolutions. A refusal of the whole call comes back as a
+domain error: its field violations are kept, with paths relative to the identity request
+("requests[3].identifiers[0].value"), for the caller to re-anchor on its own request. Every
 call's deadline is the configured one or, when less time is left, the remaining time of the call being
 served (omni_kit.grpc_client does that for every channel it opens).
 """
@@ -66,6 +68,16 @@ class Resolution:
         return self.person_id is None
 
 
+@dataclass(frozen=True)
+class SetRefused:
+    """Identity refused an identifier set (a malformed or placeholder identifier): nothing was resolved for it.
+    violations are its first ones, with paths inside the set ("identifiers[0].value"); omitted counts the rest.
+    """
+
+    violations: tuple[FieldViolation, ...]
+    omitted: int = 0
+
+
 class Standing(enum.Enum):
     """What identity says of a person id."""
 
@@ -97,10 +109,14 @@ class IdentityClient:
             response_deserializer=identity_pb2.BatchResolvePersonsResponse.FromString,
         )
 
-    async def resolve(self, sets: Sequence[IdentifierSet]) -> list[Resolution]:
+    async def resolve(self, sets: Sequence[IdentifierSet]) -> list[Resolution | SetRefused]:
         """Resolve identifier sets in order: one BatchResolvePersons call, or as few as identity's limits allow
-        (each sees what the earlier ones resolved, as later sets of one call do)."""
-        resolutions: list[Resolution] = []
+        (each sees what the earlier ones resolved, as later sets of one call do).
+
+        Identity refuses sets one by one (refuse_sets_individually): a refused set is answered SetRefused and
+        the others are resolved in the same call. Only a fault of the call as a whole raises
+        IdentifiersRejected."""
+        resolutions: list[Resolution | SetRefused] = []
         for start, chunk in _chunks(sets):
             try:
                 response = await self._batch_resolve(batch_resolve_request(chunk))
@@ -108,13 +124,16 @@ class IdentityClient:
                 raise _translate(error, offset=start) from error
             if len(response.resolutions) != len(chunk):
                 raise Unavailable(message="identity answered a different number of resolutions than asked")
+            refusals = {r.index: r for r in response.refusals}
             resolutions += [
-                Resolution(
+                _set_refused(refusals[i])
+                if i in refusals
+                else Resolution(
                     # A forgotten set has no person (identity's Resolution.forgotten).
                     person_id=None if r.forgotten else uuid.UUID(r.person_id),
                     merged_person_ids=tuple(uuid.UUID(m) for m in r.merged_person_ids),
                 )
-                for r in response.resolutions
+                for i, r in enumerate(response.resolutions)
             ]
         return resolutions
 
@@ -153,26 +172,42 @@ class IdentityClient:
         return Standing.KNOWN, uuid.UUID(response.person.id)
 
 
+def _set_refused(refusal: identity_pb2.IdentifierSetRefusal) -> SetRefused:
+    return SetRefused(
+        tuple(FieldViolation(v.field, v.description) for v in refusal.field_violations),
+        refusal.omitted_violation_count,
+    )
+
+
+# refuse_sets_individually = 2, true: the field's key (2 << 3, varint) and 1.
+_REFUSE_SETS_INDIVIDUALLY = b"\x10\x01"
+
+
 def batch_resolve_request(sets: Sequence[IdentifierSet]) -> bytes:
     """omni.identity.v1.BatchResolvePersonsRequest of these sets, encoded: requests = 1 (ResolvePersonRequest:
-    identifiers = 1 (Identifier: type = 1, value = 2), source = 2, reference = 3)."""
-    return b"".join(
-        [
-            length_delimited(
-                1,
-                b"".join(
-                    [
-                        length_delimited(
-                            1, length_delimited(1, i.type.encode()) + length_delimited(2, i.value.encode())
-                        )
-                        for i in s.identifiers
-                    ]
+    identifiers = 1 (Identifier: type = 1, value = 2), source = 2, reference = 3), refuse_sets_individually = 2
+    (true: a refused set is named in the answer, not a failure of the call)."""
+    return (
+        b"".join(
+            [
+                length_delimited(
+                    1,
+                    b"".join(
+                        [
+                            length_delimited(
+                                1,
+                                length_delimited(1, i.type.encode()) + length_delimited(2, i.value.encode()),
+                            )
+                            for i in s.identifiers
+                        ]
+                    )
+                    + (length_delimited(2, s.source.encode()) if s.source else b"")
+                    + (length_delimited(3, s.reference.encode()) if s.reference else b""),
                 )
-                + (length_delimited(2, s.source.encode()) if s.source else b"")
-                + (length_delimited(3, s.reference.encode()) if s.reference else b""),
-            )
-            for s in sets
-        ]
+                for s in sets
+            ]
+        )
+        + _REFUSE_SETS_INDIVIDUALLY
     )
 
 

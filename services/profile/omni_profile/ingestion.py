@@ -2,8 +2,9 @@
 endpoint): `Ingestion.ingest(events)` takes checked domain events and answers one TrackResult per event.
 
 It runs in two steps so that no database transaction stays open across the call to identity: resolve the
-events through identity in one BatchResolvePersons call (identifiers identity refuses reject their events,
-and the others are resolved again without them; identifiers of an erased person reject theirs), checking
+events through identity in one BatchResolvePersons call (identity names the identifier sets it refuses in
+its answer and resolves the others in the same call: the refused sets reject their events; identifiers of an
+erased person reject theirs), checking
 that the persons events name exist (profile's rows, else identity); record everything in one transaction
 (tracking.Tracker), where a (source, id) recorded before is found by the insert and answered duplicate, or
 id reused when its content differs. Refused events are answered with their reason and field violations,

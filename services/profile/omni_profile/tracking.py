@@ -24,7 +24,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from omni_kit.bus import Outbox
-from omni_kit.errors import FieldViolation, InvalidArgument, Violations
+from omni_kit.errors import FieldViolation, InvalidArgument, Violations, listed
 from omni_profile import cart, computed, events, repository, wire
 from omni_profile.domain import CART_EVENTS, PERSON_ERASED, PERSON_NOT_FOUND, REJECTED, Event, TrackResult
 from omni_profile.envelopes import EnvelopeBatch
@@ -33,6 +33,7 @@ from omni_profile.identity_client import (
     IdentifiersRejected,
     IdentityClient,
     Resolution,
+    SetRefused,
     Standing,
 )
 from omni_profile.repository import ProfileState, ProfileUpdate
@@ -76,9 +77,10 @@ class Tracker:
         Events already recorded and repeated keys are not sent. An event naming its person_id is not
         resolved, but the person must exist: one profile holds a record of (`held`: ids with a profile row,
         live, merged or erased) or, else, one identity knows (PERSON_NOT_FOUND, or PERSON_ERASED for a person
-        identity erased). Identifier sets identity refuses reject their events (their violations), and sets
-        holding only an erased person's identifiers are refused PERSON_ERASED. A refusal that names no
-        request of the batch cannot be pinned on an event: it is raised as InvalidArgument.
+        identity erased). Identifier sets identity refuses (it names them in its answer) reject their events
+        (their violations), and sets holding only an erased person's identifiers are refused PERSON_ERASED. A
+        refusal that names no request of the batch cannot be pinned on an event: it is raised as
+        InvalidArgument.
         """
         first: dict[tuple[str, str], int] = {}
         pending: list[int] = []
@@ -108,13 +110,23 @@ class Tracker:
                 for i in pending
             ]
             try:
-                resolutions = await self._identity.resolve(sets)
+                answers = await self._identity.resolve(sets)
             except IdentifiersRejected as refusal:
+                # A fault of the call as a whole (identity names refused sets in its answer): the one event
+                # it can concern is refused, or the batch is. An identity older than refuse_sets_individually
+                # refuses the call naming its first refused sets: those are refused and the rest sent again.
                 rejected = _refused(refusal, pending)
                 refused.update({i: TrackResult.rejected(v) for i, v in rejected.items()})
                 pending = [i for i in pending if i not in rejected]
                 continue
-            refused.update(dict.fromkeys(_assign(events, pending, resolutions), _ERASED_IDENTIFIERS))
+            resolved: list[tuple[int, Resolution]] = []
+            for index, answer in zip(pending, answers, strict=True):
+                if isinstance(answer, SetRefused):
+                    refused[index] = TrackResult.rejected(_set_violations(answer))
+                else:
+                    resolved.append((index, answer))
+            forgotten = _assign(events, [i for i, _ in resolved], [r for _, r in resolved])
+            refused.update(dict.fromkeys(forgotten, _ERASED_IDENTIFIERS))
             break
         # Repeats of a refused event's key are refused with it.
         for index, event in enumerate(events):
@@ -344,6 +356,12 @@ def _refused(refusal: IdentifiersRejected, pending: Sequence[int]) -> dict[int, 
             message=f"identity refused the batch: {refusal.message}", violations=violations.items
         )
     return refused
+
+
+def _set_violations(refusal: SetRefused) -> list[FieldViolation]:
+    """An event's violations for its refused identifier set (the set's paths are the event's: both hold
+    `identifiers`), with a last one counting those identity left out."""
+    return listed(refusal.violations, omitted=refusal.omitted)
 
 
 def _assign(events: Sequence[Event], pending: Sequence[int], resolutions: Sequence[Resolution]) -> list[int]:

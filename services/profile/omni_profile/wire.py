@@ -12,6 +12,7 @@ from google.protobuf import struct_pb2, timestamp_pb2
 
 from omni.common.v1 import common_pb2
 from omni.profile.v1 import profile_pb2
+from omni_kit.errors import listed
 from omni_profile import envelopes
 from omni_profile.domain import (
     DEFAULT_SOURCE,
@@ -299,7 +300,7 @@ def track_result_to_proto(result: TrackResult) -> profile_pb2.TrackEventResponse
         status=_STATUS[result.status],
         reason=result.reason,
     )
-    for v in result.violations:
+    for v in listed(result.violations):
         response.field_violations.add(field=v.field, description=v.description)
     return response
 
